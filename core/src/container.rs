@@ -1,0 +1,288 @@
+//! The `.capsule` file: one uncompressed POSIX tar archive holding
+//!
+//! | entry | content |
+//! | --- | --- |
+//! | `manifest.json` | the canonical manifest (its SHA-256 is the capsule digest) |
+//! | `component.wasm` | the WebAssembly component the manifest pins |
+//! | `signature.sigstore.json` | the Sigstore bundle (absent until `capsule sign`) |
+//!
+//! Tar was chosen so a reviewer can open a capsule with `tar xf`. Reading is
+//! strict: only these three regular files, each at most once, within size
+//! limits; anything else refuses the whole file.
+
+use std::io::{Cursor, Read};
+
+use crate::digest::Sha256Digest;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
+
+pub const MANIFEST_ENTRY: &str = "manifest.json";
+pub const COMPONENT_ENTRY: &str = "component.wasm";
+pub const SIGNATURE_ENTRY: &str = "signature.sigstore.json";
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest signature bundle accepted.
+pub const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+
+/// A capsule file whose manifest parsed and whose component matches the
+/// digest and size the manifest pins. The signature is *not* yet verified.
+#[derive(Debug, Clone)]
+pub struct CapsuleFile {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    digest: Sha256Digest,
+    component: Vec<u8>,
+    bundle: Option<Vec<u8>>,
+}
+
+/// Why a capsule file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContainerError {
+    #[error("not a readable capsule archive: {0}")]
+    Archive(#[source] std::io::Error),
+    #[error(
+        "capsule entry `{0}` is not allowed (only manifest.json, component.wasm, signature.sigstore.json)"
+    )]
+    UnexpectedEntry(String),
+    #[error("capsule entry `{0}` is not a regular file")]
+    NotAFile(String),
+    #[error("capsule entry `{0}` appears twice")]
+    Duplicate(String),
+    #[error("capsule entry `{name}` is {size} bytes; the limit is {limit}")]
+    TooLarge { name: String, size: u64, limit: u64 },
+    #[error("capsule has no `{0}`")]
+    Missing(&'static str),
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error(
+        "component digest is {actual} but the manifest pins {pinned}: the component was altered after packing"
+    )]
+    ComponentDigest {
+        pinned: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("component is {actual} bytes but the manifest pins {pinned}")]
+    ComponentSize { pinned: u64, actual: u64 },
+}
+
+impl CapsuleFile {
+    /// Assemble a capsule from a manifest and its component (no signature).
+    ///
+    /// # Errors
+    /// If the component does not match what the manifest pins.
+    pub fn new(manifest: Manifest, component: Vec<u8>) -> Result<Self, ContainerError> {
+        let manifest_bytes = manifest.to_canonical_json()?;
+        Self::checked(manifest, manifest_bytes, component, None)
+    }
+
+    fn checked(
+        manifest: Manifest,
+        manifest_bytes: Vec<u8>,
+        component: Vec<u8>,
+        bundle: Option<Vec<u8>>,
+    ) -> Result<Self, ContainerError> {
+        let actual = Sha256Digest::of(&component);
+        if actual != manifest.component.sha256 {
+            return Err(ContainerError::ComponentDigest {
+                pinned: manifest.component.sha256,
+                actual,
+            });
+        }
+        if component.len() as u64 != manifest.component.size {
+            return Err(ContainerError::ComponentSize {
+                pinned: manifest.component.size,
+                actual: component.len() as u64,
+            });
+        }
+        let digest = Sha256Digest::of(&manifest_bytes);
+        Ok(Self {
+            manifest,
+            manifest_bytes,
+            digest,
+            component,
+            bundle,
+        })
+    }
+
+    /// Parse a `.capsule` file.
+    ///
+    /// # Errors
+    /// See [`ContainerError`]; every variant names what to fix.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ContainerError> {
+        let mut archive = tar::Archive::new(Cursor::new(bytes));
+        let mut manifest = None;
+        let mut component = None;
+        let mut bundle = None;
+        for entry in archive.entries().map_err(ContainerError::Archive)? {
+            let mut entry = entry.map_err(ContainerError::Archive)?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let (slot, limit) = match name.as_str() {
+                MANIFEST_ENTRY => (&mut manifest, MAX_MANIFEST_BYTES as u64),
+                COMPONENT_ENTRY => (&mut component, MAX_COMPONENT_BYTES),
+                SIGNATURE_ENTRY => (&mut bundle, MAX_BUNDLE_BYTES),
+                _ => {
+                    return Err(ContainerError::UnexpectedEntry(
+                        name.chars().take(200).collect(),
+                    ));
+                }
+            };
+            if !entry.header().entry_type().is_file() {
+                return Err(ContainerError::NotAFile(name));
+            }
+            let size = entry.header().size().map_err(ContainerError::Archive)?;
+            if size > limit {
+                return Err(ContainerError::TooLarge { name, size, limit });
+            }
+            if slot.is_some() {
+                return Err(ContainerError::Duplicate(name));
+            }
+            let mut buf = Vec::with_capacity(size as usize);
+            entry
+                .by_ref()
+                .take(limit + 1)
+                .read_to_end(&mut buf)
+                .map_err(ContainerError::Archive)?;
+            if buf.len() as u64 != size {
+                return Err(ContainerError::Archive(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("entry `{name}` is shorter than its header says"),
+                )));
+            }
+            *slot = Some(buf);
+        }
+        let manifest_bytes = manifest.ok_or(ContainerError::Missing(MANIFEST_ENTRY))?;
+        let component = component.ok_or(ContainerError::Missing(COMPONENT_ENTRY))?;
+        let manifest = Manifest::from_canonical_json(&manifest_bytes)?;
+        Self::checked(manifest, manifest_bytes, component, bundle)
+    }
+
+    /// Serialise to the `.capsule` format (deterministic: fixed order, zero times and owners).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut h, name, data)
+                .expect("writing to a Vec cannot fail");
+        };
+        add(MANIFEST_ENTRY, &self.manifest_bytes);
+        add(COMPONENT_ENTRY, &self.component);
+        if let Some(b) = &self.bundle {
+            add(SIGNATURE_ENTRY, b);
+        }
+        builder.into_inner().expect("writing to a Vec cannot fail")
+    }
+
+    /// Replace the signature bundle.
+    pub fn with_bundle(mut self, bundle: Vec<u8>) -> Self {
+        self.bundle = Some(bundle);
+        self
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+    /// The capsule digest (SHA-256 of the canonical manifest).
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
+    }
+    pub fn component(&self) -> &[u8] {
+        &self.component
+    }
+    pub fn bundle(&self) -> Option<&[u8]> {
+        self.bundle.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ComponentRef;
+
+    fn sample() -> CapsuleFile {
+        let wasm = b"\0asm fake component".to_vec();
+        let m = Manifest::from_authoring_toml(
+            "name = \"x\"\nversion = \"1\"\nkind = \"diagnostic\"\n",
+            ComponentRef {
+                sha256: Sha256Digest::of(&wasm),
+                size: wasm.len() as u64,
+            },
+        )
+        .unwrap();
+        CapsuleFile::new(m, wasm).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let c = sample().with_bundle(b"{}".to_vec());
+        let back = CapsuleFile::parse(&c.to_bytes()).unwrap();
+        assert_eq!(back.digest(), c.digest());
+        assert_eq!(back.bundle(), Some(&b"{}"[..]));
+        assert_eq!(
+            c.to_bytes(),
+            back.to_bytes(),
+            "serialisation is deterministic"
+        );
+    }
+
+    #[test]
+    fn tampered_component_byte_is_refused() {
+        let bytes = sample().to_bytes();
+        let needle = b"fake";
+        let pos = bytes.windows(4).position(|w| w == needle).unwrap();
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x20;
+        assert!(matches!(
+            CapsuleFile::parse(&bad),
+            Err(ContainerError::ComponentDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn extra_entry_is_refused() {
+        let c = sample();
+        let mut b = tar::Builder::new(Vec::new());
+        for (n, d) in [
+            (MANIFEST_ENTRY, c.manifest_bytes()),
+            (COMPONENT_ENTRY, c.component()),
+            ("../evil", &b"x"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(d.len() as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append_data(&mut h, n, d).ok();
+            // `append_data` refuses `..`; write the raw name too.
+            if n == "../evil" {
+                let mut h = tar::Header::new_gnu();
+                h.as_gnu_mut().unwrap().name[..7].copy_from_slice(b"../evil");
+                h.set_size(1);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            }
+        }
+        let bytes = b.into_inner().unwrap();
+        assert!(
+            matches!(CapsuleFile::parse(&bytes), Err(ContainerError::UnexpectedEntry(n)) if n == "../evil")
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(CapsuleFile::parse(b"not a tar").is_err());
+        assert!(matches!(
+            CapsuleFile::parse(&[0u8; 1024]),
+            Err(ContainerError::Missing(MANIFEST_ENTRY))
+        ));
+    }
+}

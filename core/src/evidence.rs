@@ -1,0 +1,294 @@
+//! Evidence records: typed JSON, each carrying the SHA-256 of the previous
+//! record, so that any change, deletion or reordering breaks the chain.
+//!
+//! A record's hash is the SHA-256 of its canonical JSON (RFC 8785). The first
+//! record of a log links to [`GENESIS`]. Large artifacts (manifests, signature
+//! bundles, plans, diffs, captured output) are stored content-addressed beside
+//! the log and referenced here by digest. Records never contain secrets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::{self, CanonicalError};
+use crate::digest::Sha256Digest;
+use crate::plan::{DiffEntry, Finding};
+
+/// The `prev` of the first record in a log.
+pub const GENESIS: Sha256Digest = Sha256Digest([0; 32]);
+/// Schema identifier written into every record.
+pub const RECORD_SCHEMA: &str = "edge-runner.evidence/v1";
+
+/// One entry of the evidence log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub schema: String,
+    /// Position in the log, from 0, without gaps.
+    pub seq: u64,
+    /// When the record was written (RFC 3339, UTC).
+    pub time: String,
+    /// The run this record belongs to.
+    pub run: String,
+    /// SHA-256 of the previous record's canonical JSON ([`GENESIS`] for the first).
+    pub prev: Sha256Digest,
+    pub event: Event,
+}
+
+/// What a run did at one step. Refusals and traps are events too: every
+/// decision, allow or deny, is recorded before its effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum Event {
+    /// A capsule was handed to the runner.
+    Submission {
+        capsule: Sha256Digest,
+        name: String,
+        version: String,
+        kind: String,
+        /// Artifact: the canonical manifest.
+        manifest: Sha256Digest,
+        component: Sha256Digest,
+        /// Artifact: the Sigstore bundle, if the capsule carried one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bundle: Option<Sha256Digest>,
+        /// Insecure switches in force for this run (`dangerous_*`), if any.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dangerous: Vec<String>,
+    },
+    /// Signature, manifest and capability checks passed.
+    Admitted {
+        signer: String,
+        /// What the run is granted (mounts with access, env names, imports, limits).
+        grant: serde_json::Value,
+        /// The component's real imports.
+        imports: Vec<String>,
+    },
+    /// The policy decision. Until the policy plane exists every admitted
+    /// capsule is an unapproved tier-0 run, and says so.
+    Decision {
+        allowed: bool,
+        tier: u8,
+        approvals_required: u32,
+        reasons: Vec<String>,
+    },
+    /// Authorization outcome (tier 0: no approvals needed).
+    Authorized {
+        tier: u8,
+        approvals: Vec<String>,
+        note: String,
+    },
+    /// The capsule's plan (artifact: canonical plan JSON).
+    Planned {
+        plan: Sha256Digest,
+        summary: String,
+        changes: usize,
+        findings: Vec<Finding>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Sha256Digest>,
+    },
+    /// `apply` ran against the staged copy and the runner computed the diff.
+    Applied {
+        diff: Vec<DiffEntry>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Sha256Digest>,
+    },
+    /// About to commit: the journal of what will change (written before any rename).
+    CommitIntent {
+        changes: usize,
+        journal: Sha256Digest,
+    },
+    /// The diff is committed to the live mounts.
+    Committed { changes: usize },
+    /// `verify` ran.
+    Verified {
+        passed: bool,
+        summary: String,
+        findings: Vec<Finding>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Sha256Digest>,
+    },
+    /// A committed change was undone.
+    RolledBack {
+        reason_code: String,
+        detail: String,
+        restored: usize,
+    },
+    /// Something was refused: a check failed, a limit was hit, the guest trapped.
+    Refused {
+        stage: String,
+        reason_code: String,
+        detail: String,
+    },
+    /// A run found unfinished on start and rolled back.
+    Interrupted { restored: usize, detail: String },
+    /// The terminal record of a run.
+    Completed { outcome: Outcome },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Changes committed and verified.
+    Committed,
+    /// Diagnostic or empty plan: nothing to change, findings reported.
+    NoChanges,
+    /// Refused before anything changed.
+    Refused,
+    /// Committed, then verify failed and the change was rolled back.
+    RolledBack,
+    /// Interrupted (crash) and rolled back on restart.
+    Interrupted,
+}
+
+impl Record {
+    /// Canonical bytes (what is hashed and stored).
+    ///
+    /// # Errors
+    /// Only if a field holds a float, which the types prevent.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, CanonicalError> {
+        canonical::to_canonical_vec(self)
+    }
+
+    /// SHA-256 of the canonical bytes: the next record's `prev`.
+    ///
+    /// # Errors
+    /// As [`Record::canonical_bytes`].
+    pub fn hash(&self) -> Result<Sha256Digest, CanonicalError> {
+        Ok(Sha256Digest::of(&self.canonical_bytes()?))
+    }
+
+    /// Whether this record ends its run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.event, Event::Completed { .. })
+    }
+}
+
+/// A break in the chain, naming the record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("record at line {line} is not a valid evidence record: {reason}")]
+    Malformed { line: usize, reason: String },
+    #[error("record {seq}: sequence number out of order (expected {expected})")]
+    Sequence { seq: u64, expected: u64 },
+    #[error(
+        "record {seq}: chain link broken (prev is {found}, previous record hashes to {expected})"
+    )]
+    Link {
+        seq: u64,
+        expected: Sha256Digest,
+        found: Sha256Digest,
+    },
+    #[error("record {seq}: stored bytes are not its canonical form")]
+    NotCanonical { seq: u64 },
+}
+
+/// Verify a log stored as canonical JSON lines (one record per line).
+/// Returns the records and the hash of the last one.
+///
+/// # Errors
+/// The first [`ChainError`].
+pub fn verify_chain_lines(text: &[u8]) -> Result<(Vec<Record>, Sha256Digest), ChainError> {
+    let mut records = Vec::new();
+    let mut prev = GENESIS;
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_slice(line).map_err(|e| ChainError::Malformed {
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        let expected = records.len() as u64;
+        if r.seq != expected {
+            return Err(ChainError::Sequence {
+                seq: r.seq,
+                expected,
+            });
+        }
+        if r.prev != prev {
+            return Err(ChainError::Link {
+                seq: r.seq,
+                expected: prev,
+                found: r.prev,
+            });
+        }
+        let bytes = r.canonical_bytes().map_err(|e| ChainError::Malformed {
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        if bytes != line {
+            return Err(ChainError::NotCanonical { seq: r.seq });
+        }
+        prev = Sha256Digest::of(&bytes);
+        records.push(r);
+    }
+    Ok((records, prev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<u8> {
+        let mut prev = GENESIS;
+        let mut out = Vec::new();
+        for seq in 0..n {
+            let r = Record {
+                schema: RECORD_SCHEMA.into(),
+                seq: seq as u64,
+                time: "2026-11-24T00:00:00Z".into(),
+                run: format!("run-{}", seq / 2),
+                prev,
+                event: Event::Refused {
+                    stage: "admit".into(),
+                    reason_code: "x".into(),
+                    detail: format!("{seq}"),
+                },
+            };
+            let b = r.canonical_bytes().unwrap();
+            prev = Sha256Digest::of(&b);
+            out.extend_from_slice(&b);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let (records, _) = verify_chain_lines(&chain(5)).unwrap();
+        assert_eq!(records.len(), 5);
+    }
+
+    #[test]
+    fn deletion_reorder_and_edit_are_detected() {
+        let text = chain(4);
+        let lines: Vec<&[u8]> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let join = |ls: &[&[u8]]| {
+            ls.iter()
+                .flat_map(|l| l.iter().copied().chain([b'\n']))
+                .collect::<Vec<u8>>()
+        };
+        assert!(matches!(
+            verify_chain_lines(&join(&[lines[0], lines[2], lines[3]])),
+            Err(ChainError::Sequence { .. })
+        ));
+        assert!(matches!(
+            verify_chain_lines(&join(&[lines[1], lines[0]])),
+            Err(ChainError::Sequence { .. })
+        ));
+        let edited = String::from_utf8(text.clone()).unwrap().replacen(
+            "\"detail\":\"1\"",
+            "\"detail\":\"7\"",
+            1,
+        );
+        assert!(matches!(
+            verify_chain_lines(edited.as_bytes()),
+            Err(ChainError::Link { seq: 2, .. })
+        ));
+    }
+}

@@ -1,0 +1,631 @@
+//! Plans (what a capsule says it will do), diffs (what it really did) and the
+//! checks between them.
+//!
+//! Checklist, in the order the runner applies it:
+//! 1. [`Plan::validate`]: the plan is well-formed, names only declared mounts,
+//!    writes only to writable ones, and stays within its size limit.
+//! 2. [`check_preconditions`]: every "before" digest still matches the live file.
+//! 3. [`check_diff`]: the diff computed from the staged copy equals the plan,
+//!    change for change and digest for digest.
+//!
+//! Only a [`DiffMatchesPlan`] together with [`PreconditionsHold`] lets the
+//! runner commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical;
+use crate::digest::Sha256Digest;
+use crate::manifest::{Kind, Manifest};
+use crate::paths::{MountPath, PathError};
+
+/// Default and hard ceiling on the number of changes in a plan.
+pub const MAX_PLAN_CHANGES: usize = 10_000;
+pub const MAX_FINDINGS: usize = 1_000;
+pub const MAX_FACTS: usize = 100;
+pub const MAX_TEXT: usize = 2_048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Modify,
+    Delete,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Create => "create",
+            Action::Modify => "modify",
+            Action::Delete => "delete",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub mount: String,
+    pub path: MountPath,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_before: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_after: Option<Sha256Digest>,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fact {
+    pub key: String,
+    pub value: String,
+}
+
+/// A capsule's proposal, as the runner holds it after parsing the guest's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub summary: String,
+    pub changes: Vec<Change>,
+    pub findings: Vec<Finding>,
+    pub facts: Vec<Fact>,
+}
+
+/// Why a plan, precondition or diff check failed. Each has a stable reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    #[error("plan has {count} changes; the limit is {limit}")]
+    TooManyChanges { count: usize, limit: usize },
+    #[error("plan has {count} {what}; the limit is {limit}")]
+    TooMany {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("plan text field `{0}` is longer than {MAX_TEXT} bytes")]
+    TextTooLong(&'static str),
+    #[error("plan change #{index} path: {source}")]
+    Path { index: usize, source: PathError },
+    #[error("plan change #{index} names mount `{mount}`, which the manifest does not request")]
+    UnknownMount { index: usize, mount: String },
+    #[error("plan change #{index} writes to mount `{mount}`, which is read-only")]
+    ReadOnlyMount { index: usize, mount: String },
+    #[error("plan change #{index} ({action} {path}): {reason}")]
+    Inconsistent {
+        index: usize,
+        action: Action,
+        path: String,
+        reason: &'static str,
+    },
+    #[error("plan changes {mount}/{path} twice")]
+    DuplicateChange { mount: String, path: String },
+    #[error("a diagnostic capsule proposed {0} change(s); diagnostics may only report findings")]
+    DiagnosticChanges(usize),
+    #[error(
+        "precondition failed for {mount}/{path}: planned against {expected}, now {actual}; the file changed since the plan was made, so re-plan"
+    )]
+    Precondition {
+        mount: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("apply changed {mount}/{path} ({action}) which the plan does not include")]
+    OutsidePlan {
+        mount: String,
+        path: String,
+        action: Action,
+    },
+    #[error("apply did {actual} {mount}/{path} but the plan says {planned}")]
+    ActionMismatch {
+        mount: String,
+        path: String,
+        planned: Action,
+        actual: Action,
+    },
+    #[error("apply wrote {mount}/{path} with content {actual} but the plan promised {planned}")]
+    ContentMismatch {
+        mount: String,
+        path: String,
+        planned: String,
+        actual: String,
+    },
+    #[error("apply did not make planned change {action} {mount}/{path}")]
+    NotApplied {
+        mount: String,
+        path: String,
+        action: Action,
+    },
+}
+
+impl PlanError {
+    /// The stable reason code recorded in evidence.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            PlanError::TooManyChanges { .. }
+            | PlanError::TooMany { .. }
+            | PlanError::TextTooLong(_) => "plan.too_large",
+            PlanError::Path { .. } => "plan.path_escape",
+            PlanError::UnknownMount { .. } => "plan.unknown_mount",
+            PlanError::ReadOnlyMount { .. } => "plan.read_only_mount",
+            PlanError::Inconsistent { .. } | PlanError::DuplicateChange { .. } => {
+                "plan.inconsistent"
+            }
+            PlanError::DiagnosticChanges(_) => "plan.diagnostic_changes",
+            PlanError::Precondition { .. } => "commit.precondition_failed",
+            PlanError::OutsidePlan { .. } => "apply.outside_plan",
+            PlanError::ActionMismatch { .. } | PlanError::ContentMismatch { .. } => {
+                "apply.diff_mismatch"
+            }
+            PlanError::NotApplied { .. } => "apply.incomplete",
+        }
+    }
+}
+
+/// Proof that a plan passed [`Plan::validate`] for a given manifest.
+#[derive(Debug)]
+pub struct ValidPlan {
+    plan: Plan,
+    digest: Sha256Digest,
+}
+
+impl ValidPlan {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    /// SHA-256 of the canonical plan: what approvers sign.
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
+    }
+}
+
+impl Plan {
+    /// Check the plan against the manifest that produced it.
+    ///
+    /// # Errors
+    /// The first problem found, as a [`PlanError`].
+    pub fn validate(self, manifest: &Manifest, max_changes: usize) -> Result<ValidPlan, PlanError> {
+        let limit = max_changes.min(MAX_PLAN_CHANGES);
+        if self.changes.len() > limit {
+            return Err(PlanError::TooManyChanges {
+                count: self.changes.len(),
+                limit,
+            });
+        }
+        if manifest.kind == Kind::Diagnostic && !self.changes.is_empty() {
+            return Err(PlanError::DiagnosticChanges(self.changes.len()));
+        }
+        for (what, count, limit) in [
+            ("findings", self.findings.len(), MAX_FINDINGS),
+            ("facts", self.facts.len(), MAX_FACTS),
+        ] {
+            if count > limit {
+                return Err(PlanError::TooMany { what, count, limit });
+            }
+        }
+        if self.summary.len() > MAX_TEXT {
+            return Err(PlanError::TextTooLong("summary"));
+        }
+        for f in &self.findings {
+            check_finding(f)?;
+        }
+        for f in &self.facts {
+            if f.key.len() > MAX_TEXT || f.value.len() > MAX_TEXT {
+                return Err(PlanError::TextTooLong("facts"));
+            }
+        }
+        let mounts: BTreeMap<&str, bool> = manifest
+            .mounts
+            .iter()
+            .map(|m| (m.name.as_str(), m.writable))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (index, c) in self.changes.iter().enumerate() {
+            match mounts.get(c.mount.as_str()) {
+                None => {
+                    return Err(PlanError::UnknownMount {
+                        index,
+                        mount: c.mount.clone(),
+                    });
+                }
+                Some(false) => {
+                    return Err(PlanError::ReadOnlyMount {
+                        index,
+                        mount: c.mount.clone(),
+                    });
+                }
+                Some(true) => {}
+            }
+            if c.why.trim().is_empty() || c.why.len() > MAX_TEXT {
+                return Err(inconsistent(
+                    index,
+                    c,
+                    "`why` must be one non-empty sentence",
+                ));
+            }
+            match (c.action, &c.digest_before, &c.digest_after) {
+                (Action::Create, None, Some(_)) => {}
+                (Action::Create, _, _) => {
+                    return Err(inconsistent(
+                        index,
+                        c,
+                        "create needs digest-after and no digest-before",
+                    ));
+                }
+                (Action::Modify, Some(b), Some(a)) if b != a => {}
+                (Action::Modify, Some(_), Some(_)) => {
+                    return Err(inconsistent(
+                        index,
+                        c,
+                        "modify with identical before and after digests",
+                    ));
+                }
+                (Action::Modify, _, _) => {
+                    return Err(inconsistent(
+                        index,
+                        c,
+                        "modify needs digest-before and digest-after",
+                    ));
+                }
+                (Action::Delete, Some(_), None) => {}
+                (Action::Delete, _, _) => {
+                    return Err(inconsistent(
+                        index,
+                        c,
+                        "delete needs digest-before and no digest-after",
+                    ));
+                }
+            }
+            if !seen.insert((c.mount.as_str(), c.path.as_str())) {
+                return Err(PlanError::DuplicateChange {
+                    mount: c.mount.clone(),
+                    path: c.path.to_string(),
+                });
+            }
+        }
+        // Serialising a validated plan cannot produce a float.
+        let digest =
+            Sha256Digest::of(&canonical::to_canonical_vec(&self).expect("plan has no floats"));
+        Ok(ValidPlan { plan: self, digest })
+    }
+}
+
+fn inconsistent(index: usize, c: &Change, reason: &'static str) -> PlanError {
+    PlanError::Inconsistent {
+        index,
+        action: c.action,
+        path: c.path.to_string(),
+        reason,
+    }
+}
+
+/// Bound a finding's text fields.
+///
+/// # Errors
+/// [`PlanError::TextTooLong`] when a field exceeds [`MAX_TEXT`].
+pub fn check_finding(f: &Finding) -> Result<(), PlanError> {
+    if f.code.len() > 128 {
+        return Err(PlanError::TextTooLong("finding.code"));
+    }
+    if f.message.len() > MAX_TEXT || f.subject.as_ref().is_some_and(|s| s.len() > MAX_TEXT) {
+        return Err(PlanError::TextTooLong("finding.message"));
+    }
+    Ok(())
+}
+
+/// One file-level difference between the live mount and the staged copy after `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffEntry {
+    pub mount: String,
+    pub path: MountPath,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Sha256Digest>,
+}
+
+/// Proof that the staged diff is exactly the plan.
+#[derive(Debug)]
+pub struct DiffMatchesPlan(());
+
+/// Proof that every planned "before" digest matched the live files.
+#[derive(Debug)]
+pub struct PreconditionsHold(());
+
+/// Check that the actual diff equals the plan, change for change.
+///
+/// # Errors
+/// The first mismatch: a change outside the plan, a different action or
+/// content, or a planned change that did not happen.
+pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPlan, PlanError> {
+    let planned: BTreeMap<(&str, &str), &Change> = plan
+        .plan
+        .changes
+        .iter()
+        .map(|c| ((c.mount.as_str(), c.path.as_str()), c))
+        .collect();
+    let mut done = BTreeSet::new();
+    for d in diff {
+        let key = (d.mount.as_str(), d.path.as_str());
+        let Some(c) = planned.get(&key) else {
+            return Err(PlanError::OutsidePlan {
+                mount: d.mount.clone(),
+                path: d.path.to_string(),
+                action: d.action,
+            });
+        };
+        if c.action != d.action {
+            return Err(PlanError::ActionMismatch {
+                mount: d.mount.clone(),
+                path: d.path.to_string(),
+                planned: c.action,
+                actual: d.action,
+            });
+        }
+        if c.digest_after != d.after || c.digest_before != d.before {
+            let (planned, actual) = if c.digest_after != d.after {
+                (show(&c.digest_after), show(&d.after))
+            } else {
+                (
+                    format!("before {}", show(&c.digest_before)),
+                    format!("before {}", show(&d.before)),
+                )
+            };
+            return Err(PlanError::ContentMismatch {
+                mount: d.mount.clone(),
+                path: d.path.to_string(),
+                planned,
+                actual,
+            });
+        }
+        done.insert(key);
+    }
+    if let Some(c) = plan
+        .plan
+        .changes
+        .iter()
+        .find(|c| !done.contains(&(c.mount.as_str(), c.path.as_str())))
+    {
+        return Err(PlanError::NotApplied {
+            mount: c.mount.clone(),
+            path: c.path.to_string(),
+            action: c.action,
+        });
+    }
+    Ok(DiffMatchesPlan(()))
+}
+
+/// Check every planned "before" digest against the live files. `live` gives the
+/// current digest of a file (None when it does not exist).
+///
+/// # Errors
+/// [`PlanError::Precondition`] for the first file that changed since the plan.
+pub fn check_preconditions(
+    plan: &ValidPlan,
+    mut live: impl FnMut(&str, &MountPath) -> Option<Sha256Digest>,
+) -> Result<PreconditionsHold, PlanError> {
+    for c in &plan.plan.changes {
+        let now = live(&c.mount, &c.path);
+        if now != c.digest_before {
+            return Err(PlanError::Precondition {
+                mount: c.mount.clone(),
+                path: c.path.to_string(),
+                expected: show(&c.digest_before),
+                actual: show(&now),
+            });
+        }
+    }
+    Ok(PreconditionsHold(()))
+}
+
+fn show(d: &Option<Sha256Digest>) -> String {
+    d.map_or_else(|| "absent".to_owned(), |d| d.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ComponentRef;
+
+    fn manifest() -> Manifest {
+        Manifest::from_authoring_toml(
+            "name = \"x\"\nversion = \"1\"\nkind = \"remediation\"\n[[mounts]]\nname = \"cfg\"\nwritable = true\n[[mounts]]\nname = \"ro\"\n",
+            ComponentRef { sha256: Sha256Digest::of(b""), size: 0 },
+        )
+        .unwrap()
+    }
+
+    fn d(s: &str) -> Sha256Digest {
+        Sha256Digest::of(s.as_bytes())
+    }
+
+    fn change(action: Action, path: &str, before: Option<&str>, after: Option<&str>) -> Change {
+        Change {
+            mount: "cfg".into(),
+            path: MountPath::new(path).unwrap(),
+            action,
+            digest_before: before.map(d),
+            digest_after: after.map(d),
+            why: "because".into(),
+        }
+    }
+
+    fn plan(changes: Vec<Change>) -> Plan {
+        Plan {
+            summary: "s".into(),
+            changes,
+            findings: vec![],
+            facts: vec![],
+        }
+    }
+
+    fn entry(c: &Change) -> DiffEntry {
+        DiffEntry {
+            mount: c.mount.clone(),
+            path: c.path.clone(),
+            action: c.action,
+            before: c.digest_before,
+            after: c.digest_after,
+        }
+    }
+
+    #[test]
+    fn validate_truth_table() {
+        let m = manifest();
+        let ok = [
+            change(Action::Create, "a", None, Some("1")),
+            change(Action::Modify, "b", Some("1"), Some("2")),
+            change(Action::Delete, "c", Some("1"), None),
+        ];
+        assert!(plan(ok.to_vec()).validate(&m, 100).is_ok());
+        let bad = [
+            change(Action::Create, "a", Some("0"), Some("1")),
+            change(Action::Create, "a", None, None),
+            change(Action::Modify, "b", None, Some("2")),
+            change(Action::Modify, "b", Some("1"), Some("1")),
+            change(Action::Delete, "c", Some("1"), Some("2")),
+            change(Action::Delete, "c", None, None),
+        ];
+        for c in bad {
+            let e = plan(vec![c.clone()]).validate(&m, 100).unwrap_err();
+            assert_eq!(e.reason_code(), "plan.inconsistent", "{c:?}");
+        }
+        let mut ro = change(Action::Create, "a", None, Some("1"));
+        ro.mount = "ro".into();
+        assert_eq!(
+            plan(vec![ro]).validate(&m, 100).unwrap_err().reason_code(),
+            "plan.read_only_mount"
+        );
+        let mut unknown = change(Action::Create, "a", None, Some("1"));
+        unknown.mount = "etc".into();
+        assert_eq!(
+            plan(vec![unknown])
+                .validate(&m, 100)
+                .unwrap_err()
+                .reason_code(),
+            "plan.unknown_mount"
+        );
+        let dup = vec![
+            change(Action::Create, "a", None, Some("1")),
+            change(Action::Delete, "a", Some("1"), None),
+        ];
+        assert_eq!(
+            plan(dup).validate(&m, 100).unwrap_err().reason_code(),
+            "plan.inconsistent"
+        );
+        let many = (0..11)
+            .map(|i| change(Action::Create, &format!("f{i}"), None, Some("1")))
+            .collect();
+        assert_eq!(
+            plan(many).validate(&m, 10).unwrap_err().reason_code(),
+            "plan.too_large"
+        );
+    }
+
+    #[test]
+    fn diff_must_equal_plan() {
+        let m = manifest();
+        let changes = vec![
+            change(Action::Modify, "b", Some("1"), Some("2")),
+            change(Action::Delete, "c", Some("1"), None),
+        ];
+        let vp = plan(changes.clone()).validate(&m, 100).unwrap();
+        let exact: Vec<DiffEntry> = changes.iter().map(entry).collect();
+        assert!(check_diff(&vp, &exact).is_ok());
+
+        let mut extra = exact.clone();
+        extra.push(entry(&change(Action::Create, "evil", None, Some("x"))));
+        assert_eq!(
+            check_diff(&vp, &extra).unwrap_err().reason_code(),
+            "apply.outside_plan"
+        );
+
+        let mut other_content = exact.clone();
+        other_content[0].after = Some(d("3"));
+        assert_eq!(
+            check_diff(&vp, &other_content).unwrap_err().reason_code(),
+            "apply.diff_mismatch"
+        );
+
+        let mut other_action = exact.clone();
+        other_action[1].action = Action::Modify;
+        assert_eq!(
+            check_diff(&vp, &other_action).unwrap_err().reason_code(),
+            "apply.diff_mismatch"
+        );
+
+        assert_eq!(
+            check_diff(&vp, &exact[..1]).unwrap_err().reason_code(),
+            "apply.incomplete"
+        );
+    }
+
+    #[test]
+    fn preconditions() {
+        let m = manifest();
+        let vp = plan(vec![
+            change(Action::Modify, "b", Some("1"), Some("2")),
+            change(Action::Create, "n", None, Some("2")),
+        ])
+        .validate(&m, 100)
+        .unwrap();
+        assert!(check_preconditions(&vp, |_, p| (p.as_str() == "b").then(|| d("1"))).is_ok());
+        let e = check_preconditions(&vp, |_, _| Some(d("9"))).unwrap_err();
+        assert_eq!(e.reason_code(), "commit.precondition_failed");
+        assert!(e.to_string().contains("re-plan"));
+    }
+
+    #[test]
+    fn plan_digest_is_stable_and_sensitive() {
+        let m = manifest();
+        let a = plan(vec![change(Action::Create, "a", None, Some("1"))])
+            .validate(&m, 10)
+            .unwrap();
+        let b = plan(vec![change(Action::Create, "a", None, Some("1"))])
+            .validate(&m, 10)
+            .unwrap();
+        let c = plan(vec![change(Action::Create, "a", None, Some("2"))])
+            .validate(&m, 10)
+            .unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+    }
+}

@@ -1,0 +1,262 @@
+//! The runner's config file (`runner.toml`): raw TOML parsed once into a
+//! [`RunnerConfig`] whose paths are resolved and whose keys are loaded.
+//!
+//! Relative paths are relative to the directory holding the config file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use edge_core::admission::{Ceiling, Limits};
+use edge_core::manifest::{is_env_name, is_interface_name};
+use edge_core::paths::is_logical_name;
+use edge_core::signature::{TrustedSigner, TrustedSigners};
+use serde::Deserialize;
+
+/// Interfaces a runner can link: the `capsule` world's imports. Sockets, HTTP
+/// and anything else are not in this list and can never be granted.
+pub const LINKABLE_IMPORTS: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "edge-runner:capsule/host",
+    "edge-runner:capsule/types",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    runner: RawRunner,
+    #[serde(default)]
+    signers: Vec<RawSigner>,
+    #[serde(default)]
+    sigstore: RawSigstore,
+    #[serde(default)]
+    mounts: BTreeMap<String, RawMount>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    grant: RawGrant,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    name: String,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigner {
+    name: String,
+    #[serde(default)]
+    public_key: Option<PathBuf>,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigstore {
+    #[serde(default)]
+    trusted_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    path: PathBuf,
+    #[serde(default)]
+    writable: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    #[serde(default)]
+    imports: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    default: Option<Limits>,
+    #[serde(default)]
+    ceiling: Option<Limits>,
+}
+
+/// A configured mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Canonical absolute host path of the mount root.
+    pub path: PathBuf,
+    pub writable: bool,
+}
+
+/// The resolved runner configuration.
+#[derive(Debug)]
+pub struct RunnerConfig {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub signers: TrustedSigners,
+    pub mounts: BTreeMap<String, MountConfig>,
+    /// Environment values the runner may pass (only names a capsule requests are passed).
+    pub env: BTreeMap<String, String>,
+    pub ceiling: Ceiling,
+}
+
+impl RunnerConfig {
+    /// Read and resolve a config file.
+    ///
+    /// # Errors
+    /// A message naming the file, the field and what to change.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read runner config {}", path.display()))?;
+        let base = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
+    }
+
+    /// Resolve a config from its text, with relative paths against `base`.
+    ///
+    /// # Errors
+    /// As [`RunnerConfig::load`].
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        if raw.runner.name.trim().is_empty() || raw.runner.name.len() > 128 {
+            bail!("`runner.name` must be 1-128 characters (it identifies this runner in evidence)");
+        }
+        let trusted_root = match &raw.sigstore.trusted_root {
+            Some(p) => {
+                let p = resolve(p);
+                Some(std::fs::read(&p).with_context(|| format!("cannot read sigstore.trusted_root {}", p.display()))?)
+            }
+            None => None,
+        };
+        let mut signers = Vec::new();
+        let mut names = BTreeSet::new();
+        for s in &raw.signers {
+            if !names.insert(s.name.as_str()) {
+                bail!("signer `{}` is listed twice", s.name);
+            }
+            let signer = match (&s.public_key, &s.identity, &s.issuer) {
+                (Some(key), None, None) => {
+                    let p = resolve(key);
+                    let pem = std::fs::read_to_string(&p)
+                        .with_context(|| format!("signer `{}`: cannot read public_key {}", s.name, p.display()))?;
+                    TrustedSigner::from_public_key_pem(&s.name, &pem)
+                        .with_context(|| format!("signer `{}`: {} is not a usable public key", s.name, p.display()))?
+                }
+                (None, Some(identity), Some(issuer)) => {
+                    if trusted_root.is_none() {
+                        bail!("signer `{}` is keyless and needs `sigstore.trusted_root` (a local trusted_root.json)", s.name);
+                    }
+                    TrustedSigner::keyless(&s.name, identity, issuer)
+                }
+                _ => bail!(
+                    "signer `{}` needs either `public_key` (keyed) or both `identity` and `issuer` (keyless), not a mix",
+                    s.name
+                ),
+            };
+            signers.push(signer);
+        }
+        let signers = TrustedSigners::new(signers, trusted_root.as_deref())
+            .context("`sigstore.trusted_root` is not a valid Sigstore trusted root")?;
+
+        let mut mounts = BTreeMap::new();
+        for (name, m) in raw.mounts {
+            if !is_logical_name(&name) {
+                bail!("mount name `{name}` must use [A-Za-z0-9._-]");
+            }
+            let p = resolve(&m.path);
+            let canonical = std::fs::canonicalize(&p)
+                .with_context(|| format!("mount `{name}`: path {} does not exist", p.display()))?;
+            if !canonical.is_dir() {
+                bail!("mount `{name}`: {} is not a directory", canonical.display());
+            }
+            mounts.insert(name, MountConfig { path: canonical, writable: m.writable });
+        }
+        for name in raw.env.keys() {
+            if !is_env_name(name) {
+                bail!("env name `{name}` must match [A-Za-z_][A-Za-z0-9_]*");
+            }
+        }
+        let imports: BTreeSet<String> = match raw.grant.imports {
+            Some(list) => {
+                for i in &list {
+                    if !is_interface_name(i) {
+                        bail!("grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`");
+                    }
+                    if !LINKABLE_IMPORTS.contains(&i.as_str()) {
+                        bail!(
+                            "grant.imports: `{i}` cannot be granted by this runner (sockets, HTTP and other interfaces are never linked)"
+                        );
+                    }
+                }
+                list.into_iter().collect()
+            }
+            None => LINKABLE_IMPORTS.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let max_limits = raw.limits.ceiling.unwrap_or(Limits::CEILING);
+        let default_limits = raw.limits.default.unwrap_or(Limits::DEFAULT);
+        for (field, d, c) in [
+            ("memory_mib", default_limits.memory_mib, max_limits.memory_mib),
+            ("cpu_ms", default_limits.cpu_ms, max_limits.cpu_ms),
+            ("wall_ms", default_limits.wall_ms, max_limits.wall_ms),
+            ("output_kib", default_limits.output_kib, max_limits.output_kib),
+            ("max_plan_changes", default_limits.max_plan_changes, max_limits.max_plan_changes),
+        ] {
+            if d == 0 || c == 0 || d > c {
+                bail!("limits.{field}: default {d} and ceiling {c} must be positive with default <= ceiling");
+            }
+        }
+        let ceiling = Ceiling {
+            mounts: mounts.iter().map(|(n, m)| (n.clone(), m.writable)).collect(),
+            env: raw.env.keys().cloned().collect(),
+            imports,
+            default_limits,
+            max_limits,
+        };
+        Ok(RunnerConfig {
+            name: raw.runner.name,
+            state_dir: resolve(&raw.runner.state_dir),
+            signers,
+            mounts,
+            env: raw.env,
+            ceiling,
+        })
+    }
+}
