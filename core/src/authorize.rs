@@ -1,14 +1,17 @@
 //! Decision and authorization: the gate between admission and execution.
 //!
-//! The sandbox accepts only an [`Authorized`] value, and the only way to make
-//! one is [`authorize`], which needs an [`Admitted`] capsule and an allowing
-//! [`Decision`]. The policy plane (risk tiers) and approval plane (quorums)
+//! The sandbox runs `plan` only for a [`Decided`] capsule (admitted, and
+//! allowed by a [`Decision`]) and `apply`/`verify` only for an [`Authorized`]
+//! one (decided, and authorized for one validated plan). Neither can be built
+//! outside this crate except through [`decide`] and [`authorize`]. The policy plane (risk tiers) and approval plane (quorums)
 //! plug in here: until they exist the decision is always
 //! [`Decision::unapproved_tier0`], recorded as such.
 
 use serde::{Deserialize, Serialize};
 
 use crate::admission::Admitted;
+use crate::digest::Sha256Digest;
+use crate::plan::ValidPlan;
 
 /// The policy decision for one capsule and grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,15 +61,15 @@ impl AuthorizeError {
     }
 }
 
-/// Proof that a capsule was admitted, decided and authorized. The sandbox
-/// takes this and nothing less.
+/// Proof that a capsule was admitted and the policy allowed it. Enough to
+/// run `plan` (read-only); not enough to change anything.
 #[derive(Debug)]
-pub struct Authorized {
+pub struct Decided {
     admitted: Admitted,
     decision: Decision,
 }
 
-impl Authorized {
+impl Decided {
     pub fn admitted(&self) -> &Admitted {
         &self.admitted
     }
@@ -75,21 +78,53 @@ impl Authorized {
     }
 }
 
-/// Authorize an admitted capsule under a decision.
+/// Apply a decision to an admitted capsule.
 ///
 /// # Errors
-/// [`AuthorizeError::Denied`] when the decision denies, and
-/// [`AuthorizeError::ApprovalsRequired`] when approvals are needed (fail
-/// closed: nothing here can supply them yet).
-pub fn authorize(admitted: Admitted, decision: Decision) -> Result<Authorized, AuthorizeError> {
+/// [`AuthorizeError::Denied`] when the decision denies.
+pub fn decide(admitted: Admitted, decision: Decision) -> Result<Decided, AuthorizeError> {
     if !decision.allowed {
         return Err(AuthorizeError::Denied(decision.reasons));
     }
-    if decision.tier > 0 || decision.approvals_required > 0 {
+    Ok(Decided { admitted, decision })
+}
+
+/// Proof that a capsule was admitted, decided and authorized for exactly one
+/// plan. `apply` and `verify` take this and nothing less.
+#[derive(Debug)]
+pub struct Authorized {
+    decided: Decided,
+    plan: Sha256Digest,
+}
+
+impl Authorized {
+    pub fn admitted(&self) -> &Admitted {
+        &self.decided.admitted
+    }
+    pub fn decision(&self) -> &Decision {
+        &self.decided.decision
+    }
+    /// The plan digest this authorization is bound to.
+    pub fn plan_digest(&self) -> Sha256Digest {
+        self.plan
+    }
+}
+
+/// Authorize a decided capsule for one validated plan.
+///
+/// # Errors
+/// [`AuthorizeError::ApprovalsRequired`] above tier 0 (fail closed: this
+/// runner version cannot collect approvals yet).
+pub fn authorize(decided: Decided, plan: &ValidPlan) -> Result<Authorized, AuthorizeError> {
+    let d = &decided.decision;
+    if d.tier > 0 || d.approvals_required > 0 {
         return Err(AuthorizeError::ApprovalsRequired {
-            tier: decision.tier,
-            required: decision.approvals_required,
+            tier: d.tier,
+            required: d.approvals_required,
         });
     }
-    Ok(Authorized { admitted, decision })
+    Ok(Authorized {
+        plan: plan.digest(),
+        decided,
+    })
 }

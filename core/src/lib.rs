@@ -32,5 +32,6 @@ pub mod manifest;
 pub mod paths;
 pub mod plan;
 pub mod signature;
+pub mod snapshot;
 
 pub use digest::Sha256Digest;

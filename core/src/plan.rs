@@ -123,6 +123,10 @@ pub enum PlanError {
     TextTooLong(&'static str),
     #[error("plan change #{index} path: {source}")]
     Path { index: usize, source: PathError },
+    #[error(
+        "plan change #{index} has `{value}`, which is not a digest of the form sha256:<64 lowercase hex>"
+    )]
+    BadDigest { index: usize, value: String },
     #[error("plan change #{index} names mount `{mount}`, which the manifest does not request")]
     UnknownMount { index: usize, mount: String },
     #[error("plan change #{index} writes to mount `{mount}`, which is read-only")]
@@ -185,9 +189,9 @@ impl PlanError {
             PlanError::Path { .. } => "plan.path_escape",
             PlanError::UnknownMount { .. } => "plan.unknown_mount",
             PlanError::ReadOnlyMount { .. } => "plan.read_only_mount",
-            PlanError::Inconsistent { .. } | PlanError::DuplicateChange { .. } => {
-                "plan.inconsistent"
-            }
+            PlanError::Inconsistent { .. }
+            | PlanError::DuplicateChange { .. }
+            | PlanError::BadDigest { .. } => "plan.inconsistent",
             PlanError::DiagnosticChanges(_) => "plan.diagnostic_changes",
             PlanError::Precondition { .. } => "commit.precondition_failed",
             PlanError::OutsidePlan { .. } => "apply.outside_plan",

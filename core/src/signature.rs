@@ -534,6 +534,74 @@ impl CapsuleSigningKey {
     }
 }
 
+/// Who must have signed, for [`verify_sigstore_bundle`].
+#[derive(Debug, Clone)]
+pub enum BundlePolicy {
+    /// Keyless: exact certificate identity (SAN) and OIDC issuer.
+    Identity { identity: String, issuer: String },
+    /// Keyed: an SPKI PEM public key.
+    Key { pem: String },
+}
+
+/// What a bundle signs: the artifact bytes, or only their SHA-256.
+#[derive(Debug, Clone)]
+pub enum BundleArtifact {
+    Bytes(Vec<u8>),
+    Digest(Sha256Digest),
+}
+
+/// Verify any Sigstore bundle exactly as `sigstore-verify` does (the
+/// sigstore-conformance client protocol): transparency-log entries, SCTs,
+/// certificate chains and timestamps are all required as Sigstore requires
+/// them. `trusted_root_json` defaults to the embedded public-good root, so no
+/// network is needed.
+///
+/// # Errors
+/// A message naming the failed check.
+pub fn verify_sigstore_bundle(
+    bundle_json: &[u8],
+    policy: &BundlePolicy,
+    trusted_root_json: Option<&[u8]>,
+    artifact: &BundleArtifact,
+) -> Result<(), String> {
+    let text = std::str::from_utf8(bundle_json).map_err(|e| format!("bundle is not UTF-8: {e}"))?;
+    let bundle = Bundle::from_json(text).map_err(|e| format!("bundle does not parse: {e}"))?;
+    let root = match trusted_root_json {
+        Some(b) => {
+            let t =
+                std::str::from_utf8(b).map_err(|e| format!("trusted root is not UTF-8: {e}"))?;
+            TrustedRoot::from_json(t).map_err(|e| format!("trusted root does not parse: {e}"))?
+        }
+        None => {
+            TrustedRoot::from_json(sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT)
+                .map_err(|e| format!("embedded trusted root: {e}"))?
+        }
+    };
+    let verifier = Verifier::new(&root).map_err(|e| format!("trusted root unusable: {e}"))?;
+    let result = match (policy, artifact) {
+        (BundlePolicy::Identity { identity, issuer }, a) => {
+            let p = VerificationPolicy::new(identity.as_str(), issuer.as_str());
+            match a {
+                BundleArtifact::Bytes(b) => verifier.verify(b.as_slice(), &bundle, &p),
+                BundleArtifact::Digest(d) => {
+                    verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p)
+                }
+            }
+        }
+        (BundlePolicy::Key { pem }, a) => {
+            let der = DerPublicKey::from_pem(pem).map_err(|e| format!("key: {e}"))?;
+            let p = PublicKeyVerificationPolicy::new(der);
+            match a {
+                BundleArtifact::Bytes(b) => verifier.verify(b.as_slice(), &bundle, &p),
+                BundleArtifact::Digest(d) => {
+                    verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p)
+                }
+            }
+        }
+    };
+    result.map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// What a bundle says about its signer, without verifying it (for `inspect`).
 pub fn describe_bundle(bytes: &[u8]) -> String {
     match parse_bundle(bytes) {

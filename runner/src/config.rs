@@ -143,9 +143,16 @@ impl RunnerConfig {
             .with_context(|| format!("cannot read runner config {}", path.display()))?;
         let base = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
+        Self::from_toml(&text, base)
+            .with_context(|| format!("runner config {} is invalid", path.display()))
     }
 
     /// Resolve a config from its text, with relative paths against `base`.
@@ -154,7 +161,13 @@ impl RunnerConfig {
     /// As [`RunnerConfig::load`].
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
         let raw: RawConfig = toml::from_str(text)?;
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         if raw.runner.name.trim().is_empty() || raw.runner.name.len() > 128 {
             bail!("`runner.name` must be 1-128 characters (it identifies this runner in evidence)");
@@ -162,7 +175,9 @@ impl RunnerConfig {
         let trusted_root = match &raw.sigstore.trusted_root {
             Some(p) => {
                 let p = resolve(p);
-                Some(std::fs::read(&p).with_context(|| format!("cannot read sigstore.trusted_root {}", p.display()))?)
+                Some(std::fs::read(&p).with_context(|| {
+                    format!("cannot read sigstore.trusted_root {}", p.display())
+                })?)
             }
             None => None,
         };
@@ -175,14 +190,27 @@ impl RunnerConfig {
             let signer = match (&s.public_key, &s.identity, &s.issuer) {
                 (Some(key), None, None) => {
                     let p = resolve(key);
-                    let pem = std::fs::read_to_string(&p)
-                        .with_context(|| format!("signer `{}`: cannot read public_key {}", s.name, p.display()))?;
-                    TrustedSigner::from_public_key_pem(&s.name, &pem)
-                        .with_context(|| format!("signer `{}`: {} is not a usable public key", s.name, p.display()))?
+                    let pem = std::fs::read_to_string(&p).with_context(|| {
+                        format!(
+                            "signer `{}`: cannot read public_key {}",
+                            s.name,
+                            p.display()
+                        )
+                    })?;
+                    TrustedSigner::from_public_key_pem(&s.name, &pem).with_context(|| {
+                        format!(
+                            "signer `{}`: {} is not a usable public key",
+                            s.name,
+                            p.display()
+                        )
+                    })?
                 }
                 (None, Some(identity), Some(issuer)) => {
                     if trusted_root.is_none() {
-                        bail!("signer `{}` is keyless and needs `sigstore.trusted_root` (a local trusted_root.json)", s.name);
+                        bail!(
+                            "signer `{}` is keyless and needs `sigstore.trusted_root` (a local trusted_root.json)",
+                            s.name
+                        );
                     }
                     TrustedSigner::keyless(&s.name, identity, issuer)
                 }
@@ -207,7 +235,13 @@ impl RunnerConfig {
             if !canonical.is_dir() {
                 bail!("mount `{name}`: {} is not a directory", canonical.display());
             }
-            mounts.insert(name, MountConfig { path: canonical, writable: m.writable });
+            mounts.insert(
+                name,
+                MountConfig {
+                    path: canonical,
+                    writable: m.writable,
+                },
+            );
         }
         for name in raw.env.keys() {
             if !is_env_name(name) {
@@ -218,7 +252,9 @@ impl RunnerConfig {
             Some(list) => {
                 for i in &list {
                     if !is_interface_name(i) {
-                        bail!("grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`");
+                        bail!(
+                            "grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`"
+                        );
                     }
                     if !LINKABLE_IMPORTS.contains(&i.as_str()) {
                         bail!(
@@ -233,18 +269,35 @@ impl RunnerConfig {
         let max_limits = raw.limits.ceiling.unwrap_or(Limits::CEILING);
         let default_limits = raw.limits.default.unwrap_or(Limits::DEFAULT);
         for (field, d, c) in [
-            ("memory_mib", default_limits.memory_mib, max_limits.memory_mib),
+            (
+                "memory_mib",
+                default_limits.memory_mib,
+                max_limits.memory_mib,
+            ),
             ("cpu_ms", default_limits.cpu_ms, max_limits.cpu_ms),
             ("wall_ms", default_limits.wall_ms, max_limits.wall_ms),
-            ("output_kib", default_limits.output_kib, max_limits.output_kib),
-            ("max_plan_changes", default_limits.max_plan_changes, max_limits.max_plan_changes),
+            (
+                "output_kib",
+                default_limits.output_kib,
+                max_limits.output_kib,
+            ),
+            (
+                "max_plan_changes",
+                default_limits.max_plan_changes,
+                max_limits.max_plan_changes,
+            ),
         ] {
             if d == 0 || c == 0 || d > c {
-                bail!("limits.{field}: default {d} and ceiling {c} must be positive with default <= ceiling");
+                bail!(
+                    "limits.{field}: default {d} and ceiling {c} must be positive with default <= ceiling"
+                );
             }
         }
         let ceiling = Ceiling {
-            mounts: mounts.iter().map(|(n, m)| (n.clone(), m.writable)).collect(),
+            mounts: mounts
+                .iter()
+                .map(|(n, m)| (n.clone(), m.writable))
+                .collect(),
             env: raw.env.keys().cloned().collect(),
             imports,
             default_limits,

@@ -1,0 +1,651 @@
+//! The `edge-runner` command line.
+//!
+//! Exit codes (stable, documented in the README):
+//! * 0 — success (run committed, or nothing to change; verification passed)
+//! * 1 — the runner itself failed (config, I/O, evidence log)
+//! * 2 — usage error
+//! * 3 — the capsule was refused (signature, admission, limits, plan, diff, …)
+//! * 4 — the change was committed, failed verification and was rolled back
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use edge_core::Sha256Digest;
+use edge_core::container::CapsuleFile;
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::manifest::{ComponentRef, Manifest, split_import_version};
+use edge_core::signature::{self, BundleArtifact, BundlePolicy, TrustedSigner, TrustedSigners};
+
+use crate::config::RunnerConfig;
+use crate::exec::{self, RunReport};
+use crate::keys;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_REFUSED: u8 = 3;
+pub const EXIT_ROLLED_BACK: u8 = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-runner",
+    version,
+    about = "Governed execution of signed WebAssembly remediation capsules"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Build, sign, inspect and verify capsule files.
+    #[command(subcommand)]
+    Capsule(CapsuleCommand),
+    /// Run one capsule through every gate: admit, decide, plan, authorize,
+    /// apply (staged), diff, commit, verify.
+    Exec(ExecArgs),
+    /// Read the evidence log.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+    /// Sigstore interoperability.
+    #[command(subcommand)]
+    Sigstore(SigstoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an Ed25519 key pair: <out>.key (PKCS#8 PEM, mode 0600) and <out>.pub (SPKI PEM).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapsuleCommand {
+    /// Pack a manifest (capsule.toml) and a component (.wasm) into a .capsule file.
+    Pack {
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        component: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Sign a capsule (Sigstore bundle, DSSE/in-toto, keyed Ed25519). Writes in place unless --out.
+    Sign {
+        capsule: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a capsule's manifest, digests, signer, capabilities and the component's real imports.
+    Inspect {
+        capsule: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a capsule's signature against a public key or a runner config's trusted signers.
+    Verify {
+        capsule: PathBuf,
+        /// SPKI PEM public key of the expected signer.
+        #[arg(long, conflicts_with = "config")]
+        key: Option<PathBuf>,
+        /// Use the trusted signers of this runner config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub capsule: PathBuf,
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Verify the log's hash chain and print its records.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigstoreCommand {
+    /// The sigstore-conformance client protocol: exit 0 only for a valid bundle.
+    VerifyBundle(VerifyBundleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyBundleArgs {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    #[arg(long, requires = "certificate_oidc_issuer", conflicts_with = "key")]
+    pub certificate_identity: Option<String>,
+    #[arg(long, requires = "certificate_identity")]
+    pub certificate_oidc_issuer: Option<String>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    #[arg(long)]
+    pub trusted_root: Option<PathBuf>,
+    /// The artifact: a file path, or `sha256:<hex>`.
+    pub artifact: String,
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
+    match cli.command {
+        Command::Keys(KeysCommand::Generate { out: path }) => {
+            let k = keys::generate(&path)?;
+            writeln!(
+                out,
+                "private key  {} (mode 0600; keep it secret)",
+                k.private.display()
+            )?;
+            writeln!(out, "public key   {}", k.public.display())?;
+            writeln!(out, "key id       {}", k.key_id)?;
+            Ok(EXIT_OK)
+        }
+        Command::Capsule(c) => capsule(c, out),
+        Command::Exec(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule))?;
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                writeln!(out)?;
+            } else {
+                print_report(&report, out)?;
+            }
+            Ok(match report.outcome {
+                Outcome::Committed | Outcome::NoChanges => EXIT_OK,
+                Outcome::RolledBack => EXIT_ROLLED_BACK,
+                Outcome::Refused | Outcome::Interrupted => EXIT_REFUSED,
+            })
+        }
+        Command::Evidence(EvidenceCommand::Show { config, run, json }) => {
+            let config = RunnerConfig::load(&config)?;
+            let path = config.state_dir.join("evidence/log.jsonl");
+            let text =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let (records, head) = edge_core::evidence::verify_chain_lines(&text)
+                .with_context(|| format!("evidence log {} failed verification", path.display()))?;
+            let records: Vec<&Record> = records
+                .iter()
+                .filter(|r| run.as_ref().is_none_or(|id| &r.run == id))
+                .collect();
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &records)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "evidence log {}: chain verified, head {head}",
+                    path.display()
+                )?;
+                for r in records {
+                    print_record(r, out)?;
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
+    }
+}
+
+fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
+    match c {
+        CapsuleCommand::Pack {
+            manifest,
+            component,
+            out: path,
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let wasm = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
+            let pinned = ComponentRef {
+                sha256: Sha256Digest::of(&wasm),
+                size: wasm.len() as u64,
+            };
+            let m = Manifest::from_authoring_toml(&text, pinned).with_context(|| {
+                format!("{} is not a valid capsule manifest", manifest.display())
+            })?;
+            // Refuse early what admission would refuse: undeclared imports.
+            let imports = component_imports(&wasm)?;
+            let undeclared: Vec<&String> = imports
+                .iter()
+                .filter(|i| !m.imports.contains(split_import_version(i).0))
+                .collect();
+            if !undeclared.is_empty() {
+                bail!(
+                    "the component imports interfaces the manifest does not declare: {}; add them to `imports` in {}",
+                    undeclared
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    manifest.display()
+                );
+            }
+            let file = CapsuleFile::new(m, wasm)?;
+            write_new(&path, &file.to_bytes())?;
+            writeln!(out, "packed {} ({})", path.display(), file.digest())?;
+            writeln!(
+                out,
+                "next: edge-runner capsule sign --key <key> {}",
+                path.display()
+            )?;
+            Ok(EXIT_OK)
+        }
+        CapsuleCommand::Sign {
+            capsule,
+            key,
+            out: dest,
+        } => {
+            let file = read_capsule(&capsule)?;
+            let key = keys::load_signing_key(&key)?;
+            let bundle = key.sign_capsule(&file);
+            let signed = file.with_bundle(bundle);
+            let dest = dest.unwrap_or(capsule);
+            crate::staging::write_durably(&dest, &signed.to_bytes())?;
+            writeln!(
+                out,
+                "signed {} ({}) with key {}",
+                dest.display(),
+                signed.digest(),
+                key.key_id()
+            )?;
+            Ok(EXIT_OK)
+        }
+        CapsuleCommand::Inspect { capsule, json } => {
+            let file = read_capsule(&capsule)?;
+            let imports = component_imports(file.component())?;
+            let m = file.manifest();
+            let undeclared: Vec<&String> = imports
+                .iter()
+                .filter(|i| !m.imports.contains(split_import_version(i).0))
+                .collect();
+            let signer = file.bundle().map(signature::describe_bundle);
+            if json {
+                let v = serde_json::json!({
+                    "capsule": file.digest(),
+                    "manifest": m,
+                    "signature": signer,
+                    "imports": imports,
+                    "undeclared_imports": undeclared,
+                });
+                serde_json::to_writer_pretty(&mut *out, &v)?;
+                writeln!(out)?;
+                return Ok(EXIT_OK);
+            }
+            writeln!(out, "capsule      {}@{} ({:?})", m.name, m.version, m.kind)?;
+            writeln!(out, "digest       {}", file.digest())?;
+            writeln!(
+                out,
+                "component    {} ({} bytes)",
+                m.component.sha256, m.component.size
+            )?;
+            writeln!(
+                out,
+                "signature    {}",
+                signer.as_deref().unwrap_or("none (unsigned)")
+            )?;
+            if !m.description.is_empty() {
+                writeln!(out, "description  {}", m.description)?;
+            }
+            let p = &m.provenance;
+            for (k, v) in [
+                ("agent", &p.agent),
+                ("model", &p.model),
+                ("source", &p.source_ref),
+                ("ticket", &p.ticket),
+                ("rationale", &p.rationale),
+            ] {
+                if let Some(v) = v {
+                    writeln!(out, "{k:<12} {v}")?;
+                }
+            }
+            writeln!(out, "mounts")?;
+            for mo in &m.mounts {
+                writeln!(
+                    out,
+                    "  {} ({})",
+                    mo.name,
+                    if mo.writable {
+                        "read-write during apply"
+                    } else {
+                        "read-only"
+                    }
+                )?;
+            }
+            writeln!(
+                out,
+                "endpoints    {}",
+                if m.endpoints.is_empty() {
+                    "none".into()
+                } else {
+                    m.endpoints.join(", ")
+                }
+            )?;
+            writeln!(
+                out,
+                "env          {}",
+                if m.env.is_empty() {
+                    "none".into()
+                } else {
+                    m.env.join(", ")
+                }
+            )?;
+            writeln!(out, "params")?;
+            for (k, v) in &m.params {
+                writeln!(out, "  {k} = {v:?}")?;
+            }
+            writeln!(out, "limits       {}", serde_json::to_string(&m.limits)?)?;
+            writeln!(out, "imports (real, from the component)")?;
+            for i in &imports {
+                let declared = m.imports.contains(split_import_version(i).0);
+                writeln!(
+                    out,
+                    "  {i}{}",
+                    if declared {
+                        ""
+                    } else {
+                        "   <- NOT DECLARED: admission will refuse"
+                    }
+                )?;
+            }
+            Ok(EXIT_OK)
+        }
+        CapsuleCommand::Verify {
+            capsule,
+            key,
+            config,
+        } => {
+            let file = read_capsule(&capsule)?;
+            let trusted = match (key, config) {
+                (Some(k), None) => {
+                    let pem = std::fs::read_to_string(&k)
+                        .with_context(|| format!("cannot read {}", k.display()))?;
+                    TrustedSigners::new(
+                        vec![TrustedSigner::from_public_key_pem("key", &pem)?],
+                        None,
+                    )?
+                }
+                (None, Some(c)) => RunnerConfig::load(&c)?.signers,
+                _ => bail!("give --key <public.pem> or --config <runner.toml>"),
+            };
+            match signature::verify_capsule(file, &trusted) {
+                Ok(v) => {
+                    writeln!(
+                        out,
+                        "verified {} signed by {} ({})",
+                        v.file().digest(),
+                        v.signer(),
+                        v.signer_detail()
+                    )?;
+                    if v.transparency() == signature::Transparency::None {
+                        writeln!(
+                            out,
+                            "note: keyed signature without a transparency-log entry (offline enclave signing)"
+                        )?;
+                    }
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    writeln!(out, "refused ({}): {e}", e.reason_code())?;
+                    Ok(EXIT_REFUSED)
+                }
+            }
+        }
+    }
+}
+
+fn verify_bundle(a: VerifyBundleArgs, out: &mut dyn Write) -> Result<u8> {
+    let bundle =
+        std::fs::read(&a.bundle).with_context(|| format!("cannot read {}", a.bundle.display()))?;
+    let policy = match (a.certificate_identity, a.certificate_oidc_issuer, a.key) {
+        (Some(identity), Some(issuer), None) => BundlePolicy::Identity { identity, issuer },
+        (None, None, Some(k)) => BundlePolicy::Key {
+            pem: std::fs::read_to_string(&k)
+                .with_context(|| format!("cannot read {}", k.display()))?,
+        },
+        _ => bail!("give --certificate-identity and --certificate-oidc-issuer, or --key"),
+    };
+    let root = a
+        .trusted_root
+        .as_ref()
+        .map(std::fs::read)
+        .transpose()
+        .context("cannot read --trusted-root")?;
+    let artifact = match a.artifact.strip_prefix("sha256:") {
+        Some(_) => BundleArtifact::Digest(a.artifact.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => BundleArtifact::Bytes(
+            std::fs::read(&a.artifact).with_context(|| format!("cannot read {}", a.artifact))?,
+        ),
+    };
+    match signature::verify_sigstore_bundle(&bundle, &policy, root.as_deref(), &artifact) {
+        Ok(()) => {
+            writeln!(out, "OK")?;
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            writeln!(out, "invalid bundle: {e}")?;
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+fn read_capsule(path: &Path) -> Result<CapsuleFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    CapsuleFile::parse(&bytes).with_context(|| format!("{} is not a valid capsule", path.display()))
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::staging::write_durably(path, bytes)
+}
+
+/// A component's imports, as wasmtime sees them (compiles it; no instantiation).
+fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    let engine = wasmtime::Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let component = wasmtime::component::Component::new(&engine, wasm)
+        .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
+    let mut v: Vec<String> = component
+        .component_type()
+        .imports(&engine)
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Human summary of a run.
+pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "run          {}", r.run)?;
+    if let (Some(name), Some(d)) = (&r.name, &r.capsule) {
+        writeln!(out, "capsule      {name} ({d})")?;
+    }
+    if let Some(s) = &r.signer {
+        writeln!(out, "signer       {s}")?;
+    }
+    if let Some(t) = r.tier {
+        writeln!(
+            out,
+            "decision     tier {t}, unapproved (no policy or approval plane in this runner version)"
+        )?;
+    }
+    if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
+        writeln!(out, "plan         {d}")?;
+        writeln!(out, "             {}", p.summary)?;
+        for c in &p.changes {
+            writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
+            if let Some(b) = &c.digest_before {
+                writeln!(out, "      before {b}")?;
+            }
+            if let Some(a) = &c.digest_after {
+                writeln!(out, "      after  {a}")?;
+            }
+            writeln!(out, "      why    {}", c.why)?;
+        }
+        if !p.findings.is_empty() {
+            writeln!(out, "findings")?;
+            for f in &p.findings {
+                let subject = f
+                    .subject
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                writeln!(out, "  [{}] {}: {}{subject}", f.severity, f.code, f.message)?;
+            }
+        }
+    }
+    if !r.diff.is_empty() {
+        writeln!(
+            out,
+            "diff         {} change(s) in the staged copy",
+            r.diff.len()
+        )?;
+        for d in &r.diff {
+            writeln!(out, "  {} {}/{}", d.action, d.mount, d.path)?;
+        }
+    }
+    if let Some(v) = &r.verification {
+        writeln!(
+            out,
+            "verify       {}: {}",
+            if v.passed { "passed" } else { "FAILED" },
+            v.summary
+        )?;
+    }
+    for (phase, c) in &r.captured {
+        for line in c.log.iter().take(20) {
+            writeln!(out, "  {phase} log: {line}")?;
+        }
+        for (name, text) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
+            for line in text.lines().take(10) {
+                writeln!(out, "  {phase} {name}: {line}")?;
+            }
+        }
+    }
+    if let Some(f) = &r.refusal {
+        writeln!(out, "REFUSED      at {} [{}]", f.stage, f.reason_code)?;
+        writeln!(out, "             {}", f.detail)?;
+    }
+    let outcome = match r.outcome {
+        Outcome::Committed => "committed and verified",
+        Outcome::NoChanges => "nothing to change; findings recorded",
+        Outcome::Refused => "refused; nothing on the host was changed",
+        Outcome::RolledBack => "verification failed; the change was rolled back",
+        Outcome::Interrupted => "interrupted",
+    };
+    writeln!(out, "outcome      {outcome}")?;
+    writeln!(out, "evidence     {} record(s)", r.records.len())?;
+    for rec in &r.records {
+        print_record(rec, out)?;
+    }
+    Ok(())
+}
+
+fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
+    let summary = match &r.event {
+        Event::Submission {
+            name,
+            version,
+            capsule,
+            ..
+        } => format!("submission  {name}@{version} {capsule}"),
+        Event::Admitted {
+            signer, imports, ..
+        } => format!("admitted    signer {signer}; {} imports", imports.len()),
+        Event::Decision {
+            allowed,
+            tier,
+            reasons,
+            ..
+        } => {
+            format!(
+                "decision    {} tier {tier}: {}",
+                if *allowed { "allow" } else { "deny" },
+                reasons.join("; ")
+            )
+        }
+        Event::Authorized { tier, note, .. } => format!("authorized  tier {tier}: {note}"),
+        Event::Planned {
+            plan,
+            changes,
+            findings,
+            ..
+        } => {
+            format!(
+                "planned     {plan} ({changes} change(s), {} finding(s))",
+                findings.len()
+            )
+        }
+        Event::Applied { diff, .. } => format!("applied     diff of {} change(s)", diff.len()),
+        Event::CommitIntent { changes, journal } => {
+            format!("commit-intent {changes} change(s), journal {journal}")
+        }
+        Event::Committed { changes } => format!("committed   {changes} change(s)"),
+        Event::Verified {
+            passed, summary, ..
+        } => format!(
+            "verified    {}: {summary}",
+            if *passed { "passed" } else { "failed" }
+        ),
+        Event::RolledBack {
+            reason_code,
+            restored,
+            ..
+        } => format!("rolled-back [{reason_code}] {restored} file(s) restored"),
+        Event::Refused {
+            stage,
+            reason_code,
+            detail,
+        } => format!("refused     at {stage} [{reason_code}] {detail}"),
+        Event::Interrupted { restored, detail } => {
+            format!("interrupted {detail} ({restored} restored)")
+        }
+        Event::Completed { outcome } => format!(
+            "completed   {}",
+            serde_json::to_value(outcome)?.as_str().unwrap_or("?")
+        ),
+        _ => "(event)".to_owned(),
+    };
+    writeln!(out, "  #{:<4} {} {}", r.seq, r.run, summary)?;
+    Ok(())
+}
+
+/// Parse args, run, map errors to exit code 1 with the full cause chain.
+pub fn run_main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match main(cli, &mut stdout) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let _ = stdout.flush();
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! One governed run, end to end:
+//!
+//! ```text
+//! parse ─► verify signature ─► admit ─► decide ─► plan (read-only) ─► authorize
+//!       ─► stage ─► apply (staged copy) ─► diff == plan? ─► preconditions hold?
+//!       ─► commit (journaled) ─► verify ─► finalize | roll back
+//! ```
+//!
+//! Every step appends an evidence record, durably, *before* its effect; a
+//! refusal at any step is recorded with a stable reason code and ends the run
+//! with a terminal `completed` record. Nothing on the host changes unless the
+//! diff equals the plan and the plan's preconditions still hold.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use edge_core::Sha256Digest;
+use edge_core::admission::{self, Admitted};
+use edge_core::authorize::{self, Decision};
+use edge_core::canonical;
+use edge_core::container::CapsuleFile;
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::plan::{self, DiffEntry, Plan, ValidPlan};
+use edge_core::signature;
+use edge_core::snapshot;
+use serde::Serialize;
+
+use crate::config::RunnerConfig;
+use crate::evidence_log::EvidenceLog;
+use crate::sandbox::{
+    CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification,
+};
+use crate::staging::{self, Journal};
+
+/// Largest total file content staged per writable mount.
+pub const MAX_STAGE_BYTES: u64 = 256 << 20;
+
+/// Why a run stopped before committing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub stage: String,
+    pub reason_code: String,
+    pub detail: String,
+}
+
+/// What a run did, for the CLI and tests.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub run: String,
+    pub outcome: Outcome,
+    pub capsule: Option<Sha256Digest>,
+    pub name: Option<String>,
+    pub signer: Option<String>,
+    pub tier: Option<u8>,
+    pub plan: Option<Plan>,
+    pub plan_digest: Option<Sha256Digest>,
+    pub diff: Vec<DiffEntry>,
+    pub verification: Option<VerificationReport>,
+    pub refusal: Option<Refusal>,
+    pub captured: BTreeMap<String, Captured>,
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerificationReport {
+    pub passed: bool,
+    pub summary: String,
+}
+
+impl RunReport {
+    fn new(run: &str) -> Self {
+        Self {
+            run: run.to_owned(),
+            outcome: Outcome::Refused,
+            capsule: None,
+            name: None,
+            signer: None,
+            tier: None,
+            plan: None,
+            plan_digest: None,
+            diff: Vec::new(),
+            verification: None,
+            refusal: None,
+            captured: BTreeMap::new(),
+            records: Vec::new(),
+        }
+    }
+}
+
+/// The runner: config, sandbox and evidence log, for one process.
+#[derive(Debug)]
+pub struct Runner {
+    pub config: RunnerConfig,
+    pub sandbox: Sandbox,
+    pub log: EvidenceLog,
+}
+
+impl Runner {
+    /// Open the evidence log (verifying it), build the sandbox and recover
+    /// any run a crash left unfinished.
+    ///
+    /// # Errors
+    /// If the log is broken or locked, or the sandbox cannot be built.
+    pub fn open(config: RunnerConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+        let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
+        let sandbox = Sandbox::new(
+            &config.state_dir.join("cache"),
+            config.ceiling.max_limits.memory_mib,
+        )?;
+        let mut runner = Self {
+            config,
+            sandbox,
+            log,
+        };
+        runner.recover()?;
+        Ok(runner)
+    }
+
+    /// Roll back and close every run that has no terminal record.
+    ///
+    /// # Errors
+    /// If a rollback or a record write fails (the runner must not continue).
+    pub fn recover(&mut self) -> Result<Vec<String>> {
+        let journals_dir = self.config.state_dir.join("journals");
+        let mut open: Vec<String> = Vec::new();
+        let mut terminal: BTreeMap<String, Outcome> = BTreeMap::new();
+        for r in self.log.records() {
+            if let Event::Completed { outcome } = &r.event {
+                terminal.insert(r.run.clone(), *outcome);
+            } else if !open.contains(&r.run) {
+                open.push(r.run.clone());
+            }
+        }
+        let mut recovered = Vec::new();
+        // Journals first: they say what to undo.
+        if journals_dir.exists() {
+            for entry in std::fs::read_dir(&journals_dir)? {
+                let path = entry?.path();
+                let Some(run) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                let journal: Journal = serde_json::from_slice(&std::fs::read(&path)?)
+                    .with_context(|| {
+                        format!(
+                            "journal {} is unreadable; restore the files by hand",
+                            path.display()
+                        )
+                    })?;
+                match terminal.get(&run) {
+                    Some(Outcome::Committed) => journal.finalize()?,
+                    Some(_) => {
+                        journal.rollback()?;
+                    }
+                    None => {
+                        let restored = journal.rollback()?;
+                        self.log.append(
+                            &run,
+                            Event::Interrupted {
+                                restored,
+                                detail: "found a commit in progress at start; rolled back".into(),
+                            },
+                        )?;
+                        self.log.append(
+                            &run,
+                            Event::Completed {
+                                outcome: Outcome::Interrupted,
+                            },
+                        )?;
+                        terminal.insert(run.clone(), Outcome::Interrupted);
+                        recovered.push(run.clone());
+                    }
+                }
+                std::fs::remove_file(&path)?;
+            }
+        }
+        for run in open {
+            if !terminal.contains_key(&run) {
+                self.log.append(
+                    &run,
+                    Event::Interrupted {
+                        restored: 0,
+                        detail: "run ended without a terminal record; nothing was committed".into(),
+                    },
+                )?;
+                self.log.append(
+                    &run,
+                    Event::Completed {
+                        outcome: Outcome::Interrupted,
+                    },
+                )?;
+                recovered.push(run);
+            }
+        }
+        let staging_dir = self.config.state_dir.join("staging");
+        if staging_dir.exists() {
+            std::fs::remove_dir_all(&staging_dir).context("cannot clear stale staging copies")?;
+        }
+        Ok(recovered)
+    }
+
+    /// Run a capsule file through every gate.
+    ///
+    /// # Errors
+    /// Only for failures of the runner itself (evidence log, filesystem);
+    /// refusals of the capsule are reported in the [`RunReport`].
+    pub async fn exec(&mut self, capsule_bytes: &[u8]) -> Result<RunReport> {
+        let run = new_run_id();
+        let mut report = RunReport::new(&run);
+        let first_seq = self.log.records().len();
+        let result = self.exec_inner(capsule_bytes, &mut report).await;
+        let staging_dir = self.config.state_dir.join("staging").join(&run);
+        if staging_dir.exists() {
+            let _ = std::fs::remove_dir_all(&staging_dir);
+        }
+        report.records = self.log.records()[first_seq..].to_vec();
+        result.map(|()| report)
+    }
+
+    fn record(&mut self, report: &RunReport, event: Event) -> Result<()> {
+        self.log.append(&report.run, event)?;
+        Ok(())
+    }
+
+    fn refuse(
+        &mut self,
+        report: &mut RunReport,
+        stage: &str,
+        code: &str,
+        detail: String,
+    ) -> Result<()> {
+        self.record(
+            report,
+            Event::Refused {
+                stage: stage.into(),
+                reason_code: code.into(),
+                detail: detail.clone(),
+            },
+        )?;
+        self.record(
+            report,
+            Event::Completed {
+                outcome: Outcome::Refused,
+            },
+        )?;
+        report.outcome = Outcome::Refused;
+        report.refusal = Some(Refusal {
+            stage: stage.into(),
+            reason_code: code.into(),
+            detail,
+        });
+        Ok(())
+    }
+
+    fn store_output(
+        &mut self,
+        report: &mut RunReport,
+        phase: &str,
+        captured: Captured,
+    ) -> Result<Option<Sha256Digest>> {
+        if captured.is_empty() {
+            return Ok(None);
+        }
+        let bytes = canonical::to_canonical_vec(&captured)?;
+        let d = self.log.put_artifact(&bytes)?;
+        report.captured.insert(phase.to_owned(), captured);
+        Ok(Some(d))
+    }
+
+    async fn exec_inner(&mut self, capsule_bytes: &[u8], report: &mut RunReport) -> Result<()> {
+        // 1. Parse: manifest canonical, component matches its pinned digest.
+        let file = match CapsuleFile::parse(capsule_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let code = match &e {
+                    edge_core::container::ContainerError::ComponentDigest { .. }
+                    | edge_core::container::ContainerError::ComponentSize { .. } => {
+                        "capsule.component_mismatch"
+                    }
+                    edge_core::container::ContainerError::Manifest(_) => "capsule.bad_manifest",
+                    _ => "capsule.malformed",
+                };
+                let detail = format!("{e} (capsule file {})", Sha256Digest::of(capsule_bytes));
+                return self.refuse(report, "submission", code, detail);
+            }
+        };
+        let m = file.manifest().clone();
+        report.capsule = Some(file.digest());
+        report.name = Some(format!("{}@{}", m.name, m.version));
+        let manifest_d = self.log.put_artifact(file.manifest_bytes())?;
+        let bundle_d = file
+            .bundle()
+            .map(|b| self.log.put_artifact(b))
+            .transpose()?;
+        self.record(
+            report,
+            Event::Submission {
+                capsule: file.digest(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+                kind: format!("{:?}", m.kind).to_lowercase(),
+                manifest: manifest_d,
+                component: m.component.sha256,
+                bundle: bundle_d,
+                dangerous: Vec::new(),
+            },
+        )?;
+
+        // 2. Signature.
+        let verified = match signature::verify_capsule(file, &self.config.signers) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(report, "admit", e.reason_code(), e.to_string()),
+        };
+        report.signer = Some(verified.signer().to_owned());
+
+        // 3. Admission: compile (or load from cache), then imports ⊆ declared ⊆ granted.
+        let component = match self
+            .sandbox
+            .load(verified.file().component(), &m.component.sha256)
+        {
+            Ok((c, _)) => c,
+            Err(e) => {
+                return self.refuse(
+                    report,
+                    "admit",
+                    "capsule.invalid_component",
+                    format!("{e:#}"),
+                );
+            }
+        };
+        let imports = self.sandbox.imports(&component);
+        let admitted: Admitted = match admission::admit(verified, &imports, &self.config.ceiling) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(report, "admit", e.reason_code(), e.to_string()),
+        };
+        let pre = match self.sandbox.prepare(&component) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.refuse(report, "admit", "admission.link_failed", format!("{e:#}"));
+            }
+        };
+        let signer_label = format!(
+            "{} ({})",
+            admitted.capsule().signer(),
+            admitted.capsule().signer_detail()
+        );
+        self.record(
+            report,
+            Event::Admitted {
+                signer: signer_label,
+                grant: serde_json::to_value(admitted.grant())?,
+                imports: admitted.imports().to_vec(),
+            },
+        )?;
+
+        // 4. Decision (the policy plane plugs in here).
+        let decision = Decision::unapproved_tier0();
+        report.tier = Some(decision.tier);
+        self.record(
+            report,
+            Event::Decision {
+                allowed: decision.allowed,
+                tier: decision.tier,
+                approvals_required: decision.approvals_required,
+                reasons: decision.reasons.clone(),
+            },
+        )?;
+        let decided = match authorize::decide(admitted, decision) {
+            Ok(d) => d,
+            Err(e) => return self.refuse(report, "decide", e.reason_code(), e.to_string()),
+        };
+
+        // 5. Plan, read-only.
+        let grant = decided.admitted().grant().clone();
+        let env: Vec<(String, String)> = grant
+            .env
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    self.config.env.get(k).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let live_mounts: Vec<PhaseMount> = grant
+            .mounts
+            .iter()
+            .map(|g| PhaseMount {
+                name: g.name.clone(),
+                host_path: self.config.mounts[&g.name].path.clone(),
+                writable: false,
+            })
+            .collect();
+        let input = PhaseInput {
+            params: &m.params,
+            mounts: &live_mounts,
+            env: &env,
+        };
+        let (planned, captured) = self.sandbox.plan(&pre, &decided, &input).await;
+        let output = self.store_output(report, "plan", captured)?;
+        let raw_plan = match planned {
+            Ok(p) => p,
+            Err(e) => return self.refuse_sandbox(report, "plan", &e),
+        };
+        let valid: ValidPlan = match raw_plan.validate(&m, grant.limits.max_plan_changes as usize) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(report, "plan", e.reason_code(), e.to_string()),
+        };
+        let plan_bytes = canonical::to_canonical_vec(valid.plan())?;
+        let plan_d = self.log.put_artifact(&plan_bytes)?;
+        debug_assert_eq!(plan_d, valid.digest());
+        report.plan = Some(valid.plan().clone());
+        report.plan_digest = Some(valid.digest());
+        self.record(
+            report,
+            Event::Planned {
+                plan: plan_d,
+                summary: valid.plan().summary.clone(),
+                changes: valid.plan().changes.len(),
+                findings: valid.plan().findings.clone(),
+                output,
+            },
+        )?;
+
+        // 6. Authorize: bound to this plan. Tier 0 needs no approvals.
+        let authorized = match authorize::authorize(decided, &valid) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(report, "authorize", e.reason_code(), e.to_string()),
+        };
+        self.record(
+            report,
+            Event::Authorized {
+                tier: authorized.decision().tier,
+                approvals: Vec::new(),
+                note: "unapproved tier-0 run: no policy or approval plane in this runner version"
+                    .into(),
+            },
+        )?;
+
+        // Nothing to change: verify read-only and finish.
+        if valid.plan().changes.is_empty() {
+            let (verified, captured) = self
+                .sandbox
+                .verify(&pre, &authorized, &input, valid.plan())
+                .await;
+            let output = self.store_output(report, "verify", captured)?;
+            return match verified {
+                Ok(v) => {
+                    self.record_verification(report, &v, output)?;
+                    if v.passed {
+                        self.record(
+                            report,
+                            Event::Completed {
+                                outcome: Outcome::NoChanges,
+                            },
+                        )?;
+                        report.outcome = Outcome::NoChanges;
+                        Ok(())
+                    } else {
+                        self.refuse(report, "verify", "verify.failed", v.summary)
+                    }
+                }
+                Err(e) => self.refuse_sandbox(report, "verify", &e),
+            };
+        }
+
+        // 7. Stage writable mounts, apply against the copies.
+        let stage_root = self.config.state_dir.join("staging").join(&report.run);
+        let mut staged: BTreeMap<String, (PathBuf, snapshot::Snapshot)> = BTreeMap::new();
+        for g in grant.mounts.iter().filter(|g| g.writable) {
+            let live = &self.config.mounts[&g.name].path;
+            let copy = stage_root.join(&g.name);
+            match staging::stage(live, &copy, MAX_STAGE_BYTES) {
+                Ok(snap) => {
+                    staged.insert(g.name.clone(), (copy, snap));
+                }
+                Err(e) => return self.refuse(report, "stage", "staging.failed", format!("{e:#}")),
+            }
+        }
+        let apply_mounts: Vec<PhaseMount> = live_mounts
+            .iter()
+            .map(|m| match staged.get(&m.name) {
+                Some((copy, _)) => PhaseMount {
+                    name: m.name.clone(),
+                    host_path: copy.clone(),
+                    writable: true,
+                },
+                None => m.clone(),
+            })
+            .collect();
+        let apply_input = PhaseInput {
+            mounts: &apply_mounts,
+            ..input
+        };
+        let (applied, captured) = self
+            .sandbox
+            .apply(&pre, &authorized, &apply_input, valid.plan())
+            .await;
+        let output = self.store_output(report, "apply", captured)?;
+        if let Err(e) = applied {
+            return self.refuse_sandbox(report, "apply", &e);
+        }
+
+        // 8. The real diff must equal the plan.
+        let mut diff = Vec::new();
+        for (name, (copy, before)) in &staged {
+            let after = match staging::snapshot(copy) {
+                Ok(s) => s,
+                Err(e) => return self.refuse(report, "diff", "staging.failed", format!("{e:#}")),
+            };
+            match snapshot::diff(name, before, &after) {
+                Ok(d) => diff.extend(d),
+                Err(e) => {
+                    self.record(
+                        report,
+                        Event::Applied {
+                            diff: diff.clone(),
+                            output,
+                        },
+                    )?;
+                    return self.refuse(report, "diff", e.reason_code(), e.to_string());
+                }
+            }
+        }
+        report.diff = diff.clone();
+        self.record(
+            report,
+            Event::Applied {
+                diff: diff.clone(),
+                output,
+            },
+        )?;
+        let _matches = match plan::check_diff(&valid, &diff) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(report, "diff", e.reason_code(), e.to_string()),
+        };
+
+        // 9. Preconditions: the live files are still what the plan saw.
+        let live_roots: BTreeMap<String, PathBuf> = staged
+            .keys()
+            .map(|n| (n.clone(), self.config.mounts[n].path.clone()))
+            .collect();
+        let mut io_error = None;
+        let holds = plan::check_preconditions(&valid, |mount, path| {
+            let p = live_roots.get(mount).map(|r| r.join(path.as_str()))?;
+            staging::file_digest(&p).unwrap_or_else(|e| {
+                io_error = Some(e.to_string());
+                None
+            })
+        });
+        let _holds = match (holds, io_error) {
+            (_, Some(e)) => return self.refuse(report, "commit", "commit.io_error", e),
+            (Ok(h), None) => h,
+            (Err(e), None) => return self.refuse(report, "commit", e.reason_code(), e.to_string()),
+        };
+
+        // 10. Commit, journaled.
+        let journal_path = staging::journal_path(&self.config.state_dir, &report.run);
+        let copies: BTreeMap<String, PathBuf> = staged
+            .iter()
+            .map(|(n, (c, _))| (n.clone(), c.clone()))
+            .collect();
+        let mut journal = Journal::new(&report.run, &diff, &live_roots)?;
+        let journal_bytes = journal.persist(&journal_path)?;
+        let journal_d = self.log.put_artifact(&journal_bytes)?;
+        self.record(
+            report,
+            Event::CommitIntent {
+                changes: diff.len(),
+                journal: journal_d,
+            },
+        )?;
+        if let Err(e) = journal.commit(&copies, &journal_path) {
+            let restored = journal.rollback()?;
+            self.record(
+                report,
+                Event::RolledBack {
+                    reason_code: "commit.io_error".into(),
+                    detail: format!("{e:#}"),
+                    restored,
+                },
+            )?;
+            self.record(
+                report,
+                Event::Completed {
+                    outcome: Outcome::RolledBack,
+                },
+            )?;
+            std::fs::remove_file(&journal_path)?;
+            report.outcome = Outcome::RolledBack;
+            report.refusal = Some(Refusal {
+                stage: "commit".into(),
+                reason_code: "commit.io_error".into(),
+                detail: format!("{e:#}"),
+            });
+            return Ok(());
+        }
+        self.record(
+            report,
+            Event::Committed {
+                changes: diff.len(),
+            },
+        )?;
+
+        // 11. Verify against the live mounts; roll back on failure.
+        let (verified, captured) = self
+            .sandbox
+            .verify(&pre, &authorized, &input, valid.plan())
+            .await;
+        let output = self.store_output(report, "verify", captured)?;
+        let failure = match verified {
+            Ok(v) => {
+                self.record_verification(report, &v, output)?;
+                (!v.passed).then(|| ("verify.failed".to_owned(), v.summary))
+            }
+            Err(e) => {
+                self.record(
+                    report,
+                    Event::Refused {
+                        stage: "verify".into(),
+                        reason_code: e.reason_code().into(),
+                        detail: e.to_string(),
+                    },
+                )?;
+                Some((e.reason_code().to_owned(), e.to_string()))
+            }
+        };
+        match failure {
+            None => {
+                self.record(
+                    report,
+                    Event::Completed {
+                        outcome: Outcome::Committed,
+                    },
+                )?;
+                journal.finalize()?;
+                std::fs::remove_file(&journal_path)?;
+                report.outcome = Outcome::Committed;
+            }
+            Some((code, detail)) => {
+                // The record of the verify result is durable; now undo.
+                let restored = journal.rollback()?;
+                self.record(
+                    report,
+                    Event::RolledBack {
+                        reason_code: code.clone(),
+                        detail: detail.clone(),
+                        restored,
+                    },
+                )?;
+                self.record(
+                    report,
+                    Event::Completed {
+                        outcome: Outcome::RolledBack,
+                    },
+                )?;
+                std::fs::remove_file(&journal_path)?;
+                report.outcome = Outcome::RolledBack;
+                report.refusal = Some(Refusal {
+                    stage: "verify".into(),
+                    reason_code: code,
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse_sandbox(
+        &mut self,
+        report: &mut RunReport,
+        stage: &str,
+        e: &SandboxError,
+    ) -> Result<()> {
+        self.refuse(report, stage, e.reason_code(), e.to_string())
+    }
+
+    fn record_verification(
+        &mut self,
+        report: &mut RunReport,
+        v: &Verification,
+        output: Option<Sha256Digest>,
+    ) -> Result<()> {
+        report.verification = Some(VerificationReport {
+            passed: v.passed,
+            summary: v.summary.clone(),
+        });
+        self.record(
+            report,
+            Event::Verified {
+                passed: v.passed,
+                summary: v.summary.clone(),
+                findings: v.findings.clone(),
+                output,
+            },
+        )
+    }
+}
+
+/// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).
+pub fn new_run_id() -> String {
+    let ms = jiff::Timestamp::now().as_millisecond();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("r-{ms}-{}", &rand[..8])
+}
+
+/// Load and run a capsule file with a config file: the `exec` command.
+///
+/// # Errors
+/// As [`Runner::open`] and [`Runner::exec`].
+pub async fn exec_file(config: &Path, capsule: &Path) -> Result<RunReport> {
+    let config = RunnerConfig::load(config)?;
+    let bytes = std::fs::read(capsule)
+        .with_context(|| format!("cannot read capsule {}", capsule.display()))?;
+    let mut runner = Runner::open(config)?;
+    runner.exec(&bytes).await
+}
+
+#[doc(hidden)]
+pub type Pre = CapsulePre<HostState>;

@@ -1,0 +1,14 @@
+//! # edge-runner
+//!
+//! The runner and its command line. Pure checks live in `edge-core`; this
+//! crate adds the I/O at the edges: config and key files, the wasmtime
+//! sandbox, staging/commit/rollback on the host filesystem, the evidence log
+//! on disk, and the CLI.
+
+pub mod cli;
+pub mod config;
+pub mod evidence_log;
+pub mod exec;
+pub mod keys;
+pub mod sandbox;
+pub mod staging;

@@ -1,0 +1,1003 @@
+//! The sandbox: wasmtime (component model, WASI 0.2) configured to deny by
+//! default and built, per run, only from a [`Grant`].
+//!
+//! * **Linking** — only the `capsule` world's imports are ever linked (WASI
+//!   cli/clocks/filesystem/io/random and our host interface); sockets and
+//!   anything else simply do not exist for a capsule. Admission has already
+//!   refused any component importing more than its manifest declares and the
+//!   runner grants.
+//! * **Files** — each granted mount is a preopen at `/mnt/<name>`, read-only
+//!   unless this phase writes to it (only `apply`, and then only the staged
+//!   copy). cap-std confines every path, including symlinks, to the preopen.
+//! * **Limits** — CPU by epoch ticks counted while the guest runs; wall time
+//!   by a tokio timeout around the whole phase, which also fires while the
+//!   guest is blocked in a host call; memory, tables and instances by a
+//!   [`ResourceLimiter`]; stack by `max_wasm_stack`; stdout/stderr by bounded
+//!   pipes; data lifted from the guest by hostcall fuel; host-call counts and
+//!   sizes by our host implementation. Every limit maps to a stable reason code.
+//! * **Speed** — compiled components are cached on disk by (component digest,
+//!   engine compatibility hash) in a runner-owned directory; instances come
+//!   from an `InstancePre` and the pooling allocator.
+
+use std::fs;
+use std::hash::{Hash as _, Hasher as _};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use edge_core::Sha256Digest;
+use edge_core::admission::Grant;
+use edge_core::authorize::{Authorized, Decided};
+use edge_core::plan::{self as core_plan, MAX_FINDINGS, PlanError, check_finding};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "capsule",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+    });
+}
+
+pub use bindings::CapsulePre;
+use bindings::edge_runner::capsule::{host as wit_host, types as wit};
+
+/// Epoch tick length: the granularity of CPU accounting.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Most bytes the guest may hand the host in one call (plans, log lines, findings).
+pub const HOSTCALL_FUEL_BYTES: usize = 8 << 20;
+/// Longest single log line kept; longer lines are truncated and marked.
+const MAX_LOG_LINE: usize = 4096;
+/// Where mount `<name>` appears inside the sandbox.
+pub fn guest_path(mount: &str) -> String {
+    format!("/mnt/{mount}")
+}
+
+/// Which export a phase calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Plan,
+    Apply,
+    Verify,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Plan => "plan",
+            Phase::Apply => "apply",
+            Phase::Verify => "verify",
+        }
+    }
+}
+
+/// A mount as one phase sees it.
+#[derive(Debug, Clone)]
+pub struct PhaseMount {
+    pub name: String,
+    pub host_path: PathBuf,
+    pub writable: bool,
+}
+
+/// Why a phase did not complete. Each variant has a stable reason code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    #[error("the capsule used more than its CPU budget of {ms} ms in {phase} (epoch deadline)")]
+    CpuLimit { phase: &'static str, ms: u64 },
+    #[error(
+        "the capsule ran longer than its wall-time limit of {ms} ms in {phase} (it may be blocked or sleeping)"
+    )]
+    WallTime { phase: &'static str, ms: u64 },
+    #[error(
+        "the capsule tried to grow memory to {desired} bytes, above its limit of {limit} bytes"
+    )]
+    MemoryLimit { desired: usize, limit: usize },
+    #[error("the capsule exceeded a table or instance limit: {0}")]
+    ResourceLimit(String),
+    #[error("the capsule overflowed its stack (unbounded recursion?)")]
+    StackOverflow,
+    #[error(
+        "the capsule wrote more than its output limit of {limit} bytes (stdout, stderr and log lines)"
+    )]
+    OutputLimit { limit: usize },
+    #[error("the capsule exceeded a host-call limit: {0}")]
+    HostcallLimit(String),
+    #[error("the capsule trapped in {phase}: {detail}")]
+    Trap { phase: &'static str, detail: String },
+    #[error("the capsule's {phase} returned an error: {message}")]
+    Guest {
+        phase: &'static str,
+        message: String,
+    },
+    #[error("the capsule's answer is invalid: {0}")]
+    Plan(#[from] PlanError),
+    #[error("the sandbox could not be set up: {0}")]
+    Setup(String),
+}
+
+impl SandboxError {
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            SandboxError::CpuLimit { .. } => "sandbox.cpu_limit",
+            SandboxError::WallTime { .. } => "sandbox.wall_time",
+            SandboxError::MemoryLimit { .. } => "sandbox.memory_limit",
+            SandboxError::ResourceLimit(_) => "sandbox.resource_limit",
+            SandboxError::StackOverflow => "sandbox.stack_overflow",
+            SandboxError::OutputLimit { .. } => "sandbox.output_limit",
+            SandboxError::HostcallLimit(_) => "sandbox.hostcall_limit",
+            SandboxError::Trap { .. } => "sandbox.trap",
+            SandboxError::Guest { .. } => "capsule.error",
+            SandboxError::Plan(e) => e.reason_code(),
+            SandboxError::Setup(_) => "sandbox.setup",
+        }
+    }
+}
+
+/// What a phase printed and reported, kept whatever the outcome.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Captured {
+    pub stdout: String,
+    pub stderr: String,
+    pub log: Vec<String>,
+    pub findings: Vec<core_plan::Finding>,
+}
+
+impl Captured {
+    pub fn is_empty(&self) -> bool {
+        self.stdout.is_empty()
+            && self.stderr.is_empty()
+            && self.log.is_empty()
+            && self.findings.is_empty()
+    }
+}
+
+/// Limits hit inside the store, recorded so errors are classified by fact,
+/// not by parsing messages.
+#[derive(Debug, Default)]
+enum Hit {
+    #[default]
+    None,
+    Memory {
+        desired: usize,
+        limit: usize,
+    },
+    Resource(String),
+    Cpu,
+    Output,
+    Hostcall(String),
+}
+
+struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    instances: usize,
+    tables: usize,
+    memories: usize,
+    hit: Hit,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.hit = Hit::Memory {
+                desired,
+                limit: self.memory_bytes,
+            };
+            wasmtime::bail!(
+                "memory limit: growing to {desired} bytes exceeds {} bytes",
+                self.memory_bytes
+            );
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            self.hit = Hit::Resource(format!(
+                "table growth to {desired} elements exceeds {}",
+                self.table_elements
+            ));
+            wasmtime::bail!("table limit");
+        }
+        Ok(true)
+    }
+    fn instances(&self) -> usize {
+        self.instances
+    }
+    fn tables(&self) -> usize {
+        self.tables
+    }
+    fn memories(&self) -> usize {
+        self.memories
+    }
+}
+
+/// Per-run store data. `limiter.hit` is the single record of which limit
+/// stopped the guest, shared by the limiter, the epoch callback and the host.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    cpu_ticks_left: u64,
+    output_limit: usize,
+    output_used: usize,
+    log: Vec<String>,
+    findings: Vec<core_plan::Finding>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("output_used", &self.output_used)
+            .field("log_lines", &self.log.len())
+            .field("findings", &self.findings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_io::IoView for HostState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl wit::Host for HostState {}
+
+impl wit_host::Host for HostState {
+    async fn log(&mut self, level: wit_host::Level, message: String) -> wasmtime::Result<()> {
+        let mut line = format!("[{}] ", level_name(level));
+        if message.len() > MAX_LOG_LINE {
+            let cut = (0..=MAX_LOG_LINE)
+                .rev()
+                .find(|i| message.is_char_boundary(*i))
+                .unwrap_or(0);
+            line.push_str(&message[..cut]);
+            line.push_str(" …(truncated)");
+        } else {
+            line.push_str(&message);
+        }
+        self.output_used += line.len();
+        if self.output_used > self.output_limit {
+            self.limiter.hit = Hit::Output;
+            wasmtime::bail!("output limit exceeded by log lines");
+        }
+        self.log.push(line);
+        Ok(())
+    }
+
+    async fn report(&mut self, finding: wit::Finding) -> wasmtime::Result<()> {
+        let finding = finding_from_wit(finding);
+        if let Err(e) = check_finding(&finding) {
+            self.limiter.hit = Hit::Hostcall(format!("report(): {e}"));
+            wasmtime::bail!("oversized finding");
+        }
+        if self.findings.len() >= MAX_FINDINGS {
+            self.limiter.hit =
+                Hit::Hostcall(format!("report(): more than {MAX_FINDINGS} findings"));
+            wasmtime::bail!("too many findings");
+        }
+        self.findings.push(finding);
+        Ok(())
+    }
+}
+
+fn level_name(l: wit_host::Level) -> &'static str {
+    match l {
+        wit_host::Level::Debug => "debug",
+        wit_host::Level::Info => "info",
+        wit_host::Level::Warn => "warn",
+        wit_host::Level::Error => "error",
+    }
+}
+
+/// Stops the epoch ticker thread when dropped.
+struct EpochTicker(Arc<AtomicBool>);
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The compiled-and-linked environment shared by all runs.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a component was obtained (for benchmarks and diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Compiled now, and written to the cache.
+    Compiled,
+    /// Loaded from the precompiled cache.
+    Cache,
+}
+
+impl Sandbox {
+    /// Build the engine, the deny-by-default linker and the epoch ticker.
+    /// `cache_dir` is created (mode 0700) if missing.
+    ///
+    /// # Errors
+    /// If the engine cannot be configured or the cache dir created.
+    pub fn new(cache_dir: &Path, max_memory_mib: u64) -> Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(cache_dir)
+            .with_context(|| format!("cannot create component cache {}", cache_dir.display()))?;
+        let engine = Engine::new(&engine_config(max_memory_mib)?).map_err(anyhow::Error::from)?;
+        let linker = linker(&engine)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .context("cannot start the epoch ticker")?;
+        }
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+            _ticker: EpochTicker(stop),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The cache file for a component under this engine's configuration.
+    pub fn cache_path(&self, digest: &Sha256Digest) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.cache_dir
+            .join(format!("{}-{:016x}.cwasm", digest.hex(), h.finish()))
+    }
+
+    /// Load a component: from the precompiled cache if present, else compile
+    /// it and write the cache. `digest` must be the SHA-256 of `bytes`
+    /// (the capsule manifest pins it, and the container checked it).
+    ///
+    /// # Errors
+    /// If the bytes are not a valid component, or the cache cannot be written.
+    pub fn load(&self, bytes: &[u8], digest: &Sha256Digest) -> Result<(Component, LoadSource)> {
+        let path = self.cache_path(digest);
+        if path.exists() {
+            // SAFETY: the cache directory is created 0700 and written only by
+            // this runner, from components it compiled itself; deserialize
+            // checks the engine compatibility header.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(c) => return Ok((c, LoadSource::Cache)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable cache entry");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let artifact = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        crate::staging::write_durably(&path, &artifact)?;
+        // SAFETY: `artifact` was produced by this engine just now.
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
+            .map_err(anyhow::Error::from)?;
+        Ok((component, LoadSource::Compiled))
+    }
+
+    /// The component's imports as the engine sees them (`wasi:io/streams@0.2.6`, …).
+    pub fn imports(&self, component: &Component) -> Vec<String> {
+        let mut v: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Pre-link a component for fast instantiation.
+    ///
+    /// # Errors
+    /// If the component needs something the linker does not provide.
+    pub fn prepare(&self, component: &Component) -> Result<CapsulePre<HostState>> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        CapsulePre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}"))
+    }
+
+    /// Run `plan` with read-only mounts. Needs a [`Decided`] capsule.
+    pub async fn plan(
+        &self,
+        pre: &CapsulePre<HostState>,
+        decided: &Decided,
+        run: &PhaseInput<'_>,
+    ) -> (Result<core_plan::Plan, SandboxError>, Captured) {
+        let grant = decided.admitted().grant();
+        let (result, captured) = self
+            .run(pre, grant, run, Phase::Plan, |c, s, ctx| {
+                Box::pin(async move { c.call_plan(s, &ctx).await })
+            })
+            .await;
+        let result = result.and_then(|r| {
+            r.map_err(|message| SandboxError::Guest {
+                phase: "plan",
+                message,
+            })
+        });
+        (
+            result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)),
+            captured,
+        )
+    }
+
+    /// Run `apply` (writable mounts must point at staged copies). Needs an
+    /// [`Authorized`] capsule, bound to the plan passed in.
+    pub async fn apply(
+        &self,
+        pre: &CapsulePre<HostState>,
+        authorized: &Authorized,
+        run: &PhaseInput<'_>,
+        plan: &core_plan::Plan,
+    ) -> (Result<(), SandboxError>, Captured) {
+        if let Err(e) = check_bound(authorized, plan) {
+            return (Err(e), Captured::default());
+        }
+        let wp = plan_to_wit(plan);
+        let grant = authorized.admitted().grant();
+        let (result, captured) = self
+            .run(pre, grant, run, Phase::Apply, move |c, s, ctx| {
+                Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
+            })
+            .await;
+        (
+            result.and_then(|r| {
+                r.map_err(|message| SandboxError::Guest {
+                    phase: "apply",
+                    message,
+                })
+            }),
+            captured,
+        )
+    }
+
+    /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule.
+    pub async fn verify(
+        &self,
+        pre: &CapsulePre<HostState>,
+        authorized: &Authorized,
+        run: &PhaseInput<'_>,
+        plan: &core_plan::Plan,
+    ) -> (Result<Verification, SandboxError>, Captured) {
+        if let Err(e) = check_bound(authorized, plan) {
+            return (Err(e), Captured::default());
+        }
+        let wp = plan_to_wit(plan);
+        let grant = authorized.admitted().grant();
+        let (result, captured) = self
+            .run(pre, grant, run, Phase::Verify, move |c, s, ctx| {
+                Box::pin(async move { c.call_verify(s, &ctx, &wp).await })
+            })
+            .await;
+        let result = result.and_then(|r| {
+            r.map_err(|message| SandboxError::Guest {
+                phase: "verify",
+                message,
+            })
+        });
+        let result = result.and_then(|v| {
+            let findings: Vec<_> = v.findings.into_iter().map(finding_from_wit).collect();
+            if findings.len() > MAX_FINDINGS || v.summary.len() > core_plan::MAX_TEXT {
+                return Err(SandboxError::HostcallLimit(
+                    "verify returned too much".into(),
+                ));
+            }
+            for f in &findings {
+                check_finding(f).map_err(SandboxError::Plan)?;
+            }
+            Ok(Verification {
+                passed: v.passed,
+                summary: v.summary,
+                findings,
+            })
+        });
+        (result, captured)
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        pre: &CapsulePre<HostState>,
+        grant: &Grant,
+        input: &PhaseInput<'_>,
+        phase: Phase,
+        call: impl for<'a> FnOnce(
+            &'a bindings::Capsule,
+            &'a mut Store<HostState>,
+            wit::Context,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        > + Send,
+    ) -> (Result<R, SandboxError>, Captured) {
+        let limits = &grant.limits;
+        let output_limit = (limits.output_kib as usize) * 1024;
+        let stdout = MemoryOutputPipe::new(output_limit);
+        let stderr = MemoryOutputPipe::new(output_limit);
+        let store = self.new_store(grant, input, phase, &stdout, &stderr);
+        let mut store = match store {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    Err(SandboxError::Setup(format!("{e:#}"))),
+                    Captured::default(),
+                );
+            }
+        };
+        let ctx = wit::Context {
+            phase: match phase {
+                Phase::Plan => wit::Phase::Plan,
+                Phase::Apply => wit::Phase::Apply,
+                Phase::Verify => wit::Phase::Verify,
+            },
+            params: input
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            mounts: input
+                .mounts
+                .iter()
+                .map(|m| wit::Mount {
+                    name: m.name.clone(),
+                    guest_path: guest_path(&m.name),
+                    writable: m.writable,
+                })
+                .collect(),
+        };
+        let wall = Duration::from_millis(limits.wall_ms);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(wall, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            call(&instance, &mut store, ctx).await
+        })
+        .await;
+        let elapsed = started.elapsed();
+        let data = store.data_mut();
+        let mut captured = Captured {
+            stdout: String::from_utf8_lossy(&stdout.contents()).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+            log: std::mem::take(&mut data.log),
+            findings: std::mem::take(&mut data.findings),
+        };
+        let output_used = data.output_used + captured.stdout.len() + captured.stderr.len();
+        tracing::debug!(phase = phase.name(), ?elapsed, "phase finished");
+        let hit = std::mem::take(&mut data.limiter.hit);
+        let result = match outcome {
+            Err(_elapsed) => Err(SandboxError::WallTime {
+                phase: phase.name(),
+                ms: limits.wall_ms,
+            }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(classify(e, hit, phase, limits.cpu_ms, output_limit)),
+        };
+        // A full pipe means the guest tried to write more than the limit,
+        // whatever it did with the resulting error: refuse the phase.
+        let result = match result {
+            Ok(_) | Err(SandboxError::Guest { .. }) | Err(SandboxError::Trap { .. })
+                if stdout.contents().len() >= output_limit
+                    || stderr.contents().len() >= output_limit
+                    || output_used > output_limit.saturating_mul(2) =>
+            {
+                Err(SandboxError::OutputLimit {
+                    limit: output_limit,
+                })
+            }
+            other => other,
+        };
+        if result.is_err() {
+            captured.log.push(format!(
+                "[runner] {} ended after {} ms",
+                phase.name(),
+                elapsed.as_millis()
+            ));
+        }
+        (result, captured)
+    }
+
+    fn new_store(
+        &self,
+        grant: &Grant,
+        input: &PhaseInput<'_>,
+        phase: Phase,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> Result<Store<HostState>> {
+        let limits = &grant.limits;
+        let mut b = WasiCtxBuilder::new();
+        b.stdout(stdout.clone()).stderr(stderr.clone());
+        // Deny the network explicitly, even though sockets are never linked.
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for m in input.mounts {
+            // The grant is the authority: a mount it does not list, or write
+            // access it does not give, is a runner bug and refuses the phase.
+            let Some(granted) = grant.mounts.iter().find(|g| g.name == m.name) else {
+                anyhow::bail!("mount `{}` is not in the grant", m.name);
+            };
+            if m.writable && !granted.writable {
+                anyhow::bail!("mount `{}` is granted read-only", m.name);
+            }
+            let writable = m.writable && phase == Phase::Apply;
+            let perms = if writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            b.preopened_dir(&m.host_path, guest_path(&m.name), perms)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot open mount `{}` at {}: {e}",
+                        m.name,
+                        m.host_path.display()
+                    )
+                })?;
+        }
+        for (k, v) in input.env {
+            if !grant.env.contains(k) {
+                anyhow::bail!("environment variable `{k}` is not in the grant");
+            }
+            b.env(k, v);
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(10_000);
+        let limiter = Limiter {
+            memory_bytes: (limits.memory_mib as usize) << 20,
+            table_elements: 100_000,
+            instances: 32,
+            tables: 16,
+            memories: 4,
+            hit: Hit::None,
+        };
+        let cpu_ticks = limits.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi: b.build(),
+                table,
+                limiter,
+                cpu_ticks_left: cpu_ticks,
+                output_limit: (limits.output_kib as usize) * 1024,
+                output_used: 0,
+                log: Vec::new(),
+                findings: Vec::new(),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL_BYTES);
+        store.set_max_component_handles(10_000);
+        // Count a tick each time the guest is still running when the epoch
+        // advances; yield so the wall-time timeout can fire too.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let data = ctx.data_mut();
+            if data.cpu_ticks_left <= 1 {
+                data.limiter.hit = Hit::Cpu;
+                return Err(wasmtime::Error::msg("cpu budget exhausted"));
+            }
+            data.cpu_ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(store)
+    }
+}
+
+/// Everything one phase needs besides the component and the proof token.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseInput<'a> {
+    pub params: &'a std::collections::BTreeMap<String, String>,
+    pub mounts: &'a [PhaseMount],
+    pub env: &'a [(String, String)],
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub passed: bool,
+    pub summary: String,
+    pub findings: Vec<core_plan::Finding>,
+}
+
+/// `apply` and `verify` must get exactly the plan that was authorized.
+fn check_bound(authorized: &Authorized, plan: &core_plan::Plan) -> Result<(), SandboxError> {
+    let digest = Sha256Digest::of(
+        &edge_core::canonical::to_canonical_vec(plan)
+            .map_err(|e| SandboxError::Setup(e.to_string()))?,
+    );
+    if digest != authorized.plan_digest() {
+        return Err(SandboxError::Setup(format!(
+            "plan {digest} is not the authorized plan {}",
+            authorized.plan_digest()
+        )));
+    }
+    Ok(())
+}
+
+fn classify(
+    e: wasmtime::Error,
+    hit: Hit,
+    phase: Phase,
+    cpu_ms: u64,
+    output_limit: usize,
+) -> SandboxError {
+    match hit {
+        Hit::Cpu => {
+            return SandboxError::CpuLimit {
+                phase: phase.name(),
+                ms: cpu_ms,
+            };
+        }
+        Hit::Memory { desired, limit } => return SandboxError::MemoryLimit { desired, limit },
+        Hit::Resource(s) => return SandboxError::ResourceLimit(s),
+        Hit::Output => {
+            return SandboxError::OutputLimit {
+                limit: output_limit,
+            };
+        }
+        Hit::Hostcall(s) => return SandboxError::HostcallLimit(s),
+        Hit::None => {}
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => return SandboxError::StackOverflow,
+        Some(Trap::Interrupt) => {
+            return SandboxError::CpuLimit {
+                phase: phase.name(),
+                ms: cpu_ms,
+            };
+        }
+        _ => {}
+    }
+    let text = format!("{e:#}");
+    // wasmtime's hostcall-fuel error type is private; its message is pinned
+    // by the hostile "huge plan" test.
+    if text.contains("fuel allocated for hostcalls") {
+        return SandboxError::HostcallLimit(format!(
+            "the capsule passed more than {} MiB to the host in one call",
+            HOSTCALL_FUEL_BYTES >> 20
+        ));
+    }
+    if text.contains("resource limit") || text.contains("limit of") && text.contains("exceeded") {
+        return SandboxError::ResourceLimit(first_line(&text));
+    }
+    SandboxError::Trap {
+        phase: phase.name(),
+        detail: first_line(&text),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(500).collect()
+}
+
+fn engine_config(max_memory_mib: u64) -> Result<Config> {
+    let max_memory = (max_memory_mib as usize) << 20;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(128)
+        .total_core_instances(1024)
+        .max_core_instances_per_component(32)
+        .total_memories(256)
+        .max_memories_per_component(4)
+        .max_memories_per_module(1)
+        .total_tables(256)
+        .max_tables_per_component(16)
+        .table_elements(100_000)
+        .total_stacks(128)
+        .max_memory_size(max_memory)
+        .linear_memory_keep_resident(1 << 20)
+        .max_unused_warm_slots(16);
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .strategy(wasmtime::Strategy::Cranelift)
+        .epoch_interruption(true)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(2 << 20)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(cfg)
+}
+
+/// A linker holding exactly the `capsule` world's imports.
+fn linker(engine: &Engine) -> Result<Linker<HostState>> {
+    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::clocks::WasiClocks;
+    use wasmtime_wasi::filesystem::WasiFilesystem;
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::WasiRandom;
+
+    let mut l = Linker::<HostState>::new(engine);
+    let e = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+    wasmtime_wasi_io::add_to_linker_async(&mut l).map_err(e)?;
+    let clk = <HostState as wasmtime_wasi::clocks::WasiClocksView>::clocks;
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(&mut l, clk).map_err(e)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(&mut l, clk).map_err(e)?;
+    let fs = <HostState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem;
+    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
+    filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
+    random::random::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
+    random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random())
+        .map_err(e)?;
+    let c = <HostState as wasmtime_wasi::cli::WasiCliView>::cli;
+    cli::exit::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::environment::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
+    wit_host::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).map_err(e)?;
+    wit::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).map_err(e)?;
+    Ok(l)
+}
+
+fn finding_from_wit(f: wit::Finding) -> core_plan::Finding {
+    core_plan::Finding {
+        severity: match f.severity {
+            wit::Severity::Info => core_plan::Severity::Info,
+            wit::Severity::Low => core_plan::Severity::Low,
+            wit::Severity::Medium => core_plan::Severity::Medium,
+            wit::Severity::High => core_plan::Severity::High,
+            wit::Severity::Critical => core_plan::Severity::Critical,
+        },
+        code: f.code,
+        message: f.message,
+        subject: f.subject,
+    }
+}
+
+fn finding_to_wit(f: &core_plan::Finding) -> wit::Finding {
+    wit::Finding {
+        severity: match f.severity {
+            core_plan::Severity::Info => wit::Severity::Info,
+            core_plan::Severity::Low => wit::Severity::Low,
+            core_plan::Severity::Medium => wit::Severity::Medium,
+            core_plan::Severity::High => wit::Severity::High,
+            core_plan::Severity::Critical => wit::Severity::Critical,
+        },
+        code: f.code.clone(),
+        message: f.message.clone(),
+        subject: f.subject.clone(),
+    }
+}
+
+/// Parse the guest's plan into the core type; paths and digests are checked here.
+fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> {
+    let mut changes = Vec::with_capacity(p.changes.len().min(core_plan::MAX_PLAN_CHANGES));
+    if p.changes.len() > core_plan::MAX_PLAN_CHANGES {
+        return Err(PlanError::TooManyChanges {
+            count: p.changes.len(),
+            limit: core_plan::MAX_PLAN_CHANGES,
+        });
+    }
+    for (index, c) in p.changes.into_iter().enumerate() {
+        let path = edge_core::paths::MountPath::new(&c.path)
+            .map_err(|source| PlanError::Path { index, source })?;
+        let digest = |d: Option<String>| -> Result<Option<Sha256Digest>, PlanError> {
+            d.map(|s| {
+                s.parse().map_err(|_| PlanError::BadDigest {
+                    index,
+                    value: s.chars().take(100).collect(),
+                })
+            })
+            .transpose()
+        };
+        changes.push(core_plan::Change {
+            mount: c.mount,
+            path,
+            action: match c.action {
+                wit::Action::Create => core_plan::Action::Create,
+                wit::Action::Modify => core_plan::Action::Modify,
+                wit::Action::Delete => core_plan::Action::Delete,
+            },
+            digest_before: digest(c.digest_before)?,
+            digest_after: digest(c.digest_after)?,
+            why: c.why,
+        });
+    }
+    Ok(core_plan::Plan {
+        summary: p.summary,
+        changes,
+        findings: p.findings.into_iter().map(finding_from_wit).collect(),
+        facts: p
+            .facts
+            .into_iter()
+            .map(|f| core_plan::Fact {
+                key: f.key,
+                value: f.value,
+            })
+            .collect(),
+    })
+}
+
+fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
+    wit::Plan {
+        summary: p.summary.clone(),
+        changes: p
+            .changes
+            .iter()
+            .map(|c| wit::Change {
+                mount: c.mount.clone(),
+                path: c.path.to_string(),
+                action: match c.action {
+                    core_plan::Action::Create => wit::Action::Create,
+                    core_plan::Action::Modify => wit::Action::Modify,
+                    core_plan::Action::Delete => wit::Action::Delete,
+                },
+                digest_before: c.digest_before.map(|d| d.to_string()),
+                digest_after: c.digest_after.map(|d| d.to_string()),
+                why: c.why.clone(),
+            })
+            .collect(),
+        findings: p.findings.iter().map(finding_to_wit).collect(),
+        facts: p
+            .facts
+            .iter()
+            .map(|f| wit::Fact {
+                key: f.key.clone(),
+                value: f.value.clone(),
+            })
+            .collect(),
+    }
+}
