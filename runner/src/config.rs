@@ -64,6 +64,9 @@ struct RawRunner {
     name: String,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    /// Where compiled components are cached (default `<state_dir>/cache`).
+    #[serde(default)]
+    cache_dir: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -126,6 +129,7 @@ pub struct MountConfig {
 pub struct RunnerConfig {
     pub name: String,
     pub state_dir: PathBuf,
+    pub cache_dir: PathBuf,
     pub signers: TrustedSigners,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Environment values the runner may pass (only names a capsule requests are passed).
@@ -303,9 +307,16 @@ impl RunnerConfig {
             default_limits,
             max_limits,
         };
+        let state_dir = resolve(&raw.runner.state_dir);
+        let cache_dir = raw
+            .runner
+            .cache_dir
+            .as_deref()
+            .map_or_else(|| state_dir.join("cache"), resolve);
         Ok(RunnerConfig {
             name: raw.runner.name,
-            state_dir: resolve(&raw.runner.state_dir),
+            state_dir,
+            cache_dir,
             signers,
             mounts,
             env: raw.env,

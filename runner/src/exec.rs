@@ -153,7 +153,7 @@ impl Runner {
                         )
                     })?;
                 match terminal.get(&run) {
-                    Some(Outcome::Committed) => journal.finalize()?,
+                    Some(Outcome::Committed) => {}
                     Some(_) => {
                         journal.rollback()?;
                     }
@@ -176,6 +176,7 @@ impl Runner {
                         recovered.push(run.clone());
                     }
                 }
+                journal.finalize()?;
                 std::fs::remove_file(&path)?;
             }
         }
@@ -565,7 +566,12 @@ impl Runner {
             .iter()
             .map(|(n, (c, _))| (n.clone(), c.clone()))
             .collect();
-        let mut journal = Journal::new(&report.run, &diff, &live_roots)?;
+        let backup_dir = self
+            .config
+            .state_dir
+            .join("journals")
+            .join(format!("{}.backup", report.run));
+        let mut journal = Journal::new(&report.run, &diff, &live_roots, &backup_dir)?;
         let journal_bytes = journal.persist(&journal_path)?;
         let journal_d = self.log.put_artifact(&journal_bytes)?;
         self.record(

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -170,13 +170,17 @@ pub struct Step {
     pub mount: String,
     pub path: MountPath,
     pub action: Action,
+    pub before: Option<Sha256Digest>,
     pub after: Option<Sha256Digest>,
     /// Live target path.
     pub target: PathBuf,
-    /// New content, written beside the target before the rename.
+    /// New content, written beside the target (same filesystem) before the rename.
     pub temp: PathBuf,
-    /// Hard link to the original (modify/delete).
+    /// Copy of the original (modify/delete), in the runner's state directory,
+    /// so the mount itself never shows runner files to `verify` or to others.
     pub backup: PathBuf,
+    /// Permission bits of the original, restored with it.
+    pub mode: Option<u32>,
     /// Directories created for this step (removed on rollback if empty).
     pub created_dirs: Vec<PathBuf>,
 }
@@ -185,6 +189,8 @@ pub struct Step {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Journal {
     pub run: String,
+    /// Where the originals are kept until the run is finalized.
+    pub backup_dir: PathBuf,
     pub steps: Vec<Step>,
 }
 
@@ -194,12 +200,13 @@ pub fn journal_path(state_dir: &Path, run: &str) -> PathBuf {
 }
 
 impl Journal {
-    /// Build the journal for a diff. `live_root` and `stage_root` map mount
-    /// names to the live mount and its staged copy.
+    /// Build the journal for a diff. `live_root` maps mount names to live
+    /// mount roots; originals will be kept under `backup_dir`.
     pub fn new(
         run: &str,
         diff: &[DiffEntry],
         live_root: &BTreeMap<String, PathBuf>,
+        backup_dir: &Path,
     ) -> Result<Self> {
         let mut steps = Vec::with_capacity(diff.len());
         for (i, d) in diff.iter().enumerate() {
@@ -211,20 +218,22 @@ impl Journal {
                 .parent()
                 .expect("mount path has a parent")
                 .to_path_buf();
-            let base = format!(".edge-runner.{run}.{i}");
             steps.push(Step {
                 mount: d.mount.clone(),
                 path: d.path.clone(),
                 action: d.action,
+                before: d.before,
                 after: d.after,
-                temp: dir.join(format!("{base}.new")),
-                backup: dir.join(format!("{base}.orig")),
+                temp: dir.join(format!(".edge-runner.{run}.{i}.new")),
+                backup: backup_dir.join(format!("{i}.orig")),
+                mode: None,
                 target,
                 created_dirs: Vec::new(),
             });
         }
         Ok(Self {
             run: run.to_owned(),
+            backup_dir: backup_dir.to_path_buf(),
             steps,
         })
     }
@@ -243,6 +252,8 @@ impl Journal {
         stage_root: &BTreeMap<String, PathBuf>,
         journal_file: &Path,
     ) -> Result<()> {
+        fs::create_dir_all(&self.backup_dir)
+            .with_context(|| format!("cannot create {}", self.backup_dir.display()))?;
         for i in 0..self.steps.len() {
             let staged = {
                 let s = &self.steps[i];
@@ -251,8 +262,9 @@ impl Journal {
                     .with_context(|| format!("mount {} not staged", s.mount))?
                     .join(s.path.as_str())
             };
-            // Create missing parent directories first and journal them, so a
-            // crash leaves a record of what to remove.
+            // Journal what this step will create (parent directories) or
+            // restore (the original's mode) before doing it.
+            let mut changed = false;
             if self.steps[i].action == Action::Create {
                 let parent = self.steps[i]
                     .target
@@ -266,16 +278,22 @@ impl Journal {
                     p = p.parent().context("no existing ancestor")?;
                 }
                 missing.reverse();
-                if !missing.is_empty() {
-                    self.steps[i].created_dirs = missing.clone();
-                    self.persist(journal_file)?;
-                    for d in &missing {
-                        fs::create_dir(d)
-                            .with_context(|| format!("cannot create {}", d.display()))?;
-                    }
-                }
+                changed = !missing.is_empty();
+                self.steps[i].created_dirs = missing;
+            } else {
+                let meta = fs::symlink_metadata(&self.steps[i].target).with_context(|| {
+                    format!("{} vanished before commit", self.steps[i].target.display())
+                })?;
+                self.steps[i].mode = Some(meta.permissions().mode());
+                changed = true;
+            }
+            if changed {
+                self.persist(journal_file)?;
             }
             let s = &self.steps[i];
+            for d in &s.created_dirs {
+                fs::create_dir(d).with_context(|| format!("cannot create {}", d.display()))?;
+            }
             match s.action {
                 Action::Create => {
                     copy_durably(&staged, &s.temp, s.after)?;
@@ -289,15 +307,16 @@ impl Journal {
                     fs::remove_file(&s.temp)?;
                 }
                 Action::Modify => {
-                    fs::hard_link(&s.target, &s.backup).with_context(|| {
-                        format!("cannot keep the original of {}", s.target.display())
-                    })?;
+                    // The copy is checked against the plan's "before" digest:
+                    // a file changed since the precondition check aborts here.
+                    copy_durably(&s.target, &s.backup, s.before)?;
                     copy_durably(&staged, &s.temp, s.after)?;
-                    preserve_mode(&s.backup, &s.temp)?;
+                    set_mode(&s.temp, s.mode)?;
                     fs::rename(&s.temp, &s.target)?;
                 }
                 Action::Delete => {
-                    fs::rename(&s.target, &s.backup)?;
+                    copy_durably(&s.target, &s.backup, s.before)?;
+                    fs::remove_file(&s.target)?;
                 }
             }
             sync_dir(s.target.parent().expect("has parent"))?;
@@ -324,21 +343,14 @@ impl Journal {
                     }
                 }
                 Action::Modify | Action::Delete => {
-                    if fs::symlink_metadata(&s.backup).is_ok() {
-                        let same = match (
-                            fs::symlink_metadata(&s.backup),
-                            fs::symlink_metadata(&s.target),
-                        ) {
-                            (Ok(b), Ok(t)) => b.ino() == t.ino() && b.dev() == t.dev(),
-                            _ => false,
-                        };
-                        if same {
-                            // Crash before the new content replaced the target.
-                            fs::remove_file(&s.backup)?;
-                        } else {
-                            fs::rename(&s.backup, &s.target)?;
-                            restored += 1;
-                        }
+                    // Only a complete backup (it matches the plan's "before")
+                    // is ever restored; otherwise the target was never touched.
+                    if file_digest(&s.backup)? == s.before && file_digest(&s.target)? != s.before {
+                        let _ = fs::remove_file(&s.temp);
+                        copy_durably(&s.backup, &s.temp, s.before)?;
+                        set_mode(&s.temp, s.mode)?;
+                        fs::rename(&s.temp, &s.target)?;
+                        restored += 1;
                     }
                 }
             }
@@ -349,19 +361,23 @@ impl Journal {
         Ok(restored)
     }
 
-    /// After a successful verify: drop the originals.
+    /// After a successful verify (or a completed rollback): drop the originals.
     pub fn finalize(&self) -> Result<()> {
-        for s in &self.steps {
-            match fs::remove_file(&s.backup) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot remove {}", s.backup.display()));
-                }
+        match fs::remove_dir_all(&self.backup_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("cannot remove {}", self.backup_dir.display()))
             }
         }
-        Ok(())
     }
+}
+
+fn set_mode(path: &Path, mode: Option<u32>) -> Result<()> {
+    if let Some(mode) = mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    Ok(())
 }
 
 fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<()> {
@@ -394,12 +410,6 @@ fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<
             src.display()
         );
     }
-    Ok(())
-}
-
-fn preserve_mode(from: &Path, to: &Path) -> Result<()> {
-    let perms = fs::metadata(from)?.permissions();
-    fs::set_permissions(to, perms)?;
     Ok(())
 }
 
@@ -470,7 +480,13 @@ mod tests {
         assert_eq!(d.len(), 3);
 
         let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new("r1", &d, &roots(&live)).unwrap();
+        let mut j = Journal::new(
+            "r1",
+            &d,
+            &roots(&live),
+            &live.parent().unwrap().join("backup"),
+        )
+        .unwrap();
         j.persist(&jpath).unwrap();
         j.commit(&roots(&st), &jpath).unwrap();
         assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "new");
@@ -499,7 +515,13 @@ mod tests {
         fs::write(st.join("mod.txt"), "new").unwrap();
         let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
         let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new("r2", &d, &roots(&live)).unwrap();
+        let mut j = Journal::new(
+            "r2",
+            &d,
+            &roots(&live),
+            &live.parent().unwrap().join("backup"),
+        )
+        .unwrap();
         j.persist(&jpath).unwrap();
         j.commit(&roots(&st), &jpath).unwrap();
         j.finalize().unwrap();
@@ -514,18 +536,46 @@ mod tests {
     }
 
     #[test]
-    fn crash_between_link_and_rename_rolls_back() {
+    fn crash_after_backup_before_replace_rolls_back() {
         let (_t, live, st) = setup();
         let before = stage(&live, &st, 1 << 20).unwrap();
         fs::write(st.join("mod.txt"), "new").unwrap();
+        fs::remove_file(st.join("sub/del.txt")).unwrap();
         let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
-        let j = Journal::new("r3", &d, &roots(&live)).unwrap();
-        // Simulate the first half of a modify step, then a crash.
-        fs::hard_link(&j.steps[0].target, &j.steps[0].backup).unwrap();
+        let backup = live.parent().unwrap().join("backup");
+        let j = Journal::new("r3", &d, &roots(&live), &backup).unwrap();
+        // Simulate the first half of the first step, then a crash: the backup
+        // and the temp file exist, the target is untouched.
+        fs::create_dir_all(&backup).unwrap();
+        fs::copy(&j.steps[0].target, &j.steps[0].backup).unwrap();
         fs::write(&j.steps[0].temp, "new").unwrap();
-        j.rollback().unwrap();
+        assert_eq!(j.rollback().unwrap(), 0, "nothing to restore");
         assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "old");
-        assert!(!j.steps[0].backup.exists() && !j.steps[0].temp.exists());
+        assert!(!j.steps[0].temp.exists());
+    }
+
+    #[test]
+    fn crash_mid_commit_restores_what_was_done() {
+        let (_t, live, st) = setup();
+        let before_live = snapshot(&live).unwrap();
+        let before = stage(&live, &st, 1 << 20).unwrap();
+        fs::write(st.join("mod.txt"), "new").unwrap();
+        fs::remove_file(st.join("sub/del.txt")).unwrap();
+        let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
+        let jpath = live.parent().unwrap().join("journal.json");
+        let mut j = Journal::new(
+            "r4",
+            &d,
+            &roots(&live),
+            &live.parent().unwrap().join("backup"),
+        )
+        .unwrap();
+        j.persist(&jpath).unwrap();
+        j.commit(&roots(&st), &jpath).unwrap();
+        // A fresh process reads the journal back and rolls back.
+        let reread: Journal = serde_json::from_slice(&fs::read(&jpath).unwrap()).unwrap();
+        assert_eq!(reread.rollback().unwrap(), 2);
+        assert_eq!(snapshot(&live).unwrap(), before_live);
     }
 
     #[test]

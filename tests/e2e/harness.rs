@@ -1,0 +1,252 @@
+//! A throwaway runner home per test: keys made by the real CLI, real capsule
+//! files packed and signed by the CLI, runs through the real binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_edge-runner");
+
+/// Limits small enough that limit tests finish quickly.
+pub const FAST_LIMITS: &str =
+    "[limits]\nmemory_mib = 32\ncpu_ms = 700\nwall_ms = 2500\noutput_kib = 64\n";
+
+/// Every interface the guests built with capsule-sdk may import.
+pub const STD_IMPORTS: &str = r#"imports = [
+  "edge-runner:capsule/host", "edge-runner:capsule/types",
+  "wasi:cli/environment", "wasi:cli/exit", "wasi:cli/stderr", "wasi:cli/stdin", "wasi:cli/stdout",
+  "wasi:cli/terminal-input", "wasi:cli/terminal-output", "wasi:cli/terminal-stderr",
+  "wasi:cli/terminal-stdin", "wasi:cli/terminal-stdout",
+  "wasi:clocks/monotonic-clock", "wasi:clocks/wall-clock",
+  "wasi:filesystem/preopens", "wasi:filesystem/types",
+  "wasi:io/error", "wasi:io/poll", "wasi:io/streams",
+  "wasi:random/insecure", "wasi:random/insecure-seed", "wasi:random/random",
+]
+"#;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+/// The result of `edge-runner exec --json`.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub report: Value,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn outcome(&self) -> &str {
+        self.report["outcome"].as_str().unwrap_or("?")
+    }
+    pub fn reason(&self) -> &str {
+        self.report["refusal"]["reason_code"]
+            .as_str()
+            .unwrap_or("-")
+    }
+    pub fn detail(&self) -> &str {
+        self.report["refusal"]["detail"].as_str().unwrap_or("")
+    }
+    /// Event types of this run's evidence records, in order.
+    pub fn events(&self) -> Vec<String> {
+        self.report["records"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["event"]["type"].as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// The reason code of the run's `refused` evidence record, if any.
+    pub fn recorded_reason(&self) -> Option<String> {
+        self.report["records"].as_array()?.iter().find_map(|r| {
+            (r["event"]["type"] == "refused")
+                .then(|| r["event"]["reason_code"].as_str().unwrap_or("").to_owned())
+        })
+    }
+}
+
+impl Env {
+    /// A fresh home with a signing key (`keys/agent`), an untrusted key
+    /// (`keys/other`), mounts `data` (writable) and `ro` (read-only), and a
+    /// directory `outside` that no mount covers, reachable from `data/link`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env { dir };
+        for d in ["data", "ro", "outside", "keys"] {
+            std::fs::create_dir_all(env.path(d)).unwrap();
+        }
+        std::fs::write(env.path("outside/secret.txt"), "top secret").unwrap();
+        std::fs::write(env.path("ro/readonly.txt"), "do not touch").unwrap();
+        std::fs::write(env.path("data/existing.txt"), "existing").unwrap();
+        std::os::unix::fs::symlink(env.path("outside"), env.path("data/link")).unwrap();
+        env.cli(&["keys", "generate", "--out", "keys/agent"])
+            .success();
+        env.cli(&["keys", "generate", "--out", "keys/other"])
+            .success();
+        env.write_config("");
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// runner.toml with mounts data/ro and a shared component cache, plus `extra`.
+    pub fn write_config(&self, extra: &str) {
+        let cache = Path::new(test_programs::ROOT).join("target/test-component-cache");
+        let text = format!(
+            "[runner]\nname = \"test-runner\"\nstate_dir = \"state\"\ncache_dir = {:?}\n\n\
+             [[signers]]\nname = \"test-agent\"\npublic_key = \"keys/agent.pub\"\n\n\
+             [mounts.data]\npath = \"data\"\nwritable = true\n\n[mounts.ro]\npath = \"ro\"\nwritable = false\n\n{extra}",
+            cache.display().to_string()
+        );
+        std::fs::write(self.path("runner.toml"), text).unwrap();
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Cli {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        Cli(out)
+    }
+
+    /// Pack `wasm` with a manifest (TOML text) into `<name>.capsule`, signed with `key` unless None.
+    pub fn capsule(&self, name: &str, wasm: &str, manifest: &str, key: Option<&str>) -> PathBuf {
+        let m = self.path(&format!("{name}.toml"));
+        std::fs::write(&m, manifest).unwrap();
+        let out = format!("{name}.capsule");
+        self.cli(&[
+            "capsule",
+            "pack",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--component",
+            wasm,
+            "-o",
+            &out,
+        ])
+        .success();
+        if let Some(k) = key {
+            self.cli(&["capsule", "sign", "--key", &format!("keys/{k}.key"), &out])
+                .success();
+        }
+        self.path(&out)
+    }
+
+    /// A hostile-capsule manifest for `attack`.
+    pub fn hostile_manifest(attack: &str, extra: &str) -> String {
+        format!(
+            "name = \"hostile\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{STD_IMPORTS}\n\
+             [params]\nattack = \"{attack}\"\n\n[[mounts]]\nname = \"data\"\nwritable = true\n\n\
+             [[mounts]]\nname = \"ro\"\nwritable = false\n\n{FAST_LIMITS}\n{extra}"
+        )
+    }
+
+    /// Pack and sign the hostile capsule for `attack`.
+    pub fn hostile(&self, attack: &str) -> PathBuf {
+        self.capsule(
+            &format!("hostile-{attack}"),
+            test_programs::HOSTILE,
+            &Self::hostile_manifest(attack, ""),
+            Some("agent"),
+        )
+    }
+
+    pub fn exec(&self, capsule: &Path) -> Run {
+        let out = Command::new(BIN)
+            .args([
+                "exec",
+                capsule.to_str().unwrap(),
+                "--config",
+                "runner.toml",
+                "--json",
+            ])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "exec printed no report ({e}); stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            report,
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    /// Every file under the home except the runner's own state: path → content.
+    pub fn host_files(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), self.dir.path(), &mut out);
+        out
+    }
+
+    /// The whole evidence log, verified by the CLI.
+    pub fn evidence(&self) -> Value {
+        let out = self
+            .cli(&["evidence", "show", "--config", "runner.toml", "--json"])
+            .success();
+        serde_json::from_slice(&out.0.stdout).unwrap()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        if rel == "state" || rel.ends_with(".capsule") || rel.starts_with("/tmp") {
+            continue;
+        }
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            out.insert(
+                rel,
+                format!("-> {}", std::fs::read_link(&p).unwrap().display()),
+            );
+        } else if ft.is_dir() {
+            out.insert(rel.clone(), "<dir>".into());
+            walk(root, &p, out);
+        } else {
+            out.insert(
+                rel,
+                String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
+            );
+        }
+    }
+}
+
+pub struct Cli(pub Output);
+
+impl Cli {
+    pub fn success(self) -> Self {
+        assert!(
+            self.0.status.success(),
+            "command failed: {}\nstdout:\n{}\nstderr:\n{}",
+            self.0.status,
+            String::from_utf8_lossy(&self.0.stdout),
+            String::from_utf8_lossy(&self.0.stderr)
+        );
+        self
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+}
