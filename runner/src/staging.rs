@@ -264,7 +264,7 @@ impl Journal {
             };
             // Journal what this step will create (parent directories) or
             // restore (the original's mode) before doing it.
-            let mut changed = false;
+            let changed;
             if self.steps[i].action == Action::Create {
                 let parent = self.steps[i]
                     .target

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The main job, end to end, with embedded defaults:
+#   build the example capsules for wasm32-wasip2, make a signing key, pack and
+#   sign each capsule, and run them through a runner against sample data in
+#   ./demo — showing the plan, the diff, the verify result, a refusal, and the
+#   evidence records. Safe to re-run: ./demo is recreated each time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "toolchain"
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
+step "build the runner and the example capsules"
+cargo build --locked -p edge-runner
+cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
+ER="$ROOT/target/debug/edge-runner"
+WASM="$ROOT/target/wasm32-wasip2/guest"
+
+step "a fresh runner home in ./demo"
+rm -rf demo
+mkdir -p demo/sample/logs/app
+cp examples/runner.toml demo/runner.toml
+cp -r examples/sample/config examples/sample/certs demo/sample/
+# Logs: two rotated logs from last month, one current, and a symlink that
+# points outside the mount (cleanup must never follow it).
+printf 'old\n' > demo/sample/logs/app/api-2026-10-01.log
+printf 'older\n' > demo/sample/logs/app/api-2026-10-02.log
+printf 'current\n' > demo/sample/logs/app/api.log
+touch -d '30 days ago' demo/sample/logs/app/api-2026-10-01.log demo/sample/logs/app/api-2026-10-02.log
+mkdir -p demo/elsewhere && printf 'not yours\n' > demo/elsewhere/keep.log
+touch -d '90 days ago' demo/elsewhere/keep.log
+ln -s "$ROOT/demo/elsewhere/keep.log" demo/sample/logs/elsewhere.log
+# A certificate that expires in 12 days, beside the committed expired one.
+if command -v openssl >/dev/null; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 12 \
+    -subj /CN=api.payments.example.internal -keyout /dev/null -out demo/sample/certs/api.pem 2>/dev/null
+fi
+cd demo
+
+step "keys: the agent's signing key (private key mode 0600)"
+"$ER" keys generate --out keys/agent
+"$ER" keys generate --out keys/intruder >/dev/null
+
+step "pack and sign the capsules"
+for c in config-drift cleanup cert-expiry; do
+  "$ER" capsule pack --manifest "$ROOT/examples/capsules/$c/capsule.toml" \
+    --component "$WASM/${c//-/_}.wasm" -o "$c.capsule" >/dev/null
+  "$ER" capsule sign --key keys/agent.key "$c.capsule"
+done
+
+step "inspect: what a capsule asks for, and what its component really imports"
+"$ER" capsule inspect config-drift.capsule
+
+step "run 1: config drift (remediation) — plan, staged apply, diff, commit, verify"
+echo "before: $(grep max_connections sample/config/app.toml)"
+"$ER" exec config-drift.capsule --config runner.toml
+echo "after:  $(grep max_connections sample/config/app.toml)"
+
+step "run 2: cleanup (remediation) — delete logs older than 14 days"
+ls -l sample/logs sample/logs/app
+"$ER" exec cleanup.capsule --config runner.toml
+ls -l sample/logs sample/logs/app elsewhere
+
+step "run 3: certificate expiry (diagnostic) — findings only, nothing changes"
+"$ER" exec cert-expiry.capsule --config runner.toml || true
+
+step "run 4: a capsule signed by an untrusted key is refused"
+cp config-drift.capsule intruder.capsule
+"$ER" capsule sign --key keys/intruder.key intruder.capsule >/dev/null
+set +e
+"$ER" exec intruder.capsule --config runner.toml
+code=$?
+set -e
+echo "exit code $code (3 = refused)"
+
+step "the evidence log (hash chain verified on read)"
+"$ER" evidence show --config runner.toml
+
+step "done"
+echo "Everything above is in ./demo: runner.toml, keys/, the capsules, sample/ and state/evidence/."
