@@ -134,11 +134,7 @@ impl Ctx {
 
     /// A parameter from the signed manifest.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.0
-            .params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// A parameter that must be present.
@@ -146,9 +142,7 @@ impl Ctx {
     /// # Errors
     /// Names the missing parameter.
     pub fn require(&self, name: &str) -> Result<&str, String> {
-        self.param(name).ok_or_else(|| {
-            format!("missing parameter `{name}`: add it under [params] in capsule.toml")
-        })
+        self.param(name).ok_or_else(|| format!("missing parameter `{name}`: add it under [params] in capsule.toml"))
     }
 
     /// A granted mount by logical name.
@@ -160,16 +154,8 @@ impl Ctx {
             .mounts
             .iter()
             .find(|m| m.name == name)
-            .map(|m| Mount {
-                name: m.name.clone(),
-                root: m.guest_path.clone(),
-                writable: m.writable,
-            })
-            .ok_or_else(|| {
-                format!(
-                    "mount `{name}` is not granted; request it under [[mounts]] in capsule.toml"
-                )
-            })
+            .map(|m| Mount { name: m.name.clone(), root: m.guest_path.clone(), writable: m.writable })
+            .ok_or_else(|| format!("mount `{name}` is not granted; request it under [[mounts]] in capsule.toml"))
     }
 }
 
@@ -192,11 +178,7 @@ impl Mount {
     }
     /// The guest path of a mount-relative path.
     pub fn path(&self, rel: &str) -> String {
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            format!("{}/{}", self.root, rel)
-        }
+        if rel.is_empty() { self.root.clone() } else { format!("{}/{}", self.root, rel) }
     }
 
     /// Read a file; `None` if it does not exist.
@@ -216,8 +198,7 @@ impl Mount {
     /// # Errors
     /// Names the file; writing outside `apply` fails (mounts are read-only then).
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<(), String> {
-        std::fs::write(self.path(rel), bytes)
-            .map_err(|e| format!("cannot write {}/{rel}: {e}", self.name))
+        std::fs::write(self.path(rel), bytes).map_err(|e| format!("cannot write {}/{rel}: {e}", self.name))
     }
 
     /// Delete a file.
@@ -225,8 +206,7 @@ impl Mount {
     /// # Errors
     /// Names the file.
     pub fn remove(&self, rel: &str) -> Result<(), String> {
-        std::fs::remove_file(self.path(rel))
-            .map_err(|e| format!("cannot delete {}/{rel}: {e}", self.name))
+        std::fs::remove_file(self.path(rel)).map_err(|e| format!("cannot delete {}/{rel}: {e}", self.name))
     }
 
     /// Digest of a file (`sha256:<hex>`), `None` if absent.
@@ -251,14 +231,7 @@ pub struct PlanBuilder {
 
 impl PlanBuilder {
     pub fn new(summary: impl Into<String>) -> Self {
-        Self {
-            plan: Plan {
-                summary: summary.into(),
-                changes: Vec::new(),
-                findings: Vec::new(),
-                facts: Vec::new(),
-            },
-        }
+        Self { plan: Plan { summary: summary.into(), changes: Vec::new(), findings: Vec::new(), facts: Vec::new() } }
     }
 
     /// Plan to create `rel` with `after`.
@@ -268,14 +241,7 @@ impl PlanBuilder {
 
     /// Plan to replace `before` with `after` at `rel`.
     pub fn modify(&mut self, mount: &Mount, rel: &str, before: &[u8], after: &[u8], why: &str) {
-        self.change(
-            mount,
-            rel,
-            Action::Modify,
-            Some(digest(before)),
-            Some(digest(after)),
-            why,
-        );
+        self.change(mount, rel, Action::Modify, Some(digest(before)), Some(digest(after)), why);
     }
 
     /// Plan to delete `rel`, whose current content is `before`.
@@ -304,13 +270,7 @@ impl PlanBuilder {
     }
 
     /// Add a finding.
-    pub fn finding(
-        &mut self,
-        severity: Severity,
-        code: &str,
-        message: impl Into<String>,
-        subject: Option<&str>,
-    ) {
+    pub fn finding(&mut self, severity: Severity, code: &str, message: impl Into<String>, subject: Option<&str>) {
         self.plan.findings.push(Finding {
             severity,
             code: code.to_owned(),
@@ -321,10 +281,7 @@ impl PlanBuilder {
 
     /// Record a fact for `verify` (it gets the plan back).
     pub fn fact(&mut self, key: &str, value: impl Into<String>) {
-        self.plan.facts.push(Fact {
-            key: key.to_owned(),
-            value: value.into(),
-        });
+        self.plan.facts.push(Fact { key: key.to_owned(), value: value.into() });
     }
 
     pub fn build(self) -> Plan {
@@ -335,20 +292,13 @@ impl PlanBuilder {
 impl Plan {
     /// A fact recorded during `plan`.
     pub fn fact(&self, key: &str) -> Option<&str> {
-        self.facts
-            .iter()
-            .find(|f| f.key == key)
-            .map(|f| f.value.as_str())
+        self.facts.iter().find(|f| f.key == key).map(|f| f.value.as_str())
     }
 }
 
 impl Verification {
     pub fn new(passed: bool, summary: impl Into<String>) -> Self {
-        Self {
-            passed,
-            summary: summary.into(),
-            findings: Vec::new(),
-        }
+        Self { passed, summary: summary.into(), findings: Vec::new() }
     }
 }
 

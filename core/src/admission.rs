@@ -30,21 +30,11 @@ pub struct Limits {
 
 impl Limits {
     /// Conservative defaults for runs that ask for nothing.
-    pub const DEFAULT: Limits = Limits {
-        memory_mib: 64,
-        cpu_ms: 5_000,
-        wall_ms: 10_000,
-        output_kib: 256,
-        max_plan_changes: 1_000,
-    };
+    pub const DEFAULT: Limits =
+        Limits { memory_mib: 64, cpu_ms: 5_000, wall_ms: 10_000, output_kib: 256, max_plan_changes: 1_000 };
     /// Ceilings when the operator sets none.
-    pub const CEILING: Limits = Limits {
-        memory_mib: 512,
-        cpu_ms: 60_000,
-        wall_ms: 120_000,
-        output_kib: 4_096,
-        max_plan_changes: 10_000,
-    };
+    pub const CEILING: Limits =
+        Limits { memory_mib: 512, cpu_ms: 60_000, wall_ms: 120_000, output_kib: 4_096, max_plan_changes: 10_000 };
 }
 
 /// What the operator's config allows, as the pure check sees it.
@@ -94,22 +84,14 @@ pub enum AdmissionError {
     ImportVersion(String),
     #[error("the manifest requests mount `{0}`, which the runner config does not define")]
     MountNotConfigured(String),
-    #[error(
-        "the manifest requests write access to mount `{0}`, which the runner config allows read-only"
-    )]
+    #[error("the manifest requests write access to mount `{0}`, which the runner config allows read-only")]
     MountReadOnly(String),
-    #[error(
-        "the manifest requests environment variable `{0}`, which the runner config does not provide"
-    )]
+    #[error("the manifest requests environment variable `{0}`, which the runner config does not provide")]
     EnvNotAllowed(String),
     #[error("the manifest requests network endpoint `{0}`; this runner grants no network access")]
     EndpointNotSupported(String),
     #[error("the manifest asks for {field} = {asked}, above the runner's ceiling of {ceiling}")]
-    LimitAboveCeiling {
-        field: &'static str,
-        asked: u64,
-        ceiling: u64,
-    },
+    LimitAboveCeiling { field: &'static str, asked: u64, ceiling: u64 },
 }
 
 impl AdmissionError {
@@ -159,11 +141,7 @@ pub fn admit(
     ceiling: &Ceiling,
 ) -> Result<Admitted, AdmissionError> {
     let grant = resolve_grant(&capsule, component_imports, ceiling)?;
-    Ok(Admitted {
-        capsule,
-        grant,
-        imports: component_imports.to_vec(),
-    })
+    Ok(Admitted { capsule, grant, imports: component_imports.to_vec() })
 }
 
 fn resolve_grant(
@@ -199,10 +177,7 @@ fn resolve_grant(
             Some(false) if req.writable => {
                 return Err(AdmissionError::MountReadOnly(req.name.clone()));
             }
-            Some(_) => mounts.push(GrantedMount {
-                name: req.name.clone(),
-                writable: req.writable,
-            }),
+            Some(_) => mounts.push(GrantedMount { name: req.name.clone(), writable: req.writable }),
         }
     }
     // 4. env.
@@ -216,40 +191,16 @@ fn resolve_grant(
     // 6. limits.
     let (d, c, r) = (&ceiling.default_limits, &ceiling.max_limits, &m.limits);
     let pick = |field: &'static str, asked: Option<u64>, default: u64, max: u64| match asked {
-        Some(a) if a > max => Err(AdmissionError::LimitAboveCeiling {
-            field,
-            asked: a,
-            ceiling: max,
-        }),
+        Some(a) if a > max => Err(AdmissionError::LimitAboveCeiling { field, asked: a, ceiling: max }),
         Some(a) => Ok(a),
         None => Ok(default.min(max)),
     };
     let limits = Limits {
-        memory_mib: pick(
-            "limits.memory_mib",
-            r.memory_mib,
-            d.memory_mib,
-            c.memory_mib,
-        )?,
+        memory_mib: pick("limits.memory_mib", r.memory_mib, d.memory_mib, c.memory_mib)?,
         cpu_ms: pick("limits.cpu_ms", r.cpu_ms, d.cpu_ms, c.cpu_ms)?,
         wall_ms: pick("limits.wall_ms", r.wall_ms, d.wall_ms, c.wall_ms)?,
-        output_kib: pick(
-            "limits.output_kib",
-            r.output_kib,
-            d.output_kib,
-            c.output_kib,
-        )?,
-        max_plan_changes: pick(
-            "limits.max_plan_changes",
-            r.max_plan_changes,
-            d.max_plan_changes,
-            c.max_plan_changes,
-        )?,
+        output_kib: pick("limits.output_kib", r.output_kib, d.output_kib, c.output_kib)?,
+        max_plan_changes: pick("limits.max_plan_changes", r.max_plan_changes, d.max_plan_changes, c.max_plan_changes)?,
     };
-    Ok(Grant {
-        mounts,
-        env: m.env.clone(),
-        imports: m.imports.clone(),
-        limits,
-    })
+    Ok(Grant { mounts, env: m.env.clone(), imports: m.imports.clone(), limits })
 }

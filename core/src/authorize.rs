@@ -46,9 +46,7 @@ impl Decision {
 pub enum AuthorizeError {
     #[error("policy denied the capsule: {}", .0.join("; "))]
     Denied(Vec<String>),
-    #[error(
-        "tier {tier} needs {required} approval(s) and none can be given by this runner version yet"
-    )]
+    #[error("tier {tier} needs {required} approval(s) and none can be given by this runner version yet")]
     ApprovalsRequired { tier: u8, required: u32 },
 }
 
@@ -118,13 +116,7 @@ impl Authorized {
 pub fn authorize(decided: Decided, plan: &ValidPlan) -> Result<Authorized, AuthorizeError> {
     let d = &decided.decision;
     if d.tier > 0 || d.approvals_required > 0 {
-        return Err(AuthorizeError::ApprovalsRequired {
-            tier: d.tier,
-            required: d.approvals_required,
-        });
+        return Err(AuthorizeError::ApprovalsRequired { tier: d.tier, required: d.approvals_required });
     }
-    Ok(Authorized {
-        plan: plan.digest(),
-        decided,
-    })
+    Ok(Authorized { plan: plan.digest(), decided })
 }

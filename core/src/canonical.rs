@@ -118,10 +118,7 @@ mod tests {
     fn sorts_keys_and_strips_whitespace() {
         let v = json!({"b": 1, "a": [true, null, "x\ny"], "c": {"z": -3, "é": "\u{1}"}});
         let got = String::from_utf8(to_canonical_vec(&v).unwrap()).unwrap();
-        assert_eq!(
-            got,
-            r#"{"a":[true,null,"x\ny"],"b":1,"c":{"z":-3,"é":"\u0001"}}"#
-        );
+        assert_eq!(got, r#"{"a":[true,null,"x\ny"],"b":1,"c":{"z":-3,"é":"\u0001"}}"#);
         assert!(is_canonical(got.as_bytes()));
         assert!(!is_canonical(br#"{"b":1,"a":2}"#));
         assert!(!is_canonical(br#"{"a": 2}"#));
@@ -137,9 +134,6 @@ mod tests {
 
     #[test]
     fn refuses_floats() {
-        assert!(matches!(
-            to_canonical_vec(&json!({"x": 1.5})),
-            Err(CanonicalError::Float(_))
-        ));
+        assert!(matches!(to_canonical_vec(&json!({"x": 1.5})), Err(CanonicalError::Float(_))));
     }
 }

@@ -40,9 +40,7 @@ pub struct CapsuleFile {
 pub enum ContainerError {
     #[error("not a readable capsule archive: {0}")]
     Archive(#[source] std::io::Error),
-    #[error(
-        "capsule entry `{0}` is not allowed (only manifest.json, component.wasm, signature.sigstore.json)"
-    )]
+    #[error("capsule entry `{0}` is not allowed (only manifest.json, component.wasm, signature.sigstore.json)")]
     UnexpectedEntry(String),
     #[error("capsule entry `{0}` is not a regular file")]
     NotAFile(String),
@@ -54,13 +52,8 @@ pub enum ContainerError {
     Missing(&'static str),
     #[error("manifest: {0}")]
     Manifest(#[from] ManifestError),
-    #[error(
-        "component digest is {actual} but the manifest pins {pinned}: the component was altered after packing"
-    )]
-    ComponentDigest {
-        pinned: Sha256Digest,
-        actual: Sha256Digest,
-    },
+    #[error("component digest is {actual} but the manifest pins {pinned}: the component was altered after packing")]
+    ComponentDigest { pinned: Sha256Digest, actual: Sha256Digest },
     #[error("component is {actual} bytes but the manifest pins {pinned}")]
     ComponentSize { pinned: u64, actual: u64 },
 }
@@ -83,10 +76,7 @@ impl CapsuleFile {
     ) -> Result<Self, ContainerError> {
         let actual = Sha256Digest::of(&component);
         if actual != manifest.component.sha256 {
-            return Err(ContainerError::ComponentDigest {
-                pinned: manifest.component.sha256,
-                actual,
-            });
+            return Err(ContainerError::ComponentDigest { pinned: manifest.component.sha256, actual });
         }
         if component.len() as u64 != manifest.component.size {
             return Err(ContainerError::ComponentSize {
@@ -95,13 +85,7 @@ impl CapsuleFile {
             });
         }
         let digest = Sha256Digest::of(&manifest_bytes);
-        Ok(Self {
-            manifest,
-            manifest_bytes,
-            digest,
-            component,
-            bundle,
-        })
+        Ok(Self { manifest, manifest_bytes, digest, component, bundle })
     }
 
     /// Parse a `.capsule` file.
@@ -121,9 +105,7 @@ impl CapsuleFile {
                 COMPONENT_ENTRY => (&mut component, MAX_COMPONENT_BYTES),
                 SIGNATURE_ENTRY => (&mut bundle, MAX_BUNDLE_BYTES),
                 _ => {
-                    return Err(ContainerError::UnexpectedEntry(
-                        name.chars().take(200).collect(),
-                    ));
+                    return Err(ContainerError::UnexpectedEntry(name.chars().take(200).collect()));
                 }
             };
             if !entry.header().entry_type().is_file() {
@@ -137,11 +119,7 @@ impl CapsuleFile {
                 return Err(ContainerError::Duplicate(name));
             }
             let mut buf = Vec::with_capacity(size as usize);
-            entry
-                .by_ref()
-                .take(limit + 1)
-                .read_to_end(&mut buf)
-                .map_err(ContainerError::Archive)?;
+            entry.by_ref().take(limit + 1).read_to_end(&mut buf).map_err(ContainerError::Archive)?;
             if buf.len() as u64 != size {
                 return Err(ContainerError::Archive(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -167,9 +145,7 @@ impl CapsuleFile {
             h.set_uid(0);
             h.set_gid(0);
             h.set_entry_type(tar::EntryType::Regular);
-            builder
-                .append_data(&mut h, name, data)
-                .expect("writing to a Vec cannot fail");
+            builder.append_data(&mut h, name, data).expect("writing to a Vec cannot fail");
         };
         add(MANIFEST_ENTRY, &self.manifest_bytes);
         add(COMPONENT_ENTRY, &self.component);
@@ -212,10 +188,7 @@ mod tests {
         let wasm = b"\0asm fake component".to_vec();
         let m = Manifest::from_authoring_toml(
             "name = \"x\"\nversion = \"1\"\nkind = \"diagnostic\"\n",
-            ComponentRef {
-                sha256: Sha256Digest::of(&wasm),
-                size: wasm.len() as u64,
-            },
+            ComponentRef { sha256: Sha256Digest::of(&wasm), size: wasm.len() as u64 },
         )
         .unwrap();
         CapsuleFile::new(m, wasm).unwrap()
@@ -227,11 +200,7 @@ mod tests {
         let back = CapsuleFile::parse(&c.to_bytes()).unwrap();
         assert_eq!(back.digest(), c.digest());
         assert_eq!(back.bundle(), Some(&b"{}"[..]));
-        assert_eq!(
-            c.to_bytes(),
-            back.to_bytes(),
-            "serialisation is deterministic"
-        );
+        assert_eq!(c.to_bytes(), back.to_bytes(), "serialisation is deterministic");
     }
 
     #[test]
@@ -241,21 +210,14 @@ mod tests {
         let pos = bytes.windows(4).position(|w| w == needle).unwrap();
         let mut bad = bytes.clone();
         bad[pos] ^= 0x20;
-        assert!(matches!(
-            CapsuleFile::parse(&bad),
-            Err(ContainerError::ComponentDigest { .. })
-        ));
+        assert!(matches!(CapsuleFile::parse(&bad), Err(ContainerError::ComponentDigest { .. })));
     }
 
     #[test]
     fn extra_entry_is_refused() {
         let c = sample();
         let mut b = tar::Builder::new(Vec::new());
-        for (n, d) in [
-            (MANIFEST_ENTRY, c.manifest_bytes()),
-            (COMPONENT_ENTRY, c.component()),
-            ("../evil", &b"x"[..]),
-        ] {
+        for (n, d) in [(MANIFEST_ENTRY, c.manifest_bytes()), (COMPONENT_ENTRY, c.component()), ("../evil", &b"x"[..])] {
             let mut h = tar::Header::new_gnu();
             h.set_size(d.len() as u64);
             h.set_entry_type(tar::EntryType::Regular);
@@ -272,17 +234,12 @@ mod tests {
             }
         }
         let bytes = b.into_inner().unwrap();
-        assert!(
-            matches!(CapsuleFile::parse(&bytes), Err(ContainerError::UnexpectedEntry(n)) if n == "../evil")
-        );
+        assert!(matches!(CapsuleFile::parse(&bytes), Err(ContainerError::UnexpectedEntry(n)) if n == "../evil"));
     }
 
     #[test]
     fn garbage_is_refused() {
         assert!(CapsuleFile::parse(b"not a tar").is_err());
-        assert!(matches!(
-            CapsuleFile::parse(&[0u8; 1024]),
-            Err(ContainerError::Missing(MANIFEST_ENTRY))
-        ));
+        assert!(matches!(CapsuleFile::parse(&[0u8; 1024]), Err(ContainerError::Missing(MANIFEST_ENTRY))));
     }
 }

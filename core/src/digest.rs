@@ -23,11 +23,7 @@ impl Sha256Digest {
 
     /// Parse 64 lowercase hex characters (no prefix).
     pub fn from_hex(s: &str) -> Result<Self, DigestParseError> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestParseError(s.chars().take(80).collect()));
         }
         let mut out = [0u8; 32];
@@ -56,9 +52,7 @@ impl fmt::Debug for Sha256Digest {
 impl FromStr for Sha256Digest {
     type Err = DigestParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| DigestParseError(s.chars().take(80).collect()))?;
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| DigestParseError(s.chars().take(80).collect()))?;
         Self::from_hex(hex)
     }
 }
@@ -83,10 +77,7 @@ mod tests {
     #[test]
     fn round_trip_and_known_value() {
         let d = Sha256Digest::of(b"abc");
-        assert_eq!(
-            d.to_string(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(d.to_string().parse::<Sha256Digest>().unwrap(), d);
     }
 

@@ -58,12 +58,7 @@ impl Envelope {
 
 /// The in-toto Statement signed for a capsule: its subject is the capsule
 /// digest (SHA-256 of the canonical manifest, which pins the component).
-pub fn capsule_statement(
-    name: &str,
-    version: &str,
-    capsule: Sha256Digest,
-    component: Sha256Digest,
-) -> Vec<u8> {
+pub fn capsule_statement(name: &str, version: &str, capsule: Sha256Digest, component: Sha256Digest) -> Vec<u8> {
     let statement = serde_json::json!({
         "_type": STATEMENT_TYPE,
         "subject": [{"name": format!("{name}@{version}"), "digest": {"sha256": capsule.hex()}}],
@@ -85,18 +80,10 @@ mod tests {
     /// `../shared/vectors/dsse.json`: the published PAE example.
     #[test]
     fn pae_matches_published_vector() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/vectors/dsse.json"
-        ))
-        .expect(
-            "shared vectors missing: ../shared/vectors/dsse.json must exist beside the project",
-        );
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/dsse.json"))
+            .expect("shared vectors missing: ../shared/vectors/dsse.json must exist beside the project");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let got = pae(
-            v["payload_type"].as_str().unwrap(),
-            v["payload"].as_str().unwrap().as_bytes(),
-        );
+        let got = pae(v["payload_type"].as_str().unwrap(), v["payload"].as_str().unwrap().as_bytes());
         assert_eq!(String::from_utf8(got).unwrap(), v["pae"].as_str().unwrap());
         assert_eq!(pae("", b""), b"DSSEv1 0  0 ");
     }

@@ -65,18 +65,9 @@ pub enum Event {
     },
     /// The policy decision. Until the policy plane exists every admitted
     /// capsule is an unapproved tier-0 run, and says so.
-    Decision {
-        allowed: bool,
-        tier: u8,
-        approvals_required: u32,
-        reasons: Vec<String>,
-    },
+    Decision { allowed: bool, tier: u8, approvals_required: u32, reasons: Vec<String> },
     /// Authorization outcome (tier 0: no approvals needed).
-    Authorized {
-        tier: u8,
-        approvals: Vec<String>,
-        note: String,
-    },
+    Authorized { tier: u8, approvals: Vec<String>, note: String },
     /// The capsule's plan (artifact: canonical plan JSON).
     Planned {
         plan: Sha256Digest,
@@ -93,10 +84,7 @@ pub enum Event {
         output: Option<Sha256Digest>,
     },
     /// About to commit: the journal of what will change (written before any rename).
-    CommitIntent {
-        changes: usize,
-        journal: Sha256Digest,
-    },
+    CommitIntent { changes: usize, journal: Sha256Digest },
     /// The diff is committed to the live mounts.
     Committed { changes: usize },
     /// `verify` ran.
@@ -108,17 +96,9 @@ pub enum Event {
         output: Option<Sha256Digest>,
     },
     /// A committed change was undone.
-    RolledBack {
-        reason_code: String,
-        detail: String,
-        restored: usize,
-    },
+    RolledBack { reason_code: String, detail: String, restored: usize },
     /// Something was refused: a check failed, a limit was hit, the guest trapped.
-    Refused {
-        stage: String,
-        reason_code: String,
-        detail: String,
-    },
+    Refused { stage: String, reason_code: String, detail: String },
     /// A run found unfinished on start and rolled back.
     Interrupted { restored: usize, detail: String },
     /// The terminal record of a run.
@@ -172,14 +152,8 @@ pub enum ChainError {
     Malformed { line: usize, reason: String },
     #[error("record {seq}: sequence number out of order (expected {expected})")]
     Sequence { seq: u64, expected: u64 },
-    #[error(
-        "record {seq}: chain link broken (prev is {found}, previous record hashes to {expected})"
-    )]
-    Link {
-        seq: u64,
-        expected: Sha256Digest,
-        found: Sha256Digest,
-    },
+    #[error("record {seq}: chain link broken (prev is {found}, previous record hashes to {expected})")]
+    Link { seq: u64, expected: Sha256Digest, found: Sha256Digest },
     #[error("record {seq}: stored bytes are not its canonical form")]
     NotCanonical { seq: u64 },
 }
@@ -196,28 +170,16 @@ pub fn verify_chain_lines(text: &[u8]) -> Result<(Vec<Record>, Sha256Digest), Ch
         if line.is_empty() {
             continue;
         }
-        let r: Record = serde_json::from_slice(line).map_err(|e| ChainError::Malformed {
-            line: i + 1,
-            reason: e.to_string(),
-        })?;
+        let r: Record =
+            serde_json::from_slice(line).map_err(|e| ChainError::Malformed { line: i + 1, reason: e.to_string() })?;
         let expected = records.len() as u64;
         if r.seq != expected {
-            return Err(ChainError::Sequence {
-                seq: r.seq,
-                expected,
-            });
+            return Err(ChainError::Sequence { seq: r.seq, expected });
         }
         if r.prev != prev {
-            return Err(ChainError::Link {
-                seq: r.seq,
-                expected: prev,
-                found: r.prev,
-            });
+            return Err(ChainError::Link { seq: r.seq, expected: prev, found: r.prev });
         }
-        let bytes = r.canonical_bytes().map_err(|e| ChainError::Malformed {
-            line: i + 1,
-            reason: e.to_string(),
-        })?;
+        let bytes = r.canonical_bytes().map_err(|e| ChainError::Malformed { line: i + 1, reason: e.to_string() })?;
         if bytes != line {
             return Err(ChainError::NotCanonical { seq: r.seq });
         }
@@ -241,11 +203,7 @@ mod tests {
                 time: "2026-11-24T00:00:00Z".into(),
                 run: format!("run-{}", seq / 2),
                 prev,
-                event: Event::Refused {
-                    stage: "admit".into(),
-                    reason_code: "x".into(),
-                    detail: format!("{seq}"),
-                },
+                event: Event::Refused { stage: "admit".into(), reason_code: "x".into(), detail: format!("{seq}") },
             };
             let b = r.canonical_bytes().unwrap();
             prev = Sha256Digest::of(&b);
@@ -264,31 +222,11 @@ mod tests {
     #[test]
     fn deletion_reorder_and_edit_are_detected() {
         let text = chain(4);
-        let lines: Vec<&[u8]> = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        let join = |ls: &[&[u8]]| {
-            ls.iter()
-                .flat_map(|l| l.iter().copied().chain([b'\n']))
-                .collect::<Vec<u8>>()
-        };
-        assert!(matches!(
-            verify_chain_lines(&join(&[lines[0], lines[2], lines[3]])),
-            Err(ChainError::Sequence { .. })
-        ));
-        assert!(matches!(
-            verify_chain_lines(&join(&[lines[1], lines[0]])),
-            Err(ChainError::Sequence { .. })
-        ));
-        let edited = String::from_utf8(text.clone()).unwrap().replacen(
-            "\"detail\":\"1\"",
-            "\"detail\":\"7\"",
-            1,
-        );
-        assert!(matches!(
-            verify_chain_lines(edited.as_bytes()),
-            Err(ChainError::Link { seq: 2, .. })
-        ));
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let join = |ls: &[&[u8]]| ls.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>();
+        assert!(matches!(verify_chain_lines(&join(&[lines[0], lines[2], lines[3]])), Err(ChainError::Sequence { .. })));
+        assert!(matches!(verify_chain_lines(&join(&[lines[1], lines[0]])), Err(ChainError::Sequence { .. })));
+        let edited = String::from_utf8(text.clone()).unwrap().replacen("\"detail\":\"1\"", "\"detail\":\"7\"", 1);
+        assert!(matches!(verify_chain_lines(edited.as_bytes()), Err(ChainError::Link { seq: 2, .. })));
     }
 }

@@ -157,9 +157,7 @@ pub enum ManifestError {
     Json(#[source] serde_json::Error),
     #[error("capsule.toml is invalid: {0}")]
     Toml(#[source] toml::de::Error),
-    #[error(
-        "manifest bytes are not canonical JSON (RFC 8785); repack it with `edge-runner capsule pack`"
-    )]
+    #[error("manifest bytes are not canonical JSON (RFC 8785); repack it with `edge-runner capsule pack`")]
     NotCanonical,
     #[error("manifest schema `{0}` is not supported; expected `{MANIFEST_SCHEMA}`")]
     Schema(String),
@@ -171,10 +169,7 @@ pub enum ManifestError {
 
 impl ManifestError {
     fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Field {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self::Field { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -253,33 +248,18 @@ impl Manifest {
             return Err(ManifestError::Schema(self.schema.clone()));
         }
         if !is_logical_name(&self.name) {
-            return Err(ManifestError::field(
-                "name",
-                "use 1-64 characters of [A-Za-z0-9._-]",
-            ));
+            return Err(ManifestError::field("name", "use 1-64 characters of [A-Za-z0-9._-]"));
         }
-        if self.version.is_empty()
-            || self.version.len() > 64
-            || self.version.chars().any(char::is_control)
-        {
-            return Err(ManifestError::field(
-                "version",
-                "must be 1-64 printable characters",
-            ));
+        if self.version.is_empty() || self.version.len() > 64 || self.version.chars().any(char::is_control) {
+            return Err(ManifestError::field("version", "must be 1-64 printable characters"));
         }
         text("description", &self.description)?;
         if self.params.len() > MAX_PARAMS {
-            return Err(ManifestError::field(
-                "params",
-                format!("at most {MAX_PARAMS} parameters"),
-            ));
+            return Err(ManifestError::field("params", format!("at most {MAX_PARAMS} parameters")));
         }
         for (k, v) in &self.params {
             if !is_logical_name(k) {
-                return Err(ManifestError::field(
-                    format!("params.{k}"),
-                    "parameter names use [A-Za-z0-9._-]",
-                ));
+                return Err(ManifestError::field(format!("params.{k}"), "parameter names use [A-Za-z0-9._-]"));
             }
             if v.len() > MAX_PARAM_VALUE {
                 return Err(ManifestError::field(
@@ -289,50 +269,33 @@ impl Manifest {
             }
         }
         if self.mounts.len() > MAX_MOUNTS {
-            return Err(ManifestError::field(
-                "mounts",
-                format!("at most {MAX_MOUNTS} mounts"),
-            ));
+            return Err(ManifestError::field("mounts", format!("at most {MAX_MOUNTS} mounts")));
         }
         let mut seen = BTreeSet::new();
         for m in &self.mounts {
             if !is_logical_name(&m.name) {
                 return Err(ManifestError::field(
                     "mounts.name",
-                    format!(
-                        "`{}` is not a logical name ([A-Za-z0-9._-], not a host path)",
-                        m.name
-                    ),
+                    format!("`{}` is not a logical name ([A-Za-z0-9._-], not a host path)", m.name),
                 ));
             }
             if !seen.insert(&m.name) {
-                return Err(ManifestError::field(
-                    "mounts",
-                    format!("mount `{}` listed twice", m.name),
-                ));
+                return Err(ManifestError::field("mounts", format!("mount `{}` listed twice", m.name)));
             }
         }
         if self.kind == Kind::Diagnostic && self.mounts.iter().any(|m| m.writable) {
-            return Err(ManifestError::field(
-                "mounts",
-                "a diagnostic capsule cannot request a writable mount",
-            ));
+            return Err(ManifestError::field("mounts", "a diagnostic capsule cannot request a writable mount"));
         }
         unique_names("endpoints", &self.endpoints, is_logical_name)?;
         unique_names("env", &self.env, is_env_name)?;
         if self.imports.len() > MAX_LIST {
-            return Err(ManifestError::field(
-                "imports",
-                format!("at most {MAX_LIST} interfaces"),
-            ));
+            return Err(ManifestError::field("imports", format!("at most {MAX_LIST} interfaces")));
         }
         for i in &self.imports {
             if !is_interface_name(i) {
                 return Err(ManifestError::field(
                     "imports",
-                    format!(
-                        "`{i}` is not an unversioned interface name like `wasi:filesystem/types`"
-                    ),
+                    format!("`{i}` is not an unversioned interface name like `wasi:filesystem/types`"),
                 ));
             }
         }
@@ -366,32 +329,19 @@ impl Manifest {
 
 fn text(field: &str, v: &str) -> Result<(), ManifestError> {
     if v.len() > MAX_TEXT {
-        return Err(ManifestError::field(
-            field,
-            format!("longer than {MAX_TEXT} bytes"),
-        ));
+        return Err(ManifestError::field(field, format!("longer than {MAX_TEXT} bytes")));
     }
     Ok(())
 }
 
-fn unique_names(
-    field: &str,
-    names: &[String],
-    valid: fn(&str) -> bool,
-) -> Result<(), ManifestError> {
+fn unique_names(field: &str, names: &[String], valid: fn(&str) -> bool) -> Result<(), ManifestError> {
     if names.len() > MAX_LIST {
-        return Err(ManifestError::field(
-            field,
-            format!("at most {MAX_LIST} entries"),
-        ));
+        return Err(ManifestError::field(field, format!("at most {MAX_LIST} entries")));
     }
     let mut seen = BTreeSet::new();
     for n in names {
         if !valid(n) {
-            return Err(ManifestError::field(
-                field,
-                format!("`{n}` is not a valid name"),
-            ));
+            return Err(ManifestError::field(field, format!("`{n}` is not a valid name")));
         }
         if !seen.insert(n) {
             return Err(ManifestError::field(field, format!("`{n}` listed twice")));
@@ -411,10 +361,7 @@ pub fn is_env_name(n: &str) -> bool {
 /// `namespace:package/interface` with lowercase kebab-case parts, no version.
 pub fn is_interface_name(n: &str) -> bool {
     let kebab = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
     match n.split_once(':') {
         Some((ns, rest)) => match rest.split_once('/') {
@@ -439,10 +386,7 @@ mod tests {
     use super::*;
 
     fn component() -> ComponentRef {
-        ComponentRef {
-            sha256: Sha256Digest::of(b"wasm"),
-            size: 4,
-        }
+        ComponentRef { sha256: Sha256Digest::of(b"wasm"), size: 4 }
     }
 
     const TOML: &str = r#"
@@ -473,52 +417,24 @@ agent = "spiffe://bank.example/agent/fixer"
     #[test]
     fn refuses_non_canonical_and_unknown_fields() {
         let m = Manifest::from_authoring_toml(TOML, component()).unwrap();
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&m.to_canonical_json().unwrap()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_canonical_json().unwrap()).unwrap();
         let pretty = serde_json::to_vec_pretty(&v).unwrap();
-        assert!(matches!(
-            Manifest::from_canonical_json(&pretty),
-            Err(ManifestError::NotCanonical)
-        ));
+        assert!(matches!(Manifest::from_canonical_json(&pretty), Err(ManifestError::NotCanonical)));
         v["surprise"] = serde_json::json!(1);
         let bytes = canonical::to_canonical_vec(&v).unwrap();
-        assert!(matches!(
-            Manifest::from_canonical_json(&bytes),
-            Err(ManifestError::Json(_))
-        ));
-        let bad = TOML.replace(
-            "kind = \"remediation\"",
-            "kind = \"remediation\"\nhost_path = \"/etc\"",
-        );
-        assert!(matches!(
-            Manifest::from_authoring_toml(&bad, component()),
-            Err(ManifestError::Toml(_))
-        ));
+        assert!(matches!(Manifest::from_canonical_json(&bytes), Err(ManifestError::Json(_))));
+        let bad = TOML.replace("kind = \"remediation\"", "kind = \"remediation\"\nhost_path = \"/etc\"");
+        assert!(matches!(Manifest::from_authoring_toml(&bad, component()), Err(ManifestError::Toml(_))));
     }
 
     #[test]
     fn refuses_bad_fields() {
         let cases = [
-            (
-                TOML.replace("name = \"app-config\"", "name = \"/etc\""),
-                "mounts.name",
-            ),
-            (
-                TOML.replace("kind = \"remediation\"", "kind = \"diagnostic\""),
-                "mounts",
-            ),
-            (
-                TOML.replace("\"wasi:cli/stdout\"", "\"wasi:cli/stdout@0.2.0\""),
-                "imports",
-            ),
-            (
-                TOML.replace("memory_mib = 32", "memory_mib = 0"),
-                "limits.memory_mib",
-            ),
-            (
-                TOML.replace("name = \"config-drift\"", "name = \"../x\""),
-                "name",
-            ),
+            (TOML.replace("name = \"app-config\"", "name = \"/etc\""), "mounts.name"),
+            (TOML.replace("kind = \"remediation\"", "kind = \"diagnostic\""), "mounts"),
+            (TOML.replace("\"wasi:cli/stdout\"", "\"wasi:cli/stdout@0.2.0\""), "imports"),
+            (TOML.replace("memory_mib = 32", "memory_mib = 0"), "limits.memory_mib"),
+            (TOML.replace("name = \"config-drift\"", "name = \"../x\""), "name"),
         ];
         for (text, field) in cases {
             match Manifest::from_authoring_toml(&text, component()) {
@@ -534,9 +450,6 @@ agent = "spiffe://bank.example/agent/fixer"
         assert!(is_interface_name("edge-runner:capsule/host"));
         assert!(!is_interface_name("wasi:filesystem"));
         assert!(!is_interface_name("wasi:io/streams@0.2.0"));
-        assert_eq!(
-            split_import_version("wasi:io/streams@0.2.12"),
-            ("wasi:io/streams", Some("0.2.12"))
-        );
+        assert_eq!(split_import_version("wasi:io/streams@0.2.12"), ("wasi:io/streams", Some("0.2.12")));
     }
 }

@@ -102,9 +102,7 @@ pub fn is_logical_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -121,40 +119,16 @@ mod tests {
 
     #[test]
     fn refuses_escapes() {
-        assert!(matches!(
-            MountPath::new("../etc/passwd"),
-            Err(PathError::ParentDir(_))
-        ));
-        assert!(matches!(
-            MountPath::new("a/../../b"),
-            Err(PathError::ParentDir(_))
-        ));
-        assert!(matches!(
-            MountPath::new("/etc/passwd"),
-            Err(PathError::Absolute(_))
-        ));
-        assert!(matches!(
-            MountPath::new("a//b"),
-            Err(PathError::NotNormal(_))
-        ));
-        assert!(matches!(
-            MountPath::new("./a"),
-            Err(PathError::NotNormal(_))
-        ));
+        assert!(matches!(MountPath::new("../etc/passwd"), Err(PathError::ParentDir(_))));
+        assert!(matches!(MountPath::new("a/../../b"), Err(PathError::ParentDir(_))));
+        assert!(matches!(MountPath::new("/etc/passwd"), Err(PathError::Absolute(_))));
+        assert!(matches!(MountPath::new("a//b"), Err(PathError::NotNormal(_))));
+        assert!(matches!(MountPath::new("./a"), Err(PathError::NotNormal(_))));
         assert!(matches!(MountPath::new("a/"), Err(PathError::NotNormal(_))));
-        assert!(matches!(
-            MountPath::new("a\\..\\b"),
-            Err(PathError::BadCharacter(_))
-        ));
-        assert!(matches!(
-            MountPath::new("a\0b"),
-            Err(PathError::BadCharacter(_))
-        ));
+        assert!(matches!(MountPath::new("a\\..\\b"), Err(PathError::BadCharacter(_))));
+        assert!(matches!(MountPath::new("a\0b"), Err(PathError::BadCharacter(_))));
         assert!(matches!(MountPath::new(""), Err(PathError::Empty)));
-        assert!(matches!(
-            MountPath::new(&"a".repeat(2000)),
-            Err(PathError::TooLong(2000))
-        ));
+        assert!(matches!(MountPath::new(&"a".repeat(2000)), Err(PathError::TooLong(2000))));
     }
 
     proptest! {

@@ -114,30 +114,19 @@ pub enum PlanError {
     #[error("plan has {count} changes; the limit is {limit}")]
     TooManyChanges { count: usize, limit: usize },
     #[error("plan has {count} {what}; the limit is {limit}")]
-    TooMany {
-        what: &'static str,
-        count: usize,
-        limit: usize,
-    },
+    TooMany { what: &'static str, count: usize, limit: usize },
     #[error("plan text field `{0}` is longer than {MAX_TEXT} bytes")]
     TextTooLong(&'static str),
     #[error("plan change #{index} path: {source}")]
     Path { index: usize, source: PathError },
-    #[error(
-        "plan change #{index} has `{value}`, which is not a digest of the form sha256:<64 lowercase hex>"
-    )]
+    #[error("plan change #{index} has `{value}`, which is not a digest of the form sha256:<64 lowercase hex>")]
     BadDigest { index: usize, value: String },
     #[error("plan change #{index} names mount `{mount}`, which the manifest does not request")]
     UnknownMount { index: usize, mount: String },
     #[error("plan change #{index} writes to mount `{mount}`, which is read-only")]
     ReadOnlyMount { index: usize, mount: String },
     #[error("plan change #{index} ({action} {path}): {reason}")]
-    Inconsistent {
-        index: usize,
-        action: Action,
-        path: String,
-        reason: &'static str,
-    },
+    Inconsistent { index: usize, action: Action, path: String, reason: &'static str },
     #[error("plan changes {mount}/{path} twice")]
     DuplicateChange { mount: String, path: String },
     #[error("a diagnostic capsule proposed {0} change(s); diagnostics may only report findings")]
@@ -145,59 +134,34 @@ pub enum PlanError {
     #[error(
         "precondition failed for {mount}/{path}: planned against {expected}, now {actual}; the file changed since the plan was made, so re-plan"
     )]
-    Precondition {
-        mount: String,
-        path: String,
-        expected: String,
-        actual: String,
-    },
+    Precondition { mount: String, path: String, expected: String, actual: String },
     #[error("apply changed {mount}/{path} ({action}) which the plan does not include")]
-    OutsidePlan {
-        mount: String,
-        path: String,
-        action: Action,
-    },
+    OutsidePlan { mount: String, path: String, action: Action },
     #[error("apply did {actual} {mount}/{path} but the plan says {planned}")]
-    ActionMismatch {
-        mount: String,
-        path: String,
-        planned: Action,
-        actual: Action,
-    },
+    ActionMismatch { mount: String, path: String, planned: Action, actual: Action },
     #[error("apply wrote {mount}/{path} with content {actual} but the plan promised {planned}")]
-    ContentMismatch {
-        mount: String,
-        path: String,
-        planned: String,
-        actual: String,
-    },
+    ContentMismatch { mount: String, path: String, planned: String, actual: String },
     #[error("apply did not make planned change {action} {mount}/{path}")]
-    NotApplied {
-        mount: String,
-        path: String,
-        action: Action,
-    },
+    NotApplied { mount: String, path: String, action: Action },
 }
 
 impl PlanError {
     /// The stable reason code recorded in evidence.
     pub fn reason_code(&self) -> &'static str {
         match self {
-            PlanError::TooManyChanges { .. }
-            | PlanError::TooMany { .. }
-            | PlanError::TextTooLong(_) => "plan.too_large",
+            PlanError::TooManyChanges { .. } | PlanError::TooMany { .. } | PlanError::TextTooLong(_) => {
+                "plan.too_large"
+            }
             PlanError::Path { .. } => "plan.path_escape",
             PlanError::UnknownMount { .. } => "plan.unknown_mount",
             PlanError::ReadOnlyMount { .. } => "plan.read_only_mount",
-            PlanError::Inconsistent { .. }
-            | PlanError::DuplicateChange { .. }
-            | PlanError::BadDigest { .. } => "plan.inconsistent",
+            PlanError::Inconsistent { .. } | PlanError::DuplicateChange { .. } | PlanError::BadDigest { .. } => {
+                "plan.inconsistent"
+            }
             PlanError::DiagnosticChanges(_) => "plan.diagnostic_changes",
             PlanError::Precondition { .. } => "commit.precondition_failed",
             PlanError::OutsidePlan { .. } => "apply.outside_plan",
-            PlanError::ActionMismatch { .. } | PlanError::ContentMismatch { .. } => {
-                "apply.diff_mismatch"
-            }
+            PlanError::ActionMismatch { .. } | PlanError::ContentMismatch { .. } => "apply.diff_mismatch",
             PlanError::NotApplied { .. } => "apply.incomplete",
         }
     }
@@ -228,18 +192,14 @@ impl Plan {
     pub fn validate(self, manifest: &Manifest, max_changes: usize) -> Result<ValidPlan, PlanError> {
         let limit = max_changes.min(MAX_PLAN_CHANGES);
         if self.changes.len() > limit {
-            return Err(PlanError::TooManyChanges {
-                count: self.changes.len(),
-                limit,
-            });
+            return Err(PlanError::TooManyChanges { count: self.changes.len(), limit });
         }
         if manifest.kind == Kind::Diagnostic && !self.changes.is_empty() {
             return Err(PlanError::DiagnosticChanges(self.changes.len()));
         }
-        for (what, count, limit) in [
-            ("findings", self.findings.len(), MAX_FINDINGS),
-            ("facts", self.facts.len(), MAX_FACTS),
-        ] {
+        for (what, count, limit) in
+            [("findings", self.findings.len(), MAX_FINDINGS), ("facts", self.facts.len(), MAX_FACTS)]
+        {
             if count > limit {
                 return Err(PlanError::TooMany { what, count, limit });
             }
@@ -255,89 +215,50 @@ impl Plan {
                 return Err(PlanError::TextTooLong("facts"));
             }
         }
-        let mounts: BTreeMap<&str, bool> = manifest
-            .mounts
-            .iter()
-            .map(|m| (m.name.as_str(), m.writable))
-            .collect();
+        let mounts: BTreeMap<&str, bool> = manifest.mounts.iter().map(|m| (m.name.as_str(), m.writable)).collect();
         let mut seen = BTreeSet::new();
         for (index, c) in self.changes.iter().enumerate() {
             match mounts.get(c.mount.as_str()) {
                 None => {
-                    return Err(PlanError::UnknownMount {
-                        index,
-                        mount: c.mount.clone(),
-                    });
+                    return Err(PlanError::UnknownMount { index, mount: c.mount.clone() });
                 }
                 Some(false) => {
-                    return Err(PlanError::ReadOnlyMount {
-                        index,
-                        mount: c.mount.clone(),
-                    });
+                    return Err(PlanError::ReadOnlyMount { index, mount: c.mount.clone() });
                 }
                 Some(true) => {}
             }
             if c.why.trim().is_empty() || c.why.len() > MAX_TEXT {
-                return Err(inconsistent(
-                    index,
-                    c,
-                    "`why` must be one non-empty sentence",
-                ));
+                return Err(inconsistent(index, c, "`why` must be one non-empty sentence"));
             }
             match (c.action, &c.digest_before, &c.digest_after) {
                 (Action::Create, None, Some(_)) => {}
                 (Action::Create, _, _) => {
-                    return Err(inconsistent(
-                        index,
-                        c,
-                        "create needs digest-after and no digest-before",
-                    ));
+                    return Err(inconsistent(index, c, "create needs digest-after and no digest-before"));
                 }
                 (Action::Modify, Some(b), Some(a)) if b != a => {}
                 (Action::Modify, Some(_), Some(_)) => {
-                    return Err(inconsistent(
-                        index,
-                        c,
-                        "modify with identical before and after digests",
-                    ));
+                    return Err(inconsistent(index, c, "modify with identical before and after digests"));
                 }
                 (Action::Modify, _, _) => {
-                    return Err(inconsistent(
-                        index,
-                        c,
-                        "modify needs digest-before and digest-after",
-                    ));
+                    return Err(inconsistent(index, c, "modify needs digest-before and digest-after"));
                 }
                 (Action::Delete, Some(_), None) => {}
                 (Action::Delete, _, _) => {
-                    return Err(inconsistent(
-                        index,
-                        c,
-                        "delete needs digest-before and no digest-after",
-                    ));
+                    return Err(inconsistent(index, c, "delete needs digest-before and no digest-after"));
                 }
             }
             if !seen.insert((c.mount.as_str(), c.path.as_str())) {
-                return Err(PlanError::DuplicateChange {
-                    mount: c.mount.clone(),
-                    path: c.path.to_string(),
-                });
+                return Err(PlanError::DuplicateChange { mount: c.mount.clone(), path: c.path.to_string() });
             }
         }
         // Serialising a validated plan cannot produce a float.
-        let digest =
-            Sha256Digest::of(&canonical::to_canonical_vec(&self).expect("plan has no floats"));
+        let digest = Sha256Digest::of(&canonical::to_canonical_vec(&self).expect("plan has no floats"));
         Ok(ValidPlan { plan: self, digest })
     }
 }
 
 fn inconsistent(index: usize, c: &Change, reason: &'static str) -> PlanError {
-    PlanError::Inconsistent {
-        index,
-        action: c.action,
-        path: c.path.to_string(),
-        reason,
-    }
+    PlanError::Inconsistent { index, action: c.action, path: c.path.to_string(), reason }
 }
 
 /// Bound a finding's text fields.
@@ -380,21 +301,13 @@ pub struct PreconditionsHold(());
 /// The first mismatch: a change outside the plan, a different action or
 /// content, or a planned change that did not happen.
 pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPlan, PlanError> {
-    let planned: BTreeMap<(&str, &str), &Change> = plan
-        .plan
-        .changes
-        .iter()
-        .map(|c| ((c.mount.as_str(), c.path.as_str()), c))
-        .collect();
+    let planned: BTreeMap<(&str, &str), &Change> =
+        plan.plan.changes.iter().map(|c| ((c.mount.as_str(), c.path.as_str()), c)).collect();
     let mut done = BTreeSet::new();
     for d in diff {
         let key = (d.mount.as_str(), d.path.as_str());
         let Some(c) = planned.get(&key) else {
-            return Err(PlanError::OutsidePlan {
-                mount: d.mount.clone(),
-                path: d.path.to_string(),
-                action: d.action,
-            });
+            return Err(PlanError::OutsidePlan { mount: d.mount.clone(), path: d.path.to_string(), action: d.action });
         };
         if c.action != d.action {
             return Err(PlanError::ActionMismatch {
@@ -408,10 +321,7 @@ pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPla
             let (planned, actual) = if c.digest_after != d.after {
                 (show(&c.digest_after), show(&d.after))
             } else {
-                (
-                    format!("before {}", show(&c.digest_before)),
-                    format!("before {}", show(&d.before)),
-                )
+                (format!("before {}", show(&c.digest_before)), format!("before {}", show(&d.before)))
             };
             return Err(PlanError::ContentMismatch {
                 mount: d.mount.clone(),
@@ -422,17 +332,8 @@ pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPla
         }
         done.insert(key);
     }
-    if let Some(c) = plan
-        .plan
-        .changes
-        .iter()
-        .find(|c| !done.contains(&(c.mount.as_str(), c.path.as_str())))
-    {
-        return Err(PlanError::NotApplied {
-            mount: c.mount.clone(),
-            path: c.path.to_string(),
-            action: c.action,
-        });
+    if let Some(c) = plan.plan.changes.iter().find(|c| !done.contains(&(c.mount.as_str(), c.path.as_str()))) {
+        return Err(PlanError::NotApplied { mount: c.mount.clone(), path: c.path.to_string(), action: c.action });
     }
     Ok(DiffMatchesPlan(()))
 }
@@ -493,12 +394,7 @@ mod tests {
     }
 
     fn plan(changes: Vec<Change>) -> Plan {
-        Plan {
-            summary: "s".into(),
-            changes,
-            findings: vec![],
-            facts: vec![],
-        }
+        Plan { summary: "s".into(), changes, findings: vec![], facts: vec![] }
     }
 
     fn entry(c: &Change) -> DiffEntry {
@@ -534,83 +430,47 @@ mod tests {
         }
         let mut ro = change(Action::Create, "a", None, Some("1"));
         ro.mount = "ro".into();
-        assert_eq!(
-            plan(vec![ro]).validate(&m, 100).unwrap_err().reason_code(),
-            "plan.read_only_mount"
-        );
+        assert_eq!(plan(vec![ro]).validate(&m, 100).unwrap_err().reason_code(), "plan.read_only_mount");
         let mut unknown = change(Action::Create, "a", None, Some("1"));
         unknown.mount = "etc".into();
-        assert_eq!(
-            plan(vec![unknown])
-                .validate(&m, 100)
-                .unwrap_err()
-                .reason_code(),
-            "plan.unknown_mount"
-        );
-        let dup = vec![
-            change(Action::Create, "a", None, Some("1")),
-            change(Action::Delete, "a", Some("1"), None),
-        ];
-        assert_eq!(
-            plan(dup).validate(&m, 100).unwrap_err().reason_code(),
-            "plan.inconsistent"
-        );
-        let many = (0..11)
-            .map(|i| change(Action::Create, &format!("f{i}"), None, Some("1")))
-            .collect();
-        assert_eq!(
-            plan(many).validate(&m, 10).unwrap_err().reason_code(),
-            "plan.too_large"
-        );
+        assert_eq!(plan(vec![unknown]).validate(&m, 100).unwrap_err().reason_code(), "plan.unknown_mount");
+        let dup = vec![change(Action::Create, "a", None, Some("1")), change(Action::Delete, "a", Some("1"), None)];
+        assert_eq!(plan(dup).validate(&m, 100).unwrap_err().reason_code(), "plan.inconsistent");
+        let many = (0..11).map(|i| change(Action::Create, &format!("f{i}"), None, Some("1"))).collect();
+        assert_eq!(plan(many).validate(&m, 10).unwrap_err().reason_code(), "plan.too_large");
     }
 
     #[test]
     fn diff_must_equal_plan() {
         let m = manifest();
-        let changes = vec![
-            change(Action::Modify, "b", Some("1"), Some("2")),
-            change(Action::Delete, "c", Some("1"), None),
-        ];
+        let changes =
+            vec![change(Action::Modify, "b", Some("1"), Some("2")), change(Action::Delete, "c", Some("1"), None)];
         let vp = plan(changes.clone()).validate(&m, 100).unwrap();
         let exact: Vec<DiffEntry> = changes.iter().map(entry).collect();
         assert!(check_diff(&vp, &exact).is_ok());
 
         let mut extra = exact.clone();
         extra.push(entry(&change(Action::Create, "evil", None, Some("x"))));
-        assert_eq!(
-            check_diff(&vp, &extra).unwrap_err().reason_code(),
-            "apply.outside_plan"
-        );
+        assert_eq!(check_diff(&vp, &extra).unwrap_err().reason_code(), "apply.outside_plan");
 
         let mut other_content = exact.clone();
         other_content[0].after = Some(d("3"));
-        assert_eq!(
-            check_diff(&vp, &other_content).unwrap_err().reason_code(),
-            "apply.diff_mismatch"
-        );
+        assert_eq!(check_diff(&vp, &other_content).unwrap_err().reason_code(), "apply.diff_mismatch");
 
         let mut other_action = exact.clone();
         other_action[1].action = Action::Modify;
-        assert_eq!(
-            check_diff(&vp, &other_action).unwrap_err().reason_code(),
-            "apply.diff_mismatch"
-        );
+        assert_eq!(check_diff(&vp, &other_action).unwrap_err().reason_code(), "apply.diff_mismatch");
 
-        assert_eq!(
-            check_diff(&vp, &exact[..1]).unwrap_err().reason_code(),
-            "apply.incomplete"
-        );
+        assert_eq!(check_diff(&vp, &exact[..1]).unwrap_err().reason_code(), "apply.incomplete");
     }
 
     #[test]
     fn preconditions() {
         let m = manifest();
-        let vp = plan(vec![
-            change(Action::Modify, "b", Some("1"), Some("2")),
-            change(Action::Create, "n", None, Some("2")),
-        ])
-        .validate(&m, 100)
-        .unwrap();
+        let vp =
+            plan(vec![change(Action::Modify, "b", Some("1"), Some("2")), change(Action::Create, "n", None, Some("2"))])
+                .validate(&m, 100)
+                .unwrap();
         assert!(check_preconditions(&vp, |_, p| (p.as_str() == "b").then(|| d("1"))).is_ok());
         let e = check_preconditions(&vp, |_, _| Some(d("9"))).unwrap_err();
         assert_eq!(e.reason_code(), "commit.precondition_failed");
@@ -620,15 +480,9 @@ mod tests {
     #[test]
     fn plan_digest_is_stable_and_sensitive() {
         let m = manifest();
-        let a = plan(vec![change(Action::Create, "a", None, Some("1"))])
-            .validate(&m, 10)
-            .unwrap();
-        let b = plan(vec![change(Action::Create, "a", None, Some("1"))])
-            .validate(&m, 10)
-            .unwrap();
-        let c = plan(vec![change(Action::Create, "a", None, Some("2"))])
-            .validate(&m, 10)
-            .unwrap();
+        let a = plan(vec![change(Action::Create, "a", None, Some("1"))]).validate(&m, 10).unwrap();
+        let b = plan(vec![change(Action::Create, "a", None, Some("1"))]).validate(&m, 10).unwrap();
+        let c = plan(vec![change(Action::Create, "a", None, Some("2"))]).validate(&m, 10).unwrap();
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
     }

@@ -39,9 +39,7 @@ const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
-    #[error(
-        "the capsule is not signed; sign it with `edge-runner capsule sign --key <key> <capsule>`"
-    )]
+    #[error("the capsule is not signed; sign it with `edge-runner capsule sign --key <key> <capsule>`")]
     Unsigned,
     #[error("the signature bundle is malformed: {0}")]
     Malformed(String),
@@ -81,15 +79,8 @@ enum PublicKey {
 
 #[derive(Debug, Clone)]
 enum SignerKind {
-    Keyed {
-        key: PublicKey,
-        der: DerPublicKey,
-        key_id: String,
-    },
-    Keyless {
-        identity: String,
-        issuer: String,
-    },
+    Keyed { key: PublicKey, der: DerPublicKey, key_id: String },
+    Keyless { identity: String, issuer: String },
 }
 
 /// One signer the operator trusts.
@@ -106,16 +97,12 @@ impl TrustedSigner {
     /// If the key is not one of those, or is a weak (small-order) Ed25519 key.
     pub fn from_public_key_pem(name: &str, pem: &str) -> Result<Self, SignatureError> {
         let der = DerPublicKey::from_pem(pem).map_err(|e| SignatureError::Key(e.to_string()))?;
-        let key = match sc::KeyAlgorithm::from_spki(&der)
-            .map_err(|e| SignatureError::Key(e.to_string()))?
-        {
+        let key = match sc::KeyAlgorithm::from_spki(&der).map_err(|e| SignatureError::Key(e.to_string()))? {
             sc::KeyAlgorithm::Ed25519 => {
                 let vk = VerifyingKey::from_public_key_der(der.as_bytes())
                     .map_err(|e| SignatureError::Key(e.to_string()))?;
                 if vk.is_weak() {
-                    return Err(SignatureError::Key(
-                        "Ed25519 key has small order and would accept forgeries".into(),
-                    ));
+                    return Err(SignatureError::Key("Ed25519 key has small order and would accept forgeries".into()));
                 }
                 PublicKey::Ed25519(vk)
             }
@@ -127,20 +114,14 @@ impl TrustedSigner {
             }
         };
         let key_id = key_id(der.as_bytes());
-        Ok(Self {
-            name: name.to_owned(),
-            kind: SignerKind::Keyed { key, der, key_id },
-        })
+        Ok(Self { name: name.to_owned(), kind: SignerKind::Keyed { key, der, key_id } })
     }
 
     /// A keyless signer: exact certificate identity (SAN) and OIDC issuer.
     pub fn keyless(name: &str, identity: &str, issuer: &str) -> Self {
         Self {
             name: name.to_owned(),
-            kind: SignerKind::Keyless {
-                identity: identity.to_owned(),
-                issuer: issuer.to_owned(),
-            },
+            kind: SignerKind::Keyless { identity: identity.to_owned(), issuer: issuer.to_owned() },
         }
     }
 
@@ -151,16 +132,8 @@ impl TrustedSigner {
     /// A one-line description for people (`keyed ed25519 sha256:…` / `keyless <identity> via <issuer>`).
     pub fn describe(&self) -> String {
         match &self.kind {
-            SignerKind::Keyed {
-                key: PublicKey::Ed25519(_),
-                key_id,
-                ..
-            } => format!("keyed ed25519 {key_id}"),
-            SignerKind::Keyed {
-                key: PublicKey::P256(_),
-                key_id,
-                ..
-            } => format!("keyed ecdsa-p256 {key_id}"),
+            SignerKind::Keyed { key: PublicKey::Ed25519(_), key_id, .. } => format!("keyed ed25519 {key_id}"),
+            SignerKind::Keyed { key: PublicKey::P256(_), key_id, .. } => format!("keyed ecdsa-p256 {key_id}"),
             SignerKind::Keyless { identity, issuer } => format!("keyless {identity} via {issuer}"),
         }
     }
@@ -174,24 +147,17 @@ pub struct TrustedSigners {
 
 impl std::fmt::Debug for TrustedSigners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrustedSigners")
-            .field("signers", &self.signers)
-            .field("root", &self.root.is_some())
-            .finish()
+        f.debug_struct("TrustedSigners").field("signers", &self.signers).field("root", &self.root.is_some()).finish()
     }
 }
 
 impl TrustedSigners {
     /// # Errors
     /// If `trusted_root_json` is given and is not a valid trusted root.
-    pub fn new(
-        signers: Vec<TrustedSigner>,
-        trusted_root_json: Option<&[u8]>,
-    ) -> Result<Self, SignatureError> {
+    pub fn new(signers: Vec<TrustedSigner>, trusted_root_json: Option<&[u8]>) -> Result<Self, SignatureError> {
         let root = match trusted_root_json {
             Some(bytes) => {
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+                let text = std::str::from_utf8(bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
                 Some(
                     TrustedRoot::from_json(text)
                         .map_err(|e| SignatureError::Malformed(format!("trusted root: {e}")))?,
@@ -247,42 +213,25 @@ impl VerifiedCapsule {
 ///
 /// # Errors
 /// A [`SignatureError`] naming the failed step (see the module checklist).
-pub fn verify_capsule(
-    file: CapsuleFile,
-    trusted: &TrustedSigners,
-) -> Result<VerifiedCapsule, SignatureError> {
+pub fn verify_capsule(file: CapsuleFile, trusted: &TrustedSigners) -> Result<VerifiedCapsule, SignatureError> {
     let (signer, detail, transparency) = {
         let bytes = file.bundle().ok_or(SignatureError::Unsigned)?;
         let bundle = parse_bundle(bytes)?;
         let env = dsse_envelope(&bundle)?;
-        check_statement(
-            env.payload.as_bytes(),
-            file.digest(),
-            Some(file.manifest().component.sha256),
-        )?;
+        check_statement(env.payload.as_bytes(), file.digest(), Some(file.manifest().component.sha256))?;
         let pae = env.pae();
         let sig = env.signature.sig.as_bytes();
         match &bundle.verification_material.content {
-            VerificationMaterialContent::PublicKey(_) => {
-                verify_keyed(&bundle, &pae, sig, file.digest(), trusted)?
-            }
-            VerificationMaterialContent::Certificate(_)
-            | VerificationMaterialContent::X509CertificateChain { .. } => {
+            VerificationMaterialContent::PublicKey(_) => verify_keyed(&bundle, &pae, sig, file.digest(), trusted)?,
+            VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
                 verify_keyless(&bundle, file.digest(), trusted)?
             }
             _ => {
-                return Err(SignatureError::Unsupported(
-                    "unknown verification material".into(),
-                ));
+                return Err(SignatureError::Unsupported("unknown verification material".into()));
             }
         }
     };
-    Ok(VerifiedCapsule {
-        file,
-        signer,
-        signer_detail: detail,
-        transparency,
-    })
+    Ok(VerifiedCapsule { file, signer, signer_detail: detail, transparency })
 }
 
 fn parse_bundle(bytes: &[u8]) -> Result<Bundle, SignatureError> {
@@ -304,10 +253,7 @@ fn dsse_envelope(bundle: &Bundle) -> Result<&sigstore_verify::types::DsseEnvelop
         ));
     };
     if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
-        return Err(SignatureError::Unsupported(format!(
-            "DSSE payload type `{}`",
-            env.payload_type
-        )));
+        return Err(SignatureError::Unsupported(format!("DSSE payload type `{}`", env.payload_type)));
     }
     Ok(env)
 }
@@ -318,19 +264,13 @@ fn check_statement(
     capsule: Sha256Digest,
     component: Option<Sha256Digest>,
 ) -> Result<(), SignatureError> {
-    let st: Statement = serde_json::from_slice(payload)
-        .map_err(|e| SignatureError::Malformed(format!("in-toto statement: {e}")))?;
+    let st: Statement =
+        serde_json::from_slice(payload).map_err(|e| SignatureError::Malformed(format!("in-toto statement: {e}")))?;
     if st.type_ != STATEMENT_TYPE {
-        return Err(SignatureError::Unsupported(format!(
-            "statement type `{}`",
-            st.type_
-        )));
+        return Err(SignatureError::Unsupported(format!("statement type `{}`", st.type_)));
     }
     if st.predicate_type != CAPSULE_PREDICATE_TYPE {
-        return Err(SignatureError::Unsupported(format!(
-            "predicate type `{}`",
-            st.predicate_type
-        )));
+        return Err(SignatureError::Unsupported(format!("predicate type `{}`", st.predicate_type)));
     }
     let [subject] = st.subject.as_slice() else {
         return Err(SignatureError::SubjectMismatch(format!(
@@ -338,11 +278,7 @@ fn check_statement(
             st.subject.len()
         )));
     };
-    let named = subject
-        .digest
-        .sha256
-        .as_ref()
-        .map(|d| Sha256Digest(*d.as_bytes()));
+    let named = subject.digest.sha256.as_ref().map(|d| Sha256Digest(*d.as_bytes()));
     if named != Some(capsule) {
         return Err(SignatureError::SubjectMismatch(format!(
             "signed subject is {}, capsule digest is {capsule}",
@@ -350,14 +286,9 @@ fn check_statement(
         )));
     }
     if let Some(component) = component {
-        let pinned = st
-            .predicate
-            .pointer("/component/sha256")
-            .and_then(|v| v.as_str());
+        let pinned = st.predicate.pointer("/component/sha256").and_then(|v| v.as_str());
         if pinned != Some(component.hex().as_str()) {
-            return Err(SignatureError::SubjectMismatch(
-                "signed component digest differs from the manifest's".into(),
-            ));
+            return Err(SignatureError::SubjectMismatch("signed component digest differs from the manifest's".into()));
         }
     }
     Ok(())
@@ -371,18 +302,15 @@ fn verify_keyed(
     trusted: &TrustedSigners,
 ) -> Result<(String, String, Transparency), SignatureError> {
     let has_log = !bundle.verification_material.tlog_entries.is_empty()
-        || !bundle
-            .verification_material
-            .timestamp_verification_data
-            .rfc3161_timestamps
-            .is_empty();
+        || !bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty();
     for s in &trusted.signers {
         let SignerKind::Keyed { key, der, key_id } = &s.kind else {
             continue;
         };
         let ok = match key {
-            PublicKey::Ed25519(vk) => ed25519_dalek::Signature::from_slice(sig)
-                .is_ok_and(|sig| vk.verify_strict(pae, &sig).is_ok()),
+            PublicKey::Ed25519(vk) => {
+                ed25519_dalek::Signature::from_slice(sig).is_ok_and(|sig| vk.verify_strict(pae, &sig).is_ok())
+            }
             PublicKey::P256(der) => sc::verify_signature(
                 der,
                 pae,
@@ -399,23 +327,22 @@ fn verify_keyed(
         }
         // The bundle claims log entries: they must verify too, or we refuse.
         let root = trusted.root.as_ref().ok_or_else(|| {
-            SignatureError::Unsupported("bundle carries transparency-log entries but no `sigstore.trusted_root` is configured to check them".into())
+            SignatureError::Unsupported(
+                "bundle carries transparency-log entries but no `sigstore.trusted_root` is configured to check them"
+                    .into(),
+            )
         })?;
         let verifier = Verifier::new(root).map_err(|e| SignatureError::Malformed(e.to_string()))?;
         let policy = PublicKeyVerificationPolicy::new(der.clone());
         let digest = sigstore_verify::types::Sha256Hash::new(capsule.0);
-        verifier.verify(digest, bundle, &policy).map_err(|e| {
-            SignatureError::UntrustedSigner(format!("transparency-log check failed: {e}"))
-        })?;
+        verifier
+            .verify(digest, bundle, &policy)
+            .map_err(|e| SignatureError::UntrustedSigner(format!("transparency-log check failed: {e}")))?;
         return Ok((s.name.clone(), key_id.clone(), Transparency::Verified));
     }
     Err(SignatureError::UntrustedSigner(format!(
         "keyed bundle, {} trusted key(s) tried",
-        trusted
-            .signers
-            .iter()
-            .filter(|s| matches!(s.kind, SignerKind::Keyed { .. }))
-            .count()
+        trusted.signers.iter().filter(|s| matches!(s.kind, SignerKind::Keyed { .. })).count()
     )))
 }
 
@@ -436,24 +363,14 @@ fn verify_keyless(
         let SignerKind::Keyless { identity, issuer } = &s.kind else {
             continue;
         };
-        match verifier.verify(
-            digest,
-            bundle,
-            &VerificationPolicy::new(identity.as_str(), issuer.as_str()),
-        ) {
+        match verifier.verify(digest, bundle, &VerificationPolicy::new(identity.as_str(), issuer.as_str())) {
             Ok(_) => {
-                return Ok((
-                    s.name.clone(),
-                    format!("{identity} via {issuer}"),
-                    Transparency::Verified,
-                ));
+                return Ok((s.name.clone(), format!("{identity} via {issuer}"), Transparency::Verified));
             }
             Err(e) => last = e.to_string(),
         }
     }
-    Err(SignatureError::UntrustedSigner(format!(
-        "keyless bundle: {last}"
-    )))
+    Err(SignatureError::UntrustedSigner(format!("keyless bundle: {last}")))
 }
 
 /// `sha256:<hex>` of a public key's SPKI DER: how keys are named in output and evidence.
@@ -500,13 +417,7 @@ impl CapsuleSigningKey {
     }
 
     pub fn key_id(&self) -> String {
-        key_id(
-            self.0
-                .verifying_key()
-                .to_public_key_der()
-                .expect("encoding cannot fail")
-                .as_bytes(),
-        )
+        key_id(self.0.verifying_key().to_public_key_der().expect("encoding cannot fail").as_bytes())
     }
 
     /// Sign a capsule: a Sigstore bundle v0.3 (JSON) with a DSSE envelope
@@ -514,8 +425,7 @@ impl CapsuleSigningKey {
     /// transparency-log entries.
     pub fn sign_capsule(&self, file: &CapsuleFile) -> Vec<u8> {
         let m = file.manifest();
-        let payload =
-            dsse::capsule_statement(&m.name, &m.version, file.digest(), m.component.sha256);
+        let payload = dsse::capsule_statement(&m.name, &m.version, file.digest(), m.component.sha256);
         let sig = self.0.sign(&dsse::pae(IN_TOTO_PAYLOAD_TYPE, &payload));
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         let bundle = serde_json::json!({
@@ -568,14 +478,11 @@ pub fn verify_sigstore_bundle(
     let bundle = Bundle::from_json(text).map_err(|e| format!("bundle does not parse: {e}"))?;
     let root = match trusted_root_json {
         Some(b) => {
-            let t =
-                std::str::from_utf8(b).map_err(|e| format!("trusted root is not UTF-8: {e}"))?;
+            let t = std::str::from_utf8(b).map_err(|e| format!("trusted root is not UTF-8: {e}"))?;
             TrustedRoot::from_json(t).map_err(|e| format!("trusted root does not parse: {e}"))?
         }
-        None => {
-            TrustedRoot::from_json(sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT)
-                .map_err(|e| format!("embedded trusted root: {e}"))?
-        }
+        None => TrustedRoot::from_json(sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT)
+            .map_err(|e| format!("embedded trusted root: {e}"))?,
     };
     let verifier = Verifier::new(&root).map_err(|e| format!("trusted root unusable: {e}"))?;
     let result = match (policy, artifact) {
@@ -583,9 +490,7 @@ pub fn verify_sigstore_bundle(
             let p = VerificationPolicy::new(identity.as_str(), issuer.as_str());
             match a {
                 BundleArtifact::Bytes(b) => verifier.verify(b.as_slice(), &bundle, &p),
-                BundleArtifact::Digest(d) => {
-                    verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p)
-                }
+                BundleArtifact::Digest(d) => verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p),
             }
         }
         (BundlePolicy::Key { pem }, a) => {
@@ -593,9 +498,7 @@ pub fn verify_sigstore_bundle(
             let p = PublicKeyVerificationPolicy::new(der);
             match a {
                 BundleArtifact::Bytes(b) => verifier.verify(b.as_slice(), &bundle, &p),
-                BundleArtifact::Digest(d) => {
-                    verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p)
-                }
+                BundleArtifact::Digest(d) => verifier.verify(sigstore_verify::types::Sha256Hash::new(d.0), &bundle, &p),
             }
         }
     };
@@ -611,12 +514,8 @@ pub fn describe_bundle(bytes: &[u8]) -> String {
                 p.hint,
                 b.verification_material.tlog_entries.len()
             ),
-            VerificationMaterialContent::Certificate(_)
-            | VerificationMaterialContent::X509CertificateChain { .. } => {
-                format!(
-                    "keyless certificate ({} transparency-log entries)",
-                    b.verification_material.tlog_entries.len()
-                )
+            VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
+                format!("keyless certificate ({} transparency-log entries)", b.verification_material.tlog_entries.len())
             }
             _ => "unknown verification material".into(),
         },
@@ -633,10 +532,7 @@ mod tests {
         let wasm = b"\0asm component".to_vec();
         let m = Manifest::from_authoring_toml(
             &format!("name = \"{name}\"\nversion = \"1\"\nkind = \"diagnostic\"\n"),
-            ComponentRef {
-                sha256: Sha256Digest::of(&wasm),
-                size: wasm.len() as u64,
-            },
+            ComponentRef { sha256: Sha256Digest::of(&wasm), size: wasm.len() as u64 },
         )
         .unwrap();
         CapsuleFile::new(m, wasm).unwrap()
@@ -666,30 +562,15 @@ mod tests {
         assert_eq!(e.reason_code(), "signature.missing");
 
         let by_other = c.clone().with_bundle(other.sign_capsule(&c));
-        assert_eq!(
-            verify_capsule(by_other, &trusted(&key))
-                .unwrap_err()
-                .reason_code(),
-            "signature.untrusted_signer"
-        );
+        assert_eq!(verify_capsule(by_other, &trusted(&key)).unwrap_err().reason_code(), "signature.untrusted_signer");
 
         // A valid signature for capsule "b" moved onto capsule "a".
         let b = capsule("b");
         let moved = c.clone().with_bundle(key.sign_capsule(&b));
-        assert_eq!(
-            verify_capsule(moved, &trusted(&key))
-                .unwrap_err()
-                .reason_code(),
-            "signature.subject_mismatch"
-        );
+        assert_eq!(verify_capsule(moved, &trusted(&key)).unwrap_err().reason_code(), "signature.subject_mismatch");
 
         let garbage = c.clone().with_bundle(b"{\"mediaType\":1}".to_vec());
-        assert_eq!(
-            verify_capsule(garbage, &trusted(&key))
-                .unwrap_err()
-                .reason_code(),
-            "signature.malformed"
-        );
+        assert_eq!(verify_capsule(garbage, &trusted(&key)).unwrap_err().reason_code(), "signature.malformed");
     }
 
     #[test]
@@ -697,23 +578,12 @@ mod tests {
         let key = CapsuleSigningKey::generate();
         let c = capsule("a");
         let mut v: serde_json::Value = serde_json::from_slice(&key.sign_capsule(&c)).unwrap();
-        let sig = v["dsseEnvelope"]["signatures"][0]["sig"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let mut raw = base64::engine::general_purpose::STANDARD
-            .decode(sig)
-            .unwrap();
+        let sig = v["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap().to_owned();
+        let mut raw = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
         raw[10] ^= 1;
-        v["dsseEnvelope"]["signatures"][0]["sig"] =
-            base64::engine::general_purpose::STANDARD.encode(raw).into();
+        v["dsseEnvelope"]["signatures"][0]["sig"] = base64::engine::general_purpose::STANDARD.encode(raw).into();
         let bad = c.with_bundle(serde_json::to_vec(&v).unwrap());
-        assert_eq!(
-            verify_capsule(bad, &trusted(&key))
-                .unwrap_err()
-                .reason_code(),
-            "signature.untrusted_signer"
-        );
+        assert_eq!(verify_capsule(bad, &trusted(&key)).unwrap_err().reason_code(), "signature.untrusted_signer");
     }
 
     #[test]
@@ -727,9 +597,6 @@ mod tests {
             "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
             base64::engine::general_purpose::STANDARD.encode(&der)
         );
-        assert!(matches!(
-            TrustedSigner::from_public_key_pem("weak", &pem),
-            Err(SignatureError::Key(_))
-        ));
+        assert!(matches!(TrustedSigner::from_public_key_pem("weak", &pem), Err(SignatureError::Key(_))));
     }
 }

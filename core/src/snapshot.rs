@@ -30,14 +30,8 @@ pub type Snapshot = BTreeMap<MountPath, Node>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotDiffError {
-    #[error(
-        "apply {what} `{mount}/{path}`, which no plan can include (plans change regular files only)"
-    )]
-    Unplannable {
-        mount: String,
-        path: String,
-        what: &'static str,
-    },
+    #[error("apply {what} `{mount}/{path}`, which no plan can include (plans change regular files only)")]
+    Unplannable { mount: String, path: String, what: &'static str },
 }
 
 impl SnapshotDiffError {
@@ -53,11 +47,7 @@ impl SnapshotDiffError {
 ///
 /// # Errors
 /// [`SnapshotDiffError::Unplannable`] for the first change a plan cannot name.
-pub fn diff(
-    mount: &str,
-    before: &Snapshot,
-    after: &Snapshot,
-) -> Result<Vec<DiffEntry>, SnapshotDiffError> {
+pub fn diff(mount: &str, before: &Snapshot, after: &Snapshot) -> Result<Vec<DiffEntry>, SnapshotDiffError> {
     let unplannable = |path: &MountPath, what| SnapshotDiffError::Unplannable {
         mount: mount.to_owned(),
         path: path.to_string(),
@@ -71,9 +61,7 @@ pub fn diff(
                     out.push(entry(mount, path, Action::Modify, Some(*a), Some(*b)));
                 }
             }
-            (Node::File { digest, .. }, None) => {
-                out.push(entry(mount, path, Action::Delete, Some(*digest), None))
-            }
+            (Node::File { digest, .. }, None) => out.push(entry(mount, path, Action::Delete, Some(*digest), None)),
             (Node::File { .. }, Some(_)) => return Err(unplannable(path, "replaced the file")),
             (Node::Dir, Some(Node::Dir)) => {}
             (Node::Dir, _) => return Err(unplannable(path, "removed or replaced the directory")),
@@ -88,9 +76,7 @@ pub fn diff(
             continue;
         }
         match new {
-            Node::File { digest, .. } => {
-                out.push(entry(mount, path, Action::Create, None, Some(*digest)))
-            }
+            Node::File { digest, .. } => out.push(entry(mount, path, Action::Create, None, Some(*digest))),
             Node::Dir => {}
             Node::Symlink { .. } => return Err(unplannable(path, "created the symlink")),
         }
@@ -105,13 +91,7 @@ fn entry(
     before: Option<Sha256Digest>,
     after: Option<Sha256Digest>,
 ) -> DiffEntry {
-    DiffEntry {
-        mount: mount.to_owned(),
-        path: path.clone(),
-        action,
-        before,
-        after,
-    }
+    DiffEntry { mount: mount.to_owned(), path: path.clone(), action, before, after }
 }
 
 #[cfg(test)]
@@ -122,49 +102,30 @@ mod tests {
         MountPath::new(s).unwrap()
     }
     fn f(s: &str) -> Node {
-        Node::File {
-            digest: Sha256Digest::of(s.as_bytes()),
-            size: s.len() as u64,
-        }
+        Node::File { digest: Sha256Digest::of(s.as_bytes()), size: s.len() as u64 }
     }
 
     #[test]
     fn file_changes() {
         let before: Snapshot = [(p("a"), f("1")), (p("b"), f("1")), (p("d"), Node::Dir)].into();
-        let after: Snapshot = [
-            (p("a"), f("2")),
-            (p("c"), f("3")),
-            (p("d"), Node::Dir),
-            (p("n"), Node::Dir),
-            (p("n/x"), f("4")),
-        ]
-        .into();
+        let after: Snapshot =
+            [(p("a"), f("2")), (p("c"), f("3")), (p("d"), Node::Dir), (p("n"), Node::Dir), (p("n/x"), f("4"))].into();
         let d = diff("m", &before, &after).unwrap();
         let actions: Vec<(&str, Action)> = d.iter().map(|e| (e.path.as_str(), e.action)).collect();
         assert_eq!(
             actions,
-            [
-                ("a", Action::Modify),
-                ("b", Action::Delete),
-                ("c", Action::Create),
-                ("n/x", Action::Create)
-            ]
+            [("a", Action::Modify), ("b", Action::Delete), ("c", Action::Create), ("n/x", Action::Create)]
         );
     }
 
     #[test]
     fn unplannable_changes() {
-        let link = Node::Symlink {
-            target: "/etc/passwd".into(),
-        };
+        let link = Node::Symlink { target: "/etc/passwd".into() };
         let cases: [(Snapshot, Snapshot); 4] = [
             ([].into(), [(p("l"), link.clone())].into()),
             ([(p("d"), Node::Dir)].into(), [].into()),
             ([(p("a"), f("1"))].into(), [(p("a"), Node::Dir)].into()),
-            (
-                [(p("l"), Node::Symlink { target: "x".into() })].into(),
-                [(p("l"), link)].into(),
-            ),
+            ([(p("l"), Node::Symlink { target: "x".into() })].into(), [(p("l"), link)].into()),
         ];
         for (b, a) in cases {
             assert!(diff("m", &b, &a).is_err(), "{b:?} -> {a:?}");

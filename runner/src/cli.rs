@@ -29,11 +29,7 @@ pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_ROLLED_BACK: u8 = 4;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "edge-runner",
-    version,
-    about = "Governed execution of signed WebAssembly remediation capsules"
-)]
+#[command(name = "edge-runner", version, about = "Governed execution of signed WebAssembly remediation capsules")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -155,20 +151,14 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
     match cli.command {
         Command::Keys(KeysCommand::Generate { out: path }) => {
             let k = keys::generate(&path)?;
-            writeln!(
-                out,
-                "private key  {} (mode 0600; keep it secret)",
-                k.private.display()
-            )?;
+            writeln!(out, "private key  {} (mode 0600; keep it secret)", k.private.display())?;
             writeln!(out, "public key   {}", k.public.display())?;
             writeln!(out, "key id       {}", k.key_id)?;
             Ok(EXIT_OK)
         }
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = rt.block_on(exec::exec_file(&args.config, &args.capsule))?;
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &report)?;
@@ -185,23 +175,15 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
         Command::Evidence(EvidenceCommand::Show { config, run, json }) => {
             let config = RunnerConfig::load(&config)?;
             let path = config.state_dir.join("evidence/log.jsonl");
-            let text =
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let (records, head) = edge_core::evidence::verify_chain_lines(&text)
                 .with_context(|| format!("evidence log {} failed verification", path.display()))?;
-            let records: Vec<&Record> = records
-                .iter()
-                .filter(|r| run.as_ref().is_none_or(|id| &r.run == id))
-                .collect();
+            let records: Vec<&Record> = records.iter().filter(|r| run.as_ref().is_none_or(|id| &r.run == id)).collect();
             if json {
                 serde_json::to_writer_pretty(&mut *out, &records)?;
                 writeln!(out)?;
             } else {
-                writeln!(
-                    out,
-                    "evidence log {}: chain verified, head {head}",
-                    path.display()
-                )?;
+                writeln!(out, "evidence log {}: chain verified, head {head}", path.display())?;
                 for r in records {
                     print_record(r, out)?;
                 }
@@ -214,77 +196,46 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
 
 fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
     match c {
-        CapsuleCommand::Pack {
-            manifest,
-            component,
-            out: path,
-        } => {
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("cannot read {}", manifest.display()))?;
-            let wasm = std::fs::read(&component)
-                .with_context(|| format!("cannot read {}", component.display()))?;
-            let pinned = ComponentRef {
-                sha256: Sha256Digest::of(&wasm),
-                size: wasm.len() as u64,
-            };
-            let m = Manifest::from_authoring_toml(&text, pinned).with_context(|| {
-                format!("{} is not a valid capsule manifest", manifest.display())
-            })?;
+        CapsuleCommand::Pack { manifest, component, out: path } => {
+            let text =
+                std::fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+            let wasm = std::fs::read(&component).with_context(|| format!("cannot read {}", component.display()))?;
+            let pinned = ComponentRef { sha256: Sha256Digest::of(&wasm), size: wasm.len() as u64 };
+            let m = Manifest::from_authoring_toml(&text, pinned)
+                .with_context(|| format!("{} is not a valid capsule manifest", manifest.display()))?;
             // Refuse early what admission would refuse: undeclared imports.
             let imports = component_imports(&wasm)?;
-            let undeclared: Vec<&String> = imports
-                .iter()
-                .filter(|i| !m.imports.contains(split_import_version(i).0))
-                .collect();
+            let undeclared: Vec<&String> =
+                imports.iter().filter(|i| !m.imports.contains(split_import_version(i).0)).collect();
             if !undeclared.is_empty() {
                 bail!(
                     "the component imports interfaces the manifest does not declare: {}; add them to `imports` in {}",
-                    undeclared
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    undeclared.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
                     manifest.display()
                 );
             }
             let file = CapsuleFile::new(m, wasm)?;
             write_new(&path, &file.to_bytes())?;
             writeln!(out, "packed {} ({})", path.display(), file.digest())?;
-            writeln!(
-                out,
-                "next: edge-runner capsule sign --key <key> {}",
-                path.display()
-            )?;
+            writeln!(out, "next: edge-runner capsule sign --key <key> {}", path.display())?;
             Ok(EXIT_OK)
         }
-        CapsuleCommand::Sign {
-            capsule,
-            key,
-            out: dest,
-        } => {
+        CapsuleCommand::Sign { capsule, key, out: dest } => {
             let file = read_capsule(&capsule)?;
             let key = keys::load_signing_key(&key)?;
             let bundle = key.sign_capsule(&file);
             let signed = file.with_bundle(bundle);
             let dest = dest.unwrap_or(capsule);
             crate::staging::write_durably(&dest, &signed.to_bytes())?;
-            writeln!(
-                out,
-                "signed {} ({}) with key {}",
-                dest.display(),
-                signed.digest(),
-                key.key_id()
-            )?;
+            writeln!(out, "signed {} ({}) with key {}", dest.display(), signed.digest(), key.key_id())?;
             Ok(EXIT_OK)
         }
         CapsuleCommand::Inspect { capsule, json } => {
             let file = read_capsule(&capsule)?;
             let imports = component_imports(file.component())?;
             let m = file.manifest();
-            let undeclared: Vec<&String> = imports
-                .iter()
-                .filter(|i| !m.imports.contains(split_import_version(i).0))
-                .collect();
+            let undeclared: Vec<&String> =
+                imports.iter().filter(|i| !m.imports.contains(split_import_version(i).0)).collect();
             let signer = file.bundle().map(signature::describe_bundle);
             if json {
                 let v = serde_json::json!({
@@ -300,16 +251,8 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             }
             writeln!(out, "capsule      {}@{} ({:?})", m.name, m.version, m.kind)?;
             writeln!(out, "digest       {}", file.digest())?;
-            writeln!(
-                out,
-                "component    {} ({} bytes)",
-                m.component.sha256, m.component.size
-            )?;
-            writeln!(
-                out,
-                "signature    {}",
-                signer.as_deref().unwrap_or("none (unsigned)")
-            )?;
+            writeln!(out, "component    {} ({} bytes)", m.component.sha256, m.component.size)?;
+            writeln!(out, "signature    {}", signer.as_deref().unwrap_or("none (unsigned)"))?;
             if !m.description.is_empty() {
                 writeln!(out, "description  {}", m.description)?;
             }
@@ -327,35 +270,14 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             }
             writeln!(out, "mounts")?;
             for mo in &m.mounts {
-                writeln!(
-                    out,
-                    "  {} ({})",
-                    mo.name,
-                    if mo.writable {
-                        "read-write during apply"
-                    } else {
-                        "read-only"
-                    }
-                )?;
+                writeln!(out, "  {} ({})", mo.name, if mo.writable { "read-write during apply" } else { "read-only" })?;
             }
             writeln!(
                 out,
                 "endpoints    {}",
-                if m.endpoints.is_empty() {
-                    "none".into()
-                } else {
-                    m.endpoints.join(", ")
-                }
+                if m.endpoints.is_empty() { "none".into() } else { m.endpoints.join(", ") }
             )?;
-            writeln!(
-                out,
-                "env          {}",
-                if m.env.is_empty() {
-                    "none".into()
-                } else {
-                    m.env.join(", ")
-                }
-            )?;
+            writeln!(out, "env          {}", if m.env.is_empty() { "none".into() } else { m.env.join(", ") })?;
             writeln!(out, "params")?;
             for (k, v) in &m.params {
                 writeln!(out, "  {k} = {v:?}")?;
@@ -364,45 +286,23 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             writeln!(out, "imports (real, from the component)")?;
             for i in &imports {
                 let declared = m.imports.contains(split_import_version(i).0);
-                writeln!(
-                    out,
-                    "  {i}{}",
-                    if declared {
-                        ""
-                    } else {
-                        "   <- NOT DECLARED: admission will refuse"
-                    }
-                )?;
+                writeln!(out, "  {i}{}", if declared { "" } else { "   <- NOT DECLARED: admission will refuse" })?;
             }
             Ok(EXIT_OK)
         }
-        CapsuleCommand::Verify {
-            capsule,
-            key,
-            config,
-        } => {
+        CapsuleCommand::Verify { capsule, key, config } => {
             let file = read_capsule(&capsule)?;
             let trusted = match (key, config) {
                 (Some(k), None) => {
-                    let pem = std::fs::read_to_string(&k)
-                        .with_context(|| format!("cannot read {}", k.display()))?;
-                    TrustedSigners::new(
-                        vec![TrustedSigner::from_public_key_pem("key", &pem)?],
-                        None,
-                    )?
+                    let pem = std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?;
+                    TrustedSigners::new(vec![TrustedSigner::from_public_key_pem("key", &pem)?], None)?
                 }
                 (None, Some(c)) => RunnerConfig::load(&c)?.signers,
                 _ => bail!("give --key <public.pem> or --config <runner.toml>"),
             };
             match signature::verify_capsule(file, &trusted) {
                 Ok(v) => {
-                    writeln!(
-                        out,
-                        "verified {} signed by {} ({})",
-                        v.file().digest(),
-                        v.signer(),
-                        v.signer_detail()
-                    )?;
+                    writeln!(out, "verified {} signed by {} ({})", v.file().digest(), v.signer(), v.signer_detail())?;
                     if v.transparency() == signature::Transparency::None {
                         writeln!(
                             out,
@@ -421,27 +321,20 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
 }
 
 fn verify_bundle(a: VerifyBundleArgs, out: &mut dyn Write) -> Result<u8> {
-    let bundle =
-        std::fs::read(&a.bundle).with_context(|| format!("cannot read {}", a.bundle.display()))?;
+    let bundle = std::fs::read(&a.bundle).with_context(|| format!("cannot read {}", a.bundle.display()))?;
     let policy = match (a.certificate_identity, a.certificate_oidc_issuer, a.key) {
         (Some(identity), Some(issuer), None) => BundlePolicy::Identity { identity, issuer },
         (None, None, Some(k)) => BundlePolicy::Key {
-            pem: std::fs::read_to_string(&k)
-                .with_context(|| format!("cannot read {}", k.display()))?,
+            pem: std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?,
         },
         _ => bail!("give --certificate-identity and --certificate-oidc-issuer, or --key"),
     };
-    let root = a
-        .trusted_root
-        .as_ref()
-        .map(std::fs::read)
-        .transpose()
-        .context("cannot read --trusted-root")?;
+    let root = a.trusted_root.as_ref().map(std::fs::read).transpose().context("cannot read --trusted-root")?;
     let artifact = match a.artifact.strip_prefix("sha256:") {
         Some(_) => BundleArtifact::Digest(a.artifact.parse().map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => BundleArtifact::Bytes(
-            std::fs::read(&a.artifact).with_context(|| format!("cannot read {}", a.artifact))?,
-        ),
+        None => {
+            BundleArtifact::Bytes(std::fs::read(&a.artifact).with_context(|| format!("cannot read {}", a.artifact))?)
+        }
     };
     match signature::verify_sigstore_bundle(&bundle, &policy, root.as_deref(), &artifact) {
         Ok(()) => {
@@ -471,11 +364,7 @@ fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
     let engine = wasmtime::Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let component = wasmtime::component::Component::new(&engine, wasm)
         .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
-    let mut v: Vec<String> = component
-        .component_type()
-        .imports(&engine)
-        .map(|(n, _)| n.to_owned())
-        .collect();
+    let mut v: Vec<String> = component.component_type().imports(&engine).map(|(n, _)| n.to_owned()).collect();
     v.sort();
     Ok(v)
 }
@@ -490,10 +379,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "signer       {s}")?;
     }
     if let Some(t) = r.tier {
-        writeln!(
-            out,
-            "decision     tier {t}, unapproved (no policy or approval plane in this runner version)"
-        )?;
+        writeln!(out, "decision     tier {t}, unapproved (no policy or approval plane in this runner version)")?;
     }
     if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
         writeln!(out, "plan         {d}")?;
@@ -511,32 +397,19 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         if !p.findings.is_empty() {
             writeln!(out, "findings")?;
             for f in &p.findings {
-                let subject = f
-                    .subject
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default();
+                let subject = f.subject.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
                 writeln!(out, "  [{}] {}: {}{subject}", f.severity, f.code, f.message)?;
             }
         }
     }
     if !r.diff.is_empty() {
-        writeln!(
-            out,
-            "diff         {} change(s) in the staged copy",
-            r.diff.len()
-        )?;
+        writeln!(out, "diff         {} change(s) in the staged copy", r.diff.len())?;
         for d in &r.diff {
             writeln!(out, "  {} {}/{}", d.action, d.mount, d.path)?;
         }
     }
     if let Some(v) = &r.verification {
-        writeln!(
-            out,
-            "verify       {}: {}",
-            if v.passed { "passed" } else { "FAILED" },
-            v.summary
-        )?;
+        writeln!(out, "verify       {}: {}", if v.passed { "passed" } else { "FAILED" }, v.summary)?;
     }
     for (phase, c) in &r.captured {
         for line in c.log.iter().take(20) {
@@ -569,67 +442,33 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
 
 fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
     let summary = match &r.event {
-        Event::Submission {
-            name,
-            version,
-            capsule,
-            ..
-        } => format!("submission  {name}@{version} {capsule}"),
-        Event::Admitted {
-            signer, imports, ..
-        } => format!("admitted    signer {signer}; {} imports", imports.len()),
-        Event::Decision {
-            allowed,
-            tier,
-            reasons,
-            ..
-        } => {
-            format!(
-                "decision    {} tier {tier}: {}",
-                if *allowed { "allow" } else { "deny" },
-                reasons.join("; ")
-            )
+        Event::Submission { name, version, capsule, .. } => format!("submission  {name}@{version} {capsule}"),
+        Event::Admitted { signer, imports, .. } => format!("admitted    signer {signer}; {} imports", imports.len()),
+        Event::Decision { allowed, tier, reasons, .. } => {
+            format!("decision    {} tier {tier}: {}", if *allowed { "allow" } else { "deny" }, reasons.join("; "))
         }
         Event::Authorized { tier, note, .. } => format!("authorized  tier {tier}: {note}"),
-        Event::Planned {
-            plan,
-            changes,
-            findings,
-            ..
-        } => {
-            format!(
-                "planned     {plan} ({changes} change(s), {} finding(s))",
-                findings.len()
-            )
+        Event::Planned { plan, changes, findings, .. } => {
+            format!("planned     {plan} ({changes} change(s), {} finding(s))", findings.len())
         }
         Event::Applied { diff, .. } => format!("applied     diff of {} change(s)", diff.len()),
         Event::CommitIntent { changes, journal } => {
             format!("commit-intent {changes} change(s), journal {journal}")
         }
         Event::Committed { changes } => format!("committed   {changes} change(s)"),
-        Event::Verified {
-            passed, summary, ..
-        } => format!(
-            "verified    {}: {summary}",
-            if *passed { "passed" } else { "failed" }
-        ),
-        Event::RolledBack {
-            reason_code,
-            restored,
-            ..
-        } => format!("rolled-back [{reason_code}] {restored} file(s) restored"),
-        Event::Refused {
-            stage,
-            reason_code,
-            detail,
-        } => format!("refused     at {stage} [{reason_code}] {detail}"),
+        Event::Verified { passed, summary, .. } => {
+            format!("verified    {}: {summary}", if *passed { "passed" } else { "failed" })
+        }
+        Event::RolledBack { reason_code, restored, .. } => {
+            format!("rolled-back [{reason_code}] {restored} file(s) restored")
+        }
+        Event::Refused { stage, reason_code, detail } => format!("refused     at {stage} [{reason_code}] {detail}"),
         Event::Interrupted { restored, detail } => {
             format!("interrupted {detail} ({restored} restored)")
         }
-        Event::Completed { outcome } => format!(
-            "completed   {}",
-            serde_json::to_value(outcome)?.as_str().unwrap_or("?")
-        ),
+        Event::Completed { outcome } => {
+            format!("completed   {}", serde_json::to_value(outcome)?.as_str().unwrap_or("?"))
+        }
         _ => "(event)".to_owned(),
     };
     writeln!(out, "  #{:<4} {} {}", r.seq, r.run, summary)?;

@@ -143,20 +143,11 @@ impl RunnerConfig {
     /// # Errors
     /// A message naming the file, the field and what to change.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read runner config {}", path.display()))?;
-        let base = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
-            .with_context(|| format!("runner config {} is invalid", path.display()))
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read runner config {}", path.display()))?;
+        let base =
+            path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
     }
 
     /// Resolve a config from its text, with relative paths against `base`.
@@ -166,11 +157,7 @@ impl RunnerConfig {
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
         let raw: RawConfig = toml::from_str(text)?;
         let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
 
         if raw.runner.name.trim().is_empty() || raw.runner.name.len() > 128 {
@@ -179,9 +166,7 @@ impl RunnerConfig {
         let trusted_root = match &raw.sigstore.trusted_root {
             Some(p) => {
                 let p = resolve(p);
-                Some(std::fs::read(&p).with_context(|| {
-                    format!("cannot read sigstore.trusted_root {}", p.display())
-                })?)
+                Some(std::fs::read(&p).with_context(|| format!("cannot read sigstore.trusted_root {}", p.display()))?)
             }
             None => None,
         };
@@ -194,20 +179,10 @@ impl RunnerConfig {
             let signer = match (&s.public_key, &s.identity, &s.issuer) {
                 (Some(key), None, None) => {
                     let p = resolve(key);
-                    let pem = std::fs::read_to_string(&p).with_context(|| {
-                        format!(
-                            "signer `{}`: cannot read public_key {}",
-                            s.name,
-                            p.display()
-                        )
-                    })?;
-                    TrustedSigner::from_public_key_pem(&s.name, &pem).with_context(|| {
-                        format!(
-                            "signer `{}`: {} is not a usable public key",
-                            s.name,
-                            p.display()
-                        )
-                    })?
+                    let pem = std::fs::read_to_string(&p)
+                        .with_context(|| format!("signer `{}`: cannot read public_key {}", s.name, p.display()))?;
+                    TrustedSigner::from_public_key_pem(&s.name, &pem)
+                        .with_context(|| format!("signer `{}`: {} is not a usable public key", s.name, p.display()))?
                 }
                 (None, Some(identity), Some(issuer)) => {
                     if trusted_root.is_none() {
@@ -239,13 +214,7 @@ impl RunnerConfig {
             if !canonical.is_dir() {
                 bail!("mount `{name}`: {} is not a directory", canonical.display());
             }
-            mounts.insert(
-                name,
-                MountConfig {
-                    path: canonical,
-                    writable: m.writable,
-                },
-            );
+            mounts.insert(name, MountConfig { path: canonical, writable: m.writable });
         }
         for name in raw.env.keys() {
             if !is_env_name(name) {
@@ -256,9 +225,7 @@ impl RunnerConfig {
             Some(list) => {
                 for i in &list {
                     if !is_interface_name(i) {
-                        bail!(
-                            "grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`"
-                        );
+                        bail!("grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`");
                     }
                     if !LINKABLE_IMPORTS.contains(&i.as_str()) {
                         bail!(
@@ -273,54 +240,76 @@ impl RunnerConfig {
         let max_limits = raw.limits.ceiling.unwrap_or(Limits::CEILING);
         let default_limits = raw.limits.default.unwrap_or(Limits::DEFAULT);
         for (field, d, c) in [
-            (
-                "memory_mib",
-                default_limits.memory_mib,
-                max_limits.memory_mib,
-            ),
+            ("memory_mib", default_limits.memory_mib, max_limits.memory_mib),
             ("cpu_ms", default_limits.cpu_ms, max_limits.cpu_ms),
             ("wall_ms", default_limits.wall_ms, max_limits.wall_ms),
-            (
-                "output_kib",
-                default_limits.output_kib,
-                max_limits.output_kib,
-            ),
-            (
-                "max_plan_changes",
-                default_limits.max_plan_changes,
-                max_limits.max_plan_changes,
-            ),
+            ("output_kib", default_limits.output_kib, max_limits.output_kib),
+            ("max_plan_changes", default_limits.max_plan_changes, max_limits.max_plan_changes),
         ] {
             if d == 0 || c == 0 || d > c {
-                bail!(
-                    "limits.{field}: default {d} and ceiling {c} must be positive with default <= ceiling"
-                );
+                bail!("limits.{field}: default {d} and ceiling {c} must be positive with default <= ceiling");
             }
         }
         let ceiling = Ceiling {
-            mounts: mounts
-                .iter()
-                .map(|(n, m)| (n.clone(), m.writable))
-                .collect(),
+            mounts: mounts.iter().map(|(n, m)| (n.clone(), m.writable)).collect(),
             env: raw.env.keys().cloned().collect(),
             imports,
             default_limits,
             max_limits,
         };
         let state_dir = resolve(&raw.runner.state_dir);
-        let cache_dir = raw
-            .runner
-            .cache_dir
-            .as_deref()
-            .map_or_else(|| state_dir.join("cache"), resolve);
-        Ok(RunnerConfig {
-            name: raw.runner.name,
-            state_dir,
-            cache_dir,
-            signers,
-            mounts,
-            env: raw.env,
-            ceiling,
-        })
+        let cache_dir = raw.runner.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
+        Ok(RunnerConfig { name: raw.runner.name, state_dir, cache_dir, signers, mounts, env: raw.env, ceiling })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("data")).unwrap();
+        let key = edge_core::signature::CapsuleSigningKey::generate();
+        std::fs::write(t.path().join("a.pub"), key.public_key_pem()).unwrap();
+        t
+    }
+
+    const BASE: &str = "[runner]\nname = \"r\"\n[[signers]]\nname = \"a\"\npublic_key = \"a.pub\"\n[mounts.data]\npath = \"data\"\nwritable = true\n";
+
+    fn err(text: &str) -> String {
+        let t = home();
+        format!("{:#}", RunnerConfig::from_toml(text, t.path()).unwrap_err())
+    }
+
+    #[test]
+    fn a_good_config_resolves_paths_and_defaults() {
+        let t = home();
+        let c = RunnerConfig::from_toml(BASE, t.path()).unwrap();
+        assert_eq!(c.state_dir, t.path().join("state"));
+        assert_eq!(c.cache_dir, t.path().join("state/cache"));
+        assert!(c.mounts["data"].path.is_absolute() && c.mounts["data"].writable);
+        assert!(c.ceiling.imports.contains("wasi:filesystem/types"));
+        assert!(!c.ceiling.imports.iter().any(|i| i.starts_with("wasi:sockets")));
+        assert_eq!(c.signers.signers().len(), 1);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        assert!(err(&format!("{BASE}surprise = 1\n")).contains("surprise"));
+        assert!(err(&BASE.replace("path = \"data\"", "path = \"missing\"")).contains("does not exist"));
+        assert!(err(&format!("{BASE}[grant]\nimports = [\"wasi:sockets/tcp\"]\n")).contains("cannot be granted"));
+        assert!(
+            err(&format!("{BASE}[[signers]]\nname = \"k\"\nidentity = \"x\"\nissuer = \"y\"\n"))
+                .contains("sigstore.trusted_root")
+        );
+        assert!(err(&format!("{BASE}[[signers]]\nname = \"a\"\npublic_key = \"a.pub\"\n")).contains("twice"));
+        let limits = "[limits.default]\nmemory_mib = 64\ncpu_ms = 1\nwall_ms = 1\noutput_kib = 1\nmax_plan_changes = 1\n\
+                      [limits.ceiling]\nmemory_mib = 32\ncpu_ms = 1\nwall_ms = 1\noutput_kib = 1\nmax_plan_changes = 1\n";
+        assert!(err(&format!("{BASE}{limits}")).contains("limits.memory_mib"));
+        assert!(
+            err(&BASE.replace("public_key = \"a.pub\"", "public_key = \"a.pub\"\nidentity = \"x\""))
+                .contains("not a mix")
+        );
     }
 }

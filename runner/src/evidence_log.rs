@@ -24,6 +24,7 @@ pub struct EvidenceLog {
     next_seq: u64,
     prev: Sha256Digest,
     records: Vec<Record>,
+    durable_wait: std::time::Duration,
 }
 
 impl EvidenceLog {
@@ -41,8 +42,7 @@ impl EvidenceLog {
             .create(true)
             .open(&path)
             .with_context(|| format!("cannot open evidence log {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock evidence log {}", path.display()))?;
+        file.lock().with_context(|| format!("cannot lock evidence log {}", path.display()))?;
         let mut text = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut text)?;
         if !text.is_empty() && !text.ends_with(b"\n") {
@@ -53,10 +53,7 @@ impl EvidenceLog {
             );
         }
         let (records, prev) = evidence::verify_chain_lines(&text).with_context(|| {
-            format!(
-                "evidence log {} failed verification; the runner refuses to run on a broken log",
-                path.display()
-            )
+            format!("evidence log {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
         Ok(Self {
             file,
@@ -64,6 +61,7 @@ impl EvidenceLog {
             next_seq: records.len() as u64,
             prev,
             records,
+            durable_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -82,12 +80,8 @@ impl EvidenceLog {
         };
         let mut line = record.canonical_bytes()?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .context("cannot append to the evidence log")?;
-        self.file
-            .sync_data()
-            .context("cannot make the evidence record durable (fsync failed)")?;
+        self.file.write_all(&line).context("cannot append to the evidence log")?;
+        self.file.sync_data().context("cannot make the evidence record durable (fsync failed)")?;
         self.prev = Sha256Digest::of(&line[..line.len() - 1]);
         self.next_seq += 1;
         self.records.push(record.clone());
@@ -98,14 +92,23 @@ impl EvidenceLog {
     ///
     /// # Errors
     /// On I/O failure.
-    pub fn put_artifact(&self, bytes: &[u8]) -> Result<Sha256Digest> {
+    pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
         let d = Sha256Digest::of(bytes);
         let path = self.artifact_path(&d);
         if !path.exists() {
+            let t0 = std::time::Instant::now();
             write_durably(&path, bytes)?;
             sync_dir(path.parent().expect("has parent"))?;
+            self.durable_wait += t0.elapsed();
         }
         Ok(d)
+    }
+
+    /// Total time spent waiting for durability (fsync of records and
+    /// artifacts) since the log was opened. Benchmarks subtract it to compare
+    /// the governed run's own work with a bare embedding.
+    pub fn durable_wait(&self) -> std::time::Duration {
+        self.durable_wait
     }
 
     pub fn artifact_path(&self, d: &Sha256Digest) -> PathBuf {
@@ -119,10 +122,6 @@ impl EvidenceLog {
 
     /// Hash of the last record ([`GENESIS`] when empty).
     pub fn head(&self) -> Sha256Digest {
-        if self.records.is_empty() {
-            GENESIS
-        } else {
-            self.prev
-        }
+        if self.records.is_empty() { GENESIS } else { self.prev }
     }
 }

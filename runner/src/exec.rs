@@ -28,9 +28,7 @@ use serde::Serialize;
 
 use crate::config::RunnerConfig;
 use crate::evidence_log::EvidenceLog;
-use crate::sandbox::{
-    CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification,
-};
+use crate::sandbox::{CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification};
 use crate::staging::{self, Journal};
 
 /// Largest total file content staged per writable mount.
@@ -106,15 +104,8 @@ impl Runner {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
-        let sandbox = Sandbox::new(
-            &config.state_dir.join("cache"),
-            config.ceiling.max_limits.memory_mib,
-        )?;
-        let mut runner = Self {
-            config,
-            sandbox,
-            log,
-        };
+        let sandbox = Sandbox::new(&config.state_dir.join("cache"), config.ceiling.max_limits.memory_mib)?;
+        let mut runner = Self { config, sandbox, log };
         runner.recover()?;
         Ok(runner)
     }
@@ -146,12 +137,7 @@ impl Runner {
                     continue;
                 }
                 let journal: Journal = serde_json::from_slice(&std::fs::read(&path)?)
-                    .with_context(|| {
-                        format!(
-                            "journal {} is unreadable; restore the files by hand",
-                            path.display()
-                        )
-                    })?;
+                    .with_context(|| format!("journal {} is unreadable; restore the files by hand", path.display()))?;
                 match terminal.get(&run) {
                     Some(Outcome::Committed) => {}
                     Some(_) => {
@@ -166,12 +152,7 @@ impl Runner {
                                 detail: "found a commit in progress at start; rolled back".into(),
                             },
                         )?;
-                        self.log.append(
-                            &run,
-                            Event::Completed {
-                                outcome: Outcome::Interrupted,
-                            },
-                        )?;
+                        self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
                         terminal.insert(run.clone(), Outcome::Interrupted);
                         recovered.push(run.clone());
                     }
@@ -189,12 +170,7 @@ impl Runner {
                         detail: "run ended without a terminal record; nothing was committed".into(),
                     },
                 )?;
-                self.log.append(
-                    &run,
-                    Event::Completed {
-                        outcome: Outcome::Interrupted,
-                    },
-                )?;
+                self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
                 recovered.push(run);
             }
         }
@@ -228,33 +204,11 @@ impl Runner {
         Ok(())
     }
 
-    fn refuse(
-        &mut self,
-        report: &mut RunReport,
-        stage: &str,
-        code: &str,
-        detail: String,
-    ) -> Result<()> {
-        self.record(
-            report,
-            Event::Refused {
-                stage: stage.into(),
-                reason_code: code.into(),
-                detail: detail.clone(),
-            },
-        )?;
-        self.record(
-            report,
-            Event::Completed {
-                outcome: Outcome::Refused,
-            },
-        )?;
+    fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
+        self.record(report, Event::Refused { stage: stage.into(), reason_code: code.into(), detail: detail.clone() })?;
+        self.record(report, Event::Completed { outcome: Outcome::Refused })?;
         report.outcome = Outcome::Refused;
-        report.refusal = Some(Refusal {
-            stage: stage.into(),
-            reason_code: code.into(),
-            detail,
-        });
+        report.refusal = Some(Refusal { stage: stage.into(), reason_code: code.into(), detail });
         Ok(())
     }
 
@@ -280,9 +234,7 @@ impl Runner {
             Err(e) => {
                 let code = match &e {
                     edge_core::container::ContainerError::ComponentDigest { .. }
-                    | edge_core::container::ContainerError::ComponentSize { .. } => {
-                        "capsule.component_mismatch"
-                    }
+                    | edge_core::container::ContainerError::ComponentSize { .. } => "capsule.component_mismatch",
                     edge_core::container::ContainerError::Manifest(_) => "capsule.bad_manifest",
                     _ => "capsule.malformed",
                 };
@@ -294,10 +246,7 @@ impl Runner {
         report.capsule = Some(file.digest());
         report.name = Some(format!("{}@{}", m.name, m.version));
         let manifest_d = self.log.put_artifact(file.manifest_bytes())?;
-        let bundle_d = file
-            .bundle()
-            .map(|b| self.log.put_artifact(b))
-            .transpose()?;
+        let bundle_d = file.bundle().map(|b| self.log.put_artifact(b)).transpose()?;
         self.record(
             report,
             Event::Submission {
@@ -320,18 +269,10 @@ impl Runner {
         report.signer = Some(verified.signer().to_owned());
 
         // 3. Admission: compile (or load from cache), then imports ⊆ declared ⊆ granted.
-        let component = match self
-            .sandbox
-            .load(verified.file().component(), &m.component.sha256)
-        {
+        let component = match self.sandbox.load(verified.file().component(), &m.component.sha256) {
             Ok((c, _)) => c,
             Err(e) => {
-                return self.refuse(
-                    report,
-                    "admit",
-                    "capsule.invalid_component",
-                    format!("{e:#}"),
-                );
+                return self.refuse(report, "admit", "capsule.invalid_component", format!("{e:#}"));
             }
         };
         let imports = self.sandbox.imports(&component);
@@ -345,11 +286,7 @@ impl Runner {
                 return self.refuse(report, "admit", "admission.link_failed", format!("{e:#}"));
             }
         };
-        let signer_label = format!(
-            "{} ({})",
-            admitted.capsule().signer(),
-            admitted.capsule().signer_detail()
-        );
+        let signer_label = format!("{} ({})", admitted.capsule().signer(), admitted.capsule().signer_detail());
         self.record(
             report,
             Event::Admitted {
@@ -378,16 +315,8 @@ impl Runner {
 
         // 5. Plan, read-only.
         let grant = decided.admitted().grant().clone();
-        let env: Vec<(String, String)> = grant
-            .env
-            .iter()
-            .map(|k| {
-                (
-                    k.clone(),
-                    self.config.env.get(k).cloned().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let env: Vec<(String, String)> =
+            grant.env.iter().map(|k| (k.clone(), self.config.env.get(k).cloned().unwrap_or_default())).collect();
         let live_mounts: Vec<PhaseMount> = grant
             .mounts
             .iter()
@@ -397,11 +326,7 @@ impl Runner {
                 writable: false,
             })
             .collect();
-        let input = PhaseInput {
-            params: &m.params,
-            mounts: &live_mounts,
-            env: &env,
-        };
+        let input = PhaseInput { params: &m.params, mounts: &live_mounts, env: &env };
         let (planned, captured) = self.sandbox.plan(&pre, &decided, &input).await;
         let output = self.store_output(report, "plan", captured)?;
         let raw_plan = match planned {
@@ -438,28 +363,19 @@ impl Runner {
             Event::Authorized {
                 tier: authorized.decision().tier,
                 approvals: Vec::new(),
-                note: "unapproved tier-0 run: no policy or approval plane in this runner version"
-                    .into(),
+                note: "unapproved tier-0 run: no policy or approval plane in this runner version".into(),
             },
         )?;
 
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
-            let (verified, captured) = self
-                .sandbox
-                .verify(&pre, &authorized, &input, valid.plan())
-                .await;
+            let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
             let output = self.store_output(report, "verify", captured)?;
             return match verified {
                 Ok(v) => {
                     self.record_verification(report, &v, output)?;
                     if v.passed {
-                        self.record(
-                            report,
-                            Event::Completed {
-                                outcome: Outcome::NoChanges,
-                            },
-                        )?;
+                        self.record(report, Event::Completed { outcome: Outcome::NoChanges })?;
                         report.outcome = Outcome::NoChanges;
                         Ok(())
                     } else {
@@ -486,22 +402,12 @@ impl Runner {
         let apply_mounts: Vec<PhaseMount> = live_mounts
             .iter()
             .map(|m| match staged.get(&m.name) {
-                Some((copy, _)) => PhaseMount {
-                    name: m.name.clone(),
-                    host_path: copy.clone(),
-                    writable: true,
-                },
+                Some((copy, _)) => PhaseMount { name: m.name.clone(), host_path: copy.clone(), writable: true },
                 None => m.clone(),
             })
             .collect();
-        let apply_input = PhaseInput {
-            mounts: &apply_mounts,
-            ..input
-        };
-        let (applied, captured) = self
-            .sandbox
-            .apply(&pre, &authorized, &apply_input, valid.plan())
-            .await;
+        let apply_input = PhaseInput { mounts: &apply_mounts, ..input };
+        let (applied, captured) = self.sandbox.apply(&pre, &authorized, &apply_input, valid.plan()).await;
         let output = self.store_output(report, "apply", captured)?;
         if let Err(e) = applied {
             return self.refuse_sandbox(report, "apply", &e);
@@ -517,35 +423,21 @@ impl Runner {
             match snapshot::diff(name, before, &after) {
                 Ok(d) => diff.extend(d),
                 Err(e) => {
-                    self.record(
-                        report,
-                        Event::Applied {
-                            diff: diff.clone(),
-                            output,
-                        },
-                    )?;
+                    self.record(report, Event::Applied { diff: diff.clone(), output })?;
                     return self.refuse(report, "diff", e.reason_code(), e.to_string());
                 }
             }
         }
         report.diff = diff.clone();
-        self.record(
-            report,
-            Event::Applied {
-                diff: diff.clone(),
-                output,
-            },
-        )?;
+        self.record(report, Event::Applied { diff: diff.clone(), output })?;
         let _matches = match plan::check_diff(&valid, &diff) {
             Ok(p) => p,
             Err(e) => return self.refuse(report, "diff", e.reason_code(), e.to_string()),
         };
 
         // 9. Preconditions: the live files are still what the plan saw.
-        let live_roots: BTreeMap<String, PathBuf> = staged
-            .keys()
-            .map(|n| (n.clone(), self.config.mounts[n].path.clone()))
-            .collect();
+        let live_roots: BTreeMap<String, PathBuf> =
+            staged.keys().map(|n| (n.clone(), self.config.mounts[n].path.clone())).collect();
         let mut io_error = None;
         let holds = plan::check_preconditions(&valid, |mount, path| {
             let p = live_roots.get(mount).map(|r| r.join(path.as_str()))?;
@@ -562,41 +454,19 @@ impl Runner {
 
         // 10. Commit, journaled.
         let journal_path = staging::journal_path(&self.config.state_dir, &report.run);
-        let copies: BTreeMap<String, PathBuf> = staged
-            .iter()
-            .map(|(n, (c, _))| (n.clone(), c.clone()))
-            .collect();
-        let backup_dir = self
-            .config
-            .state_dir
-            .join("journals")
-            .join(format!("{}.backup", report.run));
+        let copies: BTreeMap<String, PathBuf> = staged.iter().map(|(n, (c, _))| (n.clone(), c.clone())).collect();
+        let backup_dir = self.config.state_dir.join("journals").join(format!("{}.backup", report.run));
         let mut journal = Journal::new(&report.run, &diff, &live_roots, &backup_dir)?;
         let journal_bytes = journal.persist(&journal_path)?;
         let journal_d = self.log.put_artifact(&journal_bytes)?;
-        self.record(
-            report,
-            Event::CommitIntent {
-                changes: diff.len(),
-                journal: journal_d,
-            },
-        )?;
+        self.record(report, Event::CommitIntent { changes: diff.len(), journal: journal_d })?;
         if let Err(e) = journal.commit(&copies, &journal_path) {
             let restored = journal.rollback()?;
             self.record(
                 report,
-                Event::RolledBack {
-                    reason_code: "commit.io_error".into(),
-                    detail: format!("{e:#}"),
-                    restored,
-                },
+                Event::RolledBack { reason_code: "commit.io_error".into(), detail: format!("{e:#}"), restored },
             )?;
-            self.record(
-                report,
-                Event::Completed {
-                    outcome: Outcome::RolledBack,
-                },
-            )?;
+            self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
             std::fs::remove_file(&journal_path)?;
             report.outcome = Outcome::RolledBack;
             report.refusal = Some(Refusal {
@@ -606,18 +476,10 @@ impl Runner {
             });
             return Ok(());
         }
-        self.record(
-            report,
-            Event::Committed {
-                changes: diff.len(),
-            },
-        )?;
+        self.record(report, Event::Committed { changes: diff.len() })?;
 
         // 11. Verify against the live mounts; roll back on failure.
-        let (verified, captured) = self
-            .sandbox
-            .verify(&pre, &authorized, &input, valid.plan())
-            .await;
+        let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
         let output = self.store_output(report, "verify", captured)?;
         let failure = match verified {
             Ok(v) => {
@@ -638,12 +500,7 @@ impl Runner {
         };
         match failure {
             None => {
-                self.record(
-                    report,
-                    Event::Completed {
-                        outcome: Outcome::Committed,
-                    },
-                )?;
+                self.record(report, Event::Completed { outcome: Outcome::Committed })?;
                 journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::Committed;
@@ -651,38 +508,17 @@ impl Runner {
             Some((code, detail)) => {
                 // The record of the verify result is durable; now undo.
                 let restored = journal.rollback()?;
-                self.record(
-                    report,
-                    Event::RolledBack {
-                        reason_code: code.clone(),
-                        detail: detail.clone(),
-                        restored,
-                    },
-                )?;
-                self.record(
-                    report,
-                    Event::Completed {
-                        outcome: Outcome::RolledBack,
-                    },
-                )?;
+                self.record(report, Event::RolledBack { reason_code: code.clone(), detail: detail.clone(), restored })?;
+                self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::RolledBack;
-                report.refusal = Some(Refusal {
-                    stage: "verify".into(),
-                    reason_code: code,
-                    detail,
-                });
+                report.refusal = Some(Refusal { stage: "verify".into(), reason_code: code, detail });
             }
         }
         Ok(())
     }
 
-    fn refuse_sandbox(
-        &mut self,
-        report: &mut RunReport,
-        stage: &str,
-        e: &SandboxError,
-    ) -> Result<()> {
+    fn refuse_sandbox(&mut self, report: &mut RunReport, stage: &str, e: &SandboxError) -> Result<()> {
         self.refuse(report, stage, e.reason_code(), e.to_string())
     }
 
@@ -692,18 +528,10 @@ impl Runner {
         v: &Verification,
         output: Option<Sha256Digest>,
     ) -> Result<()> {
-        report.verification = Some(VerificationReport {
-            passed: v.passed,
-            summary: v.summary.clone(),
-        });
+        report.verification = Some(VerificationReport { passed: v.passed, summary: v.summary.clone() });
         self.record(
             report,
-            Event::Verified {
-                passed: v.passed,
-                summary: v.summary.clone(),
-                findings: v.findings.clone(),
-                output,
-            },
+            Event::Verified { passed: v.passed, summary: v.summary.clone(), findings: v.findings.clone(), output },
         )
     }
 }
@@ -721,8 +549,7 @@ pub fn new_run_id() -> String {
 /// As [`Runner::open`] and [`Runner::exec`].
 pub async fn exec_file(config: &Path, capsule: &Path) -> Result<RunReport> {
     let config = RunnerConfig::load(config)?;
-    let bytes = std::fs::read(capsule)
-        .with_context(|| format!("cannot read capsule {}", capsule.display()))?;
+    let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
     let mut runner = Runner::open(config)?;
     runner.exec(&bytes).await
 }

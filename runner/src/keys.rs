@@ -27,10 +27,7 @@ pub fn generate(out: &Path) -> Result<KeyPairFiles> {
     let public = out.with_extension("pub");
     for p in [&private, &public] {
         if p.exists() {
-            bail!(
-                "{} already exists; refusing to overwrite a key (choose another --out)",
-                p.display()
-            );
+            bail!("{} already exists; refusing to overwrite a key (choose another --out)", p.display());
         }
     }
     if let Some(dir) = private.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -45,18 +42,10 @@ pub fn generate(out: &Path) -> Result<KeyPairFiles> {
         .with_context(|| format!("cannot create {}", private.display()))?;
     f.write_all(key.to_pkcs8_pem().as_bytes())?;
     f.sync_all()?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&public)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&public)?;
     f.write_all(key.public_key_pem().as_bytes())?;
     f.sync_all()?;
-    Ok(KeyPairFiles {
-        private,
-        public,
-        key_id: key.key_id(),
-    })
+    Ok(KeyPairFiles { private, public, key_id: key.key_id() })
 }
 
 /// Load a private signing key, refusing files others can read.
@@ -64,8 +53,7 @@ pub fn generate(out: &Path) -> Result<KeyPairFiles> {
 /// # Errors
 /// If the file is group/world-accessible or not an Ed25519 PKCS#8 key.
 pub fn load_signing_key(path: &Path) -> Result<CapsuleSigningKey> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(

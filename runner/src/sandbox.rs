@@ -34,8 +34,7 @@ use edge_core::authorize::{Authorized, Decided};
 use edge_core::plan::{self as core_plan, MAX_FINDINGS, PlanError, check_finding};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -96,31 +95,22 @@ pub struct PhaseMount {
 pub enum SandboxError {
     #[error("the capsule used more than its CPU budget of {ms} ms in {phase} (epoch deadline)")]
     CpuLimit { phase: &'static str, ms: u64 },
-    #[error(
-        "the capsule ran longer than its wall-time limit of {ms} ms in {phase} (it may be blocked or sleeping)"
-    )]
+    #[error("the capsule ran longer than its wall-time limit of {ms} ms in {phase} (it may be blocked or sleeping)")]
     WallTime { phase: &'static str, ms: u64 },
-    #[error(
-        "the capsule tried to grow memory to {desired} bytes, above its limit of {limit} bytes"
-    )]
+    #[error("the capsule tried to grow memory to {desired} bytes, above its limit of {limit} bytes")]
     MemoryLimit { desired: usize, limit: usize },
     #[error("the capsule exceeded a table or instance limit: {0}")]
     ResourceLimit(String),
     #[error("the capsule overflowed its stack (unbounded recursion?)")]
     StackOverflow,
-    #[error(
-        "the capsule wrote more than its output limit of {limit} bytes (stdout, stderr and log lines)"
-    )]
+    #[error("the capsule wrote more than its output limit of {limit} bytes (stdout, stderr and log lines)")]
     OutputLimit { limit: usize },
     #[error("the capsule exceeded a host-call limit: {0}")]
     HostcallLimit(String),
     #[error("the capsule trapped in {phase}: {detail}")]
     Trap { phase: &'static str, detail: String },
     #[error("the capsule's {phase} returned an error: {message}")]
-    Guest {
-        phase: &'static str,
-        message: String,
-    },
+    Guest { phase: &'static str, message: String },
     #[error("the capsule's answer is invalid: {0}")]
     Plan(#[from] PlanError),
     #[error("the sandbox could not be set up: {0}")]
@@ -156,10 +146,7 @@ pub struct Captured {
 
 impl Captured {
     pub fn is_empty(&self) -> bool {
-        self.stdout.is_empty()
-            && self.stderr.is_empty()
-            && self.log.is_empty()
-            && self.findings.is_empty()
+        self.stdout.is_empty() && self.stderr.is_empty() && self.log.is_empty() && self.findings.is_empty()
     }
 }
 
@@ -189,35 +176,16 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            self.hit = Hit::Memory {
-                desired,
-                limit: self.memory_bytes,
-            };
-            wasmtime::bail!(
-                "memory limit: growing to {desired} bytes exceeds {} bytes",
-                self.memory_bytes
-            );
+            self.hit = Hit::Memory { desired, limit: self.memory_bytes };
+            wasmtime::bail!("memory limit: growing to {desired} bytes exceeds {} bytes", self.memory_bytes);
         }
         Ok(true)
     }
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            self.hit = Hit::Resource(format!(
-                "table growth to {desired} elements exceeds {}",
-                self.table_elements
-            ));
+            self.hit = Hit::Resource(format!("table growth to {desired} elements exceeds {}", self.table_elements));
             wasmtime::bail!("table limit");
         }
         Ok(true)
@@ -258,10 +226,7 @@ impl std::fmt::Debug for HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -277,10 +242,7 @@ impl wit_host::Host for HostState {
     async fn log(&mut self, level: wit_host::Level, message: String) -> wasmtime::Result<()> {
         let mut line = format!("[{}] ", level_name(level));
         if message.len() > MAX_LOG_LINE {
-            let cut = (0..=MAX_LOG_LINE)
-                .rev()
-                .find(|i| message.is_char_boundary(*i))
-                .unwrap_or(0);
+            let cut = (0..=MAX_LOG_LINE).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
             line.push_str(&message[..cut]);
             line.push_str(" …(truncated)");
         } else {
@@ -302,8 +264,7 @@ impl wit_host::Host for HostState {
             wasmtime::bail!("oversized finding");
         }
         if self.findings.len() >= MAX_FINDINGS {
-            self.limiter.hit =
-                Hit::Hostcall(format!("report(): more than {MAX_FINDINGS} findings"));
+            self.limiter.hit = Hit::Hostcall(format!("report(): more than {MAX_FINDINGS} findings"));
             wasmtime::bail!("too many findings");
         }
         self.findings.push(finding);
@@ -339,9 +300,7 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("cache_dir", &self.cache_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
     }
 }
 
@@ -382,12 +341,7 @@ impl Sandbox {
                 })
                 .context("cannot start the epoch ticker")?;
         }
-        Ok(Self {
-            engine,
-            linker,
-            cache_dir: cache_dir.to_path_buf(),
-            _ticker: EpochTicker(stop),
-        })
+        Ok(Self { engine, linker, cache_dir: cache_dir.to_path_buf(), _ticker: EpochTicker(stop) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -398,8 +352,7 @@ impl Sandbox {
     pub fn cache_path(&self, digest: &Sha256Digest) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        self.cache_dir
-            .join(format!("{}-{:016x}.cwasm", digest.hex(), h.finish()))
+        self.cache_dir.join(format!("{}-{:016x}.cwasm", digest.hex(), h.finish()))
     }
 
     /// Load a component: from the precompiled cache if present, else compile
@@ -422,24 +375,17 @@ impl Sandbox {
                 }
             }
         }
-        let artifact = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let artifact = self.engine.precompile_component(bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         crate::staging::write_durably(&path, &artifact)?;
         // SAFETY: `artifact` was produced by this engine just now.
-        let component = unsafe { Component::deserialize(&self.engine, &artifact) }
-            .map_err(anyhow::Error::from)?;
+        let component = unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(anyhow::Error::from)?;
         Ok((component, LoadSource::Compiled))
     }
 
     /// The component's imports as the engine sees them (`wasi:io/streams@0.2.6`, …).
     pub fn imports(&self, component: &Component) -> Vec<String> {
-        let mut v: Vec<String> = component
-            .component_type()
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_owned())
-            .collect();
+        let mut v: Vec<String> =
+            component.component_type().imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
         v.sort();
         v
     }
@@ -449,10 +395,7 @@ impl Sandbox {
     /// # Errors
     /// If the component needs something the linker does not provide.
     pub fn prepare(&self, component: &Component) -> Result<CapsulePre<HostState>> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let pre = self.linker.instantiate_pre(component).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         CapsulePre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
@@ -465,20 +408,10 @@ impl Sandbox {
     ) -> (Result<core_plan::Plan, SandboxError>, Captured) {
         let grant = decided.admitted().grant();
         let (result, captured) = self
-            .run(pre, grant, run, Phase::Plan, |c, s, ctx| {
-                Box::pin(async move { c.call_plan(s, &ctx).await })
-            })
+            .run(pre, grant, run, Phase::Plan, |c, s, ctx| Box::pin(async move { c.call_plan(s, &ctx).await }))
             .await;
-        let result = result.and_then(|r| {
-            r.map_err(|message| SandboxError::Guest {
-                phase: "plan",
-                message,
-            })
-        });
-        (
-            result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)),
-            captured,
-        )
+        let result = result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "plan", message }));
+        (result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)), captured)
     }
 
     /// Run `apply` (writable mounts must point at staged copies). Needs an
@@ -500,15 +433,7 @@ impl Sandbox {
                 Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
             })
             .await;
-        (
-            result.and_then(|r| {
-                r.map_err(|message| SandboxError::Guest {
-                    phase: "apply",
-                    message,
-                })
-            }),
-            captured,
-        )
+        (result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message })), captured)
     }
 
     /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule.
@@ -529,27 +454,16 @@ impl Sandbox {
                 Box::pin(async move { c.call_verify(s, &ctx, &wp).await })
             })
             .await;
-        let result = result.and_then(|r| {
-            r.map_err(|message| SandboxError::Guest {
-                phase: "verify",
-                message,
-            })
-        });
+        let result = result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "verify", message }));
         let result = result.and_then(|v| {
             let findings: Vec<_> = v.findings.into_iter().map(finding_from_wit).collect();
             if findings.len() > MAX_FINDINGS || v.summary.len() > core_plan::MAX_TEXT {
-                return Err(SandboxError::HostcallLimit(
-                    "verify returned too much".into(),
-                ));
+                return Err(SandboxError::HostcallLimit("verify returned too much".into()));
             }
             for f in &findings {
                 check_finding(f).map_err(SandboxError::Plan)?;
             }
-            Ok(Verification {
-                passed: v.passed,
-                summary: v.summary,
-                findings,
-            })
+            Ok(Verification { passed: v.passed, summary: v.summary, findings })
         });
         (result, captured)
     }
@@ -564,9 +478,8 @@ impl Sandbox {
             &'a bindings::Capsule,
             &'a mut Store<HostState>,
             wit::Context,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
-        > + Send,
+        ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
+        + Send,
     ) -> (Result<R, SandboxError>, Captured) {
         let limits = &grant.limits;
         let output_limit = (limits.output_kib as usize) * 1024;
@@ -576,10 +489,7 @@ impl Sandbox {
         let mut store = match store {
             Ok(s) => s,
             Err(e) => {
-                return (
-                    Err(SandboxError::Setup(format!("{e:#}"))),
-                    Captured::default(),
-                );
+                return (Err(SandboxError::Setup(format!("{e:#}"))), Captured::default());
             }
         };
         let ctx = wit::Context {
@@ -588,19 +498,11 @@ impl Sandbox {
                 Phase::Apply => wit::Phase::Apply,
                 Phase::Verify => wit::Phase::Verify,
             },
-            params: input
-                .params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            params: input.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             mounts: input
                 .mounts
                 .iter()
-                .map(|m| wit::Mount {
-                    name: m.name.clone(),
-                    guest_path: guest_path(&m.name),
-                    writable: m.writable,
-                })
+                .map(|m| wit::Mount { name: m.name.clone(), guest_path: guest_path(&m.name), writable: m.writable })
                 .collect(),
         };
         let wall = Duration::from_millis(limits.wall_ms);
@@ -622,10 +524,7 @@ impl Sandbox {
         tracing::debug!(phase = phase.name(), ?elapsed, "phase finished");
         let hit = std::mem::take(&mut data.limiter.hit);
         let result = match outcome {
-            Err(_elapsed) => Err(SandboxError::WallTime {
-                phase: phase.name(),
-                ms: limits.wall_ms,
-            }),
+            Err(_elapsed) => Err(SandboxError::WallTime { phase: phase.name(), ms: limits.wall_ms }),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(classify(e, hit, phase, limits.cpu_ms, output_limit)),
         };
@@ -637,18 +536,12 @@ impl Sandbox {
                     || stderr.contents().len() >= output_limit
                     || output_used > output_limit.saturating_mul(2) =>
             {
-                Err(SandboxError::OutputLimit {
-                    limit: output_limit,
-                })
+                Err(SandboxError::OutputLimit { limit: output_limit })
             }
             other => other,
         };
         if result.is_err() {
-            captured.log.push(format!(
-                "[runner] {} ended after {} ms",
-                phase.name(),
-                elapsed.as_millis()
-            ));
+            captured.log.push(format!("[runner] {} ended after {} ms", phase.name(), elapsed.as_millis()));
         }
         (result, captured)
     }
@@ -665,9 +558,7 @@ impl Sandbox {
         let mut b = WasiCtxBuilder::new();
         b.stdout(stdout.clone()).stderr(stderr.clone());
         // Deny the network explicitly, even though sockets are never linked.
-        b.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for m in input.mounts {
             // The grant is the authority: a mount it does not list, or write
             // access it does not give, is a runner bug and refuses the phase.
@@ -678,19 +569,9 @@ impl Sandbox {
                 anyhow::bail!("mount `{}` is granted read-only", m.name);
             }
             let writable = m.writable && phase == Phase::Apply;
-            let perms = if writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
+            let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             b.preopened_dir(&m.host_path, guest_path(&m.name), perms)
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot open mount `{}` at {}: {e}",
-                        m.name,
-                        m.host_path.display()
-                    )
-                })?;
+                .map_err(|e| anyhow::anyhow!("cannot open mount `{}` at {}: {e}", m.name, m.host_path.display()))?;
         }
         for (k, v) in input.env {
             if !grant.env.contains(k) {
@@ -760,8 +641,7 @@ pub struct Verification {
 /// `apply` and `verify` must get exactly the plan that was authorized.
 fn check_bound(authorized: &Authorized, plan: &core_plan::Plan) -> Result<(), SandboxError> {
     let digest = Sha256Digest::of(
-        &edge_core::canonical::to_canonical_vec(plan)
-            .map_err(|e| SandboxError::Setup(e.to_string()))?,
+        &edge_core::canonical::to_canonical_vec(plan).map_err(|e| SandboxError::Setup(e.to_string()))?,
     );
     if digest != authorized.plan_digest() {
         return Err(SandboxError::Setup(format!(
@@ -772,26 +652,15 @@ fn check_bound(authorized: &Authorized, plan: &core_plan::Plan) -> Result<(), Sa
     Ok(())
 }
 
-fn classify(
-    e: wasmtime::Error,
-    hit: Hit,
-    phase: Phase,
-    cpu_ms: u64,
-    output_limit: usize,
-) -> SandboxError {
+fn classify(e: wasmtime::Error, hit: Hit, phase: Phase, cpu_ms: u64, output_limit: usize) -> SandboxError {
     match hit {
         Hit::Cpu => {
-            return SandboxError::CpuLimit {
-                phase: phase.name(),
-                ms: cpu_ms,
-            };
+            return SandboxError::CpuLimit { phase: phase.name(), ms: cpu_ms };
         }
         Hit::Memory { desired, limit } => return SandboxError::MemoryLimit { desired, limit },
         Hit::Resource(s) => return SandboxError::ResourceLimit(s),
         Hit::Output => {
-            return SandboxError::OutputLimit {
-                limit: output_limit,
-            };
+            return SandboxError::OutputLimit { limit: output_limit };
         }
         Hit::Hostcall(s) => return SandboxError::HostcallLimit(s),
         Hit::None => {}
@@ -799,10 +668,7 @@ fn classify(
     match e.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => return SandboxError::StackOverflow,
         Some(Trap::Interrupt) => {
-            return SandboxError::CpuLimit {
-                phase: phase.name(),
-                ms: cpu_ms,
-            };
+            return SandboxError::CpuLimit { phase: phase.name(), ms: cpu_ms };
         }
         _ => {}
     }
@@ -818,10 +684,7 @@ fn classify(
     if text.contains("resource limit") || text.contains("limit of") && text.contains("exceeded") {
         return SandboxError::ResourceLimit(first_line(&text));
     }
-    SandboxError::Trap {
-        phase: phase.name(),
-        detail: first_line(&text),
-    }
+    SandboxError::Trap { phase: phase.name(), detail: first_line(&text) }
 }
 
 fn first_line(s: &str) -> String {
@@ -874,8 +737,7 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
     random::random::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
     random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
-    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random())
-        .map_err(e)?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
     let c = <HostState as wasmtime_wasi::cli::WasiCliView>::cli;
     cli::exit::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
     cli::environment::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
@@ -926,22 +788,13 @@ fn finding_to_wit(f: &core_plan::Finding) -> wit::Finding {
 fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> {
     let mut changes = Vec::with_capacity(p.changes.len().min(core_plan::MAX_PLAN_CHANGES));
     if p.changes.len() > core_plan::MAX_PLAN_CHANGES {
-        return Err(PlanError::TooManyChanges {
-            count: p.changes.len(),
-            limit: core_plan::MAX_PLAN_CHANGES,
-        });
+        return Err(PlanError::TooManyChanges { count: p.changes.len(), limit: core_plan::MAX_PLAN_CHANGES });
     }
     for (index, c) in p.changes.into_iter().enumerate() {
-        let path = edge_core::paths::MountPath::new(&c.path)
-            .map_err(|source| PlanError::Path { index, source })?;
+        let path = edge_core::paths::MountPath::new(&c.path).map_err(|source| PlanError::Path { index, source })?;
         let digest = |d: Option<String>| -> Result<Option<Sha256Digest>, PlanError> {
-            d.map(|s| {
-                s.parse().map_err(|_| PlanError::BadDigest {
-                    index,
-                    value: s.chars().take(100).collect(),
-                })
-            })
-            .transpose()
+            d.map(|s| s.parse().map_err(|_| PlanError::BadDigest { index, value: s.chars().take(100).collect() }))
+                .transpose()
         };
         changes.push(core_plan::Change {
             mount: c.mount,
@@ -960,14 +813,7 @@ fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> {
         summary: p.summary,
         changes,
         findings: p.findings.into_iter().map(finding_from_wit).collect(),
-        facts: p
-            .facts
-            .into_iter()
-            .map(|f| core_plan::Fact {
-                key: f.key,
-                value: f.value,
-            })
-            .collect(),
+        facts: p.facts.into_iter().map(|f| core_plan::Fact { key: f.key, value: f.value }).collect(),
     })
 }
 
@@ -991,13 +837,6 @@ fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
             })
             .collect(),
         findings: p.findings.iter().map(finding_to_wit).collect(),
-        facts: p
-            .facts
-            .iter()
-            .map(|f| wit::Fact {
-                key: f.key.clone(),
-                value: f.value.clone(),
-            })
-            .collect(),
+        facts: p.facts.iter().map(|f| wit::Fact { key: f.key.clone(), value: f.value.clone() }).collect(),
     }
 }

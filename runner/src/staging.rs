@@ -38,10 +38,7 @@ pub fn file_digest(path: &Path) -> io::Result<Option<Sha256Digest>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(path)?;
+    let mut f = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -70,9 +67,8 @@ pub fn snapshot(root: &Path) -> Result<Snapshot> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Snapshot) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .collect::<io::Result<_>>()?;
+    let mut entries: Vec<_> =
+        fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         if out.len() >= MAX_STAGED_FILES {
@@ -80,33 +76,18 @@ fn walk(root: &Path, dir: &Path, out: &mut Snapshot) -> Result<()> {
         }
         let path = e.path();
         let rel = path.strip_prefix(root).expect("walk stays under root");
-        let rel_str = rel
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", path.display()))?;
-        let rel = MountPath::new(rel_str)
-            .with_context(|| format!("unsupported file name {}", path.display()))?;
+        let rel_str = rel.to_str().with_context(|| format!("{} is not UTF-8", path.display()))?;
+        let rel = MountPath::new(rel_str).with_context(|| format!("unsupported file name {}", path.display()))?;
         let ft = e.file_type()?;
         if ft.is_dir() {
             out.insert(rel, Node::Dir);
             walk(root, &path, out)?;
         } else if ft.is_file() {
-            let digest =
-                file_digest(&path)?.with_context(|| format!("{} vanished", path.display()))?;
-            out.insert(
-                rel,
-                Node::File {
-                    digest,
-                    size: e.metadata()?.len(),
-                },
-            );
+            let digest = file_digest(&path)?.with_context(|| format!("{} vanished", path.display()))?;
+            out.insert(rel, Node::File { digest, size: e.metadata()?.len() });
         } else if ft.is_symlink() {
             let target = fs::read_link(&path)?;
-            out.insert(
-                rel,
-                Node::Symlink {
-                    target: target.to_string_lossy().into_owned(),
-                },
-            );
+            out.insert(rel, Node::Symlink { target: target.to_string_lossy().into_owned() });
         } else {
             bail!(
                 "{} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks",
@@ -124,19 +105,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Snapshot) -> Result<()> {
 /// On I/O errors, special files, or more than `max_bytes` of file content.
 pub fn stage(live: &Path, stage: &Path, max_bytes: u64) -> Result<Snapshot> {
     fs::create_dir_all(stage.parent().unwrap_or(Path::new("/")))?;
-    fs::create_dir(stage)
-        .with_context(|| format!("cannot create staging dir {}", stage.display()))?;
+    fs::create_dir(stage).with_context(|| format!("cannot create staging dir {}", stage.display()))?;
     let snap = snapshot(live)?;
-    let total: u64 = snap
-        .values()
-        .map(|n| {
-            if let Node::File { size, .. } = n {
-                *size
-            } else {
-                0
-            }
-        })
-        .sum();
+    let total: u64 = snap.values().map(|n| if let Node::File { size, .. } = n { *size } else { 0 }).sum();
     if total > max_bytes {
         bail!(
             "mount holds {total} bytes; staging is limited to {max_bytes} (raise sandbox.max_stage_mib or narrow the mount)"
@@ -150,10 +121,7 @@ pub fn stage(live: &Path, stage: &Path, max_bytes: u64) -> Result<Snapshot> {
             Node::File { .. } => {
                 fs::copy(&src, &dst).with_context(|| format!("cannot stage {}", src.display()))?;
                 let mtime = fs::metadata(&src)?.modified()?;
-                File::options()
-                    .write(true)
-                    .open(&dst)?
-                    .set_modified(mtime)?;
+                File::options().write(true).open(&dst)?.set_modified(mtime)?;
             }
             Node::Symlink { target } => std::os::unix::fs::symlink(target, &dst)?,
         }
@@ -210,14 +178,9 @@ impl Journal {
     ) -> Result<Self> {
         let mut steps = Vec::with_capacity(diff.len());
         for (i, d) in diff.iter().enumerate() {
-            let root = live_root
-                .get(&d.mount)
-                .with_context(|| format!("mount {} not staged", d.mount))?;
+            let root = live_root.get(&d.mount).with_context(|| format!("mount {} not staged", d.mount))?;
             let target = root.join(d.path.as_str());
-            let dir = target
-                .parent()
-                .expect("mount path has a parent")
-                .to_path_buf();
+            let dir = target.parent().expect("mount path has a parent").to_path_buf();
             steps.push(Step {
                 mount: d.mount.clone(),
                 path: d.path.clone(),
@@ -231,11 +194,7 @@ impl Journal {
                 created_dirs: Vec::new(),
             });
         }
-        Ok(Self {
-            run: run.to_owned(),
-            backup_dir: backup_dir.to_path_buf(),
-            steps,
-        })
+        Ok(Self { run: run.to_owned(), backup_dir: backup_dir.to_path_buf(), steps })
     }
 
     /// Write the journal durably (before any live file is touched).
@@ -247,30 +206,18 @@ impl Journal {
 
     /// Apply every step. On error the caller must call [`Journal::rollback`].
     /// `stage_root` maps mount names to staged copies.
-    pub fn commit(
-        &mut self,
-        stage_root: &BTreeMap<String, PathBuf>,
-        journal_file: &Path,
-    ) -> Result<()> {
-        fs::create_dir_all(&self.backup_dir)
-            .with_context(|| format!("cannot create {}", self.backup_dir.display()))?;
+    pub fn commit(&mut self, stage_root: &BTreeMap<String, PathBuf>, journal_file: &Path) -> Result<()> {
+        fs::create_dir_all(&self.backup_dir).with_context(|| format!("cannot create {}", self.backup_dir.display()))?;
         for i in 0..self.steps.len() {
             let staged = {
                 let s = &self.steps[i];
-                stage_root
-                    .get(&s.mount)
-                    .with_context(|| format!("mount {} not staged", s.mount))?
-                    .join(s.path.as_str())
+                stage_root.get(&s.mount).with_context(|| format!("mount {} not staged", s.mount))?.join(s.path.as_str())
             };
             // Journal what this step will create (parent directories) or
             // restore (the original's mode) before doing it.
             let changed;
             if self.steps[i].action == Action::Create {
-                let parent = self.steps[i]
-                    .target
-                    .parent()
-                    .expect("has parent")
-                    .to_path_buf();
+                let parent = self.steps[i].target.parent().expect("has parent").to_path_buf();
                 let mut missing = Vec::new();
                 let mut p = parent.as_path();
                 while !p.exists() {
@@ -281,9 +228,8 @@ impl Journal {
                 changed = !missing.is_empty();
                 self.steps[i].created_dirs = missing;
             } else {
-                let meta = fs::symlink_metadata(&self.steps[i].target).with_context(|| {
-                    format!("{} vanished before commit", self.steps[i].target.display())
-                })?;
+                let meta = fs::symlink_metadata(&self.steps[i].target)
+                    .with_context(|| format!("{} vanished before commit", self.steps[i].target.display()))?;
                 self.steps[i].mode = Some(meta.permissions().mode());
                 changed = true;
             }
@@ -297,12 +243,10 @@ impl Journal {
             match s.action {
                 Action::Create => {
                     copy_durably(&staged, &s.temp, s.after)?;
+                    set_mode(&s.temp, Some(fs::symlink_metadata(&staged)?.permissions().mode()))?;
                     // link() fails if the target appeared meanwhile: never clobber.
                     fs::hard_link(&s.temp, &s.target).with_context(|| {
-                        format!(
-                            "cannot create {} (did it appear since the plan?)",
-                            s.target.display()
-                        )
+                        format!("cannot create {} (did it appear since the plan?)", s.target.display())
                     })?;
                     fs::remove_file(&s.temp)?;
                 }
@@ -366,9 +310,7 @@ impl Journal {
         match fs::remove_dir_all(&self.backup_dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("cannot remove {}", self.backup_dir.display()))
-            }
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.backup_dir.display())),
         }
     }
 }
@@ -381,10 +323,7 @@ fn set_mode(path: &Path, mode: Option<u32>) -> Result<()> {
 }
 
 fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<()> {
-    let mut input = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(src)?;
+    let mut input = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(src)?;
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -405,10 +344,7 @@ fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<
     let got = Sha256Digest(h.finalize().into());
     if Some(got) != expect {
         let _ = fs::remove_file(dst);
-        bail!(
-            "staged file {} changed after the diff was checked",
-            src.display()
-        );
+        bail!("staged file {} changed after the diff was checked", src.display());
     }
     Ok(())
 }
@@ -420,17 +356,9 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -480,29 +408,16 @@ mod tests {
         assert_eq!(d.len(), 3);
 
         let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new(
-            "r1",
-            &d,
-            &roots(&live),
-            &live.parent().unwrap().join("backup"),
-        )
-        .unwrap();
+        let mut j = Journal::new("r1", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
         j.persist(&jpath).unwrap();
         j.commit(&roots(&st), &jpath).unwrap();
         assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "new");
         assert!(!live.join("sub/del.txt").exists());
-        assert_eq!(
-            fs::read_to_string(live.join("n/m/new.txt")).unwrap(),
-            "fresh"
-        );
+        assert_eq!(fs::read_to_string(live.join("n/m/new.txt")).unwrap(), "fresh");
 
         let restored = j.rollback().unwrap();
         assert_eq!(restored, 3);
-        assert_eq!(
-            snapshot(&live).unwrap(),
-            before_live,
-            "rollback restores exactly"
-        );
+        assert_eq!(snapshot(&live).unwrap(), before_live, "rollback restores exactly");
         // Idempotent.
         assert_eq!(j.rollback().unwrap(), 0);
         assert_eq!(snapshot(&live).unwrap(), before_live);
@@ -515,24 +430,13 @@ mod tests {
         fs::write(st.join("mod.txt"), "new").unwrap();
         let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
         let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new(
-            "r2",
-            &d,
-            &roots(&live),
-            &live.parent().unwrap().join("backup"),
-        )
-        .unwrap();
+        let mut j = Journal::new("r2", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
         j.persist(&jpath).unwrap();
         j.commit(&roots(&st), &jpath).unwrap();
         j.finalize().unwrap();
-        let names: Vec<String> = fs::read_dir(&live)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(
-            names.iter().all(|n| !n.starts_with(".edge-runner")),
-            "{names:?}"
-        );
+        let names: Vec<String> =
+            fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(names.iter().all(|n| !n.starts_with(".edge-runner")), "{names:?}");
     }
 
     #[test]
@@ -563,13 +467,7 @@ mod tests {
         fs::remove_file(st.join("sub/del.txt")).unwrap();
         let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
         let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new(
-            "r4",
-            &d,
-            &roots(&live),
-            &live.parent().unwrap().join("backup"),
-        )
-        .unwrap();
+        let mut j = Journal::new("r4", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
         j.persist(&jpath).unwrap();
         j.commit(&roots(&st), &jpath).unwrap();
         // A fresh process reads the journal back and rolls back.

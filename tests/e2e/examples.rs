@@ -5,50 +5,31 @@ use std::time::{Duration, SystemTime};
 use crate::harness::Env;
 
 fn example_manifest(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/examples/capsules/{name}/capsule.toml",
-        test_programs::ROOT
-    ))
-    .unwrap()
+    std::fs::read_to_string(format!("{}/examples/capsules/{name}/capsule.toml", test_programs::ROOT)).unwrap()
 }
 
 fn with_mount(env: &Env, mount: &str, writable: bool) {
     std::fs::create_dir_all(env.path(mount)).unwrap();
-    env.write_config(&format!(
-        "[mounts.{mount}]\npath = \"{mount}\"\nwritable = {writable}\n"
-    ));
+    env.write_config(&format!("[mounts.{mount}]\npath = \"{mount}\"\nwritable = {writable}\n"));
 }
 
 #[test]
 fn config_drift_fixes_the_key_and_keeps_the_rest() {
     let env = Env::new();
     with_mount(&env, "config", true);
-    let original = "# App config\n[server]\nhost = \"0.0.0.0\"\nmax_connections = 100 # tuned\n\n[log]\nlevel = \"info\"\n";
+    let original =
+        "# App config\n[server]\nhost = \"0.0.0.0\"\nmax_connections = 100 # tuned\n\n[log]\nlevel = \"info\"\n";
     std::fs::write(env.path("config/app.toml"), original).unwrap();
-    let capsule = env.capsule(
-        "drift",
-        test_programs::CONFIG_DRIFT,
-        &example_manifest("config-drift"),
-        Some("agent"),
-    );
+    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &example_manifest("config-drift"), Some("agent"));
     let run = env.exec(&capsule);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
     assert_eq!(run.code, 0);
     let after = std::fs::read_to_string(env.path("config/app.toml")).unwrap();
-    assert_eq!(
-        after,
-        original.replace("max_connections = 100", "max_connections = 512")
-    );
+    assert_eq!(after, original.replace("max_connections = 100", "max_connections = 512"));
     let change = &run.report["plan"]["changes"][0];
     assert_eq!(change["action"], "modify");
-    assert_eq!(
-        change["digest_before"],
-        edge_core::Sha256Digest::of(original.as_bytes()).to_string()
-    );
-    assert_eq!(
-        change["digest_after"],
-        edge_core::Sha256Digest::of(after.as_bytes()).to_string()
-    );
+    assert_eq!(change["digest_before"], edge_core::Sha256Digest::of(original.as_bytes()).to_string());
+    assert_eq!(change["digest_after"], edge_core::Sha256Digest::of(after.as_bytes()).to_string());
     assert_eq!(run.report["verification"]["passed"], true);
     assert_eq!(
         run.events(),
@@ -66,19 +47,14 @@ fn config_drift_fixes_the_key_and_keeps_the_rest() {
         ]
     );
     // No leftovers beside the file.
-    let names: Vec<String> = std::fs::read_dir(env.path("config"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(env.path("config")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, ["app.toml"]);
 
     // A second run finds nothing to do.
     let again = env.exec(&capsule);
     assert_eq!(again.outcome(), "no-changes", "{:#}", again.report);
-    assert_eq!(
-        again.report["plan"]["findings"][0]["code"],
-        "config.compliant"
-    );
+    assert_eq!(again.report["plan"]["findings"][0]["code"], "config.compliant");
 }
 
 #[test]
@@ -87,12 +63,7 @@ fn cleanup_deletes_only_old_files_and_never_follows_symlinks() {
     with_mount(&env, "logs", true);
     let old = SystemTime::now() - Duration::from_secs(30 * 86_400);
     let set_old = |rel: &str| {
-        std::fs::File::options()
-            .write(true)
-            .open(env.path(rel))
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        std::fs::File::options().write(true).open(env.path(rel)).unwrap().set_modified(old).unwrap();
     };
     std::fs::create_dir_all(env.path("logs/app")).unwrap();
     for (rel, content) in [
@@ -104,52 +75,23 @@ fn cleanup_deletes_only_old_files_and_never_follows_symlinks() {
     ] {
         std::fs::write(env.path(rel), content).unwrap();
     }
-    for rel in [
-        "logs/app/old-1.log",
-        "logs/app/old-2.log",
-        "logs/old-notes.txt",
-        "outside/ancient.log",
-    ] {
+    for rel in ["logs/app/old-1.log", "logs/app/old-2.log", "logs/old-notes.txt", "outside/ancient.log"] {
         set_old(rel);
     }
-    std::os::unix::fs::symlink(
-        env.path("outside/ancient.log"),
-        env.path("logs/ancient-link.log"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(env.path("outside/ancient.log"), env.path("logs/ancient-link.log")).unwrap();
     std::os::unix::fs::symlink(env.path("outside"), env.path("logs/outside-dir")).unwrap();
 
-    let capsule = env.capsule(
-        "cleanup",
-        test_programs::CLEANUP,
-        &example_manifest("cleanup"),
-        Some("agent"),
-    );
+    let capsule = env.capsule("cleanup", test_programs::CLEANUP, &example_manifest("cleanup"), Some("agent"));
     let run = env.exec(&capsule);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
-    let deleted: Vec<&str> = run.report["plan"]["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["path"].as_str().unwrap())
-        .collect();
+    let deleted: Vec<&str> =
+        run.report["plan"]["changes"].as_array().unwrap().iter().map(|c| c["path"].as_str().unwrap()).collect();
     assert_eq!(deleted, ["app/old-1.log", "app/old-2.log"]);
     assert!(!env.path("logs/app/old-1.log").exists() && !env.path("logs/app/old-2.log").exists());
     assert!(env.path("logs/app/new.log").exists(), "new files stay");
-    assert!(
-        env.path("logs/old-notes.txt").exists(),
-        "the suffix filter holds"
-    );
-    assert!(
-        std::fs::symlink_metadata(env.path("logs/ancient-link.log"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-    assert_eq!(
-        std::fs::read_to_string(env.path("outside/ancient.log")).unwrap(),
-        "outside the mount"
-    );
+    assert!(env.path("logs/old-notes.txt").exists(), "the suffix filter holds");
+    assert!(std::fs::symlink_metadata(env.path("logs/ancient-link.log")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(env.path("outside/ancient.log")).unwrap(), "outside the mount");
     assert_eq!(run.report["verification"]["passed"], true);
 }
 
@@ -169,23 +111,11 @@ fn cert_expiry_reports_findings_and_changes_nothing() {
     std::fs::create_dir_all(env.path("certs/chain")).unwrap();
     std::fs::write(env.path("certs/expired.pem"), cert(-3)).unwrap();
     std::fs::write(env.path("certs/soon.crt"), cert(10)).unwrap();
-    std::fs::write(
-        env.path("certs/chain/bundle.pem"),
-        format!("{}{}", cert(400), cert(20)),
-    )
-    .unwrap();
-    std::fs::write(
-        env.path("certs/broken.pem"),
-        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
+    std::fs::write(env.path("certs/chain/bundle.pem"), format!("{}{}", cert(400), cert(20))).unwrap();
+    std::fs::write(env.path("certs/broken.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        .unwrap();
     std::fs::write(env.path("certs/README"), "not a cert").unwrap();
-    let capsule = env.capsule(
-        "certs",
-        test_programs::CERT_EXPIRY,
-        &example_manifest("cert-expiry"),
-        Some("agent"),
-    );
+    let capsule = env.capsule("certs", test_programs::CERT_EXPIRY, &example_manifest("cert-expiry"), Some("agent"));
     let before = env.host_files();
     let run = env.exec(&capsule);
     assert_eq!(run.outcome(), "no-changes", "{:#}", run.report);
@@ -195,17 +125,8 @@ fn cert_expiry_reports_findings_and_changes_nothing() {
     assert_eq!(codes("cert.expired"), 1);
     assert_eq!(codes("cert.expiring"), 2, "{findings:#?}");
     assert_eq!(codes("cert.unparseable"), 1);
-    let summary = findings
-        .iter()
-        .find(|f| f["code"] == "cert.summary")
-        .unwrap();
-    assert!(
-        summary["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("4 certificate(s) in 4 file(s)"),
-        "{summary}"
-    );
+    let summary = findings.iter().find(|f| f["code"] == "cert.summary").unwrap();
+    assert!(summary["message"].as_str().unwrap().starts_with("4 certificate(s) in 4 file(s)"), "{summary}");
     assert_eq!(env.host_files(), before, "a diagnostic changes nothing");
     assert!(!run.events().contains(&"applied".to_owned()));
 }
@@ -221,12 +142,7 @@ fn a_failed_verify_rolls_the_commit_back() {
     assert_eq!(run.reason(), "verify.failed");
     let events = run.events();
     assert!(
-        events.ends_with(&[
-            "committed".into(),
-            "verified".into(),
-            "rolled-back".into(),
-            "completed".into()
-        ]),
+        events.ends_with(&["committed".into(), "verified".into(), "rolled-back".into(), "completed".into()]),
         "{events:?}"
     );
     assert_eq!(env.host_files(), before, "the rollback restores every file");
@@ -272,15 +188,9 @@ fn a_killed_run_is_recorded_as_interrupted_on_the_next_start() {
     let log = env.evidence();
     let records = log.as_array().unwrap();
     let killed = records[0]["run"].as_str().unwrap();
-    let events: Vec<&str> = records
-        .iter()
-        .filter(|r| r["run"] == killed)
-        .map(|r| r["event"]["type"].as_str().unwrap())
-        .collect();
+    let events: Vec<&str> =
+        records.iter().filter(|r| r["run"] == killed).map(|r| r["event"]["type"].as_str().unwrap()).collect();
     assert_eq!(events.last(), Some(&"completed"));
     assert!(events.contains(&"interrupted"), "{events:?}");
-    assert!(
-        !env.path("state/staging").join(killed).exists(),
-        "stale staging copies are removed"
-    );
+    assert!(!env.path("state/staging").join(killed).exists(), "stale staging copies are removed");
 }

@@ -10,8 +10,7 @@ use serde_json::Value;
 pub const BIN: &str = env!("CARGO_BIN_EXE_edge-runner");
 
 /// Limits small enough that limit tests finish quickly.
-pub const FAST_LIMITS: &str =
-    "[limits]\nmemory_mib = 32\ncpu_ms = 700\nwall_ms = 2500\noutput_kib = 64\n";
+pub const FAST_LIMITS: &str = "[limits]\nmemory_mib = 32\ncpu_ms = 700\nwall_ms = 2500\noutput_kib = 64\n";
 
 /// Every interface the guests built with capsule-sdk may import.
 pub const STD_IMPORTS: &str = r#"imports = [
@@ -43,9 +42,7 @@ impl Run {
         self.report["outcome"].as_str().unwrap_or("?")
     }
     pub fn reason(&self) -> &str {
-        self.report["refusal"]["reason_code"]
-            .as_str()
-            .unwrap_or("-")
+        self.report["refusal"]["reason_code"].as_str().unwrap_or("-")
     }
     pub fn detail(&self) -> &str {
         self.report["refusal"]["detail"].as_str().unwrap_or("")
@@ -54,18 +51,13 @@ impl Run {
     pub fn events(&self) -> Vec<String> {
         self.report["records"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| r["event"]["type"].as_str().unwrap_or("?").to_owned())
-                    .collect()
-            })
+            .map(|a| a.iter().map(|r| r["event"]["type"].as_str().unwrap_or("?").to_owned()).collect())
             .unwrap_or_default()
     }
     /// The reason code of the run's `refused` evidence record, if any.
     pub fn recorded_reason(&self) -> Option<String> {
         self.report["records"].as_array()?.iter().find_map(|r| {
-            (r["event"]["type"] == "refused")
-                .then(|| r["event"]["reason_code"].as_str().unwrap_or("").to_owned())
+            (r["event"]["type"] == "refused").then(|| r["event"]["reason_code"].as_str().unwrap_or("").to_owned())
         })
     }
 }
@@ -84,10 +76,8 @@ impl Env {
         std::fs::write(env.path("ro/readonly.txt"), "do not touch").unwrap();
         std::fs::write(env.path("data/existing.txt"), "existing").unwrap();
         std::os::unix::fs::symlink(env.path("outside"), env.path("data/link")).unwrap();
-        env.cli(&["keys", "generate", "--out", "keys/agent"])
-            .success();
-        env.cli(&["keys", "generate", "--out", "keys/other"])
-            .success();
+        env.cli(&["keys", "generate", "--out", "keys/agent"]).success();
+        env.cli(&["keys", "generate", "--out", "keys/other"]).success();
         env.write_config("");
         env
     }
@@ -109,11 +99,7 @@ impl Env {
     }
 
     pub fn cli(&self, args: &[&str]) -> Cli {
-        let out = Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
+        let out = Command::new(BIN).args(args).current_dir(self.dir.path()).output().unwrap();
         Cli(out)
     }
 
@@ -122,20 +108,9 @@ impl Env {
         let m = self.path(&format!("{name}.toml"));
         std::fs::write(&m, manifest).unwrap();
         let out = format!("{name}.capsule");
-        self.cli(&[
-            "capsule",
-            "pack",
-            "--manifest",
-            m.to_str().unwrap(),
-            "--component",
-            wasm,
-            "-o",
-            &out,
-        ])
-        .success();
+        self.cli(&["capsule", "pack", "--manifest", m.to_str().unwrap(), "--component", wasm, "-o", &out]).success();
         if let Some(k) = key {
-            self.cli(&["capsule", "sign", "--key", &format!("keys/{k}.key"), &out])
-                .success();
+            self.cli(&["capsule", "sign", "--key", &format!("keys/{k}.key"), &out]).success();
         }
         self.path(&out)
     }
@@ -161,28 +136,15 @@ impl Env {
 
     pub fn exec(&self, capsule: &Path) -> Run {
         let out = Command::new(BIN)
-            .args([
-                "exec",
-                capsule.to_str().unwrap(),
-                "--config",
-                "runner.toml",
-                "--json",
-            ])
+            .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
             .current_dir(self.dir.path())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "exec printed no report ({e}); stdout:\n{stdout}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
+            panic!("exec printed no report ({e}); stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
         });
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            report,
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
+        Run { code: out.status.code().unwrap_or(-1), report, stderr: String::from_utf8_lossy(&out.stderr).into() }
     }
 
     /// Every file under the home except the runner's own state: path → content.
@@ -194,9 +156,7 @@ impl Env {
 
     /// The whole evidence log, verified by the CLI.
     pub fn evidence(&self) -> Value {
-        let out = self
-            .cli(&["evidence", "show", "--config", "runner.toml", "--json"])
-            .success();
+        let out = self.cli(&["evidence", "show", "--config", "runner.toml", "--json"]).success();
         serde_json::from_slice(&out.0.stdout).unwrap()
     }
 }
@@ -211,18 +171,12 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         }
         let ft = e.file_type().unwrap();
         if ft.is_symlink() {
-            out.insert(
-                rel,
-                format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-            );
+            out.insert(rel, format!("-> {}", std::fs::read_link(&p).unwrap().display()));
         } else if ft.is_dir() {
             out.insert(rel.clone(), "<dir>".into());
             walk(root, &p, out);
         } else {
-            out.insert(
-                rel,
-                String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
-            );
+            out.insert(rel, String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned());
         }
     }
 }

@@ -13,53 +13,24 @@ fn refused(attack: &str, reason: &str) -> Run {
 fn refused_with(attack: &str, reason: &str, adjust: impl Fn(String) -> String) -> Run {
     let env = Env::new();
     let manifest = adjust(Env::hostile_manifest(attack, ""));
-    let capsule = env.capsule(
-        &format!("hostile-{attack}"),
-        test_programs::HOSTILE,
-        &manifest,
-        Some("agent"),
-    );
+    let capsule = env.capsule(&format!("hostile-{attack}"), test_programs::HOSTILE, &manifest, Some("agent"));
     let before = env.host_files();
     let run = env.exec(&capsule);
     assert_refused(&env, &run, reason, &before);
     run
 }
 
-pub fn assert_refused(
-    env: &Env,
-    run: &Run,
-    reason: &str,
-    before: &std::collections::BTreeMap<String, String>,
-) {
-    assert_eq!(
-        run.outcome(),
-        "refused",
-        "report: {:#}\nstderr: {}",
-        run.report,
-        run.stderr
-    );
+pub fn assert_refused(env: &Env, run: &Run, reason: &str, before: &std::collections::BTreeMap<String, String>) {
+    assert_eq!(run.outcome(), "refused", "report: {:#}\nstderr: {}", run.report, run.stderr);
     assert_eq!(run.reason(), reason, "detail: {}", run.detail());
     assert_eq!(run.code, 3, "exit code for a refusal");
     assert!(!run.detail().is_empty(), "a refusal must say why");
-    assert_eq!(
-        run.recorded_reason().as_deref(),
-        Some(reason),
-        "the refusal is in the evidence log"
-    );
-    assert_eq!(
-        run.events().last().map(String::as_str),
-        Some("completed"),
-        "the run ends in a terminal record"
-    );
+    assert_eq!(run.recorded_reason().as_deref(), Some(reason), "the refusal is in the evidence log");
+    assert_eq!(run.events().last().map(String::as_str), Some("completed"), "the run ends in a terminal record");
     assert_eq!(&env.host_files(), before, "no host file may change");
     // The log on disk verifies and holds the same run.
     let log = env.evidence();
-    assert!(
-        log.as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["event"]["reason_code"] == reason)
-    );
+    assert!(log.as_array().unwrap().iter().any(|r| r["event"]["reason_code"] == reason));
 }
 
 #[test]
@@ -178,10 +149,7 @@ fn too_many_changes_is_refused() {
 fn a_change_outside_the_plan_is_not_committed() {
     let run = refused("outside-plan", "apply.outside_plan");
     assert!(run.detail().contains("extra.txt"), "{}", run.detail());
-    assert!(
-        run.events().contains(&"applied".to_owned()),
-        "the real diff is recorded"
-    );
+    assert!(run.events().contains(&"applied".to_owned()), "the real diff is recorded");
 }
 
 #[test]
@@ -208,10 +176,7 @@ fn opening_a_socket_is_refused_before_it_runs() {
     let run = env.exec(&capsule);
     assert_refused(&env, &run, "admission.import_not_granted", &before);
     assert!(run.detail().contains("wasi:sockets"), "{}", run.detail());
-    assert!(
-        !run.events().contains(&"planned".to_owned()),
-        "it never ran"
-    );
+    assert!(!run.events().contains(&"planned".to_owned()), "it never ran");
 }
 
 #[test]
@@ -221,37 +186,23 @@ fn importing_an_undeclared_interface_is_refused_before_it_runs() {
     // get past the packer, as an attacker would.
     let wasm = std::fs::read(test_programs::HOSTILE_IMPORT).unwrap();
     let manifest = edge_core::manifest::Manifest::from_authoring_toml(
-        &format!(
-            "name = \"imp\"\nversion = \"1\"\nkind = \"diagnostic\"\n{}",
-            crate::harness::STD_IMPORTS
-        ),
-        edge_core::manifest::ComponentRef {
-            sha256: edge_core::Sha256Digest::of(&wasm),
-            size: wasm.len() as u64,
-        },
+        &format!("name = \"imp\"\nversion = \"1\"\nkind = \"diagnostic\"\n{}", crate::harness::STD_IMPORTS),
+        edge_core::manifest::ComponentRef { sha256: edge_core::Sha256Digest::of(&wasm), size: wasm.len() as u64 },
     )
     .unwrap();
     let file = edge_core::container::CapsuleFile::new(manifest, wasm).unwrap();
     std::fs::write(env.path("imp.capsule"), file.to_bytes()).unwrap();
-    env.cli(&["capsule", "sign", "--key", "keys/agent.key", "imp.capsule"])
-        .success();
+    env.cli(&["capsule", "sign", "--key", "keys/agent.key", "imp.capsule"]).success();
     let before = env.host_files();
     let run = env.exec(&env.path("imp.capsule"));
     assert_refused(&env, &run, "admission.undeclared_import", &before);
-    assert!(
-        run.detail().contains("attacker:exfil/channel"),
-        "{}",
-        run.detail()
-    );
+    assert!(run.detail().contains("attacker:exfil/channel"), "{}", run.detail());
 
     // And the packer refuses it up front, naming the import.
     let m = env.path("imp.toml");
     std::fs::write(
         &m,
-        format!(
-            "name = \"imp\"\nversion = \"1\"\nkind = \"diagnostic\"\n{}",
-            crate::harness::STD_IMPORTS
-        ),
+        format!("name = \"imp\"\nversion = \"1\"\nkind = \"diagnostic\"\n{}", crate::harness::STD_IMPORTS),
     )
     .unwrap();
     let pack = env.cli(&[
@@ -265,18 +216,13 @@ fn importing_an_undeclared_interface_is_refused_before_it_runs() {
         "x.capsule",
     ]);
     assert_eq!(pack.code(), 1);
-    assert!(
-        pack.stderr().contains("attacker:exfil/channel"),
-        "{}",
-        pack.stderr()
-    );
+    assert!(pack.stderr().contains("attacker:exfil/channel"), "{}", pack.stderr());
 }
 
 #[test]
 fn a_limit_above_the_runner_ceiling_is_refused() {
     let env = Env::new();
-    let manifest =
-        Env::hostile_manifest("none", "").replace("memory_mib = 32", "memory_mib = 100000");
+    let manifest = Env::hostile_manifest("none", "").replace("memory_mib = 32", "memory_mib = 100000");
     let capsule = env.capsule("greedy", test_programs::HOSTILE, &manifest, Some("agent"));
     let before = env.host_files();
     let run = env.exec(&capsule);
@@ -286,10 +232,8 @@ fn a_limit_above_the_runner_ceiling_is_refused() {
 #[test]
 fn write_access_to_a_read_only_mount_is_refused_at_admission() {
     let env = Env::new();
-    let manifest = Env::hostile_manifest("none", "").replace(
-        "[[mounts]]\nname = \"ro\"\nwritable = false",
-        "[[mounts]]\nname = \"ro\"\nwritable = true",
-    );
+    let manifest = Env::hostile_manifest("none", "")
+        .replace("[[mounts]]\nname = \"ro\"\nwritable = false", "[[mounts]]\nname = \"ro\"\nwritable = true");
     let capsule = env.capsule("rw", test_programs::HOSTILE, &manifest, Some("agent"));
     let before = env.host_files();
     let run = env.exec(&capsule);
@@ -316,15 +260,7 @@ fn a_file_changed_after_plan_is_not_overwritten() {
     let run = env.exec(&capsule);
     assert!(writer.join().unwrap(), "apply never started");
     assert_eq!(run.outcome(), "refused", "{:#}", run.report);
-    assert_eq!(
-        run.reason(),
-        "commit.precondition_failed",
-        "{}",
-        run.detail()
-    );
+    assert_eq!(run.reason(), "commit.precondition_failed", "{}", run.detail());
     assert!(run.detail().contains("re-plan"));
-    assert_eq!(
-        std::fs::read_to_string(env.path("data/ok.txt")).unwrap(),
-        "written by someone else"
-    );
+    assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "written by someone else");
 }

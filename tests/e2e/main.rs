@@ -11,16 +11,10 @@ mod signatures;
 fn every_guest_program_has_a_test() {
     let sources: String = ["examples.rs", "hostile.rs", "signatures.rs"]
         .iter()
-        .map(|f| {
-            std::fs::read_to_string(format!("{}/../tests/e2e/{f}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap()
-        })
+        .map(|f| std::fs::read_to_string(format!("{}/../tests/e2e/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
         .collect();
     for (name, _) in test_programs::ALL {
         let konst = name.to_uppercase().replace('-', "_");
-        assert!(
-            sources.contains(&format!("test_programs::{konst}")),
-            "guest {name} has no end-to-end test"
-        );
+        assert!(sources.contains(&format!("test_programs::{konst}")), "guest {name} has no end-to-end test");
     }
 }

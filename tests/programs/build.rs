@@ -25,10 +25,7 @@ fn main() {
     for dir in ["wit", "capsule-sdk", "examples/capsules", "tests/capsules"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -57,9 +54,7 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .expect("cannot run cargo to build the guest capsules");
+    let status = cmd.status().expect("cannot run cargo to build the guest capsules");
     if !status.success() {
         panic!(
             "building the guest capsules for wasm32-wasip2 failed (see above). \
@@ -68,15 +63,10 @@ fn main() {
     }
     let out_dir = target_dir.join("wasm32-wasip2/guest");
     let mut consts = String::new();
-    let mut all =
-        String::from("/// Every guest: (crate name, path).\npub const ALL: &[(&str, &str)] = &[\n");
+    let mut all = String::from("/// Every guest: (crate name, path).\npub const ALL: &[(&str, &str)] = &[\n");
     for (name, konst) in GUESTS {
         let file = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(
-            file.exists(),
-            "guest {name} was not built at {}",
-            file.display()
-        );
+        assert!(file.exists(), "guest {name} was not built at {}", file.display());
         consts.push_str(&format!(
             "/// `{name}` built for wasm32-wasip2.\npub const {konst}: &str = {:?};\n",
             file.display().to_string()
@@ -84,10 +74,7 @@ fn main() {
         all.push_str(&format!("    ({name:?}, {konst}),\n"));
     }
     all.push_str("];\n");
-    consts.push_str(&format!(
-        "/// The workspace root.\npub const ROOT: &str = {:?};\n",
-        root.display().to_string()
-    ));
+    consts.push_str(&format!("/// The workspace root.\npub const ROOT: &str = {:?};\n", root.display().to_string()));
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("programs.rs");
     std::fs::write(dest, consts + &all).unwrap();
 }

@@ -12,9 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use capsule_sdk::{
-    Capsule, Ctx, Mount, Plan, PlanBuilder, Severity, Verification, digest, export_capsule,
-};
+use capsule_sdk::{Capsule, Ctx, Mount, Plan, PlanBuilder, Severity, Verification, digest, export_capsule};
 use x509_cert::Certificate;
 use x509_cert::der::DecodePem as _;
 
@@ -34,13 +32,8 @@ fn walk(mount: &Mount, rel: &str, out: &mut Vec<String>) -> Result<(), String> {
         .collect();
     names.sort();
     for name in names {
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
-        let meta = std::fs::symlink_metadata(mount.path(&child))
-            .map_err(|e| format!("cannot stat {child}: {e}"))?;
+        let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let meta = std::fs::symlink_metadata(mount.path(&child)).map_err(|e| format!("cannot stat {child}: {e}"))?;
         if meta.is_dir() {
             walk(mount, &child, out)?;
         } else if meta.is_file() && is_cert_file(&child) {
@@ -86,20 +79,12 @@ fn fingerprint(mount: &Mount, files: &[String]) -> Result<String, String> {
 
 impl Capsule for CertExpiry {
     fn plan(ctx: &Ctx) -> Result<Plan, String> {
-        let days: u64 = ctx
-            .param("days")
-            .unwrap_or("30")
-            .parse()
-            .map_err(|_| "parameter `days` must be a whole number")?;
+        let days: u64 =
+            ctx.param("days").unwrap_or("30").parse().map_err(|_| "parameter `days` must be a whole number")?;
         let (mount, files) = scan(ctx)?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|e| e.to_string())?;
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?;
         let horizon = now + Duration::from_secs(days * 86_400);
-        let mut plan = PlanBuilder::new(format!(
-            "certificates in {} expiring within {days} days",
-            mount.name()
-        ));
+        let mut plan = PlanBuilder::new(format!("certificates in {} expiring within {days} days", mount.name()));
         let (mut total, mut expired, mut expiring) = (0usize, 0usize, 0usize);
         for f in &files {
             let bytes = mount.read(f)?.unwrap_or_default();
@@ -107,12 +92,7 @@ impl Capsule for CertExpiry {
             let certs = match certificates(&text) {
                 Ok(c) => c,
                 Err(e) => {
-                    plan.finding(
-                        Severity::Low,
-                        "cert.unparseable",
-                        format!("{f}: {e}"),
-                        Some(f),
-                    );
+                    plan.finding(Severity::Low, "cert.unparseable", format!("{f}: {e}"), Some(f));
                     continue;
                 }
             };
@@ -146,7 +126,10 @@ impl Capsule for CertExpiry {
         plan.finding(
             Severity::Info,
             "cert.summary",
-            format!("{total} certificate(s) in {} file(s): {expired} expired, {expiring} expiring within {days} days", files.len()),
+            format!(
+                "{total} certificate(s) in {} file(s): {expired} expired, {expiring} expiring within {days} days",
+                files.len()
+            ),
             Some(mount.name()),
         );
         plan.fact(SCANNED, fingerprint(&mount, &files)?);
@@ -162,15 +145,9 @@ impl Capsule for CertExpiry {
         let (mount, files) = scan(ctx)?;
         let same = plan.fact(SCANNED) == Some(fingerprint(&mount, &files)?.as_str());
         Ok(if same {
-            Verification::new(
-                true,
-                "certificate files unchanged since the scan; findings stand",
-            )
+            Verification::new(true, "certificate files unchanged since the scan; findings stand")
         } else {
-            Verification::new(
-                false,
-                "certificate files changed during the scan; re-run the diagnostic",
-            )
+            Verification::new(false, "certificate files changed during the scan; re-run the diagnostic")
         })
     }
 }

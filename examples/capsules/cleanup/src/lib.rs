@@ -12,9 +12,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use capsule_sdk::{
-    Capsule, Ctx, Mount, Plan, PlanBuilder, Severity, Verification, digest, export_capsule,
-};
+use capsule_sdk::{Capsule, Ctx, Mount, Plan, PlanBuilder, Severity, Verification, digest, export_capsule};
 
 struct Cleanup;
 
@@ -32,11 +30,7 @@ fn params(ctx: &Ctx) -> Result<Params, String> {
         .require("older_than_days")?
         .parse()
         .map_err(|_| "parameter `older_than_days` must be a whole number of days".to_owned())?;
-    Ok(Params {
-        mount,
-        older_than: Duration::from_secs(days * 86_400),
-        suffix: ctx.param("suffix").map(str::to_owned),
-    })
+    Ok(Params { mount, older_than: Duration::from_secs(days * 86_400), suffix: ctx.param("suffix").map(str::to_owned) })
 }
 
 /// A regular file found under the mount (symlinks are not followed).
@@ -54,38 +48,22 @@ fn walk(mount: &Mount, rel: &str, out: &mut Vec<Entry>) -> Result<(), String> {
         .map_err(|e| format!("cannot list {dir}: {e}"))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
-        let name = e
-            .file_name()
-            .into_string()
-            .map_err(|_| format!("non-UTF-8 name in {dir}"))?;
-        let child = if rel.is_empty() {
-            name
-        } else {
-            format!("{rel}/{name}")
-        };
+        let name = e.file_name().into_string().map_err(|_| format!("non-UTF-8 name in {dir}"))?;
+        let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
         // symlink_metadata: never follow a link, wherever it points.
-        let meta = std::fs::symlink_metadata(mount.path(&child))
-            .map_err(|e| format!("cannot stat {child}: {e}"))?;
+        let meta = std::fs::symlink_metadata(mount.path(&child)).map_err(|e| format!("cannot stat {child}: {e}"))?;
         if meta.file_type().is_dir() {
             walk(mount, &child, out)?;
         } else if meta.file_type().is_file() {
-            let modified = meta
-                .modified()
-                .map_err(|e| format!("no mtime for {child}: {e}"))?;
-            out.push(Entry {
-                rel: child,
-                size: meta.len(),
-                modified,
-            });
+            let modified = meta.modified().map_err(|e| format!("no mtime for {child}: {e}"))?;
+            out.push(Entry { rel: child, size: meta.len(), modified });
         }
     }
     Ok(())
 }
 
 fn is_expired(p: &Params, e: &Entry, now: SystemTime) -> bool {
-    let old = now
-        .duration_since(e.modified)
-        .is_ok_and(|age| age > p.older_than);
+    let old = now.duration_since(e.modified).is_ok_and(|age| age > p.older_than);
     old && p.suffix.as_deref().is_none_or(|s| e.rel.ends_with(s))
 }
 
@@ -93,11 +71,7 @@ fn is_expired(p: &Params, e: &Entry, now: SystemTime) -> bool {
 fn inventory<'a>(kept: impl Iterator<Item = &'a Entry>) -> String {
     let mut text = String::new();
     for e in kept {
-        let mtime = e
-            .modified
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let mtime = e.modified.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         text.push_str(&format!("{}\t{}\t{}\n", e.rel, e.size, mtime));
     }
     digest(text.as_bytes())
@@ -110,18 +84,12 @@ impl Capsule for Cleanup {
         let mut files = Vec::new();
         walk(&p.mount, "", &mut files)?;
         let days = p.older_than.as_secs() / 86_400;
-        let mut plan = PlanBuilder::new(format!(
-            "delete files older than {days} days from {}",
-            p.mount.name()
-        ));
+        let mut plan = PlanBuilder::new(format!("delete files older than {days} days from {}", p.mount.name()));
         let mut freed = 0u64;
         let mut kept = Vec::new();
         for e in &files {
             if is_expired(&p, e, now) {
-                let bytes = p
-                    .mount
-                    .read(&e.rel)?
-                    .ok_or_else(|| format!("{} vanished", e.rel))?;
+                let bytes = p.mount.read(&e.rel)?.ok_or_else(|| format!("{} vanished", e.rel))?;
                 plan.delete(&p.mount, &e.rel, &bytes, &format!("older than {days} days"));
                 freed += e.size;
             } else {
@@ -130,16 +98,9 @@ impl Capsule for Cleanup {
         }
         let deleted = files.len() - kept.len();
         plan.finding(
-            if deleted > 0 {
-                Severity::Low
-            } else {
-                Severity::Info
-            },
+            if deleted > 0 { Severity::Low } else { Severity::Info },
             "cleanup.expired-files",
-            format!(
-                "{deleted} file(s) older than {days} days, {freed} bytes; {} kept",
-                kept.len()
-            ),
+            format!("{deleted} file(s) older than {days} days, {freed} bytes; {} kept", kept.len()),
             Some(p.mount.name()),
         );
         plan.fact(INVENTORY, inventory(kept.into_iter()));
@@ -152,10 +113,7 @@ impl Capsule for Cleanup {
             // Delete exactly what was planned, and only if it is still what was planned.
             let now = p.mount.digest(&c.path)?;
             if now != c.digest_before {
-                return Err(format!(
-                    "{} changed since the plan was made; re-plan",
-                    c.path
-                ));
+                return Err(format!("{} changed since the plan was made; re-plan", c.path));
             }
             p.mount.remove(&c.path)?;
         }
@@ -166,38 +124,19 @@ impl Capsule for Cleanup {
         let p = params(ctx)?;
         let mut files = Vec::new();
         walk(&p.mount, "", &mut files)?;
-        let still: Vec<&str> = plan
-            .changes
-            .iter()
-            .filter(|c| files.iter().any(|f| f.rel == c.path))
-            .map(|c| c.path.as_str())
-            .collect();
+        let still: Vec<&str> =
+            plan.changes.iter().filter(|c| files.iter().any(|f| f.rel == c.path)).map(|c| c.path.as_str()).collect();
         if !still.is_empty() {
             return Ok(Verification::new(
                 false,
-                format!(
-                    "{} planned deletion(s) still present: {}",
-                    still.len(),
-                    still.join(", ")
-                ),
+                format!("{} planned deletion(s) still present: {}", still.len(), still.join(", ")),
             ));
         }
-        let want = plan
-            .fact(INVENTORY)
-            .ok_or("plan has no kept-inventory fact")?;
+        let want = plan.fact(INVENTORY).ok_or("plan has no kept-inventory fact")?;
         if inventory(files.iter()) != want {
-            return Ok(Verification::new(
-                false,
-                "files that should have been kept changed",
-            ));
+            return Ok(Verification::new(false, "files that should have been kept changed"));
         }
-        Ok(Verification::new(
-            true,
-            format!(
-                "{} file(s) removed; everything else untouched",
-                plan.changes.len()
-            ),
-        ))
+        Ok(Verification::new(true, format!("{} file(s) removed; everything else untouched", plan.changes.len())))
     }
 }
 

@@ -32,16 +32,9 @@ fn target(ctx: &Ctx) -> Result<Target, String> {
     }
     let raw = ctx.require("value")?;
     let value: Value = raw.parse().map_err(|e| {
-        format!(
-            "parameter `value` = {raw:?} is not a TOML value (quote strings: \"\\\"info\\\"\"): {e}"
-        )
+        format!("parameter `value` = {raw:?} is not a TOML value (quote strings: \"\\\"info\\\"\"): {e}")
     })?;
-    Ok(Target {
-        mount,
-        file,
-        key,
-        value,
-    })
+    Ok(Target { mount, file, key, value })
 }
 
 fn current(doc: &DocumentMut, key: &[String]) -> Option<String> {
@@ -49,15 +42,12 @@ fn current(doc: &DocumentMut, key: &[String]) -> Option<String> {
     for k in key {
         item = item.get(k)?;
     }
-    item.as_value()
-        .map(|v| v.clone().decorated("", "").to_string())
+    item.as_value().map(|v| v.clone().decorated("", "").to_string())
 }
 
 /// The edited file content, or None when the key already holds the value.
 fn desired(t: &Target, text: &str) -> Result<Option<String>, String> {
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e| format!("{} is not valid TOML: {e}", t.file))?;
+    let mut doc: DocumentMut = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", t.file))?;
     let want = t.value.clone().decorated("", "").to_string();
     if current(&doc, &t.key).as_deref() == Some(want.as_str()) {
         return Ok(None);
@@ -66,9 +56,7 @@ fn desired(t: &Target, text: &str) -> Result<Option<String>, String> {
     let mut table = doc.as_table_mut();
     for p in parents {
         let entry = table.entry(p).or_insert_with(toml_edit::table);
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{p}` in {} is not a table", t.file))?;
+        table = entry.as_table_mut().ok_or_else(|| format!("`{p}` in {} is not a table", t.file))?;
     }
     match table.get_mut(last).and_then(Item::as_value_mut) {
         // Keep the existing decoration (spacing, trailing comment).
@@ -85,10 +73,7 @@ fn desired(t: &Target, text: &str) -> Result<Option<String>, String> {
 }
 
 fn read_text(t: &Target) -> Result<String, String> {
-    let bytes = t
-        .mount
-        .read(&t.file)?
-        .ok_or_else(|| format!("{}/{} does not exist", t.mount.name(), t.file))?;
+    let bytes = t.mount.read(&t.file)?.ok_or_else(|| format!("{}/{} does not exist", t.mount.name(), t.file))?;
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", t.file))
 }
 
@@ -97,9 +82,7 @@ impl Capsule for ConfigDrift {
         let t = target(ctx)?;
         let text = read_text(&t)?;
         let key = t.key.join(".");
-        let doc: DocumentMut = text
-            .parse()
-            .map_err(|e| format!("{} is not valid TOML: {e}", t.file))?;
+        let doc: DocumentMut = text.parse().map_err(|e| format!("{} is not valid TOML: {e}", t.file))?;
         let was = current(&doc, &t.key);
         let mut plan = PlanBuilder::new(format!("set {key} in {}/{}", t.mount.name(), t.file));
         match desired(&t, &text)? {
@@ -137,10 +120,7 @@ impl Capsule for ConfigDrift {
             return Ok(());
         };
         if change.digest_before.as_deref() != Some(capsule_sdk::digest(text.as_bytes()).as_str()) {
-            return Err(format!(
-                "{} changed since the plan was made; re-plan",
-                t.file
-            ));
+            return Err(format!("{} changed since the plan was made; re-plan", t.file));
         }
         if let Some(after) = desired(&t, &text)? {
             t.mount.write(&t.file, after.as_bytes())?;
@@ -154,9 +134,7 @@ impl Capsule for ConfigDrift {
         let key = t.key.join(".");
         Ok(match desired(&t, &text)? {
             None => Verification::new(true, format!("{key} holds the desired value")),
-            Some(_) => {
-                Verification::new(false, format!("{key} still differs from the desired value"))
-            }
+            Some(_) => Verification::new(false, format!("{key} still differs from the desired value")),
         })
     }
 }

@@ -84,12 +84,7 @@ impl Capsule for Hostile {
             "huge-plan" => {
                 let mut p = PlanBuilder::new("huge");
                 for i in 0..200_000 {
-                    p.create(
-                        &data,
-                        &format!("f{i}"),
-                        b"x",
-                        "padding padding padding padding",
-                    );
+                    p.create(&data, &format!("f{i}"), b"x", "padding padding padding padding");
                 }
                 Ok(p.build())
             }
@@ -136,10 +131,7 @@ impl Capsule for Hostile {
 
     fn verify(ctx: &Ctx, _plan: &Plan) -> Result<Verification, String> {
         match attack(ctx) {
-            "verify-fail" => Ok(Verification::new(
-                false,
-                "the fix did not hold (on purpose)",
-            )),
+            "verify-fail" => Ok(Verification::new(false, "the fix did not hold (on purpose)")),
             "verify-trap" => panic!("verify panics"),
             _ => {
                 let ok = ctx.mount("data")?.read("ok.txt")?.as_deref() == Some(&b"ok"[..]);

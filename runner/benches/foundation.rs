@@ -1,0 +1,190 @@
+//! Foundation benchmark: `cargo bench -p edge-runner --bench foundation`.
+//!
+//! Reports medians (and ratios taken side by side in one run, since the
+//! machine is shared and noisy) for:
+//! 1. cold compile of the diagnostic capsule's component;
+//! 2. start from the precompiled cache (deserialize + link + instantiate);
+//! 3. a full warm governed `exec` of the diagnostic capsule (signature,
+//!    manifest, admission, plan, authorize, verify, evidence), reported with
+//!    and without the time spent waiting for fsync;
+//! 4. the same capsule (plan + verify) run by a bare wasmtime embedding in the
+//!    same process, interleaved with (3).
+//!
+//! Targets: cached start ≥ 50× faster than cold compile; governed warm run
+//! (excluding the durable-commit wait) within 2× of the bare embedding.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use edge_runner::config::RunnerConfig;
+use edge_runner::exec::Runner;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bare {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "capsule",
+        imports: { default: async },
+        exports: { default: async },
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+    });
+}
+use bare::edge_runner::capsule::{host, types};
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+impl types::Host for Bare {}
+impl host::Host for Bare {
+    async fn log(&mut self, _level: host::Level, _message: String) {}
+    async fn report(&mut self, _finding: types::Finding) {}
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn fmt(d: Duration) -> String {
+    if d >= Duration::from_millis(1) {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let iters: usize = std::env::var("BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let home = tempfile::tempdir()?;
+    let h = home.path();
+    let wasm = std::fs::read(test_programs::CERT_EXPIRY)?;
+
+    // A runner home with the diagnostic capsule, packed and signed by the library.
+    std::fs::create_dir_all(h.join("certs"))?;
+    for f in ["legacy-billing.pem", "intranet.crt"] {
+        std::fs::copy(Path::new(test_programs::ROOT).join("examples/sample/certs").join(f), h.join("certs").join(f))?;
+    }
+    let key = edge_core::signature::CapsuleSigningKey::generate();
+    std::fs::write(h.join("agent.pub"), key.public_key_pem())?;
+    let manifest_text =
+        std::fs::read_to_string(Path::new(test_programs::ROOT).join("examples/capsules/cert-expiry/capsule.toml"))?;
+    let manifest = edge_core::manifest::Manifest::from_authoring_toml(
+        &manifest_text,
+        edge_core::manifest::ComponentRef { sha256: edge_core::Sha256Digest::of(&wasm), size: wasm.len() as u64 },
+    )?;
+    let file = edge_core::container::CapsuleFile::new(manifest, wasm.clone())?;
+    let capsule = file.clone().with_bundle(key.sign_capsule(&file)).to_bytes();
+    std::fs::write(
+        h.join("runner.toml"),
+        "[runner]\nname = \"bench\"\n[[signers]]\nname = \"a\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n",
+    )?;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut runner = Runner::open(RunnerConfig::load(&h.join("runner.toml"))?)?;
+
+    // 1. Cold compile (the runner's engine configuration).
+    let engine = runner.sandbox.engine().clone();
+    let cold: Vec<Duration> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            let c = Component::new(&engine, &wasm).unwrap();
+            std::hint::black_box(c);
+            t.elapsed()
+        })
+        .collect();
+
+    // Warm the cache through the runner once.
+    let r = rt.block_on(runner.exec(&capsule))?;
+    assert_eq!(r.outcome, edge_core::evidence::Outcome::NoChanges, "{:?}", r.refusal);
+    let cache_file = runner.sandbox.cache_path(&edge_core::Sha256Digest::of(&wasm));
+    assert!(cache_file.exists());
+
+    // 2. Start from the precompiled cache: deserialize + link + instantiate.
+    let starts: Vec<Duration> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            let (c, src) = runner.sandbox.load(&wasm, &edge_core::Sha256Digest::of(&wasm)).unwrap();
+            assert_eq!(src, edge_runner::sandbox::LoadSource::Cache);
+            let pre = runner.sandbox.prepare(&c).unwrap();
+            std::hint::black_box(pre);
+            t.elapsed()
+        })
+        .collect();
+
+    // 4. The bare embedding: default config, component from the same cache
+    // bytes, InstancePre reused; per run one store, one instance, plan + verify.
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    let bare_engine = Engine::new(&cfg)?;
+    let bare_component = Component::new(&bare_engine, &wasm)?;
+    let mut linker = Linker::<Bare>::new(&bare_engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+    let bare_pre = bare::CapsulePre::new(linker.instantiate_pre(&bare_component)?)?;
+    let certs = h.join("certs");
+    let bare_run = || async {
+        let mut b = WasiCtxBuilder::new();
+        b.preopened_dir(&certs, "/mnt/certs", FsPerms::ReadOnly).unwrap();
+        let mut store = Store::new(&bare_engine, Bare { wasi: b.build(), table: ResourceTable::new() });
+        let inst = bare_pre.instantiate_async(&mut store).await.unwrap();
+        let ctx = types::Context {
+            phase: types::Phase::Plan,
+            params: vec![("mount".into(), "certs".into()), ("days".into(), "30".into())],
+            mounts: vec![types::Mount { name: "certs".into(), guest_path: "/mnt/certs".into(), writable: false }],
+        };
+        let plan = inst.call_plan(&mut store, &ctx).await.unwrap().unwrap();
+        let v = inst.call_verify(&mut store, &ctx, &plan).await.unwrap().unwrap();
+        assert!(v.passed);
+    };
+
+    // 3 and 4, interleaved so both see the same machine noise.
+    let mut governed = Vec::with_capacity(iters);
+    let mut governed_cpu = Vec::with_capacity(iters);
+    let mut bare_times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let wait0 = runner.log.durable_wait();
+        let t = Instant::now();
+        let r = rt.block_on(runner.exec(&capsule))?;
+        let total = t.elapsed();
+        assert_eq!(r.outcome, edge_core::evidence::Outcome::NoChanges);
+        let waited = runner.log.durable_wait() - wait0;
+        governed.push(total);
+        governed_cpu.push(total.saturating_sub(waited));
+
+        let t = Instant::now();
+        rt.block_on(bare_run());
+        bare_times.push(t.elapsed());
+    }
+
+    let (cold_m, start_m) = (median(cold), median(starts));
+    let (gov_m, gov_nowait_m, bare_m) = (median(governed), median(governed_cpu), median(bare_times));
+    println!("edge-runner foundation benchmark ({iters} iterations, medians)");
+    println!("  component: cert-expiry ({} KiB)", wasm.len() / 1024);
+    println!("  cold compile                         {:>12}", fmt(cold_m));
+    println!("  start from precompiled cache         {:>12}", fmt(start_m));
+    println!("  governed warm exec (total)           {:>12}", fmt(gov_m));
+    println!("  governed warm exec (minus fsync wait){:>12}", fmt(gov_nowait_m));
+    println!("  bare wasmtime embedding (plan+verify){:>12}", fmt(bare_m));
+    let speedup = cold_m.as_secs_f64() / start_m.as_secs_f64();
+    let ratio = gov_nowait_m.as_secs_f64() / bare_m.as_secs_f64();
+    println!(
+        "  cached start vs cold compile         {speedup:>11.1}x faster   (target >= 50x: {})",
+        ok(speedup >= 50.0)
+    );
+    println!("  governed / bare (minus fsync)        {ratio:>11.2}x          (target <= 2x: {})", ok(ratio <= 2.0));
+    println!("  governed / bare (total, with fsync)  {:>11.2}x", gov_m.as_secs_f64() / bare_m.as_secs_f64());
+    Ok(())
+}
+
+fn ok(b: bool) -> &'static str {
+    if b { "met" } else { "MISSED" }
+}
