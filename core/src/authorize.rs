@@ -48,6 +48,8 @@ pub enum AuthorizeError {
     Denied(Vec<String>),
     #[error("tier {tier} needs {required} approval(s) and none can be given by this runner version yet")]
     ApprovalsRequired { tier: u8, required: u32 },
+    #[error("the plan was validated for capsule {plan_capsule}, not for {capsule}")]
+    PlanForAnotherCapsule { capsule: Sha256Digest, plan_capsule: Sha256Digest },
 }
 
 impl AuthorizeError {
@@ -55,6 +57,7 @@ impl AuthorizeError {
         match self {
             AuthorizeError::Denied(_) => "policy.denied",
             AuthorizeError::ApprovalsRequired { .. } => "authorize.approvals_missing",
+            AuthorizeError::PlanForAnotherCapsule { .. } => "authorize.plan_mismatch",
         }
     }
 }
@@ -114,6 +117,10 @@ impl Authorized {
 /// [`AuthorizeError::ApprovalsRequired`] above tier 0 (fail closed: this
 /// runner version cannot collect approvals yet).
 pub fn authorize(decided: Decided, plan: &ValidPlan) -> Result<Authorized, AuthorizeError> {
+    let capsule = decided.admitted.capsule().file().digest();
+    if plan.capsule() != capsule {
+        return Err(AuthorizeError::PlanForAnotherCapsule { capsule, plan_capsule: plan.capsule() });
+    }
     let d = &decided.decision;
     if d.tier > 0 || d.approvals_required > 0 {
         return Err(AuthorizeError::ApprovalsRequired { tier: d.tier, required: d.approvals_required });

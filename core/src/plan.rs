@@ -172,6 +172,7 @@ impl PlanError {
 pub struct ValidPlan {
     plan: Plan,
     digest: Sha256Digest,
+    capsule: Sha256Digest,
 }
 
 impl ValidPlan {
@@ -181,6 +182,10 @@ impl ValidPlan {
     /// SHA-256 of the canonical plan: what approvers sign.
     pub fn digest(&self) -> Sha256Digest {
         self.digest
+    }
+    /// The capsule (manifest digest) this plan was validated for.
+    pub fn capsule(&self) -> Sha256Digest {
+        self.capsule
     }
 }
 
@@ -253,7 +258,8 @@ impl Plan {
         }
         // Serialising a validated plan cannot produce a float.
         let digest = Sha256Digest::of(&canonical::to_canonical_vec(&self).expect("plan has no floats"));
-        Ok(ValidPlan { plan: self, digest })
+        let capsule = manifest.digest().map_err(|_| PlanError::TextTooLong("manifest"))?;
+        Ok(ValidPlan { plan: self, digest, capsule })
     }
 }
 

@@ -259,7 +259,48 @@ impl RunnerConfig {
         };
         let state_dir = resolve(&raw.runner.state_dir);
         let cache_dir = raw.runner.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
+        // A mount must never expose the runner's own state (evidence log,
+        // journals, compiled-code cache) to a capsule, nor overlap another mount.
+        let (state_abs, cache_abs) = (absolute(&state_dir)?, absolute(&cache_dir)?);
+        for (name, m) in &mounts {
+            for (what, p) in [("state_dir", &state_abs), ("cache_dir", &cache_abs)] {
+                if m.path.starts_with(p) || p.starts_with(&m.path) {
+                    bail!(
+                        "mount `{name}` ({}) overlaps the runner's {what} ({}); keep them apart",
+                        m.path.display(),
+                        p.display()
+                    );
+                }
+            }
+            for (other, o) in &mounts {
+                if other != name && m.path.starts_with(&o.path) {
+                    bail!("mount `{name}` ({}) lies inside mount `{other}` ({})", m.path.display(), o.path.display());
+                }
+            }
+        }
         Ok(RunnerConfig { name: raw.runner.name, state_dir, cache_dir, signers, mounts, env: raw.env, ceiling })
+    }
+}
+
+/// An absolute, symlink-resolved form of a path that may not exist yet
+/// (resolved through its nearest existing ancestor).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let mut missing = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(&cur) {
+            let mut out = c;
+            for part in missing.iter().rev() {
+                out.push(part);
+            }
+            return Ok(out);
+        }
+        let name = cur.file_name().with_context(|| format!("cannot resolve {}", p.display()))?.to_owned();
+        missing.push(name);
+        cur = match cur.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
     }
 }
 
@@ -311,5 +352,8 @@ mod tests {
             err(&BASE.replace("public_key = \"a.pub\"", "public_key = \"a.pub\"\nidentity = \"x\""))
                 .contains("not a mix")
         );
+        let nested_state = BASE.replace("[runner]\nname = \"r\"", "[runner]\nname = \"r\"\nstate_dir = \"data/state\"");
+        assert!(err(&nested_state).contains("overlaps"));
+        assert!(err(&format!("{BASE}[mounts.inner]\npath = \"data\"\n")).contains("inside mount"));
     }
 }

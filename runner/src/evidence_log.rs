@@ -25,6 +25,9 @@ pub struct EvidenceLog {
     prev: Sha256Digest,
     records: Vec<Record>,
     durable_wait: std::time::Duration,
+    /// Set when an append failed: the log refuses further appends in this
+    /// process rather than risk a gap or a reused sequence number.
+    poisoned: bool,
 }
 
 impl EvidenceLog {
@@ -62,6 +65,7 @@ impl EvidenceLog {
             prev,
             records,
             durable_wait: std::time::Duration::ZERO,
+            poisoned: false,
         })
     }
 
@@ -70,6 +74,9 @@ impl EvidenceLog {
     /// # Errors
     /// On any write or fsync failure; the caller must then stop (fail closed).
     pub fn append(&mut self, run: &str, event: Event) -> Result<Record> {
+        if self.poisoned {
+            bail!("the evidence log had a failed write earlier in this process; restart the runner");
+        }
         let record = Record {
             schema: RECORD_SCHEMA.to_owned(),
             seq: self.next_seq,
@@ -80,8 +87,18 @@ impl EvidenceLog {
         };
         let mut line = record.canonical_bytes()?;
         line.push(b'\n');
-        self.file.write_all(&line).context("cannot append to the evidence log")?;
-        self.file.sync_data().context("cannot make the evidence record durable (fsync failed)")?;
+        let len_before = self.file.metadata().context("cannot stat the evidence log")?.len();
+        let t0 = std::time::Instant::now();
+        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        self.durable_wait += t0.elapsed();
+        if let Err(e) = written {
+            // Never leave a partial or unacknowledged line behind: cut the
+            // file back to the last acknowledged record and stop appending.
+            self.poisoned = true;
+            let _ = self.file.set_len(len_before).and_then(|()| self.file.sync_data());
+            return Err(e)
+                .context("cannot append to the evidence log (write or fsync failed); nothing was acknowledged");
+        }
         self.prev = Sha256Digest::of(&line[..line.len() - 1]);
         self.next_seq += 1;
         self.records.push(record.clone());

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use edge_core::Sha256Digest;
 use edge_core::admission::{self, Admitted};
 use edge_core::authorize::{self, Decision};
@@ -104,7 +104,7 @@ impl Runner {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
-        let sandbox = Sandbox::new(&config.state_dir.join("cache"), config.ceiling.max_limits.memory_mib)?;
+        let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mut runner = Self { config, sandbox, log };
         runner.recover()?;
         Ok(runner)
@@ -139,10 +139,11 @@ impl Runner {
                 let journal: Journal = serde_json::from_slice(&std::fs::read(&path)?)
                     .with_context(|| format!("journal {} is unreadable; restore the files by hand", path.display()))?;
                 match terminal.get(&run) {
-                    Some(Outcome::Committed) => {}
-                    Some(_) => {
-                        journal.rollback()?;
-                    }
+                    // The run ended (committed, or already rolled back): its
+                    // journal only lingers because the crash came before the
+                    // cleanup. Never undo or redo anything for it now: files
+                    // may have changed legitimately since.
+                    Some(_) => {}
                     None => {
                         let restored = journal.rollback()?;
                         self.log.append(
@@ -190,7 +191,47 @@ impl Runner {
         let run = new_run_id();
         let mut report = RunReport::new(&run);
         let first_seq = self.log.records().len();
-        let result = self.exec_inner(capsule_bytes, &mut report).await;
+        let mut result = self.exec_inner(capsule_bytes, &mut report).await;
+        let closed_already = self.log.records()[first_seq..].iter().any(Record::is_terminal);
+        if let Err(e) = &result
+            && !closed_already
+        {
+            // The runner itself failed (I/O, disk full, …). Undo any commit in
+            // progress and close the run with a recorded denial while the log
+            // can still be written (fail closed); if it cannot, recovery on
+            // the next start closes the run as interrupted.
+            let detail = format!("{e:#}");
+            let journal_path = staging::journal_path(&self.config.state_dir, &run);
+            let mut restored = 0;
+            if let Ok(bytes) = std::fs::read(&journal_path)
+                && let Ok(journal) = serde_json::from_slice::<Journal>(&bytes)
+                && let Ok(n) = journal.rollback()
+            {
+                restored = n;
+                let _ = journal.finalize();
+                let _ = std::fs::remove_file(&journal_path);
+            }
+            let closed = self
+                .log
+                .append(
+                    &run,
+                    Event::Refused {
+                        stage: "runner".into(),
+                        reason_code: "runner.error".into(),
+                        detail: detail.clone(),
+                    },
+                )
+                .and_then(|_| self.log.append(&run, Event::Completed { outcome: Outcome::Refused }));
+            if closed.is_ok() {
+                report.outcome = Outcome::Refused;
+                report.refusal = Some(Refusal {
+                    stage: "runner".into(),
+                    reason_code: "runner.error".into(),
+                    detail: format!("{detail} ({restored} file(s) restored)"),
+                });
+                result = Ok(());
+            }
+        }
         let staging_dir = self.config.state_dir.join("staging").join(&run);
         if staging_dir.exists() {
             let _ = std::fs::remove_dir_all(&staging_dir);
@@ -205,6 +246,8 @@ impl Runner {
     }
 
     fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
+        // Details can carry guest text (error messages): keep records bounded.
+        let detail = truncate(detail, 2048);
         self.record(report, Event::Refused { stage: stage.into(), reason_code: code.into(), detail: detail.clone() })?;
         self.record(report, Event::Completed { outcome: Outcome::Refused })?;
         report.outcome = Outcome::Refused;
@@ -216,10 +259,25 @@ impl Runner {
         &mut self,
         report: &mut RunReport,
         phase: &str,
-        captured: Captured,
+        mut captured: Captured,
     ) -> Result<Option<Sha256Digest>> {
         if captured.is_empty() {
             return Ok(None);
+        }
+        // Environment values may be secrets: a capsule that prints them must
+        // not get them into evidence.
+        for (name, value) in &self.config.env {
+            if value.len() >= 4 {
+                let mark = format!("[env {name} redacted]");
+                captured.stdout = captured.stdout.replace(value.as_str(), &mark);
+                captured.stderr = captured.stderr.replace(value.as_str(), &mark);
+                for line in &mut captured.log {
+                    *line = line.replace(value.as_str(), &mark);
+                }
+                for f in &mut captured.findings {
+                    f.message = f.message.replace(value.as_str(), &mark);
+                }
+            }
         }
         let bytes = canonical::to_canonical_vec(&captured)?;
         let d = self.log.put_artifact(&bytes)?;
@@ -416,9 +474,17 @@ impl Runner {
         // 8. The real diff must equal the plan.
         let mut diff = Vec::new();
         for (name, (copy, before)) in &staged {
-            let after = match staging::snapshot(copy) {
+            // Bounded: apply may have grown the copy (sparse files, floods).
+            let after = match staging::snapshot(copy, MAX_STAGE_BYTES) {
                 Ok(s) => s,
-                Err(e) => return self.refuse(report, "diff", "staging.failed", format!("{e:#}")),
+                Err(e) => {
+                    return self.refuse(
+                        report,
+                        "diff",
+                        "apply.too_large",
+                        format!("after apply, the staged copy {e:#}"),
+                    );
+                }
             };
             match snapshot::diff(name, before, &after) {
                 Ok(d) => diff.extend(d),
@@ -439,9 +505,17 @@ impl Runner {
         let live_roots: BTreeMap<String, PathBuf> =
             staged.keys().map(|n| (n.clone(), self.config.mounts[n].path.clone())).collect();
         let mut io_error = None;
+        let mut dirs = BTreeMap::new();
+        for (name, root) in &live_roots {
+            match staging::open_root(root) {
+                Ok(d) => {
+                    dirs.insert(name.clone(), d);
+                }
+                Err(e) => io_error = Some(format!("{e:#}")),
+            }
+        }
         let holds = plan::check_preconditions(&valid, |mount, path| {
-            let p = live_roots.get(mount).map(|r| r.join(path.as_str()))?;
-            staging::file_digest(&p).unwrap_or_else(|e| {
+            staging::digest_in(dirs.get(mount)?, path.as_str()).unwrap_or_else(|e| {
                 io_error = Some(e.to_string());
                 None
             })
@@ -467,6 +541,7 @@ impl Runner {
                 Event::RolledBack { reason_code: "commit.io_error".into(), detail: format!("{e:#}"), restored },
             )?;
             self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
+            journal.finalize()?;
             std::fs::remove_file(&journal_path)?;
             report.outcome = Outcome::RolledBack;
             report.refusal = Some(Refusal {
@@ -510,6 +585,7 @@ impl Runner {
                 let restored = journal.rollback()?;
                 self.record(report, Event::RolledBack { reason_code: code.clone(), detail: detail.clone(), restored })?;
                 self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
+                journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::RolledBack;
                 report.refusal = Some(Refusal { stage: "verify".into(), reason_code: code, detail });
@@ -536,6 +612,15 @@ impl Runner {
     }
 }
 
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        s.truncate(cut);
+        s.push_str(" …(truncated)");
+    }
+    s
+}
+
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).
 pub fn new_run_id() -> String {
     let ms = jiff::Timestamp::now().as_millisecond();
@@ -549,6 +634,11 @@ pub fn new_run_id() -> String {
 /// As [`Runner::open`] and [`Runner::exec`].
 pub async fn exec_file(config: &Path, capsule: &Path) -> Result<RunReport> {
     let config = RunnerConfig::load(config)?;
+    let size = std::fs::metadata(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?.len();
+    let max = edge_core::container::MAX_COMPONENT_BYTES + edge_core::container::MAX_BUNDLE_BYTES + (1 << 20);
+    if size > max {
+        bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
+    }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
     let mut runner = Runner::open(config)?;
     runner.exec(&bytes).await

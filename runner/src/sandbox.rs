@@ -167,7 +167,9 @@ enum Hit {
 }
 
 struct Limiter {
+    /// Limit on the sum of all linear memories of the instance.
     memory_bytes: usize,
+    memory_total: usize,
     table_elements: usize,
     instances: usize,
     tables: usize,
@@ -176,11 +178,13 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.hit = Hit::Memory { desired, limit: self.memory_bytes };
-            wasmtime::bail!("memory limit: growing to {desired} bytes exceeds {} bytes", self.memory_bytes);
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_total.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_bytes {
+            self.hit = Hit::Memory { desired: total, limit: self.memory_bytes };
+            wasmtime::bail!("memory limit: {total} bytes in all memories exceeds {} bytes", self.memory_bytes);
         }
+        self.memory_total = total;
         Ok(true)
     }
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
@@ -410,7 +414,8 @@ impl Sandbox {
         let (result, captured) = self
             .run(pre, grant, run, Phase::Plan, |c, s, ctx| Box::pin(async move { c.call_plan(s, &ctx).await }))
             .await;
-        let result = result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "plan", message }));
+        let result =
+            result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "plan", message: bounded(message) }));
         (result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)), captured)
     }
 
@@ -433,7 +438,10 @@ impl Sandbox {
                 Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
             })
             .await;
-        (result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message })), captured)
+        (
+            result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message: bounded(message) })),
+            captured,
+        )
     }
 
     /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule.
@@ -454,7 +462,8 @@ impl Sandbox {
                 Box::pin(async move { c.call_verify(s, &ctx, &wp).await })
             })
             .await;
-        let result = result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "verify", message }));
+        let result = result
+            .and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "verify", message: bounded(message) }));
         let result = result.and_then(|v| {
             let findings: Vec<_> = v.findings.into_iter().map(finding_from_wit).collect();
             if findings.len() > MAX_FINDINGS || v.summary.len() > core_plan::MAX_TEXT {
@@ -583,6 +592,7 @@ impl Sandbox {
         table.set_max_capacity(10_000);
         let limiter = Limiter {
             memory_bytes: (limits.memory_mib as usize) << 20,
+            memory_total: 0,
             table_elements: 100_000,
             instances: 32,
             tables: 16,
@@ -685,6 +695,17 @@ fn classify(e: wasmtime::Error, hit: Hit, phase: Phase, cpu_ms: u64, output_limi
         return SandboxError::ResourceLimit(first_line(&text));
     }
     SandboxError::Trap { phase: phase.name(), detail: first_line(&text) }
+}
+
+/// Guest-provided text kept in errors and evidence: at most 2 KiB.
+fn bounded(mut s: String) -> String {
+    const MAX: usize = 2048;
+    if s.len() > MAX {
+        let cut = (0..=MAX).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        s.truncate(cut);
+        s.push_str(" …(truncated)");
+    }
+    s
 }
 
 fn first_line(s: &str) -> String {

@@ -1,25 +1,37 @@
 //! Staged apply, atomic commit and rollback on the host filesystem.
 //!
+//! Every operation on a live mount goes through a directory handle opened on
+//! the mount root (cap-std), so paths resolve *beneath* the root even if
+//! someone swaps a directory for a symlink while we work: a race can make an
+//! operation fail, never reach outside the mount.
+//!
 //! * [`stage`] copies a writable mount into a runner-owned staging directory
-//!   (never following symlinks, refusing special files, bounded in size) and
-//!   snapshots it; `apply` runs against the copy.
+//!   (mode 0700; symlinks copied as links, never followed; special files
+//!   refused; bounded in size), checking each copy against the snapshot.
+//!   `apply` runs against the copy.
 //! * [`Journal::commit`] applies the checked diff to the live mount one file
-//!   at a time, each by an atomic rename, after writing a durable journal that
-//!   lists every step and keeps the original of every modified or deleted file
-//!   as a hard link beside it. A crash at any instant leaves enough on disk
-//!   for [`Journal::rollback`] (run by recovery on the next start) to restore
-//!   the original state, so a run is either fully committed and verified or
-//!   fully undone.
-//! * Only files the diff names are touched: the rest of the mount, including
-//!   files that changed concurrently, is left alone.
+//!   at a time, each by an atomic rename (or a no-clobber link for creates),
+//!   after writing a durable journal. The original of every modified or
+//!   deleted file is first copied, digest-checked and fsync'd into the
+//!   runner's state directory — never into the mount, so `verify` and other
+//!   processes see only the intended state. A crash at any instant leaves
+//!   enough on disk for [`Journal::rollback`] to restore the original state.
+//! * Only files the diff names are touched; rollback restores a file only if
+//!   it still holds what this run wrote, so later changes by others survive.
+//! * Permission bits: a modified file keeps its original bits; a created file
+//!   gets the staged file's bits. Set-user-ID, set-group-ID and sticky bits
+//!   are always cleared.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 use edge_core::Sha256Digest;
 use edge_core::paths::MountPath;
 use edge_core::plan::{Action, DiffEntry};
@@ -27,71 +39,117 @@ use edge_core::snapshot::{Node, Snapshot};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-/// Most files a staged mount may hold.
+/// Most entries a staged mount may hold.
 pub const MAX_STAGED_FILES: usize = 100_000;
+/// Permission bits ever written by the runner: no set-id or sticky bits.
+const MODE_MASK: u32 = 0o777;
 
-/// Digest of a file's content, or None if it does not exist (or is not a regular file).
-pub fn file_digest(path: &Path) -> io::Result<Option<Sha256Digest>> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut f = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(path)?;
+/// Open a mount root as a directory handle.
+///
+/// # Errors
+/// If the root is missing or not a directory.
+pub fn open_root(path: &Path) -> Result<Dir> {
+    Dir::open_ambient_dir(path, ambient_authority()).with_context(|| format!("cannot open mount {}", path.display()))
+}
+
+fn open_nofollow(dir: &Dir, rel: &str) -> io::Result<File> {
+    let mut o = cap_std::fs::OpenOptions::new();
+    o.read(true).follow(FollowSymlinks::No);
+    Ok(dir.open_with(rel, &o)?.into_std())
+}
+
+fn create_new_in(dir: &Dir, rel: &str) -> io::Result<File> {
+    let mut o = cap_std::fs::OpenOptions::new();
+    o.write(true).create_new(true).follow(FollowSymlinks::No);
+    Ok(dir.open_with(rel, &o)?.into_std())
+}
+
+fn digest_of(mut r: impl Read) -> io::Result<Sha256Digest> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    Ok(Some(Sha256Digest(h.finalize().into())))
+    Ok(Sha256Digest(h.finalize().into()))
 }
 
-const fn libc_o_nofollow() -> i32 {
-    // O_NOFOLLOW on Linux (all architectures we build for).
-    0o400000
+/// Digest of the regular file `rel` beneath `dir`, or None if it does not
+/// exist or is not a regular file. Never follows a symlink.
+pub fn digest_in(dir: &Dir, rel: &str) -> io::Result<Option<Sha256Digest>> {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    match open_nofollow(dir, rel) {
+        Ok(f) => digest_of(f).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// Snapshot a tree without following symlinks.
+/// Digest of a runner-owned file (in the state directory), None if absent.
+fn digest_path(path: &Path) -> io::Result<Option<Sha256Digest>> {
+    match OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(path) {
+        Ok(f) => digest_of(f).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+const O_NOFOLLOW: i32 = 0o400000; // Linux, every architecture we build for.
+
+/// Snapshot a tree without following symlinks, refusing more than
+/// [`MAX_STAGED_FILES`] entries or `max_bytes` of file content (checked from
+/// metadata before anything is read).
 ///
 /// # Errors
-/// On I/O errors, special files, non-UTF-8 names, or more than [`MAX_STAGED_FILES`] entries.
-pub fn snapshot(root: &Path) -> Result<Snapshot> {
+/// On I/O errors, special files, unsupported names, or a limit exceeded.
+pub fn snapshot(root: &Path, max_bytes: u64) -> Result<Snapshot> {
+    let dir = open_root(root)?;
     let mut out = Snapshot::new();
-    walk(root, root, &mut out)?;
+    let mut bytes = 0u64;
+    walk(&dir, "", &mut out, &mut bytes, max_bytes).with_context(|| format!("cannot snapshot {}", root.display()))?;
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Snapshot) -> Result<()> {
-    let mut entries: Vec<_> =
-        fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.collect::<io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        if out.len() >= MAX_STAGED_FILES {
-            bail!("mount has more than {MAX_STAGED_FILES} entries; narrow the mount");
+fn walk(dir: &Dir, rel: &str, out: &mut Snapshot, bytes: &mut u64, max_bytes: u64) -> Result<()> {
+    let listing = if rel.is_empty() { dir.entries()? } else { dir.read_dir(rel)? };
+    let mut names = Vec::new();
+    for e in listing {
+        if out.len() + names.len() >= MAX_STAGED_FILES {
+            bail!("more than {MAX_STAGED_FILES} entries; narrow the mount");
         }
-        let path = e.path();
-        let rel = path.strip_prefix(root).expect("walk stays under root");
-        let rel_str = rel.to_str().with_context(|| format!("{} is not UTF-8", path.display()))?;
-        let rel = MountPath::new(rel_str).with_context(|| format!("unsupported file name {}", path.display()))?;
-        let ft = e.file_type()?;
+        let name = e?.file_name();
+        names.push(name.into_string().map_err(|n| anyhow::anyhow!("file name {n:?} is not UTF-8"))?);
+    }
+    names.sort();
+    for name in names {
+        let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let path = MountPath::new(&child).with_context(|| format!("unsupported file name {child:?}"))?;
+        let meta = dir.symlink_metadata(&child)?;
+        let ft = meta.file_type();
         if ft.is_dir() {
-            out.insert(rel, Node::Dir);
-            walk(root, &path, out)?;
+            out.insert(path, Node::Dir);
+            walk(dir, &child, out, bytes, max_bytes)?;
         } else if ft.is_file() {
-            let digest = file_digest(&path)?.with_context(|| format!("{} vanished", path.display()))?;
-            out.insert(rel, Node::File { digest, size: e.metadata()?.len() });
+            *bytes = bytes.saturating_add(meta.len());
+            if *bytes > max_bytes {
+                bail!("more than {max_bytes} bytes of files; narrow the mount");
+            }
+            let digest = digest_in(dir, &child)?.with_context(|| format!("{child} vanished"))?;
+            out.insert(path, Node::File { digest, size: meta.len() });
         } else if ft.is_symlink() {
-            let target = fs::read_link(&path)?;
-            out.insert(rel, Node::Symlink { target: target.to_string_lossy().into_owned() });
+            let target = dir.read_link_contents(&child)?;
+            out.insert(path, Node::Symlink { target: target.to_string_lossy().into_owned() });
         } else {
             bail!(
-                "{} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks",
-                path.display()
+                "{child} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks"
             );
         }
     }
@@ -99,237 +157,43 @@ fn walk(root: &Path, dir: &Path, out: &mut Snapshot) -> Result<()> {
 }
 
 /// Copy `live` to `stage` (which must not exist) and return the snapshot of
-/// what was copied. Symlinks are copied as symlinks, never followed.
+/// what was copied. Each file copy is checked against the snapshot digest, so
+/// a file swapped while copying refuses the staging rather than leaking in.
 ///
 /// # Errors
-/// On I/O errors, special files, or more than `max_bytes` of file content.
+/// On I/O errors, special files, a file changing while staged, or more than
+/// `max_bytes` of file content.
 pub fn stage(live: &Path, stage: &Path, max_bytes: u64) -> Result<Snapshot> {
-    fs::create_dir_all(stage.parent().unwrap_or(Path::new("/")))?;
-    fs::create_dir(stage).with_context(|| format!("cannot create staging dir {}", stage.display()))?;
-    let snap = snapshot(live)?;
-    let total: u64 = snap.values().map(|n| if let Node::File { size, .. } = n { *size } else { 0 }).sum();
-    if total > max_bytes {
-        bail!(
-            "mount holds {total} bytes; staging is limited to {max_bytes} (raise sandbox.max_stage_mib or narrow the mount)"
-        );
-    }
+    let mut builder = fs::DirBuilder::new();
+    builder.mode(0o700).recursive(true);
+    builder.create(stage.parent().unwrap_or(Path::new("/")))?;
+    builder.recursive(false);
+    builder.create(stage).with_context(|| format!("cannot create staging dir {}", stage.display()))?;
+    let snap = snapshot(live, max_bytes)?;
+    let src = open_root(live)?;
     for (rel, node) in &snap {
-        let src = live.join(rel.as_str());
         let dst = stage.join(rel.as_str());
         match node {
-            Node::Dir => fs::create_dir(&dst)?,
-            Node::File { .. } => {
-                fs::copy(&src, &dst).with_context(|| format!("cannot stage {}", src.display()))?;
-                let mtime = fs::metadata(&src)?.modified()?;
-                File::options().write(true).open(&dst)?.set_modified(mtime)?;
+            Node::Dir => builder.create(&dst)?,
+            Node::File { digest, .. } => {
+                let mut input = open_nofollow(&src, rel.as_str()).with_context(|| format!("cannot stage {rel}"))?;
+                let meta = input.metadata()?;
+                let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&dst)?;
+                let got = copy_hashing(&mut input, &mut out)?;
+                if got != *digest {
+                    bail!("{rel} changed while it was being staged; retry when the mount is quiet");
+                }
+                out.set_permissions(fs::Permissions::from_mode(meta.permissions().mode() & MODE_MASK))?;
+                out.set_modified(meta.modified()?)?;
             }
             Node::Symlink { target } => std::os::unix::fs::symlink(target, &dst)?,
         }
     }
-    // The staged copy may differ from `snap` if the live mount changed while
-    // copying; snapshot the copy itself so the diff is computed against what
-    // the capsule actually saw.
-    snapshot(stage)
+    // Snapshot the copy itself: the diff is computed against what the capsule saw.
+    snapshot(stage, max_bytes)
 }
 
-/// One step of a commit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
-    pub mount: String,
-    pub path: MountPath,
-    pub action: Action,
-    pub before: Option<Sha256Digest>,
-    pub after: Option<Sha256Digest>,
-    /// Live target path.
-    pub target: PathBuf,
-    /// New content, written beside the target (same filesystem) before the rename.
-    pub temp: PathBuf,
-    /// Copy of the original (modify/delete), in the runner's state directory,
-    /// so the mount itself never shows runner files to `verify` or to others.
-    pub backup: PathBuf,
-    /// Permission bits of the original, restored with it.
-    pub mode: Option<u32>,
-    /// Directories created for this step (removed on rollback if empty).
-    pub created_dirs: Vec<PathBuf>,
-}
-
-/// The durable record of a commit in progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Journal {
-    pub run: String,
-    /// Where the originals are kept until the run is finalized.
-    pub backup_dir: PathBuf,
-    pub steps: Vec<Step>,
-}
-
-/// Stable location of a run's journal.
-pub fn journal_path(state_dir: &Path, run: &str) -> PathBuf {
-    state_dir.join("journals").join(format!("{run}.json"))
-}
-
-impl Journal {
-    /// Build the journal for a diff. `live_root` maps mount names to live
-    /// mount roots; originals will be kept under `backup_dir`.
-    pub fn new(
-        run: &str,
-        diff: &[DiffEntry],
-        live_root: &BTreeMap<String, PathBuf>,
-        backup_dir: &Path,
-    ) -> Result<Self> {
-        let mut steps = Vec::with_capacity(diff.len());
-        for (i, d) in diff.iter().enumerate() {
-            let root = live_root.get(&d.mount).with_context(|| format!("mount {} not staged", d.mount))?;
-            let target = root.join(d.path.as_str());
-            let dir = target.parent().expect("mount path has a parent").to_path_buf();
-            steps.push(Step {
-                mount: d.mount.clone(),
-                path: d.path.clone(),
-                action: d.action,
-                before: d.before,
-                after: d.after,
-                temp: dir.join(format!(".edge-runner.{run}.{i}.new")),
-                backup: backup_dir.join(format!("{i}.orig")),
-                mode: None,
-                target,
-                created_dirs: Vec::new(),
-            });
-        }
-        Ok(Self { run: run.to_owned(), backup_dir: backup_dir.to_path_buf(), steps })
-    }
-
-    /// Write the journal durably (before any live file is touched).
-    pub fn persist(&self, path: &Path) -> Result<Vec<u8>> {
-        let bytes = serde_json::to_vec_pretty(self)?;
-        write_durably(path, &bytes)?;
-        Ok(bytes)
-    }
-
-    /// Apply every step. On error the caller must call [`Journal::rollback`].
-    /// `stage_root` maps mount names to staged copies.
-    pub fn commit(&mut self, stage_root: &BTreeMap<String, PathBuf>, journal_file: &Path) -> Result<()> {
-        fs::create_dir_all(&self.backup_dir).with_context(|| format!("cannot create {}", self.backup_dir.display()))?;
-        for i in 0..self.steps.len() {
-            let staged = {
-                let s = &self.steps[i];
-                stage_root.get(&s.mount).with_context(|| format!("mount {} not staged", s.mount))?.join(s.path.as_str())
-            };
-            // Journal what this step will create (parent directories) or
-            // restore (the original's mode) before doing it.
-            let changed;
-            if self.steps[i].action == Action::Create {
-                let parent = self.steps[i].target.parent().expect("has parent").to_path_buf();
-                let mut missing = Vec::new();
-                let mut p = parent.as_path();
-                while !p.exists() {
-                    missing.push(p.to_path_buf());
-                    p = p.parent().context("no existing ancestor")?;
-                }
-                missing.reverse();
-                changed = !missing.is_empty();
-                self.steps[i].created_dirs = missing;
-            } else {
-                let meta = fs::symlink_metadata(&self.steps[i].target)
-                    .with_context(|| format!("{} vanished before commit", self.steps[i].target.display()))?;
-                self.steps[i].mode = Some(meta.permissions().mode());
-                changed = true;
-            }
-            if changed {
-                self.persist(journal_file)?;
-            }
-            let s = &self.steps[i];
-            for d in &s.created_dirs {
-                fs::create_dir(d).with_context(|| format!("cannot create {}", d.display()))?;
-            }
-            match s.action {
-                Action::Create => {
-                    copy_durably(&staged, &s.temp, s.after)?;
-                    set_mode(&s.temp, Some(fs::symlink_metadata(&staged)?.permissions().mode()))?;
-                    // link() fails if the target appeared meanwhile: never clobber.
-                    fs::hard_link(&s.temp, &s.target).with_context(|| {
-                        format!("cannot create {} (did it appear since the plan?)", s.target.display())
-                    })?;
-                    fs::remove_file(&s.temp)?;
-                }
-                Action::Modify => {
-                    // The copy is checked against the plan's "before" digest:
-                    // a file changed since the precondition check aborts here.
-                    copy_durably(&s.target, &s.backup, s.before)?;
-                    copy_durably(&staged, &s.temp, s.after)?;
-                    set_mode(&s.temp, s.mode)?;
-                    fs::rename(&s.temp, &s.target)?;
-                }
-                Action::Delete => {
-                    copy_durably(&s.target, &s.backup, s.before)?;
-                    fs::remove_file(&s.target)?;
-                }
-            }
-            sync_dir(s.target.parent().expect("has parent"))?;
-        }
-        Ok(())
-    }
-
-    /// Undo whatever part of the commit happened. Idempotent: safe to run
-    /// after a crash at any point, and again after a crash during rollback.
-    /// Returns how many files were restored or removed.
-    pub fn rollback(&self) -> Result<usize> {
-        let mut restored = 0;
-        for s in self.steps.iter().rev() {
-            let _ = fs::remove_file(&s.temp);
-            match s.action {
-                Action::Create => {
-                    // Remove the file only if it is the content we created.
-                    if s.after.is_some() && file_digest(&s.target)? == s.after {
-                        fs::remove_file(&s.target)?;
-                        restored += 1;
-                    }
-                    for d in s.created_dirs.iter().rev() {
-                        let _ = fs::remove_dir(d);
-                    }
-                }
-                Action::Modify | Action::Delete => {
-                    // Only a complete backup (it matches the plan's "before")
-                    // is ever restored; otherwise the target was never touched.
-                    if file_digest(&s.backup)? == s.before && file_digest(&s.target)? != s.before {
-                        let _ = fs::remove_file(&s.temp);
-                        copy_durably(&s.backup, &s.temp, s.before)?;
-                        set_mode(&s.temp, s.mode)?;
-                        fs::rename(&s.temp, &s.target)?;
-                        restored += 1;
-                    }
-                }
-            }
-            if let Some(dir) = s.target.parent() {
-                let _ = sync_dir(dir);
-            }
-        }
-        Ok(restored)
-    }
-
-    /// After a successful verify (or a completed rollback): drop the originals.
-    pub fn finalize(&self) -> Result<()> {
-        match fs::remove_dir_all(&self.backup_dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.backup_dir.display())),
-        }
-    }
-}
-
-fn set_mode(path: &Path, mode: Option<u32>) -> Result<()> {
-    if let Some(mode) = mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
-    }
-    Ok(())
-}
-
-fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<()> {
-    let mut input = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(src)?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dst)
-        .with_context(|| format!("cannot write {}", dst.display()))?;
+fn copy_hashing(input: &mut impl Read, out: &mut File) -> Result<Sha256Digest> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -341,12 +205,269 @@ fn copy_durably(src: &Path, dst: &Path, expect: Option<Sha256Digest>) -> Result<
         out.write_all(&buf[..n])?;
     }
     out.sync_all()?;
-    let got = Sha256Digest(h.finalize().into());
-    if Some(got) != expect {
-        let _ = fs::remove_file(dst);
-        bail!("staged file {} changed after the diff was checked", src.display());
+    Ok(Sha256Digest(h.finalize().into()))
+}
+
+/// One step of a commit. Paths of live files are relative to the mount root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub mount: String,
+    pub path: MountPath,
+    pub action: Action,
+    pub before: Option<Sha256Digest>,
+    pub after: Option<Sha256Digest>,
+    /// New content, written beside the target (same directory, same
+    /// filesystem) before the rename; relative to the mount root.
+    pub temp: String,
+    /// Copy of the original (modify/delete), in the runner's state directory.
+    pub backup: PathBuf,
+    /// Permission bits the committed file gets (restored with the original).
+    pub mode: Option<u32>,
+    /// Directories created for this step, relative to the mount root.
+    pub created_dirs: Vec<String>,
+}
+
+/// The durable record of a commit in progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub run: String,
+    /// Mount name → live root.
+    pub roots: BTreeMap<String, PathBuf>,
+    /// Where the originals are kept until the run is finalized.
+    pub backup_dir: PathBuf,
+    pub steps: Vec<Step>,
+}
+
+/// Stable location of a run's journal.
+pub fn journal_path(state_dir: &Path, run: &str) -> PathBuf {
+    state_dir.join("journals").join(format!("{run}.json"))
+}
+
+fn parent_of(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// fsync the directory `rel` beneath `dir` (so renames in it are durable).
+fn sync_in(dir: &Dir, rel: &str) -> io::Result<()> {
+    let mut o = cap_std::fs::OpenOptions::new();
+    o.read(true).maybe_dir(true).follow(FollowSymlinks::No);
+    dir.open_with(if rel.is_empty() { "." } else { rel }, &o)?.into_std().sync_all()
+}
+
+impl Journal {
+    /// Build the journal for a diff. `roots` maps mount names to live mount
+    /// roots; originals will be kept under `backup_dir`.
+    ///
+    /// # Errors
+    /// If a diff entry names a mount without a root.
+    pub fn new(run: &str, diff: &[DiffEntry], roots: &BTreeMap<String, PathBuf>, backup_dir: &Path) -> Result<Self> {
+        let mut steps = Vec::with_capacity(diff.len());
+        for (i, d) in diff.iter().enumerate() {
+            if !roots.contains_key(&d.mount) {
+                bail!("mount {} has no live root", d.mount);
+            }
+            let parent = parent_of(d.path.as_str());
+            let temp_name = format!(".edge-runner.{run}.{i}.new");
+            steps.push(Step {
+                mount: d.mount.clone(),
+                path: d.path.clone(),
+                action: d.action,
+                before: d.before,
+                after: d.after,
+                temp: if parent.is_empty() { temp_name } else { format!("{parent}/{temp_name}") },
+                backup: backup_dir.join(format!("{i}.orig")),
+                mode: None,
+                created_dirs: Vec::new(),
+            });
+        }
+        Ok(Self { run: run.to_owned(), roots: roots.clone(), backup_dir: backup_dir.to_path_buf(), steps })
     }
-    Ok(())
+
+    /// Write the journal durably (before any live file is touched).
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn persist(&self, path: &Path) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        write_durably(path, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn open_roots(&self) -> Result<BTreeMap<String, Dir>> {
+        self.roots.iter().map(|(name, p)| Ok((name.clone(), open_root(p)?))).collect()
+    }
+
+    /// Apply every step. On error the caller must call [`Journal::rollback`].
+    /// `stage_root` maps mount names to staged copies (runner-owned).
+    ///
+    /// # Errors
+    /// On any I/O failure, or when a live file no longer matches the plan.
+    pub fn commit(&mut self, stage_root: &BTreeMap<String, PathBuf>, journal_file: &Path) -> Result<()> {
+        let dirs = self.open_roots()?;
+        let mut b = fs::DirBuilder::new();
+        b.mode(0o700).recursive(true).create(&self.backup_dir)?;
+        sync_dir(self.backup_dir.parent().unwrap_or(Path::new("/")))?;
+        for i in 0..self.steps.len() {
+            let (mount, rel, action) =
+                (self.steps[i].mount.clone(), self.steps[i].path.to_string(), self.steps[i].action);
+            let dir = &dirs[&mount];
+            let staged = stage_root.get(&mount).with_context(|| format!("mount {mount} not staged"))?.join(&rel);
+            // Journal what this step will create or restore before doing it.
+            match action {
+                Action::Create => {
+                    let mut missing = Vec::new();
+                    let mut prefix = String::new();
+                    for part in parent_of(&rel).split('/').filter(|p| !p.is_empty()) {
+                        prefix = if prefix.is_empty() { part.to_owned() } else { format!("{prefix}/{part}") };
+                        match dir.symlink_metadata(&prefix) {
+                            Ok(m) if m.is_dir() => {}
+                            Ok(_) => bail!("{mount}/{prefix} is not a directory (changed since the plan?)"),
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(prefix.clone()),
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    let staged_mode = fs::symlink_metadata(&staged)?.permissions().mode();
+                    self.steps[i].created_dirs = missing;
+                    self.steps[i].mode = Some(staged_mode & MODE_MASK);
+                }
+                Action::Modify | Action::Delete => {
+                    let f =
+                        open_nofollow(dir, &rel).with_context(|| format!("{mount}/{rel} vanished before commit"))?;
+                    self.steps[i].mode = Some(f.metadata()?.permissions().mode() & MODE_MASK);
+                }
+            }
+            self.persist(journal_file)?;
+            let s = &self.steps[i];
+            for d in &s.created_dirs {
+                dir.create_dir(d).with_context(|| format!("cannot create {mount}/{d}"))?;
+            }
+            if matches!(action, Action::Modify | Action::Delete) {
+                // Keep the original, checked against the plan: a file changed
+                // since the precondition check aborts the commit here.
+                let mut input = open_nofollow(dir, &rel)?;
+                let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&s.backup)?;
+                if copy_hashing(&mut input, &mut out)? != s.before.context("modify/delete without a before digest")? {
+                    bail!("{mount}/{rel} changed since the plan was checked; nothing of it was committed");
+                }
+                sync_dir(&self.backup_dir)?;
+            }
+            match action {
+                Action::Create => {
+                    self.write_temp(dir, s, &staged)?;
+                    // link() fails if the target appeared meanwhile: never clobber.
+                    dir.hard_link(&s.temp, dir, &rel)
+                        .with_context(|| format!("cannot create {mount}/{rel} (did it appear since the plan?)"))?;
+                    dir.remove_file(&s.temp)?;
+                }
+                Action::Modify => {
+                    self.write_temp(dir, s, &staged)?;
+                    dir.rename(&s.temp, dir, &rel)?;
+                }
+                Action::Delete => dir.remove_file(&rel)?,
+            }
+            sync_in(dir, parent_of(&rel))?;
+        }
+        Ok(())
+    }
+
+    /// Write the staged content to the step's temp file beside the target,
+    /// checked against the planned "after" digest, with the step's mode.
+    fn write_temp(&self, dir: &Dir, s: &Step, staged: &Path) -> Result<()> {
+        let mut input = OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(staged)?;
+        let mut out = create_new_in(dir, &s.temp).with_context(|| format!("cannot write {}/{}", s.mount, s.temp))?;
+        if let Some(mode) = s.mode {
+            out.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        if Some(copy_hashing(&mut input, &mut out)?) != s.after {
+            let _ = dir.remove_file(&s.temp);
+            bail!("staged file {} changed after the diff was checked", staged.display());
+        }
+        Ok(())
+    }
+
+    /// Undo whatever part of the commit happened. Idempotent: safe to run
+    /// after a crash at any point, and again after a crash during rollback.
+    /// A file is restored only if it still holds what this run wrote (or, for
+    /// a delete, is still absent). Returns how many files were restored or removed.
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub fn rollback(&self) -> Result<usize> {
+        let dirs = self.open_roots()?;
+        let mut restored = 0;
+        let mut failures = Vec::new();
+        for s in self.steps.iter().rev() {
+            // Keep going on a failed step: undo everything that can be undone.
+            match self.rollback_step(&dirs[&s.mount], s) {
+                Ok(n) => restored += n,
+                Err(e) => failures.push(format!("{}/{}: {e:#}", s.mount, s.path)),
+            }
+        }
+        if !failures.is_empty() {
+            bail!("rollback restored {restored} file(s) but could not undo: {}", failures.join("; "));
+        }
+        Ok(restored)
+    }
+
+    fn rollback_step(&self, dir: &Dir, s: &Step) -> Result<usize> {
+        let rel = s.path.as_str();
+        let _ = dir.remove_file(&s.temp);
+        let now = digest_in(dir, rel)?;
+        let restored = match s.action {
+            Action::Create => {
+                let ours = s.after.is_some() && now == s.after;
+                if ours {
+                    dir.remove_file(rel)?;
+                }
+                for d in s.created_dirs.iter().rev() {
+                    let _ = dir.remove_dir(d);
+                }
+                usize::from(ours)
+            }
+            Action::Modify | Action::Delete => {
+                let ours = match s.action {
+                    Action::Modify => now.is_some() && now == s.after,
+                    _ => now.is_none() && dir.symlink_metadata(rel).is_err(),
+                };
+                if !ours {
+                    if now != s.before {
+                        tracing::warn!(mount = %s.mount, path = rel, "not restoring: the file changed after this run committed");
+                    }
+                    return Ok(0);
+                }
+                if digest_path(&s.backup)? != s.before {
+                    bail!("the kept original is missing or damaged; restore it by hand");
+                }
+                let mut input = File::open(&s.backup)?;
+                let mut out = create_new_in(dir, &s.temp)?;
+                if let Some(mode) = s.mode {
+                    out.set_permissions(fs::Permissions::from_mode(mode))?;
+                }
+                copy_hashing(&mut input, &mut out)?;
+                if s.action == Action::Modify {
+                    dir.rename(&s.temp, dir, rel)?;
+                } else {
+                    dir.hard_link(&s.temp, dir, rel)?;
+                    dir.remove_file(&s.temp)?;
+                }
+                1
+            }
+        };
+        let _ = sync_in(dir, parent_of(rel));
+        Ok(restored)
+    }
+
+    /// After a successful verify (or a completed rollback): drop the originals.
+    ///
+    /// # Errors
+    /// If the backup directory cannot be removed.
+    pub fn finalize(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.backup_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", self.backup_dir.display())),
+        }
+    }
 }
 
 /// Write a file atomically and durably (temp + fsync + rename + fsync dir).
@@ -377,15 +498,18 @@ mod tests {
     use super::*;
     use edge_core::snapshot::diff;
 
+    const MAX: u64 = 1 << 20;
+
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let live = t.path().join("live");
         fs::create_dir_all(live.join("sub")).unwrap();
         fs::write(live.join("keep.txt"), "keep").unwrap();
         fs::write(live.join("mod.txt"), "old").unwrap();
+        fs::set_permissions(live.join("mod.txt"), fs::Permissions::from_mode(0o4751)).unwrap();
         fs::write(live.join("sub/del.txt"), "bye").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", live.join("link")).unwrap();
-        let stage_dir = t.path().join("stage/m");
+        let stage_dir = t.path().join("state/staging/run/m");
         (t, live, stage_dir)
     }
 
@@ -393,87 +517,117 @@ mod tests {
         [("m".to_owned(), p.to_path_buf())].into()
     }
 
-    #[test]
-    fn stage_commit_rollback_round_trip() {
-        let (_t, live, st) = setup();
-        let before_live = snapshot(&live).unwrap();
-        let before = stage(&live, &st, 1 << 20).unwrap();
-        assert_eq!(before, before_live);
+    fn journal(t: &tempfile::TempDir, run: &str, d: &[DiffEntry], live: &Path) -> (Journal, PathBuf) {
+        let jpath = t.path().join(format!("state/journals/{run}.json"));
+        let j = Journal::new(run, d, &roots(live), &t.path().join(format!("state/journals/{run}.backup"))).unwrap();
+        j.persist(&jpath).unwrap();
+        (j, jpath)
+    }
+
+    /// Change the staged copy: modify, delete, and create in a new directory.
+    fn change_stage(st: &Path) {
         fs::write(st.join("mod.txt"), "new").unwrap();
         fs::remove_file(st.join("sub/del.txt")).unwrap();
         fs::create_dir_all(st.join("n/m")).unwrap();
         fs::write(st.join("n/m/new.txt"), "fresh").unwrap();
-        let after = snapshot(&st).unwrap();
-        let d = diff("m", &before, &after).unwrap();
-        assert_eq!(d.len(), 3);
+    }
 
-        let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new("r1", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
-        j.persist(&jpath).unwrap();
+    #[test]
+    fn stage_commit_rollback_round_trip() {
+        let (t, live, st) = setup();
+        let before_live = snapshot(&live, MAX).unwrap();
+        let before = stage(&live, &st, MAX).unwrap();
+        assert_eq!(before, before_live);
+        assert_eq!(fs::metadata(&st).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(st.join("mod.txt")).unwrap().permissions().mode() & 0o7777,
+            0o751,
+            "no setuid in staging"
+        );
+        change_stage(&st);
+        let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
+        assert_eq!(d.len(), 3);
+        let (mut j, jpath) = journal(&t, "r1", &d, &live);
         j.commit(&roots(&st), &jpath).unwrap();
         assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "new");
+        assert_eq!(fs::metadata(live.join("mod.txt")).unwrap().permissions().mode() & 0o7777, 0o751, "set-id cleared");
         assert!(!live.join("sub/del.txt").exists());
         assert_eq!(fs::read_to_string(live.join("n/m/new.txt")).unwrap(), "fresh");
-
-        let restored = j.rollback().unwrap();
-        assert_eq!(restored, 3);
-        assert_eq!(snapshot(&live).unwrap(), before_live, "rollback restores exactly");
-        // Idempotent.
-        assert_eq!(j.rollback().unwrap(), 0);
-        assert_eq!(snapshot(&live).unwrap(), before_live);
-    }
-
-    #[test]
-    fn finalize_leaves_only_the_new_state() {
-        let (_t, live, st) = setup();
-        let before = stage(&live, &st, 1 << 20).unwrap();
-        fs::write(st.join("mod.txt"), "new").unwrap();
-        let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
-        let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new("r2", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
-        j.persist(&jpath).unwrap();
-        j.commit(&roots(&st), &jpath).unwrap();
-        j.finalize().unwrap();
         let names: Vec<String> =
             fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert!(names.iter().all(|n| !n.starts_with(".edge-runner")), "{names:?}");
+        assert!(names.iter().all(|n| !n.starts_with(".edge-runner")), "no runner files in the mount: {names:?}");
+
+        assert_eq!(j.rollback().unwrap(), 3);
+        assert_eq!(snapshot(&live, MAX).unwrap(), before_live, "rollback restores the content exactly");
+        assert_eq!(j.rollback().unwrap(), 0, "idempotent");
+        j.finalize().unwrap();
+        assert!(!j.backup_dir.exists());
     }
 
     #[test]
-    fn crash_after_backup_before_replace_rolls_back() {
-        let (_t, live, st) = setup();
-        let before = stage(&live, &st, 1 << 20).unwrap();
-        fs::write(st.join("mod.txt"), "new").unwrap();
-        fs::remove_file(st.join("sub/del.txt")).unwrap();
-        let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
-        let backup = live.parent().unwrap().join("backup");
-        let j = Journal::new("r3", &d, &roots(&live), &backup).unwrap();
-        // Simulate the first half of the first step, then a crash: the backup
-        // and the temp file exist, the target is untouched.
-        fs::create_dir_all(&backup).unwrap();
-        fs::copy(&j.steps[0].target, &j.steps[0].backup).unwrap();
-        fs::write(&j.steps[0].temp, "new").unwrap();
-        assert_eq!(j.rollback().unwrap(), 0, "nothing to restore");
+    fn crash_after_backup_before_replace_rolls_back_nothing() {
+        let (t, live, st) = setup();
+        let before = stage(&live, &st, MAX).unwrap();
+        change_stage(&st);
+        let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
+        let (j, _) = journal(&t, "r3", &d, &live);
+        // First half of the modify step, then a crash: backup and temp exist.
+        fs::create_dir_all(&j.backup_dir).unwrap();
+        let s = j.steps.iter().find(|s| s.action == Action::Modify).unwrap();
+        fs::copy(live.join("mod.txt"), &s.backup).unwrap();
+        fs::write(live.join(&s.temp), "new").unwrap();
+        assert_eq!(j.rollback().unwrap(), 0);
         assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "old");
-        assert!(!j.steps[0].temp.exists());
+        assert!(!live.join(&s.temp).exists());
     }
 
     #[test]
-    fn crash_mid_commit_restores_what_was_done() {
-        let (_t, live, st) = setup();
-        let before_live = snapshot(&live).unwrap();
-        let before = stage(&live, &st, 1 << 20).unwrap();
-        fs::write(st.join("mod.txt"), "new").unwrap();
-        fs::remove_file(st.join("sub/del.txt")).unwrap();
-        let d = diff("m", &before, &snapshot(&st).unwrap()).unwrap();
-        let jpath = live.parent().unwrap().join("journal.json");
-        let mut j = Journal::new("r4", &d, &roots(&live), &live.parent().unwrap().join("backup")).unwrap();
-        j.persist(&jpath).unwrap();
+    fn a_fresh_process_rolls_back_from_the_journal() {
+        let (t, live, st) = setup();
+        let before_live = snapshot(&live, MAX).unwrap();
+        let before = stage(&live, &st, MAX).unwrap();
+        change_stage(&st);
+        let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
+        let (mut j, jpath) = journal(&t, "r4", &d, &live);
         j.commit(&roots(&st), &jpath).unwrap();
-        // A fresh process reads the journal back and rolls back.
         let reread: Journal = serde_json::from_slice(&fs::read(&jpath).unwrap()).unwrap();
-        assert_eq!(reread.rollback().unwrap(), 2);
-        assert_eq!(snapshot(&live).unwrap(), before_live);
+        assert_eq!(reread.rollback().unwrap(), 3);
+        assert_eq!(snapshot(&live, MAX).unwrap(), before_live);
+    }
+
+    #[test]
+    fn rollback_leaves_later_changes_by_others_alone() {
+        let (t, live, st) = setup();
+        let before = stage(&live, &st, MAX).unwrap();
+        change_stage(&st);
+        let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
+        let (mut j, jpath) = journal(&t, "r5", &d, &live);
+        j.commit(&roots(&st), &jpath).unwrap();
+        fs::write(live.join("mod.txt"), "edited by an operator").unwrap();
+        fs::write(live.join("sub/del.txt"), "recreated by an operator").unwrap();
+        assert_eq!(j.rollback().unwrap(), 1, "only the created file is ours to remove");
+        assert_eq!(fs::read_to_string(live.join("mod.txt")).unwrap(), "edited by an operator");
+        assert_eq!(fs::read_to_string(live.join("sub/del.txt")).unwrap(), "recreated by an operator");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_cannot_redirect_the_commit() {
+        let (t, live, st) = setup();
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(live.join("n")).unwrap();
+        let before = stage(&live, &st, MAX).unwrap();
+        fs::write(st.join("n/x.txt"), "x").unwrap();
+        let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
+        // Someone replaces live/n with a symlink to a directory outside the mount.
+        fs::remove_dir(live.join("n")).unwrap();
+        std::os::unix::fs::symlink(&outside, live.join("n")).unwrap();
+        let (mut j, jpath) = journal(&t, "r6", &d, &live);
+        assert!(j.commit(&roots(&st), &jpath).is_err());
+        // The step cannot be resolved beneath the mount either way: rollback
+        // reports it and touches nothing outside.
+        let _ = j.rollback();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside the mount");
     }
 
     #[test]
