@@ -237,6 +237,31 @@ mod tests {
         assert!(matches!(CapsuleFile::parse(&bytes), Err(ContainerError::UnexpectedEntry(n)) if n == "../evil"));
     }
 
+    proptest::proptest! {
+        /// Untrusted bytes: any mutation of a valid capsule either parses to a
+        /// capsule whose component still matches its manifest, or is refused.
+        /// Never a panic.
+        #[test]
+        fn mutated_capsules_never_panic(flips in proptest::collection::vec((0usize..4096, 0u8..=255), 1..8)) {
+            let mut bytes = sample().with_bundle(b"{}".to_vec()).to_bytes();
+            for (pos, val) in flips {
+                let i = pos % bytes.len();
+                bytes[i] = val;
+            }
+            if let Ok(c) = CapsuleFile::parse(&bytes) {
+                proptest::prop_assert_eq!(Sha256Digest::of(c.component()), c.manifest().component.sha256);
+                proptest::prop_assert_eq!(Sha256Digest::of(c.manifest_bytes()), c.digest());
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = CapsuleFile::parse(&bytes);
+            let _ = crate::manifest::Manifest::from_canonical_json(&bytes);
+            let _ = crate::evidence::verify_chain_lines(&bytes);
+        }
+    }
+
     #[test]
     fn garbage_is_refused() {
         assert!(CapsuleFile::parse(b"not a tar").is_err());

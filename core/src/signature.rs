@@ -586,6 +586,61 @@ mod tests {
         assert_eq!(verify_capsule(bad, &trusted(&key)).unwrap_err().reason_code(), "signature.untrusted_signer");
     }
 
+    const KEYLESS_ID: &str =
+        "https://github.com/prefix-dev/sigstore-example/.github/workflows/action.yaml@refs/heads/main";
+    const KEYLESS_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+    fn data(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../tests/data/sigstore/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// Keyless verification runs offline against a local trusted root and
+    /// checks the exact identity and issuer.
+    #[test]
+    fn keyless_bundles_verify_offline_with_exact_identity() {
+        let bundle = parse_bundle(&data("conda-attestation.sigstore.json")).unwrap();
+        let artifact = Sha256Digest::of(&data("signed-package-2.1.0-hb0f4dca_0.conda"));
+        let root = data("public-good.json");
+        let ok = TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], Some(&root)).unwrap();
+        let (signer, detail, transparency) = verify_keyless(&bundle, artifact, &ok).unwrap();
+        assert_eq!((signer.as_str(), transparency), ("ci", Transparency::Verified));
+        assert!(detail.contains(KEYLESS_ID));
+
+        for (id, issuer) in [
+            ("https://github.com/evil/repo/.github/workflows/x.yaml@refs/heads/main", KEYLESS_ISSUER),
+            (KEYLESS_ID, "https://accounts.google.com"),
+        ] {
+            let wrong = TrustedSigners::new(vec![TrustedSigner::keyless("x", id, issuer)], Some(&root)).unwrap();
+            let e = verify_keyless(&bundle, artifact, &wrong).unwrap_err();
+            assert_eq!(e.reason_code(), "signature.untrusted_signer");
+        }
+        let other = Sha256Digest::of(b"another artifact");
+        assert!(verify_keyless(&bundle, other, &ok).is_err(), "subject must match");
+        let no_root = TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], None).unwrap();
+        assert!(verify_keyless(&bundle, artifact, &no_root).is_err(), "no trusted root, no keyless trust");
+    }
+
+    #[test]
+    fn conformance_verification_is_sigstores_own() {
+        let bundle = data("conda-attestation.sigstore.json");
+        let root = data("public-good.json");
+        let artifact = data("signed-package-2.1.0-hb0f4dca_0.conda");
+        let id = BundlePolicy::Identity { identity: KEYLESS_ID.into(), issuer: KEYLESS_ISSUER.into() };
+        verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Bytes(artifact.clone())).unwrap();
+        verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Digest(Sha256Digest::of(&artifact))).unwrap();
+        let mut tampered = artifact;
+        tampered[100] ^= 1;
+        assert!(verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Bytes(tampered)).is_err());
+        // Our keyed, log-less capsule bundles are not valid *Sigstore* bundles:
+        // Sigstore requires a log entry or timestamp.
+        let key = CapsuleSigningKey::generate();
+        let c = capsule("a");
+        let ours = key.sign_capsule(&c);
+        let policy = BundlePolicy::Key { pem: key.public_key_pem() };
+        let e = verify_sigstore_bundle(&ours, &policy, None, &BundleArtifact::Digest(c.digest())).unwrap_err();
+        assert!(!e.is_empty());
+    }
+
     #[test]
     fn weak_keys_are_refused_at_registration() {
         // SPKI for the Ed25519 identity point (small order).

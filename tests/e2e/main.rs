@@ -5,6 +5,7 @@ mod examples;
 mod harness;
 mod hostile;
 mod signatures;
+mod sigstore;
 
 /// Every guest program must be exercised by a test here.
 #[test]
