@@ -7,35 +7,29 @@
 //! plug in here: until they exist the decision is always
 //! [`Decision::unapproved_tier0`], recorded as such.
 
-use serde::{Deserialize, Serialize};
-
 use crate::admission::Admitted;
 use crate::digest::Sha256Digest;
 use crate::plan::ValidPlan;
 
-/// The policy decision for one capsule and grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub allowed: bool,
-    pub tier: u8,
-    pub approvals_required: u32,
-    /// Reasons a person can read, each naming what produced it.
-    pub reasons: Vec<String>,
-}
+pub use crate::policy::Decision;
+use crate::policy::Reason;
 
 impl Decision {
-    /// The foundation's only decision: allowed at tier 0 with no approvals,
-    /// because no policy plane is configured. Recorded verbatim in evidence so
-    /// a reviewer can see that no policy was applied.
+    /// The decision of a runner without a policy: allowed at tier 0 with no
+    /// approvals, and saying so, so a reviewer can see no policy applied.
     pub fn unapproved_tier0() -> Self {
         Decision {
             allowed: true,
             tier: 0,
             approvals_required: 0,
-            reasons: vec![
-                "no policy plane configured in this runner version: every admitted capsule runs as an unapproved tier-0 change"
-                    .to_owned(),
-            ],
+            requirement: None,
+            reasons: vec![Reason::new(
+                "no-policy",
+                "no policy configured: every admitted capsule runs as an unapproved tier-0 change",
+            )],
+            policy: None,
+            graph: None,
+            derivation: None,
         }
     }
 }
@@ -44,8 +38,8 @@ impl Decision {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorizeError {
-    #[error("policy denied the capsule: {}", .0.join("; "))]
-    Denied(Vec<String>),
+    #[error("policy denied the capsule: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Denied(Vec<Reason>),
     #[error("tier {tier} needs {required} approval(s) and none can be given by this runner version yet")]
     ApprovalsRequired { tier: u8, required: u32 },
     #[error("the plan was validated for capsule {plan_capsule}, not for {capsule}")]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::canonical::{self, CanonicalError};
 use crate::digest::Sha256Digest;
 use crate::plan::{DiffEntry, Finding};
+use crate::policy::Decision;
 
 /// The `prev` of the first record in a log.
 pub const GENESIS: Sha256Digest = Sha256Digest([0; 32]);
@@ -63,9 +64,33 @@ pub enum Event {
         /// The component's real imports.
         imports: Vec<String>,
     },
-    /// The policy decision. Until the policy plane exists every admitted
-    /// capsule is an unapproved tier-0 run, and says so.
-    Decision { allowed: bool, tier: u8, approvals_required: u32, reasons: Vec<String> },
+    /// The policy decision, with its inputs' digests and the derivation.
+    /// Without a policy every admitted capsule is an unapproved tier-0 run,
+    /// and the decision says so.
+    Decision {
+        decision: Decision,
+        /// Artifact: the canonical decision input (capsule, signer, grant,
+        /// node mapping) — with the policy and graph it replays the decision.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<Sha256Digest>,
+    },
+    /// The runner started with, or switched to, another policy or graph.
+    /// Artifacts: the new policy document and graph.
+    PolicyChange {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_policy: Option<Sha256Digest>,
+        new_policy: Sha256Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        old_graph: Option<Sha256Digest>,
+        new_graph: Sha256Digest,
+    },
+    /// A policy or graph failed to load; the previous one stays in force.
+    PolicyRefused {
+        file: String,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_policy: Option<Sha256Digest>,
+    },
     /// Authorization outcome (tier 0: no approvals needed).
     Authorized { tier: u8, approvals: Vec<String>, note: String },
     /// The capsule's plan (artifact: canonical plan JSON).

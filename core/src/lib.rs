@@ -28,9 +28,11 @@ pub mod container;
 pub mod digest;
 pub mod dsse;
 pub mod evidence;
+pub mod graph;
 pub mod manifest;
 pub mod paths;
 pub mod plan;
+pub mod policy;
 pub mod signature;
 pub mod snapshot;
 

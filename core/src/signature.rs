@@ -601,7 +601,8 @@ mod tests {
         let bundle = parse_bundle(&data("conda-attestation.sigstore.json")).unwrap();
         let artifact = Sha256Digest::of(&data("signed-package-2.1.0-hb0f4dca_0.conda"));
         let root = data("public-good.json");
-        let ok = TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], Some(&root)).unwrap();
+        let ok =
+            TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], Some(&root)).unwrap();
         let (signer, detail, transparency) = verify_keyless(&bundle, artifact, &ok).unwrap();
         assert_eq!((signer.as_str(), transparency), ("ci", Transparency::Verified));
         assert!(detail.contains(KEYLESS_ID));
@@ -616,7 +617,8 @@ mod tests {
         }
         let other = Sha256Digest::of(b"another artifact");
         assert!(verify_keyless(&bundle, other, &ok).is_err(), "subject must match");
-        let no_root = TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], None).unwrap();
+        let no_root =
+            TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], None).unwrap();
         assert!(verify_keyless(&bundle, artifact, &no_root).is_err(), "no trusted root, no keyless trust");
     }
 
@@ -627,7 +629,8 @@ mod tests {
         let artifact = data("signed-package-2.1.0-hb0f4dca_0.conda");
         let id = BundlePolicy::Identity { identity: KEYLESS_ID.into(), issuer: KEYLESS_ISSUER.into() };
         verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Bytes(artifact.clone())).unwrap();
-        verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Digest(Sha256Digest::of(&artifact))).unwrap();
+        verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Digest(Sha256Digest::of(&artifact)))
+            .unwrap();
         let mut tampered = artifact;
         tampered[100] ^= 1;
         assert!(verify_sigstore_bundle(&bundle, &id, Some(&root), &BundleArtifact::Bytes(tampered)).is_err());
