@@ -74,15 +74,18 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<Sha256Digest>,
     },
-    /// The runner started with, or switched to, another policy or graph.
-    /// Artifacts: the new policy document and graph.
+    /// The runner started with, or switched to, another policy or graph
+    /// (or to none). Artifacts: the new policy document and graph, whose
+    /// SHA-256 are their digests.
     PolicyChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         old_policy: Option<Sha256Digest>,
-        new_policy: Sha256Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_policy: Option<Sha256Digest>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         old_graph: Option<Sha256Digest>,
-        new_graph: Sha256Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_graph: Option<Sha256Digest>,
     },
     /// A policy or graph failed to load; the previous one stays in force.
     PolicyRefused {

@@ -129,6 +129,11 @@ impl TrustedSigner {
         &self.name
     }
 
+    /// Whether this is a keyless (certificate identity) signer.
+    pub fn is_keyless(&self) -> bool {
+        matches!(self.kind, SignerKind::Keyless { .. })
+    }
+
     /// A one-line description for people (`keyed ed25519 sha256:…` / `keyless <identity> via <issuer>`).
     pub fn describe(&self) -> String {
         match &self.kind {
@@ -170,6 +175,15 @@ impl TrustedSigners {
 
     pub fn signers(&self) -> &[TrustedSigner] {
         &self.signers
+    }
+
+    /// Replace the signers, keeping the trusted root.
+    pub fn set_signers(&mut self, signers: Vec<TrustedSigner>) {
+        self.signers = signers;
+    }
+
+    pub fn has_trusted_root(&self) -> bool {
+        self.root.is_some()
     }
 }
 

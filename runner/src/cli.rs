@@ -52,6 +52,12 @@ pub enum Command {
     /// Sigstore interoperability.
     #[command(subcommand)]
     Sigstore(SigstoreCommand),
+    /// Check, explain and test the policy.
+    #[command(subcommand)]
+    Policy(crate::cli_policy::PolicyCommand),
+    /// The system graph.
+    #[command(subcommand)]
+    Graph(crate::cli_policy::GraphCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +197,8 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
+        Command::Policy(c) => crate::cli_policy::policy(c, out),
+        Command::Graph(c) => crate::cli_policy::graph(c, out),
     }
 }
 
@@ -358,7 +366,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A component's imports, as wasmtime sees them (compiles it; no instantiation).
-fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
+pub(crate) fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true);
     let engine = wasmtime::Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -378,8 +386,8 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let Some(s) = &r.signer {
         writeln!(out, "signer       {s}")?;
     }
-    if let Some(t) = r.tier {
-        writeln!(out, "decision     tier {t}, unapproved (no policy or approval plane in this runner version)")?;
+    if let Some(d) = &r.decision {
+        crate::cli_policy::print_decision(d, out)?;
     }
     if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
         writeln!(out, "plan         {d}")?;
@@ -444,9 +452,17 @@ fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
     let summary = match &r.event {
         Event::Submission { name, version, capsule, .. } => format!("submission  {name}@{version} {capsule}"),
         Event::Admitted { signer, imports, .. } => format!("admitted    signer {signer}; {} imports", imports.len()),
-        Event::Decision { allowed, tier, reasons, .. } => {
-            format!("decision    {} tier {tier}: {}", if *allowed { "allow" } else { "deny" }, reasons.join("; "))
+        Event::Decision { decision: d, .. } => {
+            let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+            format!("decision    {} tier {}: {}", if d.allowed { "allow" } else { "deny" }, d.tier, reasons.join("; "))
         }
+        Event::PolicyChange { old_policy, new_policy, new_graph, .. } => format!(
+            "policy      now {} (graph {}){}",
+            new_policy.map_or_else(|| "none".to_owned(), |d| d.to_string()),
+            new_graph.map_or_else(|| "none".to_owned(), |d| d.to_string()),
+            old_policy.map(|o| format!(", was {o}")).unwrap_or_default()
+        ),
+        Event::PolicyRefused { file, error, .. } => format!("policy-refused {file}: {error}"),
         Event::Authorized { tier, note, .. } => format!("authorized  tier {tier}: {note}"),
         Event::Planned { plan, changes, findings, .. } => {
             format!("planned     {plan} ({changes} change(s), {} finding(s))", findings.len())

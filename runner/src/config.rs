@@ -11,6 +11,8 @@ use edge_core::admission::{Ceiling, Limits};
 use edge_core::manifest::{is_env_name, is_interface_name};
 use edge_core::paths::is_logical_name;
 use edge_core::signature::{TrustedSigner, TrustedSigners};
+
+use crate::policy_files::PolicySet;
 use serde::Deserialize;
 
 /// Interfaces a runner can link: the `capsule` world's imports. Sockets, HTTP
@@ -56,6 +58,26 @@ struct RawConfig {
     grant: RawGrant,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, RawEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    /// The policy document (TOML).
+    file: PathBuf,
+    /// The system graph (TOML).
+    graph: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    /// The graph node this endpoint belongs to.
+    node: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +120,9 @@ struct RawMount {
     path: PathBuf,
     #[serde(default)]
     writable: bool,
+    /// The graph node this mount belongs to (required with a policy).
+    #[serde(default)]
+    node: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +160,10 @@ pub struct RunnerConfig {
     /// Environment values the runner may pass (only names a capsule requests are passed).
     pub env: BTreeMap<String, String>,
     pub ceiling: Ceiling,
+    /// The policy, graph and files, when a policy is configured.
+    pub policy: Option<PolicySet>,
+    /// Mount and endpoint name → graph node.
+    pub nodes: BTreeMap<String, String>,
 }
 
 impl RunnerConfig {
@@ -170,7 +199,17 @@ impl RunnerConfig {
             }
             None => None,
         };
-        let mut signers = Vec::new();
+        let policy = match &raw.policy {
+            Some(p) => Some(PolicySet::load(&resolve(&p.file), &resolve(&p.graph))?),
+            None => None,
+        };
+        if policy.is_some() && !raw.signers.is_empty() {
+            bail!("with a policy configured, trusted signers belong in the policy document, not in [[signers]] here");
+        }
+        let mut signers = policy.as_ref().map(|p| p.policy.signers().to_vec()).unwrap_or_default();
+        if policy.is_some() && trusted_root.is_none() && signers.iter().any(|s| s.is_keyless()) {
+            bail!("the policy trusts keyless signers: configure `sigstore.trusted_root` (a local trusted_root.json)");
+        }
         let mut names = BTreeSet::new();
         for s in &raw.signers {
             if !names.insert(s.name.as_str()) {
@@ -204,6 +243,7 @@ impl RunnerConfig {
             .context("`sigstore.trusted_root` is not a valid Sigstore trusted root")?;
 
         let mut mounts = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
         for (name, m) in raw.mounts {
             if !is_logical_name(&name) {
                 bail!("mount name `{name}` must use [A-Za-z0-9._-]");
@@ -214,7 +254,23 @@ impl RunnerConfig {
             if !canonical.is_dir() {
                 bail!("mount `{name}`: {} is not a directory", canonical.display());
             }
+            if let Some(node) = m.node {
+                nodes.insert(name.clone(), node);
+            } else if policy.is_some() {
+                bail!(
+                    "mount `{name}` has no `node`: with a policy, every mount must name the graph node it belongs to"
+                );
+            }
             mounts.insert(name, MountConfig { path: canonical, writable: m.writable });
+        }
+        for (name, e) in raw.endpoints {
+            if !is_logical_name(&name) {
+                bail!("endpoint name `{name}` must use [A-Za-z0-9._-]");
+            }
+            nodes.insert(name, e.node);
+        }
+        if let Some(p) = &policy {
+            p.check_nodes(&nodes)?;
         }
         for name in raw.env.keys() {
             if !is_env_name(name) {
@@ -278,7 +334,17 @@ impl RunnerConfig {
                 }
             }
         }
-        Ok(RunnerConfig { name: raw.runner.name, state_dir, cache_dir, signers, mounts, env: raw.env, ceiling })
+        Ok(RunnerConfig {
+            name: raw.runner.name,
+            state_dir,
+            cache_dir,
+            signers,
+            mounts,
+            env: raw.env,
+            ceiling,
+            policy,
+            nodes,
+        })
     }
 }
 

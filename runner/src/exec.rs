@@ -22,12 +22,14 @@ use edge_core::canonical;
 use edge_core::container::CapsuleFile;
 use edge_core::evidence::{Event, Outcome, Record};
 use edge_core::plan::{self, DiffEntry, Plan, ValidPlan};
+use edge_core::policy::DecisionInput;
 use edge_core::signature;
 use edge_core::snapshot;
 use serde::Serialize;
 
 use crate::config::RunnerConfig;
 use crate::evidence_log::EvidenceLog;
+use crate::policy_files::PolicySet;
 use crate::sandbox::{CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification};
 use crate::staging::{self, Journal};
 
@@ -51,6 +53,7 @@ pub struct RunReport {
     pub name: Option<String>,
     pub signer: Option<String>,
     pub tier: Option<u8>,
+    pub decision: Option<Decision>,
     pub plan: Option<Plan>,
     pub plan_digest: Option<Sha256Digest>,
     pub diff: Vec<DiffEntry>,
@@ -75,6 +78,7 @@ impl RunReport {
             name: None,
             signer: None,
             tier: None,
+            decision: None,
             plan: None,
             plan_digest: None,
             diff: Vec::new(),
@@ -107,7 +111,80 @@ impl Runner {
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mut runner = Self { config, sandbox, log };
         runner.recover()?;
+        runner.record_policy_in_force()?;
         Ok(runner)
+    }
+
+    /// The policy and graph digests the log last recorded as in force.
+    fn recorded_policy(&self) -> (Option<Sha256Digest>, Option<Sha256Digest>) {
+        self.log
+            .records()
+            .iter()
+            .rev()
+            .find_map(|r| match &r.event {
+                Event::PolicyChange { new_policy, new_graph, .. } => Some((*new_policy, *new_graph)),
+                _ => None,
+            })
+            .unwrap_or((None, None))
+    }
+
+    /// If the policy or graph in force differs from what the log last
+    /// recorded, record the change (with both documents as artifacts) before
+    /// any decision uses it.
+    fn record_policy_in_force(&mut self) -> Result<()> {
+        let (old_policy, old_graph) = self.recorded_policy();
+        let (new_policy, new_graph) = match &self.config.policy {
+            Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
+            None => (None, None),
+        };
+        if (old_policy, old_graph) == (new_policy, new_graph) {
+            return Ok(());
+        }
+        if let Some(p) = &self.config.policy {
+            let (pt, gt) = (p.policy_text.clone(), p.graph_text.clone());
+            self.log.put_artifact(pt.as_bytes())?;
+            self.log.put_artifact(gt.as_bytes())?;
+        }
+        self.log.append("policy", Event::PolicyChange { old_policy, new_policy, old_graph, new_graph })?;
+        Ok(())
+    }
+
+    /// Reload the policy and graph from their files. A new policy takes
+    /// effect atomically (one assignment, recorded first); a bad one is
+    /// refused, recorded, and the last good one stays in force.
+    ///
+    /// # Errors
+    /// Only if the evidence log cannot be written. A refused reload returns
+    /// `Ok(false)`.
+    pub fn reload_policy(&mut self) -> Result<bool> {
+        let Some(current) = &self.config.policy else { return Ok(false) };
+        let (policy_path, graph_path) = (current.policy_path.clone(), current.graph_path.clone());
+        let kept = Some(current.policy.digest());
+        let has_root = self.config.signers.has_trusted_root();
+        let loaded = PolicySet::load(&policy_path, &graph_path).and_then(|set| {
+            set.check_nodes(&self.config.nodes)?;
+            if !has_root && set.policy.signers().iter().any(|s| s.is_keyless()) {
+                anyhow::bail!("the policy trusts keyless signers but no `sigstore.trusted_root` is configured");
+            }
+            Ok(set)
+        });
+        match loaded {
+            Ok(set) => {
+                let signers = set.policy.signers().to_vec();
+                let old = std::mem::replace(&mut self.config.policy, Some(set));
+                if let Err(e) = self.record_policy_in_force() {
+                    self.config.policy = old;
+                    return Err(e);
+                }
+                self.config.signers.set_signers(signers);
+                Ok(true)
+            }
+            Err(e) => {
+                let file = format!("{} / {}", policy_path.display(), graph_path.display());
+                self.log.append("policy", Event::PolicyRefused { file, error: format!("{e:#}"), kept_policy: kept })?;
+                Ok(false)
+            }
+        }
     }
 
     /// Roll back and close every run that has no terminal record.
@@ -119,10 +196,14 @@ impl Runner {
         let mut open: Vec<String> = Vec::new();
         let mut terminal: BTreeMap<String, Outcome> = BTreeMap::new();
         for r in self.log.records() {
-            if let Event::Completed { outcome } = &r.event {
-                terminal.insert(r.run.clone(), *outcome);
-            } else if !open.contains(&r.run) {
-                open.push(r.run.clone());
+            match &r.event {
+                Event::Completed { outcome } => {
+                    terminal.insert(r.run.clone(), *outcome);
+                }
+                // Runner-level records, not part of any run.
+                Event::PolicyChange { .. } | Event::PolicyRefused { .. } => {}
+                _ if !open.contains(&r.run) => open.push(r.run.clone()),
+                _ => {}
             }
         }
         let mut recovered = Vec::new();
@@ -354,18 +435,19 @@ impl Runner {
             },
         )?;
 
-        // 4. Decision (the policy plane plugs in here).
-        let decision = Decision::unapproved_tier0();
+        // 4. Decision: from the policy and the blast radius of the grant,
+        // recorded (with its input) before anything runs.
+        let (decision, input_d) = match &self.config.policy {
+            Some(set) => {
+                let input = decision_input(&admitted, &self.config.nodes);
+                let input_d = self.log.put_artifact(&canonical::to_canonical_vec(&input)?)?;
+                (set.policy.decide(&set.graph, &input), Some(input_d))
+            }
+            None => (Decision::unapproved_tier0(), None),
+        };
         report.tier = Some(decision.tier);
-        self.record(
-            report,
-            Event::Decision {
-                allowed: decision.allowed,
-                tier: decision.tier,
-                approvals_required: decision.approvals_required,
-                reasons: decision.reasons.clone(),
-            },
-        )?;
+        report.decision = Some(decision.clone());
+        self.record(report, Event::Decision { decision: decision.clone(), input: input_d })?;
         let decided = match authorize::decide(admitted, decision) {
             Ok(d) => d,
             Err(e) => return self.refuse(report, "decide", e.reason_code(), e.to_string()),
@@ -619,6 +701,29 @@ fn truncate(mut s: String, max: usize) -> String {
         s.push_str(" …(truncated)");
     }
     s
+}
+
+/// Everything the policy decides on, from an admitted capsule.
+pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> DecisionInput {
+    let capsule = admitted.capsule();
+    let m = capsule.file().manifest();
+    DecisionInput {
+        capsule: capsule.file().digest(),
+        name: format!("{}@{}", m.name, m.version),
+        kind: m.kind,
+        signer: capsule.signer().to_owned(),
+        transparency: capsule.transparency(),
+        grant: admitted.grant().clone(),
+        endpoints: m.endpoints.clone(),
+        // Only the mappings this grant uses: the decision input stays small
+        // and replayable.
+        nodes: nodes
+            .iter()
+            .filter(|(k, _)| admitted.grant().mounts.iter().any(|g| &g.name == *k) || m.endpoints.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        ticket: m.provenance.ticket.clone(),
+    }
 }
 
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).

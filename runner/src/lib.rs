@@ -5,10 +5,13 @@
 //! sandbox, staging/commit/rollback on the host filesystem, the evidence log
 //! on disk, and the CLI.
 
+pub mod backstage;
 pub mod cli;
+pub mod cli_policy;
 pub mod config;
 pub mod evidence_log;
 pub mod exec;
 pub mod keys;
+pub mod policy_files;
 pub mod sandbox;
 pub mod staging;

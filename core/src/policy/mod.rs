@@ -33,6 +33,7 @@ use crate::graph::{Criticality, Graph, NodeSet};
 use crate::manifest::Kind;
 use crate::signature::{Transparency, TrustedSigner};
 
+pub mod check;
 mod rego;
 
 /// The policy schema version this runner reads.
