@@ -214,3 +214,88 @@ pub fn to_toml(graph: &GraphSpec, source: &Path) -> Result<String> {
         source.display()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_core::graph::Graph;
+
+    fn catalog() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/backstage")
+    }
+
+    #[test]
+    fn imports_a_realistic_multi_file_catalog() {
+        let import = import(&[catalog()]).unwrap();
+        assert_eq!(import.files, 5);
+        let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "component:default/nightly-reporting",
+                "component:default/payments-api",
+                "component:default/storefront",
+                "component:identity/auth-service",
+                "resource:default/ledger-db",
+                "resource:default/log-volume",
+                "resource:default/payments-queue",
+                "resource:identity/user-directory",
+                "system:default/payments",
+            ]
+        );
+        for kind in ["API", "Domain", "Group", "Location", "User"] {
+            assert_eq!(import.skipped.get(kind), Some(&1), "{kind}");
+        }
+        let node = |id: &str| import.graph.nodes.iter().find(|n| n.id == id).unwrap();
+        let api = node("component:default/payments-api");
+        assert_eq!(api.criticality, Criticality::High);
+        assert_eq!(api.kind, NodeKind::Service);
+        assert_eq!(api.owner, "team-payments");
+        assert!(api.depends_on.contains("component:identity/auth-service"));
+        assert_eq!(node("resource:default/ledger-db").kind, NodeKind::Datastore);
+        assert_eq!(node("resource:default/payments-queue").kind, NodeKind::Queue);
+        assert_eq!(node("resource:default/log-volume").kind, NodeKind::Host);
+        assert!(node("component:default/storefront").tags.contains("website"), "tags are lowercased");
+        // System membership: the system depends on its members.
+        let sys = node("system:default/payments");
+        assert_eq!(sys.kind, NodeKind::System);
+        assert_eq!(sys.depends_on.len(), 3);
+
+        // The result compiles, and the blast radius follows the catalog.
+        let text = to_toml(&import.graph, &catalog()).unwrap();
+        let g = Graph::from_toml(&text).unwrap();
+        let dir = g.index_of("resource:identity/user-directory").unwrap();
+        let impacted: Vec<String> = g.impact_of(dir).iter().map(|i| g.node(i).spec.id.clone()).collect();
+        assert!(impacted.contains(&"component:default/storefront".to_owned()), "{impacted:?}");
+        assert!(impacted.contains(&"system:default/payments".to_owned()), "{impacted:?}");
+    }
+
+    #[test]
+    fn unresolved_references_and_duplicates_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("a.yaml"),
+            "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: a\nspec:\n  dependsOn: [resource:ghost]\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", import(&[t.path().to_path_buf()]).unwrap_err());
+        assert!(e.contains("a.yaml") && e.contains("resource:default/ghost"), "{e}");
+
+        std::fs::write(
+            t.path().join("a.yaml"),
+            "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: a\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("b.yaml"),
+            "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: A\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", import(&[t.path().to_path_buf()]).unwrap_err());
+        assert!(e.contains("defined in both"), "{e}");
+
+        std::fs::write(t.path().join("b.yaml"), "kind: [unclosed\n").unwrap();
+        let e = format!("{:#}", import(&[t.path().to_path_buf()]).unwrap_err());
+        assert!(e.contains("b.yaml"), "{e}");
+    }
+}

@@ -98,6 +98,33 @@ impl Env {
         std::fs::write(self.path("runner.toml"), text).unwrap();
     }
 
+    /// Switch to a policy: the example policy and graph, the agent key as
+    /// the policy's signer, mount `data` mapped to `data_node` and `ro` to
+    /// `tls-certs`, plus `extra_mounts` (name, node, writable).
+    pub fn write_policy_config(&self, data_node: &str, extra_mounts: &[(&str, &str, bool)]) {
+        let root = std::path::Path::new(test_programs::ROOT);
+        std::fs::copy(root.join("examples/policy/graph.toml"), self.path("graph.toml")).unwrap();
+        let pem = std::fs::read_to_string(self.path("keys/agent.pub")).unwrap();
+        let policy = format!(
+            "{}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"data\", \"logs\", \"ledger\"]\n",
+            std::fs::read_to_string(root.join("examples/policy/policy.toml")).unwrap()
+        );
+        std::fs::write(self.path("policy.toml"), policy).unwrap();
+        let cache = root.join("target/test-component-cache");
+        let mut text = format!(
+            "[runner]\nname = \"test-runner\"\nstate_dir = \"state\"\ncache_dir = {:?}\n\n\
+             [policy]\nfile = \"policy.toml\"\ngraph = \"graph.toml\"\n\n\
+             [mounts.data]\npath = \"data\"\nwritable = true\nnode = \"{data_node}\"\n\n\
+             [mounts.ro]\npath = \"ro\"\nwritable = false\nnode = \"tls-certs\"\n",
+            cache.display().to_string()
+        );
+        for (name, node, writable) in extra_mounts {
+            std::fs::create_dir_all(self.path(name)).unwrap();
+            text.push_str(&format!("\n[mounts.{name}]\npath = \"{name}\"\nwritable = {writable}\nnode = \"{node}\"\n"));
+        }
+        std::fs::write(self.path("runner.toml"), text).unwrap();
+    }
+
     pub fn cli(&self, args: &[&str]) -> Cli {
         let out = Command::new(BIN).args(args).current_dir(self.dir.path()).output().unwrap();
         Cli(out)
@@ -120,7 +147,7 @@ impl Env {
         format!(
             "name = \"hostile\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{STD_IMPORTS}\n\
              [params]\nattack = \"{attack}\"\n\n[[mounts]]\nname = \"data\"\nwritable = true\n\n\
-             [[mounts]]\nname = \"ro\"\nwritable = false\n\n{FAST_LIMITS}\n{extra}"
+             [[mounts]]\nname = \"ro\"\nwritable = false\n\n[provenance]\nticket = \"TEST-1\"\n\n{FAST_LIMITS}\n{extra}"
         )
     }
 

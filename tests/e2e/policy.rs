@@ -1,0 +1,189 @@
+//! The policy plane in a real run: decisions from the blast radius, recorded
+//! before anything runs; policy changes and refused loads in the evidence.
+
+use crate::harness::Env;
+use crate::hostile::assert_refused;
+
+fn decision(run: &crate::harness::Run) -> &serde_json::Value {
+    &run.report["decision"]
+}
+
+#[test]
+fn a_low_risk_write_runs_automatically_with_the_decision_recorded_first() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let run = env.exec(&env.hostile("none"));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let d = decision(&run);
+    assert_eq!(d["tier"], 0);
+    assert_eq!(d["allowed"], true);
+    assert!(d["policy"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(d["derivation"]["touched"].as_array().unwrap().len(), 2);
+    let events = run.events();
+    let (decided, planned) = (events.iter().position(|e| e == "decision"), events.iter().position(|e| e == "planned"));
+    assert!(decided < planned, "{events:?}");
+    // The decision record carries its replayable input, stored as an artifact.
+    let rec = run.report["records"].as_array().unwrap().iter().find(|r| r["event"]["type"] == "decision").unwrap();
+    let input = rec["event"]["input"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    assert!(env.path(&format!("state/evidence/artifacts/sha256/{input}")).exists());
+    // The policy in force was recorded when the runner started.
+    let log = env.evidence();
+    assert_eq!(log[0]["event"]["type"], "policy-change");
+    assert_eq!(log[0]["event"]["new_policy"], d["policy"]);
+}
+
+#[test]
+fn a_write_reaching_the_revenue_path_waits_for_two_approvals() {
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    let capsule = env.hostile("none");
+    let before = env.host_files();
+    let run = env.exec(&capsule);
+    assert_refused(&env, &run, "authorize.approvals_missing", &before);
+    let d = decision(&run);
+    assert_eq!((d["tier"].as_u64(), d["approvals_required"].as_u64()), (Some(2), Some(2)));
+    assert!(d["reasons"].as_array().unwrap().iter().any(|r| r["rule"] == "rules.revenue-path-writes"));
+    assert!(run.events().contains(&"planned".to_owned()), "the plan is made for approvers to see");
+}
+
+#[test]
+fn a_denied_capsule_never_runs() {
+    let env = Env::new();
+    env.write_policy_config("ledger-db", &[]);
+    let capsule = env.hostile("none");
+    let before = env.host_files();
+    let run = env.exec(&capsule);
+    assert_refused(&env, &run, "policy.denied", &before);
+    assert!(run.detail().contains("deny.no-irreversible-writes"), "{}", run.detail());
+    assert!(!run.events().contains(&"planned".to_owned()), "nothing ran");
+}
+
+#[test]
+fn a_signer_outside_the_policy_is_refused() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let capsule = env.capsule("c", test_programs::HOSTILE, &Env::hostile_manifest("none", ""), Some("other"));
+    let before = env.host_files();
+    let run = env.exec(&capsule);
+    assert_refused(&env, &run, "signature.untrusted_signer", &before);
+}
+
+#[test]
+fn a_malformed_policy_stops_the_runner_with_file_and_line() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let text = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    std::fs::write(env.path("policy.toml"), text.replacen("default_tier = 0", "default_tier = \"zero\"", 1)).unwrap();
+    let capsule = env.hostile("none");
+    let out = env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("policy.toml") && out.stderr().contains("line"), "{}", out.stderr());
+    assert!(!env.path("state/evidence/log.jsonl").exists(), "nothing ran, nothing was recorded");
+}
+
+#[test]
+fn an_unknown_node_in_a_mount_mapping_is_a_load_error() {
+    let env = Env::new();
+    env.write_policy_config("no-such-node", &[]);
+    let out = env.cli(&["policy", "check", "--config", "runner.toml"]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("no-such-node") && out.stderr().contains("`data`"), "{}", out.stderr());
+}
+
+#[test]
+fn a_policy_change_is_recorded_with_old_and_new_digests() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let first = env.exec(&env.hostile("none"));
+    let old = decision(&first)["policy"].clone();
+    let text = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    std::fs::write(
+        env.path("policy.toml"),
+        text.replace("name = \"example-enclave\"", "name = \"example-enclave-v2\""),
+    )
+    .unwrap();
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+    let second = env.exec(&env.hostile("none"));
+    let new = decision(&second)["policy"].clone();
+    assert_ne!(old, new);
+    let log = env.evidence();
+    let changes: Vec<&serde_json::Value> =
+        log.as_array().unwrap().iter().filter(|r| r["event"]["type"] == "policy-change").collect();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[1]["event"]["old_policy"], old);
+    assert_eq!(changes[1]["event"]["new_policy"], new);
+}
+
+#[test]
+fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
+    let mut runner = edge_runner::exec::Runner::open(config).unwrap();
+    let good = runner.config.policy.as_ref().unwrap().policy.digest();
+    std::fs::write(env.path("policy.toml"), "version = 1\n[tiers.0]\napprovals = 3\n").unwrap();
+    assert!(!runner.reload_policy().unwrap());
+    assert_eq!(runner.config.policy.as_ref().unwrap().policy.digest(), good, "the last good policy stays");
+    let last = runner.log.records().last().unwrap();
+    match &last.event {
+        edge_core::evidence::Event::PolicyRefused { error, kept_policy, .. } => {
+            assert!(error.contains("tiers.0.approvals"), "{error}");
+            assert_eq!(*kept_policy, Some(good));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A good reload takes effect and is recorded.
+    let text =
+        std::fs::read_to_string(std::path::Path::new(test_programs::ROOT).join("examples/policy/policy.toml")).unwrap();
+    let pem = std::fs::read_to_string(env.path("keys/agent.pub")).unwrap();
+    std::fs::write(
+        env.path("policy.toml"),
+        format!("{text}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\n"),
+    )
+    .unwrap();
+    assert!(runner.reload_policy().unwrap());
+    assert_ne!(runner.config.policy.as_ref().unwrap().policy.digest(), good);
+    assert!(matches!(runner.log.records().last().unwrap().event, edge_core::evidence::Event::PolicyChange { .. }));
+}
+
+#[test]
+fn policy_check_explain_and_test_commands() {
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[("logs", "log-volume", true)]);
+    let check = env.cli(&["policy", "check", "--config", "runner.toml"]).success();
+    assert!(check.stdout().contains("OK"), "{}", check.stdout());
+    assert!(check.stdout().contains("mapping data -> payments-config"));
+
+    let capsule = env.hostile("none");
+    let explain =
+        env.cli(&["policy", "explain", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"]).success();
+    let v: serde_json::Value = serde_json::from_str(&explain.stdout()).unwrap();
+    assert_eq!(v["decision"]["tier"], 2);
+    assert_eq!(v["input"]["signer"], "test-agent");
+    let text = env.cli(&["policy", "explain", capsule.to_str().unwrap(), "--config", "runner.toml"]).success();
+    assert!(text.stdout().contains("because    [rules.revenue-path-writes]"), "{}", text.stdout());
+
+    let cases = r#"
+[[case]]
+name = "cleaning logs is automatic"
+signer = "test-agent"
+kind = "remediation"
+mounts = [{ name = "logs", writable = true }]
+expect = { allowed = true, tier = 0 }
+
+[[case]]
+name = "payments config needs two approvers"
+signer = "test-agent"
+kind = "remediation"
+mounts = [{ name = "data", writable = true }]
+ticket = "INC-7"
+expect = { allowed = true, tier = 2, rules = ["rules.revenue-path-writes"] }
+"#;
+    std::fs::write(env.path("cases.toml"), cases).unwrap();
+    let pass = env.cli(&["policy", "test", "cases.toml", "--config", "runner.toml"]).success();
+    assert!(pass.stdout().contains("2 passed, 0 failed"), "{}", pass.stdout());
+    std::fs::write(env.path("cases.toml"), cases.replace("tier = 0", "tier = 1")).unwrap();
+    let fail = env.cli(&["policy", "test", "cases.toml", "--config", "runner.toml"]);
+    assert_eq!(fail.code(), 1);
+    assert!(fail.stdout().contains("FAIL  cleaning logs is automatic: tier: expected 1, got 0"), "{}", fail.stdout());
+}
