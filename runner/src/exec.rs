@@ -171,7 +171,7 @@ impl Runner {
         match loaded {
             Ok(set) => {
                 let signers = set.policy.signers().to_vec();
-                let old = std::mem::replace(&mut self.config.policy, Some(set));
+                let old = self.config.policy.replace(set);
                 if let Err(e) = self.record_policy_in_force() {
                     self.config.policy = old;
                     return Err(e);

@@ -792,7 +792,7 @@ fn any_node(graph: &Graph, ids: &[String], set: &NodeSet) -> bool {
 fn matches(c: &Condition, graph: &Graph, input: &DecisionInput, d: &Derivation, s: &Sets) -> bool {
     let writes = input.grant.mounts.iter().any(|m| m.writable);
     c.writes.is_none_or(|w| w == writes)
-        && c.endpoints.is_none_or(|e| e == !input.endpoints.is_empty())
+        && c.endpoints.is_none_or(|e| e != input.endpoints.is_empty())
         && c.kind.is_none_or(|k| k == input.kind)
         && (c.signer_any.is_empty() || c.signer_any.contains(&input.signer))
         && (c.touched_nodes_any.is_empty() || any_node(graph, &c.touched_nodes_any, &s.touched))

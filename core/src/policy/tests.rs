@@ -133,7 +133,8 @@ fn never_automate_truth_table() {
 #[test]
 fn rule_conditions_truth_table() {
     let (_, g) = example();
-    let cases: [(&str, &[(&str, bool)], bool); 14] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, bool)], bool);
+    let cases: [Case; 14] = [
         ("writes = true", &[("logs", true)], true),
         ("writes = true", &[("logs", false)], false),
         ("writes = false", &[("logs", false)], true),
