@@ -144,6 +144,10 @@ impl NodeSet {
     pub fn len(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
+    /// `|self ∩ other|`.
+    pub fn intersection_len(&self, other: &NodeSet) -> usize {
+        self.0.iter().zip(&other.0).map(|(a, b)| (a & b).count_ones() as usize).sum()
+    }
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
@@ -171,7 +175,8 @@ pub struct Node {
     pub tag_mask: u64,
 }
 
-/// A compiled, immutable graph.
+/// A compiled, immutable graph. Node indices are assigned most critical
+/// first (then by id), so index order is the order decisions list nodes in.
 #[derive(Debug, Clone)]
 pub struct Graph {
     nodes: Vec<Node>,
@@ -186,6 +191,8 @@ pub struct Graph {
     closure_tags: Vec<u64>,
     /// Max criticality over `closure[c]`.
     closure_max: Vec<Criticality>,
+    /// Nodes of each criticality (indexed by `Criticality as usize`), for weighted counts.
+    by_criticality: [NodeSet; 4],
     cycles: Vec<Vec<String>>,
     digest: Sha256Digest,
 }
@@ -204,10 +211,14 @@ impl Graph {
     ///
     /// # Errors
     /// As [`Graph::from_toml`].
-    pub fn compile(spec: GraphSpec, digest: Sha256Digest) -> Result<Self, GraphError> {
+    pub fn compile(mut spec: GraphSpec, digest: Sha256Digest) -> Result<Self, GraphError> {
         if spec.version != GRAPH_VERSION {
             return Err(GraphError::Version(spec.version));
         }
+        // Number nodes most critical first, then by id: iterating a node set
+        // in index order then lists the most critical nodes first, which is
+        // what decisions report.
+        spec.nodes.sort_by(|a, b| b.criticality.cmp(&a.criticality).then_with(|| a.id.cmp(&b.id)));
         if spec.nodes.len() > MAX_NODES {
             return Err(GraphError::TooManyNodes);
         }
@@ -289,7 +300,22 @@ impl Graph {
             .filter(|c| c.len() > 1 || dependents[c[0]].contains(&c[0]))
             .map(|c| c.iter().map(|&i| nodes[i].spec.id.clone()).collect())
             .collect();
-        Ok(Self { nodes, index, tag_names, comp_of, closure, closure_tags, closure_max, cycles, digest })
+        let mut by_criticality = [NodeSet::empty(n), NodeSet::empty(n), NodeSet::empty(n), NodeSet::empty(n)];
+        for (i, node) in nodes.iter().enumerate() {
+            by_criticality[node.spec.criticality as usize].insert(i);
+        }
+        Ok(Self {
+            nodes,
+            index,
+            tag_names,
+            comp_of,
+            closure,
+            closure_tags,
+            closure_max,
+            by_criticality,
+            cycles,
+            digest,
+        })
     }
 
     pub fn digest(&self) -> Sha256Digest {
@@ -333,6 +359,14 @@ impl Graph {
     pub fn impact_max_of(&self, i: usize) -> Criticality {
         self.closure_max[self.comp_of[i]]
     }
+    /// Σ criticality weight over a set of nodes.
+    pub fn weight_sum(&self, set: &NodeSet) -> u64 {
+        [Criticality::Low, Criticality::Medium, Criticality::High, Criticality::Critical]
+            .iter()
+            .map(|c| c.weight() * set.intersection_len(&self.by_criticality[*c as usize]) as u64)
+            .sum()
+    }
+
     /// Dependency cycles (each as the ids of its members).
     pub fn cycles(&self) -> &[Vec<String>] {
         &self.cycles

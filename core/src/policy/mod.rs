@@ -713,15 +713,7 @@ fn derive(graph: &Graph, sensitive: &BTreeSet<String>, input: &DecisionInput) ->
     let mut impacted = NodeSet::empty(n);
     let mut written = NodeSet::empty(n);
     let (mut touched_tags, mut impacted_tags, mut write_tags) = (0u64, 0u64, 0u64);
-    let mut best: Option<usize> = None;
     let mut write_max: Option<Criticality> = None;
-    let better = |a: usize, b: Option<usize>| match b {
-        None => true,
-        Some(b) => {
-            let (ca, cb) = (graph.node(a).spec.criticality, graph.node(b).spec.criticality);
-            ca > cb || (ca == cb && graph.node(a).spec.id < graph.node(b).spec.id)
-        }
-    };
     let touches = input
         .grant
         .mounts
@@ -743,22 +735,14 @@ fn derive(graph: &Graph, sensitive: &BTreeSet<String>, input: &DecisionInput) ->
         }
     }
     touched_nodes.sort_by(|a, b| (&a.node, &a.via, a.access).cmp(&(&b.node, &b.via, b.access)));
-    let mut score = 0u64;
-    let mut listed: Vec<usize> = Vec::new();
-    for i in impacted.iter() {
-        let w = graph.node(i).spec.criticality.weight();
-        score += if written.contains(i) { 2 * w } else { w };
-        if better(i, best) {
-            best = Some(i);
-        }
-        listed.push(i);
-    }
-    let impacted_count = listed.len();
-    if listed.len() > MAX_LISTED_IMPACTED {
-        listed.select_nth_unstable_by(MAX_LISTED_IMPACTED, |&a, &b| rank(graph, a, b));
-        listed.truncate(MAX_LISTED_IMPACTED);
-    }
-    listed.sort_by(|&a, &b| rank(graph, a, b));
+    // Written nodes are a subset of impacted ones, so counting them again
+    // makes writes weigh double.
+    let score = graph.weight_sum(&impacted) + graph.weight_sum(&written);
+    let impacted_count = impacted.len();
+    // Index order is most-critical-first (see `Graph`): the first set bits
+    // are the nodes to list, and the first is the most critical.
+    let listed: Vec<usize> = impacted.iter().take(MAX_LISTED_IMPACTED).collect();
+    let best = listed.first().copied();
     let tags = graph.tags_in(impacted_tags);
     let d = Derivation {
         touched: touched_nodes,
@@ -773,12 +757,6 @@ fn derive(graph: &Graph, sensitive: &BTreeSet<String>, input: &DecisionInput) ->
         write_criticality: write_max,
     };
     (d, Sets { touched, impacted, touched_tags, impacted_tags, write_tags })
-}
-
-/// Most critical first, then by id.
-fn rank(g: &Graph, a: usize, b: usize) -> std::cmp::Ordering {
-    let (na, nb) = (&g.node(a).spec, &g.node(b).spec);
-    nb.criticality.cmp(&na.criticality).then_with(|| na.id.cmp(&nb.id))
 }
 
 fn any_tag(graph: &Graph, tags: &[String], mask: u64) -> bool {
