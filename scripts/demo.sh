@@ -25,6 +25,7 @@ step "a fresh runner home in ./demo"
 rm -rf demo
 mkdir -p demo/sample/logs/app
 cp examples/runner.toml demo/runner.toml
+cp -r examples/policy demo/policy
 cp -r examples/sample/config examples/sample/certs demo/sample/
 # Logs: two rotated logs from last month, one current, and a symlink that
 # points outside the mount (cleanup must never follow it).
@@ -46,6 +47,19 @@ step "keys: the agent's signing key (private key mode 0600)"
 "$ER" keys generate --out keys/agent
 "$ER" keys generate --out keys/intruder >/dev/null
 
+step "policy: trust the agent's key, then check the policy against the system graph"
+cat >> policy/policy.toml <<EOT
+
+[[signers]]
+name = "demo-agent"
+public_key = """$(cat keys/agent.pub)"""
+kinds = ["diagnostic", "remediation"]
+mounts = ["*"]
+writable_mounts = ["config", "logs"]
+EOT
+"$ER" policy check --config runner.toml
+"$ER" policy test policy/cases.toml --config runner.toml
+
 step "pack and sign the capsules"
 for c in config-drift cleanup cert-expiry; do
   "$ER" capsule pack --manifest "$ROOT/examples/capsules/$c/capsule.toml" \
@@ -56,20 +70,24 @@ done
 step "inspect: what a capsule asks for, and what its component really imports"
 "$ER" capsule inspect config-drift.capsule
 
-step "run 1: config drift (remediation) — plan, staged apply, diff, commit, verify"
-echo "before: $(grep max_connections sample/config/app.toml)"
-"$ER" exec config-drift.capsule --config runner.toml
-echo "after:  $(grep max_connections sample/config/app.toml)"
-
-step "run 2: cleanup (remediation) — delete logs older than 14 days"
+step "run 1: cleanup (remediation, tier 0) — plan, staged apply, diff, commit, verify"
 ls -l sample/logs sample/logs/app
 "$ER" exec cleanup.capsule --config runner.toml
 ls -l sample/logs sample/logs/app elsewhere
 
-step "run 3: certificate expiry (diagnostic) — findings only, nothing changes"
-"$ER" exec cert-expiry.capsule --config runner.toml || true
+step "run 2: certificate expiry (diagnostic, tier 0) — findings only, nothing changes"
+"$ER" exec cert-expiry.capsule --config runner.toml
 
-step "run 4: a capsule signed by an untrusted key is refused"
+step "run 3: config drift on the payments API — its blast radius reaches the revenue path"
+"$ER" policy explain config-drift.capsule --config runner.toml || true
+set +e
+"$ER" exec config-drift.capsule --config runner.toml
+code=$?
+set -e
+echo "exit code $code (3 = refused: tier 2 waits for two approvals; the approval plane comes next)"
+echo "unchanged: $(grep max_connections sample/config/app.toml)"
+
+step "run 4: a capsule signed by a key the policy does not trust is refused"
 cp config-drift.capsule intruder.capsule
 "$ER" capsule sign --key keys/intruder.key intruder.capsule >/dev/null
 set +e

@@ -50,7 +50,7 @@ pub enum SignatureError {
     )]
     SubjectMismatch(String),
     #[error(
-        "the signature does not verify for any trusted signer ({0}); add the signer to the runner config or re-sign with a trusted key"
+        "the signature does not verify for any trusted signer ({0}); trust the signer in the policy (or runner config), or re-sign with a trusted key"
     )]
     UntrustedSigner(String),
     #[error("the key is unusable: {0}")]

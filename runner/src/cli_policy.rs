@@ -226,7 +226,8 @@ pub fn print_decision(d: &Decision, out: &mut dyn Write) -> Result<()> {
     }
     if let Some(x) = &d.derivation {
         for t in &x.touched {
-            writeln!(out, "touches      {} via {} ({:?})", t.node, t.via, t.access)?;
+            let access = if t.access == edge_core::policy::Access::Write { "write" } else { "read" };
+            writeln!(out, "touches      {} via {} ({access})", t.node, t.via)?;
         }
         writeln!(
             out,

@@ -503,7 +503,10 @@ impl Runner {
             Event::Authorized {
                 tier: authorized.decision().tier,
                 approvals: Vec::new(),
-                note: "unapproved tier-0 run: no policy or approval plane in this runner version".into(),
+                note: match authorized.decision().policy {
+                    Some(p) => format!("tier 0 under policy {p}: automatic, no approvals required"),
+                    None => "unapproved tier-0 run: no policy configured".into(),
+                },
             },
         )?;
 
