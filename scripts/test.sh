@@ -6,6 +6,15 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
+# The approval tests run the real ssh-keygen / ssh-agent.
+if ! command -v ssh-keygen >/dev/null || ! command -v ssh-agent >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client
+  else
+    echo "error: ssh-keygen is missing; install openssh-client" >&2
+    exit 1
+  fi
+fi
 if [ ! -d ../shared/vectors ]; then
   echo "error: ../shared/vectors (the published test vectors) is missing beside this checkout" >&2
   exit 1

@@ -8,6 +8,7 @@
 //! [`Decision::unapproved_tier0`], recorded as such.
 
 use crate::admission::Admitted;
+use crate::approval::quorum::QuorumMet;
 use crate::digest::Sha256Digest;
 use crate::plan::ValidPlan;
 
@@ -40,8 +41,12 @@ impl Decision {
 pub enum AuthorizeError {
     #[error("policy denied the capsule: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Denied(Vec<Reason>),
-    #[error("tier {tier} needs {required} approval(s) and none can be given by this runner version yet")]
+    #[error(
+        "tier {tier} needs {required} approval(s); collect them with `edge-runner approve` and run again with --approval"
+    )]
     ApprovalsRequired { tier: u8, required: u32 },
+    #[error("the quorum was met for another {0}")]
+    QuorumForAnother(&'static str),
     #[error("the plan was validated for capsule {plan_capsule}, not for {capsule}")]
     PlanForAnotherCapsule { capsule: Sha256Digest, plan_capsule: Sha256Digest },
 }
@@ -52,6 +57,7 @@ impl AuthorizeError {
             AuthorizeError::Denied(_) => "policy.denied",
             AuthorizeError::ApprovalsRequired { .. } => "authorize.approvals_missing",
             AuthorizeError::PlanForAnotherCapsule { .. } => "authorize.plan_mismatch",
+            AuthorizeError::QuorumForAnother(_) => "authorize.quorum_mismatch",
         }
     }
 }
@@ -90,6 +96,7 @@ pub fn decide(admitted: Admitted, decision: Decision) -> Result<Decided, Authori
 pub struct Authorized {
     decided: Decided,
     plan: Sha256Digest,
+    quorum: Option<QuorumMet>,
 }
 
 impl Authorized {
@@ -103,21 +110,39 @@ impl Authorized {
     pub fn plan_digest(&self) -> Sha256Digest {
         self.plan
     }
+    /// The quorum that authorized it (None at tier 0).
+    pub fn quorum(&self) -> Option<&QuorumMet> {
+        self.quorum.as_ref()
+    }
 }
 
-/// Authorize a decided capsule for one validated plan.
+/// Authorize a decided capsule for one validated plan. Tier 0 needs no
+/// quorum; above it, `quorum` must be a met quorum bound to exactly this
+/// capsule, plan and policy.
 ///
 /// # Errors
-/// [`AuthorizeError::ApprovalsRequired`] above tier 0 (fail closed: this
-/// runner version cannot collect approvals yet).
-pub fn authorize(decided: Decided, plan: &ValidPlan) -> Result<Authorized, AuthorizeError> {
+/// [`AuthorizeError::ApprovalsRequired`] without a quorum above tier 0,
+/// [`AuthorizeError::QuorumForAnother`] for a quorum bound elsewhere.
+pub fn authorize(decided: Decided, plan: &ValidPlan, quorum: Option<QuorumMet>) -> Result<Authorized, AuthorizeError> {
     let capsule = decided.admitted.capsule().file().digest();
     if plan.capsule() != capsule {
         return Err(AuthorizeError::PlanForAnotherCapsule { capsule, plan_capsule: plan.capsule() });
     }
     let d = &decided.decision;
-    if d.tier > 0 || d.approvals_required > 0 {
-        return Err(AuthorizeError::ApprovalsRequired { tier: d.tier, required: d.approvals_required });
+    if d.tier == 0 && d.approvals_required == 0 {
+        return Ok(Authorized { plan: plan.digest(), decided, quorum: None });
     }
-    Ok(Authorized { plan: plan.digest(), decided })
+    let Some(q) = quorum else {
+        return Err(AuthorizeError::ApprovalsRequired { tier: d.tier, required: d.approvals_required });
+    };
+    for (what, bound, here) in [
+        ("capsule", Some(q.capsule()), Some(capsule)),
+        ("plan", Some(q.plan()), Some(plan.digest())),
+        ("policy", Some(q.policy()), d.policy),
+    ] {
+        if bound != here {
+            return Err(AuthorizeError::QuorumForAnother(what));
+        }
+    }
+    Ok(Authorized { plan: plan.digest(), decided, quorum: Some(q) })
 }

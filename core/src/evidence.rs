@@ -87,6 +87,32 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         new_graph: Option<Sha256Digest>,
     },
+    /// Above tier 0 without approvals: the proposal (artifact: the proposal
+    /// document approvers review) waits for a quorum.
+    AwaitingApproval { proposal: String, document: Sha256Digest, approvals_required: u32 },
+    /// An approval file was presented (artifact: its exact bytes).
+    ApprovalReceived { proposal: String, approval: Sha256Digest },
+    /// It verified: signature, registry, binding, time, single use.
+    ApprovalAccepted { approval: Sha256Digest, principal: String, key: String, verdict: String, nonce: String },
+    /// It did not, and why.
+    ApprovalRefused {
+        approval: Sha256Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        reason_code: String,
+        detail: String,
+    },
+    /// The quorum outcome, written before anything is applied. When met, the
+    /// listed nonces are consumed for good.
+    Quorum {
+        proposal: String,
+        outcome: serde_json::Value,
+        counted: serde_json::Value,
+        break_glass: bool,
+        nonces: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        registry: Option<Sha256Digest>,
+    },
     /// A policy or graph failed to load; the previous one stays in force.
     PolicyRefused {
         file: String,
@@ -147,6 +173,8 @@ pub enum Outcome {
     RolledBack,
     /// Interrupted (crash) and rolled back on restart.
     Interrupted,
+    /// Planned; waits for approvals (a new run with the approvals continues it).
+    AwaitingApproval,
 }
 
 impl Record {

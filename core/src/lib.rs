@@ -22,6 +22,7 @@
 //! Every error type maps to a stable `reason_code()` recorded in evidence.
 
 pub mod admission;
+pub mod approval;
 pub mod authorize;
 pub mod canonical;
 pub mod container;

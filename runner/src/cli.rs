@@ -6,6 +6,7 @@
 //! * 2 — usage error
 //! * 3 — the capsule was refused (signature, admission, limits, plan, diff, …)
 //! * 4 — the change was committed, failed verification and was rolled back
+//! * 5 — planned above tier 0: waiting for approvals (a proposal was written)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use edge_core::Sha256Digest;
+use edge_core::approval::Verdict;
 use edge_core::container::CapsuleFile;
 use edge_core::evidence::{Event, Outcome, Record};
 use edge_core::manifest::{ComponentRef, Manifest, split_import_version};
@@ -27,6 +29,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_ROLLED_BACK: u8 = 4;
+pub const EXIT_AWAITING: u8 = 5;
 
 #[derive(Debug, Parser)]
 #[command(name = "edge-runner", version, about = "Governed execution of signed WebAssembly remediation capsules")]
@@ -58,6 +61,13 @@ pub enum Command {
     /// The system graph.
     #[command(subcommand)]
     Graph(crate::cli_policy::GraphCommand),
+    /// Review a proposal and sign an approval (SSH key file or ssh-agent).
+    Approve(crate::cli_approve::ApproveArgs),
+    /// Review a proposal and sign a rejection (one eligible rejection vetoes).
+    Reject(crate::cli_approve::ApproveArgs),
+    /// Approval files.
+    #[command(subcommand)]
+    Approval(crate::cli_approve::ApprovalCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +124,9 @@ pub struct ExecArgs {
     /// Print the run report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Approval files for a proposal above tier 0 (repeat for each approver).
+    #[arg(long = "approval")]
+    pub approvals: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,7 +178,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule))?;
+            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule, &args.approvals))?;
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)?;
@@ -176,6 +189,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
                 Outcome::Committed | Outcome::NoChanges => EXIT_OK,
                 Outcome::RolledBack => EXIT_ROLLED_BACK,
                 Outcome::Refused | Outcome::Interrupted => EXIT_REFUSED,
+                Outcome::AwaitingApproval => EXIT_AWAITING,
             })
         }
         Command::Evidence(EvidenceCommand::Show { config, run, json }) => {
@@ -199,6 +213,9 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
         Command::Policy(c) => crate::cli_policy::policy(c, out),
         Command::Graph(c) => crate::cli_policy::graph(c, out),
+        Command::Approve(a) => crate::cli_approve::approve(a, Verdict::Approve, &mut std::io::stdin().lock(), out),
+        Command::Reject(a) => crate::cli_approve::approve(a, Verdict::Reject, &mut std::io::stdin().lock(), out),
+        Command::Approval(c) => crate::cli_approve::approval(c, out),
     }
 }
 
@@ -439,8 +456,25 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         Outcome::Refused => "refused; nothing on the host was changed",
         Outcome::RolledBack => "verification failed; the change was rolled back",
         Outcome::Interrupted => "interrupted",
+        Outcome::AwaitingApproval => "planned; waiting for approvals (nothing on the host was changed)",
     };
+    if let Some(q) = &r.quorum {
+        writeln!(out, "quorum       {q}")?;
+    }
     writeln!(out, "outcome      {outcome}")?;
+    if let (Some(p), Some(d)) = (&r.proposal, &r.decision) {
+        writeln!(out, "proposal     {}", p.display())?;
+        writeln!(
+            out,
+            "next         {} approver(s) each run: edge-runner approve {} --principal <you> --key ~/.ssh/id_ed25519 -o <approval.json>",
+            d.approvals_required,
+            p.display()
+        )?;
+        writeln!(
+            out,
+            "             then: edge-runner exec <capsule> --config <runner.toml> --approval <approval.json> …"
+        )?;
+    }
     writeln!(out, "evidence     {} record(s)", r.records.len())?;
     for rec in &r.records {
         print_record(rec, out)?;
@@ -479,6 +513,20 @@ fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
             format!("rolled-back [{reason_code}] {restored} file(s) restored")
         }
         Event::Refused { stage, reason_code, detail } => format!("refused     at {stage} [{reason_code}] {detail}"),
+        Event::AwaitingApproval { proposal, approvals_required, .. } => {
+            format!("awaiting    proposal {proposal} needs {approvals_required} approval(s)")
+        }
+        Event::ApprovalReceived { approval, .. } => format!("approval    received {approval}"),
+        Event::ApprovalAccepted { principal, key, verdict, .. } => {
+            format!("approval    {verdict} by {principal} ({key})")
+        }
+        Event::ApprovalRefused { principal, reason_code, detail, .. } => format!(
+            "approval    REFUSED [{reason_code}] {}{detail}",
+            principal.as_ref().map(|p| format!("{p}: ")).unwrap_or_default()
+        ),
+        Event::Quorum { outcome, break_glass, .. } => {
+            format!("quorum      {outcome}{}", if *break_glass { " — BREAK-GLASS" } else { "" })
+        }
         Event::Interrupted { restored, detail } => {
             format!("interrupted {detail} ({restored} restored)")
         }

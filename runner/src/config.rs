@@ -13,6 +13,7 @@ use edge_core::paths::is_logical_name;
 use edge_core::signature::{TrustedSigner, TrustedSigners};
 
 use crate::policy_files::PolicySet;
+use edge_core::approval::Registry;
 use serde::Deserialize;
 
 /// Interfaces a runner can link: the `capsule` world's imports. Sockets, HTTP
@@ -62,6 +63,20 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     #[serde(default)]
     endpoints: BTreeMap<String, RawEndpoint>,
+    #[serde(default)]
+    approvers: Option<RawApprovers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovers {
+    /// OpenSSH allowed_signers file.
+    allowed_signers: PathBuf,
+    /// Roles, owners, break-glass, revoked keys (TOML).
+    roles: PathBuf,
+    /// Clock skew tolerated on approval times (default 5m).
+    #[serde(default)]
+    clock_skew: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +179,9 @@ pub struct RunnerConfig {
     pub policy: Option<PolicySet>,
     /// Mount and endpoint name → graph node.
     pub nodes: BTreeMap<String, String>,
+    /// Who may approve (allowed_signers + roles).
+    pub approvers: Option<Registry>,
+    pub clock_skew_secs: u64,
 }
 
 impl RunnerConfig {
@@ -334,7 +352,25 @@ impl RunnerConfig {
                 }
             }
         }
+        let approvers = match &raw.approvers {
+            Some(a) => {
+                let (sp, rp) = (resolve(&a.allowed_signers), resolve(&a.roles));
+                let st = std::fs::read_to_string(&sp)
+                    .with_context(|| format!("cannot read allowed_signers {}", sp.display()))?;
+                let rt = std::fs::read_to_string(&rp)
+                    .with_context(|| format!("cannot read approver roles {}", rp.display()))?;
+                Some(Registry::parse(&st, &sp.display().to_string(), &rt, &rp.display().to_string())?)
+            }
+            None => None,
+        };
+        let clock_skew_secs = match raw.approvers.as_ref().and_then(|a| a.clock_skew.as_deref()) {
+            Some(s) => edge_core::policy::parse_duration(s)
+                .with_context(|| format!("approvers.clock_skew `{s}`: use a duration like \"5m\""))?,
+            None => 300,
+        };
         Ok(RunnerConfig {
+            approvers,
+            clock_skew_secs,
             name: raw.runner.name,
             state_dir,
             cache_dir,

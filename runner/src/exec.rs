@@ -58,6 +58,10 @@ pub struct RunReport {
     pub plan_digest: Option<Sha256Digest>,
     pub diff: Vec<DiffEntry>,
     pub verification: Option<VerificationReport>,
+    /// The proposal document written when the run awaits approval.
+    pub proposal: Option<PathBuf>,
+    /// The quorum outcome, when approvals were presented.
+    pub quorum: Option<serde_json::Value>,
     pub refusal: Option<Refusal>,
     pub captured: BTreeMap<String, Captured>,
     pub records: Vec<Record>,
@@ -83,6 +87,8 @@ impl RunReport {
             plan_digest: None,
             diff: Vec::new(),
             verification: None,
+            proposal: None,
+            quorum: None,
             refusal: None,
             captured: BTreeMap::new(),
             records: Vec::new(),
@@ -269,10 +275,18 @@ impl Runner {
     /// Only for failures of the runner itself (evidence log, filesystem);
     /// refusals of the capsule are reported in the [`RunReport`].
     pub async fn exec(&mut self, capsule_bytes: &[u8]) -> Result<RunReport> {
+        self.exec_with_approvals(capsule_bytes, &[]).await
+    }
+
+    /// Run a capsule, presenting approval files for a proposal above tier 0.
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_with_approvals(&mut self, capsule_bytes: &[u8], approvals: &[Vec<u8>]) -> Result<RunReport> {
         let run = new_run_id();
         let mut report = RunReport::new(&run);
         let first_seq = self.log.records().len();
-        let mut result = self.exec_inner(capsule_bytes, &mut report).await;
+        let mut result = self.exec_inner(capsule_bytes, approvals, &mut report).await;
         let closed_already = self.log.records()[first_seq..].iter().any(Record::is_terminal);
         if let Err(e) = &result
             && !closed_already
@@ -326,7 +340,7 @@ impl Runner {
         Ok(())
     }
 
-    fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
+    pub(crate) fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
         // Details can carry guest text (error messages): keep records bounded.
         let detail = truncate(detail, 2048);
         self.record(report, Event::Refused { stage: stage.into(), reason_code: code.into(), detail: detail.clone() })?;
@@ -366,7 +380,7 @@ impl Runner {
         Ok(Some(d))
     }
 
-    async fn exec_inner(&mut self, capsule_bytes: &[u8], report: &mut RunReport) -> Result<()> {
+    async fn exec_inner(&mut self, capsule_bytes: &[u8], approvals: &[Vec<u8>], report: &mut RunReport) -> Result<()> {
         // 1. Parse: manifest canonical, component matches its pinned digest.
         let file = match CapsuleFile::parse(capsule_bytes) {
             Ok(f) => f,
@@ -493,22 +507,31 @@ impl Runner {
             },
         )?;
 
-        // 6. Authorize: bound to this plan. Tier 0 needs no approvals.
-        let authorized = match authorize::authorize(decided, &valid) {
+        // 6. Authorize: bound to this plan. Tier 0 needs no approvals; above
+        // it, wait for them, or verify the ones presented and count the quorum.
+        let quorum = if decided.decision().tier == 0 {
+            None
+        } else if approvals.is_empty() {
+            return self.await_approval(report, &decided, &valid);
+        } else {
+            match self.gather_quorum(report, &decided, &valid, approvals)? {
+                Some(met) => Some(met),
+                None => return Ok(()),
+            }
+        };
+        let authorized = match authorize::authorize(decided, &valid, quorum) {
             Ok(a) => a,
             Err(e) => return self.refuse(report, "authorize", e.reason_code(), e.to_string()),
         };
-        self.record(
-            report,
-            Event::Authorized {
-                tier: authorized.decision().tier,
-                approvals: Vec::new(),
-                note: match authorized.decision().policy {
-                    Some(p) => format!("tier 0 under policy {p}: automatic, no approvals required"),
-                    None => "unapproved tier-0 run: no policy configured".into(),
-                },
-            },
-        )?;
+        let (approvals_used, note) = match (authorized.quorum(), authorized.decision().policy) {
+            (Some(q), _) if q.break_glass() => {
+                (q.nonces().to_vec(), format!("BREAK-GLASS authorization of proposal {}", q.proposal()))
+            }
+            (Some(q), _) => (q.nonces().to_vec(), format!("quorum met for proposal {}", q.proposal())),
+            (None, Some(p)) => (Vec::new(), format!("tier 0 under policy {p}: automatic, no approvals required")),
+            (None, None) => (Vec::new(), "unapproved tier-0 run: no policy configured".into()),
+        };
+        self.record(report, Event::Authorized { tier: authorized.decision().tier, approvals: approvals_used, note })?;
 
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
@@ -740,7 +763,7 @@ pub fn new_run_id() -> String {
 ///
 /// # Errors
 /// As [`Runner::open`] and [`Runner::exec`].
-pub async fn exec_file(config: &Path, capsule: &Path) -> Result<RunReport> {
+pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> Result<RunReport> {
     let config = RunnerConfig::load(config)?;
     let size = std::fs::metadata(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?.len();
     let max = edge_core::container::MAX_COMPONENT_BYTES + edge_core::container::MAX_BUNDLE_BYTES + (1 << 20);
@@ -749,7 +772,8 @@ pub async fn exec_file(config: &Path, capsule: &Path) -> Result<RunReport> {
     }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
     let mut runner = Runner::open(config)?;
-    runner.exec(&bytes).await
+    let approvals = crate::approvals::read_approvals(approvals)?;
+    runner.exec_with_approvals(&bytes, &approvals).await
 }
 
 #[doc(hidden)]

@@ -5,8 +5,10 @@
 //! sandbox, staging/commit/rollback on the host filesystem, the evidence log
 //! on disk, and the CLI.
 
+pub mod approvals;
 pub mod backstage;
 pub mod cli;
+pub mod cli_approve;
 pub mod cli_policy;
 pub mod config;
 pub mod evidence_log;
@@ -14,4 +16,5 @@ pub mod exec;
 pub mod keys;
 pub mod policy_files;
 pub mod sandbox;
+pub mod ssh_agent;
 pub mod staging;

@@ -106,7 +106,7 @@ impl Env {
         std::fs::copy(root.join("examples/policy/graph.toml"), self.path("graph.toml")).unwrap();
         let pem = std::fs::read_to_string(self.path("keys/agent.pub")).unwrap();
         let policy = format!(
-            "{}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"data\", \"logs\", \"ledger\"]\n",
+            "{}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"data\", \"logs\", \"ledger\", \"config\"]\n",
             std::fs::read_to_string(root.join("examples/policy/policy.toml")).unwrap()
         );
         std::fs::write(self.path("policy.toml"), policy).unwrap();
@@ -123,6 +123,63 @@ impl Env {
             text.push_str(&format!("\n[mounts.{name}]\npath = \"{name}\"\nwritable = {writable}\nnode = \"{node}\"\n"));
         }
         std::fs::write(self.path("runner.toml"), text).unwrap();
+    }
+
+    /// Add approvers: an ssh-keygen key per principal (`keys/<name>`), an
+    /// allowed_signers file and a roles file; append [approvers] to runner.toml.
+    pub fn write_approvers(&self, people: &[(&str, &[&str])], extra_roles: &str) {
+        let mut signers = String::new();
+        let mut roles = String::from("[principals]\n");
+        for (name, r) in people {
+            let key = self.path(&format!("keys/{name}"));
+            if !key.exists() {
+                let st = Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key.to_str().unwrap()])
+                    .status()
+                    .expect("ssh-keygen must be installed (openssh-client)");
+                assert!(st.success());
+            }
+            let public = std::fs::read_to_string(self.path(&format!("keys/{name}.pub"))).unwrap();
+            signers.push_str(&format!("{name}@bank.example {}", public));
+            let list: Vec<String> = r.iter().map(|x| format!("\"{x}\"")).collect();
+            roles.push_str(&format!("\"{name}@bank.example\" = [{}]\n", list.join(", ")));
+        }
+        roles.push_str(extra_roles);
+        std::fs::write(self.path("allowed_signers"), signers).unwrap();
+        std::fs::write(self.path("roles.toml"), roles).unwrap();
+        let mut config = std::fs::read_to_string(self.path("runner.toml")).unwrap();
+        if !config.contains("[approvers]") {
+            config.push_str("\n[approvers]\nallowed_signers = \"allowed_signers\"\nroles = \"roles.toml\"\n");
+            std::fs::write(self.path("runner.toml"), config).unwrap();
+        }
+    }
+
+    /// Run the CLI with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Cli {
+        let out =
+            Command::new(BIN).args(args).envs(envs.iter().copied()).current_dir(self.dir.path()).output().unwrap();
+        Cli(out)
+    }
+
+    /// `edge-runner exec --json` with approval files.
+    pub fn exec_with(&self, capsule: &Path, approvals: &[&str]) -> Run {
+        let mut args = vec![
+            "exec".to_owned(),
+            capsule.to_str().unwrap().to_owned(),
+            "--config".into(),
+            "runner.toml".into(),
+            "--json".into(),
+        ];
+        for a in approvals {
+            args.push("--approval".into());
+            args.push((*a).to_owned());
+        }
+        let out = Command::new(BIN).args(&args).current_dir(self.dir.path()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("exec printed no report ({e}); stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
+        });
+        Run { code: out.status.code().unwrap_or(-1), report, stderr: String::from_utf8_lossy(&out.stderr).into() }
     }
 
     pub fn cli(&self, args: &[&str]) -> Cli {
@@ -162,16 +219,7 @@ impl Env {
     }
 
     pub fn exec(&self, capsule: &Path) -> Run {
-        let out = Command::new(BIN)
-            .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!("exec printed no report ({e}); stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
-        });
-        Run { code: out.status.code().unwrap_or(-1), report, stderr: String::from_utf8_lossy(&out.stderr).into() }
+        self.exec_with(capsule, &[])
     }
 
     /// Every file under the home except the runner's own state: path → content.

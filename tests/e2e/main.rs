@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `edge-runner` binary, real capsules built for
 //! wasm32-wasip2 by `test-programs`, real keys, real files.
 
+mod approvals;
 mod examples;
 mod harness;
 mod hostile;

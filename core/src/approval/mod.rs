@@ -1,0 +1,302 @@
+//! Approvals: a named human's signed decision about exactly one proposal.
+//!
+//! An approval is a canonical-JSON [`Statement`] signed as an OpenSSH
+//! signature (SSHSIG, what `ssh-keygen -Y sign` writes) in the namespace
+//! [`NAMESPACE`]. So an approver can sign with the key they already have —
+//! a key file, `ssh-agent`, or a FIDO token (`sk-ssh-ed25519`) — and a reviewer
+//! can check it with `ssh-keygen -Y verify`.
+//!
+//! [`verify_approval`] checklist (each failure has its own reason code):
+//! 1. the file parses: a strict statement and an armored SSHSIG;
+//! 2. the signature's namespace is ours (never taken from the signature);
+//! 3. the approver principal has an `allowed_signers` entry for our namespace,
+//!    valid now (valid-after/valid-before, with the configured clock skew),
+//!    and the signing key is that entry's key and not revoked;
+//! 4. the signature verifies over the canonical statement; hardware-key
+//!    signatures must assert user presence;
+//! 5. the statement is bound to exactly this proposal, capsule, plan, policy,
+//!    runner, tier and grant;
+//! 6. it is not issued in the future, not expired, and not older than the
+//!    tier's maximum approval age.
+//!
+//! Single use (the nonce) is checked by the runner against its durable log;
+//! quorum (distinct people and keys, roles, proposer exclusion, veto,
+//! break-glass) by [`quorum::evaluate`].
+
+use serde::{Deserialize, Serialize};
+use ssh_key::{Algorithm, PublicKey, SshSig};
+
+use crate::admission::Grant;
+use crate::canonical;
+use crate::digest::Sha256Digest;
+
+pub mod quorum;
+pub mod registry;
+
+pub use registry::{Registry, RegistryError, fingerprint};
+
+/// The SSHSIG namespace of approvals: a signature made for anything else
+/// (git commits, files) can never count as an approval.
+pub const NAMESPACE: &str = "approval.v1@edge-runner.dev";
+/// Statement schema identifier.
+pub const STATEMENT_SCHEMA: &str = "https://edge-runner.dev/approval/v1";
+/// Largest approval file accepted.
+pub const MAX_APPROVAL_BYTES: usize = 64 * 1024;
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Approve,
+    Reject,
+}
+
+/// What an approver signs. Every field is checked; nothing is advisory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub schema: String,
+    pub proposal: String,
+    pub capsule: Sha256Digest,
+    pub plan: Sha256Digest,
+    pub policy: Sha256Digest,
+    /// The runner identity (`runner.name`).
+    pub runner: String,
+    /// The tier and grant the approver was shown.
+    pub tier: u8,
+    pub grant: Grant,
+    pub decision: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// The approver principal, as in `allowed_signers`.
+    pub approver: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// 32 random bytes, hex: makes every approval single-use.
+    pub nonce: String,
+}
+
+impl Statement {
+    /// The exact bytes that are signed.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical::to_canonical_vec(self).expect("statements hold no floats")
+    }
+}
+
+/// An approval file: the statement and its armored SSHSIG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalFile {
+    pub statement: Statement,
+    pub signature: String,
+}
+
+impl ApprovalFile {
+    /// Parse an approval file (strict).
+    ///
+    /// # Errors
+    /// [`ApprovalError::Malformed`].
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApprovalError> {
+        if bytes.len() > MAX_APPROVAL_BYTES {
+            return Err(ApprovalError::Malformed(format!("{} bytes; the limit is {MAX_APPROVAL_BYTES}", bytes.len())));
+        }
+        serde_json::from_slice(bytes).map_err(|e| ApprovalError::Malformed(e.to_string()))
+    }
+}
+
+/// What an approval must be bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub proposal: String,
+    pub capsule: Sha256Digest,
+    pub plan: Sha256Digest,
+    pub policy: Sha256Digest,
+    pub runner: String,
+    pub tier: u8,
+    pub grant: Grant,
+    /// The tier's maximum approval age.
+    pub max_age_secs: u64,
+}
+
+/// Why an approval was refused. Each variant has a stable reason code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApprovalError {
+    #[error("the approval file is malformed: {0}")]
+    Malformed(String),
+    #[error("signed in namespace `{0}`, not `{NAMESPACE}`: a signature made for something else is never an approval")]
+    WrongNamespace(String),
+    #[error("`{0}` is not a registered approver for this namespace; add them to allowed_signers")]
+    UnknownApprover(String),
+    #[error("the key of `{principal}` is not valid {when}")]
+    KeyNotValid { principal: String, when: String },
+    #[error("`{principal}` signed with key {key}, which allowed_signers does not register for them")]
+    KeyMismatch { principal: String, key: String },
+    #[error("key {0} is revoked")]
+    RevokedKey(String),
+    #[error("the signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("the hardware-key signature does not assert user presence (touch)")]
+    NoUserPresence,
+    #[error("the approval is for another {field} ({found}, this run is {expected}); approvals cannot be moved")]
+    WrongBinding { field: &'static str, expected: String, found: String },
+    #[error("issued at {issued_at}, in the future (now {now}, allowed skew {skew}s)")]
+    NotYetValid { issued_at: u64, now: u64, skew: u64 },
+    #[error("expired at {expires_at} (now {now}); ask for a new one with `edge-runner approve`")]
+    Expired { expires_at: u64, now: u64 },
+    #[error("issued at {issued_at}, older than the {max_age}s this tier accepts; ask for a new one")]
+    TooOld { issued_at: u64, max_age: u64 },
+    #[error("nonce {0} was already used: an approval counts once")]
+    Replayed(String),
+}
+
+impl ApprovalError {
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            ApprovalError::Malformed(_) => "approval.malformed",
+            ApprovalError::WrongNamespace(_) => "approval.wrong_namespace",
+            ApprovalError::UnknownApprover(_) => "approval.unknown_approver",
+            ApprovalError::KeyNotValid { .. } => "approval.key_not_valid",
+            ApprovalError::KeyMismatch { .. } => "approval.key_mismatch",
+            ApprovalError::RevokedKey(_) => "approval.revoked_key",
+            ApprovalError::BadSignature(_) => "approval.bad_signature",
+            ApprovalError::NoUserPresence => "approval.no_user_presence",
+            ApprovalError::WrongBinding { .. } => "approval.wrong_binding",
+            ApprovalError::NotYetValid { .. } => "approval.not_yet_valid",
+            ApprovalError::Expired { .. } => "approval.expired",
+            ApprovalError::TooOld { .. } => "approval.too_old",
+            ApprovalError::Replayed(_) => "approval.replayed",
+        }
+    }
+}
+
+/// An approval that passed [`verify_approval`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedApproval {
+    pub principal: String,
+    /// `SHA256:…` fingerprint of the signing key.
+    pub key: String,
+    pub verdict: Verdict,
+    pub nonce: String,
+    pub issued_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Verify an SSHSIG over `message` in `namespace` by `key`, requiring user
+/// presence for hardware-key signatures.
+///
+/// # Errors
+/// [`ApprovalError::BadSignature`], [`ApprovalError::NoUserPresence`].
+pub fn verify_sshsig(key: &PublicKey, namespace: &str, message: &[u8], sig: &SshSig) -> Result<(), ApprovalError> {
+    key.verify(namespace, message, sig).map_err(|e| ApprovalError::BadSignature(e.to_string()))?;
+    // Neither ssh-key nor `ssh-keygen -Y verify` checks the FIDO flags; an
+    // approval must come from a touch, so we do.
+    if matches!(sig.algorithm(), Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256) {
+        let b = sig.signature_bytes();
+        if b.len() < 5 || b[b.len() - 5] & 0x01 == 0 {
+            return Err(ApprovalError::NoUserPresence);
+        }
+    }
+    Ok(())
+}
+
+/// Verify one approval (see the module checklist). Pure: `now` is an argument.
+///
+/// # Errors
+/// The first failed check.
+pub fn verify_approval(
+    bytes: &[u8],
+    registry: &Registry,
+    expected: &Binding,
+    now: u64,
+    skew: u64,
+) -> Result<VerifiedApproval, ApprovalError> {
+    // 1.
+    let file = ApprovalFile::parse(bytes)?;
+    let st = &file.statement;
+    if st.schema != STATEMENT_SCHEMA {
+        return Err(ApprovalError::Malformed(format!("schema `{}`", st.schema)));
+    }
+    if st.nonce.len() != 64 || !st.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApprovalError::Malformed("the nonce must be 32 random bytes in hex".into()));
+    }
+    let sig = SshSig::from_pem(&file.signature).map_err(|e| ApprovalError::Malformed(format!("signature: {e}")))?;
+    // 2.
+    if sig.namespace() != NAMESPACE {
+        return Err(ApprovalError::WrongNamespace(sig.namespace().chars().take(100).collect()));
+    }
+    // 3.
+    let key = PublicKey::from(sig.public_key().clone());
+    let entries: Vec<_> = registry
+        .signers
+        .entries
+        .iter()
+        .filter(|e| registry::pattern_list(&st.approver, &e.principals))
+        .filter(|e| e.namespaces.as_deref().is_none_or(|ns| registry::pattern_list(NAMESPACE, ns)))
+        .collect();
+    if entries.is_empty() {
+        return Err(ApprovalError::UnknownApprover(st.approver.chars().take(200).collect()));
+    }
+    let with_key: Vec<_> = entries.iter().filter(|e| e.key.key_data() == key.key_data()).collect();
+    if with_key.is_empty() {
+        return Err(ApprovalError::KeyMismatch { principal: st.approver.clone(), key: fingerprint(&key) });
+    }
+    if registry.is_revoked(&key) {
+        return Err(ApprovalError::RevokedKey(fingerprint(&key)));
+    }
+    let valid = |e: &registry::SignerEntry| {
+        e.valid_after.is_none_or(|t| now.saturating_add(skew) >= t)
+            && e.valid_before.is_none_or(|t| now <= t.saturating_add(skew))
+    };
+    if !with_key.iter().any(|e| valid(e)) {
+        let e = with_key[0];
+        let when = match (e.valid_after, e.valid_before) {
+            (Some(a), _) if now.saturating_add(skew) < a => format!("before {a} (allowed_signers line {})", e.line),
+            (_, Some(b)) => format!("after {b} (allowed_signers line {})", e.line),
+            _ => "now".into(),
+        };
+        return Err(ApprovalError::KeyNotValid { principal: st.approver.clone(), when });
+    }
+    // 4.
+    verify_sshsig(&key, NAMESPACE, &st.canonical_bytes(), &sig)?;
+    // 5.
+    let bind = |field: &'static str, expected: String, found: String| {
+        if expected == found { Ok(()) } else { Err(ApprovalError::WrongBinding { field, expected, found }) }
+    };
+    bind("proposal", expected.proposal.clone(), st.proposal.clone())?;
+    bind("capsule", expected.capsule.to_string(), st.capsule.to_string())?;
+    bind("plan", expected.plan.to_string(), st.plan.to_string())?;
+    bind("policy", expected.policy.to_string(), st.policy.to_string())?;
+    bind("runner", expected.runner.clone(), st.runner.clone())?;
+    bind("tier", expected.tier.to_string(), st.tier.to_string())?;
+    if st.grant != expected.grant {
+        return Err(ApprovalError::WrongBinding {
+            field: "grant",
+            expected: serde_json::to_string(&expected.grant).unwrap_or_default(),
+            found: serde_json::to_string(&st.grant).unwrap_or_default(),
+        });
+    }
+    // 6.
+    if st.issued_at > now.saturating_add(skew) {
+        return Err(ApprovalError::NotYetValid { issued_at: st.issued_at, now, skew });
+    }
+    if now > st.expires_at.saturating_add(skew) || st.expires_at < st.issued_at {
+        return Err(ApprovalError::Expired { expires_at: st.expires_at, now });
+    }
+    if now.saturating_sub(st.issued_at) > expected.max_age_secs.saturating_add(skew) {
+        return Err(ApprovalError::TooOld { issued_at: st.issued_at, max_age: expected.max_age_secs });
+    }
+    Ok(VerifiedApproval {
+        principal: st.approver.clone(),
+        key: fingerprint(&key),
+        verdict: st.decision,
+        nonce: st.nonce.clone(),
+        issued_at: st.issued_at,
+        comment: st.comment.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+use ed25519_dalek::Signer as _;
+use ssh_key::private::Ed25519Keypair;
+use ssh_key::public::{KeyData, SkEd25519};
+use ssh_key::{HashAlg, LineEnding, PrivateKey, Signature};
+
+use super::*;
+use crate::admission::{GrantedMount, Limits};
+
+const NOW: u64 = 1_795_500_000;
+
+pub(crate) fn key(seed: u8) -> PrivateKey {
+    PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
+}
+
+fn line(principal: &str, k: &PrivateKey, options: &str) -> String {
+    format!("{principal} {options} {}\n", k.public_key().to_openssh().unwrap())
+}
+
+fn grant() -> Grant {
+    Grant {
+        mounts: vec![GrantedMount { name: "config".into(), writable: true }],
+        env: vec![],
+        imports: Default::default(),
+        limits: Limits::DEFAULT,
+    }
+}
+
+fn binding() -> Binding {
+    Binding {
+        proposal: "p-1".into(),
+        capsule: Sha256Digest::of(b"capsule"),
+        plan: Sha256Digest::of(b"plan A"),
+        policy: Sha256Digest::of(b"policy X"),
+        runner: "runner-1".into(),
+        tier: 2,
+        grant: grant(),
+        max_age_secs: 7200,
+    }
+}
+
+pub(crate) fn statement(b: &Binding, approver: &str, decision: Verdict) -> Statement {
+    Statement {
+        schema: STATEMENT_SCHEMA.into(),
+        proposal: b.proposal.clone(),
+        capsule: b.capsule,
+        plan: b.plan,
+        policy: b.policy,
+        runner: b.runner.clone(),
+        tier: b.tier,
+        grant: b.grant.clone(),
+        decision,
+        comment: None,
+        approver: approver.into(),
+        issued_at: NOW - 60,
+        expires_at: NOW + 3600,
+        nonce: "ab".repeat(32),
+    }
+}
+
+pub(crate) fn sign(st: &Statement, k: &PrivateKey, namespace: &str) -> Vec<u8> {
+    let sig = k.sign(namespace, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
+    serde_json::to_vec(&ApprovalFile { statement: st.clone(), signature: sig.to_pem(LineEnding::LF).unwrap() }).unwrap()
+}
+
+fn registry(text: &str, roles: &str) -> Registry {
+    Registry::parse(text, "allowed_signers", roles, "roles.toml").unwrap()
+}
+
+fn check(bytes: &[u8], reg: &Registry) -> Result<VerifiedApproval, ApprovalError> {
+    verify_approval(bytes, reg, &binding(), NOW, 300)
+}
+
+#[test]
+fn a_good_approval_verifies() {
+    let alice = key(1);
+    let reg = registry(&line("alice@bank", &alice, ""), "");
+    let v = check(&sign(&statement(&binding(), "alice@bank", Verdict::Approve), &alice, NAMESPACE), &reg).unwrap();
+    assert_eq!(v.principal, "alice@bank");
+    assert_eq!(v.key, fingerprint(alice.public_key()));
+    assert_eq!(v.verdict, Verdict::Approve);
+}
+
+/// Each refusal, with its precise reason.
+#[test]
+fn every_refusal_reason() {
+    let (alice, mallory) = (key(1), key(2));
+    let reg = registry(
+        &format!(
+            "{}{}{}",
+            line("alice@bank", &alice, ""),
+            line("old@bank", &alice, "valid-before=\"20200101Z\""),
+            line("future@bank", &alice, "valid-after=\"20991231Z\""),
+        ),
+        "[revoked]\nkeys = []\n",
+    );
+    let good = statement(&binding(), "alice@bank", Verdict::Approve);
+    let code = |bytes: Vec<u8>, reg: &Registry| check(&bytes, reg).unwrap_err().reason_code();
+
+    assert_eq!(code(b"{not json".to_vec(), &reg), "approval.malformed");
+    assert_eq!(code(sign(&good, &alice, "git"), &reg), "approval.wrong_namespace");
+    assert_eq!(
+        code(sign(&statement(&binding(), "eve@bank", Verdict::Approve), &alice, NAMESPACE), &reg),
+        "approval.unknown_approver"
+    );
+    assert_eq!(code(sign(&good, &mallory, NAMESPACE), &reg), "approval.key_mismatch");
+    assert_eq!(
+        code(sign(&statement(&binding(), "old@bank", Verdict::Approve), &alice, NAMESPACE), &reg),
+        "approval.key_not_valid"
+    );
+    assert_eq!(
+        code(sign(&statement(&binding(), "future@bank", Verdict::Approve), &alice, NAMESPACE), &reg),
+        "approval.key_not_valid"
+    );
+    let revoked = registry(
+        &line("alice@bank", &alice, ""),
+        &format!("[revoked]\nkeys = [\"{}\"]\n", fingerprint(alice.public_key())),
+    );
+    assert_eq!(code(sign(&good, &alice, NAMESPACE), &revoked), "approval.revoked_key");
+
+    // Signed one statement, presents another.
+    let mut file: ApprovalFile = serde_json::from_slice(&sign(&good, &alice, NAMESPACE)).unwrap();
+    file.statement.comment = Some("edited after signing".into());
+    assert_eq!(code(serde_json::to_vec(&file).unwrap(), &reg), "approval.bad_signature");
+
+    // Moved to another plan, policy, capsule, proposal, runner, tier or grant.
+    for field in ["plan", "policy", "capsule", "proposal", "runner", "tier", "grant"] {
+        let mut b = binding();
+        match field {
+            "plan" => b.plan = Sha256Digest::of(b"plan B"),
+            "policy" => b.policy = Sha256Digest::of(b"policy Y"),
+            "capsule" => b.capsule = Sha256Digest::of(b"other"),
+            "proposal" => b.proposal = "p-2".into(),
+            "runner" => b.runner = "runner-2".into(),
+            "tier" => b.tier = 1,
+            _ => b.grant.mounts[0].writable = false,
+        }
+        let e = check(&sign(&statement(&b, "alice@bank", Verdict::Approve), &alice, NAMESPACE), &reg).unwrap_err();
+        assert!(matches!(&e, ApprovalError::WrongBinding { field: f, .. } if *f == field), "{field}: {e:?}");
+        assert_eq!(e.reason_code(), "approval.wrong_binding");
+    }
+
+    let mut future = good.clone();
+    future.issued_at = NOW + 3600;
+    future.expires_at = NOW + 7200;
+    assert_eq!(code(sign(&future, &alice, NAMESPACE), &reg), "approval.not_yet_valid");
+    let mut skewed = good.clone();
+    skewed.issued_at = NOW + 200;
+    assert!(check(&sign(&skewed, &alice, NAMESPACE), &reg).is_ok(), "within the allowed clock skew");
+    let mut expired = good.clone();
+    expired.expires_at = NOW - 600;
+    assert_eq!(code(sign(&expired, &alice, NAMESPACE), &reg), "approval.expired");
+    let mut old = good.clone();
+    old.issued_at = NOW - 3 * 3600;
+    old.expires_at = NOW + 3600;
+    assert_eq!(code(sign(&old, &alice, NAMESPACE), &reg), "approval.too_old");
+    let mut bad_nonce = good.clone();
+    bad_nonce.nonce = "1234".into();
+    assert_eq!(code(sign(&bad_nonce, &alice, NAMESPACE), &reg), "approval.malformed");
+}
+
+/// A namespace restriction in allowed_signers is honoured.
+#[test]
+fn allowed_signers_namespaces_are_honoured() {
+    let alice = key(1);
+    let reg = registry(&line("alice@bank", &alice, "namespaces=\"git,file\""), "");
+    let e = check(&sign(&statement(&binding(), "alice@bank", Verdict::Approve), &alice, NAMESPACE), &reg).unwrap_err();
+    assert_eq!(e.reason_code(), "approval.unknown_approver");
+}
+
+/// A real FIDO (sk-ssh-ed25519) signature verifies, and one without user presence does not.
+#[test]
+fn hardware_key_signatures() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/ssh/");
+    let pem = std::fs::read_to_string(format!("{dir}sshsig_sk_ed25519")).unwrap();
+    let public =
+        PublicKey::from_openssh(std::fs::read_to_string(format!("{dir}id_sk_ed25519_2.pub")).unwrap().trim()).unwrap();
+    let sig = SshSig::from_pem(&pem).unwrap();
+    verify_sshsig(&public, "example", b"testing", &sig).unwrap();
+    assert!(verify_sshsig(&public, "example", b"testinG", &sig).is_err());
+
+    // A software key posing as a FIDO key, without the user-presence flag.
+    let dalek = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let sk = KeyData::from(SkEd25519::new(ssh_key::public::Ed25519PublicKey(dalek.verifying_key().to_bytes()), "ssh:"));
+    let message = b"approve";
+    for (flags, ok) in [(0x01u8, true), (0x00, false), (0x05, true)] {
+        let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, message).unwrap();
+        let h = |x: &[u8]| <sha2::Sha256 as sha2::Digest>::digest(x);
+        let mut tbs = h(b"ssh:").to_vec();
+        tbs.push(flags);
+        tbs.extend(7u32.to_be_bytes());
+        tbs.extend(h(&data));
+        let mut raw = dalek.sign(&tbs).to_bytes().to_vec();
+        raw.push(flags);
+        raw.extend(7u32.to_be_bytes());
+        let sig =
+            SshSig::new(sk.clone(), NAMESPACE, HashAlg::Sha512, Signature::new(Algorithm::SkEd25519, raw).unwrap())
+                .unwrap();
+        let r = verify_sshsig(&PublicKey::from(sk.clone()), NAMESPACE, message, &sig);
+        assert_eq!(r.is_ok(), ok, "flags {flags:#x}: {r:?}");
+        if !ok {
+            assert_eq!(r.unwrap_err().reason_code(), "approval.no_user_presence");
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The authorize step above tier 0: proposals that wait for approvals, and
+//! quorums gathered from approval files.
+//!
+//! A run above tier 0 without approvals ends `awaiting-approval` and writes a
+//! *proposal document* (`<state>/proposals/<id>.json`, also an evidence
+//! artifact): everything an approver must see — the canonical manifest, the
+//! decision with its blast radius and reasons, the grant, the full plan — from
+//! which `edge-runner approve` recomputes the capsule and plan digests before
+//! showing anything. A later run of the same capsule with `--approval` files
+//! re-admits, re-decides and re-plans; the approvals must be bound to that
+//! proposal and to exactly the capsule, plan, policy, runner, tier and grant of
+//! the new run, so a changed file, plan or policy voids them.
+//!
+//! Nonces are single-use: a met quorum consumes its nonces and the proposal,
+//! and both are read back from the durable evidence log on every start, so a
+//! replay after a restart is refused too.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use edge_core::Sha256Digest;
+use edge_core::admission::Grant;
+use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, QuorumMet, Subject};
+use edge_core::approval::{self, ApprovalError, ApprovalFile, Binding, VerifiedApproval};
+use edge_core::authorize::Decided;
+use edge_core::canonical;
+use edge_core::evidence::{Event, Outcome};
+use edge_core::plan::{Plan, ValidPlan};
+use edge_core::policy::Decision;
+use edge_core::signature::Transparency;
+use serde::{Deserialize, Serialize};
+
+use crate::exec::{RunReport, Runner};
+
+/// Proposal document schema.
+pub const PROPOSAL_SCHEMA: &str = "https://edge-runner.dev/proposal/v1";
+
+/// What approvers review and sign for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    pub schema: String,
+    pub id: String,
+    pub runner: String,
+    pub created_at: u64,
+    pub capsule: Sha256Digest,
+    /// The canonical manifest (its digest is `capsule`).
+    pub manifest: serde_json::Value,
+    pub signer: String,
+    pub signer_detail: String,
+    pub transparency: Transparency,
+    pub decision: Decision,
+    pub grant: Grant,
+    pub plan: Plan,
+    pub plan_digest: Sha256Digest,
+}
+
+impl Proposal {
+    /// Recompute the capsule and plan digests from the document's content:
+    /// an approver never signs digests the document does not back.
+    ///
+    /// # Errors
+    /// Names the digest that does not match.
+    pub fn check(&self) -> Result<()> {
+        if self.schema != PROPOSAL_SCHEMA {
+            anyhow::bail!("not a proposal document (schema `{}`)", self.schema);
+        }
+        let manifest = canonical::to_canonical_vec(&self.manifest)?;
+        if Sha256Digest::of(&manifest) != self.capsule {
+            anyhow::bail!("the manifest in the proposal does not hash to its capsule digest {}", self.capsule);
+        }
+        let plan = canonical::to_canonical_vec(&self.plan)?;
+        if Sha256Digest::of(&plan) != self.plan_digest {
+            anyhow::bail!("the plan in the proposal does not hash to its plan digest {}", self.plan_digest);
+        }
+        if self.decision.policy.is_none() {
+            anyhow::bail!("the proposal's decision names no policy");
+        }
+        Ok(())
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn proposal_path(runner: &Runner, id: &str) -> PathBuf {
+    runner.config.state_dir.join("proposals").join(format!("{id}.json"))
+}
+
+impl Runner {
+    /// Nonces consumed by met quorums, and proposals already executed, as the
+    /// evidence log records them.
+    fn consumed(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut nonces, mut proposals) = (BTreeSet::new(), BTreeSet::new());
+        for r in self.log.records() {
+            if let Event::Quorum { proposal, nonces: n, outcome, .. } = &r.event
+                && outcome.get("result").and_then(|v| v.as_str()) == Some("met")
+            {
+                nonces.extend(n.iter().cloned());
+                proposals.insert(proposal.clone());
+            }
+        }
+        (nonces, proposals)
+    }
+
+    /// Write the proposal document and end the run awaiting approval.
+    pub(crate) fn await_approval(
+        &mut self,
+        report: &mut RunReport,
+        decided: &Decided,
+        valid: &ValidPlan,
+    ) -> Result<()> {
+        let capsule = decided.admitted().capsule();
+        let id = format!("p{}", &report.run[1..]);
+        let proposal = Proposal {
+            schema: PROPOSAL_SCHEMA.into(),
+            id: id.clone(),
+            runner: self.config.name.clone(),
+            created_at: unix_now(),
+            capsule: capsule.file().digest(),
+            manifest: serde_json::from_slice(capsule.file().manifest_bytes())?,
+            signer: capsule.signer().to_owned(),
+            signer_detail: capsule.signer_detail().to_owned(),
+            transparency: capsule.transparency(),
+            decision: decided.decision().clone(),
+            grant: decided.admitted().grant().clone(),
+            plan: valid.plan().clone(),
+            plan_digest: valid.digest(),
+        };
+        let bytes = serde_json::to_vec_pretty(&proposal)?;
+        let document = self.log.put_artifact(&bytes)?;
+        let path = proposal_path(self, &id);
+        crate::staging::write_durably(&path, &bytes)?;
+        let required = decided.decision().approvals_required;
+        self.log.append(
+            &report.run,
+            Event::AwaitingApproval { proposal: id.clone(), document, approvals_required: required },
+        )?;
+        self.log.append(&report.run, Event::Completed { outcome: Outcome::AwaitingApproval })?;
+        report.outcome = Outcome::AwaitingApproval;
+        report.proposal = Some(path);
+        Ok(())
+    }
+
+    /// Verify the approvals and evaluate the quorum. `Ok(None)` means the run
+    /// was refused (and recorded as such).
+    pub(crate) fn gather_quorum(
+        &mut self,
+        report: &mut RunReport,
+        decided: &Decided,
+        valid: &ValidPlan,
+        approvals: &[Vec<u8>],
+    ) -> Result<Option<QuorumMet>> {
+        let Some(registry) = self.config.approvers.clone() else {
+            self.refuse(
+                report,
+                "authorize",
+                "authorize.no_approvers",
+                "approvals were given but no [approvers] registry is configured".into(),
+            )?;
+            return Ok(None);
+        };
+        let decision = decided.decision();
+        let (Some(policy), Some(requirement)) = (decision.policy, decision.requirement.clone()) else {
+            self.refuse(
+                report,
+                "authorize",
+                "authorize.no_policy",
+                "approvals need a policy that says what they must be".into(),
+            )?;
+            return Ok(None);
+        };
+        // Which proposal: every readable approval must name the same one.
+        let ids: BTreeSet<String> =
+            approvals.iter().filter_map(|b| ApprovalFile::parse(b).ok()).map(|f| f.statement.proposal).collect();
+        let id = match ids.len() {
+            1 => ids.into_iter().next().expect("one id"),
+            0 => {
+                self.refuse(report, "authorize", "approval.malformed", "no approval file could be read".into())?;
+                return Ok(None);
+            }
+            _ => {
+                let list = ids.into_iter().collect::<Vec<_>>().join(", ");
+                self.refuse(
+                    report,
+                    "authorize",
+                    "authorize.mixed_proposals",
+                    format!("the approvals name different proposals: {list}"),
+                )?;
+                return Ok(None);
+            }
+        };
+        let (mut used, executed) = self.consumed();
+        if executed.contains(&id) {
+            // Still record each approval and why it does not count.
+            for bytes in approvals {
+                let d = self.log.put_artifact(bytes)?;
+                self.log.append(&report.run, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+                let nonce = ApprovalFile::parse(bytes).map(|f| f.statement.nonce).unwrap_or_default();
+                let e = ApprovalError::Replayed(nonce);
+                self.log.append(
+                    &report.run,
+                    Event::ApprovalRefused {
+                        approval: d,
+                        principal: None,
+                        reason_code: e.reason_code().into(),
+                        detail: e.to_string(),
+                    },
+                )?;
+            }
+            self.refuse(
+                report,
+                "authorize",
+                "authorize.proposal_executed",
+                format!("proposal {id} was already executed; submit again"),
+            )?;
+            return Ok(None);
+        }
+        if !proposal_path(self, &id).exists() {
+            self.refuse(
+                report,
+                "authorize",
+                "authorize.unknown_proposal",
+                format!("proposal {id} is not known to this runner"),
+            )?;
+            return Ok(None);
+        }
+        let binding = Binding {
+            proposal: id.clone(),
+            capsule: decided.admitted().capsule().file().digest(),
+            plan: valid.digest(),
+            policy,
+            runner: self.config.name.clone(),
+            tier: decision.tier,
+            grant: decided.admitted().grant().clone(),
+            max_age_secs: requirement.max_age_secs,
+        };
+        let now = unix_now();
+        let mut accepted: Vec<VerifiedApproval> = Vec::new();
+        for bytes in approvals {
+            let d = self.log.put_artifact(bytes)?;
+            self.log.append(&report.run, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+            let checked = approval::verify_approval(bytes, &registry, &binding, now, self.config.clock_skew_secs)
+                .and_then(|v| if used.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) });
+            match checked {
+                Ok(v) => {
+                    self.log.append(
+                        &report.run,
+                        Event::ApprovalAccepted {
+                            approval: d,
+                            principal: v.principal.clone(),
+                            key: v.key.clone(),
+                            verdict: serde_json::to_value(v.verdict)?.as_str().unwrap_or("?").to_owned(),
+                            nonce: v.nonce.clone(),
+                        },
+                    )?;
+                    accepted.push(v);
+                }
+                Err(e) => {
+                    let principal = ApprovalFile::parse(bytes).ok().map(|f| f.statement.approver);
+                    self.log.append(
+                        &report.run,
+                        Event::ApprovalRefused {
+                            approval: d,
+                            principal,
+                            reason_code: e.reason_code().into(),
+                            detail: e.to_string(),
+                        },
+                    )?;
+                }
+            }
+        }
+        let subject = Subject {
+            proposal: &id,
+            capsule: binding.capsule,
+            plan: binding.plan,
+            policy,
+            signer: decided.admitted().capsule().signer(),
+        };
+        let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
+        let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
+        self.log.append(
+            &report.run,
+            Event::Quorum {
+                proposal: id.clone(),
+                outcome: serde_json::to_value(&result.outcome)?,
+                counted: serde_json::to_value(&result.approvals)?,
+                break_glass,
+                nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
+                registry: registry.digest,
+            },
+        )?;
+        report.quorum = Some(serde_json::to_value(&result.outcome)?);
+        match (result.met, result.outcome) {
+            (Some(met), _) => Ok(Some(met)),
+            (None, QuorumOutcome::Vetoed { by, comment }) => {
+                let why = comment.map(|c| format!(": {c}")).unwrap_or_default();
+                self.refuse(report, "authorize", "authorize.vetoed", format!("rejected by {by}{why}"))?;
+                Ok(None)
+            }
+            (None, QuorumOutcome::Insufficient { count, required }) => {
+                self.refuse(
+                    report,
+                    "authorize",
+                    "authorize.quorum_not_met",
+                    format!(
+                        "{count} of {required} required approval(s) counted (distinct people and keys, eligible roles)"
+                    ),
+                )?;
+                Ok(None)
+            }
+            (None, QuorumOutcome::Met { .. }) => unreachable!("a met outcome always carries its proof"),
+        }
+    }
+}
+
+/// Read approval files given on the command line.
+///
+/// # Errors
+/// If a file cannot be read.
+pub fn read_approvals(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    paths.iter().map(|p| std::fs::read(p).with_context(|| format!("cannot read approval {}", p.display()))).collect()
+}

@@ -1,0 +1,210 @@
+//! `edge-runner approve`, `edge-runner reject`, `edge-runner approval assemble`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use edge_core::approval::{ApprovalFile, NAMESPACE, STATEMENT_SCHEMA, Statement, Verdict};
+use rand_core::RngCore;
+use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+
+use crate::approvals::{Proposal, unix_now};
+use crate::cli::EXIT_OK;
+use crate::ssh_agent::Agent;
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The proposal document (`<state>/proposals/<id>.json`).
+    pub proposal: PathBuf,
+    /// Your principal, as in the runner's allowed_signers.
+    #[arg(long)]
+    pub principal: String,
+    /// Sign with this OpenSSH private key file.
+    #[arg(long, conflicts_with = "agent")]
+    pub key: Option<PathBuf>,
+    /// Sign through ssh-agent (SSH_AUTH_SOCK); the key never leaves the agent.
+    #[arg(long)]
+    pub agent: bool,
+    /// With --agent: which key (its .pub file); needed when the agent holds several.
+    #[arg(long, requires = "agent")]
+    pub public_key: Option<PathBuf>,
+    /// How long the approval stays valid (capped at the tier's maximum age).
+    #[arg(long, default_value = "1h")]
+    pub expires_in: String,
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Only write the statement to sign (e.g. with `ssh-keygen -Y sign`).
+    #[arg(long)]
+    pub statement_only: bool,
+    #[arg(short, long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCommand {
+    /// Combine a statement and an SSHSIG made by `ssh-keygen -Y sign` into an approval file.
+    Assemble {
+        #[arg(long)]
+        statement: PathBuf,
+        #[arg(long)]
+        signature: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+/// Show what is being approved, confirm, sign, write the approval file.
+pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<u8> {
+    let text = std::fs::read(&args.proposal).with_context(|| format!("cannot read {}", args.proposal.display()))?;
+    let p: Proposal =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a proposal", args.proposal.display()))?;
+    p.check().context("the proposal document is inconsistent; do not sign it")?;
+    show(&p, out)?;
+    let requirement = p.decision.requirement.clone().context("the proposal's decision has no tier requirement")?;
+    let now = unix_now();
+    let asked = edge_core::policy::parse_duration(&args.expires_in)
+        .with_context(|| format!("--expires-in `{}`: use a duration like 30m or 2h", args.expires_in))?;
+    let lifetime = asked.min(requirement.max_age_secs);
+    if lifetime < asked {
+        writeln!(out, "note: expiry capped at the tier's maximum approval age ({}s)", requirement.max_age_secs)?;
+    }
+    let mut nonce = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let statement = Statement {
+        schema: STATEMENT_SCHEMA.into(),
+        proposal: p.id.clone(),
+        capsule: p.capsule,
+        plan: p.plan_digest,
+        policy: p.decision.policy.context("no policy")?,
+        runner: p.runner.clone(),
+        tier: p.decision.tier,
+        grant: p.grant.clone(),
+        decision: verdict,
+        comment: args.comment.clone(),
+        approver: args.principal.clone(),
+        issued_at: now,
+        expires_at: now + lifetime,
+        nonce: hex::encode(nonce),
+    };
+    let bytes = statement.canonical_bytes();
+    if args.statement_only {
+        crate::staging::write_durably(&args.out, &bytes)?;
+        writeln!(out, "statement written to {}; sign it with", args.out.display())?;
+        writeln!(out, "  ssh-keygen -Y sign -f <key> -n {NAMESPACE} {}", args.out.display())?;
+        writeln!(
+            out,
+            "then: edge-runner approval assemble --statement {0} --signature {0}.sig -o <approval.json>",
+            args.out.display()
+        )?;
+        return Ok(EXIT_OK);
+    }
+    let word = if verdict == Verdict::Approve { "approve" } else { "reject" };
+    if !args.yes {
+        write!(out, "\nType `{word}` to sign as {} (anything else aborts): ", args.principal)?;
+        out.flush()?;
+        let mut line = String::new();
+        input.read_line(&mut line)?;
+        if line.trim() != word {
+            bail!("not confirmed; nothing was signed");
+        }
+    }
+    let sig = if args.agent {
+        sign_with_agent(args.public_key.as_ref(), &bytes)?
+    } else {
+        let path = args.key.as_ref().context("give --key <private key file> or --agent")?;
+        let key = PrivateKey::read_openssh_file(path).with_context(|| format!("cannot read key {}", path.display()))?;
+        if key.is_encrypted() {
+            bail!("{} is passphrase-protected: load it into ssh-agent (`ssh-add`) and use --agent", path.display());
+        }
+        key.sign(NAMESPACE, HashAlg::Sha512, &bytes)
+            .with_context(|| format!("cannot sign with {} (hardware keys sign through --agent)", path.display()))?
+    };
+    let file = ApprovalFile { statement, signature: sig.to_pem(LineEnding::LF)? };
+    crate::staging::write_durably(&args.out, &serde_json::to_vec_pretty(&file)?)?;
+    writeln!(out, "{word}d proposal {} as {}: {}", p.id, args.principal, args.out.display())?;
+    Ok(EXIT_OK)
+}
+
+fn sign_with_agent(public: Option<&PathBuf>, bytes: &[u8]) -> Result<SshSig> {
+    let agent = Agent::from_env()?;
+    let key = match public {
+        Some(p) => PublicKey::read_openssh_file(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => {
+            let ids = agent.identities()?;
+            match ids.as_slice() {
+                [(k, _)] => k.clone(),
+                [] => bail!("ssh-agent holds no keys: ssh-add yours"),
+                many => bail!(
+                    "ssh-agent holds {} keys; choose one with --public-key ({})",
+                    many.len(),
+                    many.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    let data = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, bytes)?;
+    let sig = agent.sign(&key, &data)?;
+    Ok(SshSig::new(key.key_data().clone(), NAMESPACE, HashAlg::Sha512, sig)?)
+}
+
+pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<u8> {
+    match cmd {
+        ApprovalCommand::Assemble { statement, signature, out: dest } => {
+            let bytes = std::fs::read(&statement).with_context(|| format!("cannot read {}", statement.display()))?;
+            let st: Statement = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a statement", statement.display()))?;
+            if st.canonical_bytes() != bytes {
+                bail!(
+                    "{} is not the canonical statement (was it edited?); the signature would not verify",
+                    statement.display()
+                );
+            }
+            let pem =
+                std::fs::read_to_string(&signature).with_context(|| format!("cannot read {}", signature.display()))?;
+            let sig =
+                SshSig::from_pem(&pem).with_context(|| format!("{} is not an SSH signature", signature.display()))?;
+            if sig.namespace() != NAMESPACE {
+                bail!("signed in namespace `{}`; sign with -n {NAMESPACE}", sig.namespace());
+            }
+            let file = ApprovalFile { statement: st, signature: pem };
+            crate::staging::write_durably(&dest, &serde_json::to_vec_pretty(&file)?)?;
+            writeln!(out, "approval written to {}", dest.display())?;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// What an approver sees before signing.
+fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
+    let m = &p.manifest;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    writeln!(out, "proposal     {} on runner {}", p.id, p.runner)?;
+    writeln!(out, "capsule      {}@{} ({}) {}", s(&m["name"]), s(&m["version"]), s(&m["kind"]), p.capsule)?;
+    writeln!(out, "signed by    {} ({}, transparency: {:?})", p.signer, p.signer_detail, p.transparency)?;
+    if let Some(prov) = m["provenance"].as_object() {
+        for (k, v) in prov {
+            writeln!(out, "provenance   {k}: {}", v.as_str().unwrap_or(""))?;
+        }
+    }
+    crate::cli_policy::print_decision(&p.decision, out)?;
+    writeln!(out, "grant        {}", serde_json::to_string(&p.grant)?)?;
+    writeln!(out, "plan         {} — {}", p.plan_digest, p.plan.summary)?;
+    for c in &p.plan.changes {
+        writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
+        if let Some(b) = &c.digest_before {
+            writeln!(out, "      before {b}")?;
+        }
+        if let Some(a) = &c.digest_after {
+            writeln!(out, "      after  {a}")?;
+        }
+        writeln!(out, "      why    {}", c.why)?;
+    }
+    for f in &p.plan.findings {
+        writeln!(out, "  finding [{}] {}: {}", f.severity, f.code, f.message)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The approval plane end to end: proposals, approvals signed by our CLI, by
+//! the stock `ssh-keygen -Y sign` and through `ssh-agent`, quorums, vetoes,
+//! proposer exclusion, break-glass, and approvals that must not move.
+
+use std::process::Command;
+
+use crate::harness::{Env, Run};
+use crate::hostile::assert_refused;
+
+const NS: &str = "approval.v1@edge-runner.dev";
+
+/// A runner whose `data` mount writes payments config (tier 2: two approvals
+/// from sre/payments-owner), with approvers registered.
+fn setup(extra_roles: &str) -> Env {
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    env.write_approvers(
+        &[
+            ("alice", &["sre"]),
+            ("bob", &["sre"]),
+            ("carol", &["payments-owner"]),
+            ("dave", &["dev"]),
+            ("olga", &["sre"]),
+            ("ic1", &["incident-commander"]),
+            ("ic2", &["incident-commander"]),
+        ],
+        &format!("[owners]\n\"test-agent\" = [\"olga@bank.example\"]\n{extra_roles}"),
+    );
+    env
+}
+
+/// Submit; it must wait for approvals. Returns the capsule and proposal path.
+fn propose(env: &Env) -> (std::path::PathBuf, String) {
+    let capsule = env.hostile("none");
+    let run = env.exec(&capsule);
+    assert_eq!(run.outcome(), "awaiting-approval", "{:#}", run.report);
+    assert_eq!(run.code, 5);
+    assert!(!env.path("data/ok.txt").exists());
+    (capsule, run.report["proposal"].as_str().unwrap().to_owned())
+}
+
+fn approve(env: &Env, who: &str, proposal: &str, verb: &str) -> String {
+    let out = format!("{who}-{verb}.json");
+    let key = format!("keys/{who}");
+    env.cli(&[verb, proposal, "--principal", &format!("{who}@bank.example"), "--key", &key, "--yes", "-o", &out])
+        .success();
+    out
+}
+
+fn events_of(run: &Run, kind: &str) -> Vec<serde_json::Value> {
+    run.report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"]["type"] == kind)
+        .map(|r| r["event"].clone())
+        .collect()
+}
+
+#[test]
+fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
+    let env = setup("");
+    let (capsule, proposal) = propose(&env);
+    let a = approve(&env, "alice", &proposal, "approve");
+    let b = approve(&env, "carol", &proposal, "approve");
+    let run = env.exec_with(&capsule, &[&a, &b]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+    assert_eq!(events_of(&run, "approval-accepted").len(), 2);
+    let quorum = &events_of(&run, "quorum")[0];
+    assert_eq!(quorum["outcome"]["result"], "met");
+    assert_eq!(quorum["break_glass"], false);
+    let events = run.events();
+    let q = events.iter().position(|e| e == "quorum").unwrap();
+    let applied = events.iter().position(|e| e == "applied").unwrap();
+    assert!(q < applied, "the quorum is recorded before apply: {events:?}");
+
+    // The same approvals again, in a new process: refused, nothing changes.
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+    let before = env.host_files();
+    let again = env.exec_with(&capsule, &[&a, &b]);
+    assert_refused(&env, &again, "authorize.proposal_executed", &before);
+    let refused = events_of(&again, "approval-refused");
+    assert_eq!(refused.len(), 2);
+    assert!(refused.iter().all(|r| r["reason_code"] == "approval.replayed"));
+}
+
+#[test]
+fn our_approvals_pass_ssh_keygen_verify() {
+    let env = setup("");
+    let (_, proposal) = propose(&env);
+    let a = approve(&env, "alice", &proposal, "approve");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(env.path(&a)).unwrap()).unwrap();
+    let statement = edge_core::canonical::to_canonical_vec(&file["statement"]).unwrap();
+    std::fs::write(env.path("statement"), &statement).unwrap();
+    std::fs::write(env.path("statement.sig"), file["signature"].as_str().unwrap()).unwrap();
+    let verify = |msg: &[u8], ns: &str| {
+        let mut c = Command::new("ssh-keygen")
+            .args([
+                "-Y",
+                "verify",
+                "-f",
+                "allowed_signers",
+                "-I",
+                "alice@bank.example",
+                "-n",
+                ns,
+                "-s",
+                "statement.sig",
+            ])
+            .current_dir(env.path(""))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), msg).unwrap();
+        c.wait().unwrap().success()
+    };
+    assert!(verify(&statement, NS), "ssh-keygen -Y verify accepts our approval");
+    let mut tampered = statement.clone();
+    tampered[10] ^= 1;
+    assert!(!verify(&tampered, NS));
+    assert!(!verify(&statement, "git"));
+}
+
+#[test]
+fn approvals_made_with_stock_ssh_keygen_are_accepted() {
+    let env = setup("");
+    let (capsule, proposal) = propose(&env);
+    env.cli(&["approve", &proposal, "--principal", "bob@bank.example", "--statement-only", "-o", "bob.statement"])
+        .success();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f", "keys/bob", "-n", NS, "bob.statement"])
+        .current_dir(env.path(""))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.cli(&[
+        "approval",
+        "assemble",
+        "--statement",
+        "bob.statement",
+        "--signature",
+        "bob.statement.sig",
+        "-o",
+        "bob.json",
+    ])
+    .success();
+    let carol = approve(&env, "carol", &proposal, "approve");
+    let run = env.exec_with(&capsule, &["bob.json", &carol]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+
+    // A signature in another namespace (here: `git`) is never an approval.
+    let (capsule2, proposal2) = {
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        propose(&env)
+    };
+    env.cli(&["approve", &proposal2, "--principal", "bob@bank.example", "--statement-only", "-o", "git.statement"])
+        .success();
+    Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f", "keys/bob", "-n", "git", "git.statement"])
+        .current_dir(env.path(""))
+        .status()
+        .unwrap();
+    let statement: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("git.statement")).unwrap()).unwrap();
+    let forged = serde_json::json!({"statement": statement, "signature": std::fs::read_to_string(env.path("git.statement.sig")).unwrap()});
+    std::fs::write(env.path("git.json"), forged.to_string()).unwrap();
+    let carol2 = approve(&env, "carol", &proposal2, "approve");
+    let before = env.host_files();
+    let run = env.exec_with(&capsule2, &["git.json", &carol2]);
+    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
+    assert_eq!(events_of(&run, "approval-refused")[0]["reason_code"], "approval.wrong_namespace");
+}
+
+#[test]
+fn signing_through_ssh_agent_keeps_the_key_in_the_agent() {
+    let env = setup("");
+    let (capsule, proposal) = propose(&env);
+    let sock = env.path("agent.sock");
+    let out = Command::new("ssh-agent").args(["-s", "-a", sock.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid = text.split("SSH_AGENT_PID=").nth(1).and_then(|s| s.split(';').next()).unwrap().to_owned();
+    let sock_s = sock.to_str().unwrap().to_owned();
+    let added =
+        Command::new("ssh-add").arg("-q").arg(env.path("keys/alice")).env("SSH_AUTH_SOCK", &sock_s).status().unwrap();
+    // The private key file is not needed any more: remove it to prove the agent signs.
+    std::fs::rename(env.path("keys/alice"), env.path("keys/alice.moved")).unwrap();
+    let signed = env.cli_env(
+        &["approve", &proposal, "--principal", "alice@bank.example", "--agent", "--yes", "-o", "alice-agent.json"],
+        &[("SSH_AUTH_SOCK", &sock_s)],
+    );
+    let _ = Command::new("kill").arg(&pid).status();
+    assert!(added.success());
+    let signed = signed.success();
+    assert!(signed.stdout().contains("approved proposal"), "{}", signed.stdout());
+    let carol = approve(&env, "carol", &proposal, "approve");
+    let run = env.exec_with(&capsule, &["alice-agent.json", &carol]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+}
+
+#[test]
+fn an_approval_for_plan_a_is_refused_for_plan_b() {
+    let env = setup("");
+    env.write_policy_config("payments-config", &[("config", "payments-config", true)]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 100\n").unwrap();
+    let manifest =
+        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
+            .unwrap();
+    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let first = env.exec(&capsule);
+    assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
+    let proposal = first.report["proposal"].as_str().unwrap().to_owned();
+    let a = approve(&env, "alice", &proposal, "approve");
+    let b = approve(&env, "carol", &proposal, "approve");
+    // The file drifts differently: the capsule now plans another change (plan B).
+    std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 200\n").unwrap();
+    let before = env.host_files();
+    let run = env.exec_with(&capsule, &[&a, &b]);
+    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
+    for r in events_of(&run, "approval-refused") {
+        assert_eq!(r["reason_code"], "approval.wrong_binding");
+        assert!(r["detail"].as_str().unwrap().contains("plan"), "{r}");
+    }
+}
+
+#[test]
+fn an_approval_under_policy_x_is_refused_after_the_policy_changed_to_y() {
+    let env = setup("");
+    let (capsule, proposal) = propose(&env);
+    let a = approve(&env, "alice", &proposal, "approve");
+    let b = approve(&env, "carol", &proposal, "approve");
+    let text = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    std::fs::write(env.path("policy.toml"), text.replace("name = \"example-enclave\"", "name = \"example-enclave-y\""))
+        .unwrap();
+    let before = env.host_files();
+    let run = env.exec_with(&capsule, &[&a, &b]);
+    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
+    for r in events_of(&run, "approval-refused") {
+        assert!(r["detail"].as_str().unwrap().contains("policy"), "{r}");
+    }
+}
+
+#[test]
+fn a_rejection_vetoes_and_the_agents_owner_cannot_approve() {
+    let env = setup("");
+    let (capsule, proposal) = propose(&env);
+    let a = approve(&env, "alice", &proposal, "approve");
+    let c = approve(&env, "carol", &proposal, "approve");
+    let no = approve(&env, "bob", &proposal, "reject");
+    let olga = approve(&env, "olga", &proposal, "approve");
+    let dave = approve(&env, "dave", &proposal, "approve");
+    let before = env.host_files();
+    let run = env.exec_with(&capsule, &[&a, &c, &no]);
+    assert_refused(&env, &run, "authorize.vetoed", &before);
+    assert!(run.detail().contains("bob@bank.example"));
+
+    let run = env.exec_with(&capsule, &[&a, &olga, &dave]);
+    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
+    let counted = &events_of(&run, "quorum")[0]["counted"];
+    let note = |p: &str| {
+        counted.as_array().unwrap().iter().find(|c| c["principal"] == p).unwrap()["note"].as_str().unwrap().to_owned()
+    };
+    assert!(note("olga@bank.example").contains("proposer"));
+    assert!(note("dave@bank.example").contains("needs one of"));
+}
+
+#[test]
+fn break_glass_needs_its_own_quorum_and_is_loud() {
+    let env = setup("[break_glass]\nrole = \"incident-commander\"\nquorum = 2\n");
+    let (capsule, proposal) = propose(&env);
+    let one = approve(&env, "ic1", &proposal, "approve");
+    let two = approve(&env, "ic2", &proposal, "approve");
+    let before = env.host_files();
+    let run = env.exec_with(&capsule, &[&one]);
+    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
+    let run = env.exec_with(&capsule, &[&one, &two]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(events_of(&run, "quorum")[0]["break_glass"], true);
+    assert!(events_of(&run, "authorized")[0]["note"].as_str().unwrap().starts_with("BREAK-GLASS"));
+}
+
+#[test]
+fn approving_checks_the_proposal_and_asks_for_confirmation() {
+    let env = setup("");
+    let (_, proposal) = propose(&env);
+    // No --yes and no confirmation on stdin: nothing is signed.
+    let out =
+        env.cli(&["approve", &proposal, "--principal", "alice@bank.example", "--key", "keys/alice", "-o", "x.json"]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("not confirmed"), "{}", out.stderr());
+    assert!(out.stdout().contains("plan") && out.stdout().contains("blast radius"), "{}", out.stdout());
+    assert!(!env.path("x.json").exists());
+    // A doctored proposal (plan swapped, digest kept) is refused before anything is shown as signable.
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.path(&proposal)).unwrap()).unwrap();
+    doc["plan"]["summary"] = "harmless, trust me".into();
+    std::fs::write(env.path("doctored.json"), doc.to_string()).unwrap();
+    let out = env.cli(&[
+        "approve",
+        "doctored.json",
+        "--principal",
+        "alice@bank.example",
+        "--key",
+        "keys/alice",
+        "--yes",
+        "-o",
+        "y.json",
+    ]);
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr().contains("plan digest"), "{}", out.stderr());
+}
