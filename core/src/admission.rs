@@ -21,11 +21,13 @@ use crate::signature::VerifiedCapsule;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    pub memory_mib: u64,
+    // Fields in lexicographic order: the derived serialisation is then
+    // already canonical (RFC 8785), which approval statements rely on.
     pub cpu_ms: u64,
-    pub wall_ms: u64,
-    pub output_kib: u64,
     pub max_plan_changes: u64,
+    pub memory_mib: u64,
+    pub output_kib: u64,
+    pub wall_ms: u64,
 }
 
 impl Limits {
@@ -60,10 +62,11 @@ pub struct GrantedMount {
 /// Exactly what one run may use. The sandbox is built from this and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    pub mounts: Vec<GrantedMount>,
+    // Lexicographic field order (see `Limits`).
     pub env: Vec<String>,
     pub imports: BTreeSet<String>,
     pub limits: Limits,
+    pub mounts: Vec<GrantedMount>,
 }
 
 /// Why admission refused a capsule. Every variant has a stable reason code.

@@ -239,11 +239,13 @@ impl Runner {
             max_age_secs: requirement.max_age_secs,
         };
         let now = unix_now();
+        let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
-        for bytes in approvals {
+        for (bytes, result) in approvals.iter().zip(results) {
             let d = self.log.put_artifact(bytes)?;
             self.log.append(&report.run, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
-            let checked = approval::verify_approval(bytes, &registry, &binding, now, self.config.clock_skew_secs)
+            // Single use: against the durable log, and within this batch.
+            let checked = result
                 .and_then(|v| if used.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) });
             match checked {
                 Ok(v) => {

@@ -24,10 +24,10 @@
 //! break-glass) by [`quorum::evaluate`].
 
 use serde::{Deserialize, Serialize};
+use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, PublicKey, SshSig};
 
 use crate::admission::Grant;
-use crate::canonical;
 use crate::digest::Sha256Digest;
 
 pub mod quorum;
@@ -52,35 +52,40 @@ pub enum Verdict {
 }
 
 /// What an approver signs. Every field is checked; nothing is advisory.
+///
+/// Fields are declared in lexicographic order (and so are those of `Grant`
+/// and `Limits`), so the derived compact serialisation *is* the canonical
+/// form: signing and verifying skip a generic canonicalisation pass. A test
+/// pins this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Statement {
-    pub schema: String,
-    pub proposal: String,
-    pub capsule: Sha256Digest,
-    pub plan: Sha256Digest,
-    pub policy: Sha256Digest,
-    /// The runner identity (`runner.name`).
-    pub runner: String,
-    /// The tier and grant the approver was shown.
-    pub tier: u8,
-    pub grant: Grant,
-    pub decision: Verdict,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
     /// The approver principal, as in `allowed_signers`.
     pub approver: String,
+    pub capsule: Sha256Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub decision: Verdict,
+    pub expires_at: u64,
+    /// The tier and grant the approver was shown.
+    pub grant: Grant,
     /// Unix seconds.
     pub issued_at: u64,
-    pub expires_at: u64,
     /// 32 random bytes, hex: makes every approval single-use.
     pub nonce: String,
+    pub plan: Sha256Digest,
+    pub policy: Sha256Digest,
+    pub proposal: String,
+    /// The runner identity (`runner.name`).
+    pub runner: String,
+    pub schema: String,
+    pub tier: u8,
 }
 
 impl Statement {
-    /// The exact bytes that are signed.
+    /// The exact bytes that are signed (canonical JSON, RFC 8785).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        canonical::to_canonical_vec(self).expect("statements hold no floats")
+        serde_json::to_vec(self).expect("statements serialise")
     }
 }
 
@@ -184,22 +189,72 @@ pub struct VerifiedApproval {
     pub comment: Option<String>,
 }
 
-/// Verify an SSHSIG over `message` in `namespace` by `key`, requiring user
-/// presence for hardware-key signatures.
+/// Verify an SSHSIG over `message` in `namespace` by `key`: Ed25519 with
+/// `verify_strict` (ssh-key itself uses the lenient check), and for
+/// `sk-ssh-ed25519` keys the FIDO signed data with the user-presence flag
+/// required (neither ssh-key nor `ssh-keygen -Y verify` checks the flags).
 ///
 /// # Errors
 /// [`ApprovalError::BadSignature`], [`ApprovalError::NoUserPresence`].
 pub fn verify_sshsig(key: &PublicKey, namespace: &str, message: &[u8], sig: &SshSig) -> Result<(), ApprovalError> {
-    key.verify(namespace, message, sig).map_err(|e| ApprovalError::BadSignature(e.to_string()))?;
-    // Neither ssh-key nor `ssh-keygen -Y verify` checks the FIDO flags; an
-    // approval must come from a touch, so we do.
-    if matches!(sig.algorithm(), Algorithm::SkEd25519 | Algorithm::SkEcdsaSha2NistP256) {
-        let b = sig.signature_bytes();
-        if b.len() < 5 || b[b.len() - 5] & 0x01 == 0 {
-            return Err(ApprovalError::NoUserPresence);
-        }
+    let vk = registry::ed25519_key(key).ok_or_else(|| {
+        ApprovalError::BadSignature("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys".into())
+    })?;
+    verify_prepared(key, &vk, namespace, message, sig)
+}
+
+/// As [`verify_sshsig`], with the key's decompressed, weak-checked Ed25519
+/// point precomputed (the registry does this once at load).
+fn verify_prepared(
+    key: &PublicKey,
+    vk: &ed25519_dalek::VerifyingKey,
+    namespace: &str,
+    message: &[u8],
+    sig: &SshSig,
+) -> Result<(), ApprovalError> {
+    use ed25519_dalek::Signature as EdSignature;
+    let bad = |why: &str| ApprovalError::BadSignature(why.to_owned());
+    if sig.public_key() != key.key_data() {
+        return Err(bad("signed by another key"));
     }
-    Ok(())
+    if sig.namespace() != namespace {
+        return Err(ApprovalError::WrongNamespace(sig.namespace().chars().take(100).collect()));
+    }
+    let data = SshSig::signed_data(namespace, sig.hash_alg(), message).map_err(|e| bad(&e.to_string()))?;
+    let raw = sig.signature_bytes();
+    let (signed, sig64): (Vec<u8>, &[u8]) = match (key.key_data(), sig.algorithm()) {
+        (KeyData::Ed25519(_), Algorithm::Ed25519) => (data, raw),
+        (KeyData::SkEd25519(sk), Algorithm::SkEd25519) => {
+            // raw = signature(64) || flags(1) || counter(4)
+            if raw.len() != 69 {
+                return Err(bad("malformed sk-ssh-ed25519 signature"));
+            }
+            let (flags_counter, sha256) = (&raw[64..], |x: &[u8]| <sha2::Sha256 as sha2::Digest>::digest(x));
+            if flags_counter[0] & 0x01 == 0 {
+                return Err(ApprovalError::NoUserPresence);
+            }
+            let mut tbs = sha256(sk.application().as_bytes()).to_vec();
+            tbs.extend_from_slice(flags_counter);
+            tbs.extend_from_slice(&sha256(&data));
+            (tbs, &raw[..64])
+        }
+        _ => return Err(bad("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys")),
+    };
+    let s = EdSignature::from_slice(sig64).map_err(|_| bad("malformed Ed25519 signature"))?;
+    vk.verify_strict(&signed, &s).map_err(|_| bad("the Ed25519 signature does not verify"))
+}
+
+/// Verify several approvals, in parallel (each independent of the others).
+pub fn verify_approvals(
+    files: &[Vec<u8>],
+    registry: &Registry,
+    expected: &Binding,
+    now: u64,
+    skew: u64,
+) -> Vec<Result<VerifiedApproval, ApprovalError>> {
+    use rayon::prelude::*;
+    // Ed25519 verification dominates; spread it over the cores.
+    files.par_iter().with_min_len(1).map(|f| verify_approval(f, registry, expected, now, skew)).collect()
 }
 
 /// Verify one approval (see the module checklist). Pure: `now` is an argument.
@@ -239,7 +294,8 @@ pub fn verify_approval(
     if entries.is_empty() {
         return Err(ApprovalError::UnknownApprover(st.approver.chars().take(200).collect()));
     }
-    let with_key: Vec<_> = entries.iter().filter(|e| e.key.key_data() == key.key_data()).collect();
+    let with_key: Vec<&&registry::SignerEntry> =
+        entries.iter().filter(|e| e.key.key_data() == key.key_data()).collect();
     if with_key.is_empty() {
         return Err(ApprovalError::KeyMismatch { principal: st.approver.clone(), key: fingerprint(&key) });
     }
@@ -260,7 +316,7 @@ pub fn verify_approval(
         return Err(ApprovalError::KeyNotValid { principal: st.approver.clone(), when });
     }
     // 4.
-    verify_sshsig(&key, NAMESPACE, &st.canonical_bytes(), &sig)?;
+    verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig)?;
     // 5.
     let bind = |field: &'static str, expected: String, found: String| {
         if expected == found { Ok(()) } else { Err(ApprovalError::WrongBinding { field, expected, found }) }

@@ -34,7 +34,20 @@ pub struct SignerEntry {
     pub valid_after: Option<u64>,
     pub valid_before: Option<u64>,
     pub key: PublicKey,
+    /// The key's Ed25519 point, decompressed and checked once at load.
+    pub ed25519: ed25519_dalek::VerifyingKey,
     pub line: usize,
+}
+
+/// The Ed25519 point of an `ssh-ed25519` or `sk-ssh-ed25519` key, if valid
+/// and not of small order.
+pub fn ed25519_key(key: &PublicKey) -> Option<ed25519_dalek::VerifyingKey> {
+    let bytes = match key.key_data() {
+        ssh_key::public::KeyData::Ed25519(k) => k.0,
+        ssh_key::public::KeyData::SkEd25519(k) => k.public_key().0,
+        _ => return None,
+    };
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok().filter(|vk| !vk.is_weak())
 }
 
 /// OpenSSH `match_pattern`: `*` and `?` wildcards.
@@ -140,8 +153,23 @@ impl AllowedSigners {
                     (key, opts)
                 }
             };
-            let mut entry =
-                SignerEntry { principals, namespaces: None, valid_after: None, valid_before: None, key, line: i + 1 };
+            if !matches!(key.key_data(), ssh_key::public::KeyData::Ed25519(_) | ssh_key::public::KeyData::SkEd25519(_))
+            {
+                return Err(err(format!(
+                    "{} keys cannot approve; use ssh-ed25519 or sk-ssh-ed25519@openssh.com",
+                    key.algorithm()
+                )));
+            }
+            let ed25519 = ed25519_key(&key).ok_or_else(|| err("weak or invalid Ed25519 key".into()))?;
+            let mut entry = SignerEntry {
+                principals,
+                namespaces: None,
+                valid_after: None,
+                valid_before: None,
+                key,
+                ed25519,
+                line: i + 1,
+            };
             for opt in split_options(options).into_iter().filter(|o| !o.is_empty()) {
                 let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
                 let value = || {

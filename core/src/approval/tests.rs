@@ -70,6 +70,19 @@ fn check(bytes: &[u8], reg: &Registry) -> Result<VerifiedApproval, ApprovalError
     verify_approval(bytes, reg, &binding(), NOW, 300)
 }
 
+/// The fast path (`canonical_bytes`) must equal the generic RFC 8785 form,
+/// whatever the content (escapes, non-ASCII, optional fields).
+#[test]
+fn statement_serialisation_is_canonical() {
+    use proptest::prelude::*;
+    proptest!(|(comment in proptest::option::of(".{0,40}"), approver in "[a-z@.\\\"\u{0}-\u{1f}é😀]{1,20}", tier in 0u8..9)| {
+        let mut st = statement(&binding(), &approver, Verdict::Reject);
+        st.comment = comment;
+        st.tier = tier;
+        prop_assert_eq!(st.canonical_bytes(), crate::canonical::to_canonical_vec(&st).unwrap());
+    });
+}
+
 #[test]
 fn a_good_approval_verifies() {
     let alice = key(1);

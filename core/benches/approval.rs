@@ -1,0 +1,123 @@
+//! Approval benchmark: `cargo bench -p edge-core --bench approval`.
+//!
+//! Verifies a 3-of-5 quorum: five approval files (five principals, five
+//! Ed25519 keys) are each parsed and verified (registry lookup, SSHSIG,
+//! binding, time), then the quorum is evaluated. Target: median ≤ 200 µs.
+
+use std::time::{Duration, Instant};
+
+use edge_core::Sha256Digest;
+use edge_core::admission::{Grant, GrantedMount, Limits};
+use edge_core::approval::quorum::{self, Subject};
+use edge_core::approval::{
+    ApprovalFile, Binding, NAMESPACE, Registry, STATEMENT_SCHEMA, Statement, Verdict, verify_approvals,
+};
+use edge_core::policy::TierRequirement;
+use ssh_key::private::Ed25519Keypair;
+use ssh_key::{HashAlg, LineEnding, PrivateKey};
+
+fn main() {
+    let iters: usize = std::env::var("BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(5_000);
+    let now = 1_795_500_000;
+    let binding = Binding {
+        proposal: "p-1".into(),
+        capsule: Sha256Digest::of(b"capsule"),
+        plan: Sha256Digest::of(b"plan"),
+        policy: Sha256Digest::of(b"policy"),
+        runner: "runner".into(),
+        tier: 2,
+        grant: Grant {
+            mounts: vec![GrantedMount { name: "config".into(), writable: true }],
+            env: vec![],
+            imports: Default::default(),
+            limits: Limits::DEFAULT,
+        },
+        max_age_secs: 7200,
+    };
+    let mut signers = String::new();
+    let mut roles = String::from("[principals]\n");
+    let mut files = Vec::new();
+    for i in 0..5u8 {
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(&[i + 1; 32]));
+        let who = format!("approver{i}@bank.example");
+        signers.push_str(&format!("{who} {}\n", key.public_key().to_openssh().unwrap()));
+        roles.push_str(&format!("\"{who}\" = [\"sre\"]\n"));
+        let st = Statement {
+            schema: STATEMENT_SCHEMA.into(),
+            proposal: binding.proposal.clone(),
+            capsule: binding.capsule,
+            plan: binding.plan,
+            policy: binding.policy,
+            runner: binding.runner.clone(),
+            tier: binding.tier,
+            grant: binding.grant.clone(),
+            decision: Verdict::Approve,
+            comment: None,
+            approver: who,
+            issued_at: now - 60,
+            expires_at: now + 3600,
+            nonce: format!("{i:02x}").repeat(32),
+        };
+        let sig = key.sign(NAMESPACE, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
+        let file = ApprovalFile { statement: st, signature: sig.to_pem(LineEnding::LF).unwrap() };
+        files.push(serde_json::to_vec(&file).unwrap());
+    }
+    let registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").unwrap();
+    let requirement = TierRequirement {
+        tier: 2,
+        approvals: 3,
+        roles: vec!["sre".into()],
+        distinct: true,
+        max_age_secs: 7200,
+        allow_writes: true,
+        allow_endpoints: false,
+        max_memory_mib: None,
+        max_cpu_ms: None,
+        max_wall_ms: None,
+    };
+    let subject = Subject {
+        proposal: "p-1",
+        capsule: binding.capsule,
+        plan: binding.plan,
+        policy: binding.policy,
+        signer: "agent",
+    };
+
+    // Sequential, for comparison (same work on one core).
+    let mut sequential = Vec::with_capacity(iters);
+    for _ in 0..iters / 5 {
+        let t = Instant::now();
+        let verified: Vec<_> = files
+            .iter()
+            .map(|f| edge_core::approval::verify_approval(f, &registry, &binding, now, 300).unwrap())
+            .collect();
+        std::hint::black_box(quorum::evaluate(&verified, &requirement, &registry, &subject));
+        sequential.push(t.elapsed());
+    }
+    let mut times = Vec::with_capacity(iters);
+    let mut per_approval = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let verified: Vec<_> =
+            verify_approvals(&files, &registry, &binding, now, 300).into_iter().map(Result::unwrap).collect();
+        let v = t.elapsed();
+        let result = quorum::evaluate(&verified, &requirement, &registry, &subject);
+        let total = t.elapsed();
+        assert!(result.met.is_some());
+        times.push(total);
+        per_approval.push(v / 5);
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m, p, s) = (median(times), median(per_approval), median(sequential));
+    println!("edge-core approval benchmark ({iters} quorums, medians)");
+    println!(
+        "  3-of-5 quorum: verify 5 approvals + evaluate   {:>9.1} µs   (target <= 200 µs: {})",
+        m.as_secs_f64() * 1e6,
+        if m <= Duration::from_micros(200) { "met" } else { "MISSED" }
+    );
+    println!("  same, on one core (sequential)                {:>9.1} µs", s.as_secs_f64() * 1e6);
+    println!("  one approval (parse, registry, SSHSIG, binding) {:>9.1} µs", p.as_secs_f64() * 1e6);
+}
