@@ -26,6 +26,7 @@ rm -rf demo
 mkdir -p demo/sample/logs/app
 cp examples/runner.toml demo/runner.toml
 cp -r examples/policy demo/policy
+cp -r examples/approvers demo/approvers
 cp -r examples/sample/config examples/sample/certs demo/sample/
 # Logs: two rotated logs from last month, one current, and a symlink that
 # points outside the mount (cleanup must never follow it).
@@ -46,6 +47,13 @@ cd demo
 step "keys: the agent's signing key (private key mode 0600)"
 "$ER" keys generate --out keys/agent
 "$ER" keys generate --out keys/intruder >/dev/null
+
+step "approvers: two people with their own SSH keys, registered in allowed_signers"
+for who in alice carol; do
+  ssh-keygen -q -t ed25519 -N '' -C "$who" -f "keys/$who"
+  echo "$who@bank.example $(cat keys/$who.pub)" >> approvers/allowed_signers
+done
+cat approvers/allowed_signers
 
 step "policy: trust the agent's key, then check the policy against the system graph"
 cat >> policy/policy.toml <<EOT
@@ -84,10 +92,24 @@ set +e
 "$ER" exec config-drift.capsule --config runner.toml
 code=$?
 set -e
-echo "exit code $code (3 = refused: tier 2 waits for two approvals; the approval plane comes next)"
+echo "exit code $code (5 = planned, waiting for two approvals)"
 echo "unchanged: $(grep max_connections sample/config/app.toml)"
+PROPOSAL=$(ls state/proposals/*.json | head -1)
 
-step "run 4: a capsule signed by a key the policy does not trust is refused"
+step "run 4: two approvers review the proposal and sign (OpenSSH signatures, namespace approval.v1@edge-runner.dev)"
+"$ER" approve "$PROPOSAL" --principal alice@bank.example --key keys/alice --comment "matches INC-1042" --yes -o alice.json
+"$ER" approve "$PROPOSAL" --principal carol@bank.example --key keys/carol --yes -o carol.json | tail -1
+
+step "run 5: the same capsule, with the approvals — quorum, then staged apply, diff, commit, verify"
+"$ER" exec config-drift.capsule --config runner.toml --approval alice.json --approval carol.json
+echo "after:  $(grep max_connections sample/config/app.toml)"
+
+step "run 6: replaying the same approvals is refused (single-use nonces, proposal executed)"
+set +e
+"$ER" exec config-drift.capsule --config runner.toml --approval alice.json --approval carol.json | grep -E "REFUSED|approval "
+set -e
+
+step "run 7: a capsule signed by a key the policy does not trust is refused"
 cp config-drift.capsule intruder.capsule
 "$ER" capsule sign --key keys/intruder.key intruder.capsule >/dev/null
 set +e
