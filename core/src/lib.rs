@@ -31,6 +31,8 @@ pub mod dsse;
 pub mod evidence;
 pub mod graph;
 pub mod manifest;
+pub mod merkle;
+pub mod note;
 pub mod paths;
 pub mod plan;
 pub mod policy;

@@ -394,6 +394,21 @@ pub(crate) fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
     Ok(v)
 }
 
+/// Planned changes, with before/after digests and why.
+pub(crate) fn print_changes(changes: &[edge_core::plan::Change], out: &mut dyn Write) -> Result<()> {
+    for c in changes {
+        writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
+        if let Some(b) = &c.digest_before {
+            writeln!(out, "      before {b}")?;
+        }
+        if let Some(a) = &c.digest_after {
+            writeln!(out, "      after  {a}")?;
+        }
+        writeln!(out, "      why    {}", c.why)?;
+    }
+    Ok(())
+}
+
 /// Human summary of a run.
 pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "run          {}", r.run)?;
@@ -409,16 +424,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
         writeln!(out, "plan         {d}")?;
         writeln!(out, "             {}", p.summary)?;
-        for c in &p.changes {
-            writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
-            if let Some(b) = &c.digest_before {
-                writeln!(out, "      before {b}")?;
-            }
-            if let Some(a) = &c.digest_after {
-                writeln!(out, "      after  {a}")?;
-            }
-            writeln!(out, "      why    {}", c.why)?;
-        }
+        print_changes(&p.changes, out)?;
         if !p.findings.is_empty() {
             writeln!(out, "findings")?;
             for f in &p.findings {

@@ -193,16 +193,7 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     crate::cli_policy::print_decision(&p.decision, out)?;
     writeln!(out, "grant        {}", serde_json::to_string(&p.grant)?)?;
     writeln!(out, "plan         {} — {}", p.plan_digest, p.plan.summary)?;
-    for c in &p.plan.changes {
-        writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
-        if let Some(b) = &c.digest_before {
-            writeln!(out, "      before {b}")?;
-        }
-        if let Some(a) = &c.digest_after {
-            writeln!(out, "      after  {a}")?;
-        }
-        writeln!(out, "      why    {}", c.why)?;
-    }
+    crate::cli::print_changes(&p.plan.changes, out)?;
     for f in &p.plan.findings {
         writeln!(out, "  finding [{}] {}: {}", f.severity, f.code, f.message)?;
     }
