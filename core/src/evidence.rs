@@ -113,6 +113,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         registry: Option<Sha256Digest>,
     },
+    /// The runner's identity key (which signs checkpoints) was created or changed.
+    KeyEvent { action: String, key: String },
     /// A policy or graph failed to load; the previous one stays in force.
     PolicyRefused {
         file: String,
@@ -198,6 +200,37 @@ impl Record {
     pub fn is_terminal(&self) -> bool {
         matches!(self.event, Event::Completed { .. })
     }
+
+    /// The event's type name (`submission`, `decision`, …).
+    pub fn event_type(&self) -> String {
+        serde_json::to_value(&self.event)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// Check one stored record: canonical bytes, expected sequence number and
+/// chain link.
+///
+/// # Errors
+/// The [`ChainError`] naming the record.
+pub fn check_record(body: &[u8], expected_seq: u64, prev: Sha256Digest) -> Result<Record, ChainError> {
+    let r: Record = serde_json::from_slice(body)
+        .map_err(|e| ChainError::Malformed { line: expected_seq as usize + 1, reason: e.to_string() })?;
+    if r.seq != expected_seq {
+        return Err(ChainError::Sequence { seq: r.seq, expected: expected_seq });
+    }
+    if r.prev != prev {
+        return Err(ChainError::Link { seq: r.seq, expected: prev, found: r.prev });
+    }
+    let bytes = r
+        .canonical_bytes()
+        .map_err(|e| ChainError::Malformed { line: expected_seq as usize + 1, reason: e.to_string() })?;
+    if bytes != body {
+        return Err(ChainError::NotCanonical { seq: r.seq });
+    }
+    Ok(r)
 }
 
 /// A break in the chain, naming the record.
@@ -222,24 +255,12 @@ pub enum ChainError {
 pub fn verify_chain_lines(text: &[u8]) -> Result<(Vec<Record>, Sha256Digest), ChainError> {
     let mut records = Vec::new();
     let mut prev = GENESIS;
-    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+    for line in text.split(|b| *b == b'\n') {
         if line.is_empty() {
             continue;
         }
-        let r: Record =
-            serde_json::from_slice(line).map_err(|e| ChainError::Malformed { line: i + 1, reason: e.to_string() })?;
-        let expected = records.len() as u64;
-        if r.seq != expected {
-            return Err(ChainError::Sequence { seq: r.seq, expected });
-        }
-        if r.prev != prev {
-            return Err(ChainError::Link { seq: r.seq, expected: prev, found: r.prev });
-        }
-        let bytes = r.canonical_bytes().map_err(|e| ChainError::Malformed { line: i + 1, reason: e.to_string() })?;
-        if bytes != line {
-            return Err(ChainError::NotCanonical { seq: r.seq });
-        }
-        prev = Sha256Digest::of(&bytes);
+        let r = check_record(line, records.len() as u64, prev)?;
+        prev = Sha256Digest::of(line);
         records.push(r);
     }
     Ok((records, prev))

@@ -82,6 +82,59 @@ pub fn root(leaves: &[Hash]) -> Hash {
     acc
 }
 
+/// The right border of a growing tree: O(log n) per append, root in O(log n).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactRange {
+    /// Complete subtrees, left to right, strictly decreasing heights.
+    stack: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl CompactRange {
+    /// Append a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut cur = (0u32, leaf);
+        while let Some(&(h, left)) = self.stack.last() {
+            if h != cur.0 {
+                break;
+            }
+            self.stack.pop();
+            cur = (h + 1, node_hash(&left, &cur.1));
+        }
+        self.stack.push(cur);
+        self.size += 1;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the tree so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.stack.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else { return empty_root() };
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+
+    /// The subtree hashes (left to right) that summarise the tree so far.
+    pub fn hashes(&self) -> Vec<Hash> {
+        self.stack.iter().map(|(_, h)| *h).collect()
+    }
+
+    /// Rebuild a range for a tree of `size` from its subtree hashes (as
+    /// [`CompactRange::hashes`] gives them). None if they do not fit the size.
+    pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Self> {
+        let heights: Vec<u32> = (0..64).rev().filter(|b| size & (1u64 << b) != 0).collect();
+        if heights.len() != hashes.len() {
+            return None;
+        }
+        Some(Self { stack: heights.into_iter().zip(hashes.iter().copied()).collect(), size })
+    }
+}
+
 fn largest_power_of_two_below(n: usize) -> usize {
     debug_assert!(n > 1);
     1 << (usize::BITS - 1 - (n - 1).leading_zeros())
@@ -330,6 +383,13 @@ mod tests {
         fn proofs_round_trip(n in 1usize..70, a in 0usize..70, b in 0usize..70) {
             let l = leaves(n);
             prop_assert_eq!(root(&l), recursive_root(&l));
+            let mut range = CompactRange::default();
+            for (i, leaf) in l.iter().enumerate() {
+                range.push(*leaf);
+                prop_assert_eq!(range.root(), root(&l[..=i]));
+            }
+            let again = CompactRange::from_hashes(n as u64, &range.hashes()).unwrap();
+            prop_assert_eq!(again.root(), root(&l));
             let i = a % n;
             let p: Vec<Vec<u8>> = inclusion_proof(&l, i).into_iter().map(|h| h.to_vec()).collect();
             prop_assert!(verify_inclusion(i as u64, n as u64, &l[i], &p, &root(&l)).is_ok());

@@ -141,6 +141,12 @@ pub enum EvidenceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print one stored artifact (checked against its digest).
+    Artifact {
+        #[arg(long)]
+        config: PathBuf,
+        digest: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,20 +200,42 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
         }
         Command::Evidence(EvidenceCommand::Show { config, run, json }) => {
             let config = RunnerConfig::load(&config)?;
-            let path = config.state_dir.join("evidence/log.jsonl");
-            let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let (records, head) = edge_core::evidence::verify_chain_lines(&text)
-                .with_context(|| format!("evidence log {} failed verification", path.display()))?;
+            let dir = config.state_dir.join("evidence");
+            let (records, leaves) = crate::evidence_log::load_verified(&dir)
+                .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
+            let root = edge_core::merkle::root(&leaves);
             let records: Vec<&Record> = records.iter().filter(|r| run.as_ref().is_none_or(|id| &r.run == id)).collect();
             if json {
                 serde_json::to_writer_pretty(&mut *out, &records)?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "evidence log {}: chain verified, head {head}", path.display())?;
+                writeln!(
+                    out,
+                    "evidence store {}: {} record(s), chain verified, Merkle root {}",
+                    dir.display(),
+                    leaves.len(),
+                    hex::encode(root)
+                )?;
                 for r in records {
                     print_record(r, out)?;
                 }
             }
+            Ok(EXIT_OK)
+        }
+        Command::Evidence(EvidenceCommand::Artifact { config, digest }) => {
+            let config = RunnerConfig::load(&config)?;
+            let d: Sha256Digest = digest.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let db = crate::evidence_log::read_only(&config.state_dir.join("evidence"))?;
+            let bytes: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(db.query_row(
+                "SELECT bytes FROM artifacts WHERE digest = ?1",
+                [d.to_string()],
+                |r| r.get(0),
+            ))?;
+            let bytes = bytes.with_context(|| format!("no artifact {d} in the evidence store"))?;
+            if Sha256Digest::of(&bytes) != d {
+                bail!("artifact {d} does not match its digest: the store was altered");
+            }
+            out.write_all(&bytes)?;
             Ok(EXIT_OK)
         }
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),

@@ -1,144 +1,435 @@
-//! The first evidence log: canonical JSON lines in `<state>/evidence/log.jsonl`,
-//! each record chained to the previous by SHA-256, fsync'd before the step it
-//! records takes effect; artifacts content-addressed in
-//! `<state>/evidence/artifacts/sha256/<hex>`.
+//! The evidence store: an embedded SQLite database (`<state>/evidence/evidence.db`).
 //!
-//! The log is opened under an exclusive file lock, its whole chain verified
-//! on open (a broken log refuses to start the run), and only ever appended.
+//! * WAL journal, `synchronous=FULL`: a record is acknowledged only after the
+//!   transaction holding it is durable.
+//! * Append-only: triggers refuse every UPDATE and DELETE on records,
+//!   artifacts and checkpoints (the runner never issues one; the triggers make
+//!   sure nothing else through SQLite does either).
+//! * Group commit: one writer thread owns the connection; appends from any
+//!   number of threads queue up and the writer commits everything waiting in
+//!   one transaction — one fsync for many records — before acknowledging each.
+//! * Every record is a leaf of an RFC 6962 Merkle tree (leaf = the record's
+//!   canonical JSON); a compact range of the tree is kept so the root is
+//!   always at hand, and checkpoints are C2SP signed notes by the runner's
+//!   identity key.
+//!
+//! Readable with the stock `sqlite3` tool; the schema is documented in
+//! `docs/evidence.md`. On open the whole chain is verified; a broken store
+//! refuses to start the runner.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
 use edge_core::evidence::{self, Event, GENESIS, RECORD_SCHEMA, Record};
+use edge_core::merkle::{self, CompactRange, Hash};
+use edge_core::note::{Checkpoint, NoteSigner};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::staging::{sync_dir, write_durably};
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+CREATE TABLE IF NOT EXISTS records (
+    seq   INTEGER PRIMARY KEY,   -- position in the log, from 0, no gaps
+    run   TEXT NOT NULL,         -- run id (or 'policy' / 'runner' for runner-level records)
+    type  TEXT NOT NULL,         -- event type
+    time  TEXT NOT NULL,         -- RFC 3339, UTC
+    prev  TEXT NOT NULL,         -- sha256 of the previous record's canonical JSON
+    hash  TEXT NOT NULL,         -- sha256 of this record's canonical JSON
+    body  TEXT NOT NULL          -- the canonical JSON record (the Merkle leaf)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    digest TEXT PRIMARY KEY,     -- sha256:<hex> of bytes
+    size   INTEGER NOT NULL,
+    bytes  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size  INTEGER PRIMARY KEY,   -- tree size
+    root  TEXT NOT NULL,         -- base64 root
+    note  TEXT NOT NULL,         -- the signed note (c2sp.org/tlog-checkpoint)
+    time  TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS records_append_only_u BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS records_append_only_d BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS artifacts_append_only_u BEFORE UPDATE ON artifacts BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS artifacts_append_only_d BEFORE DELETE ON artifacts BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_u BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_d BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
+";
 
-/// An open, verified, locked evidence log.
-#[derive(Debug)]
-pub struct EvidenceLog {
-    file: File,
-    dir: PathBuf,
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+enum Request {
+    Append { run: String, event: Event, reply: mpsc::SyncSender<Result<Record>> },
+    Artifact { bytes: Vec<u8>, reply: mpsc::SyncSender<Result<Sha256Digest>> },
+    Checkpoint { signer: std::sync::Arc<NoteSigner>, origin: String, reply: mpsc::SyncSender<Result<String>> },
+}
+
+/// A cloneable handle: appends from any thread, acknowledged once durable.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl StoreHandle {
+    /// Append a record; returns once it is durable.
+    ///
+    /// # Errors
+    /// If the transaction could not be committed (nothing was acknowledged).
+    pub fn append(&self, run: &str, event: Event) -> Result<Record> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request::Append { run: run.to_owned(), event, reply })
+            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+    }
+
+    /// Store an artifact (content-addressed, idempotent); returns once durable.
+    ///
+    /// # Errors
+    /// As [`StoreHandle::append`].
+    pub fn put_artifact(&self, bytes: Vec<u8>) -> Result<Sha256Digest> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx.send(Request::Artifact { bytes, reply }).map_err(|_| anyhow!("the evidence writer stopped"))?;
+        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+    }
+
+    fn checkpoint(&self, signer: std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request::Checkpoint { signer, origin: origin.to_owned(), reply })
+            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: Connection,
     next_seq: u64,
     prev: Sha256Digest,
+    range: CompactRange,
+    leaves: std::sync::Arc<std::sync::Mutex<Vec<Hash>>>,
+    appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Commit a batch in one transaction; acknowledge each request after.
+    fn commit(&mut self, batch: Vec<Request>) {
+        let (seq0, prev0, range0) = (self.next_seq, self.prev, self.range.clone());
+        let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(batch.len());
+        let mut new_leaves = Vec::new();
+        let mut new_records = Vec::new();
+        let tx_result = (|| -> rusqlite::Result<()> {
+            let tx = self.db.transaction()?;
+            for req in &batch {
+                let r = match req {
+                    Request::Append { run, event, .. } => {
+                        let record = Record {
+                            schema: RECORD_SCHEMA.to_owned(),
+                            seq: self.next_seq,
+                            time: jiff::Timestamp::now().to_string(),
+                            run: run.clone(),
+                            prev: self.prev,
+                            event: event.clone(),
+                        };
+                        match record.canonical_bytes() {
+                            Ok(body) => {
+                                let hash = Sha256Digest::of(&body);
+                                tx.execute(
+                                    "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                    params![
+                                        record.seq as i64,
+                                        record.run,
+                                        record.event_type(),
+                                        record.time,
+                                        record.prev.to_string(),
+                                        hash.to_string(),
+                                        std::str::from_utf8(&body).expect("canonical JSON is UTF-8"),
+                                    ],
+                                )?;
+                                let leaf = merkle::leaf_hash(&body);
+                                self.range.push(leaf);
+                                new_leaves.push(leaf);
+                                self.next_seq += 1;
+                                self.prev = hash;
+                                new_records.push(record.clone());
+                                Ok(Outcome::Record(Box::new(record)))
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Request::Artifact { bytes, .. } => {
+                        let d = Sha256Digest::of(bytes);
+                        tx.execute(
+                            "INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
+                            params![d.to_string(), bytes.len() as i64, bytes],
+                        )?;
+                        Ok(Outcome::Artifact(d))
+                    }
+                    Request::Checkpoint { signer, origin, .. } => {
+                        let cp = Checkpoint { origin: origin.clone(), size: self.next_seq, root: self.range.root() };
+                        match signer.sign(&cp.text()) {
+                            Ok(note) => {
+                                tx.execute(
+                                    "INSERT OR IGNORE INTO checkpoints (size, root, note, time) VALUES (?1, ?2, ?3, ?4)",
+                                    params![
+                                        cp.size as i64,
+                                        base64_std(&cp.root),
+                                        note,
+                                        jiff::Timestamp::now().to_string()
+                                    ],
+                                )?;
+                                Ok(Outcome::Checkpoint(note))
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                results.push(r);
+            }
+            tx.commit()
+        })();
+        if let Err(e) = tx_result {
+            // Nothing of the batch is durable: undo our view and refuse all.
+            (self.next_seq, self.prev, self.range) = (seq0, prev0, range0);
+            for req in batch {
+                let msg = format!("the evidence store could not commit (nothing was acknowledged): {e}");
+                reply(req, Err(msg));
+            }
+            return;
+        }
+        self.leaves.lock().expect("leaves lock").extend(new_leaves);
+        self.appended.lock().expect("records lock").extend(new_records);
+        for (req, r) in batch.into_iter().zip(results) {
+            reply(req, r);
+        }
+    }
+}
+
+enum Outcome {
+    Record(Box<Record>),
+    Artifact(Sha256Digest),
+    Checkpoint(String),
+}
+
+fn reply(req: Request, r: Result<Outcome, String>) {
+    match (req, r) {
+        (Request::Append { reply, .. }, Ok(Outcome::Record(rec))) => drop(reply.send(Ok(*rec))),
+        (Request::Artifact { reply, .. }, Ok(Outcome::Artifact(d))) => drop(reply.send(Ok(d))),
+        (Request::Checkpoint { reply, .. }, Ok(Outcome::Checkpoint(n))) => drop(reply.send(Ok(n))),
+        (Request::Append { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
+        (Request::Artifact { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
+        (Request::Checkpoint { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
+        _ => unreachable!("each request gets its own kind of outcome"),
+    }
+}
+
+fn base64_std(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// An open, verified evidence store, for one runner process.
+#[derive(Debug)]
+pub struct EvidenceLog {
+    handle: StoreHandle,
+    dir: PathBuf,
     records: Vec<Record>,
-    durable_wait: std::time::Duration,
-    /// Set when an append failed: the log refuses further appends in this
-    /// process rather than risk a gap or a reused sequence number.
-    poisoned: bool,
+    leaves: std::sync::Arc<std::sync::Mutex<Vec<Hash>>>,
+    appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+    durable_wait: Duration,
+    _lock: std::fs::File,
 }
 
 impl EvidenceLog {
-    /// Open (creating if needed) the log in `dir`, take the lock and verify the chain.
+    /// Open (creating if needed) the store in `dir`, take the lock, and verify
+    /// every record's canonical form and chain link.
     ///
     /// # Errors
-    /// If the log is locked by another process, unreadable, or its chain is broken.
+    /// If the store is locked by another runner, unreadable, or fails verification.
     pub fn open(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir.join("artifacts/sha256"))
-            .with_context(|| format!("cannot create evidence directory {}", dir.display()))?;
-        let path = dir.join("log.jsonl");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create evidence directory {}", dir.display()))?;
+        let lock = std::fs::OpenOptions::new()
             .create(true)
-            .open(&path)
-            .with_context(|| format!("cannot open evidence log {}", path.display()))?;
-        file.lock().with_context(|| format!("cannot lock evidence log {}", path.display()))?;
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)?;
-        if !text.is_empty() && !text.ends_with(b"\n") {
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .with_context(|| format!("cannot open {}", dir.join("lock").display()))?;
+        lock.try_lock()
+            .map_err(|_| anyhow!("the evidence store {} is in use by another runner process", dir.display()))?;
+        if dir.join("log.jsonl").exists() {
             bail!(
-                "evidence log {} ends with a partial record (a write was interrupted); \
-                 it was never acknowledged, but the runner will not guess: inspect and repair the log",
-                path.display()
+                "{} holds a JSONL evidence log from an earlier runner version; this version stores evidence in SQLite: \
+                 keep that log for your records and use a fresh state directory",
+                dir.display()
             );
         }
-        let (records, prev) = evidence::verify_chain_lines(&text).with_context(|| {
-            format!("evidence log {} failed verification; the runner refuses to run on a broken log", path.display())
+        let path = dir.join("evidence.db");
+        let db = Connection::open(&path).with_context(|| format!("cannot open evidence store {}", path.display()))?;
+        db.execute_batch(SCHEMA).with_context(|| format!("cannot initialise {}", path.display()))?;
+        let mode: String = db.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if mode != "wal" {
+            bail!("{} is not in WAL mode ({mode})", path.display());
+        }
+        let (records, leaves, prev) = load_and_verify(&db).with_context(|| {
+            format!("evidence store {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
-        Ok(Self {
-            file,
-            dir: dir.to_path_buf(),
+        let mut range = CompactRange::default();
+        for l in &leaves {
+            range.push(*l);
+        }
+        let leaves = std::sync::Arc::new(std::sync::Mutex::new(leaves));
+        let appended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Writer {
+            db,
             next_seq: records.len() as u64,
             prev,
+            range,
+            leaves: leaves.clone(),
+            appended: appended.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
+        Ok(Self {
+            handle: StoreHandle { tx },
+            dir: dir.to_path_buf(),
             records,
-            durable_wait: std::time::Duration::ZERO,
-            poisoned: false,
+            leaves,
+            appended,
+            durable_wait: Duration::ZERO,
+            _lock: lock,
         })
+    }
+
+    /// A handle for concurrent appenders (group commit).
+    pub fn handle(&self) -> StoreHandle {
+        self.handle.clone()
     }
 
     /// Append a record and make it durable before returning.
     ///
     /// # Errors
-    /// On any write or fsync failure; the caller must then stop (fail closed).
+    /// If it could not be made durable; nothing was acknowledged then.
     pub fn append(&mut self, run: &str, event: Event) -> Result<Record> {
-        if self.poisoned {
-            bail!("the evidence log had a failed write earlier in this process; restart the runner");
-        }
-        let record = Record {
-            schema: RECORD_SCHEMA.to_owned(),
-            seq: self.next_seq,
-            time: jiff::Timestamp::now().to_string(),
-            run: run.to_owned(),
-            prev: self.prev,
-            event,
-        };
-        let mut line = record.canonical_bytes()?;
-        line.push(b'\n');
-        let len_before = self.file.metadata().context("cannot stat the evidence log")?.len();
-        let t0 = std::time::Instant::now();
-        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        let t0 = Instant::now();
+        let r = self.handle.append(run, event);
         self.durable_wait += t0.elapsed();
-        if let Err(e) = written {
-            // Never leave a partial or unacknowledged line behind: cut the
-            // file back to the last acknowledged record and stop appending.
-            self.poisoned = true;
-            let _ = self.file.set_len(len_before).and_then(|()| self.file.sync_data());
-            return Err(e)
-                .context("cannot append to the evidence log (write or fsync failed); nothing was acknowledged");
-        }
-        self.prev = Sha256Digest::of(&line[..line.len() - 1]);
-        self.next_seq += 1;
-        self.records.push(record.clone());
-        Ok(record)
+        self.sync_view();
+        r
     }
 
-    /// Store an artifact content-addressed; returns its digest.
+    /// Store an artifact content-addressed; returns its digest once durable.
     ///
     /// # Errors
     /// On I/O failure.
     pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
-        let d = Sha256Digest::of(bytes);
-        let path = self.artifact_path(&d);
-        if !path.exists() {
-            let t0 = std::time::Instant::now();
-            write_durably(&path, bytes)?;
-            sync_dir(path.parent().expect("has parent"))?;
-            self.durable_wait += t0.elapsed();
-        }
-        Ok(d)
+        let t0 = Instant::now();
+        let r = self.handle.put_artifact(bytes.to_vec());
+        self.durable_wait += t0.elapsed();
+        r
     }
 
-    /// Total time spent waiting for durability (fsync of records and
-    /// artifacts) since the log was opened. Benchmarks subtract it to compare
-    /// the governed run's own work with a bare embedding.
-    pub fn durable_wait(&self) -> std::time::Duration {
-        self.durable_wait
+    /// Sign a checkpoint of the whole log with the runner's identity key and store it.
+    ///
+    /// # Errors
+    /// If it cannot be stored.
+    pub fn checkpoint(&mut self, signer: &std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
+        self.handle.checkpoint(signer.clone(), origin)
     }
 
-    pub fn artifact_path(&self, d: &Sha256Digest) -> PathBuf {
-        self.dir.join("artifacts/sha256").join(d.hex())
+    fn sync_view(&mut self) {
+        let mut new = self.appended.lock().expect("records lock");
+        self.records.append(&mut new);
     }
 
-    /// Every record, in order (verified at open and appended since).
+    /// Every record appended so far (verified at open, then as acknowledged).
     pub fn records(&self) -> &[Record] {
         &self.records
     }
 
-    /// Hash of the last record ([`GENESIS`] when empty).
-    pub fn head(&self) -> Sha256Digest {
-        if self.records.is_empty() { GENESIS } else { self.prev }
+    /// Leaf hashes of every record, in order.
+    pub fn leaves(&self) -> Vec<Hash> {
+        self.leaves.lock().expect("leaves lock").clone()
     }
+
+    /// Total time spent waiting for durability.
+    pub fn durable_wait(&self) -> Duration {
+        self.durable_wait
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Read one artifact.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn artifact(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
+        let db = read_only(&self.dir)?;
+        Ok(db
+            .query_row("SELECT bytes FROM artifacts WHERE digest = ?1", [digest.to_string()], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()?)
+    }
+}
+
+/// A read-only connection to a store (for export, `evidence show`, tools).
+///
+/// # Errors
+/// If the database cannot be opened.
+pub fn read_only(dir: &Path) -> Result<Connection> {
+    let path = dir.join("evidence.db");
+    Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot open evidence store {}", path.display()))
+}
+
+/// Read and verify a store without writing to it: records and leaf hashes.
+///
+/// # Errors
+/// If it cannot be read or fails verification (naming the record).
+pub fn load_verified(dir: &Path) -> Result<(Vec<Record>, Vec<Hash>)> {
+    let db = read_only(dir)?;
+    let (records, leaves, _) = load_and_verify(&db)?;
+    Ok((records, leaves))
+}
+
+/// Load every record, checking canonical form, sequence and chain links.
+fn load_and_verify(db: &Connection) -> Result<(Vec<Record>, Vec<Hash>, Sha256Digest)> {
+    let mut stmt = db.prepare("SELECT seq, hash, body FROM records ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut records = Vec::new();
+    let mut leaves = Vec::new();
+    let mut prev = GENESIS;
+    while let Some(row) = rows.next()? {
+        let (seq, hash, body): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let r = evidence::check_record(body.as_bytes(), records.len() as u64, prev)
+            .map_err(|e| anyhow!("record {seq}: {e}"))?;
+        let h = Sha256Digest::of(body.as_bytes());
+        if h.to_string() != hash {
+            bail!("record {seq}: stored hash column does not match the record");
+        }
+        leaves.push(merkle::leaf_hash(body.as_bytes()));
+        prev = h;
+        records.push(r);
+    }
+    Ok((records, leaves, prev))
 }

@@ -24,8 +24,10 @@ fn a_low_risk_write_runs_automatically_with_the_decision_recorded_first() {
     assert!(decided < planned, "{events:?}");
     // The decision record carries its replayable input, stored as an artifact.
     let rec = run.report["records"].as_array().unwrap().iter().find(|r| r["event"]["type"] == "decision").unwrap();
-    let input = rec["event"]["input"].as_str().unwrap().trim_start_matches("sha256:").to_owned();
-    assert!(env.path(&format!("state/evidence/artifacts/sha256/{input}")).exists());
+    let input = rec["event"]["input"].as_str().unwrap().to_owned();
+    let stored = env.cli(&["evidence", "artifact", "--config", "runner.toml", &input]).success();
+    let replay: serde_json::Value = serde_json::from_slice(&stored.0.stdout).unwrap();
+    assert_eq!(replay["grant"], run.report["records"][1]["event"]["grant"], "the decision input holds the grant");
     // The policy in force was recorded when the runner started.
     let log = env.evidence();
     assert_eq!(log[0]["event"]["type"], "policy-change");
@@ -81,7 +83,7 @@ fn a_malformed_policy_stops_the_runner_with_file_and_line() {
     let out = env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]);
     assert_eq!(out.code(), 1);
     assert!(out.stderr().contains("policy.toml") && out.stderr().contains("line"), "{}", out.stderr());
-    assert!(!env.path("state/evidence/log.jsonl").exists(), "nothing ran, nothing was recorded");
+    assert!(!env.path("state/evidence/evidence.db").exists(), "nothing ran, nothing was recorded");
 }
 
 #[test]
