@@ -59,6 +59,9 @@ pub enum Event {
     /// Signature, manifest and capability checks passed.
     Admitted {
         signer: String,
+        /// The verifying signer, so a reviewer can check the signature again:
+        /// its SPKI PEM (keyed) or `keyless <identity> <issuer>`.
+        signer_key: String,
         /// What the run is granted (mounts with access, env names, imports, limits).
         grant: serde_json::Value,
         /// The component's real imports.
@@ -110,8 +113,9 @@ pub enum Event {
         counted: serde_json::Value,
         break_glass: bool,
         nonces: Vec<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        registry: Option<Sha256Digest>,
+        /// Artifacts: the allowed_signers and roles files the approvals were checked against.
+        allowed_signers: Sha256Digest,
+        roles: Sha256Digest,
     },
     /// The runner's identity key (which signs checkpoints) was created or changed.
     KeyEvent { action: String, key: String },

@@ -79,7 +79,7 @@ enum PublicKey {
 
 #[derive(Debug, Clone)]
 enum SignerKind {
-    Keyed { key: PublicKey, der: DerPublicKey, key_id: String },
+    Keyed { key: PublicKey, der: DerPublicKey, key_id: String, pem: String },
     Keyless { identity: String, issuer: String },
 }
 
@@ -114,7 +114,7 @@ impl TrustedSigner {
             }
         };
         let key_id = key_id(der.as_bytes());
-        Ok(Self { name: name.to_owned(), kind: SignerKind::Keyed { key, der, key_id } })
+        Ok(Self { name: name.to_owned(), kind: SignerKind::Keyed { key, der, key_id, pem: pem.trim().to_owned() } })
     }
 
     /// A keyless signer: exact certificate identity (SAN) and OIDC issuer.
@@ -127,6 +127,31 @@ impl TrustedSigner {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How evidence names this signer so a verifier can rebuild it: the SPKI
+    /// PEM of a keyed signer, or `keyless <identity> <issuer>`.
+    pub fn evidence_key(&self) -> String {
+        match &self.kind {
+            SignerKind::Keyed { pem, .. } => pem.clone(),
+            SignerKind::Keyless { identity, issuer } => format!("keyless {identity} {issuer}"),
+        }
+    }
+
+    /// Rebuild a signer from [`TrustedSigner::evidence_key`].
+    ///
+    /// # Errors
+    /// If the key is unusable.
+    pub fn from_evidence_key(name: &str, key: &str) -> Result<Self, SignatureError> {
+        match key.strip_prefix("keyless ") {
+            Some(rest) => {
+                let (identity, issuer) = rest
+                    .rsplit_once(' ')
+                    .ok_or_else(|| SignatureError::Key("keyless signer without an issuer".into()))?;
+                Ok(Self::keyless(name, identity, issuer))
+            }
+            None => Self::from_public_key_pem(name, key),
+        }
     }
 
     /// Whether this is a keyless (certificate identity) signer.
@@ -203,10 +228,15 @@ pub struct VerifiedCapsule {
     file: CapsuleFile,
     signer: String,
     signer_detail: String,
+    signer_key: String,
     transparency: Transparency,
 }
 
 impl VerifiedCapsule {
+    /// The verifying signer as evidence records it ([`TrustedSigner::evidence_key`]).
+    pub fn signer_key(&self) -> &str {
+        &self.signer_key
+    }
     pub fn file(&self) -> &CapsuleFile {
         &self.file
     }
@@ -228,24 +258,47 @@ impl VerifiedCapsule {
 /// # Errors
 /// A [`SignatureError`] naming the failed step (see the module checklist).
 pub fn verify_capsule(file: CapsuleFile, trusted: &TrustedSigners) -> Result<VerifiedCapsule, SignatureError> {
-    let (signer, detail, transparency) = {
-        let bytes = file.bundle().ok_or(SignatureError::Unsigned)?;
-        let bundle = parse_bundle(bytes)?;
-        let env = dsse_envelope(&bundle)?;
-        check_statement(env.payload.as_bytes(), file.digest(), Some(file.manifest().component.sha256))?;
-        let pae = env.pae();
-        let sig = env.signature.sig.as_bytes();
-        match &bundle.verification_material.content {
-            VerificationMaterialContent::PublicKey(_) => verify_keyed(&bundle, &pae, sig, file.digest(), trusted)?,
-            VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
-                verify_keyless(&bundle, file.digest(), trusted)?
-            }
-            _ => {
-                return Err(SignatureError::Unsupported("unknown verification material".into()));
-            }
+    let bytes = file.bundle().ok_or(SignatureError::Unsigned)?;
+    let v = verify_parts(file.digest(), file.manifest().component.sha256, bytes, trusted)?;
+    Ok(VerifiedCapsule { file, signer: v.0, signer_detail: v.1, signer_key: v.3, transparency: v.2 })
+}
+
+/// Verify a capsule's signature bundle from its canonical manifest alone
+/// (the offline verifier has the manifest and bundle, not the component:
+/// the manifest pins the component's digest). Returns the signer's name.
+///
+/// # Errors
+/// As [`verify_capsule`].
+pub fn verify_manifest_signature(
+    manifest_bytes: &[u8],
+    bundle: &[u8],
+    trusted: &TrustedSigners,
+) -> Result<String, SignatureError> {
+    let m = crate::manifest::Manifest::from_canonical_json(manifest_bytes)
+        .map_err(|e| SignatureError::Malformed(format!("manifest: {e}")))?;
+    Ok(verify_parts(Sha256Digest::of(manifest_bytes), m.component.sha256, bundle, trusted)?.0)
+}
+
+type Verified = (String, String, Transparency, String);
+
+fn verify_parts(
+    capsule: Sha256Digest,
+    component: Sha256Digest,
+    bytes: &[u8],
+    trusted: &TrustedSigners,
+) -> Result<Verified, SignatureError> {
+    let bundle = parse_bundle(bytes)?;
+    let env = dsse_envelope(&bundle)?;
+    check_statement(env.payload.as_bytes(), capsule, Some(component))?;
+    let pae = env.pae();
+    let sig = env.signature.sig.as_bytes();
+    match &bundle.verification_material.content {
+        VerificationMaterialContent::PublicKey(_) => verify_keyed(&bundle, &pae, sig, capsule, trusted),
+        VerificationMaterialContent::Certificate(_) | VerificationMaterialContent::X509CertificateChain { .. } => {
+            verify_keyless(&bundle, capsule, trusted)
         }
-    };
-    Ok(VerifiedCapsule { file, signer, signer_detail: detail, transparency })
+        _ => Err(SignatureError::Unsupported("unknown verification material".into())),
+    }
 }
 
 fn parse_bundle(bytes: &[u8]) -> Result<Bundle, SignatureError> {
@@ -314,11 +367,11 @@ fn verify_keyed(
     sig: &[u8],
     capsule: Sha256Digest,
     trusted: &TrustedSigners,
-) -> Result<(String, String, Transparency), SignatureError> {
+) -> Result<Verified, SignatureError> {
     let has_log = !bundle.verification_material.tlog_entries.is_empty()
         || !bundle.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty();
     for s in &trusted.signers {
-        let SignerKind::Keyed { key, der, key_id } = &s.kind else {
+        let SignerKind::Keyed { key, der, key_id, .. } = &s.kind else {
             continue;
         };
         let ok = match key {
@@ -337,7 +390,7 @@ fn verify_keyed(
             continue;
         }
         if !has_log {
-            return Ok((s.name.clone(), key_id.clone(), Transparency::None));
+            return Ok((s.name.clone(), key_id.clone(), Transparency::None, s.evidence_key()));
         }
         // The bundle claims log entries: they must verify too, or we refuse.
         let root = trusted.root.as_ref().ok_or_else(|| {
@@ -352,7 +405,7 @@ fn verify_keyed(
         verifier
             .verify(digest, bundle, &policy)
             .map_err(|e| SignatureError::UntrustedSigner(format!("transparency-log check failed: {e}")))?;
-        return Ok((s.name.clone(), key_id.clone(), Transparency::Verified));
+        return Ok((s.name.clone(), key_id.clone(), Transparency::Verified, s.evidence_key()));
     }
     Err(SignatureError::UntrustedSigner(format!(
         "keyed bundle, {} trusted key(s) tried",
@@ -364,7 +417,7 @@ fn verify_keyless(
     bundle: &Bundle,
     capsule: Sha256Digest,
     trusted: &TrustedSigners,
-) -> Result<(String, String, Transparency), SignatureError> {
+) -> Result<Verified, SignatureError> {
     let Some(root) = trusted.root.as_ref() else {
         return Err(SignatureError::UntrustedSigner(
             "keyless bundle, but no `sigstore.trusted_root` is configured".into(),
@@ -379,7 +432,12 @@ fn verify_keyless(
         };
         match verifier.verify(digest, bundle, &VerificationPolicy::new(identity.as_str(), issuer.as_str())) {
             Ok(_) => {
-                return Ok((s.name.clone(), format!("{identity} via {issuer}"), Transparency::Verified));
+                return Ok((
+                    s.name.clone(),
+                    format!("{identity} via {issuer}"),
+                    Transparency::Verified,
+                    s.evidence_key(),
+                ));
             }
             Err(e) => last = e.to_string(),
         }
@@ -402,6 +460,14 @@ impl std::fmt::Debug for CapsuleSigningKey {
 }
 
 impl CapsuleSigningKey {
+    /// This key as a signed-note signer named `name` (for log checkpoints).
+    ///
+    /// # Errors
+    /// If `name` is not a valid note key name.
+    pub fn note_signer(&self, name: &str) -> Result<crate::note::NoteSigner, crate::note::NoteError> {
+        crate::note::NoteSigner::new(name, self.0.clone())
+    }
+
     /// A fresh key from the operating system's RNG.
     pub fn generate() -> Self {
         Self(SigningKey::generate(&mut rand_core::OsRng))
@@ -617,7 +683,8 @@ mod tests {
         let root = data("public-good.json");
         let ok =
             TrustedSigners::new(vec![TrustedSigner::keyless("ci", KEYLESS_ID, KEYLESS_ISSUER)], Some(&root)).unwrap();
-        let (signer, detail, transparency) = verify_keyless(&bundle, artifact, &ok).unwrap();
+        let (signer, detail, transparency, key) = verify_keyless(&bundle, artifact, &ok).unwrap();
+        assert!(key.starts_with("keyless "));
         assert_eq!((signer.as_str(), transparency), ("ci", Transparency::Verified));
         assert!(detail.contains(KEYLESS_ID));
 

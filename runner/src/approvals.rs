@@ -283,6 +283,8 @@ impl Runner {
             signer: decided.admitted().capsule().signer(),
         };
         let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
+        let allowed_signers = self.log.put_artifact(registry.allowed_signers_text.as_bytes())?;
+        let roles = self.log.put_artifact(registry.roles_text.as_bytes())?;
         let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
         self.log.append(
             &report.run,
@@ -292,7 +294,8 @@ impl Runner {
                 counted: serde_json::to_value(&result.approvals)?,
                 break_glass,
                 nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
-                registry: registry.digest,
+                allowed_signers,
+                roles,
             },
         )?;
         report.quorum = Some(serde_json::to_value(&result.outcome)?);

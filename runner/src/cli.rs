@@ -509,6 +509,9 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             "             then: edge-runner exec <capsule> --config <runner.toml> --approval <approval.json> …"
         )?;
     }
+    if let Some(p) = &r.receipt {
+        writeln!(out, "receipt      {} (tlog-proof against a signed checkpoint)", p.display())?;
+    }
     writeln!(out, "evidence     {} record(s)", r.records.len())?;
     for rec in &r.records {
         print_record(rec, out)?;
@@ -561,6 +564,7 @@ fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
         Event::Quorum { outcome, break_glass, .. } => {
             format!("quorum      {outcome}{}", if *break_glass { " — BREAK-GLASS" } else { "" })
         }
+        Event::KeyEvent { action, key } => format!("key         {action}: {key}"),
         Event::Interrupted { restored, detail } => {
             format!("interrupted {detail} ({restored} restored)")
         }

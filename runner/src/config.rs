@@ -104,6 +104,10 @@ struct RawRunner {
     /// Where compiled components are cached (default `<state_dir>/cache`).
     #[serde(default)]
     cache_dir: Option<PathBuf>,
+    /// The runner's Ed25519 identity key, which signs log checkpoints
+    /// (default `<state_dir>/identity.key`, created on first start, mode 0600).
+    #[serde(default)]
+    identity_key: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -170,6 +174,7 @@ pub struct RunnerConfig {
     pub name: String,
     pub state_dir: PathBuf,
     pub cache_dir: PathBuf,
+    pub identity_key: PathBuf,
     pub signers: TrustedSigners,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Environment values the runner may pass (only names a capsule requests are passed).
@@ -207,8 +212,15 @@ impl RunnerConfig {
             if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
 
-        if raw.runner.name.trim().is_empty() || raw.runner.name.len() > 128 {
-            bail!("`runner.name` must be 1-128 characters (it identifies this runner in evidence)");
+        if raw.runner.name.is_empty()
+            || raw.runner.name.len() > 128
+            || raw.runner.name.contains('+')
+            || raw.runner.name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!(
+                "`runner.name` must be 1-128 characters without spaces or `+`: it identifies this runner in evidence \
+                 and is the origin of its signed checkpoints (e.g. edge-runner.bank.example/enclave-1)"
+            );
         }
         let trusted_root = match &raw.sigstore.trusted_root {
             Some(p) => {
@@ -368,7 +380,9 @@ impl RunnerConfig {
                 .with_context(|| format!("approvers.clock_skew `{s}`: use a duration like \"5m\""))?,
             None => 300,
         };
+        let identity_key = raw.runner.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
         Ok(RunnerConfig {
+            identity_key,
             approvers,
             clock_skew_secs,
             name: raw.runner.name,

@@ -27,6 +27,10 @@ use edge_core::signature;
 use edge_core::snapshot;
 use serde::Serialize;
 
+use std::os::unix::fs::OpenOptionsExt;
+
+use edge_core::note::NoteSigner;
+
 use crate::config::RunnerConfig;
 use crate::evidence_log::EvidenceLog;
 use crate::policy_files::PolicySet;
@@ -60,6 +64,8 @@ pub struct RunReport {
     pub verification: Option<VerificationReport>,
     /// The proposal document written when the run awaits approval.
     pub proposal: Option<PathBuf>,
+    /// The run's receipt: a C2SP tlog-proof of its terminal record against a signed checkpoint.
+    pub receipt: Option<PathBuf>,
     /// The quorum outcome, when approvals were presented.
     pub quorum: Option<serde_json::Value>,
     pub refusal: Option<Refusal>,
@@ -88,6 +94,7 @@ impl RunReport {
             diff: Vec::new(),
             verification: None,
             proposal: None,
+            receipt: None,
             quorum: None,
             refusal: None,
             captured: BTreeMap::new(),
@@ -102,6 +109,8 @@ pub struct Runner {
     pub config: RunnerConfig,
     pub sandbox: Sandbox,
     pub log: EvidenceLog,
+    /// Signs checkpoints; its name is the log origin (`runner.name`).
+    pub identity: std::sync::Arc<NoteSigner>,
 }
 
 impl Runner {
@@ -114,11 +123,54 @@ impl Runner {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
+        let identity = std::sync::Arc::new(load_identity(&config)?);
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
-        let mut runner = Self { config, sandbox, log };
+        let mut runner = Self { config, sandbox, log, identity };
+        runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
         Ok(runner)
+    }
+
+    /// Record the identity key when it is new to the log (or changed).
+    fn record_identity(&mut self) -> Result<()> {
+        let vkey = self.identity.verifier().to_vkey();
+        let last = self.log.records().iter().rev().find_map(|r| match &r.event {
+            Event::KeyEvent { key, .. } => Some(key.clone()),
+            _ => None,
+        });
+        if last.as_deref() != Some(vkey.as_str()) {
+            let action = if last.is_none() { "identity key in use" } else { "identity key changed" };
+            self.log.append("runner", Event::KeyEvent { action: action.into(), key: vkey })?;
+        }
+        Ok(())
+    }
+
+    /// Sign a checkpoint of the whole log now.
+    ///
+    /// # Errors
+    /// If it cannot be stored.
+    pub fn checkpoint(&mut self) -> Result<String> {
+        let (signer, origin) = (self.identity.clone(), self.config.name.clone());
+        self.log.checkpoint(&signer, &origin)
+    }
+
+    /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
+    /// for its terminal record.
+    fn seal(&mut self, report: &mut RunReport) -> Result<()> {
+        let Some(last) = self.log.records().iter().rev().find(|r| r.run == report.run && r.is_terminal()) else {
+            return Ok(());
+        };
+        let index = last.seq;
+        let note = self.checkpoint()?;
+        let leaves = self.log.leaves();
+        let hashes = edge_core::merkle::inclusion_proof(&leaves[..], index as usize);
+        let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
+        self.log.put_artifact(receipt.as_bytes())?;
+        let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
+        staging::write_durably(&path, receipt.as_bytes())?;
+        report.receipt = Some(path);
+        Ok(())
     }
 
     /// The policy and graph digests the log last recorded as in force.
@@ -207,7 +259,7 @@ impl Runner {
                     terminal.insert(r.run.clone(), *outcome);
                 }
                 // Runner-level records, not part of any run.
-                Event::PolicyChange { .. } | Event::PolicyRefused { .. } => {}
+                Event::PolicyChange { .. } | Event::PolicyRefused { .. } | Event::KeyEvent { .. } => {}
                 _ if !open.contains(&r.run) => open.push(r.run.clone()),
                 _ => {}
             }
@@ -331,6 +383,9 @@ impl Runner {
         if staging_dir.exists() {
             let _ = std::fs::remove_dir_all(&staging_dir);
         }
+        if result.is_ok() {
+            self.seal(&mut report)?;
+        }
         report.records = self.log.records()[first_seq..].to_vec();
         result.map(|()| report)
     }
@@ -444,6 +499,7 @@ impl Runner {
             report,
             Event::Admitted {
                 signer: signer_label,
+                signer_key: admitted.capsule().signer_key().to_owned(),
                 grant: serde_json::to_value(admitted.grant())?,
                 imports: admitted.imports().to_vec(),
             },
@@ -750,6 +806,27 @@ pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> 
             .collect(),
         ticket: m.provenance.ticket.clone(),
     }
+}
+
+/// Load the identity key, creating it (mode 0600) on first start.
+fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
+    let path = &config.identity_key;
+    if !path.exists() {
+        let key = edge_core::signature::CapsuleSigningKey::generate();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create identity key {}", path.display()))?;
+        std::io::Write::write_all(&mut f, key.to_pkcs8_pem().as_bytes())?;
+        f.sync_all()?;
+    }
+    let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
+    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
 }
 
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).

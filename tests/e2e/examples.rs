@@ -187,7 +187,8 @@ fn a_killed_run_is_recorded_as_interrupted_on_the_next_start() {
     assert_eq!(next.outcome(), "committed", "{:#}", next.report);
     let log = env.evidence();
     let records = log.as_array().unwrap();
-    let killed = records[0]["run"].as_str().unwrap();
+    // The first record of a capsule run (the log opens with the runner's key event).
+    let killed = records.iter().find(|r| r["event"]["type"] == "submission").unwrap()["run"].as_str().unwrap();
     let events: Vec<&str> =
         records.iter().filter(|r| r["run"] == killed).map(|r| r["event"]["type"].as_str().unwrap()).collect();
     assert_eq!(events.last(), Some(&"completed"));

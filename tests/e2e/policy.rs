@@ -30,8 +30,10 @@ fn a_low_risk_write_runs_automatically_with_the_decision_recorded_first() {
     assert_eq!(replay["grant"], run.report["records"][1]["event"]["grant"], "the decision input holds the grant");
     // The policy in force was recorded when the runner started.
     let log = env.evidence();
-    assert_eq!(log[0]["event"]["type"], "policy-change");
-    assert_eq!(log[0]["event"]["new_policy"], d["policy"]);
+    let types: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["event"]["type"].as_str().unwrap()).collect();
+    let change = types.iter().position(|t| *t == "policy-change").expect("policy change recorded");
+    assert!(change < types.iter().position(|t| *t == "submission").unwrap(), "{types:?}");
+    assert_eq!(log[change]["event"]["new_policy"], d["policy"]);
 }
 
 #[test]

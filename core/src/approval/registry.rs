@@ -239,8 +239,11 @@ pub struct Registry {
     pub owners: BTreeMap<String, Vec<String>>,
     pub break_glass: Option<BreakGlass>,
     pub revoked: BTreeSet<String>,
-    /// SHA-256 over both files, recorded with every quorum.
+    /// SHA-256 over both files.
     pub digest: Option<Sha256Digest>,
+    /// The two files as read (recorded as evidence artifacts with every quorum).
+    pub allowed_signers_text: String,
+    pub roles_text: String,
 }
 
 impl Registry {
@@ -288,6 +291,8 @@ impl Registry {
             break_glass: r.break_glass,
             revoked: r.revoked.keys.into_iter().collect(),
             digest: Some(Sha256Digest::of(&both)),
+            allowed_signers_text: allowed_signers.to_owned(),
+            roles_text: roles.to_owned(),
         })
     }
 
