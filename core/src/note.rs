@@ -325,7 +325,7 @@ mod tests {
         let v = vectors();
         let ex = &v["c2sp_example"];
         let vkey = NoteVerifier::parse(ex["vkey"].as_str().unwrap()).unwrap();
-        let opened = open(ex["note"].as_str().unwrap(), &[vkey.clone()]);
+        let opened = open(ex["note"].as_str().unwrap(), std::slice::from_ref(&vkey));
         assert_eq!(opened.is_ok(), ex["want_verified"].as_bool().unwrap(), "{opened:?}");
         assert_eq!(vkey.to_vkey(), ex["vkey"].as_str().unwrap());
     }
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(signer.verifier(), &vkey);
         let note =
             format!("{text}\n{}{}", g["signature_line"].as_str().unwrap(), g["other_signature_line"].as_str().unwrap());
-        let opened = open(&note, &[vkey.clone()]).unwrap();
+        let opened = open(&note, std::slice::from_ref(&vkey)).unwrap();
         assert_eq!(opened.signed_by, ["PeterNeumann"]);
         assert_eq!(opened.text, text);
         // With only the other key, nothing verifies.

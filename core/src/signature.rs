@@ -73,13 +73,13 @@ impl SignatureError {
 /// A public key a keyed signer uses.
 #[derive(Debug, Clone)]
 enum PublicKey {
-    Ed25519(VerifyingKey),
-    P256(DerPublicKey),
+    Ed25519(Box<VerifyingKey>),
+    P256(Box<DerPublicKey>),
 }
 
 #[derive(Debug, Clone)]
 enum SignerKind {
-    Keyed { key: PublicKey, der: DerPublicKey, key_id: String, pem: String },
+    Keyed { key: PublicKey, der: Box<DerPublicKey>, key_id: String, pem: String },
     Keyless { identity: String, issuer: String },
 }
 
@@ -104,9 +104,9 @@ impl TrustedSigner {
                 if vk.is_weak() {
                     return Err(SignatureError::Key("Ed25519 key has small order and would accept forgeries".into()));
                 }
-                PublicKey::Ed25519(vk)
+                PublicKey::Ed25519(Box::new(vk))
             }
-            sc::KeyAlgorithm::EcdsaP256 => PublicKey::P256(der.clone()),
+            sc::KeyAlgorithm::EcdsaP256 => PublicKey::P256(Box::new(der.clone())),
             other => {
                 return Err(SignatureError::Key(format!(
                     "{other:?} keys are not accepted; use Ed25519 or ECDSA P-256"
@@ -114,7 +114,10 @@ impl TrustedSigner {
             }
         };
         let key_id = key_id(der.as_bytes());
-        Ok(Self { name: name.to_owned(), kind: SignerKind::Keyed { key, der, key_id, pem: pem.trim().to_owned() } })
+        Ok(Self {
+            name: name.to_owned(),
+            kind: SignerKind::Keyed { key, der: Box::new(der), key_id, pem: pem.trim().to_owned() },
+        })
     }
 
     /// A keyless signer: exact certificate identity (SAN) and OIDC issuer.
@@ -400,7 +403,7 @@ fn verify_keyed(
             )
         })?;
         let verifier = Verifier::new(root).map_err(|e| SignatureError::Malformed(e.to_string()))?;
-        let policy = PublicKeyVerificationPolicy::new(der.clone());
+        let policy = PublicKeyVerificationPolicy::new((**der).clone());
         let digest = sigstore_verify::types::Sha256Hash::new(capsule.0);
         verifier
             .verify(digest, bundle, &policy)

@@ -63,7 +63,7 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_d BEFORE DELETE ON checkpoi
 const MAX_BATCH: usize = 4096;
 
 enum Request {
-    Append { run: String, event: Event, reply: mpsc::SyncSender<Result<Record>> },
+    Append { run: String, event: Box<Event>, reply: mpsc::SyncSender<Result<Record>> },
     Artifact { bytes: Vec<u8>, reply: mpsc::SyncSender<Result<Sha256Digest>> },
     Checkpoint { signer: std::sync::Arc<NoteSigner>, origin: String, reply: mpsc::SyncSender<Result<String>> },
 }
@@ -82,7 +82,7 @@ impl StoreHandle {
     pub fn append(&self, run: &str, event: Event) -> Result<Record> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Request::Append { run: run.to_owned(), event, reply })
+            .send(Request::Append { run: run.to_owned(), event: Box::new(event), reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
         rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
     }
@@ -147,7 +147,7 @@ impl Writer {
                             time: jiff::Timestamp::now().to_string(),
                             run: run.clone(),
                             prev: self.prev,
-                            event: event.clone(),
+                            event: (**event).clone(),
                         };
                         match record.canonical_bytes() {
                             Ok(body) => {
