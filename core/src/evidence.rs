@@ -66,6 +66,10 @@ pub enum Event {
         grant: serde_json::Value,
         /// The component's real imports.
         imports: Vec<String>,
+        /// Artifact: the Sigstore trusted root (`trusted_root.json`) the
+        /// signature was checked against, when one is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trusted_root: Option<Sha256Digest>,
     },
     /// The policy decision, with its inputs' digests and the derivation.
     /// Without a policy every admitted capsule is an unapproved tier-0 run,
@@ -116,6 +120,10 @@ pub enum Event {
         /// Artifacts: the allowed_signers and roles files the approvals were checked against.
         allowed_signers: Sha256Digest,
         roles: Sha256Digest,
+        /// The clock the approvals were checked at (Unix seconds) and the
+        /// skew allowed, so a reviewer can check them again exactly.
+        checked_at: u64,
+        clock_skew_secs: u64,
     },
     /// The runner's identity key (which signs checkpoints) was created or changed.
     KeyEvent { action: String, key: String },
@@ -203,6 +211,56 @@ impl Record {
     /// Whether this record ends its run.
     pub fn is_terminal(&self) -> bool {
         matches!(self.event, Event::Completed { .. })
+    }
+
+    /// Every artifact this record references by digest (stored beside the
+    /// records; an export carries exactly these).
+    pub fn artifacts(&self) -> Vec<Sha256Digest> {
+        let mut out = Vec::new();
+        let mut add = |d: &Option<Sha256Digest>| out.extend(d.iter().copied());
+        match &self.event {
+            Event::Submission { manifest, component, bundle, .. } => {
+                add(&Some(*manifest));
+                add(&Some(*component));
+                add(bundle);
+            }
+            Event::Admitted { trusted_root, .. } => add(trusted_root),
+            Event::Decision { decision, input } => {
+                add(input);
+                add(&decision.policy);
+                add(&decision.graph);
+            }
+            Event::PolicyChange { old_policy, new_policy, old_graph, new_graph } => {
+                for d in [old_policy, new_policy, old_graph, new_graph] {
+                    add(d);
+                }
+            }
+            Event::AwaitingApproval { document, .. } => add(&Some(*document)),
+            Event::ApprovalReceived { approval, .. }
+            | Event::ApprovalAccepted { approval, .. }
+            | Event::ApprovalRefused { approval, .. } => add(&Some(*approval)),
+            Event::Quorum { allowed_signers, roles, .. } => {
+                add(&Some(*allowed_signers));
+                add(&Some(*roles));
+            }
+            Event::Planned { plan, output, .. } => {
+                add(&Some(*plan));
+                add(output);
+            }
+            Event::Applied { output, .. } | Event::Verified { output, .. } => add(output),
+            Event::CommitIntent { journal, .. } => add(&Some(*journal)),
+            Event::PolicyRefused { kept_policy, .. } => add(kept_policy),
+            Event::KeyEvent { .. }
+            | Event::Authorized { .. }
+            | Event::Committed { .. }
+            | Event::RolledBack { .. }
+            | Event::Refused { .. }
+            | Event::Interrupted { .. }
+            | Event::Completed { .. } => {}
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The event's type name (`submission`, `decision`, …).

@@ -296,6 +296,8 @@ impl Runner {
                 nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
                 allowed_signers,
                 roles,
+                checked_at: now,
+                clock_skew_secs: self.config.clock_skew_secs,
             },
         )?;
         report.quorum = Some(serde_json::to_value(&result.outcome)?);

@@ -51,7 +51,7 @@ pub enum Command {
     Exec(ExecArgs),
     /// Read the evidence log.
     #[command(subcommand)]
-    Evidence(EvidenceCommand),
+    Evidence(crate::cli_evidence::EvidenceCommand),
     /// Sigstore interoperability.
     #[command(subcommand)]
     Sigstore(SigstoreCommand),
@@ -130,26 +130,6 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum EvidenceCommand {
-    /// Verify the log's hash chain and print its records.
-    Show {
-        #[arg(long)]
-        config: PathBuf,
-        /// Only this run.
-        #[arg(long)]
-        run: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print one stored artifact (checked against its digest).
-    Artifact {
-        #[arg(long)]
-        config: PathBuf,
-        digest: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum SigstoreCommand {
     /// The sigstore-conformance client protocol: exit 0 only for a valid bundle.
     VerifyBundle(VerifyBundleArgs),
@@ -198,46 +178,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
                 Outcome::AwaitingApproval => EXIT_AWAITING,
             })
         }
-        Command::Evidence(EvidenceCommand::Show { config, run, json }) => {
-            let config = RunnerConfig::load(&config)?;
-            let dir = config.state_dir.join("evidence");
-            let (records, leaves) = crate::evidence_log::load_verified(&dir)
-                .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
-            let root = edge_core::merkle::root(&leaves);
-            let records: Vec<&Record> = records.iter().filter(|r| run.as_ref().is_none_or(|id| &r.run == id)).collect();
-            if json {
-                serde_json::to_writer_pretty(&mut *out, &records)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "evidence store {}: {} record(s), chain verified, Merkle root {}",
-                    dir.display(),
-                    leaves.len(),
-                    hex::encode(root)
-                )?;
-                for r in records {
-                    print_record(r, out)?;
-                }
-            }
-            Ok(EXIT_OK)
-        }
-        Command::Evidence(EvidenceCommand::Artifact { config, digest }) => {
-            let config = RunnerConfig::load(&config)?;
-            let d: Sha256Digest = digest.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let db = crate::evidence_log::read_only(&config.state_dir.join("evidence"))?;
-            let bytes: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(db.query_row(
-                "SELECT bytes FROM artifacts WHERE digest = ?1",
-                [d.to_string()],
-                |r| r.get(0),
-            ))?;
-            let bytes = bytes.with_context(|| format!("no artifact {d} in the evidence store"))?;
-            if Sha256Digest::of(&bytes) != d {
-                bail!("artifact {d} does not match its digest: the store was altered");
-            }
-            out.write_all(&bytes)?;
-            Ok(EXIT_OK)
-        }
+        Command::Evidence(c) => crate::cli_evidence::evidence(c, out),
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
         Command::Policy(c) => crate::cli_policy::policy(c, out),
         Command::Graph(c) => crate::cli_policy::graph(c, out),
@@ -519,7 +460,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
+pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
     let summary = match &r.event {
         Event::Submission { name, version, capsule, .. } => format!("submission  {name}@{version} {capsule}"),
         Event::Admitted { signer, imports, .. } => format!("admitted    signer {signer}; {} imports", imports.len()),

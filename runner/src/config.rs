@@ -176,6 +176,9 @@ pub struct RunnerConfig {
     pub cache_dir: PathBuf,
     pub identity_key: PathBuf,
     pub signers: TrustedSigners,
+    /// The Sigstore trusted root's exact bytes (recorded as an evidence
+    /// artifact with each admission, so the signature can be checked again offline).
+    pub trusted_root: Option<Vec<u8>>,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Environment values the runner may pass (only names a capsule requests are passed).
     pub env: BTreeMap<String, String>,
@@ -389,6 +392,7 @@ impl RunnerConfig {
             state_dir,
             cache_dir,
             signers,
+            trusted_root,
             mounts,
             env: raw.env,
             ceiling,

@@ -155,6 +155,14 @@ impl Runner {
         self.log.checkpoint(&signer, &origin)
     }
 
+    /// Export the log (or part of it) as a bundle, signing a checkpoint now.
+    ///
+    /// # Errors
+    /// As [`crate::export::export`].
+    pub fn export(&mut self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
+        crate::export::export(&mut self.log, &self.identity, &self.config.name, scope)
+    }
+
     /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
     /// for its terminal record.
     fn seal(&mut self, report: &mut RunReport) -> Result<()> {
@@ -454,6 +462,8 @@ impl Runner {
         report.capsule = Some(file.digest());
         report.name = Some(format!("{}@{}", m.name, m.version));
         let manifest_d = self.log.put_artifact(file.manifest_bytes())?;
+        let component_d = self.log.put_artifact(file.component())?;
+        debug_assert_eq!(component_d, m.component.sha256);
         let bundle_d = file.bundle().map(|b| self.log.put_artifact(b)).transpose()?;
         self.record(
             report,
@@ -494,6 +504,7 @@ impl Runner {
                 return self.refuse(report, "admit", "admission.link_failed", format!("{e:#}"));
             }
         };
+        let trusted_root = self.config.trusted_root.as_deref().map(|b| self.log.put_artifact(b)).transpose()?;
         let signer_label = format!("{} ({})", admitted.capsule().signer(), admitted.capsule().signer_detail());
         self.record(
             report,
@@ -502,6 +513,7 @@ impl Runner {
                 signer_key: admitted.capsule().signer_key().to_owned(),
                 grant: serde_json::to_value(admitted.grant())?,
                 imports: admitted.imports().to_vec(),
+                trusted_root,
             },
         )?;
 
@@ -809,7 +821,7 @@ pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> 
 }
 
 /// Load the identity key, creating it (mode 0600) on first start.
-fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
+pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
     let path = &config.identity_key;
     if !path.exists() {
         let key = edge_core::signature::CapsuleSigningKey::generate();

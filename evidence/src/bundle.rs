@@ -1,0 +1,165 @@
+//! The export bundle: one self-contained UTF-8 file.
+//!
+//! ```text
+//! edge-runner evidence bundle v1          magic line
+//! {"artifacts":K,"origin":…,"records":N,"scope":{…},"tree_size":S}   header, canonical JSON
+//! <record>                                N lines: each record's canonical JSON (the Merkle leaf)
+//! sha256:<hex> <base64>                   K lines: the referenced artifacts, digest order
+//! <signed checkpoint>                     the rest: a c2sp.org/tlog-checkpoint signed note
+//! ```
+//!
+//! Every byte is checked by the verifier: the magic line exactly, the header
+//! is canonical (so any change is a change of value, and every value is
+//! checked), records are Merkle leaves under the signed root, artifacts are
+//! content-addressed (strict base64, strictly increasing digests) and the
+//! checkpoint is a signed note. Nothing in a bundle is informational.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use edge_core::Sha256Digest;
+use edge_core::canonical;
+use edge_core::merkle::Hash;
+use serde::{Deserialize, Serialize};
+
+use crate::Failure;
+
+/// The first line of every bundle.
+pub const MAGIC: &str = "edge-runner evidence bundle v1";
+
+/// What the bundle covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Scope {
+    /// The whole log, from record 0 to the checkpoint.
+    Full,
+    /// The records after an earlier checkpoint, with a consistency proof
+    /// from it and the compact range (subtree hashes) of the earlier tree.
+    Since { checkpoint: String, consistency: Vec<String>, prefix: Vec<String> },
+    /// One run's records, each with an inclusion proof against the checkpoint.
+    Run { run: String, proofs: Vec<Vec<String>> },
+}
+
+/// The header line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The runner's identity: the checkpoint origin and key name.
+    pub origin: String,
+    pub scope: Scope,
+    /// The checkpoint's tree size.
+    pub tree_size: u64,
+    /// Number of record lines.
+    pub records: u64,
+    /// Number of artifact lines.
+    pub artifacts: u64,
+}
+
+/// A parsed (not yet verified) bundle, borrowing the file's bytes.
+#[derive(Debug)]
+pub struct Bundle<'a> {
+    pub header: Header,
+    pub records: Vec<&'a str>,
+    pub artifacts: Vec<(Sha256Digest, Vec<u8>)>,
+    pub checkpoint: &'a str,
+}
+
+/// Encode hashes as base64 strings (proofs in the header).
+pub fn encode_hashes(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| B64.encode(h)).collect()
+}
+
+/// Decode base64 hashes strictly (32 bytes each, canonical padding).
+///
+/// # Errors
+/// Names the first bad entry.
+pub fn decode_hashes(list: &[String]) -> Result<Vec<Vec<u8>>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| match B64.decode(s) {
+            Ok(h) if h.len() == 32 => Ok(h),
+            _ => Err(format!("hash {i} is not 32 bytes of base64")),
+        })
+        .collect()
+}
+
+/// Write a bundle. `records` are canonical JSON lines, `artifacts` sorted by digest.
+///
+/// # Errors
+/// If the header cannot be made canonical (it always can).
+pub fn write(
+    header: &Header,
+    records: &[&str],
+    artifacts: &[(Sha256Digest, &[u8])],
+    checkpoint: &str,
+) -> Result<Vec<u8>, canonical::CanonicalError> {
+    let size: usize = records.iter().map(|r| r.len() + 1).sum::<usize>()
+        + artifacts.iter().map(|(_, b)| b.len() * 4 / 3 + 80).sum::<usize>();
+    let mut out = Vec::with_capacity(size + 1024);
+    out.extend_from_slice(MAGIC.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&canonical::to_canonical_vec(header)?);
+    out.push(b'\n');
+    for r in records {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b'\n');
+    }
+    for (d, b) in artifacts {
+        out.extend_from_slice(d.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(B64.encode(b).as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(checkpoint.as_bytes());
+    Ok(out)
+}
+
+/// Parse the layout (strictly). Values are checked by [`crate::verify`].
+///
+/// # Errors
+/// A [`Failure`] with check `bundle.format`.
+pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, Failure> {
+    let bad = |detail: String| Failure::bundle("bundle.format", detail);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| bad(format!("not UTF-8 at byte {}: this is not an evidence bundle", e.valid_up_to())))?;
+    let mut rest = text;
+    let mut line = |what: &str| -> Result<&str, Failure> {
+        let (l, r) = rest.split_once('\n').ok_or_else(|| bad(format!("the file ends before {what}")))?;
+        rest = r;
+        Ok(l)
+    };
+    if line("the magic line")? != MAGIC {
+        return Err(bad(format!("the first line is not `{MAGIC}`: not an evidence bundle (or another version)")));
+    }
+    let head = line("the header")?;
+    let header: Header = serde_json::from_str(head).map_err(|e| bad(format!("header: {e}")))?;
+    if canonical::to_canonical_vec(&header).map_err(|e| bad(format!("header: {e}")))? != head.as_bytes() {
+        return Err(bad("header is not in canonical JSON form".into()));
+    }
+    let n = usize::try_from(header.records).map_err(|_| bad("record count out of range".into()))?;
+    let k = usize::try_from(header.artifacts).map_err(|_| bad("artifact count out of range".into()))?;
+    // Each line takes at least two bytes: refuse absurd counts before allocating.
+    if n.saturating_add(k) > bytes.len() / 2 {
+        return Err(bad(format!("the header announces {n} records and {k} artifacts, more than the file holds")));
+    }
+    let mut records = Vec::with_capacity(n);
+    for i in 0..n {
+        records.push(line(&format!("record line {i} of {n}"))?);
+    }
+    let mut artifacts = Vec::with_capacity(k);
+    let mut last: Option<Sha256Digest> = None;
+    for i in 0..k {
+        let l = line(&format!("artifact line {i} of {k}"))?;
+        let (d, b64) = l.split_once(' ').ok_or_else(|| bad(format!("artifact line {i}: expected `<digest> <base64>`")))?;
+        let digest: Sha256Digest = d.parse().map_err(|_| bad(format!("artifact line {i}: bad digest")))?;
+        if digest.to_string() != d {
+            return Err(bad(format!("artifact line {i}: digest not in canonical form")));
+        }
+        if last.is_some_and(|p| p >= digest) {
+            return Err(bad(format!("artifact line {i}: artifacts must be in strictly increasing digest order")));
+        }
+        last = Some(digest);
+        let bytes = B64.decode(b64).map_err(|e| bad(format!("artifact {digest}: bad base64 ({e})")))?;
+        artifacts.push((digest, bytes));
+    }
+    Ok(Bundle { header, records, artifacts, checkpoint: rest })
+}

@@ -1,0 +1,528 @@
+//! Per-run checks of a verified record sequence: every capsule signature and
+//! approval signature again, the decision and quorum replayed from the
+//! embedded documents, the order of steps, and that every run ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+
+use edge_core::Sha256Digest;
+use edge_core::admission::Grant;
+use edge_core::approval::{self, Binding, Registry, VerifiedApproval, quorum};
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::graph::Graph;
+use edge_core::manifest::Manifest;
+use edge_core::plan::{self, DiffEntry, Finding, Plan};
+use edge_core::policy::{Decision, DecisionInput, Policy};
+use edge_core::signature::{self, TrustedSigner, TrustedSigners};
+use serde::Serialize;
+
+use crate::{Failure, RUNNER_RUNS};
+
+/// What a reviewer needs to know about one run (from verified records only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub run: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub started: String,
+    pub ended: String,
+    /// `name@version`.
+    pub capsule: Option<String>,
+    pub capsule_digest: Option<Sha256Digest>,
+    pub signer: Option<String>,
+    pub tier: Option<u8>,
+    pub allowed: Option<bool>,
+    pub reasons: Vec<String>,
+    pub plan_summary: Option<String>,
+    /// (principal, verdict) of each accepted approval.
+    pub approvals: Vec<(String, String)>,
+    /// (principal, reason code) of each refused approval.
+    pub refused_approvals: Vec<(String, String)>,
+    pub break_glass: bool,
+    pub diff: Vec<DiffEntry>,
+    pub findings: Vec<Finding>,
+    /// (stage, reason code, detail).
+    pub refusals: Vec<(String, String, String)>,
+    pub rolled_back: Option<(String, String)>,
+    pub verify_passed: Option<bool>,
+    pub outcome: Option<Outcome>,
+    pub dangerous: Vec<String>,
+}
+
+/// Compiled documents, shared between runs that use the same digests.
+#[derive(Default)]
+struct Cache {
+    policies: HashMap<Sha256Digest, Rc<Policy>>,
+    graphs: HashMap<Sha256Digest, Rc<Graph>>,
+}
+
+pub(crate) struct Ctx<'a> {
+    pub artifacts: &'a BTreeMap<Sha256Digest, Vec<u8>>,
+    /// The runner name approvals are bound to (the checkpoint origin).
+    pub runner: &'a str,
+    /// Whether runs may have begun before the first record in the bundle.
+    pub partial_start: bool,
+}
+
+/// Check every run; returns their summaries in order of first record.
+pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSummary>, Failure> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for r in records {
+        if RUNNER_RUNS.contains(&r.run.as_str()) {
+            continue;
+        }
+        by_run
+            .entry(r.run.as_str())
+            .or_insert_with(|| {
+                order.push(r.run.as_str());
+                Vec::new()
+            })
+            .push(r);
+    }
+    let mut cache = Cache::default();
+    let mut consumed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out = Vec::with_capacity(order.len());
+    for run in order {
+        let s = check_run(&by_run[run], ctx, &mut cache, &mut consumed)?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+struct Submission<'r> {
+    capsule: Sha256Digest,
+    manifest: Manifest,
+    bundle: Option<&'r Sha256Digest>,
+}
+
+#[derive(Default)]
+struct State<'r> {
+    submission: Option<Submission<'r>>,
+    grant: Option<Grant>,
+    decision: Option<(&'r Decision, Option<DecisionInput>)>,
+    plan: Option<(Sha256Digest, Plan)>,
+    received: BTreeSet<Sha256Digest>,
+    proposal: Option<String>,
+    accepted: Vec<(&'r Record, Sha256Digest)>,
+    refused: Vec<(&'r Record, Sha256Digest, String)>,
+    quorum_met: bool,
+    authorized: bool,
+    applied: Option<&'r [DiffEntry]>,
+    intent: Option<usize>,
+    committed: bool,
+    rolled_back: bool,
+    refused_run: bool,
+    interrupted: bool,
+    awaiting: bool,
+}
+
+fn artifact<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a [u8], Failure> {
+    ctx.artifacts
+        .get(d)
+        .map(Vec::as_slice)
+        .ok_or_else(|| Failure::record("artifact.missing", r.seq, &r.run, format!("artifact {d} is not in the bundle")))
+}
+
+fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, Failure> {
+    std::str::from_utf8(artifact(ctx, d, r)?)
+        .map_err(|_| Failure::record("artifact.format", r.seq, &r.run, format!("artifact {d} is not UTF-8")))
+}
+
+fn check_run(
+    recs: &[&Record],
+    ctx: &Ctx<'_>,
+    cache: &mut Cache,
+    consumed: &mut BTreeMap<String, u64>,
+) -> Result<RunSummary, Failure> {
+    let first = recs[0];
+    let last = recs[recs.len() - 1];
+    let mut sum = RunSummary {
+        run: first.run.clone(),
+        first_seq: first.seq,
+        last_seq: last.seq,
+        started: first.time.clone(),
+        ended: last.time.clone(),
+        ..RunSummary::default()
+    };
+    let starts = matches!(first.event, Event::Submission { .. })
+        || matches!(&first.event, Event::Refused { stage, .. } if stage == "submission");
+    if !starts && !ctx.partial_start {
+        return Err(Failure::record(
+            "run.start",
+            first.seq,
+            &first.run,
+            format!("the run's first record is `{}`, not a submission: its beginning was removed", first.event_type()),
+        ));
+    }
+    let mut st = State::default();
+    for (i, r) in recs.iter().enumerate() {
+        let fail = |check: &'static str, detail: String| Failure::record(check, r.seq, &r.run, detail);
+        let order = |what: &str| fail("run.order", format!("`{}` {what}", r.event_type()));
+        if st.interrupted && !matches!(r.event, Event::Completed { .. }) {
+            return Err(order("after the run was recorded as interrupted"));
+        }
+        match &r.event {
+            Event::Submission { capsule, name, version, kind, manifest, component, bundle, dangerous } => {
+                if i != 0 {
+                    return Err(order("in the middle of a run"));
+                }
+                if manifest != capsule {
+                    return Err(fail("capsule.manifest", "the capsule digest is not the manifest's digest".into()));
+                }
+                let m = Manifest::from_canonical_json(artifact(ctx, manifest, r)?)
+                    .map_err(|e| fail("capsule.manifest", format!("the recorded manifest does not parse: {e}")))?;
+                let kind_now = format!("{:?}", m.kind).to_lowercase();
+                if (&m.name, &m.version, &kind_now, &m.component.sha256) != (name, version, kind, component) {
+                    return Err(fail("capsule.manifest", "name, version, kind or component differ from the manifest".into()));
+                }
+                artifact(ctx, component, r)?;
+                sum.capsule = Some(format!("{name}@{version}"));
+                sum.capsule_digest = Some(*capsule);
+                sum.dangerous.clone_from(dangerous);
+                st.submission = Some(Submission { capsule: *capsule, manifest: m, bundle: bundle.as_ref() });
+            }
+            Event::Admitted { signer, signer_key, grant, trusted_root, .. } => {
+                let sub = st.submission.as_ref().ok_or_else(|| order("without a submission"))?;
+                let bundle = sub.bundle.ok_or_else(|| {
+                    fail("capsule.signature", "admitted, but the submission recorded no signature bundle".into())
+                })?;
+                let key = TrustedSigner::from_evidence_key("recorded-signer", signer_key)
+                    .map_err(|e| fail("capsule.signature", format!("the recorded signer key is unusable: {e}")))?;
+                let root = trusted_root.as_ref().map(|d| artifact(ctx, d, r)).transpose()?;
+                let trusted = TrustedSigners::new(vec![key], root)
+                    .map_err(|e| fail("capsule.signature", format!("the recorded trusted root: {e}")))?;
+                let manifest = artifact(ctx, &sub.capsule, r)?;
+                signature::verify_manifest_signature(manifest, artifact(ctx, bundle, r)?, &trusted).map_err(|e| {
+                    fail("capsule.signature", format!("the capsule signature does not verify for the recorded signer: {e}"))
+                })?;
+                let g: Grant = serde_json::from_value(grant.clone())
+                    .map_err(|e| fail("record.schema", format!("the recorded grant: {e}")))?;
+                st.grant = Some(g);
+                sum.signer = Some(signer.clone());
+            }
+            Event::Decision { decision, input } => {
+                let (Some(sub), Some(grant)) = (&st.submission, &st.grant) else {
+                    return Err(order("before the capsule was admitted"));
+                };
+                let replayed = match input {
+                    Some(d) => {
+                        let inp: DecisionInput = serde_json::from_slice(artifact(ctx, d, r)?)
+                            .map_err(|e| fail("decision.input", format!("the decision input does not parse: {e}")))?;
+                        if inp.capsule != sub.capsule || &inp.grant != grant {
+                            return Err(fail(
+                                "decision.input",
+                                "the decision input names another capsule or grant than the run admitted".into(),
+                            ));
+                        }
+                        let (Some(pd), Some(gd)) = (decision.policy, decision.graph) else {
+                            return Err(fail("decision.replay", "a decision input without a policy and graph".into()));
+                        };
+                        let policy = load_policy(ctx, cache, &pd, r)?;
+                        let graph = load_graph(ctx, cache, &gd, r)?;
+                        let again = policy.decide(&graph, &inp);
+                        st.decision = Some((decision, Some(inp)));
+                        again
+                    }
+                    None => {
+                        st.decision = Some((decision, None));
+                        Decision::unapproved_tier0()
+                    }
+                };
+                if &replayed != decision {
+                    return Err(fail(
+                        "decision.replay",
+                        format!(
+                            "recorded {}, tier {}; the embedded policy and graph yield {}, tier {}{}",
+                            if decision.allowed { "allow" } else { "deny" },
+                            decision.tier,
+                            if replayed.allowed { "allow" } else { "deny" },
+                            replayed.tier,
+                            if replayed.allowed == decision.allowed && replayed.tier == decision.tier {
+                                " (the reasons or derivation differ)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+                sum.tier = Some(decision.tier);
+                sum.allowed = Some(decision.allowed);
+                sum.reasons = decision.reasons.iter().map(ToString::to_string).collect();
+            }
+            Event::Planned { plan: d, summary, changes, findings, .. } => {
+                match &st.decision {
+                    Some((dec, _)) if dec.allowed => {}
+                    Some(_) => return Err(order("after a deny decision")),
+                    None => return Err(order("before a decision")),
+                }
+                let p: Plan = serde_json::from_slice(artifact(ctx, d, r)?)
+                    .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
+                if &p.summary != summary || p.changes.len() != *changes || &p.findings != findings {
+                    return Err(fail("plan.artifact", "the record's summary, changes or findings differ from the plan".into()));
+                }
+                sum.plan_summary = Some(summary.clone());
+                sum.findings.extend(findings.iter().cloned());
+                st.plan = Some((*d, p));
+            }
+            Event::AwaitingApproval { proposal, approvals_required, .. } => {
+                let Some((dec, _)) = &st.decision else { return Err(order("before a decision")) };
+                if st.plan.is_none() {
+                    return Err(order("before a plan"));
+                }
+                if *approvals_required != dec.approvals_required {
+                    return Err(fail("decision.replay", "approvals required differ from the decision".into()));
+                }
+                st.proposal = Some(proposal.clone());
+                st.awaiting = true;
+            }
+            Event::ApprovalReceived { proposal, approval } => {
+                if st.plan.is_none() {
+                    return Err(order("before a plan"));
+                }
+                if st.proposal.as_ref().is_some_and(|p| p != proposal) {
+                    return Err(fail("approval.binding", "approvals for different proposals in one run".into()));
+                }
+                st.proposal = Some(proposal.clone());
+                st.received.insert(*approval);
+            }
+            Event::ApprovalAccepted { approval, .. } => {
+                if !st.received.contains(approval) {
+                    return Err(order("for an approval that was never received"));
+                }
+                st.accepted.push((r, *approval));
+            }
+            Event::ApprovalRefused { approval, reason_code, principal, .. } => {
+                if !st.received.contains(approval) {
+                    return Err(order("for an approval that was never received"));
+                }
+                sum.refused_approvals.push((principal.clone().unwrap_or_else(|| "?".into()), reason_code.clone()));
+                st.refused.push((r, *approval, reason_code.clone()));
+            }
+            Event::Quorum { .. } => {
+                check_quorum(r, ctx, &st, &mut sum, consumed)?;
+                st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. } if outcome["result"] == "met");
+            }
+            Event::Authorized { tier, .. } => {
+                let Some((dec, _)) = &st.decision else { return Err(order("before a decision")) };
+                if !dec.allowed || st.plan.is_none() {
+                    return Err(order("without an allowing decision and a plan"));
+                }
+                if *tier != dec.tier {
+                    return Err(fail("authorize.tier", format!("authorized at tier {tier}, decided tier {}", dec.tier)));
+                }
+                if *tier > 0 && !st.quorum_met {
+                    return Err(fail("authorize.quorum", format!("tier {tier} authorized without a met quorum")));
+                }
+                st.authorized = true;
+            }
+            Event::Applied { diff, .. } => {
+                if !st.authorized {
+                    return Err(fail("run.unauthorized", "apply ran without an authorization".into()));
+                }
+                st.applied = Some(diff);
+            }
+            Event::CommitIntent { changes, .. } => {
+                let (Some(diff), Some((_, p)), Some(sub), Some(grant)) = (st.applied, &st.plan, &st.submission, &st.grant)
+                else {
+                    return Err(fail("run.unauthorized", "a commit without an applied, authorized plan".into()));
+                };
+                let valid = p
+                    .clone()
+                    .validate(&sub.manifest, usize::try_from(grant.limits.max_plan_changes).unwrap_or(usize::MAX))
+                    .map_err(|e| fail("plan.artifact", format!("the plan does not validate: {e}")))?;
+                plan::check_diff(&valid, diff)
+                    .map_err(|e| fail("diff.plan", format!("committed a diff that is not the plan: {e}")))?;
+                if *changes != diff.len() {
+                    return Err(fail("diff.plan", "the commit intent counts another number of changes".into()));
+                }
+                st.intent = Some(*changes);
+            }
+            Event::Committed { changes } => {
+                if st.intent != Some(*changes) {
+                    return Err(fail("run.unauthorized", "committed without a matching commit intent".into()));
+                }
+                st.committed = true;
+                sum.diff = st.applied.unwrap_or_default().to_vec();
+            }
+            Event::Verified { passed, findings, .. } => {
+                sum.verify_passed = Some(*passed);
+                sum.findings.extend(findings.iter().cloned());
+            }
+            Event::RolledBack { reason_code, detail, .. } => {
+                st.rolled_back = true;
+                sum.rolled_back = Some((reason_code.clone(), detail.clone()));
+            }
+            Event::Refused { stage, reason_code, detail } => {
+                st.refused_run = true;
+                sum.refusals.push((stage.clone(), reason_code.clone(), detail.clone()));
+            }
+            Event::Interrupted { .. } => st.interrupted = true,
+            Event::Completed { outcome } => {
+                if i + 1 != recs.len() {
+                    return Err(order("is not the run's last record"));
+                }
+                check_outcome(*outcome, &st).map_err(|why| fail("run.outcome", why))?;
+                sum.outcome = Some(*outcome);
+            }
+            Event::PolicyChange { .. } | Event::PolicyRefused { .. } | Event::KeyEvent { .. } => {
+                return Err(order("belongs to the runner, not to a capsule run"));
+            }
+            _ => return Err(fail("record.schema", format!("unknown event `{}`", r.event_type()))),
+        }
+    }
+    if sum.outcome.is_none() {
+        return Err(Failure::record(
+            "run.terminal",
+            last.seq,
+            &last.run,
+            "the run has no terminal record: records were removed from its end, or the log was cut",
+        ));
+    }
+    Ok(sum)
+}
+
+fn check_outcome(outcome: Outcome, st: &State<'_>) -> Result<(), String> {
+    let ok = match outcome {
+        Outcome::Committed => st.committed && !st.rolled_back,
+        Outcome::NoChanges => !st.committed && st.plan.is_some(),
+        Outcome::Refused => st.refused_run && (!st.committed || st.rolled_back),
+        Outcome::RolledBack => st.rolled_back,
+        Outcome::Interrupted => st.interrupted,
+        Outcome::AwaitingApproval => st.awaiting && !st.authorized,
+    };
+    if ok { Ok(()) } else { Err(format!("the run ends `{outcome:?}`, which its records do not support")) }
+}
+
+fn check_quorum(
+    r: &Record,
+    ctx: &Ctx<'_>,
+    st: &State<'_>,
+    sum: &mut RunSummary,
+    consumed: &mut BTreeMap<String, u64>,
+) -> Result<(), Failure> {
+    let Event::Quorum { proposal, outcome, counted, break_glass, nonces, allowed_signers, roles, checked_at, clock_skew_secs } =
+        &r.event
+    else {
+        unreachable!("called for quorum records");
+    };
+    let fail = |check: &'static str, detail: String| Failure::record(check, r.seq, &r.run, detail);
+    let (Some(sub), Some(grant), Some((dec, Some(input))), Some((plan_d, _))) =
+        (&st.submission, &st.grant, &st.decision, &st.plan)
+    else {
+        return Err(fail("run.order", "a quorum before the capsule was admitted, decided and planned".into()));
+    };
+    let (Some(req), Some(policy)) = (&dec.requirement, dec.policy) else {
+        return Err(fail("quorum.replay", "a quorum for a decision that requires none".into()));
+    };
+    if st.proposal.as_ref() != Some(proposal) {
+        return Err(fail("approval.binding", "the quorum names another proposal than the approvals".into()));
+    }
+    let time = r.time.parse::<jiff::Timestamp>()
+        .map_err(|_| fail("record.time", format!("`{}` is not an RFC 3339 time", r.time)))?
+        .as_second();
+    // The recorded clock must be the record's own (within a minute), or a
+    // forger could choose the time approvals are checked at.
+    if (time - i64::try_from(*checked_at).unwrap_or(i64::MAX)).abs() > 60 {
+        return Err(fail("quorum.time", "the approvals were checked at a time far from the record's".into()));
+    }
+    let registry = Registry::parse(
+        text(ctx, allowed_signers, r)?,
+        "allowed_signers (recorded)",
+        text(ctx, roles, r)?,
+        "roles (recorded)",
+    )
+    .map_err(|e| fail("quorum.registry", format!("the recorded approver registry does not parse: {e}")))?;
+    let binding = Binding {
+        proposal: proposal.clone(),
+        capsule: sub.capsule,
+        plan: *plan_d,
+        policy,
+        runner: ctx.runner.to_owned(),
+        tier: dec.tier,
+        grant: grant.clone(),
+        max_age_secs: req.max_age_secs,
+    };
+    let mut verified: Vec<VerifiedApproval> = Vec::new();
+    for (rec, d) in &st.accepted {
+        let Event::ApprovalAccepted { principal, key, verdict, nonce, .. } = &rec.event else { continue };
+        let v = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs)
+            .map_err(|e| {
+                Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
+            })?;
+        let v_verdict = serde_json::to_value(v.verdict).ok();
+        if (&v.principal, &v.key, &v.nonce) != (principal, key, nonce) || v_verdict.as_ref().and_then(|x| x.as_str()) != Some(verdict)
+        {
+            return Err(Failure::record(
+                "approval.record",
+                rec.seq,
+                &rec.run,
+                "the record's principal, key, verdict or nonce differ from the signed approval",
+            ));
+        }
+        sum.approvals.push((principal.clone(), verdict.clone()));
+        verified.push(v);
+    }
+    for (rec, d, code) in &st.refused {
+        let again = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
+        if again.is_ok() && code != "approval.replayed" {
+            return Err(Failure::record(
+                "approval.refusal",
+                rec.seq,
+                &rec.run,
+                format!("recorded as refused ({code}), but the approval verifies"),
+            ));
+        }
+    }
+    let subject = quorum::Subject { proposal, capsule: sub.capsule, plan: *plan_d, policy, signer: &input.signer };
+    let result = quorum::evaluate(&verified, req, &registry, &subject);
+    let same = serde_json::to_value(&result.outcome).ok().as_ref() == Some(outcome)
+        && serde_json::to_value(&result.approvals).ok().as_ref() == Some(counted)
+        && result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default() == *nonces
+        && result.met.as_ref().is_some_and(quorum::QuorumMet::break_glass) == *break_glass;
+    if !same {
+        return Err(fail(
+            "quorum.replay",
+            format!(
+                "the recorded quorum ({}) is not what the recorded approvals and registry yield ({})",
+                outcome["result"].as_str().unwrap_or("?"),
+                serde_json::to_value(&result.outcome).ok().and_then(|v| v["result"].as_str().map(str::to_owned)).unwrap_or_default()
+            ),
+        ));
+    }
+    for n in nonces {
+        if let Some(prev) = consumed.insert(n.clone(), r.seq) {
+            return Err(fail("nonce.reused", format!("approval nonce {n} was already consumed at record {prev}")));
+        }
+    }
+    sum.break_glass = *break_glass;
+    Ok(())
+}
+
+fn load_policy(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Policy>, Failure> {
+    if let Some(p) = cache.policies.get(d) {
+        return Ok(p.clone());
+    }
+    let p = Policy::from_toml(text(ctx, d, r)?)
+        .map_err(|e| Failure::record("decision.replay", r.seq, &r.run, format!("the recorded policy does not load: {e}")))?;
+    if p.digest() != *d {
+        return Err(Failure::record("decision.replay", r.seq, &r.run, "the policy's digest differs"));
+    }
+    let p = Rc::new(p);
+    cache.policies.insert(*d, p.clone());
+    Ok(p)
+}
+
+fn load_graph(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Graph>, Failure> {
+    if let Some(g) = cache.graphs.get(d) {
+        return Ok(g.clone());
+    }
+    let g = Graph::from_toml(text(ctx, d, r)?)
+        .map_err(|e| Failure::record("decision.replay", r.seq, &r.run, format!("the recorded graph does not load: {e}")))?;
+    if g.digest() != *d {
+        return Err(Failure::record("decision.replay", r.seq, &r.run, "the graph's digest differs"));
+    }
+    let g = Rc::new(g);
+    cache.graphs.insert(*d, g.clone());
+    Ok(g)
+}

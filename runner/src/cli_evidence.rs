@@ -1,0 +1,211 @@
+//! `edge-runner evidence …`: show, artifact, export, verify, report, runner-key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use edge_core::Sha256Digest;
+use edge_core::evidence::Record;
+use edge_core::note::NoteVerifier;
+use edge_evidence::{Level, report};
+
+use crate::cli::{EXIT_OK, EXIT_REFUSED, print_record};
+use crate::config::RunnerConfig;
+use crate::exec::Runner;
+use crate::export::{ExportScope, since_checkpoint};
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Verify the store's hash chain and print its records.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one stored artifact (checked against its digest).
+    Artifact {
+        #[arg(long)]
+        config: PathBuf,
+        digest: String,
+    },
+    /// Export a self-contained bundle with a checkpoint signed now.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only what was added after this checkpoint (a checkpoint note, or
+        /// the earlier bundle), with a consistency proof from it.
+        #[arg(long, conflicts_with = "run")]
+        since: Option<PathBuf>,
+        /// Only this run's records, each with an inclusion proof.
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
+    /// Verify a bundle offline (the same checks as `edge-verify`).
+    Verify {
+        bundle: PathBuf,
+        /// File of trusted runner keys (`evidence runner-key` prints one).
+        #[arg(long, required_unless_present = "config")]
+        key: Vec<PathBuf>,
+        /// Or: trust this runner's own identity key.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only the checkpoint, chain, tree and artifact digests.
+        #[arg(long)]
+        integrity_only: bool,
+    },
+    /// A human summary of a verified bundle: text, and optionally an HTML page.
+    Report {
+        bundle: PathBuf,
+        #[arg(long, required_unless_present = "config")]
+        key: Vec<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write the self-contained HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+    /// Print the runner's public identity key (the checkpoint verifier key
+    /// reviewers pass to `edge-verify --key`).
+    RunnerKey {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Run an evidence command.
+///
+/// # Errors
+/// Usage and I/O errors; a failed verification is exit code 3, not an error.
+pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
+    match c {
+        EvidenceCommand::Show { config, run, json } => show(&config, run.as_deref(), json, out),
+        EvidenceCommand::Artifact { config, digest } => {
+            let config = RunnerConfig::load(&config)?;
+            let d: Sha256Digest = digest.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let db = crate::evidence_log::read_only(&config.state_dir.join("evidence"))?;
+            let bytes: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(db.query_row(
+                "SELECT bytes FROM artifacts WHERE digest = ?1",
+                [d.to_string()],
+                |r| r.get(0),
+            ))?;
+            let bytes = bytes.with_context(|| format!("no artifact {d} in the evidence store"))?;
+            if Sha256Digest::of(&bytes) != d {
+                bail!("artifact {d} does not match its digest: the store was altered");
+            }
+            out.write_all(&bytes)?;
+            Ok(EXIT_OK)
+        }
+        EvidenceCommand::Export { config, since, run, out: path } => {
+            let scope = match (since, run) {
+                (Some(f), _) => ExportScope::Since(since_checkpoint(
+                    &std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                )?),
+                (None, Some(r)) => ExportScope::Run(r),
+                (None, None) => ExportScope::Full,
+            };
+            let config = RunnerConfig::load(&config)?;
+            let mut runner = Runner::open(config)?;
+            let e = runner.export(&scope)?;
+            crate::staging::write_durably(&path, &e.bytes)?;
+            writeln!(
+                out,
+                "exported {} record(s) and {} artifact(s) to {} ({} bytes); checkpoint at tree size {}",
+                e.records,
+                e.artifacts,
+                path.display(),
+                e.bytes.len(),
+                e.tree_size
+            )?;
+            writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+            Ok(EXIT_OK)
+        }
+        EvidenceCommand::Verify { bundle, key, config, integrity_only } => {
+            let keys = trusted_keys(&key, config.as_deref())?;
+            let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+            let level = if integrity_only { Level::Integrity } else { Level::Full };
+            match edge_evidence::verify(&bytes, &keys, level) {
+                Ok(v) => {
+                    writeln!(
+                        out,
+                        "verified ({:?}): {} records, {} runs, runner {}, tree size {}",
+                        v.level,
+                        v.record_count,
+                        v.runs.len(),
+                        v.header.origin,
+                        v.checkpoint.size
+                    )?;
+                    Ok(EXIT_OK)
+                }
+                Err(f) => {
+                    writeln!(out, "FAILED: {f}")?;
+                    Ok(EXIT_REFUSED)
+                }
+            }
+        }
+        EvidenceCommand::Report { bundle, key, config, html } => {
+            let keys = trusted_keys(&key, config.as_deref())?;
+            let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+            let result = edge_evidence::verify(&bytes, &keys, Level::Full);
+            let (text, page) = match &result {
+                Ok(v) => (report::text(v), report::html(v)),
+                Err(f) => (report::text_failed(f), report::html_failed(f)),
+            };
+            out.write_all(text.as_bytes())?;
+            if let Some(p) = html {
+                std::fs::write(&p, page).with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            Ok(if result.is_ok() { EXIT_OK } else { EXIT_REFUSED })
+        }
+        EvidenceCommand::RunnerKey { config } => {
+            let config = RunnerConfig::load(&config)?;
+            let signer = crate::exec::load_identity(&config)?;
+            writeln!(out, "{}", signer.verifier().to_vkey())?;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn trusted_keys(files: &[PathBuf], config: Option<&Path>) -> Result<Vec<NoteVerifier>> {
+    let mut keys = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read runner keys {}", f.display()))?;
+        keys.extend(edge_evidence::parse_keys(&text).map_err(|e| anyhow::anyhow!("runner keys {}: {e}", f.display()))?);
+    }
+    if let Some(c) = config {
+        let config = RunnerConfig::load(c)?;
+        keys.push(crate::exec::load_identity(&config)?.verifier().clone());
+    }
+    Ok(keys)
+}
+
+fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<u8> {
+    let config = RunnerConfig::load(config)?;
+    let dir = config.state_dir.join("evidence");
+    let (records, leaves) = crate::evidence_log::load_verified(&dir)
+        .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
+    let root = edge_core::merkle::root(&leaves);
+    let records: Vec<&Record> = records.iter().filter(|r| run.is_none_or(|id| r.run == id)).collect();
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &records)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "evidence store {}: {} record(s), chain verified, Merkle root {}",
+            dir.display(),
+            leaves.len(),
+            hex::encode(root)
+        )?;
+        for r in records {
+            print_record(r, out)?;
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,147 @@
+//! `evidence export`: one self-contained bundle (format in
+//! `edge_evidence::bundle`) with a checkpoint signed at export time.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, anyhow, bail};
+use edge_core::Sha256Digest;
+use edge_core::evidence::Record;
+use edge_core::merkle::{self, CompactRange};
+use edge_core::note::{self, Checkpoint, NoteSigner};
+use edge_evidence::bundle::{self, Header, Scope};
+
+use crate::evidence_log::{EvidenceLog, read_only};
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub enum ExportScope {
+    /// The whole log.
+    Full,
+    /// Everything after an earlier checkpoint (its signed note), with a consistency proof.
+    Since(String),
+    /// One run's records with inclusion proofs.
+    Run(String),
+}
+
+/// An export, ready to write.
+#[derive(Debug)]
+pub struct Exported {
+    pub bytes: Vec<u8>,
+    pub records: usize,
+    pub artifacts: usize,
+    pub tree_size: u64,
+    /// The checkpoint signed for this export (a later `--since` takes it).
+    pub checkpoint: String,
+}
+
+/// The signed checkpoint inside a file given to `--since`: either a
+/// checkpoint note, or an earlier bundle (its checkpoint is its last part).
+///
+/// # Errors
+/// If the file is neither.
+pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
+    if bytes.starts_with(bundle::MAGIC.as_bytes()) {
+        let b = bundle::parse(bytes).map_err(|e| anyhow!("the earlier bundle does not parse: {e}"))?;
+        return Ok(b.checkpoint.to_owned());
+    }
+    String::from_utf8(bytes.to_vec()).map_err(|_| anyhow!("not a checkpoint note or an evidence bundle"))
+}
+
+/// Build a bundle from the store, signing a checkpoint of the whole log now.
+///
+/// # Errors
+/// If the earlier checkpoint is not this log's, the run is unknown, or the store cannot be read.
+pub fn export(log: &mut EvidenceLog, signer: &std::sync::Arc<NoteSigner>, origin: &str, scope: &ExportScope) -> Result<Exported> {
+    let note_text = log.checkpoint(signer, origin)?;
+    let leaves = log.leaves();
+    let size = leaves.len() as u64;
+    let checkpoint = Checkpoint::parse(&note::open(&note_text, std::slice::from_ref(signer.verifier()))?.text)?;
+    if checkpoint.size != size {
+        bail!("the log grew while exporting; export again");
+    }
+    let db = read_only(log.dir())?;
+    let mut bodies: Vec<String> = Vec::with_capacity(leaves.len());
+    {
+        let mut stmt = db.prepare("SELECT body FROM records WHERE seq < ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([size as i64])?;
+        while let Some(row) = rows.next()? {
+            bodies.push(row.get(0)?);
+        }
+    }
+    if bodies.len() as u64 != size {
+        bail!("the store holds {} records, the tree {size}: the store changed under the runner", bodies.len());
+    }
+    let (scope, chosen): (Scope, Vec<usize>) = match scope {
+        ExportScope::Full => (Scope::Full, (0..bodies.len()).collect()),
+        ExportScope::Since(old_note) => {
+            let opened = note::open(old_note, std::slice::from_ref(signer.verifier())).map_err(|e| {
+                anyhow!("the --since checkpoint is not signed by this runner's identity key ({e}): give a checkpoint (or bundle) this runner exported")
+            })?;
+            let old = Checkpoint::parse(&opened.text)?;
+            if old.origin != origin {
+                bail!("the --since checkpoint is from runner `{}`, not `{origin}`", old.origin);
+            }
+            if old.size == 0 || old.size > size {
+                bail!("the --since checkpoint has tree size {}, this log {size}: nothing to prove consistency from", old.size);
+            }
+            let n = usize::try_from(old.size)?;
+            if merkle::root(&leaves[..n]) != old.root {
+                bail!("the --since checkpoint's root is not this log's root at size {}: the log was rewritten", old.size);
+            }
+            let mut prefix = CompactRange::default();
+            for l in &leaves[..n] {
+                prefix.push(*l);
+            }
+            let consistency = if old.size == size { Vec::new() } else { merkle::consistency_proof(&leaves, n) };
+            (
+                Scope::Since {
+                    checkpoint: old_note.clone(),
+                    consistency: bundle::encode_hashes(&consistency),
+                    prefix: bundle::encode_hashes(&prefix.hashes()),
+                },
+                (n..bodies.len()).collect(),
+            )
+        }
+        ExportScope::Run(run) => {
+            let chosen: Vec<usize> = log
+                .records()
+                .iter()
+                .take(bodies.len())
+                .filter(|r| &r.run == run)
+                .map(|r| usize::try_from(r.seq).expect("seq fits"))
+                .collect();
+            if chosen.is_empty() {
+                bail!("no run `{run}` in the evidence log (`edge-runner evidence show` lists runs)");
+            }
+            let proofs = chosen.iter().map(|&i| bundle::encode_hashes(&merkle::inclusion_proof(&leaves, i))).collect();
+            (Scope::Run { run: run.clone(), proofs }, chosen)
+        }
+    };
+    let records: Vec<&str> = chosen.iter().map(|&i| bodies[i].as_str()).collect();
+    let mut digests = BTreeSet::<Sha256Digest>::new();
+    for &i in &chosen {
+        let r: Record = serde_json::from_str(&bodies[i])?;
+        digests.extend(r.artifacts());
+    }
+    let mut artifacts: Vec<(Sha256Digest, Vec<u8>)> = Vec::with_capacity(digests.len());
+    let mut stmt = db.prepare("SELECT bytes FROM artifacts WHERE digest = ?1")?;
+    for d in digests {
+        let bytes: Vec<u8> = stmt
+            .query_row([d.to_string()], |r| r.get(0))
+            .with_context(|| format!("artifact {d} is referenced by the log but missing from the store"))?;
+        if Sha256Digest::of(&bytes) != d {
+            bail!("artifact {d} in the store does not match its digest: the store was altered");
+        }
+        artifacts.push((d, bytes));
+    }
+    let header = Header {
+        origin: origin.to_owned(),
+        scope,
+        tree_size: size,
+        records: records.len() as u64,
+        artifacts: artifacts.len() as u64,
+    };
+    let refs: Vec<(Sha256Digest, &[u8])> = artifacts.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    let bytes = bundle::write(&header, &records, &refs, &note_text)?;
+    Ok(Exported { bytes, records: records.len(), artifacts: artifacts.len(), tree_size: size, checkpoint: note_text })
+}
