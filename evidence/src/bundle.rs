@@ -149,7 +149,8 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, Failure> {
     let mut last: Option<Sha256Digest> = None;
     for i in 0..k {
         let l = line(&format!("artifact line {i} of {k}"))?;
-        let (d, b64) = l.split_once(' ').ok_or_else(|| bad(format!("artifact line {i}: expected `<digest> <base64>`")))?;
+        let (d, b64) =
+            l.split_once(' ').ok_or_else(|| bad(format!("artifact line {i}: expected `<digest> <base64>`")))?;
         let digest: Sha256Digest = d.parse().map_err(|_| bad(format!("artifact line {i}: bad digest")))?;
         if digest.to_string() != d {
             return Err(bad(format!("artifact line {i}: digest not in canonical form")));

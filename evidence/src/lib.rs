@@ -15,7 +15,9 @@
 
 pub mod bundle;
 pub mod report;
-mod runs;
+pub mod runs;
+#[doc(hidden)]
+pub mod synth;
 pub mod verify;
 
 pub use verify::{Level, Verified, verify};

@@ -95,7 +95,8 @@ pub fn text(v: &Verified) -> String {
             let _ = writeln!(s, "  plan      {p}");
         }
         for d in &r.diff {
-            let _ = writeln!(s, "  changed   {} {}/{} {} -> {}", d.action, d.mount, d.path, opt(d.before), opt(d.after));
+            let _ =
+                writeln!(s, "  changed   {} {}/{} {} -> {}", d.action, d.mount, d.path, opt(d.before), opt(d.after));
         }
         for f in &r.findings {
             let _ = writeln!(s, "  finding   [{}] {}: {}", f.severity, f.code, f.message);
@@ -195,7 +196,11 @@ pub fn html(v: &Verified) -> String {
             esc(&r.run),
             esc(r.capsule.as_deref().unwrap_or("-")),
             esc(&tier_text(r)),
-            if r.break_glass { format!("{} <span class=\"glass\">BREAK-GLASS</span>", esc(&who(r))) } else { esc(&who(r)) },
+            if r.break_glass {
+                format!("{} <span class=\"glass\">BREAK-GLASS</span>", esc(&who(r)))
+            } else {
+                esc(&who(r))
+            },
         );
     }
     b.push_str("</table>");
@@ -219,7 +224,11 @@ fn run_section(b: &mut String, r: &RunSummary) {
     };
     row(b, "Time", esc(&format!("{} .. {} (records {}..{})", r.started, r.ended, r.first_seq, r.last_seq)));
     if let Some(c) = &r.capsule {
-        row(b, "Capsule", format!("{} <code>{}</code>", esc(c), r.capsule_digest.map(|d| d.to_string()).unwrap_or_default()));
+        row(
+            b,
+            "Capsule",
+            format!("{} <code>{}</code>", esc(c), r.capsule_digest.map(|d| d.to_string()).unwrap_or_default()),
+        );
     }
     if let Some(s) = &r.signer {
         row(b, "Signer", esc(s));
@@ -228,7 +237,8 @@ fn run_section(b: &mut String, r: &RunSummary) {
     row(b, "Decision", format!("{}<ul class=\"reasons\">{reasons}</ul>", esc(&tier_text(r))));
     row(b, "Authorized by", esc(&who(r)));
     if !r.refused_approvals.is_empty() {
-        let list: String = r.refused_approvals.iter().map(|(p, c)| format!("<li>{} — {}</li>", esc(p), esc(c))).collect();
+        let list: String =
+            r.refused_approvals.iter().map(|(p, c)| format!("<li>{} — {}</li>", esc(p), esc(c))).collect();
         row(b, "Refused approvals", format!("<ul>{list}</ul>"));
     }
     if let Some(p) = &r.plan_summary {

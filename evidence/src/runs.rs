@@ -174,7 +174,10 @@ fn check_run(
                     .map_err(|e| fail("capsule.manifest", format!("the recorded manifest does not parse: {e}")))?;
                 let kind_now = format!("{:?}", m.kind).to_lowercase();
                 if (&m.name, &m.version, &kind_now, &m.component.sha256) != (name, version, kind, component) {
-                    return Err(fail("capsule.manifest", "name, version, kind or component differ from the manifest".into()));
+                    return Err(fail(
+                        "capsule.manifest",
+                        "name, version, kind or component differ from the manifest".into(),
+                    ));
                 }
                 artifact(ctx, component, r)?;
                 sum.capsule = Some(format!("{name}@{version}"));
@@ -194,7 +197,10 @@ fn check_run(
                     .map_err(|e| fail("capsule.signature", format!("the recorded trusted root: {e}")))?;
                 let manifest = artifact(ctx, &sub.capsule, r)?;
                 signature::verify_manifest_signature(manifest, artifact(ctx, bundle, r)?, &trusted).map_err(|e| {
-                    fail("capsule.signature", format!("the capsule signature does not verify for the recorded signer: {e}"))
+                    fail(
+                        "capsule.signature",
+                        format!("the capsule signature does not verify for the recorded signer: {e}"),
+                    )
                 })?;
                 let g: Grant = serde_json::from_value(grant.clone())
                     .map_err(|e| fail("record.schema", format!("the recorded grant: {e}")))?;
@@ -259,7 +265,10 @@ fn check_run(
                 let p: Plan = serde_json::from_slice(artifact(ctx, d, r)?)
                     .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
                 if &p.summary != summary || p.changes.len() != *changes || &p.findings != findings {
-                    return Err(fail("plan.artifact", "the record's summary, changes or findings differ from the plan".into()));
+                    return Err(fail(
+                        "plan.artifact",
+                        "the record's summary, changes or findings differ from the plan".into(),
+                    ));
                 }
                 sum.plan_summary = Some(summary.clone());
                 sum.findings.extend(findings.iter().cloned());
@@ -309,7 +318,10 @@ fn check_run(
                     return Err(order("without an allowing decision and a plan"));
                 }
                 if *tier != dec.tier {
-                    return Err(fail("authorize.tier", format!("authorized at tier {tier}, decided tier {}", dec.tier)));
+                    return Err(fail(
+                        "authorize.tier",
+                        format!("authorized at tier {tier}, decided tier {}", dec.tier),
+                    ));
                 }
                 if *tier > 0 && !st.quorum_met {
                     return Err(fail("authorize.quorum", format!("tier {tier} authorized without a met quorum")));
@@ -323,7 +335,8 @@ fn check_run(
                 st.applied = Some(diff);
             }
             Event::CommitIntent { changes, .. } => {
-                let (Some(diff), Some((_, p)), Some(sub), Some(grant)) = (st.applied, &st.plan, &st.submission, &st.grant)
+                let (Some(diff), Some((_, p)), Some(sub), Some(grant)) =
+                    (st.applied, &st.plan, &st.submission, &st.grant)
                 else {
                     return Err(fail("run.unauthorized", "a commit without an applied, authorized plan".into()));
                 };
@@ -401,8 +414,17 @@ fn check_quorum(
     sum: &mut RunSummary,
     consumed: &mut BTreeMap<String, u64>,
 ) -> Result<(), Failure> {
-    let Event::Quorum { proposal, outcome, counted, break_glass, nonces, allowed_signers, roles, checked_at, clock_skew_secs } =
-        &r.event
+    let Event::Quorum {
+        proposal,
+        outcome,
+        counted,
+        break_glass,
+        nonces,
+        allowed_signers,
+        roles,
+        checked_at,
+        clock_skew_secs,
+    } = &r.event
     else {
         unreachable!("called for quorum records");
     };
@@ -418,7 +440,9 @@ fn check_quorum(
     if st.proposal.as_ref() != Some(proposal) {
         return Err(fail("approval.binding", "the quorum names another proposal than the approvals".into()));
     }
-    let time = r.time.parse::<jiff::Timestamp>()
+    let time = r
+        .time
+        .parse::<jiff::Timestamp>()
         .map_err(|_| fail("record.time", format!("`{}` is not an RFC 3339 time", r.time)))?
         .as_second();
     // The recorded clock must be the record's own (within a minute), or a
@@ -448,10 +472,11 @@ fn check_quorum(
         let Event::ApprovalAccepted { principal, key, verdict, nonce, .. } = &rec.event else { continue };
         let v = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs)
             .map_err(|e| {
-                Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
-            })?;
+            Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
+        })?;
         let v_verdict = serde_json::to_value(v.verdict).ok();
-        if (&v.principal, &v.key, &v.nonce) != (principal, key, nonce) || v_verdict.as_ref().and_then(|x| x.as_str()) != Some(verdict)
+        if (&v.principal, &v.key, &v.nonce) != (principal, key, nonce)
+            || v_verdict.as_ref().and_then(|x| x.as_str()) != Some(verdict)
         {
             return Err(Failure::record(
                 "approval.record",
@@ -464,7 +489,8 @@ fn check_quorum(
         verified.push(v);
     }
     for (rec, d, code) in &st.refused {
-        let again = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
+        let again =
+            approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
         if again.is_ok() && code != "approval.replayed" {
             return Err(Failure::record(
                 "approval.refusal",
@@ -486,7 +512,10 @@ fn check_quorum(
             format!(
                 "the recorded quorum ({}) is not what the recorded approvals and registry yield ({})",
                 outcome["result"].as_str().unwrap_or("?"),
-                serde_json::to_value(&result.outcome).ok().and_then(|v| v["result"].as_str().map(str::to_owned)).unwrap_or_default()
+                serde_json::to_value(&result.outcome)
+                    .ok()
+                    .and_then(|v| v["result"].as_str().map(str::to_owned))
+                    .unwrap_or_default()
             ),
         ));
     }
@@ -503,8 +532,9 @@ fn load_policy(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -
     if let Some(p) = cache.policies.get(d) {
         return Ok(p.clone());
     }
-    let p = Policy::from_toml(text(ctx, d, r)?)
-        .map_err(|e| Failure::record("decision.replay", r.seq, &r.run, format!("the recorded policy does not load: {e}")))?;
+    let p = Policy::from_toml(text(ctx, d, r)?).map_err(|e| {
+        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded policy does not load: {e}"))
+    })?;
     if p.digest() != *d {
         return Err(Failure::record("decision.replay", r.seq, &r.run, "the policy's digest differs"));
     }
@@ -517,8 +547,9 @@ fn load_graph(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) ->
     if let Some(g) = cache.graphs.get(d) {
         return Ok(g.clone());
     }
-    let g = Graph::from_toml(text(ctx, d, r)?)
-        .map_err(|e| Failure::record("decision.replay", r.seq, &r.run, format!("the recorded graph does not load: {e}")))?;
+    let g = Graph::from_toml(text(ctx, d, r)?).map_err(|e| {
+        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded graph does not load: {e}"))
+    })?;
     if g.digest() != *d {
         return Err(Failure::record("decision.replay", r.seq, &r.run, "the graph's digest differs"));
     }

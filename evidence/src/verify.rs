@@ -40,9 +40,9 @@ use edge_core::{Sha256Digest, canonical};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::Failure;
 use crate::bundle::{self, Header, Scope};
 use crate::runs::{self, RunSummary};
-use crate::Failure;
 
 /// How much to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +111,11 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
     let mut prev: Option<(u64, Sha256Digest)> = None;
     for (i, line) in b.records.iter().enumerate() {
         let at = first_seq.map_or(i as u64, |f| f + i as u64);
-        let head: Head<'_> = serde_json::from_str(line).map_err(|e| {
-            Failure { check: "record.format", record: Some(at), run: None, detail: format!("not a record: {e}") }
+        let head: Head<'_> = serde_json::from_str(line).map_err(|e| Failure {
+            check: "record.format",
+            record: Some(at),
+            run: None,
+            detail: format!("not a record: {e}"),
         })?;
         let fail = |check: &'static str, detail: String| Failure::record(check, head.seq, &head.run, detail);
         match first_seq {
@@ -142,7 +145,11 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
         {
             return Err(fail(
                 "record.chain",
-                format!("links to {}, but the previous record hashes to {want}", head.prev.chars().take(80).collect::<String>()),
+                format!(
+                    "links to {}, but record {} hashes to {want}: one of the two was altered, or records were removed between them",
+                    head.prev.chars().take(80).collect::<String>(),
+                    head.seq.saturating_sub(1)
+                ),
             ));
         }
         prev = Some((head.seq, Sha256Digest::of(line.as_bytes())));
@@ -189,9 +196,10 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
                 .into_iter()
                 .map(|v| v.try_into().expect("32 bytes"))
                 .collect();
-            let mut range = CompactRange::from_hashes(old.size, &prefix)
-                .filter(|r| r.root() == old.root)
-                .ok_or_else(|| Failure::bundle("since.prefix", "the earlier tree's subtree hashes do not give its signed root"))?;
+            let mut range =
+                CompactRange::from_hashes(old.size, &prefix).filter(|r| r.root() == old.root).ok_or_else(|| {
+                    Failure::bundle("since.prefix", "the earlier tree's subtree hashes do not give its signed root")
+                })?;
             for l in &leaves {
                 range.push(*l);
             }
@@ -202,9 +210,14 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
                 ));
             }
             let proof = bundle::decode_hashes(consistency).map_err(|e| Failure::bundle("tree.consistency", e))?;
-            merkle::verify_consistency(old.size, checkpoint.size, &proof, &old.root, &checkpoint.root).map_err(|e| {
-                Failure::bundle("tree.consistency", format!("the log is not an extension of the earlier checkpoint: {e}"))
-            })?;
+            merkle::verify_consistency(old.size, checkpoint.size, &proof, &old.root, &checkpoint.root).map_err(
+                |e| {
+                    Failure::bundle(
+                        "tree.consistency",
+                        format!("the log is not an extension of the earlier checkpoint: {e}"),
+                    )
+                },
+            )?;
         }
         Scope::Run { proofs, .. } => {
             if proofs.len() != leaves.len() || leaves.is_empty() {
@@ -212,11 +225,13 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
             }
             for ((seq, leaf), proof) in seqs.iter().zip(&leaves).zip(proofs) {
                 let proof = bundle::decode_hashes(proof).map_err(|e| Failure::bundle("tree.inclusion", e))?;
-                merkle::verify_inclusion(*seq, checkpoint.size, leaf, &proof, &checkpoint.root).map_err(|e| Failure {
-                    check: "tree.inclusion",
-                    record: Some(*seq),
-                    run: None,
-                    detail: format!("not in the signed tree: {e}"),
+                merkle::verify_inclusion(*seq, checkpoint.size, leaf, &proof, &checkpoint.root).map_err(|e| {
+                    Failure {
+                        check: "tree.inclusion",
+                        record: Some(*seq),
+                        run: None,
+                        detail: format!("not in the signed tree: {e}"),
+                    }
                 })?;
             }
         }
@@ -282,7 +297,10 @@ fn open_checkpoint(
     };
     let cp = Checkpoint::parse(&opened.text).map_err(|e| Failure::bundle(format, e.to_string()))?;
     if cp.origin != origin {
-        return Err(Failure::bundle(org, format!("the checkpoint's origin is `{}`, the bundle's `{origin}`", cp.origin)));
+        return Err(Failure::bundle(
+            org,
+            format!("the checkpoint's origin is `{}`, the bundle's `{origin}`", cp.origin),
+        ));
     }
     Ok((cp, key.to_vkey()))
 }
@@ -320,7 +338,12 @@ fn check_artifact_refs(records: &[Record], artifacts: &BTreeMap<Sha256Digest, Ve
     for r in records {
         for d in r.artifacts() {
             if !artifacts.contains_key(&d) {
-                return Err(Failure::record("artifact.missing", r.seq, &r.run, format!("artifact {d} is not in the bundle")));
+                return Err(Failure::record(
+                    "artifact.missing",
+                    r.seq,
+                    &r.run,
+                    format!("artifact {d} is not in the bundle"),
+                ));
             }
             referenced.insert(d);
         }

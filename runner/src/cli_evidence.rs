@@ -71,6 +71,18 @@ pub enum EvidenceCommand {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Testing aid (hidden): append synthetic refused runs from concurrent
+    /// writers through group commit, printing `<seq> <run>` for each record
+    /// as soon as it is acknowledged (durable).
+    #[command(hide = true)]
+    Stress {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+    },
     /// Print the runner's public identity key (the checkpoint verifier key
     /// reviewers pass to `edge-verify --key`).
     RunnerKey {
@@ -163,6 +175,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             }
             Ok(if result.is_ok() { EXIT_OK } else { EXIT_REFUSED })
         }
+        EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs),
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             let signer = crate::exec::load_identity(&config)?;
@@ -207,5 +220,38 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
             print_record(r, out)?;
         }
     }
+    Ok(EXIT_OK)
+}
+
+fn stress(config: &Path, writers: usize, runs: usize) -> Result<u8> {
+    use edge_core::evidence::{Event, Outcome};
+    let runner = Runner::open(RunnerConfig::load(config)?)?;
+    let store = runner.store();
+    let stdout = std::sync::Mutex::new(std::io::stdout());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (store, stdout) = (store.clone(), &stdout);
+                s.spawn(move || -> Result<()> {
+                    for i in 0..runs {
+                        let run = format!("stress-{w}-{i}");
+                        let refused = Event::Refused {
+                            stage: "submission".into(),
+                            reason_code: "stress.synthetic".into(),
+                            detail: "synthetic record from `evidence stress`".into(),
+                        };
+                        for event in [refused, Event::Completed { outcome: Outcome::Refused }] {
+                            let r = store.append(&run, event)?;
+                            let mut out = stdout.lock().expect("stdout lock");
+                            writeln!(out, "{} {}", r.seq, r.run)?;
+                            out.flush()?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
+    })?;
     Ok(EXIT_OK)
 }

@@ -155,6 +155,11 @@ impl Runner {
         self.log.checkpoint(&signer, &origin)
     }
 
+    /// A handle for concurrent appends to the evidence store.
+    pub fn store(&self) -> crate::evidence_log::StoreHandle {
+        self.log.handle()
+    }
+
     /// Export the log (or part of it) as a bundle, signing a checkpoint now.
     ///
     /// # Errors

@@ -51,7 +51,12 @@ pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
 ///
 /// # Errors
 /// If the earlier checkpoint is not this log's, the run is unknown, or the store cannot be read.
-pub fn export(log: &mut EvidenceLog, signer: &std::sync::Arc<NoteSigner>, origin: &str, scope: &ExportScope) -> Result<Exported> {
+pub fn export(
+    log: &mut EvidenceLog,
+    signer: &std::sync::Arc<NoteSigner>,
+    origin: &str,
+    scope: &ExportScope,
+) -> Result<Exported> {
     let note_text = log.checkpoint(signer, origin)?;
     let leaves = log.leaves();
     let size = leaves.len() as u64;
@@ -82,11 +87,17 @@ pub fn export(log: &mut EvidenceLog, signer: &std::sync::Arc<NoteSigner>, origin
                 bail!("the --since checkpoint is from runner `{}`, not `{origin}`", old.origin);
             }
             if old.size == 0 || old.size > size {
-                bail!("the --since checkpoint has tree size {}, this log {size}: nothing to prove consistency from", old.size);
+                bail!(
+                    "the --since checkpoint has tree size {}, this log {size}: nothing to prove consistency from",
+                    old.size
+                );
             }
             let n = usize::try_from(old.size)?;
             if merkle::root(&leaves[..n]) != old.root {
-                bail!("the --since checkpoint's root is not this log's root at size {}: the log was rewritten", old.size);
+                bail!(
+                    "the --since checkpoint's root is not this log's root at size {}: the log was rewritten",
+                    old.size
+                );
             }
             let mut prefix = CompactRange::default();
             for l in &leaves[..n] {
