@@ -175,7 +175,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             }
             Ok(if result.is_ok() { EXIT_OK } else { EXIT_REFUSED })
         }
-        EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs),
+        EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs, out),
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             let signer = crate::exec::load_identity(&config)?;
@@ -223,15 +223,15 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
     Ok(EXIT_OK)
 }
 
-fn stress(config: &Path, writers: usize, runs: usize) -> Result<u8> {
+fn stress(config: &Path, writers: usize, runs: usize, out: &mut dyn Write) -> Result<u8> {
     use edge_core::evidence::{Event, Outcome};
     let runner = Runner::open(RunnerConfig::load(config)?)?;
     let store = runner.store();
-    let stdout = std::sync::Mutex::new(std::io::stdout());
-    std::thread::scope(|s| {
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, String)>();
+    std::thread::scope(|s| -> Result<()> {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
-                let (store, stdout) = (store.clone(), &stdout);
+                let (store, tx) = (store.clone(), tx.clone());
                 s.spawn(move || -> Result<()> {
                     for i in 0..runs {
                         let run = format!("stress-{w}-{i}");
@@ -242,15 +242,20 @@ fn stress(config: &Path, writers: usize, runs: usize) -> Result<u8> {
                         };
                         for event in [refused, Event::Completed { outcome: Outcome::Refused }] {
                             let r = store.append(&run, event)?;
-                            let mut out = stdout.lock().expect("stdout lock");
-                            writeln!(out, "{} {}", r.seq, r.run)?;
-                            out.flush()?;
+                            // Acknowledged: durable. Report it.
+                            tx.send((r.seq, r.run)).map_err(|_| anyhow::anyhow!("the printer stopped"))?;
                         }
                     }
                     Ok(())
                 })
             })
             .collect();
+        drop(tx);
+        // This thread owns stdout: print each acknowledgement as it comes.
+        for (seq, run) in rx {
+            writeln!(out, "{seq} {run}")?;
+            out.flush()?;
+        }
         handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
     })?;
     Ok(EXIT_OK)

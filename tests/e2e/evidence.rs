@@ -1,0 +1,548 @@
+//! The evidence plane end to end: a real runner makes more than fifty runs
+//! (automatic, refused, denied, approved by a quorum, replayed), exports them,
+//! and the offline verifier must accept the bundle — and detect every
+//! tampering: byte flips all over the file, deleted, duplicated, reordered
+//! and truncated records, records spliced from another runner, a checkpoint
+//! re-signed with another key, swapped artifacts, and (with the runner's own
+//! key) forged decisions and approvals. Plus SIGKILL during appends, the
+//! stock sqlite3 tool, and the HTML report in headless Chromium.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use edge_core::evidence::{Event, GENESIS, Record};
+use edge_core::merkle::{self, CompactRange};
+use edge_core::note::{Checkpoint, NoteSigner, NoteVerifier};
+use edge_core::signature::CapsuleSigningKey;
+use edge_core::{Sha256Digest, canonical};
+use edge_evidence::bundle::{self, Header, Scope};
+use edge_evidence::{Failure, Level, verify};
+
+use crate::harness::Env;
+
+struct Fixture {
+    env: Env,
+    bundle: Vec<u8>,
+    keys: Vec<NoteVerifier>,
+    runs: usize,
+}
+
+/// The shared fixture: one runner, 50+ runs of every kind, exported in full.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let env = Env::new();
+        let people: &[(&str, &[&str])] = &[("alice", &["sre"]), ("carol", &["payments-owner"])];
+        env.write_policy_config("log-volume", &[]);
+        env.write_approvers(people, "");
+        let capsule = env.hostile("none");
+        let mut runs = 0;
+        for _ in 0..46 {
+            let _ = std::fs::remove_file(env.path("data/ok.txt"));
+            let run = env.exec(&capsule);
+            assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+            runs += 1;
+        }
+        let untrusted =
+            env.capsule("untrusted", test_programs::HOSTILE, &Env::hostile_manifest("none", ""), Some("other"));
+        for _ in 0..2 {
+            assert_eq!(env.exec(&untrusted).outcome(), "refused");
+            runs += 1;
+        }
+        // Tier 2: propose, two approvals, commit; the same approvals again are refused.
+        env.write_policy_config("payments-config", &[]);
+        env.write_approvers(people, "");
+        let _ = std::fs::remove_file(env.path("data/ok.txt"));
+        let proposed = env.exec(&capsule);
+        assert_eq!(proposed.outcome(), "awaiting-approval", "{:#}", proposed.report);
+        let proposal = proposed.report["proposal"].as_str().unwrap().to_owned();
+        let mut approvals = Vec::new();
+        for who in ["alice", "carol"] {
+            let out = format!("{who}.approval");
+            env.cli(&[
+                "approve",
+                &proposal,
+                "--principal",
+                &format!("{who}@bank.example"),
+                "--key",
+                &format!("keys/{who}"),
+                "--yes",
+                "-o",
+                &out,
+            ])
+            .success();
+            approvals.push(out);
+        }
+        let a: Vec<&str> = approvals.iter().map(String::as_str).collect();
+        assert_eq!(env.exec_with(&capsule, &a).outcome(), "committed");
+        assert_eq!(env.exec_with(&capsule, &a).outcome(), "refused");
+        runs += 3;
+        // Denied by policy.
+        env.write_policy_config("ledger-db", &[]);
+        assert_eq!(env.exec(&capsule).outcome(), "refused");
+        runs += 1;
+
+        env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "full.bundle"]).success();
+        let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+        std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+        let keys = edge_evidence::parse_keys(&vkey).unwrap();
+        let bundle = std::fs::read(env.path("full.bundle")).unwrap();
+        Fixture { env, bundle, keys, runs }
+    })
+}
+
+fn fails(f: &Fixture, bytes: &[u8]) -> Failure {
+    match verify(bytes, &f.keys, Level::Full) {
+        Ok(v) => panic!("a tampered bundle verified ({} records)", v.record_count),
+        Err(e) => e,
+    }
+}
+
+/// The bundle's parts, to rebuild after changing them.
+struct Parts {
+    header: Header,
+    records: Vec<String>,
+    artifacts: Vec<(Sha256Digest, Vec<u8>)>,
+    checkpoint: String,
+}
+
+fn parts(bytes: &[u8]) -> Parts {
+    let b = bundle::parse(bytes).unwrap();
+    Parts {
+        header: b.header.clone(),
+        records: b.records.iter().map(|s| (*s).to_owned()).collect(),
+        artifacts: b.artifacts.clone(),
+        checkpoint: b.checkpoint.to_owned(),
+    }
+}
+
+impl Parts {
+    /// Write back, with the header's counts made consistent (as a careful forger would).
+    fn write(&self) -> Vec<u8> {
+        let mut h = self.header.clone();
+        h.records = self.records.len() as u64;
+        h.artifacts = self.artifacts.len() as u64;
+        let recs: Vec<&str> = self.records.iter().map(String::as_str).collect();
+        let arts: Vec<(Sha256Digest, &[u8])> = self.artifacts.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+        bundle::write(&h, &recs, &arts, &self.checkpoint).unwrap()
+    }
+
+    /// Re-chain every record, rebuild the tree and sign a new checkpoint with `signer`.
+    fn reseal(&mut self, signer: &NoteSigner) {
+        let mut prev = GENESIS;
+        let mut range = CompactRange::default();
+        for (seq, line) in self.records.iter_mut().enumerate() {
+            let mut r: Record = serde_json::from_str(line).unwrap();
+            r.seq = seq as u64;
+            r.prev = prev;
+            *line = String::from_utf8(canonical::to_canonical_vec(&r).unwrap()).unwrap();
+            prev = Sha256Digest::of(line.as_bytes());
+            range.push(merkle::leaf_hash(line.as_bytes()));
+        }
+        // Keep only the artifacts the remaining records reference.
+        let referenced: std::collections::BTreeSet<Sha256Digest> =
+            self.records.iter().flat_map(|l| serde_json::from_str::<Record>(l).unwrap().artifacts()).collect();
+        self.artifacts.retain(|(d, _)| referenced.contains(d));
+        let cp = Checkpoint { origin: self.header.origin.clone(), size: range.size(), root: range.root() };
+        self.header.tree_size = cp.size;
+        self.checkpoint = signer.sign(&cp.text()).unwrap();
+    }
+
+    fn find(&self, kind: &str) -> usize {
+        self.records.iter().position(|l| l.contains(&format!("\"type\":\"{kind}\""))).unwrap()
+    }
+}
+
+/// The runner's own identity key (a compromised or buggy runner).
+fn runner_signer(f: &Fixture) -> NoteSigner {
+    let pem = std::fs::read_to_string(f.env.path("state/identity.key")).unwrap();
+    CapsuleSigningKey::from_pkcs8_pem(&pem).unwrap().note_signer("test-runner").unwrap()
+}
+
+#[test]
+fn a_fifty_run_export_verifies_offline_with_every_check() {
+    let f = fixture();
+    let v = verify(&f.bundle, &f.keys, Level::Full).unwrap();
+    assert!(f.runs >= 50);
+    assert_eq!(v.runs.len(), f.runs);
+    let approved = v.runs.iter().find(|r| r.approvals.len() == 2).expect("the approved run");
+    assert_eq!(approved.tier, Some(2));
+    assert!(v.runs.iter().any(|r| r.refusals.iter().any(|x| x.1 == "policy.denied")));
+    // The CLI says the same, and the per-run receipt is a C2SP tlog-proof.
+    let out = f.env.cli(&["evidence", "verify", "full.bundle", "--key", "runner.vkey"]).success().stdout();
+    assert!(out.contains(&format!("{} runs", f.runs)), "{out}");
+    let receipts: Vec<_> = std::fs::read_dir(f.env.path("state/receipts")).unwrap().collect();
+    assert_eq!(receipts.len(), f.runs);
+}
+
+/// Which checks may fire for a change in each part of the file.
+fn region_checks(offset: usize, p: &bundle::Bundle<'_>, bytes: &[u8]) -> &'static [&'static str] {
+    let base = bytes.as_ptr() as usize;
+    let records_start = p.records.first().map_or(usize::MAX, |r| r.as_ptr() as usize - base);
+    let checkpoint_start = p.checkpoint.as_ptr() as usize - base;
+    let artifacts_start = p.records.last().map_or(0, |r| r.as_ptr() as usize - base + r.len() + 1);
+    if offset < records_start {
+        &[
+            "bundle.format",
+            "checkpoint.size",
+            "checkpoint.signature",
+            "checkpoint.origin",
+            "tree.size",
+            "record.format",
+            "record.sequence",
+        ]
+    } else if offset < artifacts_start {
+        &["bundle.format", "record.format", "record.sequence", "record.chain", "tree.root", "tree.size"]
+    } else if offset < checkpoint_start {
+        &["bundle.format", "artifact.digest"]
+    } else {
+        // (its `—` is multi-byte: a flip there can break the UTF-8 of the file)
+        &["checkpoint.signature", "checkpoint.format", "bundle.format"]
+    }
+}
+
+#[test]
+fn every_byte_flip_is_detected_for_the_right_reason() {
+    let f = fixture();
+    let parsed = bundle::parse(&f.bundle).unwrap();
+    let n = f.bundle.len();
+    let samples = 1200;
+    // Spread over the whole file with a little jitter; plus every byte of the
+    // small parts (magic, header, checkpoint) that an even spread would miss.
+    let spread = (0..samples).map(|k| (k * n / samples + (k * 7919) % (n / samples).max(1)).min(n - 1));
+    let records_start = parsed.records[0].as_ptr() as usize - f.bundle.as_ptr() as usize;
+    let checkpoint_start = parsed.checkpoint.as_ptr() as usize - f.bundle.as_ptr() as usize;
+    let positions: Vec<usize> = spread.chain(0..records_start).chain(checkpoint_start..n).collect();
+    assert!(positions.len() >= 1000);
+    let mut by_check: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, &pos) in positions.iter().enumerate() {
+        let mask = [0x01u8, 0x02, 0x04, 0x20, 0x40][k % 5];
+        let mut bad = f.bundle.clone();
+        bad[pos] ^= mask;
+        let e = fails(f, &bad);
+        let allowed = region_checks(pos, &parsed, &f.bundle);
+        assert!(allowed.contains(&e.check), "flip at byte {pos} (of {n}) failed as `{e}`, expected one of {allowed:?}");
+        assert!(!e.detail.is_empty());
+        *by_check.entry(e.check).or_default() += 1;
+    }
+    eprintln!("{} byte flips over {n} bytes, all detected: {by_check:?}", positions.len());
+    // The sample reached every part of the file.
+    for check in ["bundle.format", "record.chain", "artifact.digest", "checkpoint.signature", "checkpoint.size"] {
+        assert!(by_check.contains_key(check), "no flip was caught by {check}: {by_check:?}");
+    }
+}
+
+#[test]
+fn deleted_duplicated_reordered_and_truncated_records_are_detected() {
+    let f = fixture();
+    let p = parts(&f.bundle);
+    let mid = p.records.len() / 2;
+
+    let mut del = parts(&f.bundle);
+    del.records.remove(mid);
+    let e = fails(f, &del.write());
+    assert_eq!((e.check, e.record), ("record.sequence", Some(mid as u64 + 1)), "{e}");
+
+    let mut dup = parts(&f.bundle);
+    dup.records.insert(mid, p.records[mid].clone());
+    let e = fails(f, &dup.write());
+    assert_eq!(e.check, "record.sequence", "{e}");
+
+    let mut swap = parts(&f.bundle);
+    swap.records.swap(mid, mid + 1);
+    let e = fails(f, &swap.write());
+    assert_eq!(e.check, "record.sequence", "{e}");
+
+    // The log's tail cut off (with the counts fixed up): the signed tree is bigger.
+    let mut cut = parts(&f.bundle);
+    cut.records.truncate(p.records.len() - 5);
+    let e = fails(f, &cut.write());
+    assert_eq!(e.check, "tree.size", "{e}");
+
+    // The file's tail cut off anywhere.
+    for keep in [f.bundle.len() - 1, f.bundle.len() - 100, f.bundle.len() / 2, 200, 10] {
+        let e = fails(f, &f.bundle[..keep]);
+        assert!(["bundle.format", "checkpoint.signature"].contains(&e.check), "cut at {keep}: {e}");
+    }
+
+    // Removing a whole run's records and re-chaining without the key: the signature cannot follow.
+    let mut gone = parts(&f.bundle);
+    let run = serde_json::from_str::<Record>(&gone.records[mid]).unwrap().run;
+    gone.records.retain(|l| !l.contains(&format!("\"run\":\"{run}\"")));
+    gone.reseal(&CapsuleSigningKey::generate().note_signer("test-runner").unwrap());
+    let e = fails(f, &gone.write());
+    assert_eq!(e.check, "checkpoint.signature", "{e}");
+}
+
+#[test]
+fn records_spliced_from_another_runner_and_foreign_checkpoints_are_detected() {
+    let f = fixture();
+    // Another runner with the same name, two runs.
+    let other = Env::new();
+    let c = other.hostile("none");
+    other.exec(&c);
+    other.exec(&c);
+    other.cli(&["evidence", "export", "--config", "runner.toml", "-o", "other.bundle"]).success();
+    let theirs = parts(&std::fs::read(other.path("other.bundle")).unwrap());
+
+    let mut spliced = parts(&f.bundle);
+    let at = spliced.records.len() / 3;
+    spliced.records.splice(at..at + 3, theirs.records[3..6].iter().cloned());
+    let e = fails(f, &spliced.write());
+    assert!(["record.sequence", "record.chain"].contains(&e.check), "{e}");
+
+    // Their whole bundle checked against our key: their checkpoint is not ours.
+    let e = fails(f, &std::fs::read(other.path("other.bundle")).unwrap());
+    assert_eq!(e.check, "checkpoint.signature", "{e}");
+
+    // Our records under their checkpoint.
+    let mut swapped = parts(&f.bundle);
+    swapped.checkpoint = theirs.checkpoint.clone();
+    let e = fails(f, &swapped.write());
+    assert_eq!(e.check, "checkpoint.signature", "{e}");
+}
+
+#[test]
+fn a_checkpoint_re_signed_with_another_key_is_refused() {
+    let f = fixture();
+    let mut p = parts(&f.bundle);
+    // Rewrite history: the denied run never happened; re-seal with an attacker key of the same name.
+    let i = p.find("refused");
+    p.records.truncate(i);
+    p.reseal(&CapsuleSigningKey::generate().note_signer("test-runner").unwrap());
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "checkpoint.signature", "{e}");
+    assert!(e.detail.contains("not signed by a trusted runner key"), "{e}");
+}
+
+#[test]
+fn swapped_artifacts_are_detected() {
+    let f = fixture();
+    // Same digest line, other bytes of the same size.
+    let mut p = parts(&f.bundle);
+    let (d, bytes) = &mut p.artifacts[0];
+    let d = *d;
+    bytes[0] ^= 0x01;
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "artifact.digest", "{e}");
+    assert!(e.detail.contains(&d.to_string()), "{e}");
+
+    // The policy artifact replaced by another document of the same size, under its own digest.
+    let mut p = parts(&f.bundle);
+    let policy = p.artifacts.iter().position(|(_, b)| b.starts_with(b"# Example policy")).unwrap();
+    let mut other = p.artifacts[policy].1.clone();
+    let at = other.windows(13).position(|w| w == b"default_tier ").unwrap();
+    other[at + 15] = b'1';
+    p.artifacts[policy] = (Sha256Digest::of(&other), other);
+    p.artifacts.sort_by_key(|(d, _)| *d);
+    let e = fails(f, &p.write());
+    assert!(["artifact.missing", "artifact.unreferenced"].contains(&e.check), "{e}");
+}
+
+#[test]
+fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
+    let f = fixture();
+    let signer = runner_signer(f);
+    // Sanity: re-sealing the untouched records with the runner key verifies.
+    let mut same = parts(&f.bundle);
+    same.reseal(&signer);
+    verify(&same.write(), &f.keys, Level::Full).unwrap();
+
+    // The tier-2 decision rewritten as tier 0.
+    let mut p = parts(&f.bundle);
+    let i = p.records.iter().position(|l| l.contains("\"type\":\"decision\"") && l.contains("\"tier\":2")).unwrap();
+    let mut r: Record = serde_json::from_str(&p.records[i]).unwrap();
+    let Event::Decision { decision, .. } = &mut r.event else { unreachable!() };
+    decision.tier = 0;
+    p.records[i] = String::from_utf8(canonical::to_canonical_vec(&r).unwrap()).unwrap();
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!((e.check, e.record), ("decision.replay", Some(i as u64)), "{e}");
+
+    // An accepted approval credited to someone else.
+    let mut p = parts(&f.bundle);
+    let i = p.find("approval-accepted");
+    p.records[i] = p.records[i].replace("alice@bank.example", "mallory@bank.example");
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "approval.record", "{e}");
+
+    // The quorum and its approvals removed, the run left authorized.
+    let mut p = parts(&f.bundle);
+    let q = p.find("quorum");
+    p.records.remove(q);
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "authorize.quorum", "{e}");
+
+    // A run's terminal record removed.
+    let mut p = parts(&f.bundle);
+    let last = p.records.len() - 1;
+    p.records.remove(last);
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "run.terminal", "{e}");
+}
+
+#[test]
+fn partial_exports_prove_inclusion_and_consistency() {
+    let f = fixture();
+    let v = verify(&f.bundle, &f.keys, Level::Full).unwrap();
+    let run = &v.runs.iter().find(|r| r.approvals.len() == 2).unwrap().run;
+    // Exports write checkpoints: work on a copy of the runner home.
+    let home = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
+    assert!(status.unwrap().success());
+    let cli = |args: &[&str]| {
+        let out = Command::new(crate::harness::BIN).args(args).current_dir(home.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["evidence", "export", "--config", "runner.toml", "--run", run, "-o", "run.bundle"]);
+    let one = std::fs::read(home.path().join("run.bundle")).unwrap();
+    let v1 = verify(&one, &f.keys, Level::Full).unwrap();
+    assert_eq!(v1.runs.len(), 1);
+    assert!(matches!(v1.header.scope, Scope::Run { .. }));
+    // A record of another run slipped into the run export.
+    let mut p = parts(&one);
+    p.records.insert(1, parts(&f.bundle).records[1].clone());
+    if let Scope::Run { proofs, .. } = &mut p.header.scope {
+        proofs.insert(1, proofs[0].clone());
+    }
+    assert!(verify(&p.write(), &f.keys, Level::Full).is_err());
+
+    // More runs, then an export since the first bundle: a consistency proof.
+    cli(&["evidence", "export", "--config", "runner.toml", "--since", "full.bundle", "-o", "since.bundle"]);
+    let since = std::fs::read(home.path().join("since.bundle")).unwrap();
+    let vs = verify(&since, &f.keys, Level::Full).unwrap();
+    assert_eq!(vs.since.as_ref().unwrap().size, v.checkpoint.size);
+    // A forged consistency proof.
+    let mut p = parts(&since);
+    if let Scope::Since { consistency, prefix, .. } = &mut p.header.scope {
+        consistency.clear();
+        prefix.reverse();
+    }
+    let e = verify(&p.write(), &f.keys, Level::Full).unwrap_err();
+    assert!(e.check.starts_with("since.") || e.check.starts_with("tree."), "{e}");
+}
+
+#[test]
+fn a_runner_killed_while_appending_loses_no_acknowledged_record() {
+    let env = Env::new();
+    let mut child = Command::new(crate::harness::BIN)
+        .args(["evidence", "stress", "--config", "runner.toml", "--writers", "16", "--runs", "100000"])
+        .current_dir(env.path(""))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    while acked.len() < 3000 {
+        let line = lines.next().expect("the stress writer stopped early").unwrap();
+        let (seq, run) = line.split_once(' ').unwrap();
+        acked.push((seq.parse().unwrap(), run.to_owned()));
+    }
+    // SIGKILL: no chance to flush or close anything.
+    child.kill().unwrap();
+    for line in lines.map_while(Result::ok) {
+        if let Some((seq, run)) = line.split_once(' ')
+            && let Ok(seq) = seq.parse()
+        {
+            acked.push((seq, run.to_owned()));
+        }
+    }
+    child.wait().unwrap();
+
+    // Restart: the open runs are closed as interrupted; the whole log verifies.
+    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "after.bundle"]).success();
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    let keys = edge_evidence::parse_keys(&vkey).unwrap();
+    let v = verify(&std::fs::read(env.path("after.bundle")).unwrap(), &keys, Level::Full).unwrap();
+    for (seq, run) in &acked {
+        let r = v.records.get(*seq as usize).unwrap_or_else(|| panic!("acknowledged record {seq} is missing"));
+        assert_eq!(&r.run, run, "record {seq}");
+    }
+    assert!(v.records.iter().any(|r| matches!(r.event, Event::Interrupted { .. })), "the killed runs were closed");
+}
+
+#[test]
+fn the_store_is_readable_and_append_only_with_the_stock_sqlite3_tool() {
+    let f = fixture();
+    let db = f.env.path("state/evidence/evidence.db");
+    let sqlite = |sql: &str| Command::new("sqlite3").arg(&db).arg(sql).output().expect("sqlite3 must be installed");
+    let out = sqlite("SELECT count(*) FROM records; PRAGMA journal_mode;");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count: usize = text.lines().next().unwrap().parse().unwrap();
+    assert!(count >= f.runs * 5, "{text}");
+    assert_eq!(text.lines().nth(1), Some("wal"));
+    let v = verify(&f.bundle, &f.keys, Level::Integrity).unwrap();
+    for sql in [
+        "UPDATE records SET body = 'x' WHERE seq = 3",
+        "DELETE FROM records WHERE seq = 3",
+        "UPDATE artifacts SET size = 0",
+        "DELETE FROM checkpoints",
+    ] {
+        let out = sqlite(sql);
+        assert!(!out.status.success(), "{sql} was allowed");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("append-only"), "{sql}");
+    }
+    let again = sqlite("SELECT count(*) FROM records");
+    assert!(String::from_utf8_lossy(&again.stdout).trim().parse::<usize>().unwrap() >= v.record_count);
+}
+
+/// Render the report in headless Chromium and return the DOM it built.
+fn chromium_dom(html: &std::path::Path) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium must be installed (Debian package `chromium`)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_html_report_renders_in_chromium_with_a_clear_banner() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.html");
+    f.env
+        .cli(&["evidence", "report", "full.bundle", "--key", "runner.vkey", "--html", good.to_str().unwrap()])
+        .success();
+    let dom = chromium_dom(&good);
+    assert!(dom.contains("<div id=\"banner\" class=\"verified\">VERIFIED"), "{}", &dom[..dom.len().min(2000)]);
+    assert_eq!(dom.matches("<tr class=\"run\"").count(), f.runs, "one timeline row per run");
+    assert_eq!(dom.matches("data-outcome=\"committed\"").count(), 47);
+    assert!(dom.contains("alice@bank.example (approve), carol@bank.example (approve)"));
+    assert!(dom.contains("policy.denied"), "refusals are shown");
+    assert!(dom.contains("<table class=\"diff\">"), "diffs are shown");
+    assert!(!dom.contains("<script"), "the page has no scripts");
+
+    // A tampered bundle: a FAILED banner naming the check, and none of its contents.
+    let mut bad = f.bundle.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x01;
+    std::fs::write(dir.path().join("bad.bundle"), &bad).unwrap();
+    let failed = dir.path().join("bad.html");
+    let out = Command::new(crate::harness::BIN)
+        .args(["evidence", "report", "bad.bundle", "--key"])
+        .arg(f.env.path("runner.vkey"))
+        .args(["--html", failed.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let dom = chromium_dom(&failed);
+    assert!(dom.contains("<div id=\"banner\" class=\"failed\">FAILED"), "{dom}");
+    assert!(!dom.contains("class=\"run\""), "nothing from a failed bundle is shown");
+}
