@@ -16,7 +16,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 step "build the runner and the example capsules"
-cargo build --locked -p edge-runner
+cargo build --locked -p edge-runner -p edge-evidence
 cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
 ER="$ROOT/target/debug/edge-runner"
 WASM="$ROOT/target/wasm32-wasip2/guest"
@@ -118,8 +118,39 @@ code=$?
 set -e
 echo "exit code $code (3 = refused)"
 
-step "the evidence log (hash chain verified on read)"
-"$ER" evidence show --config runner.toml
+step "the evidence log (SQLite store; hash chain and Merkle tree checked on read)"
+"$ER" evidence show --config runner.toml | tail -15
+
+step "export a signed bundle, and hand the reviewer the runner's public key"
+"$ER" evidence export --config runner.toml -o evidence.bundle
+"$ER" evidence runner-key --config runner.toml > runner.keys
+cat runner.keys
+
+step "a compliance reviewer verifies it offline with edge-verify (no wasmtime, tokio or network inside)"
+EV="$ROOT/target/debug/edge-verify"
+"$EV" evidence.bundle --key runner.keys
+"$EV" report evidence.bundle --key runner.keys --html report.html | head -40
+echo "HTML report: demo/report.html (self-contained, no external resources)"
+
+step "one run alone, with inclusion proofs (partial disclosure)"
+# The fourth run: the approved config-drift fix (its approvals and quorum come along).
+RUN=$(grep -o '"run":"r-[^"]*"' evidence.bundle | cut -d'"' -f4 | awk '!seen[$0]++' | sed -n 4p)
+"$ER" evidence export --config runner.toml --run "$RUN" -o run.bundle
+"$EV" run.bundle --key runner.keys
+
+step "tampering is detected: one flipped byte in the middle of the bundle"
+cp evidence.bundle tampered.bundle
+python3 - <<'PY'
+data = bytearray(open("tampered.bundle", "rb").read())
+data[len(data) // 2] ^= 0x01
+open("tampered.bundle", "wb").write(data)
+PY
+set +e
+"$EV" tampered.bundle --key runner.keys
+code=$?
+set -e
+echo "exit code $code (1 = verification failed)"
 
 step "done"
-echo "Everything above is in ./demo: runner.toml, keys/, the capsules, sample/ and state/evidence/."
+echo "Everything above is in ./demo: runner.toml, keys/, the capsules, sample/, state/evidence/ (SQLite),"
+echo "evidence.bundle, runner.keys and report.html."

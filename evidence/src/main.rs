@@ -103,14 +103,7 @@ fn main() -> ExitCode {
     match result {
         Ok(v) => {
             if !args.report {
-                println!(
-                    "verified ({:?}): {} records, {} runs, runner {}, tree size {}",
-                    v.level,
-                    v.record_count,
-                    v.runs.len(),
-                    v.header.origin,
-                    v.checkpoint.size
-                );
+                println!("{}", v.summary());
             }
             ExitCode::SUCCESS
         }

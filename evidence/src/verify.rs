@@ -81,6 +81,25 @@ struct Head<'a> {
     run: std::borrow::Cow<'a, str>,
 }
 
+impl Verified {
+    /// One line for a terminal: what was verified, at which level.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let runs = match self.level {
+            Level::Full => format!(", {}", plural(self.runs.len(), "run", "runs")),
+            Level::Integrity => String::new(),
+        };
+        format!(
+            "verified ({:?}): {}{runs}, runner {}, tree size {}",
+            self.level,
+            plural(self.record_count, "record", "records"),
+            self.header.origin,
+            self.checkpoint.size
+        )
+    }
+}
+
 /// Verify a bundle against trusted runner keys.
 ///
 /// # Errors

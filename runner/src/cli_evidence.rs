@@ -144,15 +144,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             let level = if integrity_only { Level::Integrity } else { Level::Full };
             match edge_evidence::verify(&bytes, &keys, level) {
                 Ok(v) => {
-                    writeln!(
-                        out,
-                        "verified ({:?}): {} records, {} runs, runner {}, tree size {}",
-                        v.level,
-                        v.record_count,
-                        v.runs.len(),
-                        v.header.origin,
-                        v.checkpoint.size
-                    )?;
+                    writeln!(out, "{}", v.summary())?;
                     Ok(EXIT_OK)
                 }
                 Err(f) => {

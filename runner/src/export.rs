@@ -34,17 +34,24 @@ pub struct Exported {
     pub checkpoint: String,
 }
 
-/// The signed checkpoint inside a file given to `--since`: either a
-/// checkpoint note, or an earlier bundle (its checkpoint is its last part).
+/// The signed checkpoint inside a file given to `--since`: a checkpoint
+/// note, a run receipt (C2SP tlog-proof, whose checkpoint is its last part),
+/// or an earlier bundle (likewise).
 ///
 /// # Errors
-/// If the file is neither.
+/// If the file is none of these.
 pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
     if bytes.starts_with(bundle::MAGIC.as_bytes()) {
         let b = bundle::parse(bytes).map_err(|e| anyhow!("the earlier bundle does not parse: {e}"))?;
         return Ok(b.checkpoint.to_owned());
     }
-    String::from_utf8(bytes.to_vec()).map_err(|_| anyhow!("not a checkpoint note or an evidence bundle"))
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| anyhow!("not a checkpoint note, a run receipt or an evidence bundle"))?;
+    if text.starts_with("c2sp.org/tlog-proof@") {
+        let p = edge_core::note::TlogProof::parse(&text).map_err(|e| anyhow!("the receipt does not parse: {e}"))?;
+        return Ok(p.checkpoint);
+    }
+    Ok(text)
 }
 
 /// Build a bundle from the store, signing a checkpoint of the whole log now.

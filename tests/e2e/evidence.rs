@@ -425,6 +425,16 @@ fn partial_exports_prove_inclusion_and_consistency() {
     }
     let e = verify(&p.write(), &f.keys, Level::Full).unwrap_err();
     assert!(e.check.starts_with("since.") || e.check.starts_with("tree."), "{e}");
+
+    // A run's receipt (tlog-proof) names a checkpoint too: export since it.
+    let receipt_path = home.path().join(format!("state/receipts/{run}.tlog-proof"));
+    let receipt = edge_core::note::TlogProof::parse(&std::fs::read_to_string(&receipt_path).unwrap()).unwrap();
+    let receipt_arg = receipt_path.display().to_string();
+    cli(&["evidence", "export", "--config", "runner.toml", "--since", &receipt_arg, "-o", "since-receipt.bundle"]);
+    let vr = verify(&std::fs::read(home.path().join("since-receipt.bundle")).unwrap(), &f.keys, Level::Full).unwrap();
+    let from = vr.since.as_ref().unwrap().size;
+    assert!(from > receipt.index && from <= v.checkpoint.size, "since {from}, receipt index {}", receipt.index);
+    assert_eq!(vr.record_count as u64, vr.checkpoint.size - from);
 }
 
 #[test]
