@@ -529,31 +529,34 @@ fn check_quorum(
 }
 
 fn load_policy(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Policy>, Failure> {
-    if let Some(p) = cache.policies.get(d) {
-        return Ok(p.clone());
-    }
-    let p = Policy::from_toml(text(ctx, d, r)?).map_err(|e| {
-        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded policy does not load: {e}"))
-    })?;
-    if p.digest() != *d {
-        return Err(Failure::record("decision.replay", r.seq, &r.run, "the policy's digest differs"));
-    }
-    let p = Rc::new(p);
-    cache.policies.insert(*d, p.clone());
-    Ok(p)
+    load_cached(ctx, &mut cache.policies, d, r, "policy", Policy::from_toml, Policy::digest)
 }
 
 fn load_graph(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Graph>, Failure> {
-    if let Some(g) = cache.graphs.get(d) {
-        return Ok(g.clone());
+    load_cached(ctx, &mut cache.graphs, d, r, "graph", Graph::from_toml, Graph::digest)
+}
+
+/// Load a recorded policy or graph once per digest, checking that what
+/// loads is what the record names.
+fn load_cached<T, E: std::fmt::Display>(
+    ctx: &Ctx<'_>,
+    cache: &mut HashMap<Sha256Digest, Rc<T>>,
+    d: &Sha256Digest,
+    r: &Record,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+    digest: impl FnOnce(&T) -> Sha256Digest,
+) -> Result<Rc<T>, Failure> {
+    if let Some(v) = cache.get(d) {
+        return Ok(v.clone());
     }
-    let g = Graph::from_toml(text(ctx, d, r)?).map_err(|e| {
-        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded graph does not load: {e}"))
+    let v = parse(text(ctx, d, r)?).map_err(|e| {
+        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded {what} does not load: {e}"))
     })?;
-    if g.digest() != *d {
-        return Err(Failure::record("decision.replay", r.seq, &r.run, "the graph's digest differs"));
+    if digest(&v) != *d {
+        return Err(Failure::record("decision.replay", r.seq, &r.run, format!("the {what}'s digest differs")));
     }
-    let g = Rc::new(g);
-    cache.graphs.insert(*d, g.clone());
-    Ok(g)
+    let v = Rc::new(v);
+    cache.insert(*d, v.clone());
+    Ok(v)
 }

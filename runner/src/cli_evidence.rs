@@ -37,8 +37,8 @@ pub enum EvidenceCommand {
     Export {
         #[arg(long)]
         config: PathBuf,
-        /// Only what was added after this checkpoint (a checkpoint note, or
-        /// the earlier bundle), with a consistency proof from it.
+        /// Only what was added after this checkpoint (a checkpoint note, a
+        /// run receipt, or the earlier bundle), with a consistency proof from it.
         #[arg(long, conflicts_with = "run")]
         since: Option<PathBuf>,
         /// Only this run's records, each with an inclusion proof.
@@ -50,12 +50,8 @@ pub enum EvidenceCommand {
     /// Verify a bundle offline (the same checks as `edge-verify`).
     Verify {
         bundle: PathBuf,
-        /// File of trusted runner keys (`evidence runner-key` prints one).
-        #[arg(long, required_unless_present = "config")]
-        key: Vec<PathBuf>,
-        /// Or: trust this runner's own identity key.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
         /// Only the checkpoint, chain, tree and artifact digests.
         #[arg(long)]
         integrity_only: bool,
@@ -63,10 +59,8 @@ pub enum EvidenceCommand {
     /// A human summary of a verified bundle: text, and optionally an HTML page.
     Report {
         bundle: PathBuf,
-        #[arg(long, required_unless_present = "config")]
-        key: Vec<PathBuf>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        trust: Trust,
         /// Also write the self-contained HTML page here.
         #[arg(long)]
         html: Option<PathBuf>,
@@ -138,8 +132,8 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
             Ok(EXIT_OK)
         }
-        EvidenceCommand::Verify { bundle, key, config, integrity_only } => {
-            let keys = trusted_keys(&key, config.as_deref())?;
+        EvidenceCommand::Verify { bundle, trust, integrity_only } => {
+            let keys = trust.keys()?;
             let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
             let level = if integrity_only { Level::Integrity } else { Level::Full };
             match edge_evidence::verify(&bytes, &keys, level) {
@@ -153,8 +147,8 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
                 }
             }
         }
-        EvidenceCommand::Report { bundle, key, config, html } => {
-            let keys = trusted_keys(&key, config.as_deref())?;
+        EvidenceCommand::Report { bundle, trust, html } => {
+            let keys = trust.keys()?;
             let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
             let result = edge_evidence::verify(&bytes, &keys, Level::Full);
             let (text, page) = match &result {
@@ -177,17 +171,33 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
     }
 }
 
-fn trusted_keys(files: &[PathBuf], config: Option<&Path>) -> Result<Vec<NoteVerifier>> {
-    let mut keys = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read runner keys {}", f.display()))?;
-        keys.extend(edge_evidence::parse_keys(&text).map_err(|e| anyhow::anyhow!("runner keys {}: {e}", f.display()))?);
+/// Which runner keys a bundle's checkpoint may be signed by.
+#[derive(Debug, clap::Args)]
+pub struct Trust {
+    /// File of trusted runner keys, one per line (`evidence runner-key` prints one).
+    #[arg(long, required_unless_present = "config")]
+    key: Vec<PathBuf>,
+    /// Or: trust this runner's own identity key.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl Trust {
+    fn keys(&self) -> Result<Vec<NoteVerifier>> {
+        let mut keys = Vec::new();
+        for f in &self.key {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("cannot read runner keys {}", f.display()))?;
+            keys.extend(
+                edge_evidence::parse_keys(&text).map_err(|e| anyhow::anyhow!("runner keys {}: {e}", f.display()))?,
+            );
+        }
+        if let Some(c) = &self.config {
+            let config = RunnerConfig::load(c)?;
+            keys.push(crate::exec::load_identity(&config)?.verifier().clone());
+        }
+        Ok(keys)
     }
-    if let Some(c) = config {
-        let config = RunnerConfig::load(c)?;
-        keys.push(crate::exec::load_identity(&config)?.verifier().clone());
-    }
-    Ok(keys)
 }
 
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<u8> {
