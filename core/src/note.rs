@@ -186,6 +186,9 @@ fn check_text(text: &str) -> Result<(), NoteError> {
 pub struct OpenedNote {
     pub text: String,
     pub signed_by: Vec<String>,
+    /// Every signature line, verified or ignored (unknown keys, duplicates):
+    /// formats that allow exactly one signer check this.
+    pub signature_lines: usize,
 }
 
 /// Open a note with the given verifiers.
@@ -203,7 +206,9 @@ pub fn open(note: &str, verifiers: &[NoteVerifier]) -> Result<OpenedNote, NoteEr
         return Err(NoteError::Malformed("signature lines must end in a newline".into()));
     }
     let mut signed_by = Vec::new();
+    let mut signature_lines = 0;
     for line in sigs.lines() {
+        signature_lines += 1;
         let rest =
             line.strip_prefix(DASH).ok_or_else(|| NoteError::Malformed(format!("bad signature line `{line}`")))?;
         let (name, sig) =
@@ -225,7 +230,7 @@ pub fn open(note: &str, verifiers: &[NoteVerifier]) -> Result<OpenedNote, NoteEr
     if signed_by.is_empty() {
         return Err(NoteError::NoTrustedSignature);
     }
-    Ok(OpenedNote { text: text.to_owned(), signed_by })
+    Ok(OpenedNote { text: text.to_owned(), signed_by, signature_lines })
 }
 
 /// A `c2sp.org/tlog-checkpoint` body.

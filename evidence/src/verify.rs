@@ -314,6 +314,18 @@ fn open_checkpoint(
             format!("signed by {}, not by the runner `{origin}` the bundle names", opened.signed_by.join(", ")),
         ));
     };
+    // A signed note may carry other signatures (ignored when their key is
+    // unknown, or repeated); a bundle's checkpoint carries exactly the
+    // runner's, so no byte of it goes unchecked.
+    if opened.signature_lines != 1 {
+        return Err(Failure::bundle(
+            format,
+            format!(
+                "the {which} checkpoint carries {} signature lines; a bundle's carries exactly one, the runner's",
+                opened.signature_lines
+            ),
+        ));
+    }
     let cp = Checkpoint::parse(&opened.text).map_err(|e| Failure::bundle(format, e.to_string()))?;
     if cp.origin != origin {
         return Err(Failure::bundle(
