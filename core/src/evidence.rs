@@ -55,6 +55,10 @@ pub enum Event {
         /// Insecure switches in force for this run (`dangerous_*`), if any.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dangerous: Vec<String>,
+        /// Who handed it over, when authenticated: the agent identity from
+        /// its client certificate (API submissions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submitted_by: Option<String>,
     },
     /// Signature, manifest and capability checks passed.
     Admitted {

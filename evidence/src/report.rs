@@ -83,6 +83,9 @@ pub fn text(v: &Verified) -> String {
         if let Some(sg) = &r.signer {
             let _ = writeln!(s, "  signer    {sg}");
         }
+        if let Some(a) = &r.submitted_by {
+            let _ = writeln!(s, "  agent     {a} (client certificate)");
+        }
         let _ = writeln!(s, "  decision  {}", tier_text(r));
         for reason in &r.reasons {
             let _ = writeln!(s, "            {reason}");
@@ -232,6 +235,9 @@ fn run_section(b: &mut String, r: &RunSummary) {
     }
     if let Some(s) = &r.signer {
         row(b, "Signer", esc(s));
+    }
+    if let Some(a) = &r.submitted_by {
+        row(b, "Submitted by", format!("{} (client certificate)", esc(a)));
     }
     let reasons: String = r.reasons.iter().map(|x| format!("<li>{}</li>", esc(x))).collect();
     row(b, "Decision", format!("{}<ul class=\"reasons\">{reasons}</ul>", esc(&tier_text(r))));

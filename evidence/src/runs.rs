@@ -47,6 +47,8 @@ pub struct RunSummary {
     pub verify_passed: Option<bool>,
     pub outcome: Option<Outcome>,
     pub dangerous: Vec<String>,
+    /// The authenticated agent that submitted the capsule (API submissions).
+    pub submitted_by: Option<String>,
 }
 
 /// Compiled documents, shared between runs that use the same digests.
@@ -163,7 +165,9 @@ fn check_run(
             return Err(order("after the run was recorded as interrupted"));
         }
         match &r.event {
-            Event::Submission { capsule, name, version, kind, manifest, component, bundle, dangerous } => {
+            Event::Submission {
+                capsule, name, version, kind, manifest, component, bundle, dangerous, submitted_by,
+            } => {
                 if i != 0 {
                     return Err(order("in the middle of a run"));
                 }
@@ -183,6 +187,7 @@ fn check_run(
                 sum.capsule = Some(format!("{name}@{version}"));
                 sum.capsule_digest = Some(*capsule);
                 sum.dangerous.clone_from(dangerous);
+                sum.submitted_by.clone_from(submitted_by);
                 st.submission = Some(Submission { capsule: *capsule, manifest: m, bundle: bundle.as_ref() });
             }
             Event::Admitted { signer, signer_key, grant, trusted_root, .. } => {

@@ -143,6 +143,7 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
                 component: component_d,
                 bundle: Some(bundle_d),
                 dangerous: Vec::new(),
+                submitted_by: Some("spiffe://example.internal/agent/synthetic".into()),
             },
             Event::Admitted {
                 signer: format!("synthetic-agent ({})", agent.key_id()),

@@ -331,3 +331,67 @@ impl Runner {
 pub fn read_approvals(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
     paths.iter().map(|p| std::fs::read(p).with_context(|| format!("cannot read approval {}", p.display()))).collect()
 }
+
+/// Where a waiting proposal stands with the approvals collected so far,
+/// checked without running anything or writing evidence (the daemon runs the
+/// proposal, which records everything, once this says met or vetoed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "quorum", rename_all = "kebab-case")]
+pub enum QuorumStatus {
+    /// Not yet: `count` of `required` counted; refusals by reason.
+    Pending { count: u32, required: u32, refused: Vec<String> },
+    Met,
+    Vetoed { by: String },
+}
+
+impl Runner {
+    /// Check collected approvals against a waiting proposal's document.
+    ///
+    /// # Errors
+    /// If the proposal is unknown, already executed, or no approver
+    /// registry is configured.
+    pub fn quorum_status(&self, id: &str, approvals: &[Vec<u8>]) -> Result<QuorumStatus> {
+        let path = proposal_path(self, id);
+        let bytes = std::fs::read(&path).with_context(|| format!("proposal {id} is not known to this runner"))?;
+        let doc: Proposal = serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
+        doc.check()?;
+        let registry =
+            self.config.approvers.as_ref().context("no [approvers] registry is configured: nobody can approve")?;
+        let (used, executed) = self.consumed();
+        if executed.contains(id) {
+            anyhow::bail!("proposal {id} was already executed");
+        }
+        let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {
+            anyhow::bail!("proposal {id} needs no approvals");
+        };
+        let binding = Binding {
+            proposal: id.to_owned(),
+            capsule: doc.capsule,
+            plan: doc.plan_digest,
+            policy,
+            runner: self.config.name.clone(),
+            tier: doc.decision.tier,
+            grant: doc.grant.clone(),
+            max_age_secs: requirement.max_age_secs,
+        };
+        let results =
+            approval::verify_approvals(approvals, registry, &binding, unix_now(), self.config.clock_skew_secs);
+        let mut seen = used;
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for r in results {
+            match r.and_then(|v| if seen.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) })
+            {
+                Ok(v) => accepted.push(v),
+                Err(e) => refused.push(format!("[{}] {e}", e.reason_code())),
+            }
+        }
+        let subject =
+            Subject { proposal: id, capsule: doc.capsule, plan: doc.plan_digest, policy, signer: &doc.signer };
+        Ok(match quorum::evaluate(&accepted, &requirement, registry, &subject).outcome {
+            QuorumOutcome::Met { .. } => QuorumStatus::Met,
+            QuorumOutcome::Vetoed { by, .. } => QuorumStatus::Vetoed { by },
+            QuorumOutcome::Insufficient { count, required } => QuorumStatus::Pending { count, required, refused },
+        })
+    }
+}

@@ -68,6 +68,16 @@ pub enum Command {
     /// Approval files.
     #[command(subcommand)]
     Approval(crate::cli_approve::ApprovalCommand),
+    /// Create a runner home: identity key, config, example policy and graph,
+    /// empty approver registry, development CA and certificates, systemd unit.
+    Init(crate::cli_server::InitArgs),
+    /// Serve the mutual-TLS API (`[server]` in the config).
+    Serve(crate::cli_server::ServeArgs),
+    /// Submit a signed capsule to a runner over mutual TLS.
+    Submit(crate::cli_server::SubmitArgs),
+    /// Proposals on a runner: list, show, watch.
+    #[command(subcommand)]
+    Proposals(crate::cli_server::ProposalsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +171,10 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
             writeln!(out, "key id       {}", k.key_id)?;
             Ok(EXIT_OK)
         }
+        Command::Init(a) => crate::cli_server::init(&a, out),
+        Command::Serve(a) => crate::cli_server::serve(&a, out),
+        Command::Submit(a) => crate::cli_server::submit(&a, out),
+        Command::Proposals(c) => crate::cli_server::proposals(&c, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

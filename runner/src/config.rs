@@ -65,6 +65,8 @@ struct RawConfig {
     endpoints: BTreeMap<String, RawEndpoint>,
     #[serde(default)]
     approvers: Option<RawApprovers>,
+    #[serde(default)]
+    server: Option<crate::server::settings::RawServer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +192,8 @@ pub struct RunnerConfig {
     /// Who may approve (allowed_signers + roles).
     pub approvers: Option<Registry>,
     pub clock_skew_secs: u64,
+    /// `edge-runner serve` settings (`[server]`).
+    pub server: Option<crate::server::settings::ServerSettings>,
 }
 
 impl RunnerConfig {
@@ -384,7 +388,9 @@ impl RunnerConfig {
             None => 300,
         };
         let identity_key = raw.runner.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
+        let server = raw.server.map(|s| s.resolve(resolve)).transpose()?;
         Ok(RunnerConfig {
+            server,
             identity_key,
             approvers,
             clock_skew_secs,

@@ -27,7 +27,6 @@ use edge_core::signature;
 use edge_core::snapshot;
 use serde::Serialize;
 
-use std::os::unix::fs::OpenOptionsExt;
 
 use edge_core::note::NoteSigner;
 
@@ -71,6 +70,8 @@ pub struct RunReport {
     pub refusal: Option<Refusal>,
     pub captured: BTreeMap<String, Captured>,
     pub records: Vec<Record>,
+    /// The authenticated agent that submitted the capsule (API submissions).
+    pub submitted_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +100,7 @@ impl RunReport {
             refusal: None,
             captured: BTreeMap::new(),
             records: Vec::new(),
+            submitted_by: None,
         }
     }
 }
@@ -348,8 +350,23 @@ impl Runner {
     /// # Errors
     /// As [`Runner::exec`].
     pub async fn exec_with_approvals(&mut self, capsule_bytes: &[u8], approvals: &[Vec<u8>]) -> Result<RunReport> {
+        self.exec_submitted(capsule_bytes, approvals, None).await
+    }
+
+    /// Run a capsule submitted by an authenticated agent (recorded in the
+    /// submission record).
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_submitted(
+        &mut self,
+        capsule_bytes: &[u8],
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+    ) -> Result<RunReport> {
         let run = new_run_id();
         let mut report = RunReport::new(&run);
+        report.submitted_by = submitted_by.map(str::to_owned);
         let first_seq = self.log.records().len();
         let mut result = self.exec_inner(capsule_bytes, approvals, &mut report).await;
         let closed_already = self.log.records()[first_seq..].iter().any(Record::is_terminal);
@@ -481,6 +498,7 @@ impl Runner {
                 component: m.component.sha256,
                 bundle: bundle_d,
                 dangerous: Vec::new(),
+                submitted_by: report.submitted_by.clone(),
             },
         )?;
 
@@ -829,21 +847,23 @@ pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> 
 pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
     let path = &config.identity_key;
     if !path.exists() {
-        let key = edge_core::signature::CapsuleSigningKey::generate();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create identity key {}", path.display()))?;
-        std::io::Write::write_all(&mut f, key.to_pkcs8_pem().as_bytes())?;
-        f.sync_all()?;
+        create_identity(path)?;
     }
     let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
     key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
+}
+
+/// Create a new identity key file (mode 0600).
+///
+/// # Errors
+/// If it exists or cannot be written.
+pub fn create_identity(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = edge_core::signature::CapsuleSigningKey::generate();
+    crate::keys::write_secret(path, key.to_pkcs8_pem().as_bytes())
+        .with_context(|| format!("cannot create identity key {}", path.display()))
 }
 
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).

@@ -34,18 +34,28 @@ pub fn generate(out: &Path) -> Result<KeyPairFiles> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let key = CapsuleSigningKey::generate();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&private)
-        .with_context(|| format!("cannot create {}", private.display()))?;
-    f.write_all(key.to_pkcs8_pem().as_bytes())?;
-    f.sync_all()?;
+    write_secret(&private, key.to_pkcs8_pem().as_bytes())?;
     let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&public)?;
     f.write_all(key.public_key_pem().as_bytes())?;
     f.sync_all()?;
     Ok(KeyPairFiles { private, public, key_id: key.key_id() })
+}
+
+/// Write a secret file: created new with mode 0600 (never chmod'ed
+/// afterwards, so it is never readable by others, even briefly), synced.
+///
+/// # Errors
+/// If the file exists or cannot be written.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Load a private signing key, refusing files others can read.

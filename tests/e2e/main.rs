@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod policy;
 mod signatures;
+mod server;
 mod sigstore;
 
 /// Every guest program must be exercised by a test here.

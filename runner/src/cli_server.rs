@@ -1,0 +1,249 @@
+//! `init`, `serve`, and the client commands `submit` and `proposals`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::cli::{EXIT_OK, EXIT_REFUSED};
+use crate::config::RunnerConfig;
+use crate::server::client::{Client, ClientArgs};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The runner home to create (must not hold a runner.toml).
+    #[arg(default_value = "edge-runner-home")]
+    pub home: PathBuf,
+    /// The runner's name: its identity in evidence and checkpoint origin.
+    #[arg(long, default_value = "edge-runner.local/runner-1")]
+    pub name: String,
+    /// Where `serve` listens.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// The system user the systemd unit runs as.
+    #[arg(long, default_value = "edge-runner")]
+    pub user: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The signed capsule file.
+    pub capsule: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProposalsCommand {
+    /// List proposals (optionally in one state: awaiting-approval, committed, …).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one proposal.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a proposal until it reaches a final state, printing each change.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+}
+
+pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<u8> {
+    let done = crate::init::init(&a.home, &a.name, &a.listen, &a.user)?;
+    let h = done.home.display();
+    writeln!(out, "runner home   {h}")?;
+    writeln!(out, "config        {}", done.config.display())?;
+    writeln!(out, "identity key  {h}/state/identity.key (0600)")?;
+    writeln!(out, "dev CA        {h}/tls/ca.pem (server, agent and operator certificates beside it)")?;
+    writeln!(out, "agent         {} may submit", done.agent)?;
+    writeln!(out, "systemd unit  {h}/edge-runner.service")?;
+    writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
+    writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
+    Ok(EXIT_OK)
+}
+
+pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<u8> {
+    let config = RunnerConfig::load(&a.config)?;
+    let listen = config.server.as_ref().context("the runner config has no [server] section")?.listen;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        crate::server::serve(config, listener, shutdown, |addr| {
+            // One line a supervisor (or a test) can wait for.
+            let _ = writeln!(out, "listening on https://{addr}");
+            let _ = out.flush();
+        })
+        .await
+    })?;
+    Ok(EXIT_OK)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<u8> {
+    let bytes = std::fs::read(&a.capsule).with_context(|| format!("cannot read {}", a.capsule.display()))?;
+    let body = serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(&bytes) }))?;
+    let reply = runtime()?.block_on(async {
+        let mut c = Client::from_args(&a.client)?;
+        c.post("/v1/proposals", body, "application/json").await
+    })?;
+    if !reply.status.is_success() {
+        bail!("the runner refused the submission ({}): {}", reply.status, reply.error_message());
+    }
+    let v = reply.json()?;
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else {
+        print_submission(&v, out)?;
+    }
+    Ok(match v["state"].as_str() {
+        Some("committed" | "completed") => EXIT_OK,
+        Some("awaiting-approval") => crate::cli::EXIT_AWAITING,
+        Some("rolled-back") => crate::cli::EXIT_ROLLED_BACK,
+        _ => EXIT_REFUSED,
+    })
+}
+
+fn print_submission(v: &Value, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "proposal  {}  (run {})", str_of(&v["id"]), str_of(&v["run"]))?;
+    writeln!(out, "state     {}", str_of(&v["state"]))?;
+    let adm = &v["admission"];
+    if adm["admitted"].as_bool() == Some(true) {
+        writeln!(out, "admitted  {} signed by {}", str_of(&adm["name"]), str_of(&adm["signer"]))?;
+    }
+    if let Some(d) = v["decision"].as_object() {
+        writeln!(out, "decision  tier {}, {} approval(s) required", d["tier"], d["approvals_required"])?;
+        for r in d["reasons"].as_array().into_iter().flatten() {
+            writeln!(out, "          [{}] {}", str_of(&r["rule"]), str_of(&r["text"]))?;
+        }
+    }
+    if let Some(r) = v["refusal"].as_object() {
+        writeln!(out, "REFUSED   at {} [{}] {}", str_of(&r["stage"]), str_of(&r["reason_code"]), str_of(&r["detail"]))?;
+    }
+    Ok(())
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
+    let rt = runtime()?;
+    match cmd {
+        ProposalsCommand::List { state, client, json } => {
+            let path = match state {
+                Some(s) => format!("/v1/proposals?state={}", form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()),
+                None => "/v1/proposals".to_owned(),
+            };
+            let v = rt.block_on(get_json(client, &path))?;
+            if *json {
+                serde_json::to_writer_pretty(&mut *out, &v)?;
+                writeln!(out)?;
+                return Ok(EXIT_OK);
+            }
+            for p in v["proposals"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{:<30} {:<18} tier {:<4} {}",
+                    str_of(&p["id"]),
+                    str_of(&p["state"]),
+                    p["tier"].as_u64().map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                    p["name"].as_str().unwrap_or("-")
+                )?;
+            }
+            Ok(EXIT_OK)
+        }
+        ProposalsCommand::Show { id, client } => {
+            let v = rt.block_on(get_json(client, &format!("/v1/proposals/{id}")))?;
+            serde_json::to_writer_pretty(&mut *out, &v)?;
+            writeln!(out)?;
+            Ok(EXIT_OK)
+        }
+        ProposalsCommand::Watch { id, client, timeout } => rt.block_on(watch(id, client, *timeout, out)),
+    }
+}
+
+async fn get_json(client: &ClientArgs, path: &str) -> Result<Value> {
+    let mut c = Client::from_args(client)?;
+    let reply = c.get(path).await?;
+    if !reply.status.is_success() {
+        bail!("{} ({}): {}", path, reply.status, reply.error_message());
+    }
+    reply.json()
+}
+
+async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write) -> Result<u8> {
+    let mut c = Client::from_args(client)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let mut last = String::new();
+    let mut seen_records = 0;
+    loop {
+        let reply = c.get(&format!("/v1/proposals/{id}")).await?;
+        if !reply.status.is_success() {
+            bail!("proposal {id} ({}): {}", reply.status, reply.error_message());
+        }
+        let v = reply.json()?;
+        let state = str_of(&v["state"]);
+        let records = v["records"].as_array().map_or(0, Vec::len);
+        if state != last || records != seen_records {
+            let approvals = v["approvals"].as_array().map_or(0, |a| a.iter().filter(|x| x["accepted"] == true).count());
+            writeln!(
+                out,
+                "{}  {id}  {state}  ({approvals}/{} approvals, {records} records)",
+                jiff::Timestamp::now().strftime("%H:%M:%S"),
+                v["approvals_required"]
+            )?;
+            out.flush()?;
+            last = state.clone();
+            seen_records = records;
+        }
+        match state.as_str() {
+            "committed" | "completed" => return Ok(EXIT_OK),
+            "rolled-back" => return Ok(crate::cli::EXIT_ROLLED_BACK),
+            "refused" | "rejected" | "expired" | "failed" => return Ok(EXIT_REFUSED),
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("proposal {id} is still {state} after {timeout}s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+

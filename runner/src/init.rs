@@ -1,0 +1,250 @@
+//! `edge-runner init`: a runner home an operator can start from.
+//!
+//! ```text
+//! HOME/
+//!   runner.toml                 config: identity, policy, approvers, [server]
+//!   state/identity.key          Ed25519 identity (signs checkpoints), 0600
+//!   policy/policy.toml, graph.toml   example policy and system graph
+//!   approvers/allowed_signers   empty: nobody can approve until you add keys
+//!   approvers/roles.toml        example roles
+//!   tls/ca.pem, ca.key          a development CA (0600 key)
+//!   tls/server.pem, server.key  server certificate for localhost / 127.0.0.1 / ::1
+//!   tls/agent.pem, agent.key    a client certificate for one agent (SPIFFE ID)
+//!   tls/operator.pem, operator.key  a client certificate for operators and approvers
+//!   edge-runner.service         a hardened systemd unit
+//! ```
+//!
+//! The CA is for development: in production, point `server.cert`,
+//! `server.key` and `server.client_ca` at the organisation's PKI
+//! (`docs/operations.md`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+
+/// The SPIFFE trust domain of the development certificates.
+pub const DEV_TRUST_DOMAIN: &str = "edge-runner.local";
+
+/// What `init` created.
+#[derive(Debug)]
+pub struct Initialised {
+    pub home: PathBuf,
+    pub config: PathBuf,
+    pub agent: String,
+    pub listen: String,
+}
+
+/// Create a runner home in `home` (which must not hold a runner.toml yet).
+///
+/// # Errors
+/// If the home already holds a runner, or a file cannot be written.
+pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<Initialised> {
+    let config_path = home.join("runner.toml");
+    if config_path.exists() {
+        bail!("{} already exists: `init` never overwrites a runner home; pick another directory", config_path.display());
+    }
+    for d in ["state", "policy", "approvers", "tls"] {
+        std::fs::create_dir_all(home.join(d)).with_context(|| format!("cannot create {}", home.join(d).display()))?;
+    }
+    restrict_dir(&home.join("state"))?;
+    restrict_dir(&home.join("tls"))?;
+    write(home, "policy/policy.toml", include_str!("../../examples/policy/policy.toml"), false)?;
+    write(home, "policy/graph.toml", include_str!("../../examples/policy/graph.toml"), false)?;
+    write(
+        home,
+        "approvers/allowed_signers",
+        "# principal key-type base64-key  (OpenSSH allowed_signers; see docs/approvals.md)\n",
+        false,
+    )?;
+    write(home, "approvers/roles.toml", include_str!("../../examples/approvers/roles.toml"), false)?;
+
+    // The identity key: created now, so the operator can hand reviewers the
+    // public key before the first run.
+    let identity = home.join("state/identity.key");
+    crate::exec::create_identity(&identity)?;
+
+    let agent = format!("spiffe://{DEV_TRUST_DOMAIN}/agent/dev");
+    dev_pki(&home.join("tls"), &agent)?;
+
+    let config = format!(
+        r#"# Runner home created by `edge-runner init`. Relative paths are relative to this file.
+
+[runner]
+# Identifies this runner in evidence and is the origin of its signed checkpoints.
+name = "{name}"
+state_dir = "state"
+identity_key = "state/identity.key"
+
+[policy]
+file = "policy/policy.toml"
+graph = "policy/graph.toml"
+
+[approvers]
+allowed_signers = "approvers/allowed_signers"
+roles = "approvers/roles.toml"
+clock_skew = "5m"
+
+[server]
+listen = "{listen}"
+# Development certificates from `init`; use your organisation's PKI in production.
+cert = "tls/server.pem"
+key = "tls/server.key"
+client_ca = "tls/ca.pem"
+# Agents allowed to submit (SPIFFE ID in the client certificate's URI SAN, or its subject CN).
+agents = ["{agent}"]
+max_body_kib = 32768
+queue = 256
+request_timeout = "10s"
+
+# Mounts: logical names capsules request -> host directories, each mapped to
+# the system-graph node it belongs to (blast radius comes from the graph).
+# [mounts.config]
+# path = "/srv/app/config"
+# writable = true
+# node = "payments-config"
+
+[limits.default]
+memory_mib = 64
+cpu_ms = 5000
+wall_ms = 10000
+output_kib = 256
+max_plan_changes = 1000
+
+[limits.ceiling]
+memory_mib = 256
+cpu_ms = 30000
+wall_ms = 60000
+output_kib = 4096
+max_plan_changes = 10000
+"#
+    );
+    write(home, "runner.toml", &config, false)?;
+    let abs = std::fs::canonicalize(home)?;
+    write(home, "edge-runner.service", &systemd_unit(&abs, unit_user), false)?;
+    Ok(Initialised { home: abs, config: config_path, agent, listen: listen.to_owned() })
+}
+
+fn write(home: &Path, rel: &str, text: &str, secret: bool) -> Result<()> {
+    let p = home.join(rel);
+    if secret {
+        crate::keys::write_secret(&p, text.as_bytes())
+    } else {
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    }
+}
+
+#[cfg(unix)]
+fn restrict_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", p.display()))
+}
+
+#[cfg(not(unix))]
+fn restrict_dir(_: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// A development CA, a server certificate and two client certificates.
+fn dev_pki(dir: &Path, agent: &str) -> Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "edge-runner development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - time::Duration::minutes(5);
+    ca.not_after = now + time::Duration::days(365);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    crate::keys::write_secret(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let leaf = |file: &str, cn: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose| -> Result<()> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(90);
+        let cert = p.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem())?;
+        crate::keys::write_secret(&dir.join(format!("{file}.key")), key.serialize_pem().as_bytes())
+    };
+    let ip = |s: &str| SanType::IpAddress(s.parse().expect("literal address"));
+    let uri = |s: &str| -> Result<SanType> { Ok(SanType::URI(s.try_into()?)) };
+    leaf(
+        "server",
+        "localhost",
+        vec![SanType::DnsName("localhost".try_into()?), ip("127.0.0.1"), ip("::1")],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    leaf("agent", "agent-dev", vec![uri(agent)?], ExtendedKeyUsagePurpose::ClientAuth)?;
+    leaf(
+        "operator",
+        "operator",
+        vec![uri(&format!("spiffe://{DEV_TRUST_DOMAIN}/operator"))?],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
+    Ok(())
+}
+
+/// A hardened systemd unit for this home.
+fn systemd_unit(home: &Path, user: &str) -> String {
+    let h = home.display();
+    format!(
+        r"# Install: copy to /etc/systemd/system/, create the `{user}` user, chown -R {user} {h},
+# add each writable mount to ReadWritePaths, then `systemctl enable --now edge-runner`.
+[Unit]
+Description=Edge Runner (governed execution of signed remediation capsules)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User={user}
+Group={user}
+ExecStart=/usr/local/bin/edge-runner serve --config {h}/runner.toml
+Restart=on-failure
+RestartSec=5s
+# Finish (or cleanly interrupt) the run in progress on stop.
+KillSignal=SIGTERM
+TimeoutStopSec=90s
+
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=no
+# (wasmtime compiles to executable memory: MemoryDenyWriteExecute must stay off.)
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+UMask=0077
+# Only the runner home is writable; add each granted writable mount here.
+ReadWritePaths={h}
+# ReadWritePaths=/srv/app/config
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
+}

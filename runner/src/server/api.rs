@@ -1,0 +1,213 @@
+//! The HTTP routes (documented in `docs/openapi.yaml`).
+//!
+//! Every request arrives on a connection whose client certificate already
+//! verified against the client CA; `agent` is the identity it names.
+//! Submitting needs that identity in `server.agents`; approvals may be
+//! posted by anyone with a valid certificate, since the approval's own
+//! signature is what counts.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::server::Shared;
+use crate::server::proposals::State;
+use crate::server::worker::{Job, QueueError};
+
+type Resp = Response<Full<Bytes>>;
+
+/// `POST /v1/proposals` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submission {
+    /// The capsule file (as `edge-runner capsule pack` writes it), base64.
+    capsule: String,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
+fn json_reply(status: StatusCode, v: &Value) -> Resp {
+    reply(status, "application/json", serde_json::to_vec(v).expect("JSON values serialise"))
+}
+
+/// An error body: what failed and what to do next.
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_reply(status, &json!({ "error": message.into() }))
+}
+
+fn overloaded() -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "the runner's queue is full; retry after the indicated delay");
+    r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
+/// Queue a job and wait for its answer.
+async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, Resp> {
+    let (tx, rx) = oneshot::channel();
+    match shared.jobs.try_send(make(tx)) {
+        Ok(()) => {}
+        Err(QueueError::Full) => {
+            shared.metrics.overloaded();
+            return Err(overloaded());
+        }
+        Err(QueueError::Stopped) => {
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the runner is shutting down; retry on another runner"));
+        }
+    }
+    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the runner stopped before answering; retry"))
+}
+
+/// Read a body within the size and time limits.
+async fn body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Resp> {
+    let limit = shared.settings.max_body_bytes;
+    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+        && len.parse::<usize>().is_ok_and(|n| n > limit)
+    {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes")));
+    }
+    let read = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(shared.settings.request_timeout, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes")))
+        }
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
+    }
+}
+
+/// Handle one request.
+///
+/// # Errors
+/// Never: every failure is an HTTP response.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    agent: Result<String, String>,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    let resp = match route(&shared, agent, req).await {
+        Ok(r) | Err(r) => r,
+    };
+    Ok(resp)
+}
+
+async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Incoming>) -> Result<Resp, Resp> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(reply(StatusCode::OK, "text/plain", "ok\n")),
+        (&Method::GET, ["readyz"]) => {
+            if shared.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(reply(StatusCode::OK, "text/plain", "ready\n"))
+            } else {
+                Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"))
+            }
+        }
+        (&Method::GET, ["metrics"]) => {
+            let text = ask(shared, |reply| Job::Metrics { reply }).await?;
+            Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", text))
+        }
+        (&Method::POST, ["v1", "proposals"]) => {
+            let agent = agent.map_err(|e| error(StatusCode::FORBIDDEN, format!("no agent identity: {e}")))?;
+            if !shared.settings.agents.contains(&agent) {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    format!("agent `{agent}` may not submit proposals: an operator adds it to server.agents"),
+                ));
+            }
+            let bytes = body(shared, req).await?;
+            let sub: Submission = serde_json::from_slice(&bytes).map_err(|e| {
+                error(StatusCode::BAD_REQUEST, format!("the body is not {{\"capsule\": \"<base64>\"}}: {e}"))
+            })?;
+            let capsule = base64::engine::general_purpose::STANDARD
+                .decode(sub.capsule.as_bytes())
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("`capsule` is not base64: {e}")))?;
+            let result = ask(shared, |reply| Job::Submit { capsule, agent, reply }).await?;
+            match result {
+                Ok(v) => Ok(json_reply(StatusCode::CREATED, &v)),
+                Err(e) => Err(runner_error(&e)),
+            }
+        }
+        (&Method::GET, ["v1", "proposals"]) => {
+            let state = match query_param(&query, "state") {
+                Some(s) => Some(State::parse(&s).ok_or_else(|| {
+                    let names: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
+                    error(StatusCode::BAD_REQUEST, format!("unknown state `{s}`; one of {}", names.join(", ")))
+                })?),
+                None => None,
+            };
+            let list = ask(shared, |reply| Job::List { state, reply }).await?;
+            Ok(json_reply(StatusCode::OK, &json!({ "proposals": list })))
+        }
+        (&Method::GET, ["v1", "proposals", id]) => {
+            let id = (*id).to_owned();
+            let found = ask(shared, |reply| Job::Show { id: id.clone(), reply }).await?;
+            match found {
+                Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
+                None => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
+            }
+        }
+        (&Method::GET, ["v1", "proposals", id, "document"]) => {
+            let id = (*id).to_owned();
+            match ask(shared, |reply| Job::Document { id: id.clone(), reply }).await? {
+                Some(doc) => Ok(reply(StatusCode::OK, "application/json", doc)),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no proposal document for {id}: unknown, or it never waited for approval"),
+                )),
+            }
+        }
+        (&Method::POST, ["v1", "proposals", id, "approvals"]) => {
+            let id = (*id).to_owned();
+            let approval = body(shared, req).await?.to_vec();
+            let result = ask(shared, |reply| Job::Approve { id: id.clone(), approval, reply }).await?;
+            match result {
+                Ok(Some(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
+                Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
+                Err(e) => Err(error(StatusCode::CONFLICT, format!("{e:#}"))),
+            }
+        }
+        (&Method::GET, ["v1", "evidence", "checkpoint"]) => {
+            let note = ask(shared, |reply| Job::Checkpoint { reply }).await?.map_err(|e| runner_error(&e))?;
+            Ok(reply(StatusCode::OK, "text/plain; charset=utf-8", note))
+        }
+        (&Method::GET, ["v1", "evidence", "export"]) => {
+            let since = query_param(&query, "since");
+            let bundle = ask(shared, |reply| Job::Export { since, reply })
+                .await?
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+            Ok(reply(StatusCode::OK, "application/vnd.edge-runner.evidence-bundle", bundle))
+        }
+        (_, ["healthz" | "readyz" | "metrics"] | ["v1", "proposals", ..] | ["v1", "evidence", ..]) => {
+            Err(error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")))
+        }
+        _ => Err(error(StatusCode::NOT_FOUND, format!("no route {path}; see docs/openapi.yaml"))),
+    }
+}
+
+fn runner_error(e: &anyhow::Error) -> Resp {
+    tracing::error!(error = %format!("{e:#}"), "runner error");
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("the runner failed: {e:#}; see its log"))
+}
+
+/// A query parameter, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}

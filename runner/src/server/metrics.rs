@@ -1,0 +1,130 @@
+//! `GET /metrics` in the Prometheus text exposition format (0.0.4).
+//!
+//! Counters about proposals, refusals and traps are derived from the
+//! evidence log at scrape time, so they survive restarts and can never
+//! disagree with the record; request-level figures (queue depth, run
+//! durations, TLS refusals, 429s) are kept in memory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use edge_core::evidence::Event;
+
+use crate::exec::Runner;
+use crate::server::proposals;
+
+/// Upper bounds (seconds) of the run-duration histogram buckets.
+const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// In-memory figures; the rest comes from the log.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// The runner is open and taking jobs.
+    pub ready: AtomicBool,
+    /// Jobs queued for the runner thread.
+    pub queue_depth: AtomicI64,
+    tls_refused: AtomicU64,
+    overloaded: AtomicU64,
+    runs: Mutex<Histogram>,
+}
+
+impl Metrics {
+    pub fn tls_refused(&self) {
+        self.tls_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn overloaded(&self) {
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_run(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let mut h = self.runs.lock().expect("metrics lock");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// The exposition text.
+    pub fn render(&self, runner: &Runner) -> String {
+        let records = runner.log.records();
+        let mut s = String::new();
+        let mut by_state: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
+        for p in proposals::index(records) {
+            let tier = p.tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
+            *by_state.entry((p.state.name(), tier)).or_default() += 1;
+        }
+        header(&mut s, "edge_runner_proposals", "gauge", "Proposals by lifecycle state and tier.");
+        for ((state, tier), n) in &by_state {
+            let _ = writeln!(s, "edge_runner_proposals{{state=\"{state}\",tier=\"{tier}\"}} {n}");
+        }
+        let mut refusals: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut traps: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in records {
+            let code = match &r.event {
+                Event::Refused { reason_code, .. } | Event::ApprovalRefused { reason_code, .. } => reason_code,
+                _ => continue,
+            };
+            *refusals.entry(code).or_default() += 1;
+            if let Some(kind) = code.strip_prefix("sandbox.") {
+                *traps.entry(kind).or_default() += 1;
+            }
+        }
+        header(&mut s, "edge_runner_refusals_total", "counter", "Refusals recorded, by reason code.");
+        for (code, n) in &refusals {
+            let _ = writeln!(s, "edge_runner_refusals_total{{reason=\"{}\"}} {n}", label(code));
+        }
+        header(&mut s, "edge_runner_sandbox_traps_total", "counter", "Sandbox traps and limits hit, by kind.");
+        for (kind, n) in &traps {
+            let _ = writeln!(s, "edge_runner_sandbox_traps_total{{kind=\"{}\"}} {n}", label(kind));
+        }
+        header(&mut s, "edge_runner_evidence_records", "gauge", "Records in the evidence log.");
+        let _ = writeln!(s, "edge_runner_evidence_records {}", records.len());
+        header(
+            &mut s,
+            "edge_runner_evidence_durable_wait_seconds_total",
+            "counter",
+            "Time spent waiting for evidence appends to become durable (fsync) since start.",
+        );
+        let _ = writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
+        header(&mut s, "edge_runner_queue_depth", "gauge", "Requests waiting for the runner.");
+        let _ = writeln!(s, "edge_runner_queue_depth {}", self.queue_depth.load(Ordering::Relaxed).max(0));
+        header(&mut s, "edge_runner_overloaded_total", "counter", "Requests refused with 429 (queue full) since start.");
+        let _ = writeln!(s, "edge_runner_overloaded_total {}", self.overloaded.load(Ordering::Relaxed));
+        header(&mut s, "edge_runner_tls_refused_total", "counter", "TLS handshakes refused since start.");
+        let _ = writeln!(s, "edge_runner_tls_refused_total {}", self.tls_refused.load(Ordering::Relaxed));
+        header(&mut s, "edge_runner_run_duration_seconds", "histogram", "Time to run a submission or an approval.");
+        let h = self.runs.lock().expect("metrics lock");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(s, "edge_runner_run_duration_seconds_bucket{{le=\"{b}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(s, "edge_runner_run_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(s, "edge_runner_run_duration_seconds_sum {}", h.sum);
+        let _ = writeln!(s, "edge_runner_run_duration_seconds_count {}", h.count);
+        s
+    }
+}
+
+fn header(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

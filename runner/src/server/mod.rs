@@ -1,0 +1,135 @@
+//! `edge-runner serve`: the runner as a service.
+//!
+//! ```text
+//!  agents / approvers / reviewers
+//!        │  HTTPS, TLS 1.3, client certificate required (tls.rs)
+//!        ▼
+//!  accept loop ── per connection: handshake timeout, agent identity from the
+//!        │        verified certificate, HTTP/1.1 with header/idle timeouts
+//!        ▼
+//!  api.rs routes ── bounded bodies, JSON ──► bounded job queue (429 when full)
+//!                                                 │
+//!                                                 ▼
+//!                                  the runner thread: owns the Runner (the
+//!                                  evidence store lock, sandbox, policy) and
+//!                                  executes jobs one at a time
+//! ```
+//!
+//! The server takes its listener and a shutdown future, so tests run it on
+//! `127.0.0.1:0`. On shutdown it stops accepting, lets the job in progress
+//! finish (a run is never cut in the middle by the server; a killed process
+//! is recovered on the next start), and drains the queue with `503`.
+
+pub mod api;
+pub mod client;
+pub mod metrics;
+pub mod proposals;
+pub mod settings;
+pub mod tls;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::RunnerConfig;
+use crate::server::settings::ServerSettings;
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Shared by every connection.
+pub(crate) struct Shared {
+    pub settings: ServerSettings,
+    pub jobs: worker::Queue,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// Open the runner (verifying its evidence log, recovering interrupted
+/// runs) and serve the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// If the config has no `[server]`, the TLS material is unusable, or the
+/// runner cannot open (a broken evidence log refuses to start, loudly).
+pub async fn serve(
+    config: RunnerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let settings = config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
+    let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
+    let acceptor = TlsAcceptor::from(tls);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (jobs, runner_thread) = worker::start(config, settings.queue, metrics.clone())?;
+    let shared = Arc::new(Shared { settings, jobs, metrics });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving");
+    ready(addr);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    shared.metrics.tls_refused();
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    shared.metrics.tls_refused();
+                    return;
+                }
+            };
+            let agent = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(der) => tls::agent_identity(der).map_err(|e| e.to_string()),
+                None => Err("no client certificate".to_owned()),
+            };
+            let timeout = shared.settings.request_timeout;
+            let service = hyper::service::service_fn(move |req| api::handle(shared.clone(), agent.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    tracing::info!("shutting down: no new connections; finishing the run in progress");
+    drop(listener);
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    drop(shared);
+    runner_thread.join().map_err(|_| anyhow::anyhow!("the runner thread panicked"))??;
+    Ok(())
+}

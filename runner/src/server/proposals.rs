@@ -1,0 +1,233 @@
+//! Proposals as the API shows them, derived from the evidence log alone (the
+//! log is the state: nothing here can disagree with what was recorded).
+//!
+//! A proposal is the run that submitted a capsule (id `p-…` for run `r-…`)
+//! plus, above tier 0, the run that executed it once approvals were
+//! presented (its `quorum` record names the proposal).
+
+use std::collections::BTreeMap;
+
+use edge_core::Sha256Digest;
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::policy::Decision;
+use serde::Serialize;
+
+/// Where a proposal is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Submitted,
+    Refused,
+    Decided,
+    Planned,
+    AwaitingApproval,
+    Rejected,
+    Expired,
+    Approved,
+    Applying,
+    Verifying,
+    Committed,
+    /// Nothing to change (a diagnostic, or an empty plan): findings only.
+    Completed,
+    RolledBack,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 14] = [
+        State::Submitted,
+        State::Refused,
+        State::Decided,
+        State::Planned,
+        State::AwaitingApproval,
+        State::Rejected,
+        State::Expired,
+        State::Approved,
+        State::Applying,
+        State::Verifying,
+        State::Committed,
+        State::Completed,
+        State::RolledBack,
+        State::Failed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Submitted => "submitted",
+            State::Refused => "refused",
+            State::Decided => "decided",
+            State::Planned => "planned",
+            State::AwaitingApproval => "awaiting-approval",
+            State::Rejected => "rejected",
+            State::Expired => "expired",
+            State::Approved => "approved",
+            State::Applying => "applying",
+            State::Verifying => "verifying",
+            State::Committed => "committed",
+            State::Completed => "completed",
+            State::RolledBack => "rolled-back",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+/// One approval as the log recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalView {
+    pub principal: Option<String>,
+    pub verdict: Option<String>,
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    pub record: u64,
+}
+
+/// A proposal, as `GET /v1/proposals/{id}` returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProposalView {
+    pub id: String,
+    pub state: State,
+    pub name: Option<String>,
+    pub capsule: Option<Sha256Digest>,
+    pub submitted_by: Option<String>,
+    pub tier: Option<u8>,
+    pub decision: Option<Decision>,
+    pub plan: Option<Sha256Digest>,
+    pub approvals_required: u32,
+    pub approvals: Vec<ApprovalView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    pub runs: Vec<String>,
+    /// Sequence numbers of every evidence record of the proposal.
+    pub records: Vec<u64>,
+}
+
+/// The proposal id of a run id (`r-…` → `p-…`).
+pub fn proposal_id(run: &str) -> String {
+    format!("p{}", run.strip_prefix('r').unwrap_or(run))
+}
+
+/// Every proposal in the log, by id, in submission order.
+pub fn index(records: &[Record]) -> Vec<ProposalView> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_id: BTreeMap<String, ProposalView> = BTreeMap::new();
+    let mut run_to_id: BTreeMap<&str, String> = BTreeMap::new();
+    for r in records {
+        if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
+            continue;
+        }
+        // A run continues an earlier proposal once it records approvals for it.
+        let proposal_of_event = match &r.event {
+            Event::ApprovalReceived { proposal, .. } | Event::Quorum { proposal, .. } => Some(proposal),
+            _ => None,
+        };
+        if let Some(p) = proposal_of_event
+            && by_id.contains_key(p)
+            && run_to_id.get(r.run.as_str()) != Some(p)
+        {
+            let own = proposal_id(&r.run);
+            // Move what this run recorded so far under the proposal it continues.
+            if let Some(mine) = by_id.remove(&own) {
+                order.retain(|id| id != &own);
+                let target = by_id.get_mut(p).expect("checked");
+                target.records.extend(mine.records);
+                target.runs.push(r.run.clone());
+            }
+            run_to_id.insert(&r.run, p.clone());
+        }
+        let id = run_to_id.entry(&r.run).or_insert_with(|| proposal_id(&r.run)).clone();
+        let v = by_id.entry(id.clone()).or_insert_with(|| {
+            order.push(id.clone());
+            ProposalView {
+                id: id.clone(),
+                state: State::Submitted,
+                name: None,
+                capsule: None,
+                submitted_by: None,
+                tier: None,
+                decision: None,
+                plan: None,
+                approvals_required: 0,
+                approvals: Vec::new(),
+                refusal: None,
+                runs: vec![r.run.clone()],
+                records: Vec::new(),
+            }
+        });
+        v.records.push(r.seq);
+        apply(v, r);
+    }
+    order.into_iter().filter_map(|id| by_id.remove(&id)).collect()
+}
+
+fn apply(v: &mut ProposalView, r: &Record) {
+    let continuing = v.runs.len() > 1;
+    match &r.event {
+        Event::Submission { capsule, name, version, submitted_by, .. } => {
+            if !continuing {
+                v.capsule = Some(*capsule);
+                v.name = Some(format!("{name}@{version}"));
+                v.submitted_by.clone_from(submitted_by);
+            }
+        }
+        Event::Decision { decision, .. } if !continuing => {
+            v.tier = Some(decision.tier);
+            v.approvals_required = decision.approvals_required;
+            v.decision = Some(decision.clone());
+            v.state = State::Decided;
+        }
+        Event::Planned { plan, .. } if !continuing => {
+            v.plan = Some(*plan);
+            v.state = State::Planned;
+        }
+        Event::AwaitingApproval { .. } => v.state = State::AwaitingApproval,
+        Event::ApprovalAccepted { principal, verdict, .. } => v.approvals.push(ApprovalView {
+            principal: Some(principal.clone()),
+            verdict: Some(verdict.clone()),
+            accepted: true,
+            refused: None,
+            record: r.seq,
+        }),
+        Event::ApprovalRefused { principal, reason_code, .. } => v.approvals.push(ApprovalView {
+            principal: principal.clone(),
+            verdict: None,
+            accepted: false,
+            refused: Some(reason_code.clone()),
+            record: r.seq,
+        }),
+        Event::Quorum { outcome, .. } => {
+            v.state = match outcome.get("result").and_then(|x| x.as_str()) {
+                Some("met") => State::Approved,
+                Some("vetoed") => State::Rejected,
+                _ => State::AwaitingApproval,
+            };
+        }
+        Event::Applied { .. } | Event::CommitIntent { .. } => v.state = State::Applying,
+        Event::Committed { .. } => v.state = State::Verifying,
+        Event::Refused { reason_code, detail, .. } => {
+            v.refusal = Some(format!("[{reason_code}] {detail}"));
+        }
+        Event::Completed { outcome } => {
+            v.state = match outcome {
+                Outcome::Committed => State::Committed,
+                Outcome::NoChanges => State::Completed,
+                Outcome::RolledBack => State::RolledBack,
+                Outcome::Interrupted => State::Failed,
+                Outcome::AwaitingApproval => State::AwaitingApproval,
+                // A continuation refused for want of a quorum leaves the
+                // proposal waiting; a veto rejected it; else it was refused.
+                Outcome::Refused => match v.state {
+                    State::Rejected => State::Rejected,
+                    State::AwaitingApproval if continuing => State::AwaitingApproval,
+                    _ if continuing => State::Failed,
+                    _ => State::Refused,
+                },
+            };
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,88 @@
+//! The `[server]` section of `runner.toml`: where `edge-runner serve` listens,
+//! its TLS material, who may submit, and its limits.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    /// Address to listen on, e.g. `127.0.0.1:8443` (port 0: any free port).
+    listen: String,
+    /// Server certificate chain (PEM) and its private key (PEM, mode 0600).
+    cert: PathBuf,
+    key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    client_ca: PathBuf,
+    /// Agents allowed to submit proposals: SPIFFE IDs (URI SAN) or subject
+    /// common names of their client certificates. Empty: nobody may submit.
+    #[serde(default)]
+    agents: Vec<String>,
+    /// Largest request body (default 32 MiB: a capsule and its component).
+    #[serde(default)]
+    max_body_kib: Option<u64>,
+    /// Requests waiting for the runner (runs execute one at a time per
+    /// runner home) before `429 Too Many Requests` (default 256).
+    #[serde(default)]
+    queue: Option<usize>,
+    /// Time a client has to send a request's headers (also how long an idle
+    /// keep-alive connection stays open), and its body (default 10s).
+    #[serde(default)]
+    request_timeout: Option<String>,
+}
+
+/// Resolved server settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub agents: BTreeSet<String>,
+    pub max_body_bytes: usize,
+    pub queue: usize,
+    pub request_timeout: Duration,
+}
+
+impl RawServer {
+    pub(crate) fn resolve(self, resolve: impl Fn(&Path) -> PathBuf) -> Result<ServerSettings> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen `{}`: use an address like 127.0.0.1:8443", self.listen))?;
+        let duration = |field: &str, v: Option<&str>, default: u64| -> Result<Duration> {
+            match v {
+                Some(s) => {
+                    let secs = edge_core::policy::parse_duration(s)
+                        .with_context(|| format!("server.{field} `{s}`: use a duration like \"10s\""))?;
+                    if secs == 0 {
+                        bail!("server.{field} must be at least one second");
+                    }
+                    Ok(Duration::from_secs(secs))
+                }
+                None => Ok(Duration::from_secs(default)),
+            }
+        };
+        for a in &self.agents {
+            if a.is_empty() || a.chars().any(char::is_control) {
+                bail!("server.agents: `{a}` is not an agent identity (a SPIFFE ID or a certificate common name)");
+            }
+        }
+        Ok(ServerSettings {
+            listen,
+            cert: resolve(&self.cert),
+            key: resolve(&self.key),
+            client_ca: resolve(&self.client_ca),
+            agents: self.agents.into_iter().collect(),
+            max_body_bytes: usize::try_from(self.max_body_kib.unwrap_or(32 << 10).saturating_mul(1024))
+                .unwrap_or(usize::MAX),
+            queue: self.queue.unwrap_or(256),
+            request_timeout: duration("request_timeout", self.request_timeout.as_deref(), 10)?,
+        })
+    }
+}

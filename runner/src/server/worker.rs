@@ -1,0 +1,218 @@
+//! The runner thread: owns the [`Runner`] (its evidence store lock, sandbox
+//! and policy) and executes jobs one at a time from a bounded queue. Runs of
+//! one runner home are sequential; the queue bound turns overload into `429`
+//! instead of unbounded memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use edge_core::Sha256Digest;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::approvals::QuorumStatus;
+use crate::config::RunnerConfig;
+use crate::exec::{RunReport, Runner};
+use crate::export::ExportScope;
+use crate::server::metrics::Metrics;
+use crate::server::proposals::{self, ProposalView, State};
+
+/// What an API request asks of the runner.
+pub(crate) enum Job {
+    Submit { capsule: Vec<u8>, agent: String, reply: oneshot::Sender<Result<Value>> },
+    Approve { id: String, approval: Vec<u8>, reply: oneshot::Sender<Result<Option<Value>>> },
+    List { state: Option<State>, reply: oneshot::Sender<Vec<ProposalView>> },
+    Show { id: String, reply: oneshot::Sender<Option<ProposalView>> },
+    Document { id: String, reply: oneshot::Sender<Option<Vec<u8>>> },
+    Checkpoint { reply: oneshot::Sender<Result<String>> },
+    Export { since: Option<String>, reply: oneshot::Sender<Result<Vec<u8>>> },
+    Metrics { reply: oneshot::Sender<String> },
+}
+
+/// The sending side, shared by connections.
+pub(crate) struct Queue {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a job could not be queued.
+pub(crate) enum QueueError {
+    Full,
+    Stopped,
+}
+
+impl Queue {
+    /// Queue a job without waiting: a full queue is the caller's `429`.
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), QueueError> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Stopped),
+        }
+    }
+}
+
+/// Open the runner on its own thread and return the queue feeding it.
+///
+/// # Errors
+/// If the runner cannot open (a broken or locked evidence log refuses to
+/// start; the error says which check failed).
+pub(crate) fn start(
+    config: RunnerConfig,
+    depth: usize,
+    metrics: Arc<Metrics>,
+) -> Result<(Queue, std::thread::JoinHandle<Result<()>>)> {
+    let (tx, mut rx) = mpsc::channel::<Job>(depth.max(1));
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<()>>();
+    let m = metrics.clone();
+    let thread = std::thread::Builder::new().name("runner".into()).spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut runner = match Runner::open(config) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let _ = opened_tx.send(Err(e));
+                return Err(anyhow!(msg));
+            }
+        };
+        let _ = opened_tx.send(Ok(()));
+        m.ready.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            while let Some(job) = rx.recv().await {
+                m.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                run_job(&mut runner, &m, job).await;
+            }
+        });
+        m.ready.store(false, Ordering::Relaxed);
+        Ok(())
+    })?;
+    opened_rx.recv().context("the runner thread stopped while opening")??;
+    Ok((Queue { tx, metrics }, thread))
+}
+
+async fn run_job(runner: &mut Runner, m: &Metrics, job: Job) {
+    match job {
+        Job::Submit { capsule, agent, reply } => {
+            let started = Instant::now();
+            let result = submit(runner, &capsule, &agent).await;
+            m.observe_run(started.elapsed());
+            let _ = reply.send(result);
+        }
+        Job::Approve { id, approval, reply } => {
+            let started = Instant::now();
+            let result = approve(runner, &id, approval).await;
+            m.observe_run(started.elapsed());
+            let _ = reply.send(result);
+        }
+        Job::List { state, reply } => {
+            let all = proposals::index(runner.log.records());
+            let _ = reply.send(all.into_iter().filter(|p| state.is_none_or(|s| p.state == s)).collect());
+        }
+        Job::Show { id, reply } => {
+            let _ = reply.send(proposals::index(runner.log.records()).into_iter().find(|p| p.id == id));
+        }
+        Job::Document { id, reply } => {
+            // Only ids the log knows (never a path from the request).
+            let known = proposals::index(runner.log.records()).iter().any(|p| p.id == id);
+            let doc = known.then(|| std::fs::read(crate::approvals::proposal_path(runner, &id)).ok()).flatten();
+            let _ = reply.send(doc);
+        }
+        Job::Checkpoint { reply } => {
+            let _ = reply.send(runner.checkpoint());
+        }
+        Job::Export { since, reply } => {
+            let scope = since.map_or(ExportScope::Full, ExportScope::Since);
+            let _ = reply.send(runner.export(&scope).map(|e| e.bytes));
+        }
+        Job::Metrics { reply } => {
+            let _ = reply.send(m.render(runner));
+        }
+    }
+}
+
+fn capsule_path(runner: &Runner, id: &str) -> PathBuf {
+    runner.config.state_dir.join("proposals").join(format!("{id}.capsule"))
+}
+
+fn approvals_dir(runner: &Runner, id: &str) -> PathBuf {
+    runner.config.state_dir.join("proposals").join(format!("{id}.approvals"))
+}
+
+/// Run a submitted capsule; above tier 0 keep it for when approvals come.
+async fn submit(runner: &mut Runner, capsule: &[u8], agent: &str) -> Result<Value> {
+    let report = runner.exec_submitted(capsule, &[], Some(agent)).await?;
+    let id = proposals::proposal_id(&report.run);
+    if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
+        crate::staging::write_durably(&capsule_path(runner, &id), capsule)?;
+    }
+    Ok(summary(&id, &report))
+}
+
+/// Keep an approval for a waiting proposal; once the approvals kept meet
+/// the quorum (or one vetoes), run the proposal with them, which records
+/// every approval, the quorum and what follows.
+async fn approve(runner: &mut Runner, id: &str, approval: Vec<u8>) -> Result<Option<Value>> {
+    let Some(view) = proposals::index(runner.log.records()).into_iter().find(|p| p.id == id) else {
+        return Ok(None);
+    };
+    if view.state != State::AwaitingApproval {
+        anyhow::bail!("proposal {id} is {}, not awaiting approval", view.state.name());
+    }
+    let dir = approvals_dir(runner, id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let digest = Sha256Digest::of(&approval);
+    crate::staging::write_durably(&dir.join(format!("{}.json", digest.hex())), &approval)?;
+    let mut approvals = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        approvals.push(std::fs::read(entry?.path())?);
+    }
+    approvals.sort();
+    let status = runner.quorum_status(id, &approvals)?;
+    let mut out = json!({ "id": id, "approval": digest, "status": status });
+    if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
+        let capsule = std::fs::read(capsule_path(runner, id))
+            .with_context(|| format!("the capsule of proposal {id} is missing from the state directory"))?;
+        let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
+        out["run"] = summary(id, &report);
+    }
+    Ok(Some(out))
+}
+
+/// What a submission returns: the proposal id, the admission result, the
+/// decision and what happened.
+fn summary(id: &str, r: &RunReport) -> Value {
+    let admitted = r.signer.is_some();
+    let state = proposals::index(&r.records)
+        .into_iter()
+        .last()
+        .map_or_else(|| "refused".to_owned(), |p| p.state.name().to_owned());
+    json!({
+        "id": id,
+        "run": r.run,
+        "state": state,
+        "outcome": r.outcome,
+        "admission": {
+            "admitted": admitted,
+            "capsule": r.capsule,
+            "name": r.name,
+            "signer": r.signer,
+        },
+        "decision": r.decision.as_ref().map(|d| json!({
+            "allowed": d.allowed,
+            "tier": d.tier,
+            "approvals_required": d.approvals_required,
+            "reasons": d.reasons,
+        })),
+        "plan": r.plan_digest,
+        "diff": r.diff,
+        "verification": r.verification,
+        "refusal": r.refusal,
+        "records": r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,457 @@
+//! `edge-runner serve` end to end over real mutual TLS on 127.0.0.1:0:
+//! who may connect and submit, the lifecycle per tier with approvals posted
+//! over the API, restarts (a waiting proposal survives; a killed apply is
+//! recovered), oversized bodies, slow clients and `429` under overload.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use edge_runner::server::client::{Client, Reply};
+use hyper::StatusCode;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use serde_json::{Value, json};
+
+use crate::harness::{BIN, Env};
+
+const AGENT: &str = "spiffe://test.example/agent/remediator";
+
+/// A running `edge-runner serve`; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(env: &Env) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "runner.toml"])
+            .current_dir(env.path(""))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{line}`")).to_owned();
+        Server { child, url }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn client(&self, env: &Env, who: &str) -> Client {
+        let tls = env.path("tls");
+        Client::new(&self.url, &tls.join("ca.pem"), &tls.join(format!("{who}.pem")), &tls.join(format!("{who}.key")))
+            .unwrap()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Development PKI for the test: a CA with the server and clients `agent`
+/// (allowed), `intruder` (valid, not allowed to submit), `expired`; and
+/// `foreign`, an allowed identity from another CA.
+fn pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let ca = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(p, key))
+    };
+    let (ca_pem, issuer) = ca("test CA");
+    let (_, other) = ca("another CA");
+    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+    let leaf = |name: &str, issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, days: (i64, i64)| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.subject_alt_names = sans;
+        p.not_before = now + time::Duration::days(days.0);
+        p.not_after = now + time::Duration::days(days.1);
+        let cert = p.signed_by(&key, issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    let uri = |s: &str| SanType::URI(s.try_into().unwrap());
+    leaf("server", &issuer, vec![SanType::IpAddress("127.0.0.1".parse().unwrap())], (-1, 30));
+    leaf("agent", &issuer, vec![uri(AGENT)], (-1, 30));
+    leaf("intruder", &issuer, vec![uri("spiffe://test.example/agent/intruder")], (-1, 30));
+    leaf("approver", &issuer, vec![uri("spiffe://test.example/people/alice")], (-1, 30));
+    leaf("expired", &issuer, vec![uri(AGENT)], (-30, -1));
+    leaf("foreign", &other, vec![uri(AGENT)], (-1, 30));
+}
+
+/// A runner home: `data` on the log volume (tier 0 on its own), `config` on
+/// the payments config (tier 2 when a capsule is granted it), approvers, and
+/// a [server] on 127.0.0.1:0.
+fn setup(queue: usize) -> Env {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[("config", "payments-config", true)]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"]), ("bob", &["sre"])], "");
+    pki(&env.path("tls"));
+    let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+         client_ca = \"tls/ca.pem\"\nagents = [\"{AGENT}\"]\nmax_body_kib = 4096\nqueue = {queue}\n\
+         request_timeout = \"2s\"\n"
+    ));
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    env
+}
+
+/// A tier-0 capsule (writes `data/ok.txt`) or, granted `config` too, a tier-2 one.
+fn capsule(env: &Env, attack: &str, tier2: bool) -> PathBuf {
+    let extra = if tier2 { "[[mounts]]\nname = \"config\"\nwritable = true\n" } else { "" };
+    let name = format!("srv-{attack}-{tier2}");
+    env.capsule(&name, test_programs::HOSTILE, &Env::hostile_manifest(attack, extra), Some("agent"))
+}
+
+fn submission(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(bytes) })).unwrap()
+}
+
+async fn submit(c: &mut Client, path: &Path) -> Reply {
+    c.post("/v1/proposals", submission(path), "application/json").await.unwrap()
+}
+
+async fn show(c: &mut Client, id: &str) -> Value {
+    let r = c.get(&format!("/v1/proposals/{id}")).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+    r.json().unwrap()
+}
+
+/// Sign an approval (or rejection) of a proposal fetched over the API.
+async fn sign(env: &Env, c: &mut Client, id: &str, who: &str, verb: &str) -> Vec<u8> {
+    let doc = c.get(&format!("/v1/proposals/{id}/document")).await.unwrap();
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.error_message());
+    let doc_path = env.path(&format!("{id}.json"));
+    std::fs::write(&doc_path, &doc.body).unwrap();
+    let out = format!("{who}-{verb}-{id}.json");
+    env.cli(&[
+        verb,
+        doc_path.to_str().unwrap(),
+        "--principal",
+        &format!("{who}@bank.example"),
+        "--key",
+        &format!("keys/{who}"),
+        "--yes",
+        "-o",
+        &out,
+    ])
+    .success();
+    std::fs::read(env.path(&out)).unwrap()
+}
+
+#[test]
+fn only_clients_with_a_valid_certificate_connect_and_only_listed_agents_submit() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    rt().block_on(async {
+        // Valid certificate: health, readiness, metrics.
+        let mut ok = server.client(&env, "intruder");
+        assert_eq!(ok.get("/healthz").await.unwrap().status, StatusCode::OK);
+        assert_eq!(ok.get("/readyz").await.unwrap().status, StatusCode::OK);
+        // …but not listed in server.agents: may not submit, and nothing runs.
+        let r = submit(&mut ok, &tier0).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.error_message().contains("server.agents"), "{}", r.error_message());
+
+        // From another CA, or expired: the handshake is refused.
+        for who in ["foreign", "expired"] {
+            let mut c = server.client(&env, who);
+            assert!(c.get("/healthz").await.is_err(), "{who} got through");
+        }
+        // No client certificate at all.
+        assert!(no_client_cert(&server.url, &env.path("tls/ca.pem")).await, "a client without a certificate got through");
+    });
+    assert!(!env.path("data/ok.txt").exists());
+    assert!(env.evidence().as_array().unwrap().iter().all(|r| r["event"]["type"] != "submission"));
+}
+
+/// Connect with TLS but present no client certificate; true if refused.
+async fn no_client_cert(url: &str, ca: &Path) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = url.strip_prefix("https://").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else { return true };
+    // TLS 1.3: the server checks the client's (missing) certificate after
+    // the client finished; the refusal shows on the first read.
+    if tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.is_err() {
+        return true;
+    }
+    let mut buf = Vec::new();
+    match tls.read_to_end(&mut buf).await {
+        Err(_) => true,
+        Ok(_) => !String::from_utf8_lossy(&buf).contains("200 OK"),
+    }
+}
+
+#[test]
+fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let (tier0, tier2) = (capsule(&env, "none", false), capsule(&env, "none", true));
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let r = submit(&mut agent, &tier0).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["state"], "committed", "{v:#}");
+        assert_eq!(v["decision"]["tier"], 0);
+        assert_eq!(v["admission"]["admitted"], true);
+        assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        let p = show(&mut agent, v["id"].as_str().unwrap()).await;
+        assert_eq!(p["submitted_by"], AGENT);
+
+        // Tier 2: planned, waiting; nothing written.
+        let v = submit(&mut agent, &tier2).await.json().unwrap();
+        assert_eq!(v["state"], "awaiting-approval", "{v:#}");
+        assert_eq!(v["decision"]["tier"], 2);
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert!(!env.path("data/ok.txt").exists());
+        let waiting = agent.get("/v1/proposals?state=awaiting-approval").await.unwrap().json().unwrap();
+        assert_eq!(waiting["proposals"].as_array().unwrap().len(), 1);
+
+        // Approvals can be posted by anyone with a certificate: the signature counts.
+        let mut approver = server.client(&env, "approver");
+        let alice = sign(&env, &mut approver, &id, "alice", "approve").await;
+        let r = approver.post(&format!("/v1/proposals/{id}/approvals"), alice.clone(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["status"]["quorum"], "pending", "{v:#}");
+        assert!(v.get("run").is_none());
+        // The same approval again does not count twice.
+        let v = approver.post(&format!("/v1/proposals/{id}/approvals"), alice, "application/json").await.unwrap();
+        assert_eq!(v.json().unwrap()["status"]["count"], 1);
+
+        let carol = sign(&env, &mut approver, &id, "carol", "approve").await;
+        let v = approver.post(&format!("/v1/proposals/{id}/approvals"), carol, "application/json").await.unwrap();
+        let v = v.json().unwrap();
+        assert_eq!(v["status"]["quorum"], "met", "{v:#}");
+        assert_eq!(v["run"]["state"], "committed", "{v:#}");
+        assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+        let p = show(&mut agent, &id).await;
+        assert_eq!(p["state"], "committed", "{p:#}");
+        assert_eq!(p["runs"].as_array().unwrap().len(), 2);
+        assert_eq!(p["approvals"].as_array().unwrap().iter().filter(|a| a["accepted"] == true).count(), 2);
+
+        // Executed: further approvals conflict.
+        let bob = sign(&env, &mut approver, &id, "bob", "approve").await;
+        let r = approver.post(&format!("/v1/proposals/{id}/approvals"), bob, "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::CONFLICT);
+
+        // A rejection vetoes: the proposal is rejected and nothing runs.
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        let id2 = submit(&mut agent, &tier2).await.json().unwrap()["id"].as_str().unwrap().to_owned();
+        let no = sign(&env, &mut approver, &id2, "bob", "reject").await;
+        let v = approver.post(&format!("/v1/proposals/{id2}/approvals"), no, "application/json").await.unwrap();
+        let v = v.json().unwrap();
+        assert_eq!(v["status"]["quorum"], "vetoed", "{v:#}");
+        assert_eq!(show(&mut agent, &id2).await["state"], "rejected");
+        assert!(!env.path("data/ok.txt").exists());
+
+        // The evidence, exported over the API, verifies offline.
+        let cp = agent.get("/v1/evidence/checkpoint").await.unwrap();
+        assert_eq!(cp.status, StatusCode::OK);
+        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        assert_eq!(bundle.status, StatusCode::OK);
+        let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+        let keys = edge_evidence::parse_keys(&key).unwrap();
+        let verified = edge_evidence::verify(&bundle.body, &keys, edge_evidence::Level::Full).unwrap();
+        assert!(verified.runs.iter().any(|r| r.submitted_by.as_deref() == Some(AGENT)));
+        let since = form_urlencoded::byte_serialize(&cp.body).collect::<String>();
+        let later = agent.get(&format!("/v1/evidence/export?since={since}")).await.unwrap();
+        assert_eq!(later.status, StatusCode::OK, "{}", later.error_message());
+        edge_evidence::verify(&later.body, &keys, edge_evidence::Level::Full).unwrap();
+
+        // Metrics reflect the log.
+        let m = agent.get("/metrics").await.unwrap();
+        let text = String::from_utf8_lossy(&m.body).into_owned();
+        assert!(text.contains("edge_runner_proposals{state=\"committed\",tier=\"2\"} 1"), "{text}");
+        assert!(text.contains("edge_runner_proposals{state=\"rejected\",tier=\"2\"} 1"), "{text}");
+        assert!(text.contains("edge_runner_refusals_total{reason=\"approval.vetoed\"}") || text.contains("edge_runner_refusals_total"), "{text}");
+    });
+}
+
+#[test]
+fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let (tier2, slow) = (capsule(&env, "none", true), capsule(&env, "slow-apply", false));
+    let id = rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        submit(&mut agent, &tier2).await.json().unwrap()["id"].as_str().unwrap().to_owned()
+    });
+    server.kill();
+
+    // Restarted: still waiting, and approvals posted now run it.
+    let server = Server::start(&env);
+    rt().block_on(async {
+        let mut c = server.client(&env, "approver");
+        assert_eq!(show(&mut c, &id).await["state"], "awaiting-approval");
+        for who in ["alice", "carol"] {
+            let a = sign(&env, &mut c, &id, who, "approve").await;
+            c.post(&format!("/v1/proposals/{id}/approvals"), a, "application/json").await.unwrap();
+        }
+        assert_eq!(show(&mut c, &id).await["state"], "committed");
+    });
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+
+    // Killed in the middle of an apply: nothing committed; on restart the
+    // run is rolled back and recorded as interrupted.
+    let url = server.url.clone();
+    let body = submission(&slow);
+    let (ca, cert, key) = (env.path("tls/ca.pem"), env.path("tls/agent.pem"), env.path("tls/agent.key"));
+    let submitter = std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut c = Client::new(&url, &ca, &cert, &key).unwrap();
+            c.post("/v1/proposals", body, "application/json").await.is_err()
+        })
+    });
+    let staging = env.path("state/staging");
+    let started = Instant::now();
+    while !staging.exists() || std::fs::read_dir(&staging).unwrap().next().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "apply never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.kill();
+    assert!(submitter.join().unwrap(), "the killed server still answered");
+    assert!(!env.path("data/ok.txt").exists());
+    let server = Server::start(&env);
+    rt().block_on(async {
+        let mut c = server.client(&env, "agent");
+        let list = c.get("/v1/proposals").await.unwrap().json().unwrap();
+        let last = list["proposals"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["state"], "failed", "{last:#}");
+        let log = env.evidence();
+        let run = last["runs"][0].as_str().unwrap();
+        assert!(log.as_array().unwrap().iter().any(|r| r["run"] == run && r["event"]["type"] == "interrupted"));
+    });
+    assert!(!env.path("data/ok.txt").exists());
+}
+
+#[test]
+fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepted_work() {
+    let env = setup(1);
+    let server = Server::start(&env);
+    let (tier0, sleeper) = (capsule(&env, "none", false), capsule(&env, "sleep", false));
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        // Larger than max_body_kib (4 MiB).
+        let big = vec![b'x'; 5 << 20];
+        let r = agent.post("/v1/proposals", big, "application/json").await;
+        match r {
+            Ok(r) => assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE),
+            Err(_) => {} // the server may close the connection after answering 413 early
+        }
+        let r = agent.post("/v1/proposals", b"{\"capsule\": 5}".to_vec(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    });
+
+    // A slow client: headers never finish; the server hangs up after request_timeout.
+    let slow = std::thread::spawn({
+        let (url, ca, cert, key) =
+            (server.url.clone(), env.path("tls/ca.pem"), env.path("tls/agent.pem"), env.path("tls/agent.key"));
+        move || rt().block_on(slow_client(&url, &ca, &cert, &key))
+    });
+
+    // Overload: one run sleeping in the runner, one queued, the rest 429.
+    let url = server.url.clone();
+    let tls = env.path("tls");
+    let spawn_submit = |path: PathBuf| {
+        let (url, tls) = (url.clone(), tls.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut c = Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
+                c.post("/v1/proposals", submission(&path), "application/json").await.unwrap()
+            })
+        })
+    };
+    let first = spawn_submit(sleeper.clone());
+    std::thread::sleep(Duration::from_millis(400));
+    let rest: Vec<_> = (0..6).map(|_| spawn_submit(tier0.clone())).collect();
+    let mut accepted = vec![first.join().unwrap()];
+    let mut overloaded = 0;
+    for h in rest {
+        let r = h.join().unwrap();
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.retry_after.as_deref(), Some("1"));
+            overloaded += 1;
+        } else {
+            accepted.push(r);
+        }
+    }
+    assert!(overloaded >= 1, "no request was refused with 429");
+    let slow_closed = slow.join().unwrap();
+    assert!(slow_closed < Duration::from_secs(8), "a slow client held its connection for {slow_closed:?}");
+
+    rt().block_on(async {
+        let mut c = server.client(&env, "agent");
+        let list = c.get("/v1/proposals").await.unwrap().json().unwrap();
+        let ids: Vec<&str> = list["proposals"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+        for r in &accepted {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+            let id = r.json().unwrap()["id"].as_str().unwrap().to_owned();
+            assert!(ids.contains(&id.as_str()), "accepted proposal {id} is missing");
+        }
+        assert_eq!(ids.len(), accepted.len(), "only accepted submissions became proposals");
+        let text = String::from_utf8_lossy(&c.get("/metrics").await.unwrap().body).into_owned();
+        assert!(text.contains(&format!("edge_runner_overloaded_total {overloaded}")), "{text}");
+    });
+}
+
+/// Open a connection with a valid certificate, send half a request, and
+/// return how long until the server closes it.
+async fn slow_client(url: &str, ca: &Path, cert: &Path, key: &Path) -> Duration {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = edge_runner::server::tls::client_config(ca, cert, key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(url.strip_prefix("https://").unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    tls.write_all(b"POST /v1/proposals HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
