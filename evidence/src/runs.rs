@@ -166,7 +166,15 @@ fn check_run(
         }
         match &r.event {
             Event::Submission {
-                capsule, name, version, kind, manifest, component, bundle, dangerous, submitted_by,
+                capsule,
+                name,
+                version,
+                kind,
+                manifest,
+                component,
+                bundle,
+                dangerous,
+                submitted_by,
             } => {
                 if i != 0 {
                     return Err(order("in the middle of a run"));

@@ -339,9 +339,15 @@ pub fn read_approvals(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
 #[serde(tag = "quorum", rename_all = "kebab-case")]
 pub enum QuorumStatus {
     /// Not yet: `count` of `required` counted; refusals by reason.
-    Pending { count: u32, required: u32, refused: Vec<String> },
+    Pending {
+        count: u32,
+        required: u32,
+        refused: Vec<String>,
+    },
     Met,
-    Vetoed { by: String },
+    Vetoed {
+        by: String,
+    },
 }
 
 impl Runner {
@@ -353,7 +359,8 @@ impl Runner {
     pub fn quorum_status(&self, id: &str, approvals: &[Vec<u8>]) -> Result<QuorumStatus> {
         let path = proposal_path(self, id);
         let bytes = std::fs::read(&path).with_context(|| format!("proposal {id} is not known to this runner"))?;
-        let doc: Proposal = serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
+        let doc: Proposal =
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
         doc.check()?;
         let registry =
             self.config.approvers.as_ref().context("no [approvers] registry is configured: nobody can approve")?;
@@ -380,7 +387,8 @@ impl Runner {
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for r in results {
-            match r.and_then(|v| if seen.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) })
+            match r
+                .and_then(|v| if seen.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) })
             {
                 Ok(v) => accepted.push(v),
                 Err(e) => refused.push(format!("[{}] {e}", e.reason_code())),

@@ -169,7 +169,9 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
     match cmd {
         ProposalsCommand::List { state, client, json } => {
             let path = match state {
-                Some(s) => format!("/v1/proposals?state={}", form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()),
+                Some(s) => {
+                    format!("/v1/proposals?state={}", form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>())
+                }
                 None => "/v1/proposals".to_owned(),
             };
             let v = rt.block_on(get_json(client, &path))?;
@@ -246,4 +248,3 @@ async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write)
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
-

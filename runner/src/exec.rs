@@ -27,7 +27,6 @@ use edge_core::signature;
 use edge_core::snapshot;
 use serde::Serialize;
 
-
 use edge_core::note::NoteSigner;
 
 use crate::config::RunnerConfig;

@@ -45,7 +45,10 @@ pub struct Initialised {
 pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<Initialised> {
     let config_path = home.join("runner.toml");
     if config_path.exists() {
-        bail!("{} already exists: `init` never overwrites a runner home; pick another directory", config_path.display());
+        bail!(
+            "{} already exists: `init` never overwrites a runner home; pick another directory",
+            config_path.display()
+        );
     }
     for d in ["state", "policy", "approvers", "tls"] {
         std::fs::create_dir_all(home.join(d)).with_context(|| format!("cannot create {}", home.join(d).display()))?;

@@ -7,8 +7,8 @@ mod examples;
 mod harness;
 mod hostile;
 mod policy;
-mod signatures;
 mod server;
+mod signatures;
 mod sigstore;
 
 /// Every guest program must be exercised by a test here.

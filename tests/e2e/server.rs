@@ -42,7 +42,8 @@ impl Server {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{line}`")).to_owned();
+        let url =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{line}`")).to_owned();
         Server { child, url }
     }
 
@@ -184,7 +185,10 @@ fn only_clients_with_a_valid_certificate_connect_and_only_listed_agents_submit()
             assert!(c.get("/healthz").await.is_err(), "{who} got through");
         }
         // No client certificate at all.
-        assert!(no_client_cert(&server.url, &env.path("tls/ca.pem")).await, "a client without a certificate got through");
+        assert!(
+            no_client_cert(&server.url, &env.path("tls/ca.pem")).await,
+            "a client without a certificate got through"
+        );
     });
     assert!(!env.path("data/ok.txt").exists());
     assert!(env.evidence().as_array().unwrap().iter().all(|r| r["event"]["type"] != "submission"));
@@ -192,19 +196,18 @@ fn only_clients_with_a_valid_certificate_connect_and_only_listed_agents_submit()
 
 /// Connect with TLS but present no client certificate; true if refused.
 async fn no_client_cert(url: &str, ca: &Path) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let addr = url.strip_prefix("https://").unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
@@ -252,7 +255,8 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         // Approvals can be posted by anyone with a certificate: the signature counts.
         let mut approver = server.client(&env, "approver");
         let alice = sign(&env, &mut approver, &id, "alice", "approve").await;
-        let r = approver.post(&format!("/v1/proposals/{id}/approvals"), alice.clone(), "application/json").await.unwrap();
+        let r =
+            approver.post(&format!("/v1/proposals/{id}/approvals"), alice.clone(), "application/json").await.unwrap();
         assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error_message());
         let v = r.json().unwrap();
         assert_eq!(v["status"]["quorum"], "pending", "{v:#}");
@@ -306,7 +310,8 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         let text = String::from_utf8_lossy(&m.body).into_owned();
         assert!(text.contains("edge_runner_proposals{state=\"committed\",tier=\"2\"} 1"), "{text}");
         assert!(text.contains("edge_runner_proposals{state=\"rejected\",tier=\"2\"} 1"), "{text}");
-        assert!(text.contains("edge_runner_refusals_total{reason=\"approval.vetoed\"}") || text.contains("edge_runner_refusals_total"), "{text}");
+        assert!(text.contains("edge_runner_refusals_total{reason=\"authorize.vetoed\"} 1"), "{text}");
+        assert!(text.contains("edge_runner_run_duration_seconds_count 5"), "{text}");
     });
 }
 
@@ -374,13 +379,15 @@ fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepte
     let (tier0, sleeper) = (capsule(&env, "none", false), capsule(&env, "sleep", false));
     rt().block_on(async {
         let mut agent = server.client(&env, "agent");
-        // Larger than max_body_kib (4 MiB).
-        let big = vec![b'x'; 5 << 20];
-        let r = agent.post("/v1/proposals", big, "application/json").await;
-        match r {
-            Ok(r) => assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE),
-            Err(_) => {} // the server may close the connection after answering 413 early
-        }
+        // Announced larger than max_body_kib (4 MiB): refused before a byte of it is read.
+        let r = raw_request(
+            &server.url,
+            &env.path("tls"),
+            b"POST /v1/proposals HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5242880\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        assert!(r.contains("larger than the limit"), "{r}");
         let r = agent.post("/v1/proposals", b"{\"capsule\": 5}".to_vec(), "application/json").await.unwrap();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     });
@@ -399,7 +406,8 @@ fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepte
         let (url, tls) = (url.clone(), tls.clone());
         std::thread::spawn(move || {
             rt().block_on(async {
-                let mut c = Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
+                let mut c =
+                    Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
                 c.post("/v1/proposals", submission(&path), "application/json").await.unwrap()
             })
         })
@@ -454,4 +462,54 @@ async fn slow_client(url: &str, ca: &Path, cert: &Path, key: &Path) -> Duration 
             Ok(Ok(_)) => {}
         }
     }
+}
+
+#[test]
+fn a_runner_whose_evidence_log_fails_verification_refuses_to_serve() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        assert_eq!(submit(&mut agent, &capsule(&env, "none", false)).await.status, StatusCode::CREATED);
+    });
+    server.kill();
+    // Someone with write access to the database rewrites a record.
+    let db = env.path("state/evidence/evidence.db");
+    let sql = "DROP TRIGGER records_append_only_u; \
+               UPDATE records SET body = replace(body, 'create ok.txt', 'create OK.txt') WHERE type = 'planned';";
+    let st = Command::new("sqlite3").arg(&db).arg(sql).status().expect("sqlite3 (installed by scripts/test.sh)");
+    assert!(st.success());
+    let out = Command::new(BIN).args(["serve", "--config", "runner.toml"]).current_dir(env.path("")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed verification") && stderr.contains("refuses"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
+
+/// Send raw bytes over a TLS connection with the agent's certificate and
+/// return what the server answers (until it closes or 5 s pass).
+async fn raw_request(url: &str, tls_dir: &Path, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = edge_runner::server::tls::client_config(
+        &tls_dir.join("ca.pem"),
+        &tls_dir.join("agent.pem"),
+        &tls_dir.join("agent.key"),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(url.strip_prefix("https://").unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

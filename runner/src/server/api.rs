@@ -78,7 +78,10 @@ async fn body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Resp> {
     if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
         && len.parse::<usize>().is_ok_and(|n| n > limit)
     {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes")));
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the limit of {limit} bytes"),
+        ));
     }
     let read = Limited::new(req.into_body(), limit).collect();
     match tokio::time::timeout(shared.settings.request_timeout, read).await {
@@ -125,6 +128,9 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", text))
         }
         (&Method::POST, ["v1", "proposals"]) => {
+            // Read the (bounded) body first even when refusing, so the client
+            // gets the answer rather than a connection reset mid-upload.
+            let bytes = body(shared, req).await?;
             let agent = agent.map_err(|e| error(StatusCode::FORBIDDEN, format!("no agent identity: {e}")))?;
             if !shared.settings.agents.contains(&agent) {
                 return Err(error(
@@ -132,7 +138,6 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                     format!("agent `{agent}` may not submit proposals: an operator adds it to server.agents"),
                 ));
             }
-            let bytes = body(shared, req).await?;
             let sub: Submission = serde_json::from_slice(&bytes).map_err(|e| {
                 error(StatusCode::BAD_REQUEST, format!("the body is not {{\"capsule\": \"<base64>\"}}: {e}"))
             })?;

@@ -100,10 +100,16 @@ impl Metrics {
             "counter",
             "Time spent waiting for evidence appends to become durable (fsync) since start.",
         );
-        let _ = writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
+        let _ =
+            writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
         header(&mut s, "edge_runner_queue_depth", "gauge", "Requests waiting for the runner.");
         let _ = writeln!(s, "edge_runner_queue_depth {}", self.queue_depth.load(Ordering::Relaxed).max(0));
-        header(&mut s, "edge_runner_overloaded_total", "counter", "Requests refused with 429 (queue full) since start.");
+        header(
+            &mut s,
+            "edge_runner_overloaded_total",
+            "counter",
+            "Requests refused with 429 (queue full) since start.",
+        );
         let _ = writeln!(s, "edge_runner_overloaded_total {}", self.overloaded.load(Ordering::Relaxed));
         header(&mut s, "edge_runner_tls_refused_total", "counter", "TLS handshakes refused since start.");
         let _ = writeln!(s, "edge_runner_tls_refused_total {}", self.tls_refused.load(Ordering::Relaxed));

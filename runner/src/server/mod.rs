@@ -64,7 +64,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let settings = config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
+    let settings =
+        config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let acceptor = TlsAcceptor::from(tls);
     let metrics = Arc::new(metrics::Metrics::default());

@@ -167,12 +167,10 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
 fn apply(v: &mut ProposalView, r: &Record) {
     let continuing = v.runs.len() > 1;
     match &r.event {
-        Event::Submission { capsule, name, version, submitted_by, .. } => {
-            if !continuing {
-                v.capsule = Some(*capsule);
-                v.name = Some(format!("{name}@{version}"));
-                v.submitted_by.clone_from(submitted_by);
-            }
+        Event::Submission { capsule, name, version, submitted_by, .. } if !continuing => {
+            v.capsule = Some(*capsule);
+            v.name = Some(format!("{name}@{version}"));
+            v.submitted_by.clone_from(submitted_by);
         }
         Event::Decision { decision, .. } if !continuing => {
             v.tier = Some(decision.tier);

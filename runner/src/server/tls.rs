@@ -53,7 +53,9 @@ pub fn server_config(cert: &Path, key_path: &Path, client_ca: &Path) -> Result<A
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(cert)?, key(key_path)?)
-        .with_context(|| format!("server certificate {} and key {} do not match", cert.display(), key_path.display()))?;
+        .with_context(|| {
+            format!("server certificate {} and key {} do not match", cert.display(), key_path.display())
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -68,7 +70,9 @@ pub fn client_config(ca: &Path, cert: &Path, key_path: &Path) -> Result<Arc<Clie
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(certs(cert)?, key(key_path)?)
-        .with_context(|| format!("client certificate {} and key {} do not match", cert.display(), key_path.display()))?;
+        .with_context(|| {
+            format!("client certificate {} and key {} do not match", cert.display(), key_path.display())
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -100,8 +104,7 @@ pub fn agent_identity(der: &[u8]) -> Result<String> {
             }
         }
     }
-    const CN: x509_cert::der::asn1::ObjectIdentifier =
-        x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+    const CN: x509_cert::der::asn1::ObjectIdentifier = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
     for rdn in cert.tbs_certificate.subject.0.iter().rev() {
         for atv in rdn.0.iter() {
             if atv.oid == CN {

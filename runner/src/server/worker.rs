@@ -99,16 +99,10 @@ pub(crate) fn start(
 async fn run_job(runner: &mut Runner, m: &Metrics, job: Job) {
     match job {
         Job::Submit { capsule, agent, reply } => {
-            let started = Instant::now();
-            let result = submit(runner, &capsule, &agent).await;
-            m.observe_run(started.elapsed());
-            let _ = reply.send(result);
+            let _ = reply.send(submit(runner, m, &capsule, &agent).await);
         }
         Job::Approve { id, approval, reply } => {
-            let started = Instant::now();
-            let result = approve(runner, &id, approval).await;
-            m.observe_run(started.elapsed());
-            let _ = reply.send(result);
+            let _ = reply.send(approve(runner, m, &id, approval).await);
         }
         Job::List { state, reply } => {
             let all = proposals::index(runner.log.records());
@@ -145,8 +139,10 @@ fn approvals_dir(runner: &Runner, id: &str) -> PathBuf {
 }
 
 /// Run a submitted capsule; above tier 0 keep it for when approvals come.
-async fn submit(runner: &mut Runner, capsule: &[u8], agent: &str) -> Result<Value> {
+async fn submit(runner: &mut Runner, m: &Metrics, capsule: &[u8], agent: &str) -> Result<Value> {
+    let started = Instant::now();
     let report = runner.exec_submitted(capsule, &[], Some(agent)).await?;
+    m.observe_run(started.elapsed());
     let id = proposals::proposal_id(&report.run);
     if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
         crate::staging::write_durably(&capsule_path(runner, &id), capsule)?;
@@ -157,7 +153,7 @@ async fn submit(runner: &mut Runner, capsule: &[u8], agent: &str) -> Result<Valu
 /// Keep an approval for a waiting proposal; once the approvals kept meet
 /// the quorum (or one vetoes), run the proposal with them, which records
 /// every approval, the quorum and what follows.
-async fn approve(runner: &mut Runner, id: &str, approval: Vec<u8>) -> Result<Option<Value>> {
+async fn approve(runner: &mut Runner, m: &Metrics, id: &str, approval: Vec<u8>) -> Result<Option<Value>> {
     let Some(view) = proposals::index(runner.log.records()).into_iter().find(|p| p.id == id) else {
         return Ok(None);
     };
@@ -178,7 +174,9 @@ async fn approve(runner: &mut Runner, id: &str, approval: Vec<u8>) -> Result<Opt
     if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
         let capsule = std::fs::read(capsule_path(runner, id))
             .with_context(|| format!("the capsule of proposal {id} is missing from the state directory"))?;
+        let started = Instant::now();
         let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
+        m.observe_run(started.elapsed());
         out["run"] = summary(id, &report);
     }
     Ok(Some(out))
