@@ -15,8 +15,21 @@ use crate::ssh_agent::Agent;
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
-    /// The proposal document (`<state>/proposals/<id>.json`).
+    /// The proposal document (`<state>/proposals/<id>.json`), or with
+    /// --server the proposal id (the document is fetched from the runner).
     pub proposal: PathBuf,
+    /// Fetch the proposal from this runner's API and post the signed
+    /// approval back (https://host:port; needs --ca, --client-cert, --client-key).
+    #[arg(long, requires_all = ["ca", "client_cert", "client_key"])]
+    pub server: Option<String>,
+    /// CA certificate of the runner's API (PEM).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Your client certificate and key for the runner's API (PEM).
+    #[arg(long)]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub client_key: Option<PathBuf>,
     /// Your principal, as in the runner's allowed_signers.
     #[arg(long)]
     pub principal: String,
@@ -59,7 +72,19 @@ pub enum ApprovalCommand {
 
 /// Show what is being approved, confirm, sign, write the approval file.
 pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<u8> {
-    let text = std::fs::read(&args.proposal).with_context(|| format!("cannot read {}", args.proposal.display()))?;
+    let remote = match (&args.server, &args.ca, &args.client_cert, &args.client_key) {
+        (Some(s), Some(ca), Some(cert), Some(key)) => Some(Remote {
+            client: crate::server::client::Client::new(s, ca, cert, key)?,
+            id: args.proposal.to_string_lossy().into_owned(),
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        }),
+        _ => None,
+    };
+    let mut remote = remote;
+    let text = match &mut remote {
+        Some(r) => r.fetch()?,
+        None => std::fs::read(&args.proposal).with_context(|| format!("cannot read {}", args.proposal.display()))?,
+    };
     let p: Proposal =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a proposal", args.proposal.display()))?;
     p.check().context("the proposal document is inconsistent; do not sign it")?;
@@ -124,9 +149,44 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
             .with_context(|| format!("cannot sign with {} (hardware keys sign through --agent)", path.display()))?
     };
     let file = ApprovalFile { statement, signature: sig.to_pem(LineEnding::LF)? };
-    crate::staging::write_durably(&args.out, &serde_json::to_vec_pretty(&file)?)?;
+    let bytes = serde_json::to_vec_pretty(&file)?;
+    crate::staging::write_durably(&args.out, &bytes)?;
     writeln!(out, "{word}d proposal {} as {}: {}", p.id, args.principal, args.out.display())?;
+    if let Some(r) = &mut remote {
+        let v = r.post(bytes)?;
+        writeln!(out, "posted to the runner: quorum {}", serde_json::to_string(&v["status"])?)?;
+        if let Some(state) = v["run"]["state"].as_str() {
+            writeln!(out, "the proposal ran: {state}")?;
+        }
+    }
     Ok(EXIT_OK)
+}
+
+/// A runner the proposal is fetched from and the approval posted to.
+struct Remote {
+    client: crate::server::client::Client,
+    id: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Remote {
+    fn fetch(&mut self) -> Result<Vec<u8>> {
+        let path = format!("/v1/proposals/{}/document", self.id);
+        let r = self.rt.block_on(self.client.get(&path))?;
+        if !r.status.is_success() {
+            bail!("cannot fetch proposal {} ({}): {}", self.id, r.status, r.error_message());
+        }
+        Ok(r.body.to_vec())
+    }
+
+    fn post(&mut self, approval: Vec<u8>) -> Result<serde_json::Value> {
+        let path = format!("/v1/proposals/{}/approvals", self.id);
+        let r = self.rt.block_on(self.client.post(&path, approval, "application/json"))?;
+        if !r.status.is_success() {
+            bail!("the runner did not take the approval ({}): {}", r.status, r.error_message());
+        }
+        r.json()
+    }
 }
 
 fn sign_with_agent(public: Option<&PathBuf>, bytes: &[u8]) -> Result<SshSig> {

@@ -326,15 +326,41 @@ fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
     });
     server.kill();
 
-    // Restarted: still waiting, and approvals posted now run it.
+    // Restarted: still waiting, and approvals posted now (by `approve
+    // --server`, which fetches the proposal over the API) run it.
     let server = Server::start(&env);
     rt().block_on(async {
         let mut c = server.client(&env, "approver");
         assert_eq!(show(&mut c, &id).await["state"], "awaiting-approval");
-        for who in ["alice", "carol"] {
-            let a = sign(&env, &mut c, &id, who, "approve").await;
-            c.post(&format!("/v1/proposals/{id}/approvals"), a, "application/json").await.unwrap();
-        }
+    });
+    let mut last = String::new();
+    for who in ["alice", "carol"] {
+        let principal = format!("{who}@bank.example");
+        let (key, out) = (format!("keys/{who}"), format!("{who}-remote.json"));
+        let args = [
+            "approve",
+            &id,
+            "--server",
+            &server.url,
+            "--ca",
+            "tls/ca.pem",
+            "--client-cert",
+            "tls/approver.pem",
+            "--client-key",
+            "tls/approver.key",
+            "--principal",
+            &principal,
+            "--key",
+            &key,
+            "--yes",
+            "-o",
+            &out,
+        ];
+        last = env.cli(&args).success().stdout();
+    }
+    assert!(last.contains("the proposal ran: committed"), "{last}");
+    rt().block_on(async {
+        let mut c = server.client(&env, "approver");
         assert_eq!(show(&mut c, &id).await["state"], "committed");
     });
     std::fs::remove_file(env.path("data/ok.txt")).unwrap();
