@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job, end to end, with embedded defaults:
-#   build the example capsules for wasm32-wasip2, make a signing key, pack and
-#   sign each capsule, and run them through a runner against sample data in
-#   ./demo — showing the plan, the diff, the verify result, a refusal, and the
-#   evidence records. Safe to re-run: ./demo is recreated each time.
+#   build the runner and the example capsules for wasm32-wasip2, create a
+#   fresh runner home in ./demo (`edge-runner init`: identity key, config,
+#   example policy and graph, development CA and certificates, SQLite store),
+#   start the runner's mutual-TLS API, and walk the whole loop: an agent
+#   submits, a tier-0 capsule runs through, a risky one waits, two approvers
+#   approve with their SSH keys, it runs, and the evidence is exported and
+#   verified offline. Safe to re-run: ./demo is recreated each time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -15,19 +18,19 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-step "build the runner and the example capsules"
+step "build the runner, the offline verifier and the example capsules"
 cargo build --locked -p edge-runner -p edge-evidence
 cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
 ER="$ROOT/target/debug/edge-runner"
+EV="$ROOT/target/debug/edge-verify"
 WASM="$ROOT/target/wasm32-wasip2/guest"
 
-step "a fresh runner home in ./demo"
+step "a fresh runner home in ./demo (edge-runner init)"
 rm -rf demo
+"$ER" init demo --name edge-runner.demo.example.internal --listen 127.0.0.1:0
 mkdir -p demo/sample/logs/app
-cp examples/runner.toml demo/runner.toml
-cp -r examples/policy demo/policy
-cp -r examples/approvers demo/approvers
 cp -r examples/sample/config examples/sample/certs demo/sample/
+cp examples/policy/cases.toml demo/policy/cases.toml
 # Logs: two rotated logs from last month, one current, and a symlink that
 # points outside the mount (cleanup must never follow it).
 printf 'old\n' > demo/sample/logs/app/api-2026-10-01.log
@@ -43,6 +46,25 @@ if command -v openssl >/dev/null; then
     -subj /CN=api.payments.example.internal -keyout /dev/null -out demo/sample/certs/api.pem 2>/dev/null
 fi
 cd demo
+
+# The directories capsules may be granted, each mapped to its system-graph node.
+cat >> runner.toml <<'EOT'
+
+[mounts.config]
+path = "sample/config"
+writable = true
+node = "payments-config"
+
+[mounts.logs]
+path = "sample/logs"
+writable = true
+node = "log-volume"
+
+[mounts.certs]
+path = "sample/certs"
+writable = false
+node = "tls-certs"
+EOT
 
 step "keys: the agent's signing key (private key mode 0600)"
 "$ER" keys generate --out keys/agent
@@ -78,58 +100,71 @@ done
 step "inspect: what a capsule asks for, and what its component really imports"
 "$ER" capsule inspect config-drift.capsule
 
-step "run 1: cleanup (remediation, tier 0) — plan, staged apply, diff, commit, verify"
+step "start the runner: mutual-TLS API (TLS 1.3, client certificates required), SQLite evidence store"
+"$ER" serve --config runner.toml > serve.out 2> serve.log &
+SERVER_PID=$!
+trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  grep -q "listening on" serve.out 2>/dev/null && break
+  sleep 0.1
+done
+URL=$(sed -n 's/^listening on //p' serve.out)
+echo "runner at $URL (pid $SERVER_PID)"
+AGENT=(--server "$URL" --ca tls/ca.pem --cert tls/agent.pem --key tls/agent.key)
+OPERATOR=(--server "$URL" --ca tls/ca.pem --cert tls/operator.pem --key tls/operator.key)
+
+step "run 1: the agent submits the log cleanup (tier 0) — plan, staged apply, diff, commit, verify"
 ls -l sample/logs sample/logs/app
-"$ER" exec cleanup.capsule --config runner.toml
+"$ER" submit cleanup.capsule "${AGENT[@]}"
 ls -l sample/logs sample/logs/app elsewhere
 
 step "run 2: certificate expiry (diagnostic, tier 0) — findings only, nothing changes"
-"$ER" exec cert-expiry.capsule --config runner.toml
+"$ER" submit cert-expiry.capsule "${AGENT[@]}"
 
 step "run 3: config drift on the payments API — its blast radius reaches the revenue path"
 "$ER" policy explain config-drift.capsule --config runner.toml || true
 set +e
-"$ER" exec config-drift.capsule --config runner.toml
+"$ER" submit config-drift.capsule "${AGENT[@]}"
 code=$?
 set -e
 echo "exit code $code (5 = planned, waiting for two approvals)"
 echo "unchanged: $(grep max_connections sample/config/app.toml)"
-PROPOSAL=$(ls state/proposals/*.json | head -1)
+"$ER" proposals list --state awaiting-approval "${OPERATOR[@]}"
+PROPOSAL=$("$ER" proposals list --state awaiting-approval "${OPERATOR[@]}" | awk 'NR==1{print $1}')
 
-step "run 4: two approvers review the proposal and sign (OpenSSH signatures, namespace approval.v1@edge-runner.dev)"
-"$ER" approve "$PROPOSAL" --principal alice@bank.example --key keys/alice --comment "matches INC-1042" --yes -o alice.json
-"$ER" approve "$PROPOSAL" --principal carol@bank.example --key keys/carol --yes -o carol.json | tail -1
-
-step "run 5: the same capsule, with the approvals — quorum, then staged apply, diff, commit, verify"
-"$ER" exec config-drift.capsule --config runner.toml --approval alice.json --approval carol.json
+step "run 4: two approvers fetch the proposal over the API, review it and sign with their SSH keys"
+APPROVER=(--server "$URL" --ca tls/ca.pem --client-cert tls/operator.pem --client-key tls/operator.key)
+"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal alice@bank.example --key keys/alice \
+  --comment "matches INC-1042" --yes -o alice.json | tail -3
+"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal carol@bank.example --key keys/carol --yes -o carol.json | tail -3
+"$ER" proposals watch "$PROPOSAL" "${OPERATOR[@]}" --timeout 60
 echo "after:  $(grep max_connections sample/config/app.toml)"
 
-step "run 6: replaying the same approvals is refused (single-use nonces, proposal executed)"
-set +e
-"$ER" exec config-drift.capsule --config runner.toml --approval alice.json --approval carol.json | grep -E "REFUSED|approval "
-set -e
-
-step "run 7: a capsule signed by a key the policy does not trust is refused"
+step "run 5: a capsule signed by a key the policy does not trust is refused"
 cp config-drift.capsule intruder.capsule
 "$ER" capsule sign --key keys/intruder.key intruder.capsule >/dev/null
 set +e
-"$ER" exec intruder.capsule --config runner.toml
+"$ER" submit intruder.capsule "${AGENT[@]}"
 code=$?
 set -e
 echo "exit code $code (3 = refused)"
 
-step "the evidence log (SQLite store; hash chain and Merkle tree checked on read)"
-"$ER" evidence show --config runner.toml | tail -15
+step "proposals on the runner"
+"$ER" proposals list "${OPERATOR[@]}"
 
-step "export a signed bundle, and hand the reviewer the runner's public key"
-"$ER" evidence export --config runner.toml -o evidence.bundle
+step "export the evidence over the API, and hand the reviewer the runner's public key"
+"$ER" evidence fetch "${OPERATOR[@]}" -o evidence.bundle
 "$ER" evidence runner-key --config runner.toml > runner.keys
 cat runner.keys
 
+step "stop the runner (SIGTERM: finishes what it is doing)"
+kill -TERM $SERVER_PID
+wait $SERVER_PID || true
+trap - EXIT
+
 step "a compliance reviewer verifies it offline with edge-verify (no wasmtime, tokio or network inside)"
-EV="$ROOT/target/debug/edge-verify"
 "$EV" evidence.bundle --key runner.keys
-"$EV" report evidence.bundle --key runner.keys --html report.html | head -40
+"$EV" report evidence.bundle --key runner.keys --html report.html | head -48
 echo "HTML report: demo/report.html (self-contained, no external resources)"
 
 step "one run alone, with inclusion proofs (partial disclosure)"
@@ -152,5 +187,5 @@ set -e
 echo "exit code $code (1 = verification failed)"
 
 step "done"
-echo "Everything above is in ./demo: runner.toml, keys/, the capsules, sample/, state/evidence/ (SQLite),"
-echo "evidence.bundle, runner.keys and report.html."
+echo "Everything above is in ./demo: runner.toml, tls/ (development CA), keys/, the capsules, sample/,"
+echo "state/evidence/evidence.db (SQLite), evidence.bundle, runner.keys, report.html and edge-runner.service."

@@ -83,6 +83,18 @@ pub enum EvidenceCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Fetch a bundle from a running runner's API (`export` needs the store,
+    /// which a serving runner holds).
+    Fetch {
+        #[command(flatten)]
+        client: crate::server::client::ClientArgs,
+        /// Only what was added after this checkpoint (a checkpoint note, a
+        /// run receipt, or the earlier bundle), with a consistency proof.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
 }
 
 /// Run an evidence command.
@@ -162,6 +174,26 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             Ok(if result.is_ok() { EXIT_OK } else { EXIT_REFUSED })
         }
         EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs, out),
+        EvidenceCommand::Fetch { client, since, out: path } => {
+            let mut query = String::new();
+            if let Some(f) = &since {
+                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let note = since_checkpoint(&bytes)?;
+                query = format!("?since={}", form_urlencoded::byte_serialize(note.as_bytes()).collect::<String>());
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let reply = rt.block_on(async {
+                let mut c = crate::server::client::Client::from_args(&client)?;
+                c.get(&format!("/v1/evidence/export{query}")).await
+            })?;
+            if !reply.status.is_success() {
+                bail!("the runner did not export ({}): {}", reply.status, reply.error_message());
+            }
+            crate::staging::write_durably(&path, &reply.body)?;
+            writeln!(out, "fetched {} bytes to {}", reply.body.len(), path.display())?;
+            writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+            Ok(EXIT_OK)
+        }
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             let signer = crate::exec::load_identity(&config)?;
