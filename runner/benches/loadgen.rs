@@ -1,0 +1,167 @@
+//! Load generator: `cargo bench -p edge-runner --bench loadgen`.
+//!
+//! Starts `edge-runner serve` (the real binary, its own process) on a fresh
+//! runner home, then submits tier-0 runs of the diagnostic capsule
+//! (cert-expiry) over mutual TLS with keep-alive connections, at concurrency
+//! 1, 8 and 64, in interleaved rounds. Reports runs/s, p50/p99 latency and
+//! the server's peak RSS (VmHWM). Targets: ≥ 500 governed runs/s at 64,
+//! p99 < 100 ms, RSS < 300 MB.
+//!
+//! `LOADGEN_SECS` sets the length of each round (default 4 s).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use edge_runner::server::client::Client;
+
+const ROUNDS: usize = 3;
+const LEVELS: [usize; 3] = [1, 8, 64];
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs: u64 = std::env::var("LOADGEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let home = tempfile::tempdir()?;
+    let h = home.path();
+    edge_runner::init::init(h, "bench.example/runner-1", "127.0.0.1:0", "edge-runner")?;
+    // The diagnostic capsule, signed by a key the runner trusts (no policy:
+    // every admitted capsule is tier 0), reading a certs mount.
+    let wasm = std::fs::read(test_programs::CERT_EXPIRY)?;
+    std::fs::create_dir_all(h.join("certs"))?;
+    for f in ["legacy-billing.pem", "intranet.crt"] {
+        std::fs::copy(Path::new(test_programs::ROOT).join("examples/sample/certs").join(f), h.join("certs").join(f))?;
+    }
+    let key = edge_core::signature::CapsuleSigningKey::generate();
+    std::fs::write(h.join("agent.pub"), key.public_key_pem())?;
+    let manifest_text =
+        std::fs::read_to_string(Path::new(test_programs::ROOT).join("examples/capsules/cert-expiry/capsule.toml"))?;
+    let manifest = edge_core::manifest::Manifest::from_authoring_toml(
+        &manifest_text,
+        edge_core::manifest::ComponentRef { sha256: edge_core::Sha256Digest::of(&wasm), size: wasm.len() as u64 },
+    )?;
+    let file = edge_core::container::CapsuleFile::new(manifest, wasm)?;
+    let capsule = file.clone().with_bundle(key.sign_capsule(&file)).to_bytes();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "capsule": base64::engine::general_purpose::STANDARD.encode(&capsule)
+    }))?;
+    std::fs::write(
+        h.join("runner.toml"),
+        "[runner]\nname = \"bench.example/runner-1\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
+         [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
+         [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+         client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\nqueue = 1024\n",
+    )?;
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
+        .args(["serve", "--config", "runner.toml"])
+        .current_dir(h)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("listening on ").expect("serve prints its address").to_owned();
+    let tls = h.join("tls");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); LEVELS.len()];
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); LEVELS.len()];
+    let mut errors = 0usize;
+    // Warm-up: compile and cache the component.
+    rt.block_on(async {
+        let mut c = Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key"))?;
+        let r = c.post("/v1/proposals", body.clone(), "application/json").await?;
+        anyhow::ensure!(r.status.as_u16() == 201, "warm-up submission failed: {}", r.error_message());
+        anyhow::ensure!(r.json()?["state"] == "completed", "the diagnostic did not complete: {:?}", r.json()?);
+        Ok(())
+    })?;
+    for _ in 0..ROUNDS {
+        for (li, &conc) in LEVELS.iter().enumerate() {
+            let (n, mut l, errs, elapsed) = rt.block_on(async {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                let started = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..conc {
+                    let (url, tls, body) = (url.clone(), tls.clone(), body.clone());
+                    tasks.spawn(async move {
+                        let mut c =
+                            Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key"))
+                                .expect("client");
+                        let mut lat = Vec::new();
+                        let mut errs = 0;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            match c.post("/v1/proposals", body.clone(), "application/json").await {
+                                Ok(r) if r.status.as_u16() == 201 => lat.push(t.elapsed()),
+                                _ => errs += 1,
+                            }
+                        }
+                        (lat, errs)
+                    });
+                }
+                let mut all = Vec::new();
+                let mut errs = 0;
+                while let Some(r) = tasks.join_next().await {
+                    let (l, e) = r.expect("task");
+                    all.extend(l);
+                    errs += e;
+                }
+                (all.len(), all, errs, started.elapsed())
+            });
+            errors += errs;
+            rates[li].push(n as f64 / elapsed.as_secs_f64());
+            l.sort();
+            lat[li].extend(l);
+        }
+    }
+    let rss = peak_rss_mib(server.id());
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let _ = server.wait();
+
+    println!("tier-0 runs of the diagnostic capsule over mTLS, keep-alive, {ROUNDS} interleaved rounds of {secs}s:");
+    for (li, conc) in LEVELS.iter().enumerate() {
+        let mut l = lat[li].clone();
+        l.sort();
+        println!(
+            "  concurrency {conc:>2}: {:>7.1} runs/s (median of rounds)  p50 {:>8.1?}  p99 {:>8.1?}  ({} runs)",
+            median(rates[li].clone()),
+            percentile(&l, 0.50),
+            percentile(&l, 0.99),
+            l.len()
+        );
+    }
+    println!("  server peak RSS (VmHWM): {rss:.1} MiB; failed requests: {errors}");
+    let at64 = median(rates[2].clone());
+    let mut l64 = lat[2].clone();
+    l64.sort();
+    println!(
+        "targets at 64: >= 500 runs/s {}, p99 < 100 ms {}, RSS < 300 MB {}",
+        if at64 >= 500.0 { "met" } else { "NOT met" },
+        if percentile(&l64, 0.99) < Duration::from_millis(100) { "met" } else { "NOT met" },
+        if rss < 300.0 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
