@@ -69,6 +69,7 @@ fn main() {
         roles: vec!["sre".into()],
         distinct: true,
         max_age_secs: 7200,
+        expires_after_secs: None,
         allow_writes: true,
         allow_endpoints: false,
         max_memory_mib: None,

@@ -131,6 +131,9 @@ pub enum Event {
     },
     /// The runner's identity key (which signs checkpoints) was created or changed.
     KeyEvent { action: String, key: String },
+    /// A proposal waited longer than its tier allows (`expires_after`) and
+    /// can no longer be approved; recorded by the runner (run `runner`).
+    ProposalExpired { proposal: String, waited_secs: u64, limit_secs: u64 },
     /// A policy or graph failed to load; the previous one stays in force.
     PolicyRefused {
         file: String,
@@ -255,6 +258,7 @@ impl Record {
             Event::CommitIntent { journal, .. } => add(&Some(*journal)),
             Event::PolicyRefused { kept_policy, .. } => add(kept_policy),
             Event::KeyEvent { .. }
+            | Event::ProposalExpired { .. }
             | Event::Authorized { .. }
             | Event::Committed { .. }
             | Event::RolledBack { .. }

@@ -51,6 +51,13 @@ pub struct RunSummary {
     pub submitted_by: Option<String>,
 }
 
+/// What runs share: nonces consumed (where), proposals expired (where).
+#[derive(Default)]
+struct Ledger {
+    nonces: BTreeMap<String, u64>,
+    expired: BTreeMap<String, u64>,
+}
+
 /// Compiled documents, shared between runs that use the same digests.
 #[derive(Default)]
 struct Cache {
@@ -70,8 +77,12 @@ pub(crate) struct Ctx<'a> {
 pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSummary>, Failure> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
+    let mut ledger = Ledger::default();
     for r in records {
         if RUNNER_RUNS.contains(&r.run.as_str()) {
+            if let Event::ProposalExpired { proposal, .. } = &r.event {
+                ledger.expired.entry(proposal.clone()).or_insert(r.seq);
+            }
             continue;
         }
         by_run
@@ -83,10 +94,9 @@ pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSum
             .push(r);
     }
     let mut cache = Cache::default();
-    let mut consumed: BTreeMap<String, u64> = BTreeMap::new();
     let mut out = Vec::with_capacity(order.len());
     for run in order {
-        let s = check_run(&by_run[run], ctx, &mut cache, &mut consumed)?;
+        let s = check_run(&by_run[run], ctx, &mut cache, &mut ledger)?;
         out.push(s);
     }
     Ok(out)
@@ -131,12 +141,7 @@ fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, F
         .map_err(|_| Failure::record("artifact.format", r.seq, &r.run, format!("artifact {d} is not UTF-8")))
 }
 
-fn check_run(
-    recs: &[&Record],
-    ctx: &Ctx<'_>,
-    cache: &mut Cache,
-    consumed: &mut BTreeMap<String, u64>,
-) -> Result<RunSummary, Failure> {
+fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &mut Ledger) -> Result<RunSummary, Failure> {
     let first = recs[0];
     let last = recs[recs.len() - 1];
     let mut sum = RunSummary {
@@ -322,7 +327,7 @@ fn check_run(
                 st.refused.push((r, *approval, reason_code.clone()));
             }
             Event::Quorum { .. } => {
-                check_quorum(r, ctx, &st, &mut sum, consumed)?;
+                check_quorum(r, ctx, &st, &mut sum, ledger)?;
                 st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. } if outcome["result"] == "met");
             }
             Event::Authorized { tier, .. } => {
@@ -425,7 +430,7 @@ fn check_quorum(
     ctx: &Ctx<'_>,
     st: &State<'_>,
     sum: &mut RunSummary,
-    consumed: &mut BTreeMap<String, u64>,
+    ledger: &mut Ledger,
 ) -> Result<(), Failure> {
     let Event::Quorum {
         proposal,
@@ -532,8 +537,17 @@ fn check_quorum(
             ),
         ));
     }
+    if result.met.is_some()
+        && let Some(at) = ledger.expired.get(proposal)
+        && *at < r.seq
+    {
+        return Err(fail(
+            "proposal.expired",
+            format!("a quorum for proposal {proposal}, which expired at record {at}"),
+        ));
+    }
     for n in nonces {
-        if let Some(prev) = consumed.insert(n.clone(), r.seq) {
+        if let Some(prev) = ledger.nonces.insert(n.clone(), r.seq) {
             return Err(fail("nonce.reused", format!("approval nonce {n} was already consumed at record {prev}")));
         }
     }

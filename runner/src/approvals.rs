@@ -219,6 +219,15 @@ impl Runner {
             )?;
             return Ok(None);
         }
+        if self.expired().contains(&id) || !self.expire_proposals(unix_now(), Some(&id))?.is_empty() {
+            self.refuse(
+                report,
+                "authorize",
+                "authorize.proposal_expired",
+                format!("proposal {id} waited longer than its tier allows and expired; submit again"),
+            )?;
+            return Ok(None);
+        }
         if !proposal_path(self, &id).exists() {
             self.refuse(
                 report,
@@ -368,6 +377,9 @@ impl Runner {
         if executed.contains(id) {
             anyhow::bail!("proposal {id} was already executed");
         }
+        if self.expired().contains(id) {
+            anyhow::bail!("proposal {id} expired; the agent must submit again");
+        }
         let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {
             anyhow::bail!("proposal {id} needs no approvals");
         };
@@ -401,5 +413,59 @@ impl Runner {
             QuorumOutcome::Vetoed { by, .. } => QuorumStatus::Vetoed { by },
             QuorumOutcome::Insufficient { count, required } => QuorumStatus::Pending { count, required, refused },
         })
+    }
+}
+
+/// How long a proposal may wait for approvals when its tier sets no
+/// `expires_after`.
+pub const DEFAULT_PROPOSAL_TTL_SECS: u64 = 24 * 3600;
+
+impl Runner {
+    /// Proposals the log records as expired.
+    pub(crate) fn expired(&self) -> BTreeSet<String> {
+        self.log
+            .records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::ProposalExpired { proposal, .. } => Some(proposal.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Record as expired every waiting proposal (or only `only`) that has
+    /// waited longer than its tier allows; returns their ids. The record is
+    /// written before anyone is told, and an expired proposal never runs.
+    ///
+    /// # Errors
+    /// If the evidence log cannot be written.
+    pub fn expire_proposals(&mut self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
+        let (_, executed) = self.consumed();
+        let expired = self.expired();
+        let mut due = Vec::new();
+        for r in self.log.records() {
+            let Event::AwaitingApproval { proposal, .. } = &r.event else { continue };
+            if only.is_some_and(|id| id != proposal) || executed.contains(proposal) || expired.contains(proposal) {
+                continue;
+            }
+            let Ok(at) = r.time.parse::<jiff::Timestamp>() else { continue };
+            let created = u64::try_from(at.as_second()).unwrap_or(0);
+            let limit = std::fs::read(proposal_path(self, proposal))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Proposal>(&b).ok())
+                .and_then(|p| p.decision.requirement.and_then(|t| t.expires_after_secs))
+                .unwrap_or(DEFAULT_PROPOSAL_TTL_SECS);
+            let waited = now.saturating_sub(created);
+            if waited >= limit {
+                due.push((proposal.clone(), waited, limit));
+            }
+        }
+        let mut ids = Vec::new();
+        for (proposal, waited_secs, limit_secs) in due {
+            self.log
+                .append("runner", Event::ProposalExpired { proposal: proposal.clone(), waited_secs, limit_secs })?;
+            ids.push(proposal);
+        }
+        Ok(ids)
     }
 }

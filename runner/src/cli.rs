@@ -520,6 +520,9 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
             format!("quorum      {outcome}{}", if *break_glass { " — BREAK-GLASS" } else { "" })
         }
         Event::KeyEvent { action, key } => format!("key         {action}: {key}"),
+        Event::ProposalExpired { proposal, waited_secs, limit_secs } => {
+            format!("expired     proposal {proposal} after {waited_secs}s (limit {limit_secs}s)")
+        }
         Event::Interrupted { restored, detail } => {
             format!("interrupted {detail} ({restored} restored)")
         }

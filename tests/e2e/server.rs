@@ -539,3 +539,45 @@ async fn raw_request(url: &str, tls_dir: &Path, request: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[test]
+fn a_proposal_that_waits_longer_than_its_tier_allows_expires_and_never_runs() {
+    let env = setup(64);
+    let policy = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    let policy = policy.replacen("max_age = \"2h\"", "max_age = \"2h\"\nexpires_after = \"2s\"", 1);
+    assert!(policy.contains("expires_after"));
+    std::fs::write(env.path("policy.toml"), policy).unwrap();
+    let server = Server::start(&env);
+    let tier2 = capsule(&env, "none", true);
+    let id = rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let id = submit(&mut agent, &tier2).await.json().unwrap()["id"].as_str().unwrap().to_owned();
+        let mut approver = server.client(&env, "approver");
+        let alice = sign(&env, &mut approver, &id, "alice", "approve").await;
+        let carol = sign(&env, &mut approver, &id, "carol", "approve").await;
+        let started = Instant::now();
+        while show(&mut agent, &id).await["state"] != "expired" {
+            assert!(started.elapsed() < Duration::from_secs(10), "never expired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for a in [alice, carol] {
+            let r = approver.post(&format!("/v1/proposals/{id}/approvals"), a, "application/json").await.unwrap();
+            assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.error_message());
+            assert!(r.error_message().contains("expired"), "{}", r.error_message());
+        }
+        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+        edge_evidence::verify(&bundle.body, &edge_evidence::parse_keys(&key).unwrap(), edge_evidence::Level::Full)
+            .unwrap();
+        id
+    });
+    server.kill();
+    // The CLI path refuses it too, with the signed approvals in hand.
+    let (a, c) = (format!("alice-approve-{id}.json"), format!("carol-approve-{id}.json"));
+    let run = env.exec_with(&tier2, &[&a, &c]);
+    assert_eq!(run.outcome(), "refused", "{:#}", run.report);
+    assert_eq!(run.reason(), "authorize.proposal_expired");
+    assert!(!env.path("data/ok.txt").exists());
+    let log = env.evidence();
+    assert!(log.as_array().unwrap().iter().any(|r| r["event"]["type"] == "proposal-expired"));
+}

@@ -249,6 +249,7 @@ mod tests {
             roles: roles.iter().map(|s| (*s).to_owned()).collect(),
             distinct: true,
             max_age_secs: 3600,
+            expires_after_secs: None,
             allow_writes: true,
             allow_endpoints: false,
             max_memory_mib: None,

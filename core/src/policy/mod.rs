@@ -214,6 +214,10 @@ pub struct TierSpec {
     /// Oldest acceptable approval, e.g. `"4h"`, `"30m"`, `"2d"`.
     #[serde(default = "default_age")]
     pub max_age: String,
+    /// How long a proposal may wait for its approvals before it expires
+    /// (default: the runner's, 24h).
+    #[serde(default)]
+    pub expires_after: Option<String>,
     #[serde(default = "yes")]
     pub allow_writes: bool,
     #[serde(default)]
@@ -288,6 +292,9 @@ pub struct TierRequirement {
     pub roles: Vec<String>,
     pub distinct: bool,
     pub max_age_secs: u64,
+    /// How long a proposal may wait for approvals (None: the runner default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after_secs: Option<u64>,
     pub allow_writes: bool,
     pub allow_endpoints: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,6 +338,12 @@ impl Policy {
             let max_age_secs = parse_duration(&t.max_age).ok_or_else(|| {
                 invalid(format!("tiers.{key}.max_age"), "use a duration like \"30m\", \"4h\", \"2d\"")
             })?;
+            let expires_after_secs = match &t.expires_after {
+                Some(s) => Some(parse_duration(s).filter(|n| *n > 0).ok_or_else(|| {
+                    invalid(format!("tiers.{key}.expires_after"), "use a positive duration like \"24h\" or \"3d\"")
+                })?),
+                None => None,
+            };
             if tier == 0 && t.approvals > 0 {
                 return Err(invalid("tiers.0.approvals", "tier 0 is the automatic tier and cannot require approvals"));
             }
@@ -343,6 +356,7 @@ impl Policy {
                 roles: t.roles.clone(),
                 distinct: t.distinct,
                 max_age_secs,
+                expires_after_secs,
                 allow_writes: t.allow_writes,
                 allow_endpoints: t.allow_endpoints,
                 max_memory_mib: t.max_memory_mib,

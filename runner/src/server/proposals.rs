@@ -118,6 +118,12 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
     let mut run_to_id: BTreeMap<&str, String> = BTreeMap::new();
     for r in records {
         if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
+            if let Event::ProposalExpired { proposal, .. } = &r.event
+                && let Some(v) = by_id.get_mut(proposal)
+            {
+                v.state = State::Expired;
+                v.records.push(r.seq);
+            }
             continue;
         }
         // A run continues an earlier proposal once it records approvals for it.

@@ -84,9 +84,25 @@ pub(crate) fn start(
         let _ = opened_tx.send(Ok(()));
         m.ready.store(true, Ordering::Relaxed);
         rt.block_on(async {
-            while let Some(job) = rx.recv().await {
-                m.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                run_job(&mut runner, &m, job).await;
+            // Expiry is checked between jobs, at least every second.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    job = rx.recv() => {
+                        let Some(job) = job else { break };
+                        m.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        run_job(&mut runner, &m, job).await;
+                    }
+                    _ = tick.tick() => {
+                        match runner.expire_proposals(crate::approvals::unix_now(), None) {
+                            Ok(ids) => for id in ids {
+                                tracing::info!(proposal = %id, "proposal expired");
+                            },
+                            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot record expiry"),
+                        }
+                    }
+                }
             }
         });
         m.ready.store(false, Ordering::Relaxed);
