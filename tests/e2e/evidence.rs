@@ -369,6 +369,18 @@ fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
     let e = fails(f, &p.write());
     assert_eq!(e.check, "approval.record", "{e}");
 
+    // The proposal recorded as expired before its quorum: it must not have run.
+    let mut p = parts(&f.bundle);
+    let q = p.find("quorum");
+    let mut r: Record = serde_json::from_str(&p.records[q]).unwrap();
+    let Event::Quorum { proposal, .. } = &r.event else { unreachable!() };
+    r.event = Event::ProposalExpired { proposal: proposal.clone(), waited_secs: 90_000, limit_secs: 86_400 };
+    r.run = "runner".into();
+    p.records.insert(q, String::from_utf8(canonical::to_canonical_vec(&r).unwrap()).unwrap());
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "proposal.expired", "{e}");
+
     // The quorum and its approvals removed, the run left authorized.
     let mut p = parts(&f.bundle);
     let q = p.find("quorum");
