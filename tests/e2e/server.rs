@@ -581,3 +581,53 @@ fn a_proposal_that_waits_longer_than_its_tier_allows_expires_and_never_runs() {
     let log = env.evidence();
     assert!(log.as_array().unwrap().iter().any(|r| r["event"]["type"] == "proposal-expired"));
 }
+
+#[test]
+fn the_openapi_document_describes_the_server() {
+    let text = std::fs::read_to_string(Path::new(test_programs::ROOT).join("docs/openapi.yaml")).unwrap();
+    let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let env = setup(64);
+    let server = Server::start(&env);
+    let (tier0, tier2) = (capsule(&env, "none", false), capsule(&env, "none", true));
+    rt().block_on(async {
+        let mut c = server.client(&env, "agent");
+        let waiting = submit(&mut c, &tier2).await.json().unwrap()["id"].as_str().unwrap().to_owned();
+        let alice = sign(&env, &mut c, &waiting, "alice", "approve").await;
+        let paths = doc["paths"].as_object().unwrap();
+        let mut exercised = 0;
+        for (template, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                let documented: Vec<&str> = op["responses"].as_object().unwrap().keys().map(String::as_str).collect();
+                let path = template.replace("{id}", &waiting);
+                let reply = match method.as_str() {
+                    "get" => c.get(&path).await.unwrap(),
+                    "post" if template == "/v1/proposals" => submit(&mut c, &tier0).await,
+                    "post" => c.post(&path, alice.clone(), "application/json").await.unwrap(),
+                    other => panic!("unexpected method {other} in the document"),
+                };
+                let status = reply.status.as_u16().to_string();
+                assert!(documented.contains(&status.as_str()), "{method} {template} answered {status}, not documented");
+                // Documented JSON bodies are JSON.
+                if reply.content_type == "application/json" {
+                    reply.json().unwrap();
+                }
+                // An unknown id is a documented 404 where the path takes one.
+                if template.contains("{id}") && method == "get" {
+                    let r = c.get(&template.replace("{id}", "p-unknown")).await.unwrap();
+                    assert_eq!(r.status, StatusCode::NOT_FOUND, "{template}");
+                    assert!(documented.contains(&"404"), "{template} answers 404 but does not document it");
+                }
+                // The router knows the path: another method is 405, not 404.
+                let other = if method == "get" { hyper::Method::DELETE } else { hyper::Method::PUT };
+                let r = c.request(other, &path, None).await.unwrap();
+                assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{template}");
+                exercised += 1;
+            }
+        }
+        assert_eq!(exercised, 10, "every operation in docs/openapi.yaml was exercised");
+        // And what is not documented does not exist.
+        for p in ["/v1/nope", "/v2/proposals", "/admin"] {
+            assert_eq!(c.get(p).await.unwrap().status, StatusCode::NOT_FOUND, "{p}");
+        }
+    });
+}
