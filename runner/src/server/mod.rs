@@ -16,9 +16,10 @@
 //! ```
 //!
 //! The server takes its listener and a shutdown future, so tests run it on
-//! `127.0.0.1:0`. On shutdown it stops accepting, lets the job in progress
-//! finish (a run is never cut in the middle by the server; a killed process
-//! is recovered on the next start), and drains the queue with `503`.
+//! `127.0.0.1:0`. On shutdown it stops accepting and closes connections; the
+//! runner thread finishes the job in progress and those already queued (a
+//! run is never cut in the middle by the server; a killed process is
+//! recovered on the next start), then exits.
 
 pub mod api;
 pub mod client;
