@@ -13,7 +13,8 @@
 //! Targets: cached start ≥ 50× faster than cold compile; governed warm run
 //! (excluding the durable-commit wait) within 2× of the bare embedding.
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use edge_runner::config::RunnerConfig;
@@ -65,23 +66,8 @@ fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let home = tempfile::tempdir()?;
     let h = home.path();
-    let wasm = std::fs::read(test_programs::CERT_EXPIRY)?;
-
     // A runner home with the diagnostic capsule, packed and signed by the library.
-    std::fs::create_dir_all(h.join("certs"))?;
-    for f in ["legacy-billing.pem", "intranet.crt"] {
-        std::fs::copy(Path::new(test_programs::ROOT).join("examples/sample/certs").join(f), h.join("certs").join(f))?;
-    }
-    let key = edge_core::signature::CapsuleSigningKey::generate();
-    std::fs::write(h.join("agent.pub"), key.public_key_pem())?;
-    let manifest_text =
-        std::fs::read_to_string(Path::new(test_programs::ROOT).join("examples/capsules/cert-expiry/capsule.toml"))?;
-    let manifest = edge_core::manifest::Manifest::from_authoring_toml(
-        &manifest_text,
-        edge_core::manifest::ComponentRef { sha256: edge_core::Sha256Digest::of(&wasm), size: wasm.len() as u64 },
-    )?;
-    let file = edge_core::container::CapsuleFile::new(manifest, wasm.clone())?;
-    let capsule = file.clone().with_bundle(key.sign_capsule(&file)).to_bytes();
+    let (capsule, wasm) = common::diagnostic_capsule(h)?;
     std::fs::write(
         h.join("runner.toml"),
         "[runner]\nname = \"bench\"\n[[signers]]\nname = \"a\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n",

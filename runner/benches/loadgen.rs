@@ -9,8 +9,9 @@
 //!
 //! `LOADGEN_SECS` sets the length of each round (default 4 s).
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,21 +50,7 @@ fn main() -> anyhow::Result<()> {
     edge_runner::init::init(h, "bench.example/runner-1", "127.0.0.1:0", "edge-runner")?;
     // The diagnostic capsule, signed by a key the runner trusts (no policy:
     // every admitted capsule is tier 0), reading a certs mount.
-    let wasm = std::fs::read(test_programs::CERT_EXPIRY)?;
-    std::fs::create_dir_all(h.join("certs"))?;
-    for f in ["legacy-billing.pem", "intranet.crt"] {
-        std::fs::copy(Path::new(test_programs::ROOT).join("examples/sample/certs").join(f), h.join("certs").join(f))?;
-    }
-    let key = edge_core::signature::CapsuleSigningKey::generate();
-    std::fs::write(h.join("agent.pub"), key.public_key_pem())?;
-    let manifest_text =
-        std::fs::read_to_string(Path::new(test_programs::ROOT).join("examples/capsules/cert-expiry/capsule.toml"))?;
-    let manifest = edge_core::manifest::Manifest::from_authoring_toml(
-        &manifest_text,
-        edge_core::manifest::ComponentRef { sha256: edge_core::Sha256Digest::of(&wasm), size: wasm.len() as u64 },
-    )?;
-    let file = edge_core::container::CapsuleFile::new(manifest, wasm)?;
-    let capsule = file.clone().with_bundle(key.sign_capsule(&file)).to_bytes();
+    let (capsule, _) = common::diagnostic_capsule(h)?;
     let body = serde_json::to_vec(&serde_json::json!({
         "capsule": base64::engine::general_purpose::STANDARD.encode(&capsule)
     }))?;

@@ -41,9 +41,7 @@ fn propose(env: &Env) -> (std::path::PathBuf, String) {
 
 fn approve(env: &Env, who: &str, proposal: &str, verb: &str) -> String {
     let out = format!("{who}-{verb}.json");
-    let key = format!("keys/{who}");
-    env.cli(&[verb, proposal, "--principal", &format!("{who}@bank.example"), "--key", &key, "--yes", "-o", &out])
-        .success();
+    env.sign_approval(verb, proposal, who, &out);
     out
 }
 

@@ -61,18 +61,7 @@ fn fixture() -> &'static Fixture {
         let mut approvals = Vec::new();
         for who in ["alice", "carol"] {
             let out = format!("{who}.approval");
-            env.cli(&[
-                "approve",
-                &proposal,
-                "--principal",
-                &format!("{who}@bank.example"),
-                "--key",
-                &format!("keys/{who}"),
-                "--yes",
-                "-o",
-                &out,
-            ])
-            .success();
+            env.sign_approval("approve", &proposal, who, &out);
             approvals.push(out);
         }
         let a: Vec<&str> = approvals.iter().map(String::as_str).collect();

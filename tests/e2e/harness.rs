@@ -182,6 +182,13 @@ impl Env {
         Run { code: out.status.code().unwrap_or(-1), report, stderr: String::from_utf8_lossy(&out.stderr).into() }
     }
 
+    /// `edge-runner approve|reject DOC` as `<who>@bank.example` with `keys/<who>`, into `out`.
+    pub fn sign_approval(&self, verb: &str, doc: &str, who: &str, out: &str) {
+        let principal = format!("{who}@bank.example");
+        let key = format!("keys/{who}");
+        self.cli(&[verb, doc, "--principal", &principal, "--key", &key, "--yes", "-o", out]).success();
+    }
+
     pub fn cli(&self, args: &[&str]) -> Cli {
         let out = Command::new(BIN).args(args).current_dir(self.dir.path()).output().unwrap();
         Cli(out)

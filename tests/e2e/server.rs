@@ -149,18 +149,7 @@ async fn sign(env: &Env, c: &mut Client, id: &str, who: &str, verb: &str) -> Vec
     let doc_path = env.path(&format!("{id}.json"));
     std::fs::write(&doc_path, &doc.body).unwrap();
     let out = format!("{who}-{verb}-{id}.json");
-    env.cli(&[
-        verb,
-        doc_path.to_str().unwrap(),
-        "--principal",
-        &format!("{who}@bank.example"),
-        "--key",
-        &format!("keys/{who}"),
-        "--yes",
-        "-o",
-        &out,
-    ])
-    .success();
+    env.sign_approval(verb, doc_path.to_str().unwrap(), who, &out);
     std::fs::read(env.path(&out)).unwrap()
 }
 
@@ -630,4 +619,39 @@ fn the_openapi_document_describes_the_server() {
             assert_eq!(c.get(p).await.unwrap().status, StatusCode::NOT_FOUND, "{p}");
         }
     });
+}
+
+#[test]
+fn sigterm_lets_the_run_in_progress_finish() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let slow = capsule(&env, "slow-apply", false);
+    let url = server.url.clone();
+    let body = submission(&slow);
+    let (ca, cert, key) = (env.path("tls/ca.pem"), env.path("tls/agent.pem"), env.path("tls/agent.key"));
+    let submitter = std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut c = Client::new(&url, &ca, &cert, &key).unwrap();
+            c.post("/v1/proposals", body, "application/json").await
+        })
+    });
+    let staging = env.path("state/staging");
+    let started = Instant::now();
+    while !staging.exists() || std::fs::read_dir(&staging).unwrap().next().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "apply never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Mid-apply: ask the runner to stop.
+    let mut server = server;
+    let st = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let code = server.child.wait().unwrap();
+    assert!(code.success(), "serve exited with {code}");
+    let _ = submitter.join().unwrap();
+    // The run finished and committed; nothing was left half-done.
+    assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+    let log = env.evidence();
+    let records = log.as_array().unwrap();
+    assert!(records.iter().any(|r| r["event"]["type"] == "completed" && r["event"]["outcome"] == "committed"));
+    assert!(records.iter().all(|r| r["event"]["type"] != "interrupted"));
 }
