@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
 use edge_core::evidence::{self, Event, GENESIS, RECORD_SCHEMA, Record};
-use edge_core::merkle::{self, CompactRange, Hash};
+use edge_core::merkle::{self, CompactRange, Hash, MerkleStore};
 use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -64,7 +64,7 @@ const MAX_BATCH: usize = 4096;
 
 enum Request {
     Append { run: String, event: Box<Event>, reply: mpsc::SyncSender<Result<Record>> },
-    Artifact { bytes: Vec<u8>, reply: mpsc::SyncSender<Result<Sha256Digest>> },
+    Artifact { digest: Sha256Digest, bytes: Vec<u8>, reply: mpsc::SyncSender<Result<Sha256Digest>> },
     Checkpoint { signer: std::sync::Arc<NoteSigner>, origin: String, reply: mpsc::SyncSender<Result<String>> },
 }
 
@@ -72,6 +72,9 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
+    /// Digests of artifacts known to be durable in the store: storing one
+    /// again is a no-op that need not wait for a commit.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Sha256Digest>>>,
 }
 
 impl StoreHandle {
@@ -91,10 +94,18 @@ impl StoreHandle {
     ///
     /// # Errors
     /// As [`StoreHandle::append`].
-    pub fn put_artifact(&self, bytes: Vec<u8>) -> Result<Sha256Digest> {
+    pub fn put_artifact(&self, bytes: &[u8]) -> Result<Sha256Digest> {
+        let digest = Sha256Digest::of(bytes);
+        if self.known.lock().expect("known lock").contains(&digest) {
+            return Ok(digest);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
-        self.tx.send(Request::Artifact { bytes, reply }).map_err(|_| anyhow!("the evidence writer stopped"))?;
-        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+        self.tx
+            .send(Request::Artifact { digest, bytes: bytes.to_vec(), reply })
+            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        let d = rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))??;
+        self.known.lock().expect("known lock").insert(d);
+        Ok(d)
     }
 
     fn checkpoint(&self, signer: std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
@@ -112,7 +123,7 @@ struct Writer {
     next_seq: u64,
     prev: Sha256Digest,
     range: CompactRange,
-    leaves: std::sync::Arc<std::sync::Mutex<Vec<Hash>>>,
+    tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
     appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
 }
 
@@ -175,8 +186,8 @@ impl Writer {
                             Err(e) => Err(e.to_string()),
                         }
                     }
-                    Request::Artifact { bytes, .. } => {
-                        let d = Sha256Digest::of(bytes);
+                    Request::Artifact { digest, bytes, .. } => {
+                        let d = *digest;
                         tx.execute(
                             "INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
                             params![d.to_string(), bytes.len() as i64, bytes],
@@ -215,7 +226,12 @@ impl Writer {
             }
             return;
         }
-        self.leaves.lock().expect("leaves lock").extend(new_leaves);
+        {
+            let mut tree = self.tree.lock().expect("tree lock");
+            for l in new_leaves {
+                tree.push(l);
+            }
+        }
         self.appended.lock().expect("records lock").extend(new_records);
         for (req, r) in batch.into_iter().zip(results) {
             reply(req, r);
@@ -252,7 +268,7 @@ pub struct EvidenceLog {
     handle: StoreHandle,
     dir: PathBuf,
     records: Vec<Record>,
-    leaves: std::sync::Arc<std::sync::Mutex<Vec<Hash>>>,
+    tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
     appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
     durable_wait: Duration,
     _lock: std::fs::File,
@@ -288,6 +304,15 @@ impl EvidenceLog {
         if mode != "wal" {
             bail!("{} is not in WAL mode ({mode})", path.display());
         }
+        let mut known = std::collections::HashSet::new();
+        {
+            let mut stmt = db.prepare("SELECT digest FROM artifacts")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let d: String = row.get(0)?;
+                known.insert(d.parse::<Sha256Digest>().map_err(|e| anyhow!("artifact digest `{d}`: {e}"))?);
+            }
+        }
         let (records, leaves, prev) = load_and_verify(&db).with_context(|| {
             format!("evidence store {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
@@ -295,23 +320,21 @@ impl EvidenceLog {
         for l in &leaves {
             range.push(*l);
         }
-        let leaves = std::sync::Arc::new(std::sync::Mutex::new(leaves));
+        let mut store = MerkleStore::default();
+        for l in leaves {
+            store.push(l);
+        }
+        let tree = std::sync::Arc::new(std::sync::Mutex::new(store));
         let appended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = Writer {
-            db,
-            next_seq: records.len() as u64,
-            prev,
-            range,
-            leaves: leaves.clone(),
-            appended: appended.clone(),
-        };
+        let writer =
+            Writer { db, next_seq: records.len() as u64, prev, range, tree: tree.clone(), appended: appended.clone() };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
-            handle: StoreHandle { tx },
+            handle: StoreHandle { tx, known: std::sync::Arc::new(std::sync::Mutex::new(known)) },
             dir: dir.to_path_buf(),
             records,
-            leaves,
+            tree,
             appended,
             durable_wait: Duration::ZERO,
             _lock: lock,
@@ -341,7 +364,7 @@ impl EvidenceLog {
     /// On I/O failure.
     pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
         let t0 = Instant::now();
-        let r = self.handle.put_artifact(bytes.to_vec());
+        let r = self.handle.put_artifact(bytes);
         self.durable_wait += t0.elapsed();
         r
     }
@@ -351,7 +374,10 @@ impl EvidenceLog {
     /// # Errors
     /// If it cannot be stored.
     pub fn checkpoint(&mut self, signer: &std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
-        self.handle.checkpoint(signer.clone(), origin)
+        let t0 = Instant::now();
+        let r = self.handle.checkpoint(signer.clone(), origin);
+        self.durable_wait += t0.elapsed();
+        r
     }
 
     fn sync_view(&mut self) {
@@ -364,9 +390,16 @@ impl EvidenceLog {
         &self.records
     }
 
-    /// Leaf hashes of every record, in order.
-    pub fn leaves(&self) -> Vec<Hash> {
-        self.leaves.lock().expect("leaves lock").clone()
+    /// Read the Merkle tree of every durable record (roots and proofs for
+    /// any size so far in O(log² n)).
+    pub fn with_tree<R>(&self, f: impl FnOnce(&MerkleStore) -> R) -> R {
+        f(&self.tree.lock().expect("tree lock"))
+    }
+
+    /// Count time spent making something else of the run durable (the
+    /// receipt file's fsyncs), so `durable_wait` covers every fsync wait.
+    pub fn account_durable_wait(&mut self, d: Duration) {
+        self.durable_wait += d;
     }
 
     /// Total time spent waiting for durability.

@@ -177,12 +177,15 @@ impl Runner {
         };
         let index = last.seq;
         let note = self.checkpoint()?;
-        let leaves = self.log.leaves();
-        let hashes = edge_core::merkle::inclusion_proof(&leaves[..], index as usize);
+        // The proof is against the checkpoint just signed (its size is the
+        // second line of the note).
+        let size: usize = note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")?;
+        let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));
         let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
-        self.log.put_artifact(receipt.as_bytes())?;
         let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
+        let t0 = std::time::Instant::now();
         staging::write_durably(&path, receipt.as_bytes())?;
+        self.log.account_durable_wait(t0.elapsed());
         report.receipt = Some(path);
         Ok(())
     }

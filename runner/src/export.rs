@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
 use edge_core::evidence::Record;
-use edge_core::merkle::{self, CompactRange};
+
 use edge_core::note::{self, Checkpoint, NoteSigner};
 use edge_evidence::bundle::{self, Header, Scope};
 
@@ -65,14 +65,13 @@ pub fn export(
     scope: &ExportScope,
 ) -> Result<Exported> {
     let note_text = log.checkpoint(signer, origin)?;
-    let leaves = log.leaves();
-    let size = leaves.len() as u64;
     let checkpoint = Checkpoint::parse(&note::open(&note_text, std::slice::from_ref(signer.verifier()))?.text)?;
-    if checkpoint.size != size {
-        bail!("the log grew while exporting; export again");
-    }
+    // Everything below is relative to the checkpoint just signed, even if
+    // other writers append meanwhile.
+    let size = checkpoint.size;
+    let tree_size = usize::try_from(size)?;
     let db = read_only(log.dir())?;
-    let mut bodies: Vec<String> = Vec::with_capacity(leaves.len());
+    let mut bodies: Vec<String> = Vec::with_capacity(tree_size);
     {
         let mut stmt = db.prepare("SELECT body FROM records WHERE seq < ?1 ORDER BY seq")?;
         let mut rows = stmt.query([size as i64])?;
@@ -100,17 +99,14 @@ pub fn export(
                 );
             }
             let n = usize::try_from(old.size)?;
-            if merkle::root(&leaves[..n]) != old.root {
+            let (old_root, prefix, consistency) =
+                log.with_tree(|t| (t.root(n), t.compact(n), t.consistency_proof(n, tree_size)));
+            if old_root != old.root {
                 bail!(
                     "the --since checkpoint's root is not this log's root at size {}: the log was rewritten",
                     old.size
                 );
             }
-            let mut prefix = CompactRange::default();
-            for l in &leaves[..n] {
-                prefix.push(*l);
-            }
-            let consistency = if old.size == size { Vec::new() } else { merkle::consistency_proof(&leaves, n) };
             (
                 Scope::Since {
                     checkpoint: old_note.clone(),
@@ -131,7 +127,9 @@ pub fn export(
             if chosen.is_empty() {
                 bail!("no run `{run}` in the evidence log (`edge-runner evidence show` lists runs)");
             }
-            let proofs = chosen.iter().map(|&i| bundle::encode_hashes(&merkle::inclusion_proof(&leaves, i))).collect();
+            let proofs = log.with_tree(|t| {
+                chosen.iter().map(|&i| bundle::encode_hashes(&t.inclusion_proof(i, tree_size))).collect()
+            });
             (Scope::Run { run: run.clone(), proofs }, chosen)
         }
     };
