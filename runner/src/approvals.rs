@@ -154,6 +154,8 @@ impl Runner {
         valid: &ValidPlan,
         approvals: &[Vec<u8>],
     ) -> Result<Option<QuorumMet>> {
+        // Nonces and executed proposals are read from the log: all of it.
+        self.log.barrier()?;
         let Some(registry) = self.config.approvers.clone() else {
             self.refuse(
                 report,
@@ -440,6 +442,7 @@ impl Runner {
     /// # Errors
     /// If the evidence log cannot be written.
     pub fn expire_proposals(&mut self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
+        self.log.barrier()?;
         let (_, executed) = self.consumed();
         let expired = self.expired();
         let mut due = Vec::new();

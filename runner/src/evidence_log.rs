@@ -83,11 +83,16 @@ impl StoreHandle {
     /// # Errors
     /// If the transaction could not be committed (nothing was acknowledged).
     pub fn append(&self, run: &str, event: Event) -> Result<Record> {
+        self.send_append(run, event)?.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+    }
+
+    /// Queue an append; the receiver yields the record once it is durable.
+    fn send_append(&self, run: &str, event: Event) -> Result<mpsc::Receiver<Result<Record>>> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Request::Append { run: run.to_owned(), event: Box::new(event), reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
-        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+        Ok(rx)
     }
 
     /// Store an artifact (content-addressed, idempotent); returns once durable.
@@ -125,6 +130,9 @@ struct Writer {
     range: CompactRange,
     tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
     appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+    /// Set when a commit failed: nothing is committed after it in this
+    /// process, so a run can never have a hole in its records.
+    poisoned: Option<String>,
 }
 
 impl Writer {
@@ -143,6 +151,12 @@ impl Writer {
 
     /// Commit a batch in one transaction; acknowledge each request after.
     fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(why) = &self.poisoned {
+            for req in batch {
+                reply(req, Err(why.clone()));
+            }
+            return;
+        }
         let (seq0, prev0, range0) = (self.next_seq, self.prev, self.range.clone());
         let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(batch.len());
         let mut new_leaves = Vec::new();
@@ -220,6 +234,8 @@ impl Writer {
         if let Err(e) = tx_result {
             // Nothing of the batch is durable: undo our view and refuse all.
             (self.next_seq, self.prev, self.range) = (seq0, prev0, range0);
+            self.poisoned =
+                Some(format!("an earlier evidence commit failed ({e}); nothing more is accepted: restart the runner"));
             for req in batch {
                 let msg = format!("the evidence store could not commit (nothing was acknowledged): {e}");
                 reply(req, Err(msg));
@@ -271,6 +287,8 @@ pub struct EvidenceLog {
     tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
     appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
     durable_wait: Duration,
+    /// Appends queued with [`EvidenceLog::append_deferred`], not yet known durable.
+    pending: Vec<mpsc::Receiver<Result<Record>>>,
     _lock: std::fs::File,
 }
 
@@ -326,8 +344,15 @@ impl EvidenceLog {
         }
         let tree = std::sync::Arc::new(std::sync::Mutex::new(store));
         let appended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer =
-            Writer { db, next_seq: records.len() as u64, prev, range, tree: tree.clone(), appended: appended.clone() };
+        let writer = Writer {
+            db,
+            next_seq: records.len() as u64,
+            prev,
+            range,
+            tree: tree.clone(),
+            appended: appended.clone(),
+            poisoned: None,
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
@@ -337,6 +362,7 @@ impl EvidenceLog {
             tree,
             appended,
             durable_wait: Duration::ZERO,
+            pending: Vec::new(),
             _lock: lock,
         })
     }
@@ -351,11 +377,49 @@ impl EvidenceLog {
     /// # Errors
     /// If it could not be made durable; nothing was acknowledged then.
     pub fn append(&mut self, run: &str, event: Event) -> Result<Record> {
+        self.barrier()?;
         let t0 = Instant::now();
         let r = self.handle.append(run, event);
         self.durable_wait += t0.elapsed();
         self.sync_view();
         r
+    }
+
+    /// Queue an append without waiting for it to become durable: group
+    /// commit then makes the records of one step durable with one fsync.
+    /// The caller must call [`EvidenceLog::barrier`] before any effect the
+    /// records announce (running a guest, touching a live mount or a
+    /// journal, answering a client); [`EvidenceLog::records`] shows them
+    /// only after it.
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn append_deferred(&mut self, run: &str, event: Event) -> Result<()> {
+        let rx = self.handle.send_append(run, event)?;
+        self.pending.push(rx);
+        Ok(())
+    }
+
+    /// Wait until every deferred append is durable.
+    ///
+    /// # Errors
+    /// If any of them could not be made durable (the writer then refuses
+    /// everything after it in this process).
+    pub fn barrier(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut first_error = None;
+        for rx in self.pending.drain(..) {
+            let r = rx.recv().map_err(|_| anyhow!("the evidence writer stopped")).and_then(|r| r);
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.durable_wait += t0.elapsed();
+        self.sync_view();
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Store an artifact content-addressed; returns its digest once durable.
@@ -465,4 +529,53 @@ fn load_and_verify(db: &Connection) -> Result<(Vec<Record>, Vec<Hash>, Sha256Dig
         records.push(r);
     }
     Ok((records, leaves, prev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(detail: &str) -> Event {
+        Event::Refused { stage: "test".into(), reason_code: "test.synthetic".into(), detail: detail.into() }
+    }
+
+    #[test]
+    fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EvidenceLog::open(dir.path()).unwrap();
+        log.append_deferred("r-a", refused("one")).unwrap();
+        log.append_deferred("r-a", refused("two")).unwrap();
+        log.barrier().unwrap();
+        assert_eq!(log.records().len(), 2);
+
+        // Something below the runner makes one insert fail (a disk error, say).
+        let other = Connection::open(dir.path().join("evidence.db")).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER fail_one BEFORE INSERT ON records WHEN NEW.run = 'r-fail' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        log.append_deferred("r-fail", refused("three")).unwrap();
+        log.append_deferred("r-b", refused("four")).unwrap();
+        let e = log.barrier().unwrap_err();
+        assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
+        // Nothing is accepted after the failure, even once the cause is gone.
+        other.execute_batch("DROP TRIGGER fail_one;").unwrap();
+        let e = log.append("r-c", refused("five")).unwrap_err();
+        assert!(format!("{e:#}").contains("restart the runner"), "{e:#}");
+        drop(log);
+
+        // Reopened: the log verifies, with no hole: nothing after the failure.
+        let log = EvidenceLog::open(dir.path()).unwrap();
+        let details: Vec<String> = log
+            .records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Refused { detail, .. } => Some(detail.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(details, ["one", "two"]);
+    }
 }

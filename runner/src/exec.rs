@@ -371,6 +371,12 @@ impl Runner {
         report.submitted_by = submitted_by.map(str::to_owned);
         let first_seq = self.log.records().len();
         let mut result = self.exec_inner(capsule_bytes, approvals, &mut report).await;
+        // Every record of the run durable before anything reads the log or
+        // the client hears of it.
+        let synced = self.log.barrier();
+        if result.is_ok() {
+            result = synced;
+        }
         let closed_already = self.log.records()[first_seq..].iter().any(Record::is_terminal);
         if let Err(e) = &result
             && !closed_already
@@ -422,9 +428,12 @@ impl Runner {
         result.map(|()| report)
     }
 
+    /// Record a step. Deferred: the records of a step become durable
+    /// together at the next barrier, which comes before every effect they
+    /// announce (a guest running, a live mount or journal touched, the end
+    /// of the run).
     fn record(&mut self, report: &RunReport, event: Event) -> Result<()> {
-        self.log.append(&report.run, event)?;
-        Ok(())
+        self.log.append_deferred(&report.run, event)
     }
 
     pub(crate) fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
@@ -574,6 +583,7 @@ impl Runner {
             })
             .collect();
         let input = PhaseInput { params: &m.params, mounts: &live_mounts, env: &env };
+        self.log.barrier()?;
         let (planned, captured) = self.sandbox.plan(&pre, &decided, &input).await;
         let output = self.store_output(report, "plan", captured)?;
         let raw_plan = match planned {
@@ -628,6 +638,8 @@ impl Runner {
 
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
+            self.log.barrier()?;
+            self.log.barrier()?;
             let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
             let output = self.store_output(report, "verify", captured)?;
             return match verified {
@@ -666,6 +678,7 @@ impl Runner {
             })
             .collect();
         let apply_input = PhaseInput { mounts: &apply_mounts, ..input };
+        self.log.barrier()?;
         let (applied, captured) = self.sandbox.apply(&pre, &authorized, &apply_input, valid.plan()).await;
         let output = self.store_output(report, "apply", captured)?;
         if let Err(e) = applied {
@@ -735,6 +748,7 @@ impl Runner {
         let journal_bytes = journal.persist(&journal_path)?;
         let journal_d = self.log.put_artifact(&journal_bytes)?;
         self.record(report, Event::CommitIntent { changes: diff.len(), journal: journal_d })?;
+        self.log.barrier()?;
         if let Err(e) = journal.commit(&copies, &journal_path) {
             let restored = journal.rollback()?;
             self.record(
@@ -742,6 +756,7 @@ impl Runner {
                 Event::RolledBack { reason_code: "commit.io_error".into(), detail: format!("{e:#}"), restored },
             )?;
             self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
+            self.log.barrier()?;
             journal.finalize()?;
             std::fs::remove_file(&journal_path)?;
             report.outcome = Outcome::RolledBack;
@@ -777,15 +792,18 @@ impl Runner {
         match failure {
             None => {
                 self.record(report, Event::Completed { outcome: Outcome::Committed })?;
+                self.log.barrier()?;
                 journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::Committed;
             }
             Some((code, detail)) => {
                 // The record of the verify result is durable; now undo.
+                self.log.barrier()?;
                 let restored = journal.rollback()?;
                 self.record(report, Event::RolledBack { reason_code: code.clone(), detail: detail.clone(), restored })?;
                 self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
+                self.log.barrier()?;
                 journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::RolledBack;
