@@ -196,7 +196,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
         }
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
-            let signer = crate::exec::load_identity(&config)?;
+            let signer = crate::identity::load_identity(&config)?;
             writeln!(out, "{}", signer.verifier().to_vkey())?;
             Ok(EXIT_OK)
         }
@@ -226,7 +226,7 @@ impl Trust {
         }
         if let Some(c) = &self.config {
             let config = RunnerConfig::load(c)?;
-            keys.push(crate::exec::load_identity(&config)?.verifier().clone());
+            keys.push(crate::identity::load_identity(&config)?.verifier().clone());
         }
         Ok(keys)
     }

@@ -124,27 +124,13 @@ impl Runner {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
-        let identity = std::sync::Arc::new(load_identity(&config)?);
+        let identity = std::sync::Arc::new(crate::identity::load_identity(&config)?);
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mut runner = Self { config, sandbox, log, identity };
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
         Ok(runner)
-    }
-
-    /// Record the identity key when it is new to the log (or changed).
-    fn record_identity(&mut self) -> Result<()> {
-        let vkey = self.identity.verifier().to_vkey();
-        let last = self.log.records().iter().rev().find_map(|r| match &r.event {
-            Event::KeyEvent { key, .. } => Some(key.clone()),
-            _ => None,
-        });
-        if last.as_deref() != Some(vkey.as_str()) {
-            let action = if last.is_none() { "identity key in use" } else { "identity key changed" };
-            self.log.append("runner", Event::KeyEvent { action: action.into(), key: vkey })?;
-        }
-        Ok(())
     }
 
     /// Sign a checkpoint of the whole log now.
@@ -167,27 +153,6 @@ impl Runner {
     /// As [`crate::export::export`].
     pub fn export(&mut self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
         crate::export::export(&mut self.log, &self.identity, &self.config.name, scope)
-    }
-
-    /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
-    /// for its terminal record.
-    fn seal(&mut self, report: &mut RunReport) -> Result<()> {
-        let Some(last) = self.log.records().iter().rev().find(|r| r.run == report.run && r.is_terminal()) else {
-            return Ok(());
-        };
-        let index = last.seq;
-        let note = self.checkpoint()?;
-        // The proof is against the checkpoint just signed (its size is the
-        // second line of the note).
-        let size: usize = note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")?;
-        let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));
-        let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
-        let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
-        let t0 = std::time::Instant::now();
-        staging::write_durably(&path, receipt.as_bytes())?;
-        self.log.account_durable_wait(t0.elapsed());
-        report.receipt = Some(path);
-        Ok(())
     }
 
     /// The policy and graph digests the log last recorded as in force.
@@ -260,82 +225,6 @@ impl Runner {
                 Ok(false)
             }
         }
-    }
-
-    /// Roll back and close every run that has no terminal record.
-    ///
-    /// # Errors
-    /// If a rollback or a record write fails (the runner must not continue).
-    pub fn recover(&mut self) -> Result<Vec<String>> {
-        let journals_dir = self.config.state_dir.join("journals");
-        let mut open: Vec<String> = Vec::new();
-        let mut terminal: BTreeMap<String, Outcome> = BTreeMap::new();
-        for r in self.log.records() {
-            match &r.event {
-                Event::Completed { outcome } => {
-                    terminal.insert(r.run.clone(), *outcome);
-                }
-                // Runner-level records, not part of any run.
-                Event::PolicyChange { .. } | Event::PolicyRefused { .. } | Event::KeyEvent { .. } => {}
-                _ if !open.contains(&r.run) => open.push(r.run.clone()),
-                _ => {}
-            }
-        }
-        let mut recovered = Vec::new();
-        // Journals first: they say what to undo.
-        if journals_dir.exists() {
-            for entry in std::fs::read_dir(&journals_dir)? {
-                let path = entry?.path();
-                let Some(run) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
-                    continue;
-                };
-                if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                    continue;
-                }
-                let journal: Journal = serde_json::from_slice(&std::fs::read(&path)?)
-                    .with_context(|| format!("journal {} is unreadable; restore the files by hand", path.display()))?;
-                match terminal.get(&run) {
-                    // The run ended (committed, or already rolled back): its
-                    // journal only lingers because the crash came before the
-                    // cleanup. Never undo or redo anything for it now: files
-                    // may have changed legitimately since.
-                    Some(_) => {}
-                    None => {
-                        let restored = journal.rollback()?;
-                        self.log.append(
-                            &run,
-                            Event::Interrupted {
-                                restored,
-                                detail: "found a commit in progress at start; rolled back".into(),
-                            },
-                        )?;
-                        self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
-                        terminal.insert(run.clone(), Outcome::Interrupted);
-                        recovered.push(run.clone());
-                    }
-                }
-                journal.finalize()?;
-                std::fs::remove_file(&path)?;
-            }
-        }
-        for run in open {
-            if !terminal.contains_key(&run) {
-                self.log.append(
-                    &run,
-                    Event::Interrupted {
-                        restored: 0,
-                        detail: "run ended without a terminal record; nothing was committed".into(),
-                    },
-                )?;
-                self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
-                recovered.push(run);
-            }
-        }
-        let staging_dir = self.config.state_dir.join("staging");
-        if staging_dir.exists() {
-            std::fs::remove_dir_all(&staging_dir).context("cannot clear stale staging copies")?;
-        }
-        Ok(recovered)
     }
 
     /// Run a capsule file through every gate.
@@ -861,29 +750,6 @@ pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> 
             .collect(),
         ticket: m.provenance.ticket.clone(),
     }
-}
-
-/// Load the identity key, creating it (mode 0600) on first start.
-pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
-    let path = &config.identity_key;
-    if !path.exists() {
-        create_identity(path)?;
-    }
-    let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
-    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
-}
-
-/// Create a new identity key file (mode 0600).
-///
-/// # Errors
-/// If it exists or cannot be written.
-pub fn create_identity(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let key = edge_core::signature::CapsuleSigningKey::generate();
-    crate::keys::write_secret(path, key.to_pkcs8_pem().as_bytes())
-        .with_context(|| format!("cannot create identity key {}", path.display()))
 }
 
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).

@@ -68,7 +68,7 @@ pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<In
     // The identity key: created now, so the operator can hand reviewers the
     // public key before the first run.
     let identity = home.join("state/identity.key");
-    crate::exec::create_identity(&identity)?;
+    crate::identity::create_identity(&identity)?;
 
     let agent = format!("spiffe://{DEV_TRUST_DOMAIN}/agent/dev");
     dev_pki(&home.join("tls"), &agent)?;

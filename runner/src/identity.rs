@@ -1,0 +1,73 @@
+//! The runner's identity: the Ed25519 key that signs checkpoints of its
+//! evidence log (origin = `runner.name`), its key events, and the receipt
+//! sealed at the end of every run.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use edge_core::evidence::Event;
+use edge_core::note::NoteSigner;
+
+use crate::config::RunnerConfig;
+use crate::exec::{RunReport, Runner};
+use crate::staging;
+
+impl Runner {
+    /// Record the identity key when it is new to the log (or changed).
+    pub(crate) fn record_identity(&mut self) -> Result<()> {
+        let vkey = self.identity.verifier().to_vkey();
+        let last = self.log.records().iter().rev().find_map(|r| match &r.event {
+            Event::KeyEvent { key, .. } => Some(key.clone()),
+            _ => None,
+        });
+        if last.as_deref() != Some(vkey.as_str()) {
+            let action = if last.is_none() { "identity key in use" } else { "identity key changed" };
+            self.log.append("runner", Event::KeyEvent { action: action.into(), key: vkey })?;
+        }
+        Ok(())
+    }
+
+    /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
+    /// for its terminal record.
+    pub(crate) fn seal(&mut self, report: &mut RunReport) -> Result<()> {
+        let Some(last) = self.log.records().iter().rev().find(|r| r.run == report.run && r.is_terminal()) else {
+            return Ok(());
+        };
+        let index = last.seq;
+        let note = self.checkpoint()?;
+        // The proof is against the checkpoint just signed (its size is the
+        // second line of the note).
+        let size: usize = note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")?;
+        let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));
+        let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
+        let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
+        let t0 = std::time::Instant::now();
+        staging::write_durably(&path, receipt.as_bytes())?;
+        self.log.account_durable_wait(t0.elapsed());
+        report.receipt = Some(path);
+        Ok(())
+    }
+}
+
+/// Load the identity key, creating it (mode 0600) on first start.
+pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
+    let path = &config.identity_key;
+    if !path.exists() {
+        create_identity(path)?;
+    }
+    let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
+    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
+}
+
+/// Create a new identity key file (mode 0600).
+///
+/// # Errors
+/// If it exists or cannot be written.
+pub fn create_identity(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = edge_core::signature::CapsuleSigningKey::generate();
+    crate::keys::write_secret(path, key.to_pkcs8_pem().as_bytes())
+        .with_context(|| format!("cannot create identity key {}", path.display()))
+}
