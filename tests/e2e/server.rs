@@ -653,3 +653,37 @@ fn submit_until_apply_starts(
     }
     submitter
 }
+
+#[test]
+fn tier_1_needs_one_approval_from_the_right_role() {
+    let env = setup(64);
+    // Every write is tier 1 in this policy: one approval from an sre.
+    let mut policy = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    policy.push_str(
+        "\n[[rules]]\nname = \"any-write\"\nwhen = { writes = true }\ntier = 1\nreason = \"writes need one sre\"\n",
+    );
+    std::fs::write(env.path("policy.toml"), policy).unwrap();
+    let server = Server::start(&env);
+    let capsule = capsule(&env, "none", false);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let v = submit(&mut agent, &capsule).await.json().unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["decision"]["tier"].as_u64()),
+            (Some("awaiting-approval"), Some(1)),
+            "{v:#}"
+        );
+        let id = v["id"].as_str().unwrap().to_owned();
+        // carol is not an sre: her approval does not count.
+        let mut approver = server.client(&env, "approver");
+        let carol = sign(&env, &mut approver, &id, "carol", "approve").await;
+        let r = approver.post(&format!("/v1/proposals/{id}/approvals"), carol, "application/json").await.unwrap();
+        assert_eq!(r.json().unwrap()["status"]["quorum"], "pending");
+        assert!(!env.path("data/ok.txt").exists());
+        let alice = sign(&env, &mut approver, &id, "alice", "approve").await;
+        let r = approver.post(&format!("/v1/proposals/{id}/approvals"), alice, "application/json").await.unwrap();
+        let v = r.json().unwrap();
+        assert_eq!(v["run"]["state"], "committed", "{v:#}");
+        assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+    });
+}
