@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::server::Shared;
 use crate::server::proposals::State;
-use crate::server::worker::{Job, QueueError};
+use crate::server::worker::{ApproveReply, Job, QueueError};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -184,8 +184,14 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             let approval = body(shared, req).await?.to_vec();
             let result = ask(shared, |reply| Job::Approve { id: id.clone(), approval, reply }).await?;
             match result {
-                Ok(Some(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
-                Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
+                Ok(ApproveReply::Kept(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
+                Ok(ApproveReply::Unknown) => {
+                    Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner")))
+                }
+                Ok(ApproveReply::Refused(why)) => Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the approval was not kept: {why}; sign this proposal's document again"),
+                )),
                 Err(e) => Err(error(StatusCode::CONFLICT, format!("{e:#}"))),
             }
         }

@@ -23,7 +23,7 @@ use crate::server::proposals::{self, ProposalView, State};
 /// What an API request asks of the runner.
 pub(crate) enum Job {
     Submit { capsule: Vec<u8>, agent: String, reply: oneshot::Sender<Result<Value>> },
-    Approve { id: String, approval: Vec<u8>, reply: oneshot::Sender<Result<Option<Value>>> },
+    Approve { id: String, approval: Vec<u8>, reply: oneshot::Sender<Result<ApproveReply>> },
     List { state: Option<State>, reply: oneshot::Sender<Vec<ProposalView>> },
     Show { id: String, reply: oneshot::Sender<Option<ProposalView>> },
     Document { id: String, reply: oneshot::Sender<Option<Vec<u8>>> },
@@ -31,6 +31,19 @@ pub(crate) enum Job {
     Export { since: Option<String>, reply: oneshot::Sender<Result<Vec<u8>>> },
     Metrics { reply: oneshot::Sender<String> },
 }
+
+/// What became of a posted approval.
+pub(crate) enum ApproveReply {
+    /// No such proposal.
+    Unknown,
+    /// Not kept: it does not verify for this proposal (reason given).
+    Refused(String),
+    /// Kept; the quorum status, and the run when it ran.
+    Kept(Value),
+}
+
+/// Largest approval file accepted (ours are about 1 KiB).
+const MAX_APPROVAL_BYTES: usize = 64 << 10;
 
 /// The sending side, shared by connections.
 pub(crate) struct Queue {
@@ -169,12 +182,25 @@ async fn submit(runner: &mut Runner, m: &Metrics, capsule: &[u8], agent: &str) -
 /// Keep an approval for a waiting proposal; once the approvals kept meet
 /// the quorum (or one vetoes), run the proposal with them, which records
 /// every approval, the quorum and what follows.
-async fn approve(runner: &mut Runner, m: &Metrics, id: &str, approval: Vec<u8>) -> Result<Option<Value>> {
+async fn approve(runner: &mut Runner, m: &Metrics, id: &str, approval: Vec<u8>) -> Result<ApproveReply> {
     let Some(view) = proposals::index(runner.log.records()).into_iter().find(|p| p.id == id) else {
-        return Ok(None);
+        return Ok(ApproveReply::Unknown);
     };
     if view.state != State::AwaitingApproval {
         anyhow::bail!("proposal {id} is {}, not awaiting approval", view.state.name());
+    }
+    // Only approvals that verify for this proposal are kept (anyone with a
+    // certificate may post: nothing unverified accumulates on disk).
+    if approval.len() > MAX_APPROVAL_BYTES {
+        return Ok(ApproveReply::Refused(format!(
+            "an approval file is at most {MAX_APPROVAL_BYTES} bytes; this is {}",
+            approval.len()
+        )));
+    }
+    if let QuorumStatus::Pending { refused, .. } = runner.quorum_status(id, std::slice::from_ref(&approval))?
+        && let Some(why) = refused.into_iter().next()
+    {
+        return Ok(ApproveReply::Refused(why));
     }
     let dir = approvals_dir(runner, id);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -195,7 +221,7 @@ async fn approve(runner: &mut Runner, m: &Metrics, id: &str, approval: Vec<u8>) 
         m.observe_run(started.elapsed());
         out["run"] = summary(id, &report);
     }
-    Ok(Some(out))
+    Ok(ApproveReply::Kept(out))
 }
 
 /// What a submission returns: the proposal id, the admission result, the
