@@ -18,17 +18,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 # Approvers sign with OpenSSH keys; the tamper demonstration uses python3.
-missing=""
-command -v ssh-keygen >/dev/null || missing="$missing openssh-client"
-command -v python3 >/dev/null || missing="$missing python3"
-if [ -n "$missing" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
-  else
-    echo "error: missing$missing; install them (apt-get install$missing)" >&2
-    exit 1
-  fi
-fi
+. scripts/lib.sh
+need_packages ssh-keygen:openssh-client python3:python3
 
 step "build the runner, the offline verifier and the example capsules"
 cargo build --locked -p edge-runner -p edge-evidence
