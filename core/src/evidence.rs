@@ -272,11 +272,39 @@ impl Record {
     }
 
     /// The event's type name (`submission`, `decision`, …).
-    pub fn event_type(&self) -> String {
-        serde_json::to_value(&self.event)
-            .ok()
-            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
-            .unwrap_or_default()
+    pub fn event_type(&self) -> &'static str {
+        self.event.type_name()
+    }
+}
+
+impl Event {
+    /// The serde tag (`type`) of this event, without serialising it: the
+    /// evidence writer stores it beside every record.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::Submission { .. } => "submission",
+            Event::Admitted { .. } => "admitted",
+            Event::Decision { .. } => "decision",
+            Event::PolicyChange { .. } => "policy-change",
+            Event::AwaitingApproval { .. } => "awaiting-approval",
+            Event::ApprovalReceived { .. } => "approval-received",
+            Event::ApprovalAccepted { .. } => "approval-accepted",
+            Event::ApprovalRefused { .. } => "approval-refused",
+            Event::Quorum { .. } => "quorum",
+            Event::KeyEvent { .. } => "key-event",
+            Event::ProposalExpired { .. } => "proposal-expired",
+            Event::PolicyRefused { .. } => "policy-refused",
+            Event::Authorized { .. } => "authorized",
+            Event::Planned { .. } => "planned",
+            Event::Applied { .. } => "applied",
+            Event::CommitIntent { .. } => "commit-intent",
+            Event::Committed { .. } => "committed",
+            Event::Verified { .. } => "verified",
+            Event::RolledBack { .. } => "rolled-back",
+            Event::Refused { .. } => "refused",
+            Event::Interrupted { .. } => "interrupted",
+            Event::Completed { .. } => "completed",
+        }
     }
 }
 

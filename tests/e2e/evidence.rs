@@ -164,6 +164,12 @@ fn a_fifty_run_export_verifies_offline_with_every_check() {
     assert!(out.contains(&format!("{} runs", f.runs)), "{out}");
     let receipts: Vec<_> = std::fs::read_dir(f.env.path("state/receipts")).unwrap().collect();
     assert_eq!(receipts.len(), f.runs);
+    // The type name stored beside each record is its serde tag.
+    for line in &parts(&f.bundle).records {
+        let tag: serde_json::Value = serde_json::from_str(line).unwrap();
+        let r: Record = serde_json::from_str(line).unwrap();
+        assert_eq!(tag["event"]["type"].as_str(), Some(r.event_type()), "{line}");
+    }
 }
 
 /// Which checks may fire for a change in each part of the file.
