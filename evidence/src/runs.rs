@@ -56,6 +56,8 @@ pub struct RunSummary {
 struct Ledger {
     nonces: BTreeMap<String, u64>,
     expired: BTreeMap<String, u64>,
+    /// Proposals a met quorum executed (where): each runs once.
+    executed: BTreeMap<String, u64>,
 }
 
 /// Compiled documents, shared between runs that use the same digests.
@@ -237,6 +239,24 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &mut Le
                             return Err(fail(
                                 "decision.input",
                                 "the decision input names another capsule or grant than the run admitted".into(),
+                            ));
+                        }
+                        // Everything else the policy reads comes from the
+                        // manifest and the admitted signer.
+                        let m = &sub.manifest;
+                        let signer_ok =
+                            sum.signer.as_deref().is_some_and(|s| s.starts_with(&format!("{} (", inp.signer)));
+                        if inp.name != format!("{}@{}", m.name, m.version)
+                            || inp.kind != m.kind
+                            || inp.endpoints != m.endpoints
+                            || inp.ticket != m.provenance.ticket
+                            || !signer_ok
+                        {
+                            return Err(fail(
+                                "decision.input",
+                                "the decision input's name, kind, endpoints, ticket or signer differ from the \
+                                 manifest and the admitted signer"
+                                    .into(),
                             ));
                         }
                         let (Some(pd), Some(gd)) = (decision.policy, decision.graph) else {
@@ -545,6 +565,11 @@ fn check_quorum(
             "proposal.expired",
             format!("a quorum for proposal {proposal}, which expired at record {at}"),
         ));
+    }
+    if result.met.is_some()
+        && let Some(prev) = ledger.executed.insert(proposal.clone(), r.seq)
+    {
+        return Err(fail("proposal.executed", format!("proposal {proposal} was already executed at record {prev}")));
     }
     for n in nonces {
         if let Some(prev) = ledger.nonces.insert(n.clone(), r.seq) {

@@ -284,7 +284,9 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
         let ctx = runs::Ctx {
             artifacts: &artifacts,
             runner: &v.header.origin,
-            partial_start: !matches!(v.header.scope, Scope::Full),
+            // Only a `since` export may begin in the middle of a run; a run
+            // export carries every record of its run.
+            partial_start: matches!(v.header.scope, Scope::Since { .. }),
         };
         v.runs = runs::check_runs(&v.records, &ctx)?;
         if matches!(v.header.scope, Scope::Full) {

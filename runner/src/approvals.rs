@@ -443,12 +443,19 @@ impl Runner {
     /// If the evidence log cannot be written.
     pub fn expire_proposals(&mut self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
         self.log.barrier()?;
-        let (_, executed) = self.consumed();
-        let expired = self.expired();
+        // Settled (a quorum met or vetoed) or already expired: not waiting.
+        let mut settled = self.expired();
+        for r in self.log.records() {
+            if let Event::Quorum { proposal, outcome, .. } = &r.event
+                && matches!(outcome.get("result").and_then(|v| v.as_str()), Some("met" | "vetoed"))
+            {
+                settled.insert(proposal.clone());
+            }
+        }
         let mut due = Vec::new();
         for r in self.log.records() {
             let Event::AwaitingApproval { proposal, .. } = &r.event else { continue };
-            if only.is_some_and(|id| id != proposal) || executed.contains(proposal) || expired.contains(proposal) {
+            if only.is_some_and(|id| id != proposal) || settled.contains(proposal) {
                 continue;
             }
             let Ok(at) = r.time.parse::<jiff::Timestamp>() else { continue };

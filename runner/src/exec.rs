@@ -326,8 +326,9 @@ impl Runner {
     }
 
     pub(crate) fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
-        // Details can carry guest text (error messages): keep records bounded.
-        let detail = truncate(detail, 2048);
+        // Details can carry guest text (error messages): keep records
+        // bounded and free of granted env values.
+        let detail = truncate(self.redact(&detail), 2048);
         self.record(report, Event::Refused { stage: stage.into(), reason_code: code.into(), detail: detail.clone() })?;
         self.record(report, Event::Completed { outcome: Outcome::Refused })?;
         report.outcome = Outcome::Refused;
@@ -344,20 +345,13 @@ impl Runner {
         if captured.is_empty() {
             return Ok(None);
         }
-        // Environment values may be secrets: a capsule that prints them must
-        // not get them into evidence.
-        for (name, value) in &self.config.env {
-            if value.len() >= 4 {
-                let mark = format!("[env {name} redacted]");
-                captured.stdout = captured.stdout.replace(value.as_str(), &mark);
-                captured.stderr = captured.stderr.replace(value.as_str(), &mark);
-                for line in &mut captured.log {
-                    *line = line.replace(value.as_str(), &mark);
-                }
-                for f in &mut captured.findings {
-                    f.message = f.message.replace(value.as_str(), &mark);
-                }
-            }
+        captured.stdout = self.redact(&captured.stdout);
+        captured.stderr = self.redact(&captured.stderr);
+        for line in &mut captured.log {
+            *line = self.redact(line);
+        }
+        for f in &mut captured.findings {
+            f.message = self.redact(&f.message);
         }
         let bytes = canonical::to_canonical_vec(&captured)?;
         let d = self.log.put_artifact(&bytes)?;
@@ -527,7 +521,6 @@ impl Runner {
 
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
-            self.log.barrier()?;
             self.log.barrier()?;
             let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
             let output = self.store_output(report, "verify", captured)?;
@@ -712,11 +705,27 @@ impl Runner {
         v: &Verification,
         output: Option<Sha256Digest>,
     ) -> Result<()> {
-        report.verification = Some(VerificationReport { passed: v.passed, summary: v.summary.clone() });
-        self.record(
-            report,
-            Event::Verified { passed: v.passed, summary: v.summary.clone(), findings: v.findings.clone(), output },
-        )
+        let summary = self.redact(&v.summary);
+        let mut findings = v.findings.clone();
+        for f in &mut findings {
+            f.message = self.redact(&f.message);
+        }
+        report.verification = Some(VerificationReport { passed: v.passed, summary: summary.clone() });
+        self.record(report, Event::Verified { passed: v.passed, summary, findings, output })
+    }
+
+    /// Environment values may be secrets: guest text (output, findings,
+    /// error messages, verify summaries) must not carry them into evidence.
+    /// The plan is bound to its digest and cannot be rewritten: a capsule
+    /// could still encode a granted value there (docs/foundation.md).
+    fn redact(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for (name, value) in &self.config.env {
+            if value.len() >= 4 && out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &format!("[env {name} redacted]"));
+            }
+        }
+        out
     }
 }
 

@@ -418,6 +418,18 @@ fn partial_exports_prove_inclusion_and_consistency() {
         proofs.insert(1, proofs[0].clone());
     }
     assert!(verify(&p.write(), &f.keys, Level::Full).is_err());
+    // Without any key: the run's leading records (and their proofs) dropped,
+    // hiding the capsule and its approvals. A run export carries the whole run.
+    let mut p = parts(&one);
+    p.records.remove(0);
+    if let Scope::Run { proofs, .. } = &mut p.header.scope {
+        proofs.remove(0);
+    }
+    let referenced: std::collections::BTreeSet<Sha256Digest> =
+        p.records.iter().flat_map(|l| serde_json::from_str::<Record>(l).unwrap().artifacts()).collect();
+    p.artifacts.retain(|(d, _)| referenced.contains(d));
+    let e = verify(&p.write(), &f.keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "run.start", "{e}");
 
     // More runs, then an export since the first bundle: a consistency proof.
     cli(&["evidence", "export", "--config", "runner.toml", "--since", "full.bundle", "-o", "since.bundle"]);

@@ -121,7 +121,10 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
             if let Event::ProposalExpired { proposal, .. } = &r.event
                 && let Some(v) = by_id.get_mut(proposal)
             {
-                v.state = State::Expired;
+                // Only a proposal still waiting expires (not a rejected one).
+                if v.state == State::AwaitingApproval {
+                    v.state = State::Expired;
+                }
                 v.records.push(r.seq);
             }
             continue;

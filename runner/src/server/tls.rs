@@ -114,6 +114,11 @@ pub fn agent_identity(der: &[u8]) -> Result<String> {
                         x509_cert::der::asn1::PrintableStringRef::try_from(&atv.value).map(|s| s.as_str().to_owned())
                     })
                     .map_err(|_| anyhow!("the client certificate's common name is not a UTF-8 or printable string"))?;
+                // A SPIFFE ID only counts from the URI SAN, where the issuing
+                // CA vouches for it as one; a common name cannot claim one.
+                if value.starts_with("spiffe://") {
+                    bail!("the client certificate puts a SPIFFE ID in its common name; put it in a URI SAN");
+                }
                 return Ok(value);
             }
         }
