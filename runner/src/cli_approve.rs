@@ -72,7 +72,7 @@ pub enum ApprovalCommand {
 
 /// Show what is being approved, confirm, sign, write the approval file.
 pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<u8> {
-    let remote = match (&args.server, &args.ca, &args.client_cert, &args.client_key) {
+    let mut remote = match (&args.server, &args.ca, &args.client_cert, &args.client_key) {
         (Some(s), Some(ca), Some(cert), Some(key)) => Some(Remote {
             client: crate::server::client::Client::new(s, ca, cert, key)?,
             id: args.proposal.to_string_lossy().into_owned(),
@@ -80,7 +80,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
         }),
         _ => None,
     };
-    let mut remote = remote;
+
     let text = match &mut remote {
         Some(r) => r.fetch()?,
         None => std::fs::read(&args.proposal).with_context(|| format!("cannot read {}", args.proposal.display()))?,

@@ -26,7 +26,7 @@ use edge_core::Sha256Digest;
 use edge_core::evidence::{self, Event, GENESIS, RECORD_SCHEMA, Record};
 use edge_core::merkle::{self, CompactRange, Hash, MerkleStore};
 use edge_core::note::{Checkpoint, NoteSigner};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -157,7 +157,6 @@ impl Writer {
             }
             return;
         }
-        let (seq0, prev0, range0) = (self.next_seq, self.prev, self.range.clone());
         let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(batch.len());
         let mut new_leaves = Vec::new();
         let mut new_records = Vec::new();
@@ -232,8 +231,8 @@ impl Writer {
             tx.commit()
         })();
         if let Err(e) = tx_result {
-            // Nothing of the batch is durable: undo our view and refuse all.
-            (self.next_seq, self.prev, self.range) = (seq0, prev0, range0);
+            // Nothing of the batch is durable: refuse it, and (poisoned)
+            // everything after it, so the writer's view is never used again.
             self.poisoned =
                 Some(format!("an earlier evidence commit failed ({e}); nothing more is accepted: restart the runner"));
             for req in batch {
@@ -473,19 +472,6 @@ impl EvidenceLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Read one artifact.
-    ///
-    /// # Errors
-    /// If the store cannot be read.
-    pub fn artifact(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
-        let db = read_only(&self.dir)?;
-        Ok(db
-            .query_row("SELECT bytes FROM artifacts WHERE digest = ?1", [digest.to_string()], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
-            .optional()?)
     }
 }
 

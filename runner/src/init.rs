@@ -35,7 +35,6 @@ pub struct Initialised {
     pub home: PathBuf,
     pub config: PathBuf,
     pub agent: String,
-    pub listen: String,
 }
 
 /// Create a runner home in `home` (which must not hold a runner.toml yet).
@@ -55,15 +54,14 @@ pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<In
     }
     restrict_dir(&home.join("state"))?;
     restrict_dir(&home.join("tls"))?;
-    write(home, "policy/policy.toml", include_str!("../../examples/policy/policy.toml"), false)?;
-    write(home, "policy/graph.toml", include_str!("../../examples/policy/graph.toml"), false)?;
+    write(home, "policy/policy.toml", include_str!("../../examples/policy/policy.toml"))?;
+    write(home, "policy/graph.toml", include_str!("../../examples/policy/graph.toml"))?;
     write(
         home,
         "approvers/allowed_signers",
         "# principal key-type base64-key  (OpenSSH allowed_signers; see docs/approvals.md)\n",
-        false,
     )?;
-    write(home, "approvers/roles.toml", include_str!("../../examples/approvers/roles.toml"), false)?;
+    write(home, "approvers/roles.toml", include_str!("../../examples/approvers/roles.toml"))?;
 
     // The identity key: created now, so the operator can hand reviewers the
     // public key before the first run.
@@ -125,31 +123,21 @@ output_kib = 4096
 max_plan_changes = 10000
 "#
     );
-    write(home, "runner.toml", &config, false)?;
+    write(home, "runner.toml", &config)?;
     let abs = std::fs::canonicalize(home)?;
-    write(home, "edge-runner.service", &systemd_unit(&abs, unit_user), false)?;
-    Ok(Initialised { home: abs, config: config_path, agent, listen: listen.to_owned() })
+    write(home, "edge-runner.service", &systemd_unit(&abs, unit_user))?;
+    Ok(Initialised { home: abs, config: config_path, agent })
 }
 
-fn write(home: &Path, rel: &str, text: &str, secret: bool) -> Result<()> {
+fn write(home: &Path, rel: &str, text: &str) -> Result<()> {
     let p = home.join(rel);
-    if secret {
-        crate::keys::write_secret(&p, text.as_bytes())
-    } else {
-        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
-    }
+    std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
 }
 
-#[cfg(unix)]
 fn restrict_dir(p: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", p.display()))
-}
-
-#[cfg(not(unix))]
-fn restrict_dir(_: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// A development CA, a server certificate and two client certificates.

@@ -2,7 +2,7 @@
 //! (from its commit journal, when one exists) and closed as interrupted,
 //! before the runner does anything else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{Context, Result};
 use edge_core::evidence::{Event, Outcome};
@@ -17,18 +17,22 @@ impl Runner {
     /// If a rollback or a record write fails (the runner must not continue).
     pub fn recover(&mut self) -> Result<Vec<String>> {
         let journals_dir = self.config.state_dir.join("journals");
+        // Runs in order of their first record, and those that ended.
         let mut open: Vec<String> = Vec::new();
-        let mut terminal: BTreeMap<String, Outcome> = BTreeMap::new();
-        for r in self.log.records() {
-            match &r.event {
-                Event::Completed { outcome } => {
-                    terminal.insert(r.run.clone(), *outcome);
+        let mut terminal: BTreeSet<String> = BTreeSet::new();
+        {
+            let mut seen: HashSet<&str> = HashSet::new();
+            for r in self.log.records() {
+                match &r.event {
+                    Event::Completed { .. } => {
+                        terminal.insert(r.run.clone());
+                    }
+                    // Runner-level records (key events, policy changes,
+                    // expiries) are not part of any run.
+                    _ if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) => {}
+                    _ if seen.insert(r.run.as_str()) => open.push(r.run.clone()),
+                    _ => {}
                 }
-                // Runner-level records (key events, policy changes,
-                // expiries) are not part of any run.
-                _ if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) => {}
-                _ if !open.contains(&r.run) => open.push(r.run.clone()),
-                _ => {}
             }
         }
         let mut recovered = Vec::new();
@@ -60,7 +64,7 @@ impl Runner {
                             },
                         )?;
                         self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
-                        terminal.insert(run.clone(), Outcome::Interrupted);
+                        terminal.insert(run.clone());
                         recovered.push(run.clone());
                     }
                 }
@@ -69,7 +73,7 @@ impl Runner {
             }
         }
         for run in open {
-            if !terminal.contains_key(&run) {
+            if !terminal.contains(&run) {
                 self.log.append(
                     &run,
                     Event::Interrupted {
