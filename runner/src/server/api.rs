@@ -117,14 +117,15 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(reply(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => {
-            if shared.metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            if shared.jobs.is_open() {
                 Ok(reply(StatusCode::OK, "text/plain", "ready\n"))
             } else {
                 Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"))
             }
         }
         (&Method::GET, ["metrics"]) => {
-            let text = ask(shared, |reply| Job::Metrics { reply }).await?;
+            let queue_depth = shared.jobs.depth();
+            let text = ask(shared, |reply| Job::Metrics { queue_depth, reply }).await?;
             Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", text))
         }
         (&Method::POST, ["v1", "proposals"]) => {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edge_core::evidence::Event;
@@ -29,10 +29,6 @@ struct Histogram {
 /// In-memory figures; the rest comes from the log.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// The runner is open and taking jobs.
-    pub ready: AtomicBool,
-    /// Jobs queued for the runner thread.
-    pub queue_depth: AtomicI64,
     tls_refused: AtomicU64,
     overloaded: AtomicU64,
     runs: Mutex<Histogram>,
@@ -60,7 +56,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, runner: &Runner) -> String {
+    pub fn render(&self, runner: &Runner, queue_depth: usize) -> String {
         let records = runner.log.records();
         let mut s = String::new();
         let mut by_state: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
@@ -103,7 +99,7 @@ impl Metrics {
         let _ =
             writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
         header(&mut s, "edge_runner_queue_depth", "gauge", "Requests waiting for the runner.");
-        let _ = writeln!(s, "edge_runner_queue_depth {}", self.queue_depth.load(Ordering::Relaxed).max(0));
+        let _ = writeln!(s, "edge_runner_queue_depth {}", queue_depth);
         header(
             &mut s,
             "edge_runner_overloaded_total",

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
@@ -22,14 +21,40 @@ use crate::server::proposals::{self, ProposalView, State};
 
 /// What an API request asks of the runner.
 pub(crate) enum Job {
-    Submit { capsule: Vec<u8>, agent: String, reply: oneshot::Sender<Result<Value>> },
-    Approve { id: String, approval: Vec<u8>, reply: oneshot::Sender<Result<ApproveReply>> },
-    List { state: Option<State>, reply: oneshot::Sender<Vec<ProposalView>> },
-    Show { id: String, reply: oneshot::Sender<Option<ProposalView>> },
-    Document { id: String, reply: oneshot::Sender<Option<Vec<u8>>> },
-    Checkpoint { reply: oneshot::Sender<Result<String>> },
-    Export { since: Option<String>, reply: oneshot::Sender<Result<Vec<u8>>> },
-    Metrics { reply: oneshot::Sender<String> },
+    Submit {
+        capsule: Vec<u8>,
+        agent: String,
+        reply: oneshot::Sender<Result<Value>>,
+    },
+    Approve {
+        id: String,
+        approval: Vec<u8>,
+        reply: oneshot::Sender<Result<ApproveReply>>,
+    },
+    List {
+        state: Option<State>,
+        reply: oneshot::Sender<Vec<ProposalView>>,
+    },
+    Show {
+        id: String,
+        reply: oneshot::Sender<Option<ProposalView>>,
+    },
+    Document {
+        id: String,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    Checkpoint {
+        reply: oneshot::Sender<Result<String>>,
+    },
+    Export {
+        since: Option<String>,
+        reply: oneshot::Sender<Result<Vec<u8>>>,
+    },
+    /// `queue_depth`: jobs waiting when the request was queued.
+    Metrics {
+        queue_depth: usize,
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// What became of a posted approval.
@@ -48,7 +73,6 @@ const MAX_APPROVAL_BYTES: usize = 64 << 10;
 /// The sending side, shared by connections.
 pub(crate) struct Queue {
     tx: mpsc::Sender<Job>,
-    metrics: Arc<Metrics>,
 }
 
 /// Why a job could not be queued.
@@ -58,13 +82,21 @@ pub(crate) enum QueueError {
 }
 
 impl Queue {
+    /// Jobs waiting for the runner thread (the channel knows).
+    pub(crate) fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether the runner thread is still taking jobs (it was open before
+    /// the server accepted anything; its exit or panic closes the channel).
+    pub(crate) fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Queue a job without waiting: a full queue is the caller's `429`.
     pub(crate) fn try_send(&self, job: Job) -> Result<(), QueueError> {
         match self.tx.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Stopped),
         }
@@ -95,7 +127,6 @@ pub(crate) fn start(
             }
         };
         let _ = opened_tx.send(Ok(()));
-        m.ready.store(true, Ordering::Relaxed);
         rt.block_on(async {
             // Expiry is checked between jobs, at least every second.
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -104,7 +135,6 @@ pub(crate) fn start(
                 tokio::select! {
                     job = rx.recv() => {
                         let Some(job) = job else { break };
-                        m.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         run_job(&mut runner, &m, job).await;
                     }
                     _ = tick.tick() => {
@@ -118,11 +148,10 @@ pub(crate) fn start(
                 }
             }
         });
-        m.ready.store(false, Ordering::Relaxed);
         Ok(())
     })?;
     opened_rx.recv().context("the runner thread stopped while opening")??;
-    Ok((Queue { tx, metrics }, thread))
+    Ok((Queue { tx }, thread))
 }
 
 async fn run_job(runner: &mut Runner, m: &Metrics, job: Job) {
@@ -153,8 +182,8 @@ async fn run_job(runner: &mut Runner, m: &Metrics, job: Job) {
             let scope = since.map_or(ExportScope::Full, ExportScope::Since);
             let _ = reply.send(runner.export(&scope).map(|e| e.bytes));
         }
-        Job::Metrics { reply } => {
-            let _ = reply.send(m.render(runner));
+        Job::Metrics { queue_depth, reply } => {
+            let _ = reply.send(m.render(runner, queue_depth));
         }
     }
 }
