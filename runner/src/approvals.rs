@@ -95,7 +95,7 @@ impl Runner {
     /// evidence log records them.
     fn consumed(&self) -> (BTreeSet<String>, BTreeSet<String>) {
         let (mut nonces, mut proposals) = (BTreeSet::new(), BTreeSet::new());
-        for r in self.log.records() {
+        for r in self.log.records().iter() {
             if let Event::Quorum { proposal, nonces: n, outcome, .. } = &r.event
                 && outcome.get("result").and_then(|v| v.as_str()) == Some("met")
             {
@@ -107,8 +107,8 @@ impl Runner {
     }
 
     /// Write the proposal document and end the run awaiting approval.
-    pub(crate) fn await_approval(
-        &mut self,
+    pub(crate) async fn await_approval(
+        &self,
         report: &mut RunReport,
         decided: &Decided,
         valid: &ValidPlan,
@@ -131,15 +131,12 @@ impl Runner {
             plan_digest: valid.digest(),
         };
         let bytes = serde_json::to_vec_pretty(&proposal)?;
-        let document = self.log.put_artifact(&bytes)?;
+        let document = report.log.put_artifact(&bytes)?;
         let path = proposal_path(self, &id);
         crate::staging::write_durably(&path, &bytes)?;
         let required = decided.decision().approvals_required;
-        self.log.append(
-            &report.run,
-            Event::AwaitingApproval { proposal: id.clone(), document, approvals_required: required },
-        )?;
-        self.log.append(&report.run, Event::Completed { outcome: Outcome::AwaitingApproval })?;
+        self.record(report, Event::AwaitingApproval { proposal: id.clone(), document, approvals_required: required })?;
+        self.record(report, Event::Completed { outcome: Outcome::AwaitingApproval })?;
         report.outcome = Outcome::AwaitingApproval;
         report.proposal = Some(path);
         Ok(())
@@ -147,15 +144,17 @@ impl Runner {
 
     /// Verify the approvals and evaluate the quorum. `Ok(None)` means the run
     /// was refused (and recorded as such).
-    pub(crate) fn gather_quorum(
-        &mut self,
+    pub(crate) async fn gather_quorum(
+        &self,
         report: &mut RunReport,
         decided: &Decided,
         valid: &ValidPlan,
         approvals: &[Vec<u8>],
     ) -> Result<Option<QuorumMet>> {
-        // Nonces and executed proposals are read from the log: all of it.
-        self.log.barrier()?;
+        // Nonces and executed proposals are read from the log: all of it,
+        // and nobody else settles a proposal until this quorum is recorded.
+        report.log.barrier().await?;
+        let _settling = self.settling.lock().await;
         let Some(registry) = self.config.approvers.clone() else {
             self.refuse(
                 report,
@@ -199,12 +198,12 @@ impl Runner {
         if executed.contains(&id) {
             // Still record each approval and why it does not count.
             for bytes in approvals {
-                let d = self.log.put_artifact(bytes)?;
-                self.log.append(&report.run, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+                let d = report.log.put_artifact(bytes)?;
+                self.record(report, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
                 let nonce = ApprovalFile::parse(bytes).map(|f| f.statement.nonce).unwrap_or_default();
                 let e = ApprovalError::Replayed(nonce);
-                self.log.append(
-                    &report.run,
+                self.record(
+                    report,
                     Event::ApprovalRefused {
                         approval: d,
                         principal: None,
@@ -221,7 +220,7 @@ impl Runner {
             )?;
             return Ok(None);
         }
-        if self.expired().contains(&id) || !self.expire_proposals(unix_now(), Some(&id))?.is_empty() {
+        if self.expired().contains(&id) || !self.expire_settling(unix_now(), Some(&id)).await?.is_empty() {
             self.refuse(
                 report,
                 "authorize",
@@ -253,15 +252,15 @@ impl Runner {
         let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
         for (bytes, result) in approvals.iter().zip(results) {
-            let d = self.log.put_artifact(bytes)?;
-            self.log.append(&report.run, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+            let d = report.log.put_artifact(bytes)?;
+            self.record(report, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
             // Single use: against the durable log, and within this batch.
             let checked = result
                 .and_then(|v| if used.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) });
             match checked {
                 Ok(v) => {
-                    self.log.append(
-                        &report.run,
+                    self.record(
+                        report,
                         Event::ApprovalAccepted {
                             approval: d,
                             principal: v.principal.clone(),
@@ -274,8 +273,8 @@ impl Runner {
                 }
                 Err(e) => {
                     let principal = ApprovalFile::parse(bytes).ok().map(|f| f.statement.approver);
-                    self.log.append(
-                        &report.run,
+                    self.record(
+                        report,
                         Event::ApprovalRefused {
                             approval: d,
                             principal,
@@ -294,23 +293,27 @@ impl Runner {
             signer: decided.admitted().capsule().signer(),
         };
         let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
-        let allowed_signers = self.log.put_artifact(registry.allowed_signers_text.as_bytes())?;
-        let roles = self.log.put_artifact(registry.roles_text.as_bytes())?;
+        let allowed_signers = report.log.put_artifact(registry.allowed_signers_text.as_bytes())?;
+        let roles = report.log.put_artifact(registry.roles_text.as_bytes())?;
         let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
-        self.log.append(
-            &report.run,
-            Event::Quorum {
-                proposal: id.clone(),
-                outcome: serde_json::to_value(&result.outcome)?,
-                counted: serde_json::to_value(&result.approvals)?,
-                break_glass,
-                nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
-                allowed_signers,
-                roles,
-                checked_at: now,
-                clock_skew_secs: self.config.clock_skew_secs,
-            },
-        )?;
+        // Durable before the settling lock is released: the nonces are spent.
+        report
+            .log
+            .append(
+                &report.run,
+                Event::Quorum {
+                    proposal: id.clone(),
+                    outcome: serde_json::to_value(&result.outcome)?,
+                    counted: serde_json::to_value(&result.approvals)?,
+                    break_glass,
+                    nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
+                    allowed_signers,
+                    roles,
+                    checked_at: now,
+                    clock_skew_secs: self.config.clock_skew_secs,
+                },
+            )
+            .await?;
         report.quorum = Some(serde_json::to_value(&result.outcome)?);
         match (result.met, result.outcome) {
             (Some(met), _) => Ok(Some(met)),
@@ -441,11 +444,16 @@ impl Runner {
     ///
     /// # Errors
     /// If the evidence log cannot be written.
-    pub fn expire_proposals(&mut self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
-        self.log.barrier()?;
+    pub async fn expire_proposals(&self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
+        let _settling = self.settling.lock().await;
+        self.expire_settling(now, only).await
+    }
+
+    /// [`Runner::expire_proposals`], for a caller holding the settling lock.
+    async fn expire_settling(&self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
         // Settled (a quorum met or vetoed) or already expired: not waiting.
         let mut settled = self.expired();
-        for r in self.log.records() {
+        for r in self.log.records().iter() {
             if let Event::Quorum { proposal, outcome, .. } = &r.event
                 && matches!(outcome.get("result").and_then(|v| v.as_str()), Some("met" | "vetoed"))
             {
@@ -453,7 +461,7 @@ impl Runner {
             }
         }
         let mut due = Vec::new();
-        for r in self.log.records() {
+        for r in self.log.records().iter() {
             let Event::AwaitingApproval { proposal, .. } = &r.event else { continue };
             if only.is_some_and(|id| id != proposal) || settled.contains(proposal) {
                 continue;
@@ -471,11 +479,15 @@ impl Runner {
             }
         }
         let mut ids = Vec::new();
+        let mut log = self.log.run_log();
         for (proposal, waited_secs, limit_secs) in due {
-            self.log
-                .append("runner", Event::ProposalExpired { proposal: proposal.clone(), waited_secs, limit_secs })?;
+            log.append_deferred(
+                "runner",
+                Event::ProposalExpired { proposal: proposal.clone(), waited_secs, limit_secs },
+            )?;
             ids.push(proposal);
         }
+        log.barrier().await?;
         Ok(ids)
     }
 }

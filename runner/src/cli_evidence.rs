@@ -129,7 +129,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
                 (None, None) => ExportScope::Full,
             };
             let config = RunnerConfig::load(&config)?;
-            let mut runner = Runner::open(config)?;
+            let runner = Runner::open(config)?;
             let e = runner.export(&scope)?;
             crate::staging::write_durably(&path, &e.bytes)?;
             writeln!(

@@ -18,7 +18,8 @@
 //! refuses to start the runner.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -27,6 +28,7 @@ use edge_core::evidence::{self, Event, GENESIS, RECORD_SCHEMA, Record};
 use edge_core::merkle::{self, CompactRange, Hash, MerkleStore};
 use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -63,9 +65,36 @@ CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_d BEFORE DELETE ON checkpoi
 const MAX_BATCH: usize = 4096;
 
 enum Request {
-    Append { run: String, event: Box<Event>, reply: mpsc::SyncSender<Result<Record>> },
-    Artifact { digest: Sha256Digest, bytes: Vec<u8>, reply: mpsc::SyncSender<Result<Sha256Digest>> },
-    Checkpoint { signer: std::sync::Arc<NoteSigner>, origin: String, reply: mpsc::SyncSender<Result<String>> },
+    Append { run: String, event: Box<Event>, reply: oneshot::Sender<Result<Record>> },
+    Artifact { digest: Sha256Digest, bytes: Vec<u8>, reply: oneshot::Sender<Result<Sha256Digest>> },
+    Checkpoint { signer: Arc<NoteSigner>, origin: String, reply: oneshot::Sender<Result<String>> },
+}
+
+/// A reply from the writer, awaited (async callers) or waited for.
+type Reply<T> = oneshot::Receiver<Result<T>>;
+
+async fn received<T>(rx: Reply<T>) -> Result<T> {
+    rx.await.map_err(|_| anyhow!("the evidence writer stopped"))?
+}
+
+/// Wait for a future on this thread, with or without a runtime around it
+/// (the writer's replies need no runtime to complete).
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }
 
 /// A cloneable handle: appends from any thread, acknowledged once durable.
@@ -74,7 +103,7 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
     /// Digests of artifacts known to be durable in the store: storing one
     /// again is a no-op that need not wait for a commit.
-    known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Sha256Digest>>>,
+    known: Arc<Mutex<std::collections::HashSet<Sha256Digest>>>,
 }
 
 impl StoreHandle {
@@ -83,16 +112,40 @@ impl StoreHandle {
     /// # Errors
     /// If the transaction could not be committed (nothing was acknowledged).
     pub fn append(&self, run: &str, event: Event) -> Result<Record> {
-        self.send_append(run, event)?.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+        wait(received(self.send_append(run, event)?))
     }
 
     /// Queue an append; the receiver yields the record once it is durable.
-    fn send_append(&self, run: &str, event: Event) -> Result<mpsc::Receiver<Result<Record>>> {
-        let (reply, rx) = mpsc::sync_channel(1);
+    fn send_append(&self, run: &str, event: Event) -> Result<Reply<Record>> {
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Append { run: run.to_owned(), event: Box::new(event), reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
         Ok(rx)
+    }
+
+    /// Queue an artifact unless it is known durable already.
+    fn send_artifact(&self, bytes: &[u8]) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
+        self.send_artifact_digested(Sha256Digest::of(bytes), bytes)
+    }
+
+    fn send_artifact_digested(
+        &self,
+        digest: Sha256Digest,
+        bytes: &[u8],
+    ) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
+        if self.known.lock().expect("known lock").contains(&digest) {
+            return Ok((digest, None));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Artifact { digest, bytes: bytes.to_vec(), reply })
+            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        Ok((digest, Some(rx)))
+    }
+
+    fn artifact_durable(&self, d: Sha256Digest) {
+        self.known.lock().expect("known lock").insert(d);
     }
 
     /// Store an artifact (content-addressed, idempotent); returns once durable.
@@ -100,25 +153,19 @@ impl StoreHandle {
     /// # Errors
     /// As [`StoreHandle::append`].
     pub fn put_artifact(&self, bytes: &[u8]) -> Result<Sha256Digest> {
-        let digest = Sha256Digest::of(bytes);
-        if self.known.lock().expect("known lock").contains(&digest) {
-            return Ok(digest);
+        let (digest, rx) = self.send_artifact(bytes)?;
+        if let Some(rx) = rx {
+            self.artifact_durable(wait(received(rx))?);
         }
-        let (reply, rx) = mpsc::sync_channel(1);
-        self.tx
-            .send(Request::Artifact { digest, bytes: bytes.to_vec(), reply })
-            .map_err(|_| anyhow!("the evidence writer stopped"))?;
-        let d = rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))??;
-        self.known.lock().expect("known lock").insert(d);
-        Ok(d)
+        Ok(digest)
     }
 
-    fn checkpoint(&self, signer: std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
-        let (reply, rx) = mpsc::sync_channel(1);
+    fn send_checkpoint(&self, signer: Arc<NoteSigner>, origin: &str) -> Result<Reply<String>> {
+        let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Checkpoint { signer, origin: origin.to_owned(), reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
-        rx.recv().map_err(|_| anyhow!("the evidence writer stopped"))?
+        Ok(rx)
     }
 }
 
@@ -128,8 +175,8 @@ struct Writer {
     next_seq: u64,
     prev: Sha256Digest,
     range: CompactRange,
-    tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
-    appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
+    tree: Arc<Mutex<MerkleStore>>,
+    view: Arc<RwLock<Vec<Record>>>,
     /// Set when a commit failed: nothing is committed after it in this
     /// process, so a run can never have a hole in its records.
     poisoned: Option<String>,
@@ -247,7 +294,7 @@ impl Writer {
                 tree.push(l);
             }
         }
-        self.appended.lock().expect("records lock").extend(new_records);
+        self.view.write().expect("records lock").extend(new_records);
         for (req, r) in batch.into_iter().zip(results) {
             reply(req, r);
         }
@@ -277,18 +324,124 @@ fn base64_std(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// An open, verified evidence store, for one runner process.
+/// An open, verified evidence store, for one runner process. Shared by
+/// concurrent runs: each appends through its own [`RunLog`].
 #[derive(Debug)]
 pub struct EvidenceLog {
     handle: StoreHandle,
     dir: PathBuf,
-    records: Vec<Record>,
-    tree: std::sync::Arc<std::sync::Mutex<MerkleStore>>,
-    appended: std::sync::Arc<std::sync::Mutex<Vec<Record>>>,
-    durable_wait: Duration,
-    /// Appends queued with [`EvidenceLog::append_deferred`], not yet known durable.
-    pending: Vec<mpsc::Receiver<Result<Record>>>,
+    /// Every durable record, in order (the writer extends it on commit,
+    /// before acknowledging).
+    view: Arc<RwLock<Vec<Record>>>,
+    tree: Arc<Mutex<MerkleStore>>,
+    /// Nanoseconds spent waiting for durability, by every run.
+    durable_wait: Arc<AtomicU64>,
     _lock: std::fs::File,
+}
+
+/// One run's (or one task's) appends: deferred until a barrier, which
+/// makes them durable together (group commit across concurrent runs) and
+/// keeps the run's own records.
+#[derive(Debug)]
+pub struct RunLog {
+    handle: StoreHandle,
+    durable_wait: Arc<AtomicU64>,
+    pending: Vec<Pending>,
+    records: Vec<Record>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Record(Reply<Record>),
+    Artifact(Reply<Sha256Digest>),
+}
+
+impl RunLog {
+    /// Queue an append without waiting for it to become durable. The
+    /// caller must call [`RunLog::barrier`] before any effect the records
+    /// announce (running a guest, touching a live mount or a journal,
+    /// answering a client).
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn append_deferred(&mut self, run: &str, event: Event) -> Result<()> {
+        let rx = self.handle.send_append(run, event)?;
+        self.pending.push(Pending::Record(rx));
+        Ok(())
+    }
+
+    /// Queue an artifact (content-addressed, idempotent); it is durable by
+    /// the next barrier, before any record queued after it.
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
+        let (d, rx) = self.handle.send_artifact(bytes)?;
+        self.pending.extend(rx.map(Pending::Artifact));
+        Ok(d)
+    }
+
+    /// As [`RunLog::put_artifact`], for bytes whose digest the caller's
+    /// types already prove (a parsed capsule's component): no re-hashing.
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn put_artifact_digested(&mut self, digest: Sha256Digest, bytes: &[u8]) -> Result<Sha256Digest> {
+        let (d, rx) = self.handle.send_artifact_digested(digest, bytes)?;
+        self.pending.extend(rx.map(Pending::Artifact));
+        Ok(d)
+    }
+
+    /// Wait until everything queued is durable.
+    ///
+    /// # Errors
+    /// If any of it could not be made durable (the writer then refuses
+    /// everything after it in this process).
+    pub async fn barrier(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut first_error = None;
+        for p in std::mem::take(&mut self.pending) {
+            let r = match p {
+                Pending::Record(rx) => received(rx).await.map(|r| self.records.push(r)),
+                Pending::Artifact(rx) => received(rx).await.map(|d| self.handle.artifact_durable(d)),
+            };
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Append a record and make it (and everything queued before) durable.
+    ///
+    /// # Errors
+    /// As [`RunLog::barrier`].
+    pub async fn append(&mut self, run: &str, event: Event) -> Result<Record> {
+        self.append_deferred(run, event)?;
+        self.barrier().await?;
+        Ok(self.records.last().expect("just appended").clone())
+    }
+
+    /// This run's durable records, in order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Sign a checkpoint of the whole log (after everything queued here).
+    ///
+    /// # Errors
+    /// If it cannot be stored.
+    pub async fn checkpoint(&mut self, signer: &Arc<NoteSigner>, origin: &str) -> Result<String> {
+        self.barrier().await?;
+        let t0 = Instant::now();
+        let r = received(self.handle.send_checkpoint(signer.clone(), origin)?).await;
+        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
 }
 
 impl EvidenceLog {
@@ -341,27 +494,18 @@ impl EvidenceLog {
         for l in leaves {
             store.push(l);
         }
-        let tree = std::sync::Arc::new(std::sync::Mutex::new(store));
-        let appended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = Writer {
-            db,
-            next_seq: records.len() as u64,
-            prev,
-            range,
-            tree: tree.clone(),
-            appended: appended.clone(),
-            poisoned: None,
-        };
+        let tree = Arc::new(Mutex::new(store));
+        let next_seq = records.len() as u64;
+        let view = Arc::new(RwLock::new(records));
+        let writer = Writer { db, next_seq, prev, range, tree: tree.clone(), view: view.clone(), poisoned: None };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
-            handle: StoreHandle { tx, known: std::sync::Arc::new(std::sync::Mutex::new(known)) },
+            handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
             dir: dir.to_path_buf(),
-            records,
+            view,
             tree,
-            appended,
-            durable_wait: Duration::ZERO,
-            pending: Vec::new(),
+            durable_wait: Arc::new(AtomicU64::new(0)),
             _lock: lock,
         })
     }
@@ -371,64 +515,36 @@ impl EvidenceLog {
         self.handle.clone()
     }
 
-    /// Append a record and make it durable before returning.
+    /// A fresh set of deferred appends for one run or task.
+    pub fn run_log(&self) -> RunLog {
+        RunLog {
+            handle: self.handle.clone(),
+            durable_wait: self.durable_wait.clone(),
+            pending: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Append a record and make it durable before returning (waits on this
+    /// thread: for start-up and command-line paths; runs use [`RunLog`]).
     ///
     /// # Errors
     /// If it could not be made durable; nothing was acknowledged then.
-    pub fn append(&mut self, run: &str, event: Event) -> Result<Record> {
-        self.barrier()?;
+    pub fn append(&self, run: &str, event: Event) -> Result<Record> {
         let t0 = Instant::now();
         let r = self.handle.append(run, event);
-        self.durable_wait += t0.elapsed();
-        self.sync_view();
+        self.account_durable_wait(t0.elapsed());
         r
-    }
-
-    /// Queue an append without waiting for it to become durable: group
-    /// commit then makes the records of one step durable with one fsync.
-    /// The caller must call [`EvidenceLog::barrier`] before any effect the
-    /// records announce (running a guest, touching a live mount or a
-    /// journal, answering a client); [`EvidenceLog::records`] shows them
-    /// only after it.
-    ///
-    /// # Errors
-    /// If the writer has stopped.
-    pub fn append_deferred(&mut self, run: &str, event: Event) -> Result<()> {
-        let rx = self.handle.send_append(run, event)?;
-        self.pending.push(rx);
-        Ok(())
-    }
-
-    /// Wait until every deferred append is durable.
-    ///
-    /// # Errors
-    /// If any of them could not be made durable (the writer then refuses
-    /// everything after it in this process).
-    pub fn barrier(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let t0 = Instant::now();
-        let mut first_error = None;
-        for rx in self.pending.drain(..) {
-            let r = rx.recv().map_err(|_| anyhow!("the evidence writer stopped")).and_then(|r| r);
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
-        }
-        self.durable_wait += t0.elapsed();
-        self.sync_view();
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Store an artifact content-addressed; returns its digest once durable.
     ///
     /// # Errors
     /// On I/O failure.
-    pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
+    pub fn put_artifact(&self, bytes: &[u8]) -> Result<Sha256Digest> {
         let t0 = Instant::now();
         let r = self.handle.put_artifact(bytes);
-        self.durable_wait += t0.elapsed();
+        self.account_durable_wait(t0.elapsed());
         r
     }
 
@@ -436,21 +552,18 @@ impl EvidenceLog {
     ///
     /// # Errors
     /// If it cannot be stored.
-    pub fn checkpoint(&mut self, signer: &std::sync::Arc<NoteSigner>, origin: &str) -> Result<String> {
+    pub fn checkpoint(&self, signer: &Arc<NoteSigner>, origin: &str) -> Result<String> {
         let t0 = Instant::now();
-        let r = self.handle.checkpoint(signer.clone(), origin);
-        self.durable_wait += t0.elapsed();
+        let r = self.handle.send_checkpoint(signer.clone(), origin).and_then(|rx| wait(received(rx)));
+        self.account_durable_wait(t0.elapsed());
         r
     }
 
-    fn sync_view(&mut self) {
-        let mut new = self.appended.lock().expect("records lock");
-        self.records.append(&mut new);
-    }
-
-    /// Every record appended so far (verified at open, then as acknowledged).
-    pub fn records(&self) -> &[Record] {
-        &self.records
+    /// Every durable record so far (verified at open, then as acknowledged).
+    /// Hold the guard briefly, and never while waiting for an append: the
+    /// writer needs it to publish a commit.
+    pub fn records(&self) -> RwLockReadGuard<'_, Vec<Record>> {
+        self.view.read().expect("records lock")
     }
 
     /// Read the Merkle tree of every durable record (roots and proofs for
@@ -461,13 +574,13 @@ impl EvidenceLog {
 
     /// Count time spent making something else of the run durable (the
     /// receipt file's fsyncs), so `durable_wait` covers every fsync wait.
-    pub fn account_durable_wait(&mut self, d: Duration) {
-        self.durable_wait += d;
+    pub fn account_durable_wait(&self, d: Duration) {
+        self.durable_wait.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Total time spent waiting for durability.
     pub fn durable_wait(&self) -> Duration {
-        self.durable_wait
+        Duration::from_nanos(self.durable_wait.load(Ordering::Relaxed))
     }
 
     pub fn dir(&self) -> &Path {
@@ -528,11 +641,13 @@ mod tests {
     #[test]
     fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = EvidenceLog::open(dir.path()).unwrap();
-        log.append_deferred("r-a", refused("one")).unwrap();
-        log.append_deferred("r-a", refused("two")).unwrap();
-        log.barrier().unwrap();
+        let log = EvidenceLog::open(dir.path()).unwrap();
+        let mut run = log.run_log();
+        run.append_deferred("r-a", refused("one")).unwrap();
+        run.append_deferred("r-a", refused("two")).unwrap();
+        wait(run.barrier()).unwrap();
         assert_eq!(log.records().len(), 2);
+        assert_eq!(run.records().len(), 2);
 
         // Something below the runner makes one insert fail (a disk error, say).
         let other = Connection::open(dir.path().join("evidence.db")).unwrap();
@@ -542,9 +657,9 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
             )
             .unwrap();
-        log.append_deferred("r-fail", refused("three")).unwrap();
-        log.append_deferred("r-b", refused("four")).unwrap();
-        let e = log.barrier().unwrap_err();
+        run.append_deferred("r-fail", refused("three")).unwrap();
+        run.append_deferred("r-b", refused("four")).unwrap();
+        let e = wait(run.barrier()).unwrap_err();
         assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
         // Nothing is accepted after the failure, even once the cause is gone.
         other.execute_batch("DROP TRIGGER fail_one;").unwrap();

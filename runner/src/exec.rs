@@ -30,7 +30,7 @@ use serde::Serialize;
 use edge_core::note::NoteSigner;
 
 use crate::config::RunnerConfig;
-use crate::evidence_log::EvidenceLog;
+use crate::evidence_log::{EvidenceLog, RunLog};
 use crate::policy_files::PolicySet;
 use crate::sandbox::{CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification};
 use crate::staging::{self, Journal};
@@ -71,6 +71,9 @@ pub struct RunReport {
     pub records: Vec<Record>,
     /// The authenticated agent that submitted the capsule (API submissions).
     pub submitted_by: Option<String>,
+    /// The run's appends to the evidence log (its records, once durable).
+    #[serde(skip)]
+    pub(crate) log: RunLog,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +83,7 @@ pub struct VerificationReport {
 }
 
 impl RunReport {
-    fn new(run: &str) -> Self {
+    fn new(run: &str, log: RunLog) -> Self {
         Self {
             run: run.to_owned(),
             outcome: Outcome::Refused,
@@ -100,11 +103,15 @@ impl RunReport {
             captured: BTreeMap::new(),
             records: Vec::new(),
             submitted_by: None,
+            log,
         }
     }
 }
 
-/// The runner: config, sandbox and evidence log, for one process.
+/// The runner: config, sandbox and evidence log, for one process. Runs may
+/// proceed concurrently (`&self`): the evidence store commits their records
+/// in groups, runs touching the same mount are serialised by that mount's
+/// lock, and quorum evaluation (which consumes approval nonces) by one lock.
 #[derive(Debug)]
 pub struct Runner {
     pub config: RunnerConfig,
@@ -112,6 +119,19 @@ pub struct Runner {
     pub log: EvidenceLog,
     /// Signs checkpoints; its name is the log origin (`runner.name`).
     pub identity: std::sync::Arc<NoteSigner>,
+    /// One lock per configured mount: shared for runs that only read it,
+    /// exclusive from plan to the end of the run for runs that write it.
+    mount_locks: BTreeMap<String, std::sync::Arc<tokio::sync::RwLock<()>>>,
+    /// Held while approvals are counted and their nonces consumed, and while
+    /// proposals are expired: a proposal is settled once.
+    pub(crate) settling: tokio::sync::Mutex<()>,
+}
+
+/// The mount locks a run holds (released when dropped).
+#[derive(Debug)]
+enum MountGuard {
+    Read(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Write(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
 }
 
 impl Runner {
@@ -126,7 +146,8 @@ impl Runner {
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
         let identity = std::sync::Arc::new(crate::identity::load_identity(&config)?);
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
-        let mut runner = Self { config, sandbox, log, identity };
+        let mount_locks = config.mounts.keys().map(|k| (k.clone(), std::sync::Arc::default())).collect();
+        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling: tokio::sync::Mutex::new(()) };
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
@@ -137,9 +158,8 @@ impl Runner {
     ///
     /// # Errors
     /// If it cannot be stored.
-    pub fn checkpoint(&mut self) -> Result<String> {
-        let (signer, origin) = (self.identity.clone(), self.config.name.clone());
-        self.log.checkpoint(&signer, &origin)
+    pub fn checkpoint(&self) -> Result<String> {
+        self.log.checkpoint(&self.identity, &self.config.name)
     }
 
     /// A handle for concurrent appends to the evidence store.
@@ -151,8 +171,8 @@ impl Runner {
     ///
     /// # Errors
     /// As [`crate::export::export`].
-    pub fn export(&mut self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
-        crate::export::export(&mut self.log, &self.identity, &self.config.name, scope)
+    pub fn export(&self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
+        crate::export::export(&self.log, &self.identity, &self.config.name, scope)
     }
 
     /// The policy and graph digests the log last recorded as in force.
@@ -232,7 +252,7 @@ impl Runner {
     /// # Errors
     /// Only for failures of the runner itself (evidence log, filesystem);
     /// refusals of the capsule are reported in the [`RunReport`].
-    pub async fn exec(&mut self, capsule_bytes: &[u8]) -> Result<RunReport> {
+    pub async fn exec(&self, capsule_bytes: &[u8]) -> Result<RunReport> {
         self.exec_with_approvals(capsule_bytes, &[]).await
     }
 
@@ -240,7 +260,7 @@ impl Runner {
     ///
     /// # Errors
     /// As [`Runner::exec`].
-    pub async fn exec_with_approvals(&mut self, capsule_bytes: &[u8], approvals: &[Vec<u8>]) -> Result<RunReport> {
+    pub async fn exec_with_approvals(&self, capsule_bytes: &[u8], approvals: &[Vec<u8>]) -> Result<RunReport> {
         self.exec_submitted(capsule_bytes, approvals, None).await
     }
 
@@ -250,23 +270,22 @@ impl Runner {
     /// # Errors
     /// As [`Runner::exec`].
     pub async fn exec_submitted(
-        &mut self,
+        &self,
         capsule_bytes: &[u8],
         approvals: &[Vec<u8>],
         submitted_by: Option<&str>,
     ) -> Result<RunReport> {
         let run = new_run_id();
-        let mut report = RunReport::new(&run);
+        let mut report = RunReport::new(&run, self.log.run_log());
         report.submitted_by = submitted_by.map(str::to_owned);
-        let first_seq = self.log.records().len();
         let mut result = self.exec_inner(capsule_bytes, approvals, &mut report).await;
         // Every record of the run durable before anything reads the log or
         // the client hears of it.
-        let synced = self.log.barrier();
+        let synced = report.log.barrier().await;
         if result.is_ok() {
             result = synced;
         }
-        let closed_already = self.log.records()[first_seq..].iter().any(Record::is_terminal);
+        let closed_already = report.log.records().iter().any(Record::is_terminal);
         if let Err(e) = &result
             && !closed_already
         {
@@ -285,17 +304,12 @@ impl Runner {
                 let _ = journal.finalize();
                 let _ = std::fs::remove_file(&journal_path);
             }
-            let closed = self
-                .log
-                .append(
-                    &run,
-                    Event::Refused {
-                        stage: "runner".into(),
-                        reason_code: "runner.error".into(),
-                        detail: detail.clone(),
-                    },
-                )
-                .and_then(|_| self.log.append(&run, Event::Completed { outcome: Outcome::Refused }));
+            let refused =
+                Event::Refused { stage: "runner".into(), reason_code: "runner.error".into(), detail: detail.clone() };
+            let closed = match report.log.append_deferred(&run, refused) {
+                Ok(()) => report.log.append(&run, Event::Completed { outcome: Outcome::Refused }).await.map(drop),
+                Err(e) => Err(e),
+            };
             if closed.is_ok() {
                 report.outcome = Outcome::Refused;
                 report.refusal = Some(Refusal {
@@ -311,9 +325,9 @@ impl Runner {
             let _ = std::fs::remove_dir_all(&staging_dir);
         }
         if result.is_ok() {
-            self.seal(&mut report)?;
+            self.seal(&mut report).await?;
         }
-        report.records = self.log.records()[first_seq..].to_vec();
+        report.records = report.log.records().to_vec();
         result.map(|()| report)
     }
 
@@ -321,11 +335,11 @@ impl Runner {
     /// together at the next barrier, which comes before every effect they
     /// announce (a guest running, a live mount or journal touched, the end
     /// of the run).
-    fn record(&mut self, report: &RunReport, event: Event) -> Result<()> {
-        self.log.append_deferred(&report.run, event)
+    pub(crate) fn record(&self, report: &mut RunReport, event: Event) -> Result<()> {
+        report.log.append_deferred(&report.run, event)
     }
 
-    pub(crate) fn refuse(&mut self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
+    pub(crate) fn refuse(&self, report: &mut RunReport, stage: &str, code: &str, detail: String) -> Result<()> {
         // Details can carry guest text (error messages): keep records
         // bounded and free of granted env values.
         let detail = truncate(self.redact(&detail), 2048);
@@ -337,7 +351,7 @@ impl Runner {
     }
 
     fn store_output(
-        &mut self,
+        &self,
         report: &mut RunReport,
         phase: &str,
         mut captured: Captured,
@@ -354,12 +368,12 @@ impl Runner {
             f.message = self.redact(&f.message);
         }
         let bytes = canonical::to_canonical_vec(&captured)?;
-        let d = self.log.put_artifact(&bytes)?;
+        let d = report.log.put_artifact(&bytes)?;
         report.captured.insert(phase.to_owned(), captured);
         Ok(Some(d))
     }
 
-    async fn exec_inner(&mut self, capsule_bytes: &[u8], approvals: &[Vec<u8>], report: &mut RunReport) -> Result<()> {
+    async fn exec_inner(&self, capsule_bytes: &[u8], approvals: &[Vec<u8>], report: &mut RunReport) -> Result<()> {
         // 1. Parse: manifest canonical, component matches its pinned digest.
         let file = match CapsuleFile::parse(capsule_bytes) {
             Ok(f) => f,
@@ -377,10 +391,10 @@ impl Runner {
         let m = file.manifest().clone();
         report.capsule = Some(file.digest());
         report.name = Some(format!("{}@{}", m.name, m.version));
-        let manifest_d = self.log.put_artifact(file.manifest_bytes())?;
-        let component_d = self.log.put_artifact(file.component())?;
-        debug_assert_eq!(component_d, m.component.sha256);
-        let bundle_d = file.bundle().map(|b| self.log.put_artifact(b)).transpose()?;
+        let manifest_d = report.log.put_artifact(file.manifest_bytes())?;
+        // The container checked the component against the pinned digest.
+        report.log.put_artifact_digested(m.component.sha256, file.component())?;
+        let bundle_d = file.bundle().map(|b| report.log.put_artifact(b)).transpose()?;
         self.record(
             report,
             Event::Submission {
@@ -404,24 +418,23 @@ impl Runner {
         report.signer = Some(verified.signer().to_owned());
 
         // 3. Admission: compile (or load from cache), then imports ⊆ declared ⊆ granted.
-        let component = match self.sandbox.load(verified.file().component(), &m.component.sha256) {
-            Ok((c, _)) => c,
+        let loaded = match self.sandbox.load_shared(verified.file().component(), &m.component.sha256) {
+            Ok(l) => l,
             Err(e) => {
                 return self.refuse(report, "admit", "capsule.invalid_component", format!("{e:#}"));
             }
         };
-        let imports = self.sandbox.imports(&component);
-        let admitted: Admitted = match admission::admit(verified, &imports, &self.config.ceiling) {
+        let admitted: Admitted = match admission::admit(verified, &loaded.imports, &self.config.ceiling) {
             Ok(a) => a,
             Err(e) => return self.refuse(report, "admit", e.reason_code(), e.to_string()),
         };
-        let pre = match self.sandbox.prepare(&component) {
+        let pre = match loaded.prepare(&self.sandbox) {
             Ok(p) => p,
             Err(e) => {
                 return self.refuse(report, "admit", "admission.link_failed", format!("{e:#}"));
             }
         };
-        let trusted_root = self.config.trusted_root.as_deref().map(|b| self.log.put_artifact(b)).transpose()?;
+        let trusted_root = self.config.trusted_root.as_deref().map(|b| report.log.put_artifact(b)).transpose()?;
         let signer_label = format!("{} ({})", admitted.capsule().signer(), admitted.capsule().signer_detail());
         self.record(
             report,
@@ -439,7 +452,7 @@ impl Runner {
         let (decision, input_d) = match &self.config.policy {
             Some(set) => {
                 let input = decision_input(&admitted, &self.config.nodes);
-                let input_d = self.log.put_artifact(&canonical::to_canonical_vec(&input)?)?;
+                let input_d = report.log.put_artifact(&canonical::to_canonical_vec(&input)?)?;
                 (set.policy.decide(&set.graph, &input), Some(input_d))
             }
             None => (Decision::unapproved_tier0(), None),
@@ -466,7 +479,9 @@ impl Runner {
             })
             .collect();
         let input = PhaseInput { params: &m.params, mounts: &live_mounts, env: &env };
-        self.log.barrier()?;
+        // Runs writing a mount hold it from here to the end of the run.
+        let _mounts = self.lock_mounts(&grant).await;
+        report.log.barrier().await?;
         let (planned, captured) = self.sandbox.plan(&pre, &decided, &input).await;
         let output = self.store_output(report, "plan", captured)?;
         let raw_plan = match planned {
@@ -478,7 +493,7 @@ impl Runner {
             Err(e) => return self.refuse(report, "plan", e.reason_code(), e.to_string()),
         };
         let plan_bytes = canonical::to_canonical_vec(valid.plan())?;
-        let plan_d = self.log.put_artifact(&plan_bytes)?;
+        let plan_d = report.log.put_artifact(&plan_bytes)?;
         debug_assert_eq!(plan_d, valid.digest());
         report.plan = Some(valid.plan().clone());
         report.plan_digest = Some(valid.digest());
@@ -498,9 +513,9 @@ impl Runner {
         let quorum = if decided.decision().tier == 0 {
             None
         } else if approvals.is_empty() {
-            return self.await_approval(report, &decided, &valid);
+            return self.await_approval(report, &decided, &valid).await;
         } else {
-            match self.gather_quorum(report, &decided, &valid, approvals)? {
+            match self.gather_quorum(report, &decided, &valid, approvals).await? {
                 Some(met) => Some(met),
                 None => return Ok(()),
             }
@@ -521,7 +536,7 @@ impl Runner {
 
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
-            self.log.barrier()?;
+            report.log.barrier().await?;
             let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
             let output = self.store_output(report, "verify", captured)?;
             return match verified {
@@ -560,7 +575,7 @@ impl Runner {
             })
             .collect();
         let apply_input = PhaseInput { mounts: &apply_mounts, ..input };
-        self.log.barrier()?;
+        report.log.barrier().await?;
         let (applied, captured) = self.sandbox.apply(&pre, &authorized, &apply_input, valid.plan()).await;
         let output = self.store_output(report, "apply", captured)?;
         if let Err(e) = applied {
@@ -628,9 +643,9 @@ impl Runner {
         let backup_dir = self.config.state_dir.join("journals").join(format!("{}.backup", report.run));
         let mut journal = Journal::new(&report.run, &diff, &live_roots, &backup_dir)?;
         let journal_bytes = journal.persist(&journal_path)?;
-        let journal_d = self.log.put_artifact(&journal_bytes)?;
+        let journal_d = report.log.put_artifact(&journal_bytes)?;
         self.record(report, Event::CommitIntent { changes: diff.len(), journal: journal_d })?;
-        self.log.barrier()?;
+        report.log.barrier().await?;
         if let Err(e) = journal.commit(&copies, &journal_path) {
             let restored = journal.rollback()?;
             self.record(
@@ -638,7 +653,7 @@ impl Runner {
                 Event::RolledBack { reason_code: "commit.io_error".into(), detail: format!("{e:#}"), restored },
             )?;
             self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
-            self.log.barrier()?;
+            report.log.barrier().await?;
             journal.finalize()?;
             std::fs::remove_file(&journal_path)?;
             report.outcome = Outcome::RolledBack;
@@ -674,18 +689,18 @@ impl Runner {
         match failure {
             None => {
                 self.record(report, Event::Completed { outcome: Outcome::Committed })?;
-                self.log.barrier()?;
+                report.log.barrier().await?;
                 journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::Committed;
             }
             Some((code, detail)) => {
                 // The record of the verify result is durable; now undo.
-                self.log.barrier()?;
+                report.log.barrier().await?;
                 let restored = journal.rollback()?;
                 self.record(report, Event::RolledBack { reason_code: code.clone(), detail: detail.clone(), restored })?;
                 self.record(report, Event::Completed { outcome: Outcome::RolledBack })?;
-                self.log.barrier()?;
+                report.log.barrier().await?;
                 journal.finalize()?;
                 std::fs::remove_file(&journal_path)?;
                 report.outcome = Outcome::RolledBack;
@@ -695,12 +710,12 @@ impl Runner {
         Ok(())
     }
 
-    fn refuse_sandbox(&mut self, report: &mut RunReport, stage: &str, e: &SandboxError) -> Result<()> {
+    fn refuse_sandbox(&self, report: &mut RunReport, stage: &str, e: &SandboxError) -> Result<()> {
         self.refuse(report, stage, e.reason_code(), e.to_string())
     }
 
     fn record_verification(
-        &mut self,
+        &self,
         report: &mut RunReport,
         v: &Verification,
         output: Option<Sha256Digest>,
@@ -712,6 +727,23 @@ impl Runner {
         }
         report.verification = Some(VerificationReport { passed: v.passed, summary: summary.clone() });
         self.record(report, Event::Verified { passed: v.passed, summary, findings, output })
+    }
+
+    /// Take the locks of the grant's mounts, in name order (no deadlock
+    /// between runs): exclusive for mounts it may write, shared otherwise.
+    async fn lock_mounts(&self, grant: &edge_core::admission::Grant) -> Vec<MountGuard> {
+        let mut guards = Vec::new();
+        let mut mounts: Vec<_> = grant.mounts.iter().collect();
+        mounts.sort_by(|a, b| a.name.cmp(&b.name));
+        for g in mounts {
+            let Some(lock) = self.mount_locks.get(&g.name) else { continue };
+            guards.push(if g.writable {
+                MountGuard::Write(lock.clone().write_owned().await)
+            } else {
+                MountGuard::Read(lock.clone().read_owned().await)
+            });
+        }
+        guards
     }
 
     /// Environment values may be secrets: guest text (output, findings,
@@ -780,7 +812,7 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
         bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
     }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
-    let mut runner = Runner::open(config)?;
+    let runner = Runner::open(config)?;
     let approvals = crate::approvals::read_approvals(approvals)?;
     runner.exec_with_approvals(&bytes, &approvals).await
 }

@@ -59,7 +59,7 @@ pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
 /// # Errors
 /// If the earlier checkpoint is not this log's, the run is unknown, or the store cannot be read.
 pub fn export(
-    log: &mut EvidenceLog,
+    log: &EvidenceLog,
     signer: &std::sync::Arc<NoteSigner>,
     origin: &str,
     scope: &ExportScope,

@@ -29,12 +29,12 @@ impl Runner {
 
     /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
     /// for its terminal record.
-    pub(crate) fn seal(&mut self, report: &mut RunReport) -> Result<()> {
-        let Some(last) = self.log.records().iter().rev().find(|r| r.run == report.run && r.is_terminal()) else {
+    pub(crate) async fn seal(&self, report: &mut RunReport) -> Result<()> {
+        let Some(last) = report.log.records().iter().rev().find(|r| r.is_terminal()) else {
             return Ok(());
         };
         let index = last.seq;
-        let note = self.checkpoint()?;
+        let note = report.log.checkpoint(&self.identity, &self.config.name).await?;
         // The proof is against the checkpoint just signed (its size is the
         // second line of the note).
         let size: usize = note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")?;
@@ -42,7 +42,10 @@ impl Runner {
         let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
         let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
         let t0 = std::time::Instant::now();
-        staging::write_durably(&path, receipt.as_bytes())?;
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || staging::write_durably(&p, receipt.as_bytes()))
+            .await
+            .context("the receipt writer panicked")??;
         self.log.account_durable_wait(t0.elapsed());
         report.receipt = Some(path);
         Ok(())

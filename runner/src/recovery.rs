@@ -22,7 +22,8 @@ impl Runner {
         let mut terminal: BTreeSet<String> = BTreeSet::new();
         {
             let mut seen: HashSet<&str> = HashSet::new();
-            for r in self.log.records() {
+            let records = self.log.records();
+            for r in records.iter() {
                 match &r.event {
                     Event::Completed { .. } => {
                         terminal.insert(r.run.clone());

@@ -299,7 +299,43 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: PathBuf,
+    /// Components already loaded in this process, by digest (bounded).
+    loaded: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Arc<Loaded>>>,
     _ticker: EpochTicker,
+}
+
+/// Most loaded components kept in memory; past it the cache starts over
+/// (each reload is a cheap deserialisation of the on-disk cache entry).
+const MAX_LOADED: usize = 64;
+
+/// A component ready to run: compiled (or read from the on-disk cache), its
+/// imports as the engine sees them, and, once admission has accepted those
+/// imports, its pre-linked instance factory.
+pub struct Loaded {
+    pub component: Component,
+    pub imports: Vec<String>,
+    pub source: LoadSource,
+    pre: std::sync::OnceLock<Result<CapsulePre<HostState>, String>>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("imports", &self.imports).field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// Pre-link for fast instantiation (once per loaded component). Call it
+    /// only after admission accepted [`Loaded::imports`].
+    ///
+    /// # Errors
+    /// If the component needs something the linker does not provide.
+    pub fn prepare(&self, sandbox: &Sandbox) -> Result<&CapsulePre<HostState>> {
+        self.pre
+            .get_or_init(|| sandbox.prepare(&self.component).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -345,7 +381,13 @@ impl Sandbox {
                 })
                 .context("cannot start the epoch ticker")?;
         }
-        Ok(Self { engine, linker, cache_dir: cache_dir.to_path_buf(), _ticker: EpochTicker(stop) })
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+            loaded: std::sync::Mutex::new(std::collections::HashMap::new()),
+            _ticker: EpochTicker(stop),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -384,6 +426,26 @@ impl Sandbox {
         // SAFETY: `artifact` was produced by this engine just now.
         let component = unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(anyhow::Error::from)?;
         Ok((component, LoadSource::Compiled))
+    }
+
+    /// [`Sandbox::load`] once per process: later runs of the same component
+    /// reuse it (and its pre-linked instance factory) from memory.
+    /// `digest` must be the SHA-256 of `bytes`, as for [`Sandbox::load`].
+    ///
+    /// # Errors
+    /// As [`Sandbox::load`].
+    pub fn load_shared(&self, bytes: &[u8], digest: &Sha256Digest) -> Result<Arc<Loaded>> {
+        if let Some(l) = self.loaded.lock().expect("loaded lock").get(digest) {
+            return Ok(l.clone());
+        }
+        let (component, source) = self.load(bytes, digest)?;
+        let imports = self.imports(&component);
+        let l = Arc::new(Loaded { component, imports, source, pre: std::sync::OnceLock::new() });
+        let mut map = self.loaded.lock().expect("loaded lock");
+        if map.len() >= MAX_LOADED {
+            map.clear();
+        }
+        Ok(map.entry(*digest).or_insert(l).clone())
     }
 
     /// The component's imports as the engine sees them (`wasi:io/streams@0.2.6`, …).

@@ -9,6 +9,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::server::Shared;
+use crate::server::proposals::State;
+use crate::server::worker::{ApproveReply, QueueError};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -16,11 +19,6 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-
-use crate::server::Shared;
-use crate::server::proposals::State;
-use crate::server::worker::{ApproveReply, Job, QueueError};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -56,20 +54,14 @@ fn overloaded() -> Resp {
     r
 }
 
-/// Queue a job and wait for its answer.
-async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, Resp> {
-    let (tx, rx) = oneshot::channel();
-    match shared.jobs.try_send(make(tx)) {
-        Ok(()) => {}
-        Err(QueueError::Full) => {
-            shared.metrics.overloaded();
-            return Err(overloaded());
-        }
-        Err(QueueError::Stopped) => {
-            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the runner is shutting down; retry on another runner"));
+/// A run that could not be admitted, as its HTTP answer.
+fn not_admitted(e: QueueError) -> Resp {
+    match e {
+        QueueError::Full => overloaded(),
+        QueueError::Stopped => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the runner is shutting down; retry on another runner")
         }
     }
-    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the runner stopped before answering; retry"))
 }
 
 /// Read a body within the size and time limits.
@@ -117,17 +109,13 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(reply(StatusCode::OK, "text/plain", "ok\n")),
         (&Method::GET, ["readyz"]) => {
-            if shared.jobs.is_open() {
+            if shared.runs.is_open() {
                 Ok(reply(StatusCode::OK, "text/plain", "ready\n"))
             } else {
                 Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"))
             }
         }
-        (&Method::GET, ["metrics"]) => {
-            let queue_depth = shared.jobs.depth();
-            let text = ask(shared, |reply| Job::Metrics { queue_depth, reply }).await?;
-            Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", text))
-        }
+        (&Method::GET, ["metrics"]) => Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", shared.runs.metrics())),
         (&Method::POST, ["v1", "proposals"]) => {
             // Read the (bounded) body first even when refusing, so the client
             // gets the answer rather than a connection reset mid-upload.
@@ -145,8 +133,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             let capsule = base64::engine::general_purpose::STANDARD
                 .decode(sub.capsule.as_bytes())
                 .map_err(|e| error(StatusCode::BAD_REQUEST, format!("`capsule` is not base64: {e}")))?;
-            let result = ask(shared, |reply| Job::Submit { capsule, agent, reply }).await?;
-            match result {
+            match shared.runs.submit(capsule, agent).await.map_err(not_admitted)? {
                 Ok(v) => Ok(json_reply(StatusCode::CREATED, &v)),
                 Err(e) => Err(runner_error(&e)),
             }
@@ -159,20 +146,18 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 })?),
                 None => None,
             };
-            let list = ask(shared, |reply| Job::List { state, reply }).await?;
-            Ok(json_reply(StatusCode::OK, &json!({ "proposals": list })))
+            Ok(json_reply(StatusCode::OK, &json!({ "proposals": shared.runs.list(state) })))
         }
         (&Method::GET, ["v1", "proposals", id]) => {
             let id = (*id).to_owned();
-            let found = ask(shared, |reply| Job::Show { id: id.clone(), reply }).await?;
-            match found {
+            match shared.runs.show(&id) {
                 Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
                 None => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
             }
         }
         (&Method::GET, ["v1", "proposals", id, "document"]) => {
             let id = (*id).to_owned();
-            match ask(shared, |reply| Job::Document { id: id.clone(), reply }).await? {
+            match shared.runs.document(&id) {
                 Some(doc) => Ok(reply(StatusCode::OK, "application/json", doc)),
                 None => Err(error(
                     StatusCode::NOT_FOUND,
@@ -183,8 +168,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         (&Method::POST, ["v1", "proposals", id, "approvals"]) => {
             let id = (*id).to_owned();
             let approval = body(shared, req).await?.to_vec();
-            let result = ask(shared, |reply| Job::Approve { id: id.clone(), approval, reply }).await?;
-            match result {
+            match shared.runs.approve(id.clone(), approval).await.map_err(not_admitted)? {
                 Ok(ApproveReply::Kept(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
                 Ok(ApproveReply::Unknown) => {
                     Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner")))
@@ -197,14 +181,13 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             }
         }
         (&Method::GET, ["v1", "evidence", "checkpoint"]) => {
-            let note = ask(shared, |reply| Job::Checkpoint { reply }).await?.map_err(|e| runner_error(&e))?;
+            let note = shared.runs.checkpoint().await.map_err(|e| runner_error(&e))?;
             Ok(reply(StatusCode::OK, "text/plain; charset=utf-8", note))
         }
         (&Method::GET, ["v1", "evidence", "export"]) => {
             let since = query_param(&query, "since");
-            let bundle = ask(shared, |reply| Job::Export { since, reply })
-                .await?
-                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+            let bundle =
+                shared.runs.export(since).await.map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
             Ok(reply(StatusCode::OK, "application/vnd.edge-runner.evidence-bundle", bundle))
         }
         (_, ["healthz" | "readyz" | "metrics"] | ["v1", "proposals", ..] | ["v1", "evidence", ..]) => {

@@ -60,7 +60,7 @@ impl Metrics {
         let records = runner.log.records();
         let mut s = String::new();
         let mut by_state: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
-        for p in proposals::index(records) {
+        for p in proposals::index(&records) {
             let tier = p.tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
             *by_state.entry((p.state.name(), tier)).or_default() += 1;
         }
@@ -70,7 +70,7 @@ impl Metrics {
         }
         let mut refusals: BTreeMap<&str, u64> = BTreeMap::new();
         let mut traps: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in records {
+        for r in records.iter() {
             let code = match &r.event {
                 Event::Refused { reason_code, .. } | Event::ApprovalRefused { reason_code, .. } => reason_code,
                 _ => continue,
@@ -98,7 +98,7 @@ impl Metrics {
         );
         let _ =
             writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
-        header(&mut s, "edge_runner_queue_depth", "gauge", "Requests waiting for the runner.");
+        header(&mut s, "edge_runner_queue_depth", "gauge", "Runs admitted and waiting for a run slot.");
         let _ = writeln!(s, "edge_runner_queue_depth {}", queue_depth);
         header(
             &mut s,

@@ -7,19 +7,19 @@
 //!  accept loop ── per connection: handshake timeout, agent identity from the
 //!        │        verified certificate, HTTP/1.1 with header/idle timeouts
 //!        ▼
-//!  api.rs routes ── bounded bodies, JSON ──► bounded job queue (429 when full)
-//!                                                 │
-//!                                                 ▼
-//!                                  the runner thread: owns the Runner (the
-//!                                  evidence store lock, sandbox, policy) and
-//!                                  executes jobs one at a time
+//!  api.rs routes ── bounded bodies, JSON ──► worker.rs: run slots
+//!                                             (max_concurrent_runs, then a
+//!                                             bounded wait, then 429); each
+//!                                             run is its own task on the one
+//!                                             shared Runner (group-committed
+//!                                             evidence, per-mount locks)
 //! ```
 //!
 //! The server takes its listener and a shutdown future, so tests run it on
 //! `127.0.0.1:0`. On shutdown it stops accepting and closes connections; the
-//! runner thread finishes the job in progress and those already queued (a
-//! run is never cut in the middle by the server; a killed process is
-//! recovered on the next start), then exits.
+//! runs in progress and those already admitted finish (a run is never cut in
+//! the middle by the server; a killed process is recovered on the next
+//! start), then it returns.
 
 pub mod api;
 pub mod client;
@@ -49,7 +49,7 @@ const MAX_CONNECTIONS: usize = 1024;
 /// Shared by every connection.
 pub(crate) struct Shared {
     pub settings: ServerSettings,
-    pub jobs: worker::Queue,
+    pub runs: Arc<worker::Worker>,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -70,8 +70,8 @@ pub async fn serve(
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let acceptor = TlsAcceptor::from(tls);
     let metrics = Arc::new(metrics::Metrics::default());
-    let (jobs, runner_thread) = worker::start(config, settings.queue, metrics.clone())?;
-    let shared = Arc::new(Shared { settings, jobs, metrics });
+    let runs = worker::Worker::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone()).await?;
+    let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     ready(addr);
@@ -127,11 +127,11 @@ pub async fn serve(
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
     }
-    tracing::info!("shutting down: no new connections; finishing the run in progress");
+    tracing::info!("shutting down: no new connections; finishing the runs in progress");
     drop(listener);
+    runs.shutdown().await;
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     drop(shared);
-    runner_thread.join().map_err(|_| anyhow::anyhow!("the runner thread panicked"))??;
     Ok(())
 }

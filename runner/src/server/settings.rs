@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+/// Runs executing at once unless `server.max_concurrent_runs` says otherwise.
+pub const DEFAULT_CONCURRENT_RUNS: usize = 16;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
@@ -26,8 +29,12 @@ pub(crate) struct RawServer {
     /// Largest request body (default 32 MiB: a capsule and its component).
     #[serde(default)]
     max_body_kib: Option<u64>,
-    /// Requests waiting for the runner (runs execute one at a time per
-    /// runner home) before `429 Too Many Requests` (default 256).
+    /// Runs executing at once (default 16): they share the cores, and the
+    /// evidence store commits their records together.
+    #[serde(default)]
+    max_concurrent_runs: Option<usize>,
+    /// Runs waiting for a free slot before `429 Too Many Requests`
+    /// (default 256).
     #[serde(default)]
     queue: Option<usize>,
     /// Time a client has to send a request's headers (also how long an idle
@@ -45,6 +52,7 @@ pub struct ServerSettings {
     pub client_ca: PathBuf,
     pub agents: BTreeSet<String>,
     pub max_body_bytes: usize,
+    pub max_concurrent_runs: usize,
     pub queue: usize,
     pub request_timeout: Duration,
 }
@@ -81,6 +89,11 @@ impl RawServer {
             agents: self.agents.into_iter().collect(),
             max_body_bytes: usize::try_from(self.max_body_kib.unwrap_or(32 << 10).saturating_mul(1024))
                 .unwrap_or(usize::MAX),
+            max_concurrent_runs: match self.max_concurrent_runs {
+                Some(0) => bail!("server.max_concurrent_runs must be at least 1"),
+                Some(n) => n.min(1024),
+                None => DEFAULT_CONCURRENT_RUNS,
+            },
             queue: self.queue.unwrap_or(256),
             request_timeout: duration("request_timeout", self.request_timeout.as_deref(), 10)?,
         })

@@ -1,16 +1,19 @@
-//! The runner thread: owns the [`Runner`] (its evidence store lock, sandbox
-//! and policy) and executes jobs one at a time from a bounded queue. Runs of
-//! one runner home are sequential; the queue bound turns overload into `429`
-//! instead of unbounded memory.
+//! The runs: one [`Runner`] shared by every request. Runs execute
+//! concurrently up to `server.max_concurrent_runs`; up to `server.queue`
+//! more wait for a slot, and beyond that a submission is refused with `429`
+//! before anything of it is kept. Each run is its own task, so a client that
+//! disconnects never cuts a run in the middle. Reads (lists, documents,
+//! metrics) go straight to the evidence log's view.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use edge_core::Sha256Digest;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::approvals::QuorumStatus;
 use crate::config::RunnerConfig;
@@ -18,44 +21,6 @@ use crate::exec::{RunReport, Runner};
 use crate::export::ExportScope;
 use crate::server::metrics::Metrics;
 use crate::server::proposals::{self, ProposalView, State};
-
-/// What an API request asks of the runner.
-pub(crate) enum Job {
-    Submit {
-        capsule: Vec<u8>,
-        agent: String,
-        reply: oneshot::Sender<Result<Value>>,
-    },
-    Approve {
-        id: String,
-        approval: Vec<u8>,
-        reply: oneshot::Sender<Result<ApproveReply>>,
-    },
-    List {
-        state: Option<State>,
-        reply: oneshot::Sender<Vec<ProposalView>>,
-    },
-    Show {
-        id: String,
-        reply: oneshot::Sender<Option<ProposalView>>,
-    },
-    Document {
-        id: String,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    },
-    Checkpoint {
-        reply: oneshot::Sender<Result<String>>,
-    },
-    Export {
-        since: Option<String>,
-        reply: oneshot::Sender<Result<Vec<u8>>>,
-    },
-    /// `queue_depth`: jobs waiting when the request was queued.
-    Metrics {
-        queue_depth: usize,
-        reply: oneshot::Sender<String>,
-    },
-}
 
 /// What became of a posted approval.
 pub(crate) enum ApproveReply {
@@ -70,121 +35,244 @@ pub(crate) enum ApproveReply {
 /// Largest approval file accepted (ours are about 1 KiB).
 const MAX_APPROVAL_BYTES: usize = 64 << 10;
 
-/// The sending side, shared by connections.
-pub(crate) struct Queue {
-    tx: mpsc::Sender<Job>,
-}
-
-/// Why a job could not be queued.
+/// Why a run could not be started.
 pub(crate) enum QueueError {
     Full,
     Stopped,
 }
 
-impl Queue {
-    /// Jobs waiting for the runner thread (the channel knows).
-    pub(crate) fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
+/// The runner and its run slots, shared by connections.
+pub(crate) struct Worker {
+    runner: Arc<Runner>,
+    metrics: Arc<Metrics>,
+    /// One permit per run executing at once.
+    slots: Arc<Semaphore>,
+    max_running: usize,
+    /// Runs admitted (executing or waiting for a slot), and their bound.
+    admitted: AtomicUsize,
+    limit: usize,
+    /// Signalled whenever an admitted run finishes.
+    finished: Notify,
+    stopping: AtomicBool,
+    /// Approvals posted are checked and kept one at a time.
+    approving: tokio::sync::Mutex<()>,
+    ticker: tokio::task::AbortHandle,
+}
 
-    /// Whether the runner thread is still taking jobs (it was open before
-    /// the server accepted anything; its exit or panic closes the channel).
-    pub(crate) fn is_open(&self) -> bool {
-        !self.tx.is_closed()
-    }
+/// An admitted run's place; gives it back when dropped.
+struct Admission(Arc<Worker>);
 
-    /// Queue a job without waiting: a full queue is the caller's `429`.
-    pub(crate) fn try_send(&self, job: Job) -> Result<(), QueueError> {
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Stopped),
-        }
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.0.finished.notify_waiters();
     }
 }
 
-/// Open the runner on its own thread and return the queue feeding it.
-///
-/// # Errors
-/// If the runner cannot open (a broken or locked evidence log refuses to
-/// start; the error says which check failed).
-pub(crate) fn start(
-    config: RunnerConfig,
-    depth: usize,
-    metrics: Arc<Metrics>,
-) -> Result<(Queue, std::thread::JoinHandle<Result<()>>)> {
-    let (tx, mut rx) = mpsc::channel::<Job>(depth.max(1));
-    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<()>>();
-    let m = metrics.clone();
-    let thread = std::thread::Builder::new().name("runner".into()).spawn(move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let mut runner = match Runner::open(config) {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                let _ = opened_tx.send(Err(e));
-                return Err(anyhow!(msg));
-            }
-        };
-        let _ = opened_tx.send(Ok(()));
-        rt.block_on(async {
-            // Expiry is checked between jobs, at least every second.
+impl Worker {
+    /// Open the runner (verifying its log, recovering interrupted runs) and
+    /// start the expiry tick.
+    ///
+    /// # Errors
+    /// If the runner cannot open (a broken or locked evidence log refuses to
+    /// start; the error says which check failed).
+    pub(crate) async fn start(
+        config: RunnerConfig,
+        max_running: usize,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        let runner = tokio::task::spawn_blocking(move || Runner::open(config))
+            .await
+            .map_err(|_| anyhow!("opening the runner panicked"))??;
+        let runner = Arc::new(runner);
+        // Expiry is checked at least every second.
+        let r = runner.clone();
+        let ticker = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    job = rx.recv() => {
-                        let Some(job) = job else { break };
-                        run_job(&mut runner, &m, job).await;
-                    }
-                    _ = tick.tick() => {
-                        match runner.expire_proposals(crate::approvals::unix_now(), None) {
-                            Ok(ids) => for id in ids {
-                                tracing::info!(proposal = %id, "proposal expired");
-                            },
-                            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot record expiry"),
+                tick.tick().await;
+                match r.expire_proposals(crate::approvals::unix_now(), None).await {
+                    Ok(ids) => {
+                        for id in ids {
+                            tracing::info!(proposal = %id, "proposal expired");
                         }
                     }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot record expiry"),
                 }
             }
-        });
-        Ok(())
-    })?;
-    opened_rx.recv().context("the runner thread stopped while opening")??;
-    Ok((Queue { tx }, thread))
-}
+        })
+        .abort_handle();
+        Ok(Arc::new(Self {
+            runner,
+            metrics,
+            slots: Arc::new(Semaphore::new(max_running)),
+            max_running,
+            admitted: AtomicUsize::new(0),
+            limit: max_running + queue,
+            finished: Notify::new(),
+            stopping: AtomicBool::new(false),
+            approving: tokio::sync::Mutex::new(()),
+            ticker,
+        }))
+    }
 
-async fn run_job(runner: &mut Runner, m: &Metrics, job: Job) {
-    match job {
-        Job::Submit { capsule, agent, reply } => {
-            let _ = reply.send(submit(runner, m, &capsule, &agent).await);
+    /// Runs admitted but waiting for a slot.
+    pub(crate) fn depth(&self) -> usize {
+        let running = self.max_running - self.slots.available_permits();
+        self.admitted.load(Ordering::Acquire).saturating_sub(running)
+    }
+
+    /// Whether new runs are accepted.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.stopping.load(Ordering::Acquire)
+    }
+
+    fn admit(self: &Arc<Self>) -> Result<Admission, QueueError> {
+        if !self.is_open() {
+            return Err(QueueError::Stopped);
         }
-        Job::Approve { id, approval, reply } => {
-            let _ = reply.send(approve(runner, m, &id, approval).await);
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.overloaded();
+            return Err(QueueError::Full);
         }
-        Job::List { state, reply } => {
-            let all = proposals::index(runner.log.records());
-            let _ = reply.send(all.into_iter().filter(|p| state.is_none_or(|s| p.state == s)).collect());
+        Ok(Admission(self.clone()))
+    }
+
+    /// Run `f` as its own task once a slot is free (a dropped request does
+    /// not cancel it).
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<Result<T>, QueueError> {
+        let admission = self.admit()?;
+        let slots = self.slots.clone();
+        let task = tokio::spawn(async move {
+            let _admission = admission;
+            let _slot = slots.acquire_owned().await.map_err(|_| anyhow!("the runner is stopping"))?;
+            f.await
+        });
+        Ok(task.await.unwrap_or_else(|e| Err(anyhow!("the run failed: {e}"))))
+    }
+
+    /// Stop admitting runs and wait for every admitted one to finish.
+    pub(crate) async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        loop {
+            let finished = self.finished.notified();
+            if self.admitted.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            finished.await;
         }
-        Job::Show { id, reply } => {
-            let _ = reply.send(proposals::index(runner.log.records()).into_iter().find(|p| p.id == id));
+        self.ticker.abort();
+    }
+
+    /// Run a submitted capsule; above tier 0 keep it for when approvals come.
+    pub(crate) async fn submit(self: &Arc<Self>, capsule: Vec<u8>, agent: String) -> Result<Result<Value>, QueueError> {
+        let w = self.clone();
+        self.run(async move { w.submit_now(&capsule, &agent).await }).await
+    }
+
+    /// Keep an approval for a waiting proposal and run it once the quorum is
+    /// met (or vetoed).
+    pub(crate) async fn approve(
+        self: &Arc<Self>,
+        id: String,
+        approval: Vec<u8>,
+    ) -> Result<Result<ApproveReply>, QueueError> {
+        let w = self.clone();
+        self.run(async move { w.approve_now(&id, approval).await }).await
+    }
+
+    pub(crate) fn list(&self, state: Option<State>) -> Vec<ProposalView> {
+        let all = proposals::index(&self.runner.log.records());
+        all.into_iter().filter(|p| state.is_none_or(|s| p.state == s)).collect()
+    }
+
+    pub(crate) fn show(&self, id: &str) -> Option<ProposalView> {
+        proposals::index(&self.runner.log.records()).into_iter().find(|p| p.id == id)
+    }
+
+    pub(crate) fn document(&self, id: &str) -> Option<Vec<u8>> {
+        // Only ids the log knows (never a path from the request).
+        let known = self.show(id).is_some();
+        known.then(|| std::fs::read(crate::approvals::proposal_path(&self.runner, id)).ok()).flatten()
+    }
+
+    pub(crate) async fn checkpoint(&self) -> Result<String> {
+        let r = self.runner.clone();
+        tokio::task::spawn_blocking(move || r.checkpoint()).await.context("checkpoint task")?
+    }
+
+    pub(crate) async fn export(&self, since: Option<String>) -> Result<Vec<u8>> {
+        let r = self.runner.clone();
+        let scope = since.map_or(ExportScope::Full, ExportScope::Since);
+        tokio::task::spawn_blocking(move || r.export(&scope).map(|e| e.bytes)).await.context("export task")?
+    }
+
+    pub(crate) fn metrics(&self) -> String {
+        self.metrics.render(&self.runner, self.depth())
+    }
+
+    async fn submit_now(&self, capsule: &[u8], agent: &str) -> Result<Value> {
+        let runner = &self.runner;
+        let started = Instant::now();
+        let report = runner.exec_submitted(capsule, &[], Some(agent)).await?;
+        self.metrics.observe_run(started.elapsed());
+        let id = proposals::proposal_id(&report.run);
+        if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
+            crate::staging::write_durably(&capsule_path(runner, &id), capsule)?;
         }
-        Job::Document { id, reply } => {
-            // Only ids the log knows (never a path from the request).
-            let known = proposals::index(runner.log.records()).iter().any(|p| p.id == id);
-            let doc = known.then(|| std::fs::read(crate::approvals::proposal_path(runner, &id)).ok()).flatten();
-            let _ = reply.send(doc);
+        Ok(summary(&id, &report))
+    }
+
+    /// Only approvals that verify for this proposal are kept (anyone with a
+    /// certificate may post: nothing unverified accumulates on disk); once
+    /// the approvals kept meet the quorum (or one vetoes), the proposal runs
+    /// with them, which records every approval, the quorum and what follows.
+    async fn approve_now(&self, id: &str, approval: Vec<u8>) -> Result<ApproveReply> {
+        let _one_at_a_time = self.approving.lock().await;
+        let runner = &self.runner;
+        let Some(view) = self.show(id) else {
+            return Ok(ApproveReply::Unknown);
+        };
+        if view.state != State::AwaitingApproval {
+            anyhow::bail!("proposal {id} is {}, not awaiting approval", view.state.name());
         }
-        Job::Checkpoint { reply } => {
-            let _ = reply.send(runner.checkpoint());
+        if approval.len() > MAX_APPROVAL_BYTES {
+            return Ok(ApproveReply::Refused(format!(
+                "an approval file is at most {MAX_APPROVAL_BYTES} bytes; this is {}",
+                approval.len()
+            )));
         }
-        Job::Export { since, reply } => {
-            let scope = since.map_or(ExportScope::Full, ExportScope::Since);
-            let _ = reply.send(runner.export(&scope).map(|e| e.bytes));
+        if let QuorumStatus::Pending { refused, .. } = runner.quorum_status(id, std::slice::from_ref(&approval))?
+            && let Some(why) = refused.into_iter().next()
+        {
+            return Ok(ApproveReply::Refused(why));
         }
-        Job::Metrics { queue_depth, reply } => {
-            let _ = reply.send(m.render(runner, queue_depth));
+        let dir = approvals_dir(runner, id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let digest = Sha256Digest::of(&approval);
+        crate::staging::write_durably(&dir.join(format!("{}.json", digest.hex())), &approval)?;
+        let mut approvals = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            approvals.push(std::fs::read(entry?.path())?);
         }
+        approvals.sort();
+        let status = runner.quorum_status(id, &approvals)?;
+        let mut out = json!({ "id": id, "approval": digest, "status": status });
+        if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
+            let capsule = std::fs::read(capsule_path(runner, id))
+                .with_context(|| format!("the capsule of proposal {id} is missing from the state directory"))?;
+            let started = Instant::now();
+            let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
+            self.metrics.observe_run(started.elapsed());
+            out["run"] = summary(id, &report);
+        }
+        Ok(ApproveReply::Kept(out))
     }
 }
 
@@ -194,63 +282,6 @@ fn capsule_path(runner: &Runner, id: &str) -> PathBuf {
 
 fn approvals_dir(runner: &Runner, id: &str) -> PathBuf {
     runner.config.state_dir.join("proposals").join(format!("{id}.approvals"))
-}
-
-/// Run a submitted capsule; above tier 0 keep it for when approvals come.
-async fn submit(runner: &mut Runner, m: &Metrics, capsule: &[u8], agent: &str) -> Result<Value> {
-    let started = Instant::now();
-    let report = runner.exec_submitted(capsule, &[], Some(agent)).await?;
-    m.observe_run(started.elapsed());
-    let id = proposals::proposal_id(&report.run);
-    if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
-        crate::staging::write_durably(&capsule_path(runner, &id), capsule)?;
-    }
-    Ok(summary(&id, &report))
-}
-
-/// Keep an approval for a waiting proposal; once the approvals kept meet
-/// the quorum (or one vetoes), run the proposal with them, which records
-/// every approval, the quorum and what follows.
-async fn approve(runner: &mut Runner, m: &Metrics, id: &str, approval: Vec<u8>) -> Result<ApproveReply> {
-    let Some(view) = proposals::index(runner.log.records()).into_iter().find(|p| p.id == id) else {
-        return Ok(ApproveReply::Unknown);
-    };
-    if view.state != State::AwaitingApproval {
-        anyhow::bail!("proposal {id} is {}, not awaiting approval", view.state.name());
-    }
-    // Only approvals that verify for this proposal are kept (anyone with a
-    // certificate may post: nothing unverified accumulates on disk).
-    if approval.len() > MAX_APPROVAL_BYTES {
-        return Ok(ApproveReply::Refused(format!(
-            "an approval file is at most {MAX_APPROVAL_BYTES} bytes; this is {}",
-            approval.len()
-        )));
-    }
-    if let QuorumStatus::Pending { refused, .. } = runner.quorum_status(id, std::slice::from_ref(&approval))?
-        && let Some(why) = refused.into_iter().next()
-    {
-        return Ok(ApproveReply::Refused(why));
-    }
-    let dir = approvals_dir(runner, id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let digest = Sha256Digest::of(&approval);
-    crate::staging::write_durably(&dir.join(format!("{}.json", digest.hex())), &approval)?;
-    let mut approvals = Vec::new();
-    for entry in std::fs::read_dir(&dir)? {
-        approvals.push(std::fs::read(entry?.path())?);
-    }
-    approvals.sort();
-    let status = runner.quorum_status(id, &approvals)?;
-    let mut out = json!({ "id": id, "approval": digest, "status": status });
-    if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
-        let capsule = std::fs::read(capsule_path(runner, id))
-            .with_context(|| format!("the capsule of proposal {id} is missing from the state directory"))?;
-        let started = Instant::now();
-        let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
-        m.observe_run(started.elapsed());
-        out["run"] = summary(id, &report);
-    }
-    Ok(ApproveReply::Kept(out))
 }
 
 /// What a submission returns: the proposal id, the admission result, the
