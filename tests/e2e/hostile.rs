@@ -246,10 +246,15 @@ fn a_file_changed_after_plan_is_not_overwritten() {
     let capsule = env.hostile("slow-apply");
     let target = env.path("data/ok.txt");
     let staging = env.path("state/staging");
-    // While apply runs (it sleeps), someone else creates the file the plan creates.
+    // While apply runs (it sleeps 1.5 s), someone else creates the file the
+    // plan creates: once the mount's staged copy exists, and after the copy
+    // had time to finish (it is one small file), so the copy never sees it.
     let writer = std::thread::spawn(move || {
         for _ in 0..400 {
-            if staging.exists() {
+            let staged =
+                std::fs::read_dir(&staging).into_iter().flatten().flatten().any(|run| run.path().join("data").exists());
+            if staged {
+                std::thread::sleep(std::time::Duration::from_millis(300));
                 std::fs::write(&target, "written by someone else").unwrap();
                 return true;
             }

@@ -386,6 +386,9 @@ fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
 #[test]
 fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepted_work() {
     let env = setup(1);
+    // One run at a time, one waiting: the third concurrent submission is refused.
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap() + "max_concurrent_runs = 1\n";
+    std::fs::write(env.path("runner.toml"), config).unwrap();
     let server = Server::start(&env);
     let (tier0, sleeper) = (capsule(&env, "none", false), capsule(&env, "sleep", false));
     rt().block_on(async {
@@ -695,5 +698,57 @@ fn tier_1_needs_one_approval_from_the_right_role() {
         let v = r.json().unwrap();
         assert_eq!(v["run"]["state"], "committed", "{v:#}");
         assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+    });
+}
+
+#[test]
+fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    // Twelve agents at once, each creating `data/ok.txt`: the runs proceed
+    // concurrently, but those writing `data` hold its lock from plan to the
+    // end, so exactly one creates the file and every later one plans against
+    // the file it made and is refused before touching it.
+    let results: Vec<Value> = rt().block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let mut c = server.client(&env, "agent");
+            let body = submission(&tier0);
+            tasks.spawn(async move {
+                let r = c.post("/v1/proposals", body, "application/json").await.unwrap();
+                assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+                r.json().unwrap()
+            });
+        }
+        tasks.join_all().await
+    });
+    let committed: Vec<&Value> = results.iter().filter(|r| r["outcome"] == "committed").collect();
+    assert_eq!(committed.len(), 1, "{results:#?}");
+    for r in results.iter().filter(|r| r["outcome"] != "committed") {
+        assert_eq!(r["outcome"], "refused", "{r:#}");
+        assert_eq!(r["refusal"]["stage"], "diff", "{r:#}");
+    }
+    assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        assert_eq!(bundle.status, StatusCode::OK);
+        let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+        let verified =
+            edge_evidence::verify(&bundle.body, &edge_evidence::parse_keys(&key).unwrap(), edge_evidence::Level::Full)
+                .unwrap();
+        assert_eq!(verified.runs.len(), 12);
+        // The runs really overlapped: some run's records interleave with another's.
+        let spans: Vec<(u64, u64)> = results
+            .iter()
+            .map(|r| {
+                let seqs: Vec<u64> = r["records"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+                (*seqs.iter().min().unwrap(), *seqs.iter().max().unwrap())
+            })
+            .collect();
+        let overlapping = spans.iter().any(|a| spans.iter().any(|b| a != b && a.0 < b.0 && b.0 < a.1));
+        assert!(overlapping, "no two runs overlapped: {spans:?}");
     });
 }
