@@ -94,16 +94,8 @@ impl Runner {
     /// Nonces consumed by met quorums, and proposals already executed, as the
     /// evidence log records them.
     fn consumed(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let (mut nonces, mut proposals) = (BTreeSet::new(), BTreeSet::new());
-        for r in self.log.records().iter() {
-            if let Event::Quorum { proposal, nonces: n, outcome, .. } = &r.event
-                && outcome.get("result").and_then(|v| v.as_str()) == Some("met")
-            {
-                nonces.extend(n.iter().cloned());
-                proposals.insert(proposal.clone());
-            }
-        }
-        (nonces, proposals)
+        let index = self.log.index();
+        (index.nonces.iter().cloned().collect(), index.executed_ids())
     }
 
     /// Write the proposal document and end the run awaiting approval.
@@ -428,14 +420,7 @@ pub const DEFAULT_PROPOSAL_TTL_SECS: u64 = 24 * 3600;
 impl Runner {
     /// Proposals the log records as expired.
     pub(crate) fn expired(&self) -> BTreeSet<String> {
-        self.log
-            .records()
-            .iter()
-            .filter_map(|r| match &r.event {
-                Event::ProposalExpired { proposal, .. } => Some(proposal.clone()),
-                _ => None,
-            })
-            .collect()
+        self.log.index().expired.iter().cloned().collect()
     }
 
     /// Record as expired every waiting proposal (or only `only`) that has
@@ -452,30 +437,20 @@ impl Runner {
     /// [`Runner::expire_proposals`], for a caller holding the settling lock.
     async fn expire_settling(&self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
         // Settled (a quorum met or vetoed) or already expired: not waiting.
-        let mut settled = self.expired();
-        for r in self.log.records().iter() {
-            if let Event::Quorum { proposal, outcome, .. } = &r.event
-                && matches!(outcome.get("result").and_then(|v| v.as_str()), Some("met" | "vetoed"))
-            {
-                settled.insert(proposal.clone());
-            }
-        }
+        let waiting = self.log.index().waiting();
         let mut due = Vec::new();
-        for r in self.log.records().iter() {
-            let Event::AwaitingApproval { proposal, .. } = &r.event else { continue };
-            if only.is_some_and(|id| id != proposal) || settled.contains(proposal) {
+        for (proposal, created) in waiting {
+            if only.is_some_and(|id| id != proposal) {
                 continue;
             }
-            let Ok(at) = r.time.parse::<jiff::Timestamp>() else { continue };
-            let created = u64::try_from(at.as_second()).unwrap_or(0);
-            let limit = std::fs::read(proposal_path(self, proposal))
+            let limit = std::fs::read(proposal_path(self, &proposal))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Proposal>(&b).ok())
                 .and_then(|p| p.decision.requirement.and_then(|t| t.expires_after_secs))
                 .unwrap_or(DEFAULT_PROPOSAL_TTL_SECS);
             let waited = now.saturating_sub(created);
             if waited >= limit {
-                due.push((proposal.clone(), waited, limit));
+                due.push((proposal, waited, limit));
             }
         }
         let mut ids = Vec::new();

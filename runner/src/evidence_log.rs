@@ -30,6 +30,8 @@ use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
+use crate::log_index::LogIndex;
+
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS records (
     hash  TEXT NOT NULL,         -- sha256 of this record's canonical JSON
     body  TEXT NOT NULL          -- the canonical JSON record (the Merkle leaf)
 );
+CREATE INDEX IF NOT EXISTS records_by_run ON records (run);
 CREATE TABLE IF NOT EXISTS artifacts (
     digest TEXT PRIMARY KEY,     -- sha256:<hex> of bytes
     size   INTEGER NOT NULL,
@@ -176,7 +179,7 @@ struct Writer {
     prev: Sha256Digest,
     range: CompactRange,
     tree: Arc<Mutex<MerkleStore>>,
-    view: Arc<RwLock<Vec<Record>>>,
+    index: Arc<RwLock<LogIndex>>,
     /// Set when a commit failed: nothing is committed after it in this
     /// process, so a run can never have a hole in its records.
     poisoned: Option<String>,
@@ -294,7 +297,12 @@ impl Writer {
                 tree.push(l);
             }
         }
-        self.view.write().expect("records lock").extend(new_records);
+        {
+            let mut index = self.index.write().expect("index lock");
+            for r in &new_records {
+                index.push(r);
+            }
+        }
         for (req, r) in batch.into_iter().zip(results) {
             reply(req, r);
         }
@@ -330,9 +338,9 @@ fn base64_std(b: &[u8]) -> String {
 pub struct EvidenceLog {
     handle: StoreHandle,
     dir: PathBuf,
-    /// Every durable record, in order (the writer extends it on commit,
-    /// before acknowledging).
-    view: Arc<RwLock<Vec<Record>>>,
+    /// The fold of every durable record (the writer folds records in on
+    /// commit, before acknowledging them).
+    index: Arc<RwLock<LogIndex>>,
     tree: Arc<Mutex<MerkleStore>>,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
@@ -496,14 +504,19 @@ impl EvidenceLog {
         }
         let tree = Arc::new(Mutex::new(store));
         let next_seq = records.len() as u64;
-        let view = Arc::new(RwLock::new(records));
-        let writer = Writer { db, next_seq, prev, range, tree: tree.clone(), view: view.clone(), poisoned: None };
+        let mut fold = LogIndex::default();
+        for r in &records {
+            fold.push(r);
+        }
+        drop(records);
+        let index = Arc::new(RwLock::new(fold));
+        let writer = Writer { db, next_seq, prev, range, tree: tree.clone(), index: index.clone(), poisoned: None };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
             handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
             dir: dir.to_path_buf(),
-            view,
+            index,
             tree,
             durable_wait: Arc::new(AtomicU64::new(0)),
             _lock: lock,
@@ -559,11 +572,42 @@ impl EvidenceLog {
         r
     }
 
-    /// Every durable record so far (verified at open, then as acknowledged).
-    /// Hold the guard briefly, and never while waiting for an append: the
-    /// writer needs it to publish a commit.
-    pub fn records(&self) -> RwLockReadGuard<'_, Vec<Record>> {
-        self.view.read().expect("records lock")
+    /// The fold of every durable record so far (built at open, then
+    /// updated as records are acknowledged). Hold the guard briefly, and
+    /// never while waiting for an append: the writer needs it to publish a
+    /// commit.
+    pub fn index(&self) -> RwLockReadGuard<'_, LogIndex> {
+        self.index.read().expect("index lock")
+    }
+
+    /// Records in the log.
+    pub fn len(&self) -> u64 {
+        self.index().records
+    }
+
+    /// Whether the log has no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Read every record back from the store (for tools and tests; the
+    /// runner itself works from [`EvidenceLog::index`]).
+    ///
+    /// # Errors
+    /// If the store cannot be read or fails verification.
+    pub fn read_records(&self) -> Result<Vec<Record>> {
+        Ok(load_verified(&self.dir)?.0)
+    }
+
+    /// The sequence numbers of one run's records.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn run_seqs(&self, run: &str) -> Result<Vec<u64>> {
+        let db = read_only(&self.dir)?;
+        let mut stmt = db.prepare("SELECT seq FROM records WHERE run = ?1 ORDER BY seq")?;
+        let seqs = stmt.query_map([run], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
+        Ok(seqs.into_iter().map(|s| s as u64).collect())
     }
 
     /// Read the Merkle tree of every durable record (roots and proofs for
@@ -646,7 +690,7 @@ mod tests {
         run.append_deferred("r-a", refused("one")).unwrap();
         run.append_deferred("r-a", refused("two")).unwrap();
         wait(run.barrier()).unwrap();
-        assert_eq!(log.records().len(), 2);
+        assert_eq!(log.len(), 2);
         assert_eq!(run.records().len(), 2);
 
         // Something below the runner makes one insert fail (a disk error, say).
@@ -670,7 +714,8 @@ mod tests {
         // Reopened: the log verifies, with no hole: nothing after the failure.
         let log = EvidenceLog::open(dir.path()).unwrap();
         let details: Vec<String> = log
-            .records()
+            .read_records()
+            .unwrap()
             .iter()
             .filter_map(|r| match &r.event {
                 Event::Refused { detail, .. } => Some(detail.clone()),

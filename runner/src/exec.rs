@@ -177,15 +177,7 @@ impl Runner {
 
     /// The policy and graph digests the log last recorded as in force.
     fn recorded_policy(&self) -> (Option<Sha256Digest>, Option<Sha256Digest>) {
-        self.log
-            .records()
-            .iter()
-            .rev()
-            .find_map(|r| match &r.event {
-                Event::PolicyChange { new_policy, new_graph, .. } => Some((*new_policy, *new_graph)),
-                _ => None,
-            })
-            .unwrap_or((None, None))
+        self.log.index().policy
     }
 
     /// If the policy or graph in force differs from what the log last

@@ -118,11 +118,10 @@ pub fn export(
         }
         ExportScope::Run(run) => {
             let chosen: Vec<usize> = log
-                .records()
-                .iter()
-                .take(bodies.len())
-                .filter(|r| &r.run == run)
-                .map(|r| usize::try_from(r.seq).expect("seq fits"))
+                .run_seqs(run)?
+                .into_iter()
+                .filter(|&s| s < size)
+                .map(|s| usize::try_from(s).expect("seq fits"))
                 .collect();
             if chosen.is_empty() {
                 bail!("no run `{run}` in the evidence log (`edge-runner evidence show` lists runs)");

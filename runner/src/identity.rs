@@ -16,10 +16,7 @@ impl Runner {
     /// Record the identity key when it is new to the log (or changed).
     pub(crate) fn record_identity(&mut self) -> Result<()> {
         let vkey = self.identity.verifier().to_vkey();
-        let last = self.log.records().iter().rev().find_map(|r| match &r.event {
-            Event::KeyEvent { key, .. } => Some(key.clone()),
-            _ => None,
-        });
+        let last = self.log.index().key.clone();
         if last.as_deref() != Some(vkey.as_str()) {
             let action = if last.is_none() { "identity key in use" } else { "identity key changed" };
             self.log.append("runner", Event::KeyEvent { action: action.into(), key: vkey })?;

@@ -19,6 +19,7 @@ pub mod export;
 pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod log_index;
 pub mod policy_files;
 pub mod recovery;
 pub mod sandbox;

@@ -2,7 +2,7 @@
 //! (from its commit journal, when one exists) and closed as interrupted,
 //! before the runner does anything else.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use edge_core::evidence::{Event, Outcome};
@@ -17,25 +17,10 @@ impl Runner {
     /// If a rollback or a record write fails (the runner must not continue).
     pub fn recover(&mut self) -> Result<Vec<String>> {
         let journals_dir = self.config.state_dir.join("journals");
-        // Runs in order of their first record, and those that ended.
-        let mut open: Vec<String> = Vec::new();
+        // Runs without a terminal record, in order of their first record.
+        let open: Vec<String> = self.log.index().unfinished_runs();
+        let unfinished: BTreeSet<String> = open.iter().cloned().collect();
         let mut terminal: BTreeSet<String> = BTreeSet::new();
-        {
-            let mut seen: HashSet<&str> = HashSet::new();
-            let records = self.log.records();
-            for r in records.iter() {
-                match &r.event {
-                    Event::Completed { .. } => {
-                        terminal.insert(r.run.clone());
-                    }
-                    // Runner-level records (key events, policy changes,
-                    // expiries) are not part of any run.
-                    _ if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) => {}
-                    _ if seen.insert(r.run.as_str()) => open.push(r.run.clone()),
-                    _ => {}
-                }
-            }
-        }
         let mut recovered = Vec::new();
         // Journals first: they say what to undo.
         if journals_dir.exists() {
@@ -49,25 +34,24 @@ impl Runner {
                 }
                 let journal: Journal = serde_json::from_slice(&std::fs::read(&path)?)
                     .with_context(|| format!("journal {} is unreadable; restore the files by hand", path.display()))?;
-                match terminal.get(&run) {
-                    // The run ended (committed, or already rolled back): its
-                    // journal only lingers because the crash came before the
-                    // cleanup. Never undo or redo anything for it now: files
-                    // may have changed legitimately since.
-                    Some(_) => {}
-                    None => {
-                        let restored = journal.rollback()?;
-                        self.log.append(
-                            &run,
-                            Event::Interrupted {
-                                restored,
-                                detail: "found a commit in progress at start; rolled back".into(),
-                            },
-                        )?;
-                        self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
-                        terminal.insert(run.clone());
-                        recovered.push(run.clone());
-                    }
+                // A journal is written after the run's first records are
+                // durable, so its run is either unfinished or ended. An
+                // ended run (committed, or already rolled back) only left its
+                // journal because the crash came before the cleanup: never
+                // undo or redo anything for it now, files may have changed
+                // legitimately since.
+                if unfinished.contains(&run) {
+                    let restored = journal.rollback()?;
+                    self.log.append(
+                        &run,
+                        Event::Interrupted {
+                            restored,
+                            detail: "found a commit in progress at start; rolled back".into(),
+                        },
+                    )?;
+                    self.log.append(&run, Event::Completed { outcome: Outcome::Interrupted })?;
+                    terminal.insert(run.clone());
+                    recovered.push(run.clone());
                 }
                 journal.finalize()?;
                 std::fs::remove_file(&path)?;

@@ -131,7 +131,7 @@ fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
     std::fs::write(env.path("policy.toml"), "version = 1\n[tiers.0]\napprovals = 3\n").unwrap();
     assert!(!runner.reload_policy().unwrap());
     assert_eq!(runner.config.policy.as_ref().unwrap().policy.digest(), good, "the last good policy stays");
-    let last = runner.log.records().last().unwrap().clone();
+    let last = runner.log.read_records().unwrap().last().unwrap().clone();
     match &last.event {
         edge_core::evidence::Event::PolicyRefused { error, kept_policy, .. } => {
             assert!(error.contains("tiers.0.approvals"), "{error}");
@@ -150,7 +150,10 @@ fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
     .unwrap();
     assert!(runner.reload_policy().unwrap());
     assert_ne!(runner.config.policy.as_ref().unwrap().policy.digest(), good);
-    assert!(matches!(runner.log.records().last().unwrap().event, edge_core::evidence::Event::PolicyChange { .. }));
+    assert!(matches!(
+        runner.log.read_records().unwrap().last().unwrap().event,
+        edge_core::evidence::Event::PolicyChange { .. }
+    ));
 }
 
 #[test]

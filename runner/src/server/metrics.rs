@@ -11,10 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edge_core::evidence::Event;
-
 use crate::exec::Runner;
-use crate::server::proposals;
 
 /// Upper bounds (seconds) of the run-duration histogram buckets.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -57,10 +54,10 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self, runner: &Runner, queue_depth: usize) -> String {
-        let records = runner.log.records();
+        let index = runner.log.index();
         let mut s = String::new();
         let mut by_state: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
-        for p in proposals::index(&records) {
+        for p in index.proposals.iter() {
             let tier = p.tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
             *by_state.entry((p.state.name(), tier)).or_default() += 1;
         }
@@ -68,28 +65,19 @@ impl Metrics {
         for ((state, tier), n) in &by_state {
             let _ = writeln!(s, "edge_runner_proposals{{state=\"{state}\",tier=\"{tier}\"}} {n}");
         }
-        let mut refusals: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut traps: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in records.iter() {
-            let code = match &r.event {
-                Event::Refused { reason_code, .. } | Event::ApprovalRefused { reason_code, .. } => reason_code,
-                _ => continue,
-            };
-            *refusals.entry(code).or_default() += 1;
-            if let Some(kind) = code.strip_prefix("sandbox.") {
-                *traps.entry(kind).or_default() += 1;
-            }
-        }
         header(&mut s, "edge_runner_refusals_total", "counter", "Refusals recorded, by reason code.");
-        for (code, n) in &refusals {
+        for (code, n) in &index.refusals {
             let _ = writeln!(s, "edge_runner_refusals_total{{reason=\"{}\"}} {n}", label(code));
         }
         header(&mut s, "edge_runner_sandbox_traps_total", "counter", "Sandbox traps and limits hit, by kind.");
-        for (kind, n) in &traps {
-            let _ = writeln!(s, "edge_runner_sandbox_traps_total{{kind=\"{}\"}} {n}", label(kind));
+        for (code, n) in &index.refusals {
+            if let Some(kind) = code.strip_prefix("sandbox.") {
+                let _ = writeln!(s, "edge_runner_sandbox_traps_total{{kind=\"{}\"}} {n}", label(kind));
+            }
         }
         header(&mut s, "edge_runner_evidence_records", "gauge", "Records in the evidence log.");
-        let _ = writeln!(s, "edge_runner_evidence_records {}", records.len());
+        let _ = writeln!(s, "edge_runner_evidence_records {}", index.records);
+        drop(index);
         header(
             &mut s,
             "edge_runner_evidence_durable_wait_seconds_total",

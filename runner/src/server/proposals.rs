@@ -5,7 +5,7 @@
 //! plus, above tier 0, the run that executed it once approvals were
 //! presented (its `quorum` record names the proposal).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Outcome, Record};
@@ -113,10 +113,37 @@ pub fn proposal_id(run: &str) -> String {
 
 /// Every proposal in the log, by id, in submission order.
 pub fn index(records: &[Record]) -> Vec<ProposalView> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by_id: BTreeMap<String, ProposalView> = BTreeMap::new();
-    let mut run_to_id: BTreeMap<&str, String> = BTreeMap::new();
+    let mut ix = ProposalIndex::default();
     for r in records {
+        ix.push(r);
+    }
+    ix.order.into_iter().filter_map(|id| ix.by_id.remove(&id)).collect()
+}
+
+/// The proposals of a log, folded one record at a time (the runner keeps
+/// one up to date as records commit, instead of keeping the records).
+#[derive(Debug, Default)]
+pub struct ProposalIndex {
+    order: Vec<String>,
+    by_id: HashMap<String, ProposalView>,
+    /// Which proposal each run belongs to; only runs still in progress (a
+    /// finished run's later records never come).
+    run_to_id: HashMap<String, String>,
+}
+
+impl ProposalIndex {
+    /// Every proposal, in submission order.
+    pub fn iter(&self) -> impl Iterator<Item = &ProposalView> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ProposalView> {
+        self.by_id.get(id)
+    }
+
+    /// Fold in the next record of the log.
+    pub fn push(&mut self, r: &Record) {
+        let (order, by_id, run_to_id) = (&mut self.order, &mut self.by_id, &mut self.run_to_id);
         if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
             if let Event::ProposalExpired { proposal, .. } = &r.event
                 && let Some(v) = by_id.get_mut(proposal)
@@ -127,7 +154,7 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
                 }
                 v.records.push(r.seq);
             }
-            continue;
+            return;
         }
         // A run continues an earlier proposal once it records approvals for it.
         let proposal_of_event = match &r.event {
@@ -141,14 +168,16 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
             let own = proposal_id(&r.run);
             // Move what this run recorded so far under the proposal it continues.
             if let Some(mine) = by_id.remove(&own) {
-                order.retain(|id| id != &own);
+                if let Some(i) = order.iter().rposition(|id| id == &own) {
+                    order.remove(i);
+                }
                 let target = by_id.get_mut(p).expect("checked");
                 target.records.extend(mine.records);
                 target.runs.push(r.run.clone());
             }
-            run_to_id.insert(&r.run, p.clone());
+            run_to_id.insert(r.run.clone(), p.clone());
         }
-        let id = run_to_id.entry(&r.run).or_insert_with(|| proposal_id(&r.run)).clone();
+        let id = run_to_id.entry(r.run.clone()).or_insert_with(|| proposal_id(&r.run)).clone();
         let v = by_id.entry(id.clone()).or_insert_with(|| {
             order.push(id.clone());
             ProposalView {
@@ -169,8 +198,10 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
         });
         v.records.push(r.seq);
         apply(v, r);
+        if r.is_terminal() {
+            run_to_id.remove(r.run.as_str());
+        }
     }
-    order.into_iter().filter_map(|id| by_id.remove(&id)).collect()
 }
 
 fn apply(v: &mut ProposalView, r: &Record) {

@@ -188,12 +188,12 @@ impl Worker {
     }
 
     pub(crate) fn list(&self, state: Option<State>) -> Vec<ProposalView> {
-        let all = proposals::index(&self.runner.log.records());
-        all.into_iter().filter(|p| state.is_none_or(|s| p.state == s)).collect()
+        let index = self.runner.log.index();
+        index.proposals.iter().filter(|p| state.is_none_or(|s| p.state == s)).cloned().collect()
     }
 
     pub(crate) fn show(&self, id: &str) -> Option<ProposalView> {
-        proposals::index(&self.runner.log.records()).into_iter().find(|p| p.id == id)
+        self.runner.log.index().proposals.get(id).cloned()
     }
 
     pub(crate) fn document(&self, id: &str) -> Option<Vec<u8>> {

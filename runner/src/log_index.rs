@@ -1,0 +1,107 @@
+//! What the runner needs to know about its whole evidence log, folded one
+//! record at a time as records commit, so the log itself stays on disk:
+//! memory grows with the number of proposals, not with every record.
+//!
+//! Everything here is derived from the log alone (it is rebuilt from the
+//! store on every start), so it can never disagree with what was recorded.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use edge_core::Sha256Digest;
+use edge_core::evidence::{Event, Record};
+
+use crate::server::proposals::ProposalIndex;
+
+/// The fold of the log.
+#[derive(Debug, Default)]
+pub struct LogIndex {
+    /// Records in the log.
+    pub records: u64,
+    /// Proposals and their lifecycle states (the API's view).
+    pub proposals: ProposalIndex,
+    /// Approval nonces consumed by met quorums.
+    pub nonces: HashSet<String>,
+    /// Proposals executed (a quorum met for them).
+    pub executed: HashSet<String>,
+    /// Proposals settled: a quorum met or vetoed.
+    pub settled: HashSet<String>,
+    /// Proposals recorded as expired.
+    pub expired: HashSet<String>,
+    /// Proposals that waited for approval: id → unix seconds of the record.
+    pub awaiting: BTreeMap<String, u64>,
+    /// The policy and graph digests last recorded as in force.
+    pub policy: (Option<Sha256Digest>, Option<Sha256Digest>),
+    /// The identity key last recorded.
+    pub key: Option<String>,
+    /// Refusals by reason code.
+    pub refusals: BTreeMap<String, u64>,
+    /// Runs with records but no terminal record yet, in order of their first.
+    pub open_runs: BTreeMap<u64, String>,
+    open_by_run: std::collections::HashMap<String, u64>,
+}
+
+impl LogIndex {
+    /// Fold in the next record.
+    pub fn push(&mut self, r: &Record) {
+        self.records += 1;
+        self.proposals.push(r);
+        match &r.event {
+            Event::Quorum { proposal, nonces, outcome, .. } => match outcome.get("result").and_then(|v| v.as_str()) {
+                Some("met") => {
+                    self.nonces.extend(nonces.iter().cloned());
+                    self.executed.insert(proposal.clone());
+                    self.settled.insert(proposal.clone());
+                }
+                Some("vetoed") => {
+                    self.settled.insert(proposal.clone());
+                }
+                _ => {}
+            },
+            Event::ProposalExpired { proposal, .. } => {
+                self.expired.insert(proposal.clone());
+            }
+            Event::AwaitingApproval { proposal, .. } => {
+                let at = r.time.parse::<jiff::Timestamp>().map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
+                self.awaiting.insert(proposal.clone(), at);
+            }
+            Event::PolicyChange { new_policy, new_graph, .. } => self.policy = (*new_policy, *new_graph),
+            Event::KeyEvent { key, .. } => self.key = Some(key.clone()),
+            Event::Refused { reason_code, .. } | Event::ApprovalRefused { reason_code, .. } => {
+                *self.refusals.entry(reason_code.clone()).or_default() += 1;
+            }
+            _ => {}
+        }
+        // Runner-level records (key events, policy changes, expiries) are
+        // not part of any run.
+        if !edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
+            if r.is_terminal() {
+                if let Some(first) = self.open_by_run.remove(&r.run) {
+                    self.open_runs.remove(&first);
+                }
+            } else if !self.open_by_run.contains_key(&r.run) {
+                self.open_by_run.insert(r.run.clone(), r.seq);
+                self.open_runs.insert(r.seq, r.run.clone());
+            }
+        }
+    }
+
+    /// Proposals waiting for approval (not settled, not expired), with the
+    /// time they started waiting.
+    pub fn waiting(&self) -> Vec<(String, u64)> {
+        self.awaiting
+            .iter()
+            .filter(|(p, _)| !self.settled.contains(*p) && !self.expired.contains(*p))
+            .map(|(p, t)| (p.clone(), *t))
+            .collect()
+    }
+
+    /// Runs without a terminal record, oldest first.
+    pub fn unfinished_runs(&self) -> Vec<String> {
+        self.open_runs.values().cloned().collect()
+    }
+
+    /// Proposal ids of every executed proposal (for checks that need a set).
+    pub fn executed_ids(&self) -> BTreeSet<String> {
+        self.executed.iter().cloned().collect()
+    }
+}
