@@ -488,6 +488,28 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Write a file atomically (temporary file, then rename) but without
+/// waiting for the disk: for copies of what is durable elsewhere (a run's
+/// receipt restates records and a checkpoint already committed in the
+/// evidence store). A crash may lose the file, never leave half of it.
+///
+/// # Errors
+/// On I/O failure.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+    }
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// fsync a directory so renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
