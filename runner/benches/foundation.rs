@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut runner = Runner::open(RunnerConfig::load(&h.join("runner.toml"))?)?;
+    let runner = Runner::open(RunnerConfig::load(&h.join("runner.toml"))?)?;
 
     // 1. Cold compile (the runner's engine configuration).
     let engine = runner.sandbox.engine().clone();

@@ -474,7 +474,7 @@ impl Runner {
         // Runs writing a mount hold it from here to the end of the run.
         let _mounts = self.lock_mounts(&grant).await;
         report.log.barrier().await?;
-        let (planned, captured) = self.sandbox.plan(&pre, &decided, &input).await;
+        let (planned, captured) = self.sandbox.plan(pre, &decided, &input).await;
         let output = self.store_output(report, "plan", captured)?;
         let raw_plan = match planned {
             Ok(p) => p,
@@ -529,7 +529,7 @@ impl Runner {
         // Nothing to change: verify read-only and finish.
         if valid.plan().changes.is_empty() {
             report.log.barrier().await?;
-            let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
+            let (verified, captured) = self.sandbox.verify(pre, &authorized, &input, valid.plan()).await;
             let output = self.store_output(report, "verify", captured)?;
             return match verified {
                 Ok(v) => {
@@ -568,7 +568,7 @@ impl Runner {
             .collect();
         let apply_input = PhaseInput { mounts: &apply_mounts, ..input };
         report.log.barrier().await?;
-        let (applied, captured) = self.sandbox.apply(&pre, &authorized, &apply_input, valid.plan()).await;
+        let (applied, captured) = self.sandbox.apply(pre, &authorized, &apply_input, valid.plan()).await;
         let output = self.store_output(report, "apply", captured)?;
         if let Err(e) = applied {
             return self.refuse_sandbox(report, "apply", &e);
@@ -659,7 +659,7 @@ impl Runner {
         self.record(report, Event::Committed { changes: diff.len() })?;
 
         // 11. Verify against the live mounts; roll back on failure.
-        let (verified, captured) = self.sandbox.verify(&pre, &authorized, &input, valid.plan()).await;
+        let (verified, captured) = self.sandbox.verify(pre, &authorized, &input, valid.plan()).await;
         let output = self.store_output(report, "verify", captured)?;
         let failure = match verified {
             Ok(v) => {
