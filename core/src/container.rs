@@ -136,23 +136,7 @@ impl CapsuleFile {
 
     /// Serialise to the `.capsule` format (deterministic: fixed order, zero times and owners).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut h, name, data).expect("writing to a Vec cannot fail");
-        };
-        add(MANIFEST_ENTRY, &self.manifest_bytes);
-        add(COMPONENT_ENTRY, &self.component);
-        if let Some(b) = &self.bundle {
-            add(SIGNATURE_ENTRY, b);
-        }
-        builder.into_inner().expect("writing to a Vec cannot fail")
+        pack(&self.manifest_bytes, &self.component, self.bundle.as_deref())
     }
 
     /// Replace the signature bundle.
@@ -177,6 +161,30 @@ impl CapsuleFile {
     pub fn bundle(&self) -> Option<&[u8]> {
         self.bundle.as_deref()
     }
+}
+
+/// Write the `.capsule` format from its parts (deterministic: fixed order,
+/// zero times and owners). Nothing is checked here: [`CapsuleFile::parse`]
+/// checks what it reads back.
+pub fn pack(manifest: &[u8], component: &[u8], bundle: Option<&[u8]>) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut h, name, data).expect("writing to a Vec cannot fail");
+    };
+    add(MANIFEST_ENTRY, manifest);
+    add(COMPONENT_ENTRY, component);
+    if let Some(b) = bundle {
+        add(SIGNATURE_ENTRY, b);
+    }
+    builder.into_inner().expect("writing to a Vec cannot fail")
 }
 
 #[cfg(test)]

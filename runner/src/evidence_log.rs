@@ -599,6 +599,25 @@ impl EvidenceLog {
         Ok(load_verified(&self.dir)?.0)
     }
 
+    /// An artifact's bytes from the store, if it holds them (checked
+    /// against the digest before they are returned).
+    ///
+    /// # Errors
+    /// If the store cannot be read or the stored bytes do not match.
+    pub fn read_artifact(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
+        let db = read_only(&self.dir)?;
+        let bytes: Option<Vec<u8>> = db
+            .query_row("SELECT bytes FROM artifacts WHERE digest = ?1", [digest.to_string()], |r| r.get(0))
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?;
+        if let Some(b) = &bytes
+            && Sha256Digest::of(b) != *digest
+        {
+            bail!("artifact {digest} in the store does not match its digest: the store was altered");
+        }
+        Ok(bytes)
+    }
+
     /// The sequence numbers of one run's records.
     ///
     /// # Errors

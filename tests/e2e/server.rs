@@ -752,3 +752,63 @@ fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave(
         assert!(overlapping, "no two runs overlapped: {spans:?}");
     });
 }
+
+#[test]
+fn a_capsule_submitted_by_reference_needs_a_component_the_runner_holds_and_passes_the_same_checks() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    let other = capsule(&env, "sleep", false);
+    let file = edge_core::container::CapsuleFile::parse(&std::fs::read(&tier0).unwrap()).unwrap();
+    let other = edge_core::container::CapsuleFile::parse(&std::fs::read(&other).unwrap()).unwrap();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let by_ref = |manifest: &[u8], sig: &[u8]| {
+        serde_json::to_vec(&json!({ "manifest": b64(manifest), "signature": b64(sig) })).unwrap()
+    };
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        // The runner has never seen the component: 409, and nothing is recorded.
+        let r = agent
+            .post("/v1/proposals", by_ref(file.manifest_bytes(), file.bundle().unwrap()), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.error_message());
+        assert!(r.error_message().contains("submit the full capsule once"), "{}", r.error_message());
+        let list = agent.get("/v1/proposals").await.unwrap().json().unwrap();
+        assert_eq!(list["proposals"].as_array().unwrap().len(), 0, "{list:#}");
+
+        // Once uploaded in full, the same capsule by reference runs the same way.
+        let full = submit(&mut agent, &tier0).await.json().unwrap();
+        assert_eq!(full["state"], "committed", "{full:#}");
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        let r = agent
+            .post("/v1/proposals", by_ref(file.manifest_bytes(), file.bundle().unwrap()), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["state"], "committed", "{v:#}");
+        assert_eq!(v["admission"]["capsule"], full["admission"]["capsule"]);
+        assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+
+        // Another capsule's signature does not cover this manifest: refused at
+        // admission, recorded, exactly as for a capsule file.
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        let r = agent
+            .post("/v1/proposals", by_ref(file.manifest_bytes(), other.bundle().unwrap()), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["state"], "refused", "{v:#}");
+        assert_eq!(v["refusal"]["stage"], "admit", "{v:#}");
+        assert!(!env.path("data/ok.txt").exists());
+
+        // Not a manifest, or half of the by-reference form: 400.
+        let r = agent.post("/v1/proposals", by_ref(b"{\"not\":1}", b"{}"), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.error_message());
+        let half = serde_json::to_vec(&json!({ "manifest": b64(file.manifest_bytes()) })).unwrap();
+        let r = agent.post("/v1/proposals", half, "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.error_message());
+    });
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::server::Shared;
 use crate::server::proposals::State;
-use crate::server::worker::{ApproveReply, QueueError};
+use crate::server::worker::{ApproveReply, ByReference, QueueError};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -22,12 +22,17 @@ use serde_json::{Value, json};
 
 type Resp = Response<Full<Bytes>>;
 
-/// `POST /v1/proposals` body.
+/// `POST /v1/proposals` body: a capsule file, or (once this runner holds
+/// its component) the capsule by reference: manifest and signature only.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Submission {
     /// The capsule file (as `edge-runner capsule pack` writes it), base64.
-    capsule: String,
+    capsule: Option<String>,
+    /// The capsule's canonical manifest, base64 (by reference).
+    manifest: Option<String>,
+    /// The capsule's signature bundle, base64 (by reference).
+    signature: Option<String>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
@@ -127,12 +132,39 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                     format!("agent `{agent}` may not submit proposals: an operator adds it to server.agents"),
                 ));
             }
-            let sub: Submission = serde_json::from_slice(&bytes).map_err(|e| {
-                error(StatusCode::BAD_REQUEST, format!("the body is not {{\"capsule\": \"<base64>\"}}: {e}"))
-            })?;
-            let capsule = base64::engine::general_purpose::STANDARD
-                .decode(sub.capsule.as_bytes())
-                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("`capsule` is not base64: {e}")))?;
+            const SHAPE: &str =
+                "{\"capsule\": \"<base64>\"} or {\"manifest\": \"<base64>\", \"signature\": \"<base64>\"}";
+            let sub: Submission = serde_json::from_slice(&bytes)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body is not {SHAPE}: {e}")))?;
+            let b64 = |field: &str, v: &str| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .map_err(|e| error(StatusCode::BAD_REQUEST, format!("`{field}` is not base64: {e}")))
+            };
+            let capsule = match (&sub.capsule, &sub.manifest, &sub.signature) {
+                (Some(c), None, None) => b64("capsule", c)?,
+                (None, Some(m), Some(sig)) => {
+                    match shared.runs.by_reference(&b64("manifest", m)?, &b64("signature", sig)?) {
+                        Ok(Ok(capsule)) => capsule,
+                        Ok(Err(ByReference::BadManifest(e))) => {
+                            return Err(error(
+                                StatusCode::BAD_REQUEST,
+                                format!("`manifest` is not a capsule manifest: {e}"),
+                            ));
+                        }
+                        Ok(Err(ByReference::UnknownComponent(d))) => {
+                            return Err(error(
+                                StatusCode::CONFLICT,
+                                format!(
+                                    "this runner does not hold component {d}: submit the full capsule once, then by reference"
+                                ),
+                            ));
+                        }
+                        Err(e) => return Err(runner_error(&e)),
+                    }
+                }
+                _ => return Err(error(StatusCode::BAD_REQUEST, format!("the body is not {SHAPE}"))),
+            };
             match shared.runs.submit(capsule, agent).await.map_err(not_admitted)? {
                 Ok(v) => Ok(json_reply(StatusCode::CREATED, &v)),
                 Err(e) => Err(runner_error(&e)),

@@ -57,6 +57,20 @@ pub(crate) struct Worker {
     /// Approvals posted are checked and kept one at a time.
     approving: tokio::sync::Mutex<()>,
     ticker: tokio::task::AbortHandle,
+    /// Components submitted earlier, by digest, for submissions by
+    /// reference (bounded; a miss reads the evidence store).
+    components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Arc<Vec<u8>>>>,
+}
+
+/// Most components kept in memory for submissions by reference.
+const MAX_COMPONENTS: usize = 16;
+
+/// Why a submission by reference could not be assembled.
+pub(crate) enum ByReference {
+    /// The manifest is not a capsule manifest.
+    BadManifest(String),
+    /// This runner does not hold the component the manifest pins.
+    UnknownComponent(Sha256Digest),
 }
 
 /// An admitted run's place; gives it back when dropped.
@@ -115,6 +129,7 @@ impl Worker {
             stopping: AtomicBool::new(false),
             approving: tokio::sync::Mutex::new(()),
             ticker,
+            components: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -174,6 +189,37 @@ impl Worker {
     pub(crate) async fn submit(self: &Arc<Self>, capsule: Vec<u8>, agent: String) -> Result<Result<Value>, QueueError> {
         let w = self.clone();
         self.run(async move { w.submit_now(&capsule, &agent).await }).await
+    }
+
+    /// Assemble a capsule submitted by reference: its manifest and
+    /// signature, with the component the manifest pins taken from what this
+    /// runner already holds (an earlier submission stored it as evidence).
+    /// The result goes through exactly the same checks as an uploaded capsule
+    /// (the component is hashed against the pin when the capsule is parsed,
+    /// the signature covers the manifest).
+    pub(crate) fn by_reference(&self, manifest: &[u8], signature: &[u8]) -> Result<Result<Vec<u8>, ByReference>> {
+        let m = match edge_core::manifest::Manifest::from_canonical_json(manifest) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(ByReference::BadManifest(e.to_string()))),
+        };
+        let digest = m.component.sha256;
+        let cached = self.components.lock().expect("components lock").get(&digest).cloned();
+        let component = match cached {
+            Some(c) => c,
+            None => match self.runner.log.read_artifact(&digest)? {
+                Some(bytes) => {
+                    let c = Arc::new(bytes);
+                    let mut map = self.components.lock().expect("components lock");
+                    if map.len() >= MAX_COMPONENTS {
+                        map.clear();
+                    }
+                    map.insert(digest, c.clone());
+                    c
+                }
+                None => return Ok(Err(ByReference::UnknownComponent(digest))),
+            },
+        };
+        Ok(Ok(edge_core::container::pack(manifest, &component, Some(signature))))
     }
 
     /// Keep an approval for a waiting proposal and run it once the quorum is
