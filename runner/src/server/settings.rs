@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 /// Runs executing at once unless `server.max_concurrent_runs` says otherwise.
-pub const DEFAULT_CONCURRENT_RUNS: usize = 16;
+pub const DEFAULT_CONCURRENT_RUNS: usize = 8;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +29,7 @@ pub(crate) struct RawServer {
     /// Largest request body (default 32 MiB: a capsule and its component).
     #[serde(default)]
     max_body_kib: Option<u64>,
-    /// Runs executing at once (default 16): they share the cores, and the
+    /// Runs executing at once (default 8): they share the cores, and the
     /// evidence store commits their records together.
     #[serde(default)]
     max_concurrent_runs: Option<usize>,
