@@ -139,12 +139,14 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             let b64 = |field: &str, v: &str| {
                 base64::engine::general_purpose::STANDARD
                     .decode(v.as_bytes())
-                    .map_err(|e| error(StatusCode::BAD_REQUEST, format!("`{field}` is not base64: {e}")))
+                    .map_err(|e| format!("`{field}` is not base64: {e}"))
             };
+            let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
             let capsule = match (&sub.capsule, &sub.manifest, &sub.signature) {
-                (Some(c), None, None) => b64("capsule", c)?,
+                (Some(c), None, None) => b64("capsule", c).map_err(bad)?,
                 (None, Some(m), Some(sig)) => {
-                    match shared.runs.by_reference(&b64("manifest", m)?, &b64("signature", sig)?) {
+                    let (m, sig) = (b64("manifest", m).map_err(bad)?, b64("signature", sig).map_err(bad)?);
+                    match shared.runs.by_reference(&m, &sig) {
                         Ok(Ok(capsule)) => capsule,
                         Ok(Err(ByReference::BadManifest(e))) => {
                             return Err(error(
