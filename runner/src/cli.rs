@@ -178,7 +178,11 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule, &args.approvals))?;
+            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule, &args.approvals));
+            // A phase stopped while blocked in a host call leaves its thread
+            // in that call: do not wait for it to exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            let report = report?;
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &report)?;
                 writeln!(out)?;

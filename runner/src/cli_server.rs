@@ -91,7 +91,7 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<u8> {
     let config = RunnerConfig::load(&a.config)?;
     let listen = config.server.as_ref().context("the runner config has no [server] section")?.listen;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let shutdown = async {
@@ -108,7 +108,11 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<u8> {
             let _ = out.flush();
         })
         .await
-    })?;
+    });
+    // Every admitted run has finished; a thread still blocked in a host call
+    // (a phase refused for it) is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served?;
     Ok(EXIT_OK)
 }
 

@@ -106,6 +106,23 @@ fn sleeping_forever_hits_the_wall_time_limit() {
 }
 
 #[test]
+fn a_host_call_blocked_on_a_fifo_still_hits_the_wall_time_limit() {
+    let env = Env::new();
+    // Someone put a FIFO in a read-only mount; nobody will ever write to it,
+    // so opening it blocks the thread doing the guest's file I/O.
+    let fifo = env.path("ro/pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let run = env.exec(&env.hostile("read-fifo"));
+    let took = started.elapsed();
+    assert_eq!(run.outcome(), "refused", "{:#}\n{}", run.report, run.stderr);
+    assert_eq!(run.reason(), "sandbox.wall_time", "{}", run.detail());
+    // wall_ms = 2500 (FAST_LIMITS) plus the grace for a blocked host call.
+    assert!(took < std::time::Duration::from_secs(8), "the run took {took:?}");
+    assert!(!env.path("data/ok.txt").exists());
+}
+
+#[test]
 fn unbounded_allocation_hits_the_memory_limit() {
     let run = refused("alloc", "sandbox.memory_limit");
     assert!(run.detail().contains("memory"), "{}", run.detail());

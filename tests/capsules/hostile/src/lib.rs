@@ -58,6 +58,12 @@ impl Capsule for Hostile {
                     i = std::hint::black_box(i.wrapping_add(1));
                 }
             }
+            // A FIFO in a mount: opening it blocks the thread in the host
+            // until a writer comes (none will).
+            "read-fifo" => match std::fs::read("/mnt/ro/pipe") {
+                Ok(b) => Err(format!("read {} bytes from the fifo", b.len())),
+                Err(e) => Err(format!("fifo: {e}")),
+            },
             "sleep" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             },
