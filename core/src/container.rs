@@ -30,8 +30,33 @@ pub struct CapsuleFile {
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
     digest: Sha256Digest,
-    component: Vec<u8>,
+    component: std::sync::Arc<[u8]>,
     bundle: Option<Vec<u8>>,
+}
+
+/// Component bytes and their SHA-256, computed when this value was made:
+/// a capsule assembled from it (a submission by reference) is checked
+/// against the manifest's pin without hashing the bytes again.
+#[derive(Debug, Clone)]
+pub struct KnownComponent {
+    bytes: std::sync::Arc<[u8]>,
+    digest: Sha256Digest,
+}
+
+impl KnownComponent {
+    /// Hash the bytes (once).
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let digest = Sha256Digest::of(&bytes);
+        Self { bytes: bytes.into(), digest }
+    }
+
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// Why a capsule file was refused.
@@ -74,18 +99,58 @@ impl CapsuleFile {
         component: Vec<u8>,
         bundle: Option<Vec<u8>>,
     ) -> Result<Self, ContainerError> {
-        let actual = Sha256Digest::of(&component);
+        Self::matched(manifest, manifest_bytes, &KnownComponent::new(component), bundle)
+    }
+
+    /// Assemble a capsule from its manifest, signature bundle and a
+    /// component already known by digest: the same checks as a parsed
+    /// capsule file (canonical manifest, component matches the pin).
+    ///
+    /// # Errors
+    /// See [`ContainerError`].
+    pub fn from_parts(
+        manifest_bytes: Vec<u8>,
+        component: &KnownComponent,
+        bundle: Option<Vec<u8>>,
+    ) -> Result<Self, ContainerError> {
+        if manifest_bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ContainerError::TooLarge {
+                name: MANIFEST_ENTRY.into(),
+                size: manifest_bytes.len() as u64,
+                limit: MAX_MANIFEST_BYTES as u64,
+            });
+        }
+        if let Some(b) = &bundle
+            && b.len() as u64 > MAX_BUNDLE_BYTES
+        {
+            return Err(ContainerError::TooLarge {
+                name: SIGNATURE_ENTRY.into(),
+                size: b.len() as u64,
+                limit: MAX_BUNDLE_BYTES,
+            });
+        }
+        let manifest = Manifest::from_canonical_json(&manifest_bytes)?;
+        Self::matched(manifest, manifest_bytes, component, bundle)
+    }
+
+    fn matched(
+        manifest: Manifest,
+        manifest_bytes: Vec<u8>,
+        component: &KnownComponent,
+        bundle: Option<Vec<u8>>,
+    ) -> Result<Self, ContainerError> {
+        let actual = component.digest;
         if actual != manifest.component.sha256 {
             return Err(ContainerError::ComponentDigest { pinned: manifest.component.sha256, actual });
         }
-        if component.len() as u64 != manifest.component.size {
+        if component.bytes.len() as u64 != manifest.component.size {
             return Err(ContainerError::ComponentSize {
                 pinned: manifest.component.size,
-                actual: component.len() as u64,
+                actual: component.bytes.len() as u64,
             });
         }
         let digest = Sha256Digest::of(&manifest_bytes);
-        Ok(Self { manifest, manifest_bytes, digest, component, bundle })
+        Ok(Self { manifest, manifest_bytes, digest, component: component.bytes.clone(), bundle })
     }
 
     /// Parse a `.capsule` file.

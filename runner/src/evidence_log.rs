@@ -344,8 +344,13 @@ pub struct EvidenceLog {
     tree: Arc<Mutex<MerkleStore>>,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
+    /// Dropped with the log: stops the WAL checkpointer.
+    _stop_checkpoints: mpsc::Sender<()>,
     _lock: std::fs::File,
 }
+
+/// How often the WAL is copied into the database.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// One run's (or one task's) appends: deferred until a barrier, which
 /// makes them durable together (group commit across concurrent runs) and
@@ -439,6 +444,21 @@ impl RunLog {
         &self.records
     }
 
+    /// Make everything queued durable and sign a checkpoint covering it, in
+    /// the same commit when the writer takes them together (the checkpoint
+    /// is queued after this run's records, so it includes them).
+    ///
+    /// # Errors
+    /// As [`RunLog::barrier`], or if the checkpoint cannot be stored.
+    pub async fn barrier_with_checkpoint(&mut self, signer: &Arc<NoteSigner>, origin: &str) -> Result<String> {
+        let rx = self.handle.send_checkpoint(signer.clone(), origin)?;
+        self.barrier().await?;
+        let t0 = Instant::now();
+        let r = received(rx).await;
+        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
     /// Sign a checkpoint of the whole log (after everything queued here).
     ///
     /// # Errors
@@ -482,6 +502,22 @@ impl EvidenceLog {
         if mode != "wal" {
             bail!("{} is not in WAL mode ({mode})", path.display());
         }
+        // Commits only append to the WAL; copying it into the database (and
+        // that fsync) happens on the checkpointer thread, never inside a
+        // commit that runs are waiting for.
+        db.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Connection::open(&path)
+            .with_context(|| format!("cannot open evidence store {} for checkpoints", path.display()))?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new().name("evidence-wal".into()).spawn(move || {
+            // Until the log is closed (the sender dropped).
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
+                if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                }
+            }
+            let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        })?;
         let mut known = std::collections::HashSet::new();
         {
             let mut stmt = db.prepare("SELECT digest FROM artifacts")?;
@@ -514,6 +550,7 @@ impl EvidenceLog {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
+            _stop_checkpoints: stop_checkpoints,
             handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
             dir: dir.to_path_buf(),
             index,

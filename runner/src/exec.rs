@@ -62,8 +62,11 @@ pub struct RunReport {
     pub verification: Option<VerificationReport>,
     /// The proposal document written when the run awaits approval.
     pub proposal: Option<PathBuf>,
-    /// The run's receipt: a C2SP tlog-proof of its terminal record against a signed checkpoint.
+    /// Where the run's receipt was written (command-line runs).
     pub receipt: Option<PathBuf>,
+    /// The run's receipt: a C2SP tlog-proof of its terminal record against
+    /// a signed checkpoint.
+    pub receipt_proof: Option<String>,
     /// The quorum outcome, when approvals were presented.
     pub quorum: Option<serde_json::Value>,
     pub refusal: Option<Refusal>,
@@ -98,6 +101,7 @@ impl RunReport {
             verification: None,
             proposal: None,
             receipt: None,
+            receipt_proof: None,
             quorum: None,
             refusal: None,
             captured: BTreeMap::new(),
@@ -106,6 +110,13 @@ impl RunReport {
             log,
         }
     }
+}
+
+/// A capsule as submitted: a capsule file, or one assembled from parts.
+#[derive(Debug)]
+pub enum Submitted<'a> {
+    Bytes(&'a [u8]),
+    File(CapsuleFile),
 }
 
 /// The runner: config, sandbox and evidence log, for one process. Runs may
@@ -125,6 +136,10 @@ pub struct Runner {
     /// Held while approvals are counted and their nonces consumed, and while
     /// proposals are expired: a proposal is settled once.
     pub(crate) settling: tokio::sync::Mutex<()>,
+    /// Write each run's receipt to `<state>/receipts/<run>.tlog-proof`
+    /// (command-line runs); the daemon returns it in the answer instead (a
+    /// file per run was a fifth of its CPU, in the file system).
+    pub receipt_files: bool,
 }
 
 /// The mount locks a run holds (released when dropped).
@@ -147,7 +162,8 @@ impl Runner {
         let identity = std::sync::Arc::new(crate::identity::load_identity(&config)?);
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), std::sync::Arc::default())).collect();
-        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling: tokio::sync::Mutex::new(()) };
+        let settling = tokio::sync::Mutex::new(());
+        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, receipt_files: true };
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
@@ -267,15 +283,34 @@ impl Runner {
         approvals: &[Vec<u8>],
         submitted_by: Option<&str>,
     ) -> Result<RunReport> {
+        self.exec_capsule(Submitted::Bytes(capsule_bytes), approvals, submitted_by).await
+    }
+
+    /// Run a capsule given as a file or already assembled (a submission by
+    /// reference: [`CapsuleFile::from_parts`] made the same checks as
+    /// parsing a file).
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_capsule(
+        &self,
+        capsule: Submitted<'_>,
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+    ) -> Result<RunReport> {
         let run = new_run_id();
         let mut report = RunReport::new(&run, self.log.run_log());
         report.submitted_by = submitted_by.map(str::to_owned);
-        let mut result = self.exec_inner(capsule_bytes, approvals, &mut report).await;
+        let mut result = self.exec_inner(capsule, approvals, &mut report).await;
         // Every record of the run durable before anything reads the log or
-        // the client hears of it.
-        let synced = report.log.barrier().await;
-        if result.is_ok() {
-            result = synced;
+        // the client hears of it; the checkpoint sealing it is signed in the
+        // same commit (queued after the records).
+        let synced = report.log.barrier_with_checkpoint(&self.identity, &self.config.name).await;
+        let mut sealed_by = None;
+        match synced {
+            Ok(note) => sealed_by = Some(note),
+            Err(e) if result.is_ok() => result = Err(e),
+            Err(_) => {}
         }
         let closed_already = report.log.records().iter().any(Record::is_terminal);
         if let Err(e) = &result
@@ -317,7 +352,7 @@ impl Runner {
             let _ = std::fs::remove_dir_all(&staging_dir);
         }
         if result.is_ok() {
-            self.seal(&mut report).await?;
+            self.seal(&mut report, sealed_by).await?;
         }
         report.records = report.log.records().to_vec();
         result.map(|()| report)
@@ -365,18 +400,22 @@ impl Runner {
         Ok(Some(d))
     }
 
-    async fn exec_inner(&self, capsule_bytes: &[u8], approvals: &[Vec<u8>], report: &mut RunReport) -> Result<()> {
+    async fn exec_inner(&self, capsule: Submitted<'_>, approvals: &[Vec<u8>], report: &mut RunReport) -> Result<()> {
         // 1. Parse: manifest canonical, component matches its pinned digest.
-        let file = match CapsuleFile::parse(capsule_bytes) {
+        let parsed = match capsule {
+            Submitted::Bytes(b) => CapsuleFile::parse(b).map_err(|e| (e, Sha256Digest::of(b))),
+            Submitted::File(f) => Ok(f),
+        };
+        let file = match parsed {
             Ok(f) => f,
-            Err(e) => {
+            Err((e, file_digest)) => {
                 let code = match &e {
                     edge_core::container::ContainerError::ComponentDigest { .. }
                     | edge_core::container::ContainerError::ComponentSize { .. } => "capsule.component_mismatch",
                     edge_core::container::ContainerError::Manifest(_) => "capsule.bad_manifest",
                     _ => "capsule.malformed",
                 };
-                let detail = format!("{e} (capsule file {})", Sha256Digest::of(capsule_bytes));
+                let detail = format!("{e} (capsule file {file_digest})");
                 return self.refuse(report, "submission", code, detail);
             }
         };

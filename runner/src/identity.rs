@@ -26,23 +26,34 @@ impl Runner {
 
     /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)
     /// for its terminal record.
-    pub(crate) async fn seal(&self, report: &mut RunReport) -> Result<()> {
+    /// `signed` is a checkpoint signed after the run's records, when the
+    /// run's last barrier asked for one; otherwise (or if it does not cover
+    /// the terminal record) one is signed now.
+    pub(crate) async fn seal(&self, report: &mut RunReport, signed: Option<String>) -> Result<()> {
         let Some(last) = report.log.records().iter().rev().find(|r| r.is_terminal()) else {
             return Ok(());
         };
         let index = last.seq;
-        let note = report.log.checkpoint(&self.identity, &self.config.name).await?;
-        // The proof is against the checkpoint just signed (its size is the
-        // second line of the note).
-        let size: usize = note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")?;
+        // The size of a checkpoint is the second line of its note.
+        let size_of = |note: &str| -> Result<usize> {
+            note.lines().nth(1).and_then(|l| l.parse().ok()).context("a checkpoint without a size")
+        };
+        let note = match signed {
+            Some(n) if size_of(&n)? > index as usize => n,
+            _ => report.log.checkpoint(&self.identity, &self.config.name).await?,
+        };
+        let size = size_of(&note)?;
         let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));
         let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
-        let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
-        // The terminal record and the checkpoint are durable in the store;
-        // the receipt restates them (a crash may lose the file, and
-        // `evidence export --run` proves the same inclusion).
-        staging::write_atomically(&path, receipt.as_bytes())?;
-        report.receipt = Some(path);
+        if self.receipt_files {
+            let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
+            // The terminal record and the checkpoint are durable in the
+            // store; the receipt restates them (a crash may lose the file,
+            // and `evidence export --run` proves the same inclusion).
+            staging::write_atomically(&path, receipt.as_bytes())?;
+            report.receipt = Some(path);
+        }
+        report.receipt_proof = Some(receipt);
         Ok(())
     }
 }

@@ -789,6 +789,11 @@ fn a_capsule_submitted_by_reference_needs_a_component_the_runner_holds_and_passe
         let v = r.json().unwrap();
         assert_eq!(v["state"], "committed", "{v:#}");
         assert_eq!(v["admission"]["capsule"], full["admission"]["capsule"]);
+        // The answer carries the run's receipt: a tlog-proof of its last record.
+        let receipt = edge_core::note::TlogProof::parse(v["receipt"].as_str().unwrap()).unwrap();
+        let last = v["records"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+        assert_eq!(receipt.index, last);
+        assert!(!env.path("state/receipts").exists(), "the daemon writes no receipt files");
         assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
 
         // Another capsule's signature does not cover this manifest: refused at

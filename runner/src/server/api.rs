@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::server::Shared;
 use crate::server::proposals::State;
-use crate::server::worker::{ApproveReply, ByReference, QueueError};
+use crate::server::worker::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -26,7 +26,7 @@ type Resp = Response<Full<Bytes>>;
 /// its component) the capsule by reference: manifest and signature only.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Submission {
+struct SubmissionBody {
     /// The capsule file (as `edge-runner capsule pack` writes it), base64.
     capsule: Option<String>,
     /// The capsule's canonical manifest, base64 (by reference).
@@ -134,7 +134,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             }
             const SHAPE: &str =
                 "{\"capsule\": \"<base64>\"} or {\"manifest\": \"<base64>\", \"signature\": \"<base64>\"}";
-            let sub: Submission = serde_json::from_slice(&bytes)
+            let sub: SubmissionBody = serde_json::from_slice(&bytes)
                 .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body is not {SHAPE}: {e}")))?;
             let b64 = |field: &str, v: &str| {
                 base64::engine::general_purpose::STANDARD
@@ -143,11 +143,11 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             };
             let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
             let capsule = match (&sub.capsule, &sub.manifest, &sub.signature) {
-                (Some(c), None, None) => b64("capsule", c).map_err(bad)?,
+                (Some(c), None, None) => Submission::File(b64("capsule", c).map_err(bad)?),
                 (None, Some(m), Some(sig)) => {
                     let (m, sig) = (b64("manifest", m).map_err(bad)?, b64("signature", sig).map_err(bad)?);
-                    match shared.runs.by_reference(&m, &sig) {
-                        Ok(Ok(capsule)) => capsule,
+                    match shared.runs.by_reference(m, sig) {
+                        Ok(Ok(capsule)) => Submission::Assembled(capsule),
                         Ok(Err(ByReference::BadManifest(e))) => {
                             return Err(error(
                                 StatusCode::BAD_REQUEST,

@@ -17,10 +17,11 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::approvals::QuorumStatus;
 use crate::config::RunnerConfig;
-use crate::exec::{RunReport, Runner};
+use crate::exec::{RunReport, Runner, Submitted};
 use crate::export::ExportScope;
 use crate::server::metrics::Metrics;
 use crate::server::proposals::{self, ProposalView, State};
+use edge_core::container::{CapsuleFile, KnownComponent};
 
 /// What became of a posted approval.
 pub(crate) enum ApproveReply {
@@ -59,11 +60,17 @@ pub(crate) struct Worker {
     ticker: tokio::task::AbortHandle,
     /// Components submitted earlier, by digest, for submissions by
     /// reference (bounded; a miss reads the evidence store).
-    components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Arc<Vec<u8>>>>,
+    components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, KnownComponent>>,
 }
 
 /// Most components kept in memory for submissions by reference.
 const MAX_COMPONENTS: usize = 16;
+
+/// A submission: a capsule file, or a capsule assembled by reference.
+pub(crate) enum Submission {
+    File(Vec<u8>),
+    Assembled(CapsuleFile),
+}
 
 /// Why a submission by reference could not be assembled.
 pub(crate) enum ByReference {
@@ -96,9 +103,11 @@ impl Worker {
         queue: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
-        let runner = tokio::task::spawn_blocking(move || Runner::open(config))
+        let mut runner = tokio::task::spawn_blocking(move || Runner::open(config))
             .await
             .map_err(|_| anyhow!("opening the runner panicked"))??;
+        // Receipts go to the client in the answer, not to a file per run.
+        runner.receipt_files = false;
         let runner = Arc::new(runner);
         // Expiry is checked at least every second.
         let r = runner.clone();
@@ -186,9 +195,13 @@ impl Worker {
     }
 
     /// Run a submitted capsule; above tier 0 keep it for when approvals come.
-    pub(crate) async fn submit(self: &Arc<Self>, capsule: Vec<u8>, agent: String) -> Result<Result<Value>, QueueError> {
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        capsule: Submission,
+        agent: String,
+    ) -> Result<Result<Value>, QueueError> {
         let w = self.clone();
-        self.run(async move { w.submit_now(&capsule, &agent).await }).await
+        self.run(async move { w.submit_now(capsule, &agent).await }).await
     }
 
     /// Assemble a capsule submitted by reference: its manifest and
@@ -197,8 +210,12 @@ impl Worker {
     /// The result goes through exactly the same checks as an uploaded capsule
     /// (the component is hashed against the pin when the capsule is parsed,
     /// the signature covers the manifest).
-    pub(crate) fn by_reference(&self, manifest: &[u8], signature: &[u8]) -> Result<Result<Vec<u8>, ByReference>> {
-        let m = match edge_core::manifest::Manifest::from_canonical_json(manifest) {
+    pub(crate) fn by_reference(
+        &self,
+        manifest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Result<CapsuleFile, ByReference>> {
+        let m = match edge_core::manifest::Manifest::from_canonical_json(&manifest) {
             Ok(m) => m,
             Err(e) => return Ok(Err(ByReference::BadManifest(e.to_string()))),
         };
@@ -208,7 +225,7 @@ impl Worker {
             Some(c) => c,
             None => match self.runner.log.read_artifact(&digest)? {
                 Some(bytes) => {
-                    let c = Arc::new(bytes);
+                    let c = KnownComponent::new(bytes);
                     let mut map = self.components.lock().expect("components lock");
                     if map.len() >= MAX_COMPONENTS {
                         map.clear();
@@ -219,7 +236,8 @@ impl Worker {
                 None => return Ok(Err(ByReference::UnknownComponent(digest))),
             },
         };
-        Ok(Ok(edge_core::container::pack(manifest, &component, Some(signature))))
+        Ok(CapsuleFile::from_parts(manifest, &component, Some(signature))
+            .map_err(|e| ByReference::BadManifest(e.to_string())))
     }
 
     /// Keep an approval for a waiting proposal and run it once the quorum is
@@ -263,14 +281,23 @@ impl Worker {
         self.metrics.render(&self.runner, self.depth())
     }
 
-    async fn submit_now(&self, capsule: &[u8], agent: &str) -> Result<Value> {
+    async fn submit_now(&self, capsule: Submission, agent: &str) -> Result<Value> {
         let runner = &self.runner;
         let started = Instant::now();
-        let report = runner.exec_submitted(capsule, &[], Some(agent)).await?;
+        // A waiting proposal keeps its capsule file for when approvals come.
+        let (report, file) = match capsule {
+            Submission::File(bytes) => (runner.exec_submitted(&bytes, &[], Some(agent)).await?, bytes),
+            Submission::Assembled(f) => {
+                let kept = f.clone();
+                let report = runner.exec_capsule(Submitted::File(f), &[], Some(agent)).await?;
+                let waits = report.outcome == edge_core::evidence::Outcome::AwaitingApproval;
+                (report, if waits { kept.to_bytes() } else { Vec::new() })
+            }
+        };
         self.metrics.observe_run(started.elapsed());
         let id = proposals::proposal_id(&report.run);
         if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
-            crate::staging::write_durably(&capsule_path(runner, &id), capsule)?;
+            crate::staging::write_durably(&capsule_path(runner, &id), &file)?;
         }
         Ok(summary(&id, &report))
     }
@@ -360,5 +387,6 @@ fn summary(id: &str, r: &RunReport) -> Value {
         "verification": r.verification,
         "refusal": r.refusal,
         "records": r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
+        "receipt": r.receipt_proof,
     })
 }
