@@ -116,7 +116,7 @@ impl RunReport {
 #[derive(Debug)]
 pub enum Submitted<'a> {
     Bytes(&'a [u8]),
-    File(CapsuleFile),
+    File(Box<CapsuleFile>),
 }
 
 /// The runner: config, sandbox and evidence log, for one process. Runs may
@@ -404,7 +404,7 @@ impl Runner {
         // 1. Parse: manifest canonical, component matches its pinned digest.
         let parsed = match capsule {
             Submitted::Bytes(b) => CapsuleFile::parse(b).map_err(|e| (e, Sha256Digest::of(b))),
-            Submitted::File(f) => Ok(f),
+            Submitted::File(f) => Ok(*f),
         };
         let file = match parsed {
             Ok(f) => f,

@@ -147,7 +147,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 (None, Some(m), Some(sig)) => {
                     let (m, sig) = (b64("manifest", m).map_err(bad)?, b64("signature", sig).map_err(bad)?);
                     match shared.runs.by_reference(m, sig) {
-                        Ok(Ok(capsule)) => Submission::Assembled(capsule),
+                        Ok(Ok(capsule)) => Submission::Assembled(Box::new(capsule)),
                         Ok(Err(ByReference::BadManifest(e))) => {
                             return Err(error(
                                 StatusCode::BAD_REQUEST,

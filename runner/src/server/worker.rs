@@ -69,7 +69,7 @@ const MAX_COMPONENTS: usize = 16;
 /// A submission: a capsule file, or a capsule assembled by reference.
 pub(crate) enum Submission {
     File(Vec<u8>),
-    Assembled(CapsuleFile),
+    Assembled(Box<CapsuleFile>),
 }
 
 /// Why a submission by reference could not be assembled.
