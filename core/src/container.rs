@@ -30,7 +30,7 @@ pub struct CapsuleFile {
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
     digest: Sha256Digest,
-    component: std::sync::Arc<[u8]>,
+    component: std::sync::Arc<Vec<u8>>,
     bundle: Option<Vec<u8>>,
 }
 
@@ -39,7 +39,7 @@ pub struct CapsuleFile {
 /// against the manifest's pin without hashing the bytes again.
 #[derive(Debug, Clone)]
 pub struct KnownComponent {
-    bytes: std::sync::Arc<[u8]>,
+    bytes: std::sync::Arc<Vec<u8>>,
     digest: Sha256Digest,
 }
 
@@ -47,7 +47,7 @@ impl KnownComponent {
     /// Hash the bytes (once).
     pub fn new(bytes: Vec<u8>) -> Self {
         let digest = Sha256Digest::of(&bytes);
-        Self { bytes: bytes.into(), digest }
+        Self { bytes: std::sync::Arc::new(bytes), digest }
     }
 
     pub fn digest(&self) -> Sha256Digest {
