@@ -61,6 +61,9 @@ pub use bindings::CapsulePre;
 use bindings::edge_runner::capsule::{host as wit_host, types as wit};
 use phase::{BLOCKED_GRACE, OwnedInput, PHASE_RUNTIME, run_phase};
 
+/// What a phase's export call returns: the guest's answer, when it comes.
+type CallFuture<'a, R> = std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
 /// Epoch tick length: the granularity of CPU accounting.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Most bytes the guest may hand the host in one call (plans, log lines, findings).
@@ -562,11 +565,7 @@ impl Sandbox {
         grant: &Grant,
         input: &PhaseInput<'_>,
         phase: Phase,
-        call: impl for<'a> FnOnce(
-            &'a bindings::Capsule,
-            &'a mut Store<HostState>,
-            wit::Context,
-        ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
+        call: impl for<'a> FnOnce(&'a bindings::Capsule, &'a mut Store<HostState>, wit::Context) -> CallFuture<'a, R>
         + Send
         + 'static,
     ) -> (Result<R, SandboxError>, Captured) {

@@ -472,20 +472,7 @@ impl Journal {
 
 /// Write a file atomically and durably (temp + fsync + rename + fsync dir).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)?;
-    Ok(())
+    write_via_temp(path, bytes, true)
 }
 
 /// Write a file atomically (temporary file, then rename) but without
@@ -496,6 +483,10 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
 /// # Errors
 /// On I/O failure.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, bytes, false)
+}
+
+fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -505,8 +496,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     fs::rename(&tmp, path)?;
+    if durable {
+        sync_dir(dir)?;
+    }
     Ok(())
 }
 

@@ -26,12 +26,7 @@ thread_local! {
 pub(super) async fn run_phase<R: Send + 'static>(
     owned: OwnedInput,
     phase: Phase,
-    call: impl for<'a> FnOnce(
-        &'a bindings::Capsule,
-        &'a mut Store<HostState>,
-        wit::Context,
-    ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
-    + Send,
+    call: impl for<'a> FnOnce(&'a bindings::Capsule, &'a mut Store<HostState>, wit::Context) -> CallFuture<'a, R> + Send,
 ) -> (Result<R, SandboxError>, Captured) {
     let OwnedInput { engine, pre, grant, params, mounts, env } = owned;
     let input = PhaseInput { params: &params, mounts: &mounts, env: &env };

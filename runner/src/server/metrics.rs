@@ -82,7 +82,7 @@ impl Metrics {
             &mut s,
             "edge_runner_evidence_durable_wait_seconds_total",
             "counter",
-            "Time spent waiting for evidence appends to become durable (fsync) since start.",
+            "Time runs spent waiting for evidence appends to become durable (fsync) since start, summed over runs (concurrent runs wait together).",
         );
         let _ =
             writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
