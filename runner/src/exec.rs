@@ -77,6 +77,9 @@ pub struct RunReport {
     /// The run's appends to the evidence log (its records, once durable).
     #[serde(skip)]
     pub(crate) log: RunLog,
+    /// The mount locks the run holds, until its cleanup is done.
+    #[serde(skip)]
+    mount_guards: Vec<MountGuard>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +111,7 @@ impl RunReport {
             records: Vec::new(),
             submitted_by: None,
             log,
+            mount_guards: Vec::new(),
         }
     }
 }
@@ -351,6 +355,8 @@ impl Runner {
         if staging_dir.exists() {
             let _ = std::fs::remove_dir_all(&staging_dir);
         }
+        // Rolled back and cleaned up: the next run may have the mounts.
+        report.mount_guards.clear();
         if result.is_ok() {
             self.seal(&mut report, sealed_by).await?;
         }
@@ -510,8 +516,9 @@ impl Runner {
             })
             .collect();
         let input = PhaseInput { params: &m.params, mounts: &live_mounts, env: &env };
-        // Runs writing a mount hold it from here to the end of the run.
-        let _mounts = self.lock_mounts(&grant).await;
+        // Runs writing a mount hold it from here to the end of the run
+        // (its cleanup included: see exec_capsule).
+        report.mount_guards = self.lock_mounts(&grant).await;
         report.log.barrier().await?;
         let (planned, captured) = self.sandbox.plan(pre, &decided, &input).await;
         let output = self.store_output(report, "plan", captured)?;
