@@ -49,14 +49,6 @@ impl KnownComponent {
         let digest = Sha256Digest::of(&bytes);
         Self { bytes: std::sync::Arc::new(bytes), digest }
     }
-
-    pub fn digest(&self) -> Sha256Digest {
-        self.digest
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
 }
 
 /// Why a capsule file was refused.
@@ -231,7 +223,7 @@ impl CapsuleFile {
 /// Write the `.capsule` format from its parts (deterministic: fixed order,
 /// zero times and owners). Nothing is checked here: [`CapsuleFile::parse`]
 /// checks what it reads back.
-pub fn pack(manifest: &[u8], component: &[u8], bundle: Option<&[u8]>) -> Vec<u8> {
+fn pack(manifest: &[u8], component: &[u8], bundle: Option<&[u8]>) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
 
     let mut add = |name: &str, data: &[u8]| {

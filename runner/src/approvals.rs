@@ -15,7 +15,7 @@
 //! and both are read back from the durable evidence log on every start, so a
 //! replay after a restart is refused too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -91,11 +91,19 @@ pub fn proposal_path(runner: &Runner, id: &str) -> PathBuf {
 }
 
 impl Runner {
-    /// Nonces consumed by met quorums, and proposals already executed, as the
-    /// evidence log records them.
-    fn consumed(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let index = self.log.index();
-        (index.nonces.iter().cloned().collect(), index.executed_ids())
+    /// Whether the log records a met quorum for the proposal.
+    fn executed(&self, id: &str) -> bool {
+        self.log.index().executed.contains(id)
+    }
+
+    /// Single use: an approval whose nonce a met quorum in the log spent, or
+    /// that came earlier in this batch (`seen`), is a replay.
+    fn single_use(&self, seen: &mut HashSet<String>, v: VerifiedApproval) -> Result<VerifiedApproval, ApprovalError> {
+        if !self.log.index().nonces.contains(&v.nonce) && seen.insert(v.nonce.clone()) {
+            Ok(v)
+        } else {
+            Err(ApprovalError::Replayed(v.nonce))
+        }
     }
 
     /// Write the proposal document and end the run awaiting approval.
@@ -186,8 +194,7 @@ impl Runner {
                 return Ok(None);
             }
         };
-        let (mut used, executed) = self.consumed();
-        if executed.contains(&id) {
+        if self.executed(&id) {
             // Still record each approval and why it does not count.
             for bytes in approvals {
                 let d = report.log.put_artifact(bytes)?;
@@ -212,7 +219,7 @@ impl Runner {
             )?;
             return Ok(None);
         }
-        if self.expired().contains(&id) || !self.expire_settling(unix_now(), Some(&id)).await?.is_empty() {
+        if self.log.index().expired.contains(&id) || !self.expire_settling(unix_now(), Some(&id)).await?.is_empty() {
             self.refuse(
                 report,
                 "authorize",
@@ -243,12 +250,11 @@ impl Runner {
         let now = unix_now();
         let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
+        let mut seen = HashSet::new();
         for (bytes, result) in approvals.iter().zip(results) {
             let d = report.log.put_artifact(bytes)?;
             self.record(report, Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
-            // Single use: against the durable log, and within this batch.
-            let checked = result
-                .and_then(|v| if used.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) });
+            let checked = result.and_then(|v| self.single_use(&mut seen, v));
             match checked {
                 Ok(v) => {
                     self.record(
@@ -370,11 +376,10 @@ impl Runner {
         doc.check()?;
         let registry =
             self.config.approvers.as_ref().context("no [approvers] registry is configured: nobody can approve")?;
-        let (used, executed) = self.consumed();
-        if executed.contains(id) {
+        if self.executed(id) {
             anyhow::bail!("proposal {id} was already executed");
         }
-        if self.expired().contains(id) {
+        if self.log.index().expired.contains(id) {
             anyhow::bail!("proposal {id} expired; the agent must submit again");
         }
         let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {
@@ -392,13 +397,11 @@ impl Runner {
         };
         let results =
             approval::verify_approvals(approvals, registry, &binding, unix_now(), self.config.clock_skew_secs);
-        let mut seen = used;
+        let mut seen = HashSet::new();
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
         for r in results {
-            match r
-                .and_then(|v| if seen.insert(v.nonce.clone()) { Ok(v) } else { Err(ApprovalError::Replayed(v.nonce)) })
-            {
+            match r.and_then(|v| self.single_use(&mut seen, v)) {
                 Ok(v) => accepted.push(v),
                 Err(e) => refused.push(format!("[{}] {e}", e.reason_code())),
             }
@@ -418,11 +421,6 @@ impl Runner {
 pub const DEFAULT_PROPOSAL_TTL_SECS: u64 = 24 * 3600;
 
 impl Runner {
-    /// Proposals the log records as expired.
-    pub(crate) fn expired(&self) -> BTreeSet<String> {
-        self.log.index().expired.iter().cloned().collect()
-    }
-
     /// Record as expired every waiting proposal (or only `only`) that has
     /// waited longer than its tier allows; returns their ids. The record is
     /// written before anyone is told, and an expired proposal never runs.

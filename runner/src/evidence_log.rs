@@ -425,7 +425,7 @@ impl RunLog {
                 first_error.get_or_insert(e);
             }
         }
-        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.waited(t0);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -444,6 +444,11 @@ impl RunLog {
         &self.records
     }
 
+    /// Hand over this run's durable records (the run is over).
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
+
     /// Make everything queued durable and sign a checkpoint covering it, in
     /// the same commit when the writer takes them together (the checkpoint
     /// is queued after this run's records, so it includes them).
@@ -455,20 +460,12 @@ impl RunLog {
         self.barrier().await?;
         let t0 = Instant::now();
         let r = received(rx).await;
-        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.waited(t0);
         r
     }
 
-    /// Sign a checkpoint of the whole log (after everything queued here).
-    ///
-    /// # Errors
-    /// If it cannot be stored.
-    pub async fn checkpoint(&mut self, signer: &Arc<NoteSigner>, origin: &str) -> Result<String> {
-        self.barrier().await?;
-        let t0 = Instant::now();
-        let r = received(self.handle.send_checkpoint(signer.clone(), origin)?).await;
-        self.durable_wait.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        r
+    fn waited(&self, since: Instant) {
+        self.durable_wait.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 

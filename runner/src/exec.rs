@@ -360,7 +360,7 @@ impl Runner {
         if result.is_ok() {
             self.seal(&mut report, sealed_by).await?;
         }
-        report.records = report.log.records().to_vec();
+        report.records = report.log.take_records();
         result.map(|()| report)
     }
 

@@ -40,7 +40,7 @@ impl Runner {
         };
         let note = match signed {
             Some(n) if size_of(&n)? > index as usize => n,
-            _ => report.log.checkpoint(&self.identity, &self.config.name).await?,
+            _ => report.log.barrier_with_checkpoint(&self.identity, &self.config.name).await?,
         };
         let size = size_of(&note)?;
         let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));

@@ -5,7 +5,7 @@
 //! Everything here is derived from the log alone (it is rebuilt from the
 //! store on every start), so it can never disagree with what was recorded.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Record};
@@ -35,9 +35,9 @@ pub struct LogIndex {
     pub key: Option<String>,
     /// Refusals by reason code.
     pub refusals: BTreeMap<String, u64>,
-    /// Runs with records but no terminal record yet, in order of their first.
-    pub open_runs: BTreeMap<u64, String>,
-    open_by_run: std::collections::HashMap<String, u64>,
+    /// Runs with records but no terminal record yet, and the sequence
+    /// number of their first record.
+    open_runs: HashMap<String, u64>,
 }
 
 impl LogIndex {
@@ -75,12 +75,9 @@ impl LogIndex {
         // not part of any run.
         if !edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
             if r.is_terminal() {
-                if let Some(first) = self.open_by_run.remove(&r.run) {
-                    self.open_runs.remove(&first);
-                }
-            } else if !self.open_by_run.contains_key(&r.run) {
-                self.open_by_run.insert(r.run.clone(), r.seq);
-                self.open_runs.insert(r.seq, r.run.clone());
+                self.open_runs.remove(&r.run);
+            } else {
+                self.open_runs.entry(r.run.clone()).or_insert(r.seq);
             }
         }
     }
@@ -97,11 +94,8 @@ impl LogIndex {
 
     /// Runs without a terminal record, oldest first.
     pub fn unfinished_runs(&self) -> Vec<String> {
-        self.open_runs.values().cloned().collect()
-    }
-
-    /// Proposal ids of every executed proposal (for checks that need a set).
-    pub fn executed_ids(&self) -> BTreeSet<String> {
-        self.executed.iter().cloned().collect()
+        let mut runs: Vec<(&u64, &String)> = self.open_runs.iter().map(|(run, first)| (first, run)).collect();
+        runs.sort();
+        runs.into_iter().map(|(_, run)| run.clone()).collect()
     }
 }

@@ -126,8 +126,8 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
 pub struct ProposalIndex {
     order: Vec<String>,
     by_id: HashMap<String, ProposalView>,
-    /// Which proposal each run belongs to; only runs still in progress (a
-    /// finished run's later records never come).
+    /// Runs in progress that continue an earlier proposal, and which (any
+    /// other run belongs to its own proposal, `proposal_id(run)`).
     run_to_id: HashMap<String, String>,
 }
 
@@ -161,11 +161,12 @@ impl ProposalIndex {
             Event::ApprovalReceived { proposal, .. } | Event::Quorum { proposal, .. } => Some(proposal),
             _ => None,
         };
+        let own = || proposal_id(&r.run);
         if let Some(p) = proposal_of_event
             && by_id.contains_key(p)
-            && run_to_id.get(r.run.as_str()) != Some(p)
+            && run_to_id.get(r.run.as_str()).map_or_else(|| *p != own(), |cur| cur != p)
         {
-            let own = proposal_id(&r.run);
+            let own = own();
             // Move what this run recorded so far under the proposal it continues.
             if let Some(mine) = by_id.remove(&own) {
                 if let Some(i) = order.iter().rposition(|id| id == &own) {
@@ -177,10 +178,10 @@ impl ProposalIndex {
             }
             run_to_id.insert(r.run.clone(), p.clone());
         }
-        let id = run_to_id.entry(r.run.clone()).or_insert_with(|| proposal_id(&r.run)).clone();
-        let v = by_id.entry(id.clone()).or_insert_with(|| {
+        let id = run_to_id.get(r.run.as_str()).cloned().unwrap_or_else(own);
+        if !by_id.contains_key(&id) {
             order.push(id.clone());
-            ProposalView {
+            let view = ProposalView {
                 id: id.clone(),
                 state: State::Submitted,
                 name: None,
@@ -194,8 +195,10 @@ impl ProposalIndex {
                 refusal: None,
                 runs: vec![r.run.clone()],
                 records: Vec::new(),
-            }
-        });
+            };
+            by_id.insert(id.clone(), view);
+        }
+        let v = by_id.get_mut(&id).expect("inserted above");
         v.records.push(r.seq);
         apply(v, r);
         if r.is_terminal() {

@@ -208,7 +208,7 @@ impl Worker {
     /// signature, with the component the manifest pins taken from what this
     /// runner already holds (an earlier submission stored it as evidence).
     /// The result goes through exactly the same checks as an uploaded capsule
-    /// (the component is hashed against the pin when the capsule is parsed,
+    /// (the component, hashed once when it was loaded, is checked against the pin,
     /// the signature covers the manifest).
     pub(crate) fn by_reference(
         &self,
