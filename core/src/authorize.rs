@@ -1,11 +1,37 @@
 //! Decision and authorization: the gate between admission and execution.
 //!
 //! The sandbox runs `plan` only for a [`Decided`] capsule (admitted, and
-//! allowed by a [`Decision`]) and `apply`/`verify` only for an [`Authorized`]
-//! one (decided, and authorized for one validated plan). Neither can be built
-//! outside this crate except through [`decide`] and [`authorize`]. The policy plane (risk tiers) and approval plane (quorums)
-//! plug in here: until they exist the decision is always
-//! [`Decision::unapproved_tier0`], recorded as such.
+//! allowed by a decision that policy evaluation produced: an [`Evaluated`])
+//! and `apply`/`verify` only for an [`Authorized`] one (decided, and
+//! authorized for one validated plan, which it owns: `apply` and `verify`
+//! read the plan from it). None of them can be built outside this crate
+//! except through [`crate::policy::Policy::evaluate`], [`decide`] and
+//! [`authorize`].
+//!
+//! A hand-made decision does not compile where a decision must be evaluated:
+//!
+//! ```compile_fail,E0308
+//! use edge_core::authorize::decide;
+//! use edge_core::policy::Decision;
+//! fn run_anything(admitted: edge_core::admission::Admitted, d: Decision) {
+//!     let _ = decide(admitted, d); // expected `Evaluated`, found `Decision`
+//! }
+//! ```
+//!
+//! and an [`Evaluated`] cannot be made from one (its field is private, and it
+//! is neither `Clone` nor `Deserialize`):
+//!
+//! ```compile_fail,E0423
+//! fn forge(d: edge_core::policy::Decision) -> edge_core::authorize::Evaluated {
+//!     edge_core::authorize::Evaluated(d)
+//! }
+//! ```
+//!
+//! ```compile_fail,E0277
+//! fn forge(json: &str) -> edge_core::authorize::Evaluated {
+//!     serde_json::from_str(json).unwrap()
+//! }
+//! ```
 
 use crate::admission::Admitted;
 use crate::approval::quorum::QuorumMet;
@@ -32,6 +58,29 @@ impl Decision {
             graph: None,
             derivation: None,
         }
+    }
+}
+
+/// A decision as policy evaluation produced it: the only input [`decide`]
+/// accepts. Built by [`crate::policy::Policy::evaluate`], or by
+/// [`Evaluated::dangerous_without_policy`] for a runner whose operator
+/// switched the policy off (`dangerous_run_without_policy`).
+#[derive(Debug)]
+pub struct Evaluated(Decision);
+
+impl Evaluated {
+    pub(crate) fn new(decision: Decision) -> Self {
+        Self(decision)
+    }
+
+    /// The decision of a runner configured without a policy (an insecure
+    /// switch the operator must set by name): tier 0, no approvals, saying so.
+    pub fn dangerous_without_policy() -> Self {
+        Self(Decision::unapproved_tier0())
+    }
+
+    pub fn decision(&self) -> &Decision {
+        &self.0
     }
 }
 
@@ -83,7 +132,8 @@ impl Decided {
 ///
 /// # Errors
 /// [`AuthorizeError::Denied`] when the decision denies.
-pub fn decide(admitted: Admitted, decision: Decision) -> Result<Decided, AuthorizeError> {
+pub fn decide(admitted: Admitted, evaluated: Evaluated) -> Result<Decided, AuthorizeError> {
+    let decision = evaluated.0;
     if !decision.allowed {
         return Err(AuthorizeError::Denied(decision.reasons));
     }
@@ -95,7 +145,7 @@ pub fn decide(admitted: Admitted, decision: Decision) -> Result<Decided, Authori
 #[derive(Debug)]
 pub struct Authorized {
     decided: Decided,
-    plan: Sha256Digest,
+    plan: ValidPlan,
     quorum: Option<QuorumMet>,
 }
 
@@ -108,7 +158,12 @@ impl Authorized {
     }
     /// The plan digest this authorization is bound to.
     pub fn plan_digest(&self) -> Sha256Digest {
-        self.plan
+        self.plan.digest()
+    }
+    /// The validated plan this authorization is bound to: what `apply`
+    /// and `verify` are given, and what the diff is checked against.
+    pub fn plan(&self) -> &ValidPlan {
+        &self.plan
     }
     /// The quorum that authorized it (None at tier 0).
     pub fn quorum(&self) -> Option<&QuorumMet> {
@@ -123,14 +178,14 @@ impl Authorized {
 /// # Errors
 /// [`AuthorizeError::ApprovalsRequired`] without a quorum above tier 0,
 /// [`AuthorizeError::QuorumForAnother`] for a quorum bound elsewhere.
-pub fn authorize(decided: Decided, plan: &ValidPlan, quorum: Option<QuorumMet>) -> Result<Authorized, AuthorizeError> {
+pub fn authorize(decided: Decided, plan: ValidPlan, quorum: Option<QuorumMet>) -> Result<Authorized, AuthorizeError> {
     let capsule = decided.admitted.capsule().file().digest();
     if plan.capsule() != capsule {
         return Err(AuthorizeError::PlanForAnotherCapsule { capsule, plan_capsule: plan.capsule() });
     }
     let d = &decided.decision;
     if d.tier == 0 && d.approvals_required == 0 {
-        return Ok(Authorized { plan: plan.digest(), decided, quorum: None });
+        return Ok(Authorized { plan, decided, quorum: None });
     }
     let Some(q) = quorum else {
         return Err(AuthorizeError::ApprovalsRequired { tier: d.tier, required: d.approvals_required });
@@ -144,5 +199,5 @@ pub fn authorize(decided: Decided, plan: &ValidPlan, quorum: Option<QuorumMet>) 
             return Err(AuthorizeError::QuorumForAnother(what));
         }
     }
-    Ok(Authorized { plan: plan.digest(), decided, quorum: Some(q) })
+    Ok(Authorized { plan, decided, quorum: Some(q) })
 }

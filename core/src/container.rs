@@ -75,6 +75,22 @@ pub enum ContainerError {
     ComponentSize { pinned: u64, actual: u64 },
 }
 
+impl ContainerError {
+    /// The stable reason code recorded in evidence.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Self::ComponentDigest { .. } | Self::ComponentSize { .. } => "capsule.component_mismatch",
+            Self::Manifest(_) => "capsule.bad_manifest",
+            Self::Archive(_)
+            | Self::UnexpectedEntry(_)
+            | Self::NotAFile(_)
+            | Self::Duplicate(_)
+            | Self::TooLarge { .. }
+            | Self::Missing(_) => "capsule.malformed",
+        }
+    }
+}
+
 impl CapsuleFile {
     /// Assemble a capsule from a manifest and its component (no signature).
     ///

@@ -178,6 +178,13 @@ pub enum Event {
     Interrupted { restored: usize, detail: String },
     /// The terminal record of a run.
     Completed { outcome: Outcome },
+    /// The runner started with insecure switches (`dangerous_…`) on; run
+    /// `runner`. Every run's submission lists them too.
+    Insecure { switches: Vec<String> },
+    /// A run's staging copy could not be removed (it is kept under
+    /// the staging directory's `.trash/` and removal is retried at every
+    /// start); run `runner`.
+    CleanupFailed { path: String, error: String },
 }
 
 /// How a run ended.
@@ -264,7 +271,9 @@ impl Record {
             | Event::RolledBack { .. }
             | Event::Refused { .. }
             | Event::Interrupted { .. }
-            | Event::Completed { .. } => {}
+            | Event::Completed { .. }
+            | Event::Insecure { .. }
+            | Event::CleanupFailed { .. } => {}
         }
         out.sort();
         out.dedup();
@@ -304,6 +313,8 @@ impl Event {
             Event::Refused { .. } => "refused",
             Event::Interrupted { .. } => "interrupted",
             Event::Completed { .. } => "completed",
+            Event::Insecure { .. } => "insecure",
+            Event::CleanupFailed { .. } => "cleanup-failed",
         }
     }
 }

@@ -38,5 +38,6 @@ pub mod plan;
 pub mod policy;
 pub mod signature;
 pub mod snapshot;
+pub mod text;
 
 pub use digest::Sha256Digest;

@@ -8,8 +8,22 @@
 //! 3. [`check_diff`]: the diff computed from the staged copy equals the plan,
 //!    change for change and digest for digest.
 //!
-//! Only a [`DiffMatchesPlan`] together with [`PreconditionsHold`] lets the
-//! runner commit.
+//! Only a [`DiffMatchesPlan`] together with [`PreconditionsHold`] for the
+//! same plan makes a [`CommitAllowed`], and committing takes one (it carries
+//! the checked diff: what is committed is what was checked). Skipping a
+//! check does not compile:
+//!
+//! ```compile_fail,E0423
+//! // A proof cannot be made by hand…
+//! let proof = edge_core::plan::DiffMatchesPlan(());
+//! ```
+//!
+//! ```compile_fail,E0061
+//! // …and a commit permission needs both proofs.
+//! fn commit(d: edge_core::plan::DiffMatchesPlan) -> edge_core::plan::CommitAllowed {
+//!     edge_core::plan::commit_allowed(d).unwrap()
+//! }
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -143,6 +157,8 @@ pub enum PlanError {
     ContentMismatch { mount: String, path: String, planned: String, actual: String },
     #[error("apply did not make planned change {action} {mount}/{path}")]
     NotApplied { mount: String, path: String, action: Action },
+    #[error("the diff and precondition checks were made for different plans (a runner bug); nothing was committed")]
+    ProofMismatch,
 }
 
 impl PlanError {
@@ -163,6 +179,7 @@ impl PlanError {
             PlanError::OutsidePlan { .. } => "apply.outside_plan",
             PlanError::ActionMismatch { .. } | PlanError::ContentMismatch { .. } => "apply.diff_mismatch",
             PlanError::NotApplied { .. } => "apply.incomplete",
+            PlanError::ProofMismatch => "authorize.plan_mismatch",
         }
     }
 }
@@ -291,15 +308,59 @@ pub struct DiffEntry {
     pub before: Option<Sha256Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Sha256Digest>,
+    /// The permission bits the file lands with (create, modify), as the
+    /// staged copy holds them. Never executable or set-id for a create, and
+    /// equal to the original's for a modify: contract 0.1 plans cannot
+    /// declare modes, so any other mode is refused before this is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
-/// Proof that the staged diff is exactly the plan.
+/// Proof that the staged diff is exactly the plan (it keeps that diff).
 #[derive(Debug)]
-pub struct DiffMatchesPlan(());
+pub struct DiffMatchesPlan(DiffMatched);
+
+#[derive(Debug)]
+struct DiffMatched {
+    plan: Sha256Digest,
+    diff: Vec<DiffEntry>,
+}
 
 /// Proof that every planned "before" digest matched the live files.
 #[derive(Debug)]
-pub struct PreconditionsHold(());
+pub struct PreconditionsHold(Sha256Digest);
+
+/// Permission to commit one diff: it equals the plan, and the live files
+/// still hold what the plan saw. Built only by [`commit_allowed`].
+#[derive(Debug)]
+pub struct CommitAllowed {
+    plan: Sha256Digest,
+    diff: Vec<DiffEntry>,
+}
+
+impl CommitAllowed {
+    /// The diff that was checked: exactly what may be committed.
+    pub fn diff(&self) -> &[DiffEntry] {
+        &self.diff
+    }
+    /// The plan it was checked against.
+    pub fn plan(&self) -> Sha256Digest {
+        self.plan
+    }
+}
+
+/// Combine the two proofs for one plan into the permission to commit.
+///
+/// # Errors
+/// [`PlanError::ProofMismatch`] if they were made for different plans (a
+/// runner bug; nothing is committed).
+pub fn commit_allowed(matched: DiffMatchesPlan, holds: PreconditionsHold) -> Result<CommitAllowed, PlanError> {
+    let DiffMatchesPlan(DiffMatched { plan, diff }) = matched;
+    if plan != holds.0 {
+        return Err(PlanError::ProofMismatch);
+    }
+    Ok(CommitAllowed { plan, diff })
+}
 
 /// Check that the actual diff equals the plan, change for change.
 ///
@@ -341,7 +402,7 @@ pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPla
     if let Some(c) = plan.plan.changes.iter().find(|c| !done.contains(&(c.mount.as_str(), c.path.as_str()))) {
         return Err(PlanError::NotApplied { mount: c.mount.clone(), path: c.path.to_string(), action: c.action });
     }
-    Ok(DiffMatchesPlan(()))
+    Ok(DiffMatchesPlan(DiffMatched { plan: plan.digest, diff: diff.to_vec() }))
 }
 
 /// Check every planned "before" digest against the live files. `live` gives the
@@ -364,7 +425,7 @@ pub fn check_preconditions(
             });
         }
     }
-    Ok(PreconditionsHold(()))
+    Ok(PreconditionsHold(plan.digest))
 }
 
 fn show(d: &Option<Sha256Digest>) -> String {
@@ -410,6 +471,7 @@ mod tests {
             action: c.action,
             before: c.digest_before,
             after: c.digest_after,
+            mode: None,
         }
     }
 

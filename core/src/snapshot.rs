@@ -5,6 +5,12 @@
 //! is checked against the plan. Only regular-file changes can be planned, so
 //! anything else (a new or changed symlink, a removed directory, a file
 //! turned into a directory) is reported as a change no plan can cover.
+//!
+//! File modes are part of the diff. Plans of contract 0.1 cannot declare a
+//! mode, so a created file must not be executable or set-id, and a modified
+//! file must keep its mode: a capsule that renames an executable into the
+//! path of a planned "create" (WASI has no chmod; a rename is how a mode
+//! travels) is refused instead of landing an executable.
 
 use std::collections::BTreeMap;
 
@@ -18,13 +24,23 @@ use crate::plan::{Action, DiffEntry};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Node {
-    File { digest: Sha256Digest, size: u64 },
+    File {
+        digest: Sha256Digest,
+        size: u64,
+        /// Permission bits (`0o777`: set-id and sticky bits are never carried).
+        #[serde(default)]
+        mode: u32,
+    },
     Dir,
     Symlink { target: String },
 }
 
 /// A mount's contents: mount-relative path → node.
 pub type Snapshot = BTreeMap<MountPath, Node>;
+
+/// Bits a created file may not carry unless a plan could declare them:
+/// execute for anyone, set-user-ID, set-group-ID, sticky.
+pub const UNPLANNED_MODE_BITS: u32 = 0o7111;
 
 /// A change that is not a regular-file create/modify/delete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +72,17 @@ pub fn diff(mount: &str, before: &Snapshot, after: &Snapshot) -> Result<Vec<Diff
     let mut out = Vec::new();
     for (path, old) in before {
         match (old, after.get(path)) {
-            (Node::File { digest: a, .. }, Some(Node::File { digest: b, .. })) => {
+            (Node::File { digest: a, mode: ma, .. }, Some(Node::File { digest: b, mode: mb, .. })) => {
+                if ma != mb {
+                    return Err(unplannable(path, "changed the mode of"));
+                }
                 if a != b {
-                    out.push(entry(mount, path, Action::Modify, Some(*a), Some(*b)));
+                    out.push(entry(mount, path, Action::Modify, Some(*a), Some(*b), Some(*mb)));
                 }
             }
-            (Node::File { digest, .. }, None) => out.push(entry(mount, path, Action::Delete, Some(*digest), None)),
+            (Node::File { digest, .. }, None) => {
+                out.push(entry(mount, path, Action::Delete, Some(*digest), None, None));
+            }
             (Node::File { .. }, Some(_)) => return Err(unplannable(path, "replaced the file")),
             (Node::Dir, Some(Node::Dir)) => {}
             (Node::Dir, _) => return Err(unplannable(path, "removed or replaced the directory")),
@@ -76,7 +97,12 @@ pub fn diff(mount: &str, before: &Snapshot, after: &Snapshot) -> Result<Vec<Diff
             continue;
         }
         match new {
-            Node::File { digest, .. } => out.push(entry(mount, path, Action::Create, None, Some(*digest))),
+            Node::File { mode, .. } if mode & UNPLANNED_MODE_BITS != 0 => {
+                return Err(unplannable(path, "created an executable or set-id file"));
+            }
+            Node::File { digest, mode, .. } => {
+                out.push(entry(mount, path, Action::Create, None, Some(*digest), Some(*mode)));
+            }
             Node::Dir => {}
             Node::Symlink { .. } => return Err(unplannable(path, "created the symlink")),
         }
@@ -90,8 +116,9 @@ fn entry(
     action: Action,
     before: Option<Sha256Digest>,
     after: Option<Sha256Digest>,
+    mode: Option<u32>,
 ) -> DiffEntry {
-    DiffEntry { mount: mount.to_owned(), path: path.clone(), action, before, after }
+    DiffEntry { mount: mount.to_owned(), path: path.clone(), action, before, after, mode }
 }
 
 #[cfg(test)]
@@ -102,7 +129,10 @@ mod tests {
         MountPath::new(s).unwrap()
     }
     fn f(s: &str) -> Node {
-        Node::File { digest: Sha256Digest::of(s.as_bytes()), size: s.len() as u64 }
+        fm(s, 0o644)
+    }
+    fn fm(s: &str, mode: u32) -> Node {
+        Node::File { digest: Sha256Digest::of(s.as_bytes()), size: s.len() as u64, mode }
     }
 
     #[test]
@@ -130,5 +160,24 @@ mod tests {
         for (b, a) in cases {
             assert!(diff("m", &b, &a).is_err(), "{b:?} -> {a:?}");
         }
+    }
+
+    #[test]
+    fn modes_are_part_of_the_diff() {
+        // A created file lands with its mode recorded; never executable or set-id.
+        let d = diff("m", &[].into(), &[(p("a"), fm("1", 0o640))].into()).unwrap();
+        assert_eq!(d[0].mode, Some(0o640));
+        for mode in [0o755, 0o744, 0o645, 0o4644, 0o2644, 0o1644] {
+            let e = diff("m", &[].into(), &[(p("cron.sh"), fm("1", mode))].into()).unwrap_err();
+            assert!(e.to_string().contains("executable or set-id"), "{mode:o}: {e}");
+        }
+        // A modified file keeps its mode; a mode change alone is refused too.
+        let before: Snapshot = [(p("a"), fm("1", 0o644))].into();
+        assert_eq!(diff("m", &before, &[(p("a"), fm("2", 0o644))].into()).unwrap()[0].mode, Some(0o644));
+        assert!(diff("m", &before, &[(p("a"), fm("2", 0o755))].into()).is_err());
+        assert!(diff("m", &before, &[(p("a"), fm("1", 0o600))].into()).is_err());
+        // An existing executable may be modified and stays executable.
+        let exe: Snapshot = [(p("run.sh"), fm("1", 0o755))].into();
+        assert_eq!(diff("m", &exe, &[(p("run.sh"), fm("2", 0o755))].into()).unwrap()[0].mode, Some(0o755));
     }
 }

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             Ok(v) => (report::text(v), report::html(v)),
             Err(f) => (report::text_failed(f), report::html_failed(f)),
         };
-        print!("{text}");
+        print!("{}", edge_core::text::block(&text));
         if let Some(path) = &args.html
             && let Err(e) = std::fs::write(path, html)
         {
@@ -103,12 +103,12 @@ fn main() -> ExitCode {
     match result {
         Ok(v) => {
             if !args.report {
-                println!("{}", v.summary());
+                println!("{}", edge_core::text::line(&v.summary()));
             }
             ExitCode::SUCCESS
         }
         Err(f) => {
-            eprintln!("FAILED: {f}");
+            eprintln!("FAILED: {}", edge_core::text::line(&f.to_string()));
             ExitCode::from(1)
         }
     }

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use edge_core::evidence::Outcome;
+use edge_core::text::{Untrusted as U, line};
 
 use crate::bundle::Scope;
 use crate::runs::RunSummary;
@@ -42,6 +43,18 @@ fn counts(v: &Verified) -> String {
     by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Insecure switches (`dangerous_…`) in force for any run, and how many runs
+/// each: shown in every report's banner.
+fn dangerous(v: &Verified) -> Vec<(String, usize)> {
+    let mut by: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for r in &v.runs {
+        for d in &r.dangerous {
+            *by.entry(d.as_str()).or_default() += 1;
+        }
+    }
+    by.into_iter().map(|(k, n)| (line(k).into_owned(), n)).collect()
+}
+
 fn tier_text(r: &RunSummary) -> String {
     match (r.allowed, r.tier) {
         (Some(false), Some(t)) => format!("denied (tier {t})"),
@@ -57,7 +70,7 @@ fn who(r: &RunSummary) -> String {
             _ => "-".into(),
         };
     }
-    let list: Vec<String> = r.approvals.iter().map(|(p, v)| format!("{p} ({v})")).collect();
+    let list: Vec<String> = r.approvals.iter().map(|(p, v)| format!("{} ({v})", U(p))).collect();
     format!("{}{}", list.join(", "), if r.break_glass { " — BREAK-GLASS" } else { "" })
 }
 
@@ -70,6 +83,9 @@ pub fn text(v: &Verified) -> String {
     let _ = writeln!(s, "checkpoint  tree size {}, root {}", v.checkpoint.size, b64(&v.checkpoint.root));
     let _ = writeln!(s, "scope       {}", scope_text(v));
     let _ = writeln!(s, "records     {}; runs {} ({})", v.record_count, v.runs.len(), counts(v));
+    for (switch, n) in dangerous(v) {
+        let _ = writeln!(s, "INSECURE    {n} run(s) ran with {switch} switched on");
+    }
     let glass = v.runs.iter().filter(|r| r.break_glass).count();
     if glass > 0 {
         let _ = writeln!(s, "BREAK-GLASS {glass} run(s) were authorized by break-glass");
@@ -78,37 +94,37 @@ pub fn text(v: &Verified) -> String {
         let _ = writeln!(s, "\nrun {}  [{}]  records {}..{}", r.run, outcome_name(r.outcome), r.first_seq, r.last_seq);
         let _ = writeln!(s, "  time      {} .. {}", r.started, r.ended);
         if let Some(c) = &r.capsule {
-            let _ = writeln!(s, "  capsule   {c} {}", r.capsule_digest.map(|d| d.to_string()).unwrap_or_default());
+            let _ = writeln!(s, "  capsule   {} {}", U(c), r.capsule_digest.map(|d| d.to_string()).unwrap_or_default());
         }
         if let Some(sg) = &r.signer {
-            let _ = writeln!(s, "  signer    {sg}");
+            let _ = writeln!(s, "  signer    {}", U(sg));
         }
         if let Some(a) = &r.submitted_by {
-            let _ = writeln!(s, "  agent     {a} (client certificate)");
+            let _ = writeln!(s, "  agent     {} (client certificate)", U(a));
         }
         let _ = writeln!(s, "  decision  {}", tier_text(r));
         for reason in &r.reasons {
-            let _ = writeln!(s, "            {reason}");
+            let _ = writeln!(s, "            {}", U(reason));
         }
         let _ = writeln!(s, "  approved  {}", who(r));
         for (p, code) in &r.refused_approvals {
-            let _ = writeln!(s, "  approval refused: {p} ({code})");
+            let _ = writeln!(s, "  approval refused: {} ({code})", U(p));
         }
         if let Some(p) = &r.plan_summary {
-            let _ = writeln!(s, "  plan      {p}");
+            let _ = writeln!(s, "  plan      \"{}\" (the capsule's summary)", U(p));
         }
         for d in &r.diff {
             let _ =
-                writeln!(s, "  changed   {} {}/{} {} -> {}", d.action, d.mount, d.path, opt(d.before), opt(d.after));
+                writeln!(s, "  changed   {} {}/{} {} -> {}{}", d.action, d.mount, U(d.path.as_str()), opt(d.before), opt(d.after), d.mode.map(|m| format!(" mode {m:04o}")).unwrap_or_default());
         }
         for f in &r.findings {
-            let _ = writeln!(s, "  finding   [{}] {}: {}", f.severity, f.code, f.message);
+            let _ = writeln!(s, "  finding   [{}] {}: {}", f.severity, U(&f.code), U(&f.message));
         }
         for (stage, code, detail) in &r.refusals {
-            let _ = writeln!(s, "  refused   at {stage}: {code}: {detail}");
+            let _ = writeln!(s, "  refused   at {stage}: {code}: {}", U(detail));
         }
         if let Some((code, detail)) = &r.rolled_back {
-            let _ = writeln!(s, "  rollback  {code}: {detail}");
+            let _ = writeln!(s, "  rollback  {code}: {}", U(detail));
         }
     }
     s
@@ -123,8 +139,10 @@ fn b64(h: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(h)
 }
 
-/// Escape text for HTML element content and quoted attributes.
+/// Escape text for HTML element content and quoted attributes, after
+/// neutralising controls and bidi overrides (`edge_core::text`).
 fn esc(s: &str) -> String {
+    let s = edge_core::text::line(s);
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -171,6 +189,13 @@ pub fn html(v: &Verified) -> String {
         esc(&v.header.origin),
         esc(&v.key)
     );
+    for (switch, n) in dangerous(v) {
+        let _ = write!(
+            b,
+            "<p class=\"insecure\"><span class=\"glass\">INSECURE</span> {n} run(s) ran with <code>{}</code> switched on</p>",
+            esc(&switch)
+        );
+    }
     let _ = write!(
         b,
         "<table id=\"summary\"><tr><th>Runner</th><td>{}</td></tr><tr><th>Checkpoint</th><td>tree size {}, root <code>{}</code></td></tr>\
@@ -299,5 +324,5 @@ Do not rely on anything it contains; ask the runner's operator for a fresh expor
 
 /// The text for a failed bundle.
 pub fn text_failed(f: &Failure) -> String {
-    format!("EVIDENCE REPORT: FAILED\n{f}\nDo not rely on anything this bundle contains.\n")
+    format!("EVIDENCE REPORT: FAILED\n{}\nDo not rely on anything this bundle contains.\n", U(&f.to_string()))
 }

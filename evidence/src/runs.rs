@@ -416,7 +416,11 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &mut Le
                 check_outcome(*outcome, &st).map_err(|why| fail("run.outcome", why))?;
                 sum.outcome = Some(*outcome);
             }
-            Event::PolicyChange { .. } | Event::PolicyRefused { .. } | Event::KeyEvent { .. } => {
+            Event::PolicyChange { .. }
+            | Event::PolicyRefused { .. }
+            | Event::KeyEvent { .. }
+            | Event::Insecure { .. }
+            | Event::CleanupFailed { .. } => {
                 return Err(order("belongs to the runner, not to a capsule run"));
             }
             _ => return Err(fail("record.schema", format!("unknown event `{}`", r.event_type()))),

@@ -106,6 +106,7 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
         action: Action::Delete,
         before: Some(before),
         after: None,
+        mode: None,
     }];
 
     let mut artifacts: BTreeMap<Sha256Digest, Vec<u8>> = BTreeMap::new();

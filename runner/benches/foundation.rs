@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let (capsule, wasm) = common::diagnostic_capsule(h)?;
     std::fs::write(
         h.join("runner.toml"),
-        "[runner]\nname = \"bench\"\n[[signers]]\nname = \"a\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n",
+        "[runner]\nname = \"bench\"\ndangerous_run_without_policy = true\n[[signers]]\nname = \"a\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n",
     )?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -82,8 +82,33 @@ impl Proposal {
 }
 
 /// Unix seconds now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+/// The earliest time the system clock may read (2024-01-01T00:00:00Z): a
+/// clock reset to 1970 (a dead RTC battery, a VM without time sync) would
+/// make every approval "not yet expired" and no proposal ever expire.
+const CLOCK_FLOOR: u64 = 1_704_067_200;
+
+/// Now, in Unix seconds. A clock that cannot be read, or reads before
+/// [`CLOCK_FLOOR`], is an error, never time 0: approvals, expiry and
+/// evidence times depend on it, so callers fail closed.
+///
+/// # Errors
+/// The clock is before 1970 or before 2024.
+pub fn unix_now() -> Result<u64> {
+    clock_check(std::time::SystemTime::now())
+}
+
+fn clock_check(now: std::time::SystemTime) -> Result<u64> {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("the system clock reads a time before 1970"))?
+        .as_secs();
+    if secs < CLOCK_FLOOR {
+        anyhow::bail!(
+            "the system clock reads {secs} (Unix seconds), before 2024-01-01: fix the clock (NTP) and retry; \
+             nothing runs while approval and expiry times cannot be trusted"
+        );
+    }
+    Ok(secs)
 }
 
 pub fn proposal_path(runner: &Runner, id: &str) -> PathBuf {
@@ -119,7 +144,7 @@ impl Runner {
             schema: PROPOSAL_SCHEMA.into(),
             id: id.clone(),
             runner: self.config.name.clone(),
-            created_at: unix_now(),
+            created_at: unix_now()?,
             capsule: capsule.file().digest(),
             manifest: serde_json::from_slice(capsule.file().manifest_bytes())?,
             signer: capsule.signer().to_owned(),
@@ -219,7 +244,7 @@ impl Runner {
             )?;
             return Ok(None);
         }
-        if self.log.index().expired.contains(&id) || !self.expire_settling(unix_now(), Some(&id)).await?.is_empty() {
+        if self.log.index().expired.contains(&id) || !self.expire_settling(unix_now()?, Some(&id)).await?.is_empty() {
             self.refuse(
                 report,
                 "authorize",
@@ -247,7 +272,13 @@ impl Runner {
             grant: decided.admitted().grant().clone(),
             max_age_secs: requirement.max_age_secs,
         };
-        let now = unix_now();
+        let now = match unix_now() {
+            Ok(now) => now,
+            Err(e) => {
+                self.refuse(report, "authorize", "authorize.clock_error", format!("{e:#}"))?;
+                return Ok(None);
+            }
+        };
         let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
         let mut seen = HashSet::new();
@@ -396,7 +427,7 @@ impl Runner {
             max_age_secs: requirement.max_age_secs,
         };
         let results =
-            approval::verify_approvals(approvals, registry, &binding, unix_now(), self.config.clock_skew_secs);
+            approval::verify_approvals(approvals, registry, &binding, unix_now()?, self.config.clock_skew_secs);
         let mut seen = HashSet::new();
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
@@ -462,5 +493,21 @@ impl Runner {
         }
         log.barrier().await?;
         Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn a_clock_before_2024_or_1970_is_an_error_not_time_zero() {
+        assert!(clock_check(UNIX_EPOCH).is_err());
+        assert!(clock_check(UNIX_EPOCH - Duration::from_secs(5)).is_err());
+        let e = format!("{:#}", clock_check(UNIX_EPOCH + Duration::from_secs(1_000)).unwrap_err());
+        assert!(e.contains("fix the clock"), "{e}");
+        assert_eq!(clock_check(UNIX_EPOCH + Duration::from_secs(1_800_000_000)).unwrap(), 1_800_000_000);
     }
 }

@@ -20,6 +20,7 @@ use edge_core::container::CapsuleFile;
 use edge_core::evidence::{Event, Outcome, Record};
 use edge_core::manifest::{ComponentRef, Manifest, split_import_version};
 use edge_core::signature::{self, BundleArtifact, BundlePolicy, TrustedSigner, TrustedSigners};
+use edge_core::text::Untrusted as U;
 
 use crate::config::RunnerConfig;
 use crate::exec::{self, RunReport};
@@ -261,12 +262,12 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                 writeln!(out)?;
                 return Ok(EXIT_OK);
             }
-            writeln!(out, "capsule      {}@{} ({:?})", m.name, m.version, m.kind)?;
+            writeln!(out, "capsule      {}@{} ({:?})", U(&m.name), U(&m.version), m.kind)?;
             writeln!(out, "digest       {}", file.digest())?;
             writeln!(out, "component    {} ({} bytes)", m.component.sha256, m.component.size)?;
             writeln!(out, "signature    {}", signer.as_deref().unwrap_or("none (unsigned)"))?;
             if !m.description.is_empty() {
-                writeln!(out, "description  {}", m.description)?;
+                writeln!(out, "description  {}", U(&m.description))?;
             }
             let p = &m.provenance;
             for (k, v) in [
@@ -277,7 +278,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                 ("rationale", &p.rationale),
             ] {
                 if let Some(v) = v {
-                    writeln!(out, "{k:<12} {v}")?;
+                    writeln!(out, "{k:<12} {}", U(v))?;
                 }
             }
             writeln!(out, "mounts")?;
@@ -303,7 +304,17 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             Ok(EXIT_OK)
         }
         CapsuleCommand::Verify { capsule, key, config } => {
-            let file = read_capsule(&capsule)?;
+            // A file that cannot be read is a runner-side error (exit 1); a
+            // file that is not a valid capsule is refused input (exit 3),
+            // like a bad signature.
+            let bytes = std::fs::read(&capsule).with_context(|| format!("cannot read {}", capsule.display()))?;
+            let file = match CapsuleFile::parse(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    writeln!(out, "refused ({}): {} is not a valid capsule: {e}", e.reason_code(), capsule.display())?;
+                    return Ok(EXIT_REFUSED);
+                }
+            };
             let trusted = match (key, config) {
                 (Some(k), None) => {
                     let pem = std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?;
@@ -384,14 +395,14 @@ pub(crate) fn component_imports(wasm: &[u8]) -> Result<Vec<String>> {
 /// Planned changes, with before/after digests and why.
 pub(crate) fn print_changes(changes: &[edge_core::plan::Change], out: &mut dyn Write) -> Result<()> {
     for c in changes {
-        writeln!(out, "  {} {}/{}", c.action, c.mount, c.path)?;
+        writeln!(out, "  {} {}/{}", c.action, c.mount, U(c.path.as_str()))?;
         if let Some(b) = &c.digest_before {
             writeln!(out, "      before {b}")?;
         }
         if let Some(a) = &c.digest_after {
             writeln!(out, "      after  {a}")?;
         }
-        writeln!(out, "      why    {}", c.why)?;
+        writeln!(out, "      why    \"{}\" (the capsule's words)", U(&c.why))?;
     }
     Ok(())
 }
@@ -400,7 +411,7 @@ pub(crate) fn print_changes(changes: &[edge_core::plan::Change], out: &mut dyn W
 pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "run          {}", r.run)?;
     if let (Some(name), Some(d)) = (&r.name, &r.capsule) {
-        writeln!(out, "capsule      {name} ({d})")?;
+        writeln!(out, "capsule      {} ({d})", U(name))?;
     }
     if let Some(s) = &r.signer {
         writeln!(out, "signer       {s}")?;
@@ -410,38 +421,39 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     }
     if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
         writeln!(out, "plan         {d}")?;
-        writeln!(out, "             {}", p.summary)?;
+        writeln!(out, "             \"{}\" (the capsule's summary)", U(&p.summary))?;
         print_changes(&p.changes, out)?;
         if !p.findings.is_empty() {
             writeln!(out, "findings")?;
             for f in &p.findings {
-                let subject = f.subject.as_deref().map(|s| format!(" ({s})")).unwrap_or_default();
-                writeln!(out, "  [{}] {}: {}{subject}", f.severity, f.code, f.message)?;
+                let subject = f.subject.as_deref().map(|s| format!(" ({})", U(s))).unwrap_or_default();
+                writeln!(out, "  [{}] {}: {}{subject}", f.severity, U(&f.code), U(&f.message))?;
             }
         }
     }
     if !r.diff.is_empty() {
         writeln!(out, "diff         {} change(s) in the staged copy", r.diff.len())?;
         for d in &r.diff {
-            writeln!(out, "  {} {}/{}", d.action, d.mount, d.path)?;
+            let mode = d.mode.map(|m| format!(" (mode {m:04o})")).unwrap_or_default();
+            writeln!(out, "  {} {}/{}{mode}", d.action, d.mount, U(d.path.as_str()))?;
         }
     }
     if let Some(v) = &r.verification {
-        writeln!(out, "verify       {}: {}", if v.passed { "passed" } else { "FAILED" }, v.summary)?;
+        writeln!(out, "verify       {}: {}", if v.passed { "passed" } else { "FAILED" }, U(&v.summary))?;
     }
     for (phase, c) in &r.captured {
         for line in c.log.iter().take(20) {
-            writeln!(out, "  {phase} log: {line}")?;
+            writeln!(out, "  {phase} log: {}", U(line))?;
         }
         for (name, text) in [("stdout", &c.stdout), ("stderr", &c.stderr)] {
             for line in text.lines().take(10) {
-                writeln!(out, "  {phase} {name}: {line}")?;
+                writeln!(out, "  {phase} {name}: {}", U(line))?;
             }
         }
     }
     if let Some(f) = &r.refusal {
         writeln!(out, "REFUSED      at {} [{}]", f.stage, f.reason_code)?;
-        writeln!(out, "             {}", f.detail)?;
+        writeln!(out, "             {}", U(&f.detail))?;
     }
     let outcome = match r.outcome {
         Outcome::Committed => "committed and verified",
@@ -480,7 +492,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
 
 pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
     let summary = match &r.event {
-        Event::Submission { name, version, capsule, .. } => format!("submission  {name}@{version} {capsule}"),
+        Event::Submission { name, version, capsule, .. } => format!("submission  {}@{} {capsule}", U(name), U(version)),
         Event::Admitted { signer, imports, .. } => format!("admitted    signer {signer}; {} imports", imports.len()),
         Event::Decision { decision: d, .. } => {
             let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
@@ -492,8 +504,8 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
             new_graph.map_or_else(|| "none".to_owned(), |d| d.to_string()),
             old_policy.map(|o| format!(", was {o}")).unwrap_or_default()
         ),
-        Event::PolicyRefused { file, error, .. } => format!("policy-refused {file}: {error}"),
-        Event::Authorized { tier, note, .. } => format!("authorized  tier {tier}: {note}"),
+        Event::PolicyRefused { file, error, .. } => format!("policy-refused {}: {}", U(file), U(error)),
+        Event::Authorized { tier, note, .. } => format!("authorized  tier {tier}: {}", U(note)),
         Event::Planned { plan, changes, findings, .. } => {
             format!("planned     {plan} ({changes} change(s), {} finding(s))", findings.len())
         }
@@ -503,32 +515,39 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
         }
         Event::Committed { changes } => format!("committed   {changes} change(s)"),
         Event::Verified { passed, summary, .. } => {
-            format!("verified    {}: {summary}", if *passed { "passed" } else { "failed" })
+            format!("verified    {}: {}", if *passed { "passed" } else { "failed" }, U(summary))
         }
         Event::RolledBack { reason_code, restored, .. } => {
             format!("rolled-back [{reason_code}] {restored} file(s) restored")
         }
-        Event::Refused { stage, reason_code, detail } => format!("refused     at {stage} [{reason_code}] {detail}"),
+        Event::Refused { stage, reason_code, detail } => {
+            format!("refused     at {stage} [{reason_code}] {}", U(detail))
+        }
         Event::AwaitingApproval { proposal, approvals_required, .. } => {
             format!("awaiting    proposal {proposal} needs {approvals_required} approval(s)")
         }
         Event::ApprovalReceived { approval, .. } => format!("approval    received {approval}"),
         Event::ApprovalAccepted { principal, key, verdict, .. } => {
-            format!("approval    {verdict} by {principal} ({key})")
+            format!("approval    {verdict} by {} ({key})", U(principal))
         }
         Event::ApprovalRefused { principal, reason_code, detail, .. } => format!(
-            "approval    REFUSED [{reason_code}] {}{detail}",
-            principal.as_ref().map(|p| format!("{p}: ")).unwrap_or_default()
+            "approval    REFUSED [{reason_code}] {}{}",
+            principal.as_ref().map(|p| format!("{}: ", U(p))).unwrap_or_default(),
+            U(detail)
         ),
         Event::Quorum { outcome, break_glass, .. } => {
             format!("quorum      {outcome}{}", if *break_glass { " — BREAK-GLASS" } else { "" })
         }
         Event::KeyEvent { action, key } => format!("key         {action}: {key}"),
+        Event::Insecure { switches } => format!("INSECURE    started with {}", switches.join(", ")),
+        Event::CleanupFailed { path, error } => {
+            format!("cleanup     FAILED for {}: {} (kept in the staging .trash, retried at start)", U(path), U(error))
+        }
         Event::ProposalExpired { proposal, waited_secs, limit_secs } => {
             format!("expired     proposal {proposal} after {waited_secs}s (limit {limit_secs}s)")
         }
         Event::Interrupted { restored, detail } => {
-            format!("interrupted {detail} ({restored} restored)")
+            format!("interrupted {} ({restored} restored)", U(detail))
         }
         Event::Completed { outcome } => {
             format!("completed   {}", serde_json::to_value(outcome)?.as_str().unwrap_or("?"))
@@ -542,12 +561,18 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
 /// Parse args, run, map errors to exit code 1 with the full cause chain.
 pub fn run_main() -> ExitCode {
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
-    match main(cli, &mut stdout) {
+    // Everything printed goes through the neutralising stream: a field that
+    // was not cleaned where it was formatted still cannot move the cursor.
+    let mut stdout = edge_core::text::Terminal::new(std::io::stdout().lock());
+    let code = main(cli, &mut stdout);
+    let _ = stdout.flush();
+    match code {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let _ = stdout.flush();
-            eprintln!("error: {e:#}");
+            let mut stderr = edge_core::text::Terminal::new(std::io::stderr().lock());
+            let _ = writeln!(stderr, "error: {e:#}");
+            let _ = stderr.flush();
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -1,5 +1,6 @@
 //! `edge-runner approve`, `edge-runner reject`, `edge-runner approval assemble`.
 
+use edge_core::text::Untrusted as U;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -90,7 +91,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     p.check().context("the proposal document is inconsistent; do not sign it")?;
     show(&p, out)?;
     let requirement = p.decision.requirement.clone().context("the proposal's decision has no tier requirement")?;
-    let now = unix_now();
+    let now = unix_now()?;
     let asked = edge_core::policy::parse_duration(&args.expires_in)
         .with_context(|| format!("--expires-in `{}`: use a duration like 30m or 2h", args.expires_in))?;
     let lifetime = asked.min(requirement.max_age_secs);
@@ -241,21 +242,21 @@ pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<u8> {
 /// What an approver sees before signing.
 fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     let m = &p.manifest;
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    let s = |v: &serde_json::Value| U(v.as_str().unwrap_or("")).to_string();
     writeln!(out, "proposal     {} on runner {}", p.id, p.runner)?;
     writeln!(out, "capsule      {}@{} ({}) {}", s(&m["name"]), s(&m["version"]), s(&m["kind"]), p.capsule)?;
     writeln!(out, "signed by    {} ({}, transparency: {:?})", p.signer, p.signer_detail, p.transparency)?;
     if let Some(prov) = m["provenance"].as_object() {
         for (k, v) in prov {
-            writeln!(out, "provenance   {k}: {}", v.as_str().unwrap_or(""))?;
+            writeln!(out, "provenance   {}: {}", U(k), U(v.as_str().unwrap_or("")))?;
         }
     }
     crate::cli_policy::print_decision(&p.decision, out)?;
     writeln!(out, "grant        {}", serde_json::to_string(&p.grant)?)?;
-    writeln!(out, "plan         {} — {}", p.plan_digest, p.plan.summary)?;
+    writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", p.plan_digest, U(&p.plan.summary))?;
     crate::cli::print_changes(&p.plan.changes, out)?;
     for f in &p.plan.findings {
-        writeln!(out, "  finding [{}] {}: {}", f.severity, f.code, f.message)?;
+        writeln!(out, "  finding [{}] {}: {}", f.severity, U(&f.code), U(&f.message))?;
     }
     Ok(())
 }

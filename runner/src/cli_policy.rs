@@ -129,7 +129,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
                 serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"input": input, "decision": d}))?;
                 writeln!(out)?;
             } else {
-                writeln!(out, "capsule      {} ({})", input.name, input.capsule)?;
+                writeln!(out, "capsule      {} ({})", edge_core::text::line(&input.name), input.capsule)?;
                 writeln!(out, "signer       {}", input.signer)?;
                 print_decision(&d, out)?;
             }
@@ -247,7 +247,7 @@ pub fn print_decision(d: &Decision, out: &mut dyn Write) -> Result<()> {
         }
     }
     for r in &d.reasons {
-        writeln!(out, "  because    {r}")?;
+        writeln!(out, "  because    {}", edge_core::text::line(&r.to_string()))?;
     }
     Ok(())
 }

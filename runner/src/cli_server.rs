@@ -164,8 +164,10 @@ fn print_submission(v: &Value, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// A JSON value from the runner as one neutralised line: the runner's
+/// answers carry capsule- and client-supplied text.
 fn str_of(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+    v.as_str().map_or_else(|| v.to_string(), |s| edge_core::text::line(s).into_owned())
 }
 
 pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
@@ -191,7 +193,7 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
                     str_of(&p["id"]),
                     str_of(&p["state"]),
                     p["tier"].as_u64().map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                    p["name"].as_str().unwrap_or("-")
+                    p["name"].as_str().map_or_else(|| "-".to_owned(), |n| edge_core::text::line(n).into_owned())
                 )?;
             }
             Ok(EXIT_OK)

@@ -103,6 +103,12 @@ struct RawRunner {
     name: String,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    /// Where writable mounts are copied for `apply` (default
+    /// `<state_dir>/staging`): put it on another filesystem to keep a
+    /// capsule's writes (bounded by `MAX_STAGE_BYTES`) away from the
+    /// evidence store's disk.
+    #[serde(default)]
+    staging_dir: Option<PathBuf>,
     /// Where compiled components are cached (default `<state_dir>/cache`).
     #[serde(default)]
     cache_dir: Option<PathBuf>,
@@ -110,6 +116,12 @@ struct RawRunner {
     /// (default `<state_dir>/identity.key`, created on first start, mode 0600).
     #[serde(default)]
     identity_key: Option<PathBuf>,
+    /// Run without a policy: every admitted capsule becomes an unapproved
+    /// tier-0 run. Off by default (a runner without `[policy]` refuses to
+    /// start); when on, every run's submission record lists it and every
+    /// report shows it in its banner.
+    #[serde(default)]
+    dangerous_run_without_policy: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -175,6 +187,9 @@ pub struct MountConfig {
 pub struct RunnerConfig {
     pub name: String,
     pub state_dir: PathBuf,
+    /// Staging copies of writable mounts, one directory per run; failed
+    /// removals wait in `.trash/` for the next start.
+    pub staging_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub identity_key: PathBuf,
     pub signers: TrustedSigners,
@@ -194,6 +209,9 @@ pub struct RunnerConfig {
     pub clock_skew_secs: u64,
     /// `edge-runner serve` settings (`[server]`).
     pub server: Option<crate::server::settings::ServerSettings>,
+    /// Insecure switches in force (`dangerous_…` names), recorded in every
+    /// run's submission record and shown in reports.
+    pub dangerous: Vec<String>,
 }
 
 impl RunnerConfig {
@@ -240,6 +258,17 @@ impl RunnerConfig {
             Some(p) => Some(PolicySet::load(&resolve(&p.file), &resolve(&p.graph))?),
             None => None,
         };
+        if policy.is_none() && !raw.runner.dangerous_run_without_policy {
+            bail!(
+                "no `[policy]` is configured: without one every admitted capsule would run at tier 0 with no human \
+                 approval, so the runner refuses to start. Add `[policy]` with `file` and `graph` (see \
+                 examples/runner.toml and `edge-runner policy check`), or, for a test bench only, set \
+                 `dangerous_run_without_policy = true` under `[runner]` (recorded in every run's evidence)"
+            );
+        }
+        if policy.is_some() && raw.runner.dangerous_run_without_policy {
+            bail!("`dangerous_run_without_policy` is set but a `[policy]` is configured: remove the switch");
+        }
         if policy.is_some() && !raw.signers.is_empty() {
             bail!("with a policy configured, trusted signers belong in the policy document, not in [[signers]] here");
         }
@@ -352,11 +381,13 @@ impl RunnerConfig {
         };
         let state_dir = resolve(&raw.runner.state_dir);
         let cache_dir = raw.runner.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
+        let staging_dir = raw.runner.staging_dir.as_deref().map_or_else(|| state_dir.join("staging"), resolve);
         // A mount must never expose the runner's own state (evidence log,
-        // journals, compiled-code cache) to a capsule, nor overlap another mount.
-        let (state_abs, cache_abs) = (absolute(&state_dir)?, absolute(&cache_dir)?);
+        // journals, compiled-code cache, staging copies) to a capsule, nor
+        // overlap another mount.
+        let (state_abs, cache_abs, staging_abs) = (absolute(&state_dir)?, absolute(&cache_dir)?, absolute(&staging_dir)?);
         for (name, m) in &mounts {
-            for (what, p) in [("state_dir", &state_abs), ("cache_dir", &cache_abs)] {
+            for (what, p) in [("state_dir", &state_abs), ("cache_dir", &cache_abs), ("staging_dir", &staging_abs)] {
                 if m.path.starts_with(p) || p.starts_with(&m.path) {
                     bail!(
                         "mount `{name}` ({}) overlaps the runner's {what} ({}); keep them apart",
@@ -397,6 +428,7 @@ impl RunnerConfig {
             name: raw.runner.name,
             state_dir,
             cache_dir,
+            staging_dir,
             signers,
             trusted_root,
             mounts,
@@ -404,6 +436,11 @@ impl RunnerConfig {
             ceiling,
             policy,
             nodes,
+            dangerous: if raw.runner.dangerous_run_without_policy {
+                vec!["dangerous_run_without_policy".to_owned()]
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -442,7 +479,7 @@ mod tests {
         t
     }
 
-    const BASE: &str = "[runner]\nname = \"r\"\n[[signers]]\nname = \"a\"\npublic_key = \"a.pub\"\n[mounts.data]\npath = \"data\"\nwritable = true\n";
+    const BASE: &str = "[runner]\nname = \"r\"\ndangerous_run_without_policy = true\n[[signers]]\nname = \"a\"\npublic_key = \"a.pub\"\n[mounts.data]\npath = \"data\"\nwritable = true\n";
 
     fn err(text: &str) -> String {
         let t = home();
@@ -478,8 +515,18 @@ mod tests {
             err(&BASE.replace("public_key = \"a.pub\"", "public_key = \"a.pub\"\nidentity = \"x\""))
                 .contains("not a mix")
         );
-        let nested_state = BASE.replace("[runner]\nname = \"r\"", "[runner]\nname = \"r\"\nstate_dir = \"data/state\"");
+        let nested_state = BASE.replace("[runner]\nname = \"r\"\n", "[runner]\nname = \"r\"\nstate_dir = \"data/state\"\n");
         assert!(err(&nested_state).contains("overlaps"));
         assert!(err(&format!("{BASE}[mounts.inner]\npath = \"data\"\n")).contains("inside mount"));
+    }
+
+    #[test]
+    fn no_policy_fails_closed_unless_the_dangerous_switch_is_set() {
+        let without = BASE.replace("dangerous_run_without_policy = true\n", "");
+        let e = err(&without);
+        assert!(e.contains("no `[policy]`") && e.contains("dangerous_run_without_policy"), "{e}");
+        let t = home();
+        let c = RunnerConfig::from_toml(BASE, t.path()).unwrap();
+        assert_eq!(c.dangerous, ["dangerous_run_without_policy"], "the switch is carried into evidence");
     }
 }

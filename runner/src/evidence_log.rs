@@ -344,9 +344,20 @@ pub struct EvidenceLog {
     tree: Arc<Mutex<MerkleStore>>,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
-    /// Dropped with the log: stops the WAL checkpointer.
-    _stop_checkpoints: mpsc::Sender<()>,
+    /// Dropped with the log: stops the WAL checkpointer, which then
+    /// truncates the WAL and keeps the newest checkpoint (joined in `Drop`).
+    stop_checkpoints: Option<mpsc::Sender<()>>,
+    wal_thread: Option<std::thread::JoinHandle<()>>,
     _lock: std::fs::File,
+}
+
+impl Drop for EvidenceLog {
+    fn drop(&mut self) {
+        drop(self.stop_checkpoints.take());
+        if let Some(t) = self.wal_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How often the WAL is copied into the database.
@@ -505,15 +516,29 @@ impl EvidenceLog {
         db.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Connection::open(&path)
             .with_context(|| format!("cannot open evidence store {} for checkpoints", path.display()))?;
+        checkpointer.busy_timeout(Duration::from_secs(5))?;
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new().name("evidence-wal".into()).spawn(move || {
-            // Until the log is closed (the sender dropped).
+        let published = dir.to_path_buf();
+        let wal_thread = std::thread::Builder::new().name("evidence-wal".into()).spawn(move || {
+            // Until the log is closed (the sender dropped). Each round also
+            // keeps the newest signed checkpoint outside the database.
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
                 if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
                 }
+                if let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint; retrying");
+                }
             }
-            let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            // A clean close: everything into the database file, the WAL
+            // truncated (a deleted `-wal` file then loses nothing), and the
+            // newest checkpoint kept.
+            if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "final WAL checkpoint failed");
+            }
+            if let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
+            }
         })?;
         let mut known = std::collections::HashSet::new();
         {
@@ -547,7 +572,8 @@ impl EvidenceLog {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
-            _stop_checkpoints: stop_checkpoints,
+            stop_checkpoints: Some(stop_checkpoints),
+            wal_thread: Some(wal_thread),
             handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
             dir: dir.to_path_buf(),
             index,
@@ -612,6 +638,12 @@ impl EvidenceLog {
     /// commit.
     pub fn index(&self) -> RwLockReadGuard<'_, LogIndex> {
         self.index.read().expect("index lock")
+    }
+
+    /// The Merkle root of the first `size` records, if the log has them.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        let tree = self.tree.lock().expect("tree lock");
+        (size <= tree.size() as u64).then(|| tree.root(size as usize))
     }
 
     /// Records in the log.

@@ -168,9 +168,15 @@ impl Runner {
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), std::sync::Arc::default())).collect();
         let settling = tokio::sync::Mutex::new(());
         let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, receipt_files: true };
+        // Before anything is appended: the store must hold what this runner signed.
+        runner.check_signed_history()?;
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
+        if !runner.config.dangerous.is_empty() {
+            tracing::warn!(switches = ?runner.config.dangerous, "running with insecure switches");
+            runner.log.append("runner", Event::Insecure { switches: runner.config.dangerous.clone() })?;
+        }
         Ok(runner)
     }
 
@@ -351,10 +357,7 @@ impl Runner {
                 result = Ok(());
             }
         }
-        let staging_dir = self.config.state_dir.join("staging").join(&run);
-        if staging_dir.exists() {
-            let _ = std::fs::remove_dir_all(&staging_dir);
-        }
+        self.discard_staging(&self.config.staging_dir.join(&run));
         // Rolled back and cleaned up: the next run may have the mounts.
         report.mount_guards.clear();
         if result.is_ok() {
@@ -415,14 +418,8 @@ impl Runner {
         let file = match parsed {
             Ok(f) => f,
             Err((e, file_digest)) => {
-                let code = match &e {
-                    edge_core::container::ContainerError::ComponentDigest { .. }
-                    | edge_core::container::ContainerError::ComponentSize { .. } => "capsule.component_mismatch",
-                    edge_core::container::ContainerError::Manifest(_) => "capsule.bad_manifest",
-                    _ => "capsule.malformed",
-                };
                 let detail = format!("{e} (capsule file {file_digest})");
-                return self.refuse(report, "submission", code, detail);
+                return self.refuse(report, "submission", e.reason_code(), detail);
             }
         };
         let m = file.manifest().clone();
@@ -442,7 +439,7 @@ impl Runner {
                 manifest: manifest_d,
                 component: m.component.sha256,
                 bundle: bundle_d,
-                dangerous: Vec::new(),
+                dangerous: self.config.dangerous.clone(),
                 submitted_by: report.submitted_by.clone(),
             },
         )?;
@@ -486,18 +483,21 @@ impl Runner {
 
         // 4. Decision: from the policy and the blast radius of the grant,
         // recorded (with its input) before anything runs.
-        let (decision, input_d) = match &self.config.policy {
+        let (evaluated, input_d) = match &self.config.policy {
             Some(set) => {
                 let input = decision_input(&admitted, &self.config.nodes);
                 let input_d = report.log.put_artifact(&canonical::to_canonical_vec(&input)?)?;
-                (set.policy.decide(&set.graph, &input), Some(input_d))
+                (set.policy.evaluate(&set.graph, &input), Some(input_d))
             }
-            None => (Decision::unapproved_tier0(), None),
+            // Config refuses to load without a policy unless the operator
+            // set `dangerous_run_without_policy` (recorded in the submission).
+            None => (authorize::Evaluated::dangerous_without_policy(), None),
         };
+        let decision = evaluated.decision().clone();
         report.tier = Some(decision.tier);
         report.decision = Some(decision.clone());
-        self.record(report, Event::Decision { decision: decision.clone(), input: input_d })?;
-        let decided = match authorize::decide(admitted, decision) {
+        self.record(report, Event::Decision { decision, input: input_d })?;
+        let decided = match authorize::decide(admitted, evaluated) {
             Ok(d) => d,
             Err(e) => return self.refuse(report, "decide", e.reason_code(), e.to_string()),
         };
@@ -558,7 +558,7 @@ impl Runner {
                 None => return Ok(()),
             }
         };
-        let authorized = match authorize::authorize(decided, &valid, quorum) {
+        let authorized = match authorize::authorize(decided, valid, quorum) {
             Ok(a) => a,
             Err(e) => return self.refuse(report, "authorize", e.reason_code(), e.to_string()),
         };
@@ -573,9 +573,9 @@ impl Runner {
         self.record(report, Event::Authorized { tier: authorized.decision().tier, approvals: approvals_used, note })?;
 
         // Nothing to change: verify read-only and finish.
-        if valid.plan().changes.is_empty() {
+        if authorized.plan().plan().changes.is_empty() {
             report.log.barrier().await?;
-            let (verified, captured) = self.sandbox.verify(pre, &authorized, &input, valid.plan()).await;
+            let (verified, captured) = self.sandbox.verify(pre, &authorized, &input).await;
             let output = self.store_output(report, "verify", captured)?;
             return match verified {
                 Ok(v) => {
@@ -593,7 +593,7 @@ impl Runner {
         }
 
         // 7. Stage writable mounts, apply against the copies.
-        let stage_root = self.config.state_dir.join("staging").join(&report.run);
+        let stage_root = self.config.staging_dir.join(&report.run);
         let mut staged: BTreeMap<String, (PathBuf, snapshot::Snapshot)> = BTreeMap::new();
         for g in grant.mounts.iter().filter(|g| g.writable) {
             let live = &self.config.mounts[&g.name].path;
@@ -614,7 +614,7 @@ impl Runner {
             .collect();
         let apply_input = PhaseInput { mounts: &apply_mounts, ..input };
         report.log.barrier().await?;
-        let (applied, captured) = self.sandbox.apply(pre, &authorized, &apply_input, valid.plan()).await;
+        let (applied, captured) = self.sandbox.apply(pre, &authorized, &apply_input).await;
         let output = self.store_output(report, "apply", captured)?;
         if let Err(e) = applied {
             return self.refuse_sandbox(report, "apply", &e);
@@ -627,12 +627,8 @@ impl Runner {
             let after = match staging::snapshot(copy, MAX_STAGE_BYTES) {
                 Ok(s) => s,
                 Err(e) => {
-                    return self.refuse(
-                        report,
-                        "diff",
-                        "apply.too_large",
-                        format!("after apply, the staged copy {e:#}"),
-                    );
+                    let detail = format!("after apply, the staged copy of `{name}`: {e}");
+                    return self.refuse(report, "diff", e.after_apply_reason(), detail);
                 }
             };
             match snapshot::diff(name, before, &after) {
@@ -645,7 +641,7 @@ impl Runner {
         }
         report.diff = diff.clone();
         self.record(report, Event::Applied { diff: diff.clone(), output })?;
-        let _matches = match plan::check_diff(&valid, &diff) {
+        let matches = match plan::check_diff(authorized.plan(), &diff) {
             Ok(p) => p,
             Err(e) => return self.refuse(report, "diff", e.reason_code(), e.to_string()),
         };
@@ -663,26 +659,31 @@ impl Runner {
                 Err(e) => io_error = Some(format!("{e:#}")),
             }
         }
-        let holds = plan::check_preconditions(&valid, |mount, path| {
+        let holds = plan::check_preconditions(authorized.plan(), |mount, path| {
             staging::digest_in(dirs.get(mount)?, path.as_str()).unwrap_or_else(|e| {
                 io_error = Some(e.to_string());
                 None
             })
         });
-        let _holds = match (holds, io_error) {
+        let holds = match (holds, io_error) {
             (_, Some(e)) => return self.refuse(report, "commit", "commit.io_error", e),
             (Ok(h), None) => h,
             (Err(e), None) => return self.refuse(report, "commit", e.reason_code(), e.to_string()),
+        };
+        // Both proofs, for this plan, or no commit: the journal takes the diff from here.
+        let allowed = match plan::commit_allowed(matches, holds) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(report, "commit", e.reason_code(), e.to_string()),
         };
 
         // 10. Commit, journaled.
         let journal_path = staging::journal_path(&self.config.state_dir, &report.run);
         let copies: BTreeMap<String, PathBuf> = staged.iter().map(|(n, (c, _))| (n.clone(), c.clone())).collect();
         let backup_dir = self.config.state_dir.join("journals").join(format!("{}.backup", report.run));
-        let mut journal = Journal::new(&report.run, &diff, &live_roots, &backup_dir)?;
+        let mut journal = Journal::new(&report.run, &allowed, &live_roots, &backup_dir)?;
         let journal_bytes = journal.persist(&journal_path)?;
         let journal_d = report.log.put_artifact(&journal_bytes)?;
-        self.record(report, Event::CommitIntent { changes: diff.len(), journal: journal_d })?;
+        self.record(report, Event::CommitIntent { changes: allowed.diff().len(), journal: journal_d })?;
         report.log.barrier().await?;
         if let Err(e) = journal.commit(&copies, &journal_path) {
             let restored = journal.rollback()?;
@@ -705,7 +706,7 @@ impl Runner {
         self.record(report, Event::Committed { changes: diff.len() })?;
 
         // 11. Verify against the live mounts; roll back on failure.
-        let (verified, captured) = self.sandbox.verify(pre, &authorized, &input, valid.plan()).await;
+        let (verified, captured) = self.sandbox.verify(pre, &authorized, &input).await;
         let output = self.store_output(report, "verify", captured)?;
         let failure = match verified {
             Ok(v) => {

@@ -13,6 +13,24 @@ use crate::exec::{RunReport, Runner};
 use crate::staging;
 
 impl Runner {
+    /// Refuse to work on a store that lacks what this runner signed
+    /// (`crate::store::trust`): checked with the identity key, and with the
+    /// key the log last recorded (the identity key may have been rotated).
+    pub(crate) fn check_signed_history(&self) -> Result<()> {
+        let mut verifiers = vec![self.identity.verifier().clone()];
+        if let Some(k) = self.log.index().key.as_deref()
+            && let Ok(v) = edge_core::note::NoteVerifier::parse(k)
+        {
+            verifiers.push(v);
+        }
+        crate::store::trust::check_signed_history(&self.log, &verifiers).with_context(|| {
+            format!(
+                "evidence store {} does not hold the history this runner signed; the runner refuses to run on it",
+                self.log.dir().display()
+            )
+        })
+    }
+
     /// Record the identity key when it is new to the log (or changed).
     pub(crate) fn record_identity(&mut self) -> Result<()> {
         let vkey = self.identity.verifier().to_vkey();

@@ -207,6 +207,9 @@ RestartSec=5s
 # Finish (or cleanly interrupt) the run in progress on stop.
 KillSignal=SIGTERM
 TimeoutStopSec=90s
+# Descriptors: up to 1,024 TLS connections, 8 concurrent runs with their
+# mounts and staging copies, the store; staging removal needs only two.
+LimitNOFILE=16384
 
 NoNewPrivileges=yes
 ProtectSystem=strict

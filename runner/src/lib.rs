@@ -26,3 +26,4 @@ pub mod sandbox;
 pub mod server;
 pub mod ssh_agent;
 pub mod staging;
+pub mod store;

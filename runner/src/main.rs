@@ -13,7 +13,12 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("EDGE_RUNNER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Log lines carry capsule- and client-supplied text (errors, paths):
+        // every line goes through the neutralising stream, and the logger
+        // writes no colour codes of its own (they would be escaped, and they
+        // do not belong in files or the journal).
+        .with_ansi(false)
+        .with_writer(|| edge_core::text::Terminal::new(std::io::stderr()))
         .init();
     edge_runner::cli::run_main()
 }

@@ -3,12 +3,17 @@
 //! before the runner does anything else.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use edge_core::evidence::{Event, Outcome};
 
 use crate::exec::Runner;
 use crate::staging::Journal;
+
+/// Inside the staging directory: copies whose removal failed, retried at start.
+const TRASH: &str = ".trash";
 
 impl Runner {
     /// Roll back and close every run that has no terminal record.
@@ -70,10 +75,49 @@ impl Runner {
                 recovered.push(run);
             }
         }
-        let staging_dir = self.config.state_dir.join("staging");
-        if staging_dir.exists() {
-            std::fs::remove_dir_all(&staging_dir).context("cannot clear stale staging copies")?;
+        // Stale staging copies and earlier failed cleanups: removed, or kept
+        // in the trash and recorded; never a reason not to start.
+        if let Ok(entries) = std::fs::read_dir(&self.config.staging_dir) {
+            for e in entries.flatten() {
+                if e.file_name() != TRASH {
+                    self.discard_staging(&e.path());
+                }
+            }
         }
+        self.empty_trash();
         Ok(recovered)
+    }
+
+    /// Remove a run's staging copy (a tree the capsule shaped: see
+    /// [`crate::store::fs::remove_tree`]). When that fails, the copy is moved
+    /// to `<staging>/.trash/` (same filesystem), the failure is recorded (run `runner`,
+    /// `cleanup-failed`) and removal is retried at every start: one bad copy
+    /// never blocks the next run or the next start.
+    pub(crate) fn discard_staging(&self, dir: &Path) {
+        if std::fs::symlink_metadata(dir).is_err() {
+            return;
+        }
+        let Err(e) = crate::store::fs::remove_tree(dir) else { return };
+        let trash = self.config.staging_dir.join(TRASH);
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dest = trash.join(format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let kept = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&trash).is_ok()
+            && std::fs::rename(dir, &dest).is_ok();
+        let path = if kept { &dest } else { dir };
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging copy; kept for a retry at start");
+        let event = Event::CleanupFailed { path: path.display().to_string(), error: e.to_string() };
+        if let Err(e) = self.log.append("runner", event) {
+            tracing::error!(error = %format!("{e:#}"), "cannot record a failed cleanup");
+        }
+    }
+
+    /// Retry removing what earlier cleanups could not.
+    fn empty_trash(&self) {
+        let Ok(entries) = std::fs::read_dir(self.config.staging_dir.join(TRASH)) else { return };
+        for e in entries.flatten() {
+            if let Err(err) = crate::store::fs::remove_tree(&e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an earlier staging copy yet");
+            }
+        }
     }
 }

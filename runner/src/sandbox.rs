@@ -56,6 +56,7 @@ mod bindings {
 }
 
 mod phase;
+pub(crate) mod quota;
 
 pub use bindings::CapsulePre;
 use bindings::edge_runner::capsule::{host as wit_host, types as wit};
@@ -68,6 +69,16 @@ type CallFuture<'a, R> = std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Most bytes the guest may hand the host in one call (plans, log lines, findings).
 pub const HOSTCALL_FUEL_BYTES: usize = 8 << 20;
+/// Longest a component may take to compile (Cranelift) before it is refused.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most host handles (open files, streams, pollables) a capsule may hold.
+pub const RESOURCE_TABLE_MAX: usize = 10_000;
+/// Most random bytes one `get-random-bytes` call may ask for (wasmtime-wasi's
+/// default is 64 MiB, allocated on the host).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+/// Most bytes (and entries, at [`quota::ENTRY_COST`] each) `apply` may write
+/// into its staged copies, enforced while it writes.
+pub const MAX_STAGE_WRITE_BYTES: u64 = crate::exec::MAX_STAGE_BYTES;
 /// Longest single log line kept; longer lines are truncated and marked.
 const MAX_LOG_LINE: usize = 4096;
 /// Where mount `<name>` appears inside the sandbox.
@@ -119,6 +130,12 @@ pub enum SandboxError {
     OutputLimit { limit: usize },
     #[error("the capsule exceeded a host-call limit: {0}")]
     HostcallLimit(String),
+    #[error(
+        "apply tried to write more than {limit} bytes into its staged copies (counting each new entry as {} bytes); \
+         the write failed inside the capsule",
+        quota::ENTRY_COST
+    )]
+    StagingFull { limit: u64 },
     #[error("the capsule trapped in {phase}: {detail}")]
     Trap { phase: &'static str, detail: String },
     #[error("the capsule's {phase} returned an error: {message}")]
@@ -139,6 +156,7 @@ impl SandboxError {
             SandboxError::StackOverflow => "sandbox.stack_overflow",
             SandboxError::OutputLimit { .. } => "sandbox.output_limit",
             SandboxError::HostcallLimit(_) => "sandbox.hostcall_limit",
+            SandboxError::StagingFull { .. } => "apply.too_large",
             SandboxError::Trap { .. } => "sandbox.trap",
             SandboxError::Guest { .. } => "capsule.error",
             SandboxError::Plan(e) => e.reason_code(),
@@ -228,6 +246,8 @@ pub struct HostState {
     output_used: usize,
     log: Vec<String>,
     findings: Vec<core_plan::Finding>,
+    /// What `apply` may still write into staged copies (none in other phases).
+    write_budget: Option<Arc<quota::WriteBudget>>,
 }
 
 impl std::fmt::Debug for HostState {
@@ -433,11 +453,34 @@ impl Sandbox {
                 }
             }
         }
-        let artifact = self.engine.precompile_component(bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let artifact = self.precompile(bytes)?;
         crate::staging::write_durably(&path, &artifact)?;
         // SAFETY: `artifact` was produced by this engine just now.
         let component = unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(anyhow::Error::from)?;
         Ok((component, LoadSource::Compiled))
+    }
+
+    /// Compile a component, bounded: one compilation at a time (hostile
+    /// submissions cannot stack them), on its own thread, refused after
+    /// [`COMPILE_TIMEOUT`]. Input size is bounded by the capsule format
+    /// (`MAX_COMPONENT_BYTES`). A compilation that times out cannot be
+    /// cancelled inside Cranelift: its thread finishes in the background and
+    /// its result is dropped; the lock is released at once.
+    fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (engine, bytes) = (self.engine.clone(), bytes.to_vec());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new().name("compile".into()).spawn(move || {
+            let _ = tx.send(engine.precompile_component(&bytes).map_err(|e| anyhow::anyhow!("{e:#}")));
+        })?;
+        match rx.recv_timeout(COMPILE_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!(
+                "compiling the component took longer than {} s: refused (simplify the component or split it)",
+                COMPILE_TIMEOUT.as_secs()
+            ),
+        }
     }
 
     /// [`Sandbox::load`] once per process: later runs of the same component
@@ -494,18 +537,14 @@ impl Sandbox {
     }
 
     /// Run `apply` (writable mounts must point at staged copies). Needs an
-    /// [`Authorized`] capsule, bound to the plan passed in.
+    /// [`Authorized`] capsule; the capsule gets the plan it was authorized for.
     pub async fn apply(
         &self,
         pre: &CapsulePre<HostState>,
         authorized: &Authorized,
         run: &PhaseInput<'_>,
-        plan: &core_plan::Plan,
     ) -> (Result<(), SandboxError>, Captured) {
-        if let Err(e) = check_bound(authorized, plan) {
-            return (Err(e), Captured::default());
-        }
-        let wp = plan_to_wit(plan);
+        let wp = plan_to_wit(authorized.plan().plan());
         let grant = authorized.admitted().grant();
         let (result, captured) = self
             .run(pre, grant, run, Phase::Apply, move |c, s, ctx| {
@@ -518,18 +557,15 @@ impl Sandbox {
         )
     }
 
-    /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule.
+    /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule;
+    /// the capsule gets the plan it was authorized for.
     pub async fn verify(
         &self,
         pre: &CapsulePre<HostState>,
         authorized: &Authorized,
         run: &PhaseInput<'_>,
-        plan: &core_plan::Plan,
     ) -> (Result<Verification, SandboxError>, Captured) {
-        if let Err(e) = check_bound(authorized, plan) {
-            return (Err(e), Captured::default());
-        }
-        let wp = plan_to_wit(plan);
+        let wp = plan_to_wit(authorized.plan().plan());
         let grant = authorized.admitted().grant();
         let (result, captured) = self
             .run(pre, grant, run, Phase::Verify, move |c, s, ctx| {
@@ -621,20 +657,6 @@ pub struct Verification {
     pub findings: Vec<core_plan::Finding>,
 }
 
-/// `apply` and `verify` must get exactly the plan that was authorized.
-fn check_bound(authorized: &Authorized, plan: &core_plan::Plan) -> Result<(), SandboxError> {
-    let digest = Sha256Digest::of(
-        &edge_core::canonical::to_canonical_vec(plan).map_err(|e| SandboxError::Setup(e.to_string()))?,
-    );
-    if digest != authorized.plan_digest() {
-        return Err(SandboxError::Setup(format!(
-            "plan {digest} is not the authorized plan {}",
-            authorized.plan_digest()
-        )));
-    }
-    Ok(())
-}
-
 fn classify(e: wasmtime::Error, hit: Hit, phase: Phase, cpu_ms: u64, output_limit: usize) -> SandboxError {
     match hit {
         Hit::Cpu => {
@@ -655,7 +677,31 @@ fn classify(e: wasmtime::Error, hit: Hit, phase: Phase, cpu_ms: u64, output_limi
         }
         _ => {}
     }
-    let text = format!("{e:#}");
+    // Host-call limits surface as errors from the host implementation,
+    // somewhere in the chain under wasmtime's backtrace context.
+    for cause in e.chain() {
+        if cause.downcast_ref::<wasmtime::component::ResourceTableError>().is_some() {
+            return SandboxError::HostcallLimit(format!(
+                "the capsule held more than {RESOURCE_TABLE_MAX} host handles (files, streams, pollables) at once"
+            ));
+        }
+        let m = cause.to_string();
+        // The store's component handle table (`set_max_component_handles`;
+        // message pinned by the hostile "many-handles" test).
+        if m.contains("handle limit exceeded") {
+            return SandboxError::HostcallLimit(format!(
+                "the capsule held more than {RESOURCE_TABLE_MAX} host handles (files, streams, pollables) at once"
+            ));
+        }
+        // wasmtime-wasi's `get-random-bytes` limit (message pinned by the
+        // hostile "random-flood" test).
+        if m.starts_with("requested len") && m.contains("exceeds limit") {
+            return SandboxError::HostcallLimit(format!(
+                "the capsule asked for more than {MAX_RANDOM_BYTES} bytes of random data in one call"
+            ));
+        }
+    }
+    let text = trap_text(&e);
     // wasmtime's hostcall-fuel error type is private; its message is pinned
     // by the hostile "huge plan" test.
     if text.contains("fuel allocated for hostcalls") {
@@ -679,6 +725,27 @@ fn bounded(mut s: String) -> String {
         s.push_str(" …(truncated)");
     }
     s
+}
+
+/// A trap's cause for a human: the error chain without wasmtime's
+/// backtrace context (whose first line says only "error while executing at
+/// wasm backtrace:"), the backtrace's innermost frame kept as a hint.
+fn trap_text(e: &wasmtime::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let frame = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first().and_then(|f| f.func_name().map(str::to_owned)));
+    for cause in e.chain() {
+        let m = first_line(&cause.to_string());
+        if !m.is_empty() && !m.starts_with("error while executing at wasm backtrace") {
+            parts.push(m);
+        }
+    }
+    let mut text = if parts.is_empty() { "the capsule trapped".to_owned() } else { parts.join(": ") };
+    if let Some(f) = frame {
+        text.push_str(&format!(" (in {f})"));
+    }
+    text
 }
 
 fn first_line(s: &str) -> String {
@@ -728,7 +795,12 @@ fn linker(engine: &Engine) -> Result<Linker<HostState>> {
     clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(&mut l, clk).map_err(e)?;
     let fs = <HostState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem;
     filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
-    filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
+    // File writes are charged against the phase's staging budget.
+    filesystem::types::add_to_linker::<_, quota::QuotaFs>(&mut l, |s: &mut HostState| quota::QuotaFsView {
+        budget: s.write_budget.clone(),
+        inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s),
+    })
+    .map_err(e)?;
     random::random::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
     random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
     random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;

@@ -34,7 +34,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use edge_core::Sha256Digest;
 use edge_core::paths::MountPath;
-use edge_core::plan::{Action, DiffEntry};
+use edge_core::plan::{Action, CommitAllowed};
 use edge_core::snapshot::{Node, Snapshot};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -102,7 +102,46 @@ fn digest_path(path: &Path) -> io::Result<Option<Sha256Digest>> {
     }
 }
 
-const O_NOFOLLOW: i32 = 0o400000; // Linux, every architecture we build for.
+const O_NOFOLLOW: i32 = libc::O_NOFOLLOW;
+
+/// Why a tree could not be snapshotted. After `apply`, each names who is
+/// responsible: a limit the capsule hit, something it made that no plan can
+/// name, or something it made unreadable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("more than {MAX_STAGED_FILES} entries; narrow the mount")]
+    TooManyEntries,
+    #[error("more than {0} bytes of files; narrow the mount")]
+    TooManyBytes(u64),
+    #[error("file name {0:?} cannot be represented (not UTF-8, a control character, or too long); plans name only plain paths")]
+    Name(String),
+    #[error(
+        "{0} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks"
+    )]
+    Special(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SnapshotError {
+    /// The reason code when the tree is a staged copy after `apply`.
+    pub fn after_apply_reason(&self) -> &'static str {
+        match self {
+            Self::TooManyEntries | Self::TooManyBytes(_) => "apply.too_large",
+            Self::Name(_) | Self::Special(_) => "apply.outside_plan",
+            Self::Io { .. } => "apply.unreadable",
+        }
+    }
+}
+
+fn io_at(path: &str) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io { path: if path.is_empty() { ".".into() } else { path.to_owned() }, source }
+}
 
 /// Snapshot a tree without following symlinks, refusing more than
 /// [`MAX_STAGED_FILES`] entries or `max_bytes` of file content (checked from
@@ -110,29 +149,32 @@ const O_NOFOLLOW: i32 = 0o400000; // Linux, every architecture we build for.
 ///
 /// # Errors
 /// On I/O errors, special files, unsupported names, or a limit exceeded.
-pub fn snapshot(root: &Path, max_bytes: u64) -> Result<Snapshot> {
-    let dir = open_root(root)?;
+pub fn snapshot(root: &Path, max_bytes: u64) -> Result<Snapshot, SnapshotError> {
+    let dir = open_root(root).map_err(|e| SnapshotError::Io {
+        path: root.display().to_string(),
+        source: io::Error::other(format!("{e:#}")),
+    })?;
     let mut out = Snapshot::new();
     let mut bytes = 0u64;
-    walk(&dir, "", &mut out, &mut bytes, max_bytes).with_context(|| format!("cannot snapshot {}", root.display()))?;
+    walk(&dir, "", &mut out, &mut bytes, max_bytes)?;
     Ok(out)
 }
 
-fn walk(dir: &Dir, rel: &str, out: &mut Snapshot, bytes: &mut u64, max_bytes: u64) -> Result<()> {
-    let listing = if rel.is_empty() { dir.entries()? } else { dir.read_dir(rel)? };
+fn walk(dir: &Dir, rel: &str, out: &mut Snapshot, bytes: &mut u64, max_bytes: u64) -> Result<(), SnapshotError> {
+    let listing = if rel.is_empty() { dir.entries() } else { dir.read_dir(rel) }.map_err(io_at(rel))?;
     let mut names = Vec::new();
     for e in listing {
         if out.len() + names.len() >= MAX_STAGED_FILES {
-            bail!("more than {MAX_STAGED_FILES} entries; narrow the mount");
+            return Err(SnapshotError::TooManyEntries);
         }
-        let name = e?.file_name();
-        names.push(name.into_string().map_err(|n| anyhow::anyhow!("file name {n:?} is not UTF-8"))?);
+        let name = e.map_err(io_at(rel))?.file_name();
+        names.push(name.into_string().map_err(|n| SnapshotError::Name(format!("{rel}/{}", n.to_string_lossy())))?);
     }
     names.sort();
     for name in names {
         let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let path = MountPath::new(&child).with_context(|| format!("unsupported file name {child:?}"))?;
-        let meta = dir.symlink_metadata(&child)?;
+        let path = MountPath::new(&child).map_err(|_| SnapshotError::Name(child.clone()))?;
+        let meta = dir.symlink_metadata(&child).map_err(io_at(&child))?;
         let ft = meta.file_type();
         if ft.is_dir() {
             out.insert(path, Node::Dir);
@@ -140,17 +182,19 @@ fn walk(dir: &Dir, rel: &str, out: &mut Snapshot, bytes: &mut u64, max_bytes: u6
         } else if ft.is_file() {
             *bytes = bytes.saturating_add(meta.len());
             if *bytes > max_bytes {
-                bail!("more than {max_bytes} bytes of files; narrow the mount");
+                return Err(SnapshotError::TooManyBytes(max_bytes));
             }
-            let digest = digest_in(dir, &child)?.with_context(|| format!("{child} vanished"))?;
-            out.insert(path, Node::File { digest, size: meta.len() });
+            let digest = digest_in(dir, &child)
+                .map_err(io_at(&child))?
+                .ok_or_else(|| SnapshotError::Io { path: child.clone(), source: io::ErrorKind::NotFound.into() })?;
+            // Set-id and sticky bits are never carried (staging and commit clear them).
+            let mode = cap_std::fs::PermissionsExt::mode(&meta.permissions()) & MODE_MASK;
+            out.insert(path, Node::File { digest, size: meta.len(), mode });
         } else if ft.is_symlink() {
-            let target = dir.read_link_contents(&child)?;
+            let target = dir.read_link_contents(&child).map_err(io_at(&child))?;
             out.insert(path, Node::Symlink { target: target.to_string_lossy().into_owned() });
         } else {
-            bail!(
-                "{child} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks"
-            );
+            return Err(SnapshotError::Special(child));
         }
     }
     Ok(())
@@ -169,7 +213,7 @@ pub fn stage(live: &Path, stage: &Path, max_bytes: u64) -> Result<Snapshot> {
     builder.create(stage.parent().unwrap_or(Path::new("/")))?;
     builder.recursive(false);
     builder.create(stage).with_context(|| format!("cannot create staging dir {}", stage.display()))?;
-    let snap = snapshot(live, max_bytes)?;
+    let snap = snapshot(live, max_bytes).with_context(|| format!("cannot snapshot {}", live.display()))?;
     let src = open_root(live)?;
     for (rel, node) in &snap {
         let dst = stage.join(rel.as_str());
@@ -190,7 +234,7 @@ pub fn stage(live: &Path, stage: &Path, max_bytes: u64) -> Result<Snapshot> {
         }
     }
     // Snapshot the copy itself: the diff is computed against what the capsule saw.
-    snapshot(stage, max_bytes)
+    snapshot(stage, max_bytes).with_context(|| format!("cannot snapshot {}", stage.display()))
 }
 
 fn copy_hashing(input: &mut impl Read, out: &mut File) -> Result<Sha256Digest> {
@@ -260,7 +304,14 @@ impl Journal {
     ///
     /// # Errors
     /// If a diff entry names a mount without a root.
-    pub fn new(run: &str, diff: &[DiffEntry], roots: &BTreeMap<String, PathBuf>, backup_dir: &Path) -> Result<Self> {
+    pub fn new(
+        run: &str,
+        allowed: &CommitAllowed,
+        roots: &BTreeMap<String, PathBuf>,
+        backup_dir: &Path,
+    ) -> Result<Self> {
+        // Only a diff that passed both checks can be journaled and committed.
+        let diff = allowed.diff();
         let mut steps = Vec::with_capacity(diff.len());
         for (i, d) in diff.iter().enumerate() {
             if !roots.contains_key(&d.mount) {
@@ -276,7 +327,9 @@ impl Journal {
                 after: d.after,
                 temp: if parent.is_empty() { temp_name } else { format!("{parent}/{temp_name}") },
                 backup: backup_dir.join(format!("{i}.orig")),
-                mode: None,
+                // Creates: the checked mode, in the journal before anything is
+                // touched. Modify/delete: the original's, read at commit.
+                mode: if d.action == Action::Create { d.mode.map(|m| m & MODE_MASK) } else { None },
                 created_dirs: Vec::new(),
             });
         }
@@ -326,9 +379,11 @@ impl Journal {
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    let staged_mode = fs::symlink_metadata(&staged)?.permissions().mode();
+                    // The mode the diff check saw (never executable or set-id),
+                    // not whatever the staged file holds now.
                     self.steps[i].created_dirs = missing;
-                    self.steps[i].mode = Some(staged_mode & MODE_MASK);
+                    let checked = self.steps[i].mode.context("a create step without its checked mode")?;
+                    self.steps[i].mode = Some(checked & MODE_MASK);
                 }
                 Action::Modify | Action::Delete => {
                     let f =
@@ -515,6 +570,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edge_core::plan::DiffEntry;
     use edge_core::snapshot::diff;
 
     const MAX: u64 = 1 << 20;
@@ -536,9 +592,39 @@ mod tests {
         [("m".to_owned(), p.to_path_buf())].into()
     }
 
+    /// The permission to commit `d`, earned the way the runner earns it: a
+    /// plan naming exactly these changes, validated, the diff checked
+    /// against it, and the live files checked against its "before" digests.
+    fn allowed(d: &[DiffEntry], live: &Path) -> CommitAllowed {
+        use edge_core::manifest::{ComponentRef, Manifest};
+        use edge_core::plan::{Change, Plan, check_diff, check_preconditions, commit_allowed};
+        let component = ComponentRef { sha256: Sha256Digest::of(b"test"), size: 4 };
+        let manifest = Manifest::from_authoring_toml(
+            "name = \"t\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n[[mounts]]\nname = \"m\"\nwritable = true\n",
+            component,
+        )
+        .unwrap();
+        let changes = d
+            .iter()
+            .map(|e| Change {
+                mount: e.mount.clone(),
+                path: e.path.clone(),
+                action: e.action,
+                digest_before: e.before,
+                digest_after: e.after,
+                why: "the test".into(),
+            })
+            .collect();
+        let plan = Plan { summary: "t".into(), changes, findings: vec![], facts: vec![] }.validate(&manifest, 100).unwrap();
+        let root = open_root(live).unwrap();
+        let holds = check_preconditions(&plan, |_, p| digest_in(&root, p.as_str()).unwrap()).unwrap();
+        commit_allowed(check_diff(&plan, d).unwrap(), holds).unwrap()
+    }
+
     fn journal(t: &tempfile::TempDir, run: &str, d: &[DiffEntry], live: &Path) -> (Journal, PathBuf) {
         let jpath = t.path().join(format!("state/journals/{run}.json"));
-        let j = Journal::new(run, d, &roots(live), &t.path().join(format!("state/journals/{run}.backup"))).unwrap();
+        let backup = t.path().join(format!("state/journals/{run}.backup"));
+        let j = Journal::new(run, &allowed(d, live), &roots(live), &backup).unwrap();
         j.persist(&jpath).unwrap();
         (j, jpath)
     }
@@ -638,10 +724,14 @@ mod tests {
         let before = stage(&live, &st, MAX).unwrap();
         fs::write(st.join("n/x.txt"), "x").unwrap();
         let d = diff("m", &before, &snapshot(&st, MAX).unwrap()).unwrap();
-        // Someone replaces live/n with a symlink to a directory outside the mount.
+        // Checked, then someone replaces live/n with a symlink to a directory
+        // outside the mount before the commit.
+        let allowed = allowed(&d, &live);
         fs::remove_dir(live.join("n")).unwrap();
         std::os::unix::fs::symlink(&outside, live.join("n")).unwrap();
-        let (mut j, jpath) = journal(&t, "r6", &d, &live);
+        let jpath = t.path().join("state/journals/r6.json");
+        let mut j = Journal::new("r6", &allowed, &roots(&live), &t.path().join("state/journals/r6.backup")).unwrap();
+        j.persist(&jpath).unwrap();
         assert!(j.commit(&roots(&st), &jpath).is_err());
         // The step cannot be resolved beneath the mount either way: rollback
         // reports it and touches nothing outside.

@@ -90,7 +90,8 @@ impl Env {
     pub fn write_config(&self, extra: &str) {
         let cache = Path::new(test_programs::ROOT).join("target/test-component-cache");
         let text = format!(
-            "[runner]\nname = \"test-runner\"\nstate_dir = \"state\"\ncache_dir = {:?}\n\n\
+            "[runner]\nname = \"test-runner\"\nstate_dir = \"state\"\ncache_dir = {:?}\n\
+             dangerous_run_without_policy = true\n\n\
              [[signers]]\nname = \"test-agent\"\npublic_key = \"keys/agent.pub\"\n\n\
              [mounts.data]\npath = \"data\"\nwritable = true\n\n[mounts.ro]\npath = \"ro\"\nwritable = false\n\n{extra}",
             cache.display().to_string()

@@ -10,6 +10,7 @@ mod policy;
 mod server;
 mod signatures;
 mod sigstore;
+mod trust;
 
 /// Every guest program must be exercised by a test here.
 #[test]

@@ -253,11 +253,17 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         // Junk, a forged approval and one for another proposal are not kept.
         let forged = String::from_utf8(alice.clone()).unwrap().replace("alice@bank.example", "bob@bank.example");
         let other = String::from_utf8(alice.clone()).unwrap().replace(&id, "p-0000000000000-00000000");
-        for bad in [b"not an approval".to_vec(), forged.into_bytes(), other.into_bytes(), vec![b' '; 100 << 10]] {
+        for bad in [b"not an approval".to_vec(), forged.into_bytes(), other.into_bytes()] {
             let r = approver.post(&format!("/v1/proposals/{id}/approvals"), bad, "application/json").await.unwrap();
             assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.error_message());
             assert!(r.error_message().contains("not kept"), "{}", r.error_message());
         }
+        // An oversized approval is refused at the API before it is read (413).
+        let r = approver
+            .post(&format!("/v1/proposals/{id}/approvals"), vec![b' '; 100 << 10], "application/json")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.error_message());
         let kept = std::fs::read_dir(env.path(&format!("state/proposals/{id}.approvals"))).unwrap().count();
         assert_eq!(kept, 1, "only the valid approval is on disk");
         // The same approval again does not count twice.

@@ -467,6 +467,12 @@ impl Policy {
         self.spec.default_tier
     }
 
+    /// [`Policy::decide`], as the proof [`crate::authorize::decide`] takes:
+    /// the only way for a runner to get a decision it can act on.
+    pub fn evaluate(&self, graph: &Graph, input: &DecisionInput) -> crate::authorize::Evaluated {
+        crate::authorize::Evaluated::new(self.decide(graph, input))
+    }
+
     /// Decide. Pure and deterministic.
     pub fn decide(&self, graph: &Graph, input: &DecisionInput) -> Decision {
         let mut deny: Vec<Reason> = Vec::new();

@@ -72,6 +72,7 @@ pub(super) async fn run_phase<R: Send + 'static>(
     let output_used = data.output_used + captured.stdout.len() + captured.stderr.len();
     tracing::debug!(phase = phase.name(), ?elapsed, "phase finished");
     let hit = std::mem::take(&mut data.limiter.hit);
+    let staging_full = data.write_budget.as_ref().filter(|b| b.exhausted()).map(|b| b.limit());
     let result = match outcome {
         Err(_elapsed) => Err(SandboxError::WallTime { phase: phase.name(), ms: limits.wall_ms }),
         Ok(Ok(r)) => Ok(r),
@@ -88,6 +89,14 @@ pub(super) async fn run_phase<R: Send + 'static>(
             Err(SandboxError::OutputLimit { limit: output_limit })
         }
         other => other,
+    };
+    // A write refused for lack of staging budget refuses the phase, whatever
+    // the capsule did with the error.
+    let result = match (staging_full, result) {
+        (Some(limit), Ok(_) | Err(SandboxError::Guest { .. } | SandboxError::Trap { .. })) => {
+            Err(SandboxError::StagingFull { limit })
+        }
+        (_, other) => other,
     };
     if result.is_err() {
         captured.log.push(format!("[runner] {} ended after {} ms", phase.name(), elapsed.as_millis()));
@@ -109,6 +118,7 @@ fn new_store(
     // Deny the network explicitly, even though sockets are never linked.
     b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     b.allow_blocking_current_thread(true);
+    b.max_random_size(super::MAX_RANDOM_BYTES);
     for m in input.mounts {
         // The grant is the authority: a mount it does not list, or write
         // access it does not give, is a runner bug and refuses the phase.
@@ -130,7 +140,7 @@ fn new_store(
         b.env(k, v);
     }
     let mut table = ResourceTable::new();
-    table.set_max_capacity(10_000);
+    table.set_max_capacity(super::RESOURCE_TABLE_MAX);
     let limiter = Limiter {
         memory_bytes: (limits.memory_mib as usize) << 20,
         memory_total: 0,
@@ -152,11 +162,12 @@ fn new_store(
             output_used: 0,
             log: Vec::new(),
             findings: Vec::new(),
+            write_budget: (phase == Phase::Apply).then(|| quota::WriteBudget::new(MAX_STAGE_WRITE_BYTES)),
         },
     );
     store.limiter(|s| &mut s.limiter);
     store.set_hostcall_fuel(HOSTCALL_FUEL_BYTES);
-    store.set_max_component_handles(10_000);
+    store.set_max_component_handles(RESOURCE_TABLE_MAX);
     // Count a tick each time the guest is still running when the epoch
     // advances; yield so the wall-time timeout can fire too.
     store.set_epoch_deadline(1);

@@ -69,9 +69,9 @@ fn not_admitted(e: QueueError) -> Resp {
     }
 }
 
-/// Read a body within the size and time limits.
-async fn body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Resp> {
-    let limit = shared.settings.max_body_bytes;
+/// Read a body within the size and time limits: at most `limit` bytes
+/// (refused with 413 as soon as it is announced or read past it).
+async fn body(shared: &Shared, req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
     if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
         && len.parse::<usize>().is_ok_and(|n| n > limit)
     {
@@ -124,7 +124,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         (&Method::POST, ["v1", "proposals"]) => {
             // Read the (bounded) body first even when refusing, so the client
             // gets the answer rather than a connection reset mid-upload.
-            let bytes = body(shared, req).await?;
+            let bytes = body(shared, req, shared.settings.max_body_bytes).await?;
             let agent = agent.map_err(|e| error(StatusCode::FORBIDDEN, format!("no agent identity: {e}")))?;
             if !shared.settings.agents.contains(&agent) {
                 return Err(error(
@@ -201,7 +201,10 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         }
         (&Method::POST, ["v1", "proposals", id, "approvals"]) => {
             let id = (*id).to_owned();
-            let approval = body(shared, req).await?.to_vec();
+            // An approval file is small: cap it here, before it is read into
+            // memory, not at the general body limit (32 MiB by default).
+            let limit = shared.settings.max_body_bytes.min(edge_core::approval::MAX_APPROVAL_BYTES);
+            let approval = body(shared, req, limit).await?.to_vec();
             match shared.runs.approve(id.clone(), approval).await.map_err(not_admitted)? {
                 Ok(ApproveReply::Kept(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
                 Ok(ApproveReply::Unknown) => {

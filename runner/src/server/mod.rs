@@ -45,6 +45,9 @@ use crate::server::settings::ServerSettings;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 1024;
+/// First and longest pause after a failed `accept` (EMFILE, ENFILE, ENOMEM).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Shared by every connection.
 pub(crate) struct Shared {
@@ -78,6 +81,7 @@ pub async fn serve(
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -86,9 +90,20 @@ pub async fn serve(
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             a = listener.accept() => match a {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors (EMFILE/ENFILE) or memory: accepting
+                    // again at once fails again and spins a core. Back off,
+                    // doubling up to a second, and let connections finish.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },

@@ -116,7 +116,14 @@ impl Worker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match r.expire_proposals(crate::approvals::unix_now(), None).await {
+                let now = match crate::approvals::unix_now() {
+                    Ok(now) => now,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "cannot check proposal expiry");
+                        continue;
+                    }
+                };
+                match r.expire_proposals(now, None).await {
                     Ok(ids) => {
                         for id in ids {
                             tracing::info!(proposal = %id, "proposal expired");

@@ -1,0 +1,140 @@
+//! The store is checked against what the runner itself signed.
+//!
+//! The chain check at open catches a record changed or removed *inside*
+//! the log, but not a log cut short: delete the last rows (after dropping
+//! the append-only triggers with `sqlite3`), or delete `evidence.db-wal`
+//! before the WAL was copied into the database, and what is left is still a
+//! valid chain. The runner would then append, and sign, a different history
+//! for tree sizes it had already signed. So:
+//!
+//! 1. The latest checkpoint the runner signed is also kept *outside* the
+//!    database, in `<state>/evidence/latest-checkpoint` (the signed note),
+//!    written atomically and durably off the commit path (on the WAL
+//!    thread, at most every 500 ms, and at a clean close). It is only ever
+//!    replaced by a larger one.
+//! 2. At open, before anything is appended, the store must hold every
+//!    record both that file and its own newest `checkpoints` row cover, with
+//!    the same Merkle root; both notes must verify under the runner's key.
+//!    Otherwise the runner refuses to start, naming what is missing.
+//! 3. At a clean close the WAL is copied into the database and truncated,
+//!    so nothing acknowledged lives only in `evidence.db-wal`.
+//!
+//! The cost is O(log n) (the stored subtree hashes give any past root).
+//! Deleting rows, checkpoints *and* this file together is not caught here;
+//! receipts, earlier exports (`--since`) and witnesses are the defence
+//! against a runner-side rewrite of the whole history.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use edge_core::note::{self, Checkpoint, NoteVerifier};
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::evidence_log::EvidenceLog;
+
+/// Beside `evidence.db`: the latest checkpoint the runner signed.
+pub const LATEST_CHECKPOINT_FILE: &str = "latest-checkpoint";
+
+/// The newest stored checkpoint: (tree size, signed note).
+///
+/// # Errors
+/// If the store cannot be read.
+pub fn newest_checkpoint_row(db: &Connection) -> Result<Option<(u64, String)>> {
+    Ok(db
+        .query_row("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })
+        .optional()?)
+}
+
+/// The tree size a signed note claims, without verifying it (to decide
+/// whether a newer one may replace it).
+fn claimed_size(note: &str) -> Option<u64> {
+    let text = &note[..note.find("\n\n")? + 1];
+    Checkpoint::parse(text).ok().map(|c| c.size)
+}
+
+/// Write the newest stored checkpoint to [`LATEST_CHECKPOINT_FILE`] if it is
+/// larger than the one there. Never replaces a larger one: a store that lost
+/// records must not also lose the evidence that it did.
+///
+/// # Errors
+/// If the store cannot be read or the file cannot be written.
+pub fn publish_latest(db: &Connection, dir: &Path) -> Result<()> {
+    let Some((size, note)) = newest_checkpoint_row(db)? else { return Ok(()) };
+    let path = dir.join(LATEST_CHECKPOINT_FILE);
+    let current = std::fs::read_to_string(&path).ok().and_then(|t| claimed_size(&t));
+    if current.is_some_and(|c| c >= size) {
+        return Ok(());
+    }
+    crate::staging::write_durably(&path, note.as_bytes())
+}
+
+/// Why a store does not hold what the runner signed.
+fn check_one(log: &EvidenceLog, what: &str, signed: &str, verifiers: &[NoteVerifier]) -> Result<()> {
+    let opened = note::open(signed, verifiers).map_err(|e| {
+        anyhow::anyhow!("{what} is not signed by this runner's identity key ({e}); it was altered or belongs elsewhere")
+    })?;
+    let cp = Checkpoint::parse(&opened.text).with_context(|| format!("{what} is not a checkpoint"))?;
+    let have = log.len();
+    if cp.size > have {
+        bail!(
+            "the runner signed a checkpoint of {} records ({what}) but the store holds only {have}: records {have}..{} \
+             are missing (rows deleted, or `evidence.db-wal` lost). Restore the state directory from a backup; \
+             do not start this runner on it",
+            cp.size,
+            cp.size - 1
+        );
+    }
+    if log.root_at(cp.size) != Some(cp.root) {
+        bail!(
+            "the store's first {} records are not the ones the runner signed ({what}): the log was rewritten. Restore \
+             the state directory from a backup; do not start this runner on it",
+            cp.size
+        );
+    }
+    Ok(())
+}
+
+/// Check the store against the checkpoints the runner signed (see the
+/// module docs). `verifiers`: the runner's identity key, and the key the
+/// log last recorded (a rotation).
+///
+/// # Errors
+/// Naming what is missing or different, and the next step.
+pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Result<()> {
+    let dir = log.dir();
+    let db = crate::evidence_log::read_only(dir)?;
+    let row = newest_checkpoint_row(&db)?;
+    let file = dir.join(LATEST_CHECKPOINT_FILE);
+    let kept = match std::fs::read_to_string(&file) {
+        // Tolerate the extra newline `sqlite3` prints after the note.
+        Ok(t) => Some(format!("{}\n", t.trim_end_matches('\n'))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    match (&kept, &row) {
+        (None, Some((size, _))) => bail!(
+            "{} is missing but the store holds signed checkpoints (the newest of {size} records): it is written \
+             beside every store this runner version keeps, so the store may have been replaced or cut short. If you \
+             restored the state directory yourself and trust it, write the newest checkpoint back with \
+             `sqlite3 {} \"SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1\" > {}` and start again",
+            file.display(),
+            dir.join("evidence.db").display(),
+            file.display()
+        ),
+        (Some(_), None) if log.is_empty() => bail!(
+            "{} names a signed history but the store is empty: the evidence database was deleted or replaced. \
+             Restore the state directory from a backup",
+            file.display()
+        ),
+        _ => {}
+    }
+    if let Some(kept) = &kept {
+        check_one(log, &format!("the checkpoint kept in {}", file.display()), kept, verifiers)?;
+    }
+    if let Some((_, signed)) = &row {
+        check_one(log, "the store's newest checkpoint", signed, verifiers)?;
+    }
+    Ok(())
+}
