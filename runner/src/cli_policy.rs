@@ -44,7 +44,10 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum GraphCommand {
-    /// Import a system graph from a Backstage catalog (catalog-info.yaml files or directories).
+    /// Import a system graph from a Backstage catalog: catalog-info.yaml files
+    /// (a root Location file is enough: its targets are followed) or
+    /// directories (every YAML file under them is read; what is not an entity
+    /// is skipped and listed).
     ImportBackstage {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -196,8 +199,12 @@ pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
                 import.files,
                 dest.display()
             )?;
-            for (kind, n) in &import.skipped {
-                writeln!(out, "skipped {n} {kind} entit{}", if *n == 1 { "y" } else { "ies" })?;
+            if !import.unmapped.is_empty() {
+                let counts: Vec<String> = import.unmapped.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+                writeln!(out, "not graph nodes: {}", counts.join(", "))?;
+            }
+            for s in &import.skipped {
+                writeln!(out, "skipped {s}")?;
             }
             Ok(EXIT_OK)
         }
