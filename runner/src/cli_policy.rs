@@ -53,6 +53,10 @@ pub enum GraphCommand {
         paths: Vec<PathBuf>,
         #[arg(short, long)]
         out: PathBuf,
+        /// Nothing outside this directory is read, even when a Location points
+        /// there (default: each directory named, or the directory of each file).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -185,8 +189,8 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
 
 pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
     match cmd {
-        GraphCommand::ImportBackstage { paths, out: dest } => {
-            let import = crate::backstage::import(&paths)?;
+        GraphCommand::ImportBackstage { paths, out: dest, root } => {
+            let import = crate::backstage::import(&paths, root.as_deref())?;
             // Compile it, so a graph that would not load is never written.
             let text = crate::backstage::to_toml(&import.graph, &paths[0])?;
             edge_core::graph::Graph::from_toml(&text).map_err(|e| anyhow::anyhow!("imported graph is invalid: {e}"))?;

@@ -8,8 +8,8 @@
 //!
 //! `read.rs` reads the files named, walks the directories named, and
 //! follows `Location` entities (`spec.target`, `spec.targets`) relative to
-//! the Location file. It never leaves a catalog root (a directory argument,
-//! or a file argument's directory): targets outside it, URLs and glob
+//! the Location file. It never leaves a catalog root (`--root`, else a
+//! directory argument, or a file argument's directory): targets outside it, URLs and glob
 //! patterns are listed as skipped, nothing is fetched, and each file is read
 //! once, which also ends Location cycles.
 //!
@@ -116,14 +116,16 @@ fn owner(e: &Sourced) -> String {
     EntityRef::parse(o).map_or_else(|_| o.trim().to_lowercase(), |r| r.full("group", &e.entity.namespace))
 }
 
-/// Import the catalog found at `paths` (files or directories).
+/// Import the catalog found at `paths` (files or directories). Nothing
+/// outside `root` is read; without one, each path is its own root (a file's
+/// root is its directory).
 ///
 /// # Errors
-/// Unreadable paths, YAML errors (with the file), malformed entities,
-/// duplicate entities, unresolved or ambiguous references, a missing
-/// required Location target.
-pub fn import(paths: &[PathBuf]) -> Result<Import> {
-    let catalog = read::read(paths)?;
+/// Unreadable paths, a path outside `root`, YAML errors (with the file),
+/// malformed entities, duplicate entities, unresolved or ambiguous
+/// references, a missing required Location target.
+pub fn import(paths: &[PathBuf], root: Option<&Path>) -> Result<Import> {
+    let catalog = read::read(paths, root)?;
     let mut by_id: BTreeMap<String, &Sourced> = BTreeMap::new();
     for e in &catalog.entities {
         if let Some(first) = by_id.insert(e.entity.id(), e) {

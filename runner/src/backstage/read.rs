@@ -1,9 +1,10 @@
 //! Reading a catalog from disk: the files named, the directories walked, and
 //! the Location targets followed.
 //!
-//! Every file belongs to a *catalog root*: a directory argument is its own
-//! root, a file argument's root is the directory it is in, and a Location
-//! target inherits the root of the Location that named it. Nothing outside a
+//! Every file belongs to a *catalog root*: the `--root` directory if one is
+//! given, else a directory argument is its own root and a file argument's
+//! root is the directory it is in; a Location target inherits the root of the
+//! Location that named it. Nothing outside a
 //! root is ever read: a target (or a walked symlink) that resolves outside it
 //! is listed as skipped, and so are URLs and glob patterns — the importer
 //! fetches nothing. Each file is read at most once (by canonical path), which
@@ -49,9 +50,11 @@ pub(super) struct Catalog {
     pub skipped: Vec<Skipped>,
 }
 
-/// A file to read: the path as the user will recognise it, and its root.
+/// A file to read: the path as the user will recognise it, where it really
+/// is, and its root.
 struct Pending {
     path: PathBuf,
+    canonical: PathBuf,
     root: PathBuf,
 }
 
@@ -61,14 +64,17 @@ fn is_yaml(p: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
-/// Resolve `.` and `..` without touching the filesystem (`base` is canonical).
+/// Resolve `.` and `..` without touching the filesystem. Exact when `base`
+/// is canonical; for display, a `..` that cannot be resolved is kept.
 fn lexical(base: &Path, rel: &Path) -> PathBuf {
     let mut out = base.to_path_buf();
     for c in rel.components() {
         match c {
-            Component::ParentDir => {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
                 out.pop();
             }
+            Component::ParentDir if out.has_root() => {} // `/..` is `/`
+            Component::ParentDir => out.push(".."),
             Component::CurDir => {}
             other => out.push(other),
         }
@@ -107,7 +113,7 @@ impl Reader {
             };
             if !canonical.starts_with(root) {
                 let detail = format!(
-                    "resolves to {} outside the catalog root {}; not read",
+                    "resolves to {} outside the catalog root {}; not read (to include it, pass --root with a directory holding both)",
                     canonical.display(),
                     root.display()
                 );
@@ -115,7 +121,7 @@ impl Reader {
             } else if canonical.is_dir() {
                 self.walk(&path, canonical, root)?;
             } else if is_yaml(&path) {
-                self.queue.push_back(Pending { path, root: root.to_path_buf() });
+                self.queue.push_back(Pending { path, canonical, root: root.to_path_buf() });
             }
         }
         Ok(())
@@ -141,10 +147,13 @@ impl Reader {
             self.skip(&from.path, detail);
             return Ok(());
         }
-        let base = from.path.canonicalize().with_context(|| format!("cannot read {}", from.path.display()))?;
-        let base = base.parent().unwrap_or(Path::new("/"));
+        let base = from.canonical.parent().unwrap_or(Path::new("/"));
         let outside = |p: &Path| {
-            format!("{what}: resolves to {} outside the catalog root {}; not read", p.display(), from.root.display())
+            format!(
+                "{what}: resolves to {} outside the catalog root {}; not read (to include it, pass --root with a directory holding both)",
+                p.display(),
+                from.root.display()
+            )
         };
         // `..` is checked before the file is looked at, so a target outside the
         // root is skipped whether or not it exists.
@@ -154,14 +163,7 @@ impl Reader {
             self.skip(&from.path, detail);
             return Ok(());
         }
-        let shown: PathBuf = from
-            .path
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(target)
-            .components()
-            .filter(|c| *c != Component::CurDir)
-            .collect();
+        let shown = lexical(from.path.parent().unwrap_or(Path::new("")), Path::new(target));
         let canonical = match joined.canonicalize() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && loc.optional => {
@@ -181,14 +183,13 @@ impl Reader {
         } else if canonical.is_dir() {
             self.walk(&shown, canonical, &from.root)?;
         } else {
-            self.queue.push_back(Pending { path: shown, root: from.root.clone() });
+            self.queue.push_back(Pending { path: shown, canonical, root: from.root.clone() });
         }
         Ok(())
     }
 
     fn read_file(&mut self, file: Pending) -> Result<()> {
-        let canonical = file.path.canonicalize().with_context(|| format!("cannot read {}", file.path.display()))?;
-        if !self.read.insert(canonical) {
+        if !self.read.insert(file.canonical.clone()) {
             return Ok(());
         }
         self.catalog.files += 1;
@@ -225,20 +226,34 @@ impl Reader {
     }
 }
 
-/// Read the catalog at `paths` (files or directories), following Locations.
+/// Read the catalog at `paths` (files or directories), following Locations,
+/// within `root` if given (else each argument's own root, see above).
 ///
 /// # Errors
-/// A path that cannot be read, a file that is not valid YAML, a malformed
-/// entity, or a required Location target that does not exist.
-pub(super) fn read(paths: &[PathBuf]) -> Result<Catalog> {
+/// A path that cannot be read or is outside `root`, a file that is not valid
+/// YAML, a malformed entity, or a required Location target that does not
+/// exist.
+pub(super) fn read(paths: &[PathBuf], root: Option<&Path>) -> Result<Catalog> {
+    let root = match root {
+        Some(r) => {
+            Some(r.canonicalize().with_context(|| format!("cannot read the root {}: check the path", r.display()))?)
+        }
+        None => None,
+    };
     let mut r = Reader::default();
     for p in paths {
         let canonical = p.canonicalize().with_context(|| format!("cannot read {}: check the path", p.display()))?;
+        if let Some(root) = &root
+            && !canonical.starts_with(root)
+        {
+            bail!("{} is outside the root {}: pass a --root that holds every path named", p.display(), root.display());
+        }
         if canonical.is_dir() {
-            r.walk(p, canonical.clone(), &canonical)?;
+            let own = root.clone().unwrap_or_else(|| canonical.clone());
+            r.walk(p, canonical, &own)?;
         } else if is_yaml(p) {
-            let root = canonical.parent().unwrap_or(Path::new("/")).to_path_buf();
-            r.queue.push_back(Pending { path: p.clone(), root });
+            let own = root.clone().unwrap_or_else(|| canonical.parent().unwrap_or(Path::new("/")).to_path_buf());
+            r.queue.push_back(Pending { path: p.clone(), canonical, root: own });
         } else {
             bail!(
                 "{} is not a YAML file or a directory: name catalog-info.yaml files or the directories holding them",

@@ -28,13 +28,13 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 }
 
 fn err(paths: &[PathBuf]) -> String {
-    format!("{:#}", import(paths).unwrap_err())
+    format!("{:#}", import(paths, None).unwrap_err())
 }
 
 #[test]
 fn imports_a_realistic_multi_file_catalog() {
     // The root Location reaches the four other files.
-    let import = import(&[data("catalog-info.yaml")]).unwrap();
+    let import = import(&[data("catalog-info.yaml")], None).unwrap();
     assert_eq!(import.files, 5);
     let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
     assert_eq!(
@@ -84,12 +84,12 @@ mod example {
     use super::*;
 
     pub(super) fn by_location() -> Import {
-        import(&[data("example-catalog/all.yaml")]).unwrap()
+        import(&[data("example-catalog/all.yaml")], None).unwrap()
     }
 
     #[test]
     fn a_directory_and_its_root_location_import_the_same_graph() {
-        let by_dir = import(&[data("example-catalog")]).unwrap();
+        let by_dir = import(&[data("example-catalog")], None).unwrap();
         let by_location = by_location();
         assert_eq!(by_dir.graph, by_location.graph);
         let ids: Vec<&str> = by_location.graph.nodes.iter().map(|n| n.id.as_str()).collect();
@@ -253,11 +253,12 @@ mod example {
         let cmd = crate::cli_policy::GraphCommand::ImportBackstage {
             paths: vec![data("example-catalog")],
             out: dest.clone(),
+            root: None,
         };
         assert_eq!(crate::cli_policy::graph(cmd, &mut out).unwrap(), 0);
         let out = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].starts_with("imported 16 node(s), "), "{out}");
+        assert!(lines[0].starts_with("imported 16 node(s), 22 edge(s) from 14 file(s) into "), "{out}");
         assert_eq!(lines[1], "not graph nodes: 2 Domain, 3 Group, 5 Location, 2 User");
         assert!(lines[2..].iter().all(|l| l.starts_with("skipped ")), "{out}");
         assert!(out.contains("artist-api.oas.yaml: not a Backstage entity"), "{out}");
@@ -270,7 +271,7 @@ mod hostile {
 
     #[test]
     fn locations_never_leave_the_catalog_root() {
-        let import = import(&[data("hostile/escape/catalog-info.yaml")]).unwrap();
+        let import = import(&[data("hostile/escape/catalog-info.yaml")], None).unwrap();
         let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["component:default/inside"]);
         assert_eq!(import.files, 1);
@@ -288,6 +289,19 @@ mod hostile {
                 "{target}: {skipped:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_wider_root_lets_locations_reach_siblings() {
+        let import = import(&[data("hostile/escape/catalog-info.yaml")], Some(&data("hostile"))).unwrap();
+        let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["component:default/inside", "component:default/outside"]);
+        assert_eq!(import.files, 2, "outside.yaml is read once");
+        // Still never outside the root, never fetched, never a glob.
+        assert_eq!(import.skipped.len(), 3, "{:?}", import.skipped);
+        // Every path named must be inside the root.
+        let e = format!("{:#}", super::import(&[data("catalog-info.yaml")], Some(&data("hostile"))).unwrap_err());
+        assert!(e.contains("is outside the root"), "{e}");
     }
 
     #[cfg(unix)]
@@ -310,7 +324,7 @@ mod hostile {
         )
         .unwrap();
         for paths in [vec![root.clone()], vec![root.join("catalog-info.yaml")]] {
-            let import = import(&paths).unwrap();
+            let import = import(&paths, None).unwrap();
             let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
             assert_eq!(ids, ["component:default/a"]);
             assert!(
@@ -324,7 +338,7 @@ mod hostile {
 
     #[test]
     fn location_cycles_end() {
-        let import = import(&[data("hostile/cycle/a.yaml")]).unwrap();
+        let import = import(&[data("hostile/cycle/a.yaml")], None).unwrap();
         assert_eq!(import.files, 2);
         let ids: Vec<&str> = import.graph.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["component:default/a", "component:default/b"]);
@@ -413,7 +427,7 @@ mod hostile {
             "b.yaml",
             "apiVersion: backstage.io/v1alpha1\nkind: Location\nmetadata: {name: l}\nspec: {target: ./gone.yaml, presence: optional}\n",
         );
-        let i = import(&dir()).unwrap();
+        let i = import(&dir(), None).unwrap();
         assert!(i.skipped[0].detail.contains("does not exist (presence: optional)"), "{:?}", i.skipped);
 
         // A bad criticality names the entity.
