@@ -121,7 +121,11 @@ impl Reader {
             } else if canonical.is_dir() {
                 self.walk(&path, canonical, root)?;
             } else if is_yaml(&path) {
-                self.queue.push_back(Pending { path, canonical, root: root.to_path_buf() });
+                if canonical.is_file() {
+                    self.queue.push_back(Pending { path, canonical, root: root.to_path_buf() });
+                } else {
+                    self.skip(&path, "not a regular file; not read".into());
+                }
             }
         }
         Ok(())
@@ -182,8 +186,10 @@ impl Reader {
             self.skip(&from.path, detail);
         } else if canonical.is_dir() {
             self.walk(&shown, canonical, &from.root)?;
-        } else {
+        } else if canonical.is_file() {
             self.queue.push_back(Pending { path: shown, canonical, root: from.root.clone() });
+        } else {
+            self.skip(&from.path, format!("{what}: not a regular file; not read"));
         }
         Ok(())
     }
@@ -194,7 +200,8 @@ impl Reader {
         }
         self.catalog.files += 1;
         let name = file.path.display();
-        let text = std::fs::read_to_string(&file.path).with_context(|| format!("cannot read {name}"))?;
+        // The canonical path: the one checked against the root.
+        let text = std::fs::read_to_string(&file.canonical).with_context(|| format!("cannot read {name}"))?;
         let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
             .map(serde_yaml_ng::Value::deserialize)
             .collect::<Result<_, _>>()
@@ -251,7 +258,7 @@ pub(super) fn read(paths: &[PathBuf], root: Option<&Path>) -> Result<Catalog> {
         if canonical.is_dir() {
             let own = root.clone().unwrap_or_else(|| canonical.clone());
             r.walk(p, canonical, &own)?;
-        } else if is_yaml(p) {
+        } else if is_yaml(p) && canonical.is_file() {
             let own = root.clone().unwrap_or_else(|| canonical.parent().unwrap_or(Path::new("/")).to_path_buf());
             r.queue.push_back(Pending { path: p.clone(), canonical, root: own });
         } else {
