@@ -70,6 +70,9 @@ pub enum NodeKind {
     Host,
     Pipeline,
     System,
+    /// An interface others call (a Backstage `API`): it depends on the
+    /// components that provide it, and its consumers depend on it.
+    Api,
     Other,
 }
 

@@ -44,12 +44,19 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum GraphCommand {
-    /// Import a system graph from a Backstage catalog (catalog-info.yaml files or directories).
+    /// Import a system graph from a Backstage catalog: catalog-info.yaml files
+    /// (a root Location file is enough: its targets are followed) or
+    /// directories (every YAML file under them is read; what is not an entity
+    /// is skipped and listed).
     ImportBackstage {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[arg(short, long)]
         out: PathBuf,
+        /// Nothing outside this directory is read, even when a Location points
+        /// there (default: each directory named, or the directory of each file).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -182,8 +189,8 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
 
 pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
     match cmd {
-        GraphCommand::ImportBackstage { paths, out: dest } => {
-            let import = crate::backstage::import(&paths)?;
+        GraphCommand::ImportBackstage { paths, out: dest, root } => {
+            let import = crate::backstage::import(&paths, root.as_deref())?;
             // Compile it, so a graph that would not load is never written.
             let text = crate::backstage::to_toml(&import.graph, &paths[0])?;
             edge_core::graph::Graph::from_toml(&text).map_err(|e| anyhow::anyhow!("imported graph is invalid: {e}"))?;
@@ -196,8 +203,12 @@ pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
                 import.files,
                 dest.display()
             )?;
-            for (kind, n) in &import.skipped {
-                writeln!(out, "skipped {n} {kind} entit{}", if *n == 1 { "y" } else { "ies" })?;
+            if !import.unmapped.is_empty() {
+                let counts: Vec<String> = import.unmapped.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+                writeln!(out, "not graph nodes: {}", counts.join(", "))?;
+            }
+            for s in &import.skipped {
+                writeln!(out, "skipped {s}")?;
             }
             Ok(EXIT_OK)
         }
