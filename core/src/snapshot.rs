@@ -32,7 +32,9 @@ pub enum Node {
         mode: u32,
     },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
 }
 
 /// A mount's contents: mount-relative path → node.

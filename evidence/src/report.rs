@@ -114,8 +114,16 @@ pub fn text(v: &Verified) -> String {
             let _ = writeln!(s, "  plan      \"{}\" (the capsule's summary)", U(p));
         }
         for d in &r.diff {
-            let _ =
-                writeln!(s, "  changed   {} {}/{} {} -> {}{}", d.action, d.mount, U(d.path.as_str()), opt(d.before), opt(d.after), d.mode.map(|m| format!(" mode {m:04o}")).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "  changed   {} {}/{} {} -> {}{}",
+                d.action,
+                d.mount,
+                U(d.path.as_str()),
+                opt(d.before),
+                opt(d.after),
+                d.mode.map(|m| format!(" mode {m:04o}")).unwrap_or_default()
+            );
         }
         for f in &r.findings {
             let _ = writeln!(s, "  finding   [{}] {}: {}", f.severity, U(&f.code), U(&f.message));

@@ -385,7 +385,8 @@ impl RunnerConfig {
         // A mount must never expose the runner's own state (evidence log,
         // journals, compiled-code cache, staging copies) to a capsule, nor
         // overlap another mount.
-        let (state_abs, cache_abs, staging_abs) = (absolute(&state_dir)?, absolute(&cache_dir)?, absolute(&staging_dir)?);
+        let (state_abs, cache_abs, staging_abs) =
+            (absolute(&state_dir)?, absolute(&cache_dir)?, absolute(&staging_dir)?);
         for (name, m) in &mounts {
             for (what, p) in [("state_dir", &state_abs), ("cache_dir", &cache_abs), ("staging_dir", &staging_abs)] {
                 if m.path.starts_with(p) || p.starts_with(&m.path) {
@@ -515,7 +516,8 @@ mod tests {
             err(&BASE.replace("public_key = \"a.pub\"", "public_key = \"a.pub\"\nidentity = \"x\""))
                 .contains("not a mix")
         );
-        let nested_state = BASE.replace("[runner]\nname = \"r\"\n", "[runner]\nname = \"r\"\nstate_dir = \"data/state\"\n");
+        let nested_state =
+            BASE.replace("[runner]\nname = \"r\"\n", "[runner]\nname = \"r\"\nstate_dir = \"data/state\"\n");
         assert!(err(&nested_state).contains("overlaps"));
         assert!(err(&format!("{BASE}[mounts.inner]\npath = \"data\"\n")).contains("inside mount"));
     }

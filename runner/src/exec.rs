@@ -177,6 +177,11 @@ impl Runner {
             tracing::warn!(switches = ?runner.config.dangerous, "running with insecure switches");
             runner.log.append("runner", Event::Insecure { switches: runner.config.dangerous.clone() })?;
         }
+        // From the first start on, the newest signed checkpoint is kept
+        // outside the database (a crash before the WAL thread wrote it must
+        // not look like a deleted file at the next start).
+        runner.checkpoint()?;
+        crate::store::trust::publish_now(runner.log.dir())?;
         Ok(runner)
     }
 

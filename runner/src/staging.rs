@@ -114,11 +114,11 @@ pub enum SnapshotError {
     TooManyEntries,
     #[error("more than {0} bytes of files; narrow the mount")]
     TooManyBytes(u64),
-    #[error("file name {0:?} cannot be represented (not UTF-8, a control character, or too long); plans name only plain paths")]
-    Name(String),
     #[error(
-        "{0} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks"
+        "file name {0:?} cannot be represented (not UTF-8, a control character, or too long); plans name only plain paths"
     )]
+    Name(String),
+    #[error("{0} is a special file (fifo, socket or device); mounts may hold only files, directories and symlinks")]
     Special(String),
     #[error("cannot read {path}: {source}")]
     Io {
@@ -615,7 +615,8 @@ mod tests {
                 why: "the test".into(),
             })
             .collect();
-        let plan = Plan { summary: "t".into(), changes, findings: vec![], facts: vec![] }.validate(&manifest, 100).unwrap();
+        let plan =
+            Plan { summary: "t".into(), changes, findings: vec![], facts: vec![] }.validate(&manifest, 100).unwrap();
         let root = open_root(live).unwrap();
         let holds = check_preconditions(&plan, |_, p| digest_in(&root, p.as_str()).unwrap()).unwrap();
         commit_allowed(check_diff(&plan, d).unwrap(), holds).unwrap()

@@ -25,7 +25,17 @@ fn an_approver_sees_every_change_whatever_the_plan_text_tries() {
     let proposal = run.report["proposal"].as_str().unwrap().to_owned();
 
     // What the approver is shown before signing.
-    let shown = env.cli(&["approve", &proposal, "--principal", "alice@bank.example", "--key", "keys/alice", "--yes", "-o", "a.json"]);
+    let shown = env.cli(&[
+        "approve",
+        &proposal,
+        "--principal",
+        "alice@bank.example",
+        "--key",
+        "keys/alice",
+        "--yes",
+        "-o",
+        "a.json",
+    ]);
     let out = shown.stdout();
     assert_terminal_safe("approve", &out);
     // Each change is on a line of its own, in the runner's structure; the
@@ -73,7 +83,11 @@ fn a_tree_deeper_than_the_descriptor_limit_does_not_stop_the_next_run() {
             .current_dir(env.path(""))
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, stdout, stderr) = exec(&capsule);
     assert_eq!(code, Some(3), "refused: {stdout}\n{stderr}");
@@ -120,13 +134,8 @@ fn created_files_carry_their_mode_in_the_diff_and_the_journal() {
     let env = Env::new();
     let run = env.exec(&env.hostile("none"));
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
-    let applied = run.report["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["event"]["type"] == "applied")
-        .unwrap()
-        .clone();
+    let applied =
+        run.report["records"].as_array().unwrap().iter().find(|r| r["event"]["type"] == "applied").unwrap().clone();
     let mode = applied["event"]["diff"][0]["mode"].as_u64().expect("the diff records the mode");
     assert_eq!(mode & 0o7111, 0, "not executable: {mode:o}");
 }
@@ -219,7 +228,10 @@ fn a_store_cut_short_below_what_the_runner_signed_is_refused() {
         .unwrap();
     // Drop the append-only trigger and delete the last run's records: the
     // chain that is left is valid, only shorter.
-    sqlite(&env, "DROP TRIGGER records_append_only_d; DELETE FROM records WHERE seq >= (SELECT max(seq) - 5 FROM records);");
+    sqlite(
+        &env,
+        "DROP TRIGGER records_append_only_d; DELETE FROM records WHERE seq >= (SELECT max(seq) - 5 FROM records);",
+    );
     start_fails(&env, "are missing");
     // Deleting the checkpoints too does not help: one is kept outside.
     sqlite(&env, "DROP TRIGGER checkpoints_append_only_d; DELETE FROM checkpoints;");

@@ -145,7 +145,13 @@ impl types::Host for QuotaFsView<'_> {
 }
 
 impl HostDescriptor for QuotaFsView<'_> {
-    async fn advise(&mut self, fd: Resource<Descriptor>, offset: Filesize, len: Filesize, advice: Advice) -> FsResult<()> {
+    async fn advise(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: Filesize,
+        len: Filesize,
+        advice: Advice,
+    ) -> FsResult<()> {
         HostDescriptor::advise(&mut self.inner, fd, offset, len, advice).await
     }
 
@@ -196,7 +202,12 @@ impl HostDescriptor for QuotaFsView<'_> {
         HostDescriptor::stat(&mut self.inner, fd).await
     }
 
-    async fn stat_at(&mut self, fd: Resource<Descriptor>, path_flags: PathFlags, path: String) -> FsResult<DescriptorStat> {
+    async fn stat_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+    ) -> FsResult<DescriptorStat> {
         HostDescriptor::stat_at(&mut self.inner, fd, path_flags, path).await
     }
 
@@ -301,7 +312,10 @@ impl HostDescriptor for QuotaFsView<'_> {
 }
 
 impl HostDirectoryEntryStream for QuotaFsView<'_> {
-    async fn read_directory_entry(&mut self, stream: Resource<DirectoryEntryStream>) -> FsResult<Option<DirectoryEntry>> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<DirectoryEntryStream>,
+    ) -> FsResult<Option<DirectoryEntry>> {
         HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await
     }
 

@@ -90,9 +90,8 @@ fn empty_files(dir: &OwnedFd) -> io::Result<Vec<CString>> {
                 // SAFETY: zeroed stat is a valid out-parameter.
                 let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
                 // SAFETY: valid descriptor, name and out-parameter.
-                let r = unsafe {
-                    libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &raw mut st, libc::AT_SYMLINK_NOFOLLOW)
-                };
+                let r =
+                    unsafe { libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &raw mut st, libc::AT_SYMLINK_NOFOLLOW) };
                 if let Err(e) = check(r) {
                     break Err(e);
                 }

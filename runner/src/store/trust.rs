@@ -9,9 +9,10 @@
 //!
 //! 1. The latest checkpoint the runner signed is also kept *outside* the
 //!    database, in `<state>/evidence/latest-checkpoint` (the signed note),
-//!    written atomically and durably off the commit path (on the WAL
-//!    thread, at most every 500 ms, and at a clean close). It is only ever
-//!    replaced by a larger one.
+//!    written atomically and durably at every start (after signing a
+//!    checkpoint), then off the commit path (on the WAL thread, at most
+//!    every 500 ms, and at a clean close). It is only ever replaced by a
+//!    larger one.
 //! 2. At open, before anything is appended, the store must hold every
 //!    record both that file and its own newest `checkpoints` row cover, with
 //!    the same Merkle root; both notes must verify under the runner's key.
@@ -68,6 +69,14 @@ pub fn publish_latest(db: &Connection, dir: &Path) -> Result<()> {
         return Ok(());
     }
     crate::staging::write_durably(&path, note.as_bytes())
+}
+
+/// [`publish_latest`] now, from a fresh read-only connection.
+///
+/// # Errors
+/// If the store cannot be read or the file cannot be written.
+pub fn publish_now(dir: &Path) -> Result<()> {
+    publish_latest(&crate::evidence_log::read_only(dir)?, dir)
 }
 
 /// Why a store does not hold what the runner signed.

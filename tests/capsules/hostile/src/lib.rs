@@ -19,7 +19,8 @@ mod rng {
 
 /// Text that tries to rewrite an approver's terminal: erase the line above
 /// and redraw it, an OSC title, a C1 CSI, a right-to-left override.
-const FORGED: &str = "rotate the log\x1b[1A\x1b[2K\r  create data/ok.txt (harmless)\x1b]0;approved\x07\u{9b}2J \u{202e}hs.live";
+const FORGED: &str =
+    "rotate the log\x1b[1A\x1b[2K\r  create data/ok.txt (harmless)\x1b]0;approved\x07\u{9b}2J \u{202e}hs.live";
 
 fn attack(ctx: &Ctx) -> &str {
     ctx.param("attack").unwrap_or("none")
