@@ -24,9 +24,10 @@ need_packages ssh-keygen:openssh-client python3:python3
 step "build the runner, the offline verifier and the example capsules"
 cargo build --locked -p edge-runner -p edge-evidence
 cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
-ER="$ROOT/target/debug/edge-runner"
-EV="$ROOT/target/debug/edge-verify"
-WASM="$ROOT/target/wasm32-wasip2/guest"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+ER="$TARGET/debug/edge-runner"
+EV="$TARGET/debug/edge-verify"
+WASM="$TARGET/wasm32-wasip2/guest"
 
 step "a fresh runner home in ./demo (edge-runner init)"
 rm -rf demo
