@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use edge_core::evidence::Event;
-use edge_runner::evidence_log::EvidenceLog;
+use edge_runner::store::log::EvidenceLog;
 
 const ROUNDS: usize = 5;
 

@@ -30,10 +30,10 @@ use serde::Serialize;
 use edge_core::note::NoteSigner;
 
 use crate::config::RunnerConfig;
-use crate::evidence_log::{EvidenceLog, RunLog};
 use crate::policy_files::PolicySet;
 use crate::sandbox::{CapsulePre, Captured, HostState, PhaseInput, PhaseMount, Sandbox, SandboxError, Verification};
 use crate::staging::{self, Journal};
+use crate::store::log::{EvidenceLog, RunLog};
 
 /// Largest total file content staged per writable mount.
 pub const MAX_STAGE_BYTES: u64 = 256 << 20;
@@ -194,7 +194,7 @@ impl Runner {
     }
 
     /// A handle for concurrent appends to the evidence store.
-    pub fn store(&self) -> crate::evidence_log::StoreHandle {
+    pub fn store(&self) -> crate::store::log::StoreHandle {
         self.log.handle()
     }
 

@@ -10,7 +10,7 @@ use edge_core::evidence::Record;
 use edge_core::note::{self, Checkpoint, NoteSigner};
 use edge_evidence::bundle::{self, Header, Scope};
 
-use crate::evidence_log::{EvidenceLog, read_only};
+use crate::store::log::{EvidenceLog, read_only};
 
 /// What to export.
 #[derive(Debug, Clone)]

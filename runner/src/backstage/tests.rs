@@ -250,12 +250,12 @@ mod example {
         let t = tempfile::tempdir().unwrap();
         let dest = t.path().join("graph.toml");
         let mut out = Vec::new();
-        let cmd = crate::cli_policy::GraphCommand::ImportBackstage {
+        let cmd = crate::cli::policy::GraphCommand::ImportBackstage {
             paths: vec![data("example-catalog")],
             out: dest.clone(),
             root: None,
         };
-        assert_eq!(crate::cli_policy::graph(cmd, &mut out).unwrap(), 0);
+        assert_eq!(crate::cli::policy::graph(cmd, &mut out).unwrap(), 0);
         let out = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("imported 16 node(s), 22 edge(s) from 14 file(s) into "), "{out}");

@@ -1,5 +1,8 @@
-//! The runner's state directory: file-system helpers and (as the layout
-//! grows) the evidence log and every state path in one module.
+//! The runner's state directory: the evidence log (`log`), the fold of it
+//! the runner works from (`index`), the check of the store against what the
+//! runner signed (`trust`) and file-system helpers (`fs`).
 
 pub mod fs;
+pub mod index;
+pub mod log;
 pub mod trust;

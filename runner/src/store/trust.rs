@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::evidence_log::EvidenceLog;
+use crate::store::log::EvidenceLog;
 
 /// Beside `evidence.db`: the latest checkpoint the runner signed.
 pub const LATEST_CHECKPOINT_FILE: &str = "latest-checkpoint";
@@ -76,7 +76,7 @@ pub fn publish_latest(db: &Connection, dir: &Path) -> Result<()> {
 /// # Errors
 /// If the store cannot be read or the file cannot be written.
 pub fn publish_now(dir: &Path) -> Result<()> {
-    publish_latest(&crate::evidence_log::read_only(dir)?, dir)
+    publish_latest(&crate::store::log::read_only(dir)?, dir)
 }
 
 /// Why a store does not hold what the runner signed.
@@ -113,7 +113,7 @@ fn check_one(log: &EvidenceLog, what: &str, signed: &str, verifiers: &[NoteVerif
 /// Naming what is missing or different, and the next step.
 pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Result<()> {
     let dir = log.dir();
-    let db = crate::evidence_log::read_only(dir)?;
+    let db = crate::store::log::read_only(dir)?;
     let row = newest_checkpoint_row(&db)?;
     let file = dir.join(LATEST_CHECKPOINT_FILE);
     let kept = match std::fs::read_to_string(&file) {

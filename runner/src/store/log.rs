@@ -30,7 +30,7 @@ use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
-use crate::log_index::LogIndex;
+use crate::store::index::LogIndex;
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;

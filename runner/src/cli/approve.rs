@@ -251,7 +251,7 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "provenance   {}: {}", U(k), U(v.as_str().unwrap_or("")))?;
         }
     }
-    crate::cli_policy::print_decision(&p.decision, out)?;
+    crate::cli::policy::print_decision(&p.decision, out)?;
     writeln!(out, "grant        {}", serde_json::to_string(&p.grant)?)?;
     writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", p.plan_digest, U(&p.plan.summary))?;
     crate::cli::print_changes(&p.plan.changes, out)?;

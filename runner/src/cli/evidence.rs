@@ -107,7 +107,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
         EvidenceCommand::Artifact { config, digest } => {
             let config = RunnerConfig::load(&config)?;
             let d: Sha256Digest = digest.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let db = crate::evidence_log::read_only(&config.state_dir.join("evidence"))?;
+            let db = crate::store::log::read_only(&config.state_dir.join("evidence"))?;
             let bytes: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(db.query_row(
                 "SELECT bytes FROM artifacts WHERE digest = ?1",
                 [d.to_string()],
@@ -235,7 +235,7 @@ impl Trust {
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<u8> {
     let config = RunnerConfig::load(config)?;
     let dir = config.state_dir.join("evidence");
-    let (records, leaves) = crate::evidence_log::load_verified(&dir)
+    let (records, leaves) = crate::store::log::load_verified(&dir)
         .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
     let root = edge_core::merkle::root(&leaves);
     let records: Vec<&Record> = records.iter().filter(|r| run.is_none_or(|id| r.run == id)).collect();

@@ -8,6 +8,11 @@
 //! * 4 — the change was committed, failed verification and was rolled back
 //! * 5 — planned above tier 0: waiting for approvals (a proposal was written)
 
+pub mod approve;
+pub mod evidence;
+pub mod policy;
+pub mod server;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,33 +57,33 @@ pub enum Command {
     Exec(ExecArgs),
     /// Read the evidence log.
     #[command(subcommand)]
-    Evidence(crate::cli_evidence::EvidenceCommand),
+    Evidence(crate::cli::evidence::EvidenceCommand),
     /// Sigstore interoperability.
     #[command(subcommand)]
     Sigstore(SigstoreCommand),
     /// Check, explain and test the policy.
     #[command(subcommand)]
-    Policy(crate::cli_policy::PolicyCommand),
+    Policy(crate::cli::policy::PolicyCommand),
     /// The system graph.
     #[command(subcommand)]
-    Graph(crate::cli_policy::GraphCommand),
+    Graph(crate::cli::policy::GraphCommand),
     /// Review a proposal and sign an approval (SSH key file or ssh-agent).
-    Approve(crate::cli_approve::ApproveArgs),
+    Approve(crate::cli::approve::ApproveArgs),
     /// Review a proposal and sign a rejection (one eligible rejection vetoes).
-    Reject(crate::cli_approve::ApproveArgs),
+    Reject(crate::cli::approve::ApproveArgs),
     /// Approval files.
     #[command(subcommand)]
-    Approval(crate::cli_approve::ApprovalCommand),
+    Approval(crate::cli::approve::ApprovalCommand),
     /// Create a runner home: identity key, config, example policy and graph,
     /// empty approver registry, development CA and certificates, systemd unit.
-    Init(crate::cli_server::InitArgs),
+    Init(crate::cli::server::InitArgs),
     /// Serve the mutual-TLS API (`[server]` in the config).
-    Serve(crate::cli_server::ServeArgs),
+    Serve(crate::cli::server::ServeArgs),
     /// Submit a signed capsule to a runner over mutual TLS.
-    Submit(crate::cli_server::SubmitArgs),
+    Submit(crate::cli::server::SubmitArgs),
     /// Proposals on a runner: list, show, watch.
     #[command(subcommand)]
-    Proposals(crate::cli_server::ProposalsCommand),
+    Proposals(crate::cli::server::ProposalsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,10 +177,10 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
             writeln!(out, "key id       {}", k.key_id)?;
             Ok(EXIT_OK)
         }
-        Command::Init(a) => crate::cli_server::init(&a, out),
-        Command::Serve(a) => crate::cli_server::serve(&a, out),
-        Command::Submit(a) => crate::cli_server::submit(&a, out),
-        Command::Proposals(c) => crate::cli_server::proposals(&c, out),
+        Command::Init(a) => crate::cli::server::init(&a, out),
+        Command::Serve(a) => crate::cli::server::serve(&a, out),
+        Command::Submit(a) => crate::cli::server::submit(&a, out),
+        Command::Proposals(c) => crate::cli::server::proposals(&c, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -197,13 +202,13 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
                 Outcome::AwaitingApproval => EXIT_AWAITING,
             })
         }
-        Command::Evidence(c) => crate::cli_evidence::evidence(c, out),
+        Command::Evidence(c) => crate::cli::evidence::evidence(c, out),
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
-        Command::Policy(c) => crate::cli_policy::policy(c, out),
-        Command::Graph(c) => crate::cli_policy::graph(c, out),
-        Command::Approve(a) => crate::cli_approve::approve(a, Verdict::Approve, &mut std::io::stdin().lock(), out),
-        Command::Reject(a) => crate::cli_approve::approve(a, Verdict::Reject, &mut std::io::stdin().lock(), out),
-        Command::Approval(c) => crate::cli_approve::approval(c, out),
+        Command::Policy(c) => crate::cli::policy::policy(c, out),
+        Command::Graph(c) => crate::cli::policy::graph(c, out),
+        Command::Approve(a) => crate::cli::approve::approve(a, Verdict::Approve, &mut std::io::stdin().lock(), out),
+        Command::Reject(a) => crate::cli::approve::approve(a, Verdict::Reject, &mut std::io::stdin().lock(), out),
+        Command::Approval(c) => crate::cli::approve::approval(c, out),
     }
 }
 
@@ -417,7 +422,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "signer       {s}")?;
     }
     if let Some(d) = &r.decision {
-        crate::cli_policy::print_decision(d, out)?;
+        crate::cli::policy::print_decision(d, out)?;
     }
     if let (Some(p), Some(d)) = (&r.plan, &r.plan_digest) {
         writeln!(out, "plan         {d}")?;
