@@ -196,7 +196,7 @@ impl MerkleStore {
         if size == 0 { empty_root() } else { self.range(0, size) }
     }
 
-    /// RFC 6962 PATH(index, D[0:size]).
+    /// RFC 6962 `PATH(index, D[0:size])`.
     ///
     /// # Panics
     /// If `index >= size` or `size` exceeds the number of leaves.
@@ -220,7 +220,7 @@ impl MerkleStore {
         out
     }
 
-    /// RFC 6962 PROOF(m, D[0:size]).
+    /// RFC 6962 `PROOF(m, D[0:size])`.
     ///
     /// # Panics
     /// If `size` exceeds the number of leaves.

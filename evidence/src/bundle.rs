@@ -113,7 +113,7 @@ pub fn write(
     Ok(out)
 }
 
-/// Parse the layout (strictly). Values are checked by [`crate::verify`].
+/// Parse the layout (strictly). Values are checked by [`crate::verify()`].
 ///
 /// # Errors
 /// A [`Failure`] with check `bundle.format`.

@@ -3,7 +3,7 @@
 //! and graph, and any number of tier-0 runs (submission → completed, ten
 //! records each), exported as a full bundle under a fresh runner key.
 //!
-//! Not used by the runner; every record here passes [`crate::verify`] at
+//! Not used by the runner; every record here passes [`crate::verify()`] at
 //! [`crate::Level::Full`] because it is built the way the runner builds it.
 
 use std::collections::{BTreeMap, BTreeSet};

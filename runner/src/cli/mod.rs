@@ -88,7 +88,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Generate an Ed25519 key pair: <out>.key (PKCS#8 PEM, mode 0600) and <out>.pub (SPKI PEM).
+    /// Generate an Ed25519 key pair: `<out>.key` (PKCS#8 PEM, mode 0600) and `<out>.pub` (SPKI PEM).
     Generate {
         #[arg(long)]
         out: PathBuf,
