@@ -23,8 +23,8 @@
 //!    BOM (U+FEFF), line and paragraph separators (U+2028, U+2029),
 //!    interlinear annotation (U+FFF9–U+FFFB).
 //!
-//! [`line`] neutralises newlines and tabs too (one field, one line: a `why`
-//! cannot print a second line that looks like the runner's); [`block`] keeps
+//! [`line()`] neutralises newlines and tabs too (one field, one line: a `why`
+//! cannot print a second line that looks like the runner's); [`block()`] keeps
 //! newlines for multi-line text such as captured output, which callers
 //! indent under a label. Both are idempotent: a backslash is left alone, so
 //! already-neutralised text is unchanged.
@@ -76,13 +76,13 @@ pub fn line(s: &str) -> Cow<'_, str> {
     if needs(s, false) { Cow::Owned(rewrite(s, false)) } else { Cow::Borrowed(s) }
 }
 
-/// As [`line`], but newlines and tabs are kept (multi-line text the caller
+/// As [`line()`], but newlines and tabs are kept (multi-line text the caller
 /// shows indented under a label, such as captured output).
 pub fn block(s: &str) -> Cow<'_, str> {
     if needs(s, true) { Cow::Owned(rewrite(s, true)) } else { Cow::Borrowed(s) }
 }
 
-/// Hostile text for `format!`: `{}` shows it through [`line`].
+/// Hostile text for `format!`: `{}` shows it through [`line()`].
 #[derive(Debug, Clone, Copy)]
 pub struct Untrusted<'a>(pub &'a str);
 
@@ -93,7 +93,7 @@ impl std::fmt::Display for Untrusted<'_> {
 }
 
 /// A writer that neutralises everything written through it (all of
-/// [`line`]'s classes except newline and tab), for whole output streams.
+/// [`line()`]'s classes except newline and tab), for whole output streams.
 /// Invalid UTF-8 is shown as `\xNN`. Call [`Write::flush`] (or drop it) at
 /// the end: an incomplete UTF-8 sequence at the very end is then escaped.
 #[derive(Debug)]

@@ -88,7 +88,7 @@ impl Proposal {
 const CLOCK_FLOOR: u64 = 1_704_067_200;
 
 /// Now, in Unix seconds. A clock that cannot be read, or reads before
-/// [`CLOCK_FLOOR`], is an error, never time 0: approvals, expiry and
+/// `CLOCK_FLOOR` (2024-01-01), is an error, never time 0: approvals, expiry and
 /// evidence times depend on it, so callers fail closed.
 ///
 /// # Errors

@@ -76,7 +76,7 @@ pub const RESOURCE_TABLE_MAX: usize = 10_000;
 /// Most random bytes one `get-random-bytes` call may ask for (wasmtime-wasi's
 /// default is 64 MiB, allocated on the host).
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
-/// Most bytes (and entries, at [`quota::ENTRY_COST`] each) `apply` may write
+/// Most bytes (and entries, at 4 KiB each) `apply` may write
 /// into its staged copies, enforced while it writes.
 pub const MAX_STAGE_WRITE_BYTES: u64 = crate::exec::MAX_STAGE_BYTES;
 /// Longest single log line kept; longer lines are truncated and marked.
