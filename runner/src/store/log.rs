@@ -362,6 +362,8 @@ impl Drop for EvidenceLog {
 
 /// How often the WAL is copied into the database.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Every how many WAL rounds the latest checkpoint file is rewritten (5 s).
+const PUBLISH_EVERY: u32 = 10;
 
 /// One run's (or one task's) appends: deferred until a barrier, which
 /// makes them durable together (group commit across concurrent runs) and
@@ -520,13 +522,19 @@ impl EvidenceLog {
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
         let published = dir.to_path_buf();
         let wal_thread = std::thread::Builder::new().name("evidence-wal".into()).spawn(move || {
-            // Until the log is closed (the sender dropped). Each round also
-            // keeps the newest signed checkpoint outside the database.
+            // Until the log is closed (the sender dropped). Every
+            // PUBLISH_EVERY rounds the newest signed checkpoint is also kept
+            // outside the database: its durable write (two fsyncs, one of a
+            // directory) slows the commits runs wait for, so not every round.
+            let mut round = 0u32;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
                 if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
                 }
-                if let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published) {
+                round = round.wrapping_add(1);
+                if round % PUBLISH_EVERY == 0
+                    && let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published)
+                {
                     tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint; retrying");
                 }
             }

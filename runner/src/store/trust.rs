@@ -10,9 +10,10 @@
 //! 1. The latest checkpoint the runner signed is also kept *outside* the
 //!    database, in `<state>/evidence/latest-checkpoint` (the signed note),
 //!    written atomically and durably at every start (after signing a
-//!    checkpoint), then off the commit path (on the WAL thread, at most
-//!    every 500 ms, and at a clean close). It is only ever replaced by a
-//!    larger one.
+//!    checkpoint), then off the commit path (on the WAL thread every 5 s:
+//!    its directory fsync slows the commits runs wait for, so not every
+//!    round; and at a clean close). It is only ever replaced by a larger
+//!    one, and may lag the store by those 5 s after a crash.
 //! 2. At open, before anything is appended, the store must hold every
 //!    record both that file and its own newest `checkpoints` row cover, with
 //!    the same Merkle root; both notes must verify under the runner's key.
