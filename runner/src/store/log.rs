@@ -532,7 +532,7 @@ impl EvidenceLog {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
                 }
                 round = round.wrapping_add(1);
-                if round % PUBLISH_EVERY == 0
+                if round.is_multiple_of(PUBLISH_EVERY)
                     && let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published)
                 {
                     tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint; retrying");
