@@ -64,13 +64,19 @@ fn an_approver_sees_every_change_whatever_the_plan_text_tries() {
     assert_terminal_safe("the HTML report", &html);
 }
 
+/// The hostile capsule for `attack`, with generous CPU and wall time (it
+/// does real work before the runner must stop it).
+fn slow_capsule(env: &Env, attack: &str) -> std::path::PathBuf {
+    let manifest = Env::hostile_manifest(attack, "")
+        .replace(FAST_LIMITS, "[limits]\nmemory_mib = 64\ncpu_ms = 20000\nwall_ms = 60000\noutput_kib = 64\n");
+    env.capsule(&format!("slow-{attack}"), test_programs::HOSTILE, &manifest, Some("agent"))
+}
+
 #[test]
 fn a_tree_deeper_than_the_descriptor_limit_does_not_stop_the_next_run() {
     let env = Env::new();
     // Generous limits: the capsule makes 1,500 nested directories.
-    let manifest = Env::hostile_manifest("deep-tree", "")
-        .replace(FAST_LIMITS, "[limits]\nmemory_mib = 64\ncpu_ms = 20000\nwall_ms = 60000\noutput_kib = 64\n");
-    let capsule = env.capsule("deep", test_programs::HOSTILE, &manifest, Some("agent"));
+    let capsule = slow_capsule(&env, "deep-tree");
     let exec = |c: &std::path::Path| {
         // The default soft limit of a service: 1,024 descriptors.
         let out = Command::new("bash")
@@ -105,9 +111,7 @@ fn a_tree_deeper_than_the_descriptor_limit_does_not_stop_the_next_run() {
 #[test]
 fn a_capsule_cannot_fill_the_disk_through_its_staged_copy() {
     let env = Env::new();
-    let manifest = Env::hostile_manifest("staging-flood", "")
-        .replace(FAST_LIMITS, "[limits]\nmemory_mib = 64\ncpu_ms = 20000\nwall_ms = 60000\noutput_kib = 64\n");
-    let capsule = env.capsule("flood", test_programs::HOSTILE, &manifest, Some("agent"));
+    let capsule = slow_capsule(&env, "staging-flood");
     let before = env.host_files();
     let run = env.exec(&capsule);
     crate::hostile::assert_refused(&env, &run, "apply.too_large", &before);

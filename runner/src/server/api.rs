@@ -69,12 +69,22 @@ fn not_admitted(e: QueueError) -> Resp {
     }
 }
 
+/// Largest over-limit body drained before the 413 is sent.
+const DRAIN_BEFORE_REFUSING: usize = 1 << 20;
+
 /// Read a body within the size and time limits: at most `limit` bytes
 /// (refused with 413 as soon as it is announced or read past it).
 async fn body(shared: &Shared, req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
     if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
-        && len.parse::<usize>().is_ok_and(|n| n > limit)
+        && let Ok(n) = len.parse::<usize>()
+        && n > limit
     {
+        // A small body is drained first, so the client reads a clean 413
+        // instead of a reset while it is still sending; a large one is not read.
+        if n <= DRAIN_BEFORE_REFUSING {
+            let drain = Limited::new(req.into_body(), DRAIN_BEFORE_REFUSING).collect();
+            let _ = tokio::time::timeout(shared.settings.request_timeout, drain).await;
+        }
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than the limit of {limit} bytes"),
