@@ -255,7 +255,7 @@ mod example {
             out: dest.clone(),
             root: None,
         };
-        assert_eq!(crate::cli::policy::graph(cmd, &mut out).unwrap(), 0);
+        assert_eq!(crate::cli::policy::graph(cmd, &mut out).unwrap(), crate::cli::Exit::Ok);
         let out = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("imported 16 node(s), 22 edge(s) from 14 file(s) into "), "{out}");

@@ -11,7 +11,7 @@ use rand_core::RngCore;
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::approvals::{Proposal, unix_now};
-use crate::cli::EXIT_OK;
+use crate::cli::Exit;
 use crate::ssh_agent::Agent;
 
 #[derive(Debug, Args)]
@@ -72,7 +72,7 @@ pub enum ApprovalCommand {
 }
 
 /// Show what is being approved, confirm, sign, write the approval file.
-pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<u8> {
+pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<Exit> {
     let mut remote = match (&args.server, &args.ca, &args.client_cert, &args.client_key) {
         (Some(s), Some(ca), Some(cert), Some(key)) => Some(Remote {
             client: crate::server::client::Client::new(s, ca, cert, key)?,
@@ -126,7 +126,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
             "then: edge-runner approval assemble --statement {0} --signature {0}.sig -o <approval.json>",
             args.out.display()
         )?;
-        return Ok(EXIT_OK);
+        return Ok(Exit::Ok);
     }
     let word = if verdict == Verdict::Approve { "approve" } else { "reject" };
     if !args.yes {
@@ -160,7 +160,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
             writeln!(out, "the proposal ran: {state}")?;
         }
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// A runner the proposal is fetched from and the approval posted to.
@@ -212,7 +212,7 @@ fn sign_with_agent(public: Option<&PathBuf>, bytes: &[u8]) -> Result<SshSig> {
     Ok(SshSig::new(key.key_data().clone(), NAMESPACE, HashAlg::Sha512, sig)?)
 }
 
-pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<u8> {
+pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<Exit> {
     match cmd {
         ApprovalCommand::Assemble { statement, signature, out: dest } => {
             let bytes = std::fs::read(&statement).with_context(|| format!("cannot read {}", statement.display()))?;
@@ -234,7 +234,7 @@ pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<u8> {
             let file = ApprovalFile { statement: st, signature: pem };
             crate::staging::write_durably(&dest, &serde_json::to_vec_pretty(&file)?)?;
             writeln!(out, "approval written to {}", dest.display())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }

@@ -10,7 +10,7 @@ use edge_core::evidence::Record;
 use edge_core::note::NoteVerifier;
 use edge_evidence::{Level, report};
 
-use crate::cli::{EXIT_OK, EXIT_REFUSED, print_record};
+use crate::cli::{Exit, print_record};
 use crate::config::RunnerConfig;
 use crate::exec::Runner;
 use crate::export::{ExportScope, since_checkpoint};
@@ -101,7 +101,7 @@ pub enum EvidenceCommand {
 ///
 /// # Errors
 /// Usage and I/O errors; a failed verification is exit code 3, not an error.
-pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
+pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
     match c {
         EvidenceCommand::Show { config, run, json } => show(&config, run.as_deref(), json, out),
         EvidenceCommand::Artifact { config, digest } => {
@@ -118,7 +118,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
                 bail!("artifact {d} does not match its digest: the store was altered");
             }
             out.write_all(&bytes)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         EvidenceCommand::Export { config, since, run, out: path } => {
             let scope = match (since, run) {
@@ -142,7 +142,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
                 e.tree_size
             )?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         EvidenceCommand::Verify { bundle, trust, integrity_only } => {
             let keys = trust.keys()?;
@@ -151,11 +151,11 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             match edge_evidence::verify(&bytes, &keys, level) {
                 Ok(v) => {
                     writeln!(out, "{}", v.summary())?;
-                    Ok(EXIT_OK)
+                    Ok(Exit::Ok)
                 }
                 Err(f) => {
                     writeln!(out, "FAILED: {f}")?;
-                    Ok(EXIT_REFUSED)
+                    Ok(Exit::Refused)
                 }
             }
         }
@@ -171,7 +171,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             if let Some(p) = html {
                 std::fs::write(&p, page).with_context(|| format!("cannot write {}", p.display()))?;
             }
-            Ok(if result.is_ok() { EXIT_OK } else { EXIT_REFUSED })
+            Ok(if result.is_ok() { Exit::Ok } else { Exit::Refused })
         }
         EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs, out),
         EvidenceCommand::Fetch { client, since, out: path } => {
@@ -192,13 +192,13 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<u8> {
             crate::staging::write_durably(&path, &reply.body)?;
             writeln!(out, "fetched {} bytes to {}", reply.body.len(), path.display())?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             let signer = crate::identity::load_identity(&config)?;
             writeln!(out, "{}", signer.verifier().to_vkey())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }
@@ -232,7 +232,7 @@ impl Trust {
     }
 }
 
-fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<u8> {
+fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<Exit> {
     let config = RunnerConfig::load(config)?;
     let dir = config.state_dir.join("evidence");
     let (records, leaves) = crate::store::log::load_verified(&dir)
@@ -254,10 +254,10 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
             print_record(r, out)?;
         }
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
-fn stress(config: &Path, writers: usize, runs: usize, out: &mut dyn Write) -> Result<u8> {
+fn stress(config: &Path, writers: usize, runs: usize, out: &mut dyn Write) -> Result<Exit> {
     use edge_core::evidence::{Event, Outcome};
     let runner = Runner::open(RunnerConfig::load(config)?)?;
     let store = runner.store();
@@ -292,5 +292,5 @@ fn stress(config: &Path, writers: usize, runs: usize, out: &mut dyn Write) -> Re
         }
         handles.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
     })?;
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }

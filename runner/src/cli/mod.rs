@@ -31,11 +31,28 @@ use crate::config::RunnerConfig;
 use crate::exec::{self, RunReport};
 use crate::keys;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_ERROR: u8 = 1;
-pub const EXIT_REFUSED: u8 = 3;
-pub const EXIT_ROLLED_BACK: u8 = 4;
-pub const EXIT_AWAITING: u8 = 5;
+/// The process exit status (README: "Exit codes"). One enum, so a command
+/// cannot return a number nobody documented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success: committed and verified, or nothing to change.
+    Ok = 0,
+    /// The runner itself failed (config, I/O, evidence log).
+    Error = 1,
+    /// The input was refused (nothing changed).
+    Refused = 3,
+    /// Committed, failed verification, rolled back.
+    RolledBack = 4,
+    /// Planned above tier 0; waiting for approvals.
+    Awaiting = 5,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "edge-runner", version, about = "Governed execution of signed WebAssembly remediation capsules")]
@@ -168,14 +185,14 @@ pub struct VerifyBundleArgs {
 }
 
 /// Run the CLI; returns the process exit code.
-pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
+pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
     match cli.command {
         Command::Keys(KeysCommand::Generate { out: path }) => {
             let k = keys::generate(&path)?;
             writeln!(out, "private key  {} (mode 0600; keep it secret)", k.private.display())?;
             writeln!(out, "public key   {}", k.public.display())?;
             writeln!(out, "key id       {}", k.key_id)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Command::Init(a) => crate::cli::server::init(&a, out),
         Command::Serve(a) => crate::cli::server::serve(&a, out),
@@ -196,10 +213,10 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
                 print_report(&report, out)?;
             }
             Ok(match report.outcome {
-                Outcome::Committed | Outcome::NoChanges => EXIT_OK,
-                Outcome::RolledBack => EXIT_ROLLED_BACK,
-                Outcome::Refused | Outcome::Interrupted => EXIT_REFUSED,
-                Outcome::AwaitingApproval => EXIT_AWAITING,
+                Outcome::Committed | Outcome::NoChanges => Exit::Ok,
+                Outcome::RolledBack => Exit::RolledBack,
+                Outcome::Refused | Outcome::Interrupted => Exit::Refused,
+                Outcome::AwaitingApproval => Exit::Awaiting,
             })
         }
         Command::Evidence(c) => crate::cli::evidence::evidence(c, out),
@@ -212,7 +229,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<u8> {
     }
 }
 
-fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
+fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<Exit> {
     match c {
         CapsuleCommand::Pack { manifest, component, out: path } => {
             let text =
@@ -236,7 +253,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             write_new(&path, &file.to_bytes())?;
             writeln!(out, "packed {} ({})", path.display(), file.digest())?;
             writeln!(out, "next: edge-runner capsule sign --key <key> {}", path.display())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         CapsuleCommand::Sign { capsule, key, out: dest } => {
             let file = read_capsule(&capsule)?;
@@ -246,7 +263,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
             let dest = dest.unwrap_or(capsule);
             crate::staging::write_durably(&dest, &signed.to_bytes())?;
             writeln!(out, "signed {} ({}) with key {}", dest.display(), signed.digest(), key.key_id())?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         CapsuleCommand::Inspect { capsule, json } => {
             let file = read_capsule(&capsule)?;
@@ -265,7 +282,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                 });
                 serde_json::to_writer_pretty(&mut *out, &v)?;
                 writeln!(out)?;
-                return Ok(EXIT_OK);
+                return Ok(Exit::Ok);
             }
             writeln!(out, "capsule      {}@{} ({:?})", U(&m.name), U(&m.version), m.kind)?;
             writeln!(out, "digest       {}", file.digest())?;
@@ -306,7 +323,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                 let declared = m.imports.contains(split_import_version(i).0);
                 writeln!(out, "  {i}{}", if declared { "" } else { "   <- NOT DECLARED: admission will refuse" })?;
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         CapsuleCommand::Verify { capsule, key, config } => {
             // A file that cannot be read is a runner-side error (exit 1); a
@@ -317,7 +334,7 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                 Ok(f) => f,
                 Err(e) => {
                     writeln!(out, "refused ({}): {} is not a valid capsule: {e}", e.reason_code(), capsule.display())?;
-                    return Ok(EXIT_REFUSED);
+                    return Ok(Exit::Refused);
                 }
             };
             let trusted = match (key, config) {
@@ -337,18 +354,18 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<u8> {
                             "note: keyed signature without a transparency-log entry (offline enclave signing)"
                         )?;
                     }
-                    Ok(EXIT_OK)
+                    Ok(Exit::Ok)
                 }
                 Err(e) => {
                     writeln!(out, "refused ({}): {e}", e.reason_code())?;
-                    Ok(EXIT_REFUSED)
+                    Ok(Exit::Refused)
                 }
             }
         }
     }
 }
 
-fn verify_bundle(a: VerifyBundleArgs, out: &mut dyn Write) -> Result<u8> {
+fn verify_bundle(a: VerifyBundleArgs, out: &mut dyn Write) -> Result<Exit> {
     let bundle = std::fs::read(&a.bundle).with_context(|| format!("cannot read {}", a.bundle.display()))?;
     let policy = match (a.certificate_identity, a.certificate_oidc_issuer, a.key) {
         (Some(identity), Some(issuer), None) => BundlePolicy::Identity { identity, issuer },
@@ -367,11 +384,11 @@ fn verify_bundle(a: VerifyBundleArgs, out: &mut dyn Write) -> Result<u8> {
     match signature::verify_sigstore_bundle(&bundle, &policy, root.as_deref(), &artifact) {
         Ok(()) => {
             writeln!(out, "OK")?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         Err(e) => {
             writeln!(out, "invalid bundle: {e}")?;
-            Ok(EXIT_ERROR)
+            Ok(Exit::Error)
         }
     }
 }
@@ -578,7 +595,7 @@ pub fn run_main() -> ExitCode {
             let mut stderr = edge_core::text::Terminal::new(std::io::stderr().lock());
             let _ = writeln!(stderr, "error: {e:#}");
             let _ = stderr.flush();
-            ExitCode::from(EXIT_ERROR)
+            ExitCode::from(Exit::Error)
         }
     }
 }

@@ -14,7 +14,7 @@ use edge_core::policy::{Decision, DecisionInput};
 use edge_core::signature::{self, Transparency};
 use serde::Deserialize;
 
-use crate::cli::{EXIT_ERROR, EXIT_OK, EXIT_REFUSED, component_imports};
+use crate::cli::{Exit, component_imports};
 use crate::config::RunnerConfig;
 use crate::policy_files::PolicySet;
 
@@ -72,7 +72,7 @@ fn set(c: &RunnerConfig) -> &PolicySet {
     c.policy.as_ref().expect("checked in load")
 }
 
-pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
+pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
     match cmd {
         PolicyCommand::Check { config } => {
             let c = load(&config)?;
@@ -107,7 +107,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
                 writeln!(out, "{level}: [{}] {}", f.subject, f.text)?;
             }
             writeln!(out, "{}", if errors == 0 { "OK".to_owned() } else { format!("{errors} error(s)") })?;
-            Ok(if errors == 0 { EXIT_OK } else { EXIT_ERROR })
+            Ok(if errors == 0 { Exit::Ok } else { Exit::Error })
         }
         PolicyCommand::Explain { capsule, config, json } => {
             let c = load(&config)?;
@@ -119,14 +119,14 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
                 Ok(v) => v,
                 Err(e) => {
                     writeln!(out, "refused at admission ({}): {e}", e.reason_code())?;
-                    return Ok(EXIT_REFUSED);
+                    return Ok(Exit::Refused);
                 }
             };
             let admitted = match admission::admit(verified, &imports, &c.ceiling) {
                 Ok(a) => a,
                 Err(e) => {
                     writeln!(out, "refused at admission ({}): {e}", e.reason_code())?;
-                    return Ok(EXIT_REFUSED);
+                    return Ok(Exit::Refused);
                 }
             };
             let input = crate::exec::decision_input(&admitted, &c.nodes);
@@ -140,7 +140,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
                 writeln!(out, "signer       {}", input.signer)?;
                 print_decision(&d, out)?;
             }
-            Ok(if d.allowed { EXIT_OK } else { EXIT_REFUSED })
+            Ok(if d.allowed { Exit::Ok } else { Exit::Refused })
         }
         PolicyCommand::Test { cases, config } => {
             let c = load(&config)?;
@@ -182,12 +182,12 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<u8> {
                 }
             }
             writeln!(out, "{} case(s), {} passed, {failed} failed", table.case.len(), table.case.len() - failed)?;
-            Ok(if failed == 0 { EXIT_OK } else { EXIT_ERROR })
+            Ok(if failed == 0 { Exit::Ok } else { Exit::Error })
         }
     }
 }
 
-pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
+pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<Exit> {
     match cmd {
         GraphCommand::ImportBackstage { paths, out: dest, root } => {
             let import = crate::backstage::import(&paths, root.as_deref())?;
@@ -210,7 +210,7 @@ pub fn graph(cmd: GraphCommand, out: &mut dyn Write) -> Result<u8> {
             for s in &import.skipped {
                 writeln!(out, "skipped {s}")?;
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
     }
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::cli::{EXIT_OK, EXIT_REFUSED};
+use crate::cli::Exit;
 use crate::config::RunnerConfig;
 use crate::server::client::{Client, ClientArgs};
 
@@ -73,7 +73,7 @@ pub enum ProposalsCommand {
     },
 }
 
-pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<u8> {
+pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
     let done = crate::init::init(&a.home, &a.name, &a.listen, &a.user)?;
     let h = done.home.display();
     writeln!(out, "runner home   {h}")?;
@@ -84,10 +84,10 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<u8> {
     writeln!(out, "systemd unit  {h}/edge-runner.service")?;
     writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
     writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
-pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<u8> {
+pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
     let config = RunnerConfig::load(&a.config)?;
     let listen = config.server.as_ref().context("the runner config has no [server] section")?.listen;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -113,14 +113,14 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<u8> {
     // (a phase refused for it) is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     served?;
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<u8> {
+pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
     let bytes = std::fs::read(&a.capsule).with_context(|| format!("cannot read {}", a.capsule.display()))?;
     let body = serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(&bytes) }))?;
     let reply = runtime()?.block_on(async {
@@ -138,10 +138,10 @@ pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<u8> {
         print_submission(&v, out)?;
     }
     Ok(match v["state"].as_str() {
-        Some("committed" | "completed") => EXIT_OK,
-        Some("awaiting-approval") => crate::cli::EXIT_AWAITING,
-        Some("rolled-back") => crate::cli::EXIT_ROLLED_BACK,
-        _ => EXIT_REFUSED,
+        Some("committed" | "completed") => Exit::Ok,
+        Some("awaiting-approval") => Exit::Awaiting,
+        Some("rolled-back") => Exit::RolledBack,
+        _ => Exit::Refused,
     })
 }
 
@@ -170,7 +170,7 @@ fn str_of(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), |s| edge_core::text::line(s).into_owned())
 }
 
-pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
+pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<Exit> {
     let rt = runtime()?;
     match cmd {
         ProposalsCommand::List { state, client, json } => {
@@ -184,7 +184,7 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
             if *json {
                 serde_json::to_writer_pretty(&mut *out, &v)?;
                 writeln!(out)?;
-                return Ok(EXIT_OK);
+                return Ok(Exit::Ok);
             }
             for p in v["proposals"].as_array().into_iter().flatten() {
                 writeln!(
@@ -196,13 +196,13 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<u8> {
                     p["name"].as_str().map_or_else(|| "-".to_owned(), |n| edge_core::text::line(n).into_owned())
                 )?;
             }
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         ProposalsCommand::Show { id, client } => {
             let v = rt.block_on(get_json(client, &format!("/v1/proposals/{id}")))?;
             serde_json::to_writer_pretty(&mut *out, &v)?;
             writeln!(out)?;
-            Ok(EXIT_OK)
+            Ok(Exit::Ok)
         }
         ProposalsCommand::Watch { id, client, timeout } => rt.block_on(watch(id, client, *timeout, out)),
     }
@@ -217,7 +217,7 @@ async fn get_json(client: &ClientArgs, path: &str) -> Result<Value> {
     reply.json()
 }
 
-async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write) -> Result<u8> {
+async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write) -> Result<Exit> {
     let mut c = Client::from_args(client)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     let mut last = String::new();
@@ -243,9 +243,9 @@ async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write)
             seen_records = records;
         }
         match state.as_str() {
-            "committed" | "completed" => return Ok(EXIT_OK),
-            "rolled-back" => return Ok(crate::cli::EXIT_ROLLED_BACK),
-            "refused" | "rejected" | "expired" | "failed" => return Ok(EXIT_REFUSED),
+            "committed" | "completed" => return Ok(Exit::Ok),
+            "rolled-back" => return Ok(Exit::RolledBack),
+            "refused" | "rejected" | "expired" | "failed" => return Ok(Exit::Refused),
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
