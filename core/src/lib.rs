@@ -30,6 +30,7 @@ pub mod digest;
 pub mod dsse;
 pub mod evidence;
 pub mod graph;
+pub mod lifecycle;
 pub mod manifest;
 pub mod merkle;
 pub mod note;

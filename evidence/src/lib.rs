@@ -60,7 +60,7 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// Records of the runner itself rather than of a capsule run.
-pub const RUNNER_RUNS: [&str; 2] = ["runner", "policy"];
+pub use edge_core::lifecycle::RUNNER_RUNS;
 
 /// Parse a file of trusted runner keys: one C2SP note verifier key
 /// (`<name>+<hex id>+<base64>`) per line; blank lines and `#` comments ignored.

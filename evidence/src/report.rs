@@ -43,6 +43,18 @@ fn counts(v: &Verified) -> String {
     by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Proposals (a submission and the run that executed it once approved are
+/// one proposal), by lifecycle state: the same fold the runner and its API
+/// use (`edge_core::lifecycle`).
+fn proposal_counts(v: &Verified) -> (usize, String) {
+    let proposals = edge_core::lifecycle::index(&v.records);
+    let mut by: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for p in &proposals {
+        *by.entry(p.state.name()).or_default() += 1;
+    }
+    (proposals.len(), by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "))
+}
+
 /// Insecure switches (`dangerous_…`) in force for any run, and how many runs
 /// each: shown in every report's banner.
 fn dangerous(v: &Verified) -> Vec<(String, usize)> {
@@ -83,6 +95,8 @@ pub fn text(v: &Verified) -> String {
     let _ = writeln!(s, "checkpoint  tree size {}, root {}", v.checkpoint.size, b64(&v.checkpoint.root));
     let _ = writeln!(s, "scope       {}", scope_text(v));
     let _ = writeln!(s, "records     {}; runs {} ({})", v.record_count, v.runs.len(), counts(v));
+    let (proposals, by_state) = proposal_counts(v);
+    let _ = writeln!(s, "proposals   {proposals} ({by_state})");
     for (switch, n) in dangerous(v) {
         let _ = writeln!(s, "INSECURE    {n} run(s) ran with {switch} switched on");
     }
@@ -204,16 +218,19 @@ pub fn html(v: &Verified) -> String {
             esc(&switch)
         );
     }
+    let (proposals, by_state) = proposal_counts(v);
     let _ = write!(
         b,
         "<table id=\"summary\"><tr><th>Runner</th><td>{}</td></tr><tr><th>Checkpoint</th><td>tree size {}, root <code>{}</code></td></tr>\
-<tr><th>Scope</th><td>{}</td></tr><tr><th>Runs</th><td>{} ({})</td></tr></table>",
+<tr><th>Scope</th><td>{}</td></tr><tr><th>Runs</th><td>{} ({})</td></tr><tr><th>Proposals</th><td>{} ({})</td></tr></table>",
         esc(&v.header.origin),
         v.checkpoint.size,
         b64(&v.checkpoint.root),
         esc(&scope_text(v)),
         v.runs.len(),
-        esc(&counts(v))
+        esc(&counts(v)),
+        proposals,
+        esc(&by_state)
     );
     b.push_str(
         "<h2>Timeline</h2><table id=\"timeline\"><tr><th>Started</th><th>Run</th><th>Capsule</th><th>Tier</th>\

@@ -348,7 +348,8 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &mut Le
             }
             Event::Quorum { .. } => {
                 check_quorum(r, ctx, &st, &mut sum, ledger)?;
-                st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. } if outcome["result"] == "met");
+                st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. }
+                    if quorum::Outcome::from_recorded(outcome).is_some_and(|o| o.is_met()));
             }
             Event::Authorized { tier, .. } => {
                 let Some((dec, _)) = &st.decision else { return Err(order("before a decision")) };

@@ -18,7 +18,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use edge_runner::config::RunnerConfig;
-use edge_runner::exec::Runner;
+use edge_runner::pipeline::Runner;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};

@@ -16,33 +16,6 @@ use crate::policy_files::PolicySet;
 use edge_core::approval::Registry;
 use serde::Deserialize;
 
-/// Interfaces a runner can link: the `capsule` world's imports. Sockets, HTTP
-/// and anything else are not in this list and can never be granted.
-pub const LINKABLE_IMPORTS: &[&str] = &[
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:filesystem/types",
-    "wasi:filesystem/preopens",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    "edge-runner:capsule/host",
-    "edge-runner:capsule/types",
-];
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -349,7 +322,7 @@ impl RunnerConfig {
                     if !is_interface_name(i) {
                         bail!("grant.imports: `{i}` is not an unversioned interface name like `wasi:filesystem/types`");
                     }
-                    if !LINKABLE_IMPORTS.contains(&i.as_str()) {
+                    if !crate::sandbox::capability::is_linkable(i) {
                         bail!(
                             "grant.imports: `{i}` cannot be granted by this runner (sockets, HTTP and other interfaces are never linked)"
                         );
@@ -357,7 +330,7 @@ impl RunnerConfig {
                 }
                 list.into_iter().collect()
             }
-            None => LINKABLE_IMPORTS.iter().map(|s| (*s).to_owned()).collect(),
+            None => crate::sandbox::capability::linkable_imports().map(str::to_owned).collect(),
         };
         let max_limits = raw.limits.ceiling.unwrap_or(Limits::CEILING);
         let default_limits = raw.limits.default.unwrap_or(Limits::DEFAULT);

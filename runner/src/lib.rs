@@ -5,17 +5,15 @@
 //! sandbox, staging/commit/rollback on the host filesystem, the evidence log
 //! on disk, and the CLI.
 
-pub mod approvals;
 pub mod backstage;
 pub mod cli;
 pub mod config;
-pub mod exec;
 pub mod export;
 pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod pipeline;
 pub mod policy_files;
-pub mod recovery;
 pub mod sandbox;
 pub mod server;
 pub mod ssh_agent;

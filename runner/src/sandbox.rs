@@ -36,14 +36,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
-use edge_core::authorize::{Authorized, Decided};
+use edge_core::authorize::Decided;
 use edge_core::plan::{self as core_plan, MAX_FINDINGS, PlanError, check_finding};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -55,9 +55,12 @@ mod bindings {
     });
 }
 
+mod authority;
+pub mod capability;
 mod phase;
 pub(crate) mod quota;
 
+pub use authority::{Authority, Prepared};
 pub use bindings::CapsulePre;
 use bindings::edge_runner::capsule::{host as wit_host, types as wit};
 use phase::{BLOCKED_GRACE, OwnedInput, PHASE_RUNTIME, run_phase};
@@ -78,7 +81,7 @@ pub const RESOURCE_TABLE_MAX: usize = 10_000;
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 /// Most bytes (and entries, at 4 KiB each) `apply` may write
 /// into its staged copies, enforced while it writes.
-pub const MAX_STAGE_WRITE_BYTES: u64 = crate::exec::MAX_STAGE_BYTES;
+pub const MAX_STAGE_WRITE_BYTES: u64 = crate::staging::MAX_STAGE_BYTES;
 /// Longest single log line kept; longer lines are truncated and marked.
 const MAX_LOG_LINE: usize = 4096;
 /// Where mount `<name>` appears inside the sandbox.
@@ -398,7 +401,7 @@ impl Sandbox {
             .create(cache_dir)
             .with_context(|| format!("cannot create component cache {}", cache_dir.display()))?;
         let engine = Engine::new(&engine_config(max_memory_mib)?).map_err(anyhow::Error::from)?;
-        let linker = linker(&engine)?;
+        let linker = capability::linker(&engine)?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -520,34 +523,42 @@ impl Sandbox {
         CapsulePre::new(pre).map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
-    /// Run `plan` with read-only mounts. Needs a [`Decided`] capsule.
-    pub async fn plan(
-        &self,
-        pre: &CapsulePre<HostState>,
-        decided: &Decided,
-        run: &PhaseInput<'_>,
-    ) -> (Result<core_plan::Plan, SandboxError>, Captured) {
+    /// Run `plan` with the mounts read-only. Needs a [`Decided`] capsule,
+    /// and runs the component admitted for it.
+    pub async fn plan(&self, decided: &Decided, prepared: &Prepared) -> (Result<core_plan::Plan, SandboxError>, Captured) {
+        if let Err(e) = prepared.made_for(decided.admitted()) {
+            return (Err(e), Captured::default());
+        }
         let grant = decided.admitted().grant();
+        let input = prepared.input(&prepared.mounts);
         let (result, captured) = self
-            .run(pre, grant, run, Phase::Plan, |c, s, ctx| Box::pin(async move { c.call_plan(s, &ctx).await }))
+            .run(&prepared.pre, grant, &input, Phase::Plan, |c, s, ctx| {
+                Box::pin(async move { c.call_plan(s, &ctx).await })
+            })
             .await;
         let result =
             result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "plan", message: bounded(message) }));
         (result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)), captured)
     }
 
-    /// Run `apply` (writable mounts must point at staged copies). Needs an
-    /// [`Authorized`] capsule; the capsule gets the plan it was authorized for.
+    /// Run `apply` against the staged copies of the writable mounts (every
+    /// other mount read-only). The component, the mounts' host paths and the
+    /// plan the capsule is given all come from the [`Authority`]: there is
+    /// no other argument to get wrong but where the copies are.
     pub async fn apply(
         &self,
-        pre: &CapsulePre<HostState>,
-        authorized: &Authorized,
-        run: &PhaseInput<'_>,
+        run: &Authority,
+        staged: &std::collections::BTreeMap<String, PathBuf>,
     ) -> (Result<(), SandboxError>, Captured) {
-        let wp = plan_to_wit(authorized.plan().plan());
-        let grant = authorized.admitted().grant();
+        let mounts = match run.staged_mounts(staged) {
+            Ok(m) => m,
+            Err(e) => return (Err(e), Captured::default()),
+        };
+        let input = run.prepared.input(&mounts);
+        let wp = plan_to_wit(run.authorized.plan().plan());
+        let grant = run.authorized.admitted().grant();
         let (result, captured) = self
-            .run(pre, grant, run, Phase::Apply, move |c, s, ctx| {
+            .run(&run.prepared.pre, grant, &input, Phase::Apply, move |c, s, ctx| {
                 Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
             })
             .await;
@@ -557,18 +568,14 @@ impl Sandbox {
         )
     }
 
-    /// Run `verify` with read-only mounts. Needs an [`Authorized`] capsule;
-    /// the capsule gets the plan it was authorized for.
-    pub async fn verify(
-        &self,
-        pre: &CapsulePre<HostState>,
-        authorized: &Authorized,
-        run: &PhaseInput<'_>,
-    ) -> (Result<Verification, SandboxError>, Captured) {
-        let wp = plan_to_wit(authorized.plan().plan());
-        let grant = authorized.admitted().grant();
+    /// Run `verify` with the live mounts read-only; the capsule gets the
+    /// plan it was authorized for.
+    pub async fn verify(&self, run: &Authority) -> (Result<Verification, SandboxError>, Captured) {
+        let wp = plan_to_wit(run.authorized.plan().plan());
+        let grant = run.authorized.admitted().grant();
+        let input = run.prepared.input(&run.prepared.mounts);
         let (result, captured) = self
-            .run(pre, grant, run, Phase::Verify, move |c, s, ctx| {
+            .run(&run.prepared.pre, grant, &input, Phase::Verify, move |c, s, ctx| {
                 Box::pin(async move { c.call_verify(s, &ctx, &wp).await })
             })
             .await;
@@ -777,47 +784,6 @@ fn engine_config(max_memory_mib: u64) -> Result<Config> {
         .memory_init_cow(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(cfg)
-}
-
-/// A linker holding exactly the `capsule` world's imports.
-fn linker(engine: &Engine) -> Result<Linker<HostState>> {
-    use wasmtime_wasi::cli::WasiCli;
-    use wasmtime_wasi::clocks::WasiClocks;
-    use wasmtime_wasi::filesystem::WasiFilesystem;
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
-    use wasmtime_wasi::random::WasiRandom;
-
-    let mut l = Linker::<HostState>::new(engine);
-    let e = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
-    wasmtime_wasi_io::add_to_linker_async(&mut l).map_err(e)?;
-    let clk = <HostState as wasmtime_wasi::clocks::WasiClocksView>::clocks;
-    clocks::wall_clock::add_to_linker::<_, WasiClocks>(&mut l, clk).map_err(e)?;
-    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(&mut l, clk).map_err(e)?;
-    let fs = <HostState as wasmtime_wasi::filesystem::WasiFilesystemView>::filesystem;
-    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut l, fs).map_err(e)?;
-    // File writes are charged against the phase's staging budget.
-    filesystem::types::add_to_linker::<_, quota::QuotaFs>(&mut l, |s: &mut HostState| quota::QuotaFsView {
-        budget: s.write_budget.clone(),
-        inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s),
-    })
-    .map_err(e)?;
-    random::random::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
-    random::insecure::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
-    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, |t| t.wasi.random()).map_err(e)?;
-    let c = <HostState as wasmtime_wasi::cli::WasiCliView>::cli;
-    cli::exit::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::environment::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::stdin::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::stdout::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::stderr::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::terminal_input::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::terminal_output::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::terminal_stdin::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::terminal_stdout::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut l, c).map_err(e)?;
-    wit_host::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).map_err(e)?;
-    wit::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).map_err(e)?;
-    Ok(l)
 }
 
 fn finding_from_wit(f: wit::Finding) -> core_plan::Finding {

@@ -41,6 +41,8 @@ use sha2::{Digest as _, Sha256};
 
 /// Most entries a staged mount may hold.
 pub const MAX_STAGED_FILES: usize = 100_000;
+/// Largest total file content staged per writable mount.
+pub const MAX_STAGE_BYTES: u64 = 256 << 20;
 /// Permission bits ever written by the runner: no set-id or sticky bits.
 const MODE_MASK: u32 = 0o777;
 

@@ -126,7 +126,7 @@ fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
     let env = Env::new();
     env.write_policy_config("log-volume", &[]);
     let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
-    let mut runner = edge_runner::exec::Runner::open(config).unwrap();
+    let mut runner = edge_runner::pipeline::Runner::open(config).unwrap();
     let good = runner.config.policy.as_ref().unwrap().policy.digest();
     std::fs::write(env.path("policy.toml"), "version = 1\n[tiers.0]\napprovals = 3\n").unwrap();
     assert!(!runner.reload_policy().unwrap());

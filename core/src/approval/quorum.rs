@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Registry, Verdict, VerifiedApproval};
 use crate::digest::Sha256Digest;
@@ -34,12 +34,24 @@ pub struct Counted {
 }
 
 /// The quorum outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Outcome {
     Met { count: u32, required: u32, break_glass: bool },
     Vetoed { by: String, comment: Option<String> },
     Insufficient { count: u32, required: u32 },
+}
+
+impl Outcome {
+    /// Read the outcome a `quorum` evidence record holds (`None` if it is
+    /// not one: a record of another version, or a forged one).
+    pub fn from_recorded(value: &serde_json::Value) -> Option<Self> {
+        Self::deserialize(value).ok()
+    }
+
+    pub fn is_met(&self) -> bool {
+        matches!(self, Self::Met { .. })
+    }
 }
 
 /// The full result: outcome, per-approval notes, and (when met) the proof.

@@ -12,7 +12,7 @@ use edge_evidence::{Level, report};
 
 use crate::cli::{Exit, print_record};
 use crate::config::RunnerConfig;
-use crate::exec::Runner;
+use crate::pipeline::Runner;
 use crate::export::{ExportScope, since_checkpoint};
 
 #[derive(Debug, Subcommand)]

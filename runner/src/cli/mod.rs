@@ -28,7 +28,7 @@ use edge_core::signature::{self, BundleArtifact, BundlePolicy, TrustedSigner, Tr
 use edge_core::text::Untrusted as U;
 
 use crate::config::RunnerConfig;
-use crate::exec::{self, RunReport};
+use crate::pipeline::{self, RunReport};
 use crate::keys;
 
 /// The process exit status (README: "Exit codes"). One enum, so a command
@@ -201,7 +201,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(exec::exec_file(&args.config, &args.capsule, &args.approvals));
+            let report = rt.block_on(pipeline::exec_file(&args.config, &args.capsule, &args.approvals));
             // A phase stopped while blocked in a host call leaves its thread
             // in that call: do not wait for it to exit.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));

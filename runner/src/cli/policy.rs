@@ -129,7 +129,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
                     return Ok(Exit::Refused);
                 }
             };
-            let input = crate::exec::decision_input(&admitted, &c.nodes);
+            let input = crate::pipeline::decision_input(&admitted, &c.nodes);
             let s = set(&c);
             let d = s.policy.decide(&s.graph, &input);
             if json {

@@ -118,27 +118,7 @@ fn new_store(
     // Deny the network explicitly, even though sockets are never linked.
     b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     b.allow_blocking_current_thread(true);
-    b.max_random_size(super::MAX_RANDOM_BYTES);
-    for m in input.mounts {
-        // The grant is the authority: a mount it does not list, or write
-        // access it does not give, is a runner bug and refuses the phase.
-        let Some(granted) = grant.mounts.iter().find(|g| g.name == m.name) else {
-            anyhow::bail!("mount `{}` is not in the grant", m.name);
-        };
-        if m.writable && !granted.writable {
-            anyhow::bail!("mount `{}` is granted read-only", m.name);
-        }
-        let writable = m.writable && phase == Phase::Apply;
-        let perms = if writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        b.preopened_dir(&m.host_path, guest_path(&m.name), perms)
-            .map_err(|e| anyhow::anyhow!("cannot open mount `{}` at {}: {e}", m.name, m.host_path.display()))?;
-    }
-    for (k, v) in input.env {
-        if !grant.env.contains(k) {
-            anyhow::bail!("environment variable `{k}` is not in the grant");
-        }
-        b.env(k, v);
-    }
+    super::capability::configure(&mut b, grant, input, phase)?;
     let mut table = ResourceTable::new();
     table.set_max_capacity(super::RESOURCE_TABLE_MAX);
     let limiter = Limiter {

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::server::Shared;
-use crate::server::proposals::State;
+use edge_core::lifecycle::State;
 use crate::server::worker::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
 use bytes::Bytes;

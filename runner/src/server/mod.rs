@@ -24,7 +24,6 @@
 pub mod api;
 pub mod client;
 pub mod metrics;
-pub mod proposals;
 pub mod settings;
 pub mod tls;
 mod worker;

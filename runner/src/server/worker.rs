@@ -15,12 +15,12 @@ use edge_core::Sha256Digest;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::approvals::QuorumStatus;
+use crate::pipeline::QuorumStatus;
 use crate::config::RunnerConfig;
-use crate::exec::{RunReport, Runner, Submitted};
+use crate::pipeline::{RunReport, Runner, Submitted};
 use crate::export::ExportScope;
 use crate::server::metrics::Metrics;
-use crate::server::proposals::{self, ProposalView, State};
+use edge_core::lifecycle::{self as proposals, ProposalView, State};
 use edge_core::container::{CapsuleFile, KnownComponent};
 
 /// What became of a posted approval.
@@ -116,7 +116,7 @@ impl Worker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let now = match crate::approvals::unix_now() {
+                let now = match crate::pipeline::unix_now() {
                     Ok(now) => now,
                     Err(e) => {
                         tracing::error!(error = %format!("{e:#}"), "cannot check proposal expiry");
@@ -270,7 +270,7 @@ impl Worker {
     pub(crate) fn document(&self, id: &str) -> Option<Vec<u8>> {
         // Only ids the log knows (never a path from the request).
         let known = self.show(id).is_some();
-        known.then(|| std::fs::read(crate::approvals::proposal_path(&self.runner, id)).ok()).flatten()
+        known.then(|| std::fs::read(crate::pipeline::proposal_path(&self.runner, id)).ok()).flatten()
     }
 
     pub(crate) async fn checkpoint(&self) -> Result<String> {

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Record};
 
-use crate::server::proposals::ProposalIndex;
+use edge_core::approval::quorum::Outcome as QuorumOutcome;
+use edge_core::lifecycle::{ProposalIndex, RUNNER_RUNS};
 
 /// The fold of the log.
 #[derive(Debug, Default)]
@@ -46,16 +47,16 @@ impl LogIndex {
         self.records += 1;
         self.proposals.push(r);
         match &r.event {
-            Event::Quorum { proposal, nonces, outcome, .. } => match outcome.get("result").and_then(|v| v.as_str()) {
-                Some("met") => {
+            Event::Quorum { proposal, nonces, outcome, .. } => match QuorumOutcome::from_recorded(outcome) {
+                Some(QuorumOutcome::Met { .. }) => {
                     self.nonces.extend(nonces.iter().cloned());
                     self.executed.insert(proposal.clone());
                     self.settled.insert(proposal.clone());
                 }
-                Some("vetoed") => {
+                Some(QuorumOutcome::Vetoed { .. }) => {
                     self.settled.insert(proposal.clone());
                 }
-                _ => {}
+                Some(QuorumOutcome::Insufficient { .. }) | None => {}
             },
             Event::ProposalExpired { proposal, .. } => {
                 self.expired.insert(proposal.clone());
@@ -73,7 +74,7 @@ impl LogIndex {
         }
         // Runner-level records (key events, policy changes, expiries) are
         // not part of any run.
-        if !edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
+        if !RUNNER_RUNS.contains(&r.run.as_str()) {
             if r.is_terminal() {
                 self.open_runs.remove(&r.run);
             } else {

@@ -1,4 +1,6 @@
-//! Proposals as the API shows them, derived from the evidence log alone (the
+//! The one fold of the evidence log into proposals and their lifecycle,
+//! shared by the runner's index, the API's proposal view, the offline
+//! verifier and the report: each reads the same records the same way (the
 //! log is the state: nothing here can disagree with what was recorded).
 //!
 //! A proposal is the run that submitted a capsule (id `p-…` for run `r-…`)
@@ -7,10 +9,15 @@
 
 use std::collections::HashMap;
 
-use edge_core::Sha256Digest;
-use edge_core::evidence::{Event, Outcome, Record};
-use edge_core::policy::Decision;
+use crate::Sha256Digest;
+use crate::approval::quorum::Outcome as QuorumOutcome;
+use crate::evidence::{Event, Outcome, Record};
+use crate::policy::Decision;
 use serde::Serialize;
+
+/// The runs of runner-level records (key events, policy changes, expiries,
+/// insecure switches, failed cleanups): not capsule runs.
+pub const RUNNER_RUNS: [&str; 2] = ["runner", "policy"];
 
 /// Where a proposal is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -144,7 +151,7 @@ impl ProposalIndex {
     /// Fold in the next record of the log.
     pub fn push(&mut self, r: &Record) {
         let (order, by_id, run_to_id) = (&mut self.order, &mut self.by_id, &mut self.run_to_id);
-        if edge_evidence::RUNNER_RUNS.contains(&r.run.as_str()) {
+        if RUNNER_RUNS.contains(&r.run.as_str()) {
             if let Event::ProposalExpired { proposal, .. } = &r.event
                 && let Some(v) = by_id.get_mut(proposal)
             {
@@ -241,10 +248,10 @@ fn apply(v: &mut ProposalView, r: &Record) {
             record: r.seq,
         }),
         Event::Quorum { outcome, .. } => {
-            v.state = match outcome.get("result").and_then(|x| x.as_str()) {
-                Some("met") => State::Approved,
-                Some("vetoed") => State::Rejected,
-                _ => State::AwaitingApproval,
+            v.state = match QuorumOutcome::from_recorded(outcome) {
+                Some(QuorumOutcome::Met { .. }) => State::Approved,
+                Some(QuorumOutcome::Vetoed { .. }) => State::Rejected,
+                Some(QuorumOutcome::Insufficient { .. }) | None => State::AwaitingApproval,
             };
         }
         Event::Applied { .. } | Event::CommitIntent { .. } => v.state = State::Applying,

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use edge_core::evidence::{Event, Outcome};
 
-use crate::exec::Runner;
+use super::Runner;
 use crate::staging::Journal;
 
 /// Inside the staging directory: copies whose removal failed, retried at start.

@@ -1,0 +1,277 @@
+//! Authorize: tier 0 goes on under its policy; above it, a run without
+//! approvals ends `awaiting-approval` with a proposal document (what the
+//! approvers review: see `proposal.rs`), and a run with approvals has each
+//! one verified, bound to exactly this proposal, capsule, plan, policy,
+//! runner, tier and grant, single-use, and the quorum counted. The result
+//! is the [`Authority`] the sandbox's `apply` and `verify` take.
+
+use std::collections::{BTreeSet, HashSet};
+
+use anyhow::Result;
+use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, QuorumMet, Subject};
+use edge_core::approval::{self, ApprovalError, ApprovalFile, Binding, VerifiedApproval};
+use edge_core::authorize::{self, AuthorizeError as CoreAuthorizeError, Decided};
+use edge_core::evidence::{Event, Outcome};
+use edge_core::plan::ValidPlan;
+
+use super::Runner;
+use super::proposal::{PROPOSAL_SCHEMA, Proposal, proposal_path, unix_now};
+use super::run::{Fails, RunReport, Stage, StageError, Stop};
+use crate::sandbox::{Authority, Prepared};
+
+/// Why a run above tier 0 was not authorized.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    #[error("approvals were given but no [approvers] registry is configured")]
+    NoApprovers,
+    #[error("approvals need a policy that says what they must be")]
+    NoPolicy,
+    #[error("no approval file could be read")]
+    Unreadable,
+    #[error("the approvals name different proposals: {0}")]
+    MixedProposals(String),
+    #[error("proposal {0} was already executed; submit again")]
+    Executed(String),
+    #[error("proposal {0} waited longer than its tier allows and expired; submit again")]
+    Expired(String),
+    #[error("proposal {0} is not known to this runner")]
+    Unknown(String),
+    #[error("{0}")]
+    Clock(String),
+    #[error("rejected by {by}{}", .comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Vetoed { by: String, comment: Option<String> },
+    #[error("{count} of {required} required approval(s) counted (distinct people and keys, eligible roles)")]
+    QuorumNotMet { count: u32, required: u32 },
+    #[error(transparent)]
+    Core(#[from] CoreAuthorizeError),
+}
+
+impl StageError for AuthorizeError {
+    fn stage(&self) -> Stage {
+        Stage::Authorize
+    }
+
+    fn reason_code(&self) -> &'static str {
+        match self {
+            Self::NoApprovers => "authorize.no_approvers",
+            Self::NoPolicy => "authorize.no_policy",
+            Self::Unreadable => "approval.malformed",
+            Self::MixedProposals(_) => "authorize.mixed_proposals",
+            Self::Executed(_) => "authorize.proposal_executed",
+            Self::Expired(_) => "authorize.proposal_expired",
+            Self::Unknown(_) => "authorize.unknown_proposal",
+            Self::Clock(_) => "authorize.clock_error",
+            Self::Vetoed { .. } => "authorize.vetoed",
+            Self::QuorumNotMet { .. } => "authorize.quorum_not_met",
+            Self::Core(e) => e.reason_code(),
+        }
+    }
+}
+
+impl Runner {
+    pub(crate) async fn authorize(
+        &self,
+        decided: Decided,
+        valid: ValidPlan,
+        prepared: Prepared,
+        approvals: &[Vec<u8>],
+        report: &mut RunReport,
+    ) -> Result<Authority, Stop> {
+        let quorum = if decided.decision().tier == 0 {
+            None
+        } else if approvals.is_empty() {
+            self.await_approval(report, &decided, &valid).or_fail()?;
+            return Err(Stop::Ended);
+        } else {
+            Some(self.gather_quorum(report, &decided, &valid, approvals).await?)
+        };
+        let authorized = authorize::authorize(decided, valid, quorum).map_err(AuthorizeError::from)?;
+        let (approvals_used, note) = match (authorized.quorum(), authorized.decision().policy) {
+            (Some(q), _) if q.break_glass() => {
+                (q.nonces().to_vec(), format!("BREAK-GLASS authorization of proposal {}", q.proposal()))
+            }
+            (Some(q), _) => (q.nonces().to_vec(), format!("quorum met for proposal {}", q.proposal())),
+            (None, Some(p)) => (Vec::new(), format!("tier 0 under policy {p}: automatic, no approvals required")),
+            (None, None) => (Vec::new(), "unapproved tier-0 run: no policy configured".into()),
+        };
+        report.record(Event::Authorized { tier: authorized.decision().tier, approvals: approvals_used, note })?;
+        Authority::new(authorized, prepared).map_err(|e| Stop::Failed(e.into()))
+    }
+
+    /// Whether the log records a met quorum for the proposal.
+    pub(crate) fn executed(&self, id: &str) -> bool {
+        self.log.index().executed.contains(id)
+    }
+
+    /// Single use: an approval whose nonce a met quorum in the log spent, or
+    /// that came earlier in this batch (`seen`), is a replay.
+    pub(crate) fn single_use(
+        &self,
+        seen: &mut HashSet<String>,
+        v: VerifiedApproval,
+    ) -> Result<VerifiedApproval, ApprovalError> {
+        if !self.log.index().nonces.contains(&v.nonce) && seen.insert(v.nonce.clone()) {
+            Ok(v)
+        } else {
+            Err(ApprovalError::Replayed(v.nonce))
+        }
+    }
+
+    /// Write the proposal document and end the run awaiting approval.
+    fn await_approval(&self, report: &mut RunReport, decided: &Decided, valid: &ValidPlan) -> Result<()> {
+        let capsule = decided.admitted().capsule();
+        let id = format!("p{}", &report.run[1..]);
+        let proposal = Proposal {
+            schema: PROPOSAL_SCHEMA.into(),
+            id: id.clone(),
+            runner: self.config.name.clone(),
+            created_at: unix_now()?,
+            capsule: capsule.file().digest(),
+            manifest: serde_json::from_slice(capsule.file().manifest_bytes())?,
+            signer: capsule.signer().to_owned(),
+            signer_detail: capsule.signer_detail().to_owned(),
+            transparency: capsule.transparency(),
+            decision: decided.decision().clone(),
+            grant: decided.admitted().grant().clone(),
+            plan: valid.plan().clone(),
+            plan_digest: valid.digest(),
+        };
+        let bytes = serde_json::to_vec_pretty(&proposal)?;
+        let document = report.log.put_artifact(&bytes)?;
+        let path = proposal_path(self, &id);
+        crate::staging::write_durably(&path, &bytes)?;
+        let required = decided.decision().approvals_required;
+        report.log.append_deferred(
+            &report.run,
+            Event::AwaitingApproval { proposal: id.clone(), document, approvals_required: required },
+        )?;
+        report.log.append_deferred(&report.run, Event::Completed { outcome: Outcome::AwaitingApproval })?;
+        report.outcome = Outcome::AwaitingApproval;
+        report.proposal = Some(path);
+        Ok(())
+    }
+
+    /// Verify the approvals and evaluate the quorum, recording each approval
+    /// and the quorum (durably, before the nonces count as spent).
+    async fn gather_quorum(
+        &self,
+        report: &mut RunReport,
+        decided: &Decided,
+        valid: &ValidPlan,
+        approvals: &[Vec<u8>],
+    ) -> Result<QuorumMet, Stop> {
+        // Nonces and executed proposals are read from the log: all of it,
+        // and nobody else settles a proposal until this quorum is recorded.
+        report.barrier().await?;
+        let _settling = self.settling.lock().await;
+        let registry = self.config.approvers.clone().ok_or(AuthorizeError::NoApprovers)?;
+        let decision = decided.decision();
+        let (Some(policy), Some(requirement)) = (decision.policy, decision.requirement.clone()) else {
+            return Err(AuthorizeError::NoPolicy.into());
+        };
+        // Which proposal: every readable approval must name the same one.
+        let ids: BTreeSet<String> =
+            approvals.iter().filter_map(|b| ApprovalFile::parse(b).ok()).map(|f| f.statement.proposal).collect();
+        let id = match ids.len() {
+            1 => ids.into_iter().next().expect("one id"),
+            0 => return Err(AuthorizeError::Unreadable.into()),
+            _ => return Err(AuthorizeError::MixedProposals(ids.into_iter().collect::<Vec<_>>().join(", ")).into()),
+        };
+        if self.executed(&id) {
+            // Still record each approval and why it does not count.
+            for bytes in approvals {
+                let d = report.artifact(bytes)?;
+                report.record(Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+                let nonce = ApprovalFile::parse(bytes).map(|f| f.statement.nonce).unwrap_or_default();
+                let e = ApprovalError::Replayed(nonce);
+                report.record(Event::ApprovalRefused {
+                    approval: d,
+                    principal: None,
+                    reason_code: e.reason_code().into(),
+                    detail: e.to_string(),
+                })?;
+            }
+            return Err(AuthorizeError::Executed(id).into());
+        }
+        let now = unix_now().map_err(|e| AuthorizeError::Clock(format!("{e:#}")))?;
+        if self.log.index().expired.contains(&id) || !self.expire_settling(now, Some(&id)).await.or_fail()?.is_empty() {
+            return Err(AuthorizeError::Expired(id).into());
+        }
+        if !proposal_path(self, &id).exists() {
+            return Err(AuthorizeError::Unknown(id).into());
+        }
+        let binding = Binding {
+            proposal: id.clone(),
+            capsule: decided.admitted().capsule().file().digest(),
+            plan: valid.digest(),
+            policy,
+            runner: self.config.name.clone(),
+            tier: decision.tier,
+            grant: decided.admitted().grant().clone(),
+            max_age_secs: requirement.max_age_secs,
+        };
+        let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
+        let mut accepted: Vec<VerifiedApproval> = Vec::new();
+        let mut seen = HashSet::new();
+        for (bytes, result) in approvals.iter().zip(results) {
+            let d = report.artifact(bytes)?;
+            report.record(Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
+            match result.and_then(|v| self.single_use(&mut seen, v)) {
+                Ok(v) => {
+                    let verdict = serde_json::to_value(v.verdict).map_err(|e| Stop::Failed(e.into()))?;
+                    report.record(Event::ApprovalAccepted {
+                        approval: d,
+                        principal: v.principal.clone(),
+                        key: v.key.clone(),
+                        verdict: verdict.as_str().unwrap_or("?").to_owned(),
+                        nonce: v.nonce.clone(),
+                    })?;
+                    accepted.push(v);
+                }
+                Err(e) => {
+                    let principal = ApprovalFile::parse(bytes).ok().map(|f| f.statement.approver);
+                    report.record(Event::ApprovalRefused {
+                        approval: d,
+                        principal,
+                        reason_code: e.reason_code().into(),
+                        detail: e.to_string(),
+                    })?;
+                }
+            }
+        }
+        let subject = Subject {
+            proposal: &id,
+            capsule: binding.capsule,
+            plan: binding.plan,
+            policy,
+            signer: decided.admitted().capsule().signer(),
+        };
+        let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
+        let allowed_signers = report.artifact(registry.allowed_signers_text.as_bytes())?;
+        let roles = report.artifact(registry.roles_text.as_bytes())?;
+        let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
+        let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Stop::Failed(e.into()));
+        // Durable before the settling lock is released: the nonces are spent.
+        let quorum = Event::Quorum {
+            proposal: id.clone(),
+            outcome: json(serde_json::to_value(&result.outcome))?,
+            counted: json(serde_json::to_value(&result.approvals))?,
+            break_glass,
+            nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
+            allowed_signers,
+            roles,
+            checked_at: now,
+            clock_skew_secs: self.config.clock_skew_secs,
+        };
+        report.log.append(&report.run, quorum).await.or_fail()?;
+        report.quorum = Some(json(serde_json::to_value(&result.outcome))?);
+        match (result.met, result.outcome) {
+            (Some(met), _) => Ok(met),
+            (None, QuorumOutcome::Vetoed { by, comment }) => Err(AuthorizeError::Vetoed { by, comment }.into()),
+            (None, QuorumOutcome::Insufficient { count, required }) => {
+                Err(AuthorizeError::QuorumNotMet { count, required }.into())
+            }
+            (None, QuorumOutcome::Met { .. }) => unreachable!("a met outcome always carries its proof"),
+        }
+    }
+}

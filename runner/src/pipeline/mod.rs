@@ -1,0 +1,289 @@
+//! One governed run, stage by stage, as in the design brief:
+//!
+//! ```text
+//! submit ─► admit ─► decide ─► plan ─► authorize ─► apply ─► commit ─► verify ─► seal
+//!           Admitted  Decided   ValidPlan  Authority   Applied   Committed
+//! ```
+//!
+//! One file per stage; [`Runner::drive`] below calls them in that order.
+//! Each stage takes the proof value the one before it returned (built only
+//! by the check it stands for: see `docs/architecture.md`) and returns the
+//! next, or stops the run: refused with its stage's error (a stable reason
+//! code), ended early (awaiting approval, rolled back), or failed (the
+//! runner itself: I/O, disk full).
+//!
+//! Every step appends an evidence record, durably, *before* its effect; a
+//! refusal at any step is recorded with its reason code and ends the run
+//! with a terminal `completed` record. Nothing on the host changes unless the
+//! diff equals the plan and the plan's preconditions still hold.
+//! `recovery.rs` closes, at start, every run a crash left open.
+
+mod admit;
+mod apply;
+mod authorize;
+mod commit;
+mod decide;
+mod plan;
+mod proposal;
+mod recovery;
+mod run;
+mod seal;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use edge_core::container::CapsuleFile;
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::note::NoteSigner;
+
+pub use admit::AdmitError;
+pub use apply::ApplyError;
+pub use authorize::AuthorizeError;
+pub use decide::{DecideError, decision_input};
+pub use plan::PlanError;
+pub use proposal::{
+    DEFAULT_PROPOSAL_TTL_SECS, PROPOSAL_SCHEMA, Proposal, QuorumStatus, proposal_path, read_approvals, unix_now,
+};
+pub use run::{Refusal, RunReport, Stage, StageError, VerificationReport};
+pub use verify::VerifyError;
+
+use crate::config::RunnerConfig;
+use crate::sandbox::Sandbox;
+use crate::staging::{self, Journal};
+use crate::store::log::{EvidenceLog, StoreHandle};
+use run::Stop;
+
+/// A capsule as submitted: a capsule file, or one assembled from parts.
+#[derive(Debug)]
+pub enum Submitted<'a> {
+    Bytes(&'a [u8]),
+    File(Box<CapsuleFile>),
+}
+
+/// The runner: config, sandbox and evidence log, for one process. Runs may
+/// proceed concurrently (`&self`): the evidence store commits their records
+/// in groups, runs touching the same mount are serialised by that mount's
+/// lock, and quorum evaluation (which consumes approval nonces) by one lock.
+#[derive(Debug)]
+pub struct Runner {
+    pub config: RunnerConfig,
+    pub sandbox: Sandbox,
+    pub log: EvidenceLog,
+    /// Signs checkpoints; its name is the log origin (`runner.name`).
+    pub identity: Arc<NoteSigner>,
+    /// One lock per configured mount: shared for runs that only read it,
+    /// exclusive from plan to the end of the run for runs that write it.
+    mount_locks: BTreeMap<String, Arc<tokio::sync::RwLock<()>>>,
+    /// Held while approvals are counted and their nonces consumed, and while
+    /// proposals are expired: a proposal is settled once.
+    pub(crate) settling: tokio::sync::Mutex<()>,
+    /// Write each run's receipt to `<state>/receipts/<run>.tlog-proof`
+    /// (command-line runs); the daemon returns it in the answer instead (a
+    /// file per run was a fifth of its CPU, in the file system).
+    pub receipt_files: bool,
+}
+
+impl Runner {
+    /// Open the evidence log (verifying it), build the sandbox and recover
+    /// any run a crash left unfinished.
+    ///
+    /// # Errors
+    /// If the log is broken or locked, or the sandbox cannot be built.
+    pub fn open(config: RunnerConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+        let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
+        let identity = Arc::new(crate::identity::load_identity(&config)?);
+        let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
+        let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
+        let settling = tokio::sync::Mutex::new(());
+        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, receipt_files: true };
+        // Before anything is appended: the store must hold what this runner signed.
+        runner.check_signed_history()?;
+        runner.record_identity()?;
+        runner.recover()?;
+        runner.record_policy_in_force()?;
+        if !runner.config.dangerous.is_empty() {
+            tracing::warn!(switches = ?runner.config.dangerous, "running with insecure switches");
+            runner.log.append("runner", Event::Insecure { switches: runner.config.dangerous.clone() })?;
+        }
+        // From the first start on, the newest signed checkpoint is kept
+        // outside the database (a crash before the WAL thread wrote it must
+        // not look like a deleted file at the next start).
+        runner.checkpoint()?;
+        crate::store::trust::publish_now(runner.log.dir())?;
+        Ok(runner)
+    }
+
+    /// Sign a checkpoint of the whole log now.
+    ///
+    /// # Errors
+    /// If it cannot be stored.
+    pub fn checkpoint(&self) -> Result<String> {
+        self.log.checkpoint(&self.identity, &self.config.name)
+    }
+
+    /// A handle for concurrent appends to the evidence store.
+    pub fn store(&self) -> StoreHandle {
+        self.log.handle()
+    }
+
+    /// Export the log (or part of it) as a bundle, signing a checkpoint now.
+    ///
+    /// # Errors
+    /// As [`crate::export::export`].
+    pub fn export(&self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
+        crate::export::export(&self.log, &self.identity, &self.config.name, scope)
+    }
+
+    /// Run a capsule file through every gate.
+    ///
+    /// # Errors
+    /// Only for failures of the runner itself (evidence log, filesystem);
+    /// refusals of the capsule are reported in the [`RunReport`].
+    pub async fn exec(&self, capsule_bytes: &[u8]) -> Result<RunReport> {
+        self.exec_with_approvals(capsule_bytes, &[]).await
+    }
+
+    /// Run a capsule, presenting approval files for a proposal above tier 0.
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_with_approvals(&self, capsule_bytes: &[u8], approvals: &[Vec<u8>]) -> Result<RunReport> {
+        self.exec_submitted(capsule_bytes, approvals, None).await
+    }
+
+    /// Run a capsule submitted by an authenticated agent (recorded in the
+    /// submission record).
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_submitted(
+        &self,
+        capsule_bytes: &[u8],
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+    ) -> Result<RunReport> {
+        self.exec_capsule(Submitted::Bytes(capsule_bytes), approvals, submitted_by).await
+    }
+
+    /// Run a capsule given as a file or already assembled (a submission by
+    /// reference: [`CapsuleFile::from_parts`] made the same checks as
+    /// parsing a file).
+    ///
+    /// # Errors
+    /// As [`Runner::exec`].
+    pub async fn exec_capsule(
+        &self,
+        capsule: Submitted<'_>,
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+    ) -> Result<RunReport> {
+        let run = new_run_id();
+        let mut report = RunReport::new(&run, self.log.run_log());
+        report.submitted_by = submitted_by.map(str::to_owned);
+        let mut result = match self.drive(capsule, approvals, &mut report).await {
+            Ok(()) | Err(Stop::Ended) => Ok(()),
+            Err(Stop::Refused(refusal)) => self.refuse(&mut report, refusal),
+            Err(Stop::Failed(e)) => Err(e),
+        };
+        // Every record of the run durable before anything reads the log or
+        // the client hears of it; the checkpoint sealing it is signed in the
+        // same commit (queued after the records).
+        let synced = report.log.barrier_with_checkpoint(&self.identity, &self.config.name).await;
+        let mut sealed_by = None;
+        match synced {
+            Ok(note) => sealed_by = Some(note),
+            Err(e) if result.is_ok() => result = Err(e),
+            Err(_) => {}
+        }
+        if let Err(e) = &result {
+            result = self.close_failed_run(&mut report, e).await;
+        }
+        self.discard_staging(&self.config.staging_dir.join(&run));
+        // Rolled back and cleaned up: the next run may have the mounts.
+        report.mount_guards.clear();
+        if result.is_ok() {
+            self.seal(&mut report, sealed_by).await?;
+        }
+        report.records = report.log.take_records();
+        result.map(|()| report)
+    }
+
+    /// The stages, in order.
+    async fn drive(&self, capsule: Submitted<'_>, approvals: &[Vec<u8>], run: &mut RunReport) -> Result<(), Stop> {
+        let admission = self.admit(capsule, run)?;
+        let decided = self.decide(admission.admitted, run)?;
+        let plan = self.plan(&decided, &admission.prepared, run).await?;
+        let authority = self.authorize(decided, plan, admission.prepared, approvals, run).await?;
+        if authority.authorized().plan().plan().changes.is_empty() {
+            return self.verify_unchanged(&authority, run).await;
+        }
+        let applied = self.apply(&authority, run).await?;
+        let committed = self.commit(applied, run).await?;
+        self.verify(&authority, committed, run).await
+    }
+
+    /// The runner itself failed (I/O, disk full, …) before the run was
+    /// closed. Undo any commit in progress and close the run with a recorded
+    /// refusal while the log can still be written (fail closed); if it
+    /// cannot, recovery on the next start closes the run as interrupted.
+    async fn close_failed_run(&self, report: &mut RunReport, e: &anyhow::Error) -> Result<()> {
+        if report.log.records().iter().any(Record::is_terminal) {
+            return Err(anyhow::anyhow!("{e:#}"));
+        }
+        let detail = format!("{e:#}");
+        let journal_path = staging::journal_path(&self.config.state_dir, &report.run);
+        let mut restored = 0;
+        if let Ok(bytes) = std::fs::read(&journal_path)
+            && let Ok(journal) = serde_json::from_slice::<Journal>(&bytes)
+            && let Ok(n) = journal.rollback()
+        {
+            restored = n;
+            let _ = journal.finalize();
+            let _ = std::fs::remove_file(&journal_path);
+        }
+        let refused = Event::Refused { stage: Stage::Runner.as_str().into(), reason_code: "runner.error".into(), detail };
+        let closed = match report.log.append_deferred(&report.run, refused) {
+            Ok(()) => report.log.append(&report.run, Event::Completed { outcome: Outcome::Refused }).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if closed.is_err() {
+            return Err(anyhow::anyhow!("{e:#}"));
+        }
+        report.outcome = Outcome::Refused;
+        report.refusal = Some(Refusal {
+            stage: Stage::Runner,
+            reason_code: "runner.error",
+            detail: format!("{e:#} ({restored} file(s) restored)"),
+        });
+        Ok(())
+    }
+}
+
+/// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).
+pub fn new_run_id() -> String {
+    let ms = jiff::Timestamp::now().as_millisecond();
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("r-{ms}-{}", &rand[..8])
+}
+
+/// Load and run a capsule file with a config file: the `exec` command.
+///
+/// # Errors
+/// As [`Runner::open`] and [`Runner::exec`].
+pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> Result<RunReport> {
+    let config = RunnerConfig::load(config)?;
+    let size = std::fs::metadata(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?.len();
+    let max = edge_core::container::MAX_COMPONENT_BYTES + edge_core::container::MAX_BUNDLE_BYTES + (1 << 20);
+    if size > max {
+        bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
+    }
+    let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
+    let runner = Runner::open(config)?;
+    let approvals = read_approvals(approvals)?;
+    runner.exec_with_approvals(&bytes, &approvals).await
+}

@@ -1,0 +1,262 @@
+//! Proposals: the document approvers review and sign for (written by the
+//! authorize stage when a run above tier 0 has no approvals yet), where a
+//! waiting proposal stands with the approvals collected so far, and expiry.
+//!
+//! A run above tier 0 without approvals ends `awaiting-approval` and writes a
+//! *proposal document* (`<state>/proposals/<id>.json`, also an evidence
+//! artifact): everything an approver must see — the canonical manifest, the
+//! decision with its blast radius and reasons, the grant, the full plan — from
+//! which `edge-runner approve` recomputes the capsule and plan digests before
+//! showing anything. A later run of the same capsule with `--approval` files
+//! re-admits, re-decides and re-plans; the approvals must be bound to that
+//! proposal and to exactly the capsule, plan, policy, runner, tier and grant of
+//! the new run, so a changed file, plan or policy voids them.
+//!
+//! Nonces are single-use: a met quorum consumes its nonces and the proposal,
+//! and both are read back from the durable evidence log on every start, so a
+//! replay after a restart is refused too.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use edge_core::Sha256Digest;
+use edge_core::admission::Grant;
+use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, Subject};
+use edge_core::approval::{self, Binding};
+use edge_core::canonical;
+use edge_core::evidence::Event;
+use edge_core::plan::Plan;
+use edge_core::policy::Decision;
+use edge_core::signature::Transparency;
+use serde::{Deserialize, Serialize};
+
+use super::Runner;
+
+/// Proposal document schema.
+pub const PROPOSAL_SCHEMA: &str = "https://edge-runner.dev/proposal/v1";
+
+/// What approvers review and sign for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    pub schema: String,
+    pub id: String,
+    pub runner: String,
+    pub created_at: u64,
+    pub capsule: Sha256Digest,
+    /// The canonical manifest (its digest is `capsule`).
+    pub manifest: serde_json::Value,
+    pub signer: String,
+    pub signer_detail: String,
+    pub transparency: Transparency,
+    pub decision: Decision,
+    pub grant: Grant,
+    pub plan: Plan,
+    pub plan_digest: Sha256Digest,
+}
+
+impl Proposal {
+    /// Recompute the capsule and plan digests from the document's content:
+    /// an approver never signs digests the document does not back.
+    ///
+    /// # Errors
+    /// Names the digest that does not match.
+    pub fn check(&self) -> Result<()> {
+        if self.schema != PROPOSAL_SCHEMA {
+            anyhow::bail!("not a proposal document (schema `{}`)", self.schema);
+        }
+        let manifest = canonical::to_canonical_vec(&self.manifest)?;
+        if Sha256Digest::of(&manifest) != self.capsule {
+            anyhow::bail!("the manifest in the proposal does not hash to its capsule digest {}", self.capsule);
+        }
+        let plan = canonical::to_canonical_vec(&self.plan)?;
+        if Sha256Digest::of(&plan) != self.plan_digest {
+            anyhow::bail!("the plan in the proposal does not hash to its plan digest {}", self.plan_digest);
+        }
+        if self.decision.policy.is_none() {
+            anyhow::bail!("the proposal's decision names no policy");
+        }
+        Ok(())
+    }
+}
+
+/// Unix seconds now.
+/// The earliest time the system clock may read (2024-01-01T00:00:00Z): a
+/// clock reset to 1970 (a dead RTC battery, a VM without time sync) would
+/// make every approval "not yet expired" and no proposal ever expire.
+const CLOCK_FLOOR: u64 = 1_704_067_200;
+
+/// Now, in Unix seconds. A clock that cannot be read, or reads before
+/// `CLOCK_FLOOR` (2024-01-01), is an error, never time 0: approvals, expiry and
+/// evidence times depend on it, so callers fail closed.
+///
+/// # Errors
+/// The clock is before 1970 or before 2024.
+pub fn unix_now() -> Result<u64> {
+    clock_check(std::time::SystemTime::now())
+}
+
+fn clock_check(now: std::time::SystemTime) -> Result<u64> {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("the system clock reads a time before 1970"))?
+        .as_secs();
+    if secs < CLOCK_FLOOR {
+        anyhow::bail!(
+            "the system clock reads {secs} (Unix seconds), before 2024-01-01: fix the clock (NTP) and retry; \
+             nothing runs while approval and expiry times cannot be trusted"
+        );
+    }
+    Ok(secs)
+}
+
+/// Where a proposal's document is kept.
+pub fn proposal_path(runner: &Runner, id: &str) -> PathBuf {
+    runner.config.state_dir.join("proposals").join(format!("{id}.json"))
+}
+
+/// Read approval files given on the command line.
+///
+/// # Errors
+/// If a file cannot be read.
+pub fn read_approvals(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    paths.iter().map(|p| std::fs::read(p).with_context(|| format!("cannot read approval {}", p.display()))).collect()
+}
+
+/// Where a waiting proposal stands with the approvals collected so far,
+/// checked without running anything or writing evidence (the daemon runs the
+/// proposal, which records everything, once this says met or vetoed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "quorum", rename_all = "kebab-case")]
+pub enum QuorumStatus {
+    /// Not yet: `count` of `required` counted; refusals by reason.
+    Pending {
+        count: u32,
+        required: u32,
+        refused: Vec<String>,
+    },
+    Met,
+    Vetoed {
+        by: String,
+    },
+}
+
+impl Runner {
+    /// Check collected approvals against a waiting proposal's document.
+    ///
+    /// # Errors
+    /// If the proposal is unknown, already executed, or no approver
+    /// registry is configured.
+    pub fn quorum_status(&self, id: &str, approvals: &[Vec<u8>]) -> Result<QuorumStatus> {
+        let path = proposal_path(self, id);
+        let bytes = std::fs::read(&path).with_context(|| format!("proposal {id} is not known to this runner"))?;
+        let doc: Proposal =
+            serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
+        doc.check()?;
+        let registry =
+            self.config.approvers.as_ref().context("no [approvers] registry is configured: nobody can approve")?;
+        if self.executed(id) {
+            anyhow::bail!("proposal {id} was already executed");
+        }
+        if self.log.index().expired.contains(id) {
+            anyhow::bail!("proposal {id} expired; the agent must submit again");
+        }
+        let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {
+            anyhow::bail!("proposal {id} needs no approvals");
+        };
+        let binding = Binding {
+            proposal: id.to_owned(),
+            capsule: doc.capsule,
+            plan: doc.plan_digest,
+            policy,
+            runner: self.config.name.clone(),
+            tier: doc.decision.tier,
+            grant: doc.grant.clone(),
+            max_age_secs: requirement.max_age_secs,
+        };
+        let results =
+            approval::verify_approvals(approvals, registry, &binding, unix_now()?, self.config.clock_skew_secs);
+        let mut seen = HashSet::new();
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for r in results {
+            match r.and_then(|v| self.single_use(&mut seen, v)) {
+                Ok(v) => accepted.push(v),
+                Err(e) => refused.push(format!("[{}] {e}", e.reason_code())),
+            }
+        }
+        let subject =
+            Subject { proposal: id, capsule: doc.capsule, plan: doc.plan_digest, policy, signer: &doc.signer };
+        Ok(match quorum::evaluate(&accepted, &requirement, registry, &subject).outcome {
+            QuorumOutcome::Met { .. } => QuorumStatus::Met,
+            QuorumOutcome::Vetoed { by, .. } => QuorumStatus::Vetoed { by },
+            QuorumOutcome::Insufficient { count, required } => QuorumStatus::Pending { count, required, refused },
+        })
+    }
+}
+
+/// How long a proposal may wait for approvals when its tier sets no
+/// `expires_after`.
+pub const DEFAULT_PROPOSAL_TTL_SECS: u64 = 24 * 3600;
+
+impl Runner {
+    /// Record as expired every waiting proposal (or only `only`) that has
+    /// waited longer than its tier allows; returns their ids. The record is
+    /// written before anyone is told, and an expired proposal never runs.
+    ///
+    /// # Errors
+    /// If the evidence log cannot be written.
+    pub async fn expire_proposals(&self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
+        let _settling = self.settling.lock().await;
+        self.expire_settling(now, only).await
+    }
+
+    /// [`Runner::expire_proposals`], for a caller holding the settling lock.
+    pub(crate) async fn expire_settling(&self, now: u64, only: Option<&str>) -> Result<Vec<String>> {
+        // Settled (a quorum met or vetoed) or already expired: not waiting.
+        let waiting = self.log.index().waiting();
+        let mut due = Vec::new();
+        for (proposal, created) in waiting {
+            if only.is_some_and(|id| id != proposal) {
+                continue;
+            }
+            let limit = std::fs::read(proposal_path(self, &proposal))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Proposal>(&b).ok())
+                .and_then(|p| p.decision.requirement.and_then(|t| t.expires_after_secs))
+                .unwrap_or(DEFAULT_PROPOSAL_TTL_SECS);
+            let waited = now.saturating_sub(created);
+            if waited >= limit {
+                due.push((proposal, waited, limit));
+            }
+        }
+        let mut ids = Vec::new();
+        let mut log = self.log.run_log();
+        for (proposal, waited_secs, limit_secs) in due {
+            log.append_deferred(
+                "runner",
+                Event::ProposalExpired { proposal: proposal.clone(), waited_secs, limit_secs },
+            )?;
+            ids.push(proposal);
+        }
+        log.barrier().await?;
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn a_clock_before_2024_or_1970_is_an_error_not_time_zero() {
+        assert!(clock_check(UNIX_EPOCH).is_err());
+        assert!(clock_check(UNIX_EPOCH - Duration::from_secs(5)).is_err());
+        let e = format!("{:#}", clock_check(UNIX_EPOCH + Duration::from_secs(1_000)).unwrap_err());
+        assert!(e.contains("fix the clock"), "{e}");
+        assert_eq!(clock_check(UNIX_EPOCH + Duration::from_secs(1_800_000_000)).unwrap(), 1_800_000_000);
+    }
+}

@@ -1,0 +1,281 @@
+//! One run as it goes through the stages: its report, the stage it stopped
+//! at and why, and the helpers every stage records with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use edge_core::Sha256Digest;
+use edge_core::canonical;
+use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::plan::{DiffEntry, Plan};
+use edge_core::policy::Decision;
+use serde::Serialize;
+
+use super::Runner;
+use crate::sandbox::Captured;
+use crate::store::log::RunLog;
+
+/// The stages of a run, in order. A refusal names the one it came from
+/// (the `stage` of a `refused` record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The capsule file itself (container, manifest, component digest).
+    Submission,
+    /// Signature, compilation, imports ⊆ declared ⊆ granted.
+    Admit,
+    /// Policy over the blast radius.
+    Decide,
+    /// The read-only `plan` phase and the plan's validation.
+    Plan,
+    /// Approvals and the quorum, bound to the plan.
+    Authorize,
+    /// Copying writable mounts into staging.
+    Stage,
+    /// The `apply` phase against the staged copies.
+    Apply,
+    /// The staged result compared with the plan.
+    Diff,
+    /// Preconditions and the journaled commit.
+    Commit,
+    /// The `verify` phase against the live mounts.
+    Verify,
+    /// The runner itself failed (I/O, disk full).
+    Runner,
+}
+
+impl Stage {
+    /// The name recorded in evidence.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submission => "submission",
+            Self::Admit => "admit",
+            Self::Decide => "decide",
+            Self::Plan => "plan",
+            Self::Authorize => "authorize",
+            Self::Stage => "stage",
+            Self::Apply => "apply",
+            Self::Diff => "diff",
+            Self::Commit => "commit",
+            Self::Verify => "verify",
+            Self::Runner => "runner",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stage's reason to refuse a run: every variant of a stage's error enum
+/// has a stable reason code (documented in `docs/reason-codes.md`).
+pub trait StageError: std::fmt::Display {
+    /// The stage that refused.
+    fn stage(&self) -> Stage;
+    /// The stable reason code.
+    fn reason_code(&self) -> &'static str;
+}
+
+/// Why a run stopped before committing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub stage: Stage,
+    pub reason_code: &'static str,
+    pub detail: String,
+}
+
+/// How a stage ends the run early.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// Refused: the driver records the refusal and closes the run.
+    Refused(Refusal),
+    /// The run already ended, its terminal record written (awaiting
+    /// approval, rolled back).
+    Ended,
+    /// The runner itself failed; the run is closed as `runner.error`.
+    Failed(anyhow::Error),
+}
+
+impl<E: StageError> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Self::Refused(Refusal { stage: e.stage(), reason_code: e.reason_code(), detail: e.to_string() })
+    }
+}
+
+/// The runner failing (not the capsule): `?` on an I/O result in a stage.
+pub(crate) trait Fails<T> {
+    fn or_fail(self) -> Result<T, Stop>;
+}
+
+impl<T> Fails<T> for Result<T> {
+    fn or_fail(self) -> Result<T, Stop> {
+        self.map_err(Stop::Failed)
+    }
+}
+
+/// What a run did, for the CLI, the API and tests.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub run: String,
+    pub outcome: Outcome,
+    pub capsule: Option<Sha256Digest>,
+    pub name: Option<String>,
+    pub signer: Option<String>,
+    pub tier: Option<u8>,
+    pub decision: Option<Decision>,
+    pub plan: Option<Plan>,
+    pub plan_digest: Option<Sha256Digest>,
+    pub diff: Vec<DiffEntry>,
+    pub verification: Option<VerificationReport>,
+    /// The proposal document written when the run awaits approval.
+    pub proposal: Option<PathBuf>,
+    /// Where the run's receipt was written (command-line runs).
+    pub receipt: Option<PathBuf>,
+    /// The run's receipt: a C2SP tlog-proof of its terminal record against
+    /// a signed checkpoint.
+    pub receipt_proof: Option<String>,
+    /// The quorum outcome, when approvals were presented.
+    pub quorum: Option<serde_json::Value>,
+    pub refusal: Option<Refusal>,
+    pub captured: BTreeMap<String, Captured>,
+    pub records: Vec<Record>,
+    /// The authenticated agent that submitted the capsule (API submissions).
+    pub submitted_by: Option<String>,
+    /// The run's appends to the evidence log (its records, once durable).
+    #[serde(skip)]
+    pub(crate) log: RunLog,
+    /// The mount locks the run holds, until its cleanup is done.
+    #[serde(skip)]
+    pub(crate) mount_guards: Vec<MountGuard>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerificationReport {
+    pub passed: bool,
+    pub summary: String,
+}
+
+/// The mount locks a run holds (released when dropped).
+#[derive(Debug)]
+pub(crate) enum MountGuard {
+    Read(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Write(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+impl RunReport {
+    pub(crate) fn new(run: &str, log: RunLog) -> Self {
+        Self {
+            run: run.to_owned(),
+            outcome: Outcome::Refused,
+            capsule: None,
+            name: None,
+            signer: None,
+            tier: None,
+            decision: None,
+            plan: None,
+            plan_digest: None,
+            diff: Vec::new(),
+            verification: None,
+            proposal: None,
+            receipt: None,
+            receipt_proof: None,
+            quorum: None,
+            refusal: None,
+            captured: BTreeMap::new(),
+            records: Vec::new(),
+            submitted_by: None,
+            log,
+            mount_guards: Vec::new(),
+        }
+    }
+
+    /// Record a step. Deferred: the records of a step become durable
+    /// together at the next barrier, which comes before every effect they
+    /// announce (a guest running, a live mount or journal touched, the end
+    /// of the run).
+    pub(crate) fn record(&mut self, event: Event) -> Result<(), Stop> {
+        self.log.append_deferred(&self.run, event).or_fail()
+    }
+
+    /// Make every record so far durable (before an effect they announce).
+    pub(crate) async fn barrier(&mut self) -> Result<(), Stop> {
+        self.log.barrier().await.or_fail()
+    }
+
+    /// Keep bytes as an artifact of the run.
+    pub(crate) fn artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest, Stop> {
+        self.log.put_artifact(bytes).or_fail()
+    }
+
+    /// End the run with a terminal record of `outcome`.
+    pub(crate) fn close(&mut self, outcome: Outcome) -> Result<(), Stop> {
+        self.record(Event::Completed { outcome })?;
+        self.outcome = outcome;
+        Ok(())
+    }
+}
+
+impl Runner {
+    /// Record a refusal and close the run (details are bounded and free of
+    /// granted env values: they can carry guest text).
+    pub(crate) fn refuse(&self, report: &mut RunReport, refusal: Refusal) -> Result<()> {
+        let detail = truncate(self.redact(&refusal.detail), 2048);
+        let stage = refusal.stage.as_str().to_owned();
+        let reason_code = refusal.reason_code.to_owned();
+        report.log.append_deferred(&report.run, Event::Refused { stage, reason_code, detail: detail.clone() })?;
+        report.log.append_deferred(&report.run, Event::Completed { outcome: Outcome::Refused })?;
+        report.outcome = Outcome::Refused;
+        report.refusal = Some(Refusal { detail, ..refusal });
+        Ok(())
+    }
+
+    /// Keep what a phase printed, logged and found (redacted) as an artifact.
+    pub(crate) fn store_output(
+        &self,
+        report: &mut RunReport,
+        phase: &str,
+        mut captured: Captured,
+    ) -> Result<Option<Sha256Digest>, Stop> {
+        if captured.is_empty() {
+            return Ok(None);
+        }
+        captured.stdout = self.redact(&captured.stdout);
+        captured.stderr = self.redact(&captured.stderr);
+        for line in &mut captured.log {
+            *line = self.redact(line);
+        }
+        for f in &mut captured.findings {
+            f.message = self.redact(&f.message);
+        }
+        let bytes = canonical::to_canonical_vec(&captured).map_err(|e| Stop::Failed(e.into()))?;
+        let d = report.artifact(&bytes)?;
+        report.captured.insert(phase.to_owned(), captured);
+        Ok(Some(d))
+    }
+
+    /// Environment values may be secrets: guest text (output, findings,
+    /// error messages, verify summaries) must not carry them into evidence.
+    /// The plan is bound to its digest and cannot be rewritten: a capsule
+    /// could still encode a granted value there (docs/foundation.md).
+    pub(crate) fn redact(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for (name, value) in &self.config.env {
+            if value.len() >= 4 && out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), &format!("[env {name} redacted]"));
+            }
+        }
+        out
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        s.truncate(cut);
+        s.push_str(" …(truncated)");
+    }
+    s
+}

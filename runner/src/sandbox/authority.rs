@@ -1,0 +1,139 @@
+//! What the sandbox runs, and on what: a capsule's pre-linked component and
+//! the host side of its grant, resolved once, and carried by the proof
+//! values that allow each phase. The sandbox takes the component and every
+//! mount's host path *from* these values, never beside them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edge_core::Sha256Digest;
+use edge_core::admission::Admitted;
+use edge_core::authorize::Authorized;
+
+use super::{CapsulePre, HostState, PhaseInput, PhaseMount, SandboxError};
+
+/// A capsule ready to run: its pre-linked component and, from the config,
+/// each granted mount's host path and each granted env value. Built from an
+/// [`Admitted`] capsule only.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The component digest the manifest pins (and the container checked).
+    component: Sha256Digest,
+    pub(super) pre: CapsulePre<HostState>,
+    params: BTreeMap<String, String>,
+    /// Every granted mount at its live host path, read-only.
+    pub(super) mounts: Vec<PhaseMount>,
+    env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Env values may be secrets.
+        f.debug_struct("Prepared")
+            .field("component", &self.component)
+            .field("mounts", &self.mounts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Resolve an admitted capsule's grant against the host: `host_mounts`
+    /// (mount name → live path) and `env_values` (name → value) come from
+    /// the runner config.
+    ///
+    /// # Errors
+    /// A granted mount the config does not place (a runner bug: the grant
+    /// was resolved against the same config).
+    pub fn new(
+        pre: CapsulePre<HostState>,
+        admitted: &Admitted,
+        host_mounts: &BTreeMap<String, PathBuf>,
+        env_values: &BTreeMap<String, String>,
+    ) -> Result<Self, SandboxError> {
+        let grant = admitted.grant();
+        let mounts = grant
+            .mounts
+            .iter()
+            .map(|g| match host_mounts.get(&g.name) {
+                Some(p) => Ok(PhaseMount { name: g.name.clone(), host_path: p.clone(), writable: false }),
+                None => Err(SandboxError::Setup(format!("granted mount `{}` has no host path", g.name))),
+            })
+            .collect::<Result<_, _>>()?;
+        let env = grant.env.iter().map(|k| (k.clone(), env_values.get(k).cloned().unwrap_or_default())).collect();
+        let m = admitted.capsule().file().manifest();
+        Ok(Self { component: m.component.sha256, pre, params: m.params.clone(), mounts, env })
+    }
+
+    /// The live host path of a granted mount.
+    pub fn mount_path(&self, name: &str) -> Option<&Path> {
+        self.mounts.iter().find(|m| m.name == name).map(|m| m.host_path.as_path())
+    }
+
+    /// Checks this was prepared for `admitted` (same component, same mounts).
+    pub(super) fn made_for(&self, admitted: &Admitted) -> Result<(), SandboxError> {
+        let grant = admitted.grant();
+        let same_mounts = grant.mounts.len() == self.mounts.len()
+            && grant.mounts.iter().zip(&self.mounts).all(|(g, m)| g.name == m.name);
+        if admitted.capsule().file().manifest().component.sha256 != self.component || !same_mounts {
+            return Err(SandboxError::Setup("the prepared component is not the one admitted".into()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn input<'a>(&'a self, mounts: &'a [PhaseMount]) -> PhaseInput<'a> {
+        PhaseInput { params: &self.params, mounts, env: &self.env }
+    }
+}
+
+/// An authorized run as the sandbox sees it: the [`Authorized`] proof (the
+/// validated plan, the grant, the quorum) with the component and host paths
+/// prepared for that same capsule. `apply` and `verify` take only this.
+#[derive(Debug)]
+pub struct Authority {
+    pub(super) authorized: Authorized,
+    pub(super) prepared: Prepared,
+}
+
+impl Authority {
+    /// Pair an authorization with what was prepared at admission.
+    ///
+    /// # Errors
+    /// If they are not for the same capsule.
+    pub fn new(authorized: Authorized, prepared: Prepared) -> Result<Self, SandboxError> {
+        prepared.made_for(authorized.admitted())?;
+        Ok(Self { authorized, prepared })
+    }
+
+    pub fn authorized(&self) -> &Authorized {
+        &self.authorized
+    }
+
+    /// The live host path of each mount the grant lets the capsule write.
+    pub fn writable_mounts(&self) -> BTreeMap<String, PathBuf> {
+        let grant = self.authorized.admitted().grant();
+        grant
+            .mounts
+            .iter()
+            .filter(|g| g.writable)
+            .filter_map(|g| Some((g.name.clone(), self.prepared.mount_path(&g.name)?.to_path_buf())))
+            .collect()
+    }
+
+    /// The mounts for `apply`: each writable mount at its staged copy.
+    pub(super) fn staged_mounts(&self, staged: &BTreeMap<String, PathBuf>) -> Result<Vec<PhaseMount>, SandboxError> {
+        let grant = self.authorized.admitted().grant();
+        if let Some(name) = staged.keys().find(|n| !grant.mounts.iter().any(|g| g.writable && &g.name == *n)) {
+            return Err(SandboxError::Setup(format!("mount `{name}` is staged but not granted writable")));
+        }
+        self.prepared
+            .mounts
+            .iter()
+            .zip(&grant.mounts)
+            .map(|(m, g)| match (g.writable, staged.get(&m.name)) {
+                (true, Some(copy)) => Ok(PhaseMount { name: m.name.clone(), host_path: copy.clone(), writable: true }),
+                (true, None) => Err(SandboxError::Setup(format!("writable mount `{}` has no staged copy", m.name))),
+                (false, _) => Ok(m.clone()),
+            })
+            .collect()
+    }
+}
