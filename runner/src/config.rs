@@ -3,6 +3,8 @@
 //!
 //! Relative paths are relative to the directory holding the config file.
 
+pub mod server;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -39,7 +41,7 @@ struct RawConfig {
     #[serde(default)]
     approvers: Option<RawApprovers>,
     #[serde(default)]
-    server: Option<crate::server::settings::RawServer>,
+    server: Option<server::RawServer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +183,7 @@ pub struct RunnerConfig {
     pub approvers: Option<Registry>,
     pub clock_skew_secs: u64,
     /// `edge-runner serve` settings (`[server]`).
-    pub server: Option<crate::server::settings::ServerSettings>,
+    pub server: Option<server::ServerSettings>,
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod policy_files;
 pub mod sandbox;
 pub mod server;
+pub mod service;
 pub mod ssh_agent;
 pub mod staging;
 pub mod store;

@@ -56,6 +56,7 @@ mod bindings {
 }
 
 mod authority;
+mod convert;
 pub mod capability;
 mod phase;
 pub(crate) mod quota;
@@ -63,6 +64,7 @@ pub(crate) mod quota;
 pub use authority::{Authority, Prepared};
 pub use bindings::CapsulePre;
 use bindings::edge_runner::capsule::{host as wit_host, types as wit};
+use convert::{finding_from_wit, plan_from_wit, plan_to_wit};
 use phase::{BLOCKED_GRACE, OwnedInput, PHASE_RUNTIME, run_phase};
 
 /// What a phase's export call returns: the guest's answer, when it comes.
@@ -784,91 +786,4 @@ fn engine_config(max_memory_mib: u64) -> Result<Config> {
         .memory_init_cow(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(cfg)
-}
-
-fn finding_from_wit(f: wit::Finding) -> core_plan::Finding {
-    core_plan::Finding {
-        severity: match f.severity {
-            wit::Severity::Info => core_plan::Severity::Info,
-            wit::Severity::Low => core_plan::Severity::Low,
-            wit::Severity::Medium => core_plan::Severity::Medium,
-            wit::Severity::High => core_plan::Severity::High,
-            wit::Severity::Critical => core_plan::Severity::Critical,
-        },
-        code: f.code,
-        message: f.message,
-        subject: f.subject,
-    }
-}
-
-fn finding_to_wit(f: &core_plan::Finding) -> wit::Finding {
-    wit::Finding {
-        severity: match f.severity {
-            core_plan::Severity::Info => wit::Severity::Info,
-            core_plan::Severity::Low => wit::Severity::Low,
-            core_plan::Severity::Medium => wit::Severity::Medium,
-            core_plan::Severity::High => wit::Severity::High,
-            core_plan::Severity::Critical => wit::Severity::Critical,
-        },
-        code: f.code.clone(),
-        message: f.message.clone(),
-        subject: f.subject.clone(),
-    }
-}
-
-/// Parse the guest's plan into the core type; paths and digests are checked here.
-fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> {
-    let mut changes = Vec::with_capacity(p.changes.len().min(core_plan::MAX_PLAN_CHANGES));
-    if p.changes.len() > core_plan::MAX_PLAN_CHANGES {
-        return Err(PlanError::TooManyChanges { count: p.changes.len(), limit: core_plan::MAX_PLAN_CHANGES });
-    }
-    for (index, c) in p.changes.into_iter().enumerate() {
-        let path = edge_core::paths::MountPath::new(&c.path).map_err(|source| PlanError::Path { index, source })?;
-        let digest = |d: Option<String>| -> Result<Option<Sha256Digest>, PlanError> {
-            d.map(|s| s.parse().map_err(|_| PlanError::BadDigest { index, value: s.chars().take(100).collect() }))
-                .transpose()
-        };
-        changes.push(core_plan::Change {
-            mount: c.mount,
-            path,
-            action: match c.action {
-                wit::Action::Create => core_plan::Action::Create,
-                wit::Action::Modify => core_plan::Action::Modify,
-                wit::Action::Delete => core_plan::Action::Delete,
-            },
-            digest_before: digest(c.digest_before)?,
-            digest_after: digest(c.digest_after)?,
-            why: c.why,
-        });
-    }
-    Ok(core_plan::Plan {
-        summary: p.summary,
-        changes,
-        findings: p.findings.into_iter().map(finding_from_wit).collect(),
-        facts: p.facts.into_iter().map(|f| core_plan::Fact { key: f.key, value: f.value }).collect(),
-    })
-}
-
-fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
-    wit::Plan {
-        summary: p.summary.clone(),
-        changes: p
-            .changes
-            .iter()
-            .map(|c| wit::Change {
-                mount: c.mount.clone(),
-                path: c.path.to_string(),
-                action: match c.action {
-                    core_plan::Action::Create => wit::Action::Create,
-                    core_plan::Action::Modify => wit::Action::Modify,
-                    core_plan::Action::Delete => wit::Action::Delete,
-                },
-                digest_before: c.digest_before.map(|d| d.to_string()),
-                digest_after: c.digest_after.map(|d| d.to_string()),
-                why: c.why.clone(),
-            })
-            .collect(),
-        findings: p.findings.iter().map(finding_to_wit).collect(),
-        facts: p.facts.iter().map(|f| wit::Fact { key: f.key.clone(), value: f.value.clone() }).collect(),
-    }
 }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use crate::server::Shared;
 use edge_core::lifecycle::State;
-use crate::server::worker::{ApproveReply, ByReference, QueueError, Submission};
+use crate::service::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -44,8 +44,9 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .expect("static headers are valid")
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> Resp {
-    reply(status, "application/json", serde_json::to_vec(v).expect("JSON values serialise"))
+fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Resp {
+    // Replies are JSON values or the service's typed replies: string-keyed, always serialisable.
+    reply(status, "application/json", serde_json::to_vec(v).expect("replies serialise"))
 }
 
 /// An error body: what failed and what to do next.

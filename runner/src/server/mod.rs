@@ -7,7 +7,7 @@
 //!  accept loop ── per connection: handshake timeout, agent identity from the
 //!        │        verified certificate, HTTP/1.1 with header/idle timeouts
 //!        ▼
-//!  api.rs routes ── bounded bodies, JSON ──► worker.rs: run slots
+//!  api.rs routes ── bounded bodies, JSON ──► crate::service: run slots
 //!                                             (max_concurrent_runs, then a
 //!                                             bounded wait, then 429); each
 //!                                             run is its own task on the one
@@ -23,10 +23,7 @@
 
 pub mod api;
 pub mod client;
-pub mod metrics;
-pub mod settings;
 pub mod tls;
-mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::RunnerConfig;
-use crate::server::settings::ServerSettings;
+use crate::config::server::ServerSettings;
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,8 +48,8 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Shared by every connection.
 pub(crate) struct Shared {
     pub settings: ServerSettings,
-    pub runs: Arc<worker::Worker>,
-    pub metrics: Arc<metrics::Metrics>,
+    pub runs: Arc<crate::service::RunService>,
+    pub metrics: Arc<crate::service::metrics::Metrics>,
 }
 
 /// Open the runner (verifying its evidence log, recovering interrupted
@@ -71,8 +68,8 @@ pub async fn serve(
         config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let acceptor = TlsAcceptor::from(tls);
-    let metrics = Arc::new(metrics::Metrics::default());
-    let runs = worker::Worker::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone()).await?;
+    let metrics = Arc::new(crate::service::metrics::Metrics::default());
+    let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone()).await?;
     let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");

@@ -1,9 +1,16 @@
-//! The runs: one [`Runner`] shared by every request. Runs execute
-//! concurrently up to `server.max_concurrent_runs`; up to `server.queue`
-//! more wait for a slot, and beyond that a submission is refused with `429`
-//! before anything of it is kept. Each run is its own task, so a client that
-//! disconnects never cuts a run in the middle. Reads (lists, documents,
-//! metrics) go straight to the evidence log's view.
+//! The run service: submit, approve and query, with typed replies and no
+//! transport. The HTTP API (the `server` module) is one intake over it; another
+//! (an outbound pull, a spool directory) is a sibling module calling the
+//! same methods, never a fork of the server.
+//!
+//! One [`Runner`] is shared by every caller. Runs execute concurrently up to
+//! `max_running`; up to `queue` more wait for a slot, and beyond that a
+//! submission is refused ([`QueueError::Full`]; HTTP answers `429`) before
+//! anything of it is kept. Each run is its own task, so a caller that goes
+//! away never cuts a run in the middle. Reads (lists, documents, metrics) go
+//! straight to the evidence log's view.
+
+pub mod metrics;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,38 +19,39 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use edge_core::Sha256Digest;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::pipeline::QuorumStatus;
 use crate::config::RunnerConfig;
-use crate::pipeline::{RunReport, Runner, Submitted};
 use crate::export::ExportScope;
-use crate::server::metrics::Metrics;
+use crate::pipeline::{QuorumStatus, Refusal, RunReport, Runner, Submitted, VerificationReport};
 use edge_core::lifecycle::{self as proposals, ProposalView, State};
+use metrics::Metrics;
 use edge_core::container::{CapsuleFile, KnownComponent};
 
 /// What became of a posted approval.
-pub(crate) enum ApproveReply {
+#[derive(Debug)]
+pub enum ApproveReply {
     /// No such proposal.
     Unknown,
     /// Not kept: it does not verify for this proposal (reason given).
     Refused(String),
     /// Kept; the quorum status, and the run when it ran.
-    Kept(Value),
+    Kept(ApprovalKept),
 }
 
 /// Largest approval file accepted (ours are about 1 KiB).
 const MAX_APPROVAL_BYTES: usize = 64 << 10;
 
 /// Why a run could not be started.
-pub(crate) enum QueueError {
+#[derive(Debug)]
+pub enum QueueError {
     Full,
     Stopped,
 }
 
-/// The runner and its run slots, shared by connections.
-pub(crate) struct Worker {
+/// The runner and its run slots, shared by every intake.
+pub struct RunService {
     runner: Arc<Runner>,
     metrics: Arc<Metrics>,
     /// One permit per run executing at once.
@@ -63,17 +71,29 @@ pub(crate) struct Worker {
     components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, KnownComponent>>,
 }
 
+impl std::fmt::Debug for RunService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunService")
+            .field("max_running", &self.max_running)
+            .field("limit", &self.limit)
+            .field("admitted", &self.admitted)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Most components kept in memory for submissions by reference.
 const MAX_COMPONENTS: usize = 16;
 
 /// A submission: a capsule file, or a capsule assembled by reference.
-pub(crate) enum Submission {
+#[derive(Debug)]
+pub enum Submission {
     File(Vec<u8>),
     Assembled(Box<CapsuleFile>),
 }
 
 /// Why a submission by reference could not be assembled.
-pub(crate) enum ByReference {
+#[derive(Debug)]
+pub enum ByReference {
     /// The manifest is not a capsule manifest.
     BadManifest(String),
     /// This runner does not hold the component the manifest pins.
@@ -81,7 +101,7 @@ pub(crate) enum ByReference {
 }
 
 /// An admitted run's place; gives it back when dropped.
-struct Admission(Arc<Worker>);
+struct Admission(Arc<RunService>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
@@ -90,14 +110,14 @@ impl Drop for Admission {
     }
 }
 
-impl Worker {
+impl RunService {
     /// Open the runner (verifying its log, recovering interrupted runs) and
     /// start the expiry tick.
     ///
     /// # Errors
     /// If the runner cannot open (a broken or locked evidence log refuses to
     /// start; the error says which check failed).
-    pub(crate) async fn start(
+    pub async fn start(
         config: RunnerConfig,
         max_running: usize,
         queue: usize,
@@ -150,13 +170,13 @@ impl Worker {
     }
 
     /// Runs admitted but waiting for a slot.
-    pub(crate) fn depth(&self) -> usize {
+    pub fn depth(&self) -> usize {
         let running = self.max_running - self.slots.available_permits();
         self.admitted.load(Ordering::Acquire).saturating_sub(running)
     }
 
     /// Whether new runs are accepted.
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         !self.stopping.load(Ordering::Acquire)
     }
 
@@ -189,7 +209,7 @@ impl Worker {
     }
 
     /// Stop admitting runs and wait for every admitted one to finish.
-    pub(crate) async fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         loop {
             let finished = self.finished.notified();
@@ -202,11 +222,11 @@ impl Worker {
     }
 
     /// Run a submitted capsule; above tier 0 keep it for when approvals come.
-    pub(crate) async fn submit(
+    pub async fn submit(
         self: &Arc<Self>,
         capsule: Submission,
         agent: String,
-    ) -> Result<Result<Value>, QueueError> {
+    ) -> Result<Result<SubmitReply>, QueueError> {
         let w = self.clone();
         self.run(async move { w.submit_now(capsule, &agent).await }).await
     }
@@ -217,7 +237,7 @@ impl Worker {
     /// The result goes through exactly the same checks as an uploaded capsule
     /// (the component, hashed once when it was loaded, is checked against the pin,
     /// the signature covers the manifest).
-    pub(crate) fn by_reference(
+    pub fn by_reference(
         &self,
         manifest: Vec<u8>,
         signature: Vec<u8>,
@@ -249,7 +269,7 @@ impl Worker {
 
     /// Keep an approval for a waiting proposal and run it once the quorum is
     /// met (or vetoed).
-    pub(crate) async fn approve(
+    pub async fn approve(
         self: &Arc<Self>,
         id: String,
         approval: Vec<u8>,
@@ -258,37 +278,37 @@ impl Worker {
         self.run(async move { w.approve_now(&id, approval).await }).await
     }
 
-    pub(crate) fn list(&self, state: Option<State>) -> Vec<ProposalView> {
+    pub fn list(&self, state: Option<State>) -> Vec<ProposalView> {
         let index = self.runner.log.index();
         index.proposals.iter().filter(|p| state.is_none_or(|s| p.state == s)).cloned().collect()
     }
 
-    pub(crate) fn show(&self, id: &str) -> Option<ProposalView> {
+    pub fn show(&self, id: &str) -> Option<ProposalView> {
         self.runner.log.index().proposals.get(id).cloned()
     }
 
-    pub(crate) fn document(&self, id: &str) -> Option<Vec<u8>> {
+    pub fn document(&self, id: &str) -> Option<Vec<u8>> {
         // Only ids the log knows (never a path from the request).
         let known = self.show(id).is_some();
         known.then(|| std::fs::read(crate::pipeline::proposal_path(&self.runner, id)).ok()).flatten()
     }
 
-    pub(crate) async fn checkpoint(&self) -> Result<String> {
+    pub async fn checkpoint(&self) -> Result<String> {
         let r = self.runner.clone();
         tokio::task::spawn_blocking(move || r.checkpoint()).await.context("checkpoint task")?
     }
 
-    pub(crate) async fn export(&self, since: Option<String>) -> Result<Vec<u8>> {
+    pub async fn export(&self, since: Option<String>) -> Result<Vec<u8>> {
         let r = self.runner.clone();
         let scope = since.map_or(ExportScope::Full, ExportScope::Since);
         tokio::task::spawn_blocking(move || r.export(&scope).map(|e| e.bytes)).await.context("export task")?
     }
 
-    pub(crate) fn metrics(&self) -> String {
+    pub fn metrics(&self) -> String {
         self.metrics.render(&self.runner, self.depth())
     }
 
-    async fn submit_now(&self, capsule: Submission, agent: &str) -> Result<Value> {
+    async fn submit_now(&self, capsule: Submission, agent: &str) -> Result<SubmitReply> {
         let runner = &self.runner;
         let started = Instant::now();
         // A waiting proposal keeps its capsule file for when approvals come.
@@ -343,14 +363,14 @@ impl Worker {
         }
         approvals.sort();
         let status = runner.quorum_status(id, &approvals)?;
-        let mut out = json!({ "id": id, "approval": digest, "status": status });
+        let mut out = ApprovalKept { id: id.to_owned(), approval: digest, status: status.clone(), run: None };
         if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
             let capsule = std::fs::read(capsule_path(runner, id))
                 .with_context(|| format!("the capsule of proposal {id} is missing from the state directory"))?;
             let started = Instant::now();
             let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
             self.metrics.observe_run(started.elapsed());
-            out["run"] = summary(id, &report);
+            out.run = Some(summary(id, &report));
         }
         Ok(ApproveReply::Kept(out))
     }
@@ -366,34 +386,81 @@ fn approvals_dir(runner: &Runner, id: &str) -> PathBuf {
 
 /// What a submission returns: the proposal id, the admission result, the
 /// decision and what happened.
-fn summary(id: &str, r: &RunReport) -> Value {
-    let admitted = r.signer.is_some();
+#[derive(Debug, Clone, Serialize)]
+pub struct SubmitReply {
+    pub id: String,
+    pub run: String,
+    /// The proposal's lifecycle state after this run (`edge_core::lifecycle`).
+    pub state: String,
+    pub outcome: edge_core::evidence::Outcome,
+    pub admission: AdmissionReply,
+    pub decision: Option<DecisionReply>,
+    pub plan: Option<Sha256Digest>,
+    pub diff: Vec<edge_core::plan::DiffEntry>,
+    pub verification: Option<VerificationReport>,
+    pub refusal: Option<Refusal>,
+    /// Sequence numbers of the run's evidence records.
+    pub records: Vec<u64>,
+    /// The run's receipt (a C2SP tlog-proof of its terminal record).
+    pub receipt: Option<String>,
+}
+
+/// Whether the capsule was admitted, and as what.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdmissionReply {
+    pub admitted: bool,
+    pub capsule: Option<Sha256Digest>,
+    pub name: Option<String>,
+    pub signer: Option<String>,
+}
+
+/// The policy's decision, as a submitter sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionReply {
+    pub allowed: bool,
+    pub tier: u8,
+    pub approvals_required: u32,
+    pub reasons: Vec<edge_core::policy::Reason>,
+}
+
+/// An approval kept for a waiting proposal: where the quorum stands, and
+/// the run, when the quorum was met (or vetoed) and the proposal ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalKept {
+    pub id: String,
+    pub approval: Sha256Digest,
+    pub status: QuorumStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<SubmitReply>,
+}
+
+fn summary(id: &str, r: &RunReport) -> SubmitReply {
     let state = proposals::index(&r.records)
         .into_iter()
         .last()
         .map_or_else(|| "refused".to_owned(), |p| p.state.name().to_owned());
-    json!({
-        "id": id,
-        "run": r.run,
-        "state": state,
-        "outcome": r.outcome,
-        "admission": {
-            "admitted": admitted,
-            "capsule": r.capsule,
-            "name": r.name,
-            "signer": r.signer,
+    SubmitReply {
+        id: id.to_owned(),
+        run: r.run.clone(),
+        state,
+        outcome: r.outcome,
+        admission: AdmissionReply {
+            admitted: r.signer.is_some(),
+            capsule: r.capsule,
+            name: r.name.clone(),
+            signer: r.signer.clone(),
         },
-        "decision": r.decision.as_ref().map(|d| json!({
-            "allowed": d.allowed,
-            "tier": d.tier,
-            "approvals_required": d.approvals_required,
-            "reasons": d.reasons,
-        })),
-        "plan": r.plan_digest,
-        "diff": r.diff,
-        "verification": r.verification,
-        "refusal": r.refusal,
-        "records": r.records.iter().map(|x| x.seq).collect::<Vec<_>>(),
-        "receipt": r.receipt_proof,
-    })
+        decision: r.decision.as_ref().map(|d| DecisionReply {
+            allowed: d.allowed,
+            tier: d.tier,
+            approvals_required: d.approvals_required,
+            reasons: d.reasons.clone(),
+        }),
+        plan: r.plan_digest,
+        diff: r.diff.clone(),
+        verification: r.verification.clone(),
+        refusal: r.refusal.clone(),
+        records: r.records.iter().map(|x| x.seq).collect(),
+        receipt: r.receipt_proof.clone(),
+    }
 }

@@ -1,0 +1,94 @@
+//! Between the WIT types a capsule speaks and the core types the runner
+//! checks: plans, findings. Paths and digests are checked on the way in.
+
+use edge_core::Sha256Digest;
+use edge_core::plan::{self as core_plan, PlanError};
+
+use super::wit;
+
+pub(super) fn finding_from_wit(f: wit::Finding) -> core_plan::Finding {
+    core_plan::Finding {
+        severity: match f.severity {
+            wit::Severity::Info => core_plan::Severity::Info,
+            wit::Severity::Low => core_plan::Severity::Low,
+            wit::Severity::Medium => core_plan::Severity::Medium,
+            wit::Severity::High => core_plan::Severity::High,
+            wit::Severity::Critical => core_plan::Severity::Critical,
+        },
+        code: f.code,
+        message: f.message,
+        subject: f.subject,
+    }
+}
+
+fn finding_to_wit(f: &core_plan::Finding) -> wit::Finding {
+    wit::Finding {
+        severity: match f.severity {
+            core_plan::Severity::Info => wit::Severity::Info,
+            core_plan::Severity::Low => wit::Severity::Low,
+            core_plan::Severity::Medium => wit::Severity::Medium,
+            core_plan::Severity::High => wit::Severity::High,
+            core_plan::Severity::Critical => wit::Severity::Critical,
+        },
+        code: f.code.clone(),
+        message: f.message.clone(),
+        subject: f.subject.clone(),
+    }
+}
+
+/// Parse the guest's plan into the core type; paths and digests are checked here.
+pub(super) fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> {
+    let mut changes = Vec::with_capacity(p.changes.len().min(core_plan::MAX_PLAN_CHANGES));
+    if p.changes.len() > core_plan::MAX_PLAN_CHANGES {
+        return Err(PlanError::TooManyChanges { count: p.changes.len(), limit: core_plan::MAX_PLAN_CHANGES });
+    }
+    for (index, c) in p.changes.into_iter().enumerate() {
+        let path = edge_core::paths::MountPath::new(&c.path).map_err(|source| PlanError::Path { index, source })?;
+        let digest = |d: Option<String>| -> Result<Option<Sha256Digest>, PlanError> {
+            d.map(|s| s.parse().map_err(|_| PlanError::BadDigest { index, value: s.chars().take(100).collect() }))
+                .transpose()
+        };
+        changes.push(core_plan::Change {
+            mount: c.mount,
+            path,
+            action: match c.action {
+                wit::Action::Create => core_plan::Action::Create,
+                wit::Action::Modify => core_plan::Action::Modify,
+                wit::Action::Delete => core_plan::Action::Delete,
+            },
+            digest_before: digest(c.digest_before)?,
+            digest_after: digest(c.digest_after)?,
+            why: c.why,
+        });
+    }
+    Ok(core_plan::Plan {
+        summary: p.summary,
+        changes,
+        findings: p.findings.into_iter().map(finding_from_wit).collect(),
+        facts: p.facts.into_iter().map(|f| core_plan::Fact { key: f.key, value: f.value }).collect(),
+    })
+}
+
+pub(super) fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
+    wit::Plan {
+        summary: p.summary.clone(),
+        changes: p
+            .changes
+            .iter()
+            .map(|c| wit::Change {
+                mount: c.mount.clone(),
+                path: c.path.to_string(),
+                action: match c.action {
+                    core_plan::Action::Create => wit::Action::Create,
+                    core_plan::Action::Modify => wit::Action::Modify,
+                    core_plan::Action::Delete => wit::Action::Delete,
+                },
+                digest_before: c.digest_before.map(|d| d.to_string()),
+                digest_after: c.digest_after.map(|d| d.to_string()),
+                why: c.why.clone(),
+            })
+            .collect(),
+        findings: p.findings.iter().map(finding_to_wit).collect(),
+        facts: p.facts.iter().map(|f| wit::Fact { key: f.key.clone(), value: f.value.clone() }).collect(),
+    }
+}
