@@ -14,7 +14,13 @@ use super::{CapsulePre, HostState, PhaseInput, PhaseMount, SandboxError};
 
 /// A capsule ready to run: its pre-linked component and, from the config,
 /// each granted mount's host path and each granted env value. Built from an
-/// [`Admitted`] capsule only.
+/// [`Admitted`] capsule only; its fields cannot be set from outside:
+///
+/// ```compile_fail,E0616
+/// fn repoint(p: &mut edge_runner::sandbox::Prepared) {
+///     p.mounts.clear();
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Prepared {
     /// The component digest the manifest pins (and the container checked).
@@ -88,6 +94,36 @@ impl Prepared {
 /// An authorized run as the sandbox sees it: the [`Authorized`] proof (the
 /// validated plan, the grant, the quorum) with the component and host paths
 /// prepared for that same capsule. `apply` and `verify` take only this.
+///
+/// It is built only by [`Authority::new`], from an `Authorized` (which only
+/// `edge_core::authorize::authorize` builds) and what was prepared at
+/// admission for the same capsule:
+///
+/// ```no_run
+/// use edge_runner::sandbox::{Authority, Prepared};
+/// fn pair(authorized: edge_core::authorize::Authorized, prepared: Prepared) -> Authority {
+///     Authority::new(authorized, prepared).expect("the same capsule")
+/// }
+/// ```
+///
+/// Assembling one by hand — say, with another component or other host paths
+/// beside a real authorization — does not compile:
+///
+/// ```compile_fail,E0451
+/// use edge_runner::sandbox::{Authority, Prepared};
+/// fn forge(authorized: edge_core::authorize::Authorized, prepared: Prepared) -> Authority {
+///     Authority { authorized, prepared }
+/// }
+/// ```
+///
+/// and neither does running `apply` on a capsule that was only decided:
+///
+/// ```compile_fail,E0308
+/// use edge_runner::sandbox::{Prepared, Sandbox};
+/// async fn skip(sandbox: &Sandbox, decided: &edge_core::authorize::Decided, prepared: &Prepared) {
+///     let _ = sandbox.apply(decided, &Default::default()).await;
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Authority {
     pub(super) authorized: Authorized,

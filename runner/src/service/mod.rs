@@ -37,7 +37,7 @@ pub enum ApproveReply {
     /// Not kept: it does not verify for this proposal (reason given).
     Refused(String),
     /// Kept; the quorum status, and the run when it ran.
-    Kept(ApprovalKept),
+    Kept(Box<ApprovalKept>),
 }
 
 /// Largest approval file accepted (ours are about 1 KiB).
@@ -372,7 +372,7 @@ impl RunService {
             self.metrics.observe_run(started.elapsed());
             out.run = Some(summary(id, &report));
         }
-        Ok(ApproveReply::Kept(out))
+        Ok(ApproveReply::Kept(Box::new(out)))
     }
 }
 
