@@ -1,6 +1,11 @@
 //! `edge-runner`: parse the command line, set up logging, call the library.
 
 fn main() -> std::process::ExitCode {
+    // Started as the compile helper (a child of the runner, under memory
+    // and CPU limits)? Compile and exit. Else this binary is the helper.
+    if let Some(code) = edge_runner::sandbox::compile::serve_if_asked() {
+        return code;
+    }
     // glibc gives every thread that allocates its own arena (64 MiB heaps)
     // and keeps freed memory in each: under concurrent runs that, not live
     // data, was most of the daemon's peak RSS. Two arenas serve two cores.

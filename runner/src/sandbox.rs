@@ -56,8 +56,9 @@ mod bindings {
 }
 
 mod authority;
-mod convert;
 pub mod capability;
+pub mod compile;
+mod convert;
 mod phase;
 pub(crate) mod quota;
 
@@ -74,8 +75,7 @@ type CallFuture<'a, R> = std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Most bytes the guest may hand the host in one call (plans, log lines, findings).
 pub const HOSTCALL_FUEL_BYTES: usize = 8 << 20;
-/// Longest a component may take to compile (Cranelift) before it is refused.
-pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+pub use compile::COMPILE_TIMEOUT;
 /// Most host handles (open files, streams, pollables) a capsule may hold.
 pub const RESOURCE_TABLE_MAX: usize = 10_000;
 /// Most random bytes one `get-random-bytes` call may ask for (wasmtime-wasi's
@@ -334,6 +334,8 @@ impl Drop for EpochTicker {
 /// The compiled-and-linked environment shared by all runs.
 pub struct Sandbox {
     engine: Engine,
+    /// The memory ceiling the engine was configured for (the compile helper needs it).
+    max_memory_mib: u64,
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     /// Components already loaded in this process, by digest (bounded).
@@ -420,6 +422,7 @@ impl Sandbox {
         }
         Ok(Self {
             engine,
+            max_memory_mib,
             linker,
             cache_dir: cache_dir.to_path_buf(),
             loaded: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -458,34 +461,11 @@ impl Sandbox {
                 }
             }
         }
-        let artifact = self.precompile(bytes)?;
+        let artifact = compile::precompile(&self.engine, self.max_memory_mib, bytes)?;
         crate::staging::write_durably(&path, &artifact)?;
         // SAFETY: `artifact` was produced by this engine just now.
         let component = unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(anyhow::Error::from)?;
         Ok((component, LoadSource::Compiled))
-    }
-
-    /// Compile a component, bounded: one compilation at a time (hostile
-    /// submissions cannot stack them), on its own thread, refused after
-    /// [`COMPILE_TIMEOUT`]. Input size is bounded by the capsule format
-    /// (`MAX_COMPONENT_BYTES`). A compilation that times out cannot be
-    /// cancelled inside Cranelift: its thread finishes in the background and
-    /// its result is dropped; the lock is released at once.
-    fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>> {
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (engine, bytes) = (self.engine.clone(), bytes.to_vec());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new().name("compile".into()).spawn(move || {
-            let _ = tx.send(engine.precompile_component(&bytes).map_err(|e| anyhow::anyhow!("{e:#}")));
-        })?;
-        match rx.recv_timeout(COMPILE_TIMEOUT) {
-            Ok(r) => r,
-            Err(_) => anyhow::bail!(
-                "compiling the component took longer than {} s: refused (simplify the component or split it)",
-                COMPILE_TIMEOUT.as_secs()
-            ),
-        }
     }
 
     /// [`Sandbox::load`] once per process: later runs of the same component
@@ -527,7 +507,11 @@ impl Sandbox {
 
     /// Run `plan` with the mounts read-only. Needs a [`Decided`] capsule,
     /// and runs the component admitted for it.
-    pub async fn plan(&self, decided: &Decided, prepared: &Prepared) -> (Result<core_plan::Plan, SandboxError>, Captured) {
+    pub async fn plan(
+        &self,
+        decided: &Decided,
+        prepared: &Prepared,
+    ) -> (Result<core_plan::Plan, SandboxError>, Captured) {
         if let Err(e) = prepared.made_for(decided.admitted()) {
             return (Err(e), Captured::default());
         }
@@ -761,7 +745,29 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(500).collect()
 }
 
-fn engine_config(max_memory_mib: u64) -> Result<Config> {
+/// The engine configuration. The compile helper leaves out the pooling
+/// allocator (it instantiates nothing, and the pool's reservations would
+/// count against its memory limit); what it compiles is the same
+/// (`compile::tests` pins the compatibility hash).
+pub(crate) fn engine_config(max_memory_mib: u64) -> Result<Config> {
+    let mut cfg = compiler_config();
+    cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(max_memory_mib)));
+    Ok(cfg)
+}
+
+/// What decides the compiled code.
+pub(crate) fn compiler_config() -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .strategy(wasmtime::Strategy::Cranelift)
+        .epoch_interruption(true)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(2 << 20)
+        .memory_init_cow(true);
+    cfg
+}
+
+fn pool_config(max_memory_mib: u64) -> PoolingAllocationConfig {
     let max_memory = (max_memory_mib as usize) << 20;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(128)
@@ -777,13 +783,5 @@ fn engine_config(max_memory_mib: u64) -> Result<Config> {
         .max_memory_size(max_memory)
         .linear_memory_keep_resident(1 << 20)
         .max_unused_warm_slots(16);
-    let mut cfg = Config::new();
-    cfg.wasm_component_model(true)
-        .strategy(wasmtime::Strategy::Cranelift)
-        .epoch_interruption(true)
-        .max_wasm_stack(512 << 10)
-        .async_stack_size(2 << 20)
-        .memory_init_cow(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Ok(cfg)
+    pool
 }

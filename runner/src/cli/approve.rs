@@ -10,8 +10,8 @@ use edge_core::approval::{ApprovalFile, NAMESPACE, STATEMENT_SCHEMA, Statement, 
 use rand_core::RngCore;
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
-use crate::pipeline::{Proposal, unix_now};
 use crate::cli::Exit;
+use crate::pipeline::{Proposal, unix_now};
 use crate::ssh_agent::Agent;
 
 #[derive(Debug, Args)]

@@ -12,8 +12,8 @@ use edge_evidence::{Level, report};
 
 use crate::cli::{Exit, print_record};
 use crate::config::RunnerConfig;
-use crate::pipeline::Runner;
 use crate::export::{ExportScope, since_checkpoint};
+use crate::pipeline::Runner;
 
 #[derive(Debug, Subcommand)]
 pub enum EvidenceCommand {

@@ -28,8 +28,8 @@ use edge_core::signature::{self, BundleArtifact, BundlePolicy, TrustedSigner, Tr
 use edge_core::text::Untrusted as U;
 
 use crate::config::RunnerConfig;
-use crate::pipeline::{self, RunReport};
 use crate::keys;
+use crate::pipeline::{self, RunReport};
 
 /// The process exit status (README: "Exit codes"). One enum, so a command
 /// cannot return a number nobody documented.

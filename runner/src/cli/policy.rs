@@ -344,7 +344,9 @@ mod tests {
         let dest = t.path().join("graph.toml");
         let mut out = Vec::new();
         let cmd = GraphCommand::ImportBackstage {
-            paths: vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/backstage/example-catalog")],
+            paths: vec![
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/backstage/example-catalog"),
+            ],
             out: dest.clone(),
             root: None,
         };

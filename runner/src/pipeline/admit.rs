@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use edge_core::Sha256Digest;
-use edge_core::admission::{self, Admitted, AdmissionError};
+use edge_core::admission::{self, AdmissionError, Admitted};
 use edge_core::container::{CapsuleFile, ContainerError};
 use edge_core::evidence::Event;
 use edge_core::signature::{self, SignatureError};

@@ -30,8 +30,7 @@ impl Runner {
     pub(crate) async fn commit(&self, applied: Applied, report: &mut RunReport) -> Result<Committed, Stop> {
         let journal_path = staging::journal_path(&self.config.state_dir, &report.run);
         let backup_dir = self.config.state_dir.join("journals").join(format!("{}.backup", report.run));
-        let journal =
-            Journal::new(&report.run, &applied.allowed, &applied.live_roots, &backup_dir).or_fail()?;
+        let journal = Journal::new(&report.run, &applied.allowed, &applied.live_roots, &backup_dir).or_fail()?;
         let journal_bytes = journal.persist(&journal_path).or_fail()?;
         let journal_d = report.artifact(&journal_bytes)?;
         let changes = applied.allowed.diff().len();

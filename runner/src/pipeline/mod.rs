@@ -246,7 +246,8 @@ impl Runner {
             let _ = journal.finalize();
             let _ = std::fs::remove_file(&journal_path);
         }
-        let refused = Event::Refused { stage: Stage::Runner.as_str().into(), reason_code: "runner.error".into(), detail };
+        let refused =
+            Event::Refused { stage: Stage::Runner.as_str().into(), reason_code: "runner.error".into(), detail };
         let closed = match report.log.append_deferred(&report.run, refused) {
             Ok(()) => report.log.append(&report.run, Event::Completed { outcome: Outcome::Refused }).await.map(drop),
             Err(e) => Err(e),

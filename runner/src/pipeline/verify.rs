@@ -42,7 +42,12 @@ impl Runner {
 
     /// Verify a commit: keep it when verification passes, roll it back when
     /// it fails or breaks.
-    pub(crate) async fn verify(&self, run: &Authority, committed: Committed, report: &mut RunReport) -> Result<(), Stop> {
+    pub(crate) async fn verify(
+        &self,
+        run: &Authority,
+        committed: Committed,
+        report: &mut RunReport,
+    ) -> Result<(), Stop> {
         match self.check(run, report).await? {
             Ok(()) => {
                 report.close(Outcome::Committed)?;
@@ -55,7 +60,11 @@ impl Runner {
                 let detail = self.redact(&e.to_string());
                 if let VerifyError::Sandbox(_) = e {
                     let stage = e.stage().as_str().into();
-                    report.record(Event::Refused { stage, reason_code: e.reason_code().into(), detail: detail.clone() })?;
+                    report.record(Event::Refused {
+                        stage,
+                        reason_code: e.reason_code().into(),
+                        detail: detail.clone(),
+                    })?;
                 }
                 self.roll_back(committed, report, e.reason_code(), &detail).await?;
                 report.refusal = Some(Refusal { stage: Stage::Verify, reason_code: e.reason_code(), detail });

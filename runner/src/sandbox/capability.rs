@@ -167,9 +167,8 @@ pub static CAPABILITIES: &[Capability] = &[
                     bail!("mount `{}` is granted read-only", m.name);
                 }
                 let perms = if m.writable && phase == Phase::Apply { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-                b.preopened_dir(&m.host_path, guest_path(&m.name), perms).map_err(|e| {
-                    anyhow::anyhow!("cannot open mount `{}` at {}: {e}", m.name, m.host_path.display())
-                })?;
+                b.preopened_dir(&m.host_path, guest_path(&m.name), perms)
+                    .map_err(|e| anyhow::anyhow!("cannot open mount `{}` at {}: {e}", m.name, m.host_path.display()))?;
             }
             Ok(())
         },

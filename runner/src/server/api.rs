@@ -10,10 +10,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::server::Shared;
-use edge_core::lifecycle::State;
 use crate::service::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
 use bytes::Bytes;
+use edge_core::lifecycle::State;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};

@@ -69,7 +69,8 @@ pub async fn serve(
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let acceptor = TlsAcceptor::from(tls);
     let metrics = Arc::new(crate::service::metrics::Metrics::default());
-    let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone()).await?;
+    let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone())
+        .await?;
     let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");

@@ -25,9 +25,9 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::RunnerConfig;
 use crate::export::ExportScope;
 use crate::pipeline::{QuorumStatus, Refusal, RunReport, Runner, Submitted, VerificationReport};
+use edge_core::container::{CapsuleFile, KnownComponent};
 use edge_core::lifecycle::{self as proposals, ProposalView, State};
 use metrics::Metrics;
-use edge_core::container::{CapsuleFile, KnownComponent};
 
 /// What became of a posted approval.
 #[derive(Debug)]
@@ -237,11 +237,7 @@ impl RunService {
     /// The result goes through exactly the same checks as an uploaded capsule
     /// (the component, hashed once when it was loaded, is checked against the pin,
     /// the signature covers the manifest).
-    pub fn by_reference(
-        &self,
-        manifest: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> Result<Result<CapsuleFile, ByReference>> {
+    pub fn by_reference(&self, manifest: Vec<u8>, signature: Vec<u8>) -> Result<Result<CapsuleFile, ByReference>> {
         let m = match edge_core::manifest::Manifest::from_canonical_json(&manifest) {
             Ok(m) => m,
             Err(e) => return Ok(Err(ByReference::BadManifest(e.to_string()))),
@@ -269,11 +265,7 @@ impl RunService {
 
     /// Keep an approval for a waiting proposal and run it once the quorum is
     /// met (or vetoed).
-    pub async fn approve(
-        self: &Arc<Self>,
-        id: String,
-        approval: Vec<u8>,
-    ) -> Result<Result<ApproveReply>, QueueError> {
+    pub async fn approve(self: &Arc<Self>, id: String, approval: Vec<u8>) -> Result<Result<ApproveReply>, QueueError> {
         let w = self.clone();
         self.run(async move { w.approve_now(&id, approval).await }).await
     }
