@@ -67,7 +67,7 @@
 //! * Only regular files can be planned; the runner refuses a diff that
 //!   touches symlinks or removes directories.
 //!
-//! The contract itself is `wit/capsule.wit` (package `edge-runner:capsule@0.1.0`).
+//! The contract itself is `wit/capsule.wit` (package `edge-runner:capsule@0.2.0`).
 
 use sha2::{Digest as _, Sha256};
 
@@ -239,6 +239,16 @@ impl PlanBuilder {
         self.change(mount, rel, Action::Create, None, Some(digest(after)), why);
     }
 
+    /// Plan to create `rel` with `after` and permission bits `mode` (at most
+    /// `0o777`). The only way to create an executable file: the runner
+    /// refuses one the plan did not declare, and one whose mode differs.
+    pub fn create_with_mode(&mut self, mount: &Mount, rel: &str, after: &[u8], mode: u32, why: &str) {
+        self.change(mount, rel, Action::Create, None, Some(digest(after)), why);
+        if let Some(c) = self.plan.changes.last_mut() {
+            c.mode = Some(mode);
+        }
+    }
+
     /// Plan to replace `before` with `after` at `rel`.
     pub fn modify(&mut self, mount: &Mount, rel: &str, before: &[u8], after: &[u8], why: &str) {
         self.change(mount, rel, Action::Modify, Some(digest(before)), Some(digest(after)), why);
@@ -265,6 +275,7 @@ impl PlanBuilder {
             action,
             digest_before,
             digest_after,
+            mode: None,
             why: why.to_owned(),
         });
     }

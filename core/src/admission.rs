@@ -82,7 +82,7 @@ pub enum AdmissionError {
     )]
     ImportNotGranted(String),
     #[error(
-        "the component imports `{0}`, a version this runner cannot provide (supported: wasi 0.2.x, edge-runner:capsule 0.1.x)"
+        "the component imports `{0}`, a version this runner cannot provide (supported: wasi 0.2.x, edge-runner:capsule 0.2.x)"
     )]
     ImportVersion(String),
     #[error("the manifest requests mount `{0}`, which the runner config does not define")]
@@ -161,7 +161,7 @@ fn resolve_grant(
         }
         let supported = match version {
             Some(v) if iface.starts_with("wasi:") => v.starts_with("0.2."),
-            Some(v) if iface.starts_with("edge-runner:") => v.starts_with("0.1."),
+            Some(v) if iface.starts_with("edge-runner:") => v.starts_with("0.2."),
             _ => false,
         };
         if !supported {

@@ -101,8 +101,17 @@ pub struct Change {
     pub digest_before: Option<Sha256Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest_after: Option<Sha256Digest>,
+    /// The permission bits (at most `0o777`; never set-id or sticky) the
+    /// file has after a create or modify (contract 0.2). Required to create
+    /// an executable file; absent, a created file must not be executable and
+    /// a modified one keeps its mode. Never set for a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
     pub why: String,
 }
+
+/// Execute bits: a created file with any of them must be declared.
+pub const EXECUTE_BITS: u32 = 0o111;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +166,11 @@ pub enum PlanError {
     ContentMismatch { mount: String, path: String, planned: String, actual: String },
     #[error("apply did not make planned change {action} {mount}/{path}")]
     NotApplied { mount: String, path: String, action: Action },
+    #[error(
+        "apply left {mount}/{path} with mode {actual:04o} but the plan {}",
+        match planned { Some(m) => format!("declares {m:04o}"), None => "declares no mode (an executable file must be declared with its mode)".to_owned() }
+    )]
+    ModeMismatch { mount: String, path: String, planned: Option<u32>, actual: u32 },
     #[error("the diff and precondition checks were made for different plans (a runner bug); nothing was committed")]
     ProofMismatch,
 }
@@ -178,6 +192,8 @@ impl PlanError {
             PlanError::Precondition { .. } => "commit.precondition_failed",
             PlanError::OutsidePlan { .. } => "apply.outside_plan",
             PlanError::ActionMismatch { .. } | PlanError::ContentMismatch { .. } => "apply.diff_mismatch",
+            PlanError::ModeMismatch { planned: None, .. } => "apply.outside_plan",
+            PlanError::ModeMismatch { planned: Some(_), .. } => "apply.diff_mismatch",
             PlanError::NotApplied { .. } => "apply.incomplete",
             PlanError::ProofMismatch => "authorize.plan_mismatch",
         }
@@ -252,6 +268,18 @@ impl Plan {
             if c.why.trim().is_empty() || c.why.len() > MAX_TEXT {
                 return Err(inconsistent(index, c, "`why` must be one non-empty sentence"));
             }
+            match (c.action, c.mode) {
+                (_, None) => {}
+                (Action::Delete, Some(_)) => return Err(inconsistent(index, c, "a delete declares no mode")),
+                (_, Some(m)) if m & !0o777 != 0 => {
+                    return Err(inconsistent(
+                        index,
+                        c,
+                        "a mode is permission bits only (at most 0777; no set-id or sticky)",
+                    ));
+                }
+                (_, Some(_)) => {}
+            }
             match (c.action, &c.digest_before, &c.digest_after) {
                 (Action::Create, None, Some(_)) => {}
                 (Action::Create, _, _) => {
@@ -309,9 +337,9 @@ pub struct DiffEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Sha256Digest>,
     /// The permission bits the file lands with (create, modify), as the
-    /// staged copy holds them. Never executable or set-id for a create, and
-    /// equal to the original's for a modify: contract 0.1 plans cannot
-    /// declare modes, so any other mode is refused before this is built.
+    /// staged copy holds them (never set-id or sticky). [`check_diff`] holds
+    /// it to the plan: a created file is executable only where the plan
+    /// declared that mode, and a modified file keeps its original's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
 }
@@ -384,6 +412,7 @@ pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPla
                 actual: d.action,
             });
         }
+        check_mode(c, d)?;
         if c.digest_after != d.after || c.digest_before != d.before {
             let (planned, actual) = if c.digest_after != d.after {
                 (show(&c.digest_after), show(&d.after))
@@ -403,6 +432,24 @@ pub fn check_diff(plan: &ValidPlan, diff: &[DiffEntry]) -> Result<DiffMatchesPla
         return Err(PlanError::NotApplied { mount: c.mount.clone(), path: c.path.to_string(), action: c.action });
     }
     Ok(DiffMatchesPlan(DiffMatched { plan: plan.digest, diff: diff.to_vec() }))
+}
+
+/// The mode rule: a declared mode must be the mode the file landed with; an
+/// undeclared create must not be executable (a modify's mode never changes:
+/// the snapshot diff refuses that before this).
+fn check_mode(c: &Change, d: &DiffEntry) -> Result<(), PlanError> {
+    let Some(actual) = d.mode else { return Ok(()) };
+    let ok = match (c.mode, d.action) {
+        (Some(declared), _) => declared == actual,
+        // Execute for anyone, or set-id/sticky (never carried by a snapshot).
+        (None, Action::Create) => actual & (EXECUTE_BITS | 0o7000) == 0,
+        (None, _) => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::ModeMismatch { mount: d.mount.clone(), path: d.path.to_string(), planned: c.mode, actual })
+    }
 }
 
 /// Check every planned "before" digest against the live files. `live` gives the
@@ -456,6 +503,7 @@ mod tests {
             action,
             digest_before: before.map(d),
             digest_after: after.map(d),
+            mode: None,
             why: "because".into(),
         }
     }
@@ -473,6 +521,42 @@ mod tests {
             after: c.digest_after,
             mode: None,
         }
+    }
+
+    #[test]
+    fn an_executable_lands_only_where_the_plan_declares_its_mode() {
+        let m = manifest();
+        let created = |declared: Option<u32>| {
+            let mut c = change(Action::Create, "cron.sh", None, Some("x"));
+            c.mode = declared;
+            c
+        };
+        let landed = |c: &Change, mode: u32| DiffEntry { mode: Some(mode), ..entry(c) };
+        for (declared, actual, ok) in [
+            (None, 0o644, true),
+            (None, 0o755, false),
+            (None, 0o744, false),
+            (Some(0o755), 0o755, true),
+            (Some(0o755), 0o644, false),
+            (Some(0o644), 0o755, false),
+        ] {
+            let c = created(declared);
+            let valid = plan(vec![c.clone()]).validate(&m, 10).unwrap();
+            let r = check_diff(&valid, &[landed(&c, actual)]);
+            assert_eq!(r.is_ok(), ok, "declared {declared:?}, landed {actual:o}: {:?}", r.err());
+            if let Err(e) = r {
+                let want = if declared.is_none() { "apply.outside_plan" } else { "apply.diff_mismatch" };
+                assert_eq!(e.reason_code(), want);
+            }
+        }
+        // A declared mode is permission bits only, and never on a delete.
+        for bad in [0o4755, 0o1777, 0o10644] {
+            let e = plan(vec![created(Some(bad))]).validate(&m, 10).unwrap_err();
+            assert_eq!(e.reason_code(), "plan.inconsistent", "{bad:o}");
+        }
+        let mut del = change(Action::Delete, "old.sh", Some("x"), None);
+        del.mode = Some(0o644);
+        assert_eq!(plan(vec![del]).validate(&m, 10).unwrap_err().reason_code(), "plan.inconsistent");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! anything else (a new or changed symlink, a removed directory, a file
 //! turned into a directory) is reported as a change no plan can cover.
 //!
-//! File modes are part of the diff. Plans of contract 0.1 cannot declare a
-//! mode, so a created file must not be executable or set-id, and a modified
-//! file must keep its mode: a capsule that renames an executable into the
-//! path of a planned "create" (WASI has no chmod; a rename is how a mode
-//! travels) is refused instead of landing an executable.
+//! File modes are part of the diff: every created or modified file carries
+//! the mode it landed with, and `plan::check_diff` holds it to the plan (a
+//! created executable must be declared with its mode, contract 0.2: a
+//! capsule that renames an executable into the path of a planned "create" —
+//! WASI has no chmod; a rename is how a mode travels — is refused unless the
+//! plan said so). A modified file keeps its mode: a mode change is not a
+//! change a plan can name, and is refused here.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +41,6 @@ pub enum Node {
 
 /// A mount's contents: mount-relative path → node.
 pub type Snapshot = BTreeMap<MountPath, Node>;
-
-/// Bits a created file may not carry unless a plan could declare them:
-/// execute for anyone, set-user-ID, set-group-ID, sticky.
-pub const UNPLANNED_MODE_BITS: u32 = 0o7111;
 
 /// A change that is not a regular-file create/modify/delete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,9 +97,6 @@ pub fn diff(mount: &str, before: &Snapshot, after: &Snapshot) -> Result<Vec<Diff
             continue;
         }
         match new {
-            Node::File { mode, .. } if mode & UNPLANNED_MODE_BITS != 0 => {
-                return Err(unplannable(path, "created an executable or set-id file"));
-            }
             Node::File { digest, mode, .. } => {
                 out.push(entry(mount, path, Action::Create, None, Some(*digest), Some(*mode)));
             }
@@ -166,13 +161,12 @@ mod tests {
 
     #[test]
     fn modes_are_part_of_the_diff() {
-        // A created file lands with its mode recorded; never executable or set-id.
+        // A created file lands with its mode recorded (the plan decides
+        // whether it may: `plan::tests`).
         let d = diff("m", &[].into(), &[(p("a"), fm("1", 0o640))].into()).unwrap();
         assert_eq!(d[0].mode, Some(0o640));
-        for mode in [0o755, 0o744, 0o645, 0o4644, 0o2644, 0o1644] {
-            let e = diff("m", &[].into(), &[(p("cron.sh"), fm("1", mode))].into()).unwrap_err();
-            assert!(e.to_string().contains("executable or set-id"), "{mode:o}: {e}");
-        }
+        let d = diff("m", &[].into(), &[(p("cron.sh"), fm("1", 0o755))].into()).unwrap();
+        assert_eq!(d[0].mode, Some(0o755));
         // A modified file keeps its mode; a mode change alone is refused too.
         let before: Snapshot = [(p("a"), fm("1", 0o644))].into();
         assert_eq!(diff("m", &before, &[(p("a"), fm("2", 0o644))].into()).unwrap()[0].mode, Some(0o644));

@@ -95,6 +95,7 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
             action: Action::Delete,
             digest_before: Some(before),
             digest_after: None,
+            mode: None,
             why: "older than 14 days".into(),
         }],
         findings: Vec::new(),

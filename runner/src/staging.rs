@@ -381,8 +381,9 @@ impl Journal {
                             Err(e) => return Err(e.into()),
                         }
                     }
-                    // The mode the diff check saw (never executable or set-id),
-                    // not whatever the staged file holds now.
+                    // The mode the diff check saw (executable only when the
+                    // plan declared it; never set-id), not whatever the
+                    // staged file holds now.
                     self.steps[i].created_dirs = missing;
                     let checked = self.steps[i].mode.context("a create step without its checked mode")?;
                     self.steps[i].mode = Some(checked & MODE_MASK);
@@ -614,6 +615,7 @@ mod tests {
                 action: e.action,
                 digest_before: e.before,
                 digest_after: e.after,
+                mode: None,
                 why: "the test".into(),
             })
             .collect();

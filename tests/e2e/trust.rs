@@ -294,3 +294,35 @@ fn a_compilation_that_needs_more_memory_than_allowed_ends_its_helper_not_the_run
     let e = format!("{:#}", in_child(exe, 512, b"\0asm garbage", 64 << 20, timeout).unwrap_err());
     assert!(!e.contains("memory") && !e.is_empty(), "{e}");
 }
+
+#[test]
+fn an_executable_lands_when_the_plan_declares_it_and_only_with_the_declared_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = || {
+        let env = Env::new();
+        std::fs::write(env.path("data/tool.sh"), "#!/bin/sh\necho tool\n").unwrap();
+        std::fs::set_permissions(env.path("data/tool.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        env
+    };
+    // Declared 0755 (contract 0.2): committed, with that mode, recorded in
+    // the plan, the diff and the journal.
+    let env = setup();
+    let run = env.exec(&env.hostile("exec-declared"));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(std::fs::metadata(env.path("data/cron.sh")).unwrap().permissions().mode() & 0o7777, 0o755);
+    let event = |t: &str| {
+        run.report["records"].as_array().unwrap().iter().find(|r| r["event"]["type"] == t).unwrap()["event"].clone()
+    };
+    let created =
+        event("applied")["diff"].as_array().unwrap().iter().find(|d| d["action"] == "create").unwrap().clone();
+    assert_eq!(created["mode"], 0o755);
+    assert_eq!(run.report["plan"]["changes"][1]["mode"], 0o755, "{:#}", run.report["plan"]);
+
+    // Declared 0644, landed 0755: refused, nothing changed.
+    let env = setup();
+    let capsule = env.hostile("exec-understated");
+    let before = env.host_files();
+    let run = env.exec(&capsule);
+    crate::hostile::assert_refused(&env, &run, "apply.diff_mismatch", &before);
+    assert!(run.detail().contains("0755") && run.detail().contains("0644"), "{}", run.detail());
+}

@@ -424,6 +424,10 @@ pub(crate) fn print_changes(changes: &[edge_core::plan::Change], out: &mut dyn W
         if let Some(a) = &c.digest_after {
             writeln!(out, "      after  {a}")?;
         }
+        if let Some(m) = c.mode {
+            let exec = if m & edge_core::plan::EXECUTE_BITS != 0 { " — EXECUTABLE" } else { "" };
+            writeln!(out, "      mode   {m:04o}{exec}")?;
+        }
         writeln!(out, "      why    \"{}\" (the capsule's words)", U(&c.why))?;
     }
     Ok(())
@@ -597,5 +601,32 @@ pub fn run_main() -> ExitCode {
             let _ = stderr.flush();
             ExitCode::from(Exit::Error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edge_core::plan::{Action, Change};
+
+    #[test]
+    fn a_declared_mode_is_shown_on_its_own_line_and_an_executable_says_so() {
+        let change = |mode| Change {
+            mount: "data".into(),
+            path: edge_core::paths::MountPath::new("cron.sh").unwrap(),
+            action: Action::Create,
+            digest_before: None,
+            digest_after: Some(edge_core::Sha256Digest::of(b"x")),
+            mode,
+            why: "mode 0644\n  create data/other".into(),
+        };
+        let mut out = Vec::new();
+        super::print_changes(&[change(Some(0o755)), change(Some(0o640)), change(None)], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.iter().filter(|l| l.starts_with("  create ")).count(), 3, "{out}");
+        assert!(lines.contains(&"      mode   0755 — EXECUTABLE"), "{out}");
+        assert!(lines.contains(&"      mode   0640"), "{out}");
+        // The capsule's words stay on the `why` line: they cannot add a mode line.
+        assert_eq!(lines.iter().filter(|l| l.trim_start().starts_with("mode")).count(), 2, "{out}");
     }
 }

@@ -58,6 +58,7 @@ pub(super) fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> 
             },
             digest_before: digest(c.digest_before)?,
             digest_after: digest(c.digest_after)?,
+            mode: c.mode,
             why: c.why,
         });
     }
@@ -85,6 +86,7 @@ pub(super) fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
                 },
                 digest_before: c.digest_before.map(|d| d.to_string()),
                 digest_after: c.digest_after.map(|d| d.to_string()),
+                mode: c.mode,
                 why: c.why.clone(),
             })
             .collect(),

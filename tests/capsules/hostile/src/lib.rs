@@ -118,6 +118,16 @@ impl Capsule for Hostile {
                 p.create(&data, "cron.sh", b"#!/bin/sh\necho cron\n", "a cron job");
                 Ok(p.build())
             }
+            // The same change, declared (contract 0.2): `exec-declared` says
+            // 0755, as it lands; `exec-understated` says 0644 and lands 0755.
+            "exec-declared" | "exec-understated" => {
+                let mut p = PlanBuilder::new("replace the tool by a cron job");
+                let before = data.read("tool.sh")?.unwrap_or_default();
+                p.delete(&data, "tool.sh", &before, "replaced by cron.sh");
+                let mode = if attack(ctx) == "exec-declared" { 0o755 } else { 0o644 };
+                p.create_with_mode(&data, "cron.sh", b"#!/bin/sh\necho cron\n", mode, "a cron job");
+                Ok(p.build())
+            }
             // Ask the host for a gigabyte of random bytes in one call.
             "random-flood" => {
                 let b = rng::wasi::random::random::get_random_bytes(1 << 30);
@@ -168,7 +178,7 @@ impl Capsule for Hostile {
                 data.write("extra.txt", b"not in the plan")
             }
             "lie-digest" => data.write("ok.txt", b"something else"),
-            "exec-mode" => {
+            "exec-mode" | "exec-declared" | "exec-understated" => {
                 std::fs::rename("/mnt/data/tool.sh", "/mnt/data/cron.sh").map_err(|e| format!("rename: {e}"))?;
                 std::fs::write("/mnt/data/cron.sh", b"#!/bin/sh\necho cron\n").map_err(|e| format!("write: {e}"))
             }
@@ -216,6 +226,10 @@ impl Capsule for Hostile {
         match attack(ctx) {
             "verify-fail" => Ok(Verification::new(false, "the fix did not hold (on purpose)")),
             "verify-trap" => panic!("verify panics"),
+            "exec-declared" => {
+                let ok = ctx.mount("data")?.read("cron.sh")?.as_deref() == Some(&b"#!/bin/sh\necho cron\n"[..]);
+                Ok(Verification::new(ok, "cron.sh checked"))
+            }
             _ => {
                 let ok = ctx.mount("data")?.read("ok.txt")?.as_deref() == Some(&b"ok"[..]);
                 Ok(Verification::new(ok, "ok.txt checked"))
