@@ -5,7 +5,7 @@
 //!           Admitted  Decided   ValidPlan  Authority   Applied   Committed
 //! ```
 //!
-//! One file per stage; [`Runner::drive`] below calls them in that order.
+//! One file per stage; `Runner::drive` below calls them in that order.
 //! Each stage takes the proof value the one before it returned (built only
 //! by the check it stands for: see `docs/architecture.md`) and returns the
 //! next, or stops the run: refused with its stage's error (a stable reason
