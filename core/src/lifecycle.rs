@@ -279,3 +279,133 @@ fn apply(v: &mut ProposalView, r: &Record) {
         _ => {}
     }
 }
+
+/// What proposals and approvals have used up, folded from the log in record
+/// order: the record (`seq`) at which each approval nonce was first spent,
+/// each proposal first executed (a met quorum), first settled (met or
+/// vetoed) and first expired. The runner asks whether a nonce is spent or a
+/// proposal settled; the offline verifier asks whether that happened
+/// *before* the record it checks. Both read the same fold.
+#[derive(Debug, Default)]
+pub struct Settlements {
+    pub nonces: HashMap<String, u64>,
+    pub executed: HashMap<String, u64>,
+    pub settled: HashMap<String, u64>,
+    pub expired: HashMap<String, u64>,
+}
+
+impl Settlements {
+    /// Every settlement in `records`, in order.
+    pub fn of(records: &[Record]) -> Self {
+        let mut s = Self::default();
+        for r in records {
+            s.push(r);
+        }
+        s
+    }
+
+    /// Fold in the next record.
+    pub fn push(&mut self, r: &Record) {
+        match &r.event {
+            Event::Quorum { proposal, nonces, outcome, .. } => match QuorumOutcome::from_recorded(outcome) {
+                Some(QuorumOutcome::Met { .. }) => {
+                    for n in nonces {
+                        self.nonces.entry(n.clone()).or_insert(r.seq);
+                    }
+                    self.executed.entry(proposal.clone()).or_insert(r.seq);
+                    self.settled.entry(proposal.clone()).or_insert(r.seq);
+                }
+                Some(QuorumOutcome::Vetoed { .. }) => {
+                    self.settled.entry(proposal.clone()).or_insert(r.seq);
+                }
+                Some(QuorumOutcome::Insufficient { .. }) | None => {}
+            },
+            Event::ProposalExpired { proposal, .. } => {
+                self.expired.entry(proposal.clone()).or_insert(r.seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// The record before `seq` at which `nonce` was spent, if any.
+    pub fn nonce_spent_before(&self, nonce: &str, seq: u64) -> Option<u64> {
+        self.nonces.get(nonce).copied().filter(|at| *at < seq)
+    }
+
+    /// The record before `seq` at which `proposal` was executed, if any.
+    pub fn executed_before(&self, proposal: &str, seq: u64) -> Option<u64> {
+        self.executed.get(proposal).copied().filter(|at| *at < seq)
+    }
+
+    /// The record before `seq` at which `proposal` expired, if any.
+    pub fn expired_before(&self, proposal: &str, seq: u64) -> Option<u64> {
+        self.expired.get(proposal).copied().filter(|at| *at < seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, run: &str, event: Event) -> Record {
+        Record {
+            schema: String::new(),
+            seq,
+            time: "2026-12-03T00:00:00Z".into(),
+            run: run.into(),
+            prev: Sha256Digest::of(b""),
+            event,
+        }
+    }
+
+    fn quorum(seq: u64, result: &str, nonces: &[&str]) -> Record {
+        let outcome = match result {
+            "met" => serde_json::json!({"result": "met", "count": 1, "required": 1, "break_glass": false}),
+            "vetoed" => serde_json::json!({"result": "vetoed", "by": "bob", "comment": null}),
+            other => serde_json::json!({"result": other, "count": 0, "required": 1}),
+        };
+        record(
+            seq,
+            "r-2",
+            Event::Quorum {
+                proposal: "p-1".into(),
+                outcome,
+                counted: serde_json::json!([]),
+                break_glass: false,
+                nonces: nonces.iter().map(|n| (*n).to_owned()).collect(),
+                allowed_signers: Sha256Digest::of(b"a"),
+                roles: Sha256Digest::of(b"r"),
+                checked_at: 0,
+                clock_skew_secs: 0,
+            },
+        )
+    }
+
+    #[test]
+    fn settlements_say_what_was_used_up_and_where() {
+        let s = Settlements::of(&[
+            quorum(3, "insufficient", &[]),
+            quorum(5, "met", &["n1", "n2"]),
+            quorum(9, "met", &["n1"]),
+        ]);
+        assert_eq!(s.executed_before("p-1", 5), None, "the first execution is not before itself");
+        assert_eq!(s.executed_before("p-1", 9), Some(5));
+        assert_eq!(s.nonce_spent_before("n1", 9), Some(5));
+        assert_eq!(s.nonce_spent_before("n2", 5), None);
+        assert_eq!(s.settled.get("p-1"), Some(&5));
+        // A vetoed proposal is settled, not executed; its nonces are not spent.
+        let v = Settlements::of(&[quorum(4, "vetoed", &["n3"])]);
+        assert!(v.settled.contains_key("p-1") && v.executed.is_empty() && v.nonces.is_empty());
+        // An outcome that does not parse counts for nothing (the verifier's
+        // replay refuses such a record).
+        let forged = Settlements::of(&[quorum(4, "MET", &["n4"])]);
+        assert!(forged.executed.is_empty() && forged.nonces.is_empty());
+        let e = Settlements::of(&[record(
+            7,
+            "runner",
+            Event::ProposalExpired { proposal: "p-1".into(), waited_secs: 10, limit_secs: 5 },
+        )]);
+        assert_eq!(e.expired_before("p-1", 8), Some(7));
+        assert_eq!(e.expired_before("p-1", 7), None);
+    }
+}

@@ -51,14 +51,9 @@ pub struct RunSummary {
     pub submitted_by: Option<String>,
 }
 
-/// What runs share: nonces consumed (where), proposals expired (where).
-#[derive(Default)]
-struct Ledger {
-    nonces: BTreeMap<String, u64>,
-    expired: BTreeMap<String, u64>,
-    /// Proposals a met quorum executed (where): each runs once.
-    executed: BTreeMap<String, u64>,
-}
+/// What runs share — nonces spent, proposals executed and expired, each at
+/// its record — is the same fold the runner keeps (`core::lifecycle`).
+type Ledger = edge_core::lifecycle::Settlements;
 
 /// Compiled documents, shared between runs that use the same digests.
 #[derive(Default)]
@@ -79,12 +74,9 @@ pub(crate) struct Ctx<'a> {
 pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSummary>, Failure> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
-    let mut ledger = Ledger::default();
+    let ledger = Ledger::of(records);
     for r in records {
         if RUNNER_RUNS.contains(&r.run.as_str()) {
-            if let Event::ProposalExpired { proposal, .. } = &r.event {
-                ledger.expired.entry(proposal.clone()).or_insert(r.seq);
-            }
             continue;
         }
         by_run
@@ -98,7 +90,7 @@ pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSum
     let mut cache = Cache::default();
     let mut out = Vec::with_capacity(order.len());
     for run in order {
-        let s = check_run(&by_run[run], ctx, &mut cache, &mut ledger)?;
+        let s = check_run(&by_run[run], ctx, &mut cache, &ledger)?;
         out.push(s);
     }
     Ok(out)
@@ -143,7 +135,7 @@ fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, F
         .map_err(|_| Failure::record("artifact.format", r.seq, &r.run, format!("artifact {d} is not UTF-8")))
 }
 
-fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &mut Ledger) -> Result<RunSummary, Failure> {
+fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger) -> Result<RunSummary, Failure> {
     let first = recs[0];
     let last = recs[recs.len() - 1];
     let mut sum = RunSummary {
@@ -455,7 +447,7 @@ fn check_quorum(
     ctx: &Ctx<'_>,
     st: &State<'_>,
     sum: &mut RunSummary,
-    ledger: &mut Ledger,
+    ledger: &Ledger,
 ) -> Result<(), Failure> {
     let Event::Quorum {
         proposal,
@@ -563,8 +555,7 @@ fn check_quorum(
         ));
     }
     if result.met.is_some()
-        && let Some(at) = ledger.expired.get(proposal)
-        && *at < r.seq
+        && let Some(at) = ledger.expired_before(proposal, r.seq)
     {
         return Err(fail(
             "proposal.expired",
@@ -572,12 +563,14 @@ fn check_quorum(
         ));
     }
     if result.met.is_some()
-        && let Some(prev) = ledger.executed.insert(proposal.clone(), r.seq)
+        && let Some(prev) = ledger.executed_before(proposal, r.seq)
     {
         return Err(fail("proposal.executed", format!("proposal {proposal} was already executed at record {prev}")));
     }
+    let mut in_this_quorum = BTreeSet::new();
     for n in nonces {
-        if let Some(prev) = ledger.nonces.insert(n.clone(), r.seq) {
+        let prev = ledger.nonce_spent_before(n, r.seq).or_else(|| (!in_this_quorum.insert(n)).then_some(r.seq));
+        if let Some(prev) = prev {
             return Err(fail("nonce.reused", format!("approval nonce {n} was already consumed at record {prev}")));
         }
     }

@@ -376,6 +376,16 @@ fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
     let e = fails(f, &p.write());
     assert_eq!(e.check, "proposal.expired", "{e}");
 
+    // The met quorum recorded a second time: the proposal would run twice
+    // on the same approvals.
+    let mut p = parts(&f.bundle);
+    let q = p.find("quorum");
+    let copy = p.records[q].clone();
+    p.records.insert(q + 1, copy);
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "proposal.executed", "{e}");
+
     // The quorum and its approvals removed, the run left authorized.
     let mut p = parts(&f.bundle);
     let q = p.find("quorum");

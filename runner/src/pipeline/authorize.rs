@@ -100,7 +100,7 @@ impl Runner {
 
     /// Whether the log records a met quorum for the proposal.
     pub(crate) fn executed(&self, id: &str) -> bool {
-        self.log.index().executed.contains(id)
+        self.log.index().settlements.executed.contains_key(id)
     }
 
     /// Single use: an approval whose nonce a met quorum in the log spent, or
@@ -110,7 +110,7 @@ impl Runner {
         seen: &mut HashSet<String>,
         v: VerifiedApproval,
     ) -> Result<VerifiedApproval, ApprovalError> {
-        if !self.log.index().nonces.contains(&v.nonce) && seen.insert(v.nonce.clone()) {
+        if !self.log.index().settlements.nonces.contains_key(&v.nonce) && seen.insert(v.nonce.clone()) {
             Ok(v)
         } else {
             Err(ApprovalError::Replayed(v.nonce))
@@ -194,7 +194,9 @@ impl Runner {
             return Err(AuthorizeError::Executed(id).into());
         }
         let now = unix_now().map_err(|e| AuthorizeError::Clock(format!("{e:#}")))?;
-        if self.log.index().expired.contains(&id) || !self.expire_settling(now, Some(&id)).await.or_fail()?.is_empty() {
+        if self.log.index().settlements.expired.contains_key(&id)
+            || !self.expire_settling(now, Some(&id)).await.or_fail()?.is_empty()
+        {
             return Err(AuthorizeError::Expired(id).into());
         }
         if !proposal_path(self, &id).exists() {

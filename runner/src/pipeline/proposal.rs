@@ -159,7 +159,7 @@ impl Runner {
         if self.executed(id) {
             anyhow::bail!("proposal {id} was already executed");
         }
-        if self.log.index().expired.contains(id) {
+        if self.log.index().settlements.expired.contains_key(id) {
             anyhow::bail!("proposal {id} expired; the agent must submit again");
         }
         let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {

@@ -5,13 +5,12 @@
 //! Everything here is derived from the log alone (it is rebuilt from the
 //! store on every start), so it can never disagree with what was recorded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Record};
 
-use edge_core::approval::quorum::Outcome as QuorumOutcome;
-use edge_core::lifecycle::{ProposalIndex, RUNNER_RUNS};
+use edge_core::lifecycle::{ProposalIndex, RUNNER_RUNS, Settlements};
 
 /// The fold of the log.
 #[derive(Debug, Default)]
@@ -20,14 +19,9 @@ pub struct LogIndex {
     pub records: u64,
     /// Proposals and their lifecycle states (the API's view).
     pub proposals: ProposalIndex,
-    /// Approval nonces consumed by met quorums.
-    pub nonces: HashSet<String>,
-    /// Proposals executed (a quorum met for them).
-    pub executed: HashSet<String>,
-    /// Proposals settled: a quorum met or vetoed.
-    pub settled: HashSet<String>,
-    /// Proposals recorded as expired.
-    pub expired: HashSet<String>,
+    /// Nonces spent, proposals executed, settled (met or vetoed) and
+    /// expired, with the record of each (the fold the verifier uses too).
+    pub settlements: Settlements,
     /// Proposals that waited for approval: id → unix seconds of the record.
     pub awaiting: BTreeMap<String, u64>,
     /// The policy and graph digests last recorded as in force.
@@ -46,21 +40,8 @@ impl LogIndex {
     pub fn push(&mut self, r: &Record) {
         self.records += 1;
         self.proposals.push(r);
+        self.settlements.push(r);
         match &r.event {
-            Event::Quorum { proposal, nonces, outcome, .. } => match QuorumOutcome::from_recorded(outcome) {
-                Some(QuorumOutcome::Met { .. }) => {
-                    self.nonces.extend(nonces.iter().cloned());
-                    self.executed.insert(proposal.clone());
-                    self.settled.insert(proposal.clone());
-                }
-                Some(QuorumOutcome::Vetoed { .. }) => {
-                    self.settled.insert(proposal.clone());
-                }
-                Some(QuorumOutcome::Insufficient { .. }) | None => {}
-            },
-            Event::ProposalExpired { proposal, .. } => {
-                self.expired.insert(proposal.clone());
-            }
             Event::AwaitingApproval { proposal, .. } => {
                 let at = r.time.parse::<jiff::Timestamp>().map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
                 self.awaiting.insert(proposal.clone(), at);
@@ -88,7 +69,7 @@ impl LogIndex {
     pub fn waiting(&self) -> Vec<(String, u64)> {
         self.awaiting
             .iter()
-            .filter(|(p, _)| !self.settled.contains(*p) && !self.expired.contains(*p))
+            .filter(|(p, _)| !self.settlements.settled.contains_key(*p) && !self.settlements.expired.contains_key(*p))
             .map(|(p, t)| (p.clone(), *t))
             .collect()
     }
