@@ -35,12 +35,17 @@ fn scope_text(v: &Verified) -> String {
     }
 }
 
-fn counts(v: &Verified) -> String {
+/// `3 committed, 1 refused`: how many of each name, in name order.
+fn tally<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let mut by: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for r in &v.runs {
-        *by.entry(outcome_name(r.outcome)).or_default() += 1;
+    for name in names {
+        *by.entry(name).or_default() += 1;
     }
     by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+}
+
+fn counts(v: &Verified) -> String {
+    tally(v.runs.iter().map(|r| outcome_name(r.outcome)))
 }
 
 /// Proposals (a submission and the run that executed it once approved are
@@ -48,11 +53,7 @@ fn counts(v: &Verified) -> String {
 /// use (`edge_core::lifecycle`).
 fn proposal_counts(v: &Verified) -> (usize, String) {
     let proposals = edge_core::lifecycle::index(&v.records);
-    let mut by: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for p in &proposals {
-        *by.entry(p.state.name()).or_default() += 1;
-    }
-    (proposals.len(), by.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "))
+    (proposals.len(), tally(proposals.iter().map(|p| p.state.name())))
 }
 
 /// Insecure switches (`dangerous_…`) in force for any run, and how many runs

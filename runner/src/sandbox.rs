@@ -334,8 +334,6 @@ impl Drop for EpochTicker {
 /// The compiled-and-linked environment shared by all runs.
 pub struct Sandbox {
     engine: Engine,
-    /// The memory ceiling the engine was configured for (the compile helper needs it).
-    max_memory_mib: u64,
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     /// Components already loaded in this process, by digest (bounded).
@@ -422,7 +420,6 @@ impl Sandbox {
         }
         Ok(Self {
             engine,
-            max_memory_mib,
             linker,
             cache_dir: cache_dir.to_path_buf(),
             loaded: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -461,7 +458,7 @@ impl Sandbox {
                 }
             }
         }
-        let artifact = compile::precompile(&self.engine, self.max_memory_mib, bytes)?;
+        let artifact = compile::precompile(&self.engine, bytes)?;
         crate::staging::write_durably(&path, &artifact)?;
         // SAFETY: `artifact` was produced by this engine just now.
         let component = unsafe { Component::deserialize(&self.engine, &artifact) }.map_err(anyhow::Error::from)?;

@@ -282,16 +282,16 @@ fn a_compilation_that_needs_more_memory_than_allowed_ends_its_helper_not_the_run
     let timeout = std::time::Duration::from_secs(60);
     // Under a limit too small for Cranelift, the helper is stopped and the
     // reason names the limit.
-    let e = format!("{:#}", in_child(exe, 512, &wasm, 8 << 20, timeout).unwrap_err());
+    let e = format!("{:#}", in_child(exe, &wasm, 8 << 20, timeout).unwrap_err());
     assert!(e.contains("needed more than 8 MiB of memory"), "{e}");
     // Under the real limit the same component compiles, and the runner's
     // engine accepts the artifact (the helper's engine compiles the same code).
-    let artifact = in_child(exe, 512, &wasm, edge_runner::sandbox::compile::COMPILE_MEMORY_BYTES, timeout).unwrap();
+    let artifact = in_child(exe, &wasm, edge_runner::sandbox::compile::COMPILE_MEMORY_BYTES, timeout).unwrap();
     let sandbox = edge_runner::sandbox::Sandbox::new(tempfile::tempdir().unwrap().path(), 512).unwrap();
     // SAFETY: the artifact was compiled just now by the runner's own helper.
     unsafe { wasmtime::component::Component::deserialize(sandbox.engine(), &artifact) }.unwrap();
     // Garbage is a compile error, reported as such (not as a memory problem).
-    let e = format!("{:#}", in_child(exe, 512, b"\0asm garbage", 64 << 20, timeout).unwrap_err());
+    let e = format!("{:#}", in_child(exe, b"\0asm garbage", 64 << 20, timeout).unwrap_err());
     assert!(!e.contains("memory") && !e.is_empty(), "{e}");
 }
 

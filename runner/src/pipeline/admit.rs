@@ -3,9 +3,6 @@
 //! component compiles, and what it imports ⊆ what its manifest declares ⊆
 //! what this runner grants. Recorded as `submission` and `admitted`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use edge_core::Sha256Digest;
 use edge_core::admission::{self, AdmissionError, Admitted};
 use edge_core::container::{CapsuleFile, ContainerError};
@@ -14,7 +11,7 @@ use edge_core::signature::{self, SignatureError};
 
 use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use super::{Runner, Submitted};
-use crate::sandbox::{Prepared, SandboxError};
+use crate::sandbox::Prepared;
 
 /// Why a capsule was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -94,17 +91,15 @@ impl Runner {
             .map_err(|e| AdmitError::Compile(format!("{e:#}")))?;
         let admitted = admission::admit(verified, &loaded.imports, &self.config.ceiling).map_err(AdmitError::from)?;
         let pre = loaded.prepare(&self.sandbox).map_err(|e| AdmitError::Link(format!("{e:#}")))?.clone();
-        let host_mounts: BTreeMap<String, PathBuf> =
-            self.config.mounts.iter().map(|(n, m)| (n.clone(), m.path.clone())).collect();
-        let prepared = Prepared::new(pre, &admitted, &host_mounts, &self.config.env)
-            .map_err(|e: SandboxError| Stop::Failed(e.into()))?;
+        let host_path = |name: &str| self.config.mounts.get(name).map(|m| m.path.as_path());
+        let prepared = Prepared::new(pre, &admitted, host_path, &self.config.env).or_fail()?;
 
         let trusted_root = self.config.trusted_root.as_deref().map(|b| report.artifact(b)).transpose()?;
         let capsule = admitted.capsule();
         report.record(Event::Admitted {
             signer: format!("{} ({})", capsule.signer(), capsule.signer_detail()),
             signer_key: capsule.signer_key().to_owned(),
-            grant: serde_json::to_value(admitted.grant()).map_err(|e| Stop::Failed(e.into()))?,
+            grant: serde_json::to_value(admitted.grant()).or_fail()?,
             imports: admitted.imports().to_vec(),
             trusted_root,
         })?;

@@ -80,7 +80,7 @@ impl Runner {
         let quorum = if decided.decision().tier == 0 {
             None
         } else if approvals.is_empty() {
-            self.await_approval(report, &decided, &valid).or_fail()?;
+            self.await_approval(report, &decided, &valid)?;
             return Err(Stop::Ended);
         } else {
             Some(self.gather_quorum(report, &decided, &valid, approvals).await?)
@@ -95,7 +95,7 @@ impl Runner {
             (None, None) => (Vec::new(), "unapproved tier-0 run: no policy configured".into()),
         };
         report.record(Event::Authorized { tier: authorized.decision().tier, approvals: approvals_used, note })?;
-        Authority::new(authorized, prepared).map_err(|e| Stop::Failed(e.into()))
+        Authority::new(authorized, prepared).or_fail()
     }
 
     /// Whether the log records a met quorum for the proposal.
@@ -118,16 +118,16 @@ impl Runner {
     }
 
     /// Write the proposal document and end the run awaiting approval.
-    fn await_approval(&self, report: &mut RunReport, decided: &Decided, valid: &ValidPlan) -> Result<()> {
+    fn await_approval(&self, report: &mut RunReport, decided: &Decided, valid: &ValidPlan) -> Result<(), Stop> {
         let capsule = decided.admitted().capsule();
         let id = format!("p{}", &report.run[1..]);
         let proposal = Proposal {
             schema: PROPOSAL_SCHEMA.into(),
             id: id.clone(),
             runner: self.config.name.clone(),
-            created_at: unix_now()?,
+            created_at: unix_now().or_fail()?,
             capsule: capsule.file().digest(),
-            manifest: serde_json::from_slice(capsule.file().manifest_bytes())?,
+            manifest: serde_json::from_slice(capsule.file().manifest_bytes()).or_fail()?,
             signer: capsule.signer().to_owned(),
             signer_detail: capsule.signer_detail().to_owned(),
             transparency: capsule.transparency(),
@@ -136,17 +136,13 @@ impl Runner {
             plan: valid.plan().clone(),
             plan_digest: valid.digest(),
         };
-        let bytes = serde_json::to_vec_pretty(&proposal)?;
-        let document = report.log.put_artifact(&bytes)?;
+        let bytes = serde_json::to_vec_pretty(&proposal).or_fail()?;
+        let document = report.artifact(&bytes)?;
         let path = proposal_path(self, &id);
-        crate::staging::write_durably(&path, &bytes)?;
+        crate::staging::write_durably(&path, &bytes).or_fail()?;
         let required = decided.decision().approvals_required;
-        report.log.append_deferred(
-            &report.run,
-            Event::AwaitingApproval { proposal: id.clone(), document, approvals_required: required },
-        )?;
-        report.log.append_deferred(&report.run, Event::Completed { outcome: Outcome::AwaitingApproval })?;
-        report.outcome = Outcome::AwaitingApproval;
+        report.record(Event::AwaitingApproval { proposal: id, document, approvals_required: required })?;
+        report.close(Outcome::AwaitingApproval)?;
         report.proposal = Some(path);
         Ok(())
     }
@@ -220,7 +216,7 @@ impl Runner {
             report.record(Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
             match result.and_then(|v| self.single_use(&mut seen, v)) {
                 Ok(v) => {
-                    let verdict = serde_json::to_value(v.verdict).map_err(|e| Stop::Failed(e.into()))?;
+                    let verdict = serde_json::to_value(v.verdict).or_fail()?;
                     report.record(Event::ApprovalAccepted {
                         approval: d,
                         principal: v.principal.clone(),
@@ -252,12 +248,11 @@ impl Runner {
         let allowed_signers = report.artifact(registry.allowed_signers_text.as_bytes())?;
         let roles = report.artifact(registry.roles_text.as_bytes())?;
         let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
-        let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Stop::Failed(e.into()));
         // Durable before the settling lock is released: the nonces are spent.
         let quorum = Event::Quorum {
             proposal: id.clone(),
-            outcome: json(serde_json::to_value(&result.outcome))?,
-            counted: json(serde_json::to_value(&result.approvals))?,
+            outcome: serde_json::to_value(&result.outcome).or_fail()?,
+            counted: serde_json::to_value(&result.approvals).or_fail()?,
             break_glass,
             nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
             allowed_signers,
@@ -266,7 +261,7 @@ impl Runner {
             clock_skew_secs: self.config.clock_skew_secs,
         };
         report.log.append(&report.run, quorum).await.or_fail()?;
-        report.quorum = Some(json(serde_json::to_value(&result.outcome))?);
+        report.quorum = Some(serde_json::to_value(&result.outcome).or_fail()?);
         match (result.met, result.outcome) {
             (Some(met), _) => Ok(met),
             (None, QuorumOutcome::Vetoed { by, comment }) => Err(AuthorizeError::Vetoed { by, comment }.into()),

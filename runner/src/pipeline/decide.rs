@@ -13,7 +13,7 @@ use edge_core::evidence::Event;
 use edge_core::policy::DecisionInput;
 
 use super::Runner;
-use super::run::{RunReport, Stage, StageError, Stop};
+use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use crate::policy_files::PolicySet;
 
 /// Why the policy did not let the capsule go further.
@@ -33,11 +33,10 @@ impl StageError for DecideError {
 
 impl Runner {
     pub(crate) fn decide(&self, admitted: Admitted, report: &mut RunReport) -> Result<Decided, Stop> {
-        let failed = |e: edge_core::canonical::CanonicalError| Stop::Failed(e.into());
         let (evaluated, input_d) = match &self.config.policy {
             Some(set) => {
                 let input = decision_input(&admitted, &self.config.nodes);
-                let input_d = report.artifact(&canonical::to_canonical_vec(&input).map_err(failed)?)?;
+                let input_d = report.artifact(&canonical::to_canonical_vec(&input).or_fail()?)?;
                 (set.policy.evaluate(&set.graph, &input), Some(input_d))
             }
             // Config refuses to load without a policy unless the operator

@@ -10,7 +10,7 @@ use edge_core::evidence::Event;
 use edge_core::plan::{PlanError as InvalidPlan, ValidPlan};
 
 use super::Runner;
-use super::run::{RunReport, Stage, StageError, Stop};
+use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use crate::sandbox::{Prepared, SandboxError};
 
 /// Why no valid plan came out of the `plan` phase.
@@ -54,7 +54,7 @@ impl Runner {
             .map_err(PlanError::from)?
             .validate(manifest, grant.limits.max_plan_changes as usize)
             .map_err(PlanError::from)?;
-        let plan_bytes = canonical::to_canonical_vec(valid.plan()).map_err(|e| Stop::Failed(e.into()))?;
+        let plan_bytes = canonical::to_canonical_vec(valid.plan()).or_fail()?;
         let plan_d = report.artifact(&plan_bytes)?;
         debug_assert_eq!(plan_d, valid.digest());
         report.plan = Some(valid.plan().clone());

@@ -105,14 +105,16 @@ impl<E: StageError> From<E> for Stop {
     }
 }
 
-/// The runner failing (not the capsule): `?` on an I/O result in a stage.
+/// The runner failing (not the capsule): `.or_fail()?` on an I/O or
+/// serialisation result in a stage. Explicit, so a capsule's error is never
+/// turned into a runner failure by a bare `?`.
 pub(crate) trait Fails<T> {
     fn or_fail(self) -> Result<T, Stop>;
 }
 
-impl<T> Fails<T> for Result<T> {
+impl<T, E: Into<anyhow::Error>> Fails<T> for Result<T, E> {
     fn or_fail(self) -> Result<T, Stop> {
-        self.map_err(Stop::Failed)
+        self.map_err(|e| Stop::Failed(e.into()))
     }
 }
 
@@ -250,7 +252,7 @@ impl Runner {
         for f in &mut captured.findings {
             f.message = self.redact(&f.message);
         }
-        let bytes = canonical::to_canonical_vec(&captured).map_err(|e| Stop::Failed(e.into()))?;
+        let bytes = canonical::to_canonical_vec(&captured).or_fail()?;
         let d = report.artifact(&bytes)?;
         report.captured.insert(phase.to_owned(), captured);
         Ok(Some(d))

@@ -43,25 +43,25 @@ impl std::fmt::Debug for Prepared {
 }
 
 impl Prepared {
-    /// Resolve an admitted capsule's grant against the host: `host_mounts`
+    /// Resolve an admitted capsule's grant against the host: `host_path`
     /// (mount name → live path) and `env_values` (name → value) come from
     /// the runner config.
     ///
     /// # Errors
     /// A granted mount the config does not place (a runner bug: the grant
     /// was resolved against the same config).
-    pub fn new(
+    pub fn new<'a>(
         pre: CapsulePre<HostState>,
         admitted: &Admitted,
-        host_mounts: &BTreeMap<String, PathBuf>,
+        host_path: impl Fn(&str) -> Option<&'a Path>,
         env_values: &BTreeMap<String, String>,
     ) -> Result<Self, SandboxError> {
         let grant = admitted.grant();
         let mounts = grant
             .mounts
             .iter()
-            .map(|g| match host_mounts.get(&g.name) {
-                Some(p) => Ok(PhaseMount { name: g.name.clone(), host_path: p.clone(), writable: false }),
+            .map(|g| match host_path(&g.name) {
+                Some(p) => Ok(PhaseMount { name: g.name.clone(), host_path: p.to_path_buf(), writable: false }),
                 None => Err(SandboxError::Setup(format!("granted mount `{}` has no host path", g.name))),
             })
             .collect::<Result<_, _>>()?;

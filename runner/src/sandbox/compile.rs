@@ -1,7 +1,7 @@
 //! Compiling a component, bounded in time *and* memory.
 //!
 //! The `edge-runner` binary compiles in a child process of itself
-//! (`edge-runner __compile-component <memory-mib>`, component on stdin,
+//! (`edge-runner __compile-component`, component on stdin,
 //! compiled artifact on stdout) under `RLIMIT_DATA` (heap and writable
 //! mappings: what Cranelift allocates) and `RLIMIT_CPU`, and the parent
 //! kills it at [`COMPILE_TIMEOUT`]. A hostile component that makes the
@@ -36,36 +36,29 @@ static HELPER: OnceLock<PathBuf> = OnceLock::new();
 /// helper, compile and return its exit code; otherwise register this
 /// executable as the helper and return `None`.
 pub fn serve_if_asked() -> Option<ExitCode> {
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_none_or(|a| a != SUBCOMMAND) {
+    if std::env::args_os().nth(1).is_none_or(|a| a != SUBCOMMAND) {
         if let Ok(exe) = std::env::current_exe() {
             let _ = HELPER.set(exe);
         }
         return None;
     }
-    let mib = args.next().and_then(|a| a.to_str()?.parse::<u64>().ok());
-    Some(match mib.map(helper) {
-        Some(Ok(())) => ExitCode::SUCCESS,
-        Some(Err(e)) => {
+    Some(match helper() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e:#}");
             ExitCode::FAILURE
-        }
-        None => {
-            let _ = writeln!(std::io::stderr(), "usage: edge-runner {SUBCOMMAND} <memory-mib> < component");
-            ExitCode::from(2)
         }
     })
 }
 
 /// The helper: component on stdin, compiled artifact on stdout.
-fn helper(max_memory_mib: u64) -> Result<()> {
+fn helper() -> Result<()> {
     let mut bytes = Vec::new();
     let max = edge_core::container::MAX_COMPONENT_BYTES;
     std::io::stdin().take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         bail!("the component is larger than {max} bytes");
     }
-    let _ = max_memory_mib; // the pool's size does not change the code compiled
     let engine = Engine::new(&super::compiler_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let artifact = engine.precompile_component(&bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     std::io::stdout().lock().write_all(&artifact)?;
@@ -75,11 +68,11 @@ fn helper(max_memory_mib: u64) -> Result<()> {
 /// Compile `bytes`: in the helper process when the binary registered one,
 /// else on a thread. One compilation at a time (hostile submissions cannot
 /// stack them).
-pub(super) fn precompile(engine: &Engine, max_memory_mib: u64, bytes: &[u8]) -> Result<Vec<u8>> {
+pub(super) fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match HELPER.get() {
-        Some(exe) => in_child(exe, max_memory_mib, bytes, COMPILE_MEMORY_BYTES, COMPILE_TIMEOUT),
+        Some(exe) => in_child(exe, bytes, COMPILE_MEMORY_BYTES, COMPILE_TIMEOUT),
         None => on_thread(engine, bytes),
     }
 }
@@ -90,15 +83,10 @@ pub(super) fn precompile(engine: &Engine, max_memory_mib: u64, bytes: &[u8]) -> 
 /// # Errors
 /// The component does not compile, or the compiler exceeded `memory` bytes
 /// or `timeout`.
-pub fn in_child(exe: &Path, max_memory_mib: u64, bytes: &[u8], memory: u64, timeout: Duration) -> Result<Vec<u8>> {
+pub fn in_child(exe: &Path, bytes: &[u8], memory: u64, timeout: Duration) -> Result<Vec<u8>> {
     let cpu_secs = timeout.as_secs() + 1;
     let mut cmd = Command::new(exe);
-    cmd.arg(SUBCOMMAND)
-        .arg(max_memory_mib.to_string())
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg(SUBCOMMAND).env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
