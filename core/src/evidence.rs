@@ -141,6 +141,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kept_policy: Option<Sha256Digest>,
     },
+    /// The run continues a waiting proposal (approvals were presented): its
+    /// plan and staged result are the proposal's, as recorded when it was
+    /// submitted and previewed — neither `plan` nor `apply` runs again.
+    /// Artifacts: the proposal document, its plan, the preview and the
+    /// content the preview shows.
+    Resumed {
+        proposal: String,
+        document: Sha256Digest,
+        plan: Sha256Digest,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<Sha256Digest>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        contents: Vec<Sha256Digest>,
+    },
     /// Authorization outcome (tier 0: no approvals needed).
     Authorized { tier: u8, approvals: Vec<String>, note: String },
     /// The capsule's plan (artifact: canonical plan JSON).
@@ -152,11 +166,21 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Sha256Digest>,
     },
-    /// `apply` ran against the staged copy and the runner computed the diff.
+    /// `apply` ran against the staged copy (before anyone approves: the
+    /// preview) and the runner computed the diff.
     Applied {
         diff: Vec<DiffEntry>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Sha256Digest>,
+        /// Artifact: the preview document (`edge_core::preview::Preview`)
+        /// describing each changed file, with its content artifacts as the
+        /// mount's preview mode allows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview: Option<Sha256Digest>,
+        /// Artifacts: the content the preview shows (exactly the content
+        /// digests its files name), so an export carries them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        contents: Vec<Sha256Digest>,
     },
     /// About to commit: the journal of what will change (written before any rename).
     CommitIntent { changes: usize, journal: Sha256Digest },
@@ -261,7 +285,18 @@ impl Record {
                 add(&Some(*plan));
                 add(output);
             }
-            Event::Applied { output, .. } | Event::Verified { output, .. } => add(output),
+            Event::Applied { output, preview, contents, .. } => {
+                add(output);
+                add(preview);
+                out.extend(contents.iter().copied());
+            }
+            Event::Resumed { document, plan, preview, contents, .. } => {
+                add(&Some(*document));
+                add(&Some(*plan));
+                add(preview);
+                out.extend(contents.iter().copied());
+            }
+            Event::Verified { output, .. } => add(output),
             Event::CommitIntent { journal, .. } => add(&Some(*journal)),
             Event::PolicyRefused { kept_policy, .. } => add(kept_policy),
             Event::KeyEvent { .. }
@@ -305,6 +340,7 @@ impl Event {
             Event::PolicyRefused { .. } => "policy-refused",
             Event::Authorized { .. } => "authorized",
             Event::Planned { .. } => "planned",
+            Event::Resumed { .. } => "resumed",
             Event::Applied { .. } => "applied",
             Event::CommitIntent { .. } => "commit-intent",
             Event::Committed { .. } => "committed",

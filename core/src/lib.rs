@@ -37,6 +37,7 @@ pub mod note;
 pub mod paths;
 pub mod plan;
 pub mod policy;
+pub mod preview;
 pub mod signature;
 pub mod snapshot;
 pub mod text;

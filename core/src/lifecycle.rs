@@ -104,6 +104,14 @@ pub struct ProposalView {
     pub tier: Option<u8>,
     pub decision: Option<Decision>,
     pub plan: Option<Sha256Digest>,
+    /// Artifact: the proposal document approvers review (above tier 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<Sha256Digest>,
+    /// Artifact: the preview of the staged result (`edge_core::preview`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Sha256Digest>,
+    /// When it was submitted (the time of its first record, RFC 3339).
+    pub submitted_at: String,
     pub approvals_required: u32,
     pub approvals: Vec<ApprovalView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,9 +171,12 @@ impl ProposalIndex {
             }
             return;
         }
-        // A run continues an earlier proposal once it records approvals for it.
+        // A run continues an earlier proposal once it names it (resumes it,
+        // or records approvals for it).
         let proposal_of_event = match &r.event {
-            Event::ApprovalReceived { proposal, .. } | Event::Quorum { proposal, .. } => Some(proposal),
+            Event::Resumed { proposal, .. }
+            | Event::ApprovalReceived { proposal, .. }
+            | Event::Quorum { proposal, .. } => Some(proposal),
             _ => None,
         };
         let own = || proposal_id(&r.run);
@@ -197,6 +208,9 @@ impl ProposalIndex {
                 tier: None,
                 decision: None,
                 plan: None,
+                document: None,
+                preview: None,
+                submitted_at: r.time.clone(),
                 approvals_required: 0,
                 approvals: Vec::new(),
                 refusal: None,
@@ -232,7 +246,10 @@ fn apply(v: &mut ProposalView, r: &Record) {
             v.plan = Some(*plan);
             v.state = State::Planned;
         }
-        Event::AwaitingApproval { .. } => v.state = State::AwaitingApproval,
+        Event::AwaitingApproval { document, .. } => {
+            v.document = Some(*document);
+            v.state = State::AwaitingApproval;
+        }
         Event::ApprovalAccepted { principal, verdict, .. } => v.approvals.push(ApprovalView {
             principal: Some(principal.clone()),
             verdict: Some(verdict.clone()),
@@ -254,7 +271,11 @@ fn apply(v: &mut ProposalView, r: &Record) {
                 Some(QuorumOutcome::Insufficient { .. }) | None => State::AwaitingApproval,
             };
         }
-        Event::Applied { .. } | Event::CommitIntent { .. } => v.state = State::Applying,
+        Event::Applied { preview, .. } => {
+            v.preview = *preview;
+            v.state = State::Applying;
+        }
+        Event::CommitIntent { .. } => v.state = State::Applying,
         Event::Committed { .. } => v.state = State::Verifying,
         Event::Refused { reason_code, detail, .. } => {
             v.refusal = Some(format!("[{reason_code}] {detail}"));

@@ -19,9 +19,18 @@
 //! ```
 //!
 //! ```compile_fail,E0061
-//! // …and a commit permission needs both proofs.
+//! // …and a commit permission needs both proofs…
 //! fn commit(d: edge_core::plan::DiffMatchesPlan) -> edge_core::plan::CommitAllowed {
 //!     edge_core::plan::commit_allowed(d).unwrap()
+//! }
+//! ```
+//!
+//! ```compile_fail,E0061
+//! // …and the authorization of the plan: a previewed diff whose live files
+//! // still match is not enough.
+//! use edge_core::plan::{CommitAllowed, DiffMatchesPlan, PreconditionsHold, commit_allowed};
+//! fn commit(d: DiffMatchesPlan, h: PreconditionsHold) -> CommitAllowed {
+//!     commit_allowed(d, h).unwrap()
 //! }
 //! ```
 
@@ -30,6 +39,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authorize::Authorized;
 use crate::canonical;
 use crate::digest::Sha256Digest;
 use crate::manifest::{Kind, Manifest};
@@ -377,14 +387,20 @@ impl CommitAllowed {
     }
 }
 
-/// Combine the two proofs for one plan into the permission to commit.
+/// Combine the two proofs for one *authorized* plan into the permission to
+/// commit. The diff can be checked (and previewed) before anyone approves;
+/// committing it needs the authorization of that plan too.
 ///
 /// # Errors
 /// [`PlanError::ProofMismatch`] if they were made for different plans (a
 /// runner bug; nothing is committed).
-pub fn commit_allowed(matched: DiffMatchesPlan, holds: PreconditionsHold) -> Result<CommitAllowed, PlanError> {
+pub fn commit_allowed(
+    authorized: &Authorized,
+    matched: DiffMatchesPlan,
+    holds: PreconditionsHold,
+) -> Result<CommitAllowed, PlanError> {
     let DiffMatchesPlan(DiffMatched { plan, diff }) = matched;
-    if plan != holds.0 {
+    if plan != holds.0 || plan != authorized.plan_digest() {
         return Err(PlanError::ProofMismatch);
     }
     Ok(CommitAllowed { plan, diff })

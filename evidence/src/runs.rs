@@ -13,6 +13,7 @@ use edge_core::graph::Graph;
 use edge_core::manifest::Manifest;
 use edge_core::plan::{self, DiffEntry, Finding, Plan};
 use edge_core::policy::{Decision, DecisionInput, Policy};
+use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
 use serde::Serialize;
 
@@ -40,6 +41,11 @@ pub struct RunSummary {
     pub refused_approvals: Vec<(String, String)>,
     pub break_glass: bool,
     pub diff: Vec<DiffEntry>,
+    /// Artifact: the preview of the staged result the run committed (or
+    /// that waits for approval), checked against the plan's digests.
+    pub preview: Option<Sha256Digest>,
+    /// The proposal this run waits as, or continues.
+    pub proposal: Option<String>,
     pub findings: Vec<Finding>,
     /// (stage, reason code, detail).
     pub refusals: Vec<(String, String, String)>,
@@ -68,6 +74,8 @@ pub(crate) struct Ctx<'a> {
     pub runner: &'a str,
     /// Whether runs may have begun before the first record in the bundle.
     pub partial_start: bool,
+    /// Proposal → the document it waited with (filled by `check_runs`).
+    pub documents: &'a HashMap<&'a str, Sha256Digest>,
 }
 
 /// Check every run; returns their summaries in order of first record.
@@ -89,6 +97,15 @@ pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSum
     }
     let mut cache = Cache::default();
     let mut out = Vec::with_capacity(order.len());
+    // The document each proposal waited with, for the runs that resume it.
+    let documents: HashMap<&str, Sha256Digest> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AwaitingApproval { proposal, document, .. } => Some((proposal.as_str(), *document)),
+            _ => None,
+        })
+        .collect();
+    let ctx = &Ctx { documents: &documents, ..*ctx };
     for run in order {
         let s = check_run(&by_run[run], ctx, &mut cache, &ledger)?;
         out.push(s);
@@ -114,7 +131,7 @@ struct State<'r> {
     refused: Vec<(&'r Record, Sha256Digest, String)>,
     quorum_met: bool,
     authorized: bool,
-    applied: Option<&'r [DiffEntry]>,
+    applied: Option<Vec<DiffEntry>>,
     intent: Option<usize>,
     committed: bool,
     rolled_back: bool,
@@ -305,6 +322,7 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 st.plan = Some((*d, p));
             }
             Event::AwaitingApproval { proposal, approvals_required, .. } => {
+                sum.proposal = Some(proposal.clone());
                 let Some((dec, _)) = &st.decision else { return Err(order("before a decision")) };
                 if st.plan.is_none() {
                     return Err(order("before a plan"));
@@ -359,15 +377,53 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 }
                 st.authorized = true;
             }
-            Event::Applied { diff, .. } => {
-                if !st.authorized {
-                    return Err(fail("run.unauthorized", "apply ran without an authorization".into()));
+            Event::Applied { diff, preview, contents, .. } => {
+                let Some((plan_d, _)) = &st.plan else { return Err(order("before a plan")) };
+                if let Some(d) = preview {
+                    check_preview(ctx, r, d, plan_d, diff, contents)?;
+                    sum.preview = Some(*d);
                 }
-                st.applied = Some(diff);
+                st.applied = Some(diff.clone());
+            }
+            Event::Resumed { proposal, document, plan: plan_d, preview, contents } => {
+                match &st.decision {
+                    Some((dec, _)) if dec.allowed => {}
+                    _ => return Err(order("without an allowing decision")),
+                }
+                if st.plan.is_some() {
+                    return Err(order("after the run planned for itself"));
+                }
+                if ctx.documents.get(proposal.as_str()).is_some_and(|d| d != document) {
+                    return Err(fail("proposal.document", format!("resumes {proposal} with another document")));
+                }
+                let doc: serde_json::Value = serde_json::from_slice(artifact(ctx, document, r)?)
+                    .map_err(|e| fail("proposal.document", format!("the proposal document does not parse: {e}")))?;
+                let named = |k: &str| doc.get(k).and_then(|v| serde_json::from_value::<Sha256Digest>(v.clone()).ok());
+                let capsule = st.submission.as_ref().map(|s| s.capsule);
+                if named("capsule") != capsule || named("plan_digest") != Some(*plan_d) || named("preview") != *preview
+                {
+                    return Err(fail(
+                        "proposal.document",
+                        format!("the run resumes {proposal} with another capsule, plan or preview than it waited with"),
+                    ));
+                }
+                let p: Plan = serde_json::from_slice(artifact(ctx, plan_d, r)?)
+                    .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
+                if let Some(d) = preview {
+                    let pv = load_preview(ctx, r, d)?;
+                    let diff = pv.diff();
+                    check_preview(ctx, r, d, plan_d, &diff, contents)?;
+                    sum.preview = Some(*d);
+                    st.applied = Some(diff);
+                }
+                sum.plan_summary = Some(p.summary.clone());
+                sum.proposal = Some(proposal.clone());
+                st.proposal = Some(proposal.clone());
+                st.plan = Some((*plan_d, p));
             }
             Event::CommitIntent { changes, .. } => {
-                let (Some(diff), Some((_, p)), Some(sub), Some(grant)) =
-                    (st.applied, &st.plan, &st.submission, &st.grant)
+                let (true, Some(diff), Some((_, p)), Some(sub), Some(grant)) =
+                    (st.authorized, &st.applied, &st.plan, &st.submission, &st.grant)
                 else {
                     return Err(fail("run.unauthorized", "a commit without an applied, authorized plan".into()));
                 };
@@ -387,7 +443,7 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                     return Err(fail("run.unauthorized", "committed without a matching commit intent".into()));
                 }
                 st.committed = true;
-                sum.diff = st.applied.unwrap_or_default().to_vec();
+                sum.diff = st.applied.clone().unwrap_or_default();
             }
             Event::Verified { passed, findings, .. } => {
                 sum.verify_passed = Some(*passed);
@@ -428,6 +484,35 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
         ));
     }
     Ok(sum)
+}
+
+fn load_preview(ctx: &Ctx<'_>, r: &Record, d: &Sha256Digest) -> Result<Preview, Failure> {
+    serde_json::from_slice(artifact(ctx, d, r)?)
+        .map_err(|e| Failure::record("preview.document", r.seq, &r.run, format!("the preview does not parse: {e}")))
+}
+
+/// The preview describes exactly the diff, for this plan; `full` content
+/// hashes to the plan's digests; the record names exactly its content.
+fn check_preview(
+    ctx: &Ctx<'_>,
+    r: &Record,
+    d: &Sha256Digest,
+    plan: &Sha256Digest,
+    diff: &[DiffEntry],
+    contents: &[Sha256Digest],
+) -> Result<(), Failure> {
+    let pv = load_preview(ctx, r, d)?;
+    preview::check(&pv, plan, diff, |c| ctx.artifacts.get(c).cloned())
+        .map_err(|e| Failure::record("preview.content", r.seq, &r.run, e.to_string()))?;
+    if pv.contents() != contents {
+        return Err(Failure::record(
+            "preview.content",
+            r.seq,
+            &r.run,
+            "the record names other content than the preview shows",
+        ));
+    }
+    Ok(())
 }
 
 fn check_outcome(outcome: Outcome, st: &State<'_>) -> Result<(), String> {

@@ -17,6 +17,7 @@ use edge_core::merkle::{self, CompactRange};
 use edge_core::note::{Checkpoint, NoteSigner};
 use edge_core::plan::{Action, Change, DiffEntry, Plan};
 use edge_core::policy::{DecisionInput, Policy};
+use edge_core::preview::{FilePreview, PREVIEW_SCHEMA, Preview, PreviewMode, Side};
 use edge_core::signature::{CapsuleSigningKey, Transparency, TrustedSigner};
 use edge_core::{Sha256Digest, canonical};
 
@@ -124,6 +125,23 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
     let graph_d = put(graph_text.into_bytes());
     let plan_d = put(canonical::to_canonical_vec(&plan).expect("plan"));
     let journal_d = put(b"{\"synthetic\":\"journal\"}".to_vec());
+    let old_log_d = put(b"old log".to_vec());
+    let preview = Preview {
+        schema: PREVIEW_SCHEMA.into(),
+        plan: Sha256Digest::of(&canonical::to_canonical_vec(&plan).expect("plan")),
+        files: vec![FilePreview {
+            mount: "logs".into(),
+            path: plan.changes[0].path.clone(),
+            action: Action::Delete,
+            preview: PreviewMode::Full,
+            before: Some(Side { digest: before, size: 7, lines: 1, text: true, content: Some(old_log_d) }),
+            after: None,
+            mode_before: Some(0o644),
+            mode_after: None,
+            redacted_lines: 0,
+        }],
+    };
+    let preview_d = put(serde_json::to_vec(&preview).expect("preview"));
     assert_eq!((policy_d, graph_d), (policy.digest(), graph.digest()));
 
     let identity = CapsuleSigningKey::generate().note_signer(origin).expect("origin is a key name");
@@ -162,8 +180,8 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
                 findings: Vec::new(),
                 output: None,
             },
+            Event::Applied { diff: diff.clone(), output: None, preview: Some(preview_d), contents: vec![old_log_d] },
             Event::Authorized { tier: 0, approvals: Vec::new(), note: "tier 0: no approvals required".into() },
-            Event::Applied { diff: diff.clone(), output: None },
             Event::CommitIntent { changes: 1, journal: journal_d },
             Event::Committed { changes: 1 },
             Event::Verified { passed: true, summary: "the log is gone".into(), findings: Vec::new(), output: None },

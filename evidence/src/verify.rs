@@ -287,6 +287,7 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
             // Only a `since` export may begin in the middle of a run; a run
             // export carries every record of its run.
             partial_start: matches!(v.header.scope, Scope::Since { .. }),
+            documents: &std::collections::HashMap::new(),
         };
         v.runs = runs::check_runs(&v.records, &ctx)?;
         if matches!(v.header.scope, Scope::Full) {

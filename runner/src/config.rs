@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use edge_core::admission::{Ceiling, Limits};
 use edge_core::manifest::{is_env_name, is_interface_name};
 use edge_core::paths::is_logical_name;
+use edge_core::preview::{DEFAULT_REDACT_PATTERNS, PreviewMode, Redactor};
 use edge_core::signature::{TrustedSigner, TrustedSigners};
 
 use crate::policy_files::PolicySet;
@@ -97,6 +98,15 @@ struct RawRunner {
     /// report shows it in its banner.
     #[serde(default)]
     dangerous_run_without_policy: bool,
+    /// Most bytes of file content one preview keeps as evidence (default
+    /// 16 MiB); a larger preview refuses the proposal.
+    #[serde(default)]
+    max_preview_mib: Option<u64>,
+    /// Most bytes all waiting proposals' staged results may hold together
+    /// (default 1024 MiB); beyond it new proposals are refused until some
+    /// are approved, rejected or expire.
+    #[serde(default)]
+    max_waiting_previews_mib: Option<u64>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -131,6 +141,14 @@ struct RawMount {
     /// The graph node this mount belongs to (required with a policy).
     #[serde(default)]
     node: Option<String>,
+    /// What approvers and the evidence see of changed files: `full`,
+    /// `redacted` (the default) or `digest-only`.
+    #[serde(default)]
+    preview: Option<String>,
+    /// Regular expressions: a matching line's value is masked in a
+    /// `redacted` preview (default: password, secret, token, key, … names).
+    #[serde(default)]
+    redact: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +173,10 @@ pub struct MountConfig {
     /// Canonical absolute host path of the mount root.
     pub path: PathBuf,
     pub writable: bool,
+    /// What a preview of this mount's changed files keeps and shows.
+    pub preview: PreviewMode,
+    /// Patterns whose lines are masked in a `redacted` preview.
+    pub redact: Vec<String>,
 }
 
 /// The resolved runner configuration.
@@ -187,6 +209,10 @@ pub struct RunnerConfig {
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,
+    /// Bounds on previews (bytes): content kept per proposal, and staged
+    /// results kept for all waiting proposals.
+    pub max_preview_bytes: u64,
+    pub max_waiting_previews_bytes: u64,
 }
 
 impl RunnerConfig {
@@ -302,7 +328,15 @@ impl RunnerConfig {
                     "mount `{name}` has no `node`: with a policy, every mount must name the graph node it belongs to"
                 );
             }
-            mounts.insert(name, MountConfig { path: canonical, writable: m.writable });
+            let preview = match m.preview.as_deref() {
+                None => PreviewMode::default(),
+                Some(s) => PreviewMode::parse(s).with_context(|| {
+                    format!("mount `{name}`: preview = \"{s}\" is not one of \"full\", \"redacted\", \"digest-only\"")
+                })?,
+            };
+            let redact = m.redact.unwrap_or_else(|| DEFAULT_REDACT_PATTERNS.iter().map(|p| (*p).to_owned()).collect());
+            Redactor::validate(&redact).with_context(|| format!("mount `{name}`: a `redact` pattern is invalid"))?;
+            mounts.insert(name, MountConfig { path: canonical, writable: m.writable, preview, redact });
         }
         for (name, e) in raw.endpoints {
             if !is_logical_name(&name) {
@@ -417,6 +451,8 @@ impl RunnerConfig {
             } else {
                 Vec::new()
             },
+            max_preview_bytes: raw.runner.max_preview_mib.unwrap_or(16) << 20,
+            max_waiting_previews_bytes: raw.runner.max_waiting_previews_mib.unwrap_or(1024) << 20,
         })
     }
 }

@@ -37,7 +37,7 @@ use anyhow::{Context, Result};
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
 use edge_core::authorize::Decided;
-use edge_core::plan::{self as core_plan, MAX_FINDINGS, PlanError, check_finding};
+use edge_core::plan::{self as core_plan, MAX_FINDINGS, PlanError, ValidPlan, check_finding};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap, UpdateDeadline,
@@ -525,23 +525,34 @@ impl Sandbox {
     }
 
     /// Run `apply` against the staged copies of the writable mounts (every
-    /// other mount read-only). The component, the mounts' host paths and the
-    /// plan the capsule is given all come from the [`Authority`]: there is
-    /// no other argument to get wrong but where the copies are.
+    /// other mount read-only): the preview, before anyone approves. Only
+    /// staged copies are ever writable here; the live files change at
+    /// commit, which needs the authorization (`plan::commit_allowed`). The
+    /// component and the capsule's plan come from the proofs: `plan` must be
+    /// the decided capsule's, and `prepared` made for it.
     pub async fn apply(
         &self,
-        run: &Authority,
+        decided: &Decided,
+        plan: &ValidPlan,
+        prepared: &Prepared,
         staged: &std::collections::BTreeMap<String, PathBuf>,
     ) -> (Result<(), SandboxError>, Captured) {
-        let mounts = match run.staged_mounts(staged) {
+        let grant = decided.admitted().grant();
+        let checked = prepared.made_for(decided.admitted()).and_then(|()| {
+            if plan.capsule() == decided.admitted().capsule().file().digest() {
+                prepared.staged_mounts(grant, staged)
+            } else {
+                Err(SandboxError::Setup("the plan is not the decided capsule's".into()))
+            }
+        });
+        let mounts = match checked {
             Ok(m) => m,
             Err(e) => return (Err(e), Captured::default()),
         };
-        let input = run.prepared.input(&mounts);
-        let wp = plan_to_wit(run.authorized.plan().plan());
-        let grant = run.authorized.admitted().grant();
+        let input = prepared.input(&mounts);
+        let wp = plan_to_wit(plan.plan());
         let (result, captured) = self
-            .run(&run.prepared.pre, grant, &input, Phase::Apply, move |c, s, ctx| {
+            .run(&prepared.pre, grant, &input, Phase::Apply, move |c, s, ctx| {
                 Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
             })
             .await;

@@ -95,6 +95,32 @@ pub fn digest_in(dir: &Dir, rel: &str) -> io::Result<Option<Sha256Digest>> {
     }
 }
 
+/// The bytes of the regular file `rel` beneath `dir` (at most `max`), or
+/// None if it does not exist or is not a regular file. Never follows a
+/// symlink.
+///
+/// # Errors
+/// I/O errors, and a file larger than `max`.
+pub fn read_in(dir: &Dir, rel: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let f = match open_nofollow(dir, rel) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::other(format!("{rel} is larger than {max} bytes")));
+    }
+    Ok(Some(out))
+}
+
 /// Digest of a runner-owned file (in the state directory), None if absent.
 fn digest_path(path: &Path) -> io::Result<Option<Sha256Digest>> {
     match OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(path) {
@@ -599,14 +625,33 @@ mod tests {
     /// plan naming exactly these changes, validated, the diff checked
     /// against it, and the live files checked against its "before" digests.
     fn allowed(d: &[DiffEntry], live: &Path) -> CommitAllowed {
+        use edge_core::admission::{Ceiling, Limits, admit};
+        use edge_core::authorize::{Evaluated, authorize, decide};
+        use edge_core::container::CapsuleFile;
         use edge_core::manifest::{ComponentRef, Manifest};
         use edge_core::plan::{Change, Plan, check_diff, check_preconditions, commit_allowed};
+        use edge_core::signature::{CapsuleSigningKey, TrustedSigner, TrustedSigners, verify_capsule};
         let component = ComponentRef { sha256: Sha256Digest::of(b"test"), size: 4 };
         let manifest = Manifest::from_authoring_toml(
             "name = \"t\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n[[mounts]]\nname = \"m\"\nwritable = true\n",
             component,
         )
         .unwrap();
+        // The authorization of a signed, admitted tier-0 capsule: the
+        // permission to commit needs it.
+        let key = CapsuleSigningKey::generate();
+        let file = CapsuleFile::new(manifest.clone(), b"test".to_vec()).unwrap();
+        let file = file.clone().with_bundle(key.sign_capsule(&file));
+        let signer = TrustedSigner::from_public_key_pem("t", &key.public_key_pem()).unwrap();
+        let verified = verify_capsule(file, &TrustedSigners::new(vec![signer], None).unwrap()).unwrap();
+        let ceiling = Ceiling {
+            mounts: [("m".to_owned(), true)].into(),
+            env: Default::default(),
+            imports: Default::default(),
+            default_limits: Limits::DEFAULT,
+            max_limits: Limits::DEFAULT,
+        };
+        let decided = decide(admit(verified, &[], &ceiling).unwrap(), Evaluated::dangerous_without_policy()).unwrap();
         let changes = d
             .iter()
             .map(|e| Change {
@@ -622,8 +667,10 @@ mod tests {
         let plan =
             Plan { summary: "t".into(), changes, findings: vec![], facts: vec![] }.validate(&manifest, 100).unwrap();
         let root = open_root(live).unwrap();
+        let matched = check_diff(&plan, d).unwrap();
         let holds = check_preconditions(&plan, |_, p| digest_in(&root, p.as_str()).unwrap()).unwrap();
-        commit_allowed(check_diff(&plan, d).unwrap(), holds).unwrap()
+        let authorized = authorize(decided, plan, None).unwrap();
+        commit_allowed(&authorized, matched, holds).unwrap()
     }
 
     fn journal(t: &tempfile::TempDir, run: &str, d: &[DiffEntry], live: &Path) -> (Journal, PathBuf) {

@@ -70,8 +70,14 @@ fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
     assert_eq!(quorum["break_glass"], false);
     let events = run.events();
     let q = events.iter().position(|e| e == "quorum").unwrap();
-    let applied = events.iter().position(|e| e == "applied").unwrap();
-    assert!(q < applied, "the quorum is recorded before apply: {events:?}");
+    let intent = events.iter().position(|e| e == "commit-intent").unwrap();
+    assert!(q < intent, "the quorum is recorded before the commit: {events:?}");
+    // The approved run resumes the proposal: the capsule neither plans nor
+    // applies again; the previewed bytes are committed.
+    assert!(events.contains(&"resumed".to_owned()), "{events:?}");
+    assert!(!events.iter().any(|e| e == "planned" || e == "applied"), "{events:?}");
+    let kept = env.path("state/previews").join(std::path::Path::new(&proposal).file_stem().unwrap());
+    assert!(!kept.exists(), "the kept preview goes when the proposal ends");
 
     // The same approvals again, in a new process: refused, nothing changes.
     std::fs::remove_file(env.path("data/ok.txt")).unwrap();
@@ -199,7 +205,7 @@ fn signing_through_ssh_agent_keeps_the_key_in_the_agent() {
 }
 
 #[test]
-fn an_approval_for_plan_a_is_refused_for_plan_b() {
+fn a_live_file_changed_while_waiting_is_refused_at_commit_and_nothing_is_written() {
     let env = setup("");
     env.write_policy_config("payments-config", &[("config", "payments-config", true)]);
     env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
@@ -213,15 +219,22 @@ fn an_approval_for_plan_a_is_refused_for_plan_b() {
     let proposal = first.report["proposal"].as_str().unwrap().to_owned();
     let a = approve(&env, "alice", &proposal, "approve");
     let b = approve(&env, "carol", &proposal, "approve");
-    // The file drifts differently: the capsule now plans another change (plan B).
+    let kept = env.path("state/previews").join(std::path::Path::new(&proposal).file_stem().unwrap());
+    assert!(kept.join("config/app.toml").is_file(), "the staged result is kept while it waits");
+    // The file drifts while the proposal waits: what was previewed and
+    // approved no longer applies to it.
     std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 200\n").unwrap();
     let before = env.host_files();
     let run = env.exec_with(&capsule, &[&a, &b]);
-    assert_refused(&env, &run, "authorize.quorum_not_met", &before);
-    for r in events_of(&run, "approval-refused") {
-        assert_eq!(r["reason_code"], "approval.wrong_binding");
-        assert!(r["detail"].as_str().unwrap().contains("plan"), "{r}");
-    }
+    assert_refused(&env, &run, "commit.precondition_failed", &before);
+    assert_eq!(events_of(&run, "approval-accepted").len(), 2, "the approvals were valid");
+    assert!(
+        run.detail().contains("changed after the preview") && run.detail().contains("submit again"),
+        "{}",
+        run.detail()
+    );
+    assert_eq!(run.events().iter().filter(|e| *e == "commit-intent").count(), 0, "nothing was journaled");
+    assert!(!kept.exists(), "the kept preview goes when the proposal ends");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! runner, tier and grant, single-use, and the quorum counted. The result
 //! is the [`Authority`] the sandbox's `apply` and `verify` take.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Result;
 use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, QuorumMet, Subject};
@@ -15,6 +15,7 @@ use edge_core::evidence::{Event, Outcome};
 use edge_core::plan::ValidPlan;
 
 use super::Runner;
+use super::preview::{Previewed, proposal_named};
 use super::proposal::{PROPOSAL_SCHEMA, Proposal, proposal_path, unix_now};
 use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use crate::sandbox::{Authority, Prepared};
@@ -36,6 +37,8 @@ pub enum AuthorizeError {
     Expired(String),
     #[error("proposal {0} is not known to this runner")]
     Unknown(String),
+    #[error("the approvals are for proposal {id}, of capsule {proposal}; this capsule is {capsule}")]
+    OtherCapsule { id: String, proposal: edge_core::Sha256Digest, capsule: edge_core::Sha256Digest },
     #[error("{0}")]
     Clock(String),
     #[error("rejected by {by}{}", .comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
@@ -60,6 +63,7 @@ impl StageError for AuthorizeError {
             Self::Executed(_) => "authorize.proposal_executed",
             Self::Expired(_) => "authorize.proposal_expired",
             Self::Unknown(_) => "authorize.unknown_proposal",
+            Self::OtherCapsule { .. } => "authorize.other_capsule",
             Self::Clock(_) => "authorize.clock_error",
             Self::Vetoed { .. } => "authorize.vetoed",
             Self::QuorumNotMet { .. } => "authorize.quorum_not_met",
@@ -74,13 +78,14 @@ impl Runner {
         decided: Decided,
         valid: ValidPlan,
         prepared: Prepared,
+        previewed: Option<&Previewed>,
         approvals: &[Vec<u8>],
         report: &mut RunReport,
     ) -> Result<Authority, Stop> {
         let quorum = if decided.decision().tier == 0 {
             None
         } else if approvals.is_empty() {
-            self.await_approval(report, &decided, &valid)?;
+            self.await_approval(report, &decided, &valid, previewed)?;
             return Err(Stop::Ended);
         } else {
             Some(self.gather_quorum(report, &decided, &valid, approvals).await?)
@@ -117,10 +122,20 @@ impl Runner {
         }
     }
 
-    /// Write the proposal document and end the run awaiting approval.
-    fn await_approval(&self, report: &mut RunReport, decided: &Decided, valid: &ValidPlan) -> Result<(), Stop> {
+    /// Keep the staged result, write the proposal document and end the run
+    /// awaiting approval.
+    fn await_approval(
+        &self,
+        report: &mut RunReport,
+        decided: &Decided,
+        valid: &ValidPlan,
+        previewed: Option<&Previewed>,
+    ) -> Result<(), Stop> {
         let capsule = decided.admitted().capsule();
-        let id = format!("p{}", &report.run[1..]);
+        let id = edge_core::lifecycle::proposal_id(&report.run);
+        if let Some(p) = previewed {
+            self.keep_preview(&id, p)?;
+        }
         let proposal = Proposal {
             schema: PROPOSAL_SCHEMA.into(),
             id: id.clone(),
@@ -135,6 +150,7 @@ impl Runner {
             grant: decided.admitted().grant().clone(),
             plan: valid.plan().clone(),
             plan_digest: valid.digest(),
+            preview: previewed.map(|p| p.document),
         };
         let bytes = serde_json::to_vec_pretty(&proposal).or_fail()?;
         let document = report.artifact(&bytes)?;
@@ -166,13 +182,7 @@ impl Runner {
             return Err(AuthorizeError::NoPolicy.into());
         };
         // Which proposal: every readable approval must name the same one.
-        let ids: BTreeSet<String> =
-            approvals.iter().filter_map(|b| ApprovalFile::parse(b).ok()).map(|f| f.statement.proposal).collect();
-        let id = match ids.len() {
-            1 => ids.into_iter().next().expect("one id"),
-            0 => return Err(AuthorizeError::Unreadable.into()),
-            _ => return Err(AuthorizeError::MixedProposals(ids.into_iter().collect::<Vec<_>>().join(", ")).into()),
-        };
+        let id = proposal_named(approvals)?;
         if self.executed(&id) {
             // Still record each approval and why it does not count.
             for bytes in approvals {

@@ -19,11 +19,11 @@
 //! `recovery.rs` closes, at start, every run a crash left open.
 
 mod admit;
-mod apply;
 mod authorize;
 mod commit;
 mod decide;
 mod plan;
+mod preview;
 mod proposal;
 mod recovery;
 mod run;
@@ -37,13 +37,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use edge_core::container::CapsuleFile;
 use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::lifecycle::State;
 use edge_core::note::NoteSigner;
 
 pub use admit::AdmitError;
-pub use apply::ApplyError;
 pub use authorize::AuthorizeError;
+pub use commit::CommitError;
 pub use decide::{DecideError, decision_input};
 pub use plan::PlanError;
+pub use preview::PreviewError;
 pub use proposal::{
     DEFAULT_PROPOSAL_TTL_SECS, PROPOSAL_SCHEMA, Proposal, QuorumStatus, proposal_path, read_approvals, unix_now,
 };
@@ -204,6 +206,12 @@ impl Runner {
             result = self.close_failed_run(&mut report, e).await;
         }
         self.discard_staging(&self.config.staging_dir.join(&run));
+        // A proposal that no longer waits keeps no staged result.
+        if let Some(id) = &report.resumed
+            && self.log.index().proposals.get(id).is_none_or(|v| v.state != State::AwaitingApproval)
+        {
+            self.drop_preview(id);
+        }
         // Rolled back and cleaned up: the next run may have the mounts.
         report.mount_guards.clear();
         if result.is_ok() {
@@ -213,17 +221,24 @@ impl Runner {
         result.map(|()| report)
     }
 
-    /// The stages, in order.
+    /// The stages, in order. A run presenting approvals resumes the waiting
+    /// proposal they name: its plan and previewed result, as the approvers
+    /// saw them (nothing of the capsule runs again before the commit).
     async fn drive(&self, capsule: Submitted<'_>, approvals: &[Vec<u8>], run: &mut RunReport) -> Result<(), Stop> {
         let admission = self.admit(capsule, run)?;
         let decided = self.decide(admission.admitted, run)?;
-        let plan = self.plan(&decided, &admission.prepared, run).await?;
-        let authority = self.authorize(decided, plan, admission.prepared, approvals, run).await?;
-        if authority.authorized().plan().plan().changes.is_empty() {
+        let (plan, previewed) = if approvals.is_empty() {
+            let plan = self.plan(&decided, &admission.prepared, run).await?;
+            let previewed = self.preview(&decided, &plan, &admission.prepared, run).await?;
+            (plan, previewed)
+        } else {
+            self.resume(&decided, approvals, run).await?
+        };
+        let authority = self.authorize(decided, plan, admission.prepared, previewed.as_ref(), approvals, run).await?;
+        let Some(previewed) = previewed else {
             return self.verify_unchanged(&authority, run).await;
-        }
-        let applied = self.apply(&authority, run).await?;
-        let committed = self.commit(applied, run).await?;
+        };
+        let committed = self.commit(&authority, previewed, run).await?;
         self.verify(&authority, committed, run).await
     }
 

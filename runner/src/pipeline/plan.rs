@@ -71,7 +71,7 @@ impl Runner {
 
     /// Take the locks of the grant's mounts, in name order (no deadlock
     /// between runs): exclusive for mounts it may write, shared otherwise.
-    async fn lock_mounts(&self, grant: &edge_core::admission::Grant) -> Vec<super::run::MountGuard> {
+    pub(crate) async fn lock_mounts(&self, grant: &edge_core::admission::Grant) -> Vec<super::run::MountGuard> {
         use super::run::MountGuard;
         let mut guards = Vec::new();
         let mut mounts: Vec<_> = grant.mounts.iter().collect();

@@ -54,6 +54,11 @@ pub struct Proposal {
     pub grant: Grant,
     pub plan: Plan,
     pub plan_digest: Sha256Digest,
+    /// Artifact: the preview of the staged result (`edge_core::preview`):
+    /// what each changed file looks like, as its mount's preview mode
+    /// allows. Absent when the plan changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Sha256Digest>,
 }
 
 impl Proposal {

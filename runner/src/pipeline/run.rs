@@ -29,6 +29,8 @@ pub enum Stage {
     Decide,
     /// The read-only `plan` phase and the plan's validation.
     Plan,
+    /// The staged result described for approvers, kept while they decide.
+    Preview,
     /// Approvals and the quorum, bound to the plan.
     Authorize,
     /// Copying writable mounts into staging.
@@ -53,6 +55,7 @@ impl Stage {
             Self::Admit => "admit",
             Self::Decide => "decide",
             Self::Plan => "plan",
+            Self::Preview => "preview",
             Self::Authorize => "authorize",
             Self::Stage => "stage",
             Self::Apply => "apply",
@@ -131,6 +134,10 @@ pub struct RunReport {
     pub plan: Option<Plan>,
     pub plan_digest: Option<Sha256Digest>,
     pub diff: Vec<DiffEntry>,
+    /// What each changed file looks like (`edge_core::preview`).
+    pub preview: Option<edge_core::preview::Preview>,
+    /// The waiting proposal this run continued (approvals were presented).
+    pub resumed: Option<String>,
     pub verification: Option<VerificationReport>,
     /// The proposal document written when the run awaits approval.
     pub proposal: Option<PathBuf>,
@@ -180,6 +187,8 @@ impl RunReport {
             plan: None,
             plan_digest: None,
             diff: Vec::new(),
+            preview: None,
+            resumed: None,
             verification: None,
             proposal: None,
             receipt: None,

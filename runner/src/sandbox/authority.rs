@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use edge_core::Sha256Digest;
-use edge_core::admission::Admitted;
+use edge_core::admission::{Admitted, Grant};
 use edge_core::authorize::Authorized;
 
 use super::{CapsulePre, HostState, PhaseInput, PhaseMount, SandboxError};
@@ -75,6 +75,37 @@ impl Prepared {
         self.mounts.iter().find(|m| m.name == name).map(|m| m.host_path.as_path())
     }
 
+    /// The live host path of each mount `grant` lets the capsule write.
+    pub fn writable_mounts(&self, grant: &Grant) -> BTreeMap<String, PathBuf> {
+        grant
+            .mounts
+            .iter()
+            .filter(|g| g.writable)
+            .filter_map(|g| Some((g.name.clone(), self.mount_path(&g.name)?.to_path_buf())))
+            .collect()
+    }
+
+    /// The mounts for `apply`: each writable mount at its staged copy,
+    /// every other one read-only at its live path.
+    pub(super) fn staged_mounts(
+        &self,
+        grant: &Grant,
+        staged: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<PhaseMount>, SandboxError> {
+        if let Some(name) = staged.keys().find(|n| !grant.mounts.iter().any(|g| g.writable && &g.name == *n)) {
+            return Err(SandboxError::Setup(format!("mount `{name}` is staged but not granted writable")));
+        }
+        self.mounts
+            .iter()
+            .zip(&grant.mounts)
+            .map(|(m, g)| match (g.writable, staged.get(&m.name)) {
+                (true, Some(copy)) => Ok(PhaseMount { name: m.name.clone(), host_path: copy.clone(), writable: true }),
+                (true, None) => Err(SandboxError::Setup(format!("writable mount `{}` has no staged copy", m.name))),
+                (false, _) => Ok(m.clone()),
+            })
+            .collect()
+    }
+
     /// Checks this was prepared for `admitted` (same component, same mounts).
     pub(super) fn made_for(&self, admitted: &Admitted) -> Result<(), SandboxError> {
         let grant = admitted.grant();
@@ -91,9 +122,12 @@ impl Prepared {
     }
 }
 
-/// An authorized run as the sandbox sees it: the [`Authorized`] proof (the
-/// validated plan, the grant, the quorum) with the component and host paths
-/// prepared for that same capsule. `apply` and `verify` take only this.
+/// An authorized run as the sandbox and the commit see it: the
+/// [`Authorized`] proof (the validated plan, the grant, the quorum) with the
+/// component and host paths prepared for that same capsule. `verify` takes
+/// only this, and the commit takes the live paths from it. (`apply` runs
+/// before anyone approves — the preview — and only ever on staged copies:
+/// see [`super::Sandbox::apply`].)
 ///
 /// It is built only by [`Authority::new`], from an `Authorized` (which only
 /// `edge_core::authorize::authorize` builds) and what was prepared at
@@ -116,12 +150,12 @@ impl Prepared {
 /// }
 /// ```
 ///
-/// and neither does running `apply` on a capsule that was only decided:
+/// and neither does running `verify` on a capsule that was only decided:
 ///
 /// ```compile_fail,E0308
-/// use edge_runner::sandbox::{Prepared, Sandbox};
-/// async fn skip(sandbox: &Sandbox, decided: &edge_core::authorize::Decided, prepared: &Prepared) {
-///     let _ = sandbox.apply(decided, &Default::default()).await;
+/// use edge_runner::sandbox::Sandbox;
+/// async fn skip(sandbox: &Sandbox, decided: &edge_core::authorize::Decided) {
+///     let _ = sandbox.verify(decided).await;
 /// }
 /// ```
 #[derive(Debug)]
@@ -146,30 +180,6 @@ impl Authority {
 
     /// The live host path of each mount the grant lets the capsule write.
     pub fn writable_mounts(&self) -> BTreeMap<String, PathBuf> {
-        let grant = self.authorized.admitted().grant();
-        grant
-            .mounts
-            .iter()
-            .filter(|g| g.writable)
-            .filter_map(|g| Some((g.name.clone(), self.prepared.mount_path(&g.name)?.to_path_buf())))
-            .collect()
-    }
-
-    /// The mounts for `apply`: each writable mount at its staged copy.
-    pub(super) fn staged_mounts(&self, staged: &BTreeMap<String, PathBuf>) -> Result<Vec<PhaseMount>, SandboxError> {
-        let grant = self.authorized.admitted().grant();
-        if let Some(name) = staged.keys().find(|n| !grant.mounts.iter().any(|g| g.writable && &g.name == *n)) {
-            return Err(SandboxError::Setup(format!("mount `{name}` is staged but not granted writable")));
-        }
-        self.prepared
-            .mounts
-            .iter()
-            .zip(&grant.mounts)
-            .map(|(m, g)| match (g.writable, staged.get(&m.name)) {
-                (true, Some(copy)) => Ok(PhaseMount { name: m.name.clone(), host_path: copy.clone(), writable: true }),
-                (true, None) => Err(SandboxError::Setup(format!("writable mount `{}` has no staged copy", m.name))),
-                (false, _) => Ok(m.clone()),
-            })
-            .collect()
+        self.prepared.writable_mounts(self.authorized.admitted().grant())
     }
 }

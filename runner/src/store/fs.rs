@@ -181,6 +181,33 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bytes held by the regular files under `path` (a runner-owned tree;
+/// symlinks are not followed). Missing is zero.
+///
+/// # Errors
+/// I/O errors while walking.
+pub fn tree_size(path: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
