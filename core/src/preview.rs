@@ -364,9 +364,78 @@ fn check_side(
     }
 }
 
+/// A preview with the content it shows, for an approver's tool: the runner
+/// serves it beside the proposal document, and the tool checks it against
+/// the document's plan ([`Shown::check`]) before rendering anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shown {
+    pub preview: Preview,
+    /// Content artifacts by digest, base64 (exact bytes).
+    pub contents: BTreeMap<Sha256Digest, String>,
+}
+
+impl Shown {
+    /// Bundle a preview with its content (as `fetch` returns it).
+    pub fn new(preview: Preview, mut fetch: impl FnMut(&Sha256Digest) -> Option<Vec<u8>>) -> Self {
+        use base64::Engine as _;
+        let contents = preview
+            .contents()
+            .into_iter()
+            .filter_map(|d| Some((d, base64::engine::general_purpose::STANDARD.encode(fetch(&d)?))))
+            .collect();
+        Self { preview, contents }
+    }
+
+    /// The bytes of a content artifact, when carried.
+    pub fn content(&self, d: &Sha256Digest) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(self.contents.get(d)?).ok()
+    }
+
+    /// Check that this is the preview of `plan` (its digest), that the files
+    /// it describes are exactly the plan's changes with the plan's digests
+    /// (action, before, after; the plan's mode where it declares one), and
+    /// that its content is what it claims ([`check`]): an approver's tool
+    /// never renders a diff the signed plan does not back.
+    ///
+    /// # Errors
+    /// The first difference.
+    pub fn check(&self, plan: &crate::plan::Plan, plan_digest: &Sha256Digest) -> Result<(), PreviewError> {
+        let diff = self.preview.diff();
+        let planned: BTreeMap<(&str, &str), &crate::plan::Change> =
+            plan.changes.iter().map(|c| ((c.mount.as_str(), c.path.as_str()), c)).collect();
+        if planned.len() != diff.len() {
+            return Err(PreviewError::Count { expected: planned.len(), found: diff.len() });
+        }
+        for d in &diff {
+            let mismatch = |what: &str| PreviewError::Mismatch {
+                mount: d.mount.clone(),
+                path: d.path.to_string(),
+                what: what.to_owned(),
+            };
+            let c = planned.get(&(d.mount.as_str(), d.path.as_str())).ok_or_else(|| mismatch("not planned"))?;
+            if c.action != d.action || c.digest_before != d.before || c.digest_after != d.after {
+                return Err(mismatch("not what the plan says"));
+            }
+            if c.mode.is_some() && c.mode != d.mode {
+                return Err(mismatch("another mode than the plan declares"));
+            }
+        }
+        check(&self.preview, plan_digest, &diff, |c| self.content(c))
+    }
+
+    /// Render one file of the preview.
+    pub fn render(&self, f: &FilePreview) -> Vec<DiffLine> {
+        let side = |s: &Option<Side>| s.as_ref().and_then(|s| s.content).and_then(|c| self.content(&c));
+        let (before, after) = (side(&f.before), side(&f.after));
+        render(f, before.as_deref(), after.as_deref())
+    }
+}
+
 /// One line of a rendered file diff. The text is the file's, unneutralised:
 /// the caller neutralises it for its medium.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "text", rename_all = "kebab-case")]
 pub enum DiffLine {
     /// `@@ -a,b +c,d @@`

@@ -36,7 +36,7 @@ fn propose(env: &Env) -> (std::path::PathBuf, String) {
     assert_eq!(run.outcome(), "awaiting-approval", "{:#}", run.report);
     assert_eq!(run.code, 5);
     assert!(!env.path("data/ok.txt").exists());
-    (capsule, run.report["proposal"].as_str().unwrap().to_owned())
+    (capsule, run.report["document"].as_str().unwrap().to_owned())
 }
 
 fn approve(env: &Env, who: &str, proposal: &str, verb: &str) -> String {
@@ -216,7 +216,7 @@ fn a_live_file_changed_while_waiting_is_refused_at_commit_and_nothing_is_written
     let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
     let first = env.exec(&capsule);
     assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
-    let proposal = first.report["proposal"].as_str().unwrap().to_owned();
+    let proposal = first.report["document"].as_str().unwrap().to_owned();
     let a = approve(&env, "alice", &proposal, "approve");
     let b = approve(&env, "carol", &proposal, "approve");
     let kept = env.path("state/previews").join(std::path::Path::new(&proposal).file_stem().unwrap());

@@ -57,7 +57,7 @@ fn fixture() -> &'static Fixture {
         let _ = std::fs::remove_file(env.path("data/ok.txt"));
         let proposed = env.exec(&capsule);
         assert_eq!(proposed.outcome(), "awaiting-approval", "{:#}", proposed.report);
-        let proposal = proposed.report["proposal"].as_str().unwrap().to_owned();
+        let proposal = proposed.report["document"].as_str().unwrap().to_owned();
         let mut approvals = Vec::new();
         for who in ["alice", "carol"] {
             let out = format!("{who}.approval");

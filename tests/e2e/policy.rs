@@ -46,7 +46,7 @@ fn a_write_reaching_the_revenue_path_waits_for_two_approvals() {
     assert_eq!(run.outcome(), "awaiting-approval", "{:#}", run.report);
     assert_eq!(run.code, 5);
     assert_eq!(env.host_files(), before, "nothing changes while waiting");
-    assert!(env.path(run.report["proposal"].as_str().unwrap()).exists(), "the proposal is written for approvers");
+    assert!(env.path(run.report["document"].as_str().unwrap()).exists(), "the proposal is written for approvers");
     let d = decision(&run);
     assert_eq!((d["tier"].as_u64(), d["approvals_required"].as_u64()), (Some(2), Some(2)));
     assert!(d["reasons"].as_array().unwrap().iter().any(|r| r["rule"] == "rules.revenue-path-writes"));

@@ -148,6 +148,11 @@ async fn sign(env: &Env, c: &mut Client, id: &str, who: &str, verb: &str) -> Vec
     assert_eq!(doc.status, StatusCode::OK, "{}", doc.error_message());
     let doc_path = env.path(&format!("{id}.json"));
     std::fs::write(&doc_path, &doc.body).unwrap();
+    // The preview travels with it: `approve` refuses to sign without it.
+    let preview = c.get(&format!("/v1/proposals/{id}/preview")).await.unwrap();
+    if preview.status == StatusCode::OK {
+        std::fs::write(env.path(&format!("{id}.preview.json")), &preview.body).unwrap();
+    }
     let out = format!("{who}-{verb}-{id}.json");
     env.sign_approval(verb, doc_path.to_str().unwrap(), who, &out);
     std::fs::read(env.path(&out)).unwrap()
@@ -620,7 +625,7 @@ fn the_openapi_document_describes_the_server() {
                 exercised += 1;
             }
         }
-        assert_eq!(exercised, 10, "every operation in docs/openapi.yaml was exercised");
+        assert_eq!(exercised, 11, "every operation in docs/openapi.yaml was exercised");
         // And what is not documented does not exist.
         for p in ["/v1/nope", "/v2/proposals", "/admin"] {
             assert_eq!(c.get(p).await.unwrap().status, StatusCode::NOT_FOUND, "{p}");
@@ -750,7 +755,8 @@ fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave(
         let spans: Vec<(u64, u64)> = results
             .iter()
             .map(|r| {
-                let seqs: Vec<u64> = r["records"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+                let seqs: Vec<u64> =
+                    r["records"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
                 (*seqs.iter().min().unwrap(), *seqs.iter().max().unwrap())
             })
             .collect();
@@ -797,7 +803,7 @@ fn a_capsule_submitted_by_reference_needs_a_component_the_runner_holds_and_passe
         assert_eq!(v["admission"]["capsule"], full["admission"]["capsule"]);
         // The answer carries the run's receipt: a tlog-proof of its last record.
         let receipt = edge_core::note::TlogProof::parse(v["receipt"].as_str().unwrap()).unwrap();
-        let last = v["records"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+        let last = v["records"].as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
         assert_eq!(receipt.index, last);
         assert!(!env.path("state/receipts").exists(), "the daemon writes no receipt files");
         assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");

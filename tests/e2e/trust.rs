@@ -22,7 +22,7 @@ fn an_approver_sees_every_change_whatever_the_plan_text_tries() {
     let capsule = env.hostile("forge-plan");
     let run = env.exec(&capsule);
     assert_eq!(run.outcome(), "awaiting-approval", "{:#}", run.report);
-    let proposal = run.report["proposal"].as_str().unwrap().to_owned();
+    let proposal = run.report["document"].as_str().unwrap().to_owned();
 
     // What the approver is shown before signing.
     let shown = env.cli(&[

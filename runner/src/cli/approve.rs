@@ -82,6 +82,14 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
         _ => None,
     };
 
+    // Nothing is signed for a proposal that no longer waits.
+    if let Some(r) = &mut remote {
+        let v = r.get_json(&format!("/v1/proposals/{}", r.id))?;
+        let state = v["state"].as_str().unwrap_or("?");
+        if state != "awaiting-approval" {
+            bail!("proposal {} is {}, not awaiting approval: there is nothing to sign", r.id, U(state));
+        }
+    }
     let text = match &mut remote {
         Some(r) => r.fetch()?,
         None => std::fs::read(&args.proposal).with_context(|| format!("cannot read {}", args.proposal.display()))?,
@@ -89,9 +97,43 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     let p: Proposal =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a proposal", args.proposal.display()))?;
     p.check().context("the proposal document is inconsistent; do not sign it")?;
-    show(&p, out)?;
     let requirement = p.decision.requirement.clone().context("the proposal's decision has no tier requirement")?;
     let now = unix_now()?;
+    let expires = p.created_at + requirement.expires_after_secs.unwrap_or(crate::pipeline::DEFAULT_PROPOSAL_TTL_SECS);
+    if now >= expires {
+        bail!("proposal {} expired (it could wait until {expires}, Unix seconds): the agent must submit again", p.id);
+    }
+    // The preview: what the staged result changes, bound to the document's
+    // plan and preview digests before anything of it is shown.
+    let shown = match p.preview {
+        None => None,
+        Some(want) => {
+            let shown: edge_core::preview::Shown = match &mut remote {
+                Some(r) => serde_json::from_value(r.get_json(&format!("/v1/proposals/{}/preview", r.id))?)?,
+                None => {
+                    let path = args.proposal.with_file_name(format!("{}.preview.json", p.id));
+                    let bytes = std::fs::read(&path).with_context(|| {
+                        format!(
+                            "cannot read the preview {} beside the proposal; do not sign without it",
+                            path.display()
+                        )
+                    })?;
+                    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a preview", path.display()))?
+                }
+            };
+            if edge_core::Sha256Digest::of(&serde_json::to_vec(&shown.preview)?) != want {
+                bail!("the preview is not the one the proposal document names ({want}); do not sign");
+            }
+            shown
+                .check(&p.plan, &p.plan_digest)
+                .context("the preview does not match the proposal's plan; do not sign")?;
+            Some(shown)
+        }
+    };
+    show(&p, out)?;
+    if let Some(shown) = &shown {
+        crate::cli::show::print_shown(shown, out)?;
+    }
     let asked = edge_core::policy::parse_duration(&args.expires_in)
         .with_context(|| format!("--expires-in `{}`: use a duration like 30m or 2h", args.expires_in))?;
     let lifetime = asked.min(requirement.max_age_secs);
@@ -151,13 +193,28 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     };
     let file = ApprovalFile { statement, signature: sig.to_pem(LineEnding::LF)? };
     let bytes = serde_json::to_vec_pretty(&file)?;
+    // Posted first: an approval the runner refuses is not left behind as if valid.
+    let posted = match &mut remote {
+        Some(r) => Some(r.post(bytes.clone())?),
+        None => None,
+    };
     crate::staging::write_durably(&args.out, &bytes)?;
     writeln!(out, "{word}d proposal {} as {}: {}", p.id, args.principal, args.out.display())?;
-    if let Some(r) = &mut remote {
-        let v = r.post(bytes)?;
-        writeln!(out, "posted to the runner: quorum {}", serde_json::to_string(&v["status"])?)?;
+    if let Some(v) = posted {
+        let status = &v["status"];
+        let text = match status["quorum"].as_str() {
+            Some("met") => "met".to_owned(),
+            Some("vetoed") => format!("vetoed by {}", U(status["by"].as_str().unwrap_or("?"))),
+            Some("pending") => format!(
+                "{} of {} counted so far",
+                status["count"].as_u64().unwrap_or(0),
+                status["required"].as_u64().unwrap_or(0)
+            ),
+            _ => "unknown".to_owned(),
+        };
+        writeln!(out, "posted to the runner: quorum {text}")?;
         if let Some(state) = v["run"]["state"].as_str() {
-            writeln!(out, "the proposal ran: {state}")?;
+            writeln!(out, "the proposal ran: {}", U(state))?;
         }
     }
     Ok(Exit::Ok)
@@ -178,6 +235,14 @@ impl Remote {
             bail!("cannot fetch proposal {} ({}): {}", self.id, r.status, r.error_message());
         }
         Ok(r.body.to_vec())
+    }
+
+    fn get_json(&mut self, path: &str) -> Result<serde_json::Value> {
+        let r = self.rt.block_on(self.client.get(path))?;
+        if !r.status.is_success() {
+            bail!("cannot fetch {path} ({}): {}", r.status, r.error_message());
+        }
+        r.json()
     }
 
     fn post(&mut self, approval: Vec<u8>) -> Result<serde_json::Value> {
@@ -245,18 +310,41 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     let s = |v: &serde_json::Value| U(v.as_str().unwrap_or("")).to_string();
     writeln!(out, "proposal     {} on runner {}", p.id, p.runner)?;
     writeln!(out, "capsule      {}@{} ({}) {}", s(&m["name"]), s(&m["version"]), s(&m["kind"]), p.capsule)?;
-    writeln!(out, "signed by    {} ({}, transparency: {:?})", p.signer, p.signer_detail, p.transparency)?;
+    let transparency = match p.transparency {
+        edge_core::signature::Transparency::None => "keyed, no transparency-log entry",
+        edge_core::signature::Transparency::Verified => "transparency-log entry verified",
+    };
+    writeln!(out, "signed by    {} ({}, {transparency})", U(&p.signer), U(&p.signer_detail))?;
     if let Some(prov) = m["provenance"].as_object() {
         for (k, v) in prov {
             writeln!(out, "provenance   {}: {}", U(k), U(v.as_str().unwrap_or("")))?;
         }
     }
     crate::cli::policy::print_decision(&p.decision, out)?;
-    writeln!(out, "grant        {}", serde_json::to_string(&p.grant)?)?;
+    print_grant(&p.grant, out)?;
     writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", p.plan_digest, U(&p.plan.summary))?;
     crate::cli::print_changes(&p.plan.changes, out)?;
     for f in &p.plan.findings {
         writeln!(out, "  finding [{}] {}: {}", f.severity, U(&f.code), U(&f.message))?;
     }
+    Ok(())
+}
+
+/// A grant, for people: mounts and their access, env names, imports, limits.
+fn print_grant(g: &edge_core::admission::Grant, out: &mut dyn Write) -> Result<()> {
+    let mounts: Vec<String> =
+        g.mounts.iter().map(|m| format!("{} ({})", m.name, if m.writable { "write" } else { "read" })).collect();
+    writeln!(out, "grant        mounts {}", if mounts.is_empty() { "none".into() } else { mounts.join(", ") })?;
+    if !g.env.is_empty() {
+        writeln!(out, "             env {}", g.env.join(", "))?;
+    }
+    let imports: Vec<&str> = g.imports.iter().map(String::as_str).collect();
+    writeln!(out, "             imports {}", imports.join(", "))?;
+    let l = &g.limits;
+    writeln!(
+        out,
+        "             limits {} MiB memory, {} ms CPU, {} ms wall, {} KiB output, at most {} plan change(s)",
+        l.memory_mib, l.cpu_ms, l.wall_ms, l.output_kib, l.max_plan_changes
+    )?;
     Ok(())
 }

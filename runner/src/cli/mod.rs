@@ -12,6 +12,7 @@ pub mod approve;
 pub mod evidence;
 pub mod policy;
 pub mod server;
+pub mod show;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -207,7 +208,9 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             let report = report?;
             if args.json {
-                serde_json::to_writer_pretty(&mut *out, &report)?;
+                // The same shape as the API's answer (`submit --json`).
+                let id = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&report.run));
+                serde_json::to_writer_pretty(&mut *out, &crate::service::summary(&id, &report))?;
                 writeln!(out)?;
             } else {
                 print_report(&report, out)?;
@@ -457,7 +460,9 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             }
         }
     }
-    if !r.diff.is_empty() {
+    if let Some(shown) = &r.shown {
+        crate::cli::show::print_shown(shown, out)?;
+    } else if !r.diff.is_empty() {
         writeln!(out, "diff         {} change(s) in the staged copy", r.diff.len())?;
         for d in &r.diff {
             let mode = d.mode.map(|m| format!(" (mode {m:04o})")).unwrap_or_default();
@@ -490,7 +495,18 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         Outcome::AwaitingApproval => "planned; waiting for approvals (nothing on the host was changed)",
     };
     if let Some(q) = &r.quorum {
-        writeln!(out, "quorum       {q}")?;
+        use edge_core::approval::quorum::Outcome as Q;
+        let text = match Q::from_recorded(q) {
+            Some(Q::Met { count, required, break_glass }) => {
+                format!("met: {count} of {required} required{}", if break_glass { " — BREAK-GLASS" } else { "" })
+            }
+            Some(Q::Vetoed { by, comment }) => {
+                format!("vetoed by {}{}", U(&by), comment.map(|c| format!(": \"{}\"", U(&c))).unwrap_or_default())
+            }
+            Some(Q::Insufficient { count, required }) => format!("not met: {count} of {required} required counted"),
+            None => "unreadable".into(),
+        };
+        writeln!(out, "quorum       {text}")?;
     }
     writeln!(out, "outcome      {outcome}")?;
     if let (Some(p), Some(d)) = (&r.proposal, &r.decision) {

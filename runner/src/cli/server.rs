@@ -56,11 +56,15 @@ pub enum ProposalsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one proposal.
+    /// Show one proposal: state, age and expiry, tier and the rule behind
+    /// it, blast radius, the diff, findings, who approved and whether each
+    /// counted, what is still needed.
     Show {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Follow a proposal until it reaches a final state, printing each change.
     Watch {
@@ -186,22 +190,32 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<Exit> {
                 writeln!(out)?;
                 return Ok(Exit::Ok);
             }
+            writeln!(out, "{:<30} {:<18} {:<4} {:<9} {:<20} name", "id", "state", "tier", "approvals", "submitted")?;
             for p in v["proposals"].as_array().into_iter().flatten() {
+                let accepted =
+                    p["approvals"].as_array().map_or(0, |a| a.iter().filter(|x| x["accepted"] == true).count());
+                let required = p["approvals_required"].as_u64().unwrap_or(0);
                 writeln!(
                     out,
-                    "{:<30} {:<18} tier {:<4} {}",
+                    "{:<30} {:<18} {:<4} {:<9} {:<20} {}",
                     str_of(&p["id"]),
                     str_of(&p["state"]),
                     p["tier"].as_u64().map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                    if required == 0 { "-".to_owned() } else { format!("{accepted}/{required}") },
+                    str_of(&p["submitted_at"]),
                     p["name"].as_str().map_or_else(|| "-".to_owned(), |n| edge_core::text::line(n).into_owned())
                 )?;
             }
             Ok(Exit::Ok)
         }
-        ProposalsCommand::Show { id, client } => {
+        ProposalsCommand::Show { id, client, json } => {
             let v = rt.block_on(get_json(client, &format!("/v1/proposals/{id}")))?;
-            serde_json::to_writer_pretty(&mut *out, &v)?;
-            writeln!(out)?;
+            if *json {
+                serde_json::to_writer_pretty(&mut *out, &v)?;
+                writeln!(out)?;
+            } else {
+                crate::cli::show::print_detail(&v, crate::pipeline::unix_now()?, out)?;
+            }
             Ok(Exit::Ok)
         }
         ProposalsCommand::Watch { id, client, timeout } => rt.block_on(watch(id, client, *timeout, out)),

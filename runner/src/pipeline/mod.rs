@@ -45,9 +45,10 @@ pub use authorize::AuthorizeError;
 pub use commit::CommitError;
 pub use decide::{DecideError, decision_input};
 pub use plan::PlanError;
-pub use preview::PreviewError;
+pub use preview::{PreviewError, shown_path};
 pub use proposal::{
-    DEFAULT_PROPOSAL_TTL_SECS, PROPOSAL_SCHEMA, Proposal, QuorumStatus, proposal_path, read_approvals, unix_now,
+    ApproverView, DEFAULT_PROPOSAL_TTL_SECS, PROPOSAL_SCHEMA, Proposal, QuorumStatus, QuorumView, proposal_path,
+    read_approvals, still_needed, unix_now, verdict_name,
 };
 pub use run::{Refusal, RunReport, Stage, StageError, VerificationReport};
 pub use verify::VerifyError;

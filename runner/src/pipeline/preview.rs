@@ -105,6 +105,8 @@ pub(crate) struct Previewed {
     pub copies: BTreeMap<String, PathBuf>,
     /// The proposal whose kept store this is (removed when it ends).
     pub kept: Option<String>,
+    /// The content the preview shows, by digest (a fresh preview only).
+    pub contents: BTreeMap<Sha256Digest, Vec<u8>>,
 }
 
 impl Runner {
@@ -158,19 +160,22 @@ impl Runner {
         }
         let (preview, contents) = self.describe(valid.digest(), &diff, &befores, &live_roots, &copies)?;
         let mut content_digests = Vec::new();
-        for bytes in &contents {
-            content_digests.push(report.artifact(bytes)?);
+        let mut shown = BTreeMap::new();
+        for bytes in contents {
+            let d = report.artifact(&bytes)?;
+            content_digests.push(d);
+            shown.insert(d, bytes);
         }
         debug_assert_eq!(content_digests, preview.contents());
         let document = report.artifact(&serde_json::to_vec(&preview).or_fail()?)?;
-        report.preview = Some(preview.clone());
+        report.shown = Some(edge_core::preview::Shown::new(preview.clone(), |d| shown.get(d).cloned()));
         report.record(Event::Applied {
             diff: diff.clone(),
             output,
             preview: Some(document),
             contents: content_digests,
         })?;
-        Ok(Some(Previewed { diff, preview, document, copies, kept: None }))
+        Ok(Some(Previewed { diff, preview, document, copies, kept: None, contents: shown }))
     }
 
     /// Describe each changed file under its mount's preview mode. Returns
@@ -267,6 +272,9 @@ impl Runner {
             copy_private(&from, &to).or_fail()?;
         }
         staging::sync_dir(&store).or_fail()?;
+        // What an approver's tool shows, beside the proposal document.
+        let shown = edge_core::preview::Shown::new(previewed.preview.clone(), |d| previewed.contents.get(d).cloned());
+        staging::write_durably(&shown_path(self, id), &serde_json::to_vec(&shown).or_fail()?).or_fail()?;
         Ok(())
     }
 
@@ -323,8 +331,16 @@ impl Runner {
                 let dir = preview_dir(self, &id);
                 let copies = grant.mounts.iter().filter(|g| g.writable).map(|g| (g.name.clone(), dir.join(&g.name)));
                 report.diff = diff.clone();
-                report.preview = Some(preview.clone());
-                Some(Previewed { diff, preview, document: d, copies: copies.collect(), kept: Some(id.clone()) })
+                report.shown =
+                    Some(edge_core::preview::Shown::new(preview.clone(), |c| log.read_artifact(c).ok().flatten()));
+                Some(Previewed {
+                    diff,
+                    preview,
+                    document: d,
+                    copies: copies.collect(),
+                    kept: Some(id.clone()),
+                    contents: BTreeMap::new(),
+                })
             }
         };
         report.record(Event::Resumed {
@@ -337,6 +353,12 @@ impl Runner {
         report.resumed = Some(id);
         Ok((valid, previewed))
     }
+}
+
+/// The preview with its content, for approvers' tools
+/// (`edge_core::preview::Shown`), beside the proposal document.
+pub fn shown_path(runner: &Runner, id: &str) -> PathBuf {
+    runner.config.state_dir.join("proposals").join(format!("{id}.preview.json"))
 }
 
 /// Where a waiting proposal's staged files are kept.

@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
 use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, Subject};
-use edge_core::approval::{self, Binding};
+use edge_core::approval::{self, ApprovalFile, Binding};
 use edge_core::canonical;
 use edge_core::evidence::Event;
 use edge_core::plan::Plan;
@@ -147,6 +147,61 @@ pub enum QuorumStatus {
     },
 }
 
+/// Who has approved a proposal so far, whether each counted (and why
+/// not), and what is still needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuorumView {
+    pub status: QuorumStatus,
+    pub approvals: Vec<ApproverView>,
+    /// What is still needed, in words.
+    pub needed: String,
+}
+
+/// One approval as it stands in a quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct ApproverView {
+    pub principal: String,
+    /// The roles the registry gives them.
+    pub roles: Vec<String>,
+    /// `SHA256:…` fingerprint of the signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<u64>,
+    pub counted: bool,
+    /// Why it did not count (duplicate person or key, ineligible role, the
+    /// proposer, a rejection, a signature or binding that does not verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
+}
+
+/// `approve` or `reject`.
+pub fn verdict_name(v: approval::Verdict) -> &'static str {
+    match v {
+        approval::Verdict::Approve => "approve",
+        approval::Verdict::Reject => "reject",
+    }
+}
+
+/// What a tier requirement still needs, in words.
+pub fn still_needed(status: &QuorumStatus, roles: &[String]) -> String {
+    match status {
+        QuorumStatus::Met => "nothing: the quorum is met".into(),
+        QuorumStatus::Vetoed { by } => format!("nothing: rejected by {by}"),
+        QuorumStatus::Pending { count, required, .. } => {
+            let from = if roles.is_empty() { "any registered approver".to_owned() } else { roles.join(" or ") };
+            format!(
+                "{} more approval(s) from {from} (distinct people and keys; not the proposer or the agent's owner)",
+                required.saturating_sub(*count)
+            )
+        }
+    }
+}
+
 impl Runner {
     /// Check collected approvals against a waiting proposal's document.
     ///
@@ -154,6 +209,14 @@ impl Runner {
     /// If the proposal is unknown, already executed, or no approver
     /// registry is configured.
     pub fn quorum_status(&self, id: &str, approvals: &[Vec<u8>]) -> Result<QuorumStatus> {
+        Ok(self.quorum_view(id, approvals)?.status)
+    }
+
+    /// As [`Runner::quorum_status`], with each approval's standing.
+    ///
+    /// # Errors
+    /// As [`Runner::quorum_status`].
+    pub fn quorum_view(&self, id: &str, approvals: &[Vec<u8>]) -> Result<QuorumView> {
         let path = proposal_path(self, id);
         let bytes = std::fs::read(&path).with_context(|| format!("proposal {id} is not known to this runner"))?;
         let doc: Proposal =
@@ -185,19 +248,45 @@ impl Runner {
         let mut seen = HashSet::new();
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
-        for r in results {
+        let mut views = Vec::new();
+        for (bytes, r) in approvals.iter().zip(results) {
             match r.and_then(|v| self.single_use(&mut seen, v)) {
                 Ok(v) => accepted.push(v),
-                Err(e) => refused.push(format!("[{}] {e}", e.reason_code())),
+                Err(e) => {
+                    let why = format!("[{}] {e}", e.reason_code());
+                    let principal = ApprovalFile::parse(bytes).map(|f| f.statement.approver).unwrap_or_default();
+                    views.push(ApproverView {
+                        roles: registry.roles_of(&principal).to_vec(),
+                        principal,
+                        why_not: Some(why.clone()),
+                        ..ApproverView::default()
+                    });
+                    refused.push(why);
+                }
             }
         }
         let subject =
             Subject { proposal: id, capsule: doc.capsule, plan: doc.plan_digest, policy, signer: &doc.signer };
-        Ok(match quorum::evaluate(&accepted, &requirement, registry, &subject).outcome {
+        let result = quorum::evaluate(&accepted, &requirement, registry, &subject);
+        for (c, v) in result.approvals.iter().zip(&accepted) {
+            views.push(ApproverView {
+                principal: c.principal.clone(),
+                roles: registry.roles_of(&c.principal).to_vec(),
+                key: Some(c.key.clone()),
+                verdict: Some(verdict_name(v.verdict).into()),
+                comment: v.comment.clone(),
+                issued_at: Some(v.issued_at),
+                counted: c.counted,
+                why_not: (!c.counted).then(|| c.note.clone()),
+            });
+        }
+        let status = match result.outcome {
             QuorumOutcome::Met { .. } => QuorumStatus::Met,
             QuorumOutcome::Vetoed { by, .. } => QuorumStatus::Vetoed { by },
             QuorumOutcome::Insufficient { count, required } => QuorumStatus::Pending { count, required, refused },
-        })
+        };
+        let needed = still_needed(&status, &requirement.roles);
+        Ok(QuorumView { status, approvals: views, needed })
     }
 }
 
@@ -246,6 +335,9 @@ impl Runner {
             ids.push(proposal);
         }
         log.barrier().await?;
+        for id in &ids {
+            self.drop_preview(id);
+        }
         Ok(ids)
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use edge_core::evidence::{Event, Outcome};
+use edge_core::lifecycle::State;
 
 use super::Runner;
 use crate::staging::Journal;
@@ -85,6 +86,17 @@ impl Runner {
             }
         }
         self.empty_trash();
+        // Kept previews of proposals that no longer wait (ended, expired,
+        // or never recorded as waiting: a crash between keeping and recording).
+        if let Ok(entries) = std::fs::read_dir(self.config.state_dir.join("previews")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let waits = self.log.index().proposals.get(&id).is_some_and(|v| v.state == State::AwaitingApproval);
+                if !waits {
+                    self.drop_preview(&id);
+                }
+            }
+        }
         Ok(recovered)
     }
 

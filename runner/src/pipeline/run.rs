@@ -134,8 +134,9 @@ pub struct RunReport {
     pub plan: Option<Plan>,
     pub plan_digest: Option<Sha256Digest>,
     pub diff: Vec<DiffEntry>,
-    /// What each changed file looks like (`edge_core::preview`).
-    pub preview: Option<edge_core::preview::Preview>,
+    /// What each changed file looks like, with the content it shows.
+    #[serde(skip)]
+    pub shown: Option<edge_core::preview::Shown>,
     /// The waiting proposal this run continued (approvals were presented).
     pub resumed: Option<String>,
     pub verification: Option<VerificationReport>,
@@ -165,6 +166,7 @@ pub struct RunReport {
 pub struct VerificationReport {
     pub passed: bool,
     pub summary: String,
+    pub findings: Vec<edge_core::plan::Finding>,
 }
 
 /// The mount locks a run holds (released when dropped).
@@ -187,7 +189,7 @@ impl RunReport {
             plan: None,
             plan_digest: None,
             diff: Vec::new(),
-            preview: None,
+            shown: None,
             resumed: None,
             verification: None,
             proposal: None,

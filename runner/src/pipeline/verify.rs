@@ -96,7 +96,8 @@ impl Runner {
         for f in &mut findings {
             f.message = self.redact(&f.message);
         }
-        report.verification = Some(VerificationReport { passed: v.passed, summary: summary.clone() });
+        report.verification =
+            Some(VerificationReport { passed: v.passed, summary: summary.clone(), findings: findings.clone() });
         report.record(Event::Verified { passed: v.passed, summary, findings, output })
     }
 }

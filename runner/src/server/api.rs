@@ -195,9 +195,19 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         }
         (&Method::GET, ["v1", "proposals", id]) => {
             let id = (*id).to_owned();
-            match shared.runs.show(&id) {
+            match shared.runs.detail(&id).map_err(|e| runner_error(&e))? {
                 Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
                 None => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
+            }
+        }
+        (&Method::GET, ["v1", "proposals", id, "preview"]) => {
+            let id = (*id).to_owned();
+            match shared.runs.preview(&id).map_err(|e| runner_error(&e))? {
+                Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no preview for {id}: unknown, or its plan changes nothing"),
+                )),
             }
         }
         (&Method::GET, ["v1", "proposals", id, "document"]) => {

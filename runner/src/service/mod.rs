@@ -10,6 +10,7 @@
 //! away never cuts a run in the middle. Reads (lists, documents, metrics) go
 //! straight to the evidence log's view.
 
+pub mod detail;
 pub mod metrics;
 
 use std::path::PathBuf;
@@ -279,6 +280,45 @@ impl RunService {
         self.runner.log.index().proposals.get(id).cloned()
     }
 
+    /// Everything about one proposal (the diff, approvals and whether each
+    /// counted, what is still needed, …); None if unknown.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn detail(&self, id: &str) -> Result<Option<detail::ProposalDetail>> {
+        let Some(view) = self.show(id) else { return Ok(None) };
+        let kept = if view.state == State::AwaitingApproval { self.kept_approvals(id)? } else { Vec::new() };
+        Ok(Some(self.runner.detail(view, &kept, crate::pipeline::unix_now()?)?))
+    }
+
+    /// The preview of a proposal with its content, for approvers' tools.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn preview(&self, id: &str) -> Result<Option<edge_core::preview::Shown>> {
+        match self.show(id) {
+            Some(view) => self.runner.shown(&view),
+            None => Ok(None),
+        }
+    }
+
+    /// The approvals kept for a waiting proposal.
+    fn kept_approvals(&self, id: &str) -> Result<Vec<Vec<u8>>> {
+        let dir = approvals_dir(&self.runner, id);
+        let mut approvals = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    approvals.push(std::fs::read(entry?.path())?);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        }
+        approvals.sort();
+        Ok(approvals)
+    }
+
     pub fn document(&self, id: &str) -> Option<Vec<u8>> {
         // Only ids the log knows (never a path from the request).
         let known = self.show(id).is_some();
@@ -349,11 +389,7 @@ impl RunService {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let digest = Sha256Digest::of(&approval);
         crate::staging::write_durably(&dir.join(format!("{}.json", digest.hex())), &approval)?;
-        let mut approvals = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
-            approvals.push(std::fs::read(entry?.path())?);
-        }
-        approvals.sort();
+        let approvals = self.kept_approvals(id)?;
         let status = runner.quorum_status(id, &approvals)?;
         let mut out = ApprovalKept { id: id.to_owned(), approval: digest, status: status.clone(), run: None };
         if matches!(status, QuorumStatus::Met | QuorumStatus::Vetoed { .. }) {
@@ -376,8 +412,10 @@ fn approvals_dir(runner: &Runner, id: &str) -> PathBuf {
     runner.config.state_dir.join("proposals").join(format!("{id}.approvals"))
 }
 
-/// What a submission returns: the proposal id, the admission result, the
-/// decision and what happened.
+/// What a submission returns — over the API, and from `exec --json` and
+/// `submit --json` alike (one shape): the proposal id and state, the
+/// admission, the decision, the plan, the diff as previewed, findings, the
+/// quorum, what happened, and the run's evidence records and receipt.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubmitReply {
     pub id: String,
@@ -386,15 +424,29 @@ pub struct SubmitReply {
     pub state: String,
     pub outcome: edge_core::evidence::Outcome,
     pub admission: AdmissionReply,
-    pub decision: Option<DecisionReply>,
-    pub plan: Option<Sha256Digest>,
+    pub tier: Option<u8>,
+    pub decision: Option<edge_core::policy::Decision>,
+    pub plan: Option<edge_core::plan::Plan>,
+    pub plan_digest: Option<Sha256Digest>,
     pub diff: Vec<edge_core::plan::DiffEntry>,
+    /// Each changed file as previewed, with its diff lines.
+    pub files: Vec<detail::FileDiff>,
+    /// The plan's findings, then the verify phase's (a diagnostic's answer).
+    pub findings: Vec<edge_core::plan::Finding>,
     pub verification: Option<VerificationReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<serde_json::Value>,
     pub refusal: Option<Refusal>,
-    /// Sequence numbers of the run's evidence records.
-    pub records: Vec<u64>,
+    /// The run's evidence records.
+    pub records: Vec<edge_core::evidence::Record>,
     /// The run's receipt (a C2SP tlog-proof of its terminal record).
     pub receipt: Option<String>,
+    /// Command-line runs: where the proposal document approvers review was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<PathBuf>,
+    /// Command-line runs: where the receipt was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt_file: Option<PathBuf>,
 }
 
 /// Whether the capsule was admitted, and as what.
@@ -404,15 +456,6 @@ pub struct AdmissionReply {
     pub capsule: Option<Sha256Digest>,
     pub name: Option<String>,
     pub signer: Option<String>,
-}
-
-/// The policy's decision, as a submitter sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DecisionReply {
-    pub allowed: bool,
-    pub tier: u8,
-    pub approvals_required: u32,
-    pub reasons: Vec<edge_core::policy::Reason>,
 }
 
 /// An approval kept for a waiting proposal: where the quorum stands, and
@@ -426,11 +469,19 @@ pub struct ApprovalKept {
     pub run: Option<SubmitReply>,
 }
 
-fn summary(id: &str, r: &RunReport) -> SubmitReply {
+/// The answer for a run (the proposal it belongs to is `id`).
+pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
     let state = proposals::index(&r.records)
         .into_iter()
         .last()
         .map_or_else(|| "refused".to_owned(), |p| p.state.name().to_owned());
+    let files = r
+        .shown
+        .as_ref()
+        .map(|s| s.preview.files.iter().map(|f| detail::FileDiff { file: f.clone(), lines: s.render(f) }).collect())
+        .unwrap_or_default();
+    let mut findings = r.plan.as_ref().map(|p| p.findings.clone()).unwrap_or_default();
+    findings.extend(r.verification.iter().flat_map(|v| v.findings.iter().cloned()));
     SubmitReply {
         id: id.to_owned(),
         run: r.run.clone(),
@@ -442,17 +493,19 @@ fn summary(id: &str, r: &RunReport) -> SubmitReply {
             name: r.name.clone(),
             signer: r.signer.clone(),
         },
-        decision: r.decision.as_ref().map(|d| DecisionReply {
-            allowed: d.allowed,
-            tier: d.tier,
-            approvals_required: d.approvals_required,
-            reasons: d.reasons.clone(),
-        }),
-        plan: r.plan_digest,
+        tier: r.tier,
+        decision: r.decision.clone(),
+        plan: r.plan.clone(),
+        plan_digest: r.plan_digest,
         diff: r.diff.clone(),
+        files,
+        findings,
         verification: r.verification.clone(),
+        quorum: r.quorum.clone(),
         refusal: r.refusal.clone(),
-        records: r.records.iter().map(|x| x.seq).collect(),
+        records: r.records.clone(),
         receipt: r.receipt_proof.clone(),
+        document: r.proposal.clone(),
+        receipt_file: r.receipt.clone(),
     }
 }

@@ -692,6 +692,29 @@ impl EvidenceLog {
         Ok(bytes)
     }
 
+    /// Read the records at `seqs` (for one proposal's view), each checked
+    /// against the leaf the verified log holds for it: a row altered in the
+    /// store since it was verified is an error, never shown.
+    ///
+    /// # Errors
+    /// If the store cannot be read, a record is missing, or it does not
+    /// match its leaf.
+    pub fn read_records_at(&self, seqs: &[u64]) -> Result<Vec<Record>> {
+        let db = read_only(&self.dir)?;
+        let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            let body: String = stmt.query_row([seq as i64], |r| r.get(0))?;
+            let leaf = merkle::leaf_hash(body.as_bytes());
+            let known = self.with_tree(|t| t.leaves().get(seq as usize).copied());
+            if known != Some(leaf) {
+                bail!("record {seq} in the store is not the record the log verified: the store was altered");
+            }
+            out.push(serde_json::from_str(&body).with_context(|| format!("record {seq} does not parse"))?);
+        }
+        Ok(out)
+    }
+
     /// The sequence numbers of one run's records.
     ///
     /// # Errors

@@ -1,0 +1,146 @@
+//! How a proposal reads on a terminal: the diff as previewed, the
+//! approvals and whether each counted, what is still needed. Every piece of
+//! file content and capsule or client text is neutralised (`text::line`):
+//! a diff line cannot move the cursor or print a line that looks like the
+//! runner's.
+
+use std::io::Write;
+
+use anyhow::Result;
+use edge_core::preview::{DiffLine, FilePreview, Shown};
+use edge_core::text::{Untrusted as U, line};
+use serde_json::Value;
+
+/// One file's header and diff lines.
+pub fn print_file(f: &FilePreview, lines: &[DiffLine], out: &mut dyn Write) -> Result<()> {
+    let (added, removed) = edge_core::preview::changed_lines(lines);
+    writeln!(out, "  {} {}/{}  (preview: {}; +{added} -{removed})", f.action, f.mount, U(f.path.as_str()), f.preview)?;
+    for l in lines {
+        match l {
+            DiffLine::Hunk(h) => writeln!(out, "    {}", line(h))?,
+            DiffLine::Context(t) => writeln!(out, "     {}", line(t))?,
+            DiffLine::Added(t) => writeln!(out, "    +{}", line(t))?,
+            DiffLine::Removed(t) => writeln!(out, "    -{}", line(t))?,
+            DiffLine::Note(n) => writeln!(out, "    [{}]", line(n))?,
+        }
+    }
+    Ok(())
+}
+
+/// Every file of a preview.
+pub fn print_shown(shown: &Shown, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "diff         what the staged result changes, checked against the plan's digests:")?;
+    for f in &shown.preview.files {
+        print_file(f, &shown.render(f), out)?;
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    line(v.as_str().unwrap_or("-")).into_owned()
+}
+
+fn when(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| secs.to_string(), |t| t.to_string())
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A proposal's detail (`GET /v1/proposals/{id}`), for people.
+pub fn print_detail(v: &Value, now: u64, out: &mut dyn Write) -> Result<()> {
+    let age_secs = v["age_secs"].as_u64().unwrap_or(0);
+    writeln!(out, "proposal     {} — {} ({} old)", s(&v["id"]), s(&v["state"]), age(age_secs))?;
+    if let Some(e) = v["expires_at"].as_u64() {
+        writeln!(out, "expires      {} (in {})", when(e), age(e.saturating_sub(now)))?;
+    }
+    writeln!(out, "capsule      {} {}", s(&v["name"]), s(&v["capsule"]))?;
+    if v["submitted_by"].is_string() {
+        writeln!(out, "submitted by {}", s(&v["submitted_by"]))?;
+    }
+    if let Some(p) = v["provenance"].as_object() {
+        for (k, val) in p {
+            writeln!(out, "provenance   {}: \"{}\" (the agent's words)", U(k), s(val))?;
+        }
+    }
+    if let Ok(d) = serde_json::from_value::<edge_core::policy::Decision>(v["decision"].clone()) {
+        crate::cli::policy::print_decision(&d, out)?;
+    }
+    if v["summary"].is_string() {
+        writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", s(&v["plan"]), s(&v["summary"]))?;
+    }
+    let files = v["files"].as_array().cloned().unwrap_or_default();
+    if !files.is_empty() {
+        writeln!(out, "diff")?;
+    }
+    for f in &files {
+        let (Ok(file), Ok(lines)) = (
+            serde_json::from_value::<FilePreview>(strip_lines(f)),
+            serde_json::from_value::<Vec<DiffLine>>(f["lines"].clone()),
+        ) else {
+            writeln!(out, "  (a file preview this tool cannot read)")?;
+            continue;
+        };
+        print_file(&file, &lines, out)?;
+    }
+    for f in v["findings"].as_array().into_iter().flatten() {
+        writeln!(out, "finding      [{}] {}: {}", s(&f["severity"]), s(&f["code"]), s(&f["message"]))?;
+    }
+    if let Some(q) = v["quorum"].as_object() {
+        let list = q["approvals"].as_array().cloned().unwrap_or_default();
+        let counted = list.iter().filter(|a| a["counted"] == true).count();
+        writeln!(out, "approvals    {counted} counted of {} received", list.len())?;
+        for a in &list {
+            let mark = if a["counted"] == true { "counted    " } else { "NOT counted" };
+            let roles: Vec<String> = a["roles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| line(r.as_str().unwrap_or("")).into_owned())
+                .collect();
+            let mut text = format!("  {mark} {} [{}]", s(&a["principal"]), roles.join(", "));
+            if a["verdict"].is_string() {
+                text.push_str(&format!(" {}", s(&a["verdict"])));
+            }
+            if a["key"].is_string() {
+                text.push_str(&format!(" key {}", s(&a["key"])));
+            }
+            if let Some(t) = a["issued_at"].as_u64() {
+                text.push_str(&format!(" at {}", when(t)));
+            }
+            writeln!(out, "{text}")?;
+            if a["comment"].is_string() {
+                writeln!(out, "               comment \"{}\"", s(&a["comment"]))?;
+            }
+            if a["why_not"].is_string() {
+                writeln!(out, "               why not: {}", s(&a["why_not"]))?;
+            }
+        }
+        writeln!(out, "still needed {}", s(&q["needed"]))?;
+    }
+    if let Some(vf) = v["verify"].as_object() {
+        let passed = if vf["passed"] == true { "passed" } else { "FAILED" };
+        writeln!(out, "verify       {passed} — \"{}\" (the capsule's words)", s(&vf["summary"]))?;
+    }
+    if v["refusal"].is_string() {
+        writeln!(out, "refusal      {}", s(&v["refusal"]))?;
+    }
+    Ok(())
+}
+
+fn strip_lines(f: &Value) -> Value {
+    let mut f = f.clone();
+    if let Some(o) = f.as_object_mut() {
+        o.remove("lines");
+    }
+    f
+}

@@ -1,0 +1,191 @@
+//! A proposal as people read it (`GET /v1/proposals/{id}`, `proposals
+//! show`): the lifecycle view plus what the evidence holds about it — the
+//! diff as previewed, findings, provenance, who approved and whether each
+//! counted, what is still needed, age and expiry. Everything comes from the
+//! evidence store (checked against the verified log) and, for a waiting
+//! proposal, the approvals kept for it; nothing here runs a capsule.
+
+use anyhow::Result;
+use edge_core::Sha256Digest;
+use edge_core::approval::ApprovalFile;
+use edge_core::evidence::{Event, Record};
+use edge_core::lifecycle::{ProposalView, State};
+use edge_core::manifest::{Manifest, Provenance};
+use edge_core::plan::{Finding, Plan};
+use edge_core::preview::{DiffLine, FilePreview, Preview, Shown};
+use serde::Serialize;
+
+use crate::pipeline::{
+    ApproverView, DEFAULT_PROPOSAL_TTL_SECS, Proposal, QuorumStatus, QuorumView, Runner, still_needed,
+};
+
+/// A proposal with everything a person needs to judge it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProposalDetail {
+    #[serde(flatten)]
+    pub view: ProposalView,
+    /// Seconds since it was submitted.
+    pub age_secs: u64,
+    /// When it can no longer be approved (Unix seconds; while it waits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The plan's findings, then the verify phase's.
+    pub findings: Vec<Finding>,
+    /// Each changed file as previewed: what it shows, and its diff lines.
+    pub files: Vec<FileDiff>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyView>,
+}
+
+/// One changed file and its rendered diff.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileDiff {
+    #[serde(flatten)]
+    pub file: FilePreview,
+    pub lines: Vec<DiffLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyView {
+    pub passed: bool,
+    pub summary: String,
+}
+
+impl Runner {
+    /// The preview of a proposal with its content (for approvers' tools).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn shown(&self, view: &ProposalView) -> Result<Option<Shown>> {
+        let Some(d) = view.preview else { return Ok(None) };
+        let Some(bytes) = self.log.read_artifact(&d)? else { return Ok(None) };
+        let preview: Preview = serde_json::from_slice(&bytes)?;
+        Ok(Some(Shown::new(preview, |c| self.log.read_artifact(c).ok().flatten())))
+    }
+
+    /// Everything about one proposal. `kept` are the approvals kept for it
+    /// while it waits (the daemon's; empty on the command line).
+    ///
+    /// # Errors
+    /// If the store cannot be read, or a record does not match the log.
+    pub fn detail(&self, view: ProposalView, kept: &[Vec<u8>], now: u64) -> Result<ProposalDetail> {
+        let records = self.log.read_records_at(&view.records)?;
+        let artifact = |d: &Sha256Digest| self.log.read_artifact(d).ok().flatten();
+        let plan: Option<Plan> = view.plan.and_then(|d| serde_json::from_slice(&artifact(&d)?).ok());
+        let provenance =
+            view.capsule.and_then(|d| Manifest::from_canonical_json(&artifact(&d)?).ok()).map(|m| m.provenance);
+        let mut findings = plan.as_ref().map(|p| p.findings.clone()).unwrap_or_default();
+        let mut verify = None;
+        for r in &records {
+            if let Event::Verified { passed, summary, findings: f, .. } = &r.event {
+                findings.extend(f.iter().cloned());
+                verify = Some(VerifyView { passed: *passed, summary: summary.clone() });
+            }
+        }
+        let files = match self.shown(&view)? {
+            Some(shown) => {
+                shown.preview.files.iter().map(|f| FileDiff { file: f.clone(), lines: shown.render(f) }).collect()
+            }
+            None => Vec::new(),
+        };
+        let doc: Option<Proposal> = view.document.and_then(|d| serde_json::from_slice(&artifact(&d)?).ok());
+        let expires_at = doc.as_ref().filter(|_| view.state == State::AwaitingApproval).map(|p| {
+            let ttl = p.decision.requirement.as_ref().and_then(|t| t.expires_after_secs);
+            p.created_at + ttl.unwrap_or(DEFAULT_PROPOSAL_TTL_SECS)
+        });
+        let quorum = if view.state == State::AwaitingApproval {
+            Some(self.quorum_view(&view.id, kept)?)
+        } else {
+            recorded_quorum(self, &records, &view)
+        };
+        let submitted = view.submitted_at.parse::<jiff::Timestamp>().map(|t| t.as_second()).unwrap_or(0);
+        Ok(ProposalDetail {
+            age_secs: now.saturating_sub(u64::try_from(submitted).unwrap_or(0)),
+            expires_at,
+            provenance,
+            summary: plan.map(|p| p.summary),
+            findings,
+            files,
+            quorum,
+            verify,
+            view,
+        })
+    }
+}
+
+/// The quorum a proposal's runs recorded: each approval received, whether
+/// it verified and counted, and why not.
+fn recorded_quorum(runner: &Runner, records: &[Record], view: &ProposalView) -> Option<QuorumView> {
+    let registry = runner.config.approvers.as_ref();
+    let roles = |p: &str| registry.map(|r| r.roles_of(p).to_vec()).unwrap_or_default();
+    let statement = |d: &Sha256Digest| {
+        runner.log.read_artifact(d).ok().flatten().and_then(|b| ApprovalFile::parse(&b).ok()).map(|f| f.statement)
+    };
+    let mut approvals: Vec<ApproverView> = Vec::new();
+    let mut status = None;
+    for r in records {
+        match &r.event {
+            Event::ApprovalAccepted { approval, principal, key, verdict, .. } => {
+                let s = statement(approval);
+                approvals.push(ApproverView {
+                    principal: principal.clone(),
+                    roles: roles(principal),
+                    key: Some(key.clone()),
+                    verdict: Some(verdict.clone()),
+                    comment: s.as_ref().and_then(|s| s.comment.clone()),
+                    issued_at: s.map(|s| s.issued_at),
+                    counted: false,
+                    why_not: None,
+                });
+            }
+            Event::ApprovalRefused { approval, principal, reason_code, detail } => {
+                let s = statement(approval);
+                let principal = principal.clone().unwrap_or_else(|| "?".into());
+                approvals.push(ApproverView {
+                    roles: roles(&principal),
+                    principal,
+                    comment: s.as_ref().and_then(|s| s.comment.clone()),
+                    issued_at: s.map(|s| s.issued_at),
+                    why_not: Some(format!("[{reason_code}] {detail}")),
+                    ..ApproverView::default()
+                });
+            }
+            Event::Quorum { outcome, counted, .. } => {
+                // Each verified approval's standing, in the order evaluated.
+                let counted: Vec<serde_json::Value> = counted.as_array().cloned().unwrap_or_default();
+                let mut it = counted.iter();
+                for a in approvals.iter_mut().filter(|a| a.why_not.is_none() && a.key.is_some()) {
+                    if let Some(c) = it.next() {
+                        a.counted = c["counted"].as_bool().unwrap_or(false);
+                        let note = c["note"].as_str().unwrap_or_default();
+                        a.why_not = (!a.counted && !note.is_empty()).then(|| note.to_owned());
+                    }
+                }
+                status = Some(match edge_core::approval::quorum::Outcome::from_recorded(outcome) {
+                    Some(edge_core::approval::quorum::Outcome::Met { .. }) => QuorumStatus::Met,
+                    Some(edge_core::approval::quorum::Outcome::Vetoed { by, .. }) => QuorumStatus::Vetoed { by },
+                    Some(edge_core::approval::quorum::Outcome::Insufficient { count, required }) => {
+                        QuorumStatus::Pending { count, required, refused: Vec::new() }
+                    }
+                    None => return None,
+                });
+            }
+            _ => {}
+        }
+    }
+    let status = status?;
+    let required_roles =
+        view.decision.as_ref().and_then(|d| d.requirement.as_ref()).map(|r| r.roles.clone()).unwrap_or_default();
+    let needed = if view.state == State::Expired {
+        "nothing: the proposal expired".to_owned()
+    } else {
+        still_needed(&status, &required_roles)
+    };
+    Some(QuorumView { status, approvals, needed })
+}
