@@ -7,6 +7,7 @@ mod examples;
 mod harness;
 mod hostile;
 mod policy;
+mod preview;
 mod server;
 mod signatures;
 mod sigstore;

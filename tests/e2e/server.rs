@@ -255,6 +255,18 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         let v = r.json().unwrap();
         assert_eq!(v["status"]["quorum"], "pending", "{v:#}");
         assert!(v.get("run").is_none());
+        // The proposal view: the diff as previewed, who approved and
+        // whether it counted, what is still needed, when it expires.
+        let p = show(&mut agent, &id).await;
+        assert_eq!(p["state"], "awaiting-approval", "{p:#}");
+        assert!(p["expires_at"].as_u64().is_some(), "{p:#}");
+        let lines = &p["files"][0]["lines"];
+        assert!(lines.as_array().unwrap().iter().any(|l| l["kind"] == "added" && l["text"] == "ok"), "{p:#}");
+        let q = &p["quorum"];
+        assert_eq!(q["approvals"][0]["principal"], "alice@bank.example", "{q:#}");
+        assert_eq!(q["approvals"][0]["counted"], true, "{q:#}");
+        assert_eq!(q["approvals"][0]["roles"][0], "sre", "{q:#}");
+        assert!(q["needed"].as_str().unwrap().starts_with("1 more approval"), "{q:#}");
         // Junk, a forged approval and one for another proposal are not kept.
         let forged = String::from_utf8(alice.clone()).unwrap().replace("alice@bank.example", "bob@bank.example");
         let other = String::from_utf8(alice.clone()).unwrap().replace(&id, "p-0000000000000-00000000");
@@ -285,6 +297,11 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         assert_eq!(p["state"], "committed", "{p:#}");
         assert_eq!(p["runs"].as_array().unwrap().len(), 2);
         assert_eq!(p["approvals"].as_array().unwrap().iter().filter(|a| a["accepted"] == true).count(), 2);
+        // After the fact, from the evidence: both counted, nothing needed.
+        let q = &p["quorum"];
+        assert_eq!(q["approvals"].as_array().unwrap().iter().filter(|a| a["counted"] == true).count(), 2, "{q:#}");
+        assert_eq!(q["needed"], "nothing: the quorum is met", "{q:#}");
+        assert_eq!(p["verify"]["passed"], true, "{p:#}");
 
         // Executed: further approvals conflict.
         let bob = sign(&env, &mut approver, &id, "bob", "approve").await;
