@@ -103,10 +103,24 @@ request_timeout = "10s"
 
 # Mounts: logical names capsules request -> host directories, each mapped to
 # the system-graph node it belongs to (blast radius comes from the graph).
+#
+# `preview` says what approvers, the evidence and reports see of a changed
+# file (docs/previews.md): "full" (the exact bytes), "redacted" (the default:
+# the value of every line matching a `redact` pattern is masked, both sides of
+# the diff), or "digest-only" (no content anywhere: digests, sizes and line
+# counts only). A mount holding secrets should be digest-only:
 # [mounts.config]
 # path = "/srv/app/config"
 # writable = true
 # node = "payments-config"
+# preview = "redacted"
+# redact = ["(?i)password", "(?i)secret", "(?i)token"]
+#
+# [mounts.tls]
+# path = "/etc/app/tls"
+# writable = true
+# node = "tls-certs"
+# preview = "digest-only"
 
 [limits.default]
 memory_mib = 64
