@@ -287,7 +287,8 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<Exit> {
                 writeln!(out)?;
                 return Ok(Exit::Ok);
             }
-            writeln!(out, "capsule      {}@{} ({:?})", U(&m.name), U(&m.version), m.kind)?;
+            let kind = serde_json::to_value(m.kind)?;
+            writeln!(out, "capsule      {}@{} ({})", U(&m.name), U(&m.version), kind.as_str().unwrap_or("?"))?;
             writeln!(out, "digest       {}", file.digest())?;
             writeln!(out, "component    {} ({} bytes)", m.component.sha256, m.component.size)?;
             writeln!(out, "signature    {}", signer.as_deref().unwrap_or("none (unsigned)"))?;
