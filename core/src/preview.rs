@@ -40,6 +40,9 @@ pub const PREVIEW_SCHEMA: &str = "https://edge-runner.dev/preview/v1";
 /// Lines of context around each change in a rendered diff.
 pub const CONTEXT_LINES: usize = 3;
 
+/// How long a line diff may search for the smallest edit before settling.
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What of a mount's changed files an approver (and the evidence) may see.
 /// Ordered from the strictest: a mount's mode can only be tightened for a
 /// proposal already waiting.
@@ -191,8 +194,11 @@ pub struct Redactor {
 }
 
 /// The patterns a redacted mount uses when the operator gives none.
-pub const DEFAULT_REDACT_PATTERNS: &[&str] =
-    &[r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth)"];
+pub const DEFAULT_REDACT_PATTERNS: &[&str] = &[
+    r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth)",
+    // Credentials in a URL: scheme://user:password@host.
+    r"://[^\s/:@]+:[^\s/@]+@",
+];
 
 impl Redactor {
     /// A redactor with a fresh random key (one per preview).
@@ -215,14 +221,29 @@ impl Redactor {
     }
 
     /// Mask `text`: on each matching line, everything after the first `=`
-    /// or `:` (or the whole line, with neither) becomes `[redacted <tag>]`.
+    /// or `:` (or the whole line, with neither) becomes `[redacted <tag>]`;
+    /// every line inside a PEM block (`-----BEGIN …-----` to `-----END
+    /// …-----`: private keys span lines no pattern names) is masked whole.
     /// Returns the masked text and how many lines were masked.
     pub fn mask(&self, text: &str) -> (String, u64) {
         let mut out = String::with_capacity(text.len());
         let mut masked = 0;
+        let mut in_pem = false;
         for line in text.split_inclusive('\n') {
             let body = line.strip_suffix('\n').map_or(line, |b| b.strip_suffix('\r').unwrap_or(b));
             let end = &line[body.len()..];
+            let trimmed = body.trim();
+            if trimmed.starts_with("-----BEGIN ") || trimmed.starts_with("-----END ") {
+                in_pem = trimmed.starts_with("-----BEGIN ");
+                out.push_str(line);
+                continue;
+            }
+            if in_pem {
+                masked += 1;
+                out.push_str(&format!("[redacted {}]", self.tag(body)));
+                out.push_str(end);
+                continue;
+            }
             if !self.patterns.iter().any(|p| p.is_match(body)) {
                 out.push_str(line);
                 continue;
@@ -479,7 +500,9 @@ pub fn render(f: &FilePreview, before: Option<&[u8]>, after: Option<&[u8]>) -> V
     }
     let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
     let (old, new) = (text(before), text(after));
-    let diff = similar::TextDiff::from_lines(&old, &new);
+    // Bounded: a pathological pair of files (a capsule's, so hostile) gets a
+    // coarser diff after the deadline, never an unbounded wait.
+    let diff = similar::TextDiff::configure().timeout(DIFF_DEADLINE).diff_lines(&old, &new);
     for group in diff.grouped_ops(CONTEXT_LINES) {
         let (Some(first), Some(last)) = (group.first(), group.last()) else { continue };
         let (o, n) = (first.old_range().start..last.old_range().end, first.new_range().start..last.new_range().end);
@@ -614,6 +637,13 @@ mod tests {
         assert_eq!(r.mask("token: abc").0, r.mask("token: abc").0);
         assert_ne!(r.mask("token: abc").0, redactor().mask("token: abc").0);
         assert!(r.mask("token: abc").0.starts_with("token: [redacted "));
+        // PEM bodies are masked line by line; URL credentials too.
+        let pem = "key = |\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\nhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\nx = 1\n";
+        let (m, n) = r.mask(pem);
+        assert!(!m.contains("MIIEvQ") && !m.contains("hkiG9w") && m.contains("x = 1"), "{m}");
+        assert_eq!(n, 2);
+        let (m, _) = r.mask("dsn = postgres://app:hunter2@db:5432/app\n");
+        assert!(!m.contains("hunter2"), "{m}");
         // A line with no separator is masked whole; CRLF kept.
         assert!(r.mask("secretvalue\r\n").0.starts_with("[redacted "));
         assert!(r.mask("secretvalue\r\n").0.ends_with("]\r\n"));

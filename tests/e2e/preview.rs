@@ -206,3 +206,74 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_kept_preview_altered_on_disk_is_never_committed() {
+    let (env, capsule) = setup("preview = \"full\"\n", "");
+    let (_, doc, id) = propose(&env, &capsule);
+    let (a, _) = approve(&env, &doc, "alice");
+    let (b, _) = approve(&env, &doc, "carol");
+    // Someone with access to the state directory swaps the approved bytes.
+    let kept = env.path(&format!("state/previews/{id}/config/app.toml"));
+    std::fs::write(&kept, ORIGINAL.replace("max_connections = 100", "max_connections = 1")).unwrap();
+    let done = env.exec_with(&capsule, &[&a, &b]);
+    assert_ne!(done.outcome(), "committed", "{:#}", done.report);
+    assert_eq!(std::fs::read_to_string(env.path("config/app.toml")).unwrap(), ORIGINAL, "the live file is untouched");
+    assert!(done.detail().contains("changed after the diff was checked"), "{}", done.detail());
+}
+
+#[test]
+fn an_approver_is_never_shown_a_preview_the_plan_does_not_back() {
+    let (env, capsule) = setup("preview = \"full\"\n", "");
+    let (_, doc, id) = propose(&env, &capsule);
+    let shown_path = env.path(&format!("state/proposals/{id}.preview.json"));
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&shown_path).unwrap()).unwrap();
+    let sign = |who: &str| {
+        env.cli(&["approve", &doc, "--principal", &format!("{who}@bank.example"), "--key", &format!("keys/{who}"), "--yes", "-o", "x.json"])
+    };
+    // 1. Content swapped for something harmless-looking: it no longer hashes
+    //    to the digests the preview and the plan name.
+    let mut lying = original.clone();
+    let benign = base64_of(ORIGINAL.replace("max_connections = 100", "max_connections = 101").as_bytes());
+    for (_, v) in lying["contents"].as_object_mut().unwrap() {
+        *v = serde_json::Value::String(benign.clone());
+    }
+    std::fs::write(&shown_path, serde_json::to_vec(&lying).unwrap()).unwrap();
+    let out = sign("alice");
+    assert!(!out.0.status.success());
+    assert!(out.stderr().contains("do not sign"), "{}", out.stderr());
+    // 2. A file left out of the preview: not the preview the document names.
+    let mut lying = original.clone();
+    lying["preview"]["files"] = serde_json::json!([]);
+    std::fs::write(&shown_path, serde_json::to_vec(&lying).unwrap()).unwrap();
+    let out = sign("alice");
+    assert!(!out.0.status.success() && out.stderr().contains("do not sign"), "{}", out.stderr());
+    // 3. No preview at all: nothing is signed without it.
+    std::fs::remove_file(&shown_path).unwrap();
+    let out = sign("alice");
+    assert!(!out.0.status.success() && out.stderr().contains("do not sign without it"), "{}", out.stderr());
+    assert!(!env.path("x.json").exists(), "no approval was written");
+}
+
+#[test]
+fn escape_sequences_in_file_content_never_reach_the_approvers_terminal() {
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    let capsule = env.hostile("escape-content");
+    let human = env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]).stdout();
+    let (_, doc, _) = propose(&env, &capsule);
+    let (_, shown) = approve(&env, &doc, "alice");
+    for out in [&human, &shown] {
+        assert!(out.contains("+second line"), "{out}");
+        for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+            assert!(!out.contains(bad), "{bad:?} reached the terminal: {out}");
+        }
+        assert!(out.contains("\\u{1b}[2J") || out.contains("\\u001b[2J"), "made visible: {out}");
+    }
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

@@ -46,8 +46,8 @@ pub enum PreviewError {
     #[error("{mount}/{path} changed on the host while its preview was made; submit again")]
     LiveChanged { mount: String, path: String },
     #[error(
-        "the preview keeps {size} bytes of file content, more than the {max} allowed (runner.max_preview_mib): \
-         make the change smaller, or set the mount's preview to \"digest-only\""
+        "the preview would keep more than {max} bytes of file content as evidence ({size} when it stopped; \
+         runner.max_preview_mib): make the change smaller, or set the mount's preview to \"digest-only\""
     )]
     TooLarge { size: u64, max: u64 },
     #[error(
@@ -234,6 +234,10 @@ impl Runner {
                 })
             };
             let (before_side, after_side) = (side(before), side(after));
+            // Refused as soon as the bound is passed (memory stays bounded too).
+            if kept > self.config.max_preview_bytes {
+                return Err(PreviewError::TooLarge { size: kept, max: self.config.max_preview_bytes }.into());
+            }
             let mode_before = match befores.get(&d.mount).and_then(|s| s.get(&d.path)) {
                 Some(snapshot::Node::File { mode, .. }) => Some(*mode),
                 _ => None,
@@ -249,9 +253,6 @@ impl Runner {
                 mode_after: d.mode,
                 redacted_lines: masked,
             });
-        }
-        if kept > self.config.max_preview_bytes {
-            return Err(PreviewError::TooLarge { size: kept, max: self.config.max_preview_bytes }.into());
         }
         Ok((Preview { schema: PREVIEW_SCHEMA.into(), plan, files }, contents))
     }

@@ -19,6 +19,8 @@ mod rng {
 
 /// Text that tries to rewrite an approver's terminal: erase the line above
 /// and redraw it, an OSC title, a C1 CSI, a right-to-left override.
+/// Clear the screen, set the window title, ring, and reverse the text.
+const ESCAPE_CONTENT: &[u8] = b"hello \x1b[2J\x1b]0;owned\x07 \xe2\x80\xaetxt.exe\nsecond line\n";
 const FORGED: &str =
     "rotate the log\x1b[1A\x1b[2K\r  create data/ok.txt (harmless)\x1b]0;approved\x07\u{9b}2J \u{202e}hs.live";
 
@@ -100,6 +102,12 @@ impl Capsule for Hostile {
                     log(Level::Info, &line);
                 }
             }
+            // File content that tries to drive the approver's terminal.
+            "escape-content" => {
+                let mut p = PlanBuilder::new("write the message of the day");
+                p.create(&data, "motd.txt", ESCAPE_CONTENT, "the test asks for it");
+                Ok(p.build())
+            }
             // A plan whose text tries to hide its second change from the approver.
             "forge-plan" => {
                 let mut p = PlanBuilder::new(FORGED);
@@ -178,6 +186,7 @@ impl Capsule for Hostile {
                 data.write("extra.txt", b"not in the plan")
             }
             "lie-digest" => data.write("ok.txt", b"something else"),
+            "escape-content" => data.write("motd.txt", ESCAPE_CONTENT),
             "exec-mode" | "exec-declared" | "exec-understated" => {
                 std::fs::rename("/mnt/data/tool.sh", "/mnt/data/cron.sh").map_err(|e| format!("rename: {e}"))?;
                 std::fs::write("/mnt/data/cron.sh", b"#!/bin/sh\necho cron\n").map_err(|e| format!("write: {e}"))
