@@ -170,7 +170,7 @@ fn verify_and_report(args: &Args, out: &mut dyn Write, err: &mut dyn Write, tty:
     let mut progress = Progress::new(err, args.progress, tty);
     let result = verify_with_progress(&bytes, &keys, level, &mut |step, done, total| progress.show(step, done, total));
     progress.finish();
-    let opts = Options { generated_at: jiff::Timestamp::now(), filter: args.filter.clone() };
+    let opts = Options { filter: args.filter.clone(), ..Options::now() };
     let io = |e: std::io::Error| format!("cannot write the output: {e}");
     if args.json {
         let value = match &result {

@@ -20,7 +20,8 @@ pub(crate) const MAX_LINES_PER_FILE: usize = 2000;
 pub(crate) enum Shown {
     /// The exact bytes: the artifacts hash to the plan's digests.
     Exact,
-    /// Text with secret values masked: not the exact bytes.
+    /// Text with secret values masked: not the exact bytes (the content
+    /// does not hash to the file's digest).
     Masked,
     /// Digests, sizes and line counts only.
     Digests,
@@ -38,6 +39,9 @@ impl Shown {
     /// The label a reviewer reads above the file's lines.
     pub(crate) fn label(self, mode: Option<PreviewMode>) -> &'static str {
         match (self, mode) {
+            (Shown::Exact, Some(PreviewMode::Redacted)) => {
+                "the exact bytes the plan's digests name (redacted mount: no line matched a secret pattern)"
+            }
             (Shown::Exact, _) => "full preview: the exact bytes the plan's digests name",
             (Shown::Masked, _) => "REDACTED preview: masked text, not the exact bytes (secret values hidden)",
             (Shown::Digests, Some(PreviewMode::DigestOnly)) => "digest-only mount: no content kept",
@@ -76,13 +80,17 @@ pub(crate) fn of_preview(pv: &Preview, artifacts: &BTreeMap<Sha256Digest, Vec<u8
             };
             let mut lines = preview::render(f, content(&f.before), content(&f.after));
             let (added, removed) = preview::changed_lines(&lines);
-            let has_content = [&f.before, &f.after].iter().any(|s| s.as_ref().is_some_and(|s| s.content.is_some()));
+            let sides = [&f.before, &f.after];
+            let has_content = sides.iter().any(|s| s.as_ref().is_some_and(|s| s.content.is_some()));
+            // Content that hashes to the file's digest is the exact bytes,
+            // whatever the mode (a redacted file with nothing to mask).
+            let exact = sides.iter().all(|s| s.as_ref().is_none_or(|s| s.content == Some(s.digest)));
             let shown = match f.preview {
                 _ if !has_content => Shown::Digests,
-                PreviewMode::Full => Shown::Exact,
-                PreviewMode::Redacted => Shown::Masked,
                 // The verifier refuses digest-only content; never show it.
                 PreviewMode::DigestOnly => Shown::Digests,
+                _ if exact => Shown::Exact,
+                PreviewMode::Full | PreviewMode::Redacted => Shown::Masked,
             };
             if shown == Shown::Digests {
                 lines.retain(|l| matches!(l, DiffLine::Note(_)));
@@ -174,6 +182,14 @@ mod tests {
         let all = format!("{:?}", f.lines);
         assert!(!all.contains("hunter"), "{all}");
         assert!(all.contains("[redacted "), "{all}");
+    }
+
+    #[test]
+    fn a_redacted_file_with_nothing_to_mask_is_shown_as_the_exact_bytes() {
+        let (pv, arts) = file(PreviewMode::Redacted, b"a = 1\n", b"a = 2\n");
+        let f = &of_preview(&pv, &arts)[0];
+        assert_eq!(f.shown, Shown::Exact);
+        assert!(f.shown.label(f.mode).contains("no line matched"), "{}", f.shown.label(f.mode));
     }
 
     #[test]

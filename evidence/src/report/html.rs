@@ -53,7 +53,9 @@ table{border-collapse:collapse;width:100%;background:#fff;margin:6px 0}\
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}\
 th{background:#eef1f4;font-weight:600}table.facts th{width:150px}\
 code{font:12px ui-monospace,monospace;word-break:break-all}\
-.tallies{display:flex;gap:16px;flex-wrap:wrap}.tallies>div{flex:1;min-width:260px}\
+.tallies{display:grid;grid-template-columns:minmax(0,2fr) minmax(0,3fr) minmax(0,4fr);gap:16px;align-items:start}\
+@media (max-width:800px){.tallies{grid-template-columns:minmax(0,1fr)}}\
+caption{text-align:left;font-weight:600;padding:6px 0 2px}\
 section.proposal{background:#fff;border:1px solid #d0d7de;border-radius:6px;margin:16px 0;padding:8px 16px 16px}\
 section.proposal h3{margin:8px 0;font-size:18px}\
 .state{padding:1px 8px;border-radius:10px;font-size:13px;font-weight:600;background:#eef1f4}\
@@ -69,8 +71,8 @@ section.proposal h3{margin:8px 0;font-size:18px}\
 .diff{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap;word-break:break-all;background:#fff}\
 .dl{padding:0 8px}.add{background:#e6ffec}.del{background:#ffebe9}.hunk{background:#ddf4ff;color:#57606a}\
 .note{color:#57606a;font-style:italic;font-family:system-ui,sans-serif}\
-.blast{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}.blast table{width:auto;min-width:320px}\
-svg.blast{background:#fff;border:1px solid #d0d7de;border-radius:4px;max-width:100%;height:auto}\
+.blast{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}.blast table{flex:1 1 320px;width:auto;max-width:520px;margin:0}\
+svg.blast{flex:0 1 auto;background:#fff;border:1px solid #d0d7de;border-radius:4px;max-width:100%;height:auto}\
 tr.not-counted td{color:#57606a}td.yes{color:#1a7f37;font-weight:600}td.no{color:#b42318}\
 .comment{font-style:italic}.quoted{color:#57606a}\
 .pass{color:#1a7f37;font-weight:600}.fail{color:#b42318;font-weight:600}\

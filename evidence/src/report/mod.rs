@@ -56,9 +56,10 @@ pub struct Options {
 }
 
 impl Options {
-    /// Generated now, nothing filtered out.
+    /// Generated now (to the second), nothing filtered out.
     pub fn now() -> Self {
-        Self { generated_at: jiff::Timestamp::now(), filter: Filter::default() }
+        let now = jiff::Timestamp::now();
+        Self { generated_at: jiff::Timestamp::from_second(now.as_second()).unwrap_or(now), filter: Filter::default() }
     }
 }
 
