@@ -85,6 +85,34 @@ pub struct Spec {
     /// approval, a second presents two approvals and commits (two runs, 21
     /// records). None: every run is a tier-0 cleanup.
     pub tier2_every: Option<usize>,
+    /// Nodes added to the example graph, all impacted by the tier-2 change
+    /// (a tree under `storefront`): a large blast radius.
+    pub extra_graph_nodes: usize,
+    /// Lines of the tier-2 config file, every one changed (0: a four-line
+    /// file with one changed line).
+    pub config_lines: usize,
+}
+
+/// The tier-2 config file before and after its change.
+fn config_files(lines: usize) -> (Vec<u8>, Vec<u8>) {
+    if lines == 0 {
+        return (CONFIG_BEFORE.to_vec(), CONFIG_AFTER.to_vec());
+    }
+    let file = |v: u32| (0..lines).map(|i| format!("pool_{i:05}.max_connections = {v}\n")).collect::<String>();
+    (file(100).into_bytes(), file(512).into_bytes())
+}
+
+/// The example graph, with `extra` nodes impacted through `storefront`.
+fn graph_text(extra: usize) -> String {
+    let mut g = include_str!("../../examples/policy/graph.toml").to_owned();
+    for i in 0..extra {
+        let parent = if i == 0 { "storefront".to_owned() } else { format!("svc-{:05}", (i - 1) / 4) };
+        g.push_str(&format!(
+            "\n[[nodes]]\nid = \"svc-{i:05}\"\nkind = \"service\"\ncriticality = \"{}\"\ndepends_on = [\"{parent}\"]\n",
+            ["low", "medium", "high"][i % 3]
+        ));
+    }
+    g
 }
 
 /// Build a full bundle of `runs` committed tier-0 runs by runner `origin`.
@@ -92,7 +120,7 @@ pub struct Spec {
 /// # Panics
 /// Never for valid arguments (the inputs are fixed and known good).
 pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
-    bundle(origin, &Spec { runs, tier2_every: None })
+    bundle(origin, &Spec { runs, ..Spec::default() })
 }
 
 /// A signed capsule and what the runner records of it.
@@ -268,7 +296,7 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
         include_str!("../../examples/policy/policy.toml"),
         agent.public_key_pem()
     );
-    let graph_text = include_str!("../../examples/policy/graph.toml").to_owned();
+    let graph_text = graph_text(spec.extra_graph_nodes);
     let world = World {
         policy: Policy::from_toml(&policy_text).expect("policy"),
         graph: Graph::from_toml(&graph_text).expect("graph"),
@@ -279,8 +307,11 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
     let policy_d = arts.put(policy_text.into_bytes());
     let graph_d = arts.put(graph_text.into_bytes());
     assert_eq!((policy_d, graph_d), (world.policy.digest(), world.graph.digest()));
+    // Each capsule's artifacts join the bundle with its first run: a bundle
+    // holds exactly the artifacts its records reference.
+    let mut cleanup_arts = Artifacts::default();
     let cleanup = world.capsule(
-        &mut arts,
+        &mut cleanup_arts,
         MANIFEST,
         "logs",
         "log-volume",
@@ -289,17 +320,19 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
     );
     assert!(cleanup.decision.allowed && cleanup.decision.tier == 0, "tier 0: {:?}", cleanup.decision);
     let journal_d = arts.put(b"{\"synthetic\":\"journal\"}".to_vec());
+    let mut config_arts = Artifacts::default();
     let config = spec.tier2_every.map(|_| {
+        let (before, after) = config_files(spec.config_lines);
         let c = world.capsule(
-            &mut arts,
+            &mut config_arts,
             CONFIG_MANIFEST,
             "config",
             "payments-config",
-            (Action::Modify, "app.toml", CONFIG_BEFORE, Some(CONFIG_AFTER)),
+            (Action::Modify, "app.toml", &before, Some(&after)),
             "set server.max_connections to 512",
         );
         assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
-        (c, Approvers::new(&mut arts))
+        (c, Approvers::new(&mut config_arts))
     });
 
     let identity = CapsuleSigningKey::generate().note_signer(origin).expect("origin is a key name");
@@ -317,10 +350,12 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
             && proposal % every.max(1) == 0
             && i + 2 <= spec.runs
         {
+            arts.0.append(&mut config_arts.0);
             tier2(&world, &mut log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
             i += 2;
             continue;
         }
+        arts.0.append(&mut cleanup_arts.0);
         let c = &cleanup;
         let r = run(i);
         for e in world.admitted(c) {

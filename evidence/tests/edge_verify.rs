@@ -77,7 +77,10 @@ fn the_report_writes_a_self_contained_page() {
 
 #[test]
 fn json_version_filters_and_progress() {
-    let s = synth::bundle("synthetic.example/runner-1", &synth::Spec { runs: 8, tier2_every: Some(2) });
+    let s = synth::bundle(
+        "synthetic.example/runner-1",
+        &synth::Spec { runs: 8, tier2_every: Some(2), ..synth::Spec::default() },
+    );
     let dir = tempfile::tempdir().unwrap();
     let key = write(dir.path(), "runner.vkey", s.vkey.as_bytes());
     let good = write(dir.path(), "good.bundle", &s.bundle);

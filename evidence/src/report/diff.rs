@@ -13,7 +13,7 @@ use edge_core::preview::{self, DiffLine, Preview, PreviewMode};
 
 /// Diff lines shown per file; the rest are counted, not shown (the content
 /// is in the bundle's artifacts).
-pub(crate) const MAX_LINES_PER_FILE: usize = 2000;
+pub(crate) const MAX_LINES_PER_FILE: usize = 5000;
 
 /// What of a file's content the report shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,12 +216,12 @@ mod tests {
 
     #[test]
     fn long_diffs_are_cut_and_counted() {
-        let before: String = (0..3000).map(|i| format!("line {i}\n")).collect();
-        let after: String = (0..3000).map(|i| format!("changed {i}\n")).collect();
+        let before: String = (0..4000).map(|i| format!("line {i}\n")).collect();
+        let after: String = (0..4000).map(|i| format!("changed {i}\n")).collect();
         let (pv, arts) = file(PreviewMode::Full, before.as_bytes(), after.as_bytes());
         let f = &of_preview(&pv, &arts)[0];
         assert_eq!(f.lines.len(), MAX_LINES_PER_FILE);
-        assert_eq!((f.added, f.removed), (3000, 3000));
+        assert_eq!((f.added, f.removed), (4000, 4000));
         assert!(f.omitted > 0);
     }
 }

@@ -13,7 +13,7 @@ const ORIGIN: &str = "synthetic.example/runner-1";
 /// 9 tier-2 config changes (two runs each).
 fn bundle() -> &'static synth::Synthetic {
     static B: OnceLock<synth::Synthetic> = OnceLock::new();
-    B.get_or_init(|| synth::bundle(ORIGIN, &Spec { runs: 12, tier2_every: Some(3) }))
+    B.get_or_init(|| synth::bundle(ORIGIN, &Spec { runs: 12, tier2_every: Some(3), ..Spec::default() }))
 }
 
 fn verified() -> Verified {
@@ -238,4 +238,18 @@ fn esc_neutralises_controls_bidi_and_markup() {
     assert_eq!(esc("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
     assert_eq!(esc("x\u{202e}y\u{200b}z\u{7}\r"), "x\\u{202e}y\\u{200b}z\\u{0007}\\r");
     assert_eq!(esc("\u{2066}\u{feff}\u{9b}"), "\\u{2066}\\u{feff}\\u{009b}");
+}
+
+#[test]
+fn a_wide_blast_radius_draws_thirty_nodes_and_a_long_diff_is_shown_whole() {
+    let s = synth::bundle(ORIGIN, &Spec { runs: 2, tier2_every: Some(1), extra_graph_nodes: 2000, config_lines: 300 });
+    let v = verify(&s.bundle, &parse_keys(&s.vkey).unwrap(), Level::Full).unwrap();
+    let page = html_with(&v, &opts());
+    let sec = section(&page, &tier2_id(&v));
+    assert!(sec.contains("2003 node(s): "), "{}", &sec[..sec.len().min(4000)]);
+    assert_eq!(sec.matches("<g class=\"node\">").count(), blast::MAX_DRAWN);
+    assert!(sec.contains(&format!("{} more impacted node(s) not drawn", 2003 - blast::MAX_DRAWN)));
+    assert_eq!(sec.matches("<div class=\"dl add\">").count(), 300);
+    assert_eq!(sec.matches("<div class=\"dl del\">").count(), 300);
+    assert!(sec.contains("(+300 −300)"));
 }
