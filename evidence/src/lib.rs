@@ -11,16 +11,20 @@
 //!   digests) and [`Level::Full`] (also every record's schema, every capsule
 //!   signature and approval signature, decision and quorum replay, run
 //!   completeness and ordering).
-//! * [`report`]: the human summary (text and a self-contained HTML page).
+//! * [`report`]: the human summary, by proposal (text, a self-contained HTML
+//!   page, JSON for tools).
+//! * [`cli`]: the `edge-verify` command line (the binary is a thin wrapper).
 
 pub mod bundle;
+pub mod cli;
 pub mod report;
 pub mod runs;
+pub mod summary;
 #[doc(hidden)]
 pub mod synth;
 pub mod verify;
 
-pub use verify::{Level, Verified, verify};
+pub use verify::{Level, Step, Verified, verify, verify_with_progress};
 
 use std::fmt;
 

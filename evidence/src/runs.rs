@@ -11,51 +11,13 @@ use edge_core::approval::{self, Binding, Registry, VerifiedApproval, quorum};
 use edge_core::evidence::{Event, Outcome, Record};
 use edge_core::graph::Graph;
 use edge_core::manifest::Manifest;
-use edge_core::plan::{self, DiffEntry, Finding, Plan};
+use edge_core::plan::{self, DiffEntry, Plan};
 use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
-use serde::Serialize;
 
+pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary};
 use crate::{Failure, RUNNER_RUNS};
-
-/// What a reviewer needs to know about one run (from verified records only).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RunSummary {
-    pub run: String,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub started: String,
-    pub ended: String,
-    /// `name@version`.
-    pub capsule: Option<String>,
-    pub capsule_digest: Option<Sha256Digest>,
-    pub signer: Option<String>,
-    pub tier: Option<u8>,
-    pub allowed: Option<bool>,
-    pub reasons: Vec<String>,
-    pub plan_summary: Option<String>,
-    /// (principal, verdict) of each accepted approval.
-    pub approvals: Vec<(String, String)>,
-    /// (principal, reason code) of each refused approval.
-    pub refused_approvals: Vec<(String, String)>,
-    pub break_glass: bool,
-    pub diff: Vec<DiffEntry>,
-    /// Artifact: the preview of the staged result the run committed (or
-    /// that waits for approval), checked against the plan's digests.
-    pub preview: Option<Sha256Digest>,
-    /// The proposal this run waits as, or continues.
-    pub proposal: Option<String>,
-    pub findings: Vec<Finding>,
-    /// (stage, reason code, detail).
-    pub refusals: Vec<(String, String, String)>,
-    pub rolled_back: Option<(String, String)>,
-    pub verify_passed: Option<bool>,
-    pub outcome: Option<Outcome>,
-    pub dangerous: Vec<String>,
-    /// The authenticated agent that submitted the capsule (API submissions).
-    pub submitted_by: Option<String>,
-}
 
 /// What runs share — nonces spent, proposals executed and expired, each at
 /// its record — is the same fold the runner keeps (`core::lifecycle`).
@@ -79,7 +41,12 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// Check every run; returns their summaries in order of first record.
-pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSummary>, Failure> {
+/// `progress(done, total)` is called as runs are checked.
+pub(crate) fn check_runs(
+    records: &[Record],
+    ctx: &Ctx<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<RunSummary>, Failure> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
     let ledger = Ledger::of(records);
@@ -106,9 +73,13 @@ pub(crate) fn check_runs(records: &[Record], ctx: &Ctx<'_>) -> Result<Vec<RunSum
         })
         .collect();
     let ctx = &Ctx { documents: &documents, ..*ctx };
-    for run in order {
+    let total = order.len();
+    for (i, run) in order.into_iter().enumerate() {
         let s = check_run(&by_run[run], ctx, &mut cache, &ledger)?;
         out.push(s);
+        if i % 256 == 255 || i + 1 == total {
+            progress(i + 1, total);
+        }
     }
     Ok(out)
 }
@@ -212,6 +183,7 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 sum.capsule_digest = Some(*capsule);
                 sum.dangerous.clone_from(dangerous);
                 sum.submitted_by.clone_from(submitted_by);
+                sum.provenance = Some(m.provenance.clone());
                 st.submission = Some(Submission { capsule: *capsule, manifest: m, bundle: bundle.as_ref() });
             }
             Event::Admitted { signer, signer_key, grant, trusted_root, .. } => {
@@ -349,11 +321,16 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 }
                 st.accepted.push((r, *approval));
             }
-            Event::ApprovalRefused { approval, reason_code, principal, .. } => {
+            Event::ApprovalRefused { approval, reason_code, principal, detail } => {
                 if !st.received.contains(approval) {
                     return Err(order("for an approval that was never received"));
                 }
-                sum.refused_approvals.push((principal.clone().unwrap_or_else(|| "?".into()), reason_code.clone()));
+                sum.refused_approvals.push(RefusedApproval {
+                    principal: principal.clone(),
+                    reason_code: reason_code.clone(),
+                    detail: detail.clone(),
+                    record: r.seq,
+                });
                 st.refused.push((r, *approval, reason_code.clone()));
             }
             Event::Quorum { .. } => {
@@ -445,8 +422,9 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 st.committed = true;
                 sum.diff = st.applied.clone().unwrap_or_default();
             }
-            Event::Verified { passed, findings, .. } => {
+            Event::Verified { passed, findings, summary, .. } => {
                 sum.verify_passed = Some(*passed);
+                sum.verify_summary = Some(summary.clone());
                 sum.findings.extend(findings.iter().cloned());
             }
             Event::RolledBack { reason_code, detail, .. } => {
@@ -660,6 +638,30 @@ fn check_quorum(
         }
     }
     sum.break_glass = *break_glass;
+    // `evaluate` notes every approval, in order: pair each with its note.
+    let approvers = verified
+        .into_iter()
+        .zip(result.approvals)
+        .map(|(v, c)| Approver {
+            roles: registry.roles_of(&v.principal).to_vec(),
+            verdict: if v.verdict == approval::Verdict::Approve { "approve" } else { "reject" }.into(),
+            issued_at: jiff::Timestamp::from_second(i64::try_from(v.issued_at).unwrap_or(i64::MAX))
+                .map_or_else(|_| v.issued_at.to_string(), |t| t.to_string()),
+            comment: v.comment,
+            counted: c.counted,
+            note: c.note,
+            principal: v.principal,
+            key: v.key,
+        })
+        .collect();
+    sum.quorum = Some(QuorumSummary {
+        proposal: proposal.clone(),
+        record: r.seq,
+        time: r.time.clone(),
+        outcome: result.outcome,
+        break_glass: *break_glass,
+        approvers,
+    });
     Ok(())
 }
 

@@ -1,7 +1,10 @@
 //! Synthetic but fully valid evidence logs, for benchmarks and for testing
-//! the verifier binary without a runner: a signed capsule, the example policy
-//! and graph, and any number of tier-0 runs (submission → completed, ten
-//! records each), exported as a full bundle under a fresh runner key.
+//! the verifier binary and the reports without a runner: signed capsules,
+//! the example policy and graph, and any number of runs exported as a full
+//! bundle under a fresh runner key. Most runs are tier 0 (submission →
+//! completed, ten records each); [`Spec::tier2_every`] makes some proposals
+//! tier-2 changes to a text config, previewed, approved by two people (SSH
+//! signatures, replayed quorum) and committed by a second run.
 //!
 //! Not used by the runner; every record here passes [`crate::verify()`] at
 //! [`crate::Level::Full`] because it is built the way the runner builds it.
@@ -9,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_core::admission::{Grant, GrantedMount, Limits};
+use edge_core::approval::{self, ApprovalFile, Binding, Registry, STATEMENT_SCHEMA, Statement, Verdict, quorum};
 use edge_core::container::CapsuleFile;
 use edge_core::evidence::{Event, GENESIS, Outcome, RECORD_SCHEMA, Record};
 use edge_core::graph::Graph;
@@ -16,7 +20,7 @@ use edge_core::manifest::{ComponentRef, Manifest};
 use edge_core::merkle::{self, CompactRange};
 use edge_core::note::{Checkpoint, NoteSigner};
 use edge_core::plan::{Action, Change, DiffEntry, Plan};
-use edge_core::policy::{DecisionInput, Policy};
+use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{FilePreview, PREVIEW_SCHEMA, Preview, PreviewMode, Side};
 use edge_core::signature::{CapsuleSigningKey, Transparency, TrustedSigner};
 use edge_core::{Sha256Digest, canonical};
@@ -37,6 +41,30 @@ agent = "spiffe://example.internal/agent/synthetic"
 ticket = "SYN-1"
 "#;
 
+const CONFIG_MANIFEST: &str = r#"name = "synthetic-config"
+version = "1.0.0"
+kind = "remediation"
+description = "Set server.max_connections back to 512"
+imports = ["edge-runner:capsule/host"]
+
+[[mounts]]
+name = "config"
+writable = true
+
+[provenance]
+agent = "spiffe://example.internal/agent/synthetic"
+model = "synthetic-model-1"
+ticket = "SYN-2"
+rationale = "Connection pool exhaustion: the limit drifted from the baseline 512"
+"#;
+
+const CONFIG_BEFORE: &[u8] = b"[server]\nhost = \"0.0.0.0\"\nmax_connections = 100\ntimeout_secs = 30\n";
+const CONFIG_AFTER: &[u8] = b"[server]\nhost = \"0.0.0.0\"\nmax_connections = 512\ntimeout_secs = 30\n";
+
+/// The approvers of tier-2 proposals: (principal, role, key seed).
+const APPROVERS: [(&str, &str, u8); 2] =
+    [("alice@bank.example", "sre", 1), ("carol@bank.example", "payments-owner", 2)];
+
 /// A synthetic log, exported.
 #[derive(Debug)]
 pub struct Synthetic {
@@ -48,101 +76,264 @@ pub struct Synthetic {
     pub signer: NoteSigner,
 }
 
+/// What to put in a synthetic log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec {
+    /// Capsule runs in all.
+    pub runs: usize,
+    /// Every `n`-th proposal is a tier-2 config change: one run waits for
+    /// approval, a second presents two approvals and commits (two runs, 21
+    /// records). None: every run is a tier-0 cleanup.
+    pub tier2_every: Option<usize>,
+    /// Nodes added to the example graph, all impacted by the tier-2 change
+    /// (a tree under `storefront`): a large blast radius.
+    pub extra_graph_nodes: usize,
+    /// Lines of the tier-2 config file, every one changed (0: a four-line
+    /// file with one changed line).
+    pub config_lines: usize,
+}
+
+/// The tier-2 config file before and after its change.
+fn config_files(lines: usize) -> (Vec<u8>, Vec<u8>) {
+    if lines == 0 {
+        return (CONFIG_BEFORE.to_vec(), CONFIG_AFTER.to_vec());
+    }
+    let file = |v: u32| (0..lines).map(|i| format!("pool_{i:05}.max_connections = {v}\n")).collect::<String>();
+    (file(100).into_bytes(), file(512).into_bytes())
+}
+
+/// The example graph, with `extra` nodes impacted through `storefront`.
+fn graph_text(extra: usize) -> String {
+    let mut g = include_str!("../../examples/policy/graph.toml").to_owned();
+    for i in 0..extra {
+        let parent = if i == 0 { "storefront".to_owned() } else { format!("svc-{:05}", (i - 1) / 4) };
+        g.push_str(&format!(
+            "\n[[nodes]]\nid = \"svc-{i:05}\"\nkind = \"service\"\ncriticality = \"{}\"\ndepends_on = [\"{parent}\"]\n",
+            ["low", "medium", "high"][i % 3]
+        ));
+    }
+    g
+}
+
 /// Build a full bundle of `runs` committed tier-0 runs by runner `origin`.
 ///
 /// # Panics
 /// Never for valid arguments (the inputs are fixed and known good).
 pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
+    bundle(origin, &Spec { runs, ..Spec::default() })
+}
+
+/// A signed capsule and what the runner records of it.
+struct Capsule {
+    file: CapsuleFile,
+    manifest: Sha256Digest,
+    component: Sha256Digest,
+    signature: Sha256Digest,
+    grant: Grant,
+    input: Sha256Digest,
+    decision: Decision,
+    plan: Sha256Digest,
+    summary: String,
+    diff: Vec<DiffEntry>,
+    preview: Sha256Digest,
+    contents: Vec<Sha256Digest>,
+}
+
+#[derive(Default)]
+struct Artifacts(BTreeMap<Sha256Digest, Vec<u8>>);
+
+impl Artifacts {
+    fn put(&mut self, b: Vec<u8>) -> Sha256Digest {
+        let d = Sha256Digest::of(&b);
+        self.0.insert(d, b);
+        d
+    }
+}
+
+struct World {
+    agent: CapsuleSigningKey,
+    signer: TrustedSigner,
+    policy: Policy,
+    graph: Graph,
+}
+
+impl World {
+    /// Sign a capsule, decide on it and plan one change with its preview.
+    fn capsule(
+        &self,
+        arts: &mut Artifacts,
+        manifest: &str,
+        mount: &str,
+        node: &str,
+        change: (Action, &str, &[u8], Option<&[u8]>),
+        summary: &str,
+    ) -> Capsule {
+        let component = format!("\0asm synthetic component of {mount}").into_bytes();
+        let pinned = ComponentRef { sha256: Sha256Digest::of(&component), size: component.len() as u64 };
+        let m = Manifest::from_authoring_toml(manifest, pinned).expect("manifest");
+        let file = CapsuleFile::new(m, component.clone()).expect("capsule");
+        let sig = self.agent.sign_capsule(&file);
+        let grant = Grant {
+            env: Vec::new(),
+            imports: BTreeSet::from(["edge-runner:capsule/host".to_owned()]),
+            limits: Limits::DEFAULT,
+            mounts: vec![GrantedMount { name: mount.into(), writable: true }],
+        };
+        let input = DecisionInput {
+            capsule: file.digest(),
+            name: format!("{}@{}", file.manifest().name, file.manifest().version),
+            kind: file.manifest().kind,
+            signer: "synthetic-agent".into(),
+            transparency: Transparency::None,
+            grant: grant.clone(),
+            endpoints: Vec::new(),
+            nodes: BTreeMap::from([(mount.to_owned(), node.to_owned())]),
+            ticket: file.manifest().provenance.ticket.clone(),
+        };
+        let decision = self.policy.decide(&self.graph, &input);
+        let (action, path, before, after) = change;
+        let path = edge_core::paths::MountPath::new(path).expect("path");
+        let plan = Plan {
+            summary: summary.into(),
+            changes: vec![Change {
+                mount: mount.into(),
+                path: path.clone(),
+                action,
+                digest_before: Some(Sha256Digest::of(before)),
+                digest_after: after.map(Sha256Digest::of),
+                mode: None,
+                why: "synthetic".into(),
+            }],
+            findings: Vec::new(),
+            facts: Vec::new(),
+        };
+        let mode_after = after.map(|_| 0o644);
+        let diff = vec![DiffEntry {
+            mount: mount.into(),
+            path: path.clone(),
+            action,
+            before: Some(Sha256Digest::of(before)),
+            after: after.map(Sha256Digest::of),
+            mode: mode_after,
+        }];
+        let side = |arts: &mut Artifacts, b: &[u8]| Side {
+            digest: Sha256Digest::of(b),
+            size: b.len() as u64,
+            lines: edge_core::preview::count_lines(b),
+            text: true,
+            content: Some(arts.put(b.to_vec())),
+        };
+        let before_side = side(arts, before);
+        let after_side = after.map(|a| side(arts, a));
+        let plan_bytes = canonical::to_canonical_vec(&plan).expect("plan");
+        let preview = Preview {
+            schema: PREVIEW_SCHEMA.into(),
+            plan: Sha256Digest::of(&plan_bytes),
+            files: vec![FilePreview {
+                mount: mount.into(),
+                path,
+                action,
+                preview: PreviewMode::Full,
+                before: Some(before_side),
+                after: after_side,
+                mode_before: Some(0o644),
+                mode_after,
+                redacted_lines: 0,
+            }],
+        };
+        Capsule {
+            manifest: arts.put(file.manifest_bytes().to_vec()),
+            component: arts.put(component),
+            signature: arts.put(sig),
+            input: arts.put(canonical::to_canonical_vec(&input).expect("input")),
+            grant,
+            decision,
+            plan: arts.put(plan_bytes),
+            summary: summary.into(),
+            diff,
+            contents: preview.contents(),
+            preview: arts.put(serde_json::to_vec(&preview).expect("preview")),
+            file,
+        }
+    }
+
+    /// The records a run makes up to its plan: submission, admission, decision.
+    fn admitted(&self, c: &Capsule) -> [Event; 3] {
+        let m = c.file.manifest();
+        [
+            Event::Submission {
+                capsule: c.file.digest(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+                kind: "remediation".into(),
+                manifest: c.manifest,
+                component: c.component,
+                bundle: Some(c.signature),
+                dangerous: Vec::new(),
+                submitted_by: Some("spiffe://example.internal/agent/synthetic".into()),
+            },
+            Event::Admitted {
+                signer: format!("synthetic-agent ({})", self.agent.key_id()),
+                signer_key: self.signer.evidence_key(),
+                grant: serde_json::to_value(&c.grant).expect("grant"),
+                imports: vec!["edge-runner:capsule/host".into()],
+                trusted_root: None,
+            },
+            Event::Decision { decision: c.decision.clone(), input: Some(c.input) },
+        ]
+    }
+}
+
+/// Build a full bundle as `spec` says, by runner `origin`.
+///
+/// # Panics
+/// Never for valid arguments (the inputs are fixed and known good).
+pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
     let agent = CapsuleSigningKey::generate();
-    let component = b"\0asm synthetic component bytes".to_vec();
-    let pinned = ComponentRef { sha256: Sha256Digest::of(&component), size: component.len() as u64 };
-    let manifest = Manifest::from_authoring_toml(MANIFEST, pinned).expect("manifest");
-    let file = CapsuleFile::new(manifest, component.clone()).expect("capsule");
-    let sig = agent.sign_capsule(&file);
     let signer = TrustedSigner::from_public_key_pem("synthetic-agent", &agent.public_key_pem()).expect("key");
     let policy_text = format!(
-        "{}\n[[signers]]\nname = \"synthetic-agent\"\npublic_key = \"\"\"{}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"logs\"]\n",
+        "{}\n[[signers]]\nname = \"synthetic-agent\"\npublic_key = \"\"\"{}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"logs\", \"config\"]\n",
         include_str!("../../examples/policy/policy.toml"),
         agent.public_key_pem()
     );
-    let graph_text = include_str!("../../examples/policy/graph.toml").to_owned();
-    let policy = Policy::from_toml(&policy_text).expect("policy");
-    let graph = Graph::from_toml(&graph_text).expect("graph");
-    let grant = Grant {
-        env: Vec::new(),
-        imports: BTreeSet::from(["edge-runner:capsule/host".to_owned()]),
-        limits: Limits::DEFAULT,
-        mounts: vec![GrantedMount { name: "logs".into(), writable: true }],
+    let graph_text = graph_text(spec.extra_graph_nodes);
+    let world = World {
+        policy: Policy::from_toml(&policy_text).expect("policy"),
+        graph: Graph::from_toml(&graph_text).expect("graph"),
+        agent,
+        signer,
     };
-    let input = DecisionInput {
-        capsule: file.digest(),
-        name: "synthetic-cleanup@1.0.0".into(),
-        kind: file.manifest().kind,
-        signer: "synthetic-agent".into(),
-        transparency: Transparency::None,
-        grant: grant.clone(),
-        endpoints: Vec::new(),
-        nodes: BTreeMap::from([("logs".to_owned(), "log-volume".to_owned())]),
-        ticket: Some("SYN-1".into()),
-    };
-    let decision = policy.decide(&graph, &input);
-    assert!(decision.allowed && decision.tier == 0, "the synthetic run is tier 0: {decision:?}");
-    let before = Sha256Digest::of(b"old log");
-    let plan = Plan {
-        summary: "delete one expired log".into(),
-        changes: vec![Change {
-            mount: "logs".into(),
-            path: edge_core::paths::MountPath::new("app/old.log").expect("path"),
-            action: Action::Delete,
-            digest_before: Some(before),
-            digest_after: None,
-            mode: None,
-            why: "older than 14 days".into(),
-        }],
-        findings: Vec::new(),
-        facts: Vec::new(),
-    };
-    let diff = vec![DiffEntry {
-        mount: "logs".into(),
-        path: plan.changes[0].path.clone(),
-        action: Action::Delete,
-        before: Some(before),
-        after: None,
-        mode: None,
-    }];
-
-    let mut artifacts: BTreeMap<Sha256Digest, Vec<u8>> = BTreeMap::new();
-    let mut put = |b: Vec<u8>| {
-        let d = Sha256Digest::of(&b);
-        artifacts.insert(d, b);
-        d
-    };
-    let manifest_d = put(file.manifest_bytes().to_vec());
-    let component_d = put(component);
-    let bundle_d = put(sig);
-    let input_d = put(canonical::to_canonical_vec(&input).expect("input"));
-    let policy_d = put(policy_text.into_bytes());
-    let graph_d = put(graph_text.into_bytes());
-    let plan_d = put(canonical::to_canonical_vec(&plan).expect("plan"));
-    let journal_d = put(b"{\"synthetic\":\"journal\"}".to_vec());
-    let old_log_d = put(b"old log".to_vec());
-    let preview = Preview {
-        schema: PREVIEW_SCHEMA.into(),
-        plan: Sha256Digest::of(&canonical::to_canonical_vec(&plan).expect("plan")),
-        files: vec![FilePreview {
-            mount: "logs".into(),
-            path: plan.changes[0].path.clone(),
-            action: Action::Delete,
-            preview: PreviewMode::Full,
-            before: Some(Side { digest: before, size: 7, lines: 1, text: true, content: Some(old_log_d) }),
-            after: None,
-            mode_before: Some(0o644),
-            mode_after: None,
-            redacted_lines: 0,
-        }],
-    };
-    let preview_d = put(serde_json::to_vec(&preview).expect("preview"));
-    assert_eq!((policy_d, graph_d), (policy.digest(), graph.digest()));
+    let mut arts = Artifacts::default();
+    let policy_d = arts.put(policy_text.into_bytes());
+    let graph_d = arts.put(graph_text.into_bytes());
+    assert_eq!((policy_d, graph_d), (world.policy.digest(), world.graph.digest()));
+    // Each capsule's artifacts join the bundle with its first run: a bundle
+    // holds exactly the artifacts its records reference.
+    let mut cleanup_arts = Artifacts::default();
+    let cleanup = world.capsule(
+        &mut cleanup_arts,
+        MANIFEST,
+        "logs",
+        "log-volume",
+        (Action::Delete, "app/old.log", b"old log", None),
+        "delete one expired log",
+    );
+    assert!(cleanup.decision.allowed && cleanup.decision.tier == 0, "tier 0: {:?}", cleanup.decision);
+    let journal_d = arts.put(b"{\"synthetic\":\"journal\"}".to_vec());
+    let mut config_arts = Artifacts::default();
+    let config = spec.tier2_every.map(|_| {
+        let (before, after) = config_files(spec.config_lines);
+        let c = world.capsule(
+            &mut config_arts,
+            CONFIG_MANIFEST,
+            "config",
+            "payments-config",
+            (Action::Modify, "app.toml", &before, Some(&after)),
+            "set server.max_connections to 512",
+        );
+        assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
+        (c, Approvers::new(&mut config_arts))
+    });
 
     let identity = CapsuleSigningKey::generate().note_signer(origin).expect("origin is a key name");
     let mut log = Log::default();
@@ -151,36 +342,33 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
         "policy",
         Event::PolicyChange { old_policy: None, new_policy: Some(policy_d), old_graph: None, new_graph: Some(graph_d) },
     );
-    for i in 0..runs {
-        let run = format!("r-{:013}-{:08x}", 1_795_000_000_000u64 + i as u64, i);
+    let (mut i, mut proposal) = (0, 0);
+    while i < spec.runs {
+        let run = |i: usize| format!("r-{:013}-{:08x}", 1_795_000_000_000u64 + i as u64, i);
+        proposal += 1;
+        if let (Some(every), Some((c, approvers))) = (spec.tier2_every, &config)
+            && proposal % every.max(1) == 0
+            && i + 2 <= spec.runs
+        {
+            arts.0.append(&mut config_arts.0);
+            tier2(&world, &mut log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
+            i += 2;
+            continue;
+        }
+        arts.0.append(&mut cleanup_arts.0);
+        let c = &cleanup;
+        let r = run(i);
+        for e in world.admitted(c) {
+            log.push(&r, e);
+        }
         let events = [
-            Event::Submission {
-                capsule: file.digest(),
-                name: "synthetic-cleanup".into(),
-                version: "1.0.0".into(),
-                kind: "remediation".into(),
-                manifest: manifest_d,
-                component: component_d,
-                bundle: Some(bundle_d),
-                dangerous: Vec::new(),
-                submitted_by: Some("spiffe://example.internal/agent/synthetic".into()),
-            },
-            Event::Admitted {
-                signer: format!("synthetic-agent ({})", agent.key_id()),
-                signer_key: signer.evidence_key(),
-                grant: serde_json::to_value(&grant).expect("grant"),
-                imports: vec!["edge-runner:capsule/host".into()],
-                trusted_root: None,
-            },
-            Event::Decision { decision: decision.clone(), input: Some(input_d) },
-            Event::Planned {
-                plan: plan_d,
-                summary: plan.summary.clone(),
-                changes: 1,
-                findings: Vec::new(),
+            Event::Planned { plan: c.plan, summary: c.summary.clone(), changes: 1, findings: Vec::new(), output: None },
+            Event::Applied {
+                diff: c.diff.clone(),
                 output: None,
+                preview: Some(c.preview),
+                contents: c.contents.clone(),
             },
-            Event::Applied { diff: diff.clone(), output: None, preview: Some(preview_d), contents: vec![old_log_d] },
             Event::Authorized { tier: 0, approvals: Vec::new(), note: "tier 0: no approvals required".into() },
             Event::CommitIntent { changes: 1, journal: journal_d },
             Event::Committed { changes: 1 },
@@ -188,8 +376,9 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
             Event::Completed { outcome: Outcome::Committed },
         ];
         for e in events {
-            log.push(&run, e);
+            log.push(&r, e);
         }
+        i += 1;
     }
     let cp = Checkpoint { origin: origin.to_owned(), size: log.lines.len() as u64, root: log.range.root() };
     let note = identity.sign(&cp.text()).expect("sign");
@@ -198,12 +387,168 @@ pub fn full_bundle(origin: &str, runs: usize) -> Synthetic {
         scope: Scope::Full,
         tree_size: cp.size,
         records: cp.size,
-        artifacts: artifacts.len() as u64,
+        artifacts: arts.0.len() as u64,
     };
     let lines: Vec<&str> = log.lines.iter().map(String::as_str).collect();
-    let arts: Vec<(Sha256Digest, &[u8])> = artifacts.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    let bundle = bundle::write(&header, &lines, &arts, &note).expect("bundle");
+    let list: Vec<(Sha256Digest, &[u8])> = arts.0.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    let bundle = bundle::write(&header, &lines, &list, &note).expect("bundle");
     Synthetic { bundle, vkey: identity.verifier().to_vkey(), records: lines.len(), signer: identity }
+}
+
+/// The approvers' keys and the registry the runner recorded.
+struct Approvers {
+    keys: Vec<(String, ssh_key::PrivateKey)>,
+    registry: Registry,
+    allowed_signers: Sha256Digest,
+    roles: Sha256Digest,
+}
+
+impl Approvers {
+    fn new(arts: &mut Artifacts) -> Self {
+        let keys: Vec<(String, ssh_key::PrivateKey)> = APPROVERS
+            .iter()
+            .map(|(p, _, seed)| {
+                let kp = ssh_key::private::Ed25519Keypair::from_seed(&[*seed; 32]);
+                ((*p).to_owned(), ssh_key::PrivateKey::from(kp))
+            })
+            .collect();
+        let signers: String =
+            keys.iter().map(|(p, k)| format!("{p} {}\n", k.public_key().to_openssh().expect("openssh"))).collect();
+        let roles: String = std::iter::once("[principals]\n".to_owned())
+            .chain(APPROVERS.iter().map(|(p, r, _)| format!("\"{p}\" = [\"{r}\"]\n")))
+            .collect();
+        let registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").expect("registry");
+        Self { allowed_signers: arts.put(signers.into_bytes()), roles: arts.put(roles.into_bytes()), keys, registry }
+    }
+}
+
+const SKEW: u64 = 300;
+
+/// One tier-2 proposal: run `a` previews and waits; run `b` presents two
+/// approvals, meets the quorum and commits the previewed bytes.
+#[allow(clippy::too_many_arguments)]
+fn tier2(
+    world: &World,
+    log: &mut Log,
+    arts: &mut Artifacts,
+    c: &Capsule,
+    approvers: &Approvers,
+    journal: Sha256Digest,
+    (a, b): (&str, &str),
+    origin: &str,
+) {
+    let proposal = edge_core::lifecycle::proposal_id(a);
+    let document = arts.put(
+        canonical::to_canonical_vec(&serde_json::json!({
+            "id": proposal, "capsule": c.file.digest(), "plan_digest": c.plan, "preview": c.preview,
+        }))
+        .expect("document"),
+    );
+    for e in world.admitted(c) {
+        log.push(a, e);
+    }
+    for e in [
+        Event::Planned { plan: c.plan, summary: c.summary.clone(), changes: 1, findings: Vec::new(), output: None },
+        Event::Applied { diff: c.diff.clone(), output: None, preview: Some(c.preview), contents: c.contents.clone() },
+        Event::AwaitingApproval { proposal: proposal.clone(), document, approvals_required: 2 },
+        Event::Completed { outcome: Outcome::AwaitingApproval },
+    ] {
+        log.push(a, e);
+    }
+    for e in world.admitted(c) {
+        log.push(b, e);
+    }
+    log.push(
+        b,
+        Event::Resumed {
+            proposal: proposal.clone(),
+            document,
+            plan: c.plan,
+            preview: Some(c.preview),
+            contents: c.contents.clone(),
+        },
+    );
+    // Signed a minute before they are presented; checked at the quorum record.
+    let now = log.now() + 4;
+    let policy = c.decision.policy.expect("a policy decided");
+    let req = c.decision.requirement.as_ref().expect("tier 2 requires approvals");
+    let binding = Binding {
+        proposal: proposal.clone(),
+        capsule: c.file.digest(),
+        plan: c.plan,
+        policy,
+        runner: origin.to_owned(),
+        tier: c.decision.tier,
+        grant: c.grant.clone(),
+        max_age_secs: req.max_age_secs,
+    };
+    let mut verified = Vec::new();
+    for (principal, key) in &approvers.keys {
+        let statement = Statement {
+            schema: STATEMENT_SCHEMA.into(),
+            proposal: proposal.clone(),
+            capsule: binding.capsule,
+            plan: binding.plan,
+            policy,
+            runner: origin.to_owned(),
+            tier: binding.tier,
+            grant: binding.grant.clone(),
+            decision: Verdict::Approve,
+            comment: Some(format!("{principal}: checked the diff, 512 is the baseline")),
+            approver: principal.clone(),
+            issued_at: now - 60,
+            expires_at: now + 3600,
+            nonce: Sha256Digest::of(format!("{proposal} {principal}").as_bytes()).to_string()["sha256:".len()..]
+                .to_owned(),
+        };
+        let sig = key.sign(approval::NAMESPACE, ssh_key::HashAlg::Sha512, &statement.canonical_bytes()).expect("sign");
+        let file = ApprovalFile { statement, signature: sig.to_pem(ssh_key::LineEnding::LF).expect("pem") };
+        let bytes = serde_json::to_vec_pretty(&file).expect("approval");
+        let v = approval::verify_approval(&bytes, &approvers.registry, &binding, now, SKEW).expect("verifies");
+        let d = arts.put(bytes);
+        log.push(b, Event::ApprovalReceived { proposal: proposal.clone(), approval: d });
+        log.push(
+            b,
+            Event::ApprovalAccepted {
+                approval: d,
+                principal: v.principal.clone(),
+                key: v.key.clone(),
+                verdict: "approve".into(),
+                nonce: v.nonce.clone(),
+            },
+        );
+        verified.push(v);
+    }
+    let subject = quorum::Subject {
+        proposal: &proposal,
+        capsule: binding.capsule,
+        plan: c.plan,
+        policy,
+        signer: "synthetic-agent",
+    };
+    let result = quorum::evaluate(&verified, req, &approvers.registry, &subject);
+    let met = result.met.as_ref().expect("two approvers meet the tier-2 quorum");
+    let nonces = met.nonces().to_vec();
+    for e in [
+        Event::Quorum {
+            proposal: proposal.clone(),
+            outcome: serde_json::to_value(&result.outcome).expect("outcome"),
+            counted: serde_json::to_value(&result.approvals).expect("counted"),
+            break_glass: false,
+            nonces: nonces.clone(),
+            allowed_signers: approvers.allowed_signers,
+            roles: approvers.roles,
+            checked_at: now,
+            clock_skew_secs: SKEW,
+        },
+        Event::Authorized { tier: 2, approvals: nonces, note: format!("quorum met for proposal {proposal}") },
+        Event::CommitIntent { changes: 1, journal },
+        Event::Committed { changes: 1 },
+        Event::Verified { passed: true, summary: "max_connections is 512".into(), findings: Vec::new(), output: None },
+        Event::Completed { outcome: Outcome::Committed },
+    ] {
+        log.push(b, e);
+    }
 }
 
 /// Records chained and hashed into a tree as the store does.
@@ -215,12 +560,17 @@ struct Log {
 }
 
 impl Log {
+    /// The time of the next record (Unix seconds): one record a second.
+    fn now(&self) -> u64 {
+        1_795_000_000 + self.lines.len() as u64
+    }
+
     fn push(&mut self, run: &str, event: Event) {
         let seq = self.lines.len() as u64;
         let r = Record {
             schema: RECORD_SCHEMA.to_owned(),
             seq,
-            time: jiff::Timestamp::from_second(1_795_000_000 + seq as i64).expect("time").to_string(),
+            time: jiff::Timestamp::from_second(self.now() as i64).expect("time").to_string(),
             run: run.to_owned(),
             prev: self.prev.unwrap_or(GENESIS),
             event,

@@ -53,6 +53,30 @@ pub enum Level {
     Full,
 }
 
+/// Where a verification is, for a progress display ([`verify_with_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Records linked into the chain and hashed into the tree.
+    Chain,
+    /// Artifact digests checked (reported once, when done).
+    Artifacts,
+    /// Records parsed and checked for schema (reported once, when done).
+    Records,
+    /// Runs checked (signatures, decision and quorum replay).
+    Runs,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Chain => "chain",
+            Step::Artifacts => "artifacts",
+            Step::Records => "records",
+            Step::Runs => "runs",
+        }
+    }
+}
+
 /// A bundle that passed verification.
 #[derive(Debug)]
 pub struct Verified {
@@ -105,6 +129,21 @@ impl Verified {
 /// # Errors
 /// The first failed check, naming the record (when one) and the check.
 pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verified, Failure> {
+    verify_with_progress(bytes, keys, level, &mut |_, _, _| {})
+}
+
+/// [`verify()`], calling `progress(step, done, total)` as it goes (from one
+/// thread, in order; often enough for a display, rarely enough to cost
+/// nothing).
+///
+/// # Errors
+/// As [`verify()`].
+pub fn verify_with_progress(
+    bytes: &[u8],
+    keys: &[NoteVerifier],
+    level: Level,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<Verified, Failure> {
     let b = bundle::parse(bytes)?;
     let h = &b.header;
     let (checkpoint, key) = open_checkpoint(b.checkpoint, keys, &h.origin, "checkpoint")?;
@@ -174,7 +213,11 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
         prev = Some((head.seq, Sha256Digest::of(line.as_bytes())));
         leaves.push(merkle::leaf_hash(line.as_bytes()));
         seqs.push(head.seq);
+        if i % 8192 == 8191 {
+            progress(Step::Chain, i + 1, b.records.len());
+        }
     }
+    progress(Step::Chain, b.records.len(), b.records.len());
 
     // 4. The tree.
     match &h.scope {
@@ -265,6 +308,7 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
             Err(Failure::bundle("artifact.digest", format!("artifact {d} hashes to {got}: it was altered or swapped")))
         }
     })?;
+    progress(Step::Artifacts, b.artifacts.len(), b.artifacts.len());
 
     let mut v = Verified {
         level,
@@ -280,6 +324,7 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
     let artifacts: BTreeMap<Sha256Digest, Vec<u8>> = b.artifacts.into_iter().collect();
     if level == Level::Full {
         v.records = parse_records(&b.records)?;
+        progress(Step::Records, v.records.len(), v.records.len());
         check_artifact_refs(&v.records, &artifacts)?;
         let ctx = runs::Ctx {
             artifacts: &artifacts,
@@ -289,7 +334,7 @@ pub fn verify(bytes: &[u8], keys: &[NoteVerifier], level: Level) -> Result<Verif
             partial_start: matches!(v.header.scope, Scope::Since { .. }),
             documents: &std::collections::HashMap::new(),
         };
-        v.runs = runs::check_runs(&v.records, &ctx)?;
+        v.runs = runs::check_runs(&v.records, &ctx, &mut |done, total| progress(Step::Runs, done, total))?;
         if matches!(v.header.scope, Scope::Full) {
             check_key_event(&v.records, &v.key)?;
         }

@@ -66,10 +66,76 @@ fn the_report_writes_a_self_contained_page() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("EVIDENCE REPORT: VERIFIED"), "{text}");
-    assert_eq!(text.matches("\nrun r-").count(), 3);
+    assert_eq!(text.matches("\nproposal p-").count(), 3);
+    assert!(text.contains(&format!("by edge-verify {}", env!("CARGO_PKG_VERSION"))), "{text}");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("id=\"banner\" class=\"verified\""));
     for external in ["src=", "href=\"http", "<script", "<link", "url("] {
         assert!(!page.contains(external), "the page must load nothing: found {external}");
     }
+}
+
+#[test]
+fn json_version_filters_and_progress() {
+    let s = synth::bundle(
+        "synthetic.example/runner-1",
+        &synth::Spec { runs: 8, tier2_every: Some(2), ..synth::Spec::default() },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = write(dir.path(), "runner.vkey", s.vkey.as_bytes());
+    let good = write(dir.path(), "good.bundle", &s.bundle);
+
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("edge-verify {}\n", env!("CARGO_PKG_VERSION")));
+
+    // --json: the result and each listed proposal; a filter lists fewer,
+    // verification still covers everything.
+    let json = |extra: &[&str]| {
+        let out = Command::new(BIN).args([&good, "--key", &key, "--json"]).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stderr.is_empty(), "no progress unless asked (stderr is not a terminal here)");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let all = json(&[]);
+    assert_eq!((all["verified"].as_bool(), all["runs"].as_u64()), (Some(true), Some(8)));
+    assert_eq!(all["proposals_total"], 6);
+    assert_eq!(all["summary"]["by_tier"]["2"]["committed"], 2);
+    let tier2 = json(&["--tier", "2", "--state", "committed"]);
+    assert_eq!((tier2["proposals_listed"].as_u64(), tier2["runs"].as_u64()), (Some(2), Some(8)));
+    assert_eq!(tier2["filter"], "tier 2; state committed");
+    let none = json(&["--until-time", "2000-01-01"]);
+    assert_eq!(none["proposals_listed"], 0);
+
+    // A failed bundle in JSON: the failure, exit 1.
+    let mut bad = s.bundle.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    let bad = write(dir.path(), "bad.bundle", &bad);
+    let out = Command::new(BIN).args([&bad, "--key", &key, "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert!(v["failure"]["check"].as_str().is_some());
+
+    // Progress on request: one line per step on a non-terminal.
+    let out = Command::new(BIN).args([&good, "--key", &key, "--progress"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for step in ["chain", "artifacts", "records", "runs 8/8"] {
+        assert!(err.contains(&format!("verifying: {step}")), "{err}");
+    }
+
+    // A filtered HTML report says what it left out.
+    let html = dir.path().join("r.html");
+    let out = Command::new(BIN)
+        .args(["report", &good, "--key", &key, "--tier", "0", "--html", html.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("4 of 6 (filter: tier 0)"), "{page}");
+    // Filters without a report or --json are a usage error.
+    let out = Command::new(BIN).args([&good, "--key", &key, "--tier", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -532,22 +532,34 @@ fn the_store_is_readable_and_append_only_with_the_stock_sqlite3_tool() {
     assert!(String::from_utf8_lossy(&again.stdout).trim().parse::<usize>().unwrap() >= v.record_count);
 }
 
+const CHROMIUM: [&str; 5] =
+    ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"];
+
 /// Render the report in headless Chromium and return the DOM it built.
 fn chromium_dom(html: &std::path::Path) -> String {
     let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--dump-dom",
-        ])
+        .args(CHROMIUM)
+        .arg("--dump-dom")
         .arg(format!("file://{}", html.display()))
         .output()
         .expect("chromium must be installed (Debian package `chromium`)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Render the report in headless Chromium into a PNG (to look at).
+fn chromium_screenshot(html: &std::path::Path, png: &std::path::Path) {
+    let _ = std::fs::remove_file(png);
+    let out = Command::new("chromium")
+        .args(CHROMIUM)
+        .args(["--hide-scrollbars", "--window-size=1200,2000"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium must be installed (Debian package `chromium`)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(png).expect("chromium wrote the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000, "a real picture: {} bytes", bytes.len());
 }
 
 #[test]
@@ -560,11 +572,24 @@ fn the_html_report_renders_in_chromium_with_a_clear_banner() {
         .success();
     let dom = chromium_dom(&good);
     assert!(dom.contains("<div id=\"banner\" class=\"verified\">VERIFIED"), "{}", &dom[..dom.len().min(2000)]);
-    assert_eq!(dom.matches("<tr class=\"run\"").count(), f.runs, "one timeline row per run");
+    assert_eq!(dom.matches("<tr class=\"run\"").count(), f.runs, "one row per run");
     assert_eq!(dom.matches("data-outcome=\"committed\"").count(), 47);
-    assert!(dom.contains("alice@bank.example (approve), carol@bank.example (approve)"));
+    // By proposal: the approved run and the run that waited are one
+    // proposal, shown as committed, authorized by both approvers.
+    assert_eq!(dom.matches("<section class=\"proposal\"").count(), f.runs - 2, "{}", &dom[..dom.len().min(3000)]);
+    let approved = dom
+        .split("<section class=\"proposal\"")
+        .find(|s| s.contains("data-principal=\"alice@bank.example\""))
+        .expect("the approved proposal");
+    assert!(approved.contains("<th>Authorized by</th><td>alice@bank.example, carol@bank.example</td>"), "{approved}");
+    // Its three runs: the one that waited, the one that committed, and the
+    // replay of the same approvals, refused (and why).
+    for outcome in [": awaiting-approval —", ": committed —", ": refused —"] {
+        assert!(approved.contains(outcome), "{outcome}: {approved}");
+    }
+    assert!(approved.contains("authorize.proposal_executed") && approved.contains("approval.replayed"), "{approved}");
     assert!(dom.contains("policy.denied"), "refusals are shown");
-    assert!(dom.contains("<table class=\"diff\">"), "diffs are shown");
+    assert!(dom.contains("<div class=\"file\""), "diffs are shown");
     assert!(!dom.contains("<script"), "the page has no scripts");
 
     // A tampered bundle: a FAILED banner naming the check, and none of its contents.
@@ -584,4 +609,124 @@ fn the_html_report_renders_in_chromium_with_a_clear_banner() {
     let dom = chromium_dom(&failed);
     assert!(dom.contains("<div id=\"banner\" class=\"failed\">FAILED"), "{dom}");
     assert!(!dom.contains("class=\"run\""), "nothing from a failed bundle is shown");
+}
+
+/// The section of the proposal `id` in a dumped DOM.
+fn proposal_section<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("<section class=\"proposal\" id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no section for {id}: {}", &dom[..dom.len().min(3000)]));
+    &dom[start..start + dom[start..].find("</section>").unwrap()]
+}
+
+#[test]
+fn a_reviewer_sees_an_approved_tier_2_config_change_as_committed_with_its_quorum_diff_and_blast_radius() {
+    // The config-drift example at tier 2: waits, two approvals with
+    // comments, commits the previewed bytes.
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[("config", "payments-config", true)]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 100\n").unwrap();
+    let manifest =
+        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
+            .unwrap();
+    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let first = env.exec(&capsule);
+    assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
+    let document = first.report["proposal"].as_str().unwrap().to_owned();
+    let mut approvals = Vec::new();
+    for (who, comment) in [("alice", "pool exhaustion in INC-1042; 512 is the baseline"), ("carol", "ok for payments")]
+    {
+        let out = format!("{who}.approval");
+        let principal = format!("{who}@bank.example");
+        let key = format!("keys/{who}");
+        env.cli(&[
+            "approve",
+            &document,
+            "--principal",
+            &principal,
+            "--key",
+            &key,
+            "--comment",
+            comment,
+            "--yes",
+            "-o",
+            &out,
+        ])
+        .success();
+        approvals.push(out);
+    }
+    let a: Vec<&str> = approvals.iter().map(String::as_str).collect();
+    let run = env.exec_with(&capsule, &a);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(std::fs::read_to_string(env.path("config/app.toml")).unwrap(), "[server]\nmax_connections = 512\n");
+
+    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "tier2.bundle"]).success();
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+    // edge-verify, in-process (the binary is a thin wrapper over this call).
+    let html = env.path("report.html");
+    let path = |a: &str| env.path(a).into_os_string();
+    let args = vec![
+        "report".into(),
+        path("tier2.bundle"),
+        "--key".into(),
+        path("runner.vkey"),
+        "--html".into(),
+        path("report.html"),
+    ];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = edge_evidence::cli::run(args, &mut out, &mut err, false);
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("      +max_connections = 512"), "{text}");
+
+    let dom = chromium_dom(&html);
+    let proposal = edge_core::lifecycle::proposal_id(first.report["run"].as_str().unwrap());
+    let s = proposal_section(&dom, &proposal);
+    // Committed, not awaiting approval: the waiting run and the run that
+    // executed it are one proposal.
+    assert!(s.contains("data-state=\"committed\""), "{s}");
+    assert!(s.contains("<span class=\"state s-committed\">committed</span>"), "{s}");
+    assert!(!s.contains("s-awaiting-approval"), "{s}");
+    assert_eq!(dom.matches("<section class=\"proposal\"").count(), 1, "one proposal, two runs");
+    assert!(s.contains(": awaiting-approval —") && s.contains(": committed —"), "both runs are listed: {s}");
+    // The quorum: both approvers, their roles and comments, both counted.
+    assert!(s.contains("met: 2 of 2 approval(s)"), "{s}");
+    for (who, role, comment) in [
+        ("alice@bank.example", "sre", "pool exhaustion in INC-1042; 512 is the baseline"),
+        ("carol@bank.example", "payments-owner", "ok for payments"),
+    ] {
+        let row = s
+            .split("<tr class=\"approver ")
+            .find(|r| r.contains(&format!("data-principal=\"{who}\"")))
+            .unwrap_or_else(|| panic!("{who} is not in the quorum: {s}"));
+        assert!(row.starts_with("counted\""), "{row}");
+        assert!(row.contains(&format!("<td>{role}</td>")) && row.contains("SHA256:"), "{row}");
+        assert!(row.contains(&format!("<td class=\"comment\">{comment}</td>")), "{row}");
+    }
+    // The diff: the changed line, from the preview artifact.
+    assert!(s.contains("<div class=\"dl add\">+max_connections = 512</div>"), "{s}");
+    assert!(s.contains("<div class=\"dl del\">-max_connections = 100</div>"), "{s}");
+    assert!(s.contains("modify config/app.toml"), "{s}");
+    // The blast radius and its picture.
+    assert!(s.contains("<th>Touched</th><td>payments-config (write via <code>config</code>)</td>"), "{s}");
+    assert!(s.contains("<th>Most critical</th><td>payments-api (high)</td>"), "{s}");
+    assert!(s.contains("<th>Sensitive tags</th><td>payments, revenue-path</td>"), "{s}");
+    assert!(
+        s.contains("<svg class=\"blast\"") && s.contains("payments-config</text>") && s.contains(">storefront</text>")
+    );
+    // The tier and the rule behind it; the provenance.
+    assert!(s.contains("Allowed at tier 2"), "{s}");
+    assert!(s.contains("<code>rules.revenue-path-writes</code>"), "{s}");
+    assert!(
+        s.contains("<th>Ticket</th><td>INC-1042</td>") && s.contains("<th>Model</th><td>example-model-2026-10</td>")
+    );
+    assert!(s.contains("<span class=\"pass\">passed</span>"), "the verify result: {s}");
+    assert!(!dom.contains("<script"), "the page has no scripts");
+
+    // A picture to look at (the path is printed; CI keeps it as an artifact).
+    let png = std::env::temp_dir().join("edge-verify-report-tier2.png");
+    chromium_screenshot(&html, &png);
+    eprintln!("screenshot of the report: {}", png.display());
 }
