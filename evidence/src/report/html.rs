@@ -173,9 +173,11 @@ fn overview(b: &mut String, r: &Report<'_>) {
 
 fn tallies(b: &mut String, r: &Report<'_>) {
     let s = &r.summary;
-    b.push_str(
-        "<h2>Summary</h2><div class=\"tallies\"><div><table id=\"by-state\"><tr><th>State</th><th>Proposals</th></tr>",
-    );
+    b.push_str("<h2>Summary");
+    if !r.opts.filter.is_empty() {
+        let _ = write!(b, " <small class=\"quoted\">of the {} proposal(s) listed</small>", r.stories.len());
+    }
+    b.push_str("</h2><div class=\"tallies\"><div><table id=\"by-state\"><tr><th>State</th><th>Proposals</th></tr>");
     for (st, n) in &s.by_state {
         let _ = write!(
             b,

@@ -130,6 +130,7 @@ fn filters_restrict_what_is_listed_and_say_so() {
     let page = with(f.clone());
     assert_eq!(page.matches("<section class=\"proposal\"").count(), 3);
     assert!(page.contains("3 of 9 (filter: tier 2)"), "the page says what it left out");
+    assert!(page.contains("of the 3 proposal(s) listed"), "and what its summary counts");
     assert_eq!(page.matches("<tr class=\"run\"").count(), 6, "the runs of listed proposals");
 
     let mut f = Filter::default();
