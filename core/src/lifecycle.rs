@@ -186,12 +186,15 @@ impl ProposalIndex {
         {
             let own = own();
             // Move what this run recorded so far under the proposal it continues.
-            if let Some(mine) = by_id.remove(&own) {
-                if let Some(i) = order.iter().rposition(|id| id == &own) {
-                    order.remove(i);
-                }
-                let target = by_id.get_mut(p).expect("checked");
-                target.records.extend(mine.records);
+            let mine = by_id.remove(&own);
+            if mine.is_some()
+                && let Some(i) = order.iter().rposition(|id| id == &own)
+            {
+                order.remove(i);
+            }
+            let target = by_id.get_mut(p).expect("checked");
+            target.records.extend(mine.into_iter().flat_map(|m| m.records));
+            if !target.runs.contains(&r.run) {
                 target.runs.push(r.run.clone());
             }
             run_to_id.insert(r.run.clone(), p.clone());
@@ -230,6 +233,16 @@ impl ProposalIndex {
 
 fn apply(v: &mut ProposalView, r: &Record) {
     let continuing = v.runs.len() > 1;
+    // A proposal that has ended keeps its outcome: a later attempt on it
+    // (replayed approvals, a late approval after expiry) is refused and
+    // recorded under it, but does not rewrite how it ended.
+    let ended = matches!(
+        v.state,
+        State::Committed | State::Completed | State::RolledBack | State::Rejected | State::Expired | State::Failed
+    );
+    if continuing && ended && matches!(r.event, Event::Refused { .. } | Event::Completed { .. }) {
+        return;
+    }
     match &r.event {
         Event::Submission { capsule, name, version, submitted_by, .. } if !continuing => {
             v.capsule = Some(*capsule);
@@ -400,6 +413,52 @@ mod tests {
                 clock_skew_secs: 0,
             },
         )
+    }
+
+    fn resumed(seq: u64, run: &str) -> Record {
+        let d = Sha256Digest::of(b"d");
+        record(
+            seq,
+            run,
+            Event::Resumed { proposal: "p-1".into(), document: d, plan: d, preview: None, contents: vec![] },
+        )
+    }
+
+    #[test]
+    fn a_proposal_that_ended_keeps_its_outcome_when_it_is_tried_again() {
+        let refused = |seq, run: &str| {
+            record(seq, run, Event::Refused { stage: "authorize".into(), reason_code: "x".into(), detail: "d".into() })
+        };
+        let done = |seq, run: &str, outcome| record(seq, run, Event::Completed { outcome });
+        let records = [
+            record(
+                0,
+                "r-1",
+                Event::AwaitingApproval {
+                    proposal: "p-1".into(),
+                    document: Sha256Digest::of(b"d"),
+                    approvals_required: 1,
+                },
+            ),
+            done(1, "r-1", Outcome::AwaitingApproval),
+            resumed(2, "r-2"),
+            quorum(3, "met", &["n1"]),
+            record(4, "r-2", Event::Committed { changes: 1 }),
+            done(5, "r-2", Outcome::Committed),
+            // The same approvals again: refused, recorded under the proposal.
+            resumed(6, "r-3"),
+            refused(7, "r-3"),
+            done(8, "r-3", Outcome::Refused),
+        ];
+        let p = &index(&records)[0];
+        assert_eq!(p.id, "p-1");
+        assert_eq!(p.state, State::Committed, "{p:?}");
+        assert_eq!(p.refusal, None);
+        assert_eq!(p.runs, ["r-1", "r-2", "r-3"]);
+        assert_eq!(p.records.len(), 9);
+        // A continuation that fails at commit does end it as failed.
+        let failed = [&records[..5], &[refused(5, "r-2"), done(6, "r-2", Outcome::Refused)]].concat();
+        assert_eq!(index(&failed)[0].state, State::Failed);
     }
 
     #[test]

@@ -588,6 +588,8 @@ fn the_html_report_renders_in_chromium_with_a_clear_banner() {
         assert!(approved.contains(outcome), "{outcome}: {approved}");
     }
     assert!(approved.contains("authorize.proposal_executed") && approved.contains("approval.replayed"), "{approved}");
+    // …and the replay does not rewrite how it ended.
+    assert!(approved.contains("data-state=\"committed\""), "{approved}");
     assert!(dom.contains("policy.denied"), "refusals are shown");
     assert!(dom.contains("<div class=\"file\""), "diffs are shown");
     assert!(!dom.contains("<script"), "the page has no scripts");
@@ -633,7 +635,7 @@ fn a_reviewer_sees_an_approved_tier_2_config_change_as_committed_with_its_quorum
     let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
     let first = env.exec(&capsule);
     assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
-    let document = first.report["proposal"].as_str().unwrap().to_owned();
+    let document = first.report["document"].as_str().unwrap().to_owned();
     let mut approvals = Vec::new();
     for (who, comment) in [("alice", "pool exhaustion in INC-1042; 512 is the baseline"), ("carol", "ok for payments")]
     {
