@@ -128,6 +128,24 @@ fn a_redacted_mounts_secret_appears_in_no_output_answer_evidence_or_report() {
     let report = env.cli(&["evidence", "report", "full.bundle", "--key", "runner.vkey"]).success().stdout();
     env.cli(&["evidence", "report", "full.bundle", "--key", "runner.vkey", "--html", "report.html"]).success();
     let evidence = env.cli(&["evidence", "show", "--config", "runner.toml", "--json"]).success().stdout();
+    let json = env
+        .cli(&[
+            "evidence",
+            "report",
+            "full.bundle",
+            "--key",
+            "runner.vkey",
+            "--json",
+            "--tier",
+            "2",
+            "--state",
+            "committed",
+        ])
+        .success()
+        .stdout();
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed["proposals_listed"], 1, "{listed:#}");
+    assert_eq!(listed["proposals"][0]["state"], "committed", "{listed:#}");
 
     let mut places: Vec<(String, Vec<u8>)> = vec![
         ("exec output".into(), human.into_bytes()),
@@ -137,6 +155,7 @@ fn a_redacted_mounts_secret_appears_in_no_output_answer_evidence_or_report() {
         ("approved run --json".into(), done.report.to_string().into_bytes()),
         ("text report".into(), report.into_bytes()),
         ("evidence show".into(), evidence.into_bytes()),
+        ("json report".into(), json.into_bytes()),
         ("bundle".into(), std::fs::read(env.path("full.bundle")).unwrap()),
         ("html report".into(), std::fs::read(env.path("report.html")).unwrap()),
     ];

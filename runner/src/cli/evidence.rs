@@ -64,6 +64,21 @@ pub enum EvidenceCommand {
         /// Also write the self-contained HTML page here.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// List only proposals submitted at or after this time (RFC 3339 or a date).
+        #[arg(long)]
+        since_time: Option<String>,
+        /// …and before this time.
+        #[arg(long)]
+        until_time: Option<String>,
+        /// List only these tiers (e.g. `2` or `1,2`).
+        #[arg(long)]
+        tier: Vec<String>,
+        /// List only proposals in these states (e.g. `committed,rolled-back`).
+        #[arg(long)]
+        state: Vec<String>,
     },
     /// Testing aid (hidden): append synthetic refused runs from concurrent
     /// writers through group commit, printing `<seq> <run>` for each record
@@ -159,13 +174,32 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 }
             }
         }
-        EvidenceCommand::Report { bundle, trust, html } => {
+        EvidenceCommand::Report { bundle, trust, html, json, since_time, until_time, tier, state } => {
             let keys = trust.keys()?;
+            // The same filters as `edge-verify` (they change what is listed;
+            // verification always covers the whole bundle).
+            let mut opts = report::Options::now();
+            let bad = |e: String| anyhow::anyhow!("{e}");
+            opts.filter.since = since_time.as_deref().map(report::Filter::parse_time).transpose().map_err(bad)?;
+            opts.filter.until = until_time.as_deref().map(report::Filter::parse_time).transpose().map_err(bad)?;
+            for t in &tier {
+                opts.filter.add_tiers(t).map_err(bad)?;
+            }
+            for s in &state {
+                opts.filter.add_states(s).map_err(bad)?;
+            }
             let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
             let result = edge_evidence::verify(&bytes, &keys, Level::Full);
             let (text, page) = match &result {
-                Ok(v) => (report::text(v), report::html(v)),
-                Err(f) => (report::text_failed(f), report::html_failed(f)),
+                Ok(v) if json => {
+                    (serde_json::to_string_pretty(&report::json(v, &opts))? + "\n", report::html_with(v, &opts))
+                }
+                Ok(v) => (report::text_with(v, &opts), report::html_with(v, &opts)),
+                Err(f) if json => (
+                    serde_json::to_string_pretty(&report::json_failed(f, &opts))? + "\n",
+                    report::html_failed_with(f, &opts),
+                ),
+                Err(f) => (report::text_failed_with(f, &opts), report::html_failed_with(f, &opts)),
             };
             out.write_all(text.as_bytes())?;
             if let Some(p) = html {
