@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use edge_core::Sha256Digest;
 use edge_core::paths::MountPath;
 use edge_core::plan::{Action, Change, Plan};
-use edge_core::preview::{
-    self, DEFAULT_REDACT_PATTERNS, FilePreview, PREVIEW_SCHEMA, Preview, PreviewMode, Redactor, Shown,
-};
+use edge_core::preview::{self, FilePreview, PREVIEW_SCHEMA, Patterns, Preview, PreviewMode, Redactor, Shown};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -35,7 +33,7 @@ fn main() {
         }
     }
     let (before, after) = (before.into_bytes(), after.into_bytes());
-    let patterns: Vec<String> = DEFAULT_REDACT_PATTERNS.iter().map(|p| (*p).to_owned()).collect();
+    let patterns = Patterns::defaults();
     let plan = Plan {
         summary: "bench".into(),
         changes: vec![Change {
@@ -56,7 +54,7 @@ fn main() {
         let mut changed = (0, 0);
         for _ in 0..iters {
             let t = Instant::now();
-            let r = Redactor::new(&patterns).unwrap();
+            let r = Redactor::new(&patterns);
             let (b, bc, bm) = preview::describe(mode, &before, &r);
             let (a, ac, am) = preview::describe(mode, &after, &r);
             let file = FilePreview {

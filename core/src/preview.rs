@@ -186,10 +186,29 @@ impl PreviewError {
     }
 }
 
+/// A mount's redaction patterns, compiled once (when the config loads).
+#[derive(Debug, Clone)]
+pub struct Patterns(Vec<regex::Regex>);
+
+impl Patterns {
+    /// Compile operator-given patterns.
+    ///
+    /// # Errors
+    /// The first pattern that is not a valid regular expression.
+    pub fn compile(patterns: &[String]) -> Result<Self, regex::Error> {
+        patterns.iter().map(|p| regex::Regex::new(p)).collect::<Result<_, _>>().map(Self)
+    }
+
+    /// [`DEFAULT_REDACT_PATTERNS`], compiled.
+    pub fn defaults() -> Self {
+        Self(DEFAULT_REDACT_PATTERNS.iter().map(|p| regex::Regex::new(p).expect("the defaults compile")).collect())
+    }
+}
+
 /// Masks the values of secret-bearing lines.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    patterns: Vec<regex::Regex>,
+    patterns: Patterns,
     key: [u8; 32],
 }
 
@@ -202,22 +221,10 @@ pub const DEFAULT_REDACT_PATTERNS: &[&str] = &[
 
 impl Redactor {
     /// A redactor with a fresh random key (one per preview).
-    ///
-    /// # Errors
-    /// A pattern that is not a valid regular expression.
-    pub fn new(patterns: &[String]) -> Result<Self, regex::Error> {
-        let patterns = patterns.iter().map(|p| regex::Regex::new(p)).collect::<Result<_, _>>()?;
+    pub fn new(patterns: &Patterns) -> Self {
         let mut key = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
-        Ok(Self { patterns, key })
-    }
-
-    /// Check patterns without keeping them (config loading).
-    ///
-    /// # Errors
-    /// The first invalid pattern.
-    pub fn validate(patterns: &[String]) -> Result<(), regex::Error> {
-        patterns.iter().try_for_each(|p| regex::Regex::new(p).map(drop))
+        Self { patterns: patterns.clone(), key }
     }
 
     /// Mask `text`: on each matching line, everything after the first `=`
@@ -244,7 +251,7 @@ impl Redactor {
                 out.push_str(end);
                 continue;
             }
-            if !self.patterns.iter().any(|p| p.is_match(body)) {
+            if !self.patterns.0.iter().any(|p| p.is_match(body)) {
                 out.push_str(line);
                 continue;
             }
@@ -552,7 +559,7 @@ mod tests {
     use super::*;
 
     fn redactor() -> Redactor {
-        Redactor::new(&DEFAULT_REDACT_PATTERNS.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap()
+        Redactor::new(&Patterns::defaults())
     }
 
     fn file(mode: PreviewMode, before: &[u8], after: &[u8], r: &Redactor) -> (FilePreview, Vec<Vec<u8>>) {

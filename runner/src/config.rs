@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use edge_core::admission::{Ceiling, Limits};
 use edge_core::manifest::{is_env_name, is_interface_name};
 use edge_core::paths::is_logical_name;
-use edge_core::preview::{DEFAULT_REDACT_PATTERNS, PreviewMode, Redactor};
+use edge_core::preview::{Patterns, PreviewMode};
 use edge_core::signature::{TrustedSigner, TrustedSigners};
 
 use crate::policy_files::PolicySet;
@@ -175,8 +175,8 @@ pub struct MountConfig {
     pub writable: bool,
     /// What a preview of this mount's changed files keeps and shows.
     pub preview: PreviewMode,
-    /// Patterns whose lines are masked in a `redacted` preview.
-    pub redact: Vec<String>,
+    /// Patterns whose lines are masked in a `redacted` preview (compiled).
+    pub redact: Patterns,
 }
 
 /// The resolved runner configuration.
@@ -334,8 +334,12 @@ impl RunnerConfig {
                     format!("mount `{name}`: preview = \"{s}\" is not one of \"full\", \"redacted\", \"digest-only\"")
                 })?,
             };
-            let redact = m.redact.unwrap_or_else(|| DEFAULT_REDACT_PATTERNS.iter().map(|p| (*p).to_owned()).collect());
-            Redactor::validate(&redact).with_context(|| format!("mount `{name}`: a `redact` pattern is invalid"))?;
+            let redact = match &m.redact {
+                None => Patterns::defaults(),
+                Some(p) => {
+                    Patterns::compile(p).with_context(|| format!("mount `{name}`: a `redact` pattern is invalid"))?
+                }
+            };
             mounts.insert(name, MountConfig { path: canonical, writable: m.writable, preview, redact });
         }
         for (name, e) in raw.endpoints {

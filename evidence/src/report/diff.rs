@@ -141,7 +141,7 @@ mod tests {
     use super::*;
 
     fn file(mode: PreviewMode, before: &[u8], after: &[u8]) -> (Preview, BTreeMap<Sha256Digest, Vec<u8>>) {
-        let r = Redactor::new(&[r"(?i)password".to_owned()]).unwrap();
+        let r = Redactor::new(&edge_core::preview::Patterns::compile(&[r"(?i)password".to_owned()]).unwrap());
         let (b, bc, bm) = describe(mode, before, &r);
         let (a, ac, am) = describe(mode, after, &r);
         let f = FilePreview {

@@ -204,9 +204,7 @@ impl Runner {
                 self.config.mounts.get(&d.mount).ok_or_else(|| PreviewError::Io(format!("no mount {}", d.mount)))?;
             let redactor = match redactors.entry(d.mount.clone()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Redactor::new(&mount.redact).map_err(|e| PreviewError::Io(e.to_string()))?)
-                }
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(Redactor::new(&mount.redact)),
             };
             let read = |dirs: &BTreeMap<String, cap_std::fs::Dir>, want: Option<Sha256Digest>| {
                 let Some(want) = want else { return Ok(None) };
