@@ -100,7 +100,15 @@ impl Runner {
             p.created_at + ttl.unwrap_or(DEFAULT_PROPOSAL_TTL_SECS)
         });
         let quorum = if view.state == State::AwaitingApproval {
-            Some(self.quorum_view(&view.id, kept)?)
+            // Where it stands cannot be said without an approver registry
+            // (or once it expired meanwhile): the rest of the view still is.
+            match self.quorum_view(&view.id, kept) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    tracing::warn!(proposal = %view.id, error = %format!("{e:#}"), "no quorum view");
+                    None
+                }
+            }
         } else {
             recorded_quorum(self, &records, &view)
         };
