@@ -20,7 +20,7 @@ use edge_core::approval::ApprovalFile;
 use edge_core::authorize::Decided;
 use edge_core::evidence::Event;
 use edge_core::plan::{self, DiffEntry, PlanError as InvalidPlan, ValidPlan};
-use edge_core::preview::{self, FilePreview, PREVIEW_SCHEMA, Preview, Redactor};
+use edge_core::preview::{self, FilePreview, PREVIEW_SCHEMA, Preview, Redactor, Shown};
 use edge_core::snapshot::{self, Snapshot, SnapshotDiffError};
 
 use super::Runner;
@@ -97,7 +97,8 @@ impl StageError for PreviewError {
 #[derive(Debug)]
 pub(crate) struct Previewed {
     pub diff: Vec<DiffEntry>,
-    pub preview: Preview,
+    /// The preview with the content it shows.
+    pub shown: Shown,
     /// Artifact: the preview document.
     pub document: Sha256Digest,
     /// Where the staged files are, by mount: this run's staging copies, or
@@ -105,8 +106,6 @@ pub(crate) struct Previewed {
     pub copies: BTreeMap<String, PathBuf>,
     /// The proposal whose kept store this is (removed when it ends).
     pub kept: Option<String>,
-    /// The content the preview shows, by digest (a fresh preview only).
-    pub contents: BTreeMap<Sha256Digest, Vec<u8>>,
 }
 
 impl Runner {
@@ -159,23 +158,19 @@ impl Runner {
             return Err(PreviewError::NotAsPlanned(e).into());
         }
         let (preview, contents) = self.describe(valid.digest(), &diff, &befores, &live_roots, &copies)?;
-        let mut content_digests = Vec::new();
-        let mut shown = BTreeMap::new();
-        for bytes in contents {
-            let d = report.artifact(&bytes)?;
-            content_digests.push(d);
-            shown.insert(d, bytes);
+        for (d, bytes) in &contents {
+            report.log.put_artifact_digested(*d, bytes).or_fail()?;
         }
-        debug_assert_eq!(content_digests, preview.contents());
         let document = report.artifact(&serde_json::to_vec(&preview).or_fail()?)?;
-        report.shown = Some(edge_core::preview::Shown::new(preview.clone(), |d| shown.get(d).cloned()));
+        let shown = Shown::new(preview, |d| contents.get(d).cloned());
+        report.shown = Some(shown.clone());
         report.record(Event::Applied {
             diff: diff.clone(),
             output,
             preview: Some(document),
-            contents: content_digests,
+            contents: shown.preview.contents(),
         })?;
-        Ok(Some(Previewed { diff, preview, document, copies, kept: None, contents: shown }))
+        Ok(Some(Previewed { diff, shown, document, copies, kept: None }))
     }
 
     /// Describe each changed file under its mount's preview mode. Returns
@@ -187,7 +182,7 @@ impl Runner {
         befores: &BTreeMap<String, Snapshot>,
         live_roots: &BTreeMap<String, PathBuf>,
         copies: &BTreeMap<String, PathBuf>,
-    ) -> Result<(Preview, Vec<Vec<u8>>), Stop> {
+    ) -> Result<(Preview, BTreeMap<Sha256Digest, Vec<u8>>), Stop> {
         let open = |roots: &BTreeMap<String, PathBuf>| -> Result<BTreeMap<String, cap_std::fs::Dir>, Stop> {
             roots
                 .iter()
@@ -197,7 +192,7 @@ impl Runner {
         let (live, staged) = (open(live_roots)?, open(copies)?);
         let mut redactors = BTreeMap::new();
         let mut files = Vec::new();
-        let mut contents: Vec<Vec<u8>> = Vec::new();
+        let mut contents: BTreeMap<Sha256Digest, Vec<u8>> = BTreeMap::new();
         let mut kept = 0u64;
         for d in diff {
             let mount =
@@ -222,11 +217,11 @@ impl Runner {
                 bytes.map(|b| {
                     let (side, content, n) = preview::describe(mount.preview, &b, redactor);
                     masked += n;
-                    if let Some(c) = content
-                        && !contents.iter().any(|k| Sha256Digest::of(k) == Sha256Digest::of(&c))
+                    if let (Some(c), Some(d)) = (content, side.content)
+                        && !contents.contains_key(&d)
                     {
                         kept += c.len() as u64;
-                        contents.push(c);
+                        contents.insert(d, c);
                     }
                     side
                 })
@@ -259,7 +254,7 @@ impl Runner {
     /// until it ends, within the store's bound.
     pub(crate) fn keep_preview(&self, id: &str, previewed: &Previewed) -> Result<(), Stop> {
         let store = self.config.state_dir.join("previews");
-        let need: u64 = previewed.preview.files.iter().filter_map(|f| f.after.as_ref()).map(|s| s.size).sum();
+        let need: u64 = previewed.shown.preview.files.iter().filter_map(|f| f.after.as_ref()).map(|s| s.size).sum();
         let held = crate::store::fs::tree_size(&store).map_err(|e| PreviewError::Io(format!("{e:#}")))?;
         if held + need > self.config.max_waiting_previews_bytes {
             return Err(PreviewError::StoreFull { held, need, max: self.config.max_waiting_previews_bytes }.into());
@@ -272,8 +267,8 @@ impl Runner {
         }
         staging::sync_dir(&store).or_fail()?;
         // What an approver's tool shows, beside the proposal document.
-        let shown = edge_core::preview::Shown::new(previewed.preview.clone(), |d| previewed.contents.get(d).cloned());
-        staging::write_durably(&shown_path(self, id), &serde_json::to_vec(&shown).or_fail()?).or_fail()?;
+        let shown = serde_json::to_vec(&previewed.shown).or_fail()?;
+        staging::write_durably(&shown_path(self, id), &shown).or_fail()?;
         Ok(())
     }
 
@@ -323,23 +318,15 @@ impl Runner {
             Some(d) => {
                 let bytes = self.log.read_artifact(&d).or_fail()?.ok_or_else(|| unusable("no preview".into()))?;
                 let preview: Preview = serde_json::from_slice(&bytes).map_err(|e| unusable(e.to_string()))?;
-                let diff = preview.diff();
-                let log = &self.log;
-                preview::check(&preview, &valid.digest(), &diff, |c| log.read_artifact(c).ok().flatten())
-                    .map_err(|e| unusable(e.to_string()))?;
+                // Each content artifact read once; checked against the plan.
+                let shown = Shown::new(preview, |c| self.log.read_artifact(c).ok().flatten());
+                shown.check(valid.plan(), &valid.digest()).map_err(|e| unusable(e.to_string()))?;
+                let diff = shown.preview.diff();
                 let dir = preview_dir(self, &id);
                 let copies = grant.mounts.iter().filter(|g| g.writable).map(|g| (g.name.clone(), dir.join(&g.name)));
                 report.diff = diff.clone();
-                report.shown =
-                    Some(edge_core::preview::Shown::new(preview.clone(), |c| log.read_artifact(c).ok().flatten()));
-                Some(Previewed {
-                    diff,
-                    preview,
-                    document: d,
-                    copies: copies.collect(),
-                    kept: Some(id.clone()),
-                    contents: BTreeMap::new(),
-                })
+                report.shown = Some(shown.clone());
+                Some(Previewed { diff, shown, document: d, copies: copies.collect(), kept: Some(id.clone()) })
             }
         };
         report.record(Event::Resumed {
@@ -347,7 +334,7 @@ impl Runner {
             document,
             plan: valid.digest(),
             preview: previewed.as_ref().map(|p| p.document),
-            contents: previewed.as_ref().map(|p| p.preview.contents()).unwrap_or_default(),
+            contents: previewed.as_ref().map(|p| p.shown.preview.contents()).unwrap_or_default(),
         })?;
         report.resumed = Some(id);
         Ok((valid, previewed))

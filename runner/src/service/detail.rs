@@ -51,6 +51,11 @@ pub struct FileDiff {
     pub lines: Vec<DiffLine>,
 }
 
+/// Every file of a preview, with its rendered diff.
+pub fn files(shown: &Shown) -> Vec<FileDiff> {
+    shown.preview.files.iter().map(|f| FileDiff { file: f.clone(), lines: shown.render(f) }).collect()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyView {
     pub passed: bool,
@@ -88,12 +93,7 @@ impl Runner {
                 verify = Some(VerifyView { passed: *passed, summary: summary.clone() });
             }
         }
-        let files = match self.shown(&view)? {
-            Some(shown) => {
-                shown.preview.files.iter().map(|f| FileDiff { file: f.clone(), lines: shown.render(f) }).collect()
-            }
-            None => Vec::new(),
-        };
+        let files = self.shown(&view)?.as_ref().map(files).unwrap_or_default();
         let doc: Option<Proposal> = view.document.and_then(|d| serde_json::from_slice(&artifact(&d)?).ok());
         let expires_at = doc.as_ref().filter(|_| view.state == State::AwaitingApproval).map(|p| {
             let ttl = p.decision.requirement.as_ref().and_then(|t| t.expires_after_secs);

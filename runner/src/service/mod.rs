@@ -475,11 +475,7 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
         .into_iter()
         .last()
         .map_or_else(|| "refused".to_owned(), |p| p.state.name().to_owned());
-    let files = r
-        .shown
-        .as_ref()
-        .map(|s| s.preview.files.iter().map(|f| detail::FileDiff { file: f.clone(), lines: s.render(f) }).collect())
-        .unwrap_or_default();
+    let files = r.shown.as_ref().map(detail::files).unwrap_or_default();
     let mut findings = r.plan.as_ref().map(|p| p.findings.clone()).unwrap_or_default();
     findings.extend(r.verification.iter().flat_map(|v| v.findings.iter().cloned()));
     SubmitReply {
