@@ -59,7 +59,7 @@ fn main() {
             nonce: format!("{i:02x}").repeat(32),
         };
         let sig = key.sign(NAMESPACE, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
-        let file = ApprovalFile { statement: st, signature: sig.to_pem(LineEnding::LF).unwrap() };
+        let file = ApprovalFile::ssh(st, sig.to_pem(LineEnding::LF).unwrap());
         files.push(serde_json::to_vec(&file).unwrap());
     }
     let registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").unwrap();

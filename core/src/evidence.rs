@@ -104,7 +104,17 @@ pub enum Event {
     /// An approval file was presented (artifact: its exact bytes).
     ApprovalReceived { proposal: String, approval: Sha256Digest },
     /// It verified: signature, registry, binding, time, single use.
-    ApprovalAccepted { approval: Sha256Digest, principal: String, key: String, verdict: String, nonce: String },
+    ApprovalAccepted {
+        approval: Sha256Digest,
+        principal: String,
+        key: String,
+        verdict: String,
+        nonce: String,
+        /// A passkey approval's signature counter and statement issue time
+        /// (what the counter rule orders by); absent for SSH signatures.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passkey: Option<PasskeyUse>,
+    },
     /// It did not, and why.
     ApprovalRefused {
         approval: Sha256Digest,
@@ -124,6 +134,10 @@ pub enum Event {
         /// Artifacts: the allowed_signers and roles files the approvals were checked against.
         allowed_signers: Sha256Digest,
         roles: Sha256Digest,
+        /// Artifact: the passkeys registry file the approvals were checked
+        /// against, when one is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        passkeys: Option<Sha256Digest>,
         /// The clock the approvals were checked at (Unix seconds) and the
         /// skew allowed, so a reviewer can check them again exactly.
         checked_at: u64,
@@ -131,6 +145,19 @@ pub enum Event {
     },
     /// The runner's identity key (which signs checkpoints) was created or changed.
     KeyEvent { action: String, key: String },
+    /// The approver registry changed at the runner (an approver enrolled a
+    /// passkey through the console): who, which credential, the registry
+    /// digest before and after, and the new passkeys file (artifact).
+    /// Recorded by the runner (run `runner`).
+    RegistryChanged {
+        action: String,
+        principal: String,
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Sha256Digest>,
+        after: Sha256Digest,
+        passkeys: Sha256Digest,
+    },
     /// A proposal waited longer than its tier allows (`expires_after`) and
     /// can no longer be approved; recorded by the runner (run `runner`).
     ProposalExpired { proposal: String, waited_secs: u64, limit_secs: u64 },
@@ -205,10 +232,26 @@ pub enum Event {
     /// The runner started with insecure switches (`dangerous_…`) on; run
     /// `runner`. Every run's submission lists them too.
     Insecure { switches: Vec<String> },
+    /// A webhook notification was given up: its last attempt failed, it
+    /// was not retried (a permanent error), or it was dropped (queue full,
+    /// the runner stopping). Run `runner`; never blocks or fails a run.
+    /// `url` is scheme, host, port and path only (never credentials or a
+    /// query); `event` the notification's kind; `attempts` 0 when dropped.
+    NotificationFailed { url: String, event: String, proposal: String, attempts: u32, error: String },
     /// A run's staging copy could not be removed (it is kept under
     /// the staging directory's `.trash/` and removal is retried at every
     /// start); run `runner`.
     CleanupFailed { path: String, error: String },
+}
+
+/// One use of a passkey in an accepted approval: its signature counter and
+/// the issue time of the statement it signed. The runner and the verifier
+/// fold these into a [`crate::approval::CounterLedger`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeyUse {
+    pub counter: u32,
+    pub issued_at: u64,
 }
 
 /// How a run ended.
@@ -277,9 +320,10 @@ impl Record {
             Event::ApprovalReceived { approval, .. }
             | Event::ApprovalAccepted { approval, .. }
             | Event::ApprovalRefused { approval, .. } => add(&Some(*approval)),
-            Event::Quorum { allowed_signers, roles, .. } => {
+            Event::Quorum { allowed_signers, roles, passkeys, .. } => {
                 add(&Some(*allowed_signers));
                 add(&Some(*roles));
+                add(passkeys);
             }
             Event::Planned { plan, output, .. } => {
                 add(&Some(*plan));
@@ -299,6 +343,7 @@ impl Record {
             Event::Verified { output, .. } => add(output),
             Event::CommitIntent { journal, .. } => add(&Some(*journal)),
             Event::PolicyRefused { kept_policy, .. } => add(kept_policy),
+            Event::RegistryChanged { passkeys, .. } => add(&Some(*passkeys)),
             Event::KeyEvent { .. }
             | Event::ProposalExpired { .. }
             | Event::Authorized { .. }
@@ -308,6 +353,7 @@ impl Record {
             | Event::Interrupted { .. }
             | Event::Completed { .. }
             | Event::Insecure { .. }
+            | Event::NotificationFailed { .. }
             | Event::CleanupFailed { .. } => {}
         }
         out.sort();
@@ -336,6 +382,7 @@ impl Event {
             Event::ApprovalRefused { .. } => "approval-refused",
             Event::Quorum { .. } => "quorum",
             Event::KeyEvent { .. } => "key-event",
+            Event::RegistryChanged { .. } => "registry-changed",
             Event::ProposalExpired { .. } => "proposal-expired",
             Event::PolicyRefused { .. } => "policy-refused",
             Event::Authorized { .. } => "authorized",
@@ -351,6 +398,7 @@ impl Event {
             Event::Completed { .. } => "completed",
             Event::Insecure { .. } => "insecure",
             Event::CleanupFailed { .. } => "cleanup-failed",
+            Event::NotificationFailed { .. } => "notification-failed",
         }
     }
 }

@@ -41,5 +41,6 @@ pub mod preview;
 pub mod signature;
 pub mod snapshot;
 pub mod text;
+pub mod webhook;
 
 pub use digest::Sha256Digest;

@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 
 use crate::Sha256Digest;
+use crate::approval::CounterLedger;
 use crate::approval::quorum::Outcome as QuorumOutcome;
-use crate::evidence::{Event, Outcome, Record};
+use crate::evidence::{Event, Outcome, PasskeyUse, Record};
 use crate::policy::Decision;
 use serde::Serialize;
 
@@ -135,6 +136,16 @@ pub fn index(records: &[Record]) -> Vec<ProposalView> {
     ix.order.into_iter().filter_map(|id| ix.by_id.remove(&id)).collect()
 }
 
+/// Which proposal a record was folded into, and its state before the
+/// record: with the proposal's state after it, what changed (the runner
+/// announces lifecycle changes from this: `runner/src/events.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folded {
+    pub proposal: String,
+    /// [`State::Submitted`] for a proposal this record starts.
+    pub before: State,
+}
+
 /// The proposals of a log, folded one record at a time (the runner keeps
 /// one up to date as records commit, instead of keeping the records).
 #[derive(Debug, Default)]
@@ -156,20 +167,23 @@ impl ProposalIndex {
         self.by_id.get(id)
     }
 
-    /// Fold in the next record of the log.
-    pub fn push(&mut self, r: &Record) {
+    /// Fold in the next record of the log; returns the proposal it was
+    /// folded into (none for runner-level records other than an expiry).
+    pub fn push(&mut self, r: &Record) -> Option<Folded> {
         let (order, by_id, run_to_id) = (&mut self.order, &mut self.by_id, &mut self.run_to_id);
         if RUNNER_RUNS.contains(&r.run.as_str()) {
             if let Event::ProposalExpired { proposal, .. } = &r.event
                 && let Some(v) = by_id.get_mut(proposal)
             {
+                let before = v.state;
                 // Only a proposal still waiting expires (not a rejected one).
                 if v.state == State::AwaitingApproval {
                     v.state = State::Expired;
                 }
                 v.records.push(r.seq);
+                return Some(Folded { proposal: proposal.clone(), before });
             }
-            return;
+            return None;
         }
         // A run continues an earlier proposal once it names it (resumes it,
         // or records approvals for it).
@@ -200,6 +214,7 @@ impl ProposalIndex {
             run_to_id.insert(r.run.clone(), p.clone());
         }
         let id = run_to_id.get(r.run.as_str()).cloned().unwrap_or_else(own);
+        let before = by_id.get(&id).map_or(State::Submitted, |v| v.state);
         if !by_id.contains_key(&id) {
             order.push(id.clone());
             let view = ProposalView {
@@ -228,6 +243,7 @@ impl ProposalIndex {
         if r.is_terminal() {
             run_to_id.remove(r.run.as_str());
         }
+        Some(Folded { proposal: id, before })
     }
 }
 
@@ -320,12 +336,22 @@ fn apply(v: &mut ProposalView, r: &Record) {
 /// vetoed) and first expired. The runner asks whether a nonce is spent or a
 /// proposal settled; the offline verifier asks whether that happened
 /// *before* the record it checks. Both read the same fold.
+///
+/// Passkey counters are consumed with their nonces: the uses recorded on a
+/// run's `approval-accepted` records join [`Settlements::counters`] when the
+/// run's quorum is met and spends their nonces (an approval presented to a
+/// quorum that was not met may be presented again).
 #[derive(Debug, Default)]
 pub struct Settlements {
     pub nonces: HashMap<String, u64>,
     pub executed: HashMap<String, u64>,
     pub settled: HashMap<String, u64>,
     pub expired: HashMap<String, u64>,
+    /// The signature counters of passkey approvals whose nonces were spent.
+    pub counters: CounterLedger,
+    /// Passkey uses accepted in runs whose quorum is not recorded yet: run →
+    /// (nonce, key, use).
+    pending: HashMap<String, Vec<(String, String, PasskeyUse)>>,
 }
 
 impl Settlements {
@@ -341,19 +367,31 @@ impl Settlements {
     /// Fold in the next record.
     pub fn push(&mut self, r: &Record) {
         match &r.event {
-            Event::Quorum { proposal, nonces, outcome, .. } => match QuorumOutcome::from_recorded(outcome) {
-                Some(QuorumOutcome::Met { .. }) => {
-                    for n in nonces {
-                        self.nonces.entry(n.clone()).or_insert(r.seq);
+            Event::ApprovalAccepted { key, nonce, passkey: Some(u), .. } => {
+                self.pending.entry(r.run.clone()).or_default().push((nonce.clone(), key.clone(), *u));
+            }
+            Event::Quorum { proposal, nonces, outcome, .. } => {
+                let pending = self.pending.remove(&r.run).unwrap_or_default();
+                match QuorumOutcome::from_recorded(outcome) {
+                    Some(QuorumOutcome::Met { .. }) => {
+                        for n in nonces {
+                            self.nonces.entry(n.clone()).or_insert(r.seq);
+                        }
+                        for (_, key, u) in pending.iter().filter(|(n, ..)| nonces.contains(n)) {
+                            self.counters.note(key, u.issued_at, u.counter);
+                        }
+                        self.executed.entry(proposal.clone()).or_insert(r.seq);
+                        self.settled.entry(proposal.clone()).or_insert(r.seq);
                     }
-                    self.executed.entry(proposal.clone()).or_insert(r.seq);
-                    self.settled.entry(proposal.clone()).or_insert(r.seq);
+                    Some(QuorumOutcome::Vetoed { .. }) => {
+                        self.settled.entry(proposal.clone()).or_insert(r.seq);
+                    }
+                    Some(QuorumOutcome::Insufficient { .. }) | None => {}
                 }
-                Some(QuorumOutcome::Vetoed { .. }) => {
-                    self.settled.entry(proposal.clone()).or_insert(r.seq);
-                }
-                Some(QuorumOutcome::Insufficient { .. }) | None => {}
-            },
+            }
+            Event::Completed { .. } => {
+                self.pending.remove(&r.run);
+            }
             Event::ProposalExpired { proposal, .. } => {
                 self.expired.entry(proposal.clone()).or_insert(r.seq);
             }
@@ -409,6 +447,7 @@ mod tests {
                 nonces: nonces.iter().map(|n| (*n).to_owned()).collect(),
                 allowed_signers: Sha256Digest::of(b"a"),
                 roles: Sha256Digest::of(b"r"),
+                passkeys: None,
                 checked_at: 0,
                 clock_skew_secs: 0,
             },
@@ -487,5 +526,53 @@ mod tests {
         )]);
         assert_eq!(e.expired_before("p-1", 8), Some(7));
         assert_eq!(e.expired_before("p-1", 7), None);
+    }
+
+    /// Passkey counters join the ledger with their nonces: only when the
+    /// run's quorum is met, and only the uses whose nonces it spent.
+    #[test]
+    fn passkey_counters_are_consumed_with_their_nonces() {
+        let accepted = |seq, nonce: &str, counter| {
+            record(
+                seq,
+                "r-2",
+                Event::ApprovalAccepted {
+                    approval: Sha256Digest::of(nonce.as_bytes()),
+                    principal: "alice".into(),
+                    key: "SHA256:k".into(),
+                    verdict: "approve".into(),
+                    nonce: nonce.into(),
+                    passkey: Some(PasskeyUse { counter, issued_at: 100 }),
+                },
+            )
+        };
+        let not_met = Settlements::of(&[accepted(1, "n1", 5), quorum(2, "insufficient", &[])]);
+        assert!(not_met.counters.is_empty(), "an approval that did not count may be presented again");
+        assert!(not_met.counters.check("SHA256:k", 100, 5).is_ok());
+        let met = Settlements::of(&[accepted(1, "n1", 5), accepted(2, "n9", 6), quorum(3, "met", &["n1"])]);
+        assert!(met.counters.check("SHA256:k", 100, 5).is_err(), "spent with its nonce");
+        assert!(met.counters.check("SHA256:k", 100, 6).is_ok(), "its nonce was not spent");
+        assert!(met.counters.check("SHA256:k", 200, 4).is_err());
+        // A run that ended without a quorum leaves nothing pending.
+        let mut s =
+            Settlements::of(&[accepted(1, "n1", 5), record(2, "r-2", Event::Completed { outcome: Outcome::Refused })]);
+        s.push(&quorum(3, "met", &["n1"]));
+        assert!(s.counters.is_empty());
+    }
+
+    /// Records written before passkeys existed read and hash as they did.
+    #[test]
+    fn records_without_passkeys_are_unchanged() {
+        let line = r#"{"event":{"approval":"sha256:0000000000000000000000000000000000000000000000000000000000000000","key":"SHA256:k","nonce":"n","principal":"alice","type":"approval-accepted","verdict":"approve"},"prev":"sha256:0000000000000000000000000000000000000000000000000000000000000000","run":"r-1","schema":"edge-runner.evidence/v1","seq":0,"time":"2026-12-03T00:00:00Z"}"#;
+        let r = crate::evidence::check_record(line.as_bytes(), 0, crate::evidence::GENESIS).unwrap();
+        assert!(matches!(r.event, Event::ApprovalAccepted { passkey: None, .. }));
+        assert_eq!(r.canonical_bytes().unwrap(), line.as_bytes());
+        let mut q = quorum(0, "met", &["n"]);
+        let before = String::from_utf8(q.canonical_bytes().unwrap()).unwrap();
+        assert!(!before.contains("passkeys"), "{before}");
+        if let Event::Quorum { passkeys, .. } = &mut q.event {
+            *passkeys = Some(Sha256Digest::of(b"p"));
+        }
+        assert!(q.artifacts().contains(&Sha256Digest::of(b"p")), "the passkeys file is an artifact of the quorum");
     }
 }

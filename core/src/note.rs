@@ -150,6 +150,14 @@ impl NoteSigner {
         &self.verifier
     }
 
+    /// A bare Ed25519 signature by this key, for the other domain-separated
+    /// message this crate signs with the runner's identity key: webhook
+    /// notifications (`crate::webhook`), whose signing input never ends in a
+    /// newline and so is never a note text. Nothing else may call it.
+    pub(crate) fn sign_raw(&self, message: &[u8]) -> ed25519_dalek::Signature {
+        self.key.sign(message)
+    }
+
     /// The signature line for `text` (which must end in a newline).
     pub fn signature_line(&self, text: &str) -> String {
         let sig = self.key.sign(text.as_bytes());

@@ -101,7 +101,7 @@ fn main() {
 /// One tier-2 proposal: a 1,000-line diff, a 10,000-node graph.
 fn big_proposal(generated_at: jiff::Timestamp) {
     let nodes = 10_000 - 11; // the example graph has 11
-    let spec = Spec { runs: 2, tier2_every: Some(1), extra_graph_nodes: nodes, config_lines: 1000 };
+    let spec = Spec { runs: 2, tier2_every: Some(1), extra_graph_nodes: nodes, config_lines: 1000, ..Spec::default() };
     let s = synth::bundle("bench.example/runner-1", &spec);
     let keys = parse_keys(&s.vkey).expect("runner key");
     let t = Instant::now();

@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
-use edge_core::approval::{self, Binding, Registry, VerifiedApproval, quorum};
-use edge_core::evidence::{Event, Outcome, Record};
+use edge_core::approval::{self, Binding, CounterLedger, Registry, VerifiedApproval, quorum};
+use edge_core::evidence::{Event, Outcome, PasskeyUse, Record};
 use edge_core::graph::Graph;
 use edge_core::manifest::Manifest;
 use edge_core::plan::{self, DiffEntry, Plan};
@@ -74,14 +74,74 @@ pub(crate) fn check_runs(
         .collect();
     let ctx = &Ctx { documents: &documents, ..*ctx };
     let total = order.len();
+    let mut claims = Vec::new();
     for (i, run) in order.into_iter().enumerate() {
-        let s = check_run(&by_run[run], ctx, &mut cache, &ledger)?;
+        let s = check_run(&by_run[run], ctx, &mut cache, &ledger, &mut claims)?;
         out.push(s);
         if i % 256 == 255 || i + 1 == total {
             progress(i + 1, total);
         }
     }
+    // Every accepted approval's record was checked against its signed
+    // assertion above, so the counters the records carry are the signed ones.
+    check_counters(records, &claims)?;
     Ok(out)
+}
+
+/// A passkey approval the runner refused for its counter (it verifies
+/// otherwise): the record, the credential and the use it made.
+pub(crate) struct CounterClaim {
+    seq: u64,
+    key: String,
+    used: PasskeyUse,
+}
+
+/// Passkey signature counters across the whole bundle, in record order as
+/// the runner consumed them: each accepted passkey approval must be
+/// consistent ([`CounterLedger`]) with the credential's approvals spent by
+/// met quorums before it and with those accepted earlier in its own batch
+/// (`approval.counter`), and each refused for its counter must indeed not
+/// be (`approval.refusal`).
+fn check_counters(records: &[Record], claims: &[CounterClaim]) -> Result<(), Failure> {
+    if claims.is_empty() && !records.iter().any(|r| matches!(r.event, Event::ApprovalAccepted { passkey: Some(_), .. }))
+    {
+        return Ok(());
+    }
+    let claimed: HashMap<u64, &CounterClaim> = claims.iter().map(|c| (c.seq, c)).collect();
+    let mut spent = Ledger::default();
+    let mut batches: HashMap<&str, CounterLedger> = HashMap::new();
+    for r in records {
+        match &r.event {
+            Event::ApprovalAccepted { key, passkey: Some(u), .. } => {
+                let batch = batches.entry(r.run.as_str()).or_default();
+                spent.counters.check_with(batch, key, u.issued_at, u.counter).map_err(|e| {
+                    Failure::record("approval.counter", r.seq, &r.run, format!("recorded as accepted, but: {e}"))
+                })?;
+                batch.note(key, u.issued_at, u.counter);
+            }
+            Event::ApprovalRefused { .. } if claimed.contains_key(&r.seq) => {
+                let c = claimed[&r.seq];
+                let batch = batches.entry(r.run.as_str()).or_default();
+                if spent.counters.check_with(batch, &c.key, c.used.issued_at, c.used.counter).is_ok() {
+                    return Err(Failure::record(
+                        "approval.refusal",
+                        r.seq,
+                        &r.run,
+                        format!(
+                            "recorded as refused (approval.counter_regressed), but counter {} of {} does not go back",
+                            c.used.counter, c.key
+                        ),
+                    ));
+                }
+            }
+            Event::Quorum { .. } | Event::Completed { .. } => {
+                batches.remove(r.run.as_str());
+            }
+            _ => {}
+        }
+        spent.push(r);
+    }
+    Ok(())
 }
 
 struct Submission<'r> {
@@ -123,7 +183,13 @@ fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, F
         .map_err(|_| Failure::record("artifact.format", r.seq, &r.run, format!("artifact {d} is not UTF-8")))
 }
 
-fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger) -> Result<RunSummary, Failure> {
+fn check_run(
+    recs: &[&Record],
+    ctx: &Ctx<'_>,
+    cache: &mut Cache,
+    ledger: &Ledger,
+    claims: &mut Vec<CounterClaim>,
+) -> Result<RunSummary, Failure> {
     let first = recs[0];
     let last = recs[recs.len() - 1];
     let mut sum = RunSummary {
@@ -334,7 +400,7 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
                 st.refused.push((r, *approval, reason_code.clone()));
             }
             Event::Quorum { .. } => {
-                check_quorum(r, ctx, &st, &mut sum, ledger)?;
+                check_quorum(r, ctx, &st, &mut sum, ledger, claims)?;
                 st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. }
                     if quorum::Outcome::from_recorded(outcome).is_some_and(|o| o.is_met()));
             }
@@ -446,7 +512,9 @@ fn check_run(recs: &[&Record], ctx: &Ctx<'_>, cache: &mut Cache, ledger: &Ledger
             Event::PolicyChange { .. }
             | Event::PolicyRefused { .. }
             | Event::KeyEvent { .. }
+            | Event::RegistryChanged { .. }
             | Event::Insecure { .. }
+            | Event::NotificationFailed { .. }
             | Event::CleanupFailed { .. } => {
                 return Err(order("belongs to the runner, not to a capsule run"));
             }
@@ -511,6 +579,7 @@ fn check_quorum(
     st: &State<'_>,
     sum: &mut RunSummary,
     ledger: &Ledger,
+    claims: &mut Vec<CounterClaim>,
 ) -> Result<(), Failure> {
     let Event::Quorum {
         proposal,
@@ -520,6 +589,7 @@ fn check_quorum(
         nonces,
         allowed_signers,
         roles,
+        passkeys,
         checked_at,
         clock_skew_secs,
     } = &r.event
@@ -548,12 +618,17 @@ fn check_quorum(
     if (time - i64::try_from(*checked_at).unwrap_or(i64::MAX)).abs() > 60 {
         return Err(fail("quorum.time", "the approvals were checked at a time far from the record's".into()));
     }
+    let passkeys = passkeys.as_ref().map(|d| text(ctx, d, r)).transpose()?;
     let registry = Registry::parse(
         text(ctx, allowed_signers, r)?,
         "allowed_signers (recorded)",
         text(ctx, roles, r)?,
         "roles (recorded)",
     )
+    .and_then(|reg| match passkeys {
+        Some(t) => reg.with_passkeys(t, "passkeys (recorded)"),
+        None => Ok(reg),
+    })
     .map_err(|e| fail("quorum.registry", format!("the recorded approver registry does not parse: {e}")))?;
     let binding = Binding {
         proposal: proposal.clone(),
@@ -567,20 +642,21 @@ fn check_quorum(
     };
     let mut verified: Vec<VerifiedApproval> = Vec::new();
     for (rec, d) in &st.accepted {
-        let Event::ApprovalAccepted { principal, key, verdict, nonce, .. } = &rec.event else { continue };
+        let Event::ApprovalAccepted { principal, key, verdict, nonce, passkey, .. } = &rec.event else { continue };
         let v = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs)
             .map_err(|e| {
             Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
         })?;
         let v_verdict = serde_json::to_value(v.verdict).ok();
-        if (&v.principal, &v.key, &v.nonce) != (principal, key, nonce)
+        let v_passkey = v.counter.map(|counter| PasskeyUse { counter, issued_at: v.issued_at });
+        if (&v.principal, &v.key, &v.nonce, &v_passkey) != (principal, key, nonce, passkey)
             || v_verdict.as_ref().and_then(|x| x.as_str()) != Some(verdict)
         {
             return Err(Failure::record(
                 "approval.record",
                 rec.seq,
                 &rec.run,
-                "the record's principal, key, verdict or nonce differ from the signed approval",
+                "the record's principal, key, verdict, nonce or passkey counter differ from the signed approval",
             ));
         }
         sum.approvals.push((principal.clone(), verdict.clone()));
@@ -589,6 +665,16 @@ fn check_quorum(
     for (rec, d, code) in &st.refused {
         let again =
             approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
+        // A passkey approval refused for its counter verifies: whether its
+        // counter did go back is checked in log order (`check_counters`).
+        if code == "approval.counter_regressed"
+            && let Ok(v) = &again
+            && let Some(counter) = v.counter
+        {
+            let used = PasskeyUse { counter, issued_at: v.issued_at };
+            claims.push(CounterClaim { seq: rec.seq, key: v.key.clone(), used });
+            continue;
+        }
         if again.is_ok() && code != "approval.replayed" {
             return Err(Failure::record(
                 "approval.refusal",
@@ -696,4 +782,86 @@ fn load_cached<T, E: std::fmt::Display>(
     let v = Rc::new(v);
     cache.insert(*d, v.clone());
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, run: &str, event: Event) -> Record {
+        Record {
+            schema: String::new(),
+            seq,
+            time: "2026-12-03T00:00:00Z".into(),
+            run: run.into(),
+            prev: Sha256Digest::of(b""),
+            event,
+        }
+    }
+
+    fn accepted(seq: u64, run: &str, nonce: &str, issued_at: u64, counter: u32) -> Record {
+        let approval = Sha256Digest::of(nonce.as_bytes());
+        let passkey = Some(PasskeyUse { counter, issued_at });
+        let (principal, key, verdict) = ("carol".into(), "SHA256:k".into(), "approve".into());
+        record(seq, run, Event::ApprovalAccepted { approval, principal, key, verdict, nonce: nonce.into(), passkey })
+    }
+
+    fn refused(seq: u64, run: &str) -> Record {
+        let e = Event::ApprovalRefused {
+            approval: Sha256Digest::of(b"x"),
+            principal: None,
+            reason_code: "approval.counter_regressed".into(),
+            detail: String::new(),
+        };
+        record(seq, run, e)
+    }
+
+    fn quorum(seq: u64, run: &str, met: bool, nonces: &[&str]) -> Record {
+        let outcome = if met {
+            serde_json::json!({"result": "met", "count": 1, "required": 1, "break_glass": false})
+        } else {
+            serde_json::json!({"result": "insufficient", "count": 0, "required": 1})
+        };
+        let d = Sha256Digest::of(b"r");
+        record(
+            seq,
+            run,
+            Event::Quorum {
+                proposal: format!("p-{run}"),
+                outcome,
+                counted: serde_json::json!([]),
+                break_glass: false,
+                nonces: nonces.iter().map(|n| (*n).to_owned()).collect(),
+                allowed_signers: d,
+                roles: d,
+                passkeys: Some(d),
+                checked_at: 0,
+                clock_skew_secs: 0,
+            },
+        )
+    }
+
+    fn claim(seq: u64, issued_at: u64, counter: u32) -> CounterClaim {
+        CounterClaim { seq, key: "SHA256:k".into(), used: PasskeyUse { counter, issued_at } }
+    }
+
+    #[test]
+    fn counters_are_checked_in_log_order_against_what_was_spent() {
+        let first = [accepted(0, "a", "n1", 100, 5), quorum(1, "a", true, &["n1"])];
+        // Forward: fine. Back, after the first was spent: a clone.
+        assert!(check_counters(&[&first[..], &[accepted(2, "b", "n2", 200, 6)]].concat(), &[]).is_ok());
+        let e = check_counters(&[&first[..], &[accepted(2, "b", "n2", 200, 3)]].concat(), &[]).unwrap_err();
+        assert_eq!((e.check, e.record), ("approval.counter", Some(2)), "{e}");
+        // Not spent (the quorum was not met): the approval may come again.
+        let unspent = [accepted(0, "a", "n1", 100, 5), quorum(1, "a", false, &[])];
+        assert!(check_counters(&[&unspent[..], &[accepted(2, "b", "n2", 200, 3)]].concat(), &[]).is_ok());
+        // Earlier in the same batch counts too.
+        let batch = [accepted(0, "a", "n1", 100, 5), accepted(1, "a", "n2", 200, 5)];
+        assert_eq!(check_counters(&batch, &[]).unwrap_err().check, "approval.counter");
+        // A refusal for the counter must be one.
+        let refusal = [&first[..], &[refused(2, "b")]].concat();
+        assert!(check_counters(&refusal, &[claim(2, 200, 3)]).is_ok());
+        let e = check_counters(&refusal, &[claim(2, 200, 9)]).unwrap_err();
+        assert_eq!((e.check, e.record), ("approval.refusal", Some(2)), "{e}");
+    }
 }

@@ -4,7 +4,11 @@
 //! bundle under a fresh runner key. Most runs are tier 0 (submission →
 //! completed, ten records each); [`Spec::tier2_every`] makes some proposals
 //! tier-2 changes to a text config, previewed, approved by two people (SSH
-//! signatures, replayed quorum) and committed by a second run.
+//! signatures, replayed quorum) and committed by a second run;
+//! [`Spec::passkeys`] has the second approver sign with a passkey (ES256,
+//! its counter moving forward with each proposal) instead, and
+//! [`Spec::passkey_tamper`] spoils that approval in one of the ways the
+//! verifier must catch.
 //!
 //! Not used by the runner; every record here passes [`crate::verify()`] at
 //! [`crate::Level::Full`] because it is built the way the runner builds it.
@@ -12,9 +16,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_core::admission::{Grant, GrantedMount, Limits};
-use edge_core::approval::{self, ApprovalFile, Binding, Registry, STATEMENT_SCHEMA, Statement, Verdict, quorum};
+use std::cell::Cell;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use edge_core::approval::{
+    self, ApprovalFile, Binding, PASSKEYS_SCHEMA, PasskeyAlgorithm, PasskeyAssertion, PasskeyEntry, PasskeysFile,
+    Registry, STATEMENT_SCHEMA, Statement, Verdict, quorum,
+};
 use edge_core::container::CapsuleFile;
-use edge_core::evidence::{Event, GENESIS, Outcome, RECORD_SCHEMA, Record};
+use edge_core::evidence::{Event, GENESIS, Outcome, PasskeyUse, RECORD_SCHEMA, Record};
 use edge_core::graph::Graph;
 use edge_core::manifest::{ComponentRef, Manifest};
 use edge_core::merkle::{self, CompactRange};
@@ -64,6 +75,9 @@ const CONFIG_AFTER: &[u8] = b"[server]\nhost = \"0.0.0.0\"\nmax_connections = 51
 /// The approvers of tier-2 proposals: (principal, role, key seed).
 const APPROVERS: [(&str, &str, u8); 2] =
     [("alice@bank.example", "sre", 1), ("carol@bank.example", "payments-owner", 2)];
+/// The approval console passkeys are registered for.
+const CONSOLE_ORIGIN: &str = "https://approvals.bank.example";
+const CONSOLE_RP: &str = "approvals.bank.example";
 
 /// A synthetic log, exported.
 #[derive(Debug)]
@@ -91,6 +105,25 @@ pub struct Spec {
     /// Lines of the tier-2 config file, every one changed (0: a four-line
     /// file with one changed line).
     pub config_lines: usize,
+    /// The second approver of tier-2 proposals signs with a passkey (the
+    /// quorum records the passkeys registry).
+    pub passkeys: bool,
+    /// Spoil the passkey approvals (tests of the verifier).
+    pub passkey_tamper: Option<PasskeyTamper>,
+}
+
+/// A way a recorded passkey approval can be wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyTamper {
+    /// The `approval-accepted` record names another counter than the
+    /// assertion signed (`approval.record`).
+    RecordedCounter,
+    /// The client data was edited after signing: another origin
+    /// (`approval.signature`).
+    ClientData,
+    /// Every proposal after the first is signed with counter 1, below the
+    /// first one's: a cloned authenticator (`approval.counter`).
+    CounterRegression,
 }
 
 /// The tier-2 config file before and after its change.
@@ -332,7 +365,7 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
             "set server.max_connections to 512",
         );
         assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
-        (c, Approvers::new(&mut config_arts))
+        (c, Approvers::new(&mut config_arts, spec))
     });
 
     let identity = CapsuleSigningKey::generate().note_signer(origin).expect("origin is a key name");
@@ -401,10 +434,68 @@ struct Approvers {
     registry: Registry,
     allowed_signers: Sha256Digest,
     roles: Sha256Digest,
+    /// The second approver's passkey, when they sign with one.
+    passkey: Option<Passkey>,
+    passkeys: Option<Sha256Digest>,
+}
+
+/// A software authenticator: one ES256 credential and its counter.
+struct Passkey {
+    key: p256::ecdsa::SigningKey,
+    id: Vec<u8>,
+    /// Assertions made so far.
+    made: Cell<u32>,
+    tamper: Option<PasskeyTamper>,
+}
+
+impl Passkey {
+    fn entry(&self, principal: &str) -> PasskeyEntry {
+        PasskeyEntry {
+            algorithm: PasskeyAlgorithm::Es256,
+            credential_id: B64URL.encode(&self.id),
+            enrolled_at: 1_795_000_000,
+            label: Some("synthetic authenticator".into()),
+            origin: CONSOLE_ORIGIN.into(),
+            principal: principal.into(),
+            public_key: B64URL.encode(self.key.verifying_key().to_encoded_point(false).as_bytes()),
+            rp_id: CONSOLE_RP.into(),
+        }
+    }
+
+    /// Sign `st` as the console's browser would have it signed: user present
+    /// and verified, the counter moving forward with time (unless tampered).
+    fn approve(&self, st: &Statement) -> (ApprovalFile, u32) {
+        use p256::ecdsa::signature::Signer as _;
+        let n = self.made.get();
+        self.made.set(n + 1);
+        let counter = match self.tamper {
+            Some(PasskeyTamper::CounterRegression) if n > 0 => 1,
+            // Synthetic statements are issued after 1_794_000_000.
+            _ => u32::try_from(st.issued_at.saturating_sub(1_794_000_000)).unwrap_or(u32::MAX),
+        };
+        let challenge = approval::statement_challenge(st);
+        let client = format!(
+            r#"{{"type":"webauthn.get","challenge":"{}","origin":"{CONSOLE_ORIGIN}","crossOrigin":false}}"#,
+            B64URL.encode(challenge)
+        );
+        let mut auth = Sha256Digest::of(CONSOLE_RP.as_bytes()).0.to_vec();
+        auth.push(0x05);
+        auth.extend(counter.to_be_bytes());
+        let mut signed = auth.clone();
+        signed.extend(Sha256Digest::of(client.as_bytes()).0);
+        let sig: p256::ecdsa::DerSignature = self.key.sign(&signed);
+        let assertion = PasskeyAssertion {
+            authenticator_data: B64URL.encode(&auth),
+            client_data_json: B64URL.encode(client.as_bytes()),
+            credential_id: B64URL.encode(&self.id),
+            signature: B64URL.encode(sig.as_bytes()),
+        };
+        (ApprovalFile::passkey(st.clone(), assertion), counter)
+    }
 }
 
 impl Approvers {
-    fn new(arts: &mut Artifacts) -> Self {
+    fn new(arts: &mut Artifacts, spec: &Spec) -> Self {
         let keys: Vec<(String, ssh_key::PrivateKey)> = APPROVERS
             .iter()
             .map(|(p, _, seed)| {
@@ -417,8 +508,27 @@ impl Approvers {
         let roles: String = std::iter::once("[principals]\n".to_owned())
             .chain(APPROVERS.iter().map(|(p, r, _)| format!("\"{p}\" = [\"{r}\"]\n")))
             .collect();
-        let registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").expect("registry");
-        Self { allowed_signers: arts.put(signers.into_bytes()), roles: arts.put(roles.into_bytes()), keys, registry }
+        let mut registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").expect("registry");
+        let passkey = spec.passkeys.then(|| Passkey {
+            key: p256::ecdsa::SigningKey::from_slice(&[0x2b; 32]).expect("P-256 key"),
+            id: b"synthetic credential".to_vec(),
+            made: Cell::new(0),
+            tamper: spec.passkey_tamper,
+        });
+        let passkeys = passkey.as_ref().map(|p| {
+            let file = PasskeysFile { credentials: vec![p.entry(APPROVERS[1].0)], schema: PASSKEYS_SCHEMA.to_owned() };
+            let text = serde_json::to_string_pretty(&file).expect("passkeys");
+            registry = registry.clone().with_passkeys(&text, "passkeys.json").expect("passkeys registry");
+            arts.put(text.into_bytes())
+        });
+        Self {
+            allowed_signers: arts.put(signers.into_bytes()),
+            roles: arts.put(roles.into_bytes()),
+            keys,
+            registry,
+            passkey,
+            passkeys,
+        }
     }
 }
 
@@ -483,7 +593,7 @@ fn tier2(
         max_age_secs: req.max_age_secs,
     };
     let mut verified = Vec::new();
-    for (principal, key) in &approvers.keys {
+    for (i, (principal, key)) in approvers.keys.iter().enumerate() {
         let statement = Statement {
             schema: STATEMENT_SCHEMA.into(),
             proposal: proposal.clone(),
@@ -501,10 +611,36 @@ fn tier2(
             nonce: Sha256Digest::of(format!("{proposal} {principal}").as_bytes()).to_string()["sha256:".len()..]
                 .to_owned(),
         };
-        let sig = key.sign(approval::NAMESPACE, ssh_key::HashAlg::Sha512, &statement.canonical_bytes()).expect("sign");
-        let file = ApprovalFile { statement, signature: sig.to_pem(ssh_key::LineEnding::LF).expect("pem") };
+        let (file, tamper) = match &approvers.passkey {
+            Some(p) if i == 1 => {
+                let (file, counter) = p.approve(&statement);
+                (file, p.tamper.map(|t| (t, counter)))
+            }
+            _ => {
+                let sig = key
+                    .sign(approval::NAMESPACE, ssh_key::HashAlg::Sha512, &statement.canonical_bytes())
+                    .expect("sign");
+                (ApprovalFile::ssh(statement, sig.to_pem(ssh_key::LineEnding::LF).expect("pem")), None)
+            }
+        };
         let bytes = serde_json::to_vec_pretty(&file).expect("approval");
         let v = approval::verify_approval(&bytes, &approvers.registry, &binding, now, SKEW).expect("verifies");
+        let mut passkey = v.counter.map(|counter| PasskeyUse { counter, issued_at: v.issued_at });
+        let bytes = match tamper {
+            Some((PasskeyTamper::RecordedCounter, counter)) => {
+                passkey = Some(PasskeyUse { counter: counter + 1, issued_at: v.issued_at });
+                bytes
+            }
+            Some((PasskeyTamper::ClientData, _)) => {
+                let mut file = file;
+                let a = file.passkey.as_mut().expect("a passkey approval");
+                let client = B64URL.decode(&a.client_data_json).expect("base64url");
+                let edited = String::from_utf8(client).expect("utf-8").replace(CONSOLE_ORIGIN, "https://evil.example");
+                a.client_data_json = B64URL.encode(edited);
+                serde_json::to_vec_pretty(&file).expect("approval")
+            }
+            Some((PasskeyTamper::CounterRegression, _)) | None => bytes,
+        };
         let d = arts.put(bytes);
         log.push(b, Event::ApprovalReceived { proposal: proposal.clone(), approval: d });
         log.push(
@@ -515,6 +651,7 @@ fn tier2(
                 key: v.key.clone(),
                 verdict: "approve".into(),
                 nonce: v.nonce.clone(),
+                passkey,
             },
         );
         verified.push(v);
@@ -538,6 +675,7 @@ fn tier2(
             nonces: nonces.clone(),
             allowed_signers: approvers.allowed_signers,
             roles: approvers.roles,
+            passkeys: approvers.passkeys,
             checked_at: now,
             clock_skew_secs: SKEW,
         },

@@ -52,8 +52,7 @@ fn statement(approver: &str, decision: Verdict, comment: Option<&str>) -> Statem
 
 fn approval(st: &Statement, namespace: &str) -> Vec<u8> {
     let sig = edge_fuzz::approver_key().sign(namespace, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
-    serde_json::to_vec_pretty(&ApprovalFile { statement: st.clone(), signature: sig.to_pem(LineEnding::LF).unwrap() })
-        .unwrap()
+    serde_json::to_vec_pretty(&ApprovalFile::ssh(st.clone(), sig.to_pem(LineEnding::LF).unwrap())).unwrap()
 }
 
 fn main() {
@@ -88,8 +87,14 @@ fn main() {
     put("approval", "git-namespace", &approval(&statement("alice", Verdict::Approve, None), "git"));
     // A FIDO (sk-ssh-ed25519) signature from the test data, on an approval statement.
     let sk = String::from_utf8(read("tests/data/ssh/sshsig_sk_ed25519")).unwrap();
-    let file = ApprovalFile { statement: statement("bob", Verdict::Approve, None), signature: sk };
+    let file = ApprovalFile::ssh(statement("bob", Verdict::Approve, None), sk);
     put("approval", "sk-ed25519", &serde_json::to_vec(&file).unwrap());
+    // A passkey (WebAuthn EdDSA) approval.
+    let st = statement("alice", Verdict::Approve, None);
+    let passkey =
+        serde_json::to_vec_pretty(&ApprovalFile::passkey(st.clone(), edge_fuzz::passkey_assertion(&st))).unwrap();
+    edge_core::approval::verify_approval(&passkey, &edge_fuzz::REGISTRY, &binding, edge_fuzz::NOW, 300).unwrap();
+    put("approval", "passkey-eddsa", &passkey);
 
     // Evidence bundle: a synthetic, fully valid log of three runs.
     let synth = edge_evidence::synth::full_bundle(edge_fuzz::ORIGIN, 3);

@@ -8,11 +8,15 @@
 
 use std::sync::LazyLock;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use edge_core::Sha256Digest;
 use edge_core::admission::{Grant, GrantedMount, Limits};
-use edge_core::approval::{Binding, Registry};
+use edge_core::approval::{
+    Binding, PASSKEYS_SCHEMA, PasskeyAlgorithm, PasskeyAssertion, PasskeyEntry, PasskeysFile, Registry, Statement,
+};
 use edge_core::container::CapsuleFile;
 use edge_core::manifest::{ComponentRef, Manifest};
 use edge_core::note::{NoteSigner, NoteVerifier};
@@ -100,14 +104,62 @@ pub fn approver_key() -> ssh_key::PrivateKey {
     ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[0x11; 32]))
 }
 
-/// The approval registry: `alice` with the approver key, for our namespace.
+/// The approver's passkey (an EdDSA credential from a fixed seed).
+pub fn approver_passkey() -> SigningKey {
+    SigningKey::from_bytes(&[0x22; 32])
+}
+
+/// The passkey's credential id, relying party and console origin.
+pub const PASSKEY_ID: &[u8] = b"fuzz passkey";
+pub const PASSKEY_RP: &str = "console.fuzz.example";
+pub const PASSKEY_ORIGIN: &str = "https://console.fuzz.example";
+
+/// The passkeys registry file: alice's passkey.
+pub fn passkeys_json() -> String {
+    let entry = PasskeyEntry {
+        algorithm: PasskeyAlgorithm::EdDsa,
+        credential_id: B64URL.encode(PASSKEY_ID),
+        enrolled_at: NOW - 86_400,
+        label: None,
+        origin: PASSKEY_ORIGIN.into(),
+        principal: "alice".into(),
+        public_key: B64URL.encode(approver_passkey().verifying_key().to_bytes()),
+        rp_id: PASSKEY_RP.into(),
+    };
+    serde_json::to_string(&PasskeysFile { credentials: vec![entry], schema: PASSKEYS_SCHEMA.into() }).expect("json")
+}
+
+/// A passkey assertion by alice's passkey over `st`, as a browser returns it.
+pub fn passkey_assertion(st: &Statement) -> PasskeyAssertion {
+    use ed25519_dalek::Signer as _;
+    let client = format!(
+        r#"{{"type":"webauthn.get","challenge":"{}","origin":"{PASSKEY_ORIGIN}","crossOrigin":false}}"#,
+        B64URL.encode(edge_core::approval::statement_challenge(st))
+    );
+    let mut auth = Sha256Digest::of(PASSKEY_RP.as_bytes()).0.to_vec();
+    auth.push(0x05);
+    auth.extend(1u32.to_be_bytes());
+    let mut signed = auth.clone();
+    signed.extend(Sha256Digest::of(client.as_bytes()).0);
+    PasskeyAssertion {
+        authenticator_data: B64URL.encode(&auth),
+        client_data_json: B64URL.encode(client.as_bytes()),
+        credential_id: B64URL.encode(PASSKEY_ID),
+        signature: B64URL.encode(approver_passkey().sign(&signed).to_bytes()),
+    }
+}
+
+/// The approval registry: `alice` with the approver key, for our namespace,
+/// and with her passkey.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let line = format!(
         "alice namespaces=\"{}\",valid-after=\"20250101Z\" {}\n",
         edge_core::approval::NAMESPACE,
         approver_key().public_key().to_openssh().expect("openssh")
     );
-    Registry::parse(&line, "allowed_signers", "[principals]\nalice = [\"sre\"]\n", "roles.toml").expect("registry")
+    Registry::parse(&line, "allowed_signers", "[principals]\nalice = [\"sre\"]\n", "roles.toml")
+        .and_then(|r| r.with_passkeys(&passkeys_json(), "passkeys.json"))
+        .expect("registry")
 });
 
 /// What the seed approvals are bound to.

@@ -3,6 +3,8 @@
 //!
 //! Relative paths are relative to the directory holding the config file.
 
+pub mod console;
+pub mod notify;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +45,10 @@ struct RawConfig {
     approvers: Option<RawApprovers>,
     #[serde(default)]
     server: Option<server::RawServer>,
+    #[serde(default)]
+    console: Option<console::RawConsole>,
+    #[serde(default)]
+    notify: notify::RawNotify,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +61,11 @@ struct RawApprovers {
     /// Clock skew tolerated on approval times (default 5m).
     #[serde(default)]
     clock_skew: Option<String>,
+    /// Registered passkeys (JSON, `edge-runner approvers enroll` adds to
+    /// it); default `passkeys.json` beside allowed_signers, read when it
+    /// exists (a configured path must exist).
+    #[serde(default)]
+    passkeys: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,11 +212,17 @@ pub struct RunnerConfig {
     pub policy: Option<PolicySet>,
     /// Mount and endpoint name → graph node.
     pub nodes: BTreeMap<String, String>,
-    /// Who may approve (allowed_signers + roles).
+    /// Who may approve (allowed_signers + roles + passkeys).
     pub approvers: Option<Registry>,
+    /// Where passkey enrollments are registered (with `[approvers]`).
+    pub passkeys_file: Option<PathBuf>,
     pub clock_skew_secs: u64,
     /// `edge-runner serve` settings (`[server]`).
     pub server: Option<server::ServerSettings>,
+    /// The approval console (`[console]`), served by `edge-runner serve`.
+    pub console: Option<console::ConsoleSettings>,
+    /// Signed webhooks on proposal events (`[notify]`), sent by `edge-runner serve`.
+    pub notify: notify::NotifySettings,
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,
@@ -423,21 +440,55 @@ impl RunnerConfig {
                     .with_context(|| format!("cannot read allowed_signers {}", sp.display()))?;
                 let rt = std::fs::read_to_string(&rp)
                     .with_context(|| format!("cannot read approver roles {}", rp.display()))?;
-                Some(Registry::parse(&st, &sp.display().to_string(), &rt, &rp.display().to_string())?)
+                let registry = Registry::parse(&st, &sp.display().to_string(), &rt, &rp.display().to_string())?;
+                // A configured passkeys file must exist; the default one
+                // (beside allowed_signers) is read when it does.
+                let passkeys = match &a.passkeys {
+                    Some(p) => Some(resolve(p)),
+                    None => Some(sp.with_file_name("passkeys.json")).filter(|p| p.exists()),
+                };
+                match passkeys {
+                    Some(pp) => {
+                        let pt = std::fs::read_to_string(&pp)
+                            .with_context(|| format!("cannot read passkeys {} (approvers.passkeys)", pp.display()))?;
+                        Some(registry.with_passkeys(&pt, &pp.display().to_string())?)
+                    }
+                    None => Some(registry),
+                }
             }
             None => None,
         };
+        let passkeys_file = raw.approvers.as_ref().map(|a| match &a.passkeys {
+            Some(p) => resolve(p),
+            None => resolve(&a.allowed_signers).with_file_name("passkeys.json"),
+        });
         let clock_skew_secs = match raw.approvers.as_ref().and_then(|a| a.clock_skew.as_deref()) {
             Some(s) => edge_core::policy::parse_duration(s)
                 .with_context(|| format!("approvers.clock_skew `{s}`: use a duration like \"5m\""))?,
             None => 300,
         };
         let identity_key = raw.runner.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
-        let server = raw.server.map(|s| s.resolve(resolve)).transpose()?;
+        let server = raw.server.map(|s| s.resolve(&resolve)).transpose()?;
+        let console = raw
+            .console
+            .map(|c| c.resolve(&resolve, server.as_ref().map(|s| (s.cert.as_path(), s.key.as_path()))))
+            .transpose()?;
+        if console.is_some() && approvers.is_none() {
+            bail!("[console] needs an [approvers] registry: the console is where approvers approve");
+        }
+        let notify = raw.notify.resolve(
+            text,
+            resolve,
+            server.as_ref().map(|s| s.client_ca.as_path()),
+            console.as_ref().and_then(|c| c.url.as_ref()),
+        )?;
         Ok(RunnerConfig {
             server,
+            console,
+            notify,
             identity_key,
             approvers,
+            passkeys_file,
             clock_skew_secs,
             name: raw.runner.name,
             state_dir,

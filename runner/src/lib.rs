@@ -8,10 +8,13 @@
 pub mod backstage;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod events;
 pub mod export;
 pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod notify;
 pub mod pipeline;
 pub mod policy_files;
 pub mod sandbox;

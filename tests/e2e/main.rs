@@ -2,16 +2,19 @@
 //! wasm32-wasip2 by `test-programs`, real keys, real files.
 
 mod approvals;
+mod console;
 mod evidence;
 mod examples;
 mod harness;
 mod hostile;
+mod notify;
 mod policy;
 mod preview;
 mod server;
 mod signatures;
 mod sigstore;
 mod trust;
+mod webdriver;
 
 /// Every guest program must be exercised by a test here.
 #[test]

@@ -19,9 +19,11 @@ use crate::harness::{BIN, Env};
 const AGENT: &str = "spiffe://test.example/agent/remediator";
 
 /// A running `edge-runner serve`; killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
+    /// What `serve` printed at start.
+    pub(crate) lines: Vec<String>,
 }
 
 impl Drop for Server {
@@ -32,7 +34,12 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(env: &Env) -> Server {
+    pub(crate) fn start(env: &Env) -> Server {
+        Self::start_lines(env, 1)
+    }
+
+    /// Start `serve` and read its first `n` lines (the last names the API).
+    pub(crate) fn start_lines(env: &Env, n: usize) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "runner.toml"])
             .current_dir(env.path(""))
@@ -40,11 +47,16 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url =
-            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{line}`")).to_owned();
-        Server { child, url }
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            lines.push(line.trim().to_owned());
+        }
+        let last = lines.last().cloned().unwrap_or_default();
+        let url = last.strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{last}`")).to_owned();
+        Server { child, url, lines }
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -53,21 +65,21 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    fn client(&self, env: &Env, who: &str) -> Client {
+    pub(crate) fn client(&self, env: &Env, who: &str) -> Client {
         let tls = env.path("tls");
         Client::new(&self.url, &tls.join("ca.pem"), &tls.join(format!("{who}.pem")), &tls.join(format!("{who}.key")))
             .unwrap()
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// Development PKI for the test: a CA with the server and clients `agent`
 /// (allowed), `intruder` (valid, not allowed to submit), `expired`; and
 /// `foreign`, an allowed identity from another CA.
-fn pki(dir: &Path) {
+pub(crate) fn pki(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let ca = |cn: &str| {
@@ -94,7 +106,12 @@ fn pki(dir: &Path) {
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
     };
     let uri = |s: &str| SanType::URI(s.try_into().unwrap());
-    leaf("server", &issuer, vec![SanType::IpAddress("127.0.0.1".parse().unwrap())], (-1, 30));
+    leaf(
+        "server",
+        &issuer,
+        vec![SanType::IpAddress("127.0.0.1".parse().unwrap()), SanType::DnsName("localhost".try_into().unwrap())],
+        (-1, 30),
+    );
     leaf("agent", &issuer, vec![uri(AGENT)], (-1, 30));
     leaf("intruder", &issuer, vec![uri("spiffe://test.example/agent/intruder")], (-1, 30));
     leaf("approver", &issuer, vec![uri("spiffe://test.example/people/alice")], (-1, 30));
@@ -105,7 +122,7 @@ fn pki(dir: &Path) {
 /// A runner home: `data` on the log volume (tier 0 on its own), `config` on
 /// the payments config (tier 2 when a capsule is granted it), approvers, and
 /// a [server] on 127.0.0.1:0.
-fn setup(queue: usize) -> Env {
+pub(crate) fn setup(queue: usize) -> Env {
     let env = Env::new();
     env.write_policy_config("log-volume", &[("config", "payments-config", true)]);
     env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"]), ("bob", &["sre"])], "");
@@ -121,7 +138,7 @@ fn setup(queue: usize) -> Env {
 }
 
 /// A tier-0 capsule (writes `data/ok.txt`) or, granted `config` too, a tier-2 one.
-fn capsule(env: &Env, attack: &str, tier2: bool) -> PathBuf {
+pub(crate) fn capsule(env: &Env, attack: &str, tier2: bool) -> PathBuf {
     let extra = if tier2 { "[[mounts]]\nname = \"config\"\nwritable = true\n" } else { "" };
     let name = format!("srv-{attack}-{tier2}");
     env.capsule(&name, test_programs::HOSTILE, &Env::hostile_manifest(attack, extra), Some("agent"))
@@ -132,18 +149,18 @@ fn submission(path: &Path) -> Vec<u8> {
     serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(bytes) })).unwrap()
 }
 
-async fn submit(c: &mut Client, path: &Path) -> Reply {
+pub(crate) async fn submit(c: &mut Client, path: &Path) -> Reply {
     c.post("/v1/proposals", submission(path), "application/json").await.unwrap()
 }
 
-async fn show(c: &mut Client, id: &str) -> Value {
+pub(crate) async fn show(c: &mut Client, id: &str) -> Value {
     let r = c.get(&format!("/v1/proposals/{id}")).await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
     r.json().unwrap()
 }
 
 /// Sign an approval (or rejection) of a proposal fetched over the API.
-async fn sign(env: &Env, c: &mut Client, id: &str, who: &str, verb: &str) -> Vec<u8> {
+pub(crate) async fn sign(env: &Env, c: &mut Client, id: &str, who: &str, verb: &str) -> Vec<u8> {
     let doc = c.get(&format!("/v1/proposals/{id}/document")).await.unwrap();
     assert_eq!(doc.status, StatusCode::OK, "{}", doc.error_message());
     let doc_path = env.path(&format!("{id}.json"));

@@ -19,9 +19,17 @@
 //! 6. it is not issued in the future, not expired, and not older than the
 //!    tier's maximum approval age.
 //!
-//! Single use (the nonce) is checked by the runner against its durable log;
-//! quorum (distinct people and keys, roles, proposer exclusion, veto,
-//! break-glass) by [`quorum::evaluate`].
+//! An approver may instead sign the same statement with a passkey
+//! (WebAuthn, [`passkey`]): the file then carries the assertion instead of
+//! the SSHSIG, and steps 2–4 become: the approver has a passkey with the
+//! assertion's credential id in the passkeys registry, its key is not
+//! revoked, and [`passkey::verify_assertion`] passes over the statement's
+//! digest (origin, relying party, user presence and verification). Steps 5
+//! and 6 are the same code for both.
+//!
+//! Single use (the nonce, and a passkey's signature counter) is checked by
+//! the runner against its durable log; quorum (distinct people and keys,
+//! roles, proposer exclusion, veto, break-glass) by [`quorum::evaluate`].
 
 use serde::{Deserialize, Serialize};
 use ssh_key::public::KeyData;
@@ -30,9 +38,14 @@ use ssh_key::{Algorithm, PublicKey, SshSig};
 use crate::admission::Grant;
 use crate::digest::Sha256Digest;
 
+pub mod passkey;
 pub mod quorum;
 pub mod registry;
 
+pub use passkey::{
+    CounterLedger, PASSKEYS_SCHEMA, PasskeyAlgorithm, PasskeyAssertion, PasskeyCredential, PasskeyEntry, PasskeysFile,
+    parse_passkeys, passkey_fingerprint, statement_challenge, verify_assertion,
+};
 pub use registry::{Registry, RegistryError, fingerprint};
 
 /// The SSHSIG namespace of approvals: a signature made for anything else
@@ -89,12 +102,26 @@ impl Statement {
     }
 }
 
-/// An approval file: the statement and its armored SSHSIG.
+/// An approval file: the statement and its proof, exactly one of an
+/// armored SSHSIG (`signature`) or a passkey assertion (`passkey`). An
+/// SSH-signed file serialises as it always has: `{"statement":…,"signature":…}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalFile {
     pub statement: Statement,
-    pub signature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<PasskeyAssertion>,
+}
+
+/// The proof an approval file carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof<'a> {
+    /// An armored SSHSIG.
+    Ssh(&'a str),
+    /// A WebAuthn assertion.
+    Passkey(&'a PasskeyAssertion),
 }
 
 impl ApprovalFile {
@@ -106,7 +133,33 @@ impl ApprovalFile {
         if bytes.len() > MAX_APPROVAL_BYTES {
             return Err(ApprovalError::Malformed(format!("{} bytes; the limit is {MAX_APPROVAL_BYTES}", bytes.len())));
         }
-        serde_json::from_slice(bytes).map_err(|e| ApprovalError::Malformed(e.to_string()))
+        let file: Self = serde_json::from_slice(bytes).map_err(|e| ApprovalError::Malformed(e.to_string()))?;
+        file.proof()?;
+        Ok(file)
+    }
+
+    /// An SSH-signed approval file.
+    pub fn ssh(statement: Statement, signature: String) -> Self {
+        Self { statement, signature: Some(signature), passkey: None }
+    }
+
+    /// A passkey-signed approval file.
+    pub fn passkey(statement: Statement, assertion: PasskeyAssertion) -> Self {
+        Self { statement, signature: None, passkey: Some(assertion) }
+    }
+
+    /// The one proof the file carries.
+    ///
+    /// # Errors
+    /// [`ApprovalError::Malformed`] unless exactly one is present.
+    pub fn proof(&self) -> Result<Proof<'_>, ApprovalError> {
+        match (&self.signature, &self.passkey) {
+            (Some(s), None) => Ok(Proof::Ssh(s)),
+            (None, Some(a)) => Ok(Proof::Passkey(a)),
+            _ => Err(ApprovalError::Malformed(
+                "an approval file carries exactly one of `signature` (SSHSIG) or `passkey` (WebAuthn assertion)".into(),
+            )),
+        }
     }
 }
 
@@ -144,6 +197,22 @@ pub enum ApprovalError {
     BadSignature(String),
     #[error("the hardware-key signature does not assert user presence (touch)")]
     NoUserPresence,
+    #[error(
+        "the passkey assertion was made without user verification (PIN or biometric); approve again and unlock the passkey when asked"
+    )]
+    NoUserVerification,
+    #[error(
+        "the passkey signed another statement (its challenge is not this statement's digest): the statement was changed after signing"
+    )]
+    WrongChallenge,
+    #[error("the passkey signed on `{found}`, not on the console's origin `{expected}`; approve in the console")]
+    WrongOrigin { expected: String, found: String },
+    #[error("the passkey assertion is for another relying party than `{expected}`; approve in the console")]
+    WrongRelyingParty { expected: String },
+    #[error(
+        "passkey {key} signed with counter {counter}, which does not move forward from the counter {seen} it used before (a cloned authenticator?); revoke the passkey and enroll a new one"
+    )]
+    CounterWentBack { key: String, counter: u32, seen: u32 },
     #[error("the approval is for another {field} ({found}, this run is {expected}); approvals cannot be moved")]
     WrongBinding { field: &'static str, expected: String, found: String },
     #[error("issued at {issued_at}, in the future (now {now}, allowed skew {skew}s)")]
@@ -167,6 +236,11 @@ impl ApprovalError {
             ApprovalError::RevokedKey(_) => "approval.revoked_key",
             ApprovalError::BadSignature(_) => "approval.bad_signature",
             ApprovalError::NoUserPresence => "approval.no_user_presence",
+            ApprovalError::NoUserVerification => "approval.no_user_verification",
+            ApprovalError::WrongChallenge => "approval.wrong_challenge",
+            ApprovalError::WrongOrigin { .. } => "approval.wrong_origin",
+            ApprovalError::WrongRelyingParty { .. } => "approval.wrong_rp",
+            ApprovalError::CounterWentBack { .. } => "approval.counter_regressed",
             ApprovalError::WrongBinding { .. } => "approval.wrong_binding",
             ApprovalError::NotYetValid { .. } => "approval.not_yet_valid",
             ApprovalError::Expired { .. } => "approval.expired",
@@ -180,13 +254,17 @@ impl ApprovalError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifiedApproval {
     pub principal: String,
-    /// `SHA256:…` fingerprint of the signing key.
+    /// `SHA256:…` fingerprint of the signing key (SSH key or passkey).
     pub key: String,
     pub verdict: Verdict,
     pub nonce: String,
     pub issued_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// A passkey's signature counter (None for SSH signatures): checked
+    /// against the credential's earlier approvals with [`CounterLedger`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counter: Option<u32>,
 }
 
 /// Verify an SSHSIG over `message` in `namespace` by `key`: Ed25519 with
@@ -272,25 +350,49 @@ pub fn verify_approval(
     let file = ApprovalFile::parse(bytes)?;
     let st = &file.statement;
     if st.schema != STATEMENT_SCHEMA {
-        return Err(ApprovalError::Malformed(format!("schema `{}`", st.schema)));
+        return Err(ApprovalError::Malformed(format!("schema `{}`", st.schema.chars().take(100).collect::<String>())));
     }
     if st.nonce.len() != 64 || !st.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApprovalError::Malformed("the nonce must be 32 random bytes in hex".into()));
     }
-    let sig = SshSig::from_pem(&file.signature).map_err(|e| ApprovalError::Malformed(format!("signature: {e}")))?;
+    // 2.–4.
+    let (key, counter) = match file.proof()? {
+        Proof::Ssh(armored) => (verify_ssh_proof(st, armored, registry, now, skew)?, None),
+        Proof::Passkey(assertion) => {
+            let (key, counter) = verify_passkey_proof(st, assertion, registry)?;
+            (key, Some(counter))
+        }
+    };
+    // 5., 6.
+    check_binding_and_time(st, expected, now, skew)?;
+    Ok(VerifiedApproval {
+        principal: st.approver.clone(),
+        key,
+        verdict: st.decision,
+        nonce: st.nonce.clone(),
+        issued_at: st.issued_at,
+        comment: st.comment.clone(),
+        counter,
+    })
+}
+
+/// Steps 2–4 for an SSHSIG: namespace, allowed_signers entry, key, validity,
+/// signature. Returns the key's fingerprint.
+fn verify_ssh_proof(
+    st: &Statement,
+    armored: &str,
+    registry: &Registry,
+    now: u64,
+    skew: u64,
+) -> Result<String, ApprovalError> {
+    let sig = SshSig::from_pem(armored).map_err(|e| ApprovalError::Malformed(format!("signature: {e}")))?;
     // 2.
     if sig.namespace() != NAMESPACE {
         return Err(ApprovalError::WrongNamespace(sig.namespace().chars().take(100).collect()));
     }
     // 3.
     let key = PublicKey::from(sig.public_key().clone());
-    let entries: Vec<_> = registry
-        .signers
-        .entries
-        .iter()
-        .filter(|e| registry::pattern_list(&st.approver, &e.principals))
-        .filter(|e| e.namespaces.as_deref().is_none_or(|ns| registry::pattern_list(NAMESPACE, ns)))
-        .collect();
+    let entries = registry.signer_entries(&st.approver);
     if entries.is_empty() {
         return Err(ApprovalError::UnknownApprover(st.approver.chars().take(200).collect()));
     }
@@ -317,6 +419,33 @@ pub fn verify_approval(
     }
     // 4.
     verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig)?;
+    Ok(fingerprint(&key))
+}
+
+/// Steps 2–4 for a passkey: the principal's registered credential with the
+/// assertion's id, not revoked, and the assertion over the statement's
+/// digest. Returns the credential's fingerprint and signature counter.
+fn verify_passkey_proof(
+    st: &Statement,
+    assertion: &PasskeyAssertion,
+    registry: &Registry,
+) -> Result<(String, u32), ApprovalError> {
+    let creds: Vec<&PasskeyCredential> = registry.passkeys_of(&st.approver).collect();
+    if creds.is_empty() && registry.signer_entries(&st.approver).is_empty() {
+        return Err(ApprovalError::UnknownApprover(st.approver.chars().take(200).collect()));
+    }
+    let cred = passkey::credential_for(&st.approver, &creds, assertion)?;
+    if registry.revoked.contains(&cred.fingerprint) {
+        return Err(ApprovalError::RevokedKey(cred.fingerprint.clone()));
+    }
+    let counter = verify_assertion(cred, &statement_challenge(st), assertion)?;
+    Ok((cred.fingerprint.clone(), counter))
+}
+
+/// Steps 5 and 6, the same whatever signed the statement: bound to exactly
+/// this proposal, capsule, plan, policy, runner, tier and grant; not issued
+/// in the future, not expired, not older than the tier allows.
+fn check_binding_and_time(st: &Statement, expected: &Binding, now: u64, skew: u64) -> Result<(), ApprovalError> {
     // 5.
     let bind = |field: &'static str, expected: String, found: String| {
         if expected == found { Ok(()) } else { Err(ApprovalError::WrongBinding { field, expected, found }) }
@@ -344,14 +473,7 @@ pub fn verify_approval(
     if now.saturating_sub(st.issued_at) > expected.max_age_secs.saturating_add(skew) {
         return Err(ApprovalError::TooOld { issued_at: st.issued_at, max_age: expected.max_age_secs });
     }
-    Ok(VerifiedApproval {
-        principal: st.approver.clone(),
-        key: fingerprint(&key),
-        verdict: st.decision,
-        nonce: st.nonce.clone(),
-        issued_at: st.issued_at,
-        comment: st.comment.clone(),
-    })
+    Ok(())
 }
 
 #[cfg(test)]

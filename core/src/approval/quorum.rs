@@ -295,6 +295,7 @@ mod tests {
             nonce: format!("{p}-{k}"),
             issued_at: 0,
             comment: None,
+            counter: None,
         }
     }
     use Verdict::{Approve as Y, Reject as N};

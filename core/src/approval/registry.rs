@@ -9,12 +9,17 @@
 //! differences, both failing closed: times must be UTC (`…Z`; OpenSSH reads
 //! them as local time otherwise), and `cert-authority` lines are refused
 //! (approvals are signed with plain keys).
+//!
+//! Optionally a passkeys file ([`Registry::with_passkeys`], see
+//! [`super::passkey`]) registers WebAuthn credentials for principals; they
+//! still need their roles here to count.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use ssh_key::{HashAlg, PublicKey};
 
+use super::passkey::{PasskeyCredential, parse_passkeys};
 use crate::digest::Sha256Digest;
 
 /// A registry line or file that could not be read.
@@ -239,11 +244,17 @@ pub struct Registry {
     pub owners: BTreeMap<String, Vec<String>>,
     pub break_glass: Option<BreakGlass>,
     pub revoked: BTreeSet<String>,
-    /// SHA-256 over both files.
+    /// SHA-256 over the files: allowed_signers, 0x00, roles, and with
+    /// passkeys 0x00 and the passkeys file.
     pub digest: Option<Sha256Digest>,
     /// The two files as read (recorded as evidence artifacts with every quorum).
     pub allowed_signers_text: String,
     pub roles_text: String,
+    /// Registered passkeys (WebAuthn credentials), keys prepared at load.
+    pub passkeys: Vec<PasskeyCredential>,
+    /// The passkeys file as read, if one is configured (recorded with every
+    /// quorum like the other two).
+    pub passkeys_text: Option<String>,
 }
 
 impl Registry {
@@ -293,7 +304,41 @@ impl Registry {
             digest: Some(Sha256Digest::of(&both)),
             allowed_signers_text: allowed_signers.to_owned(),
             roles_text: roles.to_owned(),
+            passkeys: Vec::new(),
+            passkeys_text: None,
         })
+    }
+
+    /// Add the passkeys file (`passkeys.json`); `file` names it in errors.
+    /// The digest then covers it too.
+    ///
+    /// # Errors
+    /// A [`RegistryError`] naming the file and the entry.
+    pub fn with_passkeys(mut self, text: &str, file: &str) -> Result<Self, RegistryError> {
+        self.passkeys = parse_passkeys(text, file)?;
+        let mut all = self.allowed_signers_text.as_bytes().to_vec();
+        all.push(0);
+        all.extend_from_slice(self.roles_text.as_bytes());
+        all.push(0);
+        all.extend_from_slice(text.as_bytes());
+        self.digest = Some(Sha256Digest::of(&all));
+        self.passkeys_text = Some(text.to_owned());
+        Ok(self)
+    }
+
+    /// The passkeys registered for exactly `principal`.
+    pub fn passkeys_of<'a>(&'a self, principal: &'a str) -> impl Iterator<Item = &'a PasskeyCredential> + 'a {
+        self.passkeys.iter().filter(move |c| c.entry.principal == principal)
+    }
+
+    /// The allowed_signers entries for `principal` in our namespace.
+    pub fn signer_entries(&self, principal: &str) -> Vec<&SignerEntry> {
+        self.signers
+            .entries
+            .iter()
+            .filter(|e| pattern_list(principal, &e.principals))
+            .filter(|e| e.namespaces.as_deref().is_none_or(|ns| pattern_list(super::NAMESPACE, ns)))
+            .collect()
     }
 
     pub fn roles_of(&self, principal: &str) -> &[String] {

@@ -6,13 +6,13 @@ use ssh_key::{HashAlg, LineEnding, PrivateKey, Signature};
 use super::*;
 use crate::admission::{GrantedMount, Limits};
 
-const NOW: u64 = 1_795_500_000;
+pub(crate) const NOW: u64 = 1_795_500_000;
 
 pub(crate) fn key(seed: u8) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
 }
 
-fn line(principal: &str, k: &PrivateKey, options: &str) -> String {
+pub(crate) fn line(principal: &str, k: &PrivateKey, options: &str) -> String {
     format!("{principal} {options} {}\n", k.public_key().to_openssh().unwrap())
 }
 
@@ -25,7 +25,7 @@ fn grant() -> Grant {
     }
 }
 
-fn binding() -> Binding {
+pub(crate) fn binding() -> Binding {
     Binding {
         proposal: "p-1".into(),
         capsule: Sha256Digest::of(b"capsule"),
@@ -59,7 +59,7 @@ pub(crate) fn statement(b: &Binding, approver: &str, decision: Verdict) -> State
 
 pub(crate) fn sign(st: &Statement, k: &PrivateKey, namespace: &str) -> Vec<u8> {
     let sig = k.sign(namespace, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
-    serde_json::to_vec(&ApprovalFile { statement: st.clone(), signature: sig.to_pem(LineEnding::LF).unwrap() }).unwrap()
+    serde_json::to_vec(&ApprovalFile::ssh(st.clone(), sig.to_pem(LineEnding::LF).unwrap())).unwrap()
 }
 
 fn registry(text: &str, roles: &str) -> Registry {
@@ -214,4 +214,19 @@ fn hardware_key_signatures() {
             assert_eq!(r.unwrap_err().reason_code(), "approval.no_user_presence");
         }
     }
+}
+
+/// SSH-signed approval files serialise exactly as before passkeys existed.
+#[test]
+fn ssh_approval_files_serialise_as_before() {
+    let st = statement(&binding(), "alice@bank", Verdict::Approve);
+    let file =
+        ApprovalFile::ssh(st.clone(), "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n".into());
+    let json = String::from_utf8(serde_json::to_vec(&file).unwrap()).unwrap();
+    let before = format!(
+        "{{\"statement\":{},\"signature\":\"-----BEGIN SSH SIGNATURE-----\\nAAAA\\n-----END SSH SIGNATURE-----\\n\"}}",
+        String::from_utf8(st.canonical_bytes()).unwrap()
+    );
+    assert_eq!(json, before);
+    assert_eq!(ApprovalFile::parse(before.as_bytes()).unwrap(), file);
 }

@@ -23,7 +23,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// As [`esc`], keeping tabs (file content in a diff, shown preformatted).
-fn esc_content(s: &str) -> String {
+pub fn esc_content(s: &str) -> String {
     let t = edge_core::text::block(s);
     if t.contains('\n') { escape(&t.replace('\n', "\\n")) } else { escape(&t) }
 }

@@ -38,7 +38,23 @@ use std::collections::BTreeSet;
 
 use edge_core::lifecycle::{ProposalView, State};
 
-pub use html::{esc, html, html_failed, html_failed_with, html_with};
+pub use html::{esc, esc_content, html, html_failed, html_failed_with, html_with};
+
+/// The blast-radius picture of decisions made over one graph, for pages
+/// outside reports (the approval console): the graph is compiled once.
+#[derive(Debug)]
+pub struct BlastPicture(blast::Model);
+
+impl BlastPicture {
+    pub fn new(graph: edge_core::graph::Graph) -> Self {
+        Self(blast::Model::new(graph))
+    }
+
+    /// The picture of `d` as inline SVG (every label escaped).
+    pub fn svg(&self, d: &edge_core::policy::Derivation) -> String {
+        blast::svg(&blast::picture(&self.0, d))
+    }
+}
 pub use json::{json, json_failed};
 pub use text::{text, text_failed, text_failed_with, text_with};
 

@@ -243,7 +243,10 @@ fn esc_neutralises_controls_bidi_and_markup() {
 
 #[test]
 fn a_wide_blast_radius_draws_thirty_nodes_and_a_long_diff_is_shown_whole() {
-    let s = synth::bundle(ORIGIN, &Spec { runs: 2, tier2_every: Some(1), extra_graph_nodes: 2000, config_lines: 300 });
+    let s = synth::bundle(
+        ORIGIN,
+        &Spec { runs: 2, tier2_every: Some(1), extra_graph_nodes: 2000, config_lines: 300, ..Spec::default() },
+    );
     let v = verify(&s.bundle, &parse_keys(&s.vkey).unwrap(), Level::Full).unwrap();
     let page = html_with(&v, &opts());
     let sec = section(&page, &tier2_id(&v));

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use edge_core::approval::{ApprovalFile, NAMESPACE, STATEMENT_SCHEMA, Statement, Verdict};
-use rand_core::RngCore;
+use edge_core::approval::{ApprovalFile, NAMESPACE, Statement, Verdict};
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::cli::Exit;
@@ -99,7 +98,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     p.check().context("the proposal document is inconsistent; do not sign it")?;
     let requirement = p.decision.requirement.clone().context("the proposal's decision has no tier requirement")?;
     let now = unix_now()?;
-    let expires = p.created_at + requirement.expires_after_secs.unwrap_or(crate::pipeline::DEFAULT_PROPOSAL_TTL_SECS);
+    let expires = p.expires_at();
     if now >= expires {
         bail!("proposal {} expired (it could wait until {expires}, Unix seconds): the agent must submit again", p.id);
     }
@@ -140,24 +139,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     if lifetime < asked {
         writeln!(out, "note: expiry capped at the tier's maximum approval age ({}s)", requirement.max_age_secs)?;
     }
-    let mut nonce = [0u8; 32];
-    rand_core::OsRng.fill_bytes(&mut nonce);
-    let statement = Statement {
-        schema: STATEMENT_SCHEMA.into(),
-        proposal: p.id.clone(),
-        capsule: p.capsule,
-        plan: p.plan_digest,
-        policy: p.decision.policy.context("no policy")?,
-        runner: p.runner.clone(),
-        tier: p.decision.tier,
-        grant: p.grant.clone(),
-        decision: verdict,
-        comment: args.comment.clone(),
-        approver: args.principal.clone(),
-        issued_at: now,
-        expires_at: now + lifetime,
-        nonce: hex::encode(nonce),
-    };
+    let statement = p.statement(&args.principal, verdict, args.comment.clone(), now, lifetime)?;
     let bytes = statement.canonical_bytes();
     if args.statement_only {
         crate::staging::write_durably(&args.out, &bytes)?;
@@ -191,7 +173,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
         key.sign(NAMESPACE, HashAlg::Sha512, &bytes)
             .with_context(|| format!("cannot sign with {} (hardware keys sign through --agent)", path.display()))?
     };
-    let file = ApprovalFile { statement, signature: sig.to_pem(LineEnding::LF)? };
+    let file = ApprovalFile::ssh(statement, sig.to_pem(LineEnding::LF)?);
     let bytes = serde_json::to_vec_pretty(&file)?;
     // Posted first: an approval the runner refuses is not left behind as if valid.
     let posted = match &mut remote {
@@ -296,7 +278,7 @@ pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<Exit> {
             if sig.namespace() != NAMESPACE {
                 bail!("signed in namespace `{}`; sign with -n {NAMESPACE}", sig.namespace());
             }
-            let file = ApprovalFile { statement: st, signature: pem };
+            let file = ApprovalFile::ssh(st, pem);
             crate::staging::write_durably(&dest, &serde_json::to_vec_pretty(&file)?)?;
             writeln!(out, "approval written to {}", dest.display())?;
             Ok(Exit::Ok)

@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod policy;
 pub mod server;
 pub mod show;
+pub mod webhook;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,9 @@ pub enum Command {
     /// Approval files.
     #[command(subcommand)]
     Approval(crate::cli::approve::ApprovalCommand),
+    /// Approvers: enroll a passkey for the console.
+    #[command(subcommand)]
+    Approvers(ApproversCommand),
     /// Create a runner home: identity key, config, example policy and graph,
     /// empty approver registry, development CA and certificates, systemd unit.
     Init(crate::cli::server::InitArgs),
@@ -102,6 +106,27 @@ pub enum Command {
     /// Proposals on a runner: list, show, watch.
     #[command(subcommand)]
     Proposals(crate::cli::server::ProposalsCommand),
+    /// Webhook notifications: check one as a receiver would.
+    #[command(subcommand)]
+    Webhook(crate::cli::webhook::WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApproversCommand {
+    /// Create a one-time enrollment link and code for an approver (listed in
+    /// roles.toml) to register a passkey in the console; the registration is
+    /// recorded as evidence and counts like their SSH key.
+    Enroll {
+        /// The runner config (its `[console]` says where the link points).
+        #[arg(long)]
+        config: PathBuf,
+        /// The approver, as in roles.toml.
+        #[arg(long)]
+        principal: String,
+        /// How long the code stays valid (default 24h, at most 7 days).
+        #[arg(long, default_value = "24h")]
+        valid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,10 +220,34 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             writeln!(out, "key id       {}", k.key_id)?;
             Ok(Exit::Ok)
         }
+        Command::Approvers(ApproversCommand::Enroll { config, principal, valid }) => {
+            let config = crate::config::RunnerConfig::load(&config)?;
+            let ttl = edge_core::policy::parse_duration(&valid)
+                .with_context(|| format!("--valid `{valid}`: use a duration like 24h"))?;
+            if !(60..=7 * 86_400).contains(&ttl) {
+                anyhow::bail!("--valid must be between 1m and 7d");
+            }
+            let (code, inv) = crate::console::enroll::invite(&config, &principal, ttl)?;
+            let base = match &config.console {
+                Some(c) if c.url.is_some() || c.listen.port() != 0 => {
+                    c.origin(c.listen.port())?.as_str().trim_end_matches('/').to_owned()
+                }
+                Some(_) => "https://<console>".to_owned(),
+                None => anyhow::bail!(
+                    "this runner has no [console]: add one to the config so the approver can enroll in the browser"
+                ),
+            };
+            writeln!(out, "enrollment for {} (valid until {}, Unix seconds; one use)", principal, inv.expires_at)?;
+            writeln!(out, "  link  {base}/enroll#{code}")?;
+            writeln!(out, "  code  {code}")?;
+            writeln!(out, "Give it to {principal} over a channel you trust; anyone holding it can enroll as them.")?;
+            Ok(Exit::Ok)
+        }
         Command::Init(a) => crate::cli::server::init(&a, out),
         Command::Serve(a) => crate::cli::server::serve(&a, out),
         Command::Submit(a) => crate::cli::server::submit(&a, out),
         Command::Proposals(c) => crate::cli::server::proposals(&c, out),
+        Command::Webhook(c) => crate::cli::webhook::webhook(c, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -582,9 +631,15 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
             format!("quorum      {outcome}{}", if *break_glass { " — BREAK-GLASS" } else { "" })
         }
         Event::KeyEvent { action, key } => format!("key         {action}: {key}"),
+        Event::RegistryChanged { action, principal, key, .. } => {
+            format!("registry    {action}: {} {key}", U(principal))
+        }
         Event::Insecure { switches } => format!("INSECURE    started with {}", switches.join(", ")),
         Event::CleanupFailed { path, error } => {
             format!("cleanup     FAILED for {}: {} (kept in the staging .trash, retried at start)", U(path), U(error))
+        }
+        Event::NotificationFailed { url, event, proposal, attempts, error } => {
+            format!("notify      FAILED {event} of {proposal} to {} after {attempts} attempt(s): {}", U(url), U(error))
         }
         Event::ProposalExpired { proposal, waited_secs, limit_secs } => {
             format!("expired     proposal {proposal} after {waited_secs}s (limit {limit_secs}s)")

@@ -106,8 +106,11 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
                 _ = term.recv() => {}
             }
         };
-        crate::server::serve(config, listener, shutdown, |addr| {
-            // One line a supervisor (or a test) can wait for.
+        crate::server::serve(config, listener, shutdown, |addr, console| {
+            // One line a supervisor (or a test) can wait for (the console's first).
+            if let Some(origin) = console {
+                let _ = writeln!(out, "console on {origin}");
+            }
             let _ = writeln!(out, "listening on https://{addr}");
             let _ = out.flush();
         })

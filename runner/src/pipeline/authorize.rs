@@ -8,10 +8,11 @@
 use std::collections::HashSet;
 
 use anyhow::Result;
+use edge_core::approval::CounterLedger;
 use edge_core::approval::quorum::{self, Outcome as QuorumOutcome, QuorumMet, Subject};
 use edge_core::approval::{self, ApprovalError, ApprovalFile, Binding, VerifiedApproval};
 use edge_core::authorize::{self, AuthorizeError as CoreAuthorizeError, Decided};
-use edge_core::evidence::{Event, Outcome};
+use edge_core::evidence::{Event, Outcome, PasskeyUse};
 use edge_core::plan::ValidPlan;
 
 use super::Runner;
@@ -72,6 +73,14 @@ impl StageError for AuthorizeError {
     }
 }
 
+/// What one batch of approvals used so far: nonces, and passkey counters
+/// (checked with the log's, see [`Runner::single_use`]).
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    nonces: HashSet<String>,
+    counters: CounterLedger,
+}
+
 impl Runner {
     pub(crate) async fn authorize(
         &self,
@@ -109,17 +118,21 @@ impl Runner {
     }
 
     /// Single use: an approval whose nonce a met quorum in the log spent, or
-    /// that came earlier in this batch (`seen`), is a replay.
-    pub(crate) fn single_use(
-        &self,
-        seen: &mut HashSet<String>,
-        v: VerifiedApproval,
-    ) -> Result<VerifiedApproval, ApprovalError> {
-        if !self.log.index().settlements.nonces.contains_key(&v.nonce) && seen.insert(v.nonce.clone()) {
-            Ok(v)
-        } else {
-            Err(ApprovalError::Replayed(v.nonce))
+    /// that came earlier in this batch (`seen`), is a replay; a passkey
+    /// approval whose signature counter does not move forward from the
+    /// credential's approvals the log consumed, or that came earlier in this
+    /// batch, is refused (`approval.counter_regressed`: a cloned
+    /// authenticator).
+    pub(crate) fn single_use(&self, seen: &mut Batch, v: VerifiedApproval) -> Result<VerifiedApproval, ApprovalError> {
+        let index = self.log.index();
+        if index.settlements.nonces.contains_key(&v.nonce) || !seen.nonces.insert(v.nonce.clone()) {
+            return Err(ApprovalError::Replayed(v.nonce));
         }
+        if let Some(counter) = v.counter {
+            index.settlements.counters.check_with(&seen.counters, &v.key, v.issued_at, counter)?;
+            seen.counters.note(&v.key, v.issued_at, counter);
+        }
+        Ok(v)
     }
 
     /// Keep the staged result, write the proposal document and end the run
@@ -176,7 +189,7 @@ impl Runner {
         // and nobody else settles a proposal until this quorum is recorded.
         report.barrier().await?;
         let _settling = self.settling.lock().await;
-        let registry = self.config.approvers.clone().ok_or(AuthorizeError::NoApprovers)?;
+        let registry = self.approvers().ok_or(AuthorizeError::NoApprovers)?;
         let decision = decided.decision();
         let (Some(policy), Some(requirement)) = (decision.policy, decision.requirement.clone()) else {
             return Err(AuthorizeError::NoPolicy.into());
@@ -220,7 +233,7 @@ impl Runner {
         };
         let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = Batch::default();
         for (bytes, result) in approvals.iter().zip(results) {
             let d = report.artifact(bytes)?;
             report.record(Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
@@ -233,6 +246,7 @@ impl Runner {
                         key: v.key.clone(),
                         verdict: verdict.as_str().unwrap_or("?").to_owned(),
                         nonce: v.nonce.clone(),
+                        passkey: v.counter.map(|counter| PasskeyUse { counter, issued_at: v.issued_at }),
                     })?;
                     accepted.push(v);
                 }
@@ -257,6 +271,7 @@ impl Runner {
         let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
         let allowed_signers = report.artifact(registry.allowed_signers_text.as_bytes())?;
         let roles = report.artifact(registry.roles_text.as_bytes())?;
+        let passkeys = registry.passkeys_text.as_ref().map(|t| report.artifact(t.as_bytes())).transpose()?;
         let break_glass = matches!(result.outcome, QuorumOutcome::Met { break_glass: true, .. });
         // Durable before the settling lock is released: the nonces are spent.
         let quorum = Event::Quorum {
@@ -267,6 +282,7 @@ impl Runner {
             nonces: result.met.as_ref().map(|m| m.nonces().to_vec()).unwrap_or_default(),
             allowed_signers,
             roles,
+            passkeys,
             checked_at: now,
             clock_skew_secs: self.config.clock_skew_secs,
         };

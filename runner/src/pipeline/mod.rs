@@ -83,6 +83,9 @@ pub struct Runner {
     /// Held while approvals are counted and their nonces consumed, and while
     /// proposals are expired: a proposal is settled once.
     pub(crate) settling: tokio::sync::Mutex<()>,
+    /// Who may approve, now: the configured registry, replaced whole when an
+    /// approver enrolls a passkey (runs read it once, when they count).
+    approvers: std::sync::RwLock<Option<Arc<edge_core::approval::Registry>>>,
     /// Write each run's receipt to `<state>/receipts/<run>.tlog-proof`
     /// (command-line runs); the daemon returns it in the answer instead (a
     /// file per run was a fifth of its CPU, in the file system).
@@ -103,7 +106,8 @@ impl Runner {
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
         let settling = tokio::sync::Mutex::new(());
-        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, receipt_files: true };
+        let approvers = std::sync::RwLock::new(config.approvers.clone().map(Arc::new));
+        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, approvers, receipt_files: true };
         // Before anything is appended: the store must hold what this runner signed.
         runner.check_signed_history()?;
         runner.record_identity()?;
@@ -119,6 +123,16 @@ impl Runner {
         runner.checkpoint()?;
         crate::store::trust::publish_now(runner.log.dir())?;
         Ok(runner)
+    }
+
+    /// The approver registry in force (None: nobody can approve).
+    pub fn approvers(&self) -> Option<Arc<edge_core::approval::Registry>> {
+        self.approvers.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Put a new approver registry in force (after it was recorded).
+    pub(crate) fn replace_approvers(&self, registry: edge_core::approval::Registry) {
+        *self.approvers.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(registry));
     }
 
     /// Sign a checkpoint of the whole log now.

@@ -16,7 +16,6 @@
 //! and both are read back from the durable evidence log on every start, so a
 //! replay after a restart is refused too.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -83,6 +82,51 @@ impl Proposal {
             anyhow::bail!("the proposal's decision names no policy");
         }
         Ok(())
+    }
+
+    /// When the proposal can no longer be approved (Unix seconds).
+    pub fn expires_at(&self) -> u64 {
+        let ttl = self.decision.requirement.as_ref().and_then(|r| r.expires_after_secs);
+        self.created_at.saturating_add(ttl.unwrap_or(super::DEFAULT_PROPOSAL_TTL_SECS))
+    }
+
+    /// The statement `approver` signs to decide this proposal: bound to its
+    /// id, capsule, plan, policy, runner, tier and grant, issued `now`, valid
+    /// for `lifetime` seconds (at most the tier's maximum approval age), with
+    /// a fresh random nonce. Callers show the proposal (after [`Self::check`])
+    /// before anyone signs it.
+    ///
+    /// # Errors
+    /// The document names no policy or tier requirement.
+    pub fn statement(
+        &self,
+        approver: &str,
+        decision: approval::Verdict,
+        comment: Option<String>,
+        now: u64,
+        lifetime: u64,
+    ) -> Result<approval::Statement> {
+        use rand_core::RngCore as _;
+        let requirement =
+            self.decision.requirement.as_ref().context("the proposal's decision has no tier requirement")?;
+        let mut nonce = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        Ok(approval::Statement {
+            schema: approval::STATEMENT_SCHEMA.into(),
+            proposal: self.id.clone(),
+            capsule: self.capsule,
+            plan: self.plan_digest,
+            policy: self.decision.policy.context("the proposal's decision names no policy")?,
+            runner: self.runner.clone(),
+            tier: self.decision.tier,
+            grant: self.grant.clone(),
+            decision,
+            comment,
+            approver: approver.to_owned(),
+            issued_at: now,
+            expires_at: now + lifetime.min(requirement.max_age_secs),
+            nonce: hex::encode(nonce),
+        })
     }
 }
 
@@ -222,8 +266,7 @@ impl Runner {
         let doc: Proposal =
             serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
         doc.check()?;
-        let registry =
-            self.config.approvers.as_ref().context("no [approvers] registry is configured: nobody can approve")?;
+        let registry = self.approvers().context("no [approvers] registry is configured: nobody can approve")?;
         if self.executed(id) {
             anyhow::bail!("proposal {id} was already executed");
         }
@@ -244,8 +287,8 @@ impl Runner {
             max_age_secs: requirement.max_age_secs,
         };
         let results =
-            approval::verify_approvals(approvals, registry, &binding, unix_now()?, self.config.clock_skew_secs);
-        let mut seen = HashSet::new();
+            approval::verify_approvals(approvals, &registry, &binding, unix_now()?, self.config.clock_skew_secs);
+        let mut seen = super::authorize::Batch::default();
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
         let mut views = Vec::new();
@@ -267,7 +310,7 @@ impl Runner {
         }
         let subject =
             Subject { proposal: id, capsule: doc.capsule, plan: doc.plan_digest, policy, signer: &doc.signer };
-        let result = quorum::evaluate(&accepted, &requirement, registry, &subject);
+        let result = quorum::evaluate(&accepted, &requirement, &registry, &subject);
         for (c, v) in result.approvals.iter().zip(&accepted) {
             views.push(ApproverView {
                 principal: c.principal.clone(),

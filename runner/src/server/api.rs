@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// `POST /v1/proposals` body: a capsule file, or (once this runner holds
 /// its component) the capsule by reference: manifest and signature only.
@@ -35,7 +35,7 @@ struct SubmissionBody {
     signature: Option<String>,
 }
 
-fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+pub(crate) fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -44,13 +44,13 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .expect("static headers are valid")
 }
 
-fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Resp {
+pub(crate) fn json_reply(status: StatusCode, v: &impl serde::Serialize) -> Resp {
     // Replies are JSON values or the service's typed replies: string-keyed, always serialisable.
     reply(status, "application/json", serde_json::to_vec(v).expect("replies serialise"))
 }
 
 /// An error body: what failed and what to do next.
-fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
@@ -75,7 +75,7 @@ const DRAIN_BEFORE_REFUSING: usize = 1 << 20;
 
 /// Read a body within the size and time limits: at most `limit` bytes
 /// (refused with 413 as soon as it is announced or read past it).
-async fn body(shared: &Shared, req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
+pub(crate) async fn body(req: Request<Incoming>, limit: usize, timeout: std::time::Duration) -> Result<Bytes, Resp> {
     if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
         && let Ok(n) = len.parse::<usize>()
         && n > limit
@@ -84,7 +84,7 @@ async fn body(shared: &Shared, req: Request<Incoming>, limit: usize) -> Result<B
         // instead of a reset while it is still sending; a large one is not read.
         if n <= DRAIN_BEFORE_REFUSING {
             let drain = Limited::new(req.into_body(), DRAIN_BEFORE_REFUSING).collect();
-            let _ = tokio::time::timeout(shared.settings.request_timeout, drain).await;
+            let _ = tokio::time::timeout(timeout, drain).await;
         }
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,7 +92,7 @@ async fn body(shared: &Shared, req: Request<Incoming>, limit: usize) -> Result<B
         ));
     }
     let read = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(shared.settings.request_timeout, read).await {
+    match tokio::time::timeout(timeout, read).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {limit} bytes")))
@@ -135,7 +135,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         (&Method::POST, ["v1", "proposals"]) => {
             // Read the (bounded) body first even when refusing, so the client
             // gets the answer rather than a connection reset mid-upload.
-            let bytes = body(shared, req, shared.settings.max_body_bytes).await?;
+            let bytes = body(req, shared.settings.max_body_bytes, shared.settings.request_timeout).await?;
             let agent = agent.map_err(|e| error(StatusCode::FORBIDDEN, format!("no agent identity: {e}")))?;
             if !shared.settings.agents.contains(&agent) {
                 return Err(error(
@@ -225,7 +225,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             // An approval file is small: cap it here, before it is read into
             // memory, not at the general body limit (32 MiB by default).
             let limit = shared.settings.max_body_bytes.min(edge_core::approval::MAX_APPROVAL_BYTES);
-            let approval = body(shared, req, limit).await?.to_vec();
+            let approval = body(req, limit, shared.settings.request_timeout).await?.to_vec();
             match shared.runs.approve(id.clone(), approval).await.map_err(not_admitted)? {
                 Ok(ApproveReply::Kept(v)) => Ok(json_reply(StatusCode::ACCEPTED, &v)),
                 Ok(ApproveReply::Unknown) => {

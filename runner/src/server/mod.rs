@@ -62,7 +62,7 @@ pub async fn serve(
     config: RunnerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(std::net::SocketAddr),
+    ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
 ) -> Result<()> {
     let settings =
         config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
@@ -71,10 +71,24 @@ pub async fn serve(
     let metrics = Arc::new(crate::service::metrics::Metrics::default());
     let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone())
         .await?;
+    // The approval console, on its own listener (`[console]`).
+    let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+    let console = match runs.runner().config.console.clone() {
+        Some(c) => {
+            let (console, l, acceptor) = crate::console::start(runs.clone(), &c, None).await?;
+            tracing::info!(origin = %console.origin(), "console serving");
+            let origin = console.origin().to_owned();
+            let task = tokio::spawn(crate::console::serve(console, l, acceptor, async {
+                let _ = console_stopped.await;
+            }));
+            Some((origin, task))
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
-    ready(addr);
+    ready(addr, console.as_ref().map(|(o, _)| o.as_str()));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -141,6 +155,10 @@ pub async fn serve(
     }
     tracing::info!("shutting down: no new connections; finishing the runs in progress");
     drop(listener);
+    let _ = console_stop.send(());
+    if let Some((_, task)) = console {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+    }
     runs.shutdown().await;
     connections.abort_all();
     while connections.join_next().await.is_some() {}

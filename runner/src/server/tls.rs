@@ -40,6 +40,23 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
+/// The console's server side: TLS 1.3, no client certificate (browsers
+/// sign in with a passkey instead).
+///
+/// # Errors
+/// Unreadable or unusable certificate or key, naming the file.
+pub fn server_config_no_client_auth(cert: &Path, key_path: &Path) -> Result<Arc<ServerConfig>> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs(cert)?, key(key_path)?)
+        .with_context(|| {
+            format!("console certificate {} and key {} do not match", cert.display(), key_path.display())
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The server side: TLS 1.3, a client certificate chaining to `client_ca`
 /// required on every connection.
 ///

@@ -15,9 +15,7 @@ use edge_core::plan::{Finding, Plan};
 use edge_core::preview::{DiffLine, FilePreview, Preview, Shown};
 use serde::Serialize;
 
-use crate::pipeline::{
-    ApproverView, DEFAULT_PROPOSAL_TTL_SECS, Proposal, QuorumStatus, QuorumView, Runner, still_needed,
-};
+use crate::pipeline::{ApproverView, Proposal, QuorumStatus, QuorumView, Runner, still_needed};
 
 /// A proposal with everything a person needs to judge it.
 #[derive(Debug, Clone, Serialize)]
@@ -95,10 +93,7 @@ impl Runner {
         }
         let files = self.shown(&view)?.as_ref().map(files).unwrap_or_default();
         let doc: Option<Proposal> = view.document.and_then(|d| serde_json::from_slice(&artifact(&d)?).ok());
-        let expires_at = doc.as_ref().filter(|_| view.state == State::AwaitingApproval).map(|p| {
-            let ttl = p.decision.requirement.as_ref().and_then(|t| t.expires_after_secs);
-            p.created_at + ttl.unwrap_or(DEFAULT_PROPOSAL_TTL_SECS)
-        });
+        let expires_at = doc.as_ref().filter(|_| view.state == State::AwaitingApproval).map(Proposal::expires_at);
         let quorum = if view.state == State::AwaitingApproval {
             // Where it stands cannot be said without an approver registry
             // (or once it expired meanwhile): the rest of the view still is.
@@ -130,7 +125,8 @@ impl Runner {
 /// The quorum a proposal's runs recorded: each approval received, whether
 /// it verified and counted, and why not.
 fn recorded_quorum(runner: &Runner, records: &[Record], view: &ProposalView) -> Option<QuorumView> {
-    let registry = runner.config.approvers.as_ref();
+    let registry = runner.approvers();
+    let registry = registry.as_deref();
     let roles = |p: &str| registry.map(|r| r.roles_of(p).to_vec()).unwrap_or_default();
     let statement = |d: &Sha256Digest| {
         runner.log.read_artifact(d).ok().flatten().and_then(|b| ApprovalFile::parse(&b).ok()).map(|f| f.statement)

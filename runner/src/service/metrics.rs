@@ -29,6 +29,8 @@ pub struct Metrics {
     tls_refused: AtomicU64,
     overloaded: AtomicU64,
     runs: Mutex<Histogram>,
+    /// Webhook deliveries (`crate::notify`).
+    pub(crate) notify: std::sync::Arc<crate::notify::Counters>,
 }
 
 impl Metrics {
@@ -105,6 +107,8 @@ impl Metrics {
         let _ = writeln!(s, "edge_runner_run_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(s, "edge_runner_run_duration_seconds_sum {}", h.sum);
         let _ = writeln!(s, "edge_runner_run_duration_seconds_count {}", h.count);
+        drop(h);
+        self.notify.render(&mut s);
         s
     }
 }
@@ -115,6 +119,6 @@ fn header(s: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

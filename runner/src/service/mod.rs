@@ -67,6 +67,8 @@ pub struct RunService {
     /// Approvals posted are checked and kept one at a time.
     approving: tokio::sync::Mutex<()>,
     ticker: tokio::task::AbortHandle,
+    /// Signed webhooks on proposal events (taken at shutdown).
+    notifier: std::sync::Mutex<Option<crate::notify::Notifier>>,
     /// Components submitted earlier, by digest, for submissions by
     /// reference (bounded; a miss reads the evidence store).
     components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, KnownComponent>>,
@@ -130,6 +132,9 @@ impl RunService {
         // Receipts go to the client in the answer, not to a file per run.
         runner.receipt_files = false;
         let runner = Arc::new(runner);
+        // Subscribed before anything here can change a proposal (the
+        // expiry tick below, runs, approvals).
+        let notifier = crate::notify::Notifier::start(&runner, metrics.notify.clone()).await?;
         // Expiry is checked at least every second.
         let r = runner.clone();
         let ticker = tokio::spawn(async move {
@@ -166,6 +171,7 @@ impl RunService {
             stopping: AtomicBool::new(false),
             approving: tokio::sync::Mutex::new(()),
             ticker,
+            notifier: std::sync::Mutex::new(Some(notifier)),
             components: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
@@ -220,6 +226,18 @@ impl RunService {
             finished.await;
         }
         self.ticker.abort();
+        // What it could not deliver is recorded; it takes at most a second.
+        let notifier = self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(n) = notifier {
+            n.shutdown().await;
+        }
+    }
+
+    /// Proposal lifecycle events from now on, each sent once its record is
+    /// durable (`crate::events`): for intakes and consoles that follow
+    /// proposals instead of polling.
+    pub fn proposal_events(&self) -> tokio::sync::broadcast::Receiver<crate::events::ProposalEvent> {
+        self.runner.log.subscribe()
     }
 
     /// Run a submitted capsule; above tier 0 keep it for when approvals come.
@@ -269,6 +287,11 @@ impl RunService {
     pub async fn approve(self: &Arc<Self>, id: String, approval: Vec<u8>) -> Result<Result<ApproveReply>, QueueError> {
         let w = self.clone();
         self.run(async move { w.approve_now(&id, approval).await }).await
+    }
+
+    /// The runner this service runs on (for the console).
+    pub(crate) fn runner(&self) -> &Arc<Runner> {
+        &self.runner
     }
 
     pub fn list(&self, state: Option<State>) -> Vec<ProposalView> {

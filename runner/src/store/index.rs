@@ -12,6 +12,8 @@ use edge_core::evidence::{Event, Record};
 
 use edge_core::lifecycle::{ProposalIndex, RUNNER_RUNS, Settlements};
 
+use crate::events::ProposalEvent;
+
 /// The fold of the log.
 #[derive(Debug, Default)]
 pub struct LogIndex {
@@ -20,7 +22,8 @@ pub struct LogIndex {
     /// Proposals and their lifecycle states (the API's view).
     pub proposals: ProposalIndex,
     /// Nonces spent, proposals executed, settled (met or vetoed) and
-    /// expired, with the record of each (the fold the verifier uses too).
+    /// expired, with the record of each, and the signature counters of the
+    /// passkey approvals consumed (the fold the verifier uses too).
     pub settlements: Settlements,
     /// Proposals that waited for approval: id → unix seconds of the record.
     pub awaiting: BTreeMap<String, u64>,
@@ -36,10 +39,11 @@ pub struct LogIndex {
 }
 
 impl LogIndex {
-    /// Fold in the next record.
-    pub fn push(&mut self, r: &Record) {
+    /// Fold in the next record; returns the proposal event it makes, if it
+    /// changed where a proposal is (`crate::events`).
+    pub fn push(&mut self, r: &Record) -> Option<ProposalEvent> {
         self.records += 1;
-        self.proposals.push(r);
+        let folded = self.proposals.push(r);
         self.settlements.push(r);
         match &r.event {
             Event::AwaitingApproval { proposal, .. } => {
@@ -62,6 +66,8 @@ impl LogIndex {
                 self.open_runs.entry(r.run.clone()).or_insert(r.seq);
             }
         }
+        let folded = folded?;
+        crate::events::derive(r, &folded, self.proposals.get(&folded.proposal)?)
     }
 
     /// Proposals waiting for approval (not settled, not expired), with the

@@ -30,6 +30,7 @@ use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
+use crate::events::{ProposalEvent, ProposalEvents};
 use crate::store::index::LogIndex;
 
 const SCHEMA: &str = "
@@ -180,6 +181,8 @@ struct Writer {
     range: CompactRange,
     tree: Arc<Mutex<MerkleStore>>,
     index: Arc<RwLock<LogIndex>>,
+    /// Lifecycle changes of proposals, sent once their records are durable.
+    events: ProposalEvents,
     /// Set when a commit failed: nothing is committed after it in this
     /// process, so a run can never have a hole in its records.
     poisoned: Option<String>,
@@ -297,11 +300,17 @@ impl Writer {
                 tree.push(l);
             }
         }
+        let mut changes = Vec::new();
         {
             let mut index = self.index.write().expect("index lock");
             for r in &new_records {
-                index.push(r);
+                changes.extend(index.push(r));
             }
+        }
+        // Durable and folded: a subscriber reading the proposal back sees
+        // the state it is told of. Sending never waits.
+        for e in changes {
+            self.events.emit(e);
         }
         for (req, r) in batch.into_iter().zip(results) {
             reply(req, r);
@@ -344,6 +353,8 @@ pub struct EvidenceLog {
     tree: Arc<Mutex<MerkleStore>>,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
+    /// Proposal lifecycle events, for subscribers (`crate::events`).
+    events: ProposalEvents,
     /// Dropped with the log: stops the WAL checkpointer, which then
     /// truncates the WAL and keeps the newest checkpoint (joined in `Drop`).
     stop_checkpoints: Option<mpsc::Sender<()>>,
@@ -576,7 +587,17 @@ impl EvidenceLog {
         }
         drop(records);
         let index = Arc::new(RwLock::new(fold));
-        let writer = Writer { db, next_seq, prev, range, tree: tree.clone(), index: index.clone(), poisoned: None };
+        let events = ProposalEvents::default();
+        let writer = Writer {
+            db,
+            next_seq,
+            prev,
+            range,
+            tree: tree.clone(),
+            index: index.clone(),
+            events: events.clone(),
+            poisoned: None,
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
@@ -587,8 +608,15 @@ impl EvidenceLog {
             index,
             tree,
             durable_wait: Arc::new(AtomicU64::new(0)),
+            events,
             _lock: lock,
         })
+    }
+
+    /// Proposal lifecycle events from now on, each sent once its record is
+    /// durable and folded into [`EvidenceLog::index`] (`crate::events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ProposalEvent> {
+        self.events.subscribe()
     }
 
     /// A handle for concurrent appenders (group commit).
