@@ -8,9 +8,11 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 # The approval tests run the real ssh-keygen / ssh-agent; the evidence tests
 # read the store with the stock sqlite3 tool and render the HTML report in
-# headless Chromium (Debian's chromium package).
+# headless Chromium (Debian's chromium package); the console tests drive it
+# through chromedriver (chromium-driver) with a virtual passkey authenticator.
 . scripts/lib.sh
-need_packages ssh-keygen:openssh-client ssh-agent:openssh-client sqlite3:sqlite3 chromium:chromium
+need_packages ssh-keygen:openssh-client ssh-agent:openssh-client sqlite3:sqlite3 chromium:chromium \
+  chromedriver:chromium-driver
 if [ ! -d ../shared/vectors ]; then
   echo "error: ../shared/vectors (the published test vectors) is missing beside this checkout" >&2
   exit 1

@@ -115,6 +115,31 @@ fn an_approver_enrolls_signs_in_reviews_and_approves_with_a_passkey_and_the_bund
     std::fs::write(&shot, &png).unwrap();
     eprintln!("screenshot of the proposal page: {}", shot.display());
 
+    // Capsule-supplied text is escaped: markup, terminal escapes and bidi
+    // overrides in the provenance never become markup or reach the page raw.
+    let manifest = Env::hostile_manifest("none", "[[mounts]]\nname = \"config\"\nwritable = true\n").replace(
+        "ticket = \"TEST-1\"",
+        "ticket = \"TEST-1\"\nrationale = \"<script>alert(1)</script><img src=x onerror=alert(2)> \\u001b[2J \\u202eexe.txt\"",
+    );
+    let xss = env.capsule("xss", test_programs::HOSTILE, &manifest, Some("agent"));
+    let hostile_id = rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let r = submit(&mut agent, &xss).await;
+        assert_eq!(r.status, hyper::StatusCode::CREATED, "{}", r.error_message());
+        r.json().unwrap()["id"].as_str().unwrap().to_owned()
+    });
+    b.goto(&format!("{origin}/proposals/{hostile_id}"));
+    let page = b.wait_source(|s| s.contains("Provenance"));
+    assert!(page.contains("&lt;script&gt;alert(1)"), "the rationale is not shown escaped");
+    assert!(
+        !page.contains("<script>alert") && !page.contains("<img src=\"x\""),
+        "markup from the capsule reached the page"
+    );
+    assert!(!page.contains('\u{1b}') && !page.contains('\u{202e}'), "a control or bidi character reached the page");
+    assert_eq!(b.script("return document.scripts.length + document.images.length"), json!(1));
+
+    b.goto(&format!("{origin}/proposals/{id}"));
+    b.wait_source(|s| s.contains("id=\"decide\""));
     b.type_into("#comment", "diff checked in the console");
     b.click("#decide button.approve");
     let said = b.wait_text("#status", |t| t.contains("recorded") || t.starts_with("Nothing was recorded"));
@@ -357,4 +382,158 @@ fn one_person_by_passkey_and_by_ssh_counts_once_and_a_counter_never_goes_back() 
     // The same passkey approval presented again after its quorum spent it: replayed.
     let run = env.exec_with(&capsule, &["alice-c7.approval.json", "bob-d.approval.json"]);
     assert_ne!(run.outcome(), "committed", "{:#}", run.report);
+}
+
+/// One HTTPS request to the console (no client certificate), answered in
+/// full: status, headers (lower-case names) and body.
+async fn console_request(origin: &str, ca: &std::path::Path, request: String) -> (u16, Vec<(String, String)>, String) {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let port = origin.rsplit(':').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the console's TLS, without a client certificate");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn get(path: &str, cookie: Option<&str>) -> String {
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{cookie}Connection: close\r\n\r\n")
+}
+
+fn post(path: &str, origin: Option<&str>, content_type: &str, extra: &str, body: &str) -> String {
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{origin}Content-Type: {content_type}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn the_console_shows_nothing_without_a_session_and_refuses_cross_site_and_forged_requests() {
+    let env = console_env();
+    let (server, origin) = start_with_console(&env);
+    let ca = env.path("tls/ca.pem");
+    let tier2 = capsule(&env, "none", true);
+    let id = rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        submit(&mut agent, &tier2).await.json().unwrap()["id"].as_str().unwrap().to_owned()
+    });
+    rt().block_on(async {
+        // Without a session: the sign-in page, never a proposal.
+        let (status, headers, body) = console_request(&origin, &ca, get("/", None)).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("id=\"signin\"") && !body.contains(&id), "{body}");
+        let csp = header(&headers, "content-security-policy").unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        assert_eq!(header(&headers, "x-frame-options"), Some("DENY"));
+        assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+        let (status, headers, body) = console_request(&origin, &ca, get(&format!("/proposals/{id}"), None)).await;
+        assert_eq!(status, 303, "{body}");
+        assert_eq!(header(&headers, "location"), Some("/"));
+        assert!(!body.contains("ok.txt"));
+
+        // A forged or ended session cookie: the sign-in page says so.
+        let forged = "__Host-edge-session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let (status, _, body) = console_request(&origin, &ca, get("/", Some(forged))).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("sign in again"), "{body}");
+        let (status, _, _) = console_request(&origin, &ca, get(&format!("/proposals/{id}"), Some(forged))).await;
+        assert_eq!(status, 303);
+
+        // Cross-site: another Origin, no Origin, or a form body are refused
+        // before anything is read or started.
+        let body = "{\"principal\":\"alice@bank.example\"}";
+        for (o, ct, want) in [
+            (Some("https://evil.example"), "application/json", 403),
+            (None, "application/json", 403),
+            (Some(origin.as_str()), "application/x-www-form-urlencoded", 415),
+            (Some(origin.as_str()), "text/plain", 415),
+        ] {
+            let (status, _, text) = console_request(&origin, &ca, post("/api/signin/begin", o, ct, "", body)).await;
+            assert_eq!(status, want, "{o:?} {ct}: {text}");
+        }
+        // A decision without a session, or with a forged one: 401, nothing held.
+        let decide = format!("/api/proposals/{id}/begin");
+        let d = "{\"decision\":\"approve\",\"comment\":\"\"}";
+        let (status, _, _) =
+            console_request(&origin, &ca, post(&decide, Some(&origin), "application/json", "X-CSRF-Token: x\r\n", d))
+                .await;
+        assert_eq!(status, 401);
+        let extra = format!("Cookie: {forged}\r\nX-CSRF-Token: x\r\n");
+        let (status, _, _) =
+            console_request(&origin, &ca, post(&decide, Some(&origin), "application/json", &extra, d)).await;
+        assert_eq!(status, 401);
+
+        // Nobody without a passkey can start a sign-in, and an unknown,
+        // spent or expired enrollment code enrolls nothing.
+        let (status, _, text) =
+            console_request(&origin, &ca, post("/api/signin/begin", Some(&origin), "application/json", "", body)).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("no usable passkey"), "{text}");
+        let (status, _, text) = console_request(
+            &origin,
+            &ca,
+            post("/api/enroll/begin", Some(&origin), "application/json", "", "{\"code\":\"AAAA-BBBB\"}"),
+        )
+        .await;
+        assert_eq!(status, 403);
+        assert!(text.contains("unknown or was already used"), "{text}");
+    });
+    // An expired code: the page says so, and the invitation is gone.
+    let out = env
+        .cli(&["approvers", "enroll", "--config", "runner.toml", "--principal", "alice@bank.example", "--valid", "1m"])
+        .success()
+        .stdout();
+    let code = out.lines().find_map(|l| l.trim().strip_prefix("code")).unwrap().trim().to_owned();
+    let dir = env.path("state/console/enroll");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["expires_at"] = json!(1_700_000_000u64);
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    rt().block_on(async {
+        let body = format!("{{\"code\":\"{code}\"}}");
+        let (status, _, text) =
+            console_request(&origin, &ca, post("/api/enroll/begin", Some(&origin), "application/json", "", &body))
+                .await;
+        assert_eq!(status, 403);
+        assert!(text.contains("expired"), "{text}");
+        // Unknown pages are a page, not a stack trace.
+        let (status, _, text) = console_request(&origin, &ca, get("/../../etc/passwd", None)).await;
+        assert!(status == 404 || status == 400, "{status}");
+        assert!(!text.contains("panicked"));
+    });
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the expired invitation was kept");
+    assert!(!env.path("passkeys.json").exists(), "something was enrolled");
 }
