@@ -93,7 +93,11 @@ fn main() -> anyhow::Result<()> {
             .submit(Submission::File(capsule), "bench-agent".into())
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))??;
-        anyhow::ensure!(reply.state == "awaiting-approval", "the proposal does not wait: {:?}", reply.state);
+        anyhow::ensure!(
+            reply.state == "awaiting-approval",
+            "the proposal does not wait: {}",
+            serde_json::to_string(&reply)?
+        );
         let origin = webauthn_rs::prelude::Url::parse("https://localhost:8444")?;
         Ok::<_, anyhow::Error>((Console::new(runs, &settings, &origin)?, reply.id))
     })?;

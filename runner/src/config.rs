@@ -468,10 +468,10 @@ impl RunnerConfig {
             None => 300,
         };
         let identity_key = raw.runner.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
-        let server = raw.server.map(|s| s.resolve(&resolve)).transpose()?;
+        let server = raw.server.map(|s| s.resolve(resolve)).transpose()?;
         let console = raw
             .console
-            .map(|c| c.resolve(&resolve, server.as_ref().map(|s| (s.cert.as_path(), s.key.as_path()))))
+            .map(|c| c.resolve(resolve, server.as_ref().map(|s| (s.cert.as_path(), s.key.as_path()))))
             .transpose()?;
         if console.is_some() && approvers.is_none() {
             bail!("[console] needs an [approvers] registry: the console is where approvers approve");
@@ -596,5 +596,27 @@ mod tests {
         let t = home();
         let c = RunnerConfig::from_toml(BASE, t.path()).unwrap();
         assert_eq!(c.dangerous, ["dangerous_run_without_policy"], "the switch is carried into evidence");
+    }
+
+    /// The passkeys file: read beside allowed_signers when it exists, a
+    /// configured one must exist, a bad one names itself.
+    #[test]
+    fn passkeys_load_beside_allowed_signers_or_where_configured() {
+        let t = home();
+        std::fs::write(t.path().join("allowed_signers"), "").unwrap();
+        std::fs::write(t.path().join("roles.toml"), "").unwrap();
+        let approvers = format!("{BASE}[approvers]\nallowed_signers = \"allowed_signers\"\nroles = \"roles.toml\"\n");
+        let load = |text: &str| RunnerConfig::from_toml(text, t.path());
+        let c = load(&approvers).unwrap();
+        assert!(c.approvers.as_ref().unwrap().passkeys_text.is_none(), "no file, no passkeys");
+        let empty = format!("{{\"schema\":\"{}\",\"credentials\":[]}}", edge_core::approval::PASSKEYS_SCHEMA);
+        std::fs::write(t.path().join("passkeys.json"), &empty).unwrap();
+        let c = load(&approvers).unwrap();
+        assert_eq!(c.approvers.as_ref().unwrap().passkeys_text.as_deref(), Some(empty.as_str()), "the default file");
+        let e = format!("{:#}", load(&format!("{approvers}passkeys = \"elsewhere.json\"\n")).unwrap_err());
+        assert!(e.contains("elsewhere.json"), "{e}");
+        std::fs::write(t.path().join("passkeys.json"), "{\"schema\":\"v0\",\"credentials\":[]}").unwrap();
+        let e = format!("{:#}", load(&approvers).unwrap_err());
+        assert!(e.contains("passkeys.json") && e.contains("schema"), "{e}");
     }
 }

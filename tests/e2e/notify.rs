@@ -450,7 +450,7 @@ fn a_receiver_that_does_not_answer_neither_slows_runs_nor_goes_unrecorded() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://127.0.0.1:{}/hooks/edge?token=s3cret", silent.local_addr().unwrap().port());
     let env = setup(&format!(
-        "[[notify.webhooks]]\nurl = \"{url}\"\nevents = [\"committed\"]\ntimeout_secs = 3\nmax_attempts = 2\n\
+        "[[notify.webhooks]]\nurl = \"{url}\"\nevents = [\"committed\"]\ntimeout_secs = 4\nmax_attempts = 2\n\
          initial_backoff_ms = 50\n"
     ));
     let server = Server::start(&env);
@@ -459,14 +459,14 @@ fn a_receiver_that_does_not_answer_neither_slows_runs_nor_goes_unrecorded() {
     let v = server.submit(&env, &capsule(&env, false));
     let took = t0.elapsed();
     assert_eq!(v["state"], "committed", "{v:#}");
-    assert!(took < Duration::from_secs(3), "the run waited for the webhook: {took:?}");
+    assert!(took < Duration::from_secs(4), "the run waited for the webhook: {took:?}");
     // Still trying when the run has answered: nothing is recorded yet.
     let failed = |records: &[edge_core::evidence::Record]| {
         records.iter().filter(|r| r.event_type() == "notification-failed").cloned().collect::<Vec<_>>()
     };
     assert!(failed(&server.evidence(&env)).is_empty());
 
-    // Given up after two attempts (3 s each): recorded, and the export verifies.
+    // Given up after two attempts (4 s each): recorded, and the export verifies.
     let deadline = Instant::now() + Duration::from_secs(20);
     let recorded = loop {
         let f = failed(&server.evidence(&env));
@@ -484,7 +484,7 @@ fn a_receiver_that_does_not_answer_neither_slows_runs_nor_goes_unrecorded() {
     };
     assert_eq!(shown, &url.replace("?token=s3cret", ""), "scheme, host, port and path only");
     assert_eq!((event.as_str(), proposal.as_str(), *attempts), ("committed", v["id"].as_str().unwrap(), 2));
-    assert!(error.contains("no answer within 3s"), "{error}");
+    assert!(error.contains("no answer within 4s"), "{error}");
     let bundle = server.get(&env, "/v1/evidence/export");
     assert!(!String::from_utf8_lossy(&bundle).contains("s3cret"), "the URL's query is never recorded");
     std::fs::write(env.path("full.bundle"), &bundle).unwrap();

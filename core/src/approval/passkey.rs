@@ -12,9 +12,10 @@
 //! 1. every field decodes (base64url without padding) within its size bound;
 //!    the credential id is the registered one;
 //! 2. the signature verifies with the registered key over
-//!    `authenticator_data || SHA-256(client_data_json)` — ES256 as ASN.1 DER
-//!    (high-S accepted: authenticators do not normalise), EdDSA with
-//!    `verify_strict` — checked first, so a tampered field reads as a bad
+//!    `authenticator_data || SHA-256(client_data_json)` — ES256 as strict
+//!    ASN.1 DER (aws-lc: no BER, no trailing bytes; high-S accepted, as
+//!    authenticators do not normalise), EdDSA with `verify_strict` —
+//!    checked first, so a tampered field reads as a bad
 //!    signature and a genuine assertion made for something else is named for
 //!    what it was made for;
 //! 3. the client data is a `webauthn.get` whose challenge is this
@@ -120,10 +121,20 @@ pub struct PasskeyCredential {
     key: PreparedKey,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum PreparedKey {
-    Es256(p256::ecdsa::VerifyingKey),
+    /// The point decoded and checked to be on P-256 once, at load.
+    Es256(aws_lc_rs::signature::ParsedPublicKey),
     EdDsa(ed25519_dalek::VerifyingKey),
+}
+
+impl std::fmt::Debug for PreparedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PreparedKey::Es256(_) => f.write_str("Es256(..)"),
+            PreparedKey::EdDsa(k) => f.debug_tuple("EdDsa").field(k).finish(),
+        }
+    }
 }
 
 /// `SHA256:<base64, no padding>` of raw public key bytes.
@@ -189,7 +200,7 @@ impl PasskeyCredential {
                     );
                 }
                 PreparedKey::Es256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&raw)
+                    aws_lc_rs::signature::ParsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1, &raw)
                         .map_err(|_| "the ES256 `public_key` is not a point on P-256".to_owned())?,
                 )
             }
@@ -225,12 +236,11 @@ impl PasskeyCredential {
     fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), ApprovalError> {
         let bad = |why: &str| ApprovalError::BadSignature(why.to_owned());
         match &self.key {
-            PreparedKey::Es256(vk) => {
-                use p256::ecdsa::signature::Verifier as _;
-                let sig = p256::ecdsa::DerSignature::from_bytes(signature)
-                    .map_err(|_| bad("the ES256 signature is not ASN.1 DER"))?;
-                vk.verify(message, &sig).map_err(|_| bad("the ES256 passkey signature does not verify"))
-            }
+            // aws-lc parses the signature as strict DER and verifies it;
+            // it does not say which failed.
+            PreparedKey::Es256(key) => key
+                .verify_sig(message, signature)
+                .map_err(|_| bad("the ES256 passkey signature is not valid ASN.1 DER or does not verify")),
             PreparedKey::EdDsa(vk) => {
                 let sig = ed25519_dalek::Signature::from_slice(signature)
                     .map_err(|_| bad("malformed Ed25519 passkey signature"))?;

@@ -48,7 +48,7 @@ impl ConsoleSettings {
     /// The origin browsers use, once the listener's port is known.
     ///
     /// # Errors
-    /// Never for a URL that passed [`RawConsole::resolve`].
+    /// Never for a URL that passed the config check.
     pub fn origin(&self, port: u16) -> Result<url::Url> {
         match &self.url {
             Some(u) => Ok(u.clone()),

@@ -169,7 +169,10 @@ impl RawNotify {
             Some(s) => {
                 let u = http_url("notify.console_url", s, text)?;
                 if u.query().is_some() {
-                    bail!("notify.console_url (line {}): no query, please", line(text, s.span().start));
+                    bail!(
+                        "notify.console_url (line {}): give the console's URL without a query (links add /proposals/<id>)",
+                        line(text, s.span().start)
+                    );
                 }
                 Some(u)
             }

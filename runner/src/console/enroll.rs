@@ -10,7 +10,7 @@
 //!
 //! What makes a passkey count is the approver registry's `passkeys.json`
 //! (principal, credential id, public key, relying party, origin), changed
-//! only by [`Runner::enroll_passkey`], which records the change as evidence
+//! only by `Runner::enroll_passkey`, which records the change as evidence
 //! first. Removing an entry there (or revoking its fingerprint in
 //! `roles.toml`) stops both its sign-ins and its approvals.
 

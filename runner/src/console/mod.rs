@@ -29,6 +29,10 @@
 //! same pure check the runner and `edge-verify` apply — never trusted
 //! because this console started the ceremony.
 
+// Handlers answer with a response either way (`Err` is the error page or
+// JSON error); it is built once per request, never propagated far.
+#![allow(clippy::result_large_err)]
+
 pub mod enroll;
 mod pages;
 mod session;

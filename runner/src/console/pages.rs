@@ -45,7 +45,7 @@ pub(crate) fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> Stri
             esc(v.principal)
         );
     }
-    let _ = write!(b, "</header><main id=\"main\" tabindex=\"-1\">{body}</main></body></html>\n");
+    let _ = writeln!(b, "</header><main id=\"main\" tabindex=\"-1\">{body}</main></body></html>");
     b
 }
 

@@ -265,6 +265,9 @@ impl Runner {
             let to = dest.join(&d.mount).join(d.path.as_str());
             copy_private(&from, &to).or_fail()?;
         }
+        // A plan that only deletes keeps no file, but the store must exist
+        // to be synced (and the proposal's directory marks it as kept).
+        std::fs::create_dir_all(&dest).or_fail()?;
         staging::sync_dir(&store).or_fail()?;
         // What an approver's tool shows, beside the proposal document.
         let shown = serde_json::to_vec(&previewed.shown).or_fail()?;

@@ -258,6 +258,16 @@ fn every_passkey_refusal_reason() {
     assert_eq!(der(|b| b.push(0)), "approval.bad_signature");
     assert_eq!(der(|b| b.truncate(b.len() - 1)), "approval.bad_signature");
     assert_eq!(der(|b| *b = vec![0x11; 64]), "approval.bad_signature");
+    // BER, not DER: a long-form length, a non-minimal integer.
+    assert_eq!(der(|b| b.splice(1..1, [0x81]).for_each(drop)), "approval.bad_signature");
+    assert_eq!(
+        der(|b| {
+            b[1] += 1;
+            b[3] += 1;
+            b.insert(4, 0);
+        }),
+        "approval.bad_signature"
+    );
     // Fields that are not base64url, or too large, or too short.
     assert_eq!(tamper(&|a| a.client_data_json.push('=')), "approval.malformed");
     assert_eq!(tamper(&|a| a.authenticator_data = B64URL.encode([0u8; 36])), "approval.malformed");
