@@ -101,6 +101,13 @@ max_body_kib = 32768
 queue = 256
 request_timeout = "10s"
 
+# The approval console (docs/console.md): approvers review proposals in the
+# browser and approve with a passkey. Enroll each with
+#   edge-runner approvers enroll --config runner.toml --principal <name>
+# [console]
+# listen = "127.0.0.1:8444"
+# url = "https://localhost:8444"   # the origin browsers use; passkeys are bound to it
+
 # Mounts: logical names capsules request -> host directories, each mapped to
 # the system-graph node it belongs to (blast radius comes from the graph).
 #
