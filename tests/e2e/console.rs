@@ -380,8 +380,10 @@ fn one_person_by_passkey_and_by_ssh_counts_once_and_a_counter_never_goes_back() 
     assert_eq!(got.get("alice-back.approval.json").map(String::as_str), Some("approval.counter_regressed"), "{got:?}");
 
     // The same passkey approval presented again after its quorum spent it: replayed.
-    let run = env.exec_with(&capsule, &["alice-c7.approval.json", "bob-d.approval.json"]);
-    assert_ne!(run.outcome(), "committed", "{:#}", run.report);
+    let run = env.exec_with(&capsule, &["alice-c7.approval.json"]);
+    assert_eq!(run.reason(), "authorize.proposal_executed", "{:#}", run.report);
+    let refused: Vec<(String, String)> = refusals(&env);
+    assert!(refused.contains(&("alice-c7.approval.json".into(), "approval.replayed".into())), "{refused:?}");
 }
 
 /// One HTTPS request to the console (no client certificate), answered in

@@ -406,6 +406,21 @@ impl RunService {
         if let QuorumStatus::Pending { refused, .. } = runner.quorum_status(id, std::slice::from_ref(&approval))?
             && let Some(why) = refused.into_iter().next()
         {
+            // Recorded (outside any run, by the runner): who tried what, and
+            // why it does not count. The poster is authenticated (a client
+            // certificate, or a console session); the file is bounded.
+            let d = runner.log.put_artifact(&approval)?;
+            let (reason_code, detail) = match why.strip_prefix('[').and_then(|w| w.split_once("] ")) {
+                Some((code, detail)) => (code.to_owned(), detail.to_owned()),
+                None => ("approval.refused".to_owned(), why.clone()),
+            };
+            let principal = edge_core::approval::ApprovalFile::parse(&approval).ok().map(|f| f.statement.approver);
+            let mut log = runner.log.run_log();
+            log.append_deferred(
+                "runner",
+                edge_core::evidence::Event::ApprovalRefused { approval: d, principal, reason_code, detail },
+            )?;
+            log.barrier().await?;
             return Ok(ApproveReply::Refused(why));
         }
         let dir = approvals_dir(runner, id);
