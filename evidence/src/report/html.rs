@@ -377,6 +377,18 @@ fn blast(b: &mut String, s: &Story<'_>) {
     let Some(bl) = &s.blast else { return };
     let d = &bl.derivation;
     b.push_str("<h4>Blast radius</h4><div class=\"blast\"><table class=\"facts radius\">");
+    blast_rows(b, d);
+    b.push_str("</table>");
+    match &bl.picture {
+        Some(p) => b.push_str(&p.1),
+        None => b.push_str("<p class=\"note\">The recorded graph is not in this bundle: no picture.</p>"),
+    }
+    b.push_str("</div>");
+}
+
+/// The rows of a blast-radius facts table (also the approval console's):
+/// touched nodes and how, impacted, most critical, sensitive tags, score.
+pub fn blast_rows(b: &mut String, d: &edge_core::policy::Derivation) {
     let touched: Vec<String> = d
         .touched
         .iter()
@@ -401,12 +413,6 @@ fn blast(b: &mut String, s: &Story<'_>) {
     let tags = if d.sensitive_tags.is_empty() { "none".into() } else { esc(&d.sensitive_tags.join(", ")) };
     row(b, "Sensitive tags", &tags);
     row(b, "Score", &d.score.to_string());
-    b.push_str("</table>");
-    match &bl.picture {
-        Some(p) => b.push_str(&p.1),
-        None => b.push_str("<p class=\"note\">The recorded graph is not in this bundle: no picture.</p>"),
-    }
-    b.push_str("</div>");
 }
 
 fn change(b: &mut String, s: &Story<'_>) {

@@ -38,7 +38,7 @@ use std::collections::BTreeSet;
 
 use edge_core::lifecycle::{ProposalView, State};
 
-pub use html::{esc, esc_content, html, html_failed, html_failed_with, html_with};
+pub use html::{blast_rows, esc, esc_content, html, html_failed, html_failed_with, html_with};
 
 /// The blast-radius picture of decisions made over one graph, for pages
 /// outside reports (the approval console): the graph is compiled once.

@@ -242,30 +242,7 @@ fn decision(b: &mut String, v: &ProposalView, blast_svg: Option<&str>) {
     b.push_str("</tbody></table>");
     if let Some(dv) = &d.derivation {
         b.push_str("<h3>Blast radius <small>(derived from the system graph, not from the agent)</small></h3><div class=\"blast\"><table class=\"facts\">");
-        let touched: Vec<String> = dv
-            .touched
-            .iter()
-            .map(|t| {
-                format!(
-                    "{} ({} via <code>{}</code>)",
-                    esc(&t.node),
-                    if t.access == edge_core::policy::Access::Write { "write" } else { "read" },
-                    esc(&t.via)
-                )
-            })
-            .collect();
-        row(b, "Touched", &if touched.is_empty() { "nothing in the graph".into() } else { touched.join("<br>") });
-        let mut listed: Vec<String> = dv.impacted.iter().take(12).map(|n| esc(n)).collect();
-        if dv.impacted_count > listed.len() {
-            listed.push(format!("… {} more", dv.impacted_count - listed.len()));
-        }
-        row(b, "Impacted", &format!("{} node(s): {}", dv.impacted_count, listed.join(", ")));
-        if let Some(m) = &dv.most_critical {
-            row(b, "Most critical", &format!("{} ({})", esc(&m.node), m.criticality));
-        }
-        let tags = if dv.sensitive_tags.is_empty() { "none".into() } else { esc(&dv.sensitive_tags.join(", ")) };
-        row(b, "Sensitive tags", &tags);
-        row(b, "Score", &dv.score.to_string());
+        edge_evidence::report::blast_rows(b, dv);
         b.push_str("</table>");
         match blast_svg {
             Some(svg) => b.push_str(svg),
