@@ -195,3 +195,26 @@ fn a_killed_run_is_recorded_as_interrupted_on_the_next_start() {
     assert!(events.contains(&"interrupted"), "{events:?}");
     assert!(!env.path("state/staging").join(killed).exists(), "stale staging copies are removed");
 }
+
+/// A plan that only deletes files keeps no staged file, and still waits for
+/// approval above tier 0 (its preview store used to be synced before it
+/// existed: `runner.error`); approved, the deletion commits.
+#[test]
+fn a_tier_2_cleanup_that_only_deletes_waits_for_approval_then_commits() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[("logs", "payments-config", true)]);
+    env.write_approvers(&[("alice", &["sre"]), ("bob", &["sre"])], "");
+    std::fs::write(env.path("logs/app.1.log"), "old line\n".repeat(50)).unwrap();
+    let old = SystemTime::now() - Duration::from_secs(30 * 86_400);
+    std::fs::File::options().write(true).open(env.path("logs/app.1.log")).unwrap().set_modified(old).unwrap();
+    let capsule = env.capsule("cleanup", test_programs::CLEANUP, &example_manifest("cleanup"), Some("agent"));
+    let run = env.exec(&capsule);
+    assert_eq!(run.outcome(), "awaiting-approval", "{:#}", run.report);
+    assert!(env.path("logs/app.1.log").exists(), "deleted before approval");
+    let doc = run.report["document"].as_str().unwrap().to_owned();
+    env.sign_approval("approve", &doc, "alice", "alice.json");
+    env.sign_approval("approve", &doc, "bob", "bob.json");
+    let run = env.exec_with(&capsule, &["alice.json", "bob.json"]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert!(!env.path("logs/app.1.log").exists());
+}
