@@ -144,6 +144,11 @@ fn an_approver_enrolls_signs_in_reviews_and_approves_with_a_passkey_and_the_bund
     b.click("#decide button.approve");
     let said = b.wait_text("#status", |t| t.contains("recorded") || t.starts_with("Nothing was recorded"));
     assert!(said.contains("recorded and counts"), "{said}");
+    // Her kept approval is listed, and the form is gone: she decided.
+    b.goto(&format!("{origin}/proposals/{id}"));
+    let page = b.wait_source(|s| s.contains("h-act"));
+    assert!(page.contains("You have already decided this proposal.") && !page.contains("id=\"decide\""), "{page}");
+    assert!(page.contains("1 of 2 counted"), "{page}");
 
     // Bob approves by SSH over the API; the quorum (2, distinct people) commits.
     let state = rt().block_on(async {
@@ -538,4 +543,21 @@ fn the_console_shows_nothing_without_a_session_and_refuses_cross_site_and_forged
     });
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the expired invitation was kept");
     assert!(!env.path("passkeys.json").exists(), "something was enrolled");
+}
+
+#[test]
+fn a_passkey_rejection_vetoes() {
+    let (env, capsule, alice, _) = passkey_env();
+    let run = env.exec(&capsule);
+    let doc = run.report["document"].as_str().unwrap().to_owned();
+    let out = "alice-reject.statement.json";
+    env.cli(&["reject", &doc, "--principal", "alice@bank.example", "--statement-only", "-o", out]).success();
+    let bytes = std::fs::read(env.path(out)).unwrap();
+    let st: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(st["decision"], "reject");
+    let no = write_approval(&env, "alice-no.approval.json", &st, alice.assert(&Sha256::digest(&bytes), &GOOD));
+    env.sign_approval("approve", &doc, "bob", "bob-yes.approval.json");
+    let run = env.exec_with(&capsule, &[&no, "bob-yes.approval.json"]);
+    assert_eq!(run.reason(), "authorize.vetoed", "{:#}", run.report);
+    assert!(!env.path("data/ok.txt").exists());
 }

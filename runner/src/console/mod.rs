@@ -428,7 +428,11 @@ impl Console {
             .and_then(|d| Some((d.graph?, d.derivation.as_ref()?)))
             .and_then(|(graph, derivation)| self.blast_picture(graph).map(|p| p.svg(derivation)));
         let registry = self.registry();
+        // Approvals kept for a waiting proposal are not in the log yet: the
+        // detail's quorum view lists them.
+        let kept = detail.quorum.as_ref().is_some_and(|q| q.approvals.iter().any(|a| a.principal == principal));
         let act = match self.may_decide(registry.as_deref(), principal, &detail.view) {
+            Ok(()) if kept => pages::Act::Not("You have already decided this proposal.".into()),
             Ok(()) => pages::Act::Decide,
             Err(why) => pages::Act::Not(why),
         };
