@@ -70,6 +70,8 @@ use session::{Ceremony, Session, Sessions};
 const MAX_BODY: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Browser connections served at once; more wait in the kernel backlog.
+const MAX_CONNECTIONS: usize = 256;
 /// How long a browser has to complete a WebAuthn ceremony.
 const CEREMONY_TTL: Duration = Duration::from_secs(180);
 /// Most comment characters kept (the statement carries it).
@@ -139,8 +141,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("never closed"),
+        };
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             a = listener.accept() => match a {
@@ -154,6 +161,7 @@ pub async fn serve(
         };
         let (acceptor, console) = (acceptor.clone(), console.clone());
         connections.spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 _ => {

@@ -21,6 +21,8 @@ const COOKIE_NAME: &str = "__Host-edge-session";
 /// Most sessions and ceremonies held at once.
 const MAX_SESSIONS: usize = 4096;
 const MAX_CEREMONIES: usize = 1024;
+/// Ceremonies in progress for one approver name.
+const MAX_PER_PRINCIPAL: usize = 4;
 
 /// A signed-in approver.
 #[derive(Debug, Clone)]
@@ -35,6 +37,14 @@ pub(crate) struct Session {
 pub(crate) enum Ceremony {
     Enroll { code: String, principal: String, state: PasskeyRegistration },
     SignIn { principal: String, state: PasskeyAuthentication },
+}
+
+impl Ceremony {
+    fn principal(&self) -> &str {
+        match self {
+            Ceremony::Enroll { principal, .. } | Ceremony::SignIn { principal, .. } => principal,
+        }
+    }
 }
 
 struct Held {
@@ -135,6 +145,17 @@ impl Sessions {
         let now = Instant::now();
         let mut all = lock(&self.ceremonies);
         all.retain(|_, (_, until)| *until > now);
+        // Someone starting sign-ins for a name over and over (to fill the
+        // table) only replaces that name's own oldest ceremonies.
+        let who = c.principal().to_owned();
+        let mut mine: Vec<(String, Instant)> =
+            all.iter().filter(|(_, (o, _))| o.principal() == who).map(|(k, (_, t))| (k.clone(), *t)).collect();
+        if mine.len() >= MAX_PER_PRINCIPAL {
+            mine.sort_by_key(|(_, t)| *t);
+            for (k, _) in mine.iter().take(mine.len() + 1 - MAX_PER_PRINCIPAL) {
+                all.remove(k);
+            }
+        }
         if all.len() >= MAX_CEREMONIES {
             return Err("too many sign-ins in progress: try again in a few minutes");
         }
@@ -204,5 +225,31 @@ mod tests {
             .unwrap();
         assert!(s.take(&id).is_some());
         assert!(s.take(&id).is_none());
+    }
+
+    #[test]
+    fn one_name_cannot_fill_the_ceremony_table() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let wa = webauthn_rs::prelude::WebauthnBuilder::new(
+            "localhost",
+            &webauthn_rs::prelude::Url::parse("https://localhost:8444").unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let start = |who: &str| {
+            let (_, state) =
+                wa.start_passkey_registration(webauthn_rs::prelude::Uuid::new_v4(), who, who, None).unwrap();
+            s.start(Ceremony::Enroll { code: "c".into(), principal: who.into(), state }, Duration::from_secs(60))
+                .unwrap()
+        };
+        let other = start("bob");
+        let first = start("mallory");
+        for _ in 0..50 {
+            start("mallory");
+        }
+        assert_eq!(lock(&s.ceremonies).len(), MAX_PER_PRINCIPAL + 1);
+        assert!(s.take(&first).is_none(), "the oldest of the flood was kept");
+        assert!(s.take(&other).is_some(), "another name's ceremony was dropped");
     }
 }
