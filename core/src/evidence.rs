@@ -227,6 +227,22 @@ pub enum Event {
     Refused { stage: String, reason_code: String, detail: String },
     /// A run found unfinished on start and rolled back.
     Interrupted { restored: usize, detail: String },
+    /// The governing configuration was reloaded without a restart (`SIGHUP`
+    /// or `edge-runner reload`): policy, graph, node mapping, trusted
+    /// signers and approver registry, all at once. Runs already started
+    /// keep what they began with. `old` and `new` name every document by
+    /// digest (each stored as an artifact); `restart_needed` lists the
+    /// changed config sections a reload does not apply. Run `runner`.
+    ConfigReloaded {
+        trigger: String,
+        old: ConfigDigests,
+        new: ConfigDigests,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        restart_needed: Vec<String>,
+    },
+    /// A reload was refused (the new files do not load, or could not be
+    /// recorded); the configuration in `kept` stays in force. Run `runner`.
+    ReloadRefused { trigger: String, error: String, kept: ConfigDigests },
     /// The terminal record of a run.
     Completed { outcome: Outcome },
     /// The runner started with insecure switches (`dangerous_…`) on; run
@@ -242,6 +258,40 @@ pub enum Event {
     /// the staging directory's `.trash/` and removal is retried at every
     /// start); run `runner`.
     CleanupFailed { path: String, error: String },
+}
+
+/// The documents that govern decisions, by digest: the config file, the
+/// policy and graph, the approver registry (its files and the digest the
+/// approvals bind to) and the Sigstore trusted root. Each is an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDigests {
+    pub config: Sha256Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<Sha256Digest>,
+    /// The registry digest approvals and registry records name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkeys: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root: Option<Sha256Digest>,
+}
+
+impl ConfigDigests {
+    /// The digests that name stored documents (not `registry`, which is
+    /// computed over the registry's files).
+    pub fn documents(&self) -> impl Iterator<Item = Sha256Digest> + '_ {
+        [Some(self.config), self.policy, self.graph, self.allowed_signers, self.roles, self.passkeys, self.trusted_root]
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// One use of a passkey in an accepted approval: its signature counter and
@@ -344,6 +394,16 @@ impl Record {
             Event::CommitIntent { journal, .. } => add(&Some(*journal)),
             Event::PolicyRefused { kept_policy, .. } => add(kept_policy),
             Event::RegistryChanged { passkeys, .. } => add(&Some(*passkeys)),
+            Event::ConfigReloaded { old, new, .. } => {
+                for d in old.documents().chain(new.documents()) {
+                    add(&Some(d));
+                }
+            }
+            Event::ReloadRefused { kept, .. } => {
+                for d in kept.documents() {
+                    add(&Some(d));
+                }
+            }
             Event::KeyEvent { .. }
             | Event::ProposalExpired { .. }
             | Event::Authorized { .. }
@@ -398,6 +458,8 @@ impl Event {
             Event::Completed { .. } => "completed",
             Event::Insecure { .. } => "insecure",
             Event::CleanupFailed { .. } => "cleanup-failed",
+            Event::ConfigReloaded { .. } => "config-reloaded",
+            Event::ReloadRefused { .. } => "reload-refused",
             Event::NotificationFailed { .. } => "notification-failed",
         }
     }

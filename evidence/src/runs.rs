@@ -513,6 +513,8 @@ fn check_run(
             | Event::PolicyRefused { .. }
             | Event::KeyEvent { .. }
             | Event::RegistryChanged { .. }
+            | Event::ConfigReloaded { .. }
+            | Event::ReloadRefused { .. }
             | Event::Insecure { .. }
             | Event::NotificationFailed { .. }
             | Event::CleanupFailed { .. } => {

@@ -17,9 +17,13 @@ use edge_core::paths::is_logical_name;
 use edge_core::preview::{Patterns, PreviewMode};
 use edge_core::signature::{TrustedSigner, TrustedSigners};
 
-use crate::policy_files::PolicySet;
+use std::sync::Arc;
+
 use edge_core::approval::Registry;
 use serde::Deserialize;
+
+use crate::governance::Governance;
+use crate::policy_files::PolicySet;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,23 +204,16 @@ pub struct RunnerConfig {
     pub staging_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub identity_key: PathBuf,
-    pub signers: TrustedSigners,
-    /// The Sigstore trusted root's exact bytes (recorded as an evidence
-    /// artifact with each admission, so the signature can be checked again offline).
-    pub trusted_root: Option<Vec<u8>>,
+    /// The config file this was loaded from (a reload reads it again).
+    pub source: Option<PathBuf>,
+    /// Policy, graph, node mapping, trusted signers, approver registry.
+    /// `None` once a [`crate::pipeline::Runner`] holds this config: read
+    /// the one in force with `Runner::governance` (a reload replaces it).
+    pub governance: Option<Governance>,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Environment values the runner may pass (only names a capsule requests are passed).
     pub env: BTreeMap<String, String>,
     pub ceiling: Ceiling,
-    /// The policy, graph and files, when a policy is configured.
-    pub policy: Option<PolicySet>,
-    /// Mount and endpoint name → graph node.
-    pub nodes: BTreeMap<String, String>,
-    /// Who may approve (allowed_signers + roles + passkeys).
-    pub approvers: Option<Registry>,
-    /// Where passkey enrollments are registered (with `[approvers]`).
-    pub passkeys_file: Option<PathBuf>,
-    pub clock_skew_secs: u64,
     /// `edge-runner serve` settings (`[server]`).
     pub server: Option<server::ServerSettings>,
     /// The approval console (`[console]`), served by `edge-runner serve`.
@@ -242,7 +239,10 @@ impl RunnerConfig {
             std::fs::read_to_string(path).with_context(|| format!("cannot read runner config {}", path.display()))?;
         let base =
             path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
+        let mut config =
+            Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Resolve a config from its text, with relative paths against `base`.
@@ -487,20 +487,24 @@ impl RunnerConfig {
             console,
             notify,
             identity_key,
-            approvers,
-            passkeys_file,
-            clock_skew_secs,
+            source: None,
+            governance: Some(Governance {
+                policy: policy.map(Arc::new),
+                nodes: Arc::new(nodes),
+                signers: Arc::new(signers),
+                trusted_root: trusted_root.map(Arc::new),
+                approvers: approvers.map(Arc::new),
+                config_text: Arc::new(text.to_owned()),
+                passkeys_file,
+                clock_skew_secs,
+            }),
             name: raw.runner.name,
             state_dir,
             cache_dir,
             staging_dir,
-            signers,
-            trusted_root,
             mounts,
             env: raw.env,
             ceiling,
-            policy,
-            nodes,
             dangerous: if raw.runner.dangerous_run_without_policy {
                 vec!["dangerous_run_without_policy".to_owned()]
             } else {
@@ -562,7 +566,7 @@ mod tests {
         assert!(c.mounts["data"].path.is_absolute() && c.mounts["data"].writable);
         assert!(c.ceiling.imports.contains("wasi:filesystem/types"));
         assert!(!c.ceiling.imports.iter().any(|i| i.starts_with("wasi:sockets")));
-        assert_eq!(c.signers.signers().len(), 1);
+        assert_eq!(c.governance.as_ref().unwrap().signers.signers().len(), 1);
     }
 
     #[test]
@@ -608,11 +612,18 @@ mod tests {
         let approvers = format!("{BASE}[approvers]\nallowed_signers = \"allowed_signers\"\nroles = \"roles.toml\"\n");
         let load = |text: &str| RunnerConfig::from_toml(text, t.path());
         let c = load(&approvers).unwrap();
-        assert!(c.approvers.as_ref().unwrap().passkeys_text.is_none(), "no file, no passkeys");
+        assert!(
+            c.governance.as_ref().unwrap().approvers.as_ref().unwrap().passkeys_text.is_none(),
+            "no file, no passkeys"
+        );
         let empty = format!("{{\"schema\":\"{}\",\"credentials\":[]}}", edge_core::approval::PASSKEYS_SCHEMA);
         std::fs::write(t.path().join("passkeys.json"), &empty).unwrap();
         let c = load(&approvers).unwrap();
-        assert_eq!(c.approvers.as_ref().unwrap().passkeys_text.as_deref(), Some(empty.as_str()), "the default file");
+        assert_eq!(
+            c.governance.as_ref().unwrap().approvers.as_ref().unwrap().passkeys_text.as_deref(),
+            Some(empty.as_str()),
+            "the default file"
+        );
         let e = format!("{:#}", load(&format!("{approvers}passkeys = \"elsewhere.json\"\n")).unwrap_err());
         assert!(e.contains("elsewhere.json"), "{e}");
         std::fs::write(t.path().join("passkeys.json"), "{\"schema\":\"v0\",\"credentials\":[]}").unwrap();

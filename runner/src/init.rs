@@ -101,6 +101,19 @@ max_body_kib = 32768
 queue = 256
 request_timeout = "10s"
 
+# Who may read what (docs/operations.md, "Who may read what"). Agents see only
+# the proposals they submitted; reading every proposal and posting approvals,
+# the evidence export, /metrics and reloading are granted here, per identity
+# or `role:<name>`. Give approvers and reviewers their own certificates.
+[server.roles]
+operators = ["spiffe://{DEV_TRUST_DOMAIN}/operator"]
+
+[server.access]
+proposals = ["role:operators"]
+evidence = ["role:operators"]
+metrics = ["role:operators"]
+reload = ["role:operators"]
+
 # The approval console (docs/console.md): approvers review proposals in the
 # browser and approve with a passkey. Enroll each with
 #   edge-runner approvers enroll --config runner.toml --principal <name>
@@ -225,6 +238,8 @@ Group={user}
 ExecStart=/usr/local/bin/edge-runner serve --config {h}/runner.toml
 Restart=on-failure
 RestartSec=5s
+# `systemctl reload`: policy, graph, signers and approvers, recorded as evidence.
+ExecReload=/bin/kill -HUP $MAINPID
 # Finish (or cleanly interrupt) the run in progress on stop.
 KillSignal=SIGTERM
 TimeoutStopSec=90s

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod events;
 pub mod export;
+pub mod governance;
 pub mod identity;
 pub mod init;
 pub mod keys;

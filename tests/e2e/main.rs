@@ -8,6 +8,7 @@ mod examples;
 mod harness;
 mod hostile;
 mod notify;
+mod operate;
 mod policy;
 mod preview;
 mod server;

@@ -66,7 +66,8 @@ fn setup(notify: &str) -> Env {
     let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
     config.push_str(&format!(
         "\n[server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
-         client_ca = \"tls/ca.pem\"\nagents = [\"{AGENT}\"]\n\n{notify}"
+         client_ca = \"tls/ca.pem\"\nagents = [\"{AGENT}\"]\n{}\n{notify}",
+        crate::server::ACCESS
     ));
     std::fs::write(env.path("runner.toml"), config).unwrap();
     env
@@ -130,7 +131,8 @@ impl Server {
 
     fn get(&self, env: &Env, path: &str) -> Bytes {
         rt().block_on(async {
-            let r = self.client(env, "agent").get(path).await.unwrap();
+            // The operator's certificate: agents may not read the evidence.
+            let r = self.client(env, "approver").get(path).await.unwrap();
             assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.error_message());
             r.body
         })

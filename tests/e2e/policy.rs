@@ -122,24 +122,31 @@ fn a_policy_change_is_recorded_with_old_and_new_digests() {
 }
 
 #[test]
-fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
+fn a_bad_reload_keeps_the_running_configuration_and_is_recorded() {
     let env = Env::new();
     env.write_policy_config("log-volume", &[]);
     let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
-    let mut runner = edge_runner::pipeline::Runner::open(config).unwrap();
-    let good = runner.config.policy.as_ref().unwrap().policy.digest();
+    let runner = edge_runner::pipeline::Runner::open(config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let before = runner.governance();
+    let good = before.policy.as_ref().unwrap().policy.digest();
+    let kept = before.digests();
     std::fs::write(env.path("policy.toml"), "version = 1\n[tiers.0]\napprovals = 3\n").unwrap();
-    assert!(!runner.reload_policy().unwrap());
-    assert_eq!(runner.config.policy.as_ref().unwrap().policy.digest(), good, "the last good policy stays");
+    let r = rt.block_on(runner.reload("test")).unwrap();
+    assert!(!r.applied);
+    assert!(r.error.as_deref().unwrap().contains("tiers.0.approvals"), "{:?}", r.error);
+    assert_eq!(runner.governance().policy.as_ref().unwrap().policy.digest(), good, "the last good policy stays");
     let last = runner.log.read_records().unwrap().last().unwrap().clone();
     match &last.event {
-        edge_core::evidence::Event::PolicyRefused { error, kept_policy, .. } => {
+        edge_core::evidence::Event::ReloadRefused { error, kept: k, trigger } => {
             assert!(error.contains("tiers.0.approvals"), "{error}");
-            assert_eq!(*kept_policy, Some(good));
+            assert_eq!(k, &kept);
+            assert_eq!(trigger, "test");
         }
         other => panic!("{other:?}"),
     }
-    // A good reload takes effect and is recorded.
+    // A good reload takes effect, is recorded with old and new digests, and
+    // leaves what a run already took untouched.
     let text =
         std::fs::read_to_string(std::path::Path::new(test_programs::ROOT).join("examples/policy/policy.toml")).unwrap();
     let pem = std::fs::read_to_string(env.path("keys/agent.pub")).unwrap();
@@ -148,12 +155,43 @@ fn a_bad_reload_keeps_the_last_good_policy_and_is_recorded() {
         format!("{text}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\n"),
     )
     .unwrap();
-    assert!(runner.reload_policy().unwrap());
-    assert_ne!(runner.config.policy.as_ref().unwrap().policy.digest(), good);
-    assert!(matches!(
-        runner.log.read_records().unwrap().last().unwrap().event,
-        edge_core::evidence::Event::PolicyChange { .. }
-    ));
+    let r = rt.block_on(runner.reload("test")).unwrap();
+    assert!(r.applied, "{:?}", r.error);
+    let now = runner.governance();
+    let new_policy = now.policy.as_ref().unwrap().policy.digest();
+    assert_ne!(new_policy, good);
+    assert_eq!(before.policy.as_ref().unwrap().policy.digest(), good, "a run's governance is its own");
+    let records = runner.log.read_records().unwrap();
+    let n = records.len();
+    assert!(matches!(records[n - 2].event, edge_core::evidence::Event::PolicyChange { .. }));
+    match &records[n - 1].event {
+        edge_core::evidence::Event::ConfigReloaded { old, new, restart_needed, .. } => {
+            assert_eq!(old, &kept);
+            assert_eq!(new.policy, Some(new_policy));
+            assert_eq!(new.graph, kept.graph, "the graph did not change");
+            assert!(restart_needed.is_empty(), "{restart_needed:?}");
+            // Every document named is in the store: a reviewer can read what changed.
+            for d in old.documents().chain(new.documents()) {
+                assert!(runner.log.read_artifact(&d).unwrap().is_some(), "{d} missing");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // A change a reload does not apply is named, not silently ignored.
+    let cfg = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(env.path("runner.toml"), cfg.replace("[runner]\n", "[runner]\nmax_preview_mib = 8\n")).unwrap();
+    let r = rt.block_on(runner.reload("test")).unwrap();
+    assert!(r.applied);
+    assert_eq!(r.restart_needed, ["[runner]"]);
+    // The whole log, reloads and all, still verifies offline.
+    drop(runner);
+    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "reload.bundle"]).success();
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    let keys = edge_evidence::parse_keys(&vkey).unwrap();
+    let v =
+        edge_evidence::verify(&std::fs::read(env.path("reload.bundle")).unwrap(), &keys, edge_evidence::Level::Full)
+            .unwrap();
+    assert_eq!(v.records.iter().filter(|r| r.event_type() == "config-reloaded").count(), 2);
 }
 
 #[test]

@@ -59,6 +59,17 @@ impl Server {
         Server { child, url, lines }
     }
 
+    /// Send a signal by name (`HUP`, `TERM`) with kill(1).
+    pub(crate) fn signal(&self, name: &str) {
+        let st = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// SIGKILL: no chance to finish anything.
     fn kill(mut self) {
         self.child.kill().unwrap();
@@ -119,6 +130,13 @@ pub(crate) fn pki(dir: &Path) {
     leaf("foreign", &other, vec![uri(AGENT)], (-1, 30));
 }
 
+/// Who may read what on the test runners: alice (the `approver`
+/// certificate) is the operator; agents see their own proposals only.
+/// (Dotted keys, so a test may append more `[server]` keys after it.)
+pub(crate) const ACCESS: &str = "roles.operators = [\"spiffe://test.example/people/alice\"]\n\
+     access.proposals = [\"role:operators\"]\naccess.evidence = [\"role:operators\"]\n\
+     access.metrics = [\"role:operators\"]\naccess.reload = [\"role:operators\"]\n";
+
 /// A runner home: `data` on the log volume (tier 0 on its own), `config` on
 /// the payments config (tier 2 when a capsule is granted it), approvers, and
 /// a [server] on 127.0.0.1:0.
@@ -131,7 +149,7 @@ pub(crate) fn setup(queue: usize) -> Env {
     config.push_str(&format!(
         "\n[server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
          client_ca = \"tls/ca.pem\"\nagents = [\"{AGENT}\"]\nmax_body_kib = 4096\nqueue = {queue}\n\
-         request_timeout = \"2s\"\n"
+         request_timeout = \"2s\"\n{ACCESS}"
     ));
     std::fs::write(env.path("runner.toml"), config).unwrap();
     env
@@ -336,21 +354,21 @@ fn tier_0_runs_through_and_tier_2_waits_for_approvals_posted_over_the_api() {
         assert!(!env.path("data/ok.txt").exists());
 
         // The evidence, exported over the API, verifies offline.
-        let cp = agent.get("/v1/evidence/checkpoint").await.unwrap();
+        let cp = server.client(&env, "approver").get("/v1/evidence/checkpoint").await.unwrap();
         assert_eq!(cp.status, StatusCode::OK);
-        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        let bundle = server.client(&env, "approver").get("/v1/evidence/export").await.unwrap();
         assert_eq!(bundle.status, StatusCode::OK);
         let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
         let keys = edge_evidence::parse_keys(&key).unwrap();
         let verified = edge_evidence::verify(&bundle.body, &keys, edge_evidence::Level::Full).unwrap();
         assert!(verified.runs.iter().any(|r| r.submitted_by.as_deref() == Some(AGENT)));
         let since = form_urlencoded::byte_serialize(&cp.body).collect::<String>();
-        let later = agent.get(&format!("/v1/evidence/export?since={since}")).await.unwrap();
+        let later = server.client(&env, "approver").get(&format!("/v1/evidence/export?since={since}")).await.unwrap();
         assert_eq!(later.status, StatusCode::OK, "{}", later.error_message());
         edge_evidence::verify(&later.body, &keys, edge_evidence::Level::Full).unwrap();
 
         // Metrics reflect the log.
-        let m = agent.get("/metrics").await.unwrap();
+        let m = server.client(&env, "approver").get("/metrics").await.unwrap();
         let text = String::from_utf8_lossy(&m.body).into_owned();
         assert!(text.contains("edge_runner_proposals{state=\"committed\",tier=\"2\"} 1"), "{text}");
         assert!(text.contains("edge_runner_proposals{state=\"rejected\",tier=\"2\"} 1"), "{text}");
@@ -499,7 +517,8 @@ fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepte
             assert!(ids.contains(&id.as_str()), "accepted proposal {id} is missing");
         }
         assert_eq!(ids.len(), accepted.len(), "only accepted submissions became proposals");
-        let text = String::from_utf8_lossy(&c.get("/metrics").await.unwrap().body).into_owned();
+        let text =
+            String::from_utf8_lossy(&server.client(&env, "approver").get("/metrics").await.unwrap().body).into_owned();
         assert!(text.contains(&format!("edge_runner_overloaded_total {overloaded}")), "{text}");
     });
 }
@@ -598,7 +617,7 @@ fn a_proposal_that_waits_longer_than_its_tier_allows_expires_and_never_runs() {
             assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.error_message());
             assert!(r.error_message().contains("expired"), "{}", r.error_message());
         }
-        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        let bundle = server.client(&env, "approver").get("/v1/evidence/export").await.unwrap();
         let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
         edge_evidence::verify(&bundle.body, &edge_evidence::parse_keys(&key).unwrap(), edge_evidence::Level::Full)
             .unwrap();
@@ -659,7 +678,7 @@ fn the_openapi_document_describes_the_server() {
                 exercised += 1;
             }
         }
-        assert_eq!(exercised, 11, "every operation in docs/openapi.yaml was exercised");
+        assert_eq!(exercised, 12, "every operation in docs/openapi.yaml was exercised");
         // And what is not documented does not exist.
         for p in ["/v1/nope", "/v2/proposals", "/admin"] {
             assert_eq!(c.get(p).await.unwrap().status, StatusCode::NOT_FOUND, "{p}");
@@ -777,8 +796,7 @@ fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave(
     assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
 
     rt().block_on(async {
-        let mut agent = server.client(&env, "agent");
-        let bundle = agent.get("/v1/evidence/export").await.unwrap();
+        let bundle = server.client(&env, "approver").get("/v1/evidence/export").await.unwrap();
         assert_eq!(bundle.status, StatusCode::OK);
         let key = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
         let verified =

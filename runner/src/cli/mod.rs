@@ -101,6 +101,9 @@ pub enum Command {
     Init(crate::cli::server::InitArgs),
     /// Serve the mutual-TLS API (`[server]` in the config).
     Serve(crate::cli::server::ServeArgs),
+    /// Reload a running runner's policy, graph, trusted signers and approver
+    /// registry (like SIGHUP); a bad configuration is refused and recorded.
+    Reload(crate::cli::server::ReloadArgs),
     /// Submit a signed capsule to a runner over mutual TLS.
     Submit(crate::cli::server::SubmitArgs),
     /// Proposals on a runner: list, show, watch.
@@ -245,6 +248,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         }
         Command::Init(a) => crate::cli::server::init(&a, out),
         Command::Serve(a) => crate::cli::server::serve(&a, out),
+        Command::Reload(a) => crate::cli::server::reload(&a, out),
         Command::Submit(a) => crate::cli::server::submit(&a, out),
         Command::Proposals(c) => crate::cli::server::proposals(&c, out),
         Command::Webhook(c) => crate::cli::webhook::webhook(c, out),
@@ -395,7 +399,12 @@ fn capsule(c: CapsuleCommand, out: &mut dyn Write) -> Result<Exit> {
                     let pem = std::fs::read_to_string(&k).with_context(|| format!("cannot read {}", k.display()))?;
                     TrustedSigners::new(vec![TrustedSigner::from_public_key_pem("key", &pem)?], None)?
                 }
-                (None, Some(c)) => RunnerConfig::load(&c)?.signers,
+                (None, Some(c)) => {
+                    let governance =
+                        RunnerConfig::load(&c)?.governance.context("a loaded config has its governance")?;
+                    std::sync::Arc::try_unwrap(governance.signers)
+                        .map_err(|_| anyhow::anyhow!("the trusted signers are shared"))?
+                }
                 _ => bail!("give --key <public.pem> or --config <runner.toml>"),
             };
             match signature::verify_capsule(file, &trusted) {
@@ -633,6 +642,21 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
         Event::KeyEvent { action, key } => format!("key         {action}: {key}"),
         Event::RegistryChanged { action, principal, key, .. } => {
             format!("registry    {action}: {} {key}", U(principal))
+        }
+        Event::ConfigReloaded { trigger, new, restart_needed, .. } => format!(
+            "reload      by {}: policy {}, graph {}, registry {}{}",
+            U(trigger),
+            new.policy.map_or_else(|| "none".to_owned(), |d| d.to_string()),
+            new.graph.map_or_else(|| "none".to_owned(), |d| d.to_string()),
+            new.registry.map_or_else(|| "none".to_owned(), |d| d.to_string()),
+            if restart_needed.is_empty() {
+                String::new()
+            } else {
+                format!(" (restart needed for {})", restart_needed.join(", "))
+            }
+        ),
+        Event::ReloadRefused { trigger, error, .. } => {
+            format!("reload      REFUSED ({}): {}; the running configuration stays", U(trigger), U(error))
         }
         Event::Insecure { switches } => format!("INSECURE    started with {}", switches.join(", ")),
         Event::CleanupFailed { path, error } => {

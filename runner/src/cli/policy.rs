@@ -62,14 +62,18 @@ pub enum GraphCommand {
 
 fn load(config: &Path) -> Result<RunnerConfig> {
     let c = RunnerConfig::load(config)?;
-    if c.policy.is_none() {
+    if c.governance.as_ref().is_none_or(|g| g.policy.is_none()) {
         bail!("{} configures no policy: add [policy] file = \"policy.toml\", graph = \"graph.toml\"", config.display());
     }
     Ok(c)
 }
 
 fn set(c: &RunnerConfig) -> &PolicySet {
-    c.policy.as_ref().expect("checked in load")
+    gov(c).policy.as_deref().expect("checked in load")
+}
+
+fn gov(c: &RunnerConfig) -> &crate::governance::Governance {
+    c.governance.as_ref().expect("a loaded config has its governance")
 }
 
 pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
@@ -77,7 +81,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
         PolicyCommand::Check { config } => {
             let c = load(&config)?;
             let s = set(&c);
-            let findings = check::check(&s.policy, &s.graph, &c.nodes);
+            let findings = check::check(&s.policy, &s.graph, &gov(&c).nodes);
             writeln!(
                 out,
                 "policy  {} ({}) \"{}\": {} rule(s), {} denial(s), {} tier(s), {} signer(s)",
@@ -98,7 +102,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
                 s.graph.cycles().len(),
                 s.graph.tag_names().join(", ")
             )?;
-            for (what, node) in &c.nodes {
+            for (what, node) in gov(&c).nodes.iter() {
                 writeln!(out, "mapping {what} -> {node}")?;
             }
             let errors = findings.iter().filter(|f| f.level == Level::Error).count();
@@ -115,7 +119,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
             let file =
                 CapsuleFile::parse(&bytes).with_context(|| format!("{} is not a valid capsule", capsule.display()))?;
             let imports = component_imports(file.component())?;
-            let verified = match signature::verify_capsule(file, &c.signers) {
+            let verified = match signature::verify_capsule(file, &gov(&c).signers) {
                 Ok(v) => v,
                 Err(e) => {
                     writeln!(out, "refused at admission ({}): {e}", e.reason_code())?;
@@ -129,7 +133,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
                     return Ok(Exit::Refused);
                 }
             };
-            let input = crate::pipeline::decision_input(&admitted, &c.nodes);
+            let input = crate::pipeline::decision_input(&admitted, &gov(&c).nodes);
             let s = set(&c);
             let d = s.policy.decide(&s.graph, &input);
             if json {
@@ -309,7 +313,7 @@ impl Case {
                 bail!("case `{}`: mount `{}` is not configured in the runner config", self.name, m.name);
             }
         }
-        let nodes: BTreeMap<String, String> = c
+        let nodes: BTreeMap<String, String> = gov(c)
             .nodes
             .iter()
             .filter(|(k, _)| self.mounts.iter().any(|m| &m.name == *k) || self.endpoints.contains(k))

@@ -45,6 +45,15 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ProposalsCommand {
     /// List proposals (optionally in one state: awaiting-approval, committed, …).
@@ -150,6 +159,38 @@ pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
         Some("rolled-back") => Exit::RolledBack,
         _ => Exit::Refused,
     })
+}
+
+/// `edge-runner reload`: ask a running runner to reload its policy, graph,
+/// signers and approvers (the same as `SIGHUP`, with the outcome).
+pub fn reload(a: &ReloadArgs, out: &mut dyn Write) -> Result<Exit> {
+    let reply = runtime()?.block_on(async {
+        let mut c = Client::from_args(&a.client)?;
+        c.post("/v1/reload", Vec::new(), "application/json").await
+    })?;
+    let applied = reply.status.is_success();
+    if !applied && reply.status != hyper::StatusCode::UNPROCESSABLE_ENTITY {
+        bail!("the runner refused to reload ({}): {}", reply.status, reply.error_message());
+    }
+    let v = reply.json()?;
+    if a.json {
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else if applied {
+        writeln!(out, "reloaded: the new configuration is in force for runs that start now")?;
+        for k in ["policy", "graph", "registry", "config"] {
+            let (old, new) = (str_of(&v["old"][k]), str_of(&v["new"][k]));
+            let mark = if old == new { "unchanged" } else { "changed" };
+            writeln!(out, "  {k:<9} {new}  ({mark})")?;
+        }
+        for s in v["restart_needed"].as_array().into_iter().flatten() {
+            writeln!(out, "  not applied until a restart: {}", str_of(s))?;
+        }
+    } else {
+        writeln!(out, "reload REFUSED: {}", str_of(&v["error"]))?;
+        writeln!(out, "the running configuration stays in force; fix the file and reload again")?;
+    }
+    Ok(if applied { Exit::Ok } else { Exit::Refused })
 }
 
 fn print_submission(v: &Value, out: &mut dyn Write) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The `[server]` section of `runner.toml`: where `edge-runner serve` listens,
 //! its TLS material, who may submit, and its limits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +41,71 @@ pub(crate) struct RawServer {
     /// keep-alive connection stays open), and its body (default 10s).
     #[serde(default)]
     request_timeout: Option<String>,
+    /// Named groups of client identities, for `[server.access]` (`role:<name>`).
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<String>>,
+    /// Who may read what. Absent: only agents, each for its own proposals.
+    #[serde(default)]
+    access: RawAccess,
+}
+
+/// `[server.access]`: client identities (SPIFFE ID or certificate CN) or
+/// `role:<name>` entries, per permission.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccess {
+    /// Read every proposal (list, show, preview, document) and post
+    /// approvals. An agent always may for the proposals it submitted.
+    #[serde(default)]
+    proposals: Vec<String>,
+    /// Download the evidence export and the signed checkpoint.
+    #[serde(default)]
+    evidence: Vec<String>,
+    /// Read `/metrics` on the API listener.
+    #[serde(default)]
+    metrics: Vec<String>,
+    /// Reload the configuration (`POST /v1/reload`, `edge-runner reload`).
+    #[serde(default)]
+    reload: Vec<String>,
+}
+
+/// What a client may do beyond submitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Proposals,
+    Evidence,
+    Metrics,
+    Reload,
+}
+
+impl Permission {
+    /// The `[server.access]` key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Proposals => "proposals",
+            Permission::Evidence => "evidence",
+            Permission::Metrics => "metrics",
+            Permission::Reload => "reload",
+        }
+    }
+}
+
+/// Resolved `[server.access]`: identities per permission (roles expanded).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    grants: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+impl Access {
+    /// Whether `identity` holds `p`.
+    pub fn allows(&self, p: Permission, identity: &str) -> bool {
+        self.grants.get(p.name()).is_some_and(|s| s.contains(identity))
+    }
+
+    /// The identities holding `p`.
+    pub fn holders(&self, p: Permission) -> impl Iterator<Item = &str> {
+        self.grants.get(p.name()).into_iter().flatten().map(String::as_str)
+    }
 }
 
 /// Resolved server settings.
@@ -55,6 +120,8 @@ pub struct ServerSettings {
     pub max_concurrent_runs: usize,
     pub queue: usize,
     pub request_timeout: Duration,
+    /// Who may read what (`[server.access]`).
+    pub access: Access,
 }
 
 impl RawServer {
@@ -81,7 +148,9 @@ impl RawServer {
                 bail!("server.agents: `{a}` is not an agent identity (a SPIFFE ID or a certificate common name)");
             }
         }
+        let access = resolve_access(&self.roles, &self.access)?;
         Ok(ServerSettings {
+            access,
             listen,
             cert: resolve(&self.cert),
             key: resolve(&self.key),
@@ -98,4 +167,50 @@ impl RawServer {
             request_timeout: duration("request_timeout", self.request_timeout.as_deref(), 10)?,
         })
     }
+}
+
+fn is_identity(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 512 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+fn resolve_access(roles: &BTreeMap<String, Vec<String>>, raw: &RawAccess) -> Result<Access> {
+    for (role, members) in roles {
+        if !is_identity(role) || role.contains(':') {
+            bail!("server.roles: `{role}` is not a role name (letters, digits, `-`, `_`, `.`)");
+        }
+        for m in members {
+            if !is_identity(m) || m.starts_with("role:") {
+                bail!("server.roles.{role}: `{m}` is not a client identity (a SPIFFE ID or certificate common name)");
+            }
+        }
+    }
+    let mut grants = BTreeMap::new();
+    for (p, list) in [
+        (Permission::Proposals, &raw.proposals),
+        (Permission::Evidence, &raw.evidence),
+        (Permission::Metrics, &raw.metrics),
+        (Permission::Reload, &raw.reload),
+    ] {
+        let mut ids = BTreeSet::new();
+        for entry in list {
+            match entry.strip_prefix("role:") {
+                Some(role) => {
+                    let members = roles.get(role).with_context(|| {
+                        format!(
+                            "server.access.{}: `{entry}` names no role; define it under [server.roles] \
+                             ({role} = [\"spiffe://…\"])",
+                            p.name()
+                        )
+                    })?;
+                    ids.extend(members.iter().cloned());
+                }
+                None if is_identity(entry) => {
+                    ids.insert(entry.clone());
+                }
+                None => bail!("server.access.{}: `{entry}` is not a client identity or `role:<name>`", p.name()),
+            }
+        }
+        grants.insert(p.name(), ids);
+    }
+    Ok(Access { grants })
 }

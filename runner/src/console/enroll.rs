@@ -59,7 +59,11 @@ fn invitation_path(state: &Path, code: &str) -> PathBuf {
 /// # Errors
 /// No registry, an unknown principal, or the state directory is unwritable.
 pub fn invite(config: &RunnerConfig, principal: &str, ttl: u64) -> Result<(String, Invitation)> {
-    let registry = config.approvers.as_ref().context("no [approvers] registry is configured")?;
+    let registry = config
+        .governance
+        .as_ref()
+        .and_then(|g| g.approvers.as_deref())
+        .context("no [approvers] registry is configured")?;
     if principal.is_empty() || principal.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
         bail!("`{}` is not an approver name", edge_core::text::line(principal));
     }
@@ -248,8 +252,12 @@ impl Runner {
     /// # Errors
     /// The new registry does not parse, or nothing could be recorded or written.
     pub(crate) async fn enroll_passkey(&self, entry: PasskeyEntry) -> Result<String> {
-        let path = self.config.passkeys_file.clone().context("no [approvers] registry is configured")?;
-        let current = self.approvers().context("no [approvers] registry is configured")?;
+        // One change to the governance at a time (a reload reads the
+        // passkeys file this writes).
+        let _one = self.changing_governance.lock().await;
+        let governance = self.governance();
+        let path = governance.passkeys_file.clone().context("no [approvers] registry is configured")?;
+        let current = governance.approvers.clone().context("no [approvers] registry is configured")?;
         let mut file = match &current.passkeys_text {
             Some(t) => serde_json::from_str::<PasskeysFile>(t).context("the registered passkeys file")?,
             None => PasskeysFile { schema: PASSKEYS_SCHEMA.into(), credentials: Vec::new() },
@@ -287,7 +295,7 @@ impl Runner {
         log.barrier().await?;
         crate::staging::write_durably(&path, text.as_bytes())
             .with_context(|| format!("recorded, but cannot write {}", path.display()))?;
-        self.replace_approvers(next);
+        self.replace_governance(governance.with_approvers(next));
         Ok(key)
     }
 }

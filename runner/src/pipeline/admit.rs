@@ -81,7 +81,8 @@ impl Runner {
             submitted_by,
         })?;
 
-        let verified = signature::verify_capsule(file, &self.config.signers).map_err(AdmitError::from)?;
+        let governance = report.governance.clone();
+        let verified = signature::verify_capsule(file, &governance.signers).map_err(AdmitError::from)?;
         report.signer = Some(verified.signer().to_owned());
 
         // Compile (or load from cache), then imports ⊆ declared ⊆ granted.
@@ -94,7 +95,7 @@ impl Runner {
         let host_path = |name: &str| self.config.mounts.get(name).map(|m| m.path.as_path());
         let prepared = Prepared::new(pre, &admitted, host_path, &self.config.env).or_fail()?;
 
-        let trusted_root = self.config.trusted_root.as_deref().map(|b| report.artifact(b)).transpose()?;
+        let trusted_root = governance.trusted_root.as_deref().map(|b| report.artifact(b)).transpose()?;
         let capsule = admitted.capsule();
         report.record(Event::Admitted {
             signer: format!("{} ({})", capsule.signer(), capsule.signer_detail()),

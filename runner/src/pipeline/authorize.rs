@@ -189,7 +189,7 @@ impl Runner {
         // and nobody else settles a proposal until this quorum is recorded.
         report.barrier().await?;
         let _settling = self.settling.lock().await;
-        let registry = self.approvers().ok_or(AuthorizeError::NoApprovers)?;
+        let registry = report.governance.approvers.clone().ok_or(AuthorizeError::NoApprovers)?;
         let decision = decided.decision();
         let (Some(policy), Some(requirement)) = (decision.policy, decision.requirement.clone()) else {
             return Err(AuthorizeError::NoPolicy.into());
@@ -231,7 +231,8 @@ impl Runner {
             grant: decided.admitted().grant().clone(),
             max_age_secs: requirement.max_age_secs,
         };
-        let results = approval::verify_approvals(approvals, &registry, &binding, now, self.config.clock_skew_secs);
+        let results =
+            approval::verify_approvals(approvals, &registry, &binding, now, report.governance.clock_skew_secs);
         let mut accepted: Vec<VerifiedApproval> = Vec::new();
         let mut seen = Batch::default();
         for (bytes, result) in approvals.iter().zip(results) {
@@ -284,7 +285,7 @@ impl Runner {
             roles,
             passkeys,
             checked_at: now,
-            clock_skew_secs: self.config.clock_skew_secs,
+            clock_skew_secs: report.governance.clock_skew_secs,
         };
         report.log.append(&report.run, quorum).await.or_fail()?;
         report.quorum = Some(serde_json::to_value(&result.outcome).or_fail()?);

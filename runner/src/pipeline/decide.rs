@@ -1,7 +1,7 @@
 //! Decide: the policy, over the blast radius of the grant in the system
 //! graph (never the capsule's claims), gives the tier and the approvals it
 //! needs. Recorded, with its input, before anything runs. Also: which
-//! policy is in force, and reloading it.
+//! policy is in force (reloading it: `reload.rs`).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use edge_core::policy::DecisionInput;
 
 use super::Runner;
 use super::run::{Fails, RunReport, Stage, StageError, Stop};
-use crate::policy_files::PolicySet;
+use crate::governance::Governance;
 
 /// Why the policy did not let the capsule go further.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +33,10 @@ impl StageError for DecideError {
 
 impl Runner {
     pub(crate) fn decide(&self, admitted: Admitted, report: &mut RunReport) -> Result<Decided, Stop> {
-        let (evaluated, input_d) = match &self.config.policy {
+        let governance = report.governance.clone();
+        let (evaluated, input_d) = match &governance.policy {
             Some(set) => {
-                let input = decision_input(&admitted, &self.config.nodes);
+                let input = decision_input(&admitted, &governance.nodes);
                 let input_d = report.artifact(&canonical::to_canonical_vec(&input).or_fail()?)?;
                 (set.policy.evaluate(&set.graph, &input), Some(input_d))
             }
@@ -57,61 +58,33 @@ impl Runner {
 
     /// If the policy or graph in force differs from what the log last
     /// recorded, record the change (with both documents as artifacts) before
-    /// any decision uses it.
-    pub(crate) fn record_policy_in_force(&mut self) -> Result<()> {
-        let (old_policy, old_graph) = self.recorded_policy();
-        let (new_policy, new_graph) = match &self.config.policy {
-            Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
-            None => (None, None),
-        };
-        if (old_policy, old_graph) == (new_policy, new_graph) {
-            return Ok(());
+    /// any decision uses it. Every governing document is stored as an
+    /// artifact, so a later reload record can name what it replaced.
+    pub(crate) fn record_policy_in_force(&self) -> Result<()> {
+        let governance = self.governance();
+        for doc in governance.documents() {
+            self.log.put_artifact(doc)?;
         }
-        if let Some(p) = &self.config.policy {
-            let (pt, gt) = (p.policy_text.clone(), p.graph_text.clone());
-            self.log.put_artifact(pt.as_bytes())?;
-            self.log.put_artifact(gt.as_bytes())?;
+        if let Some(event) = self.policy_change(&governance) {
+            self.log.append("policy", event)?;
         }
-        self.log.append("policy", Event::PolicyChange { old_policy, new_policy, old_graph, new_graph })?;
         Ok(())
     }
 
-    /// Reload the policy and graph from their files. A new policy takes
-    /// effect atomically (one assignment, recorded first); a bad one is
-    /// refused, recorded, and the last good one stays in force.
-    ///
-    /// # Errors
-    /// Only if the evidence log cannot be written. A refused reload returns
-    /// `Ok(false)`.
-    pub fn reload_policy(&mut self) -> Result<bool> {
-        let Some(current) = &self.config.policy else { return Ok(false) };
-        let (policy_path, graph_path) = (current.policy_path.clone(), current.graph_path.clone());
-        let kept = Some(current.policy.digest());
-        let has_root = self.config.signers.has_trusted_root();
-        let loaded = PolicySet::load(&policy_path, &graph_path).and_then(|set| {
-            set.check_nodes(&self.config.nodes)?;
-            if !has_root && set.policy.signers().iter().any(|s| s.is_keyless()) {
-                anyhow::bail!("the policy trusts keyless signers but no `sigstore.trusted_root` is configured");
-            }
-            Ok(set)
-        });
-        match loaded {
-            Ok(set) => {
-                let signers = set.policy.signers().to_vec();
-                let old = self.config.policy.replace(set);
-                if let Err(e) = self.record_policy_in_force() {
-                    self.config.policy = old;
-                    return Err(e);
-                }
-                self.config.signers.set_signers(signers);
-                Ok(true)
-            }
-            Err(e) => {
-                let file = format!("{} / {}", policy_path.display(), graph_path.display());
-                self.log.append("policy", Event::PolicyRefused { file, error: format!("{e:#}"), kept_policy: kept })?;
-                Ok(false)
-            }
-        }
+    /// The `policy-change` record that puts `governance`'s policy and graph
+    /// in force, if they differ from what the log last recorded.
+    pub(crate) fn policy_change(&self, governance: &Governance) -> Option<Event> {
+        let (old_policy, old_graph) = self.recorded_policy();
+        let (new_policy, new_graph) = match &governance.policy {
+            Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
+            None => (None, None),
+        };
+        ((old_policy, old_graph) != (new_policy, new_graph)).then_some(Event::PolicyChange {
+            old_policy,
+            new_policy,
+            old_graph,
+            new_graph,
+        })
     }
 }
 

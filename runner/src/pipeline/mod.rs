@@ -26,6 +26,7 @@ mod plan;
 mod preview;
 mod proposal;
 mod recovery;
+mod reload;
 mod run;
 mod seal;
 mod verify;
@@ -50,10 +51,12 @@ pub use proposal::{
     ApproverView, DEFAULT_PROPOSAL_TTL_SECS, PROPOSAL_SCHEMA, Proposal, QuorumStatus, QuorumView, proposal_path,
     read_approvals, still_needed, unix_now, verdict_name,
 };
+pub use reload::Reloaded;
 pub use run::{Refusal, RunReport, Stage, StageError, VerificationReport};
 pub use verify::VerifyError;
 
 use crate::config::RunnerConfig;
+use crate::governance::Governance;
 use crate::sandbox::Sandbox;
 use crate::staging::{self, Journal};
 use crate::store::log::{EvidenceLog, StoreHandle};
@@ -83,9 +86,13 @@ pub struct Runner {
     /// Held while approvals are counted and their nonces consumed, and while
     /// proposals are expired: a proposal is settled once.
     pub(crate) settling: tokio::sync::Mutex<()>,
-    /// Who may approve, now: the configured registry, replaced whole when an
-    /// approver enrolls a passkey (runs read it once, when they count).
-    approvers: std::sync::RwLock<Option<Arc<edge_core::approval::Registry>>>,
+    /// What governs decisions now (policy, graph, signers, approvers),
+    /// replaced whole by a reload or a passkey enrollment; each run takes
+    /// the one in force when it starts and keeps it.
+    governance: std::sync::RwLock<Arc<Governance>>,
+    /// Held while the governance is being replaced (reload, enrollment):
+    /// one change at a time, each recorded before it is in force.
+    pub(crate) changing_governance: tokio::sync::Mutex<()>,
     /// Write each run's receipt to `<state>/receipts/<run>.tlog-proof`
     /// (command-line runs); the daemon returns it in the answer instead (a
     /// file per run was a fifth of its CPU, in the file system).
@@ -98,7 +105,7 @@ impl Runner {
     ///
     /// # Errors
     /// If the log is broken or locked, or the sandbox cannot be built.
-    pub fn open(config: RunnerConfig) -> Result<Self> {
+    pub fn open(mut config: RunnerConfig) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
@@ -106,8 +113,19 @@ impl Runner {
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
         let settling = tokio::sync::Mutex::new(());
-        let approvers = std::sync::RwLock::new(config.approvers.clone().map(Arc::new));
-        let mut runner = Self { config, sandbox, log, identity, mount_locks, settling, approvers, receipt_files: true };
+        let governance = config.governance.take().context("this runner config is already held by a runner")?;
+        let governance = std::sync::RwLock::new(Arc::new(governance));
+        let mut runner = Self {
+            config,
+            sandbox,
+            log,
+            identity,
+            mount_locks,
+            settling,
+            governance,
+            changing_governance: tokio::sync::Mutex::new(()),
+            receipt_files: true,
+        };
         // Before anything is appended: the store must hold what this runner signed.
         runner.check_signed_history()?;
         runner.record_identity()?;
@@ -125,14 +143,20 @@ impl Runner {
         Ok(runner)
     }
 
-    /// The approver registry in force (None: nobody can approve).
-    pub fn approvers(&self) -> Option<Arc<edge_core::approval::Registry>> {
-        self.approvers.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// What governs decisions now. A run takes this once, when it starts.
+    pub fn governance(&self) -> Arc<Governance> {
+        self.governance.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Put a new approver registry in force (after it was recorded).
-    pub(crate) fn replace_approvers(&self, registry: edge_core::approval::Registry) {
-        *self.approvers.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(registry));
+    /// The approver registry in force (None: nobody can approve).
+    pub fn approvers(&self) -> Option<Arc<edge_core::approval::Registry>> {
+        self.governance().approvers.clone()
+    }
+
+    /// Put new governance in force (after it was recorded; the caller
+    /// holds `changing_governance`).
+    pub(crate) fn replace_governance(&self, next: Governance) {
+        *self.governance.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
     }
 
     /// Sign a checkpoint of the whole log now.
@@ -200,7 +224,7 @@ impl Runner {
         submitted_by: Option<&str>,
     ) -> Result<RunReport> {
         let run = new_run_id();
-        let mut report = RunReport::new(&run, self.log.run_log());
+        let mut report = RunReport::new(&run, self.log.run_log(), self.governance());
         report.submitted_by = submitted_by.map(str::to_owned);
         let mut result = match self.drive(capsule, approvals, &mut report).await {
             Ok(()) | Err(Stop::Ended) => Ok(()),

@@ -266,7 +266,10 @@ impl Runner {
         let doc: Proposal =
             serde_json::from_slice(&bytes).with_context(|| format!("{} is unreadable", path.display()))?;
         doc.check()?;
-        let registry = self.approvers().context("no [approvers] registry is configured: nobody can approve")?;
+        let governance = self.governance();
+        let registry =
+            governance.approvers.clone().context("no [approvers] registry is configured: nobody can approve")?;
+        let registry_skew = governance.clock_skew_secs;
         if self.executed(id) {
             anyhow::bail!("proposal {id} was already executed");
         }
@@ -286,8 +289,7 @@ impl Runner {
             grant: doc.grant.clone(),
             max_age_secs: requirement.max_age_secs,
         };
-        let results =
-            approval::verify_approvals(approvals, &registry, &binding, unix_now()?, self.config.clock_skew_secs);
+        let results = approval::verify_approvals(approvals, &registry, &binding, unix_now()?, registry_skew);
         let mut seen = super::authorize::Batch::default();
         let mut accepted = Vec::new();
         let mut refused = Vec::new();

@@ -160,6 +160,10 @@ pub struct RunReport {
     /// The mount locks the run holds, until its cleanup is done.
     #[serde(skip)]
     pub(crate) mount_guards: Vec<MountGuard>,
+    /// What governs this run: the policy, signers and approvers in force
+    /// when it started (a reload meanwhile does not change them).
+    #[serde(skip)]
+    pub(crate) governance: std::sync::Arc<crate::governance::Governance>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,7 +181,7 @@ pub(crate) enum MountGuard {
 }
 
 impl RunReport {
-    pub(crate) fn new(run: &str, log: RunLog) -> Self {
+    pub(crate) fn new(run: &str, log: RunLog, governance: std::sync::Arc<crate::governance::Governance>) -> Self {
         Self {
             run: run.to_owned(),
             outcome: Outcome::Refused,
@@ -202,6 +206,7 @@ impl RunReport {
             submitted_by: None,
             log,
             mount_guards: Vec::new(),
+            governance,
         }
     }
 

@@ -2,13 +2,21 @@
 //!
 //! Every request arrives on a connection whose client certificate already
 //! verified against the client CA; `agent` is the identity it names.
-//! Submitting needs that identity in `server.agents`; approvals may be
-//! posted by anyone with a valid certificate, since the approval's own
-//! signature is what counts.
+//! Submitting needs that identity in `server.agents`. Everything else is
+//! granted per identity or role in `[server.access]` (docs/operations.md,
+//! "Who may read what"): reading proposals and posting approvals
+//! (`proposals`; an agent may always for the proposals it submitted), the
+//! evidence export (`evidence`), `/metrics` (`metrics`), reloading
+//! (`reload`). Health and readiness answer any valid certificate. A
+//! proposal the client may not see is answered like an unknown one.
+
+// Handlers answer `Err(response)` for refusals (a response, not an error).
+#![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::config::server::Permission;
 use crate::server::Shared;
 use crate::service::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
@@ -131,7 +139,16 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"))
             }
         }
-        (&Method::GET, ["metrics"]) => Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", shared.runs.metrics())),
+        (&Method::GET, ["metrics"]) => {
+            require(shared, &agent, Permission::Metrics)?;
+            Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", shared.runs.metrics()))
+        }
+        (&Method::POST, ["v1", "reload"]) => {
+            let who = require(shared, &agent, Permission::Reload)?;
+            let done = shared.runs.runner().reload(&format!("api:{who}")).await.map_err(|e| runner_error(&e))?;
+            let status = if done.applied { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            Ok(json_reply(status, &done))
+        }
         (&Method::POST, ["v1", "proposals"]) => {
             // Read the (bounded) body first even when refusing, so the client
             // gets the answer rather than a connection reset mid-upload.
@@ -191,10 +208,19 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 })?),
                 None => None,
             };
-            Ok(json_reply(StatusCode::OK, &json!({ "proposals": shared.runs.list(state) })))
+            let who = identity(&agent)?;
+            let mut list = shared.runs.list(state);
+            if !shared.settings.access.allows(Permission::Proposals, who) {
+                if !shared.settings.agents.contains(who) {
+                    return Err(denied(who, Permission::Proposals));
+                }
+                list.retain(|p| p.submitted_by.as_deref() == Some(who));
+            }
+            Ok(json_reply(StatusCode::OK, &json!({ "proposals": list })))
         }
         (&Method::GET, ["v1", "proposals", id]) => {
             let id = (*id).to_owned();
+            may_see(shared, &agent, &id)?;
             match shared.runs.detail(&id).map_err(|e| runner_error(&e))? {
                 Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
                 None => Err(error(StatusCode::NOT_FOUND, format!("no proposal {id} on this runner"))),
@@ -202,6 +228,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         }
         (&Method::GET, ["v1", "proposals", id, "preview"]) => {
             let id = (*id).to_owned();
+            may_see(shared, &agent, &id)?;
             match shared.runs.preview(&id).map_err(|e| runner_error(&e))? {
                 Some(p) => Ok(json_reply(StatusCode::OK, &serde_json::to_value(p).expect("serialisable"))),
                 None => Err(error(
@@ -212,6 +239,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         }
         (&Method::GET, ["v1", "proposals", id, "document"]) => {
             let id = (*id).to_owned();
+            may_see(shared, &agent, &id)?;
             match shared.runs.document(&id) {
                 Some(doc) => Ok(reply(StatusCode::OK, "application/json", doc)),
                 None => Err(error(
@@ -222,6 +250,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         }
         (&Method::POST, ["v1", "proposals", id, "approvals"]) => {
             let id = (*id).to_owned();
+            may_see(shared, &agent, &id)?;
             // An approval file is small: cap it here, before it is read into
             // memory, not at the general body limit (32 MiB by default).
             let limit = shared.settings.max_body_bytes.min(edge_core::approval::MAX_APPROVAL_BYTES);
@@ -239,19 +268,57 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             }
         }
         (&Method::GET, ["v1", "evidence", "checkpoint"]) => {
+            require(shared, &agent, Permission::Evidence)?;
             let note = shared.runs.checkpoint().await.map_err(|e| runner_error(&e))?;
             Ok(reply(StatusCode::OK, "text/plain; charset=utf-8", note))
         }
         (&Method::GET, ["v1", "evidence", "export"]) => {
+            require(shared, &agent, Permission::Evidence)?;
             let since = query_param(&query, "since");
             let bundle =
                 shared.runs.export(since).await.map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
             Ok(reply(StatusCode::OK, "application/vnd.edge-runner.evidence-bundle", bundle))
         }
-        (_, ["healthz" | "readyz" | "metrics"] | ["v1", "proposals", ..] | ["v1", "evidence", ..]) => {
+        (_, ["healthz" | "readyz" | "metrics"] | ["v1", "proposals" | "reload", ..] | ["v1", "evidence", ..]) => {
             Err(error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")))
         }
         _ => Err(error(StatusCode::NOT_FOUND, format!("no route {path}; see docs/openapi.yaml"))),
+    }
+}
+
+/// The client's identity (every connection has a verified certificate; one
+/// whose identity could not be read may do nothing but health checks).
+fn identity(agent: &Result<String, String>) -> Result<&str, Resp> {
+    agent.as_deref().map_err(|e| error(StatusCode::FORBIDDEN, format!("no client identity: {e}")))
+}
+
+fn denied(who: &str, p: Permission) -> Resp {
+    error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "`{}` may not do this: an operator grants it with server.access.{} (the identity or a role it is in)",
+            edge_core::text::line(who),
+            p.name()
+        ),
+    )
+}
+
+/// The identity, if it holds `p`.
+fn require<'a>(shared: &Shared, agent: &'a Result<String, String>, p: Permission) -> Result<&'a str, Resp> {
+    let who = identity(agent)?;
+    if shared.settings.access.allows(p, who) { Ok(who) } else { Err(denied(who, p)) }
+}
+
+/// Whether the client may see proposal `id`: with `proposals` access, or
+/// as the agent that submitted it. Otherwise it is answered as unknown.
+fn may_see(shared: &Shared, agent: &Result<String, String>, id: &str) -> Result<(), Resp> {
+    let who = identity(agent)?;
+    if shared.settings.access.allows(Permission::Proposals, who) {
+        return Ok(());
+    }
+    match shared.runs.show(id) {
+        Some(p) if shared.settings.agents.contains(who) && p.submitted_by.as_deref() == Some(who) => Ok(()),
+        _ => Err(error(StatusCode::NOT_FOUND, format!("no proposal {} on this runner", edge_core::text::line(id)))),
     }
 }
 

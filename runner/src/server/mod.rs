@@ -85,6 +85,21 @@ pub async fn serve(
         }
         None => None,
     };
+    // SIGHUP reloads policy, graph, signers and approvers (a refused
+    // reload is recorded and changes nothing).
+    let hangup = {
+        let runs = runs.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot install the SIGHUP (reload) handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = runs.runner().reload("sighup").await {
+                    tracing::error!(error = %format!("{e:#}"), "reload could not be recorded; nothing changed");
+                }
+            }
+        })
+        .abort_handle()
+    };
     let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
@@ -154,6 +169,7 @@ pub async fn serve(
         while connections.try_join_next().is_some() {}
     }
     tracing::info!("shutting down: no new connections; finishing the runs in progress");
+    hangup.abort();
     drop(listener);
     let _ = console_stop.send(());
     if let Some((_, task)) = console {

@@ -1,0 +1,125 @@
+//! What governs decisions, as one value: the policy and its graph, the
+//! mapping of mounts and endpoints to graph nodes, the trusted signers and
+//! the approver registry.
+//!
+//! The runner holds the one in force behind a lock and replaces it whole
+//! (a reload, a passkey enrollment); a run takes the one in force when it
+//! starts ([`crate::pipeline::Runner::governance`]) and keeps it to its end,
+//! so a reload never changes the rules under a run in flight.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edge_core::Sha256Digest;
+use edge_core::approval::Registry;
+use edge_core::evidence::ConfigDigests;
+use edge_core::signature::TrustedSigners;
+
+use crate::policy_files::PolicySet;
+
+/// The governing part of a runner config.
+#[derive(Debug, Clone)]
+pub struct Governance {
+    /// The policy, graph and their files (None only with
+    /// `dangerous_run_without_policy`).
+    pub policy: Option<Arc<PolicySet>>,
+    /// Mount and endpoint name → graph node.
+    pub nodes: Arc<BTreeMap<String, String>>,
+    /// Who may sign capsules.
+    pub signers: Arc<TrustedSigners>,
+    /// The Sigstore trusted root's exact bytes (recorded as an evidence
+    /// artifact with each admission, so the signature can be checked again offline).
+    pub trusted_root: Option<Arc<Vec<u8>>>,
+    /// Who may approve (allowed_signers + roles + passkeys).
+    pub approvers: Option<Arc<Registry>>,
+    /// Where passkey enrollments are registered (with `[approvers]`).
+    pub passkeys_file: Option<PathBuf>,
+    /// Clock skew tolerated on approval times.
+    pub clock_skew_secs: u64,
+    /// The config file's exact text (an artifact of reload records).
+    pub config_text: Arc<String>,
+}
+
+impl Governance {
+    /// Every governing document by digest.
+    pub fn digests(&self) -> ConfigDigests {
+        let r = self.approvers.as_deref();
+        ConfigDigests {
+            config: Sha256Digest::of(self.config_text.as_bytes()),
+            policy: self.policy.as_ref().map(|p| p.policy.digest()),
+            graph: self.policy.as_ref().map(|p| p.graph.digest()),
+            registry: r.and_then(|r| r.digest),
+            allowed_signers: r.map(|r| Sha256Digest::of(r.allowed_signers_text.as_bytes())),
+            roles: r.map(|r| Sha256Digest::of(r.roles_text.as_bytes())),
+            passkeys: r.and_then(|r| r.passkeys_text.as_ref()).map(|t| Sha256Digest::of(t.as_bytes())),
+            trusted_root: self.trusted_root.as_ref().map(|b| Sha256Digest::of(b)),
+        }
+    }
+
+    /// The documents [`Governance::digests`] names, to store as artifacts.
+    pub fn documents(&self) -> Vec<&[u8]> {
+        let mut out: Vec<&[u8]> = vec![self.config_text.as_bytes()];
+        if let Some(p) = &self.policy {
+            out.push(p.policy_text.as_bytes());
+            out.push(p.graph_text.as_bytes());
+        }
+        if let Some(r) = &self.approvers {
+            out.push(r.allowed_signers_text.as_bytes());
+            out.push(r.roles_text.as_bytes());
+            if let Some(t) = &r.passkeys_text {
+                out.push(t.as_bytes());
+            }
+        }
+        if let Some(b) = &self.trusted_root {
+            out.push(b);
+        }
+        out
+    }
+
+    /// The same, with another approver registry.
+    #[must_use]
+    pub fn with_approvers(&self, registry: Registry) -> Self {
+        Self { approvers: Some(Arc::new(registry)), ..self.clone() }
+    }
+}
+
+/// The config sections that differ between two config texts and that a
+/// reload does not apply (everything but `[policy]`, `[approvers]`,
+/// `[[signers]]`, `[sigstore]`, `[endpoints]` and the mounts' `node`).
+pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
+    let (old, new) = (fixed_sections(old), fixed_sections(new));
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter().filter(|k| old.get(*k) != new.get(*k)).map(|k| format!("[{k}]")).collect()
+}
+
+fn fixed_sections(text: &str) -> toml::Table {
+    let mut t: toml::Table = toml::from_str(text).unwrap_or_default();
+    for k in ["policy", "approvers", "signers", "sigstore", "endpoints"] {
+        t.remove(k);
+    }
+    if let Some(toml::Value::Table(mounts)) = t.get_mut("mounts") {
+        for (_, m) in mounts.iter_mut() {
+            if let toml::Value::Table(m) = m {
+                m.remove("node");
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_needed;
+
+    #[test]
+    fn only_sections_a_reload_does_not_apply_need_a_restart() {
+        let a = "[runner]\nname = \"r\"\n[policy]\nfile = \"p\"\n[mounts.app]\npath = \"/a\"\nnode = \"x\"\n";
+        let b = "[runner]\nname = \"r\"\n[policy]\nfile = \"q\"\n[mounts.app]\npath = \"/a\"\nnode = \"y\"\n";
+        assert!(restart_needed(a, b).is_empty());
+        let c = b.replace("/a", "/b");
+        assert_eq!(restart_needed(a, &c), vec!["[mounts]"]);
+        let d = format!("{b}[server]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(restart_needed(a, &d), vec!["[server]"]);
+    }
+}

@@ -1,0 +1,106 @@
+//! Reload: read the config file again and put its policy, graph, node
+//! mapping, trusted signers and approver registry in force together,
+//! without a restart (`SIGHUP`, `edge-runner reload`).
+//!
+//! ```text
+//! load + check everything ──bad──► reload-refused (kept digests); nothing changes
+//!        │ good
+//!        ▼
+//! artifacts, [policy-change], config-reloaded (old → new digests) ── durable
+//!        ▼
+//! one assignment: the new governance is in force for runs that start now
+//! ```
+//!
+//! Runs already started keep the governance they took when they started.
+//! Sections a reload does not apply (listen addresses, mounts, limits, …)
+//! are named in the record and the answer: they need a restart.
+
+use anyhow::{Context, Result};
+use edge_core::evidence::{ConfigDigests, Event};
+use serde::Serialize;
+
+use super::Runner;
+use crate::config::RunnerConfig;
+use crate::governance;
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reloaded {
+    /// Whether the new configuration is in force.
+    pub applied: bool,
+    /// What was in force before (and still is, when refused).
+    pub old: ConfigDigests,
+    /// What is in force now (absent when refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<ConfigDigests>,
+    /// Changed sections that only a restart applies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Runner {
+    /// Reload the governing configuration from the config file this runner
+    /// was opened with. A config that does not load (any check `serve`
+    /// makes at start) is refused and recorded; the running configuration
+    /// stays. `trigger` says who asked (`sighup`, `api:<identity>`).
+    ///
+    /// # Errors
+    /// Only if the evidence log cannot be written; nothing changed then.
+    pub async fn reload(&self, trigger: &str) -> Result<Reloaded> {
+        let _one = self.changing_governance.lock().await;
+        let current = self.governance();
+        let old = current.digests();
+        let loaded = match self.config.source.clone() {
+            Some(path) => tokio::task::spawn_blocking(move || RunnerConfig::load(&path))
+                .await
+                .context("loading the config panicked")?,
+            None => Err(anyhow::anyhow!("this runner was not started from a config file; restart it instead")),
+        };
+        let mut config = match loaded {
+            Ok(c) => c,
+            Err(e) => return self.refuse_reload(trigger, format!("{e:#}"), old).await,
+        };
+        let next = config.governance.take().context("a loaded config has its governance")?;
+        let new = next.digests();
+        let restart_needed = governance::restart_needed(&current.config_text, &next.config_text);
+        for doc in next.documents() {
+            self.log.put_artifact(doc)?;
+        }
+        let mut log = self.log.run_log();
+        if let Some(change) = self.policy_change(&next) {
+            log.append_deferred("policy", change)?;
+        }
+        let event = Event::ConfigReloaded {
+            trigger: trigger.to_owned(),
+            old: old.clone(),
+            new: new.clone(),
+            restart_needed: restart_needed.clone(),
+        };
+        log.append_deferred("runner", event)?;
+        log.barrier().await?;
+        self.replace_governance(next);
+        tracing::info!(
+            trigger,
+            policy = ?new.policy.map(|d| d.to_string()),
+            graph = ?new.graph.map(|d| d.to_string()),
+            registry = ?new.registry.map(|d| d.to_string()),
+            restart_needed = ?restart_needed,
+            "configuration reloaded"
+        );
+        Ok(Reloaded { applied: true, old, new: Some(new), restart_needed, error: None })
+    }
+
+    async fn refuse_reload(&self, trigger: &str, error: String, kept: ConfigDigests) -> Result<Reloaded> {
+        tracing::warn!(trigger, error = %edge_core::text::line(&error), "reload refused; the running configuration stays");
+        let mut log = self.log.run_log();
+        log.append_deferred(
+            "runner",
+            Event::ReloadRefused { trigger: trigger.to_owned(), error: error.clone(), kept: kept.clone() },
+        )?;
+        log.barrier().await?;
+        Ok(Reloaded { applied: false, old: kept, new: None, restart_needed: Vec::new(), error: Some(error) })
+    }
+}

@@ -1,0 +1,191 @@
+//! Running the runner for a year: who may read what, reload without a
+//! restart (SIGHUP and `edge-runner reload`), probes.
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use crate::server::{Server, capsule, rt, setup, show, sign, submit};
+
+/// Every evidence record, from an export by the operator, verified in full.
+async fn records(server: &Server, env: &crate::harness::Env) -> Vec<Value> {
+    let mut alice = server.client(env, "approver");
+    let r = alice.get("/v1/evidence/export").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+    let key = runner_key(env);
+    let keys = edge_evidence::parse_keys(&key).unwrap();
+    let v = edge_evidence::verify(&r.body, &keys, edge_evidence::Level::Full).unwrap();
+    v.records.iter().map(|r| serde_json::to_value(r).unwrap()).collect()
+}
+
+/// The runner's verification key, read once (the config may be broken later).
+fn runner_key(env: &crate::harness::Env) -> String {
+    let path = env.path("runner.vkey");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return k;
+    }
+    let k = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    std::fs::write(path, &k).unwrap();
+    k
+}
+
+#[test]
+fn who_may_read_what_is_granted_per_identity_or_role() {
+    let env = setup(64);
+    // The intruder's certificate is valid and it is an agent too, but it
+    // submitted nothing; it has no [server.access] grant.
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(
+        env.path("runner.toml"),
+        config.replace("agents = [\"", "agents = [\"spiffe://test.example/agent/intruder\", \""),
+    )
+    .unwrap();
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let v = submit(&mut agent, &tier0).await.json().unwrap();
+        let id = v["id"].as_str().unwrap().to_owned();
+        // The agent follows its own proposal…
+        assert_eq!(show(&mut agent, &id).await["state"], "committed");
+        let mine = agent.get("/v1/proposals").await.unwrap().json().unwrap();
+        assert_eq!(mine["proposals"].as_array().unwrap().len(), 1);
+        // …but may not download the evidence, read metrics or reload.
+        for (method, path, grant) in [
+            ("GET", "/v1/evidence/export", "evidence"),
+            ("GET", "/v1/evidence/checkpoint", "evidence"),
+            ("GET", "/metrics", "metrics"),
+            ("POST", "/v1/reload", "reload"),
+        ] {
+            let r = if method == "GET" {
+                agent.get(path).await.unwrap()
+            } else {
+                agent.post(path, Vec::new(), "application/json").await.unwrap()
+            };
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+            assert!(r.error_message().contains(&format!("server.access.{grant}")), "{}", r.error_message());
+        }
+        // Another agent sees none of it: not in its list, and the proposal
+        // is answered as unknown (its existence is not confirmed).
+        let mut other = server.client(&env, "intruder");
+        let theirs = other.get("/v1/proposals").await.unwrap().json().unwrap();
+        assert!(theirs["proposals"].as_array().unwrap().is_empty(), "{theirs:#}");
+        for path in [format!("/v1/proposals/{id}"), format!("/v1/proposals/{id}/document")] {
+            let r = other.get(&path).await.unwrap();
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        }
+        let r = other.post(&format!("/v1/proposals/{id}/approvals"), b"{}".to_vec(), "application/json").await;
+        assert_eq!(r.unwrap().status, StatusCode::NOT_FOUND);
+        // Health and readiness answer any valid certificate.
+        assert_eq!(other.get("/healthz").await.unwrap().status, StatusCode::OK);
+        // The operator (by role) reads everything.
+        let mut alice = server.client(&env, "approver");
+        let all = alice.get("/v1/proposals").await.unwrap().json().unwrap();
+        assert_eq!(all["proposals"].as_array().unwrap().len(), 1);
+        assert_eq!(alice.get("/metrics").await.unwrap().status, StatusCode::OK);
+        assert!(!records(&server, &env).await.is_empty());
+    });
+}
+
+#[test]
+fn an_identity_not_granted_anything_sees_nothing() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    rt().block_on(async {
+        // Valid certificate, not an agent, no grant.
+        let mut c = server.client(&env, "intruder");
+        let r = c.get("/v1/proposals").await.unwrap();
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.error_message().contains("server.access.proposals"), "{}", r.error_message());
+    });
+}
+
+#[test]
+fn reload_applies_a_new_approver_without_a_restart_and_a_bad_one_changes_nothing() {
+    let env = setup(64);
+    let mut server = Server::start(&env);
+    let tier2 = capsule(&env, "none", true);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let mut alice = server.client(&env, "approver");
+        let v = submit(&mut agent, &tier2).await.json().unwrap();
+        assert_eq!(v["state"], "awaiting-approval", "{v:#}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        runner_key(&env);
+
+        // Dave is not an approver yet: his approval is not kept.
+        env.write_approvers(
+            &[("alice", &["sre"]), ("carol", &["payments-owner"]), ("bob", &["sre"]), ("dave", &["sre"])],
+            "",
+        );
+        // (On disk now, but not in force: the runner has not reloaded.)
+        let dave = sign(&env, &mut alice, &id, "dave", "approve").await;
+        let r = alice.post(&format!("/v1/proposals/{id}/approvals"), dave.clone(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.error_message());
+
+        // The operator reloads: no restart, and it counts now.
+        let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["applied"], true, "{v:#}");
+        assert_ne!(v["old"]["registry"], v["new"]["registry"], "{v:#}");
+        assert_eq!(v["old"]["policy"], v["new"]["policy"], "{v:#}");
+        let r = alice.post(&format!("/v1/proposals/{id}/approvals"), dave, "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error_message());
+        let p = show(&mut alice, &id).await;
+        assert_eq!(p["quorum"]["approvals"][0]["principal"], "dave@bank.example", "{p:#}");
+        assert_eq!(p["quorum"]["approvals"][0]["counted"], true, "{p:#}");
+
+        // A broken policy, by SIGHUP: refused, recorded, the server lives on
+        // and decides with the policy it had.
+        let good = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+        std::fs::write(env.path("policy.toml"), "version = 1\n[tiers.0]\napprovals = 3\n").unwrap();
+        server.signal("HUP");
+        let mut refused = None;
+        for _ in 0..100 {
+            let recs = records(&server, &env).await;
+            refused = recs.into_iter().find(|r| r["event"]["type"] == "reload-refused");
+            if refused.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let refused = refused.expect("a reload-refused record after SIGHUP");
+        assert_eq!(refused["event"]["trigger"], "sighup");
+        assert!(refused["event"]["error"].as_str().unwrap().contains("tiers.0.approvals"), "{refused:#}");
+        assert!(server.alive(), "SIGHUP must not stop the server");
+        assert_eq!(alice.get("/healthz").await.unwrap().status, StatusCode::OK);
+        // Over the API the refusal is a 422 naming the cause.
+        let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.json().unwrap()["error"].as_str().unwrap().contains("tiers.0.approvals"));
+        std::fs::write(env.path("policy.toml"), good).unwrap();
+        let reloads = records(&server, &env).await;
+        let applied: Vec<&Value> = reloads.iter().filter(|r| r["event"]["type"] == "config-reloaded").collect();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0]["run"], "runner");
+        assert_eq!(applied[0]["event"]["trigger"], "api:spiffe://test.example/people/alice");
+    });
+    // The CLI says the same, and exits non-zero on a refusal.
+    let tls = env.path("tls");
+    let args = |cmd: &str| {
+        vec![
+            cmd.to_owned(),
+            "--server".into(),
+            server.url.clone(),
+            "--ca".into(),
+            tls.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            tls.join("approver.pem").display().to_string(),
+            "--key".into(),
+            tls.join("approver.key").display().to_string(),
+        ]
+    };
+    let a = args("reload");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let ok = env.cli(&a).success();
+    assert!(ok.stdout().contains("reloaded"), "{}", ok.stdout());
+    std::fs::write(env.path("graph.toml"), "not [ toml").unwrap();
+    let bad = env.cli(&a);
+    assert_eq!(bad.code(), 3, "{}", bad.stdout());
+    assert!(bad.stdout().contains("REFUSED"), "{}", bad.stdout());
+}
