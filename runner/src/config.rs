@@ -230,6 +230,10 @@ pub struct RunnerConfig {
     /// results kept for all waiting proposals.
     pub max_preview_bytes: u64,
     pub max_waiting_previews_bytes: u64,
+    /// SHA-256 of the config file as read by [`RunnerConfig::load`] (None
+    /// for a config built from text): recorded in the runner's
+    /// self-attestation at start (`crate::attest`).
+    pub file_digest: Option<edge_core::Sha256Digest>,
 }
 
 impl RunnerConfig {
@@ -242,7 +246,10 @@ impl RunnerConfig {
             std::fs::read_to_string(path).with_context(|| format!("cannot read runner config {}", path.display()))?;
         let base =
             path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-        Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
+        let mut config =
+            Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))?;
+        config.file_digest = Some(edge_core::Sha256Digest::of(text.as_bytes()));
+        Ok(config)
     }
 
     /// Resolve a config from its text, with relative paths against `base`.
@@ -508,6 +515,7 @@ impl RunnerConfig {
             },
             max_preview_bytes: raw.runner.max_preview_mib.unwrap_or(16) << 20,
             max_waiting_previews_bytes: raw.runner.max_waiting_previews_mib.unwrap_or(1024) << 20,
+            file_digest: None,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! sandbox, staging/commit/rollback on the host filesystem, the evidence log
 //! on disk, and the CLI.
 
+pub mod attest;
 pub mod backstage;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod notify;
 pub mod pipeline;
 pub mod policy_files;
+pub mod rotate;
 pub mod sandbox;
 pub mod server;
 pub mod service;

@@ -10,6 +10,7 @@ mod hostile;
 mod notify;
 mod policy;
 mod preview;
+mod rotation;
 mod server;
 mod signatures;
 mod sigstore;
