@@ -209,16 +209,20 @@ mod tests {
         assert_eq!(s.find(&HeaderMap::new()).unwrap_err(), None);
     }
 
-    #[test]
-    fn a_ceremony_finishes_once() {
-        let s = Sessions::new(Duration::from_secs(60));
-        let wa = webauthn_rs::prelude::WebauthnBuilder::new(
+    fn webauthn() -> webauthn_rs::prelude::Webauthn {
+        webauthn_rs::prelude::WebauthnBuilder::new(
             "localhost",
             &webauthn_rs::prelude::Url::parse("https://localhost:8444").unwrap(),
         )
         .unwrap()
         .build()
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_ceremony_finishes_once() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let wa = webauthn();
         let (_, state) = wa.start_passkey_registration(webauthn_rs::prelude::Uuid::new_v4(), "a", "a", None).unwrap();
         let id = s
             .start(Ceremony::Enroll { code: "c".into(), principal: "a".into(), state }, Duration::from_secs(60))
@@ -230,13 +234,7 @@ mod tests {
     #[test]
     fn one_name_cannot_fill_the_ceremony_table() {
         let s = Sessions::new(Duration::from_secs(60));
-        let wa = webauthn_rs::prelude::WebauthnBuilder::new(
-            "localhost",
-            &webauthn_rs::prelude::Url::parse("https://localhost:8444").unwrap(),
-        )
-        .unwrap()
-        .build()
-        .unwrap();
+        let wa = webauthn();
         let start = |who: &str| {
             let (_, state) =
                 wa.start_passkey_registration(webauthn_rs::prelude::Uuid::new_v4(), who, who, None).unwrap();
