@@ -101,11 +101,6 @@ impl Access {
     pub fn allows(&self, p: Permission, identity: &str) -> bool {
         self.grants.get(p.name()).is_some_and(|s| s.contains(identity))
     }
-
-    /// The identities holding `p`.
-    pub fn holders(&self, p: Permission) -> impl Iterator<Item = &str> {
-        self.grants.get(p.name()).into_iter().flatten().map(String::as_str)
-    }
 }
 
 /// Resolved server settings.
