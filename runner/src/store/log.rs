@@ -14,8 +14,9 @@
 //!   identity key.
 //!
 //! Readable with the stock `sqlite3` tool; the schema is documented in
-//! `docs/evidence.md`. On open the whole chain is verified; a broken store
-//! refuses to start the runner.
+//! `docs/evidence.md` and versioned (`crate::store::schema`: a store written
+//! by a newer runner is refused untouched, an older one is migrated). On open
+//! the whole chain is verified; a broken store refuses to start the runner.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,36 +34,10 @@ use tokio::sync::oneshot;
 use crate::events::{ProposalEvent, ProposalEvents};
 use crate::store::index::LogIndex;
 
-const SCHEMA: &str = "
+/// Set on every connection that writes (the tables are in `crate::store::schema`).
+const PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
-CREATE TABLE IF NOT EXISTS records (
-    seq   INTEGER PRIMARY KEY,   -- position in the log, from 0, no gaps
-    run   TEXT NOT NULL,         -- run id (or 'policy' / 'runner' for runner-level records)
-    type  TEXT NOT NULL,         -- event type
-    time  TEXT NOT NULL,         -- RFC 3339, UTC
-    prev  TEXT NOT NULL,         -- sha256 of the previous record's canonical JSON
-    hash  TEXT NOT NULL,         -- sha256 of this record's canonical JSON
-    body  TEXT NOT NULL          -- the canonical JSON record (the Merkle leaf)
-);
-CREATE INDEX IF NOT EXISTS records_by_run ON records (run);
-CREATE TABLE IF NOT EXISTS artifacts (
-    digest TEXT PRIMARY KEY,     -- sha256:<hex> of bytes
-    size   INTEGER NOT NULL,
-    bytes  BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    size  INTEGER PRIMARY KEY,   -- tree size
-    root  TEXT NOT NULL,         -- base64 root
-    note  TEXT NOT NULL,         -- the signed note (c2sp.org/tlog-checkpoint)
-    time  TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS records_append_only_u BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS records_append_only_d BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS artifacts_append_only_u BEFORE UPDATE ON artifacts BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS artifacts_append_only_d BEFORE DELETE ON artifacts BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_u BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_d BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 ";
 
 /// Most appends committed in one transaction.
@@ -517,8 +492,13 @@ impl EvidenceLog {
             );
         }
         let path = dir.join("evidence.db");
-        let db = Connection::open(&path).with_context(|| format!("cannot open evidence store {}", path.display()))?;
-        db.execute_batch(SCHEMA).with_context(|| format!("cannot initialise {}", path.display()))?;
+        // Before anything opens it for writing (which could change its
+        // header): a store written by a newer runner is refused untouched.
+        crate::store::schema::refuse_newer(&path)?;
+        let mut db =
+            Connection::open(&path).with_context(|| format!("cannot open evidence store {}", path.display()))?;
+        db.execute_batch(PRAGMAS).with_context(|| format!("cannot initialise {}", path.display()))?;
+        crate::store::schema::prepare(&mut db, &path)?;
         let mode: String = db.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if mode != "wal" {
             bail!("{} is not in WAL mode ({mode})", path.display());
@@ -791,6 +771,7 @@ pub fn read_only(dir: &Path) -> Result<Connection> {
 /// # Errors
 /// If it cannot be read or fails verification (naming the record).
 pub fn load_verified(dir: &Path) -> Result<(Vec<Record>, Vec<Hash>)> {
+    crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
     let db = read_only(dir)?;
     let (records, leaves, _) = load_and_verify(&db)?;
     Ok((records, leaves))

@@ -1,8 +1,10 @@
-//! The runner's state directory: the evidence log (`log`), the fold of it
-//! the runner works from (`index`), the check of the store against what the
-//! runner signed (`trust`) and file-system helpers (`fs`).
+//! The runner's state directory: the evidence log (`log`) and its schema
+//! version (`schema`), the fold of it the runner works from (`index`), the
+//! check of the store against what the runner signed (`trust`) and
+//! file-system helpers (`fs`).
 
 pub mod fs;
 pub mod index;
 pub mod log;
+pub mod schema;
 pub mod trust;
