@@ -6,6 +6,7 @@
 //! on disk, and the CLI.
 
 pub mod backstage;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -2,6 +2,7 @@
 //! wasm32-wasip2 by `test-programs`, real keys, real files.
 
 mod approvals;
+mod backup;
 mod console;
 mod evidence;
 mod examples;

@@ -9,6 +9,7 @@
 //! * 5 — planned above tier 0: waiting for approvals (a proposal was written)
 
 pub mod approve;
+pub mod backup;
 pub mod evidence;
 pub mod policy;
 pub mod server;
@@ -112,6 +113,11 @@ pub enum Command {
     /// Webhook notifications: check one as a receiver would.
     #[command(subcommand)]
     Webhook(crate::cli::webhook::WebhookCommand),
+    /// Back up the evidence store and state while the runner serves: a
+    /// consistent snapshot, verified after writing, with a manifest.
+    Backup(crate::cli::backup::BackupArgs),
+    /// Check a backup, and restore it into an empty state directory or a new home.
+    Restore(crate::cli::backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +258,8 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Submit(a) => crate::cli::server::submit(&a, out),
         Command::Proposals(c) => crate::cli::server::proposals(&c, out),
         Command::Webhook(c) => crate::cli::webhook::webhook(c, out),
+        Command::Backup(a) => crate::cli::backup::backup(&a, out),
+        Command::Restore(a) => crate::cli::backup::restore(&a, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -29,6 +29,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use edge_core::merkle::{Hash, MerkleStore};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -80,13 +81,40 @@ pub fn publish_now(dir: &Path) -> Result<()> {
     publish_latest(&crate::store::log::read_only(dir)?, dir)
 }
 
+/// What [`check_signed_history_of`] needs of a store: its size and the
+/// Merkle root of any prefix.
+pub trait History {
+    /// Records in the store.
+    fn records(&self) -> u64;
+    /// The root of the first `size` records, if the store has them.
+    fn root_at(&self, size: u64) -> Option<Hash>;
+}
+
+impl History for EvidenceLog {
+    fn records(&self) -> u64 {
+        EvidenceLog::len(self)
+    }
+    fn root_at(&self, size: u64) -> Option<Hash> {
+        EvidenceLog::root_at(self, size)
+    }
+}
+
+impl History for MerkleStore {
+    fn records(&self) -> u64 {
+        self.size() as u64
+    }
+    fn root_at(&self, size: u64) -> Option<Hash> {
+        (size <= self.size() as u64).then(|| self.root(size as usize))
+    }
+}
+
 /// Why a store does not hold what the runner signed.
-fn check_one(log: &EvidenceLog, what: &str, signed: &str, verifiers: &[NoteVerifier]) -> Result<()> {
+fn check_one(log: &dyn History, what: &str, signed: &str, verifiers: &[NoteVerifier]) -> Result<()> {
     let opened = note::open(signed, verifiers).map_err(|e| {
         anyhow::anyhow!("{what} is not signed by this runner's identity key ({e}); it was altered or belongs elsewhere")
     })?;
     let cp = Checkpoint::parse(&opened.text).with_context(|| format!("{what} is not a checkpoint"))?;
-    let have = log.len();
+    let have = log.records();
     if cp.size > have {
         bail!(
             "the runner signed a checkpoint of {} records ({what}) but the store holds only {have}: records {have}..{} \
@@ -113,7 +141,15 @@ fn check_one(log: &EvidenceLog, what: &str, signed: &str, verifiers: &[NoteVerif
 /// # Errors
 /// Naming what is missing or different, and the next step.
 pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Result<()> {
-    let dir = log.dir();
+    check_signed_history_of(log.dir(), log, verifiers)
+}
+
+/// [`check_signed_history`] for the store in `dir` whose verified records
+/// `log` describes (a backup's copy, checked without opening it for writing).
+///
+/// # Errors
+/// As [`check_signed_history`].
+pub fn check_signed_history_of(dir: &Path, log: &dyn History, verifiers: &[NoteVerifier]) -> Result<()> {
     let db = crate::store::log::read_only(dir)?;
     let row = newest_checkpoint_row(&db)?;
     let file = dir.join(LATEST_CHECKPOINT_FILE);
@@ -133,7 +169,7 @@ pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Re
             dir.join("evidence.db").display(),
             file.display()
         ),
-        (Some(_), None) if log.is_empty() => bail!(
+        (Some(_), None) if log.records() == 0 => bail!(
             "{} names a signed history but the store is empty: the evidence database was deleted or replaced. \
              Restore the state directory from a backup",
             file.display()

@@ -1,0 +1,112 @@
+//! Verify a copy of the evidence store without opening it for writing: the
+//! checks the runner makes at every start (`EvidenceLog::open`:
+//! schema version, every record's canonical form, sequence and chain link;
+//! `store::trust`: the store holds every record its newest checkpoint and
+//! `latest-checkpoint` cover, with the same root, signed by the runner's
+//! key or the key the log last recorded), and every artifact against its
+//! digest.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use edge_core::Sha256Digest;
+use edge_core::merkle::MerkleStore;
+use edge_core::note::NoteVerifier;
+
+use crate::backup::manifest::StoreHead;
+use crate::store::index::LogIndex;
+use crate::store::schema::{self, Found};
+
+/// A store that passed every check.
+#[derive(Debug)]
+pub struct Verified {
+    pub head: StoreHead,
+    /// Its Merkle tree (roots and proofs of any prefix).
+    pub tree: MerkleStore,
+    /// The fold of its records (proposals waiting, the key last recorded).
+    pub index: LogIndex,
+}
+
+/// The keys the store's checkpoints may be signed by: the runner's
+/// identity key and the key the log last recorded (as at start).
+fn verifiers(identity: &NoteVerifier, index: &LogIndex) -> Vec<NoteVerifier> {
+    let mut v = vec![identity.clone()];
+    if let Some(k) = index.key.as_deref()
+        && let Ok(recorded) = NoteVerifier::parse(k)
+    {
+        v.push(recorded);
+    }
+    v
+}
+
+/// Verify the store in `dir` (`evidence.db` and `latest-checkpoint`) as the
+/// runner does at start, with `identity` the runner's public key.
+///
+/// # Errors
+/// Naming the first check that fails.
+pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
+    let db_path = dir.join("evidence.db");
+    if !db_path.is_file() {
+        bail!("{} is missing", db_path.display());
+    }
+    schema::refuse_newer(&db_path)?;
+    let version = match schema::found(&crate::store::log::read_only(dir)?)? {
+        Found::At(v) => v,
+        Found::New => bail!("{} holds no evidence tables", db_path.display()),
+    };
+    let (records, leaves) = crate::store::log::load_verified(dir)
+        .with_context(|| format!("the evidence store {} failed verification", db_path.display()))?;
+    let mut tree = MerkleStore::default();
+    for l in &leaves {
+        tree.push(*l);
+    }
+    let mut index = LogIndex::default();
+    for r in &records {
+        index.push(r);
+    }
+    drop(records);
+    let db = crate::store::log::read_only(dir)?;
+    // The `hash` column, checked against each body by `load_verified`.
+    let head = rusqlite::OptionalExtension::optional(db.query_row(
+        "SELECT hash FROM records ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get::<_, String>(0),
+    ))?
+    .map(|h| h.parse::<Sha256Digest>().map_err(|e| anyhow::anyhow!("record hash `{h}`: {e}")))
+    .transpose()?;
+    let artifacts = check_artifacts(&db).with_context(|| format!("evidence store {}", db_path.display()))?;
+    crate::store::trust::check_signed_history_of(dir, &tree, &verifiers(identity, &index)).with_context(|| {
+        format!("the evidence store {} does not hold the history the runner signed", db_path.display())
+    })?;
+    let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
+    let size = tree.size();
+    Ok(Verified {
+        head: StoreHead {
+            schema_version: version,
+            records: size as u64,
+            artifacts,
+            root: hex::encode(tree.root(size)),
+            head,
+            checkpoint,
+        },
+        tree,
+        index,
+    })
+}
+
+/// Every artifact's bytes against its digest and size; returns the count.
+fn check_artifacts(db: &rusqlite::Connection) -> Result<u64> {
+    let mut stmt = db.prepare("SELECT digest, size, bytes FROM artifacts")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next()? {
+        let (d, size): (String, i64) = (row.get(0)?, row.get(1)?);
+        let bytes = row.get_ref(2)?.as_blob()?;
+        let want: Sha256Digest = d.parse().map_err(|e| anyhow::anyhow!("artifact digest `{d}`: {e}"))?;
+        if Sha256Digest::of(bytes) != want || usize::try_from(size).ok() != Some(bytes.len()) {
+            bail!("artifact {want} does not match its digest or size: the store was altered or damaged");
+        }
+        n += 1;
+    }
+    Ok(n)
+}
