@@ -110,3 +110,38 @@ fn check_artifacts(db: &rusqlite::Connection) -> Result<u64> {
     }
     Ok(n)
 }
+
+/// After the backup signed its head into a store `first` verified: the
+/// store is still those records (count, last hash), SQLite finds the file
+/// sound (`PRAGMA quick_check`: every page and index, after our write), and
+/// the signed history holds with the new checkpoint — without reading every
+/// record a second time. Returns the head with that checkpoint.
+///
+/// # Errors
+/// Naming what differs.
+pub fn resealed(dir: &Path, first: Verified, identity: &NoteVerifier) -> Result<Verified> {
+    let db = crate::store::log::read_only(dir)?;
+    let quick: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if quick != "ok" {
+        bail!("SQLite finds the store {} damaged: {quick}", dir.join("evidence.db").display());
+    }
+    let version = match schema::found(&db)? {
+        Found::At(v) => v,
+        Found::New => bail!("{} holds no evidence tables", dir.join("evidence.db").display()),
+    };
+    let (count, last): (i64, Option<String>) =
+        db.query_row("SELECT count(*), (SELECT hash FROM records ORDER BY seq DESC LIMIT 1) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let last =
+        last.map(|h| h.parse::<Sha256Digest>().map_err(|e| anyhow::anyhow!("record hash `{h}`: {e}"))).transpose()?;
+    if version != first.head.schema_version
+        || u64::try_from(count).ok() != Some(first.head.records)
+        || last != first.head.head
+    {
+        bail!("the store {} changed after it was verified: something else writes there", dir.display());
+    }
+    crate::store::trust::check_signed_history_of(dir, &first.tree, &verifiers(identity, &first.index))?;
+    let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
+    Ok(Verified { head: StoreHead { checkpoint, ..first.head }, ..first })
+}

@@ -7,7 +7,7 @@
 //! | version | what |
 //! | --- | --- |
 //! | 0 | a new, empty file; or a store made before versions were stamped (releases up to and including the one that introduced this module), whose tables are exactly version 1: it is stamped 1 at its next open |
-//! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`create`]; `docs/evidence.md#store`) |
+//! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE`]; `docs/evidence.md#store`) |
 //!
 //! At open ([`refuse_newer`], then [`prepare`]):
 //!
@@ -25,7 +25,7 @@
 //!    crash.
 //!
 //! **The next release that changes the schema** bumps [`SCHEMA_VERSION`],
-//! changes [`create`] for new stores, appends one [`Migration`] to
+//! changes [`CREATE`] for new stores, appends one [`Migration`] to
 //! [`MIGRATIONS`] taking a store at the previous version to the new one, and
 //! commits a store made by the previous release as a fixture beside
 //! `tests/data/store-v1/` (which every later runner must keep opening). A
