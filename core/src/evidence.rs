@@ -145,6 +145,44 @@ pub enum Event {
     },
     /// The runner's identity key (which signs checkpoints) was created or changed.
     KeyEvent { action: String, key: String },
+    /// The runner's identity key was rotated (`edge-runner keys rotate`):
+    /// the key in force, `old_key`, hands over to `new_key`. Both keys sign
+    /// one statement ([`crate::rotation::Statement`]) binding the runner,
+    /// both keys and this record's own `seq`, `prev` and `time`, so a
+    /// reviewer who trusts the old key can follow the chain to the new one,
+    /// and a reviewer holding the new key learns the old one agreed.
+    /// Checkpoints of a tree that holds this record are signed by the new
+    /// key. Keys are C2SP verifier keys (`<name>+<id>+<key>`); signatures
+    /// are base64(key id ‖ Ed25519 signature), as on a signed note's line.
+    /// Run `runner`.
+    KeyRotation { old_key: String, new_key: String, old_signature: String, new_signature: String },
+    /// What the runner is, recorded at every start (its self-attestation;
+    /// run `runner`): the SHA-256 of its executable, the version and source
+    /// revision it was built from, and the digests of what it was started
+    /// with. Runs that follow, until the next start, were executed by this
+    /// build. Claimed by the runner about itself: it shows which build
+    /// produced a run, it cannot prove a tampered binary did not lie.
+    RunnerStarted {
+        /// SHA-256 of the running executable (`/proc/self/exe`).
+        binary: Sha256Digest,
+        /// The crate version (`CARGO_PKG_VERSION`).
+        version: String,
+        /// The git commit the binary was built from, or `unknown`.
+        revision: String,
+        /// SHA-256 of the config file as read (absent when the runner was
+        /// configured without a file).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<Sha256Digest>,
+        /// The policy and graph digests in force (absent without a policy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<Sha256Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        graph: Option<Sha256Digest>,
+        /// The approver registry's digest (allowed_signers, roles and
+        /// passkeys files: `approval::Registry::digest`), when one is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approvers: Option<Sha256Digest>,
+    },
     /// The approver registry changed at the runner (an approver enrolled a
     /// passkey through the console): who, which credential, the registry
     /// digest before and after, and the new passkeys file (artifact).
@@ -405,6 +443,8 @@ impl Record {
                 }
             }
             Event::KeyEvent { .. }
+            | Event::KeyRotation { .. }
+            | Event::RunnerStarted { .. }
             | Event::ProposalExpired { .. }
             | Event::Authorized { .. }
             | Event::Committed { .. }
@@ -442,6 +482,8 @@ impl Event {
             Event::ApprovalRefused { .. } => "approval-refused",
             Event::Quorum { .. } => "quorum",
             Event::KeyEvent { .. } => "key-event",
+            Event::KeyRotation { .. } => "key-rotation",
+            Event::RunnerStarted { .. } => "runner-started",
             Event::RegistryChanged { .. } => "registry-changed",
             Event::ProposalExpired { .. } => "proposal-expired",
             Event::PolicyRefused { .. } => "policy-refused",

@@ -38,6 +38,7 @@ pub mod paths;
 pub mod plan;
 pub mod policy;
 pub mod preview;
+pub mod rotation;
 pub mod signature;
 pub mod snapshot;
 pub mod text;

@@ -105,6 +105,15 @@ impl NoteVerifier {
     pub fn key(&self) -> &VerifyingKey {
         &self.key
     }
+
+    /// A short name for the key a person can compare when it is read out
+    /// or published: `SHA256:` and the unpadded base64 of the SHA-256 of
+    /// the raw 32-byte Ed25519 public key (the form of OpenSSH
+    /// fingerprints, over the raw key rather than an SSH key blob).
+    pub fn fingerprint(&self) -> String {
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.key.as_bytes())))
+    }
 }
 
 /// A key that signs notes.
