@@ -164,19 +164,19 @@ pub fn fingerprint(vkey: &str) -> String {
     NoteVerifier::parse(vkey).map_or_else(|_| short(vkey), |v| v.fingerprint())
 }
 
-/// Why a log's key history does not hold.
+/// Why a log's key history does not hold (the record is [`KeyError::seq`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    #[error("record {seq}: the key rotation is malformed: {why}")]
+    #[error("the key rotation is malformed: {why}")]
     Malformed { seq: u64, why: String },
     #[error(
-        "record {seq}: the key rotation is not signed by the key it retires ({key}): {why}; a rotation needs both keys (`edge-runner keys rotate`)"
+        "the key rotation is not signed by the key it retires ({key}): {why}; a rotation needs both keys (`edge-runner keys rotate`)"
     )]
     OldSignature { seq: u64, key: String, why: String },
-    #[error("record {seq}: the key rotation is not signed by the new key ({key}): {why}")]
+    #[error("the key rotation is not signed by the new key ({key}): {why}")]
     NewSignature { seq: u64, key: String, why: String },
-    #[error("record {seq}: the key rotation retires {old}, but the key in force there is {current}")]
+    #[error("the key rotation retires {old}, but the key in force there is {current}")]
     Chain { seq: u64, old: String, current: String },
 }
 

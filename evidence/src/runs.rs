@@ -16,7 +16,7 @@ use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
 
-pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary};
+pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
 use crate::{Failure, RUNNER_RUNS};
 
 /// What runs share — nonces spent, proposals executed and expired, each at
@@ -49,15 +49,23 @@ pub(crate) fn check_runs(
 ) -> Result<Vec<RunSummary>, Failure> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
+    // The runner build in force when each run started: the last
+    // `runner-started` record before the run's first record.
+    let mut builds: HashMap<&str, RunnerBuild> = HashMap::new();
+    let mut build: Option<RunnerBuild> = None;
     let ledger = Ledger::of(records);
     for r in records {
         if RUNNER_RUNS.contains(&r.run.as_str()) {
+            build = RunnerBuild::of(r).or(build);
             continue;
         }
         by_run
             .entry(r.run.as_str())
             .or_insert_with(|| {
                 order.push(r.run.as_str());
+                if let Some(b) = &build {
+                    builds.insert(r.run.as_str(), b.clone());
+                }
                 Vec::new()
             })
             .push(r);
@@ -76,7 +84,8 @@ pub(crate) fn check_runs(
     let total = order.len();
     let mut claims = Vec::new();
     for (i, run) in order.into_iter().enumerate() {
-        let s = check_run(&by_run[run], ctx, &mut cache, &ledger, &mut claims)?;
+        let mut s = check_run(&by_run[run], ctx, &mut cache, &ledger, &mut claims)?;
+        s.build = builds.remove(run);
         out.push(s);
         if i % 256 == 255 || i + 1 == total {
             progress(i + 1, total);
@@ -512,6 +521,8 @@ fn check_run(
             Event::PolicyChange { .. }
             | Event::PolicyRefused { .. }
             | Event::KeyEvent { .. }
+            | Event::KeyRotation { .. }
+            | Event::RunnerStarted { .. }
             | Event::RegistryChanged { .. }
             | Event::ConfigReloaded { .. }
             | Event::ReloadRefused { .. }

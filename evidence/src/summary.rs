@@ -52,6 +52,57 @@ pub struct RunSummary {
     pub dangerous: Vec<String>,
     /// The authenticated agent that submitted the capsule (API submissions).
     pub submitted_by: Option<String>,
+    /// The runner build that executed the run: the runner's self-attestation
+    /// in force when the run started (absent when the bundle holds no
+    /// `runner-started` record before it: a run export, a `since` export
+    /// that begins after the start, or a log from a runner before 0.1's
+    /// self-attestation).
+    pub build: Option<RunnerBuild>,
+}
+
+/// What the runner said it was when it started (`runner-started`): its
+/// executable's digest, version and source revision, and the digests of
+/// what it was started with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunnerBuild {
+    /// The `runner-started` record.
+    pub record: u64,
+    pub started: String,
+    pub binary: Sha256Digest,
+    pub version: String,
+    pub revision: String,
+    pub config: Option<Sha256Digest>,
+    pub policy: Option<Sha256Digest>,
+    pub graph: Option<Sha256Digest>,
+    pub approvers: Option<Sha256Digest>,
+}
+
+impl RunnerBuild {
+    /// The build a `runner-started` record names (None for other records).
+    pub fn of(r: &edge_core::evidence::Record) -> Option<Self> {
+        let edge_core::evidence::Event::RunnerStarted { binary, version, revision, config, policy, graph, approvers } =
+            &r.event
+        else {
+            return None;
+        };
+        Some(Self {
+            record: r.seq,
+            started: r.time.clone(),
+            binary: *binary,
+            version: version.clone(),
+            revision: revision.clone(),
+            config: *config,
+            policy: *policy,
+            graph: *graph,
+            approvers: *approvers,
+        })
+    }
+
+    /// `0.1.0 (rev 1a2b3c4d5e6f, binary sha256:…)`: the build in a few words.
+    pub fn short(&self) -> String {
+        let rev: String = self.revision.chars().take(12).collect();
+        format!("{} (rev {rev}, binary {})", self.version, self.binary)
+    }
 }
 
 /// An approval the runner refused (it did not verify, or was replayed).

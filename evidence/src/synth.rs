@@ -110,7 +110,19 @@ pub struct Spec {
     pub passkeys: bool,
     /// Spoil the passkey approvals (tests of the verifier).
     pub passkey_tamper: Option<PasskeyTamper>,
+    /// The runner records its self-attestation (`runner-started`, the build
+    /// [`SYNTHETIC_BUILD`]) before the first run, as runners from 0.1 with
+    /// self-attestation do.
+    pub runner_started: bool,
 }
+
+/// The executable digest, version and revision of the synthetic runner's
+/// `runner-started` record ([`Spec::runner_started`]).
+pub const SYNTHETIC_BUILD: (&str, &str, &str) = (
+    "sha256:5b1c0c1e2f0a9d8e7f6a5b4c3d2e1f00112233445566778899aabbccddeeff00",
+    "0.1.0",
+    "0123456789abcdef0123456789abcdef01234567",
+);
 
 /// A way a recorded passkey approval can be wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,6 +387,21 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
         "policy",
         Event::PolicyChange { old_policy: None, new_policy: Some(policy_d), old_graph: None, new_graph: Some(graph_d) },
     );
+    if spec.runner_started {
+        let (binary, version, revision) = SYNTHETIC_BUILD;
+        log.push(
+            "runner",
+            Event::RunnerStarted {
+                binary: binary.parse().expect("a digest"),
+                version: version.into(),
+                revision: revision.into(),
+                config: Some(Sha256Digest::of(b"synthetic runner.toml")),
+                policy: Some(policy_d),
+                graph: Some(graph_d),
+                approvers: None,
+            },
+        );
+    }
     let (mut i, mut proposal) = (0, 0);
     while i < spec.runs {
         let run = |i: usize| format!("r-{:013}-{:08x}", 1_795_000_000_000u64 + i as u64, i);

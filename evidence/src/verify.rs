@@ -5,8 +5,15 @@
 //!
 //! 1. `bundle.format` — magic line, canonical header, counts, artifact lines
 //!    (canonical digests, strictly increasing, strict base64).
-//! 2. `checkpoint.signature` — the checkpoint is a signed note verified by a
-//!    trusted runner key whose name is the bundle's origin; `checkpoint.format`,
+//! 2. `key.rotation_*` — every `key-rotation` record in the bundle is signed
+//!    by both the key it retires and the key it hands over to, and retires
+//!    the key in force (`core::rotation`); the keys accepted are the trusted
+//!    ones and every key a rotation from an accepted key handed over to.
+//!    `checkpoint.signature` — the checkpoint is a signed note verified by an
+//!    accepted runner key whose name is the bundle's origin (`key.unrotated`
+//!    when the signer is a key the log switched to without a rotation);
+//!    `key.retired` — it is the key in force at the checkpoint's tree size,
+//!    not one a rotation before it retired; `checkpoint.format`,
 //!    `checkpoint.origin`, `checkpoint.size`.
 //! 3. `record.format`, `record.sequence`, `record.chain` — each record line
 //!    names its position; each links to the SHA-256 of the one before (record 0
@@ -29,13 +36,14 @@
 //!    `decision.replay`, `plan.artifact`, `approval.*`, `quorum.*`,
 //!    `authorize.*`, `run.unauthorized`, `diff.plan`, `nonce.reused`.
 //! 9. `key.event` — the key that signed the checkpoint is the identity key
-//!    the log last recorded (full export).
+//!    the log last recorded, by a `key-event` or a `key-rotation` (full export).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use edge_core::evidence::{GENESIS, RECORD_SCHEMA, Record};
 use edge_core::merkle::{self, CompactRange, Hash};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
+use edge_core::rotation::{ChangeKind, KeyChange, KeyHistory};
 use edge_core::{Sha256Digest, canonical};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -85,6 +93,10 @@ pub struct Verified {
     pub checkpoint: Checkpoint,
     /// The verifier key (`<name>+<id>+<key>`) that signed the checkpoint.
     pub key: String,
+    /// How the identity key changed within the bundle's records, in log
+    /// order (rotations, and changes without one): what a reviewer who
+    /// pinned an older key followed to reach [`Verified::key`].
+    pub key_changes: Vec<KeyChange>,
     /// The earlier checkpoint of a `since` export.
     pub since: Option<Checkpoint>,
     /// The records (parsed at [`Level::Full`]; empty at [`Level::Integrity`]).
@@ -122,6 +134,22 @@ impl Verified {
             self.checkpoint.size
         )
     }
+
+    /// One line per change of the identity key the bundle records (the
+    /// first key is not a change): rotations, each with both keys'
+    /// fingerprints, and changes without a rotation, which were accepted
+    /// only because the reviewer trusts the new key directly.
+    #[must_use]
+    pub fn key_notes(&self) -> Vec<String> {
+        self.key_changes
+            .iter()
+            .filter(|c| c.kind != ChangeKind::First)
+            .map(|c| match c.kind {
+                ChangeKind::Unattested => format!("{}; accepted only because you trust the new key", c.describe()),
+                _ => c.describe(),
+            })
+            .collect()
+    }
 }
 
 /// Verify a bundle against trusted runner keys.
@@ -146,7 +174,12 @@ pub fn verify_with_progress(
 ) -> Result<Verified, Failure> {
     let b = bundle::parse(bytes)?;
     let h = &b.header;
-    let (checkpoint, key) = open_checkpoint(b.checkpoint, keys, &h.origin, "checkpoint")?;
+    // 2. The keys: the trusted ones, followed along the rotations.
+    let history = key_history(&b.records, &h.origin)?;
+    let accepted = history.follow(keys);
+    let (checkpoint, key) = open_checkpoint(b.checkpoint, &accepted, &h.origin, "checkpoint")
+        .map_err(|f| explain_untrusted(f, b.checkpoint, &history))?;
+    check_key_in_force(&history, checkpoint.size, &key, "checkpoint")?;
     if checkpoint.size != h.tree_size {
         return Err(Failure::bundle(
             "checkpoint.size",
@@ -156,7 +189,11 @@ pub fn verify_with_progress(
 
     // 3. Sequence and chain, and the leaf hashes.
     let since = match &h.scope {
-        Scope::Since { checkpoint: old, .. } => Some(open_checkpoint(old, keys, &h.origin, "since")?.0),
+        Scope::Since { checkpoint: old, .. } => {
+            let (old, old_key) = open_checkpoint(old, &accepted, &h.origin, "since")?;
+            check_key_in_force(&history, old.size, &old_key, "since")?;
+            Some(old)
+        }
         _ => None,
     };
     let first_seq = match (&h.scope, &since) {
@@ -315,6 +352,7 @@ pub fn verify_with_progress(
         header: b.header.clone(),
         checkpoint,
         key,
+        key_changes: history.changes().to_vec(),
         since,
         records: Vec::new(),
         record_count: b.records.len(),
@@ -356,7 +394,10 @@ fn open_checkpoint(
     let opened = note::open(text, keys).map_err(|e| {
         Failure::bundle(sig, format!("{e}: the {which} checkpoint is not signed by a trusted runner key"))
     })?;
-    let Some(key) = keys.iter().find(|k| k.name == origin && opened.signed_by.contains(&k.name)) else {
+    // Which key: several accepted keys share the runner's name across a
+    // rotation, so the one whose signature verifies, not the first by name.
+    let signer = |k: &&NoteVerifier| k.name == origin && note::open(text, std::slice::from_ref(*k)).is_ok();
+    let Some(key) = keys.iter().find(signer) else {
         return Err(Failure::bundle(
             sig,
             format!("signed by {}, not by the runner `{origin}` the bundle names", opened.signed_by.join(", ")),
@@ -437,6 +478,7 @@ fn check_artifact_refs(records: &[Record], artifacts: &BTreeMap<Sha256Digest, Ve
 fn check_key_event(records: &[Record], key: &str) -> Result<(), Failure> {
     let last = records.iter().rev().find_map(|r| match &r.event {
         edge_core::evidence::Event::KeyEvent { key: k, .. } => Some((r, k)),
+        edge_core::evidence::Event::KeyRotation { new_key: k, .. } => Some((r, k)),
         _ => None,
     });
     match last {
@@ -449,5 +491,100 @@ fn check_key_event(records: &[Record], key: &str) -> Result<(), Failure> {
         )),
         None if records.is_empty() => Ok(()),
         None => Err(Failure::bundle("key.event", "the log never recorded the runner's identity key")),
+    }
+}
+
+/// The bundle's key records (`key-event`, `key-rotation`) folded in order,
+/// every rotation's two signatures checked. Only lines that name one of
+/// those event types are parsed here (the integrity pass parses nothing
+/// else); every key record in canonical form names its type so, and the
+/// full pass refuses any record that is not canonical. A line that does not
+/// parse is left to the record checks.
+fn key_history(lines: &[&str], origin: &str) -> Result<KeyHistory, Failure> {
+    let mut history = KeyHistory::default();
+    for line in lines {
+        if !(line.contains("\"type\":\"key-rotation\"") || line.contains("\"type\":\"key-event\"")) {
+            continue;
+        }
+        let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
+        history.push(origin, &r).map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
+    }
+    Ok(history)
+}
+
+/// A checkpoint must be signed by the key in force at its tree size: a key
+/// a rotation in the bundle retired before that size may not sign it.
+fn check_key_in_force(history: &KeyHistory, size: u64, key: &str, which: &str) -> Result<(), Failure> {
+    let Some(want) = history.key_at(size) else { return Ok(()) };
+    if want == key {
+        return Ok(());
+    }
+    let fp = edge_core::rotation::fingerprint;
+    match history.retired_before(key, size) {
+        Some(c) => Err(Failure::record(
+            "key.retired",
+            c.seq,
+            "runner",
+            format!(
+                "the {which} checkpoint (tree size {size}) is signed by {}, which this record retired in favour of {}: \
+                 a checkpoint of a tree that holds the change must be signed by the new key",
+                fp(key),
+                fp(want)
+            ),
+        )),
+        None => Err(Failure::bundle(
+            "key.event",
+            format!(
+                "the {which} checkpoint (tree size {size}) is signed by {}, but the log's identity key at that size is {}",
+                fp(key),
+                fp(want)
+            ),
+        )),
+    }
+}
+
+/// When no accepted key signed the checkpoint, say which key the log knows
+/// did, and how the log came to it: a change without a rotation is
+/// `key.unrotated`.
+fn explain_untrusted(f: Failure, note: &str, history: &KeyHistory) -> Failure {
+    if f.check != "checkpoint.signature" {
+        return f;
+    }
+    let signed_by = |k: &str| NoteVerifier::parse(k).is_ok_and(|v| note::open(note, std::slice::from_ref(&v)).is_ok());
+    let Some(c) = history.changes().iter().rev().find(|c| signed_by(&c.to)) else { return f };
+    let fp = edge_core::rotation::fingerprint;
+    let from = c.from.as_deref().map_or_else(|| "(unknown)".to_owned(), fp);
+    match c.kind {
+        ChangeKind::Unattested => Failure::record(
+            "key.unrotated",
+            c.seq,
+            "runner",
+            format!(
+                "the checkpoint is signed by {}, which the log switched to here from {from} without a key rotation: \
+                 nothing signed by the earlier key vouches for it (a rotation is recorded by `edge-runner keys rotate`, \
+                 signed by both keys). If the runner's operator published {} out of band, add that key to your keys \
+                 file; otherwise treat this bundle as forged",
+                fp(&c.to),
+                fp(&c.to)
+            ),
+        ),
+        ChangeKind::Rotated => Failure {
+            detail: format!(
+                "{}; it is signed by {}, which record {} rotated to from {from}, and neither is a key you trust",
+                f.detail,
+                fp(&c.to),
+                c.seq
+            ),
+            ..f
+        },
+        ChangeKind::First => Failure {
+            detail: format!(
+                "{}; it is signed by {}, the identity key the log names at record {}, which is not a key you trust",
+                f.detail,
+                fp(&c.to),
+                c.seq
+            ),
+            ..f
+        },
     }
 }

@@ -54,6 +54,15 @@ pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
     Ok(text)
 }
 
+/// The key the log had in force at the tree size a `--since` note claims
+/// (None when the log names none, or the note has no readable size).
+fn since_key(log: &EvidenceLog, origin: &str, old_note: &str) -> Option<edge_core::note::NoteVerifier> {
+    let text = &old_note[..old_note.find("\n\n")? + 1];
+    let size = Checkpoint::parse(text).ok()?.size;
+    let history = crate::store::trust::key_history(log, origin).ok()?;
+    edge_core::note::NoteVerifier::parse(history.key_at(size)?).ok()
+}
+
 /// Build a bundle from the store, signing a checkpoint of the whole log now.
 ///
 /// # Errors
@@ -85,7 +94,10 @@ pub fn export(
     let (scope, chosen): (Scope, Vec<usize>) = match scope {
         ExportScope::Full => (Scope::Full, (0..bodies.len()).collect()),
         ExportScope::Since(old_note) => {
-            let opened = note::open(old_note, std::slice::from_ref(signer.verifier())).map_err(|e| {
+            // Signed by the key the log had in force at that size: an
+            // earlier export stays a valid starting point across a rotation.
+            let verifier = since_key(log, origin, old_note).unwrap_or_else(|| signer.verifier().clone());
+            let opened = note::open(old_note, std::slice::from_ref(&verifier)).map_err(|e| {
                 anyhow!("the --since checkpoint is not signed by this runner's identity key ({e}): give a checkpoint (or bundle) this runner exported")
             })?;
             let old = Checkpoint::parse(&opened.text)?;

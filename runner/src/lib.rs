@@ -5,6 +5,7 @@
 //! sandbox, staging/commit/rollback on the host filesystem, the evidence log
 //! on disk, and the CLI.
 
+pub mod attest;
 pub mod backstage;
 pub mod backup;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod notify;
 pub mod pipeline;
 pub mod policy_files;
+pub mod rotate;
 pub mod sandbox;
 pub mod server;
 pub mod service;

@@ -12,6 +12,7 @@ mod notify;
 mod operate;
 mod policy;
 mod preview;
+mod rotation;
 mod server;
 mod signatures;
 mod sigstore;

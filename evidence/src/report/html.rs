@@ -159,7 +159,7 @@ fn overview(b: &mut String, r: &Report<'_>) {
 <tr><th>Checkpoint</th><td>tree size {}, root <code>{}</code></td></tr>\
 <tr><th>Scope</th><td>{}</td></tr><tr><th>Verification</th><td>{} — every record, run and artifact of the bundle, whatever is listed</td></tr>\
 <tr><th>Runs</th><td>{}</td></tr><tr><th>Proposals listed</th><td id=\"listed\">{}</td></tr>\
-<tr><th>Generated</th><td>{} by edge-verify {VERIFIER_VERSION}</td></tr></table>",
+<tr><th>Generated</th><td>{} by edge-verify {VERIFIER_VERSION}</td></tr>",
         esc(&v.header.origin),
         v.checkpoint.size,
         super::text::b64(&v.checkpoint.root),
@@ -169,6 +169,41 @@ fn overview(b: &mut String, r: &Report<'_>) {
         esc(&listed),
         r.opts.generated_at
     );
+    let fingerprint = edge_core::rotation::fingerprint(&v.key);
+    let _ = write!(b, "<tr><th>Identity key</th><td id=\"identity-key\"><code>{}</code></td></tr>", esc(&fingerprint));
+    let notes = v.key_notes();
+    if !notes.is_empty() {
+        b.push_str("<tr><th>Key changes</th><td><ul id=\"key-changes\">");
+        for (n, c) in
+            notes.iter().zip(v.key_changes.iter().filter(|c| c.kind != edge_core::rotation::ChangeKind::First))
+        {
+            let class = if c.kind == edge_core::rotation::ChangeKind::Rotated { "rotated" } else { "insecure" };
+            let _ = write!(b, "<li class=\"{class}\" data-record=\"{}\">{}</li>", c.seq, esc(n));
+        }
+        b.push_str("</ul></td></tr>");
+    }
+    let (builds, unknown) = model::builds(v);
+    if !builds.is_empty() || unknown > 0 {
+        b.push_str("<tr><th>Runner builds</th><td><ul id=\"runner-builds\">");
+        for (build, n) in builds {
+            let _ = write!(
+                b,
+                "<li class=\"build\" data-record=\"{}\">edge-runner <span class=\"version\">{}</span>, revision <code>{}</code>, \
+binary <code class=\"binary\">{}</code>: {n} run(s), started {} (record {})</li>",
+                build.record,
+                esc(&build.version),
+                esc(&build.revision),
+                build.binary,
+                esc(&build.started),
+                build.record
+            );
+        }
+        if unknown > 0 {
+            let _ = write!(b, "<li>{unknown} run(s) with no runner-started record before them in this bundle</li>");
+        }
+        b.push_str("</ul></td></tr>");
+    }
+    b.push_str("</table>");
 }
 
 fn tallies(b: &mut String, r: &Report<'_>) {
@@ -327,13 +362,14 @@ fn facts(b: &mut String, s: &Story<'_>) {
     for r in &s.runs {
         let _ = write!(
             runs,
-            "<li><a href=\"#run-{0}\">{0}</a>: {1} — {2} .. {3} (records {4}..{5})</li>",
+            "<li><a href=\"#run-{0}\">{0}</a>: {1} — {2} .. {3} (records {4}..{5}){6}</li>",
             esc(&r.run),
             super::text::outcome_name(r.outcome),
             esc(&r.started),
             esc(&r.ended),
             r.first_seq,
-            r.last_seq
+            r.last_seq,
+            r.build.as_ref().map(|b| format!(" by edge-runner {}", esc(&b.short()))).unwrap_or_default()
         );
     }
     runs.push_str("</ul>");
@@ -584,7 +620,7 @@ fn outcome(b: &mut String, s: &Story<'_>) {
 
 fn runs(b: &mut String, r: &Report<'_>) {
     b.push_str(
-        "<h2>Runs</h2><table id=\"runs\"><tr><th>Run</th><th>Proposal</th><th>Started</th><th>Capsule</th><th>Outcome</th><th>Records</th></tr>",
+        "<h2>Runs</h2><table id=\"runs\"><tr><th>Run</th><th>Proposal</th><th>Started</th><th>Capsule</th><th>Outcome</th><th>Records</th><th>Runner build</th></tr>",
     );
     for s in &r.stories {
         for run in &s.runs {
@@ -598,7 +634,8 @@ fn run_row(b: &mut String, r: &RunSummary, proposal: &str) {
     let _ = write!(
         b,
         "<tr class=\"run\" id=\"run-{0}\" data-run=\"{0}\" data-outcome=\"{1}\" data-tier=\"{2}\" data-break-glass=\"{3}\">\
-<td>{0}</td><td><a href=\"#{4}\">{4}</a></td><td>{5}</td><td>{6}</td><td>{1}</td><td>{7}..{8}</td></tr>",
+<td>{0}</td><td><a href=\"#{4}\">{4}</a></td><td>{5}</td><td>{6}</td><td>{1}</td><td>{7}..{8}</td>\
+<td class=\"build\">{9}</td></tr>",
         esc(&r.run),
         super::text::outcome_name(r.outcome),
         r.tier.map(|t| t.to_string()).unwrap_or_default(),
@@ -607,7 +644,8 @@ fn run_row(b: &mut String, r: &RunSummary, proposal: &str) {
         esc(&r.started),
         esc(r.capsule.as_deref().unwrap_or("-")),
         r.first_seq,
-        r.last_seq
+        r.last_seq,
+        r.build.as_ref().map_or_else(|| "unknown".to_owned(), |b| esc(&b.short()))
     );
 }
 

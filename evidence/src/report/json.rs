@@ -3,7 +3,9 @@
 //! escapes what must be escaped; a terminal writer neutralises the rest).
 //!
 //! ```json
-//! {"verified": true, "level": "full", "runner": "…", "key": "…",
+//! {"verified": true, "level": "full", "runner": "…", "key": "…", "key_fingerprint": "SHA256:…",
+//!  "key_changes": [{"record", "time", "kind", "from", "to", "from_fingerprint", "to_fingerprint", "description"}],
+//!  "runner_builds": [{"build": {"record", "started", "binary", "version", "revision", …}, "runs": n}],
 //!  "checkpoint": {"size": 52, "root": "…"}, "scope": "full", "records": 527, "runs": 52,
 //!  "generated_at": "…", "verifier_version": "0.1.0",
 //!  "filter": null | "tier 2; state committed",
@@ -52,6 +54,14 @@ pub fn json(v: &Verified, opts: &Options) -> Value {
         "level": if v.level == Level::Full { "full" } else { "integrity" },
         "runner": v.header.origin,
         "key": v.key,
+        "key_fingerprint": edge_core::rotation::fingerprint(&v.key),
+        "key_changes": v.key_changes.iter().map(|c| json!({
+            "record": c.seq, "time": c.time, "kind": c.kind, "from": c.from, "to": c.to,
+            "from_fingerprint": c.from.as_deref().map(edge_core::rotation::fingerprint),
+            "to_fingerprint": edge_core::rotation::fingerprint(&c.to),
+            "description": c.describe(),
+        })).collect::<Vec<_>>(),
+        "runner_builds": model::builds(v).0.iter().map(|(b, n)| json!({"build": b, "runs": n})).collect::<Vec<_>>(),
         "checkpoint": {"size": v.checkpoint.size, "root": super::text::b64(&v.checkpoint.root)},
         "scope": match v.header.scope { Scope::Full => "full", Scope::Since { .. } => "since", Scope::Run { .. } => "run" },
         "records": v.record_count,
@@ -73,7 +83,7 @@ fn story(s: &Story<'_>) -> Value {
         .iter()
         .map(|r| {
             json!({"run": r.run, "outcome": super::text::outcome_name(r.outcome), "started": r.started,
-                   "ended": r.ended, "records": [r.first_seq, r.last_seq]})
+                   "ended": r.ended, "records": [r.first_seq, r.last_seq], "runner_build": r.build})
         })
         .collect();
     let changes: Vec<Value> = s

@@ -18,7 +18,7 @@ use super::Options;
 use super::blast::{self, Picture};
 use super::diff::{self, FileDiff};
 use crate::Verified;
-use crate::runs::{QuorumSummary, RefusedApproval, RunSummary};
+use crate::runs::{QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
 
 /// A whole report.
 pub(crate) struct Report<'v> {
@@ -153,6 +153,21 @@ pub(crate) struct Summary {
     pub by_tier: BTreeMap<Option<u8>, BTreeMap<State, usize>>,
     pub by_approver: BTreeMap<String, Tally>,
     pub runs: usize,
+}
+
+/// The runner builds that executed the bundle's runs (over the whole
+/// bundle, whatever the filter lists), each with the number of its runs, in
+/// the order they started; and the runs no build is known for.
+pub(crate) fn builds(v: &Verified) -> (Vec<(&RunnerBuild, usize)>, usize) {
+    let mut by: BTreeMap<u64, (&RunnerBuild, usize)> = BTreeMap::new();
+    let mut unknown = 0;
+    for r in &v.runs {
+        match &r.build {
+            Some(b) => by.entry(b.record).or_insert((b, 0)).1 += 1,
+            None => unknown += 1,
+        }
+    }
+    (by.into_values().collect(), unknown)
 }
 
 /// Graphs and pictures shared between proposals (by digest).

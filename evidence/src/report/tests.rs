@@ -257,3 +257,41 @@ fn a_wide_blast_radius_draws_thirty_nodes_and_a_long_diff_is_shown_whole() {
     assert_eq!(sec.matches("<div class=\"dl del\">").count(), 300);
     assert!(sec.contains("(+300 −300)"));
 }
+
+#[test]
+fn every_report_names_the_runner_build_that_executed_each_run() {
+    let s = synth::bundle(ORIGIN, &Spec { runs: 4, tier2_every: Some(3), runner_started: true, ..Spec::default() });
+    let v = verify(&s.bundle, &parse_keys(&s.vkey).unwrap(), Level::Full).unwrap();
+    let (binary, version, revision) = synth::SYNTHETIC_BUILD;
+    // Every run started after the one `runner-started` record (record 2).
+    assert!(v.runs.iter().all(|r| r.build.as_ref().is_some_and(|b| b.record == 2 && b.binary.to_string() == binary)));
+    let page = html_with(&v, &opts());
+    let builds = &page[page.find("<ul id=\"runner-builds\">").expect("the builds")..];
+    let builds = &builds[..builds.find("</ul>").unwrap()];
+    assert!(builds.contains(&format!("<span class=\"version\">{version}</span>")), "{builds}");
+    assert!(builds.contains(&format!("<code>{revision}</code>")) && builds.contains(binary), "{builds}");
+    assert!(builds.contains(": 4 run(s), started"), "{builds}");
+    // Each run's row names it, and so does each proposal's list of runs.
+    let rows: Vec<&str> = page.split("<tr class=\"run\"").skip(1).collect();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let cell = &row[row.find("<td class=\"build\">").unwrap()..];
+        assert!(
+            cell.starts_with(&format!("<td class=\"build\">{version} (rev 0123456789ab, binary {binary})")),
+            "{cell}"
+        );
+    }
+    assert!(section(&page, &tier2_id(&v)).contains(&format!("by edge-runner {version} (rev 0123456789ab")));
+    let text = text_with(&v, &opts());
+    assert!(text.contains(&format!("build       edge-runner {version} (rev 0123456789ab, binary {binary}): 4 run(s)")));
+    let json = json(&v, &opts());
+    assert_eq!(json["runner_builds"][0]["build"]["binary"], binary);
+    assert_eq!(json["proposals"][0]["runs"][0]["runner_build"]["version"], version);
+
+    // A log without the record says so rather than guessing.
+    let v = verified();
+    assert!(v.runs.iter().all(|r| r.build.is_none()));
+    let page = html_with(&v, &opts());
+    assert!(page.contains("12 run(s) with no runner-started record before them in this bundle"), "unknown builds");
+    assert!(page.contains("<td class=\"build\">unknown</td>"));
+}

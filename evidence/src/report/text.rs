@@ -93,7 +93,26 @@ fn header(s: &mut String, r: &Report<'_>) {
     let _ = writeln!(s, "EVIDENCE REPORT: VERIFIED ({:?} verification)", v.level);
     let _ = writeln!(s, "generated   {} by edge-verify {VERIFIER_VERSION}", r.opts.generated_at);
     let _ = writeln!(s, "runner      {}", U(&v.header.origin));
-    let _ = writeln!(s, "key         {}", U(&v.key));
+    let _ = writeln!(s, "key         {} ({})", U(&v.key), edge_core::rotation::fingerprint(&v.key));
+    for note in v.key_notes() {
+        let _ = writeln!(s, "key change  {}", U(&note));
+    }
+    let (builds, unknown) = model::builds(v);
+    for (b, n) in builds {
+        let _ = writeln!(
+            s,
+            "build       edge-runner {}: {n} run(s), started {} (record {})",
+            U(&b.short()),
+            U(&b.started),
+            b.record
+        );
+    }
+    if unknown > 0 {
+        let _ = writeln!(
+            s,
+            "build       unknown for {unknown} run(s) (no runner-started record before them in this bundle)"
+        );
+    }
     let _ = writeln!(s, "checkpoint  tree size {}, root {}", v.checkpoint.size, b64(&v.checkpoint.root));
     let _ = writeln!(s, "scope       {}", U(&scope_text(v)));
     let _ = writeln!(s, "records     {}; runs {}", v.record_count, v.runs.len());
@@ -163,13 +182,14 @@ fn proposal(s: &mut String, st: &Story<'_>) {
     for r in &st.runs {
         let _ = writeln!(
             s,
-            "  run         {} [{}] {} .. {} (records {}..{})",
+            "  run         {} [{}] {} .. {} (records {}..{}){}",
             U(&r.run),
             outcome_name(r.outcome),
             U(&r.started),
             U(&r.ended),
             r.first_seq,
-            r.last_seq
+            r.last_seq,
+            r.build.as_ref().map(|b| format!(" by edge-runner {}", U(&b.short()))).unwrap_or_default()
         );
     }
     if let Some(d) = &p.decision {

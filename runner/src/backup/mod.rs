@@ -507,7 +507,7 @@ fn copy_config(
         named.extend(found.into_iter().map(|s| base.join(s)));
     }
     // The default passkeys file beside allowed_signers, read when it exists.
-    named.extend(config.passkeys_file.iter().cloned());
+    named.extend(config.governance.as_ref().and_then(|g| g.passkeys_file.clone()));
     let mut seen = std::collections::BTreeSet::new();
     for path in named {
         let path = std::path::absolute(&path)?;

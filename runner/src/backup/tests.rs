@@ -91,7 +91,8 @@ fn a_backup_while_writers_append_holds_a_verified_prefix_and_restores_into_a_log
     let r = restore(&checked, &Target::Config(other.path().join("runner.toml"))).unwrap();
     assert_eq!(r.state_dir, other.path().join("state"));
     let restored = EvidenceLog::open(&r.state_dir.join("evidence")).unwrap();
-    crate::store::trust::check_signed_history(&restored, &[signer.verifier().clone()]).unwrap();
+    let history = crate::store::trust::key_history(&restored, &signer.verifier().name).unwrap();
+    crate::store::trust::check_signed_history(&restored, &history, signer.verifier()).unwrap();
     assert_eq!(restored.len(), n);
     let next = restored.append("after-restore", refused(0)).unwrap();
     assert_eq!(next.seq, n);

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use edge_core::Sha256Digest;
 use edge_core::merkle::MerkleStore;
 use edge_core::note::NoteVerifier;
+use edge_core::rotation::KeyHistory;
 
 use crate::backup::manifest::StoreHead;
 use crate::store::index::LogIndex;
@@ -29,14 +30,8 @@ pub struct Verified {
 
 /// The keys the store's checkpoints may be signed by: the runner's
 /// identity key and the key the log last recorded (as at start).
-fn verifiers(identity: &NoteVerifier, index: &LogIndex) -> Vec<NoteVerifier> {
-    let mut v = vec![identity.clone()];
-    if let Some(k) = index.key.as_deref()
-        && let Ok(recorded) = NoteVerifier::parse(k)
-    {
-        v.push(recorded);
-    }
-    v
+fn key_history(identity: &NoteVerifier, index: &LogIndex) -> Result<KeyHistory> {
+    crate::store::trust::key_history_of(&index.key_records, &identity.name)
 }
 
 /// Verify the store in `dir` (`evidence.db` and `latest-checkpoint`) as the
@@ -75,7 +70,7 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
     .map(|h| h.parse::<Sha256Digest>().map_err(|e| anyhow::anyhow!("record hash `{h}`: {e}")))
     .transpose()?;
     let artifacts = check_artifacts(&db).with_context(|| format!("evidence store {}", db_path.display()))?;
-    crate::store::trust::check_signed_history_of(dir, &tree, &verifiers(identity, &index)).with_context(|| {
+    crate::store::trust::check_signed_history_of(dir, &tree, &key_history(identity, &index)?, identity).with_context(|| {
         format!("the evidence store {} does not hold the history the runner signed", db_path.display())
     })?;
     let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
@@ -141,7 +136,7 @@ pub fn resealed(dir: &Path, first: Verified, identity: &NoteVerifier) -> Result<
     {
         bail!("the store {} changed after it was verified: something else writes there", dir.display());
     }
-    crate::store::trust::check_signed_history_of(dir, &first.tree, &verifiers(identity, &first.index))?;
+    crate::store::trust::check_signed_history_of(dir, &first.tree, &key_history(identity, &first.index)?, identity)?;
     let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
     Ok(Verified { head: StoreHead { checkpoint, ..first.head }, ..first })
 }

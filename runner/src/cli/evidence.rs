@@ -166,6 +166,9 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             match edge_evidence::verify(&bytes, &keys, level) {
                 Ok(v) => {
                     writeln!(out, "{}", v.summary())?;
+                    for note in v.key_notes() {
+                        writeln!(out, "{note}")?;
+                    }
                     Ok(Exit::Ok)
                 }
                 Err(f) => {

@@ -145,6 +145,15 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rotate the runner's identity key (offline: stop the runner first). The
+    /// evidence log records the change signed by both the old and the new
+    /// key, so reviewers who pinned the old key can follow it; the old key
+    /// file is kept as `<identity_key>.retired-…`.
+    Rotate {
+        /// The runner config (its `[runner] identity_key` and state directory).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +238,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             writeln!(out, "key id       {}", k.key_id)?;
             Ok(Exit::Ok)
         }
+        Command::Keys(KeysCommand::Rotate { config }) => crate::rotate::cli(&config, out),
         Command::Approvers(ApproversCommand::Enroll { config, principal, valid }) => {
             let config = crate::config::RunnerConfig::load(&config)?;
             let ttl = edge_core::policy::parse_duration(&valid)
@@ -682,7 +692,7 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
         Event::Completed { outcome } => {
             format!("completed   {}", serde_json::to_value(outcome)?.as_str().unwrap_or("?"))
         }
-        _ => "(event)".to_owned(),
+        e => crate::attest::describe(e).unwrap_or_else(|| "(event)".to_owned()),
     };
     writeln!(out, "  #{:<4} {} {}", r.seq, r.run, summary)?;
     Ok(())

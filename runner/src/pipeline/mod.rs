@@ -109,6 +109,7 @@ impl Runner {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
+        crate::rotate::finish_interrupted(&config, &log)?;
         let identity = Arc::new(crate::identity::load_identity(&config)?);
         let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
@@ -131,6 +132,7 @@ impl Runner {
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
+        crate::attest::record_start(&runner)?;
         if !runner.config.dangerous.is_empty() {
             tracing::warn!(switches = ?runner.config.dangerous, "running with insecure switches");
             runner.log.append("runner", Event::Insecure { switches: runner.config.dangerous.clone() })?;

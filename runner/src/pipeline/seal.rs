@@ -12,32 +12,46 @@ use crate::staging;
 
 impl Runner {
     /// Refuse to work on a store that lacks what this runner signed
-    /// (`crate::store::trust`): checked with the identity key, and with the
-    /// key the log last recorded (the identity key may have been rotated).
+    /// (`crate::store::trust`): each checkpoint checked with the key the
+    /// log had in force at its size, every key rotation with both its keys.
     pub(crate) fn check_signed_history(&self) -> Result<()> {
-        let mut verifiers = vec![self.identity.verifier().clone()];
-        if let Some(k) = self.log.index().key.as_deref()
-            && let Ok(v) = edge_core::note::NoteVerifier::parse(k)
-        {
-            verifiers.push(v);
-        }
-        crate::store::trust::check_signed_history(&self.log, &verifiers).with_context(|| {
+        let refuse = || {
             format!(
                 "evidence store {} does not hold the history this runner signed; the runner refuses to run on it",
                 self.log.dir().display()
             )
-        })
+        };
+        let history = crate::store::trust::key_history(&self.log, &self.config.name).with_context(refuse)?;
+        crate::store::trust::check_signed_history(&self.log, &history, self.identity.verifier()).with_context(refuse)
     }
 
-    /// Record the identity key when it is new to the log (or changed).
+    /// Record the identity key when the log names none yet. A key other
+    /// than the one the log has in force is refused: replaced without a
+    /// rotation signed by both keys, no reviewer could follow it.
     pub(crate) fn record_identity(&mut self) -> Result<()> {
-        let vkey = self.identity.verifier().to_vkey();
-        let last = self.log.index().key.clone();
-        if last.as_deref() != Some(vkey.as_str()) {
-            let action = if last.is_none() { "identity key in use" } else { "identity key changed" };
-            self.log.append("runner", Event::KeyEvent { action: action.into(), key: vkey })?;
+        let own = self.identity.verifier();
+        let vkey = own.to_vkey();
+        let history = crate::store::trust::key_history(&self.log, &self.config.name)?;
+        match history.current() {
+            None => {
+                self.log.append("runner", Event::KeyEvent { action: "identity key in use".into(), key: vkey })?;
+                Ok(())
+            }
+            Some(k) if k == vkey => Ok(()),
+            Some(k) => anyhow::bail!(
+                "the identity key {} is {}, but the evidence log's identity key is {} (record {}): a key replaced \
+                 without `edge-runner keys rotate` leaves a log no reviewer can follow across the change, so the \
+                 runner refuses to start. Put the log's key back in place (keys retired by a rotation are kept \
+                 beside it as `{}.retired-*`), and to change keys run `edge-runner keys rotate --config <runner.toml>`. \
+                 If that key is lost, keep this state directory (its exports still verify with that key) and start \
+                 the runner with a new state directory",
+                self.config.identity_key.display(),
+                own.fingerprint(),
+                edge_core::rotation::fingerprint(k),
+                history.changes().last().map_or(0, |c| c.seq),
+                self.config.identity_key.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            ),
         }
-        Ok(())
     }
 
     /// Seal a finished run: a signed checkpoint and a receipt (C2SP tlog-proof)

@@ -29,8 +29,12 @@ pub struct LogIndex {
     pub awaiting: BTreeMap<String, u64>,
     /// The policy and graph digests last recorded as in force.
     pub policy: (Option<Sha256Digest>, Option<Sha256Digest>),
-    /// The identity key last recorded.
+    /// The identity key last recorded (by a key event or a rotation).
     pub key: Option<String>,
+    /// The key records (`key-event`, `key-rotation`), in order: few, and
+    /// what the start-up check folds into the key history
+    /// (`edge_core::rotation::KeyHistory`) with the runner's name.
+    pub key_records: Vec<Record>,
     /// Refusals by reason code.
     pub refusals: BTreeMap<String, u64>,
     /// Runs with records but no terminal record yet, and the sequence
@@ -51,7 +55,10 @@ impl LogIndex {
                 self.awaiting.insert(proposal.clone(), at);
             }
             Event::PolicyChange { new_policy, new_graph, .. } => self.policy = (*new_policy, *new_graph),
-            Event::KeyEvent { key, .. } => self.key = Some(key.clone()),
+            Event::KeyEvent { key, .. } | Event::KeyRotation { new_key: key, .. } => {
+                self.key = Some(key.clone());
+                self.key_records.push(r.clone());
+            }
             Event::Refused { reason_code, .. } | Event::ApprovalRefused { reason_code, .. } => {
                 *self.refusals.entry(reason_code.clone()).or_default() += 1;
             }

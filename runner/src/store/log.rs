@@ -44,9 +44,20 @@ PRAGMA synchronous = FULL;
 const MAX_BATCH: usize = 4096;
 
 enum Request {
-    Append { run: String, event: Box<Event>, reply: oneshot::Sender<Result<Record>> },
+    Append { run: String, event: Box<Event>, pinned: Option<Pinned>, reply: oneshot::Sender<Result<Record>> },
     Artifact { digest: Sha256Digest, bytes: Vec<u8>, reply: oneshot::Sender<Result<Sha256Digest>> },
     Checkpoint { signer: Arc<NoteSigner>, origin: String, reply: oneshot::Sender<Result<String>> },
+}
+
+/// Where a record must land, for a record that signs its own position (a
+/// key rotation: `edge_core::rotation::Statement` binds `seq`, `prev` and
+/// `time`). The writer refuses the append, and writes nothing, when the log
+/// is no longer there; it writes the record with exactly this time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub seq: u64,
+    pub prev: Sha256Digest,
+    pub time: String,
 }
 
 /// A reply from the writer, awaited (async callers) or waited for.
@@ -91,14 +102,14 @@ impl StoreHandle {
     /// # Errors
     /// If the transaction could not be committed (nothing was acknowledged).
     pub fn append(&self, run: &str, event: Event) -> Result<Record> {
-        wait(received(self.send_append(run, event)?))
+        wait(received(self.send_append(run, event, None)?))
     }
 
     /// Queue an append; the receiver yields the record once it is durable.
-    fn send_append(&self, run: &str, event: Event) -> Result<Reply<Record>> {
+    fn send_append(&self, run: &str, event: Event, pinned: Option<Pinned>) -> Result<Reply<Record>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append { run: run.to_owned(), event: Box::new(event), reply })
+            .send(Request::Append { run: run.to_owned(), event: Box::new(event), pinned, reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
         Ok(rx)
     }
@@ -192,11 +203,20 @@ impl Writer {
             let tx = self.db.transaction()?;
             for req in &batch {
                 let r = match req {
-                    Request::Append { run, event, .. } => {
+                    Request::Append { pinned: Some(p), .. } if (p.seq, p.prev) != (self.next_seq, self.prev) => {
+                        Err(format!(
+                            "the record was signed for position {} after {}, but the log is at {} after {}: \
+                             nothing was written",
+                            p.seq, p.prev, self.next_seq, self.prev
+                        ))
+                    }
+                    Request::Append { run, event, pinned, .. } => {
                         let record = Record {
                             schema: RECORD_SCHEMA.to_owned(),
                             seq: self.next_seq,
-                            time: jiff::Timestamp::now().to_string(),
+                            time: pinned
+                                .as_ref()
+                                .map_or_else(|| jiff::Timestamp::now().to_string(), |p| p.time.clone()),
                             run: run.clone(),
                             prev: self.prev,
                             event: (**event).clone(),
@@ -377,7 +397,7 @@ impl RunLog {
     /// # Errors
     /// If the writer has stopped.
     pub fn append_deferred(&mut self, run: &str, event: Event) -> Result<()> {
-        let rx = self.handle.send_append(run, event)?;
+        let rx = self.handle.send_append(run, event, None)?;
         self.pending.push(Pending::Record(rx));
         Ok(())
     }
@@ -624,6 +644,32 @@ impl EvidenceLog {
         let r = self.handle.append(run, event);
         self.account_durable_wait(t0.elapsed());
         r
+    }
+
+    /// Append a record at exactly the position and time it was made for
+    /// ([`Pinned`]), durably.
+    ///
+    /// # Errors
+    /// If the log has moved on (nothing is written), or as [`EvidenceLog::append`].
+    pub fn append_pinned(&self, run: &str, event: Event, pinned: Pinned) -> Result<Record> {
+        let t0 = Instant::now();
+        let r = self.handle.send_append(run, event, Some(pinned)).and_then(|rx| wait(received(rx)));
+        self.account_durable_wait(t0.elapsed());
+        r
+    }
+
+    /// The position and `prev` the next record will have (exact while this
+    /// process is the only appender).
+    ///
+    /// # Errors
+    /// If the last record cannot be read back.
+    pub fn tip(&self) -> Result<(u64, Sha256Digest)> {
+        let n = self.len();
+        if n == 0 {
+            return Ok((0, GENESIS));
+        }
+        let last = self.read_records_at(&[n - 1])?.pop().context("the last record")?;
+        Ok((n, last.hash()?))
     }
 
     /// Store an artifact content-addressed; returns its digest once durable.

@@ -16,8 +16,11 @@
 //!    one, and may lag the store by those 5 s after a crash.
 //! 2. At open, before anything is appended, the store must hold every
 //!    record both that file and its own newest `checkpoints` row cover, with
-//!    the same Merkle root; both notes must verify under the runner's key.
-//!    Otherwise the runner refuses to start, naming what is missing.
+//!    the same Merkle root; each note must verify under the key the log had
+//!    in force at its tree size (the key history: `key-event` and
+//!    `key-rotation` records, every rotation signed by both keys — a forged
+//!    rotation is refused here, before anything is appended). Otherwise the
+//!    runner refuses to start, naming what is missing.
 //! 3. At a clean close the WAL is copied into the database and truncated,
 //!    so nothing acknowledged lives only in `evidence.db-wal`.
 //!
@@ -29,8 +32,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use edge_core::evidence::Record;
 use edge_core::merkle::{Hash, MerkleStore};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
+use edge_core::rotation::KeyHistory;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::log::EvidenceLog;
@@ -108,10 +113,45 @@ impl History for MerkleStore {
     }
 }
 
+/// The key history of the log (`origin`: the runner's name), every
+/// rotation's two signatures checked.
+///
+/// # Errors
+/// A rotation that does not hold: the record, its reason code and the next step.
+pub fn key_history(log: &EvidenceLog, origin: &str) -> Result<KeyHistory> {
+    key_history_of(&log.index().key_records, origin)
+}
+
+/// [`key_history`] of the key records of a log (a backup's copy, read
+/// without opening it for writing).
+///
+/// # Errors
+/// As [`key_history`].
+pub fn key_history_of(key_records: &[Record], origin: &str) -> Result<KeyHistory> {
+    let mut history = KeyHistory::default();
+    for r in key_records {
+        history.push(origin, r).map_err(|e| {
+            anyhow::anyhow!(
+                "record {} ({}): {e}. The evidence store holds a key rotation this runner did not make: it was \
+                 altered. Restore the state directory from a backup; do not start this runner on it",
+                e.seq(),
+                e.reason_code()
+            )
+        })?;
+    }
+    Ok(history)
+}
+
 /// Why a store does not hold what the runner signed.
-fn check_one(log: &dyn History, what: &str, signed: &str, verifiers: &[NoteVerifier]) -> Result<()> {
-    let opened = note::open(signed, verifiers).map_err(|e| {
-        anyhow::anyhow!("{what} is not signed by this runner's identity key ({e}); it was altered or belongs elsewhere")
+fn check_one(log: &dyn History, what: &str, signed: &str, keys: &KeysAt<'_>) -> Result<()> {
+    let size = claimed_size(signed).with_context(|| format!("{what} is not a signed checkpoint"))?;
+    let verifier = keys(size);
+    let opened = note::open(signed, std::slice::from_ref(&verifier)).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} is not signed by the identity key this runner's log had in force at tree size {size} ({}: {e}); \
+             it was altered or belongs elsewhere",
+            verifier.fingerprint()
+        )
     })?;
     let cp = Checkpoint::parse(&opened.text).with_context(|| format!("{what} is not a checkpoint"))?;
     let have = log.records();
@@ -134,14 +174,17 @@ fn check_one(log: &dyn History, what: &str, signed: &str, verifiers: &[NoteVerif
     Ok(())
 }
 
+/// The key that must have signed a checkpoint of a given tree size.
+type KeysAt<'a> = dyn Fn(u64) -> NoteVerifier + 'a;
+
 /// Check the store against the checkpoints the runner signed (see the
-/// module docs). `verifiers`: the runner's identity key, and the key the
-/// log last recorded (a rotation).
+/// module docs): each under the key `history` has in force at its size,
+/// or `identity` where the log names no key yet.
 ///
 /// # Errors
 /// Naming what is missing or different, and the next step.
-pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Result<()> {
-    check_signed_history_of(log.dir(), log, verifiers)
+pub fn check_signed_history(log: &EvidenceLog, history: &KeyHistory, identity: &NoteVerifier) -> Result<()> {
+    check_signed_history_of(log.dir(), log, history, identity)
 }
 
 /// [`check_signed_history`] for the store in `dir` whose verified records
@@ -149,7 +192,14 @@ pub fn check_signed_history(log: &EvidenceLog, verifiers: &[NoteVerifier]) -> Re
 ///
 /// # Errors
 /// As [`check_signed_history`].
-pub fn check_signed_history_of(dir: &Path, log: &dyn History, verifiers: &[NoteVerifier]) -> Result<()> {
+pub fn check_signed_history_of(
+    dir: &Path,
+    log: &dyn History,
+    history: &KeyHistory,
+    identity: &NoteVerifier,
+) -> Result<()> {
+    let keys =
+        |size: u64| history.key_at(size).and_then(|k| NoteVerifier::parse(k).ok()).unwrap_or_else(|| identity.clone());
     let db = crate::store::log::read_only(dir)?;
     let row = newest_checkpoint_row(&db)?;
     let file = dir.join(LATEST_CHECKPOINT_FILE);
@@ -177,10 +227,10 @@ pub fn check_signed_history_of(dir: &Path, log: &dyn History, verifiers: &[NoteV
         _ => {}
     }
     if let Some(kept) = &kept {
-        check_one(log, &format!("the checkpoint kept in {}", file.display()), kept, verifiers)?;
+        check_one(log, &format!("the checkpoint kept in {}", file.display()), kept, &keys)?;
     }
     if let Some((_, signed)) = &row {
-        check_one(log, "the store's newest checkpoint", signed, verifiers)?;
+        check_one(log, "the store's newest checkpoint", signed, &keys)?;
     }
     Ok(())
 }

@@ -1,0 +1,198 @@
+//! Self-attestation: at every start the runner records what it is, so a
+//! reviewer can tell which build executed each run.
+//!
+//! The `runner-started` record (run `runner`) carries the SHA-256 of the
+//! running executable (read through `/proc/self/exe`, which is the file the
+//! process was started from even if it was replaced on disk since), the
+//! crate version, the source revision embedded at build time (`build.rs`:
+//! `EDGE_RUNNER_REVISION`, else git's `HEAD`, else `unknown`), and the
+//! digests of the config file, the policy, the graph and the approver
+//! registry in force. Runs that follow, until the next start, were executed
+//! by this build; the verifier attaches it to each run
+//! (`edge_evidence::runs::RunnerBuild`) and reports show it.
+//!
+//! What it is not: proof. A tampered binary can record any digest; the
+//! record tells a reviewer which build the runner says it is, in a log it
+//! cannot rewrite afterwards, so an unannounced upgrade or a build from an
+//! unknown revision is visible.
+//!
+//! Hashing a debug build (hundreds of MB) at every start would dominate
+//! short commands, so the digest is cached in the component cache directory
+//! (`runner-binary.json`, which only the runner writes), keyed by the
+//! executable's device, inode, size, modification and change times: a
+//! binary replaced or modified in place has another inode or change time
+//! (which no one sets without changing the clock), and is hashed again.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use edge_core::Sha256Digest;
+use edge_core::evidence::Event;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::pipeline::Runner;
+
+/// The source revision this binary was built from (`build.rs`).
+pub const REVISION: &str = env!("EDGE_RUNNER_REVISION");
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where the executable's digest is cached, in the component cache.
+const CACHE_FILE: &str = "runner-binary.json";
+
+/// The cached digest of one executable file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cached {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    digest: Sha256Digest,
+}
+
+impl Cached {
+    fn key(m: &std::fs::Metadata, digest: Sha256Digest) -> Self {
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            digest,
+        }
+    }
+}
+
+/// SHA-256 of the running executable, from the cache when the file is the
+/// one the cache describes.
+///
+/// # Errors
+/// If `/proc/self/exe` cannot be read (the runner then refuses to start:
+/// it cannot say what it is).
+pub fn binary_digest(cache_dir: &Path) -> Result<Sha256Digest> {
+    let exe = Path::new("/proc/self/exe");
+    let cant = || {
+        format!(
+            "cannot read the runner's own executable ({}) to record what it is at start; the runner needs /proc \
+             mounted and its executable readable",
+            exe.display()
+        )
+    };
+    let mut file = std::fs::File::open(exe).with_context(cant)?;
+    let meta = file.metadata().with_context(cant)?;
+    let cache = cache_dir.join(CACHE_FILE);
+    if let Some(c) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+        && c == Cached::key(&meta, c.digest)
+    {
+        return Ok(c.digest);
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(cant)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let digest = Sha256Digest(h.finalize().into());
+    // Best effort: a cache that cannot be written only costs the next start a hash.
+    let entry = serde_json::to_vec(&Cached::key(&meta, digest)).expect("plain data");
+    if let Err(e) = write_cache(&cache, &entry) {
+        tracing::warn!(error = %format!("{e:#}"), file = %cache.display(), "cannot cache the runner's digest");
+    }
+    Ok(digest)
+}
+
+/// Replace the cache file atomically (processes starting at once each
+/// write their own temporary file).
+fn write_cache(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.{}.{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(())
+}
+
+/// The `runner-started` record of this process for `runner`'s configuration.
+///
+/// # Errors
+/// As [`binary_digest`].
+pub fn attestation(runner: &Runner) -> Result<Event> {
+    let config = &runner.config;
+    let governance = runner.governance();
+    let (policy, graph) = match &governance.policy {
+        Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
+        None => (None, None),
+    };
+    Ok(Event::RunnerStarted {
+        binary: binary_digest(&config.cache_dir)?,
+        version: VERSION.to_owned(),
+        revision: REVISION.to_owned(),
+        config: config.file_digest,
+        policy,
+        graph,
+        approvers: governance.approvers.as_ref().and_then(|r| r.digest),
+    })
+}
+
+/// Record what this runner is (at every start, from `Runner::open`).
+///
+/// # Errors
+/// As [`binary_digest`], or if the record cannot be made durable.
+pub fn record_start(runner: &Runner) -> Result<()> {
+    let event = attestation(runner)?;
+    if let Event::RunnerStarted { binary, .. } = &event {
+        tracing::info!(version = VERSION, revision = REVISION, binary = %binary, "runner started");
+    }
+    runner.log.append("runner", event)?;
+    Ok(())
+}
+
+/// One line for `evidence show`, for the events this module and key
+/// rotation add (None for others).
+pub fn describe(event: &Event) -> Option<String> {
+    match event {
+        Event::RunnerStarted { binary, version, revision, config, .. } => Some(format!(
+            "started     edge-runner {version} (rev {revision}), binary {binary}{}",
+            config.map(|c| format!(", config {c}")).unwrap_or_default()
+        )),
+        Event::KeyRotation { old_key, new_key, .. } => Some(format!(
+            "key         rotated: {} → {} (signed by both)",
+            edge_core::rotation::fingerprint(old_key),
+            edge_core::rotation::fingerprint(new_key)
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_the_executables_and_the_cache_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = Sha256Digest::of(&std::fs::read("/proc/self/exe").unwrap());
+        assert_eq!(binary_digest(dir.path()).unwrap(), direct);
+        let cached: Cached = serde_json::from_slice(&std::fs::read(dir.path().join(CACHE_FILE)).unwrap()).unwrap();
+        assert_eq!(cached.digest, direct);
+        // The cache answers for the same file; a cache describing another
+        // file (here: another inode) is not believed.
+        let forged = Cached { digest: Sha256Digest::of(b"not this binary"), ..cached.clone() };
+        std::fs::write(dir.path().join(CACHE_FILE), serde_json::to_vec(&forged).unwrap()).unwrap();
+        assert_eq!(binary_digest(dir.path()).unwrap(), forged.digest, "the cache is keyed by the file, not re-hashed");
+        let other = Cached { ino: cached.ino + 1, ..forged };
+        std::fs::write(dir.path().join(CACHE_FILE), serde_json::to_vec(&other).unwrap()).unwrap();
+        assert_eq!(binary_digest(dir.path()).unwrap(), direct, "another file's entry: hashed again");
+        assert!(!REVISION.is_empty() && !VERSION.is_empty());
+    }
+}
