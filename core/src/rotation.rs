@@ -141,7 +141,7 @@ impl<'a> Statement<'a> {
             key: new.fingerprint(),
             why,
         })?;
-        Ok(VerifiedRotation { old, new, _checked: () })
+        Ok(VerifiedRotation { old, new })
     }
 }
 
@@ -149,9 +149,20 @@ impl<'a> Statement<'a> {
 /// makes one).
 #[derive(Debug)]
 pub struct VerifiedRotation {
-    pub old: NoteVerifier,
-    pub new: NoteVerifier,
-    _checked: (),
+    old: NoteVerifier,
+    new: NoteVerifier,
+}
+
+impl VerifiedRotation {
+    /// The key the rotation retires.
+    pub fn old(&self) -> &NoteVerifier {
+        &self.old
+    }
+
+    /// The key it hands over to.
+    pub fn new_key(&self) -> &NoteVerifier {
+        &self.new
+    }
 }
 
 /// A key record's key, shortened for a message when it does not parse.
@@ -285,11 +296,11 @@ impl KeyHistory {
             Event::KeyRotation { .. } => {
                 let (st, old_sig, new_sig) = Statement::of(origin, r).expect("a key-rotation record");
                 let v = st.verify(old_sig, new_sig)?;
-                let (old, new) = (v.old.to_vkey(), v.new.to_vkey());
+                let (old, new) = (v.old().to_vkey(), v.new_key().to_vkey());
                 if let Some(c) = &current
                     && *c != old
                 {
-                    return Err(KeyError::Chain { seq: r.seq, old: v.old.fingerprint(), current: fingerprint(c) });
+                    return Err(KeyError::Chain { seq: r.seq, old: v.old().fingerprint(), current: fingerprint(c) });
                 }
                 let change =
                     KeyChange { seq: r.seq, time: r.time.clone(), kind: ChangeKind::Rotated, from: Some(old), to: new };
@@ -415,7 +426,7 @@ mod tests {
         let st = Statement { origin: ORIGIN, old_key: &ok, new_key: &nk, seq: 7, prev, time: "2026-12-01T10:00:00Z" };
         let (os, ns) = st.sign(&old, &new).unwrap();
         let v = st.verify(&os, &ns).unwrap();
-        assert_eq!((v.old.to_vkey(), v.new.to_vkey()), (ok.clone(), nk.clone()));
+        assert_eq!((v.old().to_vkey(), v.new_key().to_vkey()), (ok.clone(), nk.clone()));
         assert!(Checkpoint::parse(&st.text()).is_err());
         // The signatures are bound to every field.
         let moved = Statement { seq: 8, ..st.clone() };

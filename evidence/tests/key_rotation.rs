@@ -168,7 +168,7 @@ fn a_rotated_key_verifies_from_the_old_pin_and_the_rotation_is_named() {
         k0.verifier().fingerprint(),
         k1.verifier().fingerprint()
     );
-    assert_eq!(notes, [want.clone()]);
+    assert_eq!(notes, std::slice::from_ref(&want));
     // Pinning the new key alone works as well; an unrelated pin does not.
     assert!(both_levels(&bundle, &[&k1]).is_ok());
     assert_eq!(both_levels(&bundle, &[&key()]).unwrap_err().check, "checkpoint.signature");

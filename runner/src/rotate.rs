@@ -56,12 +56,13 @@ pub struct Rotated {
 /// What `keys rotate` did.
 #[derive(Debug)]
 pub enum Outcome {
-    Rotated(Rotated),
+    Rotated(Box<Rotated>),
     /// An earlier rotation had been interrupted after its record: only its
     /// key installation was finished (nothing new was rotated).
     Finished {
         archived: PathBuf,
-        key: NoteVerifier,
+        /// The installed key's fingerprint.
+        key: String,
     },
 }
 
@@ -193,7 +194,7 @@ pub fn rotate(config: &RunnerConfig) -> Result<Outcome> {
     refuse_if_held(&dir)?;
     let log = EvidenceLog::open(&dir)?;
     if let Some((archived, key)) = finish_interrupted(config, &log)? {
-        return Ok(Outcome::Finished { archived, key });
+        return Ok(Outcome::Finished { archived, key: key.fingerprint() });
     }
     if !config.identity_key.exists() {
         bail!("there is no identity key at {}: nothing to rotate", config.identity_key.display());
@@ -241,13 +242,13 @@ pub fn rotate(config: &RunnerConfig) -> Result<Outcome> {
     // 5. The new key in place, the old one kept.
     let archived = install(&config.identity_key, &pending, old.verifier())?;
     trust::publish_now(&dir)?;
-    Ok(Outcome::Rotated(Rotated {
+    Ok(Outcome::Rotated(Box::new(Rotated {
         record: record.seq,
         old: old.verifier().clone(),
         new: new.verifier().clone(),
         archived,
         checkpoint: record.seq + 1,
-    }))
+    })))
 }
 
 /// `edge-runner keys rotate --config F`.
@@ -258,7 +259,7 @@ pub fn cli(config: &Path, out: &mut dyn Write) -> Result<Exit> {
     let config = RunnerConfig::load(config)?;
     match rotate(&config)? {
         Outcome::Finished { archived, key } => {
-            writeln!(out, "finished an interrupted rotation: the identity key is now {}", key.fingerprint())?;
+            writeln!(out, "finished an interrupted rotation: the identity key is now {key}")?;
             writeln!(out, "  retired key kept at {} (mode 0600)", archived.display())?;
         }
         Outcome::Rotated(r) => {
