@@ -187,7 +187,7 @@ fn verify_and_report(args: &Args, out: &mut dyn Write, err: &mut dyn Write, tty:
         out.write_all(edge_core::text::block(&text).as_bytes()).map_err(io)?;
     } else if let Ok(v) = &result {
         writeln!(out, "{}", line(&v.summary())).map_err(io)?;
-        for note in v.key_notes() {
+        for note in v.key_notes().into_iter().chain(v.build_notes()) {
             writeln!(out, "{}", line(&note)).map_err(io)?;
         }
     }

@@ -98,6 +98,20 @@ impl RunnerBuild {
         })
     }
 
+    /// The builds that executed `runs`, each with its number of runs, in
+    /// the order they started; and the number of runs no build is known for.
+    pub fn tally(runs: &[RunSummary]) -> (Vec<(&RunnerBuild, usize)>, usize) {
+        let mut by: std::collections::BTreeMap<u64, (&RunnerBuild, usize)> = std::collections::BTreeMap::new();
+        let mut unknown = 0;
+        for r in runs {
+            match &r.build {
+                Some(b) => by.entry(b.record).or_insert((b, 0)).1 += 1,
+                None => unknown += 1,
+            }
+        }
+        (by.into_values().collect(), unknown)
+    }
+
     /// `0.1.0 (rev 1a2b3c4d5e6f, binary sha256:…)`: the build in a few words.
     pub fn short(&self) -> String {
         let rev: String = self.revision.chars().take(12).collect();

@@ -135,6 +135,22 @@ impl Verified {
         )
     }
 
+    /// One line per runner build that executed the bundle's runs (from
+    /// their `runner-started` records; full verification), and one for the
+    /// runs no build is known for.
+    #[must_use]
+    pub fn build_notes(&self) -> Vec<String> {
+        let (builds, unknown) = crate::runs::RunnerBuild::tally(&self.runs);
+        let mut out: Vec<String> = builds
+            .iter()
+            .map(|(b, n)| format!("runner build edge-runner {}: {n} run(s), started at record {}", b.short(), b.record))
+            .collect();
+        if unknown > 0 && !out.is_empty() {
+            out.push(format!("runner build unknown for {unknown} run(s) (no runner-started record before them)"));
+        }
+        out
+    }
+
     /// One line per change of the identity key the bundle records (the
     /// first key is not a change): rotations, each with both keys'
     /// fingerprints, and changes without a rotation, which were accepted

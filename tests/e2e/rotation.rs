@@ -268,6 +268,11 @@ fn every_start_records_the_runner_build_and_the_report_names_it_for_each_run() {
     // Every start records one: the export is a start too.
     env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
     pin(&env, "runner.keys");
+    let verified = env.cli(&["evidence", "verify", "all.bundle", "--key", "runner.keys"]).success().stdout();
+    assert!(
+        verified.contains(&format!("runner build edge-runner {version} (rev")) && verified.contains(&binary),
+        "{verified}"
+    );
     let report = env.cli(&["evidence", "report", "all.bundle", "--key", "runner.keys", "--html", "r.html"]).success();
     assert!(report.stdout().contains(&format!("build       edge-runner {version} (rev")), "{}", report.stdout());
     let html = std::fs::read_to_string(env.path("r.html")).unwrap();

@@ -159,15 +159,7 @@ pub(crate) struct Summary {
 /// bundle, whatever the filter lists), each with the number of its runs, in
 /// the order they started; and the runs no build is known for.
 pub(crate) fn builds(v: &Verified) -> (Vec<(&RunnerBuild, usize)>, usize) {
-    let mut by: BTreeMap<u64, (&RunnerBuild, usize)> = BTreeMap::new();
-    let mut unknown = 0;
-    for r in &v.runs {
-        match &r.build {
-            Some(b) => by.entry(b.record).or_insert((b, 0)).1 += 1,
-            None => unknown += 1,
-        }
-    }
-    (by.into_values().collect(), unknown)
+    RunnerBuild::tally(&v.runs)
 }
 
 /// Graphs and pictures shared between proposals (by digest).

@@ -265,6 +265,11 @@ fn every_report_names_the_runner_build_that_executed_each_run() {
     let (binary, version, revision) = synth::SYNTHETIC_BUILD;
     // Every run started after the one `runner-started` record (record 2).
     assert!(v.runs.iter().all(|r| r.build.as_ref().is_some_and(|b| b.record == 2 && b.binary.to_string() == binary)));
+    // `edge-verify`'s own summary names it too.
+    let line = format!(
+        "runner build edge-runner {version} (rev 0123456789ab, binary {binary}): 4 run(s), started at record 2"
+    );
+    assert_eq!(v.build_notes(), [line]);
     let page = html_with(&v, &opts());
     let builds = &page[page.find("<ul id=\"runner-builds\">").expect("the builds")..];
     let builds = &builds[..builds.find("</ul>").unwrap()];
@@ -290,7 +295,7 @@ fn every_report_names_the_runner_build_that_executed_each_run() {
 
     // A log without the record says so rather than guessing.
     let v = verified();
-    assert!(v.runs.iter().all(|r| r.build.is_none()));
+    assert!(v.runs.iter().all(|r| r.build.is_none()) && v.build_notes().is_empty());
     let page = html_with(&v, &opts());
     assert!(page.contains("12 run(s) with no runner-started record before them in this bundle"), "unknown builds");
     assert!(page.contains("<td class=\"build\">unknown</td>"));

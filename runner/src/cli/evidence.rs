@@ -166,7 +166,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             match edge_evidence::verify(&bytes, &keys, level) {
                 Ok(v) => {
                     writeln!(out, "{}", v.summary())?;
-                    for note in v.key_notes() {
+                    for note in v.key_notes().into_iter().chain(v.build_notes()) {
                         writeln!(out, "{note}")?;
                     }
                     Ok(Exit::Ok)
