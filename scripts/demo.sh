@@ -139,10 +139,10 @@ step "what an approver reviews: the staged result's real diff (previewed before 
 "$ER" proposals show "$PROPOSAL" "${OPERATOR[@]}"
 
 step "run 4: two approvers fetch the proposal over the API, review it and sign with their SSH keys"
-APPROVER=(--server "$URL" --ca tls/ca.pem --client-cert tls/operator.pem --client-key tls/operator.key)
-"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal alice@bank.example --key keys/alice \
+APPROVER=(--server "$URL" --ca tls/ca.pem --cert tls/operator.pem --key tls/operator.key)
+"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal alice@bank.example --ssh-key keys/alice \
   --comment "matches INC-1042" --yes -o alice.json | tail -2
-"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal carol@bank.example --key keys/carol --yes -o carol.json | tail -2
+"$ER" approve "$PROPOSAL" "${APPROVER[@]}" --principal carol@bank.example --ssh-key keys/carol --yes -o carol.json | tail -2
 "$ER" proposals watch "$PROPOSAL" "${OPERATOR[@]}" --timeout 60
 echo "after:  $(grep max_connections sample/config/app.toml)"
 

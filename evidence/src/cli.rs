@@ -4,7 +4,9 @@
 //! ```text
 //! edge-verify BUNDLE --key RUNNER_KEYS [--integrity-only] [--json] [FILTERS] [--progress]
 //! edge-verify report BUNDLE --key RUNNER_KEYS [--html OUT.html] [--json] [FILTERS] [--progress]
-//! edge-verify --version
+//! edge-verify completions bash|zsh|fish|elvish|powershell
+//! edge-verify man --out DIR
+//! edge-verify --help | --version
 //!
 //! FILTERS (what a report lists; verification always covers the whole bundle):
 //!   --since-time T   proposals submitted at or after T (RFC 3339, or a date: midnight UTC)
@@ -13,16 +15,23 @@
 //!   --state S[,S…]   proposals in these states (repeatable): committed, refused, awaiting-approval, …
 //! ```
 //!
-//! Exit status: 0 verified, 1 verification failed (the message names the
-//! record and the check), 2 usage or I/O error.
+//! The flags are a clap definition ([`command`]); `--help`, the man pages and
+//! the completion scripts are generated from it.
+//!
+//! Exit status: 0 verified (or help, version, completions, man pages), 1
+//! verification failed (the message names the record and the check), 2 usage
+//! or I/O error.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use edge_core::text::line;
 
+use crate::cli_docs::{self, Shell};
 use crate::report::{self, Filter, Options, VERIFIER_VERSION};
 use crate::{Level, Step, parse_keys, verify_with_progress};
 
@@ -33,23 +42,99 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit status: usage or I/O error.
 pub const EXIT_USAGE: u8 = 2;
 
-pub const USAGE: &str = "usage:
-  edge-verify BUNDLE --key RUNNER_KEYS [--integrity-only] [--json] [FILTERS] [--progress]
-  edge-verify report BUNDLE --key RUNNER_KEYS [--html OUT.html] [--json] [FILTERS] [--progress]
-  edge-verify --version
+const AFTER_HELP: &str = "\
+RUNNER_KEYS is a file of trusted runner verifier keys, one per line (`edge-runner evidence runner-key`
+prints a runner's); obtain it from the runner's operator out of band.
 
-RUNNER_KEYS: a file of trusted runner verifier keys, one per line
-(`edge-runner evidence runner-key` prints a runner's).
---json      the verification result and a summary of each proposal, as JSON
---progress  progress on stderr (shown anyway when stderr is a terminal)
-FILTERS restrict the proposals a report (or --json) lists; verification
-always covers the whole bundle:
-  --since-time T   submitted at or after T (RFC 3339, or a date: midnight UTC)
-  --until-time T   submitted before T
-  --tier N[,N]     decided at these tiers
-  --state S[,S]    in these states (committed, refused, awaiting-approval, …)
-Exit status: 0 verified, 1 verification failed, 2 usage or I/O error.";
+Exit status: 0 verified, 1 verification failed (the message names the record and the check),
+2 usage or I/O error.";
 
+/// Verify an Edge Runner evidence bundle offline.
+///
+/// Checks the signed checkpoint, the hash chain, the Merkle tree and proofs,
+/// artifact digests, every capsule and approval signature, and replays each
+/// decision and quorum. Needs no network and no runner.
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-verify",
+    version = VERIFIER_VERSION,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    common: Common,
+    /// Only the checkpoint, chain, tree and artifact digests: no capsule or
+    /// approval signatures, no decision or quorum replay.
+    #[arg(long)]
+    integrity_only: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Verify, then print a human report by proposal (text, or JSON with
+    /// --json), and optionally write a self-contained HTML page.
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// Also write the report as one self-contained HTML page here.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
+    },
+    /// Print a shell completion script (e.g. `edge-verify completions bash
+    /// > /etc/bash_completion.d/edge-verify`).
+    Completions {
+        /// The shell to complete for.
+        shell: Shell,
+    },
+    /// Write man pages for edge-verify and its subcommands into a directory.
+    Man {
+        /// The directory (created if missing), e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// What both verifying forms take.
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The evidence bundle (`edge-runner evidence export` or `evidence fetch`).
+    #[arg(value_name = "BUNDLE", required = true)]
+    bundle: Option<PathBuf>,
+    /// A file of trusted runner verifier keys, one per line (repeatable).
+    #[arg(long = "key", value_name = "RUNNER_KEYS", required = true)]
+    keys: Vec<PathBuf>,
+    /// Print the verification result and a summary of each listed proposal as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Show progress on stderr (shown anyway when stderr is a terminal).
+    #[arg(long)]
+    progress: bool,
+    /// List only proposals submitted at or after T (RFC 3339, or a date: midnight UTC).
+    #[arg(long, value_name = "T", value_parser = Filter::parse_time)]
+    since_time: Option<jiff::Timestamp>,
+    /// List only proposals submitted before T.
+    #[arg(long, value_name = "T", value_parser = Filter::parse_time)]
+    until_time: Option<jiff::Timestamp>,
+    /// List only proposals decided at these tiers (e.g. `2` or `1,2`; repeatable).
+    #[arg(long, value_name = "N[,N]")]
+    tier: Vec<String>,
+    /// List only proposals in these states (committed, refused, awaiting-approval, …; repeatable).
+    #[arg(long, value_name = "S[,S]")]
+    state: Vec<String>,
+}
+
+/// The `edge-verify` command definition (for `--help`, man pages,
+/// completions and the help-text audit).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// A verification to run, checked.
 #[derive(Debug)]
 struct Args {
     report: bool,
@@ -64,68 +149,78 @@ struct Args {
 
 enum Parsed {
     Run(Box<Args>),
-    Version,
-    Help,
+    Completions(Shell),
+    Man(PathBuf),
+    /// `--help` or `--version`: the text to print.
+    Info(String),
 }
 
+/// Parse; an error is the message to show, neutralised (clap quotes what
+/// was typed).
 fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
-    let mut it = args.into_iter().peekable();
-    let report = it.peek().is_some_and(|a| a == "report");
-    if report {
-        it.next();
-    }
-    let mut a = Args {
-        report,
-        bundle: PathBuf::new(),
-        keys: Vec::new(),
-        integrity_only: false,
-        html: None,
-        json: false,
-        progress: false,
-        filter: Filter::default(),
-    };
-    let mut bundle = None;
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> Result<String, String> {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value"))?
-                .into_string()
-                .map_err(|_| format!("{name}: not UTF-8"))
-        };
-        match arg.to_str() {
-            Some("--key") => a.keys.push(PathBuf::from(value("--key")?)),
-            Some("--integrity-only") => a.integrity_only = true,
-            Some("--html") => a.html = Some(PathBuf::from(value("--html")?)),
-            Some("--json") => a.json = true,
-            Some("--progress") => a.progress = true,
-            Some("--since-time") => a.filter.since = Some(Filter::parse_time(&value("--since-time")?)?),
-            Some("--until-time") => a.filter.until = Some(Filter::parse_time(&value("--until-time")?)?),
-            Some("--tier") => a.filter.add_tiers(&value("--tier")?)?,
-            Some("--state") => a.filter.add_states(&value("--state")?)?,
-            Some("-V" | "--version") => return Ok(Parsed::Version),
-            Some("-h" | "--help") => return Ok(Parsed::Help),
-            Some(s) if s.starts_with('-') => return Err(format!("unknown option {}", line(s))),
-            _ if bundle.is_none() => bundle = Some(PathBuf::from(arg)),
-            _ => return Err("one bundle at a time".into()),
+    parse(args).map_err(|e| edge_core::text::block(&e).into_owned())
+}
+
+fn parse(args: Vec<OsString>) -> Result<Parsed, String> {
+    let mut cmd = command();
+    let usage = |cmd: &mut clap::Command, kind: ErrorKind, msg: String| cmd.error(kind, msg).render().to_string();
+    let matches = match cmd.try_get_matches_from_mut(std::iter::once(OsString::from("edge-verify")).chain(args)) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return Ok(Parsed::Info(e.render().to_string()));
         }
+        Err(e) => {
+            let mut text = e.render().to_string();
+            // The options one form takes and the other does not: say why.
+            if e.kind() == ErrorKind::UnknownArgument
+                && let Some(arg) = e.get(clap::error::ContextKind::InvalidArg).map(ToString::to_string)
+            {
+                if arg.starts_with("--html") {
+                    text.push_str("\n--html writes a report: use `edge-verify report BUNDLE … --html OUT.html`\n");
+                } else if arg.starts_with("--integrity-only") {
+                    text.push_str("\na report needs full verification: drop --integrity-only\n");
+                }
+            }
+            // A second positional after the bundle reads as a subcommand.
+            if e.kind() == ErrorKind::ArgumentConflict && e.get(clap::error::ContextKind::InvalidSubcommand).is_some() {
+                text.push_str("\none bundle at a time: verify each bundle with its own command\n");
+            }
+            return Err(text);
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.render().to_string())?;
+    let (report, common, html) = match cli.command {
+        None => (false, cli.common, None),
+        Some(Sub::Report { common, html }) => (true, common, html),
+        Some(Sub::Completions { shell }) => return Ok(Parsed::Completions(shell)),
+        Some(Sub::Man { out }) => return Ok(Parsed::Man(out)),
+    };
+    let mut filter = Filter { since: common.since_time, until: common.until_time, ..Filter::default() };
+    for t in &common.tier {
+        filter.add_tiers(t).map_err(|e| usage(&mut cmd, ErrorKind::ValueValidation, e))?;
     }
-    a.bundle = bundle.ok_or("no bundle given")?;
-    if a.keys.is_empty() {
-        return Err("--key RUNNER_KEYS is required: verification needs the runner's public key".into());
+    for s in &common.state {
+        filter.add_states(s).map_err(|e| usage(&mut cmd, ErrorKind::ValueValidation, e))?;
     }
-    if a.html.is_some() && !a.report {
-        return Err("--html writes a report: use `edge-verify report BUNDLE … --html OUT.html`".into());
-    }
-    if a.report && a.integrity_only {
-        return Err("a report needs full verification: drop --integrity-only".into());
-    }
+    let a = Args {
+        report,
+        bundle: common.bundle.ok_or("no bundle given")?,
+        keys: common.keys,
+        integrity_only: cli.integrity_only,
+        html,
+        json: common.json,
+        progress: common.progress,
+        filter,
+    };
     if !a.filter.is_empty() && !a.report && !a.json {
-        return Err("filters choose what a report lists: use `edge-verify report …` or --json".into());
+        let msg = "filters choose what a report lists: use `edge-verify report …` or --json".to_owned();
+        return Err(usage(&mut cmd, ErrorKind::ArgumentConflict, msg));
     }
     if let (Some(s), Some(u)) = (a.filter.since, a.filter.until)
         && s >= u
     {
-        return Err(format!("--since-time {s} is not before --until-time {u}: nothing would be listed"));
+        let msg = format!("--since-time {s} is not before --until-time {u}: nothing would be listed");
+        return Err(usage(&mut cmd, ErrorKind::ArgumentConflict, msg));
     }
     Ok(Parsed::Run(Box::new(a)))
 }
@@ -137,16 +232,35 @@ fn parse_args(args: Vec<OsString>) -> Result<Parsed, String> {
 pub fn run(args: Vec<OsString>, out: &mut dyn Write, err: &mut dyn Write, err_is_terminal: bool) -> u8 {
     let args = match parse_args(args) {
         Ok(Parsed::Run(a)) => a,
-        Ok(Parsed::Version) => {
-            let _ = writeln!(out, "edge-verify {VERIFIER_VERSION}");
+        Ok(Parsed::Info(text)) => {
+            let _ = write!(out, "{text}");
             return EXIT_VERIFIED;
         }
-        Ok(Parsed::Help) => {
-            let _ = writeln!(out, "{USAGE}");
-            return EXIT_VERIFIED;
+        Ok(Parsed::Completions(shell)) => {
+            return match cli_docs::completions(command(), shell, out) {
+                Ok(()) => EXIT_VERIFIED,
+                Err(e) => {
+                    let _ = writeln!(err, "edge-verify: cannot write the completion script: {e}");
+                    EXIT_USAGE
+                }
+            };
+        }
+        Ok(Parsed::Man(dir)) => {
+            return match cli_docs::write_man_pages(command(), &dir) {
+                Ok(pages) => {
+                    for p in pages {
+                        let _ = writeln!(out, "wrote {}", line(&p.display().to_string()));
+                    }
+                    EXIT_VERIFIED
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "edge-verify: {}", line(&e.to_string()));
+                    EXIT_USAGE
+                }
+            };
         }
         Err(e) => {
-            let _ = writeln!(err, "edge-verify: {e}\n{USAGE}");
+            let _ = write!(err, "{e}");
             return EXIT_USAGE;
         }
     };
@@ -291,7 +405,12 @@ mod tests {
         };
         assert!(a.report && a.filter.tiers.len() == 2 && a.filter.states.len() == 1);
         assert_eq!(a.filter.since.unwrap().to_string(), "2026-01-01T00:00:00Z");
-        assert!(matches!(parse_args(args(&["--version"])), Ok(Parsed::Version)));
+        match parse_args(args(&["--version"])) {
+            Ok(Parsed::Info(v)) => assert_eq!(v, format!("edge-verify {VERIFIER_VERSION}\n")),
+            _ => panic!("--version did not parse"),
+        }
+        assert!(matches!(parse_args(args(&["report", "--help"])), Ok(Parsed::Info(h)) if h.contains("--html")));
+        assert!(matches!(parse_args(args(&["completions", "zsh"])), Ok(Parsed::Completions(Shell::Zsh))));
         let err = |a: &[&str]| match parse_args(args(a)) {
             Err(e) => e,
             Ok(_) => panic!("{a:?} parsed"),
@@ -301,11 +420,24 @@ mod tests {
         assert!(err(&["b", "--key", "k", "--state", "done"]).contains("committed"));
         assert!(err(&["b", "--key", "k", "--tier", "2"]).contains("report"));
         assert!(err(&["b", "--key", "k", "--since-time", "yesterday", "--json"]).contains("RFC 3339"));
-        assert!(err(&["b", "--key", "k", "--html", "x.html"]).contains("report"));
+        assert!(err(&["b", "--key", "k", "--html", "x.html"]).contains("use `edge-verify report"));
+        assert!(err(&["report", "b", "--key", "k", "--integrity-only"]).contains("drop --integrity-only"));
+        assert!(err(&["report", "b"]).contains("--key <RUNNER_KEYS>"));
+        assert!(err(&["completions", "tcsh"]).contains("bash"), "the shells there are are named");
         let e = err(&["b", "--key", "k", "--json", "--since-time", "2026-02-01", "--until-time", "2026-01-01"]);
         assert!(e.contains("not before"), "{e}");
         // A hostile option name is shown neutralised.
-        assert!(err(&["b", "--key", "k", "--\u{1b}[2J"]).contains("\\u{001b}"));
+        assert!(err(&["b", "c", "--key", "k"]).contains("one bundle at a time"));
+        // Hostile text in an option name or a value is shown neutralised
+        // (clap drops escape sequences itself; the rest is made visible).
+        let dangerous =
+            |e: &str| e.chars().any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c));
+        for hostile in ["--x\u{202e}y\u{1b}[2J", "--x\u{7}\u{8}", "b\u{202e}"] {
+            let e = err(&["b", "--key", "k", hostile]);
+            assert!(!dangerous(&e), "{e:?}");
+        }
+        let e = err(&["b", "--key", "k", "--json", "--since-time", "\u{1b}[2J"]);
+        assert!(e.contains("\\u{001b}[2J` is not a time"), "{e:?}");
     }
 
     #[test]

@@ -13,10 +13,12 @@
 //!   completeness and ordering).
 //! * [`report`]: the human summary, by proposal (text, a self-contained HTML
 //!   page, JSON for tools).
-//! * [`cli`]: the `edge-verify` command line (the binary is a thin wrapper).
+//! * [`cli`]: the `edge-verify` command line (the binary is a thin wrapper);
+//!   [`cli_docs`]: completions, man pages and the help-text audit for both binaries.
 
 pub mod bundle;
 pub mod cli;
+pub mod cli_docs;
 pub mod report;
 pub mod runs;
 pub mod summary;

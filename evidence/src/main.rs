@@ -4,7 +4,7 @@
 //! ```text
 //! edge-verify BUNDLE --key RUNNER_KEYS [--integrity-only] [--json]
 //! edge-verify report BUNDLE --key RUNNER_KEYS [--html OUT.html] [--json] [FILTERS]
-//! edge-verify --version
+//! edge-verify completions SHELL | man --out DIR | --help | --version
 //! ```
 
 use std::io::{IsTerminal as _, Write as _};

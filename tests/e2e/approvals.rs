@@ -298,8 +298,16 @@ fn approving_checks_the_proposal_and_asks_for_confirmation() {
     let env = setup("");
     let (_, proposal) = propose(&env);
     // No --yes and no confirmation on stdin: nothing is signed.
-    let out =
-        env.cli(&["approve", &proposal, "--principal", "alice@bank.example", "--key", "keys/alice", "-o", "x.json"]);
+    let out = env.cli(&[
+        "approve",
+        &proposal,
+        "--principal",
+        "alice@bank.example",
+        "--ssh-key",
+        "keys/alice",
+        "-o",
+        "x.json",
+    ]);
     assert_eq!(out.code(), 1);
     assert!(out.stderr().contains("not confirmed"), "{}", out.stderr());
     assert!(out.stdout().contains("plan") && out.stdout().contains("blast radius"), "{}", out.stdout());
@@ -314,7 +322,7 @@ fn approving_checks_the_proposal_and_asks_for_confirmation() {
         "doctored.json",
         "--principal",
         "alice@bank.example",
-        "--key",
+        "--ssh-key",
         "keys/alice",
         "--yes",
         "-o",

@@ -648,7 +648,7 @@ fn a_reviewer_sees_an_approved_tier_2_config_change_as_committed_with_its_quorum
             &document,
             "--principal",
             &principal,
-            "--key",
+            "--ssh-key",
             &key,
             "--comment",
             comment,

@@ -187,7 +187,7 @@ impl Env {
     pub fn sign_approval(&self, verb: &str, doc: &str, who: &str, out: &str) {
         let principal = format!("{who}@bank.example");
         let key = format!("keys/{who}");
-        self.cli(&[verb, doc, "--principal", &principal, "--key", &key, "--yes", "-o", out]).success();
+        self.cli(&[verb, doc, "--principal", &principal, "--ssh-key", &key, "--yes", "-o", out]).success();
     }
 
     pub fn cli(&self, args: &[&str]) -> Cli {

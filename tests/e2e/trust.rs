@@ -30,7 +30,7 @@ fn an_approver_sees_every_change_whatever_the_plan_text_tries() {
         &proposal,
         "--principal",
         "alice@bank.example",
-        "--key",
+        "--ssh-key",
         "keys/alice",
         "--yes",
         "-o",

@@ -11,31 +11,24 @@ use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::cli::Exit;
 use crate::pipeline::{Proposal, unix_now};
+use crate::server::client;
 use crate::ssh_agent::Agent;
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
     /// The proposal document (`<state>/proposals/<id>.json`), or with
     /// --server the proposal id (the document is fetched from the runner).
+    #[arg(value_name = "PROPOSAL")]
     pub proposal: PathBuf,
-    /// Fetch the proposal from this runner's API and post the signed
-    /// approval back (https://host:port; needs --ca, --client-cert, --client-key).
-    #[arg(long, requires_all = ["ca", "client_cert", "client_key"])]
-    pub server: Option<String>,
-    /// CA certificate of the runner's API (PEM).
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// Your client certificate and key for the runner's API (PEM).
-    #[arg(long)]
-    pub client_cert: Option<PathBuf>,
-    #[arg(long)]
-    pub client_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Your principal, as in the runner's allowed_signers.
     #[arg(long)]
     pub principal: String,
-    /// Sign with this OpenSSH private key file.
-    #[arg(long, conflicts_with = "agent")]
-    pub key: Option<PathBuf>,
+    /// Sign with this OpenSSH private key file (was `--key` before the TLS
+    /// flags were made the same on every command).
+    #[arg(long, value_name = "FILE", conflicts_with = "agent")]
+    pub ssh_key: Option<PathBuf>,
     /// Sign through ssh-agent (SSH_AUTH_SOCK); the key never leaves the agent.
     #[arg(long)]
     pub agent: bool,
@@ -45,6 +38,7 @@ pub struct ApproveArgs {
     /// How long the approval stays valid (capped at the tier's maximum age).
     #[arg(long, default_value = "1h")]
     pub expires_in: String,
+    /// A comment signed into the approval (shown in reports and to other approvers).
     #[arg(long)]
     pub comment: Option<String>,
     /// Do not ask for confirmation.
@@ -53,18 +47,80 @@ pub struct ApproveArgs {
     /// Only write the statement to sign (e.g. with `ssh-keygen -Y sign`).
     #[arg(long)]
     pub statement_only: bool,
+    /// Where to write the approval file (with --statement-only, the statement).
     #[arg(short, long)]
     pub out: PathBuf,
+}
+
+/// The runner `approve`/`reject` fetch the proposal from and post the
+/// approval to: the client flags of every other client command
+/// ([`crate::server::client::ClientArgs`], the same names and environment
+/// defaults), optional here because a proposal document on disk needs no
+/// runner. `--client-cert`/`--client-key`, the names these had before,
+/// are hidden aliases of `--cert`/`--key`, with a warning
+/// ([`warn_renamed_flags`]).
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Fetch the proposal from this runner's API and post the signed
+    /// approval back (https://host:port; needs --ca, --cert and --key).
+    #[arg(long, env = client::ENV_SERVER, value_name = "URL", requires_all = ["ca", "cert", "key"])]
+    pub server: Option<String>,
+    /// With --server: CA certificate that signed the runner's server certificate (PEM).
+    #[arg(long, env = client::ENV_CA, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// With --server: your client certificate (PEM), issued by the runner's CA.
+    #[arg(long, env = client::ENV_CERT, value_name = "PEM", alias = "client-cert")]
+    pub cert: Option<PathBuf>,
+    /// With --server: your client private key (PEM), for --cert. Not the
+    /// SSH key you sign with: that is --ssh-key.
+    #[arg(long, env = client::ENV_KEY, value_name = "PEM", alias = "client-key")]
+    pub key: Option<PathBuf>,
+}
+
+/// The flags `approve`/`reject` had before `--cert`/`--key` meant the TLS
+/// client identity on every command: (old, what to write now).
+const RENAMED: [(&str, &str); 2] = [
+    ("--client-cert", "use --cert (the TLS client certificate, as on every client command)"),
+    (
+        "--client-key",
+        "use --key (the TLS client key, as on every client command); the SSH key you sign with, \
+         formerly --key, is now --ssh-key",
+    ),
+];
+
+/// Warn (on `err`) about each renamed flag in an `approve`/`reject`
+/// command line (`args` with the program name). They still work, as hidden
+/// aliases; the warning says what to write instead, and explains clap's
+/// "cannot be used multiple times" when an old command line gives both
+/// `--client-key` and the SSH key as `--key`.
+pub fn warn_renamed_flags(args: &[std::ffi::OsString], err: &mut dyn Write) {
+    let Some(sub) = args.get(1).and_then(|a| a.to_str()) else { return };
+    if !matches!(sub, "approve" | "reject") {
+        return;
+    }
+    for (old, now) in RENAMED {
+        let used = args
+            .iter()
+            .skip(2)
+            .filter_map(|a| a.to_str())
+            .any(|a| a == old || a.strip_prefix(old).is_some_and(|rest| rest.starts_with('=')));
+        if used {
+            let _ = writeln!(err, "warning: `{sub} {old}` is deprecated: {now}");
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ApprovalCommand {
     /// Combine a statement and an SSHSIG made by `ssh-keygen -Y sign` into an approval file.
     Assemble {
+        /// The statement `approve --statement-only` wrote.
         #[arg(long)]
         statement: PathBuf,
+        /// The SSHSIG `ssh-keygen -Y sign -n approval.v1@edge-runner.dev` made of it (`<statement>.sig`).
         #[arg(long)]
         signature: PathBuf,
+        /// Where to write the approval file.
         #[arg(short, long)]
         out: PathBuf,
     },
@@ -72,10 +128,18 @@ pub enum ApprovalCommand {
 
 /// Show what is being approved, confirm, sign, write the approval file.
 pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out: &mut dyn Write) -> Result<Exit> {
-    let mut remote = match (&args.server, &args.ca, &args.client_cert, &args.client_key) {
+    // What to sign with, before anything is fetched or shown.
+    if !args.statement_only && !args.agent && args.ssh_key.is_none() {
+        bail!(
+            "nothing to sign with: give --ssh-key <OpenSSH private key file> or --agent (or --statement-only); \
+             --key is the TLS client key for --server (the SSH key was --key before it was renamed --ssh-key)"
+        );
+    }
+    let r = &args.remote;
+    let mut remote = match (&r.server, &r.ca, &r.cert, &r.key) {
         (Some(s), Some(ca), Some(cert), Some(key)) => Some(Remote {
-            client: crate::server::client::Client::new(s, ca, cert, key)?,
-            id: args.proposal.to_string_lossy().into_owned(),
+            client: client::Client::new(s, ca, cert, key)?,
+            id: remote_id(&args.proposal)?,
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
         }),
         _ => None,
@@ -165,7 +229,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     let sig = if args.agent {
         sign_with_agent(args.public_key.as_ref(), &bytes)?
     } else {
-        let path = args.key.as_ref().context("give --key <private key file> or --agent")?;
+        let path = args.ssh_key.as_ref().context("give --ssh-key <private key file> or --agent")?;
         let key = PrivateKey::read_openssh_file(path).with_context(|| format!("cannot read key {}", path.display()))?;
         if key.is_encrypted() {
             bail!("{} is passphrase-protected: load it into ssh-agent (`ssh-add`) and use --agent", path.display());
@@ -202,9 +266,28 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     Ok(Exit::Ok)
 }
 
+/// With a runner (--server, or `EDGE_RUNNER_SERVER` set), the argument is a
+/// proposal id; a path to a document is refused rather than sent as an id
+/// (the environment may name a runner the approver did not mean to use).
+fn remote_id(arg: &std::path::Path) -> Result<String> {
+    let id = arg.to_string_lossy();
+    if arg.exists() || id.contains('/') || id.ends_with(".json") {
+        bail!(
+            "`{}` is a proposal document, but a runner is given (--server or {}): with a runner, give the \
+             proposal id; to approve the document on disk, unset {1}",
+            U(&id),
+            client::ENV_SERVER
+        );
+    }
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        bail!("`{}` is not a proposal id (p-…, as `edge-runner proposals list` shows)", U(&id));
+    }
+    Ok(id.into_owned())
+}
+
 /// A runner the proposal is fetched from and the approval posted to.
 struct Remote {
-    client: crate::server::client::Client,
+    client: client::Client,
     id: String,
     rt: tokio::runtime::Runtime,
 }
@@ -329,4 +412,48 @@ fn print_grant(g: &edge_core::admission::Grant, out: &mut dyn Write) -> Result<(
         l.memory_mib, l.cpu_ms, l.wall_ms, l.output_kib, l.max_plan_changes
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn warned(args: &[&str]) -> String {
+        let args: Vec<OsString> = std::iter::once("edge-runner").chain(args.iter().copied()).map(Into::into).collect();
+        let mut err = Vec::new();
+        warn_renamed_flags(&args, &mut err);
+        String::from_utf8(err).unwrap()
+    }
+
+    #[test]
+    fn the_old_tls_flag_names_are_warned_about_on_approve_and_reject_only() {
+        let w = warned(&["approve", "p-1", "--client-cert", "c.pem", "--client-key=k.pem", "--ssh-key", "id"]);
+        assert_eq!(w.lines().count(), 2, "{w}");
+        assert!(w.contains("`approve --client-cert` is deprecated: use --cert"), "{w}");
+        assert!(w.contains("`approve --client-key` is deprecated: use --key") && w.contains("now --ssh-key"), "{w}");
+        assert!(warned(&["reject", "p-1", "--client-key", "k"]).contains("`reject --client-key`"));
+        for quiet in [
+            &["approve", "p-1", "--cert", "c", "--key", "k", "--ssh-key", "id"][..],
+            &["submit", "x.capsule", "--client-cert", "c"],
+            &["approve", "p-1", "--client-certificate", "c"],
+            &[],
+        ] {
+            assert_eq!(warned(quiet), "", "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn with_a_runner_the_argument_must_be_a_proposal_id() {
+        assert_eq!(remote_id(std::path::Path::new("p-1764800000000-0a1b2c3d")).unwrap(), "p-1764800000000-0a1b2c3d");
+        for doc in ["state/proposals/p-1.json", "p-1.json"] {
+            let e = remote_id(std::path::Path::new(doc)).unwrap_err().to_string();
+            assert!(e.contains("is a proposal document") && e.contains("unset EDGE_RUNNER_SERVER"), "{e}");
+        }
+        for bad in ["p-1?x=1", "", "p 1", "p-1\u{1b}[2J"] {
+            let e = remote_id(std::path::Path::new(bad)).unwrap_err().to_string();
+            assert!(e.contains("is not a proposal id") && !e.contains('\u{1b}'), "{e}");
+        }
+    }
 }

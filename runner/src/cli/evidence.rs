@@ -19,22 +19,27 @@ use crate::pipeline::Runner;
 pub enum EvidenceCommand {
     /// Verify the store's hash chain and print its records.
     Show {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
         /// Only this run.
         #[arg(long)]
         run: Option<String>,
+        /// Print the records as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print one stored artifact (checked against its digest).
     Artifact {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
+        /// The artifact's digest (sha256:<hex>, as records name it).
         digest: String,
     },
     /// Export a self-contained bundle with a checkpoint signed now.
     Export {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
         /// Only what was added after this checkpoint (a checkpoint note, a
@@ -44,11 +49,13 @@ pub enum EvidenceCommand {
         /// Only this run's records, each with an inclusion proof.
         #[arg(long)]
         run: Option<String>,
+        /// Where to write the bundle.
         #[arg(short = 'o', long = "out")]
         out: PathBuf,
     },
     /// Verify a bundle offline (the same checks as `edge-verify`).
     Verify {
+        /// The evidence bundle.
         bundle: PathBuf,
         #[command(flatten)]
         trust: Trust,
@@ -58,6 +65,7 @@ pub enum EvidenceCommand {
     },
     /// A human summary of a verified bundle: text, and optionally an HTML page.
     Report {
+        /// The evidence bundle.
         bundle: PathBuf,
         #[command(flatten)]
         trust: Trust,
@@ -85,16 +93,20 @@ pub enum EvidenceCommand {
     /// as soon as it is acknowledged (durable).
     #[command(hide = true)]
     Stress {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Concurrent writers.
         #[arg(long, default_value_t = 8)]
         writers: usize,
+        /// Synthetic runs in all.
         #[arg(long, default_value_t = 1000)]
         runs: usize,
     },
     /// Print the runner's public identity key (the checkpoint verifier key
     /// reviewers pass to `edge-verify --key`).
     RunnerKey {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
     },
@@ -107,6 +119,7 @@ pub enum EvidenceCommand {
         /// run receipt, or the earlier bundle), with a consistency proof.
         #[arg(long)]
         since: Option<PathBuf>,
+        /// Where to write the bundle.
         #[arg(short = 'o', long = "out")]
         out: PathBuf,
     },

@@ -11,6 +11,7 @@
 pub mod approve;
 pub mod backup;
 pub mod evidence;
+pub mod generate;
 pub mod policy;
 pub mod server;
 pub mod show;
@@ -118,6 +119,11 @@ pub enum Command {
     Backup(crate::cli::backup::BackupArgs),
     /// Check a backup, and restore it into an empty state directory or a new home.
     Restore(crate::cli::backup::RestoreArgs),
+    /// Print a shell completion script (e.g. `edge-runner completions bash >
+    /// /etc/bash_completion.d/edge-runner`).
+    Completions(crate::cli::generate::CompletionsArgs),
+    /// Write man pages for edge-runner and every subcommand into a directory.
+    Man(crate::cli::generate::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +148,7 @@ pub enum ApproversCommand {
 pub enum KeysCommand {
     /// Generate an Ed25519 key pair: `<out>.key` (PKCS#8 PEM, mode 0600) and `<out>.pub` (SPKI PEM).
     Generate {
+        /// The key pair's path without extension (`keys/agent` writes keys/agent.key and keys/agent.pub).
         #[arg(long)]
         out: PathBuf,
     },
@@ -160,29 +167,38 @@ pub enum KeysCommand {
 pub enum CapsuleCommand {
     /// Pack a manifest (capsule.toml) and a component (.wasm) into a .capsule file.
     Pack {
+        /// The authoring manifest (capsule.toml).
         #[arg(long)]
         manifest: PathBuf,
+        /// The WebAssembly component (built for wasm32-wasip2).
         #[arg(long)]
         component: PathBuf,
+        /// The capsule file to write.
         #[arg(short, long)]
         out: PathBuf,
     },
     /// Sign a capsule (Sigstore bundle, DSSE/in-toto, keyed Ed25519). Writes in place unless --out.
     Sign {
+        /// The capsule file.
         capsule: PathBuf,
+        /// The signer's Ed25519 private key (PKCS#8 PEM, from `keys generate`).
         #[arg(long)]
         key: PathBuf,
+        /// Write the signed capsule here instead of in place.
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
     /// Show a capsule's manifest, digests, signer, capabilities and the component's real imports.
     Inspect {
+        /// The capsule file.
         capsule: PathBuf,
+        /// Print the description as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Verify a capsule's signature against a public key or a runner config's trusted signers.
     Verify {
+        /// The capsule file.
         capsule: PathBuf,
         /// SPKI PEM public key of the expected signer.
         #[arg(long, conflicts_with = "config")]
@@ -195,7 +211,9 @@ pub enum CapsuleCommand {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    /// The signed capsule file.
     pub capsule: PathBuf,
+    /// The runner config (runner.toml).
     #[arg(long)]
     pub config: PathBuf,
     /// Print the run report as JSON.
@@ -214,14 +232,19 @@ pub enum SigstoreCommand {
 
 #[derive(Debug, Args)]
 pub struct VerifyBundleArgs {
+    /// The Sigstore bundle (JSON).
     #[arg(long)]
     pub bundle: PathBuf,
+    /// The identity the signing certificate must name (SAN: email or URI).
     #[arg(long, requires = "certificate_oidc_issuer", conflicts_with = "key")]
     pub certificate_identity: Option<String>,
+    /// The OIDC issuer the signing certificate must name.
     #[arg(long, requires = "certificate_identity")]
     pub certificate_oidc_issuer: Option<String>,
+    /// A public key (PEM) instead of a certificate identity.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// The trusted root (JSON; default: the embedded Sigstore public-good root).
     #[arg(long)]
     pub trusted_root: Option<PathBuf>,
     /// The artifact: a file path, or `sha256:<hex>`.
@@ -270,6 +293,8 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Webhook(c) => crate::cli::webhook::webhook(c, out),
         Command::Backup(a) => crate::cli::backup::backup(&a, out),
         Command::Restore(a) => crate::cli::backup::restore(&a, out),
+        Command::Completions(a) => crate::cli::generate::completions(&a, out),
+        Command::Man(a) => crate::cli::generate::man(&a, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -590,7 +615,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "proposal     {}", p.display())?;
         writeln!(
             out,
-            "next         {} approver(s) each run: edge-runner approve {} --principal <you> --key ~/.ssh/id_ed25519 -o <approval.json>",
+            "next         {} approver(s) each run: edge-runner approve {} --principal <you> --ssh-key ~/.ssh/id_ed25519 -o <approval.json>",
             d.approvals_required,
             p.display()
         )?;
@@ -700,7 +725,9 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
 
 /// Parse args, run, map errors to exit code 1 with the full cause chain.
 pub fn run_main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    crate::cli::approve::warn_renamed_flags(&args, &mut std::io::stderr());
+    let cli = Cli::parse_from(args);
     // Everything printed goes through the neutralising stream: a field that
     // was not cleaned where it was formatted still cannot move the cursor.
     let mut stdout = edge_core::text::Terminal::new(std::io::stdout().lock());

@@ -23,20 +23,26 @@ pub enum PolicyCommand {
     /// Validate the policy and graph: unknown nodes, cycles, unreachable tags,
     /// rules that can never fire. Exit 1 on errors.
     Check {
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
     },
     /// The decision for a capsule, and why.
     Explain {
+        /// The capsule file (signed or not: the signature is checked and reported).
         capsule: PathBuf,
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Print the decision as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Run a table of cases (TOML) and compare tiers and decisions. Exit 1 on a mismatch.
     Test {
+        /// The cases file (TOML; see examples/policy/cases.toml).
         cases: PathBuf,
+        /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
     },
@@ -49,8 +55,10 @@ pub enum GraphCommand {
     /// directories (every YAML file under them is read; what is not an entity
     /// is skipped and listed).
     ImportBackstage {
+        /// catalog-info.yaml files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Where to write the graph (TOML).
         #[arg(short, long)]
         out: PathBuf,
         /// Nothing outside this directory is read, even when a Location points

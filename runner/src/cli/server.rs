@@ -31,6 +31,7 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// The runner config (runner.toml, with a `[server]` section).
     #[arg(long)]
     pub config: PathBuf,
 }
@@ -41,6 +42,7 @@ pub struct SubmitArgs {
     pub capsule: PathBuf,
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Print the runner's answer as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -58,10 +60,12 @@ pub struct ReloadArgs {
 pub enum ProposalsCommand {
     /// List proposals (optionally in one state: awaiting-approval, committed, …).
     List {
+        /// Only proposals in this state.
         #[arg(long)]
         state: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -69,14 +73,17 @@ pub enum ProposalsCommand {
     /// it, blast radius, the diff, findings, who approved and whether each
     /// counted, what is still needed.
     Show {
+        /// The proposal id (p-…).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
+        /// Print the proposal as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Follow a proposal until it reaches a final state, printing each change.
     Watch {
+        /// The proposal id (p-…).
         id: String,
         #[command(flatten)]
         client: ClientArgs,

@@ -14,21 +14,34 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// Where the runner is and which certificates to use.
+/// Where the runner is and which certificates to use. The same four flags,
+/// with the same environment defaults, on every client command (`approve`
+/// and `reject` take them as optional: `crate::cli::approve::RemoteArgs`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The runner's API, e.g. https://127.0.0.1:8443.
-    #[arg(long)]
+    #[arg(long, env = ENV_SERVER, value_name = "URL")]
     pub server: String,
     /// CA certificate that signed the runner's server certificate (PEM).
-    #[arg(long)]
+    #[arg(long, env = ENV_CA, value_name = "PEM")]
     pub ca: PathBuf,
-    /// This client's certificate (PEM) and key (PEM).
-    #[arg(long)]
+    /// This client's certificate (PEM), issued by the runner's CA.
+    #[arg(long, env = ENV_CERT, value_name = "PEM")]
     pub cert: PathBuf,
-    #[arg(long)]
+    /// This client's private key (PEM), for --cert.
+    #[arg(long, env = ENV_KEY, value_name = "PEM")]
     pub key: PathBuf,
 }
+
+/// Environment defaults of the client flags (`--server`, `--ca`, `--cert`,
+/// `--key`); a flag given on the command line wins.
+pub const ENV_SERVER: &str = "EDGE_RUNNER_SERVER";
+/// See [`ENV_SERVER`].
+pub const ENV_CA: &str = "EDGE_RUNNER_CA";
+/// See [`ENV_SERVER`].
+pub const ENV_CERT: &str = "EDGE_RUNNER_CERT";
+/// See [`ENV_SERVER`].
+pub const ENV_KEY: &str = "EDGE_RUNNER_KEY";
 
 /// One connection to a runner (re-established if the server closed it).
 pub struct Client {
