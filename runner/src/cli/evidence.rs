@@ -34,7 +34,7 @@ pub enum EvidenceCommand {
         /// The runner config (runner.toml).
         #[arg(long)]
         config: PathBuf,
-        /// The artifact's digest (sha256:<hex>, as records name it).
+        /// The artifact's digest (`sha256:…`, as records name it).
         digest: String,
     },
     /// Export a self-contained bundle with a checkpoint signed now.
