@@ -70,9 +70,9 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
     .map(|h| h.parse::<Sha256Digest>().map_err(|e| anyhow::anyhow!("record hash `{h}`: {e}")))
     .transpose()?;
     let artifacts = check_artifacts(&db).with_context(|| format!("evidence store {}", db_path.display()))?;
-    crate::store::trust::check_signed_history_of(dir, &tree, &key_history(identity, &index)?, identity).with_context(|| {
-        format!("the evidence store {} does not hold the history the runner signed", db_path.display())
-    })?;
+    crate::store::trust::check_signed_history_of(dir, &tree, &key_history(identity, &index)?, identity).with_context(
+        || format!("the evidence store {} does not hold the history the runner signed", db_path.display()),
+    )?;
     let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
     let size = tree.size();
     Ok(Verified {

@@ -101,6 +101,7 @@ mod tests {
                 "edge-runner proposals show",
                 "edge-runner proposals watch",
                 "edge-runner reject",
+                "edge-runner reload",
                 "edge-runner submit",
             ]
         );
