@@ -10,6 +10,8 @@
 //! as in the daemon), and the HTML with every text escaped. Target: median
 //! ≤ 50 ms. Reports the median and p90, and the page size.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -35,21 +37,6 @@ fn capsule(home: &Path) -> anyhow::Result<(Vec<u8>, String)> {
     Ok((file.clone().with_bundle(key.sign_capsule(&file)).to_bytes(), key.public_key_pem()))
 }
 
-fn graph() -> anyhow::Result<String> {
-    let root = Path::new(test_programs::ROOT);
-    let mut g = std::fs::read_to_string(root.join("examples/policy/graph.toml"))?;
-    for i in 0..NODES {
-        // Layers of fan-out 8 under the payments config.
-        let dep = if i < 8 { "payments-config".to_owned() } else { format!("svc-{:05}", i / 8 - 1) };
-        g.push_str(&format!(
-            "\n[[nodes]]\nid = \"svc-{i:05}\"\nkind = \"service\"\nowner = \"team-{}\"\ncriticality = \"{}\"\ndepends_on = [\"{dep}\"]\n",
-            i % 50,
-            ["low", "medium", "high"][i % 3]
-        ));
-    }
-    Ok(g)
-}
-
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let home = tempfile::tempdir()?;
@@ -61,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::read_to_string(root.join("examples/policy/policy.toml"))?
     );
     std::fs::write(h.join("policy.toml"), policy)?;
-    std::fs::write(h.join("graph.toml"), graph()?)?;
+    std::fs::write(h.join("graph.toml"), common::wide_graph(NODES, 0)?)?;
     std::fs::write(h.join("allowed_signers"), "")?;
     std::fs::write(h.join("roles.toml"), "[principals]\n\"alice@bank.example\" = [\"sre\"]\n")?;
     std::fs::create_dir_all(h.join("logs"))?;

@@ -25,26 +25,9 @@ const ROUNDS: usize = 3;
 /// (concurrency, full upload every time?)
 const LEVELS: [(usize, bool); 4] = [(1, false), (8, false), (64, false), (64, true)];
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,7 +117,7 @@ fn main() -> anyhow::Result<()> {
             lat[li].extend(l);
         }
     }
-    let rss = peak_rss_mib(server.id());
+    let rss = common::peak_rss_mib(server.id());
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let _ = server.wait();
 
@@ -146,8 +129,8 @@ fn main() -> anyhow::Result<()> {
         println!(
             "  {how} concurrency {conc:>2}: {:>7.1} runs/s (median of rounds)  p50 {:>8.1?}  p99 {:>8.1?}  ({} runs)",
             median(rates[li].clone()),
-            percentile(&l, 0.50),
-            percentile(&l, 0.99),
+            common::percentile(&l, 0.50),
+            common::percentile(&l, 0.99),
             l.len()
         );
     }
@@ -158,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "targets at 64 (by reference): >= 500 runs/s {}, p99 < 100 ms {}, RSS < 300 MB {}",
         if at64 >= 500.0 { "met" } else { "NOT met" },
-        if percentile(&l64, 0.99) < Duration::from_millis(100) { "met" } else { "NOT met" },
+        if common::percentile(&l64, 0.99) < Duration::from_millis(100) { "met" } else { "NOT met" },
         if rss < 300.0 { "met" } else { "NOT met" }
     );
     Ok(())

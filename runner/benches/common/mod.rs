@@ -5,6 +5,7 @@ use std::path::Path;
 /// In `home`: a `certs` directory with two sample certificates and
 /// `agent.pub`; returns the cert-expiry capsule, packed and signed by the
 /// library with that agent key, and its component bytes.
+#[allow(dead_code)] // not every benchmark uses every helper
 pub fn diagnostic_capsule(home: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     let root = Path::new(test_programs::ROOT);
     let wasm = std::fs::read(test_programs::CERT_EXPIRY)?;
@@ -21,4 +22,43 @@ pub fn diagnostic_capsule(home: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     )?;
     let file = edge_core::container::CapsuleFile::new(manifest, wasm.clone())?;
     Ok((file.clone().with_bundle(key.sign_capsule(&file)).to_bytes(), wasm))
+}
+
+/// The example graph plus `nodes` services that all depend, in layers of
+/// fan-out 8, on `payments-config`; `owner_salt` varies the owners (a graph
+/// with another digest, same shape).
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn wide_graph(nodes: usize, owner_salt: usize) -> anyhow::Result<String> {
+    let root = Path::new(test_programs::ROOT);
+    let mut g = std::fs::read_to_string(root.join("examples/policy/graph.toml"))?;
+    for i in 0..nodes {
+        let dep = if i < 8 { "payments-config".to_owned() } else { format!("svc-{:05}", i / 8 - 1) };
+        g.push_str(&format!(
+            "\n[[nodes]]\nid = \"svc-{i:05}\"\nkind = \"service\"\nowner = \"team-{}\"\ncriticality = \"{}\"\ndepends_on = [\"{dep}\"]\n",
+            (i + owner_salt) % 50,
+            ["low", "medium", "high"][i % 3]
+        ));
+    }
+    Ok(g)
+}
+
+/// The `p` quantile (0..=1) of sorted durations (zero when empty).
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// A process's peak resident set (VmHWM), in MiB.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }

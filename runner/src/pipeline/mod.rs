@@ -156,9 +156,12 @@ impl Runner {
     }
 
     /// Put new governance in force (after it was recorded; the caller
-    /// holds `changing_governance`).
-    pub(crate) fn replace_governance(&self, next: Governance) {
-        *self.governance.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+    /// holds `changing_governance`); returns what was in force.
+    pub(crate) fn replace_governance(&self, next: Governance) -> Arc<Governance> {
+        std::mem::replace(
+            &mut *self.governance.write().unwrap_or_else(std::sync::PoisonError::into_inner),
+            Arc::new(next),
+        )
     }
 
     /// Sign a checkpoint of the whole log now.
