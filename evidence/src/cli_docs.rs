@@ -103,6 +103,37 @@ fn walk(cmd: &Command, path: &str, missing: &mut Vec<String>) {
     }
 }
 
+/// Golden tests of command-line output (both binaries' test suites): compare
+/// `actual` with the file at `path`; with `UPDATE_GOLDEN=1` in the
+/// environment, write it there instead (then review the diff and commit it).
+///
+/// # Panics
+/// When they differ (naming the first differing line and showing the
+/// whole output), or the file is missing: it is a test helper.
+pub fn golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create the golden directory");
+        }
+        std::fs::write(path, actual).expect("write the golden file");
+        return;
+    }
+    let want = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with UPDATE_GOLDEN=1, review it and commit it", path.display()));
+    if want != actual {
+        let (w, a): (Vec<&str>, Vec<&str>) = (want.lines().collect(), actual.lines().collect());
+        let at = w.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(w.len().min(a.len()));
+        panic!(
+            "the output no longer matches {} (first difference at line {}):\n  want: {:?}\n  got:  {:?}\n\
+             whole output:\n{actual}\nIf the change is intended, rewrite the file with UPDATE_GOLDEN=1 and review the diff.",
+            path.display(),
+            at + 1,
+            w.get(at),
+            a.get(at)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{Arg, ArgAction};

@@ -167,12 +167,7 @@ fn refuse_if_held(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .with_context(|| format!("cannot open {}", dir.join("lock").display()))?;
+    let lock = crate::store::log::lock_file(dir)?;
     if lock.try_lock().is_err() {
         bail!(
             "the evidence store {} is in use by a running runner (`edge-runner serve`, or another command): stop it \

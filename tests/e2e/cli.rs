@@ -66,26 +66,10 @@ fn normalise(text: &str, home: &Path) -> String {
 
 /// Compare with `tests/golden/edge-runner/<name>`; `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/edge-runner").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; create it with UPDATE_GOLDEN=1, review it and commit it", path.display()));
-    if want != actual {
-        let (w, a): (Vec<&str>, Vec<&str>) = (want.lines().collect(), actual.lines().collect());
-        let at = w.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(w.len().min(a.len()));
-        panic!(
-            "the output no longer matches {} (first difference at line {}):\n  want: {:?}\n  got:  {:?}\n\
-             whole output:\n{actual}\nIf the change is intended, rewrite the file with UPDATE_GOLDEN=1 and review the diff.",
-            path.display(),
-            at + 1,
-            w.get(at),
-            a.get(at)
-        );
-    }
+    edge_evidence::cli_docs::golden(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/edge-runner").join(name),
+        actual,
+    );
 }
 
 #[test]

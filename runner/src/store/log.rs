@@ -499,12 +499,7 @@ impl EvidenceLog {
     /// If the store is locked by another runner, unreadable, or fails verification.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create evidence directory {}", dir.display()))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))
-            .with_context(|| format!("cannot open {}", dir.join("lock").display()))?;
+        let lock = lock_file(dir)?;
         lock.try_lock()
             .map_err(|_| anyhow!("the evidence store {} is in use by another runner process", dir.display()))?;
         if dir.join("log.jsonl").exists() {
@@ -803,6 +798,20 @@ impl EvidenceLog {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The store's lock file (`lock`, created if missing), not yet locked: a
+/// process that writes the store holds an exclusive lock on it.
+///
+/// # Errors
+/// If it cannot be opened.
+pub fn lock_file(dir: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .with_context(|| format!("cannot open {}", dir.join("lock").display()))
 }
 
 /// A read-only connection to a store (for export, `evidence show`, tools).
