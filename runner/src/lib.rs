@@ -8,6 +8,7 @@
 pub mod attest;
 pub mod backstage;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -19,6 +20,7 @@ pub mod init;
 pub mod keys;
 pub mod notify;
 pub mod pipeline;
+pub mod pki;
 pub mod policy_files;
 pub mod rotate;
 pub mod sandbox;
