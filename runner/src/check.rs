@@ -473,7 +473,18 @@ fn server(s: &ServerPaths, console: Option<&ConsolePaths>, now: Duration, proble
     let wanted = listen.map(listen_names).unwrap_or_default();
     if let (Some(cert), Some(key)) = (&s.cert, &s.key) {
         let ca = server_ca.as_ref().map(|(p, c)| (ca_setting, *p, c.as_slice()));
-        tls_pair("server certificate", "server.cert", "server.key", cert, key, ca, &wanted, now, problems);
+        tls_pair(
+            "server certificate",
+            "server.cert",
+            "server.key",
+            cert,
+            key,
+            ca,
+            &wanted,
+            "server.listen",
+            now,
+            problems,
+        );
     }
     if let Some(c) = console {
         let clisten = c.listen.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
@@ -499,9 +510,18 @@ fn server(s: &ServerPaths, console: Option<&ConsolePaths>, now: Duration, proble
             Err(_) => Vec::new(),
         };
         match (&c.cert, &c.key) {
-            (Some(cert), Some(key)) => {
-                tls_pair("console certificate", "console.cert", "console.key", cert, key, None, &wanted, now, problems)
-            }
+            (Some(cert), Some(key)) => tls_pair(
+                "console certificate",
+                "console.cert",
+                "console.key",
+                cert,
+                key,
+                None,
+                &wanted,
+                "console.url",
+                now,
+                problems,
+            ),
             // The server's pair: checked above; it must also name the console's host.
             _ => {
                 if let Some(cert) = &s.cert
@@ -611,6 +631,7 @@ fn tls_pair(
     key: &Path,
     ca: Option<(&str, &Path, &[CertificateDer<'static>])>,
     wanted: &[ServerName<'static>],
+    used: &str,
     now: Duration,
     problems: &mut Vec<Problem>,
 ) {
@@ -634,7 +655,7 @@ fn tls_pair(
             return;
         }
     };
-    problems.extend(certificate(what, cert, &chain, ca, wanted, now));
+    problems.extend(certificate(what, cert, &chain, ca, wanted, used, now));
     if key_ok && let Err(e) = crate::server::tls::server_config_no_client_auth(cert, key) {
         problems.push(Problem::error(
             format!("{e:#}"),
@@ -645,14 +666,16 @@ fn tls_pair(
 
 /// The checks of one certificate chain (leaf first), given the CA it must
 /// chain to (setting, file, certificates), the names clients use for it
-/// (empty: any name but `localhost` and loopback addresses) and `now`
-/// (since the Unix epoch). No I/O.
+/// (empty: any name but `localhost` and loopback addresses) and where they
+/// come from (`used`, e.g. "server.listen"), and `now` (since the Unix
+/// epoch). No I/O.
 pub fn certificate(
     what: &str,
     file: &Path,
     chain: &[CertificateDer<'static>],
     ca: Option<(&str, &Path, &[CertificateDer<'static>])>,
     wanted: &[ServerName<'static>],
+    used: &str,
     now: Duration,
 ) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -689,7 +712,8 @@ pub fn certificate(
                 format!("{what} {f}: a CA certificate in its chain has expired"),
                 format!("renew the CA and reissue the certificate, then update {setting} and the clients' --ca"),
             )),
-            Err(webpki::Error::UnknownIssuer) => out.push(Problem::error(
+            // Another CA (one with the same name fails on the signature).
+            Err(webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey) => out.push(Problem::error(
                 format!("{what} {f} does not chain to {setting} {}", ca_file.display()),
                 if setting == "server.client_ca" {
                     "issue the certificate from that CA, or, if another CA issued it (your organisation's PKI), set \
@@ -706,7 +730,7 @@ pub fn certificate(
             )),
         }
     }
-    if let Some(p) = names(what, file, leaf, wanted, "the listen address") {
+    if let Some(p) = names(what, file, leaf, wanted, used) {
         out.push(p);
     }
     out
@@ -859,6 +883,7 @@ mod tests {
             &chain,
             Some(("server.client_ca", f, &ca)),
             &wanted,
+            "server.listen",
             Duration::from_secs(now as u64),
         )
     }
@@ -911,9 +936,13 @@ mod tests {
             &chain,
             Some(("server.client_ca", f, &other_ca)),
             &name,
+            "server.listen",
             Duration::from_secs(now as u64),
         );
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].what.contains("does not chain to server.client_ca") && p[0].fix.contains("server.server_ca"));
+        assert!(
+            p[0].what.contains("does not chain to server.client_ca") && p[0].fix.contains("server.server_ca"),
+            "{p:?}"
+        );
     }
 }

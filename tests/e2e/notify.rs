@@ -46,7 +46,7 @@ fn pki(dir: &Path) {
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(30);
         std::fs::write(dir.join(format!("{name}.pem")), p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        crate::harness::write_key(&dir.join(format!("{name}.key")), &key.serialize_pem());
     };
     let local = || SanType::IpAddress("127.0.0.1".parse().unwrap());
     leaf("server", local());

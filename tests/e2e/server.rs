@@ -114,7 +114,7 @@ pub(crate) fn pki(dir: &Path) {
         p.not_after = now + time::Duration::days(days.1);
         let cert = p.signed_by(&key, issuer).unwrap();
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        crate::harness::write_key(&dir.join(format!("{name}.key")), &key.serialize_pem());
     };
     let uri = |s: &str| SanType::URI(s.try_into().unwrap());
     leaf(
