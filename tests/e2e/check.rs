@@ -295,3 +295,48 @@ fn init_san_names_are_in_the_certificate_and_a_client_using_one_verifies() {
     let refused = handshake("other.test.example").unwrap_err();
     assert!(format!("{refused:?}").contains("NotValidForName"), "{refused:?}");
 }
+
+#[test]
+fn check_names_a_server_certificate_from_another_ca_a_key_that_is_not_its_own_and_an_open_state_dir() {
+    let env = init_home("127.0.0.1:0", &[]);
+    let other = init_home("127.0.0.1:0", &[]);
+    // Another runner's certificate (same CA name, another CA key), with this
+    // runner's key; the state directory writable by everyone; a console
+    // whose URL names a host the certificate does not.
+    std::fs::copy(other.path("tls/server.pem"), env.path("tls/server.pem")).unwrap();
+    chmod(&env.path("state"), 0o777);
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(
+        env.path("runner.toml"),
+        format!("{config}\n[console]\nlisten = \"127.0.0.1:0\"\nurl = \"https://approvals.example:8444\"\n"),
+    )
+    .unwrap();
+    let out = env.cli(&["check", "--config", "runner.toml"]);
+    assert_eq!(out.code(), 1);
+    let text = out.stdout();
+    for want in [
+        "server certificate ./tls/server.pem does not chain to server.client_ca ./tls/ca.pem",
+        "set server.server_ca to that CA's certificate",
+        "server certificate ./tls/server.pem and its key ./tls/server.key (server.key) do not match",
+        "runner.state_dir ./state has mode 0777",
+        "does not name approvals.example (console.url)",
+    ] {
+        assert!(text.contains(want), "`{want}` is not listed:\n{text}");
+    }
+    assert!(text.contains("4 error(s), 0 warning(s)"), "{text}");
+    // With server.server_ca naming the CA that issued the certificate, the
+    // chain passes; the key is still not the certificate's.
+    std::fs::remove_file(env.path("tls/server.pem")).unwrap();
+    std::fs::copy(other.path("tls/server.pem"), env.path("tls/other.pem")).unwrap();
+    chmod(&env.path("state"), 0o700);
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(
+        env.path("runner.toml"),
+        config.replace("cert = \"tls/server.pem\"", "cert = \"tls/other.pem\"\nserver_ca = \"tls/other-ca.pem\""),
+    )
+    .unwrap();
+    std::fs::copy(other.path("tls/ca.pem"), env.path("tls/other-ca.pem")).unwrap();
+    let text = env.cli(&["check", "--config", "runner.toml"]).stdout();
+    assert!(!text.contains("does not chain"), "server_ca names the CA that issued it:\n{text}");
+    assert!(text.contains("do not match") && text.contains("approvals.example"), "{text}");
+}

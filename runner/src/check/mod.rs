@@ -640,7 +640,12 @@ fn tls_pair(
     problems.extend(certificate(what, cert, &chain, ca, wanted, used, now));
     if key_ok && let Err(e) = crate::server::tls::server_config_no_client_auth(cert, key) {
         problems.push(Problem::error(
-            format!("{e:#}"),
+            format!(
+                "{what} {} and its key {} ({key_setting}) do not match ({})",
+                cert.display(),
+                key.display(),
+                e.root_cause()
+            ),
             format!("point {key_setting} at the key the certificate {} was issued for", cert.display()),
         ));
     }

@@ -103,7 +103,7 @@ pub fn render(problems: &[Problem]) -> String {
             Severity::Error => "ERROR  ",
             Severity::Warning => "WARNING",
         };
-        let what = edge_core::text::block(&p.what).replace('\n', "\n         ");
+        let what = edge_core::text::block(p.what.trim_end()).replace('\n', "\n         ");
         s.push_str(&format!("{label}  {what}\n         fix: {}\n", edge_core::text::line(&p.fix)));
     }
     s

@@ -106,6 +106,14 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
     writeln!(out, "dev CA        {h}/tls/ca.pem (server, agent and operator certificates beside it)")?;
     writeln!(out, "agent         {} may submit", done.agent)?;
     writeln!(out, "systemd unit  {h}/edge-runner.service")?;
+    if a.sans.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_ok_and(|l| l.ip().is_unspecified()) {
+        writeln!(
+            out,
+            "note: the server certificate names only localhost, 127.0.0.1 and ::1, but {} listens on every",
+            a.listen
+        )?;
+        writeln!(out, "      interface: give `--san NAME` for each name clients use (docs/operations.md)")?;
+    }
     writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
     writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
     Ok(Exit::Ok)
