@@ -340,3 +340,18 @@ fn check_names_a_server_certificate_from_another_ca_a_key_that_is_not_its_own_an
     assert!(!text.contains("does not chain"), "server_ca names the CA that issued it:\n{text}");
     assert!(text.contains("do not match") && text.contains("approvals.example"), "{text}");
 }
+
+#[test]
+fn check_lists_a_broken_policy_and_a_broken_approver_registry_together() {
+    let env = init_home("127.0.0.1:0", &[]);
+    std::fs::write(env.path("policy/policy.toml"), "version = 99\n").unwrap();
+    std::fs::write(env.path("approvers/allowed_signers"), "alice@bank.example ssh-ed25519 not-base64\n").unwrap();
+    let out = env.cli(&["check", "--config", "runner.toml"]);
+    assert_eq!(out.code(), 1);
+    let text = out.stdout();
+    // Loading the config stops at the policy; the registry is checked too.
+    assert!(text.contains("runner config runner.toml is invalid") && text.contains("policy"), "{text}");
+    assert!(text.contains("allowed_signers") && text.contains("line 1"), "{text}");
+    assert!(text.contains("2 error(s)"), "{text}");
+    assert_eq!(text.matches("fix: edit runner.toml (or the file the message names)").count(), 2, "{text}");
+}
