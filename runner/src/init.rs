@@ -138,6 +138,9 @@ listen = "{listen}"
 cert = "tls/server.pem"
 key = "tls/server.key"
 client_ca = "tls/ca.pem"
+# The CA that issued `cert` (what clients pass as --ca); `edge-runner check`
+# verifies the chain against it. Default: client_ca (the development CA issues both).
+# server_ca = "tls/ca.pem"
 # Agents allowed to submit (SPIFFE ID in the client certificate's URI SAN, or its subject CN).
 agents = ["{agent}"]
 max_body_kib = 32768
@@ -147,7 +150,8 @@ request_timeout = "10s"
 # Who may read what (docs/operations.md, "Who may read what"). Agents see only
 # the proposals they submitted; reading every proposal and posting approvals,
 # the evidence export, /metrics and reloading are granted here, per identity
-# or `role:<name>`. Give approvers and reviewers their own certificates.
+# or `role:<name>`. Give approvers and reviewers their own certificates
+# (`edge-runner pki issue --person NAME --out DIR --config runner.toml`).
 [server.roles]
 operators = ["spiffe://{DEV_TRUST_DOMAIN}/operator"]
 
