@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 
 /// Who a certificate is for.
@@ -119,8 +120,7 @@ pub fn issue(
 
     let ca_pem = std::fs::read_to_string(ca_cert)
         .with_context(|| format!("cannot read the CA certificate {}", ca_cert.display()))?;
-    let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-        .map(|c: CertificateDer<'static>| c)
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .with_context(|| format!("{} is not a PEM certificate", ca_cert.display()))?;
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -220,7 +220,75 @@ pub fn issue(
 
 #[cfg(test)]
 mod tests {
+    use rcgen::{BasicConstraints, IsCa};
+
     use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    /// A CA valid for `days` from NOW in `dir` (ca.pem, ca.key at `mode`).
+    fn ca(dir: &Path, days: i64, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "edge-runner development CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(NOW as i64 - 86_400).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW as i64 + days * 86_400).unwrap();
+        std::fs::write(dir.join("ca.pem"), p.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+        std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn issue_in(dir: &Path, valid_days: u64) -> Result<Issued> {
+        issue(
+            &dir.join("ca.pem"),
+            &dir.join("ca.key"),
+            "bank.example",
+            &Subject::Person("alice".into()),
+            Duration::from_secs(valid_days * 86_400),
+            NOW,
+            &dir.join("out"),
+        )
+    }
+
+    #[test]
+    fn a_certificate_is_issued_only_from_a_private_matching_ca_key_within_the_cas_validity() {
+        let t = tempfile::tempdir().unwrap();
+        ca(t.path(), 365, 0o600);
+        let done = issue_in(t.path(), 90).unwrap();
+        assert_eq!(done.identity, "spiffe://bank.example/people/alice");
+        let der = CertificateDer::from_pem_file(&done.cert).unwrap();
+        assert_eq!(crate::server::tls::agent_identity(&der).unwrap(), done.identity, "the identity the server reads");
+        // Never overwritten.
+        let e = format!("{:#}", issue_in(t.path(), 90).unwrap_err());
+        assert!(e.contains("refusing to overwrite"), "{e}");
+
+        // Beyond the CA's expiry.
+        let t = tempfile::tempdir().unwrap();
+        ca(t.path(), 30, 0o600);
+        let e = format!("{:#}", issue_in(t.path(), 90).unwrap_err());
+        assert!(e.contains("expires in 30 days, before the certificate would (90 days)"), "{e}");
+        assert!(!t.path().join("out").exists(), "nothing written");
+
+        // A CA key others can read.
+        let t = tempfile::tempdir().unwrap();
+        ca(t.path(), 365, 0o644);
+        let e = format!("{:#}", issue_in(t.path(), 90).unwrap_err());
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+
+        // A key that is not the CA certificate's: the certificate would not
+        // verify, so nothing is written.
+        let t = tempfile::tempdir().unwrap();
+        ca(t.path(), 365, 0o600);
+        std::fs::remove_file(t.path().join("ca.key")).unwrap();
+        crate::keys::write_secret(&t.path().join("ca.key"), KeyPair::generate().unwrap().serialize_pem().as_bytes())
+            .unwrap();
+        let e = format!("{:#}", issue_in(t.path(), 90).unwrap_err());
+        assert!(e.contains("does not verify against") && e.contains("the key of that CA certificate"), "{e}");
+        assert!(!t.path().join("out").exists(), "nothing written");
+    }
 
     #[test]
     fn names_are_one_spiffe_path_segment() {
