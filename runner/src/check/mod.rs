@@ -304,6 +304,14 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Whether a key file owned by `owner` may be used by a process running as
+/// `me`: its own files and root's. Another user could replace the key or
+/// open its mode. Root (an administrator checking the service's home) does
+/// not judge owners.
+fn owner_ok(me: u32, owner: u32) -> bool {
+    me == 0 || owner == me || owner == 0
+}
+
 /// Whether this process may access `path` as `mode` (`libc::W_OK`, …).
 fn may(path: &Path, mode: libc::c_int) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
@@ -340,7 +348,7 @@ fn private_key_file(what: &str, setting: &str, path: &Path, problems: &mut Vec<P
         ));
     }
     let me = euid();
-    if me != 0 && meta.uid() != me && meta.uid() != 0 {
+    if !owner_ok(me, meta.uid()) {
         problems.push(Problem::error(
             format!("{what} {p} is owned by uid {}, not by uid {me} that runs this check", meta.uid()),
             format!("run `chown {me} {p}` (the user that runs the runner must own its keys)"),
@@ -648,5 +656,29 @@ fn tls_pair(
             ),
             format!("point {key_setting} at the key the certificate {} was issued for", cert.display()),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_owners_truth_table() {
+        for (me, owner, ok) in [(1000, 1000, true), (1000, 0, true), (1000, 1001, false), (0, 1001, true), (0, 0, true)]
+        {
+            assert_eq!(owner_ok(me, owner), ok, "me {me}, owner {owner}");
+        }
+    }
+
+    #[test]
+    fn a_missing_config_and_bad_toml_are_one_problem_each() {
+        let t = tempfile::tempdir().unwrap();
+        let p = check(&t.path().join("runner.toml"));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].what.contains("cannot read runner config") && p[0].fix.contains("edge-runner init"));
+        std::fs::write(t.path().join("runner.toml"), "[runner\n").unwrap();
+        let p = check(&t.path().join("runner.toml"));
+        assert!(p.len() == 1 && p[0].what.contains("not valid TOML"), "{p:?}");
     }
 }
