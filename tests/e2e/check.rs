@@ -355,3 +355,12 @@ fn check_lists_a_broken_policy_and_a_broken_approver_registry_together() {
     assert!(text.contains("2 error(s)"), "{text}");
     assert_eq!(text.matches("fix: edit runner.toml (or the file the message names)").count(), 2, "{text}");
 }
+
+/// The homes the server tests run (their own PKI, written by the harness)
+/// pass the check: `serve` starts them with nothing to warn about.
+#[test]
+fn the_server_tests_home_passes_check() {
+    let env = crate::server::setup(64);
+    let out = env.cli(&["check", "--config", "runner.toml"]);
+    assert_eq!(out.code(), 0, "{}{}", out.stdout(), out.stderr());
+}

@@ -121,7 +121,8 @@ pub(crate) fn pki(dir: &Path) {
         "server",
         &issuer,
         vec![SanType::IpAddress("127.0.0.1".parse().unwrap()), SanType::DnsName("localhost".try_into().unwrap())],
-        (-1, 30),
+        // Beyond `check`'s 30-day warning: `serve` starts without one.
+        (-1, 90),
     );
     leaf("agent", &issuer, vec![uri(AGENT)], (-1, 30));
     leaf("intruder", &issuer, vec![uri("spiffe://test.example/agent/intruder")], (-1, 30));
