@@ -18,6 +18,7 @@ pub mod governance;
 pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod logging;
 pub mod notify;
 pub mod pipeline;
 pub mod pki;

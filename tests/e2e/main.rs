@@ -10,6 +10,7 @@ mod evidence;
 mod examples;
 mod harness;
 mod hostile;
+mod logs;
 mod notify;
 mod operate;
 mod policy;
