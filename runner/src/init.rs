@@ -8,7 +8,8 @@
 //!   approvers/allowed_signers   empty: nobody can approve until you add keys
 //!   approvers/roles.toml        example roles
 //!   tls/ca.pem, ca.key          a development CA (0600 key)
-//!   tls/server.pem, server.key  server certificate for localhost / 127.0.0.1 / ::1
+//!   tls/server.pem, server.key  server certificate for localhost / 127.0.0.1 / ::1,
+//!                               the listen address and every `--san`
 //!   tls/agent.pem, agent.key    a client certificate for one agent (SPIFFE ID)
 //!   tls/operator.pem, operator.key  a client certificate for operators and approvers
 //!   edge-runner.service         a hardened systemd unit
@@ -42,6 +43,48 @@ pub struct Initialised {
 /// # Errors
 /// If the home already holds a runner, or a file cannot be written.
 pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<Initialised> {
+    init_with_sans(home, name, listen, unit_user, &[])
+}
+
+/// A server name for the development certificate (`init --san`): an IP
+/// address, or a DNS name (no wildcards).
+///
+/// # Errors
+/// If it is neither.
+pub fn parse_san(s: &str) -> Result<SanType> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let lower = s.to_ascii_lowercase();
+    if lower.contains('*') || rustls::pki_types::DnsName::try_from(lower.as_str()).is_err() {
+        bail!("--san `{s}` is not a DNS name or IP address (e.g. runner.bank.example or 10.0.0.5; no wildcards)");
+    }
+    Ok(SanType::DnsName(lower.as_str().try_into()?))
+}
+
+/// As [`init`], with extra names (`--san`) in the server certificate
+/// besides localhost, 127.0.0.1 and ::1. A listen address on one interface
+/// (not 0.0.0.0 or ::) is added too, so clients can connect to it by IP.
+///
+/// # Errors
+/// As [`init`], and a `--san` that is not a DNS name or IP address.
+pub fn init_with_sans(home: &Path, name: &str, listen: &str, unit_user: &str, sans: &[String]) -> Result<Initialised> {
+    let mut extra = Vec::new();
+    for s in sans {
+        let san = parse_san(s)?;
+        if !extra.contains(&san) {
+            extra.push(san);
+        }
+    }
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>()
+        && !addr.ip().is_unspecified()
+        && !addr.ip().is_loopback()
+    {
+        let san = SanType::IpAddress(addr.ip());
+        if !extra.contains(&san) {
+            extra.push(san);
+        }
+    }
     let config_path = home.join("runner.toml");
     if config_path.exists() {
         bail!(
@@ -69,7 +112,7 @@ pub fn init(home: &Path, name: &str, listen: &str, unit_user: &str) -> Result<In
     crate::identity::create_identity(&identity)?;
 
     let agent = format!("spiffe://{DEV_TRUST_DOMAIN}/agent/dev");
-    dev_pki(&home.join("tls"), &agent)?;
+    dev_pki(&home.join("tls"), &agent, extra)?;
 
     let config = format!(
         r#"# Runner home created by `edge-runner init`. Relative paths are relative to this file.
@@ -95,6 +138,9 @@ listen = "{listen}"
 cert = "tls/server.pem"
 key = "tls/server.key"
 client_ca = "tls/ca.pem"
+# The CA that issued `cert` (what clients pass as --ca); `edge-runner check`
+# verifies the chain against it. Default: client_ca (the development CA issues both).
+# server_ca = "tls/ca.pem"
 # Agents allowed to submit (SPIFFE ID in the client certificate's URI SAN, or its subject CN).
 agents = ["{agent}"]
 max_body_kib = 32768
@@ -104,7 +150,8 @@ request_timeout = "10s"
 # Who may read what (docs/operations.md, "Who may read what"). Agents see only
 # the proposals they submitted; reading every proposal and posting approvals,
 # the evidence export, /metrics and reloading are granted here, per identity
-# or `role:<name>`. Give approvers and reviewers their own certificates.
+# or `role:<name>`. Give approvers and reviewers their own certificates
+# (`edge-runner pki issue --person NAME --out DIR --config runner.toml`).
 [server.roles]
 operators = ["spiffe://{DEV_TRUST_DOMAIN}/operator"]
 
@@ -175,7 +222,7 @@ fn restrict_dir(p: &Path) -> Result<()> {
 }
 
 /// A development CA, a server certificate and two client certificates.
-fn dev_pki(dir: &Path, agent: &str) -> Result<()> {
+fn dev_pki(dir: &Path, agent: &str, extra_sans: Vec<SanType>) -> Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -204,12 +251,13 @@ fn dev_pki(dir: &Path, agent: &str) -> Result<()> {
     };
     let ip = |s: &str| SanType::IpAddress(s.parse().expect("literal address"));
     let uri = |s: &str| -> Result<SanType> { Ok(SanType::URI(s.try_into()?)) };
-    leaf(
-        "server",
-        "localhost",
-        vec![SanType::DnsName("localhost".try_into()?), ip("127.0.0.1"), ip("::1")],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
+    let mut server_sans = vec![SanType::DnsName("localhost".try_into()?), ip("127.0.0.1"), ip("::1")];
+    for s in extra_sans {
+        if !server_sans.contains(&s) {
+            server_sans.push(s);
+        }
+    }
+    leaf("server", "localhost", server_sans, ExtendedKeyUsagePurpose::ServerAuth)?;
     leaf("agent", "agent-dev", vec![uri(agent)?], ExtendedKeyUsagePurpose::ClientAuth)?;
     leaf(
         "operator",

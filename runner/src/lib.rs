@@ -8,6 +8,7 @@
 pub mod attest;
 pub mod backstage;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pipeline;
+pub mod pki;
 pub mod policy_files;
 pub mod rotate;
 pub mod sandbox;

@@ -25,6 +25,14 @@ pub const STD_IMPORTS: &str = r#"imports = [
 ]
 "#;
 
+/// Write a private key as `serve` requires it: created with mode 0600.
+pub fn write_key(path: &Path, pem: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    f.write_all(pem.as_bytes()).unwrap();
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
 }

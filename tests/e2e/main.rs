@@ -3,6 +3,7 @@
 
 mod approvals;
 mod backup;
+mod check;
 mod cli;
 mod console;
 mod evidence;

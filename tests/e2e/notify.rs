@@ -44,9 +44,10 @@ fn pki(dir: &Path) {
         p.distinguished_name.push(DnType::CommonName, name);
         p.subject_alt_names = vec![san];
         p.not_before = now - time::Duration::days(1);
-        p.not_after = now + time::Duration::days(30);
+        // Beyond `check`'s 30-day warning: `serve` starts without one.
+        p.not_after = now + time::Duration::days(90);
         std::fs::write(dir.join(format!("{name}.pem")), p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        crate::harness::write_key(&dir.join(format!("{name}.key")), &key.serialize_pem());
     };
     let local = || SanType::IpAddress("127.0.0.1".parse().unwrap());
     leaf("server", local());

@@ -10,6 +10,7 @@
 
 pub mod approve;
 pub mod backup;
+pub mod check;
 pub mod evidence;
 pub mod generate;
 pub mod policy;
@@ -101,13 +102,20 @@ pub enum Command {
     /// Create a runner home: identity key, config, example policy and graph,
     /// empty approver registry, development CA and certificates, systemd unit.
     Init(crate::cli::server::InitArgs),
-    /// Serve the mutual-TLS API (`[server]` in the config).
+    /// Check everything `serve` needs (config, policy, graph, approvers, keys
+    /// and their modes, certificates, mounts, directories, ports) and list
+    /// every problem with its fix; exit 1 if there is any.
+    Check(crate::cli::check::CheckArgs),
+    /// Serve the mutual-TLS API (`[server]` in the config); runs `check` first.
     Serve(crate::cli::server::ServeArgs),
     /// Reload a running runner's policy, graph, trusted signers and approver
     /// registry (like SIGHUP); a bad configuration is refused and recorded.
     Reload(crate::cli::server::ReloadArgs),
     /// Submit a signed capsule to a runner over mutual TLS.
     Submit(crate::cli::server::SubmitArgs),
+    /// Client certificates from the development CA.
+    #[command(subcommand)]
+    Pki(crate::cli::check::PkiCommand),
     /// Proposals on a runner: list, show, watch.
     #[command(subcommand)]
     Proposals(crate::cli::server::ProposalsCommand),
@@ -286,6 +294,8 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Init(a) => crate::cli::server::init(&a, out),
+        Command::Check(a) => crate::cli::check::check(&a, out),
+        Command::Pki(c) => crate::cli::check::pki(&c, out),
         Command::Serve(a) => crate::cli::server::serve(&a, out),
         Command::Reload(a) => crate::cli::server::reload(&a, out),
         Command::Submit(a) => crate::cli::server::submit(&a, out),

@@ -27,6 +27,10 @@ pub struct InitArgs {
     /// The system user the systemd unit runs as.
     #[arg(long, default_value = "edge-runner")]
     pub user: String,
+    /// Another DNS name or IP address for the server certificate, besides
+    /// localhost, 127.0.0.1 and ::1 (repeat for more).
+    #[arg(long = "san", value_name = "NAME")]
+    pub sans: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +98,7 @@ pub enum ProposalsCommand {
 }
 
 pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
-    let done = crate::init::init(&a.home, &a.name, &a.listen, &a.user)?;
+    let done = crate::init::init_with_sans(&a.home, &a.name, &a.listen, &a.user, &a.sans)?;
     let h = done.home.display();
     writeln!(out, "runner home   {h}")?;
     writeln!(out, "config        {}", done.config.display())?;
@@ -102,12 +106,23 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
     writeln!(out, "dev CA        {h}/tls/ca.pem (server, agent and operator certificates beside it)")?;
     writeln!(out, "agent         {} may submit", done.agent)?;
     writeln!(out, "systemd unit  {h}/edge-runner.service")?;
+    if a.sans.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_ok_and(|l| l.ip().is_unspecified()) {
+        writeln!(
+            out,
+            "note: the server certificate names only localhost, 127.0.0.1 and ::1, but {} listens on every",
+            a.listen
+        )?;
+        writeln!(out, "      interface: give `--san NAME` for each name clients use (docs/operations.md)")?;
+    }
     writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
     writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
     Ok(Exit::Ok)
 }
 
 pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
+    // Everything `check` checks, before anything is bound (its port check
+    // binds and releases the listen addresses).
+    crate::cli::check::before_serve(&a.config)?;
     let config = RunnerConfig::load(&a.config)?;
     let listen = config.server.as_ref().context("the runner config has no [server] section")?.listen;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

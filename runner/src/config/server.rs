@@ -22,6 +22,11 @@ pub(crate) struct RawServer {
     key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     client_ca: PathBuf,
+    /// The CA (PEM) that issued `cert`: what clients verify this runner
+    /// with (their `--ca`). Only `edge-runner check` reads it, to check the
+    /// chain. Default: `client_ca` (`init`'s development CA issues both).
+    #[serde(default)]
+    server_ca: Option<PathBuf>,
     /// Agents allowed to submit proposals: SPIFFE IDs (URI SAN) or subject
     /// common names of their client certificates. Empty: nobody may submit.
     #[serde(default)]
@@ -110,6 +115,8 @@ pub struct ServerSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// The CA that issued `cert` (`server_ca`, default `client_ca`).
+    pub server_ca: PathBuf,
     pub agents: BTreeSet<String>,
     pub max_body_bytes: usize,
     pub max_concurrent_runs: usize,
@@ -149,6 +156,7 @@ impl RawServer {
             listen,
             cert: resolve(&self.cert),
             key: resolve(&self.key),
+            server_ca: resolve(self.server_ca.as_deref().unwrap_or(&self.client_ca)),
             client_ca: resolve(&self.client_ca),
             agents: self.agents.into_iter().collect(),
             max_body_bytes: usize::try_from(self.max_body_kib.unwrap_or(32 << 10).saturating_mul(1024))
