@@ -32,10 +32,10 @@ pub enum PkiCommand {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("subject").required(true).args(["person", "agent"]))]
 pub struct IssueArgs {
-    /// A person (approver, operator, reviewer): spiffe://<trust domain>/people/NAME.
+    /// A person (approver, operator, reviewer): `spiffe://<trust domain>/people/NAME`.
     #[arg(long, value_name = "NAME")]
     pub person: Option<String>,
-    /// An agent that submits capsules: spiffe://<trust domain>/agent/NAME.
+    /// An agent that submits capsules: `spiffe://<trust domain>/agent/NAME`.
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
     /// The directory to write NAME.pem and NAME.key (0600) into; existing files are never overwritten.
