@@ -185,7 +185,10 @@ pub enum ApprovalError {
     Malformed(String),
     #[error("signed in namespace `{0}`, not `{NAMESPACE}`: a signature made for something else is never an approval")]
     WrongNamespace(String),
-    #[error("`{0}` is not a registered approver for this namespace; add them to allowed_signers")]
+    #[error(
+        "`{0}` is not a registered approver for this namespace: add them to allowed_signers (a running runner \
+         takes the change on reload: `systemctl reload edge-runner` or `edge-runner reload`)"
+    )]
     UnknownApprover(String),
     #[error("the key of `{principal}` is not valid {when}")]
     KeyNotValid { principal: String, when: String },
