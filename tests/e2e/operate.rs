@@ -121,6 +121,8 @@ fn reload_applies_a_new_approver_without_a_restart_and_a_bad_one_changes_nothing
         let dave = sign(&env, &mut alice, &id, "dave", "approve").await;
         let r = alice.post(&format!("/v1/proposals/{id}/approvals"), dave.clone(), "application/json").await.unwrap();
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.error_message());
+        // The answer says what to do next, to someone who already edited the file.
+        assert!(r.error_message().contains("edge-runner reload"), "{}", r.error_message());
 
         // The operator reloads: no restart, and it counts now.
         let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
