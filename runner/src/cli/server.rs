@@ -122,12 +122,18 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
                 _ = term.recv() => {}
             }
         };
-        crate::server::serve(config, listener, shutdown, |addr, console| {
-            // One line a supervisor (or a test) can wait for (the console's first).
-            if let Some(origin) = console {
+        // Under systemd (Type=notify): readiness, reloads, shutdown, watchdog.
+        let systemd = crate::server::systemd::Notifier::from_env();
+        crate::server::serve(config, listener, shutdown, systemd, |bound| {
+            // One line a supervisor (or a test) can wait for (the console's
+            // and the probes' first).
+            if let Some(origin) = bound.console {
                 let _ = writeln!(out, "console on {origin}");
             }
-            let _ = writeln!(out, "listening on https://{addr}");
+            if let Some(probes) = bound.probes {
+                let _ = writeln!(out, "probes on {probes}");
+            }
+            let _ = writeln!(out, "listening on https://{}", bound.api);
             let _ = out.flush();
         })
         .await
