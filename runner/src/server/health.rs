@@ -71,3 +71,27 @@ pub(crate) async fn answer(runs: Option<&RunService>, probe: Probe) -> Resp {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    async fn text(r: Resp) -> (StatusCode, String) {
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Before the runner is open: alive, not ready, no metrics yet.
+    #[tokio::test]
+    async fn while_the_runner_opens_it_is_alive_but_not_ready() {
+        assert_eq!(text(answer(None, Probe::Health).await).await, (StatusCode::OK, "ok\n".into()));
+        let (status, body) = text(answer(None, Probe::Ready).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: starting: the runner is opening (verifying its evidence log)\n");
+        assert_eq!(text(answer(None, Probe::Metrics).await).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(Probe::of_path("/readyz"), Some(Probe::Ready));
+        assert_eq!(Probe::of_path("/readyz/"), None);
+    }
+}

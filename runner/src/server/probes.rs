@@ -101,6 +101,9 @@ pub(crate) async fn bind(settings: &ProbeSettings) -> Result<ProbeListener> {
 }
 
 fn bind_unix(path: &Path) -> Result<ProbeListener> {
+    // Absolute: shown at start, and removed at exit whatever the directory then.
+    let path =
+        &std::path::absolute(path).with_context(|| format!("probes.listen: cannot resolve {}", path.display()))?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             // Stale (its process is gone) unless something still answers on it.
