@@ -376,3 +376,60 @@ fn without_notify_socket_serve_sends_nothing_and_a_foreign_watchdog_pid_is_ignor
     assert!(server.api().starts_with("127.0.0.1:"));
     assert_eq!(manager.next(Duration::from_millis(300)), None);
 }
+
+/// The unit `init` writes is one systemd accepts (`systemd-analyze verify`,
+/// with ExecStart pointed at this build), scores at most 2.0 in
+/// `systemd-analyze security --offline=true` (main's unit before issue 17
+/// scored 3.2), and `init` warns when the home is somewhere the unit hides.
+#[test]
+fn the_generated_unit_verifies_and_init_warns_about_hidden_homes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["init", "home"]).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let home = std::fs::canonicalize(dir.path().join("home")).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if home.starts_with("/tmp") || home.starts_with("/var/tmp") {
+        assert!(stderr.contains("warning:") && stderr.contains("PrivateTmp=yes"), "no warning for {home:?}: {stderr}");
+    }
+    let unit = std::fs::read_to_string(home.join("edge-runner.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/edge-runner serve"), "{unit}");
+    // The home from init starts with this unit's read-only config: the
+    // passkeys file the runner writes is in the one writable config directory.
+    let config = std::fs::read_to_string(home.join("runner.toml")).unwrap();
+    assert!(config.contains("passkeys = \"approvers/enrolled/passkeys.json\""), "{config}");
+    assert!(unit.contains(&format!("ReadWritePaths={0}/state {0}/approvers/enrolled\n", home.display())), "{unit}");
+
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("SKIPPED: systemd-analyze is not installed (apt-get install systemd): the unit was not verified");
+        return;
+    };
+    let checked = dir.path().join("edge-runner.service");
+    std::fs::write(&checked, unit.replace("/usr/local/bin/edge-runner", BIN)).unwrap();
+    let v = Command::new(&analyze).arg("verify").arg(&checked).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(v.status.success() && !said.contains("edge-runner.service:"), "systemd-analyze verify: {said}");
+    // And a broken unit is caught by the same check (it is not a no-op).
+    let broken = dir.path().join("broken").join("edge-runner.service");
+    std::fs::create_dir(broken.parent().unwrap()).unwrap();
+    std::fs::write(&broken, unit.replace("/usr/local/bin/edge-runner", "/nonexistent/edge-runner")).unwrap();
+    assert!(!Command::new(&analyze).arg("verify").arg(&broken).output().unwrap().status.success());
+
+    let s = Command::new(&analyze).args(["security", "--offline=true"]).arg(&checked).output().unwrap();
+    let text = String::from_utf8_lossy(&s.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for edge-runner.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {text}{}", String::from_utf8_lossy(&s.stderr)));
+    assert!(score <= 2.0, "exposure {score}: the unit lost hardening\n{text}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

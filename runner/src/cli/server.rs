@@ -102,6 +102,10 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
     writeln!(out, "dev CA        {h}/tls/ca.pem (server, agent and operator certificates beside it)")?;
     writeln!(out, "agent         {} may submit", done.agent)?;
     writeln!(out, "systemd unit  {h}/edge-runner.service")?;
+    // Not fatal: a home under /tmp is fine for trying the runner by hand.
+    if let Some(why) = crate::init::hidden_from_unit(&done.home) {
+        eprintln!("warning: {why}");
+    }
     writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
     writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
     Ok(Exit::Ok)
