@@ -169,26 +169,24 @@ pub(crate) async fn serve(listener: ProbeListener, runs: Opened, metrics: bool, 
     drop(listener);
 }
 
-fn connection<I>(io: I, runs: Opened, metrics: bool) -> impl Future<Output = ()> + Send + 'static
+async fn connection<I>(io: I, runs: Opened, metrics: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    async move {
-        let service = hyper::service::service_fn(move |req| {
-            let runs = runs.clone();
-            async move { Ok::<_, Infallible>(handle(runs.get().map(|r| &**r), metrics, &req).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(REQUEST_TIMEOUT)
-            .keep_alive(false)
-            .max_buf_size(8192)
-            .serve_connection(TokioIo::new(io), service);
-        match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "probe connection closed"),
-            Err(_) => tracing::debug!("probe connection timed out"),
-        }
+    let service = hyper::service::service_fn(move |req| {
+        let runs = runs.clone();
+        async move { Ok::<_, Infallible>(handle(runs.get().map(|r| &**r), metrics, &req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .keep_alive(false)
+        .max_buf_size(8192)
+        .serve_connection(TokioIo::new(io), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "probe connection closed"),
+        Err(_) => tracing::debug!("probe connection timed out"),
     }
 }
 
