@@ -362,19 +362,14 @@ fn systemd_hears_ready_watchdog_reload_and_stopping_and_the_watchdog_stops_when_
 }
 
 #[test]
-fn without_notify_socket_serve_sends_nothing_and_a_foreign_watchdog_pid_is_ignored() {
+fn a_watchdog_set_for_another_process_is_not_pinged() {
     let env = setup(64);
     let manager = Manager::new(env.dir.path());
     // WATCHDOG_PID names another process: the watchdog is not ours.
-    let server =
+    let _server =
         Serving::start(&env, &[("NOTIFY_SOCKET", &manager.path), ("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")]);
     assert!(manager.next(Duration::from_secs(30)).unwrap().starts_with("READY=1"));
     assert_eq!(manager.next(Duration::from_millis(600)), None, "pinged a watchdog set for another process");
-    drop(server);
-    // No NOTIFY_SOCKET at all: nothing arrives anywhere, serve works.
-    let server = Serving::start(&env, &[]);
-    assert!(server.api().starts_with("127.0.0.1:"));
-    assert_eq!(manager.next(Duration::from_millis(300)), None);
 }
 
 /// The unit `init` writes is one systemd accepts (`systemd-analyze verify`,
