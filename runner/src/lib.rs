@@ -17,6 +17,7 @@ pub mod governance;
 pub mod identity;
 pub mod init;
 pub mod keys;
+pub mod logging;
 pub mod notify;
 pub mod pipeline;
 pub mod policy_files;

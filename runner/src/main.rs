@@ -13,17 +13,11 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EDGE_RUNNER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        // Log lines carry capsule- and client-supplied text (errors, paths):
-        // every line goes through the neutralising stream, and the logger
-        // writes no colour codes of its own (they would be escaped, and they
-        // do not belong in files or the journal).
-        .with_ansi(false)
-        .with_writer(|| edge_core::text::Terminal::new(std::io::stderr()))
-        .init();
-    edge_runner::cli::run_main()
+    // `serve` logs at info (JSON lines off a terminal), the rest at warn:
+    // see `edge_runner::logging`. The guard writes out queued lines at exit.
+    let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    let guard = edge_runner::logging::init(serving);
+    let code = edge_runner::cli::run_main();
+    drop(guard);
+    code
 }

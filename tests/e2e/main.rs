@@ -9,6 +9,7 @@ mod evidence;
 mod examples;
 mod harness;
 mod hostile;
+mod logs;
 mod notify;
 mod operate;
 mod policy;

@@ -40,11 +40,18 @@ impl Server {
 
     /// Start `serve` and read its first `n` lines (the last names the API).
     pub(crate) fn start_lines(env: &Env, n: usize) -> Server {
+        Self::start_with(env, n, Stdio::null(), &[])
+    }
+
+    /// Start `serve` with its standard error going to `stderr` and extra
+    /// environment variables; read its first `n` lines.
+    pub(crate) fn start_with(env: &Env, n: usize, stderr: Stdio, envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config", "runner.toml"])
             .current_dir(env.path(""))
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());

@@ -164,11 +164,11 @@ pub async fn serve(
 }
 
 async fn handle(console: Arc<Console>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let (method, path, started) = (req.method().clone(), req.uri().path().to_owned(), std::time::Instant::now());
     let mut resp = match route(&console, req).await {
         Ok(r) | Err(r) => r,
     };
-    tracing::debug!(%peer, %method, path = %edge_core::text::line(&path), status = resp.status().as_u16(), "console");
+    crate::logging::access("console", peer, None, &method, &path, resp.status(), started);
     harden(&mut resp);
     Ok(resp)
 }

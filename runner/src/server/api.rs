@@ -117,12 +117,16 @@ pub(crate) async fn body(req: Request<Incoming>, limit: usize, timeout: std::tim
 /// Never: every failure is an HTTP response.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
+    peer: std::net::SocketAddr,
     agent: Result<String, String>,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
+    let (method, path, started) = (req.method().clone(), req.uri().path().to_owned(), std::time::Instant::now());
+    let identity = agent.as_ref().ok().cloned();
     let resp = match route(&shared, agent, req).await {
         Ok(r) | Err(r) => r,
     };
+    crate::logging::access("api", peer, identity.as_deref(), &method, &path, resp.status(), started);
     Ok(resp)
 }
 

@@ -198,7 +198,7 @@ pub async fn serve(
                 None => Err("no client certificate".to_owned()),
             };
             let timeout = shared.settings.request_timeout;
-            let service = hyper::service::service_fn(move |req| api::handle(shared.clone(), agent.clone(), req));
+            let service = hyper::service::service_fn(move |req| api::handle(shared.clone(), peer, agent.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)

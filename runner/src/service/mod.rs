@@ -378,6 +378,7 @@ impl RunService {
         };
         self.metrics.observe_run(started.elapsed());
         let id = proposals::proposal_id(&report.run);
+        log_finished(&id, &report, started, Some(agent));
         if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
             crate::staging::write_durably(&capsule_path(runner, &id), &file)?;
         }
@@ -436,10 +437,26 @@ impl RunService {
             let started = Instant::now();
             let report = runner.exec_submitted(&capsule, &approvals, view.submitted_by.as_deref()).await?;
             self.metrics.observe_run(started.elapsed());
+            log_finished(id, &report, started, report.submitted_by.as_deref());
             out.run = Some(summary(id, &report));
         }
         Ok(ApproveReply::Kept(Box::new(out)))
     }
+}
+
+/// The operational log's line for a finished run (see `crate::logging`).
+fn log_finished(proposal: &str, report: &RunReport, started: Instant, agent: Option<&str>) {
+    tracing::info!(
+        target: "edge_runner::run",
+        proposal,
+        run = %report.run,
+        agent,
+        outcome = serde_json::to_value(report.outcome).ok().as_ref().and_then(serde_json::Value::as_str),
+        tier = report.tier,
+        reason_code = report.refusal.as_ref().map(|r| r.reason_code),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "run finished"
+    );
 }
 
 fn capsule_path(runner: &Runner, id: &str) -> PathBuf {

@@ -338,6 +338,9 @@ impl Writer {
                 changes.extend(index.push(r));
             }
         }
+        for r in &new_records {
+            crate::logging::record(r);
+        }
         // Durable and folded: a subscriber reading the proposal back sees
         // the state it is told of. Sending never waits.
         for e in changes {

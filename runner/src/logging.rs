@@ -1,0 +1,172 @@
+//! Operational logs: what an operator reads in the journal. The evidence log
+//! is the record of what happened; these lines are for watching and
+//! troubleshooting a running service, and are best effort.
+//!
+//! * **Format.** JSON lines when standard error is not a terminal (the
+//!   journal, a file, a pipe), text on a terminal; `EDGE_RUNNER_LOG_FORMAT`
+//!   (`json`, `text`, `auto`) overrides.
+//! * **Level.** `EDGE_RUNNER_LOG` takes a filter (`info`,
+//!   `edge_runner::access=warn,info`, …); the default is `info` for `serve`
+//!   and `warn` for the other commands.
+//! * **Never blocks the runner.** Lines go through a bounded queue to a
+//!   writer thread; when standard error cannot keep up (a stalled pipe),
+//!   lines are dropped rather than stalling the evidence writer or a
+//!   request. The evidence log is never lossy; the operational log may be.
+//! * **Neutralised.** Every byte goes through [`edge_core::text::Terminal`]:
+//!   control characters, escape sequences and bidi overrides from capsule
+//!   or client text come out as `\uXXXX` (valid inside JSON strings too).
+//!   The logger writes no colour codes of its own.
+//! * **No secrets.** Lines carry identities, paths without query strings,
+//!   statuses, digests, reason codes and timings — never approval bodies,
+//!   keys, session cookies or enrollment codes.
+//!
+//! Targets an operator can filter on: `edge_runner::access` (one line per
+//! HTTP request), `edge_runner::run` (one line per evidence record of a run
+//! — every transition — and one when a run finishes, with its timings).
+
+use std::io::IsTerminal as _;
+
+use edge_core::text::Terminal;
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+
+/// Lines queued for standard error before new ones are dropped.
+const QUEUE_LINES: usize = 16_384;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+impl Format {
+    /// `EDGE_RUNNER_LOG_FORMAT`, else JSON unless standard error is a terminal.
+    ///
+    /// # Errors
+    /// An unknown value (named, with the valid ones).
+    pub fn from_env(stderr_is_terminal: bool) -> Result<Self, String> {
+        match std::env::var("EDGE_RUNNER_LOG_FORMAT").ok().as_deref().map(str::trim) {
+            None | Some("" | "auto") => Ok(if stderr_is_terminal { Self::Text } else { Self::Json }),
+            Some("json") => Ok(Self::Json),
+            Some("text") => Ok(Self::Text),
+            Some(other) => Err(format!(
+                "EDGE_RUNNER_LOG_FORMAT=`{}` is not a log format: use json, text or auto",
+                edge_core::text::line(other)
+            )),
+        }
+    }
+}
+
+/// Install the process's logger. `serve` logs at `info` by default, the
+/// other commands at `warn`. Keep the guard until the process ends: dropping
+/// it writes out what is queued.
+pub fn init(serving: bool) -> WorkerGuard {
+    let terminal = std::io::stderr().is_terminal();
+    let (format, bad_format) = match Format::from_env(terminal) {
+        Ok(f) => (f, None),
+        Err(e) => (if terminal { Format::Text } else { Format::Json }, Some(e)),
+    };
+    let default = if serving { "info" } else { "warn" };
+    let (filter, bad_filter) = match std::env::var("EDGE_RUNNER_LOG") {
+        Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new(default),
+                Some(format!(
+                    "EDGE_RUNNER_LOG=`{}` is not a log filter ({e}); using `{default}`",
+                    edge_core::text::line(&v)
+                )),
+            ),
+        },
+        _ => (tracing_subscriber::EnvFilter::new(default), None),
+    };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(QUEUE_LINES)
+        .lossy(true)
+        .finish(Terminal::new(std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer);
+    match format {
+        Format::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        Format::Text => builder.init(),
+    }
+    for problem in [bad_format, bad_filter].into_iter().flatten() {
+        tracing::warn!("{problem}");
+    }
+    guard
+}
+
+/// One line per durable evidence record of a run (every transition:
+/// submission, admission, decision, awaiting approval, approvals, plan,
+/// apply, commit, verify, rollback, refusal, completion), from the evidence
+/// writer once the record is durable. Names the run and the proposal, the
+/// tier and reason code where the record has them; never capsule text.
+pub fn record(r: &edge_core::evidence::Record) {
+    use edge_core::evidence::Event;
+    if !tracing::enabled!(target: "edge_runner::run", tracing::Level::INFO) {
+        return;
+    }
+    let proposal = match &r.event {
+        Event::AwaitingApproval { proposal, .. }
+        | Event::ApprovalReceived { proposal, .. }
+        | Event::Quorum { proposal, .. }
+        | Event::ProposalExpired { proposal, .. }
+        | Event::Resumed { proposal, .. }
+        | Event::NotificationFailed { proposal, .. } => Some(proposal.clone()),
+        _ if r.run.starts_with("r-") => Some(edge_core::lifecycle::proposal_id(&r.run)),
+        _ => None,
+    };
+    let (tier, reason_code, outcome) = match &r.event {
+        Event::Decision { decision, .. } => (Some(decision.tier), None, None),
+        Event::Authorized { tier, .. } => (Some(*tier), None, None),
+        Event::Refused { reason_code, .. }
+        | Event::RolledBack { reason_code, .. }
+        | Event::ApprovalRefused { reason_code, .. } => (None, Some(reason_code.as_str()), None),
+        Event::Completed { outcome } => (None, None, serde_json::to_value(outcome).ok()),
+        _ => (None, None, None),
+    };
+    tracing::info!(
+        target: "edge_runner::run",
+        seq = r.seq,
+        run = %r.run,
+        proposal = proposal.as_deref(),
+        event = r.event_type(),
+        tier,
+        reason_code,
+        outcome = outcome.as_ref().and_then(serde_json::Value::as_str),
+        "recorded"
+    );
+}
+
+/// The longest request path an access line keeps (longer ones are cut and
+/// marked): a client cannot make one request write a megabyte of log.
+const MAX_LOGGED_PATH: usize = 256;
+
+/// The access log: one line per HTTP request on `listener` (`api`,
+/// `console`, `probes`), after the answer is ready. The path without its
+/// query string (queries can carry anything), cut to a bounded length;
+/// `identity` is the authenticated client certificate's identity, if any.
+pub fn access(
+    listener: &'static str,
+    peer: std::net::SocketAddr,
+    identity: Option<&str>,
+    method: &hyper::Method,
+    path: &str,
+    status: hyper::StatusCode,
+    started: std::time::Instant,
+) {
+    let path = match path.char_indices().nth(MAX_LOGGED_PATH) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
+    };
+    tracing::info!(
+        target: "edge_runner::access",
+        listener,
+        %peer,
+        identity,
+        method = method.as_str(),
+        path = %edge_core::text::line(&path),
+        status = status.as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+}
