@@ -175,7 +175,12 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let runs = runs.clone();
-        async move { Ok::<_, Infallible>(handle(runs.get().map(|r| &**r), metrics, &req).await) }
+        async move {
+            let started = std::time::Instant::now();
+            let resp = handle(runs.get().map(|r| &**r), metrics, &req).await;
+            access(&req, resp.status(), started);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -187,6 +192,20 @@ where
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "probe connection closed"),
         Err(_) => tracing::debug!("probe connection timed out"),
+    }
+}
+
+/// The access log of the probe listener: an orchestrator probes every few
+/// seconds, so answered probes are logged at debug level and only refused
+/// requests (another path, method or a body) at info.
+fn access(req: &Request<Incoming>, status: StatusCode, started: std::time::Instant) {
+    let path = edge_core::text::line(req.uri().path()).chars().take(256).collect::<String>();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let (method, status) = (req.method().as_str(), status.as_u16());
+    if matches!(status, 404 | 405 | 413) {
+        tracing::info!(target: "edge_runner::access", listener = "probes", method, path, status, ms, "request");
+    } else {
+        tracing::debug!(target: "edge_runner::access", listener = "probes", method, path, status, ms, "request");
     }
 }
 
