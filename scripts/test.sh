@@ -9,10 +9,11 @@ fi
 # The approval tests run the real ssh-keygen / ssh-agent; the evidence tests
 # read the store with the stock sqlite3 tool and render the HTML report in
 # headless Chromium (Debian's chromium package); the console tests drive it
-# through chromedriver (chromium-driver) with a virtual passkey authenticator.
+# through chromedriver (chromium-driver) with a virtual passkey authenticator;
+# the service unit `init` writes is checked with systemd-analyze (systemd).
 . scripts/lib.sh
 need_packages ssh-keygen:openssh-client ssh-agent:openssh-client sqlite3:sqlite3 chromium:chromium \
-  chromedriver:chromium-driver
+  chromedriver:chromium-driver systemd-analyze:systemd
 if [ ! -d ../shared/vectors ]; then
   echo "error: ../shared/vectors (the published test vectors) is missing beside this checkout" >&2
   exit 1

@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod notify;
+pub mod probes;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +54,8 @@ struct RawConfig {
     console: Option<console::RawConsole>,
     #[serde(default)]
     notify: notify::RawNotify,
+    #[serde(default)]
+    probes: Option<probes::RawProbes>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +223,9 @@ pub struct RunnerConfig {
     pub console: Option<console::ConsoleSettings>,
     /// Signed webhooks on proposal events (`[notify]`), sent by `edge-runner serve`.
     pub notify: notify::NotifySettings,
+    /// Health, readiness (and optionally metrics) without a client
+    /// certificate, on loopback or a Unix socket (`[probes]`).
+    pub probes: Option<probes::ProbeSettings>,
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,
@@ -481,16 +487,28 @@ impl RunnerConfig {
         if console.is_some() && approvers.is_none() {
             bail!("[console] needs an [approvers] registry: the console is where approvers approve");
         }
+        let probes = raw.probes.map(|p| p.resolve(resolve)).transpose()?;
+        if probes.is_some() && server.is_none() {
+            bail!("[probes] needs a [server]: the probes answer for `edge-runner serve`");
+        }
         let notify = raw.notify.resolve(
             text,
             resolve,
             server.as_ref().map(|s| s.client_ca.as_path()),
             console.as_ref().and_then(|c| c.url.as_ref()),
         )?;
+        let mut dangerous = Vec::new();
+        if raw.runner.dangerous_run_without_policy {
+            dangerous.push("dangerous_run_without_policy".to_owned());
+        }
+        if probes.as_ref().is_some_and(|p| p.dangerous) {
+            dangerous.push("probes.dangerous_plain_http".to_owned());
+        }
         Ok(RunnerConfig {
             server,
             console,
             notify,
+            probes,
             identity_key,
             source: None,
             governance: Some(Governance {
@@ -510,11 +528,7 @@ impl RunnerConfig {
             mounts,
             env: raw.env,
             ceiling,
-            dangerous: if raw.runner.dangerous_run_without_policy {
-                vec!["dangerous_run_without_policy".to_owned()]
-            } else {
-                Vec::new()
-            },
+            dangerous,
             max_preview_bytes: raw.runner.max_preview_mib.unwrap_or(16) << 20,
             max_waiting_previews_bytes: raw.runner.max_waiting_previews_mib.unwrap_or(1024) << 20,
             file_digest: None,

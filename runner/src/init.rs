@@ -7,6 +7,8 @@
 //!   policy/policy.toml, graph.toml   example policy and system graph
 //!   approvers/allowed_signers   empty: nobody can approve until you add keys
 //!   approvers/roles.toml        example roles
+//!   approvers/enrolled/passkeys.json  passkeys enrolled through the console:
+//!                               the one operator-tree file the runner writes
 //!   tls/ca.pem, ca.key          a development CA (0600 key)
 //!   tls/server.pem, server.key  server certificate for localhost / 127.0.0.1 / ::1,
 //!                               the listen address and every `--san`
@@ -92,7 +94,7 @@ pub fn init_with_sans(home: &Path, name: &str, listen: &str, unit_user: &str, sa
             config_path.display()
         );
     }
-    for d in ["state", "policy", "approvers", "tls"] {
+    for d in ["state", "policy", "approvers", "approvers/enrolled", "tls"] {
         std::fs::create_dir_all(home.join(d)).with_context(|| format!("cannot create {}", home.join(d).display()))?;
     }
     restrict_dir(&home.join("state"))?;
@@ -105,6 +107,15 @@ pub fn init_with_sans(home: &Path, name: &str, listen: &str, unit_user: &str, sa
         "# principal key-type base64-key  (OpenSSH allowed_signers; see docs/approvals.md)\n",
     )?;
     write(home, "approvers/roles.toml", include_str!("../../examples/approvers/roles.toml"))?;
+    // Passkey enrollments are the one part of the approver registry the
+    // runner writes itself (each recorded as evidence first): in a directory
+    // of their own, so the service unit can leave the rest of the home —
+    // policy, allowed_signers, roles — read-only to the runner.
+    write(
+        home,
+        "approvers/enrolled/passkeys.json",
+        &format!("{{\"schema\": \"{}\", \"credentials\": []}}\n", edge_core::approval::PASSKEYS_SCHEMA),
+    )?;
 
     // The identity key: created now, so the operator can hand reviewers the
     // public key before the first run.
@@ -131,6 +142,9 @@ graph = "policy/graph.toml"
 allowed_signers = "approvers/allowed_signers"
 roles = "approvers/roles.toml"
 clock_skew = "5m"
+# Written by the runner when an approver enrolls a passkey in the console;
+# the systemd unit lets it write only this directory (and state/).
+passkeys = "approvers/enrolled/passkeys.json"
 
 [server]
 listen = "{listen}"
@@ -167,6 +181,13 @@ reload = ["role:operators"]
 # [console]
 # listen = "127.0.0.1:8444"
 # url = "https://localhost:8444"   # the origin browsers use; passkeys are bound to it
+
+# Health and readiness for an orchestrator or a monitoring agent without a
+# client certificate (docs/operations.md, "Probes"): plain HTTP, so only on
+# loopback or a Unix socket (/run/edge-runner is the unit's RuntimeDirectory).
+# [probes]
+# listen = "unix:/run/edge-runner/probes.sock"   # or "127.0.0.1:9464"
+# metrics = false                                # true: /metrics here too
 
 # Mounts: logical names capsules request -> host directories, each mapped to
 # the system-graph node it belongs to (blast radius comes from the graph).
@@ -268,19 +289,48 @@ fn dev_pki(dir: &Path, agent: &str, extra_sans: Vec<SanType>) -> Result<()> {
     Ok(())
 }
 
+/// Unit directives that hide a part of the file system from the service,
+/// and what they hide (for [`hidden_from_unit`]).
+const HIDDEN: &[(&str, &str)] = &[
+    ("/home", "ProtectHome=yes"),
+    ("/root", "ProtectHome=yes"),
+    ("/run/user", "ProtectHome=yes"),
+    ("/tmp", "PrivateTmp=yes"),
+    ("/var/tmp", "PrivateTmp=yes"),
+];
+
+/// Why the unit [`init`] writes cannot run a runner whose home is `home`
+/// (absolute), if it cannot: the unit hides that path from the service.
+pub fn hidden_from_unit(home: &Path) -> Option<String> {
+    HIDDEN.iter().find(|(p, _)| home.starts_with(p)).map(|(p, directive)| {
+        format!(
+            "{} is under {p}, which the systemd unit hides from the service ({directive}): `systemctl start` would \
+             not find runner.toml. Create the home elsewhere (e.g. /srv/edge-runner or /var/lib/edge-runner) for a \
+             service; here it is fine for trying the runner by hand",
+            home.display()
+        )
+    })
+}
+
 /// A hardened systemd unit for this home.
-fn systemd_unit(home: &Path, user: &str) -> String {
+pub(crate) fn systemd_unit(home: &Path, user: &str) -> String {
     let h = home.display();
     format!(
-        r"# Install: copy to /etc/systemd/system/, create the `{user}` user, chown -R {user} {h},
+        r#"# Install: copy to /etc/systemd/system/, create the `{user}` user, chown -R {user} {h},
 # add each writable mount to ReadWritePaths, then `systemctl enable --now edge-runner`.
+# Check it with: systemd-analyze security --offline=true edge-runner.service
 [Unit]
 Description=Edge Runner (governed execution of signed remediation capsules)
 After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=simple
+# READY=1 once every listener is bound and the evidence log verified; the
+# watchdog is pinged only while the runner is ready (its evidence writer
+# answers), so a wedged runner is restarted.
+Type=notify
+NotifyAccess=main
+WatchdogSec=30s
 User={user}
 Group={user}
 ExecStart=/usr/local/bin/edge-runner serve --config {h}/runner.toml
@@ -294,12 +344,17 @@ TimeoutStopSec=90s
 # Descriptors: up to 1,024 TLS connections, 8 concurrent runs with their
 # mounts and staging copies, the store; staging removal needs only two.
 LimitNOFILE=16384
+# /run/edge-runner (0750): for a probe socket, [probes] listen = "unix:/run/edge-runner/probes.sock".
+RuntimeDirectory=edge-runner
+RuntimeDirectoryMode=0750
 
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
 PrivateDevices=yes
+ProtectProc=invisible
+ProcSubset=pid
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
@@ -310,19 +365,75 @@ RestrictSUIDSGID=yes
 RestrictRealtime=yes
 RestrictNamespaces=yes
 LockPersonality=yes
+PrivateMounts=yes
+RemoveIPC=yes
 MemoryDenyWriteExecute=no
 # (wasmtime compiles to executable memory: MemoryDenyWriteExecute must stay off.)
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
 CapabilityBoundingSet=
 AmbientCapabilities=
 SystemCallArchitectures=native
+# Everything the runner calls (wasmtime's mmap/mprotect included) is in
+# @system-service, and nothing in @privileged or @resources (SQLite calls
+# fchown only when running as root); anything else fails with EPERM
+# instead of killing the runner.
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
 UMask=0077
-# Only the runner home is writable; add each granted writable mount here.
-ReadWritePaths={h}
+# Writable: the state directory (evidence, receipts, staging, cache) and the
+# passkeys the console enrolls. The config, policy, graph, allowed_signers,
+# roles and TLS files stay read-only to the runner. Add each granted
+# writable mount here (and staging_dir or cache_dir if moved out of state).
+ReadWritePaths={h}/state {h}/approvers/enrolled
 # ReadWritePaths=/srv/app/config
 
 [Install]
 WantedBy=multi-user.target
-"
+"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_the_unit_hides_are_named_with_the_directive() {
+        for (home, directive) in [
+            ("/home/alice/runner", "ProtectHome=yes"),
+            ("/root/runner", "ProtectHome=yes"),
+            ("/run/user/1000/runner", "ProtectHome=yes"),
+            ("/tmp/runner", "PrivateTmp=yes"),
+            ("/var/tmp/runner", "PrivateTmp=yes"),
+        ] {
+            let w = hidden_from_unit(Path::new(home)).unwrap_or_else(|| panic!("{home} is hidden"));
+            assert!(w.contains(directive) && w.contains(home), "{w}");
+        }
+        for home in ["/srv/edge-runner", "/var/lib/edge-runner", "/opt/er", "/homestead/er", "/tmpfs/er"] {
+            assert_eq!(hidden_from_unit(Path::new(home)), None, "{home}");
+        }
+    }
+
+    /// The unit keeps the operator's files read-only: only the state
+    /// directory and the enrolled-passkeys directory are writable.
+    #[test]
+    fn the_unit_makes_only_state_and_enrolled_passkeys_writable() {
+        let unit = systemd_unit(Path::new("/srv/er"), "edge-runner");
+        let writable: Vec<&str> = unit.lines().filter(|l| l.starts_with("ReadWritePaths=")).collect();
+        assert_eq!(writable, ["ReadWritePaths=/srv/er/state /srv/er/approvers/enrolled"]);
+        for line in [
+            "Type=notify",
+            "NotifyAccess=main",
+            "WatchdogSec=30s",
+            "LimitNOFILE=16384",
+            "SystemCallFilter=@system-service",
+            "SystemCallErrorNumber=EPERM",
+            "ProtectProc=invisible",
+            "ProcSubset=pid",
+            "ProtectSystem=strict",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "missing {line}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod notify;
 mod operate;
 mod policy;
 mod preview;
+mod probes;
 mod rotation;
 mod server;
 mod signatures;

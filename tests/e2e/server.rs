@@ -232,7 +232,7 @@ fn only_clients_with_a_valid_certificate_connect_and_only_listed_agents_submit()
 }
 
 /// Connect with TLS but present no client certificate; true if refused.
-async fn no_client_cert(url: &str, ca: &Path) -> bool {
+pub(crate) async fn no_client_cert(url: &str, ca: &Path) -> bool {
     use rustls::pki_types::pem::PemObject as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut roots = rustls::RootCertStore::empty();
@@ -437,7 +437,7 @@ fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
 
     // Killed in the middle of an apply: nothing committed; on restart the
     // run is rolled back and recorded as interrupted.
-    let submitter = submit_until_apply_starts(&env, &server, &slow);
+    let submitter = submit_until_apply_starts(&env, &server.url, &slow);
     server.kill();
     assert!(submitter.join().unwrap().is_err(), "the killed server still answered");
     assert!(!env.path("data/ok.txt").exists());
@@ -699,7 +699,7 @@ fn sigterm_lets_the_run_in_progress_finish() {
     let env = setup(64);
     let server = Server::start(&env);
     let slow = capsule(&env, "slow-apply", false);
-    let submitter = submit_until_apply_starts(&env, &server, &slow);
+    let submitter = submit_until_apply_starts(&env, &server.url, &slow);
     // Mid-apply: ask the runner to stop.
     let mut server = server;
     let st = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
@@ -717,12 +717,12 @@ fn sigterm_lets_the_run_in_progress_finish() {
 
 /// Submit `capsule` from another thread and return once its apply has
 /// started (its staging directory exists); the thread yields the reply.
-fn submit_until_apply_starts(
+pub(crate) fn submit_until_apply_starts(
     env: &Env,
-    server: &Server,
+    url: &str,
     capsule: &Path,
 ) -> std::thread::JoinHandle<anyhow::Result<Reply>> {
-    let (url, body) = (server.url.clone(), submission(capsule));
+    let (url, body) = (url.to_owned(), submission(capsule));
     let (ca, cert, key) = (env.path("tls/ca.pem"), env.path("tls/agent.pem"), env.path("tls/agent.key"));
     let submitter = std::thread::spawn(move || {
         rt().block_on(async {

@@ -114,6 +114,10 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
         )?;
         writeln!(out, "      interface: give `--san NAME` for each name clients use (docs/operations.md)")?;
     }
+    // Not fatal: a home under /tmp is fine for trying the runner by hand.
+    if let Some(why) = crate::init::hidden_from_unit(&done.home) {
+        eprintln!("warning: {why}");
+    }
     writeln!(out, "next: add approvers to approvers/allowed_signers and mounts to runner.toml, then")?;
     writeln!(out, "      edge-runner serve --config {}", done.config.display())?;
     Ok(Exit::Ok)
@@ -137,12 +141,18 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
                 _ = term.recv() => {}
             }
         };
-        crate::server::serve(config, listener, shutdown, |addr, console| {
-            // One line a supervisor (or a test) can wait for (the console's first).
-            if let Some(origin) = console {
+        // Under systemd (Type=notify): readiness, reloads, shutdown, watchdog.
+        let systemd = crate::server::systemd::Notifier::from_env();
+        crate::server::serve(config, listener, shutdown, systemd, |bound| {
+            // One line a supervisor (or a test) can wait for (the console's
+            // and the probes' first).
+            if let Some(origin) = bound.console {
                 let _ = writeln!(out, "console on {origin}");
             }
-            let _ = writeln!(out, "listening on https://{addr}");
+            if let Some(probes) = bound.probes {
+                let _ = writeln!(out, "probes on {probes}");
+            }
+            let _ = writeln!(out, "listening on https://{}", bound.api);
             let _ = out.flush();
         })
         .await

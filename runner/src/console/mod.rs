@@ -140,44 +140,26 @@ pub async fn serve(
     acceptor: TlsAcceptor,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("never closed"),
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "console: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, console) = (acceptor.clone(), console.clone());
-        connections.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                _ => {
-                    tracing::debug!(%peer, "console: TLS handshake failed");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |req| handle(console.clone(), peer, req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(REQUEST_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            let _ = conn.await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
+    let mut connections =
+        crate::server::accept::accept_loop("console", &listener, MAX_CONNECTIONS, shutdown, |tcp, peer| {
+            let (acceptor, console) = (acceptor.clone(), console.clone());
+            async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        tracing::debug!(%peer, "console: TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| handle(console.clone(), peer, req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(REQUEST_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service);
+                let _ = conn.await;
+            }
+        })
+        .await;
     connections.abort_all();
 }
 

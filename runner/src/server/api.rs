@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::config::server::Permission;
 use crate::server::Shared;
+use crate::server::health::{self, Probe};
 use crate::service::{ApproveReply, ByReference, QueueError, Submission};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -135,17 +136,11 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(reply(StatusCode::OK, "text/plain", "ok\n")),
-        (&Method::GET, ["readyz"]) => {
-            if shared.runs.is_open() {
-                Ok(reply(StatusCode::OK, "text/plain", "ready\n"))
-            } else {
-                Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"))
-            }
-        }
+        (&Method::GET, ["healthz"]) => Ok(health::answer(Some(&shared.runs), Probe::Health).await),
+        (&Method::GET, ["readyz"]) => Ok(health::answer(Some(&shared.runs), Probe::Ready).await),
         (&Method::GET, ["metrics"]) => {
             require(shared, &agent, Permission::Metrics)?;
-            Ok(reply(StatusCode::OK, "text/plain; version=0.0.4", shared.runs.metrics()))
+            Ok(health::answer(Some(&shared.runs), Probe::Metrics).await)
         }
         (&Method::POST, ["v1", "reload"]) => {
             let who = require(shared, &agent, Permission::Reload)?;

@@ -15,18 +15,28 @@
 //!                                             evidence, per-mount locks)
 //! ```
 //!
+//! Beside it: the approval console (`[console]`, its own TLS listener) and
+//! the probe listener (`[probes]`: health, readiness and optionally metrics
+//! without a client certificate, on loopback or a Unix socket). All three
+//! share one accept loop (`accept.rs`). Under systemd, `serve` reports
+//! readiness, reloads and shutdown and pings the watchdog (`systemd.rs`).
+//!
 //! The server takes its listener and a shutdown future, so tests run it on
 //! `127.0.0.1:0`. On shutdown it stops accepting and closes connections; the
 //! runs in progress and those already admitted finish (a run is never cut in
 //! the middle by the server; a killed process is recovered on the next
 //! start), then it returns.
 
+pub(crate) mod accept;
 pub mod api;
 pub mod client;
+pub mod health;
+pub(crate) mod probes;
+pub mod systemd;
 pub mod tls;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -41,9 +51,6 @@ use crate::config::server::ServerSettings;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 1024;
-/// First and longest pause after a failed `accept` (EMFILE, ENFILE, ENOMEM).
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Shared by every connection.
 pub(crate) struct Shared {
@@ -52,25 +59,70 @@ pub(crate) struct Shared {
     pub metrics: Arc<crate::service::metrics::Metrics>,
 }
 
+/// Where `serve` listens, once every listener is bound and the runner open.
+#[derive(Debug)]
+pub struct Bound<'a> {
+    /// The mTLS API.
+    pub api: std::net::SocketAddr,
+    /// The approval console's origin (`[console]`).
+    pub console: Option<&'a str>,
+    /// The probe listener (`[probes]`): `http://127.0.0.1:9464` or `unix:/…`.
+    pub probes: Option<&'a str>,
+}
+
+/// Aborts a task when dropped (a start that fails half-way leaves nothing running).
+struct Abort(tokio::task::AbortHandle);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Open the runner (verifying its evidence log, recovering interrupted
-/// runs) and serve the API on `listener` until `shutdown` completes.
+/// runs) and serve the API on `listener` until `shutdown` completes;
+/// `ready` is called once every listener is bound and the runner is open,
+/// and `systemd` is told so (and about reloads and the shutdown).
 ///
 /// # Errors
-/// If the config has no `[server]`, the TLS material is unusable, or the
-/// runner cannot open (a broken evidence log refuses to start, loudly).
+/// If the config has no `[server]`, the TLS material is unusable, a
+/// listener cannot be bound, or the runner cannot open (a broken evidence
+/// log refuses to start, loudly).
 pub async fn serve(
     config: RunnerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
+    systemd: systemd::Notifier,
+    ready: impl FnOnce(&Bound<'_>),
 ) -> Result<()> {
     let settings =
         config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
     let acceptor = TlsAcceptor::from(tls);
+    // The probes first: they answer while the runner opens (`/readyz`: 503
+    // starting) and until the runs in progress have finished at shutdown.
+    let opened: probes::Opened = Arc::new(OnceLock::new());
+    let (probes_stop, probes_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = match config.probes.clone() {
+        Some(p) => {
+            let l = probes::bind(&p).await?;
+            let shown = l.shown();
+            if p.dangerous {
+                tracing::warn!(listen = %shown, "probes on a network address (probes.dangerous_plain_http): \
+                    anyone who reaches it reads them unauthenticated");
+            }
+            tracing::info!(listen = %shown, metrics = p.metrics, "probes serving");
+            let task = tokio::spawn(probes::serve(l, opened.clone(), p.metrics, async {
+                let _ = probes_stopped.await;
+            }));
+            Some((shown, Abort(task.abort_handle()), task))
+        }
+        None => None,
+    };
     let metrics = Arc::new(crate::service::metrics::Metrics::default());
     let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone())
         .await?;
+    let _ = opened.set(runs.clone());
     // The approval console, on its own listener (`[console]`).
     let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
     let console = match runs.runner().config.console.clone() {
@@ -86,16 +138,26 @@ pub async fn serve(
         None => None,
     };
     // SIGHUP reloads policy, graph, signers and approvers (a refused
-    // reload is recorded and changes nothing).
+    // reload is recorded and changes nothing); systemd hears of it.
     let hangup = {
-        let runs = runs.clone();
+        let (runs, systemd) = (runs.clone(), systemd.clone());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot install the SIGHUP (reload) handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                if let Err(e) = runs.runner().reload("sighup").await {
-                    tracing::error!(error = %format!("{e:#}"), "reload could not be recorded; nothing changed");
-                }
+                systemd.reloading();
+                let status = match runs.runner().reload("sighup").await {
+                    Ok(r) if r.applied => "serving; reloaded".to_owned(),
+                    Ok(r) => format!(
+                        "serving; reload refused, the running configuration stays: {}",
+                        r.error.as_deref().unwrap_or("")
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reload could not be recorded; nothing changed");
+                        "serving; reload could not be recorded, nothing changed".to_owned()
+                    }
+                };
+                systemd.ready(&status);
             }
         })
         .abort_handle()
@@ -103,40 +165,21 @@ pub async fn serve(
     let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
-    ready(addr, console.as_ref().map(|(o, _)| o.as_str()));
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("never closed"),
-        };
-        let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            a = listener.accept() => match a {
-                Ok(a) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    a
-                }
-                Err(e) => {
-                    // Out of descriptors (EMFILE/ENFILE) or memory: accepting
-                    // again at once fails again and spins a core. Back off,
-                    // doubling up to a second, and let connections finish.
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-        };
+    let bound = Bound {
+        api: addr,
+        console: console.as_ref().map(|(o, _)| o.as_str()),
+        probes: probes.as_ref().map(|(p, ..)| p.as_str()),
+    };
+    ready(&bound);
+    systemd.ready(&format!(
+        "serving on https://{addr}{}{}",
+        bound.console.map(|c| format!(", console {c}")).unwrap_or_default(),
+        bound.probes.map(|p| format!(", probes {p}")).unwrap_or_default()
+    ));
+    let watchdog = systemd.spawn_watchdog(runs.clone()).map(Abort);
+    let mut connections = accept::accept_loop("api", &listener, MAX_CONNECTIONS, shutdown, |tcp, peer| {
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
-        connections.spawn(async move {
-            let _permit = permit;
+        async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -164,11 +207,11 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed");
             }
-        });
-        // Reap finished connections so the set does not grow.
-        while connections.try_join_next().is_some() {}
-    }
+        }
+    })
+    .await;
     tracing::info!("shutting down: no new connections; finishing the runs in progress");
+    systemd.stopping("shutting down: finishing the runs in progress");
     hangup.abort();
     drop(listener);
     let _ = console_stop.send(());
@@ -176,6 +219,11 @@ pub async fn serve(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
     }
     runs.shutdown().await;
+    drop(watchdog);
+    let _ = probes_stop.send(());
+    if let Some((_, _abort, task)) = probes {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+    }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     drop(shared);

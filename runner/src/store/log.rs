@@ -44,9 +44,28 @@ PRAGMA synchronous = FULL;
 const MAX_BATCH: usize = 4096;
 
 enum Request {
-    Append { run: String, event: Box<Event>, pinned: Option<Pinned>, reply: oneshot::Sender<Result<Record>> },
-    Artifact { digest: Sha256Digest, bytes: Vec<u8>, reply: oneshot::Sender<Result<Sha256Digest>> },
-    Checkpoint { signer: Arc<NoteSigner>, origin: String, reply: oneshot::Sender<Result<String>> },
+    Append {
+        run: String,
+        event: Box<Event>,
+        pinned: Option<Pinned>,
+        reply: oneshot::Sender<Result<Record>>,
+    },
+    Artifact {
+        digest: Sha256Digest,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Sha256Digest>>,
+    },
+    Checkpoint {
+        signer: Arc<NoteSigner>,
+        origin: String,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    /// Answered once the writer has taken everything queued before it
+    /// (and committed it), or with why it commits nothing any more: how a
+    /// readiness probe tells a working writer from a failed or wedged one.
+    Ping {
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Where a record must land, for a record that signs its own position (a
@@ -190,6 +209,22 @@ impl Writer {
 
     /// Commit a batch in one transaction; acknowledge each request after.
     fn commit(&mut self, batch: Vec<Request>) {
+        // Pings touch nothing: answered after what was queued with them.
+        let (pings, batch): (Vec<Request>, Vec<Request>) =
+            batch.into_iter().partition(|r| matches!(r, Request::Ping { .. }));
+        if !batch.is_empty() {
+            self.commit_batch(batch);
+        }
+        for ping in pings {
+            let r = match &self.poisoned {
+                Some(why) => Err(why.clone()),
+                None => Ok(Outcome::Pong),
+            };
+            reply(ping, r);
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
         if let Some(why) = &self.poisoned {
             for req in batch {
                 reply(req, Err(why.clone()));
@@ -255,6 +290,7 @@ impl Writer {
                         )?;
                         Ok(Outcome::Artifact(d))
                     }
+                    Request::Ping { .. } => unreachable!("pings are taken out of the batch"),
                     Request::Checkpoint { signer, origin, .. } => {
                         let cp = Checkpoint { origin: origin.clone(), size: self.next_seq, root: self.range.root() };
                         match signer.sign(&cp.text()) {
@@ -320,6 +356,7 @@ enum Outcome {
     Record(Box<Record>),
     Artifact(Sha256Digest),
     Checkpoint(String),
+    Pong,
 }
 
 fn reply(req: Request, r: Result<Outcome, String>) {
@@ -330,6 +367,8 @@ fn reply(req: Request, r: Result<Outcome, String>) {
         (Request::Append { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         (Request::Artifact { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         (Request::Checkpoint { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
+        (Request::Ping { reply }, Ok(Outcome::Pong)) => drop(reply.send(Ok(()))),
+        (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         _ => unreachable!("each request gets its own kind of outcome"),
     }
 }
@@ -337,6 +376,21 @@ fn reply(req: Request, r: Result<Outcome, String>) {
 fn base64_std(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Why the evidence writer cannot take records (so the runner is not ready).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterUnhealthy {
+    /// A commit failed; nothing is committed after it in this process.
+    #[error("the evidence writer failed: {0}")]
+    Failed(String),
+    /// It did not answer in time (a disk that stopped answering, say).
+    #[error("the evidence writer has not answered for {}s", .0.as_secs_f32())]
+    Wedged(Duration),
+    /// Its thread is gone.
+    #[error("the evidence writer stopped; restart the runner")]
+    Stopped,
 }
 
 /// An open, verified evidence store, for one runner process. Shared by
@@ -679,6 +733,23 @@ impl EvidenceLog {
         let r = self.handle.put_artifact(bytes);
         self.account_durable_wait(t0.elapsed());
         r
+    }
+
+    /// Whether the writer is working: it answers within `within`, after
+    /// committing everything queued before the question, and has not
+    /// failed (a failed commit stops it for good: restart the runner).
+    ///
+    /// # Errors
+    /// Why not, for a readiness probe and the systemd watchdog.
+    pub async fn writer_health(&self, within: Duration) -> Result<(), WriterUnhealthy> {
+        let (reply, rx) = oneshot::channel();
+        self.handle.tx.send(Request::Ping { reply }).map_err(|_| WriterUnhealthy::Stopped)?;
+        match tokio::time::timeout(within, rx).await {
+            Err(_) => Err(WriterUnhealthy::Wedged(within)),
+            Ok(Err(_)) => Err(WriterUnhealthy::Stopped),
+            Ok(Ok(Err(e))) => Err(WriterUnhealthy::Failed(format!("{e:#}"))),
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
     }
 
     /// Sign a checkpoint of the whole log with the runner's identity key and store it.

@@ -10,6 +10,9 @@ fn refused(detail: &str) -> Event {
 fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let health = |log: &EvidenceLog| rt.block_on(log.writer_health(Duration::from_secs(5)));
+    assert_eq!(health(&log), Ok(()), "a fresh writer is working");
     let mut run = log.run_log();
     run.append_deferred("r-a", refused("one")).unwrap();
     run.append_deferred("r-a", refused("two")).unwrap();
@@ -33,6 +36,11 @@ fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_th
     other.execute_batch("DROP TRIGGER fail_one;").unwrap();
     let e = log.append("r-c", refused("five")).unwrap_err();
     assert!(format!("{e:#}").contains("restart the runner"), "{e:#}");
+    // Readiness sees it: the writer answers, but as failed, with the cause.
+    match health(&log) {
+        Err(WriterUnhealthy::Failed(why)) => assert!(why.contains("injected failure"), "{why}"),
+        other => panic!("a poisoned writer reported {other:?}"),
+    }
     drop(log);
 
     // Reopened: the log verifies, with no hole: nothing after the failure.
