@@ -84,9 +84,10 @@ impl Runner {
         log.append_deferred("runner", event)?;
         log.barrier().await?;
         let previous = self.replace_governance(next);
-        // The last holder frees the old graph; if that is us, not on a
-        // thread that serves requests.
-        tokio::task::spawn_blocking(move || drop(previous));
+        // The last holder frees the old graph; if that is us, in the
+        // background like the load (a run still holding it frees it when
+        // it ends).
+        let _ = in_background("edge-runner-reload-free", move || drop(previous));
         tracing::info!(
             trigger,
             policy = ?new.policy.map(|d| d.to_string()),
@@ -112,21 +113,29 @@ impl Runner {
     }
 }
 
-/// Load the config on a thread of its own at a lower CPU priority (nice
-/// 10): parsing and compiling a large graph is background work, and the
-/// runs in flight on the same cores come first (`benches/reload.rs`).
+/// Load the config in the background (see [`in_background`]).
 async fn load_in_background(path: std::path::PathBuf) -> Result<Result<RunnerConfig>> {
+    in_background("edge-runner-reload", move || RunnerConfig::load(&path))?.await.context("loading the config panicked")
+}
+
+/// Run `f` on a thread of its own at a lower CPU priority (nice 10):
+/// parsing, compiling and freeing a large graph is background work, and
+/// the runs in flight on the same cores come first (`benches/reload.rs`).
+fn in_background<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<T>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("edge-runner-reload".into())
+        .name(name.into())
         .spawn(move || {
             // SAFETY: plain syscalls on this thread's own id. A failure
             // only leaves the thread at normal priority.
             unsafe {
                 libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
             }
-            let _ = tx.send(RunnerConfig::load(&path));
+            let _ = tx.send(f());
         })
-        .context("cannot start the thread that loads the config")?;
-    rx.await.context("loading the config panicked")
+        .context("cannot start a background thread")?;
+    Ok(rx)
 }
