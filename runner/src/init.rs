@@ -374,11 +374,14 @@ CapabilityBoundingSet=
 AmbientCapabilities=
 SystemCallArchitectures=native
 # Everything the runner calls (wasmtime's mmap/mprotect included) is in
-# @system-service, and nothing in @privileged or @resources (SQLite calls
-# fchown only when running as root); anything else fails with EPERM
-# instead of killing the runner.
+# @system-service. Nothing in @privileged (SQLite calls fchown only when
+# running as root); from @resources only setpriority, with which a reload
+# lowers its own thread's priority (the compile helper's limits are set
+# with prlimit64, in @default). Anything else fails with EPERM instead of
+# killing the runner.
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+SystemCallFilter=setpriority
 SystemCallErrorNumber=EPERM
 UMask=0077
 # Writable: the state directory (evidence, receipts, staging, cache) and the

@@ -83,7 +83,7 @@ pub fn init(serving: bool) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(QUEUE_LINES)
         .lossy(true)
-        .finish(Terminal::new(std::io::stderr()));
+        .finish(OneLinePerEvent(Terminal::new(std::io::stderr())));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer);
     match format {
         Format::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
@@ -93,6 +93,41 @@ pub fn init(serving: bool) -> WorkerGuard {
         tracing::warn!("{problem}");
     }
     guard
+}
+
+/// Every event on one line: the writer thread hands over each event whole
+/// (one `write_all` per event), and a line break inside it — a multi-line
+/// error, or a value a client chose — would start a line that looks like
+/// an event of its own. Breaks inside become `\n` (and `\r`); the last
+/// byte's line end stays. (JSON escapes them itself; this is for text.)
+struct OneLinePerEvent<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLinePerEvent<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.split_last() {
+            Some((b'\n', body)) => (body, &b"\n"[..]),
+            _ => (buf, &b""[..]),
+        };
+        if !body.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// One line per durable evidence record of a run (every transition:
@@ -169,4 +204,29 @@ pub fn access(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::OneLinePerEvent;
+
+    fn written(events: &[&str]) -> String {
+        let mut w = OneLinePerEvent(Vec::new());
+        for e in events {
+            w.write_all(e.as_bytes()).unwrap();
+        }
+        String::from_utf8(w.0).unwrap()
+    }
+
+    #[test]
+    fn a_line_break_inside_an_event_cannot_forge_another_line() {
+        let forged = "INFO request path=/x error=no\nINFO edge_runner::run: run finished outcome=committed\n";
+        let out = written(&[forged, "INFO next\n"]);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.starts_with("INFO request path=/x error=no\\nINFO edge_runner::run"), "{out}");
+        assert_eq!(written(&["a\r\nb"]), "a\\r\\nb");
+        assert_eq!(written(&["plain\n", "json {}\n"]), "plain\njson {}\n");
+    }
 }

@@ -16,6 +16,14 @@ fn main() -> std::process::ExitCode {
     // `serve` logs at info (JSON lines off a terminal), the rest at warn:
     // see `edge_runner::logging`. The guard writes out queued lines at exit.
     let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    if serving {
+        // `serve` reloads on SIGHUP; until its handler is installed (after
+        // the config is read and checked) one must not end the process.
+        // SAFETY: first thing, one thread; SIG_IGN is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
     let guard = edge_runner::logging::init(serving);
     let code = edge_runner::cli::run_main();
     drop(guard);

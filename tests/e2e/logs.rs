@@ -50,6 +50,10 @@ fn serve_logs_json_lines_with_access_and_run_transitions_and_no_raw_capsule_text
         assert_eq!(agent.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
         // A path that tries to smuggle text (percent-encoded, as HTTP requires).
         let _ = agent.get("/v1/proposals/%1b%5b2J%e2%80%ae").await.unwrap();
+        // A valid certificate whose identity is hostile text: refused, logged.
+        let mut hostile_cn = server.client(&env, "hostile-cn");
+        let r = hostile_cn.get("/v1/evidence/export").await.unwrap();
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
         (id, h["id"].as_str().unwrap().to_owned())
     });
     let lines = wait_for(&log_path, |l| l["message"] == "run finished" && l["proposal"] == hostile_id.as_str());
@@ -89,6 +93,19 @@ fn serve_logs_json_lines_with_access_and_run_transitions_and_no_raw_capsule_text
     assert_eq!(finished["agent"], "spiffe://test.example/agent/remediator");
     assert!(finished["ms"].as_f64().unwrap() > 0.0);
 
+    // The hostile identity is logged — as data: the JSON value decodes to
+    // exactly the name, and the line holds none of its raw characters.
+    let line = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("txt.exe"))
+        .unwrap_or_else(|| panic!("no line names the hostile identity"))
+        .to_owned();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["identity"], crate::server::HOSTILE_CN, "{line}");
+    assert_eq!(v["status"], 403);
+    assert!(!line.contains('\n') && !line.contains('\u{1b}') && !line.contains('\u{202e}'), "{line:?}");
+
     // Capsule- and client-supplied text never arrives raw; no key material.
     let raw = std::fs::read_to_string(&log_path).unwrap();
     for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
@@ -107,6 +124,8 @@ fn text_format_on_request_has_no_colour_codes_and_a_bad_format_is_named() {
     rt().block_on(async {
         let mut agent = server.client(&env, "agent");
         assert_eq!(agent.get("/healthz").await.unwrap().status, StatusCode::OK);
+        let mut hostile_cn = server.client(&env, "hostile-cn");
+        assert_eq!(hostile_cn.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
     });
     let mut text = String::new();
     for _ in 0..200 {
@@ -116,6 +135,18 @@ fn text_format_on_request_has_no_colour_codes_and_a_bad_format_is_named() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    for _ in 0..200 {
+        if text.contains("txt.exe") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        text = std::fs::read_to_string(&log_path).unwrap();
+    }
+    // The hostile identity stays on its line and forges none.
+    let hostile = text.lines().filter(|l| l.contains("txt.exe")).collect::<Vec<_>>();
+    assert_eq!(hostile.len(), 1, "{text}");
+    assert!(hostile[0].contains("status=403") && !hostile[0].contains('\u{202e}'), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("INFO edge_runner::run: run finished")), "a forged line:\n{text}");
     let line = text.lines().find(|l| l.contains("/healthz")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("INFO") && line.contains("status=200") && !line.starts_with('{'), "{line}");
     assert!(!text.contains('\u{1b}'), "colour codes in a file:\n{text}");

@@ -112,16 +112,19 @@ pub(crate) fn pki(dir: &Path) {
     let (ca_pem, issuer) = ca("test CA");
     let (_, other) = ca("another CA");
     std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    let leaf = |name: &str, issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, days: (i64, i64)| {
+    let leaf_named = |name: &str, cn: &str, issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, days: (i64, i64)| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
+        p.distinguished_name.push(DnType::CommonName, cn);
         p.subject_alt_names = sans;
         p.not_before = now + time::Duration::days(days.0);
         p.not_after = now + time::Duration::days(days.1);
         let cert = p.signed_by(&key, issuer).unwrap();
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         crate::harness::write_key(&dir.join(format!("{name}.key")), &key.serialize_pem());
+    };
+    let leaf = |name: &str, issuer: &Issuer<'_, KeyPair>, sans: Vec<SanType>, days: (i64, i64)| {
+        leaf_named(name, name, issuer, sans, days);
     };
     let uri = |s: &str| SanType::URI(s.try_into().unwrap());
     leaf(
@@ -136,7 +139,13 @@ pub(crate) fn pki(dir: &Path) {
     leaf("approver", &issuer, vec![uri("spiffe://test.example/people/alice")], (-1, 30));
     leaf("expired", &issuer, vec![uri(AGENT)], (-30, -1));
     leaf("foreign", &other, vec![uri(AGENT)], (-1, 30));
+    // Valid, but its identity (the common name: no SPIFFE SAN) is text
+    // that tries to drive a terminal and forge a log line.
+    leaf_named("hostile-cn", HOSTILE_CN, &issuer, Vec::new(), (-1, 30));
 }
+
+/// The `hostile-cn` certificate's common name.
+pub(crate) const HOSTILE_CN: &str = "evil\u{1b}[2J\u{202e}txt.exe\nINFO edge_runner::run: run finished";
 
 /// Who may read what on the test runners: alice (the `approver`
 /// certificate) is the operator; agents see their own proposals only.

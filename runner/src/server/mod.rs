@@ -95,6 +95,11 @@ pub async fn serve(
     systemd: systemd::Notifier,
     ready: impl FnOnce(&Bound<'_>),
 ) -> Result<()> {
+    // SIGHUP from the first moment: one that arrives while the runner opens
+    // (verifying a long log) is kept and reloads once it is open, instead of
+    // ending the process as the default disposition would.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP (reload) handler")?;
     let settings =
         config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
     let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
@@ -141,8 +146,6 @@ pub async fn serve(
     // reload is recorded and changes nothing); systemd hears of it.
     let hangup = {
         let (runs, systemd) = (runs.clone(), systemd.clone());
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot install the SIGHUP (reload) handler")?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 systemd.reloading();
