@@ -191,3 +191,67 @@ fn reload_applies_a_new_approver_without_a_restart_and_a_bad_one_changes_nothing
     assert_eq!(bad.code(), 3, "{}", bad.stdout());
     assert!(bad.stdout().contains("REFUSED"), "{}", bad.stdout());
 }
+
+#[test]
+fn sighup_while_the_runner_starts_does_not_end_it() {
+    use std::io::BufRead as _;
+    let env = setup(64);
+    // A large graph makes the start long enough to be hit: read and
+    // compiled with the config, then the log is opened.
+    let mut graph = std::fs::read_to_string(env.path("graph.toml")).unwrap();
+    for i in 0..5_000 {
+        graph.push_str(&format!(
+            "\n[[nodes]]\nid = \"svc-{i:05}\"\nkind = \"service\"\nowner = \"team\"\ncriticality = \"low\"\n"
+        ));
+    }
+    std::fs::write(env.path("graph.toml"), graph).unwrap();
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", "runner.toml"])
+        .current_dir(env.path(""))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    // Past the dynamic loader (before `main` nothing can catch a signal),
+    // then a SIGHUP every 10 ms until the runner says it listens.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let mut sent = 0;
+    let line = loop {
+        if let Ok(line) = rx.try_recv() {
+            break line;
+        }
+        if child.try_wait().unwrap().is_some() {
+            panic!("serve ended after {sent} SIGHUP(s) during its start");
+        }
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // End of output without the line: the process is gone.
+    assert!(!line.is_empty(), "serve ended after {sent} SIGHUP(s) during its start");
+    assert!(sent >= 3, "the start was too quick to test ({sent} SIGHUPs sent)");
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve printed `{line}`")).to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "serve ended after {sent} SIGHUP(s)");
+    let tls = env.path("tls");
+    rt().block_on(async {
+        let mut c = edge_runner::server::client::Client::new(
+            &url,
+            &tls.join("ca.pem"),
+            &tls.join("agent.pem"),
+            &tls.join("agent.key"),
+        )
+        .unwrap();
+        assert_eq!(c.get("/healthz").await.unwrap().status, StatusCode::OK);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
