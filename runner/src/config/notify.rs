@@ -104,9 +104,20 @@ pub struct WebhookSettings {
     pub dangerous_plain_http: bool,
 }
 
-/// Scheme, host, port and path of a URL: never credentials or a query.
+/// Scheme, host and port of a URL, and a short digest of its path: never
+/// credentials, a query, or the path itself (Slack, Teams and Discord
+/// webhooks carry their secret in the path). This is what logs, metrics
+/// labels and evidence records show; the digest (the first 12 hex digits
+/// of the path's SHA-256) tells webhooks on one host apart.
 pub fn shown(u: &url::Url) -> String {
-    format!("{}://{}:{}{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0), u.path())
+    let origin = format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0));
+    match u.path() {
+        "" | "/" => format!("{origin}/"),
+        path => {
+            let d = edge_core::Sha256Digest::of(path.as_bytes()).hex();
+            format!("{origin}/…(path sha256:{})", &d[..12])
+        }
+    }
 }
 
 /// The line of `text` where `span` starts.
