@@ -356,6 +356,41 @@ fn check_lists_a_broken_policy_and_a_broken_approver_registry_together() {
     assert_eq!(text.matches("fix: edit runner.toml (or the file the message names)").count(), 2, "{text}");
 }
 
+#[test]
+fn check_names_every_probe_listener_serve_could_not_bind() {
+    let env = init_home("127.0.0.1:0", &[]);
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let with_probes = |listen: &str| {
+        std::fs::write(env.path("runner.toml"), format!("{config}\n[probes]\nlisten = \"{listen}\"\n")).unwrap();
+        let out = env.cli(&["check", "--config", "runner.toml"]);
+        (out.code(), out.stdout())
+    };
+    // A port another process holds.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, text) = with_probes(&held.local_addr().unwrap().to_string());
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("probes.listen") && text.contains("cannot be bound"), "{text}");
+    // A socket whose directory does not exist.
+    let (code, text) = with_probes("unix:run/missing/probes.sock");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("its directory does not exist") && text.contains("RuntimeDirectory"), "{text}");
+    // A file (not a socket) at the path: serve would refuse to replace it.
+    std::fs::write(env.path("probes.sock"), "mine").unwrap();
+    let (code, text) = with_probes("unix:probes.sock");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("exists and is not a socket"), "{text}");
+    // A live socket: another runner serving there.
+    std::fs::remove_file(env.path("probes.sock")).unwrap();
+    let live = std::os::unix::net::UnixListener::bind(env.path("probes.sock")).unwrap();
+    let (code, text) = with_probes("unix:probes.sock");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("another process is serving on it"), "{text}");
+    drop(live);
+    // A stale socket (nobody answers) is what serve replaces: fine.
+    let (code, text) = with_probes("unix:probes.sock");
+    assert_eq!(code, 0, "{text}");
+}
+
 /// The homes the server tests run (their own PKI, written by the harness)
 /// pass the check: `serve` starts them with nothing to warn about.
 #[test]

@@ -15,7 +15,9 @@
 //!            mounts       ─ exist, directories, writable where granted
 //!            state, staging, cache ─ directories or creatable, writable,
 //!                           not world-writable
-//!            ports        ─ server.listen and console.listen can be bound now
+//!            ports        ─ server.listen, console.listen and probes.listen can be
+//!                           bound now (a probe socket: its directory exists, the
+//!                           path is free or a stale socket)
 //! ```
 //!
 //! `serve` runs the same check before it binds its listeners and refuses to
@@ -142,6 +144,14 @@ pub fn check(config: &Path) -> Vec<Problem> {
     ] {
         directory(setting, dir, &mut problems);
     }
+    if let Some(listen) = &layout.probes {
+        let taken = |c: &Option<String>| c.as_deref().and_then(|l| l.parse::<SocketAddr>().ok());
+        let others = [
+            layout.server.as_ref().and_then(|s| taken(&s.listen)),
+            layout.console.as_ref().and_then(|c| taken(&c.listen)),
+        ];
+        probes(listen, &others, &mut problems);
+    }
     match &layout.server {
         Some(s) => server(s, layout.console.as_ref(), now, &mut problems),
         None => problems.push(Problem::error(
@@ -193,6 +203,8 @@ struct Layout {
     console: Option<ConsolePaths>,
     policy: Option<(PathBuf, PathBuf)>,
     approvers: Option<(PathBuf, PathBuf)>,
+    /// `probes.listen`: a TCP address, or a Unix socket path (resolved).
+    probes: Option<Result<SocketAddr, PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -268,6 +280,11 @@ impl Layout {
             console,
             policy: path("policy", "file").zip(path("policy", "graph")),
             approvers: path("approvers", "allowed_signers").zip(path("approvers", "roles")),
+            probes: get("probes", "listen").and_then(|l| match l.strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => Some(Err(resolve(p))),
+                Some(_) => None,
+                None => l.parse().ok().map(Ok),
+            }),
         }
     }
 
@@ -545,6 +562,48 @@ fn server(s: &ServerPaths, console: Option<&ConsolePaths>, now: Duration, proble
                 {
                     problems.push(p);
                 }
+            }
+        }
+    }
+}
+
+/// `probes.listen`: a TCP port free now and not the API's or the console's;
+/// a Unix socket whose directory exists and whose path is free or a stale
+/// socket (what `serve` replaces), never something else.
+fn probes(listen: &Result<SocketAddr, PathBuf>, others: &[Option<SocketAddr>], problems: &mut Vec<Problem>) {
+    use std::os::unix::fs::FileTypeExt as _;
+    match listen {
+        Ok(addr) if addr.port() != 0 && others.iter().flatten().any(|o| o.port() == addr.port()) => {
+            problems.push(Problem::error(
+                format!("probes.listen {addr} uses the same port as server.listen or console.listen"),
+                "give the probes their own port (e.g. 127.0.0.1:9464) or a Unix socket",
+            ));
+        }
+        Ok(addr) => port("probes.listen", *addr, problems),
+        Err(path) => {
+            let shown = path.display().to_string();
+            let shown = edge_core::text::line(&shown);
+            match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => problems.push(Problem::error(
+                    format!("probes.listen unix:{shown}: its directory does not exist"),
+                    "create it, writable by the runner's user (under systemd, the unit's RuntimeDirectory=edge-runner                      makes /run/edge-runner), or choose another path",
+                )),
+                _ => {}
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        problems.push(Problem::error(
+                            format!("probes.listen unix:{shown}: another process is serving on it"),
+                            "stop it (a runner already serving?) or choose another path",
+                        ));
+                    }
+                }
+                Ok(_) => problems.push(Problem::error(
+                    format!("probes.listen unix:{shown} exists and is not a socket"),
+                    "move it away or choose another path: `serve` replaces only a stale socket there",
+                )),
+                Err(_) => {}
             }
         }
     }
