@@ -91,6 +91,25 @@ fn keys_rotate_chains_the_old_pin_to_the_new_key_and_the_verifier_names_it() {
     assert_eq!(mode(&retired[0]), 0o600);
     assert_eq!(std::fs::read(&retired[0]).unwrap(), old_key_file);
     assert!(!env.path("state/identity.key.next").exists());
+    // A backup leaves the retired key out (and says so): its bytes are
+    // nowhere in it.
+    let out = env.cli(&["backup", "--config", "runner.toml", "--out", "after-rotation", "--json"]).success();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("after-rotation/manifest.json")).unwrap()).unwrap();
+    let skipped = manifest["not_copied"].to_string();
+    assert!(skipped.contains("identity.key.retired-") && skipped.contains("retired by `keys rotate`"), "{manifest:#}");
+    let mut files = Vec::new();
+    let mut dirs = vec![env.path("after-rotation")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { dirs.push(p) } else { files.push(p) }
+        }
+    }
+    assert!(!files.is_empty(), "{}", out.stdout());
+    for f in files {
+        assert_ne!(std::fs::read(&f).unwrap(), old_key_file, "the retired key is in the backup as {}", f.display());
+    }
 
     // The runner starts with the new key and signs with it.
     commit_one(&env);

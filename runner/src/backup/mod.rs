@@ -432,6 +432,16 @@ fn copy_state(config: &RunnerConfig, out: &Path, files: &mut Vec<FileEntry>, ski
                 continue; // listed by `left_out`, or copied on its own
             }
             let name = e.file_name().to_string_lossy().into_owned();
+            if is_retired_key(&path, &identity) {
+                skipped.push(Skipped {
+                    path: path.clone(),
+                    why: "an identity key retired by `keys rotate`: the runner never signs with it again, and a copy \
+                          could sign a forged history from before its retirement; verifying needs only its public key \
+                          (in the evidence)"
+                        .into(),
+                });
+                continue;
+            }
             if ft.is_dir() {
                 pending.push(path);
             } else if ft.is_file() {
@@ -524,6 +534,14 @@ fn copy_config(
         }
     }
     Ok(())
+}
+
+/// A retired identity key `keys rotate` kept beside the key
+/// (`<identity_key>.retired-…`, see `crate::rotate`).
+fn is_retired_key(path: &Path, identity: &Path) -> bool {
+    let (Some(name), Some(key)) = (path.file_name(), identity.file_name()) else { return false };
+    path.parent() == identity.parent()
+        && name.to_string_lossy().starts_with(&format!("{}.retired-", key.to_string_lossy()))
 }
 
 /// What a backup never holds, and why (listed in the manifest).
