@@ -250,6 +250,21 @@ pub fn open(note: &str, verifiers: &[NoteVerifier]) -> Result<OpenedNote, NoteEr
     Ok(OpenedNote { text: text.to_owned(), signed_by, signature_lines })
 }
 
+/// Who a note says signed it, unverified: each signature line's key name
+/// and key id (hex, as in a `<name>+<id>+<key>` verifier key), for naming
+/// the key a reader does not have. Malformed lines are skipped.
+pub fn claimed_signers(note: &str) -> Vec<(String, String)> {
+    let Some(split) = note.rfind("\n\n") else { return Vec::new() };
+    note[split + 2..]
+        .lines()
+        .filter_map(|line| {
+            let (name, sig) = line.strip_prefix(DASH)?.split_once(' ')?;
+            let raw = B64.decode(sig).ok()?;
+            (raw.len() >= 5 && valid_name(name)).then(|| (name.to_owned(), hex::encode(&raw[..4])))
+        })
+        .collect()
+}
+
 /// A `c2sp.org/tlog-checkpoint` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -401,5 +416,15 @@ mod tests {
         assert_eq!(TlogProof::parse(&text).unwrap(), p);
         let opened = open(&TlogProof::parse(&text).unwrap().checkpoint, &[signer.verifier().clone()]).unwrap();
         assert_eq!(Checkpoint::parse(&opened.text).unwrap().size, 3);
+    }
+
+    #[test]
+    fn claimed_signers_name_the_key_of_each_signature_line_unverified() {
+        let signer = NoteSigner::new("runner.example", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let note = signer.sign("runner.example\n3\nAAAA\n").unwrap();
+        let id = signer.verifier().to_vkey().split('+').nth(1).unwrap().to_owned();
+        assert_eq!(claimed_signers(&note), [("runner.example".to_owned(), id)]);
+        assert!(claimed_signers("no signatures").is_empty());
+        assert!(claimed_signers("text\n\n\u{2014} bad name!! AAAAAAAA\n").is_empty());
     }
 }

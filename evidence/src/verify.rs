@@ -567,7 +567,28 @@ fn explain_untrusted(f: Failure, note: &str, history: &KeyHistory) -> Failure {
         return f;
     }
     let signed_by = |k: &str| NoteVerifier::parse(k).is_ok_and(|v| note::open(note, std::slice::from_ref(&v)).is_ok());
-    let Some(c) = history.changes().iter().rev().find(|c| signed_by(&c.to)) else { return f };
+    let Some(c) = history.changes().iter().rev().find(|c| signed_by(&c.to)) else {
+        // The bundle names no key that signed it (a `--run` or `--since`
+        // export carries no earlier key records): say which key did.
+        let claimed: Vec<String> = note::claimed_signers(note)
+            .into_iter()
+            .map(|(name, id)| format!("`{}` with key id {id}", edge_core::text::line(&name)))
+            .collect();
+        if claimed.is_empty() {
+            return f;
+        }
+        return Failure {
+            detail: format!(
+                "{}; it is signed by {}, which is not in your keys file. If the runner rotated its identity key \
+                 (`edge-runner keys rotate`), this bundle holds no rotation record to follow (a `--run` or \
+                 `--since` export after the rotation): verify a full export with the key you pinned, which \
+                 follows the rotation and names the new key, or add the new key its operator announced",
+                f.detail,
+                claimed.join(" and ")
+            ),
+            ..f
+        };
+    };
     let fp = edge_core::rotation::fingerprint;
     let from = c.from.as_deref().map_or_else(|| "(unknown)".to_owned(), fp);
     match c.kind {

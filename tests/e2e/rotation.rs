@@ -18,10 +18,12 @@ use crate::harness::{BIN, Env};
 const RUNNER: &str = "test-runner";
 
 /// One committed run (the capsule creates `data/ok.txt`, so it is removed first).
-fn commit_one(env: &Env) {
+/// Commit one tier-0 run; its run id.
+fn commit_one(env: &Env) -> String {
     let _ = std::fs::remove_file(env.path("data/ok.txt"));
     let run = env.exec(&env.hostile("none"));
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    run.report["run"].as_str().unwrap().to_owned()
 }
 
 fn mode(p: &std::path::Path) -> u32 {
@@ -112,7 +114,7 @@ fn keys_rotate_chains_the_old_pin_to_the_new_key_and_the_verifier_names_it() {
     }
 
     // The runner starts with the new key and signs with it.
-    commit_one(&env);
+    let after = commit_one(&env);
     env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
     env.cli(&["evidence", "export", "--config", "runner.toml", "--since", "before.bundle", "-o", "since.bundle"])
         .success();
@@ -132,6 +134,16 @@ fn keys_rotate_chains_the_old_pin_to_the_new_key_and_the_verifier_names_it() {
     // rotation still verifies with the old key.
     assert_eq!(edge_verify(&env, "all.bundle", "new.keys").0, 0);
     assert_eq!(edge_verify(&env, "before.bundle", "old.keys").0, 0);
+    // A one-run export after the rotation carries no rotation record: with
+    // only the old pin it fails, and says which key signed and what to do.
+    env.cli(&["evidence", "export", "--config", "runner.toml", "--run", &after, "-o", "run.bundle"]).success();
+    let (code, stdout, stderr) = edge_verify(&env, "run.bundle", "old.keys");
+    assert_ne!(code, 0, "{stdout}");
+    let new_id = new.split('+').nth(1).unwrap();
+    let said = format!("{stdout}{stderr}");
+    assert!(said.contains("checkpoint.signature") && said.contains(&format!("key id {new_id}")), "{said}");
+    assert!(said.contains("keys rotate") && said.contains("verify a full export with the key you pinned"), "{said}");
+    assert_eq!(edge_verify(&env, "run.bundle", "new.keys").0, 0, "the new pin verifies it");
     // `evidence show` lists the rotation.
     let show = env.cli(&["evidence", "show", "--config", "runner.toml"]).success().stdout();
     assert!(show.contains(&format!("key         rotated: {} → {}", fingerprint(&old), fingerprint(&new))), "{show}");
