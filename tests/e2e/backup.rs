@@ -243,6 +243,34 @@ fn an_altered_or_shortened_backup_is_refused_and_nothing_is_restored() {
     assert_eq!(out.code(), 3, "{}", out.stdout());
     assert!(out.stdout().contains("not one of the keys you pinned"), "{}", out.stdout());
 
+    // The trusted signer's key in the backup's config replaced (any
+    // capsule the attacker signs would be admitted after a restore), the
+    // manifest fixed up to match: the files agree with it, but not with the
+    // digest `backup` printed — which the operator noted.
+    let env = Env::new();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
+    let out = env.cli(&["backup", "--config", "runner.toml", "--out", "backup"]).success().stdout();
+    let noted = out
+        .split("--manifest-sha256 ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("backup printed no manifest digest: {out}"))
+        .to_owned();
+    env.cli(&["restore", "--from", "backup", "--check", "--manifest-sha256", &noted]).success();
+    let signers = manifest(&env.path("backup"))["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|f| f["path"].as_str().filter(|p| p.ends_with("keys/agent.pub")).map(str::to_owned))
+        .expect("the backup holds the trusted signer's key");
+    let mallory = edge_core::signature::CapsuleSigningKey::generate();
+    std::fs::write(env.path("backup").join(&signers), mallory.public_key_pem()).unwrap();
+    refresh_manifest_entry(&env.path("backup"), &signers);
+    env.cli(&["restore", "--from", "backup", "--check"]).success(); // the manifest alone cannot tell
+    let out = env.cli(&["restore", "--from", "backup", "--check", "--manifest-sha256", &noted]);
+    assert_eq!(out.code(), 3, "{}", out.stdout());
+    assert!(out.stdout().contains("not the") && out.stdout().contains("you noted"), "{}", out.stdout());
+
     // A manifest that points outside the backup's folders is refused
     // before anything is read or written.
     let env = backed_up();

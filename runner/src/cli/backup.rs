@@ -50,6 +50,11 @@ pub struct RestoreArgs {
     /// the backup's key must be one of them.
     #[arg(long)]
     pub key: Vec<PathBuf>,
+    /// The manifest's SHA-256 that `backup` printed (noted with your backup
+    /// records): the config, policy and approver files are pinned only by
+    /// the manifest, so this is what proves them unchanged.
+    #[arg(long, value_name = "HEX")]
+    pub manifest_sha256: Option<String>,
 }
 
 /// Run `backup`.
@@ -118,7 +123,12 @@ pub fn backup(a: &BackupArgs, out: &mut dyn Write) -> Result<Exit> {
     for w in &m.warnings {
         writeln!(out, "warning: {}", U(w))?;
     }
-    writeln!(out, "check it later: edge-runner restore --from {} --check", done.dir.display())?;
+    writeln!(
+        out,
+        "check it later: edge-runner restore --from {} --check --manifest-sha256 {}",
+        done.dir.display(),
+        done.manifest_sha256.hex()
+    )?;
     Ok(Exit::Ok)
 }
 
@@ -139,6 +149,21 @@ fn pinned(files: &[PathBuf]) -> Result<Vec<NoteVerifier>> {
 /// its checks is exit code 3, not an error.
 pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<Exit> {
     let keys = pinned(&a.key)?;
+    if let Some(want) = &a.manifest_sha256 {
+        let path = a.from.join(crate::backup::manifest::MANIFEST_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let have = edge_core::Sha256Digest::of(&bytes);
+        if !have.hex().eq_ignore_ascii_case(want.trim().trim_start_matches("sha256:")) {
+            writeln!(
+                out,
+                "REFUSED: {} has SHA-256 {have}, not the {} you noted: the backup was altered or is another one",
+                path.display(),
+                U(want)
+            )?;
+            writeln!(out, "nothing was written; use another backup")?;
+            return Ok(Exit::Refused);
+        }
+    }
     let checked = match restore::check(&a.from, &keys) {
         Ok(c) => c,
         Err(e) => {
@@ -160,6 +185,13 @@ pub fn restore(a: &RestoreArgs, out: &mut dyn Write) -> Result<Exit> {
     writeln!(out, "  runner key {}", U(&m.runner.key))?;
     if a.key.is_empty() {
         writeln!(out, "  (pass --key with the runner key you pinned to check the backup is that runner's)")?;
+    }
+    if a.manifest_sha256.is_none() {
+        writeln!(
+            out,
+            "  (pass --manifest-sha256 with the digest `backup` printed: the config, policy and approver files are \
+             pinned only by the manifest)"
+        )?;
     }
     for w in &m.warnings {
         writeln!(out, "warning: {}", U(w))?;
