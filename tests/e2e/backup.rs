@@ -409,9 +409,11 @@ fn a_store_from_a_newer_runner_is_refused_and_left_untouched() {
 /// `cargo test -p edge-runner --test e2e write_store_fixture -- --ignored`).
 /// A runner home with a policy and two approvers: a tier-0 run committed,
 /// a capsule refused, a tier-2 proposal waiting and then approved by two
-/// people and committed; the store copied as the runner left it at a clean
-/// exit, its identity key (a throwaway key, for this fixture only) and what
-/// the test expects to read.
+/// people and committed, a reload applied and one refused, a key rotation
+/// and a run after it; the store copied as the runner left it at a clean
+/// exit, its identity key (a throwaway key, for this fixture only; the key
+/// after the rotation), the key pinned before the rotation, and what the
+/// test expects to read.
 #[test]
 #[ignore = "writes the committed fixture; run by hand"]
 fn write_store_fixture() {
@@ -434,6 +436,24 @@ fn write_store_fixture() {
     env.sign_approval("approve", &doc, "alice", "alice.json");
     env.sign_approval("approve", &doc, "carol", "carol.json");
     assert_eq!(env.exec_with(&tier2, &["alice.json", "carol.json"]).outcome(), "committed");
+    // The records this release adds: reloads (one applied with a changed
+    // registry, one refused), a key rotation, then a run signed by the new
+    // key. (Every start above already wrote a `runner-started` record.)
+    let pinned = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    {
+        let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
+        let runner = edge_runner::pipeline::Runner::open(config).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"]), ("bob", &["sre"])], "");
+        assert!(rt.block_on(runner.reload("fixture")).unwrap().applied);
+        let policy = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+        std::fs::write(env.path("policy.toml"), "version = 99\n").unwrap();
+        assert!(!rt.block_on(runner.reload("fixture")).unwrap().applied);
+        std::fs::write(env.path("policy.toml"), policy).unwrap();
+    }
+    env.cli(&["keys", "rotate", "--config", "runner.toml"]).success();
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
 
     let out = fixture();
     std::fs::create_dir_all(&out).unwrap();
@@ -441,8 +461,8 @@ fn write_store_fixture() {
         std::fs::copy(env.path(&format!("state/evidence/{f}")), out.join(f)).unwrap();
     }
     std::fs::copy(env.path("state/identity.key"), out.join("identity.key")).unwrap();
-    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
-    std::fs::write(out.join("runner.vkey"), vkey).unwrap();
+    // The key pinned before the rotation: a verifier follows the rotation from it.
+    std::fs::write(out.join("runner.vkey"), pinned).unwrap();
     let log = env.evidence();
     let log = log.as_array().unwrap();
     let mut types: Vec<&str> = log.iter().map(|r| r["event"]["type"].as_str().unwrap()).collect();
