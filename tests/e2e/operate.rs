@@ -255,3 +255,51 @@ fn sighup_while_the_runner_starts_does_not_end_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_run_in_flight_keeps_the_policy_it_was_decided_with_across_a_reload() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let url = server.url.clone();
+    // A tier-0 run, held in its apply for 1.5 s.
+    let slow = capsule(&env, "slow-apply", false);
+    let submitter = crate::server::submit_until_apply_starts(&env, &url, &slow);
+    // Meanwhile the policy changes: every write now needs one sre.
+    let old_policy = std::fs::read_to_string(env.path("policy.toml")).unwrap();
+    let old_digest = edge_core::Sha256Digest::of(old_policy.as_bytes()).to_string();
+    std::fs::write(
+        env.path("policy.toml"),
+        format!("{old_policy}\n[[rules]]\nname = \"any-write\"\nwhen = {{ writes = true }}\ntier = 1\nreason = \"writes need one sre\"\n"),
+    )
+    .unwrap();
+    rt().block_on(async {
+        let mut alice = server.client(&env, "approver");
+        let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        assert_eq!(r.json().unwrap()["applied"], true);
+    });
+    // The run in flight ends as it was decided: tier 0, committed, under
+    // the old policy, authorized without a human.
+    let reply = submitter.join().unwrap().unwrap().json().unwrap();
+    assert_eq!(reply["state"], "committed", "{reply:#}");
+    assert_eq!(reply["tier"], 0);
+    let run = reply["run"].as_str().unwrap().to_owned();
+    rt().block_on(async {
+        let recs = records(&server, &env).await;
+        let of_run: Vec<&Value> = recs.iter().filter(|r| r["run"] == run.as_str()).collect();
+        let decision = of_run.iter().find(|r| r["event"]["type"] == "decision").unwrap();
+        assert_eq!(decision["event"]["decision"]["policy"], old_digest.as_str(), "{decision:#}");
+        let authorized = of_run.iter().find(|r| r["event"]["type"] == "authorized").unwrap();
+        assert_eq!(authorized["event"]["tier"], 0);
+        // The reload is recorded before the run's commit.
+        let reload = recs.iter().find(|r| r["event"]["type"] == "config-reloaded").unwrap();
+        let committed = of_run.iter().find(|r| r["event"]["type"] == "committed").unwrap();
+        assert!(reload["seq"].as_u64() < committed["seq"].as_u64(), "the reload happened while the run was in flight");
+        // The next submission is decided under the new policy.
+        std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+        let mut agent = server.client(&env, "agent");
+        let v = submit(&mut agent, &capsule(&env, "none", false)).await.json().unwrap();
+        assert_eq!(v["state"], "awaiting-approval", "{v:#}");
+        assert_eq!(v["tier"], 1);
+    });
+}
