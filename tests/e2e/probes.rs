@@ -194,7 +194,8 @@ fn probes_and_metrics_on_a_unix_socket() {
     std::fs::write(env.path("probes.sock"), "not a socket").unwrap();
     let out = env.cli(&["serve", "--config", "runner.toml"]);
     assert_ne!(out.code(), 0);
-    assert!(out.stderr().contains("is not a socket (it is a regular file)"), "{}", out.stderr());
+    // `check` (run by serve before it binds) names it first.
+    assert!(out.stderr().contains("probes.sock exists and is not a socket"), "{}", out.stderr());
     assert_eq!(std::fs::read_to_string(env.path("probes.sock")).unwrap(), "not a socket");
 }
 
