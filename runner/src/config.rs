@@ -504,6 +504,7 @@ impl RunnerConfig {
         if probes.as_ref().is_some_and(|p| p.dangerous) {
             dangerous.push("probes.dangerous_plain_http".to_owned());
         }
+        let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
         Ok(RunnerConfig {
             server,
             console,
@@ -520,6 +521,7 @@ impl RunnerConfig {
                 config_text: Arc::new(text.to_owned()),
                 passkeys_file,
                 clock_skew_secs,
+                grants,
             }),
             name: raw.runner.name,
             state_dir,

@@ -39,6 +39,8 @@ pub struct Governance {
     pub clock_skew_secs: u64,
     /// The config file's exact text (an artifact of reload records).
     pub config_text: Arc<String>,
+    /// `[server]`'s agents, roles and access grants (None without `[server]`).
+    pub grants: Option<Arc<crate::config::server::Grants>>,
 }
 
 impl Governance {
@@ -98,6 +100,12 @@ fn fixed_sections(text: &str) -> toml::Table {
     for k in ["policy", "approvers", "signers", "sigstore", "endpoints"] {
         t.remove(k);
     }
+    // Who may submit, read and reload is governance too.
+    if let Some(toml::Value::Table(server)) = t.get_mut("server") {
+        for k in ["agents", "roles", "access"] {
+            server.remove(k);
+        }
+    }
     if let Some(toml::Value::Table(mounts)) = t.get_mut("mounts") {
         for (_, m) in mounts.iter_mut() {
             if let toml::Value::Table(m) = m {
@@ -121,5 +129,9 @@ mod tests {
         assert_eq!(restart_needed(a, &c), vec!["[mounts]"]);
         let d = format!("{b}[server]\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!(restart_needed(a, &d), vec!["[server]"]);
+        // Agents and grants are reloaded; the listener is not.
+        let e = format!("{d}agents = [\"spiffe://x/agent/a\"]\naccess.evidence = [\"spiffe://x/people/r\"]\n");
+        assert!(restart_needed(&d, &e).is_empty());
+        assert_eq!(restart_needed(&d, &e.replace("127.0.0.1:1", "127.0.0.1:2")), vec!["[server]"]);
     }
 }

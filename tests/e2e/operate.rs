@@ -303,3 +303,44 @@ fn a_run_in_flight_keeps_the_policy_it_was_decided_with_across_a_reload() {
         assert_eq!(v["tier"], 1);
     });
 }
+
+#[test]
+fn a_reload_applies_new_agents_and_read_grants_without_a_restart() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let intruder = "spiffe://test.example/agent/intruder";
+    rt().block_on(async {
+        let mut other = server.client(&env, "intruder");
+        let mut alice = server.client(&env, "approver");
+        assert_eq!(other.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
+        let tier0 = capsule(&env, "none", false);
+        assert_eq!(submit(&mut other, &tier0).await.status, StatusCode::FORBIDDEN, "not an agent yet");
+
+        // The operator grants it the evidence and makes it an agent.
+        let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+        let granted = config
+            .replace(
+                "access.evidence = [\"role:operators\"]",
+                &format!("access.evidence = [\"role:operators\", \"{intruder}\"]"),
+            )
+            .replace("agents = [\"", &format!("agents = [\"{intruder}\", \""));
+        assert_ne!(granted, config);
+        std::fs::write(env.path("runner.toml"), granted).unwrap();
+        // On disk, not in force yet.
+        assert_eq!(other.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
+        let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        let v = r.json().unwrap();
+        assert_eq!(v["applied"], true, "{v:#}");
+        assert!(v.get("restart_needed").is_none(), "agents and grants need no restart: {v:#}");
+        assert_ne!(v["old"]["config"], v["new"]["config"], "the config digest names the change");
+        assert_eq!(other.get("/v1/evidence/export").await.unwrap().status, StatusCode::OK);
+        assert_eq!(submit(&mut other, &tier0).await.status, StatusCode::CREATED);
+
+        // And taken away again.
+        std::fs::write(env.path("runner.toml"), config).unwrap();
+        let r = alice.post("/v1/reload", Vec::new(), "application/json").await.unwrap();
+        assert_eq!(r.json().unwrap()["applied"], true);
+        assert_eq!(other.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
+    });
+}

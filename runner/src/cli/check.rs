@@ -161,7 +161,10 @@ pub fn pki(c: &PkiCommand, out: &mut dyn Write) -> Result<Exit> {
     writeln!(out, "issued  {id}  (valid until {})", issued.not_after)?;
     writeln!(out, "cert    {}", issued.cert.display())?;
     writeln!(out, "key     {} (0600: hand it to its owner only)", issued.key.display())?;
-    writeln!(out, "next: grant it in runner.toml, then restart the runner ([server] changes need a restart):")?;
+    writeln!(
+        out,
+        "next: grant it in runner.toml, then reload the runner (`systemctl reload edge-runner` or `edge-runner reload`):"
+    )?;
     match subject {
         crate::pki::Subject::Person(_) => {
             writeln!(out, "  [server.access]            # each permission it needs, or add it to a role there")?;

@@ -108,6 +108,15 @@ impl Access {
     }
 }
 
+/// Who may do what on the API: the agents that may submit and the read
+/// and reload grants. Part of the governance a reload replaces
+/// (`crate::governance::Governance::grants`).
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub agents: BTreeSet<String>,
+    pub access: Access,
+}
+
 /// Resolved server settings.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -117,13 +126,14 @@ pub struct ServerSettings {
     pub client_ca: PathBuf,
     /// The CA that issued `cert` (`server_ca`, default `client_ca`).
     pub server_ca: PathBuf,
-    pub agents: BTreeSet<String>,
     pub max_body_bytes: usize,
     pub max_concurrent_runs: usize,
     pub queue: usize,
     pub request_timeout: Duration,
-    /// Who may read what (`[server.access]`).
-    pub access: Access,
+    /// Who may submit (`agents`) and read or reload (`[server.access]`) as
+    /// loaded: the API asks the runner's governance, which a reload
+    /// replaces, never this copy.
+    pub(crate) grants: Grants,
 }
 
 impl RawServer {
@@ -152,13 +162,12 @@ impl RawServer {
         }
         let access = resolve_access(&self.roles, &self.access)?;
         Ok(ServerSettings {
-            access,
+            grants: Grants { agents: self.agents.into_iter().collect(), access },
             listen,
             cert: resolve(&self.cert),
             key: resolve(&self.key),
             server_ca: resolve(self.server_ca.as_deref().unwrap_or(&self.client_ca)),
             client_ca: resolve(&self.client_ca),
-            agents: self.agents.into_iter().collect(),
             max_body_bytes: usize::try_from(self.max_body_kib.unwrap_or(32 << 10).saturating_mul(1024))
                 .unwrap_or(usize::MAX),
             max_concurrent_runs: match self.max_concurrent_runs {

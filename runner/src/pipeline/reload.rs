@@ -1,6 +1,7 @@
 //! Reload: read the config file again and put its policy, graph, node
-//! mapping, trusted signers and approver registry in force together,
-//! without a restart (`SIGHUP`, `edge-runner reload`).
+//! mapping, trusted signers, approver registry and API grants (agents,
+//! roles, access) in force together, without a restart (`SIGHUP`,
+//! `edge-runner reload`).
 //!
 //! ```text
 //! load + check everything ──bad──► reload-refused (kept digests); nothing changes

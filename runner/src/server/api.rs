@@ -111,6 +111,12 @@ pub(crate) async fn body(req: Request<Incoming>, limit: usize, timeout: std::tim
     }
 }
 
+/// Who may submit, read and reload: the governance in force (a reload
+/// replaces it). Without one (no `[server]`: not served) nobody may.
+fn grants(shared: &Shared) -> Arc<crate::config::server::Grants> {
+    shared.runs.runner().governance().grants.clone().unwrap_or_default()
+}
+
 /// Handle one request.
 ///
 /// # Errors
@@ -153,7 +159,7 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             // gets the answer rather than a connection reset mid-upload.
             let bytes = body(req, shared.settings.max_body_bytes, shared.settings.request_timeout).await?;
             let agent = agent.map_err(|e| error(StatusCode::FORBIDDEN, format!("no agent identity: {e}")))?;
-            if !shared.settings.agents.contains(&agent) {
+            if !grants(shared).agents.contains(&agent) {
                 return Err(error(
                     StatusCode::FORBIDDEN,
                     format!("agent `{agent}` may not submit proposals: an operator adds it to server.agents"),
@@ -209,8 +215,9 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             };
             let who = identity(&agent)?;
             let mut list = shared.runs.list(state);
-            if !shared.settings.access.allows(Permission::Proposals, who) {
-                if !shared.settings.agents.contains(who) {
+            let g = grants(shared);
+            if !g.access.allows(Permission::Proposals, who) {
+                if !g.agents.contains(who) {
                     return Err(denied(who, Permission::Proposals));
                 }
                 list.retain(|p| p.submitted_by.as_deref() == Some(who));
@@ -305,18 +312,19 @@ fn denied(who: &str, p: Permission) -> Resp {
 /// The identity, if it holds `p`.
 fn require<'a>(shared: &Shared, agent: &'a Result<String, String>, p: Permission) -> Result<&'a str, Resp> {
     let who = identity(agent)?;
-    if shared.settings.access.allows(p, who) { Ok(who) } else { Err(denied(who, p)) }
+    if grants(shared).access.allows(p, who) { Ok(who) } else { Err(denied(who, p)) }
 }
 
 /// Whether the client may see proposal `id`: with `proposals` access, or
 /// as the agent that submitted it. Otherwise it is answered as unknown.
 fn may_see(shared: &Shared, agent: &Result<String, String>, id: &str) -> Result<(), Resp> {
     let who = identity(agent)?;
-    if shared.settings.access.allows(Permission::Proposals, who) {
+    let g = grants(shared);
+    if g.access.allows(Permission::Proposals, who) {
         return Ok(());
     }
     match shared.runs.show(id) {
-        Some(p) if shared.settings.agents.contains(who) && p.submitted_by.as_deref() == Some(who) => Ok(()),
+        Some(p) if g.agents.contains(who) && p.submitted_by.as_deref() == Some(who) => Ok(()),
         _ => Err(error(StatusCode::NOT_FOUND, format!("no proposal {} on this runner", edge_core::text::line(id)))),
     }
 }
