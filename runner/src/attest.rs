@@ -137,7 +137,9 @@ pub fn attestation(runner: &Runner) -> Result<Event> {
         binary: binary_digest(&config.cache_dir)?,
         version: VERSION.to_owned(),
         revision: REVISION.to_owned(),
-        config: config.file_digest,
+        // The file's exact text is the governance's (absent for a config
+        // built from text rather than read from a file).
+        config: config.source.as_ref().map(|_| Sha256Digest::of(governance.config_text.as_bytes())),
         policy,
         graph,
         approvers: governance.approvers.as_ref().and_then(|r| r.digest),

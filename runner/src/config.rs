@@ -233,10 +233,6 @@ pub struct RunnerConfig {
     /// results kept for all waiting proposals.
     pub max_preview_bytes: u64,
     pub max_waiting_previews_bytes: u64,
-    /// SHA-256 of the config file as read by [`RunnerConfig::load`] (None
-    /// for a config built from text): recorded in the runner's
-    /// self-attestation at start (`crate::attest`).
-    pub file_digest: Option<edge_core::Sha256Digest>,
 }
 
 impl RunnerConfig {
@@ -252,7 +248,6 @@ impl RunnerConfig {
         let mut config =
             Self::from_toml(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))?;
         config.source = Some(path.to_path_buf());
-        config.file_digest = Some(edge_core::Sha256Digest::of(text.as_bytes()));
         Ok(config)
     }
 
@@ -533,7 +528,6 @@ impl RunnerConfig {
             dangerous,
             max_preview_bytes: raw.runner.max_preview_mib.unwrap_or(16) << 20,
             max_waiting_previews_bytes: raw.runner.max_waiting_previews_mib.unwrap_or(1024) << 20,
-            file_digest: None,
         })
     }
 }

@@ -571,7 +571,7 @@ fn server(s: &ServerPaths, console: Option<&ConsolePaths>, now: Duration, proble
 /// a Unix socket whose directory exists and whose path is free or a stale
 /// socket (what `serve` replaces), never something else.
 fn probes(listen: &Result<SocketAddr, PathBuf>, others: &[Option<SocketAddr>], problems: &mut Vec<Problem>) {
-    use std::os::unix::fs::FileTypeExt as _;
+    use crate::server::probes::SocketPath;
     match listen {
         Ok(addr) if addr.port() != 0 && others.iter().flatten().any(|o| o.port() == addr.port()) => {
             problems.push(Problem::error(
@@ -586,24 +586,23 @@ fn probes(listen: &Result<SocketAddr, PathBuf>, others: &[Option<SocketAddr>], p
             match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => problems.push(Problem::error(
                     format!("probes.listen unix:{shown}: its directory does not exist"),
-                    "create it, writable by the runner's user (under systemd, the unit's RuntimeDirectory=edge-runner                      makes /run/edge-runner), or choose another path",
+                    "create it, writable by the runner's user (under systemd, the unit's RuntimeDirectory=edge-runner \
+                     makes /run/edge-runner), or choose another path",
                 )),
                 _ => {}
             }
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_socket() => {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        problems.push(Problem::error(
-                            format!("probes.listen unix:{shown}: another process is serving on it"),
-                            "stop it (a runner already serving?) or choose another path",
-                        ));
-                    }
-                }
-                Ok(_) => problems.push(Problem::error(
+            match crate::server::probes::inspect_socket_path(path) {
+                Ok(SocketPath::Live) => problems.push(Problem::error(
+                    format!("probes.listen unix:{shown}: another process is serving on it"),
+                    "stop it (a runner already serving?) or choose another path",
+                )),
+                Ok(SocketPath::NotASocket(_)) => problems.push(Problem::error(
                     format!("probes.listen unix:{shown} exists and is not a socket"),
                     "move it away or choose another path: `serve` replaces only a stale socket there",
                 )),
-                Err(_) => {}
+                // Free, or stale (what `serve` replaces); an unreadable
+                // directory is reported above or by `serve` itself.
+                Ok(SocketPath::Free | SocketPath::Stale) | Err(_) => {}
             }
         }
     }

@@ -104,28 +104,22 @@ fn bind_unix(path: &Path) -> Result<ProbeListener> {
     // Absolute: shown at start, and removed at exit whatever the directory then.
     let path =
         &std::path::absolute(path).with_context(|| format!("probes.listen: cannot resolve {}", path.display()))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            // Stale (its process is gone) unless something still answers on it.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
-                    "probes.listen: another process is serving on {} (another runner?): stop it or choose another \
-                     path",
-                    path.display()
-                );
-            }
+    match inspect_socket_path(path).with_context(|| format!("probes.listen: cannot inspect {}", path.display()))? {
+        SocketPath::Free => {}
+        SocketPath::Live => bail!(
+            "probes.listen: another process is serving on {} (another runner?): stop it or choose another path",
+            path.display()
+        ),
+        SocketPath::Stale => {
             std::fs::remove_file(path)
                 .with_context(|| format!("cannot remove the stale probe socket {}", path.display()))?;
             tracing::info!(path = %path.display(), "removed a stale probe socket");
         }
-        Ok(m) => bail!(
-            "probes.listen: {} exists and is not a socket (it is a {}); the runner replaces only a stale socket \
+        SocketPath::NotASocket(kind) => bail!(
+            "probes.listen: {} exists and is not a socket (it is a {kind}); the runner replaces only a stale socket \
              there: move it away or choose another path",
-            path.display(),
-            kind(&m.file_type())
+            path.display()
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("probes.listen: cannot inspect {}", path.display())),
     }
     let l = tokio::net::UnixListener::bind(path).with_context(|| {
         format!(
@@ -138,6 +132,34 @@ fn bind_unix(path: &Path) -> Result<ProbeListener> {
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     let m = std::fs::symlink_metadata(path)?;
     Ok(ProbeListener::Unix(l, SocketFile { path: path.to_path_buf(), ino: (m.dev(), m.ino()) }))
+}
+
+/// What is at a probe socket's path: what `serve` binds over (nothing, or
+/// a stale socket) and what it refuses. Shared with `edge-runner check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketPath {
+    Free,
+    /// A socket nothing answers on (its process is gone): replaced.
+    Stale,
+    /// A socket something still answers on.
+    Live,
+    /// Something else (its kind).
+    NotASocket(&'static str),
+}
+
+/// Inspect `path` without following a symbolic link.
+///
+/// # Errors
+/// If it cannot be inspected (other than being absent).
+pub(crate) fn inspect_socket_path(path: &Path) -> std::io::Result<SocketPath> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            Ok(if std::os::unix::net::UnixStream::connect(path).is_ok() { SocketPath::Live } else { SocketPath::Stale })
+        }
+        Ok(m) => Ok(SocketPath::NotASocket(kind(&m.file_type()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SocketPath::Free),
+        Err(e) => Err(e),
+    }
 }
 
 fn kind(t: &std::fs::FileType) -> &'static str {
