@@ -93,13 +93,23 @@ pub struct CompactRange {
 impl CompactRange {
     /// Append a leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_reporting(leaf, |_, _, _| {});
+    }
+
+    /// Append a leaf hash, calling `completed(level, index, hash)` for every
+    /// subtree it completes, from the leaf itself (level 0) upwards: what a
+    /// store of [`Subtrees`] must add for this leaf.
+    pub fn push_reporting(&mut self, leaf: Hash, mut completed: impl FnMut(u32, u64, &Hash)) {
+        let index = self.size;
         let mut cur = (0u32, leaf);
+        completed(0, index, &leaf);
         while let Some(&(h, left)) = self.stack.last() {
             if h != cur.0 {
                 break;
             }
             self.stack.pop();
             cur = (h + 1, node_hash(&left, &cur.1));
+            completed(cur.0, index >> cur.0, &cur.1);
         }
         self.stack.push(cur);
         self.size += 1;
@@ -135,15 +145,177 @@ impl CompactRange {
     }
 }
 
-/// Every complete, aligned subtree hash of an append-only tree (level 0 =
-/// the leaf hashes, level k = blocks of 2^k leaves): roots, inclusion and
-/// consistency proofs for any size so far in O(log² n) hash operations
-/// instead of the O(n) of the slice functions below, for ~2n stored hashes.
-/// A runner appends for its whole life, so per-run receipts must not cost
-/// more as the log grows.
+/// Where the complete, aligned subtree hashes of an append-only tree come
+/// from: level 0 = the leaf hashes, level k = blocks of 2^k leaves. Roots,
+/// inclusion and consistency proofs and compact ranges for any size so far
+/// cost O(log² n) lookups ([`root_of`], [`inclusion_proof_of`],
+/// [`consistency_proof_of`], [`compact_of`]) whether the hashes are in
+/// memory ([`MerkleStore`]) or in a database (the runner's evidence store
+/// keeps them in a table beside its records, so nothing at start or per run
+/// grows with the log).
+pub trait Subtrees {
+    /// Why a hash could not be read.
+    type Error;
+    /// Leaves in the tree.
+    fn tree_size(&self) -> u64;
+    /// The hash of complete subtree `index` at `level` (leaves
+    /// `index << level .. (index + 1) << level`); callers only ask for
+    /// subtrees within [`Subtrees::tree_size`].
+    ///
+    /// # Errors
+    /// If the source cannot produce it.
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+}
+
+/// A size or index beyond the tree, or a hash the source could not give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError<E> {
+    #[error("tree size {size} beyond {leaves} leaves")]
+    Beyond { size: u64, leaves: u64 },
+    #[error(transparent)]
+    Source(E),
+}
+
+fn largest_power_of_two_below_u64(n: u64) -> u64 {
+    debug_assert!(n > 1);
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// MTH(D[a:b]) for `a < b <= leaves`.
+fn range_of<S: Subtrees + ?Sized>(s: &S, a: u64, b: u64) -> Result<Hash, S::Error> {
+    let n = b - a;
+    if n.is_power_of_two() && a.is_multiple_of(n) {
+        let k = n.trailing_zeros();
+        return s.subtree(k, a >> k);
+    }
+    let k = largest_power_of_two_below_u64(n);
+    Ok(node_hash(&range_of(s, a, a + k)?, &range_of(s, a + k, b)?))
+}
+
+fn within<S: Subtrees + ?Sized>(s: &S, size: u64) -> Result<(), TreeError<S::Error>> {
+    let leaves = s.tree_size();
+    if size > leaves { Err(TreeError::Beyond { size, leaves }) } else { Ok(()) }
+}
+
+/// The root of the first `size` leaves.
+///
+/// # Errors
+/// If `size` is beyond the tree or a hash cannot be read.
+pub fn root_of<S: Subtrees + ?Sized>(s: &S, size: u64) -> Result<Hash, TreeError<S::Error>> {
+    within(s, size)?;
+    if size == 0 { Ok(empty_root()) } else { range_of(s, 0, size).map_err(TreeError::Source) }
+}
+
+/// RFC 6962 `PATH(index, D[0:size])`.
+///
+/// # Errors
+/// If `index >= size`, `size` is beyond the tree, or a hash cannot be read.
+pub fn inclusion_proof_of<S: Subtrees + ?Sized>(
+    s: &S,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, TreeError<S::Error>> {
+    fn path<S: Subtrees + ?Sized>(s: &S, m: u64, a: u64, b: u64, out: &mut Vec<Hash>) -> Result<(), S::Error> {
+        if b - a <= 1 {
+            return Ok(());
+        }
+        let k = largest_power_of_two_below_u64(b - a);
+        if m < a + k {
+            path(s, m, a, a + k, out)?;
+            out.push(range_of(s, a + k, b)?);
+        } else {
+            path(s, m, a + k, b, out)?;
+            out.push(range_of(s, a, a + k)?);
+        }
+        Ok(())
+    }
+    within(s, size)?;
+    if index >= size {
+        return Err(TreeError::Beyond { size: index + 1, leaves: size });
+    }
+    let mut out = Vec::new();
+    path(s, index, 0, size, &mut out).map_err(TreeError::Source)?;
+    Ok(out)
+}
+
+/// RFC 6962 `PROOF(m, D[0:size])`.
+///
+/// # Errors
+/// If `size` is beyond the tree or a hash cannot be read.
+pub fn consistency_proof_of<S: Subtrees + ?Sized>(s: &S, m: u64, size: u64) -> Result<Vec<Hash>, TreeError<S::Error>> {
+    fn sub<S: Subtrees + ?Sized>(
+        s: &S,
+        m: u64,
+        a: u64,
+        b: u64,
+        complete: bool,
+        out: &mut Vec<Hash>,
+    ) -> Result<(), S::Error> {
+        if m == b {
+            if !complete {
+                out.push(range_of(s, a, b)?);
+            }
+            return Ok(());
+        }
+        let k = largest_power_of_two_below_u64(b - a);
+        if m <= a + k {
+            sub(s, m, a, a + k, complete, out)?;
+            out.push(range_of(s, a + k, b)?);
+        } else {
+            sub(s, m, a + k, b, false, out)?;
+            out.push(range_of(s, a, a + k)?);
+        }
+        Ok(())
+    }
+    within(s, size)?;
+    let mut out = Vec::new();
+    if m > 0 && m < size {
+        sub(s, m, 0, size, true, &mut out).map_err(TreeError::Source)?;
+    }
+    Ok(out)
+}
+
+/// The compact range (right border) of the first `size` leaves.
+///
+/// # Errors
+/// If `size` is beyond the tree or a hash cannot be read.
+pub fn compact_of<S: Subtrees + ?Sized>(s: &S, size: u64) -> Result<CompactRange, TreeError<S::Error>> {
+    within(s, size)?;
+    let mut hashes = Vec::new();
+    let mut offset = 0u64;
+    for k in (0..64u32).rev() {
+        if size & (1 << k) != 0 {
+            hashes.push(s.subtree(k, offset >> k).map_err(TreeError::Source)?);
+            offset += 1 << k;
+        }
+    }
+    Ok(CompactRange::from_hashes(size, &hashes).expect("one hash per set bit"))
+}
+
+/// Every complete, aligned subtree hash of an append-only tree, in memory
+/// (~2n hashes): the [`Subtrees`] the offline tools build from a log's
+/// records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MerkleStore {
     levels: Vec<Vec<Hash>>,
+}
+
+impl Subtrees for MerkleStore {
+    type Error = std::convert::Infallible;
+    fn tree_size(&self) -> u64 {
+        self.size() as u64
+    }
+    fn subtree(&self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        Ok(self.levels[level as usize][index as usize])
+    }
+}
+
+fn infallible<T>(r: Result<T, TreeError<std::convert::Infallible>>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(TreeError::Beyond { size, leaves }) => panic!("tree size {size} beyond {leaves} leaves"),
+        Err(TreeError::Source(e)) => match e {},
+    }
 }
 
 impl MerkleStore {
@@ -176,24 +348,12 @@ impl MerkleStore {
         self.levels.first().map_or(&[], Vec::as_slice)
     }
 
-    /// MTH(D[a:b]) for `a < b <= size`.
-    fn range(&self, a: usize, b: usize) -> Hash {
-        let n = b - a;
-        if n.is_power_of_two() && a.is_multiple_of(n) {
-            let k = n.trailing_zeros() as usize;
-            return self.levels[k][a >> k];
-        }
-        let k = largest_power_of_two_below(n);
-        node_hash(&self.range(a, a + k), &self.range(a + k, b))
-    }
-
     /// The root of the first `size` leaves.
     ///
     /// # Panics
     /// If `size` exceeds the number of leaves.
     pub fn root(&self, size: usize) -> Hash {
-        assert!(size <= self.size(), "tree size {size} beyond {} leaves", self.size());
-        if size == 0 { empty_root() } else { self.range(0, size) }
+        infallible(root_of(self, size as u64))
     }
 
     /// RFC 6962 `PATH(index, D[0:size])`.
@@ -201,23 +361,7 @@ impl MerkleStore {
     /// # Panics
     /// If `index >= size` or `size` exceeds the number of leaves.
     pub fn inclusion_proof(&self, index: usize, size: usize) -> Vec<Hash> {
-        fn path(s: &MerkleStore, m: usize, a: usize, b: usize, out: &mut Vec<Hash>) {
-            if b - a <= 1 {
-                return;
-            }
-            let k = largest_power_of_two_below(b - a);
-            if m < a + k {
-                path(s, m, a, a + k, out);
-                out.push(s.range(a + k, b));
-            } else {
-                path(s, m, a + k, b, out);
-                out.push(s.range(a, a + k));
-            }
-        }
-        assert!(index < size && size <= self.size(), "leaf {index} of a tree of {size}");
-        let mut out = Vec::new();
-        path(self, index, 0, size, &mut out);
-        out
+        infallible(inclusion_proof_of(self, index as u64, size as u64))
     }
 
     /// RFC 6962 `PROOF(m, D[0:size])`.
@@ -225,28 +369,7 @@ impl MerkleStore {
     /// # Panics
     /// If `size` exceeds the number of leaves.
     pub fn consistency_proof(&self, m: usize, size: usize) -> Vec<Hash> {
-        fn sub(s: &MerkleStore, m: usize, a: usize, b: usize, complete: bool, out: &mut Vec<Hash>) {
-            if m == b {
-                if !complete {
-                    out.push(s.range(a, b));
-                }
-                return;
-            }
-            let k = largest_power_of_two_below(b - a);
-            if m <= a + k {
-                sub(s, m, a, a + k, complete, out);
-                out.push(s.range(a + k, b));
-            } else {
-                sub(s, m, a + k, b, false, out);
-                out.push(s.range(a, a + k));
-            }
-        }
-        assert!(size <= self.size(), "tree size {size} beyond {} leaves", self.size());
-        let mut out = Vec::new();
-        if m > 0 && m < size {
-            sub(self, m, 0, size, true, &mut out);
-        }
-        out
+        infallible(consistency_proof_of(self, m as u64, size as u64))
     }
 
     /// The compact range (right border) of the first `size` leaves.
@@ -254,16 +377,7 @@ impl MerkleStore {
     /// # Panics
     /// If `size` exceeds the number of leaves.
     pub fn compact(&self, size: usize) -> CompactRange {
-        assert!(size <= self.size(), "tree size {size} beyond {} leaves", self.size());
-        let mut hashes = Vec::new();
-        let mut offset = 0;
-        for k in (0..usize::BITS as usize).rev() {
-            if size & (1 << k) != 0 {
-                hashes.push(self.levels[k][offset >> k]);
-                offset += 1 << k;
-            }
-        }
-        CompactRange::from_hashes(size as u64, &hashes).expect("one hash per set bit")
+        infallible(compact_of(self, size as u64))
     }
 }
 
@@ -562,6 +676,30 @@ mod tests {
             }
             let m = b % (size + 1);
             prop_assert_eq!(store.consistency_proof(m, size), consistency_proof(prefix, m));
+        }
+
+        /// A compact range reports exactly the subtrees a store of them
+        /// needs, each once, as the leaves arrive: a tree persisted from
+        /// those reports is the tree.
+        #[test]
+        fn a_growing_range_reports_every_complete_subtree_once(n in 1usize..140) {
+            let l = leaves(n);
+            let mut store = MerkleStore::default();
+            let mut range = CompactRange::default();
+            let mut reported = std::collections::BTreeMap::new();
+            for leaf in &l {
+                store.push(*leaf);
+                range.push_reporting(*leaf, |level, index, hash| {
+                    assert!(reported.insert((level, index), *hash).is_none(), "({level}, {index}) twice");
+                });
+            }
+            let mut expected = std::collections::BTreeMap::new();
+            for level in 0..8u32 {
+                for index in 0..(n as u64 >> level) {
+                    expected.insert((level, index), store.subtree(level, index).unwrap());
+                }
+            }
+            prop_assert_eq!(reported, expected);
         }
     }
 }

@@ -11,6 +11,8 @@ use edge_core::note::{self, Checkpoint, NoteSigner};
 use edge_evidence::bundle::{self, Header, Scope};
 
 use crate::store::log::{EvidenceLog, read_only};
+use crate::store::tree::RowError;
+use edge_core::merkle::{self, TreeError};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -111,8 +113,12 @@ pub fn export(
                 );
             }
             let n = usize::try_from(old.size)?;
-            let (old_root, prefix, consistency) =
-                log.with_tree(|t| (t.root(n), t.compact(n), t.consistency_proof(n, tree_size)));
+            let (old_root, prefix, consistency) = log
+                .with_tree(|t| -> Result<_, TreeError<RowError>> {
+                    let m = old.size;
+                    Ok((merkle::root_of(t, m)?, merkle::compact_of(t, m)?, merkle::consistency_proof_of(t, m, size)?))
+                })?
+                .map_err(|e| anyhow!("the stored Merkle tree: {e}"))?;
             if old_root != old.root {
                 bail!(
                     "the --since checkpoint's root is not this log's root at size {}: the log was rewritten",
@@ -138,9 +144,14 @@ pub fn export(
             if chosen.is_empty() {
                 bail!("no run `{run}` in the evidence log (`edge-runner evidence show` lists runs)");
             }
-            let proofs = log.with_tree(|t| {
-                chosen.iter().map(|&i| bundle::encode_hashes(&t.inclusion_proof(i, tree_size))).collect()
-            });
+            let proofs = log
+                .with_tree(|t| {
+                    chosen
+                        .iter()
+                        .map(|&i| merkle::inclusion_proof_of(t, i as u64, size).map(|p| bundle::encode_hashes(&p)))
+                        .collect::<Result<Vec<_>, _>>()
+                })?
+                .map_err(|e| anyhow!("the stored Merkle tree: {e}"))?;
             (Scope::Run { run: run.clone(), proofs }, chosen)
         }
     };

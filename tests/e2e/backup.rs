@@ -374,14 +374,15 @@ fn a_store_made_by_this_release_opens_verifies_and_continues() {
 fn a_store_from_a_newer_runner_is_refused_and_left_untouched() {
     let env = home_with_fixture();
     let db = rusqlite::Connection::open(env.path("state/evidence/evidence.db")).unwrap();
-    db.pragma_update(None, "user_version", 2).unwrap();
+    let newer = edge_runner::store::schema::SCHEMA_VERSION + 1;
+    db.pragma_update(None, "user_version", newer).unwrap();
     drop(db);
     let before = files_under(&env.path("state/evidence"));
     let run = env.cli(&["exec", env.hostile("none").to_str().unwrap(), "--config", "runner.toml", "--json"]);
     assert_eq!(run.code(), 1, "{}", run.stdout());
     for needle in [
-        "has schema version 2, written by a newer edge-runner",
-        "understands versions up to 1",
+        &format!("has schema version {newer}, written by a newer edge-runner"),
+        &format!("understands versions up to {}", newer - 1),
         "Nothing in the store was changed",
         "restore the backup taken before the upgrade",
     ] {
@@ -405,7 +406,7 @@ fn a_store_from_a_newer_runner_is_refused_and_left_untouched() {
     assert_eq!(before, after, "the store was not modified");
 }
 
-/// Writes `tests/data/store-v1/` (run by hand, once per schema version:
+/// Writes `tests/data/store-v<SCHEMA_VERSION>/` (run by hand, once per schema version:
 /// `cargo test -p edge-runner --test e2e write_store_fixture -- --ignored`).
 /// A runner home with a policy and two approvers: a tier-0 run committed,
 /// a capsule refused, a tier-2 proposal waiting and then approved by two
@@ -455,7 +456,8 @@ fn write_store_fixture() {
     std::fs::remove_file(env.path("data/ok.txt")).unwrap();
     assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
 
-    let out = fixture();
+    let version = edge_runner::store::schema::SCHEMA_VERSION;
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/data/store-v{version}"));
     std::fs::create_dir_all(&out).unwrap();
     for f in ["evidence.db", "latest-checkpoint"] {
         std::fs::copy(env.path(&format!("state/evidence/{f}")), out.join(f)).unwrap();
@@ -471,7 +473,7 @@ fn write_store_fixture() {
     let outcomes: Vec<&Value> =
         log.iter().filter(|r| r["event"]["type"] == "completed").map(|r| &r["event"]["outcome"]).collect();
     let expect = serde_json::json!({
-        "schema_version": 1,
+        "schema_version": version,
         "runner": "test-runner",
         "records": log.len(),
         "event_types": types,

@@ -176,10 +176,15 @@ fn tip(env: &Env) -> (u64, Sha256Digest) {
 
 /// Append a record straight into the store, chained properly (what someone
 /// with write access to the state directory can do: the triggers only
-/// stop UPDATE and DELETE).
+/// stop UPDATE and DELETE), with its hashes in the persisted Merkle tree.
 fn append_raw(env: &Env, r: &Record) {
+    use edge_runner::store::tree::{self, StoredTree};
     let db = rusqlite::Connection::open(env.path("state/evidence/evidence.db")).unwrap();
     let body = String::from_utf8(r.canonical_bytes().unwrap()).unwrap();
+    let mut range = edge_core::merkle::compact_of(&StoredTree::new(&db, r.seq), r.seq).unwrap();
+    range.push_reporting(edge_core::merkle::leaf_hash(body.as_bytes()), |level, index, hash| {
+        tree::insert(&db, level, index, hash).unwrap();
+    });
     db.execute(
         "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         rusqlite::params![

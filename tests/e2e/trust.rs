@@ -237,12 +237,32 @@ fn a_store_cut_short_below_what_the_runner_signed_is_refused() {
         "DROP TRIGGER records_append_only_d; DELETE FROM records WHERE seq >= (SELECT max(seq) - 5 FROM records);",
     );
     start_fails(&env, "are missing");
-    // Deleting the checkpoints too does not help: one is kept outside.
+    // Cutting the persisted Merkle tree to match (every subtree that
+    // reaches past the last record left), and deleting the checkpoints,
+    // does not help: the newest signed checkpoint is kept outside.
+    sqlite(
+        &env,
+        "DROP TRIGGER tree_append_only_d; \
+         DELETE FROM tree WHERE ((idx + 1) << level) > (SELECT max(seq) + 1 FROM records);",
+    );
     sqlite(&env, "DROP TRIGGER checkpoints_append_only_d; DELETE FROM checkpoints;");
     start_fails(&env, &format!("signed a checkpoint of {before} records"));
     // (With rows, checkpoints and that file all deleted, what is left is a
     // valid shorter log: the documented limit; receipts and earlier exports
     // checked with `--since` catch it.)
+}
+
+#[test]
+fn a_persisted_tree_that_disagrees_with_the_records_is_refused_and_named() {
+    let env = with_history();
+    // The hash that summarises the oldest records (the highest complete
+    // subtree: part of every root the runner will compute), replaced.
+    sqlite(
+        &env,
+        "DROP TRIGGER tree_append_only_u; \
+         UPDATE tree SET hash = zeroblob(32) WHERE idx = 0 AND level = (SELECT max(level) FROM tree);",
+    );
+    start_fails(&env, "persisted Merkle tree");
 }
 
 #[test]

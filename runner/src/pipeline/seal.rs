@@ -73,7 +73,10 @@ impl Runner {
             _ => report.log.barrier_with_checkpoint(&self.identity, &self.config.name).await?,
         };
         let size = size_of(&note)?;
-        let hashes = self.log.with_tree(|t| t.inclusion_proof(index as usize, size));
+        let hashes = self
+            .log
+            .with_tree(|t| edge_core::merkle::inclusion_proof_of(t, index, size as u64))?
+            .map_err(|e| anyhow::anyhow!("the receipt's inclusion proof: {e}"))?;
         let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
         if self.receipt_files {
             let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));

@@ -25,14 +25,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
-use edge_core::evidence::{self, Event, GENESIS, RECORD_SCHEMA, Record};
-use edge_core::merkle::{self, CompactRange, Hash, MerkleStore};
+use edge_core::evidence::{Event, GENESIS, RECORD_SCHEMA, Record};
+use edge_core::merkle::{self, CompactRange, Hash};
 use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use crate::events::{ProposalEvent, ProposalEvents};
 use crate::store::index::LogIndex;
+use crate::store::tree::{self, StoredTree};
 
 /// Set on every connection that writes (the tables are in `crate::store::schema`).
 const PRAGMAS: &str = "
@@ -184,7 +185,7 @@ struct Writer {
     next_seq: u64,
     prev: Sha256Digest,
     range: CompactRange,
-    tree: Arc<Mutex<MerkleStore>>,
+    head: Arc<Mutex<Head>>,
     index: Arc<RwLock<LogIndex>>,
     /// Lifecycle changes of proposals, sent once their records are durable.
     events: ProposalEvents,
@@ -232,7 +233,6 @@ impl Writer {
             return;
         }
         let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(batch.len());
-        let mut new_leaves = Vec::new();
         let mut new_records = Vec::new();
         let tx_result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
@@ -271,9 +271,13 @@ impl Writer {
                                         std::str::from_utf8(&body).expect("canonical JSON is UTF-8"),
                                     ],
                                 )?;
-                                let leaf = merkle::leaf_hash(&body);
-                                self.range.push(leaf);
-                                new_leaves.push(leaf);
+                                let mut stored = Ok(());
+                                self.range.push_reporting(merkle::leaf_hash(&body), |level, index, hash| {
+                                    if stored.is_ok() {
+                                        stored = tree::insert(&tx, level, index, hash);
+                                    }
+                                });
+                                stored?;
                                 self.next_seq += 1;
                                 self.prev = hash;
                                 new_records.push(record.clone());
@@ -325,12 +329,7 @@ impl Writer {
             }
             return;
         }
-        {
-            let mut tree = self.tree.lock().expect("tree lock");
-            for l in new_leaves {
-                tree.push(l);
-            }
-        }
+        *self.head.lock().expect("head lock") = Head { size: self.next_seq, root: self.range.root() };
         let mut changes = Vec::new();
         {
             let mut index = self.index.write().expect("index lock");
@@ -402,7 +401,12 @@ pub struct EvidenceLog {
     /// The fold of every durable record (the writer folds records in on
     /// commit, before acknowledging them).
     index: Arc<RwLock<LogIndex>>,
-    tree: Arc<Mutex<MerkleStore>>,
+    /// The size and root of the durable log as this process verified and
+    /// extended it: what every record read back is checked against.
+    head: Arc<Mutex<Head>>,
+    /// Read-only connections, reused (proofs, records and artifacts read
+    /// back while the writer appends).
+    readers: Readers,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
     /// Proposal lifecycle events, for subscribers (`crate::events`).
@@ -620,24 +624,35 @@ impl EvidenceLog {
                 known.insert(d.parse::<Sha256Digest>().map_err(|e| anyhow!("artifact digest `{d}`: {e}"))?);
             }
         }
-        let (records, leaves, prev) = load_and_verify(&db).with_context(|| {
+        let (records, leaves) = tree::sizes(&db)?;
+        if leaves > records {
+            bail!(
+                "evidence store {}: its persisted Merkle tree covers {leaves} records but the store holds {records}: \
+                 records {records}..{} are missing (rows deleted, or `evidence.db-wal` lost). Restore the state \
+                 directory from a backup; do not start this runner on it",
+                path.display(),
+                leaves - 1
+            );
+        }
+        if records > leaves {
+            bail!(
+                "evidence store {}: {} no hashes in its persisted Merkle tree (it covers {leaves}): the store was \
+                 altered. Restore the state directory from a backup; do not start this runner on it",
+                path.display(),
+                if records - leaves == 1 {
+                    format!("record {leaves} has")
+                } else {
+                    format!("records {leaves}..{} have", records - 1)
+                }
+            );
+        }
+        let mut fold = LogIndex::default();
+        let tail = tree::verify_records(&db, 0, records, true, |r, _| drop(fold.push(&r))).with_context(|| {
             format!("evidence store {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
-        let mut range = CompactRange::default();
-        for l in &leaves {
-            range.push(*l);
-        }
-        let mut store = MerkleStore::default();
-        for l in leaves {
-            store.push(l);
-        }
-        let tree = Arc::new(Mutex::new(store));
-        let next_seq = records.len() as u64;
-        let mut fold = LogIndex::default();
-        for r in &records {
-            fold.push(r);
-        }
-        drop(records);
+        let head = Arc::new(Mutex::new(Head { size: records, root: tail.range.root() }));
+        let next_seq = records;
+        let (range, prev) = (tail.range, tail.prev);
         let index = Arc::new(RwLock::new(fold));
         let events = ProposalEvents::default();
         let writer = Writer {
@@ -645,7 +660,7 @@ impl EvidenceLog {
             next_seq,
             prev,
             range,
-            tree: tree.clone(),
+            head: head.clone(),
             index: index.clone(),
             events: events.clone(),
             poisoned: None,
@@ -658,7 +673,8 @@ impl EvidenceLog {
             handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
             dir: dir.to_path_buf(),
             index,
-            tree,
+            head,
+            readers: Readers { dir: dir.to_path_buf(), idle: Mutex::new(Vec::new()) },
             durable_wait: Arc::new(AtomicU64::new(0)),
             events,
             _lock: lock,
@@ -772,9 +788,20 @@ impl EvidenceLog {
     }
 
     /// The Merkle root of the first `size` records, if the log has them.
-    pub fn root_at(&self, size: u64) -> Option<Hash> {
-        let tree = self.tree.lock().expect("tree lock");
-        (size <= tree.size() as u64).then(|| tree.root(size as usize))
+    ///
+    /// # Errors
+    /// If the stored tree cannot be read.
+    pub fn root_at(&self, size: u64) -> Result<Option<Hash>> {
+        let head = self.head();
+        if size >= head.size {
+            return Ok((size == head.size).then_some(head.root));
+        }
+        self.with_tree(|t| merkle::root_of(t, size).map_err(|e| anyhow!("the stored Merkle tree: {e}")))?.map(Some)
+    }
+
+    /// The size and root of the durable log.
+    fn head(&self) -> Head {
+        *self.head.lock().expect("head lock")
     }
 
     /// Records in the log.
@@ -802,7 +829,7 @@ impl EvidenceLog {
     /// # Errors
     /// If the store cannot be read or the stored bytes do not match.
     pub fn read_artifact(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
-        let db = read_only(&self.dir)?;
+        let db = self.readers.get()?;
         let bytes: Option<Vec<u8>> = db
             .query_row("SELECT bytes FROM artifacts WHERE digest = ?1", [digest.to_string()], |r| r.get(0))
             .map(Some)
@@ -816,23 +843,33 @@ impl EvidenceLog {
     }
 
     /// Read the records at `seqs` (for one proposal's view), each checked
-    /// against the leaf the verified log holds for it: a row altered in the
-    /// store since it was verified is an error, never shown.
+    /// by an inclusion proof against the root this process verified and
+    /// extended: a row altered in the store since it was verified (with or
+    /// without the tree's hashes) is an error, never shown.
     ///
     /// # Errors
-    /// If the store cannot be read, a record is missing, or it does not
-    /// match its leaf.
+    /// If the store cannot be read, a record is missing, or it is not the
+    /// leaf the log's root commits to.
     pub fn read_records_at(&self, seqs: &[u64]) -> Result<Vec<Record>> {
-        let db = read_only(&self.dir)?;
+        let head = self.head();
+        let db = self.readers.get()?;
+        let tree = StoredTree::new(&db, head.size);
         let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
-            let body: String = stmt.query_row([seq as i64], |r| r.get(0))?;
-            let leaf = merkle::leaf_hash(body.as_bytes());
-            let known = self.with_tree(|t| t.leaves().get(seq as usize).copied());
-            if known != Some(leaf) {
-                bail!("record {seq} in the store is not the record the log verified: the store was altered");
+            let altered =
+                || anyhow!("record {seq} in the store is not the record the log verified: the store was altered");
+            if seq >= head.size {
+                bail!("record {seq} is beyond the log's {} records", head.size);
             }
+            let body: String = stmt.query_row([seq as i64], |r| r.get(0)).map_err(|_| altered())?;
+            let proof: Vec<Vec<u8>> = merkle::inclusion_proof_of(&tree, seq, head.size)
+                .map_err(|e| anyhow!("record {seq}: the stored Merkle tree: {e}"))?
+                .iter()
+                .map(|h| h.to_vec())
+                .collect();
+            merkle::verify_inclusion(seq, head.size, &merkle::leaf_hash(body.as_bytes()), &proof, &head.root)
+                .map_err(|_| altered())?;
             out.push(serde_json::from_str(&body).with_context(|| format!("record {seq} does not parse"))?);
         }
         Ok(out)
@@ -843,16 +880,22 @@ impl EvidenceLog {
     /// # Errors
     /// If the store cannot be read.
     pub fn run_seqs(&self, run: &str) -> Result<Vec<u64>> {
-        let db = read_only(&self.dir)?;
-        let mut stmt = db.prepare("SELECT seq FROM records WHERE run = ?1 ORDER BY seq")?;
+        let db = self.readers.get()?;
+        let mut stmt = db.prepare_cached("SELECT seq FROM records WHERE run = ?1 ORDER BY seq")?;
         let seqs = stmt.query_map([run], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
         Ok(seqs.into_iter().map(|s| s as u64).collect())
     }
 
-    /// Read the Merkle tree of every durable record (roots and proofs for
-    /// any size so far in O(log² n)).
-    pub fn with_tree<R>(&self, f: impl FnOnce(&MerkleStore) -> R) -> R {
-        f(&self.tree.lock().expect("tree lock"))
+    /// Read the Merkle tree of every durable record from the store (roots
+    /// and proofs for any size so far in O(log² n) rows:
+    /// `edge_core::merkle::{root_of, inclusion_proof_of, …}`).
+    ///
+    /// # Errors
+    /// If no connection to the store can be opened.
+    pub fn with_tree<R>(&self, f: impl FnOnce(&StoredTree<'_>) -> R) -> Result<R> {
+        let size = self.head().size;
+        let db = self.readers.get()?;
+        Ok(f(&StoredTree::new(&db, size)))
     }
 
     /// Count time spent making something else of the run durable (the
@@ -868,6 +911,56 @@ impl EvidenceLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// The durable log's size and root.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    size: u64,
+    root: Hash,
+}
+
+/// Read-only connections to the store, reused.
+#[derive(Debug)]
+struct Readers {
+    dir: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Most idle read-only connections kept.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn get(&self) -> Result<Reader<'_>> {
+        let idle = self.idle.lock().expect("readers lock").pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => read_only(&self.dir)?,
+        };
+        Ok(Reader { pool: self, conn: Some(conn) })
+    }
+}
+
+/// A read-only connection, back to the pool when dropped.
+struct Reader<'a> {
+    pool: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        let mut idle = self.pool.idle.lock().expect("readers lock");
+        if idle.len() < IDLE_READERS {
+            idle.extend(self.conn.take());
+        }
     }
 }
 
@@ -895,37 +988,24 @@ pub fn read_only(dir: &Path) -> Result<Connection> {
         .with_context(|| format!("cannot open evidence store {}", path.display()))
 }
 
-/// Read and verify a store without writing to it: records and leaf hashes.
+/// Read and verify a store without writing to it: records and leaf hashes
+/// (every record in memory: for tools and tests on logs of modest size).
 ///
 /// # Errors
 /// If it cannot be read or fails verification (naming the record).
 pub fn load_verified(dir: &Path) -> Result<(Vec<Record>, Vec<Hash>)> {
     crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
     let db = read_only(dir)?;
-    let (records, leaves, _) = load_and_verify(&db)?;
-    Ok((records, leaves))
-}
-
-/// Load every record, checking canonical form, sequence and chain links.
-fn load_and_verify(db: &Connection) -> Result<(Vec<Record>, Vec<Hash>, Sha256Digest)> {
-    let mut stmt = db.prepare("SELECT seq, hash, body FROM records ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
-    let mut records = Vec::new();
-    let mut leaves = Vec::new();
-    let mut prev = GENESIS;
-    while let Some(row) = rows.next()? {
-        let (seq, hash, body): (i64, String, String) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let r = evidence::check_record(body.as_bytes(), records.len() as u64, prev)
-            .map_err(|e| anyhow!("record {seq}: {e}"))?;
-        let h = Sha256Digest::of(body.as_bytes());
-        if h.to_string() != hash {
-            bail!("record {seq}: stored hash column does not match the record");
-        }
-        leaves.push(merkle::leaf_hash(body.as_bytes()));
-        prev = h;
+    // A store not yet migrated (a backup's copy of an older one) has no
+    // tree to compare with; its chain is checked all the same.
+    let has_tree = matches!(crate::store::schema::found(&db)?, crate::store::schema::Found::At(v) if v >= 2);
+    let size: i64 = db.query_row("SELECT coalesce(max(seq) + 1, 0) FROM records", [], |r| r.get(0))?;
+    let (mut records, mut leaves) = (Vec::new(), Vec::new());
+    tree::verify_records(&db, 0, size as u64, has_tree, |r, leaf| {
         records.push(r);
-    }
-    Ok((records, leaves, prev))
+        leaves.push(leaf);
+    })?;
+    Ok((records, leaves))
 }
 
 #[cfg(test)]

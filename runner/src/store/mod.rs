@@ -1,5 +1,5 @@
 //! The runner's state directory: the evidence log (`log`) and its schema
-//! version (`schema`), the fold of it the runner works from (`index`), the
+//! version (`schema`), its Merkle tree on disk (`tree`), the fold of it the runner works from (`index`), the
 //! check of the store against what the runner signed (`trust`) and
 //! file-system helpers (`fs`).
 
@@ -7,4 +7,5 @@ pub mod fs;
 pub mod index;
 pub mod log;
 pub mod schema;
+pub mod tree;
 pub mod trust;

@@ -7,7 +7,8 @@
 //! | version | what |
 //! | --- | --- |
 //! | 0 | a new, empty file; or a store made before versions were stamped (releases up to and including the one that introduced this module), whose tables are exactly version 1: it is stamped 1 at its next open |
-//! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE`]; `docs/evidence.md#store`) |
+//! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE_V1`]; `docs/evidence.md#store`) |
+//! | 2 | adds `tree`, the Merkle tree's subtree hashes, append-only, and the index `records_by_type` (`crate::store::tree`): opening the store no longer reads every record |
 //!
 //! At open ([`refuse_newer`], then [`prepare`]):
 //!
@@ -39,7 +40,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this runner writes, and the newest it understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// One step forward: takes a store at version `to - 1` to version `to`.
 #[derive(Debug, Clone, Copy)]
@@ -53,11 +54,21 @@ pub struct Migration {
 }
 
 /// Every step from version 1 on, in order (`MIGRATIONS[i].to == i + 2`).
-/// Empty: version 1 is the first stamped schema.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to: 2,
+    what: "the Merkle tree's subtree hashes beside the records (built from every record, each verified)",
+    apply: crate::store::tree::migrate,
+}];
 
-/// The tables of a new store at [`SCHEMA_VERSION`] (version 1).
-pub const CREATE: &str = "
+/// A new store at [`SCHEMA_VERSION`]: the tables of version 1, then those
+/// each later version added.
+fn create(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch(CREATE_V1)?;
+    db.execute_batch(crate::store::tree::CREATE)
+}
+
+/// The tables of version 1.
+pub const CREATE_V1: &str = "
 CREATE TABLE IF NOT EXISTS records (
     seq   INTEGER PRIMARY KEY,   -- position in the log, from 0, no gaps
     run   TEXT NOT NULL,         -- run id (or 'policy' / 'runner' for runner-level records)
@@ -195,7 +206,7 @@ fn bring_forward(db: &mut Connection, path: &Path, target: u32, steps: &[Migrati
         Found::At(v) => v,
         Found::New => {
             let tx = db.transaction()?;
-            tx.execute_batch(CREATE).with_context(|| format!("cannot create the evidence store {}", path.display()))?;
+            create(&tx).with_context(|| format!("cannot create the evidence store {}", path.display()))?;
             tx.pragma_update(None, "user_version", target)?;
             tx.commit()?;
             return Ok(target);
@@ -250,20 +261,23 @@ mod tests {
         assert_eq!(prepare(&mut db, &path).unwrap(), SCHEMA_VERSION);
         assert_eq!(version(&db), i64::from(SCHEMA_VERSION));
 
-        // A store from before versions were stamped: version-1 tables, version 0.
+        // A store from before versions were stamped: version-1 tables,
+        // version 0. It is stamped 1, then brought forward.
         let old = t.path().join("old.db");
         let mut db = Connection::open(&old).unwrap();
-        db.execute_batch(CREATE).unwrap();
+        db.execute_batch(CREATE_V1).unwrap();
         assert_eq!(version(&db), 0);
         assert_eq!(found(&db).unwrap(), Found::At(1));
-        assert_eq!(prepare(&mut db, &old).unwrap(), 1);
+        assert_eq!(bring_forward(&mut db, &old, 1, &[]).unwrap(), 1);
         assert_eq!(version(&db), 1);
+        assert_eq!(prepare(&mut db, &old).unwrap(), SCHEMA_VERSION);
+        assert_eq!(version(&db), i64::from(SCHEMA_VERSION));
     }
 
     #[test]
     fn an_older_store_is_migrated_step_by_step_and_a_failed_step_leaves_it_where_it_was() {
         fn add_index(db: &Connection) -> rusqlite::Result<()> {
-            db.execute_batch("CREATE INDEX records_by_type ON records (type);")
+            db.execute_batch("CREATE INDEX records_by_time ON records (time);")
         }
         fn add_table(db: &Connection) -> rusqlite::Result<()> {
             db.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL);")
@@ -272,7 +286,7 @@ mod tests {
             db.execute_batch("CREATE TABLE half (x); UPDATE records SET body = 'rewritten';")
         }
         let steps = [
-            Migration { to: 2, what: "index records by type", apply: add_index },
+            Migration { to: 2, what: "index records by time", apply: add_index },
             Migration { to: 3, what: "a notes table", apply: add_table },
         ];
         let t = tempfile::tempdir().unwrap();
@@ -283,7 +297,7 @@ mod tests {
         assert_eq!(bring_forward(&mut db, &path, 3, &steps).unwrap(), 3);
         assert_eq!(version(&db), 3);
         let objects: i64 = db
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('records_by_type', 'notes')", [], |r| {
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('records_by_time', 'notes')", [], |r| {
                 r.get(0)
             })
             .unwrap();

@@ -92,14 +92,17 @@ pub trait History {
     /// Records in the store.
     fn records(&self) -> u64;
     /// The root of the first `size` records, if the store has them.
-    fn root_at(&self, size: u64) -> Option<Hash>;
+    ///
+    /// # Errors
+    /// If the store's tree cannot be read.
+    fn root_at(&self, size: u64) -> Result<Option<Hash>>;
 }
 
 impl History for EvidenceLog {
     fn records(&self) -> u64 {
         EvidenceLog::len(self)
     }
-    fn root_at(&self, size: u64) -> Option<Hash> {
+    fn root_at(&self, size: u64) -> Result<Option<Hash>> {
         EvidenceLog::root_at(self, size)
     }
 }
@@ -108,8 +111,8 @@ impl History for MerkleStore {
     fn records(&self) -> u64 {
         self.size() as u64
     }
-    fn root_at(&self, size: u64) -> Option<Hash> {
-        (size <= self.size() as u64).then(|| self.root(size as usize))
+    fn root_at(&self, size: u64) -> Result<Option<Hash>> {
+        Ok((size <= self.size() as u64).then(|| self.root(size as usize)))
     }
 }
 
@@ -164,7 +167,7 @@ fn check_one(log: &dyn History, what: &str, signed: &str, keys: &KeysAt<'_>) -> 
             cp.size - 1
         );
     }
-    if log.root_at(cp.size) != Some(cp.root) {
+    if log.root_at(cp.size)? != Some(cp.root) {
         bail!(
             "the store's first {} records are not the ones the runner signed ({what}): the log was rewritten. Restore \
              the state directory from a backup; do not start this runner on it",
