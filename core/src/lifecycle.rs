@@ -7,21 +7,21 @@
 //! plus, above tier 0, the run that executed it once approvals were
 //! presented (its `quorum` record names the proposal).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::Sha256Digest;
 use crate::approval::CounterLedger;
 use crate::approval::quorum::Outcome as QuorumOutcome;
 use crate::evidence::{Event, Outcome, PasskeyUse, Record};
 use crate::policy::Decision;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The runs of runner-level records (key events, policy changes, expiries,
 /// insecure switches, failed cleanups): not capsule runs.
 pub const RUNNER_RUNS: [&str; 2] = ["runner", "policy"];
 
 /// Where a proposal is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     Submitted,
@@ -84,7 +84,7 @@ impl State {
 }
 
 /// One approval as the log recorded it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApprovalView {
     pub principal: Option<String>,
     pub verdict: Option<String>,
@@ -95,7 +95,7 @@ pub struct ApprovalView {
 }
 
 /// A proposal, as `GET /v1/proposals/{id}` returns it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProposalView {
     pub id: String,
     pub state: State,
@@ -148,28 +148,132 @@ pub struct Folded {
 
 /// The proposals of a log, folded one record at a time (the runner keeps
 /// one up to date as records commit, instead of keeping the records).
+///
+/// A [`ProposalIndex::bounded`] index (the runner's) keeps only the views
+/// it is working on: the rest live in the runner's store, are loaded when a
+/// record names them ([`ProposalIndex::push_with`]), and what changed is
+/// handed over ([`ProposalIndex::changed`]) before views are dropped again
+/// ([`ProposalIndex::evict`]).
 #[derive(Debug, Default)]
 pub struct ProposalIndex {
+    /// Submission order (not kept by a bounded index).
     order: Vec<String>,
     by_id: HashMap<String, ProposalView>,
     /// Runs in progress that continue an earlier proposal, and which (any
     /// other run belongs to its own proposal, `proposal_id(run)`).
     run_to_id: HashMap<String, String>,
+    /// Bounded: proposals changed, and removed (merged into the proposal a
+    /// run continues), since the last [`ProposalIndex::changed`].
+    bounded: Option<(BTreeSet<String>, BTreeSet<String>)>,
+}
+
+/// What changed in a bounded index: the views to store, the ids to remove.
+#[derive(Debug, Clone, Default)]
+pub struct Changed {
+    pub views: Vec<ProposalView>,
+    pub removed: Vec<String>,
+}
+
+/// Whether a proposal's state is final for the lifecycle (it may still
+/// gain records: a late approval, refused, is recorded under it).
+pub fn is_final(state: State) -> bool {
+    matches!(
+        state,
+        State::Refused
+            | State::Rejected
+            | State::Expired
+            | State::Committed
+            | State::Completed
+            | State::RolledBack
+            | State::Failed
+    )
 }
 
 impl ProposalIndex {
-    /// Every proposal, in submission order.
+    /// An index that keeps no order and only the views it works on,
+    /// resuming with the runs in progress that continue a proposal.
+    pub fn bounded(continuing: HashMap<String, String>) -> Self {
+        Self { run_to_id: continuing, bounded: Some(Default::default()), ..Self::default() }
+    }
+
+    /// Every proposal, in submission order (an unbounded index).
     pub fn iter(&self) -> impl Iterator<Item = &ProposalView> {
         self.order.iter().filter_map(|id| self.by_id.get(id))
     }
 
+    /// A proposal this index holds (a bounded one: only those in memory).
     pub fn get(&self, id: &str) -> Option<&ProposalView> {
         self.by_id.get(id)
     }
 
+    /// Runs in progress continuing an earlier proposal: run → proposal.
+    pub fn continuing(&self) -> &HashMap<String, String> {
+        &self.run_to_id
+    }
+
+    /// Bounded: the views changed and the ids removed since the last call
+    /// (copies; the views stay until [`ProposalIndex::evict`]).
+    pub fn changed(&mut self) -> Changed {
+        let Some((changed, removed)) = &mut self.bounded else { return Changed::default() };
+        let (changed, removed) = (std::mem::take(changed), std::mem::take(removed));
+        Changed {
+            views: changed.iter().filter_map(|id| self.by_id.get(id)).cloned().collect(),
+            removed: removed.into_iter().filter(|id| !self.by_id.contains_key(id)).collect(),
+        }
+    }
+
+    /// Bounded: drop the views not worth keeping in memory (they are
+    /// loaded again when a record names them). Views changed since the last
+    /// [`ProposalIndex::changed`] and views a run in progress continues are
+    /// always kept.
+    pub fn evict(&mut self, keep: impl Fn(&ProposalView) -> bool) {
+        let Some((changed, _)) = &self.bounded else { return };
+        let continued: BTreeSet<&String> = self.run_to_id.values().collect();
+        self.by_id.retain(|id, v| keep(v) || changed.contains(id) || continued.contains(id));
+    }
+
+    /// Views in memory.
+    pub fn in_memory(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Fold in the next record of the log (see [`ProposalIndex::push_with`]).
+    pub fn push(&mut self, r: &Record) -> Option<Folded> {
+        self.push_with(r, &mut |_| None)
+    }
+
     /// Fold in the next record of the log; returns the proposal it was
     /// folded into (none for runner-level records other than an expiry).
-    pub fn push(&mut self, r: &Record) -> Option<Folded> {
+    /// `load` gives a proposal this index does not hold (a bounded index's
+    /// store; `None`: it does not exist).
+    pub fn push_with(&mut self, r: &Record, load: &mut dyn FnMut(&str) -> Option<ProposalView>) -> Option<Folded> {
+        // Every proposal the record can touch, in memory first.
+        let runner_level = RUNNER_RUNS.contains(&r.run.as_str());
+        let mut wanted = if runner_level { Vec::new() } else { vec![proposal_id(&r.run)] };
+        match &r.event {
+            Event::ProposalExpired { proposal, .. }
+            | Event::Resumed { proposal, .. }
+            | Event::ApprovalReceived { proposal, .. }
+            | Event::Quorum { proposal, .. } => wanted.push(proposal.clone()),
+            _ => {}
+        }
+        wanted.extend(self.run_to_id.get(r.run.as_str()).cloned());
+        for id in wanted {
+            if !self.by_id.contains_key(&id)
+                && let Some(v) = load(&id)
+            {
+                self.by_id.insert(id, v);
+            }
+        }
+        let folded = self.fold(r);
+        if let (Some((changed, _)), Some(f)) = (&mut self.bounded, &folded) {
+            changed.insert(f.proposal.clone());
+        }
+        folded
+    }
+
+    fn fold(&mut self, r: &Record) -> Option<Folded> {
+        let keep_order = self.bounded.is_none();
         let (order, by_id, run_to_id) = (&mut self.order, &mut self.by_id, &mut self.run_to_id);
         if RUNNER_RUNS.contains(&r.run.as_str()) {
             if let Event::ProposalExpired { proposal, .. } = &r.event
@@ -206,6 +310,12 @@ impl ProposalIndex {
             {
                 order.remove(i);
             }
+            if mine.is_some()
+                && let Some((changed, removed)) = &mut self.bounded
+            {
+                changed.remove(&own);
+                removed.insert(own.clone());
+            }
             let target = by_id.get_mut(p).expect("checked");
             target.records.extend(mine.into_iter().flat_map(|m| m.records));
             if !target.runs.contains(&r.run) {
@@ -216,7 +326,9 @@ impl ProposalIndex {
         let id = run_to_id.get(r.run.as_str()).cloned().unwrap_or_else(own);
         let before = by_id.get(&id).map_or(State::Submitted, |v| v.state);
         if !by_id.contains_key(&id) {
-            order.push(id.clone());
+            if keep_order {
+                order.push(id.clone());
+            }
             let view = ProposalView {
                 id: id.clone(),
                 state: State::Submitted,
@@ -352,6 +464,9 @@ pub struct Settlements {
     /// Passkey uses accepted in runs whose quorum is not recorded yet: run →
     /// (nonce, key, use).
     pending: HashMap<String, Vec<(String, String, PasskeyUse)>>,
+    /// The counters noted in [`Settlements::counters`], in order, since
+    /// the last [`Settlements::take_noted`] (the runner stores them).
+    noted: Vec<(String, u64, u32)>,
 }
 
 impl Settlements {
@@ -379,6 +494,7 @@ impl Settlements {
                         }
                         for (_, key, u) in pending.iter().filter(|(n, ..)| nonces.contains(n)) {
                             self.counters.note(key, u.issued_at, u.counter);
+                            self.noted.push((key.clone(), u.issued_at, u.counter));
                         }
                         self.executed.entry(proposal.clone()).or_insert(r.seq);
                         self.settled.entry(proposal.clone()).or_insert(r.seq);
@@ -397,6 +513,21 @@ impl Settlements {
             }
             _ => {}
         }
+    }
+
+    /// Passkey uses waiting for their run's quorum (run → (nonce, key, use)).
+    pub fn pending(&self) -> &HashMap<String, Vec<(String, String, PasskeyUse)>> {
+        &self.pending
+    }
+
+    /// Resume with the passkey uses of runs in progress.
+    pub fn set_pending(&mut self, pending: HashMap<String, Vec<(String, String, PasskeyUse)>>) {
+        self.pending = pending;
+    }
+
+    /// The counters noted since the last call: (key, issued at, counter).
+    pub fn take_noted(&mut self) -> Vec<(String, u64, u32)> {
+        std::mem::take(&mut self.noted)
     }
 
     /// The record before `seq` at which `nonce` was spent, if any.

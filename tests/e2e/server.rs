@@ -454,7 +454,8 @@ fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
     rt().block_on(async {
         let mut c = server.client(&env, "agent");
         let list = c.get("/v1/proposals").await.unwrap().json().unwrap();
-        let last = list["proposals"].as_array().unwrap().last().unwrap().clone();
+        // Newest first.
+        let last = list["proposals"].as_array().unwrap().first().unwrap().clone();
         assert_eq!(last["state"], "failed", "{last:#}");
         let log = env.evidence();
         let run = last["runs"][0].as_str().unwrap();
@@ -568,17 +569,63 @@ fn a_runner_whose_evidence_log_fails_verification_refuses_to_serve() {
         assert_eq!(submit(&mut agent, &capsule(&env, "none", false)).await.status, StatusCode::CREATED);
     });
     server.kill();
-    // Someone with write access to the database rewrites a record.
     let db = env.path("state/evidence/evidence.db");
-    let sql = "DROP TRIGGER records_append_only_u; \
-               UPDATE records SET body = replace(body, 'create ok.txt', 'create OK.txt') WHERE type = 'planned';";
-    let st = Command::new("sqlite3").arg(&db).arg(sql).status().expect("sqlite3 (installed by scripts/test.sh)");
-    assert!(st.success());
-    let out = Command::new(BIN).args(["serve", "--config", "runner.toml"]).current_dir(env.path("")).output().unwrap();
+    let sqlite = |sql: &str| {
+        let st = Command::new("sqlite3").arg(&db).arg(sql).status().expect("sqlite3 (installed by scripts/test.sh)");
+        assert!(st.success(), "{sql}");
+    };
+    let serve = || Command::new(BIN).args(["serve", "--config", "runner.toml"]).current_dir(env.path("")).output();
+
+    // A record slipped in after the last one (a copy of it, so the chain
+    // check alone would have to find it): a start compares the records
+    // with the persisted tree, and refuses.
+    let last: i64 = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("SELECT size FROM checkpoints ORDER BY size DESC LIMIT 1", [], |r| r.get(0)).unwrap()
+    };
+    sqlite(&format!(
+        "INSERT INTO records (seq, run, type, time, prev, hash, body) \
+         SELECT {last}, run, type, time, prev, hash, body FROM records WHERE seq = {last} - 1 \
+           AND NOT EXISTS (SELECT 1 FROM records WHERE seq = {last});"
+    ));
+    let out = serve().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("failed verification") && stderr.contains("refuses"), "{stderr}");
+    assert!(stderr.contains("has no hashes in its persisted Merkle tree") && stderr.contains("altered"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    sqlite(&format!("DROP TRIGGER records_append_only_d; DELETE FROM records WHERE seq >= {last};"));
+
+    // One below it, rewritten by someone with write access to the database
+    // (the planned record): a start only reads what the signed checkpoint's
+    // tree summarises, so the runner serves, but the full check it runs in
+    // the background finds the record and stops the evidence writer: no
+    // run is accepted, and the log says why.
+    sqlite(
+        "DROP TRIGGER records_append_only_u; \
+         UPDATE records SET body = replace(body, 'create ok.txt', 'create OK.txt') WHERE type = 'planned';",
+    );
+    let log = env.path("serve.log");
+    let server = Server::start_with(&env, 1, Stdio::from(std::fs::File::create(&log).unwrap()), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("full evidence check failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("record ") && text.contains("refuses to run on a broken log"), "{text}");
+    std::fs::remove_file(env.path("data/ok.txt")).ok();
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let r = submit(&mut agent, &capsule(&env, "none", false)).await;
+        assert_ne!(r.status, StatusCode::CREATED, "a runner on a broken log runs nothing");
+    });
+    assert!(!env.path("data/ok.txt").exists(), "nothing ran");
+    server.kill();
+
+    // The same, by hand, while it serves or not: `evidence check --full`.
+    let full = env.cli(&["evidence", "check", "--config", "runner.toml", "--full"]);
+    assert_eq!(full.code(), 3, "{}", full.stdout());
+    assert!(full.stdout().contains("FAILED") && full.stdout().contains("record "), "{}", full.stdout());
 }
 
 /// Send raw bytes over a TLS connection with the agent's certificate and
@@ -896,5 +943,59 @@ fn a_capsule_submitted_by_reference_needs_a_component_the_runner_holds_and_passe
         let half = serde_json::to_vec(&json!({ "manifest": b64(file.manifest_bytes()) })).unwrap();
         let r = agent.post("/v1/proposals", half, "application/json").await.unwrap();
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.error_message());
+    });
+}
+
+#[test]
+fn proposals_are_listed_newest_first_a_page_at_a_time_and_filtered() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let r = submit(&mut agent, &capsule(&env, "none", false)).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+            ids.push(r.json().unwrap()["id"].as_str().unwrap().to_owned());
+            std::fs::remove_file(env.path("data/ok.txt")).ok();
+        }
+        ids.reverse();
+        let mut c = server.client(&env, "approver");
+        let mut get = async |path: &str| {
+            let r = c.get(path).await.unwrap();
+            (r.status, r.json().unwrap_or_default())
+        };
+        let listed = |v: &Value| -> Vec<String> {
+            v["proposals"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+        };
+        // Two pages of two, newest first; the second has no next page.
+        let (status, first) = get("/v1/proposals?limit=2").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(listed(&first), ids[..2]);
+        let next = first["next"].as_str().expect("a full page names the next").to_owned();
+        let (_, second) = get(&format!("/v1/proposals?limit=2&before={next}")).await;
+        assert_eq!(listed(&second), ids[2..]);
+        assert!(second["next"].is_null(), "{second:#}");
+        // Filters: state, tier, submission time.
+        assert_eq!(listed(&get("/v1/proposals?state=committed&tier=0").await.1), ids);
+        assert!(listed(&get("/v1/proposals?state=awaiting-approval").await.1).is_empty());
+        assert!(listed(&get("/v1/proposals?tier=2").await.1).is_empty());
+        assert_eq!(listed(&get("/v1/proposals?since=2020-01-01T00:00:00Z").await.1), ids);
+        assert!(listed(&get("/v1/proposals?since=2999-01-01T00:00:00Z").await.1).is_empty());
+        assert!(listed(&get("/v1/proposals?until=2020-01-01T00:00:00Z").await.1).is_empty());
+        // Bad parameters are named, with what is expected (and neutralised).
+        for (query, needle) in [
+            ("limit=0", "limit `0` is not 1..1000"),
+            ("limit=5000", "limit `5000` is not 1..1000"),
+            ("before=x%1b%5b31m", "before `x\\u{001b}[31m` is not a cursor"),
+            ("since=yesterday", "since `yesterday` is not an RFC 3339 time"),
+            ("tier=12", "tier `12` is not a tier 0..9"),
+            ("state=bogus", "unknown state `bogus`"),
+        ] {
+            let (status, body) = get(&format!("/v1/proposals?{query}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(needle) && !error.contains('\x1b'), "{query}: {body}");
+        }
     });
 }

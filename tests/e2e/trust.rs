@@ -346,3 +346,37 @@ fn an_executable_lands_when_the_plan_declares_it_and_only_with_the_declared_mode
     crate::hostile::assert_refused(&env, &run, "apply.diff_mismatch", &before);
     assert!(run.detail().contains("0755") && run.detail().contains("0644"), "{}", run.detail());
 }
+
+#[test]
+fn the_stored_fold_is_checked_in_full_and_rebuilt_from_the_records_when_missing() {
+    let env = with_history();
+    let check = |full: bool| {
+        let mut args = vec!["evidence", "check", "--config", "runner.toml"];
+        if full {
+            args.push("--full");
+        }
+        env.cli(&args)
+    };
+    let ok = check(true);
+    assert_eq!(ok.code(), 0, "{}", ok.stdout());
+    assert!(ok.stdout().contains("verified in full") && ok.stdout().contains("2 proposals"), "{}", ok.stdout());
+    assert_eq!(check(false).code(), 0);
+    // The fold is derived, not signed: someone who rewrites a proposal's
+    // stored view is caught by the full check, which folds the records again.
+    sqlite(&env, "UPDATE proposals SET view = replace(view, '\"committed\"', '\"failed\"');");
+    let bad = check(true);
+    assert_eq!(bad.code(), 3, "{}", bad.stdout());
+    assert!(
+        bad.stdout().contains("stored fold of the log differs") && bad.stdout().contains("another view"),
+        "{}",
+        bad.stdout()
+    );
+    // The way out it names: delete the fold; the next start rebuilds it
+    // from the records, and the runner carries on.
+    sqlite(&env, "DELETE FROM fold;");
+    std::fs::remove_file(env.path("data/ok.txt")).ok();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
+    let again = check(true);
+    assert_eq!(again.code(), 0, "{}", again.stdout());
+    assert!(again.stdout().contains("3 proposals"), "{}", again.stdout());
+}

@@ -55,7 +55,7 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
     for l in &leaves {
         tree.push(*l);
     }
-    let mut index = LogIndex::default();
+    let mut index = LogIndex::in_memory();
     for r in &records {
         index.push(r);
     }

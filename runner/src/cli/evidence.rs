@@ -29,6 +29,21 @@ pub enum EvidenceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the evidence store without stopping the runner (it only
+    /// reads): as a start does, or with --full every record, tree hash,
+    /// signed checkpoint and the stored fold. Exit 3 if it does not hold.
+    Check {
+        /// The runner config (runner.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Read and check everything (minutes on a long log; `serve` also
+        /// runs it in the background after every start).
+        #[arg(long)]
+        full: bool,
+        /// Show progress on stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Print one stored artifact (checked against its digest).
     Artifact {
         /// The runner config (runner.toml).
@@ -128,6 +143,52 @@ pub enum EvidenceCommand {
 /// Run an evidence command.
 ///
 /// # Errors
+/// `evidence check`.
+fn check(config: &Path, full: bool, progress: bool, out: &mut dyn Write) -> Result<Exit> {
+    use std::io::IsTerminal as _;
+    let config = RunnerConfig::load(config)?;
+    let identity = crate::identity::load_identity(&config)?;
+    let dir = config.state_dir.join("evidence");
+    let show = progress || std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let result = if full {
+        let mut report = |done: u64, total: u64| {
+            if show {
+                eprint!("\rchecking: records {done}/{total}");
+                if done == total {
+                    eprintln!();
+                }
+            }
+        };
+        crate::store::check::full(&dir, &config.name, identity.verifier(), &mut report).map(|c| {
+            format!(
+                "evidence store verified in full: {} records, {} signed checkpoints, {} proposals ({:.1} s)",
+                c.records,
+                c.checkpoints,
+                c.proposals,
+                started.elapsed().as_secs_f32()
+            )
+        })
+    } else {
+        crate::store::check::quick(&dir, &config.name, identity.verifier()).map(|n| {
+            format!(
+                "evidence store verified as a start verifies it: {n} records (the records since the last signed \
+                 checkpoint, the tree against it; `--full` reads everything)"
+            )
+        })
+    };
+    match result {
+        Ok(line) => {
+            writeln!(out, "{line}")?;
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            writeln!(out, "FAILED: {}", edge_core::text::line(&format!("{e:#}")))?;
+            Ok(Exit::Refused)
+        }
+    }
+}
+
 /// Usage and I/O errors; a failed verification is exit code 3, not an error.
 pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
     match c {
@@ -244,6 +305,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
             Ok(Exit::Ok)
         }
+        EvidenceCommand::Check { config, full, progress } => check(&config, full, progress, out),
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             let signer = crate::identity::load_identity(&config)?;

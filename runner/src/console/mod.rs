@@ -64,6 +64,7 @@ use crate::config::console::ConsoleSettings;
 use crate::pipeline::{Proposal, unix_now};
 use crate::server::api::{Resp, body, error, json_reply, reply};
 use crate::service::{ApproveReply, QueueError, RunService};
+use crate::store::fold::Query;
 use session::{Ceremony, Session, Sessions};
 
 /// Largest console request body (a WebAuthn credential, a comment).
@@ -344,7 +345,12 @@ impl Console {
     fn list_page(&self, s: &Session) -> String {
         let (mut mine, mut others) = (Vec::new(), Vec::new());
         let registry = self.registry();
-        for v in self.runs.list(Some(State::AwaitingApproval)) {
+        let waiting = Query { state: Some(State::AwaitingApproval), limit: 1000, ..Query::default() };
+        let waiting = self.runs.list(&waiting).map(|(page, _)| page).unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot list the proposals waiting");
+            Vec::new()
+        });
+        for v in waiting {
             if self.may_decide(registry.as_deref(), &s.principal, &v).is_ok() {
                 mine.push(v);
             } else {

@@ -20,6 +20,7 @@ use super::preview::{Previewed, proposal_named};
 use super::proposal::{PROPOSAL_SCHEMA, Proposal, proposal_path, unix_now};
 use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use crate::sandbox::{Authority, Prepared};
+use crate::store::fold::Spent;
 
 /// Why a run above tier 0 was not authorized.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,19 @@ impl Runner {
     }
 
     /// Whether the log records a met quorum for the proposal.
-    pub(crate) fn executed(&self, id: &str) -> bool {
-        self.log.index().settlements.executed.contains_key(id)
+    ///
+    /// # Errors
+    /// If the store cannot be read (nothing is authorized then).
+    pub(crate) fn executed(&self, id: &str) -> Result<bool> {
+        Ok(self.log.spent(Spent::Executed, id)?.is_some())
+    }
+
+    /// Whether the log records the proposal's expiry.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub(crate) fn expired(&self, id: &str) -> Result<bool> {
+        Ok(self.log.spent(Spent::Expired, id)?.is_some())
     }
 
     /// Single use: an approval whose nonce a met quorum in the log spent, or
@@ -123,16 +135,29 @@ impl Runner {
     /// credential's approvals the log consumed, or that came earlier in this
     /// batch, is refused (`approval.counter_regressed`: a cloned
     /// authenticator).
-    pub(crate) fn single_use(&self, seen: &mut Batch, v: VerifiedApproval) -> Result<VerifiedApproval, ApprovalError> {
-        let index = self.log.index();
-        if index.settlements.nonces.contains_key(&v.nonce) || !seen.nonces.insert(v.nonce.clone()) {
-            return Err(ApprovalError::Replayed(v.nonce));
+    ///
+    /// # Errors
+    /// The outer error: the store cannot be read (nothing is accepted then).
+    pub(crate) fn single_use(
+        &self,
+        seen: &mut Batch,
+        v: Result<VerifiedApproval, ApprovalError>,
+    ) -> Result<Result<VerifiedApproval, ApprovalError>> {
+        let v = match v {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        if self.log.spent(Spent::Nonce, &v.nonce)?.is_some() || !seen.nonces.insert(v.nonce.clone()) {
+            return Ok(Err(ApprovalError::Replayed(v.nonce)));
         }
         if let Some(counter) = v.counter {
-            index.settlements.counters.check_with(&seen.counters, &v.key, v.issued_at, counter)?;
+            let index = self.log.index();
+            if let Err(e) = index.settlements.counters.check_with(&seen.counters, &v.key, v.issued_at, counter) {
+                return Ok(Err(e));
+            }
             seen.counters.note(&v.key, v.issued_at, counter);
         }
-        Ok(v)
+        Ok(Ok(v))
     }
 
     /// Keep the staged result, write the proposal document and end the run
@@ -196,7 +221,7 @@ impl Runner {
         };
         // Which proposal: every readable approval must name the same one.
         let id = proposal_named(approvals)?;
-        if self.executed(&id) {
+        if self.executed(&id).or_fail()? {
             // Still record each approval and why it does not count.
             for bytes in approvals {
                 let d = report.artifact(bytes)?;
@@ -213,9 +238,7 @@ impl Runner {
             return Err(AuthorizeError::Executed(id).into());
         }
         let now = unix_now().map_err(|e| AuthorizeError::Clock(format!("{e:#}")))?;
-        if self.log.index().settlements.expired.contains_key(&id)
-            || !self.expire_settling(now, Some(&id)).await.or_fail()?.is_empty()
-        {
+        if self.expired(&id).or_fail()? || !self.expire_settling(now, Some(&id)).await.or_fail()?.is_empty() {
             return Err(AuthorizeError::Expired(id).into());
         }
         if !proposal_path(self, &id).exists() {
@@ -238,7 +261,7 @@ impl Runner {
         for (bytes, result) in approvals.iter().zip(results) {
             let d = report.artifact(bytes)?;
             report.record(Event::ApprovalReceived { proposal: id.clone(), approval: d })?;
-            match result.and_then(|v| self.single_use(&mut seen, v)) {
+            match self.single_use(&mut seen, result).or_fail()? {
                 Ok(v) => {
                     let verdict = serde_json::to_value(v.verdict).or_fail()?;
                     report.record(Event::ApprovalAccepted {

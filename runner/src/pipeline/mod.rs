@@ -252,7 +252,8 @@ impl Runner {
         self.discard_staging(&self.config.staging_dir.join(&run));
         // A proposal that no longer waits keeps no staged result.
         if let Some(id) = &report.resumed
-            && self.log.index().proposals.get(id).is_none_or(|v| v.state != State::AwaitingApproval)
+            // (Unreadable store: keep the preview; the next start looks again.)
+            && self.log.proposal(id).is_ok_and(|v| v.is_none_or(|v| v.state != State::AwaitingApproval))
         {
             self.drop_preview(id);
         }

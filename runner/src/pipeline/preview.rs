@@ -296,7 +296,7 @@ impl Runner {
         report: &mut RunReport,
     ) -> Result<(ValidPlan, Option<Previewed>), Stop> {
         let id = proposal_named(approvals)?;
-        let document = self.log.index().proposals.get(&id).and_then(|v| v.document);
+        let document = self.log.proposal(&id).or_fail()?.and_then(|v| v.document);
         let Some(document) = document else { return Err(AuthorizeError::Unknown(id).into()) };
         let unusable = |why: String| PreviewError::Unusable { id: id.clone(), why };
         let bytes = self.log.read_artifact(&document).or_fail()?.ok_or_else(|| unusable("no document".into()))?;

@@ -270,10 +270,10 @@ impl Runner {
         let registry =
             governance.approvers.clone().context("no [approvers] registry is configured: nobody can approve")?;
         let registry_skew = governance.clock_skew_secs;
-        if self.executed(id) {
+        if self.executed(id)? {
             anyhow::bail!("proposal {id} was already executed");
         }
-        if self.log.index().settlements.expired.contains_key(id) {
+        if self.expired(id)? {
             anyhow::bail!("proposal {id} expired; the agent must submit again");
         }
         let (Some(policy), Some(requirement)) = (doc.decision.policy, doc.decision.requirement.clone()) else {
@@ -295,7 +295,7 @@ impl Runner {
         let mut refused = Vec::new();
         let mut views = Vec::new();
         for (bytes, r) in approvals.iter().zip(results) {
-            match r.and_then(|v| self.single_use(&mut seen, v)) {
+            match self.single_use(&mut seen, r)? {
                 Ok(v) => accepted.push(v),
                 Err(e) => {
                     let why = format!("[{}] {e}", e.reason_code());

@@ -91,7 +91,9 @@ impl Runner {
         if let Ok(entries) = std::fs::read_dir(self.config.state_dir.join("previews")) {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let waits = self.log.index().proposals.get(&id).is_some_and(|v| v.state == State::AwaitingApproval);
+                // Unreadable store: keep it (the next start looks again).
+                let waits =
+                    self.log.proposal(&id).map_or(true, |v| v.is_some_and(|v| v.state == State::AwaitingApproval));
                 if !waits {
                     self.drop_preview(&id);
                 }

@@ -20,6 +20,7 @@ use crate::config::server::Permission;
 use crate::server::Shared;
 use crate::server::health::{self, Probe};
 use crate::service::{ApproveReply, ByReference, QueueError, Submission};
+use crate::store::fold::Query;
 use base64::Engine as _;
 use bytes::Bytes;
 use edge_core::lifecycle::State;
@@ -206,23 +207,17 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             }
         }
         (&Method::GET, ["v1", "proposals"]) => {
-            let state = match query_param(&query, "state") {
-                Some(s) => Some(State::parse(&s).ok_or_else(|| {
-                    let names: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
-                    error(StatusCode::BAD_REQUEST, format!("unknown state `{s}`; one of {}", names.join(", ")))
-                })?),
-                None => None,
-            };
+            let mut q = proposal_query(&query)?;
             let who = identity(&agent)?;
-            let mut list = shared.runs.list(state);
             let g = grants(shared);
             if !g.access.allows(Permission::Proposals, who) {
                 if !g.agents.contains(who) {
                     return Err(denied(who, Permission::Proposals));
                 }
-                list.retain(|p| p.submitted_by.as_deref() == Some(who));
+                q.submitted_by = Some(who.to_owned());
             }
-            Ok(json_reply(StatusCode::OK, &json!({ "proposals": list })))
+            let (list, next) = shared.runs.list(&q).map_err(|e| runner_error(&e))?;
+            Ok(json_reply(StatusCode::OK, &json!({ "proposals": list, "next": next.map(|n| n.to_string()) })))
         }
         (&Method::GET, ["v1", "proposals", id]) => {
             let id = (*id).to_owned();
@@ -332,6 +327,51 @@ fn may_see(shared: &Shared, agent: &Result<String, String>, id: &str) -> Result<
 fn runner_error(e: &anyhow::Error) -> Resp {
     tracing::error!(error = %format!("{e:#}"), "runner error");
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("the runner failed: {e:#}; see its log"))
+}
+
+/// Proposals per page unless the client asks for fewer (or more, up to
+/// [`MAX_PAGE`]).
+const PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// `GET /v1/proposals?state=…&tier=…&since=…&until=…&limit=…&before=…`:
+/// newest first; `since`/`until` are RFC 3339 times of submission;
+/// `before` is the `next` cursor of the previous page.
+fn proposal_query(query: &str) -> Result<Query, Resp> {
+    let bad = |what: &str, v: &str, want: &str| {
+        error(StatusCode::BAD_REQUEST, format!("{what} `{}` is not {want}", edge_core::text::line(v)))
+    };
+    let time = |name: &str| -> Result<Option<i64>, Resp> {
+        query_param(query, name)
+            .map(|v| v.parse::<jiff::Timestamp>().map(|t| t.as_second()).map_err(|_| bad(name, &v, "an RFC 3339 time")))
+            .transpose()
+    };
+    let state = match query_param(query, "state") {
+        Some(s) => Some(State::parse(&s).ok_or_else(|| {
+            let names: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown state `{}`; one of {}", edge_core::text::line(&s), names.join(", ")),
+            )
+        })?),
+        None => None,
+    };
+    let tier = query_param(query, "tier")
+        .map(|v| {
+            let max = edge_core::policy::MAX_TIER;
+            v.parse::<u8>().ok().filter(|t| *t <= max).ok_or_else(|| bad("tier", &v, &format!("a tier 0..{max}")))
+        })
+        .transpose()?;
+    let limit = query_param(query, "limit")
+        .map(|v| {
+            v.parse::<u32>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| bad("limit", &v, "1..1000"))
+        })
+        .transpose()?
+        .unwrap_or(PAGE);
+    let before = query_param(query, "before")
+        .map(|v| v.parse::<u64>().map_err(|_| bad("before", &v, "a cursor from `next`")))
+        .transpose()?;
+    Ok(Query { state, tier, since: time("since")?, until: time("until")?, before, limit, submitted_by: None })
 }
 
 /// A query parameter, percent-decoded.

@@ -56,16 +56,20 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self, runner: &Runner, queue_depth: usize) -> String {
+        let counts = runner.log.proposal_counts().unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot count the proposals for metrics");
+            Vec::new()
+        });
         let index = runner.log.index();
         let mut s = String::new();
-        let mut by_state: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
-        for p in index.proposals.iter() {
-            let tier = p.tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
-            *by_state.entry((p.state.name(), tier)).or_default() += 1;
+        let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (state, tier, n) in counts {
+            let tier = tier.map_or_else(|| "none".to_owned(), |t| t.to_string());
+            *by_state.entry((state, tier)).or_default() += n;
         }
         header(&mut s, "edge_runner_proposals", "gauge", "Proposals by lifecycle state and tier.");
         for ((state, tier), n) in &by_state {
-            let _ = writeln!(s, "edge_runner_proposals{{state=\"{state}\",tier=\"{tier}\"}} {n}");
+            let _ = writeln!(s, "edge_runner_proposals{{state=\"{}\",tier=\"{tier}\"}} {n}", label(state));
         }
         header(&mut s, "edge_runner_refusals_total", "counter", "Refusals recorded, by reason code.");
         for (code, n) in &index.refusals {

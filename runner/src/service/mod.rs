@@ -26,6 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::RunnerConfig;
 use crate::export::ExportScope;
 use crate::pipeline::{QuorumStatus, Refusal, RunReport, Runner, Submitted, VerificationReport};
+use crate::store::fold::Query;
 use edge_core::container::{CapsuleFile, KnownComponent};
 use edge_core::lifecycle::{self as proposals, ProposalView, State};
 use metrics::Metrics;
@@ -160,6 +161,7 @@ impl RunService {
             }
         })
         .abort_handle();
+        full_check_in_background(&runner)?;
         Ok(Arc::new(Self {
             runner,
             metrics,
@@ -294,13 +296,24 @@ impl RunService {
         &self.runner
     }
 
-    pub fn list(&self, state: Option<State>) -> Vec<ProposalView> {
-        let index = self.runner.log.index();
-        index.proposals.iter().filter(|p| state.is_none_or(|s| p.state == s)).cloned().collect()
+    /// One page of proposals, newest first, and the cursor of the next
+    /// page (`Query::before`) when this one is full.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn list(&self, q: &Query) -> Result<(Vec<ProposalView>, Option<u64>)> {
+        let page = self.runner.log.proposals(q)?;
+        let next = (page.len() == q.limit as usize).then(|| page.last().map(|(seq, _)| *seq)).flatten();
+        Ok((page.into_iter().map(|(_, v)| v).collect(), next))
     }
 
+    /// A proposal's view; None if unknown. A store that cannot be read
+    /// answers as unknown, and says so in the runner's log.
     pub fn show(&self, id: &str) -> Option<ProposalView> {
-        self.runner.log.index().proposals.get(id).cloned()
+        self.runner.log.proposal(id).unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), proposal = %edge_core::text::line(id), "cannot read a proposal");
+            None
+        })
     }
 
     /// Everything about one proposal (the diff, approvals and whether each
@@ -559,4 +572,52 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
         document: r.proposal.clone(),
         receipt_file: r.receipt.clone(),
     }
+}
+
+/// After every start, the whole log is checked on a low-priority thread
+/// (`crate::store::check`): a start verifies only what was appended since
+/// the last signed checkpoint. Progress goes to the log; a log found
+/// altered stops the evidence writer (nothing more runs, readiness says
+/// why) and is logged as an error.
+fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
+    let dir = runner.log.dir().to_path_buf();
+    let (log, origin, identity) =
+        (Arc::downgrade(runner), runner.config.name.clone(), runner.identity.verifier().clone());
+    std::thread::Builder::new()
+        .name("evidence-check".into())
+        .spawn(move || {
+            // SAFETY: plain syscalls on this thread's own id. A failure
+            // only leaves the thread at normal priority.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
+            let started = std::time::Instant::now();
+            let mut last = std::time::Instant::now();
+            let mut progress = |done: u64, total: u64| {
+                if last.elapsed() >= std::time::Duration::from_secs(10) {
+                    last = std::time::Instant::now();
+                    tracing::info!(done, total, "full evidence check");
+                }
+            };
+            match crate::store::check::full(&dir, &origin, &identity, &mut progress) {
+                Ok(c) => tracing::info!(
+                    records = c.records,
+                    checkpoints = c.checkpoints,
+                    secs = started.elapsed().as_secs_f32(),
+                    "full evidence check passed"
+                ),
+                Err(e) => {
+                    let why = format!(
+                        "the evidence store failed verification ({e:#}); the runner refuses to run on a broken log: \
+                         stop it and restore the state directory from a backup"
+                    );
+                    tracing::error!(error = %why, "full evidence check failed");
+                    if let Some(runner) = log.upgrade() {
+                        runner.log.poison(why);
+                    }
+                }
+            }
+        })
+        .context("cannot start the background evidence check")?;
+    Ok(())
 }

@@ -1,31 +1,38 @@
 //! What the runner needs to know about its whole evidence log, folded one
-//! record at a time as records commit, so the log itself stays on disk:
-//! memory grows with the number of proposals, not with every record.
+//! record at a time as records commit. Memory holds the work in flight
+//! (proposals not yet final, runs in progress, proposals waiting, what the
+//! last batch changed); the rest is in the store (`crate::store::fold`),
+//! where the writer puts what each batch changed and from where a proposal
+//! is loaded again when a record names it.
 //!
-//! Everything here is derived from the log alone (it is rebuilt from the
-//! store on every start), so it can never disagree with what was recorded.
+//! Everything here is derived from the log alone, so it can never disagree
+//! with what was recorded: a start folds what was appended since the
+//! stored fold, or rebuilds it from the records.
 
 use std::collections::{BTreeMap, HashMap};
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Record};
 
-use edge_core::lifecycle::{ProposalIndex, RUNNER_RUNS, Settlements};
+use edge_core::lifecycle::{ProposalIndex, ProposalView, RUNNER_RUNS, Settlements, is_final};
 
 use crate::events::ProposalEvent;
+use crate::store::fold::{Changes, Rest, Spent};
 
 /// The fold of the log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogIndex {
     /// Records in the log.
     pub records: u64,
-    /// Proposals and their lifecycle states (the API's view).
+    /// Proposals in memory and their lifecycle states (the others are in
+    /// the store: `EvidenceLog::proposal`).
     pub proposals: ProposalIndex,
-    /// Nonces spent, proposals executed, settled (met or vetoed) and
-    /// expired, with the record of each, and the signature counters of the
-    /// passkey approvals consumed (the fold the verifier uses too).
+    /// What approvals and proposals used up, not yet in the store (see
+    /// `EvidenceLog::spent`), and the signature counters of the passkey
+    /// approvals consumed (the fold the verifier uses too).
     pub settlements: Settlements,
-    /// Proposals that waited for approval: id → unix seconds of the record.
+    /// Proposals waiting for approval (not settled, not expired): id → unix
+    /// seconds of the record.
     pub awaiting: BTreeMap<String, u64>,
     /// The policy and graph digests last recorded as in force.
     pub policy: (Option<Sha256Digest>, Option<Sha256Digest>),
@@ -42,17 +49,65 @@ pub struct LogIndex {
     open_runs: HashMap<String, u64>,
 }
 
+impl Default for LogIndex {
+    fn default() -> Self {
+        Self::resume(0, Rest::default(), Vec::new())
+    }
+}
+
 impl LogIndex {
-    /// Fold in the next record; returns the proposal event it makes, if it
-    /// changed where a proposal is (`crate::events`).
+    /// A fold that keeps every proposal in memory, in submission order
+    /// (`proposals.iter()`): for tools reading a copy of a log.
+    pub fn in_memory() -> Self {
+        Self { proposals: ProposalIndex::default(), ..Self::default() }
+    }
+
+    /// The fold of the first `records` records, as the store kept it: the
+    /// small rest and the passkey counters consumed.
+    pub fn resume(records: u64, rest: Rest, counters: Vec<(String, u64, u32)>) -> Self {
+        let mut settlements = Settlements::default();
+        for (key, at, counter) in counters {
+            settlements.counters.note(&key, at, counter);
+        }
+        settlements.set_pending(rest.pending);
+        Self {
+            records,
+            proposals: ProposalIndex::bounded(rest.continuing),
+            settlements,
+            awaiting: rest.awaiting,
+            policy: rest.policy,
+            key: rest.key,
+            key_records: rest.key_records,
+            refusals: rest.refusals,
+            open_runs: rest.open_runs,
+        }
+    }
+
+    /// Fold in the next record, for proposals that are all in memory (tests).
     pub fn push(&mut self, r: &Record) -> Option<ProposalEvent> {
+        self.push_with(r, &mut |_| None)
+    }
+
+    /// Fold in the next record (`load`: a proposal from the store); returns
+    /// the proposal event it makes, if it changed where a proposal is
+    /// (`crate::events`).
+    pub fn push_with(
+        &mut self,
+        r: &Record,
+        load: &mut dyn FnMut(&str) -> Option<ProposalView>,
+    ) -> Option<ProposalEvent> {
         self.records += 1;
-        let folded = self.proposals.push(r);
+        let folded = self.proposals.push_with(r, load);
         self.settlements.push(r);
         match &r.event {
             Event::AwaitingApproval { proposal, .. } => {
                 let at = r.time.parse::<jiff::Timestamp>().map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
                 self.awaiting.insert(proposal.clone(), at);
+            }
+            // Settled (a quorum met or vetoed) or expired: no longer waiting.
+            Event::ProposalExpired { proposal, .. } => drop(self.awaiting.remove(proposal)),
+            Event::Quorum { proposal, .. } if self.settlements.settled.contains_key(proposal) => {
+                self.awaiting.remove(proposal);
             }
             Event::PolicyChange { new_policy, new_graph, .. } => self.policy = (*new_policy, *new_graph),
             Event::KeyEvent { key, .. } | Event::KeyRotation { new_key: key, .. } => {
@@ -80,11 +135,53 @@ impl LogIndex {
     /// Proposals waiting for approval (not settled, not expired), with the
     /// time they started waiting.
     pub fn waiting(&self) -> Vec<(String, u64)> {
-        self.awaiting
-            .iter()
-            .filter(|(p, _)| !self.settlements.settled.contains_key(*p) && !self.settlements.expired.contains_key(*p))
-            .map(|(p, t)| (p.clone(), *t))
-            .collect()
+        self.awaiting.iter().map(|(p, t)| (p.clone(), *t)).collect()
+    }
+
+    /// What changed since the last call, to store (`crate::store::fold`);
+    /// memory keeps all of it until [`LogIndex::stored`].
+    pub fn changes(&mut self) -> Changes {
+        let s = &self.settlements;
+        let spent = [
+            (Spent::Nonce, &s.nonces),
+            (Spent::Executed, &s.executed),
+            (Spent::Settled, &s.settled),
+            (Spent::Expired, &s.expired),
+        ]
+        .into_iter()
+        .flat_map(|(kind, map)| map.iter().map(move |(k, seq)| (kind, k.clone(), *seq)))
+        .collect();
+        Changes {
+            records: self.records,
+            proposals: self.proposals.changed(),
+            spent,
+            counters: self.settlements.take_noted(),
+            rest: Rest {
+                policy: self.policy,
+                key: self.key.clone(),
+                key_records: self.key_records.clone(),
+                refusals: self.refusals.clone(),
+                open_runs: self.open_runs.clone(),
+                awaiting: self.awaiting.clone(),
+                pending: self.settlements.pending().clone(),
+                continuing: self.proposals.continuing().clone(),
+            },
+        }
+    }
+
+    /// `changes` are in the store: forget what memory need not keep (what
+    /// was spent, and proposals that reached a final state).
+    pub fn stored(&mut self, changes: &Changes) {
+        let s = &mut self.settlements;
+        for (kind, key, _) in &changes.spent {
+            match kind {
+                Spent::Nonce => s.nonces.remove(key),
+                Spent::Executed => s.executed.remove(key),
+                Spent::Settled => s.settled.remove(key),
+                Spent::Expired => s.expired.remove(key),
+            };
+        }
+        self.proposals.evict(|v| !is_final(v.state));
     }
 
     /// Runs without a terminal record, oldest first.

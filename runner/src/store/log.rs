@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, GENESIS, RECORD_SCHEMA, Record};
+use edge_core::lifecycle::ProposalView;
 use edge_core::merkle::{self, CompactRange, Hash};
 use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use crate::events::{ProposalEvent, ProposalEvents};
+use crate::store::fold;
 use crate::store::index::LogIndex;
 use crate::store::tree::{self, StoredTree};
 
@@ -66,6 +68,10 @@ enum Request {
     /// readiness probe tells a working writer from a failed or wedged one.
     Ping {
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// Commit nothing more in this process: the log was found altered.
+    Poison {
+        why: String,
     },
 }
 
@@ -210,6 +216,13 @@ impl Writer {
 
     /// Commit a batch in one transaction; acknowledge each request after.
     fn commit(&mut self, batch: Vec<Request>) {
+        // A poison comes first: nothing queued with it is committed.
+        for r in &batch {
+            if let Request::Poison { why } = r {
+                self.poisoned.get_or_insert_with(|| why.clone());
+            }
+        }
+        let batch: Vec<Request> = batch.into_iter().filter(|r| !matches!(r, Request::Poison { .. })).collect();
         // Pings touch nothing: answered after what was queued with them.
         let (pings, batch): (Vec<Request>, Vec<Request>) =
             batch.into_iter().partition(|r| matches!(r, Request::Ping { .. }));
@@ -294,7 +307,9 @@ impl Writer {
                         )?;
                         Ok(Outcome::Artifact(d))
                     }
-                    Request::Ping { .. } => unreachable!("pings are taken out of the batch"),
+                    Request::Ping { .. } | Request::Poison { .. } => {
+                        unreachable!("pings and poisons are taken out of the batch")
+                    }
                     Request::Checkpoint { signer, origin, .. } => {
                         let cp = Checkpoint { origin: origin.clone(), size: self.next_seq, root: self.range.root() };
                         match signer.sign(&cp.text()) {
@@ -331,11 +346,28 @@ impl Writer {
         }
         *self.head.lock().expect("head lock") = Head { size: self.next_seq, root: self.range.root() };
         let mut changes = Vec::new();
+        let mut load_error = None;
         {
             let mut index = self.index.write().expect("index lock");
+            let db = &self.db;
+            let mut load = |id: &str| {
+                fold::proposal(db, id).unwrap_or_else(|e| {
+                    load_error.get_or_insert(e);
+                    None
+                })
+            };
             for r in &new_records {
-                changes.extend(index.push(r));
+                changes.extend(index.push_with(r, &mut load));
             }
+        }
+        // The records are durable (their appends succeed); a fold that
+        // cannot be read or kept stops the writer, as a failed commit does
+        // (the next start folds the records again).
+        if let Err(e) = load_error.map_or_else(|| self.keep_fold(), Err) {
+            tracing::error!(error = %format!("{e:#}"), "cannot keep the fold of the evidence log; no more records are accepted");
+            self.poisoned = Some(format!(
+                "the fold of the evidence log could not be kept ({e:#}); nothing more is accepted: restart the runner"
+            ));
         }
         for r in &new_records {
             crate::logging::record(r);
@@ -348,6 +380,26 @@ impl Writer {
         for (req, r) in batch.into_iter().zip(results) {
             reply(req, r);
         }
+    }
+}
+
+impl Writer {
+    /// Store what the last batch changed in the fold, in a transaction of
+    /// its own that does not wait for the disk (derived state: the next
+    /// durable commit carries it, and a start folds again what a crash
+    /// lost), then let memory forget what it need not keep.
+    fn keep_fold(&mut self) -> Result<()> {
+        let changes = self.index.write().expect("index lock").changes();
+        self.db.pragma_update(None, "synchronous", "OFF")?;
+        let stored = (|| -> Result<()> {
+            let tx = self.db.transaction()?;
+            fold::store(&tx, &changes)?;
+            Ok(tx.commit()?)
+        })();
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        stored?;
+        self.index.write().expect("index lock").stored(&changes);
+        Ok(())
     }
 }
 
@@ -368,6 +420,7 @@ fn reply(req: Request, r: Result<Outcome, String>) {
         (Request::Checkpoint { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         (Request::Ping { reply }, Ok(Outcome::Pong)) => drop(reply.send(Ok(()))),
         (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
+        (Request::Poison { .. }, _) => {}
         _ => unreachable!("each request gets its own kind of outcome"),
     }
 }
@@ -646,8 +699,7 @@ impl EvidenceLog {
                 }
             );
         }
-        let mut fold = LogIndex::default();
-        let tail = tree::verify_records(&db, 0, records, true, |r, _| drop(fold.push(&r))).with_context(|| {
+        let (tail, fold) = resume(&db, dir, records).with_context(|| {
             format!("evidence store {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
         let head = Arc::new(Mutex::new(Head { size: records, root: tail.range.root() }));
@@ -768,6 +820,14 @@ impl EvidenceLog {
         }
     }
 
+    /// Stop the writer for good: nothing more is committed in this process
+    /// (appends fail, readiness reports `why`). For a log found altered
+    /// while serving (the background full check).
+    pub fn poison(&self, why: String) {
+        // A writer already gone accepts nothing anyway.
+        let _ = self.handle.tx.send(Request::Poison { why });
+    }
+
     /// Sign a checkpoint of the whole log with the runner's identity key and store it.
     ///
     /// # Errors
@@ -785,6 +845,63 @@ impl EvidenceLog {
     /// commit.
     pub fn index(&self) -> RwLockReadGuard<'_, LogIndex> {
         self.index.read().expect("index lock")
+    }
+
+    /// A proposal's view: from memory when the runner is working on it, else
+    /// from the store.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn proposal(&self, id: &str) -> Result<Option<ProposalView>> {
+        if let Some(v) = self.index().proposals.get(id) {
+            return Ok(Some(v.clone()));
+        }
+        let db = self.readers.get()?;
+        fold::proposal(&db, id)
+    }
+
+    /// The record at which `key` was spent as `kind` (a nonce consumed, a
+    /// proposal executed, settled or expired), if it was.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn spent(&self, kind: fold::Spent, key: &str) -> Result<Option<u64>> {
+        {
+            let index = self.index();
+            let s = &index.settlements;
+            let map = match kind {
+                fold::Spent::Nonce => &s.nonces,
+                fold::Spent::Executed => &s.executed,
+                fold::Spent::Settled => &s.settled,
+                fold::Spent::Expired => &s.expired,
+            };
+            if let Some(seq) = map.get(key) {
+                return Ok(Some(*seq));
+            }
+        }
+        // Not in memory: stored before memory forgot it, or never spent.
+        let db = self.readers.get()?;
+        fold::spent(&db, kind, key)
+    }
+
+    /// One page of proposals, newest first, with each one's first record
+    /// (the cursor for the next page). Reads the store through its own
+    /// connection: never holds anything the writer needs.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn proposals(&self, q: &fold::Query) -> Result<Vec<(u64, ProposalView)>> {
+        let db = self.readers.get()?;
+        fold::page(&db, q)
+    }
+
+    /// Proposals by lifecycle state and tier.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn proposal_counts(&self) -> Result<Vec<(String, Option<u8>, u64)>> {
+        let db = self.readers.get()?;
+        fold::counts(&db)
     }
 
     /// The Merkle root of the first `size` records, if the log has them.
@@ -986,6 +1103,58 @@ pub fn read_only(dir: &Path) -> Result<Connection> {
     let path = dir.join("evidence.db");
     Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open evidence store {}", path.display()))
+}
+
+/// Records folded between two stores of the fold while it is rebuilt.
+const REBUILD_EVERY: u64 = 65_536;
+
+/// Verify what a start must (the records since the last checkpoint the
+/// runner signed, and since the stored fold, against the persisted tree)
+/// and fold the records the stored fold does not cover. A stored fold
+/// that is missing or ahead of the records is rebuilt from all of them.
+fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogIndex)> {
+    let signed = crate::store::trust::signed_size(db, dir)?.min(records);
+    let (mut index, folded) = match fold::stored(db)? {
+        Some((folded, rest)) if folded <= records => (LogIndex::resume(folded, rest, fold::counters(db)?), folded),
+        stale => {
+            if stale.is_some() || records > 0 {
+                tracing::info!(records, "rebuilding the fold of the evidence log from its records");
+            }
+            fold::clear(db)?;
+            (LogIndex::default(), 0)
+        }
+    };
+    let keep = |index: &mut LogIndex| -> Result<()> {
+        let changes = index.changes();
+        let tx = db.unchecked_transaction()?;
+        fold::store(&tx, &changes)?;
+        tx.commit()?;
+        index.stored(&changes);
+        Ok(())
+    };
+    let mut failed = None;
+    let tail = tree::verify_records(db, signed.min(folded), records, true, |r, _| {
+        if r.seq < folded || failed.is_some() {
+            return;
+        }
+        let mut load = |id: &str| {
+            fold::proposal(db, id).unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                None
+            })
+        };
+        index.push_with(&r, &mut load);
+        if (r.seq + 1).is_multiple_of(REBUILD_EVERY)
+            && let Err(e) = keep(&mut index)
+        {
+            failed.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.context("cannot fold the evidence log"));
+    }
+    keep(&mut index).context("cannot keep the fold of the evidence log")?;
+    Ok((tail, index))
 }
 
 /// Read and verify a store without writing to it: records and leaf hashes

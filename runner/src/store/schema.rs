@@ -8,7 +8,7 @@
 //! | --- | --- |
 //! | 0 | a new, empty file; or a store made before versions were stamped (releases up to and including the one that introduced this module), whose tables are exactly version 1: it is stamped 1 at its next open |
 //! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE_V1`]; `docs/evidence.md#store`) |
-//! | 2 | adds `tree`, the Merkle tree's subtree hashes, append-only, and the index `records_by_type` (`crate::store::tree`): opening the store no longer reads every record |
+//! | 2 | adds `tree`, the Merkle tree's subtree hashes, append-only, and the index `records_by_type` (`crate::store::tree`); and the fold of the log, derived from the records (`proposals`, `spent`, `counters`, `fold`: `crate::store::fold`): opening the store no longer reads every record |
 //!
 //! At open ([`refuse_newer`], then [`prepare`]):
 //!
@@ -56,15 +56,22 @@ pub struct Migration {
 /// Every step from version 1 on, in order (`MIGRATIONS[i].to == i + 2`).
 pub const MIGRATIONS: &[Migration] = &[Migration {
     to: 2,
-    what: "the Merkle tree's subtree hashes beside the records (built from every record, each verified)",
-    apply: crate::store::tree::migrate,
+    what: "the Merkle tree's subtree hashes beside the records (built from every record, each verified), and the \
+           tables of the fold (filled at the next open)",
+    apply: to_2,
 }];
+
+fn to_2(db: &Connection) -> rusqlite::Result<()> {
+    crate::store::tree::migrate(db)?;
+    db.execute_batch(crate::store::fold::CREATE)
+}
 
 /// A new store at [`SCHEMA_VERSION`]: the tables of version 1, then those
 /// each later version added.
 fn create(db: &Connection) -> rusqlite::Result<()> {
     db.execute_batch(CREATE_V1)?;
-    db.execute_batch(crate::store::tree::CREATE)
+    db.execute_batch(crate::store::tree::CREATE)?;
+    db.execute_batch(crate::store::fold::CREATE)
 }
 
 /// The tables of version 1.

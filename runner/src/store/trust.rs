@@ -55,6 +55,20 @@ pub fn newest_checkpoint_row(db: &Connection) -> Result<Option<(u64, String)>> {
         .optional()?)
 }
 
+/// The largest tree size the runner's signed checkpoints claim (the
+/// newest `checkpoints` row and the file kept outside the store), not yet
+/// verified: where a start verifies records from. Claims are checked by
+/// [`check_signed_history`] before anything is appended, so a false one
+/// only makes the start fail.
+///
+/// # Errors
+/// If the store cannot be read.
+pub fn signed_size(db: &Connection, dir: &Path) -> Result<u64> {
+    let row = newest_checkpoint_row(db)?.map(|(size, _)| size);
+    let file = std::fs::read_to_string(dir.join(LATEST_CHECKPOINT_FILE)).ok().and_then(|t| claimed_size(&t));
+    Ok(row.max(file).unwrap_or(0))
+}
+
 /// The tree size a signed note claims, without verifying it (to decide
 /// whether a newer one may replace it).
 fn claimed_size(note: &str) -> Option<u64> {
@@ -116,6 +130,18 @@ impl History for MerkleStore {
     }
 }
 
+impl History for crate::store::tree::StoredTree<'_> {
+    fn records(&self) -> u64 {
+        edge_core::merkle::Subtrees::tree_size(self)
+    }
+    fn root_at(&self, size: u64) -> Result<Option<Hash>> {
+        if size > self.records() {
+            return Ok(None);
+        }
+        edge_core::merkle::root_of(self, size).map(Some).map_err(|e| anyhow::anyhow!("the stored Merkle tree: {e}"))
+    }
+}
+
 /// The key history of the log (`origin`: the runner's name), every
 /// rotation's two signatures checked.
 ///
@@ -169,8 +195,9 @@ fn check_one(log: &dyn History, what: &str, signed: &str, keys: &KeysAt<'_>) -> 
     }
     if log.root_at(cp.size)? != Some(cp.root) {
         bail!(
-            "the store's first {} records are not the ones the runner signed ({what}): the log was rewritten. Restore \
-             the state directory from a backup; do not start this runner on it",
+            "the store's first {} records, as its persisted Merkle tree summarises them, are not the ones the runner \
+             signed ({what}): the log was rewritten, or the tree (the `tree` table) altered. Restore the state \
+             directory from a backup; do not start this runner on it",
             cp.size
         );
     }
