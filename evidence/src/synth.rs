@@ -334,6 +334,12 @@ impl World {
 /// # Panics
 /// Never for valid arguments (the inputs are fixed and known good).
 pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
+    bundle_signed_by(origin, spec, CapsuleSigningKey::generate())
+}
+
+/// [`bundle`], with `identity` as the runner's identity key (a benchmark
+/// that starts a runner on the log gives it the same key).
+pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) -> Synthetic {
     let agent = CapsuleSigningKey::generate();
     let signer = TrustedSigner::from_public_key_pem("synthetic-agent", &agent.public_key_pem()).expect("key");
     let policy_text = format!(
@@ -380,7 +386,7 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
         (c, Approvers::new(&mut config_arts, spec))
     });
 
-    let identity = CapsuleSigningKey::generate().note_signer(origin).expect("origin is a key name");
+    let identity = identity.note_signer(origin).expect("origin is a key name");
     let mut log = Log::default();
     log.push("runner", Event::KeyEvent { action: "identity key in use".into(), key: identity.verifier().to_vkey() });
     log.push(

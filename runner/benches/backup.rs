@@ -10,12 +10,14 @@
 //! back), a few rounds on a quiet store and a few while eight writers keep
 //! appending through group commit, as a serving runner does. Medians.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+mod common;
 
-use edge_core::evidence::{Event, Record};
+use std::path::{Path, PathBuf};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edge_core::evidence::Event;
 use edge_evidence::synth;
 use edge_runner::backup::{Done, backup};
 use edge_runner::config::RunnerConfig;
@@ -44,48 +46,8 @@ fn home(dir: &Path) -> anyhow::Result<(PathBuf, u64, u64)> {
     )?;
     edge_runner::identity::create_identity(&dir.join("state/identity.key"))?;
     let config = RunnerConfig::load(&dir.join("runner.toml"))?;
-    let evidence = config.state_dir.join("evidence");
-    drop(EvidenceLog::open(&evidence)?); // the store's tables, as the runner makes them
-
-    let t = Instant::now();
     let spec = synth::Spec { runs: RUNS, tier2_every: Some(20), ..synth::Spec::default() };
-    let s = synth::bundle(NAME, &spec);
-    let parsed = edge_evidence::bundle::parse(&s.bundle).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut db = rusqlite::Connection::open(evidence.join("evidence.db"))?;
-    let tx = db.transaction()?;
-    for line in &parsed.records {
-        let r: Record = serde_json::from_str(line)?;
-        tx.execute(
-            "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![
-                r.seq as i64,
-                r.run,
-                r.event_type(),
-                r.time,
-                r.prev.to_string(),
-                edge_core::Sha256Digest::of(line.as_bytes()).to_string(),
-                line
-            ],
-        )?;
-    }
-    for (d, bytes) in &parsed.artifacts {
-        tx.execute(
-            "INSERT INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
-            rusqlite::params![d.to_string(), bytes.len() as i64, bytes],
-        )?;
-    }
-    tx.commit()?;
-    drop(db);
-    // Opened as the runner opens it (verifies every record), then a
-    // checkpoint by the runner's key, kept outside the store too.
-    let log = EvidenceLog::open(&evidence)?;
-    let signer = Arc::new(edge_runner::identity::load_identity(&config)?);
-    log.checkpoint(&signer, NAME)?;
-    edge_runner::store::trust::publish_now(&evidence)?;
-    let records = log.len();
-    drop(log);
-    let bytes = std::fs::metadata(evidence.join("evidence.db"))?.len();
-    eprintln!("made a store of {records} records ({:.1} MiB) in {:.1?}", bytes as f64 / (1 << 20) as f64, t.elapsed());
+    let (records, bytes) = common::fill_store(&config, &spec)?;
     Ok((dir.join("runner.toml"), records, bytes))
 }
 

@@ -62,3 +62,64 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Fill the new, empty evidence store of the runner `config` describes
+/// with the synthetic log of `spec` (`edge_evidence::synth`: signed
+/// capsules, the example policy, tier-0 cleanups and tier-2 changes
+/// approved by two people), signed by the runner's own identity key, as
+/// the runner would have written it: records, artifacts, the persisted
+/// Merkle tree, the fold (built at the first open) and a checkpoint, kept
+/// outside the store too. Returns the records and the database's bytes.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn fill_store(
+    config: &edge_runner::config::RunnerConfig,
+    spec: &edge_evidence::synth::Spec,
+) -> anyhow::Result<(u64, u64)> {
+    use edge_runner::store::log::EvidenceLog;
+    let t = std::time::Instant::now();
+    let evidence = config.state_dir.join("evidence");
+    drop(EvidenceLog::open(&evidence)?); // the store's tables, as the runner makes them
+    let key = edge_runner::keys::load_signing_key(&config.identity_key)?;
+    let s = edge_evidence::synth::bundle_signed_by(&config.name, spec, key);
+    let parsed = edge_evidence::bundle::parse(&s.bundle).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut db = rusqlite::Connection::open(evidence.join("evidence.db"))?;
+    let tx = db.transaction()?;
+    for line in &parsed.records {
+        let r: edge_core::evidence::Record = serde_json::from_str(line)?;
+        tx.execute(
+            "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                r.seq as i64,
+                r.run,
+                r.event_type(),
+                r.time,
+                r.prev.to_string(),
+                edge_core::Sha256Digest::of(line.as_bytes()).to_string(),
+                line
+            ],
+        )?;
+    }
+    for (d, bytes) in &parsed.artifacts {
+        tx.execute(
+            "INSERT INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
+            rusqlite::params![d.to_string(), bytes.len() as i64, bytes],
+        )?;
+    }
+    // The tree's hashes, built (and every record checked) as for a store
+    // migrated from schema 1.
+    edge_runner::store::tree::migrate(&tx)?;
+    tx.commit()?;
+    drop((db, parsed));
+    drop(s);
+    // Opened as the runner opens it (the fold is built from the records),
+    // then a checkpoint by the runner's key, kept outside the store too.
+    let log = EvidenceLog::open(&evidence)?;
+    let signer = std::sync::Arc::new(edge_runner::identity::load_identity(config)?);
+    log.checkpoint(&signer, &config.name)?;
+    edge_runner::store::trust::publish_now(&evidence)?;
+    let records = log.len();
+    drop(log);
+    let bytes = std::fs::metadata(evidence.join("evidence.db"))?.len();
+    eprintln!("made a store of {records} records ({:.1} MiB) in {:.1?}", bytes as f64 / (1 << 20) as f64, t.elapsed());
+    Ok((records, bytes))
+}

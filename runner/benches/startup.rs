@@ -1,0 +1,174 @@
+//! Start-up on a long log: `cargo bench -p edge-runner --bench startup`.
+//!
+//! Runner homes whose stores hold the synthetic log of
+//! `edge_evidence::synth` (signed capsules, the example policy, tier-0
+//! cleanups and every 20th proposal a tier-2 change approved by two people)
+//! at several sizes, written as the runner writes them and signed by the
+//! runner's own key; an empty store beside them. In interleaved rounds, for
+//! each store, the real binary as its own process:
+//!
+//! * `edge-runner exec` of the diagnostic capsule (tier 0): wall time of the
+//!   whole process and its peak RSS;
+//! * `edge-runner serve`: time until it prints `listening on`, and its peak
+//!   RSS (VmHWM) then and again 5 s later (the full check runs in the
+//!   background after every start).
+//!
+//! Medians, and each size's ratio to the empty store, side by side.
+//! Targets (issue 14): ready and exec ≤ 1 s and within 2× of empty; peak
+//! RSS ≤ 300 MiB at any size.
+//!
+//! `STARTUP_RUNS` (comma-separated synthetic runs per store, ~10 records
+//! each; default `10000,100000`) and `STARTUP_ROUNDS` (default 5). Stores
+//! are built once into `target/bench-stores/` and reused (a million records
+//! take a few minutes to make).
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_evidence::synth;
+use edge_runner::config::RunnerConfig;
+
+const NAME: &str = "bench.example/runner-1";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A runner home (TLS, the diagnostic capsule's signer and mount), its
+/// store filled with `runs` synthetic runs; built once, then reused.
+fn home(root: &Path, runs: usize) -> anyhow::Result<(PathBuf, u64)> {
+    let dir = root.join(format!("startup-{runs}"));
+    let done = dir.join("ready");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        edge_runner::init::init(&dir, NAME, "127.0.0.1:0", "edge-runner")?;
+        common::diagnostic_capsule(&dir)?;
+        std::fs::write(
+            dir.join("runner.toml"),
+            format!(
+                "[runner]\nname = \"{NAME}\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
+                 dangerous_run_without_policy = true\n\
+                 [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
+                 [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+                 client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\n"
+            ),
+        )?;
+        let config = RunnerConfig::load(&dir.join("runner.toml"))?;
+        edge_runner::identity::load_identity(&config)?; // created here
+        if runs > 0 {
+            let spec = synth::Spec { runs, tier2_every: Some(20), ..synth::Spec::default() };
+            common::fill_store(&config, &spec)?;
+        }
+        std::fs::write(&done, b"")?;
+    }
+    let records: i64 = rusqlite::Connection::open(dir.join("state/evidence/evidence.db"))
+        .and_then(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0)))
+        .unwrap_or(0);
+    Ok((dir, records as u64))
+}
+
+/// Wall time and peak RSS (MiB) of a whole process.
+fn timed(cmd: &mut Command) -> anyhow::Result<(Duration, f64)> {
+    let t = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 on our own child's pid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    let took = t.elapsed();
+    anyhow::ensure!(r == pid && libc::WIFEXITED(status), "the process did not finish");
+    anyhow::ensure!(libc::WEXITSTATUS(status) == 0, "it exited with {}", libc::WEXITSTATUS(status));
+    Ok((took, usage.ru_maxrss as f64 / 1024.0))
+}
+
+/// `serve` until it listens: time to ready, peak RSS then, and 5 s later.
+fn serve(dir: &Path) -> anyhow::Result<(Duration, f64, f64)> {
+    let t = Instant::now();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
+        .args(["serve", "--config", "runner.toml"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
+    let ready = t.elapsed();
+    anyhow::ensure!(line.starts_with("listening on"), "serve printed `{line}`");
+    let at_ready = common::peak_rss_mib(server.id());
+    std::thread::sleep(Duration::from_secs(5));
+    let later = common::peak_rss_mib(server.id());
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    server.wait()?;
+    Ok((ready, at_ready, later))
+}
+
+fn main() -> anyhow::Result<()> {
+    let runs: Vec<usize> = std::env::var("STARTUP_RUNS")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-stores");
+    let mut homes = vec![home(&root, 0)?];
+    for r in runs {
+        homes.push(home(&root, r)?);
+    }
+    let capsule = |dir: &Path| dir.join("capsule.edgecap");
+    for (dir, _) in &homes {
+        let (bytes, _) = common::diagnostic_capsule(dir)?;
+        std::fs::write(capsule(dir), bytes)?;
+        // Warm the component cache (compilation is not what is measured).
+        timed(Command::new(env!("CARGO_BIN_EXE_edge-runner")).current_dir(dir).args([
+            "exec",
+            "capsule.edgecap",
+            "--config",
+            "runner.toml",
+        ]))?;
+    }
+    let n = homes.len();
+    let (mut exec_s, mut exec_rss, mut ready_s, mut ready_rss, mut later_rss) =
+        (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (i, (dir, _)) in homes.iter().enumerate() {
+            let (t, rss) = timed(Command::new(env!("CARGO_BIN_EXE_edge-runner")).current_dir(dir).args([
+                "exec",
+                "capsule.edgecap",
+                "--config",
+                "runner.toml",
+            ]))?;
+            exec_s[i].push(t.as_secs_f64());
+            exec_rss[i].push(rss);
+            let (t, at_ready, later) = serve(dir)?;
+            ready_s[i].push(t.as_secs_f64());
+            ready_rss[i].push(at_ready);
+            later_rss[i].push(later);
+        }
+    }
+    println!("start-up by log size (medians of {rounds} interleaved rounds; ratio to the empty store)");
+    println!(
+        "{:>10}  {:>9} {:>6} {:>9}  {:>9} {:>6} {:>9} {:>12}",
+        "records", "exec s", "ratio", "exec MiB", "ready s", "ratio", "ready MiB", "+5 s MiB"
+    );
+    let (e0, r0) = (median(exec_s[0].clone()), median(ready_s[0].clone()));
+    for (i, (_, records)) in homes.iter().enumerate() {
+        let (e, r) = (median(exec_s[i].clone()), median(ready_s[i].clone()));
+        println!(
+            "{records:>10}  {e:>9.3} {:>6.2} {:>9.1}  {r:>9.3} {:>6.2} {:>9.1} {:>12.1}",
+            e / e0,
+            median(exec_rss[i].clone()),
+            r / r0,
+            median(ready_rss[i].clone()),
+            median(later_rss[i].clone()),
+        );
+    }
+    Ok(())
+}
