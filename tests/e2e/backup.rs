@@ -313,28 +313,42 @@ fn a_restore_never_merges_into_existing_state_or_another_runners_config() {
 }
 
 /// The committed store made by this release (schema version 1).
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/store-v1")
+/// The committed store made by the release that wrote schema `version`.
+fn fixture_of(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/data/store-v{version}"))
 }
 
 /// A home whose state is a copy of the fixture (identity key 0600).
 fn home_with_fixture() -> Env {
+    home_with_fixture_of(edge_runner::store::schema::SCHEMA_VERSION)
+}
+
+/// A home whose state is a copy of the fixture of schema `version`.
+fn home_with_fixture_of(version: u32) -> Env {
     use std::os::unix::fs::PermissionsExt as _;
     let env = Env::new();
     let ev = env.path("state/evidence");
     std::fs::create_dir_all(&ev).unwrap();
     for f in ["evidence.db", "latest-checkpoint"] {
-        std::fs::copy(fixture().join(f), ev.join(f)).unwrap();
+        std::fs::copy(fixture_of(version).join(f), ev.join(f)).unwrap();
     }
-    std::fs::copy(fixture().join("identity.key"), env.path("state/identity.key")).unwrap();
+    std::fs::copy(fixture_of(version).join("identity.key"), env.path("state/identity.key")).unwrap();
     std::fs::set_permissions(env.path("state/identity.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     env
 }
 
 #[test]
 fn a_store_made_by_this_release_opens_verifies_and_continues() {
+    // Every schema version ever written: the older ones are migrated.
+    for version in 1..=edge_runner::store::schema::SCHEMA_VERSION {
+        opens_verifies_and_continues(version);
+    }
+}
+
+fn opens_verifies_and_continues(version: u32) {
+    let fixture = || fixture_of(version);
     let expect: Value = serde_json::from_slice(&std::fs::read(fixture().join("expect.json")).unwrap()).unwrap();
-    let env = home_with_fixture();
+    let env = home_with_fixture_of(version);
     let db = rusqlite::Connection::open_with_flags(
         env.path("state/evidence/evidence.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
