@@ -54,14 +54,7 @@ const REPORT_EVERY: u64 = 16_384;
 /// The first thing that does not hold, naming the record, checkpoint or
 /// row, and what to do.
 pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dyn FnMut(u64, u64)) -> Result<Checked> {
-    crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
-    let db = crate::store::log::read_only(dir)?;
-    // One snapshot for everything below.
-    db.execute_batch("BEGIN")?;
-    let (records, leaves) = tree::sizes(&db)?;
-    if records != leaves {
-        bail!("the store holds {records} records but its persisted Merkle tree {leaves} leaves");
-    }
+    let (db, records) = snapshot(dir)?;
     let stored_fold = fold::stored(&db)?.map(|(n, _)| n);
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
     let mut checkpoints = checkpoints.query([])?;
@@ -141,6 +134,20 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     Ok(Checked { records, checkpoints: checked, proposals: fold.proposals.iter().count() as u64 })
 }
 
+/// A read-only connection in one read transaction (a consistent snapshot
+/// while the runner appends), and the records in it (as many as leaves in
+/// the persisted tree).
+fn snapshot(dir: &Path) -> Result<(Connection, u64)> {
+    crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
+    let db = crate::store::log::read_only(dir)?;
+    db.execute_batch("BEGIN")?;
+    let (records, leaves) = tree::sizes(&db)?;
+    if records != leaves {
+        bail!("the store holds {records} records but its persisted Merkle tree {leaves} leaves");
+    }
+    Ok((db, records))
+}
+
 /// The tree size a signed note claims (checked by its signature after).
 fn claimed(signed: &str) -> Option<u64> {
     Checkpoint::parse(&signed[..signed.find("\n\n")? + 1]).ok().map(|c| c.size)
@@ -161,13 +168,7 @@ fn next_row(rows: &mut rusqlite::Rows<'_>) -> Result<Option<(u64, String)>> {
 /// # Errors
 /// As a start would refuse.
 pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
-    crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
-    let db = crate::store::log::read_only(dir)?;
-    db.execute_batch("BEGIN")?;
-    let (records, leaves) = tree::sizes(&db)?;
-    if records != leaves {
-        bail!("the store holds {records} records but its persisted Merkle tree {leaves} leaves");
-    }
+    let (db, records) = snapshot(dir)?;
     let from = crate::store::trust::signed_size(&db, dir)?.min(records);
     tree::verify_records(&db, from, records, true, |_, _| {})?;
     let mut stmt = db.prepare("SELECT body FROM records WHERE type IN ('key-event', 'key-rotation') ORDER BY seq")?;
