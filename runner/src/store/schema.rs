@@ -26,7 +26,7 @@
 //!    crash.
 //!
 //! **The next release that changes the schema** bumps [`SCHEMA_VERSION`],
-//! changes [`CREATE`] for new stores, appends one [`Migration`] to
+//! changes `create` (the tables of a new store), appends one [`Migration`] to
 //! [`MIGRATIONS`] taking a store at the previous version to the new one, and
 //! commits a store made by the previous release as a fixture beside
 //! `tests/data/store-v1/` (which every later runner must keep opening). A
