@@ -100,7 +100,9 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     };
     // `stored_as`: the size of the row holding it (the file has none).
     let check = |stored_as: Option<u64>, signed: &str, what: &str| -> Result<()> {
-        let size = stored_as.or_else(|| claimed(signed)).with_context(|| format!("{what} is not a checkpoint"))?;
+        let size = stored_as
+            .or_else(|| crate::store::trust::claimed_size(signed))
+            .with_context(|| format!("{what} is not a checkpoint"))?;
         let verifier = key_at(size)?;
         let opened = note::open(signed, std::slice::from_ref(&verifier))
             .map_err(|e| anyhow!("{what} is not signed by the key in force at tree size {size}: {e}"))?;
@@ -146,11 +148,6 @@ fn snapshot(dir: &Path) -> Result<(Connection, u64)> {
         bail!("the store holds {records} records but its persisted Merkle tree {leaves} leaves");
     }
     Ok((db, records))
-}
-
-/// The tree size a signed note claims (checked by its signature after).
-fn claimed(signed: &str) -> Option<u64> {
-    Checkpoint::parse(&signed[..signed.find("\n\n")? + 1]).ok().map(|c| c.size)
 }
 
 fn next_row(rows: &mut rusqlite::Rows<'_>) -> Result<Option<(u64, String)>> {
@@ -208,15 +205,9 @@ fn compare_fold(db: &Connection, fold: &LogIndex) -> Result<()> {
     if let Some(id) = stored.keys().next() {
         return Err(differs(format!("proposal {} is stored but not in the records", edge_core::text::line(id))));
     }
-    let s = &fold.settlements;
     let mut want: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (kind, map) in [
-        (fold::Spent::Nonce, &s.nonces),
-        (fold::Spent::Executed, &s.executed),
-        (fold::Spent::Settled, &s.settled),
-        (fold::Spent::Expired, &s.expired),
-    ] {
-        want.extend(map.iter().map(|(k, seq)| ((kind.name(), k.as_str()), *seq)));
+    for kind in fold::Spent::ALL {
+        want.extend(kind.of(&fold.settlements).iter().map(|(k, seq)| ((kind.name(), k.as_str()), *seq)));
     }
     let mut stmt = db.prepare("SELECT kind, key, seq FROM spent")?;
     let mut rows = stmt.query([])?;

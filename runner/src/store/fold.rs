@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{Context, Result};
 use edge_core::Sha256Digest;
 use edge_core::evidence::{PasskeyUse, Record};
-use edge_core::lifecycle::{Changed, ProposalView, State};
+use edge_core::lifecycle::{Changed, ProposalView, Settlements, State};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,28 @@ pub enum Spent {
 }
 
 impl Spent {
+    pub const ALL: [Spent; 4] = [Spent::Nonce, Spent::Executed, Spent::Settled, Spent::Expired];
+
+    /// Where the fold keeps this kind in memory (what is not stored yet).
+    pub fn of(self, s: &Settlements) -> &HashMap<String, u64> {
+        match self {
+            Spent::Nonce => &s.nonces,
+            Spent::Executed => &s.executed,
+            Spent::Settled => &s.settled,
+            Spent::Expired => &s.expired,
+        }
+    }
+
+    /// [`Spent::of`], to change.
+    pub fn of_mut(self, s: &mut Settlements) -> &mut HashMap<String, u64> {
+        match self {
+            Spent::Nonce => &mut s.nonces,
+            Spent::Executed => &mut s.executed,
+            Spent::Settled => &mut s.settled,
+            Spent::Expired => &mut s.expired,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Spent::Nonce => "nonce",

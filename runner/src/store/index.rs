@@ -142,15 +142,10 @@ impl LogIndex {
     /// memory keeps all of it until [`LogIndex::stored`].
     pub fn changes(&mut self) -> Changes {
         let s = &self.settlements;
-        let spent = [
-            (Spent::Nonce, &s.nonces),
-            (Spent::Executed, &s.executed),
-            (Spent::Settled, &s.settled),
-            (Spent::Expired, &s.expired),
-        ]
-        .into_iter()
-        .flat_map(|(kind, map)| map.iter().map(move |(k, seq)| (kind, k.clone(), *seq)))
-        .collect();
+        let spent = Spent::ALL
+            .into_iter()
+            .flat_map(|kind| kind.of(s).iter().map(move |(k, seq)| (kind, k.clone(), *seq)))
+            .collect();
         Changes {
             records: self.records,
             proposals: self.proposals.changed(),
@@ -172,14 +167,8 @@ impl LogIndex {
     /// `changes` are in the store: forget what memory need not keep (what
     /// was spent, and proposals that reached a final state).
     pub fn stored(&mut self, changes: &Changes) {
-        let s = &mut self.settlements;
         for (kind, key, _) in &changes.spent {
-            match kind {
-                Spent::Nonce => s.nonces.remove(key),
-                Spent::Executed => s.executed.remove(key),
-                Spent::Settled => s.settled.remove(key),
-                Spent::Expired => s.expired.remove(key),
-            };
+            kind.of_mut(&mut self.settlements).remove(key);
         }
         self.proposals.evict(|v| !is_final(v.state));
     }

@@ -363,7 +363,13 @@ impl Writer {
         // The records are durable (their appends succeed); a fold that
         // cannot be read or kept stops the writer, as a failed commit does
         // (the next start folds the records again).
-        if let Err(e) = load_error.map_or_else(|| self.keep_fold(), Err) {
+        // (A batch of artifacts or checkpoints alone changes no fold.)
+        let kept = match load_error {
+            Some(e) => Err(e),
+            None if new_records.is_empty() => Ok(()),
+            None => self.keep_fold(),
+        };
+        if let Err(e) = kept {
             tracing::error!(error = %format!("{e:#}"), "cannot keep the fold of the evidence log; no more records are accepted");
             self.poisoned = Some(format!(
                 "the fold of the evidence log could not be kept ({e:#}); nothing more is accepted: restart the runner"
@@ -866,18 +872,8 @@ impl EvidenceLog {
     /// # Errors
     /// If the store cannot be read.
     pub fn spent(&self, kind: fold::Spent, key: &str) -> Result<Option<u64>> {
-        {
-            let index = self.index();
-            let s = &index.settlements;
-            let map = match kind {
-                fold::Spent::Nonce => &s.nonces,
-                fold::Spent::Executed => &s.executed,
-                fold::Spent::Settled => &s.settled,
-                fold::Spent::Expired => &s.expired,
-            };
-            if let Some(seq) = map.get(key) {
-                return Ok(Some(*seq));
-            }
+        if let Some(seq) = kind.of(&self.index().settlements).get(key) {
+            return Ok(Some(*seq));
         }
         // Not in memory: stored before memory forgot it, or never spent.
         let db = self.readers.get()?;
