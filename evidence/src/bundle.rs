@@ -85,32 +85,134 @@ pub fn decode_hashes(list: &[String]) -> Result<Vec<Vec<u8>>, String> {
 /// Write a bundle. `records` are canonical JSON lines, `artifacts` sorted by digest.
 ///
 /// # Errors
-/// If the header cannot be made canonical (it always can).
+/// If the parts disagree with the header (a record spanning lines, counts,
+/// artifacts out of order).
 pub fn write(
     header: &Header,
     records: &[&str],
     artifacts: &[(Sha256Digest, &[u8])],
     checkpoint: &str,
-) -> Result<Vec<u8>, canonical::CanonicalError> {
+) -> std::io::Result<Vec<u8>> {
     let size: usize = records.iter().map(|r| r.len() + 1).sum::<usize>()
         + artifacts.iter().map(|(_, b)| b.len() * 4 / 3 + 80).sum::<usize>();
-    let mut out = Vec::with_capacity(size + 1024);
-    out.extend_from_slice(MAGIC.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(&canonical::to_canonical_vec(header)?);
-    out.push(b'\n');
+    let mut w = Writer::start(Vec::with_capacity(size + 1024), header)?;
     for r in records {
-        out.extend_from_slice(r.as_bytes());
-        out.push(b'\n');
+        w.record(r)?;
     }
     for (d, b) in artifacts {
-        out.extend_from_slice(d.to_string().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(B64.encode(b).as_bytes());
-        out.push(b'\n');
+        w.artifact(d, b)?;
     }
-    out.extend_from_slice(checkpoint.as_bytes());
-    Ok(out)
+    w.finish(checkpoint)
+}
+
+/// A bundle written part by part (export streams records and artifacts
+/// straight from the store): the header first, then exactly the records
+/// and artifacts it announces, in order, then the checkpoint. Anything
+/// else is an error, so a writer cannot produce a bundle whose layout
+/// disagrees with its header.
+#[derive(Debug)]
+pub struct Writer<W: std::io::Write> {
+    out: W,
+    records: u64,
+    artifacts: u64,
+    last: Option<Sha256Digest>,
+    header_records: u64,
+    header_artifacts: u64,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+impl<W: std::io::Write> Writer<W> {
+    /// Write the magic line and the header.
+    ///
+    /// # Errors
+    /// On a write error (or, never, a header that cannot be made canonical).
+    pub fn start(out: W, header: &Header) -> std::io::Result<Self> {
+        let head = canonical::to_canonical_vec(header).map_err(std::io::Error::other)?;
+        let mut w = Self {
+            out,
+            records: 0,
+            artifacts: 0,
+            last: None,
+            header_records: header.records,
+            header_artifacts: header.artifacts,
+            bytes: 0,
+        };
+        w.put(MAGIC.as_bytes())?;
+        w.put(b"\n")?;
+        w.put(&head)?;
+        w.put(b"\n")?;
+        Ok(w)
+    }
+
+    fn put(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(b)?;
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+
+    fn refuse(why: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
+    }
+
+    /// The next record line (its canonical JSON, one line).
+    ///
+    /// # Errors
+    /// On a write error, a line break in the record, or more records than the header announced.
+    pub fn record(&mut self, line: &str) -> std::io::Result<()> {
+        if self.records >= self.header_records || self.artifacts > 0 {
+            return Err(Self::refuse(format!(
+                "record {} beyond the {} the header announced",
+                self.records, self.header_records
+            )));
+        }
+        if line.contains('\n') {
+            return Err(Self::refuse(format!("record {} spans lines", self.records)));
+        }
+        self.records += 1;
+        self.put(line.as_bytes())?;
+        self.put(b"\n")
+    }
+
+    /// The next artifact (in strictly increasing digest order, after every record).
+    ///
+    /// # Errors
+    /// On a write error, an artifact out of order or more artifacts than the header announced.
+    pub fn artifact(&mut self, digest: &Sha256Digest, bytes: &[u8]) -> std::io::Result<()> {
+        if self.records != self.header_records || self.artifacts >= self.header_artifacts {
+            return Err(Self::refuse(format!(
+                "artifact {digest} out of place: {} of {} records and {} of {} artifacts written",
+                self.records, self.header_records, self.artifacts, self.header_artifacts
+            )));
+        }
+        if self.last.is_some_and(|p| p >= *digest) {
+            return Err(Self::refuse(format!("artifact {digest} is not after the one before it in digest order")));
+        }
+        self.last = Some(*digest);
+        self.artifacts += 1;
+        let mut line = String::with_capacity(bytes.len() * 4 / 3 + 80);
+        line.push_str(&digest.to_string());
+        line.push(' ');
+        B64.encode_string(bytes, &mut line);
+        line.push('\n');
+        self.put(line.as_bytes())
+    }
+
+    /// The signed checkpoint, last; returns the output.
+    ///
+    /// # Errors
+    /// On a write error, or fewer records or artifacts than the header announced.
+    pub fn finish(mut self, checkpoint: &str) -> std::io::Result<W> {
+        if self.records != self.header_records || self.artifacts != self.header_artifacts {
+            return Err(Self::refuse(format!(
+                "{} of {} records and {} of {} artifacts written: the bundle would not match its header",
+                self.records, self.header_records, self.artifacts, self.header_artifacts
+            )));
+        }
+        self.put(checkpoint.as_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 /// Parse the layout (strictly). Values are checked by [`crate::verify()`].

@@ -1,11 +1,13 @@
 //! `evidence export`: one self-contained bundle (format in
 //! `edge_evidence::bundle`) with a checkpoint signed at export time.
 
-use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
 use edge_core::evidence::Record;
+use rusqlite::{Connection, OptionalExtension as _};
 
 use edge_core::note::{self, Checkpoint, NoteSigner};
 use edge_evidence::bundle::{self, Header, Scope};
@@ -25,12 +27,13 @@ pub enum ExportScope {
     Run(String),
 }
 
-/// An export, ready to write.
+/// What an export wrote.
 #[derive(Debug)]
 pub struct Exported {
-    pub bytes: Vec<u8>,
-    pub records: usize,
-    pub artifacts: usize,
+    pub records: u64,
+    pub artifacts: u64,
+    /// The bundle's size in bytes.
+    pub bytes: u64,
     pub tree_size: u64,
     /// The checkpoint signed for this export (a later `--since` takes it).
     pub checkpoint: String,
@@ -65,36 +68,101 @@ fn since_key(log: &EvidenceLog, origin: &str, old_note: &str) -> Option<edge_cor
     edge_core::note::NoteVerifier::parse(history.key_at(size)?).ok()
 }
 
-/// Build a bundle from the store, signing a checkpoint of the whole log now.
+/// Build a bundle from the store in memory (the API's export; the command
+/// line streams to a file with [`export_file`]).
 ///
 /// # Errors
-/// If the earlier checkpoint is not this log's, the run is unknown, or the store cannot be read.
+/// As [`export_to`].
 pub fn export(
     log: &EvidenceLog,
     signer: &std::sync::Arc<NoteSigner>,
     origin: &str,
     scope: &ExportScope,
+) -> Result<(Exported, Vec<u8>)> {
+    export_to(log, signer, origin, scope, Vec::new())
+}
+
+/// Export to `path` durably, or not at all: the bundle is streamed into a
+/// new temporary file beside it (`.<name>.partial`, mode 0600), synced, and
+/// renamed into place only when complete. An export that fails or is
+/// killed leaves no file at `path` (an earlier one there is untouched),
+/// and a leftover `.partial` file ends before its checkpoint, so it never
+/// verifies.
+///
+/// # Errors
+/// As [`export_to`], and on I/O errors writing the file.
+pub fn export_file(
+    log: &EvidenceLog,
+    signer: &std::sync::Arc<NoteSigner>,
+    origin: &str,
+    scope: &ExportScope,
+    path: &Path,
 ) -> Result<Exported> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).context("the output path names no file")?;
+    let tmp = dir.join(format!(".{name}.partial"));
+    // A leftover of a killed export is removed (a symlink planted there is
+    // removed itself, never followed); the new file must be ours.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the leftover {}", tmp.display()));
+        }
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {} (is the directory writable?)", tmp.display()))?;
+    let written =
+        export_to(log, signer, origin, scope, std::io::BufWriter::with_capacity(1 << 20, file)).and_then(|(e, w)| {
+            let f = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+            f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+            Ok(e)
+        });
+    let e = match written {
+        Ok(e) => e,
+        Err(err) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err);
+        }
+    };
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move the export into place at {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(e)
+}
+
+/// Stream a bundle from the store to `out`, signing a checkpoint of the
+/// whole log now. Memory does not grow with the log: records are copied
+/// row by row, the artifacts they reference are collected in a temporary
+/// table of the store's read connection and copied one at a time, in
+/// digest order, each checked against its digest.
+///
+/// # Errors
+/// If the earlier checkpoint is not this log's, the run is unknown, the
+/// store cannot be read or disagrees with itself, or `out` fails.
+pub fn export_to<W: Write>(
+    log: &EvidenceLog,
+    signer: &std::sync::Arc<NoteSigner>,
+    origin: &str,
+    scope: &ExportScope,
+    out: W,
+) -> Result<(Exported, W)> {
     let note_text = log.checkpoint(signer, origin)?;
     let checkpoint = Checkpoint::parse(&note::open(&note_text, std::slice::from_ref(signer.verifier()))?.text)?;
     // Everything below is relative to the checkpoint just signed, even if
     // other writers append meanwhile.
     let size = checkpoint.size;
-    let tree_size = usize::try_from(size)?;
     let db = read_only(log.dir())?;
-    let mut bodies: Vec<String> = Vec::with_capacity(tree_size);
-    {
-        let mut stmt = db.prepare("SELECT body FROM records WHERE seq < ?1 ORDER BY seq")?;
-        let mut rows = stmt.query([size as i64])?;
-        while let Some(row) = rows.next()? {
-            bodies.push(row.get(0)?);
-        }
-    }
-    if bodies.len() as u64 != size {
-        bail!("the store holds {} records, the tree {size}: the store changed under the runner", bodies.len());
-    }
-    let (scope, chosen): (Scope, Vec<usize>) = match scope {
-        ExportScope::Full => (Scope::Full, (0..bodies.len()).collect()),
+    let (scope, chosen) = match scope {
+        ExportScope::Full => (Scope::Full, Chosen::Range(0, size)),
         ExportScope::Since(old_note) => {
             // Signed by the key the log had in force at that size: an
             // earlier export stays a valid starting point across a rotation.
@@ -112,7 +180,6 @@ pub fn export(
                     old.size
                 );
             }
-            let n = usize::try_from(old.size)?;
             let (old_root, prefix, consistency) = log
                 .with_tree(|t| -> Result<_, TreeError<RowError>> {
                     let m = old.size;
@@ -131,16 +198,11 @@ pub fn export(
                     consistency: bundle::encode_hashes(&consistency),
                     prefix: bundle::encode_hashes(&prefix.hashes()),
                 },
-                (n..bodies.len()).collect(),
+                Chosen::Range(old.size, size),
             )
         }
         ExportScope::Run(run) => {
-            let chosen: Vec<usize> = log
-                .run_seqs(run)?
-                .into_iter()
-                .filter(|&s| s < size)
-                .map(|s| usize::try_from(s).expect("seq fits"))
-                .collect();
+            let chosen: Vec<u64> = log.run_seqs(run)?.into_iter().filter(|&s| s < size).collect();
             if chosen.is_empty() {
                 bail!("no run `{run}` in the evidence log (`edge-runner evidence show` lists runs)");
             }
@@ -148,38 +210,112 @@ pub fn export(
                 .with_tree(|t| {
                     chosen
                         .iter()
-                        .map(|&i| merkle::inclusion_proof_of(t, i as u64, size).map(|p| bundle::encode_hashes(&p)))
+                        .map(|&i| merkle::inclusion_proof_of(t, i, size).map(|p| bundle::encode_hashes(&p)))
                         .collect::<Result<Vec<_>, _>>()
                 })?
                 .map_err(|e| anyhow!("the stored Merkle tree: {e}"))?;
-            (Scope::Run { run: run.clone(), proofs }, chosen)
+            (Scope::Run { run: run.clone(), proofs }, Chosen::Seqs(chosen))
         }
     };
-    let records: Vec<&str> = chosen.iter().map(|&i| bodies[i].as_str()).collect();
-    let mut digests = BTreeSet::<Sha256Digest>::new();
-    for &i in &chosen {
-        let r: Record = serde_json::from_str(&bodies[i])?;
-        digests.extend(r.artifacts());
+
+    // Pass 1: the artifacts the chosen records reference.
+    db.execute_batch("CREATE TEMP TABLE wanted (digest TEXT PRIMARY KEY) WITHOUT ROWID")?;
+    let records = chosen.each(&db, |_, body| {
+        let r: Record = serde_json::from_str(body).context("a record in the store does not parse")?;
+        let mut add = db.prepare_cached("INSERT OR IGNORE INTO temp.wanted (digest) VALUES (?1)")?;
+        for d in r.artifacts() {
+            add.execute([d.to_string()])?;
+        }
+        Ok(())
+    })?;
+    if records != chosen.len() {
+        bail!(
+            "the store holds {records} of the {} records wanted, the tree {size}: the store changed under the runner",
+            chosen.len()
+        );
     }
-    let mut artifacts: Vec<(Sha256Digest, Vec<u8>)> = Vec::with_capacity(digests.len());
-    let mut stmt = db.prepare("SELECT bytes FROM artifacts WHERE digest = ?1")?;
-    for d in digests {
-        let bytes: Vec<u8> = stmt
-            .query_row([d.to_string()], |r| r.get(0))
-            .with_context(|| format!("artifact {d} is referenced by the log but missing from the store"))?;
-        if Sha256Digest::of(&bytes) != d {
+    let artifacts: u64 = db.query_row("SELECT count(*) FROM temp.wanted", [], |r| r.get::<_, i64>(0))? as u64;
+    if let Some(missing) = db
+        .query_row(
+            "SELECT w.digest FROM temp.wanted w LEFT JOIN artifacts a ON a.digest = w.digest WHERE a.digest IS NULL LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+    {
+        bail!("artifact {missing} is referenced by the log but missing from the store: the store was altered");
+    }
+
+    // Pass 2: the bundle.
+    let header = Header { origin: origin.to_owned(), scope, tree_size: size, records, artifacts };
+    let mut w = bundle::Writer::start(out, &header)?;
+    let copied = chosen.each(&db, |_, body| Ok(w.record(body)?))?;
+    if copied != records {
+        bail!("the store changed under the export: {copied} records the second time, {records} the first");
+    }
+    let mut stmt = db.prepare(
+        "SELECT w.digest, a.bytes FROM temp.wanted w JOIN artifacts a ON a.digest = w.digest ORDER BY w.digest",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let text = row.get_ref(0)?.as_str()?;
+        let d: Sha256Digest =
+            text.parse().map_err(|_| anyhow!("the store holds an artifact named `{}`", edge_core::text::line(text)))?;
+        let bytes = row.get_ref(1)?.as_blob()?;
+        if Sha256Digest::of(bytes) != d {
             bail!("artifact {d} in the store does not match its digest: the store was altered");
         }
-        artifacts.push((d, bytes));
+        w.artifact(&d, bytes)?;
     }
-    let header = Header {
-        origin: origin.to_owned(),
-        scope,
-        tree_size: size,
-        records: records.len() as u64,
-        artifacts: artifacts.len() as u64,
-    };
-    let refs: Vec<(Sha256Digest, &[u8])> = artifacts.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    let bytes = bundle::write(&header, &records, &refs, &note_text)?;
-    Ok(Exported { bytes, records: records.len(), artifacts: artifacts.len(), tree_size: size, checkpoint: note_text })
+    let bytes = w.bytes + note_text.len() as u64;
+    let out = w.finish(&note_text)?;
+    Ok((Exported { records, artifacts, bytes, tree_size: size, checkpoint: note_text }, out))
+}
+
+/// The records an export takes.
+enum Chosen {
+    /// `seq` in `[from, to)`.
+    Range(u64, u64),
+    /// These (a run's), ascending.
+    Seqs(Vec<u64>),
+}
+
+impl Chosen {
+    fn len(&self) -> u64 {
+        match self {
+            Chosen::Range(a, b) => b - a,
+            Chosen::Seqs(s) => s.len() as u64,
+        }
+    }
+
+    /// Call `f(seq, body)` for each chosen record in order, reading row by
+    /// row; returns how many there were.
+    fn each(&self, db: &Connection, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<u64> {
+        let mut n = 0;
+        let mut visit = |row: &rusqlite::Row<'_>| -> Result<()> {
+            let seq = row.get::<_, i64>(0)? as u64;
+            f(seq, row.get_ref(1)?.as_str()?)?;
+            n += 1;
+            Ok(())
+        };
+        match self {
+            Chosen::Range(a, b) => {
+                let mut stmt = db.prepare("SELECT seq, body FROM records WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
+                let mut rows = stmt.query([*a as i64, *b as i64])?;
+                while let Some(row) = rows.next()? {
+                    visit(row)?;
+                }
+            }
+            Chosen::Seqs(seqs) => {
+                let mut stmt = db.prepare_cached("SELECT seq, body FROM records WHERE seq = ?1")?;
+                for &s in seqs {
+                    let mut rows = stmt.query([s as i64])?;
+                    if let Some(row) = rows.next()? {
+                        visit(row)?;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
 }

@@ -405,6 +405,72 @@ fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
 }
 
 #[test]
+fn an_export_killed_or_failing_mid_stream_leaves_no_bundle_that_looks_complete() {
+    let f = fixture();
+    let home = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
+    assert!(status.unwrap().success());
+    let export = |limit_kib: Option<u32>| {
+        // `ulimit -f`: the kernel stops the export with SIGXFSZ once a
+        // file it writes reaches the limit: above what the store's WAL
+        // takes for the export's own records, below the bundle's size.
+        let ulimit = limit_kib.map_or_else(String::new, |k| format!("ulimit -f {k}; "));
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{ulimit}exec \"$0\" \"$@\""))
+            .arg(crate::harness::BIN)
+            .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
+            .current_dir(home.path())
+            .output()
+            .unwrap()
+    };
+    let bundle_path = home.path().join("all.bundle");
+    let partial = home.path().join(".all.bundle.partial");
+    // A symlink planted where the export writes its partial file is
+    // removed, never followed.
+    std::fs::write(home.path().join("victim"), "precious").unwrap();
+    std::os::unix::fs::symlink(home.path().join("victim"), &partial).unwrap();
+    let out = export(None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(home.path().join("victim")).unwrap(), "precious");
+    let earlier = std::fs::read(&bundle_path).unwrap();
+    assert!(earlier.len() > 450 * 1024, "the bundle must be larger than the limit below");
+    verify(&earlier, &f.keys, Level::Full).unwrap();
+    assert!(!partial.exists());
+
+    // Killed mid-stream: the earlier bundle is untouched; what the export
+    // had written is in the `.partial` file, which ends before its
+    // checkpoint and so never verifies.
+    // 400 blocks: 200 KiB (dash) or 400 KiB (bash).
+    let out = export(Some(400));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGXFSZ), "{out:?}");
+    assert_eq!(std::fs::read(&bundle_path).unwrap(), earlier);
+    let cut = std::fs::read(&partial).unwrap();
+    assert!(!cut.is_empty() && cut.len() < earlier.len(), "{} bytes", cut.len());
+    let e = verify(&cut, &f.keys, Level::Integrity).unwrap_err();
+    assert_eq!(e.check, "bundle.format", "{e}");
+    assert!(e.detail.contains("the file ends before"), "{e}");
+
+    // An artifact altered in the store is found while it is copied, after
+    // the records were streamed: the export fails naming it, removes its
+    // partial file and leaves the earlier bundle.
+    let digest: String = {
+        let db = rusqlite::Connection::open(home.path().join("state/evidence/evidence.db")).unwrap();
+        db.execute_batch("DROP TRIGGER artifacts_append_only_u").unwrap();
+        let d: String =
+            db.query_row("SELECT digest FROM artifacts ORDER BY digest DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        db.execute("UPDATE artifacts SET bytes = CAST('forged' AS BLOB) WHERE digest = ?1", [&d]).unwrap();
+        d
+    };
+    let out = export(None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("artifact {digest} in the store does not match its digest")), "{err}");
+    assert_eq!(std::fs::read(&bundle_path).unwrap(), earlier);
+    assert!(!partial.exists(), "a failed export removes its partial file");
+}
+
+#[test]
 fn partial_exports_prove_inclusion_and_consistency() {
     let f = fixture();
     let v = verify(&f.bundle, &f.keys, Level::Full).unwrap();

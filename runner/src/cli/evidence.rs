@@ -219,15 +219,14 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             };
             let config = RunnerConfig::load(&config)?;
             let runner = Runner::open(config)?;
-            let e = runner.export(&scope)?;
-            crate::staging::write_durably(&path, &e.bytes)?;
+            let e = runner.export_file(&scope, &path)?;
             writeln!(
                 out,
                 "exported {} record(s) and {} artifact(s) to {} ({} bytes); checkpoint at tree size {}",
                 e.records,
                 e.artifacts,
                 path.display(),
-                e.bytes.len(),
+                e.bytes,
                 e.tree_size
             )?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;

@@ -177,12 +177,24 @@ impl Runner {
         self.log.handle()
     }
 
-    /// Export the log (or part of it) as a bundle, signing a checkpoint now.
+    /// Export the log (or part of it) as a bundle in memory, signing a checkpoint now.
     ///
     /// # Errors
     /// As [`crate::export::export`].
-    pub fn export(&self, scope: &crate::export::ExportScope) -> Result<crate::export::Exported> {
+    pub fn export(&self, scope: &crate::export::ExportScope) -> Result<(crate::export::Exported, Vec<u8>)> {
         crate::export::export(&self.log, &self.identity, &self.config.name, scope)
+    }
+
+    /// Stream an export to a file, durably or not at all ([`crate::export::export_file`]).
+    ///
+    /// # Errors
+    /// As [`crate::export::export_file`].
+    pub fn export_file(
+        &self,
+        scope: &crate::export::ExportScope,
+        path: &std::path::Path,
+    ) -> Result<crate::export::Exported> {
+        crate::export::export_file(&self.log, &self.identity, &self.config.name, scope, path)
     }
 
     /// Run a capsule file through every gate.

@@ -369,7 +369,7 @@ impl RunService {
     pub async fn export(&self, since: Option<String>) -> Result<Vec<u8>> {
         let r = self.runner.clone();
         let scope = since.map_or(ExportScope::Full, ExportScope::Since);
-        tokio::task::spawn_blocking(move || r.export(&scope).map(|e| e.bytes)).await.context("export task")?
+        tokio::task::spawn_blocking(move || r.export(&scope).map(|(_, bytes)| bytes)).await.context("export task")?
     }
 
     pub fn metrics(&self) -> String {
