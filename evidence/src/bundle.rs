@@ -232,11 +232,7 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, Failure> {
     if line("the magic line")? != MAGIC {
         return Err(bad(format!("the first line is not `{MAGIC}`: not an evidence bundle (or another version)")));
     }
-    let head = line("the header")?;
-    let header: Header = serde_json::from_str(head).map_err(|e| bad(format!("header: {e}")))?;
-    if canonical::to_canonical_vec(&header).map_err(|e| bad(format!("header: {e}")))? != head.as_bytes() {
-        return Err(bad("header is not in canonical JSON form".into()));
-    }
+    let header = header_line(line("the header")?)?;
     let n = usize::try_from(header.records).map_err(|_| bad("record count out of range".into()))?;
     let k = usize::try_from(header.artifacts).map_err(|_| bad("artifact count out of range".into()))?;
     // Each line takes at least two bytes: refuse absurd counts before allocating.
@@ -251,18 +247,39 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, Failure> {
     let mut last: Option<Sha256Digest> = None;
     for i in 0..k {
         let l = line(&format!("artifact line {i} of {k}"))?;
-        let (d, b64) =
-            l.split_once(' ').ok_or_else(|| bad(format!("artifact line {i}: expected `<digest> <base64>`")))?;
-        let digest: Sha256Digest = d.parse().map_err(|_| bad(format!("artifact line {i}: bad digest")))?;
-        if digest.to_string() != d {
-            return Err(bad(format!("artifact line {i}: digest not in canonical form")));
-        }
+        let (digest, bytes) = artifact_line(l.as_bytes(), i as u64)?;
         if last.is_some_and(|p| p >= digest) {
             return Err(bad(format!("artifact line {i}: artifacts must be in strictly increasing digest order")));
         }
         last = Some(digest);
-        let bytes = B64.decode(b64).map_err(|e| bad(format!("artifact {digest}: bad base64 ({e})")))?;
         artifacts.push((digest, bytes));
     }
     Ok(Bundle { header, records, artifacts, checkpoint: rest })
+}
+
+/// The header line: canonical JSON of a [`Header`].
+pub(crate) fn header_line(head: &str) -> Result<Header, Failure> {
+    let bad = |detail: String| Failure::bundle("bundle.format", detail);
+    let header: Header = serde_json::from_str(head).map_err(|e| bad(format!("header: {e}")))?;
+    if canonical::to_canonical_vec(&header).map_err(|e| bad(format!("header: {e}")))? != head.as_bytes() {
+        return Err(bad("header is not in canonical JSON form".into()));
+    }
+    Ok(header)
+}
+
+/// Artifact line `i`: `sha256:<hex> <base64>`, the digest canonical and
+/// the base64 strict (whether the bytes hash to the digest is checked by
+/// the verifier).
+pub(crate) fn artifact_line(line: &[u8], i: u64) -> Result<(Sha256Digest, Vec<u8>), Failure> {
+    let bad = |detail: String| Failure::bundle("bundle.format", format!("artifact line {i}: {detail}"));
+    let sp = line.iter().position(|&b| b == b' ').ok_or_else(|| bad("expected `<digest> <base64>`".into()))?;
+    let d = std::str::from_utf8(&line[..sp]).map_err(|_| bad("bad digest".into()))?;
+    let digest: Sha256Digest = d.parse().map_err(|_| bad("bad digest".into()))?;
+    if digest.to_string() != d {
+        return Err(bad("digest not in canonical form".into()));
+    }
+    let bytes = B64
+        .decode(&line[sp + 1..])
+        .map_err(|e| Failure::bundle("bundle.format", format!("artifact {digest}: bad base64 ({e})")))?;
+    Ok((digest, bytes))
 }

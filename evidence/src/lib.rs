@@ -21,12 +21,14 @@ pub mod cli;
 pub mod cli_docs;
 pub mod report;
 pub mod runs;
+mod stream;
 pub mod summary;
 #[doc(hidden)]
 pub mod synth;
 pub mod verify;
 
-pub use verify::{Level, Step, Verified, verify, verify_with_progress};
+pub use stream::MAX_LINE;
+pub use verify::{Level, Step, Verified, verify, verify_reader, verify_with_progress};
 
 use std::fmt;
 

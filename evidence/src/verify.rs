@@ -40,16 +40,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edge_core::evidence::{GENESIS, RECORD_SCHEMA, Record};
-use edge_core::merkle::{self, CompactRange, Hash};
+use edge_core::evidence::{RECORD_SCHEMA, Record};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
 use edge_core::rotation::{ChangeKind, KeyChange, KeyHistory};
 use edge_core::{Sha256Digest, canonical};
 use rayon::prelude::*;
-use serde::Deserialize;
 
 use crate::Failure;
-use crate::bundle::{self, Header, Scope};
+use crate::bundle::{Header, Scope};
 use crate::runs::{self, RunSummary};
 
 /// How much to check.
@@ -105,16 +103,6 @@ pub struct Verified {
     pub artifacts: BTreeMap<Sha256Digest, Vec<u8>>,
     /// Per-run summaries ([`Level::Full`]).
     pub runs: Vec<RunSummary>,
-}
-
-/// The fields the integrity pass reads from each record (the rest is skipped unparsed).
-#[derive(Deserialize)]
-struct Head<'a> {
-    seq: u64,
-    #[serde(borrow)]
-    prev: &'a str,
-    #[serde(borrow)]
-    run: std::borrow::Cow<'a, str>,
 }
 
 impl Verified {
@@ -188,216 +176,59 @@ pub fn verify_with_progress(
     level: Level,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Verified, Failure> {
-    let b = bundle::parse(bytes)?;
-    let h = &b.header;
-    // 2. The keys: the trusted ones, followed along the rotations.
-    let history = key_history(&b.records, &h.origin)?;
-    let accepted = history.follow(keys);
-    let (checkpoint, key) = open_checkpoint(b.checkpoint, &accepted, &h.origin, "checkpoint")
-        .map_err(|f| explain_untrusted(f, b.checkpoint, &history))?;
-    check_key_in_force(&history, checkpoint.size, &key, "checkpoint")?;
-    if checkpoint.size != h.tree_size {
-        return Err(Failure::bundle(
-            "checkpoint.size",
-            format!("the header says tree size {}, the signed checkpoint {}", h.tree_size, checkpoint.size),
-        ));
-    }
+    verify_reader(bytes, keys, level, progress)
+}
 
-    // 3. Sequence and chain, and the leaf hashes.
-    let since = match &h.scope {
-        Scope::Since { checkpoint: old, .. } => {
-            let (old, old_key) = open_checkpoint(old, &accepted, &h.origin, "since")?;
-            check_key_in_force(&history, old.size, &old_key, "since")?;
-            Some(old)
-        }
-        _ => None,
-    };
-    let first_seq = match (&h.scope, &since) {
-        (Scope::Full, _) => Some(0),
-        (Scope::Since { .. }, Some(old)) => Some(old.size),
-        _ => None,
-    };
-    let mut leaves: Vec<Hash> = Vec::with_capacity(b.records.len());
-    let mut seqs: Vec<u64> = Vec::with_capacity(b.records.len());
-    let mut prev: Option<(u64, Sha256Digest)> = None;
-    for (i, line) in b.records.iter().enumerate() {
-        let at = first_seq.map_or(i as u64, |f| f + i as u64);
-        let head: Head<'_> = serde_json::from_str(line).map_err(|e| Failure {
-            check: "record.format",
-            record: Some(at),
-            run: None,
-            detail: format!("not a record: {e}"),
-        })?;
-        let fail = |check: &'static str, detail: String| Failure::record(check, head.seq, &head.run, detail);
-        match first_seq {
-            Some(_) if head.seq != at => {
-                return Err(fail(
-                    "record.sequence",
-                    format!("found at position {at}: records were removed, duplicated or reordered"),
-                ));
-            }
-            None if prev.is_some_and(|(p, _)| head.seq <= p) || head.seq >= h.tree_size => {
-                return Err(fail("record.sequence", "out of order or beyond the checkpoint".into()));
-            }
-            _ => {}
-        }
-        if let Scope::Run { run, .. } = &h.scope
-            && head.run != *run
-        {
-            return Err(fail("scope.run", format!("a record of another run in an export of run {run}")));
-        }
-        let linked = match prev {
-            Some((p, d)) if p + 1 == head.seq => Some(d),
-            _ if head.seq == 0 => Some(GENESIS),
-            _ => None,
-        };
-        if let Some(want) = linked
-            && head.prev != want.to_string()
-        {
-            return Err(fail(
-                "record.chain",
-                format!(
-                    "links to {}, but record {} hashes to {want}: one of the two was altered, or records were removed between them",
-                    head.prev.chars().take(80).collect::<String>(),
-                    head.seq.saturating_sub(1)
-                ),
-            ));
-        }
-        prev = Some((head.seq, Sha256Digest::of(line.as_bytes())));
-        leaves.push(merkle::leaf_hash(line.as_bytes()));
-        seqs.push(head.seq);
-        if i % 8192 == 8191 {
-            progress(Step::Chain, i + 1, b.records.len());
-        }
-    }
-    progress(Step::Chain, b.records.len(), b.records.len());
-
-    // 4. The tree.
-    match &h.scope {
-        Scope::Full => {
-            if h.records != h.tree_size {
-                return Err(Failure::bundle(
-                    "tree.size",
-                    format!(
-                        "the signed checkpoint covers {} records, the bundle holds {}: records were removed or added",
-                        h.tree_size, h.records
-                    ),
-                ));
-            }
-            let mut range = CompactRange::default();
-            for l in &leaves {
-                range.push(*l);
-            }
-            if range.root() != checkpoint.root {
-                return Err(Failure::bundle(
-                    "tree.root",
-                    "the records do not hash to the signed root: a record was altered, removed, added or reordered",
-                ));
-            }
-        }
-        Scope::Since { consistency, prefix, .. } => {
-            let old = since.as_ref().expect("opened above");
-            if old.size == 0 || old.size + h.records != h.tree_size {
-                return Err(Failure::bundle(
-                    "tree.size",
-                    format!(
-                        "the earlier checkpoint ({} records) plus {} records is not the signed size {}",
-                        old.size, h.records, h.tree_size
-                    ),
-                ));
-            }
-            let prefix: Vec<Hash> = bundle::decode_hashes(prefix)
-                .map_err(|e| Failure::bundle("since.prefix", e))?
-                .into_iter()
-                .map(|v| v.try_into().expect("32 bytes"))
-                .collect();
-            let mut range =
-                CompactRange::from_hashes(old.size, &prefix).filter(|r| r.root() == old.root).ok_or_else(|| {
-                    Failure::bundle("since.prefix", "the earlier tree's subtree hashes do not give its signed root")
-                })?;
-            for l in &leaves {
-                range.push(*l);
-            }
-            if range.root() != checkpoint.root {
-                return Err(Failure::bundle(
-                    "tree.root",
-                    "the records do not extend the earlier tree to the signed root: a record was altered, removed, added or reordered",
-                ));
-            }
-            let proof = bundle::decode_hashes(consistency).map_err(|e| Failure::bundle("tree.consistency", e))?;
-            merkle::verify_consistency(old.size, checkpoint.size, &proof, &old.root, &checkpoint.root).map_err(
-                |e| {
-                    Failure::bundle(
-                        "tree.consistency",
-                        format!("the log is not an extension of the earlier checkpoint: {e}"),
-                    )
-                },
-            )?;
-        }
-        Scope::Run { proofs, .. } => {
-            if proofs.len() != leaves.len() || leaves.is_empty() {
-                return Err(Failure::bundle("tree.inclusion", "a run export needs one inclusion proof per record"));
-            }
-            for ((seq, leaf), proof) in seqs.iter().zip(&leaves).zip(proofs) {
-                let proof = bundle::decode_hashes(proof).map_err(|e| Failure::bundle("tree.inclusion", e))?;
-                merkle::verify_inclusion(*seq, checkpoint.size, leaf, &proof, &checkpoint.root).map_err(|e| {
-                    Failure {
-                        check: "tree.inclusion",
-                        record: Some(*seq),
-                        run: None,
-                        detail: format!("not in the signed tree: {e}"),
-                    }
-                })?;
-            }
-        }
-    }
-
-    // 5. Artifacts.
-    b.artifacts.par_iter().try_for_each(|(d, bytes)| {
-        let got = Sha256Digest::of(bytes);
-        if got == *d {
-            Ok(())
-        } else {
-            Err(Failure::bundle("artifact.digest", format!("artifact {d} hashes to {got}: it was altered or swapped")))
-        }
-    })?;
-    progress(Step::Artifacts, b.artifacts.len(), b.artifacts.len());
-
+/// [`verify_with_progress`] reading the bundle from `input` once, start to
+/// end (`crate::stream`). At [`Level::Integrity`] memory does not grow with
+/// the bundle; [`Level::Full`] keeps every record and artifact for the
+/// per-run checks and the report.
+///
+/// # Errors
+/// As [`verify()`]; `bundle.read` when `input` fails.
+pub fn verify_reader(
+    input: impl std::io::BufRead,
+    keys: &[NoteVerifier],
+    level: Level,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<Verified, Failure> {
+    let mut kept = (level == Level::Full).then(crate::stream::Kept::default);
+    let passed = crate::stream::pass(input, keys, kept.as_mut(), progress)?;
     let mut v = Verified {
         level,
-        header: b.header.clone(),
-        checkpoint,
-        key,
-        key_changes: history.changes().to_vec(),
-        since,
+        header: passed.header,
+        checkpoint: passed.checkpoint,
+        key: passed.key,
+        key_changes: passed.history.changes().to_vec(),
+        since: passed.since,
         records: Vec::new(),
-        record_count: b.records.len(),
+        record_count: usize::try_from(passed.records).unwrap_or(usize::MAX),
         artifacts: BTreeMap::new(),
         runs: Vec::new(),
     };
-    let artifacts: BTreeMap<Sha256Digest, Vec<u8>> = b.artifacts.into_iter().collect();
-    if level == Level::Full {
-        v.records = parse_records(&b.records)?;
-        progress(Step::Records, v.records.len(), v.records.len());
-        check_artifact_refs(&v.records, &artifacts)?;
-        let ctx = runs::Ctx {
-            artifacts: &artifacts,
-            runner: &v.header.origin,
-            // Only a `since` export may begin in the middle of a run; a run
-            // export carries every record of its run.
-            partial_start: matches!(v.header.scope, Scope::Since { .. }),
-            documents: &std::collections::HashMap::new(),
-        };
-        v.runs = runs::check_runs(&v.records, &ctx, &mut |done, total| progress(Step::Runs, done, total))?;
-        if matches!(v.header.scope, Scope::Full) {
-            check_key_event(&v.records, &v.key)?;
-        }
+    let Some(kept) = kept else { return Ok(v) };
+    let artifacts: BTreeMap<Sha256Digest, Vec<u8>> = kept.artifacts.into_iter().collect();
+    v.records = parse_records(&kept.records)?;
+    drop(kept.records);
+    progress(Step::Records, v.records.len(), v.records.len());
+    check_artifact_refs(&v.records, &artifacts)?;
+    let ctx = runs::Ctx {
+        artifacts: &artifacts,
+        runner: &v.header.origin,
+        // Only a `since` export may begin in the middle of a run; a run
+        // export carries every record of its run.
+        partial_start: matches!(v.header.scope, Scope::Since { .. }),
+        documents: &std::collections::HashMap::new(),
+    };
+    v.runs = runs::check_runs(&v.records, &ctx, &mut |done, total| progress(Step::Runs, done, total))?;
+    if matches!(v.header.scope, Scope::Full) {
+        check_key_event(&v.records, &v.key)?;
     }
     v.artifacts = artifacts;
     Ok(v)
 }
 
-fn open_checkpoint(
+pub(crate) fn open_checkpoint(
     text: &str,
     keys: &[NoteVerifier],
     origin: &str,
@@ -442,7 +273,7 @@ fn open_checkpoint(
 }
 
 /// Parse every record strictly and check it is canonical (in parallel).
-fn parse_records(lines: &[&str]) -> Result<Vec<Record>, Failure> {
+fn parse_records(lines: &[String]) -> Result<Vec<Record>, Failure> {
     lines
         .par_iter()
         .map(|line| {
@@ -510,27 +341,9 @@ fn check_key_event(records: &[Record], key: &str) -> Result<(), Failure> {
     }
 }
 
-/// The bundle's key records (`key-event`, `key-rotation`) folded in order,
-/// every rotation's two signatures checked. Only lines that name one of
-/// those event types are parsed here (the integrity pass parses nothing
-/// else); every key record in canonical form names its type so, and the
-/// full pass refuses any record that is not canonical. A line that does not
-/// parse is left to the record checks.
-fn key_history(lines: &[&str], origin: &str) -> Result<KeyHistory, Failure> {
-    let mut history = KeyHistory::default();
-    for line in lines {
-        if !(line.contains("\"type\":\"key-rotation\"") || line.contains("\"type\":\"key-event\"")) {
-            continue;
-        }
-        let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
-        history.push(origin, &r).map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
-    }
-    Ok(history)
-}
-
 /// A checkpoint must be signed by the key in force at its tree size: a key
 /// a rotation in the bundle retired before that size may not sign it.
-fn check_key_in_force(history: &KeyHistory, size: u64, key: &str, which: &str) -> Result<(), Failure> {
+pub(crate) fn check_key_in_force(history: &KeyHistory, size: u64, key: &str, which: &str) -> Result<(), Failure> {
     let Some(want) = history.key_at(size) else { return Ok(()) };
     if want == key {
         return Ok(());
@@ -562,7 +375,7 @@ fn check_key_in_force(history: &KeyHistory, size: u64, key: &str, which: &str) -
 /// When no accepted key signed the checkpoint, say which key the log knows
 /// did, and how the log came to it: a change without a rotation is
 /// `key.unrotated`.
-fn explain_untrusted(f: Failure, note: &str, history: &KeyHistory) -> Failure {
+pub(crate) fn explain_untrusted(f: Failure, note: &str, history: &KeyHistory) -> Failure {
     if f.check != "checkpoint.signature" {
         return f;
     }
