@@ -2,8 +2,10 @@
 //! approval signature again, the decision and quorum replayed from the
 //! embedded documents, the order of steps, and that every run ends.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
 
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
@@ -23,11 +25,19 @@ use crate::{Failure, RUNNER_RUNS};
 /// its record — is the same fold the runner keeps (`core::lifecycle`).
 type Ledger = edge_core::lifecycle::Settlements;
 
-/// Compiled documents, shared between runs that use the same digests.
+/// What runs with identical inputs share, across the threads checking
+/// them: compiled documents by digest, capsule signatures that verified,
+/// and replayed decisions. Each entry is keyed by the digests of
+/// everything its result depends on (artifacts are checked against their
+/// digests before any run is), so a hit is the same computation.
 #[derive(Default)]
 struct Cache {
-    policies: HashMap<Sha256Digest, Rc<Policy>>,
-    graphs: HashMap<Sha256Digest, Rc<Graph>>,
+    policies: Mutex<HashMap<Sha256Digest, Arc<Policy>>>,
+    graphs: Mutex<HashMap<Sha256Digest, Arc<Graph>>>,
+    /// (manifest, signature bundle, recorded signer key, trusted root).
+    signatures: Mutex<HashSet<(Sha256Digest, Sha256Digest, String, Option<Sha256Digest>)>>,
+    /// (policy, graph, decision input) → the decision they yield.
+    decisions: Mutex<HashMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>>,
 }
 
 pub(crate) struct Ctx<'a> {
@@ -70,7 +80,7 @@ pub(crate) fn check_runs(
             })
             .push(r);
     }
-    let mut cache = Cache::default();
+    let cache = Cache::default();
     let mut out = Vec::with_capacity(order.len());
     // The document each proposal waited with, for the runs that resume it.
     let documents: HashMap<&str, Sha256Digest> = records
@@ -83,13 +93,24 @@ pub(crate) fn check_runs(
     let ctx = &Ctx { documents: &documents, ..*ctx };
     let total = order.len();
     let mut claims = Vec::new();
-    for (i, run) in order.into_iter().enumerate() {
-        let mut s = check_run(&by_run[run], ctx, &mut cache, &ledger, &mut claims)?;
-        s.build = builds.remove(run);
-        out.push(s);
-        if i % 256 == 255 || i + 1 == total {
-            progress(i + 1, total);
+    // Runs are independent given the ledger: checked on all cores, a chunk
+    // at a time, and their results taken in order (the first failure in
+    // log order is the one reported).
+    for chunk in order.chunks(512) {
+        let checked: Vec<Result<(RunSummary, Vec<CounterClaim>), Failure>> = chunk
+            .par_iter()
+            .map(|run| {
+                let mut c = Vec::new();
+                check_run(&by_run[run], ctx, &cache, &ledger, &mut c).map(|s| (s, c))
+            })
+            .collect();
+        for (run, result) in chunk.iter().zip(checked) {
+            let (mut s, mut c) = result?;
+            s.build = builds.remove(run);
+            claims.append(&mut c);
+            out.push(s);
         }
+        progress(out.len(), total);
     }
     // Every accepted approval's record was checked against its signed
     // assertion above, so the counters the records carry are the signed ones.
@@ -195,7 +216,7 @@ fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, F
 fn check_run(
     recs: &[&Record],
     ctx: &Ctx<'_>,
-    cache: &mut Cache,
+    cache: &Cache,
     ledger: &Ledger,
     claims: &mut Vec<CounterClaim>,
 ) -> Result<RunSummary, Failure> {
@@ -271,13 +292,19 @@ fn check_run(
                 let root = trusted_root.as_ref().map(|d| artifact(ctx, d, r)).transpose()?;
                 let trusted = TrustedSigners::new(vec![key], root)
                     .map_err(|e| fail("capsule.signature", format!("the recorded trusted root: {e}")))?;
-                let manifest = artifact(ctx, &sub.capsule, r)?;
-                signature::verify_manifest_signature(manifest, artifact(ctx, bundle, r)?, &trusted).map_err(|e| {
-                    fail(
-                        "capsule.signature",
-                        format!("the capsule signature does not verify for the recorded signer: {e}"),
-                    )
-                })?;
+                let checked = (sub.capsule, *bundle, signer_key.clone(), *trusted_root);
+                if !cache.signatures.lock().expect("cache").contains(&checked) {
+                    let manifest = artifact(ctx, &sub.capsule, r)?;
+                    signature::verify_manifest_signature(manifest, artifact(ctx, bundle, r)?, &trusted).map_err(
+                        |e| {
+                            fail(
+                                "capsule.signature",
+                                format!("the capsule signature does not verify for the recorded signer: {e}"),
+                            )
+                        },
+                    )?;
+                    cache.signatures.lock().expect("cache").insert(checked);
+                }
                 let g: Grant = serde_json::from_value(grant.clone())
                     .map_err(|e| fail("record.schema", format!("the recorded grant: {e}")))?;
                 st.grant = Some(g);
@@ -318,9 +345,17 @@ fn check_run(
                         let (Some(pd), Some(gd)) = (decision.policy, decision.graph) else {
                             return Err(fail("decision.replay", "a decision input without a policy and graph".into()));
                         };
-                        let policy = load_policy(ctx, cache, &pd, r)?;
-                        let graph = load_graph(ctx, cache, &gd, r)?;
-                        let again = policy.decide(&graph, &inp);
+                        let known = cache.decisions.lock().expect("cache").get(&(pd, gd, *d)).cloned();
+                        let again = match known {
+                            Some(again) => again,
+                            None => {
+                                let policy = load_policy(ctx, cache, &pd, r)?;
+                                let graph = load_graph(ctx, cache, &gd, r)?;
+                                let again = policy.decide(&graph, &inp);
+                                cache.decisions.lock().expect("cache").insert((pd, gd, *d), again.clone());
+                                again
+                            }
+                        };
                         st.decision = Some((decision, Some(inp)));
                         again
                     }
@@ -764,26 +799,26 @@ fn check_quorum(
     Ok(())
 }
 
-fn load_policy(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Policy>, Failure> {
-    load_cached(ctx, &mut cache.policies, d, r, "policy", Policy::from_toml, Policy::digest)
+fn load_policy(ctx: &Ctx<'_>, cache: &Cache, d: &Sha256Digest, r: &Record) -> Result<Arc<Policy>, Failure> {
+    load_cached(ctx, &cache.policies, d, r, "policy", Policy::from_toml, Policy::digest)
 }
 
-fn load_graph(ctx: &Ctx<'_>, cache: &mut Cache, d: &Sha256Digest, r: &Record) -> Result<Rc<Graph>, Failure> {
-    load_cached(ctx, &mut cache.graphs, d, r, "graph", Graph::from_toml, Graph::digest)
+fn load_graph(ctx: &Ctx<'_>, cache: &Cache, d: &Sha256Digest, r: &Record) -> Result<Arc<Graph>, Failure> {
+    load_cached(ctx, &cache.graphs, d, r, "graph", Graph::from_toml, Graph::digest)
 }
 
 /// Load a recorded policy or graph once per digest, checking that what
 /// loads is what the record names.
 fn load_cached<T, E: std::fmt::Display>(
     ctx: &Ctx<'_>,
-    cache: &mut HashMap<Sha256Digest, Rc<T>>,
+    cache: &Mutex<HashMap<Sha256Digest, Arc<T>>>,
     d: &Sha256Digest,
     r: &Record,
     what: &str,
     parse: impl FnOnce(&str) -> Result<T, E>,
     digest: impl FnOnce(&T) -> Sha256Digest,
-) -> Result<Rc<T>, Failure> {
-    if let Some(v) = cache.get(d) {
+) -> Result<Arc<T>, Failure> {
+    if let Some(v) = cache.lock().expect("cache").get(d) {
         return Ok(v.clone());
     }
     let v = parse(text(ctx, d, r)?).map_err(|e| {
@@ -792,8 +827,8 @@ fn load_cached<T, E: std::fmt::Display>(
     if digest(&v) != *d {
         return Err(Failure::record("decision.replay", r.seq, &r.run, format!("the {what}'s digest differs")));
     }
-    let v = Rc::new(v);
-    cache.insert(*d, v.clone());
+    let v = Arc::new(v);
+    cache.lock().expect("cache").insert(*d, v.clone());
     Ok(v)
 }
 

@@ -65,15 +65,36 @@ struct Head<'a> {
     run: std::borrow::Cow<'a, str>,
 }
 
-/// One record line, checked and hashed.
+/// One record line, checked and hashed (on any thread).
 struct Facts {
     seq: u64,
-    prev: String,
-    run: String,
+    /// The digest the record links to (None when it names no digest).
+    prev: Option<Sha256Digest>,
     digest: Sha256Digest,
     leaf: Hash,
     /// Names a `key-event` or `key-rotation` type (parsed in order below).
     key: bool,
+    /// In a run export: the record is of another run.
+    other_run: bool,
+}
+
+/// Record line `i` (position `first_seq + i` in the log, when known).
+fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) -> Result<Facts, Failure> {
+    let text = utf8(line, &|| format!("record line {i}"))?;
+    let head: Head<'_> = serde_json::from_str(text).map_err(|e| Failure {
+        check: "record.format",
+        record: Some(first_seq.map_or(i, |f| f + i)),
+        run: None,
+        detail: format!("not a record: {e}"),
+    })?;
+    Ok(Facts {
+        seq: head.seq,
+        prev: head.prev.parse().ok(),
+        digest: Sha256Digest::of(line),
+        leaf: merkle::leaf_hash(line),
+        key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
+        other_run: only_run.is_some_and(|r| head.run != r),
+    })
 }
 
 struct Lines<R> {
@@ -135,7 +156,7 @@ fn fill<R: BufRead>(
 /// The integrity pass over `input`; `keep` collects records and artifacts
 /// for the full checks. `progress(step, done, total)` as in
 /// [`crate::verify_with_progress`].
-pub(crate) fn pass<R: BufRead>(
+pub(crate) fn pass<R: BufRead + Send>(
     input: R,
     keys: &[NoteVerifier],
     mut keep: Option<&mut Kept>,
@@ -174,42 +195,41 @@ pub(crate) fn pass<R: BufRead>(
         Scope::Run { .. } => None,
     };
 
-    // 3. Records: sequence, chain, leaves; the key records in order.
+    // 3. Records: sequence, chain, leaves; the key records in order. While
+    // one batch is checked on all cores, the next is read.
     let mut history = KeyHistory::default();
     let mut run_leaves: Vec<(u64, Hash)> = Vec::new();
     let mut prev: Option<(u64, Sha256Digest)> = None;
-    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let only_run = match &h.scope {
+        Scope::Run { run, .. } => Some(run.as_str()),
+        _ => None,
+    };
+    let record_line = |i: u64| format!("record line {i} of {}", h.records);
+    let (mut batch, mut next): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     let total = usize::try_from(h.records).unwrap_or(usize::MAX);
+    let mut n = fill(&mut lines, &mut batch, 0, h.records, &record_line)?;
     let mut done: u64 = 0;
-    while done < h.records {
-        let n = fill(&mut lines, &mut batch, done, h.records - done, &|i| format!("record line {i} of {}", h.records))?;
-        let facts: Vec<Facts> = batch[..n]
-            .par_iter()
-            .enumerate()
-            .map(|(j, line)| {
-                let i = done + j as u64;
-                let at = first_seq.map_or(i, |f| f + i);
-                let text = utf8(line, &|| format!("record line {i}"))?;
-                let head: Head<'_> = serde_json::from_str(text).map_err(|e| Failure {
-                    check: "record.format",
-                    record: Some(at),
-                    run: None,
-                    detail: format!("not a record: {e}"),
-                })?;
-                Ok(Facts {
-                    seq: head.seq,
-                    prev: head.prev.to_owned(),
-                    run: head.run.into_owned(),
-                    digest: Sha256Digest::of(line),
-                    leaf: merkle::leaf_hash(line),
-                    key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
-                })
-            })
-            .collect::<Result<_, Failure>>()?;
-        for (j, f) in facts.into_iter().enumerate() {
+    while n > 0 {
+        let read_from = done + n as u64;
+        let (facts, read) = rayon::join(
+            || {
+                batch[..n]
+                    .par_iter()
+                    .enumerate()
+                    .map(|(j, line)| facts(line, done + j as u64, first_seq, only_run))
+                    .collect::<Result<Vec<Facts>, Failure>>()
+            },
+            || fill(&mut lines, &mut next, read_from, h.records - read_from, &record_line),
+        );
+        for (j, f) in facts?.into_iter().enumerate() {
             let i = done + j as u64;
             let at = first_seq.map_or(i, |s| s + i);
-            let fail = |check: &'static str, detail: String| Failure::record(check, f.seq, &f.run, detail);
+            let text = || std::str::from_utf8(&batch[j]).expect("checked above");
+            // The run, for a failure's message only.
+            let fail = |check: &'static str, detail: String| {
+                let run = serde_json::from_str::<Head<'_>>(text()).map(|h| h.run.into_owned()).unwrap_or_default();
+                Failure::record(check, f.seq, &run, detail)
+            };
             match first_seq {
                 Some(_) if f.seq != at => {
                     return Err(fail(
@@ -222,8 +242,8 @@ pub(crate) fn pass<R: BufRead>(
                 }
                 _ => {}
             }
-            if let Scope::Run { run, .. } = &h.scope
-                && f.run != *run
+            if let Some(run) = only_run
+                && f.other_run
             {
                 return Err(fail("scope.run", format!("a record of another run in an export of run {run}")));
             }
@@ -233,23 +253,23 @@ pub(crate) fn pass<R: BufRead>(
                 _ => None,
             };
             if let Some(want) = linked
-                && f.prev != want.to_string()
+                && f.prev != Some(want)
             {
+                let named = serde_json::from_str::<Head<'_>>(text()).map(|h| h.prev.to_owned()).unwrap_or_default();
                 return Err(fail(
                     "record.chain",
                     format!(
                         "links to {}, but record {} hashes to {want}: one of the two was altered, or records were removed between them",
-                        f.prev.chars().take(80).collect::<String>(),
+                        named.chars().take(80).collect::<String>(),
                         f.seq.saturating_sub(1)
                     ),
                 ));
             }
             prev = Some((f.seq, f.digest));
-            match h.scope {
-                Scope::Run { .. } => run_leaves.push((f.seq, f.leaf)),
-                _ => range.push(f.leaf),
+            match only_run {
+                Some(_) => run_leaves.push((f.seq, f.leaf)),
+                None => range.push(f.leaf),
             }
-            let text = || std::str::from_utf8(&batch[j]).expect("checked above");
             // A key line that does not parse is left to the record checks.
             if f.key
                 && let Ok(r) = serde_json::from_str::<Record>(text())
@@ -264,11 +284,14 @@ pub(crate) fn pass<R: BufRead>(
         }
         done += n as u64;
         progress(Step::Chain, usize::try_from(done).unwrap_or(usize::MAX), total);
+        n = read?;
+        std::mem::swap(&mut batch, &mut next);
     }
 
     // 5. Artifacts: canonical digests, strictly increasing, strict base64, each hashing to its digest.
     let mut last: Option<Sha256Digest> = None;
     let mut done: u64 = 0;
+    let mut batch = batch;
     while done < h.artifacts {
         let n = fill(&mut lines, &mut batch, done, h.artifacts - done, &|i| {
             format!("artifact line {i} of {}", h.artifacts)
@@ -412,7 +435,7 @@ mod tests {
     use super::*;
     use crate::{Level, parse_keys, synth, verify_reader};
 
-    fn verify_from(input: impl Read, keys: &[NoteVerifier], level: Level) -> Result<crate::Verified, Failure> {
+    fn verify_from(input: impl Read + Send, keys: &[NoteVerifier], level: Level) -> Result<crate::Verified, Failure> {
         verify_reader(BufReader::with_capacity(4096, input), keys, level, &mut |_, _, _| {})
     }
 

@@ -187,7 +187,7 @@ pub fn verify_with_progress(
 /// # Errors
 /// As [`verify()`]; `bundle.read` when `input` fails.
 pub fn verify_reader(
-    input: impl std::io::BufRead,
+    input: impl std::io::BufRead + Send,
     keys: &[NoteVerifier],
     level: Level,
     progress: &mut dyn FnMut(Step, usize, usize),

@@ -25,67 +25,15 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_evidence::synth;
-use edge_runner::config::RunnerConfig;
-
-const NAME: &str = "bench.example/runner-1";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// A runner home (TLS, the diagnostic capsule's signer and mount), its
-/// store filled with `runs` synthetic runs; built once, then reused.
-fn home(root: &Path, runs: usize) -> anyhow::Result<(PathBuf, u64)> {
-    let dir = root.join(format!("startup-{runs}"));
-    let done = dir.join("ready");
-    if !done.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        edge_runner::init::init(&dir, NAME, "127.0.0.1:0", "edge-runner")?;
-        common::diagnostic_capsule(&dir)?;
-        std::fs::write(
-            dir.join("runner.toml"),
-            format!(
-                "[runner]\nname = \"{NAME}\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
-                 dangerous_run_without_policy = true\n\
-                 [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
-                 [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
-                 client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\n"
-            ),
-        )?;
-        let config = RunnerConfig::load(&dir.join("runner.toml"))?;
-        edge_runner::identity::load_identity(&config)?; // created here
-        if runs > 0 {
-            let spec = synth::Spec { runs, tier2_every: Some(20), ..synth::Spec::default() };
-            common::fill_store(&config, &spec)?;
-        }
-        std::fs::write(&done, b"")?;
-    }
-    let records: i64 = rusqlite::Connection::open(dir.join("state/evidence/evidence.db"))
-        .and_then(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0)))
-        .unwrap_or(0);
-    Ok((dir, records as u64))
-}
+use common::median_f64 as median;
 
 /// Wall time and peak RSS (MiB) of a whole process.
 fn timed(cmd: &mut Command) -> anyhow::Result<(Duration, f64)> {
-    let t = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 on our own child's pid.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
-    let took = t.elapsed();
-    anyhow::ensure!(r == pid && libc::WIFEXITED(status), "the process did not finish");
-    anyhow::ensure!(libc::WEXITSTATUS(status) == 0, "it exited with {}", libc::WEXITSTATUS(status));
-    Ok((took, usage.ru_maxrss as f64 / 1024.0))
+    common::measured(cmd)
 }
 
 /// `serve` until it listens: time to ready, peak RSS then, and 5 s later.
@@ -116,10 +64,9 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
     let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-stores");
-    let mut homes = vec![home(&root, 0)?];
+    let mut homes = vec![common::log_home(0)?];
     for r in runs {
-        homes.push(home(&root, r)?);
+        homes.push(common::log_home(r)?);
     }
     let capsule = |dir: &Path| dir.join("capsule.edgecap");
     for (dir, _) in &homes {

@@ -394,6 +394,41 @@ fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
     let e = fails(f, &p.write());
     assert_eq!(e.check, "authorize.quorum", "{e}");
 
+    // The verifier checks runs with identical inputs once and caches the
+    // result (decision replay, capsule signature): a forgery in the last of
+    // the 46 runs of the same capsule must still be found.
+    let mut p = parts(&f.bundle);
+    let i = p.records.iter().rposition(|l| l.contains("\"type\":\"decision\"") && l.contains("\"tier\":0")).unwrap();
+    let mut r: Record = serde_json::from_str(&p.records[i]).unwrap();
+    let Event::Decision { decision, .. } = &mut r.event else { unreachable!() };
+    decision.reasons.clear();
+    p.records[i] = String::from_utf8(canonical::to_canonical_vec(&r).unwrap()).unwrap();
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!((e.check, e.record), ("decision.replay", Some(i as u64)), "{e}");
+    // The last submission of the trusted capsule made to carry the
+    // signature bundle of the untrusted one (a real signature, over another manifest).
+    let mut p = parts(&f.bundle);
+    let bundles: Vec<(usize, Sha256Digest)> = p
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match serde_json::from_str::<Record>(l).unwrap().event {
+            Event::Submission { bundle: Some(b), .. } => Some((i, b)),
+            _ => None,
+        })
+        .collect();
+    let (last, trusted) = *bundles.iter().rev().find(|(_, b)| *b == bundles[0].1).unwrap();
+    let (_, other) = *bundles.iter().find(|(_, b)| *b != trusted).unwrap();
+    let mut r: Record = serde_json::from_str(&p.records[last]).unwrap();
+    let Event::Submission { bundle, .. } = &mut r.event else { unreachable!() };
+    *bundle = Some(other);
+    p.records[last] = String::from_utf8(canonical::to_canonical_vec(&r).unwrap()).unwrap();
+    p.reseal(&signer);
+    let e = fails(f, &p.write());
+    assert_eq!(e.check, "capsule.signature", "{e}");
+    assert_eq!(e.run.as_deref(), Some(r.run.as_str()), "{e}");
+
     // A run's terminal record removed (the last run's: the export that
     // made the bundle recorded the runner's start after it).
     let mut p = parts(&f.bundle);

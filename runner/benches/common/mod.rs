@@ -123,3 +123,84 @@ pub fn fill_store(
     eprintln!("made a store of {records} records ({:.1} MiB) in {:.1?}", bytes as f64 / (1 << 20) as f64, t.elapsed());
     Ok((records, bytes))
 }
+
+/// Run `cmd` to completion (stdout and stderr discarded): its wall time and
+/// peak resident set in MiB. The peak is sampled from the child's own
+/// `VmHWM` every millisecond while the parent waits: `wait4`'s `ru_maxrss`
+/// would also count the parent's memory, which the child's address space
+/// held between `vfork` and `exec`.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn measured(cmd: &mut std::process::Command) -> anyhow::Result<(std::time::Duration, f64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = std::time::Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let pid = child.id();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(peak_rss_mib(pid));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            peak
+        })
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("piped"), &mut err)?;
+    let status = child.wait()?;
+    let took = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    anyhow::ensure!(status.success(), "{cmd:?} failed ({status}): {err}");
+    Ok((took, peak))
+}
+
+/// The median of `v` (which must not be empty).
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A runner home for the log-size benchmarks (TLS, the diagnostic
+/// capsule's signer and mount, no policy), its store filled with `runs`
+/// synthetic runs (`edge_evidence::synth`: signed capsules, the example
+/// policy, tier-0 cleanups and every 20th proposal a tier-2 change approved
+/// by two people; ~10 records a run); built once into
+/// `target/bench-stores/`, then reused. Returns the home and its records.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn log_home(runs: usize) -> anyhow::Result<(std::path::PathBuf, u64)> {
+    const NAME: &str = "bench.example/runner-1";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-stores");
+    let dir = root.join(format!("startup-{runs}"));
+    let done = dir.join("ready");
+    if !done.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        edge_runner::init::init(&dir, NAME, "127.0.0.1:0", "edge-runner")?;
+        diagnostic_capsule(&dir)?;
+        std::fs::write(
+            dir.join("runner.toml"),
+            format!(
+                "[runner]\nname = \"{NAME}\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
+                 dangerous_run_without_policy = true\n\
+                 [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
+                 [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+                 client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\n"
+            ),
+        )?;
+        let config = edge_runner::config::RunnerConfig::load(&dir.join("runner.toml"))?;
+        edge_runner::identity::load_identity(&config)?; // created here
+        if runs > 0 {
+            let spec = edge_evidence::synth::Spec { runs, tier2_every: Some(20), ..Default::default() };
+            fill_store(&config, &spec)?;
+        }
+        std::fs::write(&done, b"")?;
+    }
+    let records: i64 = rusqlite::Connection::open(dir.join("state/evidence/evidence.db"))
+        .and_then(|c| c.query_row("SELECT count(*) FROM records", [], |r| r.get(0)))
+        .unwrap_or(0);
+    Ok((dir, records as u64))
+}
