@@ -25,6 +25,10 @@ use crate::{Failure, RUNNER_RUNS};
 /// its record — is the same fold the runner keeps (`core::lifecycle`).
 type Ledger = edge_core::lifecycle::Settlements;
 
+/// A capsule signature check: (manifest, signature bundle, recorded
+/// signer key, trusted root).
+type SignatureCheck = (Sha256Digest, Sha256Digest, String, Option<Sha256Digest>);
+
 /// What runs with identical inputs share, across the threads checking
 /// them: compiled documents by digest, capsule signatures that verified,
 /// and replayed decisions. Each entry is keyed by the digests of
@@ -34,8 +38,7 @@ type Ledger = edge_core::lifecycle::Settlements;
 struct Cache {
     policies: Mutex<HashMap<Sha256Digest, Arc<Policy>>>,
     graphs: Mutex<HashMap<Sha256Digest, Arc<Graph>>>,
-    /// (manifest, signature bundle, recorded signer key, trusted root).
-    signatures: Mutex<HashSet<(Sha256Digest, Sha256Digest, String, Option<Sha256Digest>)>>,
+    signatures: Mutex<HashSet<SignatureCheck>>,
     /// (policy, graph, decision input) → the decision they yield.
     decisions: Mutex<HashMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>>,
 }

@@ -291,7 +291,6 @@ pub(crate) fn pass<R: BufRead + Send>(
     // 5. Artifacts: canonical digests, strictly increasing, strict base64, each hashing to its digest.
     let mut last: Option<Sha256Digest> = None;
     let mut done: u64 = 0;
-    let mut batch = batch;
     while done < h.artifacts {
         let n = fill(&mut lines, &mut batch, done, h.artifacts - done, &|i| {
             format!("artifact line {i} of {}", h.artifacts)
