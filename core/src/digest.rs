@@ -18,16 +18,42 @@ impl Sha256Digest {
 
     /// The 64 lowercase hex characters, without the `sha256:` prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        let text = self.text();
+        std::str::from_utf8(&text[7..]).expect("hex is ASCII").to_owned()
+    }
+
+    /// `sha256:<64 lowercase hex>` as bytes on the stack (digests are
+    /// formatted and compared by the million in a long log).
+    #[must_use]
+    pub fn text(&self) -> [u8; 71] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 71];
+        out[..7].copy_from_slice(b"sha256:");
+        for (i, b) in self.0.iter().enumerate() {
+            out[7 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[8 + 2 * i] = HEX[usize::from(b & 15)];
+        }
+        out
     }
 
     /// Parse 64 lowercase hex characters (no prefix).
     pub fn from_hex(s: &str) -> Result<Self, DigestParseError> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(DigestParseError(s.chars().take(80).collect()));
+        fn nibble(c: u8) -> Option<u8> {
+            match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            }
+        }
+        let bad = || DigestParseError(s.chars().take(80).collect());
+        let b = s.as_bytes();
+        if b.len() != 64 {
+            return Err(bad());
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| DigestParseError(s.into()))?;
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (nibble(b[2 * i]).ok_or_else(bad)? << 4) | nibble(b[2 * i + 1]).ok_or_else(bad)?;
+        }
         Ok(Self(out))
     }
 }
@@ -39,7 +65,7 @@ pub struct DigestParseError(pub String);
 
 impl fmt::Display for Sha256Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
+        f.write_str(std::str::from_utf8(&self.text()).expect("ASCII"))
     }
 }
 

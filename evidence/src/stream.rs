@@ -40,7 +40,10 @@ const MAX_CHECKPOINT: u64 = 64 << 10;
 /// What a full verification keeps of the pass for the record-level checks.
 #[derive(Debug, Default)]
 pub(crate) struct Kept {
-    pub records: Vec<String>,
+    /// Every record, parsed and checked canonical ([`crate::verify::parse_record`]).
+    pub records: Vec<Record>,
+    /// The first record that did not parse or was not canonical.
+    pub first_bad: Option<Failure>,
     pub artifacts: Vec<(Sha256Digest, Vec<u8>)>,
 }
 
@@ -68,18 +71,21 @@ struct Head<'a> {
 /// One record line, checked and hashed (on any thread).
 struct Facts {
     seq: u64,
-    /// The digest the record links to (None when it names no digest).
-    prev: Option<Sha256Digest>,
+    /// The digest the record links to, as written (None when it is not
+    /// the length of one).
+    prev: Option<[u8; 71]>,
     digest: Sha256Digest,
     leaf: Hash,
     /// Names a `key-event` or `key-rotation` type (parsed in order below).
     key: bool,
     /// In a run export: the record is of another run.
     other_run: bool,
+    /// The parsed record, when the full checks keep records.
+    record: Option<Result<Record, Failure>>,
 }
 
 /// Record line `i` (position `first_seq + i` in the log, when known).
-fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) -> Result<Facts, Failure> {
+fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>, parse: bool) -> Result<Facts, Failure> {
     let text = utf8(line, &|| format!("record line {i}"))?;
     let head: Head<'_> = serde_json::from_str(text).map_err(|e| Failure {
         check: "record.format",
@@ -89,11 +95,12 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) ->
     })?;
     Ok(Facts {
         seq: head.seq,
-        prev: head.prev.parse().ok(),
+        prev: head.prev.as_bytes().try_into().ok(),
         digest: Sha256Digest::of(line),
         leaf: merkle::leaf_hash(line),
         key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
         other_run: only_run.is_some_and(|r| head.run != r),
+        record: parse.then(|| crate::verify::parse_record(text)),
     })
 }
 
@@ -205,6 +212,7 @@ pub(crate) fn pass<R: BufRead + Send>(
         _ => None,
     };
     let record_line = |i: u64| format!("record line {i} of {}", h.records);
+    let parse = keep.is_some();
     let (mut batch, mut next): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     let total = usize::try_from(h.records).unwrap_or(usize::MAX);
     let mut n = fill(&mut lines, &mut batch, 0, h.records, &record_line)?;
@@ -216,7 +224,7 @@ pub(crate) fn pass<R: BufRead + Send>(
                 batch[..n]
                     .par_iter()
                     .enumerate()
-                    .map(|(j, line)| facts(line, done + j as u64, first_seq, only_run))
+                    .map(|(j, line)| facts(line, done + j as u64, first_seq, only_run, parse))
                     .collect::<Result<Vec<Facts>, Failure>>()
             },
             || fill(&mut lines, &mut next, read_from, h.records - read_from, &record_line),
@@ -253,7 +261,7 @@ pub(crate) fn pass<R: BufRead + Send>(
                 _ => None,
             };
             if let Some(want) = linked
-                && f.prev != Some(want)
+                && f.prev != Some(want.text())
             {
                 let named = serde_json::from_str::<Head<'_>>(text()).map(|h| h.prev.to_owned()).unwrap_or_default();
                 return Err(fail(
@@ -271,15 +279,23 @@ pub(crate) fn pass<R: BufRead + Send>(
                 None => range.push(f.leaf),
             }
             // A key line that does not parse is left to the record checks.
-            if f.key
-                && let Ok(r) = serde_json::from_str::<Record>(text())
-            {
+            let key_record = match (&f.record, f.key) {
+                (_, false) => None,
+                (Some(Ok(r)), true) => Some(r.clone()),
+                (_, true) => serde_json::from_str::<Record>(text()).ok(),
+            };
+            if let Some(r) = key_record {
                 history
                     .push(&h.origin, &r)
                     .map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
             }
-            if let Some(k) = keep.as_deref_mut() {
-                k.records.push(text().to_owned());
+            if let (Some(k), Some(parsed)) = (keep.as_deref_mut(), f.record) {
+                match parsed {
+                    Ok(r) => k.records.push(r),
+                    Err(e) => {
+                        k.first_bad.get_or_insert(e);
+                    }
+                }
             }
         }
         done += n as u64;

@@ -44,7 +44,6 @@ use edge_core::evidence::{RECORD_SCHEMA, Record};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
 use edge_core::rotation::{ChangeKind, KeyChange, KeyHistory};
 use edge_core::{Sha256Digest, canonical};
-use rayon::prelude::*;
 
 use crate::Failure;
 use crate::bundle::{Header, Scope};
@@ -207,9 +206,13 @@ pub fn verify_reader(
         runs: Vec::new(),
     };
     let Some(kept) = kept else { return Ok(v) };
+    // Records were parsed during the pass; a record that is not a
+    // canonical record of the schema is reported once its integrity held.
+    if let Some(bad) = kept.first_bad {
+        return Err(bad);
+    }
     let artifacts: BTreeMap<Sha256Digest, Vec<u8>> = kept.artifacts.into_iter().collect();
-    v.records = parse_records(&kept.records)?;
-    drop(kept.records);
+    v.records = kept.records;
     progress(Step::Records, v.records.len(), v.records.len());
     check_artifact_refs(&v.records, &artifacts)?;
     let ctx = runs::Ctx {
@@ -272,31 +275,26 @@ pub(crate) fn open_checkpoint(
     Ok((cp, key.to_vkey()))
 }
 
-/// Parse every record strictly and check it is canonical (in parallel).
-fn parse_records(lines: &[String]) -> Result<Vec<Record>, Failure> {
-    lines
-        .par_iter()
-        .map(|line| {
-            let r: Record = serde_json::from_str(line).map_err(|e| Failure {
-                check: "record.schema",
-                record: None,
-                run: None,
-                detail: format!("not a record of {RECORD_SCHEMA}: {e}"),
-            })?;
-            let fail = |check: &'static str, detail: String| Failure::record(check, r.seq, &r.run, detail);
-            if r.schema != RECORD_SCHEMA {
-                return Err(fail("record.schema", format!("schema `{}`", r.schema)));
-            }
-            let canonical = canonical::to_canonical_vec(&r).map_err(|e| fail("record.canonical", e.to_string()))?;
-            if canonical != line.as_bytes() {
-                return Err(fail("record.canonical", "not in canonical form".into()));
-            }
-            if r.time.parse::<jiff::Timestamp>().is_err() {
-                return Err(fail("record.time", format!("`{}` is not an RFC 3339 time", r.time)));
-            }
-            Ok(r)
-        })
-        .collect()
+/// Parse a record line strictly and check it is canonical.
+pub(crate) fn parse_record(line: &str) -> Result<Record, Failure> {
+    let r: Record = serde_json::from_str(line).map_err(|e| Failure {
+        check: "record.schema",
+        record: None,
+        run: None,
+        detail: format!("not a record of {RECORD_SCHEMA}: {e}"),
+    })?;
+    let fail = |check: &'static str, detail: String| Failure::record(check, r.seq, &r.run, detail);
+    if r.schema != RECORD_SCHEMA {
+        return Err(fail("record.schema", format!("schema `{}`", r.schema)));
+    }
+    let canonical = canonical::to_canonical_vec(&r).map_err(|e| fail("record.canonical", e.to_string()))?;
+    if canonical != line.as_bytes() {
+        return Err(fail("record.canonical", "not in canonical form".into()));
+    }
+    if r.time.parse::<jiff::Timestamp>().is_err() {
+        return Err(fail("record.time", format!("`{}` is not an RFC 3339 time", r.time)));
+    }
+    Ok(r)
 }
 
 /// The artifacts are exactly those the records reference.
