@@ -281,10 +281,9 @@ fn verify_and_report(args: &Args, out: &mut dyn Write, err: &mut dyn Write, tty:
     }
     // Read once, start to end (at --integrity-only in memory that does not grow with the bundle).
     let file = std::fs::File::open(&args.bundle).map_err(|e| format!("cannot read {}: {e}", args.bundle.display()))?;
-    let input = std::io::BufReader::with_capacity(1 << 20, file);
     let level = if args.integrity_only { Level::Integrity } else { Level::Full };
     let mut progress = Progress::new(err, args.progress, tty);
-    let result = verify_reader(input, &keys, level, &mut |step, done, total| progress.show(step, done, total));
+    let result = verify_reader(file, &keys, level, &mut |step, done, total| progress.show(step, done, total));
     progress.finish();
     let opts = Options { filter: args.filter.clone(), ..Options::now() };
     let io = |e: std::io::Error| format!("cannot write the output: {e}");

@@ -13,7 +13,7 @@
 //! What is held at once is one batch of lines, or one artifact when it is
 //! larger than a batch; a line longer than [`MAX_LINE`] is refused.
 
-use std::io::{BufRead, Read as _};
+use std::io::Read as _;
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{GENESIS, Record};
@@ -104,27 +104,119 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>, pa
     })
 }
 
+/// Lines read in batches straight into one buffer: no copy per line.
 struct Lines<R> {
     input: R,
+    /// Read but not yet handed out (the start of the next line).
+    carry: Vec<u8>,
+    eof: bool,
 }
 
-impl<R: BufRead> Lines<R> {
-    /// The next line into `buf` (without its `\n`), or a `bundle.format`
-    /// failure naming `what` when the file ends first.
-    fn next(&mut self, buf: &mut Vec<u8>, what: &dyn Fn() -> String) -> Result<(), Failure> {
-        buf.clear();
-        let n = (&mut self.input)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', buf)
-            .map_err(|e| Failure::bundle("bundle.read", format!("cannot read the bundle: {e}")))?;
-        if buf.last() != Some(&b'\n') {
-            if n > MAX_LINE {
-                return Err(format_failure(format!("{} is longer than {} MiB", what(), MAX_LINE >> 20)));
-            }
-            return Err(format_failure(format!("the file ends before {}", what())));
+/// Complete lines in one buffer: line `i` is `data[start(i)..ends[i]]`.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    /// Bytes of `data` read (the rest is spare room, initialized once).
+    filled: usize,
+    /// Where each line ends (its `\n`).
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
+        &self.data[start..self.ends[i]]
+    }
+
+    fn lines(&self) -> impl IndexedParallelIterator<Item = &[u8]> {
+        (0..self.len()).into_par_iter().map(|i| self.line(i))
+    }
+}
+
+impl<R: std::io::Read> Lines<R> {
+    fn new(input: R) -> Self {
+        Self { input, carry: Vec::new(), eof: false }
+    }
+
+    /// Read up to `left` lines (fewer once a batch's worth of bytes or
+    /// lines is in) into `batch`, naming line `i` by `what(i)` when the
+    /// file ends before it or it is too long. `first` is the first line's number.
+    fn fill(
+        &mut self,
+        batch: &mut Batch,
+        first: u64,
+        left: u64,
+        what: &dyn Fn(u64) -> String,
+    ) -> Result<usize, Failure> {
+        batch.ends.clear();
+        batch.filled = 0;
+        if left == 0 {
+            return Ok(0);
         }
-        buf.pop();
-        Ok(())
+        // Small at first (a small bundle needs little), grown as lines come.
+        if batch.data.len() < self.carry.len().max(64 << 10) {
+            batch.data.resize(self.carry.len().max(64 << 10), 0);
+        }
+        batch.data[..self.carry.len()].copy_from_slice(&self.carry);
+        batch.filled = self.carry.len();
+        self.carry.clear();
+        let mut scan = 0;
+        loop {
+            while (batch.ends.len() as u64) < left && batch.ends.len() < BATCH_LINES && scan < BATCH_BYTES {
+                let Some(p) = memchr::memchr(b'\n', &batch.data[scan..batch.filled]) else { break };
+                batch.ends.push(scan + p);
+                scan += p + 1;
+            }
+            let n = batch.ends.len();
+            if n as u64 == left || n == BATCH_LINES || (n > 0 && scan >= BATCH_BYTES) {
+                break;
+            }
+            // The next line is not complete in what was read.
+            let partial = batch.filled - scan;
+            let i = first + n as u64;
+            if partial > MAX_LINE {
+                return Err(format_failure(format!("{} is longer than {} MiB", what(i), MAX_LINE >> 20)));
+            }
+            if self.eof {
+                if n > 0 {
+                    break;
+                }
+                return Err(format_failure(format!("the file ends before {}", what(i))));
+            }
+            if batch.filled == batch.data.len() {
+                let grown = (batch.data.len() * 2).min(MAX_LINE + BATCH_BYTES);
+                batch.data.resize(grown, 0);
+            }
+            match self.input.read(&mut batch.data[batch.filled..]) {
+                Ok(0) => self.eof = true,
+                Ok(got) => batch.filled += got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::bundle("bundle.read", format!("cannot read the bundle: {e}"))),
+            }
+        }
+        self.carry.extend_from_slice(&batch.data[scan..batch.filled]);
+        Ok(batch.ends.len())
+    }
+
+    /// One line, copied out.
+    fn next(&mut self, what: &str) -> Result<Vec<u8>, Failure> {
+        let mut one = Batch::default();
+        self.fill(&mut one, 0, 1, &|_| what.to_owned())?;
+        Ok(one.line(0).to_vec())
+    }
+
+    /// The rest of the input, at most `limit` bytes (None when longer).
+    fn rest(mut self, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+        let mut out = std::mem::take(&mut self.carry);
+        (&mut self.input)
+            .take(limit.saturating_sub(out.len() as u64) + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Failure::bundle("bundle.read", format!("cannot read the bundle: {e}")))?;
+        Ok((out.len() as u64 <= limit).then_some(out))
     }
 }
 
@@ -138,47 +230,23 @@ fn utf8<'b>(line: &'b [u8], what: &dyn Fn() -> String) -> Result<&'b str, Failur
     })
 }
 
-/// Read `n` lines (or fewer bytes' worth) into the reusable `batch`.
-fn fill<R: BufRead>(
-    lines: &mut Lines<R>,
-    batch: &mut Vec<Vec<u8>>,
-    first: u64,
-    left: u64,
-    what: &dyn Fn(u64) -> String,
-) -> Result<usize, Failure> {
-    let mut bytes = 0;
-    let mut n = 0;
-    while (n as u64) < left && n < BATCH_LINES && bytes < BATCH_BYTES {
-        if batch.len() == n {
-            batch.push(Vec::new());
-        }
-        let i = first + n as u64;
-        lines.next(&mut batch[n], &|| what(i))?;
-        bytes += batch[n].len();
-        n += 1;
-    }
-    Ok(n)
-}
-
 /// The integrity pass over `input`; `keep` collects records and artifacts
 /// for the full checks. `progress(step, done, total)` as in
 /// [`crate::verify_with_progress`].
-pub(crate) fn pass<R: BufRead + Send>(
+pub(crate) fn pass<R: std::io::Read + Send>(
     input: R,
     keys: &[NoteVerifier],
     mut keep: Option<&mut Kept>,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Passed, Failure> {
-    let mut lines = Lines { input };
-    let mut buf = Vec::new();
-    lines.next(&mut buf, &|| "the magic line".into())?;
-    if buf != MAGIC.as_bytes() {
+    let mut lines = Lines::new(input);
+    if lines.next("the magic line")? != MAGIC.as_bytes() {
         return Err(format_failure(format!(
             "the first line is not `{MAGIC}`: not an evidence bundle (or another version)"
         )));
     }
-    lines.next(&mut buf, &|| "the header".into())?;
-    let header = bundle::header_line(utf8(&buf, &|| "the header".into())?)?;
+    let head = lines.next("the header")?;
+    let header = bundle::header_line(utf8(&head, &|| "the header".into())?)?;
     let h = &header;
 
     // Where the records start, and the tree they extend: from the earlier
@@ -202,117 +270,74 @@ pub(crate) fn pass<R: BufRead + Send>(
         Scope::Run { .. } => None,
     };
 
-    // 3. Records: sequence, chain, leaves; the key records in order. While
-    // one batch is checked on all cores, the next is read.
-    let mut history = KeyHistory::default();
-    let mut run_leaves: Vec<(u64, Hash)> = Vec::new();
-    let mut prev: Option<(u64, Sha256Digest)> = None;
+    // 3. Records: sequence, chain, leaves; the key records in order. Three
+    // batches at a time: while one is hashed on all cores, the next is
+    // read and the one before is folded in order.
     let only_run = match &h.scope {
         Scope::Run { run, .. } => Some(run.as_str()),
         _ => None,
     };
+    let mut chain = Chain {
+        header: h,
+        first_seq,
+        only_run,
+        range,
+        run_leaves: Vec::new(),
+        prev: None,
+        history: KeyHistory::default(),
+    };
     let record_line = |i: u64| format!("record line {i} of {}", h.records);
     let parse = keep.is_some();
-    let (mut batch, mut next): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     let total = usize::try_from(h.records).unwrap_or(usize::MAX);
-    let mut n = fill(&mut lines, &mut batch, 0, h.records, &record_line)?;
-    let mut done: u64 = 0;
-    while n > 0 {
-        let read_from = done + n as u64;
-        let (facts, read) = rayon::join(
+    // `hashing` is checked now, `reading` filled now, `folding` (with its
+    // facts, from `folded` on) folded now.
+    let (mut hashing, mut reading, mut folding) = (Batch::default(), Batch::default(), Batch::default());
+    let mut n = lines.fill(&mut hashing, 0, h.records, &record_line)?;
+    let (mut hashed_from, mut folded): (u64, u64) = (0, 0);
+    let mut pending: Vec<Facts> = Vec::new();
+    while n > 0 || !pending.is_empty() {
+        let read_from = hashed_from + n as u64;
+        let (facts, (read, fold)) = rayon::join(
             || {
-                batch[..n]
-                    .par_iter()
+                hashing
+                    .lines()
                     .enumerate()
-                    .map(|(j, line)| facts(line, done + j as u64, first_seq, only_run, parse))
+                    .map(|(j, line)| facts(line, hashed_from + j as u64, first_seq, only_run, parse))
                     .collect::<Result<Vec<Facts>, Failure>>()
             },
-            || fill(&mut lines, &mut next, read_from, h.records - read_from, &record_line),
+            || {
+                rayon::join(
+                    || lines.fill(&mut reading, read_from, h.records - read_from, &record_line),
+                    || chain.fold(std::mem::take(&mut pending), &folding, folded, keep.as_deref_mut()),
+                )
+            },
         );
-        for (j, f) in facts?.into_iter().enumerate() {
-            let i = done + j as u64;
-            let at = first_seq.map_or(i, |s| s + i);
-            let text = || std::str::from_utf8(&batch[j]).expect("checked above");
-            // The run, for a failure's message only.
-            let fail = |check: &'static str, detail: String| {
-                let run = serde_json::from_str::<Head<'_>>(text()).map(|h| h.run.into_owned()).unwrap_or_default();
-                Failure::record(check, f.seq, &run, detail)
-            };
-            match first_seq {
-                Some(_) if f.seq != at => {
-                    return Err(fail(
-                        "record.sequence",
-                        format!("found at position {at}: records were removed, duplicated or reordered"),
-                    ));
-                }
-                None if prev.is_some_and(|(p, _)| f.seq <= p) || f.seq >= h.tree_size => {
-                    return Err(fail("record.sequence", "out of order or beyond the checkpoint".into()));
-                }
-                _ => {}
-            }
-            if let Some(run) = only_run
-                && f.other_run
-            {
-                return Err(fail("scope.run", format!("a record of another run in an export of run {run}")));
-            }
-            let linked = match prev {
-                Some((p, d)) if p + 1 == f.seq => Some(d),
-                _ if f.seq == 0 => Some(GENESIS),
-                _ => None,
-            };
-            if let Some(want) = linked
-                && f.prev != Some(want.text())
-            {
-                let named = serde_json::from_str::<Head<'_>>(text()).map(|h| h.prev.to_owned()).unwrap_or_default();
-                return Err(fail(
-                    "record.chain",
-                    format!(
-                        "links to {}, but record {} hashes to {want}: one of the two was altered, or records were removed between them",
-                        named.chars().take(80).collect::<String>(),
-                        f.seq.saturating_sub(1)
-                    ),
-                ));
-            }
-            prev = Some((f.seq, f.digest));
-            match only_run {
-                Some(_) => run_leaves.push((f.seq, f.leaf)),
-                None => range.push(f.leaf),
-            }
-            // A key line that does not parse is left to the record checks.
-            let key_record = match (&f.record, f.key) {
-                (_, false) => None,
-                (Some(Ok(r)), true) => Some(r.clone()),
-                (_, true) => serde_json::from_str::<Record>(text()).ok(),
-            };
-            if let Some(r) = key_record {
-                history
-                    .push(&h.origin, &r)
-                    .map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
-            }
-            if let (Some(k), Some(parsed)) = (keep.as_deref_mut(), f.record) {
-                match parsed {
-                    Ok(r) => k.records.push(r),
-                    Err(e) => {
-                        k.first_bad.get_or_insert(e);
-                    }
-                }
-            }
+        // A failure in log order: the batch folded comes before the one hashed.
+        fold?;
+        folded = hashed_from;
+        if folded > 0 {
+            progress(Step::Chain, usize::try_from(folded).unwrap_or(usize::MAX), total);
         }
-        done += n as u64;
-        progress(Step::Chain, usize::try_from(done).unwrap_or(usize::MAX), total);
-        n = read?;
-        std::mem::swap(&mut batch, &mut next);
+        pending = facts?;
+        let m = read?;
+        // Rotate: what was hashed is folded next, what was read is hashed.
+        std::mem::swap(&mut folding, &mut hashing);
+        std::mem::swap(&mut hashing, &mut reading);
+        hashed_from = read_from;
+        n = m;
     }
+    progress(Step::Chain, total, total);
+    let Chain { range, run_leaves, history, .. } = chain;
+    let mut batch = hashing;
 
     // 5. Artifacts: canonical digests, strictly increasing, strict base64, each hashing to its digest.
     let mut last: Option<Sha256Digest> = None;
     let mut done: u64 = 0;
     while done < h.artifacts {
-        let n = fill(&mut lines, &mut batch, done, h.artifacts - done, &|i| {
-            format!("artifact line {i} of {}", h.artifacts)
-        })?;
-        let checked: Vec<(Sha256Digest, Vec<u8>)> = batch[..n]
-            .par_iter()
+        let n =
+            lines.fill(&mut batch, done, h.artifacts - done, &|i| format!("artifact line {i} of {}", h.artifacts))?;
+        let checked: Vec<(Sha256Digest, Vec<u8>)> = batch
+            .lines()
             .enumerate()
             .map(|(j, line)| artifact(line, done + j as u64))
             .collect::<Result<_, Failure>>()?;
@@ -334,15 +359,9 @@ pub(crate) fn pass<R: BufRead + Send>(
     progress(Step::Artifacts, artifacts, artifacts);
 
     // 2. The checkpoint, the rest of the file, and the keys.
-    let mut note = Vec::new();
-    let read = lines
-        .input
-        .take(MAX_CHECKPOINT + 1)
-        .read_to_end(&mut note)
-        .map_err(|e| Failure::bundle("bundle.read", format!("cannot read the bundle: {e}")))?;
-    if read as u64 > MAX_CHECKPOINT {
+    let Some(note) = lines.rest(MAX_CHECKPOINT)? else {
         return Err(format_failure(format!("the checkpoint is longer than {} KiB", MAX_CHECKPOINT >> 10)));
-    }
+    };
     let note = utf8(&note, &|| "the checkpoint".into())?;
     let accepted = history.follow(keys);
     let (checkpoint, key) =
@@ -428,6 +447,101 @@ pub(crate) fn pass<R: BufRead + Send>(
     }
     let records = h.records;
     Ok(Passed { header, checkpoint, key, history, since, records })
+}
+
+/// The records' fold, in log order: sequence, chain, leaves, key records.
+struct Chain<'h> {
+    header: &'h Header,
+    first_seq: Option<u64>,
+    only_run: Option<&'h str>,
+    range: CompactRange,
+    /// A run export's leaves, for their inclusion proofs.
+    run_leaves: Vec<(u64, Hash)>,
+    prev: Option<(u64, Sha256Digest)>,
+    history: KeyHistory,
+}
+
+impl Chain<'_> {
+    /// Fold the facts of record lines `from..` (`lines`, in order).
+    fn fold(
+        &mut self,
+        facts: Vec<Facts>,
+        lines: &Batch,
+        from: u64,
+        mut keep: Option<&mut Kept>,
+    ) -> Result<(), Failure> {
+        let h = self.header;
+        for (j, f) in facts.into_iter().enumerate() {
+            let i = from + j as u64;
+            let at = self.first_seq.map_or(i, |s| s + i);
+            let text = || std::str::from_utf8(lines.line(j)).expect("checked when hashed");
+            // The run, for a failure's message only.
+            let fail = |check: &'static str, detail: String| {
+                let run = serde_json::from_str::<Head<'_>>(text()).map(|h| h.run.into_owned()).unwrap_or_default();
+                Failure::record(check, f.seq, &run, detail)
+            };
+            match self.first_seq {
+                Some(_) if f.seq != at => {
+                    return Err(fail(
+                        "record.sequence",
+                        format!("found at position {at}: records were removed, duplicated or reordered"),
+                    ));
+                }
+                None if self.prev.is_some_and(|(p, _)| f.seq <= p) || f.seq >= h.tree_size => {
+                    return Err(fail("record.sequence", "out of order or beyond the checkpoint".into()));
+                }
+                _ => {}
+            }
+            if let Some(run) = self.only_run
+                && f.other_run
+            {
+                return Err(fail("scope.run", format!("a record of another run in an export of run {run}")));
+            }
+            let linked = match self.prev {
+                Some((p, d)) if p + 1 == f.seq => Some(d),
+                _ if f.seq == 0 => Some(GENESIS),
+                _ => None,
+            };
+            if let Some(want) = linked
+                && f.prev != Some(want.text())
+            {
+                let named = serde_json::from_str::<Head<'_>>(text()).map(|h| h.prev.to_owned()).unwrap_or_default();
+                return Err(fail(
+                    "record.chain",
+                    format!(
+                        "links to {}, but record {} hashes to {want}: one of the two was altered, or records were removed between them",
+                        named.chars().take(80).collect::<String>(),
+                        f.seq.saturating_sub(1)
+                    ),
+                ));
+            }
+            self.prev = Some((f.seq, f.digest));
+            match self.only_run {
+                Some(_) => self.run_leaves.push((f.seq, f.leaf)),
+                None => self.range.push(f.leaf),
+            }
+            // A key line that does not parse is left to the record checks.
+            let key_record = match (&f.record, f.key) {
+                (_, false) => None,
+                (Some(Ok(r)), true) => Some(r.clone()),
+                (_, true) => serde_json::from_str::<Record>(text()).ok(),
+            };
+            if let Some(r) = key_record {
+                self.history
+                    .push(&h.origin, &r)
+                    .map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
+            }
+            if let (Some(k), Some(parsed)) = (keep.as_deref_mut(), f.record) {
+                match parsed {
+                    Ok(r) => k.records.push(r),
+                    Err(e) => {
+                        k.first_bad.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One artifact line, checked ([`bundle::artifact_line`]) and hashed.

@@ -186,7 +186,7 @@ pub fn verify_with_progress(
 /// # Errors
 /// As [`verify()`]; `bundle.read` when `input` fails.
 pub fn verify_reader(
-    input: impl std::io::BufRead + Send,
+    input: impl std::io::Read + Send,
     keys: &[NoteVerifier],
     level: Level,
     progress: &mut dyn FnMut(Step, usize, usize),

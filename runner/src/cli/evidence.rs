@@ -235,9 +235,8 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
         EvidenceCommand::Verify { bundle, trust, integrity_only } => {
             let keys = trust.keys()?;
             let file = std::fs::File::open(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
-            let input = std::io::BufReader::with_capacity(1 << 20, file);
             let level = if integrity_only { Level::Integrity } else { Level::Full };
-            match edge_evidence::verify_reader(input, &keys, level, &mut |_, _, _| {}) {
+            match edge_evidence::verify_reader(file, &keys, level, &mut |_, _, _| {}) {
                 Ok(v) => {
                     writeln!(out, "{}", v.summary())?;
                     for note in v.key_notes().into_iter().chain(v.build_notes()) {
