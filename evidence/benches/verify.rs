@@ -6,14 +6,15 @@
 //!
 //! * `sha256sum FILE` (coreutils, wall time of the process): the baseline;
 //! * integrity verification (read the file; checkpoint signature, chain,
-//!   Merkle root, artifact digests): target ≥ half of `sha256sum`'s throughput;
+//!   Merkle root, artifact digests), streamed from the file as `edge-verify`
+//!   reads it: target (issue 14) ≥ 1.0× `sha256sum`'s throughput;
 //! * full verification (integrity plus capsule signatures, approvals and
 //!   decision replay), reported beside it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_evidence::{Level, parse_keys, synth, verify};
+use edge_evidence::{Level, parse_keys, synth, verify_reader};
 
 const RUNS: usize = 10_000;
 const ROUNDS: usize = 5;
@@ -49,14 +50,14 @@ fn main() {
         sha.push(t.elapsed());
 
         let t = Instant::now();
-        let bytes = std::fs::read(&path).expect("read bundle");
-        let v = verify(&bytes, &keys, Level::Integrity).expect("integrity verification");
+        let file = std::fs::File::open(&path).expect("open bundle");
+        let v = verify_reader(file, &keys, Level::Integrity, &mut |_, _, _| {}).expect("integrity verification");
         assert_eq!(v.record_count, s.records);
         integrity.push(t.elapsed());
 
         let t = Instant::now();
-        let bytes = std::fs::read(&path).expect("read bundle");
-        let v = verify(&bytes, &keys, Level::Full).expect("full verification");
+        let file = std::fs::File::open(&path).expect("open bundle");
+        let v = verify_reader(file, &keys, Level::Full, &mut |_, _, _| {}).expect("full verification");
         assert_eq!(v.record_count, s.records);
         full.push(t.elapsed());
     }
@@ -76,5 +77,5 @@ fn main() {
         sha.as_secs_f64() / full.as_secs_f64()
     );
     let ratio = sha.as_secs_f64() / integrity.as_secs_f64();
-    println!("target: integrity ≥ 0.5x sha256sum: {}", if ratio >= 0.5 { "met" } else { "NOT met" });
+    println!("target: integrity ≥ 1.0x sha256sum: {}", if ratio >= 1.0 { "met" } else { "NOT met" });
 }
