@@ -247,9 +247,13 @@ impl ProposalIndex {
     /// `load` gives a proposal this index does not hold (a bounded index's
     /// store; `None`: it does not exist).
     pub fn push_with(&mut self, r: &Record, load: &mut dyn FnMut(&str) -> Option<ProposalView>) -> Option<Folded> {
-        // Every proposal the record can touch, in memory first.
+        // Every proposal the record can touch, in memory first. A run that
+        // continues another proposal no longer has its own: its own view was
+        // merged away (and its removal may not be stored yet), so it is not
+        // loaded back.
         let runner_level = RUNNER_RUNS.contains(&r.run.as_str());
-        let mut wanted = if runner_level { Vec::new() } else { vec![proposal_id(&r.run)] };
+        let continues = self.run_to_id.get(r.run.as_str()).cloned();
+        let mut wanted = if runner_level || continues.is_some() { Vec::new() } else { vec![proposal_id(&r.run)] };
         match &r.event {
             Event::ProposalExpired { proposal, .. }
             | Event::Resumed { proposal, .. }
@@ -257,9 +261,11 @@ impl ProposalIndex {
             | Event::Quorum { proposal, .. } => wanted.push(proposal.clone()),
             _ => {}
         }
-        wanted.extend(self.run_to_id.get(r.run.as_str()).cloned());
+        wanted.extend(continues);
         for id in wanted {
-            if !self.by_id.contains_key(&id)
+            let removed = self.bounded.as_ref().is_some_and(|(_, removed)| removed.contains(&id));
+            if !removed
+                && !self.by_id.contains_key(&id)
                 && let Some(v) = load(&id)
             {
                 self.by_id.insert(id, v);
@@ -548,6 +554,8 @@ impl Settlements {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn record(seq: u64, run: &str, event: Event) -> Record {
@@ -629,6 +637,68 @@ mod tests {
         // A continuation that fails at commit does end it as failed.
         let failed = [&records[..5], &[refused(5, "r-2"), done(6, "r-2", Outcome::Refused)]].concat();
         assert_eq!(index(&failed)[0].state, State::Failed);
+    }
+
+    /// A bounded index, stored and evicted after any record (the runner's
+    /// writer after each batch; a rebuild every 65,536 records), keeps in
+    /// its store exactly what an unbounded index holds: in particular a run
+    /// that resumes a proposal after recording under its own.
+    #[test]
+    fn a_bounded_index_stored_at_any_point_keeps_what_an_unbounded_one_holds() {
+        let own = |seq, run: &str| record(seq, run, Event::Authorized { tier: 2, approvals: vec![], note: "n".into() });
+        let done = |seq, run: &str, outcome| record(seq, run, Event::Completed { outcome });
+        let records = [
+            record(
+                0,
+                "r-1",
+                Event::AwaitingApproval {
+                    proposal: "p-1".into(),
+                    document: Sha256Digest::of(b"d"),
+                    approvals_required: 1,
+                },
+            ),
+            done(1, "r-1", Outcome::AwaitingApproval),
+            own(2, "r-2"),
+            resumed(3, "r-2"),
+            quorum(4, "met", &["n1"]),
+            record(5, "r-2", Event::Committed { changes: 1 }),
+            done(6, "r-2", Outcome::Committed),
+            own(7, "r-3"),
+            resumed(8, "r-3"),
+            record(9, "r-3", Event::Refused { stage: "authorize".into(), reason_code: "x".into(), detail: "d".into() }),
+            done(10, "r-3", Outcome::Refused),
+        ];
+        let want: BTreeMap<String, serde_json::Value> =
+            index(&records).into_iter().map(|v| (v.id.clone(), serde_json::to_value(&v).unwrap())).collect();
+        let stores: Vec<Vec<bool>> = (0..records.len())
+            .map(|k| (0..records.len()).map(|i| i == k).collect())
+            .chain([vec![true; records.len()]])
+            .collect();
+        for store_after in stores {
+            let mut ix = ProposalIndex::bounded(HashMap::new());
+            let mut stored: BTreeMap<String, ProposalView> = BTreeMap::new();
+            let mut keep = |ix: &mut ProposalIndex, stored: &mut BTreeMap<String, ProposalView>| {
+                let c = ix.changed();
+                for v in c.views {
+                    stored.insert(v.id.clone(), v);
+                }
+                for id in c.removed {
+                    stored.remove(&id);
+                }
+                ix.evict(|v| !is_final(v.state));
+            };
+            for (r, &at) in records.iter().zip(&store_after) {
+                let snapshot = stored.clone();
+                ix.push_with(r, &mut |id| snapshot.get(id).cloned());
+                if at {
+                    keep(&mut ix, &mut stored);
+                }
+            }
+            keep(&mut ix, &mut stored);
+            let have: BTreeMap<String, serde_json::Value> =
+                stored.iter().map(|(id, v)| (id.clone(), serde_json::to_value(v).unwrap())).collect();
+            assert_eq!(have, want, "stored after records {store_after:?}");
+        }
     }
 
     #[test]

@@ -64,11 +64,13 @@ fn main() -> anyhow::Result<()> {
          client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\nqueue = 1024\n",
     )?;
 
+    // The server's log, for a failed request's reason.
+    let log = grown.parent().expect("bench-stores").join("loadgen-serve.log");
     let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
         .args(["serve", "--config", "runner.toml"])
         .current_dir(h)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let mut line = String::new();
     BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
@@ -147,7 +149,7 @@ fn main() -> anyhow::Result<()> {
             l.len()
         );
     }
-    println!("  server peak RSS (VmHWM): {rss:.1} MiB; failed requests: {errors}");
+    println!("  server peak RSS (VmHWM): {rss:.1} MiB; failed requests: {errors} (server log: {})", log.display());
     let at64 = median(rates[2].clone());
     let mut l64 = lat[2].clone();
     l64.sort();

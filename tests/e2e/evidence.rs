@@ -164,6 +164,11 @@ fn a_fifty_run_export_verifies_offline_with_every_check() {
     assert!(out.contains(&format!("{} runs", f.runs)), "{out}");
     let receipts: Vec<_> = std::fs::read_dir(f.env.path("state/receipts")).unwrap().collect();
     assert_eq!(receipts.len(), f.runs);
+    // The fold the runner kept in its store (proposals, what was spent) is
+    // what folding the records gives, after runs that resumed a proposal
+    // across the runner's commits; no proposal is listed twice.
+    let out = f.env.cli(&["evidence", "check", "--full", "--config", "runner.toml"]).success().stdout();
+    assert!(out.contains("verified in full"), "{out}");
     // The type name stored beside each record is its serde tag.
     for line in &parts(&f.bundle).records {
         let tag: serde_json::Value = serde_json::from_str(line).unwrap();
