@@ -677,7 +677,7 @@ mod tests {
         for store_after in stores {
             let mut ix = ProposalIndex::bounded(HashMap::new());
             let mut stored: BTreeMap<String, ProposalView> = BTreeMap::new();
-            let mut keep = |ix: &mut ProposalIndex, stored: &mut BTreeMap<String, ProposalView>| {
+            let keep = |ix: &mut ProposalIndex, stored: &mut BTreeMap<String, ProposalView>| {
                 let c = ix.changed();
                 for v in c.views {
                     stored.insert(v.id.clone(), v);
