@@ -22,7 +22,7 @@
 //!
 //! It only reads: a kill at any point loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -54,6 +54,8 @@ const REPORT_EVERY: u64 = 16_384;
 /// The first thing that does not hold, naming the record, checkpoint or
 /// row, and what to do.
 pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dyn FnMut(u64, u64)) -> Result<Checked> {
+    // Before the snapshot: a runner serving meanwhile keeps newer ones.
+    let kept_note = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
     let stored_fold = fold::stored(&db)?.map(|(n, _)| n);
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
@@ -124,10 +126,9 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
         checked += 1;
         next_checkpoint = next_row(&mut checkpoints)?;
     }
-    let kept = dir.join(crate::store::trust::LATEST_CHECKPOINT_FILE);
-    if let Ok(t) = std::fs::read_to_string(&kept) {
-        let signed = format!("{}\n", t.trim_end_matches('\n'));
-        check(None, &signed, &format!("the checkpoint kept in {}", kept.display()))?;
+    if let Some(signed) = &kept_note {
+        let kept = dir.join(crate::store::trust::LATEST_CHECKPOINT_FILE);
+        check(None, signed, &format!("the checkpoint kept in {}", kept.display()))?;
     }
     if !compared && stored_fold.is_some_and(|n| n > 0) {
         bail!("the stored fold covers {} records; the store holds {records}", stored_fold.unwrap_or(0));
@@ -165,6 +166,7 @@ fn next_row(rows: &mut rusqlite::Rows<'_>) -> Result<Option<(u64, String)>> {
 /// # Errors
 /// As a start would refuse.
 pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
+    let kept = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
     let from = crate::store::trust::signed_size(&db, dir)?.min(records);
     tree::verify_records(&db, from, records, true, |_, _| {})?;
@@ -175,7 +177,7 @@ pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
         .collect::<Result<Vec<edge_core::evidence::Record>>>()?;
     let history = crate::store::trust::key_history_of(&key_records, origin)?;
     let stored = tree::StoredTree::new(&db, records);
-    crate::store::trust::check_signed_history_of(dir, &stored, &history, identity)?;
+    crate::store::trust::check_signed_history_in(dir, &db, kept, &stored, &history, identity)?;
     Ok(records)
 }
 
@@ -187,23 +189,28 @@ fn compare_fold(db: &Connection, fold: &LogIndex) -> Result<()> {
              and delete the fold so the next start rebuilds it: sqlite3 evidence.db 'DELETE FROM fold'"
         )
     };
-    let mut stored: HashMap<String, serde_json::Value> = HashMap::new();
+    // Row by row (the stored views are not all held at once).
     let mut stmt = db.prepare("SELECT id, view FROM proposals")?;
     let mut rows = stmt.query([])?;
+    let mut matched = 0usize;
     while let Some(row) = rows.next()? {
-        let (id, view): (String, String) = (row.get(0)?, row.get(1)?);
-        stored.insert(id, serde_json::from_str(&view)?);
-    }
-    for v in fold.proposals.iter() {
-        let want = serde_json::to_value(v)?;
-        match stored.remove(&v.id) {
-            Some(have) if have == want => {}
-            Some(_) => return Err(differs(format!("proposal {} is stored with another view", v.id))),
-            None => return Err(differs(format!("proposal {} is not stored", v.id))),
+        let id = row.get_ref(0)?.as_str()?;
+        let Some(v) = fold.proposals.get(id) else {
+            return Err(differs(format!("proposal {} is stored but not in the records", edge_core::text::line(id))));
+        };
+        let have: serde_json::Value = serde_json::from_str(row.get_ref(1)?.as_str()?)?;
+        if have != serde_json::to_value(v)? {
+            return Err(differs(format!("proposal {} is stored with another view", v.id)));
         }
+        matched += 1;
     }
-    if let Some(id) = stored.keys().next() {
-        return Err(differs(format!("proposal {} is stored but not in the records", edge_core::text::line(id))));
+    if matched != fold.proposals.iter().count() {
+        let mut exists = db.prepare("SELECT 1 FROM proposals WHERE id = ?1")?;
+        for v in fold.proposals.iter() {
+            if !exists.exists([&v.id])? {
+                return Err(differs(format!("proposal {} is not stored", v.id)));
+            }
+        }
     }
     let mut want: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for kind in fold::Spent::ALL {

@@ -228,17 +228,45 @@ pub fn check_signed_history_of(
     history: &KeyHistory,
     identity: &NoteVerifier,
 ) -> Result<()> {
+    let kept = read_kept(dir)?;
+    let db = crate::store::log::read_only(dir)?;
+    check_signed_history_in(dir, &db, kept, log, history, identity)
+}
+
+/// The checkpoint kept outside the store, if there is one. Read it before
+/// the snapshot it is compared with: it is written only after the records
+/// it covers are durable, so a store read after it holds them all, however
+/// many a serving runner appends meanwhile.
+///
+/// # Errors
+/// If the file exists but cannot be read.
+pub fn read_kept(dir: &Path) -> Result<Option<String>> {
+    let file = dir.join(LATEST_CHECKPOINT_FILE);
+    match std::fs::read_to_string(&file) {
+        // Tolerate the extra newline `sqlite3` prints after the note.
+        Ok(t) => Ok(Some(format!("{}\n", t.trim_end_matches('\n')))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+/// [`check_signed_history_of`] within the read transaction `db` (the
+/// snapshot `log` describes), with the kept checkpoint `kept` read before it.
+///
+/// # Errors
+/// As [`check_signed_history`].
+pub fn check_signed_history_in(
+    dir: &Path,
+    db: &rusqlite::Connection,
+    kept: Option<String>,
+    log: &dyn History,
+    history: &KeyHistory,
+    identity: &NoteVerifier,
+) -> Result<()> {
     let keys =
         |size: u64| history.key_at(size).and_then(|k| NoteVerifier::parse(k).ok()).unwrap_or_else(|| identity.clone());
-    let db = crate::store::log::read_only(dir)?;
-    let row = newest_checkpoint_row(&db)?;
+    let row = newest_checkpoint_row(db)?;
     let file = dir.join(LATEST_CHECKPOINT_FILE);
-    let kept = match std::fs::read_to_string(&file) {
-        // Tolerate the extra newline `sqlite3` prints after the note.
-        Ok(t) => Some(format!("{}\n", t.trim_end_matches('\n'))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
-    };
     match (&kept, &row) {
         (None, Some((size, _))) => bail!(
             "{} is missing but the store holds signed checkpoints (the newest of {size} records): it is written \
