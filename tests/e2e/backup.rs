@@ -378,6 +378,10 @@ fn opens_verifies_and_continues(version: u32) {
     assert_eq!(run.outcome(), "committed", "{}", run.stderr);
     let first = run.report["records"][0]["seq"].as_u64().unwrap();
     assert!(first >= expect["records"].as_u64().unwrap(), "the log continues after the fixture's records");
+    // Everything the start did not read holds too: records, tree, signed
+    // checkpoints, and the fold this release keeps (built or continued).
+    let out = env.cli(&["evidence", "check", "--full", "--config", "runner.toml"]).success().stdout();
+    assert!(out.contains("verified in full"), "{out}");
     env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
     std::fs::copy(fixture().join("runner.vkey"), env.path("runner.vkey")).unwrap();
     let (code, text) = edge_verify(&env.path("all.bundle"), &env.path("runner.vkey"));
