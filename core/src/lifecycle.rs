@@ -602,22 +602,23 @@ mod tests {
         )
     }
 
+    /// Run `run` waits for approval of proposal p-1.
+    fn awaiting(seq: u64, run: &str) -> Record {
+        let document = Sha256Digest::of(b"d");
+        record(seq, run, Event::AwaitingApproval { proposal: "p-1".into(), document, approvals_required: 1 })
+    }
+
+    fn done(seq: u64, run: &str, outcome: Outcome) -> Record {
+        record(seq, run, Event::Completed { outcome })
+    }
+
     #[test]
     fn a_proposal_that_ended_keeps_its_outcome_when_it_is_tried_again() {
         let refused = |seq, run: &str| {
             record(seq, run, Event::Refused { stage: "authorize".into(), reason_code: "x".into(), detail: "d".into() })
         };
-        let done = |seq, run: &str, outcome| record(seq, run, Event::Completed { outcome });
         let records = [
-            record(
-                0,
-                "r-1",
-                Event::AwaitingApproval {
-                    proposal: "p-1".into(),
-                    document: Sha256Digest::of(b"d"),
-                    approvals_required: 1,
-                },
-            ),
+            awaiting(0, "r-1"),
             done(1, "r-1", Outcome::AwaitingApproval),
             resumed(2, "r-2"),
             quorum(3, "met", &["n1"]),
@@ -646,17 +647,8 @@ mod tests {
     #[test]
     fn a_bounded_index_stored_at_any_point_keeps_what_an_unbounded_one_holds() {
         let own = |seq, run: &str| record(seq, run, Event::Authorized { tier: 2, approvals: vec![], note: "n".into() });
-        let done = |seq, run: &str, outcome| record(seq, run, Event::Completed { outcome });
         let records = [
-            record(
-                0,
-                "r-1",
-                Event::AwaitingApproval {
-                    proposal: "p-1".into(),
-                    document: Sha256Digest::of(b"d"),
-                    approvals_required: 1,
-                },
-            ),
+            awaiting(0, "r-1"),
             done(1, "r-1", Outcome::AwaitingApproval),
             own(2, "r-2"),
             resumed(3, "r-2"),

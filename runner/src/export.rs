@@ -104,6 +104,7 @@ pub fn export_file(
         _ => Path::new("."),
     };
     let name = path.file_name().and_then(|n| n.to_str()).context("the output path names no file")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.partial"));
     // A leftover of a killed export is removed (a symlink planted there is
     // removed itself, never followed); the new file must be ours.
