@@ -252,11 +252,13 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     // Where the records start, and the tree they extend: from the earlier
     // checkpoint's text (its signature is checked with the others at the end).
     let mut range = CompactRange::default();
+    let mut unsigned_since = None;
     let first_seq = match &h.scope {
         Scope::Full => Some(0),
         Scope::Since { checkpoint: old, prefix, .. } => {
             let unsigned = old.find("\n\n").map_or(old.as_str(), |i| &old[..=i]);
             let old = Checkpoint::parse(unsigned).map_err(|e| Failure::bundle("since.format", e.to_string()))?;
+            unsigned_since = Some(old.clone());
             let prefix: Vec<Hash> = bundle::decode_hashes(prefix)
                 .map_err(|e| Failure::bundle("since.prefix", e))?
                 .into_iter()
@@ -377,6 +379,14 @@ pub(crate) fn pass<R: std::io::Read + Send>(
         Scope::Since { checkpoint: old, .. } => {
             let (old, old_key) = open_checkpoint(old, &accepted, &h.origin, "since")?;
             check_key_in_force(&history, old.size, &old_key, "since")?;
+            // The records were placed and the prefix checked by the text
+            // read before the signature: it must be what was signed.
+            if unsigned_since.as_ref() != Some(&old) {
+                return Err(Failure::bundle(
+                    "since.format",
+                    "the earlier checkpoint's text is not what its signature covers",
+                ));
+            }
             Some(old)
         }
         _ => None,
