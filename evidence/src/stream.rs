@@ -605,6 +605,21 @@ mod tests {
     }
 
     #[test]
+    fn a_header_announcing_more_than_the_file_holds_allocates_nothing_for_it() {
+        let s = synth::full_bundle("stream.example/runner", 2);
+        let keys = parse_keys(&s.vkey).unwrap();
+        let text = String::from_utf8(s.bundle.clone()).unwrap();
+        // The magic line, the header announcing u64::MAX records, the records, and nothing after.
+        let lines: Vec<&str> = text.split_inclusive('\n').take(2 + s.records).collect();
+        let forged =
+            lines.concat().replacen(&format!("\"records\":{},", s.records), &format!("\"records\":{},", u64::MAX), 1);
+        assert!(forged.contains(&u64::MAX.to_string()));
+        let e = verify_from(forged.as_bytes(), &keys, Level::Full).unwrap_err();
+        assert_eq!(e.check, "bundle.format", "{e}");
+        assert!(e.detail.contains("the file ends before record line"), "{e}");
+    }
+
+    #[test]
     fn a_read_error_mid_stream_is_named_and_nothing_verifies() {
         struct Failing<'a>(&'a [u8]);
         impl Read for Failing<'_> {
