@@ -279,6 +279,18 @@ impl Checkpoint {
         format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
     }
 
+    /// The checkpoint a signed note claims, its signatures not checked: to
+    /// place or order notes before [`open`] verifies the one that is used.
+    ///
+    /// # Errors
+    /// [`NoteError::Malformed`] without a blank line before the signatures;
+    /// otherwise as [`Checkpoint::parse`].
+    pub fn claimed(note: &str) -> Result<Self, NoteError> {
+        let end =
+            note.find("\n\n").ok_or_else(|| NoteError::Malformed("no blank line before the signatures".into()))?;
+        Self::parse(&note[..=end])
+    }
+
     /// Parse a checkpoint note text (extension lines are refused: we never write them).
     ///
     /// # Errors

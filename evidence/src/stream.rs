@@ -10,8 +10,9 @@
 //! leaves for their inclusion proofs. Signatures are checked when the
 //! checkpoint, the file's last part, is reached.
 //!
-//! What is held at once is one batch of lines, or one artifact when it is
-//! larger than a batch; a line longer than [`MAX_LINE`] is refused.
+//! What is held at once is three batches of records (one hashed, one read,
+//! one folded) or one batch of artifacts, each as large as its longest
+//! line; a line longer than [`MAX_LINE`] is refused.
 
 use std::io::Read as _;
 
@@ -256,8 +257,7 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     let first_seq = match &h.scope {
         Scope::Full => Some(0),
         Scope::Since { checkpoint: old, prefix, .. } => {
-            let unsigned = old.find("\n\n").map_or(old.as_str(), |i| &old[..=i]);
-            let old = Checkpoint::parse(unsigned).map_err(|e| Failure::bundle("since.format", e.to_string()))?;
+            let old = Checkpoint::claimed(old).map_err(|e| Failure::bundle("since.format", e.to_string()))?;
             unsigned_since = Some(old.clone());
             let prefix: Vec<Hash> = bundle::decode_hashes(prefix)
                 .map_err(|e| Failure::bundle("since.prefix", e))?

@@ -62,8 +62,7 @@ pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
 /// The key the log had in force at the tree size a `--since` note claims
 /// (None when the log names none, or the note has no readable size).
 fn since_key(log: &EvidenceLog, origin: &str, old_note: &str) -> Option<edge_core::note::NoteVerifier> {
-    let text = &old_note[..old_note.find("\n\n")? + 1];
-    let size = Checkpoint::parse(text).ok()?.size;
+    let size = crate::store::trust::claimed_size(old_note)?;
     let history = crate::store::trust::key_history(log, origin).ok()?;
     edge_core::note::NoteVerifier::parse(history.key_at(size)?).ok()
 }
@@ -221,7 +220,7 @@ pub fn export_to<W: Write>(
 
     // Pass 1: the artifacts the chosen records reference.
     db.execute_batch("CREATE TEMP TABLE wanted (digest TEXT PRIMARY KEY) WITHOUT ROWID")?;
-    let records = chosen.each(&db, |_, body| {
+    let records = chosen.each(&db, |body| {
         let r: Record = serde_json::from_str(body).context("a record in the store does not parse")?;
         let mut add = db.prepare_cached("INSERT OR IGNORE INTO temp.wanted (digest) VALUES (?1)")?;
         for d in r.artifacts() {
@@ -250,7 +249,7 @@ pub fn export_to<W: Write>(
     // Pass 2: the bundle.
     let header = Header { origin: origin.to_owned(), scope, tree_size: size, records, artifacts };
     let mut w = bundle::Writer::start(out, &header)?;
-    let copied = chosen.each(&db, |_, body| Ok(w.record(body)?))?;
+    let copied = chosen.each(&db, |body| Ok(w.record(body)?))?;
     if copied != records {
         bail!("the store changed under the export: {copied} records the second time, {records} the first");
     }
@@ -289,26 +288,25 @@ impl Chosen {
         }
     }
 
-    /// Call `f(seq, body)` for each chosen record in order, reading row by
+    /// Call `f(body)` for each chosen record in order, reading row by
     /// row; returns how many there were.
-    fn each(&self, db: &Connection, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<u64> {
+    fn each(&self, db: &Connection, mut f: impl FnMut(&str) -> Result<()>) -> Result<u64> {
         let mut n = 0;
         let mut visit = |row: &rusqlite::Row<'_>| -> Result<()> {
-            let seq = row.get::<_, i64>(0)? as u64;
-            f(seq, row.get_ref(1)?.as_str()?)?;
+            f(row.get_ref(0)?.as_str()?)?;
             n += 1;
             Ok(())
         };
         match self {
             Chosen::Range(a, b) => {
-                let mut stmt = db.prepare("SELECT seq, body FROM records WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
+                let mut stmt = db.prepare("SELECT body FROM records WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
                 let mut rows = stmt.query([*a as i64, *b as i64])?;
                 while let Some(row) = rows.next()? {
                     visit(row)?;
                 }
             }
             Chosen::Seqs(seqs) => {
-                let mut stmt = db.prepare_cached("SELECT seq, body FROM records WHERE seq = ?1")?;
+                let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
                 for &s in seqs {
                     let mut rows = stmt.query([s as i64])?;
                     if let Some(row) = rows.next()? {

@@ -72,8 +72,7 @@ pub fn signed_size(db: &Connection, dir: &Path) -> Result<u64> {
 /// The tree size a signed note claims, without verifying it (to decide
 /// whether a newer one may replace it).
 pub(crate) fn claimed_size(note: &str) -> Option<u64> {
-    let text = &note[..note.find("\n\n")? + 1];
-    Checkpoint::parse(text).ok().map(|c| c.size)
+    Checkpoint::claimed(note).ok().map(|c| c.size)
 }
 
 /// Write the newest stored checkpoint to [`LATEST_CHECKPOINT_FILE`] if it is
