@@ -27,7 +27,7 @@ pub mod summary;
 pub mod synth;
 pub mod verify;
 
-pub use stream::MAX_LINE;
+pub use stream::{MAX_LINE, checkpoint_of};
 pub use verify::{Level, Step, Verified, verify, verify_reader, verify_with_progress};
 
 use std::fmt;

@@ -459,6 +459,33 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     Ok(Passed { header, checkpoint, key, history, since, records })
 }
 
+/// The signed checkpoint at the end of a bundle read from `input`, its
+/// records and artifacts skipped unparsed (an earlier bundle given to
+/// `--since`); nothing of it is verified here.
+///
+/// # Errors
+/// `bundle.format` when the layout does not hold; `bundle.read` on a read error.
+pub fn checkpoint_of(input: impl std::io::Read) -> Result<String, Failure> {
+    let mut lines = Lines::new(input);
+    if lines.next("the magic line")? != MAGIC.as_bytes() {
+        return Err(format_failure(format!("the first line is not `{MAGIC}`: not an evidence bundle")));
+    }
+    let head = lines.next("the header")?;
+    let h = bundle::header_line(utf8(&head, &|| "the header".into())?)?;
+    let lines_in = h.records.saturating_add(h.artifacts);
+    let mut batch = Batch::default();
+    let mut done = 0;
+    while done < lines_in {
+        done += lines
+            .fill(&mut batch, done, lines_in - done, &|i| format!("line {i} of {lines_in} after the header"))?
+            as u64;
+    }
+    let Some(note) = lines.rest(MAX_CHECKPOINT)? else {
+        return Err(format_failure(format!("the checkpoint is longer than {} KiB", MAX_CHECKPOINT >> 10)));
+    };
+    Ok(utf8(&note, &|| "the checkpoint".into())?.to_owned())
+}
+
 /// The records' fold, in log order: sequence, chain, leaves, key records.
 struct Chain<'h> {
     header: &'h Header,
@@ -589,6 +616,17 @@ mod tests {
             assert_eq!(streamed.checkpoint, in_memory.checkpoint);
             assert_eq!(streamed.runs.len(), in_memory.runs.len());
         }
+    }
+
+    #[test]
+    fn the_checkpoint_of_a_bundle_is_found_without_parsing_what_comes_before() {
+        let s = synth::full_bundle("stream.example/runner", 5);
+        let parsed = bundle::parse(&s.bundle).unwrap();
+        let read = checkpoint_of(BufReader::with_capacity(4096, &s.bundle[..])).unwrap();
+        assert_eq!(read, parsed.checkpoint);
+        // Cut short: where it ends is named.
+        let e = checkpoint_of(&s.bundle[..s.bundle.len() / 2]).unwrap_err();
+        assert!(e.detail.contains("the file ends before"), "{e}");
     }
 
     #[test]

@@ -41,17 +41,23 @@ pub struct Exported {
 
 /// The signed checkpoint inside a file given to `--since`: a checkpoint
 /// note, a run receipt (C2SP tlog-proof, whose checkpoint is its last part),
-/// or an earlier bundle (likewise).
+/// or an earlier bundle (likewise; read through to its end without holding
+/// or decoding it, however long the log it exports).
 ///
 /// # Errors
-/// If the file is none of these.
-pub fn since_checkpoint(bytes: &[u8]) -> Result<String> {
-    if bytes.starts_with(bundle::MAGIC.as_bytes()) {
-        let b = bundle::parse(bytes).map_err(|e| anyhow!("the earlier bundle does not parse: {e}"))?;
-        return Ok(b.checkpoint.to_owned());
+/// If the file cannot be read or is none of these.
+pub fn since_checkpoint(path: &Path) -> Result<String> {
+    use std::io::{BufRead as _, Read as _};
+    let cannot = |e: std::io::Error| anyhow!("cannot read {}: {e}", path.display());
+    let mut input = std::io::BufReader::new(std::fs::File::open(path).map_err(cannot)?);
+    if input.fill_buf().map_err(cannot)?.starts_with(bundle::MAGIC.as_bytes()) {
+        return edge_evidence::checkpoint_of(input).map_err(|e| anyhow!("the earlier bundle does not parse: {e}"));
     }
-    let text = String::from_utf8(bytes.to_vec())
-        .map_err(|_| anyhow!("not a checkpoint note, a run receipt or an evidence bundle"))?;
+    // A note or a receipt: small (a receipt holds one inclusion proof).
+    let mut bytes = Vec::new();
+    input.take(1 << 20).read_to_end(&mut bytes).map_err(cannot)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| anyhow!("not a checkpoint note, a run receipt or an evidence bundle"))?;
     if text.starts_with("c2sp.org/tlog-proof@") {
         let p = edge_core::note::TlogProof::parse(&text).map_err(|e| anyhow!("the receipt does not parse: {e}"))?;
         return Ok(p.checkpoint);

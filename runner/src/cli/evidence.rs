@@ -211,9 +211,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
         }
         EvidenceCommand::Export { config, since, run, out: path } => {
             let scope = match (since, run) {
-                (Some(f), _) => ExportScope::Since(since_checkpoint(
-                    &std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
-                )?),
+                (Some(f), _) => ExportScope::Since(since_checkpoint(&f)?),
                 (None, Some(r)) => ExportScope::Run(r),
                 (None, None) => ExportScope::Full,
             };
@@ -287,8 +285,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
         EvidenceCommand::Fetch { client, since, out: path } => {
             let mut query = String::new();
             if let Some(f) = &since {
-                let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-                let note = since_checkpoint(&bytes)?;
+                let note = since_checkpoint(f)?;
                 query = format!("?since={}", form_urlencoded::byte_serialize(note.as_bytes()).collect::<String>());
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
