@@ -55,11 +55,7 @@ impl Series {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runs: Vec<usize> = std::env::var("EXPORT_RUNS")
-        .unwrap_or_else(|_| "100000".into())
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let runs = common::env_list("EXPORT_RUNS", "100000")?;
     let rounds: usize = std::env::var("EXPORT_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let verifier = edge_verify()?;
     let homes = runs.into_iter().map(common::log_home).collect::<anyhow::Result<Vec<_>>>()?;

@@ -58,11 +58,7 @@ fn serve(dir: &Path) -> anyhow::Result<(Duration, f64, f64)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let runs: Vec<usize> = std::env::var("STARTUP_RUNS")
-        .unwrap_or_else(|_| "10000,100000".into())
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()?;
+    let runs = common::env_list("STARTUP_RUNS", "10000,100000")?;
     let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let mut homes = vec![common::log_home(0)?];
     for r in runs {

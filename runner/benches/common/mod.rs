@@ -204,3 +204,10 @@ pub fn log_home(runs: usize) -> anyhow::Result<(std::path::PathBuf, u64)> {
         .unwrap_or(0);
     Ok((dir, records as u64))
 }
+
+/// The comma-separated numbers in environment variable `name` (`default` when unset).
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.into());
+    text.split(',').map(|s| s.trim().parse().map_err(|e| anyhow::anyhow!("{name}: `{s}`: {e}"))).collect()
+}
