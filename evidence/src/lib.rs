@@ -27,8 +27,8 @@ pub mod summary;
 pub mod synth;
 pub mod verify;
 
-pub use stream::{MAX_LINE, checkpoint_of};
-pub use verify::{Level, Step, Verified, verify, verify_reader, verify_with_progress};
+pub use stream::{MAX_LINE, Source, checkpoint_of};
+pub use verify::{Keep, Level, Step, Verified, verify, verify_file, verify_source, verify_with_progress};
 
 use std::fmt;
 

@@ -19,6 +19,7 @@ use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
 
 pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
+use crate::stream::Artifacts;
 use crate::{Failure, RUNNER_RUNS};
 
 /// What runs share — nonces spent, proposals executed and expired, each at
@@ -44,81 +45,234 @@ struct Cache {
 }
 
 pub(crate) struct Ctx<'a> {
-    pub artifacts: &'a BTreeMap<Sha256Digest, Vec<u8>>,
+    pub artifacts: &'a Artifacts<'a>,
     /// The runner name approvals are bound to (the checkpoint origin).
     pub runner: &'a str,
     /// Whether runs may have begun before the first record in the bundle.
     pub partial_start: bool,
-    /// Proposal → the document it waited with (filled by `check_runs`).
-    pub documents: &'a HashMap<&'a str, Sha256Digest>,
+    /// Proposal → the document it waited with (as of the records so far).
+    pub documents: &'a HashMap<String, Sha256Digest>,
 }
 
-/// Check every run; returns their summaries in order of first record.
-/// `progress(done, total)` is called as runs are checked.
-pub(crate) fn check_runs(
-    records: &[Record],
-    ctx: &Ctx<'_>,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<RunSummary>, Failure> {
-    let mut order: Vec<&str> = Vec::new();
-    let mut by_run: HashMap<&str, Vec<&Record>> = HashMap::new();
-    // The runner build in force when each run started: the last
-    // `runner-started` record before the run's first record.
-    let mut builds: HashMap<&str, RunnerBuild> = HashMap::new();
-    let mut build: Option<RunnerBuild> = None;
-    let ledger = Ledger::of(records);
-    for r in records {
-        if RUNNER_RUNS.contains(&r.run.as_str()) {
-            build = RunnerBuild::of(r).or(build);
-            continue;
+/// Runs checked on all cores this many at a time.
+const CHUNK: usize = 512;
+
+/// A run whose records are being gathered.
+struct Open {
+    records: Vec<Record>,
+    /// The runner build in force when it started.
+    build: Option<RunnerBuild>,
+}
+
+/// What [`RunStream::finish`] found.
+pub(crate) struct Checked {
+    /// Every run's summary, in order of first record (when kept).
+    pub summaries: Vec<RunSummary>,
+    pub count: usize,
+    /// The builds that ran them (by the record that started each), each
+    /// with its number of runs; and the runs no build is known for.
+    pub builds: (Vec<(RunnerBuild, usize)>, usize),
+    /// Every record (when kept).
+    pub records: Vec<Record>,
+    /// The last record naming the identity key: (sequence, run, key).
+    pub last_key: Option<(u64, String, String)>,
+}
+
+/// The per-run checks, fed records in log order: a run is checked (with
+/// others, on all cores) once its terminal record is in, so what is held
+/// is the runs in progress, not the log. What runs share is folded as the
+/// records come ([`Ledger`], the proposal documents); a run is checked
+/// against it only for what happened before its own records, so the
+/// later records already folded change nothing.
+pub(crate) struct RunStream<'a> {
+    artifacts: &'a Artifacts<'a>,
+    runner: &'a str,
+    partial_start: bool,
+    keep: bool,
+    cache: Cache,
+    ledger: Ledger,
+    documents: HashMap<String, Sha256Digest>,
+    open: HashMap<String, Open>,
+    /// Runs that ended, by a keyed 128-bit hash of their id (a record of
+    /// one of them after its end is out of order).
+    ended: HashSet<u128>,
+    keys: (std::hash::RandomState, std::hash::RandomState),
+    ready: Vec<Open>,
+    build: Option<RunnerBuild>,
+    /// The records the passkey counter check reads: approvals, and the
+    /// quorums and ends of the runs that had passkey approvals.
+    counter_records: Vec<Record>,
+    counter_runs: HashSet<String>,
+    claims: Vec<CounterClaim>,
+    summaries: Vec<RunSummary>,
+    count: usize,
+    builds: BTreeMap<u64, (RunnerBuild, usize)>,
+    unknown_build: usize,
+    records: Vec<Record>,
+    last_key: Option<(u64, String, String)>,
+}
+
+impl<'a> RunStream<'a> {
+    /// `keep`: keep every record and run summary (for a report).
+    pub fn new(artifacts: &'a Artifacts<'a>, runner: &'a str, partial_start: bool, keep: bool) -> Self {
+        Self {
+            artifacts,
+            runner,
+            partial_start,
+            keep,
+            cache: Cache::default(),
+            ledger: Ledger::default(),
+            documents: HashMap::new(),
+            open: HashMap::new(),
+            ended: HashSet::new(),
+            keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
+            ready: Vec::new(),
+            build: None,
+            counter_records: Vec::new(),
+            counter_runs: HashSet::new(),
+            claims: Vec::new(),
+            summaries: Vec::new(),
+            count: 0,
+            builds: BTreeMap::new(),
+            unknown_build: 0,
+            records: Vec::new(),
+            last_key: None,
         }
-        by_run
-            .entry(r.run.as_str())
-            .or_insert_with(|| {
-                order.push(r.run.as_str());
-                if let Some(b) = &build {
-                    builds.insert(r.run.as_str(), b.clone());
-                }
-                Vec::new()
-            })
-            .push(r);
     }
-    let cache = Cache::default();
-    let mut out = Vec::with_capacity(order.len());
-    // The document each proposal waited with, for the runs that resume it.
-    let documents: HashMap<&str, Sha256Digest> = records
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::AwaitingApproval { proposal, document, .. } => Some((proposal.as_str(), *document)),
-            _ => None,
-        })
-        .collect();
-    let ctx = &Ctx { documents: &documents, ..*ctx };
-    let total = order.len();
-    let mut claims = Vec::new();
-    // Runs are independent given the ledger: checked on all cores, a chunk
-    // at a time, and their results taken in order (the first failure in
-    // log order is the one reported).
-    for chunk in order.chunks(512) {
-        let checked: Vec<Result<(RunSummary, Vec<CounterClaim>), Failure>> = chunk
+
+    fn ended_key(&self, run: &str) -> u128 {
+        use std::hash::BuildHasher as _;
+        (u128::from(self.keys.0.hash_one(run)) << 64) | u128::from(self.keys.1.hash_one(run))
+    }
+
+    /// The next record in log order.
+    ///
+    /// # Errors
+    /// A record that references an artifact the bundle lacks, a record of
+    /// a run after its end, or the first failed check of a run checked now.
+    pub fn push(&mut self, r: Record) -> Result<(), Failure> {
+        for d in r.artifacts() {
+            if !self.artifacts.reference(&d) {
+                return Err(Failure::record(
+                    "artifact.missing",
+                    r.seq,
+                    &r.run,
+                    format!("artifact {d} is not in the bundle"),
+                ));
+            }
+        }
+        self.ledger.push(&r);
+        match &r.event {
+            Event::AwaitingApproval { proposal, document, .. } => {
+                self.documents.insert(proposal.clone(), *document);
+            }
+            Event::KeyEvent { key, .. } | Event::KeyRotation { new_key: key, .. } => {
+                self.last_key = Some((r.seq, r.run.clone(), key.clone()));
+            }
+            Event::ApprovalAccepted { passkey: Some(_), .. } | Event::ApprovalRefused { .. } => {
+                self.counter_runs.insert(r.run.clone());
+                self.counter_records.push(r.clone());
+            }
+            Event::Quorum { .. } if self.counter_runs.contains(&r.run) => self.counter_records.push(r.clone()),
+            Event::Completed { .. } if self.counter_runs.remove(&r.run) => self.counter_records.push(r.clone()),
+            _ => {}
+        }
+        if self.keep {
+            self.records.push(r.clone());
+        }
+        if RUNNER_RUNS.contains(&r.run.as_str()) {
+            self.build = RunnerBuild::of(&r).or(self.build.take());
+            return Ok(());
+        }
+        let key = self.ended_key(&r.run);
+        if !self.open.contains_key(&r.run) && self.ended.contains(&key) {
+            return Err(Failure::record(
+                "run.order",
+                r.seq,
+                &r.run,
+                format!("`{}` after the run's terminal record", r.event_type()),
+            ));
+        }
+        let done = matches!(r.event, Event::Completed { .. });
+        let build = &self.build;
+        let open = self.open.entry(r.run.clone()).or_insert_with(|| Open { records: Vec::new(), build: build.clone() });
+        open.records.push(r);
+        if done {
+            let run = open.records[0].run.clone();
+            let open = self.open.remove(&run).expect("just pushed");
+            self.ended.insert(key);
+            self.ready.push(open);
+            if self.ready.len() >= CHUNK {
+                self.check_ready()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the runs that ended, on all cores; their results taken in
+    /// the order they ended (the first failure among them is reported).
+    fn check_ready(&mut self) -> Result<(), Failure> {
+        let ready = std::mem::take(&mut self.ready);
+        let ctx = &Ctx {
+            artifacts: self.artifacts,
+            runner: self.runner,
+            partial_start: self.partial_start,
+            documents: &self.documents,
+        };
+        let (cache, ledger) = (&self.cache, &self.ledger);
+        let checked: Vec<Result<(RunSummary, Vec<CounterClaim>), Failure>> = ready
             .par_iter()
-            .map(|run| {
+            .map(|open| {
+                let recs: Vec<&Record> = open.records.iter().collect();
                 let mut c = Vec::new();
-                check_run(&by_run[run], ctx, &cache, &ledger, &mut c).map(|s| (s, c))
+                check_run(&recs, ctx, cache, ledger, &mut c).map(|s| (s, c))
             })
             .collect();
-        for (run, result) in chunk.iter().zip(checked) {
+        for (open, result) in ready.into_iter().zip(checked) {
             let (mut s, mut c) = result?;
-            s.build = builds.remove(run);
-            claims.append(&mut c);
-            out.push(s);
+            if self.keep {
+                s.build.clone_from(&open.build);
+            }
+            match open.build {
+                Some(b) => self.builds.entry(b.record).or_insert((b, 0)).1 += 1,
+                None => self.unknown_build += 1,
+            }
+            self.count += 1;
+            self.claims.append(&mut c);
+            if self.keep {
+                self.summaries.push(s);
+            }
         }
-        progress(out.len(), total);
+        Ok(())
     }
-    // Every accepted approval's record was checked against its signed
-    // assertion above, so the counters the records carry are the signed ones.
-    check_counters(records, &claims)?;
-    Ok(out)
+
+    /// Check the runs still open (each fails for its missing end, unless
+    /// the check finds something earlier) and the passkey counters.
+    ///
+    /// # Errors
+    /// The first failed check.
+    pub fn finish(mut self) -> Result<Checked, Failure> {
+        let mut open: Vec<Open> = self.open.drain().map(|(_, o)| o).collect();
+        open.sort_by_key(|o| o.records[0].seq);
+        for o in open {
+            self.ready.push(o);
+            if self.ready.len() >= CHUNK {
+                self.check_ready()?;
+            }
+        }
+        self.check_ready()?;
+        // Every accepted approval's record was checked against its signed
+        // assertion above, so the counters the records carry are the signed ones.
+        check_counters(&self.counter_records, &self.claims)?;
+        self.summaries.sort_by_key(|s| s.first_seq);
+        Ok(Checked {
+            summaries: self.summaries,
+            count: self.count,
+            builds: (self.builds.into_values().collect(), self.unknown_build),
+            records: self.records,
+            last_key: self.last_key,
+        })
+    }
 }
 
 /// A passkey approval the runner refused for its counter (it verifies
@@ -204,15 +358,14 @@ struct State<'r> {
     awaiting: bool,
 }
 
-fn artifact<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a [u8], Failure> {
-    ctx.artifacts
-        .get(d)
-        .map(Vec::as_slice)
-        .ok_or_else(|| Failure::record("artifact.missing", r.seq, &r.run, format!("artifact {d} is not in the bundle")))
+fn artifact(ctx: &Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<Vec<u8>, Failure> {
+    ctx.artifacts.get(d).unwrap_or_else(|| {
+        Err(Failure::record("artifact.missing", r.seq, &r.run, format!("artifact {d} is not in the bundle")))
+    })
 }
 
-fn text<'a>(ctx: &'a Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<&'a str, Failure> {
-    std::str::from_utf8(artifact(ctx, d, r)?)
+fn text(ctx: &Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<String, Failure> {
+    String::from_utf8(artifact(ctx, d, r)?)
         .map_err(|_| Failure::record("artifact.format", r.seq, &r.run, format!("artifact {d} is not UTF-8")))
 }
 
@@ -599,7 +752,7 @@ fn check_preview(
     contents: &[Sha256Digest],
 ) -> Result<(), Failure> {
     let pv = load_preview(ctx, r, d)?;
-    preview::check(&pv, plan, diff, |c| ctx.artifacts.get(c).cloned())
+    preview::check(&pv, plan, diff, |c| ctx.artifacts.get(c).and_then(Result::ok))
         .map_err(|e| Failure::record("preview.content", r.seq, &r.run, e.to_string()))?;
     if pv.contents() != contents {
         return Err(Failure::record(

@@ -1,14 +1,21 @@
-//! The integrity pass over a bundle, read once from start to end
-//! (checks 1–5 of [`crate::verify`]): memory does not grow with the bundle.
+//! The bundle read from start to end, in memory that does not grow with it.
 //!
-//! Lines are read in batches of a few MiB; within a batch every line is
-//! checked and hashed on all cores (UTF-8, the record's position and link
-//! fields, its chain digest and Merkle leaf hash; an artifact's digest,
-//! base64 and hash), then the batch is folded in order into what the pass
-//! keeps: the previous record's digest, the compact range of the tree (not
-//! every leaf), the identity key records, and for a run export the run's
-//! leaves for their inclusion proofs. Signatures are checked when the
-//! checkpoint, the file's last part, is reached.
+//! [`pass`] is the integrity pass (checks 1–5 of [`crate::verify`]). Lines
+//! are read in batches of a few MiB; within a batch every line is checked
+//! and hashed on all cores (UTF-8, the record's position and link fields,
+//! its chain digest and Merkle leaf hash; an artifact's digest, base64 and
+//! hash), then the batch is folded in order into what the pass keeps: the
+//! previous record's digest, the compact range of the tree (not every leaf),
+//! the identity key records, and for a run export the run's leaves for their
+//! inclusion proofs. Signatures are checked when the checkpoint, the file's
+//! last part, is reached. For a full verification it also notes where each
+//! artifact's line is ([`Index`]), not its bytes.
+//!
+//! [`records`] is the second pass of a full verification: the records are
+//! read again, parsed on all cores and handed in log order to the per-run
+//! checks, which read the artifacts they need by position. The records read
+//! the second time must be those the first pass verified: each line's digest
+//! is folded into one commitment in both passes, and they must agree.
 //!
 //! What is held at once is three batches of records (one hashed, one read,
 //! one folded) or one batch of artifacts, each as large as its longest
@@ -23,6 +30,7 @@ use edge_core::note::{Checkpoint, NoteVerifier};
 use edge_core::rotation::KeyHistory;
 use rayon::prelude::*;
 use serde::Deserialize;
+use sha2::Digest as _;
 
 use crate::Failure;
 use crate::bundle::{self, Header, MAGIC, Scope};
@@ -38,14 +46,71 @@ const BATCH_LINES: usize = 16_384;
 /// The checkpoint note at the end, at most.
 const MAX_CHECKPOINT: u64 = 64 << 10;
 
-/// What a full verification keeps of the pass for the record-level checks.
+/// A bundle read by position: a file, or bytes in memory. A full
+/// verification reads the records twice and each artifact when a run needs
+/// it, so it needs one; the integrity pass reads once, start to end.
+pub trait Source: Sync {
+    /// Read into `buf` from `offset`, as [`std::os::unix::fs::FileExt::read_at`]
+    /// (fewer bytes than asked is not the end; 0 is).
+    ///
+    /// # Errors
+    /// As the underlying read.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl Source for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+impl Source for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+/// A [`Source`] read in order from `pos`.
+pub(crate) struct At<'s, S: ?Sized> {
+    pub source: &'s S,
+    pub pos: u64,
+}
+
+impl<S: Source + ?Sized> std::io::Read for At<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.source.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Where the integrity pass found what a full verification reads again.
 #[derive(Debug, Default)]
-pub(crate) struct Kept {
-    /// Every record, parsed and checked canonical ([`crate::verify::parse_record`]).
-    pub records: Vec<Record>,
-    /// The first record that did not parse or was not canonical.
-    pub first_bad: Option<Failure>,
-    pub artifacts: Vec<(Sha256Digest, Vec<u8>)>,
+pub(crate) struct Index {
+    /// The offset of the first record line.
+    pub records_start: u64,
+    /// Each artifact's digest, and its line's offset and length, in digest order.
+    pub artifacts: Vec<(Sha256Digest, u64, u32)>,
+    /// The records' line digests, folded in order ([`Commitment`]).
+    pub commitment: [u8; 32],
+}
+
+/// SHA-256 over the records' line digests in order: equal in two passes
+/// only when they read the same records.
+#[derive(Default)]
+struct Commitment(sha2::Sha256);
+
+impl Commitment {
+    fn push(&mut self, d: &Sha256Digest) {
+        self.0.update(d.0);
+    }
+
+    fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
 }
 
 /// What the integrity pass established.
@@ -81,12 +146,10 @@ struct Facts {
     key: bool,
     /// In a run export: the record is of another run.
     other_run: bool,
-    /// The parsed record, when the full checks keep records.
-    record: Option<Result<Record, Failure>>,
 }
 
 /// Record line `i` (position `first_seq + i` in the log, when known).
-fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>, parse: bool) -> Result<Facts, Failure> {
+fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) -> Result<Facts, Failure> {
     let text = utf8(line, &|| format!("record line {i}"))?;
     let head: Head<'_> = serde_json::from_str(text).map_err(|e| Failure {
         check: "record.format",
@@ -101,7 +164,6 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>, pa
         leaf: merkle::leaf_hash(line),
         key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
         other_run: only_run.is_some_and(|r| head.run != r),
-        record: parse.then(|| crate::verify::parse_record(text)),
     })
 }
 
@@ -110,12 +172,16 @@ struct Lines<R> {
     input: R,
     /// Read but not yet handed out (the start of the next line).
     carry: Vec<u8>,
+    /// Where `carry` starts in the input: the next line's offset.
+    base: u64,
     eof: bool,
 }
 
 /// Complete lines in one buffer: line `i` is `data[start(i)..ends[i]]`.
 #[derive(Default)]
 struct Batch {
+    /// Where `data` starts in the input.
+    base: u64,
     data: Vec<u8>,
     /// Bytes of `data` read (the rest is spare room, initialized once).
     filled: usize,
@@ -128,9 +194,12 @@ impl Batch {
         self.ends.len()
     }
 
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] + 1 }
+    }
+
     fn line(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
-        &self.data[start..self.ends[i]]
+        &self.data[self.start(i)..self.ends[i]]
     }
 
     fn lines(&self) -> impl IndexedParallelIterator<Item = &[u8]> {
@@ -139,8 +208,9 @@ impl Batch {
 }
 
 impl<R: std::io::Read> Lines<R> {
-    fn new(input: R) -> Self {
-        Self { input, carry: Vec::new(), eof: false }
+    /// Lines of `input`, whose first byte is at `base`.
+    fn new(input: R, base: u64) -> Self {
+        Self { input, carry: Vec::new(), base, eof: false }
     }
 
     /// Read up to `left` lines (fewer once a batch's worth of bytes or
@@ -155,6 +225,7 @@ impl<R: std::io::Read> Lines<R> {
     ) -> Result<usize, Failure> {
         batch.ends.clear();
         batch.filled = 0;
+        batch.base = self.base;
         if left == 0 {
             return Ok(0);
         }
@@ -200,6 +271,7 @@ impl<R: std::io::Read> Lines<R> {
             }
         }
         self.carry.extend_from_slice(&batch.data[scan..batch.filled]);
+        self.base += scan as u64;
         Ok(batch.ends.len())
     }
 
@@ -231,16 +303,76 @@ fn utf8<'b>(line: &'b [u8], what: &dyn Fn() -> String) -> Result<&'b str, Failur
     })
 }
 
-/// The integrity pass over `input`; `keep` collects records and artifacts
-/// for the full checks. `progress(step, done, total)` as in
-/// [`crate::verify_with_progress`].
+/// Lines `0..total` of `lines` in three stages at once: `each(line, i)` on
+/// all cores for one batch while the next batch is read and the batch
+/// before is folded, in order, by `fold(values, batch, first line)`.
+/// `progress(lines folded)` after each batch. Returns a spare batch.
+fn pipeline<R, T, W, E, F>(
+    lines: &mut Lines<R>,
+    total: u64,
+    what: &W,
+    each: &E,
+    fold: &mut F,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Batch, Failure>
+where
+    R: std::io::Read + Send,
+    T: Send,
+    W: Fn(u64) -> String + Sync,
+    E: Fn(&[u8], u64) -> Result<T, Failure> + Sync,
+    F: FnMut(Vec<T>, &Batch, u64) -> Result<(), Failure> + Send,
+{
+    // `hashing` is worked on now, `reading` filled now, `folding` (with its
+    // values, from `folded` on) folded now.
+    let (mut hashing, mut reading, mut folding) = (Batch::default(), Batch::default(), Batch::default());
+    let mut n = lines.fill(&mut hashing, 0, total, what)?;
+    let (mut hashed_from, mut folded): (u64, u64) = (0, 0);
+    let mut pending: Vec<T> = Vec::new();
+    while n > 0 || !pending.is_empty() {
+        let read_from = hashed_from + n as u64;
+        let (values, (read, folding_done)) = rayon::join(
+            || {
+                hashing
+                    .lines()
+                    .enumerate()
+                    .map(|(j, line)| each(line, hashed_from + j as u64))
+                    .collect::<Result<Vec<T>, Failure>>()
+            },
+            || {
+                rayon::join(
+                    || lines.fill(&mut reading, read_from, total - read_from, what),
+                    || fold(std::mem::take(&mut pending), &folding, folded),
+                )
+            },
+        );
+        // A failure in order: the batch folded comes before the one worked on.
+        folding_done?;
+        folded = hashed_from;
+        if folded > 0 {
+            progress(folded);
+        }
+        pending = values?;
+        let m = read?;
+        // Rotate: what was worked on is folded next, what was read is worked on.
+        std::mem::swap(&mut folding, &mut hashing);
+        std::mem::swap(&mut hashing, &mut reading);
+        hashed_from = read_from;
+        n = m;
+    }
+    progress(total);
+    Ok(hashing)
+}
+
+/// The integrity pass over `input`; with `index`, also where the records
+/// and each artifact are, for a full verification's second pass.
+/// `progress(step, done, total)` as in [`crate::verify_with_progress`].
 pub(crate) fn pass<R: std::io::Read + Send>(
     input: R,
     keys: &[NoteVerifier],
-    mut keep: Option<&mut Kept>,
+    mut index: Option<&mut Index>,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Passed, Failure> {
-    let mut lines = Lines::new(input);
+    let mut lines = Lines::new(input, 0);
     if lines.next("the magic line")? != MAGIC.as_bytes() {
         return Err(format_failure(format!(
             "the first line is not `{MAGIC}`: not an evidence bundle (or another version)"
@@ -249,6 +381,9 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     let head = lines.next("the header")?;
     let header = bundle::header_line(utf8(&head, &|| "the header".into())?)?;
     let h = &header;
+    if let Some(ix) = index.as_deref_mut() {
+        ix.records_start = lines.base;
+    }
 
     // Where the records start, and the tree they extend: from the earlier
     // checkpoint's text (its signature is checked with the others at the end).
@@ -272,9 +407,7 @@ pub(crate) fn pass<R: std::io::Read + Send>(
         Scope::Run { .. } => None,
     };
 
-    // 3. Records: sequence, chain, leaves; the key records in order. Three
-    // batches at a time: while one is hashed on all cores, the next is
-    // read and the one before is folded in order.
+    // 3. Records: sequence, chain, leaves; the key records in order.
     let only_run = match &h.scope {
         Scope::Run { run, .. } => Some(run.as_str()),
         _ => None,
@@ -287,50 +420,21 @@ pub(crate) fn pass<R: std::io::Read + Send>(
         run_leaves: Vec::new(),
         prev: None,
         history: KeyHistory::default(),
+        commitment: index.is_some().then(Commitment::default),
     };
-    let record_line = |i: u64| format!("record line {i} of {}", h.records);
-    let parse = keep.is_some();
     let total = usize::try_from(h.records).unwrap_or(usize::MAX);
-    // `hashing` is checked now, `reading` filled now, `folding` (with its
-    // facts, from `folded` on) folded now.
-    let (mut hashing, mut reading, mut folding) = (Batch::default(), Batch::default(), Batch::default());
-    let mut n = lines.fill(&mut hashing, 0, h.records, &record_line)?;
-    let (mut hashed_from, mut folded): (u64, u64) = (0, 0);
-    let mut pending: Vec<Facts> = Vec::new();
-    while n > 0 || !pending.is_empty() {
-        let read_from = hashed_from + n as u64;
-        let (facts, (read, fold)) = rayon::join(
-            || {
-                hashing
-                    .lines()
-                    .enumerate()
-                    .map(|(j, line)| facts(line, hashed_from + j as u64, first_seq, only_run, parse))
-                    .collect::<Result<Vec<Facts>, Failure>>()
-            },
-            || {
-                rayon::join(
-                    || lines.fill(&mut reading, read_from, h.records - read_from, &record_line),
-                    || chain.fold(std::mem::take(&mut pending), &folding, folded, keep.as_deref_mut()),
-                )
-            },
-        );
-        // A failure in log order: the batch folded comes before the one hashed.
-        fold?;
-        folded = hashed_from;
-        if folded > 0 {
-            progress(Step::Chain, usize::try_from(folded).unwrap_or(usize::MAX), total);
-        }
-        pending = facts?;
-        let m = read?;
-        // Rotate: what was hashed is folded next, what was read is hashed.
-        std::mem::swap(&mut folding, &mut hashing);
-        std::mem::swap(&mut hashing, &mut reading);
-        hashed_from = read_from;
-        n = m;
+    let mut batch = pipeline(
+        &mut lines,
+        h.records,
+        &|i| format!("record line {i} of {}", h.records),
+        &|line, i| facts(line, i, first_seq, only_run),
+        &mut |facts, batch, from| chain.fold(facts, batch, from),
+        &mut |done| progress(Step::Chain, usize::try_from(done).unwrap_or(usize::MAX), total),
+    )?;
+    let Chain { range, run_leaves, history, commitment, .. } = chain;
+    if let (Some(ix), Some(c)) = (index.as_deref_mut(), commitment) {
+        ix.commitment = c.finish();
     }
-    progress(Step::Chain, total, total);
-    let Chain { range, run_leaves, history, .. } = chain;
-    let mut batch = hashing;
 
     // 5. Artifacts: canonical digests, strictly increasing, strict base64, each hashing to its digest.
     let mut last: Option<Sha256Digest> = None;
@@ -338,12 +442,12 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     while done < h.artifacts {
         let n =
             lines.fill(&mut batch, done, h.artifacts - done, &|i| format!("artifact line {i} of {}", h.artifacts))?;
-        let checked: Vec<(Sha256Digest, Vec<u8>)> = batch
+        let checked: Vec<Sha256Digest> = batch
             .lines()
             .enumerate()
-            .map(|(j, line)| artifact(line, done + j as u64))
+            .map(|(j, line)| artifact(line, done + j as u64).map(|(d, _)| d))
             .collect::<Result<_, Failure>>()?;
-        for (j, (digest, bytes)) in checked.into_iter().enumerate() {
+        for (j, digest) in checked.into_iter().enumerate() {
             if last.is_some_and(|p| p >= digest) {
                 return Err(format_failure(format!(
                     "artifact line {}: artifacts must be in strictly increasing digest order",
@@ -351,8 +455,9 @@ pub(crate) fn pass<R: std::io::Read + Send>(
                 )));
             }
             last = Some(digest);
-            if let Some(k) = keep.as_deref_mut() {
-                k.artifacts.push((digest, bytes));
+            if let Some(ix) = index.as_deref_mut() {
+                let len = u32::try_from(batch.line(j).len()).expect("a line is at most MAX_LINE");
+                ix.artifacts.push((digest, batch.base + batch.start(j) as u64, len));
             }
         }
         done += n as u64;
@@ -459,6 +564,108 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     Ok(Passed { header, checkpoint, key, history, since, records })
 }
 
+/// A full verification's second pass: the records again, from where the
+/// integrity pass found them, parsed and checked canonical on all cores and
+/// handed to `sink` in log order. They must be the records the first pass
+/// verified ([`Index::commitment`]).
+pub(crate) fn records<S, K>(
+    source: &S,
+    index: &Index,
+    total: u64,
+    sink: &mut K,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<(), Failure>
+where
+    S: Source + ?Sized,
+    K: FnMut(Record) -> Result<(), Failure> + Send,
+{
+    let mut lines = Lines::new(At { source, pos: index.records_start }, index.records_start);
+    let mut commitment = Commitment::default();
+    let all = usize::try_from(total).unwrap_or(usize::MAX);
+    pipeline(
+        &mut lines,
+        total,
+        &|i| format!("record line {i} of {total}"),
+        &|line, i| {
+            let text = utf8(line, &|| format!("record line {i}"))?;
+            Ok((Sha256Digest::of(line), crate::verify::parse_record(text)))
+        },
+        &mut |parsed: Vec<(Sha256Digest, Result<Record, Failure>)>, _, _| {
+            for (d, r) in parsed {
+                commitment.push(&d);
+                sink(r?)?;
+            }
+            Ok(())
+        },
+        &mut |done| progress(Step::Records, usize::try_from(done).unwrap_or(usize::MAX), all),
+    )?;
+    if commitment.finish() != index.commitment {
+        return Err(changed("its records"));
+    }
+    Ok(())
+}
+
+fn changed(what: &str) -> Failure {
+    Failure::bundle(
+        "bundle.changed",
+        format!("{what} changed while the bundle was verified: verify a copy nothing else writes to"),
+    )
+}
+
+/// The bundle's artifacts, read by position when a check needs one (and
+/// hashed again then: what is used is what hashes to its digest).
+pub(crate) struct Artifacts<'s> {
+    source: &'s (dyn Source + 's),
+    index: Vec<(Sha256Digest, u64, u32)>,
+    referenced: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl<'s> Artifacts<'s> {
+    pub fn new(source: &'s (dyn Source + 's), index: Vec<(Sha256Digest, u64, u32)>) -> Self {
+        let referenced = index.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
+        Self { source, index, referenced }
+    }
+
+    fn find(&self, d: &Sha256Digest) -> Option<usize> {
+        self.index.binary_search_by(|(x, ..)| x.cmp(d)).ok()
+    }
+
+    /// Note that a record references `d`; false when the bundle does not hold it.
+    pub fn reference(&self, d: &Sha256Digest) -> bool {
+        self.find(d).inspect(|&i| self.referenced[i].store(true, std::sync::atomic::Ordering::Relaxed)).is_some()
+    }
+
+    /// The first artifact no record referenced.
+    pub fn unreferenced(&self) -> Option<Sha256Digest> {
+        let i = self.referenced.iter().position(|r| !r.load(std::sync::atomic::Ordering::Relaxed))?;
+        Some(self.index[i].0)
+    }
+
+    pub fn digests(&self) -> impl Iterator<Item = &Sha256Digest> {
+        self.index.iter().map(|(d, ..)| d)
+    }
+
+    /// Artifact `d`'s bytes (None when the bundle does not hold it).
+    pub fn get(&self, d: &Sha256Digest) -> Option<Result<Vec<u8>, Failure>> {
+        let i = self.find(d)?;
+        let (_, offset, len) = self.index[i];
+        let mut line = vec![0; len as usize];
+        let mut read = 0;
+        while read < line.len() {
+            match self.source.read_at(&mut line[read..], offset + read as u64) {
+                Ok(0) => return Some(Err(changed(&format!("artifact {d}")))),
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(Failure::bundle("bundle.read", format!("cannot read the bundle: {e}")))),
+            }
+        }
+        Some(match artifact(&line, i as u64) {
+            Ok((got, bytes)) if got == *d => Ok(bytes),
+            _ => Err(changed(&format!("artifact {d}"))),
+        })
+    }
+}
+
 /// The signed checkpoint at the end of a bundle read from `input`, its
 /// records and artifacts skipped unparsed (an earlier bundle given to
 /// `--since`); nothing of it is verified here.
@@ -466,7 +673,7 @@ pub(crate) fn pass<R: std::io::Read + Send>(
 /// # Errors
 /// `bundle.format` when the layout does not hold; `bundle.read` on a read error.
 pub fn checkpoint_of(input: impl std::io::Read) -> Result<String, Failure> {
-    let mut lines = Lines::new(input);
+    let mut lines = Lines::new(input, 0);
     if lines.next("the magic line")? != MAGIC.as_bytes() {
         return Err(format_failure(format!("the first line is not `{MAGIC}`: not an evidence bundle")));
     }
@@ -496,17 +703,13 @@ struct Chain<'h> {
     run_leaves: Vec<(u64, Hash)>,
     prev: Option<(u64, Sha256Digest)>,
     history: KeyHistory,
+    /// The records' digests, when a second pass will read them again.
+    commitment: Option<Commitment>,
 }
 
 impl Chain<'_> {
     /// Fold the facts of record lines `from..` (`lines`, in order).
-    fn fold(
-        &mut self,
-        facts: Vec<Facts>,
-        lines: &Batch,
-        from: u64,
-        mut keep: Option<&mut Kept>,
-    ) -> Result<(), Failure> {
+    fn fold(&mut self, facts: Vec<Facts>, lines: &Batch, from: u64) -> Result<(), Failure> {
         let h = self.header;
         for (j, f) in facts.into_iter().enumerate() {
             let i = from + j as u64;
@@ -553,28 +756,20 @@ impl Chain<'_> {
                 ));
             }
             self.prev = Some((f.seq, f.digest));
+            if let Some(c) = &mut self.commitment {
+                c.push(&f.digest);
+            }
             match self.only_run {
                 Some(_) => self.run_leaves.push((f.seq, f.leaf)),
                 None => self.range.push(f.leaf),
             }
             // A key line that does not parse is left to the record checks.
-            let key_record = match (&f.record, f.key) {
-                (_, false) => None,
-                (Some(Ok(r)), true) => Some(r.clone()),
-                (_, true) => serde_json::from_str::<Record>(text()).ok(),
-            };
-            if let Some(r) = key_record {
+            if f.key
+                && let Ok(r) = serde_json::from_str::<Record>(text())
+            {
                 self.history
                     .push(&h.origin, &r)
                     .map_err(|e| Failure::record(e.reason_code(), e.seq(), &r.run, e.to_string()))?;
-            }
-            if let (Some(k), Some(parsed)) = (keep.as_deref_mut(), f.record) {
-                match parsed {
-                    Ok(r) => k.records.push(r),
-                    Err(e) => {
-                        k.first_bad.get_or_insert(e);
-                    }
-                }
             }
         }
         Ok(())

@@ -38,7 +38,7 @@
 //! 9. `key.event` — the key that signed the checkpoint is the identity key
 //!    the log last recorded, by a `key-event` or a `key-rotation` (full export).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use edge_core::evidence::{RECORD_SCHEMA, Record};
 use edge_core::note::{self, Checkpoint, NoteVerifier};
@@ -47,7 +47,8 @@ use edge_core::{Sha256Digest, canonical};
 
 use crate::Failure;
 use crate::bundle::{Header, Scope};
-use crate::runs::{self, RunSummary};
+use crate::runs::{RunStream, RunSummary, RunnerBuild};
+use crate::stream::{Artifacts, At, Index, Source};
 
 /// How much to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +66,10 @@ pub enum Step {
     Chain,
     /// Artifact digests checked (reported once, when done).
     Artifacts,
-    /// Records parsed and checked for schema (reported once, when done).
+    /// Records read again, parsed and checked for schema, and their runs
+    /// checked as each ends (signatures, decision and quorum replay).
     Records,
-    /// Runs checked (signatures, decision and quorum replay).
+    /// Runs checked (reported once, when done).
     Runs,
 }
 
@@ -100,8 +102,14 @@ pub struct Verified {
     pub records: Vec<Record>,
     pub record_count: usize,
     pub artifacts: BTreeMap<Sha256Digest, Vec<u8>>,
-    /// Per-run summaries ([`Level::Full`]).
+    /// Per-run summaries ([`Level::Full`] with [`Keep::Everything`]).
     pub runs: Vec<RunSummary>,
+    /// Runs checked ([`Level::Full`]).
+    pub run_count: usize,
+    /// The runner builds that executed the runs (by their `runner-started`
+    /// records, in the order they started), each with its number of runs;
+    /// and the number of runs no build is known for ([`Level::Full`]).
+    pub builds: (Vec<(RunnerBuild, usize)>, usize),
 }
 
 impl Verified {
@@ -110,7 +118,7 @@ impl Verified {
     pub fn summary(&self) -> String {
         let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let runs = match self.level {
-            Level::Full => format!(", {}", plural(self.runs.len(), "run", "runs")),
+            Level::Full => format!(", {}", plural(self.run_count, "run", "runs")),
             Level::Integrity => String::new(),
         };
         format!(
@@ -127,7 +135,7 @@ impl Verified {
     /// runs no build is known for.
     #[must_use]
     pub fn build_notes(&self) -> Vec<String> {
-        let (builds, unknown) = crate::runs::RunnerBuild::tally(&self.runs);
+        let (builds, unknown) = (&self.builds.0, self.builds.1);
         let mut out: Vec<String> = builds
             .iter()
             .map(|(b, n)| format!("runner build edge-runner {}: {n} run(s), started at record {}", b.short(), b.record))
@@ -155,7 +163,17 @@ impl Verified {
     }
 }
 
-/// Verify a bundle against trusted runner keys.
+/// What a full verification keeps for its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Counts and the runner builds: memory does not grow with the bundle.
+    Counts,
+    /// Also every record, run summary and artifact (for a report).
+    Everything,
+}
+
+/// Verify a bundle in memory against trusted runner keys, keeping
+/// everything ([`Keep::Everything`]).
 ///
 /// # Errors
 /// The first failed check, naming the record (when one) and the check.
@@ -175,24 +193,43 @@ pub fn verify_with_progress(
     level: Level,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Verified, Failure> {
-    verify_reader(bytes, keys, level, progress)
+    verify_source(bytes, keys, level, Keep::Everything, progress)
 }
 
-/// [`verify_with_progress`] reading the bundle from `input` once, start to
-/// end (`crate::stream`). At [`Level::Integrity`] memory does not grow with
-/// the bundle; [`Level::Full`] keeps every record and artifact for the
-/// per-run checks and the report.
+/// Verify the bundle in `file` (see [`verify_source`]).
 ///
 /// # Errors
-/// As [`verify()`]; `bundle.read` when `input` fails.
-pub fn verify_reader(
-    input: impl std::io::Read + Send,
+/// As [`verify()`]; `bundle.read` when the file cannot be read.
+pub fn verify_file(
+    file: &std::fs::File,
     keys: &[NoteVerifier],
     level: Level,
+    keep: Keep,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Verified, Failure> {
-    let mut kept = (level == Level::Full).then(crate::stream::Kept::default);
-    let passed = crate::stream::pass(input, keys, kept.as_mut(), progress)?;
+    verify_source(file, keys, level, keep, progress)
+}
+
+/// Verify the bundle `source` holds. The integrity pass reads it once,
+/// start to end (`crate::stream`); [`Level::Full`] then reads the records
+/// again and checks each run once its last record is in, reading the
+/// artifacts it needs by position. With [`Keep::Counts`] memory does not
+/// grow with the bundle (only with the runs in progress at any point, and
+/// the approvals the log spent); [`Keep::Everything`] keeps every record,
+/// run summary and artifact for a report.
+///
+/// # Errors
+/// As [`verify()`]; `bundle.read` when `source` fails, `bundle.changed`
+/// when what the second pass read is not what the first verified.
+pub fn verify_source(
+    source: &(impl Source + ?Sized),
+    keys: &[NoteVerifier],
+    level: Level,
+    keep: Keep,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<Verified, Failure> {
+    let mut index = (level == Level::Full).then(Index::default);
+    let passed = crate::stream::pass(At { source, pos: 0 }, keys, index.as_mut(), progress)?;
     let mut v = Verified {
         level,
         header: passed.header,
@@ -204,31 +241,46 @@ pub fn verify_reader(
         record_count: usize::try_from(passed.records).unwrap_or(usize::MAX),
         artifacts: BTreeMap::new(),
         runs: Vec::new(),
+        run_count: 0,
+        builds: (Vec::new(), 0),
     };
-    let Some(kept) = kept else { return Ok(v) };
-    // Records were parsed during the pass; a record that is not a
-    // canonical record of the schema is reported once its integrity held.
-    if let Some(bad) = kept.first_bad {
-        return Err(bad);
+    let Some(mut index) = index else { return Ok(v) };
+    let dyn_source: &dyn Source = &Dyn(source);
+    let artifacts = Artifacts::new(dyn_source, std::mem::take(&mut index.artifacts));
+    let origin = v.header.origin.clone();
+    // Only a `since` export may begin in the middle of a run; a run
+    // export carries every record of its run.
+    let partial_start = matches!(v.header.scope, Scope::Since { .. });
+    let mut runs = RunStream::new(&artifacts, &origin, partial_start, keep == Keep::Everything);
+    crate::stream::records(source, &index, passed.records, &mut |r| runs.push(r), progress)?;
+    let checked = runs.finish()?;
+    if let Some(d) = artifacts.unreferenced() {
+        return Err(Failure::bundle("artifact.unreferenced", format!("artifact {d} is referenced by no record")));
     }
-    let artifacts: BTreeMap<Sha256Digest, Vec<u8>> = kept.artifacts.into_iter().collect();
-    v.records = kept.records;
-    progress(Step::Records, v.records.len(), v.records.len());
-    check_artifact_refs(&v.records, &artifacts)?;
-    let ctx = runs::Ctx {
-        artifacts: &artifacts,
-        runner: &v.header.origin,
-        // Only a `since` export may begin in the middle of a run; a run
-        // export carries every record of its run.
-        partial_start: matches!(v.header.scope, Scope::Since { .. }),
-        documents: &std::collections::HashMap::new(),
-    };
-    v.runs = runs::check_runs(&v.records, &ctx, &mut |done, total| progress(Step::Runs, done, total))?;
+    progress(Step::Runs, checked.count, checked.count);
     if matches!(v.header.scope, Scope::Full) {
-        check_key_event(&v.records, &v.key)?;
+        check_key_event(checked.last_key.as_ref(), v.record_count, &v.key)?;
     }
-    v.artifacts = artifacts;
+    v.run_count = checked.count;
+    v.builds = checked.builds;
+    v.runs = checked.summaries;
+    v.records = checked.records;
+    if keep == Keep::Everything {
+        for d in artifacts.digests() {
+            let bytes = artifacts.get(d).expect("indexed")?;
+            v.artifacts.insert(*d, bytes);
+        }
+    }
     Ok(v)
+}
+
+/// A `Source` of any size behind one pointer.
+struct Dyn<'s, S: ?Sized>(&'s S);
+
+impl<S: Source + ?Sized> Source for Dyn<'_, S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
 }
 
 pub(crate) fn open_checkpoint(
@@ -297,44 +349,18 @@ pub(crate) fn parse_record(line: &str) -> Result<Record, Failure> {
     Ok(r)
 }
 
-/// The artifacts are exactly those the records reference.
-fn check_artifact_refs(records: &[Record], artifacts: &BTreeMap<Sha256Digest, Vec<u8>>) -> Result<(), Failure> {
-    let mut referenced = BTreeSet::new();
-    for r in records {
-        for d in r.artifacts() {
-            if !artifacts.contains_key(&d) {
-                return Err(Failure::record(
-                    "artifact.missing",
-                    r.seq,
-                    &r.run,
-                    format!("artifact {d} is not in the bundle"),
-                ));
-            }
-            referenced.insert(d);
-        }
-    }
-    if let Some(d) = artifacts.keys().find(|d| !referenced.contains(*d)) {
-        return Err(Failure::bundle("artifact.unreferenced", format!("artifact {d} is referenced by no record")));
-    }
-    Ok(())
-}
-
-/// The checkpoint key must be the identity key the log last recorded.
-fn check_key_event(records: &[Record], key: &str) -> Result<(), Failure> {
-    let last = records.iter().rev().find_map(|r| match &r.event {
-        edge_core::evidence::Event::KeyEvent { key: k, .. } => Some((r, k)),
-        edge_core::evidence::Event::KeyRotation { new_key: k, .. } => Some((r, k)),
-        _ => None,
-    });
+/// The checkpoint key must be the identity key the log last recorded
+/// (`last`: the last record naming it, as (sequence, run, key)).
+fn check_key_event(last: Option<&(u64, String, String)>, records: usize, key: &str) -> Result<(), Failure> {
     match last {
-        Some((_, k)) if k == key => Ok(()),
-        Some((r, k)) => Err(Failure::record(
+        Some((_, _, k)) if k == key => Ok(()),
+        Some((seq, run, k)) => Err(Failure::record(
             "key.event",
-            r.seq,
-            &r.run,
+            *seq,
+            run,
             format!("the log's identity key is {k}, but the checkpoint was signed by {key}"),
         )),
-        None if records.is_empty() => Ok(()),
+        None if records == 0 => Ok(()),
         None => Err(Failure::bundle("key.event", "the log never recorded the runner's identity key")),
     }
 }

@@ -56,6 +56,9 @@ fn serve_logs_json_lines_with_access_and_run_transitions_and_no_raw_capsule_text
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         (id, h["id"].as_str().unwrap().to_owned())
     });
+    // The access line of a refused request is written after its response:
+    // wait for it as well as for the last run to finish.
+    wait_for(&log_path, |l| l["identity"] == crate::server::HOSTILE_CN);
     let lines = wait_for(&log_path, |l| l["message"] == "run finished" && l["proposal"] == hostile_id.as_str());
 
     // Every line is structured: time, level, target, message.
