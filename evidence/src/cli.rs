@@ -33,7 +33,7 @@ use edge_core::text::line;
 
 use crate::cli_docs::{self, Shell};
 use crate::report::{self, Filter, Options, VERIFIER_VERSION};
-use crate::{Level, Step, parse_keys, verify_reader};
+use crate::{Keep, Level, Step, parse_keys, verify_file};
 
 /// Exit status: verified.
 pub const EXIT_VERIFIED: u8 = 0;
@@ -279,11 +279,13 @@ fn verify_and_report(args: &Args, out: &mut dyn Write, err: &mut dyn Write, tty:
         let text = std::fs::read_to_string(k).map_err(|e| format!("runner keys {}: {e}", k.display()))?;
         keys.append(&mut parse_keys(&text).map_err(|e| format!("runner keys {}: {e}", k.display()))?);
     }
-    // Read once, start to end (at --integrity-only in memory that does not grow with the bundle).
+    // Read start to end (records twice for a full check), in memory that
+    // does not grow with the bundle unless a report needs all of it.
     let file = std::fs::File::open(&args.bundle).map_err(|e| format!("cannot read {}: {e}", args.bundle.display()))?;
     let level = if args.integrity_only { Level::Integrity } else { Level::Full };
+    let keep = if args.json || args.report || args.html.is_some() { Keep::Everything } else { Keep::Counts };
     let mut progress = Progress::new(err, args.progress, tty);
-    let result = verify_reader(file, &keys, level, &mut |step, done, total| progress.show(step, done, total));
+    let result = verify_file(&file, &keys, level, keep, &mut |step, done, total| progress.show(step, done, total));
     progress.finish();
     let opts = Options { filter: args.filter.clone(), ..Options::now() };
     let io = |e: std::io::Error| format!("cannot write the output: {e}");

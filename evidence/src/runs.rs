@@ -18,8 +18,8 @@ use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
 
-pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
 use crate::stream::Artifacts;
+pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
 use crate::{Failure, RUNNER_RUNS};
 
 /// What runs share — nonces spent, proposals executed and expired, each at
@@ -421,7 +421,7 @@ fn check_run(
                 if manifest != capsule {
                     return Err(fail("capsule.manifest", "the capsule digest is not the manifest's digest".into()));
                 }
-                let m = Manifest::from_canonical_json(artifact(ctx, manifest, r)?)
+                let m = Manifest::from_canonical_json(&artifact(ctx, manifest, r)?)
                     .map_err(|e| fail("capsule.manifest", format!("the recorded manifest does not parse: {e}")))?;
                 let kind_now = format!("{:?}", m.kind).to_lowercase();
                 if (&m.name, &m.version, &kind_now, &m.component.sha256) != (name, version, kind, component) {
@@ -443,15 +443,16 @@ fn check_run(
                 let bundle = sub.bundle.ok_or_else(|| {
                     fail("capsule.signature", "admitted, but the submission recorded no signature bundle".into())
                 })?;
-                let key = TrustedSigner::from_evidence_key("recorded-signer", signer_key)
-                    .map_err(|e| fail("capsule.signature", format!("the recorded signer key is unusable: {e}")))?;
-                let root = trusted_root.as_ref().map(|d| artifact(ctx, d, r)).transpose()?;
-                let trusted = TrustedSigners::new(vec![key], root)
-                    .map_err(|e| fail("capsule.signature", format!("the recorded trusted root: {e}")))?;
+                // The same check (manifest, bundle, key, root) passed for an earlier run: it passes again.
                 let checked = (sub.capsule, *bundle, signer_key.clone(), *trusted_root);
                 if !cache.signatures.lock().expect("cache").contains(&checked) {
+                    let key = TrustedSigner::from_evidence_key("recorded-signer", signer_key)
+                        .map_err(|e| fail("capsule.signature", format!("the recorded signer key is unusable: {e}")))?;
+                    let root = trusted_root.as_ref().map(|d| artifact(ctx, d, r)).transpose()?;
+                    let trusted = TrustedSigners::new(vec![key], root.as_deref())
+                        .map_err(|e| fail("capsule.signature", format!("the recorded trusted root: {e}")))?;
                     let manifest = artifact(ctx, &sub.capsule, r)?;
-                    signature::verify_manifest_signature(manifest, artifact(ctx, bundle, r)?, &trusted).map_err(
+                    signature::verify_manifest_signature(&manifest, &artifact(ctx, bundle, r)?, &trusted).map_err(
                         |e| {
                             fail(
                                 "capsule.signature",
@@ -472,7 +473,7 @@ fn check_run(
                 };
                 let replayed = match input {
                     Some(d) => {
-                        let inp: DecisionInput = serde_json::from_slice(artifact(ctx, d, r)?)
+                        let inp: DecisionInput = serde_json::from_slice(&artifact(ctx, d, r)?)
                             .map_err(|e| fail("decision.input", format!("the decision input does not parse: {e}")))?;
                         if inp.capsule != sub.capsule || &inp.grant != grant {
                             return Err(fail(
@@ -547,7 +548,7 @@ fn check_run(
                     Some(_) => return Err(order("after a deny decision")),
                     None => return Err(order("before a decision")),
                 }
-                let p: Plan = serde_json::from_slice(artifact(ctx, d, r)?)
+                let p: Plan = serde_json::from_slice(&artifact(ctx, d, r)?)
                     .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
                 if &p.summary != summary || p.changes.len() != *changes || &p.findings != findings {
                     return Err(fail(
@@ -639,7 +640,7 @@ fn check_run(
                 if ctx.documents.get(proposal.as_str()).is_some_and(|d| d != document) {
                     return Err(fail("proposal.document", format!("resumes {proposal} with another document")));
                 }
-                let doc: serde_json::Value = serde_json::from_slice(artifact(ctx, document, r)?)
+                let doc: serde_json::Value = serde_json::from_slice(&artifact(ctx, document, r)?)
                     .map_err(|e| fail("proposal.document", format!("the proposal document does not parse: {e}")))?;
                 let named = |k: &str| doc.get(k).and_then(|v| serde_json::from_value::<Sha256Digest>(v.clone()).ok());
                 let capsule = st.submission.as_ref().map(|s| s.capsule);
@@ -650,7 +651,7 @@ fn check_run(
                         format!("the run resumes {proposal} with another capsule, plan or preview than it waited with"),
                     ));
                 }
-                let p: Plan = serde_json::from_slice(artifact(ctx, plan_d, r)?)
+                let p: Plan = serde_json::from_slice(&artifact(ctx, plan_d, r)?)
                     .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
                 if let Some(d) = preview {
                     let pv = load_preview(ctx, r, d)?;
@@ -737,7 +738,7 @@ fn check_run(
 }
 
 fn load_preview(ctx: &Ctx<'_>, r: &Record, d: &Sha256Digest) -> Result<Preview, Failure> {
-    serde_json::from_slice(artifact(ctx, d, r)?)
+    serde_json::from_slice(&artifact(ctx, d, r)?)
         .map_err(|e| Failure::record("preview.document", r.seq, &r.run, format!("the preview does not parse: {e}")))
 }
 
@@ -824,13 +825,13 @@ fn check_quorum(
     }
     let passkeys = passkeys.as_ref().map(|d| text(ctx, d, r)).transpose()?;
     let registry = Registry::parse(
-        text(ctx, allowed_signers, r)?,
+        &text(ctx, allowed_signers, r)?,
         "allowed_signers (recorded)",
-        text(ctx, roles, r)?,
+        &text(ctx, roles, r)?,
         "roles (recorded)",
     )
     .and_then(|reg| match passkeys {
-        Some(t) => reg.with_passkeys(t, "passkeys (recorded)"),
+        Some(t) => reg.with_passkeys(&t, "passkeys (recorded)"),
         None => Ok(reg),
     })
     .map_err(|e| fail("quorum.registry", format!("the recorded approver registry does not parse: {e}")))?;
@@ -847,10 +848,10 @@ fn check_quorum(
     let mut verified: Vec<VerifiedApproval> = Vec::new();
     for (rec, d) in &st.accepted {
         let Event::ApprovalAccepted { principal, key, verdict, nonce, passkey, .. } = &rec.event else { continue };
-        let v = approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs)
+        let v = approval::verify_approval(&artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs)
             .map_err(|e| {
-            Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
-        })?;
+                Failure::record("approval.signature", rec.seq, &rec.run, format!("recorded as accepted, but: {e}"))
+            })?;
         let v_verdict = serde_json::to_value(v.verdict).ok();
         let v_passkey = v.counter.map(|counter| PasskeyUse { counter, issued_at: v.issued_at });
         if (&v.principal, &v.key, &v.nonce, &v_passkey) != (principal, key, nonce, passkey)
@@ -868,7 +869,7 @@ fn check_quorum(
     }
     for (rec, d, code) in &st.refused {
         let again =
-            approval::verify_approval(artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
+            approval::verify_approval(&artifact(ctx, d, rec)?, &registry, &binding, *checked_at, *clock_skew_secs);
         // A passkey approval refused for its counter verifies: whether its
         // counter did go back is checked in log order (`check_counters`).
         if code == "approval.counter_regressed"
@@ -977,7 +978,7 @@ fn load_cached<T, E: std::fmt::Display>(
     if let Some(v) = cache.lock().expect("cache").get(d) {
         return Ok(v.clone());
     }
-    let v = parse(text(ctx, d, r)?).map_err(|e| {
+    let v = parse(&text(ctx, d, r)?).map_err(|e| {
         Failure::record("decision.replay", r.seq, &r.run, format!("the recorded {what} does not load: {e}"))
     })?;
     if digest(&v) != *d {

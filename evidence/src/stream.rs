@@ -791,13 +791,25 @@ fn artifact(line: &[u8], i: u64) -> Result<(Sha256Digest, Vec<u8>), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufReader, Read};
-
     use super::*;
-    use crate::{Level, parse_keys, synth, verify_reader};
+    use crate::{Keep, Level, parse_keys, synth, verify_source};
 
-    fn verify_from(input: impl Read + Send, keys: &[NoteVerifier], level: Level) -> Result<crate::Verified, Failure> {
-        verify_reader(BufReader::with_capacity(4096, input), keys, level, &mut |_, _, _| {})
+    /// Bytes handed out at most 4 KiB per read, at any offset.
+    struct Pieces<'a>(&'a [u8]);
+
+    impl Source for Pieces<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let n = buf.len().min(4096);
+            self.0.read_at(&mut buf[..n], offset)
+        }
+    }
+
+    fn verify_from(
+        input: &(impl Source + ?Sized),
+        keys: &[NoteVerifier],
+        level: Level,
+    ) -> Result<crate::Verified, Failure> {
+        verify_source(input, keys, level, Keep::Counts, &mut |_, _, _| {})
     }
 
     #[test]
@@ -805,11 +817,14 @@ mod tests {
         let s = synth::full_bundle("stream.example/runner", 40);
         let keys = parse_keys(&s.vkey).unwrap();
         for level in [Level::Integrity, Level::Full] {
-            let streamed = verify_from(&s.bundle[..], &keys, level).unwrap();
+            let streamed = verify_from(&Pieces(&s.bundle), &keys, level).unwrap();
             let in_memory = crate::verify(&s.bundle, &keys, level).unwrap();
             assert_eq!(streamed.record_count, s.records);
             assert_eq!(streamed.checkpoint, in_memory.checkpoint);
-            assert_eq!(streamed.runs.len(), in_memory.runs.len());
+            assert_eq!(streamed.run_count, in_memory.runs.len());
+            assert_eq!(streamed.builds, in_memory.builds);
+            // Counts only: nothing of the bundle is kept.
+            assert!(streamed.records.is_empty() && streamed.runs.is_empty() && streamed.artifacts.is_empty());
         }
     }
 
@@ -817,7 +832,7 @@ mod tests {
     fn the_checkpoint_of_a_bundle_is_found_without_parsing_what_comes_before() {
         let s = synth::full_bundle("stream.example/runner", 5);
         let parsed = bundle::parse(&s.bundle).unwrap();
-        let read = checkpoint_of(BufReader::with_capacity(4096, &s.bundle[..])).unwrap();
+        let read = checkpoint_of(At { source: &Pieces(&s.bundle), pos: 0 }).unwrap();
         assert_eq!(read, parsed.checkpoint);
         // Cut short: where it ends is named.
         let e = checkpoint_of(&s.bundle[..s.bundle.len() / 2]).unwrap_err();
@@ -826,15 +841,24 @@ mod tests {
 
     #[test]
     fn an_endless_line_is_refused_at_the_bound_not_buffered_to_the_end() {
+        /// The magic line and the header, then a "record" that never ends.
+        struct Endless<'a>(&'a [u8]);
+        impl Source for Endless<'_> {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+                let n = self.0.read_at(buf, offset)?;
+                buf[n..].fill(b'x');
+                Ok(buf.len())
+            }
+        }
         let s = synth::full_bundle("stream.example/runner", 2);
         let keys = parse_keys(&s.vkey).unwrap();
         let text = std::str::from_utf8(&s.bundle).unwrap();
         let header_end = text.match_indices('\n').nth(1).unwrap().0 + 1;
-        // The magic line and the header, then a "record" that never ends.
-        let endless = (&s.bundle[..header_end]).chain(std::io::repeat(b'x'));
-        let e = verify_from(endless, &keys, Level::Integrity).unwrap_err();
-        assert_eq!(e.check, "bundle.format", "{e}");
-        assert!(e.detail.contains("record line 0") && e.detail.contains("longer than 256 MiB"), "{e}");
+        for level in [Level::Integrity, Level::Full] {
+            let e = verify_from(&Endless(&s.bundle[..header_end]), &keys, level).unwrap_err();
+            assert_eq!(e.check, "bundle.format", "{e}");
+            assert!(e.detail.contains("record line 0") && e.detail.contains("longer than 256 MiB"), "{e}");
+        }
     }
 
     #[test]
@@ -854,22 +878,93 @@ mod tests {
 
     #[test]
     fn a_read_error_mid_stream_is_named_and_nothing_verifies() {
+        /// The first half of a bundle, then a failing disk.
         struct Failing<'a>(&'a [u8]);
-        impl Read for Failing<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if self.0.is_empty() {
-                    return Err(std::io::Error::other("the disk went away"));
+        impl Source for Failing<'_> {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+                match self.0.read_at(buf, offset)? {
+                    0 => Err(std::io::Error::other("the disk went away")),
+                    n => Ok(n),
                 }
-                let n = buf.len().min(self.0.len());
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
             }
         }
         let s = synth::full_bundle("stream.example/runner", 4);
         let keys = parse_keys(&s.vkey).unwrap();
-        let e = verify_from(Failing(&s.bundle[..s.bundle.len() / 2]), &keys, Level::Integrity).unwrap_err();
-        assert_eq!(e.check, "bundle.read", "{e}");
-        assert!(e.detail.contains("the disk went away"), "{e}");
+        for level in [Level::Integrity, Level::Full] {
+            let e = verify_from(&Failing(&s.bundle[..s.bundle.len() / 2]), &keys, level).unwrap_err();
+            assert_eq!(e.check, "bundle.read", "{e}");
+            assert!(e.detail.contains("the disk went away"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_record_written_directly_is_what_the_value_path_writes() {
+        let s = synth::full_bundle("stream.example/runner", 12);
+        let text = std::str::from_utf8(&s.bundle).unwrap();
+        let mut kinds = std::collections::BTreeSet::new();
+        for line in text.lines().skip(2).take(s.records) {
+            let r: Record = serde_json::from_str(line).unwrap();
+            kinds.insert(r.event_type().to_owned());
+            let direct = edge_core::canonical::direct_canonical_vec(&r).expect("written directly");
+            assert_eq!(std::str::from_utf8(&direct).unwrap(), line);
+            assert_eq!(edge_core::canonical::to_canonical_vec(&r).unwrap(), direct);
+        }
+        assert!(kinds.len() >= 10, "{kinds:?}");
+    }
+
+    /// A bundle whose bytes change after the integrity pass read them: what
+    /// the second pass reads must be what was verified.
+    struct Changing<'a> {
+        before: &'a [u8],
+        after: &'a [u8],
+        /// Reads of `before`'s last byte so far (the integrity pass reads it once).
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Source for Changing<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            let seen = self.reads.load(std::sync::atomic::Ordering::SeqCst);
+            let n = if seen == 0 { self.before.read_at(buf, offset)? } else { self.after.read_at(buf, offset)? };
+            if seen == 0 && n > 0 && offset + n as u64 == self.before.len() as u64 {
+                self.reads.store(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn records_or_artifacts_swapped_between_the_two_passes_are_refused_as_changed() {
+        let a = synth::full_bundle("stream.example/runner", 6);
+        let keys = parse_keys(&a.vkey).unwrap();
+        let text = String::from_utf8(a.bundle.clone()).unwrap();
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        // A record's time changed (the same length, so every offset holds): the
+        // integrity pass saw the original.
+        let record = 2 + 3;
+        let mut swapped = lines.clone();
+        let altered = lines[record].replacen("\"time\":\"2", "\"time\":\"1", 1);
+        assert_ne!(altered, lines[record]);
+        swapped[record] = &altered;
+        let after = swapped.concat();
+        let source = Changing { before: &a.bundle, after: after.as_bytes(), reads: 0.into() };
+        assert!(verify_from(&Pieces(after.as_bytes()), &keys, Level::Integrity).is_err(), "the swap is a tamper");
+        let e = verify_from(&source, &keys, Level::Full).unwrap_err();
+        assert_eq!(e.check, "bundle.changed", "{e}");
+        assert!(e.detail.contains("its records changed"), "{e}");
+
+        // An artifact's bytes changed after its digest was checked.
+        let artifact = 2 + a.records;
+        let mut swapped = lines.clone();
+        let (digest, b64) = lines[artifact].trim_end().split_once(' ').unwrap();
+        let flipped = format!(
+            "{digest} {}\n",
+            if b64.starts_with('A') { b64.replacen('A', "B", 1) } else { format!("A{}", &b64[1..]) }
+        );
+        swapped[artifact] = &flipped;
+        let after = swapped.concat();
+        let source = Changing { before: &a.bundle, after: after.as_bytes(), reads: 0.into() };
+        let e = verify_from(&source, &keys, Level::Full).unwrap_err();
+        assert_eq!(e.check, "bundle.changed", "{e}");
+        assert!(e.detail.contains("artifact sha256:"), "{e}");
     }
 }

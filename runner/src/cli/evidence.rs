@@ -234,7 +234,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             let keys = trust.keys()?;
             let file = std::fs::File::open(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
             let level = if integrity_only { Level::Integrity } else { Level::Full };
-            match edge_evidence::verify_reader(file, &keys, level, &mut |_, _, _| {}) {
+            match edge_evidence::verify_file(&file, &keys, level, edge_evidence::Keep::Counts, &mut |_, _, _| {}) {
                 Ok(v) => {
                     writeln!(out, "{}", v.summary())?;
                     for note in v.key_notes().into_iter().chain(v.build_notes()) {
