@@ -14,7 +14,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edge_evidence::{Level, parse_keys, synth, verify_reader};
+use edge_evidence::{Keep, Level, parse_keys, synth, verify_file};
 
 const RUNS: usize = 10_000;
 const ROUNDS: usize = 5;
@@ -51,13 +51,14 @@ fn main() {
 
         let t = Instant::now();
         let file = std::fs::File::open(&path).expect("open bundle");
-        let v = verify_reader(file, &keys, Level::Integrity, &mut |_, _, _| {}).expect("integrity verification");
+        let v = verify_file(&file, &keys, Level::Integrity, Keep::Counts, &mut |_, _, _| {})
+            .expect("integrity verification");
         assert_eq!(v.record_count, s.records);
         integrity.push(t.elapsed());
 
         let t = Instant::now();
         let file = std::fs::File::open(&path).expect("open bundle");
-        let v = verify_reader(file, &keys, Level::Full, &mut |_, _, _| {}).expect("full verification");
+        let v = verify_file(&file, &keys, Level::Full, Keep::Counts, &mut |_, _, _| {}).expect("full verification");
         assert_eq!(v.record_count, s.records);
         full.push(t.elapsed());
     }

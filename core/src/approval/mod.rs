@@ -415,8 +415,9 @@ fn verify_ssh_proof(
     if with_key.is_empty() {
         return Err(ApprovalError::KeyMismatch { principal: st.approver.clone(), key: fingerprint(&key) });
     }
-    if registry.is_revoked(&key) {
-        return Err(ApprovalError::RevokedKey(fingerprint(&key)));
+    let fp = fingerprint(&key);
+    if registry.revoked.contains(&fp) {
+        return Err(ApprovalError::RevokedKey(fp));
     }
     let valid = |e: &registry::SignerEntry| {
         e.valid_after.is_none_or(|t| now.saturating_add(skew) >= t)
@@ -433,7 +434,7 @@ fn verify_ssh_proof(
     }
     // 4.
     verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig)?;
-    Ok(fingerprint(&key))
+    Ok(fp)
 }
 
 /// Steps 2–4 for a passkey: the principal's registered credential with the
@@ -461,15 +462,24 @@ fn verify_passkey_proof(
 /// in the future, not expired, not older than the tier allows.
 fn check_binding_and_time(st: &Statement, expected: &Binding, now: u64, skew: u64) -> Result<(), ApprovalError> {
     // 5.
-    let bind = |field: &'static str, expected: String, found: String| {
-        if expected == found { Ok(()) } else { Err(ApprovalError::WrongBinding { field, expected, found }) }
-    };
-    bind("proposal", expected.proposal.clone(), st.proposal.clone())?;
-    bind("capsule", expected.capsule.to_string(), st.capsule.to_string())?;
-    bind("plan", expected.plan.to_string(), st.plan.to_string())?;
-    bind("policy", expected.policy.to_string(), st.policy.to_string())?;
-    bind("runner", expected.runner.clone(), st.runner.clone())?;
-    bind("tier", expected.tier.to_string(), st.tier.to_string())?;
+    // Compared as values; written out only for the message when they differ.
+    fn bind<T: PartialEq + ToString + ?Sized>(
+        field: &'static str,
+        expected: &T,
+        found: &T,
+    ) -> Result<(), ApprovalError> {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(ApprovalError::WrongBinding { field, expected: expected.to_string(), found: found.to_string() })
+        }
+    }
+    bind("proposal", expected.proposal.as_str(), st.proposal.as_str())?;
+    bind("capsule", &expected.capsule, &st.capsule)?;
+    bind("plan", &expected.plan, &st.plan)?;
+    bind("policy", &expected.policy, &st.policy)?;
+    bind("runner", expected.runner.as_str(), st.runner.as_str())?;
+    bind("tier", &expected.tier, &st.tier)?;
     if st.grant != expected.grant {
         return Err(ApprovalError::WrongBinding {
             field: "grant",
