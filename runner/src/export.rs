@@ -73,26 +73,125 @@ fn since_key(log: &EvidenceLog, origin: &str, old_note: &str) -> Option<edge_cor
     edge_core::note::NoteVerifier::parse(history.key_at(size)?).ok()
 }
 
-/// Build a bundle from the store in memory (the API's export; the command
-/// line streams to a file with [`export_file`]).
-///
-/// # Errors
-/// As [`export_to`].
-pub fn export(
-    log: &EvidenceLog,
-    signer: &std::sync::Arc<NoteSigner>,
-    origin: &str,
-    scope: &ExportScope,
-) -> Result<(Exported, Vec<u8>)> {
-    export_to(log, signer, origin, scope, Vec::new())
+/// An export streamed as an HTTP body (`GET /v1/evidence/export`): the
+/// store is read on a blocking thread and handed over in chunks of 256 KiB
+/// through a channel of four, so the server holds a few chunks, never the
+/// bundle. A client that stops reading stops the export (the thread waits,
+/// then fails when the connection goes). An export that fails after its
+/// first byte ends the body with an error: the connection is cut, and the
+/// client never sees a short body that looks complete.
+#[derive(Debug)]
+pub struct Streamed {
+    first: Option<bytes::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Piece>,
+    done: bool,
 }
 
-/// Export to `path` durably, or not at all: the bundle is streamed into a
-/// new temporary file beside it (`.<name>.partial`, mode 0600), synced, and
-/// renamed into place only when complete. An export that fails or is
-/// killed leaves no file at `path` (an earlier one there is untouched),
-/// and a leftover `.partial` file ends before its checkpoint, so it never
-/// verifies.
+#[derive(Debug)]
+enum Piece {
+    Chunk(bytes::Bytes),
+    Failed(String),
+    Done,
+}
+
+/// Bytes per chunk of a streamed export.
+const CHUNK: usize = 256 << 10;
+
+/// What the export thread writes to: chunks into the channel.
+struct ToChannel {
+    tx: tokio::sync::mpsc::Sender<Piece>,
+    buf: Vec<u8>,
+}
+
+impl ToChannel {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Piece::Chunk(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ToChannel {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    /// Chunks go when full and at the end; a flush does not cut one short.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Streamed {
+    /// Run `export` on a blocking thread; ready once its first chunk is.
+    ///
+    /// # Errors
+    /// What `export` fails with before writing anything.
+    pub async fn start(export: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static) -> Result<Self> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ToChannel { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+            let end = match export(&mut out).and_then(|()| out.send().map_err(anyhow::Error::from)) {
+                Ok(()) => Piece::Done,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "the evidence export stopped");
+                    Piece::Failed(format!("{e:#}"))
+                }
+            };
+            let _ = tx.blocking_send(end);
+        });
+        match rx.recv().await {
+            Some(Piece::Chunk(first)) => Ok(Self { first: Some(first), rx, done: false }),
+            Some(Piece::Done) => Ok(Self { first: None, rx, done: true }),
+            Some(Piece::Failed(e)) => Err(anyhow!(e)),
+            None => bail!("the export stopped before it began"),
+        }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if let Some(b) = self.first.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(b))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(Piece::Chunk(b)) => Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            Some(Piece::Done) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Some(Piece::Failed(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(format!("the evidence export failed: {e}").into())))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err("the evidence export stopped mid-stream".into())))
+            }
+        }
+    }
+}
+
+/// Export to `path` durably, or not at all ([`write_whole`]): a leftover
+/// `.partial` file ends before its checkpoint, so it never verifies.
 ///
 /// # Errors
 /// As [`export_to`], and on I/O errors writing the file.
@@ -103,6 +202,20 @@ pub fn export_file(
     scope: &ExportScope,
     path: &Path,
 ) -> Result<Exported> {
+    write_whole(path, |w| export_to(log, signer, origin, scope, w).map(|(e, _)| e))
+}
+
+/// Write `path` durably, or not at all: `write` streams into a new
+/// temporary file beside it (`.<name>.partial`, mode 0600), which is
+/// synced and renamed into place only when `write` succeeded. A failure or
+/// a kill leaves no file at `path` (an earlier one there is untouched).
+///
+/// # Errors
+/// What `write` fails with, and I/O errors making, syncing or moving the file.
+pub fn write_whole<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T>,
+) -> Result<T> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -125,14 +238,14 @@ pub fn export_file(
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot create {} (is the directory writable?)", tmp.display()))?;
-    let written =
-        export_to(log, signer, origin, scope, std::io::BufWriter::with_capacity(1 << 20, file)).and_then(|(e, w)| {
-            let f = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
-            f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-            Ok(e)
-        });
-    let e = match written {
-        Ok(e) => e,
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let written = write(&mut w).and_then(|t| {
+        let f = w.into_inner().map_err(|e| anyhow!("writing {}: {}", tmp.display(), e.error()))?;
+        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        Ok(t)
+    });
+    let t = match written {
+        Ok(t) => t,
         Err(err) => {
             let _ = std::fs::remove_file(&tmp);
             return Err(err);
@@ -142,7 +255,7 @@ pub fn export_file(
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(e)
+    Ok(t)
 }
 
 /// Stream a bundle from the store to `out`, signing a checkpoint of the
@@ -322,5 +435,75 @@ impl Chosen {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn a_failure_after_the_first_chunk_ends_the_body_with_an_error_not_a_clean_end() {
+        rt().block_on(async {
+            let body = Streamed::start(|out| {
+                out.write_all(&vec![b'r'; 3 * CHUNK])?;
+                bail!("artifact sha256:00 in the store does not match its digest")
+            })
+            .await
+            .expect("the first chunk went out");
+            let mut body = std::pin::pin!(body);
+            let mut got = 0;
+            let failed = loop {
+                match body.frame().await {
+                    Some(Ok(f)) => got += f.into_data().unwrap().len(),
+                    Some(Err(e)) => break e.to_string(),
+                    None => panic!("the body ended as if whole after {got} bytes"),
+                }
+            };
+            assert!((CHUNK..=3 * CHUNK).contains(&got), "{got}");
+            assert!(failed.contains("does not match its digest"), "{failed}");
+        });
+    }
+
+    #[test]
+    fn a_failure_before_the_first_byte_is_an_error_to_answer_with() {
+        rt().block_on(async {
+            let e = Streamed::start(|_| bail!("the earlier checkpoint is not this log's")).await.unwrap_err();
+            assert!(e.to_string().contains("not this log's"), "{e}");
+        });
+    }
+
+    #[test]
+    fn a_whole_export_arrives_in_order_and_ends_cleanly() {
+        rt().block_on(async {
+            let data: Vec<u8> = (0..5 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+            let sent = data.clone();
+            let body = Streamed::start(move |out| Ok(out.write_all(&sent)?)).await.unwrap();
+            let got = body.collect().await.unwrap().to_bytes();
+            assert!(got == data, "the bytes differ");
+        });
+    }
+
+    #[test]
+    fn a_client_that_goes_away_stops_the_export_thread() {
+        rt().block_on(async {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let body = Streamed::start(move |out| {
+                let r = (0..1000).try_for_each(|_| out.write_all(&vec![0; CHUNK]));
+                done_tx.send(r.map_err(|e| e.kind())).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap();
+            drop(body);
+            let r = done_rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the export thread stopped");
+            assert_eq!(r, Err(std::io::ErrorKind::BrokenPipe));
+        });
     }
 }

@@ -344,3 +344,43 @@ fn a_reload_applies_new_agents_and_read_grants_without_a_restart() {
         assert_eq!(other.get("/v1/evidence/export").await.unwrap().status, StatusCode::FORBIDDEN);
     });
 }
+
+#[test]
+fn evidence_fetch_streams_the_export_to_a_file_that_appears_only_whole() {
+    let env = setup(64);
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        assert_eq!(submit(&mut agent, &tier0).await.status, StatusCode::CREATED);
+    });
+    let tls = env.path("tls");
+    let fetch = || {
+        let (ca, cert, key) = (tls.join("ca.pem"), tls.join("approver.pem"), tls.join("approver.key"));
+        let args = ["evidence", "fetch", "--server", &server.url, "--ca", ca.to_str().unwrap()];
+        let args = [&args[..], &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "-o", "got.bundle"]]
+            .concat();
+        env.cli(&args)
+    };
+    let ok = fetch().success();
+    assert!(ok.stdout().contains("bytes to got.bundle"), "{}", ok.stdout());
+    let verified = env.cli(&["evidence", "verify", "got.bundle", "--config", "runner.toml"]).success();
+    assert!(verified.stdout().contains("verified (Full)"), "{}", verified.stdout());
+    let whole = std::fs::read(env.path("got.bundle")).unwrap();
+
+    // An artifact altered in the store: the export fails, the fetch says
+    // why, and the bundle fetched before is untouched, with no partial file.
+    let db = rusqlite::Connection::open(env.path("state/evidence/evidence.db")).unwrap();
+    db.execute_batch("DROP TRIGGER artifacts_append_only_u").unwrap();
+    db.execute(
+        "UPDATE artifacts SET bytes = CAST('forged' AS BLOB) WHERE rowid = (SELECT max(rowid) FROM artifacts)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let failed = fetch();
+    assert_ne!(failed.code(), 0);
+    assert!(failed.stderr().contains("does not match its digest"), "{}", failed.stderr());
+    assert_eq!(std::fs::read(env.path("got.bundle")).unwrap(), whole);
+    assert!(!env.path(".got.bundle.partial").exists());
+}

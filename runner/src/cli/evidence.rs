@@ -289,15 +289,29 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 query = format!("?since={}", form_urlencoded::byte_serialize(note.as_bytes()).collect::<String>());
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let reply = rt.block_on(async {
-                let mut c = crate::server::client::Client::from_args(&client)?;
-                c.get(&format!("/v1/evidence/export{query}")).await
-            })?;
-            if !reply.status.is_success() {
+            let mut c = crate::server::client::Client::from_args(&client)?;
+            let resp = rt.block_on(c.send(hyper::Method::GET, &format!("/v1/evidence/export{query}"), None))?;
+            if !resp.status().is_success() {
+                let reply = rt.block_on(crate::server::client::Reply::read(resp))?;
                 bail!("the runner did not export ({}): {}", reply.status, reply.error_message());
             }
-            crate::staging::write_durably(&path, &reply.body)?;
-            writeln!(out, "fetched {} bytes to {}", reply.body.len(), path.display())?;
+            // Streamed to the file as it arrives, which appears only once whole.
+            let mut body = resp.into_body();
+            let bytes = crate::export::write_whole(&path, |w| {
+                rt.block_on(async {
+                    use http_body_util::BodyExt as _;
+                    let mut n: u64 = 0;
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.context("the runner cut the export off before its end")?;
+                        if let Some(data) = frame.data_ref() {
+                            w.write_all(data)?;
+                            n += data.len() as u64;
+                        }
+                    }
+                    Ok(n)
+                })
+            })?;
+            writeln!(out, "fetched {bytes} bytes to {}", path.display())?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
             Ok(Exit::Ok)
         }

@@ -177,12 +177,16 @@ impl Runner {
         self.log.handle()
     }
 
-    /// Export the log (or part of it) as a bundle in memory, signing a checkpoint now.
+    /// Stream an export to `out`, signing a checkpoint now ([`crate::export::export_to`]).
     ///
     /// # Errors
-    /// As [`crate::export::export`].
-    pub fn export(&self, scope: &crate::export::ExportScope) -> Result<(crate::export::Exported, Vec<u8>)> {
-        crate::export::export(&self.log, &self.identity, &self.config.name, scope)
+    /// As [`crate::export::export_to`].
+    pub fn export_to<W: std::io::Write>(
+        &self,
+        scope: &crate::export::ExportScope,
+        out: W,
+    ) -> Result<crate::export::Exported> {
+        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, out).map(|(e, _)| e)
     }
 
     /// Stream an export to a file, durably or not at all ([`crate::export::export_file`]).

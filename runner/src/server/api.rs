@@ -30,7 +30,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-pub(crate) type Resp = Response<Full<Bytes>>;
+/// Why a streamed reply stopped: the connection is cut, so the client sees
+/// an error, never a short body that looks complete.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A reply: a whole body, or one streamed (an evidence export).
+pub(crate) type Resp = Response<http_body_util::combinators::BoxBody<Bytes, BodyError>>;
 
 /// `POST /v1/proposals` body: a capsule file, or (once this runner holds
 /// its component) the capsule by reference: manifest and signature only.
@@ -50,7 +55,7 @@ pub(crate) fn reply(status: StatusCode, content_type: &str, body: impl Into<Byte
         .status(status)
         .header("content-type", content_type)
         .header("cache-control", "no-store")
-        .body(Full::new(body.into()))
+        .body(Full::new(body.into()).map_err(|never| match never {}).boxed())
         .expect("static headers are valid")
 }
 
@@ -276,9 +281,16 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
         (&Method::GET, ["v1", "evidence", "export"]) => {
             require(shared, &agent, Permission::Evidence)?;
             let since = query_param(&query, "since");
-            let bundle =
-                shared.runs.export(since).await.map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-            Ok(reply(StatusCode::OK, "application/vnd.edge-runner.evidence-bundle", bundle))
+            // Streamed as it is read from the store: what fails before the
+            // first byte (an unknown `since`) is a 400; what fails after it
+            // cuts the connection.
+            let body = shared.runs.export(since).await.map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/vnd.edge-runner.evidence-bundle")
+                .header("cache-control", "no-store")
+                .body(body.boxed())
+                .expect("static headers are valid"))
         }
         (_, ["healthz" | "readyz" | "metrics"] | ["v1", "proposals" | "reload", ..] | ["v1", "evidence", ..]) => {
             Err(error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")))

@@ -61,6 +61,19 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Read a whole response.
+    ///
+    /// # Errors
+    /// If the body cannot be read.
+    pub async fn read(resp: hyper::Response<hyper::body::Incoming>) -> Result<Self> {
+        let status = resp.status();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Self { status, content_type, retry_after, body })
+    }
+
     /// The body as JSON.
     ///
     /// # Errors
@@ -130,11 +143,17 @@ impl Client {
         Ok(self.sender.as_mut().expect("just set"))
     }
 
-    /// Send one request and read the whole response.
+    /// Send one request; the caller reads the response's body (a download
+    /// streamed to a file).
     ///
     /// # Errors
     /// Connection or protocol failures (not HTTP error statuses).
-    pub async fn request(&mut self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Reply> {
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let host = self.addr.clone();
         let sender = self.connect().await?;
         sender.ready().await.context("the connection to the runner closed")?;
@@ -146,13 +165,15 @@ impl Client {
             }
             None => Full::new(Bytes::new()),
         };
-        let resp = sender.send_request(b.body(body)?).await.context("the runner closed the connection")?;
-        let status = resp.status();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let content_type = header("content-type").unwrap_or_default();
-        let retry_after = header("retry-after");
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Reply { status, content_type, retry_after, body })
+        sender.send_request(b.body(body)?).await.context("the runner closed the connection")
+    }
+
+    /// Send one request and read the whole response.
+    ///
+    /// # Errors
+    /// Connection or protocol failures (not HTTP error statuses).
+    pub async fn request(&mut self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Reply> {
+        Reply::read(self.send(method, path, body).await?).await
     }
 
     /// `GET path`.

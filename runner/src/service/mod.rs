@@ -366,10 +366,17 @@ impl RunService {
         tokio::task::spawn_blocking(move || r.checkpoint()).await.context("checkpoint task")?
     }
 
-    pub async fn export(&self, since: Option<String>) -> Result<Vec<u8>> {
+    /// Export the log (or what follows `since`, an earlier checkpoint) as a
+    /// body streamed from the store while it is sent: memory holds a few
+    /// chunks, not the bundle ([`crate::export::Streamed`]).
+    ///
+    /// # Errors
+    /// What fails before the bundle's first byte (the earlier checkpoint is
+    /// not this log's, the store cannot be read).
+    pub async fn export(&self, since: Option<String>) -> Result<crate::export::Streamed> {
         let r = self.runner.clone();
         let scope = since.map_or(ExportScope::Full, ExportScope::Since);
-        tokio::task::spawn_blocking(move || r.export(&scope).map(|(_, bytes)| bytes)).await.context("export task")?
+        crate::export::Streamed::start(move |out| r.export_to(&scope, out).map(|_| ())).await
     }
 
     pub fn metrics(&self) -> String {
