@@ -184,23 +184,25 @@ impl<'a> RunStream<'a> {
             self.build = RunnerBuild::of(&r).or(self.build.take());
             return Ok(());
         }
-        let key = self.ended_key(&r.run);
-        if !self.open.contains_key(&r.run) && self.ended.contains(&key) {
-            return Err(Failure::record(
-                "run.order",
-                r.seq,
-                &r.run,
-                format!("`{}` after the run's terminal record", r.event_type()),
-            ));
+        let ended = matches!(r.event, Event::Completed { .. }).then(|| r.run.clone());
+        match self.open.get_mut(&r.run) {
+            Some(open) => open.records.push(r),
+            None => {
+                if self.ended.contains(&self.ended_key(&r.run)) {
+                    return Err(Failure::record(
+                        "run.order",
+                        r.seq,
+                        &r.run,
+                        format!("`{}` after the run's terminal record", r.event_type()),
+                    ));
+                }
+                let build = self.build.clone();
+                self.open.insert(r.run.clone(), Open { records: vec![r], build });
+            }
         }
-        let done = matches!(r.event, Event::Completed { .. });
-        let build = &self.build;
-        let open = self.open.entry(r.run.clone()).or_insert_with(|| Open { records: Vec::new(), build: build.clone() });
-        open.records.push(r);
-        if done {
-            let run = open.records[0].run.clone();
+        if let Some(run) = ended {
             let open = self.open.remove(&run).expect("just pushed");
-            self.ended.insert(key);
+            self.ended.insert(self.ended_key(&run));
             self.ready.push(open);
             if self.ready.len() >= CHUNK {
                 self.check_ready()?;

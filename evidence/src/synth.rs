@@ -340,6 +340,41 @@ pub fn bundle(origin: &str, spec: &Spec) -> Synthetic {
 /// [`bundle`], with `identity` as the runner's identity key (a benchmark
 /// that starts a runner on the log gives it the same key).
 pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) -> Synthetic {
+    let mut log = Log::default();
+    let (arts, note, identity) = generate(origin, spec, identity, &mut log);
+    let header = Header {
+        origin: origin.to_owned(),
+        scope: Scope::Full,
+        tree_size: log.len,
+        records: log.len,
+        artifacts: arts.0.len() as u64,
+    };
+    let lines: Vec<&str> = log.lines.iter().map(String::as_str).collect();
+    let list: Vec<(Sha256Digest, &[u8])> = arts.0.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+    let bundle = bundle::write(&header, &lines, &list, &note).expect("bundle");
+    Synthetic { bundle, vkey: identity.verifier().to_vkey(), records: lines.len(), signer: identity }
+}
+
+/// The log [`bundle_signed_by`] makes, each record line handed to `record`
+/// as it is made (none kept: a store of millions of records is filled in
+/// memory that does not grow with it); returns the artifacts, by digest.
+pub fn stream_signed_by(
+    origin: &str,
+    spec: &Spec,
+    identity: CapsuleSigningKey,
+    record: &mut dyn FnMut(&str),
+) -> BTreeMap<Sha256Digest, Vec<u8>> {
+    let mut log = Log { sink: Some(record), ..Log::default() };
+    generate(origin, spec, identity, &mut log).0.0
+}
+
+/// Write the log into `log`; its artifacts, the signed checkpoint note and the signer.
+fn generate(
+    origin: &str,
+    spec: &Spec,
+    identity: CapsuleSigningKey,
+    log: &mut Log<'_>,
+) -> (Artifacts, String, NoteSigner) {
     let agent = CapsuleSigningKey::generate();
     let signer = TrustedSigner::from_public_key_pem("synthetic-agent", &agent.public_key_pem()).expect("key");
     let policy_text = format!(
@@ -387,7 +422,6 @@ pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) 
     });
 
     let identity = identity.note_signer(origin).expect("origin is a key name");
-    let mut log = Log::default();
     log.push("runner", Event::KeyEvent { action: "identity key in use".into(), key: identity.verifier().to_vkey() });
     log.push(
         "policy",
@@ -417,7 +451,7 @@ pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) 
             && i + 2 <= spec.runs
         {
             arts.0.append(&mut config_arts.0);
-            tier2(&world, &mut log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
+            tier2(&world, log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
             i += 2;
             continue;
         }
@@ -446,19 +480,9 @@ pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) 
         }
         i += 1;
     }
-    let cp = Checkpoint { origin: origin.to_owned(), size: log.lines.len() as u64, root: log.range.root() };
+    let cp = Checkpoint { origin: origin.to_owned(), size: log.len, root: log.range.root() };
     let note = identity.sign(&cp.text()).expect("sign");
-    let header = Header {
-        origin: origin.to_owned(),
-        scope: Scope::Full,
-        tree_size: cp.size,
-        records: cp.size,
-        artifacts: arts.0.len() as u64,
-    };
-    let lines: Vec<&str> = log.lines.iter().map(String::as_str).collect();
-    let list: Vec<(Sha256Digest, &[u8])> = arts.0.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-    let bundle = bundle::write(&header, &lines, &list, &note).expect("bundle");
-    Synthetic { bundle, vkey: identity.verifier().to_vkey(), records: lines.len(), signer: identity }
+    (arts, note, identity)
 }
 
 /// The approvers' keys and the registry the runner recorded.
@@ -572,7 +596,7 @@ const SKEW: u64 = 300;
 #[allow(clippy::too_many_arguments)]
 fn tier2(
     world: &World,
-    log: &mut Log,
+    log: &mut Log<'_>,
     arts: &mut Artifacts,
     c: &Capsule,
     approvers: &Approvers,
@@ -724,20 +748,23 @@ fn tier2(
 
 /// Records chained and hashed into a tree as the store does.
 #[derive(Default)]
-struct Log {
+struct Log<'s> {
+    /// The record lines, unless they go to `sink` as they are made.
     lines: Vec<String>,
+    sink: Option<&'s mut dyn FnMut(&str)>,
+    len: u64,
     prev: Option<Sha256Digest>,
     range: CompactRange,
 }
 
-impl Log {
+impl Log<'_> {
     /// The time of the next record (Unix seconds): one record a second.
     fn now(&self) -> u64 {
-        1_795_000_000 + self.lines.len() as u64
+        1_795_000_000 + self.len
     }
 
     fn push(&mut self, run: &str, event: Event) {
-        let seq = self.lines.len() as u64;
+        let seq = self.len;
         let r = Record {
             schema: RECORD_SCHEMA.to_owned(),
             seq,
@@ -749,6 +776,10 @@ impl Log {
         let body = String::from_utf8(r.canonical_bytes().expect("canonical")).expect("utf-8");
         self.prev = Some(Sha256Digest::of(body.as_bytes()));
         self.range.push(merkle::leaf_hash(body.as_bytes()));
-        self.lines.push(body);
+        self.len += 1;
+        match &mut self.sink {
+            Some(sink) => sink(&body),
+            None => self.lines.push(body),
+        }
     }
 }

@@ -80,26 +80,41 @@ pub fn fill_store(
     let evidence = config.state_dir.join("evidence");
     drop(EvidenceLog::open(&evidence)?); // the store's tables, as the runner makes them
     let key = edge_runner::keys::load_signing_key(&config.identity_key)?;
-    let s = edge_evidence::synth::bundle_signed_by(&config.name, spec, key);
-    let parsed = edge_evidence::bundle::parse(&s.bundle).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut db = rusqlite::Connection::open(evidence.join("evidence.db"))?;
     let tx = db.transaction()?;
-    for line in &parsed.records {
-        let r: edge_core::evidence::Record = serde_json::from_str(line)?;
-        tx.execute(
+    // Records are inserted as they are made: memory does not grow with the log.
+    let artifacts = {
+        let mut insert = tx.prepare(
             "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![
-                r.seq as i64,
-                r.run,
-                r.event_type(),
-                r.time,
-                r.prev.to_string(),
-                edge_core::Sha256Digest::of(line.as_bytes()).to_string(),
-                line
-            ],
         )?;
-    }
-    for (d, bytes) in &parsed.artifacts {
+        let mut failed: Option<anyhow::Error> = None;
+        let artifacts = edge_evidence::synth::stream_signed_by(&config.name, spec, key, &mut |line| {
+            if failed.is_some() {
+                return;
+            }
+            let inserted =
+                serde_json::from_str::<edge_core::evidence::Record>(line).map_err(anyhow::Error::from).and_then(|r| {
+                    insert.execute(rusqlite::params![
+                        r.seq as i64,
+                        r.run,
+                        r.event_type(),
+                        r.time,
+                        r.prev.to_string(),
+                        edge_core::Sha256Digest::of(line.as_bytes()).to_string(),
+                        line
+                    ])?;
+                    Ok(())
+                });
+            if let Err(e) = inserted {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        artifacts
+    };
+    for (d, bytes) in &artifacts {
         tx.execute(
             "INSERT INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
             rusqlite::params![d.to_string(), bytes.len() as i64, bytes],
@@ -109,8 +124,7 @@ pub fn fill_store(
     // migrated from schema 1.
     edge_runner::store::tree::migrate(&tx)?;
     tx.commit()?;
-    drop((db, parsed));
-    drop(s);
+    drop((db, artifacts));
     // Opened as the runner opens it (the fold is built from the records),
     // then a checkpoint by the runner's key, kept outside the store too.
     let log = EvidenceLog::open(&evidence)?;
