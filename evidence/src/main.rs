@@ -10,6 +10,12 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
+// A full verification makes and drops millions of small values (parsed
+// records, canonical buffers) across threads: mimalloc's per-thread heaps
+// do that in about half the time glibc's allocator takes.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = std::env::args_os().skip(1).collect();
     let stderr = std::io::stderr();
