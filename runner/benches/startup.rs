@@ -19,8 +19,10 @@
 //!
 //! `STARTUP_RUNS` (comma-separated synthetic runs per store, ~10 records
 //! each; default `10000,100000`) and `STARTUP_ROUNDS` (default 5). Stores
-//! are built once into `target/bench-stores/` and reused (a million records
-//! take a few minutes to make).
+//! are built once into `target/bench-stores/` and reused; records are
+//! streamed into the store as they are made, so `STARTUP_RUNS=1000000` (ten
+//! million records, ~10 GB of disk) takes several minutes but no more
+//! memory than a small one.
 
 mod common;
 

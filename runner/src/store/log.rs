@@ -113,12 +113,18 @@ fn wait<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// Artifact digests a [`StoreHandle`] remembers as durable, at most.
+const KNOWN_MAX: usize = 1 << 16;
+
 /// A cloneable handle: appends from any thread, acknowledged once durable.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Request>,
-    /// Digests of artifacts known to be durable in the store: storing one
-    /// again is a no-op that need not wait for a commit.
+    /// Digests of artifacts this process knows are durable in the store:
+    /// storing one again is a no-op that need not wait for a commit. Filled
+    /// as artifacts are stored, not read from the store at open (that grew
+    /// start-up and memory with the log), and bounded ([`KNOWN_MAX`]): a
+    /// digest not in it costs one idempotent insert, nothing more.
     known: Arc<Mutex<std::collections::HashSet<Sha256Digest>>>,
 }
 
@@ -161,7 +167,11 @@ impl StoreHandle {
     }
 
     fn artifact_durable(&self, d: Sha256Digest) {
-        self.known.lock().expect("known lock").insert(d);
+        let mut known = self.known.lock().expect("known lock");
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(d);
     }
 
     /// Store an artifact (content-addressed, idempotent); returns once durable.
@@ -674,15 +684,7 @@ impl EvidenceLog {
                 tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
             }
         })?;
-        let mut known = std::collections::HashSet::new();
-        {
-            let mut stmt = db.prepare("SELECT digest FROM artifacts")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let d: String = row.get(0)?;
-                known.insert(d.parse::<Sha256Digest>().map_err(|e| anyhow!("artifact digest `{d}`: {e}"))?);
-            }
-        }
+        let known = std::collections::HashSet::new();
         let (records, leaves) = tree::sizes(&db)?;
         if leaves > records {
             bail!(
