@@ -195,49 +195,28 @@ impl Seq<'_> {
     }
 }
 
-impl ser::SerializeSeq for Seq<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GaveUp> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
+/// The four sequence traits differ only in their method's name.
+macro_rules! sequence {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Seq<'_> {
+            type Ok = ();
+            type Error = GaveUp;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GaveUp> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), GaveUp> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GaveUp> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GaveUp> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Seq<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), GaveUp> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
-}
+sequence!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object's members, written to `buf` as they come and copied to
 /// `out` in key order at the end.
@@ -291,27 +270,23 @@ impl<'a> Obj<'a> {
     }
 }
 
-impl ser::SerializeStruct for Obj<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), GaveUp> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
+/// A struct and a struct variant's members alike.
+macro_rules! members {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Obj<'_> {
+            type Ok = ();
+            type Error = GaveUp;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), GaveUp> {
+                self.member(Cow::Borrowed(key), value)
+            }
+            fn end(self) -> Result<(), GaveUp> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Obj<'_> {
-    type Ok = ();
-    type Error = GaveUp;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), GaveUp> {
-        self.member(Cow::Borrowed(key), value)
-    }
-    fn end(self) -> Result<(), GaveUp> {
-        self.close()
-    }
-}
+members!(SerializeStruct, SerializeStructVariant);
 
 impl ser::SerializeMap for Obj<'_> {
     type Ok = ();
