@@ -384,3 +384,57 @@ fn evidence_fetch_streams_the_export_to_a_file_that_appears_only_whole() {
     assert_eq!(std::fs::read(env.path("got.bundle")).unwrap(), whole);
     assert!(!env.path(".got.bundle.partial").exists());
 }
+
+#[test]
+fn a_runs_receipt_comes_from_the_store_on_request_and_proves_its_terminal_record() {
+    use edge_core::merkle;
+    use edge_core::note::{self, Checkpoint, TlogProof};
+    let env = setup(64);
+    let server = Server::start(&env);
+    let tier0 = capsule(&env, "none", false);
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        let answer = submit(&mut agent, &tier0).await.json().unwrap();
+        let id = answer["id"].as_str().unwrap().to_owned();
+        // More runs after it: the receipt asked for later names a newer checkpoint.
+        for _ in 0..3 {
+            assert_eq!(submit(&mut agent, &tier0).await.status, StatusCode::CREATED);
+        }
+        let r = agent.get(&format!("/v1/proposals/{id}/receipt")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error_message());
+        let later = TlogProof::parse(std::str::from_utf8(&r.body).unwrap()).unwrap();
+        let first = TlogProof::parse(answer["receipt"].as_str().unwrap()).unwrap();
+        assert_eq!(later.index, first.index, "the same terminal record");
+
+        // It proves that record is in the tree the runner signed.
+        let keys = edge_evidence::parse_keys(&runner_key(&env)).unwrap();
+        let cp = Checkpoint::parse(&note::open(&later.checkpoint, &keys).unwrap().text).unwrap();
+        assert!(cp.size > later.index);
+        let was = Checkpoint::parse(&note::open(&first.checkpoint, &keys).unwrap().text).unwrap();
+        assert!(cp.size > was.size, "made now, from the newest checkpoint ({} then, {} now)", was.size, cp.size);
+        let mut alice = server.client(&env, "approver");
+        let bundle = alice.get("/v1/evidence/export").await.unwrap().body;
+        let line = std::str::from_utf8(&bundle).unwrap().lines().nth(2 + later.index as usize).unwrap().to_owned();
+        let record: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["event"]["type"], "completed");
+        assert_eq!(record["run"].as_str().map(edge_core::lifecycle::proposal_id), Some(id.clone()));
+        let hashes: Vec<Vec<u8>> = later.hashes.iter().map(|h| h.to_vec()).collect();
+        merkle::verify_inclusion(later.index, cp.size, &merkle::leaf_hash(line.as_bytes()), &hashes, &cp.root)
+            .expect("the receipt proves the record");
+        // A record that is not that one does not verify against it.
+        let other = std::str::from_utf8(&bundle).unwrap().lines().nth(1 + later.index as usize).unwrap().to_owned();
+        assert!(
+            merkle::verify_inclusion(later.index, cp.size, &merkle::leaf_hash(other.as_bytes()), &hashes, &cp.root)
+                .is_err()
+        );
+
+        // Unknown proposals have none; another agent may not ask for it.
+        let none = agent.get("/v1/proposals/p-unknown/receipt").await.unwrap();
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
+        let mut intruder = server.client(&env, "intruder");
+        let r = intruder.get(&format!("/v1/proposals/{id}/receipt")).await.unwrap();
+        assert!(matches!(r.status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN), "{}", r.status);
+    });
+    // No receipt file per run is kept by the daemon.
+    assert!(std::fs::read_dir(env.path("state/receipts")).map_or(true, |mut d| d.next().is_none()));
+}

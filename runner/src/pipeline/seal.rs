@@ -89,4 +89,42 @@ impl Runner {
         report.receipt_proof = Some(receipt);
         Ok(())
     }
+
+    /// The receipt of a finished run, made from the store on request (the
+    /// daemon writes no file per run): an inclusion proof of its terminal
+    /// record against the newest stored checkpoint that covers it, or one
+    /// signed now when none does. The record is read through an inclusion
+    /// proof against the root this process verified, and the checkpoint must
+    /// be signed by the runner's key and be the log's tree at its size. None
+    /// when the run is unknown or has not ended.
+    ///
+    /// # Errors
+    /// If the store cannot be read, or what it holds is not what the log verified.
+    pub fn receipt_of(&self, run: &str) -> Result<Option<String>> {
+        use edge_core::merkle;
+        use edge_core::note::{self, Checkpoint, TlogProof};
+        let Some(&index) = self.log.run_seqs(run)?.last() else { return Ok(None) };
+        if !self.log.read_records_at(&[index])?.first().is_some_and(edge_core::evidence::Record::is_terminal) {
+            return Ok(None);
+        }
+        let opened = |n: &str| {
+            let text = note::open(n, std::slice::from_ref(self.identity.verifier())).ok()?.text;
+            Checkpoint::parse(&text).ok()
+        };
+        // A stored row that does not open with this runner's key (altered,
+        // or signed before a rotation) is passed over: a new one is signed.
+        let stored = self.log.newest_checkpoint()?.filter(|(size, n)| *size > index && opened(n).is_some());
+        let note = match stored {
+            Some((_, n)) => n,
+            None => self.log.checkpoint(&self.identity, &self.config.name)?,
+        };
+        let cp = opened(&note).context("the checkpoint just signed does not open")?;
+        let (root, hashes) =
+            self.log.with_tree(|t| (merkle::root_of(t, cp.size), merkle::inclusion_proof_of(t, index, cp.size)))?;
+        if root.ok() != Some(cp.root) {
+            anyhow::bail!("the stored checkpoint of size {} is not the log's tree: the store was altered", cp.size);
+        }
+        let hashes = hashes.map_err(|e| anyhow::anyhow!("the receipt's inclusion proof: {e}"))?;
+        Ok(Some(TlogProof { index, hashes, checkpoint: note }.encode()))
+    }
 }

@@ -243,6 +243,17 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 )),
             }
         }
+        (&Method::GET, ["v1", "proposals", id, "receipt"]) => {
+            let id = (*id).to_owned();
+            may_see(shared, &agent, &id)?;
+            match shared.runs.receipt(&id).await.map_err(|e| runner_error(&e))? {
+                Some(r) => Ok(reply(StatusCode::OK, "text/plain; charset=utf-8", r)),
+                None => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no receipt for {id}: unknown, or no run of it has ended yet"),
+                )),
+            }
+        }
         (&Method::GET, ["v1", "proposals", id, "document"]) => {
             let id = (*id).to_owned();
             may_see(shared, &agent, &id)?;

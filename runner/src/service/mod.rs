@@ -316,6 +316,26 @@ impl RunService {
         })
     }
 
+    /// The receipt of a proposal's latest finished run, made from the store
+    /// now ([`Runner::receipt_of`]); None if unknown or not ended.
+    ///
+    /// # Errors
+    /// If the store cannot be read or disagrees with the verified log.
+    pub async fn receipt(&self, id: &str) -> Result<Option<String>> {
+        let Some(view) = self.show(id) else { return Ok(None) };
+        let r = self.runner.clone();
+        tokio::task::spawn_blocking(move || {
+            for run in view.runs.iter().rev() {
+                if let Some(receipt) = r.receipt_of(run)? {
+                    return Ok(Some(receipt));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .context("receipt task")?
+    }
+
     /// Everything about one proposal (the diff, approvals and whether each
     /// counted, what is still needed, …); None if unknown.
     ///

@@ -990,6 +990,15 @@ impl EvidenceLog {
         Ok(out)
     }
 
+    /// The newest checkpoint stored: (tree size, signed note), not verified here.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn newest_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        let db = self.readers.get()?;
+        crate::store::trust::newest_checkpoint_row(&db)
+    }
+
     /// The sequence numbers of one run's records.
     ///
     /// # Errors
