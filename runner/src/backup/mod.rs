@@ -295,8 +295,7 @@ fn same_as_live(live: &Connection, head: &manifest::StoreHead) -> Result<()> {
 
 /// Sign a checkpoint of the copy's head and add it to the copy.
 fn seal(copy_db: &Path, signer: &NoteSigner, origin: &str, v: &verify::Verified) -> Result<()> {
-    let size = v.tree.size();
-    let cp = Checkpoint { origin: origin.to_owned(), size: size as u64, root: v.tree.root(size) };
+    let cp = Checkpoint { origin: origin.to_owned(), size: v.tree.size(), root: v.tree.root() };
     let note = signer.sign(&cp.text()).map_err(|e| anyhow::anyhow!("cannot sign the backup's checkpoint: {e}"))?;
     let db = Connection::open(copy_db)?;
     use base64::Engine as _;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use edge_core::Sha256Digest;
-use edge_core::merkle::MerkleStore;
+use edge_core::merkle::{CompactRange, Hash};
 use edge_core::note::NoteVerifier;
 use edge_core::rotation::KeyHistory;
 
@@ -22,10 +22,44 @@ use crate::store::schema::{self, Found};
 #[derive(Debug)]
 pub struct Verified {
     pub head: StoreHead,
-    /// Its Merkle tree (roots and proofs of any prefix).
-    pub tree: MerkleStore,
+    /// Its tree's roots at the sizes its signed checkpoints claim, and of the whole.
+    pub tree: Roots,
     /// The fold of its records (proposals waiting, the key last recorded).
     pub index: LogIndex,
+}
+
+/// The roots a verification needs, taken as the records stream past (not
+/// every leaf and level of the tree): at the sizes the store's signed
+/// checkpoints claim, and of the whole store.
+#[derive(Debug, Default)]
+pub struct Roots {
+    size: u64,
+    at: std::collections::BTreeMap<u64, Hash>,
+}
+
+impl Roots {
+    /// Records in the store.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The root of the whole store.
+    pub fn root(&self) -> Hash {
+        self.at.get(&self.size).copied().unwrap_or_else(edge_core::merkle::empty_root)
+    }
+}
+
+impl crate::store::trust::History for Roots {
+    fn records(&self) -> u64 {
+        self.size
+    }
+
+    fn root_at(&self, size: u64) -> Result<Option<Hash>> {
+        if size > self.size {
+            return Ok(None);
+        }
+        self.at.get(&size).copied().map(Some).ok_or_else(|| anyhow::anyhow!("the root at size {size} was not kept"))
+    }
 }
 
 /// The keys the store's checkpoints may be signed by: the runner's
@@ -49,18 +83,25 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
         Found::At(v) => v,
         Found::New => bail!("{} holds no evidence tables", db_path.display()),
     };
-    let (records, leaves) = crate::store::log::load_verified(dir)
-        .with_context(|| format!("the evidence store {} failed verification", db_path.display()))?;
-    let mut tree = MerkleStore::default();
-    for l in &leaves {
-        tree.push(*l);
-    }
-    let mut index = LogIndex::in_memory();
-    for r in &records {
-        index.push(r);
-    }
-    drop(records);
+    // Every record checked as it streams past, folded and hashed into the
+    // tree's compact range; the records themselves are not kept.
     let db = crate::store::log::read_only(dir)?;
+    let mut wanted: std::collections::BTreeSet<u64> = [0].into();
+    wanted.extend(crate::store::trust::newest_checkpoint_row(&db)?.map(|(size, _)| size));
+    wanted.extend(crate::store::trust::read_kept(dir)?.and_then(|t| crate::store::trust::claimed_size(&t)));
+    let size: i64 = db.query_row("SELECT coalesce(max(seq) + 1, 0) FROM records", [], |r| r.get(0))?;
+    let (mut range, mut tree, mut index) = (CompactRange::default(), Roots::default(), LogIndex::in_memory());
+    tree.at.insert(0, edge_core::merkle::empty_root());
+    crate::store::tree::verify_records(&db, 0, size as u64, version >= 2, |r, leaf| {
+        index.push(&r);
+        range.push(leaf);
+        if wanted.contains(&range.size()) {
+            tree.at.insert(range.size(), range.root());
+        }
+    })
+    .with_context(|| format!("the evidence store {} failed verification", db_path.display()))?;
+    tree.size = range.size();
+    tree.at.insert(tree.size, range.root());
     // The `hash` column, checked against each body by `load_verified`.
     let head = rusqlite::OptionalExtension::optional(db.query_row(
         "SELECT hash FROM records ORDER BY seq DESC LIMIT 1",
@@ -74,13 +115,12 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
         || format!("the evidence store {} does not hold the history the runner signed", db_path.display()),
     )?;
     let checkpoint = crate::store::trust::newest_checkpoint_row(&db)?.map(|(_, note)| note);
-    let size = tree.size();
     Ok(Verified {
         head: StoreHead {
             schema_version: version,
-            records: size as u64,
+            records: tree.size(),
             artifacts,
-            root: hex::encode(tree.root(size)),
+            root: hex::encode(tree.root()),
             head,
             checkpoint,
         },
