@@ -216,6 +216,8 @@ pub struct ValidPlan {
     plan: Plan,
     digest: Sha256Digest,
     capsule: Sha256Digest,
+    /// The canonical JSON the digest is of.
+    canonical: Vec<u8>,
 }
 
 impl ValidPlan {
@@ -230,6 +232,10 @@ impl ValidPlan {
     pub fn capsule(&self) -> Sha256Digest {
         self.capsule
     }
+    /// The plan's canonical JSON (what [`ValidPlan::digest`] is of).
+    pub fn canonical(&self) -> &[u8] {
+        &self.canonical
+    }
 }
 
 impl Plan {
@@ -238,6 +244,29 @@ impl Plan {
     /// # Errors
     /// The first problem found, as a [`PlanError`].
     pub fn validate(self, manifest: &Manifest, max_changes: usize) -> Result<ValidPlan, PlanError> {
+        let capsule = manifest.digest().map_err(|_| PlanError::TextTooLong("manifest"))?;
+        self.validate_with(manifest, capsule, max_changes)
+    }
+
+    /// As [`Plan::validate`], for the manifest of a parsed capsule file,
+    /// whose digest the file already holds (it parsed the canonical bytes).
+    ///
+    /// # Errors
+    /// As [`Plan::validate`].
+    pub fn validate_for(
+        self,
+        file: &crate::container::CapsuleFile,
+        max_changes: usize,
+    ) -> Result<ValidPlan, PlanError> {
+        self.validate_with(file.manifest(), file.digest(), max_changes)
+    }
+
+    fn validate_with(
+        self,
+        manifest: &Manifest,
+        capsule: Sha256Digest,
+        max_changes: usize,
+    ) -> Result<ValidPlan, PlanError> {
         let limit = max_changes.min(MAX_PLAN_CHANGES);
         if self.changes.len() > limit {
             return Err(PlanError::TooManyChanges { count: self.changes.len(), limit });
@@ -312,9 +341,9 @@ impl Plan {
             }
         }
         // Serialising a validated plan cannot produce a float.
-        let digest = Sha256Digest::of(&canonical::to_canonical_vec(&self).expect("plan has no floats"));
-        let capsule = manifest.digest().map_err(|_| PlanError::TextTooLong("manifest"))?;
-        Ok(ValidPlan { plan: self, digest, capsule })
+        let canonical = canonical::to_canonical_vec(&self).expect("plan has no floats");
+        let digest = Sha256Digest::of(&canonical);
+        Ok(ValidPlan { plan: self, digest, capsule, canonical })
     }
 }
 

@@ -176,7 +176,13 @@ impl TrustedSigner {
 pub struct TrustedSigners {
     signers: Vec<TrustedSigner>,
     root: Option<TrustedRoot>,
+    /// Keyed signatures already verified against exactly these signers,
+    /// by the digest of everything the check reads (see [`verify_capsule`]).
+    verified: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Verified>>,
 }
+
+/// At most this many verified signatures are remembered (emptied when full).
+const VERIFIED_MAX: usize = 4096;
 
 impl std::fmt::Debug for TrustedSigners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,7 +204,7 @@ impl TrustedSigners {
             }
             None => None,
         };
-        Ok(Self { signers, root })
+        Ok(Self { signers, root, verified: std::sync::Mutex::default() })
     }
 
     pub fn signers(&self) -> &[TrustedSigner] {
@@ -208,6 +214,10 @@ impl TrustedSigners {
     /// Replace the signers, keeping the trusted root.
     pub fn set_signers(&mut self, signers: Vec<TrustedSigner>) {
         self.signers = signers;
+        // What verified against the old signers proves nothing now.
+        if let Ok(m) = self.verified.get_mut() {
+            m.clear();
+        }
     }
 
     pub fn has_trusted_root(&self) -> bool {
@@ -260,9 +270,42 @@ impl VerifiedCapsule {
 ///
 /// # Errors
 /// A [`SignatureError`] naming the failed step (see the module checklist).
+///
+/// A keyed signature without transparency-log entries is pure arithmetic
+/// over the bundle and the two digests: once it verified against these
+/// signers, the same bytes verify again, so the result is remembered by the
+/// SHA-256 of exactly those inputs (a resubmitted capsule skips the curve
+/// arithmetic; any changed byte is a different key and is checked in
+/// full). Refusals, and signatures whose check involves a log or
+/// certificates (and so time), are never remembered.
 pub fn verify_capsule(file: CapsuleFile, trusted: &TrustedSigners) -> Result<VerifiedCapsule, SignatureError> {
     let bytes = file.bundle().ok_or(SignatureError::Unsigned)?;
-    let v = verify_parts(file.digest(), file.manifest().component.sha256, bytes, trusted)?;
+    let (capsule, component) = (file.digest(), file.manifest().component.sha256);
+    let key = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"edge-runner verified capsule signature\n");
+        h.update(capsule.0);
+        h.update(component.0);
+        h.update(bytes);
+        Sha256Digest(h.finalize().into())
+    };
+    let remembered = trusted.verified.lock().ok().and_then(|m| m.get(&key).cloned());
+    let v = match remembered {
+        Some(v) => v,
+        None => {
+            let v = verify_parts(capsule, component, bytes, trusted)?;
+            if v.2 == Transparency::None
+                && let Ok(mut m) = trusted.verified.lock()
+            {
+                if m.len() >= VERIFIED_MAX {
+                    m.clear();
+                }
+                m.insert(key, v.clone());
+            }
+            v
+        }
+    };
     Ok(VerifiedCapsule { file, signer: v.0, signer_detail: v.1, signer_key: v.3, transparency: v.2 })
 }
 
@@ -667,6 +710,36 @@ mod tests {
         v["dsseEnvelope"]["signatures"][0]["sig"] = base64::engine::general_purpose::STANDARD.encode(raw).into();
         let bad = c.with_bundle(serde_json::to_vec(&v).unwrap());
         assert_eq!(verify_capsule(bad, &trusted(&key)).unwrap_err().reason_code(), "signature.untrusted_signer");
+    }
+
+    #[test]
+    fn a_remembered_signature_vouches_only_for_the_same_bytes_and_signers() {
+        let key = CapsuleSigningKey::generate();
+        let mut t = trusted(&key);
+        let c = capsule("a");
+        let bundle = key.sign_capsule(&c);
+        let signed = c.clone().with_bundle(bundle.clone());
+        assert_eq!(verify_capsule(signed.clone(), &t).unwrap().signer(), "agent");
+        assert_eq!(t.verified.lock().unwrap().len(), 1, "a keyed success is remembered");
+        assert_eq!(verify_capsule(signed.clone(), &t).unwrap().signer(), "agent");
+
+        // The remembered bundle moved onto another capsule: checked in full, refused.
+        let moved = capsule("b").with_bundle(bundle.clone());
+        assert_eq!(verify_capsule(moved, &t).unwrap_err().reason_code(), "signature.subject_mismatch");
+        // One byte of the signature changed: refused, and not remembered.
+        let mut v: serde_json::Value = serde_json::from_slice(&bundle).unwrap();
+        let sig = v["dsseEnvelope"]["signatures"][0]["sig"].as_str().unwrap().to_owned();
+        let mut raw = base64::engine::general_purpose::STANDARD.decode(sig).unwrap();
+        raw[3] ^= 0x40;
+        v["dsseEnvelope"]["signatures"][0]["sig"] = base64::engine::general_purpose::STANDARD.encode(raw).into();
+        let flipped = c.clone().with_bundle(serde_json::to_vec(&v).unwrap());
+        assert_eq!(verify_capsule(flipped, &t).unwrap_err().reason_code(), "signature.untrusted_signer");
+        assert_eq!(t.verified.lock().unwrap().len(), 1, "refusals are never remembered");
+
+        // The signer is no longer trusted: what verified before proves nothing.
+        let other = CapsuleSigningKey::generate();
+        t.set_signers(vec![TrustedSigner::from_public_key_pem("other", &other.public_key_pem()).unwrap()]);
+        assert_eq!(verify_capsule(signed, &t).unwrap_err().reason_code(), "signature.untrusted_signer");
     }
 
     const KEYLESS_ID: &str =

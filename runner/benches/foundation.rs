@@ -10,7 +10,16 @@
 //! 4. the same capsule (plan + verify) run by a bare wasmtime embedding in the
 //!    same process, interleaved with (3), like for like: the runner's engine
 //!    (same configuration) and file I/O on the calling thread, as the
-//!    runner's phases do; and, for reference only, wasmtime's defaults.
+//!    runner's phases do; given the component's bytes each run, as the
+//!    runner is, it finds its compiled form by their SHA-256 (as wasmtime's
+//!    own compilation cache does); each phase in its own store and
+//!    instance, as the capsule contract runs them. For reference: the
+//!    component already in hand, plan and verify in one instance (the old
+//!    baseline), and wasmtime's defaults.
+//!
+//! The warm run is the daemon's: the receipt is made and returned with the
+//! answer, no file written per run (`Runner::receipt_files` off, as
+//! `edge-runner serve` runs).
 //!
 //! Targets: cached start ≥ 50× faster than cold compile; governed warm run
 //! minus the durable wait (the time spent waiting for the evidence commit's
@@ -77,7 +86,8 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let runner = Runner::open(RunnerConfig::load(&h.join("runner.toml"))?)?;
+    let mut runner = Runner::open(RunnerConfig::load(&h.join("runner.toml"))?)?;
+    runner.receipt_files = false;
 
     // 1. Cold compile (the runner's engine configuration).
     let engine = runner.sandbox.engine().clone();
@@ -132,27 +142,47 @@ fn main() -> anyhow::Result<()> {
     let certs = &certs;
     // `like_runner`: the runner's engine and inline file I/O; else
     // wasmtime's defaults.
-    let bare_run = |like_runner: bool| {
+    // Compiled components by digest: what an embedding given bytes looks up.
+    let compiled: std::collections::HashMap<edge_core::Sha256Digest, &bare::CapsulePre<Bare>> =
+        [(edge_core::Sha256Digest::of(&wasm), &bare_pre)].into_iter().collect();
+    let (compiled, wasm_bytes) = (&compiled, &wasm);
+    // `given_bytes`: the component arrives as bytes and is found by digest.
+    // `given_bytes`: the component arrives as bytes and is found by digest.
+    // Each phase in its own store and instance, as the capsule contract runs
+    // them (verify runs after the commit, maybe after days of approval: no
+    // guest state carries over); `one_instance`: plan and verify in one
+    // instance (reference only: not how phases may run).
+    let bare_run = |like_runner: bool, given_bytes: bool, one_instance: bool| {
         let (engine, pre) = if like_runner { (&bare_engine, &bare_pre) } else { (&default_engine, &default_pre) };
         async move {
-            let mut b = WasiCtxBuilder::new();
-            b.allow_blocking_current_thread(like_runner);
-            b.preopened_dir(certs, "/mnt/certs", FsPerms::ReadOnly).unwrap();
-            let mut store = Store::new(engine, Bare { wasi: b.build(), table: ResourceTable::new() });
-            if like_runner {
-                // The runner's engine interrupts on epochs: a deadline far away.
-                store.set_epoch_deadline(1 << 40);
-            }
-            let bare_pre = pre;
-            let inst = bare_pre.instantiate_async(&mut store).await.unwrap();
-            let ctx = types::Context {
-                phase: types::Phase::Plan,
+            let pre = if given_bytes { compiled[&edge_core::Sha256Digest::of(wasm_bytes)] } else { pre };
+            let store = || {
+                let mut b = WasiCtxBuilder::new();
+                b.allow_blocking_current_thread(like_runner);
+                b.preopened_dir(certs, "/mnt/certs", FsPerms::ReadOnly).unwrap();
+                let mut store = Store::new(engine, Bare { wasi: b.build(), table: ResourceTable::new() });
+                if like_runner {
+                    // The runner's engine interrupts on epochs: a deadline far away.
+                    store.set_epoch_deadline(1 << 40);
+                }
+                store
+            };
+            let ctx = |phase| types::Context {
+                phase,
                 params: vec![("mount".into(), "certs".into()), ("days".into(), "30".into())],
                 mounts: vec![types::Mount { name: "certs".into(), guest_path: "/mnt/certs".into(), writable: false }],
             };
-            let plan = inst.call_plan(&mut store, &ctx).await.unwrap().unwrap();
-            let v = inst.call_verify(&mut store, &ctx, &plan).await.unwrap().unwrap();
-            assert!(v.passed);
+            let mut s = store();
+            let inst = pre.instantiate_async(&mut s).await.unwrap();
+            let plan = inst.call_plan(&mut s, &ctx(types::Phase::Plan)).await.unwrap().unwrap();
+            let v = if one_instance {
+                inst.call_verify(&mut s, &ctx(types::Phase::Verify), &plan).await
+            } else {
+                let mut s = store();
+                let inst = pre.instantiate_async(&mut s).await.unwrap();
+                inst.call_verify(&mut s, &ctx(types::Phase::Verify), &plan).await
+            };
+            assert!(v.unwrap().unwrap().passed);
         }
     };
 
@@ -160,6 +190,7 @@ fn main() -> anyhow::Result<()> {
     let mut governed = Vec::with_capacity(iters);
     let mut governed_cpu = Vec::with_capacity(iters);
     let mut bare_times = Vec::with_capacity(iters);
+    let mut bare_in_hand_times = Vec::with_capacity(iters);
     let mut bare_default_times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let wait0 = runner.log.durable_wait();
@@ -172,11 +203,15 @@ fn main() -> anyhow::Result<()> {
         governed_cpu.push(total.saturating_sub(waited));
 
         let t = Instant::now();
-        rt.block_on(bare_run(true));
+        rt.block_on(bare_run(true, true, false));
         bare_times.push(t.elapsed());
 
         let t = Instant::now();
-        rt.block_on(bare_run(false));
+        rt.block_on(bare_run(true, false, true));
+        bare_in_hand_times.push(t.elapsed());
+
+        let t = Instant::now();
+        rt.block_on(bare_run(false, false, true));
         bare_default_times.push(t.elapsed());
     }
 
@@ -191,8 +226,15 @@ fn main() -> anyhow::Result<()> {
         "  governed, minus the durable wait     {:>12}   (time spent waiting for the evidence commit's fsync taken out)",
         fmt(gov_nowait_m)
     );
-    let bare_default_m = median(bare_default_times);
-    println!("  bare, like for like (plan+verify)    {:>12}   (the runner's engine, inline file I/O)", fmt(bare_m));
+    let (bare_default_m, bare_in_hand_m) = (median(bare_default_times), median(bare_in_hand_times));
+    println!(
+        "  bare, like for like (plan+verify)    {:>12}   (the runner's engine, inline file I/O, given the bytes, an instance per phase)",
+        fmt(bare_m)
+    );
+    println!(
+        "  bare, in hand, one instance          {:>12}   (no bytes received; plan and verify in one instance)",
+        fmt(bare_in_hand_m)
+    );
     println!(
         "  bare, wasmtime defaults              {:>12}   (default engine, file I/O on tokio's blocking pool)",
         fmt(bare_default_m)
@@ -208,6 +250,10 @@ fn main() -> anyhow::Result<()> {
         ok(ratio <= 1.5)
     );
     println!("  governed total / bare like for like  {:>11.2}x", gov_m.as_secs_f64() / bare_m.as_secs_f64());
+    println!(
+        "  governed minus durable wait / bare in hand, one instance {:>6.2}x   (reference: not the contract's shape)",
+        gov_nowait_m.as_secs_f64() / bare_in_hand_m.as_secs_f64()
+    );
     println!(
         "  governed minus durable wait / bare with wasmtime defaults {:>6.2}x   (not like for like: reference only)",
         gov_nowait_m.as_secs_f64() / bare_default_m.as_secs_f64()

@@ -5,12 +5,11 @@
 //! to authorize it.
 
 use edge_core::authorize::Decided;
-use edge_core::canonical;
 use edge_core::evidence::Event;
 use edge_core::plan::{PlanError as InvalidPlan, ValidPlan};
 
 use super::Runner;
-use super::run::{Fails, RunReport, Stage, StageError, Stop};
+use super::run::{RunReport, Stage, StageError, Stop};
 use crate::sandbox::{Prepared, SandboxError};
 
 /// Why no valid plan came out of the `plan` phase.
@@ -49,13 +48,12 @@ impl Runner {
         report.barrier().await?;
         let (planned, captured) = self.sandbox.plan(decided, prepared).await;
         let output = self.store_output(report, "plan", captured)?;
-        let manifest = decided.admitted().capsule().file().manifest();
+        let file = decided.admitted().capsule().file();
         let valid = planned
             .map_err(PlanError::from)?
-            .validate(manifest, grant.limits.max_plan_changes as usize)
+            .validate_for(file, grant.limits.max_plan_changes as usize)
             .map_err(PlanError::from)?;
-        let plan_bytes = canonical::to_canonical_vec(valid.plan()).or_fail()?;
-        let plan_d = report.artifact(&plan_bytes)?;
+        let plan_d = report.artifact(valid.canonical())?;
         debug_assert_eq!(plan_d, valid.digest());
         report.plan = Some(valid.plan().clone());
         report.plan_digest = Some(valid.digest());

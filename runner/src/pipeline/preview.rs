@@ -308,11 +308,10 @@ impl Runner {
         }
         let grant = decided.admitted().grant();
         report.mount_guards = self.lock_mounts(grant).await;
-        let manifest = decided.admitted().capsule().file().manifest();
         let valid = proposal
             .plan
             .clone()
-            .validate(manifest, grant.limits.max_plan_changes as usize)
+            .validate_for(decided.admitted().capsule().file(), grant.limits.max_plan_changes as usize)
             .map_err(super::PlanError::from)?;
         report.plan = Some(valid.plan().clone());
         report.plan_digest = Some(valid.digest());

@@ -205,6 +205,8 @@ struct Writer {
     index: Arc<RwLock<LogIndex>>,
     /// Lifecycle changes of proposals, sent once their records are durable.
     events: ProposalEvents,
+    /// Tree hashes the readers keep: the writer adds those it commits.
+    nodes: Arc<tree::NodeCache>,
     /// Set when a commit failed: nothing is committed after it in this
     /// process, so a run can never have a hole in its records.
     poisoned: Option<String>,
@@ -257,6 +259,7 @@ impl Writer {
         }
         let mut results: Vec<Result<Outcome, String>> = Vec::with_capacity(batch.len());
         let mut new_records = Vec::new();
+        let mut new_nodes = Vec::new();
         let tx_result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
             for req in &batch {
@@ -298,6 +301,7 @@ impl Writer {
                                 self.range.push_reporting(merkle::leaf_hash(&body), |level, index, hash| {
                                     if stored.is_ok() {
                                         stored = tree::insert(&tx, level, index, hash);
+                                        new_nodes.push((level, index, *hash));
                                     }
                                 });
                                 stored?;
@@ -353,6 +357,10 @@ impl Writer {
                 reply(req, Err(msg));
             }
             return;
+        }
+        // Committed: the next receipt reads these from memory, not the store.
+        for (level, index, hash) in new_nodes {
+            self.nodes.put(level, index, hash);
         }
         *self.head.lock().expect("head lock") = Head { size: self.next_seq, root: self.range.root() };
         let mut changes = Vec::new();
@@ -476,6 +484,8 @@ pub struct EvidenceLog {
     /// Read-only connections, reused (proofs, records and artifacts read
     /// back while the writer appends).
     readers: Readers,
+    /// Tree hashes read back or committed, kept (they never change).
+    nodes: Arc<tree::NodeCache>,
     /// Nanoseconds spent waiting for durability, by every run.
     durable_wait: Arc<AtomicU64>,
     /// Proposal lifecycle events, for subscribers (`crate::events`).
@@ -715,7 +725,9 @@ impl EvidenceLog {
         let (range, prev) = (tail.range, tail.prev);
         let index = Arc::new(RwLock::new(fold));
         let events = ProposalEvents::default();
+        let nodes = Arc::new(tree::NodeCache::default());
         let writer = Writer {
+            nodes: nodes.clone(),
             db,
             next_seq,
             prev,
@@ -735,6 +747,7 @@ impl EvidenceLog {
             index,
             head,
             readers: Readers { dir: dir.to_path_buf(), idle: Mutex::new(Vec::new()) },
+            nodes,
             durable_wait: Arc::new(AtomicU64::new(0)),
             events,
             _lock: lock,
@@ -968,7 +981,7 @@ impl EvidenceLog {
     pub fn read_records_at(&self, seqs: &[u64]) -> Result<Vec<Record>> {
         let head = self.head();
         let db = self.readers.get()?;
-        let tree = StoredTree::new(&db, head.size);
+        let tree = StoredTree::cached(&db, head.size, &self.nodes);
         let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
         let mut out = Vec::with_capacity(seqs.len());
         for &seq in seqs {
@@ -1019,7 +1032,7 @@ impl EvidenceLog {
     pub fn with_tree<R>(&self, f: impl FnOnce(&StoredTree<'_>) -> R) -> Result<R> {
         let size = self.head().size;
         let db = self.readers.get()?;
-        Ok(f(&StoredTree::new(&db, size)))
+        Ok(f(&StoredTree::cached(&db, size, &self.nodes)))
     }
 
     /// Count time spent making something else of the run durable (the

@@ -51,12 +51,47 @@ CREATE TRIGGER IF NOT EXISTS tree_append_only_d BEFORE DELETE ON tree BEGIN SELE
 pub struct StoredTree<'a> {
     db: &'a Connection,
     size: u64,
+    cache: Option<&'a NodeCache>,
 }
 
 impl<'a> StoredTree<'a> {
     /// The tree of the first `size` records of `db` (which must hold them).
     pub fn new(db: &'a Connection, size: u64) -> Self {
-        Self { db, size }
+        Self { db, size, cache: None }
+    }
+
+    /// As [`StoredTree::new`], keeping the hashes it reads in `cache`.
+    pub fn cached(db: &'a Connection, size: u64, cache: &'a NodeCache) -> Self {
+        Self { db, size, cache: Some(cache) }
+    }
+}
+
+/// Subtree hashes already read from the store, kept by a running log: a
+/// row never changes once written (the tree only grows), and successive
+/// receipts and record reads share all but their lowest levels, so each
+/// reads a handful of rows instead of ~2 log n. Bounded: emptied when full.
+/// A hash is held as read, never trusted more than a fresh read: proofs
+/// built from it are still checked against the root the log verified
+/// (`EvidenceLog::read_records_at`, `Runner::receipt_of`).
+#[derive(Debug, Default)]
+pub struct NodeCache(std::sync::Mutex<std::collections::HashMap<(u32, u64), Hash>>);
+
+/// At most this many hashes are kept (about 1 MiB).
+const NODE_CACHE_MAX: usize = 1 << 14;
+
+impl NodeCache {
+    fn get(&self, level: u32, index: u64) -> Option<Hash> {
+        self.0.lock().ok()?.get(&(level, index)).copied()
+    }
+
+    /// Keep a hash the store holds (read, or committed by the writer).
+    pub(crate) fn put(&self, level: u32, index: u64, hash: Hash) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= NODE_CACHE_MAX {
+                m.clear();
+            }
+            m.insert((level, index), hash);
+        }
     }
 }
 
@@ -79,7 +114,14 @@ impl Subtrees for StoredTree<'_> {
     }
 
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, RowError> {
-        node(self.db, level, index)?.ok_or(RowError::Missing { level, index })
+        if let Some(h) = self.cache.and_then(|c| c.get(level, index)) {
+            return Ok(h);
+        }
+        let h = node(self.db, level, index)?.ok_or(RowError::Missing { level, index })?;
+        if let Some(c) = self.cache {
+            c.put(level, index, h);
+        }
+        Ok(h)
     }
 }
 
