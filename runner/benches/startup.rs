@@ -13,9 +13,18 @@
 //!   RSS (VmHWM) then and again 5 s later (the full check runs in the
 //!   background after every start).
 //!
+//! * beside them, `wasmtime run --invoke 'plan(…)'` of the same component
+//!   as its own process (precompiled with `wasmtime compile`, as the
+//!   runner's exec loads its precompiled cache; the same mount, read-only),
+//!   when a `wasmtime` CLI is on `PATH` (or named by `WASMTIME`): the
+//!   ungoverned whole-process baseline. (`cargo install wasmtime-cli
+//!   --version 48.0.8 --locked`, the runner's wasmtime.) It runs `plan`
+//!   only, where `exec` runs plan and verify, admits, decides and records.
+//!
 //! Medians, and each size's ratio to the empty store, side by side.
 //! Targets (issue 14): ready and exec ≤ 1 s and within 2× of empty; peak
-//! RSS ≤ 300 MiB at any size.
+//! RSS ≤ 300 MiB at any size; exec ≤ 1.2× `wasmtime run` on a 1M-record
+//! store.
 //!
 //! `STARTUP_RUNS` (comma-separated synthetic runs per store, ~10 records
 //! each; default `10000,100000`) and `STARTUP_ROUNDS` (default 5). Stores
@@ -78,11 +87,53 @@ fn main() -> anyhow::Result<()> {
             "runner.toml",
         ]))?;
     }
+    // The ungoverned baseline, when a wasmtime CLI is at hand.
+    let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+    let baseline = match Command::new(&wasmtime).arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            let dir = &homes[0].0;
+            let (_, wasm) = common::diagnostic_capsule(dir)?;
+            std::fs::write(dir.join("component.wasm"), wasm)?;
+            let compiled = Command::new(&wasmtime)
+                .current_dir(dir)
+                .args(["compile", "component.wasm", "-o", "component.cwasm"])
+                .status()?;
+            anyhow::ensure!(compiled.success(), "wasmtime compile failed");
+            eprintln!("baseline: {}", String::from_utf8_lossy(&o.stdout).trim());
+            Some(dir.clone())
+        }
+        _ => {
+            eprintln!(
+                "no `{wasmtime}` on PATH: the wasmtime run baseline is not measured \
+                 (cargo install wasmtime-cli --version 48.0.8 --locked, or set WASMTIME)"
+            );
+            None
+        }
+    };
+    let wasmtime_run = |dir: &Path| {
+        timed(Command::new(&wasmtime).current_dir(dir).args([
+            "run",
+            "--allow-precompiled",
+            "--dir",
+            "certs::/mnt/certs",
+            "--invoke",
+            "plan({phase: plan, params: [(\"mount\", \"certs\"), (\"days\", \"30\")], \
+             mounts: [{name: \"certs\", guest-path: \"/mnt/certs\", writable: false}]})",
+            "component.cwasm",
+        ]))
+    };
+    if let Some(dir) = &baseline {
+        wasmtime_run(dir)?; // fails loudly here if the invocation is wrong
+    }
+    let mut wasmtime_s = vec![];
     let n = homes.len();
     let (mut exec_s, mut exec_rss, mut ready_s, mut ready_rss, mut later_rss) =
         (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
+        if let Some(dir) = &baseline {
+            wasmtime_s.push(wasmtime_run(dir)?.0.as_secs_f64());
+        }
         for (i, (dir, _)) in homes.iter().enumerate() {
             let (t, rss) = timed(Command::new(env!("CARGO_BIN_EXE_edge-runner")).current_dir(dir).args([
                 "exec",
@@ -114,6 +165,14 @@ fn main() -> anyhow::Result<()> {
             median(ready_rss[i].clone()),
             median(later_rss[i].clone()),
         );
+    }
+    if !wasmtime_s.is_empty() {
+        let w = median(wasmtime_s);
+        println!("`wasmtime run --invoke 'plan(…)'`, precompiled: {w:.3} s");
+        for (i, (_, records)) in homes.iter().enumerate() {
+            let e = median(exec_s[i].clone());
+            println!("  exec / wasmtime run at {records:>10} records: {:>5.2}x   (target <= 1.2x at 1M)", e / w);
+        }
     }
     Ok(())
 }
