@@ -577,8 +577,17 @@ fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     };
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    // A stale temporary (a crash) is removed, never written through: if
+    // something planted a link there, removing it removes the link, and
+    // `create_new` (O_EXCL) refuses any name that exists again by then,
+    // symbolic links included, so the bytes never land outside `dir`.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -603,6 +612,24 @@ mod tests {
     use edge_core::snapshot::diff;
 
     const MAX: u64 = 1 << 20;
+
+    #[test]
+    fn a_planted_temporary_link_is_not_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "untouched").unwrap();
+        let dir = t.path().join("state");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".receipt.tmp")).unwrap();
+        write_durably(&dir.join("receipt"), b"written").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+        assert_eq!(fs::read_to_string(dir.join("receipt")).unwrap(), "written");
+        assert!(!dir.join(".receipt.tmp").exists());
+        // And again with a stale plain temporary left by a crash.
+        fs::write(dir.join(".receipt.tmp"), "stale").unwrap();
+        write_atomically(&dir.join("receipt"), b"again").unwrap();
+        assert_eq!(fs::read_to_string(dir.join("receipt")).unwrap(), "again");
+    }
 
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let t = tempfile::tempdir().unwrap();
