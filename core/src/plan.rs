@@ -557,6 +557,19 @@ mod tests {
         Plan { summary: "s".into(), changes, findings: vec![], facts: vec![] }
     }
 
+    #[test]
+    fn validating_for_a_capsule_file_is_validating_for_its_manifest() {
+        let m = manifest();
+        let file = crate::container::CapsuleFile::new(m.clone(), Vec::new()).unwrap();
+        let p = plan(vec![change(Action::Create, "a", None, Some("1"))]);
+        let (by_manifest, by_file) = (p.clone().validate(&m, 10).unwrap(), p.validate_for(&file, 10).unwrap());
+        assert_eq!(by_manifest.capsule(), by_file.capsule());
+        assert_eq!(by_file.capsule(), m.digest().unwrap());
+        assert_eq!(by_manifest.digest(), by_file.digest());
+        assert_eq!(by_file.canonical(), canonical::to_canonical_vec(by_file.plan()).unwrap());
+        assert_eq!(Sha256Digest::of(by_file.canonical()), by_file.digest());
+    }
+
     fn entry(c: &Change) -> DiffEntry {
         DiffEntry {
             mount: c.mount.clone(),
