@@ -24,6 +24,7 @@
 pub mod admission;
 pub mod approval;
 pub mod authorize;
+pub mod bounded;
 pub mod canonical;
 mod canonical_direct;
 pub mod container;

@@ -178,7 +178,7 @@ pub struct TrustedSigners {
     root: Option<TrustedRoot>,
     /// Keyed signatures already verified against exactly these signers,
     /// by the digest of everything the check reads (see [`verify_capsule`]).
-    verified: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Verified>>,
+    verified: crate::bounded::BoundedMap<Sha256Digest, Verified>,
 }
 
 /// At most this many verified signatures are remembered (emptied when full).
@@ -204,7 +204,7 @@ impl TrustedSigners {
             }
             None => None,
         };
-        Ok(Self { signers, root, verified: std::sync::Mutex::default() })
+        Ok(Self { signers, root, verified: crate::bounded::BoundedMap::new(VERIFIED_MAX) })
     }
 
     pub fn signers(&self) -> &[TrustedSigner] {
@@ -215,9 +215,7 @@ impl TrustedSigners {
     pub fn set_signers(&mut self, signers: Vec<TrustedSigner>) {
         self.signers = signers;
         // What verified against the old signers proves nothing now.
-        if let Ok(m) = self.verified.get_mut() {
-            m.clear();
-        }
+        self.verified.clear();
     }
 
     pub fn has_trusted_root(&self) -> bool {
@@ -290,18 +288,12 @@ pub fn verify_capsule(file: CapsuleFile, trusted: &TrustedSigners) -> Result<Ver
         h.update(bytes);
         Sha256Digest(h.finalize().into())
     };
-    let remembered = trusted.verified.lock().ok().and_then(|m| m.get(&key).cloned());
-    let v = match remembered {
+    let v = match trusted.verified.get(&key) {
         Some(v) => v,
         None => {
             let v = verify_parts(capsule, component, bytes, trusted)?;
-            if v.2 == Transparency::None
-                && let Ok(mut m) = trusted.verified.lock()
-            {
-                if m.len() >= VERIFIED_MAX {
-                    m.clear();
-                }
-                m.insert(key, v.clone());
+            if v.2 == Transparency::None {
+                trusted.verified.insert(key, v.clone());
             }
             v
         }
@@ -720,7 +712,7 @@ mod tests {
         let bundle = key.sign_capsule(&c);
         let signed = c.clone().with_bundle(bundle.clone());
         assert_eq!(verify_capsule(signed.clone(), &t).unwrap().signer(), "agent");
-        assert_eq!(t.verified.lock().unwrap().len(), 1, "a keyed success is remembered");
+        assert_eq!(t.verified.len(), 1, "a keyed success is remembered");
         assert_eq!(verify_capsule(signed.clone(), &t).unwrap().signer(), "agent");
 
         // The remembered bundle moved onto another capsule: checked in full, refused.
@@ -734,7 +726,7 @@ mod tests {
         v["dsseEnvelope"]["signatures"][0]["sig"] = base64::engine::general_purpose::STANDARD.encode(raw).into();
         let flipped = c.clone().with_bundle(serde_json::to_vec(&v).unwrap());
         assert_eq!(verify_capsule(flipped, &t).unwrap_err().reason_code(), "signature.untrusted_signer");
-        assert_eq!(t.verified.lock().unwrap().len(), 1, "refusals are never remembered");
+        assert_eq!(t.verified.len(), 1, "refusals are never remembered");
 
         // The signer is no longer trusted: what verified before proves nothing.
         let other = CapsuleSigningKey::generate();

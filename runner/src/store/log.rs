@@ -125,7 +125,7 @@ pub struct StoreHandle {
     /// as artifacts are stored, not read from the store at open (that grew
     /// start-up and memory with the log), and bounded ([`KNOWN_MAX`]): a
     /// digest not in it costs one idempotent insert, nothing more.
-    known: Arc<Mutex<std::collections::HashSet<Sha256Digest>>>,
+    known: Arc<edge_core::bounded::BoundedMap<Sha256Digest, ()>>,
 }
 
 impl StoreHandle {
@@ -156,7 +156,7 @@ impl StoreHandle {
         digest: Sha256Digest,
         bytes: &[u8],
     ) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
-        if self.known.lock().expect("known lock").contains(&digest) {
+        if self.known.contains(&digest) {
             return Ok((digest, None));
         }
         let (reply, rx) = oneshot::channel();
@@ -167,11 +167,7 @@ impl StoreHandle {
     }
 
     fn artifact_durable(&self, d: Sha256Digest) {
-        let mut known = self.known.lock().expect("known lock");
-        if known.len() >= KNOWN_MAX {
-            known.clear();
-        }
-        known.insert(d);
+        self.known.insert(d, ());
     }
 
     /// Store an artifact (content-addressed, idempotent); returns once durable.
@@ -694,7 +690,6 @@ impl EvidenceLog {
                 tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
             }
         })?;
-        let known = std::collections::HashSet::new();
         let (records, leaves) = tree::sizes(&db)?;
         if leaves > records {
             bail!(
@@ -742,7 +737,7 @@ impl EvidenceLog {
         Ok(Self {
             stop_checkpoints: Some(stop_checkpoints),
             wal_thread: Some(wal_thread),
-            handle: StoreHandle { tx, known: Arc::new(Mutex::new(known)) },
+            handle: StoreHandle { tx, known: Arc::new(edge_core::bounded::BoundedMap::new(KNOWN_MAX)) },
             dir: dir.to_path_buf(),
             index,
             head,

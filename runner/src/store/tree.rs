@@ -73,25 +73,22 @@ impl<'a> StoredTree<'a> {
 /// A hash is held as read, never trusted more than a fresh read: proofs
 /// built from it are still checked against the root the log verified
 /// (`EvidenceLog::read_records_at`, `Runner::receipt_of`).
-#[derive(Debug, Default)]
-pub struct NodeCache(std::sync::Mutex<std::collections::HashMap<(u32, u64), Hash>>);
+#[derive(Debug)]
+pub struct NodeCache(edge_core::bounded::BoundedMap<(u32, u64), Hash>);
 
 /// At most this many hashes are kept (about 1 MiB).
 const NODE_CACHE_MAX: usize = 1 << 14;
 
-impl NodeCache {
-    fn get(&self, level: u32, index: u64) -> Option<Hash> {
-        self.0.lock().ok()?.get(&(level, index)).copied()
+impl Default for NodeCache {
+    fn default() -> Self {
+        Self(edge_core::bounded::BoundedMap::new(NODE_CACHE_MAX))
     }
+}
 
+impl NodeCache {
     /// Keep a hash the store holds (read, or committed by the writer).
     pub(crate) fn put(&self, level: u32, index: u64, hash: Hash) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= NODE_CACHE_MAX {
-                m.clear();
-            }
-            m.insert((level, index), hash);
-        }
+        self.0.insert((level, index), hash);
     }
 }
 
@@ -114,7 +111,7 @@ impl Subtrees for StoredTree<'_> {
     }
 
     fn subtree(&self, level: u32, index: u64) -> Result<Hash, RowError> {
-        if let Some(h) = self.cache.and_then(|c| c.get(level, index)) {
+        if let Some(h) = self.cache.and_then(|c| c.0.get(&(level, index))) {
             return Ok(h);
         }
         let h = node(self.db, level, index)?.ok_or(RowError::Missing { level, index })?;
