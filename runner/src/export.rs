@@ -216,7 +216,6 @@ pub fn write_whole<T>(
     path: &Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T>,
 ) -> Result<T> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -224,19 +223,8 @@ pub fn write_whole<T>(
     let name = path.file_name().and_then(|n| n.to_str()).context("the output path names no file")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.partial"));
-    // A leftover of a killed export is removed (a symlink planted there is
-    // removed itself, never followed); the new file must be ours.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove the leftover {}", tmp.display()));
-        }
-        _ => {}
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
+    // A leftover of a killed export is removed, never followed.
+    let file = crate::staging::create_fresh(&tmp)
         .with_context(|| format!("cannot create {} (is the directory writable?)", tmp.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let written = write(&mut w).and_then(|t| {

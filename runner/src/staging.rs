@@ -577,17 +577,8 @@ fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     };
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    // A stale temporary (a crash) is removed, never written through: if
-    // something planted a link there, removing it removes the link, and
-    // `create_new` (O_EXCL) refuses any name that exists again by then,
-    // symbolic links included, so the bytes never land outside `dir`.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
     {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = create_fresh(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;
@@ -598,6 +589,22 @@ fn write_via_temp(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// A new file at `tmp` (mode 0600) that is ours: a leftover there (a crash)
+/// is removed, never written through — if something planted a link there,
+/// removing it removes the link — and `create_new` (O_EXCL) refuses any
+/// name that exists again by then, symbolic links included, so the bytes
+/// never land outside `tmp`'s directory.
+///
+/// # Errors
+/// If the leftover cannot be removed or the file cannot be created.
+pub fn create_fresh(tmp: &Path) -> io::Result<File> {
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp)
 }
 
 /// fsync a directory so renames and creations inside it are durable.
