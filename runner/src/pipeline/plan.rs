@@ -9,7 +9,7 @@ use edge_core::evidence::Event;
 use edge_core::plan::{PlanError as InvalidPlan, ValidPlan};
 
 use super::Runner;
-use super::run::{RunReport, Stage, StageError, Stop};
+use super::run::{Fails, RunReport, Stage, StageError, Stop};
 use crate::sandbox::{Prepared, SandboxError};
 
 /// Why no valid plan came out of the `plan` phase.
@@ -53,8 +53,8 @@ impl Runner {
             .map_err(PlanError::from)?
             .validate_for(file, grant.limits.max_plan_changes as usize)
             .map_err(PlanError::from)?;
-        let plan_d = report.artifact(valid.canonical())?;
-        debug_assert_eq!(plan_d, valid.digest());
+        // `ValidPlan` holds the digest of exactly these bytes: not hashed again.
+        let plan_d = report.log.put_artifact_digested(valid.digest(), valid.canonical()).or_fail()?;
         report.plan = Some(valid.plan().clone());
         report.plan_digest = Some(valid.digest());
         report.record(Event::Planned {
