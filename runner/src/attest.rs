@@ -146,17 +146,17 @@ pub fn attestation(runner: &Runner) -> Result<Event> {
     })
 }
 
-/// Record what this runner is (at every start, from `Runner::open`).
+/// The record of what this runner is (at every start, from `Runner::open`,
+/// which appends it with the rest of the start's records).
 ///
 /// # Errors
-/// As [`binary_digest`], or if the record cannot be made durable.
-pub fn record_start(runner: &Runner) -> Result<()> {
+/// As [`binary_digest`].
+pub fn start_record(runner: &Runner) -> Result<Event> {
     let event = attestation(runner)?;
     if let Event::RunnerStarted { binary, .. } = &event {
         tracing::info!(version = VERSION, revision = REVISION, binary = %binary, "runner started");
     }
-    runner.log.append("runner", event)?;
-    Ok(())
+    Ok(event)
 }
 
 /// One line for `evidence show`, for the events this module and key

@@ -390,6 +390,21 @@ pub enum LoadSource {
     Cache,
 }
 
+/// Where instances' memories, tables and stacks come from. The limits are
+/// the same either way (the [`ResourceLimiter`] of each store enforces
+/// them); what differs is the cost of the first and of the many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instances {
+    /// Slots reserved once and reused (warm memory kept resident): for a
+    /// runner that runs many capsules (`serve`). Reserving the pool costs
+    /// a few milliseconds at start and again at exit.
+    Pooled,
+    /// Allocated for each instance and released after it: for a process
+    /// that runs one capsule (`exec`), where the pool's reservation would
+    /// be most of the sandbox's cost.
+    OnDemand,
+}
+
 impl Sandbox {
     /// Build the engine, the deny-by-default linker and the epoch ticker.
     /// `cache_dir` is created (mode 0700) if missing.
@@ -397,12 +412,24 @@ impl Sandbox {
     /// # Errors
     /// If the engine cannot be configured or the cache dir created.
     pub fn new(cache_dir: &Path, max_memory_mib: u64) -> Result<Self> {
+        Self::with_instances(cache_dir, max_memory_mib, Instances::Pooled)
+    }
+
+    /// As [`Sandbox::new`], with instances allocated as `instances` says.
+    ///
+    /// # Errors
+    /// As [`Sandbox::new`].
+    pub fn with_instances(cache_dir: &Path, max_memory_mib: u64, instances: Instances) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(cache_dir)
             .with_context(|| format!("cannot create component cache {}", cache_dir.display()))?;
-        let engine = Engine::new(&engine_config(max_memory_mib)?).map_err(anyhow::Error::from)?;
+        let mut config = engine_config(max_memory_mib)?;
+        if instances == Instances::OnDemand {
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+        }
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let linker = capability::linker(&engine)?;
         let stop = Arc::new(AtomicBool::new(false));
         {

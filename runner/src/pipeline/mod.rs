@@ -57,7 +57,7 @@ pub use verify::VerifyError;
 
 use crate::config::RunnerConfig;
 use crate::governance::Governance;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Instances, Sandbox};
 use crate::staging::{self, Journal};
 use crate::store::log::{EvidenceLog, StoreHandle};
 use run::Stop;
@@ -105,13 +105,22 @@ impl Runner {
     ///
     /// # Errors
     /// If the log is broken or locked, or the sandbox cannot be built.
-    pub fn open(mut config: RunnerConfig) -> Result<Self> {
+    pub fn open(config: RunnerConfig) -> Result<Self> {
+        Self::open_with(config, Instances::Pooled)
+    }
+
+    /// As [`Runner::open`], with the sandbox's instances allocated as
+    /// `instances` says (a process that runs one capsule: on demand).
+    ///
+    /// # Errors
+    /// As [`Runner::open`].
+    pub fn open_with(mut config: RunnerConfig, instances: Instances) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
         crate::rotate::finish_interrupted(&config, &log)?;
         let identity = Arc::new(crate::identity::load_identity(&config)?);
-        let sandbox = Sandbox::new(&config.cache_dir, config.ceiling.max_limits.memory_mib)?;
+        let sandbox = Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances)?;
         let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
         let settling = tokio::sync::Mutex::new(());
         let governance = config.governance.take().context("this runner config is already held by a runner")?;
@@ -132,16 +141,22 @@ impl Runner {
         runner.record_identity()?;
         runner.recover()?;
         runner.record_policy_in_force()?;
-        crate::attest::record_start(&runner)?;
+        let mut start = vec![crate::attest::start_record(&runner)?];
         if !runner.config.dangerous.is_empty() {
             tracing::warn!(switches = ?runner.config.dangerous, "running with insecure switches");
-            runner.log.append("runner", Event::Insecure { switches: runner.config.dangerous.clone() })?;
+            start.push(Event::Insecure { switches: runner.config.dangerous.clone() });
         }
+        // The start's records and a checkpoint over them: one commit.
+        runner.log.append_with_checkpoint("runner", start, &runner.identity, &runner.config.name)?;
         // From the first start on, the newest signed checkpoint is kept
         // outside the database (a crash before the WAL thread wrote it must
-        // not look like a deleted file at the next start).
-        runner.checkpoint()?;
-        crate::store::trust::publish_now(runner.log.dir())?;
+        // not look like a deleted file at the next start). Later starts
+        // leave the file to the WAL thread and the close (as every commit
+        // between them does): rewriting it here was two disk flushes more
+        // per start, and a one-run `exec` closes moments later.
+        if !runner.log.dir().join(crate::store::trust::LATEST_CHECKPOINT_FILE).exists() {
+            crate::store::trust::publish_now(runner.log.dir())?;
+        }
         Ok(runner)
     }
 
@@ -360,7 +375,7 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
         bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
     }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
-    let runner = Runner::open(config)?;
+    let runner = Runner::open_with(config, Instances::OnDemand)?;
     let approvals = read_approvals(approvals)?;
     runner.exec_with_approvals(&bytes, &approvals).await
 }

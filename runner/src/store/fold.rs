@@ -214,10 +214,10 @@ pub fn store(db: &Connection, c: &Changes) -> Result<()> {
             count.execute(params![key, *at as i64, counter])?;
         }
     }
-    db.execute(
+    db.prepare_cached(
         "INSERT INTO fold (id, records, state) VALUES (0, ?1, ?2) ON CONFLICT (id) DO UPDATE SET records = ?1, state = ?2",
-        params![c.records as i64, serde_json::to_string(&c.rest)?],
-    )?;
+    )?
+    .execute(params![c.records as i64, serde_json::to_string(&c.rest)?])?;
     Ok(())
 }
 

@@ -281,9 +281,10 @@ impl Writer {
                         match record.canonical_bytes() {
                             Ok(body) => {
                                 let hash = Sha256Digest::of(&body);
-                                tx.execute(
+                                tx.prepare_cached(
                                     "INSERT INTO records (seq, run, type, time, prev, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                                    params![
+                                )?
+                                .execute(params![
                                         record.seq as i64,
                                         record.run,
                                         record.event_type(),
@@ -291,8 +292,7 @@ impl Writer {
                                         record.prev.to_string(),
                                         hash.to_string(),
                                         std::str::from_utf8(&body).expect("canonical JSON is UTF-8"),
-                                    ],
-                                )?;
+                                ])?;
                                 let mut stored = Ok(());
                                 self.range.push_reporting(merkle::leaf_hash(&body), |level, index, hash| {
                                     if stored.is_ok() {
@@ -311,10 +311,8 @@ impl Writer {
                     }
                     Request::Artifact { digest, bytes, .. } => {
                         let d = *digest;
-                        tx.execute(
-                            "INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
-                            params![d.to_string(), bytes.len() as i64, bytes],
-                        )?;
+                        tx.prepare_cached("INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)")?
+                            .execute(params![d.to_string(), bytes.len() as i64, bytes])?;
                         Ok(Outcome::Artifact(d))
                     }
                     Request::Ping { .. } | Request::Poison { .. } => {
@@ -324,15 +322,15 @@ impl Writer {
                         let cp = Checkpoint { origin: origin.clone(), size: self.next_seq, root: self.range.root() };
                         match signer.sign(&cp.text()) {
                             Ok(note) => {
-                                tx.execute(
+                                tx.prepare_cached(
                                     "INSERT OR IGNORE INTO checkpoints (size, root, note, time) VALUES (?1, ?2, ?3, ?4)",
-                                    params![
-                                        cp.size as i64,
-                                        base64_std(&cp.root),
-                                        note,
-                                        jiff::Timestamp::now().to_string()
-                                    ],
-                                )?;
+                                )?
+                                .execute(params![
+                                    cp.size as i64,
+                                    base64_std(&cp.root),
+                                    note,
+                                    jiff::Timestamp::now().to_string()
+                                ])?;
                                 Ok(Outcome::Checkpoint(note))
                             }
                             Err(e) => Err(e.to_string()),
@@ -410,13 +408,14 @@ impl Writer {
     /// lost), then let memory forget what it need not keep.
     fn keep_fold(&mut self) -> Result<()> {
         let changes = self.index.write().expect("index lock").changes();
-        self.db.pragma_update(None, "synchronous", "OFF")?;
+        // (Cached statements: this runs after every commit.)
+        self.db.prepare_cached("PRAGMA synchronous = OFF")?.execute([])?;
         let stored = (|| -> Result<()> {
             let tx = self.db.transaction()?;
             fold::store(&tx, &changes)?;
             Ok(tx.commit()?)
         })();
-        self.db.pragma_update(None, "synchronous", "FULL")?;
+        self.db.prepare_cached("PRAGMA synchronous = FULL")?.execute([])?;
         stored?;
         self.index.write().expect("index lock").stored(&changes);
         Ok(())
@@ -842,6 +841,38 @@ impl EvidenceLog {
     pub fn poison(&self, why: String) {
         // A writer already gone accepts nothing anyway.
         let _ = self.handle.tx.send(Request::Poison { why });
+    }
+
+    /// Append `events` and sign a checkpoint covering them, waiting until all
+    /// of it is durable: one commit when the writer takes them together
+    /// (they are queued back to back), where an append and a checkpoint
+    /// each would be a commit (and a disk flush) of their own. For the
+    /// records of a start.
+    ///
+    /// # Errors
+    /// If any of it could not be made durable (the first error).
+    pub fn append_with_checkpoint(
+        &self,
+        run: &str,
+        events: Vec<Event>,
+        signer: &Arc<NoteSigner>,
+        origin: &str,
+    ) -> Result<String> {
+        let t0 = Instant::now();
+        let appends = events.into_iter().map(|e| self.handle.send_append(run, e, None)).collect::<Result<Vec<_>>>()?;
+        let checkpoint = self.handle.send_checkpoint(signer.clone(), origin)?;
+        let mut first_error = None;
+        for rx in appends {
+            if let Err(e) = wait(received(rx)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        let r = wait(received(checkpoint));
+        self.account_durable_wait(t0.elapsed());
+        match first_error {
+            Some(e) => Err(e),
+            None => r,
+        }
     }
 
     /// Sign a checkpoint of the whole log with the runner's identity key and store it.

@@ -56,3 +56,35 @@ fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_th
         .collect();
     assert_eq!(details, ["one", "two"]);
 }
+
+#[test]
+fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    log.append("r-a", refused("before")).unwrap();
+    let note =
+        log.append_with_checkpoint("runner", vec![refused("one"), refused("two")], &signer, "runner.test").unwrap();
+    // The checkpoint covers both records, and it is the newest stored.
+    assert_eq!(log.len(), 3);
+    assert_eq!(Checkpoint::claimed(&note).unwrap().size, 3);
+    assert_eq!(log.newest_checkpoint().unwrap(), Some((3, note)));
+
+    // One of them cannot be committed: the caller learns it, and no
+    // checkpoint claims records that are not there.
+    let other = Connection::open(dir.path().join("evidence.db")).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER fail_one BEFORE INSERT ON records WHEN NEW.run = 'r-fail' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let e = log.append_with_checkpoint("r-fail", vec![refused("three")], &signer, "runner.test").unwrap_err();
+    assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
+    assert_eq!(log.newest_checkpoint().unwrap().map(|(size, _)| size), Some(3));
+    drop(log);
+    other.execute_batch("DROP TRIGGER fail_one;").unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    assert_eq!(log.len(), 3, "nothing of the failed start is in the log");
+}
