@@ -337,7 +337,7 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     /// Components already loaded in this process, by digest (bounded).
-    loaded: std::sync::Mutex<std::collections::HashMap<Sha256Digest, Arc<Loaded>>>,
+    loaded: edge_core::bounded::BoundedMap<Sha256Digest, Arc<Loaded>>,
     _ticker: EpochTicker,
 }
 
@@ -449,7 +449,7 @@ impl Sandbox {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
-            loaded: std::sync::Mutex::new(std::collections::HashMap::new()),
+            loaded: edge_core::bounded::BoundedMap::new(MAX_LOADED),
             _ticker: EpochTicker(stop),
         })
     }
@@ -499,17 +499,15 @@ impl Sandbox {
     /// # Errors
     /// As [`Sandbox::load`].
     pub fn load_shared(&self, bytes: &[u8], digest: &Sha256Digest) -> Result<Arc<Loaded>> {
-        if let Some(l) = self.loaded.lock().expect("loaded lock").get(digest) {
-            return Ok(l.clone());
+        if let Some(l) = self.loaded.get(digest) {
+            return Ok(l);
         }
         let (component, source) = self.load(bytes, digest)?;
         let imports = self.imports(&component);
         let l = Arc::new(Loaded { component, imports, source, pre: std::sync::OnceLock::new() });
-        let mut map = self.loaded.lock().expect("loaded lock");
-        if map.len() >= MAX_LOADED {
-            map.clear();
-        }
-        Ok(map.entry(*digest).or_insert(l).clone())
+        // (Two runs loading it at once each keep their own: both are valid.)
+        self.loaded.insert(*digest, l.clone());
+        Ok(l)
     }
 
     /// The component's imports as the engine sees them (`wasi:io/streams@0.2.6`, …).

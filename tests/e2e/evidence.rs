@@ -839,3 +839,46 @@ fn a_reviewer_sees_an_approved_tier_2_config_change_as_committed_with_its_quorum
     chromium_screenshot(&html, &png);
     eprintln!("screenshot of the report: {}", png.display());
 }
+
+#[test]
+fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
+    let env = Env::new();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
+    // The same capsule again: refused as a replay, recorded all the same.
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "refused");
+    // The JSON listing is one array of every record, and `--run` only that run's.
+    let all = env.evidence();
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 10, "{}", all.len());
+    let run = all.iter().rev().find(|r| r["run"].as_str().unwrap().starts_with("r-")).unwrap()["run"].clone();
+    let one = env.cli(&["evidence", "show", "--config", "runner.toml", "--json", "--run", run.as_str().unwrap()]);
+    let one: serde_json::Value = serde_json::from_str(&one.success().stdout()).unwrap();
+    let expected: Vec<&serde_json::Value> = all.iter().filter(|r| r["run"] == run).collect();
+    assert_eq!(one.as_array().unwrap().iter().collect::<Vec<_>>(), expected);
+    let none = env.cli(&["evidence", "show", "--config", "runner.toml", "--json", "--run", "r-none"]);
+    assert_eq!(none.success().stdout(), "[]\n");
+
+    // Record 5 rewritten below the runner (its triggers dropped first).
+    let db = env.path("state/evidence/evidence.db");
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "DROP TRIGGER records_append_only_u; \
+             UPDATE records SET body = replace(body, '\"seq\":5', '\"seq\":5 ') WHERE seq = 5;",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = env.cli(&["evidence", "show", "--config", "runner.toml"]);
+    assert_eq!(shown.code(), 1, "an altered store is not listed as verified");
+    assert!(
+        shown.stderr().contains("failed verification") && shown.stderr().contains("record 5"),
+        "{}",
+        shown.stderr()
+    );
+    // What verified before it was listed; nothing from it on, and no summary.
+    let stdout = shown.stdout();
+    let listed: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with('#')).collect();
+    assert_eq!(listed.len(), 5, "{stdout}");
+    assert!(!stdout.contains("chain verified"), "{stdout}");
+}

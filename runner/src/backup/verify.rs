@@ -98,6 +98,7 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
         if wanted.contains(&range.size()) {
             tree.at.insert(range.size(), range.root());
         }
+        Ok(())
     })
     .with_context(|| format!("the evidence store {} failed verification", db_path.display()))?;
     tree.size = range.size();

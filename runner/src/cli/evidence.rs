@@ -357,25 +357,56 @@ impl Trust {
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<Exit> {
     let config = RunnerConfig::load(config)?;
     let dir = config.state_dir.join("evidence");
-    let (records, leaves) = crate::store::log::load_verified(&dir)
-        .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
-    let root = edge_core::merkle::root(&leaves);
-    let records: Vec<&Record> = records.iter().filter(|r| run.is_none_or(|id| r.run == id)).collect();
+    // Streamed: each record is printed once it has verified (memory does
+    // not grow with the log); a record that fails stops the listing there
+    // with the error, and the text form's summary (last) is only printed
+    // when every record verified.
+    let mut shown = 0u64;
+    // Buffered (stdout flushes every line); a failure to write (a closed
+    // pipe) is told as that, not as a verification failure.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+    let mut unwritten: Option<std::io::Error> = None;
+    let mut each = |r: Record, _| -> Result<()> {
+        if run.is_some_and(|id| r.run != id) {
+            return Ok(());
+        }
+        let mut write = |r: &Record| -> std::io::Result<()> {
+            if json {
+                // The pretty array `serde_json::to_writer_pretty` writes, one element at a time.
+                out.write_all(if shown == 0 { b"[\n" } else { b",\n" })?;
+                let element = serde_json::to_string_pretty(r)?;
+                for (i, line) in element.lines().enumerate() {
+                    out.write_all(if i == 0 { b"  " } else { b"\n  " })?;
+                    out.write_all(line.as_bytes())?;
+                }
+                Ok(())
+            } else {
+                print_record(r, &mut out).map_err(std::io::Error::other)
+            }
+        };
+        write(&r).map_err(|e| {
+            unwritten = Some(e);
+            anyhow::anyhow!("the listing could not be written")
+        })?;
+        shown += 1;
+        Ok(())
+    };
+    let verified = crate::store::log::each_verified(&dir, &mut each);
+    if let Some(e) = unwritten {
+        return Err(anyhow::Error::from(e).context("cannot write the records"));
+    }
+    let (records, root) = verified.with_context(|| format!("evidence store {} failed verification", dir.display()))?;
     if json {
-        serde_json::to_writer_pretty(&mut *out, &records)?;
-        writeln!(out)?;
+        out.write_all(if shown == 0 { b"[]\n" } else { b"\n]\n" })?;
     } else {
         writeln!(
             out,
-            "evidence store {}: {} record(s), chain verified, Merkle root {}",
+            "evidence store {}: {records} record(s), chain verified, Merkle root {}",
             dir.display(),
-            leaves.len(),
             hex::encode(root)
         )?;
-        for r in records {
-            print_record(r, out)?;
-        }
     }
+    out.flush()?;
     Ok(Exit::Ok)
 }
 

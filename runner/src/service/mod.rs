@@ -72,7 +72,7 @@ pub struct RunService {
     notifier: std::sync::Mutex<Option<crate::notify::Notifier>>,
     /// Components submitted earlier, by digest, for submissions by
     /// reference (bounded; a miss reads the evidence store).
-    components: std::sync::Mutex<std::collections::HashMap<Sha256Digest, KnownComponent>>,
+    components: edge_core::bounded::BoundedMap<Sha256Digest, KnownComponent>,
 }
 
 impl std::fmt::Debug for RunService {
@@ -174,7 +174,7 @@ impl RunService {
             approving: tokio::sync::Mutex::new(()),
             ticker,
             notifier: std::sync::Mutex::new(Some(notifier)),
-            components: std::sync::Mutex::new(std::collections::HashMap::new()),
+            components: edge_core::bounded::BoundedMap::new(MAX_COMPONENTS),
         }))
     }
 
@@ -264,17 +264,12 @@ impl RunService {
             Err(e) => return Ok(Err(ByReference::BadManifest(e.to_string()))),
         };
         let digest = m.component.sha256;
-        let cached = self.components.lock().expect("components lock").get(&digest).cloned();
-        let component = match cached {
+        let component = match self.components.get(&digest) {
             Some(c) => c,
             None => match self.runner.log.read_artifact(&digest)? {
                 Some(bytes) => {
                     let c = KnownComponent::new(bytes);
-                    let mut map = self.components.lock().expect("components lock");
-                    if map.len() >= MAX_COMPONENTS {
-                        map.clear();
-                    }
-                    map.insert(digest, c.clone());
+                    self.components.insert(digest, c.clone());
                     c
                 }
                 None => return Ok(Err(ByReference::UnknownComponent(digest))),

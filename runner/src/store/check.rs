@@ -66,26 +66,27 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     let mut compared = false;
     let result = tree::verify_records(&db, 0, records, true, |r, _| {
         if failed.is_some() {
-            return;
+            return Ok(());
         }
         let seq = r.seq;
         if matches!(r.event, Event::KeyEvent { .. } | Event::KeyRotation { .. })
             && let Err(e) = history.push(origin, &r)
         {
             failed = Some(anyhow!("record {seq} ({}): {e}", e.reason_code()));
-            return;
+            return Ok(());
         }
         fold.push(&r);
         if stored_fold == Some(seq + 1) {
             compared = true;
             if let Err(e) = compare_fold(&db, &fold) {
                 failed = Some(e);
-                return;
+                return Ok(());
             }
         }
         if (seq + 1).is_multiple_of(REPORT_EVERY) {
             progress(seq + 1, records);
         }
+        Ok(())
     });
     // The signed checkpoints need the tree's roots: checked from the
     // stored tree once every hash of it was (above).
@@ -169,7 +170,7 @@ pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
     let kept = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
     let from = crate::store::trust::signed_size(&db, dir)?.min(records);
-    tree::verify_records(&db, from, records, true, |_, _| {})?;
+    tree::verify_records(&db, from, records, true, |_, _| Ok(()))?;
     let mut stmt = db.prepare("SELECT body FROM records WHERE type IN ('key-event', 'key-rotation') ORDER BY seq")?;
     let key_records = stmt
         .query_map([], |r| r.get::<_, String>(0))?

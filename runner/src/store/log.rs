@@ -1181,7 +1181,7 @@ fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogI
     let mut failed = None;
     let tail = tree::verify_records(db, signed.min(folded), records, true, |r, _| {
         if r.seq < folded || failed.is_some() {
-            return;
+            return Ok(());
         }
         let mut load = |id: &str| {
             fold::proposal(db, id).unwrap_or_else(|e| {
@@ -1195,6 +1195,7 @@ fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogI
         {
             failed.get_or_insert(e);
         }
+        Ok(())
     })?;
     if let Some(e) = failed {
         return Err(e.context("cannot fold the evidence log"));
@@ -1209,18 +1210,33 @@ fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogI
 /// # Errors
 /// If it cannot be read or fails verification (naming the record).
 pub fn load_verified(dir: &Path) -> Result<(Vec<Record>, Vec<Hash>)> {
+    let (mut records, mut leaves) = (Vec::new(), Vec::new());
+    each_verified(dir, |r, leaf| {
+        records.push(r);
+        leaves.push(leaf);
+        Ok(())
+    })?;
+    Ok((records, leaves))
+}
+
+/// Read and verify a store without writing to it, handing each record and
+/// its leaf hash to `each` in order as it is verified (memory independent
+/// of the log's length). Returns the number of records and the Merkle root
+/// of the whole log. A record that fails verification ends it with an
+/// error (naming the record) after the records before it were handed
+/// over; an error from `each` ends it too.
+///
+/// # Errors
+/// If the store cannot be read, fails verification, or `each` fails.
+pub fn each_verified(dir: &Path, each: impl FnMut(Record, Hash) -> Result<()>) -> Result<(u64, Hash)> {
     crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
     let db = read_only(dir)?;
     // A store not yet migrated (a backup's copy of an older one) has no
     // tree to compare with; its chain is checked all the same.
     let has_tree = matches!(crate::store::schema::found(&db)?, crate::store::schema::Found::At(v) if v >= 2);
-    let size: i64 = db.query_row("SELECT coalesce(max(seq) + 1, 0) FROM records", [], |r| r.get(0))?;
-    let (mut records, mut leaves) = (Vec::new(), Vec::new());
-    tree::verify_records(&db, 0, size as u64, has_tree, |r, leaf| {
-        records.push(r);
-        leaves.push(leaf);
-    })?;
-    Ok((records, leaves))
+    let records: i64 = db.query_row("SELECT coalesce(max(seq) + 1, 0) FROM records", [], |r| r.get(0))?;
+    let tail = tree::verify_records(&db, 0, records as u64, has_tree, each)?;
+    Ok((records as u64, tail.range.root()))
 }
 
 #[cfg(test)]

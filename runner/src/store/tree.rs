@@ -172,7 +172,8 @@ pub struct Tail {
 /// (`compare_tree`) that every tree hash they complete is the stored one.
 /// Record `from - 1` (the last one a signed checkpoint covers) is tied to
 /// the stored tree by an inclusion proof, so the chain continues from signed
-/// history. Each record is handed to `each` with its leaf hash, in order.
+/// history. Each record is handed to `each` with its leaf hash, in order
+/// (an error from `each` ends the reading there).
 /// Returns the compact range of the whole log.
 ///
 /// What is *not* checked here is that the stored tree's root at `from` is
@@ -186,7 +187,7 @@ pub fn verify_records(
     from: u64,
     size: u64,
     compare_tree: bool,
-    mut each: impl FnMut(edge_core::evidence::Record, Hash),
+    mut each: impl FnMut(edge_core::evidence::Record, Hash) -> Result<()>,
 ) -> Result<Tail> {
     let tree = StoredTree::new(db, size);
     let mut range = merkle::compact_of(&tree, from).map_err(|e| anyhow!("the stored tree at size {from}: {e}"))?;
@@ -240,7 +241,7 @@ pub fn verify_records(
         if let Some(why) = disagrees {
             bail!("{why}: the records and the persisted tree disagree (the store was altered)");
         }
-        each(record, leaf);
+        each(record, leaf)?;
         prev = h;
         expected += 1;
     }
