@@ -51,7 +51,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use edge_core::Sha256Digest;
-use edge_core::lifecycle::State;
 use edge_core::note::{Checkpoint, NoteSigner};
 use rusqlite::Connection;
 use sha2::Digest as _;
@@ -572,12 +571,11 @@ fn left_out(config: &RunnerConfig) -> Vec<Skipped> {
 fn warnings(v: &verify::Verified, files: &[FileEntry]) -> Vec<String> {
     let mut w = Vec::new();
     let have: std::collections::BTreeSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    for p in v.index.proposals.iter().filter(|p| p.state == State::AwaitingApproval) {
-        if !have.contains(format!("{}/proposals/{}.json", manifest::STATE, p.id).as_str()) {
+    for id in v.index.awaiting.keys() {
+        if !have.contains(format!("{}/proposals/{id}.json", manifest::STATE).as_str()) {
             w.push(format!(
-                "proposal {} waits for approval in the backup's log but its document was not copied (it was settled \
-                 while the backup ran): restored, it cannot be approved and expires; submit it again if needed",
-                p.id
+                "proposal {id} waits for approval in the backup's log but its document was not copied (it was settled \
+                 while the backup ran): restored, it cannot be approved and expires; submit it again if needed"
             ));
         }
     }

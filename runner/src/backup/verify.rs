@@ -68,6 +68,9 @@ fn key_history(identity: &NoteVerifier, index: &LogIndex) -> Result<KeyHistory> 
     crate::store::trust::key_history_of(&index.key_records, &identity.name)
 }
 
+/// How often the backup's fold lets go of what it need not keep.
+const FORGET_EVERY: u64 = 4096;
+
 /// Verify the store in `dir` (`evidence.db` and `latest-checkpoint`) as the
 /// runner does at start, with `identity` the runner's public key.
 ///
@@ -90,10 +93,17 @@ pub fn store(dir: &Path, identity: &NoteVerifier) -> Result<Verified> {
     wanted.extend(crate::store::trust::newest_checkpoint_row(&db)?.map(|(size, _)| size));
     wanted.extend(crate::store::trust::read_kept(dir)?.and_then(|t| crate::store::trust::claimed_size(&t)));
     let size: i64 = db.query_row("SELECT coalesce(max(seq) + 1, 0) FROM records", [], |r| r.get(0))?;
-    let (mut range, mut tree, mut index) = (CompactRange::default(), Roots::default(), LogIndex::in_memory());
+    // The fold as the runner keeps it (bounded by the work in flight: the
+    // final proposals are let go every `FORGET_EVERY` records), where an
+    // index of every proposal grew with the log (~1.5 KB a run).
+    let (mut range, mut tree, mut index) = (CompactRange::default(), Roots::default(), LogIndex::default());
     tree.at.insert(0, edge_core::merkle::empty_root());
     crate::store::tree::verify_records(&db, 0, size as u64, version >= 2, |r, leaf| {
         index.push(&r);
+        if (r.seq + 1).is_multiple_of(FORGET_EVERY) {
+            let changes = index.changes();
+            index.stored(&changes);
+        }
         range.push(leaf);
         if wanted.contains(&range.size()) {
             tree.at.insert(range.size(), range.root());

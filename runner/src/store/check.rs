@@ -9,8 +9,9 @@
 //! checkpoint (with its leaf and inner hashes, by someone who can write
 //! `evidence.db`) is caught when it is read, exported or checked here: one
 //! pass over every record, in one read transaction (a consistent snapshot;
-//! the runner keeps appending meanwhile), constant memory but for the
-//! fold's proposals:
+//! the runner keeps appending meanwhile), in memory bounded by the work in
+//! flight (the fold is made again as the writer keeps it: what is final
+//! goes to a scratch database under `$TMPDIR`, deleted when done):
 //!
 //! * every record's canonical form, sequence, chain link and hash column;
 //! * every hash of the persisted Merkle tree, against the records;
@@ -22,7 +23,7 @@
 //!
 //! It only reads: a kill at any point loses nothing.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -61,7 +62,7 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
     let mut checkpoints = checkpoints.query([])?;
     let mut next_checkpoint = next_row(&mut checkpoints)?;
-    let (mut history, mut fold, mut checked) = (KeyHistory::default(), LogIndex::in_memory(), 0u64);
+    let (mut history, mut fold, mut checked) = (KeyHistory::default(), ScratchFold::new()?, 0u64);
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
     let result = tree::verify_records(&db, 0, records, true, |r, _| {
@@ -75,10 +76,13 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
             failed = Some(anyhow!("record {seq} ({}): {e}", e.reason_code()));
             return Ok(());
         }
-        fold.push(&r);
+        if let Err(e) = fold.push(&r) {
+            failed = Some(e);
+            return Ok(());
+        }
         if stored_fold == Some(seq + 1) {
             compared = true;
-            if let Err(e) = compare_fold(&db, &fold) {
+            if let Err(e) = fold.keep().and_then(|()| compare_fold(&db, &fold.db)) {
                 failed = Some(e);
                 return Ok(());
             }
@@ -135,7 +139,69 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
         bail!("the stored fold covers {} records; the store holds {records}", stored_fold.unwrap_or(0));
     }
     drop(tail);
-    Ok(Checked { records, checkpoints: checked, proposals: fold.proposals.iter().count() as u64 })
+    Ok(Checked { records, checkpoints: checked, proposals: fold.proposals()? })
+}
+
+/// The fold of the records made again as the runner's writer keeps it: in
+/// memory only what is in flight, every `KEEP_EVERY` records the rest
+/// stored (`crate::store::fold`) in a scratch database of its own, from
+/// where a proposal is loaded again when a record names it.
+struct ScratchFold {
+    db: Connection,
+    index: LogIndex,
+    /// Holds the scratch database; removed (with it) when dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// Records folded between two stores of the scratch fold.
+const KEEP_EVERY: u64 = 4096;
+
+impl ScratchFold {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("edge-runner-check-")
+            .tempdir()
+            .context("cannot create the full check's scratch directory (under $TMPDIR)")?;
+        let db = Connection::open(dir.path().join("fold.db"))?;
+        // Scratch: nothing in it needs to survive a crash.
+        db.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
+        db.execute_batch(fold::CREATE)?;
+        Ok(Self { db, index: LogIndex::default(), _dir: dir })
+    }
+
+    fn push(&mut self, r: &edge_core::evidence::Record) -> Result<()> {
+        let db = &self.db;
+        let mut failed = None;
+        self.index.push_with(r, &mut |id| {
+            fold::proposal(db, id).unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                None
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e.context("the full check's scratch fold"));
+        }
+        if (r.seq + 1).is_multiple_of(KEEP_EVERY) {
+            self.keep()?;
+        }
+        Ok(())
+    }
+
+    /// Store what changed since the last time; memory lets go of it.
+    fn keep(&mut self) -> Result<()> {
+        let changes = self.index.changes();
+        let tx = self.db.unchecked_transaction()?;
+        fold::store(&tx, &changes)?;
+        tx.commit()?;
+        self.index.stored(&changes);
+        Ok(())
+    }
+
+    /// Proposals the records make.
+    fn proposals(&mut self) -> Result<u64> {
+        self.keep()?;
+        Ok(self.db.query_row("SELECT count(*) FROM proposals", [], |r| r.get::<_, i64>(0))? as u64)
+    }
 }
 
 /// A read-only connection in one read transaction (a consistent snapshot
@@ -182,57 +248,154 @@ pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
     Ok(records)
 }
 
-/// The stored fold is what folding the records gives.
-fn compare_fold(db: &Connection, fold: &LogIndex) -> Result<()> {
+/// The stored fold is what folding the records gives (`made`: the scratch
+/// fold, stored up to the same record). Both read row by row in key
+/// order, side by side.
+fn compare_fold(db: &Connection, made: &Connection) -> Result<()> {
     let differs = |what: String| {
         anyhow!(
             "the stored fold of the log differs from its records: {what}. The records are intact; stop the runner \
              and delete the fold so the next start rebuilds it: sqlite3 evidence.db 'DELETE FROM fold'"
         )
     };
-    // Row by row (the stored views are not all held at once).
-    let mut stmt = db.prepare("SELECT id, view FROM proposals")?;
-    let mut rows = stmt.query([])?;
-    let mut matched = 0usize;
-    while let Some(row) = rows.next()? {
-        let id = row.get_ref(0)?.as_str()?;
-        let Some(v) = fold.proposals.get(id) else {
-            return Err(differs(format!("proposal {} is stored but not in the records", edge_core::text::line(id))));
-        };
-        let have: serde_json::Value = serde_json::from_str(row.get_ref(1)?.as_str()?)?;
-        if have != serde_json::to_value(v)? {
-            return Err(differs(format!("proposal {} is stored with another view", v.id)));
-        }
-        matched += 1;
-    }
-    if matched != fold.proposals.iter().count() {
-        let mut exists = db.prepare("SELECT 1 FROM proposals WHERE id = ?1")?;
-        for v in fold.proposals.iter() {
-            if !exists.exists([&v.id])? {
-                return Err(differs(format!("proposal {} is not stored", v.id)));
+    let line = edge_core::text::line;
+    let sql = "SELECT id, view FROM proposals ORDER BY id";
+    let (mut stored, mut folded) = (db.prepare(sql)?, made.prepare(sql)?);
+    let (mut stored, mut folded) = (stored.query([])?, folded.query([])?);
+    let next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<(String, String)>> {
+        Ok(match rows.next()? {
+            Some(row) => Some((row.get(0)?, row.get(1)?)),
+            None => None,
+        })
+    };
+    let (mut a, mut b) = (next(&mut stored)?, next(&mut folded)?);
+    loop {
+        match (&a, &b) {
+            (None, None) => break,
+            (Some((id, _)), None) => {
+                return Err(differs(format!("proposal {} is stored but not in the records", line(id))));
+            }
+            (None, Some((id, _))) => return Err(differs(format!("proposal {} is not stored", line(id)))),
+            (Some((x, _)), Some((y, _))) if x < y => {
+                return Err(differs(format!("proposal {} is stored but not in the records", line(x))));
+            }
+            (Some((x, _)), Some((y, _))) if x > y => {
+                return Err(differs(format!("proposal {} is not stored", line(y))));
+            }
+            (Some((id, have)), Some((_, want))) => {
+                // The same text, or the same value written another way.
+                if have != want
+                    && serde_json::from_str::<serde_json::Value>(have)?
+                        != serde_json::from_str::<serde_json::Value>(want)?
+                {
+                    return Err(differs(format!("proposal {} is stored with another view", line(id))));
+                }
+                (a, b) = (next(&mut stored)?, next(&mut folded)?);
             }
         }
     }
-    let mut want: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for kind in fold::Spent::ALL {
-        want.extend(kind.of(&fold.settlements).iter().map(|(k, seq)| ((kind.name(), k.as_str()), *seq)));
+    let spent = |c: &Connection| -> Result<BTreeSet<(String, String, i64)>> {
+        // What was spent is few (approvals' nonces): held as a set.
+        let mut stmt = c.prepare("SELECT kind, key, seq FROM spent")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    let (have, want) = (spent(db)?, spent(made)?);
+    if let Some((kind, key, seq)) = have.difference(&want).next() {
+        return Err(differs(format!(
+            "`{}` {} spent at record {seq} is not what the records say",
+            line(kind),
+            line(key)
+        )));
     }
-    let mut stmt = db.prepare("SELECT kind, key, seq FROM spent")?;
-    let mut rows = stmt.query([])?;
-    let mut have = 0usize;
-    while let Some(row) = rows.next()? {
-        let (kind, key, seq): (String, String, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        have += 1;
-        if want.get(&(kind.as_str(), key.as_str())) != Some(&(seq as u64)) {
-            return Err(differs(format!(
-                "`{}` {} spent at record {seq} is not what the records say",
-                edge_core::text::line(&kind),
-                edge_core::text::line(&key)
-            )));
-        }
-    }
-    if have != want.len() {
-        return Err(differs(format!("{} entries of what was spent are missing", want.len() - have)));
+    let missing = want.difference(&have).count();
+    if missing > 0 {
+        return Err(differs(format!("{missing} entries of what was spent are missing")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold_db(proposals: &[(&str, &str)], spent: &[(&str, &str, i64)]) -> Connection {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(fold::CREATE).unwrap();
+        for (id, view) in proposals {
+            db.execute(
+                "INSERT INTO proposals (id, seq, state, tier, at, view) VALUES (?1, 0, 'committed', 0, 0, ?2)",
+                [id, view],
+            )
+            .unwrap();
+        }
+        for (kind, key, seq) in spent {
+            db.execute("INSERT INTO spent (kind, key, seq) VALUES (?1, ?2, ?3)", rusqlite::params![kind, key, seq])
+                .unwrap();
+        }
+        db
+    }
+
+    fn compared(stored: &Connection, made: &Connection) -> String {
+        compare_fold(stored, made).map_or_else(|e| e.to_string(), |()| "same".into())
+    }
+
+    #[test]
+    fn the_stored_fold_is_compared_row_by_row_with_the_one_made_again() {
+        let made = fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 7)]);
+        // The same rows (a view written with its keys in another order is the same view).
+        let same = fold_db(&[("p-1", r#"{"b":2,"a":1}"#), ("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 7)]);
+        assert_eq!(compared(&same, &made), "same");
+        for (stored, why) in [
+            (
+                fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":4}"#)], &[("nonce", "n1", 7)]),
+                "p-2 is stored with another view",
+            ),
+            (fold_db(&[("p-1", r#"{"a":1,"b":2}"#)], &[("nonce", "n1", 7)]), "p-2 is not stored"),
+            (fold_db(&[("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 7)]), "p-1 is not stored"),
+            (
+                fold_db(&[("p-0", "{}"), ("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 7)]),
+                "p-0 is stored but not in the records",
+            ),
+            (
+                fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#), ("p-3", "{}")], &[("nonce", "n1", 7)]),
+                "p-3 is stored but not in the records",
+            ),
+            (
+                fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 8)]),
+                "n1 spent at record 8",
+            ),
+            (
+                fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#)], &[]),
+                "1 entries of what was spent are missing",
+            ),
+        ] {
+            let said = compared(&stored, &made);
+            assert!(said.contains(why) && said.contains("stored fold of the log differs"), "{why}: {said}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+
+    #[test]
+    fn the_scratch_fold_holds_only_the_work_in_flight() {
+        let runs = 3 * KEEP_EVERY as usize / 10; // ~10 records a run
+        let log = edge_evidence::synth::full_bundle("runner.test", runs);
+        let bundle = edge_evidence::bundle::parse(&log.bundle).unwrap();
+        let mut fold = ScratchFold::new().unwrap();
+        let mut most = 0;
+        for line in &bundle.records {
+            let r: edge_core::evidence::Record = serde_json::from_str(line).unwrap();
+            fold.push(&r).unwrap();
+            most = most.max(fold.index.proposals.in_memory());
+        }
+        // Every proposal is in the scratch database; memory never held more
+        // than what changed between two stores of it.
+        assert_eq!(fold.proposals().unwrap(), runs as u64);
+        assert!(most <= KEEP_EVERY as usize / 5, "{most} proposals in memory at once");
+        assert!(fold.index.proposals.in_memory() < 10, "{}", fold.index.proposals.in_memory());
+    }
 }
