@@ -182,6 +182,8 @@ fn check(config: &Path, full: bool, progress: bool, out: &mut dyn Write) -> Resu
             writeln!(out, "{line}")?;
             Ok(Exit::Ok)
         }
+        // Not a verdict on the store: an error (exit 1), not `FAILED`.
+        Err(e) if e.is::<crate::store::check::CouldNotCheck>() => Err(e),
         Err(e) => {
             writeln!(out, "FAILED: {}", edge_core::text::line(&format!("{e:#}")))?;
             Ok(Exit::Refused)

@@ -628,6 +628,9 @@ fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
                     secs = started.elapsed().as_secs_f32(),
                     "full evidence check passed"
                 ),
+                Err(e) if e.is::<crate::store::check::CouldNotCheck>() => {
+                    tracing::error!(error = %format!("{e:#}"), "full evidence check could not run; the runner carries on");
+                }
                 Err(e) => {
                     let why = format!(
                         "the evidence store failed verification ({e:#}); the runner refuses to run on a broken log: \

@@ -44,6 +44,13 @@ pub struct Checked {
     pub proposals: u64,
 }
 
+/// The full check could not be made (its scratch space under `$TMPDIR`
+/// could not be created or written): this says nothing about the store,
+/// and is not a verification failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the full check could not run ({0:#}); the store was not found wrong: free or fix $TMPDIR and run it again")]
+pub struct CouldNotCheck(anyhow::Error);
+
 /// Records between two progress reports.
 const REPORT_EVERY: u64 = 16_384;
 
@@ -62,7 +69,8 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
     let mut checkpoints = checkpoints.query([])?;
     let mut next_checkpoint = next_row(&mut checkpoints)?;
-    let (mut history, mut fold, mut checked) = (KeyHistory::default(), ScratchFold::new()?, 0u64);
+    let fold = ScratchFold::new().map_err(CouldNotCheck)?;
+    let (mut history, mut fold, mut checked) = (KeyHistory::default(), fold, 0u64);
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
     let result = tree::verify_records(&db, 0, records, true, |r, _| {
@@ -77,12 +85,13 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
             return Ok(());
         }
         if let Err(e) = fold.push(&r) {
-            failed = Some(e);
+            failed = Some(CouldNotCheck(e).into());
             return Ok(());
         }
         if stored_fold == Some(seq + 1) {
             compared = true;
-            if let Err(e) = fold.keep().and_then(|()| compare_fold(&db, &fold.db)) {
+            if let Err(e) = fold.keep().map_err(|e| CouldNotCheck(e).into()).and_then(|()| compare_fold(&db, &fold.db))
+            {
                 failed = Some(e);
                 return Ok(());
             }
@@ -139,7 +148,7 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
         bail!("the stored fold covers {} records; the store holds {records}", stored_fold.unwrap_or(0));
     }
     drop(tail);
-    Ok(Checked { records, checkpoints: checked, proposals: fold.proposals()? })
+    Ok(Checked { records, checkpoints: checked, proposals: fold.proposals().map_err(CouldNotCheck)? })
 }
 
 /// The fold of the records made again as the runner's writer keeps it: in
