@@ -6,6 +6,19 @@ fn refused(detail: &str) -> Event {
     Event::Refused { stage: "test".into(), reason_code: "test.synthetic".into(), detail: detail.into() }
 }
 
+/// Something below the runner makes inserts of run `r-fail` fail (a disk
+/// error, say) until the returned connection drops the trigger.
+fn fail_inserts_of_run_r_fail(dir: &Path) -> Connection {
+    let other = Connection::open(dir.join("evidence.db")).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER fail_one BEFORE INSERT ON records WHEN NEW.run = 'r-fail' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    other
+}
+
 #[test]
 fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_the_writer() {
     let dir = tempfile::tempdir().unwrap();
@@ -20,14 +33,7 @@ fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_th
     assert_eq!(log.len(), 2);
     assert_eq!(run.records().len(), 2);
 
-    // Something below the runner makes one insert fail (a disk error, say).
-    let other = Connection::open(dir.path().join("evidence.db")).unwrap();
-    other
-        .execute_batch(
-            "CREATE TRIGGER fail_one BEFORE INSERT ON records WHEN NEW.run = 'r-fail' \
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-        )
-        .unwrap();
+    let other = fail_inserts_of_run_r_fail(dir.path());
     run.append_deferred("r-fail", refused("three")).unwrap();
     run.append_deferred("r-b", refused("four")).unwrap();
     let e = wait(run.barrier()).unwrap_err();
@@ -73,13 +79,7 @@ fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
 
     // One of them cannot be committed: the caller learns it, and no
     // checkpoint claims records that are not there.
-    let other = Connection::open(dir.path().join("evidence.db")).unwrap();
-    other
-        .execute_batch(
-            "CREATE TRIGGER fail_one BEFORE INSERT ON records WHEN NEW.run = 'r-fail' \
-             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-        )
-        .unwrap();
+    let other = fail_inserts_of_run_r_fail(dir.path());
     let e = log.append_with_checkpoint("r-fail", vec![refused("three")], &signer, "runner.test").unwrap_err();
     assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
     assert_eq!(log.newest_checkpoint().unwrap().map(|(size, _)| size), Some(3));
