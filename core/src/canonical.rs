@@ -49,8 +49,25 @@ pub fn direct_canonical_vec<T: Serialize + ?Sized>(value: &T) -> Option<Vec<u8>>
 /// # Errors
 /// As [`to_canonical_vec`].
 pub fn is_canonical_form_of<T: Serialize + ?Sized>(value: &T, bytes: &[u8]) -> Result<bool, CanonicalError> {
-    let mut out = Vec::with_capacity(bytes.len());
-    if crate::canonical_direct::write(value, &mut out).is_ok() && out == bytes {
+    thread_local! {
+        /// The output of the last check, reused by the next (one per record of a log).
+        static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let direct = |out: &mut Vec<u8>| {
+        out.clear();
+        let same = crate::canonical_direct::write(value, out).is_ok() && out == bytes;
+        if out.capacity() > 1 << 20 {
+            *out = Vec::new(); // a huge value's buffer is not kept
+        }
+        same
+    };
+    // (A check made while another is under way on this thread takes a
+    // buffer of its own.)
+    let same = OUT.with(|o| match o.try_borrow_mut() {
+        Ok(mut out) => direct(&mut out),
+        Err(_) => direct(&mut Vec::with_capacity(bytes.len())),
+    });
+    if same {
         return Ok(true);
     }
     Ok(to_canonical_vec(value)? == bytes)

@@ -85,14 +85,25 @@ impl FromStr for Sha256Digest {
 
 impl Serialize for Sha256Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // The text on the stack (`collect_str` would make a `String` of it).
+        s.serialize_str(std::str::from_utf8(&self.text()).expect("ASCII"))
     }
 }
 
 impl<'de> Deserialize<'de> for Sha256Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Parses the text where the deserializer has it (no `String` made).
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Sha256Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a digest of the form sha256:<64 lowercase hex>")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Sha256Digest, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 

@@ -42,6 +42,11 @@ struct Cache {
     signatures: Mutex<HashSet<SignatureCheck>>,
     /// (policy, graph, decision input) → the decision they yield.
     decisions: Mutex<HashMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>>,
+    /// Capsule manifests read (hashed to their digest) and parsed.
+    manifests: Mutex<HashMap<Sha256Digest, Manifest>>,
+    /// Artifacts read and found to hash to their digest, for checks that
+    /// only need one to be in the bundle (a submission's component).
+    present: Mutex<HashSet<Sha256Digest>>,
 }
 
 pub(crate) struct Ctx<'a> {
@@ -423,8 +428,17 @@ fn check_run(
                 if manifest != capsule {
                     return Err(fail("capsule.manifest", "the capsule digest is not the manifest's digest".into()));
                 }
-                let m = Manifest::from_canonical_json(&artifact(ctx, manifest, r)?)
-                    .map_err(|e| fail("capsule.manifest", format!("the recorded manifest does not parse: {e}")))?;
+                let known = cache.manifests.lock().expect("cache").get(manifest).cloned();
+                let m = match known {
+                    Some(m) => m,
+                    None => {
+                        let m = Manifest::from_canonical_json(&artifact(ctx, manifest, r)?).map_err(|e| {
+                            fail("capsule.manifest", format!("the recorded manifest does not parse: {e}"))
+                        })?;
+                        cache.manifests.lock().expect("cache").insert(*manifest, m.clone());
+                        m
+                    }
+                };
                 let kind_now = format!("{:?}", m.kind).to_lowercase();
                 if (&m.name, &m.version, &kind_now, &m.component.sha256) != (name, version, kind, component) {
                     return Err(fail(
@@ -432,7 +446,10 @@ fn check_run(
                         "name, version, kind or component differ from the manifest".into(),
                     ));
                 }
-                artifact(ctx, component, r)?;
+                if !cache.present.lock().expect("cache").contains(component) {
+                    artifact(ctx, component, r)?;
+                    cache.present.lock().expect("cache").insert(*component);
+                }
                 sum.capsule = Some(format!("{name}@{version}"));
                 sum.capsule_digest = Some(*capsule);
                 sum.dangerous.clone_from(dangerous);
