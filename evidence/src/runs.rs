@@ -64,7 +64,10 @@ const CHUNK: usize = 512;
 
 /// A run whose records are being gathered.
 struct Open {
-    records: Vec<Record>,
+    // Boxed as the parser hands them over: unboxing would copy each ~700
+    // bytes once more, for every record of the bundle.
+    #[allow(clippy::vec_box)]
+    records: Vec<Box<Record>>,
     /// The runner build in force when it started.
     build: Option<RunnerBuild>,
 }
@@ -155,7 +158,7 @@ impl<'a> RunStream<'a> {
     /// # Errors
     /// A record that references an artifact the bundle lacks, a record of
     /// a run after its end, or the first failed check of a run checked now.
-    pub fn push(&mut self, r: Record) -> Result<(), Failure> {
+    pub fn push(&mut self, r: Box<Record>) -> Result<(), Failure> {
         for d in r.artifacts() {
             if !self.artifacts.reference(&d) {
                 return Err(Failure::record(
@@ -176,14 +179,14 @@ impl<'a> RunStream<'a> {
             }
             Event::ApprovalAccepted { passkey: Some(_), .. } | Event::ApprovalRefused { .. } => {
                 self.counter_runs.insert(r.run.clone());
-                self.counter_records.push(r.clone());
+                self.counter_records.push((*r).clone());
             }
-            Event::Quorum { .. } if self.counter_runs.contains(&r.run) => self.counter_records.push(r.clone()),
-            Event::Completed { .. } if self.counter_runs.remove(&r.run) => self.counter_records.push(r.clone()),
+            Event::Quorum { .. } if self.counter_runs.contains(&r.run) => self.counter_records.push((*r).clone()),
+            Event::Completed { .. } if self.counter_runs.remove(&r.run) => self.counter_records.push((*r).clone()),
             _ => {}
         }
         if self.keep {
-            self.records.push(r.clone());
+            self.records.push((*r).clone());
         }
         if RUNNER_RUNS.contains(&r.run.as_str()) {
             self.build = RunnerBuild::of(&r).or(self.build.take());
@@ -230,7 +233,7 @@ impl<'a> RunStream<'a> {
         let checked: Vec<Result<(RunSummary, Vec<CounterClaim>), Failure>> = ready
             .par_iter()
             .map(|open| {
-                let recs: Vec<&Record> = open.records.iter().collect();
+                let recs: Vec<&Record> = open.records.iter().map(|r| &**r).collect();
                 let mut c = Vec::new();
                 check_run(&recs, ctx, cache, ledger, &mut c).map(|s| (s, c))
             })
