@@ -412,6 +412,12 @@ agent = "spiffe://bank.example/agent/fixer"
         let back = Manifest::from_canonical_json(&bytes).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.digest().unwrap(), Sha256Digest::of(&bytes));
+        // Parsed with its digest: the same manifest, the same digest; and
+        // only from canonical bytes.
+        let digested = DigestedManifest::from_canonical_json(&bytes).unwrap();
+        assert_eq!((digested.manifest(), digested.digest()), (&m, m.digest().unwrap()));
+        let pretty = serde_json::to_vec_pretty(&m).unwrap();
+        assert!(matches!(DigestedManifest::from_canonical_json(&pretty), Err(ManifestError::NotCanonical)));
     }
 
     #[test]
@@ -451,5 +457,34 @@ agent = "spiffe://bank.example/agent/fixer"
         assert!(!is_interface_name("wasi:filesystem"));
         assert!(!is_interface_name("wasi:io/streams@0.2.0"));
         assert_eq!(split_import_version("wasi:io/streams@0.2.12"), ("wasi:io/streams", Some("0.2.12")));
+    }
+}
+
+/// A manifest parsed from its canonical bytes, and their SHA-256 — the
+/// manifest's digest (the capsule digest), known without serialising it
+/// again. Made only by parsing canonical bytes.
+#[derive(Debug, Clone)]
+pub struct DigestedManifest {
+    manifest: Manifest,
+    digest: Sha256Digest,
+}
+
+impl DigestedManifest {
+    /// As [`Manifest::from_canonical_json`], keeping the bytes' digest.
+    ///
+    /// # Errors
+    /// As [`Manifest::from_canonical_json`].
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let manifest = Manifest::from_canonical_json(bytes)?;
+        Ok(Self { manifest, digest: Sha256Digest::of(bytes) })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The manifest's digest: the SHA-256 of its canonical bytes.
+    pub fn digest(&self) -> Sha256Digest {
+        self.digest
     }
 }

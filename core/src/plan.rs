@@ -261,6 +261,19 @@ impl Plan {
         self.validate_with(file.manifest(), file.digest(), max_changes)
     }
 
+    /// As [`Plan::validate`], for a manifest parsed from its canonical
+    /// bytes, whose digest is theirs.
+    ///
+    /// # Errors
+    /// As [`Plan::validate`].
+    pub fn validate_digested(
+        self,
+        manifest: &crate::manifest::DigestedManifest,
+        max_changes: usize,
+    ) -> Result<ValidPlan, PlanError> {
+        self.validate_with(manifest.manifest(), manifest.digest(), max_changes)
+    }
+
     fn validate_with(
         self,
         manifest: &Manifest,

@@ -12,7 +12,7 @@ use edge_core::admission::Grant;
 use edge_core::approval::{self, Binding, CounterLedger, Registry, VerifiedApproval, quorum};
 use edge_core::evidence::{Event, Outcome, PasskeyUse, Record};
 use edge_core::graph::Graph;
-use edge_core::manifest::Manifest;
+use edge_core::manifest::DigestedManifest;
 use edge_core::plan::{self, DiffEntry, Plan};
 use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{self, Preview};
@@ -43,7 +43,7 @@ struct Cache {
     /// (policy, graph, decision input) → the decision they yield.
     decisions: Mutex<HashMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>>,
     /// Capsule manifests read (hashed to their digest) and parsed.
-    manifests: Mutex<HashMap<Sha256Digest, Manifest>>,
+    manifests: Mutex<HashMap<Sha256Digest, DigestedManifest>>,
     /// Artifacts read and found to hash to their digest, for checks that
     /// only need one to be in the bundle (a submission's component).
     present: Mutex<HashSet<Sha256Digest>>,
@@ -343,7 +343,7 @@ fn check_counters(records: &[Record], claims: &[CounterClaim]) -> Result<(), Fai
 
 struct Submission<'r> {
     capsule: Sha256Digest,
-    manifest: Manifest,
+    manifest: DigestedManifest,
     bundle: Option<&'r Sha256Digest>,
 }
 
@@ -432,16 +432,17 @@ fn check_run(
                     return Err(fail("capsule.manifest", "the capsule digest is not the manifest's digest".into()));
                 }
                 let known = cache.manifests.lock().expect("cache").get(manifest).cloned();
-                let m = match known {
+                let digested = match known {
                     Some(m) => m,
                     None => {
-                        let m = Manifest::from_canonical_json(&artifact(ctx, manifest, r)?).map_err(|e| {
+                        let m = DigestedManifest::from_canonical_json(&artifact(ctx, manifest, r)?).map_err(|e| {
                             fail("capsule.manifest", format!("the recorded manifest does not parse: {e}"))
                         })?;
                         cache.manifests.lock().expect("cache").insert(*manifest, m.clone());
                         m
                     }
                 };
+                let m = digested.manifest();
                 let kind_now = format!("{:?}", m.kind).to_lowercase();
                 if (&m.name, &m.version, &kind_now, &m.component.sha256) != (name, version, kind, component) {
                     return Err(fail(
@@ -458,7 +459,7 @@ fn check_run(
                 sum.dangerous.clone_from(dangerous);
                 sum.submitted_by.clone_from(submitted_by);
                 sum.provenance = Some(m.provenance.clone());
-                st.submission = Some(Submission { capsule: *capsule, manifest: m, bundle: bundle.as_ref() });
+                st.submission = Some(Submission { capsule: *capsule, manifest: digested, bundle: bundle.as_ref() });
             }
             Event::Admitted { signer, signer_key, grant, trusted_root, .. } => {
                 let sub = st.submission.as_ref().ok_or_else(|| order("without a submission"))?;
@@ -505,7 +506,7 @@ fn check_run(
                         }
                         // Everything else the policy reads comes from the
                         // manifest and the admitted signer.
-                        let m = &sub.manifest;
+                        let m = sub.manifest.manifest();
                         let signer_ok =
                             sum.signer.as_deref().is_some_and(|s| s.starts_with(&format!("{} (", inp.signer)));
                         if inp.name != format!("{}@{}", m.name, m.version)
@@ -695,7 +696,10 @@ fn check_run(
                 };
                 let valid = p
                     .clone()
-                    .validate(&sub.manifest, usize::try_from(grant.limits.max_plan_changes).unwrap_or(usize::MAX))
+                    .validate_digested(
+                        &sub.manifest,
+                        usize::try_from(grant.limits.max_plan_changes).unwrap_or(usize::MAX),
+                    )
                     .map_err(|e| fail("plan.artifact", format!("the plan does not validate: {e}")))?;
                 plan::check_diff(&valid, diff)
                     .map_err(|e| fail("diff.plan", format!("committed a diff that is not the plan: {e}")))?;
