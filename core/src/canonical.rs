@@ -138,8 +138,16 @@ pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     // Copy runs of bytes that need no escape in one go: every byte of a
     // multi-byte UTF-8 sequence is >= 0x80, so only ASCII bytes are escaped.
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    // Eight bytes are looked at at once while none of them needs one.
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8)
+            && !needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")))
+        {
+            i += 8;
+            continue;
+        }
+        let b = bytes[i];
         let escaped: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -148,20 +156,29 @@ pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..0x20 => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-                start = i + 1;
+            0..0x20 => &[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]],
+            _ => {
+                i += 1;
                 continue;
             }
-            _ => continue,
         };
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(escaped);
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `w` is a control character, `"` or
+/// `\` (exact: a byte >= 0x80 never matches; no borrow arises between
+/// bytes unless one of them matches).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |v: u64, n: u64| v.wrapping_sub(ONES * n) & !v & HIGH;
+    (below(w, 0x20) | below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1)) != 0
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -203,6 +220,33 @@ mod tests {
         assert_eq!(got, want);
         // And it reads back as the same string.
         assert_eq!(serde_json::from_str::<String>(&got).unwrap(), all);
+    }
+
+    #[test]
+    fn every_escape_at_every_offset_of_a_long_string() {
+        let escape = |c: char| match c {
+            '"' => "\\\"".to_owned(),
+            '\\' => "\\\\".to_owned(),
+            '\u{08}' => "\\b".to_owned(),
+            '\u{0c}' => "\\f".to_owned(),
+            '\n' => "\\n".to_owned(),
+            '\r' => "\\r".to_owned(),
+            '\t' => "\\t".to_owned(),
+            c if (c as u32) < 0x20 => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        };
+        let specials = (0u8..0x20).map(char::from).chain(['"', '\\', '!', '#', '[', ']', '\u{7f}', 'é', '\u{202e}']);
+        for c in specials {
+            for at in 0..20 {
+                for len in [at + 1, at + 9, 24] {
+                    let text: String = (0..len).map(|i| if i == at { c } else { 'a' }).collect();
+                    let mut got = Vec::new();
+                    write_string(&text, &mut got);
+                    let want = format!("\"{}\"", text.chars().map(escape).collect::<String>());
+                    assert_eq!(String::from_utf8(got).unwrap(), want, "{c:?} at {at} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
