@@ -38,21 +38,31 @@ impl Sha256Digest {
 
     /// Parse 64 lowercase hex characters (no prefix).
     pub fn from_hex(s: &str) -> Result<Self, DigestParseError> {
-        fn nibble(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
+        /// Each byte's value as a lowercase hex digit, 0xff if it is none.
+        const NIBBLE: [u8; 256] = {
+            let mut t = [0xff; 256];
+            let mut i = 0;
+            while i < 16 {
+                t[b"0123456789abcdef"[i] as usize] = i as u8;
+                i += 1;
             }
-        }
+            t
+        };
         let bad = || DigestParseError(s.chars().take(80).collect());
         let b = s.as_bytes();
         if b.len() != 64 {
             return Err(bad());
         }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = (nibble(b[2 * i]).ok_or_else(bad)? << 4) | nibble(b[2 * i + 1]).ok_or_else(bad)?;
+        // Every digit looked up, one test at the end (every record holds
+        // several digests: this runs millions of times in a verification).
+        let (mut out, mut invalid) = ([0u8; 32], 0u8);
+        for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            invalid |= hi | lo;
+            *o = (hi << 4) | (lo & 15);
+        }
+        if invalid & 0xf0 != 0 {
+            return Err(bad());
         }
         Ok(Self(out))
     }
@@ -128,6 +138,21 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ag",
         ] {
             assert!(bad.parse::<Sha256Digest>().is_err(), "{bad} accepted");
+        }
+        // Every ASCII character at the first, a middle and the last digit:
+        // only lowercase hex digits are taken, each for its value.
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        for at in [0, 31, 63] {
+            for c in (0u8..0x80).map(char::from) {
+                let text: String = good.chars().enumerate().map(|(i, g)| if i == at { c } else { g }).collect();
+                let parsed = Sha256Digest::from_hex(&text);
+                match c.to_digit(16).filter(|_| !c.is_ascii_uppercase()) {
+                    Some(v) => {
+                        assert_eq!(parsed.unwrap().0[at / 2] >> (4 * (1 - at % 2)) & 15, v as u8, "{c:?} at {at}")
+                    }
+                    None => assert!(parsed.is_err(), "{c:?} at {at} accepted"),
+                }
+            }
         }
     }
 }
