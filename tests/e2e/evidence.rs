@@ -881,4 +881,14 @@ fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
     let listed: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with('#')).collect();
     assert_eq!(listed.len(), 5, "{stdout}");
     assert!(!stdout.contains("chain verified"), "{stdout}");
+    // One run is read by the run index, each record proved in the signed
+    // tree: the run that holds record 5 is refused, naming it; another run
+    // of the same store, intact, is shown.
+    let of = |seq: usize| all[seq]["run"].as_str().unwrap().to_owned();
+    let broken = env.cli(&["evidence", "show", "--config", "runner.toml", "--run", &of(5)]);
+    assert_eq!(broken.code(), 1, "{}", broken.stdout());
+    assert!(broken.stderr().contains("record 5") && broken.stderr().contains("altered"), "{}", broken.stderr());
+    let intact = all.iter().map(|r| r["run"].as_str().unwrap()).find(|r| r.starts_with("r-") && *r != of(5)).unwrap();
+    let shown = env.cli(&["evidence", "show", "--config", "runner.toml", "--run", intact]).success().stdout();
+    assert!(shown.contains("each proved in the tree"), "{shown}");
 }

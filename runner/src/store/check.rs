@@ -237,11 +237,13 @@ fn next_row(rows: &mut rusqlite::Rows<'_>) -> Result<Option<(u64, String)>> {
 /// The check a start makes, without opening the store for writing: the
 /// records since the last checkpoint the runner signed, against the
 /// persisted tree, and the signed checkpoints against the tree (every key
-/// rotation checked). Returns the number of records.
+/// rotation checked). Returns the number of records and the Merkle root
+/// of them all, read in the same snapshot (what a record read afterwards
+/// is proved against).
 ///
 /// # Errors
 /// As a start would refuse.
-pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
+pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<(u64, edge_core::merkle::Hash)> {
     let kept = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
     let from = crate::store::trust::signed_size(&db, dir)?.min(records);
@@ -254,7 +256,8 @@ pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<u64> {
     let history = crate::store::trust::key_history_of(&key_records, origin)?;
     let stored = tree::StoredTree::new(&db, records);
     crate::store::trust::check_signed_history_in(dir, &db, kept, &stored, &history, identity)?;
-    Ok(records)
+    let root = edge_core::merkle::root_of(&stored, records).map_err(|e| anyhow!("the stored Merkle tree: {e}"))?;
+    Ok((records, root))
 }
 
 /// The stored fold is what folding the records gives (`made`: the scratch

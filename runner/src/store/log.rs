@@ -1008,25 +1008,7 @@ impl EvidenceLog {
         let head = self.head();
         let db = self.readers.get()?;
         let tree = StoredTree::cached(&db, head.size, &self.nodes);
-        let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for &seq in seqs {
-            let altered =
-                || anyhow!("record {seq} in the store is not the record the log verified: the store was altered");
-            if seq >= head.size {
-                bail!("record {seq} is beyond the log's {} records", head.size);
-            }
-            let body: String = stmt.query_row([seq as i64], |r| r.get(0)).map_err(|_| altered())?;
-            let proof: Vec<Vec<u8>> = merkle::inclusion_proof_of(&tree, seq, head.size)
-                .map_err(|e| anyhow!("record {seq}: the stored Merkle tree: {e}"))?
-                .iter()
-                .map(|h| h.to_vec())
-                .collect();
-            merkle::verify_inclusion(seq, head.size, &merkle::leaf_hash(body.as_bytes()), &proof, &head.root)
-                .map_err(|_| altered())?;
-            out.push(serde_json::from_str(&body).with_context(|| format!("record {seq} does not parse"))?);
-        }
-        Ok(out)
+        proved_records(&db, &tree, head.size, &head.root, seqs)
     }
 
     /// The newest checkpoint stored: (tree size, signed note), not verified here.
@@ -1202,6 +1184,41 @@ fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogI
     }
     keep(&mut index).context("cannot keep the fold of the evidence log")?;
     Ok((tail, index))
+}
+
+/// Records `seqs` of the first `size` records of the store, each proved by
+/// an inclusion proof (from `tree`) against `root`, a root verified before:
+/// a row altered in the store since (with or without the tree's hashes) is
+/// an error, never shown.
+///
+/// # Errors
+/// If the store cannot be read, a record is missing, or it is not the
+/// leaf `root` commits to.
+pub fn proved_records(
+    db: &Connection,
+    tree: &StoredTree<'_>,
+    size: u64,
+    root: &Hash,
+    seqs: &[u64],
+) -> Result<Vec<Record>> {
+    let mut stmt = db.prepare_cached("SELECT body FROM records WHERE seq = ?1")?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        let altered = || anyhow!("record {seq} in the store is not the record the log verified: the store was altered");
+        if seq >= size {
+            bail!("record {seq} is beyond the log's {size} records");
+        }
+        let body: String = stmt.query_row([seq as i64], |r| r.get(0)).map_err(|_| altered())?;
+        let proof: Vec<Vec<u8>> = merkle::inclusion_proof_of(tree, seq, size)
+            .map_err(|e| anyhow!("record {seq}: the stored Merkle tree: {e}"))?
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+        merkle::verify_inclusion(seq, size, &merkle::leaf_hash(body.as_bytes()), &proof, root)
+            .map_err(|_| altered())?;
+        out.push(serde_json::from_str(&body).with_context(|| format!("record {seq} does not parse"))?);
+    }
+    Ok(out)
 }
 
 /// Read and verify a store without writing to it: records and leaf hashes
