@@ -19,6 +19,26 @@ pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
     key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
 }
 
+/// The identity key for a command that only checks the store (`evidence
+/// check`, `evidence show --run`, the runner's keys for a report): as
+/// [`load_identity`], but a missing key is an error, never created — a
+/// new key would name no checkpoint of this log (and the runner would
+/// then refuse it as a replaced key).
+///
+/// # Errors
+/// If the key file is missing or unreadable.
+pub fn read_identity(config: &RunnerConfig) -> Result<NoteSigner> {
+    let path = &config.identity_key;
+    if !path.exists() {
+        anyhow::bail!(
+            "the identity key {} does not exist: this command does not create one (the runner does, at its first \
+             start); check `identity_key` in the config, or restore the key from the backup",
+            path.display()
+        );
+    }
+    load_identity(config)
+}
+
 /// Create a new identity key file (mode 0600).
 ///
 /// # Errors

@@ -857,6 +857,23 @@ fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
     assert_eq!(one.as_array().unwrap().iter().collect::<Vec<_>>(), expected);
     let none = env.cli(&["evidence", "show", "--config", "runner.toml", "--json", "--run", "r-none"]);
     assert_eq!(none.success().stdout(), "[]\n");
+    // Without the runner's key (someone who may read the store, not the
+    // key), the run comes from the whole log, the same; and no command that
+    // only reads makes a key.
+    let key = env.path("state/identity.key");
+    std::fs::rename(&key, env.path("identity.key.away")).unwrap();
+    let keyless = env.cli(&["evidence", "show", "--config", "runner.toml", "--json", "--run", run.as_str().unwrap()]);
+    assert!(
+        keyless.stderr().contains("does not exist") && keyless.stderr().contains("whole log"),
+        "{}",
+        keyless.stderr()
+    );
+    let keyless: serde_json::Value = serde_json::from_str(&keyless.success().stdout()).unwrap();
+    assert_eq!(keyless.as_array().unwrap().iter().collect::<Vec<_>>(), expected);
+    let check = env.cli(&["evidence", "check", "--config", "runner.toml"]);
+    assert_eq!(check.code(), 1, "{}", check.stdout());
+    assert!(!key.exists(), "a read-only command created an identity key");
+    std::fs::rename(env.path("identity.key.away"), &key).unwrap();
 
     // Record 5 rewritten below the runner (its triggers dropped first).
     let db = env.path("state/evidence/evidence.db");

@@ -147,7 +147,7 @@ pub enum EvidenceCommand {
 fn check(config: &Path, full: bool, progress: bool, out: &mut dyn Write) -> Result<Exit> {
     use std::io::IsTerminal as _;
     let config = RunnerConfig::load(config)?;
-    let identity = crate::identity::load_identity(&config)?;
+    let identity = crate::identity::read_identity(&config)?;
     let dir = config.state_dir.join("evidence");
     let show = progress || std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
@@ -320,6 +320,8 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
         EvidenceCommand::Check { config, full, progress } => check(&config, full, progress, out),
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
+            // (Before the first start too: the key is made now, to hand to
+            // reviewers and webhook receivers ahead of the first checkpoint.)
             let signer = crate::identity::load_identity(&config)?;
             writeln!(out, "{}", signer.verifier().to_vkey())?;
             Ok(Exit::Ok)
@@ -350,7 +352,7 @@ impl Trust {
         }
         if let Some(c) = &self.config {
             let config = RunnerConfig::load(c)?;
-            keys.push(crate::identity::load_identity(&config)?.verifier().clone());
+            keys.push(crate::identity::read_identity(&config)?.verifier().clone());
         }
         Ok(keys)
     }
@@ -363,12 +365,27 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
     // not grow with the log); a record that fails stops the listing there
     // with the error, and the text form's summary (last) is only printed
     // when every record verified.
+    // One run: by the run index, each record proved against the tree the
+    // start's check verifies — which needs the runner's key; who may read
+    // the store but not the key gets the run from the whole log, as before.
+    if let Some(id) = run {
+        match crate::identity::read_identity(&config) {
+            Ok(identity) => return show_run(&config, identity.verifier(), &dir, id, json, out),
+            Err(e) => eprintln!(
+                "note: {}; the run is found by reading the whole log instead (slower)",
+                edge_core::text::line(&format!("{e:#}"))
+            ),
+        }
+    }
     let mut shown = 0u64;
     // Buffered (stdout flushes every line); a failure to write (a closed
     // pipe) is told as that, not as a verification failure.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
     let mut unwritten: Option<std::io::Error> = None;
     let mut each = |r: Record, _| -> Result<()> {
+        if run.is_some_and(|id| r.run != id) {
+            return Ok(());
+        }
         let mut write = |r: &Record| -> std::io::Result<()> {
             if json {
                 // The pretty array `serde_json::to_writer_pretty` writes, one element at a time.
@@ -390,9 +407,6 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
         shown += 1;
         Ok(())
     };
-    if let Some(id) = run {
-        return show_run(&config, &dir, id, json, &mut out);
-    }
     let verified = crate::store::log::each_verified(&dir, &mut each);
     if let Some(e) = unwritten {
         return Err(anyhow::Error::from(e).context("cannot write the records"));
@@ -417,9 +431,15 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
 /// records since the last signed checkpoint, the signed checkpoints
 /// against the tree), then each of the run's records proved by inclusion
 /// in the tree of that check.
-fn show_run(config: &RunnerConfig, dir: &Path, run: &str, json: bool, out: &mut dyn Write) -> Result<Exit> {
-    let identity = crate::identity::load_identity(config)?;
-    let (size, root) = crate::store::check::quick(dir, &config.name, identity.verifier())
+fn show_run(
+    config: &RunnerConfig,
+    identity: &NoteVerifier,
+    dir: &Path,
+    run: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Exit> {
+    let (size, root) = crate::store::check::quick(dir, &config.name, identity)
         .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
     let db = crate::store::log::read_only(dir)?;
     let seqs: Vec<u64> = db
