@@ -56,7 +56,7 @@ pub fn is_canonical_form_of<T: Serialize + ?Sized>(value: &T, bytes: &[u8]) -> R
     let direct = |out: &mut Vec<u8>| {
         out.clear();
         let same = crate::canonical_direct::write(value, out).is_ok() && out == bytes;
-        if out.capacity() > 1 << 20 {
+        if out.capacity() > crate::canonical_direct::SPARE_BYTES {
             *out = Vec::new(); // a huge value's buffer is not kept
         }
         same

@@ -231,7 +231,7 @@ thread_local! {
 /// Spare buffers kept per thread (objects nest a few levels deep), and the
 /// largest buffer kept (a huge object's is freed).
 const SPARES: usize = 16;
-const SPARE_BYTES: usize = 1 << 20;
+pub(crate) const SPARE_BYTES: usize = 1 << 20;
 
 /// An object's members, written to `buf` as they come and copied to
 /// `out` in key order at the end.

@@ -11,12 +11,10 @@ use crate::config::RunnerConfig;
 
 /// Load the identity key, creating it (mode 0600) on first start.
 pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
-    let path = &config.identity_key;
-    if !path.exists() {
-        create_identity(path)?;
+    if !config.identity_key.exists() {
+        create_identity(&config.identity_key)?;
     }
-    let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
-    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
+    read_identity(config)
 }
 
 /// The identity key for a command that only checks the store (`evidence
@@ -36,7 +34,8 @@ pub fn read_identity(config: &RunnerConfig) -> Result<NoteSigner> {
             path.display()
         );
     }
-    load_identity(config)
+    let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
+    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
 }
 
 /// Create a new identity key file (mode 0600).

@@ -361,10 +361,6 @@ impl Trust {
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<Exit> {
     let config = RunnerConfig::load(config)?;
     let dir = config.state_dir.join("evidence");
-    // Streamed: each record is printed once it has verified (memory does
-    // not grow with the log); a record that fails stops the listing there
-    // with the error, and the text form's summary (last) is only printed
-    // when every record verified.
     // One run: by the run index, each record proved against the tree the
     // start's check verifies — which needs the runner's key; who may read
     // the store but not the key gets the run from the whole log, as before.
@@ -377,6 +373,10 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
             ),
         }
     }
+    // Streamed: each record is printed once it has verified (memory does
+    // not grow with the log); a record that fails stops the listing there
+    // with the error, and the text form's summary (last) is only printed
+    // when every record verified.
     let mut shown = 0u64;
     // Buffered (stdout flushes every line); a failure to write (a closed
     // pipe) is told as that, not as a verification failure.
@@ -442,11 +442,7 @@ fn show_run(
     let (size, root) = crate::store::check::quick(dir, &config.name, identity)
         .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
     let db = crate::store::log::read_only(dir)?;
-    let seqs: Vec<u64> = db
-        .prepare("SELECT seq FROM records WHERE run = ?1 AND seq < ?2 ORDER BY seq")?
-        .query_map(rusqlite::params![run, size as i64], |r| r.get::<_, i64>(0))?
-        .map(|s| Ok(s? as u64))
-        .collect::<Result<_>>()?;
+    let seqs: Vec<u64> = crate::store::log::run_seqs(&db, run)?.into_iter().filter(|&s| s < size).collect();
     let tree = crate::store::tree::StoredTree::new(&db, size);
     let records = crate::store::log::proved_records(&db, &tree, size, &root, &seqs)
         .with_context(|| format!("evidence store {} failed verification", dir.display()))?;

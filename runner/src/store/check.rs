@@ -179,17 +179,7 @@ impl ScratchFold {
     }
 
     fn push(&mut self, r: &edge_core::evidence::Record) -> Result<()> {
-        let db = &self.db;
-        let mut failed = None;
-        self.index.push_with(r, &mut |id| {
-            fold::proposal(db, id).unwrap_or_else(|e| {
-                failed.get_or_insert(e);
-                None
-            })
-        });
-        if let Some(e) = failed {
-            return Err(e.context("the full check's scratch fold"));
-        }
+        self.index.push_from(&self.db, r).context("the full check's scratch fold")?;
         if (r.seq + 1).is_multiple_of(KEEP_EVERY) {
             self.keep()?;
         }
@@ -198,12 +188,7 @@ impl ScratchFold {
 
     /// Store what changed since the last time; memory lets go of it.
     fn keep(&mut self) -> Result<()> {
-        let changes = self.index.changes();
-        let tx = self.db.unchecked_transaction()?;
-        fold::store(&tx, &changes)?;
-        tx.commit()?;
-        self.index.stored(&changes);
-        Ok(())
+        self.index.keep_in(&self.db)
     }
 
     /// Proposals the records make.

@@ -83,6 +83,38 @@ impl LogIndex {
         }
     }
 
+    /// Fold in the next record, a proposal this index does not hold loaded
+    /// from the fold tables of `db` (where [`LogIndex::keep_in`] put it):
+    /// how a start and the full check fold a log too long to hold.
+    ///
+    /// # Errors
+    /// If a proposal cannot be read from `db` (the record is folded as if
+    /// it were not there: do not use the index after an error).
+    pub fn push_from(&mut self, db: &rusqlite::Connection, r: &Record) -> anyhow::Result<()> {
+        let mut failed = None;
+        self.push_with(r, &mut |id| {
+            crate::store::fold::proposal(db, id).unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                None
+            })
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Store what changed since the last time in the fold tables of `db`, in
+    /// one transaction; memory lets go of what it need not keep.
+    ///
+    /// # Errors
+    /// If it cannot be stored (memory keeps it then).
+    pub fn keep_in(&mut self, db: &rusqlite::Connection) -> anyhow::Result<()> {
+        let changes = self.changes();
+        let tx = db.unchecked_transaction()?;
+        crate::store::fold::store(&tx, &changes)?;
+        tx.commit()?;
+        self.stored(&changes);
+        Ok(())
+    }
+
     /// Fold in the next record, for proposals that are all in memory (tests).
     pub fn push(&mut self, r: &Record) -> Option<ProposalEvent> {
         self.push_with(r, &mut |_| None)

@@ -858,21 +858,12 @@ impl EvidenceLog {
         signer: &Arc<NoteSigner>,
         origin: &str,
     ) -> Result<String> {
-        let t0 = Instant::now();
-        let appends = events.into_iter().map(|e| self.handle.send_append(run, e, None)).collect::<Result<Vec<_>>>()?;
-        let checkpoint = self.handle.send_checkpoint(signer.clone(), origin)?;
-        let mut first_error = None;
-        for rx in appends {
-            if let Err(e) = wait(received(rx)) {
-                first_error.get_or_insert(e);
-            }
+        // A run's deferred appends and barrier, waited for on this thread.
+        let mut log = self.run_log();
+        for e in events {
+            log.append_deferred(run, e)?;
         }
-        let r = wait(received(checkpoint));
-        self.account_durable_wait(t0.elapsed());
-        match first_error {
-            Some(e) => Err(e),
-            None => r,
-        }
+        wait(log.barrier_with_checkpoint(signer, origin))
     }
 
     /// Sign a checkpoint of the whole log with the runner's identity key and store it.
@@ -1026,9 +1017,7 @@ impl EvidenceLog {
     /// If the store cannot be read.
     pub fn run_seqs(&self, run: &str) -> Result<Vec<u64>> {
         let db = self.readers.get()?;
-        let mut stmt = db.prepare_cached("SELECT seq FROM records WHERE run = ?1 ORDER BY seq")?;
-        let seqs = stmt.query_map([run], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
-        Ok(seqs.into_iter().map(|s| s as u64).collect())
+        run_seqs(&db, run)
     }
 
     /// Read the Merkle tree of every durable record from the store (roots
@@ -1152,38 +1141,34 @@ fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogI
             (LogIndex::default(), 0)
         }
     };
-    let keep = |index: &mut LogIndex| -> Result<()> {
-        let changes = index.changes();
-        let tx = db.unchecked_transaction()?;
-        fold::store(&tx, &changes)?;
-        tx.commit()?;
-        index.stored(&changes);
-        Ok(())
-    };
     let mut failed = None;
     let tail = tree::verify_records(db, signed.min(folded), records, true, |r, _| {
         if r.seq < folded || failed.is_some() {
             return Ok(());
         }
-        let mut load = |id: &str| {
-            fold::proposal(db, id).unwrap_or_else(|e| {
-                failed.get_or_insert(e);
-                None
-            })
-        };
-        index.push_with(&r, &mut load);
-        if (r.seq + 1).is_multiple_of(REBUILD_EVERY)
-            && let Err(e) = keep(&mut index)
-        {
-            failed.get_or_insert(e);
+        let folded = index
+            .push_from(db, &r)
+            .and_then(|()| if (r.seq + 1).is_multiple_of(REBUILD_EVERY) { index.keep_in(db) } else { Ok(()) });
+        if let Err(e) = folded {
+            failed = Some(e);
         }
         Ok(())
     })?;
     if let Some(e) = failed {
         return Err(e.context("cannot fold the evidence log"));
     }
-    keep(&mut index).context("cannot keep the fold of the evidence log")?;
+    index.keep_in(db).context("cannot keep the fold of the evidence log")?;
     Ok((tail, index))
+}
+
+/// The sequence numbers of one run's records in `db` (by the run index).
+///
+/// # Errors
+/// If the store cannot be read.
+pub fn run_seqs(db: &Connection, run: &str) -> Result<Vec<u64>> {
+    let mut stmt = db.prepare_cached("SELECT seq FROM records WHERE run = ?1 ORDER BY seq")?;
+    let seqs = stmt.query_map([run], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(seqs.into_iter().map(|s| s as u64).collect())
 }
 
 /// Records `seqs` of the first `size` records of the store, each proved by
