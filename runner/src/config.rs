@@ -7,6 +7,7 @@ pub mod console;
 pub mod notify;
 pub mod probes;
 pub mod server;
+pub mod spool;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ struct RawConfig {
     notify: notify::RawNotify,
     #[serde(default)]
     probes: Option<probes::RawProbes>,
+    #[serde(default)]
+    spool: Option<spool::RawSpool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +229,8 @@ pub struct RunnerConfig {
     /// Health, readiness (and optionally metrics) without a client
     /// certificate, on loopback or a Unix socket (`[probes]`).
     pub probes: Option<probes::ProbeSettings>,
+    /// The air-gapped intake (`[spool]`), served by `edge-runner serve`.
+    pub spool: Option<spool::SpoolSettings>,
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,
@@ -482,9 +487,10 @@ impl RunnerConfig {
         if console.is_some() && approvers.is_none() {
             bail!("[console] needs an [approvers] registry: the console is where approvers approve");
         }
+        let spool = raw.spool.map(|s| s.resolve(resolve)).transpose()?;
         let probes = raw.probes.map(|p| p.resolve(resolve)).transpose()?;
-        if probes.is_some() && server.is_none() {
-            bail!("[probes] needs a [server]: the probes answer for `edge-runner serve`");
+        if probes.is_some() && server.is_none() && spool.is_none() {
+            bail!("[probes] needs an intake ([server] or [spool]): the probes answer for `edge-runner serve`");
         }
         let notify = raw.notify.resolve(
             text,
@@ -505,6 +511,7 @@ impl RunnerConfig {
             console,
             notify,
             probes,
+            spool,
             identity_key,
             source: None,
             governance: Some(Governance {

@@ -17,6 +17,7 @@ pub mod export;
 pub mod governance;
 pub mod identity;
 pub mod init;
+pub mod intake;
 pub mod keys;
 pub mod logging;
 pub mod notify;

@@ -20,6 +20,7 @@ mod rotation;
 mod server;
 mod signatures;
 mod sigstore;
+mod spool;
 mod trust;
 mod webdriver;
 

@@ -154,9 +154,14 @@ pub fn check(config: &Path) -> Vec<Problem> {
     }
     match &layout.server {
         Some(s) => server(s, layout.console.as_ref(), now, &mut problems),
+        None if table.contains_key("spool") => {}
         None => problems.push(Problem::error(
-            format!("runner config {} has no [server] section: `serve` has nothing to listen on", config.display()),
-            "add [server] with listen, cert, key and client_ca (`edge-runner init` writes one; docs/operations.md)",
+            format!(
+                "runner config {} has no intake ([server] or [spool]): `serve` has nothing to take submissions from",
+                config.display()
+            ),
+            "add [server] with listen, cert, key and client_ca (`edge-runner init` writes one), or [spool] with \
+             dir (docs/operations.md)",
         )),
     }
 

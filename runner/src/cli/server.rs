@@ -128,11 +128,15 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
     // binds and releases the listen addresses).
     crate::cli::check::before_serve(&a.config)?;
     let config = RunnerConfig::load(&a.config)?;
-    let listen = config.server.as_ref().context("the runner config has no [server] section")?.listen;
+    let listen = config.server.as_ref().map(|s| s.listen);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let served = rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = match listen {
+            Some(listen) => Some(
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?,
+            ),
+            None => None,
+        };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("install SIGTERM handler");
@@ -152,7 +156,12 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
             if let Some(probes) = bound.probes {
                 let _ = writeln!(out, "probes on {probes}");
             }
-            let _ = writeln!(out, "listening on https://{}", bound.api);
+            if let Some(dir) = bound.spool {
+                let _ = writeln!(out, "spool on {}", dir.display());
+            }
+            if let Some(api) = bound.api {
+                let _ = writeln!(out, "listening on https://{api}");
+            }
             let _ = out.flush();
         })
         .await

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 /// Runs executing at once unless `server.max_concurrent_runs` says otherwise.
 pub const DEFAULT_CONCURRENT_RUNS: usize = 8;
+/// Runs waiting for a slot unless `server.queue` says otherwise.
+pub const DEFAULT_QUEUE: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,7 +177,7 @@ impl RawServer {
                 Some(n) => n.min(1024),
                 None => DEFAULT_CONCURRENT_RUNS,
             },
-            queue: self.queue.unwrap_or(256),
+            queue: self.queue.unwrap_or(DEFAULT_QUEUE),
             request_timeout: duration("request_timeout", self.request_timeout.as_deref(), 10)?,
         })
     }

@@ -259,7 +259,25 @@ impl Runner {
         approvals: &[Vec<u8>],
         submitted_by: Option<&str>,
     ) -> Result<RunReport> {
-        let run = new_run_id();
+        self.exec_capsule_as(new_run_id(), capsule, approvals, submitted_by).await
+    }
+
+    /// [`Runner::exec_capsule`] under a run id the caller chose beforehand
+    /// ([`new_run_id`]): an intake that must not run a delivery twice names
+    /// the run before handing it over, and after a crash asks the log
+    /// whether that run exists ([`crate::store::log::EvidenceLog::run_seqs`]).
+    /// The caller makes sure the id is fresh and used once.
+    ///
+    /// # Errors
+    /// As [`Runner::exec`]; a run id not of the form [`new_run_id`] makes.
+    pub async fn exec_capsule_as(
+        &self,
+        run: String,
+        capsule: Submitted<'_>,
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+    ) -> Result<RunReport> {
+        anyhow::ensure!(is_run_id(&run), "`{}` is not a run id", edge_core::text::line(&run));
         let mut report = RunReport::new(&run, self.log.run_log(), self.governance());
         report.submitted_by = submitted_by.map(str::to_owned);
         let mut result = match self.drive(capsule, approvals, &mut report).await {
@@ -361,6 +379,16 @@ pub fn new_run_id() -> String {
     let ms = jiff::Timestamp::now().as_millisecond();
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!("r-{ms}-{}", &rand[..8])
+}
+
+/// Whether `s` has the form [`new_run_id`] makes.
+pub fn is_run_id(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("r-") else { return false };
+    let Some((ms, rand)) = rest.split_once('-') else { return false };
+    (1..=19).contains(&ms.len())
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && rand.len() == 8
+        && rand.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Load and run a capsule file with a config file: the `exec` command.

@@ -62,8 +62,10 @@ pub(crate) struct Shared {
 /// Where `serve` listens, once every listener is bound and the runner open.
 #[derive(Debug)]
 pub struct Bound<'a> {
-    /// The mTLS API.
-    pub api: std::net::SocketAddr,
+    /// The mTLS API (`[server]`).
+    pub api: Option<std::net::SocketAddr>,
+    /// The spool's directory (`[spool]`).
+    pub spool: Option<&'a std::path::Path>,
     /// The approval console's origin (`[console]`).
     pub console: Option<&'a str>,
     /// The probe listener (`[probes]`): `http://127.0.0.1:9464` or `unix:/…`.
@@ -85,12 +87,13 @@ impl Drop for Abort {
 /// and `systemd` is told so (and about reloads and the shutdown).
 ///
 /// # Errors
-/// If the config has no `[server]`, the TLS material is unusable, a
-/// listener cannot be bound, or the runner cannot open (a broken evidence
-/// log refuses to start, loudly).
+/// If the config has no intake (`[server]`, `[spool]`), `[server]` has no
+/// listener or one without it, the TLS material is unusable, a listener
+/// cannot be bound, or the runner cannot open (a broken evidence log refuses
+/// to start, loudly).
 pub async fn serve(
     config: RunnerConfig,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
     systemd: systemd::Notifier,
     ready: impl FnOnce(&Bound<'_>),
@@ -100,10 +103,24 @@ pub async fn serve(
     // ending the process as the default disposition would.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP (reload) handler")?;
-    let settings =
-        config.server.clone().context("the runner config has no [server] section: see `edge-runner init`")?;
-    let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
-    let acceptor = TlsAcceptor::from(tls);
+    anyhow::ensure!(
+        config.server.is_some() || config.spool.is_some(),
+        "the runner config has no intake: add [server] (the mTLS API; `edge-runner init` writes one) or [spool] \
+         (docs/operations.md)"
+    );
+    let api = match (config.server.clone(), listener) {
+        (Some(settings), Some(listener)) => {
+            let tls = tls::server_config(&settings.cert, &settings.key, &settings.client_ca)?;
+            Some((settings, TlsAcceptor::from(tls), listener))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("[server] and the API listener go together"),
+    };
+    let (max_running, queue) = api
+        .as_ref()
+        .map_or((crate::config::server::DEFAULT_CONCURRENT_RUNS, crate::config::server::DEFAULT_QUEUE), |(s, ..)| {
+            (s.max_concurrent_runs, s.queue)
+        });
     // The probes first: they answer while the runner opens (`/readyz`: 503
     // starting) and until the runs in progress have finished at shutdown.
     let opened: probes::Opened = Arc::new(OnceLock::new());
@@ -125,8 +142,8 @@ pub async fn serve(
         None => None,
     };
     let metrics = Arc::new(crate::service::metrics::Metrics::default());
-    let runs = crate::service::RunService::start(config, settings.max_concurrent_runs, settings.queue, metrics.clone())
-        .await?;
+    let spool_settings = config.spool.clone();
+    let runs = crate::service::RunService::start(config, max_running, queue, metrics.clone()).await?;
     let _ = opened.set(runs.clone());
     // The approval console, on its own listener (`[console]`).
     let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -165,58 +182,99 @@ pub async fn serve(
         })
         .abort_handle()
     };
-    let shared = Arc::new(Shared { settings, runs: runs.clone(), metrics });
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving");
+    // The spool (`[spool]`): its own task, stopped before the runs finish.
+    let (spool_stop, spool_stopped) = tokio::sync::oneshot::channel::<()>();
+    let spool = match spool_settings {
+        Some(s) => {
+            crate::intake::spool::prepare(&s)?;
+            let dir = s.dir.clone();
+            tracing::info!(dir = %dir.display(), "spool serving");
+            let task = tokio::spawn(crate::intake::spool::serve(s, runs.clone(), async {
+                let _ = spool_stopped.await;
+            }));
+            Some((dir, task))
+        }
+        None => None,
+    };
+    let api = api.map(|(settings, acceptor, listener)| {
+        (Arc::new(Shared { settings, runs: runs.clone(), metrics: metrics.clone() }), acceptor, listener)
+    });
+    let addr = api.as_ref().map(|(_, _, l)| l.local_addr()).transpose()?;
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "serving");
+    }
     let bound = Bound {
         api: addr,
+        spool: spool.as_ref().map(|(d, _)| d.as_path()),
         console: console.as_ref().map(|(o, _)| o.as_str()),
         probes: probes.as_ref().map(|(p, ..)| p.as_str()),
     };
     ready(&bound);
     systemd.ready(&format!(
-        "serving on https://{addr}{}{}",
+        "serving{}{}{}{}",
+        addr.map(|a| format!(" on https://{a}")).unwrap_or_default(),
+        bound.spool.map(|d| format!(", spool {}", d.display())).unwrap_or_default(),
         bound.console.map(|c| format!(", console {c}")).unwrap_or_default(),
         bound.probes.map(|p| format!(", probes {p}")).unwrap_or_default()
     ));
     let watchdog = systemd.spawn_watchdog(runs.clone()).map(Abort);
-    let mut connections = accept::accept_loop("api", &listener, MAX_CONNECTIONS, shutdown, |tcp, peer| {
-        let (acceptor, shared) = (acceptor.clone(), shared.clone());
-        async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake refused");
-                    shared.metrics.tls_refused();
-                    return;
+    let mut connections = match &api {
+        Some((shared, acceptor, listener)) => {
+            accept::accept_loop("api", listener, MAX_CONNECTIONS, shutdown, |tcp, peer| {
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake refused");
+                            shared.metrics.tls_refused();
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            shared.metrics.tls_refused();
+                            return;
+                        }
+                    };
+                    let agent = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        Some(der) => tls::agent_identity(der).map_err(|e| e.to_string()),
+                        None => Err("no client certificate".to_owned()),
+                    };
+                    let timeout = shared.settings.request_timeout;
+                    let service =
+                        hyper::service::service_fn(move |req| api::handle(shared.clone(), peer, agent.clone(), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(timeout)
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(tls), service);
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection closed");
+                    }
                 }
-                Err(_) => {
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    shared.metrics.tls_refused();
-                    return;
-                }
-            };
-            let agent = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                Some(der) => tls::agent_identity(der).map_err(|e| e.to_string()),
-                None => Err("no client certificate".to_owned()),
-            };
-            let timeout = shared.settings.request_timeout;
-            let service = hyper::service::service_fn(move |req| api::handle(shared.clone(), peer, agent.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection closed");
-            }
+            })
+            .await
         }
-    })
-    .await;
+        None => {
+            shutdown.await;
+            tokio::task::JoinSet::new()
+        }
+    };
     tracing::info!("shutting down: no new connections; finishing the runs in progress");
     systemd.stopping("shutting down: finishing the runs in progress");
     hangup.abort();
-    drop(listener);
+    let _ = spool_stop.send(());
+    if let Some((_, task)) = spool {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the spool stopped"),
+            Err(e) => tracing::error!(error = %e, "the spool task failed"),
+        }
+    }
+    let shared = api.map(|(shared, _, listener)| {
+        drop(listener);
+        shared
+    });
     let _ = console_stop.send(());
     if let Some((_, task)) = console {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;

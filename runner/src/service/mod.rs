@@ -252,6 +252,56 @@ impl RunService {
         self.run(async move { w.submit_now(capsule, &agent).await }).await
     }
 
+    /// [`RunService::submit`] under a run id the intake chose and kept
+    /// beforehand (`crate::intake`): after a crash it asks
+    /// [`RunService::ran`] before handing the same delivery over again.
+    pub async fn submit_as(
+        self: &Arc<Self>,
+        run: String,
+        capsule: Vec<u8>,
+        agent: String,
+    ) -> Result<Result<SubmitReply>, QueueError> {
+        let w = self.clone();
+        self.run(async move { w.submit_now_as(Some(run), Submission::File(capsule), &agent).await }).await
+    }
+
+    /// Whether the log holds a record of `run` (its submission record is
+    /// durable: it must not run again).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub fn ran(&self, run: &str) -> Result<bool> {
+        Ok(!self.runner.log.run_seqs(run)?.is_empty())
+    }
+
+    /// The answer for a run already in the log, made from the store: the
+    /// proposal's state, the run's verified records and its receipt (for a
+    /// delivery whose answer was lost in a crash).
+    ///
+    /// # Errors
+    /// If the store cannot be read or disagrees with the verified log.
+    pub async fn answer_of(&self, run: &str) -> Result<serde_json::Value> {
+        let r = self.runner.clone();
+        let run = run.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let records = r.log.read_records_at(&r.log.run_seqs(&run)?)?;
+            let outcome = records.iter().rev().find_map(|rec| match &rec.event {
+                edge_core::evidence::Event::Completed { outcome } => Some(*outcome),
+                _ => None,
+            });
+            // (A submission's run: the proposal it opened.)
+            let id = proposals::proposal_id(&run);
+            let state = r.log.proposal(&id)?.map_or_else(|| "refused".to_owned(), |v| v.state.name().to_owned());
+            let receipt = r.receipt_of(&run)?;
+            Ok(serde_json::json!({
+                "id": id, "run": run, "state": state, "outcome": outcome,
+                "records": records, "receipt": receipt, "recovered": true,
+            }))
+        })
+        .await
+        .context("answer task")?
+    }
+
     /// Assemble a capsule submitted by reference: its manifest and
     /// signature, with the component the manifest pins taken from what this
     /// runner already holds (an earlier submission stored it as evidence).
@@ -394,19 +444,38 @@ impl RunService {
         crate::export::Streamed::start(move |out| r.export_to(&scope, out).map(|_| ())).await
     }
 
+    /// Export the log (or what follows `since`) to a file, durably or not
+    /// at all ([`crate::export::export_file`]): for intakes that hand
+    /// exports back as files.
+    ///
+    /// # Errors
+    /// As [`crate::export::export_file`].
+    pub async fn export_file(&self, since: Option<String>, path: PathBuf) -> Result<crate::export::Exported> {
+        let r = self.runner.clone();
+        let scope = since.map_or(ExportScope::Full, ExportScope::Since);
+        tokio::task::spawn_blocking(move || r.export_file(&scope, &path)).await.context("export task")?
+    }
+
     pub fn metrics(&self) -> String {
         self.metrics.render(&self.runner, self.depth())
     }
 
     async fn submit_now(&self, capsule: Submission, agent: &str) -> Result<SubmitReply> {
+        self.submit_now_as(None, capsule, agent).await
+    }
+
+    async fn submit_now_as(&self, run: Option<String>, capsule: Submission, agent: &str) -> Result<SubmitReply> {
         let runner = &self.runner;
         let started = Instant::now();
+        let run = run.unwrap_or_else(crate::pipeline::new_run_id);
         // A waiting proposal keeps its capsule file for when approvals come.
         let (report, file) = match capsule {
-            Submission::File(bytes) => (runner.exec_submitted(&bytes, &[], Some(agent)).await?, bytes),
+            Submission::File(bytes) => {
+                (runner.exec_capsule_as(run, Submitted::Bytes(&bytes), &[], Some(agent)).await?, bytes)
+            }
             Submission::Assembled(f) => {
                 let kept = f.clone();
-                let report = runner.exec_capsule(Submitted::File(f), &[], Some(agent)).await?;
+                let report = runner.exec_capsule_as(run, Submitted::File(f), &[], Some(agent)).await?;
                 let waits = report.outcome == edge_core::evidence::Outcome::AwaitingApproval;
                 (report, if waits { kept.to_bytes() } else { Vec::new() })
             }
