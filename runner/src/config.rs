@@ -4,6 +4,7 @@
 //! Relative paths are relative to the directory holding the config file.
 
 pub mod console;
+pub mod nats;
 pub mod notify;
 pub mod probes;
 pub mod server;
@@ -59,6 +60,8 @@ struct RawConfig {
     probes: Option<probes::RawProbes>,
     #[serde(default)]
     spool: Option<spool::RawSpool>,
+    #[serde(default)]
+    nats: Option<nats::RawNats>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +234,8 @@ pub struct RunnerConfig {
     pub probes: Option<probes::ProbeSettings>,
     /// The air-gapped intake (`[spool]`), served by `edge-runner serve`.
     pub spool: Option<spool::SpoolSettings>,
+    /// The outbound-only intake (`[nats]`), served by `edge-runner serve`.
+    pub nats: Option<nats::NatsSettings>,
     /// Insecure switches in force (`dangerous_…` names), recorded in every
     /// run's submission record and shown in reports.
     pub dangerous: Vec<String>,
@@ -488,9 +493,10 @@ impl RunnerConfig {
             bail!("[console] needs an [approvers] registry: the console is where approvers approve");
         }
         let spool = raw.spool.map(|s| s.resolve(resolve)).transpose()?;
+        let nats = raw.nats.map(|n| n.resolve(&raw.runner.name, resolve)).transpose()?;
         let probes = raw.probes.map(|p| p.resolve(resolve)).transpose()?;
-        if probes.is_some() && server.is_none() && spool.is_none() {
-            bail!("[probes] needs an intake ([server] or [spool]): the probes answer for `edge-runner serve`");
+        if probes.is_some() && server.is_none() && spool.is_none() && nats.is_none() {
+            bail!("[probes] needs an intake ([server], [spool] or [nats]): the probes answer for `edge-runner serve`");
         }
         let notify = raw.notify.resolve(
             text,
@@ -505,6 +511,9 @@ impl RunnerConfig {
         if probes.as_ref().is_some_and(|p| p.dangerous) {
             dangerous.push("probes.dangerous_plain_http".to_owned());
         }
+        if nats.as_ref().is_some_and(|n| n.dangerous) {
+            dangerous.push("nats.dangerous_plain_text".to_owned());
+        }
         let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
         Ok(RunnerConfig {
             server,
@@ -512,6 +521,7 @@ impl RunnerConfig {
             notify,
             probes,
             spool,
+            nats,
             identity_key,
             source: None,
             governance: Some(Governance {

@@ -154,14 +154,14 @@ pub fn check(config: &Path) -> Vec<Problem> {
     }
     match &layout.server {
         Some(s) => server(s, layout.console.as_ref(), now, &mut problems),
-        None if table.contains_key("spool") => {}
+        None if table.contains_key("spool") || table.contains_key("nats") => {}
         None => problems.push(Problem::error(
             format!(
-                "runner config {} has no intake ([server] or [spool]): `serve` has nothing to take submissions from",
+                "runner config {} has no intake ([server], [spool] or [nats]): `serve` has nothing to take submissions from",
                 config.display()
             ),
-            "add [server] with listen, cert, key and client_ca (`edge-runner init` writes one), or [spool] with \
-             dir (docs/operations.md)",
+            "add [server] with listen, cert, key and client_ca (`edge-runner init` writes one), [spool] with \
+             dir, or [nats] with url (docs/operations.md)",
         )),
     }
 

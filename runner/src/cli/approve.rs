@@ -77,6 +77,19 @@ pub struct RemoteArgs {
     pub key: Option<PathBuf>,
 }
 
+impl RemoteArgs {
+    /// The client flags, when `--server` is given (clap has made sure the
+    /// others are too).
+    pub fn client_args(&self) -> Option<client::ClientArgs> {
+        Some(client::ClientArgs {
+            server: self.server.clone()?,
+            ca: self.ca.clone()?,
+            cert: self.cert.clone()?,
+            key: self.key.clone()?,
+        })
+    }
+}
+
 /// The flags `approve`/`reject` had before `--cert`/`--key` meant the TLS
 /// client identity on every command: (old, what to write now).
 const RENAMED: [(&str, &str); 2] = [

@@ -44,8 +44,15 @@ pub struct ServeArgs {
 pub struct SubmitArgs {
     /// The signed capsule file.
     pub capsule: PathBuf,
+    /// The runner's HTTPS API (`--server`, `--ca`, `--cert`, `--key`) …
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub client: crate::cli::approve::RemoteArgs,
+    /// … or NATS (`--nats`, `--runner`, …), when the runner dials out.
+    #[command(flatten)]
+    pub nats: crate::intake::nats_client::NatsArgs,
+    /// With --nats: how long to wait for the runner's answer (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub wait: u64,
     /// Print the runner's answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -156,6 +163,9 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
             if let Some(probes) = bound.probes {
                 let _ = writeln!(out, "probes on {probes}");
             }
+            if let Some(url) = bound.nats {
+                let _ = writeln!(out, "nats to {url}");
+            }
             if let Some(dir) = bound.spool {
                 let _ = writeln!(out, "spool on {}", dir.display());
             }
@@ -179,15 +189,33 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
     let bytes = std::fs::read(&a.capsule).with_context(|| format!("cannot read {}", a.capsule.display()))?;
-    let body = serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(&bytes) }))?;
-    let reply = runtime()?.block_on(async {
-        let mut c = Client::from_args(&a.client)?;
-        c.post("/v1/proposals", body, "application/json").await
-    })?;
-    if !reply.status.is_success() {
-        bail!("the runner refused the submission ({}): {}", reply.status, reply.error_message());
+    let v = match (a.client.client_args(), &a.nats.nats) {
+        (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
+        (None, None) => bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner"),
+        (None, Some(_)) => runtime()?.block_on(async {
+            let c = crate::intake::nats_client::NatsClient::connect(&a.nats).await?;
+            c.request("submit", bytes, std::time::Duration::from_secs(a.wait)).await
+        })?,
+        (Some(client), None) => {
+            let body =
+                serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(&bytes) }))?;
+            let reply = runtime()?.block_on(async {
+                let mut c = Client::from_args(&client)?;
+                c.post("/v1/proposals", body, "application/json").await
+            })?;
+            if !reply.status.is_success() {
+                bail!("the runner refused the submission ({}): {}", reply.status, reply.error_message());
+            }
+            reply.json()?
+        }
+    };
+    if let Some(r) = v.get("refused") {
+        bail!(
+            "the runner refused the message [{}]: {}",
+            edge_core::text::line(r["reason_code"].as_str().unwrap_or("?")),
+            edge_core::text::line(r["detail"].as_str().unwrap_or(""))
+        );
     }
-    let v = reply.json()?;
     if a.json {
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;

@@ -39,18 +39,21 @@ impl Probe {
     }
 }
 
-/// Whether the runner can take work now; `Err` says why not.
+/// Whether the runner can take work now; `Err` says why not. `Ok` lists
+/// the intakes that cannot take work while another can (say, NATS away
+/// while the API answers), one line each.
 ///
 /// # Errors
 /// `None` for the service: the runner is still opening (verifying its log).
-pub async fn readiness(runs: Option<&RunService>) -> Result<(), String> {
+pub async fn readiness(runs: Option<&RunService>) -> Result<Vec<String>, String> {
     let Some(runs) = runs else {
         return Err("starting: the runner is opening (verifying its evidence log)".to_owned());
     };
     if !runs.is_open() {
         return Err("shutting down: finishing the runs in progress".to_owned());
     }
-    runs.runner().log.writer_health(WRITER_TIMEOUT).await.map_err(|e| e.to_string())
+    runs.runner().log.writer_health(WRITER_TIMEOUT).await.map_err(|e| e.to_string())?;
+    runs.intakes().readiness()
 }
 
 /// The answer to `probe`; `runs` is `None` while the runner opens. (The
@@ -59,7 +62,10 @@ pub(crate) async fn answer(runs: Option<&RunService>, probe: Probe) -> Resp {
     match probe {
         Probe::Health => reply(StatusCode::OK, "text/plain", "ok\n"),
         Probe::Ready => match readiness(runs).await {
-            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n"),
+            Ok(down) => {
+                let notes: String = down.iter().map(|d| format!("degraded: {d}\n")).collect();
+                reply(StatusCode::OK, "text/plain", format!("ready\n{notes}"))
+            }
             Err(why) => {
                 tracing::debug!(reason = %why, "not ready");
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n"))

@@ -66,6 +66,8 @@ pub struct Bound<'a> {
     pub api: Option<std::net::SocketAddr>,
     /// The spool's directory (`[spool]`).
     pub spool: Option<&'a std::path::Path>,
+    /// The NATS server the runner dials out to (`[nats]`).
+    pub nats: Option<&'a str>,
     /// The approval console's origin (`[console]`).
     pub console: Option<&'a str>,
     /// The probe listener (`[probes]`): `http://127.0.0.1:9464` or `unix:/…`.
@@ -104,9 +106,9 @@ pub async fn serve(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP (reload) handler")?;
     anyhow::ensure!(
-        config.server.is_some() || config.spool.is_some(),
-        "the runner config has no intake: add [server] (the mTLS API; `edge-runner init` writes one) or [spool] \
-         (docs/operations.md)"
+        config.server.is_some() || config.spool.is_some() || config.nats.is_some(),
+        "the runner config has no intake: add [server] (the mTLS API; `edge-runner init` writes one), [spool] or \
+         [nats] (docs/operations.md)"
     );
     let api = match (config.server.clone(), listener) {
         (Some(settings), Some(listener)) => {
@@ -143,6 +145,7 @@ pub async fn serve(
     };
     let metrics = Arc::new(crate::service::metrics::Metrics::default());
     let spool_settings = config.spool.clone();
+    let nats_settings = config.nats.clone();
     let runs = crate::service::RunService::start(config, max_running, queue, metrics.clone()).await?;
     let _ = opened.set(runs.clone());
     // The approval console, on its own listener (`[console]`).
@@ -184,8 +187,22 @@ pub async fn serve(
     };
     // The spool (`[spool]`): its own task, stopped before the runs finish.
     let (spool_stop, spool_stopped) = tokio::sync::oneshot::channel::<()>();
+    if api.is_some() {
+        runs.intakes().set("api", Ok(()));
+    }
+    // NATS (`[nats]`): dials out in the background; the runner serves
+    // without it and says so in /readyz while it is away.
+    let (nats_stop, nats_stopped) = tokio::sync::oneshot::channel::<()>();
+    let nats = nats_settings.map(|n| {
+        let url = n.url.clone();
+        let task = tokio::spawn(crate::intake::nats::serve(n, runs.clone(), async {
+            let _ = nats_stopped.await;
+        }));
+        (url, task)
+    });
     let spool = match spool_settings {
         Some(s) => {
+            runs.intakes().set("spool", Ok(()));
             crate::intake::spool::prepare(&s)?;
             let dir = s.dir.clone();
             tracing::info!(dir = %dir.display(), "spool serving");
@@ -206,14 +223,16 @@ pub async fn serve(
     let bound = Bound {
         api: addr,
         spool: spool.as_ref().map(|(d, _)| d.as_path()),
+        nats: nats.as_ref().map(|(u, _)| u.as_str()),
         console: console.as_ref().map(|(o, _)| o.as_str()),
         probes: probes.as_ref().map(|(p, ..)| p.as_str()),
     };
     ready(&bound);
     systemd.ready(&format!(
-        "serving{}{}{}{}",
+        "serving{}{}{}{}{}",
         addr.map(|a| format!(" on https://{a}")).unwrap_or_default(),
         bound.spool.map(|d| format!(", spool {}", d.display())).unwrap_or_default(),
+        bound.nats.map(|u| format!(", nats {u}")).unwrap_or_default(),
         bound.console.map(|c| format!(", console {c}")).unwrap_or_default(),
         bound.probes.map(|p| format!(", probes {p}")).unwrap_or_default()
     ));
@@ -264,6 +283,14 @@ pub async fn serve(
     systemd.stopping("shutting down: finishing the runs in progress");
     hangup.abort();
     let _ = spool_stop.send(());
+    let _ = nats_stop.send(());
+    if let Some((_, task)) = nats {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the NATS intake stopped"),
+            Err(e) => tracing::error!(error = %e, "the NATS intake task failed"),
+        }
+    }
     if let Some((_, task)) = spool {
         match task.await {
             Ok(Ok(())) => {}

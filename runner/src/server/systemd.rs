@@ -137,15 +137,14 @@ impl Notifier {
             let mut failing = false;
             loop {
                 tick.tick().await;
-                let check = if runs.is_open() {
-                    crate::server::health::readiness(Some(&runs)).await
-                } else {
-                    runs.runner()
-                        .log
-                        .writer_health(crate::server::health::WRITER_TIMEOUT)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
+                // The evidence writer, not readiness: an intake that cannot
+                // reach its server (NATS away) is no reason to restart.
+                let check = runs
+                    .runner()
+                    .log
+                    .writer_health(crate::server::health::WRITER_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string());
                 match check {
                     Ok(()) => {
                         me.notify("WATCHDOG=1");

@@ -31,6 +31,8 @@ pub struct Metrics {
     runs: Mutex<Histogram>,
     /// Webhook deliveries (`crate::notify`).
     pub(crate) notify: std::sync::Arc<crate::notify::Counters>,
+    /// Messages intakes finished, by (intake, result).
+    intake: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -40,6 +42,11 @@ impl Metrics {
 
     pub fn overloaded(&self) {
         self.overloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn intake_message(&self, intake: &'static str, result: &'static str) {
+        *self.intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry((intake, result)).or_default() +=
+            1;
     }
 
     pub fn observe_run(&self, d: Duration) {
@@ -55,7 +62,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, runner: &Runner, queue_depth: usize) -> String {
+    pub fn render(&self, runner: &Runner, queue_depth: usize, intakes: &crate::intake::Health) -> String {
         let counts = runner.log.proposal_counts().unwrap_or_else(|e| {
             tracing::error!(error = %format!("{e:#}"), "cannot count the proposals for metrics");
             Vec::new()
@@ -113,6 +120,14 @@ impl Metrics {
         let _ = writeln!(s, "edge_runner_run_duration_seconds_count {}", h.count);
         drop(h);
         self.notify.render(&mut s);
+        header(&mut s, "edge_runner_intake_up", "gauge", "Whether each intake can take work (1) or not (0).");
+        for (intake, state) in intakes.all() {
+            let _ = writeln!(s, "edge_runner_intake_up{{intake=\"{intake}\"}} {}", u8::from(state.is_ok()));
+        }
+        header(&mut s, "edge_runner_intake_messages_total", "counter", "Messages intakes finished, by result.");
+        for ((intake, result), n) in self.intake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            let _ = writeln!(s, "edge_runner_intake_messages_total{{intake=\"{intake}\",result=\"{result}\"}} {n}");
+        }
         s
     }
 }

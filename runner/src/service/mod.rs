@@ -73,6 +73,8 @@ pub struct RunService {
     /// Components submitted earlier, by digest, for submissions by
     /// reference (bounded; a miss reads the evidence store).
     components: edge_core::bounded::BoundedMap<Sha256Digest, KnownComponent>,
+    /// Whether each intake can take work (`/readyz`, `/metrics`).
+    intakes: crate::intake::Health,
 }
 
 impl std::fmt::Debug for RunService {
@@ -175,7 +177,43 @@ impl RunService {
             ticker,
             notifier: std::sync::Mutex::new(Some(notifier)),
             components: edge_core::bounded::BoundedMap::new(MAX_COMPONENTS),
+            intakes: crate::intake::Health::default(),
         }))
+    }
+
+    /// Whether each intake can take work.
+    pub fn intakes(&self) -> &crate::intake::Health {
+        &self.intakes
+    }
+
+    /// Count a message an intake finished (`processed`, `terminated`, `retried`).
+    pub fn metrics_intake(&self, intake: &'static str, result: &'static str) {
+        self.metrics.intake_message(intake, result);
+    }
+
+    /// Record an approval that does not parse (outside any run, by the
+    /// runner): kept as an artifact when small enough to be an approval at
+    /// all, so a reviewer sees what was delivered.
+    ///
+    /// # Errors
+    /// If the record cannot be made durable.
+    pub async fn record_malformed_approval(&self, bytes: &[u8], detail: &str) -> Result<()> {
+        if bytes.len() > MAX_APPROVAL_BYTES {
+            tracing::info!(bytes = bytes.len(), "an oversized approval was refused unread");
+            return Ok(());
+        }
+        let d = self.runner.log.put_artifact(bytes)?;
+        let mut log = self.runner.log.run_log();
+        log.append_deferred(
+            "runner",
+            edge_core::evidence::Event::ApprovalRefused {
+                approval: d,
+                principal: None,
+                reason_code: "approval.malformed".into(),
+                detail: edge_core::text::line(detail).chars().take(500).collect(),
+            },
+        )?;
+        log.barrier().await
     }
 
     /// Runs admitted but waiting for a slot.
@@ -457,7 +495,7 @@ impl RunService {
     }
 
     pub fn metrics(&self) -> String {
-        self.metrics.render(&self.runner, self.depth())
+        self.metrics.render(&self.runner, self.depth(), &self.intakes)
     }
 
     async fn submit_now(&self, capsule: Submission, agent: &str) -> Result<SubmitReply> {

@@ -1,0 +1,191 @@
+//! The `[nats]` section of `runner.toml`: an outbound-only intake. The
+//! runner dials out to a NATS server (typically a leaf node inside the
+//! enclave that connects on to a hub) and pulls submissions and approvals
+//! from JetStream (`crate::intake::nats`).
+//!
+//! ```toml
+//! [nats]
+//! url = "tls://nats.enclave.example:4222"
+//! ca = "nats/ca.pem"              # the CA the server's certificate chains to
+//! cert = "nats/runner.pem"        # client certificate (optional)
+//! key = "nats/runner.key"
+//! creds = "nats/runner.creds"     # NATS credentials (optional)
+//! prefix = "edge"                 # subjects edge.<runner name>.in.* / .out.*
+//! max_message_mib = 16
+//! ```
+//!
+//! Plain `nats://` is accepted only to a loopback address; anywhere else it
+//! needs `dangerous_plain_text = true`, which is recorded like every
+//! insecure switch. The transport is not what makes a submission
+//! trustworthy (capsules and approvals are signed and bound), but plain
+//! text shows everything submitted to anyone on the path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNats {
+    /// `tls://host:port` or (loopback, or with `dangerous_plain_text`) `nats://host:port`.
+    url: String,
+    /// CA certificates (PEM) the server's certificate must chain to (required for `tls://`).
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the server asks for one.
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    /// A NATS credentials file (JWT and NKey seed), when the server uses them.
+    #[serde(default)]
+    creds: Option<PathBuf>,
+    /// First subject token (default `edge`): the runner uses
+    /// `<prefix>.<runner name>.in.{submit,approve,export}` and publishes on
+    /// `<prefix>.<runner name>.out.>`.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// Largest message taken (default 16 MiB; the NATS server's
+    /// `max_payload` must allow it too).
+    #[serde(default)]
+    max_message_mib: Option<u64>,
+    /// Allow `nats://` (no TLS) to a non-loopback address. Recorded.
+    #[serde(default)]
+    dangerous_plain_text: bool,
+}
+
+/// Resolved NATS settings.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub tls: bool,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    pub creds: Option<PathBuf>,
+    pub prefix: String,
+    pub max_message_bytes: usize,
+    /// `dangerous_plain_text` was needed.
+    pub dangerous: bool,
+    /// How long the server waits for an ack before redelivering (the
+    /// runner says it is still working every third of this).
+    pub ack_wait: Duration,
+}
+
+/// Whether `s` can be one subject token (and a stream name's part).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl NatsSettings {
+    /// The subject of an inbound kind (`submit`, `approve`, `export`).
+    pub fn inbound(&self, runner: &str, kind: &str) -> String {
+        format!("{}.{runner}.in.{kind}", self.prefix)
+    }
+    /// The subject of an outbound kind (`answer.<id>`, `events`, `checkpoint`).
+    pub fn outbound(&self, runner: &str, kind: &str) -> String {
+        format!("{}.{runner}.out.{kind}", self.prefix)
+    }
+    /// The JetStream stream names (inbound, outbound) and export bucket.
+    pub fn streams(&self, runner: &str) -> (String, String, String) {
+        let (inbound, outbound) = crate::intake::nats_client::streams(&self.prefix, runner);
+        (inbound, outbound, format!("{}_{runner}_exports", self.prefix))
+    }
+}
+
+impl RawNats {
+    pub(crate) fn resolve(self, runner: &str, resolve: impl Fn(&Path) -> PathBuf) -> Result<NatsSettings> {
+        let (tls, rest) = match self.url.split_once("://") {
+            Some(("tls", rest)) => (true, rest),
+            Some(("nats", rest)) => (false, rest),
+            _ => bail!("nats.url `{}`: use tls://host:port (or nats://127.0.0.1:port on this host)", self.url),
+        };
+        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || rest.contains('/') || rest.contains('@') {
+            bail!("nats.url `{}`: give host:port only (credentials go in nats.creds, never in the URL)", self.url);
+        }
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        if !tls && !loopback && !self.dangerous_plain_text {
+            bail!(
+                "nats.url `{}` is plain text to another host: anyone on the path reads every capsule and \
+                 approval. Use tls:// with nats.ca, or set nats.dangerous_plain_text = true (recorded)",
+                self.url
+            );
+        }
+        if tls && self.ca.is_none() {
+            bail!("nats.url `{}` is TLS: name the CA its certificate chains to in nats.ca", self.url);
+        }
+        let client_cert = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((resolve(&c), resolve(&k))),
+            (None, None) => None,
+            _ => bail!("nats.cert and nats.key go together (the client certificate and its key)"),
+        };
+        if client_cert.is_some() && !tls {
+            bail!("nats.cert needs a tls:// url");
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "edge".to_owned());
+        if !is_token(&prefix) {
+            bail!("nats.prefix `{prefix}`: letters, digits, - and _ only (one subject token)");
+        }
+        if !is_token(runner) {
+            bail!(
+                "[nats] names subjects after runner.name, and `{runner}` is not one subject token: use letters, \
+                 digits, - and _ only"
+            );
+        }
+        let mib = self.max_message_mib.unwrap_or(16);
+        if mib == 0 || mib > 64 {
+            bail!("nats.max_message_mib must be between 1 and 64");
+        }
+        Ok(NatsSettings {
+            url: self.url,
+            tls,
+            ca: self.ca.as_deref().map(&resolve),
+            client_cert,
+            creds: self.creds.as_deref().map(&resolve),
+            prefix,
+            max_message_bytes: (mib << 20) as usize,
+            dangerous: self.dangerous_plain_text && !tls,
+            ack_wait: Duration::from_secs(30),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<NatsSettings> {
+        let raw: RawNats = toml::from_str(text)?;
+        raw.resolve("runner-1", |p| p.to_path_buf())
+    }
+
+    #[test]
+    fn plain_text_is_for_loopback_or_an_explicit_dangerous_switch() {
+        assert!(load("url = \"nats://127.0.0.1:4222\"").is_ok());
+        assert!(load("url = \"nats://localhost:4222\"").is_ok());
+        let e = load("url = \"nats://hub.example:4222\"").unwrap_err().to_string();
+        assert!(e.contains("dangerous_plain_text"), "{e}");
+        let s = load("url = \"nats://hub.example:4222\"\ndangerous_plain_text = true").unwrap();
+        assert!(s.dangerous);
+        assert!(load("url = \"tls://hub.example:4222\"").unwrap_err().to_string().contains("nats.ca"));
+        assert!(load("url = \"tls://hub.example:4222\"\nca = \"ca.pem\"").is_ok());
+        assert!(load("url = \"nats://user:pw@127.0.0.1:4222\"").is_err());
+        assert!(load("url = \"http://127.0.0.1:4222\"").is_err());
+        assert!(load("url = \"nats://127.0.0.1:4222\"\nprefix = \"a.b\"").is_err());
+    }
+
+    #[test]
+    fn subjects_and_streams_are_the_runners_own() {
+        let s = load("url = \"nats://127.0.0.1:4222\"").unwrap();
+        assert_eq!(s.inbound("runner-1", "submit"), "edge.runner-1.in.submit");
+        assert_eq!(s.outbound("runner-1", "events"), "edge.runner-1.out.events");
+        assert_eq!(
+            s.streams("runner-1"),
+            ("edge_runner-1_in".into(), "edge_runner-1_out".into(), "edge_runner-1_exports".into())
+        );
+        let raw: RawNats = toml::from_str("url = \"nats://127.0.0.1:4222\"").unwrap();
+        assert!(raw.resolve("a.b", |p| p.to_path_buf()).is_err());
+    }
+}

@@ -1,0 +1,483 @@
+//! The NATS intake: the runner dials *out* to a NATS server and pulls
+//! submissions and approvals from JetStream; nothing connects in.
+//!
+//! ```text
+//!  agents (outside) ── publish ──► hub ◄── leaf node (enclave edge)
+//!                                              ▲
+//!                         runner dials out ────┘  (tls, creds or client cert)
+//!
+//!  <prefix>.<runner>.in.submit   a capsule file            ┐ stream <prefix>_<runner>_in
+//!  <prefix>.<runner>.in.approve  an approval file          │ (work queue; durable pull
+//!  <prefix>.<runner>.in.export   "" or an earlier checkpoint┘  consumer "runner")
+//!  <prefix>.<runner>.out.answer.<msg id>  the answer        ┐ stream <prefix>_<runner>_out
+//!  <prefix>.<runner>.out.events           proposal events   │ (kept 30 days, for clients
+//!  <prefix>.<runner>.out.checkpoint       signed checkpoints┘  that were away)
+//!  object store <prefix>_<runner>_exports: evidence exports
+//! ```
+//!
+//! A message is acknowledged only after its answer is stored in the
+//! outbound stream, and so after its submission record is durable in the
+//! evidence log. Before a capsule runs, the run it becomes is kept in
+//! [`super::deliveries`] under the message's stream sequence; a message
+//! delivered again (its ack lost) finds its run, and if the log holds it,
+//! is answered from the log and not run again. A runner killed at any point
+//! therefore loses nothing (unacknowledged messages are delivered again) and
+//! runs nothing twice.
+//!
+//! The runner keeps running without NATS: the client reconnects with
+//! backoff; `/readyz` and `/metrics` say whether the intake is connected.
+//! Every message is hostile: its size is checked before anything else, its
+//! subject picks the handler, and a message that cannot be processed is
+//! terminated (never redelivered forever) with its reason in the answer and
+//! the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use crate::config::nats::NatsSettings;
+use crate::intake::deliveries::Deliveries;
+use crate::service::{ApproveReply, QueueError, RunService};
+
+/// The intake's name in `/readyz` and `/metrics`.
+pub const INTAKE: &str = "nats";
+/// Messages processed at once (the run service bounds runs itself).
+const MAX_IN_FLIGHT: usize = 256;
+/// The durable consumer's name.
+const CONSUMER: &str = "runner";
+
+/// Connect (in the background: an unreachable server is retried with
+/// backoff while the runner keeps running) and take messages until
+/// `shutdown` completes; messages in progress finish first.
+///
+/// # Errors
+/// If the credentials file cannot be read or the deliveries database
+/// cannot be opened.
+pub async fn serve(
+    settings: NatsSettings,
+    runs: Arc<RunService>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let runner = runs.runner().config.name.clone();
+    let deliveries = Arc::new(Deliveries::open(&runs.runner().config.state_dir)?);
+    runs.intakes().set(INTAKE, Err(format!("connecting to {}", settings.url)));
+    let client = connect(&settings, &runner, runs.clone()).await?;
+    let js = jetstream::new(client.clone());
+    let intake = Arc::new(Intake { settings, runner, runs, js, deliveries });
+    let events = tokio::spawn(intake.clone().publish_events()).abort_handle();
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(250);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    'connect: loop {
+        // Streams and the consumer, made if missing (retried: the server
+        // may be away, or JetStream not yet ready).
+        let (source, mut messages, mut consumer) = tokio::select! {
+            () = &mut shutdown => break 'connect,
+            set = intake.set_up() => match set {
+                Ok(s) => { backoff = Duration::from_millis(250); s }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "NATS intake not ready");
+                    intake.runs.intakes().set(INTAKE, Err(edge_core::text::line(&why).into_owned()));
+                    tokio::select! {
+                        () = &mut shutdown => break 'connect,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue 'connect;
+                }
+            },
+        };
+        intake.runs.intakes().set(INTAKE, Ok(()));
+        tracing::info!(url = %intake.settings.url, source = %source, "NATS intake pulling");
+        let mut prune = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => break 'connect,
+                _ = prune.tick() => {
+                    intake.prune(&source, &mut consumer).await;
+                    continue;
+                }
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(m)) => {
+                    let Ok(permit) = slots.clone().acquire_owned().await else { break 'connect };
+                    let (i, source) = (intake.clone(), source.clone());
+                    tasks.spawn(async move {
+                        i.handle(&source, m).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    // Missed heartbeats and the like: the pull goes on (the
+                    // client reconnects by itself); said once each.
+                    tracing::warn!(error = %e, "NATS pull");
+                }
+                None => {
+                    tracing::warn!("NATS pull ended; setting up again");
+                    continue 'connect;
+                }
+            }
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a NATS message task failed");
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    events.abort();
+    // What was answered is flushed before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    Ok(())
+}
+
+/// The connection, with TLS, credentials and reconnection as configured;
+/// its state goes to the intake's health.
+async fn connect(settings: &NatsSettings, runner: &str, runs: Arc<RunService>) -> Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("edge-runner {runner}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let runs = runs.clone();
+            async move {
+                match &event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        runs.intakes().set(INTAKE, Ok(()));
+                    }
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        tracing::warn!(event = %event, "NATS connection lost; reconnecting");
+                        runs.intakes().set(INTAKE, Err(format!("{event}; reconnecting")));
+                    }
+                    other => tracing::warn!(event = %edge_core::text::line(&other.to_string()), "NATS"),
+                }
+            }
+        });
+    if settings.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &settings.ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &settings.client_cert {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    if let Some(creds) = &settings.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read the NATS credentials {}", creds.display()))?;
+    }
+    opts.connect(settings.url.as_str()).await.with_context(|| format!("cannot connect to {}", settings.url))
+}
+
+struct Intake {
+    settings: NatsSettings,
+    runner: String,
+    runs: Arc<RunService>,
+    js: jetstream::Context,
+    deliveries: Arc<Deliveries>,
+}
+
+/// How one message ends.
+enum Disposition {
+    /// Processed (its answer stored): acknowledge.
+    Ack,
+    /// Cannot ever be processed: terminate (never delivered again).
+    Term,
+    /// Not now (the run queue is full): delivered again after a while.
+    Later,
+}
+
+impl Intake {
+    /// The two streams and the durable consumer; the source name under which
+    /// deliveries are kept (the inbound stream and its creation time).
+    async fn set_up(&self) -> Result<(String, consumer::pull::Stream, consumer::PullConsumer)> {
+        let (inbound, outbound, _) = self.settings.streams(&self.runner);
+        let mut stream_in = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: inbound.clone(),
+                subjects: vec![self.settings.inbound(&self.runner, ">")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_message_size: i32::try_from(self.settings.max_message_bytes + 4096).unwrap_or(i32::MAX),
+                duplicate_window: Duration::from_secs(120),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot make or find the stream {inbound}"))?;
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: outbound.clone(),
+                subjects: vec![self.settings.outbound(&self.runner, ">")],
+                max_age: Duration::from_secs(30 * 86_400),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot make or find the stream {outbound}"))?;
+        let created = stream_in.info().await.context("stream info")?.created.unix_timestamp_nanos();
+        let source = format!("{inbound}@{created}");
+        let consumer: consumer::PullConsumer = stream_in
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.settings.ack_wait,
+                    max_ack_pending: MAX_IN_FLIGHT as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot make or find the consumer {CONSUMER} on {inbound}"))?;
+        let messages = consumer.messages().await.context("cannot start pulling")?;
+        Ok((source, messages, consumer))
+    }
+
+    /// Forget deliveries the server will not deliver again.
+    async fn prune(&self, source: &str, consumer: &mut consumer::PullConsumer) {
+        let Ok(info) = consumer.info().await else { return };
+        let floor = info.ack_floor.stream_sequence;
+        let (d, source) = (self.deliveries.clone(), source.to_owned());
+        let _ = tokio::task::spawn_blocking(move || d.prune(&source, floor)).await;
+    }
+
+    /// Process one message to its disposition, telling the server it is
+    /// still being worked on meanwhile.
+    async fn handle(&self, source: &str, m: jetstream::Message) {
+        let seq = match m.info() {
+            Ok(i) => i.stream_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "a NATS message without JetStream metadata; terminated");
+                let _ = m.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        // The answer's subject: the publisher's message id (one subject
+        // token), else the stream sequence.
+        let reply_id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned())
+            .filter(|id| crate::config::nats::is_token(id))
+            .unwrap_or_else(|| format!("seq-{seq}"));
+        let progress = {
+            let (acker, every) = (m.clone(), self.settings.ack_wait / 3);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let _ = acker.ack_with(AckKind::Progress).await;
+                }
+            })
+            .abort_handle()
+        };
+        let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
+        let outcome = self.process(source, seq, &kind, &m.payload).await;
+        progress.abort();
+        let (answer, disposition) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                // The runner itself failed (I/O): delivered again later; a
+                // capsule that ran is then answered from the log.
+                tracing::error!(error = %format!("{e:#}"), seq, "NATS message not finished; it will be delivered again");
+                (None, Disposition::Later)
+            }
+        };
+        if let Some(answer) = &answer {
+            let subject = self.settings.outbound(&self.runner, &format!("answer.{reply_id}"));
+            let stored = match self.js.publish(subject, serde_json::to_vec(answer).unwrap_or_default().into()).await {
+                Ok(ack) => ack.await.map(drop).map_err(|e| anyhow!("{e}")),
+                Err(e) => Err(anyhow!("{e}")),
+            };
+            if let Err(e) = stored {
+                // No answer stored, no ack: delivered again, answered then
+                // (from the log, if it ran).
+                tracing::warn!(error = %e, seq, "cannot store a NATS answer; the message will be delivered again");
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                self.runs.metrics_intake(INTAKE, "retried");
+                return;
+            }
+        }
+        let (kind, result) = match disposition {
+            Disposition::Ack => (AckKind::Ack, "processed"),
+            Disposition::Term => (AckKind::Term, "terminated"),
+            Disposition::Later => (AckKind::Nak(Some(Duration::from_secs(1))), "retried"),
+        };
+        if let Err(e) = m.double_ack_with(kind).await {
+            // Delivered again later; recognised then.
+            tracing::warn!(error = %e, seq, "NATS ack not confirmed");
+        }
+        self.runs.metrics_intake(INTAKE, result);
+    }
+
+    async fn process(
+        &self,
+        source: &str,
+        seq: u64,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<(Option<serde_json::Value>, Disposition)> {
+        let refused = |code: &str, detail: String| {
+            tracing::info!(target: "edge_runner::nats", seq, reason_code = code, detail = %edge_core::text::line(&detail), "NATS message refused");
+            Ok((Some(json!({ "refused": { "reason_code": code, "detail": detail } })), Disposition::Term))
+        };
+        if payload.len() > self.settings.max_message_bytes {
+            return refused(
+                "nats.too-large",
+                format!("{} bytes; the largest message taken is {}", payload.len(), self.settings.max_message_bytes),
+            );
+        }
+        match kind {
+            "submit" => self.submit(source, seq, payload).await,
+            "approve" => self.approve(payload).await,
+            "export" => self.export(seq, payload).await,
+            _ => refused("nats.unknown-subject", "publish to in.submit, in.approve or in.export".to_owned()),
+        }
+    }
+
+    async fn submit(&self, source: &str, seq: u64, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
+        let (d, s) = (self.deliveries.clone(), source.to_owned());
+        let (run, seen) =
+            tokio::task::spawn_blocking(move || d.run_for(&s, seq)).await.context("deliveries task")??;
+        if seen && self.runs.ran(&run)? {
+            tracing::info!(seq, run = %run, "NATS message delivered again: answered from the log, not run again");
+            return Ok((Some(self.runs.answer_of(&run).await?), Disposition::Ack));
+        }
+        match self.runs.submit_as(run, payload.to_vec(), format!("nats:{}", self.runner)).await {
+            Ok(Ok(reply)) => {
+                if reply.state == "awaiting-approval" {
+                    self.publish_proposal(&reply.id).await?;
+                }
+                Ok((Some(serde_json::to_value(&reply)?), Disposition::Ack))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(QueueError::Full | QueueError::Stopped) => Ok((None, Disposition::Later)),
+        }
+    }
+
+    /// What approvers review, for `approve --nats`: a waiting proposal's
+    /// document and preview on `out.proposal.<id>` and `out.preview.<id>`
+    /// (kept in the outbound stream), stored before the answer is.
+    async fn publish_proposal(&self, id: &str) -> Result<()> {
+        let Some(doc) = self.runs.document(id) else { return Ok(()) };
+        let mut out = vec![(format!("proposal.{id}"), doc)];
+        if let Some(preview) = self.runs.preview(id)? {
+            out.push((format!("preview.{id}"), serde_json::to_vec(&preview)?));
+        }
+        for (kind, body) in out {
+            let ack = self.js.publish(self.settings.outbound(&self.runner, &kind), body.into()).await;
+            ack.map_err(|e| anyhow!("{e}"))?.await.map_err(|e| anyhow!("cannot store {kind}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn approve(&self, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
+        let proposal = match edge_core::approval::ApprovalFile::parse(payload) {
+            Ok(f) => f.statement.proposal,
+            Err(e) => {
+                let detail = format!("not an approval file: {e}");
+                self.runs.record_malformed_approval(payload, &detail).await?;
+                let answer = json!({ "refused": { "reason_code": "approval.malformed", "detail": detail } });
+                return Ok((Some(answer), Disposition::Term));
+            }
+        };
+        let reply = match self.runs.approve(proposal.clone(), payload.to_vec()).await {
+            Ok(r) => r,
+            Err(QueueError::Full | QueueError::Stopped) => return Ok((None, Disposition::Later)),
+        };
+        let refused = |code: &str, detail: String| json!({ "proposal": proposal, "refused": { "reason_code": code, "detail": detail } });
+        let answer = match reply {
+            Ok(ApproveReply::Unknown) => {
+                refused("approval.unknown-proposal", format!("no proposal {proposal} on this runner"))
+            }
+            Ok(ApproveReply::Refused(why)) => refused("approval.refused", why),
+            Ok(ApproveReply::Kept(kept)) => serde_json::to_value(&kept)?,
+            Err(e) => refused("approval.not-waiting", format!("{e:#}")),
+        };
+        Ok((Some(answer), Disposition::Ack))
+    }
+
+    /// An export into the object store: the whole log, or what follows the
+    /// earlier checkpoint the message holds.
+    async fn export(&self, seq: u64, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
+        let since = match std::str::from_utf8(payload) {
+            Ok(t) if t.trim().is_empty() => None,
+            Ok(t) => Some(t.to_owned()),
+            Err(_) => {
+                let answer = json!({ "refused": { "reason_code": "nats.bad-request",
+                    "detail": "an export request is empty or holds a checkpoint's text" } });
+                return Ok((Some(answer), Disposition::Term));
+            }
+        };
+        let (_, _, bucket) = self.settings.streams(&self.runner);
+        let dir = self.runs.runner().config.state_dir.join("exports");
+        let file = dir.join(format!("nats-{seq}.bundle"));
+        let exported = match self.runs.export_file(since, file.clone()).await {
+            Ok(e) => e,
+            Err(e) => {
+                let answer = json!({ "refused": { "reason_code": "export.failed", "detail": format!("{e:#}") } });
+                return Ok((Some(answer), Disposition::Term));
+            }
+        };
+        let store = match self.js.get_object_store(&bucket).await {
+            Ok(s) => s,
+            Err(_) => self
+                .js
+                .create_object_store(jetstream::object_store::Config { bucket: bucket.clone(), ..Default::default() })
+                .await
+                .with_context(|| format!("cannot make the object store {bucket}"))?,
+        };
+        let object = format!("export-{}-{seq}.bundle", exported.tree_size);
+        let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
+        store.put(object.as_str(), &mut f).await.map_err(|e| anyhow!("cannot store the export in {bucket}: {e}"))?;
+        let _ = tokio::fs::remove_file(&file).await;
+        Ok((
+            Some(json!({ "export": { "bucket": bucket, "object": object, "records": exported.records,
+                "checkpoint": exported.checkpoint } })),
+            Disposition::Ack,
+        ))
+    }
+
+    /// Proposal events and, after each, the signed checkpoint, to the
+    /// outbound stream (for consoles and reviewers on the other side). An
+    /// event that cannot be published while disconnected is logged: the
+    /// log holds every one of them.
+    async fn publish_events(self: Arc<Self>) {
+        let mut events = self.runs.proposal_events();
+        let subject = self.settings.outbound(&self.runner, "events");
+        let checkpoints = self.settings.outbound(&self.runner, "checkpoint");
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "NATS event publisher fell behind");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            if let Err(e) = self.js.publish(subject.clone(), body.into()).await {
+                tracing::warn!(error = %e, proposal = %event.proposal, "cannot publish a proposal event to NATS");
+                continue;
+            }
+            // Coalesced: one checkpoint for the events that came together.
+            if events.is_empty()
+                && let Ok(note) = self.runs.checkpoint().await
+                && let Err(e) = self.js.publish(checkpoints.clone(), note.into_bytes().into()).await
+            {
+                tracing::warn!(error = %e, "cannot publish the checkpoint to NATS");
+            }
+        }
+    }
+}

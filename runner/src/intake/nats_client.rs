@@ -1,0 +1,167 @@
+//! The client side of the NATS intake ([`super::nats`]): what `submit
+//! --nats`, `approve --nats`, `proposals watch --nats` and the load
+//! generator use. A request is published to the runner's inbound stream
+//! with a fresh message id (JetStream drops a re-publish of the same id
+//! within two minutes), and its answer awaited on
+//! `<prefix>.<runner>.out.answer.<id>` — subscribed before publishing, and
+//! read back from the outbound stream if it came before the subscription.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_nats::jetstream;
+use clap::Args;
+use futures_util::StreamExt as _;
+
+/// `--nats` and its companions, on the client commands that can talk to a
+/// runner through NATS.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// Talk to the runner through this NATS server instead of its HTTPS API
+    /// (tls://host:port, or nats://127.0.0.1:port on this host).
+    #[arg(long, env = "EDGE_RUNNER_NATS", value_name = "URL", requires = "runner")]
+    pub nats: Option<String>,
+    /// With --nats: the runner's name (`runner.name`), which its subjects carry.
+    #[arg(long, env = "EDGE_RUNNER_NAME", value_name = "NAME")]
+    pub runner: Option<String>,
+    /// With --nats: the CA (PEM) the NATS server's certificate chains to.
+    #[arg(long, value_name = "PEM")]
+    pub nats_ca: Option<PathBuf>,
+    /// With --nats: a client certificate (PEM) and --nats-key.
+    #[arg(long, value_name = "PEM", requires = "nats_key")]
+    pub nats_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    pub nats_key: Option<PathBuf>,
+    /// With --nats: a NATS credentials file.
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// With --nats: the runner's subject prefix (`nats.prefix`).
+    #[arg(long, default_value = "edge")]
+    pub nats_prefix: String,
+}
+
+/// A connection to a runner through NATS.
+pub struct NatsClient {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    runner: String,
+    prefix: String,
+}
+
+impl std::fmt::Debug for NatsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsClient").field("runner", &self.runner).field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl NatsClient {
+    /// Connect as the flags say.
+    ///
+    /// # Errors
+    /// No --nats, a bad runner name, unreadable credentials, or no server.
+    pub async fn connect(a: &NatsArgs) -> Result<Self> {
+        let url = a.nats.as_deref().context("give --nats URL")?;
+        let runner = a.runner.clone().context("give --runner NAME (the runner's runner.name)")?;
+        if !crate::config::nats::is_token(&runner) || !crate::config::nats::is_token(&a.nats_prefix) {
+            bail!("--runner and --nats-prefix are single subject tokens (letters, digits, - and _)");
+        }
+        let mut opts = async_nats::ConnectOptions::new().name("edge-runner client");
+        if url.starts_with("tls://") {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &a.nats_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(c), Some(k)) = (&a.nats_cert, &a.nats_key) {
+            opts = opts.add_client_certificate(c.clone(), k.clone());
+        }
+        if let Some(creds) = &a.nats_creds {
+            opts = opts.credentials_file(creds).await.with_context(|| format!("cannot read {}", creds.display()))?;
+        }
+        let client = opts.connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js, runner, prefix: a.nats_prefix.clone() })
+    }
+
+    /// Connect with a URL and runner name only (tests, the load generator).
+    ///
+    /// # Errors
+    /// As [`NatsClient::connect`].
+    pub async fn plain(url: &str, runner: &str) -> Result<Self> {
+        Self::connect(&NatsArgs {
+            nats: Some(url.to_owned()),
+            runner: Some(runner.to_owned()),
+            nats_ca: None,
+            nats_cert: None,
+            nats_key: None,
+            nats_creds: None,
+            nats_prefix: "edge".to_owned(),
+        })
+        .await
+    }
+
+    fn subject(&self, dir: &str, kind: &str) -> String {
+        format!("{}.{}.{dir}.{kind}", self.prefix, self.runner)
+    }
+
+    /// Publish a request (`submit`, `approve`, `export`) and wait up to
+    /// `timeout` for the runner's answer.
+    ///
+    /// # Errors
+    /// The server refused the message (no such stream: is the runner
+    /// connected?), or no answer came in time.
+    pub async fn request(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<serde_json::Value> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let answer_subject = self.subject("out", &format!("answer.{id}"));
+        let mut answers = self.client.subscribe(answer_subject.clone()).await?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subject("in", kind), headers, payload.into())
+            .await
+            .map_err(|e| anyhow!("cannot publish to the runner: {e}"))?;
+        ack.await.map_err(|e| {
+            anyhow!("the NATS server did not store the request ({e}); has runner `{}` connected yet?", self.runner)
+        })?;
+        let answer = tokio::time::timeout(timeout, answers.next())
+            .await
+            .map_err(|_| anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs()))?
+            .context("the answer subscription ended")?;
+        serde_json::from_slice(&answer.payload).context("the runner's answer is not JSON")
+    }
+
+    /// A waiting proposal's document and preview, as the runner published
+    /// them when it began to wait (from its outbound stream).
+    ///
+    /// # Errors
+    /// No such proposal published (unknown, or not waiting).
+    pub async fn proposal(&self, id: &str) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        if !crate::config::nats::is_token(id) {
+            bail!("`{}` is not a proposal id", edge_core::text::line(id));
+        }
+        let (_, outbound) = streams(&self.prefix, &self.runner);
+        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
+        let doc = stream
+            .get_last_raw_message_by_subject(&self.subject("out", &format!("proposal.{id}")))
+            .await
+            .map_err(|e| anyhow!("runner `{}` published no proposal {id} ({e})", self.runner))?;
+        let preview = stream.get_last_raw_message_by_subject(&self.subject("out", &format!("preview.{id}"))).await.ok();
+        Ok((doc.payload.to_vec(), preview.map(|p| p.payload.to_vec())))
+    }
+
+    /// Proposal events from now on.
+    ///
+    /// # Errors
+    /// If the subscription cannot be made.
+    pub async fn events(&self) -> Result<async_nats::Subscriber> {
+        Ok(self.client.subscribe(self.subject("out", "events")).await?)
+    }
+}
+
+/// The inbound and outbound stream names of a runner (as
+/// [`crate::config::nats::NatsSettings::streams`] names them).
+pub fn streams(prefix: &str, runner: &str) -> (String, String) {
+    (format!("{prefix}_{runner}_in"), format!("{prefix}_{runner}_out"))
+}
