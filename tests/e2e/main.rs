@@ -11,6 +11,7 @@ mod examples;
 mod harness;
 mod hostile;
 mod logs;
+mod nats;
 mod notify;
 mod operate;
 mod policy;

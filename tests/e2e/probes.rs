@@ -106,7 +106,7 @@ fn http(probes: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
-fn get(probes: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(probes: &str, path: &str) -> (u16, String) {
     http(probes, &format!("GET {path} HTTP/1.1\nhost: probe\n\n"))
 }
 

@@ -62,7 +62,7 @@ fn spool_env() -> Env {
 }
 
 /// The cert-expiry diagnostic: changes nothing, so it may run any number of times.
-fn diagnostic(env: &Env) -> Vec<u8> {
+pub(crate) fn diagnostic(env: &Env) -> Vec<u8> {
     let manifest =
         std::fs::read_to_string(format!("{}/examples/capsules/cert-expiry/capsule.toml", test_programs::ROOT)).unwrap();
     std::fs::read(env.capsule("spool-diag", test_programs::CERT_EXPIRY, &manifest, Some("agent"))).unwrap()

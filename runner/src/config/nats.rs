@@ -51,6 +51,12 @@ pub(crate) struct RawNats {
     /// `max_payload` must allow it too).
     #[serde(default)]
     max_message_mib: Option<u64>,
+    /// How long the server waits for an acknowledgement before it delivers
+    /// a message again (default 30s; the runner says "still working" every
+    /// third of it, so a long run is not delivered twice). A message handed
+    /// to a runner that was killed comes back after this long.
+    #[serde(default)]
+    ack_wait: Option<String>,
     /// Allow `nats://` (no TLS) to a non-loopback address. Recorded.
     #[serde(default)]
     dangerous_plain_text: bool,
@@ -134,6 +140,13 @@ impl RawNats {
                  digits, - and _ only"
             );
         }
+        let ack_wait = match self.ack_wait.as_deref() {
+            Some(s) => edge_core::policy::parse_duration(s)
+                .filter(|secs| (1..=3600).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| anyhow::anyhow!("nats.ack_wait `{s}`: use a duration from \"1s\" to \"1h\""))?,
+            None => Duration::from_secs(30),
+        };
         let mib = self.max_message_mib.unwrap_or(16);
         if mib == 0 || mib > 64 {
             bail!("nats.max_message_mib must be between 1 and 64");
@@ -147,7 +160,7 @@ impl RawNats {
             prefix,
             max_message_bytes: (mib << 20) as usize,
             dangerous: self.dangerous_plain_text && !tls,
-            ack_wait: Duration::from_secs(30),
+            ack_wait,
         })
     }
 }

@@ -1,0 +1,363 @@
+//! The NATS intake end to end against a real `nats-server` (Debian's, with
+//! JetStream, on 127.0.0.1 with a temporary store), started by the test:
+//! submissions and approvals pulled by a runner that only dials out,
+//! hostile messages, NATS away at start and going away mid-run, a runner
+//! killed at any point, and two runners on one NATS.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use edge_runner::intake::nats_client::NatsClient;
+use serde_json::Value;
+
+use crate::harness::{BIN, Env};
+use crate::probes::get;
+use crate::spool::diagnostic;
+
+/// A `nats-server` with JetStream on 127.0.0.1; killed on drop.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let mut n = Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        n.up();
+        n
+    }
+
+    /// Start (again) on the same port and store.
+    fn up(&mut self) {
+        let conf = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{}\nmax_payload: 4MB\njetstream {{ store_dir: {:?} }}\n",
+                self.port,
+                self.dir.path().join("js")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: apt-get install nats-server (the README's test command does)");
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A running `edge-runner serve` whose only intake is NATS, with probes.
+struct Runner {
+    child: Child,
+    probes: String,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Runner {
+    fn start(env: &Env) -> Runner {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "runner.toml"])
+            .current_dir(env.path(""))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(env.path("serve.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            lines.push(line.trim().to_owned());
+        }
+        let probes = lines[0].strip_prefix("probes on ").unwrap_or_else(|| {
+            panic!("serve printed {lines:?}: {}", std::fs::read_to_string(env.path("serve.log")).unwrap_or_default())
+        });
+        assert!(lines[1].starts_with("nats to nats://"), "{lines:?}");
+        Runner { probes: probes.to_owned(), child }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn ready(&self) -> (u16, String) {
+        get(&self.probes, "/readyz")
+    }
+
+    /// Wait until `/readyz` answers `status`.
+    fn wait_ready(&self, status: u16, secs: u64) -> String {
+        let t = Instant::now();
+        loop {
+            let (s, body) = self.ready();
+            if s == status {
+                return body;
+            }
+            assert!(t.elapsed() < Duration::from_secs(secs), "readyz stayed {s}: {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A runner home named `name` with only a NATS intake (and probes), and a
+/// `certs` mount for the diagnostic.
+fn nats_env(name: &str, nats: &Nats) -> Env {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("certs")).unwrap();
+    env.write_config(&format!(
+        "[mounts.certs]\npath = \"certs\"\nwritable = false\n\n[nats]\nurl = \"{}\"\nmax_message_mib = 1\nack_wait = \"2s\"\n\n\
+         [probes]\nlisten = \"127.0.0.1:0\"\nmetrics = true\n",
+        nats.url()
+    ));
+    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap().replace("test-runner", name);
+    std::fs::write(env.path("runner.toml"), text).unwrap();
+    env
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn count(env: &Env, event: &str) -> usize {
+    env.evidence().as_array().unwrap().iter().filter(|r| r["event"]["type"] == event).count()
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_blocking_the_consumer() {
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    let diag = diagnostic(&env);
+    let untrusted = std::fs::read(env.capsule(
+        "untrusted",
+        test_programs::HOSTILE,
+        &Env::hostile_manifest("none", ""),
+        Some("other"),
+    ))
+    .unwrap();
+    rt().block_on(async {
+        let c = NatsClient::plain(&nats.url(), "r1").await.unwrap();
+        let mut events = c.events().await.unwrap();
+        let a = c.request("submit", diag.clone(), WAIT).await.unwrap();
+        assert_eq!(a["state"], "completed", "{a:#}");
+        assert_eq!(a["admission"]["admitted"], true);
+        assert!(a["receipt"].as_str().is_some_and(|r| !r.is_empty()), "{a:#}");
+        // Hostile messages: each refused with a reason, and the next good
+        // one still goes through.
+        let refused = c.request("submit", untrusted, WAIT).await.unwrap();
+        assert_eq!(refused["state"], "refused");
+        assert_eq!(refused["refusal"]["reason_code"], "signature.untrusted_signer", "{refused:#}");
+        // Proposal events come out too (a diagnostic that completes has
+        // none; a refusal has one).
+        let ev = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut events)).await.unwrap().unwrap();
+        let ev: Value = serde_json::from_slice(&ev.payload).unwrap();
+        assert_eq!((&ev["proposal"], ev["kind"].as_str()), (&refused["id"], Some("refused")), "{ev:#}");
+        let garbage = c.request("submit", b"\x1b[2Jnot a capsule".to_vec(), WAIT).await.unwrap();
+        assert_eq!(garbage["state"], "refused", "{garbage:#}");
+        let big = c.request("submit", vec![0u8; (1 << 20) + 10], WAIT).await.unwrap();
+        assert_eq!(big["refused"]["reason_code"], "nats.too-large", "{big:#}");
+        let bad = c.request("approve", b"{not json".to_vec(), WAIT).await.unwrap();
+        assert_eq!(bad["refused"]["reason_code"], "approval.malformed", "{bad:#}");
+        let odd = c.request("bogus", b"x".to_vec(), WAIT).await.unwrap();
+        assert_eq!(odd["refused"]["reason_code"], "nats.unknown-subject", "{odd:#}");
+        let again = c.request("submit", diag.clone(), WAIT).await.unwrap();
+        assert_eq!(again["state"], "completed");
+
+        // Nothing left pending or redelivered: refused messages were
+        // terminated, not left to come back forever.
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut consumer: jetstream::consumer::PullConsumer =
+            js.get_stream("edge_r1_in").await.unwrap().get_consumer("runner").await.unwrap();
+        let t = Instant::now();
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            assert!(t.elapsed() < WAIT, "{info:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The export, into the object store.
+        let e = c.request("export", Vec::new(), WAIT).await.unwrap();
+        let object = e["export"]["object"].as_str().unwrap().to_owned();
+        let store = js.get_object_store("edge_r1_exports").await.unwrap();
+        let mut got = store.get(&object).await.unwrap();
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut got, &mut bytes).await.unwrap();
+        std::fs::write(env.path("nats.bundle"), &bytes).unwrap();
+    });
+    // Refused submissions and the malformed approval are recorded.
+    assert_eq!(count(&env, "submission"), 3, "two good and the untrusted one");
+    assert_eq!(count(&env, "refused"), 2, "the untrusted and the unreadable capsule");
+    assert!(count(&env, "approval-refused") >= 1);
+    // The CLI talks NATS too.
+    let cli = env.cli(&["submit", "spool-diag.capsule", "--nats", &nats.url(), "--runner", "r1", "--wait", "60"]);
+    assert_eq!(cli.code(), 0, "{}{}", cli.stdout(), cli.stderr());
+    assert!(cli.stdout().contains("state     completed"), "{}", cli.stdout());
+    drop(runner);
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+    let args = vec![env.path("nats.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(edge_evidence::cli::run(args, &mut out, &mut err, false), 0, "{}", String::from_utf8_lossy(&err));
+}
+
+#[test]
+fn a_runner_killed_at_any_point_loses_no_message_and_runs_none_twice() {
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    // Streams made by a first start; then the messages wait for it.
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    let diag = diagnostic(&env);
+    const N: usize = 30;
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        runner.kill();
+        for i in 0..N {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(async_nats::header::NATS_MESSAGE_ID, format!("m{i}").as_str());
+            js.publish_with_headers("edge.r1.in.submit", h, diag.clone().into()).await.unwrap().await.unwrap();
+        }
+    });
+    let mut killed_mid_work = 0;
+    for delay in [100u64, 200, 300, 400, 500, 650, 800, 1000] {
+        let runner = Runner::start(&env);
+        std::thread::sleep(Duration::from_millis(delay));
+        runner.kill();
+        if count(&env, "submission") < N {
+            killed_mid_work += 1;
+        }
+    }
+    assert!(killed_mid_work > 1, "the kills came after the work was done");
+    let runner = Runner::start(&env);
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut consumer: jetstream::consumer::PullConsumer =
+            js.get_stream("edge_r1_in").await.unwrap().get_consumer("runner").await.unwrap();
+        let t = Instant::now();
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "{info:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every message has its answer in the outbound stream.
+        let out = js.get_stream("edge_r1_out").await.unwrap();
+        for i in 0..N {
+            let m = out.get_last_raw_message_by_subject(&format!("edge.r1.out.answer.m{i}")).await.unwrap();
+            let a: Value = serde_json::from_slice(&m.payload).unwrap();
+            assert!(matches!(a["state"].as_str(), Some("completed" | "failed")), "m{i}: {a:#}");
+        }
+    });
+    drop(runner);
+    assert_eq!(count(&env, "submission"), N, "a message ran twice (or was lost)");
+    let log = std::fs::read_to_string(env.path("serve.log")).unwrap();
+    // The window that matters was hit: killed after a run's submission
+    // record was durable and before its message was acknowledged.
+    let recognised = log.matches("answered from the log, not run again").count();
+    assert!(recognised > 0, "no kill landed between a durable submission and its ack");
+    env.cli(&["evidence", "check", "--config", "runner.toml", "--full"]).success();
+}
+
+#[test]
+fn nats_away_at_start_or_mid_run_is_reported_and_nothing_is_lost() {
+    let mut nats = Nats::start();
+    nats.down();
+    let env = nats_env("r1", &nats);
+    // No NATS: the runner starts anyway and says why it is not ready.
+    let runner = Runner::start(&env);
+    let why = runner.wait_ready(503, 30);
+    assert!(why.contains("nats"), "{why}");
+    let (_, metrics) = get(&runner.probes, "/metrics");
+    assert!(metrics.contains("edge_runner_intake_up{intake=\"nats\"} 0"), "{metrics}");
+    nats.up();
+    runner.wait_ready(200, 60);
+    let diag = diagnostic(&env);
+    rt().block_on(async {
+        let c = NatsClient::plain(&nats.url(), "r1").await.unwrap();
+        assert_eq!(c.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
+    });
+    // Gone mid-run, then back (same store): reconnected, and a message
+    // published while the runner was cut off is taken.
+    nats.down();
+    runner.wait_ready(503, 30);
+    nats.up();
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.publish("edge.r1.in.submit", diag.clone().into()).await.unwrap().await.unwrap();
+    });
+    runner.wait_ready(200, 60);
+    let t = Instant::now();
+    while count(&env, "submission") < 2 {
+        assert!(t.elapsed() < WAIT, "the message published while away was not taken");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(&runner.probes, "/metrics");
+    assert!(metrics.contains("edge_runner_intake_up{intake=\"nats\"} 1"), "{metrics}");
+    assert!(metrics.contains("edge_runner_intake_messages_total{intake=\"nats\",result=\"processed\"}"), "{metrics}");
+    drop(runner);
+}
+
+#[test]
+fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
+    let nats = Nats::start();
+    let (a, b) = (nats_env("alpha", &nats), nats_env("beta", &nats));
+    let (ra, rb) = (Runner::start(&a), Runner::start(&b));
+    ra.wait_ready(200, 30);
+    rb.wait_ready(200, 30);
+    let diag = diagnostic(&a);
+    rt().block_on(async {
+        let c = NatsClient::plain(&nats.url(), "alpha").await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
+        }
+    });
+    drop((ra, rb));
+    assert_eq!(count(&a, "submission"), 3);
+    assert_eq!(count(&b, "submission"), 0, "beta took alpha's messages");
+}
