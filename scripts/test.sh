@@ -10,10 +10,11 @@ fi
 # read the store with the stock sqlite3 tool and render the HTML report in
 # headless Chromium (Debian's chromium package); the console tests drive it
 # through chromedriver (chromium-driver) with a virtual passkey authenticator;
-# the service unit `init` writes is checked with systemd-analyze (systemd).
+# the service unit `init` writes is checked with systemd-analyze (systemd);
+# the NATS intake tests start a real nats-server (JetStream, on 127.0.0.1).
 . scripts/lib.sh
 need_packages ssh-keygen:openssh-client ssh-agent:openssh-client sqlite3:sqlite3 chromium:chromium \
-  chromedriver:chromium-driver systemd-analyze:systemd
+  chromedriver:chromium-driver systemd-analyze:systemd nats-server:nats-server
 if [ ! -d ../shared/vectors ]; then
   echo "error: ../shared/vectors (the published test vectors) is missing beside this checkout" >&2
   exit 1

@@ -361,3 +361,77 @@ fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
     assert_eq!(count(&a, "submission"), 3);
     assert_eq!(count(&b, "submission"), 0, "beta took alpha's messages");
 }
+
+#[test]
+fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is_met() {
+    let nats = Nats::start();
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[("config", "payments-config", true)]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[nats]\nurl = \"{}\"\nack_wait = \"2s\"\n\n[probes]\nlisten = \"127.0.0.1:0\"\n",
+        nats.url()
+    ));
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    env.capsule(
+        "nats-tier2",
+        test_programs::HOSTILE,
+        &Env::hostile_manifest("none", "[[mounts]]\nname = \"config\"\nwritable = true\n"),
+        Some("agent"),
+    );
+    let cli = env.cli(&["submit", "nats-tier2.capsule", "--nats", &nats.url(), "--runner", "test-runner", "--json"]);
+    assert_eq!(cli.code(), 5, "awaiting approval: {}{}", cli.stdout(), cli.stderr());
+    let a: Value = serde_json::from_str(&cli.stdout()).unwrap();
+    let id = a["id"].as_str().unwrap().to_owned();
+    // The proposal's state reaches the outbound stream with its event.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut last = String::new();
+    for who in ["alice", "carol"] {
+        let (principal, key, out) = (format!("{who}@bank.example"), format!("keys/{who}"), format!("{who}.json"));
+        let args = [
+            "approve",
+            &id,
+            "--nats",
+            &nats.url(),
+            "--runner",
+            "test-runner",
+            "--principal",
+            &principal,
+            "--ssh-key",
+            &key,
+            "--yes",
+            "-o",
+            &out,
+        ];
+        let c = env.cli(&args);
+        assert_eq!(c.code(), 0, "{}{}", c.stdout(), c.stderr());
+        last = c.stdout();
+    }
+    assert!(last.contains("the proposal ran: committed"), "{last}");
+    assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
+    // Nothing more is signed for it: it no longer waits.
+    std::thread::sleep(Duration::from_millis(300));
+    let args = [
+        "approve",
+        &id,
+        "--nats",
+        &nats.url(),
+        "--runner",
+        "test-runner",
+        "--principal",
+        "alice@bank.example",
+        "--ssh-key",
+        "keys/alice",
+        "--yes",
+        "-o",
+        "late.json",
+    ];
+    let c = env.cli(&args);
+    assert_ne!(c.code(), 0);
+    assert!(c.stderr().contains("not awaiting approval"), "{}", c.stderr());
+    drop(runner);
+    assert_eq!(count(&env, "committed"), 1);
+}

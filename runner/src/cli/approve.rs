@@ -22,6 +22,11 @@ pub struct ApproveArgs {
     pub proposal: PathBuf,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Or through NATS, when the runner dials out (`--nats`, `--runner`, …):
+    /// the document and preview as the runner published them, the
+    /// approval published to it.
+    #[command(flatten)]
+    pub nats: crate::intake::nats_client::NatsArgs,
     /// Your principal, as in the runner's allowed_signers.
     #[arg(long)]
     pub principal: String,
@@ -149,21 +154,27 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
         );
     }
     let r = &args.remote;
-    let mut remote = match (&r.server, &r.ca, &r.cert, &r.key) {
-        (Some(s), Some(ca), Some(cert), Some(key)) => Some(Remote {
-            client: client::Client::new(s, ca, cert, key)?,
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let mut remote = match (&r.server, &r.ca, &r.cert, &r.key, &args.nats.nats) {
+        (Some(_), .., Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
+        (Some(s), Some(ca), Some(cert), Some(key), None) => Some(Remote {
+            via: Via::Https(client::Client::new(s, ca, cert, key)?),
             id: remote_id(&args.proposal)?,
-            rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            rt: rt()?,
         }),
+        (.., Some(_)) => {
+            let rt = rt()?;
+            let c = rt.block_on(crate::intake::nats_client::NatsClient::connect(&args.nats))?;
+            Some(Remote { via: Via::Nats(Box::new(c), None), id: remote_id(&args.proposal)?, rt })
+        }
         _ => None,
     };
 
     // Nothing is signed for a proposal that no longer waits.
     if let Some(r) = &mut remote {
-        let v = r.get_json(&format!("/v1/proposals/{}", r.id))?;
-        let state = v["state"].as_str().unwrap_or("?");
+        let state = r.state()?;
         if state != "awaiting-approval" {
-            bail!("proposal {} is {}, not awaiting approval: there is nothing to sign", r.id, U(state));
+            bail!("proposal {} is {}, not awaiting approval: there is nothing to sign", r.id, U(&state));
         }
     }
     let text = match &mut remote {
@@ -185,7 +196,7 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
         None => None,
         Some(want) => {
             let shown: edge_core::preview::Shown = match &mut remote {
-                Some(r) => serde_json::from_value(r.get_json(&format!("/v1/proposals/{}/preview", r.id))?)?,
+                Some(r) => serde_json::from_slice(&r.preview()?)?,
                 None => {
                     let path = args.proposal.with_file_name(format!("{}.preview.json", p.id));
                     let bytes = std::fs::read(&path).with_context(|| {
@@ -300,23 +311,62 @@ fn remote_id(arg: &std::path::Path) -> Result<String> {
 
 /// A runner the proposal is fetched from and the approval posted to.
 struct Remote {
-    client: client::Client,
+    via: Via,
     id: String,
     rt: tokio::runtime::Runtime,
 }
 
+/// How `approve` reaches the runner.
+enum Via {
+    Https(client::Client),
+    /// The document and preview, once read from the outbound stream.
+    Nats(Box<crate::intake::nats_client::NatsClient>, Option<(Vec<u8>, Option<Vec<u8>>)>),
+}
+
 impl Remote {
-    fn fetch(&mut self) -> Result<Vec<u8>> {
-        let path = format!("/v1/proposals/{}/document", self.id);
-        let r = self.rt.block_on(self.client.get(&path))?;
-        if !r.status.is_success() {
-            bail!("cannot fetch proposal {} ({}): {}", self.id, r.status, r.error_message());
+    /// The proposal's state now.
+    fn state(&mut self) -> Result<String> {
+        match &mut self.via {
+            Via::Https(_) => {
+                let v = self.get_json(&format!("/v1/proposals/{}", self.id))?;
+                Ok(v["state"].as_str().unwrap_or("?").to_owned())
+            }
+            Via::Nats(c, _) => self.rt.block_on(c.state(&self.id)),
         }
-        Ok(r.body.to_vec())
+    }
+
+    fn fetch(&mut self) -> Result<Vec<u8>> {
+        match &mut self.via {
+            Via::Https(c) => {
+                let path = format!("/v1/proposals/{}/document", self.id);
+                let r = self.rt.block_on(c.get(&path))?;
+                if !r.status.is_success() {
+                    bail!("cannot fetch proposal {} ({}): {}", self.id, r.status, r.error_message());
+                }
+                Ok(r.body.to_vec())
+            }
+            Via::Nats(c, cached) => {
+                let got = self.rt.block_on(c.proposal(&self.id))?;
+                let doc = got.0.clone();
+                *cached = Some(got);
+                Ok(doc)
+            }
+        }
+    }
+
+    fn preview(&mut self) -> Result<Vec<u8>> {
+        match &mut self.via {
+            Via::Https(_) => Ok(serde_json::to_vec(&self.get_json(&format!("/v1/proposals/{}/preview", self.id))?)?),
+            Via::Nats(_, cached) => cached
+                .as_ref()
+                .and_then(|(_, p)| p.clone())
+                .with_context(|| format!("runner published no preview for {}; do not sign without it", self.id)),
+        }
     }
 
     fn get_json(&mut self, path: &str) -> Result<serde_json::Value> {
-        let r = self.rt.block_on(self.client.get(path))?;
+        let Via::Https(c) = &mut self.via else { bail!("only over HTTPS") };
+        let r = self.rt.block_on(c.get(path))?;
         if !r.status.is_success() {
             bail!("cannot fetch {path} ({}): {}", r.status, r.error_message());
         }
@@ -324,12 +374,27 @@ impl Remote {
     }
 
     fn post(&mut self, approval: Vec<u8>) -> Result<serde_json::Value> {
-        let path = format!("/v1/proposals/{}/approvals", self.id);
-        let r = self.rt.block_on(self.client.post(&path, approval, "application/json"))?;
-        if !r.status.is_success() {
-            bail!("the runner did not take the approval ({}): {}", r.status, r.error_message());
+        match &mut self.via {
+            Via::Https(c) => {
+                let path = format!("/v1/proposals/{}/approvals", self.id);
+                let r = self.rt.block_on(c.post(&path, approval, "application/json"))?;
+                if !r.status.is_success() {
+                    bail!("the runner did not take the approval ({}): {}", r.status, r.error_message());
+                }
+                r.json()
+            }
+            Via::Nats(c, _) => {
+                let v = self.rt.block_on(c.request("approve", approval, std::time::Duration::from_secs(300)))?;
+                if let Some(r) = v.get("refused") {
+                    bail!(
+                        "the runner did not take the approval [{}]: {}",
+                        U(r["reason_code"].as_str().unwrap_or("?")),
+                        U(r["detail"].as_str().unwrap_or(""))
+                    );
+                }
+                Ok(v)
+            }
         }
-        r.json()
     }
 }
 

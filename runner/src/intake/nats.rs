@@ -466,8 +466,15 @@ impl Intake {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let body = serde_json::to_vec(&event).unwrap_or_default();
-            if let Err(e) = self.js.publish(subject.clone(), body.into()).await {
+            let body: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
+            // On the events subject, and as the proposal's latest state
+            // (`out.state.<id>`, what `approve --nats` checks).
+            let state = self.settings.outbound(&self.runner, &format!("state.{}", event.proposal));
+            let published = match self.js.publish(subject.clone(), body.clone()).await {
+                Ok(_) if crate::config::nats::is_token(&event.proposal) => self.js.publish(state, body).await.map(drop),
+                other => other.map(drop),
+            };
+            if let Err(e) = published {
                 tracing::warn!(error = %e, proposal = %event.proposal, "cannot publish a proposal event to NATS");
                 continue;
             }

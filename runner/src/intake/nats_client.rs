@@ -151,6 +151,25 @@ impl NatsClient {
         Ok((doc.payload.to_vec(), preview.map(|p| p.payload.to_vec())))
     }
 
+    /// A proposal's state as the runner last published it (its latest
+    /// event on `out.state.<id>`).
+    ///
+    /// # Errors
+    /// No event of that proposal was published.
+    pub async fn state(&self, id: &str) -> Result<String> {
+        if !crate::config::nats::is_token(id) {
+            bail!("`{}` is not a proposal id", edge_core::text::line(id));
+        }
+        let (_, outbound) = streams(&self.prefix, &self.runner);
+        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
+        let m = stream
+            .get_last_raw_message_by_subject(&self.subject("out", &format!("state.{id}")))
+            .await
+            .map_err(|e| anyhow!("runner `{}` published nothing of proposal {id} ({e})", self.runner))?;
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).context("a proposal event that is not JSON")?;
+        Ok(v["state"].as_str().unwrap_or("?").to_owned())
+    }
+
     /// Proposal events from now on.
     ///
     /// # Errors
