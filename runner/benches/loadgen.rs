@@ -16,6 +16,13 @@
 //! those of a runner with a long history. The client is this process; the
 //! server is its own.
 //!
+//! The same runner also pulls from NATS JetStream (`[nats]`, a real
+//! `nats-server` started here on 127.0.0.1): the same submissions are
+//! published to its inbound stream and the answer awaited, at the same
+//! concurrencies, interleaved with the HTTPS rounds; the report gives both
+//! side by side (target for NATS at 64: ≥ 90% of the HTTPS throughput;
+//! issue 16). Latency over NATS is from publish to answer.
+//!
 //! `LOADGEN_SECS` sets the length of each round (default 4 s).
 
 mod common;
@@ -28,8 +35,64 @@ use base64::Engine as _;
 use edge_runner::server::client::Client;
 
 const ROUNDS: usize = 3;
-/// (concurrency, full upload every time?)
-const LEVELS: [(usize, bool); 4] = [(1, false), (8, false), (64, false), (64, true)];
+/// (transport, concurrency, full upload every time?)
+const LEVELS: [(Via, usize, bool); 8] = [
+    (Via::Https, 1, false),
+    (Via::Https, 8, false),
+    (Via::Https, 64, false),
+    (Via::Https, 64, true),
+    (Via::Nats, 1, false),
+    (Via::Nats, 8, false),
+    (Via::Nats, 64, false),
+    (Via::Nats, 64, true),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Https,
+    Nats,
+}
+
+/// A `nats-server` with JetStream on 127.0.0.1 (killed on drop).
+struct NatsServer {
+    child: std::process::Child,
+    _store: tempfile::TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\nmax_payload: 4MB\njetstream {{ store_dir: {:?} }}\n",
+                dir.path().join("js")
+            ),
+        )?;
+        let child = Command::new("nats-server")
+            .args(["-c", conf.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start nats-server ({e}): apt-get install nats-server"))?;
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, _store: dir, port })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -55,13 +118,18 @@ fn main() -> anyhow::Result<()> {
         "manifest": b64(parsed.manifest_bytes()),
         "signature": b64(parsed.bundle().expect("signed")),
     }))?;
+    let nats = NatsServer::start()?;
+    let nats_url = format!("nats://127.0.0.1:{}", nats.port);
     std::fs::write(
         h.join("runner.toml"),
-        "[runner]\nname = \"bench.example/runner-1\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
-         dangerous_run_without_policy = true\n\
-         [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
-         [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
-         client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\nqueue = 1024\n",
+        format!(
+            "[runner]\nname = \"bench.example/runner-1\"\nstate_dir = \"state\"\nidentity_key = \"state/identity.key\"\n\
+             dangerous_run_without_policy = true\n\
+             [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+             client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://edge-runner.local/agent/dev\"]\nqueue = 1024\n\
+             [nats]\nurl = \"{nats_url}\"\nsubject = \"runner-1\"\n"
+        ),
     )?;
 
     // The server's log, for a failed request's reason.
@@ -72,9 +140,14 @@ fn main() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
-    let url = line.trim().strip_prefix("listening on ").expect("serve prints its address").to_owned();
+    let mut out = BufReader::new(server.stdout.take().expect("piped"));
+    let url = loop {
+        let mut line = String::new();
+        anyhow::ensure!(out.read_line(&mut line)? > 0, "serve stopped: see {}", log.display());
+        if let Some(u) = line.trim().strip_prefix("listening on ") {
+            break u.to_owned();
+        }
+    };
     // A start runs the full evidence check in the background (nice 10); the
     // figures are those of a runner past it, in its steady state.
     let t = Instant::now();
@@ -106,40 +179,89 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(r.json()?["state"] == "completed", "the diagnostic did not complete: {:?}", r.json()?);
         Ok(())
     })?;
+    let nats_client = rt.block_on(async {
+        // The runner sets up its streams once connected.
+        let c = edge_runner::intake::nats_client::NatsClient::plain(&nats_url, "runner-1").await?;
+        let t = Instant::now();
+        loop {
+            match c.request("submit", capsule.clone(), Duration::from_secs(30)).await {
+                Ok(a) if a["state"] == "completed" => break,
+                Ok(a) => anyhow::bail!("the NATS warm-up did not complete: {a}"),
+                Err(e) if t.elapsed() > Duration::from_secs(60) => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        anyhow::Ok(std::sync::Arc::new(c))
+    })?;
+    let by_ref_nats = serde_json::to_vec(&serde_json::json!({
+        "manifest": b64(parsed.manifest_bytes()),
+        "signature": b64(parsed.bundle().expect("signed")),
+    }))?;
     for _ in 0..ROUNDS {
-        for (li, &(conc, full)) in LEVELS.iter().enumerate() {
+        for (li, &(via, conc, full)) in LEVELS.iter().enumerate() {
             let body = if full { body.clone() } else { by_ref.clone() };
-            let (n, mut l, errs, elapsed) = rt.block_on(async {
-                let deadline = Instant::now() + Duration::from_secs(secs);
-                let started = Instant::now();
-                let mut tasks = tokio::task::JoinSet::new();
-                for _ in 0..conc {
-                    let (url, tls, body) = (url.clone(), tls.clone(), body.clone());
-                    tasks.spawn(async move {
-                        let mut c =
-                            Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key"))
-                                .expect("client");
-                        let mut lat = Vec::new();
-                        let mut errs = 0;
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            match c.post("/v1/proposals", body.clone(), "application/json").await {
-                                Ok(r) if r.status.as_u16() == 201 => lat.push(t.elapsed()),
-                                _ => errs += 1,
+            let (n, mut l, errs, elapsed) = if via == Via::Nats {
+                let (kind, payload) =
+                    if full { ("submit", capsule.clone()) } else { ("submit-ref", by_ref_nats.clone()) };
+                rt.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(secs);
+                    let started = Instant::now();
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..conc {
+                        let (c, payload) = (nats_client.clone(), payload.clone());
+                        tasks.spawn(async move {
+                            let (mut lat, mut errs) = (Vec::new(), 0);
+                            while Instant::now() < deadline {
+                                let t = Instant::now();
+                                match c.request(kind, payload.clone(), Duration::from_secs(30)).await {
+                                    Ok(a) if a["state"] == "completed" => lat.push(t.elapsed()),
+                                    _ => errs += 1,
+                                }
                             }
-                        }
-                        (lat, errs)
-                    });
-                }
-                let mut all = Vec::new();
-                let mut errs = 0;
-                while let Some(r) = tasks.join_next().await {
-                    let (l, e) = r.expect("task");
-                    all.extend(l);
-                    errs += e;
-                }
-                (all.len(), all, errs, started.elapsed())
-            });
+                            (lat, errs)
+                        });
+                    }
+                    let (mut all, mut errs) = (Vec::new(), 0);
+                    while let Some(r) = tasks.join_next().await {
+                        let (l, e) = r.expect("task");
+                        all.extend(l);
+                        errs += e;
+                    }
+                    (all.len(), all, errs, started.elapsed())
+                })
+            } else {
+                rt.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(secs);
+                    let started = Instant::now();
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..conc {
+                        let (url, tls, body) = (url.clone(), tls.clone(), body.clone());
+                        tasks.spawn(async move {
+                            let mut c =
+                                Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key"))
+                                    .expect("client");
+                            let mut lat = Vec::new();
+                            let mut errs = 0;
+                            while Instant::now() < deadline {
+                                let t = Instant::now();
+                                match c.post("/v1/proposals", body.clone(), "application/json").await {
+                                    Ok(r) if r.status.as_u16() == 201 => lat.push(t.elapsed()),
+                                    _ => errs += 1,
+                                }
+                            }
+                            (lat, errs)
+                        });
+                    }
+                    let mut all = Vec::new();
+                    let mut errs = 0;
+                    while let Some(r) = tasks.join_next().await {
+                        let (l, e) = r.expect("task");
+                        all.extend(l);
+                        errs += e;
+                    }
+                    (all.len(), all, errs, started.elapsed())
+                })
+            };
             errors += errs;
             rates[li].push(n as f64 / elapsed.as_secs_f64());
             l.sort();
@@ -150,16 +272,19 @@ fn main() -> anyhow::Result<()> {
     let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
     let _ = server.wait();
 
+    drop(nats_client);
+    drop(nats);
     println!(
-        "tier-0 runs of the diagnostic capsule over mTLS, keep-alive, {ROUNDS} interleaved rounds of {secs}s, \
-         on a store of {records} records:"
+        "tier-0 runs of the diagnostic capsule over mTLS (keep-alive) and over NATS JetStream (publish to \
+         answer), {ROUNDS} interleaved rounds of {secs}s, on a store of {records} records:"
     );
-    for (li, (conc, full)) in LEVELS.iter().enumerate() {
+    for (li, (via, conc, full)) in LEVELS.iter().enumerate() {
         let mut l = lat[li].clone();
         l.sort();
         let how = if *full { "full upload " } else { "by reference" };
+        let via = if *via == Via::Nats { "NATS " } else { "HTTPS" };
         println!(
-            "  {how} concurrency {conc:>2}: {:>7.1} runs/s (median of rounds)  p50 {:>8.1?}  p99 {:>8.1?}  ({} runs)",
+            "  {via} {how} concurrency {conc:>2}: {:>7.1} runs/s (median of rounds)  p50 {:>8.1?}  p99 {:>8.1?}  ({} runs)",
             median(rates[li].clone()),
             common::percentile(&l, 0.50),
             common::percentile(&l, 0.99),
@@ -175,6 +300,14 @@ fn main() -> anyhow::Result<()> {
         if at64 >= 1000.0 { "met" } else { "NOT met" },
         if common::percentile(&l64, 0.99) < Duration::from_millis(100) { "met" } else { "NOT met" },
         if rss < 300.0 { "met" } else { "NOT met" }
+    );
+    let (nats64, nats64_full, https64_full) =
+        (median(rates[6].clone()), median(rates[7].clone()), median(rates[3].clone()));
+    println!(
+        "NATS vs HTTPS at 64, side by side: by reference {:.2}x, full upload {:.2}x (target >= 0.90x: {})",
+        nats64 / at64,
+        nats64_full / https64_full,
+        if nats64 / at64 >= 0.9 { "met" } else { "NOT met" }
     );
     Ok(())
 }

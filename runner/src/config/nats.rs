@@ -10,7 +10,8 @@
 //! cert = "nats/runner.pem"        # client certificate (optional)
 //! key = "nats/runner.key"
 //! creds = "nats/runner.creds"     # NATS credentials (optional)
-//! prefix = "edge"                 # subjects edge.<runner name>.in.* / .out.*
+//! prefix = "edge"                 # subjects edge.<subject>.in.* / .out.*
+//! subject = "payments-eu-1"       # default: runner.name, when it is one token
 //! max_message_mib = 16
 //! ```
 //!
@@ -43,10 +44,15 @@ pub(crate) struct RawNats {
     #[serde(default)]
     creds: Option<PathBuf>,
     /// First subject token (default `edge`): the runner uses
-    /// `<prefix>.<runner name>.in.{submit,approve,export}` and publishes on
-    /// `<prefix>.<runner name>.out.>`.
+    /// `<prefix>.<subject>.in.{submit,submit-ref,approve,export}` and
+    /// publishes on `<prefix>.<subject>.out.>`.
     #[serde(default)]
     prefix: Option<String>,
+    /// This runner's subject token (default: `runner.name`, when that is
+    /// one token — letters, digits, `-`, `_`). Runners sharing a NATS
+    /// deployment each need their own.
+    #[serde(default)]
+    subject: Option<String>,
     /// Largest message taken (default 16 MiB; the NATS server's
     /// `max_payload` must allow it too).
     #[serde(default)]
@@ -71,6 +77,8 @@ pub struct NatsSettings {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     pub creds: Option<PathBuf>,
     pub prefix: String,
+    /// This runner's subject token.
+    pub subject: String,
     pub max_message_bytes: usize,
     /// `dangerous_plain_text` was needed.
     pub dangerous: bool,
@@ -86,17 +94,17 @@ pub fn is_token(s: &str) -> bool {
 
 impl NatsSettings {
     /// The subject of an inbound kind (`submit`, `approve`, `export`).
-    pub fn inbound(&self, runner: &str, kind: &str) -> String {
-        format!("{}.{runner}.in.{kind}", self.prefix)
+    pub fn inbound(&self, kind: &str) -> String {
+        format!("{}.{}.in.{kind}", self.prefix, self.subject)
     }
     /// The subject of an outbound kind (`answer.<id>`, `events`, `checkpoint`).
-    pub fn outbound(&self, runner: &str, kind: &str) -> String {
-        format!("{}.{runner}.out.{kind}", self.prefix)
+    pub fn outbound(&self, kind: &str) -> String {
+        format!("{}.{}.out.{kind}", self.prefix, self.subject)
     }
     /// The JetStream stream names (inbound, outbound) and export bucket.
-    pub fn streams(&self, runner: &str) -> (String, String, String) {
-        let (inbound, outbound) = crate::intake::nats_client::streams(&self.prefix, runner);
-        (inbound, outbound, format!("{}_{runner}_exports", self.prefix))
+    pub fn streams(&self) -> (String, String, String) {
+        let (inbound, outbound) = crate::intake::nats_client::streams(&self.prefix, &self.subject);
+        (inbound, outbound, format!("{}_{}_exports", self.prefix, self.subject))
     }
 }
 
@@ -134,12 +142,15 @@ impl RawNats {
         if !is_token(&prefix) {
             bail!("nats.prefix `{prefix}`: letters, digits, - and _ only (one subject token)");
         }
-        if !is_token(runner) {
-            bail!(
-                "[nats] names subjects after runner.name, and `{runner}` is not one subject token: use letters, \
-                 digits, - and _ only"
-            );
-        }
+        let subject = match self.subject {
+            Some(t) if is_token(&t) => t,
+            Some(t) => bail!("nats.subject `{t}`: letters, digits, - and _ only (one subject token)"),
+            None if is_token(runner) => runner.to_owned(),
+            None => bail!(
+                "[nats] names subjects after runner.name, and `{runner}` is not one subject token: set \
+                 nats.subject (letters, digits, - and _), e.g. subject = \"payments-eu-1\""
+            ),
+        };
         let ack_wait = match self.ack_wait.as_deref() {
             Some(s) => edge_core::policy::parse_duration(s)
                 .filter(|secs| (1..=3600).contains(secs))
@@ -158,6 +169,7 @@ impl RawNats {
             client_cert,
             creds: self.creds.as_deref().map(&resolve),
             prefix,
+            subject,
             max_message_bytes: (mib << 20) as usize,
             dangerous: self.dangerous_plain_text && !tls,
             ack_wait,
@@ -192,13 +204,20 @@ mod tests {
     #[test]
     fn subjects_and_streams_are_the_runners_own() {
         let s = load("url = \"nats://127.0.0.1:4222\"").unwrap();
-        assert_eq!(s.inbound("runner-1", "submit"), "edge.runner-1.in.submit");
-        assert_eq!(s.outbound("runner-1", "events"), "edge.runner-1.out.events");
+        assert_eq!(s.inbound("submit"), "edge.runner-1.in.submit");
+        assert_eq!(s.outbound("events"), "edge.runner-1.out.events");
         assert_eq!(
-            s.streams("runner-1"),
+            s.streams(),
             ("edge_runner-1_in".into(), "edge_runner-1_out".into(), "edge_runner-1_exports".into())
         );
         let raw: RawNats = toml::from_str("url = \"nats://127.0.0.1:4222\"").unwrap();
-        assert!(raw.resolve("a.b", |p| p.to_path_buf()).is_err());
+        assert!(
+            raw.resolve("bank.example/runner-1", |p| p.to_path_buf()).unwrap_err().to_string().contains("nats.subject")
+        );
+        let raw: RawNats = toml::from_str("url = \"nats://127.0.0.1:4222\"\nsubject = \"eu-1\"").unwrap();
+        assert_eq!(
+            raw.resolve("bank.example/runner-1", |p| p.to_path_buf()).unwrap().inbound("submit"),
+            "edge.eu-1.in.submit"
+        );
     }
 }

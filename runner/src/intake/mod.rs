@@ -8,11 +8,10 @@
 //! - [`nats`]: an outbound-only pull from NATS JetStream.
 //!
 //! Both must never run one delivery twice, across a kill at any point: each
-//! names the run a capsule becomes *before* it runs (a claimed file's name;
-//! [`deliveries`] for messages) and asks the evidence log whether that run
-//! exists before handing the delivery over again.
-
-pub mod deliveries;
+//! names the run a capsule becomes *before* it runs (in a claimed file's
+//! name; for a message, derived from its place in the stream) and asks the
+//! evidence log whether that run exists before handing the delivery over
+//! again.
 pub mod nats;
 pub mod nats_client;
 pub mod spool;

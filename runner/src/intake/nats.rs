@@ -7,6 +7,7 @@
 //!                         runner dials out ────┘  (tls, creds or client cert)
 //!
 //!  <prefix>.<runner>.in.submit   a capsule file            ┐ stream <prefix>_<runner>_in
+//!  <prefix>.<runner>.in.submit-ref {"manifest","signature"} │ (by reference, as the API)
 //!  <prefix>.<runner>.in.approve  an approval file          │ (work queue; durable pull
 //!  <prefix>.<runner>.in.export   "" or an earlier checkpoint┘  consumer "runner")
 //!  <prefix>.<runner>.out.answer.<msg id>  the answer        ┐ stream <prefix>_<runner>_out
@@ -17,12 +18,16 @@
 //!
 //! A message is acknowledged only after its answer is stored in the
 //! outbound stream, and so after its submission record is durable in the
-//! evidence log. Before a capsule runs, the run it becomes is kept in
-//! [`super::deliveries`] under the message's stream sequence; a message
-//! delivered again (its ack lost) finds its run, and if the log holds it,
-//! is answered from the log and not run again. A runner killed at any point
-//! therefore loses nothing (unacknowledged messages are delivered again) and
-//! runs nothing twice.
+//! evidence log. The run a message becomes is named by the message itself
+//! — its stream, the stream's creation time, its sequence number and the
+//! time the server took it ([`run_id_for`]) — and recorded as the run's
+//! submitter (`nats:<stream>@<created>:<seq>`). A message delivered again
+//! (its ack lost) names the same run; if the log holds it, submitted by
+//! that message, it is answered from the log and not run again (a run of
+//! the same id submitted otherwise — a 32-bit clash — moves the message to
+//! the next id of its sequence). A runner killed at any point therefore
+//! loses nothing (unacknowledged messages are delivered again) and runs
+//! nothing twice, without a write of its own before each run.
 //!
 //! The runner keeps running without NATS: the client reconnects with
 //! backoff; `/readyz` and `/metrics` say whether the intake is connected.
@@ -31,6 +36,7 @@
 //! terminated (never redelivered forever) with its reason in the answer and
 //! the log.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +46,7 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use crate::config::nats::NatsSettings;
-use crate::intake::deliveries::Deliveries;
-use crate::service::{ApproveReply, QueueError, RunService};
+use crate::service::{ApproveReply, ByReference, QueueError, RunService, Submission};
 
 /// The intake's name in `/readyz` and `/metrics`.
 pub const INTAKE: &str = "nats";
@@ -55,19 +60,17 @@ const CONSUMER: &str = "runner";
 /// `shutdown` completes; messages in progress finish first.
 ///
 /// # Errors
-/// If the credentials file cannot be read or the deliveries database
-/// cannot be opened.
+/// If the credentials file cannot be read.
 pub async fn serve(
     settings: NatsSettings,
     runs: Arc<RunService>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let runner = runs.runner().config.name.clone();
-    let deliveries = Arc::new(Deliveries::open(&runs.runner().config.state_dir)?);
     runs.intakes().set(INTAKE, Err(format!("connecting to {}", settings.url)));
     let client = connect(&settings, &runner, runs.clone()).await?;
     let js = jetstream::new(client.clone());
-    let intake = Arc::new(Intake { settings, runner, runs, js, deliveries });
+    let intake = Arc::new(Intake { settings, runs, js, in_flight: std::sync::Mutex::new(HashSet::new()) });
     let events = tokio::spawn(intake.clone().publish_events()).abort_handle();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(250);
@@ -76,7 +79,7 @@ pub async fn serve(
     'connect: loop {
         // Streams and the consumer, made if missing (retried: the server
         // may be away, or JetStream not yet ready).
-        let (source, mut messages, mut consumer) = tokio::select! {
+        let (source, mut messages) = tokio::select! {
             () = &mut shutdown => break 'connect,
             set = intake.set_up() => match set {
                 Ok(s) => { backoff = Duration::from_millis(250); s }
@@ -95,14 +98,9 @@ pub async fn serve(
         };
         intake.runs.intakes().set(INTAKE, Ok(()));
         tracing::info!(url = %intake.settings.url, source = %source, "NATS intake pulling");
-        let mut prune = tokio::time::interval(Duration::from_secs(60));
         loop {
             let next = tokio::select! {
                 () = &mut shutdown => break 'connect,
-                _ = prune.tick() => {
-                    intake.prune(&source, &mut consumer).await;
-                    continue;
-                }
                 next = messages.next() => next,
             };
             match next {
@@ -181,10 +179,11 @@ async fn connect(settings: &NatsSettings, runner: &str, runs: Arc<RunService>) -
 
 struct Intake {
     settings: NatsSettings,
-    runner: String,
     runs: Arc<RunService>,
     js: jetstream::Context,
-    deliveries: Arc<Deliveries>,
+    /// Runs being made from messages now (a message delivered again while
+    /// its first delivery still runs waits).
+    in_flight: std::sync::Mutex<HashSet<String>>,
 }
 
 /// How one message ends.
@@ -199,14 +198,14 @@ enum Disposition {
 
 impl Intake {
     /// The two streams and the durable consumer; the source name under which
-    /// deliveries are kept (the inbound stream and its creation time).
-    async fn set_up(&self) -> Result<(String, consumer::pull::Stream, consumer::PullConsumer)> {
-        let (inbound, outbound, _) = self.settings.streams(&self.runner);
+    /// messages are known (the inbound stream and its creation time).
+    async fn set_up(&self) -> Result<(String, consumer::pull::Stream)> {
+        let (inbound, outbound, _) = self.settings.streams();
         let mut stream_in = self
             .js
             .get_or_create_stream(stream::Config {
                 name: inbound.clone(),
-                subjects: vec![self.settings.inbound(&self.runner, ">")],
+                subjects: vec![self.settings.inbound(">")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 max_message_size: i32::try_from(self.settings.max_message_bytes + 4096).unwrap_or(i32::MAX),
                 duplicate_window: Duration::from_secs(120),
@@ -218,7 +217,7 @@ impl Intake {
         self.js
             .get_or_create_stream(stream::Config {
                 name: outbound.clone(),
-                subjects: vec![self.settings.outbound(&self.runner, ">")],
+                subjects: vec![self.settings.outbound(">")],
                 max_age: Duration::from_secs(30 * 86_400),
                 storage: stream::StorageType::File,
                 ..Default::default()
@@ -241,22 +240,14 @@ impl Intake {
             .await
             .with_context(|| format!("cannot make or find the consumer {CONSUMER} on {inbound}"))?;
         let messages = consumer.messages().await.context("cannot start pulling")?;
-        Ok((source, messages, consumer))
-    }
-
-    /// Forget deliveries the server will not deliver again.
-    async fn prune(&self, source: &str, consumer: &mut consumer::PullConsumer) {
-        let Ok(info) = consumer.info().await else { return };
-        let floor = info.ack_floor.stream_sequence;
-        let (d, source) = (self.deliveries.clone(), source.to_owned());
-        let _ = tokio::task::spawn_blocking(move || d.prune(&source, floor)).await;
+        Ok((source, messages))
     }
 
     /// Process one message to its disposition, telling the server it is
     /// still being worked on meanwhile.
     async fn handle(&self, source: &str, m: jetstream::Message) {
-        let seq = match m.info() {
-            Ok(i) => i.stream_sequence,
+        let (seq, published) = match m.info() {
+            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000),
             Err(e) => {
                 tracing::warn!(error = %e, "a NATS message without JetStream metadata; terminated");
                 let _ = m.ack_with(AckKind::Term).await;
@@ -283,7 +274,7 @@ impl Intake {
             .abort_handle()
         };
         let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
-        let outcome = self.process(source, seq, &kind, &m.payload).await;
+        let outcome = self.process(source, seq, published, &kind, &m.payload).await;
         progress.abort();
         let (answer, disposition) = match outcome {
             Ok(x) => x,
@@ -295,7 +286,7 @@ impl Intake {
             }
         };
         if let Some(answer) = &answer {
-            let subject = self.settings.outbound(&self.runner, &format!("answer.{reply_id}"));
+            let subject = self.settings.outbound(&format!("answer.{reply_id}"));
             let stored = match self.js.publish(subject, serde_json::to_vec(answer).unwrap_or_default().into()).await {
                 Ok(ack) => ack.await.map(drop).map_err(|e| anyhow!("{e}")),
                 Err(e) => Err(anyhow!("{e}")),
@@ -314,9 +305,10 @@ impl Intake {
             Disposition::Term => (AckKind::Term, "terminated"),
             Disposition::Later => (AckKind::Nak(Some(Duration::from_secs(1))), "retried"),
         };
-        if let Err(e) = m.double_ack_with(kind).await {
-            // Delivered again later; recognised then.
-            tracing::warn!(error = %e, seq, "NATS ack not confirmed");
+        // Not waited for: an ack that is lost means the message comes
+        // again, and is then recognised by its delivery (see above).
+        if let Err(e) = m.ack_with(kind).await {
+            tracing::warn!(error = %e, seq, "NATS ack not sent");
         }
         self.runs.metrics_intake(INTAKE, result);
     }
@@ -325,6 +317,7 @@ impl Intake {
         &self,
         source: &str,
         seq: u64,
+        published: i128,
         kind: &str,
         payload: &[u8],
     ) -> Result<(Option<serde_json::Value>, Disposition)> {
@@ -339,22 +332,91 @@ impl Intake {
             );
         }
         match kind {
-            "submit" => self.submit(source, seq, payload).await,
+            "submit" => self.submit(source, seq, published, Submission::File(payload.to_vec())).await,
+            "submit-ref" => match self.by_reference(payload)? {
+                Ok(capsule) => self.submit(source, seq, published, capsule).await,
+                Err((code, detail)) => refused(code, detail),
+            },
             "approve" => self.approve(payload).await,
             "export" => self.export(seq, payload).await,
-            _ => refused("nats.unknown-subject", "publish to in.submit, in.approve or in.export".to_owned()),
+            _ => refused(
+                "nats.unknown-subject",
+                "publish to in.submit, in.submit-ref, in.approve or in.export".to_owned(),
+            ),
         }
     }
 
-    async fn submit(&self, source: &str, seq: u64, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
-        let (d, s) = (self.deliveries.clone(), source.to_owned());
-        let (run, seen) =
-            tokio::task::spawn_blocking(move || d.run_for(&s, seq)).await.context("deliveries task")??;
-        if seen && self.runs.ran(&run)? {
-            tracing::info!(seq, run = %run, "NATS message delivered again: answered from the log, not run again");
-            return Ok((Some(self.runs.answer_of(&run).await?), Disposition::Ack));
+    /// A submission by reference: `{"manifest": "<base64>", "signature":
+    /// "<base64>"}` (the HTTP API's shape), with the component this runner
+    /// already holds. `Err` is a refusal (reason code, detail).
+    fn by_reference(&self, payload: &[u8]) -> Result<Result<Submission, (&'static str, String)>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ByRef {
+            manifest: String,
+            signature: String,
         }
-        match self.runs.submit_as(run, payload.to_vec(), format!("nats:{}", self.runner)).await {
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::STANDARD.decode(v.as_bytes());
+        let parsed = serde_json::from_slice::<ByRef>(payload).map_err(|e| e.to_string()).and_then(|r| {
+            Ok((b64(&r.manifest).map_err(|e| e.to_string())?, b64(&r.signature).map_err(|e| e.to_string())?))
+        });
+        let (manifest, signature) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Err((
+                    "nats.bad-request",
+                    format!("in.submit-ref takes {{\"manifest\": \"<base64>\", \"signature\": \"<base64>\"}}: {e}"),
+                )));
+            }
+        };
+        Ok(match self.runs.by_reference(manifest, signature)? {
+            Ok(capsule) => Ok(Submission::Assembled(Box::new(capsule))),
+            Err(ByReference::BadManifest(e)) => Err(("nats.bad-request", format!("not a capsule manifest: {e}"))),
+            Err(ByReference::UnknownComponent(d)) => Err((
+                "nats.unknown-component",
+                format!("this runner does not hold component {d}: submit the full capsule once, then by reference"),
+            )),
+        })
+    }
+
+    async fn submit(
+        &self,
+        source: &str,
+        seq: u64,
+        published: i128,
+        capsule: Submission,
+    ) -> Result<(Option<serde_json::Value>, Disposition)> {
+        let submitter = format!("nats:{source}:{seq}");
+        // The message's run: the first id of its sequence that is free, or
+        // that this message already became.
+        let mut run = None;
+        for attempt in 0..16 {
+            let id = run_id_for(source, seq, published, attempt);
+            match self.runs.submitter_of(&id)? {
+                None => {
+                    run = Some(id);
+                    break;
+                }
+                Some(by) if by.as_deref().is_none_or(|b| b == submitter) => {
+                    if self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&id) {
+                        // Its first delivery is still running: answered then.
+                        return Ok((None, Disposition::Later));
+                    }
+                    tracing::info!(seq, run = %id, "NATS message delivered again: answered from the log, not run again");
+                    return Ok((Some(self.runs.answer_of(&id).await?), Disposition::Ack));
+                }
+                Some(_) => {}
+            }
+        }
+        let run = run.context("no free run id for this message (16 clashes)")?;
+        if !self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(run.clone()) {
+            // The same message delivered twice at once: one of them runs.
+            return Ok((None, Disposition::Later));
+        }
+        let result = self.runs.submit_as(run.clone(), capsule, submitter).await;
+        self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&run);
+        match result {
             Ok(Ok(reply)) => {
                 if reply.state == "awaiting-approval" {
                     self.publish_proposal(&reply.id).await?;
@@ -376,7 +438,7 @@ impl Intake {
             out.push((format!("preview.{id}"), serde_json::to_vec(&preview)?));
         }
         for (kind, body) in out {
-            let ack = self.js.publish(self.settings.outbound(&self.runner, &kind), body.into()).await;
+            let ack = self.js.publish(self.settings.outbound(&kind), body.into()).await;
             ack.map_err(|e| anyhow!("{e}"))?.await.map_err(|e| anyhow!("cannot store {kind}: {e}"))?;
         }
         Ok(())
@@ -420,7 +482,7 @@ impl Intake {
                 return Ok((Some(answer), Disposition::Term));
             }
         };
-        let (_, _, bucket) = self.settings.streams(&self.runner);
+        let (_, _, bucket) = self.settings.streams();
         let dir = self.runs.runner().config.state_dir.join("exports");
         let file = dir.join(format!("nats-{seq}.bundle"));
         let exported = match self.runs.export_file(since, file.clone()).await {
@@ -455,8 +517,8 @@ impl Intake {
     /// log holds every one of them.
     async fn publish_events(self: Arc<Self>) {
         let mut events = self.runs.proposal_events();
-        let subject = self.settings.outbound(&self.runner, "events");
-        let checkpoints = self.settings.outbound(&self.runner, "checkpoint");
+        let subject = self.settings.outbound("events");
+        let checkpoints = self.settings.outbound("checkpoint");
         loop {
             let event = match events.recv().await {
                 Ok(e) => e,
@@ -469,7 +531,7 @@ impl Intake {
             let body: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
             // On the events subject, and as the proposal's latest state
             // (`out.state.<id>`, what `approve --nats` checks).
-            let state = self.settings.outbound(&self.runner, &format!("state.{}", event.proposal));
+            let state = self.settings.outbound(&format!("state.{}", event.proposal));
             let published = match self.js.publish(subject.clone(), body.clone()).await {
                 Ok(_) if crate::config::nats::is_token(&event.proposal) => self.js.publish(state, body).await.map(drop),
                 other => other.map(drop),
@@ -485,6 +547,35 @@ impl Intake {
             {
                 tracing::warn!(error = %e, "cannot publish the checkpoint to NATS");
             }
+        }
+    }
+}
+
+/// The run a message becomes: `r-<ms the server took it>-<8 hex>`, the hex
+/// from the message's stream, the stream's creation time, its sequence and
+/// the attempt (0 unless an id clashed with another run's). The same
+/// message delivered again names the same run.
+pub fn run_id_for(source: &str, seq: u64, published_ms: i128, attempt: u32) -> String {
+    let d = edge_core::Sha256Digest::of(format!("edge-runner nats delivery\n{source}\n{seq}\n{attempt}").as_bytes());
+    format!("r-{}-{}", published_ms.max(0), &d.hex()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_names_its_run_and_another_message_another() {
+        let a = run_id_for("edge_r1_in@1", 7, 1_796_000_000_000, 0);
+        assert!(crate::pipeline::is_run_id(&a), "{a}");
+        assert_eq!(a, run_id_for("edge_r1_in@1", 7, 1_796_000_000_000, 0));
+        assert!(a.starts_with("r-1796000000000-"));
+        for other in [
+            run_id_for("edge_r1_in@1", 8, 1_796_000_000_000, 0),
+            run_id_for("edge_r1_in@2", 7, 1_796_000_000_000, 0),
+            run_id_for("edge_r1_in@1", 7, 1_796_000_000_000, 1),
+        ] {
+            assert_ne!(a, other);
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct NatsArgs {
     /// (tls://host:port, or nats://127.0.0.1:port on this host).
     #[arg(long, env = "EDGE_RUNNER_NATS", value_name = "URL", requires = "runner")]
     pub nats: Option<String>,
-    /// With --nats: the runner's name (`runner.name`), which its subjects carry.
+    /// With --nats: the runner's subject token (`nats.subject`; by default its `runner.name`).
     #[arg(long, env = "EDGE_RUNNER_NAME", value_name = "NAME")]
     pub runner: Option<String>,
     /// With --nats: the CA (PEM) the NATS server's certificate chains to.
@@ -117,18 +117,33 @@ impl NatsClient {
         let mut answers = self.client.subscribe(answer_subject.clone()).await?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        let ack = self
+        let stored = self
             .js
             .publish_with_headers(self.subject("in", kind), headers, payload.into())
             .await
             .map_err(|e| anyhow!("cannot publish to the runner: {e}"))?;
-        ack.await.map_err(|e| {
-            anyhow!("the NATS server did not store the request ({e}); has runner `{}` connected yet?", self.runner)
-        })?;
-        let answer = tokio::time::timeout(timeout, answers.next())
+        // The answer is awaited while the server confirms the publish (an
+        // answer implies it was stored; a refused publish ends the wait).
+        let wait = async {
+            let stored = stored.into_future();
+            tokio::pin!(stored);
+            let mut confirmed = false;
+            loop {
+                tokio::select! {
+                    answer = answers.next() => return answer.context("the answer subscription ended"),
+                    ack = &mut stored, if !confirmed => {
+                        ack.map_err(|e| anyhow!(
+                            "the NATS server did not store the request ({e}); has runner `{}` connected yet?",
+                            self.runner
+                        ))?;
+                        confirmed = true;
+                    }
+                }
+            }
+        };
+        let answer = tokio::time::timeout(timeout, wait)
             .await
-            .map_err(|_| anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs()))?
-            .context("the answer subscription ended")?;
+            .map_err(|_| anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs()))??;
         serde_json::from_slice(&answer.payload).context("the runner's answer is not JSON")
     }
 

@@ -432,7 +432,7 @@ impl Spool {
             return Ok(Some((answer, Ending { refused: true, reason })));
         }
         let agent = format!("spool:{}", edge_core::text::line(name).chars().take(100).collect::<String>());
-        match self.runs.submit_as(run.to_owned(), bytes, agent).await {
+        match self.runs.submit_as(run.to_owned(), crate::service::Submission::File(bytes), agent).await {
             Ok(Ok(reply)) => {
                 let answer = serde_json::to_value(&reply)?;
                 let ending = ending_of(&answer);

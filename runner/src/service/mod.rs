@@ -296,11 +296,11 @@ impl RunService {
     pub async fn submit_as(
         self: &Arc<Self>,
         run: String,
-        capsule: Vec<u8>,
+        capsule: Submission,
         agent: String,
     ) -> Result<Result<SubmitReply>, QueueError> {
         let w = self.clone();
-        self.run(async move { w.submit_now_as(Some(run), Submission::File(capsule), &agent).await }).await
+        self.run(async move { w.submit_now_as(Some(run), capsule, &agent).await }).await
     }
 
     /// Whether the log holds a record of `run` (its submission record is
@@ -310,6 +310,22 @@ impl RunService {
     /// If the store cannot be read.
     pub fn ran(&self, run: &str) -> Result<bool> {
         Ok(!self.runner.log.run_seqs(run)?.is_empty())
+    }
+
+    /// Who a run in the log was submitted by: `None` if the log holds no
+    /// record of it, `Some(None)` if it has no submission record naming
+    /// one (refused before its capsule could be read).
+    ///
+    /// # Errors
+    /// If the store cannot be read or disagrees with the verified log.
+    pub fn submitter_of(&self, run: &str) -> Result<Option<Option<String>>> {
+        let seqs = self.runner.log.run_seqs(run)?;
+        let Some(first) = seqs.first() else { return Ok(None) };
+        let records = self.runner.log.read_records_at(std::slice::from_ref(first))?;
+        Ok(Some(records.into_iter().find_map(|r| match r.event {
+            edge_core::evidence::Event::Submission { submitted_by, .. } => submitted_by,
+            _ => None,
+        })))
     }
 
     /// The answer for a run already in the log, made from the store: the
