@@ -336,7 +336,8 @@ fn row(b: &mut String, k: &str, v: &str) {
 fn facts(b: &mut String, s: &Story<'_>) {
     let p = &s.view;
     b.push_str("<table class=\"facts\">");
-    let by = p.submitted_by.as_deref().map(|a| format!(" by {} (client certificate)", esc(a))).unwrap_or_default();
+    let by =
+        p.submitted_by.as_deref().map(|a| format!(" by {} ({})", esc(a), super::submitted_via(a))).unwrap_or_default();
     row(b, "Submitted", &format!("{}{by}", esc(&p.submitted_at)));
     if let Some(c) = &p.capsule {
         row(b, "Capsule", &format!("{} <code>{c}</code>", esc(p.name.as_deref().unwrap_or("-"))));

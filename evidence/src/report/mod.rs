@@ -179,6 +179,19 @@ impl Filter {
     }
 }
 
+/// How a run was handed to the runner, from its recorded submitter: the
+/// runner's intakes name themselves (`nats:…` a NATS message, `spool:…` a
+/// spool file); anything else is a client certificate's identity.
+fn submitted_via(submitted_by: &str) -> &'static str {
+    if submitted_by.starts_with("nats:") {
+        "NATS message"
+    } else if submitted_by.starts_with("spool:") {
+        "spool file"
+    } else {
+        "client certificate"
+    }
+}
+
 fn line(s: &str) -> std::borrow::Cow<'_, str> {
     edge_core::text::line(s)
 }

@@ -158,7 +158,8 @@ fn header(s: &mut String, r: &Report<'_>) {
 fn proposal(s: &mut String, st: &Story<'_>) {
     let p = &st.view;
     let _ = writeln!(s, "\nproposal {}  [{}]  {}", U(&p.id), p.state.name(), U(p.name.as_deref().unwrap_or("-")));
-    let by = p.submitted_by.as_deref().map(|a| format!(" by {} (client certificate)", U(a))).unwrap_or_default();
+    let by =
+        p.submitted_by.as_deref().map(|a| format!(" by {} ({})", U(a), super::submitted_via(a))).unwrap_or_default();
     let _ = writeln!(s, "  submitted   {}{by}", U(&p.submitted_at));
     if let Some(c) = &p.capsule {
         let _ = writeln!(s, "  capsule     {c}");

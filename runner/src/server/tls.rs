@@ -136,9 +136,36 @@ pub fn agent_identity(der: &[u8]) -> Result<String> {
                 if value.starts_with("spiffe://") {
                     bail!("the client certificate puts a SPIFFE ID in its common name; put it in a URI SAN");
                 }
+                // The runner's own intakes name their submissions so
+                // (`crate::intake`); a certificate cannot pass for one.
+                if value.starts_with("nats:") || value.starts_with("spool:") {
+                    bail!(
+                        "the client certificate's common name starts with `nats:` or `spool:`, which name the runner's intakes"
+                    );
+                }
                 return Ok(value);
             }
         }
     }
     bail!("the client certificate names no agent: give it a spiffe:// URI SAN or a subject common name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_cn(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_common_name_cannot_pass_for_an_intake_or_a_spiffe_id() {
+        assert_eq!(agent_identity(&cert_with_cn("agent-7")).unwrap(), "agent-7");
+        for cn in ["nats:edge_r1_in@1:7", "spool:fix.capsule", "spiffe://example/agent"] {
+            assert!(agent_identity(&cert_with_cn(cn)).is_err(), "{cn}");
+        }
+    }
 }
