@@ -388,6 +388,18 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     let id = a["id"].as_str().unwrap().to_owned();
     // The proposal's state reaches the outbound stream with its event.
     std::thread::sleep(Duration::from_millis(300));
+    // Someone follows the proposal through NATS while the approvals come.
+    let watcher = {
+        let (dir, url, id) = (env.path(""), nats.url(), id.clone());
+        std::thread::spawn(move || {
+            Command::new(BIN)
+                .args(["proposals", "watch", &id, "--nats", &url, "--runner", "test-runner", "--timeout", "60"])
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     let mut last = String::new();
     for who in ["alice", "carol"] {
         let (principal, key, out) = (format!("{who}@bank.example"), format!("keys/{who}"), format!("{who}.json"));
@@ -411,6 +423,10 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
         last = c.stdout();
     }
     assert!(last.contains("the proposal ran: committed"), "{last}");
+    let watched = watcher.join().unwrap();
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&watched.stderr));
+    assert!(text.contains("awaiting-approval") && text.contains("committed"), "{text}");
     assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
     // Nothing more is signed for it: it no longer waits.
     std::thread::sleep(Duration::from_millis(300));

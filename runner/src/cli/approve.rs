@@ -66,8 +66,8 @@ pub struct ApproveArgs {
 /// ([`warn_renamed_flags`]).
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
-    /// Fetch the proposal from this runner's API and post the signed
-    /// approval back (https://host:port; needs --ca, --cert and --key).
+    /// The runner's HTTPS API, https://host:port (needs --ca, --cert and
+    /// --key); `approve` fetches the proposal there and posts the approval back.
     #[arg(long, env = client::ENV_SERVER, value_name = "URL", requires_all = ["ca", "cert", "key"])]
     pub server: Option<String>,
     /// With --server: CA certificate that signed the runner's server certificate (PEM).
@@ -76,8 +76,8 @@ pub struct RemoteArgs {
     /// With --server: your client certificate (PEM), issued by the runner's CA.
     #[arg(long, env = client::ENV_CERT, value_name = "PEM", alias = "client-cert")]
     pub cert: Option<PathBuf>,
-    /// With --server: your client private key (PEM), for --cert. Not the
-    /// SSH key you sign with: that is --ssh-key.
+    /// With --server: your client private key (PEM), for --cert (for
+    /// `approve`: not the SSH key you sign with, that is --ssh-key).
     #[arg(long, env = client::ENV_KEY, value_name = "PEM", alias = "client-key")]
     pub key: Option<PathBuf>,
 }

@@ -111,7 +111,7 @@ pub enum Command {
     /// Reload a running runner's policy, graph, trusted signers and approver
     /// registry (like SIGHUP); a bad configuration is refused and recorded.
     Reload(crate::cli::server::ReloadArgs),
-    /// Submit a signed capsule to a runner over mutual TLS.
+    /// Submit a signed capsule to a runner over mutual TLS (or NATS, with --nats).
     Submit(crate::cli::server::SubmitArgs),
     /// Client certificates from the development CA.
     #[command(subcommand)]

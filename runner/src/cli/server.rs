@@ -51,7 +51,7 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub nats: crate::intake::nats_client::NatsArgs,
     /// With --nats: how long to wait for the runner's answer (seconds).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub wait: u64,
     /// Print the runner's answer as JSON.
     #[arg(long)]
@@ -92,12 +92,15 @@ pub enum ProposalsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Follow a proposal until it reaches a final state, printing each change.
+    /// Follow a proposal until it reaches a final state, printing each change
+    /// (over HTTPS, or with --nats from the events the runner publishes).
     Watch {
         /// The proposal id (p-…).
         id: String,
         #[command(flatten)]
-        client: ClientArgs,
+        client: crate::cli::approve::RemoteArgs,
+        #[command(flatten)]
+        nats: crate::intake::nats_client::NatsArgs,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -331,7 +334,14 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        ProposalsCommand::Watch { id, client, timeout } => rt.block_on(watch(id, client, *timeout, out)),
+        ProposalsCommand::Watch { id, client, nats, timeout } => match (client.client_args(), &nats.nats) {
+            (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
+            (Some(client), None) => rt.block_on(watch(id, &client, *timeout, out)),
+            (None, Some(_)) => rt.block_on(watch_nats(id, nats, *timeout, out)),
+            (None, None) => {
+                bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner")
+            }
+        },
     }
 }
 
@@ -342,6 +352,53 @@ async fn get_json(client: &ClientArgs, path: &str) -> Result<Value> {
         bail!("{} ({}): {}", path, reply.status, reply.error_message());
     }
     reply.json()
+}
+
+/// How `proposals watch` ends for a final state (None: not final).
+fn final_exit(state: &str) -> Option<Exit> {
+    match state {
+        "committed" | "completed" => Some(Exit::Ok),
+        "rolled-back" => Some(Exit::RolledBack),
+        "refused" | "rejected" | "expired" | "failed" => Some(Exit::Refused),
+        _ => None,
+    }
+}
+
+/// `proposals watch --nats`: the proposal's latest published state, then
+/// each event the runner publishes for it.
+async fn watch_nats(
+    id: &str,
+    nats: &crate::intake::nats_client::NatsArgs,
+    timeout: u64,
+    out: &mut dyn Write,
+) -> Result<Exit> {
+    use futures_util::StreamExt as _;
+    let c = crate::intake::nats_client::NatsClient::connect(nats).await?;
+    // Subscribed before the latest state is read: nothing falls between.
+    let mut events = c.proposal_events(id).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let mut state = c.state(id).await.unwrap_or_else(|_| "unknown".to_owned());
+    let stamp = || jiff::Timestamp::now().strftime("%H:%M:%S").to_string();
+    writeln!(out, "{}  {id}  {}", stamp(), edge_core::text::line(&state))?;
+    loop {
+        if let Some(exit) = final_exit(&state) {
+            return Ok(exit);
+        }
+        let next = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("proposal {id} is still {state} after {timeout}s"))?
+            .context("the event subscription ended")?;
+        let v: Value = serde_json::from_slice(&next.payload).context("a proposal event that is not JSON")?;
+        state = str_of(&v["state"]);
+        writeln!(
+            out,
+            "{}  {id}  {}  ({})",
+            stamp(),
+            edge_core::text::line(&state),
+            edge_core::text::line(&str_of(&v["kind"]))
+        )?;
+        out.flush()?;
+    }
 }
 
 async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write) -> Result<Exit> {
@@ -369,11 +426,8 @@ async fn watch(id: &str, client: &ClientArgs, timeout: u64, out: &mut dyn Write)
             last = state.clone();
             seen_records = records;
         }
-        match state.as_str() {
-            "committed" | "completed" => return Ok(Exit::Ok),
-            "rolled-back" => return Ok(Exit::RolledBack),
-            "refused" | "rejected" | "expired" | "failed" => return Ok(Exit::Refused),
-            _ => {}
+        if let Some(exit) = final_exit(&state) {
+            return Ok(exit);
         }
         if tokio::time::Instant::now() >= deadline {
             bail!("proposal {id} is still {state} after {timeout}s");

@@ -31,13 +31,14 @@ pub struct NatsArgs {
     /// With --nats: a client certificate (PEM) and --nats-key.
     #[arg(long, value_name = "PEM", requires = "nats_key")]
     pub nats_cert: Option<PathBuf>,
+    /// With --nats-cert: its private key (PEM).
     #[arg(long, value_name = "PEM")]
     pub nats_key: Option<PathBuf>,
     /// With --nats: a NATS credentials file.
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,
     /// With --nats: the runner's subject prefix (`nats.prefix`).
-    #[arg(long, default_value = "edge")]
+    #[arg(long, value_name = "PREFIX", default_value = "edge")]
     pub nats_prefix: String,
 }
 
@@ -183,6 +184,17 @@ impl NatsClient {
             .map_err(|e| anyhow!("runner `{}` published nothing of proposal {id} ({e})", self.runner))?;
         let v: serde_json::Value = serde_json::from_slice(&m.payload).context("a proposal event that is not JSON")?;
         Ok(v["state"].as_str().unwrap_or("?").to_owned())
+    }
+
+    /// One proposal's events from now on (`out.state.<id>`).
+    ///
+    /// # Errors
+    /// A bad id, or the subscription cannot be made.
+    pub async fn proposal_events(&self, id: &str) -> Result<async_nats::Subscriber> {
+        if !crate::config::nats::is_token(id) {
+            bail!("`{}` is not a proposal id", edge_core::text::line(id));
+        }
+        Ok(self.client.subscribe(self.subject("out", &format!("state.{id}"))).await?)
     }
 
     /// Proposal events from now on.

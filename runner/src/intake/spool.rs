@@ -37,8 +37,9 @@
 //!   waits in the inbox.
 //!
 //! File names are hostile text: they reach logs only through
-//! [`edge_core::text::line`], and a name that is not UTF-8, starts with a
-//! dash or is too long to carry a suffix is refused under a safe name.
+//! [`edge_core::text::line`], and a name that is not UTF-8, holds control
+//! characters or bidi overrides, starts with a dash or is too long to carry
+//! a suffix is refused under a safe name.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -354,7 +355,11 @@ impl Spool {
                 self.settings.max_file_bytes
             )))
         } else if name.starts_with("invalid-name-") {
-            Some(refuse("[spool.bad-name] the file's name is not UTF-8, starts with a dash or is too long".into()))
+            Some(refuse(
+                "[spool.bad-name] the file's name is not UTF-8, holds control characters, starts with a dash or is \
+                 too long"
+                    .into(),
+            ))
         } else if kind(name).is_none() {
             Some(refuse(
                 "[spool.unknown-kind] name it *.capsule (a capsule), *.approval.json (an approval) or \
@@ -580,7 +585,11 @@ fn ending_of(answer: &serde_json::Value) -> Ending {
 /// for the suffixes it adds; otherwise a safe stand-in naming its digest.
 fn safe_name(name: &std::ffi::OsStr) -> String {
     match name.to_str() {
-        Some(s) if s.len() <= MAX_NAME && !s.starts_with('-') && !s.contains('~') => s.to_owned(),
+        // Control characters, escape sequences and bidi overrides would
+        // reach whoever lists the spool's folders: refused, not kept.
+        Some(s) if s.len() <= MAX_NAME && !s.starts_with('-') && !s.contains('~') && edge_core::text::line(s) == s => {
+            s.to_owned()
+        }
         _ => format!("invalid-name-{}", &Sha256Digest::of(name.as_encoded_bytes()).hex()[..16]),
     }
 }
@@ -605,7 +614,13 @@ mod tests {
     fn hostile_names_get_a_safe_stand_in() {
         use std::os::unix::ffi::OsStrExt as _;
         assert_eq!(safe_name(std::ffi::OsStr::new("fix.capsule")), "fix.capsule");
-        for bad in [&b"-rf.capsule"[..], b"a~b.capsule", b"\xff\xfe.capsule", &[b'a'; 200]] {
+        for bad in [
+            &b"-rf.capsule"[..],
+            b"a~b.capsule",
+            b"\xff\xfe.capsule",
+            &[b'a'; 200],
+            "e\u{1b}[2J\u{202e}.capsule".as_bytes(),
+        ] {
             let s = safe_name(std::ffi::OsStr::from_bytes(bad));
             assert!(s.starts_with("invalid-name-") && s.len() == 29, "{s}");
         }
