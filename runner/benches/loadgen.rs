@@ -150,21 +150,8 @@ fn main() -> anyhow::Result<()> {
     };
     // A start runs the full evidence check in the background (nice 10); the
     // figures are those of a runner past it, in its steady state.
-    let t = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        anyhow::ensure!(
-            !text.contains("full evidence check failed"),
-            "the full evidence check failed: see {}",
-            log.display()
-        );
-        if text.contains("full evidence check passed") {
-            break;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "the full evidence check did not finish in 10 minutes");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    eprintln!("the background full check finished {:.1?} after the server was ready", t.elapsed());
+    let waited = common::wait_full_check(&log)?;
+    eprintln!("the background full check finished {waited:.1?} after the server was ready");
     let tls = h.join("tls");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

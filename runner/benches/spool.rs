@@ -45,11 +45,7 @@ fn main() -> anyhow::Result<()> {
     BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
     anyhow::ensure!(line.starts_with("spool on "), "serve printed `{line}`: see {}", log.display());
     // Past the background full check, as the load generator is.
-    let t = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("full evidence check passed") {
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "the full evidence check did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_full_check(&log)?;
     let (inbox, done) = (h.join("spool/inbox"), h.join("spool/done"));
     let count_done = || {
         std::fs::read_dir(&done)

@@ -295,3 +295,59 @@ impl Cli {
         self.0.status.code().unwrap_or(-1)
     }
 }
+
+/// A running `edge-runner serve` (its standard error appended to
+/// `serve.log` in the home); killed on drop.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// What it printed first (one line per listener or intake).
+    pub lines: Vec<String>,
+}
+
+impl Serve {
+    /// Start `serve` in `env` and read the first `n` lines it prints.
+    pub fn start(env: &Env, n: usize) -> Serve {
+        use std::io::BufRead as _;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(env.path("serve.log")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", "runner.toml"])
+            .current_dir(env.path(""))
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            lines.push(line.trim().to_owned());
+        }
+        Serve { child, lines }
+    }
+
+    /// The `i`th line printed, which must start with `prefix`: the rest.
+    pub fn line(&self, env: &Env, i: usize, prefix: &str) -> String {
+        match self.lines.get(i).and_then(|l| l.strip_prefix(prefix)) {
+            Some(rest) => rest.to_owned(),
+            None => panic!(
+                "serve printed {:?}: {}",
+                self.lines,
+                std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

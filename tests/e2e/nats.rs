@@ -4,7 +4,6 @@
 //! hostile messages, NATS away at start and going away mid-run, a runner
 //! killed at any point, and two runners on one NATS.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use async_nats::jetstream;
 use edge_runner::intake::nats_client::NatsClient;
 use serde_json::Value;
 
-use crate::harness::{BIN, Env};
+use crate::harness::{BIN, Env, Serve};
 use crate::probes::get;
 use crate::spool::diagnostic;
 
@@ -81,43 +80,20 @@ impl Drop for Nats {
 
 /// A running `edge-runner serve` whose only intake is NATS, with probes.
 struct Runner {
-    child: Child,
+    serve: Serve,
     probes: String,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Runner {
     fn start(env: &Env) -> Runner {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", "runner.toml"])
-            .current_dir(env.path(""))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(env.path("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut lines = Vec::new();
-        for _ in 0..2 {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            lines.push(line.trim().to_owned());
-        }
-        let probes = lines[0].strip_prefix("probes on ").unwrap_or_else(|| {
-            panic!("serve printed {lines:?}: {}", std::fs::read_to_string(env.path("serve.log")).unwrap_or_default())
-        });
-        assert!(lines[1].starts_with("nats to nats://"), "{lines:?}");
-        Runner { probes: probes.to_owned(), child }
+        let serve = Serve::start(env, 2);
+        let probes = serve.line(env, 0, "probes on ");
+        serve.line(env, 1, "nats to nats://");
+        Runner { serve, probes }
     }
 
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill(self) {
+        self.serve.kill();
     }
 
     fn ready(&self) -> (u16, String) {
@@ -163,6 +139,23 @@ fn count(env: &Env, event: &str) -> usize {
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Wait until runner `r1`'s consumer has nothing pending or unacknowledged
+/// (every message processed or terminated, none left to come back).
+async fn drained(nats: &Nats, within: Duration) -> jetstream::Context {
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mut consumer: jetstream::consumer::PullConsumer =
+        js.get_stream("edge_r1_in").await.unwrap().get_consumer("runner").await.unwrap();
+    let t = Instant::now();
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return js;
+        }
+        assert!(t.elapsed() < within, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_blocking_the_consumer() {
     let nats = Nats::start();
@@ -207,18 +200,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
 
         // Nothing left pending or redelivered: refused messages were
         // terminated, not left to come back forever.
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let mut consumer: jetstream::consumer::PullConsumer =
-            js.get_stream("edge_r1_in").await.unwrap().get_consumer("runner").await.unwrap();
-        let t = Instant::now();
-        loop {
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
-            }
-            assert!(t.elapsed() < WAIT, "{info:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let js = drained(&nats, WAIT).await;
         // The export, into the object store.
         let e = c.request("export", Vec::new(), WAIT).await.unwrap();
         let object = e["export"]["object"].as_str().unwrap().to_owned();
@@ -252,7 +234,7 @@ fn a_runner_killed_at_any_point_loses_no_message_and_runs_none_twice() {
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     let diag = diagnostic(&env);
-    const N: usize = 30;
+    const N: usize = 100;
     rt().block_on(async {
         let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
         runner.kill();
@@ -263,7 +245,7 @@ fn a_runner_killed_at_any_point_loses_no_message_and_runs_none_twice() {
         }
     });
     let mut killed_mid_work = 0;
-    for delay in [100u64, 200, 300, 400, 500, 650, 800, 1000] {
+    for delay in [100u64, 150, 200, 250, 300, 400, 500, 650, 800, 1000] {
         let runner = Runner::start(&env);
         std::thread::sleep(Duration::from_millis(delay));
         runner.kill();
@@ -274,18 +256,7 @@ fn a_runner_killed_at_any_point_loses_no_message_and_runs_none_twice() {
     assert!(killed_mid_work > 1, "the kills came after the work was done");
     let runner = Runner::start(&env);
     rt().block_on(async {
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        let mut consumer: jetstream::consumer::PullConsumer =
-            js.get_stream("edge_r1_in").await.unwrap().get_consumer("runner").await.unwrap();
-        let t = Instant::now();
-        loop {
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(120), "{info:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let js = drained(&nats, Duration::from_secs(120)).await;
         // Every message has its answer in the outbound stream.
         let out = js.get_stream("edge_r1_out").await.unwrap();
         for i in 0..N {

@@ -4,50 +4,27 @@
 //! oversized files, a full outbox, and SIGKILL at any point: nothing is
 //! lost and nothing runs twice.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{BIN, Env};
+use crate::harness::{Env, Serve};
 
 /// A running `edge-runner serve` with only a spool; killed on drop.
-struct Spooler {
-    child: Child,
-}
-
-impl Drop for Spooler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct Spooler(Serve);
 
 impl Spooler {
     fn start(env: &Env) -> Spooler {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", "runner.toml"])
-            .current_dir(env.path(""))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(env.path("serve.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(
-            line.starts_with("spool on "),
-            "serve printed `{line}`: {}",
-            std::fs::read_to_string(env.path("serve.log")).unwrap_or_default()
-        );
-        Spooler { child }
+        let serve = Serve::start(env, 1);
+        serve.line(env, 0, "spool on ");
+        Spooler(serve)
     }
 
     /// SIGKILL: no chance to finish anything.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill(self) {
+        self.0.kill();
     }
 }
 

@@ -225,3 +225,28 @@ pub fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
     let text = std::env::var(name).unwrap_or_else(|_| default.into());
     text.split(',').map(|s| s.trim().parse().map_err(|e| anyhow::anyhow!("{name}: `{s}`: {e}"))).collect()
 }
+
+/// Wait until the `serve` whose standard error goes to `log` reports the
+/// background full evidence check passed (a start runs it at nice 10; the
+/// figures are those of a runner past it, in its steady state). Returns
+/// how long that took.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn wait_full_check(log: &Path) -> anyhow::Result<std::time::Duration> {
+    let t = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        anyhow::ensure!(
+            !text.contains("full evidence check failed"),
+            "the full evidence check failed: see {}",
+            log.display()
+        );
+        if text.contains("full evidence check passed") {
+            return Ok(t.elapsed());
+        }
+        anyhow::ensure!(
+            t.elapsed() < std::time::Duration::from_secs(600),
+            "the full evidence check did not finish in 10 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

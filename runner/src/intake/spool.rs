@@ -544,15 +544,7 @@ impl Spool {
     /// with its reason beside it.
     fn finish(&self, path: &Path, name: &str, answer: Option<&str>, ending: &Ending) -> Result<()> {
         let dir = if ending.refused { self.settings.refused() } else { self.settings.done() };
-        let mut n = 1;
-        let dest = loop {
-            let candidate = if n == 1 { name.to_owned() } else { format!("{name}.{n}") };
-            let reason = dir.join(format!("{candidate}.reason"));
-            if !dir.join(&candidate).exists() && !reason.exists() {
-                break candidate;
-            }
-            n += 1;
-        };
+        let dest = free_slot(&dir, name);
         let mut reason = edge_core::text::line(&ending.reason).into_owned();
         if let Some(a) = answer {
             reason.push_str(&format!("\nanswer: outbox/{a}"));
@@ -564,6 +556,21 @@ impl Spool {
         sync_dir(&dir)?;
         sync_dir(&self.settings.work())?;
         Ok(())
+    }
+}
+
+/// Where `name` goes in `dir` (`done/`, `refused/`): `name`, else the first
+/// of `name.2`, `name.3`, … with no file there. A reason without its file is
+/// this spool's own, written just before a move that a kill prevented, and
+/// is written again.
+fn free_slot(dir: &Path, name: &str) -> String {
+    let mut n = 1;
+    loop {
+        let candidate = if n == 1 { name.to_owned() } else { format!("{name}.{n}") };
+        if std::fs::symlink_metadata(dir.join(&candidate)).is_err() {
+            return candidate;
+        }
+        n += 1;
     }
 }
 
@@ -587,7 +594,14 @@ fn safe_name(name: &std::ffi::OsStr) -> String {
     match name.to_str() {
         // Control characters, escape sequences and bidi overrides would
         // reach whoever lists the spool's folders: refused, not kept.
-        Some(s) if s.len() <= MAX_NAME && !s.starts_with('-') && !s.contains('~') && edge_core::text::line(s) == s => {
+        // (`.reason` is the spool's own suffix, for the file beside each.)
+        Some(s)
+            if s.len() <= MAX_NAME
+                && !s.starts_with('-')
+                && !s.contains('~')
+                && !s.ends_with(".reason")
+                && edge_core::text::line(s) == s =>
+        {
             s.to_owned()
         }
         _ => format!("invalid-name-{}", &Sha256Digest::of(name.as_encoded_bytes()).hex()[..16]),
@@ -617,6 +631,7 @@ mod tests {
         for bad in [
             &b"-rf.capsule"[..],
             b"a~b.capsule",
+            b"x.capsule.reason",
             b"\xff\xfe.capsule",
             &[b'a'; 200],
             "e\u{1b}[2J\u{202e}.capsule".as_bytes(),
@@ -630,6 +645,21 @@ mod tests {
         );
         assert_eq!(split_claimed("x~fix.capsule"), None);
         assert_eq!(split_claimed("fix.capsule"), None);
+    }
+
+    #[test]
+    fn a_file_never_lands_on_another_and_a_leftover_reason_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(free_slot(d, "fix.capsule"), "fix.capsule");
+        // Killed between writing the reason and moving the file: the slot
+        // is still the file's (not `fix.capsule.2`).
+        std::fs::write(d.join("fix.capsule.reason"), "committed\n").unwrap();
+        assert_eq!(free_slot(d, "fix.capsule"), "fix.capsule");
+        std::fs::write(d.join("fix.capsule"), "first").unwrap();
+        assert_eq!(free_slot(d, "fix.capsule"), "fix.capsule.2");
+        std::os::unix::fs::symlink("/nonexistent", d.join("fix.capsule.2")).unwrap();
+        assert_eq!(free_slot(d, "fix.capsule"), "fix.capsule.3", "a dangling symlink is a file there");
     }
 
     #[test]
