@@ -20,6 +20,9 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// TLS with client certificates required, from this development PKI
+    /// (`crate::server::pki`): `server.pem`, `ca.pem`.
+    tls: Option<std::path::PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -28,7 +31,12 @@ fn free_port() -> u16 {
 
 impl Nats {
     fn start() -> Nats {
-        let mut n = Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap() };
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<&std::path::Path>) -> Nats {
+        let mut n =
+            Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), tls: tls.map(Into::into) };
         n.up();
         n
     }
@@ -36,10 +44,18 @@ impl Nats {
     /// Start (again) on the same port and store.
     fn up(&mut self) {
         let conf = self.dir.path().join("nats.conf");
+        let tls = self.tls.as_ref().map_or_else(String::new, |d| {
+            format!(
+                "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}\n",
+                d.join("server.pem"),
+                d.join("server.key"),
+                d.join("ca.pem")
+            )
+        });
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{}\nmax_payload: 4MB\njetstream {{ store_dir: {:?} }}\n",
+                "listen: 127.0.0.1:{}\nmax_payload: 4MB\njetstream {{ store_dir: {:?} }}\n{tls}",
                 self.port,
                 self.dir.path().join("js")
             ),
@@ -68,7 +84,8 @@ impl Nats {
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
@@ -88,7 +105,7 @@ impl Runner {
     fn start(env: &Env) -> Runner {
         let serve = Serve::start(env, 2);
         let probes = serve.line(env, 0, "probes on ");
-        serve.line(env, 1, "nats to nats://");
+        serve.line(env, 1, "nats to ");
         Runner { serve, probes }
     }
 
@@ -421,4 +438,43 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     assert!(c.stderr().contains("not awaiting approval"), "{}", c.stderr());
     drop(runner);
     assert_eq!(count(&env, "committed"), 1);
+}
+
+#[test]
+fn the_runner_dials_out_over_tls_with_its_client_certificate_and_a_foreign_one_gets_nowhere() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("certs")).unwrap();
+    crate::server::pki(&env.path("tls"));
+    let nats = Nats::start_with(Some(&env.path("tls")));
+    let config = |cert: &str| {
+        env.write_config(&format!(
+            "[mounts.certs]\npath = \"certs\"\nwritable = false\n\n[nats]\nurl = \"{}\"\nca = \"tls/ca.pem\"\n\
+             cert = \"tls/{cert}.pem\"\nkey = \"tls/{cert}.key\"\nack_wait = \"2s\"\n\n[probes]\nlisten = \"127.0.0.1:0\"\n",
+            nats.url()
+        ));
+    };
+    config("agent");
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    diagnostic(&env);
+    let tls_flags = ["--nats-ca", "tls/ca.pem", "--nats-cert", "tls/agent.pem", "--nats-key", "tls/agent.key"];
+    let url = nats.url();
+    let args = ["submit", "spool-diag.capsule", "--nats", &url, "--runner", "test-runner", "--wait", "60"];
+    let ok = env.cli(&[&args[..], &tls_flags[..]].concat());
+    assert_eq!(ok.code(), 0, "{}{}", ok.stdout(), ok.stderr());
+    assert!(ok.stdout().contains("state     completed"), "{}", ok.stdout());
+    // A client without a certificate is not let in by the server.
+    let refused = env.cli(&[&args[..], &tls_flags[..2]].concat());
+    assert_ne!(refused.code(), 0, "{}", refused.stdout());
+    drop(runner);
+    // A runner holding a certificate of another CA never connects: it runs
+    // on, says so, and takes nothing.
+    config("foreign");
+    let runner = Runner::start(&env);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = runner.ready();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("nats"), "{body}");
+    drop(runner);
+    assert_eq!(count(&env, "submission"), 1);
 }
