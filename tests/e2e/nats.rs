@@ -180,6 +180,13 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     let diag = diagnostic(&env);
+    let sleeper = std::fs::read(env.capsule(
+        "sleeper",
+        test_programs::HOSTILE,
+        &Env::hostile_manifest("sleep", ""),
+        Some("agent"),
+    ))
+    .unwrap();
     let untrusted = std::fs::read(env.capsule(
         "untrusted",
         test_programs::HOSTILE,
@@ -214,6 +221,10 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
         assert_eq!(odd["refused"]["reason_code"], "nats.unknown-subject", "{odd:#}");
         let again = c.request("submit", diag.clone(), WAIT).await.unwrap();
         assert_eq!(again["state"], "completed");
+        // A run longer than the ack wait (2 s here): the runner says it is
+        // still working, so it is not delivered again while it runs.
+        let long = c.request("submit", sleeper, WAIT).await.unwrap();
+        assert_eq!(long["refusal"]["reason_code"], "sandbox.wall_time", "{long:#}");
 
         // Nothing left pending or redelivered: refused messages were
         // terminated, not left to come back forever.
@@ -228,8 +239,8 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
         std::fs::write(env.path("nats.bundle"), &bytes).unwrap();
     });
     // Refused submissions and the malformed approval are recorded.
-    assert_eq!(count(&env, "submission"), 3, "two good and the untrusted one");
-    assert_eq!(count(&env, "refused"), 2, "the untrusted and the unreadable capsule");
+    assert_eq!(count(&env, "submission"), 4, "two good, the long one and the untrusted one: each once");
+    assert_eq!(count(&env, "refused"), 3, "the untrusted, the unreadable and the long capsule");
     assert!(count(&env, "approval-refused") >= 1);
     // The CLI talks NATS too.
     let cli = env.cli(&["submit", "spool-diag.capsule", "--nats", &nats.url(), "--runner", "r1", "--wait", "60"]);

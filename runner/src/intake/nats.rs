@@ -263,19 +263,22 @@ impl Intake {
             .map(|v| v.as_str().to_owned())
             .filter(|id| crate::config::nats::is_token(id))
             .unwrap_or_else(|| format!("seq-{seq}"));
-        let progress = {
-            let (acker, every) = (m.clone(), self.settings.ack_wait / 3);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let _ = acker.ack_with(AckKind::Progress).await;
-                }
-            })
-            .abort_handle()
-        };
         let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
-        let outcome = self.process(source, seq, published, &kind, &m.payload).await;
-        progress.abort();
+        // While it is processed, the server hears every third of its ack
+        // wait that it still is (a long run is not delivered again).
+        let outcome = {
+            let work = self.process(source, seq, published, &kind, &m.payload);
+            tokio::pin!(work);
+            let every = self.settings.ack_wait / 3;
+            loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    () = tokio::time::sleep(every) => {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        };
         let (answer, disposition) = match outcome {
             Ok(x) => x,
             Err(e) => {
@@ -285,9 +288,9 @@ impl Intake {
                 (None, Disposition::Later)
             }
         };
-        if let Some(answer) = &answer {
+        if let Some(answer) = answer {
             let subject = self.settings.outbound(&format!("answer.{reply_id}"));
-            let stored = match self.js.publish(subject, serde_json::to_vec(answer).unwrap_or_default().into()).await {
+            let stored = match self.js.publish(subject, answer.into()).await {
                 Ok(ack) => ack.await.map(drop).map_err(|e| anyhow!("{e}")),
                 Err(e) => Err(anyhow!("{e}")),
             };
@@ -320,10 +323,10 @@ impl Intake {
         published: i128,
         kind: &str,
         payload: &[u8],
-    ) -> Result<(Option<serde_json::Value>, Disposition)> {
+    ) -> Result<(Option<Vec<u8>>, Disposition)> {
         let refused = |code: &str, detail: String| {
             tracing::info!(target: "edge_runner::nats", seq, reason_code = code, detail = %edge_core::text::line(&detail), "NATS message refused");
-            Ok((Some(json!({ "refused": { "reason_code": code, "detail": detail } })), Disposition::Term))
+            Ok((Some(json_bytes(&json!({ "refused": { "reason_code": code, "detail": detail } }))), Disposition::Term))
         };
         if payload.len() > self.settings.max_message_bytes {
             return refused(
@@ -386,7 +389,7 @@ impl Intake {
         seq: u64,
         published: i128,
         capsule: Submission,
-    ) -> Result<(Option<serde_json::Value>, Disposition)> {
+    ) -> Result<(Option<Vec<u8>>, Disposition)> {
         let submitter = format!("nats:{source}:{seq}");
         // The message's run: the first id of its sequence that is free, or
         // that this message already became.
@@ -404,7 +407,7 @@ impl Intake {
                         return Ok((None, Disposition::Later));
                     }
                     tracing::info!(seq, run = %id, "NATS message delivered again: answered from the log, not run again");
-                    return Ok((Some(self.runs.answer_of(&id).await?), Disposition::Ack));
+                    return Ok((Some(json_bytes(&self.runs.answer_of(&id).await?)), Disposition::Ack));
                 }
                 Some(_) => {}
             }
@@ -421,7 +424,7 @@ impl Intake {
                 if reply.state == "awaiting-approval" {
                     self.publish_proposal(&reply.id).await?;
                 }
-                Ok((Some(serde_json::to_value(&reply)?), Disposition::Ack))
+                Ok((Some(serde_json::to_vec(&reply)?), Disposition::Ack))
             }
             Ok(Err(e)) => Err(e),
             Err(QueueError::Full | QueueError::Stopped) => Ok((None, Disposition::Later)),
@@ -444,14 +447,14 @@ impl Intake {
         Ok(())
     }
 
-    async fn approve(&self, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
+    async fn approve(&self, payload: &[u8]) -> Result<(Option<Vec<u8>>, Disposition)> {
         let proposal = match edge_core::approval::ApprovalFile::parse(payload) {
             Ok(f) => f.statement.proposal,
             Err(e) => {
                 let detail = format!("not an approval file: {e}");
                 self.runs.record_malformed_approval(payload, &detail).await?;
                 let answer = json!({ "refused": { "reason_code": "approval.malformed", "detail": detail } });
-                return Ok((Some(answer), Disposition::Term));
+                return Ok((Some(json_bytes(&answer)), Disposition::Term));
             }
         };
         let reply = match self.runs.approve(proposal.clone(), payload.to_vec()).await {
@@ -464,22 +467,22 @@ impl Intake {
                 refused("approval.unknown-proposal", format!("no proposal {proposal} on this runner"))
             }
             Ok(ApproveReply::Refused(why)) => refused("approval.refused", why),
-            Ok(ApproveReply::Kept(kept)) => serde_json::to_value(&kept)?,
+            Ok(ApproveReply::Kept(kept)) => return Ok((Some(serde_json::to_vec(&kept)?), Disposition::Ack)),
             Err(e) => refused("approval.not-waiting", format!("{e:#}")),
         };
-        Ok((Some(answer), Disposition::Ack))
+        Ok((Some(json_bytes(&answer)), Disposition::Ack))
     }
 
     /// An export into the object store: the whole log, or what follows the
     /// earlier checkpoint the message holds.
-    async fn export(&self, seq: u64, payload: &[u8]) -> Result<(Option<serde_json::Value>, Disposition)> {
+    async fn export(&self, seq: u64, payload: &[u8]) -> Result<(Option<Vec<u8>>, Disposition)> {
         let since = match std::str::from_utf8(payload) {
             Ok(t) if t.trim().is_empty() => None,
             Ok(t) => Some(t.to_owned()),
             Err(_) => {
                 let answer = json!({ "refused": { "reason_code": "nats.bad-request",
                     "detail": "an export request is empty or holds a checkpoint's text" } });
-                return Ok((Some(answer), Disposition::Term));
+                return Ok((Some(json_bytes(&answer)), Disposition::Term));
             }
         };
         let (_, _, bucket) = self.settings.streams();
@@ -489,7 +492,7 @@ impl Intake {
             Ok(e) => e,
             Err(e) => {
                 let answer = json!({ "refused": { "reason_code": "export.failed", "detail": format!("{e:#}") } });
-                return Ok((Some(answer), Disposition::Term));
+                return Ok((Some(json_bytes(&answer)), Disposition::Term));
             }
         };
         let store = match self.js.get_object_store(&bucket).await {
@@ -505,8 +508,8 @@ impl Intake {
         store.put(object.as_str(), &mut f).await.map_err(|e| anyhow!("cannot store the export in {bucket}: {e}"))?;
         let _ = tokio::fs::remove_file(&file).await;
         Ok((
-            Some(json!({ "export": { "bucket": bucket, "object": object, "records": exported.records,
-                "checkpoint": exported.checkpoint } })),
+            Some(json_bytes(&json!({ "export": { "bucket": bucket, "object": object, "records": exported.records,
+                "checkpoint": exported.checkpoint } }))),
             Disposition::Ack,
         ))
     }
@@ -549,6 +552,11 @@ impl Intake {
             }
         }
     }
+}
+
+/// An answer's bytes (a `Value` always serialises).
+fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 /// The run a message becomes: `r-<ms the server took it>-<8 hex>`, the hex

@@ -42,12 +42,25 @@ pub struct NatsArgs {
     pub nats_prefix: String,
 }
 
-/// A connection to a runner through NATS.
+/// Answers awaited, by message id.
+type Waiting =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<bytes::Bytes>>>>;
+
+/// A connection to a runner through NATS. One subscription takes every
+/// answer (`out.answer.*`) and hands each to the request waiting for it.
 pub struct NatsClient {
     client: async_nats::Client,
     js: jetstream::Context,
     runner: String,
     prefix: String,
+    waiting: Waiting,
+    dispatcher: tokio::task::AbortHandle,
+}
+
+impl Drop for NatsClient {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+    }
 }
 
 impl std::fmt::Debug for NatsClient {
@@ -82,7 +95,25 @@ impl NatsClient {
         }
         let client = opts.connect(url).await.with_context(|| format!("cannot connect to {url}"))?;
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js, runner, prefix: a.nats_prefix.clone() })
+        let prefix = a.nats_prefix.clone();
+        // Subscribed (and the server told) before any request is published.
+        let mut answers = client.subscribe(format!("{prefix}.{runner}.out.answer.*")).await?;
+        client.flush().await.context("cannot reach the NATS server")?;
+        let waiting: Waiting = Default::default();
+        let dispatcher = {
+            let waiting = waiting.clone();
+            tokio::spawn(async move {
+                while let Some(m) = answers.next().await {
+                    let Some(id) = m.subject.as_str().rsplit('.').next() else { continue };
+                    let tx = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(m.payload);
+                    }
+                }
+            })
+            .abort_handle()
+        };
+        Ok(Self { client, js, runner, prefix, waiting, dispatcher })
     }
 
     /// Connect with a URL and runner name only (tests, the load generator).
@@ -114,8 +145,9 @@ impl NatsClient {
     /// connected?), or no answer came in time.
     pub async fn request(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<serde_json::Value> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let answer_subject = self.subject("out", &format!("answer.{id}"));
-        let mut answers = self.client.subscribe(answer_subject.clone()).await?;
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), tx);
+        let forget = Forget(&self.waiting, &id);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let stored = self
@@ -128,10 +160,11 @@ impl NatsClient {
         let wait = async {
             let stored = stored.into_future();
             tokio::pin!(stored);
+            tokio::pin!(answer);
             let mut confirmed = false;
             loop {
                 tokio::select! {
-                    answer = answers.next() => return answer.context("the answer subscription ended"),
+                    got = &mut answer => return got.context("the answer subscription ended"),
                     ack = &mut stored, if !confirmed => {
                         ack.map_err(|e| anyhow!(
                             "the NATS server did not store the request ({e}); has runner `{}` connected yet?",
@@ -145,7 +178,8 @@ impl NatsClient {
         let answer = tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs()))??;
-        serde_json::from_slice(&answer.payload).context("the runner's answer is not JSON")
+        drop(forget);
+        serde_json::from_slice(&answer).context("the runner's answer is not JSON")
     }
 
     /// A waiting proposal's document and preview, as the runner published
@@ -203,6 +237,16 @@ impl NatsClient {
     /// If the subscription cannot be made.
     pub async fn events(&self) -> Result<async_nats::Subscriber> {
         Ok(self.client.subscribe(self.subject("out", "events")).await?)
+    }
+}
+
+/// Removes a request's entry from the waiting answers when it ends (an
+/// answer that never came leaves nothing behind).
+struct Forget<'a>(&'a Waiting, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(self.1);
     }
 }
 
