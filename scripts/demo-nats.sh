@@ -5,7 +5,7 @@
 # submissions and approvals from its own subjects; the agent and the
 # approvers publish there. A tier-0 capsule runs through, a risky one waits,
 # two approvers review what the runner published and sign, it runs, and the
-# evidence verifies offline.
+# evidence, fetched through the JetStream object store, verifies offline.
 # Safe to re-run: ./demo-nats is recreated each time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,6 +106,9 @@ step "run 4: two approvers read the document and preview the runner published, r
 "$ER" approve "$PROPOSAL" "${TO[@]}" --principal carol@bank.example --ssh-key keys/carol --yes -o carol.json | tail -3
 echo "after:  $(grep max_connections sample/config/app.toml)"
 
+step "the evidence comes back through NATS too: an export into the JetStream object store, fetched"
+"$ER" evidence fetch "${TO[@]}" -o evidence.bundle
+
 step "stop the runner and NATS"
 kill -TERM $SERVER_PID
 wait $SERVER_PID || true
@@ -114,7 +117,6 @@ wait $NATS_PID 2>/dev/null || true
 trap - EXIT
 
 step "a reviewer verifies the evidence offline"
-"$ER" evidence export --config runner.toml -o evidence.bundle
 "$ER" evidence runner-key --config runner.toml > runner.keys
 "$EV" evidence.bundle --key runner.keys
 "$EV" report evidence.bundle --key runner.keys | head -30

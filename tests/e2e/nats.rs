@@ -228,15 +228,9 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
 
         // Nothing left pending or redelivered: refused messages were
         // terminated, not left to come back forever.
-        let js = drained(&nats, WAIT).await;
-        // The export, into the object store.
-        let e = c.request("export", Vec::new(), WAIT).await.unwrap();
-        let object = e["export"]["object"].as_str().unwrap().to_owned();
-        let store = js.get_object_store("edge_r1_exports").await.unwrap();
-        let mut got = store.get(&object).await.unwrap();
-        let mut bytes = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut got, &mut bytes).await.unwrap();
-        std::fs::write(env.path("nats.bundle"), &bytes).unwrap();
+        drained(&nats, WAIT).await;
+        // An export, through the object store, with the client's helper.
+        c.fetch_export(None, &env.path("nats.bundle")).await.unwrap();
     });
     // Refused submissions and the malformed approval are recorded.
     assert_eq!(count(&env, "submission"), 4, "two good, the long one and the untrusted one: each once");
@@ -246,9 +240,15 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     let cli = env.cli(&["submit", "spool-diag.capsule", "--nats", &nats.url(), "--runner", "r1", "--wait", "60"]);
     assert_eq!(cli.code(), 0, "{}{}", cli.stdout(), cli.stderr());
     assert!(cli.stdout().contains("state     completed"), "{}", cli.stdout());
+    // And the CLI fetches an export the same way.
+    let f = env.cli(&["evidence", "fetch", "--nats", &nats.url(), "--runner", "r1", "-o", "cli.bundle"]);
+    assert_eq!(f.code(), 0, "{}{}", f.stdout(), f.stderr());
     drop(runner);
     let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
     std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+    let args = vec![env.path("cli.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(edge_evidence::cli::run(args, &mut out, &mut err, false), 0, "{}", String::from_utf8_lossy(&err));
     let args = vec![env.path("nats.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
     let (mut out, mut err) = (Vec::new(), Vec::new());
     assert_eq!(edge_evidence::cli::run(args, &mut out, &mut err, false), 0, "{}", String::from_utf8_lossy(&err));

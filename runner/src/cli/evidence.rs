@@ -126,10 +126,14 @@ pub enum EvidenceCommand {
         config: PathBuf,
     },
     /// Fetch a bundle from a running runner's API (`export` needs the store,
-    /// which a serving runner holds).
+    /// which a serving runner holds), or with --nats through NATS (the
+    /// runner exports into its object store bucket; the bundle is read from
+    /// there).
     Fetch {
         #[command(flatten)]
-        client: crate::server::client::ClientArgs,
+        client: crate::cli::approve::RemoteArgs,
+        #[command(flatten)]
+        nats: crate::intake::nats_client::NatsArgs,
         /// Only what was added after this checkpoint (a checkpoint note, a
         /// run receipt, or the earlier bundle), with a consistency proof.
         #[arg(long)]
@@ -284,7 +288,25 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             Ok(if result.is_ok() { Exit::Ok } else { Exit::Refused })
         }
         EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs, out),
-        EvidenceCommand::Fetch { client, since, out: path } => {
+        EvidenceCommand::Fetch { client, nats, since, out: path } => {
+            let client = match (client.client_args(), &nats.nats) {
+                (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
+                (Some(c), None) => c,
+                (None, Some(_)) => {
+                    let since = since.as_deref().map(since_checkpoint).transpose()?;
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let bytes = rt.block_on(async {
+                        let c = crate::intake::nats_client::NatsClient::connect(&nats).await?;
+                        c.fetch_export(since, &path).await
+                    })?;
+                    writeln!(out, "fetched {bytes} bytes to {}", path.display())?;
+                    writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+                    return Ok(Exit::Ok);
+                }
+                (None, None) => {
+                    bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner")
+                }
+            };
             let mut query = String::new();
             if let Some(f) = &since {
                 let note = since_checkpoint(f)?;

@@ -182,6 +182,59 @@ impl NatsClient {
         serde_json::from_slice(&answer).context("the runner's answer is not JSON")
     }
 
+    /// Ask the runner for an export (the whole log, or what follows the
+    /// checkpoint `since`) and write it to `path` from the object store it
+    /// went to — durably, or not at all (`crate::export::write_whole`).
+    /// Returns its size.
+    ///
+    /// # Errors
+    /// The runner refused (the answer's reason), or the bundle cannot be
+    /// read or written.
+    pub async fn fetch_export(&self, since: Option<String>, path: &std::path::Path) -> Result<u64> {
+        let answer = self.request("export", since.unwrap_or_default().into_bytes(), Duration::from_secs(600)).await?;
+        if let Some(r) = answer.get("refused") {
+            bail!(
+                "the runner did not export [{}]: {}",
+                edge_core::text::line(r["reason_code"].as_str().unwrap_or("?")),
+                edge_core::text::line(r["detail"].as_str().unwrap_or(""))
+            );
+        }
+        let (bucket, object) = match (answer["export"]["bucket"].as_str(), answer["export"]["object"].as_str()) {
+            (Some(b), Some(o)) => (b.to_owned(), o.to_owned()),
+            _ => bail!("the runner's answer names no export"),
+        };
+        let store = self.js.get_object_store(&bucket).await.map_err(|e| anyhow!("object store {bucket}: {e}"))?;
+        let mut object_reader = store.get(&object).await.map_err(|e| anyhow!("{bucket}/{object}: {e}"))?;
+        // Streamed to a `.partial` file beside `path` (memory holds a chunk,
+        // not the bundle; the object store checks the object's digest at
+        // its end), synced, then renamed into place: no file at `path`
+        // unless whole.
+        let name = path.file_name().and_then(|n| n.to_str()).context("the output path names no file")?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(".{name}.partial"));
+        let file = crate::staging::create_fresh(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let copied = async {
+            let n = tokio::io::copy(&mut object_reader, &mut file).await?;
+            file.sync_all().await?;
+            std::io::Result::Ok(n)
+        }
+        .await;
+        let n = match copied {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(anyhow!("cannot read {bucket}/{object} into {}: {e}", tmp.display()));
+            }
+        };
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        crate::staging::sync_dir(&dir).with_context(|| format!("cannot sync {}", dir.display()))?;
+        Ok(n)
+    }
+
     /// A waiting proposal's document and preview, as the runner published
     /// them when it began to wait (from its outbound stream).
     ///
