@@ -68,7 +68,10 @@ pub async fn serve(
 ) -> Result<()> {
     let runner = runs.runner().config.name.clone();
     runs.intakes().set(INTAKE, Err(format!("connecting to {}", settings.url)));
-    let client = connect(&settings, &runner, runs.clone()).await?;
+    // Whether the streams and consumer are set up: a connection alone is
+    // not readiness (JetStream may be off, the stream refused).
+    let pulling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = connect(&settings, &runner, runs.clone(), pulling.clone()).await?;
     let js = jetstream::new(client.clone());
     let intake = Arc::new(Intake { settings, runs, js, in_flight: std::sync::Mutex::new(HashSet::new()) });
     let events = tokio::spawn(intake.clone().publish_events()).abort_handle();
@@ -84,6 +87,7 @@ pub async fn serve(
             set = intake.set_up() => match set {
                 Ok(s) => { backoff = Duration::from_millis(250); s }
                 Err(e) => {
+                    pulling.store(false, std::sync::atomic::Ordering::Release);
                     let why = format!("{e:#}");
                     tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "NATS intake not ready");
                     intake.runs.intakes().set(INTAKE, Err(edge_core::text::line(&why).into_owned()));
@@ -96,8 +100,10 @@ pub async fn serve(
                 }
             },
         };
+        pulling.store(true, std::sync::atomic::Ordering::Release);
         intake.runs.intakes().set(INTAKE, Ok(()));
         tracing::info!(url = %intake.settings.url, source = %source, "NATS intake pulling");
+        let mut failing = 0u32;
         loop {
             let next = tokio::select! {
                 () = &mut shutdown => break 'connect,
@@ -105,6 +111,7 @@ pub async fn serve(
             };
             match next {
                 Some(Ok(m)) => {
+                    failing = 0;
                     let Ok(permit) = slots.clone().acquire_owned().await else { break 'connect };
                     let (i, source) = (intake.clone(), source.clone());
                     tasks.spawn(async move {
@@ -114,8 +121,20 @@ pub async fn serve(
                 }
                 Some(Err(e)) => {
                     // Missed heartbeats and the like: the pull goes on (the
-                    // client reconnects by itself); said once each.
+                    // client reconnects by itself). Errors one after another
+                    // (the consumer deleted, …): set up again, with backoff.
                     tracing::warn!(error = %e, "NATS pull");
+                    failing += 1;
+                    if failing >= 3 {
+                        pulling.store(false, std::sync::atomic::Ordering::Release);
+                        intake.runs.intakes().set(INTAKE, Err(format!("pulling failed: {e}")));
+                        tokio::select! {
+                            () = &mut shutdown => break 'connect,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue 'connect;
+                    }
                 }
                 None => {
                     tracing::warn!("NATS pull ended; setting up again");
@@ -138,18 +157,27 @@ pub async fn serve(
 
 /// The connection, with TLS, credentials and reconnection as configured;
 /// its state goes to the intake's health.
-async fn connect(settings: &NatsSettings, runner: &str, runs: Arc<RunService>) -> Result<async_nats::Client> {
+async fn connect(
+    settings: &NatsSettings,
+    runner: &str,
+    runs: Arc<RunService>,
+    pulling: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<async_nats::Client> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(format!("edge-runner {runner}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
-            let runs = runs.clone();
+            let (runs, pulling) = (runs.clone(), pulling.clone());
             async move {
                 match &event {
                     async_nats::Event::Connected => {
                         tracing::info!("NATS connected");
-                        runs.intakes().set(INTAKE, Ok(()));
+                        // Back after a break: the pull resumes by itself.
+                        // (Before the first set-up, that reports readiness.)
+                        if pulling.load(std::sync::atomic::Ordering::Acquire) {
+                            runs.intakes().set(INTAKE, Ok(()));
+                        }
                     }
                     async_nats::Event::Disconnected | async_nats::Event::Closed => {
                         tracing::warn!(event = %event, "NATS connection lost; reconnecting");
