@@ -215,6 +215,11 @@ impl Env {
         self.path(&out)
     }
 
+    /// A harmless capsule signed by `keys/other`, a key no runner trusts.
+    pub fn untrusted_capsule(&self) -> PathBuf {
+        self.capsule("untrusted", test_programs::HOSTILE, &Self::hostile_manifest("none", ""), Some("other"))
+    }
+
     /// A hostile-capsule manifest for `attack`.
     pub fn hostile_manifest(attack: &str, extra: &str) -> String {
         format!(

@@ -187,13 +187,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
         Some("agent"),
     ))
     .unwrap();
-    let untrusted = std::fs::read(env.capsule(
-        "untrusted",
-        test_programs::HOSTILE,
-        &Env::hostile_manifest("none", ""),
-        Some("other"),
-    ))
-    .unwrap();
+    let untrusted = std::fs::read(env.untrusted_capsule()).unwrap();
     rt().block_on(async {
         let c = NatsClient::plain(&nats.url(), "r1").await.unwrap();
         let mut events = c.events().await.unwrap();
@@ -399,14 +393,15 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut last = String::new();
-    for who in ["alice", "carol"] {
-        let (principal, key, out) = (format!("{who}@bank.example"), format!("keys/{who}"), format!("{who}.json"));
+    // `approve ID --nats …` as `who`, writing the approval to `out`.
+    let url = nats.url();
+    let approve = |who: &str, out: &str| {
+        let (principal, key) = (format!("{who}@bank.example"), format!("keys/{who}"));
         let args = [
             "approve",
             &id,
             "--nats",
-            &nats.url(),
+            &url,
             "--runner",
             "test-runner",
             "--principal",
@@ -415,9 +410,13 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
             &key,
             "--yes",
             "-o",
-            &out,
+            out,
         ];
-        let c = env.cli(&args);
+        env.cli(&args)
+    };
+    let mut last = String::new();
+    for who in ["alice", "carol"] {
+        let c = approve(who, &format!("{who}.json"));
         assert_eq!(c.code(), 0, "{}{}", c.stdout(), c.stderr());
         last = c.stdout();
     }
@@ -429,22 +428,7 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
     // Nothing more is signed for it: it no longer waits.
     std::thread::sleep(Duration::from_millis(300));
-    let args = [
-        "approve",
-        &id,
-        "--nats",
-        &nats.url(),
-        "--runner",
-        "test-runner",
-        "--principal",
-        "alice@bank.example",
-        "--ssh-key",
-        "keys/alice",
-        "--yes",
-        "-o",
-        "late.json",
-    ];
-    let c = env.cli(&args);
+    let c = approve("alice", "late.json");
     assert_ne!(c.code(), 0);
     assert!(c.stderr().contains("not awaiting approval"), "{}", c.stderr());
     drop(runner);

@@ -155,13 +155,7 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
     let good = std::fs::read(capsule(&env, "none")).unwrap();
     // Unsigned (signed by a key the runner does not trust), tampered, not
     // a capsule at all, too large, an unknown kind, a symlink, a hostile name.
-    let untrusted = std::fs::read(env.capsule(
-        "untrusted",
-        test_programs::HOSTILE,
-        &Env::hostile_manifest("none", ""),
-        Some("other"),
-    ))
-    .unwrap();
+    let untrusted = std::fs::read(env.untrusted_capsule()).unwrap();
     let mut tampered = good.clone();
     let last = tampered.len() / 2;
     tampered[last] ^= 0x55;
