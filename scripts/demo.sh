@@ -11,23 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-step "toolchain"
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2
-fi
-# Approvers sign with OpenSSH keys; the tamper demonstration uses python3.
 . scripts/lib.sh
+step "toolchain"
+# Approvers sign with OpenSSH keys; the tamper demonstration uses python3.
 need_packages ssh-keygen:openssh-client python3:python3
-
-step "build the runner, the offline verifier and the example capsules"
-cargo build --locked -p edge-runner -p edge-evidence
-cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
-TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-ER="$TARGET/debug/edge-runner"
-EV="$TARGET/debug/edge-verify"
-WASM="$TARGET/wasm32-wasip2/guest"
+demo_build
 
 HOME_DIR=demo
 . scripts/demo-home.sh
