@@ -313,7 +313,12 @@ fn a_kill_at_any_point_loses_nothing_and_runs_nothing_twice() {
 #[test]
 fn an_outbox_that_cannot_be_written_keeps_the_file_until_it_can_and_runs_it_once() {
     let env = spool_env();
-    let spool = Spooler::start(&env);
+    let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    config.push_str("\n[probes]\nlisten = \"127.0.0.1:0\"\nmetrics = true\n");
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    let spool = Serve::start(&env, 2);
+    let probes = spool.line(&env, 0, "probes on ");
+    spool.line(&env, 1, "spool on ");
     // The outbox's place taken by a file: every answer write fails.
     std::fs::remove_dir(env.path("spool/outbox")).unwrap();
     std::fs::write(env.path("spool/outbox"), "not a directory").unwrap();
@@ -335,6 +340,15 @@ fn an_outbox_that_cannot_be_written_keeps_the_file_until_it_can_and_runs_it_once
     let a = answer(&env, "fix.capsule");
     assert_eq!(a["state"], "committed", "{a:#}");
     assert_eq!(submissions(&env), 1);
+    // The tries and the outcome are counted.
+    let (_, metrics) = crate::probes::get(&probes, "/metrics");
+    for line in [
+        "edge_runner_intake_up{intake=\"spool\"} 1",
+        "edge_runner_intake_messages_total{intake=\"spool\",result=\"processed\"} 1",
+        "edge_runner_intake_messages_total{intake=\"spool\",result=\"retried\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     drop(spool);
 }
 

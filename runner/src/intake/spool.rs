@@ -324,6 +324,7 @@ impl Spool {
         {
             let mut retry = self.retry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if failed {
+                self.runs.metrics_intake("spool", "retried");
                 let tries = retry.get(&work_name).map_or(0, |(n, _)| *n).saturating_add(1);
                 let wait = (self.settings.poll * 2u32.saturating_pow(tries.min(8))).min(Duration::from_secs(60));
                 retry.insert(work_name.clone(), (tries, Instant::now() + wait));
@@ -555,6 +556,7 @@ impl Spool {
             .with_context(|| format!("cannot move {} to {}", path.display(), dir.display()))?;
         sync_dir(&dir)?;
         sync_dir(&self.settings.work())?;
+        self.runs.metrics_intake("spool", if ending.refused { "refused" } else { "processed" });
         Ok(())
     }
 }
