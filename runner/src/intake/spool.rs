@@ -36,6 +36,10 @@
 //!   (`NAME.2`, …); while one delivery of a name is in `work/`, the next
 //!   waits in the inbox.
 //!
+//! The spool runs on `serve`'s multi-threaded runtime; its file-system
+//! work runs in `block_in_place`, so the API's requests on the same
+//! runtime are not held up by its fsyncs.
+//!
 //! File names are hostile text: they reach logs only through
 //! [`edge_core::text::line`], and a name that is not UTF-8, holds control
 //! characters or bidi overrides, starts with a dash or is too long to carry
@@ -143,14 +147,16 @@ pub async fn serve(
         }
         // What an earlier pass (or process) claimed and did not finish first,
         // then what is new.
-        let claimed = match spool.claimed_ready() {
+        // File-system work (reads, renames, fsyncs) off the async workers'
+        // hot path: the runtime moves their other tasks elsewhere meanwhile.
+        let claimed = match tokio::task::block_in_place(|| spool.claimed_ready()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot read the spool's work directory");
                 continue;
             }
         };
-        let fresh = match spool.claim_settled(&mut seen) {
+        let fresh = match tokio::task::block_in_place(|| spool.claim_settled(&mut seen)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "cannot take files from the spool's inbox");
@@ -374,7 +380,8 @@ impl Spool {
             self.finish(&path, name, None, &ending)?;
             return Ok(true);
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = tokio::task::block_in_place(|| std::fs::read(&path))
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let (answer, ending) = match kind(name) {
             Some(Kind::Capsule) => match self.capsule(delivery, name, bytes).await? {
                 Some(done) => done,
@@ -531,7 +538,7 @@ impl Spool {
 
     fn write_out(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.settings.outbox().join(name);
-        write_durably(&path, bytes).with_context(|| {
+        tokio::task::block_in_place(|| write_durably(&path, bytes)).with_context(|| {
             format!("cannot write {} (is the outbox full or not writable?); the file stays in work/", path.display())
         })
     }
@@ -544,6 +551,10 @@ impl Spool {
     /// Move a claimed file to `done/` or `refused/` (never over another),
     /// with its reason beside it.
     fn finish(&self, path: &Path, name: &str, answer: Option<&str>, ending: &Ending) -> Result<()> {
+        tokio::task::block_in_place(|| self.finish_blocking(path, name, answer, ending))
+    }
+
+    fn finish_blocking(&self, path: &Path, name: &str, answer: Option<&str>, ending: &Ending) -> Result<()> {
         let dir = if ending.refused { self.settings.refused() } else { self.settings.done() };
         let dest = free_slot(&dir, name);
         let mut reason = edge_core::text::line(&ending.reason).into_owned();
