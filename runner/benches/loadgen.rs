@@ -27,7 +27,6 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,11 +101,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("LOADGEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let log_runs: usize = std::env::var("LOADGEN_LOG_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let (grown, records) = common::log_home(log_runs)?;
-    let home = tempfile::tempdir_in(grown.parent().expect("bench-stores"))?;
+    let (home, records) = common::copied_log_home(log_runs)?;
     let h = home.path();
-    let st = Command::new("cp").arg("-a").arg(format!("{}/.", grown.display())).arg(h).status()?;
-    anyhow::ensure!(st.success(), "copying the pre-grown runner home failed");
     eprintln!("serving a store of {records} records");
     // The diagnostic capsule, signed by a key the runner trusts (no policy:
     // every admitted capsule is tier 0), reading a certs mount.
@@ -133,21 +129,8 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     // The server's log, for a failed request's reason.
-    let log = grown.parent().expect("bench-stores").join("loadgen-serve.log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
-        .args(["serve", "--config", "runner.toml"])
-        .current_dir(h)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let mut out = BufReader::new(server.stdout.take().expect("piped"));
-    let url = loop {
-        let mut line = String::new();
-        anyhow::ensure!(out.read_line(&mut line)? > 0, "serve stopped: see {}", log.display());
-        if let Some(u) = line.trim().strip_prefix("listening on ") {
-            break u.to_owned();
-        }
-    };
+    let log = h.parent().expect("bench-stores").join("loadgen-serve.log");
+    let (mut server, url) = common::serve_until(h, &log, "listening on ")?;
     // A start runs the full evidence check in the background (nice 10); the
     // figures are those of a runner past it, in its steady state.
     let waited = common::wait_full_check(&log)?;

@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const FILES: usize = 1000;
@@ -21,11 +20,8 @@ const ROUNDS: usize = 3;
 
 fn main() -> anyhow::Result<()> {
     let log_runs: usize = std::env::var("SPOOL_LOG_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let (grown, records) = common::log_home(log_runs)?;
-    let home = tempfile::tempdir_in(grown.parent().expect("bench-stores"))?;
+    let (home, records) = common::copied_log_home(log_runs)?;
     let h = home.path();
-    let st = Command::new("cp").arg("-a").arg(format!("{}/.", grown.display())).arg(h).status()?;
-    anyhow::ensure!(st.success(), "copying the pre-grown runner home failed");
     let (capsule, _) = common::diagnostic_capsule(h)?;
     std::fs::write(
         h.join("runner.toml"),
@@ -34,16 +30,8 @@ fn main() -> anyhow::Result<()> {
          [[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n[mounts.certs]\npath = \"certs\"\n\
          [spool]\ndir = \"spool\"\nsettle = \"0s\"\npoll = \"50ms\"\n",
     )?;
-    let log = grown.parent().expect("bench-stores").join("spool-serve.log");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
-        .args(["serve", "--config", "runner.toml"])
-        .current_dir(h)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut line)?;
-    anyhow::ensure!(line.starts_with("spool on "), "serve printed `{line}`: see {}", log.display());
+    let log = h.parent().expect("bench-stores").join("spool-serve.log");
+    let (mut server, _) = common::serve_until(h, &log, "spool on ")?;
     // Past the background full check, as the load generator is.
     common::wait_full_check(&log)?;
     let (inbox, done) = (h.join("spool/inbox"), h.join("spool/done"));

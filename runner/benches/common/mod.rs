@@ -250,3 +250,37 @@ pub fn wait_full_check(log: &Path) -> anyhow::Result<std::time::Duration> {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A throwaway copy (beside it, under `target/bench-stores/`) of the home
+/// [`log_home`] grows to `runs` runs: the home, and its records.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn copied_log_home(runs: usize) -> anyhow::Result<(tempfile::TempDir, u64)> {
+    let (grown, records) = log_home(runs)?;
+    let home = tempfile::tempdir_in(grown.parent().expect("bench-stores"))?;
+    let st =
+        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", grown.display())).arg(home.path()).status()?;
+    anyhow::ensure!(st.success(), "copying the pre-grown runner home failed");
+    Ok((home, records))
+}
+
+/// Start `edge-runner serve` (the real binary, its own process) in `home`
+/// with its standard error to `log`, and read what it prints until a line
+/// starting with `prefix`: the process and the rest of that line.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn serve_until(home: &Path, log: &Path, prefix: &str) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead as _;
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_edge-runner"))
+        .args(["serve", "--config", "runner.toml"])
+        .current_dir(home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()?;
+    let mut out = std::io::BufReader::new(server.stdout.take().expect("piped"));
+    loop {
+        let mut line = String::new();
+        anyhow::ensure!(out.read_line(&mut line)? > 0, "serve stopped: see {}", log.display());
+        if let Some(rest) = line.trim().strip_prefix(prefix) {
+            return Ok((server, rest.to_owned()));
+        }
+    }
+}

@@ -82,16 +82,46 @@ pub struct RemoteArgs {
     pub key: Option<PathBuf>,
 }
 
+/// How a client command reaches the runner: its HTTPS API, or NATS
+/// (`--nats` and its companions, in [`crate::intake::nats_client::NatsArgs`]).
+#[derive(Debug)]
+pub enum Transport {
+    Https(client::ClientArgs),
+    Nats,
+}
+
 impl RemoteArgs {
     /// The client flags, when `--server` is given (clap has made sure the
     /// others are too).
-    pub fn client_args(&self) -> Option<client::ClientArgs> {
+    fn client_args(&self) -> Option<client::ClientArgs> {
         Some(client::ClientArgs {
             server: self.server.clone()?,
             ca: self.ca.clone()?,
             cert: self.cert.clone()?,
             key: self.key.clone()?,
         })
+    }
+
+    /// Which way the runner is reached; `None` when no runner is given.
+    ///
+    /// # Errors
+    /// Both `--server` and `--nats` are given.
+    pub fn transport(&self, nats: &crate::intake::nats_client::NatsArgs) -> Result<Option<Transport>> {
+        match (self.client_args(), &nats.nats) {
+            (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
+            (Some(c), None) => Ok(Some(Transport::Https(c))),
+            (None, Some(_)) => Ok(Some(Transport::Nats)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// [`RemoteArgs::transport`] for commands that need a runner.
+    ///
+    /// # Errors
+    /// Neither or both of `--server` and `--nats` are given.
+    pub fn runner(&self, nats: &crate::intake::nats_client::NatsArgs) -> Result<Transport> {
+        self.transport(nats)?
+            .context("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner")
     }
 }
 
@@ -153,21 +183,17 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
              --key is the TLS client key for --server (the SSH key was --key before it was renamed --ssh-key)"
         );
     }
-    let r = &args.remote;
     let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let mut remote = match (&r.server, &r.ca, &r.cert, &r.key, &args.nats.nats) {
-        (Some(_), .., Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
-        (Some(s), Some(ca), Some(cert), Some(key), None) => Some(Remote {
-            via: Via::Https(client::Client::new(s, ca, cert, key)?),
-            id: remote_id(&args.proposal)?,
-            rt: rt()?,
-        }),
-        (.., Some(_)) => {
+    let mut remote = match args.remote.transport(&args.nats)? {
+        Some(Transport::Https(c)) => {
+            Some(Remote { via: Via::Https(client::Client::from_args(&c)?), id: remote_id(&args.proposal)?, rt: rt()? })
+        }
+        Some(Transport::Nats) => {
             let rt = rt()?;
             let c = rt.block_on(crate::intake::nats_client::NatsClient::connect(&args.nats))?;
             Some(Remote { via: Via::Nats(Box::new(c), None), id: remote_id(&args.proposal)?, rt })
         }
-        _ => None,
+        None => None,
     };
 
     // Nothing is signed for a proposal that no longer waits.

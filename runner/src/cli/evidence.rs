@@ -289,10 +289,9 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
         }
         EvidenceCommand::Stress { config, writers, runs } => stress(&config, writers, runs, out),
         EvidenceCommand::Fetch { client, nats, since, out: path } => {
-            let client = match (client.client_args(), &nats.nats) {
-                (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
-                (Some(c), None) => c,
-                (None, Some(_)) => {
+            let client = match client.runner(&nats)? {
+                crate::cli::approve::Transport::Https(c) => c,
+                crate::cli::approve::Transport::Nats => {
                     let since = since.as_deref().map(since_checkpoint).transpose()?;
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     let bytes = rt.block_on(async {
@@ -302,9 +301,6 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                     writeln!(out, "fetched {bytes} bytes to {}", path.display())?;
                     writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
                     return Ok(Exit::Ok);
-                }
-                (None, None) => {
-                    bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner")
                 }
             };
             let mut query = String::new();

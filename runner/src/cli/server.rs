@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::cli::Exit;
+use crate::cli::approve::Transport;
 use crate::config::RunnerConfig;
 use crate::server::client::{Client, ClientArgs};
 
@@ -192,14 +193,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
     let bytes = std::fs::read(&a.capsule).with_context(|| format!("cannot read {}", a.capsule.display()))?;
-    let v = match (a.client.client_args(), &a.nats.nats) {
-        (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
-        (None, None) => bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner"),
-        (None, Some(_)) => runtime()?.block_on(async {
+    let v = match a.client.runner(&a.nats)? {
+        Transport::Nats => runtime()?.block_on(async {
             let c = crate::intake::nats_client::NatsClient::connect(&a.nats).await?;
             c.request("submit", bytes, std::time::Duration::from_secs(a.wait)).await
         })?,
-        (Some(client), None) => {
+        Transport::Https(client) => {
             let body =
                 serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(&bytes) }))?;
             let reply = runtime()?.block_on(async {
@@ -334,13 +333,9 @@ pub fn proposals(cmd: &ProposalsCommand, out: &mut dyn Write) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        ProposalsCommand::Watch { id, client, nats, timeout } => match (client.client_args(), &nats.nats) {
-            (Some(_), Some(_)) => bail!("give --server (HTTPS) or --nats, not both"),
-            (Some(client), None) => rt.block_on(watch(id, &client, *timeout, out)),
-            (None, Some(_)) => rt.block_on(watch_nats(id, nats, *timeout, out)),
-            (None, None) => {
-                bail!("give the runner: --server URL with --ca, --cert and --key, or --nats URL with --runner")
-            }
+        ProposalsCommand::Watch { id, client, nats, timeout } => match client.runner(nats)? {
+            Transport::Https(client) => rt.block_on(watch(id, &client, *timeout, out)),
+            Transport::Nats => rt.block_on(watch_nats(id, nats, *timeout, out)),
         },
     }
 }

@@ -235,23 +235,32 @@ impl NatsClient {
         Ok(n)
     }
 
+    /// The latest message the runner published on `out.<kind>.<id>` (kept
+    /// in its outbound stream); `None` if none was.
+    ///
+    /// # Errors
+    /// `id` is not a proposal id, or the stream cannot be read.
+    async fn latest(&self, kind: &str, id: &str) -> Result<Option<Vec<u8>>> {
+        if !crate::config::nats::is_token(id) {
+            bail!("`{}` is not a proposal id", edge_core::text::line(id));
+        }
+        let (_, outbound) = streams(&self.prefix, &self.runner);
+        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
+        let subject = self.subject("out", &format!("{kind}.{id}"));
+        Ok(stream.get_last_raw_message_by_subject(&subject).await.ok().map(|m| m.payload.to_vec()))
+    }
+
     /// A waiting proposal's document and preview, as the runner published
     /// them when it began to wait (from its outbound stream).
     ///
     /// # Errors
     /// No such proposal published (unknown, or not waiting).
     pub async fn proposal(&self, id: &str) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
-        if !crate::config::nats::is_token(id) {
-            bail!("`{}` is not a proposal id", edge_core::text::line(id));
-        }
-        let (_, outbound) = streams(&self.prefix, &self.runner);
-        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
-        let doc = stream
-            .get_last_raw_message_by_subject(&self.subject("out", &format!("proposal.{id}")))
-            .await
-            .map_err(|e| anyhow!("runner `{}` published no proposal {id} ({e})", self.runner))?;
-        let preview = stream.get_last_raw_message_by_subject(&self.subject("out", &format!("preview.{id}"))).await.ok();
-        Ok((doc.payload.to_vec(), preview.map(|p| p.payload.to_vec())))
+        let doc = self
+            .latest("proposal", id)
+            .await?
+            .with_context(|| format!("runner `{}` published no proposal {id}", self.runner))?;
+        Ok((doc, self.latest("preview", id).await?))
     }
 
     /// A proposal's state as the runner last published it (its latest
@@ -260,16 +269,11 @@ impl NatsClient {
     /// # Errors
     /// No event of that proposal was published.
     pub async fn state(&self, id: &str) -> Result<String> {
-        if !crate::config::nats::is_token(id) {
-            bail!("`{}` is not a proposal id", edge_core::text::line(id));
-        }
-        let (_, outbound) = streams(&self.prefix, &self.runner);
-        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
-        let m = stream
-            .get_last_raw_message_by_subject(&self.subject("out", &format!("state.{id}")))
-            .await
-            .map_err(|e| anyhow!("runner `{}` published nothing of proposal {id} ({e})", self.runner))?;
-        let v: serde_json::Value = serde_json::from_slice(&m.payload).context("a proposal event that is not JSON")?;
+        let m = self
+            .latest("state", id)
+            .await?
+            .with_context(|| format!("runner `{}` published nothing of proposal {id}", self.runner))?;
+        let v: serde_json::Value = serde_json::from_slice(&m).context("a proposal event that is not JSON")?;
         Ok(v["state"].as_str().unwrap_or("?").to_owned())
     }
 
