@@ -46,7 +46,7 @@ use futures_util::StreamExt as _;
 use serde_json::json;
 
 use crate::config::nats::NatsSettings;
-use crate::service::{ApproveReply, ByReference, QueueError, RunService, Submission};
+use crate::service::{ByReference, Delivered, QueueError, RunService, Submission};
 
 /// The intake's name in `/readyz` and `/metrics`.
 pub const INTAKE: &str = "nats";
@@ -476,29 +476,19 @@ impl Intake {
     }
 
     async fn approve(&self, payload: &[u8]) -> Result<(Option<Vec<u8>>, Disposition)> {
-        let proposal = match edge_core::approval::ApprovalFile::parse(payload) {
-            Ok(f) => f.statement.proposal,
-            Err(e) => {
-                let detail = format!("not an approval file: {e}");
-                self.runs.record_malformed_approval(payload, &detail).await?;
-                let answer = json!({ "refused": { "reason_code": "approval.malformed", "detail": detail } });
-                return Ok((Some(json_bytes(&answer)), Disposition::Term));
+        match self.runs.approve_delivered(payload.to_vec()).await {
+            Ok(Ok(Delivered::Kept(kept))) => Ok((Some(serde_json::to_vec(&kept)?), Disposition::Ack)),
+            Ok(Ok(Delivered::Refused { proposal, reason_code, detail })) => {
+                // A file that is no approval never will be: terminated.
+                let disposition =
+                    if reason_code == "approval.malformed" { Disposition::Term } else { Disposition::Ack };
+                let answer =
+                    json!({ "proposal": proposal, "refused": { "reason_code": reason_code, "detail": detail } });
+                Ok((Some(json_bytes(&answer)), disposition))
             }
-        };
-        let reply = match self.runs.approve(proposal.clone(), payload.to_vec()).await {
-            Ok(r) => r,
-            Err(QueueError::Full | QueueError::Stopped) => return Ok((None, Disposition::Later)),
-        };
-        let refused = |code: &str, detail: String| json!({ "proposal": proposal, "refused": { "reason_code": code, "detail": detail } });
-        let answer = match reply {
-            Ok(ApproveReply::Unknown) => {
-                refused("approval.unknown-proposal", format!("no proposal {proposal} on this runner"))
-            }
-            Ok(ApproveReply::Refused(why)) => refused("approval.refused", why),
-            Ok(ApproveReply::Kept(kept)) => return Ok((Some(serde_json::to_vec(&kept)?), Disposition::Ack)),
-            Err(e) => refused("approval.not-waiting", format!("{e:#}")),
-        };
-        Ok((Some(json_bytes(&answer)), Disposition::Ack))
+            Ok(Err(e)) => Err(e),
+            Err(QueueError::Full | QueueError::Stopped) => Ok((None, Disposition::Later)),
+        }
     }
 
     /// An export into the object store: the whole log, or what follows the

@@ -56,7 +56,7 @@ use edge_core::Sha256Digest;
 use serde_json::json;
 
 use crate::config::spool::SpoolSettings;
-use crate::service::{ApproveReply, QueueError, RunService};
+use crate::service::{Delivered, QueueError, RunService};
 use crate::staging::{sync_dir, write_durably};
 
 /// Longest inbox file name taken (leaves room for the suffixes the spool adds
@@ -475,24 +475,8 @@ impl Spool {
     /// An approval: kept for the proposal it names (which runs once its
     /// quorum is met). None: not now.
     async fn approval(&self, bytes: Vec<u8>) -> Result<Option<(serde_json::Value, Ending)>> {
-        let proposal = match edge_core::approval::ApprovalFile::parse(&bytes) {
-            Ok(f) => f.statement.proposal,
-            Err(e) => {
-                let reason = format!("[approval.malformed] not an approval file: {e}");
-                return Ok(Some((json!({ "refused": reason }), Ending { refused: true, reason })));
-            }
-        };
-        let reply = match self.runs.approve(proposal.clone(), bytes).await {
-            Ok(r) => r,
-            Err(QueueError::Full | QueueError::Stopped) => return Ok(None),
-        };
-        let refused = |reason: String| {
-            Ok(Some((json!({ "proposal": proposal, "refused": reason }), Ending { refused: true, reason })))
-        };
-        match reply {
-            Ok(ApproveReply::Unknown) => refused(format!("[approval.unknown-proposal] no proposal {proposal} here")),
-            Ok(ApproveReply::Refused(why)) => refused(why),
-            Ok(ApproveReply::Kept(kept)) => {
+        match self.runs.approve_delivered(bytes).await {
+            Ok(Ok(Delivered::Kept(kept))) => {
                 let mut answer = serde_json::to_value(&kept)?;
                 let reason = match &kept.run {
                     Some(run) => format!("kept; the quorum was reached and the proposal ran: {}", run.state),
@@ -505,9 +489,12 @@ impl Spool {
                 }
                 Ok(Some((answer, Ending { refused: false, reason })))
             }
-            // The proposal no longer waits (ran, expired, withdrawn): an
-            // approval delivered again after a crash ends here too.
-            Err(e) => refused(format!("[approval.not-waiting] {e:#}")),
+            Ok(Ok(Delivered::Refused { proposal, reason_code, detail })) => {
+                let reason = format!("[{reason_code}] {detail}");
+                Ok(Some((json!({ "proposal": proposal, "refused": reason }), Ending { refused: true, reason })))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(QueueError::Full | QueueError::Stopped) => Ok(None),
         }
     }
 

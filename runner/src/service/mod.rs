@@ -191,13 +191,49 @@ impl RunService {
         self.metrics.intake_message(intake, result);
     }
 
+    /// An approval file an intake delivered (NATS, spool): kept for the
+    /// proposal it names, as [`RunService::approve`]; or refused with a
+    /// reason code — a file that does not parse is recorded
+    /// (`approval-refused`, `approval.malformed`).
+    pub async fn approve_delivered(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Result<Delivered>, QueueError> {
+        let proposal = match edge_core::approval::ApprovalFile::parse(&bytes) {
+            Ok(f) => f.statement.proposal,
+            Err(e) => {
+                let detail = format!("not an approval file: {e}");
+                return Ok(self.record_malformed_approval(&bytes, &detail).await.map(|()| Delivered::Refused {
+                    proposal: None,
+                    reason_code: "approval.malformed".to_owned(),
+                    detail,
+                }));
+            }
+        };
+        let refused = |reason_code: &str, detail: String| Delivered::Refused {
+            proposal: Some(proposal.clone()),
+            reason_code: reason_code.to_owned(),
+            detail,
+        };
+        Ok(Ok(match self.approve(proposal.clone(), bytes).await? {
+            Ok(ApproveReply::Unknown) => {
+                refused("approval.unknown-proposal", format!("no proposal {proposal} on this runner"))
+            }
+            Ok(ApproveReply::Refused(why)) => {
+                let (code, detail) = split_reason(&why);
+                refused(&code, detail)
+            }
+            Ok(ApproveReply::Kept(kept)) => Delivered::Kept(kept),
+            // The proposal no longer waits (ran, expired, withdrawn): an
+            // approval delivered again after a crash ends here too.
+            Err(e) => refused("approval.not-waiting", format!("{e:#}")),
+        }))
+    }
+
     /// Record an approval that does not parse (outside any run, by the
     /// runner): kept as an artifact when small enough to be an approval at
     /// all, so a reviewer sees what was delivered.
     ///
     /// # Errors
     /// If the record cannot be made durable.
-    pub async fn record_malformed_approval(&self, bytes: &[u8], detail: &str) -> Result<()> {
+    async fn record_malformed_approval(&self, bytes: &[u8], detail: &str) -> Result<()> {
         if bytes.len() > MAX_APPROVAL_BYTES {
             tracing::info!(bytes = bytes.len(), "an oversized approval was refused unread");
             return Ok(());
@@ -569,10 +605,7 @@ impl RunService {
             // why it does not count. The poster is authenticated (a client
             // certificate, or a console session); the file is bounded.
             let d = runner.log.put_artifact(&approval)?;
-            let (reason_code, detail) = match why.strip_prefix('[').and_then(|w| w.split_once("] ")) {
-                Some((code, detail)) => (code.to_owned(), detail.to_owned()),
-                None => ("approval.refused".to_owned(), why.clone()),
-            };
+            let (reason_code, detail) = split_reason(&why);
             let principal = edge_core::approval::ApprovalFile::parse(&approval).ok().map(|f| f.statement.approver);
             let mut log = runner.log.run_log();
             log.append_deferred(
@@ -599,6 +632,22 @@ impl RunService {
             out.run = Some(summary(id, &report));
         }
         Ok(ApproveReply::Kept(Box::new(out)))
+    }
+}
+
+/// What became of an approval file an intake delivered.
+#[derive(Debug)]
+pub enum Delivered {
+    Kept(Box<ApprovalKept>),
+    Refused { proposal: Option<String>, reason_code: String, detail: String },
+}
+
+/// A refusal's `[code] detail` text as (code, detail); `approval.refused`
+/// when it names no code.
+fn split_reason(why: &str) -> (String, String) {
+    match why.strip_prefix('[').and_then(|w| w.split_once("] ")) {
+        Some((code, detail)) => (code.to_owned(), detail.to_owned()),
+        None => ("approval.refused".to_owned(), why.to_owned()),
     }
 }
 
