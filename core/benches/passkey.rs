@@ -98,6 +98,7 @@ fn main() {
         runner: "runner".into(),
         tier: 2,
         grant: Grant {
+            endpoints: vec![],
             mounts: vec![GrantedMount { name: "config".into(), writable: true }],
             env: vec![],
             imports: Default::default(),

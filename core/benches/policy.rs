@@ -104,6 +104,7 @@ fn main() {
         signer: "agent".into(),
         transparency: Transparency::None,
         grant: Grant {
+            endpoints: vec![],
             mounts: vec![
                 GrantedMount { name: "a".into(), writable: true },
                 GrantedMount { name: "b".into(), writable: false },

@@ -47,6 +47,7 @@ fn main() {
         }],
         findings: vec![],
         facts: vec![],
+        calls: vec![],
     };
     let plan_digest = Sha256Digest::of(&edge_core::canonical::to_canonical_vec(&plan).unwrap());
     for mode in [PreviewMode::Full, PreviewMode::Redacted] {

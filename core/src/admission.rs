@@ -7,7 +7,8 @@
 //! 3. every requested mount is configured, and write access only where the
 //!    config allows writes;
 //! 4. every requested environment variable is one the config provides;
-//! 5. no network endpoints (this runner grants none);
+//! 5. every requested endpoint is configured, and `wasi:http` is declared
+//!    only by a capsule that requests an endpoint;
 //! 6. every requested limit is within the runner's ceiling.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,6 +49,8 @@ pub struct Ceiling {
     pub env: BTreeSet<String>,
     /// Unversioned interfaces the runner may link.
     pub imports: BTreeSet<String>,
+    /// Configured endpoints (logical names).
+    pub endpoints: BTreeSet<String>,
     pub default_limits: Limits,
     pub max_limits: Limits,
 }
@@ -63,6 +66,10 @@ pub struct GrantedMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     // Lexicographic field order (see `Limits`).
+    /// Granted endpoints (logical names; the runner's config resolves them).
+    /// Absent from the serialised grant when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     pub env: Vec<String>,
     pub imports: BTreeSet<String>,
     pub limits: Limits,
@@ -91,8 +98,12 @@ pub enum AdmissionError {
     MountReadOnly(String),
     #[error("the manifest requests environment variable `{0}`, which the runner config does not provide")]
     EnvNotAllowed(String),
-    #[error("the manifest requests network endpoint `{0}`; this runner grants no network access")]
-    EndpointNotSupported(String),
+    #[error("the manifest requests endpoint `{0}`, which the runner config does not define (`[endpoints.{0}]`)")]
+    EndpointNotConfigured(String),
+    #[error(
+        "the manifest declares `{0}` but requests no endpoint; HTTP reaches only granted endpoints: declare one in `endpoints`, or remove the import"
+    )]
+    HttpWithoutEndpoint(String),
     #[error("the manifest asks for {field} = {asked}, above the runner's ceiling of {ceiling}")]
     LimitAboveCeiling { field: &'static str, asked: u64, ceiling: u64 },
 }
@@ -106,7 +117,8 @@ impl AdmissionError {
             AdmissionError::MountNotConfigured(_) => "admission.mount_not_configured",
             AdmissionError::MountReadOnly(_) => "admission.mount_read_only",
             AdmissionError::EnvNotAllowed(_) => "admission.env_not_allowed",
-            AdmissionError::EndpointNotSupported(_) => "admission.endpoint_not_supported",
+            AdmissionError::EndpointNotConfigured(_) => "admission.endpoint_not_configured",
+            AdmissionError::HttpWithoutEndpoint(_) => "admission.http_without_endpoint",
             AdmissionError::LimitAboveCeiling { .. } => "admission.limit_above_ceiling",
         }
     }
@@ -188,8 +200,13 @@ fn resolve_grant(
         return Err(AdmissionError::EnvNotAllowed(e.clone()));
     }
     // 5. endpoints.
-    if let Some(e) = m.endpoints.first() {
-        return Err(AdmissionError::EndpointNotSupported(e.clone()));
+    if let Some(e) = m.endpoints.iter().find(|e| !ceiling.endpoints.contains(*e)) {
+        return Err(AdmissionError::EndpointNotConfigured(e.clone()));
+    }
+    if m.endpoints.is_empty()
+        && let Some(i) = m.imports.iter().find(|i| i.starts_with("wasi:http/"))
+    {
+        return Err(AdmissionError::HttpWithoutEndpoint(i.clone()));
     }
     // 6. limits.
     let (d, c, r) = (&ceiling.default_limits, &ceiling.max_limits, &m.limits);
@@ -205,5 +222,5 @@ fn resolve_grant(
         output_kib: pick("limits.output_kib", r.output_kib, d.output_kib, c.output_kib)?,
         max_plan_changes: pick("limits.max_plan_changes", r.max_plan_changes, d.max_plan_changes, c.max_plan_changes)?,
     };
-    Ok(Grant { mounts, env: m.env.clone(), imports: m.imports.clone(), limits })
+    Ok(Grant { endpoints: m.endpoints.clone(), mounts, env: m.env.clone(), imports: m.imports.clone(), limits })
 }

@@ -6,6 +6,8 @@
 //! bundles, plans, diffs, captured output) are stored content-addressed beside
 //! the log and referenced here by digest. Records never contain secrets.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::{self, CanonicalError};
@@ -230,6 +232,50 @@ pub enum Event {
         findings: Vec<Finding>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Sha256Digest>,
+        /// Artifacts: the bodies of the plan's calls and compensations (what
+        /// their digests name), so approvers and reviewers see the exact
+        /// requests.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bodies: Vec<Sha256Digest>,
+    },
+    /// A request to a granted endpoint is about to leave: durable before it
+    /// is sent. `call` numbers the run's requests from 1; `planned` is the
+    /// plan's call (from 0) it makes (`phase` apply) or undoes (`phase`
+    /// compensate). Artifact: the request body (`request.body`).
+    CallIntent {
+        phase: String,
+        call: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planned: Option<u32>,
+        request: crate::calls::Request,
+    },
+    /// What came back for request `call`: status, a few safe headers, the
+    /// body's digest and size and (artifact `content`) its first 64 KiB; or,
+    /// with `reason_code`, why nothing usable did.
+    CallOutcome {
+        call: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<Sha256Digest>,
+        #[serde(default)]
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content: Option<Sha256Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason_code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A capsule's request was refused before it left (it was never sent).
+    CallRefused {
+        phase: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<crate::calls::Request>,
+        reason_code: String,
+        detail: String,
     },
     /// `apply` ran against the staged copy (before anyone approves: the
     /// preview) and the runner computed the diff.
@@ -352,8 +398,13 @@ pub enum Outcome {
     NoChanges,
     /// Refused before anything changed.
     Refused,
-    /// Committed, then verify failed and the change was rolled back.
+    /// Committed, then verify failed and the change was rolled back (for
+    /// calls: every compensation was sent and answered with success).
     RolledBack,
+    /// Calls were made, then a step failed and a compensation failed too:
+    /// the service may be left changed. The call records say what was sent
+    /// and what came back.
+    Failed,
     /// Interrupted (crash) and rolled back on restart.
     Interrupted,
     /// Planned; waits for approvals (a new run with the approvals continues it).
@@ -413,10 +464,14 @@ impl Record {
                 add(&Some(*roles));
                 add(passkeys);
             }
-            Event::Planned { plan, output, .. } => {
+            Event::Planned { plan, output, bodies, .. } => {
                 add(&Some(*plan));
                 add(output);
+                out.extend(bodies.iter().copied());
             }
+            Event::CallIntent { request, .. } => add(&request.body),
+            Event::CallOutcome { content, .. } => add(content),
+            Event::CallRefused { .. } => {}
             Event::Applied { output, preview, contents, .. } => {
                 add(output);
                 add(preview);
@@ -489,6 +544,9 @@ impl Event {
             Event::PolicyRefused { .. } => "policy-refused",
             Event::Authorized { .. } => "authorized",
             Event::Planned { .. } => "planned",
+            Event::CallIntent { .. } => "call-intent",
+            Event::CallOutcome { .. } => "call-outcome",
+            Event::CallRefused { .. } => "call-refused",
             Event::Resumed { .. } => "resumed",
             Event::Applied { .. } => "applied",
             Event::CommitIntent { .. } => "commit-intent",

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod approval;
 pub mod authorize;
 pub mod bounded;
+pub mod calls;
 pub mod canonical;
 mod canonical_direct;
 pub mod container;

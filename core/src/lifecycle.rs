@@ -423,6 +423,7 @@ fn apply(v: &mut ProposalView, r: &Record) {
             v.state = State::Applying;
         }
         Event::CommitIntent { .. } => v.state = State::Applying,
+        Event::CallIntent { phase, .. } if phase == "apply" => v.state = State::Applying,
         Event::Committed { .. } => v.state = State::Verifying,
         Event::Refused { reason_code, detail, .. } => {
             v.refusal = Some(format!("[{reason_code}] {detail}"));
@@ -432,7 +433,7 @@ fn apply(v: &mut ProposalView, r: &Record) {
                 Outcome::Committed => State::Committed,
                 Outcome::NoChanges => State::Completed,
                 Outcome::RolledBack => State::RolledBack,
-                Outcome::Interrupted => State::Failed,
+                Outcome::Interrupted | Outcome::Failed => State::Failed,
                 Outcome::AwaitingApproval => State::AwaitingApproval,
                 // A continuation refused for want of a quorum leaves the
                 // proposal waiting; a veto rejected it; else it was refused.

@@ -138,6 +138,11 @@ pub struct Plan {
     pub changes: Vec<Change>,
     pub findings: Vec<Finding>,
     pub facts: Vec<Fact>,
+    /// Calls to granted endpoints `apply` will make, in order (proposed
+    /// through the `calls` interface; absent from the canonical form when
+    /// there are none, so plans without calls keep their digests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<crate::calls::Call>,
 }
 
 /// Why a plan, precondition or diff check failed. Each has a stable reason code.
@@ -183,6 +188,14 @@ pub enum PlanError {
     ModeMismatch { mount: String, path: String, planned: Option<u32>, actual: u32 },
     #[error("the diff and precondition checks were made for different plans (a runner bug); nothing was committed")]
     ProofMismatch,
+    #[error(transparent)]
+    Call(#[from] crate::calls::CallError),
+    #[error(
+        "the plan proposes {calls} call(s) and {changes} file change(s); a plan changes files or calls endpoints, not both (split the capsule in two)"
+    )]
+    CallsWithChanges { calls: usize, changes: usize },
+    #[error("a diagnostic capsule proposed {0} call(s) that are not reads; diagnostics may only report findings")]
+    DiagnosticCalls(usize),
 }
 
 impl PlanError {
@@ -206,6 +219,9 @@ impl PlanError {
             PlanError::ModeMismatch { planned: Some(_), .. } => "apply.diff_mismatch",
             PlanError::NotApplied { .. } => "apply.incomplete",
             PlanError::ProofMismatch => "authorize.plan_mismatch",
+            PlanError::Call(e) => e.reason_code(),
+            PlanError::CallsWithChanges { .. } => "plan.calls_with_changes",
+            PlanError::DiagnosticCalls(_) => "plan.diagnostic_changes",
         }
     }
 }
@@ -296,6 +312,14 @@ impl Plan {
         }
         if self.summary.len() > MAX_TEXT {
             return Err(PlanError::TextTooLong("summary"));
+        }
+        crate::calls::check_calls(&self.calls, &manifest.endpoints)?;
+        if !self.calls.is_empty() && !self.changes.is_empty() {
+            return Err(PlanError::CallsWithChanges { calls: self.calls.len(), changes: self.changes.len() });
+        }
+        let writes = self.calls.iter().filter(|c| !c.request.is_read_method()).count();
+        if manifest.kind == Kind::Diagnostic && writes > 0 {
+            return Err(PlanError::DiagnosticCalls(writes));
         }
         for f in &self.findings {
             check_finding(f)?;
@@ -567,7 +591,7 @@ mod tests {
     }
 
     fn plan(changes: Vec<Change>) -> Plan {
-        Plan { summary: "s".into(), changes, findings: vec![], facts: vec![] }
+        Plan { summary: "s".into(), changes, findings: vec![], facts: vec![], calls: vec![] }
     }
 
     #[test]

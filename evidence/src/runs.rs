@@ -366,6 +366,14 @@ struct State<'r> {
     refused_run: bool,
     interrupted: bool,
     awaiting: bool,
+    /// Planned calls made by `apply` (each checked against the plan).
+    calls_done: usize,
+    /// Request numbers whose intent was recorded.
+    calls: BTreeSet<u32>,
+    /// The plan call the last compensation undid (they go in reverse).
+    compensated: Option<u32>,
+    /// A compensation came back without success.
+    compensation_failed: bool,
 }
 
 fn artifact(ctx: &Ctx<'_>, d: &Sha256Digest, r: &Record) -> Result<Vec<u8>, Failure> {
@@ -708,7 +716,66 @@ fn check_run(
                 }
                 st.intent = Some(*changes);
             }
+            Event::CallIntent { phase, call, planned, request } => {
+                if !st.calls.insert(*call) {
+                    return Err(fail("call.plan", format!("request #{call} is recorded twice")));
+                }
+                match phase.as_str() {
+                    // Reads (the runner's endpoint config says which) before the plan is recorded.
+                    "plan" if st.plan.is_none() && planned.is_none() => {}
+                    "verify" if st.authorized && planned.is_none() => {}
+                    "apply" => {
+                        let (true, Some((_, p))) = (st.authorized, &st.plan) else {
+                            return Err(fail("run.unauthorized", "a call made before the plan was authorized".into()));
+                        };
+                        let i = edge_core::calls::CallCursor::resume(&p.calls, st.calls_done).admit(request).map_err(
+                            |e| fail("call.plan", format!("request #{call} was not in the approved plan: {e}")),
+                        )?;
+                        if *planned != u32::try_from(i).ok() {
+                            return Err(fail("call.plan", format!("request #{call} names another planned call")));
+                        }
+                        st.calls_done = i + 1;
+                    }
+                    "compensate" => {
+                        let Some((_, p)) = &st.plan else { return Err(order("before a plan")) };
+                        let Some(i) = planned.filter(|i| (*i as usize) < st.calls_done) else {
+                            return Err(fail("call.compensation", format!("request #{call} undoes a call never made")));
+                        };
+                        if st.compensated.is_some_and(|last| i >= last) {
+                            return Err(fail("call.compensation", "compensations are not in reverse order".into()));
+                        }
+                        if p.calls[i as usize].compensation.as_ref() != Some(request) {
+                            return Err(fail(
+                                "call.compensation",
+                                format!("request #{call} is not the compensation the plan recorded for call {i}"),
+                            ));
+                        }
+                        st.compensated = Some(i);
+                    }
+                    _ => return Err(order(&format!("a `{phase}` call here"))),
+                }
+                sum.calls.push(request.line());
+            }
+            Event::CallOutcome { call, status, reason_code, .. } => {
+                if !st.calls.contains(call) {
+                    return Err(fail("call.plan", format!("an outcome for request #{call}, which has no intent")));
+                }
+                if st.compensated.is_some()
+                    && (reason_code.is_some() || !status.is_some_and(|s| (200..300).contains(&s)))
+                {
+                    st.compensation_failed = true;
+                }
+            }
+            Event::CallRefused { phase, reason_code, detail, .. } => {
+                sum.refusals.push((phase.clone(), reason_code.clone(), detail.clone()));
+            }
             Event::Committed { changes } => {
+                let calls_made =
+                    st.plan.as_ref().is_some_and(|(_, p)| !p.calls.is_empty() && p.calls.len() == st.calls_done);
+                if calls_made && *changes == st.calls_done && st.authorized {
+                    st.committed = true;
+                    continue;
+                }
                 if st.intent != Some(*changes) {
                     return Err(fail("run.unauthorized", "committed without a matching commit intent".into()));
                 }
@@ -799,6 +866,7 @@ fn check_outcome(outcome: Outcome, st: &State<'_>) -> Result<(), String> {
         Outcome::Refused => st.refused_run && (!st.committed || st.rolled_back),
         Outcome::RolledBack => st.rolled_back,
         Outcome::Interrupted => st.interrupted,
+        Outcome::Failed => st.calls_done > 0 && st.compensation_failed,
         Outcome::AwaitingApproval => st.awaiting && !st.authorized,
     };
     if ok { Ok(()) } else { Err(format!("the run ends `{outcome:?}`, which its records do not support")) }

@@ -42,6 +42,9 @@ pub struct RunSummary {
     /// The proposal this run waits as, or continues.
     pub proposal: Option<String>,
     pub findings: Vec<Finding>,
+    /// Each request the run sent to an endpoint (`METHOD endpoint/path`),
+    /// in order: reads, the planned calls, compensations.
+    pub calls: Vec<String>,
     /// (stage, reason code, detail).
     pub refusals: Vec<(String, String, String)>,
     pub rolled_back: Option<(String, String)>,

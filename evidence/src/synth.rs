@@ -219,6 +219,7 @@ impl World {
         let file = CapsuleFile::new(m, component.clone()).expect("capsule");
         let sig = self.agent.sign_capsule(&file);
         let grant = Grant {
+            endpoints: vec![],
             env: Vec::new(),
             imports: BTreeSet::from(["edge-runner:capsule/host".to_owned()]),
             limits: Limits::DEFAULT,
@@ -249,6 +250,7 @@ impl World {
                 mode: None,
                 why: "synthetic".into(),
             }],
+            calls: Vec::new(),
             findings: Vec::new(),
             facts: Vec::new(),
         };
@@ -462,7 +464,14 @@ fn generate(
             log.push(&r, e);
         }
         let events = [
-            Event::Planned { plan: c.plan, summary: c.summary.clone(), changes: 1, findings: Vec::new(), output: None },
+            Event::Planned {
+                plan: c.plan,
+                summary: c.summary.clone(),
+                changes: 1,
+                findings: Vec::new(),
+                output: None,
+                bodies: Vec::new(),
+            },
             Event::Applied {
                 diff: c.diff.clone(),
                 output: None,
@@ -615,7 +624,14 @@ fn tier2(
         log.push(a, e);
     }
     for e in [
-        Event::Planned { plan: c.plan, summary: c.summary.clone(), changes: 1, findings: Vec::new(), output: None },
+        Event::Planned {
+            plan: c.plan,
+            summary: c.summary.clone(),
+            changes: 1,
+            findings: Vec::new(),
+            output: None,
+            bodies: Vec::new(),
+        },
         Event::Applied { diff: c.diff.clone(), output: None, preview: Some(c.preview), contents: c.contents.clone() },
         Event::AwaitingApproval { proposal: proposal.clone(), document, approvals_required: 2 },
         Event::Completed { outcome: Outcome::AwaitingApproval },

@@ -172,6 +172,7 @@ pub fn binding() -> Binding {
         runner: "runner-1".into(),
         tier: 2,
         grant: Grant {
+            endpoints: vec![],
             mounts: vec![GrantedMount { name: "config".into(), writable: true }],
             env: vec![],
             imports: Default::default(),

@@ -41,7 +41,7 @@ mod bare {
         world: "capsule",
         imports: { default: async },
         exports: { default: async },
-        with: { "wasi": wasmtime_wasi::p2::bindings },
+        with: { "wasi:http": wasmtime_wasi_http::p2::bindings::http, "wasi": wasmtime_wasi::p2::bindings },
     });
 }
 use bare::edge_runner::capsule::{host, types};

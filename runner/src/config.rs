@@ -4,6 +4,7 @@
 //! Relative paths are relative to the directory holding the config file.
 
 pub mod console;
+pub mod endpoints;
 pub mod nats;
 pub mod notify;
 pub mod probes;
@@ -47,7 +48,7 @@ struct RawConfig {
     #[serde(default)]
     policy: Option<RawPolicy>,
     #[serde(default)]
-    endpoints: BTreeMap<String, RawEndpoint>,
+    endpoints: BTreeMap<String, endpoints::RawEndpoint>,
     #[serde(default)]
     approvers: Option<RawApprovers>,
     #[serde(default)]
@@ -88,13 +89,6 @@ struct RawPolicy {
     file: PathBuf,
     /// The system graph (TOML).
     graph: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    /// The graph node this endpoint belongs to.
-    node: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +214,8 @@ pub struct RunnerConfig {
     /// the one in force with `Runner::governance` (a reload replaces it).
     pub governance: Option<Governance>,
     pub mounts: BTreeMap<String, MountConfig>,
+    /// Services a capsule may call (`[endpoints.<name>]`).
+    pub endpoints: BTreeMap<String, Arc<endpoints::EndpointConfig>>,
     /// Environment values the runner may pass (only names a capsule requests are passed).
     pub env: BTreeMap<String, String>,
     pub ceiling: Ceiling,
@@ -375,11 +371,16 @@ impl RunnerConfig {
             };
             mounts.insert(name, MountConfig { path: canonical, writable: m.writable, preview, redact });
         }
+        let mut endpoints = BTreeMap::new();
         for (name, e) in raw.endpoints {
             if !is_logical_name(&name) {
                 bail!("endpoint name `{name}` must use [A-Za-z0-9._-]");
             }
-            nodes.insert(name, e.node);
+            if mounts.contains_key(&name) {
+                bail!("`{name}` names both a mount and an endpoint; give them different names");
+            }
+            nodes.insert(name.clone(), e.node.clone());
+            endpoints.insert(name.clone(), Arc::new(e.resolve(&name, resolve)?));
         }
         if let Some(p) = &policy {
             p.check_nodes(&nodes)?;
@@ -422,6 +423,7 @@ impl RunnerConfig {
             mounts: mounts.iter().map(|(n, m)| (n.clone(), m.writable)).collect(),
             env: raw.env.keys().cloned().collect(),
             imports,
+            endpoints: endpoints.keys().cloned().collect(),
             default_limits,
             max_limits,
         };
@@ -514,6 +516,9 @@ impl RunnerConfig {
         if nats.as_ref().is_some_and(|n| n.dangerous) {
             dangerous.push("nats.dangerous_plain_text".to_owned());
         }
+        for e in endpoints.values().filter(|e| e.dangerous_plain_http) {
+            dangerous.push(format!("endpoints.{}.dangerous_plain_http", e.name));
+        }
         let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
         Ok(RunnerConfig {
             server,
@@ -540,6 +545,7 @@ impl RunnerConfig {
             cache_dir,
             staging_dir,
             mounts,
+            endpoints,
             env: raw.env,
             ceiling,
             dangerous,

@@ -51,7 +51,10 @@ mod bindings {
         world: "capsule",
         imports: { default: async | trappable },
         exports: { default: async },
-        with: { "wasi": wasmtime_wasi::p2::bindings },
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi": wasmtime_wasi::p2::bindings,
+        },
     });
 }
 
@@ -59,13 +62,15 @@ mod authority;
 pub mod capability;
 pub mod compile;
 mod convert;
+pub mod egress;
 mod phase;
 pub(crate) mod quota;
 
 pub use authority::{Authority, Prepared};
 pub use bindings::CapsulePre;
-use bindings::edge_runner::capsule::{host as wit_host, types as wit};
+use bindings::edge_runner::capsule::{calls as wit_calls, host as wit_host, types as wit};
 use convert::{finding_from_wit, plan_from_wit, plan_to_wit};
+pub use egress::{CallMode, CallNote, Gate, Journal, Proposed};
 use phase::{BLOCKED_GRACE, OwnedInput, PHASE_RUNTIME, run_phase};
 
 /// What a phase's export call returns: the guest's answer, when it comes.
@@ -149,6 +154,8 @@ pub enum SandboxError {
     Plan(#[from] PlanError),
     #[error("the sandbox could not be set up: {0}")]
     Setup(String),
+    #[error("{detail}")]
+    Call { reason_code: &'static str, detail: String },
 }
 
 impl SandboxError {
@@ -166,6 +173,7 @@ impl SandboxError {
             SandboxError::Guest { .. } => "capsule.error",
             SandboxError::Plan(e) => e.reason_code(),
             SandboxError::Setup(_) => "sandbox.setup",
+            SandboxError::Call { reason_code, .. } => reason_code,
         }
     }
 }
@@ -253,6 +261,10 @@ pub struct HostState {
     findings: Vec<core_plan::Finding>,
     /// What `apply` may still write into staged copies (none in other phases).
     write_budget: Option<Arc<quota::WriteBudget>>,
+    /// `wasi:http`: its context, and the hooks that check and send every
+    /// request (`egress`).
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    egress: egress::Egress,
 }
 
 impl std::fmt::Debug for HostState {
@@ -271,6 +283,12 @@ impl WasiView for HostState {
     }
 }
 
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
+    }
+}
+
 impl wasmtime_wasi_io::IoView for HostState {
     fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
@@ -278,6 +296,27 @@ impl wasmtime_wasi_io::IoView for HostState {
 }
 
 impl wit::Host for HostState {}
+
+impl wit_calls::Host for HostState {
+    async fn propose(&mut self, call: wit_calls::PlannedCall) -> wasmtime::Result<()> {
+        let proposed = match convert::proposed_from_wit(call) {
+            Ok(p) => p,
+            Err(e) => {
+                self.limiter.hit = Hit::Hostcall(format!("calls.propose(): {e}"));
+                wasmtime::bail!("refused proposal");
+            }
+        };
+        if let Err(e) = self.egress.gate.propose(proposed) {
+            self.limiter.hit = Hit::Hostcall(e);
+            wasmtime::bail!("refused proposal");
+        }
+        Ok(())
+    }
+
+    async fn planned(&mut self) -> wasmtime::Result<Vec<wit_calls::PlannedCall>> {
+        Ok(self.egress.gate.planned().map(|(c, b, cb)| convert::planned_to_wit(c, b, cb)).collect())
+    }
+}
 
 impl wit_host::Host for HostState {
     async fn log(&mut self, level: wit_host::Level, message: String) -> wasmtime::Result<()> {
@@ -528,17 +567,21 @@ impl Sandbox {
     }
 
     /// Run `plan` with the mounts read-only. Needs a [`Decided`] capsule,
-    /// and runs the component admitted for it.
+    /// and runs the component admitted for it. Reads to granted endpoints
+    /// may leave (recorded through `journal`); the calls it proposes come
+    /// back in the plan, with their bodies.
     pub async fn plan(
         &self,
         decided: &Decided,
         prepared: &Prepared,
-    ) -> (Result<core_plan::Plan, SandboxError>, Captured) {
+        journal: Option<Journal>,
+    ) -> (Result<(core_plan::Plan, Vec<Proposed>), SandboxError>, Captured) {
         if let Err(e) = prepared.made_for(decided.admitted()) {
             return (Err(e), Captured::default());
         }
         let grant = decided.admitted().grant();
-        let input = prepared.input(&prepared.mounts);
+        let gate = Gate::new(CallMode::Plan, prepared.endpoints(), Vec::new(), journal);
+        let input = prepared.input(&prepared.mounts, &gate);
         let (result, captured) = self
             .run(&prepared.pre, grant, &input, Phase::Plan, |c, s, ctx| {
                 Box::pin(async move { c.call_plan(s, &ctx).await })
@@ -546,7 +589,13 @@ impl Sandbox {
             .await;
         let result =
             result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "plan", message: bounded(message) }));
-        (result.and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan)), captured)
+        let result = gate_checked(&gate, result).and_then(|p| plan_from_wit(p).map_err(SandboxError::Plan));
+        let result = result.map(|mut plan| {
+            let proposed = gate.take_proposed();
+            plan.calls = proposed.iter().map(|p| p.call.clone()).collect();
+            (plan, proposed)
+        });
+        (result, captured)
     }
 
     /// Run `apply` against the staged copies of the writable mounts (every
@@ -574,25 +623,64 @@ impl Sandbox {
             Ok(m) => m,
             Err(e) => return (Err(e), Captured::default()),
         };
-        let input = prepared.input(&mounts);
+        // The preview: no request leaves before the plan is authorized.
+        let gate = Gate::closed();
+        let input = prepared.input(&mounts, &gate);
         let wp = plan_to_wit(plan.plan());
         let (result, captured) = self
             .run(&prepared.pre, grant, &input, Phase::Apply, move |c, s, ctx| {
                 Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
             })
             .await;
-        (
-            result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message: bounded(message) })),
-            captured,
-        )
+        let result =
+            result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message: bounded(message) }));
+        (gate_checked(&gate, result), captured)
+    }
+
+    /// Run `apply` for a plan that calls endpoints, after its authorization:
+    /// the mounts read-only, and exactly the planned calls may leave, in
+    /// order, each once (`bodies`: each planned call's request and
+    /// compensation bodies, as the plan's digests name them). Returns the
+    /// gate too: how many calls were made and sent (what compensation
+    /// undoes).
+    pub async fn apply_calls(
+        &self,
+        run: &Authority,
+        bodies: Vec<(Vec<u8>, Vec<u8>)>,
+        journal: Journal,
+    ) -> (Result<(), SandboxError>, Captured, Arc<Gate>) {
+        let plan = run.authorized.plan().plan();
+        let grant = run.authorized.admitted().grant();
+        let planned = plan.calls.iter().cloned().zip(bodies).map(|(c, (b, cb))| (c, b, cb)).collect();
+        let gate = Gate::new(CallMode::Apply, run.prepared.endpoints(), planned, Some(journal));
+        let input = run.prepared.input(&run.prepared.mounts, &gate);
+        let wp = plan_to_wit(plan);
+        let (result, captured) = self
+            .run(&run.prepared.pre, grant, &input, Phase::Apply, move |c, s, ctx| {
+                Box::pin(async move { c.call_apply(s, &ctx, &wp).await })
+            })
+            .await;
+        let result =
+            result.and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "apply", message: bounded(message) }));
+        let result = gate_checked(&gate, result).and_then(|()| {
+            edge_core::calls::CallCursor::resume(&plan.calls, gate.planned_done())
+                .finish()
+                .map_err(|e| SandboxError::Call { reason_code: e.reason_code(), detail: e.to_string() })
+        });
+        (result, captured, gate)
     }
 
     /// Run `verify` with the live mounts read-only; the capsule gets the
     /// plan it was authorized for.
-    pub async fn verify(&self, run: &Authority) -> (Result<Verification, SandboxError>, Captured) {
+    pub async fn verify(
+        &self,
+        run: &Authority,
+        journal: Option<Journal>,
+    ) -> (Result<Verification, SandboxError>, Captured) {
         let wp = plan_to_wit(run.authorized.plan().plan());
         let grant = run.authorized.admitted().grant();
-        let input = run.prepared.input(&run.prepared.mounts);
+        let gate = Gate::new(CallMode::Verify, run.prepared.endpoints(), Vec::new(), journal);
+        let input = run.prepared.input(&run.prepared.mounts, &gate);
         let (result, captured) = self
             .run(&run.prepared.pre, grant, &input, Phase::Verify, move |c, s, ctx| {
                 Box::pin(async move { c.call_verify(s, &ctx, &wp).await })
@@ -600,7 +688,7 @@ impl Sandbox {
             .await;
         let result = result
             .and_then(|r| r.map_err(|message| SandboxError::Guest { phase: "verify", message: bounded(message) }));
-        let result = result.and_then(|v| {
+        let result = gate_checked(&gate, result).and_then(|v| {
             let findings: Vec<_> = v.findings.into_iter().map(finding_from_wit).collect();
             if findings.len() > MAX_FINDINGS || v.summary.len() > core_plan::MAX_TEXT {
                 return Err(SandboxError::HostcallLimit("verify returned too much".into()));
@@ -639,6 +727,7 @@ impl Sandbox {
             params: input.params.clone(),
             mounts: input.mounts.to_vec(),
             env: input.env.to_vec(),
+            gate: input.gate.clone(),
         };
         let started = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
@@ -673,6 +762,8 @@ pub struct PhaseInput<'a> {
     pub params: &'a std::collections::BTreeMap<String, String>,
     pub mounts: &'a [PhaseMount],
     pub env: &'a [(String, String)],
+    /// What requests may leave (and where they are recorded).
+    pub gate: &'a Arc<egress::Gate>,
 }
 
 /// The result of `verify`.
@@ -740,6 +831,17 @@ fn classify(e: wasmtime::Error, hit: Hit, phase: Phase, cpu_ms: u64, output_limi
         return SandboxError::ResourceLimit(first_line(&text));
     }
     SandboxError::Trap { phase: phase.name(), detail: first_line(&text) }
+}
+
+/// A phase whose capsule broke a rule for requests is refused with the
+/// first violation, whatever the capsule did with the error it got.
+fn gate_checked<R>(gate: &Gate, result: Result<R, SandboxError>) -> Result<R, SandboxError> {
+    match (gate.violation(), result) {
+        (Some(v), Ok(_) | Err(SandboxError::Guest { .. } | SandboxError::Trap { .. })) => {
+            Err(SandboxError::Call { reason_code: v.reason_code, detail: v.detail })
+        }
+        (_, other) => other,
+    }
 }
 
 /// Guest-provided text kept in errors and evidence: at most 2 KiB.

@@ -679,6 +679,7 @@ mod tests {
         let signer = TrustedSigner::from_public_key_pem("t", &key.public_key_pem()).unwrap();
         let verified = verify_capsule(file, &TrustedSigners::new(vec![signer], None).unwrap()).unwrap();
         let ceiling = Ceiling {
+            endpoints: Default::default(),
             mounts: [("m".to_owned(), true)].into(),
             env: Default::default(),
             imports: Default::default(),
@@ -698,8 +699,9 @@ mod tests {
                 why: "the test".into(),
             })
             .collect();
-        let plan =
-            Plan { summary: "t".into(), changes, findings: vec![], facts: vec![] }.validate(&manifest, 100).unwrap();
+        let plan = Plan { summary: "t".into(), changes, findings: vec![], facts: vec![], calls: vec![] }
+            .validate(&manifest, 100)
+            .unwrap();
         let root = open_root(live).unwrap();
         let matched = check_diff(&plan, d).unwrap();
         let holds = check_preconditions(&plan, |_, p| digest_in(&root, p.as_str()).unwrap()).unwrap();

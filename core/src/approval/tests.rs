@@ -18,6 +18,7 @@ pub(crate) fn line(principal: &str, k: &PrivateKey, options: &str) -> String {
 
 fn grant() -> Grant {
     Grant {
+        endpoints: vec![],
         mounts: vec![GrantedMount { name: "config".into(), writable: true }],
         env: vec![],
         imports: Default::default(),

@@ -37,6 +37,7 @@ fn input(mounts: &[(&str, bool)], kind: Kind) -> DecisionInput {
         signer: "agent".into(),
         transparency: Transparency::None,
         grant: Grant {
+            endpoints: vec![],
             mounts: mounts.iter().map(|(n, w)| GrantedMount { name: (*n).into(), writable: *w }).collect(),
             env: vec![],
             imports: Default::default(),

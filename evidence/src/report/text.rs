@@ -23,6 +23,7 @@ pub(crate) fn outcome_name(o: Option<Outcome>) -> &'static str {
         Some(Outcome::Refused) => "refused",
         Some(Outcome::RolledBack) => "rolled-back",
         Some(Outcome::Interrupted) => "interrupted",
+        Some(Outcome::Failed) => "failed",
         Some(Outcome::AwaitingApproval) => "awaiting-approval",
         None => "unfinished",
     }

@@ -229,6 +229,7 @@ mod example {
             signer: "agent".into(),
             transparency: Transparency::None,
             grant: Grant {
+                endpoints: vec![],
                 mounts: vec![GrantedMount { name: "lookup-config".into(), writable: true }],
                 env: vec![],
                 imports: Default::default(),

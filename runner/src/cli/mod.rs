@@ -324,7 +324,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             Ok(match report.outcome {
                 Outcome::Committed | Outcome::NoChanges => Exit::Ok,
                 Outcome::RolledBack => Exit::RolledBack,
-                Outcome::Refused | Outcome::Interrupted => Exit::Refused,
+                Outcome::Refused | Outcome::Interrupted | Outcome::Failed => Exit::Refused,
                 Outcome::AwaitingApproval => Exit::Awaiting,
             })
         }
@@ -604,6 +604,7 @@ pub fn print_report(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         Outcome::Refused => "refused; nothing on the host was changed",
         Outcome::RolledBack => "verification failed; the change was rolled back",
         Outcome::Interrupted => "interrupted",
+        Outcome::Failed => "FAILED: a compensation failed; the service may be left changed (see the call records)",
         Outcome::AwaitingApproval => "planned; waiting for approvals (nothing on the host was changed)",
     };
     if let Some(q) = &r.quorum {

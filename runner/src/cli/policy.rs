@@ -334,6 +334,7 @@ impl Case {
             signer: self.signer.clone(),
             transparency: if self.tlog { Transparency::Verified } else { Transparency::None },
             grant: Grant {
+                endpoints: self.endpoints.clone(),
                 mounts: self.mounts.clone(),
                 env: Vec::new(),
                 imports: Default::default(),

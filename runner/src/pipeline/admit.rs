@@ -93,7 +93,7 @@ impl Runner {
         let admitted = admission::admit(verified, &loaded.imports, &self.config.ceiling).map_err(AdmitError::from)?;
         let pre = loaded.prepare(&self.sandbox).map_err(|e| AdmitError::Link(format!("{e:#}")))?.clone();
         let host_path = |name: &str| self.config.mounts.get(name).map(|m| m.path.as_path());
-        let prepared = Prepared::new(pre, &admitted, host_path, &self.config.env).or_fail()?;
+        let prepared = Prepared::new(pre, &admitted, host_path, &self.config.env, &self.config.endpoints).or_fail()?;
 
         let trusted_root = governance.trusted_root.as_deref().map(|b| report.artifact(b)).transpose()?;
         let capsule = admitted.capsule();

@@ -20,6 +20,7 @@
 
 mod admit;
 mod authorize;
+mod calls;
 mod commit;
 mod decide;
 mod plan;
@@ -330,6 +331,12 @@ impl Runner {
         };
         let authority = self.authorize(decided, plan, admission.prepared, previewed.as_ref(), approvals, run).await?;
         let Some(previewed) = previewed else {
+            // Calls cannot be staged: `apply` runs now, each request checked
+            // against the authorized plan before it leaves.
+            if !authority.authorized().plan().plan().calls.is_empty() {
+                let made = self.call(&authority, run).await?;
+                return self.verify_calls(&authority, made, run).await;
+            }
             return self.verify_unchanged(&authority, run).await;
         };
         let committed = self.commit(&authority, previewed, run).await?;

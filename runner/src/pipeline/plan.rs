@@ -46,13 +46,22 @@ impl Runner {
         // (its cleanup included: see `Runner::exec_capsule`).
         report.mount_guards = self.lock_mounts(grant).await;
         report.barrier().await?;
-        let (planned, captured) = self.sandbox.plan(decided, prepared).await;
+        let (journal, notes) = Self::journal();
+        let (planned, captured) =
+            self.journaled(report, notes, self.sandbox.plan(decided, prepared, Some(journal))).await?;
         let output = self.store_output(report, "plan", captured)?;
         let file = decided.admitted().capsule().file();
-        let valid = planned
-            .map_err(PlanError::from)?
-            .validate_for(file, grant.limits.max_plan_changes as usize)
-            .map_err(PlanError::from)?;
+        let (planned, proposed) = planned.map_err(PlanError::from)?;
+        let valid = planned.validate_for(file, grant.limits.max_plan_changes as usize).map_err(PlanError::from)?;
+        // The calls' bodies, so approvers and reviewers see the exact requests.
+        let mut bodies = Vec::new();
+        for p in &proposed {
+            for b in [&p.body, &p.compensation_body] {
+                if !b.is_empty() {
+                    bodies.push(report.artifact(b)?);
+                }
+            }
+        }
         // `ValidPlan` holds the digest of exactly these bytes: not hashed again.
         let plan_d = report.log.put_artifact_digested(valid.digest(), valid.canonical()).or_fail()?;
         report.plan = Some(valid.plan().clone());
@@ -63,6 +72,7 @@ impl Runner {
             changes: valid.plan().changes.len(),
             findings: valid.plan().findings.clone(),
             output,
+            bodies,
         })?;
         Ok(valid)
     }

@@ -157,6 +157,9 @@ pub struct RunReport {
     /// The run's appends to the evidence log (its records, once durable).
     #[serde(skip)]
     pub(crate) log: RunLog,
+    /// Numbers the run's requests to endpoints across its phases.
+    #[serde(skip)]
+    pub(crate) call_numbers: super::calls::CallNumbers,
     /// The mount locks the run holds, until its cleanup is done.
     #[serde(skip)]
     pub(crate) mount_guards: Vec<MountGuard>,
@@ -205,6 +208,7 @@ impl RunReport {
             records: Vec::new(),
             submitted_by: None,
             log,
+            call_numbers: Default::default(),
             mount_guards: Vec::new(),
             governance,
         }

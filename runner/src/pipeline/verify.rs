@@ -74,8 +74,9 @@ impl Runner {
     }
 
     /// Run `verify` and record its result.
-    async fn check(&self, run: &Authority, report: &mut RunReport) -> Result<Result<(), VerifyError>, Stop> {
-        let (verified, captured) = self.sandbox.verify(run).await;
+    pub(crate) async fn check(&self, run: &Authority, report: &mut RunReport) -> Result<Result<(), VerifyError>, Stop> {
+        let (journal, notes) = Self::journal();
+        let (verified, captured) = self.journaled(report, notes, self.sandbox.verify(run, Some(journal))).await?;
         let output = self.store_output(report, "verify", captured)?;
         let v = match verified {
             Ok(v) => v,

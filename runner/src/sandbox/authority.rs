@@ -5,12 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use edge_core::Sha256Digest;
 use edge_core::admission::{Admitted, Grant};
 use edge_core::authorize::Authorized;
 
+use super::egress::Gate;
 use super::{CapsulePre, HostState, PhaseInput, PhaseMount, SandboxError};
+use crate::config::endpoints::EndpointConfig;
 
 /// A capsule ready to run: its pre-linked component and, from the config,
 /// each granted mount's host path and each granted env value. Built from an
@@ -30,6 +33,8 @@ pub struct Prepared {
     /// Every granted mount at its live host path, read-only.
     pub(super) mounts: Vec<PhaseMount>,
     env: Vec<(String, String)>,
+    /// Every granted endpoint, resolved from the config.
+    pub(super) endpoints: BTreeMap<String, Arc<EndpointConfig>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -55,6 +60,7 @@ impl Prepared {
         admitted: &Admitted,
         host_path: impl Fn(&str) -> Option<&'a Path>,
         env_values: &BTreeMap<String, String>,
+        endpoints: &BTreeMap<String, Arc<EndpointConfig>>,
     ) -> Result<Self, SandboxError> {
         let grant = admitted.grant();
         let mounts = grant
@@ -66,8 +72,16 @@ impl Prepared {
             })
             .collect::<Result<_, _>>()?;
         let env = grant.env.iter().map(|k| (k.clone(), env_values.get(k).cloned().unwrap_or_default())).collect();
+        let endpoints = grant
+            .endpoints
+            .iter()
+            .map(|name| match endpoints.get(name) {
+                Some(e) => Ok((name.clone(), e.clone())),
+                None => Err(SandboxError::Setup(format!("granted endpoint `{name}` is not configured"))),
+            })
+            .collect::<Result<_, _>>()?;
         let m = admitted.capsule().file().manifest();
-        Ok(Self { component: m.component.sha256, pre, params: m.params.clone(), mounts, env })
+        Ok(Self { component: m.component.sha256, pre, params: m.params.clone(), mounts, env, endpoints })
     }
 
     /// The live host path of a granted mount.
@@ -117,8 +131,13 @@ impl Prepared {
         Ok(())
     }
 
-    pub(super) fn input<'a>(&'a self, mounts: &'a [PhaseMount]) -> PhaseInput<'a> {
-        PhaseInput { params: &self.params, mounts, env: &self.env }
+    pub(super) fn input<'a>(&'a self, mounts: &'a [PhaseMount], gate: &'a Arc<Gate>) -> PhaseInput<'a> {
+        PhaseInput { params: &self.params, mounts, env: &self.env, gate }
+    }
+
+    /// The granted endpoints, for a phase's gate.
+    pub(super) fn endpoints(&self) -> BTreeMap<String, Arc<EndpointConfig>> {
+        self.endpoints.clone()
     }
 }
 
@@ -181,5 +200,10 @@ impl Authority {
     /// The live host path of each mount the grant lets the capsule write.
     pub fn writable_mounts(&self) -> BTreeMap<String, PathBuf> {
         self.prepared.writable_mounts(self.authorized.admitted().grant())
+    }
+
+    /// A granted endpoint (compensations are sent by the runner through it).
+    pub fn endpoint(&self, name: &str) -> Option<Arc<EndpointConfig>> {
+        self.prepared.endpoints.get(name).cloned()
     }
 }

@@ -6,12 +6,12 @@
 //! grant, and what the evidence records of it. The linker is built from this
 //! table and nothing else, and the interfaces an operator may list in
 //! `grant.imports` are read from it ([`linkable_imports`]): the two cannot
-//! disagree. An interface no entry names (sockets, HTTP, …) cannot be linked
+//! disagree. An interface no entry names (sockets, …) cannot be linked
 //! and cannot be granted.
 //!
-//! Adding a capability (network endpoints, say) is one entry here, its
-//! manifest field and grant check in `edge-core`'s admission, and its
-//! policy input.
+//! Adding a capability is one entry here, its manifest field and grant
+//! check in `edge-core`'s admission, and its policy input (as endpoints
+//! were: `http` below, `endpoints` in the manifest and the grant).
 
 use anyhow::{Result, bail};
 use edge_core::admission::Grant;
@@ -23,7 +23,7 @@ use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{HostState, Phase, PhaseInput, guest_path, quota, wit, wit_host};
+use super::{HostState, Phase, PhaseInput, guest_path, quota, wit, wit_calls, wit_host};
 
 /// One thing a capsule can be given.
 pub struct Capability {
@@ -185,6 +185,22 @@ pub static CAPABILITIES: &[Capability] = &[
         },
         configure: nothing,
     },
+    Capability {
+        name: "http",
+        interfaces: &["wasi:http/types", "wasi:http/outgoing-handler", "edge-runner:capsule/calls"],
+        manifest: "each endpoint by logical name, in `endpoints`, and the interfaces, in `imports`",
+        grant_check: "each endpoint is configured (`[endpoints.<name>]`); `wasi:http` only with an endpoint \
+                      (admission); policy ceilings per tier (`allow_endpoints`); every request checked before it \
+                      leaves (`sandbox::egress`)",
+        records: "the endpoints in the grant; the planned calls in the plan; each request's intent (before it \
+                  leaves), outcome or refusal; each compensation",
+        link: |l| {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
+            wit_calls::add_to_linker::<_, HasSelf<_>>(l, |s| s)
+        },
+        // The phase's gate is set up with the store (`sandbox::phase`).
+        configure: nothing,
+    },
 ];
 
 fn nothing(_: &mut WasiCtxBuilder, _: &Grant, _: &PhaseInput<'_>, _: Phase) -> Result<()> {
@@ -247,7 +263,8 @@ mod tests {
         // `types` comes in with `host` (it `use`s it).
         world.insert("edge-runner:capsule/types".into());
         assert_eq!(unique, world);
-        assert!(!is_linkable("wasi:sockets/tcp") && !is_linkable("wasi:http/outgoing-handler"));
+        assert!(!is_linkable("wasi:sockets/tcp") && !is_linkable("wasi:sockets/ip-name-lookup"));
+        assert!(is_linkable("wasi:http/outgoing-handler"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use edge_core::Sha256Digest;
 use edge_core::plan::{self as core_plan, PlanError};
 
-use super::wit;
+use super::egress::Proposed;
+use super::{wit, wit_calls};
 
 pub(super) fn finding_from_wit(f: wit::Finding) -> core_plan::Finding {
     core_plan::Finding {
@@ -67,6 +68,8 @@ pub(super) fn plan_from_wit(p: wit::Plan) -> Result<core_plan::Plan, PlanError> 
         changes,
         findings: p.findings.into_iter().map(finding_from_wit).collect(),
         facts: p.facts.into_iter().map(|f| core_plan::Fact { key: f.key, value: f.value }).collect(),
+        // Filled from the calls proposed through `calls.propose`.
+        calls: Vec::new(),
     })
 }
 
@@ -92,5 +95,53 @@ pub(super) fn plan_to_wit(p: &core_plan::Plan) -> wit::Plan {
             .collect(),
         findings: p.findings.iter().map(finding_to_wit).collect(),
         facts: p.facts.iter().map(|f| wit::Fact { key: f.key.clone(), value: f.value.clone() }).collect(),
+    }
+}
+
+/// A call proposed by the guest, with its bodies (checked for size; the
+/// plan's validation checks the rest).
+pub(super) fn proposed_from_wit(c: wit_calls::PlannedCall) -> Result<Proposed, String> {
+    fn request(r: wit_calls::Request) -> Result<(edge_core::calls::Request, Vec<u8>), String> {
+        if r.body.len() > edge_core::calls::MAX_CALL_BODY {
+            return Err(format!("a body of {} bytes; the limit is {}", r.body.len(), edge_core::calls::MAX_CALL_BODY));
+        }
+        if r.endpoint.len() > 256 || r.method.len() > 16 || r.path.len() > edge_core::calls::MAX_CALL_PATH + 1 {
+            return Err("an oversized endpoint, method or path".into());
+        }
+        let req = edge_core::calls::Request {
+            endpoint: r.endpoint,
+            method: r.method,
+            path: r.path,
+            content_type: r.content_type,
+            body: (!r.body.is_empty()).then(|| Sha256Digest::of(&r.body)),
+        };
+        Ok((req, r.body))
+    }
+    if c.why.len() > core_plan::MAX_TEXT {
+        return Err("a `why` longer than 2048 bytes".into());
+    }
+    let (req, body) = request(c.request)?;
+    let (compensation, compensation_body) = match c.compensation {
+        Some(r) => {
+            let (r, b) = request(r)?;
+            (Some(r), b)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Proposed { call: edge_core::calls::Call { request: req, why: c.why, compensation }, body, compensation_body })
+}
+
+pub(super) fn planned_to_wit(c: &edge_core::calls::Call, body: &[u8], comp: &[u8]) -> wit_calls::PlannedCall {
+    let request = |r: &edge_core::calls::Request, body: &[u8]| wit_calls::Request {
+        endpoint: r.endpoint.clone(),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        content_type: r.content_type.clone(),
+        body: body.to_vec(),
+    };
+    wit_calls::PlannedCall {
+        request: request(&c.request, body),
+        why: c.why.clone(),
+        compensation: c.compensation.as_ref().map(|r| request(r, comp)),
     }
 }

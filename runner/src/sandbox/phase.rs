@@ -12,6 +12,7 @@ pub(super) struct OwnedInput {
     pub(super) params: std::collections::BTreeMap<String, String>,
     pub(super) mounts: Vec<PhaseMount>,
     pub(super) env: Vec<(String, String)>,
+    pub(super) gate: Arc<egress::Gate>,
 }
 
 /// How long past its wall time a phase blocked in a host call is waited for.
@@ -28,8 +29,8 @@ pub(super) async fn run_phase<R: Send + 'static>(
     phase: Phase,
     call: impl for<'a> FnOnce(&'a bindings::Capsule, &'a mut Store<HostState>, wit::Context) -> CallFuture<'a, R> + Send,
 ) -> (Result<R, SandboxError>, Captured) {
-    let OwnedInput { engine, pre, grant, params, mounts, env } = owned;
-    let input = PhaseInput { params: &params, mounts: &mounts, env: &env };
+    let OwnedInput { engine, pre, grant, params, mounts, env, gate } = owned;
+    let input = PhaseInput { params: &params, mounts: &mounts, env: &env, gate: &gate };
     let limits = &grant.limits;
     let output_limit = (limits.output_kib as usize) * 1024;
     let stdout = MemoryOutputPipe::new(output_limit);
@@ -143,6 +144,8 @@ fn new_store(
             log: Vec::new(),
             findings: Vec::new(),
             write_budget: (phase == Phase::Apply).then(|| quota::WriteBudget::new(MAX_STAGE_WRITE_BYTES)),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            egress: egress::Egress { gate: input.gate.clone() },
         },
     );
     store.limiter(|s| &mut s.limiter);

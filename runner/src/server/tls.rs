@@ -94,6 +94,27 @@ pub fn client_config(ca: &Path, cert: &Path, key_path: &Path) -> Result<Arc<Clie
     Ok(Arc::new(config))
 }
 
+/// A governed endpoint's client side: trusts only the endpoint's own CA
+/// bundle (never the system's roots) and presents the runner's client
+/// identity for it when one is configured. TLS 1.2 or 1.3: it talks to the
+/// services of the enclave as they are.
+///
+/// # Errors
+/// Unreadable or unusable certificates or key, naming the file.
+pub fn endpoint_client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<ClientConfig>> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?);
+    let mut config = match identity {
+        Some((cert, key_path)) => builder.with_client_auth_cert(certs(cert)?, key(key_path)?).with_context(|| {
+            format!("client certificate {} and key {} do not match", cert.display(), key_path.display())
+        })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The server name to expect, from a `host:port` or URL host.
 ///
 /// # Errors

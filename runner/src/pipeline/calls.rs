@@ -1,0 +1,279 @@
+//! Calls: a plan that calls granted endpoints cannot be staged, so its
+//! `apply` runs only after authorization, and each request it sends is
+//! checked against the plan before it leaves (`sandbox::egress`). Every
+//! request's intent is durable before it is sent and its outcome recorded
+//! after; when `apply` or `verify` fails, the runner itself sends the
+//! recorded compensations of the calls made, in reverse order, and records
+//! each outcome. A compensation that fails ends the run `failed`, loudly.
+
+use std::collections::BTreeMap;
+
+use edge_core::Sha256Digest;
+use edge_core::evidence::{Event, Outcome};
+use tokio::sync::mpsc;
+
+use super::Runner;
+use super::run::{Fails, Refusal, RunReport, Stage, Stop};
+use crate::sandbox::Authority;
+use crate::sandbox::egress::{self, CallNote, CallResult};
+
+type Notes = mpsc::UnboundedReceiver<(CallNote, Option<tokio::sync::oneshot::Sender<Result<(), String>>>)>;
+
+/// Numbers a run's requests across its phases (each phase's gate numbers
+/// its own from 1).
+#[derive(Debug, Default)]
+pub(crate) struct CallNumbers {
+    next: u32,
+    phase: BTreeMap<u32, u32>,
+}
+
+impl Runner {
+    /// A journal for one phase's gate, and where its notes arrive.
+    pub(crate) fn journal() -> (egress::Journal, Notes) {
+        mpsc::unbounded_channel()
+    }
+
+    /// Run `phase` while recording what its gate reports: each intent is
+    /// made durable before its request may leave.
+    pub(crate) async fn journaled<T>(
+        &self,
+        report: &mut RunReport,
+        mut notes: Notes,
+        phase: impl Future<Output = T>,
+    ) -> Result<T, Stop> {
+        let mut numbers = std::mem::take(&mut report.call_numbers);
+        numbers.phase.clear();
+        tokio::pin!(phase);
+        let out = loop {
+            tokio::select! {
+                out = &mut phase => break out,
+                Some((note, ack)) = notes.recv() => self.note(report, &mut numbers, note, ack).await?,
+            }
+        };
+        // What the gate said last (an outcome just before the phase returned).
+        while let Ok((note, ack)) = notes.try_recv() {
+            self.note(report, &mut numbers, note, ack).await?;
+        }
+        report.call_numbers = numbers;
+        Ok(out)
+    }
+
+    async fn note(
+        &self,
+        report: &mut RunReport,
+        numbers: &mut CallNumbers,
+        note: CallNote,
+        ack: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), Stop> {
+        match note {
+            CallNote::Refused { phase, request, reason_code, detail } => report.record(Event::CallRefused {
+                phase: phase.into(),
+                request,
+                reason_code: reason_code.into(),
+                detail: self.redact(&detail),
+            }),
+            CallNote::Intent { phase, call, planned, request, body } => {
+                numbers.next += 1;
+                numbers.phase.insert(call, numbers.next);
+                let call = numbers.next;
+                let durable = async {
+                    if !body.is_empty() {
+                        report.artifact(&body)?;
+                    }
+                    report.record(Event::CallIntent { phase: phase.into(), call, planned, request })?;
+                    report.barrier().await
+                }
+                .await;
+                if let Some(ack) = ack {
+                    let _ = ack.send(durable.as_ref().map(drop).map_err(|_| "the intent is not durable".to_owned()));
+                }
+                durable
+            }
+            CallNote::Outcome { call, result } => {
+                let call = numbers.phase.get(&call).copied().unwrap_or(0);
+                self.record_outcome(report, call, result)
+            }
+        }
+    }
+
+    fn record_outcome(&self, report: &mut RunReport, call: u32, r: CallResult) -> Result<(), Stop> {
+        let content = if r.content.is_empty() { None } else { Some(report.artifact(&r.content)?) };
+        report.record(Event::CallOutcome {
+            call,
+            status: r.status,
+            headers: r.headers.into_iter().collect(),
+            body: r.body,
+            bytes: r.bytes,
+            content,
+            reason_code: r.reason_code.map(str::to_owned),
+            detail: r.detail.map(|d| self.redact(&d)),
+        })
+    }
+
+    /// The body a planned request's digest names (kept as an artifact when
+    /// the plan was recorded).
+    fn call_body(&self, digest: Option<&Sha256Digest>) -> Result<Vec<u8>, Stop> {
+        let Some(d) = digest else { return Ok(Vec::new()) };
+        let bytes = self.log.read_artifact(d).or_fail()?;
+        bytes.filter(|b| Sha256Digest::of(b) == *d).ok_or_else(|| {
+            Stop::Refused(Refusal {
+                stage: Stage::Apply,
+                reason_code: "call.body_missing",
+                detail: format!("the body {d} of a planned call is not in the evidence store; submit again"),
+            })
+        })
+    }
+
+    /// Run `apply` for an authorized plan with calls. Returns how many
+    /// planned calls were made; a failure has compensated them and ended
+    /// the run.
+    pub(crate) async fn call(&self, run: &Authority, report: &mut RunReport) -> Result<usize, Stop> {
+        let plan = run.authorized().plan().plan();
+        let mut bodies = Vec::with_capacity(plan.calls.len());
+        for c in &plan.calls {
+            let comp = c.compensation.as_ref().and_then(|r| r.body.as_ref());
+            bodies.push((self.call_body(c.request.body.as_ref())?, self.call_body(comp)?));
+        }
+        report.barrier().await?;
+        let (journal, notes) = Self::journal();
+        let (result, captured, gate) =
+            self.journaled(report, notes, self.sandbox.apply_calls(run, bodies.clone(), journal)).await?;
+        self.store_output(report, "apply", captured)?;
+        let made = gate.planned_done();
+        match result {
+            Ok(()) => {
+                report.record(Event::Committed { changes: made })?;
+                Ok(made)
+            }
+            Err(e) if made == 0 => Err(Stop::Refused(Refusal {
+                stage: Stage::Apply,
+                reason_code: e.reason_code(),
+                detail: self.redact(&e.to_string()),
+            })),
+            Err(e) => {
+                let detail = self.redact(&e.to_string());
+                report.record(Event::Refused {
+                    stage: Stage::Apply.as_str().into(),
+                    reason_code: e.reason_code().into(),
+                    detail: detail.clone(),
+                })?;
+                self.compensate(run, report, made, &bodies, e.reason_code(), &detail).await?;
+                report.refusal = Some(Refusal { stage: Stage::Apply, reason_code: e.reason_code(), detail });
+                Err(Stop::Ended)
+            }
+        }
+    }
+
+    /// Send the compensations of the first `made` planned calls, last
+    /// first, and end the run: rolled back when every one succeeded (2xx),
+    /// failed otherwise.
+    pub(crate) async fn compensate(
+        &self,
+        run: &Authority,
+        report: &mut RunReport,
+        made: usize,
+        bodies: &[(Vec<u8>, Vec<u8>)],
+        reason_code: &str,
+        detail: &str,
+    ) -> Result<(), Stop> {
+        let plan = run.authorized().plan().plan();
+        let mut undone = 0;
+        let mut failed = Vec::new();
+        for i in (0..made.min(plan.calls.len())).rev() {
+            let Some(comp) = &plan.calls[i].compensation else { continue };
+            let mut numbers = std::mem::take(&mut report.call_numbers);
+            numbers.next += 1;
+            let call = numbers.next;
+            report.call_numbers = numbers;
+            report.record(Event::CallIntent {
+                phase: "compensate".into(),
+                call,
+                planned: u32::try_from(i).ok(),
+                request: comp.clone(),
+            })?;
+            report.barrier().await?;
+            let result = match run.endpoint(&comp.endpoint) {
+                None => CallResult {
+                    reason_code: Some("call.undeclared_endpoint"),
+                    detail: Some(format!("endpoint `{}` is not granted", comp.endpoint)),
+                    ..CallResult::default()
+                },
+                Some(ep) => {
+                    let body = bytes::Bytes::from(bodies.get(i).map(|b| b.1.clone()).unwrap_or_default());
+                    match egress::exchange(&ep, &comp.method, &comp.path, comp.content_type.as_deref(), None, body)
+                        .await
+                    {
+                        Ok((status, _, bytes)) => CallResult {
+                            status: Some(status.as_u16()),
+                            body: Some(Sha256Digest::of(&bytes)),
+                            bytes: bytes.len() as u64,
+                            content: bytes[..bytes.len().min(egress::KEPT_RESPONSE_BYTES)].to_vec(),
+                            ..CallResult::default()
+                        },
+                        Err(f) => CallResult {
+                            reason_code: Some(f.reason_code),
+                            detail: Some(f.detail),
+                            ..CallResult::default()
+                        },
+                    }
+                }
+            };
+            let ok = result.reason_code.is_none() && result.status.is_some_and(|s| (200..300).contains(&s));
+            if ok {
+                undone += 1;
+            } else {
+                failed.push(comp.line());
+                tracing::error!(run = %report.run, call = %comp.line(), "a compensation failed: the service may be left changed");
+            }
+            self.record_outcome(report, call, result)?;
+        }
+        report.record(Event::RolledBack {
+            reason_code: reason_code.into(),
+            detail: detail.into(),
+            restored: undone,
+        })?;
+        if failed.is_empty() {
+            report.close(Outcome::RolledBack)
+        } else {
+            report.record(Event::Refused {
+                stage: Stage::Apply.as_str().into(),
+                reason_code: "call.compensation_failed".into(),
+                detail: format!(
+                    "{} compensation(s) failed ({}): the service may be left changed; see the call records",
+                    failed.len(),
+                    failed.join(", ")
+                ),
+            })?;
+            report.close(Outcome::Failed)
+        }
+    }
+
+    /// Verify an applied plan with calls: kept when it passes, compensated
+    /// when it fails or breaks.
+    pub(crate) async fn verify_calls(&self, run: &Authority, made: usize, report: &mut RunReport) -> Result<(), Stop> {
+        report.barrier().await?;
+        match self.check(run, report).await? {
+            Ok(()) => report.close(Outcome::Committed),
+            Err(e) => {
+                use super::run::StageError as _;
+                let detail = self.redact(&e.to_string());
+                if let super::VerifyError::Sandbox(_) = e {
+                    report.record(Event::Refused {
+                        stage: e.stage().as_str().into(),
+                        reason_code: e.reason_code().into(),
+                        detail: detail.clone(),
+                    })?;
+                }
+                let plan = run.authorized().plan().plan();
+                let mut bodies = Vec::with_capacity(plan.calls.len());
+                for c in &plan.calls {
+                    let comp = c.compensation.as_ref().and_then(|r| r.body.as_ref());
+                    bodies.push((Vec::new(), self.call_body(comp)?));
+                }
+                self.compensate(run, report, made, &bodies, e.reason_code(), &detail).await?;
+                report.refusal = Some(Refusal { stage: Stage::Verify, reason_code: e.reason_code(), detail });
+                Err(Stop::Ended)
+            }
+        }
+    }
+}
