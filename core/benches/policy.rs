@@ -98,6 +98,7 @@ fn main() {
     let nodes: BTreeMap<String, String> =
         [("a", "n17"), ("b", "n4242"), ("c", "n9001")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
     let input = DecisionInput {
+        read_endpoints: vec![],
         capsule: Sha256Digest::of(b"bench"),
         name: "bench".into(),
         kind: Kind::Remediation,

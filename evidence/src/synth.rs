@@ -226,6 +226,7 @@ impl World {
             mounts: vec![GrantedMount { name: mount.into(), writable: true }],
         };
         let input = DecisionInput {
+            read_endpoints: vec![],
             capsule: file.digest(),
             name: format!("{}@{}", file.manifest().name, file.manifest().version),
             kind: file.manifest().kind,

@@ -6,6 +6,7 @@ mod backup;
 mod check;
 mod cli;
 mod console;
+mod endpoints;
 mod evidence;
 mod examples;
 mod harness;

@@ -16,6 +16,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("hostile", "HOSTILE"),
     ("hostile-net", "HOSTILE_NET"),
     ("hostile-import", "HOSTILE_IMPORT"),
+    ("hostile-http", "HOSTILE_HTTP"),
+    ("etcd-drift", "ETCD_DRIFT"),
 ];
 
 fn main() {

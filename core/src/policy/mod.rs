@@ -546,7 +546,7 @@ impl Policy {
 
         // 7. The final tier's ceilings.
         let req = self.tiers[tier as usize].clone();
-        let writes = input.grant.mounts.iter().any(|m| m.writable);
+        let writes = writes(input);
         if writes && !req.allow_writes {
             deny.push(Reason::new(format!("tiers.{tier}.allow_writes"), format!("tier {tier} allows no write access")));
         }
@@ -629,6 +629,11 @@ pub struct DecisionInput {
     /// Granted endpoints (logical names).
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The granted endpoints whose configured methods only read (GET,
+    /// HEAD): they touch their node for reading. Every other endpoint is a
+    /// write to its node (the runner's config says, never the capsule).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_endpoints: Vec<String>,
     /// Mount (and endpoint) name → graph node, from the runner config.
     pub nodes: BTreeMap<String, String>,
     /// The ticket the capsule's provenance names (for governance rules; never used for risk).
@@ -726,6 +731,12 @@ pub struct Decision {
     pub derivation: Option<Derivation>,
 }
 
+/// Whether the grant writes anything: a writable mount, or an endpoint
+/// whose methods change things.
+fn writes(input: &DecisionInput) -> bool {
+    input.grant.mounts.iter().any(|m| m.writable) || input.endpoints.iter().any(|e| !input.read_endpoints.contains(e))
+}
+
 fn derive(graph: &Graph, sensitive: &BTreeSet<String>, input: &DecisionInput) -> (Derivation, Sets) {
     let n = graph.len();
     let mut touched_nodes = Vec::new();
@@ -734,12 +745,13 @@ fn derive(graph: &Graph, sensitive: &BTreeSet<String>, input: &DecisionInput) ->
     let mut written = NodeSet::empty(n);
     let (mut touched_tags, mut impacted_tags, mut write_tags) = (0u64, 0u64, 0u64);
     let mut write_max: Option<Criticality> = None;
-    let touches = input
-        .grant
-        .mounts
-        .iter()
-        .map(|m| (&m.name, if m.writable { Access::Write } else { Access::Read }))
-        .chain(input.endpoints.iter().map(|e| (e, Access::Write)));
+    let touches =
+        input.grant.mounts.iter().map(|m| (&m.name, if m.writable { Access::Write } else { Access::Read })).chain(
+            input
+                .endpoints
+                .iter()
+                .map(|e| (e, if input.read_endpoints.contains(e) { Access::Read } else { Access::Write })),
+        );
     for (via, access) in touches {
         let Some(node) = input.nodes.get(via.as_str()) else { continue };
         let Some(i) = graph.index_of(node) else { continue };
@@ -788,8 +800,7 @@ fn any_node(graph: &Graph, ids: &[String], set: &NodeSet) -> bool {
 }
 
 fn matches(c: &Condition, graph: &Graph, input: &DecisionInput, d: &Derivation, s: &Sets) -> bool {
-    let writes = input.grant.mounts.iter().any(|m| m.writable);
-    c.writes.is_none_or(|w| w == writes)
+    c.writes.is_none_or(|w| w == writes(input))
         && c.endpoints.is_none_or(|e| e != input.endpoints.is_empty())
         && c.kind.is_none_or(|k| k == input.kind)
         && (c.signer_any.is_empty() || c.signer_any.contains(&input.signer))

@@ -31,6 +31,7 @@ fn nodes() -> BTreeMap<String, String> {
 
 fn input(mounts: &[(&str, bool)], kind: Kind) -> DecisionInput {
     DecisionInput {
+        read_endpoints: vec![],
         capsule: Sha256Digest::of(b"capsule"),
         name: "c".into(),
         kind,

@@ -223,6 +223,7 @@ mod example {
         ))
         .unwrap();
         let input = DecisionInput {
+            read_endpoints: vec![],
             capsule: Sha256Digest::of(b"capsule"),
             name: "c".into(),
             kind: Kind::Remediation,

@@ -141,7 +141,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
                     return Ok(Exit::Refused);
                 }
             };
-            let input = crate::pipeline::decision_input(&admitted, &gov(&c).nodes);
+            let input = crate::pipeline::decision_input(&admitted, &gov(&c).nodes, &c.endpoints);
             let s = set(&c);
             let d = s.policy.decide(&s.graph, &input);
             if json {
@@ -328,6 +328,7 @@ impl Case {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         Ok(DecisionInput {
+            read_endpoints: vec![],
             capsule: edge_core::Sha256Digest::of(self.name.as_bytes()),
             name: self.name.clone(),
             kind: self.kind,

@@ -112,9 +112,13 @@ impl Runner {
 
     /// The body a planned request's digest names (kept as an artifact when
     /// the plan was recorded).
-    fn call_body(&self, digest: Option<&Sha256Digest>) -> Result<Vec<u8>, Stop> {
+    fn call_body(&self, report: &RunReport, digest: Option<&Sha256Digest>) -> Result<Vec<u8>, Stop> {
         let Some(d) = digest else { return Ok(Vec::new()) };
-        let bytes = self.log.read_artifact(d).or_fail()?;
+        // This run's plan (tier 0), or the waiting proposal's (kept in the store).
+        let bytes = match report.call_bodies.get(d) {
+            Some(b) => Some(b.clone()),
+            None => self.log.read_artifact(d).or_fail()?,
+        };
         bytes.filter(|b| Sha256Digest::of(b) == *d).ok_or_else(|| {
             Stop::Refused(Refusal {
                 stage: Stage::Apply,
@@ -132,7 +136,7 @@ impl Runner {
         let mut bodies = Vec::with_capacity(plan.calls.len());
         for c in &plan.calls {
             let comp = c.compensation.as_ref().and_then(|r| r.body.as_ref());
-            bodies.push((self.call_body(c.request.body.as_ref())?, self.call_body(comp)?));
+            bodies.push((self.call_body(report, c.request.body.as_ref())?, self.call_body(report, comp)?));
         }
         report.barrier().await?;
         let (journal, notes) = Self::journal();
@@ -268,7 +272,7 @@ impl Runner {
                 let mut bodies = Vec::with_capacity(plan.calls.len());
                 for c in &plan.calls {
                     let comp = c.compensation.as_ref().and_then(|r| r.body.as_ref());
-                    bodies.push((Vec::new(), self.call_body(comp)?));
+                    bodies.push((Vec::new(), self.call_body(report, comp)?));
                 }
                 self.compensate(run, report, made, &bodies, e.reason_code(), &detail).await?;
                 report.refusal = Some(Refusal { stage: Stage::Verify, reason_code: e.reason_code(), detail });

@@ -36,7 +36,7 @@ impl Runner {
         let governance = report.governance.clone();
         let (evaluated, input_d) = match &governance.policy {
             Some(set) => {
-                let input = decision_input(&admitted, &governance.nodes);
+                let input = decision_input(&admitted, &governance.nodes, &self.config.endpoints);
                 let input_d = report.artifact(&canonical::to_canonical_vec(&input).or_fail()?)?;
                 (set.policy.evaluate(&set.graph, &input), Some(input_d))
             }
@@ -89,7 +89,11 @@ impl Runner {
 }
 
 /// Everything the policy decides on, from an admitted capsule.
-pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> DecisionInput {
+pub fn decision_input(
+    admitted: &Admitted,
+    nodes: &BTreeMap<String, String>,
+    endpoints: &BTreeMap<String, std::sync::Arc<crate::config::endpoints::EndpointConfig>>,
+) -> DecisionInput {
     let capsule = admitted.capsule();
     let m = capsule.file().manifest();
     DecisionInput {
@@ -100,6 +104,12 @@ pub fn decision_input(admitted: &Admitted, nodes: &BTreeMap<String, String>) -> 
         transparency: capsule.transparency(),
         grant: admitted.grant().clone(),
         endpoints: m.endpoints.clone(),
+        read_endpoints: m
+            .endpoints
+            .iter()
+            .filter(|e| endpoints.get(*e).is_some_and(|c| !c.may_write()))
+            .cloned()
+            .collect(),
         // Only the mappings this grant uses: the decision input stays small
         // and replayable.
         nodes: nodes

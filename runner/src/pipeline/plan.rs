@@ -58,7 +58,9 @@ impl Runner {
         for p in &proposed {
             for b in [&p.body, &p.compensation_body] {
                 if !b.is_empty() {
-                    bodies.push(report.artifact(b)?);
+                    let d = report.artifact(b)?;
+                    report.call_bodies.insert(d, b.clone());
+                    bodies.push(d);
                 }
             }
         }

@@ -160,6 +160,10 @@ pub struct RunReport {
     /// Numbers the run's requests to endpoints across its phases.
     #[serde(skip)]
     pub(crate) call_numbers: super::calls::CallNumbers,
+    /// The bodies of this run's planned calls, by digest (kept as
+    /// artifacts too).
+    #[serde(skip)]
+    pub(crate) call_bodies: BTreeMap<Sha256Digest, Vec<u8>>,
     /// The mount locks the run holds, until its cleanup is done.
     #[serde(skip)]
     pub(crate) mount_guards: Vec<MountGuard>,
@@ -209,6 +213,7 @@ impl RunReport {
             submitted_by: None,
             log,
             call_numbers: Default::default(),
+            call_bodies: BTreeMap::new(),
             mount_guards: Vec::new(),
             governance,
         }

@@ -1,0 +1,328 @@
+//! Governed endpoints: capsules that call a service, through the real
+//! binary, against a recording test server (what it received is the
+//! evidence that nothing unplanned got through) and a real etcd.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::{Env, FAST_LIMITS, Run, STD_IMPORTS};
+
+const TOKEN: &str = "s3cr3t-token-7f1c9e";
+
+/// One request the test server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A tiny HTTP/1.1 service (one request per connection) that records what
+/// it receives and keeps one value at `/api/item` (initially `old`).
+pub struct TestService {
+    pub port: u16,
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl TestService {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let item = Arc::new(Mutex::new(b"old".to_vec()));
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (rec, item) = (rec.clone(), item.clone());
+                std::thread::spawn(move || serve(conn, &rec, &item));
+            }
+        });
+        Self { port, received }
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// `METHOD path body` of each request, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.requests().iter().map(|r| format!("{} {} {}", r.method, r.path, r.body).trim_end().to_owned()).collect()
+    }
+}
+
+fn serve(conn: TcpStream, rec: &Mutex<Vec<Received>>, item: &Mutex<Vec<u8>>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.trim().split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; len];
+    let _ = reader.read_exact(&mut body);
+    let body_text = String::from_utf8_lossy(&body).into_owned();
+    rec.lock().unwrap().push(Received {
+        method: method.clone(),
+        path: path.clone(),
+        headers: headers.clone(),
+        body: body_text,
+    });
+    let mut out = conn;
+    let (status, extra, content): (&str, String, Vec<u8>) = match (method.as_str(), path.as_str()) {
+        ("GET", "/api/item") => ("200 OK", String::new(), item.lock().unwrap().clone()),
+        ("PUT", "/api/item") => {
+            *item.lock().unwrap() = body;
+            ("200 OK", String::new(), b"stored".to_vec())
+        }
+        ("PUT", "/api/fail") => ("500 Internal Server Error", String::new(), b"broken".to_vec()),
+        ("GET", "/api/big") => ("200 OK", String::new(), vec![b'x'; 2 << 20]),
+        ("GET", "/api/stall") => {
+            std::thread::sleep(Duration::from_secs(10));
+            return;
+        }
+        ("GET", "/api/redirect") => ("302 Found", "location: http://evil.example/steal\r\n".into(), Vec::new()),
+        ("GET", "/api/echo") => {
+            let dump: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            ("200 OK", String::new(), dump.into_bytes())
+        }
+        _ => ("404 Not Found", String::new(), Vec::new()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+        content.len()
+    );
+    let _ = out.write_all(head.as_bytes());
+    let _ = out.write_all(&content);
+}
+
+/// The imports of a capsule that calls endpoints.
+fn http_imports() -> String {
+    STD_IMPORTS.replace(
+        "\"edge-runner:capsule/host\",",
+        "\"edge-runner:capsule/host\", \"edge-runner:capsule/calls\", \"wasi:http/types\", \"wasi:http/outgoing-handler\",",
+    )
+}
+
+/// A home with endpoint `svc` (the test service under `/api`, a credential
+/// the runner attaches) and `rebind` (a name that resolves to an address
+/// it may not connect to).
+fn home(svc: &TestService) -> Env {
+    let env = Env::new();
+    std::fs::write(env.path("svc-token"), format!("{TOKEN}\n")).unwrap();
+    env.write_config(&format!(
+        "[endpoints.svc]\nnode = \"svc\"\nurl = \"http://127.0.0.1:{p}/api\"\nmethods = [\"GET\", \"PUT\", \"POST\"]\n\
+         connect = [\"127.0.0.1\"]\ncredential_header = \"X-Api-Token\"\ncredential_file = \"svc-token\"\n\
+         max_response_kib = 64\ntimeout = \"1s\"\n\n\
+         [endpoints.rebind]\nnode = \"svc\"\nurl = \"http://localhost:{p}\"\nmethods = [\"GET\"]\nconnect = [\"127.0.0.2\"]\n",
+        p = svc.port
+    ));
+    env
+}
+
+fn hostile_http(env: &Env, attack: &str) -> std::path::PathBuf {
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"svc\", \"rebind\"]\n\n\
+         [params]\nattack = \"{attack}\"\n\n[provenance]\nticket = \"TEST-1\"\n\n{FAST_LIMITS}",
+        http_imports()
+    );
+    env.capsule(&format!("http-{attack}"), test_programs::HOSTILE_HTTP, &manifest, Some("agent"))
+}
+
+fn events_of(run: &Run, kind: &str) -> Vec<serde_json::Value> {
+    run.report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"]["type"] == kind)
+        .map(|r| r["event"].clone())
+        .collect()
+}
+
+/// Export the whole log and verify it offline (the verifier checks every
+/// sent request against the approved plan).
+fn verify_offline(env: &Env) -> String {
+    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+    let args = vec![env.path("all.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = edge_evidence::cli::run(args, &mut out, &mut err, false);
+    assert_eq!(code, 0, "{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn a_planned_call_is_made_once_with_the_runners_credential_and_recorded_write_ahead() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let run = env.exec(&hostile_http(&env, "ok"));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "GET /api/item"]);
+    for r in svc.requests() {
+        let h = |k: &str| r.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(h("x-api-token").as_deref(), Some(TOKEN), "the runner attaches the credential");
+        assert_eq!(h("host"), Some(format!("127.0.0.1:{}", svc.port)));
+    }
+    // Each request: its intent, then its outcome; the apply call names the plan's call 0.
+    let ev = run.events();
+    let calls: Vec<&String> = ev.iter().filter(|e| e.starts_with("call-")).collect();
+    assert_eq!(calls, ["call-intent", "call-outcome", "call-intent", "call-outcome", "call-intent", "call-outcome"]);
+    let intents = events_of(&run, "call-intent");
+    assert_eq!(intents[1]["phase"], "apply");
+    assert_eq!(intents[1]["planned"], 0);
+    assert_eq!(intents[1]["request"]["path"], "/item");
+    assert!(ev.iter().position(|e| e == "authorized") < ev.iter().position(|e| e == "committed"));
+    assert_eq!(run.report["plan"]["calls"][0]["compensation"]["method"], "PUT");
+    // The credential is nowhere in what the runner keeps or prints.
+    let report = serde_json::to_string(&run.report).unwrap();
+    assert!(!report.contains(TOKEN) && !run.stderr.contains(TOKEN));
+    let out = verify_offline(&env);
+    assert!(!std::fs::read(env.path("all.bundle")).unwrap().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
+    assert!(out.contains("OK") || out.contains("verified"), "{out}");
+}
+
+#[test]
+fn nothing_unplanned_reaches_the_service() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    // (attack, outcome, reason code, what the service may have received)
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("undeclared", "refused", "call.undeclared_endpoint", &[]),
+        ("post-in-plan", "refused", "call.write_outside_apply", &[]),
+        ("host-header", "refused", "call.header_refused", &[]),
+        ("rebind", "refused", "egress.address_not_allowed", &[]),
+        ("redirect", "refused", "call.undeclared_endpoint", &["GET /api/redirect"]),
+        ("big", "refused", "egress.response_too_large", &["GET /api/big"]),
+        ("stall", "refused", "egress.timeout", &["GET /api/stall"]),
+        ("apply-other-method", "refused", "call.outside_plan", &["GET /api/item"]),
+        ("apply-other-path", "refused", "call.outside_plan", &["GET /api/item"]),
+        ("apply-other-body", "refused", "call.outside_plan", &["GET /api/item"]),
+        ("apply-other-host", "refused", "call.undeclared_endpoint", &["GET /api/item"]),
+        ("apply-nothing", "refused", "call.incomplete", &["GET /api/item"]),
+        // The planned call was made: its compensation is sent, nothing else.
+        (
+            "apply-twice",
+            "rolled-back",
+            "call.outside_plan",
+            &["GET /api/item", "PUT /api/item new", "PUT /api/item old"],
+        ),
+        (
+            "put-in-verify",
+            "rolled-back",
+            "call.write_outside_apply",
+            &["GET /api/item", "PUT /api/item new", "PUT /api/item old"],
+        ),
+    ];
+    for (attack, outcome, reason, expected) in cases {
+        svc.received.lock().unwrap().clear();
+        let run = env.exec(&hostile_http(&env, attack));
+        assert_eq!((run.outcome(), run.reason()), (*outcome, *reason), "{attack}: {:#}", run.report);
+        assert_eq!(svc.lines(), *expected, "{attack}: the service received something unplanned");
+        // Refusals before the request left are recorded as such; a refused
+        // address after its intent, as the call's outcome.
+        if *attack == "rebind" {
+            assert_eq!(events_of(&run, "call-outcome")[0]["reason_code"], *reason);
+        } else if expected.is_empty() || attack.starts_with("apply-other") || *attack == "redirect" {
+            let refused = events_of(&run, "call-refused");
+            assert!(!refused.is_empty(), "{attack}: no call-refused record");
+            assert_eq!(refused[0]["reason_code"], *reason, "{attack}");
+        }
+    }
+    // After all that, the log still verifies offline, call by call.
+    verify_offline(&env);
+}
+
+#[test]
+fn a_failed_verification_sends_the_compensation_and_a_failed_compensation_is_loud() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let run = env.exec(&hostile_http(&env, "verify-fails"));
+    assert_eq!((run.outcome(), run.reason()), ("rolled-back", "verify.failed"), "{:#}", run.report);
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/item old"]);
+    let intents = events_of(&run, "call-intent");
+    assert_eq!(intents.last().unwrap()["phase"], "compensate");
+
+    svc.received.lock().unwrap().clear();
+    let run = env.exec(&hostile_http(&env, "comp-fails"));
+    assert_eq!(run.outcome(), "failed", "{:#}", run.report);
+    assert_eq!(run.reason(), "verify.failed");
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/fail old"]);
+    let refused: Vec<String> = events_of(&run, "refused").iter().map(|e| e["reason_code"].to_string()).collect();
+    assert!(refused.iter().any(|r| r.contains("call.compensation_failed")), "{refused:?}");
+    let outcome = events_of(&run, "call-outcome");
+    assert_eq!(outcome.last().unwrap()["status"], 500);
+    verify_offline(&env);
+}
+
+#[test]
+fn the_injected_credential_is_never_guest_visible_nor_kept() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let run = env.exec(&hostile_http(&env, "credential"));
+    assert_eq!(run.outcome(), "no-changes", "{:#}", run.report);
+    // The service got it (the runner attached it) …
+    assert!(svc.requests()[0].headers.iter().any(|(k, v)| k == "x-api-token" && v == TOKEN));
+    // … and echoed it back; the capsule saw it redacted, as does the evidence.
+    let seen = run.report["plan"]["findings"][0]["message"].as_str().unwrap().to_owned();
+    assert!(seen.contains("x-api-token: [credential redacted]"), "{seen}");
+    let all = serde_json::to_string(&run.report).unwrap();
+    assert!(!all.contains(TOKEN) && !run.stderr.contains(TOKEN));
+    verify_offline(&env);
+    let bundle = std::fs::read(env.path("all.bundle")).unwrap();
+    assert!(!bundle.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the credential is in the export");
+}
+
+#[test]
+fn an_endpoint_config_that_is_unsafe_does_not_load() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    for (extra, says) in [
+        (
+            "[endpoints.x]\nnode = \"n\"\nurl = \"http://10.0.0.5:80\"\nmethods = [\"GET\"]\nconnect = [\"10.0.0.5\"]\n",
+            "dangerous_plain_http",
+        ),
+        (
+            "[endpoints.x]\nnode = \"n\"\nurl = \"https://svc.internal\"\nmethods = [\"GET\"]\nconnect = [\"10.0.0.5\"]\n",
+            "ca",
+        ),
+        ("[endpoints.x]\nnode = \"n\"\nurl = \"http://127.0.0.1:1\"\nmethods = [\"GET\"]\n", "connect"),
+    ] {
+        let mut text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(env.path("bad.toml"), text).unwrap();
+        let out = env.cli(&["check", "--config", "bad.toml"]);
+        assert_ne!(out.code(), 0);
+        assert!(format!("{}{}", out.stdout(), out.stderr()).contains(says), "{}{}", out.stdout(), out.stderr());
+    }
+    // A capsule asking for an endpoint the config does not define is refused at admission.
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"vault\"]\n\n[params]\nattack = \"ok\"\n",
+        http_imports()
+    );
+    let run = env.exec(&env.capsule("vault", test_programs::HOSTILE_HTTP, &manifest, Some("agent")));
+    assert_eq!(run.reason(), "admission.endpoint_not_configured", "{:#}", run.report);
+    // wasi:http without an endpoint: refused before it runs.
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\n[params]\nattack = \"ok\"\n",
+        http_imports()
+    );
+    let run = env.exec(&env.capsule("nohttp", test_programs::HOSTILE_HTTP, &manifest, Some("agent")));
+    assert_eq!(run.reason(), "admission.http_without_endpoint", "{:#}", run.report);
+    assert!(svc.lines().is_empty());
+}
