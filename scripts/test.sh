@@ -14,7 +14,7 @@ fi
 # the NATS intake tests start a real nats-server (JetStream, on 127.0.0.1).
 . scripts/lib.sh
 need_packages ssh-keygen:openssh-client ssh-agent:openssh-client sqlite3:sqlite3 chromium:chromium \
-  chromedriver:chromium-driver systemd-analyze:systemd nats-server:nats-server
+  chromedriver:chromium-driver systemd-analyze:systemd nats-server:nats-server etcd:etcd-server etcdctl:etcd-client
 if [ ! -d ../shared/vectors ]; then
   echo "error: ../shared/vectors (the published test vectors) is missing beside this checkout" >&2
   exit 1

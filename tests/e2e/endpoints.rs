@@ -326,3 +326,169 @@ fn an_endpoint_config_that_is_unsafe_does_not_load() {
     assert_eq!(run.reason(), "admission.http_without_endpoint", "{:#}", run.report);
     assert!(svc.lines().is_empty());
 }
+
+/// A real etcd (Debian's `etcd-server`) on 127.0.0.1 with a temporary data
+/// directory; stopped on drop.
+pub struct Etcd {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, peer) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("t={peer_url}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (Debian package etcd-server; scripts/test.sh installs it)");
+        let etcd = Self { child, port, _dir: dir };
+        for _ in 0..100 {
+            if etcd.ctl(&["endpoint", "health"]).status.success() {
+                return etcd;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd did not become healthy");
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://127.0.0.1:{}", self.port))
+            .args(args)
+            .output()
+            .expect("etcdctl must be installed (Debian package etcd-client)")
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        assert!(self.ctl(&["put", key, value]).status.success());
+    }
+
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.ctl(&["get", key, "--print-value-only"]);
+        assert!(out.status.success());
+        let v = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_owned();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// `[endpoints.etcd]` for this server, as the README's example shows it.
+    pub fn endpoint_config(&self, node: &str) -> String {
+        format!(
+            "[endpoints.etcd]\nnode = \"{node}\"\nurl = \"http://127.0.0.1:{}\"\nmethods = [\"POST\"]\n\
+             read_requests = [\"POST /v3/kv/range\"]\nconnect = [\"127.0.0.1\"]\ntimeout = \"5s\"\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEY: &str = "/config/checkout/max_connections";
+
+fn etcd_drift(env: &Env, extra_params: &str) -> std::path::PathBuf {
+    let manifest =
+        std::fs::read_to_string(format!("{}/examples/capsules/etcd-drift/capsule.toml", test_programs::ROOT)).unwrap();
+    let manifest = manifest.replace("value = \"512\"\n", &format!("value = \"512\"\n{extra_params}"));
+    env.capsule("etcd-drift", test_programs::ETCD_DRIFT, &manifest, Some("agent"))
+}
+
+#[test]
+fn etcd_drift_is_remediated_through_a_planned_call_and_compensated_when_verify_fails() {
+    let etcd = Etcd::start();
+    let env = Env::new();
+    env.write_config(&etcd.endpoint_config("config-store"));
+
+    // Drift: remediated, verified.
+    etcd.put(KEY, "100");
+    let run = env.exec(&etcd_drift(&env, ""));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(etcd.get(KEY).as_deref(), Some("512"));
+    let call = &run.report["plan"]["calls"][0];
+    assert_eq!(
+        (call["request"]["method"].as_str(), call["request"]["path"].as_str()),
+        (Some("POST"), Some("/v3/kv/put"))
+    );
+    assert_eq!(call["compensation"]["path"], "/v3/kv/put");
+
+    // In sync: nothing to do, nothing written.
+    let run = env.exec(&etcd_drift(&env, ""));
+    assert_eq!(run.outcome(), "no-changes", "{:#}", run.report);
+
+    // Verification fails: the runner puts the old value back.
+    etcd.put(KEY, "100");
+    let run = env.exec(&etcd_drift(&env, "verify_value = \"999\"\n"));
+    assert_eq!((run.outcome(), run.reason()), ("rolled-back", "verify.failed"), "{:#}", run.report);
+    assert_eq!(etcd.get(KEY).as_deref(), Some("100"), "the compensation restored the old value");
+
+    // The key absent before: the compensation deletes it.
+    assert!(etcd.ctl(&["del", KEY]).status.success());
+    let run = env.exec(&etcd_drift(&env, "verify_value = \"999\"\n"));
+    assert_eq!(run.outcome(), "rolled-back", "{:#}", run.report);
+    assert_eq!(run.report["plan"]["calls"][0]["compensation"]["path"], "/v3/kv/deleterange");
+    assert_eq!(etcd.get(KEY), None);
+    verify_offline(&env);
+}
+
+#[test]
+fn an_etcd_change_at_tier_2_waits_shows_its_request_and_runs_once_approved() {
+    let etcd = Etcd::start();
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    config.push('\n');
+    config.push_str(&etcd.endpoint_config("payments-config"));
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    etcd.put(KEY, "100");
+    let capsule = etcd_drift(&env, "");
+    let first = env.exec(&capsule);
+    assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
+    assert_eq!(first.report["tier"], 2, "a write to payments-config reaches the revenue path");
+    assert_eq!(etcd.get(KEY).as_deref(), Some("100"), "nothing is sent before approval");
+    let document = first.report["document"].as_str().unwrap().to_owned();
+    // What the approver is shown: the exact request, and its compensation.
+    let shown = env
+        .cli(&[
+            "approve",
+            &document,
+            "--principal",
+            "alice@bank.example",
+            "--ssh-key",
+            "keys/alice",
+            "--yes",
+            "-o",
+            "alice.approval",
+        ])
+        .success()
+        .stdout();
+    assert!(shown.contains("1.    POST etcd/v3/kv/put (application/json)"), "{shown}");
+    assert!(shown.contains("L2NvbmZpZy9jaGVja291dC9tYXhfY29ubmVjdGlvbnM"), "the body is shown: {shown}");
+    assert!(shown.contains("undo  POST etcd/v3/kv/put"), "{shown}");
+    for who in ["carol"] {
+        env.sign_approval("approve", &document, who, &format!("{who}.approval"));
+    }
+    let run = env.exec_with(&capsule, &["alice.approval", "carol.approval"]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(etcd.get(KEY).as_deref(), Some("512"));
+    verify_offline(&env);
+}

@@ -115,7 +115,7 @@ impl Env {
         std::fs::copy(root.join("examples/policy/graph.toml"), self.path("graph.toml")).unwrap();
         let pem = std::fs::read_to_string(self.path("keys/agent.pub")).unwrap();
         let policy = format!(
-            "{}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\nwritable_mounts = [\"data\", \"logs\", \"ledger\", \"config\"]\n",
+            "{}\n[[signers]]\nname = \"test-agent\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\nendpoints = [\"*\"]\nwritable_mounts = [\"data\", \"logs\", \"ledger\", \"config\"]\n",
             std::fs::read_to_string(root.join("examples/policy/policy.toml")).unwrap()
         );
         std::fs::write(self.path("policy.toml"), policy).unwrap();

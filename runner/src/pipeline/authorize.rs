@@ -189,6 +189,14 @@ impl Runner {
             plan: valid.plan().clone(),
             plan_digest: valid.digest(),
             preview: previewed.map(|p| p.document),
+            bodies: report
+                .call_bodies
+                .iter()
+                .map(|(d, b)| {
+                    use base64::Engine as _;
+                    (*d, base64::engine::general_purpose::STANDARD.encode(b))
+                })
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&proposal).or_fail()?;
         let document = report.artifact(&bytes)?;

@@ -16,6 +16,7 @@
 //! and both are read back from the durable evidence log on every start, so a
 //! replay after a restart is refused too.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -58,9 +59,29 @@ pub struct Proposal {
     /// allows. Absent when the plan changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<Sha256Digest>,
+    /// The exact bodies of the plan's calls and compensations (base64), by
+    /// the digest the plan names: what the approver sees is what is sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bodies: BTreeMap<Sha256Digest, String>,
 }
 
 impl Proposal {
+    /// The body a planned request names, checked against its digest.
+    ///
+    /// # Errors
+    /// If the document does not hold it, or it is not what the digest names.
+    pub fn body(&self, digest: &Sha256Digest) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        let text = self.bodies.get(digest).with_context(|| format!("the proposal does not hold the body {digest}"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .with_context(|| format!("the body {digest} is not base64"))?;
+        if Sha256Digest::of(&bytes) != *digest {
+            anyhow::bail!("the body held for {digest} is something else");
+        }
+        Ok(bytes)
+    }
+
     /// Recompute the capsule and plan digests from the document's content:
     /// an approver never signs digests the document does not back.
     ///
@@ -80,6 +101,13 @@ impl Proposal {
         }
         if self.decision.policy.is_none() {
             anyhow::bail!("the proposal's decision names no policy");
+        }
+        for c in &self.plan.calls {
+            for d in
+                [c.request.body.as_ref(), c.compensation.as_ref().and_then(|r| r.body.as_ref())].into_iter().flatten()
+            {
+                self.body(d)?;
+            }
         }
         Ok(())
     }
