@@ -65,12 +65,13 @@ public_key = """$(cat keys/agent.pub)"""
 kinds = ["diagnostic", "remediation"]
 mounts = ["*"]
 writable_mounts = ["config", "logs"]
+endpoints = ["etcd"]
 EOT
 "$ER" policy check --config runner.toml
 "$ER" policy test policy/cases.toml --config runner.toml
 
 step "pack and sign the capsules"
-for c in config-drift cleanup cert-expiry; do
+for c in config-drift cleanup cert-expiry etcd-drift; do
   "$ER" capsule pack --manifest "$ROOT/examples/capsules/$c/capsule.toml" \
     --component "$WASM/${c//-/_}.wasm" -o "$c.capsule" >/dev/null
   "$ER" capsule sign --key keys/agent.key "$c.capsule"

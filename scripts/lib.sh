@@ -30,7 +30,7 @@ demo_build() {
   fi
   step "build the runner, the offline verifier and the example capsules"
   cargo build --locked -p edge-runner -p edge-evidence
-  cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry
+  cargo build --locked --target wasm32-wasip2 --profile guest -p config-drift -p cleanup -p cert-expiry -p etcd-drift
   local target="${CARGO_TARGET_DIR:-$ROOT/target}"
   ER="$target/debug/edge-runner"
   EV="$target/debug/edge-verify"

@@ -29,7 +29,7 @@ mod webdriver;
 /// Every guest program must be exercised by a test here.
 #[test]
 fn every_guest_program_has_a_test() {
-    let sources: String = ["examples.rs", "hostile.rs", "policy.rs", "signatures.rs"]
+    let sources: String = ["examples.rs", "hostile.rs", "policy.rs", "signatures.rs", "endpoints.rs"]
         .iter()
         .map(|f| std::fs::read_to_string(format!("{}/../tests/e2e/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap())
         .collect();

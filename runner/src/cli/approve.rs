@@ -493,49 +493,9 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     print_grant(&p.grant, out)?;
     writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", p.plan_digest, U(&p.plan.summary))?;
     crate::cli::print_changes(&p.plan.changes, out)?;
-    print_calls(p, out)?;
+    crate::cli::show::print_calls(&crate::service::detail::call_views(&p.plan, |d| p.body(d).ok()), out)?;
     for f in &p.plan.findings {
         writeln!(out, "  finding [{}] {}: {}", f.severity, U(&f.code), U(&f.message))?;
-    }
-    Ok(())
-}
-
-/// The plan's calls, for people: each exact request (the body as text
-/// when it is text, neutralised and bounded) and the request that undoes it.
-pub(crate) fn print_calls(p: &Proposal, out: &mut dyn Write) -> Result<()> {
-    if p.plan.calls.is_empty() {
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "calls        {} request(s), sent in this order only after approval, each checked before it leaves; \
-         if verify fails the runner sends each undo, last first",
-        p.plan.calls.len()
-    )?;
-    let request = |label: &str, r: &edge_core::calls::Request, out: &mut dyn Write| -> Result<()> {
-        let ct = r.content_type.as_deref().map(|c| format!(" ({})", U(c))).unwrap_or_default();
-        writeln!(out, "  {label:<5} {}{ct}", r.line())?;
-        if let Some(d) = &r.body {
-            let body = p.body(d)?;
-            writeln!(out, "        body {} bytes, {d}", body.len())?;
-            match std::str::from_utf8(&body) {
-                Ok(text) => {
-                    for line in text.lines().take(40) {
-                        writeln!(out, "        | {}", U(&line.chars().take(200).collect::<String>()))?;
-                    }
-                }
-                Err(_) => writeln!(out, "        | (binary content)")?,
-            }
-        }
-        Ok(())
-    };
-    for (i, c) in p.plan.calls.iter().enumerate() {
-        request(&format!("{}.", i + 1), &c.request, out)?;
-        writeln!(out, "        why: {}", U(&c.why))?;
-        match &c.compensation {
-            Some(comp) => request("undo", comp, out)?,
-            None => writeln!(out, "  undo  none (a read)")?,
-        }
     }
     Ok(())
 }

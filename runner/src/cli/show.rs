@@ -11,6 +11,8 @@ use edge_core::preview::{DiffLine, FilePreview, Shown};
 use edge_core::text::{Untrusted as U, line};
 use serde_json::Value;
 
+use crate::service::detail::{CallView, RequestView};
+
 /// One file's header and diff lines.
 pub fn print_file(f: &FilePreview, lines: &[DiffLine], out: &mut dyn Write) -> Result<()> {
     let (added, removed) = edge_core::preview::changed_lines(lines);
@@ -92,6 +94,9 @@ pub fn print_detail(v: &Value, now: u64, out: &mut dyn Write) -> Result<()> {
         };
         print_file(&file, &lines, out)?;
     }
+    if let Ok(calls) = serde_json::from_value::<Vec<CallView>>(v["calls"].clone()) {
+        print_calls(&calls, out)?;
+    }
     for f in v["findings"].as_array().into_iter().flatten() {
         writeln!(out, "finding      [{}] {}: {}", s(&f["severity"]), s(&f["code"]), s(&f["message"]))?;
     }
@@ -143,4 +148,43 @@ fn strip_lines(f: &Value) -> Value {
         o.remove("lines");
     }
     f
+}
+
+/// The plan's calls, for people: each exact request (its body as text when
+/// it is text, neutralised) and the request that undoes it.
+pub fn print_calls(calls: &[CallView], out: &mut dyn Write) -> Result<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "calls        {} request(s), sent in this order only after approval, each checked before it leaves; \
+         if verify fails the runner sends each undo, last first",
+        calls.len()
+    )?;
+    let request = |label: &str, r: &RequestView, out: &mut dyn Write| -> Result<()> {
+        let ct = r.content_type.as_deref().map(|c| format!(" ({})", U(c))).unwrap_or_default();
+        writeln!(out, "  {label:<5} {}{ct}", U(&r.line))?;
+        if let Some(d) = &r.body_digest {
+            writeln!(out, "        body {} bytes, {d}", r.body_bytes)?;
+            match &r.body_text {
+                Some(text) => {
+                    for l in text.lines().take(40) {
+                        writeln!(out, "        | {}", U(&l.chars().take(200).collect::<String>()))?;
+                    }
+                }
+                None => writeln!(out, "        | (binary content)")?,
+            }
+        }
+        Ok(())
+    };
+    for (i, c) in calls.iter().enumerate() {
+        request(&format!("{}.", i + 1), &c.request, out)?;
+        writeln!(out, "        why: {}", U(&c.why))?;
+        match &c.undo {
+            Some(u) => request("undo", u, out)?,
+            None => writeln!(out, "  undo  none (a read)")?,
+        }
+    }
+    Ok(())
 }

@@ -278,7 +278,8 @@ fn change(b: &mut String, d: &ProposalDetail) {
     if let Some(s) = &d.summary {
         let _ = write!(b, "<p><span class=\"hint\">The capsule's own summary:</span> <q>{}</q></p>", esc(s));
     }
-    if d.files.is_empty() {
+    calls(b, d);
+    if d.files.is_empty() && d.calls.is_empty() {
         b.push_str("<p>No file changes.</p>");
     } else {
         let _ = write!(
@@ -291,6 +292,51 @@ fn change(b: &mut String, d: &ProposalDetail) {
         file(b, f);
     }
     b.push_str("</section>");
+}
+
+/// The plan's calls: each exact request as it will leave, in order, and
+/// the request the runner sends to undo it.
+fn calls(b: &mut String, d: &ProposalDetail) {
+    if d.calls.is_empty() {
+        return;
+    }
+    let _ = write!(
+        b,
+        "<p>{} request(s) to services, sent in this order only after approval; the runner checks each one \
+against this plan before it leaves and refuses anything else. If verification fails it sends each \
+<em>undo</em>, last first.</p><ol class=\"calls\">",
+        d.calls.len()
+    );
+    let request = |b: &mut String, label: &str, r: &crate::service::detail::RequestView| {
+        let _ = write!(
+            b,
+            "<div class=\"req\"><span class=\"hint\">{label}</span> <code>{}</code>{}",
+            esc(&r.line),
+            r.content_type.as_deref().map(|c| format!(" <small>({})</small>", esc(c))).unwrap_or_default()
+        );
+        if let Some(dg) = &r.body_digest {
+            let _ = write!(b, "<div class=\"hint\">body: {} bytes, <code>{dg}</code></div>", r.body_bytes);
+            match &r.body_text {
+                Some(t) => {
+                    let lines: Vec<String> = t.lines().map(esc_content).collect();
+                    let _ = write!(b, "<pre class=\"body\">{}</pre>", lines.join("\n"));
+                }
+                None => b.push_str("<p class=\"hint\">(binary content)</p>"),
+            }
+        }
+        b.push_str("</div>");
+    };
+    for c in &d.calls {
+        b.push_str("<li class=\"call\">");
+        request(b, "request", &c.request);
+        let _ = write!(b, "<p><span class=\"hint\">why (the capsule's words):</span> <q>{}</q></p>", esc(&c.why));
+        match &c.undo {
+            Some(u) => request(b, "undo", u),
+            None => b.push_str("<p class=\"hint\">undo: none (a read)</p>"),
+        }
+        b.push_str("</li>");
+    }
+    b.push_str("</ol>");
 }
 
 fn file(b: &mut String, f: &FileDiff) {

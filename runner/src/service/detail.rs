@@ -35,6 +35,9 @@ pub struct ProposalDetail {
     pub findings: Vec<Finding>,
     /// Each changed file as previewed: what it shows, and its diff lines.
     pub files: Vec<FileDiff>,
+    /// Each planned call to an endpoint: the exact request and its undo.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<QuorumView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -52,6 +55,58 @@ pub struct FileDiff {
 /// Every file of a preview, with its rendered diff.
 pub fn files(shown: &Shown) -> Vec<FileDiff> {
     shown.preview.files.iter().map(|f| FileDiff { file: f.clone(), lines: shown.render(f) }).collect()
+}
+
+/// A planned call as people read it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CallView {
+    pub request: RequestView,
+    pub why: String,
+    /// The request the runner sends to undo it if `verify` fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<RequestView>,
+}
+
+/// One request: `METHOD endpoint/path`, and its body.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RequestView {
+    pub line: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_digest: Option<Sha256Digest>,
+    #[serde(default)]
+    pub body_bytes: usize,
+    /// The body when it is UTF-8 (at most [`MAX_SHOWN_BODY`] bytes; the
+    /// digest covers all of it). Capsule text: renderers neutralise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_text: Option<String>,
+}
+
+/// Most bytes of a request body shown to people.
+pub const MAX_SHOWN_BODY: usize = 16 << 10;
+
+/// The plan's calls for people, with the bodies `body` finds by digest.
+pub fn call_views(plan: &Plan, body: impl Fn(&Sha256Digest) -> Option<Vec<u8>>) -> Vec<CallView> {
+    let request = |r: &edge_core::calls::Request| {
+        let bytes = r.body.as_ref().and_then(&body).unwrap_or_default();
+        let text = std::str::from_utf8(&bytes[..bytes.len().min(MAX_SHOWN_BODY)]).ok().map(str::to_owned);
+        RequestView {
+            line: r.line(),
+            content_type: r.content_type.clone(),
+            body_digest: r.body,
+            body_bytes: bytes.len(),
+            body_text: text.filter(|t| !t.is_empty()),
+        }
+    };
+    plan.calls
+        .iter()
+        .map(|c| CallView {
+            request: request(&c.request),
+            why: c.why.clone(),
+            undo: c.compensation.as_ref().map(request),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +167,7 @@ impl Runner {
             age_secs: now.saturating_sub(u64::try_from(submitted).unwrap_or(0)),
             expires_at,
             provenance,
+            calls: plan.as_ref().map(|p| call_views(p, artifact)).unwrap_or_default(),
             summary: plan.map(|p| p.summary),
             findings,
             files,
