@@ -165,6 +165,36 @@ fn rule_conditions_truth_table() {
 }
 
 #[test]
+fn an_endpoint_is_a_write_unless_the_config_says_it_only_reads() {
+    let text = format!(
+        "{POLICY}{}endpoints = [\"*\"]\n",
+        signer_block("agent", "\"config\", \"logs\", \"ledger\"").trim_end().to_owned() + "\n"
+    );
+    let (p, g) = (Policy::from_toml(&text).unwrap(), Graph::from_toml(GRAPH).unwrap());
+    let mut i = input(&[], Kind::Remediation);
+    i.endpoints = vec!["etcd".into()];
+    i.nodes.insert("etcd".into(), "payments-config".into());
+    // Writing through the API reaches the revenue path, like writing its files.
+    let d = p.decide(&g, &i);
+    assert!(d.allowed, "{:?}", d.reasons);
+    assert_eq!(d.tier, 2, "{:?}", d.reasons);
+    let touched = &d.derivation.as_ref().unwrap().touched;
+    assert_eq!(touched[0].access, Access::Write);
+    // The same endpoint configured with reads only: a read of its node, and
+    // the example policy still wants a human for any call (tier 1).
+    i.read_endpoints = vec!["etcd".into()];
+    let d = p.decide(&g, &i);
+    assert_eq!(d.derivation.as_ref().unwrap().touched[0].access, Access::Read);
+    assert_eq!(d.tier, 1, "{:?}", d.reasons);
+    assert!(rules_fired(&d).contains(&"rules.endpoint-calls"), "{:?}", d.reasons);
+    // A tier that allows no endpoints refuses them, whatever the rest says.
+    let strict = Policy::from_toml(&text.replace("allow_endpoints = true", "allow_endpoints = false")).unwrap();
+    let d = strict.decide(&g, &i);
+    assert!(!d.allowed);
+    assert!(d.reasons.iter().any(|r| r.rule.ends_with("allow_endpoints")), "{:?}", d.reasons);
+}
+
+#[test]
 fn signer_permissions_are_enforced() {
     let g = Graph::from_toml(GRAPH).unwrap();
     let key = CapsuleSigningKey::generate();

@@ -3,7 +3,8 @@
 //! method, path, body or `Host` than planned, twice, writing outside
 //! `apply`, following a redirect elsewhere, reading the injected
 //! credential. Benign modes (`ok`, `verify-fails`, `comp-fails`) exercise
-//! planning, apply and compensation. The endpoint is `svc`.
+//! planning, apply and compensation; `reads` makes `count` reads (the
+//! endpoint-call benchmark). The endpoint is `svc`.
 
 use capsule_sdk::http::{self, Request};
 use capsule_sdk::{Capsule, Ctx, Level, Plan, PlanBuilder, Severity, Verification, export_capsule, log};
@@ -65,7 +66,16 @@ impl Capsule for Hostile {
                 plan.finding(Severity::Info, "seen.env", env.join(";"), None);
                 log(Level::Info, &format!("echo: {seen}"));
             }
-            "propose-in-apply" => {}
+            // Benign: `count` reads (the endpoint-call benchmark).
+            "reads" => {
+                let n: usize = ctx.param("count").and_then(|c| c.parse().ok()).unwrap_or(1);
+                for _ in 0..n {
+                    let r = http::send(&Request::get(EP, "/item"))?;
+                    if !r.ok() {
+                        return Err(format!("read answered {}", r.status));
+                    }
+                }
+            }
             _ => {
                 // The apply attacks share one planned call.
                 let current = http::send(&Request::get(EP, "/item"))?;
@@ -100,6 +110,7 @@ impl Capsule for Hostile {
                 Ok(Verification::new(true, format!("wrote in verify: {r:?}")))
             }
             "verify-fails" | "comp-fails" => Ok(Verification::new(false, "the fix did not hold")),
+            "reads" => Ok(Verification::new(true, "nothing to check")),
             _ => {
                 let r = http::send(&Request::get(EP, "/item"))?;
                 Ok(Verification::new(r.ok(), format!("item answered {}", r.status)))
