@@ -31,12 +31,11 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use edge_runner::config::RunnerConfig;
 use edge_runner::pipeline::Runner;
 use http_body_util::{BodyExt, Full};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -155,7 +154,8 @@ impl WasiHttpHooks for PlainSender {
                 .await
                 .map_err(|e| internal(e.to_string()))?
                 .to_bytes();
-            let resp = http::Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+            let resp =
+                http::Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
             Ok((resp, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
@@ -287,11 +287,16 @@ fn main() -> anyhow::Result<()> {
     let _ = server.kill();
     let (g, gn, w, b) = (median(gov), median(gov_nowait), median(wait), median(bare));
     let ratio = gn.as_secs_f64() / b.as_secs_f64();
-    println!("governed endpoint call vs bare wasmtime-wasi-http ({iters} rounds of {calls_per_run} calls, medians per call)");
+    println!(
+        "governed endpoint call vs bare wasmtime-wasi-http ({iters} rounds of {calls_per_run} calls, medians per call)"
+    );
     println!("  governed call (total)                {:>12}", us(g));
     println!("  durable wait per call                {:>12}   (the intent's fsync before the request leaves)", us(w));
     println!("  governed call, minus the durable wait {:>11}", us(gn));
-    println!("  bare wasmtime-wasi-http call         {:>12}   (same engine, component and transport; no checks, no records)", us(b));
+    println!(
+        "  bare wasmtime-wasi-http call         {:>12}   (same engine, component and transport; no checks, no records)",
+        us(b)
+    );
     println!(
         "  governed minus durable wait / bare   {ratio:>11.2}x   (target <= 1.3x: {})",
         if ratio <= 1.3 { "met" } else { "NOT met" }

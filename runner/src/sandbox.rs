@@ -70,7 +70,7 @@ pub use authority::{Authority, Prepared};
 pub use bindings::CapsulePre;
 use bindings::edge_runner::capsule::{calls as wit_calls, host as wit_host, types as wit};
 use convert::{finding_from_wit, plan_from_wit, plan_to_wit};
-pub use egress::{CallMode, CallNote, Gate, Journal, Proposed};
+pub use egress::{CallLog, CallMode, Gate, Proposed};
 use phase::{BLOCKED_GRACE, OwnedInput, PHASE_RUNTIME, run_phase};
 
 /// What a phase's export call returns: the guest's answer, when it comes.
@@ -568,19 +568,19 @@ impl Sandbox {
 
     /// Run `plan` with the mounts read-only. Needs a [`Decided`] capsule,
     /// and runs the component admitted for it. Reads to granted endpoints
-    /// may leave (recorded through `journal`); the calls it proposes come
-    /// back in the plan, with their bodies.
+    /// may leave (recorded in `log`, which comes back); the calls it
+    /// proposes come back in the plan, with their bodies.
     pub async fn plan(
         &self,
         decided: &Decided,
         prepared: &Prepared,
-        journal: Option<Journal>,
-    ) -> (Result<(core_plan::Plan, Vec<Proposed>), SandboxError>, Captured) {
+        log: CallLog,
+    ) -> (Result<(core_plan::Plan, Vec<Proposed>), SandboxError>, Captured, Option<CallLog>) {
         if let Err(e) = prepared.made_for(decided.admitted()) {
-            return (Err(e), Captured::default());
+            return (Err(e), Captured::default(), Some(log));
         }
         let grant = decided.admitted().grant();
-        let gate = Gate::new(CallMode::Plan, prepared.endpoints(), Vec::new(), journal);
+        let gate = Gate::new(CallMode::Plan, prepared.endpoints(), Vec::new(), Some(log));
         let input = prepared.input(&prepared.mounts, &gate);
         let (result, captured) = self
             .run(&prepared.pre, grant, &input, Phase::Plan, |c, s, ctx| {
@@ -595,7 +595,7 @@ impl Sandbox {
             plan.calls = proposed.iter().map(|p| p.call.clone()).collect();
             (plan, proposed)
         });
-        (result, captured)
+        (result, captured, gate.take_log())
     }
 
     /// Run `apply` against the staged copies of the writable mounts (every
@@ -647,12 +647,12 @@ impl Sandbox {
         &self,
         run: &Authority,
         bodies: Vec<(Vec<u8>, Vec<u8>)>,
-        journal: Journal,
+        log: CallLog,
     ) -> (Result<(), SandboxError>, Captured, Arc<Gate>) {
         let plan = run.authorized.plan().plan();
         let grant = run.authorized.admitted().grant();
         let planned = plan.calls.iter().cloned().zip(bodies).map(|(c, (b, cb))| (c, b, cb)).collect();
-        let gate = Gate::new(CallMode::Apply, run.prepared.endpoints(), planned, Some(journal));
+        let gate = Gate::new(CallMode::Apply, run.prepared.endpoints(), planned, Some(log));
         let input = run.prepared.input(&run.prepared.mounts, &gate);
         let wp = plan_to_wit(plan);
         let (result, captured) = self
@@ -675,11 +675,11 @@ impl Sandbox {
     pub async fn verify(
         &self,
         run: &Authority,
-        journal: Option<Journal>,
-    ) -> (Result<Verification, SandboxError>, Captured) {
+        log: CallLog,
+    ) -> (Result<Verification, SandboxError>, Captured, Option<CallLog>) {
         let wp = plan_to_wit(run.authorized.plan().plan());
         let grant = run.authorized.admitted().grant();
-        let gate = Gate::new(CallMode::Verify, run.prepared.endpoints(), Vec::new(), journal);
+        let gate = Gate::new(CallMode::Verify, run.prepared.endpoints(), Vec::new(), Some(log));
         let input = run.prepared.input(&run.prepared.mounts, &gate);
         let (result, captured) = self
             .run(&run.prepared.pre, grant, &input, Phase::Verify, move |c, s, ctx| {
@@ -698,7 +698,7 @@ impl Sandbox {
             }
             Ok(Verification { passed: v.passed, summary: v.summary, findings })
         });
-        (result, captured)
+        (result, captured, gate.take_log())
     }
 
     /// Run one phase on a blocking-pool thread, in its own single-thread

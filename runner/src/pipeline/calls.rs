@@ -6,93 +6,37 @@
 //! recorded compensations of the calls made, in reverse order, and records
 //! each outcome. A compensation that fails ends the run `failed`, loudly.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Outcome};
-use tokio::sync::mpsc;
 
 use super::Runner;
 use super::run::{Fails, Refusal, RunReport, Stage, Stop};
 use crate::sandbox::Authority;
-use crate::sandbox::egress::{self, CallNote, CallResult};
-
-type Notes = mpsc::UnboundedReceiver<(CallNote, Option<tokio::sync::oneshot::Sender<Result<(), String>>>)>;
-
-/// Numbers a run's requests across its phases (each phase's gate numbers
-/// its own from 1).
-#[derive(Debug, Default)]
-pub(crate) struct CallNumbers {
-    next: u32,
-    phase: BTreeMap<u32, u32>,
-}
+use crate::sandbox::CallLog;
+use crate::sandbox::egress::{self, CallResult};
 
 impl Runner {
-    /// A journal for one phase's gate, and where its notes arrive.
-    pub(crate) fn journal() -> (egress::Journal, Notes) {
-        mpsc::unbounded_channel()
-    }
-
-    /// Run `phase` while recording what its gate reports: each intent is
-    /// made durable before its request may leave.
-    pub(crate) async fn journaled<T>(
-        &self,
-        report: &mut RunReport,
-        mut notes: Notes,
-        phase: impl Future<Output = T>,
-    ) -> Result<T, Stop> {
-        let mut numbers = std::mem::take(&mut report.call_numbers);
-        numbers.phase.clear();
-        tokio::pin!(phase);
-        let out = loop {
-            tokio::select! {
-                out = &mut phase => break out,
-                Some((note, ack)) = notes.recv() => self.note(report, &mut numbers, note, ack).await?,
-            }
-        };
-        // What the gate said last (an outcome just before the phase returned).
-        while let Ok((note, ack)) = notes.try_recv() {
-            self.note(report, &mut numbers, note, ack).await?;
-        }
-        report.call_numbers = numbers;
-        Ok(out)
-    }
-
-    async fn note(
-        &self,
-        report: &mut RunReport,
-        numbers: &mut CallNumbers,
-        note: CallNote,
-        ack: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    ) -> Result<(), Stop> {
-        match note {
-            CallNote::Refused { phase, request, reason_code, detail } => report.record(Event::CallRefused {
-                phase: phase.into(),
-                request,
-                reason_code: reason_code.into(),
-                detail: self.redact(&detail),
+    /// Where a phase's gate records the run's requests (its own log,
+    /// handed back with [`Runner::absorb_calls`]).
+    pub(crate) fn call_log(&self, report: &RunReport) -> CallLog {
+        let env: Vec<(String, String)> = self.config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        CallLog {
+            run: report.run.clone(),
+            log: self.log.run_log(),
+            calls: report.calls_made,
+            redact: Arc::new(move |s: &str| {
+                super::run::redact_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())), s)
             }),
-            CallNote::Intent { phase, call, planned, request, body } => {
-                numbers.next += 1;
-                numbers.phase.insert(call, numbers.next);
-                let call = numbers.next;
-                let durable = async {
-                    if !body.is_empty() {
-                        report.artifact(&body)?;
-                    }
-                    report.record(Event::CallIntent { phase: phase.into(), call, planned, request })?;
-                    report.barrier().await
-                }
-                .await;
-                if let Some(ack) = ack {
-                    let _ = ack.send(durable.as_ref().map(drop).map_err(|_| "the intent is not durable".to_owned()));
-                }
-                durable
-            }
-            CallNote::Outcome { call, result } => {
-                let call = numbers.phase.get(&call).copied().unwrap_or(0);
-                self.record_outcome(report, call, result)
-            }
+        }
+    }
+
+    /// Take back what a phase's gate recorded.
+    pub(crate) fn absorb_calls(report: &mut RunReport, log: Option<CallLog>) {
+        if let Some(l) = log {
+            report.calls_made = l.calls;
+            report.log.absorb(l.log);
         }
     }
 
@@ -139,9 +83,9 @@ impl Runner {
             bodies.push((self.call_body(report, c.request.body.as_ref())?, self.call_body(report, comp)?));
         }
         report.barrier().await?;
-        let (journal, notes) = Self::journal();
-        let (result, captured, gate) =
-            self.journaled(report, notes, self.sandbox.apply_calls(run, bodies.clone(), journal)).await?;
+        let log = self.call_log(report);
+        let (result, captured, gate) = self.sandbox.apply_calls(run, bodies.clone(), log).await;
+        Self::absorb_calls(report, gate.take_log());
         self.store_output(report, "apply", captured)?;
         let made = gate.planned_done();
         match result {
@@ -185,10 +129,8 @@ impl Runner {
         let mut failed = Vec::new();
         for i in (0..made.min(plan.calls.len())).rev() {
             let Some(comp) = &plan.calls[i].compensation else { continue };
-            let mut numbers = std::mem::take(&mut report.call_numbers);
-            numbers.next += 1;
-            let call = numbers.next;
-            report.call_numbers = numbers;
+            report.calls_made += 1;
+            let call = report.calls_made;
             report.record(Event::CallIntent {
                 phase: "compensate".into(),
                 call,

@@ -46,9 +46,9 @@ impl Runner {
         // (its cleanup included: see `Runner::exec_capsule`).
         report.mount_guards = self.lock_mounts(grant).await;
         report.barrier().await?;
-        let (journal, notes) = Self::journal();
-        let (planned, captured) =
-            self.journaled(report, notes, self.sandbox.plan(decided, prepared, Some(journal))).await?;
+        let log = self.call_log(report);
+        let (planned, captured, log) = self.sandbox.plan(decided, prepared, log).await;
+        Self::absorb_calls(report, log);
         let output = self.store_output(report, "plan", captured)?;
         let file = decided.admitted().capsule().file();
         let (planned, proposed) = planned.map_err(PlanError::from)?;

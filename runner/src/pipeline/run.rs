@@ -157,9 +157,10 @@ pub struct RunReport {
     /// The run's appends to the evidence log (its records, once durable).
     #[serde(skip)]
     pub(crate) log: RunLog,
-    /// Numbers the run's requests to endpoints across its phases.
+    /// The run's requests to endpoints so far (they are numbered across
+    /// its phases).
     #[serde(skip)]
-    pub(crate) call_numbers: super::calls::CallNumbers,
+    pub(crate) calls_made: u32,
     /// The bodies of this run's planned calls, by digest (kept as
     /// artifacts too).
     #[serde(skip)]
@@ -212,7 +213,7 @@ impl RunReport {
             records: Vec::new(),
             submitted_by: None,
             log,
-            call_numbers: Default::default(),
+            calls_made: 0,
             call_bodies: BTreeMap::new(),
             mount_guards: Vec::new(),
             governance,
@@ -288,14 +289,20 @@ impl Runner {
     /// The plan is bound to its digest and cannot be rewritten: a capsule
     /// could still encode a granted value there (docs/foundation.md).
     pub(crate) fn redact(&self, s: &str) -> String {
-        let mut out = s.to_owned();
-        for (name, value) in &self.config.env {
-            if value.len() >= 4 && out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), &format!("[env {name} redacted]"));
-            }
-        }
-        out
+        redact_env(self.config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())), s)
     }
+}
+
+/// `s` with every granted environment value (of 4 bytes or more) replaced
+/// by a mark naming its variable.
+pub(crate) fn redact_env<'a>(env: impl Iterator<Item = (&'a str, &'a str)>, s: &str) -> String {
+    let mut out = s.to_owned();
+    for (name, value) in env {
+        if value.len() >= 4 && out.contains(value) {
+            out = out.replace(value, &format!("[env {name} redacted]"));
+        }
+    }
+    out
 }
 
 fn truncate(mut s: String, max: usize) -> String {

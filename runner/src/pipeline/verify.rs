@@ -75,8 +75,11 @@ impl Runner {
 
     /// Run `verify` and record its result.
     pub(crate) async fn check(&self, run: &Authority, report: &mut RunReport) -> Result<Result<(), VerifyError>, Stop> {
-        let (journal, notes) = Self::journal();
-        let (verified, captured) = self.journaled(report, notes, self.sandbox.verify(run, Some(journal))).await?;
+        // (What the phase's gate records follows the run's records so far.)
+        report.barrier().await?;
+        let log = self.call_log(report);
+        let (verified, captured, log) = self.sandbox.verify(run, log).await;
+        Self::absorb_calls(report, log);
         let output = self.store_output(report, "verify", captured)?;
         let v = match verified {
             Ok(v) => v,

@@ -35,11 +35,12 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use edge_core::Sha256Digest;
 use edge_core::calls::{Call, CallCursor, Request, check_path};
+use edge_core::evidence::Event;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{mpsc, oneshot};
 use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::config::endpoints::EndpointConfig;
+use crate::store::log::RunLog;
 
 /// How much of a response body the evidence keeps (the digest covers all of it).
 pub const KEPT_RESPONSE_BYTES: usize = 64 << 10;
@@ -93,21 +94,75 @@ pub struct CallResult {
     pub detail: Option<String>,
 }
 
-/// What the gate tells the run about each request; the run records it.
-#[derive(Debug)]
-pub enum CallNote {
-    /// Refused before it left.
-    Refused { phase: &'static str, request: Option<Request>, reason_code: &'static str, detail: String },
-    /// About to leave: answered once it is durable. `body` is the exact
-    /// request body (kept as an artifact; `request.body` is its digest).
-    Intent { phase: &'static str, call: u32, planned: Option<u32>, request: Request, body: Vec<u8> },
-    /// What came back.
-    Outcome { call: u32, result: CallResult },
+/// Where a phase's gate records its requests: the run's evidence log,
+/// written from the phase's own thread (an intent is durable before its
+/// request leaves, with no hop through another task). The run takes it
+/// back after the phase ([`Gate::take_log`]) and keeps its records.
+pub struct CallLog {
+    pub run: String,
+    pub log: RunLog,
+    /// The run's requests so far (numbers continue across phases).
+    pub calls: u32,
+    /// Takes granted secret values out of text kept as evidence.
+    pub redact: Arc<dyn Fn(&str) -> String + Send + Sync>,
 }
 
-/// Where notes go: the run serves it while the phase runs. An intent waits
-/// for the answer (`Ok` once durable).
-pub type Journal = mpsc::UnboundedSender<(CallNote, Option<oneshot::Sender<Result<(), String>>>)>;
+impl std::fmt::Debug for CallLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallLog").field("run", &self.run).field("calls", &self.calls).finish_non_exhaustive()
+    }
+}
+
+impl CallLog {
+    fn refused(
+        &mut self,
+        phase: &str,
+        request: Option<Request>,
+        reason_code: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        let detail = (self.redact)(detail);
+        let event = Event::CallRefused { phase: phase.into(), request, reason_code: reason_code.into(), detail };
+        self.log.append_deferred(&self.run, event)
+    }
+
+    /// Record an intent and make it durable; returns the request's number.
+    pub async fn intent(
+        &mut self,
+        phase: &str,
+        planned: Option<u32>,
+        request: &Request,
+        body: &[u8],
+    ) -> anyhow::Result<u32> {
+        self.calls += 1;
+        let call = self.calls;
+        if !body.is_empty() {
+            self.log.put_artifact(body)?;
+        }
+        let event = Event::CallIntent { phase: phase.into(), call, planned, request: request.clone() };
+        self.log.append_deferred(&self.run, event)?;
+        self.log.barrier().await?;
+        Ok(call)
+    }
+
+    /// Record what came back (durable by the next barrier).
+    pub fn outcome(&mut self, call: u32, r: CallResult) -> anyhow::Result<()> {
+        let content = if r.content.is_empty() { None } else { Some(self.log.put_artifact(&r.content)?) };
+        self.log.append_deferred(
+            &self.run,
+            Event::CallOutcome {
+                call,
+                status: r.status,
+                headers: r.headers.into_iter().collect(),
+                body: r.body,
+                bytes: r.bytes,
+                content,
+                reason_code: r.reason_code.map(str::to_owned),
+                detail: r.detail.map(|d| (self.redact)(&d)),
+            },
+        )
+    }
+}
 
 /// A call proposed during `plan`, with the bodies its digests name.
 #[derive(Debug, Clone)]
@@ -133,20 +188,34 @@ pub struct Gate {
     planned: Vec<Call>,
     /// The planned calls' bodies (what `calls.planned` returns).
     planned_bodies: Vec<(Vec<u8>, Vec<u8>)>,
-    journal: Option<Journal>,
+    /// Where requests are recorded (taken back by the run after the phase).
+    log: tokio::sync::Mutex<Option<CallLog>>,
     state: Mutex<GateState>,
 }
 
 impl Gate {
-    /// A gate for one phase. `planned` (with its bodies) only for `apply`.
+    /// A gate for one phase. `planned` (with its bodies) only for `apply`;
+    /// without a `log`, nothing may leave (a request cannot be recorded).
     pub fn new(
         mode: CallMode,
         endpoints: BTreeMap<String, Arc<EndpointConfig>>,
         planned: Vec<(Call, Vec<u8>, Vec<u8>)>,
-        journal: Option<Journal>,
+        log: Option<CallLog>,
     ) -> Arc<Self> {
         let (planned, planned_bodies) = planned.into_iter().map(|(c, b, cb)| (c, (b, cb))).unzip();
-        Arc::new(Self { mode, endpoints, planned, planned_bodies, journal, state: Mutex::default() })
+        Arc::new(Self {
+            mode,
+            endpoints,
+            planned,
+            planned_bodies,
+            log: tokio::sync::Mutex::new(log),
+            state: Mutex::default(),
+        })
+    }
+
+    /// After the phase: the log its requests were recorded in.
+    pub fn take_log(&self) -> Option<CallLog> {
+        self.log.try_lock().ok().and_then(|mut l| l.take())
     }
 
     /// A gate that lets nothing out.
@@ -210,27 +279,15 @@ impl Gate {
         }
     }
 
-    /// Refuse a request before it leaves: note it, remember the violation.
-    fn refuse(&self, request: Option<Request>, reason_code: &'static str, detail: String) -> HttpError {
-        self.violate(reason_code, detail.clone());
-        if let Some(j) = &self.journal {
-            let _ = j.send((CallNote::Refused { phase: self.mode.phase(), request, reason_code, detail }, None));
+    /// Refuse a request before it leaves: record it, remember the violation.
+    async fn refuse(&self, request: Option<Request>, reason_code: &'static str, detail: String) -> HttpError {
+        if let Some(log) = self.log.lock().await.as_mut()
+            && let Err(e) = log.refused(self.mode.phase(), request, reason_code, &detail)
+        {
+            tracing::error!(error = %format!("{e:#}"), "a refused request could not be recorded");
         }
+        self.violate(reason_code, detail);
         HttpError::HttpRequestDenied
-    }
-
-    fn note(&self, note: CallNote) {
-        if let Some(j) = &self.journal {
-            let _ = j.send((note, None));
-        }
-    }
-
-    /// Record an intent and wait until it is durable.
-    async fn intent(&self, note: CallNote) -> Result<(), String> {
-        let Some(j) = &self.journal else { return Err("no evidence journal for this phase".into()) };
-        let (tx, rx) = oneshot::channel();
-        j.send((note, Some(tx))).map_err(|_| "the run is no longer listening".to_owned())?;
-        rx.await.map_err(|_| "the run is no longer listening".to_owned())?
     }
 
     /// Check one request, record it, send it, record what came back.
@@ -238,39 +295,45 @@ impl Gate {
         let (parts, body) = request.into_parts();
         let host = parts.uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let Some(ep) = self.endpoints.get(&host).cloned() else {
-            return Err(self.refuse(
-                None,
-                "call.undeclared_endpoint",
-                format!(
-                    "request to `{}`, which is not an endpoint granted to this capsule (granted: {})",
-                    edge_core::text::line(&host),
-                    if self.endpoints.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        self.endpoints.keys().cloned().collect::<Vec<_>>().join(", ")
-                    }
-                ),
-            ));
+            return Err(self
+                .refuse(
+                    None,
+                    "call.undeclared_endpoint",
+                    format!(
+                        "request to `{}`, which is not an endpoint granted to this capsule (granted: {})",
+                        edge_core::text::line(&host),
+                        if self.endpoints.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            self.endpoints.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                )
+                .await);
         };
         let method = parts.method.as_str().to_owned();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let shown = edge_core::text::line(&format!("{method} {}{path}", ep.name)).into_owned();
         if !ep.methods.contains(&method) {
-            return Err(self.refuse(
-                None,
-                "call.method_not_allowed",
-                format!("{shown}: endpoint `{}` allows {}", ep.name, ep.methods.join(", ")),
-            ));
+            return Err(self
+                .refuse(
+                    None,
+                    "call.method_not_allowed",
+                    format!("{shown}: endpoint `{}` allows {}", ep.name, ep.methods.join(", ")),
+                )
+                .await);
         }
         if let Err(why) = check_path(&path) {
-            return Err(self.refuse(None, "call.bad_path", format!("{shown}: {why}")));
+            return Err(self.refuse(None, "call.bad_path", format!("{shown}: {why}")).await);
         }
         if let Some(h) = parts.headers.keys().find(|h| !GUEST_HEADERS.contains(&h.as_str())) {
-            return Err(self.refuse(
-                None,
-                "call.header_refused",
-                format!("{shown} sets header `{h}`; a capsule may set only content-type and accept"),
-            ));
+            return Err(self
+                .refuse(
+                    None,
+                    "call.header_refused",
+                    format!("{shown} sets header `{h}`; a capsule may set only content-type and accept"),
+                )
+                .await);
         }
         let content_type = parts.headers.get(http::header::CONTENT_TYPE).map(|v| {
             let s = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -280,11 +343,13 @@ impl Gate {
         let body = match http_body_util::Limited::new(body, ep.max_request_bytes).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
-                return Err(self.refuse(
-                    None,
-                    "call.request_too_large",
-                    format!("{shown}: the body is larger than the endpoint's {} bytes", ep.max_request_bytes),
-                ));
+                return Err(self
+                    .refuse(
+                        None,
+                        "call.request_too_large",
+                        format!("{shown}: the body is larger than the endpoint's {} bytes", ep.max_request_bytes),
+                    )
+                    .await);
             }
         };
         let request = Request {
@@ -295,10 +360,11 @@ impl Gate {
             body: (!body.is_empty()).then(|| Sha256Digest::of(&body)),
         };
         // What this phase lets out.
-        let planned = match self.mode {
-            CallMode::Plan | CallMode::Verify if ep.is_read(&method, &path) => None,
-            CallMode::Plan | CallMode::Verify => {
-                return Err(self.refuse(
+        let planned =
+            match self.mode {
+                CallMode::Plan | CallMode::Verify if ep.is_read(&method, &path) => None,
+                CallMode::Plan | CallMode::Verify => {
+                    return Err(self.refuse(
                     Some(request),
                     "call.write_outside_apply",
                     format!(
@@ -306,43 +372,49 @@ impl Gate {
                          outside apply",
                         self.mode.phase()
                     ),
-                ));
-            }
-            CallMode::Apply => {
-                let admitted = {
-                    let mut s = self.state();
-                    let mut cursor = CallCursor::resume(&self.planned, s.done);
-                    let r = cursor.admit(&request);
-                    s.done = cursor.done();
-                    r
-                };
-                match admitted {
-                    Ok(i) => Some(u32::try_from(i).unwrap_or(u32::MAX)),
-                    Err(e) => {
-                        let code = e.reason_code();
-                        return Err(self.refuse(Some(request), code, e.to_string()));
+                ).await);
+                }
+                CallMode::Apply => {
+                    let admitted = {
+                        let mut s = self.state();
+                        let mut cursor = CallCursor::resume(&self.planned, s.done);
+                        let r = cursor.admit(&request);
+                        s.done = cursor.done();
+                        r
+                    };
+                    match admitted {
+                        Ok(i) => Some(u32::try_from(i).unwrap_or(u32::MAX)),
+                        Err(e) => {
+                            let code = e.reason_code();
+                            return Err(self.refuse(Some(request), code, e.to_string()).await);
+                        }
                     }
                 }
-            }
-            CallMode::None => {
-                return Err(self.refuse(
-                    Some(request),
-                    "call.not_allowed",
-                    format!("{shown} during the preview: no request leaves before the plan is authorized"),
-                ));
+                CallMode::None => {
+                    return Err(self
+                        .refuse(
+                            Some(request),
+                            "call.not_allowed",
+                            format!("{shown} during the preview: no request leaves before the plan is authorized"),
+                        )
+                        .await);
+                }
+            };
+        // The intent is durable before anything leaves; the log stays held
+        // until the outcome is recorded (a phase's requests, one at a time).
+        let mut held = self.log.lock().await;
+        let recorded = match held.as_mut() {
+            Some(log) => log.intent(self.mode.phase(), planned, &request, &body).await,
+            None => Err(anyhow::anyhow!("no evidence log for this phase")),
+        };
+        let call = match recorded {
+            Ok(call) => call,
+            Err(e) => {
+                self.violate("runner.error", format!("the intent of {shown} could not be recorded: {e:#}"));
+                return Err(HttpError::InternalError(Some("the runner could not record the call".into())));
             }
         };
-        let call = {
-            let mut s = self.state();
-            s.calls += 1;
-            s.calls
-        };
-        let intent =
-            CallNote::Intent { phase: self.mode.phase(), call, planned, request: request.clone(), body: body.to_vec() };
-        if let Err(e) = self.intent(intent).await {
-            self.violate("runner.error", format!("the intent of {shown} could not be recorded: {e}"));
-            return Err(HttpError::InternalError(Some("the runner could not record the call".into())));
-        }
+        self.state().calls += 1;
         let sent = exchange(&ep, &method, &path, request.content_type.as_deref(), accept, body).await;
         let (result, answer) = match sent {
             Ok((status, headers, bytes)) => {
@@ -377,7 +449,11 @@ impl Gate {
                 (result, Err(f.error))
             }
         };
-        self.note(CallNote::Outcome { call, result });
+        if let Some(log) = held.as_mut()
+            && let Err(e) = log.outcome(call, result)
+        {
+            self.violate("runner.error", format!("the outcome of {shown} could not be recorded: {e:#}"));
+        }
         answer
     }
 }

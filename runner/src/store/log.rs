@@ -593,6 +593,13 @@ impl RunLog {
         Ok(self.records.last().expect("just appended").clone())
     }
 
+    /// Take over `other`'s records and pending appends, made after this
+    /// log's (a phase that recorded on its own thread hands its log back).
+    pub fn absorb(&mut self, other: RunLog) {
+        self.records.extend(other.records);
+        self.pending.extend(other.pending);
+    }
+
     /// This run's durable records, in order.
     pub fn records(&self) -> &[Record] {
         &self.records
