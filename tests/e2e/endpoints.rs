@@ -492,3 +492,76 @@ fn an_etcd_change_at_tier_2_waits_shows_its_request_and_runs_once_approved() {
     assert_eq!(etcd.get(KEY).as_deref(), Some("512"));
     verify_offline(&env);
 }
+
+/// Even with the runner's own key, a request outside the approved plan, or
+/// a compensation that is not the recorded one, is found offline.
+#[test]
+fn even_with_the_runner_key_an_unplanned_call_is_found_offline() {
+    use crate::evidence::{identity_signer, parts};
+    use edge_core::evidence::{Event, Record};
+    let svc = TestService::start();
+    let env = home(&svc);
+    assert_eq!(env.exec(&hostile_http(&env, "ok")).outcome(), "committed");
+    assert_eq!(env.exec(&hostile_http(&env, "verify-fails")).outcome(), "rolled-back");
+    verify_offline(&env);
+    let bundle = std::fs::read(env.path("all.bundle")).unwrap();
+    let keys = edge_evidence::parse_keys(&std::fs::read_to_string(env.path("runner.vkey")).unwrap()).unwrap();
+    let signer = identity_signer(&env);
+    let check = |p: &crate::evidence::Parts| match edge_evidence::verify(&p.write(), &keys, edge_evidence::Level::Full)
+    {
+        Ok(_) => panic!("a forged call verified"),
+        Err(e) => e.check,
+    };
+    let rewrite = |edit: &dyn Fn(&mut Event) -> bool| {
+        let mut p = parts(&bundle);
+        let mut done = false;
+        for line in &mut p.records {
+            let mut r: Record = serde_json::from_str(line).unwrap();
+            if !done && edit(&mut r.event) {
+                *line = String::from_utf8(edge_core::canonical::to_canonical_vec(&r).unwrap()).unwrap();
+                done = true;
+            }
+        }
+        assert!(done, "nothing to rewrite");
+        p.reseal(&signer);
+        p
+    };
+    // The apply call recorded with another path than the approved plan's.
+    let p = rewrite(&|e| match e {
+        Event::CallIntent { phase, request, .. } if phase == "apply" => {
+            request.path = "/item?all=1".into();
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(check(&p), "call.plan");
+    // A write recorded as made during plan is fine only if it is a read;
+    // recorded as an apply call it must be the next planned one.
+    let p = rewrite(&|e| match e {
+        Event::CallIntent { phase, planned, .. } if phase == "plan" => {
+            *phase = "apply".into();
+            *planned = Some(0);
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(check(&p), "run.unauthorized");
+    // The compensation recorded as another request than the plan's undo.
+    let p = rewrite(&|e| match e {
+        Event::CallIntent { phase, request, .. } if phase == "compensate" => {
+            request.path = "/item/all".into();
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(check(&p), "call.compensation");
+    // An outcome for a request that was never announced.
+    let p = rewrite(&|e| match e {
+        Event::CallOutcome { call, .. } => {
+            *call = 99;
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(check(&p), "call.plan");
+}

@@ -90,14 +90,14 @@ fn fails(f: &Fixture, bytes: &[u8]) -> Failure {
 }
 
 /// The bundle's parts, to rebuild after changing them.
-struct Parts {
+pub(crate) struct Parts {
     header: Header,
-    records: Vec<String>,
+    pub(crate) records: Vec<String>,
     artifacts: Vec<(Sha256Digest, Vec<u8>)>,
     checkpoint: String,
 }
 
-fn parts(bytes: &[u8]) -> Parts {
+pub(crate) fn parts(bytes: &[u8]) -> Parts {
     let b = bundle::parse(bytes).unwrap();
     Parts {
         header: b.header.clone(),
@@ -109,7 +109,7 @@ fn parts(bytes: &[u8]) -> Parts {
 
 impl Parts {
     /// Write back, with the header's counts made consistent (as a careful forger would).
-    fn write(&self) -> Vec<u8> {
+    pub(crate) fn write(&self) -> Vec<u8> {
         let mut h = self.header.clone();
         h.records = self.records.len() as u64;
         h.artifacts = self.artifacts.len() as u64;
@@ -119,7 +119,7 @@ impl Parts {
     }
 
     /// Re-chain every record, rebuild the tree and sign a new checkpoint with `signer`.
-    fn reseal(&mut self, signer: &NoteSigner) {
+    pub(crate) fn reseal(&mut self, signer: &NoteSigner) {
         let mut prev = GENESIS;
         let mut range = CompactRange::default();
         for (seq, line) in self.records.iter_mut().enumerate() {
@@ -146,7 +146,12 @@ impl Parts {
 
 /// The runner's own identity key (a compromised or buggy runner).
 fn runner_signer(f: &Fixture) -> NoteSigner {
-    let pem = std::fs::read_to_string(f.env.path("state/identity.key")).unwrap();
+    identity_signer(&f.env)
+}
+
+/// The identity key of the runner in `env` (to forge with, in tests).
+pub(crate) fn identity_signer(env: &Env) -> NoteSigner {
+    let pem = std::fs::read_to_string(env.path("state/identity.key")).unwrap();
     CapsuleSigningKey::from_pkcs8_pem(&pem).unwrap().note_signer("test-runner").unwrap()
 }
 
