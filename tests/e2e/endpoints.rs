@@ -191,9 +191,21 @@ fn a_planned_call_is_made_once_with_the_runners_credential_and_recorded_write_ah
     // The credential is nowhere in what the runner keeps or prints.
     let report = serde_json::to_string(&run.report).unwrap();
     assert!(!report.contains(TOKEN) && !run.stderr.contains(TOKEN));
-    let out = verify_offline(&env);
+    verify_offline(&env);
     assert!(!std::fs::read(env.path("all.bundle")).unwrap().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
-    assert!(out.contains("OK") || out.contains("verified"), "{out}");
+    // The reviewer's report lists every request the run sent, in order.
+    let args = vec![
+        "report".into(),
+        env.path("all.bundle").into_os_string(),
+        "--key".into(),
+        env.path("runner.vkey").into_os_string(),
+    ];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(edge_evidence::cli::run(args, &mut out, &mut err, false), 0, "{}", String::from_utf8_lossy(&err));
+    let text = String::from_utf8(out).unwrap();
+    let calls: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("call ")).map(str::trim).collect();
+    assert_eq!(calls.len(), 3, "{text}");
+    assert!(calls[1].starts_with("call        PUT svc/item"), "{text}");
 }
 
 #[test]

@@ -593,6 +593,14 @@ fn outcome(b: &mut String, s: &Story<'_>) {
         }
         b.push_str("</table>");
     }
+    let calls = s.calls();
+    if !calls.is_empty() {
+        b.push_str("<h4>Requests sent to services</h4><table class=\"calls\"><tr><th>Request</th><th>Run</th></tr>");
+        for (run, call) in calls {
+            let _ = write!(b, "<tr><td><code>{}</code></td><td>{}</td></tr>", esc(call), esc(run));
+        }
+        b.push_str("</table>");
+    }
     if let Some((passed, summary)) = s.verify() {
         let _ = write!(
             b,

@@ -13,7 +13,7 @@
 //!  "summary": {"by_state": {…}, "by_tier": {"2": {…}}, "by_approver": {"alice@…": {…}}},
 //!  "proposals": [{"id", "state", "name", "tier", "submitted_at", "runs", "reasons",
 //!                 "changes", "blast_radius", "quorum", "refused_approvals", "provenance",
-//!                 "findings", "verify", "refusals"}]}
+//!                 "findings", "verify", "refusals", "calls" (when any)}]}
 //! {"verified": false, "failure": {"check", "record", "run", "detail"}, …}
 //! ```
 
@@ -116,7 +116,8 @@ fn story(s: &Story<'_>) -> Value {
         .into_iter()
         .map(|(run, stage, code, detail)| json!({"run": run, "stage": stage, "reason_code": code, "detail": detail}))
         .collect();
-    json!({
+    let calls: Vec<Value> = s.calls().into_iter().map(|(run, call)| json!({"run": run, "request": call})).collect();
+    let mut out = json!({
         "id": p.id,
         "state": p.state.name(),
         "name": p.name,
@@ -140,7 +141,12 @@ fn story(s: &Story<'_>) -> Value {
         "findings": s.findings(),
         "verify": s.verify().map(|(passed, summary)| json!({"passed": passed, "summary": summary})),
         "refusals": refusals,
-    })
+    });
+    // (Only when there are any: reports of logs without calls are unchanged.)
+    if !calls.is_empty() {
+        out["calls"] = Value::Array(calls);
+    }
+    out
 }
 
 /// The result for a bundle that failed: the failure, nothing from the bundle.

@@ -95,6 +95,11 @@ impl Story<'_> {
         out
     }
 
+    /// Each request its runs sent to an endpoint, in order: (run, `METHOD endpoint/path`).
+    pub fn calls(&self) -> Vec<(&str, &str)> {
+        self.runs.iter().flat_map(|r| r.calls.iter().map(move |c| (r.run.as_str(), c.as_str()))).collect()
+    }
+
     /// The last verify phase: (passed, the capsule's summary).
     pub fn verify(&self) -> Option<(bool, &str)> {
         self.runs.iter().rev().find_map(|r| r.verify_passed.map(|p| (p, r.verify_summary.as_deref().unwrap_or(""))))

@@ -273,6 +273,9 @@ fn proposal(s: &mut String, st: &Story<'_>) {
     for f in st.findings() {
         let _ = writeln!(s, "  finding     [{}] {}: {}", f.severity, U(&f.code), U(&f.message));
     }
+    for (run, call) in st.calls() {
+        let _ = writeln!(s, "  call        {} (run {})", U(call), U(run));
+    }
     if let Some((passed, summary)) = st.verify() {
         let _ = writeln!(s, "  verify      {}: \"{}\"", if passed { "passed" } else { "FAILED" }, U(summary));
     }
