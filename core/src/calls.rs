@@ -141,7 +141,7 @@ fn check_request(index: usize, r: &Request, endpoints: &[String]) -> Result<(), 
     if !METHODS.contains(&r.method.as_str()) {
         return Err(invalid("the method must be one of GET, HEAD, POST, PUT, PATCH, DELETE"));
     }
-    check_path(&r.path).map_err(|reason| invalid(reason))?;
+    check_path(&r.path).map_err(&invalid)?;
     if let Some(ct) = &r.content_type
         && (ct.is_empty() || ct.len() > 128 || !ct.bytes().all(|b| (0x20..0x7f).contains(&b)))
     {
