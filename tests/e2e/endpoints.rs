@@ -575,3 +575,43 @@ fn even_with_the_runner_key_an_unplanned_call_is_found_offline() {
     });
     assert_eq!(check(&p), "call.plan");
 }
+
+/// A runner killed after `apply` made its call: the next start sends the
+/// recorded compensation and closes the run, and the log still verifies.
+#[test]
+fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"svc\"]\n\n\
+         [params]\nattack = \"apply-then-wait\"\n\n[limits]\nwall_ms = 60000\n",
+        http_imports()
+    );
+    let capsule = env.capsule("wait", test_programs::HOSTILE_HTTP, &manifest, Some("agent"));
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
+        .current_dir(env.path(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !svc.lines().iter().any(|l| l == "PUT /api/item new") {
+        assert!(std::time::Instant::now() < deadline, "the planned call never arrived: {:?}", svc.lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new"]);
+
+    // The next start (any command that opens the runner: here the export)
+    // undoes the call, and the offline verifier accepts what it recorded.
+    verify_offline(&env);
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/item old"]);
+    let text = String::from_utf8_lossy(&std::fs::read(env.path("all.bundle")).unwrap()).into_owned();
+    assert!(text.contains("\"phase\":\"compensate\""), "{text}");
+    assert!(text.contains("\"outcome\":\"interrupted\""), "{text}");
+    // And only once: a second start sends nothing more.
+    verify_offline(&env);
+    assert_eq!(svc.lines().len(), 3);
+}

@@ -11,7 +11,38 @@ use edge_core::evidence::{Event, Outcome};
 use edge_core::lifecycle::State;
 
 use super::Runner;
+use crate::config::endpoints::EndpointConfig;
 use crate::staging::Journal;
+
+/// Send one compensation from synchronous start-up code (on its own thread
+/// and runtime: the caller may be inside one). Returns the status, the
+/// body's digest and size.
+fn send_now(
+    ep: &EndpointConfig,
+    r: &edge_core::calls::Request,
+    body: Vec<u8>,
+) -> std::result::Result<(u16, edge_core::Sha256Digest, u64), (&'static str, String)> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ("runner.error", format!("no runtime: {e}")))?;
+            rt.block_on(crate::sandbox::egress::exchange(
+                ep,
+                &r.method,
+                &r.path,
+                r.content_type.as_deref(),
+                None,
+                bytes::Bytes::from(body),
+            ))
+            .map(|(status, _, b)| (status.as_u16(), edge_core::Sha256Digest::of(&b), b.len() as u64))
+            .map_err(|f| (f.reason_code, f.detail))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(("runner.error", "the compensation thread panicked".into())))
+    })
+}
 
 /// Inside the staging directory: copies whose removal failed, retried at start.
 const TRASH: &str = ".trash";
@@ -64,6 +95,10 @@ impl Runner {
             }
         }
         for run in open {
+            if !terminal.contains(&run) && self.compensate_interrupted(&run)? {
+                recovered.push(run);
+                continue;
+            }
             if !terminal.contains(&run) {
                 self.log.append(
                     &run,
@@ -100,6 +135,121 @@ impl Runner {
             }
         }
         Ok(recovered)
+    }
+
+    /// A run interrupted after `apply` made calls: send the recorded
+    /// compensations of the calls it made (and did not undo yet), last
+    /// first, each recorded write-ahead, and close it — interrupted when
+    /// every one succeeded, failed otherwise. False when it made no call.
+    ///
+    /// # Errors
+    /// If its records cannot be read or written.
+    fn compensate_interrupted(&self, run: &str) -> Result<bool> {
+        let records = self.log.read_records_at(&self.log.run_seqs(run)?)?;
+        let mut plan_digest = None;
+        let mut made: Vec<u32> = Vec::new();
+        let mut undone: BTreeSet<u32> = BTreeSet::new();
+        let mut calls = 0;
+        for r in &records {
+            match &r.event {
+                Event::Planned { plan, .. } | Event::Resumed { plan, .. } => plan_digest = Some(*plan),
+                Event::CallIntent { phase, call, planned, .. } => {
+                    calls = calls.max(*call);
+                    match (phase.as_str(), planned) {
+                        ("apply", Some(i)) => made.push(*i),
+                        ("compensate", Some(i)) => {
+                            undone.insert(*i);
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        if made.is_empty() {
+            return Ok(false);
+        }
+        let plan: edge_core::plan::Plan = plan_digest
+            .and_then(|d| self.log.read_artifact(&d).ok().flatten())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .with_context(|| format!("run {run} made calls but its plan is not in the store"))?;
+        let redact = |s: &str| self.redact(s);
+        let mut failed = Vec::new();
+        let mut restored = 0;
+        made.sort_unstable();
+        for i in made.into_iter().rev().filter(|i| !undone.contains(i)) {
+            let Some(comp) = plan.calls.get(i as usize).and_then(|c| c.compensation.clone()) else { continue };
+            calls += 1;
+            self.log.append(
+                run,
+                Event::CallIntent { phase: "compensate".into(), call: calls, planned: Some(i), request: comp.clone() },
+            )?;
+            let body = match &comp.body {
+                Some(d) => self.log.read_artifact(d)?.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let result = match self.config.endpoints.get(&comp.endpoint) {
+                Some(ep) => send_now(ep, &comp, body),
+                None => {
+                    Err(("call.undeclared_endpoint", format!("endpoint `{}` is no longer configured", comp.endpoint)))
+                }
+            };
+            let event = match result {
+                Ok((status, digest, bytes)) => {
+                    if (200..300).contains(&status) {
+                        restored += 1;
+                    } else {
+                        failed.push(comp.line());
+                    }
+                    Event::CallOutcome {
+                        call: calls,
+                        status: Some(status),
+                        headers: Default::default(),
+                        body: Some(digest),
+                        bytes,
+                        content: None,
+                        reason_code: None,
+                        detail: None,
+                    }
+                }
+                Err((code, detail)) => {
+                    failed.push(comp.line());
+                    Event::CallOutcome {
+                        call: calls,
+                        status: None,
+                        headers: Default::default(),
+                        body: None,
+                        bytes: 0,
+                        content: None,
+                        reason_code: Some(code.into()),
+                        detail: Some(redact(&detail)),
+                    }
+                }
+            };
+            self.log.append(run, event)?;
+        }
+        let detail = "found a run interrupted after it called endpoints; sent the compensations of its calls";
+        self.log.append(
+            run,
+            Event::RolledBack { reason_code: "runner.interrupted".into(), detail: detail.into(), restored },
+        )?;
+        self.log.append(run, Event::Interrupted { restored, detail: detail.into() })?;
+        let outcome = if failed.is_empty() {
+            Outcome::Interrupted
+        } else {
+            tracing::error!(run, calls = ?failed, "a compensation failed at start: the service may be left changed");
+            self.log.append(
+                run,
+                Event::Refused {
+                    stage: "apply".into(),
+                    reason_code: "call.compensation_failed".into(),
+                    detail: format!("{} compensation(s) failed at start ({})", failed.len(), failed.join(", ")),
+                },
+            )?;
+            Outcome::Failed
+        };
+        self.log.append(run, Event::Completed { outcome })?;
+        Ok(true)
     }
 
     /// Remove a run's staging copy (a tree the capsule shaped: see

@@ -98,6 +98,12 @@ impl Capsule for Hostile {
                 http::send(&put("/item", b"new"))
             }
             "apply-nothing" => return Ok(()),
+            // Make the planned call, then wait (to be killed mid-run).
+            "apply-then-wait" => {
+                http::apply_planned()?;
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                return Ok(());
+            }
             _ => return http::apply_planned().map(drop),
         };
         r.map(drop)
