@@ -2,8 +2,8 @@
 //! binary, against a recording test server (what it received is the
 //! evidence that nothing unplanned got through) and a real etcd.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead as _, BufReader, Read as _, Write};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ pub struct TestService {
 
 impl TestService {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Over TLS with `config` (each connection's handshake first; one that
+    /// fails records nothing).
+    pub fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -37,8 +43,20 @@ impl TestService {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (rec, item) = (rec.clone(), item.clone());
-                std::thread::spawn(move || serve(conn, &rec, &item));
+                let (rec, item, tls) = (rec.clone(), item.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(conn, &rec, &item),
+                    Some(config) => {
+                        let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), conn);
+                        // The handshake: a client the CA does not vouch for gets no further.
+                        while tls.conn.is_handshaking() {
+                            if tls.conn.complete_io(&mut tls.sock).is_err() {
+                                return;
+                            }
+                        }
+                        serve(tls, &rec, &item)
+                    }
+                });
             }
         });
         Self { port, received }
@@ -54,8 +72,8 @@ impl TestService {
     }
 }
 
-fn serve(conn: TcpStream, rec: &Mutex<Vec<Received>>, item: &Mutex<Vec<u8>>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+fn serve<S: std::io::Read + Write>(mut conn: S, rec: &Mutex<Vec<Received>>, item: &Mutex<Vec<u8>>) {
+    let mut reader = BufReader::new(&mut conn);
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
         return;
@@ -614,4 +632,66 @@ fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
     // And only once: a second start sends nothing more.
     verify_offline(&env);
     assert_eq!(svc.lines().len(), 3);
+}
+
+/// The service's side of TLS: its certificate from `init`'s development CA,
+/// and a client certificate from that CA required.
+fn tls_server(home: &std::path::Path) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = |f: &str| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(home.join(f)).unwrap().map(Result::unwrap).collect()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs("tls/ca.pem") {
+        roots.add(c).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs("tls/server.pem"), PrivateKeyDer::from_pem_file(home.join("tls/server.key")).unwrap())
+        .unwrap();
+    Arc::new(config)
+}
+
+/// An https endpoint is trusted through its own CA bundle only, and the
+/// runner presents its client identity; with another CA nothing is sent.
+#[test]
+fn an_https_endpoint_is_reached_with_its_own_ca_and_the_runners_client_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    for d in [pki.path(), other.path()] {
+        let out = std::process::Command::new(crate::harness::BIN)
+            .args(["init", d.join("home").to_str().unwrap(), "--name", "pki", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (home, other_home) = (pki.path().join("home"), other.path().join("home"));
+    let svc = TestService::start_with(Some(tls_server(&home)));
+    let env = Env::new();
+    let endpoint = |ca: &std::path::Path, name: &str| {
+        format!(
+            "[endpoints.{name}]\nnode = \"svc\"\nurl = \"https://localhost:{}/api\"\nmethods = [\"GET\", \"PUT\"]\n\
+             connect = [\"127.0.0.1\", \"::1\"]\nca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout = \"2s\"\n",
+            svc.port,
+            ca.join("tls/ca.pem"),
+            home.join("tls/agent.pem"),
+            home.join("tls/agent.key"),
+        )
+    };
+    env.write_config(&format!("{}\n{}", endpoint(&home, "svc"), endpoint(&other_home, "rebind")));
+    let run = env.exec(&hostile_http(&env, "ok"));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "GET /api/item"]);
+    // The same service under a CA the endpoint does not trust: refused at
+    // the handshake, before any request.
+    svc.received.lock().unwrap().clear();
+    let run = env.exec(&hostile_http(&env, "rebind"));
+    assert_eq!((run.outcome(), run.reason()), ("refused", "egress.tls"), "{:#}", run.report);
+    assert!(svc.lines().is_empty(), "{:?}", svc.lines());
 }
