@@ -695,3 +695,20 @@ fn an_https_endpoint_is_reached_with_its_own_ca_and_the_runners_client_certifica
     assert_eq!((run.outcome(), run.reason()), ("refused", "egress.tls"), "{:#}", run.report);
     assert!(svc.lines().is_empty(), "{:?}", svc.lines());
 }
+
+/// Proxy variables in the runner's environment are not honoured: calls go
+/// to the endpoint's allowed address, never through a proxy.
+#[test]
+fn proxy_variables_are_ignored() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let capsule = hostile_http(&env, "ok");
+    let dead = "http://127.0.0.1:9";
+    let out = env.cli_env(
+        &["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"],
+        &[("HTTP_PROXY", dead), ("http_proxy", dead), ("HTTPS_PROXY", dead), ("ALL_PROXY", dead), ("NO_PROXY", "")],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert_eq!(report["outcome"], "committed", "{report:#}");
+    assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "GET /api/item"]);
+}
