@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Env, Run};
+use crate::harness::Env;
 use crate::hostile::assert_refused;
 
 const NS: &str = "approval.v1@edge-runner.dev";
@@ -45,16 +45,6 @@ fn approve(env: &Env, who: &str, proposal: &str, verb: &str) -> String {
     out
 }
 
-fn events_of(run: &Run, kind: &str) -> Vec<serde_json::Value> {
-    run.report["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["event"]["type"] == kind)
-        .map(|r| r["event"].clone())
-        .collect()
-}
-
 #[test]
 fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
     let env = setup("");
@@ -64,8 +54,8 @@ fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
     let run = env.exec_with(&capsule, &[&a, &b]);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
     assert_eq!(std::fs::read_to_string(env.path("data/ok.txt")).unwrap(), "ok");
-    assert_eq!(events_of(&run, "approval-accepted").len(), 2);
-    let quorum = &events_of(&run, "quorum")[0];
+    assert_eq!(run.events_of("approval-accepted").len(), 2);
+    let quorum = &run.events_of("quorum")[0];
     assert_eq!(quorum["outcome"]["result"], "met");
     assert_eq!(quorum["break_glass"], false);
     let events = run.events();
@@ -84,7 +74,7 @@ fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
     let before = env.host_files();
     let again = env.exec_with(&capsule, &[&a, &b]);
     assert_refused(&env, &again, "authorize.proposal_executed", &before);
-    let refused = events_of(&again, "approval-refused");
+    let refused = again.events_of("approval-refused");
     assert_eq!(refused.len(), 2);
     assert!(refused.iter().all(|r| r["reason_code"] == "approval.replayed"));
 }
@@ -175,7 +165,7 @@ fn approvals_made_with_stock_ssh_keygen_are_accepted() {
     let before = env.host_files();
     let run = env.exec_with(&capsule2, &["git.json", &carol2]);
     assert_refused(&env, &run, "authorize.quorum_not_met", &before);
-    assert_eq!(events_of(&run, "approval-refused")[0]["reason_code"], "approval.wrong_namespace");
+    assert_eq!(run.events_of("approval-refused")[0]["reason_code"], "approval.wrong_namespace");
 }
 
 #[test]
@@ -227,7 +217,7 @@ fn a_live_file_changed_while_waiting_is_refused_at_commit_and_nothing_is_written
     let before = env.host_files();
     let run = env.exec_with(&capsule, &[&a, &b]);
     assert_refused(&env, &run, "commit.precondition_failed", &before);
-    assert_eq!(events_of(&run, "approval-accepted").len(), 2, "the approvals were valid");
+    assert_eq!(run.events_of("approval-accepted").len(), 2, "the approvals were valid");
     assert!(
         run.detail().contains("changed after the preview") && run.detail().contains("submit again"),
         "{}",
@@ -249,7 +239,7 @@ fn an_approval_under_policy_x_is_refused_after_the_policy_changed_to_y() {
     let before = env.host_files();
     let run = env.exec_with(&capsule, &[&a, &b]);
     assert_refused(&env, &run, "authorize.quorum_not_met", &before);
-    for r in events_of(&run, "approval-refused") {
+    for r in run.events_of("approval-refused") {
         assert!(r["detail"].as_str().unwrap().contains("policy"), "{r}");
     }
 }
@@ -270,7 +260,7 @@ fn a_rejection_vetoes_and_the_agents_owner_cannot_approve() {
 
     let run = env.exec_with(&capsule, &[&a, &olga, &dave]);
     assert_refused(&env, &run, "authorize.quorum_not_met", &before);
-    let counted = &events_of(&run, "quorum")[0]["counted"];
+    let counted = &run.events_of("quorum")[0]["counted"];
     let note = |p: &str| {
         counted.as_array().unwrap().iter().find(|c| c["principal"] == p).unwrap()["note"].as_str().unwrap().to_owned()
     };
@@ -289,8 +279,8 @@ fn break_glass_needs_its_own_quorum_and_is_loud() {
     assert_refused(&env, &run, "authorize.quorum_not_met", &before);
     let run = env.exec_with(&capsule, &[&one, &two]);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
-    assert_eq!(events_of(&run, "quorum")[0]["break_glass"], true);
-    assert!(events_of(&run, "authorized")[0]["note"].as_str().unwrap().starts_with("BREAK-GLASS"));
+    assert_eq!(run.events_of("quorum")[0]["break_glass"], true);
+    assert!(run.events_of("authorized")[0]["note"].as_str().unwrap().starts_with("BREAK-GLASS"));
 }
 
 #[test]

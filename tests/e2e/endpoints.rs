@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::{Env, FAST_LIMITS, Run, STD_IMPORTS};
+use crate::harness::{Env, FAST_LIMITS, STD_IMPORTS};
 
 const TOKEN: &str = "s3cr3t-token-7f1c9e";
 
@@ -161,16 +161,6 @@ fn hostile_http(env: &Env, attack: &str) -> std::path::PathBuf {
     env.capsule(&format!("http-{attack}"), test_programs::HOSTILE_HTTP, &manifest, Some("agent"))
 }
 
-fn events_of(run: &Run, kind: &str) -> Vec<serde_json::Value> {
-    run.report["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["event"]["type"] == kind)
-        .map(|r| r["event"].clone())
-        .collect()
-}
-
 /// Export the whole log and verify it offline (the verifier checks every
 /// sent request against the approved plan).
 fn verify_offline(env: &Env) -> String {
@@ -200,7 +190,7 @@ fn a_planned_call_is_made_once_with_the_runners_credential_and_recorded_write_ah
     let ev = run.events();
     let calls: Vec<&String> = ev.iter().filter(|e| e.starts_with("call-")).collect();
     assert_eq!(calls, ["call-intent", "call-outcome", "call-intent", "call-outcome", "call-intent", "call-outcome"]);
-    let intents = events_of(&run, "call-intent");
+    let intents = run.events_of("call-intent");
     assert_eq!(intents[1]["phase"], "apply");
     assert_eq!(intents[1]["planned"], 0);
     assert_eq!(intents[1]["request"]["path"], "/item");
@@ -266,9 +256,9 @@ fn nothing_unplanned_reaches_the_service() {
         // Refusals before the request left are recorded as such; a refused
         // address after its intent, as the call's outcome.
         if *attack == "rebind" {
-            assert_eq!(events_of(&run, "call-outcome")[0]["reason_code"], *reason);
+            assert_eq!(run.events_of("call-outcome")[0]["reason_code"], *reason);
         } else if expected.is_empty() || attack.starts_with("apply-other") || *attack == "redirect" {
-            let refused = events_of(&run, "call-refused");
+            let refused = run.events_of("call-refused");
             assert!(!refused.is_empty(), "{attack}: no call-refused record");
             assert_eq!(refused[0]["reason_code"], *reason, "{attack}");
         }
@@ -284,7 +274,7 @@ fn a_failed_verification_sends_the_compensation_and_a_failed_compensation_is_lou
     let run = env.exec(&hostile_http(&env, "verify-fails"));
     assert_eq!((run.outcome(), run.reason()), ("rolled-back", "verify.failed"), "{:#}", run.report);
     assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/item old"]);
-    let intents = events_of(&run, "call-intent");
+    let intents = run.events_of("call-intent");
     assert_eq!(intents.last().unwrap()["phase"], "compensate");
 
     svc.received.lock().unwrap().clear();
@@ -292,9 +282,9 @@ fn a_failed_verification_sends_the_compensation_and_a_failed_compensation_is_lou
     assert_eq!(run.outcome(), "failed", "{:#}", run.report);
     assert_eq!(run.reason(), "verify.failed");
     assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/fail old"]);
-    let refused: Vec<String> = events_of(&run, "refused").iter().map(|e| e["reason_code"].to_string()).collect();
+    let refused: Vec<String> = run.events_of("refused").iter().map(|e| e["reason_code"].to_string()).collect();
     assert!(refused.iter().any(|r| r.contains("call.compensation_failed")), "{refused:?}");
-    let outcome = events_of(&run, "call-outcome");
+    let outcome = run.events_of("call-outcome");
     assert_eq!(outcome.last().unwrap()["status"], 500);
     verify_offline(&env);
 }

@@ -62,6 +62,14 @@ impl Run {
             .map(|a| a.iter().map(|r| r["event"]["type"].as_str().unwrap_or("?").to_owned()).collect())
             .unwrap_or_default()
     }
+    /// This run's evidence events of one type, in order.
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.report["records"]
+            .as_array()
+            .map(|a| a.iter().filter(|r| r["event"]["type"] == kind).map(|r| r["event"].clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// The reason code of the run's `refused` evidence record, if any.
     pub fn recorded_reason(&self) -> Option<String> {
         self.report["records"].as_array()?.iter().find_map(|r| {

@@ -40,20 +40,6 @@ impl Runner {
         }
     }
 
-    fn record_outcome(&self, report: &mut RunReport, call: u32, r: CallResult) -> Result<(), Stop> {
-        let content = if r.content.is_empty() { None } else { Some(report.artifact(&r.content)?) };
-        report.record(Event::CallOutcome {
-            call,
-            status: r.status,
-            headers: r.headers.into_iter().collect(),
-            body: r.body,
-            bytes: r.bytes,
-            content,
-            reason_code: r.reason_code.map(str::to_owned),
-            detail: r.detail.map(|d| self.redact(&d)),
-        })
-    }
-
     /// The body a planned request's digest names (kept as an artifact when
     /// the plan was recorded).
     fn call_body(&self, report: &RunReport, digest: Option<&Sha256Digest>) -> Result<Vec<u8>, Stop> {
@@ -127,17 +113,12 @@ impl Runner {
         let plan = run.authorized().plan().plan();
         let mut undone = 0;
         let mut failed = Vec::new();
+        report.barrier().await?;
+        let mut log = self.call_log(report);
         for i in (0..made.min(plan.calls.len())).rev() {
             let Some(comp) = &plan.calls[i].compensation else { continue };
-            report.calls_made += 1;
-            let call = report.calls_made;
-            report.record(Event::CallIntent {
-                phase: "compensate".into(),
-                call,
-                planned: u32::try_from(i).ok(),
-                request: comp.clone(),
-            })?;
-            report.barrier().await?;
+            let body = bodies.get(i).map_or(&[][..], |b| b.1.as_slice());
+            let call = log.intent("compensate", u32::try_from(i).ok(), comp, body).await.or_fail()?;
             let result = match run.endpoint(&comp.endpoint) {
                 None => CallResult {
                     reason_code: Some("call.undeclared_endpoint"),
@@ -145,7 +126,7 @@ impl Runner {
                     ..CallResult::default()
                 },
                 Some(ep) => {
-                    let body = bytes::Bytes::from(bodies.get(i).map(|b| b.1.clone()).unwrap_or_default());
+                    let body = bytes::Bytes::copy_from_slice(body);
                     match egress::exchange(&ep, &comp.method, &comp.path, comp.content_type.as_deref(), None, body)
                         .await
                     {
@@ -171,8 +152,9 @@ impl Runner {
                 failed.push(comp.line());
                 tracing::error!(run = %report.run, call = %comp.line(), "a compensation failed: the service may be left changed");
             }
-            self.record_outcome(report, call, result)?;
+            log.outcome(call, result).or_fail()?;
         }
+        Self::absorb_calls(report, Some(log));
         report.record(Event::RolledBack {
             reason_code: reason_code.into(),
             detail: detail.into(),
