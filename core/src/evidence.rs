@@ -232,22 +232,26 @@ pub enum Event {
         findings: Vec<Finding>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<Sha256Digest>,
-        /// Artifacts: the bodies of the plan's calls and compensations (what
-        /// their digests name), so approvers and reviewers see the exact
-        /// requests.
+        /// Artifacts: the bodies of the plan's calls and compensations as
+        /// each endpoint's preview mode keeps them (the bodies their digests
+        /// name, or masked), so reviewers see the requests approvers saw.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         bodies: Vec<Sha256Digest>,
     },
     /// A request to a granted endpoint is about to leave: durable before it
     /// is sent. `call` numbers the run's requests from 1; `planned` is the
     /// plan's call (from 0) it makes (`phase` apply) or undoes (`phase`
-    /// compensate). Artifact: the request body (`request.body`).
+    /// compensate). Artifact `body`: the request body as the endpoint's
+    /// preview mode keeps it — the body itself (`full`, then it is
+    /// `request.body`), masked (`redacted`), or nothing (`digest-only`).
     CallIntent {
         phase: String,
         call: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         planned: Option<u32>,
         request: crate::calls::Request,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<Sha256Digest>,
     },
     /// What came back for request `call`: status, a few safe headers, the
     /// body's digest and size and (artifact `content`) its first 64 KiB; or,
@@ -469,7 +473,7 @@ impl Record {
                 add(output);
                 out.extend(bodies.iter().copied());
             }
-            Event::CallIntent { request, .. } => add(&request.body),
+            Event::CallIntent { body, .. } => add(body),
             Event::CallOutcome { content, .. } => add(content),
             Event::CallRefused { .. } => {}
             Event::Applied { output, preview, contents, .. } => {

@@ -716,7 +716,7 @@ fn check_run(
                 }
                 st.intent = Some(*changes);
             }
-            Event::CallIntent { phase, call, planned, request } => {
+            Event::CallIntent { phase, call, planned, request, .. } => {
                 if !st.calls.insert(*call) {
                     return Err(fail("call.plan", format!("request #{call} is recorded twice")));
                 }

@@ -702,3 +702,139 @@ fn proxy_variables_are_ignored() {
     assert_eq!(report["outcome"], "committed", "{report:#}");
     assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "GET /api/item"]);
 }
+
+/// `hostile-http` writing `value` to `svc` (`rotate`: a fresh credential
+/// the capsule makes, `mode = fast\napi_token = <128 bits>\n`), with `attack`.
+fn writer(env: &Env, attack: &str, value: &str, wall_ms: u64) -> std::path::PathBuf {
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"svc\"]\n\n\
+         [params]\nattack = \"{attack}\"\nvalue = \"{value}\"\n\n[provenance]\nticket = \"TEST-1\"\n\n[limits]\nwall_ms = {wall_ms}\n",
+        http_imports()
+    );
+    env.capsule(&format!("{value}-{attack}"), test_programs::HOSTILE_HTTP, &manifest, Some("agent"))
+}
+
+/// The credential a `rotate` writer sent (what the service received).
+fn rotated(svc: &TestService) -> String {
+    let put = svc.requests().into_iter().find(|r| r.method == "PUT").expect("the rotation was sent");
+    let token = put.body.strip_prefix("mode = fast\napi_token = ").and_then(|t| t.strip_suffix('\n'));
+    let token = token.unwrap_or_else(|| panic!("not a rotation: {:?}", put.body)).to_owned();
+    assert_eq!(token.len(), 32, "{token}");
+    token
+}
+
+/// Every file under `dir` holding `needle` (the evidence store included).
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(path);
+            } else if std::fs::read(&path).unwrap_or_default().windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// An endpoint previewed `redacted`: the approver sees the request body
+/// with its secret-bearing line masked (and signs the real body's digest,
+/// through the plan); the service receives exactly the planned bytes; the
+/// secret is in no evidence, bundle or file the runner keeps afterwards.
+#[test]
+fn a_redacted_endpoint_shows_the_body_masked_and_sends_it_exact() {
+    let svc = TestService::start();
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    let mut config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[endpoints.svc]\nnode = \"payments-config\"\nurl = \"http://127.0.0.1:{}/api\"\nmethods = [\"GET\", \"PUT\"]\n\
+         connect = [\"127.0.0.1\"]\npreview = \"redacted\"\n",
+        svc.port
+    ));
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
+    let capsule = writer(&env, "ok", "rotate", 10_000);
+    let first = env.exec(&capsule);
+    assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
+    assert_eq!(svc.lines(), ["GET /api/item"], "nothing is written before approval");
+    let document = first.report["document"].as_str().unwrap().to_owned();
+    let shown = env
+        .cli(&[
+            "approve",
+            &document,
+            "--principal",
+            "alice@bank.example",
+            "--ssh-key",
+            "keys/alice",
+            "--yes",
+            "-o",
+            "alice.approval",
+        ])
+        .success()
+        .stdout();
+    assert!(shown.contains("1.    PUT svc/item (text/plain)"), "{shown}");
+    assert!(shown.contains("(redacted)") && shown.contains("| mode = fast"), "the body is shown masked: {shown}");
+    assert!(shown.contains("api_token = [redacted"), "{shown}");
+
+    env.sign_approval("approve", &document, "carol", "carol.approval");
+    let run = env.exec_with(&capsule, &["alice.approval", "carol.approval"]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let secret = rotated(&svc);
+    assert!(!shown.contains(&secret), "{shown}");
+    verify_offline(&env);
+    let holding = files_holding(&env.path(""), &secret);
+    assert!(holding.is_empty(), "the credential is kept in {holding:?}");
+}
+
+/// `digest-only`: nothing of the body is kept or shown, yet the runner has
+/// the exact bytes for the apply, and for a compensation at the next start
+/// after a kill; once the run has ended, nothing keeps them.
+#[test]
+fn a_digest_only_endpoint_keeps_no_body_yet_applies_and_compensates_exactly() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let config = config.replace("timeout = \"1s\"\n", "timeout = \"1s\"\npreview = \"digest-only\"\n");
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    let run = env.exec(&writer(&env, "ok", "rotate", 10_000));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let secret = rotated(&svc);
+    assert!(files_holding(&env.path(""), &secret).is_empty());
+    // Nothing of a body is kept: no intent names one, no outcome keeps content.
+    let (intents, outcomes) = (run.events_of("call-intent"), run.events_of("call-outcome"));
+    assert_eq!((intents.len(), outcomes.len()), (3, 3));
+    assert!(intents.iter().all(|e| e.get("body").is_none()), "{intents:?}");
+    assert!(outcomes.iter().all(|e| e.get("content").is_none()), "{outcomes:?}");
+
+    // Killed after its call: the compensation (the rotated value, which
+    // only the run had) is sent exactly at the next start, then forgotten.
+    let capsule = writer(&env, "apply-then-wait", "new", 60_000);
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
+        .current_dir(env.path(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !svc.lines().iter().any(|l| l == "PUT /api/item new") {
+        assert!(std::time::Instant::now() < deadline, "the planned call never arrived: {:?}", svc.lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !files_holding(&env.path("state/previews"), &secret).is_empty(),
+        "the compensation's body waits beside the run, for the next start"
+    );
+    verify_offline(&env);
+    let puts: Vec<String> = svc.requests().into_iter().filter(|r| r.method == "PUT").map(|r| r.body).collect();
+    assert_eq!(puts.len(), 3, "{puts:?}");
+    assert_eq!(puts[2], puts[0], "the compensation restored the rotated value, exactly");
+    let holding = files_holding(&env.path(""), &secret);
+    assert!(holding.is_empty(), "the credential is kept in {holding:?}");
+}

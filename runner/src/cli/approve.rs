@@ -493,7 +493,7 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     print_grant(&p.grant, out)?;
     writeln!(out, "plan         {} — \"{}\" (the capsule's summary)", p.plan_digest, U(&p.plan.summary))?;
     crate::cli::print_changes(&p.plan.changes, out)?;
-    crate::cli::show::print_calls(&crate::service::detail::call_views(&p.plan, |d| p.body(d).ok()), out)?;
+    crate::cli::show::print_calls(&crate::service::detail::call_views(&p.plan, |d| p.shown_body(d)), out)?;
     for f in &p.plan.findings {
         writeln!(out, "  finding [{}] {}: {}", f.severity, U(&f.code), U(&f.message))?;
     }

@@ -166,14 +166,18 @@ pub fn print_calls(calls: &[CallView], out: &mut dyn Write) -> Result<()> {
         let ct = r.content_type.as_deref().map(|c| format!(" ({})", U(c))).unwrap_or_default();
         writeln!(out, "  {label:<5} {}{ct}", U(&r.line))?;
         if let Some(d) = &r.body_digest {
-            writeln!(out, "        body {} bytes, {d}", r.body_bytes)?;
-            match &r.body_text {
-                Some(text) => {
+            let how = r.body_shown.as_deref().unwrap_or("digest-only");
+            writeln!(out, "        body {d} ({})", U(how))?;
+            match (&r.body_text, how) {
+                (Some(text), _) => {
                     for l in text.lines().take(40) {
                         writeln!(out, "        | {}", U(&l.chars().take(200).collect::<String>()))?;
                     }
                 }
-                None => writeln!(out, "        | (binary content)")?,
+                (None, "digest-only") => {
+                    writeln!(out, "        | (content not shown: the endpoint is previewed digest-only)")?
+                }
+                (None, _) => writeln!(out, "        | (binary content)")?,
             }
         }
         Ok(())

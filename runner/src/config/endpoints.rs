@@ -16,6 +16,8 @@
 //! max_request_kib = 1024
 //! max_response_kib = 1024
 //! timeout = "5s"                           # connect + whole response, per call
+//! preview = "redacted"                     # request bodies as approvers and evidence see
+//!                                          #   them: "full", "redacted", "digest-only"
 //! ```
 //!
 //! Fail closed: `https` needs `ca` (the system's roots are never trusted);
@@ -54,6 +56,11 @@ pub(crate) struct RawEndpoint {
     timeout: Option<String>,
     #[serde(default)]
     dangerous_plain_http: bool,
+    /// What approvers and the evidence see of request bodies: "full"
+    /// (default), "redacted" (secret-bearing lines masked) or "digest-only".
+    preview: Option<String>,
+    /// Patterns of secret-bearing lines for "redacted" (default: the mounts' defaults).
+    redact: Option<Vec<String>>,
 }
 
 /// An address range a connection may go to.
@@ -143,9 +150,26 @@ pub struct EndpointConfig {
     pub max_response_bytes: usize,
     pub timeout: Duration,
     pub dangerous_plain_http: bool,
+    /// What approvers and the evidence see of request bodies.
+    pub preview: edge_core::preview::PreviewMode,
+    pub redact: edge_core::preview::Patterns,
 }
 
 impl EndpointConfig {
+    /// What of a request body is kept as evidence and shown to approvers,
+    /// under this endpoint's preview mode (None: the digest only).
+    pub fn shown_body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        use edge_core::preview::{PreviewMode, Redactor, is_text};
+        match self.preview {
+            _ if body.is_empty() => None,
+            PreviewMode::Full => Some(body.to_vec()),
+            PreviewMode::Redacted if is_text(body) => {
+                Some(Redactor::new(&self.redact).mask(std::str::from_utf8(body).unwrap_or_default()).0.into_bytes())
+            }
+            PreviewMode::Redacted | PreviewMode::DigestOnly => None,
+        }
+    }
+
     /// Whether a request only reads: GET, HEAD, or one the operator listed
     /// in `read_requests` (its path without the query).
     pub fn is_read(&self, method: &str, path: &str) -> bool {
@@ -281,6 +305,17 @@ impl RawEndpoint {
                     .with_context(|| format!("{} `{s}`: use a duration like \"5s\"", f("timeout")))?,
             ),
         };
+        let preview = match self.preview.as_deref() {
+            None => edge_core::preview::PreviewMode::Full,
+            Some(p) => edge_core::preview::PreviewMode::parse(p).with_context(|| {
+                format!("{} = \"{p}\" is not one of \"full\", \"redacted\", \"digest-only\"", f("preview"))
+            })?,
+        };
+        let redact = match &self.redact {
+            None => edge_core::preview::Patterns::defaults(),
+            Some(p) => edge_core::preview::Patterns::compile(p)
+                .with_context(|| format!("{}: a pattern is invalid", f("redact")))?,
+        };
         Ok(EndpointConfig {
             name: name.to_owned(),
             node: self.node,
@@ -297,6 +332,8 @@ impl RawEndpoint {
             max_response_bytes: kib("max_response_kib", self.max_response_kib, 1024)?,
             timeout,
             dangerous_plain_http: self.dangerous_plain_http,
+            preview,
+            redact,
         })
     }
 }
@@ -359,5 +396,24 @@ mod tests {
         assert!(e.is_read("POST", "/v3/kv/range") && e.is_read("GET", "/x") && e.is_read("POST", "/v3/kv/range?a"));
         assert!(!e.is_read("POST", "/v3/kv/put") && !e.is_read("PUT", "/v3/kv/range"));
         assert!(e.may_write());
+    }
+
+    #[test]
+    fn bodies_are_kept_as_the_preview_mode_says() {
+        let base = "node = \"n\"\nmethods = [\"PUT\"]\nurl = \"http://127.0.0.1:1\"\nconnect = [\"127.0.0.1\"]\n";
+        let body = b"mode = fast\napi_token = 5f0c\n";
+        assert_eq!(load(base).unwrap().shown_body(body).as_deref(), Some(&body[..]), "full by default");
+        let masked = load(&format!("{base}preview = \"redacted\"")).unwrap().shown_body(body).unwrap();
+        let masked = String::from_utf8(masked).unwrap();
+        assert!(masked.starts_with("mode = fast\napi_token = [redacted") && !masked.contains("5f0c"), "{masked}");
+        let own = load(&format!("{base}preview = \"redacted\"\nredact = [\"^mode\"]")).unwrap();
+        let masked = String::from_utf8(own.shown_body(body).unwrap()).unwrap();
+        assert!(masked.contains("api_token = 5f0c") && !masked.contains("fast"), "the operator's patterns: {masked}");
+        let redacted = load(&format!("{base}preview = \"redacted\"")).unwrap();
+        assert_eq!(redacted.shown_body(&[0xff, 0, 1]), None, "a body that is not text: its digest only");
+        assert_eq!(load(&format!("{base}preview = \"digest-only\"")).unwrap().shown_body(body), None);
+        let e = load(&format!("{base}preview = \"partial\"")).unwrap_err();
+        assert!(format!("{e:#}").contains("\"full\", \"redacted\", \"digest-only\""), "{e:#}");
+        assert!(load(&format!("{base}preview = \"redacted\"\nredact = [\"(\"]")).is_err());
     }
 }

@@ -315,13 +315,15 @@ against this plan before it leaves and refuses anything else. If verification fa
             r.content_type.as_deref().map(|c| format!(" <small>({})</small>", esc(c))).unwrap_or_default()
         );
         if let Some(dg) = &r.body_digest {
-            let _ = write!(b, "<div class=\"hint\">body: {} bytes, <code>{dg}</code></div>", r.body_bytes);
-            match &r.body_text {
-                Some(t) => {
+            let how = r.body_shown.as_deref().unwrap_or("digest-only");
+            let _ = write!(b, "<div class=\"hint\">body <code>{dg}</code> ({})</div>", esc(how));
+            match (&r.body_text, how) {
+                (Some(t), _) => {
                     let lines: Vec<String> = t.lines().map(esc_content).collect();
                     let _ = write!(b, "<pre class=\"body\">{}</pre>", lines.join("\n"));
                 }
-                None => b.push_str("<p class=\"hint\">(binary content)</p>"),
+                (None, "digest-only") => b.push_str("<p class=\"hint\">(content not shown: digest only)</p>"),
+                (None, _) => b.push_str("<p class=\"hint\">(binary content)</p>"),
             }
         }
         b.push_str("</div>");

@@ -190,12 +190,19 @@ impl Runner {
             plan_digest: valid.digest(),
             preview: previewed.map(|p| p.document),
             bodies: report
-                .call_bodies
+                .call_shown
                 .iter()
+                .filter(|(d, b)| edge_core::Sha256Digest::of(b) == **d)
                 .map(|(d, b)| {
                     use base64::Engine as _;
                     (*d, base64::engine::general_purpose::STANDARD.encode(b))
                 })
+                .collect(),
+            masked: report
+                .call_shown
+                .iter()
+                .filter(|(d, b)| edge_core::Sha256Digest::of(b) != **d)
+                .map(|(d, b)| (*d, String::from_utf8_lossy(b).into_owned()))
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&proposal).or_fail()?;

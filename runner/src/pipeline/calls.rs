@@ -40,14 +40,68 @@ impl Runner {
         }
     }
 
-    /// The body a planned request's digest names (kept as an artifact when
-    /// the plan was recorded).
+    /// Where a planned body that is not kept as evidence (an endpoint
+    /// previewed `redacted` or `digest-only`) waits for its apply: beside the
+    /// proposal's kept preview (0600), removed when the proposal ends.
+    pub(crate) fn call_body_path(&self, proposal: &str, d: &Sha256Digest) -> std::path::PathBuf {
+        super::preview::preview_dir(self, proposal).join(".calls").join(d.hex())
+    }
+
+    /// A planned body by its digest: kept as evidence (a `full` endpoint),
+    /// or beside the proposal (checked against the digest either way).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    pub(crate) fn kept_call_body(&self, proposal: &str, d: &Sha256Digest) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(b) = self.log.read_artifact(d)?.filter(|b| Sha256Digest::of(b) == *d) {
+            return Ok(Some(b));
+        }
+        Ok(std::fs::read(self.call_body_path(proposal, d)).ok().filter(|b| Sha256Digest::of(b) == *d))
+    }
+
+    /// Keep the bodies of a plan's calls: as evidence as far as each
+    /// endpoint's preview mode allows (returned: the artifacts), and the
+    /// exact bytes for the apply to come (in memory for this run; beside the
+    /// proposal when an endpoint keeps them out of evidence).
+    pub(crate) fn keep_call_bodies(
+        &self,
+        report: &mut RunReport,
+        proposed: &[crate::sandbox::Proposed],
+    ) -> Result<Vec<Sha256Digest>, Stop> {
+        let proposal = edge_core::lifecycle::proposal_id(&report.run);
+        let mut kept = Vec::new();
+        for p in proposed {
+            let comp = p.call.compensation.as_ref().map(|r| (r, &p.compensation_body));
+            for (r, b) in std::iter::once((&p.call.request, &p.body)).chain(comp) {
+                let Some(d) = r.body else { continue };
+                let ep = self.config.endpoints.get(&r.endpoint);
+                let shown = ep.and_then(|e| e.shown_body(b));
+                if shown.as_deref() != Some(b.as_slice()) {
+                    let path = self.call_body_path(&proposal, &d);
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir).or_fail()?;
+                    }
+                    crate::staging::write_durably(&path, b).or_fail()?;
+                }
+                if let Some(s) = shown {
+                    let a = report.artifact(&s)?;
+                    report.call_shown.insert(d, s);
+                    kept.push(a);
+                }
+                report.call_bodies.insert(d, b.clone());
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The body a planned request's digest names.
     fn call_body(&self, report: &RunReport, digest: Option<&Sha256Digest>) -> Result<Vec<u8>, Stop> {
         let Some(d) = digest else { return Ok(Vec::new()) };
-        // This run's plan (tier 0), or the waiting proposal's (kept in the store).
+        // This run's plan (tier 0), or the waiting proposal's (kept).
+        let proposal = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&report.run));
         let bytes = match report.call_bodies.get(d) {
             Some(b) => Some(b.clone()),
-            None => self.log.read_artifact(d).or_fail()?,
+            None => self.kept_call_body(&proposal, d).or_fail()?,
         };
         bytes.filter(|b| Sha256Digest::of(b) == *d).ok_or_else(|| {
             Stop::Refused(Refusal {
@@ -118,8 +172,10 @@ impl Runner {
         for i in (0..made.min(plan.calls.len())).rev() {
             let Some(comp) = &plan.calls[i].compensation else { continue };
             let body = bodies.get(i).map_or(&[][..], |b| b.1.as_slice());
-            let call = log.intent("compensate", u32::try_from(i).ok(), comp, body).await.or_fail()?;
-            let result = match run.endpoint(&comp.endpoint) {
+            let ep = run.endpoint(&comp.endpoint);
+            let shown = ep.as_ref().and_then(|e| e.shown_body(body));
+            let call = log.intent("compensate", u32::try_from(i).ok(), comp, shown.as_deref()).await.or_fail()?;
+            let result = match ep {
                 None => CallResult {
                     reason_code: Some("call.undeclared_endpoint"),
                     detail: Some(format!("endpoint `{}` is not granted", comp.endpoint)),
@@ -134,7 +190,7 @@ impl Runner {
                             status: Some(status.as_u16()),
                             body: Some(Sha256Digest::of(&bytes)),
                             bytes: bytes.len() as u64,
-                            content: bytes[..bytes.len().min(egress::KEPT_RESPONSE_BYTES)].to_vec(),
+                            content: egress::kept_response(&ep, &bytes),
                             ..CallResult::default()
                         },
                         Err(f) => CallResult {

@@ -300,12 +300,12 @@ impl Runner {
             result = self.close_failed_run(&mut report, e).await;
         }
         self.discard_staging(&self.config.staging_dir.join(&run));
-        // A proposal that no longer waits keeps no staged result.
-        if let Some(id) = &report.resumed
-            // (Unreadable store: keep the preview; the next start looks again.)
-            && self.log.proposal(id).is_ok_and(|v| v.is_none_or(|v| v.state != State::AwaitingApproval))
-        {
-            self.drop_preview(id);
+        // A proposal that no longer waits (or never did: a tier-0 run whose
+        // calls' bodies were kept out of evidence) keeps no staged result.
+        let id = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&run));
+        // (Unreadable store: keep it; the next start looks again.)
+        if self.log.proposal(&id).is_ok_and(|v| v.is_none_or(|v| v.state != State::AwaitingApproval)) {
+            self.drop_preview(&id);
         }
         // Rolled back and cleaned up: the next run may have the mounts.
         report.mount_guards.clear();

@@ -53,17 +53,9 @@ impl Runner {
         let file = decided.admitted().capsule().file();
         let (planned, proposed) = planned.map_err(PlanError::from)?;
         let valid = planned.validate_for(file, grant.limits.max_plan_changes as usize).map_err(PlanError::from)?;
-        // The calls' bodies, so approvers and reviewers see the exact requests.
-        let mut bodies = Vec::new();
-        for p in &proposed {
-            for b in [&p.body, &p.compensation_body] {
-                if !b.is_empty() {
-                    let d = report.artifact(b)?;
-                    report.call_bodies.insert(d, b.clone());
-                    bodies.push(d);
-                }
-            }
-        }
+        // The calls' bodies, so approvers and reviewers see the requests
+        // (as each endpoint's preview mode allows) and apply has them.
+        let bodies = self.keep_call_bodies(report, &proposed)?;
         // `ValidPlan` holds the digest of exactly these bytes: not hashed again.
         let plan_d = report.log.put_artifact_digested(valid.digest(), valid.canonical()).or_fail()?;
         report.plan = Some(valid.plan().clone());

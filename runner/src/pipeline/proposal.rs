@@ -60,12 +60,29 @@ pub struct Proposal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<Sha256Digest>,
     /// The exact bodies of the plan's calls and compensations (base64), by
-    /// the digest the plan names: what the approver sees is what is sent.
+    /// the digest the plan names: what the approver sees is what is sent
+    /// (endpoints previewed `full`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bodies: BTreeMap<Sha256Digest, String>,
+    /// Bodies of endpoints previewed `redacted`: the text with its
+    /// secret-bearing lines masked, by the digest of the real body (which
+    /// the approver signs, through the plan digest). `digest-only` bodies
+    /// appear in neither map.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub masked: BTreeMap<Sha256Digest, String>,
 }
 
 impl Proposal {
+    /// What the approver is shown of a planned body.
+    pub fn shown_body(&self, digest: &Sha256Digest) -> crate::service::detail::ShownBody {
+        use crate::service::detail::ShownBody;
+        match (self.body(digest), self.masked.get(digest)) {
+            (Ok(b), _) => ShownBody::Exact(b),
+            (Err(_), Some(m)) => ShownBody::Masked(m.clone()),
+            (Err(_), None) => ShownBody::DigestOnly,
+        }
+    }
+
     /// The body a planned request names, checked against its digest.
     ///
     /// # Errors
@@ -106,7 +123,11 @@ impl Proposal {
             for d in
                 [c.request.body.as_ref(), c.compensation.as_ref().and_then(|r| r.body.as_ref())].into_iter().flatten()
             {
-                self.body(d)?;
+                // A body shown exactly must be the one the plan names
+                // (masked and digest-only ones are shown as such).
+                if self.bodies.contains_key(d) {
+                    self.body(d)?;
+                }
             }
         }
         Ok(())

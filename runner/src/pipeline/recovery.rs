@@ -147,12 +147,17 @@ impl Runner {
     fn compensate_interrupted(&self, run: &str) -> Result<bool> {
         let records = self.log.read_records_at(&self.log.run_seqs(run)?)?;
         let mut plan_digest = None;
+        let mut proposal = edge_core::lifecycle::proposal_id(run);
         let mut made: Vec<u32> = Vec::new();
         let mut undone: BTreeSet<u32> = BTreeSet::new();
         let mut calls = 0;
         for r in &records {
             match &r.event {
-                Event::Planned { plan, .. } | Event::Resumed { plan, .. } => plan_digest = Some(*plan),
+                Event::Planned { plan, .. } => plan_digest = Some(*plan),
+                Event::Resumed { plan, proposal: p, .. } => {
+                    plan_digest = Some(*plan);
+                    proposal.clone_from(p);
+                }
                 Event::CallIntent { phase, call, planned, .. } => {
                     calls = calls.max(*call);
                     match (phase.as_str(), planned) {
@@ -180,18 +185,34 @@ impl Runner {
         for i in made.into_iter().rev().filter(|i| !undone.contains(i)) {
             let Some(comp) = plan.calls.get(i as usize).and_then(|c| c.compensation.clone()) else { continue };
             calls += 1;
+            // The exact body the plan names; if it is gone, the compensation
+            // is not sent with another (it fails, loudly, below).
+            let body = match &comp.body {
+                Some(d) => self.kept_call_body(&proposal, d)?,
+                None => Some(Vec::new()),
+            };
+            let shown = match (self.config.endpoints.get(&comp.endpoint), &body) {
+                (Some(ep), Some(b)) => ep.shown_body(b),
+                _ => None,
+            };
+            let shown = shown.map(|b| self.log.put_artifact(&b)).transpose()?;
             self.log.append(
                 run,
-                Event::CallIntent { phase: "compensate".into(), call: calls, planned: Some(i), request: comp.clone() },
+                Event::CallIntent {
+                    phase: "compensate".into(),
+                    call: calls,
+                    planned: Some(i),
+                    request: comp.clone(),
+                    body: shown,
+                },
             )?;
-            let body = match &comp.body {
-                Some(d) => self.log.read_artifact(d)?.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let result = match self.config.endpoints.get(&comp.endpoint) {
-                Some(ep) => send_now(ep, &comp, body),
-                None => {
+            let result = match (self.config.endpoints.get(&comp.endpoint), body) {
+                (Some(ep), Some(body)) => send_now(ep, &comp, body),
+                (None, _) => {
                     Err(("call.undeclared_endpoint", format!("endpoint `{}` is no longer configured", comp.endpoint)))
+                }
+                (Some(_), None) => {
+                    Err(("call.body_missing", "the compensation's planned body is no longer kept: not sent".to_owned()))
                 }
             };
             let event = match result {

@@ -165,6 +165,10 @@ pub struct RunReport {
     /// artifacts too).
     #[serde(skip)]
     pub(crate) call_bodies: BTreeMap<Sha256Digest, Vec<u8>>,
+    /// What approvers see of each planned body, by its digest (the body,
+    /// or masked); absent: its digest only.
+    #[serde(skip)]
+    pub(crate) call_shown: BTreeMap<Sha256Digest, Vec<u8>>,
     /// The mount locks the run holds, until its cleanup is done.
     #[serde(skip)]
     pub(crate) mount_guards: Vec<MountGuard>,
@@ -215,6 +219,7 @@ impl RunReport {
             log,
             calls_made: 0,
             call_bodies: BTreeMap::new(),
+            call_shown: BTreeMap::new(),
             mount_guards: Vec::new(),
             governance,
         }

@@ -44,6 +44,18 @@ use crate::store::log::RunLog;
 
 /// How much of a response body the evidence keeps (the digest covers all of it).
 pub const KEPT_RESPONSE_BYTES: usize = 64 << 10;
+/// What the evidence keeps of a response body: its first
+/// [`KEPT_RESPONSE_BYTES`] (cut back to a whole character), as the
+/// endpoint's preview mode keeps request bodies — as is, masked, or nothing.
+pub fn kept_response(ep: &EndpointConfig, body: &[u8]) -> Vec<u8> {
+    let cut = &body[..body.len().min(KEPT_RESPONSE_BYTES)];
+    let cut = match std::str::from_utf8(cut) {
+        Err(e) if e.error_len().is_none() => &cut[..e.valid_up_to()],
+        _ => cut,
+    };
+    ep.shown_body(cut).unwrap_or_default()
+}
+
 /// Request headers a capsule may set (the runner sets the rest).
 const GUEST_HEADERS: [&str; 3] = ["content-type", "accept", "content-length"];
 /// Response headers recorded as evidence (never cookies or auth challenges).
@@ -127,19 +139,18 @@ impl CallLog {
     }
 
     /// Record an intent and make it durable; returns the request's number.
+    /// `shown` is the body as the endpoint's preview mode keeps it.
     pub async fn intent(
         &mut self,
         phase: &str,
         planned: Option<u32>,
         request: &Request,
-        body: &[u8],
+        shown: Option<&[u8]>,
     ) -> anyhow::Result<u32> {
         self.calls += 1;
         let call = self.calls;
-        if !body.is_empty() {
-            self.log.put_artifact(body)?;
-        }
-        let event = Event::CallIntent { phase: phase.into(), call, planned, request: request.clone() };
+        let body = shown.map(|b| self.log.put_artifact(b)).transpose()?;
+        let event = Event::CallIntent { phase: phase.into(), call, planned, request: request.clone(), body };
         self.log.append_deferred(&self.run, event)?;
         self.log.barrier().await?;
         Ok(call)
@@ -404,7 +415,7 @@ impl Gate {
         // until the outcome is recorded (a phase's requests, one at a time).
         let mut held = self.log.lock().await;
         let recorded = match held.as_mut() {
-            Some(log) => log.intent(self.mode.phase(), planned, &request, &body).await,
+            Some(log) => log.intent(self.mode.phase(), planned, &request, ep.shown_body(&body).as_deref()).await,
             None => Err(anyhow::anyhow!("no evidence log for this phase")),
         };
         let call = match recorded {
@@ -431,7 +442,7 @@ impl Gate {
                     headers: recorded,
                     body: Some(Sha256Digest::of(&bytes)),
                     bytes: bytes.len() as u64,
-                    content: bytes[..bytes.len().min(KEPT_RESPONSE_BYTES)].to_vec(),
+                    content: kept_response(&ep, &bytes),
                     ..CallResult::default()
                 };
                 let mut resp = http::Response::new(Full::new(bytes).map_err(|never| match never {}).boxed_unsync());

@@ -67,6 +67,17 @@ pub struct CallView {
     pub undo: Option<RequestView>,
 }
 
+/// What a person is shown of a planned request body.
+#[derive(Debug, Clone)]
+pub enum ShownBody {
+    /// The exact bytes (an endpoint previewed `full`).
+    Exact(Vec<u8>),
+    /// The text with secret-bearing lines masked (`redacted`).
+    Masked(String),
+    /// Its digest and size only (`digest-only`, or not available).
+    DigestOnly,
+}
+
 /// One request: `METHOD endpoint/path`, and its body.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RequestView {
@@ -75,10 +86,13 @@ pub struct RequestView {
     pub content_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_digest: Option<Sha256Digest>,
-    #[serde(default)]
-    pub body_bytes: usize,
-    /// The body when it is UTF-8 (at most [`MAX_SHOWN_BODY`] bytes; the
-    /// digest covers all of it). Capsule text: renderers neutralise it.
+    /// How the body is shown: `full`, `redacted` (secret-bearing lines
+    /// masked) or `digest-only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_shown: Option<String>,
+    /// The body (masked, for `redacted`) when it is UTF-8 (at most
+    /// [`MAX_SHOWN_BODY`] bytes; the digest covers all of the real body).
+    /// Capsule text: renderers neutralise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
 }
@@ -86,16 +100,21 @@ pub struct RequestView {
 /// Most bytes of a request body shown to people.
 pub const MAX_SHOWN_BODY: usize = 16 << 10;
 
-/// The plan's calls for people, with the bodies `body` finds by digest.
-pub fn call_views(plan: &Plan, body: impl Fn(&Sha256Digest) -> Option<Vec<u8>>) -> Vec<CallView> {
+/// The plan's calls for people, each body as `shown` says.
+pub fn call_views(plan: &Plan, shown: impl Fn(&Sha256Digest) -> ShownBody) -> Vec<CallView> {
     let request = |r: &edge_core::calls::Request| {
-        let bytes = r.body.as_ref().and_then(&body).unwrap_or_default();
-        let text = std::str::from_utf8(&bytes[..bytes.len().min(MAX_SHOWN_BODY)]).ok().map(str::to_owned);
+        let cut = |t: &str| t.char_indices().nth(MAX_SHOWN_BODY).map_or(t, |(i, _)| &t[..i]).to_owned();
+        let (how, text) = match r.body.as_ref().map(&shown) {
+            None => (None, None),
+            Some(ShownBody::Exact(b)) => (Some("full"), std::str::from_utf8(&b).ok().map(cut)),
+            Some(ShownBody::Masked(m)) => (Some("redacted"), Some(cut(&m))),
+            Some(ShownBody::DigestOnly) => (Some("digest-only"), None),
+        };
         RequestView {
             line: r.line(),
             content_type: r.content_type.clone(),
             body_digest: r.body,
-            body_bytes: bytes.len(),
+            body_shown: how.map(str::to_owned),
             body_text: text.filter(|t| !t.is_empty()),
         }
     };
@@ -167,7 +186,16 @@ impl Runner {
             age_secs: now.saturating_sub(u64::try_from(submitted).unwrap_or(0)),
             expires_at,
             provenance,
-            calls: plan.as_ref().map(|p| call_views(p, artifact)).unwrap_or_default(),
+            calls: plan
+                .as_ref()
+                .map(|p| {
+                    call_views(p, |d| match (artifact(d).filter(|b| Sha256Digest::of(b) == *d), &doc) {
+                        (Some(b), _) => ShownBody::Exact(b),
+                        (None, Some(doc)) => doc.shown_body(d),
+                        (None, None) => ShownBody::DigestOnly,
+                    })
+                })
+                .unwrap_or_default(),
             summary: plan.map(|p| p.summary),
             findings,
             files,

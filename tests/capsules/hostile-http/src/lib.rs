@@ -38,6 +38,12 @@ fn send_with_headers(r: &Request, headers: &[(&str, &str)]) -> Result<http::Resp
     Ok(http::Response { status: resp.status(), body: Vec::new() })
 }
 
+/// 128 random bits, hex (the host's `wasi:random` through std's hasher keys).
+fn fresh_token() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    (0..2).map(|_| format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish())).collect()
+}
+
 impl Capsule for Hostile {
     fn plan(ctx: &Ctx) -> Result<Plan, String> {
         let attack = ctx.param("attack").unwrap_or("none");
@@ -80,7 +86,15 @@ impl Capsule for Hostile {
                 // The apply attacks share one planned call.
                 let current = http::send(&Request::get(EP, "/item"))?;
                 let undo = if attack == "comp-fails" { put("/fail", b"old") } else { put("/item", &current.body) };
-                plan.call(put("/item", b"new"), "set the item to new", Some(undo));
+                // The value written: `new`, the `value` parameter, or
+                // (`rotate`) a fresh credential made here, as a capsule
+                // rotating one would.
+                let value = match ctx.param("value") {
+                    Some("rotate") => format!("mode = fast\napi_token = {}\n", fresh_token()),
+                    Some(v) => v.to_owned(),
+                    None => "new".to_owned(),
+                };
+                plan.call(put("/item", value.as_bytes()), "set the item", Some(undo));
             }
         }
         Ok(plan.build())
