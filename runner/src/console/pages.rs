@@ -316,7 +316,11 @@ against this plan before it leaves and refuses anything else. If verification fa
         );
         if let Some(dg) = &r.body_digest {
             let how = r.body_shown.as_deref().unwrap_or("digest-only");
-            let _ = write!(b, "<div class=\"hint\">body <code>{dg}</code> ({})</div>", esc(how));
+            let _ = write!(
+                b,
+                "<div class=\"hint\">body <code>{dg}</code> <span class=\"shown shown-{0}\">{0}</span></div>",
+                esc(how)
+            );
             match (&r.body_text, how) {
                 (Some(t), _) => {
                     let lines: Vec<String> = t.lines().map(esc_content).collect();

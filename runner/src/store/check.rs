@@ -11,7 +11,8 @@
 //! pass over every record, in one read transaction (a consistent snapshot;
 //! the runner keeps appending meanwhile), in memory bounded by the work in
 //! flight (the fold is made again as the writer keeps it: what is final
-//! goes to a scratch database under `$TMPDIR`, deleted when done):
+//! goes to a scratch database beside the store, `check-scratch-*/`,
+//! deleted when done, and by the next check if a kill left it):
 //!
 //! * every record's canonical form, sequence, chain link and hash column;
 //! * every hash of the persisted Merkle tree, against the records;
@@ -44,11 +45,13 @@ pub struct Checked {
     pub proposals: u64,
 }
 
-/// The full check could not be made (its scratch space under `$TMPDIR`
+/// The full check could not be made (its scratch space beside the store
 /// could not be created or written): this says nothing about the store,
 /// and is not a verification failure.
 #[derive(Debug, thiserror::Error)]
-#[error("the full check could not run ({0:#}); the store was not found wrong: free or fix $TMPDIR and run it again")]
+#[error(
+    "the full check could not run ({0:#}); the store was not found wrong: free space beside the store and run it again"
+)]
 pub struct CouldNotCheck(anyhow::Error);
 
 /// Records between two progress reports.
@@ -69,7 +72,7 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
     let mut checkpoints = checkpoints.query([])?;
     let mut next_checkpoint = next_row(&mut checkpoints)?;
-    let fold = ScratchFold::new().map_err(CouldNotCheck)?;
+    let fold = ScratchFold::new(dir).map_err(CouldNotCheck)?;
     let (mut history, mut fold, mut checked) = (KeyHistory::default(), fold, 0u64);
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
@@ -158,24 +161,56 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
 struct ScratchFold {
     db: Connection,
     index: LogIndex,
+    /// Held while the check runs: another check does not remove it.
+    _lock: std::fs::File,
     /// Holds the scratch database; removed (with it) when dropped.
     _dir: tempfile::TempDir,
+}
+
+/// Remove the scratch directories of checks that were killed: those whose
+/// lock no process holds (one still being created, without its lock yet,
+/// is left alone for a minute).
+fn remove_stale_scratch(store: &Path) {
+    let Ok(entries) = std::fs::read_dir(store) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let stale = match std::fs::File::open(e.path().join("lock")) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => {
+                e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60)
+            }
+        };
+        if stale && let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a killed full check's scratch directory");
+        }
+    }
 }
 
 /// Records folded between two stores of the scratch fold.
 const KEEP_EVERY: u64 = 4096;
 
+/// What a scratch directory's name starts with.
+const SCRATCH_PREFIX: &str = "check-scratch-";
+
 impl ScratchFold {
-    fn new() -> Result<Self> {
+    /// A scratch database in a directory of its own beside the store in
+    /// `store` (the operator's state disk, not a RAM-backed `/tmp`), locked
+    /// while the check runs; what a killed check left there is removed.
+    fn new(store: &Path) -> Result<Self> {
+        remove_stale_scratch(store);
         let dir = tempfile::Builder::new()
-            .prefix("edge-runner-check-")
-            .tempdir()
-            .context("cannot create the full check's scratch directory (under $TMPDIR)")?;
+            .prefix(SCRATCH_PREFIX)
+            .tempdir_in(store)
+            .with_context(|| format!("cannot create the full check's scratch directory in {}", store.display()))?;
+        let lock = std::fs::File::create(dir.path().join("lock"))?;
+        lock.lock().context("cannot lock the full check's scratch directory")?;
         let db = Connection::open(dir.path().join("fold.db"))?;
         // Scratch: nothing in it needs to survive a crash.
         db.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
         db.execute_batch(fold::CREATE)?;
-        Ok(Self { db, index: LogIndex::default(), _dir: dir })
+        Ok(Self { db, index: LogIndex::default(), _lock: lock, _dir: dir })
     }
 
     fn push(&mut self, r: &edge_core::evidence::Record) -> Result<()> {
@@ -378,11 +413,30 @@ mod bounded {
     use super::*;
 
     #[test]
+    fn a_killed_checks_scratch_is_removed_and_a_running_ones_kept() {
+        let store = tempfile::tempdir().unwrap();
+        let killed = store.path().join(format!("{SCRATCH_PREFIX}killed"));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join("lock"), b"").unwrap();
+        std::fs::write(killed.join("fold.db"), b"left by a kill").unwrap();
+        let running = ScratchFold::new(store.path()).unwrap();
+        let running_dir = running._dir.path().to_path_buf();
+        assert!(!killed.exists(), "a scratch directory no check holds is removed");
+        // A second check meanwhile leaves the running one's scratch alone.
+        let second = ScratchFold::new(store.path()).unwrap();
+        assert!(running_dir.join("fold.db").exists());
+        drop((running, second));
+        let left: Vec<_> = std::fs::read_dir(store.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
     fn the_scratch_fold_holds_only_the_work_in_flight() {
         let runs = 3 * KEEP_EVERY as usize / 10; // ~10 records a run
         let log = edge_evidence::synth::full_bundle("runner.test", runs);
         let bundle = edge_evidence::bundle::parse(&log.bundle).unwrap();
-        let mut fold = ScratchFold::new().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let mut fold = ScratchFold::new(store.path()).unwrap();
         let mut most = 0;
         for line in &bundle.records {
             let r: edge_core::evidence::Record = serde_json::from_str(line).unwrap();
