@@ -95,7 +95,21 @@ fn main() {
     let mut times = Vec::with_capacity(iters);
     let mut parallel = Vec::with_capacity(iters);
     let mut single = Vec::with_capacity(iters);
+    // The signature check alone: ed25519-dalek's `verify_strict` and the
+    // same verdict with the key checked once at load (`edge_core::strict`).
+    let (ed_key, ed_msg) = (ed25519_dalek::SigningKey::from_bytes(&[9; 32]), [7u8; 600]);
+    let ed_sig = ed25519_dalek::Signer::sign(&ed_key, &ed_msg);
+    let ed_vk = ed_key.verifying_key();
+    let strong = edge_core::strict::StrongKey::new(ed_vk).unwrap();
+    let (mut dalek_strict, mut strong_strict) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for i in 0..iters {
+        let t = Instant::now();
+        std::hint::black_box(ed_vk.verify_strict(&ed_msg, &ed_sig)).unwrap();
+        dalek_strict.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(strong.verify_strict(&ed_msg, &ed_sig)).unwrap();
+        strong_strict.push(t.elapsed());
+
         let t = Instant::now();
         let verified: Vec<_> =
             verify_approvals(&files, &registry, &binding, now, 300).into_iter().map(Result::unwrap).collect();
@@ -134,4 +148,11 @@ fn main() {
     );
     println!("  same five spread over the cores (rayon)       {:>9.1} µs", s.as_secs_f64() * 1e6);
     println!("  one approval alone (parse, registry, SSHSIG, binding) {:>9.1} µs", p.as_secs_f64() * 1e6);
+    let (d, k) = (median(dalek_strict), median(strong_strict));
+    println!(
+        "  Ed25519 strict check: ed25519-dalek {:>6.1} µs, key checked at load {:>6.1} µs ({:.2}×)",
+        d.as_secs_f64() * 1e6,
+        k.as_secs_f64() * 1e6,
+        k.as_secs_f64() / d.as_secs_f64()
+    );
 }

@@ -44,6 +44,7 @@ pub mod preview;
 pub mod rotation;
 pub mod signature;
 pub mod snapshot;
+pub mod strict;
 pub mod text;
 pub mod webhook;
 

@@ -288,7 +288,7 @@ pub fn verify_sshsig(key: &PublicKey, namespace: &str, message: &[u8], sig: &Ssh
 /// point precomputed (the registry does this once at load).
 fn verify_prepared(
     key: &PublicKey,
-    vk: &ed25519_dalek::VerifyingKey,
+    vk: &crate::strict::StrongKey,
     namespace: &str,
     message: &[u8],
     sig: &SshSig,

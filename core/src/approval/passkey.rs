@@ -125,7 +125,7 @@ pub struct PasskeyCredential {
 enum PreparedKey {
     /// The point decoded and checked to be on P-256 once, at load.
     Es256(aws_lc_rs::signature::ParsedPublicKey),
-    EdDsa(ed25519_dalek::VerifyingKey),
+    EdDsa(crate::strict::StrongKey),
 }
 
 impl std::fmt::Debug for PreparedKey {
@@ -208,9 +208,7 @@ impl PasskeyCredential {
                 let bytes: [u8; 32] =
                     raw.as_slice().try_into().map_err(|_| "an EdDSA `public_key` is 32 bytes".to_owned())?;
                 PreparedKey::EdDsa(
-                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                        .ok()
-                        .filter(|vk| !vk.is_weak())
+                    crate::strict::StrongKey::from_bytes(&bytes)
                         .ok_or_else(|| "the EdDSA `public_key` is invalid or weak (small order)".to_owned())?,
                 )
             }

@@ -40,19 +40,19 @@ pub struct SignerEntry {
     pub valid_before: Option<u64>,
     pub key: PublicKey,
     /// The key's Ed25519 point, decompressed and checked once at load.
-    pub ed25519: ed25519_dalek::VerifyingKey,
+    pub ed25519: crate::strict::StrongKey,
     pub line: usize,
 }
 
 /// The Ed25519 point of an `ssh-ed25519` or `sk-ssh-ed25519` key, if valid
 /// and not of small order.
-pub fn ed25519_key(key: &PublicKey) -> Option<ed25519_dalek::VerifyingKey> {
+pub fn ed25519_key(key: &PublicKey) -> Option<crate::strict::StrongKey> {
     let bytes = match key.key_data() {
         ssh_key::public::KeyData::Ed25519(k) => k.0,
         ssh_key::public::KeyData::SkEd25519(k) => k.public_key().0,
         _ => return None,
     };
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok().filter(|vk| !vk.is_weak())
+    crate::strict::StrongKey::from_bytes(&bytes)
 }
 
 /// OpenSSH `match_pattern`: `*` and `?` wildcards.

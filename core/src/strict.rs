@@ -1,0 +1,153 @@
+//! Strict Ed25519 verification for keys checked once, at load.
+//!
+//! `ed25519_dalek::VerifyingKey::verify_strict` rejects a small-order key
+//! and a small-order `R`, and otherwise verifies as `verify` does
+//! (cofactorless, `R` compared as bytes with the recomputed, canonical one).
+//! To decide "small order" it decompresses `R` and multiplies both points by
+//! the cofactor, and each such check compresses a point again — an inversion
+//! each, a quarter of an approval's verification. A [`StrongKey`] is checked
+//! not to be of small order once, when it is loaded; `R` is of small order
+//! exactly when its bytes are the canonical encoding of one of the eight
+//! points of order dividing 8 (an `R` encoded any other way never equals
+//! the canonical recomputed `R`, so `verify` refuses it). Same acceptance as
+//! `verify_strict`, shown by the tests below on the torsion points, mixed
+//! keys and non-canonical encodings.
+
+use std::sync::OnceLock;
+
+use ed25519_dalek::{Signature, SignatureError, Verifier as _, VerifyingKey};
+
+/// An Ed25519 key checked, when it was made, to be a valid point not of
+/// small order: the proof [`StrongKey::verify_strict`] relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrongKey(VerifyingKey);
+
+impl StrongKey {
+    /// The key, if it is not of small order (a "weak" key, which verifies
+    /// signatures on many messages).
+    pub fn new(key: VerifyingKey) -> Option<Self> {
+        (!key.is_weak()).then_some(Self(key))
+    }
+
+    /// The key from its 32 bytes, if a valid point not of small order.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Option<Self> {
+        VerifyingKey::from_bytes(bytes).ok().and_then(Self::new)
+    }
+
+    pub fn key(&self) -> &VerifyingKey {
+        &self.0
+    }
+
+    /// `verify_strict`'s verdict, without re-checking the key.
+    ///
+    /// # Errors
+    /// If `R` is of small order or the signature does not verify.
+    pub fn verify_strict(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
+        if small_order_encodings().contains(&signature.r_bytes()) {
+            return Err(SignatureError::new());
+        }
+        self.0.verify(message, signature)
+    }
+}
+
+/// The canonical encodings of the eight points of order dividing 8.
+fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+    static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
+    ENCODINGS.get_or_init(|| curve25519_dalek::constants::EIGHT_TORSION.map(|p| p.compress().to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::edwards::EdwardsPoint;
+    use curve25519_dalek::scalar::Scalar;
+    use ed25519_dalek::{Signer as _, SigningKey};
+    use sha2::{Digest as _, Sha512};
+
+    use super::*;
+
+    /// A signature made by hand: `R = [r]B + T`, `S = r + H(R‖A‖M)·a`.
+    fn forge(a: &Scalar, key: &EdwardsPoint, r: &Scalar, torsion: &EdwardsPoint, msg: &[u8]) -> Signature {
+        let big_r = (ED25519_BASEPOINT_POINT * r + torsion).compress();
+        let mut h = Sha512::new();
+        h.update(big_r.as_bytes());
+        h.update(key.compress().as_bytes());
+        h.update(msg);
+        let k = Scalar::from_hash(h);
+        let s = r + k * a;
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(big_r.as_bytes());
+        bytes[32..].copy_from_slice(s.as_bytes());
+        Signature::from_bytes(&bytes)
+    }
+
+    #[test]
+    fn the_same_verdict_as_verify_strict() {
+        let msg = b"approve p-1";
+        let sk = SigningKey::from_bytes(&[7; 32]);
+        let strong = StrongKey::new(sk.verifying_key()).unwrap();
+        let good = sk.sign(msg);
+        assert!(strong.verify_strict(msg, &good).is_ok());
+        assert!(strong.verify_strict(b"approve p-2", &good).is_err());
+
+        // Weak keys are refused when made.
+        for t in EIGHT_TORSION {
+            assert!(StrongKey::from_bytes(&t.compress().to_bytes()).is_none());
+        }
+
+        // R of small order (a = 0 and r = 0: R = T itself), and R with a
+        // torsion component, against a key with one: both checks agree.
+        let a = Scalar::from_bytes_mod_order([3; 32]);
+        let r = Scalar::from_bytes_mod_order([5; 32]);
+        for (i, t) in EIGHT_TORSION.iter().enumerate() {
+            for key_t in [EIGHT_TORSION[0], EIGHT_TORSION[(i + 3) % 8]] {
+                let key = ED25519_BASEPOINT_POINT * a + key_t;
+                let vk = VerifyingKey::from_bytes(&key.compress().to_bytes()).unwrap();
+                let Some(strong) = StrongKey::new(vk) else { continue };
+                for (sa, sr) in [(a, r), (a, Scalar::ZERO)] {
+                    let sig = forge(&sa, &key, &sr, t, msg);
+                    let expect = vk.verify_strict(msg, &sig).is_ok();
+                    assert_eq!(
+                        strong.verify_strict(msg, &sig).is_ok(),
+                        expect,
+                        "torsion {i}, r = 0: {}",
+                        sr == Scalar::ZERO
+                    );
+                }
+            }
+        }
+        // R = a small-order point exactly (r = 0, no base part): refused by both.
+        for t in EIGHT_TORSION {
+            let key = ED25519_BASEPOINT_POINT * a;
+            let vk = VerifyingKey::from_bytes(&key.compress().to_bytes()).unwrap();
+            let mut bytes = forge(&a, &key, &Scalar::ZERO, &t, msg).to_bytes();
+            bytes[..32].copy_from_slice(t.compress().as_bytes());
+            let sig = Signature::from_bytes(&bytes);
+            assert!(vk.verify_strict(msg, &sig).is_err());
+            assert!(StrongKey::new(vk).unwrap().verify_strict(msg, &sig).is_err());
+            // The case the list is for: R the identity satisfies the
+            // lenient equation, and only the small-order check refuses it.
+            assert_eq!(vk.verify(msg, &sig).is_ok(), t == EIGHT_TORSION[0]);
+        }
+        // Non-canonical encodings of small-order points (y = p and p + 1,
+        // that is 0 and 1, either sign), which dalek decompresses: both refuse.
+        for (low, sign) in [(0xed, 0), (0xee, 0), (0xed, 0x80), (0xee, 0x80)] {
+            let mut r = [0xff; 32];
+            r[0] = low;
+            r[31] = 0x7f | sign;
+            let mut bytes = good.to_bytes();
+            bytes[..32].copy_from_slice(&r);
+            let sig = Signature::from_bytes(&bytes);
+            assert!(sk.verifying_key().verify_strict(msg, &sig).is_err());
+            assert!(strong.verify_strict(msg, &sig).is_err());
+        }
+    }
+
+    #[test]
+    fn the_eight_encodings_are_distinct() {
+        let mut e = small_order_encodings().to_vec();
+        e.sort_unstable();
+        e.dedup();
+        assert_eq!(e.len(), 8);
+    }
+}
