@@ -241,9 +241,12 @@ pub enum Event {
     /// A request to a granted endpoint is about to leave: durable before it
     /// is sent. `call` numbers the run's requests from 1; `planned` is the
     /// plan's call (from 0) it makes (`phase` apply) or undoes (`phase`
-    /// compensate). Artifact `body`: the request body as the endpoint's
-    /// preview mode keeps it — the body itself (`full`, then it is
-    /// `request.body`), masked (`redacted`), or nothing (`digest-only`).
+    /// compensate). `kept`: the endpoint's preview mode for its body (set
+    /// when the request has one); artifact `body`: the body as that mode
+    /// keeps it — the body itself (`full`: then it is `request.body`),
+    /// masked (`redacted`), or nothing (`digest-only`). Records written
+    /// before preview modes existed have neither, and keep the body itself
+    /// (artifact `request.body`).
     CallIntent {
         phase: String,
         call: u32,
@@ -251,10 +254,13 @@ pub enum Event {
         planned: Option<u32>,
         request: crate::calls::Request,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<crate::preview::PreviewMode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<Sha256Digest>,
     },
     /// What came back for request `call`: status, a few safe headers, the
-    /// body's digest and size and (artifact `content`) its first 64 KiB; or,
+    /// body's digest and size and (artifact `content`) its first 64 KiB as
+    /// the endpoint's preview mode keeps it (as is, masked, or none); or,
     /// with `reason_code`, why nothing usable did.
     CallOutcome {
         call: u32,
@@ -473,7 +479,8 @@ impl Record {
                 add(output);
                 out.extend(bodies.iter().copied());
             }
-            Event::CallIntent { body, .. } => add(body),
+            Event::CallIntent { kept: Some(_), body, .. } => add(body),
+            Event::CallIntent { kept: None, request, .. } => add(&request.body),
             Event::CallOutcome { content, .. } => add(content),
             Event::CallRefused { .. } => {}
             Event::Applied { output, preview, contents, .. } => {

@@ -43,7 +43,7 @@ impl StrongKey {
     /// # Errors
     /// If `R` is of small order or the signature does not verify.
     pub fn verify_strict(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureError> {
-        if small_order_encodings().contains(&signature.r_bytes()) {
+        if small_order_encodings().contains(signature.r_bytes()) {
             return Err(SignatureError::new());
         }
         self.0.verify(message, signature)

@@ -716,9 +716,22 @@ fn check_run(
                 }
                 st.intent = Some(*changes);
             }
-            Event::CallIntent { phase, call, planned, request, .. } => {
+            Event::CallIntent { phase, call, planned, request, kept, body } => {
                 if !st.calls.insert(*call) {
                     return Err(fail("call.plan", format!("request #{call} is recorded twice")));
+                }
+                // What is kept of the body is what its preview mode says.
+                use edge_core::preview::PreviewMode;
+                let kept_right = match (kept, request.body) {
+                    (None, _) => body.is_none(),
+                    (Some(_), None) => false,
+                    (Some(PreviewMode::Full), Some(d)) => *body == Some(d),
+                    // Masked, the body itself (nothing to mask), or none (not text).
+                    (Some(PreviewMode::Redacted), Some(_)) => true,
+                    (Some(PreviewMode::DigestOnly), Some(_)) => body.is_none(),
+                };
+                if !kept_right {
+                    return Err(fail("call.plan", format!("request #{call} keeps its body otherwise than it says")));
                 }
                 match phase.as_str() {
                     // Reads (the runner's endpoint config says which) before the plan is recorded.

@@ -582,6 +582,25 @@ fn even_with_the_runner_key_an_unplanned_call_is_found_offline() {
         _ => false,
     });
     assert_eq!(check(&p), "call.plan");
+    // A body said to be kept in full that is not (or kept as something else).
+    let p = rewrite(&|e| match e {
+        Event::CallIntent { phase, body, .. } if phase == "apply" => {
+            *body = None;
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(check(&p), "call.plan");
+    // A record from before preview modes (neither `kept` nor `body`; the
+    // body is the artifact `request.body` names) still verifies.
+    let p = rewrite(&|e| match e {
+        Event::CallIntent { phase, kept, body, .. } if phase == "apply" => {
+            (*kept, *body) = (None, None);
+            true
+        }
+        _ => false,
+    });
+    edge_evidence::verify(&p.write(), &keys, edge_evidence::Level::Full).expect("an earlier version's record verifies");
 }
 
 /// A runner killed after `apply` made its call: the next start sends the
@@ -780,9 +799,35 @@ fn a_redacted_endpoint_shows_the_body_masked_and_sends_it_exact() {
     assert!(shown.contains("(redacted)") && shown.contains("| mode = fast"), "the body is shown masked: {shown}");
     assert!(shown.contains("api_token = [redacted"), "{shown}");
 
+    // A document that claims the endpoint is previewed in full while its
+    // body is only masked is refused before anything is shown.
+    let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(&document)).unwrap()).unwrap();
+    forged.as_object_mut().unwrap().remove("previews");
+    std::fs::write(env.path("forged.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
+    let out = env.cli(&[
+        "approve",
+        "forged.json",
+        "--principal",
+        "alice@bank.example",
+        "--ssh-key",
+        "keys/alice",
+        "--yes",
+        "-o",
+        "forged.approval",
+    ]);
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr().contains("(previewed in full) is masked"), "{}", out.stderr());
+    assert!(!env.path("forged.approval").exists());
+
+    // The operator loosens the endpoint to `full` while the proposal waits:
+    // what its approvers saw masked stays masked in the evidence.
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(env.path("runner.toml"), config.replace("preview = \"redacted\"", "preview = \"full\"")).unwrap();
     env.sign_approval("approve", &document, "carol", "carol.approval");
     let run = env.exec_with(&capsule, &["alice.approval", "carol.approval"]);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let intents = run.events_of("call-intent");
+    assert!(intents.iter().any(|e| e["kept"] == "redacted" && e["phase"] == "apply"), "{intents:?}");
     let secret = rotated(&svc);
     assert!(!shown.contains(&secret), "{shown}");
     verify_offline(&env);

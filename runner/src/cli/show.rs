@@ -167,11 +167,22 @@ pub fn print_calls(calls: &[CallView], out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  {label:<5} {}{ct}", U(&r.line))?;
         if let Some(d) = &r.body_digest {
             let how = r.body_shown.as_deref().unwrap_or("digest-only");
-            writeln!(out, "        body {d} ({})", U(how))?;
+            let size = r.body_bytes.map(|n| format!(", {n} bytes")).unwrap_or_default();
+            writeln!(out, "        body {d} ({}{size})", U(how))?;
             match (&r.body_text, how) {
                 (Some(text), _) => {
-                    for l in text.lines().take(40) {
-                        writeln!(out, "        | {}", U(&l.chars().take(200).collect::<String>()))?;
+                    const LINES: usize = 40;
+                    const WIDTH: usize = 200;
+                    let mut cut = text.lines().count() > LINES;
+                    for l in text.lines().take(LINES) {
+                        cut |= l.chars().count() > WIDTH;
+                        writeln!(out, "        | {}", U(&l.chars().take(WIDTH).collect::<String>()))?;
+                    }
+                    if cut || r.body_bytes.is_some_and(|n| n > text.len()) {
+                        writeln!(
+                            out,
+                            "        | … (cut here: the proposal document holds the whole body, under its digest in `bodies`)"
+                        )?;
                     }
                 }
                 (None, "digest-only") => {

@@ -25,6 +25,7 @@
 //! `dangerous_plain_http` is set (recorded in every run). A node the graph
 //! does not have is a load error (checked with the mounts' nodes).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use edge_core::calls::{METHODS, READ_METHODS};
+use edge_core::preview::PreviewMode;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +158,17 @@ pub struct EndpointConfig {
 }
 
 impl EndpointConfig {
+    /// This endpoint with its preview mode as a waiting proposal recorded it
+    /// (`held`: endpoint → mode) when that is stricter than the config's now:
+    /// loosening the config never shows or keeps more of what approvers saw
+    /// masked.
+    pub fn held(self: &Arc<Self>, held: &BTreeMap<String, PreviewMode>) -> Arc<Self> {
+        match held.get(&self.name) {
+            Some(&mode) if mode < self.preview => Arc::new(Self { preview: mode, ..(**self).clone() }),
+            _ => self.clone(),
+        }
+    }
+
     /// What of a request body is kept as evidence and shown to approvers,
     /// under this endpoint's preview mode (None: the digest only).
     pub fn shown_body(&self, body: &[u8]) -> Option<Vec<u8>> {

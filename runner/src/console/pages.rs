@@ -316,15 +316,19 @@ against this plan before it leaves and refuses anything else. If verification fa
         );
         if let Some(dg) = &r.body_digest {
             let how = r.body_shown.as_deref().unwrap_or("digest-only");
+            let size = r.body_bytes.map(|n| format!(", {n} bytes")).unwrap_or_default();
             let _ = write!(
                 b,
-                "<div class=\"hint\">body <code>{dg}</code> <span class=\"shown shown-{0}\">{0}</span></div>",
+                "<div class=\"hint\">body <code>{dg}</code>{size} <span class=\"shown shown-{0}\">{0}</span></div>",
                 esc(how)
             );
             match (&r.body_text, how) {
                 (Some(t), _) => {
                     let lines: Vec<String> = t.lines().map(esc_content).collect();
                     let _ = write!(b, "<pre class=\"body\">{}</pre>", lines.join("\n"));
+                    if r.body_bytes.is_some_and(|n| n > t.len()) {
+                        b.push_str("<p class=\"hint\">(cut here: the whole body is what the digest names)</p>");
+                    }
                 }
                 (None, "digest-only") => b.push_str("<p class=\"hint\">(content not shown: digest only)</p>"),
                 (None, _) => b.push_str("<p class=\"hint\">(binary content)</p>"),

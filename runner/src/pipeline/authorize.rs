@@ -204,6 +204,15 @@ impl Runner {
                 .filter(|(d, b)| edge_core::Sha256Digest::of(b) != **d)
                 .map(|(d, b)| (*d, String::from_utf8_lossy(b).into_owned()))
                 .collect(),
+            previews: valid
+                .plan()
+                .calls
+                .iter()
+                .flat_map(|c| std::iter::once(&c.request).chain(&c.compensation))
+                .filter_map(|r| self.config.endpoints.get(&r.endpoint))
+                .filter(|ep| ep.preview != edge_core::preview::PreviewMode::Full)
+                .map(|ep| (ep.name.clone(), ep.preview))
+                .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&proposal).or_fail()?;
         let document = report.artifact(&bytes)?;

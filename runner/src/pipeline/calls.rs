@@ -6,10 +6,12 @@
 //! recorded compensations of the calls made, in reverse order, and records
 //! each outcome. A compensation that fails ends the run `failed`, loudly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edge_core::Sha256Digest;
 use edge_core::evidence::{Event, Outcome};
+use edge_core::preview::PreviewMode;
 
 use super::Runner;
 use super::run::{Fails, Refusal, RunReport, Stage, Stop};
@@ -59,6 +61,17 @@ impl Runner {
         Ok(std::fs::read(self.call_body_path(proposal, d)).ok().filter(|b| Sha256Digest::of(b) == *d))
     }
 
+    /// The preview modes a waiting proposal's document recorded for its
+    /// endpoints (none: not a proposal, or every body shown in full).
+    pub(crate) fn held_previews(&self, proposal: &str) -> BTreeMap<String, PreviewMode> {
+        let document = self.log.proposal(proposal).ok().flatten().and_then(|v| v.document);
+        let bytes = document.and_then(|d| self.log.read_artifact(&d).ok().flatten());
+        bytes
+            .and_then(|b| serde_json::from_slice::<super::proposal::Proposal>(&b).ok())
+            .map(|p| p.previews)
+            .unwrap_or_default()
+    }
+
     /// Keep the bodies of a plan's calls: as evidence as far as each
     /// endpoint's preview mode allows (returned: the artifacts), and the
     /// exact bytes for the apply to come (in memory for this run; beside the
@@ -79,7 +92,12 @@ impl Runner {
                 if shown.as_deref() != Some(b.as_slice()) {
                     let path = self.call_body_path(&proposal, &d);
                     if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir).or_fail()?;
+                        use std::os::unix::fs::DirBuilderExt as _;
+                        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).or_fail()?;
+                        // `previews/<proposal>/.calls` durable, as the file will be.
+                        for d in dir.ancestors().skip(1).take(2) {
+                            crate::staging::sync_dir(d).or_fail()?;
+                        }
                     }
                     crate::staging::write_durably(&path, b).or_fail()?;
                 }
@@ -121,6 +139,14 @@ impl Runner {
         for c in &plan.calls {
             let comp = c.compensation.as_ref().and_then(|r| r.body.as_ref());
             bodies.push((self.call_body(report, c.request.body.as_ref())?, self.call_body(report, comp)?));
+        }
+        // In hand for the compensations, whatever becomes of the kept copies.
+        for (c, (b, cb)) in plan.calls.iter().zip(&bodies) {
+            for (d, bytes) in [(c.request.body, b), (c.compensation.as_ref().and_then(|r| r.body), cb)] {
+                if let Some(d) = d {
+                    report.call_bodies.entry(d).or_insert_with(|| bytes.clone());
+                }
+            }
         }
         report.barrier().await?;
         let log = self.call_log(report);
@@ -173,8 +199,7 @@ impl Runner {
             let Some(comp) = &plan.calls[i].compensation else { continue };
             let body = bodies.get(i).map_or(&[][..], |b| b.1.as_slice());
             let ep = run.endpoint(&comp.endpoint);
-            let shown = ep.as_ref().and_then(|e| e.shown_body(body));
-            let call = log.intent("compensate", u32::try_from(i).ok(), comp, shown.as_deref()).await.or_fail()?;
+            let call = log.intent("compensate", u32::try_from(i).ok(), comp, body, ep.as_deref()).await.or_fail()?;
             let result = match ep {
                 None => CallResult {
                     reason_code: Some("call.undeclared_endpoint"),

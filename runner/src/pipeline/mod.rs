@@ -122,7 +122,10 @@ impl Runner {
         crate::rotate::finish_interrupted(&config, &log)?;
         let identity = Arc::new(crate::identity::load_identity(&config)?);
         let sandbox = Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances)?;
-        let mount_locks = config.mounts.keys().map(|k| (k.clone(), Arc::default())).collect();
+        // Mounts and endpoints (their names never clash): runs that write
+        // one wait for each other.
+        let mount_locks =
+            config.mounts.keys().chain(config.endpoints.keys()).map(|k| (k.clone(), Arc::default())).collect();
         let settling = tokio::sync::Mutex::new(());
         let governance = config.governance.take().context("this runner config is already held by a runner")?;
         let governance = std::sync::RwLock::new(Arc::new(governance));
@@ -321,15 +324,19 @@ impl Runner {
     /// saw them (nothing of the capsule runs again before the commit).
     async fn drive(&self, capsule: Submitted<'_>, approvals: &[Vec<u8>], run: &mut RunReport) -> Result<(), Stop> {
         let admission = self.admit(capsule, run)?;
+        let mut prepared = admission.prepared;
         let decided = self.decide(admission.admitted, run)?;
         let (plan, previewed) = if approvals.is_empty() {
-            let plan = self.plan(&decided, &admission.prepared, run).await?;
-            let previewed = self.preview(&decided, &plan, &admission.prepared, run).await?;
+            let plan = self.plan(&decided, &prepared, run).await?;
+            let previewed = self.preview(&decided, &plan, &prepared, run).await?;
             (plan, previewed)
         } else {
-            self.resume(&decided, approvals, run).await?
+            let resumed = self.resume(&decided, approvals, run).await?;
+            // Bodies kept as the approvers saw them previewed.
+            prepared.hold_previews(&run.held_previews);
+            resumed
         };
-        let authority = self.authorize(decided, plan, admission.prepared, previewed.as_ref(), approvals, run).await?;
+        let authority = self.authorize(decided, plan, prepared, previewed.as_ref(), approvals, run).await?;
         let Some(previewed) = previewed else {
             // Calls cannot be staged: `apply` runs now, each request checked
             // against the authorized plan before it leaves.

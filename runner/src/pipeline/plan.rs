@@ -71,8 +71,9 @@ impl Runner {
         Ok(valid)
     }
 
-    /// Take the locks of the grant's mounts, in name order (no deadlock
-    /// between runs): exclusive for mounts it may write, shared otherwise.
+    /// Take the locks of the grant's mounts and then its endpoints, each in
+    /// name order (no deadlock between runs): exclusive for those it may
+    /// write, shared otherwise.
     pub(crate) async fn lock_mounts(&self, grant: &edge_core::admission::Grant) -> Vec<super::run::MountGuard> {
         use super::run::MountGuard;
         let mut guards = Vec::new();
@@ -81,6 +82,23 @@ impl Runner {
         for g in mounts {
             let Some(lock) = self.mount_locks.get(&g.name) else { continue };
             guards.push(if g.writable {
+                MountGuard::Write(lock.clone().write_owned().await)
+            } else {
+                MountGuard::Read(lock.clone().read_owned().await)
+            });
+        }
+        // An endpoint that may be written is held like a writable mount: a
+        // run plans against the service state it applies to, and a second
+        // run with the same proposal's approvals waits for the first.
+        // (After every mount, in name order: one order for all runs.)
+        let mut endpoints: Vec<_> = grant.endpoints.iter().collect();
+        endpoints.sort();
+        endpoints.dedup();
+        for name in endpoints {
+            let (Some(lock), Some(ep)) = (self.mount_locks.get(name), self.config.endpoints.get(name)) else {
+                continue;
+            };
+            guards.push(if ep.may_write() {
                 MountGuard::Write(lock.clone().write_owned().await)
             } else {
                 MountGuard::Read(lock.clone().read_owned().await)

@@ -338,6 +338,7 @@ impl Runner {
             preview: previewed.as_ref().map(|p| p.document),
             contents: previewed.as_ref().map(|p| p.shown.preview.contents()).unwrap_or_default(),
         })?;
+        report.held_previews = proposal.previews;
         report.resumed = Some(id);
         Ok((valid, previewed))
     }

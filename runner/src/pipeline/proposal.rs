@@ -70,6 +70,12 @@ pub struct Proposal {
     /// appear in neither map.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub masked: BTreeMap<Sha256Digest, String>,
+    /// The preview mode of each endpoint whose bodies are not shown in full
+    /// (endpoint → `redacted` | `digest-only`), as configured when the plan
+    /// was made: held for the proposal's apply and compensations even if
+    /// the config is loosened meanwhile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub previews: BTreeMap<String, edge_core::preview::PreviewMode>,
 }
 
 impl Proposal {
@@ -119,18 +125,31 @@ impl Proposal {
         if self.decision.policy.is_none() {
             anyhow::bail!("the proposal's decision names no policy");
         }
-        for c in &self.plan.calls {
-            for d in
-                [c.request.body.as_ref(), c.compensation.as_ref().and_then(|r| r.body.as_ref())].into_iter().flatten()
-            {
-                // A body shown exactly must be the one the plan names
-                // (masked and digest-only ones are shown as such).
-                if self.bodies.contains_key(d) {
-                    self.body(d)?;
-                }
+        for r in self.plan.calls.iter().flat_map(|c| std::iter::once(&c.request).chain(&c.compensation)) {
+            if let Some(d) = &r.body {
+                self.check_body(&r.endpoint, d)?;
             }
         }
         Ok(())
+    }
+
+    /// A planned body is held as its endpoint's mode says: exactly (`full`,
+    /// checked against the digest the plan names), masked (`redacted`; or
+    /// exactly, when nothing was masked), or not at all (`digest-only`).
+    fn check_body(&self, endpoint: &str, d: &Sha256Digest) -> Result<()> {
+        use edge_core::preview::PreviewMode;
+        let mode = self.previews.get(endpoint).copied().unwrap_or(PreviewMode::Full);
+        let (exact, masked) = (self.bodies.contains_key(d), self.masked.contains_key(d));
+        match mode {
+            PreviewMode::Full if masked => anyhow::bail!("the body {d} of `{endpoint}` (previewed in full) is masked"),
+            PreviewMode::Full | PreviewMode::Redacted if exact => self.body(d).map(drop),
+            PreviewMode::Full => anyhow::bail!("the proposal does not hold the body {d}"),
+            PreviewMode::Redacted => Ok(()),
+            PreviewMode::DigestOnly if exact || masked => {
+                anyhow::bail!("the body {d} of `{endpoint}` (previewed digest-only) is held")
+            }
+            PreviewMode::DigestOnly => Ok(()),
+        }
     }
 
     /// When the proposal can no longer be approved (Unix seconds).

@@ -179,6 +179,7 @@ impl Runner {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .with_context(|| format!("run {run} made calls but its plan is not in the store"))?;
         let redact = |s: &str| self.redact(s);
+        let previews = self.held_previews(&proposal);
         let mut failed = Vec::new();
         let mut restored = 0;
         made.sort_unstable();
@@ -191,23 +192,19 @@ impl Runner {
                 Some(d) => self.kept_call_body(&proposal, d)?,
                 None => Some(Vec::new()),
             };
-            let shown = match (self.config.endpoints.get(&comp.endpoint), &body) {
-                (Some(ep), Some(b)) => ep.shown_body(b),
-                _ => None,
-            };
-            let shown = shown.map(|b| self.log.put_artifact(&b)).transpose()?;
-            self.log.append(
-                run,
-                Event::CallIntent {
-                    phase: "compensate".into(),
-                    call: calls,
-                    planned: Some(i),
-                    request: comp.clone(),
-                    body: shown,
-                },
+            // The endpoint as the proposal's approvers saw it previewed
+            // (its mode only ever tightened since).
+            let ep = self.config.endpoints.get(&comp.endpoint).map(|ep| ep.held(&previews));
+            let intent = crate::sandbox::egress::intent_event(
+                ("compensate", calls, Some(i)),
+                &comp,
+                body.as_deref().unwrap_or_default(),
+                ep.as_deref().filter(|_| body.is_some()),
+                |b| self.log.put_artifact(b),
             )?;
-            let result = match (self.config.endpoints.get(&comp.endpoint), body) {
-                (Some(ep), Some(body)) => send_now(ep, &comp, body),
+            self.log.append(run, intent)?;
+            let result = match (ep, body) {
+                (Some(ep), Some(body)) => send_now(&ep, &comp, body),
                 (None, _) => {
                     Err(("call.undeclared_endpoint", format!("endpoint `{}` is no longer configured", comp.endpoint)))
                 }

@@ -169,6 +169,9 @@ pub struct RunReport {
     /// or masked); absent: its digest only.
     #[serde(skip)]
     pub(crate) call_shown: BTreeMap<Sha256Digest, Vec<u8>>,
+    /// The endpoints' preview modes the resumed proposal recorded.
+    #[serde(skip)]
+    pub(crate) held_previews: BTreeMap<String, edge_core::preview::PreviewMode>,
     /// The mount locks the run holds, until its cleanup is done.
     #[serde(skip)]
     pub(crate) mount_guards: Vec<MountGuard>,
@@ -220,6 +223,7 @@ impl RunReport {
             calls_made: 0,
             call_bodies: BTreeMap::new(),
             call_shown: BTreeMap::new(),
+            held_previews: BTreeMap::new(),
             mount_guards: Vec::new(),
             governance,
         }

@@ -135,6 +135,14 @@ impl Prepared {
         PhaseInput { params: &self.params, mounts, env: &self.env, gate }
     }
 
+    /// Keep each endpoint's bodies as a waiting proposal's approvers saw
+    /// them previewed (endpoint → mode), where that is stricter than now.
+    pub fn hold_previews(&mut self, held: &BTreeMap<String, edge_core::preview::PreviewMode>) {
+        for ep in self.endpoints.values_mut() {
+            *ep = ep.held(held);
+        }
+    }
+
     /// The granted endpoints, for a phase's gate.
     pub(super) fn endpoints(&self) -> BTreeMap<String, Arc<EndpointConfig>> {
         self.endpoints.clone()

@@ -44,6 +44,25 @@ use crate::store::log::RunLog;
 
 /// How much of a response body the evidence keeps (the digest covers all of it).
 pub const KEPT_RESPONSE_BYTES: usize = 64 << 10;
+/// A `call-intent` record: the body kept as the endpoint's preview mode
+/// says (`ep` None: an endpoint no longer configured, nothing kept), as an
+/// artifact `put` stores.
+///
+/// # Errors
+/// If the artifact cannot be stored.
+pub fn intent_event(
+    (phase, call, planned): (&str, u32, Option<u32>),
+    request: &Request,
+    body: &[u8],
+    ep: Option<&EndpointConfig>,
+    put: impl FnOnce(&[u8]) -> anyhow::Result<Sha256Digest>,
+) -> anyhow::Result<Event> {
+    let kept = request.body.map(|_| ep.map_or(edge_core::preview::PreviewMode::DigestOnly, |e| e.preview));
+    let shown = ep.filter(|_| request.body.is_some()).and_then(|e| e.shown_body(body));
+    let body = shown.map(|b| put(&b)).transpose()?;
+    Ok(Event::CallIntent { phase: phase.into(), call, planned, request: request.clone(), kept, body })
+}
+
 /// What the evidence keeps of a response body: its first
 /// [`KEPT_RESPONSE_BYTES`] (cut back to a whole character), as the
 /// endpoint's preview mode keeps request bodies — as is, masked, or nothing.
@@ -139,18 +158,20 @@ impl CallLog {
     }
 
     /// Record an intent and make it durable; returns the request's number.
-    /// `shown` is the body as the endpoint's preview mode keeps it.
+    /// The body (`body`, the bytes `request.body` names) is kept as the
+    /// endpoint's preview mode says (`ep` None: an endpoint no longer
+    /// configured, nothing kept).
     pub async fn intent(
         &mut self,
         phase: &str,
         planned: Option<u32>,
         request: &Request,
-        shown: Option<&[u8]>,
+        body: &[u8],
+        ep: Option<&EndpointConfig>,
     ) -> anyhow::Result<u32> {
         self.calls += 1;
         let call = self.calls;
-        let body = shown.map(|b| self.log.put_artifact(b)).transpose()?;
-        let event = Event::CallIntent { phase: phase.into(), call, planned, request: request.clone(), body };
+        let event = intent_event((phase, call, planned), request, body, ep, |b| self.log.put_artifact(b))?;
         self.log.append_deferred(&self.run, event)?;
         self.log.barrier().await?;
         Ok(call)
@@ -415,7 +436,7 @@ impl Gate {
         // until the outcome is recorded (a phase's requests, one at a time).
         let mut held = self.log.lock().await;
         let recorded = match held.as_mut() {
-            Some(log) => log.intent(self.mode.phase(), planned, &request, ep.shown_body(&body).as_deref()).await,
+            Some(log) => log.intent(self.mode.phase(), planned, &request, &body, Some(&ep)).await,
             None => Err(anyhow::anyhow!("no evidence log for this phase")),
         };
         let call = match recorded {

@@ -90,6 +90,9 @@ pub struct RequestView {
     /// masked) or `digest-only`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_shown: Option<String>,
+    /// The body's size, when it is shown exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
     /// The body (masked, for `redacted`) when it is UTF-8 (at most
     /// [`MAX_SHOWN_BODY`] bytes; the digest covers all of the real body).
     /// Capsule text: renderers neutralise it.
@@ -104,17 +107,18 @@ pub const MAX_SHOWN_BODY: usize = 16 << 10;
 pub fn call_views(plan: &Plan, shown: impl Fn(&Sha256Digest) -> ShownBody) -> Vec<CallView> {
     let request = |r: &edge_core::calls::Request| {
         let cut = |t: &str| t.char_indices().nth(MAX_SHOWN_BODY).map_or(t, |(i, _)| &t[..i]).to_owned();
-        let (how, text) = match r.body.as_ref().map(&shown) {
-            None => (None, None),
-            Some(ShownBody::Exact(b)) => (Some("full"), std::str::from_utf8(&b).ok().map(cut)),
-            Some(ShownBody::Masked(m)) => (Some("redacted"), Some(cut(&m))),
-            Some(ShownBody::DigestOnly) => (Some("digest-only"), None),
+        let (how, text, bytes) = match r.body.as_ref().map(&shown) {
+            None => (None, None, None),
+            Some(ShownBody::Exact(b)) => (Some("full"), std::str::from_utf8(&b).ok().map(cut), Some(b.len())),
+            Some(ShownBody::Masked(m)) => (Some("redacted"), Some(cut(&m)), None),
+            Some(ShownBody::DigestOnly) => (Some("digest-only"), None, None),
         };
         RequestView {
             line: r.line(),
             content_type: r.content_type.clone(),
             body_digest: r.body,
             body_shown: how.map(str::to_owned),
+            body_bytes: bytes,
             body_text: text.filter(|t| !t.is_empty()),
         }
     };

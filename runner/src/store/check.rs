@@ -161,10 +161,11 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
 struct ScratchFold {
     db: Connection,
     index: LogIndex,
+    /// Holds the scratch database; removed (with it) when dropped — before
+    /// the lock is let go (fields drop in order).
+    _dir: tempfile::TempDir,
     /// Held while the check runs: another check does not remove it.
     _lock: std::fs::File,
-    /// Holds the scratch database; removed (with it) when dropped.
-    _dir: tempfile::TempDir,
 }
 
 /// Remove the scratch directories of checks that were killed: those whose
@@ -176,12 +177,10 @@ fn remove_stale_scratch(store: &Path) {
         if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let stale = match std::fs::File::open(e.path().join("lock")) {
-            Ok(lock) => lock.try_lock().is_ok(),
-            Err(_) => {
-                e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() > 60)
-            }
-        };
+        // Old enough not to be one being created (its lock not yet taken),
+        // and its lock free.
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
+        let stale = old && std::fs::File::open(e.path().join("lock")).map_or(true, |lock| lock.try_lock().is_ok());
         if stale && let Err(err) = std::fs::remove_dir_all(e.path()) {
             tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a killed full check's scratch directory");
         }
@@ -193,6 +192,8 @@ const KEEP_EVERY: u64 = 4096;
 
 /// What a scratch directory's name starts with.
 const SCRATCH_PREFIX: &str = "check-scratch-";
+/// How old a scratch directory must be before another check may remove it.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ScratchFold {
     /// A scratch database in a directory of its own beside the store in
@@ -200,17 +201,22 @@ impl ScratchFold {
     /// while the check runs; what a killed check left there is removed.
     fn new(store: &Path) -> Result<Self> {
         remove_stale_scratch(store);
+        // A store the checking account may only read (an auditor's copy):
+        // the scratch goes to $TMPDIR instead.
         let dir = tempfile::Builder::new()
             .prefix(SCRATCH_PREFIX)
             .tempdir_in(store)
-            .with_context(|| format!("cannot create the full check's scratch directory in {}", store.display()))?;
+            .or_else(|_| tempfile::Builder::new().prefix(&format!("edge-runner-{SCRATCH_PREFIX}")).tempdir())
+            .with_context(|| {
+                format!("cannot create the full check's scratch directory in {} or $TMPDIR", store.display())
+            })?;
         let lock = std::fs::File::create(dir.path().join("lock"))?;
         lock.lock().context("cannot lock the full check's scratch directory")?;
         let db = Connection::open(dir.path().join("fold.db"))?;
         // Scratch: nothing in it needs to survive a crash.
         db.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
         db.execute_batch(fold::CREATE)?;
-        Ok(Self { db, index: LogIndex::default(), _lock: lock, _dir: dir })
+        Ok(Self { db, index: LogIndex::default(), _dir: dir, _lock: lock })
     }
 
     fn push(&mut self, r: &edge_core::evidence::Record) -> Result<()> {
@@ -419,10 +425,18 @@ mod bounded {
         std::fs::create_dir(&killed).unwrap();
         std::fs::write(killed.join("lock"), b"").unwrap();
         std::fs::write(killed.join("fold.db"), b"left by a kill").unwrap();
+        let young = store.path().join(format!("{SCRATCH_PREFIX}being-made"));
+        std::fs::create_dir(&young).unwrap();
+        let past = std::time::SystemTime::now() - STALE_AFTER * 2;
+        std::fs::File::open(&killed).unwrap().set_modified(past).unwrap();
         let running = ScratchFold::new(store.path()).unwrap();
         let running_dir = running._dir.path().to_path_buf();
         assert!(!killed.exists(), "a scratch directory no check holds is removed");
-        // A second check meanwhile leaves the running one's scratch alone.
+        assert!(young.exists(), "one just made (its lock not yet taken) is left alone");
+        std::fs::remove_dir(&young).unwrap();
+        // A second check meanwhile leaves the running one's scratch alone,
+        // however long it has run: its lock is held.
+        std::fs::File::open(&running_dir).unwrap().set_modified(past).unwrap();
         let second = ScratchFold::new(store.path()).unwrap();
         assert!(running_dir.join("fold.db").exists());
         drop((running, second));
