@@ -425,6 +425,11 @@ impl Drop for Etcd {
 
 const KEY: &str = "/config/checkout/max_connections";
 
+/// `edge-runner approve` of `document` by alice (what she is shown, on stdout).
+fn alice_approves(env: &Env, document: &str, out: &str) -> crate::harness::Cli {
+    env.cli(&["approve", document, "--principal", "alice@bank.example", "--ssh-key", "keys/alice", "--yes", "-o", out])
+}
+
 fn etcd_drift(env: &Env, extra_params: &str) -> std::path::PathBuf {
     let manifest =
         std::fs::read_to_string(format!("{}/examples/capsules/etcd-drift/capsule.toml", test_programs::ROOT)).unwrap();
@@ -487,20 +492,7 @@ fn an_etcd_change_at_tier_2_waits_shows_its_request_and_runs_once_approved() {
     assert_eq!(etcd.get(KEY).as_deref(), Some("100"), "nothing is sent before approval");
     let document = first.report["document"].as_str().unwrap().to_owned();
     // What the approver is shown: the exact request, and its compensation.
-    let shown = env
-        .cli(&[
-            "approve",
-            &document,
-            "--principal",
-            "alice@bank.example",
-            "--ssh-key",
-            "keys/alice",
-            "--yes",
-            "-o",
-            "alice.approval",
-        ])
-        .success()
-        .stdout();
+    let shown = alice_approves(&env, &document, "alice.approval").success().stdout();
     assert!(shown.contains("1.    POST etcd/v3/kv/put (application/json)"), "{shown}");
     assert!(shown.contains("L2NvbmZpZy9jaGVja291dC9tYXhfY29ubmVjdGlvbnM"), "the body is shown: {shown}");
     assert!(shown.contains("undo  POST etcd/v3/kv/put"), "{shown}");
@@ -603,18 +595,9 @@ fn even_with_the_runner_key_an_unplanned_call_is_found_offline() {
     edge_evidence::verify(&p.write(), &keys, edge_evidence::Level::Full).expect("an earlier version's record verifies");
 }
 
-/// A runner killed after `apply` made its call: the next start sends the
-/// recorded compensation and closes the run, and the log still verifies.
-#[test]
-fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
-    let svc = TestService::start();
-    let env = home(&svc);
-    let manifest = format!(
-        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"svc\"]\n\n\
-         [params]\nattack = \"apply-then-wait\"\n\n[limits]\nwall_ms = 60000\n",
-        http_imports()
-    );
-    let capsule = env.capsule("wait", test_programs::HOSTILE_HTTP, &manifest, Some("agent"));
+/// `exec` the capsule in its own process and kill it once the service has
+/// received the planned `PUT /api/item new`.
+fn exec_killed_after_its_call(env: &Env, capsule: &std::path::Path, svc: &TestService) {
     let mut child = std::process::Command::new(crate::harness::BIN)
         .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
         .current_dir(env.path(""))
@@ -629,6 +612,21 @@ fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// A runner killed after `apply` made its call: the next start sends the
+/// recorded compensation and closes the run, and the log still verifies.
+#[test]
+fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
+    let svc = TestService::start();
+    let env = home(&svc);
+    let manifest = format!(
+        "name = \"hostile-http\"\nversion = \"0.0.1\"\nkind = \"remediation\"\n{}\nendpoints = [\"svc\"]\n\n\
+         [params]\nattack = \"apply-then-wait\"\n\n[limits]\nwall_ms = 60000\n",
+        http_imports()
+    );
+    let capsule = env.capsule("wait", test_programs::HOSTILE_HTTP, &manifest, Some("agent"));
+    exec_killed_after_its_call(&env, &capsule, &svc);
     assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new"]);
 
     // The next start (any command that opens the runner: here the export)
@@ -781,20 +779,7 @@ fn a_redacted_endpoint_shows_the_body_masked_and_sends_it_exact() {
     assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
     assert_eq!(svc.lines(), ["GET /api/item"], "nothing is written before approval");
     let document = first.report["document"].as_str().unwrap().to_owned();
-    let shown = env
-        .cli(&[
-            "approve",
-            &document,
-            "--principal",
-            "alice@bank.example",
-            "--ssh-key",
-            "keys/alice",
-            "--yes",
-            "-o",
-            "alice.approval",
-        ])
-        .success()
-        .stdout();
+    let shown = alice_approves(&env, &document, "alice.approval").success().stdout();
     assert!(shown.contains("1.    PUT svc/item (text/plain)"), "{shown}");
     assert!(shown.contains("(redacted)") && shown.contains("| mode = fast"), "the body is shown masked: {shown}");
     assert!(shown.contains("api_token = [redacted"), "{shown}");
@@ -804,17 +789,7 @@ fn a_redacted_endpoint_shows_the_body_masked_and_sends_it_exact() {
     let mut forged: serde_json::Value = serde_json::from_slice(&std::fs::read(env.path(&document)).unwrap()).unwrap();
     forged.as_object_mut().unwrap().remove("previews");
     std::fs::write(env.path("forged.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
-    let out = env.cli(&[
-        "approve",
-        "forged.json",
-        "--principal",
-        "alice@bank.example",
-        "--ssh-key",
-        "keys/alice",
-        "--yes",
-        "-o",
-        "forged.approval",
-    ]);
+    let out = alice_approves(&env, "forged.json", "forged.approval");
     assert_ne!(out.code(), 0);
     assert!(out.stderr().contains("(previewed in full) is masked"), "{}", out.stderr());
     assert!(!env.path("forged.approval").exists());
@@ -858,20 +833,7 @@ fn a_digest_only_endpoint_keeps_no_body_yet_applies_and_compensates_exactly() {
     // Killed after its call: the compensation (the rotated value, which
     // only the run had) is sent exactly at the next start, then forgotten.
     let capsule = writer(&env, "apply-then-wait", "new", 60_000);
-    let mut child = std::process::Command::new(crate::harness::BIN)
-        .args(["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--json"])
-        .current_dir(env.path(""))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !svc.lines().iter().any(|l| l == "PUT /api/item new") {
-        assert!(std::time::Instant::now() < deadline, "the planned call never arrived: {:?}", svc.lines());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    exec_killed_after_its_call(&env, &capsule, &svc);
     assert!(
         !files_holding(&env.path("state/previews"), &secret).is_empty(),
         "the compensation's body waits beside the run, for the next start"
