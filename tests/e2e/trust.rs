@@ -385,10 +385,12 @@ fn the_stored_fold_is_checked_in_full_and_rebuilt_from_the_records_when_missing(
 fn a_full_check_that_cannot_make_its_scratch_fold_says_so_and_does_not_call_the_store_wrong() {
     let env = with_history();
     let args = ["evidence", "check", "--config", "runner.toml", "--full"];
-    let out = env.cli_env(&args, &[("TMPDIR", "/nonexistent/edge-runner-tmp")]);
+    let mut nowhere = args.to_vec();
+    nowhere.extend(["--scratch", "/nonexistent/edge-runner-tmp"]);
+    let out = env.cli(&nowhere);
     assert_eq!(out.code(), 1, "an error, not a verdict: {}\n{}", out.stdout(), out.stderr());
     assert!(!out.stdout().contains("FAILED"), "{}", out.stdout());
-    assert!(out.stderr().contains("could not run") && out.stderr().contains("TMPDIR"), "{}", out.stderr());
+    assert!(out.stderr().contains("could not run") && out.stderr().contains("--scratch"), "{}", out.stderr());
     // With somewhere to fold into, the same store verifies.
     assert_eq!(env.cli(&args).code(), 0);
 }

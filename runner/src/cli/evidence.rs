@@ -43,6 +43,10 @@ pub enum EvidenceCommand {
         /// Show progress on stderr even when it is not a terminal.
         #[arg(long)]
         progress: bool,
+        /// Where --full keeps its scratch database (default: beside the
+        /// store, or $TMPDIR if the store may only be read).
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<PathBuf>,
     },
     /// Print one stored artifact (checked against its digest).
     Artifact {
@@ -148,7 +152,7 @@ pub enum EvidenceCommand {
 ///
 /// # Errors
 /// `evidence check`.
-fn check(config: &Path, full: bool, progress: bool, out: &mut dyn Write) -> Result<Exit> {
+fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out: &mut dyn Write) -> Result<Exit> {
     use std::io::IsTerminal as _;
     let config = RunnerConfig::load(config)?;
     let identity = crate::identity::read_identity(&config)?;
@@ -164,7 +168,7 @@ fn check(config: &Path, full: bool, progress: bool, out: &mut dyn Write) -> Resu
                 }
             }
         };
-        crate::store::check::full(&dir, &config.name, identity.verifier(), &mut report).map(|c| {
+        crate::store::check::full(&dir, scratch, &config.name, identity.verifier(), &mut report).map(|c| {
             format!(
                 "evidence store verified in full: {} records, {} signed checkpoints, {} proposals ({:.1} s)",
                 c.records,
@@ -335,7 +339,9 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
             Ok(Exit::Ok)
         }
-        EvidenceCommand::Check { config, full, progress } => check(&config, full, progress, out),
+        EvidenceCommand::Check { config, full, progress, scratch } => {
+            check(&config, full, progress, scratch.as_deref(), out)
+        }
         EvidenceCommand::RunnerKey { config } => {
             let config = RunnerConfig::load(&config)?;
             // (Before the first start too: the key is made now, to hand to

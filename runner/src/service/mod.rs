@@ -793,7 +793,7 @@ fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
                     tracing::info!(done, total, "full evidence check");
                 }
             };
-            match crate::store::check::full(&dir, &origin, &identity, &mut progress) {
+            match crate::store::check::full(&dir, None, &origin, &identity, &mut progress) {
                 Ok(c) => tracing::info!(
                     records = c.records,
                     checkpoints = c.checkpoints,

@@ -64,7 +64,13 @@ const REPORT_EVERY: u64 = 16_384;
 /// # Errors
 /// The first thing that does not hold, naming the record, checkpoint or
 /// row, and what to do.
-pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dyn FnMut(u64, u64)) -> Result<Checked> {
+pub fn full(
+    dir: &Path,
+    scratch: Option<&Path>,
+    origin: &str,
+    identity: &NoteVerifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Checked> {
     // Before the snapshot: a runner serving meanwhile keeps newer ones.
     let kept_note = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
@@ -72,7 +78,7 @@ pub fn full(dir: &Path, origin: &str, identity: &NoteVerifier, progress: &mut dy
     let mut checkpoints = db.prepare("SELECT size, note FROM checkpoints ORDER BY size")?;
     let mut checkpoints = checkpoints.query([])?;
     let mut next_checkpoint = next_row(&mut checkpoints)?;
-    let fold = ScratchFold::new(dir).map_err(CouldNotCheck)?;
+    let fold = ScratchFold::new(dir, scratch).map_err(CouldNotCheck)?;
     let (mut history, mut fold, mut checked) = (KeyHistory::default(), fold, 0u64);
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
@@ -199,17 +205,28 @@ impl ScratchFold {
     /// A scratch database in a directory of its own beside the store in
     /// `store` (the operator's state disk, not a RAM-backed `/tmp`), locked
     /// while the check runs; what a killed check left there is removed.
-    fn new(store: &Path) -> Result<Self> {
-        remove_stale_scratch(store);
-        // A store the checking account may only read (an auditor's copy):
-        // the scratch goes to $TMPDIR instead.
-        let dir = tempfile::Builder::new()
-            .prefix(SCRATCH_PREFIX)
-            .tempdir_in(store)
-            .or_else(|_| tempfile::Builder::new().prefix(&format!("edge-runner-{SCRATCH_PREFIX}")).tempdir())
-            .with_context(|| {
-                format!("cannot create the full check's scratch directory in {} or $TMPDIR", store.display())
-            })?;
+    /// In `chosen` if given (`evidence check --scratch`), else beside the
+    /// store — or, for a store the checking account may only read (an
+    /// auditor's copy), under `$TMPDIR`.
+    fn new(store: &Path, chosen: Option<&Path>) -> Result<Self> {
+        let dir = match chosen {
+            Some(d) => {
+                remove_stale_scratch(d);
+                tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(d).with_context(|| {
+                    format!("cannot create the full check's scratch directory in {} (--scratch)", d.display())
+                })?
+            }
+            None => {
+                remove_stale_scratch(store);
+                tempfile::Builder::new()
+                    .prefix(SCRATCH_PREFIX)
+                    .tempdir_in(store)
+                    .or_else(|_| tempfile::Builder::new().prefix(&format!("edge-runner-{SCRATCH_PREFIX}")).tempdir())
+                    .with_context(|| {
+                        format!("cannot create the full check's scratch directory in {} or $TMPDIR", store.display())
+                    })?
+            }
+        };
         let lock = std::fs::File::create(dir.path().join("lock"))?;
         lock.lock().context("cannot lock the full check's scratch directory")?;
         let db = Connection::open(dir.path().join("fold.db"))?;
@@ -429,7 +446,7 @@ mod bounded {
         std::fs::create_dir(&young).unwrap();
         let past = std::time::SystemTime::now() - STALE_AFTER * 2;
         std::fs::File::open(&killed).unwrap().set_modified(past).unwrap();
-        let running = ScratchFold::new(store.path()).unwrap();
+        let running = ScratchFold::new(store.path(), None).unwrap();
         let running_dir = running._dir.path().to_path_buf();
         assert!(!killed.exists(), "a scratch directory no check holds is removed");
         assert!(young.exists(), "one just made (its lock not yet taken) is left alone");
@@ -437,7 +454,7 @@ mod bounded {
         // A second check meanwhile leaves the running one's scratch alone,
         // however long it has run: its lock is held.
         std::fs::File::open(&running_dir).unwrap().set_modified(past).unwrap();
-        let second = ScratchFold::new(store.path()).unwrap();
+        let second = ScratchFold::new(store.path(), None).unwrap();
         assert!(running_dir.join("fold.db").exists());
         drop((running, second));
         let left: Vec<_> = std::fs::read_dir(store.path()).unwrap().collect();
@@ -450,7 +467,7 @@ mod bounded {
         let log = edge_evidence::synth::full_bundle("runner.test", runs);
         let bundle = edge_evidence::bundle::parse(&log.bundle).unwrap();
         let store = tempfile::tempdir().unwrap();
-        let mut fold = ScratchFold::new(store.path()).unwrap();
+        let mut fold = ScratchFold::new(store.path(), None).unwrap();
         let mut most = 0;
         for line in &bundle.records {
             let r: edge_core::evidence::Record = serde_json::from_str(line).unwrap();
