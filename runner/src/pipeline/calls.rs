@@ -208,8 +208,16 @@ impl Runner {
                 },
                 Some(ep) => {
                     let body = bytes::Bytes::copy_from_slice(body);
-                    match egress::exchange(&ep, &comp.method, &comp.path, comp.content_type.as_deref(), None, body)
-                        .await
+                    match egress::exchange(
+                        &ep,
+                        &comp.method,
+                        &comp.path,
+                        comp.content_type.as_deref(),
+                        None,
+                        body,
+                        None,
+                    )
+                    .await
                     {
                         Ok((status, _, bytes)) => CallResult {
                             status: Some(status.as_u16()),

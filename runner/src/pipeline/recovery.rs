@@ -35,6 +35,7 @@ fn send_now(
                 r.content_type.as_deref(),
                 None,
                 bytes::Bytes::from(body),
+                None,
             ))
             .map(|(status, _, b)| (status.as_u16(), edge_core::Sha256Digest::of(&b), b.len() as u64))
             .map_err(|f| (f.reason_code, f.detail))

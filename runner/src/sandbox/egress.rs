@@ -435,10 +435,20 @@ impl Gate {
         // The intent is durable before anything leaves; the log stays held
         // until the outcome is recorded (a phase's requests, one at a time).
         let mut held = self.log.lock().await;
-        let recorded = match held.as_mut() {
-            Some(log) => log.intent(self.mode.phase(), planned, &request, &body, Some(&ep)).await,
-            None => Err(anyhow::anyhow!("no evidence log for this phase")),
-        };
+        // The connection is opened while the intent commits (the allowed
+        // address only; nothing is sent on it before the intent is durable,
+        // and it is dropped if the intent cannot be recorded). One that
+        // fails here is tried again below, where its failure is recorded.
+        let (recorded, early) = tokio::join!(
+            async {
+                match held.as_mut() {
+                    Some(log) => log.intent(self.mode.phase(), planned, &request, &body, Some(&ep)).await,
+                    None => Err(anyhow::anyhow!("no evidence log for this phase")),
+                }
+            },
+            tokio::time::timeout(ep.timeout, connect(&ep)),
+        );
+        let early = early.ok().and_then(Result::ok);
         let call = match recorded {
             Ok(call) => call,
             Err(e) => {
@@ -447,7 +457,7 @@ impl Gate {
             }
         };
         self.state().calls += 1;
-        let sent = exchange(&ep, &method, &path, request.content_type.as_deref(), accept, body).await;
+        let sent = exchange(&ep, &method, &path, request.content_type.as_deref(), accept, body, early).await;
         let (result, answer) = match sent {
             Ok((status, headers, bytes)) => {
                 let recorded = headers
@@ -514,9 +524,11 @@ pub async fn exchange(
     content_type: Option<&str>,
     accept: Option<http::HeaderValue>,
     body: Bytes,
+    connected: Option<tokio::net::TcpStream>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
     let timeout = ep.timeout;
-    match tokio::time::timeout(timeout, exchange_inner(ep, method, path, content_type, accept, body)).await {
+    let inner = exchange_inner(ep, method, path, content_type, accept, body, connected);
+    match tokio::time::timeout(timeout, inner).await {
         Ok(r) => r,
         Err(_) => Err(fail(
             "egress.timeout",
@@ -533,8 +545,12 @@ async fn exchange_inner(
     content_type: Option<&str>,
     accept: Option<http::HeaderValue>,
     body: Bytes,
+    connected: Option<tokio::net::TcpStream>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
-    let tcp = connect(ep).await?;
+    let tcp = match connected {
+        Some(tcp) => tcp,
+        None => connect(ep).await?,
+    };
     let mut req = http::Request::builder()
         .method(method)
         .uri(format!("{}{path}", ep.base_path))
