@@ -44,15 +44,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-mod bare {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "capsule",
-        imports: { default: async },
-        exports: { default: async },
-        with: { "wasi:http": wasmtime_wasi_http::p2::bindings::http, "wasi": wasmtime_wasi::p2::bindings },
-    });
-}
+#[path = "common/bare.rs"]
+mod bare;
 use bare::edge_runner::capsule::{calls, host, types};
 
 const SERVE_ENV: &str = "ENDPOINT_BENCH_SERVE";

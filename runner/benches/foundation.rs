@@ -35,15 +35,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-mod bare {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "capsule",
-        imports: { default: async },
-        exports: { default: async },
-        with: { "wasi:http": wasmtime_wasi_http::p2::bindings::http, "wasi": wasmtime_wasi::p2::bindings },
-    });
-}
+#[path = "common/bare.rs"]
+mod bare;
 use bare::edge_runner::capsule::{host, types};
 
 struct Bare {

@@ -526,25 +526,22 @@ pub async fn exchange(
     body: Bytes,
     connected: Option<tokio::net::TcpStream>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
-    let timeout = ep.timeout;
-    let inner = exchange_inner(ep, method, path, content_type, accept, body, connected);
-    match tokio::time::timeout(timeout, inner).await {
+    match tokio::time::timeout(ep.timeout, exchange_untimed(ep, (method, path, content_type, accept, body), connected))
+        .await
+    {
         Ok(r) => r,
         Err(_) => Err(fail(
             "egress.timeout",
-            format!("no complete answer within the endpoint's timeout of {} ms", timeout.as_millis()),
+            format!("no complete answer within the endpoint's timeout of {} ms", ep.timeout.as_millis()),
             HttpError::HttpResponseTimeout,
         )),
     }
 }
 
-async fn exchange_inner(
+/// [`exchange`] without its time limit.
+async fn exchange_untimed(
     ep: &EndpointConfig,
-    method: &str,
-    path: &str,
-    content_type: Option<&str>,
-    accept: Option<http::HeaderValue>,
-    body: Bytes,
+    (method, path, content_type, accept, body): (&str, &str, Option<&str>, Option<http::HeaderValue>, Bytes),
     connected: Option<tokio::net::TcpStream>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
     let tcp = match connected {
