@@ -58,7 +58,8 @@ fn key_id(name: &str, public: &[u8; 32]) -> [u8; 4] {
 pub struct NoteVerifier {
     pub name: String,
     id: [u8; 4],
-    key: VerifyingKey,
+    /// Checked not to be of small order when made (`verify_strict`'s key check).
+    key: crate::strict::StrongKey,
 }
 
 impl NoteVerifier {
@@ -66,10 +67,10 @@ impl NoteVerifier {
         if !valid_name(name) {
             return Err(NoteError::Key(format!("invalid key name `{name}`")));
         }
-        if key.is_weak() {
+        let Some(strong) = crate::strict::StrongKey::new(key) else {
             return Err(NoteError::Key("weak Ed25519 key".into()));
-        }
-        Ok(Self { name: name.to_owned(), id: key_id(name, key.as_bytes()), key })
+        };
+        Ok(Self { name: name.to_owned(), id: key_id(name, key.as_bytes()), key: strong })
     }
 
     /// Parse `<name>+<hex id>+<base64(0x01 ‖ key)>`.
@@ -98,12 +99,12 @@ impl NoteVerifier {
     /// The `<name>+<hex id>+<base64>` form.
     pub fn to_vkey(&self) -> String {
         let mut raw = vec![ALG_ED25519];
-        raw.extend_from_slice(self.key.as_bytes());
+        raw.extend_from_slice(self.key.key().as_bytes());
         format!("{}+{}+{}", self.name, hex::encode(self.id), B64.encode(raw))
     }
 
     pub fn key(&self) -> &VerifyingKey {
-        &self.key
+        self.key.key()
     }
 
     /// A short name for the key a person can compare when it is read out
@@ -112,7 +113,7 @@ impl NoteVerifier {
     /// fingerprints, over the raw key rather than an SSH key blob).
     pub fn fingerprint(&self) -> String {
         use base64::engine::general_purpose::STANDARD_NO_PAD;
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.key.as_bytes())))
+        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.key.key().as_bytes())))
     }
 }
 

@@ -73,7 +73,7 @@ impl SignatureError {
 /// A public key a keyed signer uses.
 #[derive(Debug, Clone)]
 enum PublicKey {
-    Ed25519(Box<VerifyingKey>),
+    Ed25519(Box<crate::strict::StrongKey>),
     P256(Box<DerPublicKey>),
 }
 
@@ -101,10 +101,10 @@ impl TrustedSigner {
             sc::KeyAlgorithm::Ed25519 => {
                 let vk = VerifyingKey::from_public_key_der(der.as_bytes())
                     .map_err(|e| SignatureError::Key(e.to_string()))?;
-                if vk.is_weak() {
+                let Some(strong) = crate::strict::StrongKey::new(vk) else {
                     return Err(SignatureError::Key("Ed25519 key has small order and would accept forgeries".into()));
-                }
-                PublicKey::Ed25519(Box::new(vk))
+                };
+                PublicKey::Ed25519(Box::new(strong))
             }
             sc::KeyAlgorithm::EcdsaP256 => PublicKey::P256(Box::new(der.clone())),
             other => {

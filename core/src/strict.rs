@@ -12,21 +12,33 @@
 //! the canonical recomputed `R`, so `verify` refuses it). Same acceptance as
 //! `verify_strict`, shown by the tests below on the torsion points, mixed
 //! keys and non-canonical encodings.
+//!
+//! The check itself runs on ed25519-dalek 3 (curve25519-dalek 5), whose
+//! double-base multiplication uses AVX-512 IFMA where the CPU has it and
+//! the build asked for it (`.cargo/config.toml`), AVX2 or portable code
+//! otherwise — the same equation, compared against ed25519-dalek 2's
+//! `verify_strict` by the tests below whichever code path runs.
 
 use std::sync::OnceLock;
 
-use ed25519_dalek::{Signature, SignatureError, Verifier as _, VerifyingKey};
+use ed25519_dalek::{Signature, SignatureError, VerifyingKey};
 
 /// An Ed25519 key checked, when it was made, to be a valid point not of
 /// small order: the proof [`StrongKey::verify_strict`] relies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StrongKey(VerifyingKey);
+pub struct StrongKey(VerifyingKey, ed25519_fast::VerifyingKey);
 
 impl StrongKey {
     /// The key, if it is not of small order (a "weak" key, which verifies
     /// signatures on many messages).
     pub fn new(key: VerifyingKey) -> Option<Self> {
-        (!key.is_weak()).then_some(Self(key))
+        if key.is_weak() {
+            return None;
+        }
+        // The same 32 bytes, decompressed by the other implementation (it
+        // accepts what ed25519-dalek 2 accepted: both decompress the same way).
+        let fast = ed25519_fast::VerifyingKey::from_bytes(key.as_bytes()).ok()?;
+        Some(Self(key, fast))
     }
 
     /// The key from its 32 bytes, if a valid point not of small order.
@@ -46,7 +58,9 @@ impl StrongKey {
         if small_order_encodings().contains(signature.r_bytes()) {
             return Err(SignatureError::new());
         }
-        self.0.verify(message, signature)
+        // `verify`: S canonical, then `R == [S]B - [k]A` compared as bytes.
+        let signature = ed25519_fast::Signature::from_bytes(&signature.to_bytes());
+        ed25519_fast::Verifier::verify(&self.1, message, &signature).map_err(|_| SignatureError::new())
     }
 }
 
@@ -61,7 +75,7 @@ mod tests {
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
     use curve25519_dalek::edwards::EdwardsPoint;
     use curve25519_dalek::scalar::Scalar;
-    use ed25519_dalek::{Signer as _, SigningKey};
+    use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
     use sha2::{Digest as _, Sha512};
 
     use super::*;
@@ -140,6 +154,42 @@ mod tests {
             let sig = Signature::from_bytes(&bytes);
             assert!(sk.verifying_key().verify_strict(msg, &sig).is_err());
             assert!(strong.verify_strict(msg, &sig).is_err());
+        }
+    }
+
+    #[test]
+    fn the_same_verdict_on_honest_and_altered_signatures() {
+        // Keys, messages, and each signature with one bit flipped anywhere
+        // (R, S, or past S's canonical range), and S + l (non-canonical).
+        let l = curve25519_dalek::constants::BASEPOINT_ORDER;
+        for seed in 0..8u8 {
+            let sk = SigningKey::from_bytes(&[seed.wrapping_mul(37).wrapping_add(1); 32]);
+            let (vk, strong) = (sk.verifying_key(), StrongKey::new(sk.verifying_key()).unwrap());
+            let msg: Vec<u8> = (0..(seed as usize * 97)).map(|i| (i * 31 + seed as usize) as u8).collect();
+            let sig = sk.sign(&msg);
+            assert!(strong.verify_strict(&msg, &sig).is_ok());
+            for bit in (0..512).step_by(7) {
+                let mut bytes = sig.to_bytes();
+                bytes[bit / 8] ^= 1 << (bit % 8);
+                let altered = Signature::from_bytes(&bytes);
+                assert_eq!(strong.verify_strict(&msg, &altered).is_ok(), vk.verify_strict(&msg, &altered).is_ok());
+                assert!(strong.verify_strict(&msg, &altered).is_err(), "bit {bit}");
+            }
+            let s = Scalar::from_canonical_bytes(sig.s_bytes().to_owned()).unwrap();
+            let mut wide = [0u8; 32];
+            // S + l fits in 32 bytes (l < 2^253): the same point equation,
+            // refused by both as non-canonical.
+            let (mut carry, sb, lb) = (0u16, s.to_bytes(), l.to_bytes());
+            for i in 0..32 {
+                let v = u16::from(sb[i]) + u16::from(lb[i]) + carry;
+                wide[i] = v as u8;
+                carry = v >> 8;
+            }
+            let mut bytes = sig.to_bytes();
+            bytes[32..].copy_from_slice(&wide);
+            let non_canonical = Signature::from_bytes(&bytes);
+            assert!(vk.verify_strict(&msg, &non_canonical).is_err());
+            assert!(strong.verify_strict(&msg, &non_canonical).is_err());
         }
     }
 

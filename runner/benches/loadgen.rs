@@ -141,6 +141,11 @@ fn main() -> anyhow::Result<()> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); LEVELS.len()];
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); LEVELS.len()];
     let mut errors = 0usize;
+    // CPU used per level (runner, broker, this client), and the runs it made.
+    let mut cpu: Vec<[f64; 3]> = vec![[0.0; 3]; LEVELS.len()];
+    let mut done = vec![0usize; LEVELS.len()];
+    let (server_pid, nats_pid) = (server.id(), nats.child.id());
+    let cpu_now = || [common::cpu_ms(Some(server_pid)), common::cpu_ms(Some(nats_pid)), common::cpu_ms(None)];
     // Warm-up: compile and cache the component.
     rt.block_on(async {
         let mut c = Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key"))?;
@@ -170,6 +175,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
         for (li, &(via, conc, full)) in LEVELS.iter().enumerate() {
             let body = if full { body.clone() } else { by_ref.clone() };
+            let before = cpu_now();
             let (n, mut l, errs, elapsed) = if via == Via::Nats {
                 let (kind, payload) =
                     if full { ("submit", capsule.clone()) } else { ("submit-ref", by_ref_nats.clone()) };
@@ -232,6 +238,11 @@ fn main() -> anyhow::Result<()> {
                     (all.len(), all, errs, started.elapsed())
                 })
             };
+            let after = cpu_now();
+            for (k, c) in cpu[li].iter_mut().enumerate() {
+                *c += after[k] - before[k];
+            }
+            done[li] += n;
             errors += errs;
             rates[li].push(n as f64 / elapsed.as_secs_f64());
             l.sort();
@@ -259,6 +270,18 @@ fn main() -> anyhow::Result<()> {
             common::percentile(&l, 0.50),
             common::percentile(&l, 0.99),
             l.len()
+        );
+    }
+    println!("  CPU per run (all rounds; the broker runs beside both transports, idle for HTTPS):");
+    for (li, (via, conc, full)) in LEVELS.iter().enumerate() {
+        let per = |k: usize| cpu[li][k] * 1000.0 / done[li].max(1) as f64;
+        println!(
+            "    {} {} {conc:>2}: runner {:>6.0} µs, nats-server {:>5.0} µs, load generator {:>5.0} µs",
+            if *via == Via::Nats { "NATS " } else { "HTTPS" },
+            if *full { "full upload " } else { "by reference" },
+            per(0),
+            per(1),
+            per(2)
         );
     }
     println!("  server peak RSS (VmHWM): {rss:.1} MiB; failed requests: {errors} (server log: {})", log.display());

@@ -63,6 +63,27 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (user + system) a process has used so far, in milliseconds
+/// (`/proc/<pid>/stat`, clock ticks of 10 ms); `None` for "self".
+pub fn cpu_ms(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields: the 12th and 13th
+    // after `)` (the first of which is the state letter).
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    ticks as f64 * 1000.0 / clock_ticks() as f64
+}
+
+fn clock_ticks() -> i64 {
+    // SAFETY: sysconf reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t } else { 100 }
+}
+
 /// Fill the new, empty evidence store of the runner `config` describes
 /// with the synthetic log of `spec` (`edge_evidence::synth`: signed
 /// capsules, the example policy, tier-0 cleanups and tier-2 changes
