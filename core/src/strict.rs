@@ -161,7 +161,11 @@ mod tests {
     fn the_same_verdict_on_honest_and_altered_signatures() {
         // Keys, messages, and each signature with one bit flipped anywhere
         // (R, S, or past S's canonical range), and S + l (non-canonical).
-        let l = curve25519_dalek::constants::BASEPOINT_ORDER;
+        // The group order l = 2^252 + 27742317777372353535851937790883648493, little-endian.
+        let lb: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
         for seed in 0..8u8 {
             let sk = SigningKey::from_bytes(&[seed.wrapping_mul(37).wrapping_add(1); 32]);
             let (vk, strong) = (sk.verifying_key(), StrongKey::new(sk.verifying_key()).unwrap());
@@ -179,12 +183,13 @@ mod tests {
             let mut wide = [0u8; 32];
             // S + l fits in 32 bytes (l < 2^253): the same point equation,
             // refused by both as non-canonical.
-            let (mut carry, sb, lb) = (0u16, s.to_bytes(), l.to_bytes());
+            let (mut carry, sb) = (0u16, s.to_bytes());
             for i in 0..32 {
                 let v = u16::from(sb[i]) + u16::from(lb[i]) + carry;
                 wide[i] = v as u8;
                 carry = v >> 8;
             }
+            assert_eq!(Scalar::from_bytes_mod_order(wide), s, "S + l is S modulo l");
             let mut bytes = sig.to_bytes();
             bytes[32..].copy_from_slice(&wide);
             let non_canonical = Signature::from_bytes(&bytes);

@@ -65,6 +65,7 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
 
 /// CPU time (user + system) a process has used so far, in milliseconds
 /// (`/proc/<pid>/stat`, clock ticks of 10 ms); `None` for "self".
+#[allow(dead_code)] // not every benchmark uses every helper
 pub fn cpu_ms(pid: Option<u32>) -> f64 {
     let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
     let stat = std::fs::read_to_string(path).unwrap_or_default();
@@ -78,6 +79,7 @@ pub fn cpu_ms(pid: Option<u32>) -> f64 {
     ticks as f64 * 1000.0 / clock_ticks() as f64
 }
 
+#[allow(dead_code)] // not every benchmark uses every helper
 fn clock_ticks() -> i64 {
     // SAFETY: sysconf reads a constant.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
