@@ -8,6 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+// The allocator of edge-runner and edge-verify, which verify approvals.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use edge_core::Sha256Digest;
 use edge_core::admission::{Grant, GrantedMount, Limits};
 use edge_core::approval::quorum::{self, Subject};

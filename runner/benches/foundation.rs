@@ -27,6 +27,11 @@
 
 mod common;
 
+// The allocator `edge-runner` ships with (runner/src/main.rs), for both
+// sides: the governed run and the bare embedding share this process.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use edge_runner::config::RunnerConfig;
