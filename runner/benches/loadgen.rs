@@ -221,7 +221,13 @@ fn main() -> anyhow::Result<()> {
                             while Instant::now() < deadline {
                                 let t = Instant::now();
                                 match c.post("/v1/proposals", body.clone(), "application/json").await {
-                                    Ok(r) if r.status.as_u16() == 201 => lat.push(t.elapsed()),
+                                    // As over NATS: the answer read, and the run completed.
+                                    Ok(r)
+                                        if r.status.as_u16() == 201
+                                            && r.json().is_ok_and(|a| a["state"] == "completed") =>
+                                    {
+                                        lat.push(t.elapsed())
+                                    }
                                     _ => errs += 1,
                                 }
                             }

@@ -918,5 +918,11 @@ fn pool_config(max_memory_mib: u64) -> PoolingAllocationConfig {
         .max_memory_size(max_memory)
         .linear_memory_keep_resident(1 << 20)
         .max_unused_warm_slots(16);
+    // `pagemap_scan` (reset only the pages a guest dirtied, found with
+    // Linux's PAGEMAP_SCAN) stays off: its scan looks for *present* dirty
+    // pages, so a dirty page swapped out is neither reset nor decommitted
+    // and the next capsule in the slot could read it (wasmtime PR #14357,
+    // open when this was written). What one capsule wrote must never reach
+    // the next: the blind reset above is kept.
     pool
 }

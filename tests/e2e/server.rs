@@ -829,6 +829,44 @@ fn tier_1_needs_one_approval_from_the_right_role() {
     });
 }
 
+/// The number of marked blocks a `residue-*` capsule's scan reports.
+fn residue_blocks(reply: &Value) -> usize {
+    assert_eq!(reply["outcome"], "refused", "{reply:#}");
+    let detail = reply["refusal"]["detail"].as_str().unwrap_or_default();
+    let n = detail.split("residue scan: ").nth(1).and_then(|t| t.split(' ').next());
+    n.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no scan result in {reply:#}"))
+}
+
+#[test]
+fn what_a_capsule_leaves_in_its_memory_never_reaches_the_next_run() {
+    // The daemon reuses pooled instance slots (warm, with affinity to the
+    // module), so the next run of the same component lands where the last
+    // one was. A capsule fills 3 MiB of its heap with a marker (within the
+    // first MiB of linear memory, which is reset by hand, and past it, which
+    // is given back to the kernel); the next scans its whole linear memory.
+    let env = setup(64);
+    let server = Server::start(&env);
+    let (write, read, own) = (
+        capsule(&env, "residue-write", false),
+        capsule(&env, "residue-read", false),
+        capsule(&env, "residue-self", false),
+    );
+    rt().block_on(async {
+        let mut agent = server.client(&env, "agent");
+        // The scan finds a marker that is there: 1 MiB of its own, 16,384
+        // blocks (the control that shows the scan can fail this test).
+        let v = submit(&mut agent, &own).await.json().unwrap();
+        assert!(residue_blocks(&v) >= 16_000, "{v:#}");
+        for round in 0..4 {
+            let v = submit(&mut agent, &write).await.json().unwrap();
+            assert_eq!(v["outcome"], "committed", "{v:#}");
+            std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+            let v = submit(&mut agent, &read).await.json().unwrap();
+            assert_eq!(residue_blocks(&v), 0, "round {round}: the previous run's memory was readable: {v:#}");
+        }
+    });
+}
+
 #[test]
 fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave() {
     let env = setup(64);

@@ -44,6 +44,10 @@ pub fn serve_if_asked() -> Option<ExitCode> {
     }
     Some(match helper() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<OutOfMemory>() => {
+            let _ = writeln!(std::io::stderr(), "memory allocation failed: {e:#}");
+            ExitCode::from(OUT_OF_MEMORY_EXIT)
+        }
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e:#}");
             ExitCode::FAILURE
@@ -51,16 +55,33 @@ pub fn serve_if_asked() -> Option<ExitCode> {
     })
 }
 
+/// The helper's exit status when an allocation failed that it could report
+/// (a fallible read or wasmtime's own out-of-memory error) rather than the
+/// allocator aborting: an exit status, which nothing in a component's
+/// bytes can forge the way it could shape an error message.
+const OUT_OF_MEMORY_EXIT: u8 = 86;
+
+/// An allocation in the helper failed (under its memory limit).
+#[derive(Debug, thiserror::Error)]
+#[error("out of memory")]
+struct OutOfMemory;
+
 /// The helper: component on stdin, compiled artifact on stdout.
 fn helper() -> Result<()> {
     let mut bytes = Vec::new();
     let max = edge_core::container::MAX_COMPONENT_BYTES;
-    std::io::stdin().take(max + 1).read_to_end(&mut bytes)?;
+    std::io::stdin().take(max + 1).read_to_end(&mut bytes).map_err(|e| match e.kind() {
+        std::io::ErrorKind::OutOfMemory => anyhow::Error::new(OutOfMemory),
+        _ => e.into(),
+    })?;
     if bytes.len() as u64 > max {
         bail!("the component is larger than {max} bytes");
     }
-    let engine = Engine::new(&super::compiler_config()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let artifact = engine.precompile_component(&bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let wasmtime_error = |e: wasmtime::Error| {
+        if e.is::<wasmtime::OutOfMemory>() { anyhow::Error::new(OutOfMemory) } else { anyhow::anyhow!("{e:#}") }
+    };
+    let engine = Engine::new(&super::compiler_config()).map_err(wasmtime_error)?;
+    let artifact = engine.precompile_component(&bytes).map_err(wasmtime_error)?;
     std::io::stdout().lock().write_all(&artifact)?;
     Ok(())
 }
@@ -138,12 +159,16 @@ pub fn in_child(exe: &Path, bytes: &[u8], memory: u64, timeout: Duration) -> Res
     if status.success() {
         return Ok(artifact);
     }
-    match status.signal() {
-        // Out of memory (the allocator aborts) or out of CPU time.
-        Some(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL) if message.contains("memory allocation") => bail!(
+    // Out of memory: the allocator aborts, or the helper says so by its
+    // exit status (a failed read or wasmtime's own out-of-memory error).
+    let aborted = matches!(status.signal(), Some(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL));
+    if (aborted && message.contains("memory allocation")) || status.code() == Some(i32::from(OUT_OF_MEMORY_EXIT)) {
+        bail!(
             "compiling the component needed more than {} MiB of memory: refused (simplify the component or split it)",
             memory >> 20
-        ),
+        );
+    }
+    match status.signal() {
         Some(libc::SIGXCPU) => bail!(
             "compiling the component used more than {cpu_secs} s of CPU: refused (simplify the component or split it)"
         ),

@@ -36,6 +36,56 @@ fn benign(ctx: &Ctx) -> Result<PlanBuilder, String> {
     Ok(p)
 }
 
+/// Byte `i` (mod 16) of the residue marker, computed: the whole marker is
+/// never in the binary's data, so a scan finds only what a run wrote.
+/// Sixteen distinct values, so a byte names its place in the pattern.
+fn mark(i: usize) -> u8 {
+    0x80 | (((i % 16) as u8).wrapping_mul(7) & 0x0f) | 0x30
+}
+
+/// Fill `len` bytes of fresh heap with the marker (past the first MiB of
+/// linear memory too: the part the runner resets by hand and the part the
+/// kernel gives back fresh). Returned so the caller decides when it is freed.
+fn write_residue(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = mark(i);
+    }
+    std::hint::black_box(v)
+}
+
+#[cfg(target_arch = "wasm32")]
+fn memory_bytes() -> usize {
+    core::arch::wasm32::memory_size(0) * 65536
+}
+
+/// Only the workspace's host build (`cargo clippy --workspace`) sees this.
+#[cfg(not(target_arch = "wasm32"))]
+fn memory_bytes() -> usize {
+    0
+}
+
+/// Every 64-byte block of this instance's whole linear memory that holds
+/// the marker, whatever its phase: (blocks, bytes scanned).
+fn scan_residue() -> (usize, usize) {
+    let size = memory_bytes();
+    let phase_of = |b: u8| (0..16).find(|&k| mark(k) == b);
+    let mut blocks = 0;
+    let mut addr = 64;
+    while addr + 64 <= size {
+        // SAFETY: every address below memory.size is mapped linear memory;
+        // volatile so the reads are made as written.
+        let byte = |a: usize| unsafe { core::ptr::read_volatile(a as *const u8) };
+        if let Some(k) = phase_of(byte(addr))
+            && (1..64).all(|j| byte(addr + j) == mark(k + j))
+        {
+            blocks += 1;
+        }
+        addr += 64;
+    }
+    (blocks, size)
+}
+
 #[allow(unconditional_recursion)]
 fn recurse(n: u64) -> u64 {
     std::hint::black_box(recurse(std::hint::black_box(n + 1)) + 1)
@@ -158,6 +208,19 @@ impl Capsule for Hostile {
                     p.create(&data, &format!("f{i}"), b"x", "padding padding padding padding");
                 }
                 Ok(p.build())
+            }
+            // What one capsule leaves in its memory must not reach the next
+            // run in the same pooled slot.
+            "residue-write" => {
+                drop(write_residue(3 << 20));
+                Ok(benign(ctx)?.build())
+            }
+            "residue-read" | "residue-self" => {
+                // `residue-self` writes first: the scan finds what is there.
+                let own = (attack(ctx) == "residue-self").then(|| write_residue(1 << 20));
+                let (blocks, size) = scan_residue();
+                drop(own);
+                Err(format!("residue scan: {blocks} marked blocks in {size} bytes"))
             }
             "many-changes" => {
                 let mut p = PlanBuilder::new("many");
