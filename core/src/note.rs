@@ -99,12 +99,26 @@ impl NoteVerifier {
     /// The `<name>+<hex id>+<base64>` form.
     pub fn to_vkey(&self) -> String {
         let mut raw = vec![ALG_ED25519];
-        raw.extend_from_slice(self.key.key().as_bytes());
+        raw.extend_from_slice(self.key.as_bytes());
         format!("{}+{}+{}", self.name, hex::encode(self.id), B64.encode(raw))
     }
 
-    pub fn key(&self) -> &VerifyingKey {
-        self.key.key()
+    /// The key's 32 bytes.
+    pub fn key_bytes(&self) -> &[u8; 32] {
+        self.key.as_bytes()
+    }
+
+    /// `verify_strict`'s verdict on `signature` over `message` (the key was
+    /// checked when this verifier was made).
+    ///
+    /// # Errors
+    /// If the signature does not verify.
+    pub fn verify_strict(
+        &self,
+        message: &[u8],
+        signature: &ed25519_dalek::Signature,
+    ) -> Result<(), ed25519_dalek::SignatureError> {
+        self.key.verify_strict(message, signature)
     }
 
     /// A short name for the key a person can compare when it is read out
@@ -113,7 +127,7 @@ impl NoteVerifier {
     /// fingerprints, over the raw key rather than an SSH key blob).
     pub fn fingerprint(&self) -> String {
         use base64::engine::general_purpose::STANDARD_NO_PAD;
-        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.key.key().as_bytes())))
+        format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(self.key.as_bytes())))
     }
 }
 
@@ -240,7 +254,7 @@ pub fn open(note: &str, verifiers: &[NoteVerifier]) -> Result<OpenedNote, NoteEr
             continue; // An unknown key: ignored, as the spec requires.
         };
         let sig = ed25519_dalek::Signature::from_slice(sig).map_err(|_| NoteError::BadSignature(name.to_owned()))?;
-        v.key.verify_strict(text.as_bytes(), &sig).map_err(|_| NoteError::BadSignature(name.to_owned()))?;
+        v.verify_strict(text.as_bytes(), &sig).map_err(|_| NoteError::BadSignature(name.to_owned()))?;
         if !signed_by.contains(&v.name) {
             signed_by.push(v.name.clone());
         }

@@ -114,7 +114,7 @@ impl<'a> Statement<'a> {
                 )));
             }
         }
-        if old.key() == new.key() {
+        if old.key_bytes() == new.key_bytes() {
             return Err(malformed("it rotates a key to itself".into()));
         }
         let text = self.text();

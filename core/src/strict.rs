@@ -26,7 +26,7 @@ use ed25519_dalek::{Signature, SignatureError, VerifyingKey};
 /// An Ed25519 key checked, when it was made, to be a valid point not of
 /// small order: the proof [`StrongKey::verify_strict`] relies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StrongKey(VerifyingKey, ed25519_fast::VerifyingKey);
+pub struct StrongKey(ed25519_fast::VerifyingKey);
 
 impl StrongKey {
     /// The key, if it is not of small order (a "weak" key, which verifies
@@ -35,10 +35,9 @@ impl StrongKey {
         if key.is_weak() {
             return None;
         }
-        // The same 32 bytes, decompressed by the other implementation (it
-        // accepts what ed25519-dalek 2 accepted: both decompress the same way).
-        let fast = ed25519_fast::VerifyingKey::from_bytes(key.as_bytes()).ok()?;
-        Some(Self(key, fast))
+        // The same 32 bytes, decompressed by the implementation that checks
+        // (it accepts what ed25519-dalek 2 accepted: both decompress alike).
+        ed25519_fast::VerifyingKey::from_bytes(key.as_bytes()).ok().map(Self)
     }
 
     /// The key from its 32 bytes, if a valid point not of small order.
@@ -46,8 +45,9 @@ impl StrongKey {
         VerifyingKey::from_bytes(bytes).ok().and_then(Self::new)
     }
 
-    pub fn key(&self) -> &VerifyingKey {
-        &self.0
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
     }
 
     /// `verify_strict`'s verdict, without re-checking the key.
@@ -60,7 +60,7 @@ impl StrongKey {
         }
         // `verify`: S canonical, then `R == [S]B - [k]A` compared as bytes.
         let signature = ed25519_fast::Signature::from_bytes(&signature.to_bytes());
-        ed25519_fast::Verifier::verify(&self.1, message, &signature).map_err(|_| SignatureError::new())
+        ed25519_fast::Verifier::verify(&self.0, message, &signature).map_err(|_| SignatureError::new())
     }
 }
 

@@ -216,7 +216,7 @@ pub fn verify_webhook<'b>(
         .and_then(|b| B64.decode(b).ok())
         .ok_or(WebhookError::SignatureFormat)?;
     let sig = ed25519_dalek::Signature::from_slice(&raw).map_err(|_| WebhookError::SignatureFormat)?;
-    key.key().verify_strict(&signing_input(ts, body), &sig).map_err(|_| WebhookError::BadSignature)?;
+    key.verify_strict(&signing_input(ts, body), &sig).map_err(|_| WebhookError::BadSignature)?;
     if now > ts && now - ts > max_age_secs {
         return Err(WebhookError::Stale { age: now - ts, max_age: max_age_secs });
     }

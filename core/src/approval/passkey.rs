@@ -125,7 +125,7 @@ pub struct PasskeyCredential {
 enum PreparedKey {
     /// The point decoded and checked to be on P-256 once, at load.
     Es256(aws_lc_rs::signature::ParsedPublicKey),
-    EdDsa(Box<crate::strict::StrongKey>),
+    EdDsa(crate::strict::StrongKey),
 }
 
 impl std::fmt::Debug for PreparedKey {
@@ -207,10 +207,10 @@ impl PasskeyCredential {
             PasskeyAlgorithm::EdDsa => {
                 let bytes: [u8; 32] =
                     raw.as_slice().try_into().map_err(|_| "an EdDSA `public_key` is 32 bytes".to_owned())?;
-                PreparedKey::EdDsa(Box::new(
+                PreparedKey::EdDsa(
                     crate::strict::StrongKey::from_bytes(&bytes)
                         .ok_or_else(|| "the EdDSA `public_key` is invalid or weak (small order)".to_owned())?,
-                ))
+                )
             }
         };
         if entry.rp_id.is_empty() {

@@ -514,6 +514,8 @@ fn fail(reason_code: &'static str, detail: impl Into<String>, error: HttpError) 
 
 /// Resolve, connect (allowed addresses only), TLS, one HTTP/1.1 exchange,
 /// the response read within its limit; all within the endpoint's timeout.
+/// `connected` is a connection already opened to an allowed address (the
+/// gate opens it while the intent commits); without one it is opened here.
 ///
 /// # Errors
 /// A [`Failure`] with its reason code.
@@ -526,9 +528,65 @@ pub async fn exchange(
     body: Bytes,
     connected: Option<tokio::net::TcpStream>,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
-    match tokio::time::timeout(ep.timeout, exchange_untimed(ep, (method, path, content_type, accept, body), connected))
-        .await
-    {
+    // The whole exchange is one future under the endpoint's time limit.
+    let untimed = async move {
+        let tcp = match connected {
+            Some(tcp) => tcp,
+            None => connect(ep).await?,
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", ep.base_path))
+            .header(http::header::HOST, host_header(ep));
+        if let Some(ct) = content_type {
+            req = req.header(http::header::CONTENT_TYPE, ct);
+        }
+        if let Some(a) = accept {
+            req = req.header(http::header::ACCEPT, a);
+        }
+        if let Some(c) = &ep.credential {
+            req = req.header(c.header.clone(), c.value.clone());
+        }
+        let req = req.body(Full::new(body)).map_err(|e| {
+            fail("call.bad_path", format!("cannot build the request: {e}"), HttpError::HttpRequestUriInvalid)
+        })?;
+        let resp = match &ep.tls {
+            Some(tls) => {
+                let name = crate::server::tls::server_name(&ep.host)
+                    .map_err(|e| fail("egress.tls", format!("{e:#}"), HttpError::TlsCertificateError))?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
+                    fail("egress.tls", format!("TLS with {} failed: {e}", ep.url()), HttpError::TlsCertificateError)
+                })?;
+                round_trip(stream, req).await?
+            }
+            None => round_trip(tcp, req).await?,
+        };
+        let (parts, body) = resp.into_parts();
+        let limit = ep.max_response_bytes;
+        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(fail(
+                    "egress.response_too_large",
+                    format!("the response is larger than the endpoint's {limit} bytes; it was cut off and not used"),
+                    HttpError::HttpResponseBodySize(None),
+                ));
+            }
+            Err(e) => {
+                return Err(fail(
+                    "egress.failed",
+                    format!("reading the response failed: {e}"),
+                    HttpError::HttpResponseIncomplete,
+                ));
+            }
+        };
+        let bytes = match &ep.credential {
+            Some(c) => scrub(bytes, c.value.as_bytes()),
+            None => bytes,
+        };
+        Ok((parts.status, parts.headers, bytes))
+    };
+    match tokio::time::timeout(ep.timeout, untimed).await {
         Ok(r) => r,
         Err(_) => Err(fail(
             "egress.timeout",
@@ -536,69 +594,6 @@ pub async fn exchange(
             HttpError::HttpResponseTimeout,
         )),
     }
-}
-
-/// [`exchange`] without its time limit.
-async fn exchange_untimed(
-    ep: &EndpointConfig,
-    (method, path, content_type, accept, body): (&str, &str, Option<&str>, Option<http::HeaderValue>, Bytes),
-    connected: Option<tokio::net::TcpStream>,
-) -> Result<(http::StatusCode, http::HeaderMap, Bytes), Failure> {
-    let tcp = match connected {
-        Some(tcp) => tcp,
-        None => connect(ep).await?,
-    };
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", ep.base_path))
-        .header(http::header::HOST, host_header(ep));
-    if let Some(ct) = content_type {
-        req = req.header(http::header::CONTENT_TYPE, ct);
-    }
-    if let Some(a) = accept {
-        req = req.header(http::header::ACCEPT, a);
-    }
-    if let Some(c) = &ep.credential {
-        req = req.header(c.header.clone(), c.value.clone());
-    }
-    let req = req.body(Full::new(body)).map_err(|e| {
-        fail("call.bad_path", format!("cannot build the request: {e}"), HttpError::HttpRequestUriInvalid)
-    })?;
-    let resp = match &ep.tls {
-        Some(tls) => {
-            let name = crate::server::tls::server_name(&ep.host)
-                .map_err(|e| fail("egress.tls", format!("{e:#}"), HttpError::TlsCertificateError))?;
-            let stream = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await.map_err(|e| {
-                fail("egress.tls", format!("TLS with {} failed: {e}", ep.url()), HttpError::TlsCertificateError)
-            })?;
-            round_trip(stream, req).await?
-        }
-        None => round_trip(tcp, req).await?,
-    };
-    let (parts, body) = resp.into_parts();
-    let limit = ep.max_response_bytes;
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(fail(
-                "egress.response_too_large",
-                format!("the response is larger than the endpoint's {limit} bytes; it was cut off and not used"),
-                HttpError::HttpResponseBodySize(None),
-            ));
-        }
-        Err(e) => {
-            return Err(fail(
-                "egress.failed",
-                format!("reading the response failed: {e}"),
-                HttpError::HttpResponseIncomplete,
-            ));
-        }
-    };
-    let bytes = match &ep.credential {
-        Some(c) => scrub(bytes, c.value.as_bytes()),
-        None => bytes,
-    };
-    Ok((parts.status, parts.headers, bytes))
 }
 
 /// A response that echoes the credential does not carry it on: not to the

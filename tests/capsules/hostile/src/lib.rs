@@ -70,12 +70,12 @@ fn memory_bytes() -> usize {
 fn scan_residue() -> (usize, usize) {
     let size = memory_bytes();
     let phase_of = |b: u8| (0..16).find(|&k| mark(k) == b);
+    // SAFETY: every address below memory.size is mapped linear memory (the
+    // callers stay below it); volatile so the reads are made as written.
+    let byte = |a: usize| unsafe { core::ptr::read_volatile(a as *const u8) };
     let mut blocks = 0;
     let mut addr = 64;
     while addr + 64 <= size {
-        // SAFETY: every address below memory.size is mapped linear memory;
-        // volatile so the reads are made as written.
-        let byte = |a: usize| unsafe { core::ptr::read_volatile(a as *const u8) };
         if let Some(k) = phase_of(byte(addr))
             && (1..64).all(|j| byte(addr + j) == mark(k + j))
         {
