@@ -64,6 +64,91 @@ impl StrongKey {
     }
 }
 
+/// Signatures already found to verify, remembered by the SHA-256 of exactly
+/// what was checked: the scheme, the key, the message and the signature,
+/// each length-prefixed. Whether a signature verifies is a function of those
+/// bytes alone, so a remembered "verifies" is the verdict a new check would
+/// reach; failures are not remembered. Everything else an approval needs —
+/// registry entry, revocation, validity window, binding, age — is checked
+/// again every time.
+///
+/// The runner checks each approval when it arrives and again, with the
+/// others, at the execution gate; with this, the gate does not repeat the
+/// signature arithmetic for an approval it has already seen verify. Bounded:
+/// the oldest entries are forgotten first. Clones share the memory.
+#[derive(Clone, Default)]
+pub struct VerifiedSignatures(std::sync::Arc<std::sync::Mutex<Memo>>);
+
+#[derive(Default)]
+struct Memo {
+    set: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl VerifiedSignatures {
+    /// How many verified signatures are remembered at most (32 bytes each).
+    pub const CAPACITY: usize = 4096;
+
+    /// `verify()`'s verdict on (`scheme`, `key`, `message`, `signature`):
+    /// remembered if these exact bytes verified before, else `verify` is run
+    /// and a success remembered.
+    ///
+    /// # Errors
+    /// What `verify` returns.
+    pub fn check<E>(
+        &self,
+        scheme: &str,
+        key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+        verify: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for part in [scheme.as_bytes(), key, message, signature] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let id: [u8; 32] = h.finalize().into();
+        if self.lock().set.contains(&id) {
+            return Ok(());
+        }
+        verify()?;
+        let mut memo = self.lock();
+        if memo.set.insert(id) {
+            memo.order.push_back(id);
+            if memo.order.len() > Self::CAPACITY
+                && let Some(old) = memo.order.pop_front()
+            {
+                memo.set.remove(&old);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
+        // A panic while holding the lock leaves a consistent set (insert and
+        // push happen together, neither can panic between).
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for VerifiedSignatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifiedSignatures({} remembered)", self.len())
+    }
+}
+
 /// The canonical encodings of the eight points of order dividing 8.
 fn small_order_encodings() -> &'static [[u8; 32]; 8] {
     static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
@@ -196,6 +281,53 @@ mod tests {
             assert!(vk.verify_strict(&msg, &non_canonical).is_err());
             assert!(strong.verify_strict(&msg, &non_canonical).is_err());
         }
+    }
+
+    /// The memo answers only for the exact bytes that verified: a change to
+    /// any part, or moving a byte from one part to the next, runs the check;
+    /// a failure is never remembered; the oldest entries go first.
+    #[test]
+    fn only_the_exact_bytes_that_verified_are_remembered() {
+        use std::cell::Cell;
+        let memo = VerifiedSignatures::default();
+        let runs = Cell::new(0);
+        let ok = || {
+            runs.set(runs.get() + 1);
+            Ok::<(), ()>(())
+        };
+        memo.check("ed25519", b"key", b"message", b"sig", ok).unwrap();
+        memo.check("ed25519", b"key", b"message", b"sig", ok).unwrap();
+        assert_eq!(runs.get(), 1, "the same bytes are answered from memory");
+        for (scheme, key, msg, sig) in [
+            ("es256", &b"key"[..], &b"message"[..], &b"sig"[..]),
+            ("ed25519", b"kez", b"message", b"sig"),
+            ("ed25519", b"key", b"messagf", b"sig"),
+            ("ed25519", b"key", b"message", b"sih"),
+            ("ed25519", b"ke", b"ymessage", b"sig"),
+            ("ed25519", b"key", b"messages", b"ig"),
+        ] {
+            let before = runs.get();
+            memo.check(scheme, key, msg, sig, ok).unwrap();
+            assert_eq!(runs.get(), before + 1, "{scheme} {key:?} {msg:?} {sig:?} must be checked");
+        }
+        let fails = Cell::new(0);
+        let fail = || {
+            fails.set(fails.get() + 1);
+            Err::<(), &str>("does not verify")
+        };
+        assert!(memo.check("ed25519", b"other", b"m", b"s", fail).is_err());
+        assert!(memo.check("ed25519", b"other", b"m", b"s", fail).is_err());
+        assert_eq!(fails.get(), 2, "a failure is checked again every time");
+
+        let before = memo.len();
+        for i in 0..VerifiedSignatures::CAPACITY as u32 {
+            memo.check("ed25519", &i.to_be_bytes(), b"m", b"s", || Ok::<(), ()>(())).unwrap();
+        }
+        assert_eq!(memo.len(), VerifiedSignatures::CAPACITY);
+        assert!(before > 0);
+        let first = runs.get();
+        memo.check("ed25519", b"key", b"message", b"sig", ok).unwrap();
+        assert_eq!(runs.get(), first + 1, "the oldest entry was forgotten");
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub fn verify_sshsig(key: &PublicKey, namespace: &str, message: &[u8], sig: &Ssh
     let vk = registry::ed25519_key(key).ok_or_else(|| {
         ApprovalError::BadSignature("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys".into())
     })?;
-    verify_prepared(key, &vk, namespace, message, sig)
+    verify_prepared(key, &vk, namespace, message, sig, &crate::strict::VerifiedSignatures::default())
 }
 
 /// As [`verify_sshsig`], with the key's decompressed, weak-checked Ed25519
@@ -292,6 +292,7 @@ fn verify_prepared(
     namespace: &str,
     message: &[u8],
     sig: &SshSig,
+    verified: &crate::strict::VerifiedSignatures,
 ) -> Result<(), ApprovalError> {
     use ed25519_dalek::Signature as EdSignature;
     let bad = |why: &str| ApprovalError::BadSignature(why.to_owned());
@@ -322,7 +323,9 @@ fn verify_prepared(
         _ => return Err(bad("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys")),
     };
     let s = EdSignature::from_slice(sig64).map_err(|_| bad("malformed Ed25519 signature"))?;
-    vk.verify_strict(&signed, &s).map_err(|_| bad("the Ed25519 signature does not verify"))
+    verified.check("ed25519", vk.as_bytes(), &signed, sig64, || {
+        vk.verify_strict(&signed, &s).map_err(|_| bad("the Ed25519 signature does not verify"))
+    })
 }
 
 /// From how many approvals [`verify_approvals`] uses every core.
@@ -433,7 +436,7 @@ fn verify_ssh_proof(
         return Err(ApprovalError::KeyNotValid { principal: st.approver.clone(), when });
     }
     // 4.
-    verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig)?;
+    verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig, &registry.verified)?;
     Ok(fp)
 }
 
@@ -453,7 +456,7 @@ fn verify_passkey_proof(
     if registry.revoked.contains(&cred.fingerprint) {
         return Err(ApprovalError::RevokedKey(cred.fingerprint.clone()));
     }
-    let counter = verify_assertion(cred, &statement_challenge(st), assertion)?;
+    let counter = verify_assertion(cred, &statement_challenge(st), assertion, &registry.verified)?;
     Ok((cred.fingerprint.clone(), counter))
 }
 

@@ -231,7 +231,21 @@ impl PasskeyCredential {
         &self.entry.principal
     }
 
-    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), ApprovalError> {
+    fn verify(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+        verified: &crate::strict::VerifiedSignatures,
+    ) -> Result<(), ApprovalError> {
+        let scheme = match &self.key {
+            PreparedKey::Es256(_) => "passkey-es256",
+            PreparedKey::EdDsa(_) => "passkey-eddsa",
+        };
+        // The fingerprint stands for the key: a SHA-256 of its bytes.
+        verified.check(scheme, self.fingerprint.as_bytes(), message, signature, || self.verify_now(message, signature))
+    }
+
+    fn verify_now(&self, message: &[u8], signature: &[u8]) -> Result<(), ApprovalError> {
         let bad = |why: &str| ApprovalError::BadSignature(why.to_owned());
         match &self.key {
             // aws-lc parses the signature as strict DER and verifies it;
@@ -320,6 +334,7 @@ pub fn verify_assertion(
     cred: &PasskeyCredential,
     challenge: &[u8; 32],
     a: &PasskeyAssertion,
+    verified: &crate::strict::VerifiedSignatures,
 ) -> Result<u32, ApprovalError> {
     // 1.
     let field = |name: &str, value: &str, max: usize| {
@@ -347,7 +362,7 @@ pub fn verify_assertion(
     let mut signed = Vec::with_capacity(auth.len() + 32);
     signed.extend_from_slice(&auth);
     signed.extend_from_slice(&Sha256::digest(&client));
-    cred.verify(&signed, &signature)?;
+    cred.verify(&signed, &signature, verified)?;
     // 3.
     let cd: ClientData = serde_json::from_slice(&client)
         .map_err(|e| ApprovalError::Malformed(format!("passkey client data: {}", clip(&e.to_string(), 200))))?;

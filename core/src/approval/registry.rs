@@ -255,6 +255,10 @@ pub struct Registry {
     /// The passkeys file as read, if one is configured (recorded with every
     /// quorum like the other two).
     pub passkeys_text: Option<String>,
+    /// Signatures by these keys already seen to verify (shared by clones):
+    /// an approval checked when it arrived is not put through the signature
+    /// arithmetic again at the gate. Everything else is checked again.
+    pub verified: crate::strict::VerifiedSignatures,
 }
 
 impl Registry {
@@ -306,6 +310,7 @@ impl Registry {
             roles_text: roles.to_owned(),
             passkeys: Vec::new(),
             passkeys_text: None,
+            verified: crate::strict::VerifiedSignatures::default(),
         })
     }
 

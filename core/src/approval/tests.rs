@@ -94,6 +94,55 @@ fn a_good_approval_verifies() {
     assert_eq!(v.verdict, Verdict::Approve);
 }
 
+/// A signature remembered as verified (the approval was checked when it
+/// arrived) stands in for the arithmetic only: a revocation, another
+/// proposal, or the clock passing the expiry is still refused, and a single
+/// changed byte of the signature is checked afresh and refused.
+#[test]
+fn a_remembered_signature_decides_nothing_else() {
+    let alice = key(1);
+    let reg = registry(&line("alice@bank", &alice, ""), "");
+    let bytes = sign(&statement(&binding(), "alice@bank", Verdict::Approve), &alice, NAMESPACE);
+    check(&bytes, &reg).unwrap();
+    assert_eq!(reg.verified.len(), 1, "the verified signature is remembered");
+    check(&bytes, &reg).unwrap();
+    assert_eq!(reg.verified.len(), 1);
+
+    // The same memory, a registry that now revokes the key.
+    let revoked = Registry {
+        verified: reg.verified.clone(),
+        ..registry(
+            &line("alice@bank", &alice, ""),
+            &format!("[revoked]\nkeys = [\"{}\"]\n", fingerprint(alice.public_key())),
+        )
+    };
+    assert_eq!(check(&bytes, &revoked).unwrap_err().reason_code(), "approval.revoked_key");
+    let other = Binding { proposal: "p-2".into(), ..binding() };
+    assert_eq!(verify_approval(&bytes, &reg, &other, NOW, 300).unwrap_err().reason_code(), "approval.wrong_binding");
+    assert_eq!(
+        verify_approval(&bytes, &reg, &binding(), NOW + 7200, 300).unwrap_err().reason_code(),
+        "approval.expired"
+    );
+
+    // One bit of the Ed25519 signature flipped inside the armour.
+    let mut file: ApprovalFile = serde_json::from_slice(&bytes).unwrap();
+    let Proof::Ssh(armored) = file.proof().unwrap() else { unreachable!() };
+    let sig = SshSig::from_pem(armored).unwrap();
+    let mut raw = sig.signature_bytes().to_vec();
+    raw[10] ^= 1;
+    let tampered = SshSig::new(
+        sig.public_key().clone(),
+        sig.namespace(),
+        sig.hash_alg(),
+        Signature::new(sig.algorithm(), raw).unwrap(),
+    )
+    .unwrap();
+    file = ApprovalFile::ssh(file.statement.clone(), tampered.to_pem(LineEnding::LF).unwrap());
+    let tampered = serde_json::to_vec(&file).unwrap();
+    assert_eq!(check(&tampered, &reg).unwrap_err().reason_code(), "approval.bad_signature");
+    assert_eq!(reg.verified.len(), 1, "a failure is not remembered");
+}
+
 /// Each refusal, with its precise reason.
 #[test]
 fn every_refusal_reason() {
