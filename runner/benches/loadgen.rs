@@ -23,7 +23,10 @@
 //! side by side (target for NATS at 64: ≥ 90% of the HTTPS throughput;
 //! issue 16). Latency over NATS is from publish to answer.
 //!
-//! `LOADGEN_SECS` sets the length of each round (default 4 s).
+//! `LOADGEN_SECS` sets the length of each level in a round (default 4 s),
+//! `LOADGEN_ROUNDS` the number of interleaved rounds (default 5; the
+//! figures are medians over rounds, and the NATS/HTTPS ratio is also
+//! printed round by round).
 
 mod common;
 
@@ -33,7 +36,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use edge_runner::server::client::Client;
 
-const ROUNDS: usize = 3;
 /// (transport, concurrency, full upload every time?)
 const LEVELS: [(Via, usize, bool); 8] = [
     (Via::Https, 1, false),
@@ -100,6 +102,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("LOADGEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let rounds: usize = std::env::var("LOADGEN_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
     let log_runs: usize = std::env::var("LOADGEN_LOG_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let (home, records) = common::copied_log_home(log_runs)?;
     let h = home.path();
@@ -172,7 +175,7 @@ fn main() -> anyhow::Result<()> {
         "manifest": b64(parsed.manifest_bytes()),
         "signature": b64(parsed.bundle().expect("signed")),
     }))?;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (li, &(via, conc, full)) in LEVELS.iter().enumerate() {
             let body = if full { body.clone() } else { by_ref.clone() };
             let before = cpu_now();
@@ -263,7 +266,7 @@ fn main() -> anyhow::Result<()> {
     drop(nats);
     println!(
         "tier-0 runs of the diagnostic capsule over mTLS (keep-alive) and over NATS JetStream (publish to \
-         answer), {ROUNDS} interleaved rounds of {secs}s, on a store of {records} records:"
+         answer), {rounds} interleaved rounds of {secs}s, on a store of {records} records:"
     );
     for (li, (via, conc, full)) in LEVELS.iter().enumerate() {
         let mut l = lat[li].clone();
@@ -308,5 +311,9 @@ fn main() -> anyhow::Result<()> {
         nats64_full / https64_full,
         if nats64 / at64 >= 0.9 { "met" } else { "NOT met" }
     );
+    // Each round's own ratio (its two levels a few seconds apart): the
+    // spread the median above comes from.
+    let per_round: Vec<String> = rates[6].iter().zip(&rates[2]).map(|(n, h)| format!("{:.2}", n / h)).collect();
+    println!("  NATS vs HTTPS at 64 by reference, round by round: {}", per_round.join(" "));
     Ok(())
 }
