@@ -291,7 +291,8 @@ pub fn quick(dir: &Path, origin: &str, identity: &NoteVerifier) -> Result<(u64, 
     let (db, records) = snapshot(dir)?;
     let from = crate::store::trust::signed_size(&db, dir)?.min(records);
     tree::verify_records(&db, from, records, true, |_, _| Ok(()))?;
-    let mut stmt = db.prepare("SELECT body FROM records WHERE type IN ('key-event', 'key-rotation') ORDER BY seq")?;
+    let mut stmt =
+        db.prepare(&format!("SELECT body FROM records WHERE {} ORDER BY seq", crate::store::schema::KEY_RECORDS))?;
     let key_records = stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .map(|b| Ok(serde_json::from_str(&b?)?))

@@ -9,6 +9,7 @@
 //! | 0 | a new, empty file; or a store made before versions were stamped (releases up to and including the one that introduced this module), whose tables are exactly version 1: it is stamped 1 at its next open |
 //! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE_V1`]; `docs/evidence.md#store`) |
 //! | 2 | adds `tree`, the Merkle tree's subtree hashes, append-only, and the index `records_by_type` (`crate::store::tree`); and the fold of the log, derived from the records (`proposals`, `spent`, `counters`, `fold`: `crate::store::fold`): opening the store no longer reads every record |
+//! | 3 | replaces `records_by_type` (every record) with `records_key_events`, a partial index of the key records only ([`KEY_RECORDS`]): appending other records no longer writes an index page per event type |
 //!
 //! At open ([`refuse_newer`], then [`prepare`]):
 //!
@@ -40,7 +41,19 @@ use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this runner writes, and the newest it understands.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The records a start reads by type: the key records, few in any log.
+/// The query that reads them and the index that finds them use this same
+/// text (SQLite uses a partial index when the query's condition is the
+/// index's).
+pub const KEY_RECORDS: &str = "type IN ('key-event', 'key-rotation')";
+
+/// The index of the key records (version 3): only their rows are in it, so
+/// appending any other record leaves it untouched.
+fn key_records_index() -> String {
+    format!("CREATE INDEX IF NOT EXISTS records_key_events ON records (type) WHERE {KEY_RECORDS};")
+}
 
 /// One step forward: takes a store at version `to - 1` to version `to`.
 #[derive(Debug, Clone, Copy)]
@@ -54,16 +67,31 @@ pub struct Migration {
 }
 
 /// Every step from version 1 on, in order (`MIGRATIONS[i].to == i + 2`).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    to: 2,
-    what: "the Merkle tree's subtree hashes beside the records (built from every record, each verified), and the \
-           tables of the fold (filled at the next open)",
-    apply: to_2,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to: 2,
+        what: "the Merkle tree's subtree hashes beside the records (built from every record, each verified), and the \
+               tables of the fold (filled at the next open)",
+        apply: to_2,
+    },
+    Migration {
+        to: 3,
+        what: "the index of records by type replaced by one of the key records only (every append wrote to the old \
+               one; a start reads only key records by type)",
+        apply: to_3,
+    },
+];
 
 fn to_2(db: &Connection) -> rusqlite::Result<()> {
     crate::store::tree::migrate(db)?;
+    // Version 2's index of every record by type (dropped again by `to_3`).
+    db.execute_batch("CREATE INDEX IF NOT EXISTS records_by_type ON records (type);")?;
     db.execute_batch(crate::store::fold::CREATE)
+}
+
+fn to_3(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch("DROP INDEX IF EXISTS records_by_type;")?;
+    db.execute_batch(&key_records_index())
 }
 
 /// A new store at [`SCHEMA_VERSION`]: the tables of version 1, then those
@@ -71,7 +99,8 @@ fn to_2(db: &Connection) -> rusqlite::Result<()> {
 fn create(db: &Connection) -> rusqlite::Result<()> {
     db.execute_batch(CREATE_V1)?;
     db.execute_batch(crate::store::tree::CREATE)?;
-    db.execute_batch(crate::store::fold::CREATE)
+    db.execute_batch(crate::store::fold::CREATE)?;
+    db.execute_batch(&key_records_index())
 }
 
 /// The tables of version 1.
@@ -279,6 +308,44 @@ mod tests {
         assert_eq!(version(&db), 1);
         assert_eq!(prepare(&mut db, &old).unwrap(), SCHEMA_VERSION);
         assert_eq!(version(&db), i64::from(SCHEMA_VERSION));
+    }
+
+    /// New and migrated stores alike: the key records are found through
+    /// the partial index, which holds only them (the index of every record
+    /// by type is gone), so appending another record writes no index by type.
+    #[test]
+    fn key_records_are_found_by_their_own_index_and_other_records_are_not_in_it() {
+        let t = tempfile::tempdir().unwrap();
+        let plan = |db: &Connection| -> String {
+            let q = format!("EXPLAIN QUERY PLAN SELECT body FROM records WHERE {KEY_RECORDS} ORDER BY seq");
+            let mut stmt = db.prepare(&q).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let indexes = |db: &Connection| -> Vec<String> {
+            let mut stmt = db
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records' ORDER BY name")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let definition = |db: &Connection| -> String {
+            db.query_row("SELECT sql FROM sqlite_master WHERE name = 'records_key_events'", [], |r| r.get(0)).unwrap()
+        };
+        let new = t.path().join("new.db");
+        let mut db = Connection::open(&new).unwrap();
+        prepare(&mut db, &new).unwrap();
+        let old = t.path().join("v2.db");
+        let mut v2 = Connection::open(&old).unwrap();
+        v2.execute_batch(CREATE_V1).unwrap();
+        bring_forward(&mut v2, &old, 2, &MIGRATIONS[..1]).unwrap();
+        assert_eq!(version(&v2), 2);
+        assert!(indexes(&v2).contains(&"records_by_type".to_owned()), "{:?}", indexes(&v2));
+        assert_eq!(prepare(&mut v2, &old).unwrap(), 3);
+        for db in [&db, &v2] {
+            assert_eq!(indexes(db), ["records_by_run", "records_key_events"]);
+            assert!(plan(db).contains("USING INDEX records_key_events"), "{}", plan(db));
+            assert!(definition(db).ends_with(&format!("WHERE {KEY_RECORDS}")), "{}", definition(db));
+        }
     }
 
     #[test]

@@ -32,8 +32,8 @@ use edge_core::evidence::{self, GENESIS};
 use edge_core::merkle::{self, CompactRange, Hash, Subtrees};
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// The table, its append-only triggers and the index by event type (the
-/// key records are read by type at open).
+/// The table and its append-only triggers (the index of the key records
+/// that came with it in version 2 is `crate::store::schema`'s).
 pub const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS tree (
     level INTEGER NOT NULL,
@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS tree (
     hash  BLOB NOT NULL,
     PRIMARY KEY (level, idx)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_by_type ON records (type);
 CREATE TRIGGER IF NOT EXISTS tree_append_only_u BEFORE UPDATE ON tree BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS tree_append_only_d BEFORE DELETE ON tree BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 ";
