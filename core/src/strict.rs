@@ -74,15 +74,16 @@ impl StrongKey {
 ///
 /// The runner checks each approval when it arrives and again, with the
 /// others, at the execution gate; with this, the gate does not repeat the
-/// signature arithmetic for an approval it has already seen verify. Bounded:
-/// the oldest entries are forgotten first. Clones share the memory.
-#[derive(Clone, Default)]
-pub struct VerifiedSignatures(std::sync::Arc<std::sync::Mutex<Memo>>);
+/// signature arithmetic for an approval it has already seen verify. Bounded
+/// ([`crate::bounded::BoundedMap`]: emptied whole when full). Clones share
+/// the memory.
+#[derive(Clone)]
+pub struct VerifiedSignatures(std::sync::Arc<crate::bounded::BoundedMap<[u8; 32], ()>>);
 
-#[derive(Default)]
-struct Memo {
-    set: std::collections::HashSet<[u8; 32]>,
-    order: std::collections::VecDeque<[u8; 32]>,
+impl Default for VerifiedSignatures {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(crate::bounded::BoundedMap::new(Self::CAPACITY)))
+    }
 }
 
 impl VerifiedSignatures {
@@ -110,36 +111,22 @@ impl VerifiedSignatures {
             h.update(part);
         }
         let id: [u8; 32] = h.finalize().into();
-        if self.lock().set.contains(&id) {
+        if self.0.contains(&id) {
             return Ok(());
         }
         verify()?;
-        let mut memo = self.lock();
-        if memo.set.insert(id) {
-            memo.order.push_back(id);
-            if memo.order.len() > Self::CAPACITY
-                && let Some(old) = memo.order.pop_front()
-            {
-                memo.set.remove(&old);
-            }
-        }
+        self.0.insert(id, ());
         Ok(())
     }
 
     /// How many are remembered.
     pub fn len(&self) -> usize {
-        self.lock().order.len()
+        self.0.len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
-        // A panic while holding the lock leaves a consistent set (insert and
-        // push happen together, neither can panic between).
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.is_empty()
     }
 }
 
@@ -285,7 +272,8 @@ mod tests {
 
     /// The memo answers only for the exact bytes that verified: a change to
     /// any part, or moving a byte from one part to the next, runs the check;
-    /// a failure is never remembered; the oldest entries go first.
+    /// a failure is never remembered; it stays bounded, and what it dropped
+    /// to stay so is checked again.
     #[test]
     fn only_the_exact_bytes_that_verified_are_remembered() {
         use std::cell::Cell;
@@ -323,7 +311,7 @@ mod tests {
         for i in 0..VerifiedSignatures::CAPACITY as u32 {
             memo.check("ed25519", &i.to_be_bytes(), b"m", b"s", || Ok::<(), ()>(())).unwrap();
         }
-        assert_eq!(memo.len(), VerifiedSignatures::CAPACITY);
+        assert!(memo.len() <= VerifiedSignatures::CAPACITY, "bounded");
         assert!(before > 0);
         let first = runs.get();
         memo.check("ed25519", b"key", b"message", b"sig", ok).unwrap();
