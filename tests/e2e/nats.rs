@@ -414,6 +414,42 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
         ];
         env.cli(&args)
     };
+    // Someone allowed to publish on the runner's outbound subjects puts
+    // another waiting proposal's genuine document (and preview) where this
+    // one's are read: every check of the document passes, but it is not
+    // the proposal asked for, and nothing is signed.
+    let other = env.cli(&["submit", "nats-tier2.capsule", "--nats", &url, "--runner", "test-runner", "--json"]);
+    assert_eq!(other.code(), 5, "{}{}", other.stdout(), other.stderr());
+    let other: Value = serde_json::from_str(&other.stdout()).unwrap();
+    let other = other["id"].as_str().unwrap().to_owned();
+    assert_ne!(other, id);
+    // (What the runner published for each, and a way to publish on its subjects.)
+    let publish = |target: &str, (doc, preview): &(Vec<u8>, Option<Vec<u8>>)| {
+        rt().block_on(async {
+            let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+            for (kind, body) in [("proposal", Some(doc)), ("preview", preview.as_ref())] {
+                let Some(body) = body else { continue };
+                let subject = format!("edge.test-runner.out.{kind}.{target}");
+                js.publish(subject, body.clone().into()).await.unwrap().await.unwrap();
+            }
+        })
+    };
+    let (genuine, swapped_in) = rt().block_on(async {
+        let c = NatsClient::plain(&url, "test-runner").await.unwrap();
+        (c.proposal(&id).await.unwrap(), c.proposal(&other).await.unwrap())
+    });
+    publish(&id, &swapped_in);
+    let swapped = approve("alice", "swapped.json");
+    assert_ne!(swapped.code(), 0, "{}", swapped.stdout());
+    assert!(
+        swapped.stderr().contains(&format!("asked for proposal {id}, but the document fetched is for {other}")),
+        "{}",
+        swapped.stderr()
+    );
+    assert!(!env.path("swapped.json").exists(), "an approval was written for the swapped document");
+    assert_eq!(count(&env, "approval-accepted"), 0);
+    // The genuine document back where it is read: the approvals go on.
+    publish(&id, &genuine);
     let mut last = String::new();
     for who in ["alice", "carol"] {
         let c = approve(who, &format!("{who}.json"));

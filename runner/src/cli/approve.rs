@@ -210,6 +210,19 @@ pub fn approve(args: ApproveArgs, verdict: Verdict, input: &mut dyn BufRead, out
     let p: Proposal =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a proposal", args.proposal.display()))?;
     p.check().context("the proposal document is inconsistent; do not sign it")?;
+    // From a runner, the document must be the one asked for: over NATS it
+    // is read from a subject anyone allowed to publish there can fill, and
+    // another proposal's genuine document passes every check above.
+    if let Some(r) = &remote
+        && p.id != r.id
+    {
+        bail!(
+            "asked for proposal {}, but the document fetched is for {}: do not sign it (someone published \
+             another proposal's document in its place)",
+            r.id,
+            U(&p.id)
+        );
+    }
     let requirement = p.decision.requirement.clone().context("the proposal's decision has no tier requirement")?;
     let now = unix_now()?;
     let expires = p.expires_at();
@@ -477,7 +490,7 @@ pub fn approval(cmd: ApprovalCommand, out: &mut dyn Write) -> Result<Exit> {
 fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
     let m = &p.manifest;
     let s = |v: &serde_json::Value| U(v.as_str().unwrap_or("")).to_string();
-    writeln!(out, "proposal     {} on runner {}", p.id, p.runner)?;
+    writeln!(out, "proposal     {} on runner {}", U(&p.id), U(&p.runner))?;
     writeln!(out, "capsule      {}@{} ({}) {}", s(&m["name"]), s(&m["version"]), s(&m["kind"]), p.capsule)?;
     let transparency = match p.transparency {
         edge_core::signature::Transparency::None => "keyed, no transparency-log entry",
@@ -503,16 +516,16 @@ fn show(p: &Proposal, out: &mut dyn Write) -> Result<()> {
 /// A grant, for people: mounts and their access, env names, imports, limits.
 fn print_grant(g: &edge_core::admission::Grant, out: &mut dyn Write) -> Result<()> {
     let mounts: Vec<String> =
-        g.mounts.iter().map(|m| format!("{} ({})", m.name, if m.writable { "write" } else { "read" })).collect();
+        g.mounts.iter().map(|m| format!("{} ({})", U(&m.name), if m.writable { "write" } else { "read" })).collect();
     writeln!(out, "grant        mounts {}", if mounts.is_empty() { "none".into() } else { mounts.join(", ") })?;
     if !g.endpoints.is_empty() {
-        writeln!(out, "             endpoints {}", g.endpoints.join(", "))?;
+        writeln!(out, "             endpoints {}", U(&g.endpoints.join(", ")))?;
     }
     if !g.env.is_empty() {
-        writeln!(out, "             env {}", g.env.join(", "))?;
+        writeln!(out, "             env {}", U(&g.env.join(", ")))?;
     }
     let imports: Vec<&str> = g.imports.iter().map(String::as_str).collect();
-    writeln!(out, "             imports {}", imports.join(", "))?;
+    writeln!(out, "             imports {}", U(&imports.join(", ")))?;
     let l = &g.limits;
     writeln!(
         out,

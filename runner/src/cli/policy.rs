@@ -12,6 +12,7 @@ use edge_core::manifest::Kind;
 use edge_core::policy::check::{self, Level};
 use edge_core::policy::{Decision, DecisionInput};
 use edge_core::signature::{self, Transparency};
+use edge_core::text::Untrusted as U;
 use serde::Deserialize;
 
 use crate::cli::{Exit, component_imports};
@@ -234,7 +235,7 @@ pub fn print_decision(d: &Decision, out: &mut dyn Write) -> Result<()> {
         (_, 0) => "no approvals".to_owned(),
         (Some(r), n) => format!(
             "{n} approval(s){}{}, at most {}s old",
-            if r.roles.is_empty() { String::new() } else { format!(" from {}", r.roles.join("/")) },
+            if r.roles.is_empty() { String::new() } else { format!(" from {}", U(&r.roles.join("/"))) },
             if r.distinct { ", distinct people and keys" } else { "" },
             r.max_age_secs
         ),
@@ -250,7 +251,7 @@ pub fn print_decision(d: &Decision, out: &mut dyn Write) -> Result<()> {
     if let Some(x) = &d.derivation {
         for t in &x.touched {
             let access = if t.access == edge_core::policy::Access::Write { "write" } else { "read" };
-            writeln!(out, "touches      {} via {} ({access})", t.node, t.via)?;
+            writeln!(out, "touches      {} via {} ({access})", U(&t.node), U(&t.via))?;
         }
         writeln!(
             out,
@@ -259,14 +260,14 @@ pub fn print_decision(d: &Decision, out: &mut dyn Write) -> Result<()> {
             x.score,
             x.most_critical
                 .as_ref()
-                .map(|m| format!(", most critical {} ({})", m.node, m.criticality))
+                .map(|m| format!(", most critical {} ({})", U(&m.node), m.criticality))
                 .unwrap_or_default()
         )?;
         if !x.impacted.is_empty() {
-            writeln!(out, "impacted     {}", x.impacted.join(", "))?;
+            writeln!(out, "impacted     {}", U(&x.impacted.join(", ")))?;
         }
         if !x.sensitive_tags.is_empty() {
-            writeln!(out, "sensitive    {}", x.sensitive_tags.join(", "))?;
+            writeln!(out, "sensitive    {}", U(&x.sensitive_tags.join(", ")))?;
         }
     }
     for r in &d.reasons {

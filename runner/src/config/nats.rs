@@ -108,18 +108,33 @@ impl NatsSettings {
     }
 }
 
+/// A NATS URL as the runner and its clients take it: `tls://host:port`, or
+/// `nats://host:port` (plain text); no credentials or path in it. Returns
+/// (TLS, the host is this host's loopback). `what` names the setting in errors.
+///
+/// # Errors
+/// Another scheme, no host, or credentials or a path in the URL.
+pub fn parse_url(url: &str, what: &str) -> Result<(bool, bool)> {
+    let (tls, rest) = match url.split_once("://") {
+        Some(("tls", rest)) => (true, rest),
+        Some(("nats", rest)) => (false, rest),
+        _ => bail!("{what} `{url}`: use tls://host:port (or nats://127.0.0.1:port on this host)"),
+    };
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    if rest.contains('@') {
+        // (Not repeated here: what precedes the `@` may be a password.)
+        bail!("{what}: give host:port only (credentials go in a credentials file, never in the URL)");
+    }
+    if host.is_empty() || rest.contains('/') {
+        bail!("{what} `{url}`: give host:port only");
+    }
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    Ok((tls, loopback))
+}
+
 impl RawNats {
     pub(crate) fn resolve(self, runner: &str, resolve: impl Fn(&Path) -> PathBuf) -> Result<NatsSettings> {
-        let (tls, rest) = match self.url.split_once("://") {
-            Some(("tls", rest)) => (true, rest),
-            Some(("nats", rest)) => (false, rest),
-            _ => bail!("nats.url `{}`: use tls://host:port (or nats://127.0.0.1:port on this host)", self.url),
-        };
-        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || rest.contains('/') || rest.contains('@') {
-            bail!("nats.url `{}`: give host:port only (credentials go in nats.creds, never in the URL)", self.url);
-        }
-        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+        let (tls, loopback) = parse_url(&self.url, "nats.url")?;
         if !tls && !loopback && !self.dangerous_plain_text {
             bail!(
                 "nats.url `{}` is plain text to another host: anyone on the path reads every capsule and \

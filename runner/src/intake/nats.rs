@@ -187,6 +187,12 @@ async fn connect(
                 }
             }
         });
+    if !settings.tls {
+        // Plain text was allowed for the URL configured (this host, or a
+        // recorded dangerous switch), not for the cluster's other
+        // addresses the server advertises.
+        opts = opts.ignore_discovered_servers();
+    }
     if settings.tls {
         opts = opts.require_tls(true);
         if let Some(ca) = &settings.ca {

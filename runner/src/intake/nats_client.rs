@@ -80,9 +80,19 @@ impl NatsClient {
         if !crate::config::nats::is_token(&runner) || !crate::config::nats::is_token(&a.nats_prefix) {
             bail!("--runner and --nats-prefix are single subject tokens (letters, digits, - and _)");
         }
+        // As the runner's own `nats.url`: plain text only on this host. (A
+        // capsule or an approval crosses it; so would a forged answer.)
+        let (tls, loopback) = crate::config::nats::parse_url(url, "--nats")?;
+        if !tls && !loopback {
+            bail!("--nats `{url}` is plain text to another host: use tls://host:port (with --nats-ca)");
+        }
         let mut opts = async_nats::ConnectOptions::new().name("edge-runner client");
-        if url.starts_with("tls://") {
+        if tls {
             opts = opts.require_tls(true);
+        } else {
+            // Not the cluster's other addresses it advertises: those are
+            // not this host, and the connection would stay plain text.
+            opts = opts.ignore_discovered_servers();
         }
         if let Some(ca) = &a.nats_ca {
             opts = opts.add_root_certificates(ca.clone());
@@ -155,25 +165,20 @@ impl NatsClient {
             .publish_with_headers(self.subject("in", kind), headers, payload.into())
             .await
             .map_err(|e| anyhow!("cannot publish to the runner: {e}"))?;
-        // The answer is awaited while the server confirms the publish (an
-        // answer implies it was stored; a refused publish ends the wait).
+        // The server's confirmation first (the answer, if it comes sooner,
+        // waits in its channel): only an answer to a message that was
+        // stored as this request, not dropped as a copy, is this request's.
         let wait = async {
-            let stored = stored.into_future();
-            tokio::pin!(stored);
-            tokio::pin!(answer);
-            let mut confirmed = false;
-            loop {
-                tokio::select! {
-                    got = &mut answer => return got.context("the answer subscription ended"),
-                    ack = &mut stored, if !confirmed => {
-                        ack.map_err(|e| anyhow!(
-                            "the NATS server did not store the request ({e}); has runner `{}` connected yet?",
-                            self.runner
-                        ))?;
-                        confirmed = true;
-                    }
-                }
+            let ack = stored.await.map_err(|e| {
+                anyhow!("the NATS server did not store the request ({e}); has runner `{}` connected yet?", self.runner)
+            })?;
+            if ack.duplicate {
+                bail!(
+                    "the NATS server took this request for a copy of an earlier message with id {id} and did not \
+                     store it: what answers on that id answers that message, not this request; submit again"
+                );
             }
+            answer.await.context("the answer subscription ended")
         };
         let answer = tokio::time::timeout(timeout, wait)
             .await
@@ -311,4 +316,29 @@ impl Drop for Forget<'_> {
 /// [`crate::config::nats::NatsSettings::streams`] names them).
 pub fn streams(prefix: &str, runner: &str) -> (String, String) {
     (format!("{prefix}_{runner}_in"), format!("{prefix}_{runner}_out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_goes_nowhere_but_this_host_and_the_url_holds_no_secret() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // (192.0.2.1 is TEST-NET-1: were a connection tried, it would hang, not fail.)
+        for (url, why) in [
+            ("nats://192.0.2.1:4222", "plain text to another host"),
+            ("nats://hub.example:4222", "plain text to another host"),
+            ("nats://user:secret@127.0.0.1:4222", "never in the URL"),
+            ("http://127.0.0.1:4222", "use tls://host:port"),
+        ] {
+            let e = rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), NatsClient::plain(url, "r1")).await })
+                .expect("refused before any connection is tried")
+                .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("secret"), "the password was repeated: {e}");
+        }
+    }
 }
