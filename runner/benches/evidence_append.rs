@@ -13,7 +13,11 @@
 //! (`records_by_type`, which schema 3 dropped). Same code, same process:
 //! the difference is that index alone.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::median_f64 as median;
 
 use edge_core::evidence::Event;
 use edge_runner::store::log::EvidenceLog;
@@ -41,11 +45,7 @@ fn timed_on(
     let dir = tempfile::tempdir().expect("temp dir");
     let store = dir.path().join("evidence");
     if let Some(grown) = grown {
-        std::fs::create_dir_all(&store).expect("store dir");
-        for f in std::fs::read_dir(grown).expect("grown store") {
-            let f = f.expect("entry");
-            std::fs::copy(f.path(), store.join(f.file_name())).expect("copy the grown store");
-        }
+        common::copy_dir(grown, &store).expect("copy the grown store");
     }
     if by_type {
         // (On the grown copy, whose tables are there.)
@@ -84,11 +84,6 @@ fn mixed(w: usize, i: usize) -> Event {
             Event::Refused { stage: "apply".into(), reason_code: "bench.synthetic".into(), detail: format!("{w} {i}") }
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -280,10 +280,17 @@ pub fn wait_full_check(log: &Path) -> anyhow::Result<std::time::Duration> {
 pub fn copied_log_home(runs: usize) -> anyhow::Result<(tempfile::TempDir, u64)> {
     let (grown, records) = log_home(runs)?;
     let home = tempfile::tempdir_in(grown.parent().expect("bench-stores"))?;
-    let st =
-        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", grown.display())).arg(home.path()).status()?;
-    anyhow::ensure!(st.success(), "copying the pre-grown runner home failed");
+    copy_dir(&grown, home.path())?;
     Ok((home, records))
+}
+
+/// Copy what directory `from` holds into `to` (made if missing), as `cp -a`.
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let st = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status()?;
+    anyhow::ensure!(st.success(), "copying {} to {} failed", from.display(), to.display());
+    Ok(())
 }
 
 /// Start `edge-runner serve` (the real binary, its own process) in `home`
