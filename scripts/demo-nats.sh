@@ -65,7 +65,10 @@ done
 cat serve.out
 echo "listening sockets of the runner (none but its outbound connection):"
 ss -tanp 2>/dev/null | grep "pid=$SERVER_PID," | grep -c LISTEN || true
-TO=(--nats "$NATS" --runner demo-1)
+# Clients pin the runner's key: what comes back through NATS (answers,
+# documents, events) counts only when signed by it.
+"$ER" evidence runner-key --config runner.toml > runner.vkey
+TO=(--nats "$NATS" --runner demo-1 --runner-key runner.vkey)
 # The runner makes its streams once connected; the first publish waits for them.
 for _ in $(seq 1 100); do
   grep -q "NATS intake pulling" serve.log 2>/dev/null && break

@@ -37,6 +37,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod merkle;
 pub mod note;
+pub mod outbound;
 pub mod paths;
 pub mod plan;
 pub mod policy;

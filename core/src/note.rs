@@ -175,9 +175,11 @@ impl NoteSigner {
     }
 
     /// A bare Ed25519 signature by this key, for the other domain-separated
-    /// message this crate signs with the runner's identity key: webhook
-    /// notifications (`crate::webhook`), whose signing input never ends in a
-    /// newline and so is never a note text. Nothing else may call it.
+    /// messages this crate signs with the runner's identity key: webhook
+    /// notifications (`crate::webhook`) and outbound NATS messages
+    /// (`crate::outbound`), whose signing inputs never end in a newline and
+    /// so are never a note text, and whose first lines differ. Nothing else
+    /// may call it.
     pub(crate) fn sign_raw(&self, message: &[u8]) -> ed25519_dalek::Signature {
         self.key.sign(message)
     }

@@ -60,12 +60,7 @@ fn main() -> anyhow::Result<()> {
     let verifier = edge_verify()?;
     let homes = runs.into_iter().map(common::log_home).collect::<anyhow::Result<Vec<_>>>()?;
     for (dir, _) in &homes {
-        let out = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
-            .args(["evidence", "runner-key", "--config", "runner.toml"])
-            .current_dir(dir)
-            .output()?;
-        anyhow::ensure!(out.status.success(), "runner-key failed");
-        std::fs::write(dir.join("runner.vkey"), &out.stdout)?;
+        common::write_runner_key(dir)?;
     }
     let n = homes.len();
     let mut export: Vec<Series> = (0..n).map(|_| Series::default()).collect();

@@ -127,6 +127,8 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
 
+    // What NATS answers count only when signed with it.
+    let runner_key = common::write_runner_key(h)?;
     // The server's log, for a failed request's reason.
     let log = h.parent().expect("bench-stores").join("loadgen-serve.log");
     let (mut server, url) = common::serve_until(h, &log, "listening on ")?;
@@ -155,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     let nats_client = rt.block_on(async {
         // The runner sets up its streams once connected.
-        let c = edge_runner::intake::nats_client::NatsClient::plain(&nats_url, "runner-1").await?;
+        let c = edge_runner::intake::nats_client::NatsClient::plain(&nats_url, "runner-1", &runner_key).await?;
         let t = Instant::now();
         loop {
             match c.request("submit", capsule.clone(), Duration::from_secs(30)).await {

@@ -146,6 +146,14 @@ fn nats_env(name: &str, nats: &Nats) -> Env {
     env
 }
 
+/// `runner.vkey` in the home: the runner's key, which NATS clients pin
+/// (`--runner-key`).
+fn runner_key(env: &Env) -> std::path::PathBuf {
+    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
+    env.path("runner.vkey")
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -189,7 +197,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     .unwrap();
     let untrusted = std::fs::read(env.untrusted_capsule()).unwrap();
     rt().block_on(async {
-        let c = NatsClient::plain(&nats.url(), "r1").await.unwrap();
+        let c = NatsClient::plain(&nats.url(), "r1", &runner_key(&env)).await.unwrap();
         let mut events = c.events().await.unwrap();
         let a = c.request("submit", diag.clone(), WAIT).await.unwrap();
         assert_eq!(a["state"], "completed", "{a:#}");
@@ -203,6 +211,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
         // Proposal events come out too (a diagnostic that completes has
         // none; a refusal has one).
         let ev = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut events)).await.unwrap().unwrap();
+        c.verify_event(&ev).expect("events are signed by the runner");
         let ev: Value = serde_json::from_slice(&ev.payload).unwrap();
         assert_eq!((&ev["proposal"], ev["kind"].as_str()), (&refused["id"], Some("refused")), "{ev:#}");
         let garbage = c.request("submit", b"\x1b[2Jnot a capsule".to_vec(), WAIT).await.unwrap();
@@ -231,15 +240,35 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     assert_eq!(count(&env, "refused"), 3, "the untrusted, the unreadable and the long capsule");
     assert!(count(&env, "approval-refused") >= 1);
     // The CLI talks NATS too.
-    let cli = env.cli(&["submit", "spool-diag.capsule", "--nats", &nats.url(), "--runner", "r1", "--wait", "60"]);
+    let cli = env.cli(&[
+        "submit",
+        "spool-diag.capsule",
+        "--nats",
+        &nats.url(),
+        "--runner",
+        "r1",
+        "--runner-key",
+        "runner.vkey",
+        "--wait",
+        "60",
+    ]);
     assert_eq!(cli.code(), 0, "{}{}", cli.stdout(), cli.stderr());
     assert!(cli.stdout().contains("state     completed"), "{}", cli.stdout());
     // And the CLI fetches an export the same way.
-    let f = env.cli(&["evidence", "fetch", "--nats", &nats.url(), "--runner", "r1", "-o", "cli.bundle"]);
+    let f = env.cli(&[
+        "evidence",
+        "fetch",
+        "--nats",
+        &nats.url(),
+        "--runner",
+        "r1",
+        "--runner-key",
+        "runner.vkey",
+        "-o",
+        "cli.bundle",
+    ]);
     assert_eq!(f.code(), 0, "{}{}", f.stdout(), f.stderr());
     drop(runner);
-    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
-    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
     let args = vec![env.path("cli.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
     let (mut out, mut err) = (Vec::new(), Vec::new());
     assert_eq!(edge_evidence::cli::run(args, &mut out, &mut err, false), 0, "{}", String::from_utf8_lossy(&err));
@@ -312,7 +341,7 @@ fn nats_away_at_start_or_mid_run_is_reported_and_nothing_is_lost() {
     runner.wait_ready(200, 60);
     let diag = diagnostic(&env);
     rt().block_on(async {
-        let c = NatsClient::plain(&nats.url(), "r1").await.unwrap();
+        let c = NatsClient::plain(&nats.url(), "r1", &runner_key(&env)).await.unwrap();
         assert_eq!(c.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
     });
     // Gone mid-run, then back (same store): reconnected, and a message
@@ -337,6 +366,61 @@ fn nats_away_at_start_or_mid_run_is_reported_and_nothing_is_lost() {
 }
 
 #[test]
+fn forged_and_replayed_answers_are_refused_and_the_runners_own_answer_is_waited_for() {
+    use futures_util::StreamExt as _;
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    let diag = diagnostic(&env);
+    let key = runner_key(&env);
+    let runner = Some(runner);
+    rt().block_on(async move {
+        let mut runner = runner;
+        let nc = async_nats::connect(nats.url()).await.unwrap();
+        // A genuine answer as stored (headers and all), kept to replay.
+        let mut seen = nc.subscribe("edge.r1.out.answer.*").await.unwrap();
+        nc.flush().await.unwrap();
+        let c = NatsClient::plain(&nats.url(), "r1", &key).await.unwrap();
+        let first = c.request("submit", diag.clone(), WAIT).await.unwrap();
+        assert_eq!(first["state"], "completed");
+        let genuine = tokio::time::timeout(WAIT, seen.next()).await.unwrap().unwrap();
+        // The forger sees each request's id on the inbound subjects (as an
+        // agent allowed there would) and answers at once, before the
+        // runner can: a bare "completed", and the genuine earlier answer
+        // moved to this request's subject with its signature headers.
+        let mut requests = nc.subscribe("edge.r1.in.>").await.unwrap();
+        nc.flush().await.unwrap();
+        let forger = {
+            let nc = nc.clone();
+            tokio::spawn(async move {
+                while let Some(m) = requests.next().await {
+                    let id = m.headers.as_ref().unwrap().get(async_nats::header::NATS_MESSAGE_ID).unwrap().to_string();
+                    let subject = format!("edge.r1.out.answer.{id}");
+                    let forged = br#"{"state":"completed","forged":true}"#.to_vec();
+                    nc.publish(subject.clone(), forged.into()).await.unwrap();
+                    let h = genuine.headers.clone().unwrap();
+                    nc.publish_with_headers(subject, h, genuine.payload.clone()).await.unwrap();
+                    nc.flush().await.unwrap();
+                }
+            })
+        };
+        // The client waits past both for the runner's own answer.
+        let second = c.request("submit", diag.clone(), WAIT).await.unwrap();
+        assert_eq!(second["state"], "completed", "{second:#}");
+        assert!(second.get("forged").is_none(), "a forged answer was taken: {second:#}");
+        assert_ne!(second["run"], first["run"], "the earlier answer was taken for this request");
+        // With the runner gone, the forgeries are all that comes: no answer.
+        drop(runner.take());
+        let e = c.request("submit", diag.clone(), Duration::from_secs(3)).await.unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("no answer from runner `r1` within 3s"), "{e}");
+        assert!(e.contains("was refused"), "{e}");
+        forger.abort();
+    });
+}
+
+#[test]
 fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
     let nats = Nats::start();
     let (a, b) = (nats_env("alpha", &nats), nats_env("beta", &nats));
@@ -345,7 +429,7 @@ fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
     rb.wait_ready(200, 30);
     let diag = diagnostic(&a);
     rt().block_on(async {
-        let c = NatsClient::plain(&nats.url(), "alpha").await.unwrap();
+        let c = NatsClient::plain(&nats.url(), "alpha", &runner_key(&a)).await.unwrap();
         for _ in 0..3 {
             assert_eq!(c.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
         }
@@ -369,13 +453,24 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     std::fs::write(env.path("runner.toml"), config).unwrap();
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
+    runner_key(&env);
     env.capsule(
         "nats-tier2",
         test_programs::HOSTILE,
         &Env::hostile_manifest("none", "[[mounts]]\nname = \"config\"\nwritable = true\n"),
         Some("agent"),
     );
-    let cli = env.cli(&["submit", "nats-tier2.capsule", "--nats", &nats.url(), "--runner", "test-runner", "--json"]);
+    let cli = env.cli(&[
+        "submit",
+        "nats-tier2.capsule",
+        "--nats",
+        &nats.url(),
+        "--runner",
+        "test-runner",
+        "--runner-key",
+        "runner.vkey",
+        "--json",
+    ]);
     assert_eq!(cli.code(), 5, "awaiting approval: {}{}", cli.stdout(), cli.stderr());
     let a: Value = serde_json::from_str(&cli.stdout()).unwrap();
     let id = a["id"].as_str().unwrap().to_owned();
@@ -386,7 +481,19 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
         let (dir, url, id) = (env.path(""), nats.url(), id.clone());
         std::thread::spawn(move || {
             Command::new(BIN)
-                .args(["proposals", "watch", &id, "--nats", &url, "--runner", "test-runner", "--timeout", "60"])
+                .args([
+                    "proposals",
+                    "watch",
+                    &id,
+                    "--nats",
+                    &url,
+                    "--runner",
+                    "test-runner",
+                    "--runner-key",
+                    "runner.vkey",
+                    "--timeout",
+                    "60",
+                ])
                 .current_dir(dir)
                 .output()
                 .unwrap()
@@ -404,6 +511,8 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
             &url,
             "--runner",
             "test-runner",
+            "--runner-key",
+            "runner.vkey",
             "--principal",
             &principal,
             "--ssh-key",
@@ -416,40 +525,68 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     };
     // Someone allowed to publish on the runner's outbound subjects puts
     // another waiting proposal's genuine document (and preview) where this
-    // one's are read: every check of the document passes, but it is not
-    // the proposal asked for, and nothing is signed.
-    let other = env.cli(&["submit", "nats-tier2.capsule", "--nats", &url, "--runner", "test-runner", "--json"]);
+    // one's are read — bare, then with the runner's genuine signature
+    // headers. Neither is the runner's document for this proposal (the
+    // signature binds the subject), and nothing is signed.
+    let other = env.cli(&[
+        "submit",
+        "nats-tier2.capsule",
+        "--nats",
+        &url,
+        "--runner",
+        "test-runner",
+        "--runner-key",
+        "runner.vkey",
+        "--json",
+    ]);
     assert_eq!(other.code(), 5, "{}{}", other.stdout(), other.stderr());
     let other: Value = serde_json::from_str(&other.stdout()).unwrap();
     let other = other["id"].as_str().unwrap().to_owned();
     assert_ne!(other, id);
-    // (What the runner published for each, and a way to publish on its subjects.)
-    let publish = |target: &str, (doc, preview): &(Vec<u8>, Option<Vec<u8>>)| {
+    // What the runner published for a proposal, as stored (headers and all).
+    let stored = |of: &str| {
         rt().block_on(async {
             let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-            for (kind, body) in [("proposal", Some(doc)), ("preview", preview.as_ref())] {
-                let Some(body) = body else { continue };
+            let stream = js.get_stream("edge_test-runner_out").await.unwrap();
+            let mut out = Vec::new();
+            for kind in ["proposal", "preview"] {
+                let subject = format!("edge.test-runner.out.{kind}.{of}");
+                if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await {
+                    out.push((kind, m.headers, m.payload));
+                }
+            }
+            out
+        })
+    };
+    // Publish those messages on proposal `target`'s subjects, with their headers or bare.
+    let publish = |target: &str, messages: &[(&str, async_nats::HeaderMap, bytes::Bytes)], headers: bool| {
+        rt().block_on(async {
+            let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+            for (kind, h, body) in messages {
                 let subject = format!("edge.test-runner.out.{kind}.{target}");
-                js.publish(subject, body.clone().into()).await.unwrap().await.unwrap();
+                let h = if headers { h.clone() } else { async_nats::HeaderMap::new() };
+                js.publish_with_headers(subject, h, body.clone()).await.unwrap().await.unwrap();
             }
         })
     };
-    let (genuine, swapped_in) = rt().block_on(async {
-        let c = NatsClient::plain(&url, "test-runner").await.unwrap();
-        (c.proposal(&id).await.unwrap(), c.proposal(&other).await.unwrap())
-    });
-    publish(&id, &swapped_in);
-    let swapped = approve("alice", "swapped.json");
-    assert_ne!(swapped.code(), 0, "{}", swapped.stdout());
-    assert!(
-        swapped.stderr().contains(&format!("asked for proposal {id}, but the document fetched is for {other}")),
-        "{}",
-        swapped.stderr()
-    );
-    assert!(!env.path("swapped.json").exists(), "an approval was written for the swapped document");
+    let (genuine, swapped_in) = (stored(&id), stored(&other));
+    assert_eq!(genuine.len(), 2, "a document and a preview");
+    for (with_headers, why) in [(false, "the message is not signed"), (true, "the signature does not verify")] {
+        publish(&id, &swapped_in, with_headers);
+        let swapped = approve("alice", "swapped.json");
+        assert_ne!(swapped.code(), 0, "{}", swapped.stdout());
+        assert!(
+            swapped.stderr().contains(&format!(
+                "the proposal of {id} on edge.test-runner.out.proposal.{id} is not runner `test-runner`'s"
+            )) && swapped.stderr().contains(why),
+            "{}",
+            swapped.stderr()
+        );
+        assert!(!env.path("swapped.json").exists(), "an approval was written for the swapped document");
+    }
     assert_eq!(count(&env, "approval-accepted"), 0);
     // The genuine document back where it is read: the approvals go on.
-    publish(&id, &genuine);
+    publish(&id, &genuine, true);
     let mut last = String::new();
     for who in ["alice", "carol"] {
         let c = approve(who, &format!("{who}.json"));
@@ -488,9 +625,21 @@ fn the_runner_dials_out_over_tls_with_its_client_certificate_and_a_foreign_one_g
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     diagnostic(&env);
+    runner_key(&env);
     let tls_flags = ["--nats-ca", "tls/ca.pem", "--nats-cert", "tls/agent.pem", "--nats-key", "tls/agent.key"];
     let url = nats.url();
-    let args = ["submit", "spool-diag.capsule", "--nats", &url, "--runner", "test-runner", "--wait", "60"];
+    let args = [
+        "submit",
+        "spool-diag.capsule",
+        "--nats",
+        &url,
+        "--runner",
+        "test-runner",
+        "--runner-key",
+        "runner.vkey",
+        "--wait",
+        "60",
+    ];
     let ok = env.cli(&[&args[..], &tls_flags[..]].concat());
     assert_eq!(ok.code(), 0, "{}{}", ok.stdout(), ok.stderr());
     assert!(ok.stdout().contains("state     completed"), "{}", ok.stdout());

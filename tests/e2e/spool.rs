@@ -375,7 +375,7 @@ fn approvals_dropped_in_the_spool_run_a_waiting_proposal_and_an_export_comes_bac
     // What approvers review came back in the outbox: sign from it.
     let doc = env.path(&format!("spool/outbox/{id}.json"));
     assert!(env.path(&format!("spool/outbox/{id}.preview.json")).exists());
-    for who in ["alice", "carol"] {
+    for who in ["alice", "carol", "mallory"] {
         let out = format!("{who}.approval.json");
         env.sign_approval("approve", doc.to_str().unwrap(), who, &out);
     }
@@ -399,10 +399,29 @@ fn approvals_dropped_in_the_spool_run_a_waiting_proposal_and_an_export_comes_bac
         "{}",
         reason(&env, "done/carol.approval.json")
     );
-    // Delivered again (a second copy of the medium): the proposal no longer waits.
+    // Delivered again (a second copy of the medium, or the first answer
+    // lost): kept the first time, so answered from the store with the run
+    // and its receipt, not refused, and not run again.
+    let receipt = std::fs::read(env.path(&format!("spool/outbox/{}.receipt", a["run"].as_str().unwrap())));
     drop_file(&env, "carol-again.approval.json", &std::fs::read(env.path("carol.approval.json")).unwrap());
-    wait_for(&env.path("spool/refused/carol-again.approval.json"), 30);
-    assert!(reason(&env, "refused/carol-again.approval.json").contains("[approval.not-waiting]"));
+    wait_for(&env.path("spool/done/carol-again.approval.json"), 30);
+    let again = answer(&env, "carol-again.approval.json");
+    assert!(
+        reason(&env, "done/carol-again.approval.json")
+            .contains("kept when it was delivered before; the proposal is committed"),
+        "{}",
+        reason(&env, "done/carol-again.approval.json")
+    );
+    assert_eq!(again["run"], a["run"], "{again:#}");
+    assert_eq!(again["receipt"].as_str().map(str::as_bytes), receipt.as_deref().ok(), "{again:#}");
+    // An approval never kept, for a proposal that no longer waits: refused.
+    drop_file(&env, "mallory.approval.json", &std::fs::read(env.path("mallory.approval.json")).unwrap());
+    wait_for(&env.path("spool/refused/mallory.approval.json"), 30);
+    assert!(
+        reason(&env, "refused/mallory.approval.json").contains("[approval.not-waiting] proposal"),
+        "{}",
+        reason(&env, "refused/mallory.approval.json")
+    );
     let log = env.evidence();
     let runs_of = |t: &str| log.as_array().unwrap().iter().filter(|r| r["event"]["type"] == t).count();
     assert_eq!(runs_of("committed"), 1, "the proposal ran once");

@@ -314,3 +314,17 @@ pub fn serve_until(home: &Path, log: &Path, prefix: &str) -> anyhow::Result<(std
         }
     }
 }
+
+/// Write `<home>/runner.vkey`: the runner's key as `edge-runner evidence
+/// runner-key` prints it (what reviewers and NATS clients pin).
+#[allow(dead_code)] // not every benchmark uses every helper
+pub fn write_runner_key(home: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-runner"))
+        .args(["evidence", "runner-key", "--config", "runner.toml"])
+        .current_dir(home)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "runner-key failed: {}", String::from_utf8_lossy(&out.stderr));
+    let path = home.join("runner.vkey");
+    std::fs::write(&path, &out.stdout)?;
+    Ok(path)
+}

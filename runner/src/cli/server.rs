@@ -383,6 +383,11 @@ async fn watch_nats(
             .await
             .map_err(|_| anyhow::anyhow!("proposal {id} is still {state} after {timeout}s"))?
             .context("the event subscription ended")?;
+        if let Err(e) = c.verify_event(&next) {
+            // Not the runner's: not shown, and not believed.
+            eprintln!("ignored an event for {id} that is not the runner's: {e}");
+            continue;
+        }
         let v: Value = serde_json::from_slice(&next.payload).context("a proposal event that is not JSON")?;
         state = str_of(&v["state"]);
         writeln!(

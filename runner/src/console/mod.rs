@@ -630,7 +630,14 @@ impl Console {
             Ok(Ok(ApproveReply::Refused(why))) => {
                 Err(error(StatusCode::UNPROCESSABLE_ENTITY, format!("refused: {why}")))
             }
-            Ok(Err(e)) => Err(error(StatusCode::CONFLICT, format!("{e:#}"))),
+            Ok(Ok(ApproveReply::NotWaiting(state))) => Err(error(
+                StatusCode::CONFLICT,
+                format!("proposal {id} is {}, not awaiting approval: nothing to approve", state.name()),
+            )),
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), proposal = %edge_core::text::line(id), "cannot keep an approval");
+                Err(error(StatusCode::INTERNAL_SERVER_ERROR, "the runner failed to keep the approval; see its log"))
+            }
             Err(QueueError::Full) => Err(error(StatusCode::TOO_MANY_REQUESTS, "the runner is busy: try again")),
             Err(QueueError::Stopped) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the runner is shutting down")),
         }

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use async_nats::jetstream::{self, AckKind, consumer, stream};
+use edge_core::outbound;
 use futures_util::StreamExt as _;
 use serde_json::json;
 
@@ -280,8 +281,8 @@ impl Intake {
     /// Process one message to its disposition, telling the server it is
     /// still being worked on meanwhile.
     async fn handle(&self, source: &str, m: jetstream::Message) {
-        let (seq, published) = match m.info() {
-            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000),
+        let (seq, published, stream) = match m.info() {
+            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000, i.stream.to_owned()),
             Err(e) => {
                 tracing::warn!(error = %e, "a NATS message without JetStream metadata; terminated");
                 let _ = m.ack_with(AckKind::Term).await;
@@ -323,11 +324,9 @@ impl Intake {
             }
         };
         if let Some(answer) = answer {
-            let subject = self.settings.outbound(&format!("answer.{reply_id}"));
-            let stored = match self.js.publish(subject, answer.into()).await {
-                Ok(ack) => ack.await.map(drop).map_err(|e| anyhow!("{e}")),
-                Err(e) => Err(anyhow!("{e}")),
-            };
+            // Signed, and bound to the request it answers (the client checks
+            // that against the sequence the server confirmed to it).
+            let stored = self.publish(&format!("answer.{reply_id}"), &format!("{stream}:{seq}"), answer).await;
             if let Err(e) = stored {
                 // No answer stored, no ack: delivered again, answered then
                 // (from the log, if it ran).
@@ -441,7 +440,15 @@ impl Intake {
                         return Ok((None, Disposition::Later));
                     }
                     tracing::info!(seq, run = %id, "NATS message delivered again: answered from the log, not run again");
-                    return Ok((Some(json_bytes(&self.runs.answer_of(&id).await?)), Disposition::Ack));
+                    let answer = self.runs.answer_of(&id).await?;
+                    // What approvers review, again: the first delivery may
+                    // have ended (a kill, NATS away) before it was stored.
+                    if answer["state"] == "awaiting-approval"
+                        && let Some(proposal) = answer["id"].as_str()
+                    {
+                        self.publish_proposal(proposal).await?;
+                    }
+                    return Ok((Some(json_bytes(&answer)), Disposition::Ack));
                 }
                 Some(_) => {}
             }
@@ -475,15 +482,35 @@ impl Intake {
             out.push((format!("preview.{id}"), serde_json::to_vec(&preview)?));
         }
         for (kind, body) in out {
-            let ack = self.js.publish(self.settings.outbound(&kind), body.into()).await;
-            ack.map_err(|e| anyhow!("{e}"))?.await.map_err(|e| anyhow!("cannot store {kind}: {e}"))?;
+            self.publish(&kind, outbound::NO_REQUEST, body).await.with_context(|| format!("cannot store {kind}"))?;
         }
         Ok(())
+    }
+
+    /// Publish `body` on the outbound subject `kind`, signed by the
+    /// runner's identity key (`edge_core::outbound`; `answers` names the
+    /// request an answer answers), and wait until the server stored it.
+    async fn publish(&self, kind: &str, answers: &str, body: Vec<u8>) -> Result<()> {
+        self.send(kind, answers, body).await?.await.map(drop).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// As [`Intake::publish`], without waiting for the server to store it
+    /// (the returned future says when it did).
+    async fn send(&self, kind: &str, answers: &str, body: Vec<u8>) -> Result<jetstream::context::PublishAckFuture> {
+        let subject = self.settings.outbound(kind);
+        let mut headers = async_nats::HeaderMap::new();
+        let signature = outbound::sign(&self.runs.runner().identity, &subject, answers, &body);
+        headers.insert(outbound::HEADER_SIGNATURE, signature.as_str());
+        if answers != outbound::NO_REQUEST {
+            headers.insert(outbound::HEADER_ANSWERS, answers);
+        }
+        self.js.publish_with_headers(subject, headers, body.into()).await.map_err(|e| anyhow!("{e}"))
     }
 
     async fn approve(&self, payload: &[u8]) -> Result<(Option<Vec<u8>>, Disposition)> {
         match self.runs.approve_delivered(payload.to_vec()).await {
             Ok(Ok(Delivered::Kept(kept))) => Ok((Some(serde_json::to_vec(&kept)?), Disposition::Ack)),
+            Ok(Ok(Delivered::Again(again))) => Ok((Some(serde_json::to_vec(&again)?), Disposition::Ack)),
             Ok(Ok(Delivered::Refused { proposal, reason_code, detail })) => {
                 // A file that is no approval never will be: terminated.
                 let disposition =
@@ -544,8 +571,6 @@ impl Intake {
     /// log holds every one of them.
     async fn publish_events(self: Arc<Self>) {
         let mut events = self.runs.proposal_events();
-        let subject = self.settings.outbound("events");
-        let checkpoints = self.settings.outbound("checkpoint");
         loop {
             let event = match events.recv().await {
                 Ok(e) => e,
@@ -555,24 +580,35 @@ impl Intake {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let body: bytes::Bytes = serde_json::to_vec(&event).unwrap_or_default().into();
+            let body = serde_json::to_vec(&event).unwrap_or_default();
             // On the events subject, and as the proposal's latest state
-            // (`out.state.<id>`, what `approve --nats` checks).
-            let state = self.settings.outbound(&format!("state.{}", event.proposal));
-            let published = match self.js.publish(subject.clone(), body.clone()).await {
-                Ok(_) if crate::config::nats::is_token(&event.proposal) => self.js.publish(state, body).await.map(drop),
-                other => other.map(drop),
-            };
-            if let Err(e) = published {
-                tracing::warn!(error = %e, proposal = %event.proposal, "cannot publish a proposal event to NATS");
-                continue;
+            // (`out.state.<id>`, what `approve --nats` checks). In order (one
+            // connection); whether the server stored each is awaited aside,
+            // so that one slow confirmation does not hold the next event.
+            let mut kinds = vec!["events".to_owned()];
+            if crate::config::nats::is_token(&event.proposal) {
+                kinds.push(format!("state.{}", event.proposal));
+            }
+            for kind in kinds {
+                match self.send(&kind, outbound::NO_REQUEST, body.clone()).await {
+                    Ok(ack) => {
+                        tokio::spawn(async move {
+                            if let Err(e) = ack.await {
+                                tracing::warn!(error = %e, subject = %kind, "NATS did not store a proposal event");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), proposal = %event.proposal, "cannot publish a proposal event to NATS");
+                    }
+                }
             }
             // Coalesced: one checkpoint for the events that came together.
             if events.is_empty()
                 && let Ok(note) = self.runs.checkpoint().await
-                && let Err(e) = self.js.publish(checkpoints.clone(), note.into_bytes().into()).await
+                && let Err(e) = self.publish("checkpoint", outbound::NO_REQUEST, note.into_bytes()).await
             {
-                tracing::warn!(error = %e, "cannot publish the checkpoint to NATS");
+                tracing::warn!(error = %format!("{e:#}"), "cannot publish the checkpoint to NATS");
             }
         }
     }

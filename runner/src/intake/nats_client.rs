@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use async_nats::jetstream;
 use clap::Args;
+use edge_core::note::NoteVerifier;
+use edge_core::outbound;
 use futures_util::StreamExt as _;
 
 /// `--nats` and its companions, on the client commands that can talk to a
@@ -40,11 +42,21 @@ pub struct NatsArgs {
     /// With --nats: the runner's subject prefix (`nats.prefix`).
     #[arg(long, value_name = "PREFIX", default_value = "edge")]
     pub nats_prefix: String,
+    /// With --nats: the runner's key, as `edge-runner evidence runner-key`
+    /// prints it on the runner. What comes back through NATS (answers,
+    /// proposal documents, events) counts only when signed by it.
+    #[arg(long, env = "EDGE_RUNNER_KEY", value_name = "FILE")]
+    pub runner_key: Option<PathBuf>,
 }
 
-/// Answers awaited, by message id.
+/// Answers awaited, by message id: every message on a request's answer
+/// subject goes to it (forged ones too, which it refuses and waits on).
 type Waiting =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<bytes::Bytes>>>>;
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<async_nats::Message>>>>;
+
+/// Messages held for one request before more are dropped (a flood of
+/// forgeries cannot grow the client's memory).
+const ANSWERS_HELD: usize = 16;
 
 /// A connection to a runner through NATS. One subscription takes every
 /// answer (`out.answer.*`) and hands each to the request waiting for it.
@@ -53,6 +65,8 @@ pub struct NatsClient {
     js: jetstream::Context,
     runner: String,
     prefix: String,
+    /// The runner's identity key: what it publishes must verify with it.
+    key: NoteVerifier,
     waiting: Waiting,
     dispatcher: tokio::task::AbortHandle,
 }
@@ -86,6 +100,13 @@ impl NatsClient {
         if !tls && !loopback {
             bail!("--nats `{url}` is plain text to another host: use tls://host:port (with --nats-ca)");
         }
+        // Fail closed: without the runner's key, anyone who may publish on
+        // its outbound subjects could answer in its name.
+        let key_file = a.runner_key.as_deref().context(
+            "give --runner-key FILE with --nats: the runner's key, as `edge-runner evidence runner-key --config \
+             runner.toml` prints it on the runner (what comes back through NATS counts only when signed by it)",
+        )?;
+        let key = read_runner_key(key_file)?;
         let mut opts = async_nats::ConnectOptions::new().name("edge-runner client");
         if tls {
             opts = opts.require_tls(true);
@@ -115,22 +136,23 @@ impl NatsClient {
             tokio::spawn(async move {
                 while let Some(m) = answers.next().await {
                     let Some(id) = m.subject.as_str().rsplit('.').next() else { continue };
-                    let tx = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+                    let tx = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
                     if let Some(tx) = tx {
-                        let _ = tx.send(m.payload);
+                        let _ = tx.try_send(m);
                     }
                 }
             })
             .abort_handle()
         };
-        Ok(Self { client, js, runner, prefix, waiting, dispatcher })
+        Ok(Self { client, js, runner, prefix, key, waiting, dispatcher })
     }
 
-    /// Connect with a URL and runner name only (tests, the load generator).
+    /// Connect with a URL, runner name and the runner's key file only
+    /// (tests, the load generator).
     ///
     /// # Errors
     /// As [`NatsClient::connect`].
-    pub async fn plain(url: &str, runner: &str) -> Result<Self> {
+    pub async fn plain(url: &str, runner: &str, runner_key: &std::path::Path) -> Result<Self> {
         Self::connect(&NatsArgs {
             nats: Some(url.to_owned()),
             runner: Some(runner.to_owned()),
@@ -139,6 +161,7 @@ impl NatsClient {
             nats_key: None,
             nats_creds: None,
             nats_prefix: "edge".to_owned(),
+            runner_key: Some(runner_key.to_owned()),
         })
         .await
     }
@@ -155,7 +178,7 @@ impl NatsClient {
     /// connected?), or no answer came in time.
     pub async fn request(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<serde_json::Value> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (tx, answer) = tokio::sync::oneshot::channel();
+        let (tx, mut answers) = tokio::sync::mpsc::channel(ANSWERS_HELD);
         self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), tx);
         let forget = Forget(&self.waiting, &id);
         let mut headers = async_nats::HeaderMap::new();
@@ -165,9 +188,10 @@ impl NatsClient {
             .publish_with_headers(self.subject("in", kind), headers, payload.into())
             .await
             .map_err(|e| anyhow!("cannot publish to the runner: {e}"))?;
-        // The server's confirmation first (the answer, if it comes sooner,
-        // waits in its channel): only an answer to a message that was
-        // stored as this request, not dropped as a copy, is this request's.
+        // The server's confirmation first (answers, if they come sooner,
+        // wait in the channel): only an answer to a message that was stored
+        // as this request, not dropped as a copy, is this request's.
+        let mut refused = None;
         let wait = async {
             let ack = stored.await.map_err(|e| {
                 anyhow!("the NATS server did not store the request ({e}); has runner `{}` connected yet?", self.runner)
@@ -178,13 +202,59 @@ impl NatsClient {
                      store it: what answers on that id answers that message, not this request; submit again"
                 );
             }
-            answer.await.context("the answer subscription ended")
+            // The runner's answer to the message stored at this sequence,
+            // signed; anything else on the subject is refused and waited past.
+            let request = format!("{}:{}", ack.stream, ack.sequence);
+            loop {
+                let m = answers.recv().await.context("the answer subscription ended")?;
+                match self.check(&m.subject, &request, m.headers.as_ref(), &m.payload) {
+                    Ok(()) => return Ok(m.payload),
+                    Err(e) => refused = Some(e),
+                }
+            }
         };
-        let answer = tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs()))??;
+        let answer = tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            let mut e = anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs());
+            if let Some(why) = refused.take() {
+                e = e.context(format!(
+                    "a message that claimed to answer this request was refused ({why}): someone who may publish on \
+                     the runner's outbound subjects forged it, or --runner-key is not this runner's key"
+                ));
+            }
+            e
+        })??;
         drop(forget);
         serde_json::from_slice(&answer).context("the runner's answer is not JSON")
+    }
+
+    /// Whether a message on `subject` is the runner's: signed by its key
+    /// (and, for an answer, answering `request`).
+    fn check(
+        &self,
+        subject: &async_nats::Subject,
+        request: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        body: &[u8],
+    ) -> Result<(), outbound::OutboundError> {
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(async_nats::HeaderValue::as_str);
+        outbound::verify(
+            &self.key,
+            subject.as_str(),
+            request,
+            header(outbound::HEADER_ANSWERS),
+            header(outbound::HEADER_SIGNATURE),
+            body,
+        )
+    }
+
+    /// Check a proposal event from [`NatsClient::events`] or
+    /// [`NatsClient::proposal_events`]: signed by the runner's key, on the
+    /// subject it came on.
+    ///
+    /// # Errors
+    /// Unsigned, or signed by another key, or for another subject.
+    pub fn verify_event(&self, m: &async_nats::Message) -> Result<(), outbound::OutboundError> {
+        self.check(&m.subject, outbound::NO_REQUEST, m.headers.as_ref(), &m.payload)
     }
 
     /// Ask the runner for an export (the whole log, or what follows the
@@ -252,7 +322,15 @@ impl NatsClient {
         let (_, outbound) = streams(&self.prefix, &self.runner);
         let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
         let subject = self.subject("out", &format!("{kind}.{id}"));
-        Ok(stream.get_last_raw_message_by_subject(&subject).await.ok().map(|m| m.payload.to_vec()))
+        let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await else { return Ok(None) };
+        self.check(&m.subject, outbound::NO_REQUEST, Some(&m.headers), &m.payload).map_err(|e| {
+            anyhow!(
+                "the {kind} of {id} on {subject} is not runner `{}`'s ({e}): do not trust it; someone who may \
+                 publish there forged it, or --runner-key is not this runner's key",
+                self.runner
+            )
+        })?;
+        Ok(Some(m.payload.to_vec()))
     }
 
     /// A waiting proposal's document and preview, as the runner published
@@ -312,6 +390,21 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// The runner key a client pins (`edge-runner evidence runner-key`).
+///
+/// # Errors
+/// The file cannot be read or holds no runner key.
+pub fn read_runner_key(path: &std::path::Path) -> Result<NoteVerifier> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the runner key {}", path.display()))?;
+    NoteVerifier::parse(text.trim()).map_err(|e| {
+        anyhow!(
+            "{} is not a runner key ({e}): it holds one line, as `edge-runner evidence runner-key` prints it",
+            path.display()
+        )
+    })
+}
+
 /// The inbound and outbound stream names of a runner (as
 /// [`crate::config::nats::NatsSettings::streams`] names them).
 pub fn streams(prefix: &str, runner: &str) -> (String, String) {
@@ -333,7 +426,13 @@ mod tests {
             ("http://127.0.0.1:4222", "use tls://host:port"),
         ] {
             let e = rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), NatsClient::plain(url, "r1")).await })
+                .block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        NatsClient::plain(url, "r1", std::path::Path::new("r1.vkey")),
+                    )
+                    .await
+                })
                 .expect("refused before any connection is tried")
                 .unwrap_err();
             let e = format!("{e:#}");

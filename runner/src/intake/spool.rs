@@ -489,6 +489,15 @@ impl Spool {
                 }
                 Ok(Some((answer, Ending { refused: false, reason })))
             }
+            Ok(Ok(Delivered::Again(again))) => {
+                let mut answer = serde_json::to_value(&again)?;
+                let reason = format!("kept when it was delivered before; the proposal is {}", again.state);
+                if let Some(run) = &again.run {
+                    answer["receipt"] = run["receipt"].clone();
+                    answer["run"] = run["run"].clone();
+                }
+                Ok(Some((answer, Ending { refused: false, reason })))
+            }
             Ok(Ok(Delivered::Refused { proposal, reason_code, detail })) => {
                 let reason = format!("[{reason_code}] {detail}");
                 Ok(Some((json!({ "proposal": proposal, "refused": reason }), Ending { refused: true, reason })))

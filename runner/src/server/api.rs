@@ -281,7 +281,11 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!("the approval was not kept: {why}; sign this proposal's document again"),
                 )),
-                Err(e) => Err(error(StatusCode::CONFLICT, format!("{e:#}"))),
+                Ok(ApproveReply::NotWaiting(state)) => Err(error(
+                    StatusCode::CONFLICT,
+                    format!("proposal {id} is {}, not awaiting approval: nothing to approve", state.name()),
+                )),
+                Err(e) => Err(runner_error(&e)),
             }
         }
         (&Method::GET, ["v1", "evidence", "checkpoint"]) => {

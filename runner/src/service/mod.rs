@@ -38,6 +38,9 @@ pub enum ApproveReply {
     Unknown,
     /// Not kept: it does not verify for this proposal (reason given).
     Refused(String),
+    /// Not kept: the proposal no longer waits (ran, expired, withdrawn); its
+    /// state now.
+    NotWaiting(State),
     /// Kept; the quorum status, and the run when it ran.
     Kept(Box<ApprovalKept>),
 }
@@ -212,6 +215,7 @@ impl RunService {
             reason_code: reason_code.to_owned(),
             detail,
         };
+        let digest = Sha256Digest::of(&bytes);
         Ok(Ok(match self.approve(proposal.clone(), bytes).await? {
             Ok(ApproveReply::Unknown) => {
                 refused("approval.unknown-proposal", format!("no proposal {proposal} on this runner"))
@@ -221,10 +225,41 @@ impl RunService {
                 refused(&code, detail)
             }
             Ok(ApproveReply::Kept(kept)) => Delivered::Kept(kept),
-            // The proposal no longer waits (ran, expired, withdrawn): an
-            // approval delivered again after a crash ends here too.
-            Err(e) => refused("approval.not-waiting", format!("{e:#}")),
+            Ok(ApproveReply::NotWaiting(state)) => match self.kept_earlier(&proposal, &digest).await {
+                // This very file was kept before (delivered again: its answer
+                // was lost to a kill or a full outbox): answered from the
+                // store, with the run it led to.
+                Ok(Some(again)) => Delivered::Again(Box::new(again)),
+                Ok(None) => refused(
+                    "approval.not-waiting",
+                    format!("proposal {proposal} is {}, not awaiting approval", state.name()),
+                ),
+                Err(e) => return Ok(Err(e)),
+            },
+            // The runner failed (I/O): not a refusal; the intake tries again.
+            Err(e) => return Ok(Err(e)),
         }))
+    }
+
+    /// If the approval file with this digest was kept for `proposal`: the
+    /// proposal's state now and the answer of its latest run after the one
+    /// that opened it (the run the quorum started).
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    async fn kept_earlier(&self, proposal: &str, approval: &Sha256Digest) -> Result<Option<KeptEarlier>> {
+        let kept = approvals_dir(&self.runner, proposal).join(format!("{}.json", approval.hex()));
+        match std::fs::symlink_metadata(&kept) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", kept.display())),
+        }
+        let Some(view) = self.show(proposal) else { return Ok(None) };
+        let run = match view.runs.get(1..).and_then(<[String]>::last) {
+            Some(run) => Some(self.answer_of(run).await?),
+            None => None,
+        };
+        Ok(Some(KeptEarlier { id: proposal.to_owned(), approval: *approval, state: view.state.name().to_owned(), run }))
     }
 
     /// Record an approval that does not parse (outside any run, by the
@@ -590,7 +625,7 @@ impl RunService {
             return Ok(ApproveReply::Unknown);
         };
         if view.state != State::AwaitingApproval {
-            anyhow::bail!("proposal {id} is {}, not awaiting approval", view.state.name());
+            return Ok(ApproveReply::NotWaiting(view.state));
         }
         if approval.len() > MAX_APPROVAL_BYTES {
             return Ok(ApproveReply::Refused(format!(
@@ -639,7 +674,13 @@ impl RunService {
 #[derive(Debug)]
 pub enum Delivered {
     Kept(Box<ApprovalKept>),
-    Refused { proposal: Option<String>, reason_code: String, detail: String },
+    /// Kept when it was delivered before.
+    Again(Box<KeptEarlier>),
+    Refused {
+        proposal: Option<String>,
+        reason_code: String,
+        detail: String,
+    },
 }
 
 /// A refusal's `[code] detail` text as (code, detail); `approval.refused`
@@ -729,6 +770,18 @@ pub struct ApprovalKept {
     pub status: QuorumStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<SubmitReply>,
+}
+
+/// An approval delivered again that was kept the first time: the
+/// proposal's state now, and the answer of the run its quorum started
+/// ([`RunService::answer_of`]), if it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptEarlier {
+    pub id: String,
+    pub approval: Sha256Digest,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<serde_json::Value>,
 }
 
 /// The answer for a run (the proposal it belongs to is `id`).
