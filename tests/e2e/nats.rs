@@ -421,6 +421,90 @@ fn forged_and_replayed_answers_are_refused_and_the_runners_own_answer_is_waited_
 }
 
 #[test]
+fn streams_and_consumers_made_beforehand_with_unsafe_settings_are_refused_not_used() {
+    use async_nats::jetstream::{consumer, stream};
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    // The hub's operator made them beforehand: the stream keeps requests
+    // in memory only, and the consumer gives up on a message after one
+    // delivery (a runner killed mid-run would lose it).
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let s = js
+            .create_stream(stream::Config {
+                name: "edge_r1_in".into(),
+                subjects: vec!["edge.r1.in.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        s.create_consumer(consumer::pull::Config {
+            durable_name: Some("runner".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_deliver: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let runner = Runner::start(&env);
+    // Not ready, and /readyz says why and what to do.
+    let not_ready_for = |what: &str| {
+        let t = Instant::now();
+        loop {
+            let (status, why) = runner.ready();
+            if status == 503 && why.contains(what) {
+                assert!(why.contains("Correct it (`nats stream edit`"), "{why}");
+                break;
+            }
+            assert!(t.elapsed() < WAIT, "{status} {why}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    not_ready_for("the stream edge_r1_in cannot be used as it is: storage is memory");
+    // The stream mended (file storage cannot be edited in: made again):
+    // the consumer is next.
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.delete_stream("edge_r1_in").await.unwrap();
+        let s = js
+            .create_stream(stream::Config {
+                name: "edge_r1_in".into(),
+                subjects: vec!["edge.r1.in.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        s.create_consumer(consumer::pull::Config {
+            durable_name: Some("runner".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_deliver: 1,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    not_ready_for("the consumer runner on edge_r1_in cannot be used as it is: max_deliver is 1");
+    // Deleted: the runner makes it as it needs it, and takes work.
+    rt().block_on(async {
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.get_stream("edge_r1_in").await.unwrap().delete_consumer("runner").await.unwrap();
+    });
+    runner.wait_ready(200, 60);
+    let diag = diagnostic(&env);
+    rt().block_on(async {
+        let c = NatsClient::plain(&nats.url(), "r1", &runner_key(&env)).await.unwrap();
+        assert_eq!(c.request("submit", diag, WAIT).await.unwrap()["state"], "completed");
+    });
+    drop(runner);
+}
+
+#[test]
 fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
     let nats = Nats::start();
     let (a, b) = (nats_env("alpha", &nats), nats_env("beta", &nats));

@@ -249,7 +249,8 @@ impl Intake {
             })
             .await
             .with_context(|| format!("cannot make or find the stream {inbound}"))?;
-        self.js
+        let mut stream_out = self
+            .js
             .get_or_create_stream(stream::Config {
                 name: outbound.clone(),
                 subjects: vec![self.settings.outbound(">")],
@@ -259,9 +260,13 @@ impl Intake {
             })
             .await
             .with_context(|| format!("cannot make or find the stream {outbound}"))?;
-        let created = stream_in.info().await.context("stream info")?.created.unix_timestamp_nanos();
+        let info = stream_out.info().await.context("stream info")?;
+        usable(&format!("the stream {outbound}"), outbound_problems(&info.config, &self.settings))?;
+        let info = stream_in.info().await.context("stream info")?;
+        usable(&format!("the stream {inbound}"), inbound_problems(&info.config, &self.settings))?;
+        let created = info.created.unix_timestamp_nanos();
         let source = format!("{inbound}@{created}");
-        let consumer: consumer::PullConsumer = stream_in
+        let mut consumer: consumer::PullConsumer = stream_in
             .get_or_create_consumer(
                 CONSUMER,
                 consumer::pull::Config {
@@ -274,6 +279,8 @@ impl Intake {
             )
             .await
             .with_context(|| format!("cannot make or find the consumer {CONSUMER} on {inbound}"))?;
+        let info = consumer.info().await.context("consumer info")?;
+        usable(&format!("the consumer {CONSUMER} on {inbound}"), consumer_problems(&info.config, &self.settings))?;
         let messages = consumer.messages().await.context("cannot start pulling")?;
         Ok((source, messages))
     }
@@ -612,6 +619,100 @@ impl Intake {
             }
         }
     }
+}
+
+// Streams and the consumer found made (by the hub's operator, or an
+// earlier version) are used only when their settings keep the intake's
+// guarantees: `get_or_create_*` returns what exists without comparing.
+
+/// `Err` naming what is wrong with `what` and how to mend it, when
+/// `problems` holds anything.
+fn usable(what: &str, problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{what} cannot be used as it is: {}. Correct it (`nats stream edit` / `nats consumer edit`), or delete it \
+         and the runner makes it as docs/operations.md describes",
+        problems.join("; ")
+    )
+}
+
+/// What in the inbound stream's settings could lose a message before it
+/// is processed, or keep it from coming.
+fn inbound_problems(c: &stream::Config, s: &NatsSettings) -> Vec<String> {
+    let mut p = Vec::new();
+    if !c.subjects.iter().any(|x| *x == s.inbound(">")) {
+        p.push(format!("its subjects {:?} do not include {}", c.subjects, s.inbound(">")));
+    }
+    if c.retention != stream::RetentionPolicy::WorkQueue {
+        p.push(format!("retention is {:?}, not WorkQueue", c.retention));
+    }
+    if c.storage != stream::StorageType::File {
+        p.push("storage is memory: a broker restart would lose requests it confirmed".to_owned());
+    }
+    if !c.max_age.is_zero() {
+        p.push(format!("max_age is {:?}: a request not taken within it would be lost", c.max_age));
+    }
+    if c.discard == stream::DiscardPolicy::Old
+        && (c.max_messages > 0 || c.max_bytes > 0 || c.max_messages_per_subject > 0)
+    {
+        p.push("limits with discard old: a full stream would drop requests not yet taken".to_owned());
+    }
+    if c.no_ack {
+        p.push("no_ack is set: a publisher would not know its request was stored".to_owned());
+    }
+    if c.sealed || c.mirror.is_some() {
+        p.push("it is sealed or a mirror: nothing can be published to it".to_owned());
+    }
+    p
+}
+
+/// What in the outbound stream's settings could keep answers from being
+/// stored or confirmed.
+fn outbound_problems(c: &stream::Config, s: &NatsSettings) -> Vec<String> {
+    let mut p = Vec::new();
+    if !c.subjects.iter().any(|x| *x == s.outbound(">")) {
+        p.push(format!("its subjects {:?} do not include {}", c.subjects, s.outbound(">")));
+    }
+    if c.no_ack {
+        p.push("no_ack is set: the runner could not know an answer was stored before acknowledging".to_owned());
+    }
+    if c.sealed || c.mirror.is_some() {
+        p.push("it is sealed or a mirror: nothing can be published to it".to_owned());
+    }
+    p
+}
+
+/// What in the consumer's settings could lose a message, deliver part of
+/// it, or stop delivering one that must come again.
+fn consumer_problems(c: &consumer::Config, s: &NatsSettings) -> Vec<String> {
+    let mut p = Vec::new();
+    if c.ack_policy != consumer::AckPolicy::Explicit {
+        p.push(format!("ack_policy is {:?}, not Explicit (a message must stay until it is processed)", c.ack_policy));
+    }
+    if c.max_deliver > 0 {
+        p.push(format!(
+            "max_deliver is {}: a message whose processing was cut short would never come again",
+            c.max_deliver
+        ));
+    }
+    if c.ack_wait < s.ack_wait {
+        p.push(format!("ack_wait is {:?}, shorter than nats.ack_wait ({:?})", c.ack_wait, s.ack_wait));
+    }
+    if c.headers_only {
+        p.push("headers_only is set: messages would come without their content".to_owned());
+    }
+    if c.deliver_policy != consumer::DeliverPolicy::All {
+        p.push(format!(
+            "deliver_policy is {:?}, not All (requests stored before it would be skipped)",
+            c.deliver_policy
+        ));
+    }
+    if !c.filter_subject.is_empty() && c.filter_subject != s.inbound(">") {
+        p.push(format!("it is filtered to {}: some requests would never be taken", c.filter_subject));
+    }
+    p
 }
 
 /// An answer's bytes (a `Value` always serialises).
