@@ -51,6 +51,7 @@ cat >> runner.toml <<EOT
 [nats]
 url = "$NATS"
 subject = "demo-1"           # this runner's subjects: edge.demo-1.in.* / edge.demo-1.out.*
+exports = true               # answer in.export (reviewers) with an export in the object store
 EOT
 sed -n '/^\[nats\]/,$p' runner.toml
 "$ER" check --config runner.toml

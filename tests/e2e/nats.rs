@@ -185,6 +185,10 @@ async fn drained(nats: &Nats, within: Duration) -> jetstream::Context {
 fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_blocking_the_consumer() {
     let nats = Nats::start();
     let env = nats_env("r1", &nats);
+    // Exports through the object store, for the reviewers this deployment lets publish on in.export.
+    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let text = text.replace("ack_wait = \"2s\"\n", "ack_wait = \"2s\"\nexports = true\nexport_bucket_mib = 64\n");
+    std::fs::write(env.path("runner.toml"), text).unwrap();
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     let diag = diagnostic(&env);
@@ -517,6 +521,10 @@ fn two_runners_on_one_nats_each_take_only_their_own_subjects() {
         for _ in 0..3 {
             assert_eq!(c.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
         }
+        // Exports are off unless configured: whoever may publish on
+        // in.export would get the whole log.
+        let e = c.request("export", Vec::new(), WAIT).await.unwrap();
+        assert_eq!(e["refused"]["reason_code"], "nats.exports-off", "{e:#}");
     });
     drop((ra, rb));
     assert_eq!(count(&a, "submission"), 3);

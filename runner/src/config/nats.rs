@@ -13,6 +13,7 @@
 //! prefix = "edge"                 # subjects edge.<subject>.in.* / .out.*
 //! subject = "payments-eu-1"       # default: runner.name, when it is one token
 //! max_message_mib = 16
+//! exports = false                 # answer in.export with an export in the object store
 //! ```
 //!
 //! Plain `nats://` is accepted only to a loopback address; anywhere else it
@@ -63,6 +64,18 @@ pub(crate) struct RawNats {
     /// to a runner that was killed comes back after this long.
     #[serde(default)]
     ack_wait: Option<String>,
+    /// Answer `in.export` requests with an evidence export in the object
+    /// store bucket (default false: they are refused). Whoever may publish
+    /// on `in.export` then gets the whole log: grant it to reviewers only.
+    #[serde(default)]
+    exports: bool,
+    /// With `exports`: the most the bucket holds (default 4096 MiB; an
+    /// export that does not fit is refused, not stored in part).
+    #[serde(default)]
+    export_bucket_mib: Option<u64>,
+    /// With `exports`: how long an export stays in the bucket (default "7d").
+    #[serde(default)]
+    export_keep: Option<String>,
     /// Allow `nats://` (no TLS) to a non-loopback address. Recorded.
     #[serde(default)]
     dangerous_plain_text: bool,
@@ -85,6 +98,9 @@ pub struct NatsSettings {
     /// How long the server waits for an ack before redelivering (the
     /// runner says it is still working every third of this).
     pub ack_wait: Duration,
+    /// `in.export` answered (into the bucket), with the bucket's size
+    /// limit (bytes) and how long an export stays there; None: refused.
+    pub exports: Option<(i64, Duration)>,
 }
 
 /// Whether `s` can be one subject token (and a stream name's part).
@@ -173,6 +189,23 @@ impl RawNats {
                 .ok_or_else(|| anyhow::anyhow!("nats.ack_wait `{s}`: use a duration from \"1s\" to \"1h\""))?,
             None => Duration::from_secs(30),
         };
+        let exports = if self.exports {
+            let mib = self.export_bucket_mib.unwrap_or(4096);
+            if mib == 0 || mib > 1 << 20 {
+                bail!("nats.export_bucket_mib must be between 1 and 1048576");
+            }
+            let keep = self.export_keep.as_deref().unwrap_or("7d");
+            let keep = edge_core::policy::parse_duration(keep)
+                .filter(|secs| (60..=366 * 86_400).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| anyhow::anyhow!("nats.export_keep `{keep}`: use a duration from \"1m\" to \"366d\""))?;
+            Some(((mib << 20) as i64, keep))
+        } else {
+            if self.export_bucket_mib.is_some() || self.export_keep.is_some() {
+                bail!("nats.export_bucket_mib and nats.export_keep need nats.exports = true");
+            }
+            None
+        };
         let mib = self.max_message_mib.unwrap_or(16);
         if mib == 0 || mib > 64 {
             bail!("nats.max_message_mib must be between 1 and 64");
@@ -188,6 +221,7 @@ impl RawNats {
             max_message_bytes: (mib << 20) as usize,
             dangerous: self.dangerous_plain_text && !tls,
             ack_wait,
+            exports,
         })
     }
 }
@@ -234,5 +268,23 @@ mod tests {
             raw.resolve("bank.example/runner-1", |p| p.to_path_buf()).unwrap().inbound("submit"),
             "edge.eu-1.in.submit"
         );
+    }
+
+    #[test]
+    fn exports_are_off_unless_asked_for_and_then_bounded() {
+        let off = "url = \"nats://127.0.0.1:4222\"";
+        assert_eq!(load(off).unwrap().exports, None);
+        let on = load(&format!("{off}\nexports = true")).unwrap().exports;
+        assert_eq!(on, Some((4096 << 20, Duration::from_secs(7 * 86_400))));
+        let on = load(&format!("{off}\nexports = true\nexport_bucket_mib = 64\nexport_keep = \"1d\"")).unwrap().exports;
+        assert_eq!(on, Some((64 << 20, Duration::from_secs(86_400))));
+        for (bad, why) in [
+            ("export_bucket_mib = 64", "need nats.exports = true"),
+            ("exports = true\nexport_bucket_mib = 0", "between 1 and"),
+            ("exports = true\nexport_keep = \"1s\"", "export_keep"),
+        ] {
+            let e = load(&format!("{off}\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -74,7 +74,15 @@ pub async fn serve(
     let pulling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = connect(&settings, &runner, runs.clone(), pulling.clone()).await?;
     let js = jetstream::new(client.clone());
-    let intake = Arc::new(Intake { settings, runs, js, in_flight: std::sync::Mutex::new(HashSet::new()) });
+    // Exports a kill left half-made are no use to anyone.
+    remove_partial_exports(&runs.runner().config.state_dir.join("exports"));
+    let intake = Arc::new(Intake {
+        settings,
+        runs,
+        js,
+        in_flight: std::sync::Mutex::new(HashSet::new()),
+        exporting: tokio::sync::Semaphore::new(1),
+    });
     let events = tokio::spawn(intake.clone().publish_events()).abort_handle();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(250);
@@ -219,6 +227,8 @@ struct Intake {
     /// Runs being made from messages now (a message delivered again while
     /// its first delivery still runs waits).
     in_flight: std::sync::Mutex<HashSet<String>>,
+    /// Held by the export being made.
+    exporting: tokio::sync::Semaphore,
 }
 
 /// How one message ends.
@@ -534,13 +544,29 @@ impl Intake {
     /// An export into the object store: the whole log, or what follows the
     /// earlier checkpoint the message holds.
     async fn export(&self, seq: u64, payload: &[u8]) -> Result<(Option<Vec<u8>>, Disposition)> {
+        let refused = |code: &str, detail: String| {
+            let answer = json!({ "refused": { "reason_code": code, "detail": detail } });
+            Ok((Some(json_bytes(&answer)), Disposition::Term))
+        };
+        let Some((max_bytes, keep)) = self.settings.exports else {
+            return refused(
+                "nats.exports-off",
+                "this runner does not answer export requests through NATS (nats.exports is off): ask its \
+                 operator for an export"
+                    .to_owned(),
+            );
+        };
+        // One at a time (each reads the whole log and writes it out);
+        // others wait their turn, their messages kept alive meanwhile.
+        let Ok(_one) = self.exporting.acquire().await else { return Ok((None, Disposition::Later)) };
         let since = match std::str::from_utf8(payload) {
             Ok(t) if t.trim().is_empty() => None,
             Ok(t) => Some(t.to_owned()),
             Err(_) => {
-                let answer = json!({ "refused": { "reason_code": "nats.bad-request",
-                    "detail": "an export request is empty or holds a checkpoint's text" } });
-                return Ok((Some(json_bytes(&answer)), Disposition::Term));
+                return refused(
+                    "nats.bad-request",
+                    "an export request is empty or holds a checkpoint's text".to_owned(),
+                );
             }
         };
         let (_, _, bucket) = self.settings.streams();
@@ -548,23 +574,43 @@ impl Intake {
         let file = dir.join(format!("nats-{seq}.bundle"));
         let exported = match self.runs.export_file(since, file.clone()).await {
             Ok(e) => e,
-            Err(e) => {
-                let answer = json!({ "refused": { "reason_code": "export.failed", "detail": format!("{e:#}") } });
-                return Ok((Some(json_bytes(&answer)), Disposition::Term));
-            }
-        };
-        let store = match self.js.get_object_store(&bucket).await {
-            Ok(s) => s,
-            Err(_) => self
-                .js
-                .create_object_store(jetstream::object_store::Config { bucket: bucket.clone(), ..Default::default() })
-                .await
-                .with_context(|| format!("cannot make the object store {bucket}"))?,
+            Err(e) => return refused("export.failed", format!("{e:#}")),
         };
         let object = format!("export-{}-{seq}.bundle", exported.tree_size);
-        let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
-        store.put(object.as_str(), &mut f).await.map_err(|e| anyhow!("cannot store the export in {bucket}: {e}"))?;
+        let stored = async {
+            let store = match self.js.get_object_store(&bucket).await {
+                Ok(s) => s,
+                Err(_) => self
+                    .js
+                    .create_object_store(jetstream::object_store::Config {
+                        bucket: bucket.clone(),
+                        max_bytes,
+                        max_age: keep,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| anyhow!("cannot make the object store {bucket}: {e}"))?,
+            };
+            let mut f =
+                tokio::fs::File::open(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
+            store
+                .put(object.as_str(), &mut f)
+                .await
+                .map_err(|e| anyhow!("cannot store the export in {bucket}: {e}"))?;
+            anyhow::Ok(())
+        }
+        .await;
+        // The local copy goes either way: a failed store is answered, not
+        // tried again (and again) with a fresh export each time.
         let _ = tokio::fs::remove_file(&file).await;
+        if let Err(e) = stored {
+            tracing::warn!(error = %format!("{e:#}"), seq, "a NATS export was not stored");
+            return refused(
+                "export.store-failed",
+                format!("{e:#}: the bucket may be full (nats.export_bucket_mib) or NATS away; ask again later"),
+            );
+        }
         Ok((
             Some(json_bytes(&json!({ "export": { "bucket": bucket, "object": object, "records": exported.records,
                 "checkpoint": exported.checkpoint } }))),
@@ -713,6 +759,22 @@ fn consumer_problems(c: &consumer::Config, s: &NatsSettings) -> Vec<String> {
         p.push(format!("it is filtered to {}: some requests would never be taken", c.filter_subject));
     }
     p
+}
+
+/// Remove the `nats-*.bundle` files in `dir` and their `.partial` files
+/// (exports on their way to the bucket when the runner stopped).
+fn remove_partial_exports(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let bare = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).unwrap_or(&name);
+        if bare.starts_with("nats-") && bare.ends_with(".bundle") {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(error = %err, file = %edge_core::text::line(&name), "cannot remove an unfinished NATS export");
+            }
+        }
+    }
 }
 
 /// An answer's bytes (a `Value` always serialises).
