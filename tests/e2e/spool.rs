@@ -165,6 +165,9 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
     drop_file(&env, "huge.capsule", &vec![0u8; 2 << 20]);
     drop_file(&env, "notes.txt", b"hello");
     std::os::unix::fs::symlink("/etc/passwd", env.path("spool/inbox/link.capsule")).unwrap();
+    // Another name for the agent's private key, dropped as an approval: read,
+    // it would be refused as malformed and kept as evidence.
+    std::fs::hard_link(env.path("keys/agent.key"), env.path("spool/inbox/key.approval.json")).unwrap();
     let diag = diagnostic(&env);
     drop_file(&env, "evil\u{1b}[31m\u{202e}.capsule", &diag);
     drop_file(&env, "good.capsule", &diag);
@@ -176,6 +179,7 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
         ("huge.capsule", "[spool.too-large]"),
         ("notes.txt", "[spool.unknown-kind]"),
         ("link.capsule", "not a regular file"),
+        ("key.approval.json", "[spool.hard-link]"),
     ] {
         wait_for(&env.path(&format!("spool/refused/{name}")), 30);
         let r = reason(&env, &format!("refused/{name}"));
@@ -197,8 +201,15 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
     };
     assert!(reason(&env, &format!("refused/{stand_in}")).contains("[spool.bad-name]"));
     assert!(names(&env.path("spool/done")).iter().all(|n| !n.contains('\u{1b}')));
-    // The symlink's target was not read or moved.
+    // The symlink's target was not read or moved; the key was not kept.
     assert!(std::fs::read_to_string("/etc/passwd").is_ok());
+    assert!(
+        !std::fs::read_dir(env.path("spool/outbox")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("key."))
+    );
     // Refused capsules are recorded like any refused submission.
     let log = env.evidence();
     for name in ["untrusted.capsule", "tampered.capsule", "garbage.capsule"] {

@@ -321,7 +321,7 @@ impl Layout {
 }
 
 /// The effective user id of this process.
-fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

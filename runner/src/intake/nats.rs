@@ -769,10 +769,11 @@ fn remove_partial_exports(dir: &std::path::Path) {
         let name = e.file_name();
         let name = name.to_string_lossy();
         let bare = name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).unwrap_or(&name);
-        if bare.starts_with("nats-") && bare.ends_with(".bundle") {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!(error = %err, file = %edge_core::text::line(&name), "cannot remove an unfinished NATS export");
-            }
+        if bare.starts_with("nats-")
+            && bare.ends_with(".bundle")
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(error = %err, file = %edge_core::text::line(&name), "cannot remove an unfinished NATS export");
         }
     }
 }

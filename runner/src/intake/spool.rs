@@ -186,24 +186,105 @@ pub async fn serve(
 /// # Errors
 /// If one cannot be made, or its path is something else.
 pub fn prepare(settings: &SpoolSettings) -> Result<()> {
-    for d in [settings.inbox(), settings.work(), settings.done(), settings.refused(), settings.outbox()] {
-        make_private_dir(&d)?;
+    make_private_dir(&settings.inbox(), false)?;
+    for d in [settings.work(), settings.done(), settings.refused(), settings.outbox()] {
+        make_private_dir(&d, true)?;
     }
     Ok(())
 }
 
-fn make_private_dir(d: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
+/// Make `d` (0700) if missing, and check what is there: a directory (not a
+/// symlink to one), not writable by every user, and — for the runner's own
+/// (`own`: work, done, refused, outbox) — owned by the runner's user and
+/// writable by it alone. The inbox may belong to the account that brings
+/// files in, and be writable by its group.
+fn make_private_dir(d: &Path, own: bool) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d) {
         Ok(()) => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create the spool directory {}", d.display())),
     }
+    let meta = std::fs::symlink_metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
     anyhow::ensure!(
-        d.is_dir(),
-        "the spool path {} is not a directory: remove what is there or point spool.dir elsewhere",
+        meta.is_dir(),
+        "the spool path {} is not a directory (a symlink is not followed): remove what is there or point spool.dir \
+         elsewhere",
         d.display()
     );
+    let mode = meta.mode() & 0o7777;
+    anyhow::ensure!(
+        mode & 0o002 == 0,
+        "the spool directory {} is writable by every user (mode {mode:o}): anyone could put files in or take them \
+         out; chmod o-w it",
+        d.display()
+    );
+    if own {
+        let me = crate::check::euid();
+        anyhow::ensure!(
+            meta.uid() == me,
+            "the spool directory {} belongs to uid {}, not to the runner's user ({me}): another user could swap \
+             files the runner has claimed or answered; chown it to the runner's user",
+            d.display(),
+            meta.uid()
+        );
+        anyhow::ensure!(
+            mode & 0o020 == 0,
+            "the spool directory {} is writable by its group (mode {mode:o}): only the inbox may be; chmod g-w it",
+            d.display()
+        );
+    }
     Ok(())
+}
+
+/// Read a claimed file without following a symlink or blocking on a FIFO,
+/// checking what was opened (not the path) and reading at most `limit`
+/// bytes. `Ok(Err(reason))` refuses the file.
+fn read_claimed(path: &Path, limit: u64) -> Result<Result<Vec<u8>, String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(
+                Err("the runner may not read it (permission denied): make it readable and drop it again".into()),
+            );
+        }
+        // ELOOP: a symlink put in its place.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Err("not a regular file (a symlink or a directory is never followed)".into()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Ok(Err("not a regular file (a symlink or a directory is never followed)".into()));
+    }
+    if meta.nlink() > 1 {
+        // Another name for a file elsewhere (a key, a store): its content
+        // would be read, answered and perhaps kept as evidence.
+        return Ok(Err(format!(
+            "[spool.hard-link] it has {} names (a hard link to a file elsewhere is never read): copy the file in",
+            meta.nlink()
+        )));
+    }
+    if meta.len() > limit {
+        return Ok(Err(too_large(meta.len(), limit)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // (At most one byte past the limit: a file still growing is refused, not read whole.)
+    file.take(limit + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Ok(Err(too_large(bytes.len() as u64, limit)));
+    }
+    Ok(Ok(bytes))
+}
+
+fn too_large(len: u64, limit: u64) -> String {
+    format!("[spool.too-large] {len} bytes; the largest file taken is {limit} (spool.max_file_mib)")
 }
 
 /// A claimed file's parts: `<delivery>~<name>`.
@@ -351,17 +432,8 @@ impl Spool {
             self.finish(&path, work_name, None, &ending)?;
             return Ok(true);
         };
-        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let refuse = |reason: String| Ending { refused: true, reason };
-        let early = if !meta.file_type().is_file() {
-            Some(refuse("not a regular file (a symlink or a directory is never followed)".into()))
-        } else if meta.len() > self.settings.max_file_bytes {
-            Some(refuse(format!(
-                "[spool.too-large] {} bytes; the largest file taken is {} (spool.max_file_mib)",
-                meta.len(),
-                self.settings.max_file_bytes
-            )))
-        } else if name.starts_with("invalid-name-") {
+        let early = if name.starts_with("invalid-name-") {
             Some(refuse(
                 "[spool.bad-name] the file's name is not UTF-8, holds control characters, starts with a dash or is \
                  too long"
@@ -380,8 +452,13 @@ impl Spool {
             self.finish(&path, name, None, &ending)?;
             return Ok(true);
         }
-        let bytes = tokio::task::block_in_place(|| std::fs::read(&path))
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = match tokio::task::block_in_place(|| read_claimed(&path, self.settings.max_file_bytes))? {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                self.finish(&path, name, None, &refuse(why))?;
+                return Ok(true);
+            }
+        };
         let (answer, ending) = match kind(name) {
             Some(Kind::Capsule) => match self.capsule(delivery, name, bytes).await? {
                 Some(done) => done,
@@ -436,7 +513,7 @@ impl Spool {
             let ending = ending_of(&answer);
             return Ok(Some((answer, ending)));
         }
-        if let Some(first) = self.duplicate_of(name, &bytes)? {
+        if let Some(first) = tokio::task::block_in_place(|| self.duplicate_of(name, &bytes))? {
             let reason = format!(
                 "[spool.duplicate] the same name and content as {first}, processed before: not run again \
                  (to run it again, drop it under another name)"
@@ -620,6 +697,62 @@ fn safe_name(name: &std::ffi::OsStr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spool_directories_others_could_write_or_swap_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            dir: dir.path().join("spool"),
+            settle: Duration::ZERO,
+            poll: Duration::from_millis(100),
+            max_file_bytes: 1 << 20,
+        };
+        prepare(&settings).unwrap();
+        let mode = |d: &Path, m: u32| std::fs::set_permissions(d, std::fs::Permissions::from_mode(m)).unwrap();
+        // The inbox may be the bringing account's group's to write; not everyone's.
+        mode(&settings.inbox(), 0o770);
+        prepare(&settings).unwrap();
+        mode(&settings.inbox(), 0o777);
+        assert!(format!("{:#}", prepare(&settings).unwrap_err()).contains("writable by every user"));
+        mode(&settings.inbox(), 0o700);
+        // The runner's own directories: not even its group's.
+        mode(&settings.work(), 0o770);
+        assert!(format!("{:#}", prepare(&settings).unwrap_err()).contains("writable by its group"));
+        mode(&settings.work(), 0o700);
+        // A symlink in place of one is not followed.
+        std::fs::remove_dir(settings.outbox()).unwrap();
+        std::os::unix::fs::symlink(dir.path(), settings.outbox()).unwrap();
+        assert!(format!("{:#}", prepare(&settings).unwrap_err()).contains("a symlink is not followed"));
+    }
+
+    #[test]
+    fn a_claimed_file_is_read_through_what_was_opened_and_never_past_the_limit() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("ok"), b"12345").unwrap();
+        assert_eq!(read_claimed(&p("ok"), 5).unwrap().unwrap(), b"12345");
+        assert!(read_claimed(&p("ok"), 4).unwrap().unwrap_err().contains("[spool.too-large] 5 bytes"));
+        // Another name for a file elsewhere (a key): never read.
+        std::fs::write(p("secret"), b"key").unwrap();
+        std::fs::hard_link(p("secret"), p("linked")).unwrap();
+        assert!(read_claimed(&p("linked"), 100).unwrap().unwrap_err().contains("[spool.hard-link] it has 2 names"));
+        std::os::unix::fs::symlink(p("ok"), p("sym")).unwrap();
+        assert!(read_claimed(&p("sym"), 100).unwrap().unwrap_err().contains("never followed"));
+        // A FIFO would block a plain open forever.
+        let fifo = std::ffi::CString::new(p("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(read_claimed(&p("fifo"), 100).unwrap().unwrap_err().contains("not a regular file"));
+        std::fs::create_dir(p("dir")).unwrap();
+        assert!(read_claimed(&p("dir"), 100).unwrap().unwrap_err().contains("not a regular file"));
+        // Unreadable (not for root, who reads anything): refused, not retried forever.
+        std::fs::set_permissions(p("ok"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        if crate::check::euid() != 0 {
+            assert!(read_claimed(&p("ok"), 100).unwrap().unwrap_err().contains("permission denied"));
+        }
+    }
 
     #[test]
     fn names_are_classified_and_temporaries_never_read() {
