@@ -45,6 +45,10 @@ pub const CONTEXT: &str = "edge-runner-nats.v1";
 /// Header names.
 pub const HEADER_SIGNATURE: &str = "Edge-Runner-Signature";
 pub const HEADER_ANSWERS: &str = "Edge-Runner-Answers";
+/// On a request (from the client): the subject token its answer goes
+/// under (`out.answer.<token>.<message id>`), so that NATS permissions can
+/// let each client read only its own answers.
+pub const HEADER_REPLY: &str = "Edge-Runner-Reply";
 /// How the signature header value starts.
 pub const SIGNATURE_PREFIX: &str = "ed25519=";
 /// `answers` for a message that answers no request.

@@ -389,6 +389,31 @@ fn forged_and_replayed_answers_are_refused_and_the_runners_own_answer_is_waited_
         let first = c.request("submit", diag.clone(), WAIT).await.unwrap();
         assert_eq!(first["state"], "completed");
         let genuine = tokio::time::timeout(WAIT, seen.next()).await.unwrap().unwrap();
+        // A client that names a reply token gets its answers under it
+        // (`out.answer.alice.<id>`, where NATS permissions can keep other
+        // clients out); nothing of it reaches `out.answer.*`.
+        let mut alices = nc.subscribe("edge.r1.out.answer.alice.*").await.unwrap();
+        nc.flush().await.unwrap();
+        let alice = NatsClient::connect(&edge_runner::intake::nats_client::NatsArgs {
+            nats: Some(nats.url()),
+            runner: Some("r1".into()),
+            nats_ca: None,
+            nats_cert: None,
+            nats_key: None,
+            nats_creds: None,
+            nats_prefix: "edge".into(),
+            runner_key: Some(key.clone()),
+            nats_reply: Some("alice".into()),
+        })
+        .await
+        .unwrap();
+        assert_eq!(alice.request("submit", diag.clone(), WAIT).await.unwrap()["state"], "completed");
+        let hers = tokio::time::timeout(WAIT, alices.next()).await.unwrap().unwrap();
+        assert!(hers.subject.as_str().starts_with("edge.r1.out.answer.alice."), "{}", hers.subject);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), seen.next()).await.is_err(),
+            "alice's answer was published where every client reads"
+        );
         // The forger sees each request's id on the inbound subjects (as an
         // agent allowed there would) and answers at once, before the
         // runner can: a bare "completed", and the genuine earlier answer

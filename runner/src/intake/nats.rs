@@ -306,15 +306,22 @@ impl Intake {
                 return;
             }
         };
-        // The answer's subject: the publisher's message id (one subject
-        // token), else the stream sequence.
-        let reply_id = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned())
-            .filter(|id| crate::config::nats::is_token(id))
-            .unwrap_or_else(|| format!("seq-{seq}"));
+        // The answer's subject: `answer.[<reply token>.]<message id>` — the
+        // publisher's message id (one subject token), else the stream
+        // sequence; under the token the publisher named, if any, so that
+        // the NATS operator can let each client read only its own answers.
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .filter(|v| crate::config::nats::is_token(v))
+        };
+        let reply_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or_else(|| format!("seq-{seq}"));
+        let reply_to = match header(outbound::HEADER_REPLY) {
+            Some(token) => format!("answer.{token}.{reply_id}"),
+            None => format!("answer.{reply_id}"),
+        };
         let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
         // While it is processed, the server hears every third of its ack
         // wait that it still is (a long run is not delivered again).
@@ -343,7 +350,7 @@ impl Intake {
         if let Some(answer) = answer {
             // Signed, and bound to the request it answers (the client checks
             // that against the sequence the server confirmed to it).
-            let stored = self.publish(&format!("answer.{reply_id}"), &format!("{stream}:{seq}"), answer).await;
+            let stored = self.publish(&reply_to, &format!("{stream}:{seq}"), answer).await;
             if let Err(e) = stored {
                 // No answer stored, no ack: delivered again, answered then
                 // (from the log, if it ran).

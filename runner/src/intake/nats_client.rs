@@ -47,6 +47,11 @@ pub struct NatsArgs {
     /// proposal documents, events) counts only when signed by it.
     #[arg(long, env = "EDGE_RUNNER_KEY", value_name = "FILE")]
     pub runner_key: Option<PathBuf>,
+    /// With --nats: have answers come under this subject token
+    /// (`out.answer.<TOKEN>.<id>`), where NATS permissions can let this
+    /// client alone read them. Without it, answers go to `out.answer.<id>`.
+    #[arg(long, env = "EDGE_RUNNER_NATS_REPLY", value_name = "TOKEN")]
+    pub nats_reply: Option<String>,
 }
 
 /// Answers awaited, by message id: every message on a request's answer
@@ -67,6 +72,8 @@ pub struct NatsClient {
     prefix: String,
     /// The runner's identity key: what it publishes must verify with it.
     key: NoteVerifier,
+    /// The subject token answers come under (`--nats-reply`).
+    reply: Option<String>,
     waiting: Waiting,
     dispatcher: tokio::task::AbortHandle,
 }
@@ -91,8 +98,11 @@ impl NatsClient {
     pub async fn connect(a: &NatsArgs) -> Result<Self> {
         let url = a.nats.as_deref().context("give --nats URL")?;
         let runner = a.runner.clone().context("give --runner NAME (the runner's runner.name)")?;
-        if !crate::config::nats::is_token(&runner) || !crate::config::nats::is_token(&a.nats_prefix) {
-            bail!("--runner and --nats-prefix are single subject tokens (letters, digits, - and _)");
+        if !crate::config::nats::is_token(&runner)
+            || !crate::config::nats::is_token(&a.nats_prefix)
+            || a.nats_reply.as_deref().is_some_and(|t| !crate::config::nats::is_token(t))
+        {
+            bail!("--runner, --nats-prefix and --nats-reply are single subject tokens (letters, digits, - and _)");
         }
         // As the runner's own `nats.url`: plain text only on this host. (A
         // capsule or an approval crosses it; so would a forged answer.)
@@ -128,7 +138,12 @@ impl NatsClient {
         let js = jetstream::new(client.clone());
         let prefix = a.nats_prefix.clone();
         // Subscribed (and the server told) before any request is published.
-        let mut answers = client.subscribe(format!("{prefix}.{runner}.out.answer.*")).await?;
+        let reply = a.nats_reply.clone();
+        let answer_subjects = match &reply {
+            Some(token) => format!("{prefix}.{runner}.out.answer.{token}.*"),
+            None => format!("{prefix}.{runner}.out.answer.*"),
+        };
+        let mut answers = client.subscribe(answer_subjects).await?;
         client.flush().await.context("cannot reach the NATS server")?;
         let waiting: Waiting = Default::default();
         let dispatcher = {
@@ -144,7 +159,7 @@ impl NatsClient {
             })
             .abort_handle()
         };
-        Ok(Self { client, js, runner, prefix, key, waiting, dispatcher })
+        Ok(Self { client, js, runner, prefix, key, reply, waiting, dispatcher })
     }
 
     /// Connect with a URL, runner name and the runner's key file only
@@ -162,6 +177,7 @@ impl NatsClient {
             nats_creds: None,
             nats_prefix: "edge".to_owned(),
             runner_key: Some(runner_key.to_owned()),
+            nats_reply: None,
         })
         .await
     }
@@ -183,6 +199,9 @@ impl NatsClient {
         let forget = Forget(&self.waiting, &id);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        if let Some(token) = &self.reply {
+            headers.insert(outbound::HEADER_REPLY, token.as_str());
+        }
         let stored = self
             .js
             .publish_with_headers(self.subject("in", kind), headers, payload.into())
