@@ -113,6 +113,9 @@ pub enum Command {
     Reload(crate::cli::server::ReloadArgs),
     /// Submit a signed capsule to a runner over mutual TLS (or NATS, with --nats).
     Submit(crate::cli::server::SubmitArgs),
+    /// Read the runner's answer to an earlier request through NATS, after
+    /// the wait for it ended (`submit --nats`, `approve --nats`).
+    Answer(crate::cli::server::AnswerArgs),
     /// Client certificates from the development CA.
     #[command(subcommand)]
     Pki(crate::cli::check::PkiCommand),
@@ -299,6 +302,7 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Serve(a) => crate::cli::server::serve(&a, out),
         Command::Reload(a) => crate::cli::server::reload(&a, out),
         Command::Submit(a) => crate::cli::server::submit(&a, out),
+        Command::Answer(a) => crate::cli::server::answer(&a, out),
         Command::Proposals(c) => crate::cli::server::proposals(&c, out),
         Command::Webhook(c) => crate::cli::webhook::webhook(c, out),
         Command::Backup(a) => crate::cli::backup::backup(&a, out),

@@ -60,6 +60,23 @@ pub struct SubmitArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AnswerArgs {
+    /// The request, as printed when a wait through NATS ended without an
+    /// answer: `<id>@<stream>:<sequence>`.
+    pub request: String,
+    /// The runner through NATS (`--nats`, `--runner`, `--runner-key`, and
+    /// the `--nats-reply` the request was made with).
+    #[command(flatten)]
+    pub nats: crate::intake::nats_client::NatsArgs,
+    /// How long to wait if the runner has not answered yet (seconds).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub wait: u64,
+    /// Print the runner's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ReloadArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -101,7 +118,7 @@ pub enum ProposalsCommand {
         #[command(flatten)]
         client: crate::cli::approve::RemoteArgs,
         #[command(flatten)]
-        nats: crate::intake::nats_client::NatsArgs,
+        nats: Box<crate::intake::nats_client::NatsArgs>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -229,6 +246,32 @@ pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
         Some("awaiting-approval") => Exit::Awaiting,
         Some("rolled-back") => Exit::RolledBack,
         _ => Exit::Refused,
+    })
+}
+
+/// `edge-runner answer REQUEST --nats …`: the runner's answer to an
+/// earlier request through NATS whose wait ended first.
+pub fn answer(a: &AnswerArgs, out: &mut dyn Write) -> Result<Exit> {
+    if a.nats.nats.is_none() {
+        bail!("give --nats URL (and --runner, --runner-key): answers are read from the runner's NATS subjects");
+    }
+    let v = runtime()?.block_on(async {
+        let c = crate::intake::nats_client::NatsClient::connect(&a.nats).await?;
+        c.answer_of(&a.request, std::time::Duration::from_secs(a.wait)).await
+    })?;
+    if a.json || v.get("admission").is_none() {
+        // (An approval's or an export's answer: shown as it is.)
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else {
+        print_submission(&v, out)?;
+    }
+    Ok(match v["state"].as_str() {
+        Some("committed" | "completed") => Exit::Ok,
+        Some("awaiting-approval") => Exit::Awaiting,
+        Some("rolled-back") => Exit::RolledBack,
+        _ if v.get("refused").is_some() => Exit::Refused,
+        _ => Exit::Ok,
     })
 }
 

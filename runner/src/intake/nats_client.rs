@@ -193,9 +193,9 @@ impl NatsClient {
     /// The server refused the message (no such stream: is the runner
     /// connected?), or no answer came in time.
     pub async fn request(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (tx, mut answers) = tokio::sync::mpsc::channel(ANSWERS_HELD);
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), tx);
+        let answers = self.await_answers(&id);
         let forget = Forget(&self.waiting, &id);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
@@ -210,30 +210,91 @@ impl NatsClient {
         // The server's confirmation first (answers, if they come sooner,
         // wait in the channel): only an answer to a message that was stored
         // as this request, not dropped as a copy, is this request's.
-        let mut refused = None;
-        let wait = async {
-            let ack = stored.await.map_err(|e| {
+        let ack = tokio::time::timeout_at(deadline, stored)
+            .await
+            .map_err(|_| anyhow!("the NATS server did not confirm the request within {}s", timeout.as_secs()))?
+            .map_err(|e| {
                 anyhow!("the NATS server did not store the request ({e}); has runner `{}` connected yet?", self.runner)
             })?;
-            if ack.duplicate {
-                bail!(
-                    "the NATS server took this request for a copy of an earlier message with id {id} and did not \
-                     store it: what answers on that id answers that message, not this request; submit again"
-                );
-            }
-            // The runner's answer to the message stored at this sequence,
-            // signed; anything else on the subject is refused and waited past.
-            let request = format!("{}:{}", ack.stream, ack.sequence);
+        if ack.duplicate {
+            bail!(
+                "the NATS server took this request for a copy of an earlier message with id {id} and did not store \
+                 it: what answers on that id answers that message, not this request; submit again"
+            );
+        }
+        let answer = self.verified_answer(answers, &id, &format!("{}:{}", ack.stream, ack.sequence), deadline).await;
+        drop(forget);
+        answer
+    }
+
+    /// The answer to an earlier request, by the handle a timed-out
+    /// [`NatsClient::request`] named (`<id>@<stream>:<sequence>`): from the
+    /// outbound stream if the runner answered meanwhile, else awaited up to
+    /// `timeout`. Checked as a fresh answer is: signed, and for that request.
+    ///
+    /// # Errors
+    /// A malformed handle, or no answer in time.
+    pub async fn answer_of(&self, handle: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (id, request) = parse_handle(handle)?;
+        // Listening before the stream is read: nothing falls between.
+        let answers = self.await_answers(id);
+        let forget = Forget(&self.waiting, id);
+        let (_, outbound) = streams(&self.prefix, &self.runner);
+        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
+        let subject = self.subject("out", &self.answer_kind(id));
+        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await
+            && self.check(&m.subject, request, Some(&m.headers), &m.payload).is_ok()
+        {
+            return serde_json::from_slice(&m.payload).context("the runner's answer is not JSON");
+        }
+        let answer = self.verified_answer(answers, id, request, deadline).await;
+        drop(forget);
+        answer
+    }
+
+    /// `answer.[<reply token>.]<id>`: where the answer to request `id` goes.
+    fn answer_kind(&self, id: &str) -> String {
+        match &self.reply {
+            Some(token) => format!("answer.{token}.{id}"),
+            None => format!("answer.{id}"),
+        }
+    }
+
+    /// Take every message on request `id`'s answer subject from now on.
+    fn await_answers(&self, id: &str) -> tokio::sync::mpsc::Receiver<async_nats::Message> {
+        let (tx, rx) = tokio::sync::mpsc::channel(ANSWERS_HELD);
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned(), tx);
+        rx
+    }
+
+    /// The runner's answer to the message stored as `request`, signed;
+    /// anything else on the subject is refused and waited past.
+    async fn verified_answer(
+        &self,
+        mut answers: tokio::sync::mpsc::Receiver<async_nats::Message>,
+        id: &str,
+        request: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<serde_json::Value> {
+        let mut refused = None;
+        let got = tokio::time::timeout_at(deadline, async {
             loop {
                 let m = answers.recv().await.context("the answer subscription ended")?;
-                match self.check(&m.subject, &request, m.headers.as_ref(), &m.payload) {
-                    Ok(()) => return Ok(m.payload),
+                match self.check(&m.subject, request, m.headers.as_ref(), &m.payload) {
+                    Ok(()) => return anyhow::Ok(m.payload),
                     Err(e) => refused = Some(e),
                 }
             }
-        };
-        let answer = tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            let mut e = anyhow!("no answer from runner `{}` within {}s", self.runner, timeout.as_secs());
+        })
+        .await;
+        let answer = got.map_err(|_| {
+            let mut e = anyhow!(
+                "no answer from runner `{}` yet. The request is stored ({request}): the runner answers it when it \
+                 gets to it, and the answer is kept 30 days. Read it later with `edge-runner answer {id}@{request}` \
+                 and the same --nats flags",
+                self.runner
+            );
             if let Some(why) = refused.take() {
                 e = e.context(format!(
                     "a message that claimed to answer this request was refused ({why}): someone who may publish on \
@@ -242,7 +303,6 @@ impl NatsClient {
             }
             e
         })??;
-        drop(forget);
         serde_json::from_slice(&answer).context("the runner's answer is not JSON")
     }
 
@@ -407,6 +467,25 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(self.1);
     }
+}
+
+/// A request's handle, `<id>@<stream>:<sequence>`, as (id, `<stream>:<sequence>`).
+///
+/// # Errors
+/// Not of that shape.
+fn parse_handle(handle: &str) -> Result<(&str, &str)> {
+    let parsed = handle.split_once('@').filter(|(id, request)| {
+        crate::config::nats::is_token(id)
+            && request.split_once(':').is_some_and(|(stream, seq)| {
+                crate::config::nats::is_token(stream) && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())
+            })
+    });
+    parsed.with_context(|| {
+        format!(
+            "`{}` is not a request handle: give it as printed when the wait ended (<id>@<stream>:<sequence>)",
+            edge_core::text::line(handle)
+        )
+    })
 }
 
 /// The runner key a client pins (`edge-runner evidence runner-key`).
