@@ -45,7 +45,7 @@ pub struct NatsArgs {
     /// With --nats: the runner's key, as `edge-runner evidence runner-key`
     /// prints it on the runner. What comes back through NATS (answers,
     /// proposal documents, events) counts only when signed by it.
-    #[arg(long, env = "EDGE_RUNNER_KEY", value_name = "FILE")]
+    #[arg(long, env = "EDGE_RUNNER_VKEY", value_name = "FILE")]
     pub runner_key: Option<PathBuf>,
     /// With --nats: have answers come under this subject token
     /// (`out.answer.<TOKEN>.<id>`), where NATS permissions can let this
