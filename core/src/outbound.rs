@@ -103,11 +103,18 @@ pub fn verify(
         .and_then(|b| B64.decode(b).ok())
         .ok_or(OutboundError::SignatureFormat)?;
     let sig = ed25519_dalek::Signature::from_slice(&raw).map_err(|_| OutboundError::SignatureFormat)?;
+    // The signature first, over what the header claims: an unsigned header
+    // is never compared, nor repeated in an error.
     let found = answers.unwrap_or(NO_REQUEST);
+    key.verify_strict(&signing_input(subject, found, body), &sig).map_err(|_| OutboundError::BadSignature)?;
     if found != expected_answers {
-        return Err(OutboundError::OtherRequest { expected: expected_answers.to_owned(), found: found.to_owned() });
+        // The runner's genuine answer, to another request.
+        return Err(OutboundError::OtherRequest {
+            expected: expected_answers.to_owned(),
+            found: crate::text::line(found).into_owned(),
+        });
     }
-    key.verify_strict(&signing_input(subject, expected_answers, body), &sig).map_err(|_| OutboundError::BadSignature)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,9 +185,37 @@ mod tests {
 
     #[test]
     fn no_outbound_signature_is_a_note_or_webhook_signature() {
+        let s = signer(7);
         let input = signing_input(SUBJECT, NO_REQUEST, b"{}");
         assert!(!input.ends_with(b"\n"), "a note text ends in a newline");
         assert!(input.starts_with(b"edge-runner-nats.v1\n"));
         assert!(!input.starts_with(crate::webhook::CONTEXT.as_bytes()));
+        // An outbound signature presented as a note's signature line over its
+        // signing input (with the newline a note needs): refused.
+        let sig = sign(&s, SUBJECT, NO_REQUEST, b"{}");
+        let raw = B64.decode(sig.strip_prefix(SIGNATURE_PREFIX).unwrap()).unwrap();
+        let note_line = s.signature_line("x\n");
+        let key_id = &B64.decode(note_line.rsplit(' ').next().unwrap().trim()).unwrap()[..4];
+        let text = format!("{}\n", String::from_utf8(input.clone()).unwrap());
+        let note = format!("{text}\n\u{2014} {} {}\n", s.verifier().name, B64.encode([key_id, &raw].concat()));
+        assert!(crate::note::open(&note, &[s.verifier().clone()]).is_err(), "an outbound signature opened a note");
+        // (The same note with the key's own note signature opens: the form above is right.)
+        let genuine = format!("{text}\n{}", s.signature_line(&text));
+        crate::note::open(&genuine, &[s.verifier().clone()]).unwrap();
+        // … and as a webhook's, over the same bytes.
+        let body = String::from_utf8(input).unwrap();
+        let as_webhook = format!("{}{}", crate::webhook::SIGNATURE_PREFIX, B64.encode(&raw));
+        assert!(crate::webhook::verify_webhook(s.verifier(), "0", body.as_bytes(), &as_webhook, 0, 300).is_err());
+        // A webhook signature is no outbound signature either.
+        let hook = crate::webhook::sign(&s, 0, &crate::webhook::Body::new(&serde_json::from_str(WEBHOOK).unwrap()));
+        let hook = format!("{SIGNATURE_PREFIX}{}", hook.strip_prefix(crate::webhook::SIGNATURE_PREFIX).unwrap());
+        assert_eq!(
+            verify(s.verifier(), SUBJECT, NO_REQUEST, None, Some(&hook), b"{}"),
+            Err(OutboundError::BadSignature)
+        );
     }
+
+    const WEBHOOK: &str = r#"{"schema":"https://edge-runner.dev/webhook/v1","id":"d-1","event":"approved",
+        "runner":"r1","proposal":"p-1","state":"approved","tier":2,"capsule":null,"approvals_required":2,
+        "link":null,"at":"2026-01-01T00:00:00Z","record":1}"#;
 }

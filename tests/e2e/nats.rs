@@ -618,7 +618,7 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     std::fs::write(env.path("runner.toml"), config).unwrap();
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
-    runner_key(&env);
+    let key = runner_key(&env);
     env.capsule(
         "nats-tier2",
         test_programs::HOSTILE,
@@ -759,6 +759,16 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
         last = c.stdout();
     }
     assert!(last.contains("the proposal ran: committed"), "{last}");
+    // Carol's approval delivered again (her answer lost): answered as kept,
+    // with the run it started and its state, and not run again.
+    let again = rt().block_on(async {
+        let c = NatsClient::plain(&url, "test-runner", &key).await.unwrap();
+        c.request("approve", std::fs::read(env.path("carol.json")).unwrap(), WAIT).await.unwrap()
+    });
+    assert_eq!(again["state"], "committed", "{again:#}");
+    assert!(again["run"].as_str().is_some_and(|r| r.starts_with("r-")), "{again:#}");
+    assert!(again["receipt"].as_str().is_some_and(|r| !r.is_empty()), "{again:#}");
+    assert!(again.get("records").is_none() && again.get("refused").is_none(), "{again:#}");
     let watched = watcher.join().unwrap();
     let text = String::from_utf8_lossy(&watched.stdout);
     assert_eq!(watched.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&watched.stderr));

@@ -179,7 +179,6 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
         ("huge.capsule", "[spool.too-large]"),
         ("notes.txt", "[spool.unknown-kind]"),
         ("link.capsule", "not a regular file"),
-        ("key.approval.json", "[spool.hard-link]"),
     ] {
         wait_for(&env.path(&format!("spool/refused/{name}")), 30);
         let r = reason(&env, &format!("refused/{name}"));
@@ -201,6 +200,12 @@ fn hostile_unknown_and_oversized_files_are_refused_with_a_reason_and_never_block
     };
     assert!(reason(&env, &format!("refused/{stand_in}")).contains("[spool.bad-name]"));
     assert!(names(&env.path("spool/done")).iter().all(|n| !n.contains('\u{1b}')));
+    // The hard link: refused, and its name removed from the spool (the
+    // key itself untouched).
+    wait_for(&env.path("spool/refused/key.approval.json.reason"), 30);
+    assert!(reason(&env, "refused/key.approval.json").contains("[spool.hard-link]"));
+    assert!(!env.path("spool/refused/key.approval.json").exists(), "the spool kept a name for the key");
+    assert!(std::fs::read(env.path("keys/agent.key")).is_ok_and(|k| !k.is_empty()));
     // The symlink's target was not read or moved; the key was not kept.
     assert!(std::fs::read_to_string("/etc/passwd").is_ok());
     assert!(

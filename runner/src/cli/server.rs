@@ -266,12 +266,16 @@ pub fn answer(a: &AnswerArgs, out: &mut dyn Write) -> Result<Exit> {
     } else {
         print_submission(&v, out)?;
     }
-    Ok(match v["state"].as_str() {
+    // A submission's state; an approval's: the state of the run it started,
+    // else kept and waiting for more (status), else the proposal's now.
+    let state = v["run"]["state"].as_str().or_else(|| v["state"].as_str());
+    Ok(match state {
+        _ if v.get("refused").is_some() => Exit::Refused,
         Some("committed" | "completed") => Exit::Ok,
         Some("awaiting-approval") => Exit::Awaiting,
         Some("rolled-back") => Exit::RolledBack,
-        _ if v.get("refused").is_some() => Exit::Refused,
-        _ => Exit::Ok,
+        None if v.get("status").is_some() => Exit::Ok,
+        _ => Exit::Refused,
     })
 }
 
@@ -428,7 +432,7 @@ async fn watch_nats(
             .context("the event subscription ended")?;
         if let Err(e) = c.verify_event(&next) {
             // Not the runner's: not shown, and not believed.
-            eprintln!("ignored an event for {id} that is not the runner's: {e}");
+            eprintln!("ignored an event for {id} that is not the runner's: {}", edge_core::text::line(&e.to_string()));
             continue;
         }
         let v: Value = serde_json::from_slice(&next.payload).context("a proposal event that is not JSON")?;

@@ -236,12 +236,38 @@ fn make_private_dir(d: &Path, own: bool) -> Result<()> {
     Ok(())
 }
 
+/// Why a claimed file was not read.
+#[derive(Debug)]
+enum Unread {
+    /// Refused as it is (moved to `refused/` with this reason).
+    Refused(String),
+    /// Another name for a file elsewhere: refused, and this name removed
+    /// (the spool keeps no name for it).
+    Linked(String),
+}
+
+impl Unread {
+    fn reason(&self) -> &str {
+        match self {
+            Self::Refused(r) | Self::Linked(r) => r,
+        }
+    }
+}
+
 /// Read a claimed file without following a symlink or blocking on a FIFO,
 /// checking what was opened (not the path) and reading at most `limit`
-/// bytes. `Ok(Err(reason))` refuses the file.
-fn read_claimed(path: &Path, limit: u64) -> Result<Result<Vec<u8>, String>> {
+/// bytes. `Ok(Err(_))` refuses the file.
+fn read_claimed(path: &Path, limit: u64) -> Result<Result<Vec<u8>, Unread>> {
     use std::io::Read as _;
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    const NOT_A_FILE: &str = "not a regular file (a symlink or a directory is never followed)";
+    // What the name is now, before it is opened: a socket or a device is
+    // never opened at all (and what opens is checked again below).
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Ok(Err(Unread::Refused(NOT_A_FILE.into()))),
+        Ok(_) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -249,36 +275,38 @@ fn read_claimed(path: &Path, limit: u64) -> Result<Result<Vec<u8>, String>> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Ok(
-                Err("the runner may not read it (permission denied): make it readable and drop it again".into()),
-            );
+            return Ok(Err(Unread::Refused(
+                "the runner may not read it (permission denied): make it readable and drop it again".into(),
+            )));
         }
-        // ELOOP: a symlink put in its place.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Ok(Err("not a regular file (a symlink or a directory is never followed)".into()));
+        // A symlink (ELOOP), a socket (ENXIO) or a device put in its place
+        // since: refused, never retried.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO | libc::ENODEV | libc::EOPNOTSUPP)) => {
+            return Ok(Err(Unread::Refused(NOT_A_FILE.into())));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
     let meta = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.file_type().is_file() {
-        return Ok(Err("not a regular file (a symlink or a directory is never followed)".into()));
+        return Ok(Err(Unread::Refused(NOT_A_FILE.into())));
     }
     if meta.nlink() > 1 {
         // Another name for a file elsewhere (a key, a store): its content
         // would be read, answered and perhaps kept as evidence.
-        return Ok(Err(format!(
-            "[spool.hard-link] it has {} names (a hard link to a file elsewhere is never read): copy the file in",
+        return Ok(Err(Unread::Linked(format!(
+            "[spool.hard-link] it had {} names (a hard link to a file elsewhere is never read, and its name in the \
+             spool is removed): copy the file in",
             meta.nlink()
-        )));
+        ))));
     }
     if meta.len() > limit {
-        return Ok(Err(too_large(meta.len(), limit)));
+        return Ok(Err(Unread::Refused(too_large(meta.len(), limit))));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     // (At most one byte past the limit: a file still growing is refused, not read whole.)
     file.take(limit + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.len() as u64 > limit {
-        return Ok(Err(too_large(bytes.len() as u64, limit)));
+        return Ok(Err(Unread::Refused(too_large(bytes.len() as u64, limit))));
     }
     Ok(Ok(bytes))
 }
@@ -452,10 +480,21 @@ impl Spool {
             self.finish(&path, name, None, &ending)?;
             return Ok(true);
         }
+        // A capsule that already ran (a kill before its answer was out) is
+        // answered from the log, without reading the file again.
+        if kind(name) == Some(Kind::Capsule) && self.runs.ran(delivery)? {
+            let answer = self.runs.answer_of(delivery).await?;
+            let ending = ending_of(&answer);
+            return self.answer_and_finish(&path, name, delivery, answer, &ending).await;
+        }
         let bytes = match tokio::task::block_in_place(|| read_claimed(&path, self.settings.max_file_bytes))? {
             Ok(bytes) => bytes,
-            Err(why) => {
+            Err(Unread::Refused(why)) => {
                 self.finish(&path, name, None, &refuse(why))?;
+                return Ok(true);
+            }
+            Err(linked @ Unread::Linked(_)) => {
+                tokio::task::block_in_place(|| self.discard(&path, name, linked.reason()))?;
                 return Ok(true);
             }
         };
@@ -471,6 +510,19 @@ impl Spool {
             Some(Kind::Export) => self.export(delivery, &bytes).await?,
             None => unreachable!("unknown kinds are refused above"),
         };
+        self.answer_and_finish(&path, name, delivery, answer, &ending).await
+    }
+
+    /// Write a processed file's answer (and receipt, and what approvers
+    /// review) to the outbox, then move the file to its end. Ok(true).
+    async fn answer_and_finish(
+        &self,
+        path: &Path,
+        name: &str,
+        delivery: &str,
+        answer: serde_json::Value,
+        ending: &Ending,
+    ) -> Result<bool> {
         let answer_name = format!("{name}.{delivery}.answer.json");
         self.write_out(&answer_name, &serde_json::to_vec_pretty(&answer)?)?;
         if let (Some(receipt), Some(run)) =
@@ -492,7 +544,7 @@ impl Spool {
             }
         }
         self.answered.store(true, std::sync::atomic::Ordering::Release);
-        self.finish(&path, name, Some(&answer_name), &ending)?;
+        self.finish(path, name, Some(&answer_name), ending)?;
         let refused = ending.refused;
         tracing::info!(
             target: "edge_runner::spool",
@@ -508,11 +560,6 @@ impl Spool {
     /// A capsule: its run, or (if the log already holds it) its answer
     /// from the log. None: not now (the queue is full).
     async fn capsule(&self, run: &str, name: &str, bytes: Vec<u8>) -> Result<Option<(serde_json::Value, Ending)>> {
-        if self.runs.ran(run)? {
-            let answer = self.runs.answer_of(run).await?;
-            let ending = ending_of(&answer);
-            return Ok(Some((answer, ending)));
-        }
         if let Some(first) = tokio::task::block_in_place(|| self.duplicate_of(name, &bytes))? {
             let reason = format!(
                 "[spool.duplicate] the same name and content as {first}, processed before: not run again \
@@ -539,11 +586,19 @@ impl Spool {
         let digest = Sha256Digest::of(bytes);
         for n in 1.. {
             let candidate = if n == 1 { name.to_owned() } else { format!("{name}.{n}") };
-            match std::fs::read(done.join(&candidate)) {
-                Ok(b) if Sha256Digest::of(&b) == digest => return Ok(Some(format!("done/{candidate}"))),
+            let path = done.join(&candidate);
+            match std::fs::symlink_metadata(&path) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", done.join(&candidate).display())),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+            // Read as a claimed file is, and no further than this file's
+            // length: a larger one (or one its sender grew since) is not
+            // the same file.
+            if let Ok(b) = read_claimed(&path, bytes.len() as u64)?
+                && Sha256Digest::of(&b) == digest
+            {
+                return Ok(Some(format!("done/{candidate}")));
             }
         }
         Ok(None)
@@ -567,12 +622,9 @@ impl Spool {
                 Ok(Some((answer, Ending { refused: false, reason })))
             }
             Ok(Ok(Delivered::Again(again))) => {
-                let mut answer = serde_json::to_value(&again)?;
+                // (`run` and `receipt` where the outbox writer looks for them.)
+                let answer = serde_json::to_value(&again)?;
                 let reason = format!("kept when it was delivered before; the proposal is {}", again.state);
-                if let Some(run) = &again.run {
-                    answer["receipt"] = run["receipt"].clone();
-                    answer["run"] = run["run"].clone();
-                }
                 Ok(Some((answer, Ending { refused: false, reason })))
             }
             Ok(Ok(Delivered::Refused { proposal, reason_code, detail })) => {
@@ -619,6 +671,19 @@ impl Spool {
     async fn write_checkpoint(&self) -> Result<()> {
         let note = self.runs.checkpoint().await?;
         self.write_out("checkpoint.txt", note.as_bytes())
+    }
+
+    /// Refuse a claimed file without keeping it: its reason in `refused/`,
+    /// its name removed.
+    fn discard(&self, path: &Path, name: &str, reason: &str) -> Result<()> {
+        let dir = self.settings.refused();
+        let dest = free_slot(&dir, name);
+        let reason = format!("{}\n", edge_core::text::line(reason));
+        write_durably(&dir.join(format!("{dest}.reason")), reason.as_bytes())?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        sync_dir(&self.settings.work())?;
+        self.runs.metrics_intake("spool", "refused");
+        Ok(())
     }
 
     /// Move a claimed file to `done/` or `refused/` (never over another),
@@ -733,24 +798,28 @@ mod tests {
         let p = |n: &str| dir.path().join(n);
         std::fs::write(p("ok"), b"12345").unwrap();
         assert_eq!(read_claimed(&p("ok"), 5).unwrap().unwrap(), b"12345");
-        assert!(read_claimed(&p("ok"), 4).unwrap().unwrap_err().contains("[spool.too-large] 5 bytes"));
+        assert!(read_claimed(&p("ok"), 4).unwrap().unwrap_err().reason().contains("[spool.too-large] 5 bytes"));
         // Another name for a file elsewhere (a key): never read.
         std::fs::write(p("secret"), b"key").unwrap();
         std::fs::hard_link(p("secret"), p("linked")).unwrap();
-        assert!(read_claimed(&p("linked"), 100).unwrap().unwrap_err().contains("[spool.hard-link] it has 2 names"));
+        assert!(
+            read_claimed(&p("linked"), 100).unwrap().unwrap_err().reason().contains("[spool.hard-link] it had 2 names")
+        );
         std::os::unix::fs::symlink(p("ok"), p("sym")).unwrap();
-        assert!(read_claimed(&p("sym"), 100).unwrap().unwrap_err().contains("never followed"));
+        assert!(read_claimed(&p("sym"), 100).unwrap().unwrap_err().reason().contains("never followed"));
         // A FIFO would block a plain open forever.
         let fifo = std::ffi::CString::new(p("fifo").into_os_string().into_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        assert!(read_claimed(&p("fifo"), 100).unwrap().unwrap_err().contains("not a regular file"));
+        assert!(read_claimed(&p("fifo"), 100).unwrap().unwrap_err().reason().contains("not a regular file"));
+        let _socket = std::os::unix::net::UnixListener::bind(p("socket")).unwrap();
+        assert!(read_claimed(&p("socket"), 100).unwrap().unwrap_err().reason().contains("not a regular file"));
         std::fs::create_dir(p("dir")).unwrap();
-        assert!(read_claimed(&p("dir"), 100).unwrap().unwrap_err().contains("not a regular file"));
+        assert!(read_claimed(&p("dir"), 100).unwrap().unwrap_err().reason().contains("not a regular file"));
         // Unreadable (not for root, who reads anything): refused, not retried forever.
         std::fs::set_permissions(p("ok"), std::fs::Permissions::from_mode(0o000)).unwrap();
         if crate::check::euid() != 0 {
-            assert!(read_claimed(&p("ok"), 100).unwrap().unwrap_err().contains("permission denied"));
+            assert!(read_claimed(&p("ok"), 100).unwrap().unwrap_err().reason().contains("permission denied"));
         }
     }
 

@@ -255,11 +255,19 @@ impl RunService {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", kept.display())),
         }
         let Some(view) = self.show(proposal) else { return Ok(None) };
-        let run = match view.runs.get(1..).and_then(<[String]>::last) {
-            Some(run) => Some(self.answer_of(run).await?),
-            None => None,
-        };
-        Ok(Some(KeptEarlier { id: proposal.to_owned(), approval: *approval, state: view.state.name().to_owned(), run }))
+        // The run the quorum started (not the one that opened the proposal),
+        // and its receipt: what the first answer held for this approver —
+        // not the run's records, which whoever holds a copy of the file
+        // (it is evidence, and travels) need not read.
+        let run = view.runs.get(1..).and_then(<[String]>::last).cloned();
+        let receipt = if run.is_some() { self.receipt(proposal).await? } else { None };
+        Ok(Some(KeptEarlier {
+            id: proposal.to_owned(),
+            approval: *approval,
+            state: view.state.name().to_owned(),
+            run,
+            receipt,
+        }))
     }
 
     /// Record an approval that does not parse (outside any run, by the
@@ -773,15 +781,19 @@ pub struct ApprovalKept {
 }
 
 /// An approval delivered again that was kept the first time: the
-/// proposal's state now, and the answer of the run its quorum started
-/// ([`RunService::answer_of`]), if it ran.
+/// proposal's state now, and the run its quorum started with its receipt,
+/// if it ran.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeptEarlier {
     pub id: String,
     pub approval: Sha256Digest,
+    /// The proposal's state now.
     pub state: String,
+    /// The run its quorum started, and that run's receipt, if it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run: Option<serde_json::Value>,
+    pub run: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// The answer for a run (the proposal it belongs to is `id`).
