@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! Edge-Runner-Signature: ed25519=<base64>      64 bytes, standard alphabet, padded
-//! Edge-Runner-Answers: <stream>:<sequence>     an answer: the request it answers
+//! Edge-Runner-Answers: <stream>@<created>:<sequence>   an answer: the request it answers
 //! ```
 //!
 //! The signature is Ed25519, by the runner's identity key (the key that
@@ -25,6 +25,8 @@
 //! runner took from its inbound stream: the client checks it against the
 //! sequence the server confirmed for its own publish, so a genuine answer
 //! to an earlier request with the same id is not this request's answer.
+//! `<created>` (the stream's creation time, in nanoseconds) tells a stream
+//! made again, whose sequence starts over, from the one the client used.
 //!
 //! **What it does not.** Freshness: a genuine message can be published
 //! again on its own subject (an old state event after a newer one). Clients

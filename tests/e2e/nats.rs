@@ -554,7 +554,7 @@ fn a_client_that_stopped_waiting_reads_its_answer_later() {
         .and_then(|rest| rest.split('`').next())
         .unwrap_or_else(|| panic!("no handle in: {err}"))
         .to_owned();
-    assert!(handle.contains("@edge_r1_in:"), "{handle}");
+    assert!(handle.contains("@edge_r1_in@"), "{handle}");
     let answer = |handle: &str, wait: &str| env.cli(&[&["answer", handle, "--wait", wait][..], &to[..]].concat());
     // Not answered yet: said so, with the same handle.
     let early = answer(&handle, "1");
@@ -574,6 +574,13 @@ fn a_client_that_stopped_waiting_reads_its_answer_later() {
     let (id, seq) = handle.rsplit_once(':').unwrap();
     let other = format!("{id}:{}", seq.parse::<u64>().unwrap() + 1);
     let wrong = answer(&other, "1");
+    assert_ne!(wrong.code(), 0, "{}", wrong.stdout());
+    // Nor with the sequence of a stream made at another time (a stream made
+    // again starts its sequence over).
+    let (source, seq) = handle.rsplit_once(':').unwrap();
+    let (stream, created) = source.rsplit_once('@').unwrap();
+    let made_again = format!("{stream}@{}:{seq}", created.parse::<u128>().unwrap() + 1);
+    let wrong = answer(&made_again, "1");
     assert_ne!(wrong.code(), 0, "{}", wrong.stdout());
     let bad = answer("../../etc", "0");
     assert!(bad.stderr().contains("is not a request handle"), "{}", bad.stderr());

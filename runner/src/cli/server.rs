@@ -62,7 +62,7 @@ pub struct SubmitArgs {
 #[derive(Debug, Args)]
 pub struct AnswerArgs {
     /// The request, as printed when a wait through NATS ended without an
-    /// answer: `<id>@<stream>:<sequence>`.
+    /// answer: `<id>@<stream>@<created>:<sequence>`.
     pub request: String,
     /// The runner through NATS (`--nats`, `--runner`, `--runner-key`, and
     /// the `--nats-reply` the request was made with).

@@ -298,8 +298,8 @@ impl Intake {
     /// Process one message to its disposition, telling the server it is
     /// still being worked on meanwhile.
     async fn handle(&self, source: &str, m: jetstream::Message) {
-        let (seq, published, stream) = match m.info() {
-            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000, i.stream.to_owned()),
+        let (seq, published) = match m.info() {
+            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000),
             Err(e) => {
                 tracing::warn!(error = %e, "a NATS message without JetStream metadata; terminated");
                 let _ = m.ack_with(AckKind::Term).await;
@@ -348,9 +348,11 @@ impl Intake {
             }
         };
         if let Some(answer) = answer {
-            // Signed, and bound to the request it answers (the client checks
-            // that against the sequence the server confirmed to it).
-            let stored = self.publish(&reply_to, &format!("{stream}:{seq}"), answer).await;
+            // Signed, and bound to the request it answers: the stream, the
+            // stream's creation time (a stream made again restarts its
+            // sequence) and the sequence, which the client checks against
+            // the sequence the server confirmed to it.
+            let stored = self.publish(&reply_to, &format!("{source}:{seq}"), answer).await;
             if let Err(e) = stored {
                 // No answer stored, no ack: delivered again, answered then
                 // (from the log, if it ran).

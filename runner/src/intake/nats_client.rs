@@ -74,6 +74,9 @@ pub struct NatsClient {
     key: NoteVerifier,
     /// The subject token answers come under (`--nats-reply`).
     reply: Option<String>,
+    /// The runner's inbound stream as answers name it
+    /// (`<stream>@<created>`), learnt before the first request.
+    source: tokio::sync::OnceCell<String>,
     waiting: Waiting,
     dispatcher: tokio::task::AbortHandle,
 }
@@ -159,7 +162,7 @@ impl NatsClient {
             })
             .abort_handle()
         };
-        Ok(Self { client, js, runner, prefix, key, reply, waiting, dispatcher })
+        Ok(Self { client, js, runner, prefix, key, reply, source: tokio::sync::OnceCell::new(), waiting, dispatcher })
     }
 
     /// Connect with a URL, runner name and the runner's key file only
@@ -194,6 +197,11 @@ impl NatsClient {
     /// connected?), or no answer came in time.
     pub async fn request(&self, kind: &str, payload: Vec<u8>, timeout: Duration) -> Result<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Which stream, made when, before publishing: an answer must name
+        // this one (a stream made again since would fail closed).
+        let source = tokio::time::timeout_at(deadline, self.source())
+            .await
+            .map_err(|_| anyhow!("the NATS server did not answer within {}s", timeout.as_secs()))??;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let answers = self.await_answers(&id);
         let forget = Forget(&self.waiting, &id);
@@ -222,13 +230,37 @@ impl NatsClient {
                  it: what answers on that id answers that message, not this request; submit again"
             );
         }
-        let answer = self.verified_answer(answers, &id, &format!("{}:{}", ack.stream, ack.sequence), deadline).await;
+        let (inbound, _) = streams(&self.prefix, &self.runner);
+        if ack.stream != inbound {
+            bail!(
+                "the NATS server stored the request in stream `{}`, not the runner's {inbound}: the subjects are \
+                 not set up as the runner sets them up",
+                edge_core::text::line(&ack.stream)
+            );
+        }
+        let answer = self.verified_answer(answers, &id, &format!("{source}:{}", ack.sequence), deadline).await;
         drop(forget);
         answer
     }
 
+    /// The runner's inbound stream and its creation time
+    /// (`<stream>@<created>`), asked of the server once.
+    async fn source(&self) -> Result<String> {
+        let (inbound, _) = streams(&self.prefix, &self.runner);
+        self.source
+            .get_or_try_init(|| async {
+                let mut stream = self.js.get_stream(&inbound).await.map_err(|e| {
+                    anyhow!("no stream {inbound} on the NATS server ({e}); has runner `{}` connected yet?", self.runner)
+                })?;
+                let created = stream.info().await.map_err(|e| anyhow!("stream {inbound}: {e}"))?.created;
+                anyhow::Ok(format!("{inbound}@{}", created.unix_timestamp_nanos()))
+            })
+            .await
+            .cloned()
+    }
+
     /// The answer to an earlier request, by the handle a timed-out
-    /// [`NatsClient::request`] named (`<id>@<stream>:<sequence>`): from the
+    /// [`NatsClient::request`] named (`<id>@<stream>@<created>:<sequence>`): from the
     /// outbound stream if the runner answered meanwhile, else awaited up to
     /// `timeout`. Checked as a fresh answer is: signed, and for that request.
     ///
@@ -469,20 +501,26 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// A request's handle, `<id>@<stream>:<sequence>`, as (id, `<stream>:<sequence>`).
+/// A request's handle, `<id>@<stream>@<created>:<sequence>`, as (id,
+/// `<stream>@<created>:<sequence>`: what its answer names).
 ///
 /// # Errors
 /// Not of that shape.
 fn parse_handle(handle: &str) -> Result<(&str, &str)> {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit());
     let parsed = handle.split_once('@').filter(|(id, request)| {
         crate::config::nats::is_token(id)
-            && request.split_once(':').is_some_and(|(stream, seq)| {
-                crate::config::nats::is_token(stream) && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())
+            && request.rsplit_once(':').is_some_and(|(source, seq)| {
+                digits(seq)
+                    && source
+                        .split_once('@')
+                        .is_some_and(|(stream, created)| crate::config::nats::is_token(stream) && digits(created))
             })
     });
     parsed.with_context(|| {
         format!(
-            "`{}` is not a request handle: give it as printed when the wait ended (<id>@<stream>:<sequence>)",
+            "`{}` is not a request handle: give it as printed when the wait ended \
+             (<id>@<stream>@<created>:<sequence>)",
             edge_core::text::line(handle)
         )
     })
