@@ -318,9 +318,18 @@ impl Intake {
                 .filter(|v| crate::config::nats::is_token(v))
         };
         let reply_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or_else(|| format!("seq-{seq}"));
-        let reply_to = match header(outbound::HEADER_REPLY) {
-            Some(token) => format!("answer.{token}.{reply_id}"),
-            None => format!("answer.{reply_id}"),
+        let reply = m.headers.as_ref().and_then(|h| h.get(outbound::HEADER_REPLY)).map(|v| v.as_str().to_owned());
+        let reply_to = match (&reply, header(outbound::HEADER_REPLY)) {
+            (_, Some(token)) => format!("answer.{token}.{reply_id}"),
+            (None, None) => format!("answer.{reply_id}"),
+            // A reply token that is not one subject token: terminated, not
+            // answered where every client reads (it asked for privacy).
+            (Some(bad), None) => {
+                tracing::info!(seq, reply = %edge_core::text::line(bad), "a NATS request with a malformed reply token; terminated");
+                let _ = m.ack_with(AckKind::Term).await;
+                self.runs.metrics_intake(INTAKE, "terminated");
+                return;
+            }
         };
         let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
         // While it is processed, the server hears every third of its ack
@@ -565,9 +574,9 @@ impl Intake {
                     .to_owned(),
             );
         };
-        // One at a time (each reads the whole log and writes it out);
-        // others wait their turn, their messages kept alive meanwhile.
-        let Ok(_one) = self.exporting.acquire().await else { return Ok((None, Disposition::Later)) };
+        // One at a time (each reads the whole log and writes it out); while
+        // one is made, others come back later without holding a slot.
+        let Ok(_one) = self.exporting.try_acquire() else { return Ok((None, Disposition::Later)) };
         let since = match std::str::from_utf8(payload) {
             Ok(t) if t.trim().is_empty() => None,
             Ok(t) => Some(t.to_owned()),
@@ -697,8 +706,15 @@ fn usable(what: &str, problems: Vec<String>) -> Result<()> {
 /// is processed, or keep it from coming.
 fn inbound_problems(c: &stream::Config, s: &NatsSettings) -> Vec<String> {
     let mut p = Vec::new();
-    if !c.subjects.iter().any(|x| *x == s.inbound(">")) {
-        p.push(format!("its subjects {:?} do not include {}", c.subjects, s.inbound(">")));
+    if c.subjects != [s.inbound(">")] {
+        p.push(format!(
+            "its subjects are {:?}, not [{:?}] alone (another subject's messages would run here)",
+            c.subjects,
+            s.inbound(">")
+        ));
+    }
+    if c.allow_rollup {
+        p.push("allow_rollup is set: one publisher's rollup header would purge every waiting request".to_owned());
     }
     if c.retention != stream::RetentionPolicy::WorkQueue {
         p.push(format!("retention is {:?}, not WorkQueue", c.retention));
