@@ -266,12 +266,26 @@ impl Intake {
                 subjects: vec![self.settings.outbound(">")],
                 max_age: Duration::from_secs(30 * 86_400),
                 storage: stream::StorageType::File,
+                // Clients read answers and documents by direct get, whose
+                // API subject names the message's subject: the NATS
+                // operator can then scope who reads what.
+                allow_direct: true,
                 ..Default::default()
             })
             .await
             .with_context(|| format!("cannot make or find the stream {outbound}"))?;
-        let info = stream_out.info().await.context("stream info")?;
-        usable(&format!("the stream {outbound}"), outbound_problems(&info.config, &self.settings))?;
+        let mut config = stream_out.info().await.context("stream info")?.config.clone();
+        if !config.allow_direct {
+            // Made by an earlier version: turned on (nothing else changes).
+            config.allow_direct = true;
+            self.js.update_stream(&config).await.map_err(|e| {
+                anyhow!(
+                    "the stream {outbound} does not allow direct gets, and the runner may not turn them on ({e}): \
+                     `nats stream edit {outbound} --allow-direct`"
+                )
+            })?;
+        }
+        usable(&format!("the stream {outbound}"), outbound_problems(&config, &self.settings))?;
         let info = stream_in.info().await.context("stream info")?;
         usable(&format!("the stream {inbound}"), inbound_problems(&info.config, &self.settings))?;
         let created = info.created.unix_timestamp_nanos();

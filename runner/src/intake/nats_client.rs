@@ -272,10 +272,7 @@ impl NatsClient {
         // Listening before the stream is read: nothing falls between.
         let answers = self.await_answers(id);
         let forget = Forget(&self.waiting, id);
-        let (_, outbound) = streams(&self.prefix, &self.runner);
-        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
-        let subject = self.subject("out", &self.answer_kind(id));
-        if let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await
+        if let Some(m) = self.last_on(&self.answer_kind(id)).await?
             && self.check(&m.subject, request, Some(&m.headers), &m.payload).is_ok()
         {
             return serde_json::from_slice(&m.payload).context("the runner's answer is not JSON");
@@ -430,10 +427,8 @@ impl NatsClient {
         if !crate::config::nats::is_token(id) {
             bail!("`{}` is not a proposal id", edge_core::text::line(id));
         }
-        let (_, outbound) = streams(&self.prefix, &self.runner);
-        let stream = self.js.get_stream(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
         let subject = self.subject("out", &format!("{kind}.{id}"));
-        let Ok(m) = stream.get_last_raw_message_by_subject(&subject).await else { return Ok(None) };
+        let Some(m) = self.last_on(&format!("{kind}.{id}")).await? else { return Ok(None) };
         self.check(&m.subject, outbound::NO_REQUEST, Some(&m.headers), &m.payload).map_err(|e| {
             anyhow!(
                 "the {kind} of {id} on {subject} is not runner `{}`'s ({e}): do not trust it; someone who may \
@@ -442,6 +437,24 @@ impl NatsClient {
             )
         })?;
         Ok(Some(m.payload.to_vec()))
+    }
+
+    /// The latest message on the outbound subject `kind`, by direct get
+    /// (`$JS.API.DIRECT.GET.<stream>.<subject>`: a NATS permission can
+    /// allow each client the subjects it may read); `None` if there is none.
+    ///
+    /// # Errors
+    /// The server refused or failed the get.
+    async fn last_on(&self, kind: &str) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let (_, outbound) = streams(&self.prefix, &self.runner);
+        let subject = self.subject("out", kind);
+        let stream = self.js.get_stream_no_info(&outbound).await.map_err(|e| anyhow!("stream {outbound}: {e}"))?;
+        match stream.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("cannot read {subject} from the stream {outbound}: {e}")),
+        }
     }
 
     /// A waiting proposal's document and preview, as the runner published
