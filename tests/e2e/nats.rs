@@ -23,6 +23,9 @@ struct Nats {
     /// TLS with client certificates required, from this development PKI
     /// (`crate::server::pki`): `server.pem`, `ca.pem`.
     tls: Option<std::path::PathBuf>,
+    /// With `tls`: users by their certificate's subject (`verify_and_map`)
+    /// and this `authorization { … }` block.
+    auth: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -35,8 +38,12 @@ impl Nats {
     }
 
     fn start_with(tls: Option<&std::path::Path>) -> Nats {
+        Self::start_with_auth(tls, None)
+    }
+
+    fn start_with_auth(tls: Option<&std::path::Path>, auth: Option<String>) -> Nats {
         let mut n =
-            Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), tls: tls.map(Into::into) };
+            Nats { child: None, port: free_port(), dir: tempfile::tempdir().unwrap(), tls: tls.map(Into::into), auth };
         n.up();
         n
     }
@@ -45,11 +52,13 @@ impl Nats {
     fn up(&mut self) {
         let conf = self.dir.path().join("nats.conf");
         let tls = self.tls.as_ref().map_or_else(String::new, |d| {
+            let verify = if self.auth.is_some() { "verify_and_map" } else { "verify" };
             format!(
-                "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true }}\n",
+                "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, {verify}: true }}\n{}\n",
                 d.join("server.pem"),
                 d.join("server.key"),
-                d.join("ca.pem")
+                d.join("ca.pem"),
+                self.auth.as_deref().unwrap_or("")
             )
         });
         std::fs::write(
@@ -788,6 +797,95 @@ fn approvers_sign_a_waiting_proposal_through_nats_and_it_runs_once_the_quorum_is
     assert!(c.stderr().contains("not awaiting approval"), "{}", c.stderr());
     drop(runner);
     assert_eq!(count(&env, "committed"), 1);
+}
+
+#[test]
+fn with_nats_permissions_as_documented_a_client_reads_only_its_own_answers() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("certs")).unwrap();
+    crate::server::pki(&env.path("tls"));
+    // The grants docs/operations.md gives a client with reply token TOKEN
+    // (users mapped from their certificates: the runner is `agent`).
+    let client = |cn: &str, token: &str| {
+        format!(
+            r#"{{ user: "CN={cn}", permissions: {{
+                publish: ["edge.test-runner.in.>", "$JS.API.STREAM.INFO.edge_test-runner_in",
+                          "$JS.API.DIRECT.GET.edge_test-runner_out.edge.test-runner.out.answer.{token}.>"],
+                subscribe: ["edge.test-runner.out.answer.{token}.*", "_INBOX_{token}.>"] }} }}"#
+        )
+    };
+    let auth = format!(
+        "authorization {{ users = [ {{ user: \"CN=agent\" }}, {}, {} ] }}",
+        client("approver", "alice"),
+        client("intruder", "mallory")
+    );
+    let nats = Nats::start_with_auth(Some(&env.path("tls")), Some(auth));
+    env.write_config(&format!(
+        "[mounts.certs]\npath = \"certs\"\nwritable = false\n\n[nats]\nurl = \"{}\"\nca = \"tls/ca.pem\"\n\
+         cert = \"tls/agent.pem\"\nkey = \"tls/agent.key\"\nack_wait = \"2s\"\n\n[probes]\nlisten = \"127.0.0.1:0\"\n",
+        nats.url()
+    ));
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    diagnostic(&env);
+    runner_key(&env);
+    let url = nats.url();
+    let as_user = |cert: &str, token: &str| {
+        let (pem, key) = (format!("tls/{cert}.pem"), format!("tls/{cert}.key"));
+        [
+            "--nats",
+            url.as_str(),
+            "--runner",
+            "test-runner",
+            "--runner-key",
+            "runner.vkey",
+            "--nats-ca",
+            "tls/ca.pem",
+            "--nats-cert",
+            &pem,
+            "--nats-key",
+            &key,
+            "--nats-reply",
+            token,
+        ]
+        .map(str::to_owned)
+    };
+    // Alice submits and reads her answer.
+    let alice = as_user("approver", "alice");
+    let args: Vec<&str> =
+        ["submit", "spool-diag.capsule", "--wait", "60"].into_iter().chain(alice.iter().map(String::as_str)).collect();
+    let ok = env.cli(&args);
+    assert_eq!(ok.code(), 0, "{}{}", ok.stdout(), ok.stderr());
+    assert!(ok.stdout().contains("state     completed"), "{}", ok.stdout());
+    // Mallory, with her own certificate, claims alice's reply token: her
+    // request is stored, but the answer is under alice's subjects, which
+    // she may neither subscribe to nor get; nor can she read alice's
+    // earlier answer by its handle.
+    let mallory = as_user("intruder", "alice");
+    let args: Vec<&str> =
+        ["submit", "spool-diag.capsule", "--wait", "5"].into_iter().chain(mallory.iter().map(String::as_str)).collect();
+    let denied = env.cli(&args);
+    assert_ne!(denied.code(), 0, "{}", denied.stdout());
+    assert!(!denied.stdout().contains("completed"), "{}", denied.stdout());
+    let handle =
+        denied.stderr().split("edge-runner answer ").nth(1).and_then(|r| r.split('`').next()).map(str::to_owned);
+    // (The wait may end before a handle is printed: the confirmation of her
+    // publish is a reply to her own inbox prefix, which she may not read.)
+    if let Some(handle) = handle {
+        let args: Vec<&str> =
+            ["answer", handle.as_str(), "--wait", "2"].into_iter().chain(mallory.iter().map(String::as_str)).collect();
+        let read = env.cli(&args);
+        assert_ne!(read.code(), 0, "{}", read.stdout());
+    }
+    // With her own token she is served as anyone: the grants are right.
+    let mallory = as_user("intruder", "mallory");
+    let args: Vec<&str> = ["submit", "spool-diag.capsule", "--wait", "60"]
+        .into_iter()
+        .chain(mallory.iter().map(String::as_str))
+        .collect();
+    let own = env.cli(&args);
+    assert_eq!(own.code(), 0, "{}{}", own.stdout(), own.stderr());
+    drop(runner);
 }
 
 #[test]

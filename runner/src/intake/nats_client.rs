@@ -48,8 +48,9 @@ pub struct NatsArgs {
     #[arg(long, env = "EDGE_RUNNER_VKEY", value_name = "FILE")]
     pub runner_key: Option<PathBuf>,
     /// With --nats: have answers come under this subject token
-    /// (`out.answer.<TOKEN>.<id>`), where NATS permissions can let this
-    /// client alone read them. Without it, answers go to `out.answer.<id>`.
+    /// (`out.answer.<TOKEN>.<id>`), and replies to this client under
+    /// `_INBOX_<TOKEN>.>`, where NATS permissions can let this client alone
+    /// read them. Without it, answers go to `out.answer.<id>`.
     #[arg(long, env = "EDGE_RUNNER_NATS_REPLY", value_name = "TOKEN")]
     pub nats_reply: Option<String>,
 }
@@ -121,6 +122,12 @@ impl NatsClient {
         )?;
         let key = read_runner_key(key_file)?;
         let mut opts = async_nats::ConnectOptions::new().name("edge-runner client");
+        if let Some(token) = &a.nats_reply {
+            // Replies to this client (publish confirmations, direct gets)
+            // under its own inbox prefix too: a NATS permission can grant it
+            // `_INBOX_<token>.>` rather than every client's `_INBOX.>`.
+            opts = opts.custom_inbox_prefix(format!("_INBOX_{token}"));
+        }
         if tls {
             opts = opts.require_tls(true);
         } else {
