@@ -55,6 +55,9 @@ pub const INTAKE: &str = "nats";
 const MAX_IN_FLIGHT: usize = 256;
 /// The durable consumer's name.
 const CONSUMER: &str = "runner";
+/// Deliveries of a message the runner fails on before it is answered
+/// `runner.failed` and terminated (with the pauses between, ~15 minutes).
+const MAX_DELIVERIES: i64 = 20;
 
 /// Connect (in the background: an unreachable server is retried with
 /// backoff while the runner keeps running) and take messages until
@@ -312,8 +315,8 @@ impl Intake {
     /// Process one message to its disposition, telling the server it is
     /// still being worked on meanwhile.
     async fn handle(&self, source: &str, m: jetstream::Message) {
-        let (seq, published) = match m.info() {
-            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000),
+        let (seq, published, delivered) = match m.info() {
+            Ok(i) => (i.stream_sequence, i.published.unix_timestamp_nanos() / 1_000_000, i.delivered),
             Err(e) => {
                 tracing::warn!(error = %e, "a NATS message without JetStream metadata; terminated");
                 let _ = m.ack_with(AckKind::Term).await;
@@ -361,13 +364,24 @@ impl Intake {
                 }
             }
         };
+        let later = retry_pause(delivered);
         let (answer, disposition) = match outcome {
             Ok(x) => x,
-            Err(e) => {
+            Err(e) if delivered < MAX_DELIVERIES => {
                 // The runner itself failed (I/O): delivered again later; a
                 // capsule that ran is then answered from the log.
-                tracing::error!(error = %format!("{e:#}"), seq, "NATS message not finished; it will be delivered again");
+                tracing::error!(error = %format!("{e:#}"), seq, delivered, "NATS message not finished; it will be delivered again");
                 (None, Disposition::Later)
+            }
+            Err(e) => {
+                // Failing still after MAX_DELIVERIES tries (~15 minutes): not
+                // a passing fault. Answered, so that the sender knows, and
+                // terminated rather than tried forever.
+                let detail = format!("{e:#}");
+                tracing::error!(error = %detail, seq, delivered, "NATS message failed every time it was tried; terminated");
+                let answer = json!({ "refused": { "reason_code": "runner.failed",
+                    "detail": format!("the runner failed on this request {delivered} times: {detail}; see its log, then send it again") } });
+                (Some(json_bytes(&answer)), Disposition::Term)
             }
         };
         if let Some(answer) = answer {
@@ -388,7 +402,7 @@ impl Intake {
         let (kind, result) = match disposition {
             Disposition::Ack => (AckKind::Ack, "processed"),
             Disposition::Term => (AckKind::Term, "terminated"),
-            Disposition::Later => (AckKind::Nak(Some(Duration::from_secs(1))), "retried"),
+            Disposition::Later => (AckKind::Nak(Some(later)), "retried"),
         };
         // Not waited for: an ack that is lost means the message comes
         // again, and is then recognised by its delivery (see above).
@@ -817,6 +831,12 @@ fn remove_partial_exports(dir: &std::path::Path) {
     }
 }
 
+/// How long a message waits before it is delivered again, after its
+/// `delivered`th delivery was not finished: 1 s, 2 s, 4 s, … at most 60 s.
+fn retry_pause(delivered: i64) -> Duration {
+    Duration::from_secs(1u64 << (delivered.clamp(1, 7) - 1)).min(Duration::from_secs(60))
+}
+
 /// An answer's bytes (a `Value` always serialises).
 fn json_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
@@ -834,6 +854,15 @@ pub fn run_id_for(source: &str, seq: u64, published_ms: i128, attempt: u32) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_the_runner_fails_on_comes_back_ever_later_and_at_last_is_answered() {
+        let pauses: Vec<u64> = (0..=MAX_DELIVERIES).map(|d| retry_pause(d).as_secs()).collect();
+        assert_eq!(&pauses[..9], &[1, 1, 2, 4, 8, 16, 32, 60, 60]);
+        // What the deliveries before the last wait in all: minutes, not hours or seconds.
+        let total: u64 = pauses[1..MAX_DELIVERIES as usize].iter().sum();
+        assert!((600..=1200).contains(&total), "{total} s");
+    }
 
     #[test]
     fn a_message_names_its_run_and_another_message_another() {

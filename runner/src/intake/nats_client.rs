@@ -55,13 +55,20 @@ pub struct NatsArgs {
     pub nats_reply: Option<String>,
 }
 
-/// Answers awaited, by message id: every message on a request's answer
-/// subject goes to it (forged ones too, which it refuses and waits on).
-type Waiting =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, tokio::sync::mpsc::Sender<async_nats::Message>>>>;
+/// Answers awaited, by message id.
+type Waiting = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Waiter>>>;
 
-/// Messages held for one request before more are dropped (a flood of
-/// forgeries cannot grow the client's memory).
+/// A request waiting for its answer: the runner's signed messages on its
+/// answer subject, and why the last other one there was refused. Forged
+/// messages never take a place in the channel, so no flood of them can
+/// push the runner's answer out.
+struct Waiter {
+    tx: tokio::sync::mpsc::Sender<async_nats::Message>,
+    refused: Option<outbound::OutboundError>,
+}
+
+/// The runner's messages held for one request (its answer, and genuine
+/// answers to other requests on the same subject, which it refuses).
 const ANSWERS_HELD: usize = 16;
 
 /// A connection to a runner through NATS. One subscription takes every
@@ -157,13 +164,35 @@ impl NatsClient {
         client.flush().await.context("cannot reach the NATS server")?;
         let waiting: Waiting = Default::default();
         let dispatcher = {
-            let waiting = waiting.clone();
+            let (waiting, key) = (waiting.clone(), key.clone());
             tokio::spawn(async move {
                 while let Some(m) = answers.next().await {
                     let Some(id) = m.subject.as_str().rsplit('.').next() else { continue };
-                    let tx = waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned();
-                    if let Some(tx) = tx {
-                        let _ = tx.try_send(m);
+                    let lock = || waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if !lock().contains_key(id) {
+                        continue;
+                    }
+                    // Signed by the runner for this subject, whichever
+                    // request it answers (the request checks that).
+                    let header = |n: &str| m.headers.as_ref().and_then(|h| h.get(n)).map(|v| v.as_str().to_owned());
+                    let claimed = header(outbound::HEADER_ANSWERS);
+                    let claimed = claimed.as_deref();
+                    let signature = header(outbound::HEADER_SIGNATURE);
+                    let verdict = outbound::verify(
+                        &key,
+                        m.subject.as_str(),
+                        claimed.unwrap_or(outbound::NO_REQUEST),
+                        claimed,
+                        signature.as_deref(),
+                        &m.payload,
+                    );
+                    if let Some(w) = lock().get_mut(id) {
+                        match verdict {
+                            Ok(()) => {
+                                let _ = w.tx.try_send(m);
+                            }
+                            Err(e) => w.refused = Some(e),
+                        }
                     }
                 }
             })
@@ -300,7 +329,10 @@ impl NatsClient {
     /// Take every message on request `id`'s answer subject from now on.
     fn await_answers(&self, id: &str) -> tokio::sync::mpsc::Receiver<async_nats::Message> {
         let (tx, rx) = tokio::sync::mpsc::channel(ANSWERS_HELD);
-        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.to_owned(), tx);
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), Waiter { tx, refused: None });
         rx
     }
 
@@ -324,6 +356,15 @@ impl NatsClient {
             }
         })
         .await;
+        // (A forgery the dispatcher refused, if this request saw no other refusal.)
+        if refused.is_none() {
+            refused = self
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(id)
+                .and_then(|w| w.refused.take());
+        }
         let answer = got.map_err(|_| {
             let mut e = anyhow!(
                 "no answer from runner `{}` yet. The request is stored ({request}): the runner answers it when it \

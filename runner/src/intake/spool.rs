@@ -187,6 +187,27 @@ pub async fn serve(
 /// If one cannot be made, or its path is something else.
 pub fn prepare(settings: &SpoolSettings) -> Result<()> {
     make_private_dir(&settings.inbox(), false)?;
+    // The directory holding them: whoever may write there could swap work/
+    // or outbox/ for a directory (or symlink) of their own after this check.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let d = &settings.dir;
+        let meta = std::fs::metadata(d).with_context(|| format!("cannot read {}", d.display()))?;
+        let (mode, me) = (meta.mode() & 0o7777, crate::check::euid());
+        anyhow::ensure!(
+            mode & 0o022 == 0,
+            "the spool directory {} is writable by its group or by everyone (mode {mode:o}): they could replace its \
+             work/ or outbox/ with their own; chmod go-w it",
+            d.display()
+        );
+        anyhow::ensure!(
+            meta.uid() == me || meta.uid() == 0,
+            "the spool directory {} belongs to uid {}, neither the runner's user ({me}) nor root: its owner could \
+             replace its work/ or outbox/; chown it to the runner's user",
+            d.display(),
+            meta.uid()
+        );
+    }
     for d in [settings.work(), settings.done(), settings.refused(), settings.outbox()] {
         make_private_dir(&d, true)?;
     }
@@ -785,6 +806,11 @@ mod tests {
         mode(&settings.work(), 0o770);
         assert!(format!("{:#}", prepare(&settings).unwrap_err()).contains("writable by its group"));
         mode(&settings.work(), 0o700);
+        // The directory holding them: the runner's (or root's), and its alone to write.
+        mode(&settings.dir, 0o770);
+        assert!(format!("{:#}", prepare(&settings).unwrap_err()).contains("writable by its group or by everyone"));
+        mode(&settings.dir, 0o755);
+        prepare(&settings).unwrap();
         // A symlink in place of one is not followed.
         std::fs::remove_dir(settings.outbox()).unwrap();
         std::os::unix::fs::symlink(dir.path(), settings.outbox()).unwrap();
