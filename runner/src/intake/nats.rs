@@ -290,7 +290,21 @@ impl Intake {
         }
         usable(&format!("the stream {outbound}"), outbound_problems(&config, &self.settings))?;
         let info = stream_in.info().await.context("stream info")?;
-        usable(&format!("the stream {inbound}"), inbound_problems(&info.config, &self.settings))?;
+        let mut problems = inbound_problems(&info.config, &self.settings);
+        let raw: serde_json::Value = self
+            .js
+            .request(format!("STREAM.INFO.{inbound}"), &serde_json::json!({}))
+            .await
+            .map_err(|e| anyhow!("stream info: {e}"))?;
+        anyhow::ensure!(
+            raw["config"]["name"] == inbound.as_str(),
+            "cannot read the settings of the stream {inbound}: {}",
+            edge_core::text::line(&raw["error"].to_string())
+        );
+        if raw["config"]["persist_mode"].as_str().is_some_and(|m| m != "default") {
+            problems.push("persist_mode is async: a broker crash could lose requests it confirmed".to_owned());
+        }
+        usable(&format!("the stream {inbound}"), problems)?;
         let created = info.created.unix_timestamp_nanos();
         let source = format!("{inbound}@{created}");
         let mut consumer: consumer::PullConsumer = stream_in
@@ -307,7 +321,27 @@ impl Intake {
             .await
             .with_context(|| format!("cannot make or find the consumer {CONSUMER} on {inbound}"))?;
         let info = consumer.info().await.context("consumer info")?;
-        usable(&format!("the consumer {CONSUMER} on {inbound}"), consumer_problems(&info.config, &self.settings))?;
+        let mut problems = consumer_problems(&info.config, &self.settings);
+        // What this client's types do not carry (newer servers' settings),
+        // from the server's own JSON.
+        let raw: serde_json::Value = self
+            .js
+            .request(format!("CONSUMER.INFO.{inbound}.{CONSUMER}"), &serde_json::json!({}))
+            .await
+            .map_err(|e| anyhow!("consumer info: {e}"))?;
+        anyhow::ensure!(
+            raw["config"]["durable_name"] == CONSUMER,
+            "cannot read the settings of the consumer {CONSUMER} on {inbound}: {}",
+            edge_core::text::line(&raw["error"].to_string())
+        );
+        let inbound_all = self.settings.inbound(">");
+        match raw["config"]["filter_subjects"].as_array() {
+            Some(f) if !f.is_empty() && !f.iter().any(|x| x.as_str() == Some(inbound_all.as_str())) => {
+                problems.push(format!("it is filtered to {f:?}: some requests would never be taken"));
+            }
+            _ => {}
+        }
+        usable(&format!("the consumer {CONSUMER} on {inbound}"), problems)?;
         let messages = consumer.messages().await.context("cannot start pulling")?;
         Ok((source, messages))
     }
