@@ -657,9 +657,13 @@ impl Intake {
             Err(e) => return refused("export.failed", format!("{e:#}")),
         };
         let object = format!("export-{}-{seq}.bundle", exported.tree_size);
+        let mut made = None;
         let stored = async {
             let store = match self.js.get_object_store(&bucket).await {
-                Ok(s) => s,
+                Ok(s) => {
+                    self.bucket_limits(&bucket, max_bytes, keep).await?;
+                    s
+                }
                 Err(_) => self
                     .js
                     .create_object_store(jetstream::object_store::Config {
@@ -674,6 +678,7 @@ impl Intake {
             };
             let mut f =
                 tokio::fs::File::open(&file).await.with_context(|| format!("cannot read {}", file.display()))?;
+            made = Some(store.clone());
             store
                 .put(object.as_str(), &mut f)
                 .await
@@ -681,6 +686,15 @@ impl Intake {
             anyhow::Ok(())
         }
         .await;
+        if stored.is_err()
+            && let Some(store) = made
+        {
+            // A put that failed part-way leaves the chunks it stored, which
+            // no object names: they would fill the bucket until they expire.
+            if let Err(e) = purge_orphan_chunks(&self.js, &store, &bucket).await {
+                tracing::warn!(error = %format!("{e:#}"), bucket, "cannot remove the chunks of a failed export");
+            }
+        }
         // The local copy goes either way: a failed store is answered, not
         // tried again (and again) with a fresh export each time.
         let _ = tokio::fs::remove_file(&file).await;
@@ -696,6 +710,21 @@ impl Intake {
                 "checkpoint": exported.checkpoint } }))),
             Disposition::Ack,
         ))
+    }
+
+    /// An export bucket made earlier (or by an earlier version) gets the
+    /// configured size limit and expiry.
+    async fn bucket_limits(&self, bucket: &str, max_bytes: i64, keep: Duration) -> Result<()> {
+        let name = format!("OBJ_{bucket}");
+        let mut stream = self.js.get_stream(&name).await.map_err(|e| anyhow!("stream {name}: {e}"))?;
+        let mut config = stream.info().await.map_err(|e| anyhow!("stream {name}: {e}"))?.config.clone();
+        if config.max_bytes != max_bytes || config.max_age != keep {
+            (config.max_bytes, config.max_age) = (max_bytes, keep);
+            self.js.update_stream(&config).await.map_err(|e| {
+                anyhow!("cannot give the export bucket {bucket} its limits (nats.export_bucket_mib, export_keep): {e}")
+            })?;
+        }
+        Ok(())
     }
 
     /// Proposal events and, after each, the signed checkpoint, to the
@@ -865,6 +894,35 @@ fn remove_partial_exports(dir: &std::path::Path) {
     }
 }
 
+/// Purge the chunks in `bucket` that no object names (left by a put
+/// that failed part-way; exports are made one at a time, so none is
+/// being written now). Returns how many subjects were purged.
+async fn purge_orphan_chunks(
+    js: &jetstream::Context,
+    store: &jetstream::object_store::ObjectStore,
+    bucket: &str,
+) -> Result<usize> {
+    let mut named = HashSet::new();
+    let mut list = store.list().await.map_err(|e| anyhow!("{e}"))?;
+    while let Some(o) = list.next().await {
+        named.insert(o.map_err(|e| anyhow!("{e}"))?.nuid);
+    }
+    let name = format!("OBJ_{bucket}");
+    let stream = js.get_stream(&name).await.map_err(|e| anyhow!("stream {name}: {e}"))?;
+    let mut subjects = stream.info_with_subjects(format!("$O.{bucket}.C.>")).await.map_err(|e| anyhow!("{e}"))?;
+    let mut orphans = Vec::new();
+    while let Some(s) = subjects.next().await {
+        let (subject, _) = s.map_err(|e| anyhow!("{e}"))?;
+        if subject.rsplit('.').next().is_some_and(|nuid| !named.contains(nuid)) {
+            orphans.push(subject);
+        }
+    }
+    for subject in &orphans {
+        stream.purge().filter(subject.as_str()).await.map_err(|e| anyhow!("purge {subject}: {e}"))?;
+    }
+    Ok(orphans.len())
+}
+
 /// How long a message waits before it is delivered again, after its
 /// `delivered`th delivery was not finished: 1 s, 2 s, 4 s, … at most 60 s.
 fn retry_pause(delivered: i64) -> Duration {
@@ -888,6 +946,53 @@ pub fn run_id_for(source: &str, seq: u64, published_ms: i128, attempt: u32) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chunks_of_an_export_that_did_not_fit_are_purged_and_the_bucket_takes_the_next() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: apt-get install nats-server (the README's test command does)");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = rt.block_on(async {
+            let client = loop {
+                match async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
+                    Ok(c) => break c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            };
+            let js = jetstream::new(client);
+            let store = js
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: "exports".into(),
+                    max_bytes: 400 << 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let bytes = |n: usize| vec![7u8; n];
+            store.put("first", &mut bytes(100 << 10).as_slice()).await.unwrap();
+            // Too large for what is left: fails part-way, its chunks left behind.
+            assert!(store.put("too-large", &mut bytes(600 << 10).as_slice()).await.is_err());
+            let purged = purge_orphan_chunks(&js, &store, "exports").await.unwrap();
+            assert_eq!(purged, 1, "the failed object's chunks are one subject");
+            // Room again, and the first export untouched.
+            store.put("second", &mut bytes(250 << 10).as_slice()).await.unwrap();
+            let mut first = Vec::new();
+            store.get("first").await.unwrap().read_to_end(&mut first).await.unwrap();
+            assert_eq!(first.len(), 100 << 10);
+            assert_eq!(purge_orphan_chunks(&js, &store, "exports").await.unwrap(), 0, "nothing else is purged");
+        });
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    }
 
     #[test]
     fn a_message_the_runner_fails_on_comes_back_ever_later_and_at_last_is_answered() {
