@@ -952,15 +952,25 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = std::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is not installed: apt-get install nats-server (the README's test command does)");
+        // (Stopped however the test ends.)
+        struct Server(std::process::Child);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _server = Server(
+            std::process::Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server is not installed: apt-get install nats-server (the README's test command does)"),
+        );
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let result = rt.block_on(async {
+        rt.block_on(async {
             let client = loop {
                 match async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
                     Ok(c) => break c,
@@ -989,9 +999,6 @@ mod tests {
             assert_eq!(first.len(), 100 << 10);
             assert_eq!(purge_orphan_chunks(&js, &store, "exports").await.unwrap(), 0, "nothing else is purged");
         });
-        let _ = server.kill();
-        let _ = server.wait();
-        result
     }
 
     #[test]
