@@ -431,12 +431,25 @@ fn forged_and_replayed_answers_are_refused_and_the_runners_own_answer_is_waited_
         nc.flush().await.unwrap();
         let forger = {
             let nc = nc.clone();
+            let js = jetstream::new(nc.clone());
             tokio::spawn(async move {
                 while let Some(m) = requests.next().await {
                     let id = m.headers.as_ref().unwrap().get(async_nats::header::NATS_MESSAGE_ID).unwrap().to_string();
                     let subject = format!("edge.r1.out.answer.{id}");
                     let forged = br#"{"state":"completed","forged":true}"#.to_vec();
-                    nc.publish(subject.clone(), forged.into()).await.unwrap();
+                    nc.publish(subject.clone(), forged.clone().into()).await.unwrap();
+                    // With the headers the runner's answer would carry: the
+                    // request it answers (the stream, when it was made, the
+                    // sequence the request just got) and a signature that
+                    // is not the runner's.
+                    let mut stream = js.get_stream("edge_r1_in").await.unwrap();
+                    let info = stream.info().await.unwrap();
+                    let answers =
+                        format!("edge_r1_in@{}:{}", info.created.unix_timestamp_nanos(), info.state.last_sequence);
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Edge-Runner-Answers", answers.as_str());
+                    h.insert("Edge-Runner-Signature", format!("ed25519={}", "A".repeat(86) + "==").as_str());
+                    nc.publish_with_headers(subject.clone(), h, forged.into()).await.unwrap();
                     let h = genuine.headers.clone().unwrap();
                     nc.publish_with_headers(subject, h, genuine.payload.clone()).await.unwrap();
                     nc.flush().await.unwrap();

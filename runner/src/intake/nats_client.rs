@@ -63,7 +63,9 @@ type Waiting = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String,
 /// messages never take a place in the channel, so no flood of them can
 /// push the runner's answer out.
 struct Waiter {
-    tx: tokio::sync::mpsc::Sender<async_nats::Message>,
+    /// The runner's messages, each with the request it says it answers
+    /// (which its signature covers).
+    tx: tokio::sync::mpsc::Sender<(async_nats::Message, String)>,
     refused: Option<outbound::OutboundError>,
 }
 
@@ -186,10 +188,11 @@ impl NatsClient {
                         signature.as_deref(),
                         &m.payload,
                     );
+                    let claimed = claimed.unwrap_or(outbound::NO_REQUEST).to_owned();
                     if let Some(w) = lock().get_mut(id) {
                         match verdict {
                             Ok(()) => {
-                                let _ = w.tx.try_send(m);
+                                let _ = w.tx.try_send((m, claimed));
                             }
                             Err(e) => w.refused = Some(e),
                         }
@@ -327,7 +330,7 @@ impl NatsClient {
     }
 
     /// Take every message on request `id`'s answer subject from now on.
-    fn await_answers(&self, id: &str) -> tokio::sync::mpsc::Receiver<async_nats::Message> {
+    fn await_answers(&self, id: &str) -> tokio::sync::mpsc::Receiver<(async_nats::Message, String)> {
         let (tx, rx) = tokio::sync::mpsc::channel(ANSWERS_HELD);
         self.waiting
             .lock()
@@ -340,7 +343,7 @@ impl NatsClient {
     /// anything else on the subject is refused and waited past.
     async fn verified_answer(
         &self,
-        mut answers: tokio::sync::mpsc::Receiver<async_nats::Message>,
+        mut answers: tokio::sync::mpsc::Receiver<(async_nats::Message, String)>,
         id: &str,
         request: &str,
         deadline: tokio::time::Instant,
@@ -348,11 +351,16 @@ impl NatsClient {
         let mut refused = None;
         let got = tokio::time::timeout_at(deadline, async {
             loop {
-                let m = answers.recv().await.context("the answer subscription ended")?;
-                match self.check(&m.subject, request, m.headers.as_ref(), &m.payload) {
-                    Ok(()) => return anyhow::Ok(m.payload),
-                    Err(e) => refused = Some(e),
+                // (Signed by the runner: the dispatcher checked.) This
+                // request's answer, or the runner's answer to another one.
+                let (m, claimed) = answers.recv().await.context("the answer subscription ended")?;
+                if claimed == request {
+                    return anyhow::Ok(m.payload);
                 }
+                refused = Some(outbound::OutboundError::OtherRequest {
+                    expected: request.to_owned(),
+                    found: edge_core::text::line(&claimed).into_owned(),
+                });
             }
         })
         .await;
