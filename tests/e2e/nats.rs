@@ -471,22 +471,19 @@ fn forged_and_replayed_answers_are_refused_and_the_runners_own_answer_is_waited_
     });
 }
 
-#[test]
-fn streams_and_consumers_made_beforehand_with_unsafe_settings_are_refused_not_used() {
+/// Runner `r1`'s inbound stream made (again) by the NATS operator, with
+/// `storage`, and a consumer that gives up on a message after one delivery.
+fn made_beforehand(nats: &Nats, storage: async_nats::jetstream::stream::StorageType) {
     use async_nats::jetstream::{consumer, stream};
-    let nats = Nats::start();
-    let env = nats_env("r1", &nats);
-    // The hub's operator made them beforehand: the stream keeps requests
-    // in memory only, and the consumer gives up on a message after one
-    // delivery (a runner killed mid-run would lose it).
     rt().block_on(async {
         let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let _ = js.delete_stream("edge_r1_in").await;
         let s = js
             .create_stream(stream::Config {
                 name: "edge_r1_in".into(),
                 subjects: vec!["edge.r1.in.>".into()],
                 retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::Memory,
+                storage,
                 ..Default::default()
             })
             .await
@@ -495,11 +492,23 @@ fn streams_and_consumers_made_beforehand_with_unsafe_settings_are_refused_not_us
             durable_name: Some("runner".into()),
             ack_policy: consumer::AckPolicy::Explicit,
             max_deliver: 1,
+            ack_wait: Duration::from_secs(30),
             ..Default::default()
         })
         .await
         .unwrap();
     });
+}
+
+#[test]
+fn streams_and_consumers_made_beforehand_with_unsafe_settings_are_refused_not_used() {
+    use async_nats::jetstream::stream;
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    // The hub's operator made them beforehand: the stream keeps requests
+    // in memory only, and the consumer gives up on a message after one
+    // delivery (a runner killed mid-run would lose it).
+    made_beforehand(&nats, stream::StorageType::Memory);
     let runner = Runner::start(&env);
     // Not ready, and /readyz says why and what to do.
     let not_ready_for = |what: &str| {
@@ -517,29 +526,7 @@ fn streams_and_consumers_made_beforehand_with_unsafe_settings_are_refused_not_us
     not_ready_for("the stream edge_r1_in cannot be used as it is: storage is memory");
     // The stream mended (file storage cannot be edited in: made again):
     // the consumer is next.
-    rt().block_on(async {
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        js.delete_stream("edge_r1_in").await.unwrap();
-        let s = js
-            .create_stream(stream::Config {
-                name: "edge_r1_in".into(),
-                subjects: vec!["edge.r1.in.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        s.create_consumer(consumer::pull::Config {
-            durable_name: Some("runner".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_deliver: 1,
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    });
+    made_beforehand(&nats, stream::StorageType::File);
     not_ready_for("the consumer runner on edge_r1_in cannot be used as it is: max_deliver is 1");
     // Deleted: the runner makes it as it needs it, and takes work.
     rt().block_on(async {

@@ -821,13 +821,18 @@ fn inbound_problems(c: &stream::Config, s: &NatsSettings) -> Vec<String> {
     {
         p.push("limits with discard old: a full stream would drop requests not yet taken".to_owned());
     }
+    publishable(c, "a publisher would not know its request was stored", &mut p);
+    p
+}
+
+/// A stream's `no_ack` (with what it would cost), sealed or mirror settings.
+fn publishable(c: &stream::Config, no_ack_costs: &str, p: &mut Vec<String>) {
     if c.no_ack {
-        p.push("no_ack is set: a publisher would not know its request was stored".to_owned());
+        p.push(format!("no_ack is set: {no_ack_costs}"));
     }
     if c.sealed || c.mirror.is_some() {
         p.push("it is sealed or a mirror: nothing can be published to it".to_owned());
     }
-    p
 }
 
 /// What in the outbound stream's settings could keep answers from being
@@ -837,12 +842,7 @@ fn outbound_problems(c: &stream::Config, s: &NatsSettings) -> Vec<String> {
     if !c.subjects.iter().any(|x| *x == s.outbound(">")) {
         p.push(format!("its subjects {:?} do not include {}", c.subjects, s.outbound(">")));
     }
-    if c.no_ack {
-        p.push("no_ack is set: the runner could not know an answer was stored before acknowledging".to_owned());
-    }
-    if c.sealed || c.mirror.is_some() {
-        p.push("it is sealed or a mirror: nothing can be published to it".to_owned());
-    }
+    publishable(c, "the runner could not know an answer was stored before acknowledging", &mut p);
     p
 }
 
