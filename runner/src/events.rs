@@ -110,6 +110,42 @@ pub struct ProposalEvent {
 /// The event a durable record makes, if it changed where its proposal is
 /// (`folded` is what `ProposalIndex::push` returned for it; `view` the
 /// proposal after it).
+/// A proposal's state now, told again as the event that last set it (for
+/// a subscriber that missed events): None for a state no event announces
+/// (a proposal still being submitted or run). `seq` is its latest record,
+/// `at` when this was said.
+pub fn restate(view: &ProposalView, at: String) -> Option<ProposalEvent> {
+    let kind = match view.state {
+        State::AwaitingApproval => EventKind::AwaitingApproval,
+        State::Approved => EventKind::Approved,
+        State::Rejected => EventKind::Vetoed,
+        State::Expired => EventKind::Expired,
+        State::Committed => EventKind::Committed,
+        State::RolledBack => EventKind::RolledBack,
+        State::Refused => EventKind::Refused,
+        State::Failed => EventKind::Failed,
+        _ => return None,
+    };
+    Some(ProposalEvent {
+        kind,
+        proposal: view.id.clone(),
+        state: view.state,
+        tier: view.tier,
+        capsule: capsule_name(view),
+        approvals_required: view.approvals_required,
+        at,
+        seq: view.records.last().copied().unwrap_or(0),
+    })
+}
+
+/// `name@version`, neutralised (a capsule name has no `@`: `[A-Za-z0-9._-]`).
+fn capsule_name(view: &ProposalView) -> Option<CapsuleName> {
+    view.name.as_deref().and_then(|n| n.split_once('@')).map(|(name, version)| CapsuleName {
+        name: text::line(name).into_owned(),
+        version: text::line(version).into_owned(),
+    })
+}
+
 pub fn derive(r: &Record, folded: &Folded, view: &ProposalView) -> Option<ProposalEvent> {
     let after = view.state;
     let kind = match (&r.event, after) {
@@ -129,17 +165,12 @@ pub fn derive(r: &Record, folded: &Folded, view: &ProposalView) -> Option<Propos
         (_, State::Failed) => EventKind::Failed,
         _ => return None,
     };
-    // `name@version`: a capsule name has no `@` (`[A-Za-z0-9._-]`).
-    let capsule = view.name.as_deref().and_then(|n| n.split_once('@')).map(|(name, version)| CapsuleName {
-        name: text::line(name).into_owned(),
-        version: text::line(version).into_owned(),
-    });
     Some(ProposalEvent {
         kind,
         proposal: view.id.clone(),
         state: after,
         tier: view.tier,
-        capsule,
+        capsule: capsule_name(view),
         approvals_required: view.approvals_required,
         at: r.time.clone(),
         seq: r.seq,
@@ -263,6 +294,26 @@ mod tests {
             run,
             Event::Resumed { proposal: "p-1".into(), document: d, plan: d, preview: None, contents: vec![] },
         )
+    }
+
+    #[test]
+    fn a_missed_state_is_told_again_as_the_event_that_set_it() {
+        let mut ix = ProposalIndex::default();
+        for r in waiting("r-1") {
+            ix.push(&r);
+        }
+        let view = ix.get("p-1").unwrap().clone();
+        let told = restate(&view, "2026-12-03T00:01:00Z".into()).unwrap();
+        assert_eq!((told.kind, told.state, told.seq), (EventKind::AwaitingApproval, State::AwaitingApproval, 2));
+        assert_eq!(told.approvals_required, view.approvals_required);
+        assert_eq!(told.capsule.as_ref().map(|c| (c.name.as_str(), c.version.as_str())), Some(("drift", "1.0")));
+        // What no event announces is not told.
+        let mut running = view.clone();
+        running.state = State::Applying;
+        assert!(restate(&running, String::new()).is_none());
+        let mut vetoed = view;
+        vetoed.state = State::Rejected;
+        assert_eq!(restate(&vetoed, String::new()).map(|e| e.kind), Some(EventKind::Vetoed));
     }
 
     #[test]

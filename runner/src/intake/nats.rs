@@ -712,6 +712,39 @@ impl Intake {
         ))
     }
 
+    /// After missed events: the state now of every proposal that waits,
+    /// and of those last published as waiting, on `out.state.<id>` (the
+    /// `events` subject keeps only what happened as it happened). Returns
+    /// the proposals that wait now.
+    async fn restate(&self, last_waiting: HashSet<String>) -> HashSet<String> {
+        let query = crate::store::fold::Query {
+            state: Some(edge_core::lifecycle::State::AwaitingApproval),
+            limit: 10_000,
+            ..Default::default()
+        };
+        let now = match self.runs.list(&query) {
+            Ok((views, _)) => views,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot list waiting proposals to publish their states again");
+                return last_waiting;
+            }
+        };
+        let waiting: HashSet<String> = now.iter().map(|v| v.id.clone()).collect();
+        let moved_on = last_waiting.difference(&waiting).filter_map(|id| self.runs.show(id));
+        let at = jiff::Timestamp::now().to_string();
+        for view in now.iter().cloned().chain(moved_on) {
+            let Some(event) = crate::events::restate(&view, at.clone()) else { continue };
+            if !crate::config::nats::is_token(&event.proposal) {
+                continue;
+            }
+            let body = serde_json::to_vec(&event).unwrap_or_default();
+            if let Err(e) = self.publish(&format!("state.{}", event.proposal), outbound::NO_REQUEST, body).await {
+                tracing::warn!(error = %format!("{e:#}"), proposal = %event.proposal, "cannot publish a proposal's state again");
+            }
+        }
+        waiting
+    }
+
     /// An export bucket made earlier (or by an earlier version) gets the
     /// configured size limit and expiry.
     async fn bucket_limits(&self, bucket: &str, max_bytes: i64, keep: Duration) -> Result<()> {
@@ -733,15 +766,27 @@ impl Intake {
     /// log holds every one of them.
     async fn publish_events(self: Arc<Self>) {
         let mut events = self.runs.proposal_events();
+        // Proposals last published as waiting: what a missed event could
+        // have left stale on `out.state.<id>`.
+        let mut waiting: HashSet<String> = HashSet::new();
         loop {
             let event = match events.recv().await {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "NATS event publisher fell behind");
+                    tracing::warn!(
+                        missed = n,
+                        "NATS event publisher fell behind; publishing waiting proposals' states again"
+                    );
+                    waiting = self.restate(waiting).await;
                     continue;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            if event.state == edge_core::lifecycle::State::AwaitingApproval {
+                waiting.insert(event.proposal.clone());
+            } else {
+                waiting.remove(&event.proposal);
+            }
             let body = serde_json::to_vec(&event).unwrap_or_default();
             // On the events subject, and as the proposal's latest state
             // (`out.state.<id>`, what `approve --nats` checks). In order (one
