@@ -89,8 +89,8 @@ pub enum OutboundError {
 /// pinned, and what it must answer (`NO_REQUEST` for what answers none).
 ///
 /// # Errors
-/// The first check that failed: unsigned, malformed, another request's
-/// answer, or a signature that does not verify.
+/// The first check that failed: unsigned, malformed, a signature that does
+/// not verify, or another request's answer.
 pub fn verify(
     key: &NoteVerifier,
     subject: &str,
@@ -99,18 +99,40 @@ pub fn verify(
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<(), OutboundError> {
+    answering(signed_answers(key, subject, answers, signature, body)?, expected_answers)
+}
+
+/// The request a message says it answers (`NO_REQUEST` when none), once
+/// its signature is checked over that claim: an unsigned header is never
+/// compared, nor repeated in an error.
+///
+/// # Errors
+/// Unsigned, malformed, or a signature that does not verify.
+pub fn signed_answers<'a>(
+    key: &NoteVerifier,
+    subject: &str,
+    answers: Option<&'a str>,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Result<&'a str, OutboundError> {
     let signature = signature.ok_or(OutboundError::Unsigned)?;
     let raw = signature
         .strip_prefix(SIGNATURE_PREFIX)
         .and_then(|b| B64.decode(b).ok())
         .ok_or(OutboundError::SignatureFormat)?;
     let sig = ed25519_dalek::Signature::from_slice(&raw).map_err(|_| OutboundError::SignatureFormat)?;
-    // The signature first, over what the header claims: an unsigned header
-    // is never compared, nor repeated in an error.
     let found = answers.unwrap_or(NO_REQUEST);
     key.verify_strict(&signing_input(subject, found, body), &sig).map_err(|_| OutboundError::BadSignature)?;
+    Ok(found)
+}
+
+/// `Ok` when a signed message's claim ([`signed_answers`]) is the request
+/// expected; else the runner's genuine answer to another request.
+///
+/// # Errors
+/// [`OutboundError::OtherRequest`].
+pub fn answering(found: &str, expected_answers: &str) -> Result<(), OutboundError> {
     if found != expected_answers {
-        // The runner's genuine answer, to another request.
         return Err(OutboundError::OtherRequest {
             expected: expected_answers.to_owned(),
             found: crate::text::line(found).into_owned(),

@@ -241,12 +241,17 @@ pub fn submit(a: &SubmitArgs, out: &mut dyn Write) -> Result<Exit> {
     } else {
         print_submission(&v, out)?;
     }
-    Ok(match v["state"].as_str() {
+    Ok(exit_of(v["state"].as_str()))
+}
+
+/// The exit code for a run's state: 0 when it committed or completed.
+fn exit_of(state: Option<&str>) -> Exit {
+    match state {
         Some("committed" | "completed") => Exit::Ok,
         Some("awaiting-approval") => Exit::Awaiting,
         Some("rolled-back") => Exit::RolledBack,
         _ => Exit::Refused,
-    })
+    }
 }
 
 /// `edge-runner answer REQUEST --nats …`: the runner's answer to an
@@ -271,11 +276,8 @@ pub fn answer(a: &AnswerArgs, out: &mut dyn Write) -> Result<Exit> {
     let state = v["run"]["state"].as_str().or_else(|| v["state"].as_str());
     Ok(match state {
         _ if v.get("refused").is_some() => Exit::Refused,
-        Some("committed" | "completed") => Exit::Ok,
-        Some("awaiting-approval") => Exit::Awaiting,
-        Some("rolled-back") => Exit::RolledBack,
         None if v.get("status").is_some() => Exit::Ok,
-        _ => Exit::Refused,
+        state => exit_of(state),
     })
 }
 

@@ -249,7 +249,7 @@ impl Intake {
     /// messages are known (the inbound stream and its creation time).
     async fn set_up(&self) -> Result<(String, consumer::pull::Stream)> {
         let (inbound, outbound, _) = self.settings.streams();
-        let mut stream_in = self
+        let stream_in = self
             .js
             .get_or_create_stream(stream::Config {
                 name: inbound.clone(),
@@ -289,25 +289,15 @@ impl Intake {
             })?;
         }
         usable(&format!("the stream {outbound}"), outbound_problems(&config, &self.settings))?;
-        let info = stream_in.info().await.context("stream info")?;
+        let (info, raw) = self.info::<stream::Info>(&format!("STREAM.INFO.{inbound}"), "the stream").await?;
         let mut problems = inbound_problems(&info.config, &self.settings);
-        let raw: serde_json::Value = self
-            .js
-            .request(format!("STREAM.INFO.{inbound}"), &serde_json::json!({}))
-            .await
-            .map_err(|e| anyhow!("stream info: {e}"))?;
-        anyhow::ensure!(
-            raw["config"]["name"] == inbound.as_str(),
-            "cannot read the settings of the stream {inbound}: {}",
-            edge_core::text::line(&raw["error"].to_string())
-        );
         if raw["config"]["persist_mode"].as_str().is_some_and(|m| m != "default") {
             problems.push("persist_mode is async: a broker crash could lose requests it confirmed".to_owned());
         }
         usable(&format!("the stream {inbound}"), problems)?;
         let created = info.created.unix_timestamp_nanos();
         let source = format!("{inbound}@{created}");
-        let mut consumer: consumer::PullConsumer = stream_in
+        let consumer: consumer::PullConsumer = stream_in
             .get_or_create_consumer(
                 CONSUMER,
                 consumer::pull::Config {
@@ -320,20 +310,9 @@ impl Intake {
             )
             .await
             .with_context(|| format!("cannot make or find the consumer {CONSUMER} on {inbound}"))?;
-        let info = consumer.info().await.context("consumer info")?;
+        let (info, raw) =
+            self.info::<consumer::Info>(&format!("CONSUMER.INFO.{inbound}.{CONSUMER}"), "the consumer").await?;
         let mut problems = consumer_problems(&info.config, &self.settings);
-        // What this client's types do not carry (newer servers' settings),
-        // from the server's own JSON.
-        let raw: serde_json::Value = self
-            .js
-            .request(format!("CONSUMER.INFO.{inbound}.{CONSUMER}"), &serde_json::json!({}))
-            .await
-            .map_err(|e| anyhow!("consumer info: {e}"))?;
-        anyhow::ensure!(
-            raw["config"]["durable_name"] == CONSUMER,
-            "cannot read the settings of the consumer {CONSUMER} on {inbound}: {}",
-            edge_core::text::line(&raw["error"].to_string())
-        );
         let inbound_all = self.settings.inbound(">");
         match raw["config"]["filter_subjects"].as_array() {
             Some(f) if !f.is_empty() && !f.iter().any(|x| x.as_str() == Some(inbound_all.as_str())) => {
@@ -344,6 +323,19 @@ impl Intake {
         usable(&format!("the consumer {CONSUMER} on {inbound}"), problems)?;
         let messages = consumer.messages().await.context("cannot start pulling")?;
         Ok((source, messages))
+    }
+
+    /// A stream's or consumer's info (`api`: `STREAM.INFO.…`,
+    /// `CONSUMER.INFO.…`), as this client's types read it and as the
+    /// server's own JSON, which also holds what the types do not carry
+    /// (newer servers' settings): one request for both.
+    async fn info<T: serde::de::DeserializeOwned>(&self, api: &str, what: &str) -> Result<(T, serde_json::Value)> {
+        let raw: serde_json::Value =
+            self.js.request(api.to_owned(), &serde_json::json!({})).await.map_err(|e| anyhow!("{api}: {e}"))?;
+        let info = serde_json::from_value(raw.clone()).map_err(|e| {
+            anyhow!("cannot read the settings of {what} ({e}): {}", edge_core::text::line(&raw["error"].to_string()))
+        })?;
+        Ok((info, raw))
     }
 
     /// Process one message to its disposition, telling the server it is
@@ -361,21 +353,16 @@ impl Intake {
         // publisher's message id (one subject token), else the stream
         // sequence; under the token the publisher named, if any, so that
         // the NATS operator can let each client read only its own answers.
-        let header = |name: &str| {
-            m.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-                .filter(|v| crate::config::nats::is_token(v))
-        };
-        let reply_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).unwrap_or_else(|| format!("seq-{seq}"));
-        let reply = m.headers.as_ref().and_then(|h| h.get(outbound::HEADER_REPLY)).map(|v| v.as_str().to_owned());
-        let reply_to = match (&reply, header(outbound::HEADER_REPLY)) {
-            (_, Some(token)) => format!("answer.{token}.{reply_id}"),
-            (None, None) => format!("answer.{reply_id}"),
+        let header = |name: &str| m.headers.as_ref().and_then(|h| h.get(name)).map(async_nats::HeaderValue::as_str);
+        let reply_id = header(async_nats::header::NATS_MESSAGE_ID.as_ref())
+            .filter(|id| crate::config::nats::is_token(id))
+            .map_or_else(|| format!("seq-{seq}"), str::to_owned);
+        let reply_to = match header(outbound::HEADER_REPLY) {
+            None => format!("answer.{reply_id}"),
+            Some(token) if crate::config::nats::is_token(token) => format!("answer.{token}.{reply_id}"),
             // A reply token that is not one subject token: terminated, not
             // answered where every client reads (it asked for privacy).
-            (Some(bad), None) => {
+            Some(bad) => {
                 tracing::info!(seq, reply = %edge_core::text::line(bad), "a NATS request with a malformed reply token; terminated");
                 let _ = m.ack_with(AckKind::Term).await;
                 self.runs.metrics_intake(INTAKE, "terminated");

@@ -176,22 +176,11 @@ impl NatsClient {
                     }
                     // Signed by the runner for this subject, whichever
                     // request it answers (the request checks that).
-                    let header = |n: &str| m.headers.as_ref().and_then(|h| h.get(n)).map(|v| v.as_str().to_owned());
-                    let claimed = header(outbound::HEADER_ANSWERS);
-                    let claimed = claimed.as_deref();
-                    let signature = header(outbound::HEADER_SIGNATURE);
-                    let verdict = outbound::verify(
-                        &key,
-                        m.subject.as_str(),
-                        claimed.unwrap_or(outbound::NO_REQUEST),
-                        claimed,
-                        signature.as_deref(),
-                        &m.payload,
-                    );
-                    let claimed = claimed.unwrap_or(outbound::NO_REQUEST).to_owned();
+                    let verdict =
+                        signed_answers(&key, m.subject.as_str(), m.headers.as_ref(), &m.payload).map(str::to_owned);
                     if let Some(w) = lock().get_mut(id) {
                         match verdict {
-                            Ok(()) => {
+                            Ok(claimed) => {
                                 let _ = w.tx.try_send((m, claimed));
                             }
                             Err(e) => w.refused = Some(e),
@@ -354,13 +343,10 @@ impl NatsClient {
                 // (Signed by the runner: the dispatcher checked.) This
                 // request's answer, or the runner's answer to another one.
                 let (m, claimed) = answers.recv().await.context("the answer subscription ended")?;
-                if claimed == request {
-                    return anyhow::Ok(m.payload);
+                match outbound::answering(&claimed, request) {
+                    Ok(()) => return anyhow::Ok(m.payload),
+                    Err(e) => refused = Some(e),
                 }
-                refused = Some(outbound::OutboundError::OtherRequest {
-                    expected: request.to_owned(),
-                    found: edge_core::text::line(&claimed).into_owned(),
-                });
             }
         })
         .await;
@@ -400,15 +386,7 @@ impl NatsClient {
         headers: Option<&async_nats::HeaderMap>,
         body: &[u8],
     ) -> Result<(), outbound::OutboundError> {
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(async_nats::HeaderValue::as_str);
-        outbound::verify(
-            &self.key,
-            subject.as_str(),
-            request,
-            header(outbound::HEADER_ANSWERS),
-            header(outbound::HEADER_SIGNATURE),
-            body,
-        )
+        outbound::answering(signed_answers(&self.key, subject.as_str(), headers, body)?, request)
     }
 
     /// Check a proposal event from [`NatsClient::events`] or
@@ -568,6 +546,18 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(self.1);
     }
+}
+
+/// What a message on `subject` says it answers, once its signature by the
+/// runner's `key` is checked (`edge_core::outbound`).
+fn signed_answers<'m>(
+    key: &NoteVerifier,
+    subject: &str,
+    headers: Option<&'m async_nats::HeaderMap>,
+    body: &[u8],
+) -> Result<&'m str, outbound::OutboundError> {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(async_nats::HeaderValue::as_str);
+    outbound::signed_answers(key, subject, header(outbound::HEADER_ANSWERS), header(outbound::HEADER_SIGNATURE), body)
 }
 
 /// A request's handle, `<id>@<stream>@<created>:<sequence>`, as (id,
