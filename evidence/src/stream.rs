@@ -11,11 +11,15 @@
 //! last part, is reached. For a full verification it also notes where each
 //! artifact's line is ([`Index`]), not its bytes.
 //!
-//! [`records`] is the second pass of a full verification: the records are
-//! read again, parsed on all cores and handed in log order to the per-run
-//! checks, which read the artifacts they need by position. The records read
-//! the second time must be those the first pass verified: each line's digest
-//! is folded into one commitment in both passes, and they must agree.
+//! A full verification ([`skim`], then [`full`]) reads each record once.
+//! The per-run checks need the artifacts, which come after the records, so
+//! a quick first pass only splits the records into lines and checks and
+//! indexes the artifacts and reads the checkpoint's text; the pass over the
+//! records then checks each for integrity and parses it, checks it
+//! canonical and hands it to the per-run checks, in log order. Any
+//! integrity failure is reported before any failure of a later check, as
+//! though integrity had been verified first. The per-run checks read the
+//! artifacts they need by position, hashing them again.
 //!
 //! What is held at once is three batches of records (one hashed, one read,
 //! one folded) or one batch of artifacts, each as large as its longest
@@ -30,7 +34,6 @@ use edge_core::note::{Checkpoint, NoteVerifier};
 use edge_core::rotation::KeyHistory;
 use rayon::prelude::*;
 use serde::Deserialize;
-use sha2::Digest as _;
 
 use crate::Failure;
 use crate::bundle::{self, Header, MAGIC, Scope};
@@ -41,8 +44,9 @@ use crate::verify::{Step, check_key_in_force, explain_untrusted, open_checkpoint
 pub const MAX_LINE: usize = 256 << 20;
 /// Bytes of lines checked together.
 const BATCH_BYTES: usize = 8 << 20;
-/// Lines checked together, at most.
-const BATCH_LINES: usize = 16_384;
+/// Lines checked together, at most (a few in unit tests, whose bundles
+/// are small, so that they cross batches).
+const BATCH_LINES: usize = if cfg!(test) { 16 } else { 16_384 };
 /// The checkpoint note at the end, at most.
 const MAX_CHECKPOINT: u64 = 64 << 10;
 
@@ -87,30 +91,14 @@ impl<S: Source + ?Sized> std::io::Read for At<'_, S> {
     }
 }
 
-/// Where the integrity pass found what a full verification reads again.
+/// Where the artifacts are, for a full verification's pass over the records.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    /// The offset of the first record line.
+    /// The offset of the first record line, and of the line after the last.
     pub records_start: u64,
+    pub records_end: u64,
     /// Each artifact's digest, and its line's offset and length, in digest order.
     pub artifacts: Vec<(Sha256Digest, u64, u32)>,
-    /// The records' line digests, folded in order ([`Commitment`]).
-    pub commitment: [u8; 32],
-}
-
-/// SHA-256 over the records' line digests in order: equal in two passes
-/// only when they read the same records.
-#[derive(Default)]
-struct Commitment(sha2::Sha256);
-
-impl Commitment {
-    fn push(&mut self, d: &Sha256Digest) {
-        self.0.update(d.0);
-    }
-
-    fn finish(self) -> [u8; 32] {
-        self.0.finalize().into()
-    }
 }
 
 /// What the integrity pass established.
@@ -157,14 +145,41 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) ->
         run: None,
         detail: format!("not a record: {e}"),
     })?;
-    Ok(Facts {
-        seq: head.seq,
-        prev: head.prev.as_bytes().try_into().ok(),
-        digest: Sha256Digest::of(line),
-        leaf: merkle::leaf_hash(line),
-        key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
-        other_run: only_run.is_some_and(|r| head.run != r),
-    })
+    Ok(Facts::of(line, text, head.seq, head.prev.as_bytes().try_into().ok(), only_run.is_some_and(|r| head.run != r)))
+}
+
+/// Record line `i` for a full verification: its facts, and the record
+/// parsed and checked ([`crate::verify::parse_record`]) or why it is not a
+/// record. The facts of a record that parsed and is canonical are read off
+/// the record (its bytes are exactly what it writes); of any other line, as
+/// the integrity pass reads them ([`facts`]).
+fn facts_and_record(
+    line: &[u8],
+    i: u64,
+    first_seq: Option<u64>,
+    only_run: Option<&str>,
+) -> Result<(Facts, Result<Box<Record>, Failure>), Failure> {
+    let text = utf8(line, &|| format!("record line {i}"))?;
+    match crate::verify::parse_record(text) {
+        Ok(r) => {
+            let other_run = only_run.is_some_and(|run| r.run != run);
+            Ok((Facts::of(line, text, r.seq, Some(r.prev.text()), other_run), Ok(Box::new(r))))
+        }
+        Err(e) => Ok((facts(line, i, first_seq, only_run)?, Err(e))),
+    }
+}
+
+impl Facts {
+    fn of(line: &[u8], text: &str, seq: u64, prev: Option<[u8; 71]>, other_run: bool) -> Self {
+        Facts {
+            seq,
+            prev,
+            digest: Sha256Digest::of(line),
+            leaf: merkle::leaf_hash(line),
+            key: text.contains("\"type\":\"key-rotation\"") || text.contains("\"type\":\"key-event\""),
+            other_run,
+        }
+    }
 }
 
 /// Lines read in batches straight into one buffer: no copy per line.
@@ -363,66 +378,19 @@ where
     Ok(hashing)
 }
 
-/// The integrity pass over `input`; with `index`, also where the records
-/// and each artifact are, for a full verification's second pass.
+/// The integrity pass over `input` (checks 1–5 of [`crate::verify`]).
 /// `progress(step, done, total)` as in [`crate::verify_with_progress`].
 pub(crate) fn pass<R: std::io::Read + Send>(
     input: R,
     keys: &[NoteVerifier],
-    mut index: Option<&mut Index>,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Passed, Failure> {
     let mut lines = Lines::new(input, 0);
-    if lines.next("the magic line")? != MAGIC.as_bytes() {
-        return Err(format_failure(format!(
-            "the first line is not `{MAGIC}`: not an evidence bundle (or another version)"
-        )));
-    }
-    let head = lines.next("the header")?;
-    let header = bundle::header_line(utf8(&head, &|| "the header".into())?)?;
+    let header = header(&mut lines)?;
     let h = &header;
-    if let Some(ix) = index.as_deref_mut() {
-        ix.records_start = lines.base;
-    }
-
-    // Where the records start, and the tree they extend: from the earlier
-    // checkpoint's text (its signature is checked with the others at the end).
-    let mut range = CompactRange::default();
-    let mut unsigned_since = None;
-    let first_seq = match &h.scope {
-        Scope::Full => Some(0),
-        Scope::Since { checkpoint: old, prefix, .. } => {
-            let old = Checkpoint::claimed(old).map_err(|e| Failure::bundle("since.format", e.to_string()))?;
-            unsigned_since = Some(old.clone());
-            let prefix: Vec<Hash> = bundle::decode_hashes(prefix)
-                .map_err(|e| Failure::bundle("since.prefix", e))?
-                .into_iter()
-                .map(|v| v.try_into().expect("32 bytes"))
-                .collect();
-            range = CompactRange::from_hashes(old.size, &prefix).filter(|r| r.root() == old.root).ok_or_else(|| {
-                Failure::bundle("since.prefix", "the earlier tree's subtree hashes do not give its signed root")
-            })?;
-            Some(old.size)
-        }
-        Scope::Run { .. } => None,
-    };
-
-    // 3. Records: sequence, chain, leaves; the key records in order.
-    let only_run = match &h.scope {
-        Scope::Run { run, .. } => Some(run.as_str()),
-        _ => None,
-    };
-    let mut chain = Chain {
-        header: h,
-        first_seq,
-        only_run,
-        range,
-        run_leaves: Vec::new(),
-        prev: None,
-        history: KeyHistory::default(),
-        commitment: index.is_some().then(Commitment::default),
-    };
+    let mut chain = Chain::new(h)?;
     let total = usize::try_from(h.records).unwrap_or(usize::MAX);
+    let (first_seq, only_run) = (chain.first_seq, chain.only_run);
     let mut batch = pipeline(
         &mut lines,
         h.records,
@@ -431,17 +399,127 @@ pub(crate) fn pass<R: std::io::Read + Send>(
         &mut |facts, batch, from| chain.fold(facts, batch, from),
         &mut |done| progress(Step::Chain, usize::try_from(done).unwrap_or(usize::MAX), total),
     )?;
-    let Chain { range, run_leaves, history, commitment, .. } = chain;
-    if let (Some(ix), Some(c)) = (index.as_deref_mut(), commitment) {
-        ix.commitment = c.finish();
-    }
+    artifacts(&mut lines, &mut batch, h, None, progress)?;
+    let note = checkpoint_text(lines)?;
+    Ok(conclude(chain, &note, keys)?.passed(header))
+}
 
-    // 5. Artifacts: canonical digests, strictly increasing, strict base64, each hashing to its digest.
+/// The first, quick pass of a full verification: the header, the records
+/// only split into lines, the artifacts checked and indexed (the per-run
+/// checks read them by position, and they come after the records), and the
+/// checkpoint's text. When it fails, the integrity pass is run instead, for
+/// the failure it finds first (a broken record before a broken artifact).
+pub(crate) fn skim<S: Source + ?Sized>(
+    source: &S,
+    keys: &[NoteVerifier],
+    index: &mut Index,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<Skimmed, Failure> {
+    let skimmed = (|| {
+        let mut lines = Lines::new(At { source, pos: 0 }, 0);
+        let header = header(&mut lines)?;
+        index.records_start = lines.base;
+        let (mut batch, mut done) = (Batch::default(), 0);
+        while done < header.records {
+            let what = |i| format!("record line {i} of {}", header.records);
+            done += lines.fill(&mut batch, done, header.records - done, &what)? as u64;
+        }
+        index.records_end = lines.base;
+        artifacts(&mut lines, &mut batch, &header, Some(index), progress)?;
+        Ok(Skimmed { header, note: checkpoint_text(lines)? })
+    })();
+    skimmed.or_else(|skim_failed: Failure| {
+        pass(At { source, pos: 0 }, keys, progress)?;
+        // The integrity pass read what the skim could not.
+        Err(changed(&format!("the bundle ({})", skim_failed.detail)))
+    })
+}
+
+/// What [`skim`] found.
+pub(crate) struct Skimmed {
+    pub header: Header,
+    note: Vec<u8>,
+}
+
+/// A full verification's pass over the records, after [`skim`]: each is
+/// read once, checked for integrity (UTF-8, position, chain, tree) and
+/// parsed, checked canonical and handed to `sink` in log order on the way.
+///
+/// Every integrity failure is reported before any failure of a later
+/// check, as though integrity had been verified first: the first failure
+/// `sink` or a record's parse reports is kept aside until the records, the
+/// tree and the checkpoint have held, and returned then with what passed
+/// (`Ok((passed, Some(failure)))`); `sink` is not called after it.
+pub(crate) fn full<S, K>(
+    source: &S,
+    skimmed: Skimmed,
+    index: &Index,
+    keys: &[NoteVerifier],
+    sink: &mut K,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<(Passed, Option<Failure>), Failure>
+where
+    S: Source + ?Sized,
+    K: FnMut(Box<Record>) -> Result<(), Failure> + Send,
+{
+    let Skimmed { header, note } = skimmed;
+    let h = &header;
+    let mut lines = Lines::new(At { source, pos: index.records_start }, index.records_start);
+    let mut chain = Chain::new(h)?;
+    let (first_seq, only_run) = (chain.first_seq, chain.only_run);
+    let total = usize::try_from(h.records).unwrap_or(usize::MAX);
+    let mut later: Option<Failure> = None;
+    pipeline(
+        &mut lines,
+        h.records,
+        &|i| format!("record line {i} of {}", h.records),
+        &|line, i| facts_and_record(line, i, first_seq, only_run),
+        &mut |items: Vec<(Facts, Result<Box<Record>, Failure>)>, batch, from| {
+            let (facts, records): (Vec<Facts>, Vec<_>) = items.into_iter().unzip();
+            chain.fold(facts, batch, from)?;
+            for r in records {
+                if later.is_none()
+                    && let Err(f) = r.and_then(&mut *sink)
+                {
+                    later = Some(f);
+                }
+            }
+            Ok(())
+        },
+        &mut |done| progress(Step::Records, usize::try_from(done).unwrap_or(usize::MAX), total),
+    )?;
+    if lines.base != index.records_end {
+        return Err(changed("its records"));
+    }
+    let concluded = conclude(chain, &note, keys)?;
+    progress(Step::Chain, total, total);
+    Ok((concluded.passed(header), later))
+}
+
+/// The magic line and the header.
+fn header<R: std::io::Read>(lines: &mut Lines<R>) -> Result<Header, Failure> {
+    if lines.next("the magic line")? != MAGIC.as_bytes() {
+        return Err(format_failure(format!(
+            "the first line is not `{MAGIC}`: not an evidence bundle (or another version)"
+        )));
+    }
+    let head = lines.next("the header")?;
+    bundle::header_line(utf8(&head, &|| "the header".into())?)
+}
+
+/// The artifact lines, checked: canonical digests, strictly increasing,
+/// strict base64, each hashing to its digest; with `index`, where each is.
+fn artifacts<R: std::io::Read>(
+    lines: &mut Lines<R>,
+    batch: &mut Batch,
+    h: &Header,
+    mut index: Option<&mut Index>,
+    progress: &mut dyn FnMut(Step, usize, usize),
+) -> Result<(), Failure> {
     let mut last: Option<Sha256Digest> = None;
     let mut done: u64 = 0;
     while done < h.artifacts {
-        let n =
-            lines.fill(&mut batch, done, h.artifacts - done, &|i| format!("artifact line {i} of {}", h.artifacts))?;
+        let n = lines.fill(batch, done, h.artifacts - done, &|i| format!("artifact line {i} of {}", h.artifacts))?;
         let checked: Vec<Sha256Digest> = batch
             .lines()
             .enumerate()
@@ -465,11 +543,22 @@ pub(crate) fn pass<R: std::io::Read + Send>(
     let artifacts = usize::try_from(h.artifacts).unwrap_or(usize::MAX);
     progress(Step::Artifacts, artifacts, artifacts);
 
+    Ok(())
+}
+
+/// The rest of the input: the checkpoint note.
+fn checkpoint_text<R: std::io::Read>(lines: Lines<R>) -> Result<Vec<u8>, Failure> {
+    lines
+        .rest(MAX_CHECKPOINT)?
+        .ok_or_else(|| format_failure(format!("the checkpoint is longer than {} KiB", MAX_CHECKPOINT >> 10)))
+}
+
+/// The checkpoint `note` and the keys, then the tree the records folded
+/// into `chain`: what an integrity pass establishes.
+fn conclude(chain: Chain<'_>, note: &[u8], keys: &[NoteVerifier]) -> Result<Concluded, Failure> {
+    let Chain { header: h, range, run_leaves, history, unsigned_since, .. } = chain;
     // 2. The checkpoint, the rest of the file, and the keys.
-    let Some(note) = lines.rest(MAX_CHECKPOINT)? else {
-        return Err(format_failure(format!("the checkpoint is longer than {} KiB", MAX_CHECKPOINT >> 10)));
-    };
-    let note = utf8(&note, &|| "the checkpoint".into())?;
+    let note = utf8(note, &|| "the checkpoint".into())?;
     let accepted = history.follow(keys);
     let (checkpoint, key) =
         open_checkpoint(note, &accepted, &h.origin, "checkpoint").map_err(|f| explain_untrusted(f, note, &history))?;
@@ -560,51 +649,23 @@ pub(crate) fn pass<R: std::io::Read + Send>(
             }
         }
     }
-    let records = h.records;
-    Ok(Passed { header, checkpoint, key, history, since, records })
+    Ok(Concluded { checkpoint, key, history, since })
 }
 
-/// A full verification's second pass: the records again, from where the
-/// integrity pass found them, parsed and checked canonical on all cores and
-/// handed to `sink` in log order. They must be the records the first pass
-/// verified ([`Index::commitment`]).
-pub(crate) fn records<S, K>(
-    source: &S,
-    index: &Index,
-    total: u64,
-    sink: &mut K,
-    progress: &mut dyn FnMut(Step, usize, usize),
-) -> Result<(), Failure>
-where
-    S: Source + ?Sized,
-    K: FnMut(Box<Record>) -> Result<(), Failure> + Send,
-{
-    let mut lines = Lines::new(At { source, pos: index.records_start }, index.records_start);
-    let mut commitment = Commitment::default();
-    let all = usize::try_from(total).unwrap_or(usize::MAX);
-    pipeline(
-        &mut lines,
-        total,
-        &|i| format!("record line {i} of {total}"),
-        &|line, i| {
-            let text = utf8(line, &|| format!("record line {i}"))?;
-            // Boxed: a record is ~700 bytes, moved several times on its way
-            // to the run it belongs to (that copying was a tenth of the time).
-            Ok((Sha256Digest::of(line), crate::verify::parse_record(text).map(Box::new)))
-        },
-        &mut |parsed: Vec<(Sha256Digest, Result<Box<Record>, Failure>)>, _, _| {
-            for (d, r) in parsed {
-                commitment.push(&d);
-                sink(r?)?;
-            }
-            Ok(())
-        },
-        &mut |done| progress(Step::Records, usize::try_from(done).unwrap_or(usize::MAX), all),
-    )?;
-    if commitment.finish() != index.commitment {
-        return Err(changed("its records"));
+/// What [`conclude`] established.
+struct Concluded {
+    checkpoint: Checkpoint,
+    key: String,
+    history: KeyHistory,
+    since: Option<Checkpoint>,
+}
+
+impl Concluded {
+    fn passed(self, header: Header) -> Passed {
+        let Concluded { checkpoint, key, history, since } = self;
+        let records = header.records;
+        Passed { header, checkpoint, key, history, since, records }
     }
-    Ok(())
 }
 
 fn changed(what: &str) -> Failure {
@@ -620,12 +681,22 @@ pub(crate) struct Artifacts<'s> {
     source: &'s (dyn Source + 's),
     index: Vec<(Sha256Digest, u64, u32)>,
     referenced: Vec<std::sync::atomic::AtomicBool>,
+    /// Small artifacts read and hashed already: runs of the same capsule
+    /// share their decision input and plan, and reading, decoding and
+    /// hashing them again for every run was a sixteenth of a full
+    /// verification. What is kept hashed to its digest when read, which is
+    /// all a fresh read would show.
+    recent: edge_core::bounded::BoundedMap<Sha256Digest, std::sync::Arc<Vec<u8>>>,
 }
+
+/// Artifacts kept by [`Artifacts::get`], at most, each at most [`RECENT_BYTES`] long (≤ 32 MiB in all).
+const RECENT: usize = 512;
+const RECENT_BYTES: usize = 64 << 10;
 
 impl<'s> Artifacts<'s> {
     pub fn new(source: &'s (dyn Source + 's), index: Vec<(Sha256Digest, u64, u32)>) -> Self {
         let referenced = index.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-        Self { source, index, referenced }
+        Self { source, index, referenced, recent: edge_core::bounded::BoundedMap::new(RECENT) }
     }
 
     fn find(&self, d: &Sha256Digest) -> Option<usize> {
@@ -650,6 +721,9 @@ impl<'s> Artifacts<'s> {
     /// Artifact `d`'s bytes (None when the bundle does not hold it).
     pub fn get(&self, d: &Sha256Digest) -> Option<Result<Vec<u8>, Failure>> {
         let i = self.find(d)?;
+        if let Some(bytes) = self.recent.get(d) {
+            return Some(Ok(bytes.to_vec()));
+        }
         let (_, offset, len) = self.index[i];
         let mut line = vec![0; len as usize];
         let mut read = 0;
@@ -662,7 +736,12 @@ impl<'s> Artifacts<'s> {
             }
         }
         Some(match artifact(&line, i as u64) {
-            Ok((got, bytes)) if got == *d => Ok(bytes),
+            Ok((got, bytes)) if got == *d => {
+                if bytes.len() <= RECENT_BYTES {
+                    self.recent.insert(*d, std::sync::Arc::new(bytes.clone()));
+                }
+                Ok(bytes)
+            }
             _ => Err(changed(&format!("artifact {d}"))),
         })
     }
@@ -698,18 +777,60 @@ pub fn checkpoint_of(input: impl std::io::Read) -> Result<String, Failure> {
 /// The records' fold, in log order: sequence, chain, leaves, key records.
 struct Chain<'h> {
     header: &'h Header,
+    /// Where the records start in the log (None in a run export).
     first_seq: Option<u64>,
     only_run: Option<&'h str>,
     range: CompactRange,
+    /// A `since` export's earlier checkpoint, as its text claims (its
+    /// signature is checked with the others at the end).
+    unsigned_since: Option<Checkpoint>,
     /// A run export's leaves, for their inclusion proofs.
     run_leaves: Vec<(u64, Hash)>,
     prev: Option<(u64, Sha256Digest)>,
     history: KeyHistory,
-    /// The records' digests, when a second pass will read them again.
-    commitment: Option<Commitment>,
 }
 
-impl Chain<'_> {
+impl<'h> Chain<'h> {
+    /// Where the records of the bundle `h` heads start, and the tree they
+    /// extend: from the earlier checkpoint's text in a `since` export.
+    fn new(h: &'h Header) -> Result<Self, Failure> {
+        let mut range = CompactRange::default();
+        let mut unsigned_since = None;
+        let first_seq = match &h.scope {
+            Scope::Full => Some(0),
+            Scope::Since { checkpoint: old, prefix, .. } => {
+                let old = Checkpoint::claimed(old).map_err(|e| Failure::bundle("since.format", e.to_string()))?;
+                let prefix: Vec<Hash> = bundle::decode_hashes(prefix)
+                    .map_err(|e| Failure::bundle("since.prefix", e))?
+                    .into_iter()
+                    .map(|v| v.try_into().expect("32 bytes"))
+                    .collect();
+                range =
+                    CompactRange::from_hashes(old.size, &prefix).filter(|r| r.root() == old.root).ok_or_else(|| {
+                        Failure::bundle("since.prefix", "the earlier tree's subtree hashes do not give its signed root")
+                    })?;
+                let size = old.size;
+                unsigned_since = Some(old);
+                Some(size)
+            }
+            Scope::Run { .. } => None,
+        };
+        let only_run = match &h.scope {
+            Scope::Run { run, .. } => Some(run.as_str()),
+            _ => None,
+        };
+        Ok(Chain {
+            header: h,
+            first_seq,
+            only_run,
+            range,
+            unsigned_since,
+            run_leaves: Vec::new(),
+            prev: None,
+            history: KeyHistory::default(),
+        })
+    }
+
     /// Fold the facts of record lines `from..` (`lines`, in order).
     fn fold(&mut self, facts: Vec<Facts>, lines: &Batch, from: u64) -> Result<(), Failure> {
         let h = self.header;
@@ -758,9 +879,6 @@ impl Chain<'_> {
                 ));
             }
             self.prev = Some((f.seq, f.digest));
-            if let Some(c) = &mut self.commitment {
-                c.push(&f.digest);
-            }
             match self.only_run {
                 Some(_) => self.run_leaves.push((f.seq, f.leaf)),
                 None => self.range.push(f.leaf),
@@ -828,6 +946,67 @@ mod tests {
             // Counts only: nothing of the bundle is kept.
             assert!(streamed.records.is_empty() && streamed.runs.is_empty() && streamed.artifacts.is_empty());
         }
+    }
+
+    /// A full verification reads the records once, checking integrity and
+    /// everything else together; it must fail as though integrity had been
+    /// verified first: a flip anywhere fails it with the integrity pass's
+    /// check at the same record, never with a later check of a record the
+    /// integrity pass would have refused.
+    #[test]
+    fn a_full_verification_fails_first_as_the_integrity_pass_does() {
+        let s = synth::full_bundle("stream.example/runner", 8);
+        let keys = parse_keys(&s.vkey).unwrap();
+        let n = s.bundle.len();
+        let mut seen = std::collections::BTreeSet::new();
+        // Spread over the file, and every byte of the checkpoint's end.
+        let spread = (0..400).map(|k| (k * n / 400 + (k * 7919) % 97).min(n - 1));
+        for (k, pos) in spread.chain(n - 120..n).enumerate() {
+            let mut bad = s.bundle.clone();
+            bad[pos] ^= [0x01u8, 0x02, 0x04, 0x20, 0x40][k % 5];
+            let integrity = verify_from(&Pieces(&bad), &keys, Level::Integrity).unwrap_err();
+            let full = verify_from(&Pieces(&bad), &keys, Level::Full).unwrap_err();
+            assert_eq!((full.check, full.record), (integrity.check, integrity.record), "flip at {pos}: {full}");
+            seen.insert(full.check);
+        }
+        // Records, artifacts and the checkpoint were all reached.
+        for check in ["record.chain", "artifact.digest", "checkpoint.signature"] {
+            assert!(seen.contains(check), "{seen:?}");
+        }
+
+        // A record that is not canonical, with a record after it that no
+        // longer links to it (integrity), and one whose only fault is past
+        // integrity: the time, re-signed as the runner would not write it.
+        let text = String::from_utf8(s.bundle.clone()).unwrap();
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let mut spaced = lines.clone();
+        let with_space = lines[2 + 3].replacen("{", "{ ", 1);
+        spaced[2 + 3] = &with_space;
+        let bad = spaced.concat();
+        let full = verify_from(&Pieces(bad.as_bytes()), &keys, Level::Full).unwrap_err();
+        assert_eq!((full.check, full.record), ("record.chain", Some(4)), "{full}");
+        // The last record not canonical: its parse fails before the tree
+        // is checked, and the tree's failure is what is reported.
+        let mut last = lines.clone();
+        let spaced_last = lines[1 + s.records].replacen("{", "{ ", 1);
+        last[1 + s.records] = &spaced_last;
+        let bad = last.concat();
+        let full = verify_from(&Pieces(bad.as_bytes()), &keys, Level::Full).unwrap_err();
+        assert_eq!(full.check, "tree.root", "{full}");
+        // A broken record and a broken artifact: the record's failure, as
+        // the integrity pass reads the records first (the skim that found
+        // the artifact is not what answers).
+        let mut both = spaced.clone();
+        let artifact = 2 + s.records;
+        let (digest, b64) = lines[artifact].trim_end().split_once(' ').unwrap();
+        let flipped = format!(
+            "{digest} {}\n",
+            if b64.starts_with('A') { b64.replacen('A', "B", 1) } else { format!("A{}", &b64[1..]) }
+        );
+        both[artifact] = &flipped;
+        let bad = both.concat();
+        let full = verify_from(&Pieces(bad.as_bytes()), &keys, Level::Full).unwrap_err();
+        assert_eq!((full.check, full.record), ("record.chain", Some(4)), "{full}");
     }
 
     #[test]
@@ -914,12 +1093,12 @@ mod tests {
         assert!(kinds.len() >= 10, "{kinds:?}");
     }
 
-    /// A bundle whose bytes change after the integrity pass read them: what
-    /// the second pass reads must be what was verified.
+    /// A bundle whose bytes change once they were read to the end (by the
+    /// skim of a full verification): what is checked must be what is used.
     struct Changing<'a> {
         before: &'a [u8],
         after: &'a [u8],
-        /// Reads of `before`'s last byte so far (the integrity pass reads it once).
+        /// Reads of `before`'s last byte so far (the skim reads it once).
         reads: std::sync::atomic::AtomicUsize,
     }
 
@@ -935,13 +1114,14 @@ mod tests {
     }
 
     #[test]
-    fn records_or_artifacts_swapped_between_the_two_passes_are_refused_as_changed() {
+    fn records_or_artifacts_changed_after_the_skim_are_refused() {
         let a = synth::full_bundle("stream.example/runner", 6);
         let keys = parse_keys(&a.vkey).unwrap();
         let text = String::from_utf8(a.bundle.clone()).unwrap();
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        // A record's time changed (the same length, so every offset holds): the
-        // integrity pass saw the original.
+        // A record's time changed (the same length, so every offset holds)
+        // after the skim split the original into lines: the records are
+        // checked as they are read once, so the change is a broken chain.
         let record = 2 + 3;
         let mut swapped = lines.clone();
         let altered = lines[record].replacen("\"time\":\"2", "\"time\":\"1", 1);
@@ -951,10 +1131,9 @@ mod tests {
         let source = Changing { before: &a.bundle, after: after.as_bytes(), reads: 0.into() };
         assert!(verify_from(&Pieces(after.as_bytes()), &keys, Level::Integrity).is_err(), "the swap is a tamper");
         let e = verify_from(&source, &keys, Level::Full).unwrap_err();
-        assert_eq!(e.check, "bundle.changed", "{e}");
-        assert!(e.detail.contains("its records changed"), "{e}");
+        assert_eq!((e.check, e.record), ("record.chain", Some(4)), "{e}");
 
-        // An artifact's bytes changed after its digest was checked.
+        // An artifact's bytes changed after the skim checked its digest.
         let artifact = 2 + a.records;
         let mut swapped = lines.clone();
         let (digest, b64) = lines[artifact].trim_end().split_once(' ').unwrap();

@@ -228,31 +228,24 @@ pub fn verify_source(
     keep: Keep,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Verified, Failure> {
-    let mut index = (level == Level::Full).then(Index::default);
-    let passed = crate::stream::pass(At { source, pos: 0 }, keys, index.as_mut(), progress)?;
-    let mut v = Verified {
-        level,
-        header: passed.header,
-        checkpoint: passed.checkpoint,
-        key: passed.key,
-        key_changes: passed.history.changes().to_vec(),
-        since: passed.since,
-        records: Vec::new(),
-        record_count: usize::try_from(passed.records).unwrap_or(usize::MAX),
-        artifacts: BTreeMap::new(),
-        runs: Vec::new(),
-        run_count: 0,
-        builds: (Vec::new(), 0),
-    };
-    let Some(mut index) = index else { return Ok(v) };
+    if level == Level::Integrity {
+        let passed = crate::stream::pass(At { source, pos: 0 }, keys, progress)?;
+        return Ok(Verified::new(level, passed));
+    }
+    let mut index = Index::default();
+    let skimmed = crate::stream::skim(source, keys, &mut index, progress)?;
     let dyn_source: &dyn Source = &Dyn(source);
     let artifacts = Artifacts::new(dyn_source, std::mem::take(&mut index.artifacts));
-    let origin = v.header.origin.clone();
+    let origin = skimmed.header.origin.clone();
     // Only a `since` export may begin in the middle of a run; a run
     // export carries every record of its run.
-    let partial_start = matches!(v.header.scope, Scope::Since { .. });
+    let partial_start = matches!(skimmed.header.scope, Scope::Since { .. });
     let mut runs = RunStream::new(&artifacts, &origin, partial_start, keep == Keep::Everything);
-    crate::stream::records(source, &index, passed.records, &mut |r| runs.push(r), progress)?;
+    let (passed, later) = crate::stream::full(source, skimmed, &index, keys, &mut |r| runs.push(r), progress)?;
+    if let Some(failure) = later {
+        return Err(failure);
+    }
+    let mut v = Verified::new(level, passed);
     let checked = runs.finish()?;
     if let Some(d) = artifacts.unreferenced() {
         return Err(Failure::bundle("artifact.unreferenced", format!("artifact {d} is referenced by no record")));
@@ -272,6 +265,26 @@ pub fn verify_source(
         }
     }
     Ok(v)
+}
+
+impl Verified {
+    /// What an integrity pass established; the rest is filled in by a full verification.
+    fn new(level: Level, passed: crate::stream::Passed) -> Self {
+        Verified {
+            level,
+            record_count: usize::try_from(passed.records).unwrap_or(usize::MAX),
+            header: passed.header,
+            checkpoint: passed.checkpoint,
+            key: passed.key,
+            key_changes: passed.history.changes().to_vec(),
+            since: passed.since,
+            records: Vec::new(),
+            artifacts: BTreeMap::new(),
+            runs: Vec::new(),
+            run_count: 0,
+            builds: (Vec::new(), 0),
+        }
+    }
 }
 
 /// A `Source` of any size behind one pointer.
