@@ -317,6 +317,56 @@ mod tests {
         assert!(!is_canonical_form_of(&deep, &serde_json::to_vec(&deep).unwrap()).unwrap());
     }
 
+    /// Keys the direct writer orders by their first eight bytes where it
+    /// can: sharing those bytes, differing only past them, one a prefix of
+    /// another (also by a NUL), non-ASCII ones (UTF-16 order, where U+10000
+    /// sorts before U+FFFF), in every order they may come in.
+    #[test]
+    fn the_direct_writer_orders_keys_as_the_value_path_does() {
+        let keys = [
+            "abcdefgh",
+            "abcdefgh0",
+            "abcdefgh1",
+            "abcdefg",
+            "ab",
+            "ab\u{0}",
+            "ab\u{0}\u{0}",
+            "",
+            "\u{7f}",
+            "é",
+            "z",
+            "\u{ffff}",
+            "\u{10000}",
+            "abcdefgé",
+            "abcdefgz",
+            "ABCDEFGH",
+        ];
+        // Members in an arbitrary order, as a struct's come.
+        struct Unordered(Vec<&'static str>);
+        impl Serialize for Unordered {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap as _;
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (i, k) in self.0.iter().enumerate() {
+                    m.serialize_entry(k, &i)?;
+                }
+                m.end()
+            }
+        }
+        for rotate in 0..keys.len() {
+            let mut order: Vec<&'static str> = keys.to_vec();
+            order.rotate_left(rotate);
+            if rotate % 2 == 1 {
+                order.reverse();
+            }
+            let u = Unordered(order);
+            let direct = direct_canonical_vec(&u).expect("written directly");
+            assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(to_canonical_vec(&u).unwrap()).unwrap());
+        }
+        // A key twice: not written directly (the value path keeps the last).
+        assert!(direct_canonical_vec(&Unordered(vec!["abcdefgh1", "b", "abcdefgh1"])).is_none());
+    }
+
     #[test]
     fn where_the_direct_writer_gives_up_the_value_path_decides() {
         // Integer map keys: written as strings by the `Value` path; not directly.

@@ -219,7 +219,27 @@ sequence!(
 );
 
 /// Each member of an object: its key and where its value is in the buffer.
-type Members = Vec<(Cow<'static, str>, usize, usize)>;
+type Members = Vec<Member>;
+
+struct Member {
+    key: Cow<'static, str>,
+    /// An ASCII key's first eight bytes, big-endian, zero-padded: ordered
+    /// as the keys are where they differ (checking every record of a log
+    /// sorts millions of objects' members, and comparing the keys
+    /// themselves was a twentieth of the time).
+    rank: Option<u64>,
+    start: usize,
+    end: usize,
+}
+
+impl Member {
+    fn order(&self, other: &Member) -> std::cmp::Ordering {
+        match (self.rank, other.rank) {
+            (Some(a), Some(b)) if a != b => a.cmp(&b),
+            _ => key_order(&self.key, &other.key),
+        }
+    }
+}
 
 thread_local! {
     /// The buffers of objects that ended, for the next ones: checking every
@@ -268,14 +288,24 @@ impl<'a> Obj<'a> {
     fn member<T: Serialize + ?Sized>(&mut self, key: Cow<'static, str>, value: &T) -> Result<(), GaveUp> {
         let start = self.buf.len();
         value.serialize(Direct { out: &mut self.buf })?;
-        self.members.push((key, start, self.buf.len()));
+        let rank = key.is_ascii().then(|| {
+            let mut first = [0; 8];
+            let n = key.len().min(8);
+            first[..n].copy_from_slice(&key.as_bytes()[..n]);
+            u64::from_be_bytes(first)
+        });
+        self.members.push(Member { key, rank, start, end: self.buf.len() });
         Ok(())
     }
 
     fn close(mut self) -> Result<(), GaveUp> {
-        self.members.sort_by(|a, b| key_order(&a.0, &b.0));
-        if self.members.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(GaveUp);
+        let increasing = |m: &Members| m.windows(2).all(|w| w[0].order(&w[1]).is_lt());
+        if !increasing(&self.members) {
+            self.members.sort_by(Member::order);
+            // A key twice.
+            if !increasing(&self.members) {
+                return Err(GaveUp);
+            }
         }
         if let Some(v) = self.variant {
             self.out.push(b'{');
@@ -283,13 +313,13 @@ impl<'a> Obj<'a> {
             self.out.push(b':');
         }
         self.out.push(b'{');
-        for (i, (key, start, end)) in self.members.iter().enumerate() {
+        for (i, m) in self.members.iter().enumerate() {
             if i > 0 {
                 self.out.push(b',');
             }
-            write_string(key, self.out);
+            write_string(&m.key, self.out);
             self.out.push(b':');
-            self.out.extend_from_slice(&self.buf[*start..*end]);
+            self.out.extend_from_slice(&self.buf[m.start..m.end]);
         }
         self.out.push(b'}');
         if self.variant.is_some() {

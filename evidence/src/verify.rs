@@ -341,26 +341,123 @@ pub(crate) fn open_checkpoint(
 }
 
 /// Parse a record line strictly and check it is canonical.
+///
+/// Runs of one capsule record many events that are byte for byte the same
+/// (the same submission, admission, decision, plan, outcome), so an event
+/// parsed and found canonical is remembered by its exact bytes
+/// ([`EventMemo`]): a record whose event is one of them is parsed from its
+/// other fields alone. Parsing is a function of the bytes, so the record is
+/// the one a fresh parse gives; anything out of the ordinary takes the full
+/// parse, which decides (and names the failure).
 pub(crate) fn parse_record(line: &str) -> Result<Record, Failure> {
+    EVENTS.with_borrow_mut(|memo| {
+        if let Some(r) = memo.parse(line) {
+            return r;
+        }
+        let r = parse_record_fully(line)?;
+        memo.remember(line, &r);
+        Ok(r)
+    })
+}
+
+fn parse_record_fully(line: &str) -> Result<Record, Failure> {
     let r: Record = serde_json::from_str(line).map_err(|e| Failure {
         check: "record.schema",
         record: None,
         run: None,
         detail: format!("not a record of {RECORD_SCHEMA}: {e}"),
     })?;
-    let fail = |check: &'static str, detail: String| Failure::record(check, r.seq, &r.run, detail);
-    if r.schema != RECORD_SCHEMA {
-        return Err(fail("record.schema", format!("schema `{}`", r.schema)));
-    }
-    let canonical =
-        canonical::is_canonical_form_of(&r, line.as_bytes()).map_err(|e| fail("record.canonical", e.to_string()))?;
+    let canonical = canonical::is_canonical_form_of(&r, line.as_bytes())
+        .map_err(|e| record_failure(&r, "record.canonical", e.to_string()))?;
     if !canonical {
-        return Err(fail("record.canonical", "not in canonical form".into()));
+        return Err(record_failure(&r, "record.canonical", "not in canonical form".into()));
+    }
+    checked_fields(r)
+}
+
+fn record_failure(r: &Record, check: &'static str, detail: String) -> Failure {
+    Failure::record(check, r.seq, &r.run, detail)
+}
+
+/// The checks of a record's own fields, once it parsed and is canonical.
+fn checked_fields(r: Record) -> Result<Record, Failure> {
+    if r.schema != RECORD_SCHEMA {
+        return Err(record_failure(&r, "record.schema", format!("schema `{}`", r.schema)));
     }
     if r.time.parse::<jiff::Timestamp>().is_err() {
-        return Err(fail("record.time", format!("`{}` is not an RFC 3339 time", r.time)));
+        return Err(record_failure(&r, "record.time", format!("`{}` is not an RFC 3339 time", r.time)));
     }
     Ok(r)
+}
+
+thread_local! {
+    /// Each verifying thread's events parsed already.
+    static EVENTS: std::cell::RefCell<EventMemo> = std::cell::RefCell::new(EventMemo::default());
+}
+
+/// Events of canonical records, by their exact bytes: at most
+/// [`EventMemo::MAX`] of them and [`EventMemo::BUDGET`] bytes of them,
+/// each at most [`EventMemo::MAX_BYTES`] long, forgotten all at once when
+/// full (a few MiB per verifying thread, whatever the bundle holds).
+#[derive(Default)]
+struct EventMemo(std::collections::HashMap<Box<[u8]>, edge_core::evidence::Event>, usize);
+
+/// A record's fields besides its event (a canonical record's event comes
+/// first: `event` sorts before all of them).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rest {
+    prev: Sha256Digest,
+    run: String,
+    schema: String,
+    seq: u64,
+    time: String,
+}
+
+impl EventMemo {
+    const MAX: usize = 4096;
+    const MAX_BYTES: usize = 4 << 10;
+    const BUDGET: usize = 2 << 20;
+
+    /// A canonical record's event and the rest after it (from its `,`).
+    /// The rest's strings cannot hold an unescaped `"`, so the last
+    /// `,"prev":"sha256:` is where the event ends.
+    fn split(line: &str) -> Option<(&str, &str)> {
+        let body = line.strip_prefix("{\"event\":")?;
+        let at = body.rfind(",\"prev\":\"sha256:")?;
+        Some(body.split_at(at))
+    }
+
+    /// The record, when its event is one remembered and the rest parses
+    /// and is canonical; None for the full parse to decide.
+    fn parse(&self, line: &str) -> Option<Result<Record, Failure>> {
+        let (event, rest) = Self::split(line)?;
+        let known = self.0.get(event.as_bytes())?;
+        let rest = format!("{{{}", &rest[1..]);
+        let parsed: Rest = serde_json::from_str(&rest).ok()?;
+        // The record is canonical when its event is (it was, remembered
+        // by these bytes) and the rest is written as a canonical `Rest`:
+        // `{"event":…` and then the rest's members, in the same order.
+        if !canonical::is_canonical_form_of(&parsed, rest.as_bytes()).ok()? {
+            return None;
+        }
+        let Rest { prev, run, schema, seq, time } = parsed;
+        Some(checked_fields(Record { schema, seq, time, run, prev, event: known.clone() }))
+    }
+
+    /// Remember the event of `r`, which `line` holds and which parsed and is canonical.
+    fn remember(&mut self, line: &str, r: &Record) {
+        let Some((event, _)) = Self::split(line) else { return };
+        if event.len() > Self::MAX_BYTES || self.0.contains_key(event.as_bytes()) {
+            return;
+        }
+        if self.0.len() >= Self::MAX || self.1 + event.len() > Self::BUDGET {
+            self.0.clear();
+            self.1 = 0;
+        }
+        self.1 += event.len();
+        self.0.insert(event.as_bytes().into(), r.event.clone());
+    }
 }
 
 /// The checkpoint key must be the identity key the log last recorded
@@ -474,5 +571,108 @@ pub(crate) fn explain_untrusted(f: Failure, note: &str, history: &KeyHistory) ->
             ),
             ..f
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record lines of a synthetic bundle with every kind of run.
+    fn lines() -> Vec<String> {
+        let spec = crate::synth::Spec { runs: 12, tier2_every: Some(3), passkeys: true, ..Default::default() };
+        let s = crate::synth::bundle("memo.example/runner", &spec);
+        let text = String::from_utf8(s.bundle).unwrap();
+        text.lines().skip(2).take(s.records).map(str::to_owned).collect()
+    }
+
+    /// What the full parse makes of a line, for comparing failures.
+    fn outcome(r: Result<Record, Failure>) -> Result<Record, (&'static str, Option<u64>)> {
+        r.map_err(|f| (f.check, f.record))
+    }
+
+    #[test]
+    fn a_remembered_event_gives_the_record_a_full_parse_gives() {
+        let lines = lines();
+        let mut memo = EventMemo::default();
+        for line in &lines {
+            memo.remember(line, &parse_record_fully(line).unwrap());
+        }
+        let mut hits = 0;
+        for line in &lines {
+            if let Some(r) = memo.parse(line) {
+                hits += 1;
+                assert_eq!(r.unwrap(), parse_record_fully(line).unwrap());
+            }
+        }
+        // Every record's event is remembered (events repeat across runs, and each is its own).
+        assert_eq!(hits, lines.len());
+    }
+
+    /// Lines whose event is remembered, altered outside it (and in it):
+    /// the memo answers exactly as the full parse does, or not at all.
+    #[test]
+    fn a_remembered_event_with_anything_else_altered_is_decided_as_a_full_parse_decides() {
+        let lines = lines();
+        let mut memo = EventMemo::default();
+        for line in &lines {
+            memo.remember(line, &parse_record_fully(line).unwrap());
+        }
+        let line = lines.iter().find(|l| l.contains("\"type\":\"decision\"")).unwrap();
+        let (event, rest) = EventMemo::split(line).unwrap();
+        let r = parse_record_fully(line).unwrap();
+        let digest = r.prev.to_string();
+        let variants = [
+            rest.replacen(",\"run\":", ", \"run\":", 1),
+            rest.replacen(",\"seq\":", ",\"extra\":1,\"seq\":", 1),
+            rest.replacen(",\"seq\":", ",\"seq\":7,\"seq\":", 1),
+            rest.replacen(",\"seq\":", ",\"event\":{},\"seq\":", 1),
+            rest.replacen(&format!(",\"seq\":{}", r.seq), "", 1),
+            rest.replacen(&format!("\"seq\":{}", r.seq), &format!("\"seq\":0{}", r.seq), 1),
+            rest.replacen("edge-runner.evidence/v1", "edge-runner.evidence/v2", 1),
+            rest.replacen(&r.time, "yesterday", 1),
+            rest.replacen(&digest, &digest.to_uppercase().replacen("SHA256", "sha256", 1), 1),
+            rest.replacen(&r.run, "run\\u0041", 1),
+            format!("{rest} "),
+            format!("{rest}}}"),
+        ];
+        let mut answered = 0;
+        for rest in &variants {
+            assert_ne!(rest.as_str(), EventMemo::split(line).unwrap().1);
+            let altered = format!("{{\"event\":{event}{rest}");
+            let full = outcome(parse_record_fully(&altered));
+            assert!(full.is_err(), "{altered}");
+            if let Some(got) = memo.parse(&altered) {
+                answered += 1;
+                assert_eq!(outcome(got), full, "{altered}");
+            }
+            assert_eq!(outcome(parse_record(&altered)), full, "{altered}");
+        }
+        // Some were answered by the memo (a bad schema or time is found after the rest parsed).
+        assert!(answered >= 2, "{answered}");
+        // The event itself altered: not remembered, so the full parse decides.
+        let spaced = line.replacen("{\"event\":{", "{\"event\":{ ", 1);
+        assert!(memo.parse(&spaced).is_none());
+        assert_eq!(outcome(parse_record(&spaced)).unwrap_err().0, "record.canonical");
+    }
+
+    #[test]
+    fn the_memo_holds_at_most_its_bound() {
+        let lines = lines();
+        let mut memo = EventMemo::default();
+        let r = parse_record_fully(&lines[0]).unwrap();
+        let (event, rest) = EventMemo::split(&lines[0]).unwrap();
+        for i in 0..EventMemo::MAX + 10 {
+            // Distinct event bytes (the memo does not parse what it keeps).
+            let line = format!("{{\"event\":{event}{}{rest}", " ".repeat(i % 64) + &"\t".repeat(i / 64));
+            memo.remember(&line, &r);
+            assert!(memo.0.len() <= EventMemo::MAX && memo.1 <= EventMemo::BUDGET);
+            assert_eq!(memo.1, memo.0.keys().map(|k| k.len()).sum::<usize>());
+        }
+        // An event longer than the bound is not kept.
+        let long = format!("{{\"event\":{event}{}{rest}", " ".repeat(EventMemo::MAX_BYTES));
+        let held = memo.0.len();
+        memo.remember(&long, &r);
+        assert_eq!(memo.0.len(), held);
     }
 }
