@@ -125,9 +125,9 @@ struct Head<'a> {
 /// One record line, checked and hashed (on any thread).
 struct Facts {
     seq: u64,
-    /// The digest the record links to, as written (None when it is not
-    /// the length of one).
-    prev: Option<[u8; 71]>,
+    /// The digest the record links to (None when what is written is not
+    /// one in canonical form: it then links to nothing).
+    prev: Option<Sha256Digest>,
     digest: Sha256Digest,
     leaf: Hash,
     /// Names a `key-event` or `key-rotation` type (parsed in order below).
@@ -145,7 +145,7 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) ->
         run: None,
         detail: format!("not a record: {e}"),
     })?;
-    Ok(Facts::of(line, text, head.seq, head.prev.as_bytes().try_into().ok(), only_run.is_some_and(|r| head.run != r)))
+    Ok(Facts::of(line, text, head.seq, head.prev.parse().ok(), only_run.is_some_and(|r| head.run != r)))
 }
 
 /// Record line `i` for a full verification: its facts, and the record
@@ -158,19 +158,19 @@ fn facts_and_record(
     i: u64,
     first_seq: Option<u64>,
     only_run: Option<&str>,
-) -> Result<(Facts, Result<Box<Record>, Failure>), Failure> {
+) -> Result<(Facts, Result<Box<Record>, Box<Failure>>), Failure> {
     let text = utf8(line, &|| format!("record line {i}"))?;
     match crate::verify::parse_record(text) {
         Ok(r) => {
             let other_run = only_run.is_some_and(|run| r.run != run);
-            Ok((Facts::of(line, text, r.seq, Some(r.prev.text()), other_run), Ok(Box::new(r))))
+            Ok((Facts::of(line, text, r.seq, Some(r.prev), other_run), Ok(Box::new(r))))
         }
-        Err(e) => Ok((facts(line, i, first_seq, only_run)?, Err(e))),
+        Err(e) => Ok((facts(line, i, first_seq, only_run)?, Err(Box::new(e)))),
     }
 }
 
 impl Facts {
-    fn of(line: &[u8], text: &str, seq: u64, prev: Option<[u8; 71]>, other_run: bool) -> Self {
+    fn of(line: &[u8], text: &str, seq: u64, prev: Option<Sha256Digest>, other_run: bool) -> Self {
         Facts {
             seq,
             prev,
@@ -320,7 +320,9 @@ fn utf8<'b>(line: &'b [u8], what: &dyn Fn() -> String) -> Result<&'b str, Failur
 
 /// Lines `0..total` of `lines` in three stages at once: `each(line, i)` on
 /// all cores for one batch while the next batch is read and the batch
-/// before is folded, in order, by `fold(values, batch, first line)`.
+/// before is folded, in order, by `fold(values, batch, first line)` (which
+/// returns the first failure among the values it reaches: a batch with one
+/// is folded only up to it).
 /// `progress(lines folded)` after each batch. Returns a spare batch.
 fn pipeline<R, T, W, E, F>(
     lines: &mut Lines<R>,
@@ -335,38 +337,47 @@ where
     T: Send,
     W: Fn(u64) -> String + Sync,
     E: Fn(&[u8], u64) -> Result<T, Failure> + Sync,
-    F: FnMut(Vec<T>, &Batch, u64) -> Result<(), Failure> + Send,
+    F: FnMut(Vec<Result<T, Failure>>, &Batch, u64) -> Result<(), Failure> + Send,
 {
     // `hashing` is worked on now, `reading` filled now, `folding` (with its
     // values, from `folded` on) folded now.
     let (mut hashing, mut reading, mut folding) = (Batch::default(), Batch::default(), Batch::default());
     let mut n = lines.fill(&mut hashing, 0, total, what)?;
     let (mut hashed_from, mut folded): (u64, u64) = (0, 0);
-    let mut pending: Vec<T> = Vec::new();
+    let mut pending: Vec<Result<T, Failure>> = Vec::new();
     while n > 0 || !pending.is_empty() {
         let read_from = hashed_from + n as u64;
-        let (values, (read, folding_done)) = rayon::join(
-            || {
-                hashing
-                    .lines()
-                    .enumerate()
-                    .map(|(j, line)| each(line, hashed_from + j as u64))
-                    .collect::<Result<Vec<T>, Failure>>()
-            },
+        let mut values = Vec::new();
+        let (read, folding_done) = rayon::join(
             || {
                 rayon::join(
                     || lines.fill(&mut reading, read_from, total - read_from, what),
                     || fold(std::mem::take(&mut pending), &folding, folded),
                 )
             },
-        );
-        // A failure in order: the batch folded comes before the one worked on.
+            // Written in place, in order (no list of pieces joined after).
+            || {
+                hashing
+                    .lines()
+                    .enumerate()
+                    .map(|(j, line)| each(line, hashed_from + j as u64))
+                    .collect_into_vec(&mut values)
+            },
+        )
+        .0;
+        // A failure in order: the batch folded comes before the one worked
+        // on, and a line of that one before anything read after it.
         folding_done?;
         folded = hashed_from;
         if folded > 0 {
             progress(folded);
         }
-        pending = values?;
+        if let Some(at) = values.iter().position(Result::is_err) {
+            let failure = values.split_off(at).into_iter().find_map(Result::err);
+            fold(values, &hashing, hashed_from)?;
+            return Err(failure.expect("found above"));
+        }
+        pending = values;
         let m = read?;
         // Rotate: what was worked on is folded next, what was read is worked on.
         std::mem::swap(&mut folding, &mut hashing);
@@ -474,12 +485,12 @@ where
         h.records,
         &|i| format!("record line {i} of {}", h.records),
         &|line, i| facts_and_record(line, i, first_seq, only_run),
-        &mut |items: Vec<(Facts, Result<Box<Record>, Failure>)>, batch, from| {
-            let (facts, records): (Vec<Facts>, Vec<_>) = items.into_iter().unzip();
-            chain.fold(facts, batch, from)?;
-            for r in records {
+        &mut |items: Vec<Result<(Facts, Result<Box<Record>, Box<Failure>>), Failure>>, batch, from| {
+            for (j, item) in items.into_iter().enumerate() {
+                let (facts, record) = item?;
+                chain.link(facts, batch.line(j), from + j as u64)?;
                 if later.is_none()
-                    && let Err(f) = r.and_then(&mut *sink)
+                    && let Err(f) = record.map_err(|f| *f).and_then(&mut *sink)
                 {
                     later = Some(f);
                 }
@@ -832,12 +843,19 @@ impl<'h> Chain<'h> {
     }
 
     /// Fold the facts of record lines `from..` (`lines`, in order).
-    fn fold(&mut self, facts: Vec<Facts>, lines: &Batch, from: u64) -> Result<(), Failure> {
-        let h = self.header;
+    fn fold(&mut self, facts: Vec<Result<Facts, Failure>>, lines: &Batch, from: u64) -> Result<(), Failure> {
         for (j, f) in facts.into_iter().enumerate() {
-            let i = from + j as u64;
+            self.link(f?, lines.line(j), from + j as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Fold the facts `f` of record line `i`, `line`.
+    fn link(&mut self, f: Facts, line: &[u8], i: u64) -> Result<(), Failure> {
+        let h = self.header;
+        {
             let at = self.first_seq.map_or(i, |s| s + i);
-            let text = || std::str::from_utf8(lines.line(j)).expect("checked when hashed");
+            let text = || std::str::from_utf8(line).expect("checked when hashed");
             // The run, for a failure's message only.
             let fail = |check: &'static str, detail: String| {
                 let run = serde_json::from_str::<Head<'_>>(text()).map(|h| h.run.into_owned()).unwrap_or_default();
@@ -866,7 +884,7 @@ impl<'h> Chain<'h> {
                 _ => None,
             };
             if let Some(want) = linked
-                && f.prev != Some(want.text())
+                && f.prev != Some(want)
             {
                 let named = serde_json::from_str::<Head<'_>>(text()).map(|h| h.prev.to_owned()).unwrap_or_default();
                 return Err(fail(
