@@ -148,6 +148,9 @@ fn facts(line: &[u8], i: u64, first_seq: Option<u64>, only_run: Option<&str>) ->
     Ok(Facts::of(line, text, head.seq, head.prev.parse().ok(), only_run.is_some_and(|r| head.run != r)))
 }
 
+/// A record parsed and checked, or why it is not one (boxed: most are).
+type Parsed = Result<Box<Record>, Box<Failure>>;
+
 /// Record line `i` for a full verification: its facts, and the record
 /// parsed and checked ([`crate::verify::parse_record`]) or why it is not a
 /// record. The facts of a record that parsed and is canonical are read off
@@ -158,7 +161,7 @@ fn facts_and_record(
     i: u64,
     first_seq: Option<u64>,
     only_run: Option<&str>,
-) -> Result<(Facts, Result<Box<Record>, Box<Failure>>), Failure> {
+) -> Result<(Facts, Parsed), Failure> {
     let text = utf8(line, &|| format!("record line {i}"))?;
     match crate::verify::parse_record(text) {
         Ok(r) => {
@@ -485,7 +488,7 @@ where
         h.records,
         &|i| format!("record line {i} of {}", h.records),
         &|line, i| facts_and_record(line, i, first_seq, only_run),
-        &mut |items: Vec<Result<(Facts, Result<Box<Record>, Box<Failure>>), Failure>>, batch, from| {
+        &mut |items: Vec<Result<(Facts, Parsed), Failure>>, batch, from| {
             for (j, item) in items.into_iter().enumerate() {
                 let (facts, record) = item?;
                 chain.link(facts, batch.line(j), from + j as u64)?;
