@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use edge_core::Sha256Digest;
 use edge_core::admission::Grant;
 use edge_core::approval::{self, Binding, CounterLedger, Registry, VerifiedApproval, quorum};
+use edge_core::bounded::BoundedMap;
 use edge_core::evidence::{Event, Outcome, PasskeyUse, Record};
 use edge_core::graph::Graph;
 use edge_core::manifest::DigestedManifest;
@@ -35,7 +36,6 @@ type SignatureCheck = (Sha256Digest, Sha256Digest, String, Option<Sha256Digest>)
 /// and replayed decisions. Each entry is keyed by the digests of
 /// everything its result depends on (artifacts are checked against their
 /// digests before any run is), so a hit is the same computation.
-#[derive(Default)]
 struct Cache {
     policies: Mutex<HashMap<Sha256Digest, Arc<Policy>>>,
     graphs: Mutex<HashMap<Sha256Digest, Arc<Graph>>>,
@@ -47,6 +47,44 @@ struct Cache {
     /// Artifacts read and found to hash to their digest, for checks that
     /// only need one to be in the bundle (a submission's component).
     present: Mutex<HashSet<Sha256Digest>>,
+    /// Plans and decision inputs parsed (runs of one capsule share them).
+    plans: BoundedMap<Sha256Digest, Arc<Plan>>,
+    inputs: BoundedMap<Sha256Digest, Arc<DecisionInput>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            policies: Mutex::default(),
+            graphs: Mutex::default(),
+            signatures: Mutex::default(),
+            decisions: Mutex::default(),
+            manifests: Mutex::default(),
+            present: Mutex::default(),
+            plans: BoundedMap::new(PARSED),
+            inputs: BoundedMap::new(PARSED),
+        }
+    }
+}
+
+/// Plans and decision inputs kept parsed, at most (each kind).
+const PARSED: usize = 1024;
+
+/// Artifact `d` parsed as JSON, from `memo` when parsed before (a parse is
+/// a function of the bytes, which hash to `d`).
+fn parsed<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx<'_>,
+    memo: &BoundedMap<Sha256Digest, Arc<T>>,
+    d: &Sha256Digest,
+    r: &Record,
+    fail: impl FnOnce(serde_json::Error) -> Failure,
+) -> Result<Arc<T>, Failure> {
+    if let Some(v) = memo.get(d) {
+        return Ok(v);
+    }
+    let v = Arc::new(serde_json::from_slice(&artifact(ctx, d, r)?).map_err(fail)?);
+    memo.insert(*d, Arc::clone(&v));
+    Ok(v)
 }
 
 pub(crate) struct Ctx<'a> {
@@ -351,8 +389,8 @@ struct Submission<'r> {
 struct State<'r> {
     submission: Option<Submission<'r>>,
     grant: Option<Grant>,
-    decision: Option<(&'r Decision, Option<DecisionInput>)>,
-    plan: Option<(Sha256Digest, Plan)>,
+    decision: Option<(&'r Decision, Option<Arc<DecisionInput>>)>,
+    plan: Option<(Sha256Digest, Arc<Plan>)>,
     received: BTreeSet<Sha256Digest>,
     proposal: Option<String>,
     accepted: Vec<(&'r Record, Sha256Digest)>,
@@ -504,8 +542,9 @@ fn check_run(
                 };
                 let replayed = match input {
                     Some(d) => {
-                        let inp: DecisionInput = serde_json::from_slice(&artifact(ctx, d, r)?)
-                            .map_err(|e| fail("decision.input", format!("the decision input does not parse: {e}")))?;
+                        let inp = parsed(ctx, &cache.inputs, d, r, |e| {
+                            fail("decision.input", format!("the decision input does not parse: {e}"))
+                        })?;
                         if inp.capsule != sub.capsule || &inp.grant != grant {
                             return Err(fail(
                                 "decision.input",
@@ -579,8 +618,9 @@ fn check_run(
                     Some(_) => return Err(order("after a deny decision")),
                     None => return Err(order("before a decision")),
                 }
-                let p: Plan = serde_json::from_slice(&artifact(ctx, d, r)?)
-                    .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
+                let p = parsed(ctx, &cache.plans, d, r, |e| {
+                    fail("plan.artifact", format!("the plan does not parse: {e}"))
+                })?;
                 if &p.summary != summary || p.changes.len() != *changes || &p.findings != findings {
                     return Err(fail(
                         "plan.artifact",
@@ -682,8 +722,9 @@ fn check_run(
                         format!("the run resumes {proposal} with another capsule, plan or preview than it waited with"),
                     ));
                 }
-                let p: Plan = serde_json::from_slice(&artifact(ctx, plan_d, r)?)
-                    .map_err(|e| fail("plan.artifact", format!("the plan does not parse: {e}")))?;
+                let p = parsed(ctx, &cache.plans, plan_d, r, |e| {
+                    fail("plan.artifact", format!("the plan does not parse: {e}"))
+                })?;
                 if let Some(d) = preview {
                     let pv = load_preview(ctx, r, d)?;
                     let diff = pv.diff();
@@ -702,8 +743,7 @@ fn check_run(
                 else {
                     return Err(fail("run.unauthorized", "a commit without an applied, authorized plan".into()));
                 };
-                let valid = p
-                    .clone()
+                let valid = Plan::clone(p)
                     .validate_digested(
                         &sub.manifest,
                         usize::try_from(grant.limits.max_plan_changes).unwrap_or(usize::MAX),

@@ -694,6 +694,9 @@ fn changed(what: &str) -> Failure {
 pub(crate) struct Artifacts<'s> {
     source: &'s (dyn Source + 's),
     index: Vec<(Sha256Digest, u64, u32)>,
+    /// Each digest's first eight bytes, big-endian: searched instead of the
+    /// digests (every record's references are looked up).
+    prefixes: Vec<u64>,
     referenced: Vec<std::sync::atomic::AtomicBool>,
     /// Small artifacts read and hashed already: runs of the same capsule
     /// share their decision input and plan, and reading, decoding and
@@ -710,11 +713,16 @@ const RECENT_BYTES: usize = 64 << 10;
 impl<'s> Artifacts<'s> {
     pub fn new(source: &'s (dyn Source + 's), index: Vec<(Sha256Digest, u64, u32)>) -> Self {
         let referenced = index.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
-        Self { source, index, referenced, recent: edge_core::bounded::BoundedMap::new(RECENT) }
+        let prefixes = index.iter().map(|(d, ..)| prefix(d)).collect();
+        Self { source, index, prefixes, referenced, recent: edge_core::bounded::BoundedMap::new(RECENT) }
     }
 
     fn find(&self, d: &Sha256Digest) -> Option<usize> {
-        self.index.binary_search_by(|(x, ..)| x.cmp(d)).ok()
+        // The index is in digest order, so its prefixes are in order too.
+        let key = prefix(d);
+        let from = self.prefixes.partition_point(|&p| p < key);
+        let same = self.prefixes[from..].iter().take_while(|&&p| p == key).count();
+        (from..from + same).find(|&i| self.index[i].0 == *d)
     }
 
     /// Note that a record references `d`; false when the bundle does not hold it.
@@ -759,6 +767,10 @@ impl<'s> Artifacts<'s> {
             _ => Err(changed(&format!("artifact {d}"))),
         })
     }
+}
+
+fn prefix(d: &Sha256Digest) -> u64 {
+    u64::from_be_bytes(d.0[..8].try_into().expect("eight bytes"))
 }
 
 /// The signed checkpoint at the end of a bundle read from `input`, its
@@ -1028,6 +1040,28 @@ mod tests {
         let bad = both.concat();
         let full = verify_from(&Pieces(bad.as_bytes()), &keys, Level::Full).unwrap_err();
         assert_eq!((full.check, full.record), ("record.chain", Some(4)), "{full}");
+    }
+
+    #[test]
+    fn artifacts_are_found_by_digest_among_digests_sharing_their_first_bytes() {
+        let digest = |first: u8, last: u8| {
+            let mut d = [0u8; 32];
+            d[..8].fill(first);
+            d[31] = last;
+            Sha256Digest(d)
+        };
+        let mut index: Vec<(Sha256Digest, u64, u32)> =
+            [(1, 0), (1, 5), (1, 9), (2, 0), (7, 1), (7, 2), (255, 255)].map(|(f, l)| (digest(f, l), 0, 0)).to_vec();
+        index.sort();
+        let wanted: Vec<Sha256Digest> = index.iter().map(|(d, ..)| *d).collect();
+        let artifacts = Artifacts::new(&Pieces(b""), index);
+        for (i, d) in wanted.iter().enumerate() {
+            assert_eq!(artifacts.find(d), Some(i));
+        }
+        for absent in [digest(1, 4), digest(0, 0), digest(7, 0), digest(255, 254), digest(3, 0)] {
+            assert_eq!(artifacts.find(&absent), None);
+        }
+        assert_eq!(Artifacts::new(&Pieces(b""), Vec::new()).find(&digest(1, 0)), None);
     }
 
     #[test]
