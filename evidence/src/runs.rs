@@ -3,7 +3,7 @@
 //! embedded documents, the order of steps, and that every run ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -37,37 +37,40 @@ type SignatureCheck = (Sha256Digest, Sha256Digest, String, Option<Sha256Digest>)
 /// everything its result depends on (artifacts are checked against their
 /// digests before any run is), so a hit is the same computation.
 struct Cache {
-    policies: Mutex<HashMap<Sha256Digest, Arc<Policy>>>,
-    graphs: Mutex<HashMap<Sha256Digest, Arc<Graph>>>,
-    signatures: Mutex<HashSet<SignatureCheck>>,
+    policies: BoundedMap<Sha256Digest, Arc<Policy>>,
+    graphs: BoundedMap<Sha256Digest, Arc<Graph>>,
+    signatures: BoundedMap<SignatureCheck, ()>,
     /// (policy, graph, decision input) → the decision they yield.
-    decisions: Mutex<HashMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>>,
+    decisions: BoundedMap<(Sha256Digest, Sha256Digest, Sha256Digest), Decision>,
     /// Capsule manifests read (hashed to their digest) and parsed.
-    manifests: Mutex<HashMap<Sha256Digest, DigestedManifest>>,
+    manifests: BoundedMap<Sha256Digest, DigestedManifest>,
     /// Artifacts read and found to hash to their digest, for checks that
     /// only need one to be in the bundle (a submission's component).
-    present: Mutex<HashSet<Sha256Digest>>,
+    present: BoundedMap<Sha256Digest, ()>,
     /// Plans and decision inputs parsed (runs of one capsule share them).
     plans: BoundedMap<Sha256Digest, Arc<Plan>>,
     inputs: BoundedMap<Sha256Digest, Arc<DecisionInput>>,
 }
 
 impl Default for Cache {
+    /// Each holds at most [`PARSED`] entries, forgotten all at once when
+    /// full: memory does not grow with the number of capsules, policies
+    /// or graphs a bundle holds (a miss costs the check it would save).
     fn default() -> Self {
         Cache {
-            policies: Mutex::default(),
-            graphs: Mutex::default(),
-            signatures: Mutex::default(),
-            decisions: Mutex::default(),
-            manifests: Mutex::default(),
-            present: Mutex::default(),
+            policies: BoundedMap::new(PARSED),
+            graphs: BoundedMap::new(PARSED),
+            signatures: BoundedMap::new(PARSED),
+            decisions: BoundedMap::new(PARSED),
+            manifests: BoundedMap::new(PARSED),
+            present: BoundedMap::new(PARSED),
             plans: BoundedMap::new(PARSED),
             inputs: BoundedMap::new(PARSED),
         }
     }
 }
 
-/// Plans and decision inputs kept parsed, at most (each kind).
+/// Entries each of the caches keeps, at most.
 const PARSED: usize = 1024;
 
 /// Artifact `d` parsed as JSON, from `memo` when parsed before (a parse is
@@ -477,14 +480,14 @@ fn check_run(
                 if manifest != capsule {
                     return Err(fail("capsule.manifest", "the capsule digest is not the manifest's digest".into()));
                 }
-                let known = cache.manifests.lock().expect("cache").get(manifest).cloned();
+                let known = cache.manifests.get(manifest);
                 let digested = match known {
                     Some(m) => m,
                     None => {
                         let m = DigestedManifest::from_canonical_json(&artifact(ctx, manifest, r)?).map_err(|e| {
                             fail("capsule.manifest", format!("the recorded manifest does not parse: {e}"))
                         })?;
-                        cache.manifests.lock().expect("cache").insert(*manifest, m.clone());
+                        cache.manifests.insert(*manifest, m.clone());
                         m
                     }
                 };
@@ -496,9 +499,9 @@ fn check_run(
                         "name, version, kind or component differ from the manifest".into(),
                     ));
                 }
-                if !cache.present.lock().expect("cache").contains(component) {
+                if !cache.present.contains(component) {
                     artifact(ctx, component, r)?;
-                    cache.present.lock().expect("cache").insert(*component);
+                    cache.present.insert(*component, ());
                 }
                 sum.capsule = Some(format!("{name}@{version}"));
                 sum.capsule_digest = Some(*capsule);
@@ -514,7 +517,7 @@ fn check_run(
                 })?;
                 // The same check (manifest, bundle, key, root) passed for an earlier run: it passes again.
                 let checked = (sub.capsule, *bundle, signer_key.clone(), *trusted_root);
-                if !cache.signatures.lock().expect("cache").contains(&checked) {
+                if !cache.signatures.contains(&checked) {
                     let key = TrustedSigner::from_evidence_key("recorded-signer", signer_key)
                         .map_err(|e| fail("capsule.signature", format!("the recorded signer key is unusable: {e}")))?;
                     let root = trusted_root.as_ref().map(|d| artifact(ctx, d, r)).transpose()?;
@@ -529,7 +532,7 @@ fn check_run(
                             )
                         },
                     )?;
-                    cache.signatures.lock().expect("cache").insert(checked);
+                    cache.signatures.insert(checked, ());
                 }
                 let g: Grant = serde_json::from_value(grant.clone())
                     .map_err(|e| fail("record.schema", format!("the recorded grant: {e}")))?;
@@ -572,14 +575,14 @@ fn check_run(
                         let (Some(pd), Some(gd)) = (decision.policy, decision.graph) else {
                             return Err(fail("decision.replay", "a decision input without a policy and graph".into()));
                         };
-                        let known = cache.decisions.lock().expect("cache").get(&(pd, gd, *d)).cloned();
+                        let known = cache.decisions.get(&(pd, gd, *d));
                         let again = match known {
                             Some(again) => again,
                             None => {
                                 let policy = load_policy(ctx, cache, &pd, r)?;
                                 let graph = load_graph(ctx, cache, &gd, r)?;
                                 let again = policy.decide(&graph, &inp);
-                                cache.decisions.lock().expect("cache").insert((pd, gd, *d), again.clone());
+                                cache.decisions.insert((pd, gd, *d), again.clone());
                                 again
                             }
                         };
@@ -1115,15 +1118,15 @@ fn load_graph(ctx: &Ctx<'_>, cache: &Cache, d: &Sha256Digest, r: &Record) -> Res
 /// loads is what the record names.
 fn load_cached<T, E: std::fmt::Display>(
     ctx: &Ctx<'_>,
-    cache: &Mutex<HashMap<Sha256Digest, Arc<T>>>,
+    cache: &BoundedMap<Sha256Digest, Arc<T>>,
     d: &Sha256Digest,
     r: &Record,
     what: &str,
     parse: impl FnOnce(&str) -> Result<T, E>,
     digest: impl FnOnce(&T) -> Sha256Digest,
 ) -> Result<Arc<T>, Failure> {
-    if let Some(v) = cache.lock().expect("cache").get(d) {
-        return Ok(v.clone());
+    if let Some(v) = cache.get(d) {
+        return Ok(v);
     }
     let v = parse(&text(ctx, d, r)?).map_err(|e| {
         Failure::record("decision.replay", r.seq, &r.run, format!("the recorded {what} does not load: {e}"))
@@ -1132,7 +1135,7 @@ fn load_cached<T, E: std::fmt::Display>(
         return Err(Failure::record("decision.replay", r.seq, &r.run, format!("the {what}'s digest differs")));
     }
     let v = Arc::new(v);
-    cache.lock().expect("cache").insert(*d, v.clone());
+    cache.insert(*d, v.clone());
     Ok(v)
 }
 
