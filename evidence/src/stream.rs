@@ -1031,11 +1031,7 @@ mod tests {
         // the artifact is not what answers).
         let mut both = spaced.clone();
         let artifact = 2 + s.records;
-        let (digest, b64) = lines[artifact].trim_end().split_once(' ').unwrap();
-        let flipped = format!(
-            "{digest} {}\n",
-            if b64.starts_with('A') { b64.replacen('A', "B", 1) } else { format!("A{}", &b64[1..]) }
-        );
+        let flipped = flip_artifact(lines[artifact]);
         both[artifact] = &flipped;
         let bad = both.concat();
         let full = verify_from(&Pieces(bad.as_bytes()), &keys, Level::Full).unwrap_err();
@@ -1148,6 +1144,13 @@ mod tests {
         assert!(kinds.len() >= 10, "{kinds:?}");
     }
 
+    /// An artifact line whose base64 says other bytes than its digest.
+    fn flip_artifact(line: &str) -> String {
+        let (digest, b64) = line.trim_end().split_once(' ').unwrap();
+        let other = if b64.starts_with('A') { b64.replacen('A', "B", 1) } else { format!("A{}", &b64[1..]) };
+        format!("{digest} {other}\n")
+    }
+
     /// A bundle whose bytes change once they were read to the end (by the
     /// skim of a full verification): what is checked must be what is used.
     struct Changing<'a> {
@@ -1191,11 +1194,7 @@ mod tests {
         // An artifact's bytes changed after the skim checked its digest.
         let artifact = 2 + a.records;
         let mut swapped = lines.clone();
-        let (digest, b64) = lines[artifact].trim_end().split_once(' ').unwrap();
-        let flipped = format!(
-            "{digest} {}\n",
-            if b64.starts_with('A') { b64.replacen('A', "B", 1) } else { format!("A{}", &b64[1..]) }
-        );
+        let flipped = flip_artifact(lines[artifact]);
         swapped[artifact] = &flipped;
         let after = swapped.concat();
         let source = Changing { before: &a.bundle, after: after.as_bytes(), reads: 0.into() };

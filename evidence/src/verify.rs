@@ -611,6 +611,16 @@ mod tests {
         text.lines().skip(2).take(s.records).map(str::to_owned).collect()
     }
 
+    /// The lines, and a memo of every one's event.
+    fn remembered() -> (Vec<String>, EventMemo) {
+        let lines = lines();
+        let mut memo = EventMemo::default();
+        for line in &lines {
+            memo.remember(line, &parse_record_fully(line).unwrap());
+        }
+        (lines, memo)
+    }
+
     /// What the full parse makes of a line, for comparing failures.
     fn outcome(r: Result<Record, Failure>) -> Result<Record, (&'static str, Option<u64>)> {
         r.map_err(|f| (f.check, f.record))
@@ -618,11 +628,7 @@ mod tests {
 
     #[test]
     fn a_remembered_event_gives_the_record_a_full_parse_gives() {
-        let lines = lines();
-        let mut memo = EventMemo::default();
-        for line in &lines {
-            memo.remember(line, &parse_record_fully(line).unwrap());
-        }
+        let (lines, memo) = remembered();
         let mut hits = 0;
         for line in &lines {
             if let Some(r) = memo.parse(line) {
@@ -639,11 +645,7 @@ mod tests {
     /// never for a string with an escape, which it leaves to the full parse).
     #[test]
     fn a_remembered_event_with_anything_else_altered_is_decided_as_a_full_parse_decides() {
-        let lines = lines();
-        let mut memo = EventMemo::default();
-        for line in &lines {
-            memo.remember(line, &parse_record_fully(line).unwrap());
-        }
+        let (lines, memo) = remembered();
         let line = lines.iter().find(|l| l.contains("\"type\":\"decision\"")).unwrap();
         let (event, rest) = EventMemo::split(line).unwrap();
         let r = parse_record_fully(line).unwrap();
