@@ -82,10 +82,19 @@ fn parsed<T: serde::de::DeserializeOwned>(
     r: &Record,
     fail: impl FnOnce(serde_json::Error) -> Failure,
 ) -> Result<Arc<T>, Failure> {
+    memoized(memo, d, || serde_json::from_slice(&artifact(ctx, d, r)?).map_err(fail))
+}
+
+/// What `make` makes for digest `d`, once per digest while `memo` holds it.
+fn memoized<T>(
+    memo: &BoundedMap<Sha256Digest, Arc<T>>,
+    d: &Sha256Digest,
+    make: impl FnOnce() -> Result<T, Failure>,
+) -> Result<Arc<T>, Failure> {
     if let Some(v) = memo.get(d) {
         return Ok(v);
     }
-    let v = Arc::new(serde_json::from_slice(&artifact(ctx, d, r)?).map_err(fail)?);
+    let v = Arc::new(make()?);
     memo.insert(*d, Arc::clone(&v));
     Ok(v)
 }
@@ -1125,18 +1134,15 @@ fn load_cached<T, E: std::fmt::Display>(
     parse: impl FnOnce(&str) -> Result<T, E>,
     digest: impl FnOnce(&T) -> Sha256Digest,
 ) -> Result<Arc<T>, Failure> {
-    if let Some(v) = cache.get(d) {
-        return Ok(v);
-    }
-    let v = parse(&text(ctx, d, r)?).map_err(|e| {
-        Failure::record("decision.replay", r.seq, &r.run, format!("the recorded {what} does not load: {e}"))
-    })?;
-    if digest(&v) != *d {
-        return Err(Failure::record("decision.replay", r.seq, &r.run, format!("the {what}'s digest differs")));
-    }
-    let v = Arc::new(v);
-    cache.insert(*d, v.clone());
-    Ok(v)
+    memoized(cache, d, || {
+        let v = parse(&text(ctx, d, r)?).map_err(|e| {
+            Failure::record("decision.replay", r.seq, &r.run, format!("the recorded {what} does not load: {e}"))
+        })?;
+        if digest(&v) != *d {
+            return Err(Failure::record("decision.replay", r.seq, &r.run, format!("the {what}'s digest differs")));
+        }
+        Ok(v)
+    })
 }
 
 #[cfg(test)]

@@ -429,20 +429,17 @@ pub(crate) fn skim<S: Source + ?Sized>(
     index: &mut Index,
     progress: &mut dyn FnMut(Step, usize, usize),
 ) -> Result<Skimmed, Failure> {
-    let skimmed = (|| {
+    let read = |index: &mut Index, progress: &mut dyn FnMut(Step, usize, usize)| {
         let mut lines = Lines::new(At { source, pos: 0 }, 0);
         let header = header(&mut lines)?;
         index.records_start = lines.base;
-        let (mut batch, mut done) = (Batch::default(), 0);
-        while done < header.records {
-            let what = |i| format!("record line {i} of {}", header.records);
-            done += lines.fill(&mut batch, done, header.records - done, &what)? as u64;
-        }
+        let mut batch = Batch::default();
+        skip(&mut lines, &mut batch, header.records, &|i| format!("record line {i} of {}", header.records))?;
         index.records_end = lines.base;
         artifacts(&mut lines, &mut batch, &header, Some(index), progress)?;
         Ok(Skimmed { header, note: checkpoint_text(lines)? })
-    })();
-    skimmed.or_else(|skim_failed: Failure| {
+    };
+    read(index, progress).or_else(|skim_failed: Failure| {
         pass(At { source, pos: 0 }, keys, progress)?;
         // The integrity pass read what the skim could not.
         Err(changed(&format!("the bundle ({})", skim_failed.detail)))
@@ -508,6 +505,20 @@ where
     let concluded = conclude(chain, &note, keys)?;
     progress(Step::Chain, total, total);
     Ok((concluded.passed(header), later))
+}
+
+/// Past `count` lines, read but not looked at (`what(i)` names line `i`).
+fn skip<R: std::io::Read>(
+    lines: &mut Lines<R>,
+    batch: &mut Batch,
+    count: u64,
+    what: &dyn Fn(u64) -> String,
+) -> Result<(), Failure> {
+    let mut done = 0;
+    while done < count {
+        done += lines.fill(batch, done, count - done, what)? as u64;
+    }
+    Ok(())
 }
 
 /// The magic line and the header.
@@ -781,22 +792,10 @@ fn prefix(d: &Sha256Digest) -> u64 {
 /// `bundle.format` when the layout does not hold; `bundle.read` on a read error.
 pub fn checkpoint_of(input: impl std::io::Read) -> Result<String, Failure> {
     let mut lines = Lines::new(input, 0);
-    if lines.next("the magic line")? != MAGIC.as_bytes() {
-        return Err(format_failure(format!("the first line is not `{MAGIC}`: not an evidence bundle")));
-    }
-    let head = lines.next("the header")?;
-    let h = bundle::header_line(utf8(&head, &|| "the header".into())?)?;
+    let h = header(&mut lines)?;
     let lines_in = h.records.saturating_add(h.artifacts);
-    let mut batch = Batch::default();
-    let mut done = 0;
-    while done < lines_in {
-        done += lines
-            .fill(&mut batch, done, lines_in - done, &|i| format!("line {i} of {lines_in} after the header"))?
-            as u64;
-    }
-    let Some(note) = lines.rest(MAX_CHECKPOINT)? else {
-        return Err(format_failure(format!("the checkpoint is longer than {} KiB", MAX_CHECKPOINT >> 10)));
-    };
+    skip(&mut lines, &mut Batch::default(), lines_in, &|i| format!("line {i} of {lines_in} after the header"))?;
+    let note = checkpoint_text(lines)?;
     Ok(utf8(&note, &|| "the checkpoint".into())?.to_owned())
 }
 

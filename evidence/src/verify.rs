@@ -350,12 +350,13 @@ pub(crate) fn open_checkpoint(
 /// the one a fresh parse gives; anything out of the ordinary takes the full
 /// parse, which decides (and names the failure).
 pub(crate) fn parse_record(line: &str) -> Result<Record, Failure> {
+    let split = EventMemo::split(line);
     EVENTS.with_borrow_mut(|memo| {
-        if let Some(r) = memo.parse(line) {
+        if let Some(r) = memo.parse(split) {
             return r;
         }
         let r = parse_record_fully(line)?;
-        memo.remember(line, &r);
+        memo.remember(split, &r);
         Ok(r)
     })
 }
@@ -458,10 +459,11 @@ impl EventMemo {
         Some(body.split_at(at))
     }
 
-    /// The record, when its event is one remembered and the rest parses
-    /// and is canonical; None for the full parse to decide.
-    fn parse(&self, line: &str) -> Option<Result<Record, Failure>> {
-        let (event, rest) = Self::split(line)?;
+    /// The record a line ([`EventMemo::split`]) holds, when its event is
+    /// one remembered and the rest parses and is canonical; None for the
+    /// full parse to decide.
+    fn parse(&self, split: Option<(&str, &str)>) -> Option<Result<Record, Failure>> {
+        let (event, rest) = split?;
         let known = self.0.get(event.as_bytes())?;
         // The record is canonical: its event is (it was, remembered by
         // these bytes), and so is the rest.
@@ -470,9 +472,9 @@ impl EventMemo {
         Some(checked_fields(Record { schema, seq, time, run, prev, event: known.clone() }))
     }
 
-    /// Remember the event of `r`, which `line` holds and which parsed and is canonical.
-    fn remember(&mut self, line: &str, r: &Record) {
-        let Some((event, _)) = Self::split(line) else { return };
+    /// Remember the event of `r`, which parsed and is canonical (`split`: its line, split).
+    fn remember(&mut self, split: Option<(&str, &str)>, r: &Record) {
+        let Some((event, _)) = split else { return };
         if event.len() > Self::MAX_BYTES || self.0.contains_key(event.as_bytes()) {
             return;
         }
@@ -616,7 +618,7 @@ mod tests {
         let lines = lines();
         let mut memo = EventMemo::default();
         for line in &lines {
-            memo.remember(line, &parse_record_fully(line).unwrap());
+            memo.remember(EventMemo::split(line), &parse_record_fully(line).unwrap());
         }
         (lines, memo)
     }
@@ -631,7 +633,7 @@ mod tests {
         let (lines, memo) = remembered();
         let mut hits = 0;
         for line in &lines {
-            if let Some(r) = memo.parse(line) {
+            if let Some(r) = memo.parse(EventMemo::split(line)) {
                 hits += 1;
                 assert_eq!(r.unwrap(), parse_record_fully(line).unwrap());
             }
@@ -678,7 +680,7 @@ mod tests {
             let altered = format!("{{\"event\":{event}{rest}");
             // (An escaped quote in the run is canonical: that one parses.)
             let full = outcome(parse_record_fully(&altered));
-            if let Some(got) = memo.parse(&altered) {
+            if let Some(got) = memo.parse(EventMemo::split(&altered)) {
                 answered += 1;
                 assert_eq!(outcome(got), full, "{altered}");
             }
@@ -688,7 +690,7 @@ mod tests {
         assert!(answered >= 2, "{answered}");
         // The event itself altered: not remembered, so the full parse decides.
         let spaced = line.replacen("{\"event\":{", "{\"event\":{ ", 1);
-        assert!(memo.parse(&spaced).is_none());
+        assert!(memo.parse(EventMemo::split(&spaced)).is_none());
         assert_eq!(outcome(parse_record(&spaced)).unwrap_err().0, "record.canonical");
     }
 
@@ -701,14 +703,14 @@ mod tests {
         for i in 0..EventMemo::MAX + 10 {
             // Distinct event bytes (the memo does not parse what it keeps).
             let line = format!("{{\"event\":{event}{}{rest}", " ".repeat(i % 64) + &"\t".repeat(i / 64));
-            memo.remember(&line, &r);
+            memo.remember(EventMemo::split(&line), &r);
             assert!(memo.0.len() <= EventMemo::MAX && memo.1 <= EventMemo::BUDGET);
             assert_eq!(memo.1, memo.0.keys().map(|k| k.len()).sum::<usize>());
         }
         // An event longer than the bound is not kept.
         let long = format!("{{\"event\":{event}{}{rest}", " ".repeat(EventMemo::MAX_BYTES));
         let held = memo.0.len();
-        memo.remember(&long, &r);
+        memo.remember(EventMemo::split(&long), &r);
         assert_eq!(memo.0.len(), held);
     }
 }
