@@ -120,7 +120,7 @@ pub async fn serve(
     };
     let (max_running, queue) = api
         .as_ref()
-        .map_or((crate::config::server::DEFAULT_CONCURRENT_RUNS, crate::config::server::DEFAULT_QUEUE), |(s, ..)| {
+        .map_or((crate::config::server::default_concurrent_runs(), crate::config::server::DEFAULT_QUEUE), |(s, ..)| {
             (s.max_concurrent_runs, s.queue)
         });
     // The probes first: they answer while the runner opens (`/readyz`: 503

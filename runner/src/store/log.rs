@@ -258,7 +258,18 @@ impl Writer {
         let mut new_nodes = Vec::new();
         let tx_result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
-            for req in &batch {
+            // Checkpoints asked for in this batch, signed together once the
+            // records before them are in (`Writer::sign_checkpoints`).
+            let mut asked: Vec<usize> = Vec::new();
+            for (i, req) in batch.iter().enumerate() {
+                if let Request::Append { event, .. } = req
+                    && is_key_record(event)
+                {
+                    // A checkpoint is signed by the key in force at its
+                    // size: one asked for before a key record is signed
+                    // before it.
+                    sign_checkpoints(&tx, (self.next_seq, self.range.root()), &batch, &mut asked, &mut results)?;
+                }
                 let r = match req {
                     Request::Append { pinned: Some(p), .. } if (p.seq, p.prev) != (self.next_seq, self.prev) => {
                         Err(format!(
@@ -318,27 +329,15 @@ impl Writer {
                     Request::Ping { .. } | Request::Poison { .. } => {
                         unreachable!("pings and poisons are taken out of the batch")
                     }
-                    Request::Checkpoint { signer, origin, .. } => {
-                        let cp = Checkpoint { origin: origin.clone(), size: self.next_seq, root: self.range.root() };
-                        match signer.sign(&cp.text()) {
-                            Ok(note) => {
-                                tx.prepare_cached(
-                                    "INSERT OR IGNORE INTO checkpoints (size, root, note, time) VALUES (?1, ?2, ?3, ?4)",
-                                )?
-                                .execute(params![
-                                    cp.size as i64,
-                                    base64_std(&cp.root),
-                                    note,
-                                    jiff::Timestamp::now().to_string()
-                                ])?;
-                                Ok(Outcome::Checkpoint(note))
-                            }
-                            Err(e) => Err(e.to_string()),
-                        }
+                    Request::Checkpoint { .. } => {
+                        asked.push(i);
+                        // (Answered by `sign_checkpoints`.)
+                        Err(String::new())
                     }
                 };
                 results.push(r);
             }
+            sign_checkpoints(&tx, (self.next_seq, self.range.root()), &batch, &mut asked, &mut results)?;
             tx.commit()
         })();
         if let Err(e) = tx_result {
@@ -401,6 +400,51 @@ impl Writer {
     }
 }
 
+/// Sign the checkpoints `asked` for (indexes into `batch`) at the size
+/// the log has now, and store them: one signature for every request
+/// with the same key and origin. Each covers the records queued before
+/// its request (they are in the batch before it, or committed), and a
+/// few after it: a checkpoint of a larger tree proves the same
+/// inclusion. Under load this is one signature and one row per commit
+/// instead of one per run.
+fn sign_checkpoints(
+    tx: &rusqlite::Transaction<'_>,
+    (size, root): (u64, Hash),
+    batch: &[Request],
+    asked: &mut Vec<usize>,
+    results: &mut [Result<Outcome, String>],
+) -> rusqlite::Result<()> {
+    let mut signed: Vec<(&Arc<NoteSigner>, &str, Result<String, String>)> = Vec::new();
+    for i in asked.drain(..) {
+        let Request::Checkpoint { signer, origin, .. } = &batch[i] else {
+            unreachable!("only checkpoint requests are asked for")
+        };
+        let found = signed.iter().find(|(s, o, _)| Arc::ptr_eq(s, signer) && o == origin);
+        let note = match found {
+            Some((.., note)) => note.clone(),
+            None => {
+                let cp = Checkpoint { origin: origin.clone(), size, root };
+                let note = signer.sign(&cp.text()).map_err(|e| e.to_string());
+                if let Ok(note) = &note {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO checkpoints (size, root, note, time) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        cp.size as i64,
+                        base64_std(&cp.root),
+                        note,
+                        jiff::Timestamp::now().to_string()
+                    ])?;
+                }
+                signed.push((signer, origin, note.clone()));
+                note
+            }
+        };
+        results[i] = note.map(Outcome::Checkpoint);
+    }
+    Ok(())
+}
+
 impl Writer {
     /// Store what the last batch changed in the fold, in a transaction of
     /// its own that does not wait for the disk (derived state: the next
@@ -442,6 +486,11 @@ fn reply(req: Request, r: Result<Outcome, String>) {
         (Request::Poison { .. }, _) => {}
         _ => unreachable!("each request gets its own kind of outcome"),
     }
+}
+
+/// A record that changes the key checkpoints are signed with.
+fn is_key_record(event: &Event) -> bool {
+    matches!(event, Event::KeyEvent { .. } | Event::KeyRotation { .. })
 }
 
 fn base64_std(b: &[u8]) -> String {

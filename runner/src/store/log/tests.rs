@@ -88,3 +88,55 @@ fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
     let log = EvidenceLog::open(dir.path()).unwrap();
     assert_eq!(log.len(), 3, "nothing of the failed start is in the log");
 }
+
+#[test]
+fn checkpoints_asked_for_in_one_commit_share_a_signature_but_never_across_a_key_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let other = Arc::new(NoteSigner::new("runner.test", other_key).unwrap());
+    let h = log.handle();
+
+    // Hold the writer after its first commit (it folds under the index's
+    // write lock), so that everything sent meanwhile is one batch.
+    let held = log.index();
+    let first = h.send_append("r-0", refused("first"), None).unwrap();
+    let t = Instant::now();
+    // (Not `len`: it waits for the index, which the writer now waits for.)
+    while log.head().size < 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the writer did not commit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let a1 = h.send_append("r-a", refused("a1"), None).unwrap();
+    let c1 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
+    let a2 = h.send_append("r-b", refused("a2"), None).unwrap();
+    let c2 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
+    let c2_other = h.send_checkpoint(other.clone(), "runner.test").unwrap();
+    let k = h.send_append("runner", Event::KeyEvent { action: "test".into(), key: "k".into() }, None).unwrap();
+    let c3 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
+    drop(held);
+
+    wait(received(first)).unwrap();
+    let (a1, a2, k) = (wait(received(a1)).unwrap(), wait(received(a2)).unwrap(), wait(received(k)).unwrap());
+    assert_eq!((a1.seq, a2.seq, k.seq), (1, 2, 3));
+    let (c1, c2, c2_other, c3) = (
+        wait(received(c1)).unwrap(),
+        wait(received(c2)).unwrap(),
+        wait(received(c2_other)).unwrap(),
+        wait(received(c3)).unwrap(),
+    );
+    // One signature for both requests of the same key before the key
+    // record, covering both runs' records (and not the key record).
+    assert_eq!(c1, c2);
+    assert_eq!(Checkpoint::claimed(&c1).unwrap().size, 3);
+    // Another key signs its own.
+    assert_ne!(c2_other, c2);
+    assert_eq!(Checkpoint::claimed(&c2_other).unwrap().size, 3);
+    // After the key record: signed at the size that includes it.
+    assert_eq!(Checkpoint::claimed(&c3).unwrap().size, 4);
+    assert_eq!(log.newest_checkpoint().unwrap(), Some((4, c3)));
+    drop(log);
+    EvidenceLog::open(dir.path()).unwrap();
+}
