@@ -377,7 +377,21 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     /// Components already loaded in this process, by digest (bounded).
     loaded: edge_core::bounded::BoundedMap<Sha256Digest, Arc<Loaded>>,
+    /// Phases executing at once ([`phases_at_once`]): what bounds the
+    /// capsule instances alive, their memory and the threads they run on,
+    /// however many runs are in progress.
+    phases: tokio::sync::Semaphore,
     _ticker: EpochTicker,
+}
+
+/// Capsule phases executing at once in one process: 4 per core, at least 4.
+/// A run holds one only while its capsule runs (not while it waits for its
+/// records to be durable, most of its time), so the instances alive — each
+/// up to its `memory_mib` — and the threads they run on stay few however
+/// many runs are in progress (`server.max_concurrent_runs`).
+pub fn phases_at_once() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores.saturating_mul(4).max(4)
 }
 
 /// Most loaded components kept in memory; past it the cache starts over
@@ -489,6 +503,7 @@ impl Sandbox {
             linker,
             cache_dir: cache_dir.to_path_buf(),
             loaded: edge_core::bounded::BoundedMap::new(MAX_LOADED),
+            phases: tokio::sync::Semaphore::new(phases_at_once()),
             _ticker: EpochTicker(stop),
         })
     }
@@ -720,6 +735,10 @@ impl Sandbox {
         + 'static,
     ) -> (Result<R, SandboxError>, Captured) {
         let wall_ms = grant.limits.wall_ms;
+        // Waiting for a turn is not the capsule's time: its limits start after.
+        let Ok(_turn) = self.phases.acquire().await else {
+            return (Err(SandboxError::Setup("the sandbox is closed".into())), Captured::default());
+        };
         let owned = OwnedInput {
             engine: self.engine.clone(),
             pre: pre.clone(),

@@ -17,8 +17,8 @@ use serde::Deserialize;
 /// core leave the cores idle: with 8 on two cores, a fifth of the CPU was
 /// idle under load (`cargo bench --bench loadgen`: 701 runs/s at 8, 851 at
 /// 16, 961 at 32; the runner's CPU per run also fell, 2.09 → 1.67 ms, as
-/// more runs share each commit). The bound is for memory: each run in
-/// progress may hold one capsule instance (up to its `memory_mib`).
+/// more runs share each commit). The capsule instances alive at once, and
+/// their memory, are bounded apart from this (`sandbox::phases_at_once`).
 pub fn default_concurrent_runs() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     cores.saturating_mul(16).clamp(8, 64)

@@ -206,6 +206,10 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
                 }
                 _ => return Err(error(StatusCode::BAD_REQUEST, format!("the body is not {SHAPE}"))),
             };
+            // Decoded: the body and its base64 (2.7 times the capsule, a
+            // full upload's) are not kept while the run is in progress.
+            drop(sub);
+            drop(bytes);
             match shared.runs.submit(capsule, agent).await.map_err(not_admitted)? {
                 Ok(v) => Ok(json_reply(StatusCode::CREATED, &v)),
                 Err(e) => Err(runner_error(&e)),
