@@ -384,15 +384,22 @@ pub struct Sandbox {
     _ticker: EpochTicker,
 }
 
-/// Capsule phases executing at once in one process: 4 per core, at least 4.
-/// A run holds one only while its capsule runs (not while it waits for its
-/// records to be durable, most of its time), so the instances alive — each
-/// up to its `memory_mib` — and the threads they run on stay few however
-/// many runs are in progress (`server.max_concurrent_runs`).
+/// Capsule phases executing at once in one process: 4 per core, 4 to
+/// [`MAX_PHASES`]. A run holds one only while its capsule runs (not while
+/// it waits for its records to be durable, most of its time), so the
+/// instances alive — each up to its `memory_mib` — and the threads they run
+/// on stay few however many runs are in progress
+/// (`server.max_concurrent_runs`).
 pub fn phases_at_once() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    cores.saturating_mul(4).max(4)
+    cores.saturating_mul(4).clamp(4, MAX_PHASES)
 }
+
+/// The most phases at once the pool holds even if every capsule uses as
+/// much of it as one may (`pool_config`: 16 tables each of 256, 4 memories
+/// of 256, 32 core instances of 1,024): past it an instantiation would fail
+/// instead of waiting its turn.
+pub const MAX_PHASES: usize = 16;
 
 /// Most loaded components kept in memory; past it the cache starts over
 /// (each reload is a cheap deserialisation of the on-disk cache entry).
@@ -921,19 +928,38 @@ pub(crate) fn compiler_config() -> Config {
     cfg
 }
 
+/// The pool's totals and what one component may take of each.
+const POOL_COMPONENTS: u32 = 128;
+const POOL_CORE_INSTANCES: u32 = 1024;
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const POOL_MEMORIES: u32 = 256;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const POOL_TABLES: u32 = 256;
+const TABLES_PER_COMPONENT: u32 = 16;
+const POOL_STACKS: u32 = 128;
+
+// `MAX_PHASES` capsules at once fit in the pool however much of it each takes.
+const _: () = {
+    let n = MAX_PHASES as u32;
+    assert!(n <= POOL_COMPONENTS && n <= POOL_STACKS);
+    assert!(n * CORE_INSTANCES_PER_COMPONENT <= POOL_CORE_INSTANCES);
+    assert!(n * MEMORIES_PER_COMPONENT <= POOL_MEMORIES);
+    assert!(n * TABLES_PER_COMPONENT <= POOL_TABLES);
+};
+
 fn pool_config(max_memory_mib: u64) -> PoolingAllocationConfig {
     let max_memory = (max_memory_mib as usize) << 20;
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(128)
-        .total_core_instances(1024)
-        .max_core_instances_per_component(32)
-        .total_memories(256)
-        .max_memories_per_component(4)
+    pool.total_component_instances(POOL_COMPONENTS)
+        .total_core_instances(POOL_CORE_INSTANCES)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(POOL_MEMORIES)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_memories_per_module(1)
-        .total_tables(256)
-        .max_tables_per_component(16)
+        .total_tables(POOL_TABLES)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
         .table_elements(100_000)
-        .total_stacks(128)
+        .total_stacks(POOL_STACKS)
         .max_memory_size(max_memory)
         .linear_memory_keep_resident(1 << 20)
         .max_unused_warm_slots(16);
