@@ -113,14 +113,26 @@ impl CapsuleFile {
     /// Assemble a capsule from its manifest, signature bundle and a
     /// component already known by digest: the same checks as a parsed
     /// capsule file (canonical manifest, component matches the pin).
+    /// `find` is asked for the component the manifest pins, once the
+    /// manifest has parsed (it is parsed once).
     ///
     /// # Errors
-    /// See [`ContainerError`].
-    pub fn from_parts(
+    /// The outer error is `find`'s; the inner one, see [`ContainerError`].
+    pub fn from_parts<E>(
         manifest_bytes: Vec<u8>,
-        component: &KnownComponent,
         bundle: Option<Vec<u8>>,
-    ) -> Result<Self, ContainerError> {
+        find: impl FnOnce(Sha256Digest) -> Result<KnownComponent, E>,
+    ) -> Result<Result<Self, ContainerError>, E> {
+        let manifest = match Self::parts_checked(&manifest_bytes, bundle.as_deref()) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        let component = find(manifest.component.sha256)?;
+        Ok(Self::matched(manifest, manifest_bytes, &component, bundle))
+    }
+
+    /// The sizes of a capsule's parts, and its manifest parsed.
+    fn parts_checked(manifest_bytes: &[u8], bundle: Option<&[u8]>) -> Result<Manifest, ContainerError> {
         if manifest_bytes.len() > MAX_MANIFEST_BYTES {
             return Err(ContainerError::TooLarge {
                 name: MANIFEST_ENTRY.into(),
@@ -128,7 +140,7 @@ impl CapsuleFile {
                 limit: MAX_MANIFEST_BYTES as u64,
             });
         }
-        if let Some(b) = &bundle
+        if let Some(b) = bundle
             && b.len() as u64 > MAX_BUNDLE_BYTES
         {
             return Err(ContainerError::TooLarge {
@@ -137,8 +149,7 @@ impl CapsuleFile {
                 limit: MAX_BUNDLE_BYTES,
             });
         }
-        let manifest = Manifest::from_canonical_json(&manifest_bytes)?;
-        Self::matched(manifest, manifest_bytes, component, bundle)
+        Ok(Manifest::from_canonical_json(manifest_bytes)?)
     }
 
     fn matched(

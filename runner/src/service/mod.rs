@@ -442,24 +442,31 @@ impl RunService {
     /// (the component, hashed once when it was loaded, is checked against the pin,
     /// the signature covers the manifest).
     pub fn by_reference(&self, manifest: Vec<u8>, signature: Vec<u8>) -> Result<Result<CapsuleFile, ByReference>> {
-        let m = match edge_core::manifest::Manifest::from_canonical_json(&manifest) {
-            Ok(m) => m,
-            Err(e) => return Ok(Err(ByReference::BadManifest(e.to_string()))),
-        };
-        let digest = m.component.sha256;
-        let component = match self.components.get(&digest) {
-            Some(c) => c,
-            None => match self.runner.log.read_artifact(&digest)? {
+        // The component the manifest pins, if this runner holds it.
+        let find = |digest: Sha256Digest| -> Result<Result<KnownComponent, Sha256Digest>> {
+            if let Some(c) = self.components.get(&digest) {
+                return Ok(Ok(c));
+            }
+            Ok(match self.runner.log.read_artifact(&digest)? {
                 Some(bytes) => {
                     let c = KnownComponent::new(bytes);
                     self.components.insert(digest, c.clone());
-                    c
+                    Ok(c)
                 }
-                None => return Ok(Err(ByReference::UnknownComponent(digest))),
-            },
+                None => Err(digest),
+            })
         };
-        Ok(CapsuleFile::from_parts(manifest, &component, Some(signature))
-            .map_err(|e| ByReference::BadManifest(e.to_string())))
+        // (Missing is carried as the outer error; the store's own failure
+        // goes out as it is.)
+        match CapsuleFile::from_parts(manifest, Some(signature), |d| match find(d) {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(d)) => Err(Ok(d)),
+            Err(e) => Err(Err(e)),
+        }) {
+            Ok(made) => Ok(made.map_err(|e| ByReference::BadManifest(e.to_string()))),
+            Err(Ok(missing)) => Ok(Err(ByReference::UnknownComponent(missing))),
+            Err(Err(e)) => Err(e),
+        }
     }
 
     /// Keep an approval for a waiting proposal and run it once the quorum is
