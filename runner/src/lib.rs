@@ -31,3 +31,9 @@ pub mod service;
 pub mod ssh_agent;
 pub mod staging;
 pub mod store;
+
+/// The cores this process may use (1 if it cannot tell): what the defaults
+/// that scale with the host start from.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}

@@ -391,8 +391,7 @@ pub struct Sandbox {
 /// on stay few however many runs are in progress
 /// (`server.max_concurrent_runs`).
 pub fn phases_at_once() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    cores.saturating_mul(4).clamp(4, MAX_PHASES)
+    crate::cores().saturating_mul(4).clamp(4, MAX_PHASES)
 }
 
 /// The most phases at once the pool holds even if every capsule uses as

@@ -20,8 +20,7 @@ use serde::Deserialize;
 /// more runs share each commit). The capsule instances alive at once, and
 /// their memory, are bounded apart from this (`sandbox::phases_at_once`).
 pub fn default_concurrent_runs() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    cores.saturating_mul(16).clamp(8, 64)
+    crate::cores().saturating_mul(16).clamp(8, 64)
 }
 /// Runs waiting for a slot unless `server.queue` says otherwise.
 pub const DEFAULT_QUEUE: usize = 256;

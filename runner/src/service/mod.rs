@@ -442,30 +442,30 @@ impl RunService {
     /// (the component, hashed once when it was loaded, is checked against the pin,
     /// the signature covers the manifest).
     pub fn by_reference(&self, manifest: Vec<u8>, signature: Vec<u8>) -> Result<Result<CapsuleFile, ByReference>> {
+        /// Why no component: the runner does not hold it, or its store failed.
+        enum Missing {
+            Component(Sha256Digest),
+            Store(anyhow::Error),
+        }
         // The component the manifest pins, if this runner holds it.
-        let find = |digest: Sha256Digest| -> Result<Result<KnownComponent, Sha256Digest>> {
+        let found = CapsuleFile::from_parts(manifest, Some(signature), |digest| {
             if let Some(c) = self.components.get(&digest) {
-                return Ok(Ok(c));
+                return Ok(c);
             }
-            Ok(match self.runner.log.read_artifact(&digest)? {
-                Some(bytes) => {
+            match self.runner.log.read_artifact(&digest) {
+                Ok(Some(bytes)) => {
                     let c = KnownComponent::new(bytes);
                     self.components.insert(digest, c.clone());
                     Ok(c)
                 }
-                None => Err(digest),
-            })
-        };
-        // (Missing is carried as the outer error; the store's own failure
-        // goes out as it is.)
-        match CapsuleFile::from_parts(manifest, Some(signature), |d| match find(d) {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(d)) => Err(Ok(d)),
-            Err(e) => Err(Err(e)),
-        }) {
+                Ok(None) => Err(Missing::Component(digest)),
+                Err(e) => Err(Missing::Store(e)),
+            }
+        });
+        match found {
             Ok(made) => Ok(made.map_err(|e| ByReference::BadManifest(e.to_string()))),
-            Err(Ok(missing)) => Ok(Err(ByReference::UnknownComponent(missing))),
-            Err(Err(e)) => Err(e),
+            Err(Missing::Component(d)) => Ok(Err(ByReference::UnknownComponent(d))),
+            Err(Missing::Store(e)) => Err(e),
         }
     }
 

@@ -259,7 +259,7 @@ impl Writer {
         let tx_result = (|| -> rusqlite::Result<()> {
             let tx = self.db.transaction()?;
             // Checkpoints asked for in this batch, signed together once the
-            // records before them are in (`Writer::sign_checkpoints`).
+            // records before them are in (`sign_checkpoints`).
             let mut asked: Vec<usize> = Vec::new();
             for (i, req) in batch.iter().enumerate() {
                 if let Request::Append { event, .. } = req
@@ -268,7 +268,7 @@ impl Writer {
                     // A checkpoint is signed by the key in force at its
                     // size: one asked for before a key record is signed
                     // before it.
-                    sign_checkpoints(&tx, (self.next_seq, self.range.root()), &batch, &mut asked, &mut results)?;
+                    sign_checkpoints(&tx, (self.next_seq, &self.range), &batch, &mut asked, &mut results)?;
                 }
                 let r = match req {
                     Request::Append { pinned: Some(p), .. } if (p.seq, p.prev) != (self.next_seq, self.prev) => {
@@ -337,7 +337,7 @@ impl Writer {
                 };
                 results.push(r);
             }
-            sign_checkpoints(&tx, (self.next_seq, self.range.root()), &batch, &mut asked, &mut results)?;
+            sign_checkpoints(&tx, (self.next_seq, &self.range), &batch, &mut asked, &mut results)?;
             tx.commit()
         })();
         if let Err(e) = tx_result {
@@ -409,11 +409,16 @@ impl Writer {
 /// instead of one per run.
 fn sign_checkpoints(
     tx: &rusqlite::Transaction<'_>,
-    (size, root): (u64, Hash),
+    (size, range): (u64, &CompactRange),
     batch: &[Request],
     asked: &mut Vec<usize>,
     results: &mut [Result<Outcome, String>],
 ) -> rusqlite::Result<()> {
+    // (Most commits ask for none: the root is computed only when one does.)
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let root = range.root();
     let mut signed: Vec<(&Arc<NoteSigner>, &str, Result<String, String>)> = Vec::new();
     for i in asked.drain(..) {
         let Request::Checkpoint { signer, origin, .. } = &batch[i] else {
