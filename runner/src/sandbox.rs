@@ -30,7 +30,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -381,7 +381,30 @@ pub struct Sandbox {
     /// capsule instances alive, their memory and the threads they run on,
     /// however many runs are in progress.
     phases: tokio::sync::Semaphore,
+    /// The semaphore's size; phases executing now and the most at once
+    /// since start, counted apart from the semaphore (`/metrics`: the bound
+    /// is visible, and a test can see that it holds).
+    phases_limit: usize,
+    phases_now: AtomicUsize,
+    phases_peak: AtomicUsize,
     _ticker: EpochTicker,
+}
+
+/// One phase counted in [`Sandbox::executing`] while it lives.
+struct PhaseCount<'a>(&'a AtomicUsize);
+
+impl Drop for PhaseCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Capsule phases executing now, the most at once since start, and the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Executing {
+    pub now: usize,
+    pub peak: usize,
+    pub limit: usize,
 }
 
 /// Capsule phases executing at once in one process: 4 per core, 4 to
@@ -504,14 +527,34 @@ impl Sandbox {
                 })
                 .context("cannot start the epoch ticker")?;
         }
+        let phases_limit = phases_at_once();
         Ok(Self {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
             loaded: edge_core::bounded::BoundedMap::new(MAX_LOADED),
-            phases: tokio::sync::Semaphore::new(phases_at_once()),
+            phases: tokio::sync::Semaphore::new(phases_limit),
+            phases_limit,
+            phases_now: AtomicUsize::new(0),
+            phases_peak: AtomicUsize::new(0),
             _ticker: EpochTicker(stop),
         })
+    }
+
+    /// Capsule phases executing now, the most at once since start, the bound.
+    pub fn executing(&self) -> Executing {
+        Executing {
+            now: self.phases_now.load(Ordering::Relaxed),
+            peak: self.phases_peak.load(Ordering::Relaxed),
+            limit: self.phases_limit,
+        }
+    }
+
+    /// Count a phase as executing until the returned guard drops.
+    fn executing_phase(&self) -> PhaseCount<'_> {
+        let now = self.phases_now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.phases_peak.fetch_max(now, Ordering::Relaxed);
+        PhaseCount(&self.phases_now)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -745,6 +788,7 @@ impl Sandbox {
         let Ok(_turn) = self.phases.acquire().await else {
             return (Err(SandboxError::Setup("the sandbox is closed".into())), Captured::default());
         };
+        let _counted = self.executing_phase();
         let owned = OwnedInput {
             engine: self.engine.clone(),
             pre: pre.clone(),

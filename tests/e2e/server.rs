@@ -919,6 +919,77 @@ fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave(
     });
 }
 
+/// A gauge's value in a `/metrics` text.
+fn gauge(text: &str, name: &str) -> usize {
+    let line = text.lines().find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name));
+    line.and_then(|l| l.split_once(' ')?.1.parse().ok()).unwrap_or_else(|| panic!("no `{name}` in\n{text}"))
+}
+
+#[test]
+fn capsules_executing_at_once_stay_within_their_bound_however_many_runs_are_in_progress() {
+    let env = setup(64);
+    // More runs in progress than capsules may execute at once.
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap() + "max_concurrent_runs = 32\n";
+    std::fs::write(env.path("runner.toml"), config).unwrap();
+    let server = Server::start(&env);
+    // Sleeps until its wall-time limit (2.5 s), reading its mounts only, so
+    // that no mount lock orders the runs: only the bound does.
+    let manifest = Env::hostile_manifest("sleep", "")
+        .replace("name = \"data\"\nwritable = true", "name = \"data\"\nwritable = false");
+    assert!(manifest.contains("name = \"data\"\nwritable = false"), "{manifest}");
+    let sleeper = env.capsule("srv-sleep-ro", test_programs::HOSTILE, &manifest, Some("agent"));
+    let metrics = || {
+        rt().block_on(async {
+            let r = server.client(&env, "approver").get("/metrics").await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            String::from_utf8(r.body.to_vec()).unwrap()
+        })
+    };
+    let before = metrics();
+    let limit = gauge(&before, "edge_runner_capsules_executing_limit");
+    assert!((4..=16).contains(&limit), "{before}");
+    assert_eq!(gauge(&before, "edge_runner_capsules_executing"), 0, "{before}");
+    assert_eq!(gauge(&before, "edge_runner_capsules_executing_peak"), 0, "{before}");
+
+    // Four more sleepers than the bound, all at once.
+    let runs = limit + 4;
+    let url = server.url.clone();
+    let tls = env.path("tls");
+    let submitted: Vec<_> = (0..runs)
+        .map(|_| {
+            let (url, tls, body) = (url.clone(), tls.clone(), submission(&sleeper));
+            std::thread::spawn(move || {
+                rt().block_on(async {
+                    let mut c =
+                        Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
+                    c.post("/v1/proposals", body, "application/json").await.unwrap()
+                })
+            })
+        })
+        .collect();
+    // While they run, the bound holds.
+    let mut seen_busy = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        let text = metrics();
+        let now = gauge(&text, "edge_runner_capsules_executing");
+        assert!(now <= limit, "{now} capsules executing at once, past the bound of {limit}");
+        seen_busy = seen_busy.max(now);
+    }
+    for h in submitted {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
+        let v = r.json().unwrap();
+        // Each got its whole wall time once its turn came: waiting is not counted.
+        assert_eq!(v["refusal"]["reason_code"], "sandbox.wall_time", "{v:#}");
+    }
+    let after = metrics();
+    assert_eq!(gauge(&after, "edge_runner_capsules_executing"), 0, "{after}");
+    // The bound was reached, never passed: runs past it waited their turn.
+    assert_eq!(gauge(&after, "edge_runner_capsules_executing_peak"), limit, "{after}");
+    assert!(seen_busy >= 1, "no scrape saw a capsule executing");
+}
+
 #[test]
 fn a_capsule_submitted_by_reference_needs_a_component_the_runner_holds_and_passes_the_same_checks() {
     let env = setup(64);

@@ -311,7 +311,10 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Man(a) => crate::cli::generate::man(&a, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            // One run: its tasks take turns on this thread (capsule phases
+            // run on blocking threads of their own either way). Two idle
+            // worker threads were a start, a heap and an exit more.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(pipeline::exec_file(&args.config, &args.capsule, &args.approvals));
             // A phase stopped while blocked in a host call leaves its thread
             // in that call: do not wait for it to exit.

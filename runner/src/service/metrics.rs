@@ -99,6 +99,23 @@ impl Metrics {
         );
         let _ =
             writeln!(s, "edge_runner_evidence_durable_wait_seconds_total {}", runner.log.durable_wait().as_secs_f64());
+        let executing = runner.sandbox.executing();
+        header(&mut s, "edge_runner_capsules_executing", "gauge", "Capsule phases executing now.");
+        let _ = writeln!(s, "edge_runner_capsules_executing {}", executing.now);
+        header(
+            &mut s,
+            "edge_runner_capsules_executing_peak",
+            "gauge",
+            "The most capsule phases executing at once since start.",
+        );
+        let _ = writeln!(s, "edge_runner_capsules_executing_peak {}", executing.peak);
+        header(
+            &mut s,
+            "edge_runner_capsules_executing_limit",
+            "gauge",
+            "The most capsule phases this runner executes at once (4 per core, 4 to 16); runs past it wait their turn.",
+        );
+        let _ = writeln!(s, "edge_runner_capsules_executing_limit {}", executing.limit);
         header(&mut s, "edge_runner_queue_depth", "gauge", "Runs admitted and waiting for a run slot.");
         let _ = writeln!(s, "edge_runner_queue_depth {}", queue_depth);
         header(
