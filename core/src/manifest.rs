@@ -184,7 +184,9 @@ impl Manifest {
         }
         let m: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
         m.validate()?;
-        if m.to_canonical_json()? != bytes {
+        // Written straight from `m` and compared (the `Value` path decides
+        // when that differs or gives up), as the verifier checks records.
+        if !canonical::is_canonical_form_of(&m, bytes)? {
             return Err(ManifestError::NotCanonical);
         }
         Ok(m)
@@ -418,6 +420,13 @@ agent = "spiffe://bank.example/agent/fixer"
         assert_eq!((digested.manifest(), digested.digest()), (&m, m.digest().unwrap()));
         let pretty = serde_json::to_vec_pretty(&m).unwrap();
         assert!(matches!(DigestedManifest::from_canonical_json(&pretty), Err(ManifestError::NotCanonical)));
+        // The check takes the direct writer's path (no `Value`) for a
+        // manifest, and compact JSON in the struct's field order (not the
+        // keys' order) is still refused.
+        assert_eq!(canonical::direct_canonical_vec(&m).as_deref(), Some(&bytes[..]));
+        let compact = serde_json::to_vec(&m).unwrap();
+        assert_ne!(compact, bytes);
+        assert!(matches!(Manifest::from_canonical_json(&compact), Err(ManifestError::NotCanonical)));
     }
 
     #[test]
