@@ -184,6 +184,17 @@ fn submission(path: &Path) -> Vec<u8> {
     serde_json::to_vec(&json!({ "capsule": base64::engine::general_purpose::STANDARD.encode(bytes) })).unwrap()
 }
 
+/// Submit `path` as the agent from a thread of its own, with its own client.
+fn submit_in_thread(server: &Server, env: &Env, path: &Path) -> std::thread::JoinHandle<Reply> {
+    let (url, tls, body) = (server.url.clone(), env.path("tls"), submission(path));
+    std::thread::spawn(move || {
+        rt().block_on(async {
+            let mut c = Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
+            c.post("/v1/proposals", body, "application/json").await.unwrap()
+        })
+    })
+}
+
 pub(crate) async fn submit(c: &mut Client, path: &Path) -> Reply {
     c.post("/v1/proposals", submission(path), "application/json").await.unwrap()
 }
@@ -495,21 +506,9 @@ fn oversized_bodies_slow_clients_and_overload_are_refused_without_losing_accepte
     });
 
     // Overload: one run sleeping in the runner, one queued, the rest 429.
-    let url = server.url.clone();
-    let tls = env.path("tls");
-    let spawn_submit = |path: PathBuf| {
-        let (url, tls) = (url.clone(), tls.clone());
-        std::thread::spawn(move || {
-            rt().block_on(async {
-                let mut c =
-                    Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
-                c.post("/v1/proposals", submission(&path), "application/json").await.unwrap()
-            })
-        })
-    };
-    let first = spawn_submit(sleeper.clone());
+    let first = submit_in_thread(&server, &env, &sleeper);
     std::thread::sleep(Duration::from_millis(400));
-    let rest: Vec<_> = (0..6).map(|_| spawn_submit(tier0.clone())).collect();
+    let rest: Vec<_> = (0..6).map(|_| submit_in_thread(&server, &env, &tier0)).collect();
     let mut accepted = vec![first.join().unwrap()];
     let mut overloaded = 0;
     for h in rest {
@@ -952,21 +951,7 @@ fn capsules_executing_at_once_stay_within_their_bound_however_many_runs_are_in_p
     assert_eq!(gauge(&before, "edge_runner_capsules_executing_peak"), 0, "{before}");
 
     // Four more sleepers than the bound, all at once.
-    let runs = limit + 4;
-    let url = server.url.clone();
-    let tls = env.path("tls");
-    let submitted: Vec<_> = (0..runs)
-        .map(|_| {
-            let (url, tls, body) = (url.clone(), tls.clone(), submission(&sleeper));
-            std::thread::spawn(move || {
-                rt().block_on(async {
-                    let mut c =
-                        Client::new(&url, &tls.join("ca.pem"), &tls.join("agent.pem"), &tls.join("agent.key")).unwrap();
-                    c.post("/v1/proposals", body, "application/json").await.unwrap()
-                })
-            })
-        })
-        .collect();
+    let submitted: Vec<_> = (0..limit + 4).map(|_| submit_in_thread(&server, &env, &sleeper)).collect();
     // While they run, the bound holds.
     let mut seen_busy = 0;
     for _ in 0..20 {
