@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(binary_digest(dir.path()).unwrap(), direct, "another file's entry: hashed again");
         assert_eq!(read_cache(dir.path()), [cached, other], "the new entry first, the other file's kept");
         // The format before several entries is no cache: hashed again.
-        std::fs::write(dir.path().join(CACHE_FILE), serde_json::to_vec(&forged_single(&direct)).unwrap()).unwrap();
+        std::fs::write(dir.path().join(CACHE_FILE), serde_json::to_vec(&forged_single()).unwrap()).unwrap();
         assert_eq!(binary_digest(dir.path()).unwrap(), direct);
         assert!(!REVISION.is_empty() && !VERSION.is_empty());
     }
@@ -267,9 +267,10 @@ mod tests {
         std::fs::write(dir.join(CACHE_FILE), serde_json::to_vec(entries).unwrap()).unwrap();
     }
 
-    /// One entry as the cache held it before (an object, not a list).
-    fn forged_single(direct: &Sha256Digest) -> serde_json::Value {
+    /// An entry for this executable as the cache held it before (an object,
+    /// not a list), with a digest that is not its own.
+    fn forged_single() -> serde_json::Value {
         let meta = std::fs::metadata("/proc/self/exe").unwrap();
-        serde_json::to_value(Cached::key(&meta, Sha256Digest::of(direct.0.as_slice()))).unwrap()
+        serde_json::to_value(Cached::key(&meta, Sha256Digest::of(b"not this binary"))).unwrap()
     }
 }

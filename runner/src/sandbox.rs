@@ -541,7 +541,10 @@ impl Sandbox {
         })
     }
 
-    /// Capsule phases executing now, the most at once since start, the bound.
+    /// Capsule phases executing now, the most at once since start, the
+    /// bound. A phase counts while it holds its turn: one refused while
+    /// blocked in a host call no longer counts, though its thread may still
+    /// be in that call (`docs/operations.md`, known limits).
     pub fn executing(&self) -> Executing {
         Executing {
             now: self.phases_now.load(Ordering::Relaxed),
