@@ -22,7 +22,7 @@
 //! executable's device, inode, size, modification and change times: a
 //! binary replaced or modified in place has another inode or change time
 //! (which no one sets without changing the clock), and is hashed again. It
-//! holds the last [`CACHED_BINARIES`] executables, so two builds sharing one
+//! holds the last four executables (`CACHED_BINARIES`), so two builds sharing one
 //! cache directory (an `exec` from another install beside `serve`, old and
 //! new side by side during an upgrade) do not evict each other and re-hash
 //! at every start (~150 ms for a 280 MB build).
