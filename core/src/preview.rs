@@ -251,6 +251,7 @@ impl Redactor {
         let mut out = String::with_capacity(text.len());
         let mut masked = 0;
         let mut in_pem = false;
+        let patterns = self.patterns.regexes();
         for line in text.split_inclusive('\n') {
             let body = line.strip_suffix('\n').map_or(line, |b| b.strip_suffix('\r').unwrap_or(b));
             let end = &line[body.len()..];
@@ -266,7 +267,7 @@ impl Redactor {
                 out.push_str(end);
                 continue;
             }
-            if !self.patterns.regexes().iter().any(|p| p.is_match(body)) {
+            if !patterns.iter().any(|p| p.is_match(body)) {
                 out.push_str(line);
                 continue;
             }
