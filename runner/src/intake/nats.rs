@@ -370,10 +370,13 @@ impl Intake {
             }
         };
         let kind = m.subject.as_str().rsplit('.').next().unwrap_or("").to_owned();
+        // The payload goes to the work, and only what acks the message is
+        // kept until the end: a capsule is not held twice while it runs.
+        let (message, m) = m.split();
         // While it is processed, the server hears every third of its ack
         // wait that it still is (a long run is not delivered again).
         let outcome = {
-            let work = self.process(source, seq, published, &kind, &m.payload);
+            let work = self.process(source, seq, published, &kind, message.payload);
             tokio::pin!(work);
             let every = self.settings.ack_wait / 3;
             loop {
@@ -439,7 +442,7 @@ impl Intake {
         seq: u64,
         published: i128,
         kind: &str,
-        payload: &[u8],
+        payload: bytes::Bytes,
     ) -> Result<(Option<Vec<u8>>, Disposition)> {
         let refused = |code: &str, detail: String| {
             tracing::info!(target: "edge_runner::nats", seq, reason_code = code, detail = %edge_core::text::line(&detail), "NATS message refused");
@@ -452,13 +455,13 @@ impl Intake {
             );
         }
         match kind {
-            "submit" => self.submit(source, seq, published, Submission::File(payload.to_vec())).await,
-            "submit-ref" => match self.by_reference(payload)? {
+            "submit" => self.submit(source, seq, published, Submission::File(Vec::from(payload))).await,
+            "submit-ref" => match self.by_reference(&payload)? {
                 Ok(capsule) => self.submit(source, seq, published, capsule).await,
                 Err((code, detail)) => refused(code, detail),
             },
-            "approve" => self.approve(payload).await,
-            "export" => self.export(seq, payload).await,
+            "approve" => self.approve(&payload).await,
+            "export" => self.export(seq, &payload).await,
             _ => refused(
                 "nats.unknown-subject",
                 "publish to in.submit, in.submit-ref, in.approve or in.export".to_owned(),

@@ -222,6 +222,7 @@ impl Runner {
         report.record(Event::AwaitingApproval { proposal: id, document, approvals_required: required })?;
         report.close(Outcome::AwaitingApproval)?;
         report.proposal = Some(path);
+        report.waiting_capsule = Some(capsule.file().to_bytes());
         Ok(())
     }
 

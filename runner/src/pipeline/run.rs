@@ -142,6 +142,11 @@ pub struct RunReport {
     pub verification: Option<VerificationReport>,
     /// The proposal document written when the run awaits approval.
     pub proposal: Option<PathBuf>,
+    /// The capsule file of a run that awaits approval (written out again
+    /// from what was admitted), for the service to keep until the approvals
+    /// come: so that it need not hold a copy of every capsule it runs.
+    #[serde(skip)]
+    pub waiting_capsule: Option<Vec<u8>>,
     /// Where the run's receipt was written (command-line runs).
     pub receipt: Option<PathBuf>,
     /// The run's receipt: a C2SP tlog-proof of its terminal record against
@@ -212,6 +217,7 @@ impl RunReport {
             resumed: None,
             verification: None,
             proposal: None,
+            waiting_capsule: None,
             receipt: None,
             receipt_proof: None,
             quorum: None,

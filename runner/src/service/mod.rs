@@ -608,22 +608,26 @@ impl RunService {
         let runner = &self.runner;
         let started = Instant::now();
         let run = run.unwrap_or_else(crate::pipeline::new_run_id);
-        // A waiting proposal keeps its capsule file for when approvals come.
-        let (report, file) = match capsule {
-            Submission::File(bytes) => {
-                (runner.exec_capsule_as(run, Submitted::Bytes(&bytes), &[], Some(agent)).await?, bytes)
-            }
-            Submission::Assembled(f) => {
-                let kept = f.clone();
-                let report = runner.exec_capsule_as(run, Submitted::File(f), &[], Some(agent)).await?;
-                let waits = report.outcome == edge_core::evidence::Outcome::AwaitingApproval;
-                (report, if waits { kept.to_bytes() } else { Vec::new() })
-            }
+        // What runs is the parsed file: the uploaded bytes are not held
+        // beside it for the whole run (a capsule is megabytes, and many
+        // runs are in flight). Bytes that do not parse go to the pipeline
+        // as they are, which records why they are refused.
+        let mut report = match capsule {
+            Submission::File(bytes) => match CapsuleFile::parse(&bytes) {
+                Ok(f) => {
+                    drop(bytes);
+                    runner.exec_capsule_as(run, Submitted::File(Box::new(f)), &[], Some(agent)).await?
+                }
+                Err(_) => runner.exec_capsule_as(run, Submitted::Bytes(&bytes), &[], Some(agent)).await?,
+            },
+            Submission::Assembled(f) => runner.exec_capsule_as(run, Submitted::File(f), &[], Some(agent)).await?,
         };
         self.metrics.observe_run(started.elapsed());
         let id = proposals::proposal_id(&report.run);
         log_finished(&id, &report, started, Some(agent));
+        // A waiting proposal keeps its capsule file for when approvals come.
         if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
+            let file = report.waiting_capsule.take().context("a run awaiting approval without its capsule")?;
             crate::staging::write_durably(&capsule_path(runner, &id), &file)?;
         }
         Ok(summary(&id, &report))

@@ -46,18 +46,42 @@ PRAGMA synchronous = FULL;
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Longest a deferred append waits for a request that commits it (a
+/// barrier's flush, an append someone waits for, a checkpoint): records
+/// queued and then abandoned (a run dropped before its barrier) are still
+/// committed, and a record's time is at most this late. Tests make it long,
+/// so that whether a barrier or the timer committed a record is not left to
+/// the scheduler.
+const LINGER: Duration = if cfg!(test) { Duration::from_secs(3) } else { Duration::from_millis(5) };
+
+/// When the writer commits an append or an artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// At once: its sender waits for it.
+    Now,
+    /// With the next request that commits, or [`LINGER`] after it was
+    /// taken: a run's records between two barriers are one commit (one
+    /// flush of the disk), not one each.
+    Deferred,
+}
+
 enum Request {
     Append {
         run: String,
         event: Box<Event>,
         pinned: Option<Pinned>,
+        commit: Commit,
         reply: oneshot::Sender<Result<Record>>,
     },
     Artifact {
         digest: Sha256Digest,
         bytes: Vec<u8>,
+        commit: Commit,
         reply: oneshot::Sender<Result<Sha256Digest>>,
     },
+    /// Commit everything queued before it now (a barrier: its sender waits
+    /// for the replies of its deferred appends).
+    Flush,
     Checkpoint {
         signer: Arc<NoteSigner>,
         origin: String,
@@ -73,6 +97,16 @@ enum Request {
     Poison {
         why: String,
     },
+}
+
+impl Request {
+    /// Whether taking this request commits the batch at once.
+    fn commits_now(&self) -> bool {
+        match self {
+            Self::Append { commit, .. } | Self::Artifact { commit, .. } => *commit == Commit::Now,
+            Self::Checkpoint { .. } | Self::Flush | Self::Ping { .. } | Self::Poison { .. } => true,
+        }
+    }
 }
 
 /// Where a record must land, for a record that signs its own position (a
@@ -134,34 +168,35 @@ impl StoreHandle {
     /// # Errors
     /// If the transaction could not be committed (nothing was acknowledged).
     pub fn append(&self, run: &str, event: Event) -> Result<Record> {
-        wait(received(self.send_append(run, event, None)?))
+        wait(received(self.send_append(run, event, None, Commit::Now)?))
     }
 
     /// Queue an append; the receiver yields the record once it is durable.
-    fn send_append(&self, run: &str, event: Event, pinned: Option<Pinned>) -> Result<Reply<Record>> {
+    fn send_append(&self, run: &str, event: Event, pinned: Option<Pinned>, commit: Commit) -> Result<Reply<Record>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append { run: run.to_owned(), event: Box::new(event), pinned, reply })
+            .send(Request::Append { run: run.to_owned(), event: Box::new(event), pinned, commit, reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
         Ok(rx)
     }
 
     /// Queue an artifact unless it is known durable already.
-    fn send_artifact(&self, bytes: &[u8]) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
-        self.send_artifact_digested(Sha256Digest::of(bytes), bytes)
+    fn send_artifact(&self, bytes: &[u8], commit: Commit) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
+        self.send_artifact_digested(Sha256Digest::of(bytes), bytes, commit)
     }
 
     fn send_artifact_digested(
         &self,
         digest: Sha256Digest,
         bytes: &[u8],
+        commit: Commit,
     ) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
         if self.known.contains(&digest) {
             return Ok((digest, None));
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Artifact { digest, bytes: bytes.to_vec(), reply })
+            .send(Request::Artifact { digest, bytes: bytes.to_vec(), commit, reply })
             .map_err(|_| anyhow!("the evidence writer stopped"))?;
         Ok((digest, Some(rx)))
     }
@@ -175,7 +210,7 @@ impl StoreHandle {
     /// # Errors
     /// As [`StoreHandle::append`].
     pub fn put_artifact(&self, bytes: &[u8]) -> Result<Sha256Digest> {
-        let (digest, rx) = self.send_artifact(bytes)?;
+        let (digest, rx) = self.send_artifact(bytes, Commit::Now)?;
         if let Some(rx) = rx {
             self.artifact_durable(wait(received(rx))?);
         }
@@ -211,12 +246,24 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(first) = rx.recv() {
+            // Everything waiting goes into one transaction; deferred appends
+            // wait (at most `LINGER`) for a request that commits them.
+            let until = Instant::now() + LINGER;
+            let mut now = first.commits_now();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                let next = match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::TryRecvError::Empty) if !now => {
+                        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        }
+                    }
                     Err(_) => break,
-                }
+                };
+                now |= next.commits_now();
+                batch.push(next);
             }
             self.commit(batch);
         }
@@ -230,7 +277,9 @@ impl Writer {
                 self.poisoned.get_or_insert_with(|| why.clone());
             }
         }
-        let batch: Vec<Request> = batch.into_iter().filter(|r| !matches!(r, Request::Poison { .. })).collect();
+        // A flush only asked for this commit.
+        let batch: Vec<Request> =
+            batch.into_iter().filter(|r| !matches!(r, Request::Poison { .. } | Request::Flush)).collect();
         // Pings touch nothing: answered after what was queued with them.
         let (pings, batch): (Vec<Request>, Vec<Request>) =
             batch.into_iter().partition(|r| matches!(r, Request::Ping { .. }));
@@ -326,8 +375,8 @@ impl Writer {
                             .execute(params![d.to_string(), bytes.len() as i64, bytes])?;
                         Ok(Outcome::Artifact(d))
                     }
-                    Request::Ping { .. } | Request::Poison { .. } => {
-                        unreachable!("pings and poisons are taken out of the batch")
+                    Request::Ping { .. } | Request::Poison { .. } | Request::Flush => {
+                        unreachable!("pings, poisons and flushes are taken out of the batch")
                     }
                     Request::Checkpoint { .. } => {
                         asked.push(i);
@@ -488,7 +537,7 @@ fn reply(req: Request, r: Result<Outcome, String>) {
         (Request::Checkpoint { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         (Request::Ping { reply }, Ok(Outcome::Pong)) => drop(reply.send(Ok(()))),
         (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
-        (Request::Poison { .. }, _) => {}
+        (Request::Poison { .. } | Request::Flush, _) => {}
         _ => unreachable!("each request gets its own kind of outcome"),
     }
 }
@@ -586,7 +635,7 @@ impl RunLog {
     /// # Errors
     /// If the writer has stopped.
     pub fn append_deferred(&mut self, run: &str, event: Event) -> Result<()> {
-        let rx = self.handle.send_append(run, event, None)?;
+        let rx = self.handle.send_append(run, event, None, Commit::Deferred)?;
         self.pending.push(Pending::Record(rx));
         Ok(())
     }
@@ -597,7 +646,7 @@ impl RunLog {
     /// # Errors
     /// If the writer has stopped.
     pub fn put_artifact(&mut self, bytes: &[u8]) -> Result<Sha256Digest> {
-        let (d, rx) = self.handle.send_artifact(bytes)?;
+        let (d, rx) = self.handle.send_artifact(bytes, Commit::Deferred)?;
         self.pending.extend(rx.map(Pending::Artifact));
         Ok(d)
     }
@@ -608,7 +657,7 @@ impl RunLog {
     /// # Errors
     /// If the writer has stopped.
     pub fn put_artifact_digested(&mut self, digest: Sha256Digest, bytes: &[u8]) -> Result<Sha256Digest> {
-        let (d, rx) = self.handle.send_artifact_digested(digest, bytes)?;
+        let (d, rx) = self.handle.send_artifact_digested(digest, bytes, Commit::Deferred)?;
         self.pending.extend(rx.map(Pending::Artifact));
         Ok(d)
     }
@@ -622,6 +671,14 @@ impl RunLog {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // (A writer gone fails the replies awaited below.)
+        let _ = self.handle.tx.send(Request::Flush);
+        self.settle().await
+    }
+
+    /// Wait for the replies to everything queued (committed by a flush or a
+    /// checkpoint sent after it, or by the writer's timer).
+    async fn settle(&mut self) -> Result<()> {
         let t0 = Instant::now();
         let mut first_error = None;
         for p in std::mem::take(&mut self.pending) {
@@ -671,8 +728,9 @@ impl RunLog {
     /// # Errors
     /// As [`RunLog::barrier`], or if the checkpoint cannot be stored.
     pub async fn barrier_with_checkpoint(&mut self, signer: &Arc<NoteSigner>, origin: &str) -> Result<String> {
+        // The checkpoint commits what was queued before it: no flush.
         let rx = self.handle.send_checkpoint(signer.clone(), origin)?;
-        self.barrier().await?;
+        self.settle().await?;
         let t0 = Instant::now();
         let r = received(rx).await;
         self.waited(t0);
@@ -849,7 +907,7 @@ impl EvidenceLog {
     /// If the log has moved on (nothing is written), or as [`EvidenceLog::append`].
     pub fn append_pinned(&self, run: &str, event: Event, pinned: Pinned) -> Result<Record> {
         let t0 = Instant::now();
-        let r = self.handle.send_append(run, event, Some(pinned)).and_then(|rx| wait(received(rx)));
+        let r = self.handle.send_append(run, event, Some(pinned), Commit::Now).and_then(|rx| wait(received(rx)));
         self.account_durable_wait(t0.elapsed());
         r
     }

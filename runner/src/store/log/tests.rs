@@ -64,6 +64,47 @@ fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_th
 }
 
 #[test]
+fn deferred_appends_wait_for_a_commit_and_abandoned_ones_are_committed_by_the_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let mut run = log.run_log();
+    run.append_deferred("r-a", refused("one")).unwrap();
+    run.append_deferred("r-a", refused("two")).unwrap();
+    // Nothing asked for a commit yet: the writer holds them (`LINGER` is
+    // seconds in tests), to commit them with the barrier, not one each.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(log.head().size, 0, "deferred appends were committed before anything asked for it");
+    let t = Instant::now();
+    wait(run.barrier()).unwrap();
+    assert!(t.elapsed() < LINGER, "the barrier waited for the writer's timer instead of committing");
+    assert_eq!(log.len(), 2);
+
+    // An append that someone waits for commits what was deferred before
+    // it, in the order sent.
+    run.append_deferred("r-a", refused("three")).unwrap();
+    let four = log.append("r-b", refused("four")).unwrap();
+    assert_eq!(four.seq, 3);
+    wait(run.barrier()).unwrap();
+    assert_eq!(run.records().iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+
+    // (The barrier's flush has reached the writer: it commits nothing sent after.)
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(log.writer_health(Duration::from_secs(5))).unwrap();
+
+    // A run dropped before its barrier: its records still land, when the
+    // timer runs out.
+    let t = Instant::now();
+    let mut gone = log.run_log();
+    gone.append_deferred("r-c", refused("five")).unwrap();
+    drop(gone);
+    while log.head().size < 5 {
+        assert!(t.elapsed() < LINGER * 5, "an abandoned deferred append was never committed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(t.elapsed() >= LINGER, "committed before the timer ran out, with nothing asking for it");
+}
+
+#[test]
 fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
@@ -102,19 +143,20 @@ fn checkpoints_asked_for_in_one_commit_share_a_signature_but_never_across_a_key_
     // Hold the writer after its first commit (it folds under the index's
     // write lock), so that everything sent meanwhile is one batch.
     let held = log.index();
-    let first = h.send_append("r-0", refused("first"), None).unwrap();
+    let first = h.send_append("r-0", refused("first"), None, Commit::Now).unwrap();
     let t = Instant::now();
     // (Not `len`: it waits for the index, which the writer now waits for.)
     while log.head().size < 1 {
         assert!(t.elapsed() < Duration::from_secs(10), "the writer did not commit");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let a1 = h.send_append("r-a", refused("a1"), None).unwrap();
+    let a1 = h.send_append("r-a", refused("a1"), None, Commit::Now).unwrap();
     let c1 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
-    let a2 = h.send_append("r-b", refused("a2"), None).unwrap();
+    let a2 = h.send_append("r-b", refused("a2"), None, Commit::Now).unwrap();
     let c2 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
     let c2_other = h.send_checkpoint(other.clone(), "runner.test").unwrap();
-    let k = h.send_append("runner", Event::KeyEvent { action: "test".into(), key: "k".into() }, None).unwrap();
+    let k =
+        h.send_append("runner", Event::KeyEvent { action: "test".into(), key: "k".into() }, None, Commit::Now).unwrap();
     let c3 = h.send_checkpoint(signer.clone(), "runner.test").unwrap();
     drop(held);
 
