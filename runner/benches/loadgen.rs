@@ -173,6 +173,11 @@ fn main() -> anyhow::Result<()> {
         "manifest": b64(parsed.manifest_bytes()),
         "signature": b64(parsed.bundle().expect("signed")),
     }))?;
+    // Where the server's peak resident set grew: VmHWM read after each
+    // level, each rise put down to the level that caused it.
+    let at_ready = common::peak_rss_mib(server.id());
+    let mut hwm = at_ready;
+    let mut raised = vec![0.0f64; LEVELS.len()];
     for _ in 0..rounds {
         for (li, &(via, conc, full)) in LEVELS.iter().enumerate() {
             let body = if full { body.clone() } else { by_ref.clone() };
@@ -254,6 +259,9 @@ fn main() -> anyhow::Result<()> {
             rates[li].push(n as f64 / elapsed.as_secs_f64());
             l.sort();
             lat[li].extend(l);
+            let now = common::peak_rss_mib(server.id());
+            raised[li] += now - hwm;
+            hwm = now;
         }
     }
     let rss = common::peak_rss_mib(server.id());
@@ -292,6 +300,16 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("  server peak RSS (VmHWM): {rss:.1} MiB; failed requests: {errors} (server log: {})", log.display());
+    let grew: Vec<String> = LEVELS
+        .iter()
+        .zip(&raised)
+        .filter(|(_, r)| **r > 0.0)
+        .map(|((via, conc, full), r)| {
+            let via = if *via == Via::Nats { "NATS" } else { "HTTPS" };
+            format!("{via} {}{conc} +{r:.1}", if *full { "full upload " } else { "" })
+        })
+        .collect();
+    println!("  where the peak grew (MiB, all rounds): {at_ready:.1} at ready; {}", grew.join(", "));
     let at64 = median(rates[2].clone());
     let mut l64 = lat[2].clone();
     l64.sort();

@@ -13,6 +13,7 @@
 // Handlers answer `Err(response)` for refusals (a response, not an error).
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -39,15 +40,29 @@ pub(crate) type Resp = Response<http_body_util::combinators::BoxBody<Bytes, Body
 
 /// `POST /v1/proposals` body: a capsule file, or (once this runner holds
 /// its component) the capsule by reference: manifest and signature only.
+/// The fields are read in place from the body when they hold no JSON
+/// escape (base64 has none), not copied: a full upload's base64 is a third
+/// larger than the capsule, and 64 uploads are in flight at once.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SubmissionBody {
+struct SubmissionBody<'a> {
     /// The capsule file (as `edge-runner capsule pack` writes it), base64.
-    capsule: Option<String>,
+    #[serde(default, borrow, deserialize_with = "in_place")]
+    capsule: Option<Cow<'a, str>>,
     /// The capsule's canonical manifest, base64 (by reference).
-    manifest: Option<String>,
+    #[serde(default, borrow, deserialize_with = "in_place")]
+    manifest: Option<Cow<'a, str>>,
     /// The capsule's signature bundle, base64 (by reference).
-    signature: Option<String>,
+    #[serde(default, borrow, deserialize_with = "in_place")]
+    signature: Option<Cow<'a, str>>,
+}
+
+/// An optional string borrowed from the input unless it holds an escape
+/// (serde borrows a `Cow<str>` only where it is not inside an `Option`).
+fn in_place<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct InPlace<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<InPlace>::deserialize(d)?.map(|s| s.0))
 }
 
 pub(crate) fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
@@ -408,4 +423,22 @@ fn proposal_query(query: &str) -> Result<Query, Resp> {
 /// A query parameter, percent-decoded.
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_body_is_read_in_place_unless_it_holds_an_escape() {
+        let plain = br#"{"capsule": "QUJD+/=="}"#;
+        let sub: SubmissionBody = serde_json::from_slice(plain).unwrap();
+        assert!(matches!(sub.capsule, Some(Cow::Borrowed("QUJD+/=="))), "copied, not borrowed");
+        // Some encoders write `/` as `\/`: decoded, not refused.
+        let escaped = br#"{"capsule": "QUJD+\/=="}"#;
+        let sub: SubmissionBody = serde_json::from_slice(escaped).unwrap();
+        assert_eq!(sub.capsule.as_deref(), Some("QUJD+/=="));
+        // Unknown fields are still refused.
+        assert!(serde_json::from_slice::<SubmissionBody>(br#"{"capsule": "", "x": 1}"#).is_err());
+    }
 }
