@@ -455,7 +455,14 @@ impl Intake {
             );
         }
         match kind {
-            "submit" => self.submit(source, seq, published, Submission::File(Vec::from(payload))).await,
+            "submit" => {
+                // Copied to its own size, the message's buffer let go: a
+                // `Vec` taken over from `Bytes` would keep the capacity of
+                // the whole buffer the client read it into.
+                let file = payload.to_vec();
+                drop(payload);
+                self.submit(source, seq, published, Submission::File(file)).await
+            }
             "submit-ref" => match self.by_reference(&payload)? {
                 Ok(capsule) => self.submit(source, seq, published, capsule).await,
                 Err((code, detail)) => refused(code, detail),
