@@ -954,8 +954,14 @@ fn capsules_executing_at_once_stay_within_their_bound_however_many_runs_are_in_p
     assert_eq!(gauge(&before, "edge_runner_capsules_executing"), 0, "{before}");
     assert_eq!(gauge(&before, "edge_runner_capsules_executing_peak"), 0, "{before}");
 
-    // Four more sleepers than the bound, all at once.
-    let submitted: Vec<_> = (0..limit + 4).map(|_| submit_in_thread(&server, &env, &sleeper)).collect();
+    // Four more sleepers than the bound, all at once; each answer timed.
+    let start = Instant::now();
+    let submitted: Vec<_> = (0..limit + 4)
+        .map(|_| {
+            let h = submit_in_thread(&server, &env, &sleeper);
+            std::thread::spawn(move || (h.join().unwrap(), start.elapsed()))
+        })
+        .collect();
     // While they run, the bound holds.
     let mut seen_busy = 0;
     for _ in 0..20 {
@@ -965,14 +971,21 @@ fn capsules_executing_at_once_stay_within_their_bound_however_many_runs_are_in_p
         assert!(now <= limit, "{now} capsules executing at once, past the bound of {limit}");
         seen_busy = seen_busy.max(now);
     }
+    let mut slowest = Duration::ZERO;
     for h in submitted {
-        let r = h.join().unwrap();
+        let (r, took) = h.join().unwrap();
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.error_message());
         let v = r.json().unwrap();
         // Each ran until its wall-time limit stopped it: none failed while
         // it waited for its turn.
         assert_eq!(v["refusal"]["reason_code"], "sandbox.wall_time", "{v:#}");
+        slowest = slowest.max(took);
     }
+    // The four past the bound waited a whole wall time (2.5 s) for a turn
+    // and then had a whole one of their own: waiting is not counted against
+    // the limit (were it, they would have been stopped with the first ones,
+    // at ~2.5 s).
+    assert!(slowest >= Duration::from_millis(4500), "the last sleepers answered after {slowest:?}");
     let after = metrics();
     assert_eq!(gauge(&after, "edge_runner_capsules_executing"), 0, "{after}");
     // The bound was reached, never passed: runs past it waited their turn.
