@@ -55,10 +55,12 @@ pub(crate) struct Admission {
 
 impl Runner {
     pub(crate) fn admit(&self, capsule: Submitted<'_>, report: &mut RunReport) -> Result<Admission, Stop> {
+        let parse = |b: &[u8]| {
+            CapsuleFile::parse(b).map_err(|source| AdmitError::Container { source, file: Sha256Digest::of(b) })
+        };
         let file = match capsule {
-            Submitted::Bytes(b) => {
-                CapsuleFile::parse(b).map_err(|source| AdmitError::Container { source, file: Sha256Digest::of(b) })?
-            }
+            Submitted::Bytes(b) => parse(b)?,
+            Submitted::Owned(b) => parse(&b)?,
             Submitted::File(f) => *f,
         };
         let m = file.manifest().clone();

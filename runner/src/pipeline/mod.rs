@@ -67,6 +67,9 @@ use run::Stop;
 #[derive(Debug)]
 pub enum Submitted<'a> {
     Bytes(&'a [u8]),
+    /// A capsule file's bytes handed over: let go once parsed, so that the
+    /// run does not hold them beside the parsed file.
+    Owned(Vec<u8>),
     File(Box<CapsuleFile>),
 }
 

@@ -608,20 +608,13 @@ impl RunService {
         let runner = &self.runner;
         let started = Instant::now();
         let run = run.unwrap_or_else(crate::pipeline::new_run_id);
-        // What runs is the parsed file: the uploaded bytes are not held
-        // beside it for the whole run (a capsule is megabytes, and many
-        // runs are in flight). Bytes that do not parse go to the pipeline
-        // as they are, which records why they are refused.
-        let mut report = match capsule {
-            Submission::File(bytes) => match CapsuleFile::parse(&bytes) {
-                Ok(f) => {
-                    drop(bytes);
-                    runner.exec_capsule_as(run, Submitted::File(Box::new(f)), &[], Some(agent)).await?
-                }
-                Err(_) => runner.exec_capsule_as(run, Submitted::Bytes(&bytes), &[], Some(agent)).await?,
-            },
-            Submission::Assembled(f) => runner.exec_capsule_as(run, Submitted::File(f), &[], Some(agent)).await?,
+        // Handed over, not kept: the run lets an upload's bytes go once
+        // parsed (a capsule is megabytes, and many runs are in flight).
+        let submitted = match capsule {
+            Submission::File(bytes) => Submitted::Owned(bytes),
+            Submission::Assembled(f) => Submitted::File(f),
         };
+        let mut report = runner.exec_capsule_as(run, submitted, &[], Some(agent)).await?;
         self.metrics.observe_run(started.elapsed());
         let id = proposals::proposal_id(&report.run);
         log_finished(&id, &report, started, Some(agent));
