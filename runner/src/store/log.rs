@@ -153,7 +153,7 @@ const KNOWN_MAX: usize = 1 << 16;
 /// A cloneable handle: appends from any thread, acknowledged once durable.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Request>,
+    tx: inbox::Sender<Request>,
     /// Digests of artifacts this process knows are durable in the store:
     /// storing one again is a no-op that need not wait for a commit. Filled
     /// as artifacts are stored, not read from the store at open (that grew
@@ -171,12 +171,16 @@ impl StoreHandle {
         wait(received(self.send_append(run, event, None, Commit::Now)?))
     }
 
+    /// Queue a request for the writer, ringing for it only if it must act now.
+    fn send(&self, request: Request) -> Result<()> {
+        let urgent = request.commits_now();
+        self.tx.send(request, urgent).map_err(|_| anyhow!("the evidence writer stopped"))
+    }
+
     /// Queue an append; the receiver yields the record once it is durable.
     fn send_append(&self, run: &str, event: Event, pinned: Option<Pinned>, commit: Commit) -> Result<Reply<Record>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Append { run: run.to_owned(), event: Box::new(event), pinned, commit, reply })
-            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        self.send(Request::Append { run: run.to_owned(), event: Box::new(event), pinned, commit, reply })?;
         Ok(rx)
     }
 
@@ -195,9 +199,7 @@ impl StoreHandle {
             return Ok((digest, None));
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Artifact { digest, bytes: bytes.to_vec(), commit, reply })
-            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        self.send(Request::Artifact { digest, bytes: bytes.to_vec(), commit, reply })?;
         Ok((digest, Some(rx)))
     }
 
@@ -219,9 +221,7 @@ impl StoreHandle {
 
     fn send_checkpoint(&self, signer: Arc<NoteSigner>, origin: &str) -> Result<Reply<String>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Checkpoint { signer, origin: origin.to_owned(), reply })
-            .map_err(|_| anyhow!("the evidence writer stopped"))?;
+        self.send(Request::Checkpoint { signer, origin: origin.to_owned(), reply })?;
         Ok(rx)
     }
 }
@@ -244,27 +244,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        while let Ok(first) = rx.recv() {
-            // Everything waiting goes into one transaction; deferred appends
-            // wait (at most `LINGER`) for a request that commits them.
-            let until = Instant::now() + LINGER;
-            let mut now = first.commits_now();
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                let next = match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(mpsc::TryRecvError::Empty) if !now => {
-                        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                            Ok(r) => r,
-                            Err(_) => break,
-                        }
-                    }
-                    Err(_) => break,
-                };
-                now |= next.commits_now();
-                batch.push(next);
-            }
+    fn run(mut self, rx: inbox::Receiver<Request>) {
+        // Everything waiting goes into one transaction; deferred appends
+        // wait (at most `LINGER`) for a request that commits them.
+        while let Some(batch) = rx.next_batch(LINGER, Request::commits_now) {
             self.commit(batch);
         }
     }
@@ -672,7 +655,7 @@ impl RunLog {
             return Ok(());
         }
         // (A writer gone fails the replies awaited below.)
-        let _ = self.handle.tx.send(Request::Flush);
+        let _ = self.handle.send(Request::Flush);
         self.settle().await
     }
 
@@ -850,7 +833,7 @@ impl EvidenceLog {
             events: events.clone(),
             poisoned: None,
         };
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = inbox::inbox(MAX_BATCH);
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;
         Ok(Self {
             stop_checkpoints: Some(stop_checkpoints),
@@ -945,7 +928,7 @@ impl EvidenceLog {
     /// Why not, for a readiness probe and the systemd watchdog.
     pub async fn writer_health(&self, within: Duration) -> Result<(), WriterUnhealthy> {
         let (reply, rx) = oneshot::channel();
-        self.handle.tx.send(Request::Ping { reply }).map_err(|_| WriterUnhealthy::Stopped)?;
+        self.handle.send(Request::Ping { reply }).map_err(|_| WriterUnhealthy::Stopped)?;
         match tokio::time::timeout(within, rx).await {
             Err(_) => Err(WriterUnhealthy::Wedged(within)),
             Ok(Err(_)) => Err(WriterUnhealthy::Stopped),
@@ -959,7 +942,7 @@ impl EvidenceLog {
     /// while serving (the background full check).
     pub fn poison(&self, why: String) {
         // A writer already gone accepts nothing anyway.
-        let _ = self.handle.tx.send(Request::Poison { why });
+        let _ = self.handle.send(Request::Poison { why });
     }
 
     /// Append `events` and sign a checkpoint covering them, waiting until all
@@ -1360,5 +1343,6 @@ pub fn each_verified(dir: &Path, each: impl FnMut(Record, Hash) -> Result<()>) -
     Ok((records as u64, tail.range.root()))
 }
 
+mod inbox;
 #[cfg(test)]
 mod tests;
