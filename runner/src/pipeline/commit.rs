@@ -88,7 +88,7 @@ impl Runner {
         report: &mut RunReport,
     ) -> Result<Committed, Stop> {
         if let Some(id) = &previewed.kept
-            && std::fs::symlink_metadata(super::preview::preview_dir(self, id)).is_err()
+            && !self.has_preview(id)
         {
             return Err(super::preview::PreviewError::Missing(id.clone()).into());
         }

@@ -308,9 +308,12 @@ impl Runner {
         self.discard_staging(&self.config.staging_dir.join(&run));
         // A proposal that no longer waits (or never did: a tier-0 run whose
         // calls' bodies were kept out of evidence) keeps no staged result.
+        // (Most runs kept none: the store is read only when there is one.)
         let id = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&run));
         // (Unreadable store: keep it; the next start looks again.)
-        if self.log.proposal(&id).is_ok_and(|v| v.is_none_or(|v| v.state != State::AwaitingApproval)) {
+        if self.has_preview(&id)
+            && self.log.proposal(&id).is_ok_and(|v| v.is_none_or(|v| v.state != State::AwaitingApproval))
+        {
             self.drop_preview(&id);
         }
         // Rolled back and cleaned up: the next run may have the mounts.

@@ -276,10 +276,14 @@ impl Runner {
     }
 
     /// Remove the kept staged result of a proposal that no longer waits.
+    /// Whether a preview (a proposal's staged result) is kept for `id`.
+    pub(crate) fn has_preview(&self, id: &str) -> bool {
+        std::fs::symlink_metadata(preview_dir(self, id)).is_ok()
+    }
+
     pub(crate) fn drop_preview(&self, id: &str) {
-        let dir = preview_dir(self, id);
-        if std::fs::symlink_metadata(&dir).is_ok()
-            && let Err(e) = crate::store::fs::remove_tree(&dir)
+        if self.has_preview(id)
+            && let Err(e) = crate::store::fs::remove_tree(&preview_dir(self, id))
         {
             tracing::warn!(proposal = %id, error = %e, "cannot remove a kept preview; retried at the next start");
         }
