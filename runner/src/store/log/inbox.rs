@@ -29,7 +29,7 @@ struct State<T> {
     senders: usize,
     /// The writer is gone: nothing more is accepted.
     closed: bool,
-    /// The writer is blocked on the bell.
+    /// The writer is blocked on the bell, and nobody rang it yet.
     waiting: bool,
     /// ... holding deferred requests until an urgent one, a full batch or its
     /// deadline: other requests need not ring.
@@ -84,7 +84,11 @@ impl<T> Sender<T> {
             }
             st.queue.push_back(item);
             let ring = st.waiting && (!st.lingering || urgent || st.queue.len() >= st.batch);
-            st.rung += u64::from(ring);
+            if ring {
+                // Rung once: it looks at everything queued before it waits again.
+                st.waiting = false;
+                st.rung += 1;
+            }
             ring
         };
         // Rung after the lock is let go, so the writer does not wake to wait for it.
