@@ -37,6 +37,11 @@ use base64::Engine as _;
 use common::median_f64 as median;
 use edge_runner::server::client::Client;
 
+/// A level's transport and kind of submission, padded to line up.
+fn level_name(via: Via, full: bool) -> (&'static str, &'static str) {
+    (if via == Via::Nats { "NATS " } else { "HTTPS" }, if full { "full upload " } else { "by reference" })
+}
+
 /// (transport, concurrency, full upload every time?)
 const LEVELS: [(Via, usize, bool); 8] = [
     (Via::Https, 1, false),
@@ -277,8 +282,7 @@ fn main() -> anyhow::Result<()> {
     for (li, (via, conc, full)) in LEVELS.iter().enumerate() {
         let mut l = lat[li].clone();
         l.sort();
-        let how = if *full { "full upload " } else { "by reference" };
-        let via = if *via == Via::Nats { "NATS " } else { "HTTPS" };
+        let (via, how) = level_name(*via, *full);
         println!(
             "  {via} {how} concurrency {conc:>2}: {:>7.1} runs/s (median of rounds)  p50 {:>8.1?}  p99 {:>8.1?}  ({} runs)",
             median(rates[li].clone()),
@@ -290,10 +294,9 @@ fn main() -> anyhow::Result<()> {
     println!("  CPU per run (all rounds; the broker runs beside both transports, idle for HTTPS):");
     for (li, (via, conc, full)) in LEVELS.iter().enumerate() {
         let per = |k: usize| cpu[li][k] * 1000.0 / done[li].max(1) as f64;
+        let (via, how) = level_name(*via, *full);
         println!(
-            "    {} {} {conc:>2}: runner {:>6.0} µs, nats-server {:>5.0} µs, load generator {:>5.0} µs",
-            if *via == Via::Nats { "NATS " } else { "HTTPS" },
-            if *full { "full upload " } else { "by reference" },
+            "    {via} {how} {conc:>2}: runner {:>6.0} µs, nats-server {:>5.0} µs, load generator {:>5.0} µs",
             per(0),
             per(1),
             per(2)
@@ -305,8 +308,8 @@ fn main() -> anyhow::Result<()> {
         .zip(&raised)
         .filter(|(_, r)| **r > 0.0)
         .map(|((via, conc, full), r)| {
-            let via = if *via == Via::Nats { "NATS" } else { "HTTPS" };
-            format!("{via} {}{conc} +{r:.1}", if *full { "full upload " } else { "" })
+            let (via, how) = level_name(*via, *full);
+            format!("{} {} {conc} +{r:.1}", via.trim_end(), how.trim_end())
         })
         .collect();
     println!("  where the peak grew (MiB, all rounds): {at_ready:.1} at ready; {}", grew.join(", "));

@@ -275,12 +275,12 @@ impl Runner {
         Ok(())
     }
 
-    /// Remove the kept staged result of a proposal that no longer waits.
     /// Whether a preview (a proposal's staged result) is kept for `id`.
     pub(crate) fn has_preview(&self, id: &str) -> bool {
         std::fs::symlink_metadata(preview_dir(self, id)).is_ok()
     }
 
+    /// Remove the kept staged result of a proposal that no longer waits.
     pub(crate) fn drop_preview(&self, id: &str) {
         if self.has_preview(id)
             && let Err(e) = crate::store::fs::remove_tree(&preview_dir(self, id))

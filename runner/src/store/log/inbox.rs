@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 struct Inbox<T> {
     state: Mutex<State<T>>,
     bell: Condvar,
+    /// Most requests the writer takes at once.
+    batch: usize,
 }
 
 struct State<T> {
@@ -34,8 +36,6 @@ struct State<T> {
     /// ... holding deferred requests until an urgent one, a full batch or its
     /// deadline: other requests need not ring.
     lingering: bool,
-    /// Most requests the writer takes at once.
-    batch: usize,
     /// How often a sender rang.
     rung: u64,
 }
@@ -63,10 +63,10 @@ pub(super) fn inbox<T>(batch: usize) -> (Sender<T>, Receiver<T>) {
             closed: false,
             waiting: false,
             lingering: false,
-            batch: batch.max(1),
             rung: 0,
         }),
         bell: Condvar::new(),
+        batch: batch.max(1),
     });
     (Sender(inbox.clone()), Receiver(inbox))
 }
@@ -84,7 +84,7 @@ impl<T> Sender<T> {
                 return Err(item);
             }
             st.queue.push_back(item);
-            let ring = st.waiting && (!st.lingering || urgent || st.queue.len() >= st.batch);
+            let ring = st.waiting && (!st.lingering || urgent || st.queue.len() >= self.0.batch);
             if ring {
                 // Rung once: it looks at everything queued before it waits again.
                 st.waiting = false;
@@ -141,7 +141,7 @@ impl<T> Receiver<T> {
             st = self.0.bell.wait(st).unwrap_or_else(PoisonError::into_inner);
             st.waiting = false;
         }
-        let batch = st.batch;
+        let batch = self.0.batch;
         // Only what came since the last look can be urgent.
         let mut seen = 0;
         let until = Instant::now() + linger;
