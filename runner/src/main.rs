@@ -3,11 +3,24 @@
 // Every run makes and drops many small values on the runtime's threads
 // (parsed manifests, records, canonical buffers, WASI state): mimalloc's
 // per-thread heaps spend less time in the allocator than glibc's
-// (`cargo bench -p edge-runner --bench loadgen` reports CPU per run).
+// (`cargo bench -p edge-runner --bench loadgen` reports CPU per run: ~10%
+// less). Built without transparent huge pages (`no_thp`, and `main` turns
+// them off for the process): see `main`.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // No transparent huge pages for this process. mimalloc asks for them
+    // (its build's `no_thp` stops that) and a kernel set to `always` gives
+    // them unasked; a 2 MiB page stays resident while any 4 KiB of it is in
+    // use, so under load the allocator's scattered free space was held in
+    // whole huge pages: the daemon's peak RSS at 64 runs in flight was 1.5x
+    // what it is without them, for no less CPU per run
+    // (`cargo bench -p edge-runner --bench loadgen`; docs/operations.md).
+    // SAFETY: prctl with these arguments only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     // Started as the compile helper (a child of the runner, under memory
     // and CPU limits)? Compile and exit. Else this binary is the helper.
     if let Some(code) = edge_runner::sandbox::compile::serve_if_asked() {

@@ -51,6 +51,11 @@ use crate::config::server::ServerSettings;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel backlog.
 const MAX_CONNECTIONS: usize = 1024;
+/// Largest read buffer a connection keeps (hyper's default is ~400 KiB): a
+/// body arrives in TLS records of 16 KiB, and a buffer grown to hold a
+/// whole upload stayed that large while its run waited in the queue. It
+/// also bounds a request's headers (larger ones are refused with 431).
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Shared by every connection.
 pub(crate) struct Shared {
@@ -266,6 +271,7 @@ pub async fn serve(
                         .timer(TokioTimer::new())
                         .header_read_timeout(timeout)
                         .keep_alive(true)
+                        .max_buf_size(READ_BUFFER)
                         .serve_connection(TokioIo::new(tls), service);
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection closed");
