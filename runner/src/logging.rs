@@ -8,10 +8,13 @@
 //! * **Level.** `EDGE_RUNNER_LOG` takes a filter (`info`,
 //!   `edge_runner::access=warn,info`, …); the default is `info` for `serve`
 //!   and `warn` for the other commands.
-//! * **Never blocks the runner.** Lines go through a bounded queue to a
-//!   writer thread; when standard error cannot keep up (a stalled pipe),
-//!   lines are dropped rather than stalling the evidence writer or a
-//!   request. The evidence log is never lossy; the operational log may be.
+//! * **Never blocks the runner.** `serve`'s lines go through a bounded
+//!   queue to a writer thread; when standard error cannot keep up (a
+//!   stalled pipe), lines are dropped rather than stalling the evidence
+//!   writer or a request. The evidence log is never lossy; the operational
+//!   log may be. The other commands write their few lines (warnings, at
+//!   the default level) directly, and lose none: a thread more to start
+//!   and stop was a tenth of a short command's time beyond its work.
 //! * **Neutralised.** Every byte goes through [`edge_core::text::Terminal`]:
 //!   control characters, escape sequences and bidi overrides from capsule
 //!   or client text come out as `\uXXXX` (valid inside JSON strings too).
@@ -28,6 +31,7 @@ use std::io::IsTerminal as _;
 
 use edge_core::text::Terminal;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Lines queued for standard error before new ones are dropped.
 const QUEUE_LINES: usize = 16_384;
@@ -59,8 +63,8 @@ impl Format {
 
 /// Install the process's logger. `serve` logs at `info` by default, the
 /// other commands at `warn`. Keep the guard until the process ends: dropping
-/// it writes out what is queued.
-pub fn init(serving: bool) -> WorkerGuard {
+/// it writes out what is queued (`serve`'s; the other commands have none).
+pub fn init(serving: bool) -> Option<WorkerGuard> {
     let terminal = std::io::stderr().is_terminal();
     let (format, bad_format) = match Format::from_env(terminal) {
         Ok(f) => (f, None),
@@ -80,10 +84,14 @@ pub fn init(serving: bool) -> WorkerGuard {
         },
         _ => (tracing_subscriber::EnvFilter::new(default), None),
     };
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .finish(OneLinePerEvent(Terminal::new(std::io::stderr())));
+    let stderr = OneLinePerEvent(Terminal::new(std::io::stderr()));
+    let (writer, guard) = if serving {
+        let (writer, guard) =
+            NonBlockingBuilder::default().buffered_lines_limit(QUEUE_LINES).lossy(true).finish(stderr);
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::sync::Mutex::new(stderr)), None)
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer);
     match format {
         Format::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),

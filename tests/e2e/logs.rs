@@ -163,3 +163,32 @@ fn text_format_on_request_has_no_colour_codes_and_a_bad_format_is_named() {
     assert!(warn["message"].as_str().unwrap().contains("EDGE_RUNNER_LOG_FORMAT=`xml` is not a log format"), "{warn}");
     drop(server);
 }
+
+#[test]
+fn a_command_other_than_serve_logs_a_line_per_record_in_order_and_no_raw_capsule_text() {
+    // `exec` writes its lines directly (no writer thread, nothing dropped):
+    // at `info`, one `recorded` line per evidence record, none missing. (A
+    // capsule's own log lines go to the evidence, not to this log.)
+    let env = crate::harness::Env::new();
+    // Its plan and its log lines try to drive a terminal.
+    let hostile = env.hostile("forge-plan");
+    let out = env.cli_env(
+        &["exec", hostile.to_str().unwrap(), "--config", "runner.toml"],
+        &[("EDGE_RUNNER_LOG", "info"), ("EDGE_RUNNER_LOG_FORMAT", "json")],
+    );
+    let raw = out.stderr();
+    for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}', '\r'] {
+        assert!(!raw.contains(bad), "{bad:?} reached the log:\n{raw}");
+    }
+    let lines: Vec<Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let seqs: Vec<u64> = lines.iter().filter(|l| l["message"] == "recorded").map(|l| l["seq"].as_u64().unwrap()).collect();
+    let records = env.evidence().as_array().unwrap().len() as u64;
+    assert_eq!(seqs, (0..records).collect::<Vec<_>>(), "a line per record, in order:\n{raw}");
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    for want in ["runner-started", "submission", "admitted", "decision", "planned"] {
+        assert!(events.contains(&want), "no `{want}` line: {events:?}");
+    }
+}
