@@ -8,13 +8,16 @@
 //! * **Level.** `EDGE_RUNNER_LOG` takes a filter (`info`,
 //!   `edge_runner::access=warn,info`, …); the default is `info` for `serve`
 //!   and `warn` for the other commands.
-//! * **Never blocks the runner.** `serve`'s lines go through a bounded
+//! * **`serve` never blocks on its log.** Its lines go through a bounded
 //!   queue to a writer thread; when standard error cannot keep up (a
 //!   stalled pipe), lines are dropped rather than stalling the evidence
 //!   writer or a request. The evidence log is never lossy; the operational
 //!   log may be. The other commands write their few lines (warnings, at
-//!   the default level) directly, and lose none: a thread more to start
-//!   and stop was a tenth of a short command's time beyond its work.
+//!   the default level) directly: a thread more to start and stop was a
+//!   tenth of a short command's time beyond its work. A stalled standard
+//!   error stalls such a command, as any command-line tool; one that
+//!   cannot be written (a closed pipe, a full disk) loses the line and the
+//!   command goes on.
 //! * **Neutralised.** Every byte goes through [`edge_core::text::Terminal`]:
 //!   control characters, escape sequences and bidi overrides from capsule
 //!   or client text come out as `\uXXXX` (valid inside JSON strings too).
@@ -84,14 +87,7 @@ pub fn init(serving: bool) -> Option<WorkerGuard> {
         },
         _ => (tracing_subscriber::EnvFilter::new(default), None),
     };
-    let stderr = OneLinePerEvent(Terminal::new(std::io::stderr()));
-    let (writer, guard) = if serving {
-        let (writer, guard) =
-            NonBlockingBuilder::default().buffered_lines_limit(QUEUE_LINES).lossy(true).finish(stderr);
-        (BoxMakeWriter::new(writer), Some(guard))
-    } else {
-        (BoxMakeWriter::new(std::sync::Mutex::new(stderr)), None)
-    };
+    let (writer, guard) = writer(serving, std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(writer);
     match format {
         Format::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
@@ -101,6 +97,48 @@ pub fn init(serving: bool) -> Option<WorkerGuard> {
         tracing::warn!("{problem}");
     }
     guard
+}
+
+/// Where the lines go: `serve`'s through a queue to a writer thread, the
+/// other commands' directly. Both neutralise what they write and keep each
+/// event on one line.
+fn writer<W: std::io::Write + Send + 'static>(serving: bool, sink: W) -> (BoxMakeWriter, Option<WorkerGuard>) {
+    let sink = OneLinePerEvent(Terminal::new(sink));
+    if serving {
+        let (writer, guard) = NonBlockingBuilder::default().buffered_lines_limit(QUEUE_LINES).lossy(true).finish(sink);
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(Direct(std::sync::Mutex::new(sink))), None)
+    }
+}
+
+/// Lines written directly, one event at a time. A line that cannot be
+/// written is lost, not reported: the formatter would report it on standard
+/// error itself (`eprintln!`, which panics when that is what failed), and
+/// the evidence writer thread logs too.
+struct Direct<W>(std::sync::Mutex<W>);
+
+/// One event's hold on a [`Direct`] writer.
+struct DirectEvent<'a, W>(std::sync::MutexGuard<'a, W>);
+
+impl<'a, W: std::io::Write + 'a> tracing_subscriber::fmt::MakeWriter<'a> for Direct<W> {
+    type Writer = DirectEvent<'a, W>;
+    fn make_writer(&'a self) -> Self::Writer {
+        // Writing cannot panic while it holds the lock (errors are dropped),
+        // but a poisoned lock would not stop logging either.
+        DirectEvent(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for DirectEvent<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _lost = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _lost = self.0.flush();
+        Ok(())
+    }
 }
 
 /// Every event on one line: the writer thread hands over each event whole
@@ -226,6 +264,63 @@ mod tests {
             w.write_all(e.as_bytes()).unwrap();
         }
         String::from_utf8(w.0).unwrap()
+    }
+
+    /// A sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Standard error that cannot be written (`2>/dev/full`, a closed pipe).
+    struct Broken;
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::from_raw_os_error(28))
+        }
+    }
+
+    fn log_with(w: tracing_subscriber::fmt::writer::BoxMakeWriter, f: impl FnOnce()) {
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(w).finish();
+        tracing::subscriber::with_default(subscriber, f);
+    }
+
+    #[test]
+    fn a_command_writes_each_event_directly_neutralised_and_goes_on_when_it_cannot() {
+        let sink = Shared::default();
+        let (w, guard) = super::writer(false, sink.clone());
+        assert!(guard.is_none(), "a writer thread for a command other than serve");
+        let hostile = "rotate\u{1b}[2J\u{1b}]0;approved\u{7} \u{202e}txt.exe\nINFO forged line";
+        log_with(w, || {
+            tracing::warn!("{hostile}");
+            tracing::warn!("next");
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        for raw in ['\u{1b}', '\u{7}', '\u{202e}'] {
+            assert!(!out.contains(raw), "{raw:?} written raw: {out:?}");
+        }
+        assert!(out.contains("rotate") && out.contains("txt.exe\\nINFO forged line"), "{out:?}");
+        // Written at once: no queue to drain.
+        assert!(out.lines().nth(1).is_some_and(|l| l.ends_with("next")), "{out:?}");
+
+        // Standard error that fails: lines are lost, nothing panics, and
+        // logging goes on.
+        let (w, _) = super::writer(false, Broken);
+        log_with(w, || {
+            tracing::warn!("lost");
+            tracing::error!("lost too");
+        });
     }
 
     #[test]

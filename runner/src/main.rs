@@ -17,7 +17,8 @@ fn main() -> std::process::ExitCode {
     // whole huge pages: the daemon's peak RSS at 64 runs in flight was 1.5x
     // what it is without them, for no less CPU per run
     // (`cargo bench -p edge-runner --bench loadgen`; docs/operations.md).
-    // SAFETY: prctl with these arguments only sets a flag on this process.
+    // SAFETY: prctl with these arguments only sets a flag on this process
+    // (inherited by its children: the compile helper, this same binary).
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }

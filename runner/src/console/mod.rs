@@ -156,6 +156,7 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(REQUEST_TIMEOUT)
+                    .max_buf_size(crate::server::READ_BUFFER)
                     .serve_connection(TokioIo::new(tls), service);
                 let _ = conn.await;
             }

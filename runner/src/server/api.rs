@@ -103,8 +103,8 @@ fn not_admitted(e: QueueError) -> Resp {
 /// Largest over-limit body drained before the 413 is sent.
 const DRAIN_BEFORE_REFUSING: usize = 1 << 20;
 
-/// Most of an announced length reserved before any of the body arrives (a
-/// longer body still grows the buffer as it comes).
+/// Most of an announced length reserved on the body's first piece; the rest
+/// is reserved once that much has arrived.
 const RESERVE_AHEAD: usize = 1 << 20;
 
 /// Read a body within the size and time limits: at most `limit` bytes
@@ -131,7 +131,10 @@ where
         // A small body is drained first, so the client reads a clean 413
         // instead of a reset while it is still sending; a large one is not read.
         if n <= DRAIN_BEFORE_REFUSING {
-            let drain = Limited::new(req.into_body(), DRAIN_BEFORE_REFUSING).collect();
+            let drain = async {
+                let mut body = Limited::new(req.into_body(), DRAIN_BEFORE_REFUSING);
+                while let Some(Ok(_)) = body.frame().await {}
+            };
             let _ = tokio::time::timeout(timeout, drain).await;
         }
         return Err(error(
@@ -141,9 +144,27 @@ where
     }
     let read = async {
         let mut body = Limited::new(req.into_body(), limit);
-        let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(RESERVE_AHEAD));
+        let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
+                let need = buf.len() + data.len();
+                if need > buf.capacity() {
+                    // Reserved as the body arrives, not on its announcement
+                    // alone: with a length announced (hyper holds the body
+                    // to it), the first RESERVE_AHEAD of it, then the rest
+                    // at once, so the buffer is never copied more than
+                    // once and holds no slack; without one, by doubling.
+                    let target = match announced {
+                        Some(n) if need <= RESERVE_AHEAD => n.min(RESERVE_AHEAD),
+                        Some(n) => n,
+                        None => 0,
+                    };
+                    if target >= need {
+                        buf.reserve_exact(target - buf.len());
+                    } else {
+                        buf.reserve(data.len());
+                    }
+                }
                 buf.extend_from_slice(&data);
             }
         }
@@ -469,34 +490,72 @@ mod tests {
         assert!(serde_json::from_slice::<SubmissionBody>(br#"{"capsule": "", "x": 1}"#).is_err());
     }
 
-    /// A request whose body arrives in `pieces`, with `content-length` if given.
-    fn request(pieces: Vec<Vec<u8>>, announced: Option<usize>) -> Request<BodyFrom> {
-        let frames: Vec<_> = pieces.into_iter().map(|p| Ok(hyper::body::Frame::data(Bytes::from(p)))).collect();
-        let mut r = Request::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)));
+    /// A request whose body is `frames`, with `content-length` if given.
+    fn request<S>(frames: S, announced: Option<usize>) -> Request<http_body_util::StreamBody<S>> {
+        let mut r = Request::new(http_body_util::StreamBody::new(frames));
         if let Some(n) = announced {
             r.headers_mut().insert(hyper::header::CONTENT_LENGTH, n.into());
         }
         r
     }
-    type BodyFrom = http_body_util::StreamBody<
-        futures_util::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
-    >;
 
-    async fn read(req: Request<BodyFrom>, limit: usize) -> Result<Bytes, StatusCode> {
-        body(req, limit, std::time::Duration::from_secs(10)).await.map_err(|r| r.status())
+    type Piece = Result<hyper::body::Frame<Bytes>, std::io::Error>;
+
+    /// The body's pieces, as a stream of data frames.
+    fn pieces(p: &[&[u8]]) -> futures_util::stream::Iter<std::vec::IntoIter<Piece>> {
+        let frames: Vec<Piece> = p.iter().map(|b| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(b)))).collect();
+        futures_util::stream::iter(frames)
+    }
+
+    async fn read<S>(req: Request<http_body_util::StreamBody<S>>, limit: usize) -> Result<Bytes, StatusCode>
+    where
+        S: futures_util::Stream<Item = Piece> + Unpin,
+    {
+        body(req, limit, std::time::Duration::from_millis(200)).await.map_err(|r| r.status())
     }
 
     #[tokio::test]
     async fn a_body_is_joined_from_its_pieces_within_the_limit_and_refused_past_it() {
-        let pieces = || vec![b"abc".to_vec(), vec![], b"defg".to_vec(), b"h".to_vec()];
+        let body: &[&[u8]] = &[b"abc", b"", b"defg", b"h"];
         // Announced or not, the pieces in order.
-        assert_eq!(read(request(pieces(), Some(8)), 8).await.unwrap(), &b"abcdefgh"[..]);
-        assert_eq!(read(request(pieces(), None), 8).await.unwrap(), &b"abcdefgh"[..]);
-        // An announced length larger than the body reserves at most that: the body read is what came.
-        assert_eq!(read(request(pieces(), Some(1 << 30)), 1 << 30).await.unwrap(), &b"abcdefgh"[..]);
+        assert_eq!(read(request(pieces(body), Some(8)), 8).await.unwrap(), &b"abcdefgh"[..]);
+        assert_eq!(read(request(pieces(body), None), 8).await.unwrap(), &b"abcdefgh"[..]);
+        // An announcement is not believed: at most RESERVE_AHEAD is reserved
+        // for it (reserving this one would abort on capacity overflow).
+        assert_eq!(read(request(pieces(body), Some(usize::MAX)), usize::MAX).await.unwrap(), &b"abcdefgh"[..]);
         // Past the limit: announced, or found while reading (no length, or one that lies).
-        assert_eq!(read(request(pieces(), Some(9)), 8).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
-        assert_eq!(read(request(pieces(), None), 7).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
-        assert_eq!(read(request(pieces(), Some(4)), 7).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(read(request(pieces(body), Some(9)), 8).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(read(request(pieces(body), None), 7).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(read(request(pieces(body), Some(4)), 7).await, Err(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_first_reserve_is_read_whole_and_trailers_are_not_body() {
+        // Larger than RESERVE_AHEAD, in uneven pieces, announced and not.
+        let whole: Vec<u8> = (0..RESERVE_AHEAD * 2 + 12_345).map(|i| (i % 251) as u8).collect();
+        let split: Vec<&[u8]> = whole.chunks(16_411).collect();
+        for announced in [Some(whole.len()), None] {
+            let got = read(request(pieces(&split), announced), 32 << 20).await.unwrap();
+            assert!(got == whole, "{} bytes read of {} ({announced:?})", got.len(), whole.len());
+        }
+        // Trailers after the data are not part of it.
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("x-digest", "abc".parse().unwrap());
+        let frames: Vec<Piece> =
+            vec![Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))), Ok(hyper::body::Frame::trailers(trailers))];
+        assert_eq!(read(request(futures_util::stream::iter(frames), None), 8).await.unwrap(), &b"abc"[..]);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_or_stalls_is_refused_with_its_own_status() {
+        // The connection fails mid-body: 400, not a short body.
+        let frames: Vec<Piece> = vec![
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))),
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset")),
+        ];
+        assert_eq!(read(request(futures_util::stream::iter(frames), Some(6)), 8).await, Err(StatusCode::BAD_REQUEST));
+        // The rest never comes: 408 once the time is up.
+        let stalled = futures_util::StreamExt::chain(pieces(&[b"abc"]), futures_util::stream::pending());
+        assert_eq!(read(request(stalled, Some(6)), 8).await, Err(StatusCode::REQUEST_TIMEOUT));
     }
 }

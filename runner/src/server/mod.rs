@@ -54,8 +54,9 @@ const MAX_CONNECTIONS: usize = 1024;
 /// Largest read buffer a connection keeps (hyper's default is ~400 KiB): a
 /// body arrives in TLS records of 16 KiB, and a buffer grown to hold a
 /// whole upload stayed that large while its run waited in the queue. It
-/// also bounds a request's headers (larger ones are refused with 431).
-const READ_BUFFER: usize = 64 * 1024;
+/// also bounds a request's headers (larger ones are refused with 431, by
+/// hyper, with an empty body). The console's connections use it too.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
 
 /// Shared by every connection.
 pub(crate) struct Shared {
