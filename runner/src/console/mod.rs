@@ -53,7 +53,7 @@ use edge_core::lifecycle::{ProposalView, State};
 use edge_evidence::report::BlastPicture;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -153,11 +153,7 @@ pub async fn serve(
                     }
                 };
                 let service = hyper::service::service_fn(move |req| handle(console.clone(), peer, req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(REQUEST_TIMEOUT)
-                    .max_buf_size(crate::server::READ_BUFFER)
-                    .serve_connection(TokioIo::new(tls), service);
+                let conn = crate::server::http1(REQUEST_TIMEOUT).serve_connection(TokioIo::new(tls), service);
                 let _ = conn.await;
             }
         })

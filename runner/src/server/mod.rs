@@ -53,10 +53,26 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 1024;
 /// Largest read buffer a connection keeps (hyper's default is ~400 KiB): a
 /// body arrives in TLS records of 16 KiB, and a buffer grown to hold a
-/// whole upload stayed that large while its run waited in the queue. It
-/// also bounds a request's headers (larger ones are refused with 431, by
-/// hyper, with an empty body). The console's connections use it too.
-pub(crate) const READ_BUFFER: usize = 64 * 1024;
+/// whole upload stayed that large while its run waited in the queue.
+/// (hyper's bound is loose: one read may fill the buffer's spare room past
+/// it.) The console's connections use it too.
+const READ_BUFFER: usize = 64 * 1024;
+/// Largest request head (request line and headers) read; a larger one is
+/// refused with 431, by hyper, with an empty body.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+
+/// How a connection is served (the API's and the console's): keep-alive,
+/// headers within `header_timeout` and [`MAX_HEAD`], a read buffer of about
+/// [`READ_BUFFER`].
+pub(crate) fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER)
+        .max_header_size(MAX_HEAD);
+    b
+}
 
 /// Shared by every connection.
 pub(crate) struct Shared {
@@ -268,12 +284,7 @@ pub async fn serve(
                     let timeout = shared.settings.request_timeout;
                     let service =
                         hyper::service::service_fn(move |req| api::handle(shared.clone(), peer, agent.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(timeout)
-                        .keep_alive(true)
-                        .max_buf_size(READ_BUFFER)
-                        .serve_connection(TokioIo::new(tls), service);
+                    let conn = http1(timeout).serve_connection(TokioIo::new(tls), service);
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection closed");
                     }
@@ -323,4 +334,40 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
     drop(shared);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// The status line `http1` answers a request with headers of `header_bytes`.
+    async fn status_for(header_bytes: usize) -> String {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        });
+        let conn = tokio::spawn(async move {
+            let _ = super::http1(std::time::Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .await;
+        });
+        let (mut read, mut write) = tokio::io::split(client);
+        let request = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "a".repeat(header_bytes));
+        // Written beside the read: the server may answer before it has read it all.
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(request.as_bytes()).await;
+            write
+        });
+        let mut answer = vec![0u8; 64];
+        let n = read.read(&mut answer).await.unwrap();
+        drop(writer);
+        conn.abort();
+        String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or("").to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_request_head_within_its_limit_is_served_and_a_larger_one_refused_with_431() {
+        assert_eq!(status_for(60 * 1024).await, "HTTP/1.1 200 OK");
+        assert_eq!(status_for(super::MAX_HEAD + 1024).await, "HTTP/1.1 431 Request Header Fields Too Large");
+    }
 }
