@@ -12,7 +12,11 @@ use crate::server::{Server, capsule, rt, setup, submit};
 /// Everything `serve` logged to `path`, each line parsed as JSON (a line
 /// that is not JSON fails the test).
 fn json_lines(path: &std::path::Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
+    json_lines_of(&std::fs::read_to_string(path).unwrap())
+}
+
+/// Each line of `text` parsed as JSON (a line that is not JSON fails the test).
+fn json_lines_of(text: &str) -> Vec<Value> {
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
@@ -176,8 +180,7 @@ fn a_command_other_than_serve_logs_a_line_per_record_in_order_and_goes_on_withou
     );
     assert_eq!(out.code(), 0, "{}", out.stderr());
     let raw = out.stderr();
-    let lines: Vec<Value> =
-        raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    let lines = json_lines_of(&raw);
     let seqs: Vec<u64> =
         lines.iter().filter(|l| l["message"] == "recorded").map(|l| l["seq"].as_u64().unwrap()).collect();
     let records = env.evidence().as_array().unwrap().len() as u64;

@@ -147,24 +147,7 @@ where
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame?.into_data() {
-                let need = buf.len() + data.len();
-                if need > buf.capacity() {
-                    // Reserved as the body arrives, not on its announcement
-                    // alone: with a length announced (hyper holds the body
-                    // to it), the first RESERVE_AHEAD of it, then the rest
-                    // at once, so the buffer is never copied more than
-                    // once and holds no slack; without one, by doubling.
-                    let target = match announced {
-                        Some(n) if need <= RESERVE_AHEAD => n.min(RESERVE_AHEAD),
-                        Some(n) => n,
-                        None => 0,
-                    };
-                    if target >= need {
-                        buf.reserve_exact(target - buf.len());
-                    } else {
-                        buf.reserve(data.len());
-                    }
-                }
+                make_room(&mut buf, data.len(), announced);
                 buf.extend_from_slice(&data);
             }
         }
@@ -177,6 +160,28 @@ where
         }
         Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
         Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
+    }
+}
+
+/// Room in `buf` for `more` bytes of a body, reserved as the body arrives,
+/// not on its announcement alone: with a length announced (hyper holds the
+/// body to it), the first RESERVE_AHEAD of it, then the rest at once, so the
+/// buffer is never copied more than once and holds no slack; without one,
+/// by doubling.
+fn make_room(buf: &mut Vec<u8>, more: usize, announced: Option<usize>) {
+    let need = buf.len() + more;
+    if need <= buf.capacity() {
+        return;
+    }
+    let target = match announced {
+        Some(n) if need <= RESERVE_AHEAD => n.min(RESERVE_AHEAD),
+        Some(n) => n,
+        None => 0,
+    };
+    if target >= need {
+        buf.reserve_exact(target - buf.len());
+    } else {
+        buf.reserve(more);
     }
 }
 

@@ -59,7 +59,7 @@ const MAX_CONNECTIONS: usize = 1024;
 const READ_BUFFER: usize = 64 * 1024;
 /// Largest request head (request line and headers) read; a larger one is
 /// refused with 431, by hyper, with an empty body.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 64 * 1024;
 
 /// How a connection is served (the API's and the console's): keep-alive,
 /// headers within `header_timeout` and [`MAX_HEAD`], a read buffer of about
