@@ -178,26 +178,26 @@ pub fn derive(r: &Record, folded: &Folded, view: &ProposalView) -> Option<Propos
 }
 
 /// The sending side, held by the evidence writer.
-#[derive(Debug, Clone)]
+///
+/// The channel (its [`CAPACITY`] slots) is made at the first subscription:
+/// until then nobody can hear an event, and a one-capsule `exec`, which
+/// never subscribes, does not pay for it.
+#[derive(Debug, Clone, Default)]
 pub struct ProposalEvents {
-    tx: broadcast::Sender<ProposalEvent>,
-}
-
-impl Default for ProposalEvents {
-    fn default() -> Self {
-        Self { tx: broadcast::channel(CAPACITY).0 }
-    }
+    tx: std::sync::Arc<std::sync::OnceLock<broadcast::Sender<ProposalEvent>>>,
 }
 
 impl ProposalEvents {
     /// Every event from now on (none from before).
     pub fn subscribe(&self) -> broadcast::Receiver<ProposalEvent> {
-        self.tx.subscribe()
+        self.tx.get_or_init(|| broadcast::channel(CAPACITY).0).subscribe()
     }
 
     /// Send without waiting; with no subscriber the event is dropped.
     pub fn emit(&self, e: ProposalEvent) {
-        let _ = self.tx.send(e);
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(e);
+        }
     }
 }
 
@@ -409,5 +409,34 @@ mod tests {
             assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
         assert_eq!(EventKind::parse("approved "), None);
+    }
+
+    #[test]
+    fn a_sender_cloned_before_anyone_subscribed_reaches_later_subscribers_and_nothing_before_them() {
+        let event = |seq| ProposalEvent {
+            kind: EventKind::Approved,
+            proposal: "p-1".into(),
+            state: State::Approved,
+            tier: Some(2),
+            capsule: None,
+            approvals_required: 2,
+            at: "2026-12-03T00:00:00Z".into(),
+            seq,
+        };
+        // The writer holds a clone made at open, before any subscriber.
+        let events = ProposalEvents::default();
+        let writer = events.clone();
+        writer.emit(event(0)); // nobody listening: dropped, no channel made
+        let mut rx = events.subscribe();
+        writer.emit(event(1));
+        assert_eq!(rx.try_recv().unwrap().seq, 1);
+        assert!(rx.try_recv().is_err(), "an event from before the subscription was kept");
+        // A second subscriber shares the same channel.
+        let mut late = writer.subscribe();
+        for seq in 2..2 + CAPACITY as u64 + 1 {
+            writer.emit(event(seq));
+        }
+        assert!(matches!(late.try_recv(), Err(broadcast::error::TryRecvError::Lagged(1))));
+        assert_eq!(rx.try_recv().unwrap_err(), broadcast::error::TryRecvError::Lagged(1));
     }
 }

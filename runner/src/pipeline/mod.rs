@@ -118,7 +118,25 @@ impl Runner {
     ///
     /// # Errors
     /// As [`Runner::open`].
-    pub fn open_with(mut config: RunnerConfig, instances: Instances) -> Result<Self> {
+    pub fn open_with(config: RunnerConfig, instances: Instances) -> Result<Self> {
+        Self::open_inner(config, instances, Start::Durable)
+    }
+
+    /// Open for one run in this process (`exec`): as [`Runner::open_with`]
+    /// with instances made on demand, except that the start's records are
+    /// not waited for. Their commit's disk flushes overlap the run's
+    /// admission; the run's first wait on the log covers them (commits are
+    /// in order), and if their commit fails the run fails, naming it. A
+    /// store's first start still waits: the checkpoint kept outside the
+    /// store is written from it.
+    ///
+    /// # Errors
+    /// As [`Runner::open`].
+    pub fn open_for_one_run(config: RunnerConfig) -> Result<Self> {
+        Self::open_inner(config, Instances::OnDemand, Start::Queued)
+    }
+
+    fn open_inner(mut config: RunnerConfig, instances: Instances, start_commit: Start) -> Result<Self> {
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
@@ -154,15 +172,21 @@ impl Runner {
             start.push(Event::Insecure { switches: runner.config.dangerous.clone() });
         }
         // The start's records and a checkpoint over them: one commit.
-        runner.log.append_with_checkpoint("runner", start, &runner.identity, &runner.config.name)?;
         // From the first start on, the newest signed checkpoint is kept
         // outside the database (a crash before the WAL thread wrote it must
         // not look like a deleted file at the next start). Later starts
         // leave the file to the WAL thread and the close (as every commit
         // between them does): rewriting it here was two disk flushes more
         // per start, and a one-run `exec` closes moments later.
-        if !runner.log.dir().join(crate::store::trust::LATEST_CHECKPOINT_FILE).exists() {
-            crate::store::trust::publish_now(runner.log.dir())?;
+        let (log, name, identity) = (&runner.log, &runner.config.name, &runner.identity);
+        let first = !log.dir().join(crate::store::trust::LATEST_CHECKPOINT_FILE).exists();
+        if start_commit == Start::Queued && !first {
+            log.queue_with_checkpoint("runner", start, identity, name)?;
+        } else {
+            log.append_with_checkpoint("runner", start, identity, name)?;
+        }
+        if first {
+            crate::store::trust::publish_now(log.dir())?;
         }
         Ok(runner)
     }
@@ -394,6 +418,15 @@ impl Runner {
     }
 }
 
+/// Whether [`Runner::open_inner`] waits for the start's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Durable before the runner is returned (`serve`, tests).
+    Durable,
+    /// Queued: the one run's first wait covers it (`exec`).
+    Queued,
+}
+
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).
 pub fn new_run_id() -> String {
     let ms = jiff::Timestamp::now().as_millisecond();
@@ -423,7 +456,7 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
         bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
     }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
-    let runner = Runner::open_with(config, Instances::OnDemand)?;
+    let runner = Runner::open_for_one_run(config)?;
     let approvals = read_approvals(approvals)?;
     runner.exec_with_approvals(&bytes, &approvals).await
 }

@@ -783,13 +783,24 @@ impl EvidenceLog {
             }
             // A clean close: everything into the database file, the WAL
             // truncated (a deleted `-wal` file then loses nothing), and the
-            // newest checkpoint kept.
-            if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "final WAL checkpoint failed");
-            }
-            if let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published) {
-                tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
-            }
+            // newest checkpoint kept. The two wait on the disk apart, so
+            // they run at once: the checkpoint's records are durable in
+            // the WAL already, whether or not it has been folded.
+            let newest = crate::store::trust::newest_checkpoint_row(&checkpointer);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let kept = newest.and_then(|n| match n {
+                        Some((size, note)) => crate::store::trust::publish_note(&published, size, &note),
+                        None => Ok(()),
+                    });
+                    if let Err(e) = kept {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
+                    }
+                });
+                if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "final WAL checkpoint failed");
+                }
+            });
         })?;
         let (records, leaves) = tree::sizes(&db)?;
         if leaves > records {
@@ -968,6 +979,32 @@ impl EvidenceLog {
         wait(log.barrier_with_checkpoint(signer, origin))
     }
 
+    /// [`EvidenceLog::append_with_checkpoint`] without waiting for the
+    /// commit: for a process that appends and waits again at once (a
+    /// one-capsule `exec`), so the commit's disk flushes overlap its next
+    /// steps. (Left for the run's first barrier to commit, the two
+    /// commits became one, but nothing overlapped the flush: slower.)
+    /// Commits are made in the order they are queued, so the next wait on
+    /// this log covers this one; if it fails, the writer accepts nothing
+    /// more, and every later append fails naming the cause.
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn queue_with_checkpoint(
+        &self,
+        run: &str,
+        events: Vec<Event>,
+        signer: &Arc<NoteSigner>,
+        origin: &str,
+    ) -> Result<()> {
+        for e in events {
+            // Answered to nobody: the next wait on the log covers them.
+            drop(self.handle.send_append(run, e, None, Commit::Deferred)?);
+        }
+        drop(self.handle.send_checkpoint(signer.clone(), origin)?);
+        Ok(())
+    }
+
     /// Sign a checkpoint of the whole log with the runner's identity key and store it.
     ///
     /// # Errors
@@ -1012,6 +1049,16 @@ impl EvidenceLog {
         // Not in memory: stored before memory forgot it, or never spent.
         let db = self.readers.get()?;
         fold::spent(&db, kind, key)
+    }
+
+    /// Run `f` on a read-only connection of the log's pool (outside any
+    /// transaction: each statement reads the newest durable state).
+    ///
+    /// # Errors
+    /// If no connection can be opened, or as `f`.
+    pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let db = self.readers.get()?;
+        f(&db)
     }
 
     /// One page of proposals, newest first, with each one's first record

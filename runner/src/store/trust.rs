@@ -82,7 +82,18 @@ pub(crate) fn claimed_size(note: &str) -> Option<u64> {
 /// # Errors
 /// If the store cannot be read or the file cannot be written.
 pub fn publish_latest(db: &Connection, dir: &Path) -> Result<()> {
-    let Some((size, note)) = newest_checkpoint_row(db)? else { return Ok(()) };
+    match newest_checkpoint_row(db)? {
+        Some((size, note)) => publish_note(dir, size, &note),
+        None => Ok(()),
+    }
+}
+
+/// Write `note`, a stored checkpoint of `size` records, to
+/// [`LATEST_CHECKPOINT_FILE`] unless the one there is as large.
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn publish_note(dir: &Path, size: u64, note: &str) -> Result<()> {
     let path = dir.join(LATEST_CHECKPOINT_FILE);
     let current = std::fs::read_to_string(&path).ok().and_then(|t| claimed_size(&t));
     if current.is_some_and(|c| c >= size) {
@@ -213,7 +224,10 @@ type KeysAt<'a> = dyn Fn(u64) -> NoteVerifier + 'a;
 /// # Errors
 /// Naming what is missing or different, and the next step.
 pub fn check_signed_history(log: &EvidenceLog, history: &KeyHistory, identity: &NoteVerifier) -> Result<()> {
-    check_signed_history_of(log.dir(), log, history, identity)
+    let kept = read_kept(log.dir())?;
+    // On a reader of the log's pool: the connection (and the schema it
+    // parsed) is there again for the run's receipt.
+    log.with_reader(|db| check_signed_history_in(log.dir(), db, kept, log, history, identity))
 }
 
 /// [`check_signed_history`] for the store in `dir` whose verified records

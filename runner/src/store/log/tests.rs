@@ -131,6 +131,44 @@ fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
 }
 
 #[test]
+fn queued_start_records_commit_before_what_follows_and_a_failed_commit_fails_the_next_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    // Queued, not waited for: the checkpoint asks for a commit, so it
+    // lands with nobody waiting (`LINGER` is seconds in tests).
+    let t = Instant::now();
+    log.queue_with_checkpoint("runner", vec![refused("one"), refused("two")], &signer, "runner.test").unwrap();
+    while log.newest_checkpoint().unwrap().is_none() {
+        assert!(t.elapsed() < LINGER, "a queued start waited for the timer, or was never committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(log.newest_checkpoint().unwrap().map(|(size, _)| size), Some(2));
+    // What is queued next lands after it.
+    let mut run = log.run_log();
+    log.queue_with_checkpoint("runner", vec![refused("three")], &signer, "runner.test").unwrap();
+    run.append_deferred("r-a", refused("four")).unwrap();
+    wait(run.barrier()).unwrap();
+    assert_eq!(run.records().iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
+
+    // A queued start whose commit fails: the caller's next wait fails,
+    // naming the cause, and nothing after it is in the log.
+    let other = fail_inserts_of_run_r_fail(dir.path());
+    log.queue_with_checkpoint("r-fail", vec![refused("five")], &signer, "runner.test").unwrap();
+    run.append_deferred("r-b", refused("six")).unwrap();
+    let e = wait(run.barrier()).unwrap_err();
+    assert!(format!("{e:#}").contains("injected failure"), "{e:#}");
+    drop((run, log));
+    other.execute_batch("DROP TRIGGER fail_one;").unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    assert_eq!(log.len(), 4, "nothing of the failed start, nor after it, is in the log");
+    // (Three's checkpoint covers four too when they shared a commit.)
+    let size = log.newest_checkpoint().unwrap().map(|(size, _)| size);
+    assert!(matches!(size, Some(3 | 4)), "the newest checkpoint claims {size:?} of 4 records");
+}
+
+#[test]
 fn checkpoints_asked_for_in_one_commit_share_a_signature_but_never_across_a_key_record() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
