@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Side by side: `edge-runner exec` of two or more builds, and `wasmtime run`.
+
+    python3 scripts/exec-ab.py OLD_BINARY NEW_BINARY [...]
+
+For comparing a change to `exec`'s cost, where the start-up bench
+(`cargo bench -p edge-runner --bench startup`) measures one build: copy the
+binary before and after the change aside, then run this. Each round runs
+every binary's `exec` of the diagnostic capsule once, and `wasmtime run
+--invoke 'plan(…)'` of the same precompiled component once, in one
+interleaved loop (this machine is shared and noisy: only figures taken side
+by side compare). Prints the median wall time of each, its quartiles and
+its ratio to `wasmtime run`.
+
+Needs the homes the start-up bench builds (`target/bench-stores/`; run it
+once, with `STARTUP_RUNS=100000` for the 1M-record store) and `wasmtime` on
+`PATH`. `ROUNDS` (default 150), `HOME_DIR` (default the 1M-record home).
+Give each binary its own file: the runner caches its executable's digest
+per file (four at most), and a binary evicted from that cache hashes itself
+again at its next start.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-stores")
+HOME = os.environ.get("HOME_DIR", os.path.join(ROOT, "startup-100000"))
+BASELINE_HOME = os.path.join(ROOT, "startup-0")
+ROUNDS = int(os.environ.get("ROUNDS", "150"))
+PLAN = (
+    'plan({phase: plan, params: [("mount", "certs"), ("days", "30")], '
+    'mounts: [{name: "certs", guest-path: "/mnt/certs", writable: false}]})'
+)
+
+
+def timed(cmd, cwd):
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def main():
+    binaries = [os.path.abspath(b) for b in sys.argv[1:]]
+    if not binaries:
+        sys.exit(__doc__)
+    for d in (HOME, BASELINE_HOME):
+        if not os.path.isfile(os.path.join(d, "capsule.edgecap")):
+            sys.exit(f"{d} is not a start-up bench home: run `cargo bench -p edge-runner --bench startup` first")
+    if not os.path.isfile(os.path.join(BASELINE_HOME, "component.cwasm")):
+        sys.exit("no precompiled component beside the bench's empty store: run the start-up bench with wasmtime on PATH")
+    execs = {b: [] for b in binaries}
+    wasmtime = []
+    run_exec = lambda b: timed([b, "exec", "capsule.edgecap", "--config", "runner.toml"], HOME)
+    run_wasmtime = lambda: timed(
+        ["wasmtime", "run", "--allow-precompiled", "--dir", "certs::/mnt/certs", "--invoke", PLAN, "component.cwasm"],
+        BASELINE_HOME,
+    )
+    for b in binaries:  # warm each binary's digest cache and the page cache
+        run_exec(b)
+    for _ in range(ROUNDS):
+        for b in binaries:
+            execs[b].append(run_exec(b))
+        wasmtime.append(run_wasmtime())
+    w = statistics.median(wasmtime)
+    print(f"{ROUNDS} interleaved rounds, store {HOME}")
+    print(f"wasmtime run          median {w * 1e3:6.2f} ms")
+    for b in binaries:
+        m = statistics.median(execs[b])
+        q = statistics.quantiles(execs[b], n=4)
+        print(f"{b}\n  exec                median {m * 1e3:6.2f} ms  (q1 {q[0] * 1e3:.2f}, q3 {q[2] * 1e3:.2f})  {m / w:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
