@@ -6,6 +6,11 @@ fn refused(detail: &str) -> Event {
     Event::Refused { stage: "test".into(), reason_code: "test.synthetic".into(), detail: detail.into() }
 }
 
+/// The identity a test's checkpoints are signed with.
+fn test_signer() -> Arc<NoteSigner> {
+    Arc::new(NoteSigner::new("runner.test", ed25519_dalek::SigningKey::from_bytes(&[7; 32])).unwrap())
+}
+
 /// Something below the runner makes inserts of run `r-fail` fail (a disk
 /// error, say) until the returned connection drops the trigger.
 fn fail_inserts_of_run_r_fail(dir: &Path) -> Connection {
@@ -108,8 +113,7 @@ fn deferred_appends_wait_for_a_commit_and_abandoned_ones_are_committed_by_the_ti
 fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    let signer = test_signer();
     log.append("r-a", refused("before")).unwrap();
     let note =
         log.append_with_checkpoint("runner", vec![refused("one"), refused("two")], &signer, "runner.test").unwrap();
@@ -134,8 +138,7 @@ fn start_records_and_their_checkpoint_are_durable_together_or_not_at_all() {
 fn queued_start_records_commit_before_what_follows_and_a_failed_commit_fails_the_next_wait() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    let signer = test_signer();
     // Queued, not waited for: the checkpoint asks for a commit, so it
     // lands with nobody waiting (`LINGER` is seconds in tests).
     let t = Instant::now();
@@ -172,8 +175,7 @@ fn queued_start_records_commit_before_what_follows_and_a_failed_commit_fails_the
 fn checkpoints_asked_for_in_one_commit_share_a_signature_but_never_across_a_key_record() {
     let dir = tempfile::tempdir().unwrap();
     let log = EvidenceLog::open(dir.path()).unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let signer = Arc::new(NoteSigner::new("runner.test", key).unwrap());
+    let signer = test_signer();
     let other_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
     let other = Arc::new(NoteSigner::new("runner.test", other_key).unwrap());
     let h = log.handle();
