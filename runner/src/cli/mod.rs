@@ -741,8 +741,9 @@ pub(crate) fn print_record(r: &Record, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// Parse args, run, map errors to exit code 1 with the full cause chain.
-pub fn run_main() -> ExitCode {
+/// Parse args, run, map errors to exit code 1 with the full cause chain:
+/// the process's exit status ([`Exit`]), with everything printed flushed.
+pub fn run_main() -> u8 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     crate::cli::approve::warn_renamed_flags(&args, &mut std::io::stderr());
     let cli = Cli::parse_from(args);
@@ -752,13 +753,13 @@ pub fn run_main() -> ExitCode {
     let code = main(cli, &mut stdout);
     let _ = stdout.flush();
     match code {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code as u8,
         Err(e) => {
             let _ = stdout.flush();
             let mut stderr = edge_core::text::Terminal::new(std::io::stderr().lock());
             let _ = writeln!(stderr, "error: {e:#}");
             let _ = stderr.flush();
-            ExitCode::from(Exit::Error)
+            Exit::Error as u8
         }
     }
 }
