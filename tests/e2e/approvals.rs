@@ -321,3 +321,18 @@ fn approving_checks_the_proposal_and_asks_for_confirmation() {
     assert_eq!(out.code(), 1);
     assert!(out.stderr().contains("plan digest"), "{}", out.stderr());
 }
+
+#[test]
+fn an_unreadable_approval_file_stops_exec_before_its_store_is_opened() {
+    let env = Env::new();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
+    let before = env.evidence().as_array().unwrap().len();
+    let capsule = env.hostile("none");
+    let out =
+        env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml", "--approval", "no-such-approval.json"]);
+    assert_eq!(out.code(), 1, "{}", out.stderr());
+    assert!(out.stderr().contains("cannot read approval no-such-approval.json"), "{}", out.stderr());
+    // Not even a start record: the inputs are read before the runner opens
+    // (its start is then queued for the run's first barrier).
+    assert_eq!(env.evidence().as_array().unwrap().len(), before, "the store changed");
+}

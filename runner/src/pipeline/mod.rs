@@ -128,7 +128,10 @@ impl Runner {
     /// admission; the run's first wait on the log covers them (commits are
     /// in order), and if their commit fails the run fails, naming it. A
     /// store's first start still waits: the checkpoint kept outside the
-    /// store is written from it.
+    /// store is written from it. The caller runs its capsule next (every
+    /// `exec_*` ends in a barrier, whatever the run finds), with its inputs
+    /// read beforehand: a process that ended in between could cut the
+    /// queued commit short.
     ///
     /// # Errors
     /// As [`Runner::open`].
@@ -456,7 +459,10 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
         bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
     }
     let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
-    let runner = Runner::open_for_one_run(config)?;
+    // Every input read before the runner opens: once it has, the run (which
+    // ends in a barrier, whatever it finds) is what makes its queued start
+    // durable, so nothing may stop the command between the two.
     let approvals = read_approvals(approvals)?;
+    let runner = Runner::open_for_one_run(config)?;
     runner.exec_with_approvals(&bytes, &approvals).await
 }
