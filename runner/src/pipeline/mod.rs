@@ -110,20 +110,11 @@ impl Runner {
     /// # Errors
     /// If the log is broken or locked, or the sandbox cannot be built.
     pub fn open(config: RunnerConfig) -> Result<Self> {
-        Self::open_with(config, Instances::Pooled)
+        Self::open_for(config, Runs::Many)
     }
 
-    /// As [`Runner::open`], with the sandbox's instances allocated as
-    /// `instances` says (a process that runs one capsule: on demand).
-    ///
-    /// # Errors
-    /// As [`Runner::open`].
-    pub fn open_with(config: RunnerConfig, instances: Instances) -> Result<Self> {
-        Self::open_inner(config, instances, Start::Durable)
-    }
-
-    /// Open for one run in this process (`exec`): as [`Runner::open_with`]
-    /// with instances made on demand, except that the start's records are
+    /// Open for one run in this process (`exec`): as [`Runner::open`], with
+    /// the sandbox's instances made on demand, and the start's records are
     /// not waited for. Their commit's disk flushes overlap the run's
     /// admission; the run's first wait on the log covers them (commits are
     /// in order), and if their commit fails the run fails, naming it. A
@@ -136,10 +127,14 @@ impl Runner {
     /// # Errors
     /// As [`Runner::open`].
     pub fn open_for_one_run(config: RunnerConfig) -> Result<Self> {
-        Self::open_inner(config, Instances::OnDemand, Start::Queued)
+        Self::open_for(config, Runs::One)
     }
 
-    fn open_inner(mut config: RunnerConfig, instances: Instances, start_commit: Start) -> Result<Self> {
+    fn open_for(mut config: RunnerConfig, runs: Runs) -> Result<Self> {
+        let instances = match runs {
+            Runs::Many => Instances::Pooled,
+            Runs::One => Instances::OnDemand,
+        };
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
         let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
@@ -183,7 +178,7 @@ impl Runner {
         // per start, and a one-run `exec` closes moments later.
         let (log, name, identity) = (&runner.log, &runner.config.name, &runner.identity);
         let first = !log.dir().join(crate::store::trust::LATEST_CHECKPOINT_FILE).exists();
-        if start_commit == Start::Queued && !first {
+        if runs == Runs::One && !first {
             log.queue_with_checkpoint("runner", start, identity, name)?;
         } else {
             log.append_with_checkpoint("runner", start, identity, name)?;
@@ -421,13 +416,15 @@ impl Runner {
     }
 }
 
-/// Whether [`Runner::open_inner`] waits for the start's commit.
+/// What a runner is opened for ([`Runner::open_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
-    /// Durable before the runner is returned (`serve`, tests).
-    Durable,
-    /// Queued: the one run's first wait covers it (`exec`).
-    Queued,
+enum Runs {
+    /// Many runs (`serve`, tests): instances from the pool, the start's
+    /// records durable before the runner is returned.
+    Many,
+    /// One run in this process (`exec`): instances made on demand, the
+    /// start's records queued for the run's first wait.
+    One,
 }
 
 /// A run id: time-ordered and unique (`r-<unix ms>-<8 hex>`).

@@ -789,11 +789,7 @@ impl EvidenceLog {
             let newest = crate::store::trust::newest_checkpoint_row(&checkpointer);
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    let kept = newest.and_then(|n| match n {
-                        Some((size, note)) => crate::store::trust::publish_note(&published, size, &note),
-                        None => Ok(()),
-                    });
-                    if let Err(e) = kept {
+                    if let Err(e) = newest.and_then(|n| crate::store::trust::publish_note(&published, n)) {
                         tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
                     }
                 });
@@ -972,11 +968,16 @@ impl EvidenceLog {
         origin: &str,
     ) -> Result<String> {
         // A run's deferred appends and barrier, waited for on this thread.
+        wait(self.deferred(run, events)?.barrier_with_checkpoint(signer, origin))
+    }
+
+    /// `events` appended, deferred, on a run log of their own.
+    fn deferred(&self, run: &str, events: Vec<Event>) -> Result<RunLog> {
         let mut log = self.run_log();
         for e in events {
             log.append_deferred(run, e)?;
         }
-        wait(log.barrier_with_checkpoint(signer, origin))
+        Ok(log)
     }
 
     /// [`EvidenceLog::append_with_checkpoint`] without waiting for the
@@ -997,11 +998,9 @@ impl EvidenceLog {
         signer: &Arc<NoteSigner>,
         origin: &str,
     ) -> Result<()> {
-        for e in events {
-            // Answered to nobody: the next wait on the log covers them.
-            drop(self.handle.send_append(run, e, None, Commit::Deferred)?);
-        }
-        drop(self.handle.send_checkpoint(signer.clone(), origin)?);
+        // Answered to nobody: the next wait on the log covers them.
+        let log = self.deferred(run, events)?;
+        drop(log.handle.send_checkpoint(signer.clone(), origin)?);
         Ok(())
     }
 

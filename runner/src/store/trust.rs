@@ -82,18 +82,16 @@ pub(crate) fn claimed_size(note: &str) -> Option<u64> {
 /// # Errors
 /// If the store cannot be read or the file cannot be written.
 pub fn publish_latest(db: &Connection, dir: &Path) -> Result<()> {
-    match newest_checkpoint_row(db)? {
-        Some((size, note)) => publish_note(dir, size, &note),
-        None => Ok(()),
-    }
+    publish_note(dir, newest_checkpoint_row(db)?)
 }
 
-/// Write `note`, a stored checkpoint of `size` records, to
-/// [`LATEST_CHECKPOINT_FILE`] unless the one there is as large.
+/// [`publish_latest`] of the newest stored checkpoint already read
+/// ([`newest_checkpoint_row`]: its size and signed note; None, none yet).
 ///
 /// # Errors
 /// If the file cannot be written.
-pub fn publish_note(dir: &Path, size: u64, note: &str) -> Result<()> {
+pub fn publish_note(dir: &Path, newest: Option<(u64, String)>) -> Result<()> {
+    let Some((size, note)) = newest else { return Ok(()) };
     let path = dir.join(LATEST_CHECKPOINT_FILE);
     let current = std::fs::read_to_string(&path).ok().and_then(|t| claimed_size(&t));
     if current.is_some_and(|c| c >= size) {
