@@ -97,6 +97,12 @@ enum Request {
     Poison {
         why: String,
     },
+    /// A clean close, once everything queued before it is committed: the
+    /// WAL folded into the database and truncated, the newest checkpoint
+    /// kept outside it ([`close_store`]); nothing is committed after it.
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Request {
@@ -104,7 +110,9 @@ impl Request {
     fn commits_now(&self) -> bool {
         match self {
             Self::Append { commit, .. } | Self::Artifact { commit, .. } => *commit == Commit::Now,
-            Self::Checkpoint { .. } | Self::Flush | Self::Ping { .. } | Self::Poison { .. } => true,
+            Self::Checkpoint { .. } | Self::Flush | Self::Ping { .. } | Self::Poison { .. } | Self::Close { .. } => {
+                true
+            }
         }
     }
 }
@@ -241,6 +249,8 @@ struct Writer {
     /// Set when a commit failed: nothing is committed after it in this
     /// process, so a run can never have a hole in its records.
     poisoned: Option<String>,
+    /// The store's directory (where the newest checkpoint is kept at the close).
+    dir: PathBuf,
 }
 
 impl Writer {
@@ -263,18 +273,30 @@ impl Writer {
         // A flush only asked for this commit.
         let batch: Vec<Request> =
             batch.into_iter().filter(|r| !matches!(r, Request::Poison { .. } | Request::Flush)).collect();
-        // Pings touch nothing: answered after what was queued with them.
-        let (pings, batch): (Vec<Request>, Vec<Request>) =
-            batch.into_iter().partition(|r| matches!(r, Request::Ping { .. }));
+        // Pings and a close touch nothing: taken after what was queued
+        // with them.
+        let (after, batch): (Vec<Request>, Vec<Request>) =
+            batch.into_iter().partition(|r| matches!(r, Request::Ping { .. } | Request::Close { .. }));
         if !batch.is_empty() {
             self.commit_batch(batch);
         }
-        for ping in pings {
-            let r = match &self.poisoned {
-                Some(why) => Err(why.clone()),
-                None => Ok(Outcome::Pong),
-            };
-            reply(ping, r);
+        for r in after {
+            match r {
+                Request::Close { reply } => {
+                    // On this connection: its schema is parsed and its WAL
+                    // handle open (and its directory flushed) already.
+                    close_store(&self.db, &self.dir);
+                    self.poisoned.get_or_insert_with(|| "the evidence log is closed".to_owned());
+                    let _ = reply.send(());
+                }
+                ping => {
+                    let r = match &self.poisoned {
+                        Some(why) => Err(why.clone()),
+                        None => Ok(Outcome::Pong),
+                    };
+                    reply(ping, r);
+                }
+            }
         }
     }
 
@@ -358,8 +380,8 @@ impl Writer {
                             .execute(params![d.to_string(), bytes.len() as i64, bytes])?;
                         Ok(Outcome::Artifact(d))
                     }
-                    Request::Ping { .. } | Request::Poison { .. } | Request::Flush => {
-                        unreachable!("pings, poisons and flushes are taken out of the batch")
+                    Request::Ping { .. } | Request::Poison { .. } | Request::Flush | Request::Close { .. } => {
+                        unreachable!("pings, poisons, flushes and closes are taken out of the batch")
                     }
                     Request::Checkpoint { .. } => {
                         asked.push(i);
@@ -520,7 +542,7 @@ fn reply(req: Request, r: Result<Outcome, String>) {
         (Request::Checkpoint { reply, .. }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
         (Request::Ping { reply }, Ok(Outcome::Pong)) => drop(reply.send(Ok(()))),
         (Request::Ping { reply }, Err(e)) => drop(reply.send(Err(anyhow!(e)))),
-        (Request::Poison { .. } | Request::Flush, _) => {}
+        (Request::Poison { .. } | Request::Flush | Request::Close { .. }, _) => {}
         _ => unreachable!("each request gets its own kind of outcome"),
     }
 }
@@ -571,8 +593,8 @@ pub struct EvidenceLog {
     durable_wait: Arc<AtomicU64>,
     /// Proposal lifecycle events, for subscribers (`crate::events`).
     events: ProposalEvents,
-    /// Dropped with the log: stops the WAL checkpointer, which then
-    /// truncates the WAL and keeps the newest checkpoint (joined in `Drop`).
+    /// Dropped with the log: stops the WAL checkpointer (joined in `Drop`,
+    /// before the writer closes the store).
     stop_checkpoints: Option<mpsc::Sender<()>>,
     wal_thread: Option<std::thread::JoinHandle<()>>,
     _lock: std::fs::File,
@@ -580,11 +602,51 @@ pub struct EvidenceLog {
 
 impl Drop for EvidenceLog {
     fn drop(&mut self) {
+        // The periodic checkpoints stop first: the close's must not wait
+        // for one.
         drop(self.stop_checkpoints.take());
         if let Some(t) = self.wal_thread.take() {
             let _ = t.join();
         }
+        // Then the writer commits what is queued (a request nobody waits
+        // for is not cut short by the process's exit) and closes the store.
+        let (reply, rx) = oneshot::channel();
+        if self.handle.send(Request::Close { reply }).is_ok() && wait(rx).is_ok() {
+            return;
+        }
+        // The writer is gone (it panicked): the close from a connection of
+        // its own.
+        match Connection::open(self.dir.join("evidence.db")) {
+            Ok(db) => close_store(&db, &self.dir),
+            Err(e) => tracing::warn!(error = %e, "cannot open the evidence store to close it"),
+        }
     }
+}
+
+/// A clean close of the store: everything into the database file and the
+/// WAL truncated (a deleted `-wal` file then loses nothing), and the newest
+/// checkpoint kept outside it. The two wait on the disk apart, so they run
+/// at once: the checkpoint's records are durable in the WAL already,
+/// whether or not it has been folded. Failures are logged: there is no one
+/// left to tell, and the next start checks the store either way.
+fn close_store(db: &Connection, dir: &Path) {
+    let newest = crate::store::trust::newest_checkpoint_row(db);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Err(e) = newest.and_then(|n| crate::store::trust::publish_note(dir, n)) {
+                tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
+            }
+        });
+        // Readers of other processes (an export) may hold the WAL a moment.
+        let folded = db
+            .busy_timeout(Duration::from_secs(5))
+            .and_then(|()| db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)));
+        match folded {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!("final WAL checkpoint could not finish: the WAL is folded at the next start"),
+            Err(e) => tracing::warn!(error = %e, "final WAL checkpoint failed"),
+        }
+    });
 }
 
 /// How often the WAL is copied into the database.
@@ -759,44 +821,38 @@ impl EvidenceLog {
         // that fsync) happens on the checkpointer thread, never inside a
         // commit that runs are waiting for.
         db.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = Connection::open(&path)
-            .with_context(|| format!("cannot open evidence store {} for checkpoints", path.display()))?;
-        checkpointer.busy_timeout(Duration::from_secs(5))?;
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
-        let published = dir.to_path_buf();
+        let (published, db_path) = (dir.to_path_buf(), path.clone());
         let wal_thread = std::thread::Builder::new().name("evidence-wal".into()).spawn(move || {
             // Until the log is closed (the sender dropped). Every
             // PUBLISH_EVERY rounds the newest signed checkpoint is also kept
             // outside the database: its durable write (two fsyncs, one of a
             // directory) slows the commits runs wait for, so not every round.
+            // Its connection is opened at the first round: a process that
+            // closes the log sooner (one `exec`) never needs it.
+            let mut checkpointer = None;
             let mut round = 0u32;
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(WAL_CHECKPOINT_EVERY) {
+                if checkpointer.is_none() {
+                    match Connection::open(&db_path).and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c)) {
+                        Ok(c) => checkpointer = Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot open the evidence store for WAL checkpoints; retrying")
+                        }
+                    }
+                }
+                let Some(checkpointer) = &checkpointer else { continue };
                 if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
                 }
                 round = round.wrapping_add(1);
                 if round.is_multiple_of(PUBLISH_EVERY)
-                    && let Err(e) = crate::store::trust::publish_latest(&checkpointer, &published)
+                    && let Err(e) = crate::store::trust::publish_latest(checkpointer, &published)
                 {
                     tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint; retrying");
                 }
             }
-            // A clean close: everything into the database file, the WAL
-            // truncated (a deleted `-wal` file then loses nothing), and the
-            // newest checkpoint kept. The two wait on the disk apart, so
-            // they run at once: the checkpoint's records are durable in
-            // the WAL already, whether or not it has been folded.
-            let newest = crate::store::trust::newest_checkpoint_row(&checkpointer);
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    if let Err(e) = newest.and_then(|n| crate::store::trust::publish_note(&published, n)) {
-                        tracing::warn!(error = %format!("{e:#}"), "cannot keep the latest checkpoint");
-                    }
-                });
-                if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "final WAL checkpoint failed");
-                }
-            });
+            // (The clean close is the writer's: `close_store`.)
         })?;
         let (records, leaves) = tree::sizes(&db)?;
         if leaves > records {
@@ -839,6 +895,7 @@ impl EvidenceLog {
             index: index.clone(),
             events: events.clone(),
             poisoned: None,
+            dir: dir.to_path_buf(),
         };
         let (tx, rx) = inbox::inbox(MAX_BATCH);
         std::thread::Builder::new().name("evidence-writer".into()).spawn(move || writer.run(rx))?;

@@ -222,3 +222,44 @@ fn checkpoints_asked_for_in_one_commit_share_a_signature_but_never_across_a_key_
     drop(log);
     EvidenceLog::open(dir.path()).unwrap();
 }
+
+#[test]
+fn the_close_commits_what_nobody_waited_for_folds_the_wal_and_keeps_the_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let signer = test_signer();
+    log.append("r-a", refused("one")).unwrap();
+    // Queued and never waited for: a start's records with their checkpoint,
+    // and a run's deferred append, dropped before its barrier (`LINGER` is
+    // seconds in tests: only the close can commit it in time).
+    log.queue_with_checkpoint("runner", vec![refused("two")], &signer, "runner.test").unwrap();
+    let mut run = log.run_log();
+    run.append_deferred("r-b", refused("three")).unwrap();
+    drop(run);
+    let late = log.handle();
+    let t = Instant::now();
+    drop(log);
+    assert!(t.elapsed() < LINGER, "the close waited for the writer's timer");
+
+    // Folded: nothing lives only in the WAL.
+    let wal = std::fs::metadata(dir.path().join("evidence.db-wal")).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal, 0, "the WAL still holds {wal} bytes after a clean close");
+    // The newest checkpoint is kept outside the store.
+    let kept = std::fs::read_to_string(dir.path().join(crate::store::trust::LATEST_CHECKPOINT_FILE)).unwrap();
+    assert_eq!(crate::store::trust::claimed_size(&kept), Some(2), "{kept}");
+    // A handle kept past the close commits nothing, and says why.
+    let e = late.append("r-c", refused("four")).unwrap_err();
+    assert!(format!("{e:#}").contains("closed"), "{e:#}");
+
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let details: Vec<String> = log
+        .read_records()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Refused { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(details, ["one", "two", "three"], "what was queued before the close is in the log, and nothing after");
+}
