@@ -137,10 +137,23 @@ impl Runner {
         };
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
-        let log = EvidenceLog::open(&config.state_dir.join("evidence"))?;
+        // The engine is built while the store opens: neither needs the
+        // other, and a start does little else on the second core.
+        let (log, sandbox) = std::thread::scope(|s| {
+            let sandbox = std::thread::Builder::new().name("engine".into()).spawn_scoped(s, || {
+                Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances)
+            });
+            let log = EvidenceLog::open(&config.state_dir.join("evidence"));
+            let sandbox = match sandbox {
+                Ok(t) => t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("building the WebAssembly engine panicked"))),
+                Err(e) => Err(anyhow::Error::from(e).context("cannot start a thread to build the WebAssembly engine")),
+            };
+            (log, sandbox)
+        });
+        let log = log?;
         crate::rotate::finish_interrupted(&config, &log)?;
         let identity = Arc::new(crate::identity::load_identity(&config)?);
-        let sandbox = Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances)?;
+        let sandbox = sandbox?;
         // Mounts and endpoints (their names never clash): runs that write
         // one wait for each other.
         let mount_locks =
