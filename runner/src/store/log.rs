@@ -376,8 +376,17 @@ impl Writer {
                     }
                     Request::Artifact { digest, bytes, .. } => {
                         let d = *digest;
-                        tx.prepare_cached("INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)")?
-                            .execute(params![d.to_string(), bytes.len() as i64, bytes])?;
+                        // One already stored (a capsule's component, run
+                        // again) is not copied into the statement again.
+                        let key = d.to_string();
+                        let stored =
+                            tx.prepare_cached("SELECT 1 FROM artifacts WHERE digest = ?1")?.exists(params![key])?;
+                        if !stored {
+                            tx.prepare_cached(
+                                "INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![key, bytes.len() as i64, bytes])?;
+                        }
                         Ok(Outcome::Artifact(d))
                     }
                     Request::Ping { .. } | Request::Poison { .. } | Request::Flush | Request::Close { .. } => {

@@ -263,3 +263,20 @@ fn the_close_commits_what_nobody_waited_for_folds_the_wal_and_keeps_the_newest_c
         .collect();
     assert_eq!(details, ["one", "two", "three"], "what was queued before the close is in the log, and nothing after");
 }
+
+#[test]
+fn an_artifact_stored_again_by_a_later_process_is_kept_once_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = vec![7u8; 300 << 10];
+    let d = EvidenceLog::open(dir.path()).unwrap().put_artifact(&bytes).unwrap();
+    // A new process knows nothing of it: the writer finds it stored.
+    let log = EvidenceLog::open(dir.path()).unwrap();
+    let mut run = log.run_log();
+    assert_eq!(run.put_artifact(&bytes).unwrap(), d);
+    run.append_deferred("r-a", refused("one")).unwrap();
+    wait(run.barrier()).unwrap();
+    assert_eq!(log.read_artifact(&d).unwrap().as_deref(), Some(&bytes[..]));
+    let rows: i64 =
+        log.with_reader(|db| Ok(db.query_row("SELECT count(*) FROM artifacts", [], |r| r.get(0))?)).unwrap();
+    assert_eq!(rows, 1);
+}
