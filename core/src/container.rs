@@ -242,6 +242,10 @@ impl CapsuleFile {
     pub fn component(&self) -> &[u8] {
         &self.component
     }
+    /// The component's bytes, shared (not copied).
+    pub fn component_shared(&self) -> std::sync::Arc<Vec<u8>> {
+        self.component.clone()
+    }
     pub fn bundle(&self) -> Option<&[u8]> {
         self.bundle.as_deref()
     }

@@ -68,7 +68,7 @@ impl Runner {
         report.name = Some(format!("{}@{}", m.name, m.version));
         let manifest_d = report.artifact(file.manifest_bytes())?;
         // The container checked the component against the pinned digest.
-        report.log.put_artifact_digested(m.component.sha256, file.component()).or_fail()?;
+        report.log.put_artifact_shared(m.component.sha256, file.component_shared()).or_fail()?;
         let bundle_d = file.bundle().map(|b| report.artifact(b)).transpose()?;
         let submitted_by = report.submitted_by.clone();
         report.record(Event::Submission {

@@ -75,7 +75,7 @@ enum Request {
     },
     Artifact {
         digest: Sha256Digest,
-        bytes: Vec<u8>,
+        bytes: Arc<Vec<u8>>,
         commit: Commit,
         reply: oneshot::Sender<Result<Sha256Digest>>,
     },
@@ -203,11 +203,22 @@ impl StoreHandle {
         bytes: &[u8],
         commit: Commit,
     ) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
+        self.send_artifact_shared(digest, || Arc::new(bytes.to_vec()), commit)
+    }
+
+    /// Queue an artifact unless it is known durable already; `bytes` is
+    /// only asked for then.
+    fn send_artifact_shared(
+        &self,
+        digest: Sha256Digest,
+        bytes: impl FnOnce() -> Arc<Vec<u8>>,
+        commit: Commit,
+    ) -> Result<(Sha256Digest, Option<Reply<Sha256Digest>>)> {
         if self.known.contains(&digest) {
             return Ok((digest, None));
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Artifact { digest, bytes: bytes.to_vec(), commit, reply })?;
+        self.send(Request::Artifact { digest, bytes: bytes(), commit, reply })?;
         Ok((digest, Some(rx)))
     }
 
@@ -385,7 +396,7 @@ impl Writer {
                             tx.prepare_cached(
                                 "INSERT OR IGNORE INTO artifacts (digest, size, bytes) VALUES (?1, ?2, ?3)",
                             )?
-                            .execute(params![key, bytes.len() as i64, bytes])?;
+                            .execute(params![key, bytes.len() as i64, &bytes[..]])?;
                         }
                         Ok(Outcome::Artifact(d))
                     }
@@ -712,6 +723,17 @@ impl RunLog {
     /// If the writer has stopped.
     pub fn put_artifact_digested(&mut self, digest: Sha256Digest, bytes: &[u8]) -> Result<Sha256Digest> {
         let (d, rx) = self.handle.send_artifact_digested(digest, bytes, Commit::Deferred)?;
+        self.pending.extend(rx.map(Pending::Artifact));
+        Ok(d)
+    }
+
+    /// As [`RunLog::put_artifact_digested`], for bytes held shared (a
+    /// capsule's component): queued without a copy.
+    ///
+    /// # Errors
+    /// If the writer has stopped.
+    pub fn put_artifact_shared(&mut self, digest: Sha256Digest, bytes: Arc<Vec<u8>>) -> Result<Sha256Digest> {
+        let (d, rx) = self.handle.send_artifact_shared(digest, || bytes, Commit::Deferred)?;
         self.pending.extend(rx.map(Pending::Artifact));
         Ok(d)
     }
