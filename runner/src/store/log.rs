@@ -613,6 +613,8 @@ pub struct EvidenceLog {
     durable_wait: Arc<AtomicU64>,
     /// Proposal lifecycle events, for subscribers (`crate::events`).
     events: ProposalEvents,
+    /// The records the store held at open, and its newest checkpoint then.
+    at_open: Mutex<Option<(u64, Option<(u64, String)>)>>,
     /// Dropped with the log: stops the WAL checkpointer (joined in `Drop`,
     /// before the writer closes the store).
     stop_checkpoints: Option<mpsc::Sender<()>>,
@@ -916,6 +918,8 @@ impl EvidenceLog {
         let index = Arc::new(RwLock::new(fold));
         let events = ProposalEvents::default();
         let nodes = Arc::new(tree::NodeCache::default());
+        nodes.put_border(&range);
+        let at_open = (records, crate::store::trust::newest_checkpoint_row(&db)?);
         let writer = Writer {
             nodes: nodes.clone(),
             db,
@@ -941,6 +945,7 @@ impl EvidenceLog {
             nodes,
             durable_wait: Arc::new(AtomicU64::new(0)),
             events,
+            at_open: Mutex::new(Some(at_open)),
             _lock: lock,
         })
     }
@@ -1264,8 +1269,18 @@ impl EvidenceLog {
     /// If no connection to the store can be opened.
     pub fn with_tree<R>(&self, f: impl FnOnce(&StoredTree<'_>) -> R) -> Result<R> {
         let size = self.head().size;
-        let db = self.readers.get()?;
-        Ok(f(&StoredTree::cached(&db, size, &self.nodes)))
+        // A connection only for a hash not cached (the border verified at
+        // open and what this process committed are).
+        let open = || -> Result<tree::Held<'_>> { Ok(Box::new(self.readers.get()?)) };
+        Ok(f(&StoredTree::cached_lazily(&open, size, &self.nodes)))
+    }
+
+    /// The store's newest checkpoint as the open read it, if nothing was
+    /// appended since (once: for the start's check against the signed
+    /// history, `crate::store::trust::check_signed_history`).
+    pub(crate) fn checkpoint_row_at_open(&self) -> Option<Option<(u64, String)>> {
+        let (records, row) = self.at_open.lock().expect("at-open lock").take()?;
+        (self.head().size == records).then_some(row)
     }
 
     /// Count time spent making something else of the run durable (the

@@ -46,22 +46,60 @@ CREATE TRIGGER IF NOT EXISTS tree_append_only_d BEFORE DELETE ON tree BEGIN SELE
 ";
 
 /// The tree of the first `size` records, read from a store.
-#[derive(Debug)]
 pub struct StoredTree<'a> {
-    db: &'a Connection,
+    rows: Rows<'a>,
     size: u64,
     cache: Option<&'a NodeCache>,
+}
+
+/// A connection to the store, held for as long as a [`StoredTree`] reads.
+pub type Held<'a> = Box<dyn std::ops::Deref<Target = Connection> + 'a>;
+
+/// Where a [`StoredTree`] reads the hashes its cache does not hold.
+enum Rows<'a> {
+    Db(&'a Connection),
+    /// A connection asked for at the first hash not cached: a proof made
+    /// of cached hashes alone (a run's receipt, in a process that verified
+    /// the tree's border at open) opens none.
+    Lazy {
+        open: &'a dyn Fn() -> Result<Held<'a>>,
+        db: std::cell::OnceCell<Held<'a>>,
+    },
+}
+
+impl std::fmt::Debug for StoredTree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTree").field("size", &self.size).field("cached", &self.cache.is_some()).finish()
+    }
 }
 
 impl<'a> StoredTree<'a> {
     /// The tree of the first `size` records of `db` (which must hold them).
     pub fn new(db: &'a Connection, size: u64) -> Self {
-        Self { db, size, cache: None }
+        Self { rows: Rows::Db(db), size, cache: None }
     }
 
     /// As [`StoredTree::new`], keeping the hashes it reads in `cache`.
     pub fn cached(db: &'a Connection, size: u64, cache: &'a NodeCache) -> Self {
-        Self { db, size, cache: Some(cache) }
+        Self { rows: Rows::Db(db), size, cache: Some(cache) }
+    }
+
+    /// As [`StoredTree::cached`], with a connection from `open` only once a
+    /// hash is not in `cache`.
+    pub fn cached_lazily(open: &'a dyn Fn() -> Result<Held<'a>>, size: u64, cache: &'a NodeCache) -> Self {
+        Self { rows: Rows::Lazy { open, db: std::cell::OnceCell::new() }, size, cache: Some(cache) }
+    }
+
+    fn db(&self) -> Result<&Connection, RowError> {
+        match &self.rows {
+            Rows::Db(db) => Ok(db),
+            Rows::Lazy { open, db } => {
+                if db.get().is_none() {
+                    let _ = db.set(open().map_err(|e| RowError::Open(format!("{e:#}")))?);
+                }
+                Ok(db.get().expect("just set"))
+            }
+        }
     }
 }
 
@@ -89,6 +127,19 @@ impl NodeCache {
     pub(crate) fn put(&self, level: u32, index: u64, hash: Hash) {
         self.0.insert((level, index), hash);
     }
+
+    /// Keep the subtree hashes of a verified border (its complete subtrees,
+    /// left to right): every left sibling of a proof for a record appended
+    /// after it.
+    pub(crate) fn put_border(&self, range: &CompactRange) {
+        let size = range.size();
+        let mut offset = 0u64;
+        let levels = (0..64u32).rev().filter(|k| size & (1 << k) != 0);
+        for (k, hash) in levels.zip(range.hashes()) {
+            self.put(k, offset >> k, hash);
+            offset += 1 << k;
+        }
+    }
 }
 
 /// A hash the store does not hold or holds damaged.
@@ -100,6 +151,8 @@ pub enum RowError {
     Malformed { level: u32, index: u64 },
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Open(String),
 }
 
 impl Subtrees for StoredTree<'_> {
@@ -113,7 +166,7 @@ impl Subtrees for StoredTree<'_> {
         if let Some(h) = self.cache.and_then(|c| c.0.get(&(level, index))) {
             return Ok(h);
         }
-        let h = node(self.db, level, index)?.ok_or(RowError::Missing { level, index })?;
+        let h = node(self.db()?, level, index)?.ok_or(RowError::Missing { level, index })?;
         if let Some(c) = self.cache {
             c.put(level, index, h);
         }

@@ -223,8 +223,13 @@ type KeysAt<'a> = dyn Fn(u64) -> NoteVerifier + 'a;
 /// Naming what is missing or different, and the next step.
 pub fn check_signed_history(log: &EvidenceLog, history: &KeyHistory, identity: &NoteVerifier) -> Result<()> {
     let kept = read_kept(log.dir())?;
-    // On a reader of the log's pool: the connection (and the schema it
-    // parsed) is there again for the run's receipt.
+    // The newest checkpoint as the open read it, while nothing was appended
+    // since: no connection to open (and no schema to parse) for it. The
+    // file, read after it, is no older: only the holder of the store's lock
+    // (this process) writes either.
+    if let Some(row) = log.checkpoint_row_at_open() {
+        return check_signed_rows(log.dir(), kept, row, log, history, identity);
+    }
     log.with_reader(|db| check_signed_history_in(log.dir(), db, kept, log, history, identity))
 }
 
@@ -274,9 +279,21 @@ pub fn check_signed_history_in(
     history: &KeyHistory,
     identity: &NoteVerifier,
 ) -> Result<()> {
+    check_signed_rows(dir, kept, newest_checkpoint_row(db)?, log, history, identity)
+}
+
+/// [`check_signed_history_in`], with the store's newest checkpoint `row`
+/// read after `kept`.
+fn check_signed_rows(
+    dir: &Path,
+    kept: Option<String>,
+    row: Option<(u64, String)>,
+    log: &dyn History,
+    history: &KeyHistory,
+    identity: &NoteVerifier,
+) -> Result<()> {
     let keys =
         |size: u64| history.key_at(size).and_then(|k| NoteVerifier::parse(k).ok()).unwrap_or_else(|| identity.clone());
-    let row = newest_checkpoint_row(db)?;
     let file = dir.join(LATEST_CHECKPOINT_FILE);
     match (&kept, &row) {
         (None, Some((size, _))) => bail!(

@@ -280,3 +280,40 @@ fn an_artifact_stored_again_by_a_later_process_is_kept_once_and_reads_back() {
         log.with_reader(|db| Ok(db.query_row("SELECT count(*) FROM artifacts", [], |r| r.get(0))?)).unwrap();
     assert_eq!(rows, 1);
 }
+
+#[test]
+fn a_proof_for_a_record_appended_after_open_needs_no_connection_and_matches_the_store() {
+    for before in [0u64, 1, 5, 8, 13] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EvidenceLog::open(dir.path()).unwrap();
+            for i in 0..before {
+                log.append("r-a", refused(&i.to_string())).unwrap();
+            }
+        }
+        let log = EvidenceLog::open(dir.path()).unwrap();
+        let mut appended = Vec::new();
+        for i in 0..3 {
+            appended.push(log.append("r-b", refused(&format!("after {i}"))).unwrap().seq);
+        }
+        let size = log.len();
+        for &seq in &appended {
+            let (root, proof) = log
+                .with_tree(|t| (merkle::root_of(t, size).unwrap(), merkle::inclusion_proof_of(t, seq, size).unwrap()))
+                .unwrap();
+            // The border verified at open and what this process committed
+            // make the proof: no connection was taken from the pool.
+            assert!(log.readers.idle.lock().unwrap().is_empty(), "a connection was opened for record {seq}");
+            let db = read_only(dir.path()).unwrap();
+            let stored = StoredTree::new(&db, size);
+            assert_eq!(root, merkle::root_of(&stored, size).unwrap(), "{before} + {seq}");
+            assert_eq!(proof, merkle::inclusion_proof_of(&stored, seq, size).unwrap(), "{before} + {seq}");
+        }
+        // A record from before the open still reads its hashes from the store.
+        if before > 2 {
+            let proof = log.with_tree(|t| merkle::inclusion_proof_of(t, 0, size).unwrap()).unwrap();
+            let db = read_only(dir.path()).unwrap();
+            assert_eq!(proof, merkle::inclusion_proof_of(&StoredTree::new(&db, size), 0, size).unwrap());
+        }
+    }
+}
