@@ -473,6 +473,18 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
     // ends in a barrier, whatever it finds) is what makes its queued start
     // durable, so nothing may stop the command between the two.
     let approvals = read_approvals(approvals)?;
-    let runner = Runner::open_for_one_run(config)?;
-    runner.exec_with_approvals(&bytes, &approvals).await
+    // The capsule is parsed (its component hashed) while the store opens.
+    // One that does not parse is handed over as bytes: the run refuses it,
+    // and records why, as for any submission.
+    let (runner, parsed) = std::thread::scope(|s| {
+        let parsed = std::thread::Builder::new().name("capsule".into()).spawn_scoped(s, || CapsuleFile::parse(&bytes));
+        let runner = Runner::open_for_one_run(config);
+        (runner, parsed.ok().and_then(|t| t.join().ok()).and_then(Result::ok))
+    });
+    let runner = runner?;
+    let capsule = match parsed {
+        Some(file) => Submitted::File(Box::new(file)),
+        None => Submitted::Bytes(&bytes),
+    };
+    runner.exec_capsule(capsule, &approvals, None).await
 }
