@@ -110,7 +110,7 @@ impl Runner {
     /// # Errors
     /// If the log is broken or locked, or the sandbox cannot be built.
     pub fn open(config: RunnerConfig) -> Result<Self> {
-        Self::open_for(config, Runs::Many)
+        Self::open_for(config, Runs::Many, || {})
     }
 
     /// Open for one run in this process (`exec`): as [`Runner::open`], with
@@ -127,10 +127,21 @@ impl Runner {
     /// # Errors
     /// As [`Runner::open`].
     pub fn open_for_one_run(config: RunnerConfig) -> Result<Self> {
-        Self::open_for(config, Runs::One)
+        Self::open_for(config, Runs::One, || {})
     }
 
-    fn open_for(mut config: RunnerConfig, runs: Runs) -> Result<Self> {
+    /// [`Runner::open_for_one_run`], doing `beside` on the second thread
+    /// the start uses (after the engine is built there, while the store
+    /// opens on this one): the caller's own preparation, off the start's
+    /// path.
+    ///
+    /// # Errors
+    /// As [`Runner::open`].
+    pub fn open_for_one_run_beside(config: RunnerConfig, beside: impl FnOnce() + Send) -> Result<Self> {
+        Self::open_for(config, Runs::One, beside)
+    }
+
+    fn open_for(mut config: RunnerConfig, runs: Runs, beside: impl FnOnce() + Send) -> Result<Self> {
         let instances = match runs {
             Runs::Many => Instances::Pooled,
             Runs::One => Instances::OnDemand,
@@ -141,7 +152,10 @@ impl Runner {
         // other, and a start does little else on the second core.
         let (log, sandbox) = std::thread::scope(|s| {
             let sandbox = std::thread::Builder::new().name("engine".into()).spawn_scoped(s, || {
-                Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances)
+                let sandbox =
+                    Sandbox::with_instances(&config.cache_dir, config.ceiling.max_limits.memory_mib, instances);
+                beside();
+                sandbox
             });
             let log = EvidenceLog::open(&config.state_dir.join("evidence"));
             let sandbox = match sandbox {
@@ -476,12 +490,8 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
     // The capsule is parsed (its component hashed) while the store opens.
     // One that does not parse is handed over as bytes: the run refuses it,
     // and records why, as for any submission.
-    let (runner, parsed) = std::thread::scope(|s| {
-        let parsed = std::thread::Builder::new().name("capsule".into()).spawn_scoped(s, || CapsuleFile::parse(&bytes));
-        let runner = Runner::open_for_one_run(config);
-        (runner, parsed.ok().and_then(|t| t.join().ok()).and_then(Result::ok))
-    });
-    let runner = runner?;
+    let mut parsed = None;
+    let runner = Runner::open_for_one_run_beside(config, || parsed = CapsuleFile::parse(&bytes).ok())?;
     let capsule = match parsed {
         Some(file) => Submitted::File(Box::new(file)),
         None => Submitted::Bytes(&bytes),
