@@ -613,13 +613,21 @@ pub struct EvidenceLog {
     durable_wait: Arc<AtomicU64>,
     /// Proposal lifecycle events, for subscribers (`crate::events`).
     events: ProposalEvents,
-    /// The records the store held at open, and its newest checkpoint then.
-    at_open: Mutex<Option<(u64, Option<(u64, String)>)>>,
+    /// What the open read (taken by the start's check).
+    at_open: Mutex<Option<AtOpen>>,
     /// Dropped with the log: stops the WAL checkpointer (joined in `Drop`,
     /// before the writer closes the store).
     stop_checkpoints: Option<mpsc::Sender<()>>,
     wal_thread: Option<std::thread::JoinHandle<()>>,
     _lock: std::fs::File,
+}
+
+/// The records the store held at open, and its newest checkpoint then
+/// (size, signed note).
+#[derive(Debug)]
+struct AtOpen {
+    records: u64,
+    newest: Option<(u64, String)>,
 }
 
 impl Drop for EvidenceLog {
@@ -919,7 +927,7 @@ impl EvidenceLog {
         let events = ProposalEvents::default();
         let nodes = Arc::new(tree::NodeCache::default());
         nodes.put_border(&range);
-        let at_open = (records, crate::store::trust::newest_checkpoint_row(&db)?);
+        let at_open = AtOpen { records, newest: crate::store::trust::newest_checkpoint_row(&db)? };
         let writer = Writer {
             nodes: nodes.clone(),
             db,
@@ -1279,8 +1287,8 @@ impl EvidenceLog {
     /// appended since (once: for the start's check against the signed
     /// history, `crate::store::trust::check_signed_history`).
     pub(crate) fn checkpoint_row_at_open(&self) -> Option<Option<(u64, String)>> {
-        let (records, row) = self.at_open.lock().expect("at-open lock").take()?;
-        (self.head().size == records).then_some(row)
+        let at_open = self.at_open.lock().expect("at-open lock").take()?;
+        (self.head().size == at_open.records).then_some(at_open.newest)
     }
 
     /// Count time spent making something else of the run durable (the

@@ -6,6 +6,18 @@ fn refused(detail: &str) -> Event {
     Event::Refused { stage: "test".into(), reason_code: "test.synthetic".into(), detail: detail.into() }
 }
 
+/// The details of the log's refusal records, in order.
+fn refused_details(log: &EvidenceLog) -> Vec<String> {
+    log.read_records()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Refused { detail, .. } => Some(detail.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The identity a test's checkpoints are signed with.
 fn test_signer() -> Arc<NoteSigner> {
     Arc::new(NoteSigner::new("runner.test", ed25519_dalek::SigningKey::from_bytes(&[7; 32])).unwrap())
@@ -56,15 +68,7 @@ fn deferred_appends_become_durable_at_the_barrier_and_a_failed_commit_poisons_th
 
     // Reopened: the log verifies, with no hole: nothing after the failure.
     let log = EvidenceLog::open(dir.path()).unwrap();
-    let details: Vec<String> = log
-        .read_records()
-        .unwrap()
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::Refused { detail, .. } => Some(detail.clone()),
-            _ => None,
-        })
-        .collect();
+    let details = refused_details(&log);
     assert_eq!(details, ["one", "two"]);
 }
 
@@ -252,15 +256,7 @@ fn the_close_commits_what_nobody_waited_for_folds_the_wal_and_keeps_the_newest_c
     assert!(format!("{e:#}").contains("closed"), "{e:#}");
 
     let log = EvidenceLog::open(dir.path()).unwrap();
-    let details: Vec<String> = log
-        .read_records()
-        .unwrap()
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::Refused { detail, .. } => Some(detail.clone()),
-            _ => None,
-        })
-        .collect();
+    let details = refused_details(&log);
     assert_eq!(details, ["one", "two", "three"], "what was queued before the close is in the log, and nothing after");
 }
 
