@@ -159,7 +159,11 @@ impl Runner {
             });
             let log = EvidenceLog::open(&config.state_dir.join("evidence"));
             let sandbox = match sandbox {
-                Ok(t) => t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("building the WebAssembly engine panicked"))),
+                Ok(t) => t.join().unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the start's second thread (the WebAssembly engine, and what was done beside it) panicked"
+                    ))
+                }),
                 Err(e) => Err(anyhow::Error::from(e).context("cannot start a thread to build the WebAssembly engine")),
             };
             (log, sandbox)

@@ -282,8 +282,9 @@ pub fn check_signed_history_in(
     check_signed_rows(dir, kept, newest_checkpoint_row(db)?, log, history, identity)
 }
 
-/// [`check_signed_history_in`], with the store's newest checkpoint `row`
-/// read after `kept`.
+/// [`check_signed_history_in`], with `row` the store's newest checkpoint:
+/// read after `kept`, or while nothing but this process could write either
+/// (at open, under the store's lock: [`check_signed_history`]).
 fn check_signed_rows(
     dir: &Path,
     kept: Option<String>,
