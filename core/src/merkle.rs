@@ -137,7 +137,7 @@ impl CompactRange {
     /// Rebuild a range for a tree of `size` from its subtree hashes (as
     /// [`CompactRange::hashes`] gives them). None if they do not fit the size.
     pub fn from_hashes(size: u64, hashes: &[Hash]) -> Option<Self> {
-        let heights: Vec<u32> = (0..64).rev().filter(|b| size & (1u64 << b) != 0).collect();
+        let heights: Vec<u32> = border(size).map(|(level, _)| level).collect();
         if heights.len() != hashes.len() {
             return None;
         }
@@ -281,15 +281,23 @@ pub fn consistency_proof_of<S: Subtrees + ?Sized>(s: &S, m: u64, size: u64) -> R
 /// If `size` is beyond the tree or a hash cannot be read.
 pub fn compact_of<S: Subtrees + ?Sized>(s: &S, size: u64) -> Result<CompactRange, TreeError<S::Error>> {
     within(s, size)?;
-    let mut hashes = Vec::new();
-    let mut offset = 0u64;
-    for k in (0..64u32).rev() {
-        if size & (1 << k) != 0 {
-            hashes.push(s.subtree(k, offset >> k).map_err(TreeError::Source)?);
-            offset += 1 << k;
-        }
-    }
+    let hashes = border(size)
+        .map(|(level, index)| s.subtree(level, index))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TreeError::Source)?;
     Ok(CompactRange::from_hashes(size, &hashes).expect("one hash per set bit"))
+}
+
+/// Where the complete subtrees of the first `size` leaves' compact range
+/// are, left to right: (level, index), one per set bit of `size` (the
+/// subtrees [`CompactRange::hashes`] gives the hashes of).
+pub fn border(size: u64) -> impl Iterator<Item = (u32, u64)> {
+    let mut offset = 0u64;
+    (0..64u32).rev().filter(move |k| size & (1 << k) != 0).map(move |k| {
+        let at = (k, offset >> k);
+        offset += 1 << k;
+        at
+    })
 }
 
 /// Every complete, aligned subtree hash of an append-only tree, in memory

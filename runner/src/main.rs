@@ -56,7 +56,6 @@ fn main() -> std::process::ExitCode {
     // page of the allocator's arenas back to the system one by one
     // (mimalloc's exit handler, ~0.2 ms of an `exec`) for a process whose
     // memory the kernel is about to take back whole.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: `_exit` ends the process; nothing after it runs.
     unsafe { libc::_exit(i32::from(status)) }
 }

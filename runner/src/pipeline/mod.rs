@@ -122,22 +122,13 @@ impl Runner {
     /// store is written from it. The caller runs its capsule next (every
     /// `exec_*` ends in a barrier, whatever the run finds), with its inputs
     /// read beforehand: a process that ended in between could cut the
-    /// queued commit short.
+    /// queued commit short. `beside` is the caller's own preparation, done
+    /// on the second thread the start uses (after the engine is built
+    /// there, while the store opens on this one): off the start's path.
     ///
     /// # Errors
     /// As [`Runner::open`].
-    pub fn open_for_one_run(config: RunnerConfig) -> Result<Self> {
-        Self::open_for(config, Runs::One, || {})
-    }
-
-    /// [`Runner::open_for_one_run`], doing `beside` on the second thread
-    /// the start uses (after the engine is built there, while the store
-    /// opens on this one): the caller's own preparation, off the start's
-    /// path.
-    ///
-    /// # Errors
-    /// As [`Runner::open`].
-    pub fn open_for_one_run_beside(config: RunnerConfig, beside: impl FnOnce() + Send) -> Result<Self> {
+    pub fn open_for_one_run(config: RunnerConfig, beside: impl FnOnce() + Send) -> Result<Self> {
         Self::open_for(config, Runs::One, beside)
     }
 
@@ -495,7 +486,7 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
     // One that does not parse is handed over as bytes: the run refuses it,
     // and records why, as for any submission.
     let mut parsed = None;
-    let runner = Runner::open_for_one_run_beside(config, || parsed = CapsuleFile::parse(&bytes).ok())?;
+    let runner = Runner::open_for_one_run(config, || parsed = CapsuleFile::parse(&bytes).ok())?;
     let capsule = match parsed {
         Some(file) => Submitted::File(Box::new(file)),
         None => Submitted::Bytes(&bytes),

@@ -917,7 +917,8 @@ impl EvidenceLog {
                 }
             );
         }
-        let (tail, fold) = resume(&db, dir, records).with_context(|| {
+        let newest = crate::store::trust::newest_checkpoint_row(&db)?;
+        let (tail, fold) = resume(&db, dir, records, newest.as_ref().map(|(size, _)| *size)).with_context(|| {
             format!("evidence store {} failed verification; the runner refuses to run on a broken log", path.display())
         })?;
         let head = Arc::new(Mutex::new(Head { size: records, root: tail.range.root() }));
@@ -927,7 +928,7 @@ impl EvidenceLog {
         let events = ProposalEvents::default();
         let nodes = Arc::new(tree::NodeCache::default());
         nodes.put_border(&range);
-        let at_open = AtOpen { records, newest: crate::store::trust::newest_checkpoint_row(&db)? };
+        let at_open = AtOpen { records, newest };
         let writer = Writer {
             nodes: nodes.clone(),
             db,
@@ -1388,8 +1389,9 @@ const REBUILD_EVERY: u64 = 65_536;
 /// runner signed, and since the stored fold, against the persisted tree)
 /// and fold the records the stored fold does not cover. A stored fold
 /// that is missing or ahead of the records is rebuilt from all of them.
-fn resume(db: &Connection, dir: &Path, records: u64) -> Result<(tree::Tail, LogIndex)> {
-    let signed = crate::store::trust::signed_size(db, dir)?.min(records);
+/// `newest`: the size of the newest stored checkpoint.
+fn resume(db: &Connection, dir: &Path, records: u64, newest: Option<u64>) -> Result<(tree::Tail, LogIndex)> {
+    let signed = crate::store::trust::signed_size_beside(newest, dir).min(records);
     let (mut index, folded) = match fold::stored(db)? {
         Some((folded, rest)) if folded <= records => (LogIndex::resume(folded, rest, fold::counters(db)?), folded),
         stale => {

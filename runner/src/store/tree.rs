@@ -132,12 +132,8 @@ impl NodeCache {
     /// left to right): every left sibling of a proof for a record appended
     /// after it.
     pub(crate) fn put_border(&self, range: &CompactRange) {
-        let size = range.size();
-        let mut offset = 0u64;
-        let levels = (0..64u32).rev().filter(|k| size & (1 << k) != 0);
-        for (k, hash) in levels.zip(range.hashes()) {
-            self.put(k, offset >> k, hash);
-            offset += 1 << k;
+        for ((level, index), hash) in merkle::border(range.size()).zip(range.hashes()) {
+            self.put(level, index, hash);
         }
     }
 }

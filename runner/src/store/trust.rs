@@ -64,9 +64,13 @@ pub fn newest_checkpoint_row(db: &Connection) -> Result<Option<(u64, String)>> {
 /// # Errors
 /// If the store cannot be read.
 pub fn signed_size(db: &Connection, dir: &Path) -> Result<u64> {
-    let row = newest_checkpoint_row(db)?.map(|(size, _)| size);
+    Ok(signed_size_beside(newest_checkpoint_row(db)?.map(|(size, _)| size), dir))
+}
+
+/// [`signed_size`], the newest row's size already read (`row`).
+pub fn signed_size_beside(row: Option<u64>, dir: &Path) -> u64 {
     let file = std::fs::read_to_string(dir.join(LATEST_CHECKPOINT_FILE)).ok().and_then(|t| claimed_size(&t));
-    Ok(row.max(file).unwrap_or(0))
+    row.max(file).unwrap_or(0)
 }
 
 /// The tree size a signed note claims, without verifying it (to decide
