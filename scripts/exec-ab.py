@@ -8,22 +8,25 @@ For comparing a change to `exec`'s cost, where the start-up bench
 binary before and after the change aside, then run this. Each round runs
 every binary's `exec` of the diagnostic capsule once, and `wasmtime run
 --invoke 'plan(…)'` of the same precompiled component once, in one
-interleaved loop (this machine is shared and noisy: only figures taken side
-by side compare). Prints the median wall time of each, its quartiles and
+interleaved loop, each round starting with the next of them in turn (this
+machine is shared and noisy: only figures taken side by side compare; and a
+command run straight after an `exec` runs faster, so none keeps one place). Prints the median wall time of each, its quartiles and
 its ratio to `wasmtime run`.
 
 Needs the homes the start-up bench builds (`target/bench-stores/`; run it
 once, with `STARTUP_RUNS=100000` for the 1M-record store) and `wasmtime` on
 `PATH`. `ROUNDS` (default 150), `HOME_DIR` (default the 1M-record home).
-Give each binary its own file: the runner caches its executable's digest
-per file (four at most), and a binary evicted from that cache hashes itself
-again at its next start.
+Each binary is copied to a fresh file before the loop (all alike), and the
+first round, untimed, lets each copy hash itself once (the runner caches its
+executable's digest per file, four at most: compare four builds at most).
 """
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "bench-stores")
@@ -51,19 +54,41 @@ def main():
             sys.exit(f"{d} is not a start-up bench home: run `cargo bench -p edge-runner --bench startup` first")
     if not os.path.isfile(os.path.join(BASELINE_HOME, "component.cwasm")):
         sys.exit("no precompiled component beside the bench's empty store: run the start-up bench with wasmtime on PATH")
+    # Each build, and `wasmtime`, runs from a copy made now, all alike: one
+    # binary ran 0.5 ms slower from a file written an hour before than from
+    # a fresh copy of it (how its pages sit in the page cache), which made
+    # an older build, or the baseline, look slower than it was.
+    scratch = tempfile.mkdtemp(prefix="exec-ab-")
+    copies = {}
+    for i, b in enumerate(binaries):
+        copies[b] = os.path.join(scratch, f"{i}-{os.path.basename(b)}")
+        shutil.copyfile(b, copies[b])
+        os.chmod(copies[b], 0o755)
+    baseline = os.path.join(scratch, "wasmtime")  # the same, for the baseline
+    found = shutil.which("wasmtime")
+    if found is None:
+        sys.exit("no `wasmtime` on PATH: `cargo install wasmtime-cli --version 48.0.8 --locked`")
+    shutil.copyfile(found, baseline)
+    os.chmod(baseline, 0o755)
     execs = {b: [] for b in binaries}
     wasmtime = []
-    run_exec = lambda b: timed([b, "exec", "capsule.edgecap", "--config", "runner.toml"], HOME)
+    run_exec = lambda b: timed([copies[b], "exec", "capsule.edgecap", "--config", "runner.toml"], HOME)
     run_wasmtime = lambda: timed(
-        ["wasmtime", "run", "--allow-precompiled", "--dir", "certs::/mnt/certs", "--invoke", PLAN, "component.cwasm"],
+        [baseline, "run", "--allow-precompiled", "--dir", "certs::/mnt/certs", "--invoke", PLAN, "component.cwasm"],
         BASELINE_HOME,
     )
     for b in binaries:  # warm each binary's digest cache and the page cache
         run_exec(b)
-    for _ in range(ROUNDS):
-        for b in binaries:
-            execs[b].append(run_exec(b))
-        wasmtime.append(run_wasmtime())
+    # Each round starts with the next one in turn, so that no command
+    # always follows the same one (an A/A run of two copies of one build,
+    # always in the same order, put the second 0.13 ms ahead: 400 rounds).
+    runs = [(b, lambda b=b: execs[b].append(run_exec(b))) for b in binaries]
+    runs.append(("wasmtime", lambda: wasmtime.append(run_wasmtime())))
+    for i in range(ROUNDS):
+        k = i % len(runs)
+        for _, run in runs[k:] + runs[:k]:
+            run()
+    shutil.rmtree(scratch)
     w = statistics.median(wasmtime)
     print(f"{ROUNDS} interleaved rounds, store {HOME}")
     print(f"wasmtime run          median {w * 1e3:6.2f} ms")
