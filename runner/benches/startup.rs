@@ -35,8 +35,9 @@
 
 mod common;
 
+use anyhow::Context as _;
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,9 +49,9 @@ fn timed(cmd: &mut Command) -> anyhow::Result<(Duration, f64)> {
 }
 
 /// `serve` until it listens: time to ready, peak RSS then, and 5 s later.
-fn serve(dir: &Path) -> anyhow::Result<(Duration, f64, f64)> {
+fn serve(runner: &Path, dir: &Path) -> anyhow::Result<(Duration, f64, f64)> {
     let t = Instant::now();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edge-runner"))
+    let mut server = Command::new(runner)
         .args(["serve", "--config", "runner.toml"])
         .current_dir(dir)
         .stdout(Stdio::piped())
@@ -68,6 +69,28 @@ fn serve(dir: &Path) -> anyhow::Result<(Duration, f64, f64)> {
     Ok((ready, at_ready, later))
 }
 
+/// A copy of `program` (a path, or a name looked up on `PATH`) written now
+/// into `dir`, or None if there is no such program. The runner and the
+/// baseline run from copies made alike: one binary ran ~0.5 ms slower from
+/// a file written an hour before than from a fresh copy (how its pages sit
+/// in the page cache), and a runner just built against an installed
+/// `wasmtime` was flattered by it.
+fn fresh_copy(program: &str, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let found = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+            .unwrap_or_default()
+    };
+    let Some(from) = found.filter(|f| f.is_file()) else { return Ok(None) };
+    std::fs::create_dir_all(dir)?;
+    let to = dir.join(from.file_name().unwrap_or(program.as_ref()));
+    let _ = std::fs::remove_file(&to);
+    std::fs::copy(&from, &to)?;
+    Ok(Some(to))
+}
+
 fn main() -> anyhow::Result<()> {
     let runs = common::env_list("STARTUP_RUNS", "10000,100000")?;
     let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -75,20 +98,19 @@ fn main() -> anyhow::Result<()> {
     for r in runs {
         homes.push(common::log_home(r)?);
     }
+    let bin = homes[0].0.parent().context("a bench home has a parent")?.join("bin");
+    let runner = fresh_copy(env!("CARGO_BIN_EXE_edge-runner"), &bin)?.context("the runner just built is missing")?;
+    let runner = runner.as_path();
     let capsule = |dir: &Path| dir.join("capsule.edgecap");
     for (dir, _) in &homes {
         let (bytes, _) = common::diagnostic_capsule(dir)?;
         std::fs::write(capsule(dir), bytes)?;
         // Warm the component cache (compilation is not what is measured).
-        timed(Command::new(env!("CARGO_BIN_EXE_edge-runner")).current_dir(dir).args([
-            "exec",
-            "capsule.edgecap",
-            "--config",
-            "runner.toml",
-        ]))?;
+        timed(Command::new(runner).current_dir(dir).args(["exec", "capsule.edgecap", "--config", "runner.toml"]))?;
     }
     // The ungoverned baseline, when a wasmtime CLI is at hand.
     let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| "wasmtime".into());
+    let wasmtime = fresh_copy(&wasmtime, &bin)?.map_or(PathBuf::from(wasmtime), |p| p);
     let baseline = match Command::new(&wasmtime).arg("--version").output() {
         Ok(o) if o.status.success() => {
             let dir = &homes[0].0;
@@ -104,8 +126,9 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "no `{wasmtime}` on PATH: the wasmtime run baseline is not measured \
-                 (cargo install wasmtime-cli --version 48.0.8 --locked, or set WASMTIME)"
+                "no `{}` on PATH: the wasmtime run baseline is not measured \
+                 (cargo install wasmtime-cli --version 48.0.8 --locked, or set WASMTIME)",
+                wasmtime.display()
             );
             None
         }
@@ -135,7 +158,7 @@ fn main() -> anyhow::Result<()> {
             wasmtime_s.push(wasmtime_run(dir)?.0.as_secs_f64());
         }
         for (i, (dir, _)) in homes.iter().enumerate() {
-            let (t, rss) = timed(Command::new(env!("CARGO_BIN_EXE_edge-runner")).current_dir(dir).args([
+            let (t, rss) = timed(Command::new(runner).current_dir(dir).args([
                 "exec",
                 "capsule.edgecap",
                 "--config",
@@ -143,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             exec_s[i].push(t.as_secs_f64());
             exec_rss[i].push(rss);
-            let (t, at_ready, later) = serve(dir)?;
+            let (t, at_ready, later) = serve(runner, dir)?;
             ready_s[i].push(t.as_secs_f64());
             ready_rss[i].push(at_ready);
             later_rss[i].push(later);
