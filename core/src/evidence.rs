@@ -172,7 +172,8 @@ pub enum Event {
         /// The git commit the binary was built from, or `unknown`.
         revision: String,
         /// SHA-256 of the config file as read (absent when the runner was
-        /// configured without a file).
+        /// configured without a file); the runner stores the text as an
+        /// artifact at every start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         config: Option<Sha256Digest>,
         /// The policy and graph digests in force (absent without a policy).
@@ -444,7 +445,9 @@ impl Record {
     }
 
     /// Every artifact this record references by digest (stored beside the
-    /// records; an export carries exactly these).
+    /// records; an export carries exactly these). Bundles of the first
+    /// format did not carry a `runner-started` record's `config`: the
+    /// verifier's `Format::artifacts_of` says which a bundle must carry.
     pub fn artifacts(&self) -> Vec<Sha256Digest> {
         let mut out = Vec::new();
         let mut add = |d: &Option<Sha256Digest>| out.extend(d.iter().copied());
@@ -508,9 +511,11 @@ impl Record {
                     add(&Some(d));
                 }
             }
+            // The config file's text as the runner read it (stored at
+            // every start, with the other governing documents).
+            Event::RunnerStarted { config, .. } => add(config),
             Event::KeyEvent { .. }
             | Event::KeyRotation { .. }
-            | Event::RunnerStarted { .. }
             | Event::ProposalExpired { .. }
             | Event::Authorized { .. }
             | Event::Committed { .. }

@@ -1,7 +1,7 @@
 //! The export bundle: one self-contained UTF-8 file.
 //!
 //! ```text
-//! edge-runner evidence bundle v1          magic line
+//! edge-runner evidence bundle v2          magic line (v1: see [`Format`])
 //! {"artifacts":K,"origin":…,"records":N,"scope":{…},"tree_size":S}   header, canonical JSON
 //! <record>                                N lines: each record's canonical JSON (the Merkle leaf)
 //! sha256:<hex> <base64>                   K lines: the referenced artifacts, digest order
@@ -23,8 +23,68 @@ use serde::{Deserialize, Serialize};
 
 use crate::Failure;
 
-/// The first line of every bundle.
-pub const MAGIC: &str = "edge-runner evidence bundle v1";
+/// The first line of every bundle the runner writes now ([`Format::V2`]).
+pub const MAGIC: &str = Format::V2.magic();
+
+/// What every magic line starts with (the version follows).
+pub const MAGIC_PREFIX: &str = "edge-runner evidence bundle v";
+
+/// A bundle's format, named by its magic line. The layout is the same;
+/// what differs is which artifacts a bundle must carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Written by runners before 2026-12-06: a `runner-started` record's
+    /// `config` (the config file's text, stored by the runner at start)
+    /// was named by digest only, and not carried. Still verified, by that
+    /// rule: such a bundle must not carry it either.
+    V1,
+    /// Every artifact a record names is carried, the config a
+    /// `runner-started` record names included
+    /// ([`edge_core::evidence::Record::artifacts`]).
+    #[default]
+    V2,
+}
+
+impl Format {
+    /// The magic line of this format.
+    #[must_use]
+    pub const fn magic(self) -> &'static str {
+        match self {
+            Format::V1 => "edge-runner evidence bundle v1",
+            Format::V2 => "edge-runner evidence bundle v2",
+        }
+    }
+
+    /// The format a magic line names.
+    ///
+    /// # Errors
+    /// A [`Failure`] with check `bundle.format` for any other line.
+    pub fn of_magic(line: &[u8]) -> Result<Self, Failure> {
+        [Format::V1, Format::V2].into_iter().find(|f| f.magic().as_bytes() == line).ok_or_else(|| {
+            let head = String::from_utf8_lossy(&line[..line.len().min(64)]);
+            let shown = edge_core::text::line(&head);
+            let detail = if line.starts_with(MAGIC_PREFIX.as_bytes()) {
+                format!("`{shown}` is a bundle format this verifier does not know (it reads v1 and v2): use a newer edge-verify")
+            } else {
+                format!("the first line is not `{MAGIC}`: not an evidence bundle")
+            };
+            Failure::bundle("bundle.format", detail)
+        })
+    }
+
+    /// The artifacts `record` names that a bundle of this format carries
+    /// (and so must carry: and none other).
+    #[must_use]
+    pub fn artifacts_of(self, record: &edge_core::evidence::Record) -> Vec<Sha256Digest> {
+        let mut all = record.artifacts();
+        if self == Format::V1
+            && let edge_core::evidence::Event::RunnerStarted { config: Some(config), .. } = &record.event
+        {
+            all.retain(|d| d != config);
+        }
+        all
+    }
+}
 
 /// What the bundle covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,10 +99,14 @@ pub enum Scope {
     Run { run: String, proofs: Vec<Vec<String>> },
 }
 
-/// The header line.
+/// The header line (and the format its magic line names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Header {
+    /// The format, from the magic line before the header (not part of
+    /// the header's JSON). New bundles are [`Format::V2`].
+    #[serde(skip)]
+    pub format: Format,
     /// The runner's identity: the checkpoint origin and key name.
     pub origin: String,
     pub scope: Scope,
@@ -138,7 +202,7 @@ impl<W: std::io::Write> Writer<W> {
             header_artifacts: header.artifacts,
             bytes: 0,
         };
-        w.put(MAGIC.as_bytes())?;
+        w.put(header.format.magic().as_bytes())?;
         w.put(b"\n")?;
         w.put(&head)?;
         w.put(b"\n")?;
@@ -229,10 +293,8 @@ pub fn parse(bytes: &[u8]) -> Result<Bundle<'_>, Failure> {
         rest = r;
         Ok(l)
     };
-    if line("the magic line")? != MAGIC {
-        return Err(bad(format!("the first line is not `{MAGIC}`: not an evidence bundle (or another version)")));
-    }
-    let header = header_line(line("the header")?)?;
+    let format = Format::of_magic(line("the magic line")?.as_bytes())?;
+    let header = Header { format, ..header_line(line("the header")?)? };
     let n = usize::try_from(header.records).map_err(|_| bad("record count out of range".into()))?;
     let k = usize::try_from(header.artifacts).map_err(|_| bad("artifact count out of range".into()))?;
     // Each line takes at least two bytes: refuse absurd counts before allocating.

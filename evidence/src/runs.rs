@@ -19,6 +19,7 @@ use edge_core::policy::{Decision, DecisionInput, Policy};
 use edge_core::preview::{self, Preview};
 use edge_core::signature::{self, TrustedSigner, TrustedSigners};
 
+use crate::bundle::Format;
 use crate::stream::Artifacts;
 pub use crate::summary::{Approver, QuorumSummary, RefusedApproval, RunSummary, RunnerBuild};
 use crate::{Failure, RUNNER_RUNS};
@@ -144,6 +145,7 @@ pub(crate) struct Checked {
 /// later records already folded change nothing.
 pub(crate) struct RunStream<'a> {
     artifacts: &'a Artifacts<'a>,
+    format: Format,
     runner: &'a str,
     partial_start: bool,
     keep: bool,
@@ -171,10 +173,12 @@ pub(crate) struct RunStream<'a> {
 }
 
 impl<'a> RunStream<'a> {
-    /// `keep`: keep every record and run summary (for a report).
-    pub fn new(artifacts: &'a Artifacts<'a>, runner: &'a str, partial_start: bool, keep: bool) -> Self {
+    /// `keep`: keep every record and run summary (for a report);
+    /// `format`: the bundle's, which says which artifacts it carries.
+    pub fn new(artifacts: &'a Artifacts<'a>, format: Format, runner: &'a str, partial_start: bool, keep: bool) -> Self {
         Self {
             artifacts,
+            format,
             runner,
             partial_start,
             keep,
@@ -209,7 +213,7 @@ impl<'a> RunStream<'a> {
     /// A record that references an artifact the bundle lacks, a record of
     /// a run after its end, or the first failed check of a run checked now.
     pub fn push(&mut self, r: Box<Record>) -> Result<(), Failure> {
-        for d in r.artifacts() {
+        for d in self.format.artifacts_of(&r) {
             if !self.artifacts.reference(&d) {
                 return Err(Failure::record(
                     "artifact.missing",

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::Failure;
-use crate::bundle::{self, Header, MAGIC, Scope};
+use crate::bundle::{self, Format, Header, Scope};
 use crate::verify::{Step, check_key_in_force, explain_untrusted, open_checkpoint};
 
 /// The longest line a bundle may hold: a record, or an artifact in base64
@@ -523,13 +523,9 @@ fn skip<R: std::io::Read>(
 
 /// The magic line and the header.
 fn header<R: std::io::Read>(lines: &mut Lines<R>) -> Result<Header, Failure> {
-    if lines.next("the magic line")? != MAGIC.as_bytes() {
-        return Err(format_failure(format!(
-            "the first line is not `{MAGIC}`: not an evidence bundle (or another version)"
-        )));
-    }
+    let format = Format::of_magic(&lines.next("the magic line")?)?;
     let head = lines.next("the header")?;
-    bundle::header_line(utf8(&head, &|| "the header".into())?)
+    Ok(Header { format, ..bundle::header_line(utf8(&head, &|| "the header".into())?)? })
 }
 
 /// The artifact lines, checked: canonical digests, strictly increasing,

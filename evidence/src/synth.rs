@@ -346,6 +346,7 @@ pub fn bundle_signed_by(origin: &str, spec: &Spec, identity: CapsuleSigningKey) 
     let mut log = Log::default();
     let (arts, note, identity) = generate(origin, spec, identity, &mut log);
     let header = Header {
+        format: bundle::Format::default(),
         origin: origin.to_owned(),
         scope: Scope::Full,
         tree_size: log.len,
@@ -438,7 +439,7 @@ fn generate(
                 binary: binary.parse().expect("a digest"),
                 version: version.into(),
                 revision: revision.into(),
-                config: Some(Sha256Digest::of(b"synthetic runner.toml")),
+                config: Some(arts.put(b"synthetic runner.toml".to_vec())),
                 policy: Some(policy_d),
                 graph: Some(graph_d),
                 approvers: None,

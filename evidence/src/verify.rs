@@ -143,6 +143,11 @@ impl Verified {
         if unknown > 0 && !out.is_empty() {
             out.push(format!("runner build unknown for {unknown} run(s) (no runner-started record before them)"));
         }
+        if self.header.format == crate::bundle::Format::V1 && !out.is_empty() {
+            out.push(
+                "bundle format v1: the config each runner start names is not in it (a v2 export carries it)".into(),
+            );
+        }
         out
     }
 
@@ -240,7 +245,7 @@ pub fn verify_source(
     // Only a `since` export may begin in the middle of a run; a run
     // export carries every record of its run.
     let partial_start = matches!(skimmed.header.scope, Scope::Since { .. });
-    let mut runs = RunStream::new(&artifacts, &origin, partial_start, keep == Keep::Everything);
+    let mut runs = RunStream::new(&artifacts, skimmed.header.format, &origin, partial_start, keep == Keep::Everything);
     let (passed, later) = crate::stream::full(source, skimmed, &index, keys, &mut |r| runs.push(r), progress)?;
     if let Some(failure) = later {
         return Err(failure);

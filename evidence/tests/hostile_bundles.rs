@@ -5,7 +5,10 @@
 
 use std::sync::OnceLock;
 
+use edge_core::Sha256Digest;
 use edge_core::note::NoteVerifier;
+use edge_evidence::bundle::{self, Format};
+use edge_evidence::synth::Spec;
 use edge_evidence::{Level, parse_keys, synth, verify};
 use proptest::prelude::*;
 
@@ -17,7 +20,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let s = synth::full_bundle("synthetic.example/runner-1", 3);
+        // With the runner's start (and the config it names): the one
+        // artifact whose carrying the two bundle formats disagree on.
+        let s = synth::bundle("synthetic.example/runner-1", &Spec { runs: 3, runner_started: true, ..Spec::default() });
         let keys = parse_keys(&s.vkey).unwrap();
         Fixture { bundle: s.bundle, keys }
     })
@@ -81,6 +86,11 @@ proptest! {
         let f = fixture();
         let edited = apply(&f.bundle, &e);
         prop_assume!(edited != f.bundle);
+        // The magic line relabelled v1 (one flipped byte) is the one edit an
+        // integrity-only check passes: it does not check which artifacts a
+        // bundle carries, in either format. A full check refuses it
+        // (`a_bundle_relabelled_as_the_other_format_is_refused_where_the_formats_differ`).
+        prop_assume!(!edited.starts_with(Format::V1.magic().as_bytes()));
         for level in [Level::Integrity, Level::Full] {
             match verify(&edited, &f.keys, level) {
                 Ok(_) => prop_assert!(false, "{e:?} verified at {level:?}"),
@@ -113,5 +123,108 @@ fn a_second_signature_on_the_checkpoint_is_refused_even_a_valid_one() {
         let e = verify(&edited, &f.keys, level).unwrap_err();
         assert_eq!(e.check, "checkpoint.format", "{e}");
         assert!(e.detail.contains("2 signature lines"), "{e}");
+    }
+}
+
+/// The synthetic runner's config, which its `runner-started` record names.
+fn synthetic_config() -> Sha256Digest {
+    Sha256Digest::of(b"synthetic runner.toml")
+}
+
+/// `bytes` rewritten as format `format`, with the artifacts `keep` says.
+fn rewritten(bytes: &[u8], format: Format, keep: impl Fn(&Sha256Digest) -> bool) -> Vec<u8> {
+    let b = bundle::parse(bytes).unwrap();
+    let artifacts: Vec<(Sha256Digest, &[u8])> =
+        b.artifacts.iter().filter(|(d, _)| keep(d)).map(|(d, a)| (*d, a.as_slice())).collect();
+    let header = bundle::Header { format, artifacts: artifacts.len() as u64, ..b.header.clone() };
+    bundle::write(&header, &b.records, &artifacts, b.checkpoint).unwrap()
+}
+
+#[test]
+fn a_v1_bundle_verifies_without_the_runners_config_and_a_v2_bundle_needs_it() {
+    let f = fixture();
+    assert!(f.bundle.starts_with(b"edge-runner evidence bundle v2\n"));
+    let config = synthetic_config();
+    let carried = bundle::parse(&f.bundle).unwrap();
+    assert!(carried.artifacts.iter().any(|(d, bytes)| *d == config && bytes == b"synthetic runner.toml"));
+
+    // As a runner before v2 wrote it: verifies, at both levels.
+    let v1 = rewritten(&f.bundle, Format::V1, |d| *d != config);
+    assert!(v1.starts_with(b"edge-runner evidence bundle v1\n"));
+    for level in [Level::Integrity, Level::Full] {
+        let v = verify(&v1, &f.keys, level).unwrap_or_else(|e| panic!("{level:?}: {e}"));
+        assert_eq!(v.header.format, Format::V1);
+        // The reviewer is told what the format leaves out.
+        if level == Level::Full {
+            assert!(
+                v.build_notes().iter().any(|n| n.starts_with("bundle format v1: the config")),
+                "{:?}",
+                v.build_notes()
+            );
+        }
+    }
+    let v2 = verify(&f.bundle, &f.keys, Level::Full).unwrap();
+    assert!(!v2.build_notes().iter().any(|n| n.contains("format")), "{:?}", v2.build_notes());
+
+    // A v2 bundle without it: the record that names it is refused.
+    let lacking = rewritten(&f.bundle, Format::V2, |d| *d != config);
+    let e = verify(&lacking, &f.keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "artifact.missing", "{e}");
+    assert!(e.detail.contains(&config.to_string()), "{e}");
+    assert_eq!(e.run.as_deref(), Some("runner"), "{e}");
+
+    // A v1 bundle carrying it carries what no record of v1 names.
+    let v1_carrying = rewritten(&f.bundle, Format::V1, |_| true);
+    let e = verify(&v1_carrying, &f.keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "artifact.unreferenced", "{e}");
+    assert!(e.detail.contains(&config.to_string()), "{e}");
+}
+
+#[test]
+fn a_bundle_relabelled_as_the_other_format_is_refused_where_the_formats_differ() {
+    // The magic line is not signed: a relabelled bundle verifies only
+    // where both formats ask for the same artifacts, i.e. where the label
+    // changes nothing a reviewer reads.
+    let f = fixture();
+    let relabel = |bytes: &[u8], to: Format| {
+        let at = bytes.iter().position(|&c| c == b'\n').unwrap();
+        [to.magic().as_bytes(), &bytes[at..]].concat()
+    };
+    let e = verify(&relabel(&f.bundle, Format::V1), &f.keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "artifact.unreferenced", "{e}");
+    let v1 = rewritten(&f.bundle, Format::V1, |d| *d != synthetic_config());
+    let e = verify(&relabel(&v1, Format::V2), &f.keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "artifact.missing", "{e}");
+    // Integrity-only verification does not check which artifacts are
+    // carried (in either format): it passes both.
+    for bytes in [relabel(&f.bundle, Format::V1), relabel(&v1, Format::V2)] {
+        verify(&bytes, &f.keys, Level::Integrity).unwrap();
+    }
+    // Without a runner's start, the two formats ask for the same: the
+    // label is all that differs, and either verifies.
+    let plain = synth::full_bundle("synthetic.example/runner-1", 2);
+    let keys = parse_keys(&plain.vkey).unwrap();
+    verify(&relabel(&plain.bundle, Format::V1), &keys, Level::Full).unwrap();
+}
+
+#[test]
+fn a_later_format_or_another_file_is_refused_naming_which() {
+    let f = fixture();
+    let at = f.bundle.iter().position(|&c| c == b'\n').unwrap();
+    let v3 = [&b"edge-runner evidence bundle v3"[..], &f.bundle[at..]].concat();
+    // The version is shown, neutralised: it is the file's text.
+    let hostile = [&b"edge-runner evidence bundle v9\x1b[2J\xe2\x80\xae"[..], &f.bundle[at..]].concat();
+    let other = [&b"PK\x03\x04"[..], &f.bundle[at..]].concat();
+    for level in [Level::Integrity, Level::Full] {
+        let e = verify(&v3, &f.keys, level).unwrap_err();
+        assert_eq!(e.check, "bundle.format", "{e}");
+        assert!(e.detail.contains("`edge-runner evidence bundle v3` is a bundle format"), "{e}");
+        assert!(e.detail.contains("use a newer edge-verify"), "{e}");
+        let e = verify(&hostile, &f.keys, level).unwrap_err();
+        assert!(e.detail.contains("use a newer edge-verify"), "{e}");
+        assert!(!e.detail.contains('\x1b') && !e.detail.contains('\u{202e}'), "{e}");
+        let e = verify(&other, &f.keys, level).unwrap_err();
+        assert_eq!(e.check, "bundle.format", "{e}");
+        assert!(e.detail.contains("not an evidence bundle"), "{e}");
     }
 }

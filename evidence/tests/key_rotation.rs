@@ -106,8 +106,14 @@ impl Log {
     /// The whole log, its checkpoint signed by `signer`.
     fn full(&self, signer: &NoteSigner) -> Vec<u8> {
         let n = self.lines.len();
-        let header =
-            Header { origin: ORIGIN.into(), scope: Scope::Full, tree_size: n as u64, records: n as u64, artifacts: 0 };
+        let header = Header {
+            format: Default::default(),
+            origin: ORIGIN.into(),
+            scope: Scope::Full,
+            tree_size: n as u64,
+            records: n as u64,
+            artifacts: 0,
+        };
         let lines: Vec<&str> = self.lines.iter().map(String::as_str).collect();
         bundle::write(&header, &lines, &[], &self.checkpoint(n, signer)).unwrap()
     }
@@ -121,8 +127,14 @@ impl Log {
             consistency: bundle::encode_hashes(&self.tree.consistency_proof(m, n)),
             prefix: bundle::encode_hashes(&self.tree.compact(m).hashes()),
         };
-        let header =
-            Header { origin: ORIGIN.into(), scope, tree_size: n as u64, records: (n - m) as u64, artifacts: 0 };
+        let header = Header {
+            format: Default::default(),
+            origin: ORIGIN.into(),
+            scope,
+            tree_size: n as u64,
+            records: (n - m) as u64,
+            artifacts: 0,
+        };
         let lines: Vec<&str> = self.lines[m..].iter().map(String::as_str).collect();
         bundle::write(&header, &lines, &[], &self.checkpoint(n, signer)).unwrap()
     }

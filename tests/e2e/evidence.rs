@@ -521,6 +521,82 @@ fn an_export_killed_or_failing_mid_stream_leaves_no_bundle_that_looks_complete()
 }
 
 #[test]
+fn a_bundle_carries_the_config_each_runner_start_names_and_format_v1_leaves_it_out() {
+    let f = fixture();
+    let configs_named = |bytes: &[u8]| -> Vec<(u64, Sha256Digest)> {
+        bundle::parse(bytes)
+            .unwrap()
+            .records
+            .iter()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap())
+            .filter_map(|r| match r.event {
+                Event::RunnerStarted { config, .. } => Some((r.seq, config.expect("started from a file"))),
+                _ => None,
+            })
+            .collect()
+    };
+    // Every start's config is in the bundle, as the runner read it.
+    assert!(f.bundle.starts_with(b"edge-runner evidence bundle v2\n"));
+    let named = configs_named(&f.bundle);
+    let carried: BTreeMap<Sha256Digest, Vec<u8>> = bundle::parse(&f.bundle).unwrap().artifacts.into_iter().collect();
+    for (seq, c) in &named {
+        assert!(carried.contains_key(c), "the config of the start at {seq} is not in the bundle");
+    }
+    let (_, newest) = named.last().unwrap();
+    assert_eq!(carried[newest], std::fs::read(f.env.path("runner.toml")).unwrap(), "the export's own start");
+    let distinct: std::collections::BTreeSet<_> = named.iter().map(|(_, c)| c).collect();
+    assert!(distinct.len() >= 3, "the fixture started under three configs: {named:?}");
+
+    // A store of a runner that named its config without keeping it (the
+    // runners of 2026-12-03 and 04): a v2 export fails naming the start
+    // and the way out, and writes nothing.
+    let home = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
+    assert!(status.unwrap().success());
+    let current = Sha256Digest::of(&std::fs::read(home.path().join("runner.toml")).unwrap());
+    let (seq, lost) = *named.iter().find(|(_, c)| *c != current).unwrap();
+    {
+        let db = rusqlite::Connection::open(home.path().join("state/evidence/evidence.db")).unwrap();
+        db.execute_batch("DROP TRIGGER artifacts_append_only_d").unwrap();
+        assert_eq!(db.execute("DELETE FROM artifacts WHERE digest = ?1", [lost.to_string()]).unwrap(), 1);
+    }
+    let export = |extra: &[&str]| {
+        Command::new(crate::harness::BIN)
+            .args(["evidence", "export", "--config", "runner.toml", "-o", "out.bundle"])
+            .args(extra)
+            .current_dir(home.path())
+            .output()
+            .unwrap()
+    };
+    let out = export(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "artifact {lost}, the config the runner-started record at seq {seq} names, is not in the store"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--format v1"), "{err}");
+    assert!(!home.path().join("out.bundle").exists() && !home.path().join(".out.bundle.partial").exists());
+
+    // Format v1: no start's config, and it verifies (the CLI's verifier
+    // reads it as edge-verify does).
+    let out = export(&["--format", "v1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v1 = std::fs::read(home.path().join("out.bundle")).unwrap();
+    assert!(v1.starts_with(b"edge-runner evidence bundle v1\n"));
+    let v = verify(&v1, &f.keys, Level::Full).unwrap();
+    assert_eq!(v.header.format, bundle::Format::V1);
+    let in_v1: BTreeMap<Sha256Digest, Vec<u8>> = bundle::parse(&v1).unwrap().artifacts.into_iter().collect();
+    let named_v1 = configs_named(&v1);
+    assert!(named_v1.len() > named.len(), "the v1 export's start is in it");
+    for (seq, c) in &named_v1 {
+        assert!(!in_v1.contains_key(c), "the config of the start at {seq} is in a v1 bundle");
+    }
+}
+
+#[test]
 fn partial_exports_prove_inclusion_and_consistency() {
     let f = fixture();
     let v = verify(&f.bundle, &f.keys, Level::Full).unwrap();

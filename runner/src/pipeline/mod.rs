@@ -252,7 +252,8 @@ impl Runner {
         scope: &crate::export::ExportScope,
         out: W,
     ) -> Result<crate::export::Exported> {
-        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, out).map(|(e, _)| e)
+        let format = edge_evidence::bundle::Format::default();
+        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, format, out).map(|(e, _)| e)
     }
 
     /// Stream an export to a file, durably or not at all ([`crate::export::export_file`]).
@@ -262,9 +263,10 @@ impl Runner {
     pub fn export_file(
         &self,
         scope: &crate::export::ExportScope,
+        format: edge_evidence::bundle::Format,
         path: &std::path::Path,
     ) -> Result<crate::export::Exported> {
-        crate::export::export_file(&self.log, &self.identity, &self.config.name, scope, path)
+        crate::export::export_file(&self.log, &self.identity, &self.config.name, scope, format, path)
     }
 
     /// Run a capsule file through every gate.
