@@ -172,10 +172,16 @@ pub enum Event {
         /// The git commit the binary was built from, or `unknown`.
         revision: String,
         /// SHA-256 of the config file as read (absent when the runner was
-        /// configured without a file); the runner stores the text as an
-        /// artifact at every start.
+        /// configured without a file). The file itself is neither stored
+        /// nor exported: it may hold secrets (webhook URLs, env values).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         config: Option<Sha256Digest>,
+        /// The config as a reviewer is shown it (an artifact): the file
+        /// parsed and written out again without comments, secrets replaced
+        /// (`edge_runner::config::shown`). Absent in records of runners
+        /// before 2026-12-06.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config_shown: Option<Sha256Digest>,
         /// The policy and graph digests in force (absent without a policy).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy: Option<Sha256Digest>,
@@ -330,8 +336,8 @@ pub enum Event {
     /// changed config sections a reload does not apply. Run `runner`.
     ConfigReloaded {
         trigger: String,
-        old: ConfigDigests,
-        new: ConfigDigests,
+        old: Box<ConfigDigests>,
+        new: Box<ConfigDigests>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         restart_needed: Vec<String>,
     },
@@ -357,11 +363,17 @@ pub enum Event {
 
 /// The documents that govern decisions, by digest: the config file, the
 /// policy and graph, the approver registry (its files and the digest the
-/// approvals bind to) and the Sigstore trusted root. Each is an artifact.
+/// approvals bind to) and the Sigstore trusted root. Each is an artifact,
+/// but for the config file: its digest names it, and `config_shown` the
+/// artifact a reviewer reads (see [`Event::RunnerStarted`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigDigests {
     pub config: Sha256Digest,
+    /// The config as shown (absent in records before 2026-12-06, whose
+    /// bundles of format v1 carried the file itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_shown: Option<Sha256Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Sha256Digest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -381,9 +393,9 @@ pub struct ConfigDigests {
 
 impl ConfigDigests {
     /// The digests that name stored documents (not `registry`, which is
-    /// computed over the registry's files).
+    /// computed over the registry's files, nor `config`, the file itself).
     pub fn documents(&self) -> impl Iterator<Item = Sha256Digest> + '_ {
-        [Some(self.config), self.policy, self.graph, self.allowed_signers, self.roles, self.passkeys, self.trusted_root]
+        [self.config_shown, self.policy, self.graph, self.allowed_signers, self.roles, self.passkeys, self.trusted_root]
             .into_iter()
             .flatten()
     }
@@ -446,8 +458,9 @@ impl Record {
 
     /// Every artifact this record references by digest (stored beside the
     /// records; an export carries exactly these). Bundles of the first
-    /// format did not carry a `runner-started` record's `config`: the
-    /// verifier's `Format::artifacts_of` says which a bundle must carry.
+    /// format carried other ones for the config (the file itself, for a
+    /// reload): the verifier's `Format::artifacts_of` says which a bundle
+    /// must carry.
     pub fn artifacts(&self) -> Vec<Sha256Digest> {
         let mut out = Vec::new();
         let mut add = |d: &Option<Sha256Digest>| out.extend(d.iter().copied());
@@ -511,9 +524,9 @@ impl Record {
                     add(&Some(d));
                 }
             }
-            // The config file's text as the runner read it (stored at
-            // every start, with the other governing documents).
-            Event::RunnerStarted { config, .. } => add(config),
+            // The config as shown (stored at every start, with the other
+            // governing documents).
+            Event::RunnerStarted { config_shown, .. } => add(config_shown),
             Event::KeyEvent { .. }
             | Event::KeyRotation { .. }
             | Event::ProposalExpired { .. }

@@ -30,16 +30,19 @@ pub const MAGIC: &str = Format::V2.magic();
 pub const MAGIC_PREFIX: &str = "edge-runner evidence bundle v";
 
 /// A bundle's format, named by its magic line. The layout is the same;
-/// what differs is which artifacts a bundle must carry.
+/// what differs is which artifacts a bundle must carry for the runner's
+/// config.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Format {
-    /// Written by runners before 2026-12-06: a `runner-started` record's
-    /// `config` (the config file's text, stored by the runner at start)
-    /// was named by digest only, and not carried. Still verified, by that
-    /// rule: such a bundle must not carry it either.
+    /// Written by runners before 2026-12-06: a `config-reloaded` or
+    /// `reload-refused` record's config files were carried as read, with
+    /// any secret in them (a webhook URL's path or query, env values); a
+    /// `runner-started` record's config was not carried. Still verified,
+    /// by that rule.
     V1,
-    /// Every artifact a record names is carried, the config a
-    /// `runner-started` record names included
+    /// The config each `runner-started`, `config-reloaded` and
+    /// `reload-refused` record names is carried as shown (`config_shown`:
+    /// parsed and written out again, secrets replaced), never as read
     /// ([`edge_core::evidence::Record::artifacts`]).
     #[default]
     V2,
@@ -76,11 +79,21 @@ impl Format {
     /// (and so must carry: and none other).
     #[must_use]
     pub fn artifacts_of(self, record: &edge_core::evidence::Record) -> Vec<Sha256Digest> {
+        use edge_core::evidence::Event;
         let mut all = record.artifacts();
-        if self == Format::V1
-            && let edge_core::evidence::Event::RunnerStarted { config: Some(config), .. } = &record.event
-        {
-            all.retain(|d| d != config);
+        if self == Format::V1 {
+            let configs = match &record.event {
+                Event::RunnerStarted { config_shown, .. } => vec![(None, *config_shown)],
+                Event::ConfigReloaded { old, new, .. } => {
+                    vec![(Some(old.config), old.config_shown), (Some(new.config), new.config_shown)]
+                }
+                Event::ReloadRefused { kept, .. } => vec![(Some(kept.config), kept.config_shown)],
+                _ => Vec::new(),
+            };
+            for (as_read, shown) in configs {
+                all.retain(|d| Some(*d) != shown);
+                all.extend(as_read);
+            }
         }
         all
     }
@@ -344,4 +357,69 @@ pub(crate) fn artifact_line(line: &[u8], i: u64) -> Result<(Sha256Digest, Vec<u8
         .decode(&line[sp + 1..])
         .map_err(|e| Failure::bundle("bundle.format", format!("artifact {digest}: bad base64 ({e})")))?;
     Ok((digest, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_core::evidence::{ConfigDigests, Event, Record};
+
+    fn record(event: Event) -> Record {
+        Record {
+            schema: edge_core::evidence::RECORD_SCHEMA.into(),
+            seq: 0,
+            time: "2026-12-06T00:00:00Z".into(),
+            run: "runner".into(),
+            prev: Sha256Digest::of(b""),
+            event,
+        }
+    }
+
+    fn digests(config: &[u8], shown: Option<&[u8]>) -> ConfigDigests {
+        ConfigDigests {
+            config: Sha256Digest::of(config),
+            config_shown: shown.map(Sha256Digest::of),
+            policy: Some(Sha256Digest::of(b"policy")),
+            graph: None,
+            registry: None,
+            allowed_signers: None,
+            roles: None,
+            passkeys: None,
+            trusted_root: None,
+        }
+    }
+
+    #[test]
+    fn a_config_is_carried_as_shown_in_v2_and_as_read_for_a_reload_in_v1() {
+        let (file, shown, policy) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"a shown"), Sha256Digest::of(b"policy"));
+        let set = |f: Format, r: &Record| -> std::collections::BTreeSet<Sha256Digest> {
+            f.artifacts_of(r).into_iter().collect()
+        };
+        // A reload recorded now, and one recorded before `config_shown`.
+        let now = record(Event::ConfigReloaded {
+            trigger: "sighup".into(),
+            old: Box::new(digests(b"a", Some(b"a shown"))),
+            new: Box::new(digests(b"a", Some(b"a shown"))),
+            restart_needed: Vec::new(),
+        });
+        assert_eq!(set(Format::V2, &now), [shown, policy].into());
+        assert_eq!(set(Format::V1, &now), [file, policy].into());
+        let before =
+            record(Event::ReloadRefused { trigger: "sighup".into(), error: "e".into(), kept: digests(b"a", None) });
+        assert_eq!(set(Format::V2, &before), [policy].into(), "the file itself never, in v2");
+        assert_eq!(set(Format::V1, &before), [file, policy].into());
+        // A start: the config as shown in v2, nothing in v1.
+        let start = record(Event::RunnerStarted {
+            binary: Sha256Digest::of(b"bin"),
+            version: "0.1.0".into(),
+            revision: "unknown".into(),
+            config: Some(file),
+            config_shown: Some(shown),
+            policy: None,
+            graph: None,
+            approvers: None,
+        });
+        assert_eq!(set(Format::V2, &start), [shown].into());
+        assert!(set(Format::V1, &start).is_empty());
+    }
 }

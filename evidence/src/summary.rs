@@ -83,8 +83,16 @@ pub struct RunnerBuild {
 impl RunnerBuild {
     /// The build a `runner-started` record names (None for other records).
     pub fn of(r: &edge_core::evidence::Record) -> Option<Self> {
-        let edge_core::evidence::Event::RunnerStarted { binary, version, revision, config, policy, graph, approvers } =
-            &r.event
+        let edge_core::evidence::Event::RunnerStarted {
+            binary,
+            version,
+            revision,
+            config,
+            policy,
+            graph,
+            approvers,
+            ..
+        } = &r.event
         else {
             return None;
         };

@@ -116,6 +116,10 @@ pub struct Spec {
     pub runner_started: bool,
 }
 
+/// The config the synthetic runner's `runner-started` record carries, as
+/// shown ([`Spec::runner_started`]).
+pub const SYNTHETIC_CONFIG_SHOWN: &str = "[runner]\nname = \"synthetic\"\n";
+
 /// The executable digest, version and revision of the synthetic runner's
 /// `runner-started` record ([`Spec::runner_started`]).
 pub const SYNTHETIC_BUILD: (&str, &str, &str) = (
@@ -439,7 +443,8 @@ fn generate(
                 binary: binary.parse().expect("a digest"),
                 version: version.into(),
                 revision: revision.into(),
-                config: Some(arts.put(b"synthetic runner.toml".to_vec())),
+                config: Some(Sha256Digest::of(b"synthetic runner.toml")),
+                config_shown: Some(arts.put(SYNTHETIC_CONFIG_SHOWN.as_bytes().to_vec())),
                 policy: Some(policy_d),
                 graph: Some(graph_d),
                 approvers: None,

@@ -145,7 +145,9 @@ impl Verified {
         }
         if self.header.format == crate::bundle::Format::V1 && !out.is_empty() {
             out.push(
-                "bundle format v1: the config each runner start names is not in it (a v2 export carries it)".into(),
+                "bundle format v1: the config a runner start names is not in it, a reload's is as the file was read \
+                 (v2 carries each as shown, secrets replaced)"
+                    .into(),
             );
         }
         out

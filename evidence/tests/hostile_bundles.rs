@@ -126,9 +126,10 @@ fn a_second_signature_on_the_checkpoint_is_refused_even_a_valid_one() {
     }
 }
 
-/// The synthetic runner's config, which its `runner-started` record names.
+/// The synthetic runner's config as shown, which its `runner-started`
+/// record names.
 fn synthetic_config() -> Sha256Digest {
-    Sha256Digest::of(b"synthetic runner.toml")
+    Sha256Digest::of(synth::SYNTHETIC_CONFIG_SHOWN.as_bytes())
 }
 
 /// `bytes` rewritten as format `format`, with the artifacts `keep` says.
@@ -141,12 +142,14 @@ fn rewritten(bytes: &[u8], format: Format, keep: impl Fn(&Sha256Digest) -> bool)
 }
 
 #[test]
-fn a_v1_bundle_verifies_without_the_runners_config_and_a_v2_bundle_needs_it() {
+fn a_v1_bundle_verifies_without_the_runners_config_as_shown_and_a_v2_bundle_needs_it() {
     let f = fixture();
     assert!(f.bundle.starts_with(b"edge-runner evidence bundle v2\n"));
     let config = synthetic_config();
     let carried = bundle::parse(&f.bundle).unwrap();
-    assert!(carried.artifacts.iter().any(|(d, bytes)| *d == config && bytes == b"synthetic runner.toml"));
+    assert!(
+        carried.artifacts.iter().any(|(d, bytes)| *d == config && bytes == synth::SYNTHETIC_CONFIG_SHOWN.as_bytes())
+    );
 
     // As a runner before v2 wrote it: verifies, at both levels.
     let v1 = rewritten(&f.bundle, Format::V1, |d| *d != config);
@@ -157,7 +160,9 @@ fn a_v1_bundle_verifies_without_the_runners_config_and_a_v2_bundle_needs_it() {
         // The reviewer is told what the format leaves out.
         if level == Level::Full {
             assert!(
-                v.build_notes().iter().any(|n| n.starts_with("bundle format v1: the config")),
+                v.build_notes()
+                    .iter()
+                    .any(|n| n.starts_with("bundle format v1: the config a runner start names is not in it")),
                 "{:?}",
                 v.build_notes()
             );

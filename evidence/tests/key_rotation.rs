@@ -70,6 +70,7 @@ impl Log {
             version: "0.1.0".into(),
             revision: "unknown".into(),
             config: None,
+            config_shown: None,
             policy: None,
             graph: None,
             approvers: None,

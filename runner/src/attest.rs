@@ -157,6 +157,7 @@ pub fn attestation(runner: &Runner) -> Result<Event> {
         // The file's exact text is the governance's (absent for a config
         // built from text rather than read from a file).
         config: config.source.as_ref().map(|_| Sha256Digest::of(governance.config_text.as_bytes())),
+        config_shown: config.source.as_ref().map(|_| Sha256Digest::of(governance.config_shown.as_bytes())),
         policy,
         graph,
         approvers: governance.approvers.as_ref().and_then(|r| r.digest),

@@ -536,6 +536,7 @@ impl RunnerConfig {
                 trusted_root: trusted_root.map(Arc::new),
                 approvers: approvers.map(Arc::new),
                 config_text: Arc::new(text.to_owned()),
+                config_shown: Arc::new(shown(text)?),
                 passkeys_file,
                 clock_skew_secs,
                 grants,
@@ -553,6 +554,41 @@ impl RunnerConfig {
             max_waiting_previews_bytes: raw.runner.max_waiting_previews_mib.unwrap_or(1024) << 20,
         })
     }
+}
+
+/// What stands in for a secret value in [`shown`].
+pub const REDACTED: &str = "(redacted)";
+
+/// The config as a reviewer is shown it (stored and exported as an
+/// artifact; `config_shown` in `runner-started` and `config-reloaded`
+/// records): `text` parsed and written out again, so no comment survives,
+/// with what may be secret replaced — every `[env]` value (capsules read
+/// them: tokens, passwords) by `(redacted)`, and every webhook URL by
+/// scheme, host, port and a digest of its path (chat webhooks keep their
+/// secret in the path, others in the query: [`notify::shown`]). Everything
+/// else a reviewer may need is kept: mounts and their nodes, endpoints and
+/// which requests they count as reads, signers, grants, limits, switches.
+/// Deterministic: the same text always shows the same.
+///
+/// # Errors
+/// If `text` is not TOML (a config that loads always is).
+pub fn shown(text: &str) -> Result<String> {
+    use toml::Value;
+    let mut doc: toml::Table = toml::from_str(text)?;
+    if let Some(Value::Table(env)) = doc.get_mut("env") {
+        for (_, v) in env.iter_mut() {
+            *v = Value::String(REDACTED.into());
+        }
+    }
+    if let Some(Value::Table(n)) = doc.get_mut("notify")
+        && let Some(Value::Array(hooks)) = n.get_mut("webhooks")
+    {
+        for url in hooks.iter_mut().filter_map(|h| h.as_table_mut()?.get_mut("url")) {
+            let parsed = url.as_str().and_then(|u| url::Url::parse(u).ok());
+            *url = Value::String(parsed.map_or_else(|| REDACTED.into(), |u| notify::shown(&u)));
+        }
+    }
+    Ok(toml::to_string(&doc)?)
 }
 
 /// An absolute, symlink-resolved form of a path that may not exist yet
@@ -594,6 +630,40 @@ mod tests {
     fn err(text: &str) -> String {
         let t = home();
         format!("{:#}", RunnerConfig::from_toml(text, t.path()).unwrap_err())
+    }
+
+    #[test]
+    fn the_config_shown_keeps_no_secret_whatever_form_the_file_takes() {
+        let secrets = ["env-secret", "path-secret", "query-secret", "comment-secret", "frag-secret"];
+        // The same settings as tables, inline tables and dotted keys, with
+        // a comment and a URL that does not parse.
+        let forms = [
+            "[runner]\nname = \"r\" # comment-secret\n[env]\nTOKEN = \"env-secret\"\nN = 3\n\
+             [[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret?token=query-secret#frag-secret\"\n\
+             [[notify.webhooks]]\nurl = \"not a url path-secret\"\n",
+            "runner = { name = \"r\" }\nenv = { TOKEN = \"env-secret\", N = 3 }\nnotify = { webhooks = [\
+             { url = \"https://hooks.example/T/path-secret?token=query-secret#frag-secret\" }, \
+             { url = \"not a url path-secret\" } ] }\n",
+            "runner.name = \"r\"\nenv.TOKEN = \"env-secret\"\nenv.N = 3\n\
+             notify.webhooks = [{ url = \"https://hooks.example/T/path-secret?token=query-secret#frag-secret\" }, \
+             { url = \"not a url path-secret\" }]\n",
+        ];
+        let shown_all: Vec<String> = forms.iter().map(|f| shown(f).unwrap()).collect();
+        for s in &shown_all {
+            for secret in secrets {
+                assert!(!s.contains(secret), "{secret} in {s}");
+            }
+        }
+        assert!(shown_all.iter().all(|s| s == &shown_all[0]), "one config, one text: {shown_all:?}");
+        let t: toml::Table = toml::from_str(&shown_all[0]).unwrap();
+        assert_eq!(t["runner"]["name"].as_str(), Some("r"), "what is not secret stays");
+        assert_eq!(t["env"]["TOKEN"].as_str(), Some(REDACTED));
+        assert_eq!(t["env"]["N"].as_str(), Some(REDACTED), "every env value, whatever its type");
+        let hooks = t["notify"]["webhooks"].as_array().unwrap();
+        let first = hooks[0]["url"].as_str().unwrap();
+        assert!(first.starts_with("https://hooks.example:443/…(path sha256:"), "{first}");
+        assert_eq!(hooks[1]["url"].as_str(), Some(REDACTED));
+        assert!(shown("[runner\n").is_err());
     }
 
     #[test]

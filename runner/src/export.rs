@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use edge_core::Sha256Digest;
-use edge_core::evidence::{Event, Record};
+use edge_core::evidence::Record;
 use rusqlite::{Connection, OptionalExtension as _};
 
 use edge_core::note::{self, Checkpoint, NoteSigner};
-use edge_evidence::bundle::{self, Format, Header, Scope};
+use edge_evidence::bundle::{self, Header, Scope};
 
 use crate::store::log::{EvidenceLog, read_only};
 use crate::store::tree::RowError;
@@ -200,10 +200,9 @@ pub fn export_file(
     signer: &std::sync::Arc<NoteSigner>,
     origin: &str,
     scope: &ExportScope,
-    format: Format,
     path: &Path,
 ) -> Result<Exported> {
-    write_whole(path, |w| export_to(log, signer, origin, scope, format, w).map(|(e, _)| e))
+    write_whole(path, |w| export_to(log, signer, origin, scope, w).map(|(e, _)| e))
 }
 
 /// Write `path` durably, or not at all: `write` streams into a new
@@ -251,10 +250,7 @@ pub fn write_whole<T>(
 /// whole log now. Memory does not grow with the log: records are copied
 /// row by row, the artifacts they reference are collected in a temporary
 /// table of the store's read connection and copied one at a time, in
-/// digest order, each checked against its digest. `format` says which
-/// artifacts the bundle carries ([`Format::artifacts_of`]): new bundles
-/// are [`Format::V2`]; [`Format::V1`] is for a verifier that predates it,
-/// or a store written before runners kept their config at start.
+/// digest order, each checked against its digest.
 ///
 /// # Errors
 /// If the earlier checkpoint is not this log's, the run is unknown, the
@@ -264,7 +260,6 @@ pub fn export_to<W: Write>(
     signer: &std::sync::Arc<NoteSigner>,
     origin: &str,
     scope: &ExportScope,
-    format: Format,
     out: W,
 ) -> Result<(Exported, W)> {
     let note_text = log.checkpoint(signer, origin)?;
@@ -332,19 +327,10 @@ pub fn export_to<W: Write>(
 
     // Pass 1: the artifacts the chosen records reference.
     db.execute_batch("CREATE TEMP TABLE wanted (digest TEXT PRIMARY KEY) WITHOUT ROWID")?;
-    // The configs `runner-started` records name, by digest: the one kind
-    // of artifact a store may lack without having been altered.
-    let mut started_with = std::collections::BTreeMap::new();
     let records = chosen.each(&db, |body| {
         let r: Record = serde_json::from_str(body).context("a record in the store does not parse")?;
         let mut add = db.prepare_cached("INSERT OR IGNORE INTO temp.wanted (digest) VALUES (?1)")?;
-        let wanted = format.artifacts_of(&r);
-        if let Event::RunnerStarted { config: Some(c), .. } = &r.event
-            && wanted.contains(c)
-        {
-            started_with.entry(*c).or_insert(r.seq);
-        }
-        for d in wanted {
+        for d in r.artifacts() {
             add.execute([d.to_string()])?;
         }
         Ok(())
@@ -364,18 +350,18 @@ pub fn export_to<W: Write>(
         )
         .optional()?
     {
-        if let Some(seq) = missing.parse().ok().and_then(|d: Sha256Digest| started_with.get(&d)) {
-            bail!(
-                "artifact {missing}, the config the runner-started record at seq {seq} names, is not in the store: \
-                 runners before 2026-12-04 did not keep it, or the store was altered. A bundle of format v2 carries \
-                 every runner's config; export with `--format v1` for one that does not"
-            );
-        }
         bail!("artifact {missing} is referenced by the log but missing from the store: the store was altered");
     }
 
     // Pass 2: the bundle.
-    let header = Header { format, origin: origin.to_owned(), scope, tree_size: size, records, artifacts };
+    let header = Header {
+        format: bundle::Format::default(),
+        origin: origin.to_owned(),
+        scope,
+        tree_size: size,
+        records,
+        artifacts,
+    };
     let mut w = bundle::Writer::start(out, &header)?;
     let copied = chosen.each(&db, |body| Ok(w.record(body)?))?;
     if copied != records {

@@ -37,8 +37,12 @@ pub struct Governance {
     pub passkeys_file: Option<PathBuf>,
     /// Clock skew tolerated on approval times.
     pub clock_skew_secs: u64,
-    /// The config file's exact text (an artifact of reload records).
+    /// The config file's exact text (compared at a reload; never stored:
+    /// it may hold secrets).
     pub config_text: Arc<String>,
+    /// The config as a reviewer is shown it ([`crate::config::shown`]):
+    /// the artifact records name as `config_shown`.
+    pub config_shown: Arc<String>,
     /// `[server]`'s agents, roles and access grants (None without `[server]`).
     pub grants: Option<Arc<crate::config::server::Grants>>,
 }
@@ -49,6 +53,7 @@ impl Governance {
         let r = self.approvers.as_deref();
         ConfigDigests {
             config: Sha256Digest::of(self.config_text.as_bytes()),
+            config_shown: Some(Sha256Digest::of(self.config_shown.as_bytes())),
             policy: self.policy.as_ref().map(|p| p.policy.digest()),
             graph: self.policy.as_ref().map(|p| p.graph.digest()),
             registry: r.and_then(|r| r.digest),
@@ -61,7 +66,7 @@ impl Governance {
 
     /// The documents [`Governance::digests`] names, to store as artifacts.
     pub fn documents(&self) -> Vec<&[u8]> {
-        let mut out: Vec<&[u8]> = vec![self.config_text.as_bytes()];
+        let mut out: Vec<&[u8]> = vec![self.config_shown.as_bytes()];
         if let Some(p) = &self.policy {
             out.push(p.policy_text.as_bytes());
             out.push(p.graph_text.as_bytes());

@@ -521,79 +521,88 @@ fn an_export_killed_or_failing_mid_stream_leaves_no_bundle_that_looks_complete()
 }
 
 #[test]
-fn a_bundle_carries_the_config_each_runner_start_names_and_format_v1_leaves_it_out() {
+fn the_config_is_kept_and_exported_as_shown_never_with_its_secrets() {
     let f = fixture();
-    let configs_named = |bytes: &[u8]| -> Vec<(u64, Sha256Digest)> {
-        bundle::parse(bytes)
-            .unwrap()
-            .records
-            .iter()
-            .map(|l| serde_json::from_str::<Record>(l).unwrap())
-            .filter_map(|r| match r.event {
-                Event::RunnerStarted { config, .. } => Some((r.seq, config.expect("started from a file"))),
-                _ => None,
-            })
-            .collect()
-    };
-    // Every start's config is in the bundle, as the runner read it.
-    assert!(f.bundle.starts_with(b"edge-runner evidence bundle v2\n"));
-    let named = configs_named(&f.bundle);
-    let carried: BTreeMap<Sha256Digest, Vec<u8>> = bundle::parse(&f.bundle).unwrap().artifacts.into_iter().collect();
-    for (seq, c) in &named {
-        assert!(carried.contains_key(c), "the config of the start at {seq} is not in the bundle");
-    }
-    let (_, newest) = named.last().unwrap();
-    assert_eq!(carried[newest], std::fs::read(f.env.path("runner.toml")).unwrap(), "the export's own start");
-    let distinct: std::collections::BTreeSet<_> = named.iter().map(|(_, c)| c).collect();
-    assert!(distinct.len() >= 3, "the fixture started under three configs: {named:?}");
-
-    // A store of a runner that named its config without keeping it (the
-    // runners of 2026-12-03 and 04): a v2 export fails naming the start
-    // and the way out, and writes nothing.
     let home = tempfile::tempdir().unwrap();
     let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
     assert!(status.unwrap().success());
-    let current = Sha256Digest::of(&std::fs::read(home.path().join("runner.toml")).unwrap());
-    let (seq, lost) = *named.iter().find(|(_, c)| *c != current).unwrap();
-    {
-        let db = rusqlite::Connection::open(home.path().join("state/evidence/evidence.db")).unwrap();
-        db.execute_batch("DROP TRIGGER artifacts_append_only_d").unwrap();
-        assert_eq!(db.execute("DELETE FROM artifacts WHERE digest = ?1", [lost.to_string()]).unwrap(), 1);
-    }
-    let export = |extra: &[&str]| {
-        Command::new(crate::harness::BIN)
-            .args(["evidence", "export", "--config", "runner.toml", "-o", "out.bundle"])
-            .args(extra)
-            .current_dir(home.path())
-            .output()
-            .unwrap()
-    };
-    let out = export(&[]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "artifact {lost}, the config the runner-started record at seq {seq} names, is not in the store"
-        )),
-        "{err}"
+    // A config with secrets where operators put them: an env value a
+    // capsule may read, a webhook whose path and query are its secret, and
+    // a comment.
+    let secrets = ["env-secret-5f2a", "path-secret-9c1d", "query-secret-77e0", "comment-secret-31ab"];
+    let toml_path = home.path().join("runner.toml");
+    let mut text = std::fs::read_to_string(&toml_path).unwrap();
+    text.push_str(
+        "\n[env]\nAPI_TOKEN = \"env-secret-5f2a\"\n\n# the old hook was /services/comment-secret-31ab\n\
+         [[notify.webhooks]]\nurl = \"http://127.0.0.1:9/services/T0/path-secret-9c1d?token=query-secret-77e0\"\n\
+         events = [\"committed\"]\n",
     );
-    assert!(err.contains("--format v1"), "{err}");
-    assert!(!home.path().join("out.bundle").exists() && !home.path().join(".out.bundle.partial").exists());
-
-    // Format v1: no start's config, and it verifies (the CLI's verifier
-    // reads it as edge-verify does).
-    let out = export(&["--format", "v1"]);
+    std::fs::write(&toml_path, &text).unwrap();
+    let out = Command::new(crate::harness::BIN)
+        .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
+        .current_dir(home.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v1 = std::fs::read(home.path().join("out.bundle")).unwrap();
-    assert!(v1.starts_with(b"edge-runner evidence bundle v1\n"));
-    let v = verify(&v1, &f.keys, Level::Full).unwrap();
-    assert_eq!(v.header.format, bundle::Format::V1);
-    let in_v1: BTreeMap<Sha256Digest, Vec<u8>> = bundle::parse(&v1).unwrap().artifacts.into_iter().collect();
-    let named_v1 = configs_named(&v1);
-    assert!(named_v1.len() > named.len(), "the v1 export's start is in it");
-    for (seq, c) in &named_v1 {
-        assert!(!in_v1.contains_key(c), "the config of the start at {seq} is in a v1 bundle");
+    let bytes = std::fs::read(home.path().join("all.bundle")).unwrap();
+    assert!(bytes.starts_with(b"edge-runner evidence bundle v2\n"));
+    verify(&bytes, &f.keys, Level::Full).unwrap();
+
+    // No secret anywhere: not in the bundle (its text or any artifact
+    // decoded), not in any record or artifact of the store.
+    let b = bundle::parse(&bytes).unwrap();
+    let db = rusqlite::Connection::open(home.path().join("state/evidence/evidence.db")).unwrap();
+    let mut stored: Vec<Vec<u8>> = db
+        .prepare("SELECT bytes FROM artifacts")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    stored.extend(
+        db.prepare("SELECT body FROM records")
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|r| r.unwrap().into_bytes()),
+    );
+    let haystacks = std::iter::once(&bytes).chain(b.artifacts.iter().map(|(_, a)| a)).chain(stored.iter());
+    for hay in haystacks {
+        for s in secrets {
+            assert!(!hay.windows(s.len()).any(|w| w == s.as_bytes()), "{s} leaked");
+        }
     }
+
+    // The export's own start names the file by its digest and carries the
+    // config as shown: everything but the secrets, which are marked.
+    let start = b
+        .records
+        .iter()
+        .map(|l| serde_json::from_str::<Record>(l).unwrap())
+        .rfind(|r| r.event_type() == "runner-started")
+        .unwrap();
+    let Event::RunnerStarted { config, config_shown, .. } = start.event else { unreachable!() };
+    assert_eq!(config, Some(Sha256Digest::of(text.as_bytes())), "the file as read");
+    let shown_d = config_shown.unwrap();
+    let shown = &b.artifacts.iter().find(|(d, _)| *d == shown_d).expect("carried").1;
+    let shown: toml::Table = toml::from_str(std::str::from_utf8(shown).unwrap()).unwrap();
+    assert_eq!(shown["env"]["API_TOKEN"].as_str(), Some("(redacted)"));
+    let url = shown["notify"]["webhooks"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:9/…(path sha256:"), "{url}");
+    assert_eq!(shown["mounts"]["data"]["node"].as_str(), Some("ledger-db"));
+    assert_eq!(shown["runner"]["name"].as_str(), Some("test-runner"));
+    // Everything else is shown as it is.
+    let (mut raw, mut shown) = (toml::from_str::<toml::Table>(&text).unwrap(), shown);
+    for t in [&mut raw, &mut shown] {
+        t.remove("env").unwrap();
+        t.remove("notify").unwrap();
+    }
+    assert_eq!(shown, raw);
+    // The file itself is not in the store.
+    let kept: i64 = db
+        .query_row("SELECT count(*) FROM artifacts WHERE digest = ?1", [config.unwrap().to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0);
 }
 
 #[test]

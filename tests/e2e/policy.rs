@@ -166,7 +166,7 @@ fn a_bad_reload_keeps_the_running_configuration_and_is_recorded() {
     assert!(matches!(records[n - 2].event, edge_core::evidence::Event::PolicyChange { .. }));
     match &records[n - 1].event {
         edge_core::evidence::Event::ConfigReloaded { old, new, restart_needed, .. } => {
-            assert_eq!(old, &kept);
+            assert_eq!(**old, kept);
             assert_eq!(new.policy, Some(new_policy));
             assert_eq!(new.graph, kept.graph, "the graph did not change");
             assert!(restart_needed.is_empty(), "{restart_needed:?}");
@@ -174,6 +174,9 @@ fn a_bad_reload_keeps_the_running_configuration_and_is_recorded() {
             for d in old.documents().chain(new.documents()) {
                 assert!(runner.log.read_artifact(&d).unwrap().is_some(), "{d} missing");
             }
+            // The config as shown, never the file itself (it may hold secrets).
+            assert!(new.config_shown.is_some_and(|d| old.documents().chain(new.documents()).any(|x| x == d)));
+            assert!(runner.log.read_artifact(&new.config).unwrap().is_none(), "the config file is stored");
         }
         other => panic!("{other:?}"),
     }

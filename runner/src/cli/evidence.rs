@@ -68,12 +68,6 @@ pub enum EvidenceCommand {
         /// Only this run's records, each with an inclusion proof.
         #[arg(long)]
         run: Option<String>,
-        /// The bundle format: v2 carries every artifact the records name;
-        /// v1 (for an edge-verify that predates v2, or a store written
-        /// before runners kept their config at start) leaves out the
-        /// config each `runner-started` record names by digest.
-        #[arg(long, value_enum, default_value = "v2")]
-        format: BundleFormat,
         /// Where to write the bundle.
         #[arg(short = 'o', long = "out")]
         out: PathBuf,
@@ -225,7 +219,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             out.write_all(&bytes)?;
             Ok(Exit::Ok)
         }
-        EvidenceCommand::Export { config, since, run, format, out: path } => {
+        EvidenceCommand::Export { config, since, run, out: path } => {
             let scope = match (since, run) {
                 (Some(f), _) => ExportScope::Since(since_checkpoint(&f)?),
                 (None, Some(r)) => ExportScope::Run(r),
@@ -233,11 +227,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             };
             let config = RunnerConfig::load(&config)?;
             let runner = Runner::open(config)?;
-            let format = match format {
-                BundleFormat::V1 => edge_evidence::bundle::Format::V1,
-                BundleFormat::V2 => edge_evidence::bundle::Format::V2,
-            };
-            let e = runner.export_file(&scope, format, &path)?;
+            let e = runner.export_file(&scope, &path)?;
             writeln!(
                 out,
                 "exported {} record(s) and {} artifact(s) to {} ({} bytes); checkpoint at tree size {}",
@@ -361,13 +351,6 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             Ok(Exit::Ok)
         }
     }
-}
-
-/// `evidence export --format` ([`edge_evidence::bundle::Format`]).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum BundleFormat {
-    V1,
-    V2,
 }
 
 /// Which runner keys a bundle's checkpoint may be signed by.

@@ -252,8 +252,7 @@ impl Runner {
         scope: &crate::export::ExportScope,
         out: W,
     ) -> Result<crate::export::Exported> {
-        let format = edge_evidence::bundle::Format::default();
-        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, format, out).map(|(e, _)| e)
+        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, out).map(|(e, _)| e)
     }
 
     /// Stream an export to a file, durably or not at all ([`crate::export::export_file`]).
@@ -263,10 +262,9 @@ impl Runner {
     pub fn export_file(
         &self,
         scope: &crate::export::ExportScope,
-        format: edge_evidence::bundle::Format,
         path: &std::path::Path,
     ) -> Result<crate::export::Exported> {
-        crate::export::export_file(&self.log, &self.identity, &self.config.name, scope, format, path)
+        crate::export::export_file(&self.log, &self.identity, &self.config.name, scope, path)
     }
 
     /// Run a capsule file through every gate.

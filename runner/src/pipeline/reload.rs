@@ -78,8 +78,8 @@ impl Runner {
         }
         let event = Event::ConfigReloaded {
             trigger: trigger.to_owned(),
-            old: old.clone(),
-            new: new.clone(),
+            old: Box::new(old.clone()),
+            new: Box::new(new.clone()),
             restart_needed: restart_needed.clone(),
         };
         log.append_deferred("runner", event)?;

@@ -593,8 +593,7 @@ impl RunService {
     pub async fn export_file(&self, since: Option<String>, path: PathBuf) -> Result<crate::export::Exported> {
         let r = self.runner.clone();
         let scope = since.map_or(ExportScope::Full, ExportScope::Since);
-        let format = edge_evidence::bundle::Format::default();
-        tokio::task::spawn_blocking(move || r.export_file(&scope, format, &path)).await.context("export task")?
+        tokio::task::spawn_blocking(move || r.export_file(&scope, &path)).await.context("export task")?
     }
 
     pub fn metrics(&self) -> String {
