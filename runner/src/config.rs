@@ -591,6 +591,19 @@ pub fn shown(text: &str) -> Result<String> {
     Ok(toml::to_string(&doc)?)
 }
 
+/// A config error as evidence and logs may show it. TOML's parse errors
+/// quote the line of the file they stop at, and that line may be a
+/// secret's (see [`shown`]): each quoted source line (`12 | url = …`) and
+/// marker line (`   |      ^`) is left out; the line and column stay named.
+#[must_use]
+pub fn error_shown(error: &str) -> String {
+    let quoted = |l: &&str| {
+        let t = l.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+        t.starts_with('|')
+    };
+    error.lines().filter(|l| !quoted(l)).collect::<Vec<_>>().join("\n")
+}
+
 /// An absolute, symlink-resolved form of a path that may not exist yet
 /// (resolved through its nearest existing ancestor).
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -664,6 +677,17 @@ mod tests {
         assert!(first.starts_with("https://hooks.example:443/…(path sha256:"), "{first}");
         assert_eq!(hooks[1]["url"].as_str(), Some(REDACTED));
         assert!(shown("[runner\n").is_err());
+    }
+
+    #[test]
+    fn a_config_error_shown_quotes_no_line_of_the_file() {
+        let text = format!("{BASE}[[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret\n");
+        let full = err(&text);
+        assert!(full.contains("path-secret"), "TOML quotes the line: {full}");
+        let shown = error_shown(&full);
+        assert!(!shown.contains("path-secret"), "{shown}");
+        assert!(shown.contains("TOML parse error at line 11, column"), "{shown}");
+        assert_eq!(error_shown("runner.name: `` is empty\nsecond line"), "runner.name: `` is empty\nsecond line");
     }
 
     #[test]

@@ -145,6 +145,20 @@ fn a_bad_reload_keeps_the_running_configuration_and_is_recorded() {
         }
         other => panic!("{other:?}"),
     }
+    // A config file the reload cannot parse: the refusal names where,
+    // never the line (a webhook's URL may be its secret), in the answer
+    // and in the record.
+    let cfg = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let broken = format!("{cfg}\n[[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret-4e1b\n");
+    std::fs::write(env.path("runner.toml"), broken).unwrap();
+    let r = rt.block_on(runner.reload("test")).unwrap();
+    assert!(!r.applied);
+    let said = r.error.unwrap();
+    assert!(said.contains("TOML parse error at line") && !said.contains("path-secret-4e1b"), "{said}");
+    let last = runner.log.read_records().unwrap().last().unwrap().clone();
+    let edge_core::evidence::Event::ReloadRefused { error, .. } = &last.event else { panic!("{last:?}") };
+    assert_eq!(error, &said);
+    std::fs::write(env.path("runner.toml"), cfg).unwrap();
     // A good reload takes effect, is recorded with old and new digests, and
     // leaves what a run already took untouched.
     let text =

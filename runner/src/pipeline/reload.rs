@@ -61,7 +61,9 @@ impl Runner {
         };
         let mut config = match loaded {
             Ok(c) => c,
-            Err(e) => return self.refuse_reload(trigger, format!("{e:#}"), old).await,
+            // What the record, the log and the answer say: never a line
+            // of the file.
+            Err(e) => return self.refuse_reload(trigger, crate::config::error_shown(&format!("{e:#}")), old).await,
         };
         let next = config.governance.take().context("a loaded config has its governance")?;
         let loaded_in = started.elapsed();
