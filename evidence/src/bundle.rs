@@ -38,7 +38,9 @@ pub enum Format {
     /// `reload-refused` record's config files were carried as read, with
     /// any secret in them (a webhook URL's path or query, env values); a
     /// `runner-started` record's config was not carried. Still verified,
-    /// by that rule.
+    /// by that rule, which for records written since (naming
+    /// `config_shown`) is the rule of v2: relabelling a bundle v1 never
+    /// excuses a config as shown.
     V1,
     /// The config each `runner-started`, `config-reloaded` and
     /// `reload-refused` record names is carried as shown (`config_shown`:
@@ -82,18 +84,13 @@ impl Format {
         use edge_core::evidence::Event;
         let mut all = record.artifacts();
         if self == Format::V1 {
-            let configs = match &record.event {
-                Event::RunnerStarted { config_shown, .. } => vec![(None, *config_shown)],
-                Event::ConfigReloaded { old, new, .. } => {
-                    vec![(Some(old.config), old.config_shown), (Some(new.config), new.config_shown)]
-                }
-                Event::ReloadRefused { kept, .. } => vec![(Some(kept.config), kept.config_shown)],
+            let named: Vec<&edge_core::evidence::ConfigDigests> = match &record.event {
+                Event::ConfigReloaded { old, new, .. } => vec![&**old, &**new],
+                Event::ReloadRefused { kept, .. } => vec![kept],
                 _ => Vec::new(),
             };
-            for (as_read, shown) in configs {
-                all.retain(|d| Some(*d) != shown);
-                all.extend(as_read);
-            }
+            // A record of a v1 runner (no config as shown): the file as read.
+            all.extend(named.into_iter().filter(|c| c.config_shown.is_none()).map(|c| c.config));
         }
         all
     }
@@ -390,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn a_config_is_carried_as_shown_in_v2_and_as_read_for_a_reload_in_v1() {
+    fn a_config_is_carried_as_shown_and_as_read_only_for_a_v1_runners_reload_in_v1() {
         let (file, shown, policy) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"a shown"), Sha256Digest::of(b"policy"));
         let set = |f: Format, r: &Record| -> std::collections::BTreeSet<Sha256Digest> {
             f.artifacts_of(r).into_iter().collect()
@@ -403,12 +400,12 @@ mod tests {
             restart_needed: Vec::new(),
         });
         assert_eq!(set(Format::V2, &now), [shown, policy].into());
-        assert_eq!(set(Format::V1, &now), [file, policy].into());
+        assert_eq!(set(Format::V1, &now), [shown, policy].into(), "relabelled v1, a bundle still carries it");
         let before =
             record(Event::ReloadRefused { trigger: "sighup".into(), error: "e".into(), kept: digests(b"a", None) });
         assert_eq!(set(Format::V2, &before), [policy].into(), "the file itself never, in v2");
         assert_eq!(set(Format::V1, &before), [file, policy].into());
-        // A start: the config as shown in v2, nothing in v1.
+        // A start: the config as shown, whatever the label.
         let start = record(Event::RunnerStarted {
             binary: Sha256Digest::of(b"bin"),
             version: "0.1.0".into(),
@@ -420,6 +417,6 @@ mod tests {
             approvers: None,
         });
         assert_eq!(set(Format::V2, &start), [shown].into());
-        assert!(set(Format::V1, &start).is_empty());
+        assert_eq!(set(Format::V1, &start), [shown].into());
     }
 }

@@ -145,8 +145,8 @@ impl Verified {
         }
         if self.header.format == crate::bundle::Format::V1 && !out.is_empty() {
             out.push(
-                "bundle format v1: the config a runner start names is not in it, a reload's is as the file was read \
-                 (v2 carries each as shown, secrets replaced)"
+                "bundle format v1 (runners before 2026-12-06): a reload recorded then carries its config file as \
+                 read, which may hold secrets"
                     .into(),
             );
         }

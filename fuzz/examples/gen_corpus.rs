@@ -97,17 +97,17 @@ fn main() {
     put("approval", "passkey-eddsa", &passkey);
 
     // Evidence bundle: a synthetic, fully valid log of three runs after a
-    // runner's start, in both formats (v1 leaves out the config as shown
-    // that the start names; the same records and checkpoint).
+    // runner's start, labelled with each format (the same records,
+    // artifacts and checkpoint: for records written since v2 the formats
+    // ask for the same artifacts).
     use edge_evidence::bundle::{self, Format};
     let spec = edge_evidence::synth::Spec { runs: 3, runner_started: true, ..Default::default() };
     let synth = edge_evidence::synth::bundle(edge_fuzz::ORIGIN, &spec);
     put("evidence_bundle", "full-3-runs", &synth.bundle);
     let b = bundle::parse(&synth.bundle).unwrap();
-    let config = edge_core::Sha256Digest::of(edge_evidence::synth::SYNTHETIC_CONFIG_SHOWN.as_bytes());
-    let kept: Vec<_> = b.artifacts.iter().filter(|(d, _)| *d != config).map(|(d, a)| (*d, a.as_slice())).collect();
-    let header = bundle::Header { format: Format::V1, artifacts: kept.len() as u64, ..b.header.clone() };
-    put("evidence_bundle", "full-3-runs-v1", &bundle::write(&header, &b.records, &kept, b.checkpoint).unwrap());
+    let all: Vec<_> = b.artifacts.iter().map(|(d, a)| (*d, a.as_slice())).collect();
+    let header = bundle::Header { format: Format::V1, ..b.header.clone() };
+    put("evidence_bundle", "full-3-runs-v1", &bundle::write(&header, &b.records, &all, b.checkpoint).unwrap());
     std::fs::write(root().join("fuzz/fixtures/evidence.vkey"), format!("{}\n", synth.vkey)).unwrap();
 
     // Signed notes, keys, checkpoints.

@@ -591,17 +591,45 @@ pub fn shown(text: &str) -> Result<String> {
     Ok(toml::to_string(&doc)?)
 }
 
-/// A config error as evidence and logs may show it. TOML's parse errors
-/// quote the line of the file they stop at, and that line may be a
-/// secret's (see [`shown`]): each quoted source line (`12 | url = …`) and
-/// marker line (`   |      ^`) is left out; the line and column stay named.
+/// A config error as evidence and logs may show it: errors quote what
+/// they stop at, and that may be a secret (see [`shown`]). TOML's parse
+/// errors quote the line of the file (`12 | url = …`, then a marker line
+/// `   |      ^`): those lines are left out. Messages quote values between
+/// double quotes or backticks (serde's `invalid type: string "…"`, a
+/// check's ``url `…` ``): what is between is replaced by `…`. The field,
+/// line and column stay named; `edge-runner policy check --config …`
+/// shows the whole error to whoever may read the file.
 #[must_use]
 pub fn error_shown(error: &str) -> String {
-    let quoted = |l: &&str| {
+    let source_line = |l: &&str| {
         let t = l.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
         t.starts_with('|')
     };
-    error.lines().filter(|l| !quoted(l)).collect::<Vec<_>>().join("\n")
+    let mut out = String::with_capacity(error.len());
+    for (i, line) in error.lines().filter(|l| !source_line(l)).enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut rest = line;
+        while let Some(open) = rest.find(['"', '`']) {
+            let q = rest[open..].chars().next().unwrap_or('"');
+            out.push_str(&rest[..=open]);
+            match rest[open + 1..].find(q) {
+                Some(len) => {
+                    out.push('…');
+                    out.push(q);
+                    rest = &rest[open + 1 + len + 1..];
+                }
+                // Unclosed: nothing after it is shown.
+                None => {
+                    out.push('…');
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+    }
+    out
 }
 
 /// An absolute, symlink-resolved form of a path that may not exist yet
@@ -687,7 +715,28 @@ mod tests {
         let shown = error_shown(&full);
         assert!(!shown.contains("path-secret"), "{shown}");
         assert!(shown.contains("TOML parse error at line 11, column"), "{shown}");
-        assert_eq!(error_shown("runner.name: `` is empty\nsecond line"), "runner.name: `` is empty\nsecond line");
+        // Values in a message: a webhook given as a string, an env value of
+        // another type, a URL a check quotes.
+        for (text, secret) in [
+            (format!("{BASE}[notify]\nwebhooks = [\"https://hooks.example/T/path-secret\"]\n"), "path-secret"),
+            (format!("{BASE}[env]\nPIN = 987654\n"), "987654"),
+            (
+                format!(
+                    "{BASE}[endpoints.e]\nurl = \"https://h.example/?api_key=query-secret\"\nnode = \"n\"\nmethods = [\"GET\"]\n"
+                ),
+                "query-secret",
+            ),
+        ] {
+            let full = err(&text);
+            assert!(full.contains(secret), "the error quotes it: {full}");
+            let shown = error_shown(&full);
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(error_shown("a \"b\" c `d` e\n12 | f\n   |  ^\ng `h"), "a \"…\" c `…` e\ng `…");
+        assert_eq!(
+            error_shown("tiers.0.approvals: tiers above 0 need one"),
+            "tiers.0.approvals: tiers above 0 need one"
+        );
     }
 
     #[test]
