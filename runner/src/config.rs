@@ -716,15 +716,16 @@ mod tests {
         assert!(!shown.contains("path-secret"), "{shown}");
         assert!(shown.contains("TOML parse error at line 11, column"), "{shown}");
         // Values in a message: a webhook given as a string, an env value of
-        // another type, a URL a check quotes.
+        // another type, a URL a check quotes (an endpoint's of the wrong
+        // scheme).
         for (text, secret) in [
             (format!("{BASE}[notify]\nwebhooks = [\"https://hooks.example/T/path-secret\"]\n"), "path-secret"),
             (format!("{BASE}[env]\nPIN = 987654\n"), "987654"),
             (
                 format!(
-                    "{BASE}[endpoints.e]\nurl = \"https://h.example/?api_key=query-secret\"\nnode = \"n\"\nmethods = [\"GET\"]\n"
+                    "{BASE}[endpoints.e]\nurl = \"ftp://h.example/path-secret\"\nnode = \"n\"\nmethods = [\"GET\"]\n"
                 ),
-                "query-secret",
+                "path-secret",
             ),
         ] {
             let full = err(&text);

@@ -82,6 +82,15 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// A copy of the fixture's runner home, for tests that change it (an
+/// export appends records and signs a checkpoint).
+fn home_copy(f: &Fixture) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
+    assert!(status.unwrap().success());
+    home
+}
+
 fn fails(f: &Fixture, bytes: &[u8]) -> Failure {
     match verify(bytes, &f.keys, Level::Full) {
         Ok(v) => panic!("a tampered bundle verified ({} records)", v.record_count),
@@ -452,9 +461,7 @@ fn even_with_the_runner_key_forged_decisions_and_approvals_fail_replay() {
 #[test]
 fn an_export_killed_or_failing_mid_stream_leaves_no_bundle_that_looks_complete() {
     let f = fixture();
-    let home = tempfile::tempdir().unwrap();
-    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
-    assert!(status.unwrap().success());
+    let home = home_copy(f);
     let export = |limit_kib: Option<u32>| {
         // `ulimit -f`: the kernel stops the export with SIGXFSZ once a
         // file it writes reaches the limit: above what the store's WAL
@@ -523,9 +530,7 @@ fn an_export_killed_or_failing_mid_stream_leaves_no_bundle_that_looks_complete()
 #[test]
 fn the_config_is_kept_and_exported_as_shown_never_with_its_secrets() {
     let f = fixture();
-    let home = tempfile::tempdir().unwrap();
-    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
-    assert!(status.unwrap().success());
+    let home = home_copy(f);
     // A config with secrets where operators put them: an env value a
     // capsule may read, a webhook whose path and query are its secret, and
     // a comment.
@@ -611,9 +616,7 @@ fn partial_exports_prove_inclusion_and_consistency() {
     let v = verify(&f.bundle, &f.keys, Level::Full).unwrap();
     let run = &v.runs.iter().find(|r| r.approvals.len() == 2).unwrap().run;
     // Exports write checkpoints: work on a copy of the runner home.
-    let home = tempfile::tempdir().unwrap();
-    let status = Command::new("cp").args(["-a", &format!("{}/.", f.env.path("").display())]).arg(home.path()).status();
-    assert!(status.unwrap().success());
+    let home = home_copy(f);
     let cli = |args: &[&str]| {
         let out = Command::new(crate::harness::BIN).args(args).current_dir(home.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -209,6 +209,15 @@ impl RawEndpoint {
         let url = self.url.with_context(|| {
             format!("{} is missing: the endpoint's base URL, e.g. \"https://etcd.internal:2379/\"", f("url"))
         })?;
+        // First: no message below may repeat credentials or a query (either
+        // may be a secret).
+        let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            bail!("{}: credentials in the URL are refused; use credential_header/credential_file", f("url"));
+        }
+        if url.contains(['?', '#']) {
+            bail!("{}: a base URL has no query or fragment", f("url"));
+        }
         let uri: http::Uri = url.parse().with_context(|| format!("{} `{url}` is not a URL", f("url")))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -216,12 +225,6 @@ impl RawEndpoint {
             _ => bail!("{} `{url}` must start with https:// (or http:// on loopback)", f("url")),
         };
         let authority = uri.authority().with_context(|| format!("{} `{url}` has no host", f("url")))?;
-        if authority.as_str().contains('@') {
-            bail!("{}: credentials in the URL are refused; use credential_header/credential_file", f("url"));
-        }
-        if uri.query().is_some() || url.contains('#') {
-            bail!("{} `{url}`: a base URL has no query or fragment", f("url"));
-        }
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_owned();
@@ -396,6 +399,14 @@ mod tests {
             format!("{base}url = \"ftp://127.0.0.1:1\"\nconnect = [\"127.0.0.1\"]"),
         ] {
             assert!(load(&bad).is_err(), "{bad} loaded");
+        }
+        // A credential or a query is refused without being repeated,
+        // whatever else is wrong with the URL.
+        for url in
+            ["ftp://u:p-secret@127.0.0.1:1", "http://u:p-secret@127.0.0.1:1/a", "ftp://h/?k=p-secret", "x#p-secret"]
+        {
+            let e = format!("{:#}", load(&format!("{base}url = \"{url}\"\nconnect = [\"127.0.0.1\"]")).unwrap_err());
+            assert!(!e.contains("p-secret") && (e.contains("credentials") || e.contains("query")), "{e}");
         }
     }
 

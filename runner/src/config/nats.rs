@@ -131,16 +131,17 @@ impl NatsSettings {
 /// # Errors
 /// Another scheme, no host, or credentials or a path in the URL.
 pub fn parse_url(url: &str, what: &str) -> Result<(bool, bool)> {
+    // First, whatever the scheme: no message below may repeat a URL with
+    // credentials in it (what precedes the `@` may be a password).
+    if url.contains('@') {
+        bail!("{what}: give host:port only (credentials go in a credentials file, never in the URL)");
+    }
     let (tls, rest) = match url.split_once("://") {
         Some(("tls", rest)) => (true, rest),
         Some(("nats", rest)) => (false, rest),
         _ => bail!("{what} `{url}`: use tls://host:port (or nats://127.0.0.1:port on this host)"),
     };
     let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-    if rest.contains('@') {
-        // (Not repeated here: what precedes the `@` may be a password.)
-        bail!("{what}: give host:port only (credentials go in a credentials file, never in the URL)");
-    }
     if host.is_empty() || rest.contains('/') {
         bail!("{what} `{url}`: give host:port only");
     }
@@ -246,6 +247,12 @@ mod tests {
         assert!(load("url = \"tls://hub.example:4222\"").unwrap_err().to_string().contains("nats.ca"));
         assert!(load("url = \"tls://hub.example:4222\"\nca = \"ca.pem\"").is_ok());
         assert!(load("url = \"nats://user:pw@127.0.0.1:4222\"").is_err());
+        // Whatever the scheme, a URL with credentials is never repeated.
+        for url in ["nats://user:pw-secret@127.0.0.1:4222", "wss://user:pw-secret@hub.example", "TLS://u:pw-secret@h:1"]
+        {
+            let e = format!("{:#}", load(&format!("url = \"{url}\"")).unwrap_err());
+            assert!(e.contains("credentials") && !e.contains("pw-secret"), "{e}");
+        }
         assert!(load("url = \"http://127.0.0.1:4222\"").is_err());
         assert!(load("url = \"nats://127.0.0.1:4222\"\nprefix = \"a.b\"").is_err());
     }
