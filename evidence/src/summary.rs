@@ -74,7 +74,12 @@ pub struct RunnerBuild {
     pub binary: Sha256Digest,
     pub version: String,
     pub revision: String,
+    /// The config file as read (by digest only: it may hold secrets).
     pub config: Option<Sha256Digest>,
+    /// The config as shown, secrets replaced: an artifact of the bundle
+    /// (absent for runners before 2026-12-06).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_shown: Option<Sha256Digest>,
     pub policy: Option<Sha256Digest>,
     pub graph: Option<Sha256Digest>,
     pub approvers: Option<Sha256Digest>,
@@ -88,10 +93,10 @@ impl RunnerBuild {
             version,
             revision,
             config,
+            config_shown,
             policy,
             graph,
             approvers,
-            ..
         } = &r.event
         else {
             return None;
@@ -103,6 +108,7 @@ impl RunnerBuild {
             version: version.clone(),
             revision: revision.clone(),
             config: *config,
+            config_shown: *config_shown,
             policy: *policy,
             graph: *graph,
             approvers: *approvers,

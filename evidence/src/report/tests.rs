@@ -265,6 +265,10 @@ fn every_report_names_the_runner_build_that_executed_each_run() {
     let (binary, version, revision) = synth::SYNTHETIC_BUILD;
     // Every run started after the one `runner-started` record (record 2).
     assert!(v.runs.iter().all(|r| r.build.as_ref().is_some_and(|b| b.record == 2 && b.binary.to_string() == binary)));
+    // It names the config as shown, which the bundle carries.
+    let shown = edge_core::Sha256Digest::of(synth::SYNTHETIC_CONFIG_SHOWN.as_bytes());
+    assert!(v.runs.iter().all(|r| r.build.as_ref().is_some_and(|b| b.config_shown == Some(shown))));
+    assert!(v.artifacts.contains_key(&shown));
     // `edge-verify`'s own summary names it too.
     let line = format!(
         "runner build edge-runner {version} (rev 0123456789ab, binary {binary}): 4 run(s), started at record 2"
