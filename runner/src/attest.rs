@@ -145,22 +145,19 @@ fn write_cache(path: &Path, bytes: &[u8]) -> Result<()> {
 /// As [`binary_digest`].
 pub fn attestation(runner: &Runner) -> Result<Event> {
     let config = &runner.config;
-    let governance = runner.governance();
-    let (policy, graph) = match &governance.policy {
-        Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
-        None => (None, None),
-    };
+    let d = runner.governance().digests();
+    // The file's exact text is the governance's (absent for a config
+    // built from text rather than read from a file).
+    let from_file = config.source.is_some();
     Ok(Event::RunnerStarted {
         binary: binary_digest(&config.cache_dir)?,
         version: VERSION.to_owned(),
         revision: REVISION.to_owned(),
-        // The file's exact text is the governance's (absent for a config
-        // built from text rather than read from a file).
-        config: config.source.as_ref().map(|_| Sha256Digest::of(governance.config_text.as_bytes())),
-        config_shown: config.source.as_ref().map(|_| Sha256Digest::of(governance.config_shown.as_bytes())),
-        policy,
-        graph,
-        approvers: governance.approvers.as_ref().and_then(|r| r.digest),
+        config: from_file.then_some(d.config),
+        config_shown: d.config_shown.filter(|_| from_file),
+        policy: d.policy,
+        graph: d.graph,
+        approvers: d.registry,
     })
 }
 

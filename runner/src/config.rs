@@ -612,7 +612,7 @@ pub fn error_shown(error: &str) -> String {
         }
         let mut rest = line;
         while let Some(open) = rest.find(['"', '`']) {
-            let q = rest[open..].chars().next().unwrap_or('"');
+            let q = char::from(rest.as_bytes()[open]);
             out.push_str(&rest[..=open]);
             match rest[open + 1..].find(q) {
                 Some(len) => {
