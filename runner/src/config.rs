@@ -14,7 +14,7 @@ pub mod spool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use edge_core::admission::{Ceiling, Limits};
 use edge_core::manifest::{is_env_name, is_interface_name};
 use edge_core::paths::is_logical_name;
@@ -262,7 +262,7 @@ impl RunnerConfig {
     /// # Errors
     /// As [`RunnerConfig::load`].
     pub fn from_toml(text: &str, base: &Path) -> Result<Self> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!(toml_error(&e, text)))?;
         let resolve = |p: &Path| {
             if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
         };
@@ -591,14 +591,100 @@ pub fn shown(text: &str) -> Result<String> {
     Ok(toml::to_string(&doc)?)
 }
 
+/// A TOML error as the runner reports it, at start as on a reload: where
+/// it stopped (line and column) and why, never the file's text. toml's own
+/// form quotes the line it stopped at (with a marker under the value), and
+/// serde's messages quote the value they refused (`invalid type: string
+/// "…"`, ``integer `1234` ``); the file may hold secrets ([`shown`]), and
+/// this error reaches a terminal, the service's journal and a reload's
+/// record. What the message names is kept: an unknown field and the fields
+/// a table takes, the token the parser expected.
+#[must_use]
+pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message: Vec<String> =
+        e.message().lines().map(str::trim).filter(|l| !l.is_empty()).map(values_masked).collect();
+    let message = message.join("; ");
+    let Some(span) = e.span() else {
+        return format!("TOML parse error: {message}");
+    };
+    let mut at = span.start.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(
+        "TOML parse error at line {line}, column {column}: {message} (the file's text is not quoted here: it may hold \
+         secrets)"
+    )
+}
+
+/// `message` with every value it quotes replaced by `…`: what is between
+/// double quotes (a string, as serde quotes it, escapes and all), and what
+/// is between backticks after serde's names for a value (`integer`,
+/// `floating point`, `character`, `boolean`) or that is not a name (a
+/// field, a variant, a token: letters, digits, `_`, `-`, `.`, or one mark).
+fn values_masked(message: &str) -> String {
+    const VALUE_KINDS: [&str; 4] = ["integer", "floating point", "character", "boolean"];
+    let is_name = |s: &str| {
+        ((1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            || (s.len() == 1 && s.chars().all(|c| c.is_ascii_punctuation()))
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find(['"', '`']) {
+        let (before, quoted) = (&rest[..open], &rest[open + 1..]);
+        out.push_str(before);
+        if rest.as_bytes()[open] == b'`' {
+            let Some(len) = quoted.find('`') else {
+                out.push_str("`…");
+                return out;
+            };
+            let inner = &quoted[..len];
+            let a_value = VALUE_KINDS.iter().any(|k| out.trim_end().ends_with(k));
+            out.push('`');
+            out.push_str(if a_value || !is_name(inner) { "…" } else { inner });
+            out.push('`');
+            rest = &quoted[len + 1..];
+        } else {
+            // serde writes a string as Rust's debug form: `\"` is a quote
+            // inside it, `\\` a backslash.
+            let mut end = None;
+            let mut chars = quoted.char_indices();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str("\"…");
+            let Some(end) = end else {
+                return out;
+            };
+            out.push('"');
+            rest = &quoted[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A config error as evidence and logs may show it: errors quote what
 /// they stop at, and that may be a secret (see [`shown`]). TOML's parse
 /// errors quote the line of the file (`12 | url = …`, then a marker line
 /// `   |      ^`): those lines are left out. Messages quote values between
 /// double quotes or backticks (serde's `invalid type: string "…"`, a
 /// check's ``url `…` ``): what is between is replaced by `…`. The field,
-/// line and column stay named; `edge-runner policy check --config …`
-/// shows the whole error to whoever may read the file.
+/// line and column stay named: they say where to look in the file. (A
+/// config that does not parse is already reported so by [`toml_error`];
+/// a reload's record masks further, every quoted word.)
 #[must_use]
 pub fn error_shown(error: &str) -> String {
     let source_line = |l: &&str| {
@@ -707,10 +793,50 @@ mod tests {
         assert!(shown("[runner\n").is_err());
     }
 
+    /// toml's own form of the error loading `text` stops at.
+    fn toml_err(text: &str) -> String {
+        toml::from_str::<RawConfig>(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_config_that_does_not_parse_is_reported_by_line_and_column_without_its_text() {
+        for (text, secret, said) in [
+            // An unterminated string: toml quotes the line.
+            (
+                format!("{BASE}[[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret\n"),
+                "path-secret",
+                "TOML parse error at line 11, column 43: invalid basic string, expected `\"`",
+            ),
+            // serde quotes the value it refused, by its kind.
+            (format!("{BASE}[env]\nPIN = 987654\n"), "987654", "line 11, column 7: invalid type: integer `…`"),
+            (format!("{BASE}[env]\nON = true\n"), "true", "invalid type: boolean `…`, expected a string"),
+            (format!("{BASE}[env]\nPI = 3.25\n"), "3.25", "invalid type: floating point `…`"),
+            (
+                format!("{BASE}[notify]\nwebhooks = \"https://hooks.example/\\\"quoted-s3cr3t\\\" tail-s3cr3t\"\n"),
+                "s3cr3t",
+                "line 11, column 12: invalid type: string \"…\", expected a sequence",
+            ),
+        ] {
+            assert!(toml_err(&text).contains(secret), "toml's own form quotes it: {}", toml_err(&text));
+            let e = err(&text);
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains(said), "`{said}` not in: {e}");
+            assert!(e.contains("not quoted here: it may hold secrets"), "{e}");
+        }
+        // What is a name stays named: an unknown field, the fields a table
+        // takes, the token the parser expected.
+        let e = err(&format!("{BASE}[server]\nlisten = \"127.0.0.1:0\"\nlisten_secret = 1\n"));
+        assert!(e.contains("unknown field `listen_secret`, expected one of `listen`"), "{e}");
+        let e = err(&format!("{BASE}[env]\nX \"y\"\n"));
+        assert!(e.contains("line 11, column 3") && e.contains("key with no value, expected `=`"), "{e}");
+        assert_eq!(values_masked("a `b c` d `x.y-1` e `\"` f `1"), "a `…` d `x.y-1` e `\"` f `…");
+        assert_eq!(values_masked("string \"a\\\\\" b\" c"), "string \"…\" b\"…", "an escaped backslash ends none");
+    }
+
     #[test]
     fn a_config_error_shown_quotes_no_line_of_the_file() {
         let text = format!("{BASE}[[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret\n");
-        let full = err(&text);
+        let full = toml_err(&text);
         assert!(full.contains("path-secret"), "TOML quotes the line: {full}");
         let shown = error_shown(&full);
         assert!(!shown.contains("path-secret"), "{shown}");
@@ -728,7 +854,7 @@ mod tests {
                 "path-secret",
             ),
         ] {
-            let full = err(&text);
+            let full = if text.contains("ftp:") { err(&text) } else { toml_err(&text) };
             assert!(full.contains(secret), "the error quotes it: {full}");
             let shown = error_shown(&full);
             assert!(!shown.contains(secret), "{shown}");

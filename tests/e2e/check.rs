@@ -399,3 +399,47 @@ fn the_server_tests_home_passes_check() {
     let out = env.cli(&["check", "--config", "runner.toml"]);
     assert_eq!(out.code(), 0, "{}{}", out.stdout(), out.stderr());
 }
+
+/// A config that does not load is reported by line and column, never by
+/// its text, by every command that loads it: the error goes to a terminal
+/// or to the service's journal, and the file may hold secrets (`[env]`
+/// values, a webhook's URL). Unknown fields stay named.
+#[test]
+fn a_config_that_does_not_load_is_reported_where_it_stops_never_with_its_secrets() {
+    let env = init_home("127.0.0.1:0", &[]);
+    let good = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let lines = good.lines().count();
+    for (tail, secret, said) in [
+        // An unterminated string: toml would quote the line.
+        (
+            "[[notify.webhooks]]\nurl = \"https://hooks.example/T/path-secret-71c2\n".to_owned(),
+            "path-secret-71c2",
+            format!("TOML parse error at line {}, column", lines + 3),
+        ),
+        // A value of the wrong type: serde would quote the value.
+        ("[env]\nPIN = 40917133\n".into(), "40917133", format!("line {}, column 7: invalid type: integer", lines + 3)),
+        ("[notify]\nwebhooks = \"https://hooks.example/T/s3cr3t-9a\"\n".into(), "s3cr3t-9a", "string \"…\"".into()),
+    ] {
+        std::fs::write(env.path("runner.toml"), format!("{good}\n{tail}")).unwrap();
+        for args in [
+            &["serve", "--config", "runner.toml"][..],
+            &["exec", "missing.capsule", "--config", "runner.toml"],
+            &["check", "--config", "runner.toml"],
+            &["evidence", "check", "--config", "runner.toml"],
+            &["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"],
+            &["policy", "check", "--config", "runner.toml"],
+            &["backup", "--config", "runner.toml", "-o", "backup.tar"],
+        ] {
+            let out = env.cli(args);
+            let text = format!("{}{}", out.stdout(), out.stderr());
+            assert_ne!(out.code(), 0, "{args:?}: {text}");
+            assert!(!text.contains(secret), "{args:?} quotes the file's secret: {text}");
+            assert!(text.contains(&said), "{args:?} does not say `{said}`: {text}");
+        }
+    }
+    assert!(!env.path("all.bundle").exists() && !env.path("backup.tar").exists());
+    // A misspelt field is named, and the fields the table takes.
+    std::fs::write(env.path("runner.toml"), good.replacen("[runner]\n", "[runner]\nnmae = \"x\"\n", 1)).unwrap();
+    let text = env.cli(&["serve", "--config", "runner.toml"]).stderr();
+    assert!(text.contains("unknown field `nmae`, expected one of `name`"), "{text}");
+}

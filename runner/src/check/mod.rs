@@ -115,9 +115,13 @@ pub fn check(config: &Path) -> Vec<Problem> {
         Ok(t) => t,
         Err(e) => {
             problems.push(Problem::error(
-                format!("runner config {} is not valid TOML: {e}", config.display()),
                 format!(
-                    "correct the syntax at the line shown, then run `edge-runner check --config {}`",
+                    "runner config {} is not valid TOML: {}",
+                    config.display(),
+                    crate::config::toml_error(&e, &text)
+                ),
+                format!(
+                    "correct the file at that line and column, then run `edge-runner check --config {}`",
                     config.display()
                 ),
             ));
@@ -743,5 +747,13 @@ mod tests {
         std::fs::write(t.path().join("runner.toml"), "[runner\n").unwrap();
         let p = check(&t.path().join("runner.toml"));
         assert!(p.len() == 1 && p[0].what.contains("not valid TOML"), "{p:?}");
+        // Where, never the line: it may be a secret's.
+        std::fs::write(t.path().join("runner.toml"), "[env]\nTOKEN = \"tok-secret-9\n").unwrap();
+        let p = check(&t.path().join("runner.toml"));
+        assert!(
+            p.len() == 1 && p[0].what.contains("TOML parse error at line 2, column 22: invalid basic string"),
+            "{p:?}"
+        );
+        assert!(!format!("{p:?}").contains("tok-secret-9"), "{p:?}");
     }
 }
