@@ -860,6 +860,11 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert_eq!(error_shown("a \"b\" c `d` e\n12 | f\n   |  ^\ng `h"), "a \"…\" c `…` e\ng `…");
+        // What it shows, it shows unchanged: an export tells a refusal a
+        // runner recorded before it from one recorded since by that.
+        for e in ["a \"b\" c `d` e\n12 | f\n   |  ^\ng `h", "x \"unclosed", &full, "no quotes"] {
+            assert_eq!(error_shown(&error_shown(e)), error_shown(e), "{e}");
+        }
         assert_eq!(
             error_shown("tiers.0.approvals: tiers above 0 need one"),
             "tiers.0.approvals: tiers above 0 need one"

@@ -37,6 +37,12 @@ pub struct Exported {
     pub tree_size: u64,
     /// The checkpoint signed for this export (a later `--since` takes it).
     pub checkpoint: String,
+    /// `reload-refused` records exported whose error quotes what the
+    /// config file held where it stopped (a line, a value), as runners
+    /// before 2026-12-06 recorded it: it may be a secret of that file. Since
+    /// then the error is recorded as [`crate::config::error_shown`] shows
+    /// it, which this compares against.
+    pub quoting_config: u64,
 }
 
 /// The signed checkpoint inside a file given to `--since`: a checkpoint
@@ -327,8 +333,14 @@ pub fn export_to<W: Write>(
 
     // Pass 1: the artifacts the chosen records reference.
     db.execute_batch("CREATE TEMP TABLE wanted (digest TEXT PRIMARY KEY) WITHOUT ROWID")?;
+    let mut quoting_config = 0;
     let records = chosen.each(&db, |body| {
         let r: Record = serde_json::from_str(body).context("a record in the store does not parse")?;
+        if let edge_core::evidence::Event::ReloadRefused { error, .. } = &r.event
+            && crate::config::error_shown(error) != *error
+        {
+            quoting_config += 1;
+        }
         let mut add = db.prepare_cached("INSERT OR IGNORE INTO temp.wanted (digest) VALUES (?1)")?;
         for d in r.artifacts() {
             add.execute([d.to_string()])?;
@@ -383,7 +395,7 @@ pub fn export_to<W: Write>(
     }
     let bytes = w.bytes + note_text.len() as u64;
     let out = w.finish(&note_text)?;
-    Ok((Exported { records, artifacts, bytes, tree_size: size, checkpoint: note_text }, out))
+    Ok((Exported { records, artifacts, bytes, tree_size: size, checkpoint: note_text, quoting_config }, out))
 }
 
 /// The records an export takes.

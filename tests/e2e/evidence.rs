@@ -1007,3 +1007,44 @@ fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
     let shown = env.cli(&["evidence", "show", "--config", "runner.toml", "--run", intact]).success().stdout();
     assert!(shown.contains("each proved in the tree"), "{shown}");
 }
+
+/// A store from before 2026-12-06 may hold `reload-refused` records whose
+/// error quotes the config file where it stopped (a line, a value: a
+/// secret, maybe). The log is append-only, so an export carries them: it
+/// says how many, and where to read why. A refusal recorded as a runner
+/// records one now quotes nothing and is not counted; nor is any record of
+/// an ordinary store.
+#[test]
+fn an_export_names_the_old_reload_refusals_that_quote_the_config_file() {
+    let f = fixture();
+    let home = home_copy(f);
+    let export = || {
+        let out = Command::new(crate::harness::BIN)
+            .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
+            .current_dir(home.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = export();
+    assert!(!said.contains("note:"), "{said}");
+
+    let config = edge_runner::config::RunnerConfig::load(&home.path().join("runner.toml")).unwrap();
+    let runner = edge_runner::pipeline::Runner::open(config).unwrap();
+    let kept = runner.governance().digests();
+    let old = "runner config runner.toml is invalid: TOML parse error at line 12, column 7\n   |\n12 | url = \
+               \"https://hooks.example/T/old-secret-3d\n   |       ^\ninvalid basic string";
+    for error in [old.to_owned(), edge_runner::config::error_shown(old), "tiers.0.approvals: need one".into()] {
+        let refused = Event::ReloadRefused { trigger: "sighup".into(), error, kept: kept.clone() };
+        runner.log.append("runner", refused).unwrap();
+    }
+    drop(runner);
+    let said = export();
+    assert!(said.contains("note: 1 reload-refused record(s) in it, written by a runner before 2026-12-06"), "{said}");
+    assert!(said.contains("\"Not undone\"") && !said.contains("old-secret-3d"), "{said}");
+    // The bundle carries it as recorded, and verifies.
+    let bytes = std::fs::read(home.path().join("all.bundle")).unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("old-secret-3d"));
+    verify(&bytes, &f.keys, Level::Full).unwrap();
+}

@@ -238,6 +238,16 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 e.tree_size
             )?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+            if e.quoting_config > 0 {
+                writeln!(
+                    out,
+                    "note: {} reload-refused record(s) in it, written by a runner before 2026-12-06, quote what the \
+                     runner config file held where it failed to load (a line or a value), which may be a secret of \
+                     that file; the log is append-only, so every export carries them as recorded: rotate any secret \
+                     that was in the file then (docs/evidence.md, \"Not undone\")",
+                    e.quoting_config
+                )?;
+            }
             Ok(Exit::Ok)
         }
         EvidenceCommand::Verify { bundle, trust, integrity_only } => {
