@@ -466,7 +466,11 @@ pub fn is_run_id(s: &str) -> bool {
         && rand.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Load and run a capsule file with a config file: the `exec` command.
+/// Load and run a capsule file with a config file: the `exec` command,
+/// whose process ends after it. The store is closed before this returns;
+/// the sandbox (the engine, its code mappings, the loaded component) is
+/// left to the process's exit, which unmaps it with everything else at
+/// once, instead of being taken apart piece by piece on the way out.
 ///
 /// # Errors
 /// As [`Runner::open`] and [`Runner::exec`].
@@ -491,5 +495,8 @@ pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> 
         Some(file) => Submitted::File(Box::new(file)),
         None => Submitted::Bytes(&bytes),
     };
-    runner.exec_capsule(capsule, &approvals, None).await
+    let report = runner.exec_capsule(capsule, &approvals, None).await;
+    let Runner { sandbox, .. } = runner;
+    std::mem::forget(sandbox);
+    report
 }
