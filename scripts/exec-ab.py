@@ -16,7 +16,9 @@ its ratio to `wasmtime run`.
 Needs the homes the start-up bench builds (`target/bench-stores/`; run it
 once, with `STARTUP_RUNS=100000` for the 1M-record store) and `wasmtime` on
 `PATH`. `ROUNDS` (default 150), `HOME_DIR` (default the 1M-record home).
-Each binary is copied to a fresh file before the loop (all alike), and the
+Each binary is copied to a fresh file before the loop (all alike), and runs
+in its own copy of the home (so ~1.4 GB of scratch space per build at one
+million records), and the
 first round, untimed, lets each copy hash itself once (the runner caches its
 executable's digest per file, four at most: compare four builds at most).
 """
@@ -70,9 +72,17 @@ def main():
         sys.exit("no `wasmtime` on PATH: `cargo install wasmtime-cli --version 48.0.8 --locked`")
     shutil.copyfile(found, baseline)
     os.chmod(baseline, 0o755)
+    # And each build runs in its own copy of the home: what one leaves in
+    # the store's directory (a WAL file kept or deleted at its close, a
+    # fold written) must not be what the other starts from.
+    homes = {}
+    for i, b in enumerate(binaries):
+        homes[b] = os.path.join(scratch, f"home-{i}")
+        subprocess.run(["cp", "-a", "--reflink=auto", HOME, homes[b]], check=True)
+    os.sync()  # not written back during the loop, under its flushes
     execs = {b: [] for b in binaries}
     wasmtime = []
-    run_exec = lambda b: timed([copies[b], "exec", "capsule.edgecap", "--config", "runner.toml"], HOME)
+    run_exec = lambda b: timed([copies[b], "exec", "capsule.edgecap", "--config", "runner.toml"], homes[b])
     run_wasmtime = lambda: timed(
         [baseline, "run", "--allow-precompiled", "--dir", "certs::/mnt/certs", "--invoke", PLAN, "component.cwasm"],
         BASELINE_HOME,
