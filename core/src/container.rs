@@ -10,7 +10,7 @@
 //! strict: only these three regular files, each at most once, within size
 //! limits; anything else refuses the whole file.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 
 use crate::digest::Sha256Digest;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
@@ -181,8 +181,13 @@ impl CapsuleFile {
         let mut manifest = None;
         let mut component = None;
         let mut bundle = None;
-        for entry in archive.entries().map_err(ContainerError::Archive)? {
-            let mut entry = entry.map_err(ContainerError::Archive)?;
+        // Entries are read in place, as slices of `bytes` (one copy each,
+        // into the capsule), and skipped by seeking: reading them through
+        // the archive zeroed each buffer before copying into it, and
+        // reading past one copied it once more (~45 µs of a warm run, for a
+        // 300 KiB component).
+        for entry in archive.entries_with_seek().map_err(ContainerError::Archive)? {
+            let entry = entry.map_err(ContainerError::Archive)?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let (slot, limit) = match name.as_str() {
                 MANIFEST_ENTRY => (&mut manifest, MAX_MANIFEST_BYTES as u64),
@@ -202,15 +207,21 @@ impl CapsuleFile {
             if slot.is_some() {
                 return Err(ContainerError::Duplicate(name));
             }
-            let mut buf = Vec::with_capacity(size as usize);
-            entry.by_ref().take(limit + 1).read_to_end(&mut buf).map_err(ContainerError::Archive)?;
-            if buf.len() as u64 != size {
+            // A continuous file (checked above): its bytes are the
+            // `size` from where the archive says they start. A PAX header
+            // giving another size than the entry's own is refused too.
+            let data = usize::try_from(entry.raw_file_position())
+                .ok()
+                .zip(usize::try_from(size).ok())
+                .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
+                .filter(|_| entry.size() == size);
+            let Some(data) = data else {
                 return Err(ContainerError::Archive(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!("entry `{name}` is shorter than its header says"),
                 )));
-            }
-            *slot = Some(buf);
+            };
+            *slot = Some(data.to_vec());
         }
         let manifest_bytes = manifest.ok_or(ContainerError::Missing(MANIFEST_ENTRY))?;
         let component = component.ok_or(ContainerError::Missing(COMPONENT_ENTRY))?;
@@ -307,6 +318,48 @@ mod tests {
         let mut bad = bytes.clone();
         bad[pos] ^= 0x20;
         assert!(matches!(CapsuleFile::parse(&bad), Err(ContainerError::ComponentDigest { .. })));
+    }
+
+    /// Entries are taken as slices of the input where the archive says
+    /// they start: one that runs past the end, or whose PAX header gives
+    /// another size than its own header, is refused, never read short or
+    /// long.
+    #[test]
+    fn an_entry_cut_short_or_resized_by_pax_is_refused() {
+        let c = sample();
+        let bytes = c.to_bytes();
+        // Cut inside the component's data (after its header), and at every
+        // length a little around it: an error, never a capsule.
+        let mut archive = tar::Archive::new(Cursor::new(&bytes));
+        let entry = archive.entries().unwrap().map(Result::unwrap).last().unwrap();
+        assert_eq!(&*entry.path_bytes(), COMPONENT_ENTRY.as_bytes());
+        let (at, len) = (usize::try_from(entry.raw_file_position()).unwrap(), c.component().len());
+        assert_eq!(&bytes[at..at + len], c.component());
+        for cut in [at, at + 1, at + len / 2, at + len - 1] {
+            match CapsuleFile::parse(&bytes[..cut]) {
+                Err(ContainerError::Archive(e)) => assert!(e.to_string().contains("shorter than its header"), "{e}"),
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+        // A PAX `size` that disagrees with the entry's header.
+        for pax_size in [b"4".as_slice(), b"4096"] {
+            let mut b = tar::Builder::new(Vec::new());
+            let add = |b: &mut tar::Builder<Vec<u8>>, n: &str, d: &[u8]| {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(d.len() as u64);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                b.append_data(&mut h, n, d).unwrap();
+            };
+            add(&mut b, MANIFEST_ENTRY, c.manifest_bytes());
+            b.append_pax_extensions([("size", pax_size)]).unwrap();
+            add(&mut b, COMPONENT_ENTRY, c.component());
+            let mut tail = vec![0u8; 8192];
+            let mut archive = b.into_inner().unwrap();
+            archive.append(&mut tail);
+            let e = CapsuleFile::parse(&archive).unwrap_err();
+            assert!(e.to_string().contains("shorter than its header says"), "{e}");
+        }
     }
 
     #[test]
