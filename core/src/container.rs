@@ -208,12 +208,17 @@ impl CapsuleFile {
                 return Err(ContainerError::Duplicate(name));
             }
             // A continuous file (checked above): its bytes are the
-            // `size` from where the archive says they start. A PAX header
-            // giving another size than the entry's own is refused too.
+            // `size` from where the archive says they start, padded to
+            // the archive's 512-byte blocks, which must be there too (as
+            // reading past them required). A PAX header giving another
+            // size than the entry's own is refused too.
             let data = usize::try_from(entry.raw_file_position())
                 .ok()
                 .zip(usize::try_from(size).ok())
-                .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
+                .and_then(|(start, len)| {
+                    let padded = start.checked_add(len.checked_add(511)? & !511)?;
+                    (padded <= bytes.len()).then(|| &bytes[start..start + len])
+                })
                 .filter(|_| entry.size() == size);
             let Some(data) = data else {
                 return Err(ContainerError::Archive(std::io::Error::new(
@@ -335,12 +340,16 @@ mod tests {
         assert_eq!(&*entry.path_bytes(), COMPONENT_ENTRY.as_bytes());
         let (at, len) = (usize::try_from(entry.raw_file_position()).unwrap(), c.component().len());
         assert_eq!(&bytes[at..at + len], c.component());
-        for cut in [at, at + 1, at + len / 2, at + len - 1] {
+        let padded = at + len.div_ceil(512) * 512;
+        assert!(len % 512 != 0 && padded + 1024 == bytes.len(), "the sample ends in padding and two zero blocks");
+        for cut in [at, at + 1, at + len / 2, at + len - 1, at + len, padded - 1] {
             match CapsuleFile::parse(&bytes[..cut]) {
                 Err(ContainerError::Archive(e)) => assert!(e.to_string().contains("shorter than its header"), "{e}"),
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }
+        // Without the two zero blocks that end an archive, it is whole.
+        assert_eq!(CapsuleFile::parse(&bytes[..padded]).unwrap().digest(), c.digest());
         // A PAX `size` that disagrees with the entry's header.
         for pax_size in [b"4".as_slice(), b"4096"] {
             let mut b = tar::Builder::new(Vec::new());

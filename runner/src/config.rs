@@ -601,8 +601,8 @@ pub fn shown(text: &str) -> Result<String> {
 /// a table takes, the token the parser expected.
 #[must_use]
 pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
-    let message: Vec<String> =
-        e.message().lines().map(str::trim).filter(|l| !l.is_empty()).map(values_masked).collect();
+    let message = unknown_field_masked(e.message());
+    let message: Vec<String> = message.lines().map(str::trim).filter(|l| !l.is_empty()).map(values_masked).collect();
     let message = message.join("; ");
     let Some(span) = e.span() else {
         return format!("TOML parse error: {message}");
@@ -620,6 +620,28 @@ pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
     )
 }
 
+/// Whether `s` is shown as a name in a message: letters, digits, `_`, `-`,
+/// `.` (1 to 64 of them), or one mark (a token the parser expected).
+fn is_name(s: &str) -> bool {
+    ((1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        || (s.len() == 1 && s.chars().all(|c| c.is_ascii_punctuation()))
+}
+
+/// serde's ``unknown field `…`, expected …`` with the field replaced by
+/// `…` unless it is a name: it is a key of the file, written as the file
+/// has it, and a quoted key may hold anything, backticks and line breaks
+/// included — it cannot be told from the rest by its quotes.
+fn unknown_field_masked(message: &str) -> std::borrow::Cow<'_, str> {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.into();
+    };
+    let Some(end) = rest.rfind("`, expected").or_else(|| rest.rfind("`, there are no fields")) else {
+        return "unknown field `…`".into();
+    };
+    let (field, tail) = rest.split_at(end);
+    format!("unknown field `{}{tail}", if is_name(field) { field } else { "…" }).into()
+}
+
 /// `message` with every value it quotes replaced by `…`: what is between
 /// double quotes (a string, as serde quotes it, escapes and all), and what
 /// is between backticks after serde's names for a value (`integer`,
@@ -627,10 +649,6 @@ pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
 /// field, a variant, a token: letters, digits, `_`, `-`, `.`, or one mark).
 fn values_masked(message: &str) -> String {
     const VALUE_KINDS: [&str; 4] = ["integer", "floating point", "character", "boolean"];
-    let is_name = |s: &str| {
-        ((1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-            || (s.len() == 1 && s.chars().all(|c| c.is_ascii_punctuation()))
-    };
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(open) = rest.find(['"', '`']) {
@@ -674,6 +692,15 @@ fn values_masked(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Whether a `reload-refused` record's `error` quotes the config file
+/// where it stopped (a line, a value), as runners before 2026-12-06
+/// recorded it: whether [`error_shown`] would change more than its line
+/// breaks. What a runner records since is already shown, and unchanged.
+#[must_use]
+pub fn quotes_config(error: &str) -> bool {
+    error_shown(error) != error.lines().collect::<Vec<_>>().join("\n")
 }
 
 /// A config error as evidence and logs may show it: errors quote what
@@ -827,6 +854,12 @@ mod tests {
         // takes, the token the parser expected.
         let e = err(&format!("{BASE}[server]\nlisten = \"127.0.0.1:0\"\nlisten_secret = 1\n"));
         assert!(e.contains("unknown field `listen_secret`, expected one of `listen`"), "{e}");
+        // A key of the file that is not a name is not shown: it may hold
+        // anything, backticks and line breaks too.
+        for key in ["\"x`hunter2\"", "\"x\\nhunter2\"", "\"hunter2 with spaces\""] {
+            let e = err(&format!("{BASE}[server]\nlisten = \"127.0.0.1:0\"\n{key} = 1\n"));
+            assert!(e.contains("unknown field `…`, expected one of `listen`") && !e.contains("hunter2"), "{e}");
+        }
         let e = err(&format!("{BASE}[env]\nX \"y\"\n"));
         assert!(e.contains("line 11, column 3") && e.contains("key with no value, expected `=`"), "{e}");
         assert_eq!(values_masked("a `b c` d `x.y-1` e `\"` f `1"), "a `…` d `x.y-1` e `\"` f `…");
@@ -864,6 +897,13 @@ mod tests {
         // runner recorded before it from one recorded since by that.
         for e in ["a \"b\" c `d` e\n12 | f\n   |  ^\ng `h", "x \"unclosed", &full, "no quotes"] {
             assert_eq!(error_shown(&error_shown(e)), error_shown(e), "{e}");
+        }
+        // Which records an export counts as quoting the file: those whose
+        // error masking changes, not one already shown, whatever its line
+        // breaks.
+        assert!(quotes_config(&full) && quotes_config("invalid type: string \"x\""));
+        for e in [&error_shown(&full), "no quotes", "a\n\n", "a\r\r\n", "mount /x\n\n1 | y", "`…` \"…\""] {
+            assert!(!quotes_config(&error_shown(e)), "{e:?}");
         }
         assert_eq!(
             error_shown("tiers.0.approvals: tiers above 0 need one"),

@@ -39,9 +39,8 @@ pub struct Exported {
     pub checkpoint: String,
     /// `reload-refused` records exported whose error quotes what the
     /// config file held where it stopped (a line, a value), as runners
-    /// before 2026-12-06 recorded it: it may be a secret of that file. Since
-    /// then the error is recorded as [`crate::config::error_shown`] shows
-    /// it, which this compares against.
+    /// before 2026-12-06 recorded it: it may be a secret of that file
+    /// ([`crate::config::quotes_config`]).
     pub quoting_config: u64,
 }
 
@@ -337,7 +336,7 @@ pub fn export_to<W: Write>(
     let records = chosen.each(&db, |body| {
         let r: Record = serde_json::from_str(body).context("a record in the store does not parse")?;
         if let edge_core::evidence::Event::ReloadRefused { error, .. } = &r.event
-            && crate::config::error_shown(error) != *error
+            && crate::config::quotes_config(error)
         {
             quoting_config += 1;
         }

@@ -507,7 +507,8 @@ fn copy_config(
 ) -> Result<()> {
     let base = std::path::absolute(config_path.parent().unwrap_or(Path::new(".")))?;
     let text = std::fs::read_to_string(config_path)?;
-    let value: toml::Value = toml::from_str(&text)?;
+    let value: toml::Value =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!(crate::config::toml_error(&e, &text)))?;
     let mut named: Vec<PathBuf> = vec![config_path.to_path_buf()];
     for keys in CONFIG_PATHS {
         let mut found = Vec::new();
