@@ -91,6 +91,18 @@ fn home_copy(f: &Fixture) -> tempfile::TempDir {
     home
 }
 
+/// `edge-runner evidence export` of `home`'s whole log to `all.bundle`
+/// there, which must succeed; what it printed.
+fn export_all(home: &std::path::Path) -> String {
+    let out = Command::new(crate::harness::BIN)
+        .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
+        .current_dir(home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn fails(f: &Fixture, bytes: &[u8]) -> Failure {
     match verify(bytes, &f.keys, Level::Full) {
         Ok(v) => panic!("a tampered bundle verified ({} records)", v.record_count),
@@ -543,12 +555,7 @@ fn the_config_is_kept_and_exported_as_shown_never_with_its_secrets() {
          events = [\"committed\"]\n",
     );
     std::fs::write(&toml_path, &text).unwrap();
-    let out = Command::new(crate::harness::BIN)
-        .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
-        .current_dir(home.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    export_all(home.path());
     let bytes = std::fs::read(home.path().join("all.bundle")).unwrap();
     assert!(bytes.starts_with(b"edge-runner evidence bundle v2\n"));
     verify(&bytes, &f.keys, Level::Full).unwrap();
@@ -1018,16 +1025,7 @@ fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
 fn an_export_names_the_old_reload_refusals_that_quote_the_config_file() {
     let f = fixture();
     let home = home_copy(f);
-    let export = || {
-        let out = Command::new(crate::harness::BIN)
-            .args(["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"])
-            .current_dir(home.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let said = export();
+    let said = export_all(home.path());
     assert!(!said.contains("note:"), "{said}");
 
     let config = edge_runner::config::RunnerConfig::load(&home.path().join("runner.toml")).unwrap();
@@ -1040,7 +1038,7 @@ fn an_export_names_the_old_reload_refusals_that_quote_the_config_file() {
         runner.log.append("runner", refused).unwrap();
     }
     drop(runner);
-    let said = export();
+    let said = export_all(home.path());
     assert!(said.contains("note: 1 reload-refused record(s) in it, written by a runner before 2026-12-06"), "{said}");
     assert!(said.contains("\"Not undone\"") && !said.contains("old-secret-3d"), "{said}");
     // The bundle carries it as recorded, and verifies.
