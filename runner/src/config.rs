@@ -607,17 +607,22 @@ pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
     let Some(span) = e.span() else {
         return format!("TOML parse error: {message}");
     };
-    let mut at = span.start.min(text.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let (line, column) = line_column(text, span.start);
     format!(
         "TOML parse error at line {line}, column {column}: {message} (the file's text is not quoted here: it may hold \
          secrets)"
     )
+}
+
+/// The line and column (from 1, in characters) of byte `at` of `text`,
+/// clamped to the text and to the character it falls in.
+pub(crate) fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    (before.matches('\n').count() + 1, before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1)
 }
 
 /// Whether `s` is shown as a name in a message: letters, digits, `_`, `-`,
@@ -649,46 +654,43 @@ fn unknown_field_masked(message: &str) -> std::borrow::Cow<'_, str> {
 /// field, a variant, a token: letters, digits, `_`, `-`, `.`, or one mark).
 fn values_masked(message: &str) -> String {
     const VALUE_KINDS: [&str; 4] = ["integer", "floating point", "character", "boolean"];
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
+    quotes_masked(message, |quote, inner, before| {
+        quote == '`' && is_name(inner) && !VALUE_KINDS.iter().any(|k| before.trim_end().ends_with(k))
+    })
+}
+
+/// `line` with what it quotes between double quotes or backticks replaced
+/// by `…`, unless `keep(quote, what is quoted, what was written before)`.
+/// Between double quotes a backslash escapes the next character (serde
+/// writes a string as Rust's debug form: `\"` is a quote inside it). An
+/// unclosed quote hides everything after it.
+fn quotes_masked(line: &str, keep: impl Fn(char, &str, &str) -> bool) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
     while let Some(open) = rest.find(['"', '`']) {
-        let (before, quoted) = (&rest[..open], &rest[open + 1..]);
-        out.push_str(before);
-        if rest.as_bytes()[open] == b'`' {
-            let Some(len) = quoted.find('`') else {
-                out.push_str("`…");
-                return out;
-            };
-            let inner = &quoted[..len];
-            let a_value = VALUE_KINDS.iter().any(|k| out.trim_end().ends_with(k));
-            out.push('`');
-            out.push_str(if a_value || !is_name(inner) { "…" } else { inner });
-            out.push('`');
-            rest = &quoted[len + 1..];
-        } else {
-            // serde writes a string as Rust's debug form: `\"` is a quote
-            // inside it, `\\` a backslash.
-            let mut end = None;
-            let mut chars = quoted.char_indices();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        chars.next();
-                    }
-                    '"' => {
-                        end = Some(i);
-                        break;
-                    }
-                    _ => {}
-                }
+        let q = char::from(rest.as_bytes()[open]);
+        out.push_str(&rest[..=open]);
+        let quoted = &rest[open + 1..];
+        let mut end = None;
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == q {
+                end = Some(i);
+                break;
             }
-            out.push_str("\"…");
-            let Some(end) = end else {
-                return out;
-            };
-            out.push('"');
-            rest = &quoted[end + 1..];
+            if c == '\\' && q == '"' {
+                chars.next();
+            }
         }
+        let Some(len) = end else {
+            out.push('…');
+            return out;
+        };
+        let inner = &quoted[..len];
+        let shown = keep(q, inner, &out[..out.len() - 1]);
+        out.push_str(if shown { inner } else { "…" });
+        out.push(q);
+        rest = &quoted[len + 1..];
     }
     out.push_str(rest);
     out
@@ -718,31 +720,9 @@ pub fn error_shown(error: &str) -> String {
         let t = l.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
         t.starts_with('|')
     };
-    let mut out = String::with_capacity(error.len());
-    for (i, line) in error.lines().filter(|l| !source_line(l)).enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        let mut rest = line;
-        while let Some(open) = rest.find(['"', '`']) {
-            let q = char::from(rest.as_bytes()[open]);
-            out.push_str(&rest[..=open]);
-            match rest[open + 1..].find(q) {
-                Some(len) => {
-                    out.push('…');
-                    out.push(q);
-                    rest = &rest[open + 1 + len + 1..];
-                }
-                // Unclosed: nothing after it is shown.
-                None => {
-                    out.push('…');
-                    rest = "";
-                }
-            }
-        }
-        out.push_str(rest);
-    }
-    out
+    let lines: Vec<String> =
+        error.lines().filter(|l| !source_line(l)).map(|l| quotes_masked(l, |_, _, _| false)).collect();
+    lines.join("\n")
 }
 
 /// An absolute, symlink-resolved form of a path that may not exist yet
@@ -893,6 +873,8 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert_eq!(error_shown("a \"b\" c `d` e\n12 | f\n   |  ^\ng `h"), "a \"…\" c `…` e\ng `…");
+        // A string with a quote in it, as serde writes it, is hidden whole.
+        assert_eq!(error_shown("string \"a\\\"s3cr3t\", expected x"), "string \"…\", expected x");
         // What it shows, it shows unchanged: an export tells a refusal a
         // runner recorded before it from one recorded since by that.
         for e in ["a \"b\" c `d` e\n12 | f\n   |  ^\ng `h", "x \"unclosed", &full, "no quotes"] {

@@ -122,7 +122,7 @@ pub fn shown(u: &url::Url) -> String {
 
 /// The line of `text` where `span` starts.
 fn line(text: &str, start: usize) -> usize {
-    text.get(..start).map_or(0, |t| t.matches('\n').count() + 1)
+    crate::config::line_column(text, start).0
 }
 
 fn is_loopback(u: &url::Url) -> bool {
