@@ -9,6 +9,7 @@ mod console;
 mod endpoints;
 mod evidence;
 mod examples;
+mod handover;
 mod harness;
 mod hostile;
 mod logs;

@@ -77,8 +77,15 @@ impl Server {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGTERM, and wait for a clean exit.
+    pub(crate) fn stop(mut self) {
+        self.signal("TERM");
+        let code = self.child.wait().unwrap();
+        assert!(code.success(), "serve exited with {code}");
+    }
+
     /// SIGKILL: no chance to finish anything.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }

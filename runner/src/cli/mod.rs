@@ -53,6 +53,17 @@ pub enum Exit {
     Awaiting = 5,
 }
 
+impl Exit {
+    /// The exit of a code another process chose (a hand-over's answer):
+    /// one this command does not end with is an error.
+    pub fn of_code(code: u8) -> Self {
+        [Exit::Ok, Exit::Refused, Exit::RolledBack, Exit::Awaiting]
+            .into_iter()
+            .find(|e| *e as u8 == code)
+            .unwrap_or(Exit::Error)
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         ExitCode::from(e as u8)
@@ -311,29 +322,29 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Man(a) => crate::cli::generate::man(&a, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
+            let config = crate::config::RunnerConfig::load(&args.config)?;
+            let inputs = pipeline::ExecInputs::read(&args.capsule, &args.approvals)?;
+            // A runner serving this state directory holds its store: the
+            // run is handed to it (under the same governance, or not at
+            // all) and its answer printed as this command would print it.
+            if let Some(answer) = crate::intake::local::hand_over(&config, &inputs, args.json)? {
+                if let Some(e) = answer.error {
+                    anyhow::bail!("{e}");
+                }
+                let mut err = edge_core::text::Terminal::new(std::io::stderr().lock());
+                writeln!(err, "exec: run by the runner serving {}", config.state_dir.display())?;
+                out.write_all(answer.out.as_bytes())?;
+                return Ok(Exit::of_code(answer.exit));
+            }
             // One run: its tasks take turns on this thread (capsule phases
             // run on blocking threads of their own either way). Two idle
             // worker threads were a start, a heap and an exit more.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let report = rt.block_on(pipeline::exec_file(&args.config, &args.capsule, &args.approvals));
+            let report = rt.block_on(pipeline::exec_file(config, inputs));
             // A phase stopped while blocked in a host call leaves its thread
             // in that call: do not wait for it to exit.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
-            let report = report?;
-            if args.json {
-                // The same shape as the API's answer (`submit --json`).
-                let id = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&report.run));
-                serde_json::to_writer_pretty(&mut *out, &crate::service::summary(&id, &report))?;
-                writeln!(out)?;
-            } else {
-                print_report(&report, out)?;
-            }
-            Ok(match report.outcome {
-                Outcome::Committed | Outcome::NoChanges => Exit::Ok,
-                Outcome::RolledBack => Exit::RolledBack,
-                Outcome::Refused | Outcome::Interrupted | Outcome::Failed => Exit::Refused,
-                Outcome::AwaitingApproval => Exit::Awaiting,
-            })
+            exec_answer(&report?, args.json, out)
         }
         Command::Evidence(c) => crate::cli::evidence::evidence(c, out),
         Command::Sigstore(SigstoreCommand::VerifyBundle(a)) => verify_bundle(a, out),
@@ -553,6 +564,29 @@ pub(crate) fn print_changes(changes: &[edge_core::plan::Change], out: &mut dyn W
         writeln!(out, "      why    \"{}\" (the capsule's words)", U(&c.why))?;
     }
     Ok(())
+}
+
+/// What `exec` prints for a run, and the code it ends with: the same
+/// whichever process ran it (this one, or the runner serving its state
+/// directory: `crate::intake::local`).
+///
+/// # Errors
+/// If `out` cannot be written.
+pub fn exec_answer(report: &RunReport, json: bool, out: &mut dyn Write) -> Result<Exit> {
+    if json {
+        // The same shape as the API's answer (`submit --json`).
+        let id = report.resumed.clone().unwrap_or_else(|| edge_core::lifecycle::proposal_id(&report.run));
+        serde_json::to_writer_pretty(&mut *out, &crate::service::summary(&id, report))?;
+        writeln!(out)?;
+    } else {
+        print_report(report, out)?;
+    }
+    Ok(match report.outcome {
+        Outcome::Committed | Outcome::NoChanges => Exit::Ok,
+        Outcome::RolledBack => Exit::RolledBack,
+        Outcome::Refused | Outcome::Interrupted | Outcome::Failed => Exit::Refused,
+        Outcome::AwaitingApproval => Exit::Awaiting,
+    })
 }
 
 /// Human summary of a run.

@@ -6,12 +6,15 @@
 //! - [`spool`]: a directory for air-gapped segments (removable media, a
 //!   one-way link).
 //! - [`nats`]: an outbound-only pull from NATS JetStream.
+//! - [`local`]: `edge-runner exec` on the same host, handing its run to
+//!   the serving process (a Unix socket in the state directory).
 //!
 //! Both must never run one delivery twice, across a kill at any point: each
 //! names the run a capsule becomes *before* it runs (in a claimed file's
 //! name; for a message, derived from its place in the stream) and asks the
 //! evidence log whether that run exists before handing the delivery over
 //! again.
+pub mod local;
 pub mod nats;
 pub mod nats_client;
 pub mod spool;

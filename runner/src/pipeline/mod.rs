@@ -466,7 +466,37 @@ pub fn is_run_id(s: &str) -> bool {
         && rand.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Load and run a capsule file with a config file: the `exec` command,
+/// What `exec` reads before anything else: the capsule file (bounded)
+/// and the approval files, whichever process then runs it (this one, or
+/// the runner serving the state directory: `crate::intake::local`).
+#[derive(Debug)]
+pub struct ExecInputs {
+    pub capsule: Vec<u8>,
+    pub approvals: Vec<Vec<u8>>,
+}
+
+/// Largest capsule file `exec` reads: a component, its bundle and a
+/// megabyte for the rest of the archive.
+pub const MAX_CAPSULE_FILE_BYTES: u64 =
+    edge_core::container::MAX_COMPONENT_BYTES + edge_core::container::MAX_BUNDLE_BYTES + (1 << 20);
+
+impl ExecInputs {
+    /// Read the capsule file and the approval files.
+    ///
+    /// # Errors
+    /// A file cannot be read, or the capsule is larger than any accepted.
+    pub fn read(capsule: &Path, approvals: &[PathBuf]) -> Result<Self> {
+        let size =
+            std::fs::metadata(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?.len();
+        if size > MAX_CAPSULE_FILE_BYTES {
+            bail!("capsule {} is {size} bytes; the largest accepted is {MAX_CAPSULE_FILE_BYTES}", capsule.display());
+        }
+        let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
+        Ok(Self { capsule: bytes, approvals: read_approvals(approvals)? })
+    }
+}
+
+/// Run a capsule file's bytes under a loaded config: the `exec` command,
 /// whose process ends after it. The store is closed before this returns;
 /// the sandbox (the engine, its code mappings, the loaded component) is
 /// left to the process's exit, which unmaps it with everything else at
@@ -474,18 +504,11 @@ pub fn is_run_id(s: &str) -> bool {
 ///
 /// # Errors
 /// As [`Runner::open`] and [`Runner::exec`].
-pub async fn exec_file(config: &Path, capsule: &Path, approvals: &[PathBuf]) -> Result<RunReport> {
-    let config = RunnerConfig::load(config)?;
-    let size = std::fs::metadata(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?.len();
-    let max = edge_core::container::MAX_COMPONENT_BYTES + edge_core::container::MAX_BUNDLE_BYTES + (1 << 20);
-    if size > max {
-        bail!("capsule {} is {size} bytes; the largest accepted is {max}", capsule.display());
-    }
-    let bytes = std::fs::read(capsule).with_context(|| format!("cannot read capsule {}", capsule.display()))?;
-    // Every input read before the runner opens: once it has, the run (which
-    // ends in a barrier, whatever it finds) is what makes its queued start
-    // durable, so nothing may stop the command between the two.
-    let approvals = read_approvals(approvals)?;
+pub async fn exec_file(config: RunnerConfig, inputs: ExecInputs) -> Result<RunReport> {
+    // Every input is read before the runner opens: once it has, the run
+    // (which ends in a barrier, whatever it finds) is what makes its queued
+    // start durable, so nothing may stop the command between the two.
+    let ExecInputs { capsule: bytes, approvals } = inputs;
     // The capsule is parsed (its component hashed) while the store opens.
     // One that does not parse is handed over as bytes: the run refuses it,
     // and records why, as for any submission.

@@ -78,15 +78,27 @@ impl Runner {
             .with_tree(|t| edge_core::merkle::inclusion_proof_of(t, index, size as u64))?
             .map_err(|e| anyhow::anyhow!("the receipt's inclusion proof: {e}"))?;
         let receipt = edge_core::note::TlogProof { index, hashes, checkpoint: note }.encode();
-        if self.receipt_files {
-            let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
-            // The terminal record and the checkpoint are durable in the
-            // store; the receipt restates them (a crash may lose the file,
-            // and `evidence export --run` proves the same inclusion).
-            staging::write_atomically(&path, receipt.as_bytes())?;
-            report.receipt = Some(path);
-        }
         report.receipt_proof = Some(receipt);
+        if self.receipt_files {
+            self.write_receipt(report)?;
+        }
+        Ok(())
+    }
+
+    /// Write a sealed run's receipt to `<state>/receipts/<run>.tlog-proof`,
+    /// as command-line runs have it (the daemon returns it in the answer
+    /// instead); nothing for a run without one.
+    ///
+    /// # Errors
+    /// If the file cannot be written.
+    pub(crate) fn write_receipt(&self, report: &mut RunReport) -> Result<()> {
+        let Some(receipt) = &report.receipt_proof else { return Ok(()) };
+        let path = self.config.state_dir.join("receipts").join(format!("{}.tlog-proof", report.run));
+        // The terminal record and the checkpoint are durable in the store;
+        // the receipt restates them (a crash may lose the file, and
+        // `evidence export --run` proves the same inclusion).
+        staging::write_atomically(&path, receipt.as_bytes())?;
+        report.receipt = Some(path);
         Ok(())
     }
 

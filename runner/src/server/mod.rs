@@ -207,6 +207,14 @@ pub async fn serve(
         })
         .abort_handle()
     };
+    // `edge-runner exec` on this host hands its runs over a socket in the
+    // state directory (`crate::intake::local`): the store is ours.
+    let (exec_stop, exec_stopped) = tokio::sync::oneshot::channel::<()>();
+    let exec_socket = crate::intake::local::bind(&runs.runner().config.state_dir)?.map(|l| {
+        tokio::spawn(crate::intake::local::serve(l, runs.clone(), async {
+            let _ = exec_stopped.await;
+        }))
+    });
     // The spool (`[spool]`): its own task, stopped before the runs finish.
     let (spool_stop, spool_stopped) = tokio::sync::oneshot::channel::<()>();
     if api.is_some() {
@@ -302,6 +310,7 @@ pub async fn serve(
     hangup.abort();
     let _ = spool_stop.send(());
     let _ = nats_stop.send(());
+    let _ = exec_stop.send(());
     if let Some((_, task)) = nats {
         match task.await {
             Ok(Ok(())) => {}
@@ -325,6 +334,10 @@ pub async fn serve(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
     }
     runs.shutdown().await;
+    // The runs handed over have finished: their answers are sent.
+    if let Some(task) = exec_socket {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+    }
     drop(watchdog);
     let _ = probes_stop.send(());
     if let Some((_, _abort, task)) = probes {

@@ -61,6 +61,17 @@ pub(crate) struct SocketFile {
     ino: (u64, u64),
 }
 
+impl SocketFile {
+    /// The socket just bound at `path`.
+    ///
+    /// # Errors
+    /// If it cannot be inspected.
+    pub(crate) fn new(path: PathBuf) -> Result<Self> {
+        let m = std::fs::symlink_metadata(&path).with_context(|| format!("cannot inspect {}", path.display()))?;
+        Ok(Self { path, ino: (m.dev(), m.ino()) })
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path)
@@ -130,8 +141,7 @@ fn bind_unix(path: &Path) -> Result<ProbeListener> {
     })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
-    let m = std::fs::symlink_metadata(path)?;
-    Ok(ProbeListener::Unix(l, SocketFile { path: path.to_path_buf(), ino: (m.dev(), m.ino()) }))
+    Ok(ProbeListener::Unix(l, SocketFile::new(path.to_path_buf())?))
 }
 
 /// What is at a probe socket's path: what `serve` binds over (nothing, or

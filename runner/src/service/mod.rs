@@ -605,8 +605,6 @@ impl RunService {
     }
 
     async fn submit_now_as(&self, run: Option<String>, capsule: Submission, agent: &str) -> Result<SubmitReply> {
-        let runner = &self.runner;
-        let started = Instant::now();
         let run = run.unwrap_or_else(crate::pipeline::new_run_id);
         // Handed over, not kept: the run lets an upload's bytes go once
         // parsed (a capsule is megabytes, and many runs are in flight).
@@ -614,16 +612,54 @@ impl RunService {
             Submission::File(bytes) => Submitted::Owned(bytes),
             Submission::Assembled(f) => Submitted::File(f),
         };
-        let mut report = runner.exec_capsule_as(run, submitted, &[], Some(agent)).await?;
+        let report = self.run_now(run, submitted, &[], Some(agent)).await?;
+        Ok(summary(&proposals::proposal_id(&report.run), &report))
+    }
+
+    /// Run a capsule `edge-runner exec` on this host handed over
+    /// (`crate::intake::local`), with the approvals it was given, as that
+    /// command runs one itself: no agent is named, and its receipt is
+    /// written to `<state>/receipts/<run>.tlog-proof`. Above tier 0 the
+    /// capsule is kept for approvals, as a submission's is, so that the API,
+    /// the console or another `exec --approval` may run it.
+    pub async fn exec_local(
+        self: &Arc<Self>,
+        capsule: Vec<u8>,
+        approvals: Vec<Vec<u8>>,
+    ) -> Result<Result<RunReport>, QueueError> {
+        let w = self.clone();
+        self.run(async move {
+            // Approvals settle one proposal at a time, whichever intake
+            // brought them (`approve_now`).
+            let _one_at_a_time = if approvals.is_empty() { None } else { Some(w.approving.lock().await) };
+            let run = crate::pipeline::new_run_id();
+            let mut report = w.run_now(run, Submitted::Owned(capsule), &approvals, None).await?;
+            w.runner.write_receipt(&mut report)?;
+            Ok(report)
+        })
+        .await
+    }
+
+    /// One run, as every intake starts it: timed, logged, and a proposal
+    /// left waiting keeps its capsule file for when approvals come.
+    async fn run_now(
+        &self,
+        run: String,
+        submitted: Submitted<'_>,
+        approvals: &[Vec<u8>],
+        agent: Option<&str>,
+    ) -> Result<RunReport> {
+        let runner = &self.runner;
+        let started = Instant::now();
+        let mut report = runner.exec_capsule_as(run, submitted, approvals, agent).await?;
         self.metrics.observe_run(started.elapsed());
-        let id = proposals::proposal_id(&report.run);
-        log_finished(&id, &report, started, Some(agent));
-        // A waiting proposal keeps its capsule file for when approvals come.
+        let id = report.resumed.clone().unwrap_or_else(|| proposals::proposal_id(&report.run));
+        log_finished(&id, &report, started, agent);
         if report.outcome == edge_core::evidence::Outcome::AwaitingApproval {
             let file = report.waiting_capsule.take().context("a run awaiting approval without its capsule")?;
             crate::staging::write_durably(&capsule_path(runner, &id), &file)?;
         }
-        Ok(summary(&id, &report))
+        Ok(report)
     }
 
     /// Only approvals that verify for this proposal are kept (anyone with a
