@@ -21,6 +21,14 @@
 //!   --version 48.0.8 --locked`, the runner's wasmtime.) It runs `plan`
 //!   only, where `exec` runs plan and verify, admits, decides and records.
 //!
+//! * then, on the largest store, `exec` handed to a `serve` of that home
+//!   (`runner/src/intake/local.rs`: what `exec` does while the runner
+//!   serves), once `serve` has finished the full check it runs after a
+//!   start, in `STARTUP_HANDED_ROUNDS` (default 100) rounds alternating with
+//!   `wasmtime run`, and `exec` alone the same way before `serve` starts;
+//!   these three are timed bare (no RSS sampler), each ratio against the
+//!   `wasmtime run`s of its own loop.
+//!
 //! Medians, and each size's ratio to the empty store, side by side.
 //! Targets (issue 14): ready and exec ≤ 1 s and within 2× of empty; peak
 //! RSS ≤ 300 MiB at any size; exec ≤ 1.2× `wasmtime run` on a 1M-record
@@ -91,6 +99,84 @@ fn fresh_copy(program: &str, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(to))
 }
 
+/// `wasmtime run --invoke 'plan(…)'` of the precompiled component in `dir`.
+fn wasmtime_command(wasmtime: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(wasmtime);
+    c.current_dir(dir).args([
+        "run",
+        "--allow-precompiled",
+        "--dir",
+        "certs::/mnt/certs",
+        "--invoke",
+        "plan({phase: plan, params: [(\"mount\", \"certs\"), (\"days\", \"30\")], \
+         mounts: [{name: \"certs\", guest-path: \"/mnt/certs\", writable: false}]})",
+        "component.cwasm",
+    ]);
+    c
+}
+
+/// Wall time of a whole process, nothing else watching it.
+fn bare(cmd: &mut Command) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    anyhow::ensure!(st.success(), "{cmd:?} failed: {st}");
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Medians of `a` and `b` run in turn `rounds` times, each round starting
+/// with the other one than the round before.
+fn alternate(
+    rounds: usize,
+    a: impl Fn() -> anyhow::Result<f64>,
+    b: impl Fn() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut xa, mut xb) = (vec![], vec![]);
+    for i in 0..rounds {
+        if i % 2 == 0 {
+            xa.push(a()?);
+            xb.push(b()?);
+        } else {
+            xb.push(b()?);
+            xa.push(a()?);
+        }
+    }
+    Ok((median(xa), median(xb)))
+}
+
+/// `serve` on a home, started and past the full check it runs after a
+/// start (which would share the cores); stopped when dropped.
+struct Served(std::process::Child);
+
+impl Served {
+    fn start(runner: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(runner)
+            .args(["serve", "--config", "runner.toml"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            anyhow::ensure!(err.read_line(&mut line)? > 0, "serve ended before its full check");
+            if line.contains("full evidence check") {
+                break;
+            }
+        }
+        // Its later lines go nowhere, and never fill the pipe.
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Ok(Served(child))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let runs = common::env_list("STARTUP_RUNS", "10000,100000")?;
     let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -133,18 +219,7 @@ fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let wasmtime_run = |dir: &Path| {
-        timed(Command::new(&wasmtime).current_dir(dir).args([
-            "run",
-            "--allow-precompiled",
-            "--dir",
-            "certs::/mnt/certs",
-            "--invoke",
-            "plan({phase: plan, params: [(\"mount\", \"certs\"), (\"days\", \"30\")], \
-             mounts: [{name: \"certs\", guest-path: \"/mnt/certs\", writable: false}]})",
-            "component.cwasm",
-        ]))
-    };
+    let wasmtime_run = |dir: &Path| timed(&mut wasmtime_command(&wasmtime, dir));
     if let Some(dir) = &baseline {
         wasmtime_run(dir)?; // fails loudly here if the invocation is wrong
     }
@@ -188,6 +263,29 @@ fn main() -> anyhow::Result<()> {
             median(ready_rss[i].clone()),
             median(later_rss[i].clone()),
         );
+    }
+    if let (Some(dir), Some((home, records))) = (&baseline, homes.last()) {
+        let handed_rounds: usize =
+            std::env::var("STARTUP_HANDED_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+        let exec = || {
+            bare(Command::new(runner).current_dir(home).args(["exec", "capsule.edgecap", "--config", "runner.toml"]))
+        };
+        let wasmtime = || bare(&mut wasmtime_command(&wasmtime, dir));
+        let alone = alternate(handed_rounds, exec, wasmtime)?;
+        let server = Served::start(runner, home)?;
+        let handed = alternate(handed_rounds, exec, wasmtime)?;
+        drop(server);
+        println!(
+            "`exec` at {records} records, alone and handed to `serve` ({handed_rounds} rounds each, alternating with `wasmtime run`):"
+        );
+        for (what, (e, w)) in [("alone", alone), ("handed over", handed)] {
+            println!(
+                "  exec {what:<12} {:>7.3} ms  wasmtime run {:>7.3} ms  {:>5.2}x   (target <= 1.2x)",
+                e * 1e3,
+                w * 1e3,
+                e / w
+            );
+        }
     }
     if !wasmtime_s.is_empty() {
         let w = median(wasmtime_s);

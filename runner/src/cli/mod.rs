@@ -87,6 +87,10 @@ pub enum Command {
     Capsule(CapsuleCommand),
     /// Run one capsule through every gate: admit, decide, plan, authorize,
     /// apply (staged), diff, commit, verify.
+    ///
+    /// While a runner serves the same state directory, the run is handed to
+    /// it (`<state>/exec.sock`, from the runner's own user only), and runs
+    /// only if the documents in force there are those this config names.
     Exec(ExecArgs),
     /// Read the evidence log.
     #[command(subcommand)]

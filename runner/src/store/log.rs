@@ -837,8 +837,13 @@ impl EvidenceLog {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create evidence directory {}", dir.display()))?;
         let lock = lock_file(dir)?;
-        lock.try_lock()
-            .map_err(|_| anyhow!("the evidence store {} is in use by another runner process", dir.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow!(
+                "the evidence store {} is in use by another runner process (`serve` while it starts or stops, \
+                     another `exec`, `keys rotate`); once a runner serves it, `exec` hands its run to that runner",
+                dir.display()
+            )
+        })?;
         if dir.join("log.jsonl").exists() {
             bail!(
                 "{} holds a JSONL evidence log from an earlier runner version; this version stores evidence in SQLite: \
