@@ -213,6 +213,10 @@ pub struct RunnerConfig {
     /// `None` once a [`crate::pipeline::Runner`] holds this config: read
     /// the one in force with `Runner::governance` (a reload replaces it).
     pub governance: Option<Governance>,
+    /// What of the file only a restart applies, by digest
+    /// ([`crate::governance::fixed_digest`]): a reload leaves it as it was
+    /// at start (mounts, endpoints, limits, switches, listeners, …).
+    pub fixed: edge_core::Sha256Digest,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Services a capsule may call (`[endpoints.<name>]`).
     pub endpoints: BTreeMap<String, Arc<endpoints::EndpointConfig>>,
@@ -521,6 +525,7 @@ impl RunnerConfig {
         }
         let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
         Ok(RunnerConfig {
+            fixed: crate::governance::fixed_digest(text),
             server,
             console,
             notify,

@@ -93,7 +93,7 @@ impl Governance {
 
 /// The config sections that differ between two config texts and that a
 /// reload does not apply (everything but `[policy]`, `[approvers]`,
-/// `[[signers]]`, `[sigstore]`, `[endpoints]` and the mounts' `node`).
+/// `[[signers]]`, `[sigstore]` and the `node` of mounts and endpoints).
 pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
     let (old, new) = (fixed_sections(old), fixed_sections(new));
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
@@ -102,7 +102,7 @@ pub fn restart_needed(old: &str, new: &str) -> Vec<String> {
 
 fn fixed_sections(text: &str) -> toml::Table {
     let mut t: toml::Table = toml::from_str(text).unwrap_or_default();
-    for k in ["policy", "approvers", "signers", "sigstore", "endpoints"] {
+    for k in ["policy", "approvers", "signers", "sigstore"] {
         t.remove(k);
     }
     // Who may submit, read and reload is governance too.
@@ -111,14 +111,28 @@ fn fixed_sections(text: &str) -> toml::Table {
             server.remove(k);
         }
     }
-    if let Some(toml::Value::Table(mounts)) = t.get_mut("mounts") {
-        for (_, m) in mounts.iter_mut() {
-            if let toml::Value::Table(m) = m {
-                m.remove("node");
+    // A mount's or an endpoint's graph node is reloaded; the rest of it
+    // (a path, a URL, credentials, preview modes) is read at start only.
+    for section in ["mounts", "endpoints"] {
+        if let Some(toml::Value::Table(entries)) = t.get_mut(section) {
+            for (_, e) in entries.iter_mut() {
+                if let toml::Value::Table(e) = e {
+                    e.remove("node");
+                }
             }
         }
     }
     t
+}
+
+/// A digest of what of a config text only a restart applies (the sections
+/// [`restart_needed`] compares): equal for two texts exactly when a reload
+/// from one to the other needs no restart.
+pub fn fixed_digest(text: &str) -> edge_core::Sha256Digest {
+    // A table's keys are kept sorted (toml without `preserve_order`): the
+    // same sections, the same bytes. A text that does not parse is one
+    // empty table, as for `restart_needed`.
+    edge_core::Sha256Digest::of(&serde_json::to_vec(&fixed_sections(text)).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -138,5 +152,12 @@ mod tests {
         let e = format!("{d}agents = [\"spiffe://x/agent/a\"]\naccess.evidence = [\"spiffe://x/people/r\"]\n");
         assert!(restart_needed(&d, &e).is_empty());
         assert_eq!(restart_needed(&d, &e.replace("127.0.0.1:1", "127.0.0.1:2")), vec!["[server]"]);
+        // An endpoint's node is reloaded; its URL is read at start only.
+        let f = format!("{b}[endpoints.etcd]\nurl = \"https://etcd:2379\"\nnode = \"x\"\n");
+        assert!(restart_needed(&f, &f.replace("node = \"x\"", "node = \"y\"")).is_empty());
+        assert_eq!(restart_needed(&f, &f.replace("etcd:2379", "etcd2:2379")), vec!["[endpoints]"]);
+        assert_eq!(super::fixed_digest(&f), super::fixed_digest(&f.replace("node = \"x\"", "node = \"y\"")));
+        assert_ne!(super::fixed_digest(&f), super::fixed_digest(&f.replace("etcd:2379", "etcd2:2379")));
+        assert_eq!(super::fixed_digest(a), super::fixed_digest(b));
     }
 }

@@ -159,13 +159,90 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     let report: Value = serde_json::from_slice(&run.success().0.stdout).unwrap();
     assert_eq!(report["state"], "committed", "{report:#}");
     assert_eq!(submissions(&env), runs + 1);
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+
+    // What a reload does not apply (a mount's path): reloaded, the runner
+    // still runs with the mount it started with, so exec is refused until
+    // it restarts.
+    std::fs::create_dir_all(env.path("ro2")).unwrap();
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    assert!(config.contains("[mounts.ro]\npath = \"ro\"\n"), "{config}");
+    std::fs::write(
+        env.path("runner.toml"),
+        config.replace("[mounts.ro]\npath = \"ro\"\n", "[mounts.ro]\npath = \"ro2\"\n"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let err = loop {
+        let out = env.cli(&["exec", tier0.to_str().unwrap(), "--config", "runner.toml"]);
+        let err = String::from_utf8_lossy(&out.0.stderr).into_owned();
+        if err.contains("started from another runner config") || std::time::Instant::now() > deadline {
+            break err;
+        }
+        assert_eq!(out.0.status.code(), Some(1), "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(err.contains("what only a restart applies") && err.contains("nothing ran"), "{err}");
+    assert!(!env.path("data/ok.txt").exists());
+    assert_eq!(submissions(&env), runs + 1, "nothing was submitted");
+    server.stop();
+    let server = Server::start(&env);
+    let run = env.exec(&tier0);
+    assert!(run.stderr.contains(HANDED));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    server.stop();
 }
 
-/// Send `bytes` as a request on the runner's socket and read its answer.
-fn raw(env: &Env, bytes: &[u8], close_after: bool) -> Value {
+#[test]
+fn a_signer_key_file_replaced_on_disk_is_a_change_of_governance() {
+    // Signers in runner.toml (no policy), each a key file.
+    let env = Env::new();
+    crate::server::pki(&env.path("tls"));
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(
+        env.path("runner.toml"),
+        format!(
+            "{config}\n[server]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/server.pem\"\nkey = \"tls/server.key\"\n\
+             client_ca = \"tls/ca.pem\"\nagents = [\"spiffe://test.example/agent/remediator\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&env);
+    let capsule = env.hostile("none");
+    let run = env.exec(&capsule);
+    assert!(run.stderr.contains(HANDED));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    // Another key in the file the config names: the runner still trusts
+    // the old one until it reloads, so exec is refused.
+    std::fs::copy(env.path("keys/other.pub"), env.path("keys/agent.pub")).unwrap();
+    let out = env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]);
+    let err = String::from_utf8_lossy(&out.0.stderr).into_owned();
+    assert_eq!(out.0.status.code(), Some(1), "{err}");
+    assert!(err.contains("governs with other documents than your --config names (trusted signers)"), "{err}");
+    server.stop();
+}
+
+/// What opens a request: the magic line, sent with `pass` (a descriptor)
+/// or without one.
+enum Opening<'a> {
+    With(&'a std::fs::File, &'a [u8]),
+    Without(&'a [u8]),
+}
+
+/// Open a request on the runner's socket, send `rest`, and read the answer.
+fn raw(env: &Env, opening: Opening<'_>, rest: &[u8], close_after: bool) -> Value {
+    use std::os::fd::AsRawFd as _;
     let mut s = UnixStream::connect(env.path("state/exec.sock")).unwrap();
     // The runner may answer and close before reading everything.
-    let _ = s.write_all(bytes);
+    let _ = match opening {
+        Opening::With(file, first) => {
+            let n = edge_runner::intake::local::send_with_fd(s.as_raw_fd(), first, file.as_raw_fd()).unwrap();
+            s.write_all(&first[n..])
+        }
+        Opening::Without(first) => s.write_all(first),
+    };
+    let _ = s.write_all(rest);
     if close_after {
         s.shutdown(std::net::Shutdown::Write).unwrap();
     }
@@ -176,10 +253,12 @@ fn raw(env: &Env, bytes: &[u8], close_after: bool) -> Value {
     serde_json::from_slice(&body).unwrap()
 }
 
+const MAGIC: &[u8] = b"edge-runner exec 1\n";
+
+/// A header frame (its length, then the JSON).
 fn frame(header: &Value) -> Vec<u8> {
     let h = serde_json::to_vec(header).unwrap();
-    let mut b = b"edge-runner exec 1\n".to_vec();
-    b.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let mut b = (h.len() as u32).to_be_bytes().to_vec();
     b.extend_from_slice(&h);
     b
 }
@@ -189,67 +268,70 @@ fn requests_that_are_not_what_exec_sends_are_answered_with_an_error_and_run_noth
     let env = setup(64);
     let server = Server::start(&env);
     let runs = submissions(&env);
+    let lock = || std::fs::OpenOptions::new().read(true).write(true).open(env.path("state/evidence/lock")).unwrap();
+    let program = format!("edge-runner {} ({})", edge_runner::attest::VERSION, edge_runner::attest::REVISION);
     // Digests of no document in force: the checks of the request's shape
     // come first, and a well-formed request is refused for them.
-    let governance = serde_json::json!({ "config": format!("sha256:{}", "0".repeat(64)) });
+    let zero = format!("sha256:{}", "0".repeat(64));
+    let header = |capsule: u64, approvals: Vec<u64>| {
+        serde_json::json!({"program": program, "json": true, "governance": {"config": zero}, "signers": zero,
+            "fixed": zero, "capsule": capsule, "approvals": approvals})
+    };
     let error = |v: &Value| {
         assert_eq!(v["exit"], 1, "{v:#}");
         v["error"].as_str().unwrap().to_owned()
     };
-    let cases: Vec<(Vec<u8>, bool, &str)> = vec![
-        (b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), true, "not an `edge-runner exec` request of this version"),
+    let (l, read_only, other) = (
+        lock(),
+        std::fs::File::open(env.path("state/evidence/lock")).unwrap(),
+        std::fs::OpenOptions::new().read(true).write(true).open(env.path("runner.toml")).unwrap(),
+    );
+    let well_formed = frame(&header(0, vec![]));
+    let cases: Vec<(Opening<'_>, Vec<u8>, bool, &str)> = vec![
+        // Who may: only a process that may write the store.
+        (Opening::Without(MAGIC), well_formed.clone(), false, "did not pass the evidence store's lock file"),
+        (Opening::With(&read_only, MAGIC), well_formed.clone(), false, "lock file open for writing"),
+        (Opening::With(&other, MAGIC), well_formed.clone(), false, "lock file open for writing"),
+        // What: exec's protocol, from this same program.
+        (Opening::With(&l, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"), vec![], true, "not an `edge-runner exec` request"),
+        (Opening::With(&l, MAGIC), u32::MAX.to_be_bytes().to_vec(), false, "a request header of 4294967295 bytes"),
         (
-            {
-                let mut b = b"edge-runner exec 1\n".to_vec();
-                b.extend_from_slice(&u32::MAX.to_be_bytes());
-                b
-            },
+            Opening::With(&l, MAGIC),
+            frame(&{
+                let mut h = header(0, vec![]);
+                h["program"] = "edge-runner 0.0.1 (0000000)".into();
+                h
+            }),
             false,
-            "a request header of 4294967295 bytes",
+            "restart the runner after an upgrade",
         ),
+        (Opening::With(&l, MAGIC), frame(&header(1 << 40, vec![])), false, "a capsule of 1099511627776 bytes"),
+        (Opening::With(&l, MAGIC), frame(&header(0, vec![1; 65])), false, "at most 64 approvals"),
+        (Opening::With(&l, MAGIC), frame(&header(0, vec![(1 << 20) + 1])), false, "at most 64 approvals of at most"),
         (
-            frame(&serde_json::json!({"json": true, "governance": governance, "capsule": 1u64 << 40, "approvals": []})),
-            false,
-            "a capsule of 1099511627776 bytes",
-        ),
-        (
-            frame(&serde_json::json!({"json": true, "governance": governance, "capsule": 0, "approvals": vec![1; 65]})),
-            false,
-            "at most 64 approvals",
-        ),
-        (
-            frame(
-                &serde_json::json!({"json": true, "governance": governance, "capsule": 0, "approvals": [], "run": "r-1"}),
-            ),
+            Opening::With(&l, MAGIC),
+            frame(&{
+                let mut h = header(0, vec![]);
+                h["run"] = "r-1".into();
+                h
+            }),
             false,
             "the request header does not parse",
         ),
         // Cut short: a capsule of 1,000 bytes announced, 10 sent.
         (
-            [
-                frame(&serde_json::json!({"json": true, "governance": governance, "capsule": 1000, "approvals": []})),
-                vec![0; 10],
-            ]
-            .concat(),
+            Opening::With(&l, MAGIC),
+            [frame(&header(1000, vec![])), vec![0; 10]].concat(),
             true,
-            "reading the request",
+            "after 10 of 1000 bytes",
         ),
+        // Well formed, but naming another file than the runner started from.
+        (Opening::With(&l, MAGIC), well_formed.clone(), false, "started from another runner config"),
     ];
-    for (bytes, close, expected) in cases {
-        let v = raw(&env, &bytes, close);
-        let e = error(&v);
+    for (opening, rest, close, expected) in cases {
+        let e = error(&raw(&env, opening, &rest, close));
         assert!(e.contains(expected), "expected `{expected}` in: {e}");
     }
-    // Well formed, from exec's user, but naming other documents.
-    let bytes = std::fs::read(capsule(&env, "none", false)).unwrap();
-    let mut req =
-        frame(&serde_json::json!({"json": true, "governance": governance, "capsule": bytes.len(), "approvals": []}));
-    req.extend_from_slice(&bytes);
-    let e = error(&raw(&env, &req, false));
-    assert!(
-        e.contains("governs with other documents") && e.contains("runner config") && e.contains("nothing ran"),
-        "{e}"
-    );
     assert_eq!(submissions(&env), runs, "nothing ran");
     // The runner is still serving, and takes exec's runs.
     let run = env.exec(&capsule(&env, "none", false));

@@ -165,11 +165,15 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
             ),
             None => None,
         };
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install SIGTERM handler");
+        // Installed now, not when the future is first polled (once the
+        // listeners are up): a SIGTERM right after `listening on` (or
+        // systemd's READY=1) must stop the runner cleanly, not end it.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
         };

@@ -328,8 +328,25 @@ impl Runner {
         approvals: &[Vec<u8>],
         submitted_by: Option<&str>,
     ) -> Result<RunReport> {
+        self.exec_governed(run, capsule, approvals, submitted_by, self.governance()).await
+    }
+
+    /// [`Runner::exec_capsule_as`] under `governance`, which the caller took
+    /// from [`Runner::governance`] and checked (a hand-over compares it
+    /// with the documents `exec` named: `crate::intake::local`).
+    ///
+    /// # Errors
+    /// As [`Runner::exec_capsule_as`].
+    pub async fn exec_governed(
+        &self,
+        run: String,
+        capsule: Submitted<'_>,
+        approvals: &[Vec<u8>],
+        submitted_by: Option<&str>,
+        governance: Arc<Governance>,
+    ) -> Result<RunReport> {
         anyhow::ensure!(is_run_id(&run), "`{}` is not a run id", edge_core::text::line(&run));
-        let mut report = RunReport::new(&run, self.log.run_log(), self.governance());
+        let mut report = RunReport::new(&run, self.log.run_log(), governance);
         report.submitted_by = submitted_by.map(str::to_owned);
         let mut result = match self.drive(capsule, approvals, &mut report).await {
             Ok(()) | Err(Stop::Ended) => Ok(()),

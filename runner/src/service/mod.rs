@@ -25,6 +25,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::config::RunnerConfig;
 use crate::export::ExportScope;
+use crate::governance::Governance;
 use crate::pipeline::{QuorumStatus, Refusal, RunReport, Runner, Submitted, VerificationReport};
 use crate::store::fold::Query;
 use edge_core::container::{CapsuleFile, KnownComponent};
@@ -612,7 +613,7 @@ impl RunService {
             Submission::File(bytes) => Submitted::Owned(bytes),
             Submission::Assembled(f) => Submitted::File(f),
         };
-        let report = self.run_now(run, submitted, &[], Some(agent)).await?;
+        let report = self.run_now(run, submitted, &[], Some(agent), None).await?;
         Ok(summary(&proposals::proposal_id(&report.run), &report))
     }
 
@@ -621,19 +622,25 @@ impl RunService {
     /// command runs one itself: no agent is named, and its receipt is
     /// written to `<state>/receipts/<run>.tlog-proof`. Above tier 0 the
     /// capsule is kept for approvals, as a submission's is, so that the API,
-    /// the console or another `exec --approval` may run it.
+    /// the console or another `exec --approval` may run it. `check` sees
+    /// the governance the run will take, once it has a slot, and refuses it
+    /// (nothing runs) by returning an error: a reload while the run waited
+    /// for its slot cannot slip other documents under it.
     pub async fn exec_local(
         self: &Arc<Self>,
         capsule: Vec<u8>,
         approvals: Vec<Vec<u8>>,
+        check: impl FnOnce(&Governance) -> Result<()> + Send + 'static,
     ) -> Result<Result<RunReport>, QueueError> {
         let w = self.clone();
         self.run(async move {
             // Approvals settle one proposal at a time, whichever intake
             // brought them (`approve_now`).
             let _one_at_a_time = if approvals.is_empty() { None } else { Some(w.approving.lock().await) };
+            let governance = w.runner.governance();
+            check(&governance)?;
             let run = crate::pipeline::new_run_id();
-            let mut report = w.run_now(run, Submitted::Owned(capsule), &approvals, None).await?;
+            let mut report = w.run_now(run, Submitted::Owned(capsule), &approvals, None, Some(governance)).await?;
             w.runner.write_receipt(&mut report)?;
             Ok(report)
         })
@@ -648,10 +655,12 @@ impl RunService {
         submitted: Submitted<'_>,
         approvals: &[Vec<u8>],
         agent: Option<&str>,
+        governance: Option<Arc<Governance>>,
     ) -> Result<RunReport> {
         let runner = &self.runner;
         let started = Instant::now();
-        let mut report = runner.exec_capsule_as(run, submitted, approvals, agent).await?;
+        let governance = governance.unwrap_or_else(|| runner.governance());
+        let mut report = runner.exec_governed(run, submitted, approvals, agent, governance).await?;
         self.metrics.observe_run(started.elapsed());
         let id = report.resumed.clone().unwrap_or_else(|| proposals::proposal_id(&report.run));
         log_finished(&id, &report, started, agent);

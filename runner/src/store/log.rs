@@ -1499,6 +1499,11 @@ pub fn load_verified(dir: &Path) -> Result<(Vec<Record>, Vec<Hash>)> {
 pub fn each_verified(dir: &Path, each: impl FnMut(Record, Hash) -> Result<()>) -> Result<(u64, Hash)> {
     crate::store::schema::refuse_newer(&dir.join("evidence.db"))?;
     let db = read_only(dir)?;
+    // One snapshot for every read below: a serving runner appends while
+    // this reads, and the count and the records it reads must be of the
+    // same store (apart, the count could lag the records and a sound store
+    // read as one with records missing).
+    let db = db.unchecked_transaction()?;
     // A store not yet migrated (a backup's copy of an older one) has no
     // tree to compare with; its chain is checked all the same.
     let has_tree = matches!(crate::store::schema::found(&db)?, crate::store::schema::Found::At(v) if v >= 2);
