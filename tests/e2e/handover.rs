@@ -287,6 +287,12 @@ fn requests_that_are_not_what_exec_sends_are_answered_with_an_error_and_run_noth
         std::fs::OpenOptions::new().read(true).write(true).open(env.path("runner.toml")).unwrap(),
     );
     let well_formed = frame(&header(0, vec![]));
+    // A well-formed header with one field set (or added).
+    let with = |field: &str, value: &str| {
+        let mut h = header(0, vec![]);
+        h[field] = value.into();
+        frame(&h)
+    };
     let cases: Vec<(Opening<'_>, Vec<u8>, bool, &str)> = vec![
         // Who may: only a process that may write the store.
         (Opening::Without(MAGIC), well_formed.clone(), false, "did not pass the evidence store's lock file"),
@@ -297,27 +303,14 @@ fn requests_that_are_not_what_exec_sends_are_answered_with_an_error_and_run_noth
         (Opening::With(&l, MAGIC), u32::MAX.to_be_bytes().to_vec(), false, "a request header of 4294967295 bytes"),
         (
             Opening::With(&l, MAGIC),
-            frame(&{
-                let mut h = header(0, vec![]);
-                h["program"] = "edge-runner 0.0.1 (0000000)".into();
-                h
-            }),
+            with("program", "edge-runner 0.0.1 (0000000)"),
             false,
             "restart the runner after an upgrade",
         ),
         (Opening::With(&l, MAGIC), frame(&header(1 << 40, vec![])), false, "a capsule of 1099511627776 bytes"),
         (Opening::With(&l, MAGIC), frame(&header(0, vec![1; 65])), false, "at most 64 approvals"),
         (Opening::With(&l, MAGIC), frame(&header(0, vec![(1 << 20) + 1])), false, "at most 64 approvals of at most"),
-        (
-            Opening::With(&l, MAGIC),
-            frame(&{
-                let mut h = header(0, vec![]);
-                h["run"] = "r-1".into();
-                h
-            }),
-            false,
-            "the request header does not parse",
-        ),
+        (Opening::With(&l, MAGIC), with("run", "r-1"), false, "the request header does not parse"),
         // Cut short: a capsule of 1,000 bytes announced, 10 sent.
         (
             Opening::With(&l, MAGIC),

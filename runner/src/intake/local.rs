@@ -178,7 +178,6 @@ pub struct Listener {
 /// # Errors
 /// The socket cannot be created, or its path holds something else.
 pub fn bind(state_dir: &Path) -> Result<Option<Listener>> {
-    use std::os::unix::fs::PermissionsExt as _;
     let path = std::path::absolute(socket_path(state_dir))
         .with_context(|| format!("cannot resolve {}", state_dir.display()))?;
     if path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -216,7 +215,7 @@ pub fn bind(state_dir: &Path) -> Result<Option<Listener>> {
     // connection is checked besides.
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("cannot create the exec socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    crate::server::probes::chmod_socket(&path, 0o600)
         .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
     Ok(Some(Listener { listener, _file: SocketFile::new(path)?, lock: (lock.dev(), lock.ino()) }))
 }

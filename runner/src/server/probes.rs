@@ -139,9 +139,32 @@ fn bind_unix(path: &Path) -> Result<ProbeListener> {
             path.display()
         )
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
+    chmod_socket(path, SOCKET_MODE).with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     Ok(ProbeListener::Unix(l, SocketFile::new(path.to_path_buf())?))
+}
+
+/// Set the mode of the socket just bound at `path` without following a
+/// symbolic link: in a directory others may write (`/tmp`), someone could
+/// put a link there between the bind and a chmod by path, and a runner
+/// running as root would then change the mode of whatever it points to.
+/// The socket is opened by path without following links (`O_PATH`), must
+/// be a socket, and its mode is set through that descriptor
+/// (`/proc/self/fd`); at worst that is another's socket put in its place,
+/// whose mode is then ours to set.
+///
+/// # Errors
+/// If it is not a socket (a link, a file), or the mode cannot be set.
+pub(crate) fn chmod_socket(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::other("not a socket (replaced after it was bound?)"));
+    }
+    let by_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+    std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(mode))
 }
 
 /// What is at a probe socket's path: what `serve` binds over (nothing, or
@@ -274,6 +297,33 @@ mod tests {
 
     fn settings(listen: ProbeAddr) -> ProbeSettings {
         ProbeSettings { listen, metrics: false, dangerous: false }
+    }
+
+    /// A link put where the socket was bound is not followed: the file it
+    /// points to keeps its mode.
+    #[test]
+    fn the_socket_mode_is_set_on_the_socket_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        chmod_socket(&path, 0o600).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        chmod_socket(&path, 0o660).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        // Swapped for a link to a file (as someone with write access to
+        // the directory could between the bind and the chmod).
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let e = chmod_socket(&path, 0o600).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644);
+        // And a plain file there is not a socket either.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "y").unwrap();
+        assert!(chmod_socket(&path, 0o600).is_err());
     }
 
     #[tokio::test]
