@@ -87,6 +87,9 @@ fn since_key(log: &EvidenceLog, origin: &str, old_note: &str) -> Option<edge_cor
 /// client never sees a short body that looks complete.
 #[derive(Debug)]
 pub struct Streamed {
+    /// Reload refusals in it that quote the config file, as
+    /// [`Exported::quoting_config`] (what the API names in a header).
+    pub quoting_config: u64,
     first: Option<bytes::Bytes>,
     rx: tokio::sync::mpsc::Receiver<Piece>,
     done: bool,
@@ -94,6 +97,9 @@ pub struct Streamed {
 
 #[derive(Debug)]
 enum Piece {
+    /// Pass 1's count of old refusals quoting the config file
+    /// ([`Exported::quoting_config`]), before any byte of the bundle.
+    Counted(u64),
     Chunk(bytes::Bytes),
     Failed(String),
     Done,
@@ -137,14 +143,22 @@ impl Write for ToChannel {
 
 impl Streamed {
     /// Run `export` on a blocking thread; ready once its first chunk is.
+    /// `export` may tell its count of old refusals quoting the config file
+    /// (its second argument) before it writes.
     ///
     /// # Errors
     /// What `export` fails with before writing anything.
-    pub async fn start(export: impl FnOnce(&mut dyn Write) -> Result<()> + Send + 'static) -> Result<Self> {
+    pub async fn start(
+        export: impl FnOnce(&mut dyn Write, &mut dyn FnMut(u64)) -> Result<()> + Send + 'static,
+    ) -> Result<Self> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut out = ToChannel { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-            let end = match export(&mut out).and_then(|()| out.send().map_err(anyhow::Error::from)) {
+            let counted_tx = tx.clone();
+            let mut counted = move |n| {
+                let _ = counted_tx.blocking_send(Piece::Counted(n));
+            };
+            let end = match export(&mut out, &mut counted).and_then(|()| out.send().map_err(anyhow::Error::from)) {
                 Ok(()) => Piece::Done,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "the evidence export stopped");
@@ -153,11 +167,18 @@ impl Streamed {
             };
             let _ = tx.blocking_send(end);
         });
-        match rx.recv().await {
-            Some(Piece::Chunk(first)) => Ok(Self { first: Some(first), rx, done: false }),
-            Some(Piece::Done) => Ok(Self { first: None, rx, done: true }),
-            Some(Piece::Failed(e)) => Err(anyhow!(e)),
-            None => bail!("the export stopped before it began"),
+        let mut quoting_config = 0;
+        loop {
+            return match rx.recv().await {
+                Some(Piece::Counted(n)) => {
+                    quoting_config = n;
+                    continue;
+                }
+                Some(Piece::Chunk(first)) => Ok(Self { quoting_config, first: Some(first), rx, done: false }),
+                Some(Piece::Done) => Ok(Self { quoting_config, first: None, rx, done: true }),
+                Some(Piece::Failed(e)) => Err(anyhow!(e)),
+                None => bail!("the export stopped before it began"),
+            };
         }
     }
 }
@@ -177,20 +198,24 @@ impl hyper::body::Body for Streamed {
         if self.done {
             return Poll::Ready(None);
         }
-        match std::task::ready!(self.rx.poll_recv(cx)) {
-            Some(Piece::Chunk(b)) => Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
-            Some(Piece::Done) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Some(Piece::Failed(e)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(format!("the evidence export failed: {e}").into())))
-            }
-            None => {
-                self.done = true;
-                Poll::Ready(Some(Err("the evidence export stopped mid-stream".into())))
-            }
+        loop {
+            return match std::task::ready!(self.rx.poll_recv(cx)) {
+                // (Told before the first chunk, so never here; passed over.)
+                Some(Piece::Counted(_)) => continue,
+                Some(Piece::Chunk(b)) => Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+                Some(Piece::Done) => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+                Some(Piece::Failed(e)) => {
+                    self.done = true;
+                    Poll::Ready(Some(Err(format!("the evidence export failed: {e}").into())))
+                }
+                None => {
+                    self.done = true;
+                    Poll::Ready(Some(Err("the evidence export stopped mid-stream".into())))
+                }
+            };
         }
     }
 }
@@ -266,6 +291,23 @@ pub fn export_to<W: Write>(
     origin: &str,
     scope: &ExportScope,
     out: W,
+) -> Result<(Exported, W)> {
+    export_counted(log, signer, origin, scope, out, &mut |_| {})
+}
+
+/// [`export_to`], telling `counted` the number of old refusals quoting
+/// the config file ([`Exported::quoting_config`]) before the first byte is
+/// written (a streamed answer names it in a header).
+///
+/// # Errors
+/// As [`export_to`].
+pub fn export_counted<W: Write>(
+    log: &EvidenceLog,
+    signer: &std::sync::Arc<NoteSigner>,
+    origin: &str,
+    scope: &ExportScope,
+    out: W,
+    counted: &mut dyn FnMut(u64),
 ) -> Result<(Exported, W)> {
     let note_text = log.checkpoint(signer, origin)?;
     let checkpoint = Checkpoint::parse(&note::open(&note_text, std::slice::from_ref(signer.verifier()))?.text)?;
@@ -364,6 +406,8 @@ pub fn export_to<W: Write>(
         bail!("artifact {missing} is referenced by the log but missing from the store: the store was altered");
     }
 
+    counted(quoting_config);
+
     // Pass 2: the bundle.
     let header = Header {
         format: bundle::Format::default(),
@@ -457,7 +501,7 @@ mod tests {
     #[test]
     fn a_failure_after_the_first_chunk_ends_the_body_with_an_error_not_a_clean_end() {
         rt().block_on(async {
-            let body = Streamed::start(|out| {
+            let body = Streamed::start(|out, _| {
                 out.write_all(&vec![b'r'; 3 * CHUNK])?;
                 bail!("artifact sha256:00 in the store does not match its digest")
             })
@@ -480,7 +524,7 @@ mod tests {
     #[test]
     fn a_failure_before_the_first_byte_is_an_error_to_answer_with() {
         rt().block_on(async {
-            let e = Streamed::start(|_| bail!("the earlier checkpoint is not this log's")).await.unwrap_err();
+            let e = Streamed::start(|_, _| bail!("the earlier checkpoint is not this log's")).await.unwrap_err();
             assert!(e.to_string().contains("not this log's"), "{e}");
         });
     }
@@ -490,7 +534,7 @@ mod tests {
         rt().block_on(async {
             let data: Vec<u8> = (0..5 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
             let sent = data.clone();
-            let body = Streamed::start(move |out| Ok(out.write_all(&sent)?)).await.unwrap();
+            let body = Streamed::start(move |out, _| Ok(out.write_all(&sent)?)).await.unwrap();
             let got = body.collect().await.unwrap().to_bytes();
             assert!(got == data, "the bytes differ");
         });
@@ -500,7 +544,7 @@ mod tests {
     fn a_client_that_goes_away_stops_the_export_thread() {
         rt().block_on(async {
             let (done_tx, done_rx) = std::sync::mpsc::channel();
-            let body = Streamed::start(move |out| {
+            let body = Streamed::start(move |out, _| {
                 let r = (0..1000).try_for_each(|_| out.write_all(&vec![0; CHUNK]));
                 done_tx.send(r.map_err(|e| e.kind())).unwrap();
                 Ok(())

@@ -1046,3 +1046,42 @@ fn an_export_names_the_old_reload_refusals_that_quote_the_config_file() {
     assert!(String::from_utf8_lossy(&bytes).contains("old-secret-3d"));
     verify(&bytes, &f.keys, Level::Full).unwrap();
 }
+
+#[test]
+fn a_fetch_over_the_api_names_the_old_reload_refusals_too() {
+    let env = crate::server::setup(64);
+    let fetch = |server: &crate::server::Server| {
+        let out = env.cli(&[
+            "evidence",
+            "fetch",
+            "--server",
+            &server.url,
+            "--ca",
+            "tls/ca.pem",
+            "--cert",
+            "tls/approver.pem",
+            "--key",
+            "tls/approver.key",
+            "-o",
+            "fetched.bundle",
+        ]);
+        String::from_utf8_lossy(&out.success().0.stdout).into_owned()
+    };
+    let server = crate::server::Server::start(&env);
+    let said = fetch(&server);
+    assert!(said.contains("fetched ") && !said.contains("note:"), "{said}");
+    server.stop();
+    // An old-style refusal, as a runner before 2026-12-06 recorded it.
+    let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
+    let runner = edge_runner::pipeline::Runner::open(config).unwrap();
+    let kept = runner.governance().digests();
+    let old = "runner config runner.toml is invalid: TOML parse error at line 3, column 7\n   |\n3 | url = \
+               \"https://hooks.example/T/old-secret-9f\n   |       ^\ninvalid basic string";
+    runner.log.append("runner", Event::ReloadRefused { trigger: "sighup".into(), error: old.into(), kept }).unwrap();
+    drop(runner);
+    let server = crate::server::Server::start(&env);
+    let said = fetch(&server);
+    assert!(said.contains("note: 1 reload-refused record(s) in it, written by a runner before 2026-12-06"), "{said}");
+    assert!(!said.contains("old-secret-9f"), "{said}");
+    server.stop();
+}

@@ -238,16 +238,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 e.tree_size
             )?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
-            if e.quoting_config > 0 {
-                writeln!(
-                    out,
-                    "note: {} reload-refused record(s) in it, written by a runner before 2026-12-06, quote what the \
-                     runner config file held where it failed to load (a line or a value), which may be a secret of \
-                     that file; the log is append-only, so every export carries them as recorded: rotate any secret \
-                     that was in the file then (docs/evidence.md, \"Not undone\")",
-                    e.quoting_config
-                )?;
-            }
+            quoting_note(e.quoting_config, out)?;
             Ok(Exit::Ok)
         }
         EvidenceCommand::Verify { bundle, trust, integrity_only } => {
@@ -329,6 +320,13 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 let reply = rt.block_on(crate::server::client::Reply::read(resp))?;
                 bail!("the runner did not export ({}): {}", reply.status, reply.error_message());
             }
+            // (A runner before this header names none.)
+            let quoting = resp
+                .headers()
+                .get(crate::server::api::QUOTING_CONFIG_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
             // Streamed to the file as it arrives, which appears only once whole.
             let mut body = resp.into_body();
             let bytes = crate::export::write_whole(&path, |w| {
@@ -347,6 +345,7 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             })?;
             writeln!(out, "fetched {bytes} bytes to {}", path.display())?;
             writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+            quoting_note(quoting, out)?;
             Ok(Exit::Ok)
         }
         EvidenceCommand::Check { config, full, progress, scratch } => {
@@ -390,6 +389,21 @@ impl Trust {
         }
         Ok(keys)
     }
+}
+
+/// The note an export carries when old reload refusals in it quote the
+/// config file (`Exported::quoting_config`; nothing when there are none).
+fn quoting_note(count: u64, out: &mut dyn Write) -> Result<()> {
+    if count > 0 {
+        writeln!(
+            out,
+            "note: {count} reload-refused record(s) in it, written by a runner before 2026-12-06, quote what the \
+             runner config file held where it failed to load (a line or a value), which may be a secret of that \
+             file; the log is append-only, so every export carries them as recorded: rotate any secret that was in \
+             the file then (docs/evidence.md, \"Not undone\")"
+        )?;
+    }
+    Ok(())
 }
 
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<Exit> {

@@ -252,7 +252,22 @@ impl Runner {
         scope: &crate::export::ExportScope,
         out: W,
     ) -> Result<crate::export::Exported> {
-        crate::export::export_to(&self.log, &self.identity, &self.config.name, scope, out).map(|(e, _)| e)
+        self.export_counted(scope, out, &mut |_| {})
+    }
+
+    /// [`Runner::export_to`], telling `counted` the count of old refusals
+    /// quoting the config file before the first byte
+    /// ([`crate::export::export_counted`]).
+    ///
+    /// # Errors
+    /// As [`Runner::export_to`].
+    pub fn export_counted<W: std::io::Write>(
+        &self,
+        scope: &crate::export::ExportScope,
+        out: W,
+        counted: &mut dyn FnMut(u64),
+    ) -> Result<crate::export::Exported> {
+        crate::export::export_counted(&self.log, &self.identity, &self.config.name, scope, out, counted).map(|(e, _)| e)
     }
 
     /// Stream an export to a file, durably or not at all ([`crate::export::export_file`]).

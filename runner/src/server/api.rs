@@ -185,6 +185,11 @@ fn make_room(buf: &mut Vec<u8>, more: usize, announced: Option<usize>) {
     }
 }
 
+/// The export's header naming how many reload-refused records in it, written
+/// by a runner before 2026-12-06, quote the config file (`evidence fetch`
+/// prints the same note as `evidence export`).
+pub const QUOTING_CONFIG_HEADER: &str = "edge-runner-refusals-quoting-config";
+
 /// Who may submit, read and reload: the governance in force (a reload
 /// replaces it). Without one (no `[server]`: not served) nobody may.
 fn grants(shared: &Shared) -> Arc<crate::config::server::Grants> {
@@ -372,10 +377,13 @@ async fn route(shared: &Shared, agent: Result<String, String>, req: Request<Inco
             // first byte (an unknown `since`) is a 400; what fails after it
             // cuts the connection.
             let body = shared.runs.export(since).await.map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+            // Old reload refusals in it that quote the config file (see
+            // `evidence export`'s note): a count, before the first byte.
             Ok(Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/vnd.edge-runner.evidence-bundle")
                 .header("cache-control", "no-store")
+                .header(QUOTING_CONFIG_HEADER, body.quoting_config)
                 .body(body.boxed())
                 .expect("static headers are valid"))
         }

@@ -582,7 +582,7 @@ impl RunService {
     pub async fn export(&self, since: Option<String>) -> Result<crate::export::Streamed> {
         let r = self.runner.clone();
         let scope = since.map_or(ExportScope::Full, ExportScope::Since);
-        crate::export::Streamed::start(move |out| r.export_to(&scope, out).map(|_| ())).await
+        crate::export::Streamed::start(move |out, counted| r.export_counted(&scope, out, counted).map(|_| ())).await
     }
 
     /// Export the log (or what follows `since`) to a file, durably or not
