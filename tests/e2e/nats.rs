@@ -246,7 +246,9 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
         // terminated, not left to come back forever.
         drained(&nats, WAIT).await;
         // An export, through the object store, with the client's helper.
-        c.fetch_export(None, &env.path("nats.bundle")).await.unwrap();
+        let fetched = c.fetch_export(None, &env.path("nats.bundle")).await.unwrap();
+        assert_eq!(fetched.bytes, std::fs::metadata(env.path("nats.bundle")).unwrap().len());
+        assert_eq!(fetched.quoting_config, 0, "a store of this runner's records quotes no config file");
     });
     // Refused submissions and the malformed approval are recorded.
     assert_eq!(count(&env, "submission"), 4, "two good, the long one and the untrusted one: each once");

@@ -299,12 +299,13 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
                 crate::cli::approve::Transport::Nats => {
                     let since = since.as_deref().map(since_checkpoint).transpose()?;
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    let bytes = rt.block_on(async {
+                    let fetched = rt.block_on(async {
                         let c = crate::intake::nats_client::NatsClient::connect(&nats).await?;
                         c.fetch_export(since, &path).await
                     })?;
-                    writeln!(out, "fetched {bytes} bytes to {}", path.display())?;
+                    writeln!(out, "fetched {} bytes to {}", fetched.bytes, path.display())?;
                     writeln!(out, "verify offline: edge-verify {} --key <runner key file>", path.display())?;
+                    quoting_note(fetched.quoting_config, out)?;
                     return Ok(Exit::Ok);
                 }
             };

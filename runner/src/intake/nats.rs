@@ -704,7 +704,7 @@ impl Intake {
         }
         Ok((
             Some(json_bytes(&json!({ "export": { "bucket": bucket, "object": object, "records": exported.records,
-                "checkpoint": exported.checkpoint } }))),
+                "checkpoint": exported.checkpoint, "quoting_config": exported.quoting_config } }))),
             Disposition::Ack,
         ))
     }

@@ -73,6 +73,14 @@ struct Waiter {
 /// answers to other requests on the same subject, which it refuses).
 const ANSWERS_HELD: usize = 16;
 
+/// An export fetched into a file: its size, and how many reload-refused
+/// records in it quote the config file (`crate::export::Exported`).
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    pub bytes: u64,
+    pub quoting_config: u64,
+}
+
 /// A connection to a runner through NATS. One subscription takes every
 /// answer (`out.answer.*`) and hands each to the request waiting for it.
 pub struct NatsClient {
@@ -407,7 +415,7 @@ impl NatsClient {
     /// # Errors
     /// The runner refused (the answer's reason), or the bundle cannot be
     /// read or written.
-    pub async fn fetch_export(&self, since: Option<String>, path: &std::path::Path) -> Result<u64> {
+    pub async fn fetch_export(&self, since: Option<String>, path: &std::path::Path) -> Result<Fetched> {
         let answer = self.request("export", since.unwrap_or_default().into_bytes(), Duration::from_secs(600)).await?;
         if let Some(r) = answer.get("refused") {
             bail!(
@@ -449,7 +457,9 @@ impl NatsClient {
         };
         std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
         crate::staging::sync_dir(&dir).with_context(|| format!("cannot sync {}", dir.display()))?;
-        Ok(n)
+        // (A runner before this field names none.)
+        let quoting_config = answer["export"]["quoting_config"].as_u64().unwrap_or(0);
+        Ok(Fetched { bytes: n, quoting_config })
     }
 
     /// The latest message the runner published on `out.<kind>.<id>` (kept
