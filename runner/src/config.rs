@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use edge_core::Sha256Digest;
 use edge_core::admission::{Ceiling, Limits};
 use edge_core::manifest::{is_env_name, is_interface_name};
 use edge_core::paths::is_logical_name;
@@ -197,6 +198,30 @@ pub struct MountConfig {
     pub redact: Patterns,
 }
 
+/// What of a config only a restart applies, as one digest: the sections of
+/// its text a reload does not apply ([`crate::governance::fixed_digest`]),
+/// and what that text resolved to when it was loaded — the directory its
+/// relative paths are read from, each mount's canonical path (a link
+/// pointed elsewhere counts) and the digest of each file an endpoint reads
+/// (a credential rewritten counts). Equal for two loads exactly when a
+/// runner started from one runs what the other names.
+fn fixed_of(
+    text: &str,
+    base: &Path,
+    mounts: &BTreeMap<String, MountConfig>,
+    read_at_start: &BTreeMap<String, String>,
+) -> Sha256Digest {
+    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    let mounts: BTreeMap<&String, String> = mounts.iter().map(|(k, m)| (k, m.path.display().to_string())).collect();
+    let all = serde_json::json!({
+        "sections": crate::governance::fixed_digest(text),
+        "base": base.display().to_string(),
+        "mounts": mounts,
+        "read_at_start": read_at_start,
+    });
+    Sha256Digest::of(&serde_json::to_vec(&all).unwrap_or_default())
+}
+
 /// The resolved runner configuration.
 #[derive(Debug)]
 pub struct RunnerConfig {
@@ -213,9 +238,9 @@ pub struct RunnerConfig {
     /// `None` once a [`crate::pipeline::Runner`] holds this config: read
     /// the one in force with `Runner::governance` (a reload replaces it).
     pub governance: Option<Governance>,
-    /// What of the file only a restart applies, by digest
-    /// ([`crate::governance::fixed_digest`]): a reload leaves it as it was
-    /// at start (mounts, endpoints, limits, switches, listeners, …).
+    /// What of the config only a restart applies, by digest ([`fixed_of`]):
+    /// a reload leaves it as it was at start (mounts, endpoints, limits,
+    /// switches, listeners, …).
     pub fixed: edge_core::Sha256Digest,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Services a capsule may call (`[endpoints.<name>]`).
@@ -375,6 +400,20 @@ impl RunnerConfig {
             };
             mounts.insert(name, MountConfig { path: canonical, writable: m.writable, preview, redact });
         }
+        // What the endpoints read at start, by digest: part of what only a
+        // restart applies (`fixed`).
+        let read_at_start: BTreeMap<String, String> = raw
+            .endpoints
+            .values()
+            .flat_map(endpoints::RawEndpoint::files)
+            .map(|f| {
+                let p = resolve(f);
+                let d =
+                    std::fs::read(&p).map_or_else(|_| "unreadable".to_owned(), |b| Sha256Digest::of(&b).to_string());
+                (p.display().to_string(), d)
+            })
+            .collect();
+        let fixed = fixed_of(text, base, &mounts, &read_at_start);
         let mut endpoints = BTreeMap::new();
         for (name, e) in raw.endpoints {
             if !is_logical_name(&name) {
@@ -525,7 +564,7 @@ impl RunnerConfig {
         }
         let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
         Ok(RunnerConfig {
-            fixed: crate::governance::fixed_digest(text),
+            fixed,
             server,
             console,
             notify,

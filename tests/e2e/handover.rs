@@ -191,6 +191,18 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     let run = env.exec(&tier0);
     assert!(run.stderr.contains(HANDED));
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+
+    // The same text, resolving elsewhere: the mount's directory is now a
+    // link to another one. The runner writes where it resolved it at
+    // start; exec alone would write where the link points. Refused.
+    std::fs::create_dir_all(env.path("data2")).unwrap();
+    std::fs::rename(env.path("data"), env.path("data.was")).unwrap();
+    std::os::unix::fs::symlink(env.path("data2"), env.path("data")).unwrap();
+    let out = env.cli(&["exec", tier0.to_str().unwrap(), "--config", "runner.toml"]);
+    let err = String::from_utf8_lossy(&out.0.stderr).into_owned();
+    assert_eq!(out.0.status.code(), Some(1), "{err}");
+    assert!(err.contains("started from another runner config"), "{err}");
+    assert!(!env.path("data2/ok.txt").exists() && env.path("data.was/ok.txt").exists());
     server.stop();
 }
 
@@ -224,10 +236,11 @@ fn a_signer_key_file_replaced_on_disk_is_a_change_of_governance() {
 }
 
 /// What opens a request: the magic line, sent with `pass` (a descriptor)
-/// or without one.
+/// or without one, or with two.
 enum Opening<'a> {
     With(&'a std::fs::File, &'a [u8]),
     Without(&'a [u8]),
+    WithTwo(&'a std::fs::File, &'a std::fs::File),
 }
 
 /// Open a request on the runner's socket, send `rest`, and read the answer.
@@ -241,6 +254,11 @@ fn raw(env: &Env, opening: Opening<'_>, rest: &[u8], close_after: bool) -> Value
             s.write_all(&first[n..])
         }
         Opening::Without(first) => s.write_all(first),
+        Opening::WithTwo(a, b) => {
+            let n = edge_runner::intake::local::send_with_fds(s.as_raw_fd(), MAGIC, &[a.as_raw_fd(), b.as_raw_fd()])
+                .unwrap();
+            s.write_all(&MAGIC[n..])
+        }
     };
     let _ = s.write_all(rest);
     if close_after {
@@ -253,7 +271,7 @@ fn raw(env: &Env, opening: Opening<'_>, rest: &[u8], close_after: bool) -> Value
     serde_json::from_slice(&body).unwrap()
 }
 
-const MAGIC: &[u8] = b"edge-runner exec 1\n";
+const MAGIC: &[u8] = b"edge-runner exec 2\n";
 
 /// A header frame (its length, then the JSON).
 fn frame(header: &Value) -> Vec<u8> {
@@ -298,6 +316,7 @@ fn requests_that_are_not_what_exec_sends_are_answered_with_an_error_and_run_noth
         (Opening::Without(MAGIC), well_formed.clone(), false, "did not pass the evidence store's lock file"),
         (Opening::With(&read_only, MAGIC), well_formed.clone(), false, "lock file open for writing"),
         (Opening::With(&other, MAGIC), well_formed.clone(), false, "lock file open for writing"),
+        (Opening::WithTwo(&l, &l), well_formed.clone(), false, "more than the one descriptor"),
         // What: exec's protocol, from this same program.
         (Opening::With(&l, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"), vec![], true, "not an `edge-runner exec` request"),
         (Opening::With(&l, MAGIC), u32::MAX.to_be_bytes().to_vec(), false, "a request header of 4294967295 bytes"),

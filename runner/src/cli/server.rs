@@ -152,6 +152,15 @@ pub fn init(a: &InitArgs, out: &mut dyn Write) -> Result<Exit> {
 }
 
 pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
+    // Not dumpable: no process of the runner's user may attach to it (its
+    // identity key is in its memory), open its descriptors through
+    // /proc/<pid>/fd (the store's lock file, open for writing, is what
+    // `exec` proves it may write the store with: `crate::intake::local`),
+    // or find a core file of it. Root still can.
+    // SAFETY: prctl with these arguments only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     // Everything `check` checks, before anything is bound (its port check
     // binds and releases the listen addresses).
     crate::cli::check::before_serve(&a.config)?;
@@ -165,21 +174,39 @@ pub fn serve(a: &ServeArgs, out: &mut dyn Write) -> Result<Exit> {
             ),
             None => None,
         };
-        // Installed now, not when the future is first polled (once the
-        // listeners are up): a SIGTERM right after `listening on` (or
-        // systemd's READY=1) must stop the runner cleanly, not end it.
+        // Installed now, not when a shutdown future is first polled (once
+        // the listeners are up): a SIGTERM right after `listening on` (or
+        // systemd's READY=1) must stop the runner cleanly, not end it. One
+        // while it is still starting (opening and checking a long store)
+        // ends it at once, as before: nothing was admitted yet, and what a
+        // start writes is recovered like a crash at the next start.
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        {
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                let code = tokio::select! {
+                    _ = int.recv() => 130,
+                    _ = term.recv() => 143,
+                };
+                if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                    eprintln!("edge-runner: stopped while starting (signal {}); nothing was admitted", code - 128);
+                    std::process::exit(code);
+                }
+                let _ = stop.send(());
+            });
+        }
         let shutdown = async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            let _ = stopped.await;
         };
         // Under systemd (Type=notify): readiness, reloads, shutdown, watchdog.
         let systemd = crate::server::systemd::Notifier::from_env();
         crate::server::serve(config, listener, shutdown, systemd, |bound| {
+            // From here a stop is a clean shutdown.
+            ready.store(true, std::sync::atomic::Ordering::Release);
             // One line a supervisor (or a test) can wait for (the console's
             // and the probes' first).
             if let Some(origin) = bound.console {

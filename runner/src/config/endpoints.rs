@@ -204,6 +204,15 @@ impl EndpointConfig {
 }
 
 impl RawEndpoint {
+    /// The files this endpoint reads at start (CA bundle, client
+    /// certificate and key, credential), as written in the config.
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
+        [&self.ca, &self.client_cert, &self.client_key, &self.credential_file]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+    }
+
     pub(crate) fn resolve(self, name: &str, resolve: impl Fn(&Path) -> PathBuf) -> Result<EndpointConfig> {
         let f = |field: &str| format!("endpoints.{name}.{field}");
         let url = self.url.with_context(|| {

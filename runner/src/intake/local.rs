@@ -76,7 +76,7 @@ use crate::service::{QueueError, RunService};
 pub const SOCKET_NAME: &str = "exec.sock";
 /// First line of a request: the protocol (the program's version is in the
 /// header).
-pub const MAGIC: &[u8] = b"edge-runner exec 1\n";
+pub const MAGIC: &[u8] = b"edge-runner exec 2\n";
 /// Time to send a whole request (the answer waits for the run).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time to take the answer once it is ready.
@@ -279,21 +279,11 @@ async fn answer(io: &mut tokio::net::UnixStream, runs: &Arc<RunService>, lock: (
         );
     }
     let (expected, signers) = (request.governance, request.signers);
-    let check = move |g: &Governance| -> Result<()> {
-        let mut differ = differences(&expected, &g.digests());
-        if signers != signers_digest(&g.signers) {
-            differ.push("trusted signers");
-        }
-        if differ.is_empty() {
-            return Ok(());
-        }
-        bail!(
-            "the runner serving {state} governs with other documents than your --config names ({}): nothing ran. \
-             Reload it to put the file in force (`kill -HUP <pid>`, `systemctl reload edge-runner`, or POST \
-             /v1/reload), or pass the config it runs",
-            differ.join(", ")
-        )
-    };
+    // At once (a request for other documents takes no slot), and again
+    // with the governance the run takes once it has one (a reload may come
+    // in between).
+    same_governance(&state, &expected, signers, &runner.governance())?;
+    let check = move |g: &Governance| same_governance(&state, &expected, signers, g);
     let report = match runs.exec_local(inputs.capsule, inputs.approvals, check).await {
         Ok(r) => r?,
         Err(QueueError::Full) => bail!("the runner's run queue is full: nothing ran; try again shortly"),
@@ -304,6 +294,23 @@ async fn answer(io: &mut tokio::net::UnixStream, runs: &Arc<RunService>, lock: (
     let mut out = Vec::new();
     let exit = crate::cli::exec_answer(&report, request.json, &mut out)?;
     Ok(Answer { exit: exit as u8, out: String::from_utf8_lossy(&out).into_owned(), error: None })
+}
+
+/// Refuse a run whose `exec` named other governing documents than `g`'s.
+fn same_governance(state: &str, expected: &ConfigDigests, signers: Sha256Digest, g: &Governance) -> Result<()> {
+    let mut differ = differences(expected, &g.digests());
+    if signers != signers_digest(&g.signers) {
+        differ.push("trusted signers");
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the runner serving {state} governs with other documents than your --config names ({}): nothing ran. \
+         Reload it to put the file in force (`kill -HUP <pid>`, `systemctl reload edge-runner`, or POST \
+         /v1/reload), or pass the config it runs",
+        differ.join(", ")
+    )
 }
 
 /// Refuse a connection whose process runs as another user than this one.
@@ -338,37 +345,50 @@ fn differences(a: &ConfigDigests, b: &ConfigDigests) -> Vec<&'static str> {
 }
 
 /// The magic line, and the descriptor sent with it: the client's proof
-/// that it may write the store (the lock file, opened for writing).
+/// that it may write the store (the lock file, opened for writing). One
+/// descriptor, with the first bytes; any other is refused (and closed).
 async fn read_magic(io: &tokio::net::UnixStream, lock: (u64, u64)) -> Result<()> {
     let mut magic = [0u8; MAGIC.len()];
     let mut got = 0;
-    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut passed: Option<OwnedFd> = None;
     while got < magic.len() {
         io.readable().await.context("reading the request")?;
-        let n = match io
-            .try_io(tokio::io::Interest::READABLE, || recv_with_fds(io.as_raw_fd(), &mut magic[got..], &mut fds))
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(anyhow!(e).context("reading the request")),
-        };
+        let first = got == 0;
+        let (n, fd, truncated) =
+            match io.try_io(tokio::io::Interest::READABLE, || recv_with_fd(io.as_raw_fd(), &mut magic[got..])) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(anyhow!(e).context("reading the request")),
+            };
+        if truncated || (fd.is_some() && !first) {
+            bail!("the request passed more than the one descriptor `edge-runner exec` passes, with its first bytes");
+        }
         if n == 0 {
             bail!("reading the request: the connection closed");
+        }
+        if fd.is_some() {
+            passed = fd;
         }
         got += n;
     }
     if magic != MAGIC {
         bail!("not an `edge-runner exec` request of this version: run the same edge-runner as the one serving");
     }
-    let [fd] = fds.as_slice() else {
+    let Some(fd) = passed else {
         bail!(
             "the request did not pass the evidence store's lock file: `edge-runner exec` passes it, open for writing"
         );
     };
-    let file = std::fs::File::from(fd.try_clone().context("the passed descriptor")?);
-    let m = file.metadata().context("the passed descriptor")?;
-    // SAFETY: F_GETFL on a descriptor this process owns.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // (fstat may wait on a file system: not on this task's thread.)
+    let (m, flags) = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::from(fd);
+        // SAFETY: F_GETFL on a descriptor this process owns.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        file.metadata().map(|m| (m, flags))
+    })
+    .await
+    .context("checking the passed descriptor")?
+    .context("the passed descriptor")?;
     if (m.dev(), m.ino()) != lock || flags < 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
         bail!(
             "the request did not pass this runner's evidence store lock file open for writing: only a process that \
@@ -378,11 +398,13 @@ async fn read_magic(io: &tokio::net::UnixStream, lock: (u64, u64)) -> Result<()>
     Ok(())
 }
 
-/// `recvmsg` into `buf`, keeping any descriptors passed with the bytes
-/// (close-on-exec; ones beyond the few that fit are closed by the kernel).
-fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<usize> {
-    // Room for four descriptors, aligned as cmsghdr needs.
-    let mut control = [0u64; 8];
+/// `recvmsg` into `buf`: how many bytes, the descriptor passed with them
+/// (close-on-exec), and whether the sender passed more than room was made
+/// for (the kernel closes those).
+fn recv_with_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<OwnedFd>, bool)> {
+    // Room for exactly one descriptor (CMSG_SPACE(4) is 24 bytes), aligned
+    // as cmsghdr needs.
+    let mut control = [0u64; 3];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -395,6 +417,8 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    let mut passed = None;
+    let mut more = msg.msg_flags & libc::MSG_CTRUNC != 0;
     // SAFETY: walking the control messages the kernel wrote into `control`
     // with the CMSG macros, within `msg_controllen`.
     unsafe {
@@ -404,13 +428,18 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::
                 let data = libc::CMSG_DATA(c).cast::<RawFd>();
                 let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    let owned = OwnedFd::from_raw_fd(data.add(i).read_unaligned());
+                    if passed.is_none() {
+                        passed = Some(owned);
+                    } else {
+                        more = true;
+                    }
                 }
             }
             c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
     }
-    Ok(n as usize)
+    Ok((n as usize, passed, more))
 }
 
 /// Send the start of `bytes` with the descriptor `pass` (what a request
@@ -419,22 +448,36 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::
 /// # Errors
 /// If the socket refuses it.
 pub fn send_with_fd(sock: RawFd, bytes: &[u8], pass: RawFd) -> std::io::Result<usize> {
-    let mut control = [0u64; 4];
+    send_with_fds(sock, bytes, &[pass])
+}
+
+/// [`send_with_fd`] with up to four descriptors (what `exec` never sends:
+/// for the tests of what the runner refuses).
+///
+/// # Errors
+/// If the socket refuses it.
+pub fn send_with_fds(sock: RawFd, bytes: &[u8], pass: &[RawFd]) -> std::io::Result<usize> {
+    assert!((1..=4).contains(&pass.len()), "one to four descriptors");
+    let mut control = [0u64; 6];
     let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
     // SAFETY: a zeroed msghdr is valid; its pointers are set to live buffers below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
+    let size = std::mem::size_of_val(pass) as u32;
     // SAFETY: CMSG_SPACE is arithmetic; the header written fits `control`
-    // (one descriptor: 24 bytes of 32).
+    // (four descriptors: 32 bytes of 48).
     unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
+        msg.msg_controllen = libc::CMSG_SPACE(size) as _;
         let c = libc::CMSG_FIRSTHDR(&raw const msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        libc::CMSG_DATA(c).cast::<RawFd>().write_unaligned(pass);
+        (*c).cmsg_len = libc::CMSG_LEN(size) as _;
+        let data = libc::CMSG_DATA(c).cast::<RawFd>();
+        for (i, fd) in pass.iter().enumerate() {
+            data.add(i).write_unaligned(*fd);
+        }
     }
     // SAFETY: `msg` points at `iov` and `control`, which outlive the call.
     let n = unsafe { libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) };
@@ -626,7 +669,9 @@ mod tests {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !root {
-            eprintln!("skipped: changing to another user needs root (CI runs as root)");
+            // CI runs as root: there, a test of the user check never skips.
+            assert!(std::env::var_os("CI").is_none(), "the user-check tests need root, and CI runs them");
+            eprintln!("skipped: changing to another user needs root");
         }
         root
     }

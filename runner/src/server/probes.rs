@@ -310,8 +310,18 @@ mod tests {
         assert_eq!(std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         chmod_socket(&path, 0o660).unwrap();
         assert_eq!(std::fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
-        // Swapped for a link to a file (as someone with write access to
-        // the directory could between the bind and the chmod).
+        // Swapped for a link to another socket (as someone with write
+        // access to the directory could between the bind and the chmod):
+        // the link is not followed, so that socket keeps its mode.
+        let other = dir.path().join("other.sock");
+        let _o = std::os::unix::net::UnixListener::bind(&other).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&other, &path).unwrap();
+        let e = chmod_socket(&path, 0o600).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::symlink_metadata(&other).unwrap().permissions().mode() & 0o777, 0o644);
+        // A link to a file, likewise.
         let target = dir.path().join("precious");
         std::fs::write(&target, "x").unwrap();
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
