@@ -238,7 +238,7 @@ pub struct RunnerConfig {
     /// `None` once a [`crate::pipeline::Runner`] holds this config: read
     /// the one in force with `Runner::governance` (a reload replaces it).
     pub governance: Option<Governance>,
-    /// What of the config only a restart applies, by digest ([`fixed_of`]):
+    /// What of the config only a restart applies, by digest (`fixed_of`):
     /// a reload leaves it as it was at start (mounts, endpoints, limits,
     /// switches, listeners, …).
     pub fixed: edge_core::Sha256Digest,
