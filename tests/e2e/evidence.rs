@@ -1051,20 +1051,10 @@ fn an_export_names_the_old_reload_refusals_that_quote_the_config_file() {
 fn a_fetch_over_the_api_names_the_old_reload_refusals_too() {
     let env = crate::server::setup(64);
     let fetch = |server: &crate::server::Server| {
-        let out = env.cli(&[
-            "evidence",
-            "fetch",
-            "--server",
-            &server.url,
-            "--ca",
-            "tls/ca.pem",
-            "--cert",
-            "tls/approver.pem",
-            "--key",
-            "tls/approver.key",
-            "-o",
-            "fetched.bundle",
-        ]);
+        let out = env.cli(
+            &[&["evidence", "fetch"][..], &crate::server::approver_flags(&server.url), &["-o", "fetched.bundle"]]
+                .concat(),
+        );
         String::from_utf8_lossy(&out.success().0.stdout).into_owned()
     };
     let server = crate::server::Server::start(&env);

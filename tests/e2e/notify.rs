@@ -362,26 +362,9 @@ fn a_waiting_proposal_is_announced_signed_with_its_link_and_without_content_then
     // then `committed`, each once.
     for who in ["alice", "carol"] {
         let (principal, key_file, out) = (format!("{who}@bank.example"), format!("keys/{who}"), format!("{who}.json"));
-        env.cli(&[
-            "approve",
-            &id,
-            "--server",
-            &server.url,
-            "--ca",
-            "tls/ca.pem",
-            "--cert",
-            "tls/approver.pem",
-            "--key",
-            "tls/approver.key",
-            "--principal",
-            &principal,
-            "--ssh-key",
-            &key_file,
-            "--yes",
-            "-o",
-            &out,
-        ])
-        .success();
+        let flags = crate::server::approver_flags(&server.url);
+        let rest = ["--principal", &principal, "--ssh-key", &key_file, "--yes", "-o", &out];
+        env.cli(&[&["approve", &id][..], &flags, &rest].concat()).success();
     }
     let got = receiver.wait_for(3);
     let events: Vec<(String, String)> =

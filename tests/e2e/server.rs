@@ -97,6 +97,12 @@ impl Server {
     }
 }
 
+/// The client flags of a command run as the approver against the runner
+/// at `url` (`--server … --ca … --cert … --key …`).
+pub(crate) fn approver_flags(url: &str) -> [&str; 8] {
+    ["--server", url, "--ca", "tls/ca.pem", "--cert", "tls/approver.pem", "--key", "tls/approver.key"]
+}
+
 pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -445,24 +451,11 @@ fn a_waiting_proposal_survives_a_kill_and_a_killed_apply_is_recovered() {
         let principal = format!("{who}@bank.example");
         let (key, out) = (format!("keys/{who}"), format!("{who}-remote.json"));
         let args = [
-            "approve",
-            &id,
-            "--server",
-            &server.url,
-            "--ca",
-            "tls/ca.pem",
-            "--cert",
-            "tls/approver.pem",
-            "--key",
-            "tls/approver.key",
-            "--principal",
-            &principal,
-            "--ssh-key",
-            &key,
-            "--yes",
-            "-o",
-            &out,
-        ];
+            &["approve", &id][..],
+            &approver_flags(&server.url),
+            &["--principal", &principal, "--ssh-key", &key, "--yes", "-o", &out],
+        ]
+        .concat();
         last = env.cli(&args).success().stdout();
     }
     assert!(last.contains("the proposal ran: committed"), "{last}");
