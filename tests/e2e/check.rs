@@ -342,6 +342,39 @@ fn check_names_a_server_certificate_from_another_ca_a_key_that_is_not_its_own_an
 }
 
 #[test]
+fn check_warns_of_a_state_dir_its_group_may_write_where_exec_cannot_hand_runs_over() {
+    let env = init_home("127.0.0.1:0", &[]);
+    chmod(&env.path("state"), 0o770);
+    let out = env.cli(&["check", "--config", "runner.toml"]);
+    let text = out.stdout();
+    // (Exit 1 for any problem, as `check` does; `serve` would start.)
+    assert_eq!(out.code(), 1, "{text}");
+    assert!(text.contains("`serve` would start and warn"), "{text}");
+    assert!(text.contains("runner.state_dir ./state has mode 0770: its group may write to it"), "{text}");
+    assert!(text.contains("chmod g-w ./state"), "{text}");
+    assert!(text.contains("0 error(s), 1 warning(s)"), "{text}");
+    // And `serve` there says so, and makes no socket.
+    let mut serve = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config", "runner.toml"])
+        .current_dir(env.path(""))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(serve.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    assert!(!env.path("state/exec.sock").exists());
+    let _ = std::process::Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
+    let out = serve.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the state directory is not this user's alone"), "{err}");
+    chmod(&env.path("state"), 0o700);
+    let text = env.cli(&["check", "--config", "runner.toml"]).stdout();
+    assert!(!text.contains("its group may write"), "{text}");
+}
+
+#[test]
 fn check_lists_a_broken_policy_and_a_broken_approver_registry_together() {
     let env = init_home("127.0.0.1:0", &[]);
     std::fs::write(env.path("policy/policy.toml"), "version = 99\n").unwrap();

@@ -14,7 +14,9 @@
 //!            [console]    ─ its own cert/key likewise; SANs cover console.url
 //!            mounts       ─ exist, directories, writable where granted
 //!            state, staging, cache ─ directories or creatable, writable,
-//!                           not world-writable
+//!                           not world-writable; the state directory
+//!                           neither group-writable nor another user's
+//!                           (a warning: `exec` could not hand runs over)
 //!            ports        ─ server.listen, console.listen and probes.listen can be
 //!                           bound now (a probe socket: its directory exists, the
 //!                           path is free or a stale socket)
@@ -467,6 +469,29 @@ fn directory(setting: &str, dir: &Path, problems: &mut Vec<Problem>) {
                 problems.push(Problem::error(
                     format!("{setting} {d} is not writable by uid {}", euid()),
                     format!("run `chown -R <runner user> {d}`, or run the runner as its owner"),
+                ));
+            }
+            // `serve` makes the socket `exec` hands runs to only in a state
+            // directory that is the runner user's alone
+            // (`crate::intake::local::bind`).
+            if setting == "runner.state_dir" && mode & 0o022 == 0o020 {
+                problems.push(Problem::warning(
+                    format!(
+                        "{setting} {d} has mode {mode:04o}: its group may write to it, so `serve` makes no socket \
+                         there for `edge-runner exec`, which then says the store is in use while the runner serves"
+                    ),
+                    format!("run `chmod g-w {d}` (0700, or 0750 for a group that reads)"),
+                ));
+            }
+            if setting == "runner.state_dir" && euid() != 0 && meta.uid() != euid() {
+                problems.push(Problem::warning(
+                    format!(
+                        "{setting} {d} is owned by uid {}, not by uid {} that checks it: `serve` makes no socket \
+                         there for `edge-runner exec`",
+                        meta.uid(),
+                        euid()
+                    ),
+                    format!("run `chown <runner user> {d}`, and run the runner as its owner"),
                 ));
             }
         }
