@@ -293,6 +293,44 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
 }
 
 #[test]
+fn a_fetch_through_nats_names_the_old_reload_refusals_that_quote_the_config_file() {
+    let nats = Nats::start();
+    let env = nats_env("r1", &nats);
+    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let text = text.replace("ack_wait = \"2s\"\n", "ack_wait = \"2s\"\nexports = true\nexport_bucket_mib = 64\n");
+    std::fs::write(env.path("runner.toml"), text).unwrap();
+    // An old-style refusal, as a runner before 2026-12-06 recorded it.
+    let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
+    let opened = edge_runner::pipeline::Runner::open(config).unwrap();
+    let kept = opened.governance().digests();
+    let old = "runner config runner.toml is invalid: TOML parse error at line 3, column 7\n   |\n3 | url = \
+               \"https://hooks.example/T/old-secret-7c\n   |       ^\ninvalid basic string";
+    let refused = edge_core::evidence::Event::ReloadRefused { trigger: "sighup".into(), error: old.into(), kept };
+    opened.log.append("runner", refused).unwrap();
+    drop(opened);
+    let runner = Runner::start(&env);
+    runner.wait_ready(200, 30);
+    runner_key(&env);
+    let f = env.cli(&[
+        "evidence",
+        "fetch",
+        "--nats",
+        &nats.url(),
+        "--runner",
+        "r1",
+        "--runner-key",
+        "runner.vkey",
+        "-o",
+        "old.bundle",
+    ]);
+    assert_eq!(f.code(), 0, "{}{}", f.stdout(), f.stderr());
+    let said = f.stdout();
+    assert!(said.contains("note: 1 reload-refused record(s) in it, written by a runner before 2026-12-06"), "{said}");
+    assert!(!said.contains("old-secret-7c"), "{said}");
+    drop(runner);
+}
+
+#[test]
 fn a_runner_killed_at_any_point_loses_no_message_and_runs_none_twice() {
     let nats = Nats::start();
     let env = nats_env("r1", &nats);
