@@ -198,28 +198,17 @@ pub struct MountConfig {
     pub redact: Patterns,
 }
 
-/// What of a config only a restart applies, as one digest: the sections of
-/// its text a reload does not apply ([`crate::governance::fixed_digest`]),
-/// and what that text resolved to when it was loaded — the directory its
-/// relative paths are read from, each mount's canonical path (a link
-/// pointed elsewhere counts) and the digest of each file an endpoint reads
-/// (a credential rewritten counts). Equal for two loads exactly when a
-/// runner started from one runs what the other names.
-fn fixed_of(
-    text: &str,
-    base: &Path,
-    mounts: &BTreeMap<String, MountConfig>,
-    read_at_start: &BTreeMap<String, String>,
-) -> Sha256Digest {
-    let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    let mounts: BTreeMap<&String, String> = mounts.iter().map(|(k, m)| (k, m.path.display().to_string())).collect();
-    let all = serde_json::json!({
-        "sections": crate::governance::fixed_digest(text),
-        "base": base.display().to_string(),
-        "mounts": mounts,
-        "read_at_start": read_at_start,
-    });
-    Sha256Digest::of(&serde_json::to_vec(&all).unwrap_or_default())
+/// What of a config only a restart applies, kept as loaded so that its
+/// digest ([`RunnerConfig::fixed`]) is made only where it is compared (a
+/// serving runner, `exec` handing a run over), not at every load.
+#[derive(Debug)]
+struct Fixed {
+    /// The config's text (the same `Arc` as the governance's at load).
+    text: Arc<String>,
+    /// The directory its relative paths are read from.
+    base: PathBuf,
+    /// Each file an endpoint read at load: path → digest.
+    read_at_start: BTreeMap<String, String>,
 }
 
 /// The resolved runner configuration.
@@ -238,10 +227,8 @@ pub struct RunnerConfig {
     /// `None` once a [`crate::pipeline::Runner`] holds this config: read
     /// the one in force with `Runner::governance` (a reload replaces it).
     pub governance: Option<Governance>,
-    /// What of the config only a restart applies, by digest (`fixed_of`):
-    /// a reload leaves it as it was at start (mounts, endpoints, limits,
-    /// switches, listeners, …).
-    pub fixed: edge_core::Sha256Digest,
+    /// What of the config only a restart applies ([`RunnerConfig::fixed`]).
+    fixed: Fixed,
     pub mounts: BTreeMap<String, MountConfig>,
     /// Services a capsule may call (`[endpoints.<name>]`).
     pub endpoints: BTreeMap<String, Arc<endpoints::EndpointConfig>>,
@@ -271,6 +258,28 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
+    /// What of this config only a restart applies, as one digest: the
+    /// sections of its text a reload does not apply
+    /// ([`crate::governance::fixed_digest`]), and what that text resolved
+    /// to when it was loaded — the directory its relative paths are read
+    /// from, each mount's canonical path (a link pointed elsewhere counts)
+    /// and the digest of each file an endpoint reads (a credential
+    /// rewritten counts). Equal for two loads exactly when a runner started
+    /// from one runs what the other names.
+    pub fn fixed(&self) -> Sha256Digest {
+        let Fixed { text, base, read_at_start } = &self.fixed;
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.clone());
+        let mounts: BTreeMap<&String, String> =
+            self.mounts.iter().map(|(k, m)| (k, m.path.display().to_string())).collect();
+        let all = serde_json::json!({
+            "sections": crate::governance::fixed_digest(text),
+            "base": base.display().to_string(),
+            "mounts": mounts,
+            "read_at_start": read_at_start,
+        });
+        Sha256Digest::of(&serde_json::to_vec(&all).unwrap_or_default())
+    }
+
     /// Read and resolve a config file.
     ///
     /// # Errors
@@ -401,7 +410,7 @@ impl RunnerConfig {
             mounts.insert(name, MountConfig { path: canonical, writable: m.writable, preview, redact });
         }
         // What the endpoints read at start, by digest: part of what only a
-        // restart applies (`fixed`).
+        // restart applies (`RunnerConfig::fixed`).
         let read_at_start: BTreeMap<String, String> = raw
             .endpoints
             .values()
@@ -413,7 +422,6 @@ impl RunnerConfig {
                 (p.display().to_string(), d)
             })
             .collect();
-        let fixed = fixed_of(text, base, &mounts, &read_at_start);
         let mut endpoints = BTreeMap::new();
         for (name, e) in raw.endpoints {
             if !is_logical_name(&name) {
@@ -563,8 +571,9 @@ impl RunnerConfig {
             dangerous.push(format!("endpoints.{}.dangerous_plain_http", e.name));
         }
         let grants = server.as_ref().map(|s| Arc::new(s.grants.clone()));
+        let config_text = Arc::new(text.to_owned());
         Ok(RunnerConfig {
-            fixed,
+            fixed: Fixed { text: config_text.clone(), base: base.to_path_buf(), read_at_start },
             server,
             console,
             notify,
@@ -579,7 +588,7 @@ impl RunnerConfig {
                 signers: Arc::new(signers),
                 trusted_root: trusted_root.map(Arc::new),
                 approvers: approvers.map(Arc::new),
-                config_text: Arc::new(text.to_owned()),
+                config_text,
                 config_shown: Arc::new(shown(text)?),
                 passkeys_file,
                 clock_skew_secs,

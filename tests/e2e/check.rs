@@ -354,20 +354,11 @@ fn check_warns_of_a_state_dir_its_group_may_write_where_exec_cannot_hand_runs_ov
     assert!(text.contains("chmod g-w ./state"), "{text}");
     assert!(text.contains("0 error(s), 1 warning(s)"), "{text}");
     // And `serve` there says so, and makes no socket.
-    let mut serve = std::process::Command::new(crate::harness::BIN)
-        .args(["serve", "--config", "runner.toml"])
-        .current_dir(env.path(""))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(serve.stdout.take().unwrap()), &mut line).unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
+    let log = std::fs::File::create(env.path("serve.log")).unwrap();
+    let server = crate::server::Server::start_with(&env, 1, log.into(), &[]);
     assert!(!env.path("state/exec.sock").exists());
-    let _ = std::process::Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
-    let out = serve.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    server.stop();
+    let err = std::fs::read_to_string(env.path("serve.log")).unwrap();
     assert!(err.contains("the state directory is not this user's alone"), "{err}");
     chmod(&env.path("state"), 0o700);
     let text = env.cli(&["check", "--config", "runner.toml"]).stdout();

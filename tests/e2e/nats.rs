@@ -171,6 +171,12 @@ fn count(env: &Env, event: &str) -> usize {
     env.evidence().as_array().unwrap().iter().filter(|r| r["event"]["type"] == event).count()
 }
 
+/// `edge-runner evidence fetch` of runner `r1`'s log through NATS into `out`.
+fn fetch_through(env: &Env, nats: &Nats, out: &str) -> crate::harness::Cli {
+    let url = nats.url();
+    env.cli(&["evidence", "fetch", "--nats", &url, "--runner", "r1", "--runner-key", "runner.vkey", "-o", out])
+}
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Wait until runner `r1`'s consumer has nothing pending or unacknowledged
@@ -270,18 +276,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     assert_eq!(cli.code(), 0, "{}{}", cli.stdout(), cli.stderr());
     assert!(cli.stdout().contains("state     completed"), "{}", cli.stdout());
     // And the CLI fetches an export the same way.
-    let f = env.cli(&[
-        "evidence",
-        "fetch",
-        "--nats",
-        &nats.url(),
-        "--runner",
-        "r1",
-        "--runner-key",
-        "runner.vkey",
-        "-o",
-        "cli.bundle",
-    ]);
+    let f = fetch_through(&env, &nats, "cli.bundle");
     assert_eq!(f.code(), 0, "{}{}", f.stdout(), f.stderr());
     drop(runner);
     let args = vec![env.path("cli.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
@@ -311,18 +306,7 @@ fn a_fetch_through_nats_names_the_old_reload_refusals_that_quote_the_config_file
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     runner_key(&env);
-    let f = env.cli(&[
-        "evidence",
-        "fetch",
-        "--nats",
-        &nats.url(),
-        "--runner",
-        "r1",
-        "--runner-key",
-        "runner.vkey",
-        "-o",
-        "old.bundle",
-    ]);
+    let f = fetch_through(&env, &nats, "old.bundle");
     assert_eq!(f.code(), 0, "{}{}", f.stdout(), f.stderr());
     let said = f.stdout();
     assert!(said.contains("note: 1 reload-refused record(s) in it, written by a runner before 2026-12-06"), "{said}");

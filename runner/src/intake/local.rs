@@ -109,8 +109,7 @@ pub struct Request {
     pub governance: ConfigDigests,
     /// The trusted signers it names, keys included ([`signers_digest`]).
     pub signers: Sha256Digest,
-    /// What of its file only a restart applies
-    /// ([`crate::governance::fixed_digest`]).
+    /// What of its config only a restart applies ([`RunnerConfig::fixed`]).
     pub fixed: Sha256Digest,
     /// The capsule file's length (its bytes follow the header).
     pub capsule: u64,
@@ -141,10 +140,10 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_NAME)
 }
 
-/// The store's lock file, which a process that writes the store opens
-/// read-write (`crate::store::log::lock_file`).
+/// The store's lock file ([`crate::store::log::lock_path`]), which a
+/// process that writes the store opens read-write.
 fn lock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("evidence").join("lock")
+    crate::store::log::lock_path(&state_dir.join("evidence"))
 }
 
 /// The trusted signers as one digest: each one's name and key as evidence
@@ -165,11 +164,19 @@ pub fn signers_digest(signers: &edge_core::signature::TrustedSigners) -> Sha256D
 pub struct Listener {
     listener: tokio::net::UnixListener,
     _file: SocketFile,
-    /// The store's lock file (device, inode) a request must pass.
-    lock: (u64, u64),
+    own: Own,
 }
 
-/// Bind the hand-over socket in `state_dir`, replacing a stale one an
+/// What a request is checked against: this runner's own.
+#[derive(Debug, Clone, Copy)]
+struct Own {
+    /// The store's lock file (device, inode), which a request must pass.
+    lock: (u64, u64),
+    /// What of its config only a restart applies ([`RunnerConfig::fixed`]).
+    fixed: Sha256Digest,
+}
+
+/// Bind the hand-over socket in `config`'s state directory, replacing a stale one an
 /// earlier process left (the caller holds the evidence store's lock, so no
 /// other runner of this state directory is alive). `None`, with a warning,
 /// when the path is too long for a Unix socket or the directory is not
@@ -177,7 +184,8 @@ pub struct Listener {
 ///
 /// # Errors
 /// The socket cannot be created, or its path holds something else.
-pub fn bind(state_dir: &Path) -> Result<Option<Listener>> {
+pub fn bind(config: &RunnerConfig) -> Result<Option<Listener>> {
+    let state_dir = config.state_dir.as_path();
     let path = std::path::absolute(socket_path(state_dir))
         .with_context(|| format!("cannot resolve {}", state_dir.display()))?;
     if path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -188,8 +196,7 @@ pub fn bind(state_dir: &Path) -> Result<Option<Listener>> {
     // Nobody else may put something at that path between the bind and the
     // chmod below (a symbolic link it would follow).
     let dir = std::fs::metadata(state_dir).with_context(|| format!("cannot inspect {}", state_dir.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::check::euid();
     if dir.uid() != me || dir.mode() & 0o022 != 0 {
         tracing::warn!(dir = %state_dir.display(), mode = format!("{:o}", dir.mode() & 0o7777), owner = dir.uid(),
             "the state directory is not this user's alone: no socket for `edge-runner exec` (chmod 700 it, \
@@ -217,16 +224,17 @@ pub fn bind(state_dir: &Path) -> Result<Option<Listener>> {
         .with_context(|| format!("cannot create the exec socket {}", path.display()))?;
     crate::server::probes::chmod_socket(&path, 0o600)
         .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
-    Ok(Some(Listener { listener, _file: SocketFile::new(path)?, lock: (lock.dev(), lock.ino()) }))
+    let own = Own { lock: (lock.dev(), lock.ino()), fixed: config.fixed() };
+    Ok(Some(Listener { listener, _file: SocketFile::new(path)?, own }))
 }
 
 /// Serve hand-overs on `listener` until `shutdown`; runs already handed
 /// over finish (they are the service's tasks) and their answers are sent.
 pub async fn serve(listener: Listener, runs: Arc<RunService>, shutdown: impl std::future::Future<Output = ()>) {
-    let lock = listener.lock;
+    let own = listener.own;
     let mut open = accept_loop("exec", &listener.listener, MAX_CONNECTIONS, shutdown, |io, _| {
         let runs = runs.clone();
-        async move { connection(io, runs, lock).await }
+        async move { connection(io, runs, own).await }
     })
     .await;
     // No more connections wait in its backlog for an answer that never
@@ -235,8 +243,8 @@ pub async fn serve(listener: Listener, runs: Arc<RunService>, shutdown: impl std
     while open.join_next().await.is_some() {}
 }
 
-async fn connection(mut io: tokio::net::UnixStream, runs: Arc<RunService>, lock: (u64, u64)) {
-    let answer = match answer(&mut io, &runs, lock).await {
+async fn connection(mut io: tokio::net::UnixStream, runs: Arc<RunService>, own: Own) {
+    let answer = match answer(&mut io, &runs, own).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(error = %edge_core::text::line(&format!("{e:#}")), "exec hand-over refused");
@@ -264,14 +272,14 @@ async fn connection(mut io: tokio::net::UnixStream, runs: Arc<RunService>, lock:
     }
 }
 
-async fn answer(io: &mut tokio::net::UnixStream, runs: &Arc<RunService>, lock: (u64, u64)) -> Result<Answer> {
+async fn answer(io: &mut tokio::net::UnixStream, runs: &Arc<RunService>, own: Own) -> Result<Answer> {
     same_user(io.as_raw_fd())?;
-    let (request, inputs) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(io, lock))
+    let (request, inputs) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(io, own.lock))
         .await
         .map_err(|_| anyhow!("the request was not sent within {} s", REQUEST_TIMEOUT.as_secs()))??;
     let runner = runs.runner();
     let state = runner.config.state_dir.display().to_string();
-    if request.fixed != runner.config.fixed {
+    if request.fixed != own.fixed {
         bail!(
             "the runner serving {state} started from another runner config than your --config names, in what only \
              a restart applies (mounts, endpoints, limits, listeners, switches): nothing ran. Restart it \
@@ -315,8 +323,7 @@ fn same_governance(state: &str, expected: &ConfigDigests, signers: Sha256Digest,
 
 /// Refuse a connection whose process runs as another user than this one.
 fn same_user(fd: RawFd) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::check::euid();
     let peer = peer_uid(fd).context("cannot read the connecting process's user")?;
     if peer != me {
         tracing::warn!(uid = peer, "exec hand-over refused: another user");
@@ -541,8 +548,7 @@ fn peer_uid(fd: RawFd) -> std::io::Result<u32> {
 
 /// Refuse a serving process of another user than this one.
 fn served_by_me(fd: RawFd, state_dir: &Path) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::check::euid();
     let serving = peer_uid(fd).context("cannot read the serving process's user")?;
     if serving != me {
         bail!(
@@ -596,7 +602,7 @@ pub fn hand_over(config: &RunnerConfig, inputs: &ExecInputs, json: bool) -> Resu
         json,
         governance: governance.digests(),
         signers: signers_digest(&governance.signers),
-        fixed: config.fixed,
+        fixed: config.fixed(),
         capsule: inputs.capsule.len() as u64,
         approvals: inputs.approvals.iter().map(|a| a.len() as u64).collect(),
     };
@@ -666,8 +672,7 @@ mod tests {
     /// Whether this process may become another user (root): the tests of
     /// the user checks need a process of another user.
     fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::check::euid() == 0;
         if !root {
             // CI runs as root: there, a test of the user check never skips.
             assert!(std::env::var_os("CI").is_none(), "the user-check tests need root, and CI runs them");

@@ -210,7 +210,7 @@ pub async fn serve(
     // `edge-runner exec` on this host hands its runs over a socket in the
     // state directory (`crate::intake::local`): the store is ours.
     let (exec_stop, exec_stopped) = tokio::sync::oneshot::channel::<()>();
-    let exec_socket = crate::intake::local::bind(&runs.runner().config.state_dir)?.map(|l| {
+    let exec_socket = crate::intake::local::bind(&runs.runner().config)?.map(|l| {
         tokio::spawn(crate::intake::local::serve(l, runs.clone(), async {
             let _ = exec_stopped.await;
         }))

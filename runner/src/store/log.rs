@@ -1369,12 +1369,18 @@ impl Drop for Reader<'_> {
 /// # Errors
 /// If it cannot be opened.
 pub fn lock_file(dir: &Path) -> Result<std::fs::File> {
+    let path = lock_path(dir);
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))
-        .with_context(|| format!("cannot open {}", dir.join("lock").display()))
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Where the lock file of the store in `dir` is ([`lock_file`]).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("lock")
 }
 
 /// A read-only connection to a store (for export, `evidence show`, tools).
