@@ -171,6 +171,13 @@ fn count(env: &Env, event: &str) -> usize {
     env.evidence().as_array().unwrap().iter().filter(|r| r["event"]["type"] == event).count()
 }
 
+/// Let the runner answer export requests through NATS (`nats.exports`).
+fn exports_on(env: &Env) {
+    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    let text = text.replace("ack_wait = \"2s\"\n", "ack_wait = \"2s\"\nexports = true\nexport_bucket_mib = 64\n");
+    std::fs::write(env.path("runner.toml"), text).unwrap();
+}
+
 /// `edge-runner evidence fetch` of runner `r1`'s log through NATS into `out`.
 fn fetch_through(env: &Env, nats: &Nats, out: &str) -> crate::harness::Cli {
     let url = nats.url();
@@ -201,9 +208,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
     let nats = Nats::start();
     let env = nats_env("r1", &nats);
     // Exports through the object store, for the reviewers this deployment lets publish on in.export.
-    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
-    let text = text.replace("ack_wait = \"2s\"\n", "ack_wait = \"2s\"\nexports = true\nexport_bucket_mib = 64\n");
-    std::fs::write(env.path("runner.toml"), text).unwrap();
+    exports_on(&env);
     let runner = Runner::start(&env);
     runner.wait_ready(200, 30);
     let diag = diagnostic(&env);
@@ -291,9 +296,7 @@ fn submissions_through_nats_are_answered_and_hostile_messages_refused_without_bl
 fn a_fetch_through_nats_names_the_old_reload_refusals_that_quote_the_config_file() {
     let nats = Nats::start();
     let env = nats_env("r1", &nats);
-    let text = std::fs::read_to_string(env.path("runner.toml")).unwrap();
-    let text = text.replace("ack_wait = \"2s\"\n", "ack_wait = \"2s\"\nexports = true\nexport_bucket_mib = 64\n");
-    std::fs::write(env.path("runner.toml"), text).unwrap();
+    exports_on(&env);
     // An old-style refusal, as a runner before 2026-12-06 recorded it.
     let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
     let opened = edge_runner::pipeline::Runner::open(config).unwrap();
