@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use serde_json::Value;
 
 use crate::harness::Env;
-use crate::server::{Server, capsule, setup};
+use crate::server::{Server, capsule, gauge, setup, setup_running, submit_in_thread};
 
 const HANDED: &str = "exec: run by the runner serving";
 
@@ -203,6 +203,65 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     assert_eq!(out.0.status.code(), Some(1), "{err}");
     assert!(err.contains("started from another runner config"), "{err}");
     assert!(!env.path("data2/ok.txt").exists() && env.path("data.was/ok.txt").exists());
+    server.stop();
+}
+
+/// A reload that comes while a handed-over run waits for its slot: the run
+/// is checked again once it has one, against the governance it would run
+/// under, and refused (its request was checked on arrival, before the
+/// reload, and passed).
+#[test]
+fn a_reload_while_a_handed_over_run_waits_for_its_slot_refuses_the_run_before_it_starts() {
+    // One run at a time: a sleeper holds the slot.
+    let env = setup_running(64, 1);
+    let server = Server::start(&env);
+    let manifest = Env::hostile_manifest("sleep", "").replace("wall_ms = 2500", "wall_ms = 8000");
+    assert!(manifest.contains("wall_ms = 8000"), "{manifest}");
+    let sleeper = env.capsule("slot-holder", test_programs::HOSTILE, &manifest, Some("agent"));
+    let tier0 = capsule(&env, "none", false);
+    let runs = submissions(&env);
+    let metric = |name: &str| {
+        let text = crate::server::rt().block_on(async {
+            String::from_utf8(server.client(&env, "approver").get("/metrics").await.unwrap().body.to_vec()).unwrap()
+        });
+        gauge(&text, name)
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let held = submit_in_thread(&server, &env, &sleeper);
+    until("the sleeper runs", &|| metric("edge_runner_capsules_executing") == 1);
+    std::thread::scope(|s| {
+        // Its request names the documents in force now, and waits for the slot.
+        let exec = s.spawn(|| env.cli(&["exec", tier0.to_str().unwrap(), "--config", "runner.toml"]));
+        until("exec waits for the slot", &|| metric("edge_runner_queue_depth") == 1);
+        let policy = env.path("policy.toml");
+        let text = std::fs::read_to_string(&policy).unwrap();
+        std::fs::write(&policy, format!("{text}\n# tightened while a run waited\n")).unwrap();
+        server.signal("HUP");
+        let reloaded = || env.evidence().as_array().unwrap().iter().any(|r| r["event"]["type"] == "config-reloaded");
+        until("the reload is recorded", &reloaded);
+        // (The test's premise: the reload came while exec still waited.)
+        assert_eq!(metric("edge_runner_queue_depth"), 1, "the sleeper ended before the reload");
+        let out = exec.join().unwrap();
+        let err = String::from_utf8_lossy(&out.0.stderr).into_owned();
+        assert_eq!(out.0.status.code(), Some(1), "{err}");
+        assert!(err.contains("governs with other documents than your --config names (policy)"), "{err}");
+        assert!(err.contains("nothing ran"), "{err}");
+    });
+    let (slept, _) = held.join().unwrap();
+    assert_eq!(slept.status, hyper::StatusCode::CREATED, "{}", slept.error_message());
+    // Only the sleeper was submitted; exec's capsule never ran.
+    assert_eq!(submissions(&env), runs + 1);
+    assert!(!env.path("data/ok.txt").exists());
+    // With the file in force, the same exec runs.
+    let run = env.exec(&tier0);
+    assert!(run.stderr.contains(HANDED), "{}", run.stderr);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
     server.stop();
 }
 

@@ -186,7 +186,7 @@ pub(crate) fn setup(queue: usize) -> Env {
 }
 
 /// [`setup`], with `runs` runs in progress at most (`server.max_concurrent_runs`).
-fn setup_running(queue: usize, runs: usize) -> Env {
+pub(crate) fn setup_running(queue: usize, runs: usize) -> Env {
     let env = setup(queue);
     let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
     std::fs::write(env.path("runner.toml"), format!("{config}max_concurrent_runs = {runs}\n")).unwrap();
@@ -207,7 +207,7 @@ fn submission(path: &Path) -> Vec<u8> {
 
 /// Submit `path` as the agent from a thread of its own, with its own client;
 /// the reply, and when it came.
-fn submit_in_thread(server: &Server, env: &Env, path: &Path) -> std::thread::JoinHandle<(Reply, Instant)> {
+pub(crate) fn submit_in_thread(server: &Server, env: &Env, path: &Path) -> std::thread::JoinHandle<(Reply, Instant)> {
     let (url, tls, body) = (server.url.clone(), env.path("tls"), submission(path));
     std::thread::spawn(move || {
         let r = rt().block_on(async {
@@ -927,7 +927,7 @@ fn concurrent_runs_share_the_runner_and_runs_writing_one_mount_never_interleave(
 }
 
 /// A gauge's value in a `/metrics` text.
-fn gauge(text: &str, name: &str) -> usize {
+pub(crate) fn gauge(text: &str, name: &str) -> usize {
     let line = text.lines().find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name));
     line.and_then(|l| l.split_once(' ')?.1.parse().ok()).unwrap_or_else(|| panic!("no `{name}` in\n{text}"))
 }
