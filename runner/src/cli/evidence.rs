@@ -168,7 +168,8 @@ fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out:
                 }
             }
         };
-        crate::store::check::full(&dir, scratch, &config.name, identity.verifier(), &mut report).map(|c| {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        crate::store::check::full(&dir, scratch, &config.name, identity.verifier(), &mut report, &never).map(|c| {
             format!(
                 "evidence store verified in full: {} records, {} signed checkpoints, {} proposals ({:.1} s)",
                 c.records,

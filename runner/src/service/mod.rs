@@ -79,6 +79,8 @@ pub struct RunService {
     components: edge_core::bounded::BoundedMap<Sha256Digest, KnownComponent>,
     /// Whether each intake can take work (`/readyz`, `/metrics`).
     intakes: crate::intake::Health,
+    /// The full check run after the start, stopped at shutdown.
+    full_check: std::sync::Mutex<Option<FullCheck>>,
 }
 
 impl std::fmt::Debug for RunService {
@@ -167,7 +169,7 @@ impl RunService {
             }
         })
         .abort_handle();
-        full_check_in_background(&runner)?;
+        let full_check = full_check_in_background(&runner)?;
         Ok(Arc::new(Self {
             runner,
             metrics,
@@ -182,6 +184,7 @@ impl RunService {
             notifier: std::sync::Mutex::new(Some(notifier)),
             components: edge_core::bounded::BoundedMap::new(MAX_COMPONENTS),
             intakes: crate::intake::Health::default(),
+            full_check: std::sync::Mutex::new(Some(full_check)),
         }))
     }
 
@@ -346,6 +349,14 @@ impl RunService {
             finished.await;
         }
         self.ticker.abort();
+        // A full check still running holds a snapshot of the store, which
+        // the close's fold of the WAL would wait for (and then give up,
+        // leaving the WAL in place): it stops within a record.
+        let check = self.full_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(check) = check {
+            check.stop.store(true, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || check.thread.join()).await;
+        }
         // What it could not deliver is recorded; it takes at most a second.
         let notifier = self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(n) = notifier {
@@ -887,11 +898,19 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
 /// the last signed checkpoint. Progress goes to the log; a log found
 /// altered stops the evidence writer (nothing more runs, readiness says
 /// why) and is logged as an error.
-fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
+/// The background full check: its thread, and what stops it.
+struct FullCheck {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn full_check_in_background(runner: &Arc<Runner>) -> Result<FullCheck> {
     let dir = runner.log.dir().to_path_buf();
     let (log, origin, identity) =
         (Arc::downgrade(runner), runner.config.name.clone(), runner.identity.verifier().clone());
-    std::thread::Builder::new()
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("evidence-check".into())
         .spawn(move || {
             // SAFETY: plain syscalls on this thread's own id. A failure
@@ -907,13 +926,16 @@ fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
                     tracing::info!(done, total, "full evidence check");
                 }
             };
-            match crate::store::check::full(&dir, None, &origin, &identity, &mut progress) {
+            match crate::store::check::full(&dir, None, &origin, &identity, &mut progress, &stopping) {
                 Ok(c) => tracing::info!(
                     records = c.records,
                     checkpoints = c.checkpoints,
                     secs = started.elapsed().as_secs_f32(),
                     "full evidence check passed"
                 ),
+                Err(e) if e.is::<crate::store::check::Stopped>() => {
+                    tracing::info!(secs = started.elapsed().as_secs_f32(), "{e}");
+                }
                 Err(e) if e.is::<crate::store::check::CouldNotCheck>() => {
                     tracing::error!(error = %format!("{e:#}"), "full evidence check could not run; the runner carries on");
                 }
@@ -930,5 +952,5 @@ fn full_check_in_background(runner: &Arc<Runner>) -> Result<()> {
             }
         })
         .context("cannot start the background evidence check")?;
-    Ok(())
+    Ok(FullCheck { stop, thread })
 }

@@ -54,23 +54,33 @@ pub struct Checked {
 )]
 pub struct CouldNotCheck(anyhow::Error);
 
+/// The full check was stopped before it finished (the runner is stopping):
+/// nothing was found wrong, and nothing was found sound either.
+#[derive(Debug, thiserror::Error)]
+#[error("the full check was stopped before it finished (the runner is stopping); it runs again at the next start")]
+pub struct Stopped;
+
 /// Records between two progress reports.
 const REPORT_EVERY: u64 = 16_384;
 
 /// Check the store in `dir` in full (see the module docs). `identity`: the
 /// runner's key, for a log that names none yet; `progress(done, total)`
-/// is called as records are checked.
+/// is called as records are checked. Once `stop` is set the check ends,
+/// with [`Stopped`], and lets go of the snapshot it reads (which a clean
+/// close of the store waits for).
 ///
 /// # Errors
 /// The first thing that does not hold, naming the record, checkpoint or
-/// row, and what to do.
+/// row, and what to do; [`Stopped`] when stopped.
 pub fn full(
     dir: &Path,
     scratch: Option<&Path>,
     origin: &str,
     identity: &NoteVerifier,
     progress: &mut dyn FnMut(u64, u64),
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Checked> {
+    let stopped = || stop.load(std::sync::atomic::Ordering::Acquire);
     // Before the snapshot: a runner serving meanwhile keeps newer ones.
     let kept_note = crate::store::trust::read_kept(dir)?;
     let (db, records) = snapshot(dir)?;
@@ -83,6 +93,9 @@ pub fn full(
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
     let result = tree::verify_records(&db, 0, records, true, |r, _| {
+        if stopped() {
+            return Err(Stopped.into());
+        }
         if failed.is_some() {
             return Ok(());
         }
@@ -145,6 +158,9 @@ pub fn full(
         Ok(())
     };
     while let Some((size, signed)) = next_checkpoint {
+        if stopped() {
+            return Err(Stopped.into());
+        }
         check(Some(size), &signed, &format!("the checkpoint of {size} records"))?;
         checked += 1;
         next_checkpoint = next_row(&mut checkpoints)?;
@@ -480,5 +496,40 @@ mod bounded {
         assert_eq!(fold.proposals().unwrap(), runs as u64);
         assert!(most <= KEEP_EVERY as usize / 5, "{most} proposals in memory at once");
         assert!(fold.index.proposals.in_memory() < 10, "{}", fold.index.proposals.in_memory());
+    }
+}
+
+#[cfg(test)]
+mod stopping {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::store::log::EvidenceLog;
+
+    /// A runner stopping while its background check runs: the check ends
+    /// with [`Stopped`] (not a verdict on the store) and lets go of its
+    /// snapshot, so the close can fold the whole WAL into the database.
+    #[test]
+    fn a_stopped_full_check_is_no_verdict_and_lets_go_of_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer =
+            edge_core::note::NoteSigner::new("runner.test", ed25519_dalek::SigningKey::from_bytes(&[7; 32])).unwrap();
+        let log = EvidenceLog::open(dir.path()).unwrap();
+        for i in 0..50 {
+            let event =
+                Event::Refused { stage: "test".into(), reason_code: "test.synthetic".into(), detail: i.to_string() };
+            log.append("r-a", event).unwrap();
+        }
+        let check = |stop: &AtomicBool| full(dir.path(), None, "runner.test", signer.verifier(), &mut |_, _| {}, stop);
+        assert_eq!(check(&AtomicBool::new(false)).unwrap().records, 50);
+        let e = check(&AtomicBool::new(true)).unwrap_err();
+        assert!(e.is::<Stopped>(), "{e:#}");
+        assert!(!e.is::<CouldNotCheck>(), "{e:#}");
+        // Nothing holds a snapshot any more: the fold takes every frame.
+        let db = Connection::open(dir.path().join("evidence.db")).unwrap();
+        let (busy, _, _): (i64, i64, i64) =
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!(busy, 0, "the WAL could not be folded");
+        assert_eq!(std::fs::metadata(dir.path().join("evidence.db-wal")).unwrap().len(), 0);
     }
 }

@@ -16,7 +16,11 @@
 //! Readable with the stock `sqlite3` tool; the schema is documented in
 //! `docs/evidence.md` and versioned (`crate::store::schema`: a store written
 //! by a newer runner is refused untouched, an older one is migrated). On open
-//! the whole chain is verified; a broken store refuses to start the runner.
+//! the records appended since the last checkpoint the runner signed are
+//! verified against the persisted tree, and the signed history against it
+//! (`crate::store::trust`); a broken store refuses to start the runner. The
+//! whole log is checked by `crate::store::check::full`, which `serve` runs
+//! in the background after a start (and stops when it stops).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
