@@ -168,10 +168,11 @@ fn main() {
     let (m, g, p, s) = (median(times), median(gate), median(single), median(parallel));
     let target = |d: Duration| if d <= Duration::from_micros(200) { "met" } else { "MISSED" };
     println!("edge-core approval benchmark ({iters} quorums, medians; one core unless said)");
+    // The target was measured from nothing: that line is the one
+    // compared with it; the gate's is the latency once approvals arrived.
     println!(
-        "  3-of-5 quorum at the gate, each approval checked on arrival {:>7.1} µs   (target <= 200 µs: {})",
-        g.as_secs_f64() * 1e6,
-        target(g)
+        "  3-of-5 quorum at the gate, each approval checked on arrival {:>7.1} µs   (latency at the gate)",
+        g.as_secs_f64() * 1e6
     );
     println!(
         "  3-of-5 quorum from nothing: 5 approvals + evaluate         {:>7.1} µs   (target <= 200 µs: {})",

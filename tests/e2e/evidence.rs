@@ -193,8 +193,14 @@ fn a_fifty_run_export_verifies_offline_with_every_check() {
     // The fold the runner kept in its store (proposals, what was spent) is
     // what folding the records gives, after runs that resumed a proposal
     // across the runner's commits; no proposal is listed twice.
-    let out = f.env.cli(&["evidence", "check", "--full", "--config", "runner.toml"]).success().stdout();
-    assert!(out.contains("verified in full"), "{out}");
+    let out = f.env.cli(&["evidence", "check", "--full", "--config", "runner.toml"]).success();
+    assert!(out.stdout().contains("verified in full"), "{}", out.stdout());
+    // Off a terminal, progress only when asked for: then on stderr, ending
+    // at every record checked.
+    assert!(!out.stderr().contains("checking: records"), "{}", out.stderr());
+    let shown = f.env.cli(&["evidence", "check", "--full", "--progress", "--config", "runner.toml"]).success();
+    let records = shown.stdout().split(" records").next().unwrap().rsplit(' ').next().unwrap().to_owned();
+    assert!(shown.stderr().contains(&format!("checking: records {records}/{records}\n")), "{}", shown.stderr());
     // The type name stored beside each record is its serde tag.
     for line in &parts(&f.bundle).records {
         let tag: serde_json::Value = serde_json::from_str(line).unwrap();
