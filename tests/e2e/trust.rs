@@ -203,6 +203,13 @@ fn sqlite(env: &Env, sql: &str) {
     assert!(st.success(), "sqlite3 {sql}");
 }
 
+/// One value `sql` reads from the store.
+fn sqlite_value(env: &Env, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(env.path("state/evidence/evidence.db")).arg(sql).output().unwrap();
+    assert!(out.status.success(), "sqlite3 {sql}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Two committed runs' worth of log, the runner stopped cleanly.
 fn with_history() -> Env {
     let env = Env::new();
@@ -263,6 +270,13 @@ fn a_persisted_tree_that_disagrees_with_the_records_is_refused_and_named() {
          UPDATE tree SET hash = zeroblob(32) WHERE idx = 0 AND level = (SELECT max(level) FROM tree);",
     );
     start_fails(&env, "persisted Merkle tree");
+    start_fails(&env, "`edge-runner evidence check --full` names the record or tree hash that differs");
+    // What differs, named by the full check the refusal points to: the
+    // hash at the tree's top level, index 0.
+    let full = env.cli(&["evidence", "check", "--full", "--config", "runner.toml"]);
+    assert_eq!(full.code(), 3, "{}", full.stdout());
+    let level = sqlite_value(&env, "SELECT max(level) FROM tree;");
+    assert!(full.stdout().contains(&format!("at level {level}, index 0")), "{}", full.stdout());
 }
 
 #[test]

@@ -208,8 +208,9 @@ fn check_one(log: &dyn History, what: &str, signed: &str, keys: &KeysAt<'_>) -> 
     if log.root_at(cp.size)? != Some(cp.root) {
         bail!(
             "the store's first {} records, as its persisted Merkle tree summarises them, are not the ones the runner \
-             signed ({what}): the log was rewritten, or the tree (the `tree` table) altered. Restore the state \
-             directory from a backup; do not start this runner on it",
+             signed ({what}): the log was rewritten, or the tree (the `tree` table) altered. `edge-runner evidence \
+             check --full` names the record or tree hash that differs. Restore the state directory from a backup; do \
+             not start this runner on it",
             cp.size
         );
     }
