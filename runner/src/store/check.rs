@@ -191,18 +191,22 @@ struct ScratchFold {
 }
 
 /// Remove the scratch directories of checks that were killed: those whose
-/// lock no process holds (one still being created, without its lock yet,
-/// is left alone for a minute).
+/// lock no process holds. A lock file is put in place already locked
+/// ([`ScratchFold::new`]), so one that is free was let go by its check's
+/// end, however recent; a directory without one yet is being created (or
+/// its check was killed before it), and is left alone for a minute.
 fn remove_stale_scratch(store: &Path) {
     let Ok(entries) = std::fs::read_dir(store) else { return };
     for e in entries.flatten() {
         if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) || !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        // Old enough not to be one being created (its lock not yet taken),
-        // and its lock free.
-        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
-        let stale = old && std::fs::File::open(e.path().join("lock")).map_or(true, |lock| lock.try_lock().is_ok());
+        let old =
+            || e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
+        let stale = match std::fs::File::open(e.path().join("lock")) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => old(),
+        };
         if stale && let Err(err) = std::fs::remove_dir_all(e.path()) {
             tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a killed full check's scratch directory");
         }
@@ -243,8 +247,11 @@ impl ScratchFold {
                     })?
             }
         };
-        let lock = std::fs::File::create(dir.path().join("lock"))?;
+        // Locked before it takes its name: another check that finds `lock`
+        // free knows this one has ended (`remove_stale_scratch`).
+        let lock = std::fs::File::create(dir.path().join("lock.new"))?;
         lock.lock().context("cannot lock the full check's scratch directory")?;
+        std::fs::rename(dir.path().join("lock.new"), dir.path().join("lock"))?;
         let db = Connection::open(dir.path().join("fold.db"))?;
         // Scratch: nothing in it needs to survive a crash.
         db.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")?;
@@ -463,10 +470,16 @@ mod bounded {
         std::fs::create_dir(&young).unwrap();
         let past = std::time::SystemTime::now() - STALE_AFTER * 2;
         std::fs::File::open(&killed).unwrap().set_modified(past).unwrap();
+        // Killed a moment ago: its lock is free, so it goes too, young as it is.
+        let just_killed = store.path().join(format!("{SCRATCH_PREFIX}just-killed"));
+        std::fs::create_dir(&just_killed).unwrap();
+        std::fs::write(just_killed.join("lock"), b"").unwrap();
         let running = ScratchFold::new(store.path(), None).unwrap();
         let running_dir = running._dir.path().to_path_buf();
         assert!(!killed.exists(), "a scratch directory no check holds is removed");
+        assert!(!just_killed.exists(), "a scratch directory no check holds is removed, however young");
         assert!(young.exists(), "one just made (its lock not yet taken) is left alone");
+        assert!(running_dir.join("lock").exists() && !running_dir.join("lock.new").exists());
         std::fs::remove_dir(&young).unwrap();
         // A second check meanwhile leaves the running one's scratch alone,
         // however long it has run: its lock is held.
