@@ -893,17 +893,17 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
     }
 }
 
-/// After every start, the whole log is checked on a low-priority thread
-/// (`crate::store::check`): a start verifies only what was appended since
-/// the last signed checkpoint. Progress goes to the log; a log found
-/// altered stops the evidence writer (nothing more runs, readiness says
-/// why) and is logged as an error.
 /// The background full check: its thread, and what stops it.
 struct FullCheck {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
+/// After every start, the whole log is checked on a low-priority thread
+/// (`crate::store::check`): a start verifies only what was appended since
+/// the last signed checkpoint. Progress goes to the log; a log found
+/// altered stops the evidence writer (nothing more runs, readiness says
+/// why) and is logged as an error. Stopped by [`RunService::shutdown`].
 fn full_check_in_background(runner: &Arc<Runner>) -> Result<FullCheck> {
     let dir = runner.log.dir().to_path_buf();
     let (log, origin, identity) =
