@@ -215,8 +215,8 @@ fn a_reload_while_a_handed_over_run_waits_for_its_slot_refuses_the_run_before_it
     // One run at a time: a sleeper holds the slot.
     let env = setup_running(64, 1);
     let server = Server::start(&env);
-    let manifest = Env::hostile_manifest("sleep", "").replace("wall_ms = 2500", "wall_ms = 8000");
-    assert!(manifest.contains("wall_ms = 8000"), "{manifest}");
+    let manifest = Env::hostile_manifest("sleep", "").replace("wall_ms = 2500", "wall_ms = 15000");
+    assert!(manifest.contains("wall_ms = 15000"), "{manifest}");
     let sleeper = env.capsule("slot-holder", test_programs::HOSTILE, &manifest, Some("agent"));
     let tier0 = capsule(&env, "none", false);
     let runs = submissions(&env);
@@ -227,7 +227,7 @@ fn a_reload_while_a_handed_over_run_waits_for_its_slot_refuses_the_run_before_it
         gauge(&text, name)
     };
     let until = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
         while !done() {
             assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(std::time::Duration::from_millis(20));

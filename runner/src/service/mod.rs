@@ -58,6 +58,10 @@ pub enum QueueError {
 
 /// The runner and its run slots, shared by every intake.
 pub struct RunService {
+    /// The full check run after the start: stopped at shutdown, or when
+    /// this is dropped (first: before the runner, whose store's close
+    /// would wait for the check's snapshot).
+    full_check: std::sync::Mutex<Option<FullCheck>>,
     runner: Arc<Runner>,
     metrics: Arc<Metrics>,
     /// One permit per run executing at once.
@@ -79,8 +83,6 @@ pub struct RunService {
     components: edge_core::bounded::BoundedMap<Sha256Digest, KnownComponent>,
     /// Whether each intake can take work (`/readyz`, `/metrics`).
     intakes: crate::intake::Health,
-    /// The full check run after the start, stopped at shutdown.
-    full_check: std::sync::Mutex<Option<FullCheck>>,
 }
 
 impl std::fmt::Debug for RunService {
@@ -353,9 +355,11 @@ impl RunService {
         // the close's fold of the WAL would wait for (and then give up,
         // leaving the WAL in place): it stops within a record.
         let check = self.full_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(check) = check {
+        if let Some(mut check) = check {
             check.stop.store(true, Ordering::Release);
-            let _ = tokio::task::spawn_blocking(move || check.thread.join()).await;
+            if let Some(thread) = check.thread.take() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
         }
         // What it could not deliver is recorded; it takes at most a second.
         let notifier = self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -893,10 +897,18 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
     }
 }
 
-/// The background full check: its thread, and what stops it.
+/// The background full check: its thread, and what stops it (also when
+/// dropped: a `serve` that fails after its start leaves no check holding
+/// the store).
 struct FullCheck {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FullCheck {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 /// After every start, the whole log is checked on a low-priority thread
@@ -952,5 +964,5 @@ fn full_check_in_background(runner: &Arc<Runner>) -> Result<FullCheck> {
             }
         })
         .context("cannot start the background evidence check")?;
-    Ok(FullCheck { stop, thread })
+    Ok(FullCheck { stop, thread: Some(thread) })
 }

@@ -93,8 +93,9 @@ pub fn full(
     let mut failed: Option<anyhow::Error> = None;
     let mut compared = false;
     let result = tree::verify_records(&db, 0, records, true, |r, _| {
+        // A failure already found is reported, stopped or not.
         if stopped() {
-            return Err(Stopped.into());
+            return Err(failed.take().unwrap_or_else(|| Stopped.into()));
         }
         if failed.is_some() {
             return Ok(());
@@ -206,7 +207,9 @@ fn remove_stale_scratch(store: &Path) {
             || e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
         let stale = match std::fs::File::open(e.path().join("lock")) {
             Ok(lock) => lock.try_lock().is_ok(),
-            Err(_) => old(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => old(),
+            // Unreadable: not known to be free, so left alone.
+            Err(_) => false,
         };
         if stale && let Err(err) = std::fs::remove_dir_all(e.path()) {
             tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a killed full check's scratch directory");
@@ -547,8 +550,15 @@ mod stopping {
         assert!(!e.is::<CouldNotCheck>(), "{e:#}");
         // Nothing holds a snapshot any more: the fold takes every frame.
         let db = Connection::open(dir.path().join("evidence.db")).unwrap();
-        let (busy, _, _): (i64, i64, i64) =
-            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        // (The log's own checkpointer may hold the checkpoint a moment.)
+        let mut busy = 1;
+        for _ in 0..100 {
+            busy = db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).unwrap();
+            if busy == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(busy, 0, "the WAL could not be folded");
         assert_eq!(std::fs::metadata(dir.path().join("evidence.db-wal")).unwrap().len(), 0);
     }

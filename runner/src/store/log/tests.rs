@@ -349,6 +349,6 @@ fn a_reader_of_a_store_being_appended_to_reads_one_sound_snapshot() {
     }
     writer.join().unwrap();
     // The premise: the reads overlapped the appends.
-    assert!(sizes.len() >= 10, "only {} reads while the writer appended", sizes.len());
+    assert!(sizes.len() >= 3, "only {} reads while the writer appended", sizes.len());
     assert!(sizes.first() < sizes.last(), "every read saw the same size: {sizes:?}");
 }
