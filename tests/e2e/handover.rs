@@ -220,12 +220,7 @@ fn a_reload_while_a_handed_over_run_waits_for_its_slot_refuses_the_run_before_it
     let sleeper = env.capsule("slot-holder", test_programs::HOSTILE, &manifest, Some("agent"));
     let tier0 = capsule(&env, "none", false);
     let runs = submissions(&env);
-    let metric = |name: &str| {
-        let text = crate::server::rt().block_on(async {
-            String::from_utf8(server.client(&env, "approver").get("/metrics").await.unwrap().body.to_vec()).unwrap()
-        });
-        gauge(&text, name)
-    };
+    let metric = |name: &str| gauge(&server.metrics(&env), name);
     let until = |what: &str, done: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
         while !done() {

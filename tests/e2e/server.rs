@@ -90,10 +90,32 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// `/metrics`, read as the approver (who may).
+    pub(crate) fn metrics(&self, env: &Env) -> String {
+        rt().block_on(async {
+            let r = self.client(env, "approver").get("/metrics").await.unwrap();
+            assert_eq!(r.status, StatusCode::OK);
+            String::from_utf8(r.body.to_vec()).unwrap()
+        })
+    }
+
     pub(crate) fn client(&self, env: &Env, who: &str) -> Client {
         let tls = env.path("tls");
         Client::new(&self.url, &tls.join("ca.pem"), &tls.join(format!("{who}.pem")), &tls.join(format!("{who}.key")))
             .unwrap()
+    }
+}
+
+/// Wait up to `secs` seconds until the log file `log` holds `needle`; its text then.
+fn wait_for_log(log: &Path, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no `{needle}` in {}:\n{text}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -613,12 +635,7 @@ fn a_runner_whose_evidence_log_fails_verification_refuses_to_serve() {
     );
     let log = env.path("serve.log");
     let server = Server::start_with(&env, 1, Stdio::from(std::fs::File::create(&log).unwrap()), &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap().contains("full evidence check failed") {
-        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = wait_for_log(&log, "full evidence check failed", 30);
     assert!(text.contains("record ") && text.contains("refuses to run on a broken log"), "{text}");
     std::fs::remove_file(env.path("data/ok.txt")).ok();
     rt().block_on(async {
@@ -697,11 +714,7 @@ fn a_runner_stopped_or_killed_during_its_background_full_check_loses_nothing() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("full evidence check passed"), "the check ended before the kill:\n{text}");
     let server = Server::start_with(&env, 1, Stdio::from(std::fs::File::create(&log).unwrap()), &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap().contains("full evidence check passed") {
-        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(&log, "full evidence check passed", 60);
     assert_eq!(hashes(&before.0.to_string()), before, "records were lost or changed by the kill");
     let scratch: Vec<_> = std::fs::read_dir(env.path("state/evidence"))
         .unwrap()
@@ -1020,13 +1033,7 @@ fn capsules_executing_at_once_stay_within_their_bound_however_many_runs_are_in_p
         .replace("name = \"data\"\nwritable = true", "name = \"data\"\nwritable = false");
     assert!(manifest.contains("name = \"data\"\nwritable = false"), "{manifest}");
     let sleeper = env.capsule("srv-sleep-ro", test_programs::HOSTILE, &manifest, Some("agent"));
-    let metrics = || {
-        rt().block_on(async {
-            let r = server.client(&env, "approver").get("/metrics").await.unwrap();
-            assert_eq!(r.status, StatusCode::OK);
-            String::from_utf8(r.body.to_vec()).unwrap()
-        })
-    };
+    let metrics = || server.metrics(&env);
     let before = metrics();
     let limit = gauge(&before, "edge_runner_capsules_executing_limit");
     assert!((4..=16).contains(&limit), "{before}");

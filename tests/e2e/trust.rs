@@ -231,12 +231,7 @@ fn start_fails(env: &Env, needle: &str) {
 #[test]
 fn a_store_cut_short_below_what_the_runner_signed_is_refused() {
     let env = with_history();
-    let before: u64 = Command::new("sqlite3")
-        .arg(env.path("state/evidence/evidence.db"))
-        .arg("SELECT count(*) FROM records")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().parse().unwrap())
-        .unwrap();
+    let before: u64 = sqlite_value(&env, "SELECT count(*) FROM records").parse().unwrap();
     // Drop the append-only trigger and delete the last run's records: the
     // chain that is left is valid, only shorter.
     sqlite(
