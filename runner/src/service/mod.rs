@@ -355,11 +355,8 @@ impl RunService {
         // the close's fold of the WAL would wait for (and then give up,
         // leaving the WAL in place): it stops within a record.
         let check = self.full_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(mut check) = check {
-            check.stop.store(true, Ordering::Release);
-            if let Some(thread) = check.thread.take() {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            }
+        if let Some(thread) = check.and_then(FullCheck::stop) {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         // What it could not deliver is recorded; it takes at most a second.
         let notifier = self.notifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -903,6 +900,13 @@ pub fn summary(id: &str, r: &RunReport) -> SubmitReply {
 struct FullCheck {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FullCheck {
+    /// Stop it (the flag is set as it drops); its thread, to wait for.
+    fn stop(mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.thread.take()
+    }
 }
 
 impl Drop for FullCheck {
