@@ -294,6 +294,39 @@ fn verify_prepared(
     sig: &SshSig,
     verified: &crate::strict::VerifiedSignatures,
 ) -> Result<(), ApprovalError> {
+    let check = prepare_sshsig(key, vk, namespace, message, sig)?;
+    let mut verdicts = verified.check_ed25519(&[check.as_tuple()]);
+    verdicts.pop().expect("one verdict").map_err(|_| SigCheck::failed())
+}
+
+/// An SSHSIG's Ed25519 check with everything before the arithmetic done:
+/// the key and the exact bytes its signature is over.
+struct SigCheck {
+    vk: crate::strict::StrongKey,
+    signed: Vec<u8>,
+    signature: ed25519_dalek::Signature,
+}
+
+impl SigCheck {
+    fn as_tuple(&self) -> (&crate::strict::StrongKey, &[u8], &ed25519_dalek::Signature) {
+        (&self.vk, &self.signed, &self.signature)
+    }
+
+    fn failed() -> ApprovalError {
+        ApprovalError::BadSignature("the Ed25519 signature does not verify".into())
+    }
+}
+
+/// Step 4 of an SSHSIG up to the arithmetic: the signature is by `key`, in
+/// `namespace`, of a supported kind (a hardware key's with user presence);
+/// what its Ed25519 signature must be over.
+fn prepare_sshsig(
+    key: &PublicKey,
+    vk: &crate::strict::StrongKey,
+    namespace: &str,
+    message: &[u8],
+    sig: &SshSig,
+) -> Result<SigCheck, ApprovalError> {
     use ed25519_dalek::Signature as EdSignature;
     let bad = |why: &str| ApprovalError::BadSignature(why.to_owned());
     if sig.public_key() != key.key_data() {
@@ -322,10 +355,8 @@ fn verify_prepared(
         }
         _ => return Err(bad("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys")),
     };
-    let s = EdSignature::from_slice(sig64).map_err(|_| bad("malformed Ed25519 signature"))?;
-    verified.check("ed25519", vk.as_bytes(), &signed, sig64, || {
-        vk.verify_strict(&signed, &s).map_err(|_| bad("the Ed25519 signature does not verify"))
-    })
+    let signature = EdSignature::from_slice(sig64).map_err(|_| bad("malformed Ed25519 signature"))?;
+    Ok(SigCheck { vk: *vk, signed, signature })
 }
 
 /// From how many approvals [`verify_approvals`] uses every core.
@@ -341,15 +372,15 @@ pub fn verify_approvals(
     skew: u64,
 ) -> Vec<Result<VerifiedApproval, ApprovalError>> {
     use rayon::prelude::*;
-    let one = |f: &Vec<u8>| verify_approval(f, registry, expected, now, skew);
     // One approval takes ~40 µs; waking the pool's threads costs about as
-    // much, so a quorum's handful is verified here (benches/approval.rs:
-    // 5 in parallel 256-279 µs, one after another 203-221 µs, on 2 cores).
-    // Many at once are spread over the cores.
+    // much, so a quorum's handful is verified here, together (benches/
+    // approval.rs: 5 in parallel 256-279 µs, one after another 203-221 µs,
+    // on 2 cores). Many at once are spread over the cores.
     if files.len() < PARALLEL_FROM {
-        return files.iter().map(one).collect();
+        let files: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+        return verify_together(&files, registry, expected, now, skew);
     }
-    files.par_iter().with_min_len(1).map(one).collect()
+    files.par_iter().with_min_len(1).map(|f| verify_approval(f, registry, expected, now, skew)).collect()
 }
 
 /// Verify one approval (see the module checklist). Pure: `now` is an argument.
@@ -363,6 +394,59 @@ pub fn verify_approval(
     now: u64,
     skew: u64,
 ) -> Result<VerifiedApproval, ApprovalError> {
+    verify_together(&[bytes], registry, expected, now, skew).pop().expect("one verdict per file")
+}
+
+/// The checklist for each file, in order, each file's verdict its own first
+/// failed check. Only the Ed25519 arithmetic of the SSHSIGs that reach step
+/// 4 is done together ([`crate::strict::verify_strict_many`]: one field
+/// inversion for all), between steps 1–3 and 5–6 of every file.
+fn verify_together(
+    files: &[&[u8]],
+    registry: &Registry,
+    expected: &Binding,
+    now: u64,
+    skew: u64,
+) -> Vec<Result<VerifiedApproval, ApprovalError>> {
+    let staged: Vec<Result<Staged, ApprovalError>> = files.iter().map(|f| stage(f, registry, now, skew)).collect();
+    let checks: Vec<_> =
+        staged.iter().filter_map(|s| s.as_ref().ok()?.signature.as_ref()).map(SigCheck::as_tuple).collect();
+    let mut verdicts = registry.verified.check_ed25519(&checks).into_iter();
+    staged
+        .into_iter()
+        .map(|staged| {
+            let Staged { file, key, counter, signature } = staged?;
+            if signature.is_some() {
+                verdicts.next().expect("a verdict per check").map_err(|_| SigCheck::failed())?;
+            }
+            let st = file.statement;
+            // 5., 6.
+            check_binding_and_time(&st, expected, now, skew)?;
+            Ok(VerifiedApproval {
+                principal: st.approver,
+                key,
+                verdict: st.decision,
+                nonce: st.nonce,
+                issued_at: st.issued_at,
+                comment: st.comment,
+                counter,
+            })
+        })
+        .collect()
+}
+
+/// An approval through steps 1–3, and step 4 but for an SSHSIG's
+/// arithmetic (`signature`, still to be checked).
+struct Staged {
+    file: ApprovalFile,
+    /// The signing key's fingerprint.
+    key: String,
+    /// A passkey's signature counter.
+    counter: Option<u32>,
+    signature: Option<SigCheck>,
+}
+
+fn stage(bytes: &[u8], registry: &Registry, now: u64, skew: u64) -> Result<Staged, ApprovalError> {
     // 1.
     let file = ApprovalFile::parse(bytes)?;
     let st = &file.statement;
@@ -373,35 +457,29 @@ pub fn verify_approval(
         return Err(ApprovalError::Malformed("the nonce must be 32 random bytes in hex".into()));
     }
     // 2.–4.
-    let (key, counter) = match file.proof()? {
-        Proof::Ssh(armored) => (verify_ssh_proof(st, armored, registry, now, skew)?, None),
+    let (key, counter, signature) = match file.proof()? {
+        Proof::Ssh(armored) => {
+            let (key, check) = stage_ssh_proof(st, armored, registry, now, skew)?;
+            (key, None, Some(check))
+        }
         Proof::Passkey(assertion) => {
             let (key, counter) = verify_passkey_proof(st, assertion, registry)?;
-            (key, Some(counter))
+            (key, Some(counter), None)
         }
     };
-    // 5., 6.
-    check_binding_and_time(st, expected, now, skew)?;
-    Ok(VerifiedApproval {
-        principal: st.approver.clone(),
-        key,
-        verdict: st.decision,
-        nonce: st.nonce.clone(),
-        issued_at: st.issued_at,
-        comment: st.comment.clone(),
-        counter,
-    })
+    Ok(Staged { file, key, counter, signature })
 }
 
 /// Steps 2–4 for an SSHSIG: namespace, allowed_signers entry, key, validity,
-/// signature. Returns the key's fingerprint.
-fn verify_ssh_proof(
+/// signature but for its arithmetic. Returns the key's fingerprint and the
+/// signature check still to be made.
+fn stage_ssh_proof(
     st: &Statement,
     armored: &str,
     registry: &Registry,
     now: u64,
     skew: u64,
-) -> Result<String, ApprovalError> {
+) -> Result<(String, SigCheck), ApprovalError> {
     let sig = SshSig::from_pem(armored).map_err(|e| ApprovalError::Malformed(format!("signature: {e}")))?;
     // 2.
     if sig.namespace() != NAMESPACE {
@@ -436,8 +514,8 @@ fn verify_ssh_proof(
         return Err(ApprovalError::KeyNotValid { principal: st.approver.clone(), when });
     }
     // 4.
-    verify_prepared(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig, &registry.verified)?;
-    Ok(fp)
+    let check = prepare_sshsig(&key, &with_key[0].ed25519, NAMESPACE, &st.canonical_bytes(), &sig)?;
+    Ok((fp, check))
 }
 
 /// Steps 2–4 for a passkey: the principal's registered credential with the

@@ -143,6 +143,55 @@ fn a_remembered_signature_decides_nothing_else() {
     assert_eq!(reg.verified.len(), 1, "a failure is not remembered");
 }
 
+/// A quorum's approvals are checked together (their signatures' arithmetic
+/// shares one inversion): each still gets exactly the verdict it gets alone,
+/// its own first failed check, wherever it stands among the others. A
+/// statement edited after signing *and* moved to another proposal is refused
+/// for its signature, as alone; only signatures that verified are remembered.
+#[test]
+fn approvals_checked_together_get_each_its_own_verdict() {
+    let (alice, bob, carol, mallory) = (key(1), key(3), key(4), key(2));
+    let signers =
+        format!("{}{}{}", line("alice@bank", &alice, ""), line("bob@bank", &bob, ""), line("carol@bank", &carol, ""));
+    let approve = |who: &str| statement(&binding(), who, Verdict::Approve);
+    let mut edited: ApprovalFile = serde_json::from_slice(&sign(&approve("bob@bank"), &bob, NAMESPACE)).unwrap();
+    edited.statement.comment = Some("edited after signing".into());
+    let mut edited_and_moved = edited.clone();
+    edited_and_moved.statement.proposal = "p-2".into();
+    let elsewhere = Binding { proposal: "p-2".into(), ..binding() };
+    let files: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (sign(&approve("alice@bank"), &alice, NAMESPACE), None),
+        (b"{not json".to_vec(), Some("approval.malformed")),
+        (serde_json::to_vec(&edited).unwrap(), Some("approval.bad_signature")),
+        (
+            sign(&statement(&elsewhere, "carol@bank", Verdict::Approve), &carol, NAMESPACE),
+            Some("approval.wrong_binding"),
+        ),
+        (sign(&approve("bob@bank"), &bob, NAMESPACE), None),
+        (serde_json::to_vec(&edited_and_moved).unwrap(), Some("approval.bad_signature")),
+        (sign(&approve("alice@bank"), &mallory, NAMESPACE), Some("approval.key_mismatch")),
+        (sign(&approve("carol@bank"), &carol, NAMESPACE), None),
+    ];
+    for shift in 0..files.len() {
+        let order: Vec<usize> = (0..files.len()).map(|i| (i + shift) % files.len()).collect();
+        let bytes: Vec<Vec<u8>> = order.iter().map(|&i| files[i].0.clone()).collect();
+        let reg = registry(&signers, "");
+        let together = verify_approvals(&bytes, &reg, &binding(), NOW, 300);
+        assert_eq!(together.len(), files.len());
+        for (result, &i) in together.iter().zip(&order) {
+            let alone = check(&files[i].0, &registry(&signers, ""));
+            assert_eq!(result, &alone, "file {i}, rotated by {shift}");
+            match files[i].1 {
+                None => assert!(result.is_ok(), "file {i}: {result:?}"),
+                Some(code) => assert_eq!(result.as_ref().unwrap_err().reason_code(), code, "file {i}"),
+            }
+        }
+        assert_eq!(reg.verified.len(), 4, "the four signatures that verify (one bound elsewhere) are remembered");
+        let again = verify_approvals(&bytes, &reg, &binding(), NOW, 300);
+        assert_eq!(again, together, "the same verdicts from memory");
+    }
+}
+
 /// Each refusal, with its precise reason.
 #[test]
 fn every_refusal_reason() {
