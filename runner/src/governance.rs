@@ -55,7 +55,7 @@ impl Governance {
             config: Sha256Digest::of(self.config_text.as_bytes()),
             config_shown: Some(Sha256Digest::of(self.config_shown.as_bytes())),
             policy: self.policy.as_ref().map(|p| p.policy.digest()),
-            graph: self.policy.as_ref().map(|p| p.graph.digest()),
+            graph: self.policy.as_ref().map(|p| p.graph_digest),
             registry: r.and_then(|r| r.digest),
             allowed_signers: r.map(|r| Sha256Digest::of(r.allowed_signers_text.as_bytes())),
             roles: r.map(|r| Sha256Digest::of(r.roles_text.as_bytes())),

@@ -326,20 +326,23 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
         Command::Man(a) => crate::cli::generate::man(&a, out),
         Command::Capsule(c) => capsule(c, out),
         Command::Exec(args) => {
-            let config = crate::config::RunnerConfig::load(&args.config)?;
-            let inputs = pipeline::ExecInputs::read(&args.capsule, &args.approvals)?;
             // A runner serving this state directory holds its store: the
             // run is handed to it (under the same governance, or not at
             // all) and its answer printed as this command would print it.
-            if let Some(answer) = crate::intake::local::hand_over(&config, &inputs, args.json)? {
+            // Handing over needs the config's digests, not its compiled
+            // graph: the config is read in full only to run here.
+            let view = crate::config::RunnerConfig::load_to_hand_over(&args.config)?;
+            let inputs = pipeline::ExecInputs::read(&args.capsule, &args.approvals)?;
+            if let Some(answer) = crate::intake::local::hand_over(&view, &inputs, args.json)? {
                 if let Some(e) = answer.error {
                     anyhow::bail!("{e}");
                 }
                 let mut err = edge_core::text::Terminal::new(std::io::stderr().lock());
-                writeln!(err, "exec: run by the runner serving {}", config.state_dir.display())?;
+                writeln!(err, "exec: run by the runner serving {}", view.state_dir.display())?;
                 out.write_all(answer.out.as_bytes())?;
                 return Ok(Exit::of_code(answer.exit));
             }
+            let config = crate::config::RunnerConfig::load(&args.config)?;
             // One run: its tasks take turns on this thread (capsule phases
             // run on blocking threads of their own either way). Two idle
             // worker threads were a start, a heap and an exit more.

@@ -90,7 +90,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
         PolicyCommand::Check { config } => {
             let c = load(&config)?;
             let s = set(&c);
-            let findings = check::check(&s.policy, &s.graph, &gov(&c).nodes);
+            let findings = check::check(&s.policy, s.graph(), &gov(&c).nodes);
             writeln!(
                 out,
                 "policy  {} ({}) \"{}\": {} rule(s), {} denial(s), {} tier(s), {} signer(s)",
@@ -106,10 +106,10 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
                 out,
                 "graph   {} ({}): {} node(s), {} cycle(s), tags: {}",
                 s.graph_path.display(),
-                s.graph.digest(),
-                s.graph.len(),
-                s.graph.cycles().len(),
-                s.graph.tag_names().join(", ")
+                s.graph_digest,
+                s.graph().len(),
+                s.graph().cycles().len(),
+                s.graph().tag_names().join(", ")
             )?;
             for (what, node) in gov(&c).nodes.iter() {
                 writeln!(out, "mapping {what} -> {node}")?;
@@ -144,7 +144,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
             };
             let input = crate::pipeline::decision_input(&admitted, &gov(&c).nodes, &c.endpoints);
             let s = set(&c);
-            let d = s.policy.decide(&s.graph, &input);
+            let d = s.policy.decide(s.graph(), &input);
             if json {
                 serde_json::to_writer_pretty(&mut *out, &serde_json::json!({"input": input, "decision": d}))?;
                 writeln!(out)?;
@@ -167,7 +167,7 @@ pub fn policy(cmd: PolicyCommand, out: &mut dyn Write) -> Result<Exit> {
             let mut failed = 0;
             for case in &table.case {
                 let input = case.input(&c)?;
-                let d = s.policy.decide(&s.graph, &input);
+                let d = s.policy.decide(s.graph(), &input);
                 let mut problems = Vec::new();
                 if let Some(a) = case.expect.allowed
                     && a != d.allowed

@@ -65,7 +65,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::cli::Exit;
-use crate::config::RunnerConfig;
+use crate::config::{HandOverView, RunnerConfig};
 use crate::governance::Governance;
 use crate::pipeline::{ExecInputs, MAX_CAPSULE_FILE_BYTES};
 use crate::server::accept::accept_loop;
@@ -567,7 +567,7 @@ fn served_by_me(fd: RawFd, state_dir: &Path) -> Result<()> {
 /// runs as another user, the store's lock file cannot be opened for
 /// writing, or the connection fails after it was made (the run may then
 /// have happened: the error says where to look).
-pub fn hand_over(config: &RunnerConfig, inputs: &ExecInputs, json: bool) -> Result<Option<Answer>> {
+pub fn hand_over(config: &HandOverView, inputs: &ExecInputs, json: bool) -> Result<Option<Answer>> {
     let path = socket_path(&config.state_dir);
     match std::path::absolute(&path) {
         Ok(p) if p.as_os_str().len() <= MAX_SOCKET_PATH => {}
@@ -587,7 +587,6 @@ pub fn hand_over(config: &RunnerConfig, inputs: &ExecInputs, json: bool) -> Resu
         std::fs::OpenOptions::new().read(true).write(true).open(lock_path(&config.state_dir)).with_context(|| {
             format!("cannot open {} for writing, as exec must to run", lock_path(&config.state_dir).display())
         })?;
-    let governance = config.governance.as_ref().context("a loaded config has its governance")?;
     if inputs.approvals.len() > MAX_APPROVALS {
         bail!("at most {MAX_APPROVALS} approval files are taken at once; this run has {}", inputs.approvals.len());
     }
@@ -600,9 +599,9 @@ pub fn hand_over(config: &RunnerConfig, inputs: &ExecInputs, json: bool) -> Resu
     let request = Request {
         program: program(),
         json,
-        governance: governance.digests(),
-        signers: signers_digest(&governance.signers),
-        fixed: config.fixed(),
+        governance: config.digests.clone(),
+        signers: config.signers,
+        fixed: config.fixed,
         capsule: inputs.capsule.len() as u64,
         approvals: inputs.approvals.iter().map(|a| a.len() as u64).collect(),
     };

@@ -38,7 +38,7 @@ impl Runner {
             Some(set) => {
                 let input = decision_input(&admitted, &governance.nodes, &self.config.endpoints);
                 let input_d = report.artifact(&canonical::to_canonical_vec(&input).or_fail()?)?;
-                (set.policy.evaluate(&set.graph, &input), Some(input_d))
+                (set.policy.evaluate(set.graph(), &input), Some(input_d))
             }
             // Config refuses to load without a policy unless the operator
             // set `dangerous_run_without_policy` (recorded in the submission).
@@ -76,7 +76,7 @@ impl Runner {
     pub(crate) fn policy_change(&self, governance: &Governance) -> Option<Event> {
         let (old_policy, old_graph) = self.recorded_policy();
         let (new_policy, new_graph) = match &governance.policy {
-            Some(p) => (Some(p.policy.digest()), Some(p.graph.digest())),
+            Some(p) => (Some(p.policy.digest()), Some(p.graph_digest)),
             None => (None, None),
         };
         ((old_policy, old_graph) != (new_policy, new_graph)).then_some(Event::PolicyChange {
