@@ -388,6 +388,16 @@ fn the_stored_fold_is_checked_in_full_and_rebuilt_from_the_records_when_missing(
     let again = check(true);
     assert_eq!(again.code(), 0, "{}", again.stdout());
     assert!(again.stdout().contains("3 proposals"), "{}", again.stdout());
+    // The counts /metrics reads, kept beside the proposals by triggers:
+    // rewritten, the full check names them too.
+    sqlite(&env, "UPDATE proposal_counts SET n = n + 40 WHERE n > 0;");
+    let bad = check(true);
+    assert_eq!(bad.code(), 3, "{}", bad.stdout());
+    assert!(bad.stdout().contains("the proposals counted by state and tier"), "{}", bad.stdout());
+    sqlite(&env, "DELETE FROM fold;");
+    std::fs::remove_file(env.path("data/ok.txt")).ok();
+    assert_eq!(env.exec(&env.hostile("none")).outcome(), "committed");
+    assert_eq!(check(true).code(), 0);
 }
 
 #[test]

@@ -399,6 +399,21 @@ fn compare_fold(db: &Connection, made: &Connection, stopped: &dyn Fn() -> bool) 
     if missing > 0 {
         return Err(differs(format!("{missing} entries of what was spent are missing")));
     }
+    // The counts its triggers keep (for /metrics), against the fold's own.
+    let (have, want) = (crate::store::fold::counts(db)?, crate::store::fold::counts(made)?);
+    if have != want {
+        let shown = |counts: &[(String, Option<u8>, u64)]| {
+            let each = counts.iter().map(|(state, tier, n)| {
+                format!("{}/{}: {n}", line(state), tier.map_or_else(|| "none".to_owned(), |t| t.to_string()))
+            });
+            each.collect::<Vec<_>>().join(", ")
+        };
+        return Err(differs(format!(
+            "the proposals counted by state and tier ({}) are not the records' ({})",
+            shown(&have),
+            shown(&want)
+        )));
+    }
     Ok(())
 }
 
@@ -457,6 +472,14 @@ mod tests {
             (
                 fold_db(&[("p-1", r#"{"a":1,"b":2}"#), ("p-2", r#"{"a":3}"#)], &[]),
                 "1 entries of what was spent are missing",
+            ),
+            (
+                {
+                    let db = fold_db(&[("p-1", r#"{"b":2,"a":1}"#), ("p-2", r#"{"a":3}"#)], &[("nonce", "n1", 7)]);
+                    db.execute("UPDATE proposal_counts SET n = 5", []).unwrap();
+                    db
+                },
+                "the proposals counted by state and tier (committed/0: 5) are not the records' (committed/0: 2)",
             ),
         ] {
             let said = compared(&stored, &made);

@@ -10,6 +10,7 @@
 //! | 1 | `records`, `artifacts`, `checkpoints` and the append-only triggers ([`CREATE_V1`]; `docs/evidence.md#store`) |
 //! | 2 | adds `tree`, the Merkle tree's subtree hashes, append-only, and the index `records_by_type` (`crate::store::tree`); and the fold of the log, derived from the records (`proposals`, `spent`, `counters`, `fold`: `crate::store::fold`): opening the store no longer reads every record |
 //! | 3 | replaces `records_by_type` (every record) with `records_key_events`, a partial index of the key records only ([`KEY_RECORDS`]): appending other records no longer writes an index page per event type |
+//! | 4 | adds `proposal_counts`, the proposals by state and tier, kept by triggers on `proposals` (`crate::store::fold`): `/metrics` no longer counts every proposal |
 //!
 //! At open ([`refuse_newer`], then [`prepare`]):
 //!
@@ -41,7 +42,7 @@ use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 
 /// The schema this runner writes, and the newest it understands.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The records a start reads by type: the key records, few in any log.
 /// The query that reads them and the index that finds them use this same
@@ -80,6 +81,12 @@ pub const MIGRATIONS: &[Migration] = &[
                one; a start reads only key records by type)",
         apply: to_3,
     },
+    Migration {
+        to: 4,
+        what: "the proposals counted by state and tier, kept by triggers (/metrics counted every proposal at each \
+               scrape)",
+        apply: to_4,
+    },
 ];
 
 fn to_2(db: &Connection) -> rusqlite::Result<()> {
@@ -92,6 +99,12 @@ fn to_2(db: &Connection) -> rusqlite::Result<()> {
 fn to_3(db: &Connection) -> rusqlite::Result<()> {
     db.execute_batch("DROP INDEX IF EXISTS records_by_type;")?;
     db.execute_batch(&key_records_index())
+}
+
+fn to_4(db: &Connection) -> rusqlite::Result<()> {
+    // `fold::CREATE` only adds what is missing: the table and its triggers.
+    db.execute_batch(crate::store::fold::CREATE)?;
+    crate::store::fold::recount(db)
 }
 
 /// A new store at [`SCHEMA_VERSION`]: the tables of version 1, then those
@@ -340,7 +353,7 @@ mod tests {
         bring_forward(&mut v2, &old, 2, &MIGRATIONS[..1]).unwrap();
         assert_eq!(version(&v2), 2);
         assert!(indexes(&v2).contains(&"records_by_type".to_owned()), "{:?}", indexes(&v2));
-        assert_eq!(prepare(&mut v2, &old).unwrap(), 3);
+        assert_eq!(prepare(&mut v2, &old).unwrap(), SCHEMA_VERSION);
         for db in [&db, &v2] {
             assert_eq!(indexes(db), ["records_by_run", "records_key_events"]);
             assert!(plan(db).contains("USING INDEX records_key_events"), "{}", plan(db));
