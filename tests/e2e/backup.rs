@@ -373,6 +373,32 @@ fn opens_verifies_and_continues(version: u32) {
     let want: Vec<&str> = expect["outcomes"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
     assert_eq!(outcomes, want);
 
+    // Checked in full before this runner first opens it for writing (the
+    // full check reads; it does not migrate): what is there holds.
+    // Version 1 has no persisted tree to check yet: not a verdict, and
+    // nothing changed.
+    for full in [true, false] {
+        let mut args = vec!["evidence", "check", "--config", "runner.toml"];
+        if full {
+            args.push("--full");
+        }
+        let before = env.cli(&args);
+        if version == 1 {
+            assert_eq!(before.code(), 1, "{}", before.stdout());
+            assert!(!before.stdout().contains("FAILED"), "{}", before.stdout());
+            assert!(before.stderr().contains("schema version 1") && before.stderr().contains("Start the runner once"));
+        } else {
+            assert_eq!(before.code(), 0, "v{version}: {}", before.stdout());
+        }
+    }
+    let db = rusqlite::Connection::open_with_flags(
+        env.path("state/evidence/evidence.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    assert_eq!(db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(), version);
+    drop(db);
+
     // This runner opens it (schema, chain, signed history), runs, appends.
     let run = env.exec(&env.hostile("none"));
     assert_eq!(run.outcome(), "committed", "{}", run.stderr);

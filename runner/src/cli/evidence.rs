@@ -192,7 +192,7 @@ fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out:
             Ok(Exit::Ok)
         }
         // Not a verdict on the store: an error (exit 1), not `FAILED`.
-        Err(e) if e.is::<crate::store::check::CouldNotCheck>() => Err(e),
+        Err(e) if e.is::<crate::store::check::CouldNotCheck>() || e.is::<crate::store::check::NotMigrated>() => Err(e),
         Err(e) => {
             writeln!(out, "FAILED: {}", edge_core::text::line(&format!("{e:#}")))?;
             Ok(Exit::Refused)

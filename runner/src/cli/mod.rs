@@ -335,6 +335,11 @@ pub fn main(cli: Cli, out: &mut dyn Write) -> Result<Exit> {
             let inputs = pipeline::ExecInputs::read(&args.capsule, &args.approvals)?;
             if let Some(answer) = crate::intake::local::hand_over(&view, &inputs, args.json)? {
                 if let Some(e) = answer.error {
+                    // Nothing ran. A config that does not load in full (a
+                    // graph that does not compile, which the hand-over only
+                    // hashed) is refused for differing: its own error is
+                    // what to fix, not a reload the runner would refuse.
+                    crate::config::RunnerConfig::load(&args.config)?;
                     anyhow::bail!("{e}");
                 }
                 let mut err = edge_core::text::Terminal::new(std::io::stderr().lock());

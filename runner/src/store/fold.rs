@@ -204,11 +204,16 @@ pub fn stored(db: &Connection) -> Result<Option<(u64, Rest)>> {
     .transpose()
 }
 
-/// Forget the stored fold (it is rebuilt from the records).
+/// Forget the stored fold (it is rebuilt from the records). Its tables and
+/// the triggers that keep `proposal_counts` are made again first where
+/// missing (someone who can write the store could have dropped them). The
+/// triggers make this a row-by-row delete: seconds at a million proposals,
+/// once per rebuild.
 ///
 /// # Errors
 /// If the store cannot be written.
 pub fn clear(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch(CREATE)?;
     db.execute_batch(
         "DELETE FROM proposals; DELETE FROM spent; DELETE FROM counters; DELETE FROM fold; DELETE FROM proposal_counts;",
     )
@@ -341,7 +346,7 @@ pub fn page(db: &Connection, q: &Query) -> Result<Vec<(u64, ProposalView)>> {
 
 /// Proposals by state and tier (for metrics): the counts the triggers keep,
 /// a handful of rows however many proposals there are (counting the
-/// proposals themselves took 14 ms at 123,000).
+/// proposals themselves took 6.8 ms at 122,777, warm).
 ///
 /// # Errors
 /// If the store cannot be read.

@@ -487,3 +487,45 @@ fn formats_round_trip() {
     assert_eq!(ApprovalFile::parse(json.as_bytes()).unwrap(), file);
     assert!(ApprovalFile::parse(json.replace("\"signature\":", "\"sig\":").as_bytes()).is_err(), "strict");
 }
+
+/// Passkey and SSH approvals checked together (a quorum's handful): only
+/// the SSH signatures' arithmetic is shared, so each file — passkey or SSH,
+/// good or refused — gets the verdict it gets alone, wherever it stands.
+#[test]
+fn passkey_and_ssh_approvals_checked_together_get_each_their_own_verdict() {
+    use crate::approval::tests::sign;
+    let (alice, bob) = (Authenticator::es256(1), Authenticator::eddsa(2));
+    let approve = |who: &str| statement(&binding(), who, Verdict::Approve);
+    let mut edited: ApprovalFile = serde_json::from_slice(&sign(&approve("carol@bank"), &key(3), NAMESPACE)).unwrap();
+    edited.statement.comment = Some("edited after signing".into());
+    let mut forged: ApprovalFile =
+        serde_json::from_slice(&bob.approve(&approve("bob@bank"), &Make::default())).unwrap();
+    let assertion = forged.passkey.as_mut().unwrap();
+    let mut sig = B64URL.decode(&assertion.signature).unwrap();
+    sig[5] ^= 1;
+    assertion.signature = B64URL.encode(sig);
+    let files: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (sign(&approve("alice@bank"), &key(1), NAMESPACE), None),
+        (bob.approve(&approve("bob@bank"), &Make::default()), None),
+        (
+            alice.approve(&approve("alice@bank"), &Make { origin: "https://console.example.evil", ..Make::default() }),
+            Some("approval.wrong_origin"),
+        ),
+        (serde_json::to_vec(&edited).unwrap(), Some("approval.bad_signature")),
+        (alice.approve(&approve("alice@bank"), &Make::default()), None),
+        (serde_json::to_vec(&forged).unwrap(), Some("approval.bad_signature")),
+        (sign(&approve("carol@bank"), &key(3), NAMESPACE), None),
+    ];
+    for shift in 0..files.len() {
+        let order: Vec<usize> = (0..files.len()).map(|i| (i + shift) % files.len()).collect();
+        let bytes: Vec<Vec<u8>> = order.iter().map(|&i| files[i].0.clone()).collect();
+        let together = crate::approval::verify_approvals(&bytes, &registry(&alice, &bob, ""), &binding(), NOW, 300);
+        for (result, &i) in together.iter().zip(&order) {
+            assert_eq!(result, &check(&files[i].0, &registry(&alice, &bob, "")), "file {i}, rotated by {shift}");
+            match files[i].1 {
+                None => assert!(result.is_ok(), "file {i}: {result:?}"),
+                Some(code) => assert_eq!(result.as_ref().unwrap_err().reason_code(), code, "file {i}"),
+            }
+        }
+    }
+}
