@@ -20,6 +20,11 @@ once, with `STARTUP_RUNS=100000` for the 1M-record store) and `wasmtime` on
 running on another copy of the home (`runner/src/intake/local.rs`), in the
 same loop; the loop starts once each `serve` has finished the full evidence
 check it runs in the background after a start.
+`GOVERNED=1` runs every copy of the home under the example policy and
+graph (the home's `policy/`, with its agent as the policy's signer and the
+`certs` mount mapped to the graph's `tls-certs`) instead of the bench
+home's `dangerous_run_without_policy`: what an operator runs, with a
+decision and its documents in every run.
 Each binary is copied to a fresh file before the loop (all alike), and runs
 in its own copy of the home (so ~1.4 GB of scratch space per build at one
 million records), and the
@@ -43,6 +48,30 @@ PLAN = (
     'plan({phase: plan, params: [("mount", "certs"), ("days", "30")], '
     'mounts: [{name: "certs", guest-path: "/mnt/certs", writable: false}]})'
 )
+
+
+def govern(home):
+    """Rewrite a copy of a bench home's runner.toml to run under the example
+    policy and graph, as an operator's runner does."""
+    config = os.path.join(home, "runner.toml")
+    text = open(config).read()
+    pieces = [
+        ("dangerous_run_without_policy = true\n", ""),
+        ('[[signers]]\nname = "agent"\npublic_key = "agent.pub"\n',
+         '[policy]\nfile = "policy/policy.toml"\ngraph = "policy/graph.toml"\n'),
+        ('[mounts.certs]\npath = "certs"\n', '[mounts.certs]\npath = "certs"\nnode = "tls-certs"\n'),
+    ]
+    for old, new in pieces:
+        if old not in text:
+            sys.exit(f"GOVERNED=1: {config} has no {old!r} to replace; is it a start-up bench home?")
+        text = text.replace(old, new)
+    open(config, "w").write(text)
+    key = open(os.path.join(home, "agent.pub")).read().strip()
+    with open(os.path.join(home, "policy", "policy.toml"), "a") as policy:
+        policy.write(
+            f'\n[[signers]]\nname = "agent"\npublic_key = """{key}"""\nkinds = ["diagnostic", "remediation"]\n'
+            'mounts = ["*"]\nwritable_mounts = ["certs"]\nrequire_tlog = false\n'
+        )
 
 
 def timed(cmd, cwd):
@@ -89,6 +118,9 @@ def main():
         for i, b in enumerate(binaries):
             served[b] = os.path.join(scratch, f"served-{i}")
             subprocess.run(["cp", "-a", "--reflink=auto", HOME, served[b]], check=True)
+    if os.environ.get("GOVERNED") == "1":
+        for home in list(homes.values()) + list(served.values()):
+            govern(home)
     os.sync()  # not written back during the loop, under its flushes
     for b, home in served.items():
         log = open(os.path.join(scratch, os.path.basename(home) + ".log"), "w+")
@@ -128,7 +160,8 @@ def main():
         server.wait()
     shutil.rmtree(scratch)
     w = statistics.median(wasmtime)
-    print(f"{ROUNDS} interleaved rounds, store {HOME}")
+    governed = "under the example policy and graph" if os.environ.get("GOVERNED") == "1" else "as the home is configured"
+    print(f"{ROUNDS} interleaved rounds, store {HOME}, {governed}")
     print(f"wasmtime run          median {w * 1e3:6.2f} ms")
     for b in binaries:
         m = statistics.median(execs[b])
