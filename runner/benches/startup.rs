@@ -26,8 +26,11 @@
 //!   serves), once `serve` has finished the full check it runs after a
 //!   start, in `STARTUP_HANDED_ROUNDS` (default 100) rounds alternating with
 //!   `wasmtime run`, and `exec` alone the same way before `serve` starts;
-//!   these three are timed bare (no RSS sampler), each ratio against the
-//!   `wasmtime run`s of its own loop.
+//!   these are timed bare (no RSS sampler), each ratio against the
+//!   `wasmtime run`s of its own loop; and handed over again with the home
+//!   switched to the example policy and graph it carries (the bench homes
+//!   run with `dangerous_run_without_policy`; an operator's runner has a
+//!   policy), its config put back afterwards.
 //!
 //! Medians, and each size's ratio to the empty store, side by side.
 //! Targets (issue 14): ready and exec ≤ 1 s and within 2× of empty; peak
@@ -177,6 +180,59 @@ impl Drop for Served {
     }
 }
 
+/// A bench home switched to run under the example policy and graph it
+/// carries (`policy/`: its agent as the policy's signer, the `certs` mount
+/// mapped to the graph's `tls-certs`) instead of the bench's
+/// `dangerous_run_without_policy`, as an operator's runner runs; its config
+/// and policy put back as they were when dropped.
+struct Governed {
+    files: Vec<(PathBuf, String)>,
+}
+
+impl Governed {
+    fn switch(home: &Path) -> anyhow::Result<Self> {
+        let (config, policy) = (home.join("runner.toml"), home.join("policy/policy.toml"));
+        let files = vec![
+            (config.clone(), std::fs::read_to_string(&config)?),
+            (policy.clone(), std::fs::read_to_string(&policy)?),
+        ];
+        let mut text = files[0].1.clone();
+        for (old, new) in [
+            ("dangerous_run_without_policy = true\n", ""),
+            (
+                "[[signers]]\nname = \"agent\"\npublic_key = \"agent.pub\"\n",
+                "[policy]\nfile = \"policy/policy.toml\"\ngraph = \"policy/graph.toml\"\n",
+            ),
+            ("[mounts.certs]\npath = \"certs\"\n", "[mounts.certs]\npath = \"certs\"\nnode = \"tls-certs\"\n"),
+        ] {
+            anyhow::ensure!(
+                text.contains(old),
+                "{} has no {old:?} to replace: not a start-up bench home?",
+                config.display()
+            );
+            text = text.replace(old, new);
+        }
+        let key = std::fs::read_to_string(home.join("agent.pub"))?;
+        let signer = format!(
+            "\n[[signers]]\nname = \"agent\"\npublic_key = \"\"\"{}\"\"\"\nkinds = [\"diagnostic\", \"remediation\"]\n\
+             mounts = [\"*\"]\nwritable_mounts = [\"certs\"]\nrequire_tlog = false\n",
+            key.trim()
+        );
+        let governed = Governed { files };
+        std::fs::write(&config, text)?;
+        std::fs::write(&policy, format!("{}{signer}", governed.files[1].1))?;
+        Ok(governed)
+    }
+}
+
+impl Drop for Governed {
+    fn drop(&mut self) {
+        for (path, text) in &self.files {
+            let _ = std::fs::write(path, text);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let runs = common::env_list("STARTUP_RUNS", "10000,100000")?;
     let rounds: usize = std::env::var("STARTUP_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -275,12 +331,21 @@ fn main() -> anyhow::Result<()> {
         let server = Served::start(runner, home)?;
         let handed = alternate(handed_rounds, exec, wasmtime)?;
         drop(server);
+        // The same home under a policy, as operators run it: a decision,
+        // its input and documents in every run.
+        let governed = {
+            let _governed = Governed::switch(home)?;
+            let server = Served::start(runner, home)?;
+            let governed = alternate(handed_rounds, exec, wasmtime)?;
+            drop(server);
+            governed
+        };
         println!(
             "`exec` at {records} records, alone and handed to `serve` ({handed_rounds} rounds each, alternating with `wasmtime run`):"
         );
-        for (what, (e, w)) in [("alone", alone), ("handed over", handed)] {
+        for (what, (e, w)) in [("alone", alone), ("handed over", handed), ("handed over, governed", governed)] {
             println!(
-                "  exec {what:<12} {:>7.3} ms  wasmtime run {:>7.3} ms  {:>5.2}x   (target <= 1.2x)",
+                "  exec {what:<21} {:>7.3} ms  wasmtime run {:>7.3} ms  {:>5.2}x   (target <= 1.2x)",
                 e * 1e3,
                 w * 1e3,
                 e / w
