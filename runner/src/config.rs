@@ -282,6 +282,19 @@ pub struct HandOverView {
     pub fixed: Sha256Digest,
 }
 
+impl HandOverView {
+    /// What `config` names, by digest.
+    fn of(config: &RunnerConfig) -> Result<Self> {
+        let governance = config.governance.as_ref().context("a loaded config has its governance")?;
+        Ok(HandOverView {
+            state_dir: config.state_dir.clone(),
+            digests: governance.digests(),
+            signers: crate::intake::local::signers_digest(&governance.signers),
+            fixed: config.fixed(),
+        })
+    }
+}
+
 impl RunnerConfig {
     /// What of this config only a restart applies, as one digest: the
     /// sections of its text a reload does not apply
@@ -327,14 +340,7 @@ impl RunnerConfig {
     /// # Errors
     /// As [`RunnerConfig::load`], but for the graph's contents.
     pub fn load_to_hand_over(path: &Path) -> Result<HandOverView> {
-        let config = Self::read(path, Depth::Digests)?;
-        let governance = config.governance.as_ref().context("a loaded config has its governance")?;
-        Ok(HandOverView {
-            digests: governance.digests(),
-            signers: crate::intake::local::signers_digest(&governance.signers),
-            fixed: config.fixed(),
-            state_dir: config.state_dir,
-        })
+        HandOverView::of(&Self::read(path, Depth::Digests)?)
     }
 
     fn read(path: &Path, depth: Depth) -> Result<Self> {
@@ -1061,18 +1067,9 @@ mod tests {
         )
         .unwrap();
         let path = t.path().join("runner.toml");
-        let view_of = |c: &RunnerConfig| {
-            let g = c.governance.as_ref().unwrap();
-            HandOverView {
-                state_dir: c.state_dir.clone(),
-                digests: g.digests(),
-                signers: crate::intake::local::signers_digest(&g.signers),
-                fixed: c.fixed(),
-            }
-        };
         let full = RunnerConfig::load(&path).unwrap();
         let view = RunnerConfig::load_to_hand_over(&path).unwrap();
-        assert_eq!(view, view_of(&full));
+        assert_eq!(view, HandOverView::of(&full).unwrap());
         assert!(view.digests.graph.is_some() && view.digests.policy.is_some());
         assert_eq!(full.governance.as_ref().unwrap().policy.as_ref().unwrap().graph().len(), 8);
 

@@ -45,18 +45,20 @@ impl PolicySet {
             .with_context(|| format!("cannot read system graph {}", graph_path.display()))?;
         let policy = Policy::from_toml(&policy_text)
             .map_err(|e| anyhow::anyhow!("policy {} is invalid: {e}", policy_path.display()))?;
-        let graph = if compile_graph {
-            Some(
-                Graph::from_toml(&graph_text)
-                    .map_err(|e| anyhow::anyhow!("graph {} is invalid: {e}", graph_path.display()))?,
-            )
+        // The digest is the text's SHA-256: taken from the compiled graph,
+        // which hashed it, or hashed here.
+        let (graph, graph_digest) = if compile_graph {
+            let graph = Graph::from_toml(&graph_text)
+                .map_err(|e| anyhow::anyhow!("graph {} is invalid: {e}", graph_path.display()))?;
+            let digest = graph.digest();
+            (Some(graph), digest)
         } else {
-            None
+            (None, Sha256Digest::of(graph_text.as_bytes()))
         };
         Ok(Self {
             policy,
             graph,
-            graph_digest: Sha256Digest::of(graph_text.as_bytes()),
+            graph_digest,
             policy_text,
             graph_text,
             policy_path: policy_path.to_path_buf(),

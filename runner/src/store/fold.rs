@@ -81,8 +81,8 @@ CREATE TABLE IF NOT EXISTS fold (
     records INTEGER NOT NULL,
     state   TEXT NOT NULL
 );
--- Kept by the triggers below (no `OR IGNORE` in them: a trigger's statement
--- takes the conflict policy of the statement that fired it).
+-- Kept by the triggers below (an UPSERT each, not `OR IGNORE`: a trigger's
+-- statement takes the conflict policy of the statement that fired it).
 CREATE TABLE IF NOT EXISTS proposal_counts (
     state TEXT NOT NULL,
     tier  INTEGER NOT NULL,
@@ -90,15 +90,13 @@ CREATE TABLE IF NOT EXISTS proposal_counts (
     PRIMARY KEY (state, tier)
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS proposals_counted_i AFTER INSERT ON proposals BEGIN
-    INSERT INTO proposal_counts SELECT NEW.state, coalesce(NEW.tier, -1), 0
-        WHERE NOT EXISTS (SELECT 1 FROM proposal_counts WHERE state = NEW.state AND tier = coalesce(NEW.tier, -1));
-    UPDATE proposal_counts SET n = n + 1 WHERE state = NEW.state AND tier = coalesce(NEW.tier, -1);
+    INSERT INTO proposal_counts VALUES (NEW.state, coalesce(NEW.tier, -1), 1)
+        ON CONFLICT (state, tier) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS proposals_counted_u AFTER UPDATE OF state, tier ON proposals BEGIN
     UPDATE proposal_counts SET n = n - 1 WHERE state = OLD.state AND tier = coalesce(OLD.tier, -1);
-    INSERT INTO proposal_counts SELECT NEW.state, coalesce(NEW.tier, -1), 0
-        WHERE NOT EXISTS (SELECT 1 FROM proposal_counts WHERE state = NEW.state AND tier = coalesce(NEW.tier, -1));
-    UPDATE proposal_counts SET n = n + 1 WHERE state = NEW.state AND tier = coalesce(NEW.tier, -1);
+    INSERT INTO proposal_counts VALUES (NEW.state, coalesce(NEW.tier, -1), 1)
+        ON CONFLICT (state, tier) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS proposals_counted_d AFTER DELETE ON proposals BEGIN
     UPDATE proposal_counts SET n = n - 1 WHERE state = OLD.state AND tier = coalesce(OLD.tier, -1);
