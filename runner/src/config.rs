@@ -295,6 +295,55 @@ impl HandOverView {
     }
 }
 
+/// What a command that only reads the evidence store needs of a config
+/// ([`RunnerConfig::load_store_view`]): the runner's name (the origin of
+/// its checkpoints), where its store is, and its identity key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreView {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub identity_key: PathBuf,
+}
+
+impl StoreView {
+    /// The evidence store's directory.
+    pub fn evidence_dir(&self) -> PathBuf {
+        self.state_dir.join("evidence")
+    }
+}
+
+impl RawConfig {
+    fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow!(toml_error(&e, text)))
+    }
+}
+
+/// `p` as read from a config whose relative paths are read from `base`.
+fn resolved(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+impl RawRunner {
+    /// The name, checked, with the state directory and identity key it
+    /// names, resolved: all a loaded config and a [`StoreView`] share.
+    fn store_view(&self, resolve: impl Fn(&Path) -> PathBuf) -> Result<StoreView> {
+        let name = &self.name;
+        if name.is_empty()
+            || name.len() > 128
+            || name.contains('+')
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bail!(
+                "`runner.name` must be 1-128 characters without spaces or `+`: it identifies this runner in evidence \
+                 and is the origin of its signed checkpoints (e.g. edge-runner.bank.example/enclave-1)"
+            );
+        }
+        let state_dir = resolve(&self.state_dir);
+        let identity_key = self.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
+        Ok(StoreView { name: name.clone(), state_dir, identity_key })
+    }
+}
+
 impl RunnerConfig {
     /// What of this config only a restart applies, as one digest: the
     /// sections of its text a reload does not apply
@@ -343,12 +392,43 @@ impl RunnerConfig {
         HandOverView::of(&Self::read(path, Depth::Digests)?)
     }
 
+    /// The config at `path` as the commands that only read the evidence
+    /// store use it (`evidence show`, `check`, `artifact`, `runner-key`, a
+    /// report's `--config`): the whole file is parsed, every field's type
+    /// checked, and `[runner]` resolved as [`RunnerConfig::load`] resolves
+    /// it; nothing else is read. So the store can be read and checked while
+    /// the policy, the graph, a mount or a certificate the config names is
+    /// broken or absent (a copy of the state directory on a reviewer's
+    /// machine), and a large system graph is not compiled to do it.
+    ///
+    /// # Errors
+    /// As [`RunnerConfig::load`], for the file's syntax, its fields' types
+    /// and `[runner]`.
+    pub fn load_store_view(path: &Path) -> Result<StoreView> {
+        Self::parsed(path, |text, base| RawConfig::parse(text)?.runner.store_view(|p| resolved(base, p)))
+    }
+
+    /// This config's [`StoreView`].
+    pub fn store_view(&self) -> StoreView {
+        StoreView {
+            name: self.name.clone(),
+            state_dir: self.state_dir.clone(),
+            identity_key: self.identity_key.clone(),
+        }
+    }
+
     fn read(path: &Path, depth: Depth) -> Result<Self> {
+        Self::parsed(path, |text, base| Self::from_toml_as(text, base, depth))
+    }
+
+    /// `parse` of the text of the config at `path` and the directory its
+    /// relative paths are read from, its errors naming the file.
+    fn parsed<T>(path: &Path, parse: impl FnOnce(&str, &Path) -> Result<T>) -> Result<T> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read runner config {}", path.display()))?;
         let base =
             path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new("."));
-        Self::from_toml_as(&text, base, depth).with_context(|| format!("runner config {} is invalid", path.display()))
+        parse(&text, base).with_context(|| format!("runner config {} is invalid", path.display()))
     }
 
     /// Resolve a config from its text, with relative paths against `base`.
@@ -360,21 +440,9 @@ impl RunnerConfig {
     }
 
     fn from_toml_as(text: &str, base: &Path, depth: Depth) -> Result<Self> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!(toml_error(&e, text)))?;
-        let resolve = |p: &Path| {
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
-        };
-
-        if raw.runner.name.is_empty()
-            || raw.runner.name.len() > 128
-            || raw.runner.name.contains('+')
-            || raw.runner.name.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            bail!(
-                "`runner.name` must be 1-128 characters without spaces or `+`: it identifies this runner in evidence \
-                 and is the origin of its signed checkpoints (e.g. edge-runner.bank.example/enclave-1)"
-            );
-        }
+        let raw = RawConfig::parse(text)?;
+        let resolve = |p: &Path| resolved(base, p);
+        let store = raw.runner.store_view(resolve)?;
         let trusted_root = match &raw.sigstore.trusted_root {
             Some(p) => {
                 let p = resolve(p);
@@ -538,7 +606,7 @@ impl RunnerConfig {
             default_limits,
             max_limits,
         };
-        let state_dir = resolve(&raw.runner.state_dir);
+        let StoreView { name, state_dir, identity_key } = store;
         let cache_dir = raw.runner.cache_dir.as_deref().map_or_else(|| state_dir.join("cache"), resolve);
         let staging_dir = raw.runner.staging_dir.as_deref().map_or_else(|| state_dir.join("staging"), resolve);
         // A mount must never expose the runner's own state (evidence log,
@@ -596,7 +664,6 @@ impl RunnerConfig {
                 .with_context(|| format!("approvers.clock_skew `{s}`: use a duration like \"5m\""))?,
             None => 300,
         };
-        let identity_key = raw.runner.identity_key.as_deref().map_or_else(|| state_dir.join("identity.key"), resolve);
         let server = raw.server.map(|s| s.resolve(resolve)).transpose()?;
         let console = raw
             .console
@@ -654,7 +721,7 @@ impl RunnerConfig {
                 clock_skew_secs,
                 grants,
             }),
-            name: raw.runner.name,
+            name,
             state_dir,
             cache_dir,
             staging_dir,
@@ -872,6 +939,15 @@ mod tests {
         t
     }
 
+    /// The example policy (trusting `home`'s key `a`) and graph.
+    fn example_documents(t: &tempfile::TempDir) -> (String, String) {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy");
+        let pem = std::fs::read_to_string(t.path().join("a.pub")).unwrap();
+        let policy = std::fs::read_to_string(examples.join("policy.toml")).unwrap();
+        let policy = format!("{policy}\n[[signers]]\nname = \"a\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\n");
+        (policy, std::fs::read_to_string(examples.join("graph.toml")).unwrap())
+    }
+
     const BASE: &str = "[runner]\nname = \"r\"\ndangerous_run_without_policy = true\n[[signers]]\nname = \"a\"\npublic_key = \"a.pub\"\n[mounts.data]\npath = \"data\"\nwritable = true\n";
 
     fn err(text: &str) -> String {
@@ -1050,15 +1126,8 @@ mod tests {
     #[test]
     fn the_config_read_to_hand_over_names_what_the_full_load_names() {
         let t = home();
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy");
-        let pem = std::fs::read_to_string(t.path().join("a.pub")).unwrap();
-        let policy = std::fs::read_to_string(examples.join("policy.toml")).unwrap();
-        std::fs::write(
-            t.path().join("policy.toml"),
-            format!("{policy}\n[[signers]]\nname = \"a\"\npublic_key = \"\"\"{pem}\"\"\"\nmounts = [\"*\"]\n"),
-        )
-        .unwrap();
-        let graph = std::fs::read_to_string(examples.join("graph.toml")).unwrap();
+        let (policy, graph) = example_documents(&t);
+        std::fs::write(t.path().join("policy.toml"), policy).unwrap();
         std::fs::write(t.path().join("graph.toml"), &graph).unwrap();
         std::fs::write(
             t.path().join("runner.toml"),
@@ -1086,6 +1155,59 @@ mod tests {
         // Everything but the graph is still read and checked in full.
         std::fs::write(t.path().join("policy.toml"), "version = 1\n").unwrap();
         assert!(format!("{:#}", RunnerConfig::load_to_hand_over(&path).unwrap_err()).contains("policy"));
+    }
+
+    /// The commands that only read the store read `[runner]` as a full
+    /// load does and nothing else the config names: a broken policy, graph
+    /// or mount does not stop them, a broken `[runner]` or file does.
+    #[test]
+    fn the_store_view_is_the_full_loads_and_needs_nothing_else_the_config_names() {
+        let t = home();
+        let (policy, graph) = example_documents(&t);
+        let path = t.path().join("runner.toml");
+        let config = "[runner]\nname = \"r\"\nstate_dir = \"var/state\"\nidentity_key = \"/keys/id.key\"\n\
+                      [policy]\nfile = \"policy.toml\"\ngraph = \"graph.toml\"\n\
+                      [mounts.data]\npath = \"data\"\nwritable = true\nnode = \"tls-certs\"\n";
+        let write_all = |policy: &str, graph: &str, config: &str| {
+            std::fs::write(t.path().join("policy.toml"), policy).unwrap();
+            std::fs::write(t.path().join("graph.toml"), graph).unwrap();
+            std::fs::write(&path, config).unwrap();
+        };
+        write_all(&policy, &graph, config);
+        let view = RunnerConfig::load_store_view(&path).unwrap();
+        assert_eq!(view, RunnerConfig::load(&path).unwrap().store_view());
+        assert_eq!(
+            view,
+            StoreView {
+                name: "r".into(),
+                state_dir: t.path().join("var/state"),
+                identity_key: PathBuf::from("/keys/id.key")
+            }
+        );
+        assert_eq!(view.evidence_dir(), t.path().join("var/state/evidence"));
+        // Broken elsewhere: the full load refuses, the view is the same.
+        let no_mount = config.replace("path = \"data\"", "path = \"gone\"");
+        for (policy, graph, config) in [
+            ("version = 1\n", graph.as_str(), config),
+            (policy.as_str(), "[[nodes]]\nid = \"has space\"\n", config),
+            (policy.as_str(), graph.as_str(), no_mount.as_str()),
+        ] {
+            write_all(policy, graph, config);
+            assert!(RunnerConfig::load(&path).is_err());
+            assert_eq!(RunnerConfig::load_store_view(&path).unwrap(), view);
+        }
+        // Broken where the view reads: both refuse, saying the same.
+        write_all(&policy, &graph, config);
+        for config in [
+            config.replace("name = \"r\"", "name = \"r s\""),
+            config.replace("writable = true", "writable = \"yes\""),
+            config.replace("[runner]\n", "[runner]\nnmae = 1\n"),
+            config.replace("[mounts.data]", "[mounts.data"),
+        ] {
+            std::fs::write(&path, &config).unwrap();
+            let full = format!("{:#}", RunnerConfig::load(&path).unwrap_err());
+            assert_eq!(format!("{:#}", RunnerConfig::load_store_view(&path).unwrap_err()), full);
+        }
     }
 
     #[test]

@@ -7,14 +7,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use edge_core::note::NoteSigner;
 
-use crate::config::RunnerConfig;
+use crate::config::StoreView;
 
 /// Load the identity key, creating it (mode 0600) on first start.
-pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
-    if !config.identity_key.exists() {
-        create_identity(&config.identity_key)?;
+pub fn load_identity(store: &StoreView) -> Result<NoteSigner> {
+    if !store.identity_key.exists() {
+        create_identity(&store.identity_key)?;
     }
-    read_identity(config)
+    read_identity(store)
 }
 
 /// The identity key for a command that only checks the store (`evidence
@@ -25,8 +25,8 @@ pub fn load_identity(config: &RunnerConfig) -> Result<NoteSigner> {
 ///
 /// # Errors
 /// If the key file is missing or unreadable.
-pub fn read_identity(config: &RunnerConfig) -> Result<NoteSigner> {
-    let path = &config.identity_key;
+pub fn read_identity(store: &StoreView) -> Result<NoteSigner> {
+    let path = &store.identity_key;
     if !path.exists() {
         anyhow::bail!(
             "the identity key {} does not exist: this command does not create one (the runner does, at its first \
@@ -35,7 +35,7 @@ pub fn read_identity(config: &RunnerConfig) -> Result<NoteSigner> {
         );
     }
     let key = crate::keys::load_signing_key(path).with_context(|| format!("identity key {}", path.display()))?;
-    key.note_signer(&config.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
+    key.note_signer(&store.name).map_err(|e| anyhow::anyhow!("runner.name cannot name a checkpoint key: {e}"))
 }
 
 /// Create a new identity key file (mode 0600).

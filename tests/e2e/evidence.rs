@@ -1021,6 +1021,56 @@ fn evidence_show_lists_as_it_verifies_and_stops_at_an_altered_record() {
     assert!(shown.contains("each proved in the tree"), "{shown}");
 }
 
+/// The commands that only read the store read `[runner]` and nothing else
+/// the config names: with the policy broken, the graph unreadable and a
+/// mount gone (a copy of the state on a reviewer's machine, or a runner
+/// being mended), the evidence is still listed, checked and fetched and its
+/// key printed, as before — while a run, which needs all of it, is refused
+/// naming what is missing.
+#[test]
+fn the_store_is_read_and_checked_while_the_policy_graph_and_a_mount_are_broken() {
+    let env = Env::new();
+    env.write_policy_config("log-volume", &[]);
+    let run = env.exec(&env.hostile("none"));
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let plan = run.report["records"].as_array().unwrap().iter().find(|r| r["event"]["type"] == "planned").unwrap()
+        ["event"]["plan"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = |env: &Env| -> Vec<String> {
+        [
+            &["evidence", "show", "--config", "runner.toml", "--json"][..],
+            &["evidence", "show", "--config", "runner.toml", "--run", run.report["run"].as_str().unwrap()],
+            &["evidence", "check", "--config", "runner.toml"],
+            &["evidence", "check", "--full", "--config", "runner.toml"],
+            &["evidence", "artifact", "--config", "runner.toml", &plan],
+            &["evidence", "runner-key", "--config", "runner.toml"],
+        ]
+        .iter()
+        .map(|args| {
+            let out = env.cli(args).success().stdout();
+            // (`check --full` says how long it took.)
+            out.split(" (").next().unwrap().to_owned()
+        })
+        .collect()
+    };
+    let before = read(&env);
+    std::fs::write(env.path("policy.toml"), "version = 1\n").unwrap();
+    std::fs::remove_file(env.path("graph.toml")).unwrap();
+    std::fs::rename(env.path("ro"), env.path("ro.away")).unwrap();
+    assert_eq!(read(&env), before);
+    let refused = env.cli(&["exec", env.hostile("none").to_str().unwrap(), "--config", "runner.toml"]);
+    assert_eq!(refused.code(), 1, "{}", refused.stdout());
+    assert!(refused.stderr().contains("cannot read system graph ./graph.toml"), "{}", refused.stderr());
+    // A broken `[runner]` is refused by them too.
+    let config = std::fs::read_to_string(env.path("runner.toml")).unwrap();
+    std::fs::write(env.path("runner.toml"), config.replace("name = \"test-runner\"", "name = \"a b\"")).unwrap();
+    let out = env.cli(&["evidence", "check", "--config", "runner.toml"]);
+    assert_eq!(out.code(), 1, "{}", out.stdout());
+    assert!(out.stderr().contains("`runner.name` must be"), "{}", out.stderr());
+}
+
 /// A store from before 2026-12-06 may hold `reload-refused` records whose
 /// error quotes the config file where it stopped (a line, a value: a
 /// secret, maybe). The log is append-only, so an export carries them: it

@@ -665,7 +665,7 @@ fn a_runner_stopped_or_killed_during_its_background_full_check_loses_nothing() {
     // would have signed them), so the check outlives the start.
     {
         let config = edge_runner::config::RunnerConfig::load(&env.path("runner.toml")).unwrap();
-        let signer = std::sync::Arc::new(edge_runner::identity::load_identity(&config).unwrap());
+        let signer = std::sync::Arc::new(edge_runner::identity::load_identity(&config.store_view()).unwrap());
         let log = edge_runner::store::log::EvidenceLog::open(&env.path("state/evidence")).unwrap();
         rt().block_on(async {
             for batch in 0..40 {

@@ -151,7 +151,7 @@ pub fn fill_store(
     // Opened as the runner opens it (the fold is built from the records),
     // then a checkpoint by the runner's key, kept outside the store too.
     let log = EvidenceLog::open(&evidence)?;
-    let signer = std::sync::Arc::new(edge_runner::identity::load_identity(config)?);
+    let signer = std::sync::Arc::new(edge_runner::identity::load_identity(&config.store_view())?);
     log.checkpoint(&signer, &config.name)?;
     edge_runner::store::trust::publish_now(&evidence)?;
     let records = log.len();
@@ -229,7 +229,7 @@ pub fn log_home(runs: usize) -> anyhow::Result<(std::path::PathBuf, u64)> {
             ),
         )?;
         let config = edge_runner::config::RunnerConfig::load(&dir.join("runner.toml"))?;
-        edge_runner::identity::load_identity(&config)?; // created here
+        edge_runner::identity::load_identity(&config.store_view())?; // created here
         if runs > 0 {
             let spec = edge_evidence::synth::Spec { runs, tier2_every: Some(20), ..Default::default() };
             fill_store(&config, &spec)?;

@@ -33,7 +33,7 @@ fn refused(i: usize) -> Event {
 fn a_backup_while_writers_append_holds_a_verified_prefix_and_restores_into_a_log_that_continues() {
     let (t, config_path) = home();
     let config = RunnerConfig::load(&config_path).unwrap();
-    let signer = Arc::new(crate::identity::load_identity(&config).unwrap());
+    let signer = Arc::new(crate::identity::load_identity(&config.store_view()).unwrap());
     let live = config.state_dir.join("evidence");
     let log = EvidenceLog::open(&live).unwrap();
     for i in 0..200 {

@@ -154,9 +154,9 @@ pub enum EvidenceCommand {
 /// `evidence check`.
 fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out: &mut dyn Write) -> Result<Exit> {
     use std::io::IsTerminal as _;
-    let config = RunnerConfig::load(config)?;
-    let identity = crate::identity::read_identity(&config)?;
-    let dir = config.state_dir.join("evidence");
+    let store = RunnerConfig::load_store_view(config)?;
+    let identity = crate::identity::read_identity(&store)?;
+    let dir = store.evidence_dir();
     let show = progress || std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let result = if full {
@@ -169,7 +169,7 @@ fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out:
             }
         };
         let never = std::sync::atomic::AtomicBool::new(false);
-        crate::store::check::full(&dir, scratch, &config.name, identity.verifier(), &mut report, &never).map(|c| {
+        crate::store::check::full(&dir, scratch, &store.name, identity.verifier(), &mut report, &never).map(|c| {
             format!(
                 "evidence store verified in full: {} records, {} signed checkpoints, {} proposals ({:.1} s)",
                 c.records,
@@ -179,7 +179,7 @@ fn check(config: &Path, full: bool, progress: bool, scratch: Option<&Path>, out:
             )
         })
     } else {
-        crate::store::check::quick(&dir, &config.name, identity.verifier()).map(|(n, _)| {
+        crate::store::check::quick(&dir, &store.name, identity.verifier()).map(|(n, _)| {
             format!(
                 "evidence store verified as a start verifies it: {n} records (the records since the last signed \
                  checkpoint, the tree against it; `--full` reads everything)"
@@ -205,9 +205,9 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
     match c {
         EvidenceCommand::Show { config, run, json } => show(&config, run.as_deref(), json, out),
         EvidenceCommand::Artifact { config, digest } => {
-            let config = RunnerConfig::load(&config)?;
+            let store = RunnerConfig::load_store_view(&config)?;
             let d: Sha256Digest = digest.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let db = crate::store::log::read_only(&config.state_dir.join("evidence"))?;
+            let db = crate::store::log::read_only(&store.evidence_dir())?;
             let bytes: Option<Vec<u8>> = rusqlite::OptionalExtension::optional(db.query_row(
                 "SELECT bytes FROM artifacts WHERE digest = ?1",
                 [d.to_string()],
@@ -354,10 +354,10 @@ pub fn evidence(c: EvidenceCommand, out: &mut dyn Write) -> Result<Exit> {
             check(&config, full, progress, scratch.as_deref(), out)
         }
         EvidenceCommand::RunnerKey { config } => {
-            let config = RunnerConfig::load(&config)?;
+            let store = RunnerConfig::load_store_view(&config)?;
             // (Before the first start too: the key is made now, to hand to
             // reviewers and webhook receivers ahead of the first checkpoint.)
-            let signer = crate::identity::load_identity(&config)?;
+            let signer = crate::identity::load_identity(&store)?;
             writeln!(out, "{}", signer.verifier().to_vkey())?;
             Ok(Exit::Ok)
         }
@@ -386,8 +386,7 @@ impl Trust {
             );
         }
         if let Some(c) = &self.config {
-            let config = RunnerConfig::load(c)?;
-            keys.push(crate::identity::read_identity(&config)?.verifier().clone());
+            keys.push(crate::identity::read_identity(&RunnerConfig::load_store_view(c)?)?.verifier().clone());
         }
         Ok(keys)
     }
@@ -409,14 +408,14 @@ fn quoting_note(count: u64, out: &mut dyn Write) -> Result<()> {
 }
 
 fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Result<Exit> {
-    let config = RunnerConfig::load(config)?;
-    let dir = config.state_dir.join("evidence");
+    let store = RunnerConfig::load_store_view(config)?;
+    let dir = store.evidence_dir();
     // One run: by the run index, each record proved against the tree the
     // start's check verifies — which needs the runner's key; who may read
     // the store but not the key gets the run from the whole log, as before.
     if let Some(id) = run {
-        match crate::identity::read_identity(&config) {
-            Ok(identity) => return show_run(&config, identity.verifier(), &dir, id, json, out),
+        match crate::identity::read_identity(&store) {
+            Ok(identity) => return show_run(&store.name, identity.verifier(), &dir, id, json, out),
             Err(e) => eprintln!(
                 "note: {}; the run is found by reading the whole log instead (slower)",
                 edge_core::text::line(&format!("{e:#}"))
@@ -482,14 +481,14 @@ fn show(config: &Path, run: Option<&str>, json: bool, out: &mut dyn Write) -> Re
 /// against the tree), then each of the run's records proved by inclusion
 /// in the tree of that check.
 fn show_run(
-    config: &RunnerConfig,
+    origin: &str,
     identity: &NoteVerifier,
     dir: &Path,
     run: &str,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Exit> {
-    let (size, root) = crate::store::check::quick(dir, &config.name, identity)
+    let (size, root) = crate::store::check::quick(dir, origin, identity)
         .with_context(|| format!("evidence store {} failed verification", dir.display()))?;
     let db = crate::store::log::read_only(dir)?;
     let seqs: Vec<u64> = crate::store::log::run_seqs(&db, run)?.into_iter().filter(|&s| s < size).collect();

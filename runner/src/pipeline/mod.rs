@@ -161,7 +161,7 @@ impl Runner {
         });
         let log = log?;
         crate::rotate::finish_interrupted(&config, &log)?;
-        let identity = Arc::new(crate::identity::load_identity(&config)?);
+        let identity = Arc::new(crate::identity::load_identity(&config.store_view())?);
         let sandbox = sandbox?;
         // Mounts and endpoints (their names never clash): runs that write
         // one wait for each other.

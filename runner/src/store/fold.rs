@@ -202,19 +202,23 @@ pub fn stored(db: &Connection) -> Result<Option<(u64, Rest)>> {
     .transpose()
 }
 
-/// Forget the stored fold (it is rebuilt from the records). Its tables and
-/// the triggers that keep `proposal_counts` are made again first where
-/// missing (someone who can write the store could have dropped them). The
-/// triggers make this a row-by-row delete: seconds at a million proposals,
-/// once per rebuild.
+/// Forget the stored fold (it is rebuilt from the records), and make its
+/// tables and the triggers that keep `proposal_counts` again (someone who
+/// can write the store could have dropped them). The triggers are dropped
+/// while the tables are emptied: with a trigger on it, `DELETE FROM
+/// proposals` deletes row by row and fires it for each (5.5 s against
+/// 0.17 s at a million proposals, measured with Python's SQLite); the
+/// counts are emptied with them. One savepoint: all of it or none.
 ///
 /// # Errors
 /// If the store cannot be written.
 pub fn clear(db: &Connection) -> rusqlite::Result<()> {
-    db.execute_batch(CREATE)?;
-    db.execute_batch(
-        "DELETE FROM proposals; DELETE FROM spent; DELETE FROM counters; DELETE FROM fold; DELETE FROM proposal_counts;",
-    )
+    db.execute_batch(&format!(
+        "SAVEPOINT fold_clear; {CREATE}; \
+         DROP TRIGGER proposals_counted_i; DROP TRIGGER proposals_counted_u; DROP TRIGGER proposals_counted_d; \
+         DELETE FROM proposals; DELETE FROM spent; DELETE FROM counters; DELETE FROM fold; \
+         DELETE FROM proposal_counts; {CREATE}; RELEASE fold_clear;"
+    ))
 }
 
 /// Every passkey counter consumed: (key, issued at, counter).
