@@ -168,6 +168,9 @@ fn main() {
     let (m, g, p, s) = (median(times), median(gate), median(single), median(parallel));
     let target = |d: Duration| if d <= Duration::from_micros(200) { "met" } else { "MISSED" };
     println!("edge-core approval benchmark ({iters} quorums, medians; one core unless said)");
+    // What decides the figures most from one host to the next: which of
+    // curve25519-dalek 5's back ends this CPU runs (docs/approvals.md).
+    println!("  field arithmetic: {}", dalek_backend());
     // The target was measured from nothing: that line is the one
     // compared with it; the gate's is the latency once approvals arrived.
     println!(
@@ -188,4 +191,19 @@ fn main() {
         k.as_secs_f64() * 1e6,
         k.as_secs_f64() / d.as_secs_f64()
     );
+}
+
+/// The code curve25519-dalek 5 picks at run time on this CPU (built with
+/// `--cfg curve25519_dalek_backend="avx512"`, `.cargo/config.toml`).
+fn dalek_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512ifma") && std::arch::is_x86_feature_detected!("avx512vl") {
+            return "AVX-512 IFMA";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "AVX2 (no AVX-512 IFMA on this CPU: slower, docs/approvals.md)";
+        }
+    }
+    "portable (no AVX2)"
 }
