@@ -19,6 +19,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod cli_docs;
+mod ended;
 pub mod report;
 pub mod runs;
 mod stream;

@@ -155,7 +155,7 @@ pub(crate) struct RunStream<'a> {
     open: HashMap<String, Open>,
     /// Runs that ended, by a keyed 128-bit hash of their id (a record of
     /// one of them after its end is out of order).
-    ended: HashSet<u128>,
+    ended: crate::ended::EndedRuns,
     keys: (std::hash::RandomState, std::hash::RandomState),
     ready: Vec<Open>,
     build: Option<RunnerBuild>,
@@ -186,7 +186,7 @@ impl<'a> RunStream<'a> {
             ledger: Ledger::default(),
             documents: HashMap::new(),
             open: HashMap::new(),
-            ended: HashSet::new(),
+            ended: Default::default(),
             keys: (std::hash::RandomState::new(), std::hash::RandomState::new()),
             ready: Vec::new(),
             build: None,
@@ -250,7 +250,7 @@ impl<'a> RunStream<'a> {
         match self.open.get_mut(&r.run) {
             Some(open) => open.records.push(r),
             None => {
-                if self.ended.contains(&self.ended_key(&r.run)) {
+                if self.ended.contains(self.ended_key(&r.run)) {
                     return Err(Failure::record(
                         "run.order",
                         r.seq,
