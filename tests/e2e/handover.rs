@@ -24,14 +24,6 @@ fn runner_starts(env: &Env) -> usize {
     env.evidence().as_array().unwrap().iter().filter(|r| r["event"]["type"] == "runner-started").count()
 }
 
-/// `exec` of `capsule` refused before anything ran: exit 1; its standard error.
-fn refused(env: &Env, capsule: &std::path::Path) -> String {
-    let out = env.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]);
-    let err = out.stderr();
-    assert_eq!(out.code(), 1, "{err}");
-    err
-}
-
 #[test]
 fn exec_while_the_runner_serves_hands_the_run_over_and_reports_it_as_exec_does() {
     let env = setup(64);
@@ -139,7 +131,7 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     let policy = env.path("policy.toml");
     let text = std::fs::read_to_string(&policy).unwrap();
     std::fs::write(&policy, format!("{text}\n# reviewed 2026-12-07\n")).unwrap();
-    let err = refused(&env, &tier0);
+    let err = env.exec_refused(&tier0);
     assert!(err.contains("governs with other documents than your --config names (policy)"), "{err}");
     assert!(err.contains("nothing ran") && err.contains("Reload"), "{err}");
     assert!(!env.path("data/ok.txt").exists());
@@ -152,7 +144,7 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     let graph = env.path("graph.toml");
     let graph_text = std::fs::read_to_string(&graph).unwrap();
     std::fs::write(&graph, format!("{graph_text}\n[[nodes]]\nid = \"has space\"\nkind = \"service\"\n")).unwrap();
-    let err = refused(&env, &tier0);
+    let err = env.exec_refused(&tier0);
     assert!(err.contains("graph ./graph.toml is invalid: node id `has space` is invalid"), "{err}");
     assert!(!err.contains("Reload"), "{err}");
     assert!(!env.path("data/ok.txt").exists());
@@ -218,7 +210,7 @@ fn a_runner_governed_by_other_documents_than_exec_names_runs_nothing_until_reloa
     std::fs::create_dir_all(env.path("data2")).unwrap();
     std::fs::rename(env.path("data"), env.path("data.was")).unwrap();
     std::os::unix::fs::symlink(env.path("data2"), env.path("data")).unwrap();
-    let err = refused(&env, &tier0);
+    let err = env.exec_refused(&tier0);
     assert!(err.contains("started from another runner config"), "{err}");
     assert!(!env.path("data2/ok.txt").exists() && env.path("data.was/ok.txt").exists());
     server.stop();
@@ -300,7 +292,7 @@ fn a_signer_key_file_replaced_on_disk_is_a_change_of_governance() {
     // Another key in the file the config names: the runner still trusts
     // the old one until it reloads, so exec is refused.
     std::fs::copy(env.path("keys/other.pub"), env.path("keys/agent.pub")).unwrap();
-    let err = refused(&env, &capsule);
+    let err = env.exec_refused(&capsule);
     assert!(err.contains("governs with other documents than your --config names (trusted signers)"), "{err}");
     server.stop();
 }

@@ -258,6 +258,14 @@ impl Env {
         out
     }
 
+    /// `exec` of `capsule` refused before anything ran: exit 1; its standard error.
+    pub fn exec_refused(&self, capsule: &Path) -> String {
+        let out = self.cli(&["exec", capsule.to_str().unwrap(), "--config", "runner.toml"]);
+        let err = out.stderr();
+        assert_eq!(out.code(), 1, "{err}");
+        err
+    }
+
     /// The whole evidence log, verified by the CLI.
     pub fn evidence(&self) -> Value {
         let out = self.cli(&["evidence", "show", "--config", "runner.toml", "--json"]).success();
