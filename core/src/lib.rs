@@ -28,6 +28,7 @@ pub mod bounded;
 pub mod calls;
 pub mod canonical;
 mod canonical_direct;
+mod comb;
 pub mod container;
 pub mod digest;
 pub mod dsse;

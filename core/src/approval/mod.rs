@@ -356,7 +356,7 @@ fn prepare_sshsig(
         _ => return Err(bad("approvals are signed with ssh-ed25519 or sk-ssh-ed25519@openssh.com keys")),
     };
     let signature = EdSignature::from_slice(sig64).map_err(|_| bad("malformed Ed25519 signature"))?;
-    Ok(SigCheck { vk: *vk, signed, signature })
+    Ok(SigCheck { vk: vk.clone(), signed, signature })
 }
 
 /// From how many approvals [`verify_approvals`] uses every core.
