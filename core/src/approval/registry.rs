@@ -41,6 +41,8 @@ pub struct SignerEntry {
     pub key: PublicKey,
     /// The key's Ed25519 point, decompressed and checked once at load.
     pub ed25519: crate::strict::StrongKey,
+    /// The key's SHA-256 fingerprint ([`fingerprint`]), taken once at load.
+    pub fingerprint: String,
     pub line: usize,
 }
 
@@ -171,6 +173,7 @@ impl AllowedSigners {
                 namespaces: None,
                 valid_after: None,
                 valid_before: None,
+                fingerprint: fingerprint(&key),
                 key,
                 ed25519,
                 line: i + 1,

@@ -329,3 +329,82 @@ fn ssh_approval_files_serialise_as_before() {
     assert_eq!(json, before);
     assert_eq!(ApprovalFile::parse(before.as_bytes()).unwrap(), file);
 }
+
+/// `parse_armored`'s shortcut for armor laid out as `ssh-keygen` lays it
+/// out returns exactly what `SshSig::from_pem` returns, and nothing where
+/// `from_pem` refuses: on the canonical layout (where it is taken), other
+/// line widths and endings, trailing bytes, stray bits, and random edits.
+#[test]
+fn the_armor_shortcut_reads_what_from_pem_reads() {
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use ssh_encoding::Encode as _;
+    let st = statement(&binding(), "alice@bank", Verdict::Approve);
+    let sig = key(1).sign(NAMESPACE, HashAlg::Sha512, &st.canonical_bytes()).unwrap();
+    let canonical = sig.to_pem(LineEnding::LF).unwrap();
+    let same = |text: &str| match (parse_armored(text), SshSig::from_pem(text)) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(ApprovalError::Malformed(a)), Err(b)) => a == format!("signature: {b}"),
+        _ => false,
+    };
+    // Taken on the canonical layout, and the same answer.
+    assert_eq!(written_as_ssh_keygen_writes(&canonical), Some(sig.clone()));
+    assert!(same(&canonical));
+    let armor = |bytes: &[u8], width: usize, eol: &str| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let lines: Vec<&str> = b64.as_bytes().chunks(width).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN SSH SIGNATURE-----{eol}{}{eol}-----END SSH SIGNATURE-----{eol}", lines.join(eol))
+    };
+    let mut bytes = Vec::new();
+    sig.encode(&mut bytes).unwrap();
+    assert_eq!(armor(&bytes, 70, "\n"), canonical, "the layout the shortcut expects is ssh-key's");
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let stray = {
+        // The last character before the padding with a low bit set that
+        // the bytes do not have: the same bytes, written non-canonically.
+        let pad = b64.len() - b64.trim_end_matches('=').len();
+        assert!(pad > 0, "this signature's base64 is padded");
+        let mut chars: Vec<u8> = b64.clone().into_bytes();
+        let at = chars.len() - pad - 1;
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let value = ALPHABET.iter().position(|&c| c == chars[at]).unwrap();
+        chars[at] = ALPHABET[value ^ 1]; // the lowest bit, which no byte uses
+        let body: Vec<&str> = chars.chunks(70).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN SSH SIGNATURE-----\n{}\n-----END SSH SIGNATURE-----\n", body.join("\n"))
+    };
+    for (text, shortcut) in [
+        (armor(&bytes, 64, "\n"), false),
+        (armor(&bytes, 76, "\n"), false),
+        (armor(&bytes, 70, "\r\n"), false),
+        (canonical.trim_end().to_owned(), false),
+        (format!("{canonical}\n"), false),
+        (format!(" {canonical}"), false),
+        (armor(&trailing, 70, "\n"), false),
+        (stray, false),
+        (canonical.replace("SSH SIGNATURE", "SSH SIGNATURF"), false),
+    ] {
+        assert_eq!(written_as_ssh_keygen_writes(&text).is_some(), shortcut, "{text:?}");
+        assert!(same(&text), "{text:?}");
+    }
+    assert!(SshSig::from_pem(armor(&trailing, 70, "\n")).is_err(), "trailing bytes are refused");
+
+    let alphabet: Vec<char> = "AB/+=az09\n\r -\u{e9}".chars().collect();
+    proptest!(ProptestConfig::with_cases(2000), |(edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<prop::sample::Index>()), 1..3))| {
+        let mut text: Vec<char> = canonical.chars().collect();
+        for (at, op, with) in edits {
+            let c = *with.get(&alphabet);
+            match op {
+                0 if !text.is_empty() => { let i = at.index(text.len()); text[i] = c; }
+                1 if !text.is_empty() => { text.remove(at.index(text.len())); }
+                _ => text.insert(at.index(text.len() + 1), c),
+            }
+        }
+        let text: String = text.into_iter().collect();
+        if let Some(sig) = written_as_ssh_keygen_writes(&text) {
+            prop_assert_eq!(SshSig::from_pem(&text).ok(), Some(sig));
+        }
+        prop_assert!(same(&text), "{:?}", text);
+    });
+}
