@@ -95,7 +95,9 @@ fn main() {
     // Measurements interleaved so that each sees the same machine:
     // - the quorum from nothing, as `verify_approvals` checks it (a handful
     //   on the calling thread), with a registry that has seen none of the
-    //   five signatures: five strict Ed25519 checks;
+    //   five signatures: five strict Ed25519 checks, by keys that have
+    //   checked before and so hold their tables (`strict::StrongKey`; the
+    //   cost of making one is printed at the end);
     // - the quorum at the execution gate, where each approval was checked
     //   when it arrived (`POST …/approvals` does) and its signature is
     //   remembered (`strict::VerifiedSignatures`): parse, registry,
