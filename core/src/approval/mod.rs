@@ -531,7 +531,7 @@ fn stage_ssh_proof(
 ///
 /// # Errors
 /// [`ApprovalError::Malformed`] with `from_pem`'s reason.
-fn parse_armored(armored: &str) -> Result<SshSig, ApprovalError> {
+pub fn parse_armored(armored: &str) -> Result<SshSig, ApprovalError> {
     if let Some(sig) = written_as_ssh_keygen_writes(armored) {
         return Ok(sig);
     }
