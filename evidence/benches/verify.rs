@@ -10,6 +10,10 @@
 //!   reads it: target (issue 14) ≥ 1.0× `sha256sum`'s throughput;
 //! * full verification (integrity plus capsule signatures, approvals and
 //!   decision replay), reported beside it.
+//!
+//! `VERIFY_TIER2_EVERY=n` makes every `n`-th proposal a tier-2 change with
+//! a waiting run and a run that presents two approvals (so that the full
+//! verification replays quorums: registry, SSHSIG and passkey checks).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,7 +30,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let built = Instant::now();
-    let s = synth::full_bundle("bench.example/runner-1", RUNS);
+    let tier2_every =
+        std::env::var("VERIFY_TIER2_EVERY").ok().map(|n| n.parse().expect("VERIFY_TIER2_EVERY: a number"));
+    let spec = synth::Spec { runs: RUNS, tier2_every, passkeys: tier2_every.is_some(), ..synth::Spec::default() };
+    let s = synth::bundle("bench.example/runner-1", &spec);
     let keys = parse_keys(&s.vkey).expect("runner key");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("evidence.bundle");

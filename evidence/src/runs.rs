@@ -51,6 +51,11 @@ struct Cache {
     /// Plans and decision inputs parsed (runs of one capsule share them).
     plans: BoundedMap<Sha256Digest, Arc<Plan>>,
     inputs: BoundedMap<Sha256Digest, Arc<DecisionInput>>,
+    /// Approver registries parsed, by the digests of the recorded
+    /// allowed_signers, roles and passkeys: keys decompressed once, and a
+    /// key that checks again and again gets its table of multiples
+    /// (`edge_core::strict::StrongKey`) instead of one registry per quorum.
+    registries: BoundedMap<(Sha256Digest, Sha256Digest, Option<Sha256Digest>), Arc<Registry>>,
 }
 
 impl Default for Cache {
@@ -67,6 +72,7 @@ impl Default for Cache {
             present: BoundedMap::new(PARSED),
             plans: BoundedMap::new(PARSED),
             inputs: BoundedMap::new(PARSED),
+            registries: BoundedMap::new(PARSED),
         }
     }
 }
@@ -86,17 +92,18 @@ fn parsed<T: serde::de::DeserializeOwned>(
     memoized(memo, d, || serde_json::from_slice(&artifact(ctx, d, r)?).map_err(fail))
 }
 
-/// What `make` makes for digest `d`, once per digest while `memo` holds it.
-fn memoized<T>(
-    memo: &BoundedMap<Sha256Digest, Arc<T>>,
-    d: &Sha256Digest,
+/// What `make` makes for digest `d` (or digests), once per key while `memo`
+/// holds it.
+fn memoized<K: Eq + std::hash::Hash + Clone, T>(
+    memo: &BoundedMap<K, Arc<T>>,
+    d: &K,
     make: impl FnOnce() -> Result<T, Failure>,
 ) -> Result<Arc<T>, Failure> {
     if let Some(v) = memo.get(d) {
         return Ok(v);
     }
     let v = Arc::new(make()?);
-    memo.insert(*d, Arc::clone(&v));
+    memo.insert(d.clone(), Arc::clone(&v));
     Ok(v)
 }
 
@@ -688,7 +695,7 @@ fn check_run(
                 st.refused.push((r, *approval, reason_code.clone()));
             }
             Event::Quorum { .. } => {
-                check_quorum(r, ctx, &st, &mut sum, ledger, claims)?;
+                check_quorum(r, ctx, cache, &st, &mut sum, ledger, claims)?;
                 st.quorum_met = matches!(&r.event, Event::Quorum { outcome, .. }
                     if quorum::Outcome::from_recorded(outcome).is_some_and(|o| o.is_met()));
             }
@@ -944,6 +951,7 @@ fn check_outcome(outcome: Outcome, st: &State<'_>) -> Result<(), String> {
 fn check_quorum(
     r: &Record,
     ctx: &Ctx<'_>,
+    cache: &Cache,
     st: &State<'_>,
     sum: &mut RunSummary,
     ledger: &Ledger,
@@ -986,18 +994,20 @@ fn check_quorum(
     if (time - i64::try_from(*checked_at).unwrap_or(i64::MAX)).abs() > 60 {
         return Err(fail("quorum.time", "the approvals were checked at a time far from the record's".into()));
     }
-    let passkeys = passkeys.as_ref().map(|d| text(ctx, d, r)).transpose()?;
-    let registry = Registry::parse(
-        &text(ctx, allowed_signers, r)?,
-        "allowed_signers (recorded)",
-        &text(ctx, roles, r)?,
-        "roles (recorded)",
-    )
-    .and_then(|reg| match passkeys {
-        Some(t) => reg.with_passkeys(&t, "passkeys (recorded)"),
-        None => Ok(reg),
-    })
-    .map_err(|e| fail("quorum.registry", format!("the recorded approver registry does not parse: {e}")))?;
+    let registry = memoized(&cache.registries, &(*allowed_signers, *roles, *passkeys), || {
+        let passkeys = passkeys.as_ref().map(|d| text(ctx, d, r)).transpose()?;
+        Registry::parse(
+            &text(ctx, allowed_signers, r)?,
+            "allowed_signers (recorded)",
+            &text(ctx, roles, r)?,
+            "roles (recorded)",
+        )
+        .and_then(|reg| match passkeys {
+            Some(t) => reg.with_passkeys(&t, "passkeys (recorded)"),
+            None => Ok(reg),
+        })
+        .map_err(|e| fail("quorum.registry", format!("the recorded approver registry does not parse: {e}")))
+    })?;
     let binding = Binding {
         proposal: proposal.clone(),
         capsule: sub.capsule,
