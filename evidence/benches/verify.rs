@@ -15,6 +15,10 @@
 //! a waiting run and a run that presents two approvals (so that the full
 //! verification replays quorums: registry, SSHSIG and passkey checks).
 
+// The allocator of edge-verify, whose work this measures.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
