@@ -40,10 +40,11 @@ use crate::comb::{self, Comb};
 /// small order: the proof [`StrongKey::verify_strict`] relies on.
 ///
 /// A key that checks a second signature gets a table of its multiples
-/// (`comb.rs`: 220 KB, ~0.5 ms to make), shared by its clones, and
-/// from then on checks with it: no doublings, ~75 point additions instead
-/// of ~256 doublings and ~70 additions, ~0.65× the time of a check without
-/// one (`benches/approval.rs`, AVX2, 2026-12-07). A key used
+/// (`comb.rs`: 220 KB, ~0.35 ms to make; the base point's, made by the
+/// first key to need it, ~1.4 ms once per process), shared by its clones,
+/// and from then on checks with it: no doublings, ~75 point additions
+/// instead of ~256 doublings and ~70 additions, ~0.6× the time of a check
+/// without one (`benches/approval.rs`, AVX2, 2026-12-07). A key used
 /// once — a capsule's, a bundle's — never pays for one. At most
 /// [`StrongKey::MAX_TABLES`] exist in a process at a time; a key past that
 /// checks without one. Either way the point compared with the signature's
