@@ -79,6 +79,45 @@ fn two_approvals_authorize_a_tier_2_change_and_cannot_be_replayed() {
     assert!(refused.iter().all(|r| r["reason_code"] == "approval.replayed"));
 }
 
+/// The approver registry changes between two approved runs: erin, already
+/// a payments owner in `roles.toml`, gets her key into `allowed_signers`.
+/// The exported log verifies offline, each quorum replayed against the
+/// registry it recorded. `edge-verify` shares a parsed registry only between
+/// quorums that recorded the same files: replayed against the first
+/// registry, erin's approval would be an unknown approver's and the second
+/// quorum would not be met.
+#[test]
+fn each_quorum_is_replayed_offline_against_the_registry_it_recorded() {
+    let env = Env::new();
+    env.write_policy_config("payments-config", &[]);
+    env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"]), ("erin", &["payments-owner"])], "");
+    let signers = std::fs::read_to_string(env.path("allowed_signers")).unwrap();
+    let without_erin: String = signers.lines().filter(|l| !l.starts_with("erin@")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(env.path("allowed_signers"), &without_erin).unwrap();
+    let (capsule, proposal) = propose(&env);
+    let (a, c) = (approve(&env, "alice", &proposal, "approve"), approve(&env, "carol", &proposal, "approve"));
+    let run = env.exec_with(&capsule, &[&a, &c]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let first = run.events_of("quorum")[0].clone();
+
+    std::fs::write(env.path("allowed_signers"), &signers).unwrap();
+    std::fs::remove_file(env.path("data/ok.txt")).unwrap();
+    let (capsule, proposal) = propose(&env);
+    let (a, e) = (approve(&env, "alice", &proposal, "approve"), approve(&env, "erin", &proposal, "approve"));
+    let run = env.exec_with(&capsule, &[&a, &e]);
+    assert_eq!(run.outcome(), "committed", "{:#}", run.report);
+    let second = run.events_of("quorum")[0].clone();
+    assert!(first["allowed_signers"].is_string(), "{first}");
+    assert_ne!(first["allowed_signers"], second["allowed_signers"], "two allowed_signers files recorded");
+    assert_eq!(first["roles"], second["roles"], "one roles file");
+    env.verify_offline();
+    // On one thread the runs are checked in log order, so the second quorum
+    // comes to the cache after the first registry is in it.
+    let one_thread =
+        env.cli_env(&["evidence", "verify", "all.bundle", "--key", "runner.vkey"], &[("RAYON_NUM_THREADS", "1")]);
+    one_thread.success();
+}
+
 #[test]
 fn our_approvals_pass_ssh_keygen_verify() {
     let env = setup("");

@@ -161,19 +161,6 @@ fn hostile_http(env: &Env, attack: &str) -> std::path::PathBuf {
     env.capsule(&format!("http-{attack}"), test_programs::HOSTILE_HTTP, &manifest, Some("agent"))
 }
 
-/// Export the whole log and verify it offline (the verifier checks every
-/// sent request against the approved plan).
-fn verify_offline(env: &Env) -> String {
-    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
-    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
-    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
-    let args = vec![env.path("all.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = edge_evidence::cli::run(args, &mut out, &mut err, false);
-    assert_eq!(code, 0, "{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[test]
 fn a_planned_call_is_made_once_with_the_runners_credential_and_recorded_write_ahead() {
     let svc = TestService::start();
@@ -199,7 +186,7 @@ fn a_planned_call_is_made_once_with_the_runners_credential_and_recorded_write_ah
     // The credential is nowhere in what the runner keeps or prints.
     let report = serde_json::to_string(&run.report).unwrap();
     assert!(!report.contains(TOKEN) && !run.stderr.contains(TOKEN));
-    verify_offline(&env);
+    env.verify_offline();
     assert!(!std::fs::read(env.path("all.bundle")).unwrap().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
     // The reviewer's report lists every request the run sent, in order.
     let args = vec![
@@ -264,7 +251,7 @@ fn nothing_unplanned_reaches_the_service() {
         }
     }
     // After all that, the log still verifies offline, call by call.
-    verify_offline(&env);
+    env.verify_offline();
 }
 
 #[test]
@@ -286,7 +273,7 @@ fn a_failed_verification_sends_the_compensation_and_a_failed_compensation_is_lou
     assert!(refused.iter().any(|r| r.contains("call.compensation_failed")), "{refused:?}");
     let outcome = run.events_of("call-outcome");
     assert_eq!(outcome.last().unwrap()["status"], 500);
-    verify_offline(&env);
+    env.verify_offline();
 }
 
 #[test]
@@ -302,7 +289,7 @@ fn the_injected_credential_is_never_guest_visible_nor_kept() {
     assert!(seen.contains("x-api-token: [credential redacted]"), "{seen}");
     let all = serde_json::to_string(&run.report).unwrap();
     assert!(!all.contains(TOKEN) && !run.stderr.contains(TOKEN));
-    verify_offline(&env);
+    env.verify_offline();
     let bundle = std::fs::read(env.path("all.bundle")).unwrap();
     assert!(!bundle.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the credential is in the export");
 }
@@ -471,7 +458,7 @@ fn etcd_drift_is_remediated_through_a_planned_call_and_compensated_when_verify_f
     assert_eq!(run.outcome(), "rolled-back", "{:#}", run.report);
     assert_eq!(run.report["plan"]["calls"][0]["compensation"]["path"], "/v3/kv/deleterange");
     assert_eq!(etcd.get(KEY), None);
-    verify_offline(&env);
+    env.verify_offline();
 }
 
 #[test]
@@ -500,7 +487,7 @@ fn an_etcd_change_at_tier_2_waits_shows_its_request_and_runs_once_approved() {
     let run = env.exec_with(&capsule, &["alice.approval", "carol.approval"]);
     assert_eq!(run.outcome(), "committed", "{:#}", run.report);
     assert_eq!(etcd.get(KEY).as_deref(), Some("512"));
-    verify_offline(&env);
+    env.verify_offline();
 }
 
 /// Even with the runner's own key, a request outside the approved plan, or
@@ -513,7 +500,7 @@ fn even_with_the_runner_key_an_unplanned_call_is_found_offline() {
     let env = home(&svc);
     assert_eq!(env.exec(&hostile_http(&env, "ok")).outcome(), "committed");
     assert_eq!(env.exec(&hostile_http(&env, "verify-fails")).outcome(), "rolled-back");
-    verify_offline(&env);
+    env.verify_offline();
     let bundle = std::fs::read(env.path("all.bundle")).unwrap();
     let keys = edge_evidence::parse_keys(&std::fs::read_to_string(env.path("runner.vkey")).unwrap()).unwrap();
     let signer = identity_signer(&env);
@@ -631,13 +618,13 @@ fn a_run_killed_after_its_call_is_compensated_at_the_next_start() {
 
     // The next start (any command that opens the runner: here the export)
     // undoes the call, and the offline verifier accepts what it recorded.
-    verify_offline(&env);
+    env.verify_offline();
     assert_eq!(svc.lines(), ["GET /api/item", "PUT /api/item new", "PUT /api/item old"]);
     let text = String::from_utf8_lossy(&std::fs::read(env.path("all.bundle")).unwrap()).into_owned();
     assert!(text.contains("\"phase\":\"compensate\""), "{text}");
     assert!(text.contains("\"outcome\":\"interrupted\""), "{text}");
     // And only once: a second start sends nothing more.
-    verify_offline(&env);
+    env.verify_offline();
     assert_eq!(svc.lines().len(), 3);
 }
 
@@ -805,7 +792,7 @@ fn a_redacted_endpoint_shows_the_body_masked_and_sends_it_exact() {
     assert!(intents.iter().any(|e| e["kept"] == "redacted" && e["phase"] == "apply"), "{intents:?}");
     let secret = rotated(&svc);
     assert!(!shown.contains(&secret), "{shown}");
-    verify_offline(&env);
+    env.verify_offline();
     let holding = files_holding(&env.path(""), &secret);
     assert!(holding.is_empty(), "the credential is kept in {holding:?}");
 }
@@ -838,7 +825,7 @@ fn a_digest_only_endpoint_keeps_no_body_yet_applies_and_compensates_exactly() {
         !files_holding(&env.path("state/previews"), &secret).is_empty(),
         "the compensation's body waits beside the run, for the next start"
     );
-    verify_offline(&env);
+    env.verify_offline();
     let puts: Vec<String> = svc.requests().into_iter().filter(|r| r.method == "PUT").map(|r| r.body).collect();
     assert_eq!(puts.len(), 3, "{puts:?}");
     assert_eq!(puts[2], puts[0], "the compensation restored the rotated value, exactly");

@@ -251,6 +251,21 @@ impl Env {
         self.exec_with(capsule, &[])
     }
 
+    /// Export the whole log and verify it offline with the runner's key
+    /// (every check: signatures, decisions and quorums replayed, sent
+    /// requests against the approved plan); what the verifier printed.
+    pub fn verify_offline(&self) -> String {
+        self.cli(&["evidence", "export", "--config", "runner.toml", "-o", "all.bundle"]).success();
+        let vkey = self.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
+        std::fs::write(self.path("runner.vkey"), &vkey).unwrap();
+        let args =
+            vec![self.path("all.bundle").into_os_string(), "--key".into(), self.path("runner.vkey").into_os_string()];
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = edge_evidence::cli::run(args, &mut out, &mut err, false);
+        assert_eq!(code, 0, "{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Every file under the home except the runner's own state: path → content.
     pub fn host_files(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
