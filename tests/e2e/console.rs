@@ -169,14 +169,7 @@ fn an_approver_enrolls_signs_in_reviews_and_approves_with_a_passkey_and_the_bund
     // The export verifies offline (edge-verify, in-process), the passkey approval checked.
     drop(b);
     drop(server);
-    env.cli(&["evidence", "export", "--config", "runner.toml", "-o", "console.bundle"]).success();
-    let vkey = env.cli(&["evidence", "runner-key", "--config", "runner.toml"]).success().stdout();
-    std::fs::write(env.path("runner.vkey"), &vkey).unwrap();
-    let args =
-        vec![env.path("console.bundle").into_os_string(), "--key".into(), env.path("runner.vkey").into_os_string()];
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = edge_evidence::cli::run(args, &mut out, &mut err, false);
-    assert_eq!(code, 0, "{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+    env.verify_offline();
     let records = env.evidence();
     let accepted: Vec<&Value> = records
         .as_array()
