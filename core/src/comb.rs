@@ -19,7 +19,6 @@ use std::sync::OnceLock;
 use curve5::constants::ED25519_BASEPOINT_POINT;
 use curve5::edwards::EdwardsPoint;
 use curve5::scalar::Scalar;
-use curve5::traits::Identity;
 
 /// The bits the digits cover: a scalar's 253 and one for the last carry.
 ///
@@ -111,15 +110,11 @@ fn signed_digits(scalar: &Scalar, window: u32) -> impl Iterator<Item = i32> {
     })
 }
 
-/// The identity, to start a sum.
-pub(crate) fn zero() -> EdwardsPoint {
-    EdwardsPoint::identity()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use curve5::constants::EIGHT_TORSION;
+    use curve5::traits::Identity;
     use proptest::prelude::*;
 
     /// Scalars at the edges of the digit expansion.
@@ -172,11 +167,11 @@ mod tests {
                 let point = mixed_point(seed);
                 let comb = Comb::new(&point, window);
                 for s in edge_scalars() {
-                    assert_eq!(comb.add_multiple(zero(), &s), s * point, "w={window} seed={seed}");
+                    assert_eq!(comb.add_multiple(EdwardsPoint::identity(), &s), s * point, "w={window} seed={seed}");
                 }
             }
         }
-        assert_eq!(basepoint().add_multiple(zero(), &-Scalar::ONE), -ED25519_BASEPOINT_POINT);
+        assert_eq!(basepoint().add_multiple(EdwardsPoint::identity(), &-Scalar::ONE), -ED25519_BASEPOINT_POINT);
         assert_eq!(basepoint().bytes(), 32 * 128 * std::mem::size_of::<EdwardsPoint>());
     }
 
@@ -188,7 +183,7 @@ mod tests {
             let point = mixed_point(seed);
             let comb = Comb::new(&point, window);
             prop_assert_eq!(comb.add_multiple(point, &s), point + s * point);
-            prop_assert_eq!(basepoint().add_multiple(zero(), &s), EdwardsPoint::mul_base(&s));
+            prop_assert_eq!(basepoint().add_multiple(EdwardsPoint::identity(), &s), EdwardsPoint::mul_base(&s));
         }
     }
 }

@@ -34,6 +34,8 @@ use curve5::scalar::Scalar;
 use ed25519_dalek::{Signature, SignatureError, VerifyingKey};
 use sha2::{Digest as _, Sha512};
 
+use curve5::traits::Identity as _;
+
 use crate::comb::{self, Comb};
 
 /// An Ed25519 key checked, when it was made, to be a valid point not of
@@ -173,7 +175,7 @@ impl StrongKey {
         let hash: [u8; 64] = h.finalize().into();
         let k = Scalar::from_bytes_mod_order_wide(&hash);
         Some(match self.table() {
-            Some(table) => table.add_multiple(comb::basepoint().add_multiple(comb::zero(), &s), &k),
+            Some(table) => table.add_multiple(comb::basepoint().add_multiple(EdwardsPoint::identity(), &s), &k),
             None => EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &self.minus_a, &s),
         })
     }
