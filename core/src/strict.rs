@@ -31,10 +31,9 @@ use std::sync::{Arc, OnceLock};
 
 use curve5::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve5::scalar::Scalar;
+use curve5::traits::Identity as _;
 use ed25519_dalek::{Signature, SignatureError, VerifyingKey};
 use sha2::{Digest as _, Sha512};
-
-use curve5::traits::Identity as _;
 
 use crate::comb::{self, Comb};
 
