@@ -110,6 +110,11 @@ pub struct Spec {
     pub passkeys: bool,
     /// Spoil the passkey approvals (tests of the verifier).
     pub passkey_tamper: Option<PasskeyTamper>,
+    /// With [`Spec::passkeys`]: the second approver enrols a new passkey
+    /// for each tier-2 proposal, withdrawing the one before, and signs with
+    /// it, so every quorum records its own passkeys file beside the same
+    /// `allowed_signers` and roles (tests of the verifier's registry cache).
+    pub passkey_each_proposal: bool,
     /// The runner records its self-attestation (`runner-started`, the build
     /// [`SYNTHETIC_BUILD`]) before the first run, as runners from 0.1 with
     /// self-attestation do.
@@ -426,8 +431,9 @@ fn generate(
             "set server.max_connections to 512",
         );
         assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
-        (c, Approvers::new(&mut config_arts, spec))
+        (c, Approvers::new(&mut config_arts, spec, 0))
     });
+    let mut enrolments = 0u8;
 
     let identity = identity.note_signer(origin).expect("origin is a key name");
     log.push("runner", Event::KeyEvent { action: "identity key in use".into(), key: identity.verifier().to_vkey() });
@@ -460,6 +466,14 @@ fn generate(
             && i + 2 <= spec.runs
         {
             arts.0.append(&mut config_arts.0);
+            let enrolled;
+            let approvers = if spec.passkey_each_proposal && enrolments > 0 {
+                enrolled = Approvers::new(&mut arts, spec, enrolments);
+                &enrolled
+            } else {
+                approvers
+            };
+            enrolments = enrolments.saturating_add(1);
             tier2(&world, log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
             i += 2;
             continue;
@@ -568,7 +582,9 @@ impl Passkey {
 }
 
 impl Approvers {
-    fn new(arts: &mut Artifacts, spec: &Spec) -> Self {
+    /// The approvers after the second one's `enrolment`-th passkey
+    /// enrolment (0: the first; see [`Spec::passkey_each_proposal`]).
+    fn new(arts: &mut Artifacts, spec: &Spec, enrolment: u8) -> Self {
         let keys: Vec<(String, ssh_key::PrivateKey)> = APPROVERS
             .iter()
             .map(|(p, _, seed)| {
@@ -582,9 +598,14 @@ impl Approvers {
             .chain(APPROVERS.iter().map(|(p, r, _)| format!("\"{p}\" = [\"{r}\"]\n")))
             .collect();
         let mut registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").expect("registry");
+        let mut seed = [0x2b; 32];
+        seed[31] ^= enrolment;
         let passkey = spec.passkeys.then(|| Passkey {
-            key: p256::ecdsa::SigningKey::from_slice(&[0x2b; 32]).expect("P-256 key"),
-            id: b"synthetic credential".to_vec(),
+            key: p256::ecdsa::SigningKey::from_slice(&seed).expect("P-256 key"),
+            id: match enrolment {
+                0 => b"synthetic credential".to_vec(),
+                n => format!("synthetic credential {n}").into_bytes(),
+            },
             made: Cell::new(0),
             tamper: spec.passkey_tamper,
         });

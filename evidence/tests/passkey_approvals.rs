@@ -47,3 +47,37 @@ fn tampered_passkey_approvals_fail_with_their_check() {
         }
     }
 }
+
+/// Each quorum is replayed against the passkeys file it recorded, even
+/// where its `allowed_signers` and roles are those of a quorum before it:
+/// carol signs each proposal with a passkey enrolled for it, the one before
+/// withdrawn. Replayed against the first quorum's registry, the second
+/// approval's credential would be unknown. On one thread the runs meet the
+/// verifier's registry cache in log order, the first quorum's registry
+/// already in it when the second comes.
+#[test]
+fn each_quorum_is_replayed_against_the_passkeys_it_recorded() {
+    let spec = Spec { runs: 4, tier2_every: Some(1), passkeys: true, passkey_each_proposal: true, ..Spec::default() };
+    let s = synth::bundle("synthetic.example/runner-1", &spec);
+    let keys = parse_keys(&s.vkey).unwrap();
+    let text = String::from_utf8(s.bundle.clone()).unwrap();
+    let quorums: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["event"].clone())
+        .filter(|e| e["type"] == "quorum")
+        .collect();
+    assert_eq!(quorums.len(), 2, "two quorums recorded");
+    let [first, second] = [&quorums[0], &quorums[1]];
+    assert!(first["passkeys"].is_string(), "{first}");
+    assert_ne!(first["passkeys"], second["passkeys"], "two passkeys files recorded");
+    assert_eq!((&first["allowed_signers"], &first["roles"]), (&second["allowed_signers"], &second["roles"]));
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for v in [
+        verify(&s.bundle, &keys, Level::Full).unwrap(),
+        one_thread.install(|| verify(&s.bundle, &keys, Level::Full)).unwrap(),
+    ] {
+        let met: Vec<_> = v.runs.iter().filter_map(|r| r.quorum.as_ref()).filter(|q| q.outcome.is_met()).collect();
+        assert_eq!(met.len(), 2, "both quorums met");
+    }
+}

@@ -192,8 +192,10 @@ pub enum ApprovalError {
     UnknownApprover(String),
     #[error("the key of `{principal}` is not valid {when}")]
     KeyNotValid { principal: String, when: String },
-    #[error("`{principal}` signed with key {key}, which allowed_signers does not register for them")]
-    KeyMismatch { principal: String, key: String },
+    /// `key` names the key ("key SHA256:…" or "passkey credential …"),
+    /// `registry` the file that registers that kind for the principal.
+    #[error("`{principal}` signed with {key}, which {registry} does not register for them")]
+    KeyMismatch { principal: String, key: String, registry: &'static str },
     #[error("key {0} is revoked")]
     RevokedKey(String),
     #[error("the signature does not verify: {0}")]
@@ -494,7 +496,11 @@ fn stage_ssh_proof(
     let with_key: Vec<&&registry::SignerEntry> =
         entries.iter().filter(|e| e.key.key_data() == key.key_data()).collect();
     if with_key.is_empty() {
-        return Err(ApprovalError::KeyMismatch { principal: st.approver.clone(), key: fingerprint(&key) });
+        return Err(ApprovalError::KeyMismatch {
+            principal: st.approver.clone(),
+            key: format!("key {}", fingerprint(&key)),
+            registry: "allowed_signers",
+        });
     }
     // The entries' key is this key: their fingerprint is its.
     let fp = with_key[0].fingerprint.clone();

@@ -346,7 +346,8 @@ pub fn verify_assertion(
     if id != cred.id {
         return Err(ApprovalError::KeyMismatch {
             principal: clip(&cred.entry.principal, 200),
-            key: format!("passkey {}", clip(&a.credential_id, 16)),
+            key: format!("passkey credential {}", clip(&a.credential_id, 16)),
+            registry: "the passkeys file",
         });
     }
     let auth = field("authenticator_data", &a.authenticator_data, MAX_AUTHENTICATOR_DATA)?;
@@ -412,7 +413,8 @@ pub(super) fn credential_for<'r>(
     let id = b64url(&a.credential_id, MAX_CREDENTIAL_ID);
     creds.iter().copied().find(|c| id.as_deref() == Some(c.id.as_slice())).ok_or_else(|| ApprovalError::KeyMismatch {
         principal: clip(principal, 200),
-        key: format!("passkey {}", clip(&a.credential_id, 16)),
+        key: format!("passkey credential {}", clip(&a.credential_id, 16)),
+        registry: "the passkeys file",
     })
 }
 

@@ -215,6 +215,11 @@ fn every_refusal_reason() {
         "approval.unknown_approver"
     );
     assert_eq!(code(sign(&good, &mallory, NAMESPACE), &reg), "approval.key_mismatch");
+    let e = check(&sign(&good, &mallory, NAMESPACE), &reg).unwrap_err().to_string();
+    assert!(
+        e.contains("signed with key SHA256:") && e.ends_with("which allowed_signers does not register for them"),
+        "{e}"
+    );
     assert_eq!(
         code(sign(&statement(&binding(), "old@bank", Verdict::Approve), &alice, NAMESPACE), &reg),
         "approval.key_not_valid"

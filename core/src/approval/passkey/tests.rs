@@ -224,6 +224,12 @@ fn every_passkey_refusal_reason() {
     // A credential the registry does not hold for alice (bob's, or nobody's).
     assert_eq!(with(&bob, Make::default()), "approval.key_mismatch");
     assert_eq!(with(&Authenticator::es256(9), Make::default()), "approval.key_mismatch");
+    let e = check(&bob.approve(&good, &Make::default()), &reg).unwrap_err().to_string();
+    assert!(
+        e.contains("signed with passkey credential ")
+            && e.ends_with("which the passkeys file does not register for them"),
+        "{e}"
+    );
     // carol has only an SSH key; eve is nobody.
     let carol = statement(&binding(), "carol@bank", Verdict::Approve);
     assert_eq!(code(&alice.approve(&carol, &Make::default()), &reg), "approval.key_mismatch");
