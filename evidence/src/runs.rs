@@ -128,6 +128,8 @@ struct Open {
     records: Vec<Box<Record>>,
     /// The runner build in force when it started.
     build: Option<RunnerBuild>,
+    /// Its id's hash in `RunStream::ended`, taken at its first record.
+    ended_key: u128,
 }
 
 /// What [`RunStream::finish`] found.
@@ -257,7 +259,8 @@ impl<'a> RunStream<'a> {
         match self.open.get_mut(&r.run) {
             Some(open) => open.records.push(r),
             None => {
-                if self.ended.contains(self.ended_key(&r.run)) {
+                let ended_key = self.ended_key(&r.run);
+                if self.ended.contains(ended_key) {
                     return Err(Failure::record(
                         "run.order",
                         r.seq,
@@ -266,12 +269,12 @@ impl<'a> RunStream<'a> {
                     ));
                 }
                 let build = self.build.clone();
-                self.open.insert(r.run.clone(), Open { records: vec![r], build });
+                self.open.insert(r.run.clone(), Open { records: vec![r], build, ended_key });
             }
         }
         if let Some(run) = ended {
             let open = self.open.remove(&run).expect("just pushed");
-            self.ended.insert(self.ended_key(&run));
+            self.ended.insert(open.ended_key);
             self.ready.push(open);
             if self.ready.len() >= CHUNK {
                 self.check_ready()?;

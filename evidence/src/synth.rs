@@ -115,6 +115,9 @@ pub struct Spec {
     /// it, so every quorum records its own passkeys file beside the same
     /// `allowed_signers` and roles (tests of the verifier's registry cache).
     pub passkey_each_proposal: bool,
+    /// The first tier-0 run gets a record after its terminal one, a second
+    /// `verified` (tests of the verifier: `run.order`).
+    pub record_after_end: bool,
     /// The runner records its self-attestation (`runner-started`, the build
     /// [`SYNTHETIC_BUILD`]) before the first run, as runners from 0.1 with
     /// self-attestation do.
@@ -433,7 +436,7 @@ fn generate(
         assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
         (c, Approvers::new(&mut config_arts, spec, 0))
     });
-    let mut enrolments = 0u8;
+    let (mut enrolments, mut after_end) = (0u8, false);
 
     let identity = identity.note_signer(origin).expect("origin is a key name");
     log.push("runner", Event::KeyEvent { action: "identity key in use".into(), key: identity.verifier().to_vkey() });
@@ -507,6 +510,12 @@ fn generate(
         ];
         for e in events {
             log.push(&r, e);
+        }
+        if spec.record_after_end && !std::mem::replace(&mut after_end, true) {
+            log.push(
+                &r,
+                Event::Verified { passed: true, summary: "once more".into(), findings: Vec::new(), output: None },
+            );
         }
         i += 1;
     }

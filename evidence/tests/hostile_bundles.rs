@@ -216,3 +216,17 @@ fn a_later_format_or_another_file_is_refused_naming_which() {
         assert!(e.detail.contains("not an evidence bundle"), "{e}");
     }
 }
+
+/// A record of a run after its terminal record, in a bundle the runner's
+/// key signed as it is: the run does not start again, it is out of order.
+#[test]
+fn a_record_after_its_runs_terminal_record_is_out_of_order() {
+    let spec = Spec { runs: 3, record_after_end: true, ..Spec::default() };
+    let s = synth::bundle("synthetic.example/runner-1", &spec);
+    let keys = parse_keys(&s.vkey).unwrap();
+    verify(&s.bundle, &keys, Level::Integrity).unwrap();
+    let e = verify(&s.bundle, &keys, Level::Full).unwrap_err();
+    assert_eq!(e.check, "run.order", "{e}");
+    assert!(e.detail.contains("`verified` after the run's terminal record"), "{e}");
+    assert_eq!(e.run.as_deref(), Some("r-1795000000000-00000000"), "{e}");
+}
