@@ -174,7 +174,7 @@ fn main() {
         v.sort();
         v[v.len() / 2]
     };
-    let (m, g, p, s) = (median(times), median(gate), median(single), median(parallel));
+    let (from_nothing, at_gate, one, spread) = (median(times), median(gate), median(single), median(parallel));
     let target = |d: Duration| if d <= Duration::from_micros(200) { "met" } else { "MISSED" };
     println!("edge-core approval benchmark ({iters} quorums, medians; one core unless said)");
     // What decides the figures most from one host to the next: which of
@@ -184,15 +184,15 @@ fn main() {
     // compared with it; the gate's is the latency once approvals arrived.
     println!(
         "  3-of-5 quorum at the gate, each approval checked on arrival {:>7.1} µs   (latency at the gate)",
-        g.as_secs_f64() * 1e6
+        at_gate.as_secs_f64() * 1e6
     );
     println!(
         "  3-of-5 quorum from nothing: 5 approvals + evaluate         {:>7.1} µs   (target <= 200 µs: {})",
-        m.as_secs_f64() * 1e6,
-        target(m)
+        from_nothing.as_secs_f64() * 1e6,
+        target(from_nothing)
     );
-    println!("  the five from nothing spread over the cores (rayon)          {:>7.1} µs", s.as_secs_f64() * 1e6);
-    println!("  one approval from nothing (parse, registry, SSHSIG, binding) {:>7.1} µs", p.as_secs_f64() * 1e6);
+    println!("  the five from nothing spread over the cores (rayon)          {:>7.1} µs", spread.as_secs_f64() * 1e6);
+    println!("  one approval from nothing (parse, registry, SSHSIG, binding) {:>7.1} µs", one.as_secs_f64() * 1e6);
     assert!(strong.has_table() && registry.signers.entries.iter().all(|s| s.ed25519.has_table()));
     let (d, once, k) = (median(dalek_strict), median(first_check), median(tabled));
     println!(

@@ -208,7 +208,9 @@ pub fn stored(db: &Connection) -> Result<Option<(u64, Rest)>> {
 /// while the tables are emptied: with a trigger on it, `DELETE FROM
 /// proposals` deletes row by row and fires it for each (4.8 s against
 /// 0.8 s on the start-up bench's ten-million-record store, 952,685
-/// proposals, 2026-12-07); the counts are emptied with them. One
+/// proposals, 2026-12-07); the counts are emptied with them. `CREATE` runs
+/// twice: first so that every table and trigger exists to be emptied or
+/// dropped (whatever was missing), then to make the triggers again. One
 /// savepoint: all of it or none.
 ///
 /// # Errors
