@@ -114,6 +114,8 @@ pub struct Spec {
     /// for each tier-2 proposal, withdrawing the one before, and signs with
     /// it, so every quorum records its own passkeys file beside the same
     /// `allowed_signers` and roles (tests of the verifier's registry cache).
+    /// Not with [`PasskeyTamper::CounterRegression`], which needs one
+    /// authenticator signing again.
     pub passkey_each_proposal: bool,
     /// The first tier-0 run gets a record after its terminal one, a second
     /// `verified` (tests of the verifier: `run.order`).
@@ -391,6 +393,10 @@ fn generate(
     identity: CapsuleSigningKey,
     log: &mut Log<'_>,
 ) -> (Artifacts, String, NoteSigner) {
+    assert!(
+        !(spec.passkey_each_proposal && spec.passkey_tamper == Some(PasskeyTamper::CounterRegression)),
+        "a counter goes back only on an authenticator that signs again: not with a passkey per proposal"
+    );
     let agent = CapsuleSigningKey::generate();
     let signer = TrustedSigner::from_public_key_pem("synthetic-agent", &agent.public_key_pem()).expect("key");
     let policy_text = format!(
@@ -436,7 +442,7 @@ fn generate(
         assert!(c.decision.allowed && c.decision.tier == 2, "tier 2: {:?}", c.decision);
         (c, Approvers::new(&mut config_arts, spec, 0))
     });
-    let (mut enrolments, mut after_end) = (0u8, false);
+    let (mut enrolments, mut after_end) = (0u32, false);
 
     let identity = identity.note_signer(origin).expect("origin is a key name");
     log.push("runner", Event::KeyEvent { action: "identity key in use".into(), key: identity.verifier().to_vkey() });
@@ -470,13 +476,13 @@ fn generate(
         {
             arts.0.append(&mut config_arts.0);
             let enrolled;
-            let approvers = if spec.passkey_each_proposal && enrolments > 0 {
+            let approvers = if spec.passkeys && spec.passkey_each_proposal && enrolments > 0 {
                 enrolled = Approvers::new(&mut arts, spec, enrolments);
                 &enrolled
             } else {
                 approvers
             };
-            enrolments = enrolments.saturating_add(1);
+            enrolments += 1;
             tier2(&world, log, &mut arts, c, approvers, journal_d, (&run(i), &run(i + 1)), origin);
             i += 2;
             continue;
@@ -593,7 +599,7 @@ impl Passkey {
 impl Approvers {
     /// The approvers after the second one's `enrolment`-th passkey
     /// enrolment (0: the first; see [`Spec::passkey_each_proposal`]).
-    fn new(arts: &mut Artifacts, spec: &Spec, enrolment: u8) -> Self {
+    fn new(arts: &mut Artifacts, spec: &Spec, enrolment: u32) -> Self {
         let keys: Vec<(String, ssh_key::PrivateKey)> = APPROVERS
             .iter()
             .map(|(p, _, seed)| {
@@ -608,7 +614,9 @@ impl Approvers {
             .collect();
         let mut registry = Registry::parse(&signers, "allowed_signers", &roles, "roles.toml").expect("registry");
         let mut seed = [0x2b; 32];
-        seed[31] ^= enrolment;
+        for (s, e) in seed[28..].iter_mut().zip(enrolment.to_be_bytes()) {
+            *s ^= e;
+        }
         let passkey = spec.passkeys.then(|| Passkey {
             key: p256::ecdsa::SigningKey::from_slice(&seed).expect("P-256 key"),
             id: match enrolment {
