@@ -41,9 +41,9 @@ use crate::comb::{self, Comb};
 /// small order: the proof [`StrongKey::verify_strict`] relies on.
 ///
 /// A key that checks a second signature gets a table of its multiples
-/// (`comb.rs`: 220 KB, ~0.35 ms to make; the base point's, made by the
-/// first key to need it, ~1.4 ms once per process), shared by its clones,
-/// and from then on checks with it: no doublings, ~75 point additions
+/// (`comb.rs`: 379 KB, ~0.6–1 ms to make; the base point's, made by the
+/// first key to need it, ~10 ms once per process), shared by its clones,
+/// and from then on checks with it: no doublings, ~61 point additions
 /// instead of ~256 doublings and ~70 additions, ~0.6× the time of a check
 /// without one (`benches/approval.rs`, AVX2, 2026-12-07). A key used
 /// once — a capsule's, a bundle's — never pays for one. At most
@@ -95,13 +95,15 @@ impl std::fmt::Debug for StrongKey {
 }
 
 impl StrongKey {
-    /// How many keys hold a table at once in a process (~14 MB at most).
+    /// How many keys hold a table at once in a process (~24 MB at most).
     pub const MAX_TABLES: usize = 64;
 
-    /// Bits of scalar per addition in a key's table: 43 additions, 1,376
-    /// points (220 KB). 8 bits would take 32 additions but 655 KB a key; the
-    /// base point's own table, one per process, has them.
-    const WINDOW: u32 = 6;
+    /// Bits of scalar per addition in a key's table: 37 additions, 2,368
+    /// points (379 KB). 6 bits took 43 additions in 220 KB, 8 bits take 32
+    /// in 655 KB: a 3-of-5 quorum from nothing took ~4% less at 7 bits
+    /// than at 6, ~1% less again at 8 (`benches/approval.rs`, 2026-12-07,
+    /// three rounds). The base point's own table, one per process, has 11.
+    const WINDOW: u32 = 7;
 
     /// The key, if it is not of small order (a "weak" key, which verifies
     /// signatures on many messages).
