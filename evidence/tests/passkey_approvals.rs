@@ -3,6 +3,7 @@
 //! counter that is not the signed one, client data edited after signing, and
 //! a counter that goes back across proposals each fail with their own check.
 
+use edge_core::evidence::{Event, Record};
 use edge_evidence::synth::{self, PasskeyTamper, Spec};
 use edge_evidence::{Level, parse_keys, verify};
 
@@ -60,18 +61,21 @@ fn each_quorum_is_replayed_against_the_passkeys_it_recorded() {
     let spec = Spec { runs: 4, tier2_every: Some(1), passkeys: true, passkey_each_proposal: true, ..Spec::default() };
     let s = synth::bundle("synthetic.example/runner-1", &spec);
     let keys = parse_keys(&s.vkey).unwrap();
-    let text = String::from_utf8(s.bundle.clone()).unwrap();
-    let quorums: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v["event"].clone())
-        .filter(|e| e["type"] == "quorum")
+    // Each quorum's recorded files: (allowed_signers, roles, passkeys).
+    let quorums: Vec<_> = edge_evidence::bundle::parse(&s.bundle)
+        .unwrap()
+        .records
+        .iter()
+        .filter_map(|l| match serde_json::from_str::<Record>(l).unwrap().event {
+            Event::Quorum { allowed_signers, roles, passkeys, .. } => Some((allowed_signers, roles, passkeys)),
+            _ => None,
+        })
         .collect();
     assert_eq!(quorums.len(), 2, "two quorums recorded");
     let [first, second] = [&quorums[0], &quorums[1]];
-    assert!(first["passkeys"].is_string(), "{first}");
-    assert_ne!(first["passkeys"], second["passkeys"], "two passkeys files recorded");
-    assert_eq!((&first["allowed_signers"], &first["roles"]), (&second["allowed_signers"], &second["roles"]));
+    assert!(first.2.is_some(), "{first:?}");
+    assert_ne!(first.2, second.2, "two passkeys files recorded");
+    assert_eq!((first.0, first.1), (second.0, second.1));
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     for v in [
         verify(&s.bundle, &keys, Level::Full).unwrap(),

@@ -344,11 +344,7 @@ pub fn verify_assertion(
     };
     let id = field("credential_id", &a.credential_id, MAX_CREDENTIAL_ID)?;
     if id != cred.id {
-        return Err(ApprovalError::KeyMismatch {
-            principal: clip(&cred.entry.principal, 200),
-            key: format!("passkey credential {}", clip(&a.credential_id, 16)),
-            registry: "the passkeys file",
-        });
+        return Err(unregistered(&cred.entry.principal, a));
     }
     let auth = field("authenticator_data", &a.authenticator_data, MAX_AUTHENTICATOR_DATA)?;
     let client = field("client_data_json", &a.client_data_json, MAX_CLIENT_DATA)?;
@@ -411,11 +407,17 @@ pub(super) fn credential_for<'r>(
     a: &PasskeyAssertion,
 ) -> Result<&'r PasskeyCredential, ApprovalError> {
     let id = b64url(&a.credential_id, MAX_CREDENTIAL_ID);
-    creds.iter().copied().find(|c| id.as_deref() == Some(c.id.as_slice())).ok_or_else(|| ApprovalError::KeyMismatch {
+    creds.iter().copied().find(|c| id.as_deref() == Some(c.id.as_slice())).ok_or_else(|| unregistered(principal, a))
+}
+
+/// `principal` signed `a` with a credential the passkeys file does not
+/// register for them.
+fn unregistered(principal: &str, a: &PasskeyAssertion) -> ApprovalError {
+    ApprovalError::KeyMismatch {
         principal: clip(principal, 200),
         key: format!("passkey credential {}", clip(&a.credential_id, 16)),
         registry: "the passkeys file",
-    })
+    }
 }
 
 /// Each credential's signature counters, by the issue time of the statement
