@@ -196,6 +196,12 @@ pub enum ApprovalError {
     /// `registry` the file that registers that kind for the principal.
     #[error("`{principal}` signed with {key}, which {registry} does not register for them")]
     KeyMismatch { principal: String, key: String, registry: &'static str },
+    /// A passkey approval where no passkeys file is in use: nothing can
+    /// register the credential (the same reason code as `KeyMismatch`).
+    #[error(
+        "`{principal}` signed with passkey credential {credential}, but no passkeys file is in use, so no passkey can count: enrol the approver's passkey (`edge-runner approvers enroll`, which writes passkeys.json beside allowed_signers) or approve with their SSH key"
+    )]
+    NoPasskeys { principal: String, credential: String },
     #[error("key {0} is revoked")]
     RevokedKey(String),
     #[error("the signature does not verify: {0}")]
@@ -237,7 +243,7 @@ impl ApprovalError {
             ApprovalError::WrongNamespace(_) => "approval.wrong_namespace",
             ApprovalError::UnknownApprover(_) => "approval.unknown_approver",
             ApprovalError::KeyNotValid { .. } => "approval.key_not_valid",
-            ApprovalError::KeyMismatch { .. } => "approval.key_mismatch",
+            ApprovalError::KeyMismatch { .. } | ApprovalError::NoPasskeys { .. } => "approval.key_mismatch",
             ApprovalError::RevokedKey(_) => "approval.revoked_key",
             ApprovalError::BadSignature(_) => "approval.bad_signature",
             ApprovalError::NoUserPresence => "approval.no_user_presence",
@@ -579,6 +585,9 @@ fn verify_passkey_proof(
     let creds: Vec<&PasskeyCredential> = registry.passkeys_of(&st.approver).collect();
     if creds.is_empty() && registry.signer_entries(&st.approver).is_empty() {
         return Err(ApprovalError::UnknownApprover(st.approver.chars().take(200).collect()));
+    }
+    if registry.passkeys_text.is_none() {
+        return Err(passkey::no_passkeys_file(&st.approver, assertion));
     }
     let cred = passkey::credential_for(&st.approver, &creds, assertion)?;
     if registry.revoked.contains(&cred.fingerprint) {

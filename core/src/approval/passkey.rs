@@ -420,6 +420,11 @@ fn unregistered(principal: &str, a: &PasskeyAssertion) -> ApprovalError {
     }
 }
 
+/// `principal` signed `a` with a passkey where no passkeys file is in use.
+pub(super) fn no_passkeys_file(principal: &str, a: &PasskeyAssertion) -> ApprovalError {
+    ApprovalError::NoPasskeys { principal: clip(principal, 200), credential: clip(&a.credential_id, 16) }
+}
+
 /// Each credential's signature counters, by the issue time of the statement
 /// they signed.
 ///

@@ -235,6 +235,19 @@ fn every_passkey_refusal_reason() {
     assert_eq!(code(&alice.approve(&carol, &Make::default()), &reg), "approval.key_mismatch");
     let eve = statement(&binding(), "eve@bank", Verdict::Approve);
     assert_eq!(code(&alice.approve(&eve, &Make::default()), &reg), "approval.unknown_approver");
+    // No passkeys file in use: carol's passkey approval (her principal has
+    // an SSH key) is refused, naming the missing file, not a file that
+    // does not register her credential.
+    let signers = line("carol@bank", &key(3), "");
+    let ssh_only = Registry::parse(&signers, "allowed_signers", "[principals]\n", "roles.toml").unwrap();
+    let e = check(&alice.approve(&carol, &Make::default()), &ssh_only).unwrap_err();
+    assert_eq!(e.reason_code(), "approval.key_mismatch");
+    assert!(e.to_string().contains("but no passkeys file is in use, so no passkey can count"), "{e}");
+    // Nor does an empty passkeys file hide it: it is in use, and does not
+    // register the credential.
+    let empty = ssh_only.clone().with_passkeys(&passkeys_json(vec![]), "passkeys.json").unwrap();
+    let e = check(&alice.approve(&carol, &Make::default()), &empty).unwrap_err().to_string();
+    assert!(e.ends_with("which the passkeys file does not register for them"), "{e}");
     // A revoked passkey.
     let revoked = registry(&alice, &bob, &format!("[revoked]\nkeys = [\"{}\"]\n", alice.fingerprint()));
     assert_eq!(code(&alice.approve(&good, &Make::default()), &revoked), "approval.revoked_key");
@@ -299,6 +312,23 @@ fn every_passkey_refusal_reason() {
 }
 
 /// Hostile text in refusals is cut short.
+/// `verify_assertion` is public: called with a credential other than the
+/// assertion's, it refuses by the credential id before any signature check
+/// (an approval file reaches it only through `credential_for`, which
+/// already picked the credential by that id).
+#[test]
+fn an_assertion_checked_against_another_credential_is_refused_by_its_id() {
+    let (alice, bob) = (Authenticator::es256(1), Authenticator::eddsa(2));
+    let reg = registry(&alice, &bob, "");
+    let credential = |who: &'static str| reg.passkeys_of(who).next().expect("registered");
+    let challenge = statement_challenge(&statement(&binding(), "bob@bank", Verdict::Approve));
+    let by_bob = bob.assert(&challenge, &Make::default());
+    assert!(verify_assertion(credential("bob@bank"), &challenge, &by_bob, &reg.verified).is_ok());
+    let e = verify_assertion(credential("alice@bank"), &challenge, &by_bob, &reg.verified).unwrap_err();
+    assert_eq!(e.reason_code(), "approval.key_mismatch", "{e}");
+    assert!(e.to_string().starts_with("`alice@bank` signed with passkey credential "), "{e}");
+}
+
 #[test]
 fn refusals_truncate_hostile_text() {
     let (alice, bob) = (Authenticator::es256(1), Authenticator::eddsa(2));
