@@ -239,10 +239,7 @@ fn a_live_file_changed_while_waiting_is_refused_at_commit_and_nothing_is_written
     env.write_policy_config("payments-config", &[("config", "payments-config", true)]);
     env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
     std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 100\n").unwrap();
-    let manifest =
-        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
-            .unwrap();
-    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let capsule = env.config_drift_capsule("drift", Some("agent"));
     let first = env.exec(&capsule);
     assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
     let proposal = first.report["document"].as_str().unwrap().to_owned();

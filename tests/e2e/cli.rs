@@ -102,10 +102,7 @@ fn init_inspect_and_exec_match_their_golden_files() {
     std::fs::create_dir_all(env.path("config")).unwrap();
     env.write_config("[mounts.config]\npath = \"config\"\nwritable = true\n");
     std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 100\n").unwrap();
-    let manifest =
-        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
-            .unwrap();
-    let drift = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let drift = env.config_drift_capsule("drift", Some("agent"));
     let drift = drift.to_str().unwrap();
     let home = env.path("");
     let inspect = stdout_of(&run(&home, &["capsule", "inspect", drift], &[]));
@@ -115,7 +112,7 @@ fn init_inspect_and_exec_match_their_golden_files() {
     let exec = stdout_of(&run(&home, &["exec", drift, "--config", "runner.toml"], &[]));
     golden("exec.txt", &normalise(&exec, &home));
     // Signed by a key the runner does not trust: refused, exit 3.
-    let untrusted = env.capsule("untrusted", test_programs::CONFIG_DRIFT, &manifest, Some("other"));
+    let untrusted = env.config_drift_capsule("untrusted", Some("other"));
     let refused = run(&home, &["exec", untrusted.to_str().unwrap(), "--config", "runner.toml"], &[]);
     assert_eq!(refused.status.code(), Some(3));
     golden("exec-refused.txt", &normalise(&String::from_utf8(refused.stdout).unwrap(), &home));

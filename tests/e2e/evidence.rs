@@ -847,10 +847,7 @@ fn a_reviewer_sees_an_approved_tier_2_config_change_as_committed_with_its_quorum
     env.write_policy_config("payments-config", &[("config", "payments-config", true)]);
     env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
     std::fs::write(env.path("config/app.toml"), "[server]\nmax_connections = 100\n").unwrap();
-    let manifest =
-        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
-            .unwrap();
-    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let capsule = env.config_drift_capsule("drift", Some("agent"));
     let first = env.exec(&capsule);
     assert_eq!(first.outcome(), "awaiting-approval", "{:#}", first.report);
     let document = first.report["document"].as_str().unwrap().to_owned();

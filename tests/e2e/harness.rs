@@ -223,6 +223,15 @@ impl Env {
         self.path(&out)
     }
 
+    /// The example config-drift capsule (`examples/capsules/config-drift`,
+    /// its own manifest), signed by `keys/<key>.key` if a key is given.
+    pub fn config_drift_capsule(&self, name: &str, key: Option<&str>) -> PathBuf {
+        let manifest =
+            std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
+                .unwrap();
+        self.capsule(name, test_programs::CONFIG_DRIFT, &manifest, key)
+    }
+
     /// A harmless capsule signed by `keys/other`, a key no runner trusts.
     pub fn untrusted_capsule(&self) -> PathBuf {
         self.capsule("untrusted", test_programs::HOSTILE, &Self::hostile_manifest("none", ""), Some("other"))

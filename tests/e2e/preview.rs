@@ -21,10 +21,7 @@ fn setup(mount_extra: &str, runner_extra: &str) -> (Env, std::path::PathBuf) {
     std::fs::write(env.path("runner.toml"), text).unwrap();
     env.write_approvers(&[("alice", &["sre"]), ("carol", &["payments-owner"])], "");
     std::fs::write(env.path("config/app.toml"), ORIGINAL).unwrap();
-    let manifest =
-        std::fs::read_to_string(format!("{}/examples/capsules/config-drift/capsule.toml", test_programs::ROOT))
-            .unwrap();
-    let capsule = env.capsule("drift", test_programs::CONFIG_DRIFT, &manifest, Some("agent"));
+    let capsule = env.config_drift_capsule("drift", Some("agent"));
     (env, capsule)
 }
 
