@@ -311,7 +311,6 @@ fn every_passkey_refusal_reason() {
     assert!(e.to_string().contains("exactly one of `signature` (SSHSIG) or `passkey`"), "{e}");
 }
 
-/// Hostile text in refusals is cut short.
 /// `verify_assertion` is public: called with a credential other than the
 /// assertion's, it refuses by the credential id before any signature check
 /// (an approval file reaches it only through `credential_for`, which
@@ -329,6 +328,7 @@ fn an_assertion_checked_against_another_credential_is_refused_by_its_id() {
     assert!(e.to_string().starts_with("`alice@bank` signed with passkey credential "), "{e}");
 }
 
+/// Hostile text in refusals is cut short.
 #[test]
 fn refusals_truncate_hostile_text() {
     let (alice, bob) = (Authenticator::es256(1), Authenticator::eddsa(2));
